@@ -1,0 +1,249 @@
+"""The one encoding of a user's window into token ids: training, export and the worker use it.
+
+Imports only the standard library, numpy and Hugging Face ``tokenizers`` (no torch), so the
+worker-only install runs exactly this code.
+
+Each event of the window (sorted by ``ts``, already cut by :mod:`models.window`) becomes a few
+tokens, in this order::
+
+    gap   type   category | query subwords   [dwell]
+
+* ``gap``: the time since the previous event of the window, bucketed (``gap:first`` for the
+  oldest event of the window, whose predecessor the window does not hold);
+* ``type``: ``click`` / ``browse`` / ``search``;
+* ``category``: one token per known category, ``[UNK_CAT]`` for a category the spec does not
+  know (rare in training or unseen); searches carry no category but their query, as up to
+  ``max_query_tokens`` BPE subword tokens (a tokenizer trained on the training queries only);
+* ``dwell``: a bucketed dwell time, only for events that carry ``dwell_ms``.
+
+A sequence is ``[BOS] event ... event [END]``; when the events do not fit in ``max_len`` tokens
+the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
+reads the ``[END]`` position.
+
+Token id layout (also written into the spec as ``offsets``)::
+
+    0 [PAD]  1 [BOS]  2 [END]  3 [UNK_CAT]
+    types (3) | categories (k) | gap buckets | dwell buckets | query subwords (BPE vocab)
+
+Search text is never logged by this module; ``repr`` of an encoder shows only sizes.
+"""
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections import Counter
+from typing import Iterable, Sequence
+
+from models.window import EVENT_TYPES, WindowEvent
+
+SPEC_VERSION = 1
+SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
+PAD_ID, BOS_ID, END_ID, UNK_CAT_ID = 0, 1, 2, 3
+
+# Upper bounds (exclusive) of the time-gap buckets, seconds: seconds-apart bursts, minutes,
+# a session pause, hours, a day and more. Bucket i holds gaps < bound i; the last bucket is open.
+DEFAULT_GAP_BUCKETS_S = (2, 10, 60, 300, 1800, 7200, 21600, 86400)
+# Upper bounds (exclusive) of the dwell buckets, milliseconds: bounce, glance, read, study.
+DEFAULT_DWELL_BUCKETS_MS = (2_000, 10_000, 30_000, 120_000)
+DEFAULT_MAX_LEN = 256  # tokens including [BOS] and [END]; ~80 clicks
+DEFAULT_MAX_QUERY_TOKENS = 8  # subwords kept per search query
+DEFAULT_BPE_VOCAB = 1000  # subword vocabulary of the query tokenizer
+DEFAULT_MIN_CATEGORY_COUNT = 5  # rarer categories in training map to [UNK_CAT]
+
+
+class Encoder:
+    """Turns a window of :class:`~models.window.WindowEvent` into token ids (see module doc)."""
+
+    def __init__(
+        self,
+        categories: Sequence[str],
+        tokenizer_json: str,
+        max_len: int = DEFAULT_MAX_LEN,
+        gap_buckets_s: Sequence[float] = DEFAULT_GAP_BUCKETS_S,
+        dwell_buckets_ms: Sequence[int] = DEFAULT_DWELL_BUCKETS_MS,
+        max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
+    ):
+        from tokenizers import Tokenizer
+
+        if len(set(categories)) != len(categories) or not categories:
+            raise ValueError("categories must be a non-empty list of distinct names")
+        if max_len < 2 + 4 + max_query_tokens:
+            raise ValueError(f"max_len {max_len} cannot hold one event")
+        self.categories: tuple[str, ...] = tuple(categories)
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.max_len = int(max_len)
+        self.gap_bounds_ms = tuple(int(round(s * 1000)) for s in gap_buckets_s)
+        self.gap_buckets_s = tuple(gap_buckets_s)
+        self.dwell_buckets_ms = tuple(int(d) for d in dwell_buckets_ms)
+        self.max_query_tokens = int(max_query_tokens)
+
+        self.pad_id, self.bos_id, self.end_id, self.unk_cat_id = PAD_ID, BOS_ID, END_ID, UNK_CAT_ID
+        o = len(SPECIALS)
+        self.type_offset = o
+        o += len(EVENT_TYPES)
+        self.category_offset = o
+        o += len(self.categories)
+        self.gap_offset = o  # gap:first, then len(bounds)+1 buckets
+        o += 1 + len(self.gap_bounds_ms) + 1
+        self.dwell_offset = o
+        o += len(self.dwell_buckets_ms) + 1
+        self.query_offset = o
+        o += self.tokenizer.get_vocab_size()
+        self.vocab_size = o
+        self._type_ids = {t: self.type_offset + i for i, t in enumerate(EVENT_TYPES)}
+        self._cat_ids = {c: self.category_offset + i for i, c in enumerate(self.categories)}
+        self._query_cache: dict[str, tuple[int, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"Encoder(k={len(self.categories)}, vocab_size={self.vocab_size}, max_len={self.max_len})"
+
+    @property
+    def k(self) -> int:
+        return len(self.categories)
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_spec(self) -> dict:
+        """JSON-serialisable spec; :meth:`from_spec` rebuilds an identical encoder."""
+        return {
+            "version": SPEC_VERSION,
+            "categories": list(self.categories),
+            "max_len": self.max_len,
+            "max_query_tokens": self.max_query_tokens,
+            "gap_buckets_s": list(self.gap_buckets_s),
+            "dwell_buckets_ms": list(self.dwell_buckets_ms),
+            "special_tokens": {name: i for i, name in enumerate(SPECIALS)},
+            "event_types": list(EVENT_TYPES),
+            "offsets": {
+                "type": self.type_offset,
+                "category": self.category_offset,
+                "gap": self.gap_offset,
+                "dwell": self.dwell_offset,
+                "query": self.query_offset,
+            },
+            "vocab_size": self.vocab_size,
+            "tokenizer": self.tokenizer_json,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Encoder":
+        if spec.get("version") != SPEC_VERSION:
+            raise ValueError(f"unsupported encoding spec version {spec.get('version')!r}")
+        enc = cls(
+            categories=spec["categories"],
+            tokenizer_json=spec["tokenizer"],
+            max_len=spec["max_len"],
+            gap_buckets_s=spec["gap_buckets_s"],
+            dwell_buckets_ms=spec["dwell_buckets_ms"],
+            max_query_tokens=spec["max_query_tokens"],
+        )
+        if spec.get("vocab_size", enc.vocab_size) != enc.vocab_size:
+            raise ValueError("encoding spec vocab_size does not match its layout")
+        return enc
+
+    def save(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_spec(), f)
+
+    @classmethod
+    def load(cls, path) -> "Encoder":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_spec(json.load(f))
+
+    # --- encoding ------------------------------------------------------------------------
+    def category_index(self, category: str | None) -> int:
+        """Output index of a category, -1 if unknown."""
+        cid = self._cat_ids.get(category) if category is not None else None
+        return -1 if cid is None else cid - self.category_offset
+
+    def gap_token(self, gap_ms: int | None) -> int:
+        if gap_ms is None:
+            return self.gap_offset  # gap:first
+        return self.gap_offset + 1 + bisect_right(self.gap_bounds_ms, max(0, gap_ms))
+
+    def dwell_token(self, dwell_ms: int) -> int:
+        return self.dwell_offset + bisect_right(self.dwell_buckets_ms, max(0, dwell_ms))
+
+    def query_tokens(self, query: str) -> tuple[int, ...]:
+        ids = self._query_cache.get(query)
+        if ids is None:
+            raw = self.tokenizer.encode(query).ids[: self.max_query_tokens]
+            ids = tuple(self.query_offset + i for i in raw)
+            if len(self._query_cache) < 200_000:
+                self._query_cache[query] = ids
+        return ids
+
+    def event_tokens(self, event: WindowEvent, gap_ms: int | None) -> list[int]:
+        """Tokens of one event; ``gap_ms`` is None for the oldest event of the window."""
+        toks = [self.gap_token(gap_ms), self._type_ids.get(event.type, self.unk_cat_id)]
+        if event.type == "search":
+            toks.extend(self.query_tokens(event.query or ""))
+        else:
+            toks.append(self._cat_ids.get(event.category, self.unk_cat_id))
+        if event.dwell_ms is not None:
+            toks.append(self.dwell_token(event.dwell_ms))
+        return toks
+
+    def encode(self, events: Sequence[WindowEvent]) -> list[int]:
+        """Token ids of a window (events sorted by ts ascending): ``[BOS] ... [END]``, keeping the
+        most recent whole events that fit in ``max_len``. Never longer than ``max_len``."""
+        budget = self.max_len - 2
+        chunks: list[list[int]] = []
+        for j in range(len(events) - 1, -1, -1):
+            gap = events[j].ts - events[j - 1].ts if j > 0 else None
+            toks = self.event_tokens(events[j], gap)
+            if len(toks) > budget:
+                break
+            budget -= len(toks)
+            chunks.append(toks)
+        out = [self.bos_id]
+        for toks in reversed(chunks):
+            out.extend(toks)
+        out.append(self.end_id)
+        return out
+
+
+def train_tokenizer(queries: Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB) -> str:
+    """A BPE tokenizer (lower-cased, whitespace/punctuation pre-split) trained on ``queries``;
+    returns its JSON string."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["[UNK]"], min_frequency=2, show_progress=False
+    )
+    tok.train_from_iterator(list(queries), trainer)
+    return tok.to_str()
+
+
+def fit_encoder(
+    events: Iterable[WindowEvent],
+    min_category_count: int = DEFAULT_MIN_CATEGORY_COUNT,
+    bpe_vocab_size: int = DEFAULT_BPE_VOCAB,
+    max_len: int = DEFAULT_MAX_LEN,
+    max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
+) -> Encoder:
+    """Fit the spec on TRAINING events only: categories of clicks/browses seen at least
+    ``min_category_count`` times (sorted by name: the model's output order; the most common one
+    is kept even if all are rare), and the query BPE tokenizer on the training queries."""
+    counts: Counter[str] = Counter()
+    queries: list[str] = []
+    for e in events:
+        if e.type == "search":
+            if e.query:
+                queries.append(e.query)
+        elif e.category is not None:
+            counts[e.category] += 1
+    cats = sorted(c for c, n in counts.items() if n >= min_category_count)
+    if not cats:
+        if not counts:
+            raise ValueError("no categorised events in the training data")
+        cats = [counts.most_common(1)[0][0]]
+    return Encoder(
+        categories=cats,
+        tokenizer_json=train_tokenizer(queries, bpe_vocab_size),
+        max_len=max_len,
+        max_query_tokens=max_query_tokens,
+    )
