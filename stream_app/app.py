@@ -1,0 +1,394 @@
+"""The Faust worker: app, topics, tables, the ingest agent, timers and web views.
+
+Start it with ``interest-stream worker`` or ``faust -A stream_app.app worker``. Per-worker
+settings come from the environment (:mod:`stream_app.settings`), since Faust's ``-A`` needs a
+module-level app.
+
+Data flow: raw message -> :func:`stream_app.events.validate` -> :func:`stream_app.state.apply`
+-> ``users`` table; users with new events are listed in the ``pending`` table, which the
+scoring timer (:mod:`stream_app.scoring`) turns into interest vectors.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import faust
+import orjson
+from aiohttp.web import Response
+
+from . import metrics, scoring, state, vectors as vector_math
+from .events import Rejected, dead_letter, validate
+from .partitioning import partition_for
+from .settings import Settings
+from .topics import TopicError, check_input_topics
+
+log = logging.getLogger("interest_stream")
+
+settings = Settings.from_env()
+LIMITS = state.Limits(
+    horizon_ms=settings.horizon_s * 1000,
+    grace_ms=settings.grace_s * 1000,
+    max_events=settings.max_events,
+)
+FUTURE_MS = settings.future_s * 1000
+
+
+def now_ms() -> int:
+    """The worker's clock: used for future_ts, the dead letters' ``at`` and idle eviction only,
+    never for windows (those follow the events' ``ts``)."""
+    return int(time.time() * 1000)
+
+
+def faust_credentials(s: Settings):
+    """Faust/aiokafka credentials from the same environment variables as kafka-python's."""
+    sec = s.security
+    protocol = sec.get("security_protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if "SSL" in protocol:
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=sec.get("ssl_cafile"))
+        if sec.get("ssl_certfile"):
+            ssl_context.load_cert_chain(sec["ssl_certfile"], sec.get("ssl_keyfile"))
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec.get("sasl_plain_username"),
+            password=sec.get("sasl_plain_password"),
+            mechanism=sec.get("sasl_mechanism", "PLAIN"),
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)
+
+
+class InterestApp(faust.App):
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        # refuse input topics that are missing or not co-partitioned with the tables
+        loop = asyncio.get_running_loop()
+        n = await loop.run_in_executor(None, check_input_topics, settings)
+        if n != settings.partitions:
+            raise TopicError(
+                f"input topics have {n} partitions but INTEREST_PARTITIONS={settings.partitions}; "
+                "the tables must be co-partitioned with the input topics"
+            )
+        # refuse to start without a readable model (ModelError names the path and the problem)
+        holder = scoring.ModelHolder(settings.model_dir, settings.ort_threads)
+        await loop.run_in_executor(None, holder.load_initial)
+        scoring.set_holder(holder)
+
+
+app = InterestApp(
+    settings.app_id,
+    broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+    broker_credentials=faust_credentials(settings),
+    store=settings.store,
+    datadir=settings.data_dir,
+    autodiscover=False,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=int(os.environ.get("INTEREST_REPLICATION", "1")),
+    topic_allow_declare=True,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.heartbeat_s,
+    broker_commit_interval=settings.commit_interval_s,
+    producer_acks=-1,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    canonical_url=os.environ.get("INTEREST_CANONICAL_URL") or f"http://127.0.0.1:{settings.web_port}",
+    web_in_thread=False,
+)
+
+TOPIC_TYPES = {name: etype for etype, name in settings.input_topics.items()}
+# bytes in, bytes out: orjson does the JSON, and raw user-id keys hash to the same partition
+# as the producers' keys (a JSON-encoded key would not)
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+TABLE_RAW = {"key_type": bytes, "value_type": bytes}  # Faust picks the raw codec from bytes
+
+inputs = app.topic(*settings.input_topics.values(), **RAW)
+dlq = app.topic(settings.dlq_topic, **RAW)
+interests_topic = app.topic(settings.output_topic, **RAW)
+
+users = app.Table(
+    "users", partitions=settings.partitions, **TABLE_RAW,
+    help="Per-user ingest state: recent events, ids within window+grace, event-time watermark",
+)
+pending = app.Table(
+    "pending", partitions=settings.partitions, **TABLE_RAW,
+    help="Users with events newer than their last interest vector (the scoring work list)",
+)
+vectors = app.Table(
+    "vectors", partitions=settings.partitions, **TABLE_RAW,
+    help="Each user's last published interest vector (for drift and GET /users)",
+)
+# Requests that change tables from outside the ingest agent (scoring results, evictions,
+# forget) travel through this topic, co-partitioned with the tables, so every table write
+# happens inside an agent on the owning partition. (Faust's RocksDB store cannot write
+# outside an event context, and use_partitioner writes would land in the wrong local DB.)
+control = app.topic(settings.control_topic, **RAW)
+
+
+def reject(rejected: Rejected, topic: str, partition: int, offset: int, key, value) -> None:
+    metrics.EVENTS.labels("dead_letter").inc()
+    metrics.DEAD_LETTERS.labels(rejected.reason).inc()
+    dlq.send_soon(
+        key=key,
+        value=dead_letter(rejected, topic, partition, offset, key, value, now_ms()),
+    )
+
+
+def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
+    """One input message through validation and the user's window; returns its outcome."""
+    now = now_ms()
+    result = validate(TOPIC_TYPES[topic], key, value, now, FUTURE_MS)
+    if isinstance(result, Rejected):
+        reject(result, topic, partition, offset, key, value)
+        return result.reason
+    outcome, new = state.apply(state.load(users.get(key)), result, LIMITS, now)
+    if outcome == "late":
+        reject(Rejected("late", "older than the user's window by more than the grace period"),
+               topic, partition, offset, key, value)
+        return "late"
+    if outcome == "duplicate":
+        metrics.EVENTS.labels("duplicate").inc()
+        metrics.DUPLICATES.inc()
+        return "duplicate"
+    users[key] = state.dump(new)  # the one assignment of this event
+    if key not in pending:
+        pending[key] = b"1"
+    metrics.EVENTS.labels("accepted").inc()
+    return "accepted"
+
+
+@app.agent(inputs)
+async def ingest(stream):
+    """Validate click/browse/search events into per-user windows; dead-letter the rest."""
+    async for event in stream.events():
+        m = event.message
+        process(m.topic, m.partition, m.offset, m.key, m.value)
+
+
+def owned_partitions() -> set[int]:
+    """Input partitions this worker actively owns (not standbys)."""
+    actives = app.assignor.assigned_actives()
+    names = set(settings.input_topics.values())
+    return {tp.partition for tp in actives if tp.topic in names}
+
+
+def is_ready() -> bool:
+    return (
+        not app.rebalancing
+        and app.tables.recovery.completed.is_set()
+        and not app.in_recovery
+    )
+
+
+# -- web --------------------------------------------------------------------------------------
+def json_response(body, status: int = 200) -> Response:
+    return Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+@app.page("/users/{user_id}")
+@app.table_route(table=users, match_info="user_id")
+async def user_view(web, request, user_id: str):
+    key = user_id.encode()
+    raw = users.get(key)
+    if raw is None:
+        return json_response({"error": "unknown user", "user_id": user_id}, status=404)
+    body = {"user_id": user_id, **state.summary(state.load(raw), LIMITS.horizon_ms)}
+    body["interests"] = latest_vector(key)
+    return json_response(body)
+
+
+def latest_vector(key: bytes):
+    """The user's last published interest vector, or None."""
+    raw = vectors.get(key)
+    return orjson.loads(raw) if raw is not None else None
+
+
+@app.page("/health")
+async def health_view(web, request):
+    body = {
+        "ready": is_ready(),
+        "model_version": scoring.model_version(),
+        "partitions": sorted(owned_partitions()),
+    }
+    return json_response(body, status=200 if body["ready"] else 503)
+
+
+@app.page("/metrics")
+async def metrics_view(web, request):
+    update_lag()
+    return Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def update_lag() -> None:
+    names = set(settings.input_topics.values())
+    metrics.LAG.clear()
+    consumer = app.consumer
+    for tp in app.assignor.assigned_actives():
+        if tp.topic not in names:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # not fetched yet
+            continue
+        read = consumer._read_offset.get(tp)  # last offset handed to the agent
+        position = 0 if read is None else read + 1
+        if high is not None:
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+
+
+
+# -- control requests: every table write outside ingestion happens here ----------------------
+def apply_control(key: bytes, value: bytes) -> str:
+    """Apply one control request to the tables (inside the control agent's event)."""
+    try:
+        req = orjson.loads(value)
+        op = req["op"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        log.error("ignored a malformed control request for key %r", key[:64] if key else key)
+        return "malformed"
+    if op == "scored":
+        raw = users.get(key)
+        if raw is None:  # forgotten or evicted since it was scored
+            return "stale"
+        vectors[key] = orjson.dumps(req["vector"])
+        if state.load(raw)["seq"] == req["seq"] and key in pending:
+            del pending[key]
+        return "scored"
+    if op == "forget":
+        forget_user(key)
+        interests_topic.send_soon(key=key, value=None)  # tombstone on the compacted topic
+        return "forgotten"
+    if op == "evict":
+        raw = users.get(key)
+        if raw is not None and state.is_idle(state.load(raw), req["newest"], now_ms(), LIMITS):
+            forget_user(key)
+            metrics.EVICTED.inc()
+            return "evicted"
+        return "kept"
+    log.error("ignored a control request with unknown op %r", op)
+    return "malformed"
+
+
+def forget_user(key: bytes) -> None:
+    for table in (users, pending, vectors):
+        if key in table:
+            del table[key]  # a changelog tombstone: gone after restarts and on standbys
+
+
+@app.agent(control)
+async def control_agent(stream):
+    """Apply scoring results, evictions and forget requests to the tables."""
+    async for event in stream.events():
+        apply_control(event.message.key, event.message.value)
+
+
+def send_control(key: bytes, request: dict) -> None:
+    control.send_soon(key=key, value=orjson.dumps(request))
+
+
+# -- scoring --------------------------------------------------------------------------------
+_inflight: dict[bytes, int] = {}  # user -> seq scored but not yet confirmed by the control agent
+
+
+def users_to_score(owned: set[int]) -> list[tuple[bytes, dict]]:
+    out = []
+    for key in list(pending.keys()):
+        if partition_for(key, settings.partitions) not in owned:
+            continue
+        raw = users.get(key)
+        if raw is None:
+            continue
+        st = state.load(raw)
+        if _inflight.get(key) == st["seq"]:
+            continue
+        out.append((key, st))
+    return out
+
+
+async def score_pass() -> int:
+    """Score every user with new events on the partitions this worker owns; returns how many."""
+    holder = scoring.holder()
+    if holder is None or holder.model is None or not is_ready():
+        return 0
+    model = holder.model  # one model for the whole pass, even if a swap happens meanwhile
+    owned = owned_partitions()
+    todo = users_to_score(owned)
+    loop = asyncio.get_running_loop()
+    batch = settings.score_batch
+    done = 0
+    for i in range(0, len(todo), batch):
+        if not is_ready():  # a rebalance started: the new owner scores these users
+            break
+        chunk = todo[i : i + batch]
+        windows = [state.window_events(st) for _, st in chunk]
+        t0 = time.perf_counter()
+        # encoding and inference run in a thread: consumption goes on meanwhile
+        probs = await loop.run_in_executor(None, model.predict, windows, batch)
+        metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
+        metrics.SCORE_BATCHES.inc()
+        for (key, st), row in zip(chunk, probs):
+            if key not in users:  # forgotten meanwhile
+                continue
+            prev = vectors.get(key)
+            vec = vector_math.build_vector(
+                key.decode(), row, model.categories, st["newest"], model.version,
+                state.summary(st, LIMITS.horizon_ms)["events"],
+                orjson.loads(prev) if prev is not None else None,
+            )
+            interests_topic.send_soon(key=key, value=orjson.dumps(vec))
+            send_control(key, {"op": "scored", "seq": st["seq"], "vector": vec})
+            _inflight[key] = st["seq"]
+            done += 1
+        metrics.SCORED_USERS.inc(len(chunk))
+        await asyncio.sleep(0)
+    if len(_inflight) > 4 * max(1, len(todo)) + 10_000:
+        _inflight.clear()  # confirmations done long ago; bound the memory
+    return done
+
+
+@app.timer(settings.score_interval_s)
+async def score_timer():
+    """Publish interest vectors for users with new events (on owned partitions only)."""
+    n = await score_pass()
+    if n:
+        log.info("scored %d users", n)
+
+
+@app.timer(settings.model_poll_s)
+async def model_poll_timer():
+    """Pick up a re-pointed INTEREST_MODEL_DIR; refuse a bad pair and keep serving."""
+    holder = scoring.holder()
+    if holder is not None:
+        await asyncio.get_running_loop().run_in_executor(None, holder.poll)
+
+
+EVICT_EVERY_S = float(os.environ.get("INTEREST_EVICT_EVERY_S", "60"))
+
+
+@app.timer(EVICT_EVERY_S)
+async def evict_timer():
+    """Ask for the eviction of users idle longer than the horizon plus grace."""
+    if not is_ready():
+        return
+    owned = owned_partitions()
+    now = now_ms()
+    newest: dict[int, int] = {}
+    seen: list[tuple[int, bytes, dict]] = []
+    for i, (key, raw) in enumerate(list(users.items())):
+        p = partition_for(key, settings.partitions)
+        if p in owned:
+            st = state.load(raw)
+            newest[p] = max(newest.get(p, st["newest"]), st["newest"])
+            seen.append((p, key, st))
+        if i % 2000 == 1999:
+            await asyncio.sleep(0)
+    for p, key, st in seen:
+        if state.is_idle(st, newest[p], now, LIMITS):
+            send_control(key, {"op": "evict", "newest": newest[p]})

@@ -1,0 +1,285 @@
+"""`interest-stream`: the one command-line entry point (click, as Faust uses it)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from .settings import InterestStreamError, Settings
+
+
+def _settings(bootstrap_servers: str | None = None) -> Settings:
+    if bootstrap_servers:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
+    try:
+        return Settings.from_env()
+    except InterestStreamError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+bootstrap_option = click.option(
+    "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default=None,
+    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or localhost:9092).",
+)
+
+
+class Group(click.Group):
+    """Turns the project's own errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except InterestStreamError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="interest-stream")
+def main():
+    """interest-stream: per-user interest vectors from click, browse and search streams."""
+
+
+# -- kafka ------------------------------------------------------------------------------------
+def _local_kafka(port: int | None = None):
+    from .kafka_local import LocalKafka, default_home
+
+    port = port or int(os.environ.get("INTEREST_KAFKA_PORT", "9092"))
+    controller = int(os.environ.get("INTEREST_KAFKA_CONTROLLER_PORT", str(port + 1)))
+    return LocalKafka(home=default_home(), port=port, controller_port=controller,
+                      heap=os.environ.get("INTEREST_KAFKA_HEAP", "512m"))
+
+
+@main.group(cls=Group)
+def kafka():
+    """A local single-node Apache Kafka (KRaft) for development."""
+
+
+@kafka.command("up")
+@click.option("--port", type=int, default=None, help="Broker port (default $INTEREST_KAFKA_PORT or 9092).")
+def kafka_up(port):
+    """Start the broker unless it runs already (fetches the jars on first use)."""
+    k = _local_kafka(port)
+    took = k.up()
+    state = "already running" if took == 0 else f"started in {took:.1f}s"
+    click.echo(f"kafka {state} at {k.bootstrap} (data in {k.home})")
+
+
+@kafka.command("down")
+@click.option("--purge", is_flag=True, help="Also delete the broker's data.")
+def kafka_down(purge):
+    """Stop the broker; keeps its data unless --purge."""
+    k = _local_kafka()
+    was = k.down(purge=purge)
+    click.echo(("stopped" if was else "not running") + (", data purged" if purge else ""))
+
+
+@kafka.command("status")
+def kafka_status():
+    """Say whether the broker runs and where."""
+    k = _local_kafka()
+    st = k.status()
+    if st["running"]:
+        click.echo(f"running: Kafka {st['version']} at {st['bootstrap_servers']}, pid {st['pid']}, data in {st['home']}")
+    else:
+        click.echo(f"not running (data dir {st['home']})")
+        sys.exit(1)
+
+
+# -- topics -----------------------------------------------------------------------------------
+@main.group(cls=Group)
+def topics():
+    """The deployment's topics."""
+
+
+@topics.command("create")
+@bootstrap_option
+def topics_create(bootstrap_servers):
+    """Create every topic of the deployment with its partitions and settings."""
+    from .topics import create_topics
+
+    s = _settings(bootstrap_servers)
+    for name, what in create_topics(s).items():
+        click.echo(f"{what:8} {name}")
+
+
+# -- producing --------------------------------------------------------------------------------
+@main.group(cls=Group)
+def load():
+    """Turn a dataset into an event log, or stream a log to Kafka."""
+
+
+@load.command("jsonl")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@bootstrap_option
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--force", is_flag=True, help="Stream even events older than the topics' retention.")
+def load_jsonl(file, bootstrap_servers, rate, force):
+    """Stream a JSONL event log to the input topics (record timestamp = ts)."""
+    from tqdm import tqdm
+
+    from .produce import check_retention, read_jsonl, send_events
+
+    s = _settings(bootstrap_servers)
+    first = next(iter(read_jsonl(file)), None)
+    if first is None:
+        raise click.ClickException(f"{file} holds no events")
+    if not force:
+        check_retention(min(e["ts"] for e in read_jsonl(file)), s)
+    with tqdm(unit="ev", desc="load") as bar:
+        n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
+    click.echo(f"sent {n} events")
+
+
+# -- worker -----------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": True})
+@bootstrap_option
+@click.option("--loglevel", default="info", show_default=True)
+@click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
+def worker(bootstrap_servers, loglevel, faust_args):
+    """Run the Faust worker (same as `faust -A stream_app.app worker`)."""
+    from .model_runtime import LoadedModel
+    from .topics import check_input_topics, create_topics
+
+    s = _settings(bootstrap_servers)
+    create_topics(s)
+    n = check_input_topics(s)
+    if n != s.partitions:
+        raise click.ClickException(
+            f"input topics have {n} partitions but INTEREST_PARTITIONS={s.partitions}; set "
+            f"INTEREST_PARTITIONS={n} (tables must be co-partitioned with the input topics)"
+        )
+    if not s.model_dir:
+        raise click.ClickException(
+            "INTEREST_MODEL_DIR is not set: the worker needs an exported model "
+            "(model.onnx + model.json, see `interest-stream export`)"
+        )
+    LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
+    from .app import app
+
+    sys.argv = ["interest-stream", "worker", "--loglevel", loglevel, *faust_args]
+    app.main()
+
+
+# -- reading ----------------------------------------------------------------------------------
+def _consumer(s: Settings, **kw):
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(enable_auto_commit=False, **s.kafka_python_config(), **kw)
+
+
+@main.command()
+@bootstrap_option
+@click.option("--user", default=None, help="Only this user's vectors.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest retained vector.")
+@click.option("--max-messages", type=int, default=None, help="Stop after this many.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
+@click.option("--topic", default=None, help="Read another interest topic (e.g. a backfill).")
+def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
+    """Print interest vectors as they arrive."""
+    s = _settings(bootstrap_servers)
+    topic = topic or s.output_topic
+    consumer = _consumer(s, auto_offset_reset="earliest" if from_beginning else "latest",
+                         consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"))
+    from kafka import TopicPartition
+
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise click.ClickException(f"topic {topic} does not exist; run `interest-stream topics create`")
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    if user:
+        from .partitioning import partition_for
+
+        tps = [TopicPartition(topic, partition_for(user.encode(), len(parts)))]
+    consumer.assign(tps)
+    if from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+    n = 0
+    try:
+        for rec in consumer:
+            key = rec.key.decode() if rec.key else None
+            if user and key != user:
+                continue
+            click.echo(format_vector(key, rec.value))
+            n += 1
+            if max_messages and n >= max_messages:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+def format_vector(key: str | None, value: bytes | None) -> str:
+    if value is None:
+        return f"{key}  (forgotten)"
+    v = orjson.loads(value)
+    top = ", ".join(f"{c} {v['interests'][c]:.2f}" for c in v["top"])
+    return f"{v['user_id']:>10}  events={v['events']:<4} drift={v['drift']:.3f}  top: {top}"
+
+
+@main.command()
+@click.argument("user")
+@bootstrap_option
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the tombstone.")
+def forget(user, bootstrap_servers, timeout):
+    """Delete one user's state everywhere, publish a tombstone and wait for it."""
+    from kafka import TopicPartition
+
+    from .partitioning import partition_for
+    from .produce import producer
+
+    s = _settings(bootstrap_servers)
+    key = user.encode()
+    consumer = _consumer(s)
+    parts = consumer.partitions_for_topic(s.output_topic)
+    if not parts:
+        raise click.ClickException(f"topic {s.output_topic} does not exist; run `interest-stream topics create`")
+    tp = TopicPartition(s.output_topic, partition_for(key, len(parts)))
+    consumer.assign([tp])
+    consumer.seek_to_end(tp)
+    consumer.position(tp)  # fix the start before asking, so the tombstone cannot be missed
+    prod = producer(s)
+    prod.send(s.control_topic, key=key, value=orjson.dumps({"op": "forget"}))
+    prod.flush()
+    prod.close()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                for rec in recs:
+                    if rec.key == key and rec.value is None:
+                        click.echo(f"forgotten: {user} (tombstone at {tp.topic}[{tp.partition}]@{rec.offset})")
+                        return
+    finally:
+        consumer.close()
+    raise click.ClickException(
+        f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}?"
+    )
+
+
+def _attach_optional_commands() -> None:
+    """The training-side verbs live in the models and export packages (torch loads lazily)."""
+    from models import cli as models_cli
+
+    for cmd in (models_cli.simulate, models_cli.train, models_cli.evaluate):
+        main.add_command(cmd)
+    for name, cmd in models_cli.load.commands.items():
+        load.add_command(cmd, name)
+    from export.cli import export_cmd
+
+    main.add_command(export_cmd, "export")
+
+
+try:
+    _attach_optional_commands()
+except ImportError:  # pragma: no cover - during development only
+    pass
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""A real single-node Apache Kafka (KRaft, combined broker + controller) for development and tests.
+
+No Docker engine is needed: the broker's jars come from Maven Central through the small pom in
+``infra/kafka/pom.xml`` (resolved with ``mvn dependency:copy-dependencies`` into a cache outside
+the repository), the storage is formatted once, and the JVM runs in its own process group with a
+pid file. ``up`` is idempotent, ``down`` leaves no process behind (data kept unless ``purge``),
+and a stale pid file from a killed session is detected and cleaned up at the next ``up``.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import InterestStreamError
+
+# One Kafka version everywhere: here, infra/kafka/pom.xml and docker-compose.yml.
+KAFKA_VERSION = "4.1.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
+LOG4J2_XML = REPO_ROOT / "infra" / "kafka" / "log4j2.xml"
+
+
+class KafkaLocalError(InterestStreamError):
+    """The local broker could not be prepared, started or stopped."""
+
+
+def cache_dir() -> Path:
+    """Where the broker jars live (outside the repository, shared by every clone)."""
+    base = os.environ.get("INTEREST_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "interest-stream"
+    )
+    return Path(base) / f"kafka-{KAFKA_VERSION}"
+
+
+def default_home() -> Path:
+    """Data, config, logs and pid file of the development broker."""
+    base = os.environ.get("INTEREST_KAFKA_HOME") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
+        "interest-stream",
+        "kafka",
+    )
+    return Path(base)
+
+
+@dataclass
+class LocalKafka:
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    host: str = "127.0.0.1"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "server.out"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config" / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    # -- jars ----------------------------------------------------------------------------
+    def libs(self) -> Path:
+        """The broker's classpath directory, resolved from Maven Central on first use."""
+        libs = cache_dir() / "libs"
+        marker = cache_dir() / "resolved"
+        if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
+            return libs
+        if not POM.exists():
+            raise KafkaLocalError(f"cannot find {POM}; run from a clone of the repository")
+        if shutil.which("mvn") is None:
+            raise KafkaLocalError("Maven (mvn) is needed to fetch the Kafka jars; install Maven and Java 17")
+        tmp = cache_dir() / "libs.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            "mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}", "-DincludeScope=runtime",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KafkaLocalError(
+                "mvn could not resolve the Kafka jars:\n" + (proc.stdout + proc.stderr)[-2000:]
+            )
+        shutil.rmtree(libs, ignore_errors=True)
+        tmp.rename(libs)
+        marker.write_text(KAFKA_VERSION + "\n")
+        return libs
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+        if not java or not os.path.exists(java):
+            raise KafkaLocalError("Java 17+ is needed to run the local Kafka broker (java not found)")
+        return java
+
+    # -- configuration -------------------------------------------------------------------
+    def properties(self) -> dict[str, str]:
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # a single node: every internal topic has one replica (defaults are 3 and 2)
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "5",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            # fast group formation and quick failovers in development and tests
+            "group.initial.rebalance.delay.ms": "0",
+            "group.min.session.timeout.ms": "1000",
+            # nothing may rely on auto-creation: `interest-stream topics create` makes them all
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            # compaction runs soon enough to be observed in development
+            "log.cleaner.backoff.ms": "5000",
+            "log.retention.check.interval.ms": "60000",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+        }
+
+    def write_config(self) -> None:
+        self.config_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={v}" for k, v in self.properties().items()]
+        self.config_file.write_text("# written by interest-stream kafka up\n" + "\n".join(lines) + "\n")
+
+    def _jvm(self, main: str, *args: str) -> list[str]:
+        return [
+            self._java(),
+            f"-Xms{self.heap}", f"-Xmx{self.heap}",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J2_XML}",
+            f"-Dkafka.logs.dir={self.home / 'logs'}",
+            "-cp", str(self.libs() / "*"),
+            main, *args,
+        ]
+
+    def format_storage(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Kafka's Uuid text form: URL-safe base64 of 16 random bytes without padding
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        proc = subprocess.run(
+            self._jvm("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise KafkaLocalError("formatting the storage failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+
+    # -- process -------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The broker's pid if its pid file names a live process, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # a recycled pid that is not our broker counts as stale
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"kafka.Kafka" not in cmdline:
+                return None
+        except OSError:
+            pass
+        return pid
+
+    def answers(self, timeout: float = 2.0) -> bool:
+        """True when the broker answers a metadata request."""
+        if not _port_open(self.host, self.port):
+            return False
+        return broker_answers(self.bootstrap, timeout=timeout)
+
+    def up(self, timeout: float = 90.0) -> float:
+        """Start the broker unless it already runs; returns seconds until it answered."""
+        t0 = time.monotonic()
+        pid = self.pid()
+        if pid is not None:
+            if self.answers():
+                return 0.0
+            # alive but not answering (e.g. half-started by a killed session): restart it
+            self._stop_pid(pid)
+        self.pid_file.unlink(missing_ok=True)  # stale pid file from a killed session
+        if _port_open(self.host, self.port):
+            raise KafkaLocalError(
+                f"port {self.port} on {self.host} is taken by another process; "
+                "set a different port or KAFKA_BOOTSTRAP_SERVERS to use that broker"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.format_storage()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(
+                self._jvm("kafka.Kafka", str(self.config_file)),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: `down` kills all of it
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise KafkaLocalError(
+                    f"the broker exited with code {proc.returncode}; last log lines:\n{self.log_tail()}"
+                )
+            if self.answers():
+                return time.monotonic() - t0
+            time.sleep(0.3)
+        self._stop_pid(proc.pid)
+        raise KafkaLocalError(f"the broker did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def down(self, purge: bool = False, timeout: float = 30.0) -> bool:
+        """Stop the broker; returns True if one was running. ``purge`` deletes its data."""
+        pid = self.pid()
+        was_running = pid is not None
+        if pid is not None:
+            self._stop_pid(pid, timeout)
+        self.pid_file.unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(self.home, ignore_errors=True)
+        return was_running
+
+    def _stop_pid(self, pid: int, timeout: float = 30.0) -> None:
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            return
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            _reap(pid)
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
+        for _ in range(50):
+            _reap(pid)
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+    def status(self) -> dict:
+        pid = self.pid()
+        return {
+            "running": pid is not None and self.answers(),
+            "pid": pid,
+            "bootstrap_servers": self.bootstrap,
+            "home": str(self.home),
+            "version": KAFKA_VERSION,
+        }
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # zombies still count for killpg; look for a live (non-zombie) member
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0, security: dict | None = None) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            request_timeout_ms=int(timeout * 1000),
+            **(security or {}),
+        )
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.describe_cluster()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

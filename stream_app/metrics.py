@@ -1,0 +1,58 @@
+"""Prometheus metrics of one worker (served at ``GET /metrics``)."""
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+)
+
+disable_created_metrics()  # no *_created series: they double the output and nobody graphs them
+
+REGISTRY = CollectorRegistry()
+
+EVENTS = Counter(
+    "interest_events_total", "Input messages by outcome (accepted, duplicate, dead_letter)",
+    ["outcome"], registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "interest_dead_letters_total", "Dead letters by reason", ["reason"], registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "interest_duplicates_total", "Events whose event_id was already in the user's window",
+    registry=REGISTRY,
+)
+EVICTED = Counter(
+    "interest_users_evicted_total", "Idle users removed from state", registry=REGISTRY,
+)
+SCORE_BATCHES = Counter(
+    "interest_scoring_batches_total", "ONNX Runtime batches run", registry=REGISTRY,
+)
+SCORED_USERS = Counter(
+    "interest_scored_users_total", "Interest vectors published", registry=REGISTRY,
+)
+SCORE_LATENCY = Histogram(
+    "interest_scoring_batch_seconds", "Latency of one scoring batch (encode + inference)",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+LAG = Gauge(
+    "interest_consumer_lag", "Messages behind the end of each owned input partition",
+    ["topic", "partition"], registry=REGISTRY,
+)
+MODEL = Gauge(
+    "interest_model_info", "The model version serving (value 1)", ["version"], registry=REGISTRY,
+)
+MODEL_REFUSED = Counter(
+    "interest_model_refused_total", "Model pairs refused at load", registry=REGISTRY,
+)
+
+for _reason in (
+    "not_utf8", "not_json", "not_object", "too_large", "missing_key", "key_mismatch",
+    "missing_field", "bad_type", "too_long", "unknown_type", "topic_mismatch", "future_ts", "late",
+):
+    DEAD_LETTERS.labels(_reason)
+for _outcome in ("accepted", "duplicate", "dead_letter"):
+    EVENTS.labels(_outcome)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,90 @@
+"""Producing events to the input topics (``load jsonl``, ``simulate --rate``).
+
+Every record is keyed by the user id, goes to the topic of its type, and carries the event's
+``ts`` as its record timestamp, so Kafka's time-based retention and offsets-for-times follow
+event time.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Iterator
+
+import orjson
+
+from .settings import InterestStreamError, Settings
+
+
+class TooOldError(InterestStreamError):
+    """Events older than the input topics' retention would be deleted on arrival."""
+
+
+def producer(settings: Settings):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
+        client_id="interest-stream-producer", **settings.kafka_python_config(),
+    )
+
+
+def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None) -> None:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    oldest_kept = now_ms - settings.retention_ms
+    if first_ts < oldest_kept:
+        days = (now_ms - first_ts) / 86_400_000
+        raise TooOldError(
+            f"the log starts {days:.1f} days ago, but the input topics keep "
+            f"{settings.retention_ms / 86_400_000:.1f} days (INTEREST_RETENTION_MS): Kafka would "
+            "delete these events right away. Recreate the topics with a longer retention, or pass "
+            "--force to stream them anyway"
+        )
+
+
+def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
+                progress=None) -> int:
+    """Send events (contract schema) to their input topics; ``rate`` paces events/s.
+    Returns how many were sent; flushes before returning."""
+    topics = settings.input_topics
+    prod = producer(settings)
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        for ev in events:
+            prod.send(
+                topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev),
+                timestamp_ms=ev["ts"],
+            )
+            sent += 1
+            if progress is not None:
+                progress.update(1)
+            if rate:
+                ahead = sent / rate - (time.monotonic() - t0)
+                if ahead > 0.005:
+                    time.sleep(ahead)
+        prod.flush()
+    finally:
+        prod.close()
+    return sent
+
+
+def read_jsonl(path) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InterestStreamError(f"{path}:{n}: not JSON ({exc})") from None
+
+
+def stream_events(events: Iterable[dict], rate: float | None = None,
+                  bootstrap_servers: str | None = None) -> int:
+    """Entry point for the simulator's streaming mode."""
+    import os
+
+    env = dict(os.environ)
+    if bootstrap_servers:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
+    return send_events(events, Settings.from_env(env), rate=rate)

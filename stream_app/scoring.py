@@ -1,0 +1,85 @@
+"""The model this worker serves, and its hot swap.
+
+The model pair (model.onnx + model.json) is read from the directory ``INTEREST_MODEL_DIR``
+resolves to. Every ``INTEREST_MODEL_POLL_S`` seconds the path is resolved again; a new target
+or a new ``version`` is loaded, checked with a test inference and swapped in. A pair that fails
+is refused with an error and the old model keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from . import metrics
+
+log = logging.getLogger("interest_stream.scoring")
+
+
+class ModelHolder:
+    def __init__(self, path: str, threads: int) -> None:
+        self.path = path
+        self.threads = threads
+        self.model = None
+        self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
+
+    def load_initial(self):
+        """Load the first model; raises ModelError (the worker refuses to start)."""
+        from .model_runtime import LoadedModel, ModelError
+
+        if not self.path:
+            raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
+                             "(model.onnx + model.json; see `interest-stream export`)")
+        self.model = LoadedModel.load(self.path, threads=self.threads)
+        self._seen = self._fingerprint()
+        metrics.MODEL.labels(self.model.version).set(1)
+        log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
+        return self.model
+
+    def _fingerprint(self) -> tuple[str, float] | None:
+        resolved = os.path.realpath(self.path)
+        try:
+            return resolved, os.stat(os.path.join(resolved, "model.json")).st_mtime
+        except OSError:
+            return resolved, -1.0
+
+    def poll(self) -> bool:
+        """Load the model again if the path now names another pair; True when swapped.
+        Blocking (file I/O and a test inference): call it in an executor."""
+        from .model_runtime import LoadedModel, ModelError
+
+        fp = self._fingerprint()
+        if fp == self._seen:
+            return False
+        self._seen = fp
+        try:
+            candidate = LoadedModel.load(self.path, threads=self.threads)
+        except ModelError as exc:
+            metrics.MODEL_REFUSED.inc()
+            log.error("refused the model at %s (still serving %s): %s", fp[0],
+                      self.model.version if self.model else None, exc)
+            return False
+        if self.model is not None and candidate.version == self.model.version:
+            return False
+        old = self.model
+        self.model = candidate  # one reference swap: a running pass keeps the model it started with
+        if old is not None:
+            metrics.MODEL.remove(old.version)
+        metrics.MODEL.labels(candidate.version).set(1)
+        log.warning("model swapped: %s -> %s", old.version if old else None, candidate.version)
+        return True
+
+
+_holder: ModelHolder | None = None
+
+
+def holder() -> ModelHolder | None:
+    return _holder
+
+
+def set_holder(h: ModelHolder) -> None:
+    global _holder
+    _holder = h
+
+
+def model_version() -> str | None:
+    return _holder.model.version if _holder and _holder.model else None

@@ -1,0 +1,152 @@
+"""Configuration, built once from the environment (every setting documented in the README).
+
+Each setting names its environment variable and default. Invalid values raise
+:class:`ConfigError` naming the variable and the offending value, which the CLI prints
+as a one-line error instead of a traceback.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from models.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS
+
+
+class InterestStreamError(Exception):
+    """Base of the project's own errors; the CLI turns these into clean messages."""
+
+
+class ConfigError(InterestStreamError, ValueError):
+    """A setting from the environment or the command line has a bad value."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+# Kafka client security settings passed through from the environment to every client the
+# project makes (kafka-python admin/producers/consumers and Faust's aiokafka clients).
+SECURITY_ENV = {
+    "KAFKA_SECURITY_PROTOCOL": "security_protocol",  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    "KAFKA_SASL_MECHANISM": "sasl_mechanism",  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    "KAFKA_SASL_USERNAME": "sasl_plain_username",
+    "KAFKA_SASL_PASSWORD": "sasl_plain_password",
+    "KAFKA_SSL_CAFILE": "ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "ssl_keyfile",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "localhost:9092"  # KAFKA_BOOTSTRAP_SERVERS
+    topic_prefix: str = ""  # INTEREST_TOPIC_PREFIX: prefixes every topic and the app id
+    app_id_base: str = "interest-stream"  # INTEREST_APP_ID (also the consumer group)
+    partitions: int = 6  # INTEREST_PARTITIONS, for `topics create`
+    retention_ms: int = 7 * 86_400_000  # INTEREST_RETENTION_MS of the input topics
+    score_interval_s: float = 10.0  # INTEREST_SCORE_INTERVAL_S
+    horizon_s: int = DEFAULT_HORIZON_S  # INTEREST_HORIZON_S
+    max_events: int = DEFAULT_MAX_EVENTS  # INTEREST_MAX_EVENTS
+    grace_s: int = DEFAULT_GRACE_S  # INTEREST_GRACE_S
+    future_s: int = 86_400  # events more than this ahead of the worker's clock are future_ts
+    model_dir: str = ""  # INTEREST_MODEL_DIR (a symlink to a directory with model.onnx+model.json)
+    model_poll_s: float = 10.0  # INTEREST_MODEL_POLL_S
+    score_batch: int = 256  # INTEREST_SCORE_BATCH: users per ONNX Runtime call
+    ort_threads: int = 1  # INTEREST_ORT_THREADS: intra-op threads of the scoring session
+    web_port: int = 6066  # INTEREST_WEB_PORT
+    web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST
+    store: str = "rocksdb://"  # INTEREST_STORE: rocksdb:// for deployments, memory:// for tests
+    data_dir: str = "./interest-stream-data"  # INTEREST_DATA_DIR: table state of this worker
+    session_timeout_s: float = 30.0  # INTEREST_SESSION_TIMEOUT_S: consumer group session timeout
+    heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
+    commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
+    log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
+    security: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* ...
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        log_format = env.get("INTEREST_LOG_FORMAT", "text") or "text"
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"INTEREST_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+        store = env.get("INTEREST_STORE", "rocksdb://") or "rocksdb://"
+        if store not in ("rocksdb://", "memory://"):
+            raise ConfigError(f"INTEREST_STORE must be rocksdb:// or memory://, got {store!r}")
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092",
+            topic_prefix=env.get("INTEREST_TOPIC_PREFIX", ""),
+            app_id_base=env.get("INTEREST_APP_ID") or "interest-stream",
+            partitions=_int(env, "INTEREST_PARTITIONS", 6, minimum=1),
+            retention_ms=_int(env, "INTEREST_RETENTION_MS", 7 * 86_400_000, minimum=1),
+            score_interval_s=_float(env, "INTEREST_SCORE_INTERVAL_S", 10.0, minimum=0.1),
+            horizon_s=_int(env, "INTEREST_HORIZON_S", DEFAULT_HORIZON_S, minimum=1),
+            max_events=_int(env, "INTEREST_MAX_EVENTS", DEFAULT_MAX_EVENTS, minimum=1),
+            grace_s=_int(env, "INTEREST_GRACE_S", DEFAULT_GRACE_S, minimum=0),
+            future_s=_int(env, "INTEREST_FUTURE_S", 86_400, minimum=0),
+            model_dir=env.get("INTEREST_MODEL_DIR", ""),
+            model_poll_s=_float(env, "INTEREST_MODEL_POLL_S", 10.0, minimum=0.1),
+            score_batch=_int(env, "INTEREST_SCORE_BATCH", 256, minimum=1),
+            ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1),
+            web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1),
+            web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
+            store=store,
+            data_dir=env.get("INTEREST_DATA_DIR") or "./interest-stream-data",
+            session_timeout_s=_float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0),
+            heartbeat_s=_float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1),
+            commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
+            log_format=log_format,
+            security={v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)},
+        )
+
+    # -- names ---------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.topic_prefix}{self.app_id_base}"
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Event type -> input topic name."""
+        return {t: self.topic(f"events.{t}") for t in ("click", "browse", "search")}
+
+    @property
+    def output_topic(self) -> str:
+        return self.topic("user-interests")
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("events.dlq")
+
+    @property
+    def control_topic(self) -> str:
+        return self.topic("interest-control")
+
+    # -- clients -------------------------------------------------------------------------
+    def kafka_python_config(self) -> dict:
+        """Keyword arguments for every kafka-python client the project makes."""
+        return {"bootstrap_servers": self.bootstrap_servers.split(","), **self.security}

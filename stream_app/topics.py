@@ -1,0 +1,104 @@
+"""Every topic of a deployment, with its partitions and settings (`interest-stream topics create`).
+
+Nothing in the project relies on broker auto-creation. The input topics, the control topic and
+the tables' changelogs are co-partitioned (same partition count), so a user's events, state
+and forget requests meet on the same partition number.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import InterestStreamError, Settings
+
+# Faust table names; their changelog topics are "<app id>-<name>-changelog".
+TABLES = ("users", "pending", "vectors")
+
+
+class TopicError(InterestStreamError):
+    """Topics are missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    p = settings.partitions
+    retention = {"retention.ms": str(settings.retention_ms)}
+    compact = {"cleanup.policy": "compact"}
+    specs = [TopicSpec(t, p, dict(retention)) for t in settings.input_topics.values()]
+    specs += [
+        TopicSpec(settings.output_topic, p, dict(compact)),
+        TopicSpec(settings.dlq_topic, p, dict(retention)),
+        TopicSpec(settings.control_topic, p, dict(retention)),
+    ]
+    specs += [
+        TopicSpec(f"{settings.app_id}-{t}-changelog", p, dict(compact)) for t in TABLES
+    ]
+    return specs
+
+
+def admin(settings: Settings):
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(client_id="interest-stream-admin", **settings.kafka_python_config())
+
+
+def create_topics(settings: Settings, extra: list[TopicSpec] = ()) -> dict[str, str]:
+    """Create every topic that does not exist yet; returns name -> 'created' / 'exists'."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = topic_specs(settings) + list(extra)
+    result: dict[str, str] = {}
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        for spec in specs:
+            if spec.name in existing:
+                result[spec.name] = "exists"
+                continue
+            try:
+                client.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)]
+                )
+                result[spec.name] = "created"
+            except TopicAlreadyExistsError:
+                result[spec.name] = "exists"
+    finally:
+        client.close()
+    return result
+
+
+def partition_counts(settings: Settings, names) -> dict[str, int | None]:
+    """Partition count per topic (None when the topic does not exist)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**settings.kafka_python_config())
+    try:
+        out = {}
+        for name in names:
+            parts = consumer.partitions_for_topic(name)
+            out[name] = len(parts) if parts else None
+        return out
+    finally:
+        consumer.close()
+
+
+def check_input_topics(settings: Settings) -> int:
+    """The common partition count of the input topics; raises TopicError if they differ."""
+    counts = partition_counts(settings, settings.input_topics.values())
+    missing = [t for t, n in counts.items() if n is None]
+    if missing:
+        raise TopicError(
+            f"input topics missing: {', '.join(missing)}; run `interest-stream topics create`"
+        )
+    if len(set(counts.values())) != 1:
+        listing = ", ".join(f"{t}={n}" for t, n in counts.items())
+        raise TopicError(
+            f"input topics must have the same number of partitions (co-partitioned by user), got {listing}"
+        )
+    return next(iter(counts.values()))
