@@ -1,0 +1,41 @@
+"""Producing and reading test traffic with kafka-python (as an independent client would)."""
+from __future__ import annotations
+
+import json
+import time
+
+from kafka import KafkaConsumer, KafkaProducer
+
+
+def produce(bootstrap: str, records, record_ts_offset_ms: int = 0) -> None:
+    """records: (topic, key bytes|None, value bytes|dict|None[, timestamp_ms])."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for rec in records:
+        topic, key, value = rec[:3]
+        if isinstance(value, dict):
+            ts = value.get("ts") if isinstance(value.get("ts"), int) else None
+            value = json.dumps(value).encode()
+        else:
+            ts = None
+        ts = rec[3] if len(rec) > 3 else ts
+        p.send(topic, key=key, value=value,
+               timestamp_ms=(ts + record_ts_offset_ms) if isinstance(ts, int) else None)
+    p.flush()
+    p.close()
+
+
+def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30) -> list:
+    """Every record of ``topic`` from the beginning (waits until ``expect`` arrived)."""
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=1000)
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for rec in c:
+                out.append(rec)
+            if expect is None or len(out) >= expect:
+                break
+    finally:
+        c.close()
+    return out

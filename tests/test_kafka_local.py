@@ -1,0 +1,58 @@
+"""`interest-stream kafka up|down|status` against a broker of its own (not the session's)."""
+import os
+import signal
+
+import pytest
+
+from conftest import cli
+from stream_app.kafka_local import LocalKafka, broker_answers, free_port
+
+pytestmark = pytest.mark.kafka
+
+
+def _no_broker_process(home) -> bool:
+    for cmd in os.listdir("/proc"):
+        if cmd.isdigit():
+            try:
+                line = open(f"/proc/{cmd}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"kafka.Kafka" in line and str(home).encode() in line:
+                return False
+    return True
+
+
+def test_up_status_down_and_stale_pid(tmp_path, session_dir):
+    port, cport = free_port(), free_port()
+    home = tmp_path / "kafka"
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(port),
+               INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP="256m")
+    try:
+        out = cli(env, "kafka", "up").stdout
+        assert f"started in" in out and f"127.0.0.1:{port}" in out
+        assert broker_answers(f"127.0.0.1:{port}")
+        assert "already running" in cli(env, "kafka", "up").stdout  # idempotent
+        st = cli(env, "kafka", "status").stdout
+        assert st.startswith("running: Kafka 4.1.1 at 127.0.0.1:") and str(home) in st
+
+        # a killed session: the broker dies without `down`, its pid file stays behind
+        k = LocalKafka(home=home, port=port, controller_port=cport)
+        pid = k.pid()
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+        import time
+        for _ in range(50):
+            if k.pid() is None:
+                break
+            time.sleep(0.1)
+        assert k.pid_file.exists() and k.pid() is None
+        assert cli(env, "kafka", "status", check=False).returncode == 1
+        out = cli(env, "kafka", "up").stdout  # cleans the stale pid file and starts again
+        assert "started in" in out and k.pid() != pid
+
+        assert cli(env, "kafka", "down").stdout.strip() == "stopped"
+        assert _no_broker_process(home)
+        assert (home / "data" / "meta.properties").exists()  # data kept
+        assert cli(env, "kafka", "down", "--purge").stdout.strip() == "not running, data purged"
+        assert not home.exists()
+    finally:
+        LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)

@@ -1,0 +1,179 @@
+"""The worker against the real broker: exact counts, dead letters, duplicates, SIGKILL."""
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections import Counter
+
+import orjson
+import pytest
+
+from conftest import cli, wait_for
+from kafka_io import produce, read_all
+
+pytestmark = pytest.mark.kafka
+
+T0 = 978_307_200_000  # 2001-01-01: event time years away from the wall clock
+HOUR = 3_600_000
+HORIZON = 86_400_000
+
+
+def event(i: int, user: str, type_: str, ts: int, cat: str = "sports") -> dict:
+    e = {"event_id": f"{user}-{i}", "user_id": user, "type": type_, "ts": ts}
+    if type_ == "search":
+        e["query"] = f"query {i}"
+    else:
+        e.update(item_id=f"item{i}", category=cat)
+        if type_ == "browse":
+            e["dwell_ms"] = 1000 + i
+    return e
+
+
+def expected_user(events: list[dict]) -> dict:
+    """Independent computation of GET /users/{id} from raw accepted events (no late ones)."""
+    uniq = {e["event_id"]: e for e in events}.values()
+    newest = max(e["ts"] for e in uniq)
+    win = [e for e in uniq if e["ts"] > newest - HORIZON]
+    counts = Counter(e["type"] for e in win)
+    cats = Counter(e["category"] for e in win if e["type"] != "search")
+    return {"events": len(win), "newest_ts": newest,
+            "counts": {t: counts.get(t, 0) for t in ("click", "browse", "search")},
+            "categories": dict(cats)}
+
+
+def topics(env) -> dict:
+    p = env["INTEREST_TOPIC_PREFIX"]
+    return {t: f"{p}events.{t}" for t in ("click", "browse", "search")} | {"dlq": f"{p}events.dlq"}
+
+
+def population(n_users: int, per_user: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    events = []
+    for u in range(n_users):
+        for i in range(per_user):
+            ts = T0 + rng.randrange(0, 25 * HOUR)  # past the 24 h horizon, within its grace
+            events.append(event(i, f"user{u}", rng.choice(["click", "browse", "search"]), ts,
+                                rng.choice(["sports", "tech", "music"])))
+    rng.shuffle(events)  # out of order
+    return events
+
+
+def assert_users(worker, events):
+    by_user: dict[str, list] = {}
+    for e in events:
+        by_user.setdefault(e["user_id"], []).append(e)
+    for user, evs in by_user.items():
+        exp = expected_user(evs)
+        status, body = worker.get(f"/users/{user}")
+        assert status == 200, body
+        got = {k: body[k] for k in exp}
+        assert got == exp, user
+
+
+def wait_until_counted(worker, events):
+    by_user: dict[str, set] = {}
+    for e in events:
+        by_user.setdefault(e["user_id"], set()).add(e["event_id"])
+
+    def done():
+        for user, evs in by_user.items():
+            status, body = worker.get(f"/users/{user}")
+            if status != 200:
+                return False
+        return True
+
+    wait_for(done, timeout=60, what="every user to appear")
+
+
+def test_events_reach_state_and_malformed_ones_the_dlq(env, workers):
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers()
+    good = population(12, 15, seed=1)
+    # a bad message of every kind, between the good ones
+    bad = [
+        (t["click"], b"userX", b"\xff\xfe", "not_utf8"),
+        (t["click"], b"userX", b"{nope", "not_json"),
+        (t["click"], b"userX", b"[1]", "not_object"),
+        (t["click"], b"userX", b"{" + b" " * 70_000 + b"}", "too_large"),
+        (t["click"], None, json.dumps(event(1, "userX", "click", T0)).encode(), "missing_key"),
+        (t["click"], b"other", json.dumps(event(2, "userX", "click", T0)).encode(), "key_mismatch"),
+        (t["click"], b"userX", json.dumps({"event_id": "x", "user_id": "userX", "type": "click", "ts": T0, "item_id": "i"}).encode(), "missing_field"),
+        (t["click"], b"userX", json.dumps(event(3, "userX", "click", T0) | {"ts": 1.5}).encode(), "bad_type"),
+        (t["click"], b"userX", json.dumps(event(4, "userX", "click", T0) | {"item_id": "i" * 200}).encode(), "too_long"),
+        (t["click"], b"userX", json.dumps(event(5, "userX", "click", T0) | {"type": "like"}).encode(), "unknown_type"),
+        (t["click"], b"userX", json.dumps(event(6, "userX", "search", T0)).encode(), "topic_mismatch"),
+        (t["click"], b"userX", json.dumps(event(7, "userX", "click", 4_000_000_000_000)).encode(), "future_ts"),
+    ]
+    late = [event(100, "user0", "click", T0 - 3 * HORIZON)]  # far older than user0's window
+    records = [(t[e["type"]], e["user_id"].encode(), e, e["ts"] + 5 * HOUR) for e in good]
+    mid = len(records) // 2
+    records = records[:mid] + [b[:3] for b in bad] + records[mid:]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], records)
+    wait_until_counted(w, good)
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"user0", late[0])])
+    # duplicates of already counted events change nothing
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in good[:40]])
+
+    dlq = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], expect=len(bad) + 1)
+    reasons = [orjson.loads(r.value)["reason"] for r in dlq]
+    assert sorted(reasons) == sorted([b[3] for b in bad] + ["late"])
+    letter = next(orjson.loads(r.value) for r in dlq if orjson.loads(r.value)["reason"] == "not_json")
+    assert set(letter) == {"reason", "detail", "topic", "partition", "offset", "key_b64",
+                           "payload_b64", "truncated", "at"}
+    assert letter["topic"] == t["click"] and base64.b64decode(letter["payload_b64"]) == b"{nope"
+    assert letter["truncated"] is False and base64.b64decode(letter["key_b64"]) == b"userX"
+    big = next(orjson.loads(r.value) for r in dlq if orjson.loads(r.value)["reason"] == "too_large")
+    assert big["truncated"] is True and len(base64.b64decode(big["payload_b64"])) == 4096
+
+    def dup_count():
+        _, m = w.get("/metrics")
+        for line in m.splitlines():
+            if line.startswith("interest_duplicates_total"):
+                return float(line.split()[1]) >= 40
+    wait_for(dup_count, what="40 duplicates counted")
+    assert_users(w, good)
+    status, _ = w.get("/users/nobody")
+    assert status == 404
+
+
+def test_state_survives_sigkill_with_exact_counts(env, workers):
+    """Offsets are committed rarely here, so after SIGKILL most events arrive a second time:
+    the restored state must recognise them."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers(INTEREST_COMMIT_INTERVAL_S="600")
+    events = population(20, 10, seed=2)
+    first, second = events[:120], events[120:]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first])
+    wait_until_counted(w, first)
+    assert_users(w, first)
+    w.kill()
+    w.start()
+    # events again (redelivered anyway, plus explicit duplicates) and the rest
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"],
+            [(t[e["type"]], e["user_id"].encode(), e) for e in first[:30] + second])
+    wait_until_counted(w, events)
+
+    def counted():
+        try:
+            assert_users(w, events)
+            return True
+        except AssertionError:
+            return False
+    wait_for(counted, timeout=60, what="exact counts after the restart")
+
+
+def test_worker_refuses_mismatched_partitions(env, tmp_path):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    p = env["INTEREST_TOPIC_PREFIX"]
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    admin.create_topics([NewTopic(f"{p}events.click", 4, 1), NewTopic(f"{p}events.browse", 2, 1),
+                         NewTopic(f"{p}events.search", 4, 1)])
+    admin.close()
+    proc = cli(env, "worker", check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "input topics must have the same number of partitions" in proc.stderr
+    assert "Traceback" not in proc.stderr
