@@ -1,0 +1,384 @@
+"""Checkpoint directory -> ``model.onnx`` + ``model.json`` (CONTRACT.md, "Model artifacts").
+
+1. Rebuild the model from the checkpoint alone (:func:`models.model.load_checkpoint`) and wrap it
+   in :class:`InferenceWrapper`: ``(input_ids, attention_mask) -> probs``, no targets, no loss.
+2. Export with ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript) at opset
+   :data:`OPSET`, dynamic axes named ``batch`` and ``sequence``, traced on a RIGHT-padded batch with
+   batch and length above 1 (an exporter fixes size-1 dimensions it traces). The TorchScript exporter
+   (``dynamo=False``) cannot trace transformers >= 4.5x GPT-2: its mask builder uses ``torch.vmap``.
+3. ``onnx.checker.check_model(full_check=True)``, then the parity check: ONNX Runtime and PyTorch on
+   several batch sizes and lengths, mixed lengths with right padding in every batch; a difference
+   above :data:`PARITY_TOL` fails the export with the measured value.
+4. With ``int8``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights of MatMul/Gemm);
+   ``model.onnx`` is then the quantized graph, and the change against fp32 on the validation split
+   of the data (the split the model card records) goes into ``model.json`` (``int8_vs_fp32``).
+5. ``model.json`` beside the graph: what the worker needs besides it (:func:`build_model_json`).
+
+Both files are written under temporary names and renamed into place, model.onnx first, so a reader
+polling the directory never sees a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from stream_app.model_runtime import content_version  # one definition: export writes, worker checks
+from stream_app.settings import InterestStreamError
+
+OPSET = 18  # onnxruntime 1.32 runs it fully; the dynamo exporter's well-trodden target (LayerNormalization is opset 17+)
+INPUT_NAMES = ("input_ids", "attention_mask")  # forward()'s order
+OUTPUT_NAMES = ("probs",)
+DYNAMIC_AXES = ("batch", "sequence")
+PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)
+PROB_FLOOR = 1e-4  # KL floor of the contract's metrics
+MODEL_FILE = "model.onnx"
+CARD_FILE = "model.json"
+MODEL_JSON_SCHEMA = 1
+# (batch, length) of the parity check; lengths are capped at the model's max_len, and the last
+# shape uses max_len itself. Batch 1 and odd sizes prove the dynamic axes.
+PARITY_SHAPES = ((1, 7), (2, 2), (3, 19), (8, 64), (17, 37), (4, None))
+TRACE_SHAPE = (3, 11)  # batch and length above 1 and unequal, so neither is specialised
+
+
+class ExportError(InterestStreamError):
+    """The export cannot proceed or its result failed a check; the message says which."""
+
+
+def log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pad_right(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists to the longest: (input_ids, attention_mask) int64 (B, T)."""
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def random_batch(rng: np.random.Generator, encoder, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """A right-padded batch shaped like the encoder's output: [BOS] tokens [END], lengths mixed
+    in 2..length with at least one row of the full length (as a batch the worker pads)."""
+    lens = rng.integers(2, length + 1, size=batch)
+    lens[rng.integers(batch)] = length
+    seqs = []
+    for n in lens:
+        body = rng.integers(encoder.type_offset, encoder.vocab_size, size=n - 2).tolist()
+        seqs.append([encoder.bos_id] + body + [encoder.end_id])
+    return pad_right(seqs, encoder.pad_id)
+
+
+def _inference_wrapper(model):
+    import torch
+
+    class InferenceWrapper(torch.nn.Module):
+        """Inference only: (input_ids, attention_mask) -> probs (B, k); no targets, no loss."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            probs, _ = self.inner(input_ids, attention_mask)
+            return probs
+
+    return InferenceWrapper(model).eval()
+
+
+def ort_session(path, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _quiet_exporter():
+    """The dynamo exporter logs a warning per missing torchvision op and progress lines."""
+    for name in ("torch.onnx._internal.exporter._registration", "torch.onnx", "torch.export",
+                 "torch._dynamo", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def export_graph(model, encoder, path) -> None:
+    """Write the fp32 ONNX graph of ``model`` (eval mode) to ``path``."""
+    import torch
+
+    _quiet_exporter()
+    wrapper = _inference_wrapper(model)
+    b, t = TRACE_SHAPE
+    t = min(t, encoder.max_len)
+    ids, mask = random_batch(np.random.default_rng(0), encoder, b, t)
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("sequence", min=1, max=encoder.max_len)
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            (torch.from_numpy(ids), torch.from_numpy(mask)),  # forward()'s order
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=OPSET,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def check_graph(path, k: int) -> None:
+    """onnx.checker plus the interface the worker relies on (names, dynamic axes, k)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # onnx raises ValidationError / InferenceError
+        raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
+    m = onnx.load(str(path), load_external_data=False)
+    ins = [i.name for i in m.graph.input]
+    outs = [o.name for o in m.graph.output]
+    if tuple(ins) != INPUT_NAMES or tuple(outs) != OUTPUT_NAMES:
+        raise ExportError(f"exported graph has inputs {ins} and outputs {outs}, "
+                          f"expected {list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}")
+    for i in m.graph.input:
+        dims = [d.dim_param for d in i.type.tensor_type.shape.dim]
+        if tuple(dims) != DYNAMIC_AXES:
+            raise ExportError(f"input {i.name} has axes {dims}, expected {list(DYNAMIC_AXES)} (dynamic)")
+    odims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    if len(odims) != 2 or odims[0] != "batch" or (isinstance(odims[1], int) and odims[1] != k):
+        raise ExportError(f"output probs has shape {odims}, expected ['batch', {k}]")
+
+
+def parity_check(model, encoder, session, shapes=PARITY_SHAPES, seed: int = 0) -> dict:
+    """Max |ORT - PyTorch| over several shapes, right padding included; raises ExportError
+    naming the measured difference when it exceeds :data:`PARITY_TOL`."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    worst, worst_shape, checked = 0.0, None, []
+    for b, t in shapes:
+        t = encoder.max_len if t is None else min(t, encoder.max_len)
+        ids, mask = random_batch(rng, encoder, b, t)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+        got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"parity check failed at batch={b} length={t}: ONNX Runtime gave shape "
+                              f"{got.shape}, PyTorch {ref.shape}")
+        diff = float(np.max(np.abs(got.astype(np.float64) - ref))) if np.all(np.isfinite(got)) else float("inf")
+        checked.append([b, t])
+        if worst_shape is None or diff > worst:
+            worst, worst_shape = diff, (b, t)
+    if not worst <= PARITY_TOL:
+        raise ExportError(
+            f"parity check failed: max |ONNX Runtime - PyTorch| = {worst:.3g} > {PARITY_TOL:g} "
+            f"(worst at batch={worst_shape[0]}, length={worst_shape[1]}); model.onnx not written")
+    return {"max_abs_diff": worst, "tolerance": PARITY_TOL, "shapes": checked}
+
+
+def run_session(session, seqs, pad_id: int, batch_size: int = 256) -> np.ndarray:
+    """Probabilities (N, k) float64 in input order; batches grouped by length."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        ids, mask = pad_right([seqs[i] for i in idx], pad_id)
+        p = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if out is None:
+            out = np.zeros((len(seqs), p.shape[1]), dtype=np.float64)
+        out[idx] = p
+    return out
+
+
+def _kl(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per-sample KL(target || prediction), prediction floored at 1e-4 (the contract's metric)."""
+    p = np.maximum(probs, PROB_FLOOR)
+    p = p / p.sum(1, keepdims=True)
+    t = targets
+    return np.where(t > 0, t * (np.log(np.maximum(t, 1e-12)) - np.log(p)), 0.0).sum(1)
+
+
+def compare_int8(fp32_session, int8_session, seqs, targets, pad_id: int, split_note: str) -> dict:
+    """The accuracy change of the int8 graph against fp32 on the same sequences."""
+    p32 = run_session(fp32_session, seqs, pad_id)
+    p8 = run_session(int8_session, seqs, pad_id)
+    out = {
+        "split": split_note,
+        "samples": len(seqs),
+        "max_abs_diff": float(np.abs(p8 - p32).max()),
+        "mean_abs_diff": float(np.abs(p8 - p32).mean()),
+        "top1_agreement": float((p8.argmax(1) == p32.argmax(1)).mean()),
+    }
+    if targets is not None:
+        t = np.asarray(targets, dtype=np.float64)
+        out["kl_fp32"] = float(_kl(t, p32).mean())
+        out["kl_int8"] = float(_kl(t, p8).mean())
+        out["kl_change"] = out["kl_int8"] - out["kl_fp32"]
+        out["mse_fp32"] = float(((p32 - t) ** 2).mean())
+        out["mse_int8"] = float(((p8 - t) ** 2).mean())
+    return out
+
+
+def validation_samples(data_file, card: dict, encoder) -> tuple[list[list[int]], np.ndarray | None, str]:
+    """(token sequences, targets (N, k) or None, description) of the validation split of
+    ``data_file``, built by the models package's own data code from the split the card records."""
+    try:
+        from models import data as mdata  # the models package's samples and split
+    except ImportError as exc:
+        raise ExportError(f"--int8 needs the models package's data code (models.data): {exc}") from exc
+    return mdata.validation_samples_for_export(data_file, card, encoder)
+
+
+def quantize_int8(src, dst) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # pre-processing hint
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, parity, int8_report,
+                     graph_sha256) -> dict:
+    import onnxruntime
+    import torch
+
+    cfg = model.config
+    return {
+        "schema": MODEL_JSON_SCHEMA,
+        "version": version,
+        "model_file": MODEL_FILE,
+        "quantized": bool(quantized),
+        "categories": list(encoder.categories),  # output order of probs
+        "k": encoder.k,
+        "max_len": encoder.max_len,
+        "padding": "right",
+        "pad_id": encoder.pad_id,
+        "inputs": {n: {"dtype": "int64", "shape": list(DYNAMIC_AXES)} for n in INPUT_NAMES},
+        "outputs": {OUTPUT_NAMES[0]: {"dtype": "float32", "shape": ["batch", encoder.k]}},
+        "opset": OPSET,
+        "encoding": encoder.to_spec(),  # tokenizer embedded
+        "metrics": card.get("metrics", {}),
+        "parity": parity,
+        "int8_vs_fp32": int8_report,
+        "model": {"n_layer": model.backbone.config.n_layer, "n_head": model.backbone.config.n_head,
+                  "n_embd": model.backbone.config.n_embd, "vocab_size": cfg.vocab_size,
+                  "params": count_params(model), "loss": cfg.loss},
+        "source": {
+            "checkpoint": str(Path(ckpt_dir).resolve()),
+            "weights_sha256": sha256_file(Path(ckpt_dir) / "model.safetensors"),
+            "card": {k: card[k] for k in ("created_at", "data", "split", "seed") if k in card},
+        },
+        "graph_sha256": graph_sha256,
+        "exporter": {"method": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_default,
+                      validation=None) -> dict:
+    """Export the checkpoint ``ckpt_dir`` into ``out_dir`` (model.onnx + model.json); returns the
+    model.json content. ``validation`` (seqs, targets, note) overrides reading ``data`` for the
+    int8 comparison (tests). Raises :class:`ExportError` with a one-line reason."""
+    ckpt = Path(ckpt_dir)
+    if not ckpt.exists():
+        raise ExportError(f"{ckpt}: no such checkpoint directory")
+    if not ckpt.is_dir():
+        raise ExportError(f"{ckpt}: not a directory (expected a checkpoint directory from `train`)")
+    if int8 and data is None and validation is None:
+        raise ExportError("--int8 needs --data FILE: the accuracy change is measured on its validation split")
+    if data is not None and not Path(data).is_file():
+        raise ExportError(f"{data}: no such data file")
+
+    import torch
+
+    from models.model import load_checkpoint
+
+    try:
+        model, encoder, card = load_checkpoint(ckpt)
+    except FileNotFoundError as exc:
+        raise ExportError(str(exc)) from None
+    except Exception as exc:  # corrupt weights, config mismatch, ...
+        raise ExportError(f"{ckpt}: cannot load the checkpoint: {type(exc).__name__}: {exc}") from None
+    model.eval()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp32 = out / f".{MODEL_FILE}.fp32.tmp"
+    tmp8 = out / f".{MODEL_FILE}.int8.tmp"
+    try:
+        t0 = time.time()
+        log(f"exporting {ckpt} (k={encoder.k}, max_len={encoder.max_len}, "
+            f"{count_params(model):,} params) at opset {OPSET}")
+        try:
+            export_graph(model, encoder, tmp32)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        check_graph(tmp32, encoder.k)
+        sess32 = ort_session(tmp32, threads=1)
+        parity = parity_check(model, encoder, sess32)
+        log(f"parity ONNX Runtime vs PyTorch: max abs diff {parity['max_abs_diff']:.2e} "
+            f"over {len(parity['shapes'])} shapes (export {time.time() - t0:.1f}s)")
+
+        final, int8_report = tmp32, None
+        if int8:
+            quantize_int8(tmp32, tmp8)
+            check_graph(tmp8, encoder.k)
+            sess8 = ort_session(tmp8, threads=1)
+            if validation is None:
+                validation = validation_samples(data, card, encoder)
+            seqs, targets, note = validation
+            if not seqs:
+                raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
+            int8_report = compare_int8(sess32, sess8, seqs, targets, encoder.pad_id, note)
+            if not np.isfinite(int8_report["max_abs_diff"]):
+                raise ExportError("the int8 graph gives non-finite probabilities")
+            msg = f"int8 vs fp32 on {int8_report['samples']} validation samples: max abs diff {int8_report['max_abs_diff']:.2e}"
+            if "kl_fp32" in int8_report:
+                msg += f", KL {int8_report['kl_fp32']:.5f} -> {int8_report['kl_int8']:.5f}"
+            log(msg)
+            final = tmp8
+
+        graph = final.read_bytes()
+        spec = encoder.to_spec()
+        version = content_version(graph, spec)
+        meta = build_model_json(version=version, encoder=encoder, model=model, card=card, ckpt_dir=ckpt,
+                                quantized=int8, parity=parity, int8_report=int8_report,
+                                graph_sha256=hashlib.sha256(graph).hexdigest())
+        tmp_json = out / f".{CARD_FILE}.tmp"
+        tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(final, out / MODEL_FILE)
+        os.replace(tmp_json, out / CARD_FILE)
+        log(f"wrote {out / MODEL_FILE} and {out / CARD_FILE} (version {version}, "
+            f"{'int8' if int8 else 'fp32'}, {len(graph) / 1e6:.2f} MB)")
+        return meta
+    finally:
+        for p in (tmp32, tmp8):
+            if p.exists():
+                p.unlink()

@@ -1,0 +1,242 @@
+"""The exported model as the worker runs it: load a ``model.onnx`` + ``model.json`` pair, check it,
+score windows. No torch: numpy, onnxruntime, orjson and the models package's pure-Python encoding.
+
+``LoadedModel.load(path)`` resolves ``path`` ONCE (it is usually a symlink that operators re-point
+atomically, CONTRACT.md "Model artifacts") and reads both files from that resolved directory, so a
+re-point in the middle of a load cannot mix two pairs. Everything that can be wrong with a pair
+raises :class:`ModelError` naming the path and the reason; a pair is only returned after a test
+inference gave finite probabilities that sum to 1.
+
+Scoring: each window is encoded with exactly the encoder the spec in ``model.json`` rebuilds
+(:class:`models.encoding.Encoder`), sequences are grouped by token length to cut padding, RIGHT
+padded (the model's head reads the last real position), and run through one ONNX Runtime session
+in batches. An empty window is valid: it encodes to ``[BOS] [END]`` and the model answers with its
+population-prior-driven distribution (the worker normally never scores a user without events).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import orjson
+
+from models.encoding import Encoder
+from models.window import WindowEvent
+from stream_app.settings import InterestStreamError
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "model.json"
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "probs"
+REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
+SUPPORTED_SCHEMAS = (1,)
+SUM_TOL = 1e-4  # probabilities sum to 1 within this (CONTRACT: interests sum to 1 within 1e-4)
+DEFAULT_BATCH = 256
+
+
+class ModelError(InterestStreamError):
+    """A model pair cannot be served: missing, unreadable, inconsistent or failing its test run."""
+
+
+def content_version(graph_bytes: bytes, spec: dict) -> str:
+    """A pair's ``version``: sha256 over the graph bytes and the canonical JSON of the encoding
+    spec, 16 hex digits (the export writes it; the loader recomputes it)."""
+    h = hashlib.sha256()
+    h.update(graph_bytes)
+    h.update(b"\0")
+    h.update(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+    return h.hexdigest()[:16]
+
+
+def _test_windows(encoder: Encoder) -> list[list[WindowEvent]]:
+    """Small windows that touch every token family: empty, clicks/browses over all categories, an
+    unknown category, searches."""
+    t0 = 1_700_000_000_000
+    cats = list(encoder.categories)
+    full = []
+    for i, c in enumerate(cats):
+        full.append(WindowEvent(t0 + i * 30_000, "click", c, f"{c}-1"))
+        full.append(WindowEvent(t0 + i * 30_000 + 5_000, "browse", c, f"{c}-2", dwell_ms=12_000))
+    full.append(WindowEvent(t0 + 10_000_000, "search", query="test query"))
+    full.append(WindowEvent(t0 + 10_060_000, "click", "__unknown__", "x-1"))
+    return [[], full[:3], full, [WindowEvent(t0, "search", query="hello")]]
+
+
+class LoadedModel:
+    """One checked model pair and its ONNX Runtime session. Build with :meth:`load`.
+
+    Attributes: ``version``, ``categories`` (tuple, output order), ``k``, ``quantized``,
+    ``max_len``, ``resolved_dir`` (str), ``path`` (as given), ``encoder``, ``card`` (model.json),
+    ``threads``. Thread-safe for concurrent ``predict`` calls (ONNX Runtime's ``run`` is)."""
+
+    def __init__(self, *, path, resolved_dir, card, encoder, session, threads):
+        self.path = str(path)
+        self.resolved_dir = str(resolved_dir)
+        self.card = card
+        self.version: str = card["version"]
+        self.categories: tuple[str, ...] = tuple(card["categories"])
+        self.k = len(self.categories)
+        self.quantized: bool = bool(card["quantized"])
+        self.max_len: int = int(card["max_len"])
+        self.encoder = encoder
+        self.pad_id = encoder.pad_id
+        self.session = session
+        self.threads = threads
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel(version={self.version!r}, k={self.k}, quantized={self.quantized}, "
+                f"dir={self.resolved_dir!r})")
+
+    # --- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path, threads: int = 1) -> "LoadedModel":
+        """Resolve ``path`` once, read and check the pair there, run a test inference."""
+        given = str(path)
+        resolved = os.path.realpath(given)
+
+        def fail(reason: str) -> ModelError:
+            where = given if resolved == os.path.abspath(given) else f"{given} -> {resolved}"
+            return ModelError(f"model at {where}: {reason}")
+
+        if not os.path.exists(resolved):
+            raise fail("no such directory")
+        if not os.path.isdir(resolved):
+            raise fail("not a directory (expected one holding model.onnx and model.json)")
+        card_path, graph_path = Path(resolved, CARD_FILE), Path(resolved, MODEL_FILE)
+        for p in (card_path, graph_path):
+            if not p.is_file():
+                raise fail(f"missing {p.name} (export writes model.onnx and model.json side by side)")
+        try:
+            card = orjson.loads(card_path.read_bytes())
+        except (orjson.JSONDecodeError, OSError) as exc:
+            raise fail(f"model.json is not readable JSON: {exc}") from None
+        if not isinstance(card, dict):
+            raise fail("model.json is not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in card]
+        if missing:
+            raise fail(f"model.json lacks required keys {missing}")
+        if card.get("schema", 1) not in SUPPORTED_SCHEMAS:
+            raise fail(f"model.json schema {card.get('schema')!r} is not supported (knows {list(SUPPORTED_SCHEMAS)})")
+        version = card["version"]
+        if not isinstance(version, str) or not version:
+            raise fail(f"model.json version must be a non-empty string, got {version!r}")
+        cats = card["categories"]
+        if not isinstance(cats, list) or not cats:
+            raise fail("model.json categories must be a non-empty list")
+        if not all(isinstance(c, str) and c for c in cats):
+            raise fail("model.json categories must be non-empty strings")
+        if len(set(cats)) != len(cats):
+            dup = sorted({c for c in cats if cats.count(c) > 1})
+            raise fail(f"model.json categories are not unique (repeated: {dup})")
+        if not isinstance(card["quantized"], bool):
+            raise fail(f"model.json quantized must be true/false, got {card['quantized']!r}")
+        spec = card["encoding"]
+        if not isinstance(spec, dict):
+            raise fail("model.json encoding must be the encoder spec object")
+        try:
+            encoder = Encoder.from_spec(spec)
+        except Exception as exc:  # KeyError, ValueError, tokenizer parse errors
+            raise fail(f"the encoding spec does not rebuild an encoder: {type(exc).__name__}: {exc}") from None
+        if not isinstance(card["max_len"], int) or card["max_len"] != encoder.max_len:
+            raise fail(f"model.json max_len {card['max_len']!r} differs from the encoding's {encoder.max_len}")
+
+        graph = graph_path.read_bytes()
+        session = cls._session(graph, threads, fail)
+        ins = [i.name for i in session.get_inputs()]
+        outs = [o.name for o in session.get_outputs()]
+        if sorted(ins) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
+            raise fail(f"model.onnx has inputs {ins} and outputs {outs}; expected inputs "
+                       f"{list(INPUT_NAMES)} and output {OUTPUT_NAME!r}")
+        for i in session.get_inputs():
+            if i.type != "tensor(int64)":
+                raise fail(f"model.onnx input {i.name} is {i.type}, expected tensor(int64)")
+        oshape = next(o.shape for o in session.get_outputs() if o.name == OUTPUT_NAME)
+        if len(oshape) != 2:
+            raise fail(f"model.onnx output {OUTPUT_NAME} has shape {oshape}, expected (batch, k)")
+        if isinstance(oshape[1], int) and oshape[1] != len(cats):
+            raise fail(f"k mismatch: the graph outputs {oshape[1]} probabilities but model.json lists "
+                       f"{len(cats)} categories")
+        if tuple(cats) != encoder.categories:
+            raise fail("model.json categories differ from the encoding spec's categories")
+        expected = content_version(graph, spec)
+        if expected != version:
+            raise fail(f"version {version!r} does not match the content hash of model.onnx and the "
+                       f"encoding ({expected!r}): the pair is inconsistent (mixed or edited files)")
+
+        model = cls(path=given, resolved_dir=resolved, card=card, encoder=encoder, session=session,
+                    threads=threads)
+        model._self_test(fail)
+        return model
+
+    @staticmethod
+    def _session(graph: bytes, threads: int, fail):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only; failures come back as exceptions anyway
+        try:
+            return ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise fail(f"model.onnx cannot be loaded by ONNX Runtime: {msg}") from None
+
+    def _self_test(self, fail) -> None:
+        windows = _test_windows(self.encoder)
+        try:
+            probs = self.predict(windows, batch_size=3)  # two batches, padding included
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise fail(f"test inference failed: {msg}") from None
+        if probs.shape != (len(windows), self.k):
+            raise fail(f"k mismatch: test inference gave shape {probs.shape}, expected "
+                       f"({len(windows)}, {self.k}) for {self.k} categories")
+        if not np.all(np.isfinite(probs)):
+            raise fail("test inference gave non-finite values")
+        if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
+            raise fail(f"test inference gave values outside [0, 1] (min {probs.min():.3g}, max {probs.max():.3g})")
+        worst = float(np.abs(probs.sum(1) - 1.0).max())
+        if worst > SUM_TOL:
+            raise fail(f"test inference probabilities do not sum to 1 (off by {worst:.3g})")
+
+    # --- scoring ------------------------------------------------------------------------
+    def encode(self, window: Sequence[WindowEvent]) -> list[int]:
+        """Token ids of one window (events in ts order), exactly as training encoded them."""
+        return self.encoder.encode(window)
+
+    def predict(self, windows: Sequence[Sequence[WindowEvent]], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Interest distributions (n, k) float64, rows in the order of ``windows``."""
+        enc = self.encoder.encode
+        return self.predict_ids([enc(w) for w in windows], batch_size)
+
+    def predict_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids)."""
+        n = len(seqs)
+        out = np.empty((n, self.k), dtype=np.float64)
+        if n == 0:
+            return out
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
+        if lens.min() < 1 or lens.max() > self.max_len:
+            raise ValueError(f"token sequences must hold 1..{self.max_len} ids, got lengths "
+                             f"{int(lens.min())}..{int(lens.max())}")
+        order = np.argsort(lens, kind="stable")  # group by length: each batch pads to its longest
+        run = self.session.run
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            T = int(lens[idx[-1]])
+            ids = np.full((len(idx), T), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), T), dtype=np.int64)
+            for r, i in enumerate(idx):
+                L = lens[i]
+                ids[r, :L] = seqs[i]
+                mask[r, :L] = 1
+            out[idx] = run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+        return out

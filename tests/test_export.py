@@ -1,0 +1,290 @@
+"""Export (checkpoint -> model.onnx + model.json) and the worker's model runtime, on a tiny model.
+
+One tiny checkpoint is trained per module (seconds); exports of it are shared. Expected values are
+computed independently: PyTorch runs the checkpoint itself, the version hash is recomputed here
+with hashlib from the files, the probabilities' sums are checked against 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_model (conftest does it too)
+
+from tiny_model import build_tiny_checkpoint  # noqa: E402
+
+from models.simulate import CATEGORIES  # noqa: E402
+from models.window import WindowEvent  # noqa: E402
+from stream_app.model_runtime import LoadedModel, ModelError  # noqa: E402
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from export import onnx_export as ox  # noqa: E402
+from export.cli import export_cmd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = dict(log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(checkpoint dir, torch model, encoder, validation windows, seqs, targets)."""
+    d = tmp_path_factory.mktemp("tiny") / "ckpt"
+    return build_tiny_checkpoint(d, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fp32_dir(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
+    ox.export_checkpoint(tiny[0], out, **QUIET)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8")
+    ckpt, _, _, _, vseqs, vtargets = tiny
+    ox.export_checkpoint(ckpt, out, int8=True, validation=(vseqs, vtargets, "tiny validation"), **QUIET)
+    return out
+
+
+def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy().astype(np.float64)
+
+
+def padded(seqs, pad_id=0):
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# --- the graph --------------------------------------------------------------------------
+def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
+    path = fp32_dir / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    m = onnx.load(str(path))
+    assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in m.graph.output] == ["probs"]
+    for i in m.graph.input:
+        assert [d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
+    assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {ox.OPSET}
+
+
+def test_ort_matches_torch_on_unseen_shapes_with_right_padding(fp32_dir, tiny):
+    _, model, enc, _, _, _ = tiny
+    sess = ort.InferenceSession(str(fp32_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(42)
+    for b, t in [(1, 2), (1, enc.max_len), (5, 23), (33, 3), (6, enc.max_len)]:
+        lens = rng.integers(2, t + 1, size=b)
+        lens[0] = t
+        seqs = [[enc.bos_id] + rng.integers(4, enc.vocab_size, size=n - 2).tolist() + [enc.end_id] for n in lens]
+        ids, mask = padded(seqs)
+        got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        want = torch_probs(model, ids, mask)
+        assert got.shape == (b, len(CATEGORIES))
+        assert np.abs(got - want).max() < 1e-4, (b, t)
+        # right padding: a row's answer does not depend on what it is padded to
+        alone = sess.run(None, {"input_ids": ids[-1:, : lens[-1]], "attention_mask": mask[-1:, : lens[-1]]})[0]
+        assert np.abs(alone[0] - got[-1]).max() < 1e-5
+
+
+def test_head_is_trained_so_parity_exercises_the_backbone(tiny):
+    model = tiny[1]
+    assert float(model.head.weight.detach().abs().max()) > 1e-3
+
+
+# --- model.json -------------------------------------------------------------------------
+def test_model_json_fields(fp32_dir, tiny):
+    ckpt, model, enc, _, _, _ = tiny
+    meta = json.loads((fp32_dir / "model.json").read_text())
+    assert meta["categories"] == list(CATEGORIES)
+    assert meta["max_len"] == enc.max_len == 64
+    assert meta["quantized"] is False
+    assert meta["opset"] == ox.OPSET
+    assert list(meta["inputs"]) == ["input_ids", "attention_mask"] and list(meta["outputs"]) == ["probs"]
+    assert meta["encoding"] == enc.to_spec() and isinstance(meta["encoding"]["tokenizer"], str)
+    card = json.loads((ckpt / "model_card.json").read_text())
+    assert meta["metrics"] == card["metrics"]
+    assert meta["source"]["checkpoint"] == str(ckpt.resolve())
+    assert meta["parity"]["max_abs_diff"] < 1e-4 and len(meta["parity"]["shapes"]) >= 4
+    # version: sha256 of the graph bytes + canonical JSON of the spec, recomputed independently
+    h = hashlib.sha256((fp32_dir / "model.onnx").read_bytes())
+    h.update(b"\0")
+    h.update(json.dumps(meta["encoding"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    assert meta["version"] == h.hexdigest()[:16]
+
+
+def test_version_stable_for_same_weights_and_changes_with_weights(tiny, fp32_dir, tmp_path):
+    ckpt = tiny[0]
+    again = ox.export_checkpoint(ckpt, tmp_path / "again", **QUIET)
+    assert again["version"] == json.loads((fp32_dir / "model.json").read_text())["version"]
+
+    from models.model import load_checkpoint, save_checkpoint
+
+    model, enc, card = load_checkpoint(ckpt)
+    with torch.no_grad():
+        model.head.bias.add_(0.01)
+    save_checkpoint(model, enc, card, tmp_path / "ckpt2")
+    other = ox.export_checkpoint(tmp_path / "ckpt2", tmp_path / "other", **QUIET)
+    assert other["version"] != again["version"]
+
+
+# --- int8 -------------------------------------------------------------------------------
+def test_int8_export_records_quantization_and_accuracy_change(int8_dir, fp32_dir, tiny):
+    meta = json.loads((int8_dir / "model.json").read_text())
+    assert meta["quantized"] is True
+    rep = meta["int8_vs_fp32"]
+    assert rep["samples"] == len(tiny[4]) > 0
+    for key in ("kl_fp32", "kl_int8", "max_abs_diff"):
+        assert np.isfinite(rep[key])
+    assert 0 < rep["max_abs_diff"] < 0.05 and abs(rep["kl_int8"] - rep["kl_fp32"]) < 0.05
+    ops = {n.op_type for n in onnx.load(str(int8_dir / "model.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops
+    m8, m32 = LoadedModel.load(int8_dir), LoadedModel.load(fp32_dir)
+    assert m8.quantized and not m32.quantized and m8.version != m32.version
+    wins = tiny[3]
+    assert np.abs(m8.predict(wins) - m32.predict(wins)).max() < 0.05
+
+
+# --- failures ---------------------------------------------------------------------------
+def test_parity_failure_fails_the_export_with_the_measured_difference(tiny, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    monkeypatch.setattr(ox, "PARITY_TOL", -1.0)  # any measured difference is now too large
+    res = CliRunner().invoke(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    assert "parity check failed: max |ONNX Runtime - PyTorch| =" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "model.json").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no temporary files left
+
+
+def test_cli_refuses_bad_inputs_with_one_line_errors(tmp_path, tiny):
+    from click.testing import CliRunner
+
+    run = CliRunner().invoke
+    res = run(export_cmd, [str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no such checkpoint directory" in res.output
+    (tmp_path / "empty").mkdir()
+    res = run(export_cmd, [str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not a checkpoint directory (missing config.json)" in res.output
+    res = run(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "o"), "--int8"])
+    assert res.exit_code == 1 and "--int8 needs --data" in res.output
+    res = run(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "o"), "--data", "x.jsonl"])
+    assert res.exit_code == 2 and "--data is only used with --int8" in res.output
+
+
+def test_python_m_export_missing_dir_is_a_clean_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "export", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [f"Error: {tmp_path / 'missing'}: no such checkpoint directory"]
+
+
+def test_worker_side_imports_need_no_torch():
+    code = ("import sys, export.cli, stream_app.model_runtime; "
+            "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+# --- LoadedModel ------------------------------------------------------------------------
+def test_loaded_model_attributes_and_symlink_resolution(fp32_dir, tmp_path):
+    link = tmp_path / "current"
+    os.symlink(fp32_dir, link)
+    m = LoadedModel.load(link, threads=1)
+    meta = json.loads((fp32_dir / "model.json").read_text())
+    assert m.resolved_dir == os.path.realpath(fp32_dir)
+    assert m.version == meta["version"] and m.categories == tuple(CATEGORIES)
+    assert m.quantized is False and m.max_len == 64 and m.encoder.categories == tuple(CATEGORIES)
+
+
+def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):
+    _, model, enc, windows, _, _ = tiny
+    m = LoadedModel.load(fp32_dir)
+    wins = list(windows) + [[]]  # an empty window is scored too: [BOS] [END]
+    got = m.predict(wins, batch_size=7)
+    seqs = [enc.encode(w) for w in wins]
+    want = np.concatenate([torch_probs(model, *padded([s])) for s in seqs])  # one by one, no padding
+    assert got.shape == (len(wins), len(CATEGORIES)) and got.dtype == np.float64
+    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(got.sum(1) - 1).max() < 1e-4
+    assert np.abs(m.predict(wins, batch_size=256) - got).max() < 1e-5
+    assert np.abs(m.predict_ids(seqs) - got).max() < 1e-5
+    assert m.predict([]).shape == (0, len(CATEGORIES))
+
+
+def _copy_pair(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_load_refuses_missing_dir(tmp_path):
+    with pytest.raises(ModelError, match="no such directory"):
+        LoadedModel.load(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.json").write_text("{}")
+    with pytest.raises(ModelError, match="missing model.onnx"):
+        LoadedModel.load(tmp_path / "half")
+
+
+def test_load_refuses_corrupt_graph(fp32_dir, tmp_path):
+    d = _copy_pair(fp32_dir, tmp_path / "corrupt")
+    (d / "model.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ModelError, match="model.onnx cannot be loaded by ONNX Runtime") as e:
+        LoadedModel.load(d)
+    assert str(d) in str(e.value)
+
+
+def test_load_refuses_categories_that_do_not_match_k(fp32_dir, tmp_path):
+    d = _copy_pair(fp32_dir, tmp_path / "k")
+    meta = json.loads((d / "model.json").read_text())
+    meta["categories"] = meta["categories"][:-1]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="k mismatch: the graph outputs 12 probabilities but model.json lists 11"):
+        LoadedModel.load(d)
+
+
+def test_load_refuses_bad_json_and_mixed_pairs(fp32_dir, int8_dir, tmp_path):
+    d = _copy_pair(fp32_dir, tmp_path / "badjson")
+    (d / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not readable JSON"):
+        LoadedModel.load(d)
+    meta = json.loads((fp32_dir / "model.json").read_text())
+    del meta["encoding"]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"lacks required keys \['encoding'\]"):
+        LoadedModel.load(d)
+    d = _copy_pair(fp32_dir, tmp_path / "mixed")
+    shutil.copy(int8_dir / "model.onnx", d / "model.onnx")
+    with pytest.raises(ModelError, match="does not match the content hash"):
+        LoadedModel.load(d)
+    d = _copy_pair(fp32_dir, tmp_path / "dup")
+    meta = json.loads((fp32_dir / "model.json").read_text())
+    meta["categories"][1] = meta["categories"][0]
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="not unique"):
+        LoadedModel.load(d)
+
+
+def test_predict_rejects_overlong_sequences(fp32_dir):
+    m = LoadedModel.load(fp32_dir)
+    with pytest.raises(ValueError, match="1..64 ids"):
+        m.predict_ids([[1] * 65])
+    long_window = [WindowEvent(1_700_000_000_000 + i * 1000, "click", "books", "b") for i in range(200)]
+    assert len(m.encode(long_window)) <= 64  # the encoder keeps the most recent events that fit
+    assert m.predict([long_window]).shape == (1, 12)
