@@ -1,0 +1,265 @@
+"""From a JSONL event log to training samples, with the split by time.
+
+A sample is a (user, cut) pair. The cut falls after the user's event ``i-1`` and before event
+``i`` (only where ``ts[i] > ts[i-1]``, so no event shares the cut's time):
+* input = the window of :mod:`models.window` ending at ``newest_ts = ts[i-1]`` (horizon and
+  max events as configured), exactly what the worker holds at that moment;
+* target = the category distribution of what comes next, clicks and browses weighted by type
+  (``click_weight``, ``browse_weight``; searches carry no category; categories outside the
+  encoder's list are left out): either the events in ``(cut, cut + target_window_s]``
+  (``target="time"``) or the next ``target_k`` events (``target="next_k"``, for bursty logs such
+  as MovieLens). Samples whose target is empty are skipped and counted.
+
+Split by time, from the log's event-time quantiles ``t1`` (1 - val_frac - test_frac) and ``t2``
+(1 - test_frac): a training sample's target ends before ``t1``; a validation sample's cut is at or
+after ``t1`` and its target ends before ``t2``; a test sample's cut is at or after ``t2``. Nothing
+the model trains on reaches into the validation or test period. Samples straddling a boundary are
+dropped and counted. Time targets that run past the end of the log are dropped (partly unseen).
+The whole :class:`DataConfig` plus ``t1``/``t2`` go into the model card, so ``evaluate``
+rebuilds the very same samples.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from models.window import DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, WindowEvent, seconds_to_ms, window_slice
+
+
+@dataclass
+class DataConfig:
+    horizon_s: int = DEFAULT_HORIZON_S  # input window reach (CONTRACT INTEREST_HORIZON_S)
+    max_events: int = DEFAULT_MAX_EVENTS  # events the model reads (CONTRACT INTEREST_MAX_EVENTS)
+    target: str = "time"  # "time" (next target_window_s) or "next_k" (next target_k events)
+    target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
+    target_k: int = 10  # events per target with target="next_k"
+    click_weight: float = 1.0  # a click says more than a glance
+    browse_weight: float = 0.5
+    val_frac: float = 0.15  # share of the log's time span (by events) for validation
+    test_frac: float = 0.15
+    max_train_samples: int = 120_000  # seeded subsample above this (keeps training < 15 min)
+    max_eval_samples: int = 40_000  # per validation/test split
+    min_category_count: int = 5  # rarer training categories -> unknown-category token
+    seed: int = 0  # subsampling
+
+    def __post_init__(self):
+        if self.target not in ("time", "next_k"):
+            raise ValueError(f"target must be 'time' or 'next_k', got {self.target!r}")
+        if not (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1):
+            raise ValueError("val_frac and test_frac must be > 0 and sum to < 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown data config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
+    """User -> events sorted by (ts, file order), a repeated event_id counted once (as the worker
+    does). Lines that are not valid contract events are skipped and counted."""
+    import orjson
+
+    users: dict[str, list[WindowEvent]] = {}
+    seen: dict[str, set] = {}
+    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0}
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            stats["lines"] += 1
+            try:
+                e = orjson.loads(line)
+                uid, eid, kind, ts = e["user_id"], e["event_id"], e["type"], e["ts"]
+                ok = isinstance(ts, int) and not isinstance(ts, bool) and kind in ("click", "browse", "search")
+                ok = ok and (e.get("category") if kind != "search" else e.get("query"))
+            except Exception:
+                ok = False
+            if not ok:
+                stats["invalid"] += 1
+                continue
+            s = seen.setdefault(uid, set())
+            if eid in s:
+                stats["duplicates"] += 1
+                continue
+            s.add(eid)
+            users.setdefault(uid, []).append(WindowEvent.from_event(e))
+            stats["events"] += 1
+    for evs in users.values():
+        evs.sort(key=lambda w: w.ts)  # stable: file order within a millisecond
+    stats["users"] = len(users)
+    return users, stats
+
+
+def split_times(users: dict[str, list[WindowEvent]], cfg: DataConfig) -> tuple[int, int]:
+    ts = np.concatenate([np.fromiter((e.ts for e in evs), np.int64, len(evs)) for evs in users.values()])
+    q = np.quantile(ts, [1 - cfg.val_frac - cfg.test_frac, 1 - cfg.test_frac], method="lower")
+    return int(q[0]), int(q[1])
+
+
+@dataclass
+class UserSeq:
+    """One user's events as arrays: ts, output category index (-1: none/unknown), target weight."""
+
+    events: list[WindowEvent]
+    ts: np.ndarray
+    cat: np.ndarray
+    weight: np.ndarray
+
+
+@dataclass
+class Samples:
+    user: np.ndarray  # (N,) index into user_ids
+    cut: np.ndarray  # (N,) i: input = events[:i]
+    cut_ts: np.ndarray  # (N,) newest_ts of the input window
+    targets: np.ndarray  # (N, k) float32, rows sum to 1
+
+    def __len__(self) -> int:
+        return len(self.cut)
+
+    def take(self, idx) -> "Samples":
+        return Samples(self.user[idx], self.cut[idx], self.cut_ts[idx], self.targets[idx])
+
+
+@dataclass
+class Dataset:
+    user_ids: list[str]
+    seqs: list[UserSeq]
+    splits: dict[str, Samples]  # "train", "val", "test"
+    counts: dict  # skipped / dropped / kept, per reason
+    t1: int
+    t2: int
+
+
+def user_seqs(users: dict[str, list[WindowEvent]], categories, cfg: DataConfig):
+    index = {c: i for i, c in enumerate(categories)}
+    ids = sorted(users)
+    seqs = []
+    for u in ids:
+        evs = users[u]
+        cat = np.array([index.get(e.category, -1) if e.type != "search" else -1 for e in evs], np.int32)
+        w = np.array([cfg.click_weight if e.type == "click" else cfg.browse_weight if e.type == "browse"
+                      else 0.0 for e in evs], np.float32)
+        w[cat < 0] = 0.0
+        seqs.append(UserSeq(evs, np.array([e.ts for e in evs], np.int64), cat, w))
+    return ids, seqs
+
+
+def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Dataset:
+    """All samples of the log, split by time, subsampled (seeded) to the configured caps."""
+    k = len(categories)
+    ids, seqs = user_seqs(users, categories, cfg)
+    win_ms = seconds_to_ms(cfg.target_window_s)
+    end_of_log = max(int(s.ts[-1]) for s in seqs)
+    rows = {"train": [], "val": [], "test": []}
+    counts = {"empty_target": 0, "straddling_split": 0, "target_past_log_end": 0, "same_ts_cut": 0}
+    for ui, s in enumerate(seqs):
+        n = len(s.ts)
+        if n < 2:
+            continue
+        csum = np.concatenate([[0.0], np.cumsum(s.weight)])
+        for i in range(1, n):
+            cut_ts = int(s.ts[i - 1])
+            if s.ts[i] == cut_ts:
+                counts["same_ts_cut"] += 1
+                continue
+            if cfg.target == "time":
+                end_ts = cut_ts + win_ms
+                if end_ts > end_of_log:
+                    counts["target_past_log_end"] += 1
+                    continue
+                j = int(np.searchsorted(s.ts, end_ts, side="right"))
+            else:
+                j = i + cfg.target_k
+                if j > n:
+                    counts["target_past_log_end"] += 1
+                    continue
+                end_ts = int(s.ts[j - 1])
+            if csum[j] - csum[i] <= 0:
+                counts["empty_target"] += 1
+                continue
+            if end_ts < t1:
+                split = "train"
+            elif cut_ts >= t1 and end_ts < t2:
+                split = "val"
+            elif cut_ts >= t2:
+                split = "test"
+            else:
+                counts["straddling_split"] += 1
+                continue
+            rows[split].append((ui, i, cut_ts, j))
+    rng = np.random.default_rng(cfg.seed)
+    splits = {}
+    for name, rs in rows.items():
+        cap = cfg.max_train_samples if name == "train" else cfg.max_eval_samples
+        counts[f"{name}_candidates"] = len(rs)
+        if len(rs) > cap:
+            keep = np.sort(rng.choice(len(rs), size=cap, replace=False))
+            rs = [rs[x] for x in keep]
+        t = np.zeros((len(rs), k), np.float32)
+        for r, (ui, i, _, j) in enumerate(rs):
+            s = seqs[ui]
+            np.add.at(t[r], s.cat[i:j][s.weight[i:j] > 0], s.weight[i:j][s.weight[i:j] > 0])
+        t /= np.maximum(t.sum(1, keepdims=True), 1e-12)
+        splits[name] = Samples(
+            np.array([r[0] for r in rs], np.int32), np.array([r[1] for r in rs], np.int32),
+            np.array([r[2] for r in rs], np.int64), t,
+        )
+        counts[name] = len(rs)
+    return Dataset(ids, seqs, splits, counts, t1, t2)
+
+
+def sample_windows(ds: Dataset, samples: Samples, cfg: DataConfig) -> list[list[WindowEvent]]:
+    """The input window of each sample, through :func:`models.window.window_slice`."""
+    horizon_ms = seconds_to_ms(cfg.horizon_s)
+    out = []
+    for ui, i, cut_ts in zip(samples.user, samples.cut, samples.cut_ts):
+        evs = ds.seqs[ui].events
+        # the window keeps at most max_events, so the last max_events of the prefix suffice
+        out.append(window_slice(evs[max(0, i - cfg.max_events) : i], int(cut_ts), horizon_ms, cfg.max_events))
+    return out
+
+
+def encode_samples(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> list[np.ndarray]:
+    return [np.asarray(encoder.encode(w), dtype=np.int32) for w in sample_windows(ds, samples, cfg)]
+
+
+def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_kwargs: dict | None = None):
+    """Read the log, fix the split (given, or from time quantiles), fit the encoder on training-
+    period events if none is given, and build the samples. Returns (dataset, encoder, info)."""
+    from models.encoding import fit_encoder
+
+    users, stats = read_log(path)
+    if not users:
+        raise ValueError(f"{path}: no valid events")
+    if split is None:
+        t1, t2 = split_times(users, cfg)
+    else:
+        t1, t2 = int(split["t1"]), int(split["t2"])
+    if encoder is None:
+        train_events = (e for evs in users.values() for e in evs if e.ts < t1)
+        encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, **(fit_kwargs or {}))
+    ds = build_dataset(users, encoder.categories, cfg, t1, t2)
+    info = {"log": stats, "samples": ds.counts, "split": split_record(cfg, t1, t2)}
+    return ds, encoder, info
+
+
+def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
+    return {
+        "by": "time",
+        "t1": t1, "t2": t2,
+        "rule": "train: target ends < t1; val: cut >= t1 and target ends < t2; test: cut >= t2",
+        "data_config": asdict(cfg),
+    }

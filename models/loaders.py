@@ -1,0 +1,137 @@
+"""Public datasets as event logs in the contract's schema (one JSON object per line, sorted by ts).
+
+MovieLens ``ml-latest-small`` (``load movielens DIR``; DIR holds ratings.csv, movies.csv, tags.csv):
+* every rating is one ``click``: ``event_id`` ``"r-<userId>-<movieId>"``, ``user_id`` the userId as
+  a string, ``ts`` = timestamp * 1000, ``item_id`` the movieId, ``category`` the movie's FIRST
+  listed genre (``"(no genres listed)"`` kept as is for the 34 movies without one); extra fields
+  ``genres`` (all genres, a list) and ``rating`` (the stars);
+* every tag application is one ``search`` whose ``query`` is the tag text (trimmed, cut to 512
+  characters; empty tags skipped): ``event_id`` ``"t-<userId>-<movieId>-<n>"`` (n counts that
+  user's tags on that movie in file order), extra field ``movie_id``;
+* ratings of movies missing from movies.csv get the category ``"(no genres listed)"``.
+
+REES46 e-commerce sample (``load rees46 FILE``, the CSV of ``2019-Oct.csv``'s format):
+* ``view`` -> ``browse``; ``cart`` and ``purchase`` -> ``click``; ``remove_from_cart`` (and any
+  other type) is skipped and counted;
+* ``category`` = ``category_code`` (e.g. ``electronics.smartphone``); rows without a
+  category_code (upstream leaves it empty for accessories) get ``"category_id:<category_id>"``
+  so no event is dropped (rare ones become the unknown-category token of the encoding);
+* ``ts`` = ``event_time`` (``YYYY-MM-DD hh:mm:ss UTC``) as epoch ms; ``user_id`` and ``item_id``
+  (product_id) as strings; ``event_id`` ``"e-"`` + the first 16 hex digits of the SHA-1 of the raw
+  CSV line, so an exact duplicate row is the same event (the window counts it once); extra fields
+  ``event_type`` (the upstream type), ``brand``, ``price``, ``session``;
+* no dwell times and no searches exist in this data.
+
+Both sort by (ts, event_id), and every string fits the contract's length limits (ids 1-128,
+query 1-512 characters).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+NO_GENRE = "(no genres listed)"
+
+
+def _write(events: list[dict], out) -> None:
+    import orjson
+
+    events.sort(key=lambda e: (e["ts"], e["event_id"]))
+    with open(out, "wb") as f:
+        for e in events:
+            f.write(orjson.dumps(e) + b"\n")
+
+
+def movielens_events(data_dir) -> tuple[list[dict], dict]:
+    d = Path(data_dir)
+    for name in ("ratings.csv", "movies.csv"):
+        if not (d / name).exists():
+            raise FileNotFoundError(f"{d}: no {name} (expected MovieLens ml-latest-small)")
+    genres: dict[str, list[str]] = {}
+    with open(d / "movies.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            genres[row["movieId"]] = [g for g in row["genres"].split("|") if g] or [NO_GENRE]
+    events: list[dict] = []
+    stats = {"ratings": 0, "tags": 0, "tags_skipped_empty": 0, "movies_without_genre_row": 0}
+    with open(d / "ratings.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            g = genres.get(row["movieId"])
+            if g is None:
+                stats["movies_without_genre_row"] += 1
+                g = [NO_GENRE]
+            events.append({
+                "event_id": f"r-{row['userId']}-{row['movieId']}", "user_id": row["userId"],
+                "type": "click", "ts": int(row["timestamp"]) * 1000, "item_id": row["movieId"],
+                "category": g[0][:128], "genres": g, "rating": float(row["rating"]),
+            })
+            stats["ratings"] += 1
+    if (d / "tags.csv").exists():
+        seen: dict[tuple[str, str], int] = {}
+        with open(d / "tags.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                text = (row["tag"] or "").strip()[:512]
+                if not text:
+                    stats["tags_skipped_empty"] += 1
+                    continue
+                key = (row["userId"], row["movieId"])
+                seen[key] = n = seen.get(key, 0) + 1
+                events.append({
+                    "event_id": f"t-{row['userId']}-{row['movieId']}-{n}", "user_id": row["userId"],
+                    "type": "search", "ts": int(row["timestamp"]) * 1000, "query": text,
+                    "movie_id": row["movieId"],
+                })
+                stats["tags"] += 1
+    return events, stats
+
+
+def rees46_events(path) -> tuple[list[dict], dict]:
+    kinds = {"view": "browse", "cart": "click", "purchase": "click"}
+    events: list[dict] = []
+    stats = {"rows": 0, "skipped_type": 0, "no_category_code": 0}
+    with open(path, newline="", encoding="utf-8") as f:
+        header = f.readline()
+        cols = next(csv.reader([header]))
+        need = {"event_time", "event_type", "product_id", "category_id", "category_code", "user_id"}
+        if not need <= set(cols):
+            raise ValueError(f"{path}: not a REES46 events CSV (columns {cols})")
+        for line in f:
+            if not line.strip():
+                continue
+            row = dict(zip(cols, next(csv.reader([line]))))
+            stats["rows"] += 1
+            kind = kinds.get(row["event_type"])
+            if kind is None:
+                stats["skipped_type"] += 1
+                continue
+            cat = row["category_code"]
+            if not cat:
+                stats["no_category_code"] += 1
+                cat = f"category_id:{row['category_id']}"
+            when = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+            ev = {
+                "event_id": "e-" + hashlib.sha1(line.rstrip("\r\n").encode()).hexdigest()[:16],
+                "user_id": row["user_id"], "type": kind, "ts": int(when.timestamp()) * 1000,
+                "item_id": row["product_id"], "category": cat[:128], "event_type": row["event_type"],
+            }
+            if row.get("brand"):
+                ev["brand"] = row["brand"]
+            if row.get("price"):
+                ev["price"] = float(row["price"])
+            if row.get("user_session"):
+                ev["session"] = row["user_session"]
+            events.append(ev)
+    return events, stats
+
+
+def load_movielens(data_dir, out) -> dict:
+    events, stats = movielens_events(data_dir)
+    _write(events, out)
+    return {"events": len(events), **stats}
+
+
+def load_rees46(path, out) -> dict:
+    events, stats = rees46_events(path)
+    _write(events, out)
+    return {"events": len(events), **stats}

@@ -1,0 +1,232 @@
+"""Synthetic users whose latent interests evolve, with the ground truth kept beside the log.
+
+Each simulated user has
+* an activity level (events per day, log-normal: a few light users, many medium, some heavy),
+  with a day/night rhythm; events come in sessions of a few events a minute or so apart;
+* a latent interest distribution over :data:`CATEGORIES`: softmax of logits that drift slowly
+  (an Ornstein-Uhlenbeck walk around a base point), jump abruptly now and then (a new base point,
+  about every ``SHIFT_EVERY_DAYS``), plus a periodic habit (one category boosted every evening);
+* events drawn from those interests: the first event of a session from the current interest,
+  later ones stay on the session's category with probability ``STICKY``; clicks, browses (with a
+  dwell time that is longer for categories the user likes) and searches whose query words come
+  from per-category vocabularies that overlap (so the text matters and is ambiguous).
+
+File mode (:func:`simulate_to_files`) writes the event log (contract schema, one JSON per line,
+sorted by ts) and ``FILE.truth.jsonl``: per user, the latent interests every ``TRUTH_EVERY_H``
+hours (``{"user_id", "ts", "interests": {category: p}}``).
+Live mode (:func:`iter_live_events`) yields events forever in ts order with the dynamics sped up.
+Everything is seeded: the same seed gives the same bytes.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Iterator
+
+import numpy as np
+
+CATEGORIES = (
+    "books", "cars", "cooking", "fashion", "finance", "fitness",
+    "gaming", "movies", "music", "sports", "tech", "travel",
+)
+# Per-category query words; the shared words at the end of some lists make queries ambiguous.
+VOCAB = {
+    "books": ["novel", "author", "paperback", "fiction", "poetry", "library", "bestseller", "review", "series"],
+    "cars": ["sedan", "engine", "tyres", "electric", "dealer", "hybrid", "mileage", "review", "charging"],
+    "cooking": ["recipe", "pasta", "oven", "vegan", "spices", "baking", "dinner", "kitchen", "healthy"],
+    "fashion": ["dress", "sneakers", "jacket", "denim", "style", "summer", "sale", "leather", "running"],
+    "finance": ["stocks", "savings", "mortgage", "crypto", "budget", "tax", "invest", "electric", "bank"],
+    "fitness": ["workout", "yoga", "protein", "running", "gym", "cardio", "healthy", "sneakers", "weights"],
+    "gaming": ["console", "rpg", "controller", "esports", "steam", "multiplayer", "series", "pc", "review"],
+    "movies": ["trailer", "director", "actor", "cinema", "series", "thriller", "comedy", "streaming", "review"],
+    "music": ["album", "concert", "guitar", "playlist", "vinyl", "streaming", "band", "jazz", "tickets"],
+    "sports": ["football", "league", "score", "tickets", "tennis", "running", "transfer", "match", "stadium"],
+    "tech": ["laptop", "phone", "charger", "pc", "chip", "camera", "console", "electric", "wireless"],
+    "travel": ["flights", "hotel", "beach", "summer", "tickets", "visa", "city", "hostel", "train"],
+}
+K = len(CATEGORIES)
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, file mode's first day
+
+MEAN_EVENTS_PER_DAY = 12.0  # median activity; log-normal sigma below
+ACTIVITY_SIGMA = 0.8
+EVENTS_PER_SESSION = 4.0  # geometric mean
+IN_SESSION_GAP_S = 60.0  # exponential mean between events of a session
+STICKY = 0.55  # P(stay on the session's category)
+DRIFT_TIMESCALE_H = 48.0  # OU mean reversion time of the interest logits
+DRIFT_NOISE = 0.6  # stationary std of the OU wander around the base point, logit units
+SHIFT_EVERY_DAYS = 4.0  # mean time between abrupt shifts (new base point)
+BASE_CONCENTRATION = 0.35  # Dirichlet alpha of base points: a few strong interests per user
+HABIT_BOOST = 1.5  # evening boost of the habit category, logit units
+TYPE_P = (0.40, 0.45, 0.15)  # click, browse, search
+TRUTH_EVERY_H = 6
+
+
+def _diurnal(hour: float) -> float:
+    """Relative activity by hour of day (peak in the evening, low at night), max 1."""
+    return 0.15 + 0.85 * 0.5 * (1.0 + math.cos(2 * math.pi * (hour - 20.0) / 24.0))
+
+
+class SimUser:
+    """One user's incremental simulation, in simulated time (ms)."""
+
+    def __init__(self, index: int, seed: int, start_ms: int):
+        self.user_id = f"u{index}"
+        self.rng = np.random.default_rng([seed, index])
+        r = self.rng
+        self.rate_per_day = float(np.clip(MEAN_EVENTS_PER_DAY * math.exp(ACTIVITY_SIGMA * r.normal()), 1.0, 120.0))
+        self.habit = int(r.integers(K))
+        self.habit_strength = float(r.uniform(0.0, HABIT_BOOST))
+        self.tz_shift_h = float(r.uniform(-3, 3))
+        self.base = self._new_base()
+        self.logits = self.base + DRIFT_NOISE * r.normal(size=K)
+        self.t = start_ms  # time the latent state refers to
+        self.n_events = 0
+        self.session_left = 0
+        self.session_cat = 0
+
+    def _new_base(self) -> np.ndarray:
+        p = self.rng.dirichlet(np.full(K, BASE_CONCENTRATION))
+        return np.log(np.maximum(p, 1e-3)) * 0.8
+
+    def _advance(self, t_new: int, speedup: float) -> None:
+        """Evolve the latent logits to ``t_new`` (OU drift and abrupt shifts)."""
+        dt_h = (t_new - self.t) / HOUR_MS * speedup
+        if dt_h <= 0:
+            return
+        if self.rng.random() < 1.0 - math.exp(-dt_h / (24.0 * SHIFT_EVERY_DAYS)):
+            self.base = self._new_base()
+        a = math.exp(-dt_h / DRIFT_TIMESCALE_H)
+        noise = DRIFT_NOISE * math.sqrt(1.0 - a * a) * self.rng.normal(size=K)
+        self.logits = self.base + a * (self.logits - self.base) + noise
+        self.t = t_new
+
+    def interests(self, t: int, speedup: float = 1.0) -> np.ndarray:
+        """Latent interest distribution at the current state's time ``t`` (habit included)."""
+        hour = ((t / HOUR_MS) * speedup + self.tz_shift_h) % 24.0
+        z = self.logits.copy()
+        z[self.habit] += self.habit_strength * _diurnal(hour)
+        z = np.exp(z - z.max())
+        return z / z.sum()
+
+    def next_event_time(self, t: int, speedup: float) -> int:
+        if self.session_left > 0:
+            return t + max(1000, int(self.rng.exponential(IN_SESSION_GAP_S) * 1000 / speedup))
+        rate_h = self.rate_per_day / EVENTS_PER_SESSION / 24.0 / 0.5  # /0.5: mean of _diurnal ~0.5
+        while True:  # thinning of a day/night-modulated Poisson process of session starts
+            t += max(1000, int(self.rng.exponential(1.0 / rate_h) * HOUR_MS / speedup))
+            hour = ((t / HOUR_MS) * speedup + self.tz_shift_h) % 24.0
+            if self.rng.random() < _diurnal(hour):
+                self.session_left = 1 + int(self.rng.geometric(1.0 / EVENTS_PER_SESSION)) - 1
+                self.session_left = max(1, self.session_left)
+                self.session_cat = -1
+                return t
+
+    def make_event(self, t: int, seed: int, speedup: float) -> dict:
+        self._advance(t, speedup)
+        p = self.interests(t, speedup)
+        r = self.rng
+        if self.session_cat >= 0 and r.random() < STICKY:
+            cat = self.session_cat
+        else:
+            cat = int(r.choice(K, p=p))
+        self.session_cat = cat
+        self.session_left -= 1
+        kind = ("click", "browse", "search")[int(r.choice(3, p=TYPE_P))]
+        self.n_events += 1
+        ev = {"event_id": f"s{seed}-{self.user_id}-{self.n_events}", "user_id": self.user_id,
+              "type": kind, "ts": int(t)}
+        name = CATEGORIES[cat]
+        if kind == "search":
+            words = VOCAB[name]
+            n = 1 + int(r.integers(3))
+            ev["query"] = " ".join(words[int(i)] for i in r.integers(len(words), size=n))
+        else:
+            ev["item_id"] = f"{name}-{int(r.integers(500))}"
+            ev["category"] = name
+            if kind == "browse":
+                liking = math.log(p[cat] * K)  # >0 for categories above uniform
+                ev["dwell_ms"] = int(min(600_000, 8000 * math.exp(0.6 * liking + 0.7 * r.normal())))
+        return ev
+
+
+def _truth_row(user: SimUser, t: int, speedup: float = 1.0) -> dict:
+    p = user.interests(t, speedup)
+    return {"user_id": user.user_id, "ts": int(t),
+            "interests": {c: round(float(v), 5) for c, v in zip(CATEGORIES, p)}}
+
+
+def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS):
+    """(events, truth rows) of one user over ``days`` days, both in ts order."""
+    u = SimUser(index, seed, start_ms)
+    end = start_ms + int(days * DAY_MS)
+    events, truth = [], []
+    next_truth = start_ms
+    t = u.next_event_time(start_ms, 1.0)
+    while True:
+        while next_truth <= min(t, end):
+            u._advance(next_truth, 1.0)
+            truth.append(_truth_row(u, next_truth))
+            next_truth += TRUTH_EVERY_H * HOUR_MS
+        if t > end:
+            break
+        events.append(u.make_event(t, seed, 1.0))
+        t = u.next_event_time(t, 1.0)
+    return events, truth
+
+
+def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = DEFAULT_START_MS,
+                      progress: bool = False) -> dict:
+    """Write the event log ``out`` (sorted by ts) and ``out.truth.jsonl``; returns counts."""
+    import orjson
+    from tqdm import tqdm
+
+    all_events, all_truth = [], []
+    for i in tqdm(range(users), disable=not progress, desc="simulate", unit="user"):
+        ev, tr = simulate_user(i, seed, days, start_ms)
+        all_events.extend(ev)
+        all_truth.extend(tr)
+    all_events.sort(key=lambda e: (e["ts"], e["event_id"]))
+    with open(out, "wb") as f:
+        for e in all_events:
+            f.write(orjson.dumps(e) + b"\n")
+    with open(f"{out}.truth.jsonl", "wb") as f:
+        for r in all_truth:
+            f.write(orjson.dumps(r) + b"\n")
+    return {"events": len(all_events), "users": users, "truth_rows": len(all_truth)}
+
+
+def iter_live_events(users: int, seed: int, speedup: float, start_ms: int) -> Iterator[dict]:
+    """Events of ``users`` simulated users forever, in ts order, starting at ``start_ms``, with
+    every timescale (activity, sessions, drift, shifts, daily habits) ``speedup`` times faster.
+    Pacing against the wall clock and producing to Kafka are the caller's job."""
+    if speedup <= 0:
+        raise ValueError(f"speedup must be > 0, got {speedup}")
+    sims = [SimUser(i, seed, start_ms) for i in range(users)]
+    heap = [(u.next_event_time(start_ms, speedup), i) for i, u in enumerate(sims)]
+    heapq.heapify(heap)
+    while heap:
+        t, i = heapq.heappop(heap)
+        u = sims[i]
+        yield u.make_event(t, seed, speedup)
+        heapq.heappush(heap, (u.next_event_time(t, speedup), i))
+
+
+def read_truth(path) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
+    """``FILE.truth.jsonl`` -> user -> (ts array, category names, (n, k) interests)."""
+    import orjson
+
+    rows: dict[str, list] = {}
+    cats: list[str] | None = None
+    with open(path, "rb") as f:
+        for line in f:
+            r = orjson.loads(line)
+            if cats is None:
+                cats = list(r["interests"])
+            rows.setdefault(r["user_id"], []).append((r["ts"], [r["interests"][c] for c in cats]))
+    out = {}
+    for u, rs in rows.items():
+        rs.sort()
+        out[u] = (np.array([t for t, _ in rs], dtype=np.int64), cats or [], np.array([v for _, v in rs]))
+    return out
