@@ -241,14 +241,30 @@ def compare_int8(fp32_session, int8_session, seqs, targets, pad_id: int, split_n
     return out
 
 
-def validation_samples(data_file, card: dict, encoder) -> tuple[list[list[int]], np.ndarray | None, str]:
-    """(token sequences, targets (N, k) or None, description) of the validation split of
-    ``data_file``, built by the models package's own data code from the split the card records."""
+def validation_samples(data_file, card: dict, encoder, log=log_default) -> tuple[list[list[int]], np.ndarray, str]:
+    """(token sequences, targets (N, k), description) of the validation split of ``data_file``,
+    rebuilt by the models package's own data code from the split the model card records (the
+    same way ``evaluate`` rebuilds its test split)."""
+    from models.data import DataConfig, file_sha256, prepare, sample_windows
+
+    split = card.get("split")
+    if not isinstance(split, dict) or "data_config" not in split or "t1" not in split:
+        raise ExportError("the checkpoint's model card records no data split (split.data_config, t1, t2): "
+                          "cannot rebuild its validation split for the int8 comparison")
+    recorded = (card.get("data") or {}).get("sha256")
+    if recorded and recorded != file_sha256(data_file):
+        log(f"warning: {data_file} is not the file the checkpoint was trained on (sha256 differs); "
+            "measuring int8 on its samples under the recorded split anyway")
     try:
-        from models import data as mdata  # the models package's samples and split
-    except ImportError as exc:
-        raise ExportError(f"--int8 needs the models package's data code (models.data): {exc}") from exc
-    return mdata.validation_samples_for_export(data_file, card, encoder)
+        dcfg = DataConfig.from_dict(split["data_config"])
+        ds, _, _ = prepare(data_file, dcfg, encoder=encoder, split=split)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ExportError(f"{data_file}: cannot build the validation split: {exc}") from None
+    val = ds.splits["val"]
+    seqs = [encoder.encode(w) for w in sample_windows(ds, val, dcfg)]
+    note = (f"validation split of {Path(data_file).name} (cut >= t1={ds.t1}, target ends < t2={ds.t2}; "
+            f"models.data, as recorded in the model card)")
+    return seqs, val.targets, note
 
 
 def quantize_int8(src, dst) -> None:
@@ -291,7 +307,7 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
         "source": {
             "checkpoint": str(Path(ckpt_dir).resolve()),
             "weights_sha256": sha256_file(Path(ckpt_dir) / "model.safetensors"),
-            "card": {k: card[k] for k in ("created_at", "data", "split", "seed") if k in card},
+            "card": {k: card[k] for k in ("model_version", "data", "split", "seed") if k in card},
         },
         "graph_sha256": graph_sha256,
         "exporter": {"method": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,
@@ -352,7 +368,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
             check_graph(tmp8, encoder.k)
             sess8 = ort_session(tmp8, threads=1)
             if validation is None:
-                validation = validation_samples(data, card, encoder)
+                validation = validation_samples(data, card, encoder, log)
             seqs, targets, note = validation
             if not seqs:
                 raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
