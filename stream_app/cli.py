@@ -263,6 +263,22 @@ def forget(user, bootstrap_servers, timeout):
     )
 
 
+@main.command("demo")
+@click.option("--seconds", type=click.FloatRange(min=10), default=180, show_default=True,
+              help="How long to stream and print vectors.")
+@click.option("--users", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=1), default=300, show_default=True, help="Events per second.")
+@click.option("--speedup", type=click.FloatRange(min=1), default=1440, show_default=True,
+              help="Interest dynamics this many times faster than the wall clock (1440: a day a minute).")
+@click.option("--follow", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Print every vector of this many users.")
+def demo_cmd(seconds, users, rate, speedup, follow):
+    """The whole pipeline end to end on a local broker."""
+    from .demo import demo
+
+    demo(seconds, users, rate, speedup, follow)
+
+
 def _attach_optional_commands() -> None:
     """The training-side verbs live in the models and export packages (torch loads lazily)."""
     from models import cli as models_cli
@@ -276,10 +292,7 @@ def _attach_optional_commands() -> None:
     main.add_command(export_cmd, "export")
 
 
-try:
-    _attach_optional_commands()
-except ImportError:  # pragma: no cover - during development only
-    pass
+_attach_optional_commands()
 
 if __name__ == "__main__":
     main()

@@ -41,8 +41,10 @@ def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None
 
 
 def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
-                progress=None) -> int:
+                progress=None, wallclock_ts: bool = False, stop=None) -> int:
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
+    ``wallclock_ts`` stamps each event with the wall clock at sending (live simulation);
+    ``stop`` is an optional threading.Event that ends the stream.
     Returns how many were sent; flushes before returning."""
     topics = settings.input_topics
     prod = producer(settings)
@@ -50,6 +52,10 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     t0 = time.monotonic()
     try:
         for ev in events:
+            if stop is not None and stop.is_set():
+                break
+            if wallclock_ts:
+                ev["ts"] = int(time.time() * 1000)
             prod.send(
                 topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev),
                 timestamp_ms=ev["ts"],
@@ -80,11 +86,12 @@ def read_jsonl(path) -> Iterator[dict]:
 
 
 def stream_events(events: Iterable[dict], rate: float | None = None,
-                  bootstrap_servers: str | None = None) -> int:
-    """Entry point for the simulator's streaming mode."""
+                  bootstrap_servers: str | None = None, stop=None) -> int:
+    """The simulator's streaming mode: ``rate`` events/s with ``ts`` at wall-clock time (the
+    simulated dynamics run at their own sped-up pace; only their order is kept)."""
     import os
 
     env = dict(os.environ)
     if bootstrap_servers:
         env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
-    return send_events(events, Settings.from_env(env), rate=rate)
+    return send_events(events, Settings.from_env(env), rate=rate, wallclock_ts=True, stop=stop)

@@ -1,0 +1,36 @@
+# interest-stream: `make demo` (the main job) and `make test` (the tests) do all set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# pip's cache stays outside the repository (pip's default, ~/.cache/pip); Maven's is ~/.m2
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: install test demo bench kafka-jars clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is needed (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[train,dev]'
+	@touch $(STAMP)
+
+# Every test, against a real Kafka broker that the test session starts and stops itself.
+test: install
+	$(PY) -m pytest -p no:cacheprovider
+
+demo: install
+	$(VENV)/bin/interest-stream demo
+
+# Real training, benchmarks and the soak: figures as JSON under bench-out/.
+bench: install
+	@mkdir -p bench-out
+	$(PY) bench/ingest.py | tee bench-out/ingest.json
+	$(PY) bench/score.py | tee bench-out/score.json
+	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

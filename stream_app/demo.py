@@ -1,0 +1,180 @@
+"""`interest-stream demo`: the whole pipeline end to end on a local broker.
+
+Kafka (started here unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), topics under a fresh prefix,
+a model trained and exported when ``INTEREST_MODEL_DIR`` is not given, the worker, a simulated
+population streaming with sped-up interest dynamics, and interest vectors printed as they are
+published. Everything started here is stopped at the end, also on failure or Ctrl-C.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+import orjson
+
+from .settings import Settings
+
+OUT = Path(os.environ.get("INTEREST_DEMO_DIR", "demo-out"))
+
+
+def say(msg: str) -> None:
+    click.secho(f"==> {msg}", fg="cyan", err=True)
+
+
+def run_cli(*args: str, env: dict) -> None:
+    say("interest-stream " + " ".join(args))
+    subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env, check=True)
+
+
+def ensure_model(env: dict) -> Path:
+    """An exported model: INTEREST_MODEL_DIR if given, else one trained here (once, then reused)."""
+    if env.get("INTEREST_MODEL_DIR"):
+        return Path(env["INTEREST_MODEL_DIR"])
+    current = OUT / "model" / "current"
+    if (current / "model.json").exists():
+        say(f"reusing the model in {current} (delete {OUT}/model to train again)")
+        return current
+    log = OUT / "train.jsonl"
+    run_cli("simulate", "--users", "600", "--days", "6", "--seed", "7", "--out", str(log), env=env)
+    run_cli("train", "--data", str(log), "--out", str(OUT / "checkpoint"), "--max-steps", "600",
+            "--max-train-samples", "20000", env=env)
+    run_cli("export", str(OUT / "checkpoint"), "--out", str(OUT / "model" / "v1"), env=env)
+    if current.is_symlink():
+        current.unlink()
+    current.symlink_to("v1")
+    return current
+
+
+def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
+    OUT.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    broker = None
+    worker = None
+    stop_stream = threading.Event()
+    try:
+        if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            from .kafka_local import LocalKafka, default_home
+
+            port = int(env.get("INTEREST_KAFKA_PORT", "9092"))
+            broker = LocalKafka(home=default_home(), port=port, controller_port=port + 1)
+            if broker.pid() is not None and broker.answers():
+                say(f"using the local Kafka already running at {broker.bootstrap}")
+                broker = None  # not ours to stop
+            else:
+                say("starting a local Apache Kafka (first run fetches its jars with Maven)")
+                took = broker.up()
+                say(f"Kafka at {broker.bootstrap} answered after {took:.1f}s")
+                env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        env.setdefault("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        model_dir = ensure_model(env)
+        prefix = f"demo-{int(time.time())}."
+        env.update({
+            "INTEREST_TOPIC_PREFIX": prefix,
+            "INTEREST_MODEL_DIR": str(model_dir.resolve().parent / model_dir.name),
+            "INTEREST_DATA_DIR": str((OUT / "state" / prefix).resolve()),
+            "INTEREST_SCORE_INTERVAL_S": env.get("INTEREST_SCORE_INTERVAL_S", "5"),
+            "INTEREST_SESSION_TIMEOUT_S": "10",
+            "INTEREST_COMMIT_INTERVAL_S": "1",
+        })
+        settings = Settings.from_env(env)
+        run_cli("topics", "create", env=env)
+        say("starting the worker (log: demo-out/worker.log)")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
+            stdout=open(OUT / "worker.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_healthy(settings.web_port, worker)
+
+        from models.simulate import iter_live_events
+
+        from .produce import send_events
+
+        sent = {"n": 0}
+
+        def stream():
+            sent["n"] = send_events(iter_live_events(users, 11, speedup, int(time.time() * 1000)),
+                                    settings, rate=rate, wallclock_ts=True, stop=stop_stream)
+
+        say(f"streaming {users} simulated users at {rate:.0f} events/s, interest dynamics "
+            f"{speedup:.0f}x faster than the wall clock, for {seconds:.0f}s")
+        producer = threading.Thread(target=stream, daemon=True)
+        producer.start()
+        show_vectors(settings, seconds, follow)
+        stop_stream.set()
+        producer.join(30)
+        summary(settings, follow, sent["n"])
+    finally:
+        stop_stream.set()
+        if worker is not None and worker.poll() is None:
+            say("stopping the worker")
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        if broker is not None:
+            say("stopping Kafka (its data stays; `interest-stream kafka down --purge` deletes it)")
+            broker.down()
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the worker exited ({proc.returncode}); see {OUT}/worker.log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                body = orjson.loads(r.read())
+                say(f"worker ready: model {body['model_version']}, partitions {body['partitions']}")
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT}/worker.log")
+
+
+def show_vectors(settings: Settings, seconds: float, follow: int) -> None:
+    """Print the vectors of the first ``follow`` users as they change, and a count of the rest."""
+    from kafka import KafkaConsumer
+
+    from .cli import format_vector
+
+    followed = {f"u{i}" for i in range(follow)}  # the simulator's user ids
+    consumer = KafkaConsumer(settings.output_topic, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **settings.kafka_python_config())
+    deadline = time.monotonic() + seconds
+    last_report, total, since = time.monotonic(), 0, 0
+    try:
+        while time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                for rec in recs:
+                    total += 1
+                    since += 1
+                    key = rec.key.decode() if rec.key else ""
+                    if key in followed:
+                        click.echo(format_vector(key, rec.value))
+            if time.monotonic() - last_report > 10:
+                say(f"{since} vectors published in the last {time.monotonic() - last_report:.0f}s "
+                    f"({total} in all)")
+                last_report, since = time.monotonic(), 0
+    finally:
+        consumer.close()
+
+
+def summary(settings: Settings, follow: int, sent: int) -> None:
+    say(f"{sent} events streamed; windows as the worker holds them:")
+    for i in range(follow):
+        uid = f"u{i}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/users/{uid}", timeout=2) as r:
+                body = orjson.loads(r.read())
+        except OSError:
+            continue
+        click.echo(f"{uid:>10}  events={body['events']:<4} counts={body['counts']} "
+                   f"top={body['interests']['top'] if body['interests'] else None}")
