@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from models.encoding import DEFAULT_MAX_LEN
 from models.window import DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, WindowEvent, seconds_to_ms, window_slice
 
 
@@ -42,6 +43,7 @@ class DataConfig:
     max_train_samples: int = 120_000  # seeded subsample above this (keeps training < 15 min)
     max_eval_samples: int = 40_000  # per validation/test split
     min_category_count: int = 5  # rarer training categories -> unknown-category token
+    max_len: int = DEFAULT_MAX_LEN  # tokens per input sequence (the encoding's max_len)
     seed: int = 0  # subsampling
 
     def __post_init__(self):
@@ -250,7 +252,8 @@ def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_
         t1, t2 = int(split["t1"]), int(split["t2"])
     if encoder is None:
         train_events = (e for evs in users.values() for e in evs if e.ts < t1)
-        encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, **(fit_kwargs or {}))
+        encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, max_len=cfg.max_len,
+                              **(fit_kwargs or {}))
     ds = build_dataset(users, encoder.categories, cfg, t1, t2)
     info = {"log": stats, "samples": ds.counts, "split": split_record(cfg, t1, t2)}
     return ds, encoder, info
@@ -263,3 +266,14 @@ def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
         "rule": "train: target ends < t1; val: cut >= t1 and target ends < t2; test: cut >= t2",
         "data_config": asdict(cfg),
     }
+
+
+def validation_samples_for_export(data_file, card: dict, encoder) -> tuple[list[list[int]], np.ndarray, str]:
+    """(token sequences, targets (N, k), description) of the validation split the card records,
+    for the export's int8-vs-fp32 check."""
+    split = card["split"]
+    cfg = DataConfig.from_dict(split["data_config"])
+    ds, _, _ = prepare(data_file, cfg, encoder=encoder, split=split)
+    va = ds.splits["val"]
+    seqs = [[int(t) for t in s] for s in encode_samples(ds, va, cfg, encoder)]
+    return seqs, va.targets, f"validation split of {data_file} ({len(va)} samples, cuts in [t1, t2) of the card)"

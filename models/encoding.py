@@ -45,7 +45,7 @@ PAD_ID, BOS_ID, END_ID, UNK_CAT_ID = 0, 1, 2, 3
 DEFAULT_GAP_BUCKETS_S = (2, 10, 60, 300, 1800, 7200, 21600, 86400)
 # Upper bounds (exclusive) of the dwell buckets, milliseconds: bounce, glance, read, study.
 DEFAULT_DWELL_BUCKETS_MS = (2_000, 10_000, 30_000, 120_000)
-DEFAULT_MAX_LEN = 256  # tokens including [BOS] and [END]; ~80 clicks
+DEFAULT_MAX_LEN = 128  # tokens including [BOS] and [END]; ~40 clicks (CPU cost grows ~T^1.5 here)
 DEFAULT_MAX_QUERY_TOKENS = 8  # subwords kept per search query
 DEFAULT_BPE_VOCAB = 1000  # subword vocabulary of the query tokenizer
 DEFAULT_MIN_CATEGORY_COUNT = 5  # rarer categories in training map to [UNK_CAT]

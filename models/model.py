@@ -46,7 +46,7 @@ class ModelConfig:
     vocab_size: int  # behaviour tokens of the encoding (Encoder.vocab_size)
     k: int  # categories, the head's outputs (Encoder.categories)
     category_offset: int  # first category token id (Encoder.category_offset)
-    max_len: int = 256  # tokens per sequence, = Encoder.max_len (GPT-2 n_positions)
+    max_len: int = 128  # tokens per sequence, = Encoder.max_len (GPT-2 n_positions)
     n_layer: int = 2  # small: ~0.1M backbone params train in minutes on 2 CPU cores
     n_head: int = 4
     n_embd: int = 64
@@ -221,10 +221,10 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01  # only on matrices (nanoGPT's param groups)
     grad_clip: float = 1.0
-    eval_every: int = 200  # steps between validation passes
+    eval_every: int = 250  # steps between validation passes
     patience: int = 5  # validation passes without improvement before stopping
-    max_steps: int = 4000  # hard cap; keeps a 5,000-user run under 15 min on 2 cores (~0.15 s/step)
-    eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
+    max_steps: int = 2500  # hard cap; keeps a 5,000-user run under 15 min on 2 cores (~0.2 s/step)
+    eval_samples: int = 2000  # validation samples scored at each validation pass (seeded subset)
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 

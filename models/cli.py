@@ -1,0 +1,182 @@
+"""Training-side CLI verbs: ``simulate``, ``load movielens|rees46``, ``train``, ``evaluate``.
+
+Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
+Importing this module needs neither torch nor transformers: they load inside the commands.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=1))
+
+
+@click.command("simulate")
+@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated users.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="Days of activity (file mode).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Event log to write (JSONL, sorted by ts); the truth goes to OUT.truth.jsonl.")
+@click.option("--start-ms", type=int, default=None,
+              help="Epoch ms of the first simulated moment (file mode default 2026-01-01T00:00Z; "
+                   "streaming default: now).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stream to Kafka at R events per second instead of writing a file.")
+@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="With --rate: interest dynamics run this many times faster than the wall clock.")
+@click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS).")
+def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
+    """Synthetic users whose interests evolve: an event log plus its ground truth (OUT.truth.jsonl),
+    or with --rate a live stream to Kafka with ts at wall-clock time."""
+    from models.simulate import DEFAULT_START_MS, iter_live_events, simulate_to_files
+
+    if rate is not None:
+        if out is not None:
+            raise click.UsageError("--out writes a file; --rate streams to Kafka: give one of them")
+        try:
+            from stream_app.produce import stream_events
+        except ImportError as exc:
+            raise click.ClickException(f"streaming needs the stream_app package: {exc}") from exc
+        start = start_ms if start_ms is not None else int(time.time() * 1000)
+        n = stream_events(iter_live_events(users, seed, speedup, start), rate=rate,
+                          bootstrap_servers=bootstrap_servers)
+        click.echo(f"streamed {n} events", err=True)
+        return
+    if out is None:
+        raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
+    stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
+                              progress=True)
+    click.echo(f"wrote {stats['events']} events of {users} users to {out} (truth: {out}.truth.jsonl)", err=True)
+
+
+@click.group("load")
+def load():
+    """A public dataset as an event log in the contract's schema."""
+
+
+@load.command("movielens")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
+def load_movielens_cmd(data_dir, out):
+    """MovieLens ml-latest-small DIR: ratings -> clicks (first genre = category), tags -> searches."""
+    from models.loaders import load_movielens
+
+    try:
+        stats = load_movielens(data_dir, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
+
+
+@load.command("rees46")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
+def load_rees46_cmd(file, out):
+    """REES46 e-commerce CSV: view -> browse, cart/purchase -> click, category_code = category."""
+    from models.loaders import load_rees46
+
+    try:
+        stats = load_rees46(file, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
+
+
+@click.command("train")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training samples [8].")
+@click.option("--seed", type=int, default=None, help="Seed of training and subsampling [1337].")
+@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [mse].")
+@click.option("--target", type=click.Choice(["time", "next_k"]), default=None,
+              help="Target: categories of the next time window, or of the next K events [time].")
+@click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
+@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k [10].")
+@click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
+@click.option("--max-events", type=click.IntRange(min=1), default=None, help="Events per input window [128].")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
+@click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Training samples cap [120000].")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Local pretrained GPT-2 directory (from_pretrained) to start from.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any other model/train/data config key, e.g. --set n_layer=4 --set lr=1e-3.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(data, out, epochs, seed, loss, target, target_window_s, target_k, horizon_s, max_events, max_steps,
+          max_train_samples, init_from, sets, resume, quiet):
+    """Train the interest model on a JSONL event log; writes a checkpoint directory."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning on a busy box
+    from dataclasses import fields
+
+    from models.data import DataConfig
+    from models.model import ModelConfig, TrainConfig
+
+    groups = {"train": {f.name: f for f in fields(TrainConfig)}, "data": {f.name: f for f in fields(DataConfig)},
+              "model": {f.name: f for f in fields(ModelConfig)
+                        if f.name not in ("vocab_size", "k", "category_offset", "max_len", "token_offset",
+                                          "init_from", "backbone")}}
+    chosen = {"data": {}, "train": {}, "model": {}}
+    given = {("train", "epochs"): epochs, ("train", "seed"): seed, ("model", "loss"): loss,
+             ("data", "target"): target, ("data", "target_window_s"): target_window_s,
+             ("data", "target_k"): target_k, ("data", "horizon_s"): horizon_s,
+             ("data", "max_events"): max_events, ("train", "max_steps"): max_steps,
+             ("data", "max_train_samples"): max_train_samples}
+    for (g, key), v in given.items():
+        if v is not None:
+            chosen[g][key] = v
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        owner = [g for g, fs in groups.items() if key in fs]
+        if not sep or not owner:
+            known = sorted(k for fs in groups.values() for k in fs)
+            raise click.BadParameter(f"unknown key {key!r}; known keys: {', '.join(known)}", param_hint="--set")
+        g = owner[0]
+        typ = groups[g][key].type
+        try:
+            conv = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
+            chosen[g][key] = conv.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+        except ValueError:
+            raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
+    if "seed" in chosen["train"] and "seed" not in chosen["data"]:
+        chosen["data"]["seed"] = chosen["train"]["seed"]
+    try:
+        dcfg = DataConfig(**chosen["data"])
+        tcfg = TrainConfig(**chosen["train"])
+        ModelConfig(vocab_size=1, k=1, category_offset=0, **chosen["model"])  # validate early
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    from models.train import run_training
+
+    try:
+        run_training(data, out, dcfg, tcfg, chosen["model"], init_from=init_from, resume=resume,
+                     progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("evaluate")
+@click.argument("ckpt_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for metrics.json and plots.")
+@click.option("--no-plots", is_flag=True, help="Only metrics.json.")
+def evaluate(ckpt_dir, data, out, no_plots):
+    """The model and five baselines on the checkpoint's test split: metrics.json and PNG plots."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from models.evaluate import run_evaluation
+
+    try:
+        result = run_evaluation(ckpt_dir, data, out, plots=not no_plots)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    m = result["models"]
+    best = result["best_baseline"]
+    click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "
+               f"KL {m[best]['kl']:.4f}, gain CI95 [{result['kl_gain_ci95'][0]:.4f}, "
+               f"{result['kl_gain_ci95'][1]:.4f}]; wrote {Path(out) / 'metrics.json'}")

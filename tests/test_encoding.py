@@ -1,0 +1,76 @@
+"""The one encoding: train-time and serve-time token ids are identical, layout by hand."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from models.encoding import Encoder, fit_encoder, train_tokenizer
+from models.simulate import simulate_user
+from models.window import WindowEvent, window_slice
+
+
+def _user_events(seed=5, days=3):
+    for index in range(50):  # the first user active enough to give many windows
+        events, _ = simulate_user(index, seed, days)
+        if len(events) >= 60:
+            return [WindowEvent.from_event(e) for e in events]
+    raise AssertionError("no active simulated user")
+
+
+def test_train_and_serve_encodings_identical():
+    evs = _user_events()
+    enc = fit_encoder(evs[: len(evs) // 2], min_category_count=1, bpe_vocab_size=200, max_len=64)
+    served = Encoder.from_spec(json.loads(json.dumps(enc.to_spec())))  # as the worker reads it
+    assert served.vocab_size == enc.vocab_size and served.categories == enc.categories
+    checked = 0
+    for cut in range(1, len(evs), 3):
+        win = window_slice(evs[:cut], evs[cut - 1].ts, 86_400_000, 128)
+        # the worker's state holds rows; rebuild the window from them as it would
+        rows = [WindowEvent.from_row(json.loads(json.dumps(e.to_row()))) for e in win]
+        a, b = enc.encode(win), served.encode(rows)
+        assert a == b
+        assert len(a) <= 64 and a[0] == enc.bos_id and a[-1] == enc.end_id
+        assert all(0 <= t < enc.vocab_size for t in a)
+        # never an event cut in half: after [BOS] comes a gap token, which starts an event
+        if len(a) > 2:
+            assert enc.gap_offset <= a[1] < enc.dwell_offset
+        checked += 1
+    assert checked > 5
+
+
+def test_layout_by_hand():
+    enc = Encoder(categories=["a", "b"], tokenizer_json=train_tokenizer(["red shoes", "red hat"] * 3, 50),
+                  max_len=32)
+    # 4 specials, 3 types (click, browse, search), 2 categories, gap: first + 9 buckets, dwell: 5
+    assert (enc.type_offset, enc.category_offset, enc.gap_offset, enc.dwell_offset) == (4, 7, 9, 19)
+    assert enc.query_offset == 24
+    events = [
+        WindowEvent(ts=1_000, type="click", category="b", item="x"),
+        WindowEvent(ts=31_000, type="browse", category="zzz", item="y", dwell_ms=5_000),
+    ]
+    # click: gap first (9), click (4), b (8); browse after 30 s: gap bucket [10 s, 60 s) is the 3rd
+    # (9 + 1 + 2 = 12), browse (5), unknown category (3), dwell 5 s in [2 s, 10 s) (19 + 1 = 20)
+    assert enc.encode(events) == [1, 9, 4, 8, 12, 5, 3, 20, 2]
+    # a search: gap, type, query subwords (offset by query_offset), no category
+    ids = enc.encode([WindowEvent(ts=0, type="search", query="red shoes")])
+    assert ids[:3] == [1, 9, 6] and ids[-1] == 2
+    assert all(t >= enc.query_offset for t in ids[3:-1]) and len(ids) > 4
+
+
+def test_keeps_most_recent_whole_events():
+    enc = Encoder(categories=["a"], tokenizer_json=train_tokenizer([], 50), max_len=14)
+    events = [WindowEvent(ts=i * 1000, type="click", category="a", item=str(i)) for i in range(10)]
+    ids = enc.encode(events)
+    # 12 tokens of budget, 3 per click: the last 4 clicks, whole
+    assert len(ids) == 14
+    assert ids[1:-1].count(enc.type_offset) == 4
+    # the oldest kept event still has its real gap (1 s, bucket 0 -> gap_offset + 1)
+    assert ids[1] == enc.gap_offset + 1
+
+
+def test_encoding_imports_without_torch():
+    code = ("import sys, models.encoding, models.window, models.cli;"
+            "bad=[m for m in ('torch','transformers') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,150 @@
+"""InterestModel: shapes, right-padding invariance, checkpoint round trip, --init-from, training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models.encoding import Encoder, train_tokenizer  # noqa: E402
+from models.model import (  # noqa: E402
+    TrainConfig, build_model, collate, load_checkpoint, predict, save_checkpoint, train_model,
+)
+from models.window import WindowEvent  # noqa: E402
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return Encoder(categories=["a", "b", "c"], tokenizer_json=train_tokenizer(["red shoes", "blue hat"] * 3, 60),
+                   max_len=40)
+
+
+def _seqs(encoder, n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = int(rng.integers(1, 9))
+        evs = [WindowEvent(ts=1000 * j * int(rng.integers(1, 50)) + j, type="click",
+                           category="abc"[int(rng.integers(3))], item="i") for j in range(m)]
+        out.append(encoder.encode(sorted(evs, key=lambda e: e.ts)))
+    return out
+
+
+def _randomise_head(model):
+    with torch.no_grad():  # the head starts at zero; make the backbone matter for the tests
+        model.head.weight.normal_(0, 0.5)
+
+
+def test_shapes_loss_and_right_padding_invariance(encoder):
+    model = build_model(encoder, **TINY).eval()
+    _randomise_head(model)
+    seqs = _seqs(encoder)
+    ids, mask = collate(seqs, encoder.pad_id)
+    assert ids.shape[0] == len(seqs) and ids.shape[1] == max(map(len, seqs))
+    targets = torch.softmax(torch.randn(len(seqs), 3), -1)
+    probs, loss = model(ids, mask, targets)
+    assert probs.shape == (len(seqs), 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(seqs)), atol=1e-5)
+    assert loss.ndim == 0 and torch.isclose(loss, ((probs - targets) ** 2).mean())
+    assert model(ids, mask)[1] is None
+    for i, s in enumerate(seqs):  # alone (no padding) == inside the padded batch
+        alone, _ = model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+        assert torch.allclose(alone[0], probs[i], atol=1e-5)
+    # more padding changes nothing either
+    ids2, mask2 = collate(seqs + [[encoder.bos_id] + [encoder.end_id] * 39], encoder.pad_id)
+    assert torch.allclose(model(ids2, mask2)[0][: len(seqs)], probs, atol=1e-5)
+
+
+def test_kl_loss_by_hand(encoder):
+    model = build_model(encoder, loss="kl", **TINY).eval()
+    seqs = _seqs(encoder, n=4)
+    ids, mask = collate(seqs, encoder.pad_id)
+    t = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5], [0, 0, 1.0]])
+    probs, loss = model(ids, mask, t)
+    expected = sum(float(t[i, j]) * np.log(float(t[i, j]) / float(probs[i, j]))
+                   for i in range(4) for j in range(3) if t[i, j] > 0) / 4
+    assert abs(float(loss) - expected) < 1e-5
+
+
+def test_forward_does_not_write_config(encoder):
+    model = build_model(encoder, **TINY).eval()
+    before = json.dumps(model.config.__dict__, sort_keys=True, default=str)
+    ids, mask = collate(_seqs(encoder, n=3), encoder.pad_id)
+    model(ids, mask, torch.full((3, 3), 1 / 3))
+    assert json.dumps(model.config.__dict__, sort_keys=True, default=str) == before
+
+
+def test_tiny_training_and_checkpoint_round_trip(encoder, tmp_path):
+    seqs = _seqs(encoder, n=200, seed=1)
+    # learnable target: the category of the last click
+    last_cat = np.array([s[-2] - encoder.category_offset for s in seqs])
+    targets = np.eye(3, dtype=np.float32)[last_cat] * 0.8 + 0.2 / 3
+    model = build_model(encoder, **TINY)
+    model.init_prior(targets.mean(0))
+    cfg = TrainConfig(epochs=4, batch_size=16, eval_every=10, warmup_steps=5, max_steps=40, seed=3)
+    summary = train_model(model, seqs[:160], targets[:160], seqs[160:], targets[160:], cfg,
+                          encoder.pad_id, state_path=tmp_path / "state.pt", progress=False)
+    assert summary["steps"] > 0 and summary["history"]
+    assert summary["history"][-1]["val_loss"] < summary["history"][0]["val_loss"] * 1.5
+    save_checkpoint(model, encoder, {"split": {"t1": 1, "t2": 2}}, tmp_path / "ckpt")
+    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "encoding.json", "model_card.json"} <= names
+    loaded, enc2, card = load_checkpoint(tmp_path / "ckpt")
+    assert enc2.to_spec() == encoder.to_spec() and card["categories"] == ["a", "b", "c"]
+    a = predict(model, seqs[160:], encoder.pad_id)
+    b = predict(loaded, seqs[160:], enc2.pad_id)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_training_is_seeded_and_resumable(encoder, tmp_path):
+    seqs = _seqs(encoder, n=120, seed=2)
+    targets = np.full((120, 3), 1 / 3, np.float32)
+    targets[::2] = [0.7, 0.2, 0.1]
+    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100)
+
+    def run(path, resume=False, steps=None):
+        torch.manual_seed(0)
+        m = build_model(encoder, **TINY)
+        c = TrainConfig(**{**cfg.__dict__, "max_steps": steps or cfg.max_steps})
+        train_model(m, seqs[:100], targets[:100], seqs[100:], targets[100:], c, encoder.pad_id,
+                    state_path=path, resume=resume, progress=False)
+        return predict(m, seqs[100:], encoder.pad_id)
+
+    full = run(tmp_path / "a.pt")
+    again = run(tmp_path / "b.pt")
+    np.testing.assert_allclose(full, again, atol=1e-6)
+
+
+def test_init_from_tiny_pretrained_gpt2(encoder, tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    pre = GPT2Model(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    pre.save_pretrained(tmp_path / "gpt2-tiny")
+    model = build_model(encoder, init_from=str(tmp_path / "gpt2-tiny")).eval()
+    assert model.config.token_offset == 50
+    assert model.backbone.get_input_embeddings().weight.shape[0] == 50 + encoder.vocab_size
+    # the pretrained rows are kept; the behaviour tokens come after them
+    assert torch.equal(model.backbone.get_input_embeddings().weight[:50], pre.wte.weight)
+    assert torch.equal(model.backbone.h[0].attn.c_attn.weight, pre.h[0].attn.c_attn.weight)
+    _randomise_head(model)
+    seqs = _seqs(encoder, n=5)
+    ids, mask = collate(seqs, encoder.pad_id)
+    probs, _ = model(ids, mask)
+    assert probs.shape == (5, 3)
+    save_checkpoint(model, encoder, {}, tmp_path / "ckpt")
+    (tmp_path / "gpt2-tiny" / "model.safetensors").unlink()  # loading needs nothing but the checkpoint
+    loaded, _, _ = load_checkpoint(tmp_path / "ckpt")
+    assert torch.allclose(loaded(ids, mask)[0], probs, atol=1e-6)
+
+
+def test_init_from_too_short_positions(encoder, tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "g")
+    with pytest.raises(ValueError, match="n_positions"):
+        build_model(encoder, init_from=str(tmp_path / "g"))
