@@ -1,0 +1,183 @@
+"""Live scoring against the real broker: contract-exact vectors, drift, forget, model swap."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import orjson
+import pytest
+
+from conftest import cli, wait_for
+from kafka_io import produce, read_all
+from models.window import WindowEvent, window_slice
+from stream_app.model_runtime import LoadedModel
+from stream_app.vectors import js_divergence
+from test_worker_ingest import HORIZON, T0, event, topics
+
+pytestmark = pytest.mark.kafka
+
+
+def send(env, events):
+    t = topics(env)
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in events])
+
+
+def vectors_by_user(env, expect: int, timeout: float = 60) -> dict[str, list[dict]]:
+    topic = f"{env['INTEREST_TOPIC_PREFIX']}user-interests"
+    recs = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, expect=expect, timeout=timeout)
+    out: dict[str, list] = {}
+    for r in recs:
+        out.setdefault(r.key.decode(), []).append(None if r.value is None else orjson.loads(r.value))
+    return out
+
+
+def expected_probs(model: LoadedModel, events: list[dict]):
+    """The model's answer on the user's window built from the raw events, independently of the
+    worker's state code (contract window: (newest - horizon, newest], last max_events)."""
+    uniq = sorted({e["event_id"]: e for e in events}.values(), key=lambda e: (e["ts"], e["event_id"]))
+    win = [WindowEvent.from_event(e) for e in uniq]
+    newest = max(e["ts"] for e in uniq)
+    return model.predict([window_slice(win, newest, HORIZON, 128)])[0]
+
+
+def check_vector(v: dict, model: LoadedModel, user: str, events: list[dict]) -> None:
+    assert set(v) >= {"schema", "user_id", "ts", "model_version", "interests", "top", "drift", "events"}
+    assert v["schema"] == 1 and v["user_id"] == user
+    assert v["ts"] == max(e["ts"] for e in events)
+    assert v["model_version"] == model.version
+    assert list(v["interests"]) == list(model.categories)
+    assert abs(sum(v["interests"].values()) - 1) < 1e-4
+    ranked = sorted(v["interests"].items(), key=lambda kv: (-kv[1], kv[0]))
+    assert v["top"] == [c for c, _ in ranked[:3]]
+    assert v["events"] == len({e["event_id"] for e in events})
+    probs = expected_probs(model, events)
+    for c, p in zip(model.categories, probs / probs.sum()):
+        assert v["interests"][c] == pytest.approx(p, abs=1e-5)
+
+
+def user_events(user: str, n: int, start: int, cats: list[str]) -> list[dict]:
+    return [event(start + i, user, ["click", "browse", "search"][i % 3], T0 + (start + i) * 60_000,
+                  cats[i % len(cats)]) for i in range(n)]
+
+
+def test_vectors_are_contract_exact_with_drift(env, workers, tiny_model_dir):
+    cli(env, "topics", "create")
+    model = LoadedModel.load(tiny_model_dir)
+    w = workers()
+    users = {f"s{i}": user_events(f"s{i}", 6 + i, 0, ["sports", "tech", "music"][i % 3:] + ["news"])
+             for i in range(5)}
+    send(env, [e for evs in users.values() for e in evs])
+    first = vectors_by_user(env, expect=5)
+    assert set(first) == set(users)
+    for u, evs in users.items():
+        assert len(first[u]) == 1  # one vector per user per batch of new events
+        check_vector(first[u][0], model, u, evs)
+        assert first[u][0]["drift"] == 0.0
+
+    # new events for two users: a second vector, with drift against the first
+    more = {u: user_events(u, 5, 100, ["travel"]) for u in ("s0", "s3")}
+    send(env, [e for evs in more.values() for e in evs])
+    second = vectors_by_user(env, expect=7)
+    for u in ("s0", "s3"):
+        assert len(second[u]) == 2
+        v1, v2 = second[u]
+        check_vector(v2, model, u, users[u] + more[u])
+        assert v2["drift"] == pytest.approx(js_divergence(v2["interests"], v1["interests"]), abs=1e-9)
+    assert all(len(second[u]) == 1 for u in ("s1", "s2", "s4"))
+    status, body = w.get("/users/s3")
+    assert status == 200 and body["interests"] == second["s3"][1]
+
+    _, metrics = w.get("/metrics")
+    assert f'interest_model_info{{version="{model.version}"}} 1.0' in metrics
+    assert "interest_scoring_batches_total" in metrics
+
+
+def test_forget_deletes_state_and_publishes_a_tombstone(env, workers):
+    cli(env, "topics", "create")
+    w = workers()
+    send(env, user_events("gone", 4, 0, ["tech"]) + user_events("kept", 4, 0, ["music"]))
+    vectors_by_user(env, expect=2)
+    out = cli(env, "forget", "gone", "--timeout", "60").stdout
+    assert out.startswith("forgotten: gone (tombstone at ")
+    assert w.get("/users/gone")[0] == 404
+    assert w.get("/users/kept")[0] == 200
+    # stays gone after a restart (changelog tombstones), the other user is intact
+    w.kill()
+    w.start()
+    assert w.get("/users/gone")[0] == 404
+    assert w.get("/users/kept")[1]["events"] == 4
+    recs = vectors_by_user(env, expect=3)
+    assert recs["gone"][-1] is None
+
+
+def test_worker_refuses_to_start_without_a_model(env, tmp_path):
+    cli(env, "topics", "create")
+    proc = cli(dict(env, INTEREST_MODEL_DIR=str(tmp_path / "nope")), "worker", check=False, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "nope") in proc.stderr
+    proc = cli({k: v for k, v in env.items() if k != "INTEREST_MODEL_DIR"}, "worker", check=False, timeout=60)
+    assert "INTEREST_MODEL_DIR is not set" in proc.stderr
+
+
+def test_model_swap_under_load_and_corrupt_model_refused(env, workers, tiny_model_dir, session_dir, tmp_path):
+    from tiny_model import build_tiny_model_dir
+
+    v2_dir = session_dir / "tiny-model-2"
+    if not (v2_dir / "model.json").exists():
+        build_tiny_model_dir(v2_dir, seed=1)
+    m1, m2 = LoadedModel.load(tiny_model_dir), LoadedModel.load(v2_dir)
+    assert m1.version != m2.version
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copytree(tiny_model_dir, root / "v1")
+    shutil.copytree(v2_dir, root / "v2")
+    (root / "v3").mkdir()
+    shutil.copy(v2_dir / "model.json", root / "v3" / "model.json")
+    (root / "v3" / "model.onnx").write_bytes(os.urandom(4096))  # corrupt graph
+    current = root / "current"
+    current.symlink_to("v1")
+
+    def repoint(target: str) -> None:
+        tmp = root / "current.tmp"
+        tmp.symlink_to(target)
+        os.replace(tmp, current)  # atomic, as operators do
+
+    cli(env, "topics", "create")
+    w = workers(INTEREST_MODEL_DIR=str(current))
+    users = [f"m{i}" for i in range(6)]
+    rounds = 0
+
+    def produce_round():
+        nonlocal rounds
+        send(env, [event(1000 * rounds + j, u, "click", T0 + rounds * 60_000 + j, "tech")
+                   for u in users for j in range(2)])
+        rounds += 1
+
+    def versions_seen():
+        got = vectors_by_user(env, expect=0, timeout=2)
+        return {v["model_version"] for vs in got.values() for v in vs if v}
+
+    produce_round()
+    wait_for(lambda: m1.version in versions_seen(), what="vectors of model v1")
+    repoint("v2")
+    t_swap = time.monotonic()
+    while m2.version not in versions_seen():
+        produce_round()
+        time.sleep(0.5)
+        assert time.monotonic() - t_swap < 20, "v2 not served"
+    assert w.get("/health")[1]["model_version"] == m2.version
+    repoint("v3")
+    time.sleep(3)  # three poll intervals
+    produce_round()
+    time.sleep(3)
+    assert w.get("/health")[1]["model_version"] == m2.version  # the old model keeps serving
+    _, metrics = w.get("/metrics")
+    assert "interest_model_refused_total 1.0" in metrics
+    assert "refused the model" in w.log(200)
+    # no gap: every round's events led to a vector for every user
+    final = vectors_by_user(env, expect=0, timeout=3)
+    last_ts = T0 + (rounds - 1) * 60_000 + 1
+    for u in users:
+        assert final[u][-1]["ts"] == last_ts and final[u][-1]["model_version"] == m2.version
