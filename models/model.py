@@ -302,10 +302,12 @@ def train_model(
     state_path=None,
     resume: bool = False,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> dict:
     """Train in place; leaves the best-on-validation weights in ``model``. Returns a summary with
     the logged ``history`` (one row per validation pass). ``state_path`` gets a resumable state
-    after every validation pass; with ``resume`` training continues from it."""
+    after every validation pass; with ``resume`` training continues from it. ``stop_at`` ends the
+    run after that step as an interruption would (tests of ``resume``)."""
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -383,6 +385,9 @@ def train_model(
                            state_path)
             if bad_evals >= cfg.patience:
                 stop_reason = "early stopping"
+                break
+            if stop_at is not None and step >= stop_at:
+                stop_reason = "interrupted"
                 break
     bar.close()
     if best_state is not None:

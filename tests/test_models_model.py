@@ -106,17 +106,21 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     targets[::2] = [0.7, 0.2, 0.1]
     cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100)
 
-    def run(path, resume=False, steps=None):
+    def run(path, resume=False, stop_at=None):
         torch.manual_seed(0)
         m = build_model(encoder, **TINY)
-        c = TrainConfig(**{**cfg.__dict__, "max_steps": steps or cfg.max_steps})
-        train_model(m, seqs[:100], targets[:100], seqs[100:], targets[100:], c, encoder.pad_id,
-                    state_path=path, resume=resume, progress=False)
-        return predict(m, seqs[100:], encoder.pad_id)
+        s = train_model(m, seqs[:100], targets[:100], seqs[100:], targets[100:], cfg, encoder.pad_id,
+                        state_path=path, resume=resume, progress=False, stop_at=stop_at)
+        return predict(m, seqs[100:], encoder.pad_id), s
 
-    full = run(tmp_path / "a.pt")
-    again = run(tmp_path / "b.pt")
-    np.testing.assert_allclose(full, again, atol=1e-6)
+    full, s1 = run(tmp_path / "a.pt")
+    again, _ = run(tmp_path / "b.pt")
+    np.testing.assert_array_equal(full, again)  # seeded
+    _, part = run(tmp_path / "c.pt", stop_at=10)
+    assert part["stop_reason"] == "interrupted" and part["steps"] == 10
+    resumed, s2 = run(tmp_path / "c.pt", resume=True)
+    assert s2["steps"] == 20 and [h["step"] for h in s2["history"]] == [h["step"] for h in s1["history"]]
+    np.testing.assert_allclose(resumed, full, atol=1e-6)
 
 
 def test_init_from_tiny_pretrained_gpt2(encoder, tmp_path):

@@ -1,0 +1,174 @@
+"""Metrics by hand, the split and samples, loaders on small slices, simulator determinism."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from models.data import DataConfig, build_dataset, read_log, sample_windows, split_times
+from models.evaluate import kl_per_sample, metrics, mse_per_sample, ndcg3_per_sample, paired_bootstrap
+from models.loaders import load_movielens, load_rees46
+from models.simulate import CATEGORIES, iter_live_events, simulate_to_files
+
+# --- metrics, expected values worked out by hand -------------------------------------------
+
+
+def test_metrics_by_hand():
+    t = np.array([[0.5, 0.5, 0.0]])
+    p = np.array([[0.5, 0.25, 0.25]])
+    m = metrics(t, p)
+    assert m["kl"] == pytest.approx(0.5 * math.log(2))  # 0.5*ln(0.5/0.5) + 0.5*ln(0.5/0.25)
+    assert m["mse"] == pytest.approx((0 + 0.0625 + 0.0625) / 3)
+    assert m["top1"] == 1.0  # both argmax at index 0 (first on ties)
+    # ranking by prediction: 0, then 1 and 2 tied -> 1, 2; gains 0.5, 0.5, 0 = the ideal order
+    assert m["ndcg@3"] == pytest.approx(1.0)
+
+
+def test_ndcg_and_top1_by_hand():
+    t = np.array([[0.2, 0.0, 0.8]])
+    p = np.array([[0.6, 0.3, 0.1]])
+    # predicted order 0, 1, 2: DCG = 0.2/1 + 0/log2(3) + 0.8/2 = 0.6
+    # ideal order 2, 0, 1: IDCG = 0.8/1 + 0.2/log2(3) + 0 = 0.8 + 0.126186 = 0.926186
+    assert ndcg3_per_sample(t, p)[0] == pytest.approx(0.6 / (0.8 + 0.2 / math.log2(3)))
+    assert metrics(t, p)["top1"] == 0.0
+
+
+def test_kl_floor_and_renormalisation_by_hand():
+    t = np.array([[1.0, 0.0, 0.0]])
+    p = np.array([[0.0, 1.0, 0.0]])
+    # floored to [1e-4, 1, 1e-4], renormalised by 1.0002: KL = ln(1.0002 / 1e-4)
+    assert kl_per_sample(t, p)[0] == pytest.approx(math.log(10_000) + math.log(1.0002))
+    assert mse_per_sample(t, p)[0] == pytest.approx(2 / 3)
+
+
+def test_paired_bootstrap_constant_and_sign():
+    users = np.repeat(np.arange(20), 3)
+    assert paired_bootstrap(np.full(60, 0.1), users) == pytest.approx([0.1, 0.1])
+    lo, hi = paired_bootstrap(np.linspace(0.5, 1.5, 60), users)
+    assert 0.5 < lo < 1.0 < hi < 1.5
+
+
+# --- simulator ---------------------------------------------------------------------------
+
+
+def test_simulator_deterministic_by_seed(tmp_path):
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    simulate_to_files(15, 2, 7, a)
+    simulate_to_files(15, 2, 7, b)
+    simulate_to_files(15, 2, 8, c)
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a.jsonl.truth.jsonl").read_bytes() == (tmp_path / "b.jsonl.truth.jsonl").read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    rows = [json.loads(x) for x in a.read_text().splitlines()]
+    assert rows == sorted(rows, key=lambda e: e["ts"])
+    for e in rows:  # contract schema
+        assert 1 <= len(e["event_id"]) <= 128 and 1 <= len(e["user_id"]) <= 128
+        assert type(e["ts"]) is int and e["type"] in ("click", "browse", "search")
+        if e["type"] == "search":
+            assert 1 <= len(e["query"]) <= 512
+        else:
+            assert e["category"] in CATEGORIES and e["item_id"]
+            assert "dwell_ms" not in e or (type(e["dwell_ms"]) is int and e["dwell_ms"] >= 0)
+    truth = [json.loads(x) for x in (tmp_path / "a.jsonl.truth.jsonl").read_text().splitlines()]
+    assert all(abs(sum(r["interests"].values()) - 1) < 1e-3 for r in truth)
+
+
+def test_live_events_in_ts_order_and_deterministic():
+    import itertools
+
+    a = list(itertools.islice(iter_live_events(20, 3, 100.0, 1_700_000_000_000), 300))
+    b = list(itertools.islice(iter_live_events(20, 3, 100.0, 1_700_000_000_000), 300))
+    assert a == b
+    assert [e["ts"] for e in a] == sorted(e["ts"] for e in a)
+    assert a[0]["ts"] >= 1_700_000_000_000
+    # sped up 100x: 300 events of 20 users span minutes, not days
+    assert a[-1]["ts"] - a[0]["ts"] < 3 * 3_600_000
+
+
+# --- samples and split ---------------------------------------------------------------------
+
+
+def _log(tmp_path, events):
+    p = tmp_path / "log.jsonl"
+    p.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return p
+
+
+def test_split_by_time_no_leak_and_empty_targets_counted(tmp_path):
+    H = 3_600_000
+    events = []
+    for u in range(4):
+        for i in range(40):
+            kind = "search" if i % 5 == 4 else "click"
+            e = {"event_id": f"{u}-{i}", "user_id": f"u{u}", "type": kind, "ts": i * H + u}
+            if kind == "search":
+                e["query"] = "q"
+            else:
+                e["category"] = "ab"[(i // 3) % 2]
+                e["item_id"] = "x"
+            events.append(e)
+    events.append(dict(events[0]))  # a duplicate counts once
+    users, stats = read_log(_log(tmp_path, events))
+    assert stats["duplicates"] == 1 and stats["events"] == 160
+    cfg = DataConfig(target="next_k", target_k=1)
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, ["a", "b"], cfg, t1, t2)
+    # next_k=1: a cut right before a search has an empty target: 7 such per user and split region
+    assert ds.counts["empty_target"] > 0
+    tr, va, te = ds.splits["train"], ds.splits["val"], ds.splits["test"]
+    assert len(tr) and len(va) and len(te)
+    for s, lo, hi in ((tr, None, t1), (va, t1, t2), (te, t2, None)):
+        for ui, i, cut_ts in zip(s.user, s.cut, s.cut_ts):
+            end = ds.seqs[ui].ts[i]  # the one target event
+            assert (lo is None or cut_ts >= lo) and (hi is None or end < hi)
+    # targets: one-hot of the next click's category
+    ui, i = tr.user[0], tr.cut[0]
+    assert tr.targets[0][ds.seqs[ui].cat[i]] == 1.0
+    # inputs end at the cut
+    w = sample_windows(ds, tr.take(slice(0, 5)), cfg)
+    for win, cut_ts in zip(w, tr.cut_ts[:5]):
+        assert win[-1].ts == cut_ts
+
+
+# --- loaders on small slices -----------------------------------------------------------------
+
+
+def test_movielens_loader(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text('movieId,title,genres\r\n1,Toy Story (1995),Adventure|Animation\r\n'
+                                  '2,"Odd, Film (2000)",(no genres listed)\r\n')
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n"
+                                   "1,2,3.5,964982700\r\n2,1,5.0,964982800\r\n")
+    (d / "tags.csv").write_text('userId,movieId,tag,timestamp\r\n2,1,"funny, really",964982900\r\n2,1,pixar,964982901\r\n')
+    out = tmp_path / "ml.jsonl"
+    stats = load_movielens(d, out)
+    assert stats["ratings"] == 3 and stats["tags"] == 2
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["event_id"] for r in rows] == ["r-1-2", "r-1-1", "r-2-1", "t-2-1-1", "t-2-1-2"]
+    assert rows[1] == {"event_id": "r-1-1", "user_id": "1", "type": "click", "ts": 964982703000,
+                       "item_id": "1", "category": "Adventure", "genres": ["Adventure", "Animation"],
+                       "rating": 4.0}
+    assert rows[0]["category"] == "(no genres listed)"
+    assert rows[3]["type"] == "search" and rows[3]["query"] == "funny, really" and "category" not in rows[3]
+
+
+def test_rees46_loader(tmp_path):
+    src = tmp_path / "r.csv"
+    src.write_text(
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,s1\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,s2\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,s2\n"
+        "2019-10-01 00:00:02 UTC,remove_from_cart,1,2,x,,1.0,3,s3\n"
+    )
+    out = tmp_path / "r.jsonl"
+    stats = load_rees46(src, out)
+    assert stats == {"events": 3, "rows": 4, "skipped_type": 1, "no_category_code": 1}
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["type"] == "browse" and rows[0]["category"] == "category_id:2103807459595387724"
+    assert rows[0]["ts"] == 1569888000000 and rows[0]["user_id"] == "541312140"
+    assert rows[1]["type"] == "click" and rows[1]["category"] == "appliances.environment.water_heater"
+    assert rows[1]["event_id"] == rows[2]["event_id"]  # the exact duplicate row is the same event
