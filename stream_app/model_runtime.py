@@ -34,7 +34,8 @@ OUTPUT_NAME = "probs"
 REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
 SUPPORTED_SCHEMAS = (1,)
 SUM_TOL = 1e-4  # probabilities sum to 1 within this (CONTRACT: interests sum to 1 within 1e-4)
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = 256  # rows per ONNX Runtime call at most
+DEFAULT_BATCH_TOKENS = 2048  # padded tokens per call at most (see predict_ids); best of 1k..16k in bench runs
 
 
 class ModelError(InterestStreamError):
@@ -210,33 +211,46 @@ class LoadedModel:
         """Token ids of one window (events in ts order), exactly as training encoded them."""
         return self.encoder.encode(window)
 
-    def predict(self, windows: Sequence[Sequence[WindowEvent]], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    def predict(self, windows: Sequence[Sequence[WindowEvent]], batch_size: int = DEFAULT_BATCH,
+                max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
         """Interest distributions (n, k) float64, rows in the order of ``windows``."""
         enc = self.encoder.encode
-        return self.predict_ids([enc(w) for w in windows], batch_size)
+        return self.predict_ids([enc(w) for w in windows], batch_size, max_batch_tokens)
 
-    def predict_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids)."""
+    def predict_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH,
+                    max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids).
+
+        Sequences are sorted by length and cut into batches of at most ``batch_size`` rows and
+        at most ``max_batch_tokens`` padded tokens (rows x longest), so long sequences go in
+        smaller batches whose attention scores (rows x heads x T x T) stay cache-sized."""
         n = len(seqs)
         out = np.empty((n, self.k), dtype=np.float64)
         if n == 0:
             return out
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
         if lens.min() < 1 or lens.max() > self.max_len:
             raise ValueError(f"token sequences must hold 1..{self.max_len} ids, got lengths "
                              f"{int(lens.min())}..{int(lens.max())}")
         order = np.argsort(lens, kind="stable")  # group by length: each batch pads to its longest
+        sorted_lens = lens[order]
         run = self.session.run
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            T = int(lens[idx[-1]])
-            ids = np.full((len(idx), T), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), T), dtype=np.int64)
+        s = 0
+        while s < n:
+            e = min(n, s + batch_size)
+            # rows x longest (the last row's length, lengths ascending) within the token budget
+            while e - s > 1 and (e - s) * int(sorted_lens[e - 1]) > max_batch_tokens:
+                e = s + max(1, min(e - s - 1, max_batch_tokens // int(sorted_lens[e - 1])))
+            idx = order[s:e]
+            T = int(sorted_lens[e - 1])
+            ids = np.full((e - s, T), self.pad_id, dtype=np.int64)
+            mask = np.zeros((e - s, T), dtype=np.int64)
             for r, i in enumerate(idx):
                 L = lens[i]
                 ids[r, :L] = seqs[i]
                 mask[r, :L] = 1
             out[idx] = run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+            s = e
         return out

@@ -144,6 +144,25 @@ def test_version_stable_for_same_weights_and_changes_with_weights(tiny, fp32_dir
     assert other["version"] != again["version"]
 
 
+def test_export_falls_back_to_the_plain_backbone_when_the_fast_graph_disagrees(tiny, tmp_path, monkeypatch):
+    real = ox._last_position_backbone
+
+    def broken(gpt2):
+        fast = real(gpt2)
+        fast.scale_attn = False  # wrong attention scale: a graph that no longer matches PyTorch
+        return fast
+
+    monkeypatch.setattr(ox, "_last_position_backbone", broken)
+    logs = []
+    meta = ox.export_checkpoint(tiny[0], tmp_path / "out", log=logs.append)
+    assert meta["parity"]["backbone"] == "full" and meta["parity"]["max_abs_diff"] < 1e-4
+    assert any("last-position graph was refused (parity check failed" in m for m in logs)
+
+
+def test_default_export_uses_the_last_position_graph(fp32_dir):
+    assert json.loads((fp32_dir / "model.json").read_text())["parity"]["backbone"] == "last-position"
+
+
 # --- int8 -------------------------------------------------------------------------------
 def test_int8_export_records_quantization_and_accuracy_change(int8_dir, fp32_dir, tiny):
     meta = json.loads((int8_dir / "model.json").read_text())
@@ -166,6 +185,11 @@ def test_parity_failure_fails_the_export_with_the_measured_difference(tiny, tmp_
     from click.testing import CliRunner
 
     monkeypatch.setattr(ox, "PARITY_TOL", -1.0)  # any measured difference is now too large
+
+    def no_fast_graph(gpt2):
+        raise ValueError("skipped in this test")  # straight to the plain backbone: one export, not two
+
+    monkeypatch.setattr(ox, "_last_position_backbone", no_fast_graph)
     res = CliRunner().invoke(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert "parity check failed: max |ONNX Runtime - PyTorch| =" in res.output
@@ -224,6 +248,7 @@ def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(got.sum(1) - 1).max() < 1e-4
     assert np.abs(m.predict(wins, batch_size=256) - got).max() < 1e-5
+    assert np.abs(m.predict(wins, batch_size=256, max_batch_tokens=40) - got).max() < 1e-5  # tiny batches
     assert np.abs(m.predict_ids(seqs) - got).max() < 1e-5
     assert m.predict([]).shape == (0, len(CATEGORIES))
 
