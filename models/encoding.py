@@ -16,14 +16,15 @@ tokens, in this order::
   ``max_query_tokens`` BPE subword tokens (a tokenizer trained on the training queries only);
 * ``dwell``: a bucketed dwell time, only for events that carry ``dwell_ms``.
 
-A sequence is ``[BOS] event ... event [END]``; when the events do not fit in ``max_len`` tokens
+A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
+newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not fit in ``max_len`` tokens
 the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
 reads the ``[END]`` position.
 
 Token id layout (also written into the spec as ``offsets``)::
 
     0 [PAD]  1 [BOS]  2 [END]  3 [UNK_CAT]
-    types (3) | categories (k) | gap buckets | dwell buckets | query subwords (BPE vocab)
+    types (3) | categories (k) | gap buckets | dwell buckets | hours (24, v2) | query subwords (BPE)
 
 Search text is never logged by this module; ``repr`` of an encoder shows only sizes.
 """
@@ -36,7 +37,7 @@ from typing import Iterable, Sequence
 
 from models.window import EVENT_TYPES, WindowEvent
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: hour-of-day token before [END]; version-1 specs still load
 SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
 PAD_ID, BOS_ID, END_ID, UNK_CAT_ID = 0, 1, 2, 3
 
@@ -62,12 +63,13 @@ class Encoder:
         gap_buckets_s: Sequence[float] = DEFAULT_GAP_BUCKETS_S,
         dwell_buckets_ms: Sequence[int] = DEFAULT_DWELL_BUCKETS_MS,
         max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
+        hour_token: bool = True,
     ):
         from tokenizers import Tokenizer
 
         if len(set(categories)) != len(categories) or not categories:
             raise ValueError("categories must be a non-empty list of distinct names")
-        if max_len < 2 + 4 + max_query_tokens:
+        if max_len < 3 + 4 + max_query_tokens:
             raise ValueError(f"max_len {max_len} cannot hold one event")
         self.categories: tuple[str, ...] = tuple(categories)
         self.tokenizer_json = tokenizer_json
@@ -77,6 +79,7 @@ class Encoder:
         self.gap_buckets_s = tuple(gap_buckets_s)
         self.dwell_buckets_ms = tuple(int(d) for d in dwell_buckets_ms)
         self.max_query_tokens = int(max_query_tokens)
+        self.hour_token = bool(hour_token)
 
         self.pad_id, self.bos_id, self.end_id, self.unk_cat_id = PAD_ID, BOS_ID, END_ID, UNK_CAT_ID
         o = len(SPECIALS)
@@ -88,6 +91,8 @@ class Encoder:
         o += 1 + len(self.gap_bounds_ms) + 1
         self.dwell_offset = o
         o += len(self.dwell_buckets_ms) + 1
+        self.hour_offset = o
+        o += 24 if self.hour_token else 0
         self.query_offset = o
         o += self.tokenizer.get_vocab_size()
         self.vocab_size = o
@@ -106,7 +111,7 @@ class Encoder:
     def to_spec(self) -> dict:
         """JSON-serialisable spec; :meth:`from_spec` rebuilds an identical encoder."""
         return {
-            "version": SPEC_VERSION,
+            "version": SPEC_VERSION if self.hour_token else 1,
             "categories": list(self.categories),
             "max_len": self.max_len,
             "max_query_tokens": self.max_query_tokens,
@@ -119,6 +124,7 @@ class Encoder:
                 "category": self.category_offset,
                 "gap": self.gap_offset,
                 "dwell": self.dwell_offset,
+                "hour": self.hour_offset,
                 "query": self.query_offset,
             },
             "vocab_size": self.vocab_size,
@@ -127,7 +133,7 @@ class Encoder:
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Encoder":
-        if spec.get("version") != SPEC_VERSION:
+        if spec.get("version") not in (1, SPEC_VERSION):
             raise ValueError(f"unsupported encoding spec version {spec.get('version')!r}")
         enc = cls(
             categories=spec["categories"],
@@ -136,6 +142,7 @@ class Encoder:
             gap_buckets_s=spec["gap_buckets_s"],
             dwell_buckets_ms=spec["dwell_buckets_ms"],
             max_query_tokens=spec["max_query_tokens"],
+            hour_token=spec["version"] >= 2,
         )
         if spec.get("vocab_size", enc.vocab_size) != enc.vocab_size:
             raise ValueError("encoding spec vocab_size does not match its layout")
@@ -187,7 +194,10 @@ class Encoder:
     def encode(self, events: Sequence[WindowEvent]) -> list[int]:
         """Token ids of a window (events sorted by ts ascending): ``[BOS] ... [END]``, keeping the
         most recent whole events that fit in ``max_len``. Never longer than ``max_len``."""
-        budget = self.max_len - 2
+        tail = [self.end_id]
+        if self.hour_token and events:
+            tail = [self.hour_offset + (events[-1].ts // 3_600_000) % 24, self.end_id]
+        budget = self.max_len - 1 - len(tail)
         chunks: list[list[int]] = []
         for j in range(len(events) - 1, -1, -1):
             gap = events[j].ts - events[j - 1].ts if j > 0 else None
@@ -199,7 +209,7 @@ class Encoder:
         out = [self.bos_id]
         for toks in reversed(chunks):
             out.extend(toks)
-        out.append(self.end_id)
+        out.extend(tail)
         return out
 
 

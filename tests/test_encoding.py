@@ -42,29 +42,33 @@ def test_train_and_serve_encodings_identical():
 def test_layout_by_hand():
     enc = Encoder(categories=["a", "b"], tokenizer_json=train_tokenizer(["red shoes", "red hat"] * 3, 50),
                   max_len=32)
-    # 4 specials, 3 types (click, browse, search), 2 categories, gap: first + 9 buckets, dwell: 5
+    # 4 specials, 3 types (click, browse, search), 2 categories, gap: first + 9 buckets, dwell: 5,
+    # 24 hours of day
     assert (enc.type_offset, enc.category_offset, enc.gap_offset, enc.dwell_offset) == (4, 7, 9, 19)
-    assert enc.query_offset == 24
+    assert (enc.hour_offset, enc.query_offset) == (24, 48)
     events = [
         WindowEvent(ts=1_000, type="click", category="b", item="x"),
         WindowEvent(ts=31_000, type="browse", category="zzz", item="y", dwell_ms=5_000),
     ]
     # click: gap first (9), click (4), b (8); browse after 30 s: gap bucket [10 s, 60 s) is the 3rd
-    # (9 + 1 + 2 = 12), browse (5), unknown category (3), dwell 5 s in [2 s, 10 s) (19 + 1 = 20)
-    assert enc.encode(events) == [1, 9, 4, 8, 12, 5, 3, 20, 2]
+    # (9 + 1 + 2 = 12), browse (5), unknown category (3), dwell 5 s in [2 s, 10 s) (19 + 1 = 20);
+    # then the hour of the newest event (00:00:31 UTC -> hour 0 -> 24) and [END]
+    assert enc.encode(events) == [1, 9, 4, 8, 12, 5, 3, 20, 24, 2]
+    late = [WindowEvent(ts=13 * 3_600_000 + 5, type="click", category="a", item="x")]
+    assert enc.encode(late) == [1, 9, 4, 7, 24 + 13, 2]
     # a search: gap, type, query subwords (offset by query_offset), no category
     ids = enc.encode([WindowEvent(ts=0, type="search", query="red shoes")])
-    assert ids[:3] == [1, 9, 6] and ids[-1] == 2
-    assert all(t >= enc.query_offset for t in ids[3:-1]) and len(ids) > 4
+    assert ids[:3] == [1, 9, 6] and ids[-2:] == [24, 2]
+    assert all(t >= enc.query_offset for t in ids[3:-2]) and len(ids) > 5
 
 
 def test_keeps_most_recent_whole_events():
-    enc = Encoder(categories=["a"], tokenizer_json=train_tokenizer([], 50), max_len=14)
+    enc = Encoder(categories=["a"], tokenizer_json=train_tokenizer([], 50), max_len=16)
     events = [WindowEvent(ts=i * 1000, type="click", category="a", item=str(i)) for i in range(10)]
     ids = enc.encode(events)
-    # 12 tokens of budget, 3 per click: the last 4 clicks, whole
-    assert len(ids) == 14
-    assert ids[1:-1].count(enc.type_offset) == 4
+    # 16 - [BOS] - hour - [END] = 13 tokens of budget, 3 per click: the last 4 clicks, whole
+    assert len(ids) == 15
+    assert ids[1:-2].count(enc.type_offset) == 4
     # the oldest kept event still has its real gap (1 s, bucket 0 -> gap_offset + 1)
     assert ids[1] == enc.gap_offset + 1
 
@@ -74,3 +78,12 @@ def test_encoding_imports_without_torch():
             "bad=[m for m in ('torch','transformers') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_version_1_spec_still_loads():
+    enc = Encoder(categories=["a"], tokenizer_json=train_tokenizer([], 50), max_len=16, hour_token=False)
+    spec = enc.to_spec()
+    assert spec["version"] == 1
+    again = Encoder.from_spec(spec)
+    ev = [WindowEvent(ts=0, type="click", category="a", item="x")]
+    assert again.encode(ev) == enc.encode(ev) == [1, 8, 4, 7, 2]  # one category: gaps start at 8

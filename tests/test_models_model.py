@@ -81,7 +81,7 @@ def test_forward_does_not_write_config(encoder):
 def test_tiny_training_and_checkpoint_round_trip(encoder, tmp_path):
     seqs = _seqs(encoder, n=200, seed=1)
     # learnable target: the category of the last click
-    last_cat = np.array([s[-2] - encoder.category_offset for s in seqs])
+    last_cat = np.array([s[-3] - encoder.category_offset for s in seqs])  # ... cat, hour, [END]
     targets = np.eye(3, dtype=np.float32)[last_cat] * 0.8 + 0.2 / 3
     model = build_model(encoder, **TINY)
     model.init_prior(targets.mean(0))
