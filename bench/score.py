@@ -226,6 +226,7 @@ def main(argv=None) -> dict:
     def torch_run(ids, mask):
         return model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
 
+    torch.set_num_threads(args.threads)  # again: nothing the export did may change it
     engines = {"pytorch_eager": torch_run, "onnx_fp32": ort_runner(fp32_dir / "model.onnx"),
                "onnx_int8": ort_runner(int8_dir / "model.onnx")}
     # the same batches give the same answers (int8 within quantization error)

@@ -416,9 +416,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
     if data is not None and not Path(data).is_file():
         raise ExportError(f"{data}: no such data file")
 
-    import torch
-
-    from models.model import load_checkpoint
+    from models.model import load_checkpoint  # imports torch
 
     try:
         model, encoder, card = load_checkpoint(ckpt)
@@ -427,7 +425,6 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
     except Exception as exc:  # corrupt weights, config mismatch, ...
         raise ExportError(f"{ckpt}: cannot load the checkpoint: {type(exc).__name__}: {exc}") from None
     model.eval()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
