@@ -433,11 +433,15 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
     except FileNotFoundError as exc:
         raise ExportError(str(exc)) from None
     except Exception as exc:  # corrupt weights, config mismatch, ...
-        raise ExportError(f"{ckpt}: cannot load the checkpoint: {type(exc).__name__}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(f"{ckpt}: cannot load the checkpoint: {type(exc).__name__}: {first}") from None
     model.eval()
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
     tmp32 = out / f".{MODEL_FILE}.fp32.tmp"
     tmp8 = out / f".{MODEL_FILE}.int8.tmp"
     try:
@@ -466,7 +470,11 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
 
         final, int8_report = tmp32, None
         if int8:
-            quantize_int8(tmp32, tmp8)
+            try:
+                quantize_int8(tmp32, tmp8)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {first}") from exc
             check_graph(tmp8, encoder.k)
             sess8 = ort_session(tmp8, threads=1)
             if validation is None:

@@ -211,6 +211,17 @@ def test_cli_refuses_bad_inputs_with_one_line_errors(tmp_path, tiny):
     assert res.exit_code == 1 and "--int8 needs --data" in res.output
     res = run(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "o"), "--data", "x.jsonl"])
     assert res.exit_code == 2 and "--data is only used with --int8" in res.output
+    res = run(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "o"), "--int8", "--data", str(tmp_path / "x.jsonl")])
+    assert res.exit_code == 1 and "x.jsonl: no such data file" in res.output
+    (tmp_path / "file").write_text("")
+    res = run(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "file")])
+    assert res.exit_code == 1 and "cannot create the output directory" in res.output
+    bad = tmp_path / "badckpt"
+    shutil.copytree(tiny[0], bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    res = run(export_cmd, [str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "cannot load the checkpoint" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_python_m_export_missing_dir_is_a_clean_error(tmp_path):
