@@ -61,6 +61,9 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         "model_version": None,
         "categories": list(encoder.categories),
         "split": info["split"],
+        # the per-user window the model was trained on; serve it with the same
+        # INTEREST_HORIZON_S / INTEREST_MAX_EVENTS (CONTRACT "Per-user window")
+        "window": {"horizon_s": data_cfg.horizon_s, "max_events": data_cfg.max_events},
         "data": {"path": str(data_path), "sha256": file_sha256(data_path), **info["log"]},
         "samples": info["samples"],
         "training": {**asdict(train_cfg), "steps": summary["steps"], "stop_reason": summary["stop_reason"],
