@@ -111,6 +111,14 @@ def _last_position_backbone(gpt2):
             self.g = g
             cfg = g.config
             self.floor = SOFTMAX_FLOOR
+            # the last layer's Q and KV projections as separate constants (Conv1D: y = x @ W + b,
+            # W (C, 3C)), so the graph holds them as initializers that int8 quantization can reach
+            W, b = g.h[-1].attn.c_attn.weight.detach(), g.h[-1].attn.c_attn.bias.detach()
+            C = W.shape[0]
+            self.register_buffer("q_w", W[:, :C].clone(), persistent=False)
+            self.register_buffer("q_b", b[:C].clone(), persistent=False)
+            self.register_buffer("kv_w", W[:, C:].clone(), persistent=False)
+            self.register_buffer("kv_b", b[C:].clone(), persistent=False)
             if getattr(cfg, "add_cross_attention", False):
                 raise ValueError("cross-attention GPT-2 is not supported")
             self.n_head = cfg.n_head
@@ -153,13 +161,12 @@ def _last_position_backbone(gpt2):
                     x = x + attn.c_proj(a)
                     x = x + block.mlp(block.ln_2(x))
                 else:
-                    W, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: y = x @ W + b, W (C, 3C)
-                    kv = h @ W[:, C:] + b[C:]  # (B, T, 2C)
+                    kv = h @ self.kv_w + self.kv_b  # (B, T, 2C)
                     k, v = kv.split(C, dim=2)
                     idx = last.view(B, 1, 1).expand(B, 1, C)
                     x_last = x.gather(1, idx).squeeze(1)  # (B, C)
                     h_last = h.gather(1, idx).squeeze(1)  # (B, C)
-                    q = (h_last @ W[:, :C] + b[:C]).view(B, H, 1, D) * self._scale(i, D)  # (B, H, 1, D)
+                    q = (h_last @ self.q_w + self.q_b).view(B, H, 1, D) * self._scale(i, D)  # (B, H, 1, D)
                     k = k.view(B, T, H, D).transpose(1, 2)
                     v = v.view(B, T, H, D).transpose(1, 2)
                     kmask = torch.where(key_ok, zero, neg).view(B, 1, 1, T)  # keys after last are padding
