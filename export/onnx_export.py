@@ -401,6 +401,8 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
         "opset": OPSET,
         "encoding": encoder.to_spec(),  # tokenizer embedded
         "metrics": card.get("metrics", {}),
+        # the per-user window the model was trained on (serve with the same horizon / max events)
+        "window": card.get("window"),
         "parity": parity,
         "int8_vs_fp32": int8_report,
         "model": {"n_layer": model.backbone.config.n_layer, "n_head": model.backbone.config.n_head,

@@ -70,8 +70,8 @@ class LoadedModel:
     """One checked model pair and its ONNX Runtime session. Build with :meth:`load`.
 
     Attributes: ``version``, ``categories`` (tuple, output order), ``k``, ``quantized``,
-    ``max_len``, ``resolved_dir`` (str), ``path`` (as given), ``encoder``, ``card`` (model.json),
-    ``threads``. Thread-safe for concurrent ``predict`` calls (ONNX Runtime's ``run`` is)."""
+    ``max_len``, ``window`` (training window dict or None), ``resolved_dir`` (str), ``path`` (as
+    given), ``encoder``, ``card`` (model.json), ``threads``. Thread-safe for concurrent ``predict`` calls (ONNX Runtime's ``run`` is)."""
 
     def __init__(self, *, path, resolved_dir, card, encoder, session, threads):
         self.path = str(path)
@@ -82,6 +82,8 @@ class LoadedModel:
         self.k = len(self.categories)
         self.quantized: bool = bool(card["quantized"])
         self.max_len: int = int(card["max_len"])
+        # {"horizon_s", "max_events"} the model was trained with, when the card records it
+        self.window: dict | None = card.get("window") if isinstance(card.get("window"), dict) else None
         self.encoder = encoder
         self.pad_id = encoder.pad_id
         self.session = session

@@ -122,6 +122,7 @@ def test_model_json_fields(fp32_dir, tiny):
     assert meta["metrics"] == card["metrics"]
     assert meta["source"]["checkpoint"] == str(ckpt.resolve())
     assert meta["parity"]["max_abs_diff"] < 1e-4 and len(meta["parity"]["shapes"]) >= 4
+    assert meta["window"] == card["window"] == {"horizon_s": 86_400, "max_events": 128}
     # version: sha256 of the graph bytes + canonical JSON of the spec, recomputed independently
     h = hashlib.sha256((fp32_dir / "model.onnx").read_bytes())
     h.update(b"\0")
@@ -246,6 +247,7 @@ def test_loaded_model_attributes_and_symlink_resolution(fp32_dir, tmp_path):
     assert m.resolved_dir == os.path.realpath(fp32_dir)
     assert m.version == meta["version"] and m.categories == tuple(CATEGORIES)
     assert m.quantized is False and m.max_len == 64 and m.encoder.categories == tuple(CATEGORIES)
+    assert m.window == {"horizon_s": 86_400, "max_events": 128}
 
 
 def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):

@@ -88,6 +88,7 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60):
     card = {"categories": list(enc.categories), "seed": seed,
             "data": f"tests/tiny_model.py simulated {TINY_USERS} users x {TINY_DAYS} days, seed {seed}",
             "split": {"kind": "random samples", "val": int(n_val), "train": int(len(tr))},
+            "window": {"horizon_s": DEFAULT_HORIZON_S, "max_events": DEFAULT_MAX_EVENTS},
             "metrics": {"val": {"loss": summary["best_val_loss"]}, "steps": summary["steps"]}}
     save_checkpoint(model, enc, card, ckpt_dir)
     return (Path(ckpt_dir), model, enc, [windows[i] for i in val], [seqs[i] for i in val], targets[val])
