@@ -37,6 +37,7 @@ if __name__ == "__main__":  # BLAS/OpenMP thread pools read these when they load
 
 import json
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -171,6 +172,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--checkpoint", default=None, help="score this checkpoint instead of an untrained default model")
     args = ap.parse_args(argv)
 
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+
+    windows, events = population(args.users, args.days, args.seed)
+    log(f"population: {len(windows)} windows, {len(events)} events ({time.perf_counter() - t_start:.1f}s)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    try:
+        return _run(args, tmp, windows, events, t_start, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args, tmp: Path, windows, events, t_start: float, log) -> dict:
     import onnx
     import onnxruntime as ort
     import torch
@@ -180,13 +197,6 @@ def main(argv=None) -> dict:
     from models.model import build_model, load_checkpoint, save_checkpoint
     from stream_app.model_runtime import LoadedModel
 
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-
-    windows, events = population(args.users, args.days, args.seed)
-    log(f"population: {len(windows)} windows, {len(events)} events ({time.perf_counter() - t_start:.1f}s)")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
     if args.checkpoint:
         model, enc, _ = load_checkpoint(args.checkpoint)
         ckpt, trained = Path(args.checkpoint), True
