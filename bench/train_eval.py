@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def _summary(name, card, metrics, wall):
         "steps": card["training"]["steps"],
         "stop_reason": card["training"]["stop_reason"],
         "loss": card["training"]["loss"],
+        "window": card["window"],
+        "target": {k: card["split"]["data_config"][k] for k in ("target", "target_window_s", "target_k")},
         "test_samples": metrics["samples"],
         "test_users": metrics["users"],
         "test_kl": {m: round(v["kl"], 5) for m, v in metrics["models"].items()},
@@ -41,14 +44,20 @@ def _summary(name, card, metrics, wall):
 
 
 @click.command()
-@click.option("--workdir", default="bench-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
+              type=click.Path(file_okay=False), help="Logs, checkpoints and metrics (reused logs are not re-made).")
 @click.option("--only", type=click.Choice(["sim", "movielens"]), default=None)
 @click.option("--users", default=5000, show_default=True)
 @click.option("--days", default=7.0, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss (default: the model's).")
 @click.option("--movielens-dir", default=str(MOVIELENS), show_default=True)
-def main(workdir, only, users, days, seed, loss, movielens_dir):
+@click.option("--sim-horizon-s", default=3 * 86_400, show_default=True,
+              help="Input window of the simulated run (serve with INTEREST_HORIZON_S equal to it).")
+@click.option("--ml-horizon-s", default=10 * 365 * 86_400, show_default=True,
+              help="Input window of the MovieLens run: its users come back after months, so a day holds "
+                   "too little of their history.")
+def main(workdir, only, users, days, seed, loss, movielens_dir, sim_horizon_s, ml_horizon_s):
     from models.data import DataConfig
     from models.evaluate import run_evaluation
     from models.loaders import load_movielens
@@ -65,7 +74,8 @@ def main(workdir, only, users, days, seed, loss, movielens_dir):
         if not log.exists():
             simulate_to_files(users, days, seed, log)
         t = time.time()
-        card = run_training(log, wd / "sim-ckpt", DataConfig(), TrainConfig(), overrides, progress=False,
+        card = run_training(log, wd / "sim-ckpt", DataConfig(horizon_s=sim_horizon_s), TrainConfig(), overrides,
+                            progress=False,
                             log=lambda m: print(m, file=sys.stderr))
         metrics = run_evaluation(wd / "sim-ckpt", log, wd / "sim-eval")
         out.append(_summary(f"simulated {users} users x {days} days, seed {seed}", card, metrics, time.time() - t))
@@ -75,8 +85,8 @@ def main(workdir, only, users, days, seed, loss, movielens_dir):
         t = time.time()
         # MovieLens is bursty (hundreds of ratings in a sitting, then months of nothing): the
         # target is the next 10 ratings, not a time window.
-        card = run_training(log, wd / "ml-ckpt", DataConfig(target="next_k", target_k=10), TrainConfig(),
-                            overrides, progress=False, log=lambda m: print(m, file=sys.stderr))
+        card = run_training(log, wd / "ml-ckpt", DataConfig(target="next_k", target_k=10, horizon_s=ml_horizon_s),
+                            TrainConfig(), overrides, progress=False, log=lambda m: print(m, file=sys.stderr))
         metrics = run_evaluation(wd / "ml-ckpt", log, wd / "ml-eval")
         out.append(_summary("movielens ml-latest-small", card, metrics, time.time() - t))
     print(json.dumps(out, indent=1))
