@@ -44,7 +44,8 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         f"skipped empty targets {info['samples']['empty_target']}; {encoder}")
     if len(tr) == 0 or len(va) == 0:
         raise ValueError("not enough data for a time split: no training or validation samples "
-                         f"(counts: {info['samples']})")
+                         f"(counts: {info['samples']}); for a short log try --target next_k or a "
+                         "smaller --target-window-s")
     train_seqs = encode_samples(ds, tr, data_cfg, encoder)
     val_seqs = encode_samples(ds, va, data_cfg, encoder)
     model = build_model(encoder, init_from=init_from, **model_overrides)
