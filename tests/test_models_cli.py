@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from models import cli
 
 TINY_SETS = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "eval_every=10",
-             "--set", "batch_size=16", "--set", "max_len=48", "--set", "max_eval_samples=150"]
+             "--set", "batch_size=16", "--set", "max_len=48", "--set", "max_eval_samples=150", "--set", "threads=1"]
 
 
 @pytest.fixture(scope="module")

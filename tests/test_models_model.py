@@ -85,7 +85,7 @@ def test_tiny_training_and_checkpoint_round_trip(encoder, tmp_path):
     targets = np.eye(3, dtype=np.float32)[last_cat] * 0.8 + 0.2 / 3
     model = build_model(encoder, **TINY)
     model.init_prior(targets.mean(0))
-    cfg = TrainConfig(epochs=4, batch_size=16, eval_every=10, warmup_steps=5, max_steps=40, seed=3)
+    cfg = TrainConfig(epochs=4, batch_size=16, eval_every=10, warmup_steps=5, max_steps=40, seed=3, threads=1)
     summary = train_model(model, seqs[:160], targets[:160], seqs[160:], targets[160:], cfg,
                           encoder.pad_id, state_path=tmp_path / "state.pt", progress=False)
     assert summary["steps"] > 0 and summary["history"]
@@ -104,7 +104,7 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     seqs = _seqs(encoder, n=120, seed=2)
     targets = np.full((120, 3), 1 / 3, np.float32)
     targets[::2] = [0.7, 0.2, 0.1]
-    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100)
+    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100, threads=1)
 
     def run(path, resume=False, stop_at=None):
         torch.manual_seed(0)
