@@ -43,8 +43,8 @@ def ensure_model(env: dict) -> Path:
         return current
     log = OUT / "train.jsonl"
     run_cli("simulate", "--users", "600", "--days", "6", "--seed", "7", "--out", str(log), env=env)
-    run_cli("train", "--data", str(log), "--out", str(OUT / "checkpoint"), "--max-steps", "600",
-            "--max-train-samples", "20000", env=env)
+    run_cli("train", "--data", str(log), "--out", str(OUT / "checkpoint"), "--max-steps", "300",
+            "--max-train-samples", "10000", env=env)
     run_cli("export", str(OUT / "checkpoint"), "--out", str(OUT / "model" / "v1"), env=env)
     if current.is_symlink():
         current.unlink()
@@ -83,6 +83,7 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
             "INTEREST_SESSION_TIMEOUT_S": "10",
             "INTEREST_COMMIT_INTERVAL_S": "1",
         })
+        Path(env["INTEREST_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         settings = Settings.from_env(env)
         run_cli("topics", "create", env=env)
         say("starting the worker (log: demo-out/worker.log)")

@@ -1,0 +1,152 @@
+"""Shared pieces of the benchmarks: a broker, machine info, a worker subprocess, synthetic load."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from stream_app.kafka_local import LocalKafka, free_port  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_mib": mem, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+@contextlib.contextmanager
+def broker():
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker stopped at the end."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
+        return
+    home = Path(tempfile.mkdtemp(prefix="interest-bench-kafka-"))
+    k = LocalKafka(home=home, port=free_port(), controller_port=free_port(), heap="1g")
+    try:
+        k.up()
+        yield k.bootstrap, k
+    finally:
+        k.down(purge=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def topic_bytes(k: LocalKafka | None, topic: str) -> int | None:
+    """Bytes on disk of a topic's log (local broker only)."""
+    if k is None:
+        return None
+    total = 0
+    for d in k.data_dir.glob(f"{topic}-*"):
+        total += sum(f.stat().st_size for f in d.glob("*.log"))
+    return total
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int):
+    """``events`` contract events for ``users`` users, ts spread over ``span_ms``."""
+    rng = random.Random(seed)
+    cats = ["sports", "tech", "music", "travel", "food", "fashion", "news", "games", "films", "books"]
+    words = ["cheap", "best", "new", "review", "guide", "deal", "top", "live", "how", "near"]
+    for i in range(events):
+        u = rng.randrange(users)
+        ts = t0 + rng.randrange(span_ms)
+        r = rng.random()
+        e = {"event_id": f"b{i}", "user_id": f"user{u}", "ts": ts}
+        if r < 0.45:
+            e.update(type="click", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats))
+        elif r < 0.85:
+            e.update(type="browse", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats),
+                     dwell_ms=rng.randrange(60000))
+        else:
+            e.update(type="search", query=" ".join(rng.sample(words, 3)))
+        yield e
+
+
+class WorkerProc:
+    def __init__(self, env: dict, workdir: Path):
+        self.port = free_port()
+        self.env = dict(env, INTEREST_WEB_PORT=str(self.port), INTEREST_DATA_DIR=str(workdir / "data"))
+        self.workdir = workdir
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.workdir / "worker.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
+                                      "-l", "warning"], env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.workdir / 'worker.log'}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("worker not ready")
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            out = {}
+            for line in r.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    out[name] = float(value)
+            return out
+
+    def rss_peak_mib(self) -> float:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def rss_mib(self) -> float:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self):
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def dumps(obj) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
