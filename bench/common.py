@@ -102,7 +102,7 @@ class WorkerProc:
     def start(self):
         self.log = open(self.workdir / "worker.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
-                                      "-l", "warning"], env=self.env, stdout=self.log,
+                                      "-l", "warn"], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
