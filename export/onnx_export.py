@@ -63,23 +63,8 @@ def log_default(msg: str) -> None:
     print(msg, flush=True)
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def pad_right(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists to the longest: (input_ids, attention_mask) int64 (B, T)."""
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
+from models.data import file_sha256 as sha256_file  # noqa: E402  (one file hash)
+from models.encoding import pad_right  # noqa: E402  (the one padding convention)
 
 
 def random_batch(rng: np.random.Generator, encoder, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -257,3 +257,18 @@ def fit_encoder(
         max_len=max_len,
         max_query_tokens=max_query_tokens,
     )
+
+
+def pad_right(seqs, pad_id: int):
+    """Right-pad token lists to the longest: (input_ids, attention_mask) int64 numpy (B, T).
+    The one padding convention of training, export and serving (the head reads the last real
+    position)."""
+    import numpy as np
+
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask

@@ -231,12 +231,9 @@ class TrainConfig:
 
 def collate(seqs, pad_id: int):
     """Right-pad token lists to the longest: (input_ids, attention_mask) LongTensors (B, T)."""
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
+    from models.encoding import pad_right
+
+    ids, mask = pad_right(seqs, pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
