@@ -42,20 +42,37 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+_LIVE: list["WorkerProc"] = []  # workers to stop however the benchmark ends
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(f"benchmark stopped by signal {signum}")
+
+
 @contextlib.contextmanager
 def broker():
-    """KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker stopped at the end."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
-        return
-    home = Path(tempfile.mkdtemp(prefix="interest-bench-kafka-"))
-    k = LocalKafka(home=home, port=free_port(), controller_port=free_port(), heap="1g")
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker stopped at the end.
+
+    Workers started by the benchmark are stopped on the way out too, also when the benchmark
+    is interrupted (Ctrl-C) or terminated (SIGTERM, e.g. by `timeout`)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    k = None
     try:
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], None
+            return
+        home = Path(tempfile.mkdtemp(prefix="interest-bench-kafka-"))
+        k = LocalKafka(home=home, port=free_port(), controller_port=free_port(), heap="1g")
         k.up()
         yield k.bootstrap, k
     finally:
-        k.down(purge=True)
-        shutil.rmtree(home, ignore_errors=True)
+        for w in list(_LIVE):
+            w.stop()
+        if k is not None:
+            k.down(purge=True)
+            shutil.rmtree(k.home, ignore_errors=True)
 
 
 def topic_bytes(k: LocalKafka | None, topic: str) -> int | None:
@@ -101,6 +118,7 @@ class WorkerProc:
 
     def start(self):
         self.log = open(self.workdir / "worker.log", "ab")
+        _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
                                       "-l", "warn"], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
@@ -111,10 +129,19 @@ class WorkerProc:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
                     if r.status == 200:
+                        self._profile()
                         return self
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("worker not ready")
+
+    def _profile(self) -> None:
+        """BENCH_PYSPY=out.txt: sample the running worker with py-spy for BENCH_PYSPY_S seconds."""
+        out = os.environ.get("BENCH_PYSPY")
+        if out:
+            subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw",
+                              "-r", "50", "-d", os.environ.get("BENCH_PYSPY_S", "30"), "-o", out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
@@ -140,12 +167,15 @@ class WorkerProc:
     def stop(self):
         import signal
 
+        if self in _LIVE:
+            _LIVE.remove(self)
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 def dumps(obj) -> str:

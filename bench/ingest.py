@@ -22,7 +22,10 @@ import orjson
 
 from common import WorkerProc, broker, dir_bytes, dumps, machine, synthetic_events, topic_bytes
 
-T0 = 1_700_000_000_000
+SPAN_MS = 20 * 3_600_000
+# event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
+# be deleted by the broker's retention check while the benchmark runs
+T0 = int(time.time() * 1000) - SPAN_MS - 60_000
 
 
 def preload(bootstrap: str, env: dict, n: int, users: int) -> float:
@@ -30,7 +33,7 @@ def preload(bootstrap: str, env: dict, n: int, users: int) -> float:
     from stream_app.settings import Settings
 
     t = time.monotonic()
-    send_events(synthetic_events(users, n, seed=1, t0=T0, span_ms=20 * 3_600_000), Settings.from_env(env))
+    send_events(synthetic_events(users, n, seed=1, t0=T0, span_ms=SPAN_MS), Settings.from_env(env))
     return time.monotonic() - t
 
 
@@ -42,9 +45,14 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int) -> float:
     await c.start()
     seen = 0
     t = None
+    quiet_since = time.monotonic()
     try:
         while seen < n:
             batch = await c.getmany(timeout_ms=1000, max_records=10_000)
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 60:
+                raise SystemExit(f"only {seen} of {n} events in the input topics")
             for recs in batch.values():
                 if t is None:
                     t = time.monotonic()
@@ -54,6 +62,33 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int) -> float:
     finally:
         await c.stop()
     return seen / (time.monotonic() - t)
+
+
+def faust_floor(env: dict, n: int, work: Path) -> float:
+    """events/s of a Faust agent that only decodes (bench/faust_floor.py), same topics."""
+    import os
+    import signal
+    import subprocess
+
+    out = work / "floor.json"
+    log = open(work / "floor.log", "wb")
+    # -l info: at WARN and above Faust's terminal spinner turns on DEBUG records (see app.py)
+    proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "faust_floor", "worker", "-l", "info"],
+                            cwd=Path(__file__).parent, env=dict(env, BENCH_FLOOR_EVENTS=str(n),
+                                                                BENCH_FLOOR_OUT=str(out)),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 3600
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"faust floor app failed; see {work / 'floor.log'}")
+            time.sleep(0.5)
+        time.sleep(0.2)
+        r = orjson.loads(out.read_bytes())
+        return r["events"] / r["seconds"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def main() -> None:
@@ -81,6 +116,8 @@ def main() -> None:
         preload_s = preload(bootstrap, env, args.events, args.users)
         print("bare aiokafka consumer...", file=sys.stderr)
         bare = asyncio.run(bare_consumer(bootstrap, list(s.input_topics.values()), args.events))
+        print("faust decode-only agent...", file=sys.stderr)
+        floor = faust_floor(env, args.events, work)
         print("worker...", file=sys.stderr)
         w = WorkerProc(env, work)
         w.start()
@@ -117,6 +154,8 @@ def main() -> None:
             "bare_aiokafka_events_per_s": round(bare),
             "worker_events_per_s": round(rate),
             "worker_vs_bare": round(rate / bare, 3),
+            "faust_decode_only_events_per_s": round(floor),
+            "worker_vs_faust_decode_only": round(rate / floor, 3),
             "worker_accepted": m.get('interest_events_total{outcome="accepted"}'),
             "worker_peak_rss_mib": round(peak, 1),
             "state_bytes_per_user_rocksdb": round(state_dir / args.users),
