@@ -160,7 +160,10 @@ def worker(bootstrap_servers, loglevel, faust_args):
     LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
     from .app import app
 
-    sys.argv = ["interest-stream", "worker", "--loglevel", loglevel, *faust_args]
+    # JSON logs: --quiet keeps Faust's startup banner (terminal output, not a log record) out of
+    # the stream, so every line parses
+    quiet = ["--quiet"] if s.log_format == "json" else []
+    sys.argv = ["interest-stream", *quiet, "worker", "--loglevel", loglevel, *faust_args]
     app.main()
 
 
@@ -261,6 +264,29 @@ def forget(user, bootstrap_servers, timeout):
     raise click.ClickException(
         f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}?"
     )
+
+
+@main.command()
+@click.option("--from", "from_", required=True, metavar="ISO8601",
+              help="Start of the event-time range (inclusive), e.g. 2026-11-20T00:00:00Z.")
+@click.option("--to", "to", required=True, metavar="ISO8601", help="End of the range (exclusive).")
+@click.option("--output-topic", default=None,
+              help="Topic for the vectors (default: <prefix>user-interests.backfill; created if missing).")
+@click.option("--model", "model_dir", default=None,
+              help="Model directory (default: $INTEREST_MODEL_DIR); its version is pinned for the whole replay.")
+@click.option("--dry-run", is_flag=True, help="Say what would be read, read nothing, write nothing.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@bootstrap_option
+def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_servers):
+    """Re-score a past event-time range into a separate topic (a backfill), reproducibly."""
+    from . import replay as rp
+
+    s = _settings(bootstrap_servers)
+    from_ms, to_ms = rp.parse_time(from_, "--from"), rp.parse_time(to, "--to")
+    counts = rp.run(s, from_ms, to_ms, output_topic or s.backfill_topic,
+                    model_dir or s.model_dir, dry_run=dry_run, progress=progress, echo=click.echo)
+    if not dry_run:
+        click.echo("replayed: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
 @main.command("demo")

@@ -18,11 +18,11 @@ class TooOldError(InterestStreamError):
     """Events older than the input topics' retention would be deleted on arrival."""
 
 
-def producer(settings: Settings):
+def producer(settings: Settings, max_in_flight: int = 5):
     from kafka import KafkaProducer
 
     return KafkaProducer(
-        acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
+        acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=max_in_flight,
         client_id="interest-stream-producer", **settings.kafka_python_config(),
     )
 

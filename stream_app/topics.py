@@ -32,6 +32,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs = [TopicSpec(t, p, dict(retention)) for t in settings.input_topics.values()]
     specs += [
         TopicSpec(settings.output_topic, p, dict(compact)),
+        TopicSpec(settings.backfill_topic, p, dict(compact)),
         TopicSpec(settings.dlq_topic, p, dict(retention)),
         TopicSpec(settings.control_topic, p, dict(retention)),
     ]
@@ -102,3 +103,8 @@ def check_input_topics(settings: Settings) -> int:
             f"input topics must have the same number of partitions (co-partitioned by user), got {listing}"
         )
     return next(iter(counts.values()))
+
+
+def ensure_output_topic(settings: Settings, name: str) -> str:
+    """Create an interest topic (compacted, keyed by user) if missing; 'created' or 'exists'."""
+    return create_topics(settings, [TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})])[name]

@@ -13,7 +13,8 @@ def test_topics_create(env):
     env = dict(env, INTEREST_PARTITIONS="3", INTEREST_RETENTION_MS="86400000")
     out = cli(env, "topics", "create").stdout
     expected = [f"{prefix}{t}" for t in (
-        "events.click", "events.browse", "events.search", "user-interests", "events.dlq",
+        "events.click", "events.browse", "events.search", "user-interests",
+        "user-interests.backfill", "events.dlq",
         "interest-control", "interest-stream-users-changelog",
         "interest-stream-pending-changelog", "interest-stream-vectors-changelog")]
     assert [line.split()[1] for line in out.splitlines()] == expected
@@ -31,6 +32,7 @@ def test_topics_create(env):
             return res["topic"][topic][name]["value"]
 
         assert config(f"{prefix}user-interests", "cleanup.policy") == "compact"
+        assert config(f"{prefix}user-interests.backfill", "cleanup.policy") == "compact"
         assert config(f"{prefix}interest-stream-users-changelog", "cleanup.policy") == "compact"
         assert config(f"{prefix}events.click", "cleanup.policy") == "delete"
         assert config(f"{prefix}events.click", "retention.ms") == "86400000"

@@ -1,0 +1,270 @@
+"""Backfills: re-score a past event-time range into a separate topic, reproducibly.
+
+``interest-stream replay --from ISO --to ISO [--output-topic T]`` reads the three input topics
+from ``from - horizon - grace`` (found with offsets-for-times: the project's producers set each
+record's timestamp to the event's ``ts``) to the end of each partition as of the start (a log is
+in arrival order, so an event with ``ts < to`` may follow records stamped long after it; events
+at or after ``to`` are read and skipped), with its own state and a consumer group of its own
+(``<app id>.replay``, offsets never committed), so the live worker's offsets and tables are
+untouched.
+
+Determinism: records of all partitions are merged in the order (event ``ts``, topic,
+partition, offset); a partition's records keep their offset order. A record is taken only when
+every unfinished partition has offered its next one, so the order depends on what the topics
+hold, never on fetch timing: two replays of the same range see the same events in the same order
+and compute the same states (with the worker's own :mod:`stream_app.state` and
+:mod:`stream_app.events` code). Scoring happens at event-time ticks, at ``from + k *
+INTEREST_SCORE_INTERVAL_S`` (also before ``from``, so drift is warm) and at ``to`` (after the
+last record): before the first event at or after a tick, every user with events since their last vector is scored (in
+user-id order) with the one model version loaded at the start; vectors whose ``ts`` is in
+``[from, to)`` are published, with an extra ``replay`` field naming the range. Dead letters are
+counted, not written again: the live worker already did.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import orjson
+
+from . import state, vectors as vector_math
+from .events import Rejected, validate
+from .settings import InterestStreamError, Settings
+
+class ReplayError(InterestStreamError):
+    """A replay that cannot run (bad range, missing topics, no model)."""
+
+
+def parse_time(text: str, what: str) -> int:
+    """ISO 8601 (a date, or a date and time; UTC unless an offset is given) -> epoch ms."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(f"{what}: {text!r} is not an ISO 8601 time (e.g. 2026-11-20T00:00:00Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Plan:
+    """What a replay reads: per input partition [start, end) offsets."""
+
+    from_ms: int
+    to_ms: int
+    read_from_ms: int
+    ranges: dict = field(default_factory=dict)  # TopicPartition -> (start, end)
+
+    @property
+    def events(self) -> int:
+        return sum(max(0, e - s) for s, e in self.ranges.values())
+
+    def describe(self, output_topic: str, model_version: str | None) -> str:
+        lines = [
+            f"replay {iso(self.from_ms)} .. {iso(self.to_ms)} (vectors with ts in [from, to))",
+            f"reading from {iso(self.read_from_ms)} (from - horizon - grace) to the current end of each partition",
+        ]
+        for tp in sorted(self.ranges, key=lambda tp: (tp.topic, tp.partition)):
+            s, e = self.ranges[tp]
+            lines.append(f"  {tp.topic}[{tp.partition}]  offsets {s}..{e}  ({max(0, e - s)} records)")
+        lines.append(f"{self.events} records in all; output topic {output_topic}"
+                     + (f"; model {model_version}" if model_version else ""))
+        return "\n".join(lines)
+
+
+def plan(consumer, s: Settings, from_ms: int, to_ms: int) -> Plan:
+    from kafka import TopicPartition
+
+    if to_ms <= from_ms:
+        raise ReplayError(f"--to ({iso(to_ms)}) must be after --from ({iso(from_ms)})")
+    read_from = from_ms - (s.horizon_s + s.grace_s) * 1000
+    tps = []
+    for topic in s.input_topics.values():
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise ReplayError(f"input topic {topic} does not exist")
+        tps += [TopicPartition(topic, p) for p in sorted(parts)]
+    begin = consumer.beginning_offsets(tps)
+    end = consumer.end_offsets(tps)
+    starts = consumer.offsets_for_times({tp: max(0, read_from) for tp in tps})
+    p = Plan(from_ms, to_ms, read_from)
+    for tp in tps:
+        start = starts[tp].offset if starts[tp] is not None else end[tp]
+        # to the end as of now: a partition's log is in arrival order, not ts order, so an
+        # event with ts < to may follow records stamped long after it
+        p.ranges[tp] = (max(start, begin[tp]), end[tp])
+    return p
+
+
+class Replayer:
+    """The replay's own state: per-user windows (the worker's code), previous vectors, pending."""
+
+    def __init__(self, s: Settings, model, from_ms: int, to_ms: int, emit, batch: int):
+        self.s = s
+        self.model = model
+        self.from_ms, self.to_ms = from_ms, to_ms
+        self.emit = emit  # (key bytes, vector dict) -> None
+        self.batch = batch
+        self.limits = state.Limits(s.horizon_s * 1000, s.grace_s * 1000, s.max_events)
+        self.types = {name: etype for etype, name in s.input_topics.items()}
+        self.users: dict[bytes, dict] = {}
+        self.previous: dict[bytes, dict] = {}
+        self.pending: dict[bytes, None] = {}  # insertion-ordered set
+        # ticks at from + k * interval (also before `from`, warming up drift), and at `to`
+        self.interval_ms = max(1, int(s.score_interval_s * 1000))
+        read_from = from_ms - (s.horizon_s + s.grace_s) * 1000
+        self.next_tick = from_ms - ((from_ms - read_from) // self.interval_ms) * self.interval_ms
+        self.counts = {"accepted": 0, "duplicate": 0, "late": 0, "dead_letter": 0, "after_range": 0,
+                       "vectors": 0}
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None, ts: int) -> None:
+        """One record, in merged order; ``ts`` is its event time (the record timestamp for
+        values that are not events)."""
+        if ts >= self.to_ms:  # read only because a partition's log is not in ts order
+            self.counts["after_range"] += 1
+            return
+        while ts >= self.next_tick:
+            self.score()
+            self.next_tick += self.interval_ms
+        # the worker's clock only decides future_ts; a replay reads the past
+        result = validate(self.types[topic], key, value, int(time.time() * 1000), self.s.future_s * 1000)
+        if isinstance(result, Rejected):
+            self.counts["dead_letter"] += 1
+            return
+        outcome, new = state.apply(self.users.get(key), result, self.limits, 0)
+        if outcome != "accepted":
+            self.counts[outcome] += 1
+            return
+        self.counts["accepted"] += 1
+        self.users[key] = new
+        self.pending[key] = None
+
+    def score(self) -> None:
+        """Score every pending user (sorted by key, so batches are reproducible)."""
+        keys = sorted(self.pending)
+        self.pending.clear()
+        for i in range(0, len(keys), self.batch):
+            chunk = keys[i : i + self.batch]
+            sts = [self.users[k] for k in chunk]
+            probs = self.model.predict([state.window_events(st) for st in sts], self.batch)
+            for key, st, row in zip(chunk, sts, probs):
+                vec = vector_math.build_vector(
+                    key.decode(), row, self.model.categories, st["newest"], self.model.version,
+                    state.summary(st, self.limits.horizon_ms)["events"], self.previous.get(key),
+                )
+                vec["replay"] = {"from": iso(self.from_ms), "to": iso(self.to_ms)}
+                self.previous[key] = vec
+                if self.from_ms <= vec["ts"] < self.to_ms:
+                    self.emit(key, vec)
+                    self.counts["vectors"] += 1
+
+    def finish(self) -> None:
+        """The tick at `to`, once every record of the range was read."""
+        self.score()
+
+
+def event_ts(record) -> int:
+    """The event's ``ts`` when the value is an event, else the record timestamp."""
+    try:
+        ts = orjson.loads(record.value).get("ts")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return record.timestamp
+    return ts if type(ts) is int else record.timestamp
+
+
+def merged_records(consumer, ranges: dict, poll_ms: int = 500):
+    """``(ts, record)`` of every partition within its [start, end), merged by (event ts, topic,
+    partition, offset); a partition contributes in offset order. A record is chosen only when
+    every unfinished partition has offered its next one, so the order never depends on timing."""
+    live = {tp: e for tp, (s, e) in ranges.items() if e > s}
+    buffers = {tp: deque() for tp in live}
+    position = {tp: ranges[tp][0] for tp in live}
+    consumer.assign(list(live))
+    for tp in live:
+        consumer.seek(tp, ranges[tp][0])
+    heap: list = []  # one head per partition: (timestamp, topic, partition, offset, tp, record)
+    heads: set = set()
+    while True:
+        for tp in list(live):
+            if tp in heads:
+                continue
+            if buffers[tp]:
+                r = buffers[tp].popleft()
+                heapq.heappush(heap, (event_ts(r), r.topic, r.partition, r.offset, tp, r))
+                heads.add(tp)
+            elif position[tp] >= live[tp]:
+                del live[tp]  # finished
+        if any(tp not in heads for tp in live):
+            for tp, recs in consumer.poll(timeout_ms=poll_ms, max_records=5000).items():
+                if tp not in live:
+                    continue
+                for r in recs:
+                    if position[tp] <= r.offset < live[tp]:
+                        buffers[tp].append(r)
+                        position[tp] = r.offset + 1
+            for tp in list(live):  # offsets without records (e.g. markers) at the end of a range
+                if position[tp] < live[tp] and not buffers[tp] and consumer.position(tp) >= live[tp]:
+                    position[tp] = live[tp]
+                if position[tp] >= live[tp]:
+                    consumer.pause(tp)
+            continue
+        if not heap:
+            return
+        ts, *_, tp, r = heapq.heappop(heap)
+        heads.discard(tp)
+        yield ts, r
+
+
+def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str, dry_run: bool = False,
+        progress: bool = True, echo=print) -> dict:
+    """Plan (and unless ``dry_run``, run) a replay; returns the counts."""
+    from kafka import KafkaConsumer
+
+    from .model_runtime import LoadedModel
+    from .produce import producer
+    from .topics import ensure_output_topic
+
+    if not model_dir:
+        raise ReplayError("no model: give --model DIR or set INTEREST_MODEL_DIR")
+    model = LoadedModel.load(model_dir, s.ort_threads)  # one version for the whole replay
+    consumer = KafkaConsumer(group_id=f"{s.app_id}.replay", enable_auto_commit=False,
+                             auto_offset_reset="earliest", **s.kafka_python_config())
+    try:
+        p = plan(consumer, s, from_ms, to_ms)
+        echo(p.describe(output_topic, model.version))
+        if dry_run:
+            return {"planned": p.events}
+        ensure_output_topic(s, output_topic)
+        prod = producer(s, max_in_flight=1)  # keeps each user's vectors in order on retries
+
+        def emit(key: bytes, vec: dict) -> None:
+            prod.send(output_topic, key=key, value=orjson.dumps(vec))
+
+        r = Replayer(s, model, from_ms, to_ms, emit, s.score_batch)
+        from tqdm import tqdm
+
+        bar = tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
+                   desc="replay", mininterval=1.0)
+        n = 0
+        try:
+            for ts, rec in merged_records(consumer, p.ranges):
+                r.add(rec.topic, rec.key, rec.value, ts)
+                n += 1
+                if n % 1000 == 0:
+                    bar.update(1000)
+            r.finish()
+            bar.update(n % 1000)
+        finally:
+            bar.close()
+            prod.flush()
+            prod.close()
+        return {"read": n, **r.counts, "model_version": model.version, "output_topic": output_topic}
+    finally:
+        consumer.close()
