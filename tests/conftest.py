@@ -82,10 +82,22 @@ def kafka(session_dir):
     signal.signal(signal.SIGTERM, on_term)
     try:
         broker.up(timeout=120)
+        _SESSION_BROKER.append(broker)
         yield broker.bootstrap
     finally:
         stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+_SESSION_BROKER: list[LocalKafka] = []
+
+
+@pytest.fixture
+def local_broker(kafka) -> LocalKafka:
+    """The session's own broker process (for outage tests); skipped with an external broker."""
+    if not _SESSION_BROKER:
+        pytest.skip("INTEREST_TEST_BOOTSTRAP names an external broker: it cannot be stopped here")
+    return _SESSION_BROKER[0]
 
 
 _counter = itertools.count()
@@ -100,6 +112,9 @@ def env(kafka, tmp_path, request):
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "INTEREST_TOPIC_PREFIX": prefix,
         "INTEREST_PARTITIONS": "4",
+        # test events are years old: with the default 7-day retention the broker's retention
+        # check (every 60 s here) would delete them while a test still reads them
+        "INTEREST_RETENTION_MS": str(100 * 365 * 86_400_000),
         "INTEREST_STORE": "rocksdb://",
         "INTEREST_SESSION_TIMEOUT_S": "6",
         "INTEREST_HEARTBEAT_S": "1",
@@ -132,7 +147,11 @@ def cli(env: dict, *args: str, timeout: float = 120, check: bool = True) -> subp
 class Worker:
     """A worker subprocess (`faust -A stream_app.app worker`) with its own web port and state."""
 
-    def __init__(self, env: dict, workdir: Path, name: str = "w") -> None:
+    FAUST = [sys.executable, "-m", "faust", "-A", "stream_app.app", "worker", "-l", "info"]
+    CLI = [sys.executable, "-m", "stream_app.cli", "worker"]
+
+    def __init__(self, env: dict, workdir: Path, name: str = "w", argv: list[str] | None = None) -> None:
+        self.argv = argv or self.FAUST
         self.port = free_port()
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +163,7 @@ class Worker:
     def start(self, wait: bool = True, timeout: float = 90) -> "Worker":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "stream_app.app", "worker", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )
         if wait:
             self.wait_ready(timeout)
@@ -209,8 +227,8 @@ def workers(env, tmp_path, tiny_model_dir):
     started: list[Worker] = []
     env["INTEREST_MODEL_DIR"] = str(tiny_model_dir)
 
-    def make(name: str = "w", start: bool = True, **overrides) -> Worker:
-        w = Worker(dict(env, **overrides), tmp_path, name)
+    def make(name: str = "w", start: bool = True, argv: list[str] | None = None, **overrides) -> Worker:
+        w = Worker(dict(env, **overrides), tmp_path, name, argv)
         started.append(w)
         return w.start() if start else w
 
