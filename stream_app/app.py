@@ -21,6 +21,7 @@ from aiohttp.web import Response
 
 from . import metrics, scoring, state, vectors as vector_math
 from .events import Rejected, dead_letter, validate
+from .logs import use_json
 from .partitioning import partition_for
 from .settings import Settings
 from .topics import TopicError, check_input_topics
@@ -82,6 +83,22 @@ class InterestApp(faust.App):
         scoring.set_holder(holder)
 
 
+class InterestWorker(faust.Worker):
+    """Faust's worker without the terminal spinner.
+
+    With a log level of WARN or above and a spinner, Faust sets the root logger to DEBUG (for the
+    spinner's handler), so every debug record of Faust and aiokafka is built: several records
+    per event, measured at about 9% of the ingest CPU. The spinner only matters on a terminal.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+        if settings.log_format == "json":
+            use_json(logger)
+
+
+
 app = InterestApp(
     settings.app_id,
     broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -97,10 +114,14 @@ app = InterestApp(
     broker_heartbeat_interval=settings.heartbeat_s,
     broker_commit_interval=settings.commit_interval_s,
     producer_acks=-1,
+    # every accepted event writes a changelog record; without linger each one tends to go out
+    # in its own produce request
+    producer_linger=settings.linger_ms / 1000,
     web_port=settings.web_port,
     web_bind=settings.web_host,
     canonical_url=os.environ.get("INTEREST_CANONICAL_URL") or f"http://127.0.0.1:{settings.web_port}",
     web_in_thread=False,
+    Worker=InterestWorker,
 )
 
 TOPIC_TYPES = {name: etype for etype, name in settings.input_topics.items()}
@@ -226,9 +247,9 @@ async def metrics_view(web, request):
     return Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
 
-def update_lag() -> None:
+def partition_lags():
+    """(topic partition, messages behind its end) for each owned input partition with a known end."""
     names = set(settings.input_topics.values())
-    metrics.LAG.clear()
     consumer = app.consumer
     for tp in app.assignor.assigned_actives():
         if tp.topic not in names:
@@ -238,10 +259,14 @@ def update_lag() -> None:
         except Exception:  # not fetched yet
             continue
         read = consumer._read_offset.get(tp)  # last offset handed to the agent
-        position = 0 if read is None else read + 1
         if high is not None:
-            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+            yield tp, max(0, high - (0 if read is None else read + 1))
 
+
+def update_lag() -> None:
+    metrics.LAG.clear()
+    for tp, lag in partition_lags():
+        metrics.LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 # -- control requests: every table write outside ingestion happens here ----------------------
@@ -253,13 +278,10 @@ def apply_control(key: bytes, value: bytes) -> str:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         log.error("ignored a malformed control request for key %r", key[:64] if key else key)
         return "malformed"
-    if op == "scored":
-        raw = users.get(key)
-        if raw is None:  # forgotten or evicted since it was scored
-            return "stale"
-        vectors[key] = orjson.dumps(req["vector"])
-        if state.load(raw)["seq"] == req["seq"] and key in pending:
-            del pending[key]
+    if op == "scored":  # one or more users of this partition, scored in one batch
+        items = req["items"] if "items" in req else [req | {"user": key.decode()}]
+        for item in items:
+            apply_scored(item["user"].encode(), item["seq"], item["vector"])
         return "scored"
     if op == "forget":
         forget_user(key)
@@ -274,6 +296,15 @@ def apply_control(key: bytes, value: bytes) -> str:
         return "kept"
     log.error("ignored a control request with unknown op %r", op)
     return "malformed"
+
+
+def apply_scored(key: bytes, seq: int, vector: dict) -> None:
+    raw = users.get(key)
+    if raw is None:  # forgotten or evicted since it was scored
+        return
+    vectors[key] = orjson.dumps(vector)
+    if state.load(raw)["seq"] == seq and key in pending:
+        del pending[key]
 
 
 def forget_user(key: bytes) -> None:
@@ -297,42 +328,53 @@ def send_control(key: bytes, request: dict) -> None:
 _inflight: dict[bytes, int] = {}  # user -> seq scored but not yet confirmed by the control agent
 
 
-def users_to_score(owned: set[int]) -> list[tuple[bytes, dict]]:
-    out = []
-    for key in list(pending.keys()):
-        if partition_for(key, settings.partitions) not in owned:
-            continue
-        raw = users.get(key)
-        if raw is None:
-            continue
-        st = state.load(raw)
-        if _inflight.get(key) == st["seq"]:
-            continue
-        out.append((key, st))
-    return out
+def users_to_score(owned: set[int]) -> list[bytes]:
+    """Pending users on owned partitions, grouped by partition (their states load per batch)."""
+    keys = [(partition_for(k, settings.partitions), k) for k in list(pending.keys())]
+    return [k for p, k in sorted(keys) if p in owned]
+
+
+def backlog() -> int:
+    """Input messages waiting on this worker's partitions."""
+    return sum(lag for _, lag in partition_lags())
 
 
 async def score_pass() -> int:
-    """Score every user with new events on the partitions this worker owns; returns how many."""
+    """Score every user with new events on the partitions this worker owns; returns how many.
+
+    Inference must not starve consumption: while input is waiting (a backlog), the pass pauses
+    after each batch so that it takes at most INTEREST_SCORE_SHARE of the time; with nothing
+    waiting it runs at full speed."""
     holder = scoring.holder()
     if holder is None or holder.model is None or not is_ready():
         return 0
     model = holder.model  # one model for the whole pass, even if a swap happens meanwhile
-    owned = owned_partitions()
-    todo = users_to_score(owned)
+    todo = users_to_score(owned_partitions())
     loop = asyncio.get_running_loop()
     batch = settings.score_batch
+    share = settings.score_share
     done = 0
     for i in range(0, len(todo), batch):
         if not is_ready():  # a rebalance started: the new owner scores these users
             break
-        chunk = todo[i : i + batch]
+        t_start = time.perf_counter()
+        chunk = []
+        for key in todo[i : i + batch]:
+            raw = users.get(key)
+            if raw is None:
+                continue
+            st = state.load(raw)
+            if _inflight.get(key) != st["seq"]:
+                chunk.append((key, st))
+        if not chunk:
+            continue
         windows = [state.window_events(st) for _, st in chunk]
         t0 = time.perf_counter()
         # encoding and inference run in a thread: consumption goes on meanwhile
         probs = await loop.run_in_executor(None, model.predict, windows, batch)
         metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
         metrics.SCORE_BATCHES.inc()
+        confirmations: dict[int, list] = {}  # partition -> scored items (one control message each)
         for (key, st), row in zip(chunk, probs):
             if key not in users:  # forgotten meanwhile
                 continue
@@ -343,11 +385,18 @@ async def score_pass() -> int:
                 orjson.loads(prev) if prev is not None else None,
             )
             interests_topic.send_soon(key=key, value=orjson.dumps(vec))
-            send_control(key, {"op": "scored", "seq": st["seq"], "vector": vec})
+            confirmations.setdefault(partition_for(key, settings.partitions), []).append(
+                {"user": key.decode(), "seq": st["seq"], "vector": vec})
             _inflight[key] = st["seq"]
             done += 1
+        for items in confirmations.values():  # keyed by a user of that partition: same partition
+            send_control(items[0]["user"].encode(), {"op": "scored", "items": items})
         metrics.SCORED_USERS.inc(len(chunk))
-        await asyncio.sleep(0)
+        spent = time.perf_counter() - t_start
+        if share < 1 and backlog() > 0:
+            await asyncio.sleep(spent * (1 - share) / share)
+        else:
+            await asyncio.sleep(0)
     if len(_inflight) > 4 * max(1, len(todo)) + 10_000:
         _inflight.clear()  # confirmations done long ago; bound the memory
     return done
@@ -356,9 +405,16 @@ async def score_pass() -> int:
 @app.timer(settings.score_interval_s)
 async def score_timer():
     """Publish interest vectors for users with new events (on owned partitions only)."""
-    n = await score_pass()
+    t0 = time.perf_counter()
+    metrics.SCORING_ACTIVE.set(1)
+    try:
+        n = await score_pass()
+    finally:
+        metrics.SCORING_ACTIVE.set(0)
     if n:
-        log.info("scored %d users", n)
+        took = time.perf_counter() - t0
+        metrics.SCORE_PASS.observe(took)
+        log.info("scored %d users in %.1f s", n, took)
 
 
 @app.timer(settings.model_poll_s)

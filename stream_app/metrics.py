@@ -34,6 +34,13 @@ SCORE_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
+SCORING_ACTIVE = Gauge(
+    "interest_scoring_active", "1 while a scoring pass runs, else 0", registry=REGISTRY,
+)
+SCORE_PASS = Histogram(
+    "interest_scoring_pass_seconds", "Duration of a scoring pass (paced while input waits)",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160), registry=REGISTRY,
+)
 LAG = Gauge(
     "interest_consumer_lag", "Messages behind the end of each owned input partition",
     ["topic", "partition"], registry=REGISTRY,

@@ -34,6 +34,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _share(env: Mapping[str, str]) -> float:
+    value = _float(env, "INTEREST_SCORE_SHARE", 0.2, minimum=0.01)
+    if value > 1:
+        raise ConfigError(f"INTEREST_SCORE_SHARE must be <= 1, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -76,6 +83,7 @@ class Settings:
     model_poll_s: float = 10.0  # INTEREST_MODEL_POLL_S
     score_batch: int = 256  # INTEREST_SCORE_BATCH: users per ONNX Runtime call
     ort_threads: int = 1  # INTEREST_ORT_THREADS: intra-op threads of the scoring session
+    score_share: float = 0.2  # INTEREST_SCORE_SHARE: most of the time a pass takes while input waits
     web_port: int = 6066  # INTEREST_WEB_PORT
     web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST
     store: str = "rocksdb://"  # INTEREST_STORE: rocksdb:// for deployments, memory:// for tests
@@ -83,6 +91,7 @@ class Settings:
     session_timeout_s: float = 30.0  # INTEREST_SESSION_TIMEOUT_S: consumer group session timeout
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
+    linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
     security: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* ...
 
@@ -110,6 +119,7 @@ class Settings:
             model_poll_s=_float(env, "INTEREST_MODEL_POLL_S", 10.0, minimum=0.1),
             score_batch=_int(env, "INTEREST_SCORE_BATCH", 256, minimum=1),
             ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1),
+            score_share=_share(env),
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1),
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
@@ -117,6 +127,7 @@ class Settings:
             session_timeout_s=_float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0),
             heartbeat_s=_float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
+            linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
             log_format=log_format,
             security={v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)},
         )
@@ -137,6 +148,11 @@ class Settings:
     @property
     def output_topic(self) -> str:
         return self.topic("user-interests")
+
+    @property
+    def backfill_topic(self) -> str:
+        """Default output of `replay`."""
+        return self.topic("user-interests.backfill")
 
     @property
     def dlq_topic(self) -> str:

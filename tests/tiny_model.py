@@ -64,22 +64,24 @@ def tiny_samples(per_user, encoder: Encoder):
     return windows, seqs, np.stack(targets)
 
 
-def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60):
+def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_config: dict | None = None,
+                          max_len: int = TINY_MAX_LEN):
     """Train the tiny model and save a checkpoint; returns (ckpt_dir, model, encoder, val windows,
-    val seqs, val targets)."""
+    val seqs, val targets). ``model_config={}`` and ``max_len=256`` give the default model size
+    (benchmarks), briefly trained."""
     import torch
 
     from models.model import TrainConfig, build_model, save_checkpoint, train_model
 
     per_user = tiny_windows(seed)
-    enc = tiny_encoder(per_user)
+    enc = tiny_encoder(per_user, max_len)
     windows, seqs, targets = tiny_samples(per_user, enc)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(seqs))
     n_val = max(16, len(seqs) // 5)
     val, tr = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
-    model = build_model(enc, **TINY)
+    model = build_model(enc, **(TINY if model_config is None else model_config))
     model.init_prior(targets[tr].mean(0))
     cfg = TrainConfig(epochs=100, batch_size=32, lr=3e-3, warmup_steps=5, eval_every=steps,
                       max_steps=steps, patience=100, seed=seed, threads=1)
@@ -94,7 +96,8 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60):
     return (Path(ckpt_dir), model, enc, [windows[i] for i in val], [seqs[i] for i in val], targets[val])
 
 
-def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_dir: Path | None = None) -> Path:
+def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_dir: Path | None = None,
+                         model_config: dict | None = None, max_len: int = TINY_MAX_LEN) -> Path:
     """Train a tiny model (seconds) and export it into ``out_dir`` (model.onnx + model.json);
     returns ``out_dir``. The checkpoint goes to ``ckpt_dir`` when given, else a temporary directory."""
     from export.onnx_export import export_checkpoint
@@ -102,7 +105,8 @@ def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="tiny-ckpt-") as tmp:
         ckpt = Path(ckpt_dir) if ckpt_dir is not None else Path(tmp)
-        _, _, _, _, vseqs, vtargets = build_tiny_checkpoint(ckpt, seed)
+        _, _, _, _, vseqs, vtargets = build_tiny_checkpoint(ckpt, seed, model_config=model_config,
+                                                            max_len=max_len)
         export_checkpoint(ckpt, out_dir, int8=int8, log=lambda m: None,
                           validation=(vseqs, vtargets, "tiny random validation samples"))
     return out_dir

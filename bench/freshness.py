@@ -1,0 +1,149 @@
+"""Freshness: from an event's record timestamp to the interest vector that includes it.
+
+The simulator (`interest-stream simulate --rate R --users U`, a separate process) streams events
+with ``ts`` (and the record timestamp) at the wall clock for ``--seconds``; the worker scores every
+INTEREST_SCORE_INTERVAL_S. An independent kafka-python consumer in this process reads the three
+input topics and `user-interests`. An event is included in the first vector of its user whose
+``ts`` (the window's newest_ts) is >= the event's ts; its delay is the moment this consumer
+received that vector minus the event's record timestamp. Prints JSON: p50/p90/p99/max delay,
+events without a vector by the end (the drain waits two intervals after the stream stops), the
+rate achieved, the worker's lag at the end, the model size and threads.
+
+    python bench/freshness.py [--rate 5000] [--users 20000] [--seconds 90] [--interval 10]
+
+Goal (issue 5): p99 <= score interval + 1 s at 5,000 events/s over 20,000 users.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from common import ROOT, WorkerProc, broker, dumps, machine
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    args = ap.parse_args()
+    from kafka import KafkaConsumer, TopicPartition
+    from tiny_model import build_tiny_model_dir
+
+    from stream_app.settings import Settings
+    from stream_app.topics import create_topics
+
+    work = Path(tempfile.mkdtemp(prefix="interest-bench-fresh-"))
+    model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
+    card = orjson.loads((model_dir / "model.json").read_bytes())
+
+    with broker() as (bootstrap, _k):
+        prefix = f"bench{int(time.time())}."
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
+                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
+                   INTEREST_SCORE_INTERVAL_S=str(args.interval), INTEREST_ORT_THREADS=str(args.threads),
+                   INTEREST_STORE="rocksdb://")
+        s = Settings.from_env(env)
+        create_topics(s)
+        w = WorkerProc(env, work).start()
+
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=50)
+        inputs = list(s.input_topics.values())
+        tps = [TopicPartition(t, p) for t in inputs + [s.output_topic] for p in range(s.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+
+        sim_log = open(work / "simulate.log", "wb")
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.cli", "simulate", "--rate", str(args.rate),
+             "--users", str(args.users), "--speedup", "60", "--seed", "3"],
+            env=env, cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT, start_new_session=True)
+        events: dict[bytes, list[int]] = {}
+        vectors: dict[bytes, list[tuple[int, float]]] = {}  # user -> [(vector ts, received at)]
+        n_events = 0
+        t_start = time.time()
+        stream_end = t_start + args.seconds
+        drain_end = None
+        lag_end = None
+        try:
+            while True:
+                now = time.time()
+                if sim.poll() is None and now >= stream_end:
+                    sim.terminate()
+                    sim.wait(30)
+                    drain_end = time.time() + 2 * args.interval + 5
+                if drain_end is not None and now >= drain_end:
+                    break
+                for tp, recs in consumer.poll(timeout_ms=200, max_records=5000).items():
+                    received = time.time()
+                    if tp.topic == s.output_topic:
+                        for r in recs:
+                            if r.value is not None:
+                                vectors.setdefault(r.key, []).append((orjson.loads(r.value)["ts"], received))
+                    else:
+                        for r in recs:
+                            events.setdefault(r.key, []).append(r.timestamp)
+                            n_events += 1
+            m = w.metrics()
+            lag_end = sum(v for k, v in m.items() if k.startswith("interest_consumer_lag"))
+        finally:
+            if sim.poll() is None:
+                sim.kill()
+            consumer.close()
+            w.stop()
+
+    delays, missing = [], 0
+    for user, stamps in events.items():
+        vs = vectors.get(user, [])
+        vts = [v[0] for v in vs]
+        for ts in stamps:
+            i = bisect.bisect_left(vts, ts)
+            if i == len(vs):
+                missing += 1
+            else:
+                delays.append(vs[i][1] - ts / 1000)
+    delays.sort()
+    goal = args.interval + 1
+    p99 = percentile(delays, 0.99)
+    print(dumps({
+        "benchmark": "freshness",
+        "machine": machine(),
+        "target_rate_events_per_s": args.rate,
+        "achieved_rate_events_per_s": round(n_events / args.seconds),
+        "users": args.users,
+        "seconds": args.seconds,
+        "events": n_events,
+        "users_with_events": len(events),
+        "vectors": sum(len(v) for v in vectors.values()),
+        "score_interval_s": args.interval,
+        "model": {**card["model"], "max_len": card["max_len"], "quantized": card["quantized"],
+                  "ort_threads": args.threads},
+        "delay_s": {"p50": percentile(delays, 0.5), "p90": percentile(delays, 0.9), "p99": p99,
+                    "max": delays[-1] if delays else None},
+        "events_without_vector_at_end": missing,
+        "worker_lag_at_end": lag_end,
+        "goal": f"p99 <= score interval + 1 s = {goal} s",
+        "goal_met": p99 is not None and p99 <= goal and missing == 0,
+    }))
+
+
+if __name__ == "__main__":
+    main()
