@@ -25,10 +25,17 @@ test: install
 demo: install
 	$(VENV)/bin/interest-stream demo
 
+# the highest simulator rate the soak held with bounded lag on the 2-core reference machine
+SUSTAINED_RATE ?= 1000
+
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install
 	@mkdir -p bench-out
 	$(PY) bench/ingest.py | tee bench-out/ingest.json
+	$(PY) bench/contention.py | tee bench-out/contention.json
+	$(PY) bench/freshness.py | tee bench-out/freshness.json
+	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json
+	$(PY) bench/soak.py --rate $(SUSTAINED_RATE) | tee bench-out/soak.json
 	$(PY) bench/score.py | tee bench-out/score.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
 

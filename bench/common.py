@@ -120,7 +120,7 @@ class WorkerProc:
         self.log = open(self.workdir / "worker.log", "ab")
         _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
-                                      "-l", "warn"], env=self.env, stdout=self.log,
+                                      "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

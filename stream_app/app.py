@@ -342,9 +342,9 @@ def backlog() -> int:
 async def score_pass() -> int:
     """Score every user with new events on the partitions this worker owns; returns how many.
 
-    Inference must not starve consumption: while input is waiting (a backlog), the pass pauses
-    after each batch so that it takes at most INTEREST_SCORE_SHARE of the time; with nothing
-    waiting it runs at full speed."""
+    Inference must not starve consumption: while more than INTEREST_SCORE_PACE_BACKLOG input
+    messages wait, the pass pauses after each batch so that it takes at most INTEREST_SCORE_SHARE
+    of the time; otherwise it runs at full speed (fresher vectors)."""
     holder = scoring.holder()
     if holder is None or holder.model is None or not is_ready():
         return 0
@@ -393,7 +393,8 @@ async def score_pass() -> int:
             send_control(items[0]["user"].encode(), {"op": "scored", "items": items})
         metrics.SCORED_USERS.inc(len(chunk))
         spent = time.perf_counter() - t_start
-        if share < 1 and backlog() > 0:
+        if share < 1 and backlog() > settings.pace_backlog:
+            metrics.SCORE_PACED.inc()
             await asyncio.sleep(spent * (1 - share) / share)
         else:
             await asyncio.sleep(0)
@@ -402,17 +403,27 @@ async def score_pass() -> int:
     return done
 
 
-@app.timer(settings.score_interval_s)
+# Passes start every INTEREST_SCORE_INTERVAL_S from the start of the previous one (Faust's timer
+# would wait a whole interval after a pass ends, so a long pass would stretch the cycle); a
+# pass that overruns is followed by the next one at the next tick.
+SCORE_TICK_S = min(1.0, settings.score_interval_s)
+_next_pass = [0.0]
+
+
+@app.timer(SCORE_TICK_S)
 async def score_timer():
     """Publish interest vectors for users with new events (on owned partitions only)."""
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
+    if t0 < _next_pass[0]:
+        return
+    _next_pass[0] = t0 + settings.score_interval_s
     metrics.SCORING_ACTIVE.set(1)
     try:
         n = await score_pass()
     finally:
         metrics.SCORING_ACTIVE.set(0)
     if n:
-        took = time.perf_counter() - t0
+        took = time.monotonic() - t0
         metrics.SCORE_PASS.observe(took)
         log.info("scored %d users in %.1f s", n, took)
 

@@ -41,6 +41,11 @@ SCORE_PASS = Histogram(
     "interest_scoring_pass_seconds", "Duration of a scoring pass (paced while input waits)",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160), registry=REGISTRY,
 )
+SCORE_PACED = Counter(
+    "interest_scoring_paced_batches_total",
+    "Scoring batches followed by a pause because input was waiting (INTEREST_SCORE_SHARE)",
+    registry=REGISTRY,
+)
 LAG = Gauge(
     "interest_consumer_lag", "Messages behind the end of each owned input partition",
     ["topic", "partition"], registry=REGISTRY,

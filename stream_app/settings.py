@@ -84,6 +84,7 @@ class Settings:
     score_batch: int = 256  # INTEREST_SCORE_BATCH: users per ONNX Runtime call
     ort_threads: int = 1  # INTEREST_ORT_THREADS: intra-op threads of the scoring session
     score_share: float = 0.2  # INTEREST_SCORE_SHARE: most of the time a pass takes while input waits
+    pace_backlog: int = 5000  # INTEREST_SCORE_PACE_BACKLOG: input backlog above which passes are paced
     web_port: int = 6066  # INTEREST_WEB_PORT
     web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST
     store: str = "rocksdb://"  # INTEREST_STORE: rocksdb:// for deployments, memory:// for tests
@@ -120,6 +121,7 @@ class Settings:
             score_batch=_int(env, "INTEREST_SCORE_BATCH", 256, minimum=1),
             ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1),
             score_share=_share(env),
+            pace_backlog=_int(env, "INTEREST_SCORE_PACE_BACKLOG", 5000, minimum=0),
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1),
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
