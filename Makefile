@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/interest-stream demo
 
 # the highest simulator rate the soak held with bounded lag on the 2-core reference machine
-SUSTAINED_RATE ?= 1000
+SUSTAINED_RATE ?= 800
 
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install

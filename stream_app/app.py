@@ -78,7 +78,8 @@ class InterestApp(faust.App):
                 "the tables must be co-partitioned with the input topics"
             )
         # refuse to start without a readable model (ModelError names the path and the problem)
-        holder = scoring.ModelHolder(settings.model_dir, settings.ort_threads)
+        holder = scoring.ModelHolder(settings.model_dir, settings.ort_threads,
+                                     (settings.horizon_s, settings.max_events))
         await loop.run_in_executor(None, holder.load_initial)
         scoring.set_holder(holder)
 

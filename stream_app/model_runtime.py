@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import orjson
 
-from models.encoding import Encoder
+from models.encoding import Encoder, pad_right
 from models.window import WindowEvent
 from stream_app.settings import InterestStreamError
 
@@ -246,13 +246,7 @@ class LoadedModel:
             while e - s > 1 and (e - s) * int(sorted_lens[e - 1]) > max_batch_tokens:
                 e = s + max(1, min(e - s - 1, max_batch_tokens // int(sorted_lens[e - 1])))
             idx = order[s:e]
-            T = int(sorted_lens[e - 1])
-            ids = np.full((e - s, T), self.pad_id, dtype=np.int64)
-            mask = np.zeros((e - s, T), dtype=np.int64)
-            for r, i in enumerate(idx):
-                L = lens[i]
-                ids[r, :L] = seqs[i]
-                mask[r, :L] = 1
+            ids, mask = pad_right([seqs[i] for i in idx], self.pad_id)  # training's convention
             out[idx] = run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
             s = e
         return out

@@ -15,10 +15,23 @@ from . import metrics
 log = logging.getLogger("interest_stream.scoring")
 
 
+def window_mismatch(card: dict, horizon_s: int, max_events: int) -> str | None:
+    """A warning when the model was trained on another window than the worker keeps."""
+    trained = card.get("window") or {}
+    if not trained:
+        return None
+    if (trained.get("horizon_s"), trained.get("max_events")) != (horizon_s, max_events):
+        return (f"the model was trained on windows of {trained.get('horizon_s')} s / "
+                f"{trained.get('max_events')} events, the worker keeps {horizon_s} s / {max_events} "
+                "events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from training")
+    return None
+
+
 class ModelHolder:
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, window: tuple[int, int] | None = None) -> None:
         self.path = path
         self.threads = threads
+        self.window = window  # (horizon_s, max_events) the worker keeps
         self.model = None
         self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
 
@@ -33,7 +46,14 @@ class ModelHolder:
         self._seen = self._fingerprint()
         metrics.MODEL.labels(self.model.version).set(1)
         log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
+        self._check_window(self.model)
         return self.model
+
+    def _check_window(self, model) -> None:
+        if self.window is not None:
+            problem = window_mismatch(model.card, *self.window)
+            if problem:
+                log.warning("%s", problem)
 
     def _fingerprint(self) -> tuple[str, float] | None:
         resolved = os.path.realpath(self.path)
@@ -66,6 +86,7 @@ class ModelHolder:
             metrics.MODEL.remove(old.version)
         metrics.MODEL.labels(candidate.version).set(1)
         log.warning("model swapped: %s -> %s", old.version if old else None, candidate.version)
+        self._check_window(candidate)
         return True
 
 
