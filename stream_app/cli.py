@@ -35,6 +35,17 @@ class Group(click.Group):
             return super().invoke(ctx)
         except InterestStreamError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # an unreachable or refusing broker is a setting to fix, not a crash to debug
+            from kafka.errors import KafkaError
+
+            if isinstance(exc, KafkaError):
+                servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+                raise click.ClickException(
+                    f"Kafka at {servers}: {exc} (check KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers "
+                    "or start one with `interest-stream kafka up`)"
+                ) from None
+            raise
 
 
 @click.group(cls=Group)

@@ -141,3 +141,4 @@ def test_replay_rejects_bad_ranges(env, tiny_model_dir, args, message):
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
