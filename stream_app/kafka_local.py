@@ -168,8 +168,7 @@ class LocalKafka:
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Kafka's Uuid text form: URL-safe base64 of 16 random bytes without padding
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         proc = subprocess.run(
             self._jvm("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
             capture_output=True, text=True,
@@ -289,6 +288,16 @@ class LocalKafka:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def new_cluster_id() -> str:
+    """Kafka's Uuid text form: URL-safe base64 of 16 random bytes without padding. Like Kafka's
+    own ``Uuid.randomUuid``, never one starting with "-": the storage tool's argument parser would
+    take it for an option (it did, once in 64 formats)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _reap(pid: int) -> None:

@@ -56,3 +56,15 @@ def test_up_status_down_and_stale_pid(tmp_path, session_dir):
         assert not home.exists()
     finally:
         LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)
+
+
+def test_cluster_ids_never_start_with_a_dash(monkeypatch):
+    """kafka-storage's parser takes "-..." for an option; 1 in 64 random ids would start so."""
+    import uuid
+
+    from stream_app import kafka_local
+
+    dash = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # base64 of 0xF8.. starts with "-"
+    ids = iter([dash, uuid.UUID(int=1)])
+    monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: next(ids))
+    assert kafka_local.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
