@@ -46,6 +46,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.encoding import pad_right  # noqa: E402  (the padding every engine sees)
+
 
 def cpu_model() -> str:
     try:
@@ -114,15 +116,8 @@ def make_batches(seqs, pad_id: int, batch_size: int, max_batch_tokens: int):
         e = min(n, s + batch_size)
         while e - s > 1 and (e - s) * len(seqs[order[e - 1]]) > max_batch_tokens:
             e = s + max(1, min(e - s - 1, max_batch_tokens // len(seqs[order[e - 1]])))
-        chunk = [seqs[i] for i in order[s:e]]
+        batches.append(pad_right([seqs[i] for i in order[s:e]], pad_id))
         s = e
-        T = max(len(x) for x in chunk)
-        ids = np.zeros((len(chunk), T), np.int64) + pad_id
-        mask = np.zeros((len(chunk), T), np.int64)
-        for r, x in enumerate(chunk):
-            ids[r, : len(x)] = x
-            mask[r, : len(x)] = 1
-        batches.append((ids, mask))
     return batches
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data import file_sha256 as sha256_file  # one file hash
+from models.encoding import pad_right  # the one padding convention
 from stream_app.model_runtime import content_version  # one definition: export writes, worker checks
 from stream_app.settings import InterestStreamError
 
@@ -63,9 +65,6 @@ class ExportError(InterestStreamError):
 def log_default(msg: str) -> None:
     print(msg, flush=True)
 
-
-from models.data import file_sha256 as sha256_file  # noqa: E402  (one file hash)
-from models.encoding import pad_right  # noqa: E402  (the one padding convention)
 
 
 def random_batch(rng: np.random.Generator, encoder, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -99,7 +99,6 @@ class InterestWorker(faust.Worker):
             use_json(logger)
 
 
-
 app = InterestApp(
     settings.app_id,
     broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -380,11 +379,8 @@ async def score_pass() -> int:
             if key not in users:  # forgotten meanwhile
                 continue
             prev = vectors.get(key)
-            vec = vector_math.build_vector(
-                key.decode(), row, model.categories, st["newest"], model.version,
-                state.summary(st, LIMITS.horizon_ms)["events"],
-                orjson.loads(prev) if prev is not None else None,
-            )
+            vec = vector_math.user_vector(key, st, row, model, LIMITS.horizon_ms,
+                                          orjson.loads(prev) if prev is not None else None)
             interests_topic.send_soon(key=key, value=orjson.dumps(vec))
             confirmations.setdefault(partition_for(key, settings.partitions), []).append(
                 {"user": key.decode(), "seq": st["seq"], "vector": vec})

@@ -79,12 +79,17 @@ class Plan:
         return "\n".join(lines)
 
 
+def read_from_ms(s: Settings, from_ms: int) -> int:
+    """Where a replay starts reading: the window at `from` needs the horizon, lateness the grace."""
+    return from_ms - (s.horizon_s + s.grace_s) * 1000
+
+
 def plan(consumer, s: Settings, from_ms: int, to_ms: int) -> Plan:
     from kafka import TopicPartition
 
     if to_ms <= from_ms:
         raise ReplayError(f"--to ({iso(to_ms)}) must be after --from ({iso(from_ms)})")
-    read_from = from_ms - (s.horizon_s + s.grace_s) * 1000
+    read_from = read_from_ms(s, from_ms)
     tps = []
     for topic in s.input_topics.values():
         parts = consumer.partitions_for_topic(topic)
@@ -119,8 +124,8 @@ class Replayer:
         self.pending: dict[bytes, None] = {}  # insertion-ordered set
         # ticks at from + k * interval (also before `from`, warming up drift), and at `to`
         self.interval_ms = max(1, int(s.score_interval_s * 1000))
-        read_from = from_ms - (s.horizon_s + s.grace_s) * 1000
-        self.next_tick = from_ms - ((from_ms - read_from) // self.interval_ms) * self.interval_ms
+        warmup = from_ms - read_from_ms(s, from_ms)
+        self.next_tick = from_ms - (warmup // self.interval_ms) * self.interval_ms
         self.counts = {"accepted": 0, "duplicate": 0, "late": 0, "dead_letter": 0, "after_range": 0,
                        "vectors": 0}
 
@@ -155,10 +160,8 @@ class Replayer:
             sts = [self.users[k] for k in chunk]
             probs = self.model.predict([state.window_events(st) for st in sts], self.batch)
             for key, st, row in zip(chunk, sts, probs):
-                vec = vector_math.build_vector(
-                    key.decode(), row, self.model.categories, st["newest"], self.model.version,
-                    state.summary(st, self.limits.horizon_ms)["events"], self.previous.get(key),
-                )
+                vec = vector_math.user_vector(key, st, row, self.model, self.limits.horizon_ms,
+                                              self.previous.get(key))
                 vec["replay"] = {"from": iso(self.from_ms), "to": iso(self.to_ms)}
                 self.previous[key] = vec
                 if self.from_ms <= vec["ts"] < self.to_ms:

@@ -104,6 +104,12 @@ def window_events(state: dict) -> list[WindowEvent]:
     return [WindowEvent(r[0], r[2], r[3], r[4], r[5], r[6]) for r in state["ev"]]
 
 
+def events_in_window(state: dict, horizon_ms: int) -> int:
+    """How many events the window holds (the ``events`` of a vector and of ``summary``)."""
+    start = window_start(state["newest"], horizon_ms)
+    return len(state["ev"]) + sum(1 for r in state["old"] if r[0] > start)
+
+
 def summary(state: dict, horizon_ms: int) -> dict:
     """Counts over the whole window, as ``GET /users/{id}`` reports them."""
     start = window_start(state["newest"], horizon_ms)

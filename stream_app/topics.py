@@ -48,12 +48,13 @@ def admin(settings: Settings):
     return KafkaAdminClient(client_id="interest-stream-admin", **settings.kafka_python_config())
 
 
-def create_topics(settings: Settings, extra: list[TopicSpec] = ()) -> dict[str, str]:
-    """Create every topic that does not exist yet; returns name -> 'created' / 'exists'."""
+def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
+    """Create the topics of ``specs`` (default: every topic of the deployment) that do not exist
+    yet; returns name -> 'created' / 'exists'."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = topic_specs(settings) + list(extra)
+    specs = topic_specs(settings) if specs is None else specs
     result: dict[str, str] = {}
     client = admin(settings)
     try:

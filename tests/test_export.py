@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_model (conftest
 
 from tiny_model import build_tiny_checkpoint  # noqa: E402
 
+from models.encoding import pad_right  # noqa: E402
 from models.simulate import CATEGORIES  # noqa: E402
 from models.window import WindowEvent  # noqa: E402
 from stream_app.model_runtime import LoadedModel, ModelError  # noqa: E402
@@ -63,16 +64,6 @@ def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy().astype(np.float64)
 
 
-def padded(seqs, pad_id=0):
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 # --- the graph --------------------------------------------------------------------------
 def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
     path = fp32_dir / "model.onnx"
@@ -93,7 +84,7 @@ def test_ort_matches_torch_on_unseen_shapes_with_right_padding(fp32_dir, tiny):
         lens = rng.integers(2, t + 1, size=b)
         lens[0] = t
         seqs = [[enc.bos_id] + rng.integers(4, enc.vocab_size, size=n - 2).tolist() + [enc.end_id] for n in lens]
-        ids, mask = padded(seqs)
+        ids, mask = pad_right(seqs, 0)
         got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         want = torch_probs(model, ids, mask)
         assert got.shape == (b, len(CATEGORIES))
@@ -256,7 +247,7 @@ def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):
     wins = list(windows) + [[]]  # an empty window is scored too: [BOS] [END]
     got = m.predict(wins, batch_size=7)
     seqs = [enc.encode(w) for w in wins]
-    want = np.concatenate([torch_probs(model, *padded([s])) for s in seqs])  # one by one, no padding
+    want = np.concatenate([torch_probs(model, *pad_right([s], 0)) for s in seqs])  # one by one, no padding
     assert got.shape == (len(wins), len(CATEGORIES)) and got.dtype == np.float64
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(got.sum(1) - 1).max() < 1e-4

@@ -7,9 +7,10 @@ import orjson
 import pytest
 
 from conftest import cli, wait_for
-from kafka_io import produce, read_all
-from test_worker_ingest import HORIZON, T0, event, topics
+from kafka_io import read_all
+from test_worker_ingest import HORIZON, T0, event
 from test_worker_ops import committed_and_end
+from test_worker_scoring import send
 
 pytestmark = pytest.mark.kafka
 
@@ -43,11 +44,6 @@ def history(seed: int = 5) -> list[dict]:
             if by_user[u]:
                 merged.append(by_user[u].pop(0))
     return merged
-
-
-def send(env, events):
-    t = topics(env)
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in events])
 
 
 def backfill(env, topic: str) -> list:

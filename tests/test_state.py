@@ -102,3 +102,13 @@ def test_state_version_is_checked():
 
     with pytest.raises(state.StateFormatError, match="version 2"):
         state.load(orjson.dumps({"v": 2}))
+
+
+def test_events_in_window_matches_the_summary():
+    limits = state.Limits(horizon_ms=10_000, grace_ms=5_000, max_events=3)
+    st = None
+    for i, ts in enumerate([1_000, 2_000, 9_000, 12_000, 13_000, 14_000, 15_500]):
+        _, st = state.apply(st, {"event_id": f"e{i}", "type": "click", "ts": ts, "category": "x",
+                                 "item_id": "i"}, limits, 0)
+    # window (15_500 - 10_000, 15_500]: 9_000 .. 15_500, five events, two of them in "old"
+    assert state.events_in_window(st, limits.horizon_ms) == 5 == state.summary(st, limits.horizon_ms)["events"]
