@@ -93,21 +93,26 @@ def sgemm_peak(threads: int, seconds: float = 3.0) -> dict:
 
 def population(users: int, days: float, seed: int):
     from models.simulate import simulate_user
-    from models.window import DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, WindowEvent, seconds_to_ms, window_slice
+    from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+                               profiles_in_order, seconds_to_ms, window_slice)
 
     horizon = seconds_to_ms(DEFAULT_HORIZON_S)
-    windows, all_events = [], []
+    windows, profiles, all_events = [], [], []
     for i in range(users):
         evs, _ = simulate_user(i, seed, days)
         w = [WindowEvent.from_event(e) for e in evs]
         all_events.extend(w)
         if w:
             windows.append(window_slice(w, w[-1].ts, horizon, DEFAULT_MAX_EVENTS))
-    return windows, all_events
+            prof = None
+            for prof in profiles_in_order(w, seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)):
+                pass  # the user's profile after all their events
+            profiles.append(prof)
+    return windows, profiles, all_events
 
 
-def make_batches(seqs, pad_id: int, batch_size: int, max_batch_tokens: int):
-    """The one list of (ids, mask) batches every engine runs: sorted by length, at most
+def make_batches(seqs, profiles, pad_id: int, batch_size: int, max_batch_tokens: int):
+    """The one list of (ids, mask, profiles) batches every engine runs: sorted by length, at most
     ``batch_size`` rows and ``max_batch_tokens`` padded tokens (as LoadedModel.predict cuts them),
     right padded."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -116,7 +121,7 @@ def make_batches(seqs, pad_id: int, batch_size: int, max_batch_tokens: int):
         e = min(n, s + batch_size)
         while e - s > 1 and (e - s) * len(seqs[order[e - 1]]) > max_batch_tokens:
             e = s + max(1, min(e - s - 1, max_batch_tokens // len(seqs[order[e - 1]])))
-        batches.append(pad_right([seqs[i] for i in order[s:e]], pad_id))
+        batches.append((*pad_right([seqs[i] for i in order[s:e]], pad_id), profiles[order[s:e]]))
         s = e
     return batches
 
@@ -127,7 +132,7 @@ def gpt2_macs(batches, n_layer: int, n_embd: int, k: int, last_position: bool = 
     (QK^T and AV). ``last_position`` (the exported graph): the last layer computes K and V for every
     token (2*C^2) but Q, attention (2*T*C), projection and MLP only at the last position."""
     C, total = n_embd, 0
-    for ids, _ in batches:
+    for ids, *_ in batches:
         B, T = ids.shape
         full_layers = n_layer - 1 if last_position else n_layer
         total += full_layers * (12 * C * C * B * T + 2 * B * T * T * C) + B * C * k
@@ -148,8 +153,8 @@ def time_passes(run_batch, batches, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for ids, mask in batches:
-            run_batch(ids, mask)
+        for b in batches:
+            run_batch(*b)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -173,21 +178,21 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
-    windows, events = population(args.users, args.days, args.seed)
+    windows, profiles, events = population(args.users, args.days, args.seed)
     log(f"population: {len(windows)} windows, {len(events)} events ({time.perf_counter() - t_start:.1f}s)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-score-"))
     try:
-        return _run(args, tmp, windows, events, t_start, log)
+        return _run(args, tmp, windows, profiles, events, t_start, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(args, tmp: Path, windows, events, t_start: float, log) -> dict:
+def _run(args, tmp: Path, windows, profiles, events, t_start: float, log) -> dict:
     import onnx
     import onnxruntime as ort
     import torch
 
-    from export.onnx_export import export_checkpoint
+    from export.onnx_export import export_checkpoint, feeds
     from models.encoding import fit_encoder
     from models.model import build_model, load_checkpoint, save_checkpoint
     from stream_app.model_runtime import LoadedModel
@@ -213,11 +218,12 @@ def _run(args, tmp: Path, windows, events, t_start: float, log) -> dict:
     from stream_app.model_runtime import DEFAULT_BATCH_TOKENS
 
     args.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS
-    batches = make_batches(seqs, enc.pad_id, args.batch_size, args.batch_tokens)
+    prof_in = np.asarray([enc.profile_vector(p, p["t"]) for p in profiles], np.float32).reshape(len(seqs), -1)
+    batches = make_batches(seqs, prof_in, enc.pad_id, args.batch_size, args.batch_tokens)
 
     fp32_dir, int8_dir = tmp / "fp32", tmp / "int8"
     export_checkpoint(ckpt, fp32_dir, log=log)
-    export_checkpoint(ckpt, int8_dir, int8=True, validation=(seqs[:2000], None, "bench windows"), log=log)
+    export_checkpoint(ckpt, int8_dir, int8=True, validation=(seqs[:2000], prof_in[:2000], None, "bench windows"), log=log)
 
     def ort_runner(path):
         so = ort.SessionOptions()
@@ -225,11 +231,11 @@ def _run(args, tmp: Path, windows, events, t_start: float, log) -> dict:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        return lambda ids, mask: sess.run(["probs"], {"input_ids": ids, "attention_mask": mask})[0]
+        return lambda ids, mask, prof: sess.run(["probs"], feeds(enc, ids, mask, prof))[0]
 
     @torch.no_grad()
-    def torch_run(ids, mask):
-        return model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+    def torch_run(ids, mask, prof):
+        return model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(prof))[0].numpy()
 
     torch.set_num_threads(args.threads)  # again: nothing the export did may change it
     engines = {"pytorch_eager": torch_run, "onnx_fp32": ort_runner(fp32_dir / "model.onnx"),
@@ -262,9 +268,9 @@ def _run(args, tmp: Path, windows, events, t_start: float, log) -> dict:
     # the worker's whole scoring call: encode + group by length + ORT (LoadedModel.predict)
     for name, d in (("loaded_model_predict_fp32", fp32_dir), ("loaded_model_predict_int8", int8_dir)):
         lm = LoadedModel.load(d, threads=args.threads)
-        lm.predict(windows[:256])
+        lm.predict(windows[:256], profiles[:256])
         t0 = time.perf_counter()
-        lm.predict(windows, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
+        lm.predict(windows, profiles, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens)
         secs = time.perf_counter() - t0
         results[name] = {"seconds_per_pass": round(secs, 4), "users_per_s": round(len(windows) / secs, 1)}
 

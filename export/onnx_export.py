@@ -1,7 +1,8 @@
 """Checkpoint directory -> ``model.onnx`` + ``model.json`` (CONTRACT.md, "Model artifacts").
 
 1. Rebuild the model from the checkpoint alone (:func:`models.model.load_checkpoint`) and wrap it
-   in an inference-only wrapper: ``(input_ids, attention_mask) -> probs``, no targets, no loss.
+   in an inference-only wrapper: ``(input_ids, attention_mask[, profile]) -> probs``, no targets,
+   no loss (``profile``, float (batch, S*k), for encoding specs with the long-term profile).
    Since the head reads only the last real position, the wrapper's backbone computes the last
    GPT-2 layer only there (:func:`_last_position_backbone`, ~2x faster scoring); should that graph
    ever fail its checks (a changed model), the plain backbone is exported instead.
@@ -39,7 +40,8 @@ from stream_app.model_runtime import content_version  # one definition: export w
 from stream_app.settings import InterestStreamError
 
 OPSET = 18  # onnxruntime 1.32 runs it fully; the dynamo exporter's well-trodden target (LayerNormalization is opset 17+)
-INPUT_NAMES = ("input_ids", "attention_mask")  # forward()'s order
+INPUT_NAMES = ("input_ids", "attention_mask")  # forward()'s order; then PROFILE_INPUT if the spec has one
+PROFILE_INPUT = "profile"  # float32 (batch, S*k): the long-term profile (models.encoding.Encoder.profile_vector)
 OUTPUT_NAMES = ("probs",)
 DYNAMIC_AXES = ("batch", "sequence")
 PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)
@@ -67,16 +69,36 @@ def log_default(msg: str) -> None:
 
 
 
-def random_batch(rng: np.random.Generator, encoder, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def input_names(encoder) -> tuple[str, ...]:
+    return INPUT_NAMES + ((PROFILE_INPUT,) if encoder.profile_size else ())
+
+
+def feeds(encoder, ids, mask, profile) -> dict:
+    """The session's inputs for a batch (``profile`` only for a spec that has one)."""
+    d = {"input_ids": ids, "attention_mask": mask}
+    if encoder.profile_size:
+        d[PROFILE_INPUT] = np.asarray(profile, dtype=np.float32)
+    return d
+
+
+def random_profiles(rng: np.random.Generator, encoder, batch: int) -> np.ndarray:
+    """Profile inputs shaped like the worker's: non-negative weights, many zeros, some users empty."""
+    p = rng.exponential(2.0, size=(batch, encoder.profile_size)) * (rng.random((batch, encoder.profile_size)) < 0.4)
+    p[rng.random(batch) < 0.2] = 0.0
+    return p.astype(np.float32)
+
+
+def random_batch(rng: np.random.Generator, encoder, batch: int, length: int):
     """A right-padded batch shaped like the encoder's output: [BOS] tokens [END], lengths mixed
-    in 2..length with at least one row of the full length (as a batch the worker pads)."""
+    in 2..length with at least one row of the full length (as a batch the worker pads), and
+    random profiles: (ids, mask, profiles)."""
     lens = rng.integers(2, length + 1, size=batch)
     lens[rng.integers(batch)] = length
     seqs = []
     for n in lens:
         body = rng.integers(encoder.type_offset, encoder.vocab_size, size=n - 2).tolist()
         seqs.append([encoder.bos_id] + body + [encoder.end_id])
-    return pad_right(seqs, encoder.pad_id)
+    return (*pad_right(seqs, encoder.pad_id), random_profiles(rng, encoder, batch))
 
 
 def _last_position_backbone(gpt2):
@@ -118,11 +140,16 @@ def _last_position_backbone(gpt2):
             floor = logits.amax(dim=-1, keepdim=True) - self.floor  # (..., 1)
             return torch.softmax(torch.maximum(logits, floor), dim=-1)
 
-        def forward(self, input_ids, attention_mask):
+        @property
+        def wte(self):
+            return self.g.wte
+
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
             g = self.g
-            B, T = input_ids.shape
-            pos = torch.arange(T, device=input_ids.device)
-            x = g.wte(input_ids) + g.wpe(pos).unsqueeze(0)  # (B, T, C)
+            B, T = attention_mask.shape
+            pos = torch.arange(T, device=attention_mask.device)
+            emb = g.wte(input_ids) if inputs_embeds is None else inputs_embeds
+            x = emb + g.wpe(pos).unsqueeze(0)  # (B, T, C)
             C = x.size(-1)
             H = self.n_head
             D = C // H
@@ -172,14 +199,14 @@ def _inference_wrapper(model, last_position: bool = False):
     import torch
 
     class InferenceWrapper(torch.nn.Module):
-        """Inference only: (input_ids, attention_mask) -> probs (B, k); no targets, no loss."""
+        """Inference only: (input_ids, attention_mask[, profile]) -> probs (B, k); no loss."""
 
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask):
-            probs, _ = self.inner(input_ids, attention_mask)
+        def forward(self, input_ids, attention_mask, profile=None):
+            probs, _ = self.inner(input_ids, attention_mask, profile)
             return probs
 
     if last_position:
@@ -215,17 +242,21 @@ def export_graph(model, encoder, path, last_position: bool = True) -> None:
     wrapper = _inference_wrapper(model, last_position)
     b, t = TRACE_SHAPE
     t = min(t, encoder.max_len)
-    ids, mask = random_batch(np.random.default_rng(0), encoder, b, t)
+    ids, mask, prof = random_batch(np.random.default_rng(0), encoder, b, t)
     batch = torch.export.Dim("batch", min=1)
     seq = torch.export.Dim("sequence", min=1, max=encoder.max_len)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    if encoder.profile_size:
+        shapes[PROFILE_INPUT] = {0: batch}
+        args = (*args, torch.from_numpy(prof))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
-            (torch.from_numpy(ids), torch.from_numpy(mask)),  # forward()'s order
+            args,  # forward()'s order
             str(path),
-            input_names=list(INPUT_NAMES),
+            input_names=list(input_names(encoder)),
             output_names=list(OUTPUT_NAMES),
             opset_version=OPSET,
             dynamic_shapes=shapes,
@@ -235,7 +266,7 @@ def export_graph(model, encoder, path, last_position: bool = True) -> None:
         )
 
 
-def check_graph(path, k: int) -> None:
+def check_graph(path, encoder) -> None:
     """onnx.checker plus the interface the worker relies on (names, dynamic axes, k)."""
     import onnx
 
@@ -244,15 +275,17 @@ def check_graph(path, k: int) -> None:
     except Exception as exc:  # onnx raises ValidationError / InferenceError
         raise ExportError(f"onnx.checker rejected the exported graph: {exc}") from exc
     m = onnx.load(str(path), load_external_data=False)
+    k = encoder.k
     ins = [i.name for i in m.graph.input]
     outs = [o.name for o in m.graph.output]
-    if tuple(ins) != INPUT_NAMES or tuple(outs) != OUTPUT_NAMES:
+    if tuple(ins) != input_names(encoder) or tuple(outs) != OUTPUT_NAMES:
         raise ExportError(f"exported graph has inputs {ins} and outputs {outs}, "
-                          f"expected {list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}")
+                          f"expected {list(input_names(encoder))} and {list(OUTPUT_NAMES)}")
     for i in m.graph.input:
-        dims = [d.dim_param for d in i.type.tensor_type.shape.dim]
-        if tuple(dims) != DYNAMIC_AXES:
-            raise ExportError(f"input {i.name} has axes {dims}, expected {list(DYNAMIC_AXES)} (dynamic)")
+        dims = tuple(d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim)
+        want = ("batch", encoder.profile_size) if i.name == PROFILE_INPUT else DYNAMIC_AXES
+        if dims != want:
+            raise ExportError(f"input {i.name} has axes {list(dims)}, expected {list(want)} (dynamic)")
     odims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
     if len(odims) != 2 or odims[0] != "batch" or (isinstance(odims[1], int) and odims[1] != k):
         raise ExportError(f"output probs has shape {odims}, expected ['batch', {k}]")
@@ -267,10 +300,10 @@ def parity_check(model, encoder, session, shapes=PARITY_SHAPES, seed: int = 0) -
     worst, worst_shape, checked = 0.0, None, []
     for b, t in shapes:
         t = encoder.max_len if t is None else min(t, encoder.max_len)
-        ids, mask = random_batch(rng, encoder, b, t)
+        ids, mask, prof = random_batch(rng, encoder, b, t)
         with torch.no_grad():
-            ref = model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
-        got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            ref = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(prof))[0].numpy()
+        got = session.run(None, feeds(encoder, ids, mask, prof))[0]
         if got.shape != ref.shape:
             raise ExportError(f"parity check failed at batch={b} length={t}: ONNX Runtime gave shape "
                               f"{got.shape}, PyTorch {ref.shape}")
@@ -285,14 +318,14 @@ def parity_check(model, encoder, session, shapes=PARITY_SHAPES, seed: int = 0) -
     return {"max_abs_diff": worst, "tolerance": PARITY_TOL, "shapes": checked}
 
 
-def run_session(session, seqs, pad_id: int, batch_size: int = 256) -> np.ndarray:
+def run_session(session, encoder, seqs, profiles, batch_size: int = 256) -> np.ndarray:
     """Probabilities (N, k) float64 in input order; batches grouped by length."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = None
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        ids, mask = pad_right([seqs[i] for i in idx], pad_id)
-        p = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        ids, mask = pad_right([seqs[i] for i in idx], encoder.pad_id)
+        p = session.run(None, feeds(encoder, ids, mask, profiles[idx]))[0]
         if out is None:
             out = np.zeros((len(seqs), p.shape[1]), dtype=np.float64)
         out[idx] = p
@@ -307,10 +340,10 @@ def _kl(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.where(t > 0, t * (np.log(np.maximum(t, 1e-12)) - np.log(p)), 0.0).sum(1)
 
 
-def compare_int8(fp32_session, int8_session, seqs, targets, pad_id: int, split_note: str) -> dict:
+def compare_int8(fp32_session, int8_session, encoder, seqs, profiles, targets, split_note: str) -> dict:
     """The accuracy change of the int8 graph against fp32 on the same sequences."""
-    p32 = run_session(fp32_session, seqs, pad_id)
-    p8 = run_session(int8_session, seqs, pad_id)
+    p32 = run_session(fp32_session, encoder, seqs, profiles)
+    p8 = run_session(int8_session, encoder, seqs, profiles)
     out = {
         "split": split_note,
         "samples": len(seqs),
@@ -328,11 +361,11 @@ def compare_int8(fp32_session, int8_session, seqs, targets, pad_id: int, split_n
     return out
 
 
-def validation_samples(data_file, card: dict, encoder, log=log_default) -> tuple[list[list[int]], np.ndarray, str]:
-    """(token sequences, targets (N, k), description) of the validation split of ``data_file``,
+def validation_samples(data_file, card: dict, encoder, log=log_default):
+    """(token sequences, profiles, targets (N, k), description) of the validation split of ``data_file``,
     rebuilt by the models package's own data code from the split the model card records (the
     same way ``evaluate`` rebuilds its test split)."""
-    from models.data import DataConfig, file_sha256, prepare, sample_windows
+    from models.data import DataConfig, file_sha256, prepare, sample_profiles, sample_windows
 
     split = card.get("split")
     if not isinstance(split, dict) or "data_config" not in split or "t1" not in split:
@@ -351,7 +384,7 @@ def validation_samples(data_file, card: dict, encoder, log=log_default) -> tuple
     seqs = [encoder.encode(w) for w in sample_windows(ds, val, dcfg)]
     note = (f"validation split of {Path(data_file).name} (cut >= t1={ds.t1}, target ends < t2={ds.t2}; "
             f"models.data, as recorded in the model card)")
-    return seqs, val.targets, note
+    return seqs, sample_profiles(ds, val, dcfg, encoder), val.targets, note
 
 
 def quantize_int8(src, dst) -> None:
@@ -385,7 +418,9 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
         "max_len": encoder.max_len,
         "padding": "right",
         "pad_id": encoder.pad_id,
-        "inputs": {n: {"dtype": "int64", "shape": list(DYNAMIC_AXES)} for n in INPUT_NAMES},
+        "inputs": {**{n: {"dtype": "int64", "shape": list(DYNAMIC_AXES)} for n in INPUT_NAMES},
+                   **({PROFILE_INPUT: {"dtype": "float32", "shape": ["batch", encoder.profile_size]}}
+                      if encoder.profile_size else {})},
         "outputs": {OUTPUT_NAMES[0]: {"dtype": "float32", "shape": ["batch", encoder.k]}},
         "opset": OPSET,
         "encoding": encoder.to_spec(),  # tokenizer embedded
@@ -412,7 +447,7 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
 def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_default,
                       validation=None) -> dict:
     """Export the checkpoint ``ckpt_dir`` into ``out_dir`` (model.onnx + model.json); returns the
-    model.json content. ``validation`` (seqs, targets, note) overrides reading ``data`` for the
+    model.json content. ``validation`` (seqs, profiles, targets, note) overrides reading ``data`` for the
     int8 comparison (tests). Raises :class:`ExportError` with a one-line reason."""
     ckpt = Path(ckpt_dir)
     if not ckpt.exists():
@@ -451,7 +486,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
             backbone = "last-position" if last_position else "full"
             try:
                 export_graph(model, encoder, tmp32, last_position)
-                check_graph(tmp32, encoder.k)
+                check_graph(tmp32, encoder)
                 sess32 = ort_session(tmp32, threads=1)
                 parity = parity_check(model, encoder, sess32)
                 break
@@ -473,14 +508,14 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {first}") from exc
-            check_graph(tmp8, encoder.k)
+            check_graph(tmp8, encoder)
             sess8 = ort_session(tmp8, threads=1)
             if validation is None:
                 validation = validation_samples(data, card, encoder, log)
-            seqs, targets, note = validation
+            seqs, profiles, targets, note = validation
             if not seqs:
                 raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
-            int8_report = compare_int8(sess32, sess8, seqs, targets, encoder.pad_id, note)
+            int8_report = compare_int8(sess32, sess8, encoder, seqs, profiles, targets, note)
             if not np.isfinite(int8_report["max_abs_diff"]):
                 raise ExportError("the int8 graph gives non-finite probabilities")
             msg = f"int8 vs fp32 on {int8_report['samples']} validation samples: max abs diff {int8_report['max_abs_diff']:.2e}"

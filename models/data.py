@@ -26,13 +26,15 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from models.encoding import DEFAULT_MAX_LEN
-from models.window import DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, WindowEvent, seconds_to_ms, window_slice
+from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+                           profiles_in_order, seconds_to_ms, window_slice)
 
 
 @dataclass
 class DataConfig:
     horizon_s: int = DEFAULT_HORIZON_S  # input window reach (CONTRACT INTEREST_HORIZON_S)
     max_events: int = DEFAULT_MAX_EVENTS  # events the model reads (CONTRACT INTEREST_MAX_EVENTS)
+    profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S  # a longer gap restarts the profile (INTEREST_PROFILE_RETENTION_S)
     target: str = "time"  # "time" (next target_window_s) or "next_k" (next target_k events)
     target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
     target_k: int = 10  # events per target with target="next_k"
@@ -238,6 +240,28 @@ def encode_samples(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> l
     return [np.asarray(encoder.encode(w), dtype=np.int32) for w in sample_windows(ds, samples, cfg)]
 
 
+def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> np.ndarray:
+    """(N, encoder.profile_size) float32: each sample's profile input. The user's events before
+    the cut are folded in, in ts order, by :func:`models.window.profile_update` (the code the
+    worker runs on every accepted event, :func:`models.window.profiles_in_order`), and the profile
+    is read at the cut."""
+    out = np.zeros((len(samples), encoder.profile_size), np.float32)
+    if encoder.profile_size == 0:
+        return out
+    retention_ms = seconds_to_ms(cfg.profile_retention_s)
+    user, prof, folding, done = -1, None, None, 0
+    for r in np.lexsort((samples.cut, samples.user)):
+        ui, i = int(samples.user[r]), int(samples.cut[r])
+        if ui != user:
+            user, prof, done = ui, None, 0
+            folding = profiles_in_order(ds.seqs[ui].events, retention_ms)
+        while done < i:
+            prof = next(folding)
+            done += 1
+        out[r] = encoder.profile_vector(prof, int(samples.cut_ts[r]))
+    return out
+
+
 def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_kwargs: dict | None = None):
     """Read the log, fix the split (given, or from time quantiles), fit the encoder on training-
     period events if none is given, and build the samples. Returns (dataset, encoder, info)."""
@@ -267,13 +291,3 @@ def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
         "data_config": asdict(cfg),
     }
 
-
-def validation_samples_for_export(data_file, card: dict, encoder) -> tuple[list[list[int]], np.ndarray, str]:
-    """(token sequences, targets (N, k), description) of the validation split the card records,
-    for the export's int8-vs-fp32 check."""
-    split = card["split"]
-    cfg = DataConfig.from_dict(split["data_config"])
-    ds, _, _ = prepare(data_file, cfg, encoder=encoder, split=split)
-    va = ds.splits["val"]
-    seqs = [[int(t) for t in s] for s in encode_samples(ds, va, cfg, encoder)]
-    return seqs, va.targets, f"validation split of {data_file} ({len(va)} samples, cuts in [t1, t2) of the card)"

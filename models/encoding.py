@@ -16,6 +16,10 @@ tokens, in this order::
   ``max_query_tokens`` BPE subword tokens (a tokenizer trained on the training queries only);
 * ``dwell``: a bucketed dwell time, only for events that carry ``dwell_ms``.
 
+Beside the tokens, a spec of version 3 has a float input: the user's long-term profile
+(:func:`models.window.profile_update`), per scale the decayed weight of each output category
+(:meth:`Encoder.profile_vector`). It carries what the window has forgotten.
+
 A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
 newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not fit in ``max_len`` tokens
 the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
@@ -35,9 +39,9 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Iterable, Sequence
 
-from models.window import EVENT_TYPES, WindowEvent
+from models.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_at
 
-SPEC_VERSION = 2  # 2: hour-of-day token before [END]; version-1 specs still load
+SPEC_VERSION = 3  # 2: hour-of-day token before [END]; 3: the long-term profile input. Older specs load
 SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
 PAD_ID, BOS_ID, END_ID, UNK_CAT_ID = 0, 1, 2, 3
 
@@ -64,6 +68,7 @@ class Encoder:
         dwell_buckets_ms: Sequence[int] = DEFAULT_DWELL_BUCKETS_MS,
         max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
         hour_token: bool = True,
+        profile: bool = True,
     ):
         from tokenizers import Tokenizer
 
@@ -80,6 +85,10 @@ class Encoder:
         self.dwell_buckets_ms = tuple(int(d) for d in dwell_buckets_ms)
         self.max_query_tokens = int(max_query_tokens)
         self.hour_token = bool(hour_token)
+        # the long-term profile (models.window) as a float input beside the tokens: one value
+        # per (scale, category), scale-major; () for specs before version 3 (no profile input)
+        # (version 3 implies version 2's hour token)
+        self.profile_scales: tuple = tuple(PROFILE_SCALES) if profile and hour_token else ()
 
         self.pad_id, self.bos_id, self.end_id, self.unk_cat_id = PAD_ID, BOS_ID, END_ID, UNK_CAT_ID
         o = len(SPECIALS)
@@ -110,8 +119,8 @@ class Encoder:
     # --- serialisation -------------------------------------------------------------------
     def to_spec(self) -> dict:
         """JSON-serialisable spec; :meth:`from_spec` rebuilds an identical encoder."""
-        return {
-            "version": SPEC_VERSION if self.hour_token else 1,
+        spec = {
+            "version": (3 if self.profile_scales else 2) if self.hour_token else 1,
             "categories": list(self.categories),
             "max_len": self.max_len,
             "max_query_tokens": self.max_query_tokens,
@@ -130,11 +139,21 @@ class Encoder:
             "vocab_size": self.vocab_size,
             "tokenizer": self.tokenizer_json,
         }
+        if self.profile_scales:
+            spec["profile"] = {"scales": [list(x) for x in self.profile_scales],
+                               "type_weights": dict(PROFILE_TYPE_WEIGHTS), "layout": "scale-major, categories in output order"}
+        return spec
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Encoder":
-        if spec.get("version") not in (1, SPEC_VERSION):
+        if spec.get("version") not in (1, 2, SPEC_VERSION):
             raise ValueError(f"unsupported encoding spec version {spec.get('version')!r}")
+        if spec["version"] >= 3:
+            prof = spec.get("profile") or {}
+            if [tuple(x) for x in prof.get("scales", ())] != list(PROFILE_SCALES) or \
+                    prof.get("type_weights") != PROFILE_TYPE_WEIGHTS:
+                raise ValueError(f"the spec's profile {prof.get('scales')!r} / {prof.get('type_weights')!r} is not "
+                                 f"the one this code keeps ({[list(x) for x in PROFILE_SCALES]} / {PROFILE_TYPE_WEIGHTS})")
         enc = cls(
             categories=spec["categories"],
             tokenizer_json=spec["tokenizer"],
@@ -143,6 +162,7 @@ class Encoder:
             dwell_buckets_ms=spec["dwell_buckets_ms"],
             max_query_tokens=spec["max_query_tokens"],
             hour_token=spec["version"] >= 2,
+            profile=spec["version"] >= 3,
         )
         if spec.get("vocab_size", enc.vocab_size) != enc.vocab_size:
             raise ValueError("encoding spec vocab_size does not match its layout")
@@ -179,6 +199,25 @@ class Encoder:
             if len(self._query_cache) < 200_000:
                 self._query_cache[query] = ids
         return ids
+
+    @property
+    def profile_size(self) -> int:
+        """Width of the profile input (0: the spec has none)."""
+        return len(self.profile_scales) * len(self.categories)
+
+    def profile_vector(self, profile: dict | None, at_ts: int | None) -> list[float]:
+        """The profile input of a window whose newest event is at ``at_ts``: per scale, the
+        decayed weight of each output category (categories the spec does not know left out)."""
+        k = len(self.categories)
+        out = [0.0] * self.profile_size
+        if not out or not profile or at_ts is None:
+            return out
+        for cat, vs in profile_at(profile, at_ts).items():
+            i = self.category_index(cat)
+            if i >= 0:
+                for s, v in enumerate(vs):
+                    out[s * k + i] = v
+        return out
 
     def event_tokens(self, event: WindowEvent, gap_ms: int | None) -> list[int]:
         """Tokens of one event; ``gap_ms`` is None for the oldest event of the window."""

@@ -103,7 +103,7 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     import torch
 
     from models.baselines import NAMES, Baselines
-    from models.data import DataConfig, encode_samples, prepare, sample_windows
+    from models.data import DataConfig, prepare, sample_profiles, sample_windows
     from models.model import load_checkpoint, predict
 
     model, encoder, card = load_checkpoint(ckpt_dir)
@@ -123,7 +123,8 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     best = min(NAMES, key=lambda n: val_kl[n])
     preds.update(base.predict(test, test_windows))
     test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in test_windows]
-    preds["gpt2"] = predict(model, test_seqs, encoder.pad_id).astype(np.float64)
+    test_prof = sample_profiles(ds, test, dcfg, encoder)
+    preds["gpt2"] = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
 
     order = ["gpt2", *NAMES]
     result = {

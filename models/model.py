@@ -10,6 +10,10 @@
    logits are added to that. So the model can represent "history shrunk toward the prior" (the
    strongest baseline on real data) from the first step and learns corrections from the sequence.
    Its GPT-2 head starts at zero, so at initialisation the model IS that shrinkage estimate.
+   With a profile (encoding spec 3), the user's long-term decayed category weights
+   (:mod:`models.window`) join the mix, one learned weight per scale, and a projection of the
+   profile is added to every token embedding, so the transformer reads the sequence knowing the
+   user's longer history: the window alone loses to a baseline that reads the whole history.
 3. Checkpoint directory I/O: :func:`save_checkpoint` / :func:`load_checkpoint`.
 4. The training loop (:func:`train_model`): AdamW, linear warmup then cosine decay, early stopping
    on validation loss, resumable, seeded.
@@ -54,6 +58,7 @@ class ModelConfig:
     # and CPU bernoulli costs ~30% of a step. Attention dropout is always 0 (~60% of a step).
     loss: str = "mse"  # "mse" over the k probabilities (the original design) or "kl"
     recency_tokens: float = 30.0  # initial decay length of the recent-counts path, tokens (~10 events)
+    profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with --init-from)
     init_from: str | None = None  # local pretrained GPT-2 directory this model started from
     backbone: dict = field(default_factory=dict)  # the GPT2Config used, so loading needs no source dir
@@ -66,8 +71,9 @@ class ModelConfig:
 class InterestModel(nn.Module):
     """GPT-2 backbone + interest head on the last real position of RIGHT-padded sequences.
 
-    ``forward(input_ids (B,T) long, attention_mask (B,T) long, targets (B,k) float | None)``
-    returns ``(probs (B,k) softmax, loss or None)``.
+    ``forward(input_ids (B,T) long, attention_mask (B,T) long, profile (B, S*k) float | None,
+    targets (B,k) float | None)`` returns ``(probs (B,k) softmax, loss or None)``; ``profile``
+    is ignored by a model without one (``config.profile_scales == 0``).
     """
 
     def __init__(self, config: ModelConfig, backbone: GPT2Model | None = None):
@@ -99,6 +105,13 @@ class InterestModel(nn.Module):
         self.log_a_recent = nn.Parameter(torch.tensor(0.0))
         self.log_beta = nn.Parameter(torch.tensor(math.log(2.0)))  # prior worth ~2 events at start
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.recency_tokens)))
+        S = config.profile_scales
+        if S:
+            self.log_a_profile = nn.Parameter(torch.full((S,), math.log(0.5)))
+            # per scale: the k shares and log(1 + mass) -> an embedding added to every token
+            self.profile_proj = nn.Linear(S * (config.k + 1), n_embd)
+            nn.init.zeros_(self.profile_proj.weight)
+            nn.init.zeros_(self.profile_proj.bias)
         self.register_buffer("cat_ids", torch.arange(config.k) + config.category_offset, persistent=False)
 
     @torch.no_grad()
@@ -107,10 +120,19 @@ class InterestModel(nn.Module):
         p = torch.as_tensor(mean_target, dtype=torch.float32).clamp_min(1e-6)
         self.prior_logits.copy_(torch.log(p / p.sum()))
 
-    def forward(self, input_ids, attention_mask, targets=None):
-        h = self.backbone(
-            input_ids=input_ids + self.config.token_offset, attention_mask=attention_mask
-        ).last_hidden_state  # (B, T, C)
+    def forward(self, input_ids, attention_mask, profile=None, targets=None):
+        S, k = self.config.profile_scales, self.config.k
+        if S:
+            prof = profile.reshape(-1, S, k).clamp_min(0.0)  # (B, S, k)
+            mass = prof.sum(-1, keepdim=True)  # (B, S, 1)
+            feats = torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(-1, S * (k + 1))
+            emb = self.backbone.wte(input_ids + self.config.token_offset)  # (B, T, C)
+            emb = emb + self.profile_proj(feats).unsqueeze(1)
+            h = self.backbone(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
+        else:
+            h = self.backbone(
+                input_ids=input_ids + self.config.token_offset, attention_mask=attention_mask
+            ).last_hidden_state  # (B, T, C)
         mask = attention_mask.to(h.dtype)  # (B, T)
         pos = torch.cumsum(attention_mask, dim=1) - 1  # (B, T) index of each real token
         last = attention_mask.sum(dim=1, keepdim=True) - 1  # (B, 1) last real position (right padding)
@@ -124,6 +146,8 @@ class InterestModel(nn.Module):
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
         mix = torch.exp(self.log_a_all) * counts + torch.exp(self.log_a_recent) * recent
         mix = mix + torch.exp(self.log_beta) * prior
+        if S:
+            mix = mix + (torch.exp(self.log_a_profile)[None, :, None] * prof).sum(1)
         logits = torch.log(mix) + self.head(h_last)  # (B, k)
         probs = torch.softmax(logits, dim=-1)
 
@@ -156,6 +180,7 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         k=encoder.k,
         category_offset=encoder.category_offset,
         max_len=encoder.max_len,
+        profile_scales=len(encoder.profile_scales),
         **overrides,
     )
     if init_from is None:
@@ -264,22 +289,23 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 @torch.no_grad()
-def predict(model: InterestModel, seqs, pad_id: int, batch_size: int = 256) -> np.ndarray:
-    """Probabilities (N, k) for token lists, in order (batches sorted by length for speed)."""
+def predict(model: InterestModel, seqs, profiles: np.ndarray, pad_id: int, batch_size: int = 256) -> np.ndarray:
+    """Probabilities (N, k) for token lists and their profile inputs (N, P), in order (batches
+    sorted by length for speed)."""
     model.eval()
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out = np.zeros((len(seqs), model.config.k), dtype=np.float32)
     for i in range(0, len(seqs), batch_size):
         idx = order[i : i + batch_size]
         ids, mask = collate([seqs[j] for j in idx], pad_id)
-        probs, _ = model(ids, mask)
+        probs, _ = model(ids, mask, torch.from_numpy(profiles[idx]))
         out[idx] = probs.numpy()
     return out
 
 
 @torch.no_grad()
-def evaluate_loss(model: InterestModel, seqs, targets: np.ndarray, pad_id: int) -> dict:
-    probs = predict(model, seqs, pad_id)
+def evaluate_loss(model: InterestModel, seqs, profiles: np.ndarray, targets: np.ndarray, pad_id: int) -> dict:
+    probs = predict(model, seqs, profiles, pad_id)
     p = np.maximum(probs, 1e-4)
     p = p / p.sum(1, keepdims=True)
     t = targets
@@ -291,8 +317,10 @@ def evaluate_loss(model: InterestModel, seqs, targets: np.ndarray, pad_id: int) 
 def train_model(
     model: InterestModel,
     train_seqs,
+    train_profiles: np.ndarray,
     train_targets: np.ndarray,
     val_seqs,
+    val_profiles: np.ndarray,
     val_targets: np.ndarray,
     cfg: TrainConfig,
     pad_id: int,
@@ -315,7 +343,7 @@ def train_model(
         raise ValueError(f"need training and validation samples, got {n} and {len(val_seqs)}")
     if len(val_seqs) > cfg.eval_samples:
         pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(val_seqs), cfg.eval_samples, replace=False))
-        val_seqs, val_targets = [val_seqs[i] for i in pick], val_targets[pick]
+        val_seqs, val_profiles, val_targets = [val_seqs[i] for i in pick], val_profiles[pick], val_targets[pick]
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     total_steps = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
@@ -355,7 +383,7 @@ def train_model(
         lr = get_lr(step, cfg, total_steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        _, loss = model(ids, mask, tgt)
+        _, loss = model(ids, mask, torch.from_numpy(train_profiles[idx]), tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -364,7 +392,7 @@ def train_model(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
         if step % cfg.eval_every == 0 or step == total_steps:
-            val = evaluate_loss(model, val_seqs, val_targets, pad_id)
+            val = evaluate_loss(model, val_seqs, val_profiles, val_targets, pad_id)
             model.train()
             history.append({"step": step, "lr": lr, "train_loss": running, "val_loss": val["loss"],
                             "val_kl": val["kl"], "val_mse": val["mse"], "elapsed_s": time.time() - t0})

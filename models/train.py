@@ -15,7 +15,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card."""
     import torch
 
-    from models.data import DataConfig, encode_samples, file_sha256, prepare
+    from models.data import DataConfig, encode_samples, file_sha256, prepare, sample_profiles
     from models.evaluate import kl_per_sample, metrics
     from models.model import TRAIN_STATE_FILE, TrainConfig, build_model, predict, save_checkpoint, train_model
 
@@ -48,6 +48,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
                          "smaller --target-window-s")
     train_seqs = encode_samples(ds, tr, data_cfg, encoder)
     val_seqs = encode_samples(ds, va, data_cfg, encoder)
+    train_prof, val_prof = sample_profiles(ds, tr, data_cfg, encoder), sample_profiles(ds, va, data_cfg, encoder)
     model = build_model(encoder, init_from=init_from, **model_overrides)
     model.init_prior(tr.targets.mean(0))
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
@@ -55,16 +56,17 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     log(f"data config: {json.dumps(asdict(data_cfg))}")
     n_params = sum(p.numel() for p in model.parameters())
     prep_s = time.time() - t0
-    summary = train_model(model, train_seqs, tr.targets, val_seqs, va.targets, train_cfg, encoder.pad_id,
+    summary = train_model(model, train_seqs, train_prof, tr.targets, val_seqs, val_prof, va.targets, train_cfg, encoder.pad_id,
                           state_path=out / TRAIN_STATE_FILE, resume=resume, progress=progress)
-    val_pred = predict(model, val_seqs, encoder.pad_id)
+    val_pred = predict(model, val_seqs, val_prof, encoder.pad_id)
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
         "split": info["split"],
         # the per-user window the model was trained on; serve it with the same
-        # INTEREST_HORIZON_S / INTEREST_MAX_EVENTS (CONTRACT "Per-user window")
-        "window": {"horizon_s": data_cfg.horizon_s, "max_events": data_cfg.max_events},
+        # INTEREST_HORIZON_S / INTEREST_MAX_EVENTS / INTEREST_PROFILE_RETENTION_S (CONTRACT "Per-user window")
+        "window": {"horizon_s": data_cfg.horizon_s, "max_events": data_cfg.max_events,
+                   "profile_retention_s": data_cfg.profile_retention_s},
         "data": {"path": str(data_path), "sha256": file_sha256(data_path), **info["log"]},
         "samples": info["samples"],
         "training": {**asdict(train_cfg), "steps": summary["steps"], "stop_reason": summary["stop_reason"],

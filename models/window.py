@@ -88,3 +88,101 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
         if e.category is not None and e.type != "search":
             out[e.category] = out.get(e.category, 0) + 1
     return out
+
+
+# --- the long-term profile -------------------------------------------------------------------
+# The window holds a day; interests persist for longer, and a user who comes back after a week
+# starts with an empty window. The profile is what the window forgets: per category, the user's
+# clicks and browses with exponentially decaying weights, on a few fixed scales. It is kept in
+# the user's state beside the window (category names, not token ids: model-independent), updated
+# by the worker on every accepted event and computed by training at every cut with this very
+# code, so both sides see the same numbers.
+#
+# Stored form: {"t": newest ts folded in (epoch ms), "c": {category: [value per scale]}}, the
+# values being as of "t". A gap of more than the retention between the newest event and the next
+# one starts a new profile (the worker evicts a user idle that long, and training does the same).
+PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
+PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # = the default target weights of training
+PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
+PROFILE_DIGITS = 6  # values are rounded to 6 decimals; one below 1e-6 on every scale is dropped
+DEFAULT_PROFILE_RETENTION_S = 365 * 86_400  # CONTRACT extension: INTEREST_PROFILE_RETENTION_S
+
+
+def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
+                   newer_rows: Sequence[tuple] = ()) -> dict:
+    """Fold one accepted event into ``profile`` (changed in place and returned; a new one for
+    None or after a gap longer than ``retention_ms``).
+
+    The result does not depend on the order events are folded in (up to the rounding to
+    :data:`PROFILE_DIGITS`), so the worker, which sees a user's clicks, browses and searches on
+    three topics in arrival order, gets what training gets folding them in ``ts`` order: on a
+    time scale an event weighs ``w * 0.5 ** (age / half_life)``; on the event scale
+    ``w * 0.5 ** (n / half_life)``, ``n`` being the number of the user's events with a strictly
+    larger ``ts`` (every type counts). ``newer_rows`` are ``(ts, type, category)`` of the events
+    already folded in whose ``ts`` is at or after this event's: the worker takes them from its
+    rows (anything older than the rows is late); folding in ts order, they are the earlier events
+    of the same ts."""
+    ts = event.ts
+    if profile is None or ts > profile["t"] + retention_ms:
+        profile, newer_rows = {"t": ts, "c": {}}, ()
+    values = profile["c"]
+    ref = profile["t"]
+    # Every event older than this one ages: by the time gap on the time scales (only if this one
+    # is the newest), by one step on the event scales. Events at or after its ts keep their
+    # weight: their event-scale share is taken out before the step and put back after it.
+    step = [0.5 ** (max(0, ts - ref) / (h * 1000)) if kind == "time" else 0.5 ** (1.0 / h)
+            for kind, h in PROFILE_SCALES]
+    keep: dict[str, list[float]] = {}
+    for r_ts, r_type, r_cat in newer_rows:
+        w = PROFILE_TYPE_WEIGHTS.get(r_type)
+        if not w or r_cat is None:
+            continue
+        n = sum(1 for q in newer_rows if q[0] > r_ts)
+        ks = keep.setdefault(r_cat, [0.0] * len(PROFILE_SCALES))
+        for i, (kind, h) in enumerate(PROFILE_SCALES):
+            if kind == "events":
+                ks[i] += w * 0.5 ** (n / h)
+    for cat, vs in list(values.items()):
+        ks = keep.get(cat)
+        vs = [v * f + (ks[i] * (1.0 - f) if ks else 0.0) for i, (v, f) in enumerate(zip(vs, step))]
+        vs = [round(v, PROFILE_DIGITS) for v in vs]
+        if max(vs) <= 0.0:
+            del values[cat]
+        else:
+            values[cat] = vs
+    if ts > ref:
+        profile["t"] = ref = ts
+    w = PROFILE_TYPE_WEIGHTS.get(event.type)
+    if w and event.category is not None:
+        newer = sum(1 for q in newer_rows if q[0] > ts)
+        add = [w * 0.5 ** ((ref - ts) / (h * 1000)) if kind == "time" else w * 0.5 ** (newer / h)
+               for kind, h in PROFILE_SCALES]
+        vs = values.get(event.category) or [0.0] * len(PROFILE_SCALES)
+        values[event.category] = [round(v + a, PROFILE_DIGITS) for v, a in zip(vs, add)]
+        if len(values) > PROFILE_MAX_CATEGORIES:
+            drop = min(values, key=lambda c: (sum(values[c]), c))
+            del values[drop]
+    return profile
+
+
+def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
+    """Fold ``events`` (sorted by ts) into a profile one by one, yielding it after each (the same
+    dict, updated in place, until a gap restarts it): how training computes the profile at cuts."""
+    prof, same = None, []
+    for e in events:
+        if same and same[-1][0] != e.ts:
+            same = []
+        prof = profile_update(prof, e, retention_ms, same)
+        same.append((e.ts, e.type, e.category))
+        yield prof
+
+
+def profile_at(profile: dict | None, at_ts: int) -> dict[str, list[float]]:
+    """The profile's values as of ``at_ts`` (time scales decayed from ``profile["t"]``)."""
+    if not profile:
+        return {}
+    dt = max(0, at_ts - profile["t"])
+    if dt == 0:
+        return profile["c"]
+    f = [0.5 ** (dt / (h * 1000)) if kind == "time" else 1.0 for kind, h in PROFILE_SCALES]
+    return {c: [v * x for v, x in zip(vs, f)] for c, vs in profile["c"].items()}

@@ -29,11 +29,7 @@ from .topics import TopicError, check_input_topics
 log = logging.getLogger("interest_stream")
 
 settings = Settings.from_env()
-LIMITS = state.Limits(
-    horizon_ms=settings.horizon_s * 1000,
-    grace_ms=settings.grace_s * 1000,
-    max_events=settings.max_events,
-)
+LIMITS = state.Limits.from_settings(settings)
 FUTURE_MS = settings.future_s * 1000
 
 
@@ -79,7 +75,7 @@ class InterestApp(faust.App):
             )
         # refuse to start without a readable model (ModelError names the path and the problem)
         holder = scoring.ModelHolder(settings.model_dir, settings.ort_threads,
-                                     (settings.horizon_s, settings.max_events))
+                                     (settings.horizon_s, settings.max_events, settings.profile_retention_s))
         await loop.run_in_executor(None, holder.load_initial)
         scoring.set_holder(holder)
 
@@ -287,12 +283,18 @@ def apply_control(key: bytes, value: bytes) -> str:
         forget_user(key)
         interests_topic.send_soon(key=key, value=None)  # tombstone on the compacted topic
         return "forgotten"
-    if op == "evict":
+    if op == "evict":  # or compact: checked again here, an event may have arrived meanwhile
         raw = users.get(key)
-        if raw is not None and state.is_idle(state.load(raw), req["newest"], now_ms(), LIMITS):
+        st = state.load(raw) if raw is not None else None
+        action = state.idle_action(st, req["newest"], now_ms(), LIMITS) if st is not None else None
+        if action == "evict":
             forget_user(key)
             metrics.EVICTED.inc()
             return "evicted"
+        if action == "compact":
+            users[key] = state.dump(state.compact(st))
+            metrics.COMPACTED.inc()
+            return "compacted"
         return "kept"
     log.error("ignored a control request with unknown op %r", op)
     return "malformed"
@@ -369,9 +371,10 @@ async def score_pass() -> int:
         if not chunk:
             continue
         windows = [state.window_events(st) for _, st in chunk]
+        profiles = [state.profile(st) for _, st in chunk]
         t0 = time.perf_counter()
         # encoding and inference run in a thread: consumption goes on meanwhile
-        probs = await loop.run_in_executor(None, model.predict, windows, batch)
+        probs = await loop.run_in_executor(None, model.predict, windows, profiles, batch)
         metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
         metrics.SCORE_BATCHES.inc()
         confirmations: dict[int, list] = {}  # partition -> scored items (one control message each)
@@ -438,7 +441,8 @@ EVICT_EVERY_S = float(os.environ.get("INTEREST_EVICT_EVERY_S", "60"))
 
 @app.timer(EVICT_EVERY_S)
 async def evict_timer():
-    """Ask for the eviction of users idle longer than the horizon plus grace."""
+    """Ask for the compaction of users idle longer than the horizon plus grace and the eviction
+    of those idle longer than the profile retention (``state.idle_action``)."""
     if not is_ready():
         return
     owned = owned_partitions()
@@ -454,5 +458,5 @@ async def evict_timer():
         if i % 2000 == 1999:
             await asyncio.sleep(0)
     for p, key, st in seen:
-        if state.is_idle(st, newest[p], now, LIMITS):
+        if state.idle_action(st, newest[p], now, LIMITS):
             send_control(key, {"op": "evict", "newest": newest[p]})

@@ -21,7 +21,12 @@ DUPLICATES = Counter(
     registry=REGISTRY,
 )
 EVICTED = Counter(
-    "interest_users_evicted_total", "Idle users removed from state", registry=REGISTRY,
+    "interest_users_evicted_total", "Idle users removed from state (idle longer than the profile retention)",
+    registry=REGISTRY,
+)
+COMPACTED = Counter(
+    "interest_users_compacted_total", "Idle users whose window rows were dropped (idle longer than horizon + grace)",
+    registry=REGISTRY,
 )
 SCORE_BATCHES = Counter(
     "interest_scoring_batches_total", "ONNX Runtime batches run", registry=REGISTRY,

@@ -30,6 +30,7 @@ from stream_app.settings import InterestStreamError
 MODEL_FILE = "model.onnx"
 CARD_FILE = "model.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
+PROFILE_INPUT = "profile"  # float32 (batch, S*k), graphs of encoding specs with the long-term profile
 OUTPUT_NAME = "probs"
 REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
 SUPPORTED_SCHEMAS = (1,)
@@ -150,11 +151,16 @@ class LoadedModel:
         session = cls._session(graph, threads, fail)
         ins = [i.name for i in session.get_inputs()]
         outs = [o.name for o in session.get_outputs()]
-        if sorted(ins) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outs:
+        want = INPUT_NAMES + ((PROFILE_INPUT,) if encoder.profile_size else ())
+        if sorted(ins) != sorted(want) or OUTPUT_NAME not in outs:
             raise fail(f"model.onnx has inputs {ins} and outputs {outs}; expected inputs "
-                       f"{list(INPUT_NAMES)} and output {OUTPUT_NAME!r}")
+                       f"{list(want)} and output {OUTPUT_NAME!r}")
         for i in session.get_inputs():
-            if i.type != "tensor(int64)":
+            if i.name == PROFILE_INPUT:
+                if i.type != "tensor(float)" or len(i.shape) != 2 or i.shape[1] != encoder.profile_size:
+                    raise fail(f"model.onnx input {i.name} is {i.type} {i.shape}, expected tensor(float) "
+                               f"(batch, {encoder.profile_size}) for the encoding's profile")
+            elif i.type != "tensor(int64)":
                 raise fail(f"model.onnx input {i.name} is {i.type}, expected tensor(int64)")
         oshape = next(o.shape for o in session.get_outputs() if o.name == OUTPUT_NAME)
         if len(oshape) != 2:
@@ -192,8 +198,11 @@ class LoadedModel:
 
     def _self_test(self, fail) -> None:
         windows = _test_windows(self.encoder)
+        ones = [1.0 + s for s in range(len(self.encoder.profile_scales))]
+        profiles = [{"t": w[-1].ts, "c": {c: ones for c in self.encoder.categories[:3]}} if w else None
+                    for w in windows]
         try:
-            probs = self.predict(windows, batch_size=3)  # two batches, padding included
+            probs = self.predict(windows, profiles, batch_size=3)  # two batches, padding included
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise fail(f"test inference failed: {msg}") from None
@@ -213,15 +222,29 @@ class LoadedModel:
         """Token ids of one window (events in ts order), exactly as training encoded them."""
         return self.encoder.encode(window)
 
-    def predict(self, windows: Sequence[Sequence[WindowEvent]], batch_size: int = DEFAULT_BATCH,
-                max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
-        """Interest distributions (n, k) float64, rows in the order of ``windows``."""
-        enc = self.encoder.encode
-        return self.predict_ids([enc(w) for w in windows], batch_size, max_batch_tokens)
+    def profile_inputs(self, profiles: Sequence[dict | None] | None, n: int) -> np.ndarray:
+        """(n, P) float32 profile inputs of stored profiles (:mod:`models.window`), each read as
+        of its newest event (``t``), the vector's ``ts``; None: no profile (zeros)."""
+        out = np.zeros((n, self.encoder.profile_size), np.float32)
+        if profiles is not None and self.encoder.profile_size:
+            vec = self.encoder.profile_vector
+            for i, p in enumerate(profiles):
+                if p:
+                    out[i] = vec(p, p["t"])
+        return out
 
-    def predict_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH,
-                    max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
-        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids).
+    def predict(self, windows: Sequence[Sequence[WindowEvent]], profiles: Sequence[dict | None] | None = None,
+                batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        """Interest distributions (n, k) float64, rows in the order of ``windows``; ``profiles``
+        (one per window, or None) are the users' long-term profiles for specs that read one."""
+        enc = self.encoder.encode
+        return self.predict_ids([enc(w) for w in windows], self.profile_inputs(profiles, len(windows)),
+                                batch_size, max_batch_tokens)
+
+    def predict_ids(self, seqs: Sequence[Sequence[int]], profiles: np.ndarray | None = None,
+                    batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids) and their
+        profile inputs (n, P) (None: zeros).
 
         Sequences are sorted by length and cut into batches of at most ``batch_size`` rows and
         at most ``max_batch_tokens`` padded tokens (rows x longest), so long sequences go in
@@ -236,6 +259,8 @@ class LoadedModel:
         if lens.min() < 1 or lens.max() > self.max_len:
             raise ValueError(f"token sequences must hold 1..{self.max_len} ids, got lengths "
                              f"{int(lens.min())}..{int(lens.max())}")
+        if profiles is None:
+            profiles = np.zeros((n, self.encoder.profile_size), np.float32)
         order = np.argsort(lens, kind="stable")  # group by length: each batch pads to its longest
         sorted_lens = lens[order]
         run = self.session.run
@@ -247,6 +272,9 @@ class LoadedModel:
                 e = s + max(1, min(e - s - 1, max_batch_tokens // int(sorted_lens[e - 1])))
             idx = order[s:e]
             ids, mask = pad_right([seqs[i] for i in idx], self.pad_id)  # training's convention
-            out[idx] = run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if self.encoder.profile_size:
+                feed[PROFILE_INPUT] = np.ascontiguousarray(profiles[idx], dtype=np.float32)
+            out[idx] = run([OUTPUT_NAME], feed)[0]
             s = e
         return out

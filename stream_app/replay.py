@@ -117,7 +117,7 @@ class Replayer:
         self.from_ms, self.to_ms = from_ms, to_ms
         self.emit = emit  # (key bytes, vector dict) -> None
         self.batch = batch
-        self.limits = state.Limits(s.horizon_s * 1000, s.grace_s * 1000, s.max_events)
+        self.limits = state.Limits.from_settings(s)
         self.types = {name: etype for etype, name in s.input_topics.items()}
         self.users: dict[bytes, dict] = {}
         self.previous: dict[bytes, dict] = {}
@@ -158,7 +158,8 @@ class Replayer:
         for i in range(0, len(keys), self.batch):
             chunk = keys[i : i + self.batch]
             sts = [self.users[k] for k in chunk]
-            probs = self.model.predict([state.window_events(st) for st in sts], self.batch)
+            probs = self.model.predict([state.window_events(st) for st in sts], [state.profile(st) for st in sts],
+                                       self.batch)
             for key, st, row in zip(chunk, sts, probs):
                 vec = vector_math.user_vector(key, st, row, self.model, self.limits.horizon_ms,
                                               self.previous.get(key))

@@ -15,23 +15,31 @@ from . import metrics
 log = logging.getLogger("interest_stream.scoring")
 
 
-def window_mismatch(card: dict, horizon_s: int, max_events: int) -> str | None:
-    """A warning when the model was trained on another window than the worker keeps."""
+def window_mismatch(card: dict, horizon_s: int, max_events: int, profile_retention_s: int | None = None) -> str | None:
+    """A warning when the model was trained on another window (or profile retention) than the
+    worker keeps."""
     trained = card.get("window") or {}
     if not trained:
         return None
+    problems = []
     if (trained.get("horizon_s"), trained.get("max_events")) != (horizon_s, max_events):
-        return (f"the model was trained on windows of {trained.get('horizon_s')} s / "
-                f"{trained.get('max_events')} events, the worker keeps {horizon_s} s / {max_events} "
-                "events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from training")
-    return None
+        problems.append(f"the model was trained on windows of {trained.get('horizon_s')} s / "
+                        f"{trained.get('max_events')} events, the worker keeps {horizon_s} s / {max_events} "
+                        "events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS)")
+    if "profile_retention_s" in trained and profile_retention_s is not None \
+            and trained["profile_retention_s"] != profile_retention_s:
+        problems.append(f"the model's profiles restart after {trained['profile_retention_s']} s idle, the "
+                        f"worker's after {profile_retention_s} s (INTEREST_PROFILE_RETENTION_S)")
+    if not problems:
+        return None
+    return "; ".join(problems) + ": its inputs differ from training"
 
 
 class ModelHolder:
-    def __init__(self, path: str, threads: int, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str, threads: int, window: tuple[int, int, int] | None = None) -> None:
         self.path = path
         self.threads = threads
-        self.window = window  # (horizon_s, max_events) the worker keeps
+        self.window = window  # (horizon_s, max_events, profile_retention_s) the worker keeps
         self.model = None
         self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
 

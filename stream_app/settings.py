@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from models.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS
+from models.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S
 
 
 class InterestStreamError(Exception):
@@ -78,6 +78,7 @@ class Settings:
     horizon_s: int = DEFAULT_HORIZON_S  # INTEREST_HORIZON_S
     max_events: int = DEFAULT_MAX_EVENTS  # INTEREST_MAX_EVENTS
     grace_s: int = DEFAULT_GRACE_S  # INTEREST_GRACE_S
+    profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S  # INTEREST_PROFILE_RETENTION_S
     future_s: int = 86_400  # events more than this ahead of the worker's clock are future_ts
     model_dir: str = ""  # INTEREST_MODEL_DIR (a symlink to a directory with model.onnx+model.json)
     model_poll_s: float = 10.0  # INTEREST_MODEL_POLL_S
@@ -115,6 +116,7 @@ class Settings:
             horizon_s=_int(env, "INTEREST_HORIZON_S", DEFAULT_HORIZON_S, minimum=1),
             max_events=_int(env, "INTEREST_MAX_EVENTS", DEFAULT_MAX_EVENTS, minimum=1),
             grace_s=_int(env, "INTEREST_GRACE_S", DEFAULT_GRACE_S, minimum=0),
+            profile_retention_s=_int(env, "INTEREST_PROFILE_RETENTION_S", DEFAULT_PROFILE_RETENTION_S, minimum=1),
             future_s=_int(env, "INTEREST_FUTURE_S", 86_400, minimum=0),
             model_dir=env.get("INTEREST_MODEL_DIR", ""),
             model_poll_s=_float(env, "INTEREST_MODEL_POLL_S", 10.0, minimum=0.1),

@@ -6,16 +6,24 @@ redelivered event after a crash or a partition move is recognised from the resto
 
 Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
 
-    {"v": 1,
+    {"v": 2,
      "seq": 17,                        # accepted events so far: a vector records the seq it saw
      "newest": 1764259200000,          # newest ts accepted for this user (event-time watermark)
      "seen": 1764259201234,            # worker clock when the last event was accepted (eviction)
      "ev":  [[ts, id, type, category, item, dwell, query], ...],  # the newest max_events rows
-     "old": [[ts, id, type, category], ...]}  # older rows still in the window or the grace
+     "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
+     "p": {"t": ts, "c": {category: [...]}}}  # the long-term profile (models.window), v2
 
 Both lists are sorted by ``(ts, id)``. ``ev`` holds only rows inside the window; ``old`` holds
 the rest of the window plus the grace period, kept compact because only counts and duplicate
 detection need them. Counts are derived, not stored.
+
+Version 1 had no ``p``; :func:`load` migrates such a value by folding its rows into a profile
+(the history before them is gone, so the profile starts with the window).
+
+Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
+(``compact``: the window is over, the profile stays); after the profile retention the whole value
+is deleted (``evict``).
 """
 from __future__ import annotations
 
@@ -24,9 +32,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from models.window import WindowEvent, late_bound, window_start
+from models.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_update, profiles_in_order,
+                           seconds_to_ms,
+                           window_start)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class StateFormatError(Exception):
@@ -38,6 +48,13 @@ class Limits:
     horizon_ms: int
     grace_ms: int
     max_events: int
+    profile_retention_ms: int = seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)
+
+    @classmethod
+    def from_settings(cls, s) -> "Limits":
+        """The limits of a :class:`stream_app.settings.Settings` (worker and replay alike)."""
+        return cls(seconds_to_ms(s.horizon_s), seconds_to_ms(s.grace_s), s.max_events,
+                   seconds_to_ms(s.profile_retention_s))
 
 
 def load(raw: bytes | None) -> dict | None:
@@ -45,9 +62,20 @@ def load(raw: bytes | None) -> dict | None:
         return None
     state = orjson.loads(raw)
     version = state.get("v")
+    if version == 1:
+        return _migrate_v1(state)
     if version != STATE_VERSION:
         # a future format change adds a migration here instead of misreading old values
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
+    return state
+
+
+def _migrate_v1(state: dict) -> dict:
+    rows = sorted([r[:4] for r in state["old"]] + [r[:4] for r in state["ev"]], key=_order)
+    prof = None
+    for prof in profiles_in_order((WindowEvent(r[0], r[2], r[3]) for r in rows), 1 << 62):
+        pass
+    state["v"], state["p"] = STATE_VERSION, prof
     return state
 
 
@@ -56,7 +84,7 @@ def dump(state: dict) -> bytes:
 
 
 def new_state() -> dict:
-    return {"v": STATE_VERSION, "seq": 0, "newest": None, "seen": 0, "ev": [], "old": []}
+    return {"v": STATE_VERSION, "seq": 0, "newest": None, "seen": 0, "ev": [], "old": [], "p": None}
 
 
 def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple[str, dict | None]:
@@ -76,6 +104,11 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     row = [ts, eid, event["type"], event.get("category"), event.get("item_id"),
            event.get("dwell_ms"), event.get("query")]
     ev, old = state["ev"], state["old"]
+    # not the newest: the profile needs the events at or after it (all of them are still in the
+    # rows: an event older than the rows is late)
+    newer = [] if newest is None or ts > newest else \
+        [(r[0], r[2], r[3]) for rows in (ev, old) for r in rows if r[0] >= ts]
+    state["p"] = profile_update(state["p"], WindowEvent(ts, row[2], row[3]), limits.profile_retention_ms, newer)
     insort(ev, row, key=_order)
     newest = ts if newest is None else max(newest, ts)
     start = window_start(newest, limits.horizon_ms)
@@ -130,9 +163,29 @@ def summary(state: dict, horizon_ms: int) -> dict:
     return {"events": n, "newest_ts": state["newest"], "counts": counts, "categories": categories}
 
 
-def is_idle(state: dict, partition_newest: int, now_ms: int, limits: Limits) -> bool:
-    """Evict a user when nothing arrived for longer than the horizon plus grace both in event
-    time (the partition's newest ts moved past) and on the worker's clock (so a replay of old
-    data, whose event time races ahead, does not evict users whose events are still arriving)."""
-    span = limits.horizon_ms + limits.grace_ms
-    return state["newest"] + span < partition_newest and state["seen"] + span < now_ms
+def profile(state: dict) -> dict | None:
+    """The user's long-term profile (:func:`models.window.profile_update`), None before any event."""
+    return state.get("p")
+
+
+def compact(state: dict) -> dict:
+    """The state of an idle user without its rows (the window is over; the profile stays)."""
+    state["ev"], state["old"] = [], []
+    return state
+
+
+def idle_action(state: dict, partition_newest: int, now_ms: int, limits: Limits) -> str | None:
+    """What to do with a user idle for a while, judged both in event time (the partition's newest
+    ts moved past) and on the worker's clock (so a replay of old data, whose event time races
+    ahead, does not drop users whose events are still arriving): ``"evict"`` (delete) after the
+    profile retention, ``"compact"`` (drop the rows) after horizon + grace, else None."""
+
+    def idle_for(span: int) -> bool:
+        return state["newest"] + span < partition_newest and state["seen"] + span < now_ms
+
+    window_span = limits.horizon_ms + limits.grace_ms
+    if idle_for(max(window_span, limits.profile_retention_ms)):
+        return "evict"
+    if (state["ev"] or state["old"]) and idle_for(window_span):
+        return "compact"
+    return None

@@ -87,3 +87,52 @@ def test_version_1_spec_still_loads():
     again = Encoder.from_spec(spec)
     ev = [WindowEvent(ts=0, type="click", category="a", item="x")]
     assert again.encode(ev) == enc.encode(ev) == [1, 8, 4, 7, 2]  # one category: gaps start at 8
+
+
+def test_training_samples_equal_what_the_worker_state_gives(tmp_path):
+    """The model's two inputs (tokens and profile) at every training cut equal what the worker
+    computes from its stored state after ingesting the same events (stream_app.state.apply, through
+    the stored bytes, then the runtime's encoding and profile read), including an idle gap longer
+    than the profile retention that restarts the profile."""
+    import numpy as np
+    import orjson
+
+    from models.data import DataConfig, prepare, sample_profiles, sample_windows
+    from stream_app import state
+
+    log, per_user = tmp_path / "log.jsonl", {}
+    with open(log, "wb") as f:
+        for u in range(6):
+            events, _ = simulate_user(u, 11, 3)
+            if u == 0:  # a 10-day pause in the middle: longer than the retention below
+                half = len(events) // 2
+                for e in events[half:]:
+                    e["ts"] += 10 * 86_400_000
+            per_user[f"u{u}"] = events
+            for e in events:
+                f.write(orjson.dumps(e) + b"\n")
+    cfg = DataConfig(target="next_k", target_k=3, profile_retention_s=5 * 86_400, max_len=96,
+                     min_category_count=1)
+    ds, enc, _ = prepare(log, cfg)
+    served = Encoder.from_spec(json.loads(json.dumps(enc.to_spec())))
+    limits = state.Limits(cfg.horizon_s * 1000, 3_600_000, cfg.max_events, cfg.profile_retention_s * 1000)
+    checked = 0
+    for name in ("train", "val", "test"):
+        samples = ds.splits[name]
+        windows, profiles = sample_windows(ds, samples, cfg), sample_profiles(ds, samples, cfg, enc)
+        for r, (ui, cut) in enumerate(zip(samples.user, samples.cut)):
+            user = ds.user_ids[ui]
+            events = sorted(per_user[user], key=lambda e: e["ts"])[:cut]
+            st = None
+            for e in events:  # the worker's ingest, through the stored form
+                outcome, new = state.apply(st, e, limits, now_ms=0)
+                assert outcome == "accepted"
+                st = state.load(state.dump(new))
+            assert served.encode(state.window_events(st)) == enc.encode(windows[r])
+            p = state.profile(st)
+            worker = np.asarray(served.profile_vector(p, p["t"]), np.float32)
+            assert np.array_equal(worker, profiles[r]), (user, cut)
+            checked += 1
+    assert checked > 100
+    gap_user = ds.user_ids.index("u0")
+    assert any(ds.splits["test"].user == gap_user) or any(ds.splits["val"].user == gap_user)

@@ -39,7 +39,8 @@ QUIET = dict(log=lambda m: None)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(checkpoint dir, torch model, encoder, validation windows, seqs, targets)."""
+    """(checkpoint dir, torch model, encoder, validation windows, seqs, targets, profiles (dicts),
+    profile inputs)."""
     d = tmp_path_factory.mktemp("tiny") / "ckpt"
     return build_tiny_checkpoint(d, seed=0)
 
@@ -54,14 +55,14 @@ def fp32_dir(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_dir(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8")
-    ckpt, _, _, _, vseqs, vtargets = tiny
-    ox.export_checkpoint(ckpt, out, int8=True, validation=(vseqs, vtargets, "tiny validation"), **QUIET)
+    ckpt, _, _, _, vseqs, vtargets, _, vprof = tiny
+    ox.export_checkpoint(ckpt, out, int8=True, validation=(vseqs, vprof, vtargets, "tiny validation"), **QUIET)
     return out
 
 
-def torch_probs(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def torch_probs(model, ids: np.ndarray, mask: np.ndarray, prof: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy().astype(np.float64)
+        return model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(prof))[0].numpy().astype(np.float64)
 
 
 # --- the graph --------------------------------------------------------------------------
@@ -69,15 +70,17 @@ def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
     path = fp32_dir / "model.onnx"
     onnx.checker.check_model(str(path), full_check=True)
     m = onnx.load(str(path))
-    assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask"]
+    assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask", "profile"]
     assert [o.name for o in m.graph.output] == ["probs"]
-    for i in m.graph.input:
+    for i in m.graph.input[:2]:
         assert [d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
+    prof = m.graph.input[2].type.tensor_type.shape.dim
+    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", 3 * len(CATEGORIES)]
     assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {ox.OPSET}
 
 
 def test_ort_matches_torch_on_unseen_shapes_with_right_padding(fp32_dir, tiny):
-    _, model, enc, _, _, _ = tiny
+    model, enc = tiny[1], tiny[2]
     sess = ort.InferenceSession(str(fp32_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(42)
     for b, t in [(1, 2), (1, enc.max_len), (5, 23), (33, 3), (6, enc.max_len)]:
@@ -85,12 +88,14 @@ def test_ort_matches_torch_on_unseen_shapes_with_right_padding(fp32_dir, tiny):
         lens[0] = t
         seqs = [[enc.bos_id] + rng.integers(4, enc.vocab_size, size=n - 2).tolist() + [enc.end_id] for n in lens]
         ids, mask = pad_right(seqs, 0)
-        got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        want = torch_probs(model, ids, mask)
+        prof = ox.random_profiles(rng, enc, b)
+        got = sess.run(None, {"input_ids": ids, "attention_mask": mask, "profile": prof})[0]
+        want = torch_probs(model, ids, mask, prof)
         assert got.shape == (b, len(CATEGORIES))
         assert np.abs(got - want).max() < 1e-4, (b, t)
         # right padding: a row's answer does not depend on what it is padded to
-        alone = sess.run(None, {"input_ids": ids[-1:, : lens[-1]], "attention_mask": mask[-1:, : lens[-1]]})[0]
+        alone = sess.run(None, {"input_ids": ids[-1:, : lens[-1]], "attention_mask": mask[-1:, : lens[-1]],
+                                "profile": prof[-1:]})[0]
         assert np.abs(alone[0] - got[-1]).max() < 1e-5
 
 
@@ -101,19 +106,21 @@ def test_head_is_trained_so_parity_exercises_the_backbone(tiny):
 
 # --- model.json -------------------------------------------------------------------------
 def test_model_json_fields(fp32_dir, tiny):
-    ckpt, model, enc, _, _, _ = tiny
+    ckpt, model, enc = tiny[:3]
     meta = json.loads((fp32_dir / "model.json").read_text())
     assert meta["categories"] == list(CATEGORIES)
     assert meta["max_len"] == enc.max_len == 64
     assert meta["quantized"] is False
     assert meta["opset"] == ox.OPSET
-    assert list(meta["inputs"]) == ["input_ids", "attention_mask"] and list(meta["outputs"]) == ["probs"]
+    assert list(meta["inputs"]) == ["input_ids", "attention_mask", "profile"] and list(meta["outputs"]) == ["probs"]
+    assert meta["inputs"]["profile"] == {"dtype": "float32", "shape": ["batch", 3 * len(CATEGORIES)]}
     assert meta["encoding"] == enc.to_spec() and isinstance(meta["encoding"]["tokenizer"], str)
     card = json.loads((ckpt / "model_card.json").read_text())
     assert meta["metrics"] == card["metrics"]
     assert meta["source"]["checkpoint"] == str(ckpt.resolve())
     assert meta["parity"]["max_abs_diff"] < 1e-4 and len(meta["parity"]["shapes"]) >= 4
-    assert meta["window"] == card["window"] == {"horizon_s": 86_400, "max_events": 128}
+    assert meta["window"] == card["window"] == {"horizon_s": 86_400, "max_events": 128,
+                                                "profile_retention_s": 365 * 86_400}
     # version: sha256 of the graph bytes + canonical JSON of the spec, recomputed independently
     h = hashlib.sha256((fp32_dir / "model.onnx").read_bytes())
     h.update(b"\0")
@@ -168,8 +175,8 @@ def test_int8_export_records_quantization_and_accuracy_change(int8_dir, fp32_dir
     assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops
     m8, m32 = LoadedModel.load(int8_dir), LoadedModel.load(fp32_dir)
     assert m8.quantized and not m32.quantized and m8.version != m32.version
-    wins = tiny[3]
-    assert np.abs(m8.predict(wins) - m32.predict(wins)).max() < 0.05
+    wins, profs = tiny[3], tiny[6]
+    assert np.abs(m8.predict(wins, profs) - m32.predict(wins, profs)).max() < 0.05
 
 
 # --- failures ---------------------------------------------------------------------------
@@ -238,23 +245,28 @@ def test_loaded_model_attributes_and_symlink_resolution(fp32_dir, tmp_path):
     assert m.resolved_dir == os.path.realpath(fp32_dir)
     assert m.version == meta["version"] and m.categories == tuple(CATEGORIES)
     assert m.quantized is False and m.max_len == 64 and m.encoder.categories == tuple(CATEGORIES)
-    assert m.window == {"horizon_s": 86_400, "max_events": 128}
+    assert m.window == {"horizon_s": 86_400, "max_events": 128, "profile_retention_s": 365 * 86_400}
 
 
 def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):
-    _, model, enc, windows, _, _ = tiny
+    _, model, enc, windows, _, _, profiles, prof_in = tiny
     m = LoadedModel.load(fp32_dir)
     wins = list(windows) + [[]]  # an empty window is scored too: [BOS] [END]
-    got = m.predict(wins, batch_size=7)
+    profs = list(profiles) + [None]
+    pin = np.concatenate([prof_in, np.zeros((1, prof_in.shape[1]), np.float32)])
+    got = m.predict(wins, profs, batch_size=7)
     seqs = [enc.encode(w) for w in wins]
-    want = np.concatenate([torch_probs(model, *pad_right([s], 0)) for s in seqs])  # one by one, no padding
+    want = np.concatenate([torch_probs(model, *pad_right([s], 0), pin[i : i + 1])  # one by one, no padding
+                           for i, s in enumerate(seqs)])
     assert got.shape == (len(wins), len(CATEGORIES)) and got.dtype == np.float64
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(got.sum(1) - 1).max() < 1e-4
-    assert np.abs(m.predict(wins, batch_size=256) - got).max() < 1e-5
-    assert np.abs(m.predict(wins, batch_size=256, max_batch_tokens=40) - got).max() < 1e-5  # tiny batches
-    assert np.abs(m.predict_ids(seqs) - got).max() < 1e-5
+    assert np.abs(m.predict(wins, profs, batch_size=256) - got).max() < 1e-5
+    assert np.abs(m.predict(wins, profs, batch_size=256, max_batch_tokens=40) - got).max() < 1e-5  # tiny batches
+    assert np.abs(m.predict_ids(seqs, pin) - got).max() < 1e-5
     assert m.predict([]).shape == (0, len(CATEGORIES))
+    # the profile matters: the same windows without it give other answers
+    assert np.abs(m.predict(wins) - got).max() > 1e-3
 
 
 def _copy_pair(src: Path, dst: Path) -> Path:

@@ -30,7 +30,7 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     card = json.loads((ck / "model_card.json").read_text())
     assert card["split"]["by"] == "time" and card["split"]["t1"] < card["split"]["t2"]
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
-    assert card["window"] == {"horizon_s": 86400, "max_events": 128}
+    assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
     assert card["samples"]["empty_target"] >= 0
     out = tmp_path / "ev"
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])

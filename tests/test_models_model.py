@@ -34,6 +34,14 @@ def _seqs(encoder, n=24, seed=0):
     return out
 
 
+def _profiles(encoder, n, seed=0):
+    """Random profile inputs (n, S*k) as torch: non-negative, some users without a profile."""
+    rng = np.random.default_rng(seed)
+    p = rng.exponential(2.0, size=(n, encoder.profile_size)).astype(np.float32)
+    p[::4] = 0.0
+    return torch.from_numpy(p)
+
+
 def _randomise_head(model):
     with torch.no_grad():  # the head starts at zero; make the backbone matter for the tests
         model.head.weight.normal_(0, 0.5)
@@ -45,18 +53,35 @@ def test_shapes_loss_and_right_padding_invariance(encoder):
     seqs = _seqs(encoder)
     ids, mask = collate(seqs, encoder.pad_id)
     assert ids.shape[0] == len(seqs) and ids.shape[1] == max(map(len, seqs))
+    prof = _profiles(encoder, len(seqs))
     targets = torch.softmax(torch.randn(len(seqs), 3), -1)
-    probs, loss = model(ids, mask, targets)
+    probs, loss = model(ids, mask, prof, targets)
     assert probs.shape == (len(seqs), 3)
     assert torch.allclose(probs.sum(-1), torch.ones(len(seqs)), atol=1e-5)
     assert loss.ndim == 0 and torch.isclose(loss, ((probs - targets) ** 2).mean())
-    assert model(ids, mask)[1] is None
+    assert model(ids, mask, prof)[1] is None
     for i, s in enumerate(seqs):  # alone (no padding) == inside the padded batch
-        alone, _ = model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))
+        alone, _ = model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long), prof[i : i + 1])
         assert torch.allclose(alone[0], probs[i], atol=1e-5)
     # more padding changes nothing either
     ids2, mask2 = collate(seqs + [[encoder.bos_id] + [encoder.end_id] * 39], encoder.pad_id)
-    assert torch.allclose(model(ids2, mask2)[0][: len(seqs)], probs, atol=1e-5)
+    prof2 = torch.cat([prof, torch.zeros(1, prof.shape[1])])
+    assert torch.allclose(model(ids2, mask2, prof2)[0][: len(seqs)], probs, atol=1e-5)
+
+
+def test_profile_enters_the_shrinkage_from_the_start(encoder):
+    """Untrained (head at zero), a user whose long-term profile is all category "b" gets more of
+    "b" than the same window without a profile, on every scale alone."""
+    model = build_model(encoder, **TINY).eval()
+    seqs = _seqs(encoder, n=3)
+    ids, mask = collate(seqs, encoder.pad_id)
+    k = encoder.k
+    none = model(ids, mask, torch.zeros(3, encoder.profile_size))[0]
+    for scale in range(len(encoder.profile_scales)):
+        prof = torch.zeros(3, encoder.profile_size)
+        prof[:, scale * k + 1] = 5.0
+        with_b = model(ids, mask, prof)[0]
+        assert bool((with_b[:, 1] > none[:, 1] + 0.05).all()), scale
 
 
 def test_kl_loss_by_hand(encoder):
@@ -64,7 +89,7 @@ def test_kl_loss_by_hand(encoder):
     seqs = _seqs(encoder, n=4)
     ids, mask = collate(seqs, encoder.pad_id)
     t = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5], [0, 0, 1.0]])
-    probs, loss = model(ids, mask, t)
+    probs, loss = model(ids, mask, _profiles(encoder, 4), t)
     expected = sum(float(t[i, j]) * np.log(float(t[i, j]) / float(probs[i, j]))
                    for i in range(4) for j in range(3) if t[i, j] > 0) / 4
     assert abs(float(loss) - expected) < 1e-5
@@ -74,19 +99,20 @@ def test_forward_does_not_write_config(encoder):
     model = build_model(encoder, **TINY).eval()
     before = json.dumps(model.config.__dict__, sort_keys=True, default=str)
     ids, mask = collate(_seqs(encoder, n=3), encoder.pad_id)
-    model(ids, mask, torch.full((3, 3), 1 / 3))
+    model(ids, mask, _profiles(encoder, 3), torch.full((3, 3), 1 / 3))
     assert json.dumps(model.config.__dict__, sort_keys=True, default=str) == before
 
 
 def test_tiny_training_and_checkpoint_round_trip(encoder, tmp_path):
     seqs = _seqs(encoder, n=200, seed=1)
+    prof = _profiles(encoder, 200).numpy()
     # learnable target: the category of the last click
     last_cat = np.array([s[-3] - encoder.category_offset for s in seqs])  # ... cat, hour, [END]
     targets = np.eye(3, dtype=np.float32)[last_cat] * 0.8 + 0.2 / 3
     model = build_model(encoder, **TINY)
     model.init_prior(targets.mean(0))
     cfg = TrainConfig(epochs=4, batch_size=16, eval_every=10, warmup_steps=5, max_steps=40, seed=3, threads=1)
-    summary = train_model(model, seqs[:160], targets[:160], seqs[160:], targets[160:], cfg,
+    summary = train_model(model, seqs[:160], prof[:160], targets[:160], seqs[160:], prof[160:], targets[160:], cfg,
                           encoder.pad_id, state_path=tmp_path / "state.pt", progress=False)
     assert summary["steps"] > 0 and summary["history"]
     assert summary["history"][-1]["val_loss"] < summary["history"][0]["val_loss"] * 1.5
@@ -95,13 +121,14 @@ def test_tiny_training_and_checkpoint_round_trip(encoder, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json", "encoding.json", "model_card.json"} <= names
     loaded, enc2, card = load_checkpoint(tmp_path / "ckpt")
     assert enc2.to_spec() == encoder.to_spec() and card["categories"] == ["a", "b", "c"]
-    a = predict(model, seqs[160:], encoder.pad_id)
-    b = predict(loaded, seqs[160:], enc2.pad_id)
+    a = predict(model, seqs[160:], prof[160:], encoder.pad_id)
+    b = predict(loaded, seqs[160:], prof[160:], enc2.pad_id)
     np.testing.assert_array_equal(a, b)
 
 
 def test_training_is_seeded_and_resumable(encoder, tmp_path):
     seqs = _seqs(encoder, n=120, seed=2)
+    prof = _profiles(encoder, 120, seed=3).numpy()
     targets = np.full((120, 3), 1 / 3, np.float32)
     targets[::2] = [0.7, 0.2, 0.1]
     cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100, threads=1)
@@ -109,9 +136,9 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     def run(path, resume=False, stop_at=None):
         torch.manual_seed(0)
         m = build_model(encoder, **TINY)
-        s = train_model(m, seqs[:100], targets[:100], seqs[100:], targets[100:], cfg, encoder.pad_id,
-                        state_path=path, resume=resume, progress=False, stop_at=stop_at)
-        return predict(m, seqs[100:], encoder.pad_id), s
+        s = train_model(m, seqs[:100], prof[:100], targets[:100], seqs[100:], prof[100:], targets[100:], cfg,
+                        encoder.pad_id, state_path=path, resume=resume, progress=False, stop_at=stop_at)
+        return predict(m, seqs[100:], prof[100:], encoder.pad_id), s
 
     full, s1 = run(tmp_path / "a.pt")
     again, _ = run(tmp_path / "b.pt")
@@ -138,12 +165,13 @@ def test_init_from_tiny_pretrained_gpt2(encoder, tmp_path):
     _randomise_head(model)
     seqs = _seqs(encoder, n=5)
     ids, mask = collate(seqs, encoder.pad_id)
-    probs, _ = model(ids, mask)
+    prof = _profiles(encoder, 5)
+    probs, _ = model(ids, mask, prof)
     assert probs.shape == (5, 3)
     save_checkpoint(model, encoder, {}, tmp_path / "ckpt")
     (tmp_path / "gpt2-tiny" / "model.safetensors").unlink()  # loading needs nothing but the checkpoint
     loaded, _, _ = load_checkpoint(tmp_path / "ckpt")
-    assert torch.allclose(loaded(ids, mask)[0], probs, atol=1e-6)
+    assert torch.allclose(loaded(ids, mask, prof)[0], probs, atol=1e-6)
 
 
 def test_init_from_too_short_positions(encoder, tmp_path):

@@ -1,4 +1,6 @@
 """The per-user window: out of order, late, duplicates, the max_events bound, eviction."""
+import pytest
+
 from stream_app import state
 from stream_app.state import Limits
 
@@ -89,19 +91,47 @@ def test_ids_memory_is_bounded_by_window_plus_grace():
 
 
 def test_idle_users_need_event_time_and_wall_clock():
-    st, _ = run([ev(1, T0)])
+    lim = Limits(horizon_ms=H, grace_ms=G, max_events=3, profile_retention_ms=100_000)
+    st, _ = run([ev(1, T0)], lim)
     span = H + G
-    assert state.is_idle(st, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=LIM)
-    assert not state.is_idle(st, T0 + span + 1, now_ms=st["seen"] + 10, limits=LIM)
-    assert not state.is_idle(st, T0 + 10, now_ms=st["seen"] + span + 1, limits=LIM)
+    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) == "compact"
+    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + 10, limits=lim) is None
+    assert state.idle_action(st, T0 + 10, now_ms=st["seen"] + span + 1, limits=lim) is None
+    # compacted: the rows are gone, the profile stays; only the retention evicts
+    st = state.load(state.dump(state.compact(st)))
+    assert st["ev"] == st["old"] == [] and st["p"]["c"] == {"c": [1.0, 1.0, 1.0]}
+    assert state.summary(st, H)["events"] == 0
+    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) is None
+    assert state.idle_action(st, T0 + 100_001, now_ms=st["seen"] + 100_001, limits=lim) == "evict"
+    assert state.idle_action(st, T0 + 100_001, now_ms=st["seen"] + 50_000, limits=lim) is None
 
 
-def test_state_version_is_checked():
+def test_profile_is_folded_in_and_restarts_after_the_retention():
+    lim = Limits(horizon_ms=H, grace_ms=G, max_events=3, profile_retention_ms=100_000)
+    st, _ = run([ev(1, T0, cat="a"), ev(2, T0 + 86_400_000 // 1000, "browse", "b")], lim)
+    # a click (weight 1) then a browse (0.5) 86.4 s later: the day scale barely decays it
+    a, b = st["p"]["c"]["a"], st["p"]["c"]["b"]
+    assert st["p"]["t"] == T0 + 86_400
+    assert a == [round(0.5 ** (86_400 / 86_400_000), 6), round(0.5 ** (86_400 / (30 * 86_400_000)), 6),
+                 round(0.5 ** 0.1, 6)]
+    assert b == [0.5, 0.5, 0.5]
+    # an event after a gap longer than the retention starts a new profile
+    _, st2 = state.apply(st, ev(3, T0 + 86_400 + 100_001, cat="z"), lim, now_ms=0)
+    assert st2["p"] == {"t": T0 + 86_400 + 100_001, "c": {"z": [1.0, 1.0, 1.0]}}
+
+
+def test_state_version_is_checked_and_v1_values_migrate():
     import orjson
     import pytest
 
-    with pytest.raises(state.StateFormatError, match="version 2"):
-        state.load(orjson.dumps({"v": 2}))
+    with pytest.raises(state.StateFormatError, match="version 3"):
+        state.load(orjson.dumps({"v": 3}))
+    v1 = {"v": 1, "seq": 2, "newest": T0 + 5, "seen": 7, "old": [[T0, "e1", "click", "a"]],
+          "ev": [[T0 + 5, "e2", "search", None, None, None, "q"]]}
+    st = state.load(orjson.dumps(v1))
+    assert st["v"] == 2 and st["p"]["t"] == T0 + 5 and list(st["p"]["c"]) == ["a"]
+    assert st["p"]["c"]["a"][2] == round(0.5 ** 0.1, 6)  # the search counts as a step on the event scale
+    assert state.window_events(st)[0].query == "q"
 
 
 def test_events_in_window_matches_the_summary():
@@ -112,3 +142,32 @@ def test_events_in_window_matches_the_summary():
                                  "item_id": "i"}, limits, 0)
     # window (15_500 - 10_000, 15_500]: 9_000 .. 15_500, five events, two of them in "old"
     assert state.events_in_window(st, limits.horizon_ms) == 5 == state.summary(st, limits.horizon_ms)["events"]
+
+
+def test_profile_does_not_depend_on_arrival_order():
+    """Clicks, browses and searches arrive on three topics: a user's events come out of ts order.
+    The stored profile equals the one folded in ts order (what training computes), up to the
+    rounding of its values."""
+    import random
+
+    from models.window import WindowEvent, profiles_in_order
+
+    lim = Limits(horizon_ms=H, grace_ms=G, max_events=3)
+    kinds = ["click", "browse", "search"]
+    events = [ev(i, T0 + 700 * i, kinds[i % 3], "abc"[i % 5 % 3]) for i in range(30)]
+    events += [ev(100, events[5]["ts"], "click", "b")]  # a tie in ts
+    in_order = None
+    for in_order in profiles_in_order([WindowEvent.from_event(e) for e in sorted(events, key=lambda e: e["ts"])],
+                                      lim.profile_retention_ms):
+        pass
+    for seed in range(5):
+        shuffled = events[:]
+        random.Random(seed).shuffle(shuffled)
+        # keep it realistic: at most a few seconds out of order (the rest would be late)
+        shuffled.sort(key=lambda e: e["ts"] // 3_000)
+        st, outcomes = run(shuffled, lim)
+        assert set(outcomes) == {"accepted"}
+        got = state.profile(st)
+        assert got["t"] == in_order["t"] and set(got["c"]) == set(in_order["c"])
+        for cat, vs in in_order["c"].items():
+            assert got["c"][cat] == pytest.approx(vs, abs=1e-5), (seed, cat)

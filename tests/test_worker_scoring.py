@@ -11,7 +11,7 @@ import pytest
 
 from conftest import cli, wait_for
 from kafka_io import produce, read_all
-from models.window import WindowEvent, window_slice
+from models.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
 from stream_app.model_runtime import LoadedModel
 from stream_app.vectors import js_divergence
 from test_worker_ingest import HORIZON, T0, event, topics
@@ -35,11 +35,15 @@ def vectors_by_user(env, expect: int, timeout: float = 60) -> dict[str, list[dic
 
 def expected_probs(model: LoadedModel, events: list[dict]):
     """The model's answer on the user's window built from the raw events, independently of the
-    worker's state code (contract window: (newest - horizon, newest], last max_events)."""
+    worker's state code (contract window: (newest - horizon, newest], last max_events), and on
+    the profile folded in ts order as training folds it (the worker folds in arrival order)."""
     uniq = sorted({e["event_id"]: e for e in events}.values(), key=lambda e: (e["ts"], e["event_id"]))
     win = [WindowEvent.from_event(e) for e in uniq]
     newest = max(e["ts"] for e in uniq)
-    return model.predict([window_slice(win, newest, HORIZON, 128)])[0]
+    prof = None
+    for prof in profiles_in_order(win, seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)):
+        pass
+    return model.predict([window_slice(win, newest, HORIZON, 128)], [prof])[0]
 
 
 def check_vector(v: dict, model: LoadedModel, user: str, events: list[dict]) -> None:

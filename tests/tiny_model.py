@@ -7,8 +7,8 @@ deterministic for a seed; different seeds give different weights (and versions).
 
 Samples are built directly here (not with the models package's data code) so the fixture keeps
 working whatever that code's options become: per user, cut points every few events; input = the
-window before the cut (:func:`models.window.window_slice`), target = the category distribution of
-the next events.
+window before the cut (:func:`models.window.window_slice`) and the profile of the events before
+it (:func:`models.window.profile_update`), target = the category distribution of the next events.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from models.encoding import Encoder, train_tokenizer
 from models.simulate import CATEGORIES, simulate_user
-from models.window import DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, WindowEvent, seconds_to_ms, window_slice
+from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+                           profiles_in_order, seconds_to_ms, window_slice)
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, dropout=0.0)  # HF-style tiny test config
 TINY_MAX_LEN = 64  # tokens; keeps training and export fast
@@ -44,11 +45,19 @@ def tiny_encoder(per_user: dict[str, list[WindowEvent]], max_len: int = TINY_MAX
 
 
 def tiny_samples(per_user, encoder: Encoder):
-    """(windows, token sequences, targets (N, k) float32) at cut points of every user."""
+    """(windows, profiles (dicts), token sequences, profile inputs (N, P) float32, targets (N, k)
+    float32) at cut points of every user."""
+    import copy
+
     horizon = seconds_to_ms(DEFAULT_HORIZON_S)
-    windows, seqs, targets = [], [], []
+    retention = seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)
+    windows, profiles, seqs, prof_in, targets = [], [], [], [], []
     for evs in per_user.values():
+        folding, done = profiles_in_order(evs, retention), 0
         for cut in range(CUT_EVERY, len(evs) - 1, CUT_EVERY):
+            while done < cut:
+                prof = next(folding)
+                done += 1
             nxt = [e for e in evs[cut : cut + NEXT_EVENTS] if e.type != "search"]
             t = np.zeros(encoder.k, dtype=np.float32)
             for e in nxt:
@@ -59,15 +68,17 @@ def tiny_samples(per_user, encoder: Encoder):
                 continue
             w = window_slice(evs[:cut], evs[cut - 1].ts, horizon, DEFAULT_MAX_EVENTS)
             windows.append(w)
+            profiles.append(copy.deepcopy(prof))
             seqs.append(encoder.encode(w))
+            prof_in.append(encoder.profile_vector(prof, evs[cut - 1].ts))
             targets.append(t / t.sum())
-    return windows, seqs, np.stack(targets)
+    return windows, profiles, seqs, np.asarray(prof_in, np.float32), np.stack(targets)
 
 
 def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_config: dict | None = None,
                           max_len: int = TINY_MAX_LEN):
     """Train the tiny model and save a checkpoint; returns (ckpt_dir, model, encoder, val windows,
-    val seqs, val targets). ``model_config={}`` and ``max_len=256`` give the default model size
+    val seqs, val targets, val profiles (dicts), val profile inputs). ``model_config={}`` and ``max_len=256`` give the default model size
     (benchmarks), briefly trained."""
     import torch
 
@@ -75,7 +86,7 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_
 
     per_user = tiny_windows(seed)
     enc = tiny_encoder(per_user, max_len)
-    windows, seqs, targets = tiny_samples(per_user, enc)
+    windows, profiles, seqs, prof_in, targets = tiny_samples(per_user, enc)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(seqs))
     n_val = max(16, len(seqs) // 5)
@@ -85,15 +96,17 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_
     model.init_prior(targets[tr].mean(0))
     cfg = TrainConfig(epochs=100, batch_size=32, lr=3e-3, warmup_steps=5, eval_every=steps,
                       max_steps=steps, patience=100, seed=seed, threads=1)
-    summary = train_model(model, [seqs[i] for i in tr], targets[tr], [seqs[i] for i in val], targets[val],
-                          cfg, enc.pad_id, progress=False)
+    summary = train_model(model, [seqs[i] for i in tr], prof_in[tr], targets[tr], [seqs[i] for i in val],
+                          prof_in[val], targets[val], cfg, enc.pad_id, progress=False)
     card = {"categories": list(enc.categories), "seed": seed,
             "data": f"tests/tiny_model.py simulated {TINY_USERS} users x {TINY_DAYS} days, seed {seed}",
             "split": {"kind": "random samples", "val": int(n_val), "train": int(len(tr))},
-            "window": {"horizon_s": DEFAULT_HORIZON_S, "max_events": DEFAULT_MAX_EVENTS},
+            "window": {"horizon_s": DEFAULT_HORIZON_S, "max_events": DEFAULT_MAX_EVENTS,
+                       "profile_retention_s": DEFAULT_PROFILE_RETENTION_S},
             "metrics": {"val": {"loss": summary["best_val_loss"]}, "steps": summary["steps"]}}
     save_checkpoint(model, enc, card, ckpt_dir)
-    return (Path(ckpt_dir), model, enc, [windows[i] for i in val], [seqs[i] for i in val], targets[val])
+    return (Path(ckpt_dir), model, enc, [windows[i] for i in val], [seqs[i] for i in val], targets[val],
+            [profiles[i] for i in val], prof_in[val])
 
 
 def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_dir: Path | None = None,
@@ -105,8 +118,8 @@ def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="tiny-ckpt-") as tmp:
         ckpt = Path(ckpt_dir) if ckpt_dir is not None else Path(tmp)
-        _, _, _, _, vseqs, vtargets = build_tiny_checkpoint(ckpt, seed, model_config=model_config,
-                                                            max_len=max_len)
+        _, _, _, _, vseqs, vtargets, _, vprof = build_tiny_checkpoint(ckpt, seed, model_config=model_config,
+                                                                      max_len=max_len)
         export_checkpoint(ckpt, out_dir, int8=int8, log=lambda m: None,
-                          validation=(vseqs, vtargets, "tiny random validation samples"))
+                          validation=(vseqs, vprof, vtargets, "tiny random validation samples"))
     return out_dir
