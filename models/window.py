@@ -99,12 +99,13 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # code, so both sides see the same numbers.
 #
 # Stored form: {"t": newest ts folded in (epoch ms), "c": {category: [value per scale]}}, the
-# values being as of "t". A gap of more than the retention between the newest event and the next
+# values being as of "t", in millionths (integers). A gap of more than the retention between the newest event and the next
 # one starts a new profile (the worker evicts a user idle that long, and training does the same).
 PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
 PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # = the default target weights of training
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
-PROFILE_DIGITS = 6  # values are rounded to 6 decimals; one below 1e-6 on every scale is dropped
+PROFILE_UNIT = 1_000_000  # values are stored as integers in millionths (compact, exact in JSON); a
+# category whose values all round to 0 is dropped
 DEFAULT_PROFILE_RETENTION_S = 365 * 86_400  # CONTRACT extension: INTEREST_PROFILE_RETENTION_S
 
 
@@ -114,7 +115,7 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     None or after a gap longer than ``retention_ms``).
 
     The result does not depend on the order events are folded in (up to the rounding to
-    :data:`PROFILE_DIGITS`), so the worker, which sees a user's clicks, browses and searches on
+    millionths, :data:`PROFILE_UNIT`), so the worker, which sees a user's clicks, browses and searches on
     three topics in arrival order, gets what training gets folding them in ``ts`` order: on a
     time scale an event weighs ``w * 0.5 ** (age / half_life)``; on the event scale
     ``w * 0.5 ** (n / half_life)``, ``n`` being the number of the user's events with a strictly
@@ -130,8 +131,10 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     # Every event older than this one ages: by the time gap on the time scales (only if this one
     # is the newest), by one step on the event scales. Events at or after its ts keep their
     # weight: their event-scale share is taken out before the step and put back after it.
-    step = [0.5 ** (max(0, ts - ref) / (h * 1000)) if kind == "time" else 0.5 ** (1.0 / h)
-            for kind, h in PROFILE_SCALES]
+    if ts > ref:
+        step = [0.5 ** ((ts - ref) / hm) if hm else ev_step for hm, ev_step in _SCALE_CONSTANTS]
+    else:
+        step = _EVENT_ONLY_STEP
     keep: dict[str, list[float]] = {}
     for r_ts, r_type, r_cat in newer_rows:
         w = PROFILE_TYPE_WEIGHTS.get(r_type)
@@ -141,28 +144,38 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
         ks = keep.setdefault(r_cat, [0.0] * len(PROFILE_SCALES))
         for i, (kind, h) in enumerate(PROFILE_SCALES):
             if kind == "events":
-                ks[i] += w * 0.5 ** (n / h)
-    for cat, vs in list(values.items()):
-        ks = keep.get(cat)
-        vs = [v * f + (ks[i] * (1.0 - f) if ks else 0.0) for i, (v, f) in enumerate(zip(vs, step))]
-        vs = [round(v, PROFILE_DIGITS) for v in vs]
-        if max(vs) <= 0.0:
-            del values[cat]
+                ks[i] += w * PROFILE_UNIT * 0.5 ** (n / h)
+    gone = []
+    for cat, vs in values.items():
+        ks = keep.get(cat) if keep else None
+        if ks:
+            vs = [int(v * f + k * (1.0 - f) + 0.5) for v, f, k in zip(vs, step, ks)]
         else:
-            values[cat] = vs
+            vs = [int(v * f + 0.5) for v, f in zip(vs, step)]
+        values[cat] = vs
+        if not any(vs):
+            gone.append(cat)
+    for cat in gone:
+        del values[cat]
     if ts > ref:
         profile["t"] = ref = ts
     w = PROFILE_TYPE_WEIGHTS.get(event.type)
     if w and event.category is not None:
         newer = sum(1 for q in newer_rows if q[0] > ts)
+        w *= PROFILE_UNIT
         add = [w * 0.5 ** ((ref - ts) / (h * 1000)) if kind == "time" else w * 0.5 ** (newer / h)
                for kind, h in PROFILE_SCALES]
-        vs = values.get(event.category) or [0.0] * len(PROFILE_SCALES)
-        values[event.category] = [round(v + a, PROFILE_DIGITS) for v, a in zip(vs, add)]
+        vs = values.get(event.category) or [0] * len(PROFILE_SCALES)
+        values[event.category] = [int(v + a + 0.5) for v, a in zip(vs, add)]
         if len(values) > PROFILE_MAX_CATEGORIES:
             drop = min(values, key=lambda c: (sum(values[c]), c))
             del values[drop]
     return profile
+
+
+# per scale: (half-life in ms for a time scale, else 0; the event scale's one-step factor, else 1)
+_SCALE_CONSTANTS = tuple((h * 1000, 1.0) if kind == "time" else (0, 0.5 ** (1.0 / h)) for kind, h in PROFILE_SCALES)
+_EVENT_ONLY_STEP = [1.0 if hm else f for hm, f in _SCALE_CONSTANTS]  # an event that is not the newest
 
 
 def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
@@ -178,11 +191,10 @@ def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
 
 
 def profile_at(profile: dict | None, at_ts: int) -> dict[str, list[float]]:
-    """The profile's values as of ``at_ts`` (time scales decayed from ``profile["t"]``)."""
+    """The profile's values (weights, floats) as of ``at_ts`` (time scales decayed from
+    ``profile["t"]``)."""
     if not profile:
         return {}
     dt = max(0, at_ts - profile["t"])
-    if dt == 0:
-        return profile["c"]
-    f = [0.5 ** (dt / (h * 1000)) if kind == "time" else 1.0 for kind, h in PROFILE_SCALES]
+    f = [(0.5 ** (dt / (h * 1000)) if kind == "time" else 1.0) / PROFILE_UNIT for kind, h in PROFILE_SCALES]
     return {c: [v * x for v, x in zip(vs, f)] for c, vs in profile["c"].items()}

@@ -198,7 +198,7 @@ class LoadedModel:
 
     def _self_test(self, fail) -> None:
         windows = _test_windows(self.encoder)
-        ones = [1.0 + s for s in range(len(self.encoder.profile_scales))]
+        ones = [10**6 * (1 + s) for s in range(len(self.encoder.profile_scales))]  # stored form: millionths
         profiles = [{"t": w[-1].ts, "c": {c: ones for c in self.encoder.categories[:3]}} if w else None
                     for w in windows]
         try:
