@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
@@ -16,7 +15,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     import torch
 
     from models.data import DataConfig, encode_samples, file_sha256, prepare, sample_profiles
-    from models.evaluate import kl_per_sample, metrics
+    from models.evaluate import metrics
     from models.model import TRAIN_STATE_FILE, TrainConfig, build_model, predict, save_checkpoint, train_model
 
     data_cfg = data_cfg or DataConfig()

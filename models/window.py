@@ -99,8 +99,9 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # code, so both sides see the same numbers.
 #
 # Stored form: {"t": newest ts folded in (epoch ms), "c": {category: [value per scale]}}, the
-# values being as of "t", in millionths (integers). A gap of more than the retention between the newest event and the next
-# one starts a new profile (the worker evicts a user idle that long, and training does the same).
+# values being as of "t", in millionths (integers). A gap of more than the retention between the
+# newest event and the next one starts a new profile (the worker evicts a user idle that long, and
+# training does the same).
 PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
 PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # = the default target weights of training
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
@@ -115,8 +116,8 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     None or after a gap longer than ``retention_ms``).
 
     The result does not depend on the order events are folded in (up to the rounding to
-    millionths, :data:`PROFILE_UNIT`), so the worker, which sees a user's clicks, browses and searches on
-    three topics in arrival order, gets what training gets folding them in ``ts`` order: on a
+    millionths, :data:`PROFILE_UNIT`), so the worker, which sees a user's clicks, browses and
+    searches on three topics in arrival order, gets what training gets folding them in ``ts`` order: on a
     time scale an event weighs ``w * 0.5 ** (age / half_life)``; on the event scale
     ``w * 0.5 ** (n / half_life)``, ``n`` being the number of the user's events with a strictly
     larger ``ts`` (every type counts). ``newer_rows`` are ``(ts, type, category)`` of the events

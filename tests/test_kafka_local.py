@@ -29,7 +29,7 @@ def test_up_status_down_and_stale_pid(tmp_path, session_dir):
                INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP="256m")
     try:
         out = cli(env, "kafka", "up").stdout
-        assert f"started in" in out and f"127.0.0.1:{port}" in out
+        assert "started in" in out and f"127.0.0.1:{port}" in out
         assert broker_answers(f"127.0.0.1:{port}")
         assert "already running" in cli(env, "kafka", "up").stdout  # idempotent
         st = cli(env, "kafka", "status").stdout

@@ -1,19 +1,17 @@
 """Operations against the real broker: SIGTERM, JSON logs, the README's downstream consumer."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from conftest import ROOT, Worker, cli, wait_for
-from test_worker_ingest import T0, topics
+from test_worker_ingest import topics
 from test_worker_scoring import send, user_events, vectors_by_user
 
 pytestmark = pytest.mark.kafka

@@ -1,7 +1,6 @@
 """Live scoring against the real broker: contract-exact vectors, drift, forget, model swap."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
