@@ -1,14 +1,14 @@
 """Sustained load: the simulator at a steady rate against one worker, minute by minute.
 
-    python bench/soak.py [--rate 1500] [--minutes 10] [--users 5000] [--horizon-s 120]
+    python bench/soak.py [--rate 1500] [--minutes 10] [--users 5000] [--horizon-s 120] [--profile-retention-s 240]
 
 The simulator (`interest-stream simulate --rate R`, a separate process, ``ts`` at the wall clock)
 streams for ``--minutes``; the worker (default-size model, scoring every
 INTEREST_SCORE_INTERVAL_S=10 s) consumes it. Every minute one JSON line on stderr: events
 accepted in that minute and per second, consumer lag, vectors published, the worker's RSS, its
 state directory and the users changelog on disk. The window is short (``--horizon-s``, grace a
-quarter of it) so events leave the windows and memory should stop growing after the first
-few minutes; the summary on stdout says whether lag stayed bounded (below 2 score intervals of
+quarter of it) so events leave the windows, idle users are compacted (rows dropped) and, after
+``--profile-retention-s`` idle, evicted; memory should stop growing after the first few minutes; the summary on stdout says whether lag stayed bounded (below 2 score intervals of
 input) and how RSS moved over the second half of the run.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--horizon-s", type=int, default=120)
     ap.add_argument("--interval", type=float, default=10.0)
+    ap.add_argument("--profile-retention-s", type=int, default=240)
     args = ap.parse_args()
     from tiny_model import build_tiny_model_dir
 
@@ -46,6 +47,7 @@ def main() -> None:
                    INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
                    INTEREST_SCORE_INTERVAL_S=str(args.interval), INTEREST_HORIZON_S=str(args.horizon_s),
                    INTEREST_GRACE_S=str(max(1, args.horizon_s // 4)), INTEREST_EVICT_EVERY_S="30",
+                   INTEREST_PROFILE_RETENTION_S=str(args.profile_retention_s),
                    INTEREST_STORE="rocksdb://")
         s = Settings.from_env(env)
         create_topics(s)
@@ -71,6 +73,7 @@ def main() -> None:
                     "events_per_s": round(acc / 60),
                     "lag": int(sum(v for k2, v in m.items() if k2.startswith("interest_consumer_lag"))),
                     "vectors": int(m.get("interest_scored_users_total", 0) - prev.get("interest_scored_users_total", 0)),
+                    "compacted_total": int(m.get("interest_users_compacted_total", 0)),
                     "evicted_total": int(m.get("interest_users_evicted_total", 0)),
                     "rss_mib": round(w.rss_mib(), 1),
                     "state_dir_mib": round(dir_bytes(work / "data") / 2**20, 1),
@@ -96,6 +99,7 @@ def main() -> None:
         "minutes": args.minutes,
         "users": args.users,
         "horizon_s": args.horizon_s,
+        "profile_retention_s": args.profile_retention_s,
         "score_interval_s": args.interval,
         "model": "default config (2 layers, 64 dims, max_len 256), 1 ONNX Runtime thread",
         "per_minute": rows,

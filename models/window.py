@@ -137,15 +137,19 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     else:
         step = _EVENT_ONLY_STEP
     keep: dict[str, list[float]] = {}
-    for r_ts, r_type, r_cat in newer_rows:
+    n = newer = 0  # newest first: n = rows with a strictly larger ts than the current one
+    prev_ts = None
+    for i_row, (r_ts, r_type, r_cat) in enumerate(sorted(newer_rows, key=_row_ts, reverse=True)):
+        if r_ts != prev_ts:
+            n, prev_ts = i_row, r_ts
+        if r_ts > ts:
+            newer += 1
         w = PROFILE_TYPE_WEIGHTS.get(r_type)
         if not w or r_cat is None:
             continue
-        n = sum(1 for q in newer_rows if q[0] > r_ts)
         ks = keep.setdefault(r_cat, [0.0] * len(PROFILE_SCALES))
-        for i, (kind, h) in enumerate(PROFILE_SCALES):
-            if kind == "events":
-                ks[i] += w * PROFILE_UNIT * 0.5 ** (n / h)
+        for i, h in _EVENT_SCALES:
+            ks[i] += w * PROFILE_UNIT * 0.5 ** (n / h)
     gone = []
     for cat, vs in values.items():
         ks = keep.get(cat) if keep else None
@@ -162,7 +166,6 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
         profile["t"] = ref = ts
     w = PROFILE_TYPE_WEIGHTS.get(event.type)
     if w and event.category is not None:
-        newer = sum(1 for q in newer_rows if q[0] > ts)
         w *= PROFILE_UNIT
         add = [w * 0.5 ** ((ref - ts) / (h * 1000)) if kind == "time" else w * 0.5 ** (newer / h)
                for kind, h in PROFILE_SCALES]
@@ -174,8 +177,13 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     return profile
 
 
+def _row_ts(row: tuple) -> int:
+    return row[0]
+
+
 # per scale: (half-life in ms for a time scale, else 0; the event scale's one-step factor, else 1)
 _SCALE_CONSTANTS = tuple((h * 1000, 1.0) if kind == "time" else (0, 0.5 ** (1.0 / h)) for kind, h in PROFILE_SCALES)
+_EVENT_SCALES = tuple((i, h) for i, (kind, h) in enumerate(PROFILE_SCALES) if kind == "events")
 _EVENT_ONLY_STEP = [1.0 if hm else f for hm, f in _SCALE_CONSTANTS]  # an event that is not the newest
 
 
