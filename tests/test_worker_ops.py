@@ -100,3 +100,53 @@ def test_readme_downstream_consumer_keeps_latest_vector_per_user(env, workers, t
     for u in latest:  # the newest vector of each user, as the worker reports it
         assert latest[u] == w.get(f"/users/{u}")[1]["interests"]
     assert latest["d0"]["events"] == 16
+
+
+def test_idle_users_are_compacted_keep_their_profile_then_are_evicted(env, workers, tiny_model_dir):
+    """Horizon 2 s + grace 1 s, profile retention 8 s (event time and wall clock both): an idle
+    user's rows are dropped while the profile and the latest vector stay; the user's next vector
+    reads the profile of all their events; after the retention the user is gone (404)."""
+    from models.window import WindowEvent, profiles_in_order
+    from stream_app.model_runtime import LoadedModel
+    from stream_app.partitioning import partition_for
+    from test_worker_ingest import T0, event
+
+    cli(env, "topics", "create")
+    w = workers(INTEREST_HORIZON_S="2", INTEREST_GRACE_S="1", INTEREST_PROFILE_RETENTION_S="8",
+                INTEREST_EVICT_EVERY_S="0.5")
+    parts = int(env["INTEREST_PARTITIONS"])
+    other = next(f"b{i}" for i in range(1000) if partition_for(f"b{i}".encode(), parts) ==
+                 partition_for(b"a", parts))  # moves the partition's event time on
+    a_events = [event(1, "a", "click", T0, "sports"), event(2, "a", "browse", T0 + 500, "sports")]
+    send(env, a_events)
+    def user_a():
+        status, body = w.get("/users/a")
+        return body if status == 200 else None
+
+    wait_for(lambda: (user_a() or {}).get("interests"), what="a scored")
+    time.sleep(3.5)  # idle on the wall clock for longer than horizon + grace
+    send(env, [event(1, other, "click", T0 + 4_000, "music")])
+
+    user = wait_for(lambda: (user_a() or {}).get("events", -1) == 0 and user_a(), timeout=30, what="a compacted")
+    assert user["interests"] is not None and user["newest_ts"] == T0 + 500
+
+    # a comes back before the retention ends: the window holds one event, the profile all three
+    back = event(3, "a", "click", T0 + 4_500, "music")
+    send(env, [back])
+    vecs = wait_for(lambda: [v for v in vectors_by_user(env, expect=1, timeout=5).get("a", [])
+                             if v and v["ts"] == T0 + 4_500], timeout=30, what="a scored again")
+    model = LoadedModel.load(tiny_model_dir)
+    evs = [WindowEvent.from_event(e) for e in a_events + [back]]
+    for prof in profiles_in_order(evs, 8_000):
+        pass
+    want = model.predict([[evs[-1]]], [prof])[0]
+    assert vecs[-1]["events"] == 1
+    for c, p in zip(model.categories, want):
+        assert vecs[-1]["interests"][c] == pytest.approx(p, abs=1e-5)
+
+    time.sleep(8.5)  # idle for longer than the retention, on the wall clock and in event time
+    send(env, [event(2, other, "click", T0 + 14_000, "music")])
+    wait_for(lambda: w.get("/users/a")[0] == 404, timeout=30, what="a evicted")
+    _, m = w.get("/metrics")
+    assert re.search(r"^interest_users_compacted_total [1-9]", m, re.M)
+    assert re.search(r"^interest_users_evicted_total [1-9]", m, re.M)
