@@ -69,7 +69,8 @@ class Plan:
     def describe(self, output_topic: str, model_version: str | None) -> str:
         lines = [
             f"replay {iso(self.from_ms)} .. {iso(self.to_ms)} (vectors with ts in [from, to))",
-            f"reading from {iso(self.read_from_ms)} (from - horizon - grace) to the current end of each partition",
+            f"reading from {iso(self.read_from_ms)} (from - the profile retention, or - horizon - grace if longer) "
+            "to the current end of each partition",
         ]
         for tp in sorted(self.ranges, key=lambda tp: (tp.topic, tp.partition)):
             s, e = self.ranges[tp]
@@ -80,8 +81,16 @@ class Plan:
 
 
 def read_from_ms(s: Settings, from_ms: int) -> int:
-    """Where a replay starts reading: the window at `from` needs the horizon, lateness the grace."""
-    return from_ms - (s.horizon_s + s.grace_s) * 1000
+    """Where a replay starts reading: the window at `from` needs the horizon, lateness the grace,
+    and the long-term profile the events of the retention before it (as far as the input topics
+    still hold them: reading starts at the earliest record not older than this)."""
+    return from_ms - max(s.horizon_s + s.grace_s, s.profile_retention_s) * 1000
+
+
+def warmup_ms(s: Settings) -> int:
+    """How long before `from` the replay scores already (the previous vector for drift): events
+    older than this only build state."""
+    return (s.horizon_s + s.grace_s) * 1000
 
 
 def plan(consumer, s: Settings, from_ms: int, to_ms: int) -> Plan:
@@ -122,10 +131,10 @@ class Replayer:
         self.users: dict[bytes, dict] = {}
         self.previous: dict[bytes, dict] = {}
         self.pending: dict[bytes, None] = {}  # insertion-ordered set
-        # ticks at from + k * interval (also before `from`, warming up drift), and at `to`
+        # ticks at from + k * interval (also up to horizon + grace before `from`, warming up
+        # drift; earlier events only build the state), and at `to`
         self.interval_ms = max(1, int(s.score_interval_s * 1000))
-        warmup = from_ms - read_from_ms(s, from_ms)
-        self.next_tick = from_ms - (warmup // self.interval_ms) * self.interval_ms
+        self.next_tick = from_ms - (warmup_ms(s) // self.interval_ms) * self.interval_ms
         self.counts = {"accepted": 0, "duplicate": 0, "late": 0, "dead_letter": 0, "after_range": 0,
                        "vectors": 0}
 

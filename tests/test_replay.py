@@ -8,6 +8,7 @@ import pytest
 
 from conftest import cli, wait_for
 from kafka_io import read_all
+from stream_app.model_runtime import LoadedModel
 from test_worker_ingest import HORIZON, T0, event
 from test_worker_ops import committed_and_end
 from test_worker_scoring import send
@@ -73,7 +74,21 @@ def expected_last(events: list[dict], user: str) -> tuple[int, int] | None:
     return newest, sum(1 for e in mine.values() if newest - HORIZON < e["ts"] <= newest)
 
 
-def test_replay_is_reproducible_and_leaves_the_live_worker_alone(env, workers):
+def expected_interests(model, events: list[dict], user: str):
+    """The model on the user's window at the newest ts < to and on the profile of all their
+    events before to (the replay reads far enough back for the profile), from the raw events."""
+    from models.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms,
+                               window_slice)
+
+    mine = sorted({e["event_id"]: e for e in events if e["user_id"] == user and e["ts"] < TO}.values(),
+                  key=lambda e: (e["ts"], e["event_id"]))
+    evs = [WindowEvent.from_event(e) for e in mine]
+    for prof in profiles_in_order(evs, seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)):
+        pass
+    return model.predict([window_slice(evs, evs[-1].ts, HORIZON, 128)], [prof])[0]
+
+
+def test_replay_is_reproducible_and_leaves_the_live_worker_alone(env, workers, tiny_model_dir):
     cli(env, "topics", "create")
     events = history()
     send(env, events)
@@ -89,7 +104,7 @@ def test_replay_is_reproducible_and_leaves_the_live_worker_alone(env, workers):
     dry = cli(env, "replay", "--from", FROM_ISO, "--to", TO_ISO, "--output-topic", "never-written",
               "--dry-run").stdout
     assert f"replay {FROM_ISO} .. {TO_ISO}" in dry
-    assert "reading from 2000-12-31T23:00:00Z" in dry  # from - horizon - grace
+    assert "reading from 2000-01-03T00:00:00Z" in dry  # from - the profile retention (365 days)
     assert "records in all" in dry
     first = backfill(env, f"{env['INTEREST_TOPIC_PREFIX']}bf-a")
     second = backfill(env, f"{env['INTEREST_TOPIC_PREFIX']}bf-b")
@@ -110,12 +125,15 @@ def test_replay_is_reproducible_and_leaves_the_live_worker_alone(env, workers):
         assert all(FROM <= v["ts"] < TO for v in vs)
         assert [v["ts"] for v in vs] == sorted(v["ts"] for v in vs)
         assert vs[-1]["replay"] == {"from": FROM_ISO, "to": TO_ISO}
+    model = LoadedModel.load(tiny_model_dir)
     for u in users:  # every user active in the range, with its window at the last tick
         exp = expected_last(events, u)
         if exp is None:
             assert u not in a
         else:
             assert (a[u][-1]["ts"], a[u][-1]["events"]) == exp
+            want = expected_interests(model, events, u)
+            assert [a[u][-1]["interests"][c] for c in model.categories] == pytest.approx(list(want), abs=1e-5)
     # the live group's offsets and the live topic are untouched; nothing was written on a dry run
     assert committed_and_end(env)[0] == live_offsets
     assert len(read_all(env["KAFKA_BOOTSTRAP_SERVERS"], f"{env['INTEREST_TOPIC_PREFIX']}user-interests",
