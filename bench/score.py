@@ -218,7 +218,7 @@ def _run(args, tmp: Path, windows, profiles, events, t_start: float, log) -> dic
     from stream_app.model_runtime import DEFAULT_BATCH_TOKENS
 
     args.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS
-    prof_in = np.asarray([enc.profile_vector(p, p["t"]) for p in profiles], np.float32).reshape(len(seqs), -1)
+    prof_in = np.asarray([enc.profile_vector(p) for p in profiles], np.float32).reshape(len(seqs), -1)
     batches = make_batches(seqs, prof_in, enc.pad_id, args.batch_size, args.batch_tokens)
 
     fp32_dir, int8_dir = tmp / "fp32", tmp / "int8"

@@ -36,12 +36,11 @@ import numpy as np
 
 from models.data import file_sha256 as sha256_file  # one file hash
 from models.encoding import pad_right  # the one padding convention
-from stream_app.model_runtime import content_version  # one definition: export writes, worker checks
+from stream_app.model_runtime import PROFILE_INPUT, content_version  # one definition: export writes, worker checks
 from stream_app.settings import InterestStreamError
 
 OPSET = 18  # onnxruntime 1.32 runs it fully; the dynamo exporter's well-trodden target (LayerNormalization is opset 17+)
 INPUT_NAMES = ("input_ids", "attention_mask")  # forward()'s order; then PROFILE_INPUT if the spec has one
-PROFILE_INPUT = "profile"  # float32 (batch, S*k): the long-term profile (models.encoding.Encoder.profile_vector)
 OUTPUT_NAMES = ("probs",)
 DYNAMIC_AXES = ("batch", "sequence")
 PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)

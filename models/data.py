@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from models.encoding import DEFAULT_MAX_LEN
-from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
+                           WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
 
 
@@ -38,8 +39,8 @@ class DataConfig:
     target: str = "time"  # "time" (next target_window_s) or "next_k" (next target_k events)
     target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
     target_k: int = 10  # events per target with target="next_k"
-    click_weight: float = 1.0  # a click says more than a glance
-    browse_weight: float = 0.5
+    click_weight: float = PROFILE_TYPE_WEIGHTS["click"]  # a click says more than a glance
+    browse_weight: float = PROFILE_TYPE_WEIGHTS["browse"]
     val_frac: float = 0.15  # share of the log's time span (by events) for validation
     test_frac: float = 0.15
     max_train_samples: int = 120_000  # seeded subsample above this (keeps training < 15 min)
@@ -258,7 +259,7 @@ def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> 
         while done < i:
             prof = next(folding)
             done += 1
-        out[r] = encoder.profile_vector(prof, int(samples.cut_ts[r]))
+        out[r] = encoder.profile_vector(prof)  # as of ts[i - 1], the cut's newest_ts
     return out
 
 

@@ -39,7 +39,7 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Iterable, Sequence
 
-from models.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_at
+from models.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_values
 
 SPEC_VERSION = 3  # 2: hour-of-day token before [END]; 3: the long-term profile input. Older specs load
 SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
@@ -205,14 +205,15 @@ class Encoder:
         """Width of the profile input (0: the spec has none)."""
         return len(self.profile_scales) * len(self.categories)
 
-    def profile_vector(self, profile: dict | None, at_ts: int | None) -> list[float]:
-        """The profile input of a window whose newest event is at ``at_ts``: per scale, the
-        decayed weight of each output category (categories the spec does not know left out)."""
+    def profile_vector(self, profile: dict | None) -> list[float]:
+        """The profile input of a window (the profile is as of the window's newest event): per
+        scale, the decayed weight of each output category (categories the spec does not know left
+        out)."""
         k = len(self.categories)
         out = [0.0] * self.profile_size
-        if not out or not profile or at_ts is None:
+        if not out or not profile:
             return out
-        for cat, vs in profile_at(profile, at_ts).items():
+        for cat, vs in profile_values(profile).items():
             i = self.category_index(cat)
             if i >= 0:
                 for s, v in enumerate(vs):

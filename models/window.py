@@ -103,7 +103,7 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # newest event and the next one starts a new profile (the worker evicts a user idle that long, and
 # training does the same).
 PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
-PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # = the default target weights of training
+PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # also the default target weights of training (models.data)
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
 PROFILE_UNIT = 1_000_000  # values are stored as integers in millionths (compact, exact in JSON); a
 # category whose values all round to 0 is dropped
@@ -133,7 +133,7 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     # is the newest), by one step on the event scales. Events at or after its ts keep their
     # weight: their event-scale share is taken out before the step and put back after it.
     if ts > ref:
-        step = [0.5 ** ((ts - ref) / hm) if hm else ev_step for hm, ev_step in _SCALE_CONSTANTS]
+        step = [0.5 ** ((ts - ref) / hm) if hm else 0.5 ** (1.0 / he) for hm, he in _SCALES]
     else:
         step = _EVENT_ONLY_STEP
     keep: dict[str, list[float]] = {}
@@ -167,8 +167,7 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
     w = PROFILE_TYPE_WEIGHTS.get(event.type)
     if w and event.category is not None:
         w *= PROFILE_UNIT
-        add = [w * 0.5 ** ((ref - ts) / (h * 1000)) if kind == "time" else w * 0.5 ** (newer / h)
-               for kind, h in PROFILE_SCALES]
+        add = [w * 0.5 ** ((ref - ts) / hm) if hm else w * 0.5 ** (newer / he) for hm, he in _SCALES]
         vs = values.get(event.category) or [0] * len(PROFILE_SCALES)
         values[event.category] = [int(v + a + 0.5) for v, a in zip(vs, add)]
         if len(values) > PROFILE_MAX_CATEGORIES:
@@ -181,10 +180,10 @@ def _row_ts(row: tuple) -> int:
     return row[0]
 
 
-# per scale: (half-life in ms for a time scale, else 0; the event scale's one-step factor, else 1)
-_SCALE_CONSTANTS = tuple((h * 1000, 1.0) if kind == "time" else (0, 0.5 ** (1.0 / h)) for kind, h in PROFILE_SCALES)
-_EVENT_SCALES = tuple((i, h) for i, (kind, h) in enumerate(PROFILE_SCALES) if kind == "events")
-_EVENT_ONLY_STEP = [1.0 if hm else f for hm, f in _SCALE_CONSTANTS]  # an event that is not the newest
+# per scale: (half-life in ms, 0) for a time scale, (0, half-life in events) for an event scale
+_SCALES = tuple((seconds_to_ms(h), 0) if kind == "time" else (0, h) for kind, h in PROFILE_SCALES)
+_EVENT_SCALES = tuple((i, he) for i, (_, he) in enumerate(_SCALES) if he)
+_EVENT_ONLY_STEP = [1.0 if hm else 0.5 ** (1.0 / he) for hm, he in _SCALES]  # an event that is not the newest
 
 
 def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
@@ -199,11 +198,9 @@ def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
         yield prof
 
 
-def profile_at(profile: dict | None, at_ts: int) -> dict[str, list[float]]:
-    """The profile's values (weights, floats) as of ``at_ts`` (time scales decayed from
-    ``profile["t"]``)."""
+def profile_values(profile: dict | None) -> dict[str, list[float]]:
+    """The profile's weights per category and scale (floats), as of its newest event ``t``: the
+    time of the window it belongs to, so nothing needs decaying."""
     if not profile:
         return {}
-    dt = max(0, at_ts - profile["t"])
-    f = [(0.5 ** (dt / (h * 1000)) if kind == "time" else 1.0) / PROFILE_UNIT for kind, h in PROFILE_SCALES]
-    return {c: [v * x for v, x in zip(vs, f)] for c, vs in profile["c"].items()}
+    return {c: [v / PROFILE_UNIT for v in vs] for c, vs in profile["c"].items()}

@@ -223,14 +223,14 @@ class LoadedModel:
         return self.encoder.encode(window)
 
     def profile_inputs(self, profiles: Sequence[dict | None] | None, n: int) -> np.ndarray:
-        """(n, P) float32 profile inputs of stored profiles (:mod:`models.window`), each read as
-        of its newest event (``t``), the vector's ``ts``; None: no profile (zeros)."""
+        """(n, P) float32 profile inputs of stored profiles (:mod:`models.window`), each as of
+        its newest event (``t``), the vector's ``ts``; None: no profile (zeros)."""
         out = np.zeros((n, self.encoder.profile_size), np.float32)
         if profiles is not None and self.encoder.profile_size:
             vec = self.encoder.profile_vector
             for i, p in enumerate(profiles):
                 if p:
-                    out[i] = vec(p, p["t"])
+                    out[i] = vec(p)
         return out
 
     def predict(self, windows: Sequence[Sequence[WindowEvent]], profiles: Sequence[dict | None] | None = None,

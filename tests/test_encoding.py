@@ -130,7 +130,7 @@ def test_training_samples_equal_what_the_worker_state_gives(tmp_path):
                 st = state.load(state.dump(new))
             assert served.encode(state.window_events(st)) == enc.encode(windows[r])
             p = state.profile(st)
-            worker = np.asarray(served.profile_vector(p, p["t"]), np.float32)
+            worker = np.asarray(served.profile_vector(p), np.float32)
             assert np.array_equal(worker, profiles[r]), (user, cut)
             checked += 1
     assert checked > 100

@@ -70,7 +70,7 @@ def tiny_samples(per_user, encoder: Encoder):
             windows.append(w)
             profiles.append(copy.deepcopy(prof))
             seqs.append(encoder.encode(w))
-            prof_in.append(encoder.profile_vector(prof, evs[cut - 1].ts))
+            prof_in.append(encoder.profile_vector(prof))
             targets.append(t / t.sum())
     return windows, profiles, seqs, np.asarray(prof_in, np.float32), np.stack(targets)
 
