@@ -3,7 +3,7 @@
     python bench/score.py [--users 4000] [--days 1.5] [--threads 1] [--batch-size 256] [--repeats 3]
 
 Workload: a simulated population (:mod:`models.simulate`), each user's window at the end of the
-simulated period (:func:`models.window.window_slice`, default horizon and max events) encoded with
+simulated period (:func:`interest_core.window.window_slice`, default horizon and max events) encoded with
 an encoder fitted on the population (default max_len 256, BPE 1000). Model: the DEFAULT config of
 :func:`models.model.build_model` (2 layers, 4 heads, 64 dims), UNTRAINED: speed does not depend on
 the weight values, except that the head, zero at initialisation, is given small random weights so
@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.encoding import pad_right  # noqa: E402  (the padding every engine sees)
+from interest_core.encoding import pad_right  # noqa: E402  (the padding every engine sees)
 
 
 def cpu_model() -> str:
@@ -93,7 +93,7 @@ def sgemm_peak(threads: int, seconds: float = 3.0) -> dict:
 
 def population(users: int, days: float, seed: int):
     from models.simulate import simulate_user
-    from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+    from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
                                profiles_in_order, seconds_to_ms, window_slice)
 
     horizon = seconds_to_ms(DEFAULT_HORIZON_S)
@@ -193,7 +193,7 @@ def _run(args, tmp: Path, windows, profiles, events, t_start: float, log) -> dic
     import torch
 
     from export.onnx_export import export_checkpoint, feeds
-    from models.encoding import fit_encoder
+    from interest_core.encoding import fit_encoder
     from models.model import build_model, load_checkpoint, save_checkpoint
     from stream_app.model_runtime import LoadedModel
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MOVIELENS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "movielens-latest-small"
 
 # The settings of the measured runs (see the report). Both use the worker's default window (1 day,
-# 128 events) and profile (models.window), so the models evaluated are the ones the worker serves.
+# 128 events) and profile (interest_core.window), so the models evaluated are the ones the worker serves.
 # Simulated: all defaults. MovieLens: the target is the next 10 ratings (bursty sittings); KL loss,
 # dropout and weight decay against over-fitting to ~500 training users; validation 10% of the time
 # span (training reaches closer to the test period, which is the same last 15% as by default).

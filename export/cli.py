@@ -22,7 +22,7 @@ def export_cmd(ckpt_dir: str, out_dir: str, int8: bool, data: str | None) -> Non
 
     The export fails unless ONNX Runtime and PyTorch agree within 1e-4 on several batch sizes and
     lengths (right padding included)."""
-    from stream_app.settings import InterestStreamError
+    from interest_core.errors import InterestStreamError
 
     if data is not None and not int8:
         raise click.UsageError("--data is only used with --int8")

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from interest_core.artifacts import (CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, PROFILE_INPUT, WEIGHTS_FILE,
+                                     content_version)  # one definition: export writes, worker checks
+from interest_core.encoding import pad_right  # the one padding convention
+from interest_core.errors import InterestStreamError
 from models.data import file_sha256 as sha256_file  # one file hash
-from models.encoding import pad_right  # the one padding convention
-from stream_app.model_runtime import PROFILE_INPUT, content_version  # one definition: export writes, worker checks
-from stream_app.settings import InterestStreamError
 
 OPSET = 18  # onnxruntime 1.32 runs it fully; the dynamo exporter's well-trodden target (LayerNormalization is opset 17+)
-INPUT_NAMES = ("input_ids", "attention_mask")  # forward()'s order; then PROFILE_INPUT if the spec has one
-OUTPUT_NAMES = ("probs",)
+OUTPUT_NAMES = (OUTPUT_NAME,)
 DYNAMIC_AXES = ("batch", "sequence")
 PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)
 # Attention logits are floored at (row max - SOFTMAX_FLOOR) in the exported graph: ONNX Runtime's
@@ -50,8 +50,6 @@ PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)
 # exp(-60) ~ 1e-26 instead of 0: far below float32's resolution of the other weights.
 SOFTMAX_FLOOR = 60.0
 PROB_FLOOR = 1e-4  # KL floor of the contract's metrics
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
 MODEL_JSON_SCHEMA = 1
 # (batch, length) of the parity check; lengths are capped at the model's max_len, and the last
 # shape uses max_len itself. Batch 1 and odd sizes prove the dynamic axes.
@@ -433,7 +431,7 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
                   "params": count_params(model), "loss": cfg.loss},
         "source": {
             "checkpoint": str(Path(ckpt_dir).resolve()),
-            "weights_sha256": sha256_file(Path(ckpt_dir) / "model.safetensors"),
+            "weights_sha256": sha256_file(Path(ckpt_dir) / WEIGHTS_FILE),
             "card": {k: card[k] for k in ("model_version", "data", "split", "seed") if k in card},
         },
         "graph_sha256": graph_sha256,

@@ -1,4 +1,4 @@
-"""Training-side CLI verbs: ``simulate``, ``load movielens|rees46``, ``train``, ``evaluate``.
+"""Training-side CLI verbs: ``load movielens|rees46``, ``train``, ``evaluate``.
 
 Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
 Importing this module needs neither torch nor transformers: they load inside the commands.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import click
@@ -15,45 +14,6 @@ import click
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1))
-
-
-@click.command("simulate")
-@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated users.")
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
-              help="Days of activity (file mode).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Event log to write (JSONL, sorted by ts); the truth goes to OUT.truth.jsonl.")
-@click.option("--start-ms", type=int, default=None,
-              help="Epoch ms of the first simulated moment (file mode default 2026-01-01T00:00Z; "
-                   "streaming default: now).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stream to Kafka at R events per second instead of writing a file.")
-@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="With --rate: interest dynamics run this many times faster than the wall clock.")
-@click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS).")
-def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
-    """Synthetic users whose interests evolve: an event log plus its ground truth (OUT.truth.jsonl),
-    or with --rate a live stream to Kafka with ts at wall-clock time."""
-    from models.simulate import DEFAULT_START_MS, iter_live_events, simulate_to_files
-
-    if rate is not None:
-        if out is not None:
-            raise click.UsageError("--out writes a file; --rate streams to Kafka: give one of them")
-        try:
-            from stream_app.produce import stream_events
-        except ImportError as exc:
-            raise click.ClickException(f"streaming needs the stream_app package: {exc}") from exc
-        start = start_ms if start_ms is not None else int(time.time() * 1000)
-        n = stream_events(iter_live_events(users, seed, speedup, start), rate=rate,
-                          bootstrap_servers=bootstrap_servers)
-        click.echo(f"streamed {n} events", err=True)
-        return
-    if out is None:
-        raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
-    stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
-                              progress=True)
-    click.echo(f"wrote {stats['events']} events of {users} users to {out} (truth: {out}.truth.jsonl)", err=True)
 
 
 @click.group("load")

@@ -2,7 +2,7 @@
 
 A sample is a (user, cut) pair. The cut falls after the user's event ``i-1`` and before event
 ``i`` (only where ``ts[i] > ts[i-1]``, so no event shares the cut's time):
-* input = the window of :mod:`models.window` ending at ``newest_ts = ts[i-1]`` (horizon and
+* input = the window of :mod:`interest_core.window` ending at ``newest_ts = ts[i-1]`` (horizon and
   max events as configured), exactly what the worker holds at that moment;
 * target = the category distribution of what comes next, clicks and browses weighted by type
   (``click_weight``, ``browse_weight``; searches carry no category; categories outside the
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from models.encoding import DEFAULT_MAX_LEN
-from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
+from interest_core.encoding import DEFAULT_MAX_LEN
+from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
                            WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
 
@@ -227,7 +227,7 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
 
 
 def sample_windows(ds: Dataset, samples: Samples, cfg: DataConfig) -> list[list[WindowEvent]]:
-    """The input window of each sample, through :func:`models.window.window_slice`."""
+    """The input window of each sample, through :func:`interest_core.window.window_slice`."""
     horizon_ms = seconds_to_ms(cfg.horizon_s)
     out = []
     for ui, i, cut_ts in zip(samples.user, samples.cut, samples.cut_ts):
@@ -243,8 +243,8 @@ def encode_samples(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> l
 
 def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> np.ndarray:
     """(N, encoder.profile_size) float32: each sample's profile input. The user's events before
-    the cut are folded in, in ts order, by :func:`models.window.profile_update` (the code the
-    worker runs on every accepted event, :func:`models.window.profiles_in_order`), and the profile
+    the cut are folded in, in ts order, by :func:`interest_core.window.profile_update` (the code the
+    worker runs on every accepted event, :func:`interest_core.window.profiles_in_order`), and the profile
     is read at the cut."""
     out = np.zeros((len(samples), encoder.profile_size), np.float32)
     if encoder.profile_size == 0:
@@ -266,7 +266,7 @@ def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> 
 def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_kwargs: dict | None = None):
     """Read the log, fix the split (given, or from time quantiles), fit the encoder on training-
     period events if none is given, and build the samples. Returns (dataset, encoder, info)."""
-    from models.encoding import fit_encoder
+    from interest_core.encoding import fit_encoder
 
     users, stats = read_log(path)
     if not users:

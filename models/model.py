@@ -2,7 +2,7 @@
 
 1. :class:`ModelConfig`: every size and setting, saved in the checkpoint's ``config.json``.
 2. :class:`InterestModel`: a transformers ``GPT2Model`` backbone reads the token ids of
-   :mod:`models.encoding`; the interest head reads the LAST REAL position (sequences are RIGHT
+   :mod:`interest_core.encoding`; the interest head reads the LAST REAL position (sequences are RIGHT
    padded, so that index is ``attention_mask.sum(1) - 1``, the ``[END]`` token) and gives a softmax
    over the k categories. Beside the backbone, the head carries a tiny "shrinkage" path: the
    window's category counts (all, and recency-weighted by token distance from the end) mixed with
@@ -11,7 +11,7 @@
    strongest baseline on real data) from the first step and learns corrections from the sequence.
    Its GPT-2 head starts at zero, so at initialisation the model IS that shrinkage estimate.
    With a profile (encoding spec 3), the user's long-term decayed category weights
-   (:mod:`models.window`) join the mix, one learned weight per scale, and a projection of the
+   (:mod:`interest_core.window`) join the mix, one learned weight per scale, and a projection of the
    profile is added to every token embedding, so the transformer reads the sequence knowing the
    user's longer history: the window alone loses to a baseline that reads the whole history.
 3. Checkpoint directory I/O: :func:`save_checkpoint` / :func:`load_checkpoint`.
@@ -33,14 +33,10 @@ import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2Model
 
-from models.encoding import Encoder
+from interest_core.encoding import Encoder
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
-ENCODING_FILE = "encoding.json"
-CARD_FILE = "model_card.json"
-TRAIN_STATE_FILE = "train_state.pt"  # for --resume; not needed to load the model
+from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
+                                     TRAIN_STATE_FILE, WEIGHTS_FILE)
 
 
 @dataclass
@@ -214,7 +210,7 @@ def save_checkpoint(model: InterestModel, encoder: Encoder, card: dict, out_dir)
     card = dict(card)
     card.setdefault("categories", list(encoder.categories))
     card["encoding"] = ENCODING_FILE  # the full spec (tokenizer embedded) lives beside the card
-    (out / CARD_FILE).write_text(json.dumps(card, indent=1))
+    (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
 
 
 def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
@@ -222,7 +218,7 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     from safetensors.torch import load_file
 
     d = Path(ckpt_dir)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODING_FILE, CARD_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODING_FILE, CHECKPOINT_CARD_FILE):
         if not (d / name).exists():
             raise FileNotFoundError(f"{d}: not a checkpoint directory (missing {name})")
     cfg = ModelConfig(**json.loads((d / CONFIG_FILE).read_text())["model"])
@@ -230,7 +226,7 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     model.eval()
     encoder = Encoder.load(d / ENCODING_FILE)
-    card = json.loads((d / CARD_FILE).read_text())
+    card = json.loads((d / CHECKPOINT_CARD_FILE).read_text())
     return model, encoder, card
 
 
@@ -254,7 +250,7 @@ class TrainConfig:
 
 def collate(seqs, pad_id: int):
     """Right-pad token lists to the longest: (input_ids, attention_mask) LongTensors (B, T)."""
-    from models.encoding import pad_right
+    from interest_core.encoding import pad_right
 
     ids, mask = pad_right(seqs, pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)

@@ -14,6 +14,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card."""
     import torch
 
+    from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
     from models.data import DataConfig, encode_samples, file_sha256, prepare, sample_profiles
     from models.evaluate import metrics
     from models.model import TRAIN_STATE_FILE, TrainConfig, build_model, predict, save_checkpoint, train_model
@@ -30,7 +31,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     split = None
     if resume and (out / "resume.json").exists():  # same split and encoder as the interrupted run
         saved = json.loads((out / "resume.json").read_text())
-        from models.encoding import Encoder
+        from interest_core.encoding import Encoder
 
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
         ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
@@ -79,10 +80,10 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     # a version that changes with the weights and the encoding
     import hashlib
 
-    h = hashlib.sha256((out / "model.safetensors").read_bytes())
-    h.update((out / "encoding.json").read_bytes())
+    h = hashlib.sha256((out / WEIGHTS_FILE).read_bytes())
+    h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
-    (out / "model_card.json").write_text(json.dumps(card, indent=1))
+    (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
     log(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({summary['stop_reason']}); "
         f"validation KL {card['metrics']['validation']['kl']:.4f}; checkpoint in {out}")
     return card

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from models.window import EVENT_TYPES
+from interest_core.window import EVENT_TYPES
 
 MAX_VALUE_BYTES = 64 * 1024  # CONTRACT: too_large is over 64 KiB
 DLQ_PAYLOAD_BYTES = 4 * 1024  # CONTRACT: payload_b64 holds the first 4 KiB

@@ -8,14 +8,13 @@ raises :class:`ModelError` naming the path and the reason; a pair is only return
 inference gave finite probabilities that sum to 1.
 
 Scoring: each window is encoded with exactly the encoder the spec in ``model.json`` rebuilds
-(:class:`models.encoding.Encoder`), sequences are grouped by token length to cut padding, RIGHT
+(:class:`interest_core.encoding.Encoder`), sequences are grouped by token length to cut padding, RIGHT
 padded (the model's head reads the last real position), and run through one ONNX Runtime session
 in batches. An empty window is valid: it encodes to ``[BOS] [END]`` and the model answers with its
 population-prior-driven distribution (the worker normally never scores a user without events).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -23,15 +22,11 @@ from typing import Sequence
 import numpy as np
 import orjson
 
-from models.encoding import Encoder, pad_right
-from models.window import WindowEvent
-from stream_app.settings import InterestStreamError
+from interest_core.encoding import Encoder, pad_right
+from interest_core.window import WindowEvent
+from interest_core.artifacts import CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, PROFILE_INPUT, content_version
+from interest_core.errors import InterestStreamError
 
-MODEL_FILE = "model.onnx"
-CARD_FILE = "model.json"
-INPUT_NAMES = ("input_ids", "attention_mask")
-PROFILE_INPUT = "profile"  # float32 (batch, S*k), graphs of encoding specs with the long-term profile
-OUTPUT_NAME = "probs"
 REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
 SUPPORTED_SCHEMAS = (1,)
 SUM_TOL = 1e-4  # probabilities sum to 1 within this (CONTRACT: interests sum to 1 within 1e-4)
@@ -42,15 +37,6 @@ DEFAULT_BATCH_TOKENS = 2048  # padded tokens per call at most (see predict_ids);
 class ModelError(InterestStreamError):
     """A model pair cannot be served: missing, unreadable, inconsistent or failing its test run."""
 
-
-def content_version(graph_bytes: bytes, spec: dict) -> str:
-    """A pair's ``version``: sha256 over the graph bytes and the canonical JSON of the encoding
-    spec, 16 hex digits (the export writes it; the loader recomputes it)."""
-    h = hashlib.sha256()
-    h.update(graph_bytes)
-    h.update(b"\0")
-    h.update(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
-    return h.hexdigest()[:16]
 
 
 def _test_windows(encoder: Encoder) -> list[list[WindowEvent]]:
@@ -223,7 +209,7 @@ class LoadedModel:
         return self.encoder.encode(window)
 
     def profile_inputs(self, profiles: Sequence[dict | None] | None, n: int) -> np.ndarray:
-        """(n, P) float32 profile inputs of stored profiles (:mod:`models.window`), each as of
+        """(n, P) float32 profile inputs of stored profiles (:mod:`interest_core.window`), each as of
         its newest event (``t``), the vector's ``ts``; None: no profile (zeros)."""
         out = np.zeros((n, self.encoder.profile_size), np.float32)
         if profiles is not None and self.encoder.profile_size:

@@ -10,11 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from models.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S
-
-
-class InterestStreamError(Exception):
-    """Base of the project's own errors; the CLI turns these into clean messages."""
+from interest_core.errors import InterestStreamError
+from interest_core.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S
 
 
 class ConfigError(InterestStreamError, ValueError):

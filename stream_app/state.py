@@ -12,7 +12,7 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
      "seen": 1764259201234,            # worker clock when the last event was accepted (eviction)
      "ev":  [[ts, id, type, category, item, dwell, query], ...],  # the newest max_events rows
      "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
-     "p": {"t": ts, "c": {category: [...]}}}  # the long-term profile (models.window), v2
+     "p": {"t": ts, "c": {category: [...]}}}  # the long-term profile (interest_core.window), v2
 
 Both lists are sorted by ``(ts, id)``. ``ev`` holds only rows inside the window; ``old`` holds
 the rest of the window plus the grace period, kept compact because only counts and duplicate
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from models.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_update, profiles_in_order,
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_update, profiles_in_order,
                            seconds_to_ms,
                            window_start)
 
@@ -164,7 +164,7 @@ def summary(state: dict, horizon_ms: int) -> dict:
 
 
 def profile(state: dict) -> dict | None:
-    """The user's long-term profile (:func:`models.window.profile_update`), None before any event."""
+    """The user's long-term profile (:func:`interest_core.window.profile_update`), None before any event."""
     return state.get("p")
 
 

@@ -5,9 +5,9 @@ import json
 import subprocess
 import sys
 
-from models.encoding import Encoder, fit_encoder, train_tokenizer
+from interest_core.encoding import Encoder, fit_encoder, train_tokenizer
 from models.simulate import simulate_user
-from models.window import WindowEvent, window_slice
+from interest_core.window import WindowEvent, window_slice
 
 
 def _user_events(seed=5, days=3):
@@ -74,7 +74,7 @@ def test_keeps_most_recent_whole_events():
 
 
 def test_encoding_imports_without_torch():
-    code = ("import sys, models.encoding, models.window, models.cli;"
+    code = ("import sys, interest_core.encoding, interest_core.window, models.cli;"
             "bad=[m for m in ('torch','transformers') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

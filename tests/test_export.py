@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_model (conftest
 
 from tiny_model import build_tiny_checkpoint  # noqa: E402
 
-from models.encoding import pad_right  # noqa: E402
+from interest_core.encoding import pad_right  # noqa: E402
 from models.simulate import CATEGORIES  # noqa: E402
-from models.window import WindowEvent  # noqa: E402
+from interest_core.window import WindowEvent  # noqa: E402
 from stream_app.model_runtime import LoadedModel, ModelError  # noqa: E402
 
 torch = pytest.importorskip("torch")

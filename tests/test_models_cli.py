@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from models import cli
+from stream_app.cli import simulate  # the verb streams through stream_app, so it lives there
 
 TINY_SETS = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "eval_every=10",
              "--set", "batch_size=16", "--set", "max_len=48", "--set", "max_eval_samples=150", "--set", "threads=1"]
@@ -15,7 +16,7 @@ TINY_SETS = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "-
 @pytest.fixture(scope="module")
 def sim_log(tmp_path_factory):
     d = tmp_path_factory.mktemp("sim")
-    res = CliRunner().invoke(cli.simulate, ["--users", "40", "--days", "3", "--seed", "2", "--out", str(d / "s.jsonl")])
+    res = CliRunner().invoke(simulate, ["--users", "40", "--days", "3", "--seed", "2", "--out", str(d / "s.jsonl")])
     assert res.exit_code == 0, res.output
     return d / "s.jsonl"
 
@@ -53,7 +54,7 @@ def test_train_evaluate_cli(sim_log, tmp_path):
 
 def test_help_and_bad_arguments(sim_log, tmp_path):
     r = CliRunner()
-    for cmd in (cli.simulate, cli.train, cli.evaluate, cli.load):
+    for cmd in (simulate, cli.train, cli.evaluate, cli.load):
         res = r.invoke(cmd, ["--help"])
         assert res.exit_code == 0 and "Usage" in res.output
     for sub in ("movielens", "rees46"):
@@ -62,7 +63,7 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "unknown key" in res.output and res.exception.__class__ is SystemExit
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--loss", "hinge"])
     assert res.exit_code == 2
-    res = r.invoke(cli.simulate, ["--users", "3"])  # no --out and no --rate
+    res = r.invoke(simulate, ["--users", "3"])  # no --out and no --rate
     assert res.exit_code == 2 and "--out" in res.output
     res = r.invoke(cli.evaluate, [str(tmp_path), "--data", str(sim_log), "--out", str(tmp_path / "e")])
     assert res.exit_code == 1 and "not a checkpoint directory" in res.output

@@ -8,11 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.encoding import Encoder, train_tokenizer  # noqa: E402
+from interest_core.encoding import Encoder, train_tokenizer  # noqa: E402
 from models.model import (  # noqa: E402
     TrainConfig, build_model, collate, load_checkpoint, predict, save_checkpoint, train_model,
 )
-from models.window import WindowEvent  # noqa: E402
+from interest_core.window import WindowEvent  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32)
 

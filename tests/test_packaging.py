@@ -40,7 +40,7 @@ def test_worker_install_has_no_torch():
     assert any(d.startswith("torch") for d in meta["optional-dependencies"]["train"])
     # the worker's modules import without torch
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
-            "import stream_app.app, stream_app.cli, stream_app.model_runtime, models.encoding")
+            "import stream_app.app, stream_app.cli, stream_app.model_runtime, interest_core.encoding")
     proc = subprocess.run([shutil.which("python3") and __import__("sys").executable, "-c", code],
                           cwd=ROOT, capture_output=True, text=True,
                           env={"INTEREST_STORE": "memory://", "PATH": "/usr/bin:/bin"})

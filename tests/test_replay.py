@@ -77,7 +77,7 @@ def expected_last(events: list[dict], user: str) -> tuple[int, int] | None:
 def expected_interests(model, events: list[dict], user: str):
     """The model on the user's window at the newest ts < to and on the profile of all their
     events before to (the replay reads far enough back for the profile), from the raw events."""
-    from models.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms,
+    from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms,
                                window_slice)
 
     mine = sorted({e["event_id"]: e for e in events if e["user_id"] == user and e["ts"] < TO}.values(),

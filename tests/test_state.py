@@ -151,7 +151,7 @@ def test_profile_does_not_depend_on_arrival_order():
     rounding of its values."""
     import random
 
-    from models.window import WindowEvent, profiles_in_order
+    from interest_core.window import WindowEvent, profiles_in_order
 
     lim = Limits(horizon_ms=H, grace_ms=G, max_events=3)
     kinds = ["click", "browse", "search"]

@@ -106,7 +106,7 @@ def test_idle_users_are_compacted_keep_their_profile_then_are_evicted(env, worke
     """Horizon 2 s + grace 1 s, profile retention 8 s (event time and wall clock both): an idle
     user's rows are dropped while the profile and the latest vector stay; the user's next vector
     reads the profile of all their events; after the retention the user is gone (404)."""
-    from models.window import WindowEvent, profiles_in_order
+    from interest_core.window import WindowEvent, profiles_in_order
     from stream_app.model_runtime import LoadedModel
     from stream_app.partitioning import partition_for
     from test_worker_ingest import T0, event

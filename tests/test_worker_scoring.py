@@ -10,7 +10,7 @@ import pytest
 
 from conftest import cli, wait_for
 from kafka_io import produce, read_all
-from models.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
+from interest_core.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
 from stream_app.model_runtime import LoadedModel
 from stream_app.vectors import js_divergence
 from test_worker_ingest import HORIZON, T0, event, topics

@@ -7,8 +7,8 @@ deterministic for a seed; different seeds give different weights (and versions).
 
 Samples are built directly here (not with the models package's data code) so the fixture keeps
 working whatever that code's options become: per user, cut points every few events; input = the
-window before the cut (:func:`models.window.window_slice`) and the profile of the events before
-it (:func:`models.window.profile_update`), target = the category distribution of the next events.
+window before the cut (:func:`interest_core.window.window_slice`) and the profile of the events before
+it (:func:`interest_core.window.profile_update`), target = the category distribution of the next events.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.encoding import Encoder, train_tokenizer
+from interest_core.encoding import Encoder, train_tokenizer
 from models.simulate import CATEGORIES, simulate_user
-from models.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
+from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, dropout=0.0)  # HF-style tiny test config

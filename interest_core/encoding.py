@@ -3,7 +3,7 @@
 Imports only the standard library, numpy and Hugging Face ``tokenizers`` (no torch), so the
 worker-only install runs exactly this code.
 
-Each event of the window (sorted by ``ts``, already cut by :mod:`models.window`) becomes a few
+Each event of the window (sorted by ``ts``, already cut by :mod:`interest_core.window`) becomes a few
 tokens, in this order::
 
     gap   type   category | query subwords   [dwell]
@@ -17,7 +17,7 @@ tokens, in this order::
 * ``dwell``: a bucketed dwell time, only for events that carry ``dwell_ms``.
 
 Beside the tokens, a spec of version 3 has a float input: the user's long-term profile
-(:func:`models.window.profile_update`), per scale the decayed weight of each output category
+(:func:`interest_core.window.profile_update`), per scale the decayed weight of each output category
 (:meth:`Encoder.profile_vector`). It carries what the window has forgotten.
 
 A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
@@ -39,7 +39,7 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Iterable, Sequence
 
-from models.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_values
+from interest_core.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_values
 
 SPEC_VERSION = 3  # 2: hour-of-day token before [END]; 3: the long-term profile input. Older specs load
 SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
@@ -57,7 +57,7 @@ DEFAULT_MIN_CATEGORY_COUNT = 5  # rarer categories in training map to [UNK_CAT]
 
 
 class Encoder:
-    """Turns a window of :class:`~models.window.WindowEvent` into token ids (see module doc)."""
+    """Turns a window of :class:`~interest_core.window.WindowEvent` into token ids (see module doc)."""
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class Encoder:
         self.dwell_buckets_ms = tuple(int(d) for d in dwell_buckets_ms)
         self.max_query_tokens = int(max_query_tokens)
         self.hour_token = bool(hour_token)
-        # the long-term profile (models.window) as a float input beside the tokens: one value
+        # the long-term profile (interest_core.window) as a float input beside the tokens: one value
         # per (scale, category), scale-major; () for specs before version 3 (no profile input)
         # (version 3 implies version 2's hour token)
         self.profile_scales: tuple = tuple(PROFILE_SCALES) if profile and hour_token else ()
