@@ -57,10 +57,10 @@ def main():
 def _local_kafka(port: int | None = None):
     from .kafka_local import LocalKafka, default_home
 
-    port = port or int(os.environ.get("INTEREST_KAFKA_PORT", "9092"))
-    controller = int(os.environ.get("INTEREST_KAFKA_CONTROLLER_PORT", str(port + 1)))
-    return LocalKafka(home=default_home(), port=port, controller_port=controller,
-                      heap=os.environ.get("INTEREST_KAFKA_HEAP", "512m"))
+    s = _settings()
+    port = port or s.kafka_port
+    return LocalKafka(home=default_home(), port=port, controller_port=s.kafka_controller_port or port + 1,
+                      heap=s.kafka_heap)
 
 
 @main.group(cls=Group)
@@ -168,6 +168,7 @@ def worker(bootstrap_servers, loglevel, faust_args):
             "(model.onnx + model.json, see `interest-stream export`)"
         )
     LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
+    s.prepare_state_dir()
     from .app import app
 
     # JSON logs: --quiet keeps Faust's startup banner (terminal output, not a log record) out of

@@ -62,8 +62,10 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
         if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
             from .kafka_local import LocalKafka, default_home
 
-            port = int(env.get("INTEREST_KAFKA_PORT", "9092"))
-            broker = LocalKafka(home=default_home(), port=port, controller_port=port + 1)
+            s = Settings.from_env(env)
+            port = s.kafka_port
+            broker = LocalKafka(home=default_home(), port=port, controller_port=s.kafka_controller_port or port + 1,
+                                heap=s.kafka_heap)
             if broker.pid() is not None and broker.answers():
                 say(f"using the local Kafka already running at {broker.bootstrap}")
                 broker = None  # not ours to stop

@@ -62,13 +62,43 @@ MODEL_REFUSED = Counter(
     "interest_model_refused_total", "Model pairs refused at load", registry=REGISTRY,
 )
 
+FLUSHES = Counter(
+    "interest_flushes_total", "Flushes of changed user states to the table, by trigger "
+    "(interval, cache_full, rebalance, shutdown, forget)", ["reason"], registry=REGISTRY,
+)
+FLUSH_SECONDS = Histogram(
+    "interest_flush_seconds", "Duration of a flush (all partitions it covered)",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+CHANGELOG_RECORDS = Counter(
+    "interest_state_records_total", "Records written to the users table (and its changelog) by flushes",
+    registry=REGISTRY,
+)
+CHANGELOG_BYTES = Counter(
+    "interest_state_bytes_total", "Bytes of user state written to the users table by flushes", registry=REGISTRY,
+)
+CACHE_BYTES = Gauge(
+    "interest_state_cache_bytes", "Estimated memory of the cached user states and held events "
+    "(bounded by INTEREST_STATE_CACHE_MB)", registry=REGISTRY,
+)
+CACHE_USERS = Gauge(
+    "interest_state_cache_users", "User states cached in memory", registry=REGISTRY,
+)
+CACHE_DROPPED = Counter(
+    "interest_state_cache_dropped_total", "Clean user states dropped from memory to respect the bound",
+    registry=REGISTRY,
+)
+
 for _reason in (
     "not_utf8", "not_json", "not_object", "too_large", "missing_key", "key_mismatch",
     "missing_field", "bad_type", "too_long", "unknown_type", "topic_mismatch", "future_ts", "late",
 ):
     DEAD_LETTERS.labels(_reason)
-for _outcome in ("accepted", "duplicate", "dead_letter"):
-    EVENTS.labels(_outcome)
+ACCEPTED = EVENTS.labels("accepted")  # the hot path's children, looked up once
+DUPLICATE = EVENTS.labels("duplicate")
+DEAD_LETTER = EVENTS.labels("dead_letter")
+for _trigger in ("interval", "cache_full", "rebalance", "shutdown", "forget"):
+    FLUSHES.labels(_trigger)
 
 
 def render() -> bytes:

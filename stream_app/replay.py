@@ -19,6 +19,9 @@ last record): before the first event at or after a tick, every user with events 
 user-id order) with the one model version loaded at the start; vectors whose ``ts`` is in
 ``[from, to)`` are published, with an extra ``replay`` field naming the range. Dead letters are
 counted, not written again: the live worker already did.
+
+Events are applied and users scored by the live worker's own core (:mod:`stream_app.core`): the
+same validation, state update, vector and drift against the user's previous vector.
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from . import state, vectors as vector_math
-from .events import Rejected, validate
+from . import core, state
 from .settings import InterestStreamError, Settings
+
 
 class ReplayError(InterestStreamError):
     """A replay that cannot run (bad range, missing topics, no model)."""
@@ -118,7 +121,7 @@ def plan(consumer, s: Settings, from_ms: int, to_ms: int) -> Plan:
 
 
 class Replayer:
-    """The replay's own state: per-user windows (the worker's code), previous vectors, pending."""
+    """The replay's own state: per-user states (with their previous vectors) and who is pending."""
 
     def __init__(self, s: Settings, model, from_ms: int, to_ms: int, emit, batch: int):
         self.s = s
@@ -129,7 +132,6 @@ class Replayer:
         self.limits = state.Limits.from_settings(s)
         self.types = {name: etype for etype, name in s.input_topics.items()}
         self.users: dict[bytes, dict] = {}
-        self.previous: dict[bytes, dict] = {}
         self.pending: dict[bytes, None] = {}  # insertion-ordered set
         # ticks at from + k * interval (also up to horizon + grace before `from`, warming up
         # drift; earlier events only build the state), and at `to`
@@ -148,32 +150,25 @@ class Replayer:
             self.score()  # one tick suffices: ticks without new events score nobody
             self.next_tick += ((ts - self.next_tick) // self.interval_ms + 1) * self.interval_ms
         # the worker's clock only decides future_ts; a replay reads the past
-        result = validate(self.types[topic], key, value, int(time.time() * 1000), self.s.future_s * 1000)
-        if isinstance(result, Rejected):
+        result = core.ingest(self.types[topic], key, value, lambda: self.users.get(key), self.limits,
+                             int(time.time() * 1000), self.s.future_s * 1000)
+        if result.state is not None:
+            self.counts["accepted"] += 1
+            self.users[key] = result.state
+            self.pending[key] = None
+        elif result.outcome in ("late", "duplicate"):
+            self.counts[result.outcome] += 1
+        else:
             self.counts["dead_letter"] += 1
-            return
-        outcome, new = state.apply(self.users.get(key), result, self.limits, 0)
-        if outcome != "accepted":
-            self.counts[outcome] += 1
-            return
-        self.counts["accepted"] += 1
-        self.users[key] = new
-        self.pending[key] = None
 
     def score(self) -> None:
         """Score every pending user (sorted by key, so batches are reproducible)."""
         keys = sorted(self.pending)
         self.pending.clear()
         for i in range(0, len(keys), self.batch):
-            chunk = keys[i : i + self.batch]
-            sts = [self.users[k] for k in chunk]
-            probs = self.model.predict([state.window_events(st) for st in sts], [state.profile(st) for st in sts],
-                                       self.batch)
-            for key, st, row in zip(chunk, sts, probs):
-                vec = vector_math.user_vector(key, st, row, self.model, self.limits.horizon_ms,
-                                              self.previous.get(key))
+            chunk = [(k, self.users[k]) for k in keys[i : i + self.batch]]
+            for key, vec, _ in core.score_states(chunk, self.model, self.limits.horizon_ms, self.batch):
                 vec["replay"] = {"from": iso(self.from_ms), "to": iso(self.to_ms)}
-                self.previous[key] = vec
                 if self.from_ms <= vec["ts"] < self.to_ms:
                     self.emit(key, vec)
                     self.counts["vectors"] += 1

@@ -1,114 +1,154 @@
-"""The model this worker serves, and its hot swap.
+"""Live scoring: every ``INTEREST_SCORE_INTERVAL_S`` the users with new events on this worker's
+partitions become interest vectors, with the core replay uses too (:mod:`stream_app.core`).
 
-The model pair (model.onnx + model.json) is read from the directory ``INTEREST_MODEL_DIR``
-resolves to. Every ``INTEREST_MODEL_POLL_S`` seconds the path is resolved again; a new target
-or a new ``version`` is loaded, checked with a test inference and swapped in. A pair that fails
-is refused with an error and the old model keeps serving.
+A pass reads the decoded states in memory (no decode, no table read for cached users), runs the
+model in a thread (consumption goes on meanwhile), publishes each vector on the output topic and
+records it in the user's state; the next flush writes that state with everything else that
+changed. So a scored user costs one record besides the published vector at most: none of its own
+when the user's events changed the state in the same flush interval. Drift is always against the
+vector last published for that user, which the state holds.
+
+Users waiting for a vector are known per partition (``StateCache.pending``). A newly assigned
+partition is scanned once (every state decoded once) to find them and to learn every user's idle
+facts (:mod:`stream_app.idle`).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
+import time
 
-from . import metrics
+import orjson
+
+from . import core, metrics, state
+from .app import LIMITS, app, interests_topic, is_ready, lookup, owned_partitions, partition_lags, settings, users
+from .partitioning import partition_for
 
 log = logging.getLogger("interest_stream.scoring")
 
-
-def window_mismatch(card: dict, horizon_s: int, max_events: int, profile_retention_s: int | None = None) -> str | None:
-    """A warning when the model was trained on another window (or profile retention) than the
-    worker keeps."""
-    trained = card.get("window") or {}
-    if not trained:
-        return None
-    problems = []
-    if (trained.get("horizon_s"), trained.get("max_events")) != (horizon_s, max_events):
-        problems.append(f"the model was trained on windows of {trained.get('horizon_s')} s / "
-                        f"{trained.get('max_events')} events, the worker keeps {horizon_s} s / {max_events} "
-                        "events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS)")
-    if "profile_retention_s" in trained and profile_retention_s is not None \
-            and trained["profile_retention_s"] != profile_retention_s:
-        problems.append(f"the model's profiles restart after {trained['profile_retention_s']} s idle, the "
-                        f"worker's after {profile_retention_s} s (INTEREST_PROFILE_RETENTION_S)")
-    if not problems:
-        return None
-    return "; ".join(problems) + ": its inputs differ from training"
+INDEX_CHUNK = 2000  # states decoded between two yields to the event loop while indexing
 
 
-class ModelHolder:
-    def __init__(self, path: str, threads: int, window: tuple[int, int, int] | None = None) -> None:
-        self.path = path
-        self.threads = threads
-        self.window = window  # (horizon_s, max_events, profile_retention_s) the worker keeps
-        self.model = None
-        self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
+class Pass:
+    """When passes run, and which partitions are indexed (one per app: ``app.scorer``)."""
 
-    def load_initial(self):
-        """Load the first model; raises ModelError (the worker refuses to start)."""
-        from .model_runtime import LoadedModel, ModelError
-
-        if not self.path:
-            raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
-                             "(model.onnx + model.json; see `interest-stream export`)")
-        self.model = LoadedModel.load(self.path, threads=self.threads)
-        self._seen = self._fingerprint()
-        metrics.MODEL.labels(self.model.version).set(1)
-        log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
-        self._check_window(self.model)
-        return self.model
-
-    def _check_window(self, model) -> None:
-        if self.window is not None:
-            problem = window_mismatch(model.card, *self.window)
-            if problem:
-                log.warning("%s", problem)
-
-    def _fingerprint(self) -> tuple[str, float] | None:
-        resolved = os.path.realpath(self.path)
-        try:
-            return resolved, os.stat(os.path.join(resolved, "model.json")).st_mtime
-        except OSError:
-            return resolved, -1.0
-
-    def poll(self) -> bool:
-        """Load the model again if the path now names another pair; True when swapped.
-        Blocking (file I/O and a test inference): call it in an executor."""
-        from .model_runtime import LoadedModel, ModelError
-
-        fp = self._fingerprint()
-        if fp == self._seen:
-            return False
-        self._seen = fp
-        try:
-            candidate = LoadedModel.load(self.path, threads=self.threads)
-        except ModelError as exc:
-            metrics.MODEL_REFUSED.inc()
-            log.error("refused the model at %s (still serving %s): %s", fp[0],
-                      self.model.version if self.model else None, exc)
-            return False
-        if self.model is not None and candidate.version == self.model.version:
-            return False
-        old = self.model
-        self.model = candidate  # one reference swap: a running pass keeps the model it started with
-        if old is not None:
-            metrics.MODEL.remove(old.version)
-        metrics.MODEL.labels(candidate.version).set(1)
-        log.warning("model swapped: %s -> %s", old.version if old else None, candidate.version)
-        self._check_window(candidate)
-        return True
+    def __init__(self) -> None:
+        self.next_start = 0.0
+        self.indexed: set[int] = set()
+        self.generation = -1
 
 
-_holder: ModelHolder | None = None
+app.scorer = Pass()
 
 
-def holder() -> ModelHolder | None:
-    return _holder
+async def index_new_partitions() -> None:
+    """Scan the table once for the owned partitions not indexed yet (after each assignment):
+    their users' pending flags and idle facts, and as many states as the cache bound allows."""
+    scorer = app.scorer
+    if scorer.generation != app.consumer_generation_id:  # a rebalance happened: everything is new
+        scorer.generation, scorer.indexed = app.consumer_generation_id, set()
+    todo = owned_partitions() - scorer.indexed
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    states, n, generation = app.states, settings.partitions, app.consumer_generation_id
+    seen = 0
+    for i, (key, raw) in enumerate(users.items()):  # RocksDB iterators read a consistent snapshot
+        p = partition_for(key, n)
+        if p in todo and key not in states:
+            st = state.load(raw)
+            if states.bytes < states.max_bytes:
+                states.load(p, key, st)
+            else:
+                states.index(p, key, st)
+            seen += 1
+        if i % INDEX_CHUNK == INDEX_CHUNK - 1:
+            await asyncio.sleep(0)
+            if app.consumer_generation_id != generation:
+                return  # a rebalance began: the next pass indexes the new assignment
+    scorer.indexed |= todo
+    log.info("indexed %d users of partitions %s in %.1f s", seen, sorted(todo), time.perf_counter() - t0)
 
 
-def set_holder(h: ModelHolder) -> None:
-    global _holder
-    _holder = h
+def backlog() -> int:
+    """Input messages waiting on this worker's partitions."""
+    return sum(lag for _, lag in partition_lags())
 
 
-def model_version() -> str | None:
-    return _holder.model.version if _holder and _holder.model else None
+async def score_pass() -> int:
+    """Score every user with new events on the partitions this worker owns; returns how many.
+
+    Inference must not starve consumption: while more than INTEREST_SCORE_PACE_BACKLOG input
+    messages wait, the pass pauses after each batch so that it takes at most INTEREST_SCORE_SHARE
+    of the time; otherwise it runs at full speed (fresher vectors)."""
+    model = app.models.model  # one model for the whole pass, even if a swap happens meanwhile
+    if model is None or not is_ready():
+        return 0
+    await index_new_partitions()
+    generation = app.consumer_generation_id
+    pending = app.states.pending
+    todo = [(p, k) for p in sorted(owned_partitions()) for k in sorted(pending.get(p, ()))]
+    loop = asyncio.get_running_loop()
+    batch, share, horizon = settings.score_batch, settings.score_share, LIMITS.horizon_ms
+    done = 0
+    for i in range(0, len(todo), batch):
+        if not is_ready() or app.consumer_generation_id != generation:
+            break  # a rebalance started: the new owners score these users
+        t_start = time.perf_counter()
+        where: dict[bytes, int] = {}
+        inputs = []
+        for p, key in todo[i:i + batch]:
+            st = lookup(p, key)
+            if st is not None and state.is_pending(st):
+                where[key] = p
+                inputs.append(core.snapshot(key, st, model, horizon))
+        if not inputs:
+            continue
+        t0 = time.perf_counter()
+        probs = await loop.run_in_executor(None, core.infer, model, inputs, batch)
+        metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
+        metrics.SCORE_BATCHES.inc()
+        if app.consumer_generation_id != generation:
+            break  # the partitions were flushed and handed over while the model ran
+        for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
+            interests_topic.send_soon(key=key, value=orjson.dumps(vec))
+            app.states.put(where[key], key, st)  # the vector reaches the table with the next flush
+            done += 1
+        metrics.SCORED_USERS.inc(len(inputs))
+        spent = time.perf_counter() - t_start
+        if share < 1 and backlog() > settings.pace_backlog:
+            metrics.SCORE_PACED.inc()
+            await asyncio.sleep(spent * (1 - share) / share)
+        else:
+            await asyncio.sleep(0)
+    return done
+
+
+# Passes start every INTEREST_SCORE_INTERVAL_S from the start of the previous one (Faust's timer
+# would wait a whole interval after a pass ends, so a long pass would stretch the cycle); a
+# pass that overruns is followed by the next one at the next tick.
+SCORE_TICK_S = min(1.0, settings.score_interval_s)
+
+
+@app.timer(SCORE_TICK_S)
+async def score_timer():
+    """Publish interest vectors for users with new events (on owned partitions only)."""
+    t0 = time.monotonic()
+    if t0 < app.scorer.next_start:
+        return
+    app.scorer.next_start = t0 + settings.score_interval_s
+    metrics.SCORING_ACTIVE.set(1)
+    try:
+        n = await score_pass()
+    finally:
+        metrics.SCORING_ACTIVE.set(0)
+    if n:
+        took = time.monotonic() - t0
+        metrics.SCORE_PASS.observe(took)
+        log.info("scored %d users in %.1f s", n, took)
+
+
+@app.timer(settings.model_poll_s)
+async def model_poll_timer():
+    """Pick up a re-pointed INTEREST_MODEL_DIR; refuse a bad pair and keep serving."""
+    await asyncio.get_running_loop().run_in_executor(None, app.models.poll)

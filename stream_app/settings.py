@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from interest_core.errors import InterestStreamError
@@ -86,12 +87,20 @@ class Settings:
     web_port: int = 6066  # INTEREST_WEB_PORT
     web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST
     store: str = "rocksdb://"  # INTEREST_STORE: rocksdb:// for deployments, memory:// for tests
-    data_dir: str = "./interest-stream-data"  # INTEREST_DATA_DIR: table state of this worker
+    data_dir: str = "./interest-stream-data"  # INTEREST_DATA_DIR: table state; each deployment (app id) in its own subdirectory
     session_timeout_s: float = 30.0  # INTEREST_SESSION_TIMEOUT_S: consumer group session timeout
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
+    flush_s: float = 5.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
+    state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB: decoded user states (and events waiting for a flush) kept in memory
+    replication: int = 1  # INTEREST_REPLICATION: replication factor of the topics Faust declares (changelogs)
+    canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default http://127.0.0.1:<port>)
+    evict_every_s: float = 60.0  # INTEREST_EVICT_EVERY_S: how often idle users are compacted or evicted
+    kafka_port: int = 9092  # INTEREST_KAFKA_PORT: the local development broker (`kafka up`, demo)
+    kafka_controller_port: int = 0  # INTEREST_KAFKA_CONTROLLER_PORT (0: kafka_port + 1)
+    kafka_heap: str = "512m"  # INTEREST_KAFKA_HEAP: -Xmx of the local development broker
     security: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* ...
 
     @classmethod
@@ -103,6 +112,12 @@ class Settings:
         store = env.get("INTEREST_STORE", "rocksdb://") or "rocksdb://"
         if store not in ("rocksdb://", "memory://"):
             raise ConfigError(f"INTEREST_STORE must be rocksdb:// or memory://, got {store!r}")
+        canonical_url = env.get("INTEREST_CANONICAL_URL", "") or ""
+        if canonical_url and not canonical_url.startswith(("http://", "https://")):
+            raise ConfigError(f"INTEREST_CANONICAL_URL must be an http:// or https:// URL, got {canonical_url!r}")
+        kafka_heap = env.get("INTEREST_KAFKA_HEAP") or "512m"
+        if not kafka_heap[:-1].isdigit() or kafka_heap[-1].lower() not in "kmg":
+            raise ConfigError(f"INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got {kafka_heap!r}")
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092",
             topic_prefix=env.get("INTEREST_TOPIC_PREFIX", ""),
@@ -130,6 +145,14 @@ class Settings:
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
             linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
             log_format=log_format,
+            flush_s=_float(env, "INTEREST_FLUSH_S", 5.0, minimum=0.05),
+            state_cache_mb=_float(env, "INTEREST_STATE_CACHE_MB", 512.0, minimum=1.0),
+            replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1),
+            canonical_url=canonical_url,
+            evict_every_s=_float(env, "INTEREST_EVICT_EVERY_S", 60.0, minimum=0.1),
+            kafka_port=_int(env, "INTEREST_KAFKA_PORT", 9092, minimum=1),
+            kafka_controller_port=_int(env, "INTEREST_KAFKA_CONTROLLER_PORT", 0, minimum=0),
+            kafka_heap=kafka_heap,
             security={v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)},
         )
 
@@ -162,6 +185,28 @@ class Settings:
     @property
     def control_topic(self) -> str:
         return self.topic("interest-control")
+
+    @property
+    def state_dir(self) -> Path:
+        """This deployment's local table state: ``INTEREST_DATA_DIR/<app id>``, so deployments
+        with different prefixes never read each other's RocksDB offsets."""
+        return Path(self.data_dir) / self.app_id
+
+    def prepare_state_dir(self) -> Path:
+        """Create :attr:`state_dir` (and its parents); ConfigError naming the path if that fails."""
+        path = self.state_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"INTEREST_DATA_DIR: cannot create {path}: {exc.strerror or exc}") from None
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"INTEREST_DATA_DIR: {path} is not writable")
+        return path
+
+    @property
+    def web_url(self) -> str:
+        """The URL other workers use to reach this one (table_route forwards GETs there)."""
+        return self.canonical_url or f"http://127.0.0.1:{self.web_port}"
 
     # -- clients -------------------------------------------------------------------------
     def kafka_python_config(self) -> dict:

@@ -19,7 +19,9 @@ the rest of the window plus the grace period, kept compact because only counts a
 detection need them. Counts are derived, not stored.
 
 Version 1 had no ``p``; :func:`load` migrates such a value by folding its rows into a profile
-(the history before them is gone, so the profile starts with the window).
+(the history before them is gone, so the profile starts with the window). Version 2 kept the last
+vector in a table of its own; a migrated value has ``out`` null and ``scored`` 0, so the user is
+scored again once (its next vector has drift 0).
 
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
@@ -36,7 +38,7 @@ from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late
                            seconds_to_ms,
                            window_start)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 class StateFormatError(Exception):
@@ -63,7 +65,11 @@ def load(raw: bytes | None) -> dict | None:
     state = orjson.loads(raw)
     version = state.get("v")
     if version == 1:
-        return _migrate_v1(state)
+        state = _migrate_v1(state)
+        version = 2
+    if version == 2:
+        state["v"], state["out"], state["scored"] = STATE_VERSION, None, 0
+        return state
     if version != STATE_VERSION:
         # a future format change adds a migration here instead of misreading old values
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
@@ -75,7 +81,7 @@ def _migrate_v1(state: dict) -> dict:
     prof = None
     for prof in profiles_in_order((WindowEvent(r[0], r[2], r[3]) for r in rows), 1 << 62):
         pass
-    state["v"], state["p"] = STATE_VERSION, prof
+    state["v"], state["p"] = 2, prof
     return state
 
 
@@ -84,7 +90,8 @@ def dump(state: dict) -> bytes:
 
 
 def new_state() -> dict:
-    return {"v": STATE_VERSION, "seq": 0, "newest": None, "seen": 0, "ev": [], "old": [], "p": None}
+    return {"v": STATE_VERSION, "seq": 0, "newest": None, "seen": 0, "ev": [], "old": [], "p": None,
+            "out": None, "scored": 0}
 
 
 def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple[str, dict | None]:
@@ -168,24 +175,42 @@ def profile(state: dict) -> dict | None:
     return state.get("p")
 
 
+def is_pending(state: dict) -> bool:
+    """Events arrived since the user's last vector (or there is none yet)."""
+    return state["seq"] != state["scored"]
+
+
+def record_vector(state: dict, vector: dict, seq: int) -> None:
+    """Keep ``vector`` as the user's last published one; it saw the state up to ``seq``."""
+    state["out"], state["scored"] = vector, seq
+
+
+def idle_facts(state: dict) -> tuple[int, int, bool]:
+    """What idle eviction needs of a state, kept for every user of a partition without
+    decoding it again: (newest ts, worker clock when last accepted, whether it has rows)."""
+    return state["newest"], state["seen"], bool(state["ev"] or state["old"])
+
+
 def compact(state: dict) -> dict:
     """The state of an idle user without its rows (the window is over; the profile stays)."""
     state["ev"], state["old"] = [], []
     return state
 
 
-def idle_action(state: dict, partition_newest: int, now_ms: int, limits: Limits) -> str | None:
-    """What to do with a user idle for a while, judged both in event time (the partition's newest
-    ts moved past) and on the worker's clock (so a replay of old data, whose event time races
-    ahead, does not drop users whose events are still arriving): ``"evict"`` (delete) after the
-    profile retention, ``"compact"`` (drop the rows) after horizon + grace, else None."""
+def idle_action(facts: tuple[int, int, bool], partition_newest: int, now_ms: int, limits: Limits) -> str | None:
+    """What to do with a user idle for a while (``facts`` from :func:`idle_facts`), judged both in
+    event time (the partition's newest ts moved past) and on the worker's clock (so a replay of
+    old data, whose event time races ahead, does not drop users whose events are still
+    arriving): ``"evict"`` (delete) after the profile retention, ``"compact"`` (drop the rows)
+    after horizon + grace, else None."""
+    newest, seen, has_rows = facts
 
     def idle_for(span: int) -> bool:
-        return state["newest"] + span < partition_newest and state["seen"] + span < now_ms
+        return newest + span < partition_newest and seen + span < now_ms
 
     window_span = limits.horizon_ms + limits.grace_ms
     if idle_for(max(window_span, limits.profile_retention_ms)):
         return "evict"
-    if (state["ev"] or state["old"]) and idle_for(window_span):
+    if has_rows and idle_for(window_span):
         return "compact"
     return None

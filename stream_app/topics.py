@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from .settings import InterestStreamError, Settings
 
-# Faust table names; their changelog topics are "<app id>-<name>-changelog".
-TABLES = ("users", "pending", "vectors")
+# Faust table names; their changelog topics are "<app id>-<name>-changelog". (Before the
+# write-behind state there were also "pending" and "vectors"; their topics are no longer used.)
+TABLES = ("users",)
 
 
 class TopicError(InterestStreamError):

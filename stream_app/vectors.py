@@ -4,8 +4,6 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from .state import events_in_window
-
 SCHEMA = 1
 TOP_N = 3
 
@@ -27,14 +25,6 @@ def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> float:
 def top_categories(interests: Mapping[str, float], n: int = TOP_N) -> list[str]:
     """The n largest, ties broken by category name."""
     return [c for c, _ in sorted(interests.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
-
-
-def user_vector(key: bytes, user_state: dict, probs: Sequence[float], model, horizon_ms: int,
-                previous: Mapping | None) -> dict:
-    """The vector of one user's state (:mod:`stream_app.state`) and the model's output for it:
-    the one place the worker and `replay` turn a scored state into a contract record."""
-    return build_vector(key.decode(), probs, model.categories, user_state["newest"], model.version,
-                        events_in_window(user_state, horizon_ms), previous)
 
 
 def build_vector(

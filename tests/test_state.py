@@ -94,16 +94,20 @@ def test_idle_users_need_event_time_and_wall_clock():
     lim = Limits(horizon_ms=H, grace_ms=G, max_events=3, profile_retention_ms=100_000)
     st, _ = run([ev(1, T0)], lim)
     span = H + G
-    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) == "compact"
-    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + 10, limits=lim) is None
-    assert state.idle_action(st, T0 + 10, now_ms=st["seen"] + span + 1, limits=lim) is None
+    facts = state.idle_facts(st)
+    assert facts == (T0, st["seen"], True)
+    assert state.idle_action(facts, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) == "compact"
+    assert state.idle_action(facts, T0 + span + 1, now_ms=st["seen"] + 10, limits=lim) is None
+    assert state.idle_action(facts, T0 + 10, now_ms=st["seen"] + span + 1, limits=lim) is None
     # compacted: the rows are gone, the profile stays; only the retention evicts
     st = state.load(state.dump(state.compact(st)))
     assert st["ev"] == st["old"] == [] and st["p"]["c"] == {"c": [10**6] * 3}  # millionths
     assert state.summary(st, H)["events"] == 0
-    assert state.idle_action(st, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) is None
-    assert state.idle_action(st, T0 + 100_001, now_ms=st["seen"] + 100_001, limits=lim) == "evict"
-    assert state.idle_action(st, T0 + 100_001, now_ms=st["seen"] + 50_000, limits=lim) is None
+    facts = state.idle_facts(st)
+    assert facts == (T0, st["seen"], False)
+    assert state.idle_action(facts, T0 + span + 1, now_ms=st["seen"] + span + 1, limits=lim) is None
+    assert state.idle_action(facts, T0 + 100_001, now_ms=st["seen"] + 100_001, limits=lim) == "evict"
+    assert state.idle_action(facts, T0 + 100_001, now_ms=st["seen"] + 50_000, limits=lim) is None
 
 
 def test_profile_is_folded_in_and_restarts_after_the_retention():
@@ -121,16 +125,21 @@ def test_profile_is_folded_in_and_restarts_after_the_retention():
     assert st2["p"] == {"t": T0 + 86_400 + 100_001, "c": {"z": [10**6] * 3}}
 
 
-def test_state_version_is_checked_and_v1_values_migrate():
+def test_state_version_is_checked_and_old_values_migrate():
     import orjson
     import pytest
 
-    with pytest.raises(state.StateFormatError, match="version 3"):
-        state.load(orjson.dumps({"v": 3}))
+    with pytest.raises(state.StateFormatError, match="version 4"):
+        state.load(orjson.dumps({"v": 4}))
     v1 = {"v": 1, "seq": 2, "newest": T0 + 5, "seen": 7, "old": [[T0, "e1", "click", "a"]],
           "ev": [[T0 + 5, "e2", "search", None, None, None, "q"]]}
     st = state.load(orjson.dumps(v1))
-    assert st["v"] == 2 and st["p"]["t"] == T0 + 5 and list(st["p"]["c"]) == ["a"]
+    assert st["v"] == 3 and st["p"]["t"] == T0 + 5 and list(st["p"]["c"]) == ["a"]
+    # v2 kept the vector elsewhere: a migrated user has none and is scored again once
+    assert st["out"] is None and st["scored"] == 0 and state.is_pending(st)
+    v2 = dict(v1, v=2, p={"t": T0 + 5, "c": {"a": [1, 2, 3]}})
+    st2 = state.load(orjson.dumps(v2))
+    assert st2["v"] == 3 and st2["p"] == {"t": T0 + 5, "c": {"a": [1, 2, 3]}} and st2["out"] is None
     assert st["p"]["c"]["a"][2] == round(1e6 * 0.5 ** 0.1)  # the search counts as a step on the event scale
     assert state.window_events(st)[0].query == "q"
 

@@ -15,8 +15,7 @@ def test_topics_create(env):
     expected = [f"{prefix}{t}" for t in (
         "events.click", "events.browse", "events.search", "user-interests",
         "user-interests.backfill", "events.dlq",
-        "interest-control", "interest-stream-users-changelog",
-        "interest-stream-pending-changelog", "interest-stream-vectors-changelog")]
+        "interest-control", "interest-stream-users-changelog")]
     assert [line.split()[1] for line in out.splitlines()] == expected
     assert all(line.startswith("created") for line in out.splitlines())
     again = cli(env, "topics", "create").stdout

@@ -1,5 +1,5 @@
 """The warning when a model was trained on another window than the worker keeps."""
-from stream_app.scoring import window_mismatch
+from stream_app.model_swap import window_mismatch
 
 
 def test_window_mismatch_is_reported_with_both_windows():

@@ -1,0 +1,95 @@
+"""The one core the live worker and ``replay`` share: an input message applied to a user's state,
+and users' states scored into contract vectors. No Kafka, no Faust: each driver keeps the states
+where it likes (the worker in :class:`stream_app.state_cache.StateCache`, replay in a dict) and
+calls these functions, so the two cannot drift apart.
+
+Scoring is split where the worker needs it split: :func:`snapshot` copies what a state's score
+depends on (in the event loop, between events), :func:`infer` runs the model (in a thread, while
+events keep arriving and change the states), and :func:`publish` turns the result into vectors,
+each with drift against the vector last published for its user, and records it in that user's
+state. :func:`score_states` does all three at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import state as st, vectors as vector_math
+from .events import Rejected, validate
+
+LATE = Rejected("late", "older than the user's window by more than the grace period")
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    outcome: str  # accepted, duplicate, late or a dead-letter reason
+    state: dict | None  # the changed state (accepted only)
+    rejected: Rejected | None  # why it is a dead letter (late included)
+
+
+def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[], dict | None],
+           limits: st.Limits, now_ms: int, future_ms: int) -> Ingested:
+    """One input message through validation and the user's state (read by ``lookup`` only for a
+    valid event). A duplicate or late event leaves the state unchanged."""
+    result = validate(expected_type, key, value, now_ms, future_ms)
+    if isinstance(result, Rejected):
+        return Ingested(result.reason, None, result)
+    outcome, new = st.apply(lookup(), result, limits, now_ms)
+    if outcome == "late":
+        return Ingested("late", None, LATE)
+    return Ingested(outcome, new, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreInput:
+    """What one user's vector depends on, copied out of the state at one moment."""
+
+    key: bytes
+    seq: int  # the state's seq: the vector saw every event up to it
+    newest: int  # the window's newest ts (the vector's ts)
+    events: int  # events in the window
+    window: list  # WindowEvent, oldest first (what the model reads)
+    profile: np.ndarray  # (P,) the model's profile input
+
+
+def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
+    """Copy one state's scoring inputs (the state itself keeps changing afterwards)."""
+    prof = model.profile_inputs([st.profile(state)], 1)[0]
+    return ScoreInput(key, state["seq"], state["newest"], st.events_in_window(state, horizon_ms),
+                      st.window_events(state), prof)
+
+
+def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
+    """(n, k) interest distributions of ``inputs``: encoding and ONNX Runtime, safe in a thread."""
+    if not inputs:
+        return np.empty((0, model.k))
+    enc = model.encoder.encode
+    profiles = np.stack([i.profile for i in inputs]) if model.encoder.profile_size else None
+    return model.predict_ids([enc(i.window) for i in inputs], profiles, batch)
+
+
+def publish(inputs: Sequence[ScoreInput], probs: np.ndarray, model, lookup: Callable[[bytes], dict | None]
+            ) -> list[tuple[bytes, dict, dict]]:
+    """Vectors of scored inputs as ``(key, vector, state)``: drift against the user's last
+    published vector, which the vector then replaces in the state (``lookup`` gives the state
+    now; a user forgotten meanwhile is skipped)."""
+    out = []
+    for inp, row in zip(inputs, probs):
+        state = lookup(inp.key)
+        if state is None:
+            continue
+        vec = vector_math.build_vector(inp.key.decode(), row, model.categories, inp.newest, model.version,
+                                       inp.events, state.get("out"))
+        st.record_vector(state, vec, inp.seq)
+        out.append((inp.key, vec, state))
+    return out
+
+
+def score_states(pairs: Sequence[tuple[bytes, dict]], model, horizon_ms: int, batch: int
+                 ) -> list[tuple[bytes, dict, dict]]:
+    """Score ``(key, state)`` pairs in order and record each vector in its state (replay, tests)."""
+    states = dict(pairs)
+    inputs = [snapshot(k, s, model, horizon_ms) for k, s in pairs]
+    return publish(inputs, infer(model, inputs, batch), model, states.get)

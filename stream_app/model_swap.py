@@ -1,0 +1,102 @@
+"""The model this worker serves, and its hot swap (:class:`ModelHolder`, one per app).
+
+The model pair (model.onnx + model.json) is read from the directory ``INTEREST_MODEL_DIR``
+resolves to. Every ``INTEREST_MODEL_POLL_S`` seconds the path is resolved again; a new target
+or a new ``version`` is loaded, checked with a test inference and swapped in. A pair that fails
+is refused with an error and the old model keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from . import metrics
+
+log = logging.getLogger("interest_stream.scoring")
+
+
+def window_mismatch(card: dict, horizon_s: int, max_events: int, profile_retention_s: int | None = None) -> str | None:
+    """A warning when the model was trained on another window (or profile retention) than the
+    worker keeps."""
+    trained = card.get("window") or {}
+    if not trained:
+        return None
+    problems = []
+    if (trained.get("horizon_s"), trained.get("max_events")) != (horizon_s, max_events):
+        problems.append(f"the model was trained on windows of {trained.get('horizon_s')} s / "
+                        f"{trained.get('max_events')} events, the worker keeps {horizon_s} s / {max_events} "
+                        "events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS)")
+    if "profile_retention_s" in trained and profile_retention_s is not None \
+            and trained["profile_retention_s"] != profile_retention_s:
+        problems.append(f"the model's profiles restart after {trained['profile_retention_s']} s idle, the "
+                        f"worker's after {profile_retention_s} s (INTEREST_PROFILE_RETENTION_S)")
+    if not problems:
+        return None
+    return "; ".join(problems) + ": its inputs differ from training"
+
+
+class ModelHolder:
+    def __init__(self, path: str, threads: int, window: tuple[int, int, int] | None = None) -> None:
+        self.path = path
+        self.threads = threads
+        self.window = window  # (horizon_s, max_events, profile_retention_s) the worker keeps
+        self.model = None
+        self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
+
+    def load_initial(self):
+        """Load the first model; raises ModelError (the worker refuses to start)."""
+        from .model_runtime import LoadedModel, ModelError
+
+        if not self.path:
+            raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
+                             "(model.onnx + model.json; see `interest-stream export`)")
+        self.model = LoadedModel.load(self.path, threads=self.threads)
+        self._seen = self._fingerprint()
+        metrics.MODEL.labels(self.model.version).set(1)
+        log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
+        self._check_window(self.model)
+        return self.model
+
+    def _check_window(self, model) -> None:
+        if self.window is not None:
+            problem = window_mismatch(model.card, *self.window)
+            if problem:
+                log.warning("%s", problem)
+
+    def _fingerprint(self) -> tuple[str, float] | None:
+        resolved = os.path.realpath(self.path)
+        try:
+            return resolved, os.stat(os.path.join(resolved, "model.json")).st_mtime
+        except OSError:
+            return resolved, -1.0
+
+    def poll(self) -> bool:
+        """Load the model again if the path now names another pair; True when swapped.
+        Blocking (file I/O and a test inference): call it in an executor."""
+        from .model_runtime import LoadedModel, ModelError
+
+        fp = self._fingerprint()
+        if fp == self._seen:
+            return False
+        self._seen = fp
+        try:
+            candidate = LoadedModel.load(self.path, threads=self.threads)
+        except ModelError as exc:
+            metrics.MODEL_REFUSED.inc()
+            log.error("refused the model at %s (still serving %s): %s", fp[0],
+                      self.model.version if self.model else None, exc)
+            return False
+        if self.model is not None and candidate.version == self.model.version:
+            return False
+        old = self.model
+        self.model = candidate  # one reference swap: a running pass keeps the model it started with
+        if old is not None:
+            metrics.MODEL.remove(old.version)
+        metrics.MODEL.labels(candidate.version).set(1)
+        log.warning("model swapped: %s -> %s", old.version if old else None, candidate.version)
+        self._check_window(candidate)
+        return True
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version if self.model is not None else None
