@@ -89,14 +89,16 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int):
-    """``events`` contract events for ``users`` users, ts spread over ``span_ms``."""
+def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int, in_order: bool = False):
+    """``events`` contract events for ``users`` users, ts spread over ``span_ms``: at random
+    (almost every event of a user arrives out of order) or, with ``in_order``, increasing, so each
+    user's events arrive in ts order (the common case)."""
     rng = random.Random(seed)
     cats = ["sports", "tech", "music", "travel", "food", "fashion", "news", "games", "films", "books"]
     words = ["cheap", "best", "new", "review", "guide", "deal", "top", "live", "how", "near"]
     for i in range(events):
         u = rng.randrange(users)
-        ts = t0 + rng.randrange(span_ms)
+        ts = t0 + (i * span_ms // events if in_order else rng.randrange(span_ms))
         r = rng.random()
         e = {"event_id": f"b{i}", "user_id": f"user{u}", "ts": ts}
         if r < 0.45:
@@ -110,22 +112,30 @@ def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int):
 
 
 class WorkerProc:
-    def __init__(self, env: dict, workdir: Path):
+    """A worker subprocess; ``src`` runs another checkout of the project (e.g. the previous
+    version, for new-against-old ratios in one run): it goes first on PYTHONPATH, ahead of the
+    editable install."""
+
+    def __init__(self, env: dict, workdir: Path, src: Path | None = None, name: str = "worker"):
         self.port = free_port()
-        self.env = dict(env, INTEREST_WEB_PORT=str(self.port), INTEREST_DATA_DIR=str(workdir / "data"))
         self.workdir = workdir
+        self.name = name
+        self.src = Path(src) if src else ROOT
+        self.env = dict(env, INTEREST_WEB_PORT=str(self.port), INTEREST_DATA_DIR=str(workdir / f"{name}-data"))
+        if src:
+            self.env["PYTHONPATH"] = str(self.src)
         self.proc = None
 
     def start(self):
-        self.log = open(self.workdir / "worker.log", "ab")
+        self.log = open(self.workdir / f"{self.name}.log", "ab")
         _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
                                       "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited; see {self.workdir / 'worker.log'}")
+                raise RuntimeError(f"worker exited; see {self.workdir / (self.name + '.log')}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
                     if r.status == 200:
@@ -136,11 +146,14 @@ class WorkerProc:
         raise RuntimeError("worker not ready")
 
     def _profile(self) -> None:
-        """BENCH_PYSPY=out.txt: sample the running worker with py-spy for BENCH_PYSPY_S seconds."""
+        """BENCH_PYSPY=out.txt: sample the running worker with py-spy for BENCH_PYSPY_S seconds,
+        BENCH_PYSPY_DELAY_S after it is ready (so startup and recovery stay out of the profile)."""
         out = os.environ.get("BENCH_PYSPY")
-        if out:
-            subprocess.Popen(["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw",
-                              "-r", "50", "-d", os.environ.get("BENCH_PYSPY_S", "30"), "-o", out],
+        if out and self.name == os.environ.get("BENCH_PYSPY_WORKER", "new"):
+            cmd = ["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "-r", "50",
+                   "-d", os.environ.get("BENCH_PYSPY_S", "30"), "-o", out]
+            delay = os.environ.get("BENCH_PYSPY_DELAY_S", "0")
+            subprocess.Popen(["sh", "-c", f'sleep {float(delay)} && exec "$@"', "sh", *cmd],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def metrics(self) -> dict[str, float]:
@@ -176,6 +189,33 @@ class WorkerProc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def checkout(ref: str):
+    """A temporary checkout of ``ref`` of this repository (git worktree), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="interest-bench-old-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def topic_records(bootstrap: str, topic: str) -> int | None:
+    """Records ever written to a topic (sum of its partitions' end offsets; None if missing)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            return None
+        return sum(c.end_offsets([TopicPartition(topic, p) for p in parts]).values())
+    finally:
+        c.close()
 
 
 def dumps(obj) -> str:

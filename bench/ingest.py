@@ -1,18 +1,27 @@
-"""Ingestion throughput and memory against the real broker (run by `make bench`).
+"""Ingestion throughput, changelog volume and memory against the real broker (run by `make bench`).
 
-Preloads N events (default 1,000,000) for U users (default 50,000) across the three input
-topics, then in the same run measures (1) a bare aiokafka consumer that only decodes the JSON
-(the ceiling of a Python consumer) and (2) the worker from the beginning until it has processed
-every event. Prints JSON: events/s of both, their ratio, the worker's peak RSS, state bytes per
-user and changelog bytes per event. Scoring is switched off (interval of an hour) so only
-ingestion is measured.
+Preloads N events (default 1,000,000) for U users (default 50,000) across the three input topics,
+then, in the same run and on the same topics, measures from the beginning of the topics:
+  1. a bare aiokafka consumer that only decodes the JSON (the ceiling of a Python consumer);
+  2. a Faust agent that only decodes (bench/faust_floor.py: the ceiling of any Faust agent);
+  3. the worker (this checkout), until it has processed every event;
+  4. with ``--old REF``, the worker of another commit (e.g. the last one before the write-behind
+     state), same topics, its own consumer group: new / old in one run.
+Scoring is off (an interval of an hour), so only ingestion is measured. ``--order inorder`` gives
+each user's events in ts order (the common case); the default shuffles them over 20 hours (almost
+every event out of order: the profile's worst case).
 
-    python bench/ingest.py [--events N] [--users U]
+Prints JSON: events/s of each, the ratios, per accepted event the table records and bytes written
+to the users changelog (records: end offsets after the worker stopped and flushed), peak RSS,
+RocksDB bytes per user.
+
+    python bench/ingest.py [--events N] [--users U] [--order shuffled|inorder] [--old REF] [--flush-s S]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -20,7 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from common import WorkerProc, broker, dir_bytes, dumps, machine, synthetic_events, topic_bytes
+from common import (WorkerProc, broker, checkout, dir_bytes, dumps, machine, synthetic_events, topic_bytes,
+                    topic_records)
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -28,12 +38,12 @@ SPAN_MS = 20 * 3_600_000
 T0 = int(time.time() * 1000) - SPAN_MS - 60_000
 
 
-def preload(bootstrap: str, env: dict, n: int, users: int) -> float:
+def preload(env: dict, n: int, users: int, in_order: bool) -> float:
     from stream_app.produce import send_events
     from stream_app.settings import Settings
 
     t = time.monotonic()
-    send_events(synthetic_events(users, n, seed=1, t0=T0, span_ms=SPAN_MS), Settings.from_env(env))
+    send_events(synthetic_events(users, n, seed=1, t0=T0, span_ms=SPAN_MS, in_order=in_order), Settings.from_env(env))
     return time.monotonic() - t
 
 
@@ -58,7 +68,7 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int) -> float:
                     t = time.monotonic()
                 for r in recs:
                     orjson.loads(r.value)
-                seen += 1 * len(recs)
+                seen += len(recs)
     finally:
         await c.stop()
     return seen / (time.monotonic() - t)
@@ -66,7 +76,6 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int) -> float:
 
 def faust_floor(env: dict, n: int, work: Path) -> float:
     """events/s of a Faust agent that only decodes (bench/faust_floor.py), same topics."""
-    import os
     import signal
     import subprocess
 
@@ -77,6 +86,11 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
                             cwd=Path(__file__).parent, env=dict(env, BENCH_FLOOR_EVENTS=str(n),
                                                                 BENCH_FLOOR_OUT=str(out)),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if os.environ.get("BENCH_PYSPY_FLOOR"):  # sample the decode-only agent too
+        subprocess.Popen(["sh", "-c", f'sleep {float(os.environ.get("BENCH_PYSPY_DELAY_S", "0"))} && exec "$@"', "sh",
+                          "py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "-r", "50", "-d",
+                          os.environ.get("BENCH_PYSPY_S", "30"), "-o", os.environ["BENCH_PYSPY_FLOOR"]],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 3600
         while not out.exists():
@@ -91,79 +105,104 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
         proc.wait()
 
 
+def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, name: str, src=None) -> dict:
+    """One worker from the beginning of the topics until every event is processed; then SIGTERM
+    (its last flush) and the changelog's size."""
+    app_id = f"interest-stream-{name}"
+    w = WorkerProc(dict(env, INTEREST_APP_ID=app_id), work, src=src, name=name)
+    w.start()
+    t_ready = time.monotonic()
+    done = 0.0
+    samples = []
+    while done < n:
+        time.sleep(1)
+        m = w.metrics()
+        done = sum(m.get(f'interest_events_total{{outcome="{o}"}}', 0) for o in ("accepted", "duplicate", "dead_letter"))
+        samples.append((time.monotonic() - t_ready, done))
+        if w.proc.poll() is not None:
+            raise SystemExit(f"worker {name} died; see {work / (name + '.log')}")
+        if time.monotonic() - t_ready > 3600:
+            raise SystemExit(f"worker {name} did not finish within an hour")
+    elapsed = time.monotonic() - t_ready
+    # the first sample where events were flowing: startup before it is not ingestion
+    t_first = next((t for t, d in samples if d > 0), 0.0)
+    rate = n / max(1e-9, elapsed - t_first + 1.0)
+    peak = w.rss_peak_mib()
+    accepted = w.metrics().get('interest_events_total{outcome="accepted"}', 0.0)
+    w.stop()  # SIGTERM: the last flush
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    changelogs = [f"{prefix}{app_id}-{t}-changelog" for t in ("users", "pending", "vectors")]
+    records = sum(topic_records(bootstrap, t) or 0 for t in changelogs)
+    nbytes = sum(topic_bytes(k, t) or 0 for t in changelogs) if k is not None else None
+    return {
+        "events_per_s": round(rate),
+        "accepted": accepted,
+        "peak_rss_mib": round(peak, 1),
+        "changelog_records_per_accepted_event": round(records / max(1.0, accepted), 3),
+        "changelog_bytes_per_accepted_event": round(nbytes / max(1.0, accepted), 1) if nbytes is not None else None,
+        "state_bytes_per_user_rocksdb": round(dir_bytes(work / f"{name}-data") / users),
+        "flush_s": float(env.get("INTEREST_FLUSH_S", 5.0)) if src is None else None,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--order", choices=["shuffled", "inorder"], default="shuffled")
+    ap.add_argument("--old", default=None, help="git ref of an older worker to run on the same topics")
+    ap.add_argument("--flush-s", type=float, default=None, help="INTEREST_FLUSH_S of the new worker")
+    ap.add_argument("--skip-bare", action="store_true", help="skip the bare aiokafka consumer")
     args = ap.parse_args()
     from tiny_model import build_tiny_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="interest-bench-ingest-"))
     model_dir = build_tiny_model_dir(work / "model")
-    import os
-
     with broker() as (bootstrap, k):
         prefix = f"bench{int(time.time())}."
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
                    INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
                    INTEREST_SCORE_INTERVAL_S="3600", INTEREST_STORE="rocksdb://")
+        if args.flush_s is not None:
+            env["INTEREST_FLUSH_S"] = str(args.flush_s)
         from stream_app.settings import Settings
         from stream_app.topics import create_topics
 
         s = Settings.from_env(env)
         create_topics(s)
-        print(f"preloading {args.events} events for {args.users} users...", file=sys.stderr)
-        preload_s = preload(bootstrap, env, args.events, args.users)
-        print("bare aiokafka consumer...", file=sys.stderr)
-        bare = asyncio.run(bare_consumer(bootstrap, list(s.input_topics.values()), args.events))
+        print(f"preloading {args.events} events for {args.users} users ({args.order})...", file=sys.stderr)
+        preload_s = preload(env, args.events, args.users, args.order == "inorder")
+        bare = None
+        if not args.skip_bare:
+            print("bare aiokafka consumer...", file=sys.stderr)
+            bare = asyncio.run(bare_consumer(bootstrap, list(s.input_topics.values()), args.events))
         print("faust decode-only agent...", file=sys.stderr)
         floor = faust_floor(env, args.events, work)
         print("worker...", file=sys.stderr)
-        w = WorkerProc(env, work)
-        w.start()
-        t_ready = time.monotonic()
-        done = 0.0
-        samples = []
-        while done < args.events:
-            time.sleep(1)
-            m = w.metrics()
-            done = sum(m.get(f'interest_events_total{{outcome="{o}"}}', 0)
-                       for o in ("accepted", "duplicate", "dead_letter"))
-            samples.append((time.monotonic() - t_ready, done, w.rss_mib()))
-            if w.proc.poll() is not None:
-                raise SystemExit("worker died; see " + str(work / "worker.log"))
-            if time.monotonic() - t_ready > 3600:
-                raise SystemExit("worker did not finish within an hour")
-        elapsed = time.monotonic() - t_ready
-        # the first sample where events were flowing: startup before it is not ingestion
-        t_first = next((t for t, d, _ in samples if d > 0), 0.0)
-        rate = args.events / max(1e-9, elapsed - t_first + 1.0)
-        peak = w.rss_peak_mib()
-        m = w.metrics()
-        time.sleep(3)  # let the last changelog writes land before measuring sizes
-        users_changelog = topic_bytes(k, f"{prefix}interest-stream-users-changelog")
-        pending_changelog = topic_bytes(k, f"{prefix}interest-stream-pending-changelog")
-        w.stop()
-        state_dir = dir_bytes(work / "data")
+        new = run_worker(env, work, k, bootstrap, args.events, args.users, "new")
+        old = None
+        if args.old:
+            print(f"worker of {args.old}...", file=sys.stderr)
+            with checkout(args.old) as src:
+                old = run_worker(env, work, k, bootstrap, args.events, args.users, "old", src=src)
         result = {
             "benchmark": "ingest",
             "machine": machine(),
             "events": args.events,
             "users": args.users,
+            "order": args.order,
             "preload_s": round(preload_s, 1),
-            "bare_aiokafka_events_per_s": round(bare),
-            "worker_events_per_s": round(rate),
-            "worker_vs_bare": round(rate / bare, 3),
+            "bare_aiokafka_events_per_s": round(bare) if bare else None,
             "faust_decode_only_events_per_s": round(floor),
-            "worker_vs_faust_decode_only": round(rate / floor, 3),
-            "worker_accepted": m.get('interest_events_total{outcome="accepted"}'),
-            "worker_peak_rss_mib": round(peak, 1),
-            "state_bytes_per_user_rocksdb": round(state_dir / args.users),
-            "changelog_bytes_per_event": (round((users_changelog + pending_changelog) / args.events, 1)
-                                          if users_changelog is not None else None),
-            "users_changelog_bytes": users_changelog,
-            "goal": "worker >= 0.5 x bare and >= 10,000 events/s",
+            "worker": new,
+            "worker_vs_faust_decode_only": round(new["events_per_s"] / floor, 3),
+            "worker_vs_bare": round(new["events_per_s"] / bare, 3) if bare else None,
         }
+        if old is not None:
+            result["old_ref"] = args.old
+            result["old_worker"] = old
+            result["old_vs_faust_decode_only"] = round(old["events_per_s"] / floor, 3)
+            result["new_vs_old"] = round(new["events_per_s"] / old["events_per_s"], 2)
         print(dumps(result))
 
 

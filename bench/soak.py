@@ -76,7 +76,7 @@ def main() -> None:
                     "compacted_total": int(m.get("interest_users_compacted_total", 0)),
                     "evicted_total": int(m.get("interest_users_evicted_total", 0)),
                     "rss_mib": round(w.rss_mib(), 1),
-                    "state_dir_mib": round(dir_bytes(work / "data") / 2**20, 1),
+                    "state_dir_mib": round(dir_bytes(work / "worker-data") / 2**20, 1),
                     "users_changelog_mib": round((topic_bytes(k, f"{prefix}interest-stream-users-changelog") or 0)
                                                  / 2**20, 1),
                 }

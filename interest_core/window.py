@@ -102,6 +102,18 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # values being as of "t", in millionths (integers). A gap of more than the retention between the
 # newest event and the next one starts a new profile (the worker evicts a user idle that long, and
 # training does the same).
+#
+# Working form (in memory, while events are folded in): the sums are kept against fixed anchors
+# instead of "as of t", so an event newer than every other one changes one category only
+# (an O(1) fold instead of decaying every category at every event):
+#   {"t": newest ts, "n": events folded, "at": anchor ts, "an": anchor count,
+#    "w": {category: [sum per scale]}}
+# where on a time scale (half-life H ms) an event adds w * 2 ** ((ts - at) / H), read as of t by
+# multiplying with 2 ** ((at - t) / H); on the event scale (half-life h) it adds
+# w * 2 ** ((r - an) / h), r being how many folded events have a ts at or before its own, read by
+# multiplying with 2 ** ((an - n) / h): that is w * 0.5 ** (events after it / h). The anchors move
+# to (t, n) before the sums grow past 2 ** 64 (:data:`_REBASE`), and :func:`stored_profile` gives
+# the stored form.
 PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
 PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # also the default target weights of training (models.data)
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
@@ -112,67 +124,61 @@ DEFAULT_PROFILE_RETENTION_S = 365 * 86_400  # CONTRACT extension: INTEREST_PROFI
 
 def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
                    newer_rows: Sequence[tuple] = ()) -> dict:
-    """Fold one accepted event into ``profile`` (changed in place and returned; a new one for
-    None or after a gap longer than ``retention_ms``).
+    """Fold one accepted event into ``profile`` (a working-form profile is changed in place and
+    returned; a stored one, None, or one older than ``retention_ms`` before the event gives a new
+    working-form dict).
 
-    The result does not depend on the order events are folded in (up to the rounding to
-    millionths, :data:`PROFILE_UNIT`), so the worker, which sees a user's clicks, browses and
-    searches on three topics in arrival order, gets what training gets folding them in ``ts`` order: on a
-    time scale an event weighs ``w * 0.5 ** (age / half_life)``; on the event scale
-    ``w * 0.5 ** (n / half_life)``, ``n`` being the number of the user's events with a strictly
-    larger ``ts`` (every type counts). ``newer_rows`` are ``(ts, type, category)`` of the events
-    already folded in whose ``ts`` is at or after this event's: the worker takes them from its
-    rows (anything older than the rows is late); folding in ts order, they are the earlier events
-    of the same ts."""
-    ts = event.ts
+    The result does not depend on the order events are folded in (up to floating point), so the
+    worker, which sees a user's clicks, browses and searches on three topics in arrival order,
+    gets what training gets folding them in ``ts`` order: on a time scale an event weighs
+    ``w * 0.5 ** (age / half_life)``; on the event scale ``w * 0.5 ** (n / half_life)``, ``n``
+    being the number of the user's events with a strictly larger ``ts`` (every type counts).
+    ``newer_rows`` are ``(ts, type, category)`` of the events already folded in whose ``ts`` is at
+    or after this event's: the worker takes them from its rows (anything older than the rows is
+    late); folding in ts order, they are the earlier events of the same ts. Each of them gets one
+    more event at or before its ts, so its event-scale weight grows by one step: a fold costs
+    O(1) plus O(len(newer_rows))."""
+    return profile_fold(profile, event.ts, event.type, event.category, retention_ms, newer_rows)
+
+
+def profile_fold(profile: dict | None, ts: int, etype: str, category: str | None, retention_ms: int,
+                 newer_rows: Sequence[tuple] = ()) -> dict:
+    """:func:`profile_update` with the event's fields given one by one (the worker's hot path)."""
+    if profile is not None and "w" not in profile:
+        profile = working_profile(profile)
     if profile is None or ts > profile["t"] + retention_ms:
-        profile, newer_rows = {"t": ts, "c": {}}, ()
-    values = profile["c"]
-    ref = profile["t"]
-    # Every event older than this one ages: by the time gap on the time scales (only if this one
-    # is the newest), by one step on the event scales. Events at or after its ts keep their
-    # weight: their event-scale share is taken out before the step and put back after it.
-    if ts > ref:
-        step = [0.5 ** ((ts - ref) / hm) if hm else 0.5 ** (1.0 / he) for hm, he in _SCALES]
-    else:
-        step = _EVENT_ONLY_STEP
-    keep: dict[str, list[float]] = {}
-    n = newer = 0  # newest first: n = rows with a strictly larger ts than the current one
-    prev_ts = None
-    for i_row, (r_ts, r_type, r_cat) in enumerate(sorted(newer_rows, key=_row_ts, reverse=True)):
-        if r_ts != prev_ts:
-            n, prev_ts = i_row, r_ts
-        if r_ts > ts:
-            newer += 1
-        w = PROFILE_TYPE_WEIGHTS.get(r_type)
-        if not w or r_cat is None:
-            continue
-        ks = keep.setdefault(r_cat, [0.0] * len(PROFILE_SCALES))
-        for i, h in _EVENT_SCALES:
-            ks[i] += w * PROFILE_UNIT * 0.5 ** (n / h)
-    gone = []
-    for cat, vs in values.items():
-        ks = keep.get(cat) if keep else None
-        if ks:
-            vs = [int(v * f + k * (1.0 - f) + 0.5) for v, f, k in zip(vs, step, ks)]
-        else:
-            vs = [int(v * f + 0.5) for v, f in zip(vs, step)]
-        values[cat] = vs
-        if not any(vs):
-            gone.append(cat)
-    for cat in gone:
-        del values[cat]
-    if ts > ref:
-        profile["t"] = ref = ts
-    w = PROFILE_TYPE_WEIGHTS.get(event.type)
-    if w and event.category is not None:
-        w *= PROFILE_UNIT
-        add = [w * 0.5 ** ((ref - ts) / hm) if hm else w * 0.5 ** (newer / he) for hm, he in _SCALES]
-        vs = values.get(event.category) or [0] * len(PROFILE_SCALES)
-        values[event.category] = [int(v + a + 0.5) for v, a in zip(vs, add)]
-        if len(values) > PROFILE_MAX_CATEGORIES:
-            drop = min(values, key=lambda c: (sum(values[c]), c))
-            del values[drop]
+        profile, newer_rows = {"t": ts, "n": 0, "at": ts, "an": 0, "w": {}}, ()
+    sums, n, an = profile["w"], profile["n"], profile["an"]
+    strictly_newer = 0
+    if newer_rows:
+        m, prev = 0, None  # newest first: m = rows with a strictly larger ts than the current one
+        for i_row, (r_ts, r_type, r_cat) in enumerate(sorted(newer_rows, key=_row_ts, reverse=True)):
+            if r_ts != prev:
+                m, prev = i_row, r_ts
+            if r_ts > ts:
+                strictly_newer += 1
+            w = PROFILE_TYPE_WEIGHTS.get(r_type)
+            vs = sums.get(r_cat) if w and r_cat is not None else None
+            if vs is not None:
+                for i, h, grow in _EVENT_SCALES:
+                    vs[i] += w * 2.0 ** ((n - m - an) / h) * grow
+    n += 1
+    w = PROFILE_TYPE_WEIGHTS.get(etype)
+    if w and category is not None:
+        vs = sums.get(category)
+        if vs is None:
+            vs = sums[category] = [0.0] * len(_SCALES)
+        at = profile["at"]
+        for i, (hm, he) in enumerate(_SCALES):
+            vs[i] += w * 2.0 ** ((ts - at) / hm) if hm else w * 2.0 ** ((n - strictly_newer - an) / he)
+    profile["n"] = n
+    if ts > profile["t"]:
+        profile["t"] = ts
+    if len(sums) > PROFILE_MAX_CATEGORIES:
+        values = profile_values(profile)
+        del sums[min(values, key=lambda c: (sum(values[c]), c))]
+    if profile["t"] - profile["at"] > _REBASE_MS or n - an > _REBASE_EVENTS:
+        _rebase(profile)
     return profile
 
 
@@ -182,8 +188,43 @@ def _row_ts(row: tuple) -> int:
 
 # per scale: (half-life in ms, 0) for a time scale, (0, half-life in events) for an event scale
 _SCALES = tuple((seconds_to_ms(h), 0) if kind == "time" else (0, h) for kind, h in PROFILE_SCALES)
-_EVENT_SCALES = tuple((i, he) for i, (_, he) in enumerate(_SCALES) if he)
-_EVENT_ONLY_STEP = [1.0 if hm else 0.5 ** (1.0 / he) for hm, he in _SCALES]  # an event that is not the newest
+_EVENT_SCALES = tuple((i, he, 2.0 ** (1.0 / he) - 1.0) for i, (_, he) in enumerate(_SCALES) if he)
+_REBASE = 64  # half-lives between anchor and newest before the anchors move (sums stay below 2 ** 64)
+_REBASE_MS = _REBASE * min((hm for hm, _ in _SCALES if hm), default=1 << 62)
+_REBASE_EVENTS = _REBASE * min((he for _, he in _SCALES if he), default=1 << 62)
+
+
+def _factors(profile: dict) -> list[float]:
+    """Per scale, what turns the working sums into values as of the profile's newest event."""
+    t, n, at, an = profile["t"], profile["n"], profile["at"], profile["an"]
+    return [2.0 ** ((at - t) / hm) if hm else 2.0 ** ((an - n) / he) for hm, he in _SCALES]
+
+
+def _rebase(profile: dict) -> None:
+    f = _factors(profile)
+    for vs in profile["w"].values():
+        for i, x in enumerate(f):
+            vs[i] *= x
+    profile["at"], profile["an"] = profile["t"], profile["n"]
+
+
+def working_profile(stored: dict) -> dict:
+    """The working form of a stored profile (values as of ``t`` become the sums, anchored there)."""
+    return {"t": stored["t"], "n": 0, "at": stored["t"], "an": 0,
+            "w": {c: [v / PROFILE_UNIT for v in vs] for c, vs in stored["c"].items()}}
+
+
+def stored_profile(profile: dict | None) -> dict | None:
+    """The stored form (values as of ``t`` in millionths; categories that round to 0 left out)."""
+    if profile is None or "w" not in profile:
+        return profile
+    f = [x * PROFILE_UNIT for x in _factors(profile)]
+    out = {}
+    for c, vs in profile["w"].items():
+        ints = [int(v * x + 0.5) for v, x in zip(vs, f)]
+        if any(ints):
+            out[c] = ints
+    return {"t": profile["t"], "c": out}
 
 
 def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
@@ -200,7 +241,10 @@ def profiles_in_order(events: Iterable[WindowEvent], retention_ms: int):
 
 def profile_values(profile: dict | None) -> dict[str, list[float]]:
     """The profile's weights per category and scale (floats), as of its newest event ``t``: the
-    time of the window it belongs to, so nothing needs decaying."""
+    time of the window it belongs to, so nothing needs decaying (either form)."""
     if not profile:
         return {}
+    if "w" in profile:
+        f = _factors(profile)
+        return {c: [v * x for v, x in zip(vs, f)] for c, vs in profile["w"].items()}
     return {c: [v / PROFILE_UNIT for v in vs] for c, vs in profile["c"].items()}

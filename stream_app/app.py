@@ -21,6 +21,7 @@ from . import metrics, state
 from .flush import Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
+from .partitioning import partition_for
 from .settings import Settings
 from .state_cache import StateCache
 from .topics import TopicError, check_input_topics
@@ -128,6 +129,7 @@ app = InterestApp(
     # a flush writes many changelog records at once; without linger each tends to go out in its
     # own produce request
     producer_linger=settings.linger_ms / 1000,
+    producer_max_batch_size=256 * 1024,  # a flush's changelog batches: fewer, larger produce requests
     web_port=settings.web_port,
     web_bind=settings.web_host,
     canonical_url=settings.web_url,
@@ -154,7 +156,9 @@ users = app.Table(
 )
 
 app.states = StateCache(int(settings.state_cache_mb * 2**20))
-app.flusher = Flusher(users, app.states, settings.control_topic)
+app.flusher = Flusher(users, app.states, settings.control_topic,
+                      producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
+                      consumer=lambda: app.consumer)
 app.models = ModelHolder(settings.model_dir, settings.ort_threads,
                          (settings.horizon_s, settings.max_events, settings.profile_retention_s))
 
@@ -188,6 +192,14 @@ def partition_lags():
         read = consumer._read_offset.get(tp)  # last offset handed to the agent
         if high is not None:
             yield tp, max(0, high - (0 if read is None else read + 1))
+
+
+def lookup_key(key: bytes) -> dict | None:
+    """:func:`lookup` when only the key is at hand (the partition is computed on a cache miss)."""
+    e = app.states.get(key)
+    if e is not None:
+        return e.state
+    return lookup(partition_for(key, settings.partitions), key)
 
 
 def lookup(partition: int, key: bytes) -> dict | None:

@@ -29,14 +29,14 @@ class Ingested:
     rejected: Rejected | None  # why it is a dead letter (late included)
 
 
-def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[], dict | None],
+def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[bytes], dict | None],
            limits: st.Limits, now_ms: int, future_ms: int) -> Ingested:
-    """One input message through validation and the user's state (read by ``lookup`` only for a
-    valid event). A duplicate or late event leaves the state unchanged."""
+    """One input message through validation and the user's state (``lookup(key)``, called only
+    for a valid event). A duplicate or late event leaves the state unchanged."""
     result = validate(expected_type, key, value, now_ms, future_ms)
     if isinstance(result, Rejected):
         return Ingested(result.reason, None, result)
-    outcome, new = st.apply(lookup(), result, limits, now_ms)
+    outcome, new = st.apply(lookup(key), result, limits, now_ms)
     if outcome == "late":
         return Ingested("late", None, LATE)
     return Ingested(outcome, new, None)

@@ -8,14 +8,14 @@ place, no serialisation and no table write.
 from __future__ import annotations
 
 from . import core, metrics
-from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, dlq, inputs, lookup, now_ms, settings
+from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, dlq, inputs, lookup_key, now_ms, settings
 from .events import dead_letter
 
 
 def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
     """One input message through validation and the user's state; returns its outcome."""
     now = now_ms()
-    result = core.ingest(TOPIC_TYPES[topic], key, value, lambda: lookup(partition, key), LIMITS, now, FUTURE_MS)
+    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS)
     if result.state is not None:
         app.states.put(partition, key, result.state)
         metrics.ACCEPTED.inc()
@@ -36,7 +36,7 @@ async def ingest(stream):
     async for event in stream.noack().events():
         m = event.message
         process(m.topic, m.partition, m.offset, m.key, m.value)
-        states.hold(m.partition, event, len(m.value or b"") + len(m.key or b""))
+        states.hold(m.partition, m, len(m.value or b"") + len(m.key or b""))  # acknowledged by the flush
         if states.over_bound():  # dirty states cannot be dropped: flush, then drop the least recently used
             await flusher.flush("cache_full")
             metrics.CACHE_DROPPED.inc(states.shrink())

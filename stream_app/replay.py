@@ -150,7 +150,7 @@ class Replayer:
             self.score()  # one tick suffices: ticks without new events score nobody
             self.next_tick += ((ts - self.next_tick) // self.interval_ms + 1) * self.interval_ms
         # the worker's clock only decides future_ts; a replay reads the past
-        result = core.ingest(self.types[topic], key, value, lambda: self.users.get(key), self.limits,
+        result = core.ingest(self.types[topic], key, value, self.users.get, self.limits,
                              int(time.time() * 1000), self.s.future_s * 1000)
         if result.state is not None:
             self.counts["accepted"] += 1

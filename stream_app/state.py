@@ -34,9 +34,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_update, profiles_in_order,
-                           seconds_to_ms,
-                           window_start)
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_fold,
+                                  profiles_in_order, seconds_to_ms, stored_profile, window_start)
 
 STATE_VERSION = 3
 
@@ -81,11 +80,17 @@ def _migrate_v1(state: dict) -> dict:
     prof = None
     for prof in profiles_in_order((WindowEvent(r[0], r[2], r[3]) for r in rows), 1 << 62):
         pass
-    state["v"], state["p"] = 2, prof
+    state["v"], state["p"] = 2, stored_profile(prof)
     return state
 
 
 def dump(state: dict) -> bytes:
+    """The stored form (the profile as of its newest event, in millionths: interest_core.window;
+    without the in-memory id set)."""
+    prof = state.get("p")
+    if "_ids" in state or (prof is not None and "w" in prof):
+        state = {k: v for k, v in state.items() if k != "_ids"}
+        state["p"] = stored_profile(prof)
     return orjson.dumps(state)
 
 
@@ -99,33 +104,57 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
 
     outcome is ``accepted``, ``duplicate`` (state unchanged, returned as None) or ``late``
     (older than the window by more than the grace; state unchanged, None).
+
+    In memory the state also keeps ``_ids``, the set of its rows' event ids (built at the first
+    event after a load, never stored), so a duplicate is found without scanning the rows.
     """
     if state is None:
         state = new_state()
     eid, ts = event["event_id"], event["ts"]
-    if any(r[1] == eid for r in state["ev"]) or any(r[1] == eid for r in state["old"]):
+    ev, old = state["ev"], state["old"]
+    ids = state.get("_ids")
+    if ids is None:
+        ids = state["_ids"] = {r[1] for r in ev}
+        ids.update(r[1] for r in old)
+    if eid in ids:
         return "duplicate", None
     newest = state["newest"]
     if newest is not None and ts <= late_bound(newest, limits.horizon_ms, limits.grace_ms):
         return "late", None
     row = [ts, eid, event["type"], event.get("category"), event.get("item_id"),
            event.get("dwell_ms"), event.get("query")]
-    ev, old = state["ev"], state["old"]
     # not the newest: the profile needs the events at or after it (all of them are still in the
-    # rows: an event older than the rows is late)
-    newer = [] if newest is None or ts > newest else \
-        [(r[0], r[2], r[3]) for rows in (ev, old) for r in rows if r[0] >= ts]
-    state["p"] = profile_update(state["p"], WindowEvent(ts, row[2], row[3]), limits.profile_retention_ms, newer)
-    insort(ev, row, key=_order)
-    newest = ts if newest is None else max(newest, ts)
+    # rows: an event older than the rows is late). Rows are sorted and every row of "old" comes
+    # before every row of "ev", so those are a suffix of old + ev.
+    newer: list = []
+    if newest is not None and ts <= newest:
+        for rows in (ev, old):
+            for r in reversed(rows):
+                if r[0] < ts:
+                    break
+                newer.append((r[0], r[2], r[3]))
+            else:
+                continue
+            break
+    state["p"] = profile_fold(state["p"], ts, row[2], row[3], limits.profile_retention_ms, newer)
+    if not ev or (ts, eid) > (ev[-1][0], ev[-1][1]):
+        ev.append(row)
+    else:
+        insort(ev, row, key=_order)
+    ids.add(eid)
+    newest = ts if newest is None or ts > newest else newest
     start = window_start(newest, limits.horizon_ms)
     # rows that left the window, or that are beyond the newest max_events, become compact
     while ev and (ev[0][0] <= start or len(ev) > limits.max_events):
-        r = ev.pop(0)
-        insort(old, r[:4], key=_order)
+        r = ev.pop(0)[:4]
+        if not old or (r[0], r[1]) > (old[-1][0], old[-1][1]):
+            old.append(r)
+        else:
+            insort(old, r, key=_order)
     bound = late_bound(newest, limits.horizon_ms, limits.grace_ms)
     drop = 0
     while drop < len(old) and old[drop][0] <= bound:
+        ids.discard(old[drop][1])
         drop += 1
     if drop:
         del old[:drop]
@@ -194,6 +223,7 @@ def idle_facts(state: dict) -> tuple[int, int, bool]:
 def compact(state: dict) -> dict:
     """The state of an idle user without its rows (the window is over; the profile stays)."""
     state["ev"], state["old"] = [], []
+    state.pop("_ids", None)
     return state
 
 

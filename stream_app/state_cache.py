@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from . import state as st
 
 # Python memory of a decoded state, measured with tracemalloc over simulated states of 1..200 rows
-# (5.3-5.8x their JSON size): about 370 bytes per row, 150 per profile category, and 1.8 KB for
-# the rest (dict, ids, the last vector over ~12 categories, the cache entry itself).
+# (5.3-5.8x their JSON size): about 370 bytes per row (plus ~40 for its id in the in-memory id
+# set), 150 per profile category, and 1.8 KB for the rest (dict, ids, the last vector over ~12
+# categories, the cache entry itself).
 SIZE_BASE = 1_800
-SIZE_ROW = 370
+SIZE_ROW = 410
 SIZE_CATEGORY = 150
-SIZE_EVENT = 700  # a held Faust event (Event + Message objects) besides its key and value bytes
+SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
 def estimated_size(state: dict | None) -> int:
@@ -39,7 +40,7 @@ def estimated_size(state: dict | None) -> int:
         return 0
     prof = state.get("p")
     return (SIZE_BASE + SIZE_ROW * (len(state["ev"]) + len(state["old"]))
-            + SIZE_CATEGORY * (len(prof["c"]) if prof else 0))
+            + SIZE_CATEGORY * (len(prof.get("w") or prof.get("c") or ()) if prof else 0))
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ class Flush:
     partition: int
     writes: list = field(default_factory=list)  # (key, bytes) in first-changed order
     deletes: list = field(default_factory=list)  # keys
-    events: list = field(default_factory=list)  # held events, in arrival order
+    messages: list = field(default_factory=list)  # held input messages, in arrival order
 
     @property
     def records(self) -> int:
@@ -151,9 +152,9 @@ class StateCache:
             pend.discard(key)
         self.facts.setdefault(partition, {})[key] = st.idle_facts(state)
 
-    def hold(self, partition: int, event, size: int) -> None:
-        """An input event of ``partition`` to acknowledge after its partition's next flush."""
-        self.held.setdefault(partition, []).append(event)
+    def hold(self, partition: int, message, size: int) -> None:
+        """An input message of ``partition`` to acknowledge after its partition's next flush."""
+        self.held.setdefault(partition, []).append(message)
         self.held_size[partition] = self.held_size.get(partition, 0) + SIZE_EVENT + size
 
     # -- flushing -----------------------------------------------------------------------
@@ -161,8 +162,8 @@ class StateCache:
         return sorted(p for p in set(self.dirty) | set(self.held) if self.dirty.get(p) or self.held.get(p))
 
     def take(self, partition: int, dump=st.dump) -> Flush:
-        """Everything partition's flush writes (each changed user once, serialised now) and the
-        events it then acknowledges; the states count as clean from here on."""
+        """Everything the partition's flush writes (each changed user once, serialised now) and the
+        input messages it then acknowledges; the states count as clean from here on."""
         f = Flush(partition)
         for key in self.dirty.pop(partition, {}):
             e = self.entries.get(key)
@@ -174,7 +175,7 @@ class StateCache:
                 del self.entries[key]
             else:
                 f.writes.append((key, dump(e.state)))
-        f.events = self.held.pop(partition, [])
+        f.messages = self.held.pop(partition, [])
         self.held_size.pop(partition, None)
         return f
 

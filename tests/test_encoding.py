@@ -123,15 +123,19 @@ def test_training_samples_equal_what_the_worker_state_gives(tmp_path):
         for r, (ui, cut) in enumerate(zip(samples.user, samples.cut)):
             user = ds.user_ids[ui]
             events = sorted(per_user[user], key=lambda e: e["ts"])[:cut]
-            st = None
-            for e in events:  # the worker's ingest, through the stored form
-                outcome, new = state.apply(st, e, limits, now_ms=0)
+            st = stored = None
+            for e in events:  # the worker's ingest in memory, and through the stored form at every event
+                outcome, st = state.apply(st, e, limits, now_ms=0)
                 assert outcome == "accepted"
-                st = state.load(state.dump(new))
+                outcome, new = state.apply(stored, e, limits, now_ms=0)
+                stored = state.load(state.dump(new))
             assert served.encode(state.window_events(st)) == enc.encode(windows[r])
-            p = state.profile(st)
-            worker = np.asarray(served.profile_vector(p), np.float32)
+            assert served.encode(state.window_events(stored)) == enc.encode(windows[r])
+            worker = np.asarray(served.profile_vector(state.profile(st)), np.float32)
             assert np.array_equal(worker, profiles[r]), (user, cut)
+            # storing rounds to millionths; decay bounds the sum of those errors (about 15 steps)
+            restored = np.asarray(served.profile_vector(state.profile(stored)), np.float32)
+            assert np.abs(restored - profiles[r]).max() < 1e-5, (user, cut)
             checked += 1
     assert checked > 100
     gap_user = ds.user_ids.index("u0")
