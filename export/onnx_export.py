@@ -424,6 +424,9 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
         "metrics": card.get("metrics", {}),
         # the per-user window the model was trained on (serve with the same horizon / max events)
         "window": card.get("window"),
+        # the population's category distribution (training targets): the prior of the re-ranking
+        # lift (interest_core.rerank); None for checkpoints from before it was recorded
+        "category_prior": card.get("category_prior"),
         "parity": parity,
         "int8_vs_fp32": int8_report,
         "model": {"n_layer": model.backbone.config.n_layer, "n_head": model.backbone.config.n_head,

@@ -9,6 +9,12 @@ from pathlib import Path
 
 
 
+def _mean_distribution(targets) -> list[float]:
+    """The mean of the rows, as a distribution, in float64 (the numbers of models.baselines' prior)."""
+    m = targets.astype("float64").mean(0)
+    return (m / m.sum()).tolist()
+
+
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
                  init_from=None, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card."""
@@ -73,6 +79,9 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
                      "train_seconds": round(summary["train_seconds"], 1),
                      "total_seconds": round(time.time() - t0, 1), "prepare_seconds": round(prep_s, 1),
                      "parameters": n_params, "init_from": init_from, "loss": model.config.loss},
+        # the population's category distribution (mean training target): the prior of the
+        # re-ranking lift (interest_core.rerank); export copies it into model.json
+        "category_prior": dict(zip(encoder.categories, _mean_distribution(tr.targets))),
         "metrics": {"validation": metrics(va.targets, val_pred)},
         "history": summary["history"],
     }

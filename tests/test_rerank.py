@@ -1,16 +1,18 @@
 """The re-ranking blend (values worked by hand) and the re-rank request validation (a table of bodies)."""
 import json
+import math
 
 import pytest
 
-from interest_core.rerank import Item, affinity, rank_percentiles, rerank
+from interest_core.rerank import Item, log_lift, rank_percentiles, rerank
 from stream_app import rerank as served
 from stream_app.rerank import DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, response_body
 
+LN = math.log
 VEC = {"sports": 0.5, "tech": 0.3, "music": 0.2}  # k = 3, uniform prior q = 1/3
-# affinities p / (p + 1/3): sports .5/.8333 = 0.6, tech .3/.6333 = 9/19, music .2/.5333 = 0.375
+# log-lifts ln(p / q): sports ln 1.5 = .4055, tech ln .9 = -.1054, music ln .6 = -.5108; travel unknown: 0
 ITEMS = [Item("A", "tech", 10.0), Item("B", "sports", 2.0), Item("C", "music", 7.0), Item("D", "travel", 5.0)]
-# score percentiles: B 0, D 1/3, C 2/3, A 1; travel is unknown -> affinity 0.5
+# score percentiles: B 0, D 1/3, C 2/3, A 1
 
 
 def ids(ranked):
@@ -25,46 +27,43 @@ def test_rank_percentiles_by_hand():
     assert rank_percentiles([1e9, -3.0, 0.5]) == rank_percentiles([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
 
 
-def test_affinity_by_hand():
-    assert affinity(0.5, 1 / 3) == pytest.approx(0.6)
-    assert affinity(0.1, 0.1) == 0.5  # at the prior: neutral
-    assert affinity(0.0, 0.2) == 0.0
-    assert affinity(0.0, 0.0) == 0.5
+def test_log_lift_by_hand():
+    assert log_lift(0.5, 1 / 3) == pytest.approx(LN(1.5))
+    assert log_lift(0.1, 0.1) == 0.0  # at the prior: neutral
+    assert log_lift(0.0, 0.5) == pytest.approx(LN(1e-4 / 0.5))  # floored, finite
+    assert log_lift(0.3, 0.0) == pytest.approx(LN(0.3 / 1e-4))
 
 
 def test_blend_by_hand():
-    r = rerank(VEC, ITEMS, 0.8)
-    # A .2*1 + .8*9/19 = .57895; B 0 + .8*.6 = .48; D .2/3 + .8*.5 = .46667; C .2*2/3 + .8*.375 = .43333
-    assert ids(r) == ["A", "B", "D", "C"]
-    assert [it.blended for it in r.items] == pytest.approx([0.2 + 0.8 * 9 / 19, 0.48, 0.2 / 3 + 0.4, 0.4 / 3 + 0.3])
-    assert [it.interest for it in r.items] == pytest.approx([0.3, 0.5, 1 / 3, 0.2])  # travel gets the prior 1/3
-    assert r.personalized and r.weight == 0.8 and r.unknown_categories == ("travel",)
-    assert [it.score for it in r.items] == [10.0, 2.0, 5.0, 7.0]
     r = rerank(VEC, ITEMS, 0.5)
-    # A .5 + .5*9/19 = .7368; C .3333 + .1875 = .5208; D .1667 + .25 = .4167; B 0 + .3 = .3
-    assert ids(r) == ["A", "C", "D", "B"]
-    assert ids(rerank(VEC, ITEMS, 0.0)) == ["A", "C", "D", "B"]  # the scores alone
-    assert ids(rerank(VEC, ITEMS, 1.0)) == ["B", "D", "A", "C"]  # affinity alone: .6, .5, .4737, .375
+    # A .5 + .5 ln .9 = .4473; B 0 + .5 ln 1.5 = .2027; D 1/6 + 0 = .1667; C 1/3 + .5 ln .6 = .0779
+    assert ids(r) == ["A", "B", "D", "C"]
+    assert [it.blended for it in r.items] == pytest.approx(
+        [0.5 + 0.5 * LN(0.9), 0.5 * LN(1.5), 1 / 6, 1 / 3 + 0.5 * LN(0.6)])
+    assert [it.interest for it in r.items] == pytest.approx([0.3, 0.5, 1 / 3, 0.2])  # travel gets the prior 1/3
+    assert r.personalized and r.weight == 0.5 and r.unknown_categories == ("travel",)
+    assert [it.score for it in r.items] == [10.0, 2.0, 5.0, 7.0]
+    # w .2: A .8 - .0211 = .7789; C .5333 - .1022 = .4312; D .2667; B .0811: the score order
+    assert ids(rerank(VEC, ITEMS, 0.2)) == ids(rerank(VEC, ITEMS, 0.0)) == ["A", "C", "D", "B"]
+    assert ids(rerank(VEC, ITEMS, 1.0)) == ["B", "D", "A", "C"]  # the lift alone: .41, 0, -.11, -.51
 
 
 def test_population_prior_changes_the_lift():
     vec = {"a": 0.2, "b": 0.8}
     items = [Item("x", "a", 1.0), Item("y", "b", 1.0)]
-    # uniform q = .5: a .2/.7 = .286 < b .8/1.3 = .615
+    # uniform q = .5: a ln .4 < b ln 1.6
     assert ids(rerank(vec, items, 1.0)) == ["y", "x"]
-    # prior a .1, b .9: a .2/.3 = .667 > b .8/1.7 = .471: the user wants a twice as much as people do
+    # prior a .1, b .9: a ln 2 > b ln(.8/.9): the user wants a twice as much as people do
     r = rerank(vec, items, 1.0, prior={"a": 0.1, "b": 0.9})
-    assert ids(r) == ["x", "y"] and r.items[0].blended == pytest.approx(2 / 3)
+    assert ids(r) == ["x", "y"] and r.items[0].blended == pytest.approx(LN(2))
 
 
 def test_ties_are_deterministic():
-    vec = {"a": 0.0, "b": 1.0}  # q = .5: affinity a 0, b 2/3
-    # w = .5: Q (score 9, r 1, a 0) and P (score 5, r .5, unknown .5) both blend to exactly 0.5;
-    # the higher own score goes first. R (score 1, r 0, b) blends to 1/3.
-    items = [Item("P", "zz", 5.0), Item("R", "b", 1.0), Item("Q", "a", 9.0)]
-    r = rerank(vec, items, 0.5)
-    assert [it.blended for it in r.items] == [0.5, 0.5, pytest.approx(1 / 3)]
-    assert ids(r) == ["Q", "P", "R"]
+    vec = {"a": 0.25, "b": 0.75}  # q = .5: ln .5 and ln 1.5
+    # w = 1: Q and R share the category, so the same blended score; the higher own score goes first
+    items = [Item("P", "zz", 5.0), Item("R", "b", 1.0), Item("Q", "b", 9.0), Item("S", "a", 20.0)]
+    r = rerank(vec, items, 1.0)
+    assert ids(r) == ["Q", "R", "P", "S"] and r.items[0].blended == r.items[1].blended
     # equal score and category: the earlier position first, whatever the input order
     twins = [Item("t1", "b", 2.0), Item("t2", "b", 2.0), Item("t0", "a", 1.0)]
     assert ids(rerank(vec, twins, 0.3)) == ["t1", "t2", "t0"]
@@ -82,7 +81,7 @@ def test_unknown_user_keeps_the_original_order():
 def test_whole_vector_record_and_reexport():
     record = {"schema": 1, "user_id": "u1", "interests": VEC, "top": ["sports", "tech", "music"]}
     assert served.rerank is rerank
-    assert ids(served.rerank(record, ITEMS, 0.8)) == ids(rerank(VEC, ITEMS, 0.8))
+    assert ids(served.rerank(record, ITEMS, 0.5)) == ids(rerank(VEC, ITEMS, 0.5)) == ["A", "B", "D", "C"]
     assert rerank(VEC, [], 0.5).items == () and rerank(VEC, [], 0.5).personalized
     with pytest.raises(ValueError):
         rerank(VEC, ITEMS, 1.5)
@@ -155,6 +154,11 @@ def test_request_errors_name_the_field(field, raw):
     assert res.body() == {"error": res.error, "field": field} and res.error
 
 
+def test_every_field_has_an_error_case():
+    fields = {f if not f.startswith("items[") else "items[n]" + f[f.index("]") + 1:] for f, _ in ERRORS}
+    assert fields == {"body", "items", "items[n]", "items[n].item_id", "items[n].category", "items[n].score", "weight"}
+
+
 def test_valid_requests():
     items = [OK_ITEM, {"item_id": "i2", "category": "tech", "score": 3, "extra": [1]}]
     assert parse_request(body({"items": items, "weight": 0})) == RerankRequest(
@@ -172,8 +176,8 @@ def test_response_body():
                                         {"item_id": "D", "category": "travel", "score": 5}], "weight": 1}))
     out = response_body("u1", "v9", rerank(VEC, req.items, req.weight))
     assert out == {"user_id": "u1", "personalized": True, "model_version": "v9", "weight": 1.0,
-                   "items": [{"item_id": "D", "category": "travel", "score": 5.0, "blended": 0.5, "interest": pytest.approx(1 / 3)},
-                             {"item_id": "A", "category": "tech", "score": 10.0, "blended": pytest.approx(9 / 19),
+                   "items": [{"item_id": "D", "category": "travel", "score": 5.0, "blended": 0.0, "interest": pytest.approx(1 / 3)},
+                             {"item_id": "A", "category": "tech", "score": 10.0, "blended": pytest.approx(LN(0.9)),
                               "interest": 0.3}],
                    "unknown_categories": ["travel"]}
     out = response_body("nobody", "v9", rerank(None, req.items, req.weight))
