@@ -1,4 +1,4 @@
-"""Training-side CLI verbs: ``load movielens|rees46``, ``train``, ``evaluate``.
+"""Training-side CLI verbs: ``load movielens|rees46|completejourney``, ``train``, ``evaluate``.
 
 Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
 Importing this module needs neither torch nor transformers: they load inside the commands.
@@ -44,6 +44,22 @@ def load_rees46_cmd(file, out):
 
     try:
         stats = load_rees46(file, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
+
+
+@load.command("completejourney")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
+@click.option("--top", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Product categories kept by name (most frequent); the rest become 'OTHER <department>'.")
+def load_completejourney_cmd(data_dir, out, top):
+    """The Complete Journey DIR (transactions + products CSV): purchase lines -> clicks, product category = category."""
+    from models.loaders import load_completejourney
+
+    try:
+        stats = load_completejourney(data_dir, out, top)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
