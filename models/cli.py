@@ -52,8 +52,9 @@ def load_rees46_cmd(file, out):
 @load.command("completejourney")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
-@click.option("--top", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Product categories kept by name (most frequent); the rest become 'OTHER <department>'.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Keep the N most frequent product categories of this file by name, instead of the fixed list "
+                   "of the 30 most frequent in the shared half; the rest become 'OTHER <department>'.")
 def load_completejourney_cmd(data_dir, out, top):
     """The Complete Journey DIR (transactions + products CSV): purchase lines -> clicks, product category = category."""
     from models.loaders import load_completejourney

@@ -29,9 +29,11 @@ The Complete Journey (``load completejourney DIR``; DIR holds ``transactions.csv
   ``event_id`` ``"cj-<basket_id>-<product_id>"`` (a repeated product line of one basket, which
   the shared half never has, gets ``-<n>`` appended: identical lines are interchangeable, so
   their numbering cannot matter);
-* ``category``: the product's ``product_category`` when it is one of the ``top`` most frequent
-  categories of the file (by lines, ties by name; default 30, covering 48 % of the lines of the
-  shared half), otherwise ``"OTHER <department>"`` (``"OTHER"`` for a product with no department
+* ``category``: the product's ``product_category`` when it is one of :data:`CJ_CATEGORIES` (the 30
+  most frequent by lines in the shared half, 48 % of its lines; a fixed list, so the held-back
+  half loads to the same names and a model trained on one half reads the other), or with
+  ``top=N`` one of the N most frequent of the file itself (ties by name); otherwise
+  ``"OTHER <department>"`` (``"OTHER"`` for a product with no department
   or missing from products.csv). Why the department and not a single ``"OTHER"``: the remainder
   is half of all lines, and one catch-all would sit in every household's top 3; its department
   (produce, drug store, the rest of grocery) still says something about the household;
@@ -159,7 +161,16 @@ def load_rees46(path, out) -> dict:
     return {"events": len(events), **stats}
 
 
-CJ_TOP = 30  # product categories kept by name; the rest become "OTHER <department>"
+# The 30 most frequent product categories (by purchase lines) of the shared half; the rest become
+# "OTHER <department>". Fixed rather than recomputed per file, so both halves map alike.
+CJ_CATEGORIES = (
+    "BAG SNACKS", "BAKED BREAD/BUNS/ROLLS", "BAKED SWEET GOODS", "BEEF", "CANDY - CHECKLANE", "CANDY - PACKAGED",
+    "CANNED JUICES", "CHEESE", "COLD CEREAL", "CONDIMENTS/SAUCES", "CONVENIENT BRKFST/WHLSM SNACKS",
+    "COUPON/MISC ITEMS", "CRACKERS/MISC BKD FD", "DELI MEATS", "EGGS", "FLUID MILK PRODUCTS", "FROZEN PIZZA",
+    "FRZN MEAT/MEAT DINNERS", "FRZN VEGETABLE/VEG DSH", "HISPANIC", "ICE CREAM/MILK/SHERBTS", "LUNCHMEAT",
+    "MEAT - SHELF STABLE", "MILK BY-PRODUCTS", "REFRGRATD JUICES/DRNKS", "SOFT DRINKS", "SOUP", "TROPICAL FRUIT",
+    "VEGETABLES - SHELF STABLE", "YOGURT",
+)
 
 
 def _open_csv(d: Path, stem: str):
@@ -170,9 +181,9 @@ def _open_csv(d: Path, stem: str):
     raise FileNotFoundError(f"{d}: no {stem}.csv.gz or {stem}.csv (expected The Complete Journey)")
 
 
-def completejourney_events(data_dir, top: int = CJ_TOP) -> tuple[list[dict], dict]:
+def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict], dict]:
     d = Path(data_dir)
-    if top < 1:
+    if top is not None and top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     products: dict[str, tuple[str, str]] = {}
     with _open_csv(d, "products") as f:
@@ -191,10 +202,13 @@ def completejourney_events(data_dir, top: int = CJ_TOP) -> tuple[list[dict], dic
         for row in reader:
             lines.append((row["household_id"], row["basket_id"], row["product_id"], row["transaction_timestamp"],
                           row.get("quantity") or ""))
-    freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _ in lines)
-    freq.pop("", None)
-    kept = {c for c, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]}  # ties by name
-    stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept),
+    if top is None:
+        kept = set(CJ_CATEGORIES)
+    else:
+        freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _ in lines)
+        freq.pop("", None)
+        kept = {c for c, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]}  # ties by name
+    stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept), "category_list": "fixed" if top is None else f"top {top} of the file",
              "lines_in_kept_categories": 0, "products_missing": 0, "repeated_lines": 0}
     events: list[dict] = []
     seen: dict[str, int] = {}
@@ -235,7 +249,7 @@ def completejourney_events(data_dir, top: int = CJ_TOP) -> tuple[list[dict], dic
     return events, stats
 
 
-def load_completejourney(data_dir, out, top: int = CJ_TOP) -> dict:
+def load_completejourney(data_dir, out, top: int | None = None) -> dict:
     events, stats = completejourney_events(data_dir, top)
     _write(events, out)
     return {"events": len(events), **stats}

@@ -207,7 +207,7 @@ def test_completejourney_loader(tmp_path):
     # SOFT DRINKS: 3 lines, CHEESE and TROPICAL FRUIT 1 each: top 2 keeps SOFT DRINKS and CHEESE
     # (tie broken by name: CHEESE < TROPICAL FRUIT)
     assert stats == {"events": 7, "lines": 7, "households": 2, "baskets": 4, "categories_kept": 2,
-                     "lines_in_kept_categories": 4, "products_missing": 1, "repeated_lines": 0}
+                     "category_list": "top 2 of the file", "lines_in_kept_categories": 4, "products_missing": 1, "repeated_lines": 0}
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
     first = rows[0]  # 2017-01-02 10:00:05 UTC, basket 10, sorted by event_id within the basket
@@ -227,6 +227,9 @@ def test_completejourney_loader(tmp_path):
     load_completejourney(_cj_dir(tmp_path, "c", CJ_LINES + [CJ_LINES[0]]), tmp_path / "cj3.jsonl", top=2)
     ids = [json.loads(x)["event_id"] for x in (tmp_path / "cj3.jsonl").read_text().splitlines()]
     assert len(set(ids)) == 8 and "cj-10-1-2" in ids
+    # by default the fixed list of the shared half: SOFT DRINKS, CHEESE and TROPICAL FRUIT are on it
+    stats = load_completejourney(_cj_dir(tmp_path, "d", CJ_LINES), tmp_path / "cj4.jsonl")
+    assert stats["categories_kept"] == 30 and stats["lines_in_kept_categories"] == 5
 
 
 def test_completejourney_loader_bad_input(tmp_path):
