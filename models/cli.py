@@ -71,11 +71,12 @@ def load_completejourney_cmd(data_dir, out, top):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training samples [8].")
 @click.option("--seed", type=int, default=None, help="Seed of training and subsampling [1337].")
-@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [mse].")
-@click.option("--target", type=click.Choice(["time", "next_k"]), default=None,
-              help="Target: categories of the next time window, or of the next K events [time].")
+@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [kl].")
+@click.option("--target", type=click.Choice(["time", "next_k", "next_baskets"]), default=None,
+              help="Target: categories of the next time window, of the next K events, or of the next K "
+                   "distinct timestamps (baskets) [time].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
-@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k [10].")
+@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
 @click.option("--max-events", type=click.IntRange(min=1), default=None, help="Events per input window [128].")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
