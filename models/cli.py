@@ -1,4 +1,4 @@
-"""Training-side CLI verbs: ``load movielens|rees46``, ``train``, ``evaluate``, ``evaluate-rerank``.
+"""Training-side CLI verbs: ``load movielens|rees46|completejourney``, ``train``, ``evaluate``, ``evaluate-rerank``.
 
 Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
 Importing this module needs neither torch nor transformers: they load inside the commands.
@@ -49,16 +49,34 @@ def load_rees46_cmd(file, out):
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
 
+@load.command("completejourney")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Keep the N most frequent product categories of this file by name, instead of the fixed list "
+                   "of the 30 most frequent in the shared half; the rest become 'OTHER <department>'.")
+def load_completejourney_cmd(data_dir, out, top):
+    """The Complete Journey DIR (transactions + products CSV): purchase lines -> clicks, product category = category."""
+    from models.loaders import load_completejourney
+
+    try:
+        stats = load_completejourney(data_dir, out, top)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
+
+
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training samples [8].")
 @click.option("--seed", type=int, default=None, help="Seed of training and subsampling [1337].")
-@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [mse].")
-@click.option("--target", type=click.Choice(["time", "next_k"]), default=None,
-              help="Target: categories of the next time window, or of the next K events [time].")
+@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [kl].")
+@click.option("--target", type=click.Choice(["time", "next_k", "next_baskets"]), default=None,
+              help="Target: categories of the next time window, of the next K events, or of the next K "
+                   "distinct timestamps (baskets) [time].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
-@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k [10].")
+@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
 @click.option("--max-events", type=click.IntRange(min=1), default=None, help="Events per input window [128].")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")

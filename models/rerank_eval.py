@@ -4,8 +4,8 @@ worth, offline, on the checkpoint's own test split (:mod:`models.data`).
 For every test sample (a user and a cut) of the checkpoint's split:
 
 * **Candidates**: the positives are the distinct items of the click and browse events in the
-  sample's target span (the user's actual next items: the next ``target_k`` events, or the next
-  ``target_window_s``; also items whose category the model does not know, which then get the
+  sample's target span (the user's actual next items: the next ``target_k`` events or baskets, or
+  the next ``target_window_s``; also items whose category the model does not know, which then get the
   prior), plus ``negatives`` (default 100) negatives: the most popular items of the training
   period (events before ``t1``, type-weighted like the targets: click 1, browse 0.5) that the
   user has not clicked or browsed before the cut and that are not positives. Each candidate's
@@ -76,9 +76,14 @@ def training_popularity(ds, t1: int, click_weight: float, browse_weight: float):
 
 
 def target_end(seq, i: int, cut_ts: int, dcfg) -> int:
-    """The end (exclusive) of a sample's target span, by the rule of :func:`models.data.build_dataset`."""
+    """The end (exclusive) of a sample's target span, by the rules of :func:`models.data.build_dataset`
+    (:func:`build_candidates` checks that the span gives the sample's target)."""
     if dcfg.target == "next_k":
         return i + dcfg.target_k
+    if dcfg.target == "next_baskets":  # the events of the next target_k distinct timestamps
+        starts = np.flatnonzero(np.r_[True, seq.ts[1:] != seq.ts[:-1]])
+        g = int(np.searchsorted(starts, i, side="right")) - 1 + dcfg.target_k
+        return int(starts[g]) if g < len(starts) else len(seq.ts)
     return int(np.searchsorted(seq.ts, cut_ts + dcfg.target_window_s * 1000, side="right"))
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from models import cli
 from models.data import DataConfig, prepare
 from models.rerank_eval import (BlendGrid, CandidateLists, build_candidates, metrics_at, popularity_metrics,
-                                served_metrics, training_popularity)
+                                served_metrics, target_end, training_popularity)
 
 T0 = 1_700_000_000_000
 H = 3_600_000
@@ -65,6 +65,18 @@ def test_popularity_and_candidates_by_hand(tmp_path):
     # positives at ranks 2 and 4: (1/log2 3 + 1/log2 5) / (1 + 1/log2 3)
     assert ndcg[0] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
     assert hr[0] == 1.0
+
+
+def test_target_spans():
+    class Seq:
+        ts = np.array([0, 0, 1, 2, 2, 3, 7, 7, 7]) * H  # baskets of 2, 1, 2, 1, 3 lines
+
+    baskets = DataConfig(target="next_baskets", target_k=2)
+    assert target_end(Seq, 2, 0, baskets) == 5  # after basket 1: baskets 2 and 3
+    assert target_end(Seq, 3, H, baskets) == 6  # after basket 2: baskets 3 and 4
+    assert target_end(Seq, 5, 2 * H, baskets) == 9  # after basket 3: 4 and 5, the end of the log
+    assert target_end(Seq, 2, 0, DataConfig(target="next_k", target_k=4)) == 6
+    assert target_end(Seq, 2, 0, DataConfig(target="time", target_window_s=7200)) == 5  # ts <= 2 h
 
 
 def test_metrics_by_hand():
