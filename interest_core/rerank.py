@@ -6,37 +6,47 @@ The blend of candidate ``i`` (score ``s_i``, category ``c_i``) for weight ``w`` 
 
     blended_i = (1 - w) * r_i + w * ln(lift(c_i))
 
-    r_i     = mid-rank percentile of s_i among the n candidates
-            = (#candidates with a lower score + (#others with an equal score) / 2) / (n - 1),
-              in [0, 1]: 1 for the single highest score, 0 for the single lowest; 0.5 when n = 1
+    r_i     = (s_i - min s) / (max s - min s) over the n candidates, in [0, 1]
+              (0.5 for every candidate when all scores are equal, or n = 1)
     lift(c) = max(p_c, 1e-4) / max(q_c, 1e-4)
               p_c = the vector's probability of c; q_c = the prior of c: the population's
               category distribution when given (``prior``; model.json ``category_prior``), else
-              uniform 1 / k over the vector's k categories. The floors are the evaluation's KL floor.
+              uniform 1 / k over the vector's k categories (much weaker, below). The floors are the
+              evaluation's KL floor: a probability of 0 is a strong push down, not minus infinity.
     A category the vector does not have (the model does not know it) gets the prior, p_c = q_c:
     lift 1, ln 1 = 0, neither pushed up nor down. The result lists those categories.
 
 So at weight ``w`` a category the user wants e times (one nat) more than the population does is
 worth ``w / (1 - w)`` of the whole range of the candidates' scores: at 0.5, exactly that range.
+``r`` does not change when the scores are shifted or multiplied by a positive number (units,
+offsets, temperature), so the same weight means the same trade-off for counts, probabilities or
+similarities; a monotone but non-linear change (a logarithm) does change it.
 
-Why this form, measured on validation splits with ``evaluate-rerank`` (candidates: the true next
-items plus 100 popular unseen ones, scored by training-period popularity; README "Re-ranking"):
+Why this form: validation NDCG@10 of ``evaluate-rerank`` (candidates: the true next items plus 100
+popular items the user has not clicked, scored by training-period popularity) with the model's
+vectors, at the best weight (in brackets) and at w = 0.5; ``bench/rerank_eval.py`` prints it as
+``blend_forms_validation``. Popularity alone (w = 0): 0.030, 0.025, 0.149.
 
-* Only the order of the candidates' scores enters, through ``r``: they come from another system on
-  any scale (counts, log-odds, similarities), and a heavy-tailed score (popularity) does not squash
-  the others toward 0 as a min-max scaling would.
+    form                                   MovieLens          REES46             Complete Journey
+    min-max score + ln lift (this one)     .0748 (1) / .0479  .6499 (.8) / .6487 .3019 (.65) / .2974
+    rank percentile + ln lift              .0748 (1) / .0424  .6499 (.9) / .6427 .2990 (1) / .2190
+    min-max + ln lift over the uniform     .0311 (1) / .0275  .6311 (.9) / .6289 .1609 (.2) / .1480
+    rank + p                               .0311 (1) / .0252  .6311 (1) / .1580  .1522 (.25) / .1448
+    rank + p / (p + q)                     .0748 (1) / .0302  .6499 (1) / .3195  .2990 (1) / .1628
+    rank + rank of lift (weighted Borda)   .0748 (1) / .0300  .6499 (1) / .0285  .2990 (1) / .1478
+
 * The interest is a lift over the POPULATION prior, not the raw probability: a candidate's score
-  already carries its category's popularity, and boosting by raw ``p`` (or by a lift over the
-  uniform) promotes the popular categories the candidates come from anyway. On MovieLens, raw
-  ``p`` and the uniform lift gained nothing at any weight (best validation NDCG@10 0.0304 at
-  w = 0, popularity itself), against 0.0748 with the population lift (model vector, w = 1).
-* The lift enters as its logarithm, unbounded: it is symmetric (twice and half as interesting are
-  equally far from neutral), and a category the user is far more (or less) into than people in
-  general can outweigh the whole score range. Mapped into [0, 1] instead (``p / (p + q)``, or the
-  lift's percentile among the candidates, a weighted Borda count), the interest was nearly powerless
-  below w = 0.7: at w = 0.5, validation NDCG@10 0.303 (p / (p + q)) and 0.029 (Borda) against 0.633
-  for the log-lift on REES46, 0.030 and 0.030 against 0.041 on MovieLens (model vectors). At w = 1
-  all of these give the same order (the lift alone, ties by score).
+  already carries its category's popularity, and boosting by raw ``p`` (or a lift over the uniform,
+  the same order) promotes the popular categories the candidates come from anyway. It gained
+  little or nothing on MovieLens and the Complete Journey: the worker needs the model's
+  ``category_prior`` (written by ``train`` into the card, copied by ``export`` into model.json).
+* The lift enters as its logarithm, unbounded and symmetric (twice and half as interesting are
+  equally far from neutral), so a category the user is far more (or less) into than people in
+  general can outweigh the score range. Squashed into [0, 1] (``p / (p + q)``, or the lift's
+  percentile among the candidates) the interest was nearly powerless below w = 0.7.
+* Min-max keeps how much better a high score is (a heavy-tailed popularity: the staples of a
+  grocery store stay on top), where percentiles spread the candidates evenly; it was as good or
+  better on every log, and much better at w = 0.5 on the Complete Journey.
 
 Ties (equal blended scores) go to the higher own score, then to the earlier position in the
 input, so the order is deterministic. ``w = 0`` orders by score alone (stable), ``w = 1`` by lift
@@ -84,23 +94,13 @@ class Ranked:
     unknown_categories: tuple[str, ...]  # candidates' categories the vector lacks, sorted; they got the prior
 
 
-def rank_percentiles(scores: Sequence[float]) -> list[float]:
-    """``r_i`` of the module formula: mid-rank percentiles in [0, 1], equal scores equal values."""
-    n = len(scores)
-    if n == 1:
-        return [0.5]
-    order = sorted(range(n), key=scores.__getitem__)
-    out = [0.0] * n
-    a = 0
-    while a < n:  # a run of equal scores [a, b) gets the mean of its 0-based ranks
-        b = a + 1
-        while b < n and scores[order[b]] == scores[order[a]]:
-            b += 1
-        mid = (a + b - 1) / 2 / (n - 1)
-        for j in range(a, b):
-            out[order[j]] = mid
-        a = b
-    return out
+def scaled_scores(scores: Sequence[float]) -> list[float]:
+    """``r_i`` of the module formula: min-max scaled into [0, 1]; all 0.5 when the scores are equal."""
+    lo, hi = min(scores), max(scores)
+    if hi == lo:
+        return [0.5] * len(scores)
+    span = hi - lo
+    return [(s - lo) / span for s in scores]
 
 
 def log_lift(p: float, q: float) -> float:
@@ -118,13 +118,13 @@ def interests_of(vector: Mapping) -> Mapping[str, float]:
 def blend_parts(interests: Mapping[str, float], categories: Sequence[str], scores: Sequence[float],
                 prior: Mapping[str, float] | None = None) -> tuple[list[float], list[float], list[float], list[str]]:
     """The two parts of the blend per candidate, before the weight: ``(r, l, p, unknown)`` with
-    ``r`` the score percentiles, ``l`` the log-lifts of the candidates' categories, ``p`` the
+    ``r`` the scaled scores, ``l`` the log-lifts of the candidates' categories, ``p`` the
     probability used for each candidate's category (the prior for one the vector lacks), and the
     sorted categories the vector lacks. ``rerank`` and the offline evaluation both start here."""
     if not interests:
         raise ValueError("an interest vector needs at least one category")
     uniform = 1.0 / len(interests)
-    r = rank_percentiles(scores)
+    r = scaled_scores(scores) if scores else []
     lifts, p, unknown = [], [], set()
     cache: dict[str, tuple[float, float]] = {}
     for c in categories:

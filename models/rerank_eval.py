@@ -195,7 +195,7 @@ class RerankInputs:
     validation_kl: dict[str, float]
     model_version: str | None
     sample_counts: dict
-    predict_seconds: float
+    predict_seconds: float  # reading the log, the samples, the baselines (fit on validation) and the model
 
 
 def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=lambda m: None) -> RerankInputs:
@@ -245,20 +245,21 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     cands = {name: build_candidates(ds, smp, dcfg, pop, category, negatives)
              for name, smp in (("val", val), ("test", test))}
     log(f"candidates: {len(val)} validation and {len(test)} test lists, {negatives} negatives + the positives each")
-    prior = card.get("category_prior") or dict(zip(cats, base.prior.tolist()))  # the same numbers
+    prior = card.get("category_prior") or dict(zip(cats, base.prior.tolist()))  # same numbers (float32 apart)
     return RerankInputs(cats, prior, interests, cands,
                         {"val": val.user, "test": test.user}, best, val_kl, card.get("model_version"),
                         info["samples"], t_pred)
 
 
 def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT_NEGATIVES,
-                          weight: float | None = None, log=lambda m: None) -> dict:
+                          weight: float | None = None, log=lambda m: None, inputs: RerankInputs | None = None) -> dict:
     """Everything ``interest-stream evaluate-rerank`` does; returns the rerank_metrics.json content.
-    ``weight`` fixes the blend weight of every source instead of choosing it on validation."""
+    ``weight`` fixes the blend weight of every source instead of choosing it on validation;
+    ``inputs``: :func:`rerank_inputs` of the same arguments, already computed."""
     from models.evaluate import paired_bootstrap
 
     t0 = time.time()
-    inp = rerank_inputs(ckpt_dir, data_path, negatives, log)
+    inp = inputs if inputs is not None else rerank_inputs(ckpt_dir, data_path, negatives, log)
     cands, cats, prior = inp.candidates, inp.categories, inp.prior
     weights, curves = {}, {}
     for src in SOURCES:
@@ -293,12 +294,12 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
         "validation_kl": inp.validation_kl,
         "diff": {"model-popularity": ci("model", "popularity"), "model-baseline": ci("model", "baseline"),
                  "oracle-model": ci("oracle", "model")},
-        "blend": "blended = (1 - w) * r + w * ln(max(p, 1e-4) / max(q, 1e-4)): r = mid-rank percentile of "
-                 "the score among the candidates, p = the interest source's probability of the item's "
-                 "category, q = its population prior (interest_core.rerank)",
+        "blend": "blended = (1 - w) * r + w * ln(max(p, 1e-4) / max(q, 1e-4)): r = the score min-max scaled "
+                 "over the candidates, p = the interest source's probability of the item's category, q = "
+                 "its population prior (interest_core.rerank)",
         "model_version": inp.model_version,
         "data": {"path": str(data_path), "validation_samples": len(cands["val"]), "sample_counts": inp.sample_counts},
-        "seconds": {"predict": round(inp.predict_seconds, 1), "total": round(time.time() - t0, 1)},
+        "seconds": {"data_baselines_and_model": round(inp.predict_seconds, 1), "total": round(time.time() - t0, 1)},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """Re-ranking for the worker and for services that keep vectors themselves.
 
 * :func:`rerank` is :func:`interest_core.rerank.rerank`, the one blend (its docstring has the
-  formula): ``stream_app.rerank.rerank(vector, items, weight)`` with the ``interests`` of a vector
-  read from ``user-interests`` (or the whole vector record), or None for an unknown user.
+  formula): ``stream_app.rerank.rerank(vector, items, weight, prior=...)`` with the ``interests``
+  of a vector read from ``user-interests`` (or the whole vector record), or None for an unknown
+  user. ``prior`` is the model's ``category_prior`` (model.json); the worker passes its loaded
+  model's, and a service reads it from the model.json of the version it serves.
 * :func:`parse_request` is the pure validation of a ``POST /users/{user_id}/rerank`` body:
   bytes -> a :class:`RerankRequest`, or a :class:`RequestError` naming the field (errors are data,
   as in :mod:`stream_app.events`). :meth:`RequestError.body` is the 400 answer,
@@ -29,8 +31,9 @@ from interest_core.rerank import Item, Ranked, RankedItem, rerank  # noqa: F401 
 MAX_ITEMS = 1000  # CONTRACT: at most 1,000 candidates per request
 MAX_BODY_BYTES = 1 << 20  # 1,000 items of two 128-character strings fit in well under 1 MiB
 STRING_LIMIT = 128  # item_id, category: the contract's limit for the same fields of events
-# Default share of the interest in the blend: the middle of [0, 1]. The weights chosen on
-# validation by `evaluate-rerank` (README, "Re-ranking") are reported beside it.
+# Default share of the interest: the middle, where a category the user wants e times more than
+# people do is worth the whole range of the candidates' scores. Offline, with popularity as the
+# score, more interest did better still (README "Re-ranking": the weights chosen on validation).
 DEFAULT_WEIGHT = 0.5
 
 

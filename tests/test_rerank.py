@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from interest_core.rerank import Item, log_lift, rank_percentiles, rerank
+from interest_core.rerank import Item, log_lift, rerank, scaled_scores
 from stream_app import rerank as served
 from stream_app.rerank import DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, response_body
 
@@ -12,19 +12,20 @@ LN = math.log
 VEC = {"sports": 0.5, "tech": 0.3, "music": 0.2}  # k = 3, uniform prior q = 1/3
 # log-lifts ln(p / q): sports ln 1.5 = .4055, tech ln .9 = -.1054, music ln .6 = -.5108; travel unknown: 0
 ITEMS = [Item("A", "tech", 10.0), Item("B", "sports", 2.0), Item("C", "music", 7.0), Item("D", "travel", 5.0)]
-# score percentiles: B 0, D 1/3, C 2/3, A 1
+# scaled scores (s - 2) / 8: B 0, D .375, C .625, A 1
 
 
 def ids(ranked):
     return [it.item_id for it in ranked.items]
 
 
-def test_rank_percentiles_by_hand():
-    assert rank_percentiles([3.0, 1.0, 3.0, 2.0]) == pytest.approx([2.5 / 3, 0.0, 2.5 / 3, 1 / 3])  # mid-ranks
-    assert rank_percentiles([7.0]) == [0.5]
-    assert rank_percentiles([1.0, 1.0]) == [0.5, 0.5]
-    # only the order of the scores counts, not their scale
-    assert rank_percentiles([1e9, -3.0, 0.5]) == rank_percentiles([3.0, 1.0, 2.0]) == [1.0, 0.0, 0.5]
+def test_scaled_scores_by_hand():
+    assert scaled_scores([3.0, 1.0, 3.0, 2.0]) == [1.0, 0.0, 1.0, 0.5]
+    assert scaled_scores([7.0]) == [0.5]
+    assert scaled_scores([-1.0, -1.0]) == [0.5, 0.5]
+    assert scaled_scores([2.0, 4.0, 10.0]) == [0.0, 0.25, 1.0]
+    # shifted and stretched scores (other units, an offset) scale to the same values
+    assert scaled_scores([20.0 - 7, 40.0 - 7, 100.0 - 7]) == [0.0, 0.25, 1.0]
 
 
 def test_log_lift_by_hand():
@@ -36,14 +37,14 @@ def test_log_lift_by_hand():
 
 def test_blend_by_hand():
     r = rerank(VEC, ITEMS, 0.5)
-    # A .5 + .5 ln .9 = .4473; B 0 + .5 ln 1.5 = .2027; D 1/6 + 0 = .1667; C 1/3 + .5 ln .6 = .0779
+    # A .5 + .5 ln .9 = .4473; B 0 + .5 ln 1.5 = .2027; D .1875 + 0; C .3125 + .5 ln .6 = .0571
     assert ids(r) == ["A", "B", "D", "C"]
     assert [it.blended for it in r.items] == pytest.approx(
-        [0.5 + 0.5 * LN(0.9), 0.5 * LN(1.5), 1 / 6, 1 / 3 + 0.5 * LN(0.6)])
+        [0.5 + 0.5 * LN(0.9), 0.5 * LN(1.5), 0.1875, 0.3125 + 0.5 * LN(0.6)])
     assert [it.interest for it in r.items] == pytest.approx([0.3, 0.5, 1 / 3, 0.2])  # travel gets the prior 1/3
     assert r.personalized and r.weight == 0.5 and r.unknown_categories == ("travel",)
     assert [it.score for it in r.items] == [10.0, 2.0, 5.0, 7.0]
-    # w .2: A .8 - .0211 = .7789; C .5333 - .1022 = .4312; D .2667; B .0811: the score order
+    # w .2: A .8 - .0211 = .7789; C .5 - .1022 = .3978; D .3; B .0811: the score order
     assert ids(rerank(VEC, ITEMS, 0.2)) == ids(rerank(VEC, ITEMS, 0.0)) == ["A", "C", "D", "B"]
     assert ids(rerank(VEC, ITEMS, 1.0)) == ["B", "D", "A", "C"]  # the lift alone: .41, 0, -.11, -.51
 
@@ -184,3 +185,14 @@ def test_response_body():
     assert out["personalized"] is False and [i["item_id"] for i in out["items"]] == ["A", "D"]
     assert out["items"][0]["blended"] is None and out["unknown_categories"] == []
     json.dumps(out)  # serialisable as is
+
+
+def test_readme_example(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- rerank-example -->\s*```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(block, "README rerank-example", "exec"), {})
+    expected = block.strip().splitlines()[-1].lstrip("# ")
+    assert capsys.readouterr().out.strip() == expected
