@@ -192,3 +192,17 @@ def test_bad_input_is_one_line(crafted, tiny_ckpt, tmp_path):
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_bytes(b"\x00\xff not json\n")
     assert "no valid events" in run(tiny_ckpt, garbage)
+
+
+def test_category_prior_travels_to_model_json(crafted, tiny_ckpt, tmp_path):
+    """train writes the population prior of the lift into the card (the mean training target: by
+    construction of the crafted log, a quarter per category), export copies it into model.json."""
+    from export.onnx_export import export_checkpoint
+
+    card = json.loads((tiny_ckpt / "model_card.json").read_text())
+    prior = card["category_prior"]
+    assert list(prior) == card["categories"] and sum(prior.values()) == pytest.approx(1.0)
+    assert all(prior[f"c{c}"] == pytest.approx(0.25, abs=0.02) for c in range(4))
+    meta = export_checkpoint(tiny_ckpt, tmp_path / "pair", log=lambda m: None)
+    assert meta["category_prior"] == prior
+    assert json.loads((tmp_path / "pair" / "model.json").read_text())["category_prior"] == prior
