@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/soak.py --rate $(SUSTAINED_RATE) | tee bench-out/soak.json
 	$(PY) bench/score.py | tee bench-out/score.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
+	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

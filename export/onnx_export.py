@@ -98,13 +98,14 @@ def random_batch(rng: np.random.Generator, encoder, batch: int, length: int):
     return (*pad_right(seqs, encoder.pad_id), random_profiles(rng, encoder, batch))
 
 
-def _last_position_backbone(gpt2):
-    """An inference-only stand-in for the GPT-2 backbone when the head reads only the LAST REAL
-    position of right-padded sequences (models.model.InterestModel does): all layers but the last
+def _last_position_backbone(gpt2, back: int = 0):
+    """An inference-only stand-in for the GPT-2 backbone when the head reads only ONE position of
+    right-padded sequences (models.model.InterestModel does: ``back`` tokens before the last real
+    one, clamped at 0; 2 for ``readout="event"``, 0 for ``"end"``): all layers but the last
     run on every position; the last layer computes keys and values everywhere but the query, the
-    attention output and the MLP only at the last real position. Causal + key-padding masking is
+    attention output and the MLP only at that readout position. Causal + key-padding masking is
     one additive (B, 1, T, T) mask built once. ``last_hidden_state`` holds the true final hidden
-    state at the last real position and zeros elsewhere. Mathematically the same model (the
+    state at the readout position and zeros elsewhere. Mathematically the same model (the
     parity check proves it); roughly halves the work of a 2-layer model."""
     import torch
     from types import SimpleNamespace
@@ -128,6 +129,7 @@ def _last_position_backbone(gpt2):
             self.n_head = cfg.n_head
             self.scale_attn = bool(cfg.scale_attn_weights)
             self.by_layer = bool(cfg.scale_attn_by_inverse_layer_idx)
+            self.back = int(back)
 
         def _scale(self, layer: int, head_dim: int) -> float:
             s = head_dim ** -0.5 if self.scale_attn else 1.0
@@ -155,7 +157,7 @@ def _last_position_backbone(gpt2):
             causal = pos.unsqueeze(0) <= pos.unsqueeze(1)  # (T, T) key <= query
             zero = torch.zeros((), dtype=x.dtype)
             mask = torch.where(causal.unsqueeze(0) & key_ok.unsqueeze(1), zero, neg).unsqueeze(1)  # (B, 1, T, T)
-            last = attention_mask.sum(dim=1) - 1  # (B,) last real position (right padding)
+            last = (attention_mask.sum(dim=1) - 1 - self.back).clamp_min(0)  # (B,) the readout (right padding)
             n = len(g.h)
             for i, block in enumerate(g.h):
                 attn = block.attn
@@ -178,7 +180,8 @@ def _last_position_backbone(gpt2):
                     q = (h_last @ self.q_w + self.q_b).view(B, H, 1, D) * self._scale(i, D)  # (B, H, 1, D)
                     k = k.view(B, T, H, D).transpose(1, 2)
                     v = v.view(B, T, H, D).transpose(1, 2)
-                    kmask = torch.where(key_ok, zero, neg).view(B, 1, 1, T)  # keys after last are padding
+                    key_ok = key_ok & (pos.unsqueeze(0) <= last.unsqueeze(1))  # causal: keys up to the readout
+                    kmask = torch.where(key_ok, zero, neg).view(B, 1, 1, T)
                     w = self._softmax(q @ k.transpose(-1, -2) + kmask)  # (B, H, 1, T)
                     a = (w @ v).reshape(B, C)
                     x_last = x_last + attn.c_proj(a)
@@ -209,7 +212,8 @@ def _inference_wrapper(model, last_position: bool = False):
     if last_position:
         model = copy.copy(model)  # shallow: shares the parameters, swaps the backbone module only
         model._modules = dict(model._modules)
-        model._modules["backbone"] = _last_position_backbone(model.backbone)
+        back = 2 if getattr(model.config, "readout", "end") == "event" else 0
+        model._modules["backbone"] = _last_position_backbone(model.backbone, back)
     return InferenceWrapper(model).eval()
 
 
@@ -424,11 +428,15 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
         "metrics": card.get("metrics", {}),
         # the per-user window the model was trained on (serve with the same horizon / max events)
         "window": card.get("window"),
+        # the population's category distribution (training targets): the prior of the re-ranking
+        # lift (interest_core.rerank); None for checkpoints from before it was recorded
+        "category_prior": card.get("category_prior"),
         "parity": parity,
         "int8_vs_fp32": int8_report,
         "model": {"n_layer": model.backbone.config.n_layer, "n_head": model.backbone.config.n_head,
                   "n_embd": model.backbone.config.n_embd, "vocab_size": cfg.vocab_size,
-                  "params": count_params(model), "loss": cfg.loss},
+                  "params": count_params(model), "loss": cfg.loss,
+                  "correction": getattr(cfg, "correction", "full"), "readout": getattr(cfg, "readout", "end")},
         "source": {
             "checkpoint": str(Path(ckpt_dir).resolve()),
             "weights_sha256": sha256_file(Path(ckpt_dir) / WEIGHTS_FILE),

@@ -1,4 +1,4 @@
-"""Five baselines the model must beat, all from the same samples (:mod:`models.data`).
+"""Six baselines the model must beat, all from the same samples (:mod:`models.data`).
 
 * ``prior``: the population distribution, the mean of the training targets.
 * ``last_window``: the category distribution of the input window the model reads (type-weighted
@@ -9,7 +9,14 @@
   time or in events (both kinds of half-life on the grid below); the prior when empty.
 * ``ema_prior``: the decayed counts shrunk toward the population prior,
   ``(counts + beta * prior) / (sum(counts) + beta)``.
-Every parameter (half-life, its kind, beta) is chosen on the validation split by KL.
+* ``mixture``: a learned multi-scale mixture of decayed counters,
+  ``(sum_h w_h(n) * counts_h + beta(n) * prior) / total``, over :data:`MIXTURE_HALF_LIVES` (time
+  and event half-lives), whose non-negative weights depend on the user's history length ``n``
+  (categorised events before the cut, in :data:`LENGTH_BUCKETS`): a counter that knows that a
+  new user should lean on the prior and a long-time one on their long-run counts. The weights are
+  fit on training samples by KL (full-batch Adam); whether they depend on the history length is
+  chosen on validation.
+Every other parameter (half-life, its kind, beta) is chosen on the validation split by KL.
 """
 from __future__ import annotations
 
@@ -26,7 +33,13 @@ HALF_LIVES = (
     + [("time", float("inf"))]
 )
 BETAS = (0.03, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-NAMES = ("prior", "last_window", "user_mean", "ema", "ema_prior")
+NAMES = ("prior", "last_window", "user_mean", "ema", "ema_prior", "mixture")
+MIXTURE_HALF_LIVES = ([("time", s) for s in (HOUR, 6 * HOUR, 24 * HOUR, 3 * 24 * HOUR, 7 * 24 * HOUR,
+                                               30 * 24 * HOUR, 365 * 24 * HOUR)]
+                      + [("events", n) for n in (5, 20, 100)])
+LENGTH_BUCKETS = (1, 4, 16, 64, 256)  # history lengths: 0, 1-3, 4-15, 16-63, 64-255, 256+
+MIXTURE_FIT_SAMPLES = 30_000  # training samples the mixture is fit on (seeded subset)
+MIXTURE_STEPS = 400  # full-batch Adam steps (a dozen weights per bucket converge well before)
 
 
 def decayed_counts(ds: Dataset, samples: Samples, k: int, kind: str, half_life: float) -> np.ndarray:
@@ -84,8 +97,52 @@ def shrink(counts: np.ndarray, prior: np.ndarray, beta: float) -> np.ndarray:
     return (counts + beta * prior[None, :]) / (counts.sum(1, keepdims=True) + beta)
 
 
+def history_lengths(ds: Dataset, samples: Samples) -> np.ndarray:
+    """(N,) categorised events of each sample's user before its cut."""
+    out = np.zeros(len(samples), np.int64)
+    for r, (ui, i) in enumerate(zip(samples.user, samples.cut)):
+        out[r] = int((ds.seqs[ui].weight[:i] > 0).sum())
+    return out
+
+
+def mixture_features(ds: Dataset, samples: Samples, k: int) -> np.ndarray:
+    """(N, H, k) decayed counts at every half-life of :data:`MIXTURE_HALF_LIVES`."""
+    return np.stack([decayed_counts(ds, samples, k, kind, hl) for kind, hl in MIXTURE_HALF_LIVES], axis=1)
+
+
+def fit_mixture(feats: np.ndarray, buckets: np.ndarray, targets: np.ndarray, prior: np.ndarray,
+                n_buckets: int, seed: int = 0) -> np.ndarray:
+    """Log-weights (n_buckets, H + 1) (the last column is the prior's) minimising mean KL of
+    :func:`mixture_predict` on the given samples."""
+    import torch
+
+    torch.manual_seed(seed)
+    f = torch.as_tensor(feats, dtype=torch.float32)
+    b = torch.as_tensor(buckets, dtype=torch.long)
+    t = torch.as_tensor(targets, dtype=torch.float32)
+    pr = torch.as_tensor(prior, dtype=torch.float32)
+    logw = torch.zeros(n_buckets, f.shape[1] + 1, requires_grad=True)
+    opt = torch.optim.Adam([logw], lr=0.1)
+    tlogt = (t * torch.log(t.clamp_min(1e-12))).sum(-1)
+    for _ in range(MIXTURE_STEPS):
+        w = torch.exp(logw)[b]  # (N, H + 1)
+        mix = (w[:, :-1, None] * f).sum(1) + w[:, -1:] * pr  # (N, k)
+        p = mix / mix.sum(-1, keepdim=True)
+        loss = (tlogt - (t * torch.log(p.clamp_min(1e-8))).sum(-1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return logw.detach().numpy().astype(np.float64)
+
+
+def mixture_predict(feats: np.ndarray, buckets: np.ndarray, logw: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    w = np.exp(logw)[buckets]  # (N, H + 1)
+    mix = (w[:, :-1, None] * feats).sum(1) + w[:, -1:] * prior[None, :]
+    return mix / mix.sum(1, keepdims=True)
+
+
 class Baselines:
-    """Fit on train (prior) and validation (parameters), then predict any split."""
+    """Fit on train (prior, mixture) and validation (parameters), then predict any split."""
 
     def __init__(self, ds: Dataset, k: int):
         self.ds, self.k = ds, k
@@ -105,8 +162,26 @@ class Baselines:
                 kl = kl_fn(val.targets, shrink(c, self.prior, beta)).mean()
                 if kl < best_ep[0]:
                     best_ep = (kl, {"kind": kind, "half_life": hl, "beta": beta})
-        self.params = {"ema": best_ema[1], "ema_prior": best_ep[1]}
+        self.params = {"ema": best_ema[1], "ema_prior": best_ep[1], "mixture": self._fit_mixture(val, kl_fn)}
         return self.params
+
+    def _fit_mixture(self, val: Samples, kl_fn) -> dict:
+        tr = self.ds.splits["train"]
+        if len(tr) > MIXTURE_FIT_SAMPLES:
+            tr = tr.take(np.sort(np.random.default_rng(0).choice(len(tr), MIXTURE_FIT_SAMPLES, replace=False)))
+        f_tr, f_va = mixture_features(self.ds, tr, self.k), mixture_features(self.ds, val, self.k)
+        b_tr = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, tr), side="right")
+        b_va = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, val), side="right")
+        best = None
+        for per_length in (False, True):  # chosen on validation
+            nb = len(LENGTH_BUCKETS) + 1 if per_length else 1
+            bt, bv = (b_tr, b_va) if per_length else (np.zeros_like(b_tr), np.zeros_like(b_va))
+            logw = fit_mixture(f_tr, bt, tr.targets, self.prior, nb)
+            kl = float(kl_fn(val.targets, mixture_predict(f_va, bv, logw, self.prior)).mean())
+            if best is None or kl < best["val_kl"]:
+                best = {"per_length": per_length, "val_kl": kl, "log_weights": logw.round(4).tolist(),
+                        "half_lives": [[kind, hl] for kind, hl in MIXTURE_HALF_LIVES], "fit_samples": len(tr)}
+        return best
 
     def predict(self, samples: Samples, windows) -> dict[str, np.ndarray]:
         n = len(samples)
@@ -114,7 +189,12 @@ class Baselines:
         c_ema = decayed_counts(self.ds, samples, self.k, ema["kind"], ema["half_life"])
         c_ep = c_ema if (ep["kind"], ep["half_life"]) == (ema["kind"], ema["half_life"]) else \
             decayed_counts(self.ds, samples, self.k, ep["kind"], ep["half_life"])
+        mx = self.params["mixture"]
+        b = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, samples), side="right") if mx["per_length"] \
+            else np.zeros(n, np.int64)
         return {
+            "mixture": mixture_predict(mixture_features(self.ds, samples, self.k), b, np.asarray(mx["log_weights"]),
+                                       self.prior),
             "prior": np.repeat(self.prior[None, :], n, axis=0),
             "last_window": normalise(window_counts(self.ds, samples, self.k, windows), self.prior),
             "user_mean": normalise(decayed_counts(self.ds, samples, self.k, "time", float("inf")), self.prior),

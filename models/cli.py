@@ -1,4 +1,4 @@
-"""Training-side CLI verbs: ``load movielens|rees46``, ``train``, ``evaluate``.
+"""Training-side CLI verbs: ``load movielens|rees46|completejourney``, ``train``, ``evaluate``, ``evaluate-rerank``.
 
 Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
 Importing this module needs neither torch nor transformers: they load inside the commands.
@@ -49,16 +49,34 @@ def load_rees46_cmd(file, out):
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
 
+@load.command("completejourney")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, writable=True), help="JSONL event log.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Keep the N most frequent product categories of this file by name, instead of the fixed list "
+                   "of the 30 most frequent in the shared half; the rest become 'OTHER <department>'.")
+def load_completejourney_cmd(data_dir, out, top):
+    """The Complete Journey DIR (transactions + products CSV): purchase lines -> clicks, product category = category."""
+    from models.loaders import load_completejourney
+
+    try:
+        stats = load_completejourney(data_dir, out, top)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
+
+
 @click.command("train")
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training samples [8].")
 @click.option("--seed", type=int, default=None, help="Seed of training and subsampling [1337].")
-@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [mse].")
-@click.option("--target", type=click.Choice(["time", "next_k"]), default=None,
-              help="Target: categories of the next time window, or of the next K events [time].")
+@click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [kl].")
+@click.option("--target", type=click.Choice(["time", "next_k", "next_baskets"]), default=None,
+              help="Target: categories of the next time window, of the next K events, or of the next K "
+                   "distinct timestamps (baskets) [time].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
-@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k [10].")
+@click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
 @click.option("--max-events", type=click.IntRange(min=1), default=None, help="Events per input window [128].")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
@@ -140,3 +158,33 @@ def evaluate(ckpt_dir, data, out, no_plots):
     click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "
                f"KL {m[best]['kl']:.4f}, gain CI95 [{result['kl_gain_ci95'][0]:.4f}, "
                f"{result['kl_gain_ci95'][1]:.4f}]; wrote {Path(out) / 'metrics.json'}")
+
+
+@click.command("evaluate-rerank")
+@click.argument("ckpt_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for rerank_metrics.json.")
+@click.option("--negatives", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Popular items the user has not clicked yet, added to the true next items.")
+@click.option("--weight", type=click.FloatRange(0.0, 1.0), default=None,
+              help="A fixed blend weight for every interest source (default: chosen on validation).")
+def evaluate_rerank(ckpt_dir, data, out, negatives, weight):
+    """What re-ranking with the vectors is worth on the checkpoint's test split: NDCG@10 and HR@10 of
+    popularity, model re-rank, best-baseline re-rank and an oracle, with bootstrap intervals."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from models.rerank_eval import run_rerank_evaluation
+
+    try:
+        r = run_rerank_evaluation(ckpt_dir, data, out, negatives=negatives, weight=weight,
+                                  log=lambda m: click.echo(m, err=True))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    k = r["rankings"]
+    d = r["diff"]
+    click.echo(f"test samples {r['samples']} ({r['users']} users): NDCG@10 popularity {k['popularity']['ndcg@10']:.4f}, "
+               f"model {k['model']['ndcg@10']:.4f} (w {r['weights']['model']}), {r['best_baseline']} "
+               f"{k['baseline']['ndcg@10']:.4f} (w {r['weights']['baseline']}), oracle {k['oracle']['ndcg@10']:.4f}; "
+               f"model - popularity CI95 [{d['model-popularity']['ndcg@10']['ci95'][0]:+.4f}, "
+               f"{d['model-popularity']['ndcg@10']['ci95'][1]:+.4f}], model - baseline CI95 "
+               f"[{d['model-baseline']['ndcg@10']['ci95'][0]:+.4f}, {d['model-baseline']['ndcg@10']['ci95'][1]:+.4f}]; "
+               f"wrote {Path(out) / 'rerank_metrics.json'}")

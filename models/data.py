@@ -6,9 +6,12 @@ A sample is a (user, cut) pair. The cut falls after the user's event ``i-1`` and
   max events as configured), exactly what the worker holds at that moment;
 * target = the category distribution of what comes next, clicks and browses weighted by type
   (``click_weight``, ``browse_weight``; searches carry no category; categories outside the
-  encoder's list are left out): either the events in ``(cut, cut + target_window_s]``
-  (``target="time"``) or the next ``target_k`` events (``target="next_k"``, for bursty logs such
-  as MovieLens). Samples whose target is empty are skipped and counted.
+  encoder's list are left out): the events in ``(cut, cut + target_window_s]``
+  (``target="time"``), the next ``target_k`` events (``target="next_k"``, for bursty logs such
+  as MovieLens), or the events of the next ``target_k`` distinct timestamps
+  (``target="next_baskets"``: grocery baskets, whose lines share one timestamp, so the target never
+  depends on the order of lines within a basket). Samples whose target is empty are skipped and
+  counted.
 
 Split by time, from the log's event-time quantiles ``t1`` (1 - val_frac - test_frac) and ``t2``
 (1 - test_frac): a training sample's target ends before ``t1``; a validation sample's cut is at or
@@ -17,6 +20,13 @@ the model trains on reaches into the validation or test period. Samples straddli
 dropped and counted. Time targets that run past the end of the log are dropped (partly unseen).
 The whole :class:`DataConfig` plus ``t1``/``t2`` go into the model card, so ``evaluate``
 rebuilds the very same samples.
+
+Dense training (:func:`dense_readouts`): a training sample's input sequence also holds the user's
+earlier events, and the cut after each of them is a sample of its own (the same target code, the
+same profile code). One forward pass reads them all: the readout of each such cut is the last token
+of its event, its profile and target those of that cut. Its input is the window of the sequence's
+own cut up to that event: the serving window of that cut minus, possibly, its oldest events (never
+anything older than the horizon allows).
 """
 from __future__ import annotations
 
@@ -31,14 +41,17 @@ from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT
                            profiles_in_order, seconds_to_ms, window_slice)
 
 
+TARGETS = ("time", "next_k", "next_baskets")
+
+
 @dataclass
 class DataConfig:
     horizon_s: int = DEFAULT_HORIZON_S  # input window reach (CONTRACT INTEREST_HORIZON_S)
     max_events: int = DEFAULT_MAX_EVENTS  # events the model reads (CONTRACT INTEREST_MAX_EVENTS)
     profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S  # a longer gap restarts the profile (INTEREST_PROFILE_RETENTION_S)
-    target: str = "time"  # "time" (next target_window_s) or "next_k" (next target_k events)
+    target: str = "time"  # "time" (next target_window_s), "next_k" (next target_k events), "next_baskets"
     target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
-    target_k: int = 10  # events per target with target="next_k"
+    target_k: int = 10  # events (next_k) or distinct timestamps (next_baskets) per target
     click_weight: float = PROFILE_TYPE_WEIGHTS["click"]  # a click says more than a glance
     browse_weight: float = PROFILE_TYPE_WEIGHTS["browse"]
     val_frac: float = 0.15  # share of the log's time span (by events) for validation
@@ -50,8 +63,8 @@ class DataConfig:
     seed: int = 0  # subsampling
 
     def __post_init__(self):
-        if self.target not in ("time", "next_k"):
-            raise ValueError(f"target must be 'time' or 'next_k', got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1):
             raise ValueError("val_frac and test_frac must be > 0 and sum to < 1")
 
@@ -142,7 +155,7 @@ class Samples:
 class Dataset:
     user_ids: list[str]
     seqs: list[UserSeq]
-    splits: dict[str, Samples]  # "train", "val", "test"
+    splits: dict[str, Samples]  # "train", "val", "test"; "train_all": every training candidate
     counts: dict  # skipped / dropped / kept, per reason
     t1: int
     t2: int
@@ -163,7 +176,8 @@ def user_seqs(users: dict[str, list[WindowEvent]], categories, cfg: DataConfig):
 
 
 def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Dataset:
-    """All samples of the log, split by time, subsampled (seeded) to the configured caps."""
+    """All samples of the log, split by time, subsampled (seeded) to the configured caps. Every
+    training candidate (before the cap) is kept in ``splits["train_all"]`` for dense training."""
     k = len(categories)
     ids, seqs = user_seqs(users, categories, cfg)
     win_ms = seconds_to_ms(cfg.target_window_s)
@@ -175,6 +189,9 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
         if n < 2:
             continue
         csum = np.concatenate([[0.0], np.cumsum(s.weight)])
+        if cfg.target == "next_baskets":
+            starts = np.flatnonzero(np.r_[True, s.ts[1:] != s.ts[:-1]])  # first event of each timestamp
+            group_of = np.cumsum(np.r_[True, s.ts[1:] != s.ts[:-1]]) - 1  # event -> its timestamp group
         for i in range(1, n):
             cut_ts = int(s.ts[i - 1])
             if s.ts[i] == cut_ts:
@@ -187,7 +204,11 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
                     continue
                 j = int(np.searchsorted(s.ts, end_ts, side="right"))
             else:
-                j = i + cfg.target_k
+                if cfg.target == "next_k":
+                    j = i + cfg.target_k
+                else:
+                    g = int(group_of[i]) + cfg.target_k  # the group after the target's last one
+                    j = int(starts[g]) if g < len(starts) else (n if g == len(starts) else n + 1)
                 if j > n:
                     counts["target_past_log_end"] += 1
                     continue
@@ -206,24 +227,34 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
                 continue
             rows[split].append((ui, i, cut_ts, j))
     rng = np.random.default_rng(cfg.seed)
+    rows["train_all"] = rows["train"]
     splits = {}
-    for name, rs in rows.items():
-        cap = cfg.max_train_samples if name == "train" else cfg.max_eval_samples
-        counts[f"{name}_candidates"] = len(rs)
-        if len(rs) > cap:
-            keep = np.sort(rng.choice(len(rs), size=cap, replace=False))
-            rs = [rs[x] for x in keep]
-        t = np.zeros((len(rs), k), np.float32)
-        for r, (ui, i, _, j) in enumerate(rs):
-            s = seqs[ui]
-            np.add.at(t[r], s.cat[i:j][s.weight[i:j] > 0], s.weight[i:j][s.weight[i:j] > 0])
-        t /= np.maximum(t.sum(1, keepdims=True), 1e-12)
+    for name in ("train", "val", "test", "train_all"):
+        rs = rows[name]
+        if name != "train_all":
+            cap = cfg.max_train_samples if name == "train" else cfg.max_eval_samples
+            counts[f"{name}_candidates"] = len(rs)
+            if len(rs) > cap:
+                keep = np.sort(rng.choice(len(rs), size=cap, replace=False))
+                rs = [rs[x] for x in keep]
         splits[name] = Samples(
             np.array([r[0] for r in rs], np.int32), np.array([r[1] for r in rs], np.int32),
-            np.array([r[2] for r in rs], np.int64), t,
+            np.array([r[2] for r in rs], np.int64), _targets(seqs, rs, k),
         )
-        counts[name] = len(rs)
+        if name != "train_all":
+            counts[name] = len(rs)
     return Dataset(ids, seqs, splits, counts, t1, t2)
+
+
+def _targets(seqs, rows, k: int) -> np.ndarray:
+    """(N, k) float32: the type-weighted category shares of events ``[i, j)`` of each row."""
+    t = np.zeros((len(rows), k), np.float32)
+    for r, (ui, i, _, j) in enumerate(rows):
+        s = seqs[ui]
+        w, c = s.weight[i:j], s.cat[i:j]
+        np.add.at(t[r], c[w > 0], w[w > 0])
+    t /= np.maximum(t.sum(1, keepdims=True), 1e-12)
+    return t
 
 
 def sample_windows(ds: Dataset, samples: Samples, cfg: DataConfig) -> list[list[WindowEvent]]:
@@ -292,3 +323,78 @@ def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
         "data_config": asdict(cfg),
     }
 
+
+
+# --- dense training ---------------------------------------------------------------------------
+def encode_with_ends(encoder, events) -> tuple[list[int], list[int]]:
+    """``encoder.encode(events)`` and, per event, the position of its last token (-1 for the oldest
+    events that did not fit). The same loop as :meth:`interest_core.encoding.Encoder.encode` (a test
+    checks the ids are identical)."""
+    tail = [encoder.end_id]
+    if encoder.hour_token and events:
+        tail = [encoder.hour_offset + (events[-1].ts // 3_600_000) % 24, encoder.end_id]
+    budget = encoder.max_len - 1 - len(tail)
+    chunks: list[list[int]] = []
+    for j in range(len(events) - 1, -1, -1):
+        gap = events[j].ts - events[j - 1].ts if j > 0 else None
+        toks = encoder.event_tokens(events[j], gap)
+        if len(toks) > budget:
+            break
+        budget -= len(toks)
+        chunks.append(toks)
+    out, ends = [encoder.bos_id], [-1] * len(events)
+    first = len(events) - len(chunks)
+    for m, toks in enumerate(reversed(chunks)):
+        out.extend(toks)
+        ends[first + m] = len(out) - 1
+    out.extend(tail)
+    return out, ends
+
+
+@dataclass
+class DenseReadouts:
+    """Every readout of every training sequence, flat: sequence ``q`` owns rows
+    ``offsets[q]:offsets[q+1]``; each row has its token position ``pos``, the ``hour`` of its event,
+    ``is_last`` (the sequence's own cut) and ``cut_row`` into ``targets`` / ``profiles`` (one row
+    per training cut, ``splits["train_all"]``)."""
+
+    offsets: np.ndarray  # (N+1,) int64
+    pos: np.ndarray  # (M,) int64
+    hour: np.ndarray  # (M,) int64
+    is_last: np.ndarray  # (M,) bool
+    cut_row: np.ndarray  # (M,) int64
+    targets: np.ndarray  # (C, k) float32
+    profiles: np.ndarray  # (C, P) float32
+
+    @property
+    def readouts_per_sequence(self) -> float:
+        return float(len(self.pos) / max(1, len(self.offsets) - 1))
+
+
+def dense_readouts(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> tuple[list[np.ndarray], DenseReadouts]:
+    """The token sequences of ``samples`` (training cuts) and every readout in them (module doc)."""
+    allc = ds.splits["train_all"]
+    row_of = {(int(u), int(i)): r for r, (u, i) in enumerate(zip(allc.user, allc.cut))}
+    horizon_ms = seconds_to_ms(cfg.horizon_s)
+    seqs, offsets, pos, hour, is_last, cut_row = [], [0], [], [], [], []
+    for ui, i, cut_ts in zip(samples.user, samples.cut, samples.cut_ts):
+        ui, i = int(ui), int(i)
+        evs = ds.seqs[ui].events
+        win = window_slice(evs[max(0, i - cfg.max_events) : i], int(cut_ts), horizon_ms, cfg.max_events)
+        ids, ends = encode_with_ends(encoder, win)
+        a = i - len(win)  # the window is events a .. i-1
+        for m, end in enumerate(ends):
+            c = a + m + 1  # the cut after this event
+            r = row_of.get((ui, c))
+            if end < 0 or r is None:
+                continue
+            pos.append(end)
+            hour.append((win[m].ts // 3_600_000) % 24)
+            is_last.append(c == i)
+            cut_row.append(r)
+        seqs.append(np.asarray(ids, np.int32))
+        offsets.append(len(pos))
+    dense = DenseReadouts(np.asarray(offsets, np.int64), np.asarray(pos, np.int64), np.asarray(hour, np.int64),
+                          np.asarray(is_last, bool), np.asarray(cut_row, np.int64), allc.targets,
+                          sample_profiles(ds, allc, cfg, encoder))
+    return seqs, dense

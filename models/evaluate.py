@@ -1,4 +1,4 @@
-"""Evaluation: the model and the five baselines on the held-out test split (CONTRACT.md).
+"""Evaluation: the model and the six baselines on the held-out test split (CONTRACT.md).
 
 Metrics, per sample then averaged over samples:
 * ``kl``: KL(target || prediction) in nats; the prediction is floored at 1e-4 and then
@@ -8,10 +8,18 @@ Metrics, per sample then averaged over samples:
 * ``top1``: argmax of the prediction equals argmax of the target (first index on ties);
 * ``ndcg@3``: the 3 categories ranked highest by the prediction, gains = target probabilities,
   discount 1/log2(rank+1), divided by the same sum for the target's own best 3.
+* ``top3``: the target's largest category (the next window's most-clicked one; first index on
+  ties) is among the prediction's 3 largest (what a recommender showing 3 interests gets right);
+* ``ece``: the calibration error: every (sample, category) pair binned by predicted probability
+  (10 equal bins), ``sum_b n_b / N * |mean prediction_b - mean target share_b|``; the curve itself
+  is ``calibration`` in metrics.json and ``calibration.png``.
 ``kl_gain_ci95``: paired bootstrap (2,000 resamples of users with replacement, seed 0) of
 mean(best baseline KL - model KL) over the resampled users' samples; the best baseline is the
-one with the lowest validation KL. On simulated logs with ``FILE.truth.jsonl`` beside them, also
-each model's KL and MSE against the true latent interests averaged over the target window.
+one with the lowest validation KL. ``gain_ci95`` does the same for every metric (signed so that
+positive favours the model), and ``buckets`` repeats everything per user-activity bucket: test
+users split into thirds (light, medium, heavy) by their number of events before the test period.
+On simulated logs with ``FILE.truth.jsonl`` beside them, also each model's KL and MSE against the
+true latent interests averaged over the target window.
 """
 from __future__ import annotations
 
@@ -50,13 +58,60 @@ def ndcg3_per_sample(targets, preds) -> np.ndarray:
     return np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
 
 
+def top3_per_sample(targets, preds) -> np.ndarray:
+    best = np.argmax(targets, 1)
+    top = np.argsort(-np.asarray(preds), axis=1, kind="stable")[:, :3]
+    return (top == best[:, None]).any(1).astype(np.float64)
+
+
+PER_SAMPLE = {"mse": mse_per_sample, "kl": kl_per_sample, "top1": top1_per_sample, "ndcg@3": ndcg3_per_sample,
+              "top3": top3_per_sample}
+LOWER_IS_BETTER = ("mse", "kl")
+CALIBRATION_BINS = 10
+
+
+def calibration(targets, preds, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability of the predicted probabilities: per equal-width bin of prediction, the mean
+    prediction, the mean target share and the count; ``ece`` their count-weighted gap."""
+    p, t = np.asarray(preds, np.float64).ravel(), np.asarray(targets, np.float64).ravel()
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
+    n = np.bincount(idx, minlength=bins).astype(np.float64)
+    mp = np.bincount(idx, p, minlength=bins) / np.maximum(n, 1)
+    mt = np.bincount(idx, t, minlength=bins) / np.maximum(n, 1)
+    return {"ece": float((n / max(n.sum(), 1) * np.abs(mp - mt)).sum()), "count": n.astype(int).tolist(),
+            "mean_prediction": mp.round(6).tolist(), "mean_target": mt.round(6).tolist()}
+
+
 def metrics(targets, preds) -> dict:
-    return {
-        "mse": float(mse_per_sample(targets, preds).mean()),
-        "kl": float(kl_per_sample(targets, preds).mean()),
-        "top1": float(top1_per_sample(targets, preds).mean()),
-        "ndcg@3": float(ndcg3_per_sample(targets, preds).mean()),
-    }
+    out = {name: float(fn(targets, preds).mean()) for name, fn in PER_SAMPLE.items()}
+    out["ece"] = calibration(targets, preds)["ece"]
+    return out
+
+
+def gains(targets, preds, reference, users) -> dict:
+    """Per metric: mean of (model - reference), signed so that positive favours the model, with its
+    paired bootstrap interval over users."""
+    out = {}
+    for name, fn in PER_SAMPLE.items():
+        d = fn(targets, preds) - fn(targets, reference)
+        if name in LOWER_IS_BETTER:
+            d = -d
+        out[name] = {"mean": float(d.mean()), "ci95": paired_bootstrap(d, users)}
+    return out
+
+
+def activity_buckets(ds, samples) -> tuple[np.ndarray, dict]:
+    """(N,) bucket index 0/1/2 (light/medium/heavy) of each sample's user, by the user's events
+    before the test period (``ds.t2``), the thirds taken over the users; and the thresholds."""
+    users = np.unique(samples.user)
+    act = {int(u): int(np.searchsorted(ds.seqs[u].ts, ds.t2, side="left")) for u in users}
+    vals = np.array([act[int(u)] for u in users])
+    lo, hi = (np.quantile(vals, [1 / 3, 2 / 3]) if len(vals) else (0, 0))
+    b = np.array([0 if act[int(u)] <= lo else 1 if act[int(u)] <= hi else 2 for u in samples.user], np.int64)
+    return b, {"events_before_test": "light <= %g < medium <= %g < heavy" % (lo, hi)}
+
+
+BUCKETS = ("light", "medium", "heavy")
 
 
 def paired_bootstrap(diff: np.ndarray, users: np.ndarray, reps: int = BOOTSTRAP, seed: int = 0):
@@ -136,7 +191,25 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     diff = kl_per_sample(test.targets, preds[best]) - kl_per_sample(test.targets, preds["gpt2"])
     result["kl_gain_ci95"] = paired_bootstrap(diff, test.user)
     result["kl_gain"] = float(diff.mean())
+    result["kl_ratio"] = result["models"]["gpt2"]["kl"] / result["models"][best]["kl"]
+    result["gain_ci95"] = gains(test.targets, preds["gpt2"], preds[best], test.user)
     result["users"] = int(len(np.unique(test.user)))
+    result["model"] = {"correction": model.config.correction, "readout": model.config.readout,
+                       "selection": card.get("metrics", {}).get("selection")}
+    result["calibration"] = {n: calibration(test.targets, preds[n]) for n in ("gpt2", best)}
+    bucket, thresholds = activity_buckets(ds, test)
+    result["buckets"] = {"rule": thresholds}
+    for b, name in enumerate(BUCKETS):
+        m = bucket == b
+        if not m.any():
+            continue
+        t, u = test.targets[m], test.user[m]
+        result["buckets"][name] = {
+            "users": int(len(np.unique(u))), "samples": int(m.sum()),
+            "models": {n: metrics(t, preds[n][m]) for n in order},
+            "kl_ratio": float(kl_per_sample(t, preds["gpt2"][m]).mean() / kl_per_sample(t, preds[best][m]).mean()),
+            "gain_ci95": gains(t, preds["gpt2"][m], preds[best][m], u),
+        }
     result["validation_kl"] = val_kl
     result["baseline_params"] = params
     result["sample_counts"] = info["samples"]
@@ -157,7 +230,53 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     if plots:
         plot_training(card.get("history", []), out / "training_curves.png")
         plot_users(ds, test, preds, encoder.categories, best, out / "users.png")
+        plot_calibration(result["calibration"], out / "calibration.png")
+        plot_buckets(result, best, out / "buckets.png")
     return result
+
+
+def plot_calibration(curves: dict, path) -> None:
+    """Reliability diagram: mean target share against mean prediction per bin, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, c in curves.items():
+        keep = [i for i, n in enumerate(c["count"]) if n > 0]
+        ax.plot([c["mean_prediction"][i] for i in keep], [c["mean_target"][i] for i in keep], "o-",
+                label=f"{name} (ECE {c['ece']:.4f})")
+    ax.set_xlabel("predicted probability (bin mean)")
+    ax.set_ylabel("target share (bin mean)")
+    ax.set_title("calibration, test split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_buckets(result: dict, best: str, path) -> None:
+    """KL and top-3 hit rate per user-activity bucket: the model, the best baseline, ema_prior."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(["gpt2", best, "ema_prior"]))
+    present = [b for b in BUCKETS if b in result["buckets"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    x = np.arange(len(present))
+    for ax, metric in zip(axes, ("kl", "top3")):
+        for j, n in enumerate(names):
+            ax.bar(x + (j - 1) * 0.27, [result["buckets"][b]["models"][n][metric] for b in present], 0.27, label=n)
+        ax.set_xticks(x, [f"{b}\n({result['buckets'][b]['users']} users)" for b in present])
+        ax.set_title({"kl": "KL (lower is better)", "top3": "top-3 hit rate (higher is better)"}[metric])
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_training(history: list[dict], path) -> None:

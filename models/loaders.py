@@ -22,13 +22,37 @@ REES46 e-commerce sample (``load rees46 FILE``, the CSV of ``2019-Oct.csv``'s fo
   ``event_type`` (the upstream type), ``brand``, ``price``, ``session``;
 * no dwell times and no searches exist in this data.
 
-Both sort by (ts, event_id), and every string fits the contract's length limits (ids 1-128,
+The Complete Journey (``load completejourney DIR``; DIR holds ``transactions.csv[.gz]`` and
+``products.csv[.gz]``, see ``../shared/data/completejourney/SOURCE.md``):
+* every purchase line is one ``click``: ``user_id`` the household_id, ``item_id`` the product_id,
+  ``ts`` = ``transaction_timestamp`` (``YYYY-MM-DD hh:mm:ss``, read as UTC) as epoch ms,
+  ``event_id`` ``"cj-<basket_id>-<product_id>"`` (a repeated product line of one basket, which
+  the shared half never has, gets ``-<n>`` appended: identical lines are interchangeable, so
+  their numbering cannot matter);
+* ``category``: the product's ``product_category`` when it is one of :data:`CJ_CATEGORIES` (the 30
+  most frequent by lines in the shared half, 48 % of its lines; a fixed list, so the held-back
+  half loads to the same names and a model trained on one half reads the other), or with
+  ``top=N`` one of the N most frequent of the file itself (ties by name); otherwise
+  ``"OTHER <department>"`` (``"OTHER"`` for a product with no department
+  or missing from products.csv). Why the department and not a single ``"OTHER"``: the remainder
+  is half of all lines, and one catch-all would sit in every household's top 3; its department
+  (produce, drug store, the rest of grocery) still says something about the household;
+* extra fields ``basket_id``, ``quantity``, ``department``, ``product_category`` (the original,
+  empty when missing).
+* A basket's lines share one timestamp. The order of lines within a basket therefore carries no
+  meaning, and nothing downstream may depend on it: the log is sorted by (ts, event_id), cuts
+  never fall between two events of one timestamp (:mod:`models.data`), and time and basket
+  targets (``target="time"`` / ``"next_baskets"``) take whole baskets.
+
+All three sort by (ts, event_id), and every string fits the contract's length limits (ids 1-128,
 query 1-512 characters).
 """
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -133,5 +157,99 @@ def load_movielens(data_dir, out) -> dict:
 
 def load_rees46(path, out) -> dict:
     events, stats = rees46_events(path)
+    _write(events, out)
+    return {"events": len(events), **stats}
+
+
+# The 30 most frequent product categories (by purchase lines) of the shared half; the rest become
+# "OTHER <department>". Fixed rather than recomputed per file, so both halves map alike.
+CJ_CATEGORIES = (
+    "BAG SNACKS", "BAKED BREAD/BUNS/ROLLS", "BAKED SWEET GOODS", "BEEF", "CANDY - CHECKLANE", "CANDY - PACKAGED",
+    "CANNED JUICES", "CHEESE", "COLD CEREAL", "CONDIMENTS/SAUCES", "CONVENIENT BRKFST/WHLSM SNACKS",
+    "COUPON/MISC ITEMS", "CRACKERS/MISC BKD FD", "DELI MEATS", "EGGS", "FLUID MILK PRODUCTS", "FROZEN PIZZA",
+    "FRZN MEAT/MEAT DINNERS", "FRZN VEGETABLE/VEG DSH", "HISPANIC", "ICE CREAM/MILK/SHERBTS", "LUNCHMEAT",
+    "MEAT - SHELF STABLE", "MILK BY-PRODUCTS", "REFRGRATD JUICES/DRNKS", "SOFT DRINKS", "SOUP", "TROPICAL FRUIT",
+    "VEGETABLES - SHELF STABLE", "YOGURT",
+)
+
+
+def _open_csv(d: Path, stem: str):
+    """``stem.csv.gz`` or ``stem.csv`` inside ``d`` (text mode)."""
+    for name, opener in ((f"{stem}.csv.gz", gzip.open), (f"{stem}.csv", open)):
+        if (d / name).exists():
+            return opener(d / name, "rt", newline="", encoding="utf-8")
+    raise FileNotFoundError(f"{d}: no {stem}.csv.gz or {stem}.csv (expected The Complete Journey)")
+
+
+def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict], dict]:
+    d = Path(data_dir)
+    if top is not None and top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    products: dict[str, tuple[str, str]] = {}
+    with _open_csv(d, "products") as f:
+        reader = csv.DictReader(f)
+        if not {"product_id", "department", "product_category"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{d}: products has columns {reader.fieldnames}, expected product_id, department, "
+                             "product_category")
+        for row in reader:
+            products[row["product_id"]] = ((row["department"] or "").strip(), (row["product_category"] or "").strip())
+    need = {"household_id", "basket_id", "product_id", "transaction_timestamp"}
+    lines = []
+    with _open_csv(d, "transactions") as f:
+        reader = csv.DictReader(f)
+        if not need <= set(reader.fieldnames or ()):
+            raise ValueError(f"{d}: transactions has columns {reader.fieldnames}, expected {sorted(need)}")
+        for row in reader:
+            lines.append((row["household_id"], row["basket_id"], row["product_id"], row["transaction_timestamp"],
+                          row.get("quantity") or ""))
+    if top is None:
+        kept = set(CJ_CATEGORIES)
+    else:
+        freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _ in lines)
+        freq.pop("", None)
+        kept = {c for c, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]}  # ties by name
+    stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept), "category_list": "fixed" if top is None else f"top {top} of the file",
+             "lines_in_kept_categories": 0, "products_missing": 0, "repeated_lines": 0}
+    events: list[dict] = []
+    seen: dict[str, int] = {}
+    stamp_cache: dict[str, int] = {}
+    households, baskets = set(), set()
+    for hh, basket, product, stamp, qty in lines:
+        dept, cat = products.get(product, ("", ""))
+        if product not in products:
+            stats["products_missing"] += 1
+        if cat in kept:
+            category = cat
+            stats["lines_in_kept_categories"] += 1
+        else:
+            category = f"OTHER {dept}" if dept else "OTHER"
+        ts = stamp_cache.get(stamp)
+        if ts is None:
+            try:
+                when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise ValueError(f"{d}: bad transaction_timestamp {stamp!r} (expected YYYY-MM-DD hh:mm:ss)") from None
+            ts = stamp_cache[stamp] = int(when.timestamp()) * 1000
+        eid = f"cj-{basket}-{product}"
+        n = seen.get(eid, 0) + 1
+        seen[eid] = n
+        if n > 1:
+            stats["repeated_lines"] += 1
+            eid = f"{eid}-{n}"
+        ev = {"event_id": eid[:128], "user_id": hh, "type": "click", "ts": ts, "item_id": product,
+              "category": category[:128], "basket_id": basket, "department": dept, "product_category": cat}
+        try:
+            ev["quantity"] = int(qty)
+        except ValueError:
+            pass
+        events.append(ev)
+        households.add(hh)
+        baskets.add(basket)
+    stats["households"], stats["baskets"] = len(households), len(baskets)
+    return events, stats
+
+
+def load_completejourney(data_dir, out, top: int | None = None) -> dict:
+    events, stats = completejourney_events(data_dir, top)
     _write(events, out)
     return {"events": len(events), **stats}

@@ -1,22 +1,31 @@
 """The interest model (GPT-2 over behaviour tokens) and its training loop, top to bottom.
 
 1. :class:`ModelConfig`: every size and setting, saved in the checkpoint's ``config.json``.
-2. :class:`InterestModel`: a transformers ``GPT2Model`` backbone reads the token ids of
-   :mod:`interest_core.encoding`; the interest head reads the LAST REAL position (sequences are RIGHT
-   padded, so that index is ``attention_mask.sum(1) - 1``, the ``[END]`` token) and gives a softmax
-   over the k categories. Beside the backbone, the head carries a tiny "shrinkage" path: the
-   window's category counts (all, and recency-weighted by token distance from the end) mixed with
-   a learned population prior, ``log(a_all*counts + a_recent*recent + beta*prior)``; the GPT-2
-   logits are added to that. So the model can represent "history shrunk toward the prior" (the
-   strongest baseline on real data) from the first step and learns corrections from the sequence.
-   Its GPT-2 head starts at zero, so at initialisation the model IS that shrinkage estimate.
-   With a profile (encoding spec 3), the user's long-term decayed category weights
-   (:mod:`interest_core.window`) join the mix, one learned weight per scale, and a projection of the
-   profile is added to every token embedding, so the transformer reads the sequence knowing the
-   user's longer history: the window alone loses to a baseline that reads the whole history.
+2. :class:`InterestModel`: the prediction at a READOUT position of a token sequence of
+   :mod:`interest_core.encoding` (sequences are RIGHT padded). Three additive parts, in logits:
+
+   * the **plain path** (a learned counter): ``log(a_all*counts + a_recent*recent + beta*prior +
+     sum_s a_s*profile_s)``: the window's category counts up to the readout (all, and decayed by
+     token distance), a learned population prior and the user's long-term profile (one weight per
+     scale). It is the shrinkage baseline in the model, trained first, on its own;
+   * the **per-category correction** (``correction="features"``): a small network shared across
+     categories reads, for each category, what a counter cannot use: how recent the category is
+     against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
+     again"), its window counts, the user's activity, and a learned category embedding; one logit
+     per category;
+   * the **transformer correction** (``correction="full"``): transformers' ``GPT2Model`` reads the
+     tokens causally; its hidden state at the readout, plus an hour-of-day embedding and a
+     projection of the profile, goes through a linear head.
+
+   Each correction starts at zero, so an untrained model IS its plain path. The readout is the last
+   token of the newest event (``readout="event"``): at serving, 2 before the last real position
+   (``... event hour [END]``; the hour token is read into the hour embedding instead), which makes
+   every event position of a sequence a readout with the same meaning: dense training
+   (``forward(..., readouts=...)``) supervises all of them in one pass, serving reads the last.
+   Checkpoints from before (``readout="end"``) read the ``[END]`` position as they always did.
 3. Checkpoint directory I/O: :func:`save_checkpoint` / :func:`load_checkpoint`.
 4. The training loop (:func:`train_model`): AdamW, linear warmup then cosine decay, early stopping
-   on validation loss, resumable, seeded.
+   on validation KL, resumable, seeded.
 
 ``forward`` is traceable for ONNX export: no Python branches on tensor values, no ``.item()``.
 """
@@ -38,6 +47,11 @@ from interest_core.encoding import Encoder
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
 
+CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
+READOUTS = ("event", "end")
+PROFILE_EPS = 1e-6  # the profile's resolution (interest_core.window.PROFILE_UNIT millionths)
+N_CAT_FEATURES = 14  # per-category inputs of the feature network (InterestModel._category_features)
+
 
 @dataclass
 class ModelConfig:
@@ -45,34 +59,80 @@ class ModelConfig:
     k: int  # categories, the head's outputs (Encoder.categories)
     category_offset: int  # first category token id (Encoder.category_offset)
     max_len: int = 128  # tokens per sequence, = Encoder.max_len (GPT-2 n_positions)
-    n_layer: int = 2  # small: ~0.1M backbone params train in minutes on 2 CPU cores
-    n_head: int = 4
-    n_embd: int = 64
-    dropout: float = 0.0  # residual/embedding dropout; 0: samples are plenty, early stopping guards,
-    # and CPU bernoulli costs ~30% of a step. Attention dropout is always 0 (~60% of a step).
-    loss: str = "mse"  # "mse" over the k probabilities (the original design) or "kl"
+    hour_offset: int = -1  # first hour-of-day token id (Encoder.hour_offset); -1: the spec has none
+    n_layer: int = 2  # 2 blocks like SASRec; measured speed in README "Training cost"
+    n_head: int = 2
+    n_embd: int = 48  # SASRec uses d=50 on small data; a step costs ~C^2
+    dropout: float = 0.1  # residual/embedding dropout; small real logs over-fit without it (SASRec 0.2-0.5)
+    loss: str = "kl"  # "kl" (what evaluation judges) or "mse" over the k probabilities
+    correction: str = "full"  # "none" (plain path only), "features" (+ per-category net), "full" (+ GPT-2)
+    readout: str = "event"  # "event": last token of the newest event; "end": [END] (checkpoints before it)
     recency_tokens: float = 30.0  # initial decay length of the recent-counts path, tokens (~10 events)
+    cat_dim: int = 8  # category embedding of the per-category network
+    cat_hidden: int = 32  # its hidden width (it runs k times per readout)
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
-    token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with --init-from)
-    init_from: str | None = None  # local pretrained GPT-2 directory this model started from
+    token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
+    init_from: str | None = None  # the pretrained directory this model started from
     backbone: dict = field(default_factory=dict)  # the GPT2Config used, so loading needs no source dir
 
     def __post_init__(self):
         if self.loss not in ("mse", "kl"):
             raise ValueError(f"loss must be 'mse' or 'kl', got {self.loss!r}")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a saved config; unknown keys fail. Configs written before the readout existed
+        (no ``readout`` key) read the [END] position with the transformer correction only."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "readout" not in d:
+            d.update(readout="end", correction="full", cat_hidden=0)
+        return cls(**d)
 
 
 class InterestModel(nn.Module):
-    """GPT-2 backbone + interest head on the last real position of RIGHT-padded sequences.
+    """Plain path + corrections at a readout of RIGHT-padded sequences (module doc).
 
-    ``forward(input_ids (B,T) long, attention_mask (B,T) long, profile (B, S*k) float | None,
-    targets (B,k) float | None)`` returns ``(probs (B,k) softmax, loss or None)``; ``profile``
-    is ignored by a model without one (``config.profile_scales == 0``).
+    ``forward(input_ids (B,T) long, attention_mask (B,T) long, profile, targets=None, readouts=None)``
+    returns ``(probs (R,k) softmax, loss or None)``:
+
+    * serving (``readouts=None``): one readout per row, R = B; ``profile`` (B, S*k);
+    * dense training: ``readouts = {"batch": (R,), "pos": (R,), "hour": (R,) long, "weight": (R,)}``
+      names R readouts (row, token position of an event's last token, hour of that event or 24);
+      ``profile`` (R, S*k) and ``targets`` (R, k) belong to the readouts; the loss is the
+      ``weight``-weighted mean over them.
+
+    ``profile`` is ignored by a model without one (``config.profile_scales == 0``).
     """
 
     def __init__(self, config: ModelConfig, backbone: GPT2Model | None = None):
         super().__init__()
         self.config = config
+        k, S = config.k, config.profile_scales
+        # -- the plain path
+        self.prior_logits = nn.Parameter(torch.zeros(k))  # set by init_prior
+        self.log_a_all = nn.Parameter(torch.tensor(0.0))
+        self.log_a_recent = nn.Parameter(torch.tensor(0.0))
+        self.log_beta = nn.Parameter(torch.tensor(math.log(2.0)))  # prior worth ~2 events at start
+        self.log_tau = nn.Parameter(torch.tensor(math.log(config.recency_tokens)))
+        if S:
+            self.log_a_profile = nn.Parameter(torch.full((S,), math.log(0.5)))
+        # -- the per-category correction (absent from checkpoints before it: cat_hidden 0)
+        if config.cat_hidden:
+            self.cat_emb = nn.Embedding(k, config.cat_dim)
+            nn.init.normal_(self.cat_emb.weight, std=0.1)
+            self.cat_net = nn.Sequential(nn.Linear(N_CAT_FEATURES + config.cat_dim, config.cat_hidden), nn.GELU(),
+                                         nn.Linear(config.cat_hidden, 1))
+            nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
+            nn.init.zeros_(self.cat_net[2].bias)
+        # -- the transformer correction
         if backbone is None:
             if config.backbone:
                 gcfg = GPT2Config(**config.backbone)
@@ -85,28 +145,25 @@ class InterestModel(nn.Module):
                     n_head=config.n_head,
                     resid_pdrop=config.dropout,
                     embd_pdrop=config.dropout,
-                    attn_pdrop=0.0,
+                    attn_pdrop=0.0,  # attention dropout costs ~60% of a CPU step
                 )
                 config.backbone = _backbone_dict(gcfg)
             backbone = GPT2Model(gcfg)
         self.backbone = backbone
         n_embd = backbone.config.n_embd
-        self.head = nn.Linear(n_embd, config.k)
-        nn.init.zeros_(self.head.weight)  # start as the shrinkage estimate (module doc)
+        self.head = nn.Linear(n_embd, k)
+        nn.init.zeros_(self.head.weight)  # start as the plain path (module doc)
         nn.init.zeros_(self.head.bias)
-        self.prior_logits = nn.Parameter(torch.zeros(config.k))  # set by init_prior
-        self.log_a_all = nn.Parameter(torch.tensor(0.0))
-        self.log_a_recent = nn.Parameter(torch.tensor(0.0))
-        self.log_beta = nn.Parameter(torch.tensor(math.log(2.0)))  # prior worth ~2 events at start
-        self.log_tau = nn.Parameter(torch.tensor(math.log(config.recency_tokens)))
-        S = config.profile_scales
+        if config.readout == "event":
+            self.hour_emb = nn.Embedding(25, n_embd)  # 24 hours + "no hour" (an empty window)
+            nn.init.normal_(self.hour_emb.weight, std=0.02)
         if S:
-            self.log_a_profile = nn.Parameter(torch.full((S,), math.log(0.5)))
-            # per scale: the k shares and log(1 + mass) -> an embedding added to every token
-            self.profile_proj = nn.Linear(S * (config.k + 1), n_embd)
+            # per scale: the k shares and log(1 + mass) -> an embedding (at the readout, or added to
+            # every token for readout="end" checkpoints)
+            self.profile_proj = nn.Linear(S * (k + 1), n_embd)
             nn.init.zeros_(self.profile_proj.weight)
             nn.init.zeros_(self.profile_proj.bias)
-        self.register_buffer("cat_ids", torch.arange(config.k) + config.category_offset, persistent=False)
+        self.register_buffer("cat_ids", torch.arange(k) + config.category_offset, persistent=False)
 
     @torch.no_grad()
     def init_prior(self, mean_target: np.ndarray) -> None:
@@ -114,46 +171,120 @@ class InterestModel(nn.Module):
         p = torch.as_tensor(mean_target, dtype=torch.float32).clamp_min(1e-6)
         self.prior_logits.copy_(torch.log(p / p.sum()))
 
-    def forward(self, input_ids, attention_mask, profile=None, targets=None):
-        S, k = self.config.profile_scales, self.config.k
-        if S:
-            prof = profile.reshape(-1, S, k).clamp_min(0.0)  # (B, S, k)
-            mass = prof.sum(-1, keepdim=True)  # (B, S, 1)
-            feats = torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(-1, S * (k + 1))
-            emb = self.backbone.wte(input_ids + self.config.token_offset)  # (B, T, C)
-            emb = emb + self.profile_proj(feats).unsqueeze(1)
-            h = self.backbone(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
-        else:
-            h = self.backbone(
-                input_ids=input_ids + self.config.token_offset, attention_mask=attention_mask
-            ).last_hidden_state  # (B, T, C)
-        mask = attention_mask.to(h.dtype)  # (B, T)
-        pos = torch.cumsum(attention_mask, dim=1) - 1  # (B, T) index of each real token
-        last = attention_mask.sum(dim=1, keepdim=True) - 1  # (B, 1) last real position (right padding)
-        h_last = h.gather(1, last.unsqueeze(-1).expand(-1, 1, h.size(-1))).squeeze(1)  # (B, C)
+    def plain_parameters(self) -> list[nn.Parameter]:
+        """The plain path's parameters (trained alone first, :func:`models.train.run_training`)."""
+        ps = [self.prior_logits, self.log_a_all, self.log_a_recent, self.log_beta, self.log_tau]
+        return ps + ([self.log_a_profile] if self.config.profile_scales else [])
 
-        is_cat = (input_ids.unsqueeze(-1) == self.cat_ids).to(h.dtype) * mask.unsqueeze(-1)  # (B, T, k)
-        dist = (last - pos).clamp_min(0).to(h.dtype)  # (B, T) tokens before the end
-        recent_w = torch.exp(-dist / torch.exp(self.log_tau))  # (B, T)
-        counts = is_cat.sum(dim=1)  # (B, k)
-        recent = (is_cat * recent_w.unsqueeze(-1)).sum(dim=1)  # (B, k)
+    def readout_positions(self, input_ids, attention_mask):
+        """Serving readout of each row: (position (B,), hour id (B,) in 0..24, 24 = none).
+        ``readout="event"``: the newest event's last token, 2 before the last real position (hour,
+        [END]); an empty window ([BOS] [END]) reads [BOS]. ``"end"``: the last real position."""
+        last = attention_mask.sum(dim=1) - 1  # (B,) last real position (right padding)
+        if self.config.readout == "end":
+            return last, torch.full_like(last, 24)
+        hour = input_ids.gather(1, (last - 1).clamp_min(0).unsqueeze(1)).squeeze(1) - self.config.hour_offset
+        has_hour = (hour >= 0) & (hour < 24) & (last >= 2)
+        return (last - 2).clamp_min(0), torch.where(has_hour, hour, torch.full_like(hour, 24))
+
+    def forward(self, input_ids, attention_mask, profile=None, targets=None, readouts=None):
+        cfg = self.config
+        S, k = cfg.profile_scales, cfg.k
+        B, T = input_ids.shape
+        if readouts is None:
+            b_idx = torch.arange(B, device=input_ids.device)
+            r_pos, hour = self.readout_positions(input_ids, attention_mask)
+        else:
+            b_idx, r_pos, hour = readouts["batch"], readouts["pos"], readouts["hour"]
+        R = b_idx.shape[0]
+        mask = attention_mask.to(torch.float32)  # (B, T)
+        is_cat = (input_ids.unsqueeze(-1) == self.cat_ids).to(torch.float32) * mask.unsqueeze(-1)  # (B, T, k)
+        tau = torch.exp(self.log_tau)
+        pos = torch.arange(T, device=input_ids.device)
+        if readouts is None:  # one readout per row: weights over that row's tokens
+            dist = (r_pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (B, T) tokens before the readout
+            upto = (dist >= 0).to(torch.float32)
+            counts = torch.einsum("bt,btk->bk", upto, is_cat)  # (R=B, k)
+            recent = torch.einsum("bt,btk->bk", upto * torch.exp(-dist.clamp_min(0.0) / tau), is_cat)
+        else:  # many readouts per row: every position's counts, then gather
+            dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (T, T) readout r, token t
+            decay = torch.exp(-dist.clamp_min(0.0) / tau) * (dist >= 0).to(torch.float32)  # (T, T)
+            all_counts = is_cat.cumsum(dim=1)  # (B, T, k)
+            all_recent = torch.einsum("rt,btk->brk", decay, is_cat)  # (B, T, k)
+            counts, recent = all_counts[b_idx, r_pos], all_recent[b_idx, r_pos]  # (R, k)
+
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
         mix = torch.exp(self.log_a_all) * counts + torch.exp(self.log_a_recent) * recent
         mix = mix + torch.exp(self.log_beta) * prior
+        prof = None
         if S:
+            prof = profile.reshape(R, S, k).clamp_min(0.0)  # (R, S, k)
             mix = mix + (torch.exp(self.log_a_profile)[None, :, None] * prof).sum(1)
-        logits = torch.log(mix) + self.head(h_last)  # (B, k)
-        probs = torch.softmax(logits, dim=-1)
+        logits = torch.log(mix)  # (R, k) the plain path
 
+        if cfg.correction != "none" and cfg.cat_hidden:
+            feats = self._category_features(counts, recent, prof)  # (R, k, F)
+            emb = self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)  # (R, k, D)
+            logits = logits + self.cat_net(torch.cat([feats, emb], dim=-1)).squeeze(-1)
+        if cfg.correction == "full":
+            logits = logits + self.head(self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour))
+
+        probs = torch.softmax(logits, dim=-1)
         loss = None
         if targets is not None:
-            if self.config.loss == "kl":
-                logp = torch.log_softmax(logits, dim=-1)
+            if cfg.loss == "kl":
                 t = targets.clamp_min(1e-12)
-                loss = (targets * (torch.log(t) - logp)).sum(-1).mean()
+                per = (targets * (torch.log(t) - torch.log_softmax(logits, dim=-1))).sum(-1)  # (R,)
             else:
-                loss = ((probs - targets) ** 2).mean()
+                per = ((probs - targets) ** 2).mean(-1)
+            if readouts is not None and "weight" in readouts:
+                w = readouts["weight"]
+                loss = (per * w).sum() / w.sum()
+            else:
+                loss = per.mean()
         return probs, loss
+
+    def _profile_features(self, prof):
+        """(R, S*(k+1)): per scale the k shares and log(1 + mass)."""
+        mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
+        return torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(prof.shape[0], -1)
+
+    def _category_features(self, counts, recent, prof):
+        """(R, k, N_CAT_FEATURES) inputs of the per-category network; without a profile its
+        columns are zeros."""
+        R, k = counts.shape
+        wtot = counts.sum(-1, keepdim=True)  # (R, 1)
+        cols = [torch.log1p(counts), torch.log1p(recent), counts / (wtot + 1.0),
+                torch.log1p(wtot).expand(R, k)]  # 4 window columns
+        if prof is not None and prof.shape[1] >= 2:
+            S = prof.shape[1]
+            mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
+            lp = torch.log(prof + PROFILE_EPS)  # (R, S, k)
+            cols += [torch.log1p(prof[:, s]) for s in range(min(S, 3))]  # 3
+            cols += [prof[:, s] / (mass[:, s] + 1.0) for s in range(min(S, 3))]  # 3
+            cols += [torch.log1p(mass[:, 1]).expand(R, k), (prof[:, 1] > 0).to(prof.dtype)]  # 2
+            # recency against the long run: 1-day vs 30-day scale (~ minus the age of the last
+            # purchase, in days, while it is younger than ~20 days), and the 10-event vs 30-day scale
+            cols += [lp[:, 0] - lp[:, 1], lp[:, min(2, S - 1)] - lp[:, 1]]  # 2
+            while len(cols) < N_CAT_FEATURES:
+                cols.append(torch.zeros_like(counts))
+        else:
+            cols += [torch.zeros_like(counts)] * (N_CAT_FEATURES - len(cols))
+        return torch.stack(cols[:N_CAT_FEATURES], dim=-1)
+
+    def _transformer_state(self, input_ids, attention_mask, prof, b_idx, r_pos, hour):
+        """(R, C): GPT-2's hidden state at each readout (+ hour and profile embeddings)."""
+        cfg = self.config
+        emb = self.backbone.wte(input_ids + cfg.token_offset)  # (B, T, C)
+        if cfg.readout == "end" and prof is not None:  # the design before readouts: profile on every token
+            emb = emb + self.profile_proj(self._profile_features(prof)).unsqueeze(1)
+        h = self.backbone(inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
+        z = h[b_idx, r_pos]  # (R, C)
+        if cfg.readout == "event":
+            z = z + self.hour_emb(hour)
+            if prof is not None:
+                z = z + self.profile_proj(self._profile_features(prof))
+        return z
 
 
 def _backbone_dict(gcfg: GPT2Config) -> dict:
@@ -164,8 +295,10 @@ def _backbone_dict(gcfg: GPT2Config) -> dict:
 
 
 def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> InterestModel:
-    """A fresh model for ``encoder``; with ``init_from`` a local pretrained GPT-2 directory whose
-    vocabulary is extended by the behaviour tokens (ids shifted past the pretrained ones)."""
+    """A fresh model for ``encoder``. ``init_from``: a directory of ``interest-stream pretrain``
+    (its backbone, with each token's embedding carried over by meaning, :mod:`models.pretrain`) or a
+    local pretrained GPT-2 directory (its vocabulary extended by the behaviour tokens, ids shifted
+    past the pretrained ones)."""
     unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
     if unknown:
         raise ValueError(f"unknown model config keys: {sorted(unknown)}")
@@ -174,19 +307,27 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         k=encoder.k,
         category_offset=encoder.category_offset,
         max_len=encoder.max_len,
+        hour_offset=encoder.hour_offset if encoder.hour_token else -1,
         profile_scales=len(encoder.profile_scales),
         **overrides,
     )
+    if cfg.readout == "event" and not encoder.hour_token:
+        raise ValueError("readout='event' needs an encoding with the hour token (spec version >= 2)")
     if init_from is None:
         return InterestModel(cfg)
-    backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+    from models.pretrain import is_pretrain_dir, transfer_backbone
+
+    if is_pretrain_dir(init_from):
+        backbone = transfer_backbone(init_from, encoder)
+    else:
+        backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+        old = backbone.config.vocab_size
+        backbone.resize_token_embeddings(old + encoder.vocab_size)
+        cfg.token_offset = old
     if backbone.config.n_positions < encoder.max_len:
         raise ValueError(
             f"{init_from}: n_positions {backbone.config.n_positions} < encoding max_len {encoder.max_len}"
         )
-    old = backbone.config.vocab_size
-    backbone.resize_token_embeddings(old + encoder.vocab_size)
-    cfg.token_offset = old
     cfg.init_from = str(init_from)
     cfg.n_layer, cfg.n_head, cfg.n_embd = (
         backbone.config.n_layer, backbone.config.n_head, backbone.config.n_embd,
@@ -221,7 +362,7 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODING_FILE, CHECKPOINT_CARD_FILE):
         if not (d / name).exists():
             raise FileNotFoundError(f"{d}: not a checkpoint directory (missing {name})")
-    cfg = ModelConfig(**json.loads((d / CONFIG_FILE).read_text())["model"])
+    cfg = ModelConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())["model"])
     model = InterestModel(cfg)
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     model.eval()
@@ -233,17 +374,20 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
 # --- training -----------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    epochs: int = 8  # passes over the training samples (early stopping usually ends sooner)
-    batch_size: int = 64
+    epochs: int = 8  # passes over the training sequences (early stopping usually ends sooner)
+    batch_size: int = 64  # sequences per step; dense training supervises every event of each
     lr: float = 2e-3  # peak; small models tolerate nanoGPT's shakespeare-char 1e-3..2e-3
     min_lr: float = 1e-4  # cosine floor (nanoGPT: ~lr/10)
     warmup_steps: int = 100
-    weight_decay: float = 0.01  # only on matrices (nanoGPT's param groups)
+    weight_decay: float = 0.05  # only on matrices (nanoGPT's param groups)
     grad_clip: float = 1.0
-    eval_every: int = 250  # steps between validation passes
-    patience: int = 5  # validation passes without improvement before stopping
-    max_steps: int = 2500  # hard cap; keeps a 5,000-user run under 15 min on 2 cores (~0.2 s/step)
-    eval_samples: int = 2000  # validation samples scored at each validation pass (seeded subset)
+    eval_every: int = 200  # steps between validation passes
+    patience: int = 4  # validation passes without improvement before stopping
+    max_steps: int = 1500  # hard cap; measured cost in README "Training cost"
+    eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
+    plain_steps: int = 300  # steps of the plain path alone before the corrections (0: skip)
+    plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
+    dense_weight: float = 1.0  # weight of each earlier event's readout against the sequence's last one
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
@@ -270,16 +414,35 @@ def _length_grouped(seqs, batch_size: int, rng) -> np.ndarray:
     return np.concatenate([batches[o] for o in order]) if batches else perm
 
 
-def get_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def get_lr(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = None) -> float:
+    peak = cfg.lr if peak is None else peak
     # 1) linear warmup
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     # 2) past the end: the floor
     if step >= total_steps:
         return cfg.min_lr
-    # 3) cosine decay from lr to min_lr
+    # 3) cosine decay from the peak to min_lr
     ratio = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - cfg.min_lr)
+
+
+def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weight: float = 1.0):
+    """One training batch of the sequences ``idx``: (input_ids, attention_mask, profile, targets,
+    readouts or None). ``dense`` (:class:`models.data.DenseReadouts`) gives every sequence's
+    earlier event readouts with their own profiles and targets; the sequence's own (last) readout
+    weighs 1 and each earlier one ``dense_weight``."""
+    ids, mask = collate([seqs[i] for i in idx], pad_id)
+    if dense is None:
+        return ids, mask, torch.from_numpy(profiles[idx]), torch.from_numpy(targets[idx]), None
+    rows = [np.arange(dense.offsets[i], dense.offsets[i + 1]) for i in idx]
+    batch = np.concatenate([np.full(len(r), b) for b, r in enumerate(rows)])
+    rows = np.concatenate(rows)
+    cut = dense.cut_row[rows]
+    weight = np.where(dense.is_last[rows], 1.0, dense_weight).astype(np.float32)
+    readouts = {"batch": torch.from_numpy(batch.astype(np.int64)), "pos": torch.from_numpy(dense.pos[rows]),
+                "hour": torch.from_numpy(dense.hour[rows]), "weight": torch.from_numpy(weight)}
+    return ids, mask, torch.from_numpy(dense.profiles[cut]), torch.from_numpy(dense.targets[cut]), readouts
 
 
 @torch.no_grad()
@@ -322,11 +485,19 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
+    dense=None,
+    params=None,
+    max_steps: int | None = None,
+    peak_lr: float | None = None,
+    desc: str = "train",
 ) -> dict:
     """Train in place; leaves the best-on-validation weights in ``model``. Returns a summary with
-    the logged ``history`` (one row per validation pass). ``state_path`` gets a resumable state
-    after every validation pass; with ``resume`` training continues from it. ``stop_at`` ends the
-    run after that step as an interruption would (tests of ``resume``)."""
+    the logged ``history`` (one row per validation pass). ``dense`` (:class:`models.data.DenseReadouts`)
+    supervises every event of each training sequence (else its last readout only); ``params``
+    restricts what is trained (the plain path alone), with ``max_steps`` and ``peak_lr`` for that
+    stage. ``state_path`` gets a resumable state after every validation pass; with ``resume``
+    training continues from it. ``stop_at`` ends the run after that step as an interruption would
+    (tests of ``resume``)."""
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
@@ -340,10 +511,14 @@ def train_model(
         val_seqs, val_profiles, val_targets = [val_seqs[i] for i in pick], val_profiles[pick], val_targets[pick]
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
-    total_steps = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    total_steps = min(cfg.max_steps if max_steps is None else max_steps, cfg.epochs * steps_per_epoch)
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trainable = list(model.parameters()) if params is None else list(params)
+    wanted = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.99),
@@ -363,7 +538,7 @@ def train_model(
         print(f"resumed at step {step} (best val {best:.5f})")
 
     t0 = time.time() - elapsed0
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=desc, unit="step")
     running, stop_reason = None, "max steps"
     model.train()
     while step < total_steps:
@@ -372,15 +547,15 @@ def train_model(
             perm, pos = _length_grouped(train_seqs, bs, rng), 0
         idx = perm[pos : pos + bs]
         pos += bs
-        ids, mask = collate([train_seqs[i] for i in idx], pad_id)
-        tgt = torch.from_numpy(train_targets[idx])
-        lr = get_lr(step, cfg, total_steps)
+        ids, mask, prof, tgt, readouts = get_batch(idx, train_seqs, train_profiles, train_targets, pad_id,
+                                                   dense, cfg.dense_weight)
+        lr = get_lr(step, cfg, total_steps, peak_lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        _, loss = model(ids, mask, torch.from_numpy(train_profiles[idx]), tgt)
+        _, loss = model(ids, mask, prof, tgt, readouts)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
@@ -411,6 +586,8 @@ def train_model(
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
     return {"steps": step, "best_val_loss": best, "history": history, "stop_reason": stop_reason,
             "train_seconds": time.time() - t0, "total_steps": total_steps}

@@ -1,5 +1,15 @@
 """``interest-stream train`` end to end: event log -> split -> encoder -> samples -> model ->
-checkpoint directory (see :mod:`models.model` for the loop and :mod:`models.data` for the split)."""
+checkpoint directory (see :mod:`models.model` for the loop and :mod:`models.data` for the split).
+
+Two stages, then a choice (issue 11, "never worse than the counter inside it"):
+
+1. the plain path alone (:meth:`models.model.InterestModel.plain_parameters`, correction "none"):
+   a learned counter over the window and the profile, trained for ``plain_steps``;
+2. the whole model, its plain path started from stage 1, its corrections from zero;
+3. both are scored on the whole validation split by KL; the corrected model is kept only if it is
+   better there. Otherwise the checkpoint holds the plain path (it exports to a graph with the
+   same inputs and outputs), and the card and the output say so.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +18,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 
+def _mean_distribution(targets) -> list[float]:
+    """The mean of the rows, as a distribution, in float64 (the numbers of models.baselines' prior)."""
+    m = targets.astype("float64").mean(0)
+    return (m / m.sum()).tolist()
+
 
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
                  init_from=None, resume: bool = False, progress: bool = True, log=print) -> dict:
@@ -15,8 +30,8 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     import torch
 
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
-    from models.data import DataConfig, encode_samples, file_sha256, prepare, sample_profiles
-    from models.evaluate import metrics
+    from models.data import DataConfig, dense_readouts, encode_samples, file_sha256, prepare, sample_profiles
+    from models.evaluate import kl_per_sample, metrics
     from models.model import TRAIN_STATE_FILE, TrainConfig, build_model, predict, save_checkpoint, train_model
 
     data_cfg = data_cfg or DataConfig()
@@ -46,9 +61,17 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         raise ValueError("not enough data for a time split: no training or validation samples "
                          f"(counts: {info['samples']}); for a short log try --target next_k or a "
                          "smaller --target-window-s")
-    train_seqs = encode_samples(ds, tr, data_cfg, encoder)
+    dense = None
+    if train_cfg.dense_weight > 0:
+        train_seqs, dense = dense_readouts(ds, tr, data_cfg, encoder)
+        train_prof, train_tgt = None, None
+        log(f"dense training: {len(dense.pos)} readouts in {len(train_seqs)} sequences "
+            f"({dense.readouts_per_sequence:.1f} per sequence; earlier events weigh {train_cfg.dense_weight:g})")
+    else:
+        train_seqs = encode_samples(ds, tr, data_cfg, encoder)
+        train_prof, train_tgt = sample_profiles(ds, tr, data_cfg, encoder), tr.targets
     val_seqs = encode_samples(ds, va, data_cfg, encoder)
-    train_prof, val_prof = sample_profiles(ds, tr, data_cfg, encoder), sample_profiles(ds, va, data_cfg, encoder)
+    val_prof = sample_profiles(ds, va, data_cfg, encoder)
     model = build_model(encoder, init_from=init_from, **model_overrides)
     model.init_prior(tr.targets.mean(0))
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
@@ -56,9 +79,43 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     log(f"data config: {json.dumps(asdict(data_cfg))}")
     n_params = sum(p.numel() for p in model.parameters())
     prep_s = time.time() - t0
-    summary = train_model(model, train_seqs, train_prof, tr.targets, val_seqs, val_prof, va.targets, train_cfg, encoder.pad_id,
-                          state_path=out / TRAIN_STATE_FILE, resume=resume, progress=progress)
-    val_pred = predict(model, val_seqs, val_prof, encoder.pad_id)
+
+    def val_kl(m) -> float:
+        return float(kl_per_sample(va.targets, predict(m, val_seqs, val_prof, encoder.pad_id)).mean())
+
+    # 1) the plain path alone
+    plain = build_model(encoder, **{**model_overrides, "correction": "none"})
+    plain.init_prior(tr.targets.mean(0))
+    history, plain_summary = [], None
+    if train_cfg.plain_steps > 0:
+        plain_summary = train_model(plain, train_seqs, train_prof, train_tgt, val_seqs, val_prof, va.targets,
+                                    train_cfg, encoder.pad_id, progress=progress, dense=dense,
+                                    params=plain.plain_parameters(), max_steps=train_cfg.plain_steps,
+                                    peak_lr=train_cfg.plain_lr, desc="plain path")
+        history += [{**h, "stage": "plain"} for h in plain_summary["history"]]
+    plain_kl = val_kl(plain)
+    summary = {"steps": 0, "stop_reason": "plain path only", "train_seconds": 0.0}
+    # 2) the corrections, from the plain path
+    if model.config.correction != "none":
+        with torch.no_grad():
+            for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
+                p_full.copy_(p_plain)
+        summary = train_model(model, train_seqs, train_prof, train_tgt, val_seqs, val_prof, va.targets, train_cfg,
+                              encoder.pad_id, state_path=out / TRAIN_STATE_FILE, resume=resume,
+                              progress=progress, dense=dense)
+        history += [{**h, "stage": "corrected"} for h in summary["history"]]
+    corrected_kl = val_kl(model) if model.config.correction != "none" else None
+    # 3) keep the corrections only if they beat the plain path on validation
+    keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
+    chosen = model if keep_corrected else plain
+    selection = {
+        "rule": "the corrected model is kept only if its validation KL is below the plain path's",
+        "plain_val_kl": plain_kl, "corrected_val_kl": corrected_kl,
+        "correction": model.config.correction,
+        "exported": model.config.correction if keep_corrected else "none",
+    }
+    val_pred = predict(chosen, val_seqs, val_prof, encoder.pad_id)
+    train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0)
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
@@ -70,13 +127,19 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         "data": {"path": str(data_path), "sha256": file_sha256(data_path), **info["log"]},
         "samples": info["samples"],
         "training": {**asdict(train_cfg), "steps": summary["steps"], "stop_reason": summary["stop_reason"],
-                     "train_seconds": round(summary["train_seconds"], 1),
+                     "plain_steps_run": plain_summary["steps"] if plain_summary else 0,
+                     "train_seconds": round(train_seconds, 1),
                      "total_seconds": round(time.time() - t0, 1), "prepare_seconds": round(prep_s, 1),
-                     "parameters": n_params, "init_from": init_from, "loss": model.config.loss},
-        "metrics": {"validation": metrics(va.targets, val_pred)},
-        "history": summary["history"],
+                     "parameters": n_params if keep_corrected else sum(p.numel() for p in plain.parameters()),
+                     "dense_readouts": int(len(dense.pos)) if dense is not None else int(len(tr)),
+                     "init_from": init_from, "loss": model.config.loss},
+        # the population's category distribution (mean training target): the prior of the
+        # re-ranking lift (interest_core.rerank); export copies it into model.json
+        "category_prior": dict(zip(encoder.categories, _mean_distribution(tr.targets))),
+        "metrics": {"validation": metrics(va.targets, val_pred), "selection": selection},
+        "history": history,
     }
-    save_checkpoint(model, encoder, card, out)
+    save_checkpoint(chosen, encoder, card, out)
     # a version that changes with the weights and the encoding
     import hashlib
 
@@ -84,6 +147,14 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
     (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
-    log(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f}s ({summary['stop_reason']}); "
-        f"validation KL {card['metrics']['validation']['kl']:.4f}; checkpoint in {out}")
+    if keep_corrected:
+        verdict = (f"the corrections ({model.config.correction}) beat the plain path on validation: "
+                   f"KL {corrected_kl:.4f} vs {plain_kl:.4f}; the checkpoint holds the corrected model")
+    elif corrected_kl is None:
+        verdict = f"plain path only (correction none): validation KL {plain_kl:.4f}"
+    else:
+        verdict = (f"the corrections ({model.config.correction}) did NOT beat the plain path on validation "
+                   f"(KL {corrected_kl:.4f} vs {plain_kl:.4f}): the checkpoint holds the plain path")
+    log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
+        f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")
     return card

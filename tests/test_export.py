@@ -146,8 +146,8 @@ def test_version_stable_for_same_weights_and_changes_with_weights(tiny, fp32_dir
 def test_export_falls_back_to_the_plain_backbone_when_the_fast_graph_disagrees(tiny, tmp_path, monkeypatch):
     real = ox._last_position_backbone
 
-    def broken(gpt2):
-        fast = real(gpt2)
+    def broken(gpt2, *args):
+        fast = real(gpt2, *args)
         fast.scale_attn = False  # wrong attention scale: a graph that no longer matches PyTorch
         return fast
 
@@ -185,7 +185,7 @@ def test_parity_failure_fails_the_export_with_the_measured_difference(tiny, tmp_
 
     monkeypatch.setattr(ox, "PARITY_TOL", -1.0)  # any measured difference is now too large
 
-    def no_fast_graph(gpt2):
+    def no_fast_graph(gpt2, *args):
         raise ValueError("skipped in this test")  # straight to the plain backbone: one export, not two
 
     monkeypatch.setattr(ox, "_last_position_backbone", no_fast_graph)

@@ -10,7 +10,8 @@ from models import cli
 from stream_app.cli import simulate  # the verb streams through stream_app, so it lives there
 
 TINY_SETS = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=16", "--set", "eval_every=10",
-             "--set", "batch_size=16", "--set", "max_len=48", "--set", "max_eval_samples=150", "--set", "threads=1"]
+             "--set", "batch_size=16", "--set", "max_len=48", "--set", "max_eval_samples=150", "--set", "threads=1",
+             "--set", "plain_steps=20"]
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +33,32 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert card["split"]["by"] == "time" and card["split"]["t1"] < card["split"]["t2"]
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
     assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
-    assert card["samples"]["empty_target"] >= 0
+    # every possible cut (between two events of a user: events - users) is counted exactly once,
+    # as a candidate of a split or under the reason it was skipped
+    c = card["samples"]
+    reasons = ("empty_target", "straddling_split", "target_past_log_end", "same_ts_cut")
+    assert sum(c[f"{s}_candidates"] for s in ("train", "val", "test")) + sum(c[r] for r in reasons) == \
+        card["data"]["events"] - card["data"]["users"]
+    assert c["empty_target"] > 0  # 6 h targets of 40 light users: some hold no click or browse
+    sel = card["metrics"]["selection"]
+    assert sel["exported"] in ("none", "full") and sel["plain_val_kl"] > 0
     out = tmp_path / "ev"
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "test" and m["samples"] > 0
-    assert set(m["models"]) == {"gpt2", "prior", "last_window", "ema", "user_mean", "ema_prior"}
+    assert set(m["models"]) == {"gpt2", "prior", "last_window", "ema", "user_mean", "ema_prior", "mixture"}
     for v in m["models"].values():
-        assert set(v) == {"mse", "kl", "top1", "ndcg@3"}
+        assert set(v) == {"mse", "kl", "top1", "ndcg@3", "top3", "ece"}  # the contract's four, and two more
+    assert set(m["buckets"]) == {"rule", "light", "medium", "heavy"}
+    assert sum(m["buckets"][b]["samples"] for b in ("light", "medium", "heavy")) == m["samples"]
+    assert m["gain_ci95"]["kl"]["ci95"] == m["kl_gain_ci95"]
     assert m["best_baseline"] in m["models"] and m["best_baseline"] != "gpt2"
     lo, hi = m["kl_gain_ci95"]
     assert lo <= hi
     assert "truth" in m  # simulated: error against the latent interests
-    assert (out / "training_curves.png").stat().st_size > 0 and (out / "users.png").stat().st_size > 0
+    for png in ("training_curves", "users", "calibration", "buckets"):
+        assert (out / f"{png}.png").stat().st_size > 0
     # evaluate twice gives the same numbers (the split is reproduced from the card)
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev2"),
                                             "--no-plots"])
@@ -57,7 +70,7 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     for cmd in (simulate, cli.train, cli.evaluate, cli.load):
         res = r.invoke(cmd, ["--help"])
         assert res.exit_code == 0 and "Usage" in res.output
-    for sub in ("movielens", "rees46"):
+    for sub in ("movielens", "rees46", "completejourney"):
         assert r.invoke(cli.load, [sub, "--help"]).exit_code == 0
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "nope=1"])
     assert res.exit_code == 2 and "unknown key" in res.output and res.exception.__class__ is SystemExit

@@ -172,3 +172,73 @@ def test_rees46_loader(tmp_path):
     assert rows[0]["ts"] == 1569888000000 and rows[0]["user_id"] == "541312140"
     assert rows[1]["type"] == "click" and rows[1]["category"] == "appliances.environment.water_heater"
     assert rows[1]["event_id"] == rows[2]["event_id"]  # the exact duplicate row is the same event
+
+
+def _cj_dir(tmp_path, name, lines, gz=True):
+    """A Complete Journey folder with the given transaction lines and four products."""
+    import gzip
+
+    d = tmp_path / name
+    d.mkdir()
+    prods = ("product_id,department,product_category,product_type\n1,GROCERY,SOFT DRINKS,COLA\n"
+             "2,GROCERY,CHEESE,CHEDDAR\n3,PRODUCE,TROPICAL FRUIT,BANANAS\n4,DRUG GM,,\n")
+    tx = "household_id,basket_id,product_id,quantity,sales_value,transaction_timestamp\n" + "".join(lines)
+    if gz:
+        (d / "products.csv.gz").write_bytes(gzip.compress(prods.encode()))
+        (d / "transactions.csv.gz").write_bytes(gzip.compress(tx.encode()))
+    else:
+        (d / "products.csv").write_text(prods)
+        (d / "transactions.csv").write_text(tx)
+    return d
+
+
+CJ_LINES = [  # household 7: basket 10 (3 lines) then basket 11; household 8: basket 12 (unknown product 9)
+    "7,10,1,1,2.0,2017-01-02 10:00:05\n", "7,10,2,2,3.0,2017-01-02 10:00:05\n", "7,10,3,1,0.5,2017-01-02 10:00:05\n",
+    "7,11,1,1,2.0,2017-01-05 18:30:00\n", "8,12,4,1,1.0,2017-01-03 09:00:00\n", "8,12,9,1,1.0,2017-01-03 09:00:00\n",
+    "8,13,1,1,2.0,2017-01-04 09:00:00\n",
+]
+
+
+def test_completejourney_loader(tmp_path):
+    from models.loaders import load_completejourney
+
+    out = tmp_path / "cj.jsonl"
+    stats = load_completejourney(_cj_dir(tmp_path, "a", CJ_LINES), out, top=2)
+    # SOFT DRINKS: 3 lines, CHEESE and TROPICAL FRUIT 1 each: top 2 keeps SOFT DRINKS and CHEESE
+    # (tie broken by name: CHEESE < TROPICAL FRUIT)
+    assert stats == {"events": 7, "lines": 7, "households": 2, "baskets": 4, "categories_kept": 2,
+                     "category_list": "top 2 of the file", "lines_in_kept_categories": 4, "products_missing": 1, "repeated_lines": 0}
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
+    first = rows[0]  # 2017-01-02 10:00:05 UTC, basket 10, sorted by event_id within the basket
+    assert first == {"event_id": "cj-10-1", "user_id": "7", "type": "click", "ts": 1483351205000, "item_id": "1",
+                     "category": "SOFT DRINKS", "basket_id": "10", "department": "GROCERY",
+                     "product_category": "SOFT DRINKS", "quantity": 1}
+    cats = {r["event_id"]: r["category"] for r in rows}
+    assert cats == {"cj-10-1": "SOFT DRINKS", "cj-10-2": "CHEESE", "cj-10-3": "OTHER PRODUCE",
+                    "cj-11-1": "SOFT DRINKS", "cj-12-4": "OTHER DRUG GM", "cj-12-9": "OTHER",
+                    "cj-13-1": "SOFT DRINKS"}
+    # the order of lines within a basket does not matter: reversed baskets, plain CSV, same bytes
+    out2 = tmp_path / "cj2.jsonl"
+    load_completejourney(_cj_dir(tmp_path, "b", [*reversed(CJ_LINES[:3]), *CJ_LINES[3:4],
+                                                 *reversed(CJ_LINES[4:6]), CJ_LINES[6]], gz=False), out2, top=2)
+    assert out2.read_bytes() == out.read_bytes()
+    # a repeated product line gets its own event_id
+    load_completejourney(_cj_dir(tmp_path, "c", CJ_LINES + [CJ_LINES[0]]), tmp_path / "cj3.jsonl", top=2)
+    ids = [json.loads(x)["event_id"] for x in (tmp_path / "cj3.jsonl").read_text().splitlines()]
+    assert len(set(ids)) == 8 and "cj-10-1-2" in ids
+    # by default the fixed list of the shared half: SOFT DRINKS, CHEESE and TROPICAL FRUIT are on it
+    stats = load_completejourney(_cj_dir(tmp_path, "d", CJ_LINES), tmp_path / "cj4.jsonl")
+    assert stats["categories_kept"] == 30 and stats["lines_in_kept_categories"] == 5
+
+
+def test_completejourney_loader_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from models import cli
+
+    r = CliRunner().invoke(cli.load, ["completejourney", str(tmp_path), "--out", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 1 and "no products.csv.gz or products.csv" in r.output and "Traceback" not in r.output
+    d = _cj_dir(tmp_path, "bad", ["7,10,1,1,2.0,02/01/2017 10:00\n"])
+    r = CliRunner().invoke(cli.load, ["completejourney", str(d), "--out", str(tmp_path / "x.jsonl")])
+    assert r.exit_code == 1 and "bad transaction_timestamp '02/01/2017 10:00'" in r.output

@@ -48,7 +48,7 @@ def _randomise_head(model):
 
 
 def test_shapes_loss_and_right_padding_invariance(encoder):
-    model = build_model(encoder, **TINY).eval()
+    model = build_model(encoder, loss="mse", **TINY).eval()
     _randomise_head(model)
     seqs = _seqs(encoder)
     ids, mask = collate(seqs, encoder.pad_id)
@@ -180,3 +180,99 @@ def test_init_from_too_short_positions(encoder, tmp_path):
     GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "g")
     with pytest.raises(ValueError, match="n_positions"):
         build_model(encoder, init_from=str(tmp_path / "g"))
+
+
+def _randomise_corrections(model):
+    with torch.no_grad():  # every correction starts at zero; give each some weight
+        model.head.weight.normal_(0, 0.5)
+        model.cat_net[2].weight.normal_(0, 0.5)
+        model.profile_proj.weight.normal_(0, 0.2)
+
+
+def test_dense_readouts_equal_serving_on_the_prefix(encoder):
+    """A readout at an earlier event of a sequence gives what serving gives for the window that
+    ends with that event (the prefix, then that event's hour and [END]), with that readout's own
+    profile: what dense training supervises is what the worker will compute."""
+    from models.data import encode_with_ends
+
+    model = build_model(encoder, **TINY).eval()
+    _randomise_corrections(model)
+    H = 3_600_000
+    evs = [WindowEvent(ts=5 * H + j * 600_000 + (j % 3) * 7, type="click", category="abc"[j % 3], item="i")
+           for j in range(9)]
+    evs[4] = WindowEvent(ts=evs[4].ts, type="search", query="red shoes")
+    ids, ends = encode_with_ends(encoder, evs)
+    assert ids == encoder.encode(evs)  # the same ids as the encoder's own
+    rows = [2, 4, 8]  # readouts after events 2, 4 (the search) and 8 (the last one)
+    prof = _profiles(encoder, len(rows), seed=5)
+    readouts = {"batch": torch.zeros(len(rows), dtype=torch.long), "pos": torch.tensor([ends[m] for m in rows]),
+                "hour": torch.tensor([(evs[m].ts // H) % 24 for m in rows])}
+    ids_t = torch.tensor([ids])
+    dense, _ = model(ids_t, torch.ones_like(ids_t), prof, readouts=readouts)
+    assert ends[8] == len(ids) - 3  # the last event's readout is 2 before the end (hour, [END])
+    for r, m in enumerate(rows):
+        prefix = torch.tensor([encoder.encode(evs[: m + 1])])
+        served, _ = model(prefix, torch.ones_like(prefix), prof[r : r + 1])
+        assert torch.allclose(dense[r], served[0], atol=1e-5), m
+    # and the readouts differ from each other (the check above is not vacuous)
+    assert (dense[0] - dense[2]).abs().max() > 1e-3
+
+
+def test_dense_loss_is_the_weighted_mean_over_readouts(encoder):
+    model = build_model(encoder, loss="kl", **TINY).eval()
+    seqs = _seqs(encoder, n=2)
+    ids, mask = collate(seqs, encoder.pad_id)
+    last = mask.sum(1) - 1
+    readouts = {"batch": torch.tensor([0, 1, 1]), "pos": torch.stack([last[0] - 2, last[1] - 2, last[1] - 2]),
+                "hour": torch.tensor([3, 5, 24]), "weight": torch.tensor([1.0, 1.0, 0.5])}
+    t = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    probs, loss = model(ids, mask, _profiles(encoder, 3), t, readouts)
+    per = [-float(torch.log(probs[i, i])) for i in range(3)]  # one-hot targets: KL = -log p
+    assert abs(float(loss) - (per[0] + per[1] + 0.5 * per[2]) / 2.5) < 1e-5
+
+
+def test_plain_path_ignores_the_sequence_model(encoder):
+    """correction="none" is the learned counter alone: the backbone and the correction heads do
+    not change its output; "features" adds the per-category network but still no backbone."""
+    seqs = _seqs(encoder, n=6)
+    ids, mask = collate(seqs, encoder.pad_id)
+    prof = _profiles(encoder, 6)
+    for correction, moves in (("none", False), ("features", False), ("full", True)):
+        torch.manual_seed(0)
+        model = build_model(encoder, correction=correction, **TINY).eval()
+        _randomise_corrections(model)
+        before = model(ids, mask, prof)[0]
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        after = model(ids, mask, prof)[0]
+        assert bool((before - after).abs().max() > 1e-4) is moves, correction
+    # the plain path by hand for one row: counts of the window, recency by token distance, prior, profile
+    model = build_model(encoder, correction="none", **TINY).eval()
+    s = seqs[0]
+    r = len(s) - 3  # readout: the newest event's last token
+    counts = torch.zeros(3)
+    recent = torch.zeros(3)
+    for t, tok in enumerate(s[: r + 1]):
+        c = tok - encoder.category_offset
+        if 0 <= c < 3:
+            counts[c] += 1
+            recent[c] += float(np.exp(-(r - t) / 30.0))
+    p0 = prof[0].reshape(3, 3)  # scales x categories
+    mix = counts + recent + 2.0 * torch.full((3,), 1 / 3) + 0.5 * p0.sum(0)
+    want = mix / mix.sum()
+    assert torch.allclose(model(ids[:1], mask[:1], prof[:1])[0][0], want, atol=1e-5)
+
+
+def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
+    """A config.json without the new keys (written before readouts existed) reads [END] with the
+    transformer correction, and a misspelt key fails loudly."""
+    from models.model import ModelConfig
+
+    old = {"vocab_size": encoder.vocab_size, "k": 3, "category_offset": encoder.category_offset, "max_len": 40,
+           "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "loss": "mse", "recency_tokens": 30.0,
+           "profile_scales": 3, "token_offset": 0, "init_from": None, "backbone": {}}
+    cfg = ModelConfig.from_dict(old)
+    assert (cfg.readout, cfg.correction, cfg.cat_hidden) == ("end", "full", 0)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**old, "n_layers": 3})

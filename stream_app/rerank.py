@@ -1,0 +1,147 @@
+"""Re-ranking for the worker and for services that keep vectors themselves.
+
+* :func:`rerank` is :func:`interest_core.rerank.rerank`, the one blend (its docstring has the
+  formula): ``stream_app.rerank.rerank(vector, items, weight, prior=...)`` with the ``interests``
+  of a vector read from ``user-interests`` (or the whole vector record), or None for an unknown
+  user. ``prior`` is the model's ``category_prior`` (model.json); the worker passes its loaded
+  model's, and a service reads it from the model.json of the version it serves.
+* :func:`parse_request` is the pure validation of a ``POST /users/{user_id}/rerank`` body:
+  bytes -> a :class:`RerankRequest`, or a :class:`RequestError` naming the field (errors are data,
+  as in :mod:`stream_app.events`). :meth:`RequestError.body` is the 400 answer,
+  :func:`response_body` the 200 answer.
+
+The body: ``{"items": [{"item_id": str, "category": str, "score": number}, ...], "weight": number}``.
+``items`` holds 1 to :data:`MAX_ITEMS` objects; ``item_id`` and ``category`` are strings of 1 to
+128 characters (the contract's limits for events); ``score`` is a finite number on any scale,
+higher is better (not a bool, not NaN or infinite); ``weight`` is in [0, 1], default
+:data:`DEFAULT_WEIGHT`. Other fields are ignored; repeated item ids are kept as given.
+
+No Faust here: the web view only reads the body, calls these functions and the user's vector.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import orjson
+
+from interest_core.rerank import Item, Ranked, RankedItem, rerank  # noqa: F401  (re-exported)
+
+MAX_ITEMS = 1000  # CONTRACT: at most 1,000 candidates per request
+MAX_BODY_BYTES = 1 << 20  # 1,000 items of two 128-character strings fit in well under 1 MiB
+STRING_LIMIT = 128  # item_id, category: the contract's limit for the same fields of events
+# Default share of the interest: the middle, where a category the user wants e times more than
+# people do is worth the whole range of the candidates' scores. Offline, with popularity as the
+# score, more interest did better still (README "Re-ranking": the weights chosen on validation).
+DEFAULT_WEIGHT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RerankRequest:
+    items: tuple[Item, ...]
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestError:
+    """Why a body cannot be used: the field (``body``, ``items``, ``items[3].score``, ``weight``)
+    and a human-readable message."""
+
+    field: str
+    error: str
+
+    def body(self) -> dict:
+        """The 400 answer."""
+        return {"error": self.error, "field": self.field}
+
+
+def _number(v) -> float | None:
+    """A finite float from a JSON number; None for anything else (bools included)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _kind(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a bool", type(None): "null"}.get(
+        type(v), repr(v)[:40])
+
+
+def _decode(body: bytes):
+    """JSON -> Python, or raise ValueError. orjson first; the standard library's parser only when
+    orjson refuses, so that NaN, Infinity and 1e999 (which Python clients send) parse and are then
+    rejected naming their field."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)  # raises ValueError (JSONDecodeError, UnicodeDecodeError) if not JSON
+
+
+def parse_request(body: bytes | None) -> RerankRequest | RequestError:
+    """Validate a re-rank request body (module doc); the first problem found is returned."""
+    if body is not None and len(body) > MAX_BODY_BYTES:
+        return RequestError("body", f"body is {len(body)} bytes, limit {MAX_BODY_BYTES}")
+    if not body:
+        return RequestError("body", "body is empty, expected a JSON object")
+    try:
+        obj = _decode(body)
+    except (ValueError, RecursionError) as exc:
+        return RequestError("body", f"body is not JSON: {str(exc)[:120]}")
+    if not isinstance(obj, dict):
+        return RequestError("body", f"body is {_kind(obj)}, expected a JSON object")
+
+    if "items" not in obj:
+        return RequestError("items", "items is missing")
+    raw = obj["items"]
+    if not isinstance(raw, list):
+        return RequestError("items", f"items must be a list, got {_kind(raw)}")
+    if not raw:
+        return RequestError("items", "items is empty")
+    if len(raw) > MAX_ITEMS:
+        return RequestError("items", f"items has {len(raw)} entries, limit {MAX_ITEMS}")
+    items = []
+    for n, it in enumerate(raw):
+        where = f"items[{n}]"
+        if not isinstance(it, dict):
+            return RequestError(where, f"{where} must be an object, got {_kind(it)}")
+        for name in ("item_id", "category"):
+            v = it.get(name)
+            if v is None:
+                return RequestError(f"{where}.{name}", f"{where}.{name} is missing")
+            if not isinstance(v, str) or not v:
+                got = "an empty string" if v == "" else _kind(v)
+                return RequestError(f"{where}.{name}", f"{where}.{name} must be a non-empty string, got {got}")
+            if len(v) > STRING_LIMIT:
+                return RequestError(f"{where}.{name}", f"{where}.{name} has {len(v)} characters, limit {STRING_LIMIT}")
+        if "score" not in it:
+            return RequestError(f"{where}.score", f"{where}.score is missing")
+        score = _number(it["score"])
+        if score is None:
+            return RequestError(f"{where}.score", f"{where}.score must be a finite number, got {_kind(it['score'])}")
+        items.append(Item(it["item_id"], it["category"], score))
+
+    weight = DEFAULT_WEIGHT
+    if "weight" in obj:
+        weight = _number(obj["weight"])
+        if weight is None:
+            return RequestError("weight", f"weight must be a finite number, got {_kind(obj['weight'])}")
+        if not 0.0 <= weight <= 1.0:
+            return RequestError("weight", f"weight must be in [0, 1], got {weight}")
+    return RerankRequest(tuple(items), weight)
+
+
+def response_body(user_id: str, model_version: str | None, ranked: Ranked) -> dict:
+    """The 200 answer for a user's ranked candidates."""
+    return {
+        "user_id": user_id,
+        "personalized": ranked.personalized,
+        "model_version": model_version,
+        "weight": ranked.weight,
+        "items": [it.to_json() for it in ranked.items],
+        "unknown_categories": list(ranked.unknown_categories),
+    }

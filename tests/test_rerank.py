@@ -1,0 +1,198 @@
+"""The re-ranking blend (values worked by hand) and the re-rank request validation (a table of bodies)."""
+import json
+import math
+
+import pytest
+
+from interest_core.rerank import Item, log_lift, rerank, scaled_scores
+from stream_app import rerank as served
+from stream_app.rerank import DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, response_body
+
+LN = math.log
+VEC = {"sports": 0.5, "tech": 0.3, "music": 0.2}  # k = 3, uniform prior q = 1/3
+# log-lifts ln(p / q): sports ln 1.5 = .4055, tech ln .9 = -.1054, music ln .6 = -.5108; travel unknown: 0
+ITEMS = [Item("A", "tech", 10.0), Item("B", "sports", 2.0), Item("C", "music", 7.0), Item("D", "travel", 5.0)]
+# scaled scores (s - 2) / 8: B 0, D .375, C .625, A 1
+
+
+def ids(ranked):
+    return [it.item_id for it in ranked.items]
+
+
+def test_scaled_scores_by_hand():
+    assert scaled_scores([3.0, 1.0, 3.0, 2.0]) == [1.0, 0.0, 1.0, 0.5]
+    assert scaled_scores([7.0]) == [0.5]
+    assert scaled_scores([-1.0, -1.0]) == [0.5, 0.5]
+    assert scaled_scores([2.0, 4.0, 10.0]) == [0.0, 0.25, 1.0]
+    # shifted and stretched scores (other units, an offset) scale to the same values
+    assert scaled_scores([20.0 - 7, 40.0 - 7, 100.0 - 7]) == [0.0, 0.25, 1.0]
+
+
+def test_log_lift_by_hand():
+    assert log_lift(0.5, 1 / 3) == pytest.approx(LN(1.5))
+    assert log_lift(0.1, 0.1) == 0.0  # at the prior: neutral
+    assert log_lift(0.0, 0.5) == pytest.approx(LN(1e-4 / 0.5))  # floored, finite
+    assert log_lift(0.3, 0.0) == pytest.approx(LN(0.3 / 1e-4))
+
+
+def test_blend_by_hand():
+    r = rerank(VEC, ITEMS, 0.5)
+    # A .5 + .5 ln .9 = .4473; B 0 + .5 ln 1.5 = .2027; D .1875 + 0; C .3125 + .5 ln .6 = .0571
+    assert ids(r) == ["A", "B", "D", "C"]
+    assert [it.blended for it in r.items] == pytest.approx(
+        [0.5 + 0.5 * LN(0.9), 0.5 * LN(1.5), 0.1875, 0.3125 + 0.5 * LN(0.6)])
+    assert [it.interest for it in r.items] == pytest.approx([0.3, 0.5, 1 / 3, 0.2])  # travel gets the prior 1/3
+    assert r.personalized and r.weight == 0.5 and r.unknown_categories == ("travel",)
+    assert [it.score for it in r.items] == [10.0, 2.0, 5.0, 7.0]
+    # w .2: A .8 - .0211 = .7789; C .5 - .1022 = .3978; D .3; B .0811: the score order
+    assert ids(rerank(VEC, ITEMS, 0.2)) == ids(rerank(VEC, ITEMS, 0.0)) == ["A", "C", "D", "B"]
+    assert ids(rerank(VEC, ITEMS, 1.0)) == ["B", "D", "A", "C"]  # the lift alone: .41, 0, -.11, -.51
+
+
+def test_population_prior_changes_the_lift():
+    vec = {"a": 0.2, "b": 0.8}
+    items = [Item("x", "a", 1.0), Item("y", "b", 1.0)]
+    # uniform q = .5: a ln .4 < b ln 1.6
+    assert ids(rerank(vec, items, 1.0)) == ["y", "x"]
+    # prior a .1, b .9: a ln 2 > b ln(.8/.9): the user wants a twice as much as people do
+    r = rerank(vec, items, 1.0, prior={"a": 0.1, "b": 0.9})
+    assert ids(r) == ["x", "y"] and r.items[0].blended == pytest.approx(LN(2))
+
+
+def test_ties_are_deterministic():
+    vec = {"a": 0.25, "b": 0.75}  # q = .5: ln .5 and ln 1.5
+    # w = 1: Q and R share the category, so the same blended score; the higher own score goes first
+    items = [Item("P", "zz", 5.0), Item("R", "b", 1.0), Item("Q", "b", 9.0), Item("S", "a", 20.0)]
+    r = rerank(vec, items, 1.0)
+    assert ids(r) == ["Q", "R", "P", "S"] and r.items[0].blended == r.items[1].blended
+    # equal score and category: the earlier position first, whatever the input order
+    twins = [Item("t1", "b", 2.0), Item("t2", "b", 2.0), Item("t0", "a", 1.0)]
+    assert ids(rerank(vec, twins, 0.3)) == ["t1", "t2", "t0"]
+    assert ids(rerank(vec, [twins[1], twins[0], twins[2]], 0.3)) == ["t2", "t1", "t0"]
+
+
+def test_unknown_user_keeps_the_original_order():
+    for vec in (None, {}):
+        r = rerank(vec, ITEMS, 0.7)
+        assert ids(r) == ["A", "B", "C", "D"] and not r.personalized
+        assert all(it.blended is None and it.interest is None for it in r.items)
+        assert r.unknown_categories == ()
+
+
+def test_whole_vector_record_and_reexport():
+    record = {"schema": 1, "user_id": "u1", "interests": VEC, "top": ["sports", "tech", "music"]}
+    assert served.rerank is rerank
+    assert ids(served.rerank(record, ITEMS, 0.5)) == ids(rerank(VEC, ITEMS, 0.5)) == ["A", "B", "D", "C"]
+    assert rerank(VEC, [], 0.5).items == () and rerank(VEC, [], 0.5).personalized
+    with pytest.raises(ValueError):
+        rerank(VEC, ITEMS, 1.5)
+    with pytest.raises(ValueError):
+        rerank(VEC, [Item("x", "a", float("nan"))], 0.5)
+
+
+# --- request validation ---------------------------------------------------------------------
+def body(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+OK_ITEM = {"item_id": "i1", "category": "sports", "score": 0.7}
+
+
+def with_(**kw):
+    it = dict(OK_ITEM)
+    for k, v in kw.items():
+        if v is ...:
+            it.pop(k)
+        else:
+            it[k] = v
+    return {"items": [OK_ITEM, it]}
+
+
+ERRORS = [  # (field, body)
+    ("body", b""),
+    ("body", None),
+    ("body", b"{items: []}"),  # not JSON
+    ("body", b"\xff\xfe"),  # not UTF-8, so not JSON
+    ("body", b"[1, 2]"),  # not an object
+    ("body", b'"items"'),
+    ("body", b" " * (1 << 20) + b"{}"),  # over 1 MiB
+    ("items", body({"weight": 0.5})),  # no items
+    ("items", body({"items": None})),
+    ("items", body({"items": {"item_id": "i1"}})),  # not a list
+    ("items", body({"items": []})),  # empty
+    ("items", body({"items": [OK_ITEM] * (MAX_ITEMS + 1)})),  # more than 1,000
+    ("items[1]", body({"items": [OK_ITEM, "i2"]})),  # an item that is not an object
+    ("items[1].item_id", body(with_(item_id=...))),
+    ("items[1].item_id", body(with_(item_id=7))),
+    ("items[1].item_id", body(with_(item_id=""))),
+    ("items[1].item_id", body(with_(item_id="x" * 129))),
+    ("items[1].category", body(with_(category=...))),
+    ("items[1].category", body(with_(category=None))),
+    ("items[1].category", body(with_(category=["sports"]))),
+    ("items[1].category", body(with_(category="c" * 129))),
+    ("items[1].score", body(with_(score=...))),
+    ("items[1].score", body(with_(score="0.7"))),
+    ("items[1].score", body(with_(score=True))),  # a bool is not a number
+    ("items[1].score", body(with_(score=None))),
+    ("items[1].score", body(with_(score=float("nan")))),  # Python's json writes NaN
+    ("items[1].score", body(with_(score=float("inf")))),
+    ("items[1].score", b'{"items": [{"item_id": "i", "category": "c", "score": 1},'
+                       b' {"item_id": "j", "category": "c", "score": 1e999}]}'),  # overflows to infinity
+    ("weight", body({"items": [OK_ITEM], "weight": 1.01})),
+    ("weight", body({"items": [OK_ITEM], "weight": -0.1})),
+    ("weight", body({"items": [OK_ITEM], "weight": "0.5"})),
+    ("weight", body({"items": [OK_ITEM], "weight": False})),
+    ("weight", body({"items": [OK_ITEM], "weight": None})),
+    ("weight", body({"items": [OK_ITEM], "weight": float("nan")})),
+]
+
+
+@pytest.mark.parametrize("field,raw", ERRORS)
+def test_request_errors_name_the_field(field, raw):
+    res = parse_request(raw)
+    assert isinstance(res, RequestError), res
+    assert res.field == field, res.error
+    assert res.body() == {"error": res.error, "field": field} and res.error
+
+
+def test_every_field_has_an_error_case():
+    fields = {f if not f.startswith("items[") else "items[n]" + f[f.index("]") + 1:] for f, _ in ERRORS}
+    assert fields == {"body", "items", "items[n]", "items[n].item_id", "items[n].category", "items[n].score", "weight"}
+
+
+def test_valid_requests():
+    items = [OK_ITEM, {"item_id": "i2", "category": "tech", "score": 3, "extra": [1]}]
+    assert parse_request(body({"items": items, "weight": 0})) == RerankRequest(
+        (Item("i1", "sports", 0.7), Item("i2", "tech", 3.0)), 0.0)
+    req = parse_request(body({"items": [OK_ITEM]}))
+    assert req.weight == DEFAULT_WEIGHT == 0.5
+    assert parse_request(body({"items": [OK_ITEM], "weight": 1})).weight == 1.0  # limits inclusive
+    assert len(parse_request(body({"items": [OK_ITEM] * MAX_ITEMS})).items) == MAX_ITEMS
+    long = {"item_id": "x" * 128, "category": "é" * 128, "score": -1e300}  # characters, not bytes
+    assert isinstance(parse_request(body({"items": [long]})), RerankRequest)
+
+
+def test_response_body():
+    req = parse_request(body({"items": [{"item_id": "A", "category": "tech", "score": 10},
+                                        {"item_id": "D", "category": "travel", "score": 5}], "weight": 1}))
+    out = response_body("u1", "v9", rerank(VEC, req.items, req.weight))
+    assert out == {"user_id": "u1", "personalized": True, "model_version": "v9", "weight": 1.0,
+                   "items": [{"item_id": "D", "category": "travel", "score": 5.0, "blended": 0.0, "interest": pytest.approx(1 / 3)},
+                             {"item_id": "A", "category": "tech", "score": 10.0, "blended": pytest.approx(LN(0.9)),
+                              "interest": 0.3}],
+                   "unknown_categories": ["travel"]}
+    out = response_body("nobody", "v9", rerank(None, req.items, req.weight))
+    assert out["personalized"] is False and [i["item_id"] for i in out["items"]] == ["A", "D"]
+    assert out["items"][0]["blended"] is None and out["unknown_categories"] == []
+    json.dumps(out)  # serialisable as is
+
+
+def test_readme_example(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- rerank-example -->\s*```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(block, "README rerank-example", "exec"), {})
+    expected = block.strip().splitlines()[-1].lstrip("# ")
+    assert capsys.readouterr().out.strip() == expected
