@@ -1,0 +1,126 @@
+"""The one core of the worker and replay, driven without a broker: ingest outcomes, scoring with
+drift against the last vector, the split the live worker uses, and replay on top of it."""
+import orjson
+import pytest
+
+from interest_core.window import WindowEvent, profiles_in_order, window_slice
+from stream_app import core, state
+from stream_app.model_runtime import LoadedModel
+from stream_app.vectors import js_divergence
+
+LIM = state.Limits(horizon_ms=86_400_000, grace_ms=3_600_000, max_events=128)
+T0 = 1_700_000_000_000
+NOW = T0 + 10_000_000
+
+
+def ev(user: str, i: int, ts: int, cat: str = "sports", type_: str = "click") -> dict:
+    e = {"event_id": f"{user}-{i}", "user_id": user, "type": type_, "ts": ts}
+    if type_ == "search":
+        e["query"] = "cheap flights"
+    else:
+        e.update(item_id=f"i{i}", category=cat)
+    return e
+
+
+def feed(states: dict, events: list[dict]) -> list[str]:
+    out = []
+    for e in events:
+        r = core.ingest(e["type"], e["user_id"].encode(), orjson.dumps(e), states.get, LIM, NOW, 86_400_000)
+        if r.state is not None:
+            states[e["user_id"].encode()] = r.state
+        out.append(r.outcome)
+    return out
+
+
+def test_ingest_outcomes_and_the_state_is_read_only_for_valid_events():
+    reads = []
+    states: dict = {}
+
+    def lookup(key):
+        reads.append(key)
+        return states.get(key)
+
+    def one(type_, key, value):
+        r = core.ingest(type_, key, value, lookup, LIM, NOW, 86_400_000)
+        if r.state is not None:
+            states[key] = r.state
+        return r
+
+    first = one("click", b"u", orjson.dumps(ev("u", 1, T0 + 90_000_000)))
+    assert first.outcome == "accepted" and first.rejected is None and first.state["seq"] == 1
+    assert one("click", b"u", orjson.dumps(ev("u", 1, T0 + 90_000_000))).outcome == "duplicate"
+    late = one("click", b"u", orjson.dumps(ev("u", 2, T0)))  # older than the window by more than the grace
+    assert late.outcome == "late" and late.rejected.reason == "late" and late.state is None
+    assert one("click", b"u", b"{nope").rejected.reason == "not_json"
+    assert one("search", b"u", orjson.dumps(ev("u", 3, T0 + 90_000_000))).outcome == "topic_mismatch"
+    assert reads == [b"u", b"u", b"u"]  # dead letters never touch the state
+    assert states[b"u"]["seq"] == 1
+
+
+def expected(model, events):
+    wins = [WindowEvent.from_event(e) for e in sorted(events, key=lambda e: e["ts"])]
+    prof = None
+    for prof in profiles_in_order(wins, LIM.profile_retention_ms):
+        pass
+    probs = model.predict([window_slice(wins, wins[-1].ts, LIM.horizon_ms, LIM.max_events)], [prof])[0]
+    return dict(zip(model.categories, probs / probs.sum()))
+
+
+def test_scoring_records_each_vector_and_drifts_against_the_last_one(tiny_model_dir):
+    model = LoadedModel.load(tiny_model_dir)
+    states: dict = {}
+    a = [ev("a", i, T0 + i * 60_000, "sports") for i in range(6)]
+    b = [ev("b", i, T0 + i * 60_000, "music") for i in range(3)]
+    feed(states, a + b)
+    (ka, va, sa), (kb, vb, _) = core.score_states([(b"a", states[b"a"]), (b"b", states[b"b"])], model,
+                                                    LIM.horizon_ms, batch=4)
+    assert (ka, kb) == (b"a", b"b") and va["drift"] == 0.0 and vb["user_id"] == "b"
+    for c, p in expected(model, a).items():
+        assert va["interests"][c] == pytest.approx(p, abs=1e-6)
+    assert va["ts"] == a[-1]["ts"] and va["events"] == 6 and va["model_version"] == model.version
+    assert sa["out"] is va and sa["scored"] == 6 and not state.is_pending(sa)
+    more = [ev("a", 10 + i, T0 + (10 + i) * 60_000, "travel") for i in range(4)]
+    feed(states, more)
+    assert state.is_pending(states[b"a"])
+    (_, va2, _), = core.score_states([(b"a", states[b"a"])], model, LIM.horizon_ms, batch=4)
+    assert va2["drift"] == pytest.approx(js_divergence(va2["interests"], va["interests"]), abs=1e-12)
+    assert va2["drift"] > 0 and states[b"a"]["out"] is va2
+
+
+def test_the_live_split_scores_the_snapshot_even_if_events_arrive_meanwhile(tiny_model_dir):
+    model = LoadedModel.load(tiny_model_dir)
+    states: dict = {}
+    a = [ev("a", i, T0 + i * 60_000) for i in range(4)]
+    feed(states, a)
+    inputs = [core.snapshot(b"a", states[b"a"], model, LIM.horizon_ms)]
+    feed(states, [ev("a", 9, T0 + 9 * 60_000, "travel")])  # arrives while the model runs
+    probs = core.infer(model, inputs, batch=2)
+    (_, vec, st), = core.publish(inputs, probs, model, states.get)
+    assert vec["events"] == 4 and vec["ts"] == a[-1]["ts"]  # what the snapshot saw
+    for c, p in expected(model, a).items():
+        assert vec["interests"][c] == pytest.approx(p, abs=1e-6)
+    assert st["scored"] == 4 and st["seq"] == 5 and state.is_pending(st)  # scored again next pass
+    assert core.publish(inputs, probs, model, lambda k: None) == []  # forgotten meanwhile: nothing
+
+
+def test_replay_is_the_same_core_at_event_time_ticks(tiny_model_dir):
+    from stream_app.replay import Replayer
+    from stream_app.settings import Settings
+
+    model = LoadedModel.load(tiny_model_dir)
+    s = Settings.from_env({"INTEREST_SCORE_INTERVAL_S": "600"})
+    emitted = []
+    r = Replayer(s, model, T0 + 1_200_000, T0 + 3_600_000, lambda k, v: emitted.append((k, v)), batch=8)
+    a = [ev("a", i, T0 + i * 300_000) for i in range(10)]  # every 5 minutes; ticks every 10
+    for e in a:
+        r.add(s.input_topics[e["type"]], e["user_id"].encode(), orjson.dumps(e), e["ts"])
+    r.finish()
+    assert r.counts["accepted"] == 10
+    # ticks every 10 min (T0 + 10, 20, ... min) score the events before them; a vector's ts is its
+    # newest event's, and only those in [from, to) = [T0 + 20 min, T0 + 60 min) are published;
+    # the last one at `to`
+    assert [v["ts"] for _, v in emitted] == [T0 + 1_500_000, T0 + 2_100_000, T0 + 2_700_000]
+    last = emitted[-1][1]
+    for c, p in expected(model, a).items():
+        assert last["interests"][c] == pytest.approx(p, abs=1e-6)
+    assert last["drift"] == pytest.approx(js_divergence(last["interests"], emitted[-2][1]["interests"]), abs=1e-12)

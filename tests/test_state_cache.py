@@ -1,0 +1,109 @@
+"""The write-behind cache without Faust: what a flush takes, the memory bound, forgetting."""
+import orjson
+import pytest
+
+from stream_app import state
+from stream_app.state_cache import SIZE_BASE, SIZE_EVENT, SIZE_ROW, StateCache, estimated_size
+
+LIM = state.Limits(horizon_ms=86_400_000, grace_ms=3_600_000, max_events=128)
+T0 = 1_700_000_000_000
+
+
+def event(user: str, i: int, cat: str = "sports") -> dict:
+    return {"event_id": f"{user}-{i}", "user_id": user, "type": "click", "ts": T0 + i * 1000,
+            "item_id": f"i{i}", "category": cat}
+
+
+def applied(cache: StateCache, p: int, user: str, i: int, cat: str = "sports") -> dict:
+    key = user.encode()
+    e = cache.get(key)
+    outcome, st = state.apply(e.state if e else None, event(user, i, cat), LIM, now_ms=0)
+    assert outcome == "accepted"
+    cache.put(p, key, st)
+    return st
+
+
+def test_a_user_changed_many_times_is_written_once_per_flush():
+    c = StateCache(10**9)
+    for i in range(5):
+        applied(c, 0, "a", i)
+    applied(c, 0, "b", 0)
+    applied(c, 1, "z", 0)
+    for n in range(7):
+        c.hold(0, f"msg{n}", 100)
+    f = c.take(0)
+    assert [k for k, _ in f.writes] == [b"a", b"b"]  # once each, in first-changed order
+    assert f.deletes == [] and f.messages == [f"msg{n}" for n in range(7)]
+    assert orjson.loads(f.writes[0][1])["seq"] == 5  # serialised at take: every change so far
+    assert "_ids" not in orjson.loads(f.writes[0][1])
+    assert c.take(0).records == 0 and c.take(0).messages == []  # clean now
+    assert c.partitions_to_flush() == [1]
+    applied(c, 0, "a", 5)  # changed again: written again at the next flush
+    assert [k for k, _ in c.take(0).writes] == [b"a"]
+
+
+def test_forget_is_a_delete_at_the_next_flush_and_leaves_the_indexes():
+    c = StateCache(10**9)
+    applied(c, 2, "a", 0)
+    assert c.pending[2] == {b"a"} and b"a" in c.facts[2]
+    c.delete(2, b"a")
+    assert c.get(b"a").state is None and c.pending[2] == set() and b"a" not in c.facts[2]
+    f = c.take(2)
+    assert f.writes == [] and f.deletes == [b"a"]
+    assert b"a" not in c  # gone from memory once written
+    c.delete(3, b"never-seen")  # still a delete: the table may hold it
+    assert c.take(3).deletes == [b"never-seen"]
+
+
+def test_pending_follows_the_last_vector():
+    c = StateCache(10**9)
+    st = applied(c, 0, "a", 0)
+    assert c.pending[0] == {b"a"}
+    state.record_vector(st, {"interests": {}}, st["seq"])
+    c.put(0, b"a", st)
+    assert c.pending[0] == set()
+    applied(c, 0, "a", 1)
+    assert c.pending[0] == {b"a"}
+    assert c.facts[0][b"a"] == (T0 + 1000, 0, True)
+
+
+def test_the_bound_drops_clean_states_least_recently_used_first_never_dirty_ones():
+    one = estimated_size(state.apply(None, event("x", 0), LIM, 0)[1])
+    assert one == SIZE_BASE + SIZE_ROW + 150  # one row, one profile category
+    c = StateCache(max_bytes=4 * one)
+    for u in "abcd":
+        applied(c, 0, u, 0)
+    assert c.bytes == 4 * one and not c.over_bound()
+    assert c.shrink() == 0  # everything is dirty: nothing can go before a flush
+    c.take(0)
+    c.get(b"a")  # a is now the most recently used
+    applied(c, 0, "e", 0)
+    assert c.over_bound()
+    assert c.shrink(target=0.9) == 2  # the two least recently used clean states: b, c
+    assert set(c.entries) == {b"d", b"a", b"e"} and c.bytes == 3 * one
+    c.hold(0, "m", 50)
+    assert c.bytes == 3 * one + SIZE_EVENT + 50  # held messages count against the bound
+    c.take(0)
+    assert c.bytes == 3 * one
+
+
+def test_states_read_from_the_table_are_clean_and_indexed():
+    c = StateCache(10**9)
+    _, st = state.apply(None, event("a", 0), LIM, 0)
+    c.load(1, b"a", state.load(state.dump(st)))
+    assert c.take(1).records == 0 and c.pending[1] == {b"a"}
+    c.load(1, b"a", None)  # nothing to cache
+    with pytest.raises(ValueError):
+        StateCache(0)
+
+
+def test_dropping_partitions_forgets_their_states_and_held_messages():
+    c = StateCache(10**9)
+    applied(c, 0, "a", 0)
+    applied(c, 1, "b", 0)
+    c.hold(0, "m0", 10)
+    c.hold(1, "m1", 10)
+    c.drop_partitions({0})
+    assert list(c.entries) == [b"b"] and c.held == {1: ["m1"]}
+    assert 0 not in c.pending and 0 not in c.facts and c.partitions_to_flush() == [1]
+    assert c.bytes == c.entries[b"b"].size + SIZE_EVENT + 10

@@ -1,0 +1,175 @@
+"""The write-behind state against the real broker: one changelog record per changed user and
+flush, nothing lost or counted twice when the worker dies after a flush or in the middle of one,
+and a rebalance that flushes what the cache holds before handing partitions over."""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from conftest import ROOT, cli, wait_for
+from kafka_io import produce
+from stream_app.partitioning import partition_for
+from test_worker_ingest import T0, assert_users, event, topics
+
+pytestmark = pytest.mark.kafka
+PARTS = 4
+
+
+def changelog(env) -> str:
+    return f"{env['INTEREST_TOPIC_PREFIX']}interest-stream-users-changelog"
+
+
+def end_offsets(env, topic: str) -> dict[int, int]:
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        return {tp.partition: n for tp, n in c.end_offsets([TopicPartition(topic, p) for p in parts]).items()}
+    finally:
+        c.close()
+
+
+def records(env, topic: str) -> int:
+    return sum(end_offsets(env, topic).values())
+
+
+def metric(w, name: str) -> float:
+    _, text = w.get("/metrics")
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def send(env, events):
+    t = topics(env)
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in events])
+
+
+def users_events(n_users: int, per_user: int, start: int = 0, name: str = "w") -> list[dict]:
+    return [event(start + i, f"{name}{u}", ["click", "browse", "search"][i % 3], T0 + (start + i) * 60_000 + u,
+                  ["sports", "tech"][u % 2]) for u in range(n_users) for i in range(per_user)]
+
+
+def counted(w, events) -> bool:
+    try:
+        assert_users(w, events)
+        return True
+    except AssertionError:
+        return False
+
+
+def committed(env) -> int:
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
+    try:
+        return sum(c.committed(TopicPartition(t, p)) or 0 for t in topics(env).values() if t.endswith(("click", "browse", "search"))
+                   for p in range(PARTS))
+    finally:
+        c.close()
+
+
+def test_each_changed_user_is_one_changelog_record_per_flush_and_scoring_adds_at_most_one(env, workers):
+    """Flushes here happen only at shutdown (SIGTERM), so each run of the worker is one flush."""
+    cli(env, "topics", "create")
+    w = workers(INTEREST_FLUSH_S="3600", INTEREST_SCORE_INTERVAL_S="3600")  # scoring off
+    events = users_events(5, 8)
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="40 events counted")
+    assert records(env, changelog(env)) == 0
+    assert w.stop() == 0
+    assert records(env, changelog(env)) == 5  # 40 events, 5 users: one record each
+
+    # scoring: each user's vector rides in its state, so a scored user is one record more at most,
+    # and nothing else is written: no control round trip, no pending or vectors tables
+    w2 = workers("scoring", INTEREST_FLUSH_S="3600", INTEREST_SCORE_INTERVAL_S="1")
+    wait_for(lambda: metric(w2, "interest_scored_users_total") >= 5, what="5 users scored")
+    assert w2.stop() == 0
+    assert records(env, changelog(env)) == 5 + 5
+    w3 = workers("both", INTEREST_FLUSH_S="3600", INTEREST_SCORE_INTERVAL_S="1")
+    more = users_events(5, 2, start=100)
+    send(env, more)
+    wait_for(lambda: all((w3.get(f"/users/w{u}")[1].get("interests") or {}).get("events") == 10 for u in range(5)),
+             what="5 users scored with their new events")
+    assert w3.stop() == 0
+    assert records(env, changelog(env)) == 10 + 5  # new events and new vector: one record per user
+    assert records(env, f"{env['INTEREST_TOPIC_PREFIX']}interest-control") == 0
+    existing = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"]).topics()
+    assert not {t for t in existing if t.startswith(env["INTEREST_TOPIC_PREFIX"])
+                and t.endswith(("pending-changelog", "vectors-changelog"))}
+
+
+def test_sigkill_after_a_flush_before_the_commit_counts_nothing_twice(env, workers):
+    """The changelog holds every state, the offsets are not committed: after the restart every
+    event comes again and every one is recognised as a duplicate."""
+    cli(env, "topics", "create")
+    w = workers(INTEREST_FLUSH_S="0.5", INTEREST_COMMIT_INTERVAL_S="600", INTEREST_SCORE_INTERVAL_S="3600")
+    events = users_events(6, 10)
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="60 events counted")
+    wait_for(lambda: records(env, changelog(env)) == 6, what="the flush of 6 users")
+    w.kill()
+    assert committed(env) == 0  # the crash came between the flush and any commit
+    w.start()
+    wait_for(lambda: counted(w, events), what="exact counts after the restart")
+    wait_for(lambda: metric(w, "interest_duplicates_total") >= 60, what="the redelivered events")
+    time.sleep(1.5)
+    assert metric(w, "interest_duplicates_total") == 60
+    assert metric(w, 'interest_events_total{outcome="accepted"}') == 0  # restored, not re-applied
+    assert_users(w, events)
+
+
+def test_sigkill_in_the_middle_of_a_flush_counts_exactly(env, workers):
+    """A flush writes partition after partition (here with a pause between them, from the test
+    harness), and offsets are committed every 0.5 s meanwhile: killed after some partitions'
+    records reached the changelog and before the rest, the restart restores those users (their
+    events were committed, or come again as duplicates) and applies the others' events again
+    (their records never arrived, their offsets were never committed)."""
+    cli(env, "topics", "create")
+    slow = [sys.executable, "-m", "faust", "-A", "slow_flush_app", "worker", "-l", "info"]
+    w = workers(argv=slow, PYTHONPATH=str(ROOT / "tests"), SLOW_FLUSH_PAUSE_S="1.5", INTEREST_FLUSH_S="1",
+                INTEREST_COMMIT_INTERVAL_S="0.5", INTEREST_SCORE_INTERVAL_S="3600", start=False)
+    w.start()
+    events = users_events(24, 3)
+    users = {e["user_id"] for e in events}
+    assert {partition_for(u.encode(), PARTS) for u in users} == set(range(PARTS))
+    send(env, events)
+    flushed = wait_for(lambda: [p for p, n in end_offsets(env, changelog(env)).items() if n] or None,
+                       interval=0.05, what="the first partition's records")
+    w.kill()
+    after = end_offsets(env, changelog(env))
+    done = {p for p, n in after.items() if n}
+    assert done and done != set(range(PARTS)), f"killed after the flush had finished: {after}"
+    assert set(flushed) <= done
+    w.argv = w.FAUST  # the plain worker from here on
+    w.start()
+    wait_for(lambda: counted(w, events), what="exact counts after the restart")
+    restored = [e for e in events if partition_for(e["user_id"].encode(), PARTS) in done]
+    wait_for(lambda: metric(w, 'interest_events_total{outcome="accepted"}') >= len(events) - len(restored),
+             what="the unflushed partitions' events applied again")
+    time.sleep(1.5)
+    assert metric(w, 'interest_events_total{outcome="accepted"}') == len(events) - len(restored)
+    assert metric(w, "interest_duplicates_total") <= len(restored)
+    assert_users(w, events)
+
+
+def test_a_rebalance_flushes_the_cache_before_handing_partitions_over(env, workers):
+    cli(env, "topics", "create")
+    w1 = workers("w1", INTEREST_FLUSH_S="3600", INTEREST_SCORE_INTERVAL_S="3600")  # only rebalances flush
+    events = users_events(12, 5)
+    send(env, events)
+    wait_for(lambda: counted(w1, events), what="events counted on w1")
+    assert records(env, changelog(env)) == 0  # all of it only in w1's memory
+    w2 = workers("w2", INTEREST_FLUSH_S="3600", INTEREST_SCORE_INTERVAL_S="3600")
+
+    def split():
+        parts = [set(w.get("/health")[1].get("partitions", [])) for w in (w1, w2)]
+        return parts[0] and parts[1] and parts[0] | parts[1] == set(range(PARTS))
+    wait_for(split, what="partitions split between the workers")
+    assert metric(w1, 'interest_flushes_total{reason="rebalance"}') >= 1
+    assert records(env, changelog(env)) == 12  # each user once, written before the hand-over
+    for w in (w1, w2):  # either worker answers for every user, with exact counts
+        wait_for(lambda w=w: counted(w, events), what="exact counts after the rebalance")
+    more = users_events(12, 3, start=50)
+    send(env, more)
+    for w in (w1, w2):
+        wait_for(lambda w=w: counted(w, events + more), what="exact counts of the new events")
