@@ -177,7 +177,8 @@ class WorkerProc:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def stop(self):
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 120 s; the exit code (-9 when it had to be killed)."""
         import signal
 
         if self in _LIVE:
@@ -185,10 +186,11 @@ class WorkerProc:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(120)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        return self.proc.returncode if self.proc else None
 
 
 @contextlib.contextmanager

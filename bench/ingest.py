@@ -129,7 +129,9 @@ def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, nam
     rate = n / max(1e-9, elapsed - t_first + 1.0)
     peak = w.rss_peak_mib()
     accepted = w.metrics().get('interest_events_total{outcome="accepted"}', 0.0)
-    w.stop()  # SIGTERM: the last flush
+    t_stop = time.monotonic()
+    rc = w.stop()  # SIGTERM: the last flush
+    shutdown_s = time.monotonic() - t_stop
     prefix = env["INTEREST_TOPIC_PREFIX"]
     changelogs = [f"{prefix}{app_id}-{t}-changelog" for t in ("users", "pending", "vectors")]
     records = sum(topic_records(bootstrap, t) or 0 for t in changelogs)
@@ -142,6 +144,8 @@ def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, nam
         "changelog_bytes_per_accepted_event": round(nbytes / max(1.0, accepted), 1) if nbytes is not None else None,
         "state_bytes_per_user_rocksdb": round(dir_bytes(work / f"{name}-data") / users),
         "flush_s": float(env.get("INTEREST_FLUSH_S", 5.0)) if src is None else None,
+        "shutdown_s": round(shutdown_s, 1),
+        "exit_code": rc,
     }
 
 

@@ -150,13 +150,14 @@ class Worker:
     FAUST = [sys.executable, "-m", "faust", "-A", "stream_app.app", "worker", "-l", "info"]
     CLI = [sys.executable, "-m", "stream_app.cli", "worker"]
 
-    def __init__(self, env: dict, workdir: Path, name: str = "w", argv: list[str] | None = None) -> None:
+    def __init__(self, env: dict, workdir: Path, name: str = "w", argv: list[str] | None = None,
+                 data_dir: Path | None = None) -> None:
         self.argv = argv or self.FAUST
         self.port = free_port()
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(env, INTEREST_WEB_PORT=str(self.port),
-                        INTEREST_DATA_DIR=str(self.dir / "data"))
+        self.data_dir = Path(data_dir) if data_dir else self.dir / "data"
+        self.env = dict(env, INTEREST_WEB_PORT=str(self.port), INTEREST_DATA_DIR=str(self.data_dir))
         self.log_path = self.dir / "worker.log"
         self.proc: subprocess.Popen | None = None
 
@@ -227,8 +228,9 @@ def workers(env, tmp_path, tiny_model_dir):
     started: list[Worker] = []
     env["INTEREST_MODEL_DIR"] = str(tiny_model_dir)
 
-    def make(name: str = "w", start: bool = True, argv: list[str] | None = None, **overrides) -> Worker:
-        w = Worker(dict(env, **overrides), tmp_path, name, argv)
+    def make(name: str = "w", start: bool = True, argv: list[str] | None = None, data_dir=None,
+             **overrides) -> Worker:
+        w = Worker(dict(env, **overrides), tmp_path, name, argv, data_dir)
         started.append(w)
         return w.start() if start else w
 

@@ -79,16 +79,17 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(env, workers):
     w = workers(INTEREST_COMMIT_INTERVAL_S="1")
     producer = stream(env, events, rate=60)  # about 10 s of stream
     rng = random.Random(7)
-    kills = 0
-    while producer.is_alive() or kills < 3:
+    kills_while_streaming = 0
+    while producer.is_alive():
         time.sleep(rng.uniform(1.0, 3.0))
+        streaming = producer.is_alive()
         w.kill()  # SIGKILL: no commit, no flush
-        kills += 1
+        kills_while_streaming += streaming
         w.start()
     producer.join()
     exp = expected(events)
     wait_for(lambda: settled(w, exp), timeout=120, what="exact counts and a vector per user after the kills")
-    assert kills >= 3
+    assert kills_while_streaming >= 2, "the stream ended before the kills could interrupt it twice"
 
 
 def test_broker_outage_of_20s_is_survived(env, workers, local_broker):

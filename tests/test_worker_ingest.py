@@ -72,18 +72,15 @@ def assert_users(worker, events):
 
 
 def wait_until_counted(worker, events):
-    by_user: dict[str, set] = {}
-    for e in events:
-        by_user.setdefault(e["user_id"], set()).add(e["event_id"])
-
+    """Until every user's counts equal those computed from the raw events."""
     def done():
-        for user, evs in by_user.items():
-            status, body = worker.get(f"/users/{user}")
-            if status != 200:
-                return False
-        return True
+        try:
+            assert_users(worker, events)
+            return True
+        except (AssertionError, OSError):
+            return False
 
-    wait_for(done, timeout=60, what="every user to appear")
+    wait_for(done, timeout=60, what="every user's exact counts")
 
 
 def test_events_reach_state_and_malformed_ones_the_dlq(env, workers):

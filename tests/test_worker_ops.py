@@ -40,10 +40,10 @@ def test_sigterm_commits_flushes_and_exits_quickly(env, workers):
     wait_for(lambda: all(w.get(f"/users/{u}")[0] == 200 and w.get(f"/users/{u}")[1]["events"] == len(evs)
                          for u, evs in users.items()), what="all events in state")
     t = time.monotonic()
-    rc = w.stop(timeout=30)
+    rc = w.stop(timeout=60)
     took = time.monotonic() - t
     assert rc == 0, w.log()
-    assert took < 30
+    assert took < 15, f"shutdown took {took:.1f} s"
     committed, end = committed_and_end(env)
     assert committed == end, "offsets of every processed event are committed at shutdown"
     # the changelog was flushed: a worker with an empty state directory restores exact counts

@@ -94,7 +94,9 @@ def test_vectors_are_contract_exact_with_drift(env, workers, tiny_model_dir):
 
     _, metrics = w.get("/metrics")
     assert f'interest_model_info{{version="{model.version}"}} 1.0' in metrics
-    assert "interest_scoring_batches_total" in metrics
+    value = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line and line[0] != "#"}
+    assert value["interest_scored_users_total"] == 7  # one per vector published above
+    assert value["interest_scoring_batches_total"] >= 2
 
 
 def test_forget_deletes_state_and_publishes_a_tombstone(env, workers):

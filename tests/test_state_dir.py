@@ -1,0 +1,76 @@
+"""The worker's local state directory, tried as a new operator would: a directory that does not
+exist yet, one that cannot exist, two deployments sharing one, and local state ahead of its
+changelog (the topics were deleted and created again)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka.admin import KafkaAdminClient
+
+from conftest import Worker, cli, wait_for
+from test_write_behind import counted, send, users_events
+
+pytestmark = pytest.mark.kafka
+
+
+def test_a_missing_state_dir_is_created_and_an_impossible_one_is_a_one_line_error(env, workers, tmp_path):
+    cli(env, "topics", "create")
+    where = tmp_path / "not" / "yet" / "there"
+    w = workers(argv=Worker.CLI, data_dir=where)  # `interest-stream worker`
+    assert (where / f"{env['INTEREST_TOPIC_PREFIX']}interest-stream").is_dir()  # one subdirectory per app id
+    assert w.stop() == 0
+    proc = cli(dict(env, INTEREST_DATA_DIR="/proc/interest-stream"), "worker", check=False, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "INTEREST_DATA_DIR: cannot create /proc/interest-stream/" in proc.stderr
+
+
+def test_two_deployments_one_after_the_other_in_one_state_dir(env, workers, tmp_path):
+    shared = tmp_path / "shared-state"
+    first = users_events(4, 3, name="a")
+    cli(env, "topics", "create")
+    w1 = workers("one", data_dir=shared)
+    send(env, first)
+    wait_for(lambda: counted(w1, first), what="the first deployment's counts")
+    assert w1.stop() == 0
+    other = dict(env, INTEREST_TOPIC_PREFIX=env["INTEREST_TOPIC_PREFIX"] + "b.")
+    cli(other, "topics", "create")
+    w2 = workers("two", data_dir=shared, INTEREST_TOPIC_PREFIX=other["INTEREST_TOPIC_PREFIX"])
+    second = users_events(3, 2, name="b")
+    send(other, second)
+    wait_for(lambda: counted(w2, second), what="the second deployment's counts")
+    assert w2.get("/users/a0")[0] == 404  # the first deployment's users are not the second's
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        f"{e['INTEREST_TOPIC_PREFIX']}interest-stream" for e in (env, other))
+
+
+def delete_topics(env) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        mine = [t for t in admin.list_topics() if t.startswith(env["INTEREST_TOPIC_PREFIX"])]
+        admin.delete_topics(mine)
+        wait_for(lambda: not [t for t in admin.list_topics() if t.startswith(env["INTEREST_TOPIC_PREFIX"])],
+                 what="the topics deleted")
+    finally:
+        admin.close()
+
+
+def test_local_state_ahead_of_its_changelog_is_rebuilt_from_it_with_a_warning(env, workers):
+    cli(env, "topics", "create")
+    w = workers()
+    old = users_events(5, 4, name="old")
+    send(env, old)
+    wait_for(lambda: counted(w, old), what="counts before")
+    assert w.stop() == 0  # flushed: the local RocksDB holds changelog offsets 0..4
+    delete_topics(env)
+    for _ in range(30):  # the broker may still be finishing the deletion
+        if "created" in cli(env, "topics", "create", check=False).stdout:
+            break
+        time.sleep(1)
+    w.start()  # same state directory
+    log = w.log(400)
+    assert "deleting it to rebuild from the changelog" in log and "ConsistencyError" not in log
+    assert w.get("/users/old0")[0] == 404  # the changelog is the truth: it is empty now
+    new = users_events(2, 3, name="new")
+    send(env, new)
+    wait_for(lambda: counted(w, new), what="counts after the rebuild")
