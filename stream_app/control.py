@@ -2,8 +2,9 @@
 the control topic (co-partitioned with the table).
 
 Forgetting deletes the user's state (a changelog tombstone, flushed at once, so the user stays gone
-after restarts and on standbys) and then publishes a tombstone on the interest topic, which the
-command waits for.
+after restarts and on standbys), commits the offsets of the events that flush covered (so none of
+the user's past events is read again after a crash), and then publishes a tombstone on the
+interest topic, which the command waits for.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ async def apply_control(partition: int, key: bytes | None, value: bytes | None) 
     if op == "forget" and key:
         app.states.delete(partition, key)
         await app.flusher.flush("forget", [partition])
+        # the user's events are acknowledged now: commit them before saying the user is gone, or a
+        # crash right after would read them again and bring the user back
+        await app.consumer.commit()
         interests_topic.send_soon(key=key, value=None)  # tombstone on the compacted topic
         return "forgotten"
     if op in OBSOLETE_OPS:

@@ -84,7 +84,6 @@ async def score_pass() -> int:
     model = app.models.model  # one model for the whole pass, even if a swap happens meanwhile
     if model is None or not is_ready():
         return 0
-    await index_new_partitions()
     generation = app.consumer_generation_id
     pending = app.states.pending
     todo = [(p, k) for p in sorted(owned_partitions()) for k in sorted(pending.get(p, ()))]
@@ -134,9 +133,11 @@ SCORE_TICK_S = min(1.0, settings.score_interval_s)
 async def score_timer():
     """Publish interest vectors for users with new events (on owned partitions only)."""
     t0 = time.monotonic()
-    if t0 < app.scorer.next_start:
-        return
+    if t0 < app.scorer.next_start or not is_ready() or app.models.model is None:
+        return  # not due yet, or not ready: the next tick tries again
     app.scorer.next_start = t0 + settings.score_interval_s
+    await index_new_partitions()  # once per assignment; not part of the pass's time
+    t0 = time.monotonic()
     metrics.SCORING_ACTIVE.set(1)
     try:
         n = await score_pass()
