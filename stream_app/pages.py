@@ -227,7 +227,7 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
 <p class="meta">{plural(summary['events'], 'event')} in the window ({plural(counts['click'], 'click')},
 {plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])}; model {esc(ex['model_version'])}</p>
 <h2>Interest evolution across the window</h2>
-<p class="meta">The vector after each event of the window (the {ex['events']} events the model reads),
+<p class="meta">The vector after each event of the window (the {plural(ex['events'], 'event')} the state keeps in full),
 recomputed from the user's state.</p>
 <div id="chart"></div><ul id="legend"></ul><div id="tip"></div>
 <h2>Top interests now</h2>
