@@ -28,7 +28,7 @@ An event is shown as its type, its category and item (clicks and browses), its `
 """
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,39 +90,66 @@ class ProfileUnwinder:
         per_row[rows_with, self.cat[rows_with]] = self.C[rows_with]
         self.G = np.cumsum(per_row[::-1], axis=0)[::-1]
 
-    def _stored(self, values: np.ndarray, t: int | None) -> dict | None:
+    def before_all(self, xs) -> np.ndarray:
+        """(len(xs), m, scales): the profile after the events with ``ts <= x`` only, read as of ``x``,
+        for each ``x`` (at or after the first row's ts)."""
+        xs = np.asarray(xs, dtype=np.int64)
+        i = np.searchsorted(np.asarray(self.ts, dtype=np.int64), xs, side="right")
+        rest = self.V[None] - self.G[i]
+        rest[rest < EPS] = 0.0
+        removed = len(self.ts) - i
+        for s, (hm, he) in enumerate(_SCALES):
+            rest[:, :, s] *= (2.0 ** ((self.t - xs) / hm) if hm else 2.0 ** (removed / he))[:, None]
+        return rest
+
+    def without_all(self, js) -> tuple[np.ndarray, list[int | None]]:
+        """(len(js), m, scales): the profile without row ``j``, for each ``j``; and the ``t`` of each."""
+        js = np.asarray(js, dtype=np.int64)
+        n, N = len(self.ts), len(js)
+        out = np.repeat(self.V[None], N, axis=0)
+        own = np.nonzero(self.cat[js] >= 0)[0]
+        out[own, self.cat[js[own]]] -= self.C[js[own]]
+        ts = np.asarray(self.ts, dtype=np.int64)
+        lo = np.searchsorted(ts, ts[js], side="left")
+        older = self.V[None] - self.G[lo]  # the events strictly older than row j
+        older[older < EPS] = 0.0
+        # without the only newest event the profile is read as of the newest remaining one
+        only_newest = (js == n - 1) & (lo == n - 1) & (n > 1)
+        new_t = [int(ts[-2]) if o else self.t for o in only_newest]
+        for s, (hm, he) in enumerate(_SCALES):
+            if he:
+                out[:, :, s] += (2.0 ** (1.0 / he) - 1.0) * older[:, :, s]
+            elif only_newest.any():
+                out[only_newest, :, s] *= 2.0 ** ((self.t - ts[-2]) / hm)
+        out[out < EPS] = 0.0
+        return out, new_t
+
+    def before(self, x: int) -> dict | None:
+        """:meth:`before_all` of one ``x`` in the stored form (``{"t", "c": {category: millionths}}``)."""
+        return self.stored(self.before_all([x])[0], x)
+
+    def without(self, j: int) -> dict | None:
+        """:meth:`without_all` of one row in the stored form."""
+        values, ts = self.without_all([j])
+        return self.stored(values[0], ts[0])
+
+    def stored(self, values: np.ndarray, t: int | None) -> dict | None:
         if t is None:
             return None
         return {"t": t, "c": {c: [float(v) * PROFILE_UNIT for v in vs]
                               for c, vs in zip(self.categories, values) if vs.any()}}
 
-    def before(self, x: int) -> dict | None:
-        """The profile after the events with ``ts <= x`` only (x at or after the first row's ts)."""
-        i = bisect_right(self.ts, x)
-        removed = len(self.ts) - i
-        rest = self.V - self.G[i]
-        rest[rest < EPS] = 0.0
-        grow = [2.0 ** ((self.t - x) / hm) if hm else 2.0 ** (removed / he) for hm, he in _SCALES]
-        return self._stored(rest * np.array(grow), x)
-
-    def without(self, j: int) -> dict | None:
-        """The profile without row ``j``."""
-        ts = self.ts[j]
-        out = self.V.copy()
-        if self.cat[j] >= 0:
-            out[self.cat[j]] -= self.C[j]
-        older = self.V - self.G[bisect_left(self.ts, ts)]  # the events strictly older than row j
-        older[older < EPS] = 0.0
-        new_t = self.t
-        if ts == self.t and bisect_left(self.ts, ts) == len(self.ts) - 1:  # the only newest event
-            new_t = self.ts[-2] if len(self.ts) > 1 else self.t
-        for s, (hm, he) in enumerate(_SCALES):
-            if he:
-                out[:, s] += (2.0 ** (1.0 / he) - 1.0) * older[:, s]
-            elif new_t != self.t:
-                out[:, s] *= 2.0 ** ((self.t - new_t) / hm)
-        out[out < EPS] = 0.0
-        return self._stored(out, new_t)
+    def inputs(self, values: np.ndarray, encoder) -> np.ndarray:
+        """(N, P) float32 model inputs of (N, m, scales) values, laid out as
+        :meth:`interest_core.encoding.Encoder.profile_vector` lays them out (scale-major, categories
+        in output order, categories the model does not know left out)."""
+        k = encoder.k
+        out = np.zeros((len(values), encoder.profile_size), np.float32)
+        idx = np.array([encoder.category_index(c) for c in self.categories], dtype=np.int64)
+        keep = np.nonzero(idx >= 0)[0]
+        for s in range(len(encoder.profile_scales)):
+            out[:, s * k + idx[keep]] = values[:, keep, s]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,20 +191,19 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
                                [(r[0], r[2], r[3]) for r in snap.tied] + [(r[0], r[2], r[3]) for r in rows])
     offset = len(snap.tied)
     window = score_input.window
-    has_profile = bool(model.encoder.profile_size)
-    windows = [window, window]
-    profiles: list = [None, None]  # 0: the current state (its input below), 1: without the profile
-    for j in range(n):
-        windows.append(window[:j] + window[j + 1:])
-        profiles.append(unwinder.without(offset + j) if has_profile else None)
     row_ts = [r[0] for r in rows]
     points = sorted(set(row_ts))[:-1] if evolution else []  # the last point is "now"
-    for x in points:
-        windows.append(window[:bisect_right(row_ts, x)])
-        profiles.append(unwinder.before(x) if has_profile else None)
+    # 0: the current state, 1: without the profile, then without each event, then each moment
+    windows = [window, window] + [window[:j] + window[j + 1:] for j in range(n)]
+    windows += [window[:bisect_right(row_ts, x)] for x in points]
+    prof_in = np.zeros((len(windows), model.encoder.profile_size), np.float32)
+    if model.encoder.profile_size:
+        prof_in[0] = score_input.profile  # exactly what live scoring feeds
+        if n:
+            prof_in[2:2 + n] = unwinder.inputs(unwinder.without_all(range(offset, offset + n))[0], model.encoder)
+        if points:
+            prof_in[2 + n:] = unwinder.inputs(unwinder.before_all(points), model.encoder)
     enc = model.encoder.encode
-    prof_in = model.profile_inputs(profiles, len(profiles))
-    prof_in[0] = score_input.profile  # exactly what live scoring feeds
     probs = model.predict_ids([enc(w) for w in windows], prof_in, batch)
 
     cats = list(model.categories)
@@ -202,7 +228,7 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
         "top": top,
         "categories": explained,
         "profile": {
-            "used": has_profile,
+            "used": bool(model.encoder.profile_size),
             "effect": {c: interests[c] - without[c] for c in top},
             "without_profile": {c: without[c] for c in top},
             "divergence": js_divergence(interests, without),

@@ -66,6 +66,16 @@ def test_unwound_profile_equals_trainings_fold(seed, stored):
         assert_same_profile(un.without(j), fold(events[:first_row + j] + events[first_row + j + 1:]), tol)
 
 
+def test_model_inputs_are_laid_out_as_the_encoder_lays_them_out():
+    events = history(4) + [WindowEvent(T0 + 10**9, "click", "unknown-to-the-model", "x")]
+    full = fold(events)
+    un = ProfileUnwinder(profile_values(full), full["t"], [(e.ts, e.type, e.category) for e in events])
+    enc = CountingModel().encoder
+    got = un.inputs(un.before_all([full["t"]]), enc)[0]
+    assert got.dtype == np.float32 and got.tolist() == pytest.approx(enc.profile_vector(full), abs=1e-6)
+    assert got.any()
+
+
 def test_unwinding_changes_what_it_should():
     """Not vacuous: removing a click of a category lowers that category on every scale."""
     events = history(3)
