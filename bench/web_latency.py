@@ -14,8 +14,10 @@ briefly trained on a simulated population (speed does not depend on the weights)
 
 Requests are sequential, over one kept-alive connection per endpoint (the client's time, which
 includes HTTP and JSON); each endpoint is warmed up first. Prints JSON: p50/p90/p99/max in ms per
-endpoint, the machine, and the load average before and after (other jobs on the machine make
-figures noisy: read them with it).
+endpoint, the worker's CPU time per request (user + system, from /proc: what a request costs on
+one core whatever else runs on the machine; for routed requests, the forwarding worker's share),
+the machine, and the load average before and after (other jobs on the machine make the latencies
+noisy: read them with it).
 
 Goals (issue 13): explain p99 <= 100 ms for a full 128-event window, rerank p99 <= 20 ms for 200
 candidates, on one core.
@@ -88,6 +90,22 @@ def timed(port: int, requests: list[tuple[str, str, bytes | None]], warmup: int 
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(port: int, pid: int, requests: list) -> dict:
+    """Client-side percentiles, and the worker's CPU time per request over the timed requests
+    (load-independent: what one request costs on one core)."""
+    timed(port, requests[:20], warmup=0)
+    c0 = cpu_seconds(pid)
+    out = percentiles(timed(port, requests, warmup=0))
+    out["worker_cpu_ms_per_request"] = round((cpu_seconds(pid) - c0) * 1000 / len(requests), 2)
+    return out
+
+
 def get_json(port: int, path: str):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -105,7 +123,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="timed requests per endpoint")
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--model", type=Path, help="an exported model (default: the default config, briefly trained)")
-    ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1, help="CPU the worker is pinned to")
+    ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1,
+                    help="CPU the worker is pinned to (-1: not pinned; it still computes on one core at a time)")
     ap.add_argument("--no-routed", action="store_true", help="skip the second worker (routed requests)")
     args = ap.parse_args()
     from stream_app.settings import Settings
@@ -132,7 +151,8 @@ def main() -> None:
                    INTEREST_ORT_THREADS="1", INTEREST_STORE="rocksdb://")
         s = Settings.from_env(env)
         create_topics(s)
-        owner = WorkerProc(env, work, name="owner", cpus={args.cpu}).start()
+        cpus = {args.cpu} if args.cpu >= 0 else None
+        owner = WorkerProc(env, work, name="owner", cpus=cpus).start()
         send_events([e for evs in users.values() for e in evs], s)
         deadline = time.monotonic() + 180
         pending = set(users)
@@ -155,15 +175,16 @@ def main() -> None:
         explain_reqs = [("GET", f"/users/{names[i % len(names)]}/explain", None) for i in range(args.requests)]
         rerank_reqs = [("POST", f"/users/{names[i % len(names)]}/rerank", rerank_body) for i in range(args.requests)]
         view_reqs = [("GET", f"/users/{names[i % len(names)]}/view", None) for i in range(args.requests // 4)]
+        pid = owner.proc.pid
         result = {"owner": {
-            "explain": percentiles(timed(owner.port, explain_reqs)),
-            "rerank": percentiles(timed(owner.port, rerank_reqs)),
-            "view": percentiles(timed(owner.port, view_reqs)),
+            "explain": measured(owner.port, pid, explain_reqs),
+            "rerank": measured(owner.port, pid, rerank_reqs),
+            "view": measured(owner.port, pid, view_reqs),
         }}
         load_mid = os.getloadavg()
         if not args.no_routed:
             # a second worker: it takes half the partitions; ask it about the users it does NOT own
-            other = WorkerProc(env, work, name="router", cpus={args.cpu}).start()
+            other = WorkerProc(env, work, name="router", cpus=cpus).start()
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 p1 = set(get_json(owner.port, "/health")[1]["partitions"])
@@ -176,10 +197,12 @@ def main() -> None:
             foreign = [u for u in names if partition_for(u.encode(), 4) not in p2]
             result["routed"] = {
                 "users": len(foreign),
-                "explain": percentiles(timed(other.port, [("GET", f"/users/{foreign[i % len(foreign)]}/explain", None)
-                                                          for i in range(args.requests)])),
-                "rerank": percentiles(timed(other.port, [("POST", f"/users/{foreign[i % len(foreign)]}/rerank",
-                                                          rerank_body) for i in range(args.requests)])),
+                "explain": measured(other.port, other.proc.pid,
+                                    [("GET", f"/users/{foreign[i % len(foreign)]}/explain", None)
+                                     for i in range(args.requests)]),
+                "rerank": measured(other.port, other.proc.pid,
+                                   [("POST", f"/users/{foreign[i % len(foreign)]}/rerank", rerank_body)
+                                    for i in range(args.requests)]),
             }
             other.stop()
         owner.stop()
@@ -190,7 +213,7 @@ def main() -> None:
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after_owner_phase": [round(x, 2) for x in load_mid],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "worker": {"pinned_cpu": args.cpu, "ort_threads": 1},
+        "worker": {"pinned_cpu": args.cpu if args.cpu >= 0 else None, "ort_threads": 1},
         "model": {"version": card["version"], "categories": len(card["categories"]), "max_len": card["max_len"],
                   "dir": str(model_dir)},
         "workload": {"users": args.users, "events_per_user": args.events, "window_rows_in_full": 128,
