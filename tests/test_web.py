@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import urllib.error
 import urllib.request
 
@@ -73,9 +74,17 @@ def owned(w) -> set[int]:
 def cluster(kafka, tiny_model_dir, tmp_path_factory):
     """Two workers sharing 4 partitions, users with their vectors published."""
     env = make_env(kafka)
-    env["INTEREST_MODEL_DIR"] = str(tiny_model_dir)
-    cli(env, "topics", "create")
     tmp = tmp_path_factory.mktemp("web")
+    # the tiny model with a population prior in its card (as `train` writes it; the version hashes
+    # the graph and the encoding only), so re-ranking is checked with a prior far from uniform
+    model_dir = tmp / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = orjson.loads((model_dir / "model.json").read_bytes())
+    weights = {c: 1.0 + 3 * (i % 4) for i, c in enumerate(card["categories"])}
+    card["category_prior"] = {c: w / sum(weights.values()) for c, w in weights.items()}
+    (model_dir / "model.json").write_bytes(orjson.dumps(card))
+    env["INTEREST_MODEL_DIR"] = str(model_dir)
+    cli(env, "topics", "create")
     ws = [Worker(env, tmp, "w1").start(), Worker(env, tmp, "w2").start()]
     try:
         wait_for(lambda: owned(ws[0]) and owned(ws[1]) and owned(ws[0]) | owned(ws[1]) == {0, 1, 2, 3}
@@ -84,7 +93,7 @@ def cluster(kafka, tiny_model_dir, tmp_path_factory):
         send(env, [e for evs in users.values() for e in evs])
         vecs = vectors_by_user(env, expect=len(users))
         assert set(vecs) == set(users)
-        yield env, ws, users, {u: v[-1] for u, v in vecs.items()}
+        yield env, ws, users, {u: v[-1] for u, v in vecs.items()}, LoadedModel.load(model_dir)
     finally:
         for w in ws:
             w.kill()
@@ -115,9 +124,9 @@ def fold(events: list[dict]):
     return window_slice(win, uniq[-1]["ts"], HORIZON, 128), prof
 
 
-def test_rerank_is_routed_to_the_owner_and_exact(cluster, tiny_model_dir):
-    env, ws, users, vectors = cluster
-    model = LoadedModel.load(tiny_model_dir)
+def test_rerank_is_routed_to_the_owner_and_exact(cluster):
+    env, ws, users, vectors, model = cluster
+    prior = model.card["category_prior"]
     rng = random.Random(7)
     cats = list(model.categories) + ["underwater-basket-weaving"]
     items = [{"item_id": f"c{i}", "category": rng.choice(cats), "score": round(rng.random(), 3)} for i in range(200)]
@@ -125,17 +134,20 @@ def test_rerank_is_routed_to_the_owner_and_exact(cluster, tiny_model_dir):
         w = not_owner(ws, user)
         status, body = post(w, f"/users/{user}/rerank", {"items": items, "weight": 0.7})
         assert status == 200, body
-        want = rerank(vectors[user], [Item(**it) for it in items], 0.7, prior=model.card.get("category_prior"))
+        want = rerank(vectors[user], [Item(**it) for it in items], 0.7, prior=prior)
+        uniform = rerank(vectors[user], [Item(**it) for it in items], 0.7)
+        assert [it.item_id for it in want.items] != [it.item_id for it in uniform.items]  # the prior matters
         assert body["personalized"] is True and body["user_id"] == user
         assert body["model_version"] == vectors[user]["model_version"] == model.version
         assert [it["item_id"] for it in body["items"]] == [it.item_id for it in want.items]
         assert [it["blended"] for it in body["items"]] == pytest.approx([it.blended for it in want.items], abs=1e-12)
         assert body["unknown_categories"] == ["underwater-basket-weaving"]
-    # the blend used the user's vector: the decisive user's travel items rise above their score order
-    status, body = post(ws[0], "/users/decisive/rerank", {"items": [
-        {"item_id": "a", "category": "sports", "score": 0.9}, {"item_id": "b", "category": "travel", "score": 0.5},
-        {"item_id": "c", "category": "cooking", "score": 0.7}], "weight": 1.0})
-    assert [it["item_id"] for it in body["items"]][:1] == ["b"]
+    # at weight 1 the order is the user's interest over the population's, by hand
+    trio = [{"item_id": "a", "category": "sports", "score": 0.9}, {"item_id": "b", "category": "travel", "score": 0.5},
+            {"item_id": "c", "category": "cooking", "score": 0.7}]
+    status, body = post(ws[0], "/users/decisive/rerank", {"items": trio, "weight": 1.0})
+    lift = {it["item_id"]: vectors["decisive"]["interests"][it["category"]] / prior[it["category"]] for it in trio}
+    assert [it["item_id"] for it in body["items"]] == sorted(lift, key=lambda i: -lift[i])
 
     # an unknown user: the original order, not personalized, from either worker
     for w in ws:
@@ -156,17 +168,17 @@ def test_rerank_is_routed_to_the_owner_and_exact(cluster, tiny_model_dir):
     ({"items": [{"item_id": f"a{i}", "category": "tech", "score": 1} for i in range(1001)]}, "items"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": 1.5}, "weight"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": "heavy"}, "weight"),
+    (b'{"items": [], "pad": "' + b"x" * (1 << 20) + b'"}', "body"),  # over 1 MiB
 ])
 def test_rerank_bad_input_is_a_400_naming_the_field(cluster, body, field):
-    env, ws, users, vectors = cluster
+    env, ws, users, vectors, _ = cluster
     for w in (ws[0], ws[1]):
         status, answer = post(w, "/users/decisive/rerank", body)
         assert status == 400 and answer["field"] == field, answer
 
 
-def test_explain_is_routed_exact_and_names_the_decisive_burst(cluster, tiny_model_dir):
-    env, ws, users, vectors = cluster
-    model = LoadedModel.load(tiny_model_dir)
+def test_explain_is_routed_exact_and_names_the_decisive_burst(cluster):
+    env, ws, users, vectors, model = cluster
     events = users["decisive"]
     status, out = not_owner(ws, "decisive").get("/users/decisive/explain")
     assert status == 200, out
@@ -219,7 +231,7 @@ def test_explain_is_routed_exact_and_names_the_decisive_burst(cluster, tiny_mode
 
 
 def test_pages_in_a_real_browser(cluster, tmp_path):
-    env, ws, users, vectors = cluster
+    env, ws, users, vectors, _ = cluster
     if chromium_path() is None:
         pytest.skip("chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
     w = not_owner(ws, "decisive")
