@@ -12,12 +12,14 @@ there, body included: :func:`route`):
 
 Per worker: ``GET /`` (an HTML overview), ``/health``, ``/metrics``.
 
-Model work (explanations, the evolution) runs in a thread, never in the event loop.
+Model work (explanations, the evolution) runs in a thread of its own (one at a time), never in the
+event loop.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import orjson
@@ -111,6 +113,11 @@ class RerankView(View):
         return json_response(response_body(user_id, vector["model_version"] if vector else None, ranked))
 
 
+# Explanations run one at a time in a thread of their own: a burst of them queues there instead of
+# taking more than one core from ingestion and scoring (whose model calls use the default executor).
+app.explainer = ThreadPoolExecutor(1, thread_name_prefix="explain")
+
+
 async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | None:
     """(state, explanation) of a user this worker owns, None for an unknown user. The inputs are
     copied here, the model runs in a thread."""
@@ -121,7 +128,7 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
     inp = core.snapshot(user_id.encode(), st, model, LIMITS.horizon_ms)
     snap = explain.snapshot(st)
     loop = asyncio.get_running_loop()
-    out = await loop.run_in_executor(None, explain.explain, model, inp, snap, settings.score_batch, evolution)
+    out = await loop.run_in_executor(app.explainer, explain.explain, model, inp, snap, settings.score_batch, evolution)
     return st, out
 
 
