@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json
 	$(PY) bench/soak.py --rate $(SUSTAINED_RATE) | tee bench-out/soak.json
 	$(PY) bench/score.py | tee bench-out/score.json
+	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 

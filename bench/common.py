@@ -116,8 +116,10 @@ class WorkerProc:
     version, for new-against-old ratios in one run): it goes first on PYTHONPATH, ahead of the
     editable install."""
 
-    def __init__(self, env: dict, workdir: Path, src: Path | None = None, name: str = "worker"):
+    def __init__(self, env: dict, workdir: Path, src: Path | None = None, name: str = "worker",
+                 cpus: set[int] | None = None):
         self.port = free_port()
+        self.cpus = cpus  # CPUs the worker process may run on (all its threads); None: any
         self.workdir = workdir
         self.name = name
         self.src = Path(src) if src else ROOT
@@ -131,7 +133,8 @@ class WorkerProc:
         _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
                                       "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -94,6 +94,7 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
             stdout=open(OUT / "worker.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_healthy(settings.web_port, worker)
+        print_urls(settings, follow)
 
         from models.simulate import iter_live_events
 
@@ -142,6 +143,15 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> Non
     raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT}/worker.log")
 
 
+def print_urls(settings: Settings, follow: int) -> None:
+    """The worker's pages, to open in a browser while the demo runs."""
+    base = f"http://127.0.0.1:{settings.web_port}"
+    say(f"while the demo runs: the worker's overview at {base}/")
+    for i in range(follow):
+        say(f"  user u{i}: {base}/users/u{i}/view  (JSON: {base}/users/u{i}/explain, "
+            f"POST {base}/users/u{i}/rerank)")
+
+
 def show_vectors(settings: Settings, seconds: float, follow: int) -> None:
     """Print the vectors of the first ``follow`` users as they change, and a count of the rest."""
     from kafka import KafkaConsumer
@@ -171,7 +181,8 @@ def show_vectors(settings: Settings, seconds: float, follow: int) -> None:
 
 
 def summary(settings: Settings, follow: int, sent: int) -> None:
-    say(f"{sent} events streamed; windows as the worker holds them:")
+    say(f"{sent} events streamed; windows as the worker holds them (pages: "
+        f"http://127.0.0.1:{settings.web_port}/users/<id>/view):")
     for i in range(follow):
         uid = f"u{i}"
         try:

@@ -1,20 +1,47 @@
-"""The worker's web views (Faust's web server): a user's state, health and Prometheus metrics.
+"""The worker's web views (Faust's web server).
 
-``/users/{id}`` is answered by whichever worker owns the user (Faust's ``table_route`` forwards
-the request), from the state in memory or in the table.
+Per user, answered by the worker that owns the user (any worker takes the request and forwards it
+there, body included: :func:`route`):
+
+* ``GET /users/{id}``: the user's window counts and latest vector;
+* ``POST /users/{id}/rerank``: candidates re-ordered by the blend of :mod:`interest_core.rerank`
+  with the user's latest vector (:mod:`stream_app.rerank` validates the body);
+* ``GET /users/{id}/explain``: why the vector says what it says (:mod:`stream_app.explain`);
+* ``GET /users/{id}/view``: an HTML page of the user's evolution, top interests and explanation
+  (:mod:`stream_app.pages`).
+
+Per worker: ``GET /`` (an HTML overview), ``/health``, ``/metrics``.
+
+Model work (explanations, the evolution) runs in a thread of its own (one at a time), never in the
+event loop.
 """
 from __future__ import annotations
 
-import orjson
-from aiohttp.web import Response
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-from . import metrics, state
+import aiohttp
+import orjson
+from aiohttp.web import HTTPRequestEntityTooLarge, Response
+from faust.web import View
+from yarl import URL
+
+from . import core, explain, metrics, pages, state
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .partitioning import partition_for
+from .rerank import RequestError, parse_request, rerank, response_body
+
+ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
+FORWARD_TIMEOUT_S = 10.0
 
 
 def json_response(body, status: int = 200) -> Response:
     return Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def html_response(body: str, status: int = 200) -> Response:
+    return Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 
 def user_state(user_id: str) -> dict | None:
@@ -23,13 +50,137 @@ def user_state(user_id: str) -> dict | None:
     return lookup(partition_for(key, settings.partitions), key)
 
 
+def _ident(url: URL) -> tuple[str, int]:
+    return (url.host or "", int(url.port or 80))
+
+
+async def route(request, user_id: str, body: bytes | None = None) -> Response | None:
+    """The owner's answer when another worker owns ``user_id`` (the request forwarded there with
+    its method, query and body), else None: this worker answers. Faust's ``table_route`` forwards
+    neither bodies nor a guard against forwarding loops while two workers disagree during a
+    rebalance; here a forwarded request carries :data:`ROUTED` and is answered where it lands."""
+    if ROUTED in request.headers:
+        return None
+    try:
+        dest = app.router.key_store(users.name, user_id)
+    except KeyError:  # no assignment yet (starting, rebalancing)
+        return json_response({"error": "no worker owns this user yet (rebalancing); retry"}, status=503)
+    if _ident(dest) == _ident(URL(app.conf.canonical_url)):
+        return None
+    url = request.url.with_scheme(dest.scheme or "http").with_host(dest.host).with_port(dest.port)
+    headers = {ROUTED: "1"}
+    if body is not None:
+        headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+    try:
+        async with app.http_client.request(request.method, url, data=body, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as r:
+            payload = await r.read()
+            return Response(body=payload, status=r.status,
+                            headers={"Content-Type": r.headers.get("Content-Type", "application/octet-stream")})
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return json_response({"error": f"the worker owning this user ({dest}) did not answer: "
+                                       f"{type(exc).__name__}"}, status=503)
+
+
 @app.page("/users/{user_id}")
-@app.table_route(table=users, match_info="user_id")
 async def user_view(web, request, user_id: str):
+    if (routed := await route(request, user_id)) is not None:
+        return routed
     st = user_state(user_id)
     if st is None:
         return json_response({"error": "unknown user", "user_id": user_id}, status=404)
     return json_response({"user_id": user_id, **state.summary(st, LIMITS.horizon_ms), "interests": st["out"]})
+
+
+@app.page("/users/{user_id}/rerank")
+class RerankView(View):
+    async def post(self, request, user_id: str):
+        """Re-rank candidates with the user's latest vector (the owner answers)."""
+        try:
+            body = await request.read()
+        except HTTPRequestEntityTooLarge as exc:
+            return json_response(RequestError("body", f"body is too large: {exc.text}").body(), status=400)
+        req = parse_request(body)
+        if isinstance(req, RequestError):
+            return json_response(req.body(), status=400)
+        if (routed := await route(request, user_id, body)) is not None:
+            return routed
+        st = user_state(user_id)
+        vector = st.get("out") if st is not None else None
+        model = app.models.model
+        prior = model.card.get("category_prior") if model is not None else None
+        ranked = rerank(vector, req.items, req.weight, prior=prior)
+        return json_response(response_body(user_id, vector["model_version"] if vector else None, ranked))
+
+
+# Explanations run one at a time in a thread of their own: a burst of them queues there instead of
+# taking more than one core from ingestion and scoring (whose model calls use the default executor).
+app.explainer = ThreadPoolExecutor(1, thread_name_prefix="explain")
+
+
+async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | None:
+    """(state, explanation) of a user this worker owns, None for an unknown user. The inputs are
+    copied here, the model runs in a thread."""
+    st = user_state(user_id)
+    model = app.models.model
+    if st is None or model is None:
+        return None
+    inp = core.snapshot(user_id.encode(), st, model, LIMITS.horizon_ms)
+    snap = explain.snapshot(st)
+    loop = asyncio.get_running_loop()
+    out = await loop.run_in_executor(app.explainer, explain.explain, model, inp, snap, settings.score_batch, evolution)
+    return st, out
+
+
+@app.page("/users/{user_id}/explain")
+async def explain_view(web, request, user_id: str):
+    if (routed := await route(request, user_id)) is not None:
+        return routed
+    found = await explain_user(user_id, evolution=False)
+    if found is None:
+        return json_response({"error": "unknown user", "user_id": user_id}, status=404)
+    return json_response({"user_id": user_id, **found[1]})
+
+
+@app.page("/users/{user_id}/view")
+async def page_view(web, request, user_id: str):
+    if (routed := await route(request, user_id)) is not None:
+        return routed
+    found = await explain_user(user_id, evolution=True)
+    if found is None:
+        return html_response(pages.missing_user_page(user_id), status=404)
+    st, out = found
+    return html_response(pages.user_page(user_id, state.summary(st, LIMITS.horizon_ms), st["out"], out))
+
+
+# --- the worker's overview ----------------------------------------------------------------
+app.rates = pages.Rates()
+RATE_SAMPLE_S = 5.0
+
+
+@app.timer(RATE_SAMPLE_S)
+async def sample_rates():
+    """Sample the event counters for the overview's events/s."""
+    app.rates.add(time.monotonic(), pages.counters(metrics.REGISTRY))
+
+
+@app.page("/")
+async def overview_view(web, request):
+    now = time.monotonic()
+    counts = pages.counters(metrics.REGISTRY)
+    info = {
+        "worker": settings.web_url,
+        "ready": is_ready(),
+        "model_version": app.models.version,
+        "partitions": sorted(owned_partitions()),
+        "lag": sorted((tp.topic, tp.partition, lag) for tp, lag in partition_lags()),
+        "rates": app.rates.per_second(now, counts),
+        "totals": counts,
+        "dead_letters": pages.dead_letters(metrics.REGISTRY),
+        "cached_users": app.states.users(),
+        "recent_users": pages.recent_users(app.states.entries, 10),
+    }
+    return html_response(pages.overview_page(info))
 
 
 @app.page("/health")

@@ -106,6 +106,12 @@ _counter = itertools.count()
 @pytest.fixture
 def env(kafka, tmp_path, request):
     """Environment of one test: unique topic prefix, fast Faust settings."""
+    return make_env(kafka)
+
+
+def make_env(kafka: str) -> dict:
+    """A fresh test environment (unique topic prefix, fast Faust settings): :func:`env`, and
+    module-scoped fixtures that share workers between tests."""
     prefix = f"t{next(_counter)}-{uuid.uuid4().hex[:6]}."
     e = dict(os.environ)
     e.update({

@@ -1,0 +1,364 @@
+"""The worker's HTML pages, and the small bookkeeping of its overview (pure: no Faust).
+
+* :func:`user_page` (``GET /users/{id}/view``): the user's interest evolution across the window (a
+  stacked area chart that inline JavaScript draws as SVG from the JSON embedded in the page), the
+  top interests with their change over the window and the latest vector's drift, and the
+  explanation of :mod:`stream_app.explain`.
+* :func:`overview_page` (``GET /``): the worker's partitions, lag, model version, event rates, dead
+  letters by reason and links to recently active users.
+
+The machines may be offline: no external scripts, fonts, images or styles. Everything that comes
+from events (user ids, categories, item ids) is escaped, in HTML and in the embedded JSON.
+"""
+from __future__ import annotations
+
+import html
+import time
+from collections import deque
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import orjson
+
+CHART_CATEGORIES = 6  # categories drawn in the chart (the rest stacked as "other")
+RATE_WINDOW_S = 60.0  # events/s over about the last minute
+EXPLAIN_LIMIT = 5
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def embed_json(value) -> str:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>``, no comment openers)."""
+    return (orjson.dumps(value).decode()
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def iso(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return "-"
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(ms: int) -> str:
+    """A short human form of an event-time age: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
+    s = ms // 1000
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86_400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86_400} d {s % 86_400 // 3600} h"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('ch') else 's'}"
+
+
+def user_url(user_id: str, page: str = "view") -> str:
+    return f"/users/{quote(user_id, safe='')}/{page}"
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1040px;
+padding:16px 24px;color:#1d232a;background:#fbfbfc}
+h1{font-size:22px;margin:8px 0 4px}h2{font-size:16px;margin:22px 0 8px;border-bottom:1px solid #dde1e6;
+padding-bottom:4px}nav a,a{color:#1f5fbf;text-decoration:none}a:hover{text-decoration:underline}
+.meta{color:#59636e;margin:0 0 8px}table{border-collapse:collapse;margin:4px 0}
+td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}th{color:#59636e;font-weight:600}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.bar{display:inline-block;height:10px;background:#4e79a7;vertical-align:middle;border-radius:2px}
+.up{color:#1b7f3b}.down{color:#b3261e}.muted{color:#7a838c}
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:8px 24px}
+.card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px}
+.card h3{font-size:15px;margin:2px 0 6px}ul.events{list-style:none;padding:0;margin:0 0 6px}
+ul.events li{padding:1px 0}#chart svg{display:block;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
+#legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
+#legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
+#tip{min-height:1.45em;color:#59636e}
+"""
+
+# Draws the stacked area chart from the embedded JSON: one point after each moment of the window,
+# the CHART_CATEGORIES categories that reached the highest share stacked, the rest as "other".
+CHART_JS = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("evolution-data").textContent);
+  var box = document.getElementById("chart"), legend = document.getElementById("legend");
+  var tip = document.getElementById("tip");
+  var NS = "http://www.w3.org/2000/svg";
+  var n = data.ts.length;
+  if (n === 0) { box.textContent = "No events in the window: nothing to draw."; return; }
+  var colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1"];
+  var layers = data.shown.map(function (c, i) { return {name: c, color: colors[i % colors.length], v: data.series[c]}; });
+  var other = [];
+  for (var k = 0; k < n; k++) {
+    var s = 0;
+    for (var i = 0; i < layers.length; i++) s += layers[i].v[k];
+    other.push(Math.max(0, 1 - s));
+  }
+  layers.push({name: "other", color: "#c9ced4", v: other});
+  var W = 960, H = 300, L = 40, R = 12, T = 10, B = 30;
+  function x(k) { return n === 1 ? L + (W - L - R) / 2 : L + k * (W - L - R) / (n - 1); }
+  function y(p) { return T + (1 - p) * (H - T - B); }
+  function el(name, attrs, parent) {
+    var e = document.createElementNS(NS, name);
+    for (var a in attrs) e.setAttribute(a, attrs[a]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  var svg = el("svg", {viewBox: "0 0 " + W + " " + H, width: "100%", role: "img",
+                       "aria-label": "interest evolution across the window"}, null);
+  // the points drawn: one per moment; a single moment is drawn as a flat band across the chart
+  var xs = [], at = [];
+  if (n === 1) { xs = [L, W - R]; at = [0, 0]; }
+  else for (var k = 0; k < n; k++) { xs.push(x(k)); at.push(k); }
+  var base = xs.map(function () { return 0; });
+  layers.forEach(function (layer) {
+    var top = base.map(function (b, j) { return b + layer.v[at[j]]; });
+    var d = "";
+    for (var j = 0; j < xs.length; j++) d += (j ? "L" : "M") + xs[j].toFixed(1) + "," + y(top[j]).toFixed(1);
+    for (var j = xs.length - 1; j >= 0; j--) d += "L" + xs[j].toFixed(1) + "," + y(base[j]).toFixed(1);
+    var path = el("path", {d: d + "Z", fill: layer.color, stroke: "#fff", "stroke-width": "0.5"}, svg);
+    el("title", {}, path).textContent = layer.name;
+    base = top;
+    var li = document.createElement("li");
+    var sw = document.createElement("span");
+    sw.style.background = layer.color;
+    li.appendChild(sw);
+    li.appendChild(document.createTextNode(layer.name));
+    legend.appendChild(li);
+  });
+  [0, 0.25, 0.5, 0.75, 1].forEach(function (p) {
+    el("line", {x1: L, x2: W - R, y1: y(p), y2: y(p), stroke: "#0002"}, svg);
+    el("text", {x: L - 6, y: y(p) + 4, "text-anchor": "end", "font-size": "11", fill: "#59636e"}, svg).textContent = p.toFixed(2);
+  });
+  var ticks = Math.min(n, 6);
+  for (var t = 0; t < ticks; t++) {
+    var k = ticks === 1 ? 0 : Math.round(t * (n - 1) / (ticks - 1));
+    var when = new Date(data.ts[k]).toISOString().slice(11, 16);
+    var anchor = ticks > 1 && t === 0 ? "start" : ticks > 1 && t === ticks - 1 ? "end" : "middle";
+    el("text", {x: x(k), y: H - 10, "text-anchor": anchor, "font-size": "11", fill: "#59636e"}, svg).textContent = when;
+  }
+  var cursor = el("line", {x1: 0, x2: 0, y1: T, y2: H - B, stroke: "#1d232a", "stroke-width": "1", visibility: "hidden"}, svg);
+  svg.addEventListener("mousemove", function (ev) {
+    var r = svg.getBoundingClientRect();
+    var px = (ev.clientX - r.left) * W / r.width;
+    var k = n === 1 ? 0 : Math.max(0, Math.min(n - 1, Math.round((px - L) * (n - 1) / (W - L - R))));
+    cursor.setAttribute("x1", x(k)); cursor.setAttribute("x2", x(k)); cursor.setAttribute("visibility", "visible");
+    var e = data.events[k];
+    var what = e.type + (e.category ? " " + e.category : "");
+    var parts = layers.map(function (l) { return l.name + " " + (100 * l.v[k]).toFixed(1) + "%"; });
+    tip.textContent = new Date(data.ts[k]).toISOString().replace("T", " ").slice(0, 19) + " after " + what + ": " + parts.join(", ");
+  });
+  svg.addEventListener("mouseleave", function () { cursor.setAttribute("visibility", "hidden"); tip.textContent = ""; });
+  box.appendChild(svg);
+  box.setAttribute("data-drawn", String(layers.length));
+})();
+"""
+
+
+def chart_categories(series: dict[str, list[float]], top: list[str], n: int = CHART_CATEGORIES) -> list[str]:
+    """The categories the chart stacks: the current top ones first, then those that reached the
+    highest share at some point, ``n`` at most (ties by name)."""
+    rest = sorted((c for c in series if c not in top), key=lambda c: (-max(series[c], default=0.0), c))
+    return (list(top) + rest)[:n]
+
+
+def _signed(x: float) -> str:
+    cls = "up" if x > 0 else "down" if x < 0 else "muted"
+    return f'<span class="{cls}">{x:+.4f}</span>'
+
+
+def _event_line(e: dict) -> str:
+    what = f"<b>{esc(e['type'])}</b>"
+    if e["type"] != "search":
+        what += f" {esc(e.get('category'))} <span class=\"muted\">{esc(e.get('item'))}</span>"
+    return (f"<li>{_signed(e['effect'])} {what} <span class=\"muted\">· {age(e['age_ms'])} before the newest"
+            f"</span></li>")
+
+
+def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dict) -> str:
+    """The page of ``GET /users/{id}/view``."""
+    ex = explanation
+    evo = ex.get("evolution") or {"ts": [], "series": {c: [] for c in ex["interests"]}, "events": []}
+    shown = chart_categories(evo["series"], ex["top"])
+    chart = {"ts": evo["ts"], "events": evo["events"], "shown": shown,
+             "series": {c: evo["series"][c] for c in shown}}
+    first = {c: (v[0] if v else None) for c, v in evo["series"].items()}
+
+    rows = []
+    for c in ex["top"]:
+        p = ex["interests"][c]
+        change = "" if first.get(c) is None else _signed(p - first[c])
+        rows.append(f'<tr><td>{esc(c)}</td><td class="num">{100 * p:.1f}%</td>'
+                    f'<td><span class="bar" style="width:{max(1, round(200 * p))}px"></span></td>'
+                    f'<td class="num">{change}</td></tr>')
+    if vector:
+        drift = (f"Latest published vector: {iso(vector.get('ts'))}, drift {vector.get('drift', 0):.4f} "
+                 "(Jensen-Shannon divergence to the vector before it).")
+    else:
+        drift = "No vector published yet."
+
+    cards = []
+    for cat in ex["categories"]:
+        raised = "".join(_event_line(e) for e in cat["raised"][:EXPLAIN_LIMIT]) or '<li class="muted">none</li>'
+        lowered = "".join(_event_line(e) for e in cat["lowered"][:EXPLAIN_LIMIT]) or '<li class="muted">none</li>'
+        cards.append(f'<div class="card"><h3>{esc(cat["category"])} · {100 * cat["p"]:.1f}%</h3>'
+                     f'<div class="muted">raised it most</div><ul class="events">{raised}</ul>'
+                     f'<div class="muted">lowered it most</div><ul class="events">{lowered}</ul></div>')
+    prof = ex["profile"]
+    if prof["used"]:
+        parts = ", ".join(f"{esc(c)} {_signed(v)}" for c, v in prof["effect"].items())
+        profile = (f"<p>The long-term profile (what the window has forgotten) moved the top interests: {parts} "
+                   f"(divergence with and without it: {prof['divergence']:.4f}).</p>")
+    else:
+        profile = "<p class=\"muted\">This model reads no long-term profile.</p>"
+    counts = summary["counts"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{esc(user_id)} · interest-stream</title><style>{STYLE}</style></head>
+<body>
+<nav><a href="/">interest-stream worker</a> · <a href="{esc(user_url(user_id, 'explain'))}">explain (JSON)</a>
+· <a href="{esc('/users/' + quote(user_id, safe=''))}">state (JSON)</a></nav>
+<h1>User <span id="user-id">{esc(user_id)}</span></h1>
+<p class="meta">{plural(summary['events'], 'event')} in the window ({plural(counts['click'], 'click')},
+{plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])}; model {esc(ex['model_version'])}</p>
+<h2>Interest evolution across the window</h2>
+<p class="meta">The vector after each event of the window (the {plural(ex['events'], 'event')} the state keeps in full),
+recomputed from the user's state.</p>
+<div id="chart"></div><ul id="legend"></ul><div id="tip"></div>
+<h2>Top interests now</h2>
+<table id="top"><tr><th>category</th><th class="num">share</th><th></th><th class="num">change over the window</th></tr>
+{''.join(rows)}</table>
+<p class="meta">{drift}</p>
+<h2>Why</h2>
+<p class="meta">Leave-one-out: each event's effect is the share now minus the share had the event not
+happened (removed from the window and from the profile). Searches are shown without their text.</p>
+<div class="cols" id="explanation">{''.join(cards)}</div>
+{profile}
+<script type="application/json" id="evolution-data">{embed_json(chart)}</script>
+<script>{CHART_JS}</script>
+</body></html>
+"""
+
+
+def missing_user_page(user_id: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>unknown user · interest-stream</title><style>{STYLE}</style></head>
+<body><nav><a href="/">interest-stream worker</a></nav>
+<h1>Unknown user <span id="user-id">{esc(user_id)}</span></h1>
+<p>No state for this user: never seen, forgotten, or idle longer than the profile retention.</p>
+</body></html>
+"""
+
+
+# --- the overview ----------------------------------------------------------------------------
+OUTCOMES = ("accepted", "duplicate", "dead_letter")
+
+
+def counters(registry) -> dict[str, float]:
+    """Input messages so far by outcome (``interest_events_total``)."""
+    return {o: registry.get_sample_value("interest_events_total", {"outcome": o}) or 0.0 for o in OUTCOMES}
+
+
+def dead_letters(registry) -> dict[str, float]:
+    """Dead letters so far by reason (``interest_dead_letters_total``)."""
+    out = {}
+    for metric in registry.collect():
+        if metric.name == "interest_dead_letters":
+            for s in metric.samples:
+                if s.name == "interest_dead_letters_total":
+                    out[s.labels["reason"]] = s.value
+    return out
+
+
+class Rates:
+    """Samples of the event counters (kept on the app, about a minute of them) and rates from them."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, keep: int = 64) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, dict]] = deque(maxlen=keep)
+
+    def add(self, t: float, counts: dict) -> None:
+        self.samples.append((t, dict(counts)))
+
+    def per_second(self, now: float, counts: dict) -> dict | None:
+        """Per outcome, messages per second since the oldest sample at most ``window_s`` old (the
+        newest sample when all are older; None before any)."""
+        if not self.samples:
+            return None
+        t0, c0 = self.samples[-1]
+        for t, c in self.samples:
+            if now - t <= self.window_s:
+                t0, c0 = t, c
+                break
+        if now - t0 <= 0:
+            return None
+        return {o: (counts.get(o, 0.0) - c0.get(o, 0.0)) / (now - t0) for o in counts} | {"over_s": now - t0}
+
+
+def recent_users(entries, n: int, scan: int = 2000) -> list[tuple[str, int, int]]:
+    """``(user id, newest ts, worker-clock ms of the last accepted event)`` of the ``n`` users with the
+    latest accepted events among the ``scan`` most recently used cached states (the cache's
+    :class:`collections.OrderedDict`, least recently used first: every accepted event moves its user
+    to the end)."""
+    found = []
+    for i, key in enumerate(reversed(entries)):
+        if i >= scan:
+            break
+        e = entries[key]
+        st = e.state
+        if st is None or not st.get("ev"):
+            continue
+        found.append((key.decode(errors="replace"), st["newest"], st["seen"]))
+    found.sort(key=lambda u: (-u[2], -u[1], u[0]))
+    return found[:n]
+
+
+def overview_page(info: dict) -> str:
+    """The page of ``GET /``."""
+    rates = info.get("rates")
+    if rates:
+        rate_text = (f"{rates['accepted']:.1f} events/s accepted, {rates['duplicate']:.1f} duplicates/s, "
+                     f"{rates['dead_letter']:.1f} dead letters/s (over the last {rates['over_s']:.0f} s)")
+    else:
+        rate_text = "measuring (the counters are sampled every few seconds)"
+    totals = info["totals"]
+    lag_rows = "".join(f'<tr><td>{esc(t)}</td><td class="num">{p}</td><td class="num">{lag}</td></tr>'
+                       for t, p, lag in info["lag"]) or '<tr><td colspan="3" class="muted">none known yet</td></tr>'
+    dlq = info["dead_letters"]
+    dlq_rows = "".join(f'<tr><td>{esc(r)}</td><td class="num">{int(v)}</td></tr>'
+                       for r, v in sorted(dlq.items(), key=lambda kv: (-kv[1], kv[0])))
+    now_ms = int(time.time() * 1000)
+    users = "".join(
+        f'<li><a href="{esc(user_url(u))}">{esc(u)}</a> <span class="muted">· newest event {iso(newest)}, '
+        f'arrived {age(max(0, now_ms - seen))} ago · <a href="{esc(user_url(u, "explain"))}">explain</a></span></li>'
+        for u, newest, seen in info["recent_users"]) or '<li class="muted">no user with events in memory yet</li>'
+    parts = ", ".join(map(str, info["partitions"])) or "none"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>interest-stream worker</title><style>{STYLE}</style></head>
+<body>
+<h1>interest-stream worker</h1>
+<p class="meta">{esc(info['worker'])} · {'ready' if info['ready'] else 'not ready (starting or rebalancing)'}
+· <a href="/metrics">metrics</a> · <a href="/health">health</a></p>
+<table id="summary">
+<tr><th>model version</th><td id="model-version">{esc(info['model_version'])}</td></tr>
+<tr><th>partitions owned</th><td id="partitions">{parts}</td></tr>
+<tr><th>events/s</th><td id="rates">{rate_text}</td></tr>
+<tr><th>since start</th><td>{int(totals['accepted'])} accepted, {int(totals['duplicate'])} duplicates,
+{int(totals['dead_letter'])} dead letters</td></tr>
+<tr><th>users in memory</th><td>{info['cached_users']}</td></tr>
+</table>
+<div class="cols">
+<div><h2>Recently active users</h2><ul id="recent-users">{users}</ul></div>
+<div><h2>Consumer lag</h2><table id="lag"><tr><th>topic</th><th class="num">partition</th><th class="num">lag</th></tr>
+{lag_rows}</table></div>
+<div><h2>Dead letters by reason</h2><table id="dead-letters"><tr><th>reason</th><th class="num">count</th></tr>
+{dlq_rows}</table></div>
+</div>
+</body></html>
+"""

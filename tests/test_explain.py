@@ -1,0 +1,222 @@
+"""Explanations and the evolution, without Kafka: the profile unwound against training's own fold,
+and occlusion against a small deterministic model whose answer is known by construction."""
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import pytest
+
+from interest_core.encoding import Encoder, train_tokenizer
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profile_values, profiles_in_order,
+                                  seconds_to_ms, stored_profile)
+from stream_app import core, explain, state
+from stream_app.explain import ProfileUnwinder
+
+RETENTION = seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)
+T0 = 978_307_200_000
+MIN = 60_000
+CATS = ("books", "music", "sports", "tech", "travel")
+
+
+def fold(events):
+    prof = None
+    for prof in profiles_in_order(events, RETENTION):
+        pass
+    return copy.deepcopy(prof)
+
+
+def history(seed: int, n: int = 70):
+    """Events in ts order with ties, every type, a few categories."""
+    rng = random.Random(seed)
+    out, ts = [], T0
+    for i in range(n):
+        ts += rng.choice([0, 0, 5_000, MIN, 40 * MIN, 300 * MIN])  # ties, bursts, pauses
+        etype = rng.choice(["click", "click", "browse", "search"])
+        out.append(WindowEvent(ts, etype, None if etype == "search" else rng.choice(CATS[:4]), f"i{i}",
+                               query="q" if etype == "search" else None))
+    return out
+
+
+def assert_same_profile(got: dict | None, want: dict | None, tol: float) -> None:
+    g, w = profile_values(got), profile_values(want)
+    assert set(g) <= set(w)
+    for c in w:
+        assert g.get(c, [0.0] * 3) == pytest.approx(w[c], abs=tol, rel=tol), c
+    assert got["t"] == want["t"]
+
+
+@pytest.mark.parametrize("stored", [False, True])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_unwound_profile_equals_trainings_fold(seed, stored):
+    events = history(seed)
+    first_row = 25  # the events before it are not in the rows: only in the profile
+    while events[first_row - 1].ts == events[first_row].ts:  # rows hold every event of their first ts
+        first_row -= 1
+    rows = [(e.ts, e.type, e.category) for e in events[first_row:]]
+    full = fold(events)
+    if stored:  # the table's form: millionths
+        full = stored_profile(full)
+    un = ProfileUnwinder(profile_values(full), full["t"], rows)
+    tol = 2e-4 if stored else 1e-9  # rounding of millionths, grown by removing up to 44 events
+    for x in sorted({r[0] for r in rows}):
+        assert_same_profile(un.before(x), fold([e for e in events if e.ts <= x]), tol)
+    for j in range(len(rows)):
+        assert_same_profile(un.without(j), fold(events[:first_row + j] + events[first_row + j + 1:]), tol)
+
+
+def test_model_inputs_are_laid_out_as_the_encoder_lays_them_out():
+    events = history(4) + [WindowEvent(T0 + 10**9, "click", "unknown-to-the-model", "x")]
+    full = fold(events)
+    un = ProfileUnwinder(profile_values(full), full["t"], [(e.ts, e.type, e.category) for e in events])
+    enc = CountingModel().encoder
+    got = un.inputs(un.before_all([full["t"]]), enc)[0]
+    assert got.dtype == np.float32 and got.tolist() == pytest.approx(enc.profile_vector(full), abs=1e-6)
+    assert got.any()
+
+
+def test_unwinding_changes_what_it_should():
+    """Not vacuous: removing a click of a category lowers that category on every scale."""
+    events = history(3)
+    rows = [(e.ts, e.type, e.category) for e in events]
+    full = fold(events)
+    un = ProfileUnwinder(profile_values(full), full["t"], rows)
+    j = max(i for i, e in enumerate(events) if e.type == "click")
+    before, after = profile_values(full)[events[j].category], profile_values(un.without(j))[events[j].category]
+    assert all(a < b for a, b in zip(after, before))
+
+
+# --- a deterministic model: the distribution is a softmax of recency-weighted category counts ------
+class CountingModel:
+    """Stands in for :class:`stream_app.model_runtime.LoadedModel`: the real encoder, and as the
+    "network" a softmax over ``2 * sum(0.7 ** age_in_events)`` of each category's tokens plus the
+    event-scale profile values; its effects are computed here by hand in the tests."""
+
+    version = "counting-1"
+
+    def __init__(self):
+        self.encoder = Encoder(categories=CATS, tokenizer_json=train_tokenizer(["a b c", "a b"], 30), max_len=512)
+        self.categories = CATS
+        self.k = len(CATS)
+        self.calls = 0
+
+    def profile_inputs(self, profiles, n):
+        out = np.zeros((n, self.encoder.profile_size), np.float32)
+        for i, p in enumerate(profiles or []):
+            if p:
+                out[i] = self.encoder.profile_vector(p)
+        return out
+
+    def predict_ids(self, seqs, profiles, batch=256):
+        self.calls += 1
+        enc, k = self.encoder, self.k
+        out = np.empty((len(seqs), k))
+        for r, ids in enumerate(seqs):
+            cat_pos = [(p, t - enc.category_offset) for p, t in enumerate(ids)
+                       if enc.category_offset <= t < enc.category_offset + k]
+            score = np.zeros(k)
+            for age, (_, c) in enumerate(reversed(cat_pos)):
+                score[c] += 2.0 * 0.7 ** age
+            score += 0.1 * np.asarray(profiles[r][2 * k:3 * k], dtype=np.float64)
+            e = np.exp(score - score.max())
+            out[r] = e / e.sum()
+        return out
+
+
+def build_state(events: list[dict]) -> dict:
+    limits = state.Limits(86_400_000, 3_600_000, 128)
+    st = None
+    for e in events:
+        _, st = state.apply(st, e, limits, 0)
+    return st
+
+
+def ev(i, etype, ts, cat=None, query=None):
+    e = {"event_id": f"e{i}", "user_id": "u", "type": etype, "ts": ts}
+    if etype == "search":
+        e["query"] = query
+    else:
+        e.update(item_id=f"item{i}", category=cat)
+    return e
+
+
+def morning_then_travel():
+    """A morning of sports and tech, then a burst of travel clicks and a travel search."""
+    evs = [ev(i, "click" if i % 3 else "browse", T0 + i * 10 * MIN, "sports" if i % 4 else "tech")
+           for i in range(24)]
+    t = T0 + 24 * 10 * MIN + 3 * 60 * MIN
+    evs += [ev(100 + i, "click", t + i * MIN, "travel") for i in range(5)]
+    evs.append(ev(200, "search", t + 6 * MIN, query="secret cheap flights lisbon"))
+    return evs
+
+
+def test_explanation_names_the_decisive_burst_and_hides_search_text():
+    model = CountingModel()
+    events = morning_then_travel()
+    st = build_state(events)
+    inp = core.snapshot(b"u", st, model, 86_400_000)
+    out = explain.explain(model, inp, explain.snapshot(st), evolution=True)
+    assert model.calls == 1  # every variant in one batched call
+
+    # the model's answer on the window as it is, computed independently of the explanation
+    seqs = [model.encoder.encode(inp.window)]
+    now = model.predict_ids(seqs, [inp.profile])[0]
+    assert out["interests"] == pytest.approx(dict(zip(CATS, now)))
+    assert out["top"][0] == "travel"
+    travel = out["categories"][0]
+    assert travel["category"] == "travel"
+    # the five travel clicks raised travel most, the newest (least decayed) first
+    assert [e["event_id"] for e in travel["raised"]] == ["e104", "e103", "e102", "e101", "e100"]
+    assert all(e["category"] == "travel" and e["type"] == "click" for e in travel["raised"])
+    # removing a sports click leaves more room for travel: those lowered it
+    assert travel["lowered"] and all(e["category"] in ("sports", "tech") for e in travel["lowered"])
+    # the effects are the leave-one-out differences, checked for one event by hand
+    j = [r[1] for r in st["ev"]].index("e104")
+    full = copy.deepcopy(st)
+    without = build_state([e for e in events if e["event_id"] != "e104"])
+    p_without = model.predict_ids([model.encoder.encode(state.window_events(without))],
+                                  model.profile_inputs([state.profile(without)], 1))[0]
+    p_now = model.predict_ids([model.encoder.encode(state.window_events(full))],
+                              model.profile_inputs([state.profile(full)], 1))[0]
+    assert travel["raised"][0]["effect"] == pytest.approx(p_now[CATS.index("travel")] - p_without[CATS.index("travel")],
+                                                           abs=1e-6)
+    assert j == len(st["ev"]) - 2
+
+    # a search appears as a search, without its text (nor its category or item)
+    text = repr(out)
+    assert "secret" not in text and "lisbon" not in text
+    searches = [e for c in out["categories"] for e in c["raised"] + c["lowered"] if e["type"] == "search"]
+    assert all(set(e) == {"event_id", "type", "ts", "age_ms", "effect"} for e in searches)
+    newest = events[-1]["ts"]
+    assert all(e["age_ms"] == newest - e["ts"] for c in out["categories"] for e in c["raised"])
+
+    # the profile: the window re-scored with zeros instead of the profile
+    bare = model.predict_ids(seqs, np.zeros((1, model.encoder.profile_size), np.float32))[0]
+    for c in out["top"]:
+        i = CATS.index(c)
+        assert out["profile"]["effect"][c] == pytest.approx(now[i] - bare[i])
+    assert out["profile"]["divergence"] > 0
+
+    # the evolution: one point per distinct ts, the last one the vector now, the first after one event
+    evo = out["evolution"]
+    assert evo["ts"] == sorted({e["ts"] for e in events})
+    assert [evo["series"][c][-1] for c in CATS] == pytest.approx(list(now))
+    first = model.predict_ids([model.encoder.encode(state.window_events(build_state(events[:1])))],
+                              model.profile_inputs([state.profile(build_state(events[:1]))], 1))[0]
+    assert [evo["series"][c][0] for c in CATS] == pytest.approx(list(first), abs=1e-6)
+    # travel grows through the burst
+    n_before = len(events) - 6
+    assert evo["series"]["travel"][n_before - 1] < 0.2 < evo["series"]["travel"][-1]
+    assert evo["events"][-1] == {"event_id": "e200", "type": "search", "ts": newest, "age_ms": 0}
+
+
+def test_explanation_of_an_empty_window():
+    """An idle user whose rows were dropped: the profile alone, no events to occlude."""
+    model = CountingModel()
+    st = state.compact(build_state(morning_then_travel()))
+    inp = core.snapshot(b"u", st, model, 86_400_000)
+    out = explain.explain(model, inp, explain.snapshot(st), evolution=True)
+    assert out["events"] == 0 and len(out["top"]) == 3
+    assert all(not c["raised"] and not c["lowered"] for c in out["categories"])
+    assert out["evolution"]["ts"] == [] and out["evolution"]["events"] == []

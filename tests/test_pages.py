@@ -1,0 +1,166 @@
+"""The HTML pages and the overview's bookkeeping, without a worker: escaping of everything that comes
+from events, no external resources, the rates, the recent users, the chart's categories."""
+from __future__ import annotations
+
+import html.parser
+import re
+from collections import OrderedDict
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from stream_app import pages
+from stream_app.state_cache import Entry
+
+EVIL = '</script><script>alert(1)</script>"&<b>'
+
+
+class Resources(html.parser.HTMLParser):
+    """Every URL a page would load (scripts, styles, images, frames, fonts in CSS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls, self.scripts, self.json = [], [], []
+        self._in = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for name in ("src", "srcset", "data", "poster"):
+            if a.get(name):
+                self.urls.append(a[name])
+        if tag == "link":
+            self.urls.append(a.get("href"))
+        if tag == "script":
+            self._in = "json" if a.get("type") == "application/json" else "js"
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in == "json":
+            self.json.append(data)
+        elif self._in == "js":
+            self.scripts.append(data)
+
+
+def explanation(cat: str = "travel") -> dict:
+    ev = {"event_id": "e1", "type": "click", "ts": 2_000, "age_ms": 7_200_000, "category": cat, "item": EVIL,
+          "effect": 0.12}
+    search = {"event_id": "e2", "type": "search", "ts": 3_000, "age_ms": 0, "effect": -0.03}
+    cats = [cat, "sports", "tech", "music", "books", "films", "cars"]
+    series = {c: [0.1 + 0.01 * i, 0.12] for i, c in enumerate(cats)}
+    return {
+        "model_version": "v1", "newest_ts": 3_000, "events": 2,
+        "interests": {c: 1 / len(cats) for c in cats}, "top": [cat, "sports", "tech"],
+        "categories": [{"category": c, "p": 0.3, "raised": [ev], "lowered": [search]} for c in (cat, "sports", "tech")],
+        "profile": {"used": True, "effect": {cat: 0.01, "sports": -0.02, "tech": 0.0}, "without_profile": {},
+                    "divergence": 0.001},
+        "evolution": {"ts": [2_000, 3_000], "series": series,
+                      "events": [{"event_id": "e1", "type": "click", "ts": 2_000, "age_ms": 1_000, "category": cat,
+                                  "item": EVIL}, {"event_id": "e2", "type": "search", "ts": 3_000, "age_ms": 0}]},
+    }
+
+
+def summary() -> dict:
+    return {"events": 2, "newest_ts": 3_000, "counts": {"click": 1, "browse": 0, "search": 1}, "categories": {}}
+
+
+def test_user_page_escapes_event_data_and_loads_nothing_external():
+    page = pages.user_page(EVIL, summary(), {"ts": 3_000, "drift": 0.25}, explanation(EVIL))
+    parser = Resources()
+    parser.feed(page)
+    assert parser.urls == ["data:,"]  # the favicon link only, inline
+    assert not re.search(r"(?i)(https?:)?//[a-z0-9.-]+", "".join(parser.scripts).replace("http://www.w3.org/2000/svg", ""))
+    assert "<script>alert(1)" not in page and "<b>" not in re.sub(r"<b>(click|search)</b>", "", page)
+    # the hostile strings arrive intact in the embedded data and in the text
+    (data,) = parser.json
+    chart = orjson.loads(data)
+    assert chart["shown"][0] == EVIL and chart["events"][0]["item"] == EVIL
+    assert len(parser.scripts) == 1 and "</script>" not in data
+    assert html_text(page).count(EVIL) >= 3  # the heading, the top table, the explanation
+    assert "drift 0.2500" in page
+
+
+def html_text(page: str) -> str:
+    out = []
+
+    class Text(html.parser.HTMLParser):
+        def handle_data(self, data):
+            out.append(data)
+
+    Text().feed(page)
+    return re.sub(r"\s+", " ", "".join(out))
+
+
+def test_user_page_shows_the_explanation():
+    ex = explanation()
+    text = html_text(pages.user_page("u1", summary(), None, ex))
+    assert "User u1" in text and "No vector published yet." in text
+    assert "+0.1200 click travel" in text and "2 h 00 min before the newest" in text
+    assert "-0.0300 search · 0 s before the newest" in text  # a search: no category, no item
+    assert "1 click, 0 browses, 1 search" in text
+    assert "travel +0.0100, sports -0.0200, tech +0.0000" in text
+    # change over the window: now 1/7 against the first point
+    assert f"{1 / 7 - 0.1:+.4f}" in text
+
+
+def test_chart_categories_top_first_then_highest_peaks():
+    series = {"a": [0.1, 0.1], "b": [0.5, 0.0], "c": [0.2, 0.3], "d": [0.0, 0.05], "e": [0.3, 0.1]}
+    assert pages.chart_categories(series, ["c", "a"], 4) == ["c", "a", "b", "e"]
+    assert pages.chart_categories(series, ["c"], 10) == ["c", "b", "e", "a", "d"]
+
+
+def test_embed_json_cannot_close_the_script():
+    s = pages.embed_json({"x": "</script><!-- & -->"})
+    assert "<" not in s and ">" not in s and "&" not in s
+    assert orjson.loads(s) == {"x": "</script><!-- & -->"}
+
+
+def test_rates_over_the_last_minute():
+    r = pages.Rates(window_s=60)
+    assert r.per_second(0.0, {"accepted": 0.0}) is None
+    for t in range(0, 100, 5):  # 10 accepted events per second
+        r.add(float(t), {"accepted": 10.0 * t, "duplicate": 0.0, "dead_letter": t / 5})
+    got = r.per_second(100.0, {"accepted": 1000.0, "duplicate": 0.0, "dead_letter": 20.0})
+    assert got["over_s"] == 60.0  # the samples older than the window are gone
+    assert got["accepted"] == 10.0 and got["dead_letter"] == 0.2 and got["duplicate"] == 0.0
+
+
+def test_counters_and_dead_letters_from_the_registry():
+    reg = CollectorRegistry()
+    events = Counter("interest_events_total", "", ["outcome"], registry=reg)
+    dlq = Counter("interest_dead_letters_total", "", ["reason"], registry=reg)
+    events.labels("accepted").inc(7)
+    events.labels("dead_letter").inc(2)
+    dlq.labels("late").inc(2)
+    dlq.labels("not_json")
+    assert pages.counters(reg) == {"accepted": 7.0, "duplicate": 0.0, "dead_letter": 2.0}
+    assert pages.dead_letters(reg) == {"late": 2.0, "not_json": 0.0}
+
+
+def test_recent_users_by_last_arrival():
+    entries = OrderedDict()
+    for name, newest, seen, rows in [("old", 5, 100, 1), ("idle", 9, 900, 0), ("b", 7, 300, 2), ("a", 8, 300, 1),
+                                     ("viewed", 1, 50, 3), ("gone", 0, 0, 0)]:
+        st = None if name == "gone" else {"newest": newest, "seen": seen, "ev": [[0]] * rows}
+        entries[name.encode()] = Entry(0, st, 0)
+    # most recent arrival first (ties: newer event time first); no rows or deleted: not listed
+    assert pages.recent_users(entries, 3) == [("a", 8, 300), ("b", 7, 300), ("old", 5, 100)]
+    assert [u for u, _, _ in pages.recent_users(entries, 10, scan=2)] == ["viewed"]
+
+
+def test_overview_page():
+    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0, 2],
+            "lag": [("events.click", 0, 12)], "rates": None,
+            "totals": {"accepted": 5.0, "duplicate": 1.0, "dead_letter": 2.0},
+            "dead_letters": {"late": 2.0, "not_json": 0.0}, "cached_users": 3,
+            "recent_users": [(EVIL, 1_000, 0), ("u/2", 2_000, 0)]}
+    page = pages.overview_page(info)
+    parser = Resources()
+    parser.feed(page)
+    assert parser.urls == ["data:,"] and parser.scripts == []
+    text = html_text(page)
+    assert "v9" in text and "0, 2" in text and "events.click012" in text.replace(" ", "")
+    assert "late2" in text.replace(" ", "") and "5 accepted, 1 duplicates" in text
+    assert 'href="/users/u%2F2/view"' in page and EVIL in text and "<script>alert" not in page

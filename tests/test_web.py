@@ -1,0 +1,272 @@
+"""The worker's web views against the real broker, with two workers sharing the partitions, so every
+request is asked of the worker that does NOT own the user (and must be routed, body included):
+re-ranking, explanations (checked against an independent computation), the user page and the
+overview, and both pages in a real headless Chromium."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from browser import Chromium, chromium_path
+from conftest import Worker, cli, make_env, wait_for
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms,
+                                  window_slice)
+from stream_app.explain import LIMIT
+from stream_app.model_runtime import LoadedModel
+from stream_app.partitioning import partition_for
+from stream_app.rerank import Item, rerank
+from test_worker_ingest import HORIZON, T0
+from test_worker_scoring import send, vectors_by_user
+
+pytestmark = pytest.mark.kafka
+
+MIN = 60_000
+SECRET = "secret flights to lisbon"  # search text: must never appear in any answer
+
+
+def ev(i: int, user: str, etype: str, ts: int, cat: str | None = None, query: str | None = None) -> dict:
+    e = {"event_id": f"{user}-{i}", "user_id": user, "type": etype, "ts": ts}
+    if etype == "search":
+        e["query"] = query
+    else:
+        e.update(item_id=f"item{i}", category=cat)
+        if etype == "browse":
+            e["dwell_ms"] = 20_000
+    return e
+
+
+def decisive(user: str) -> list[dict]:
+    """A morning of sports and tech, three quiet hours, then a burst of six travel clicks and a search."""
+    evs = [ev(i, user, "click" if i % 3 else "browse", T0 + i * 10 * MIN, "sports" if i % 4 else "tech")
+           for i in range(24)]
+    t = T0 + 24 * 10 * MIN + 3 * 60 * MIN
+    evs += [ev(100 + i, user, "click", t + i * MIN, "travel") for i in range(6)]
+    evs.append(ev(200, user, "search", t + 7 * MIN, query=SECRET))
+    return evs
+
+
+def others(n: int, seed: int) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    cats = ["music", "movies", "tech", "cooking", "gaming"]
+    out = {}
+    for u in range(n):
+        user = f"o{u}"
+        evs = []
+        for i in range(rng.randrange(4, 12)):
+            etype = rng.choice(["click", "browse", "search"])
+            evs.append(ev(i, user, etype, T0 + i * 7 * MIN, rng.choice(cats), SECRET if etype == "search" else None))
+        out[user] = evs
+    return out
+
+
+def owned(w) -> set[int]:
+    status, body = w.get("/health")
+    return set(body["partitions"]) if status == 200 else set()
+
+
+@pytest.fixture(scope="module")
+def cluster(kafka, tiny_model_dir, tmp_path_factory):
+    """Two workers sharing 4 partitions, users with their vectors published."""
+    env = make_env(kafka)
+    tmp = tmp_path_factory.mktemp("web")
+    # the tiny model with a population prior in its card (as `train` writes it; the version hashes
+    # the graph and the encoding only), so re-ranking is checked with a prior far from uniform
+    model_dir = tmp / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = orjson.loads((model_dir / "model.json").read_bytes())
+    weights = {c: 1.0 + 3 * (i % 4) for i, c in enumerate(card["categories"])}
+    card["category_prior"] = {c: w / sum(weights.values()) for c, w in weights.items()}
+    (model_dir / "model.json").write_bytes(orjson.dumps(card))
+    env["INTEREST_MODEL_DIR"] = str(model_dir)
+    cli(env, "topics", "create")
+    ws = [Worker(env, tmp, "w1").start(), Worker(env, tmp, "w2").start()]
+    try:
+        wait_for(lambda: owned(ws[0]) and owned(ws[1]) and owned(ws[0]) | owned(ws[1]) == {0, 1, 2, 3}
+                 and not owned(ws[0]) & owned(ws[1]), what="partitions split between the workers")
+        users = {"decisive": decisive("decisive")} | others(8, seed=5)
+        send(env, [e for evs in users.values() for e in evs])
+        vecs = vectors_by_user(env, expect=len(users))
+        assert set(vecs) == set(users)
+        yield env, ws, users, {u: v[-1] for u, v in vecs.items()}, LoadedModel.load(model_dir)
+    finally:
+        for w in ws:
+            w.kill()
+
+
+def not_owner(ws, user: str):
+    """The worker that does not own ``user`` (its request must be routed)."""
+    p = partition_for(user.encode(), 4)
+    return ws[1] if p in owned(ws[0]) else ws[0]
+
+
+def post(w, path: str, body) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(w.url(path), data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def fold(events: list[dict]):
+    uniq = sorted(events, key=lambda e: (e["ts"], e["event_id"]))
+    win = [WindowEvent.from_event(e) for e in uniq]
+    prof = None
+    for prof in profiles_in_order(win, seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)):
+        pass
+    return window_slice(win, uniq[-1]["ts"], HORIZON, 128), prof
+
+
+def test_rerank_is_routed_to_the_owner_and_exact(cluster):
+    env, ws, users, vectors, model = cluster
+    prior = model.card["category_prior"]
+    rng = random.Random(7)
+    cats = list(model.categories) + ["underwater-basket-weaving"]
+    items = [{"item_id": f"c{i}", "category": rng.choice(cats), "score": round(rng.random(), 3)} for i in range(200)]
+    for user in ("decisive", "o3"):
+        w = not_owner(ws, user)
+        status, body = post(w, f"/users/{user}/rerank", {"items": items, "weight": 0.7})
+        assert status == 200, body
+        want = rerank(vectors[user], [Item(**it) for it in items], 0.7, prior=prior)
+        uniform = rerank(vectors[user], [Item(**it) for it in items], 0.7)
+        assert [it.item_id for it in want.items] != [it.item_id for it in uniform.items]  # the prior matters
+        assert body["personalized"] is True and body["user_id"] == user
+        assert body["model_version"] == vectors[user]["model_version"] == model.version
+        assert [it["item_id"] for it in body["items"]] == [it.item_id for it in want.items]
+        assert [it["blended"] for it in body["items"]] == pytest.approx([it.blended for it in want.items], abs=1e-12)
+        assert body["unknown_categories"] == ["underwater-basket-weaving"]
+    # at weight 1 the order is the user's interest over the population's, by hand
+    trio = [{"item_id": "a", "category": "sports", "score": 0.9}, {"item_id": "b", "category": "travel", "score": 0.5},
+            {"item_id": "c", "category": "cooking", "score": 0.7}]
+    status, body = post(ws[0], "/users/decisive/rerank", {"items": trio, "weight": 1.0})
+    lift = {it["item_id"]: vectors["decisive"]["interests"][it["category"]] / prior[it["category"]] for it in trio}
+    assert [it["item_id"] for it in body["items"]] == sorted(lift, key=lambda i: -lift[i])
+
+    # an unknown user: the original order, not personalized, from either worker
+    for w in ws:
+        status, body = post(w, "/users/nobody/rerank", {"items": items[:5]})
+        assert status == 200
+        assert body["personalized"] is False and body["model_version"] is None
+        assert [it["item_id"] for it in body["items"]] == [it["item_id"] for it in items[:5]]
+        assert all(it["blended"] is None for it in body["items"])
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{not json", "body"),
+    (b"", "body"),
+    ({"weight": 0.5}, "items"),
+    ({"items": []}, "items"),
+    ({"items": [{"item_id": "a", "category": "tech", "score": 1}, {"item_id": "b", "category": "tech", "score": "high"}]},
+     "items[1].score"),
+    ({"items": [{"item_id": f"a{i}", "category": "tech", "score": 1} for i in range(1001)]}, "items"),
+    ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": 1.5}, "weight"),
+    ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": "heavy"}, "weight"),
+    (b'{"items": [], "pad": "' + b"x" * (1 << 20) + b'"}', "body"),  # over 1 MiB
+])
+def test_rerank_bad_input_is_a_400_naming_the_field(cluster, body, field):
+    env, ws, users, vectors, _ = cluster
+    for w in (ws[0], ws[1]):
+        status, answer = post(w, "/users/decisive/rerank", body)
+        assert status == 400 and answer["field"] == field, answer
+
+
+def test_explain_is_routed_exact_and_names_the_decisive_burst(cluster):
+    env, ws, users, vectors, model = cluster
+    events = users["decisive"]
+    status, out = not_owner(ws, "decisive").get("/users/decisive/explain")
+    assert status == 200, out
+    assert out["user_id"] == "decisive" and out["model_version"] == model.version
+    assert out["events"] == len(events) and out["newest_ts"] == events[-1]["ts"]
+
+    # independently: the model on the window and profile folded from the raw events, with and
+    # without each event
+    window, prof = fold(events)
+    cats = list(model.categories)
+    now = model.predict([window], [prof])[0]
+    assert out["interests"] == pytest.approx(dict(zip(cats, now)), abs=1e-5)
+    assert out["interests"] == pytest.approx(vectors["decisive"]["interests"], abs=1e-5)
+    loo = {}
+    for e in events:
+        w, p = fold([x for x in events if x is not e])
+        loo[e["event_id"]] = now - model.predict([w], [p])[0]
+    assert [c["category"] for c in out["categories"]] == out["top"] == vectors["decisive"]["top"]
+    for c in out["categories"]:
+        i = cats.index(c["category"])
+        effect = {eid: d[i] for eid, d in loo.items()}
+        for lst, sign in ((c["raised"], 1), (c["lowered"], -1)):
+            listed = [e["event_id"] for e in lst]
+            for e in lst:
+                assert e["effect"] == pytest.approx(effect[e["event_id"]], abs=1e-5)
+            # the strongest ones, in order (up to rounding of the stored profile)
+            rest = [sign * v for eid, v in effect.items() if eid not in listed and sign * v > 0]
+            clear = sum(1 for v in effect.values() if sign * v > 1e-5)
+            near = sum(1 for v in effect.values() if sign * v > -1e-5)
+            assert min(LIMIT, clear) <= len(lst) <= min(LIMIT, near)
+            assert all(sign * e["effect"] >= max(rest, default=0) - 1e-5 for e in lst)
+            assert [sign * e["effect"] for e in lst] == sorted((sign * e["effect"] for e in lst), reverse=True)
+        p_bare = model.predict([window], None)[0]
+        assert out["profile"]["effect"][c["category"]] == pytest.approx(now[i] - p_bare[i], abs=1e-5)
+
+    # the decisive stretch: travel is on top, and the travel burst is what raised it most
+    assert "travel" in out["top"]
+    travel = next(c for c in out["categories"] if c["category"] == "travel")
+    burst = {f"decisive-{100 + i}" for i in range(6)}
+    assert len(travel["raised"]) == LIMIT and {e["event_id"] for e in travel["raised"]} <= burst
+    assert all(e["type"] == "click" and e["category"] == "travel" and e["item"].startswith("item")
+               for e in travel["raised"])
+    assert all(e["age_ms"] == events[-1]["ts"] - e["ts"] for e in travel["raised"])
+
+    # routed or not, the same answer; search text nowhere
+    status, own = next(w for w in ws if w is not not_owner(ws, "decisive")).get("/users/decisive/explain")
+    assert own == out
+    assert SECRET not in json.dumps(out) and "lisbon" not in json.dumps(out)
+    assert not_owner(ws, "nobody").get("/users/nobody/explain")[0] == 404
+
+
+def test_pages_in_a_real_browser(cluster, tmp_path):
+    env, ws, users, vectors, _ = cluster
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+    w = not_owner(ws, "decisive")
+    status, explained = w.get("/users/decisive/explain")
+    with Chromium(tmp_path) as browser:
+        page = browser.open(w.url("/users/decisive/view"), {
+            "user": "document.getElementById('user-id').textContent",
+            "legend": "[...document.querySelectorAll('#legend li')].map(li => li.textContent)",
+            "areas": "document.querySelectorAll('#chart svg path').length",
+            "top": "[...document.querySelectorAll('#top tr td:first-child')].map(td => td.textContent)",
+            "why": "[...document.querySelectorAll('#explanation h3')].map(h => h.textContent)",
+            "text": "document.body.innerText",
+        }, tmp_path / "user-view.png")
+        assert page.errors == []
+        assert page.values["user"] == "decisive"
+        legend = page.values["legend"]
+        # the chart stacks the current top 3 first, then the categories that peaked highest, then the rest
+        assert legend[:3] == explained["top"] and legend[-1] == "other" and len(legend) == 7
+        assert page.values["areas"] == len(legend)
+        assert page.values["top"] == explained["top"]
+        assert [h.split(" · ")[0] for h in page.values["why"]] == explained["top"]
+        assert "lisbon" not in page.values["text"]
+        assert page.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and page.screenshot.stat().st_size > 20_000
+
+        home = browser.open(w.url("/"), {
+            "model": "document.getElementById('model-version').textContent",
+            "partitions": "document.getElementById('partitions').textContent",
+            "users": "[...document.querySelectorAll('#recent-users a')].map(a => a.getAttribute('href'))",
+            "reasons": "[...document.querySelectorAll('#dead-letters td:first-child')].map(td => td.textContent)",
+        }, tmp_path / "overview.png")
+        assert home.errors == []
+        assert home.values["model"] == vectors["decisive"]["model_version"]
+        assert home.values["partitions"] == ", ".join(map(str, sorted(owned(w))))
+        mine = {u for u in users if partition_for(u.encode(), 4) in owned(w)}
+        assert {h.split("/")[2] for h in home.values["users"] if h.endswith("/view")} == mine
+        assert "late" in home.values["reasons"]
+    # a page of an unknown user is a 404 page
+    assert w.get("/users/nobody/view")[0] == 404
