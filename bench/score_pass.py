@@ -86,8 +86,9 @@ def main() -> None:
         scorer.env["INTEREST_DATA_DIR"] = str(work / "ingest-data")  # the same state directory
         scorer.start()
         deadline = time.monotonic() + 1800
-        while scorer.metrics().get("interest_scored_users_total", 0) < args.users and time.monotonic() < deadline:
-            time.sleep(1)
+        while scorer.metrics().get("interest_scoring_pass_seconds_count", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(1)  # the first pass scores everyone pending (the ingest worker's first pass may have
+            # scored a few early users already)
         time.sleep(2)
         m = scorer.metrics()
         scored = int(m.get("interest_scored_users_total", 0))

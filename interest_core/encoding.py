@@ -107,6 +107,7 @@ class Encoder:
         self.vocab_size = o
         self._type_ids = {t: self.type_offset + i for i, t in enumerate(EVENT_TYPES)}
         self._cat_ids = {c: self.category_offset + i for i, c in enumerate(self.categories)}
+        self._cat_index = {c: i for i, c in enumerate(self.categories)}
         self._query_cache: dict[str, tuple[int, ...]] = {}
 
     def __repr__(self) -> str:
@@ -209,15 +210,15 @@ class Encoder:
         """The profile input of a window (the profile is as of the window's newest event): per
         scale, the decayed weight of each output category (categories the spec does not know left
         out)."""
-        k = len(self.categories)
+        k, n_scales = len(self.categories), len(self.profile_scales)
         out = [0.0] * self.profile_size
         if not out or not profile:
             return out
+        index = self._cat_index
         for cat, vs in profile_values(profile).items():
-            i = self.category_index(cat)
-            if i >= 0:
-                for s, v in enumerate(vs):
-                    out[s * k + i] = v
+            i = index.get(cat)
+            if i is not None:
+                out[i::k] = vs[:n_scales]  # scale-major: positions i, i + k, i + 2k, ...
         return out
 
     def event_tokens(self, event: WindowEvent, gap_ms: int | None) -> list[int]:

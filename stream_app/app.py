@@ -24,7 +24,7 @@ from .model_swap import ModelHolder
 from .partitioning import partition_for
 from .settings import Settings
 from .state_cache import StateCache
-from .topics import TopicError, check_input_topics
+from .topics import TopicError, check_input_topics, partition_counts
 
 log = logging.getLogger("interest_stream")
 
@@ -69,6 +69,7 @@ class InterestApp(faust.App):
     states: StateCache
     flusher: Flusher
     models: ModelHolder
+    output_partitions: int  # of the output topic, read at start
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -80,6 +81,11 @@ class InterestApp(faust.App):
                 f"input topics have {n} partitions but INTEREST_PARTITIONS={settings.partitions}; "
                 "the tables must be co-partitioned with the input topics"
             )
+        # vectors go to the output topic's partition of their key (record batches, stream_app.scoring)
+        out = (await loop.run_in_executor(None, partition_counts, settings, [settings.output_topic]))[settings.output_topic]
+        if out is None:
+            raise TopicError(f"output topic {settings.output_topic} is missing; run `interest-stream topics create`")
+        self.output_partitions = out
         # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it)
         from .local_state import rebuild_stale
 

@@ -57,6 +57,23 @@ from .state_cache import Flush
 FLUSH_CHUNK = 500  # users written between two yields to the event loop (heartbeats, web, other agents)
 
 
+async def send_batches(producer, topic: str, partition: int, records, yield_every: int = FLUSH_CHUNK) -> list:
+    """``(key, value)`` records to one partition of ``topic`` as aiokafka record batches (a value
+    of None is a tombstone), in order; returns ``(batch future, records in it)`` per batch."""
+    sent = []
+    batch, in_batch = producer.create_batch(), 0
+    for i, (key, value) in enumerate(records):
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
+            batch, in_batch = producer.create_batch(), 0
+            batch.append(key=key, value=value, timestamp=None)
+        in_batch += 1
+        if i % yield_every == yield_every - 1:
+            await asyncio.sleep(0)
+    sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
+    return sent
+
+
 class _Message:
     __slots__ = ("topic", "partition")
 
@@ -135,29 +152,21 @@ class Flusher:
         offset once the last batch is acknowledged."""
         from rocksdict import WriteBatch
 
-        producer, store = self.producer(), self.table.data
+        store = self.table.data
         topic = self.table.changelog_topic.get_topic_name()
-        tp = TP(topic, f.partition)
         db_batch = WriteBatch(raw_mode=True)
-        nbytes, sent = 0, []
-        batch, in_batch = producer.create_batch(), 0
+        nbytes = 0
         records = [(key, raw) for key, raw in f.writes] + [(key, None) for key in f.deletes]
-        for i, (key, raw) in enumerate(records):
-            if batch.append(key=key, value=raw, timestamp=None) is None:  # full: send it, start another
-                sent.append((await producer.send_batch(batch, topic, partition=f.partition), in_batch))
-                batch, in_batch = producer.create_batch(), 0
-                batch.append(key=key, value=raw, timestamp=None)
-            in_batch += 1
+        for key, raw in records:
             if raw is None:
                 db_batch.delete(key)
             else:
                 db_batch.put(key, raw)
                 nbytes += len(raw)
-            if i % self.chunk == self.chunk - 1:
-                await asyncio.sleep(0)
-        sent.append((await producer.send_batch(batch, topic, partition=f.partition), in_batch))
+        sent = await send_batches(self.producer(), topic, f.partition, records, self.chunk)
         store._db_for_partition(f.partition).write(db_batch)
         last, n = sent[-1]
+        tp = TP(topic, f.partition)
 
         def persisted(fut) -> None:
             if not fut.cancelled() and fut.exception() is None and fut.result() is not None:

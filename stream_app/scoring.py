@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
 from . import core, metrics, state
-from .app import LIMITS, app, interests_topic, is_ready, lookup, owned_partitions, partition_lags, settings, users
+from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
+from .flush import send_batches
 from .partitioning import partition_for
 
 log = logging.getLogger("interest_stream.scoring")
@@ -39,6 +41,7 @@ class Pass:
 
 
 app.scorer = Pass()
+app.scoring_thread = ThreadPoolExecutor(1, thread_name_prefix="scoring")  # one model run at a time
 
 
 async def index_new_partitions() -> None:
@@ -78,6 +81,8 @@ def backlog() -> int:
 async def score_pass() -> int:
     """Score every user with new events on the partitions this worker owns; returns how many.
 
+    Batches are pipelined: while the model runs on one batch (in the scoring thread), the next
+    batch's inputs are copied out of the states and the previous batch's vectors are published.
     Inference must not starve consumption: while more than INTEREST_SCORE_PACE_BACKLOG input
     messages wait, the pass pauses after each batch so that it takes at most INTEREST_SCORE_SHARE
     of the time; otherwise it runs at full speed (fresher vectors)."""
@@ -90,37 +95,60 @@ async def score_pass() -> int:
     loop = asyncio.get_running_loop()
     batch, share, horizon = settings.score_batch, settings.score_share, LIMITS.horizon_ms
     done = 0
-    for i in range(0, len(todo), batch):
+    running = None  # (inputs, partition of each user, future of the model's output, start time)
+    for i in range(0, len(todo) + batch, batch):
         if not is_ready() or app.consumer_generation_id != generation:
             break  # a rebalance started: the new owners score these users
         t_start = time.perf_counter()
-        where: dict[bytes, int] = {}
-        inputs = []
-        for p, key in todo[i:i + batch]:
-            st = lookup(p, key)
-            if st is not None and state.is_pending(st):
-                where[key] = p
-                inputs.append(core.snapshot(key, st, model, horizon))
-        if not inputs:
-            continue
-        t0 = time.perf_counter()
-        probs = await loop.run_in_executor(None, core.infer, model, inputs, batch)
-        metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
-        metrics.SCORE_BATCHES.inc()
-        if app.consumer_generation_id != generation:
-            break  # the partitions were flushed and handed over while the model ran
-        for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
-            interests_topic.send_soon(key=key, value=orjson.dumps(vec))
-            app.states.put(where[key], key, st)  # the vector reaches the table with the next flush
-            done += 1
-        metrics.SCORED_USERS.inc(len(inputs))
+        nxt = None
+        if i < len(todo):
+            where: dict[bytes, int] = {}
+            inputs = []
+            for p, key in todo[i:i + batch]:
+                st = lookup(p, key)
+                if st is not None and state.is_pending(st):
+                    where[key] = p
+                    inputs.append(core.snapshot(key, st, model, horizon))
+            if inputs:
+                nxt = (inputs, where, loop.run_in_executor(app.scoring_thread, core.infer, model, inputs, batch),
+                       time.perf_counter())
+        if running is not None:
+            done += await publish(running, model, generation)
+        running = nxt
+        if running is None and i >= len(todo):
+            break
         spent = time.perf_counter() - t_start
         if share < 1 and backlog() > settings.pace_backlog:
             metrics.SCORE_PACED.inc()
             await asyncio.sleep(spent * (1 - share) / share)
         else:
             await asyncio.sleep(0)
+    if running is not None:
+        done += await publish(running, model, generation)
     return done
+
+
+async def publish(running, model, generation: int) -> int:
+    """Wait for a batch's model output; publish its vectors (record batches per output partition)
+    and keep each in its user's state. Nothing is published if the partitions were handed over
+    meanwhile (a rebalance flushed and dropped them)."""
+    inputs, where, future, t0 = running
+    probs = await future
+    metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
+    metrics.SCORE_BATCHES.inc()
+    if app.consumer_generation_id != generation:
+        return 0
+    by_partition: dict[int, list] = {}
+    n_out = app.output_partitions
+    for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
+        by_partition.setdefault(partition_for(key, n_out), []).append((key, orjson.dumps(vec)))
+        app.states.put(where[key], key, st)  # the vector reaches the table with the next flush
+    producer = app.producer._ensure_producer()
+    for p, records in by_partition.items():
+        await send_batches(producer, settings.output_topic, p, records)
+    n = sum(len(r) for r in by_partition.values())
+    metrics.SCORED_USERS.inc(n)
+    return n
 
 
 # Passes start every INTEREST_SCORE_INTERVAL_S from the start of the previous one (Faust's timer

@@ -1,7 +1,7 @@
 """Model output -> the contract's interest vector (pure; no Kafka, no onnxruntime)."""
 from __future__ import annotations
 
-import math
+from math import log2
 from typing import Mapping, Sequence
 
 SCHEMA = 1
@@ -12,14 +12,15 @@ def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> float:
     """Jensen-Shannon divergence, base 2 (0..1), over the union of both category lists
     (a category missing from one side has probability 0 there)."""
     total = 0.0
-    for c in set(p) | set(q):
+    same = p.keys() == q.keys()  # one model's categories on both sides: no union to build
+    for c in (p if same else set(p) | set(q)):
         a, b = p.get(c, 0.0), q.get(c, 0.0)
         m = (a + b) / 2
         if a > 0:
-            total += 0.5 * a * math.log2(a / m)
+            total += a * log2(a / m)
         if b > 0:
-            total += 0.5 * b * math.log2(b / m)
-    return min(1.0, max(0.0, total))
+            total += b * log2(b / m)
+    return min(1.0, max(0.0, 0.5 * total))
 
 
 def top_categories(interests: Mapping[str, float], n: int = TOP_N) -> list[str]:
@@ -37,8 +38,9 @@ def build_vector(
     previous: Mapping | None,
 ) -> dict:
     """The output record of CONTRACT.md for one user."""
-    total = float(sum(probs))
-    interests = {c: float(p) / total for c, p in zip(categories, probs)}
+    row = probs.tolist() if hasattr(probs, "tolist") else [float(p) for p in probs]  # numpy row: floats at once
+    total = sum(row)
+    interests = dict(zip(categories, [p / total for p in row]))
     drift = js_divergence(interests, previous["interests"]) if previous else 0.0
     return {
         "schema": SCHEMA,
