@@ -108,17 +108,21 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
 def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, name: str, src=None) -> dict:
     """One worker from the beginning of the topics until every event is processed; then SIGTERM
     (its last flush) and the changelog's size."""
+    from stream_app.settings import Settings
+
     app_id = f"interest-stream-{name}"
     w = WorkerProc(dict(env, INTEREST_APP_ID=app_id), work, src=src, name=name)
     w.start()
     t_ready = time.monotonic()
     done = 0.0
     samples = []
+    cache_max = 0.0
     while done < n:
         time.sleep(1)
         m = w.metrics()
         done = sum(m.get(f'interest_events_total{{outcome="{o}"}}', 0) for o in ("accepted", "duplicate", "dead_letter"))
         samples.append((time.monotonic() - t_ready, done))
+        cache_max = max(cache_max, m.get("interest_state_cache_bytes", 0.0))
         if w.proc.poll() is not None:
             raise SystemExit(f"worker {name} died; see {work / (name + '.log')}")
         if time.monotonic() - t_ready > 3600:
@@ -143,8 +147,10 @@ def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, nam
         "changelog_records_per_accepted_event": round(records / max(1.0, accepted), 3),
         "changelog_bytes_per_accepted_event": round(nbytes / max(1.0, accepted), 1) if nbytes is not None else None,
         "state_bytes_per_user_rocksdb": round(dir_bytes(work / f"{name}-data") / users),
-        "flush_s": float(env.get("INTEREST_FLUSH_S", 5.0)) if src is None else None,
+        "flush_s": Settings.from_env(env).flush_s if src is None else None,
         "shutdown_s": round(shutdown_s, 1),
+        "state_cache_max_mib": round(cache_max / 2**20, 1) if src is None else None,
+        "state_cache_bound_mib": Settings.from_env(env).state_cache_mb if src is None else None,
         "exit_code": rc,
     }
 

@@ -14,6 +14,7 @@ input) and how RSS moved over the second half of the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, WorkerProc, broker, dir_bytes, dumps, machine, topic_bytes
+from common import ROOT, WorkerProc, broker, checkout, dir_bytes, dumps, machine, topic_bytes
 
 
 def main() -> None:
@@ -32,7 +33,14 @@ def main() -> None:
     ap.add_argument("--horizon-s", type=int, default=120)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--profile-retention-s", type=int, default=240)
+    ap.add_argument("--old", default=None, help="run the worker of this git ref instead (same simulator)")
     args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(checkout(args.old)) if args.old else None
+        run(args, src)
+
+
+def run(args, src) -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app.settings import Settings
@@ -51,7 +59,7 @@ def main() -> None:
                    INTEREST_STORE="rocksdb://")
         s = Settings.from_env(env)
         create_topics(s)
-        w = WorkerProc(env, work).start()
+        w = WorkerProc(env, work, src=src).start()
         sim = subprocess.Popen(
             [sys.executable, "-m", "stream_app.cli", "simulate", "--rate", str(args.rate),
              "--users", str(args.users), "--speedup", "60", "--seed", "4"],
@@ -101,7 +109,9 @@ def main() -> None:
         "horizon_s": args.horizon_s,
         "profile_retention_s": args.profile_retention_s,
         "score_interval_s": args.interval,
-        "model": "default config (2 layers, 64 dims, max_len 256), 1 ONNX Runtime thread",
+        "worker_ref": args.old or "this checkout",
+        "model": {**__import__("json").loads((model_dir / "model.json").read_text())["model"],
+                  "max_len": 256, "ort_threads": 1},
         "per_minute": rows,
         "mean_events_per_s": round(sum(r["accepted"] for r in rows) / (60 * len(rows))) if rows else None,
         "max_lag": max(r["lag"] for r in rows) if rows else None,

@@ -93,7 +93,7 @@ class Settings:
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
-    flush_s: float = 5.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
+    flush_s: float = 15.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
     state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB: decoded user states (and events waiting for a flush) kept in memory
     replication: int = 1  # INTEREST_REPLICATION: replication factor of the topics Faust declares (changelogs)
     canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default http://127.0.0.1:<port>)
@@ -145,7 +145,7 @@ class Settings:
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
             linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
             log_format=log_format,
-            flush_s=_float(env, "INTEREST_FLUSH_S", 5.0, minimum=0.05),
+            flush_s=_float(env, "INTEREST_FLUSH_S", 15.0, minimum=0.05),
             state_cache_mb=_float(env, "INTEREST_STATE_CACHE_MB", 512.0, minimum=1.0),
             replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1),
             canonical_url=canonical_url,
