@@ -102,7 +102,15 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # values being as of "t", in millionths (integers). A gap of more than the retention between the
 # newest event and the next one starts a new profile (the worker evicts a user idle that long, and
 # training does the same).
-PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
+# (kind, half-life s | events). The first three are the original ones; the last two (a year, 100
+# events) were added because a grocery household's tuned counter remembers for months (issue 11:
+# on The Complete Journey the best counter's half-life was 300 events), which the 30-day scale
+# cannot carry. A spec lists the scales it reads, always a prefix of these (older models read 3).
+PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10), ("time", 365 * 86_400), ("events", 100))
+# A stored profile written before a scale existed has shorter lists: each missing scale starts from
+# the nearest existing one of its kind (the year from 30 days, 100 events from 10), an estimate that
+# the following events correct (in ~its half-life).
+PROFILE_EXTEND_FROM = {3: 1, 4: 2}
 PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # also the default target weights of training (models.data)
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
 PROFILE_UNIT = 1_000_000  # values are stored as integers in millionths (compact, exact in JSON); a
@@ -152,6 +160,8 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
             ks[i] += w * PROFILE_UNIT * 0.5 ** (n / h)
     gone = []
     for cat, vs in values.items():
+        if len(vs) < len(PROFILE_SCALES):
+            vs = _extend(vs)
         ks = keep.get(cat) if keep else None
         if ks:
             vs = [int(v * f + k * (1.0 - f) + 0.5) for v, f, k in zip(vs, step, ks)]
@@ -174,6 +184,14 @@ def profile_update(profile: dict | None, event: WindowEvent, retention_ms: int,
             drop = min(values, key=lambda c: (sum(values[c]), c))
             del values[drop]
     return profile
+
+
+def _extend(vs: Sequence) -> list:
+    """A stored value list from before the newer scales, extended (:data:`PROFILE_EXTEND_FROM`)."""
+    out = list(vs)
+    for j in range(len(out), len(PROFILE_SCALES)):
+        out.append(out[PROFILE_EXTEND_FROM[j]])
+    return out
 
 
 def _row_ts(row: tuple) -> int:
@@ -203,4 +221,5 @@ def profile_values(profile: dict | None) -> dict[str, list[float]]:
     time of the window it belongs to, so nothing needs decaying."""
     if not profile:
         return {}
-    return {c: [v / PROFILE_UNIT for v in vs] for c, vs in profile["c"].items()}
+    n = len(PROFILE_SCALES)
+    return {c: [v / PROFILE_UNIT for v in (vs if len(vs) >= n else _extend(vs))] for c, vs in profile["c"].items()}

@@ -50,7 +50,11 @@ from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
 PROFILE_EPS = 1e-6  # the profile's resolution (interest_core.window.PROFILE_UNIT millionths)
-N_CAT_FEATURES = 14  # per-category inputs of the feature network (InterestModel._category_features)
+
+
+def n_category_features(profile_scales: int) -> int:
+    """Inputs per category of the per-category network (InterestModel._category_features)."""
+    return 4 + (4 * profile_scales if profile_scales >= 2 else 0)
 
 
 @dataclass
@@ -128,7 +132,7 @@ class InterestModel(nn.Module):
         if config.cat_hidden:
             self.cat_emb = nn.Embedding(k, config.cat_dim)
             nn.init.normal_(self.cat_emb.weight, std=0.1)
-            self.cat_net = nn.Sequential(nn.Linear(N_CAT_FEATURES + config.cat_dim, config.cat_hidden), nn.GELU(),
+            self.cat_net = nn.Sequential(nn.Linear(n_category_features(S) + config.cat_dim, config.cat_hidden), nn.GELU(),
                                          nn.Linear(config.cat_hidden, 1))
             nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
             nn.init.zeros_(self.cat_net[2].bias)
@@ -250,27 +254,24 @@ class InterestModel(nn.Module):
         return torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(prof.shape[0], -1)
 
     def _category_features(self, counts, recent, prof):
-        """(R, k, N_CAT_FEATURES) inputs of the per-category network; without a profile its
-        columns are zeros."""
+        """(R, k, F) inputs of the per-category network (:func:`n_category_features`): the
+        window's counts, and per profile scale the category's weight, its share, the user's mass,
+        and its log-ratio to the 30-day scale (the 1-day one against it is about minus the days
+        since the category's last event while that is under ~20 days: "is this interest due
+        again"; the year against it says whether it is a long-run habit)."""
         R, k = counts.shape
         wtot = counts.sum(-1, keepdim=True)  # (R, 1)
-        cols = [torch.log1p(counts), torch.log1p(recent), counts / (wtot + 1.0),
-                torch.log1p(wtot).expand(R, k)]  # 4 window columns
+        cols = [torch.log1p(counts), torch.log1p(recent), counts / (wtot + 1.0), torch.log1p(wtot).expand(R, k)]
         if prof is not None and prof.shape[1] >= 2:
             S = prof.shape[1]
             mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
             lp = torch.log(prof + PROFILE_EPS)  # (R, S, k)
-            cols += [torch.log1p(prof[:, s]) for s in range(min(S, 3))]  # 3
-            cols += [prof[:, s] / (mass[:, s] + 1.0) for s in range(min(S, 3))]  # 3
-            cols += [torch.log1p(mass[:, 1]).expand(R, k), (prof[:, 1] > 0).to(prof.dtype)]  # 2
-            # recency against the long run: 1-day vs 30-day scale (~ minus the age of the last
-            # purchase, in days, while it is younger than ~20 days), and the 10-event vs 30-day scale
-            cols += [lp[:, 0] - lp[:, 1], lp[:, min(2, S - 1)] - lp[:, 1]]  # 2
-            while len(cols) < N_CAT_FEATURES:
-                cols.append(torch.zeros_like(counts))
-        else:
-            cols += [torch.zeros_like(counts)] * (N_CAT_FEATURES - len(cols))
-        return torch.stack(cols[:N_CAT_FEATURES], dim=-1)
+            cols += [torch.log1p(prof[:, s]) for s in range(S)]
+            cols += [prof[:, s] / (mass[:, s] + 1.0) for s in range(S)]
+            cols += [torch.log1p(mass[:, s]).expand(R, k) for s in range(S)]
+            cols += [lp[:, s] - lp[:, 1] for s in range(S) if s != 1]  # scale 1: 30 days
+            cols.append((prof[:, 1] > 0).to(prof.dtype))
+        return torch.stack(cols, dim=-1)
 
     def _transformer_state(self, input_ids, attention_mask, prof, b_idx, r_pos, hour):
         """(R, C): GPT-2's hidden state at each readout (+ hour and profile embeddings)."""

@@ -242,3 +242,61 @@ def test_completejourney_loader_bad_input(tmp_path):
     d = _cj_dir(tmp_path, "bad", ["7,10,1,1,2.0,02/01/2017 10:00\n"])
     r = CliRunner().invoke(cli.load, ["completejourney", str(d), "--out", str(tmp_path / "x.jsonl")])
     assert r.exit_code == 1 and "bad transaction_timestamp '02/01/2017 10:00'" in r.output
+
+
+# --- the simulator's mechanisms ------------------------------------------------------------------
+
+
+def test_simulator_without_mechanisms_is_the_simulator_before_them(tmp_path):
+    """Both mechanisms off: the same bytes as the simulator before they existed (sha256 of its
+    output for this population, recorded from that code)."""
+    import hashlib
+
+    out = tmp_path / "s.jsonl"
+    simulate_to_files(30, 3, 5, out, intent=False, transitions=False)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == \
+        "b61ddad69a16ce73843735206319a8493918fc5ba7f8c205bf1e27231e2f1880"
+    assert hashlib.sha256((tmp_path / "s.jsonl.truth.jsonl").read_bytes()).hexdigest() == \
+        "8ffccd6e2649f7e18d1b3a8d8e5b778a707d1a72600f8d9469bfd9e10c9af870"
+
+
+def test_intent_searches_come_before_the_shift():
+    """In the hours before a scheduled shift the user searches for the coming dominant category
+    (queries from its vocabulary); away from shifts, searches keep their usual share."""
+    from models.simulate import DAY_MS, HOUR_MS, INTENT_LEAD_H, TYPE_P, VOCAB, SimUser
+
+    near, far = [0, 0, 0], [0, 0]  # near: events, searches, searches for the coming category
+    for i in range(40):
+        u = SimUser(i, 3, 0)
+        t = u.next_event_time(0, 1.0)
+        while t < 20 * DAY_MS:
+            u._advance(t, 1.0)
+            lead_h = (u.next_shift - t) / HOUR_MS
+            coming = CATEGORIES[int(np.argmax(u.next_base))]
+            e = u.make_event(t, 3, 1.0)
+            if lead_h < INTENT_LEAD_H / 2:  # the second half of the lead: intent above half strength
+                near[0] += 1
+                if e["type"] == "search":
+                    near[1] += 1
+                    near[2] += all(w in VOCAB[coming] for w in e["query"].split())
+            elif lead_h > 2 * INTENT_LEAD_H:
+                far[0] += 1
+                far[1] += e["type"] == "search"
+            t = u.next_event_time(t, 1.0)
+    assert near[0] > 200 and far[0] > 2000
+    assert abs(far[1] / far[0] - TYPE_P[2]) < 0.03
+    assert near[1] / near[0] > 0.4  # 0.15 + (1 - 0.15) * (0.6 * >0.5)
+    assert near[2] / near[1] > 0.8
+
+
+def test_transitions_follow_the_population_table():
+    from models.simulate import TRANSITION_P, TRANSITIONS, SimUser
+
+    for on, lo, hi in ((True, TRANSITION_P - 0.05, 1.0), (False, 0.0, 0.35)):
+        u = SimUser(0, 1, 0, intent=False, transitions=on)
+        hits = 0
+        for _ in range(2000):
+            old = u._new_base(None)
+            new = u._new_base(old)
+            hits += CATEGORIES[int(np.argmax(new))] in TRANSITIONS[CATEGORIES[int(np.argmax(old))]]
+        assert lo < hits / 2000 < hi, on
