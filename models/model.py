@@ -74,6 +74,7 @@ class ModelConfig:
     recency_tokens: float = 30.0  # initial decay length of the recent-counts path, tokens (~10 events)
     cat_dim: int = 8  # category embedding of the per-category network
     cat_hidden: int = 32  # its hidden width (it runs k times per readout)
+    cat_context: int = 8  # a summary of the user's whole profile given to every category (0: none)
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
     init_from: str | None = None  # the pretrained directory this model started from
@@ -98,6 +99,7 @@ class ModelConfig:
         d = dict(d)
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
+        d.setdefault("cat_context", 0)  # checkpoints from before the context
         return cls(**d)
 
 
@@ -132,7 +134,13 @@ class InterestModel(nn.Module):
         if config.cat_hidden:
             self.cat_emb = nn.Embedding(k, config.cat_dim)
             nn.init.normal_(self.cat_emb.weight, std=0.1)
-            self.cat_net = nn.Sequential(nn.Linear(n_category_features(S) + config.cat_dim, config.cat_hidden), nn.GELU(),
+            ctx = config.cat_context if S else 0
+            if ctx:  # the user's profile, summarised: households alike in what they buy share their rhythms
+                self.cat_ctx = nn.Linear(S * (k + 1), ctx)
+                nn.init.zeros_(self.cat_ctx.weight)
+                nn.init.zeros_(self.cat_ctx.bias)
+            self.cat_net = nn.Sequential(nn.Linear(n_category_features(S) + config.cat_dim + ctx, config.cat_hidden),
+                                         nn.GELU(),
                                          nn.Linear(config.cat_hidden, 1))
             nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
             nn.init.zeros_(self.cat_net[2].bias)
@@ -228,8 +236,10 @@ class InterestModel(nn.Module):
 
         if cfg.correction != "none" and cfg.cat_hidden:
             feats = self._category_features(counts, recent, prof)  # (R, k, F)
-            emb = self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)  # (R, k, D)
-            logits = logits + self.cat_net(torch.cat([feats, emb], dim=-1)).squeeze(-1)
+            parts = [feats, self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)]  # (R, k, F), (R, k, D)
+            if hasattr(self, "cat_ctx"):
+                parts.append(self.cat_ctx(self._profile_features(prof)).unsqueeze(1).expand(R, k, cfg.cat_context))
+            logits = logits + self.cat_net(torch.cat(parts, dim=-1)).squeeze(-1)
         if cfg.correction == "full":
             logits = logits + self.head(self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour))
 
@@ -386,7 +396,7 @@ class TrainConfig:
     patience: int = 4  # validation passes without improvement before stopping
     max_steps: int = 1500  # hard cap; measured cost in README "Training cost"
     eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
-    plain_steps: int = 300  # steps of the plain path alone before the corrections (0: skip)
+    plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
     dense_weight: float = 1.0  # weight of each earlier event's readout against the sequence's last one
     seed: int = 1337

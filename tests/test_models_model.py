@@ -187,6 +187,7 @@ def _randomise_corrections(model):
         model.head.weight.normal_(0, 0.5)
         model.cat_net[2].weight.normal_(0, 0.5)
         model.profile_proj.weight.normal_(0, 0.2)
+        model.cat_ctx.weight.normal_(0, 0.3)
 
 
 def test_dense_readouts_equal_serving_on_the_prefix(encoder):
