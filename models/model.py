@@ -328,10 +328,16 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         return InterestModel(cfg)
     from models.pretrain import is_pretrain_dir, transfer_backbone
 
-    if is_pretrain_dir(init_from):
-        backbone = transfer_backbone(init_from, encoder)
-    else:
-        backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+    try:
+        if is_pretrain_dir(init_from):
+            backbone = transfer_backbone(init_from, encoder)
+        else:
+            backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{init_from}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
+                         f"({first})") from None
+    if not is_pretrain_dir(init_from):
         old = backbone.config.vocab_size
         backbone.resize_token_embeddings(old + encoder.vocab_size)
         cfg.token_offset = old
