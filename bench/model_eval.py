@@ -22,6 +22,7 @@ Variants (``--variants``, comma-separated):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -51,6 +52,7 @@ DATASETS = {
     # 2 h 37 min of a shop's log: the next 5 events (no multi-day histories)
     "rees46": {"data": {"target": "next_k", "target_k": 5}},
 }
+CACHED_CODE = ("data.py", "baselines.py", "evaluate.py", "train.py")  # what the cache depends on
 VARIANTS = {
     "default": {},
     "features": {"model": {"correction": "features"}},
@@ -180,7 +182,9 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     t0 = time.time()
     data_cfg = DataConfig(**DATASETS[dataset]["data"])
     base_train = TrainConfig(threads=threads, **extra["train"])
-    cache = wd / f"prepared-{log_path.stem}.pkl"  # the prepared data and baselines, reused by later runs
+    # the prepared data and baselines, reused by later runs of the same code on the same log
+    code = hashlib.sha1(b"".join((ROOT / "models" / f).read_bytes() for f in CACHED_CODE)).hexdigest()[:10]
+    cache = wd / f"prepared-{log_path.stem}-{code}.pkl"
     if cache.exists() and cache.stat().st_mtime > log_path.stat().st_mtime:
         with open(cache, "rb") as f:
             td, base, test_seqs, test_prof = pickle.load(f)

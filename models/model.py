@@ -404,7 +404,7 @@ class TrainConfig:
     eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
     plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
-    dense_weight: float = 1.0  # weight of each earlier event's readout against the sequence's last one
+    dense_weight: float = 1.0  # scales each earlier event's position weight (models.data, "Dense training")
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
@@ -447,8 +447,8 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = N
 def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weight: float = 1.0):
     """One training batch of the sequences ``idx``: (input_ids, attention_mask, profile, targets,
     readouts or None). ``dense`` (:class:`models.data.DenseReadouts`) gives every sequence's
-    earlier event readouts with their own profiles and targets; the sequence's own (last) readout
-    weighs 1 and each earlier one ``dense_weight``."""
+    earlier event readouts with their own profiles, targets and position weights; the sequence's
+    own (last) readout weighs 1 and each earlier one ``dense_weight`` times its position weight."""
     ids, mask = collate([seqs[i] for i in idx], pad_id)
     if dense is None:
         return ids, mask, torch.from_numpy(profiles[idx]), torch.from_numpy(targets[idx]), None
@@ -456,7 +456,7 @@ def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weigh
     batch = np.concatenate([np.full(len(r), b) for b, r in enumerate(rows)])
     rows = np.concatenate(rows)
     cut = dense.cut_row[rows]
-    weight = np.where(dense.is_last[rows], 1.0, dense_weight).astype(np.float32)
+    weight = np.where(dense.is_last[rows], 1.0, dense_weight * dense.weight[rows]).astype(np.float32)
     readouts = {"batch": torch.from_numpy(batch.astype(np.int64)), "pos": torch.from_numpy(dense.pos[rows]),
                 "hour": torch.from_numpy(dense.hour[rows]), "weight": torch.from_numpy(weight)}
     return ids, mask, torch.from_numpy(dense.profiles[cut]), torch.from_numpy(dense.targets[cut]), readouts

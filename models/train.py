@@ -75,7 +75,8 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
     if train_cfg.dense_weight > 0:
         train_seqs, dense = dense_readouts(ds, tr, data_cfg, encoder)
         log(f"dense training: {len(dense.pos)} readouts in {len(train_seqs)} sequences "
-            f"({dense.readouts_per_sequence:.1f} per sequence; earlier events weigh {train_cfg.dense_weight:g})")
+            f"({dense.readouts_per_sequence:.1f} per sequence; an earlier event weighs {train_cfg.dense_weight:g} x the "
+            f"share of its window it sees, {dense.weight[~dense.is_last].mean() if (~dense.is_last).any() else 0:.2f} on average)")
     else:
         train_seqs = encode_samples(ds, tr, data_cfg, encoder)
         train_prof, train_tgt = sample_profiles(ds, tr, data_cfg, encoder), tr.targets

@@ -300,3 +300,48 @@ def test_transitions_follow_the_population_table():
             new = u._new_base(old)
             hits += CATEGORIES[int(np.argmax(new))] in TRANSITIONS[CATEGORIES[int(np.argmax(old))]]
         assert lo < hits / 2000 < hi, on
+
+
+def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
+    """Every readout of a training sequence is a training cut of the same user with that cut's own
+    target and profile; its weight is the share of the cut's serving window (counted here from the
+    encoder's own output) that the sequence holds before it; the sequence's own cut weighs 1."""
+    from interest_core.encoding import fit_encoder
+    from interest_core.window import window_slice
+    from models.data import dense_readouts, sample_profiles
+
+    H = 3_600_000
+    events = []
+    for u in range(3):
+        for i in range(60):  # 20 minutes apart: a 1-day window holds up to 72, the 40-token budget ~12
+            events.append({"event_id": f"{u}-{i}", "user_id": f"u{u}", "type": "click", "ts": i * H // 3 + u,
+                           "category": "abc"[(i // 4 + u) % 3], "item_id": "x"})
+    users, _ = read_log(_log(tmp_path, events))
+    cfg = DataConfig(target="next_k", target_k=3, max_len=40)
+    enc = fit_encoder((e for evs in users.values() for e in evs), min_category_count=1, bpe_vocab_size=30, max_len=40)
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, list(enc.categories), cfg, t1, t2)
+    tr, allc = ds.splits["train"], ds.splits["train_all"]
+    seqs, dense = dense_readouts(ds, tr, cfg, enc)
+    assert len(seqs) == len(tr) and dense.readouts_per_sequence > 5
+    profiles = sample_profiles(ds, allc, cfg, enc)
+    gap_ids = range(enc.gap_offset, enc.dwell_offset)
+    checked = 0
+    for q in range(0, len(tr), 7):
+        rows = range(dense.offsets[q], dense.offsets[q + 1])
+        assert sum(dense.is_last[r] for r in rows) == 1
+        ids = list(seqs[q])
+        for r in rows:
+            c, ui = int(allc.cut[dense.cut_row[r]]), int(allc.user[dense.cut_row[r]])
+            assert ui == tr.user[q]
+            np.testing.assert_array_equal(dense.targets[dense.cut_row[r]], allc.targets[dense.cut_row[r]])
+            np.testing.assert_array_equal(dense.profiles[dense.cut_row[r]], profiles[dense.cut_row[r]])
+            evs = ds.seqs[ui].events
+            served = enc.encode(window_slice(evs[:c], evs[c - 1].ts, 86_400_000, 128))
+            n_served = sum(t in gap_ids for t in served)  # one gap token per event
+            n_context = sum(t in gap_ids for t in ids[: dense.pos[r] + 1])
+            want = 1.0 if dense.is_last[r] else n_context / n_served
+            assert dense.weight[r] == pytest.approx(want), (q, c)
+            assert ids[dense.pos[r]] == enc.category_offset + enc.category_index(evs[c - 1].category)
+            checked += 1
+    assert checked > 50 and 0 < dense.weight.min() < 0.5  # early readouts see little of their window
