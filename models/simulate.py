@@ -11,7 +11,9 @@ Each simulated user has
   default, both off reproduce the simulator before them byte for byte):
   - **intent that shows before it shifts** (:data:`INTENT_LEAD_H`): a shift to a new base point is
     scheduled ahead, and in the hours before it the user increasingly searches for the coming
-    dominant category while clicks and browses still follow the old interests. Search volume
+    dominant category while clicks and browses still follow the old interests; at the shift they
+    move there at once (the interests jump to the new base point, instead of drifting toward it
+    over the 48 h mean-reversion time). Search volume
     leads what people later do: Choi & Varian, "Predicting the Present with Google Trends",
     Economic Record 88 (2012), where searches for travel and cars lead arrivals and sales;
   - **population-level transitions between categories** (:data:`TRANSITIONS`): a new base
@@ -138,6 +140,8 @@ class SimUser:
                 self.base, self.next_base = self.next_base, None
                 self.next_base = self._new_base(self.base)
                 self.next_shift += self._shift_gap_ms(speedup)
+                # clicks and browses move there at once: the intent said where, now they go
+                self.logits = self.base + DRIFT_NOISE * self.rng.normal(size=K)
         elif self.rng.random() < 1.0 - math.exp(-dt_h / (24.0 * SHIFT_EVERY_DAYS)):
             self.base = self._new_base(self.base)
         a = math.exp(-dt_h / DRIFT_TIMESCALE_H)

@@ -345,3 +345,23 @@ def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
             assert ids[dense.pos[r]] == enc.category_offset + enc.category_index(evs[c - 1].category)
             checked += 1
     assert checked > 50 and 0 < dense.weight.min() < 0.5  # early readouts see little of their window
+
+
+def test_with_intent_the_interests_jump_at_the_shift():
+    """At a scheduled shift the interests move to the coming base point at once: the coming
+    category's share rises sharply across the shift (drifting there would take ~48 h; measured
+    without the jump: +0.003 on average, and the coming category on top 7 % of the time)."""
+    from models.simulate import HOUR_MS, SimUser
+
+    rise, top = [], []
+    for i in range(60):
+        u = SimUser(i, 5, 0, transitions=False)
+        for _ in range(3):
+            coming, at = int(np.argmax(u.next_base)), u.next_shift
+            u._advance(at - HOUR_MS, 1.0)
+            before = u.interests(at - HOUR_MS)
+            u._advance(at + 1, 1.0)
+            after = u.interests(at + 1)
+            rise.append(after[coming] - before[coming])
+            top.append(int(np.argmax(after)) == coming)
+    assert np.mean(rise) > 0.15 and np.mean(top) > 0.4, (np.mean(rise), np.mean(top))
