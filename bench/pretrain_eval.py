@@ -45,7 +45,7 @@ def main(dataset, steps, workdir):
     wd = Path(workdir)
     own = make_log(dataset, wd, 2000, 7.0, 1, "on")
     others = [make_log(d, wd, 0, 0, 0, "on") for d in ("cj", "movielens", "rees46") if d != dataset]
-    others += sorted(p for p in wd.glob("sim-*.jsonl") if p != own)
+    others += sorted(p for p in wd.glob("sim-*.jsonl") if p != own and not p.name.endswith(".truth.jsonl"))
     out = {"machine": machine(), "commit": _commit(), "dataset": dataset, "pretraining": {}, "fine_tuning": {}}
     for name, logs in (("own_log", [own]), ("all_logs", [own, *others])):
         t = time.time()
