@@ -151,8 +151,10 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
               help="sim only: the simulator's intent and transition mechanisms")
 @click.option("--pretrained", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="train/model config for every variant")
+@click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="override the dataset's data config (e.g. target_k=1)")
 @click.option("--threads", default=2, show_default=True)
-def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, threads):
+def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads):
     import torch
 
     from bench.common import machine
@@ -180,10 +182,18 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     log_path = make_log(dataset, Path(workdir), users, days, seed, mechanisms)
     quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731
     t0 = time.time()
-    data_cfg = DataConfig(**DATASETS[dataset]["data"])
+    data_over = dict(DATASETS[dataset]["data"])
+    for item in data_sets:
+        key, _, raw = item.partition("=")
+        typ = DataConfig.__dataclass_fields__[key].type if key in DataConfig.__dataclass_fields__ else None
+        if typ is None:
+            raise click.BadParameter(f"unknown key {key!r}", param_hint="--data-set")
+        data_over[key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+    data_cfg = DataConfig(**data_over)
     base_train = TrainConfig(threads=threads, **extra["train"])
     # the prepared data and baselines, reused by later runs of the same code on the same log
     code = hashlib.sha1(b"".join((ROOT / "models" / f).read_bytes() for f in CACHED_CODE)).hexdigest()[:10]
+    code += hashlib.sha1(json.dumps(data_over, sort_keys=True).encode()).hexdigest()[:6]
     cache = wd / f"prepared-{log_path.stem}-{code}.pkl"
     if cache.exists() and cache.stat().st_mtime > log_path.stat().st_mtime:
         with open(cache, "rb") as f:
@@ -198,7 +208,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     test = td.ds.splits["test"]
     setup_s = time.time() - t0
     out = {"machine": machine(), "commit": _commit(), "dataset": dataset, "log": str(log_path),
-           "data_config": DATASETS[dataset]["data"],
+           "data_config": data_over,
            "sim": {"users": users, "days": days, "seed": seed, "mechanisms": mechanisms} if dataset == "sim" else None,
            "events": td.info["log"]["events"], "users": td.info["log"]["users"],
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
