@@ -75,7 +75,7 @@ def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
     for i in m.graph.input[:2]:
         assert [d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
     prof = m.graph.input[2].type.tensor_type.shape.dim
-    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", 3 * len(CATEGORIES)]
+    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", len(tiny[2].profile_scales) * len(CATEGORIES)] == ["batch", 60]
     assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {ox.OPSET}
 
 
@@ -113,7 +113,7 @@ def test_model_json_fields(fp32_dir, tiny):
     assert meta["quantized"] is False
     assert meta["opset"] == ox.OPSET
     assert list(meta["inputs"]) == ["input_ids", "attention_mask", "profile"] and list(meta["outputs"]) == ["probs"]
-    assert meta["inputs"]["profile"] == {"dtype": "float32", "shape": ["batch", 3 * len(CATEGORIES)]}
+    assert meta["inputs"]["profile"] == {"dtype": "float32", "shape": ["batch", 5 * len(CATEGORIES)]}  # 5 scales
     assert meta["encoding"] == enc.to_spec() and isinstance(meta["encoding"]["tokenizer"], str)
     card = json.loads((ckpt / "model_card.json").read_text())
     assert meta["metrics"] == card["metrics"]
