@@ -40,6 +40,10 @@ bench: install
 	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
+	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json
+	$(PY) bench/model_eval.py --dataset movielens --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-movielens.json
+	$(PY) bench/pretrain_eval.py --dataset movielens | tee bench-out/pretrain_eval.json
+	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -68,7 +68,7 @@ class Encoder:
         dwell_buckets_ms: Sequence[int] = DEFAULT_DWELL_BUCKETS_MS,
         max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
         hour_token: bool = True,
-        profile: bool = True,
+        profile: bool | int = True,
     ):
         from tokenizers import Tokenizer
 
@@ -88,7 +88,9 @@ class Encoder:
         # the long-term profile (interest_core.window) as a float input beside the tokens: one value
         # per (scale, category), scale-major; () for specs before version 3 (no profile input)
         # (version 3 implies version 2's hour token)
-        self.profile_scales: tuple = tuple(PROFILE_SCALES) if profile and hour_token else ()
+        # (True: all of PROFILE_SCALES; an int n: the first n, as an older spec lists them)
+        n_scales = len(PROFILE_SCALES) if profile is True else int(profile)
+        self.profile_scales: tuple = tuple(PROFILE_SCALES[:n_scales]) if hour_token else ()
 
         self.pad_id, self.bos_id, self.end_id, self.unk_cat_id = PAD_ID, BOS_ID, END_ID, UNK_CAT_ID
         o = len(SPECIALS)
@@ -151,7 +153,9 @@ class Encoder:
             raise ValueError(f"unsupported encoding spec version {spec.get('version')!r}")
         if spec["version"] >= 3:
             prof = spec.get("profile") or {}
-            if [tuple(x) for x in prof.get("scales", ())] != list(PROFILE_SCALES) or \
+            scales = [tuple(x) for x in prof.get("scales", ())]
+            # the scales a spec reads are a prefix of the ones this code keeps (older specs read fewer)
+            if not scales or scales != list(PROFILE_SCALES[: len(scales)]) or \
                     prof.get("type_weights") != PROFILE_TYPE_WEIGHTS:
                 raise ValueError(f"the spec's profile {prof.get('scales')!r} / {prof.get('type_weights')!r} is not "
                                  f"the one this code keeps ({[list(x) for x in PROFILE_SCALES]} / {PROFILE_TYPE_WEIGHTS})")
@@ -163,7 +167,7 @@ class Encoder:
             dwell_buckets_ms=spec["dwell_buckets_ms"],
             max_query_tokens=spec["max_query_tokens"],
             hour_token=spec["version"] >= 2,
-            profile=spec["version"] >= 3,
+            profile=len((spec.get("profile") or {}).get("scales", ())) if spec["version"] >= 3 else 0,
         )
         if spec.get("vocab_size", enc.vocab_size) != enc.vocab_size:
             raise ValueError("encoding spec vocab_size does not match its layout")

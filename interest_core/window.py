@@ -113,7 +113,16 @@ def category_counts(events: Iterable[WindowEvent]) -> dict[str, int]:
 # multiplying with 2 ** ((an - n) / h): that is w * 0.5 ** (events after it / h). The anchors move
 # to (t, n) before the sums grow past 2 ** 64 (:data:`_REBASE`), and :func:`stored_profile` gives
 # the stored form.
-PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10))  # (kind, half-life s | events)
+# Scales, (kind, half-life s | events). The first three are the original ones; the last two (a
+# year, 100 events) were added because a grocery household's tuned counter remembers for months
+# (issue 11: on The Complete Journey the best counter's half-life was 300 events), which the
+# 30-day scale cannot carry. A spec lists the scales it reads, always a prefix of these (older
+# models read 3).
+PROFILE_SCALES = (("time", 86_400), ("time", 30 * 86_400), ("events", 10), ("time", 365 * 86_400), ("events", 100))
+# A stored profile written before a scale existed has shorter lists: each missing scale starts from
+# the nearest existing one of its kind (the year from 30 days, 100 events from 10), an estimate that
+# the following events correct (in ~its half-life).
+PROFILE_EXTEND_FROM = {3: 1, 4: 2}
 PROFILE_TYPE_WEIGHTS = {"click": 1.0, "browse": 0.5}  # also the default target weights of training (models.data)
 PROFILE_MAX_CATEGORIES = 32  # the largest kept per user (state size bound)
 PROFILE_UNIT = 1_000_000  # values are stored as integers in millionths (compact, exact in JSON); a
@@ -181,6 +190,14 @@ def profile_fold(profile: dict | None, ts: int, etype: str, category: str | None
     return profile
 
 
+def _extend(vs: Sequence) -> list:
+    """A stored value list from before the newer scales, extended (:data:`PROFILE_EXTEND_FROM`)."""
+    out = list(vs)
+    for j in range(len(out), len(PROFILE_SCALES)):
+        out.append(out[PROFILE_EXTEND_FROM[j]])
+    return out
+
+
 def _row_ts(row: tuple) -> int:
     return row[0]
 
@@ -207,10 +224,21 @@ def _rebase(profile: dict) -> None:
     profile["at"], profile["an"] = profile["t"], profile["n"]
 
 
+def _extend(vs: Sequence) -> list:
+    """A stored value list from before the newer scales, extended (:data:`PROFILE_EXTEND_FROM`)."""
+    if len(vs) >= len(PROFILE_SCALES):
+        return vs
+    out = list(vs)
+    for j in range(len(out), len(PROFILE_SCALES)):
+        out.append(out[PROFILE_EXTEND_FROM[j]])
+    return out
+
+
 def working_profile(stored: dict) -> dict:
-    """The working form of a stored profile (values as of ``t`` become the sums, anchored there)."""
+    """The working form of a stored profile (values as of ``t`` become the sums, anchored there;
+    lists from before the newer scales extended)."""
     return {"t": stored["t"], "n": 0, "at": stored["t"], "an": 0,
-            "w": {c: [v / PROFILE_UNIT for v in vs] for c, vs in stored["c"].items()}}
+            "w": {c: [v / PROFILE_UNIT for v in _extend(vs)] for c, vs in stored["c"].items()}}
 
 
 def stored_profile(profile: dict | None) -> dict | None:
@@ -246,4 +274,4 @@ def profile_values(profile: dict | None) -> dict[str, list[float]]:
     if "w" in profile:
         f = _factors(profile)
         return {c: [v * x for v, x in zip(vs, f)] for c, vs in profile["w"].items()}
-    return {c: [v / PROFILE_UNIT for v in vs] for c, vs in profile["c"].items()}
+    return {c: [v / PROFILE_UNIT for v in _extend(vs)] for c, vs in profile["c"].items()}

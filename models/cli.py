@@ -1,4 +1,5 @@
-"""Training-side CLI verbs: ``load movielens|rees46|completejourney``, ``train``, ``evaluate``, ``evaluate-rerank``.
+"""Training-side CLI verbs: ``load movielens|rees46|completejourney``, ``pretrain``, ``train``, ``evaluate``,
+``evaluate-rerank``.
 
 Click command objects; ``stream_app.cli`` attaches them to the ``interest-stream`` group.
 Importing this module needs neither torch nor transformers: they load inside the commands.
@@ -82,7 +83,7 @@ def load_completejourney_cmd(data_dir, out, top):
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Training samples cap [120000].")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Local pretrained GPT-2 directory (from_pretrained) to start from.")
+              help="Start from a directory of `interest-stream pretrain` (or a local GPT-2 directory).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other model/train/data config key, e.g. --set n_layer=4 --set lr=1e-3.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
@@ -135,6 +136,40 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     try:
         run_training(data, out, dcfg, tcfg, chosen["model"], init_from=init_from, resume=resume,
                      progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("pretrain")
+@click.option("--data", "data", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL event log; repeat for several logs (all their events are used, no split).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Pretrained directory.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training steps [3000].")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any pretrain config key, e.g. --set n_embd=64 --set lr=1e-3.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pretrain(data, out, max_steps, sets, quiet):
+    """Self-supervised pretraining of the backbone on every event of the logs (next event's category,
+    type and time gap); `train --init-from DIR` fine-tunes it."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from dataclasses import fields
+
+    from models.pretrain import PretrainConfig, run_pretraining
+
+    known = {f.name: f for f in fields(PretrainConfig)}
+    chosen = {} if max_steps is None else {"max_steps": max_steps}
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise click.BadParameter(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}", param_hint="--set")
+        typ = known[key].type
+        try:
+            chosen[key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+        except ValueError:
+            raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
+    try:
+        run_pretraining(list(data), out, PretrainConfig(**chosen), progress=not quiet,
+                        log=lambda m: click.echo(m, err=True))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 

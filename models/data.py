@@ -26,7 +26,10 @@ earlier events, and the cut after each of them is a sample of its own (the same 
 same profile code). One forward pass reads them all: the readout of each such cut is the last token
 of its event, its profile and target those of that cut. Its input is the window of the sequence's
 own cut up to that event: the serving window of that cut minus, possibly, its oldest events (never
-anything older than the horizon allows).
+anything older than the horizon allows). Position weights: the sequence's own cut weighs 1; an
+earlier cut weighs the share of its serving window that its input holds (events), so a readout
+that sees its whole window counts fully and one that sees a sliver of it hardly at all (the model
+is served whole windows); training multiplies these by ``TrainConfig.dense_weight``.
 """
 from __future__ import annotations
 
@@ -351,6 +354,23 @@ def encode_with_ends(encoder, events) -> tuple[list[int], list[int]]:
     return out, ends
 
 
+def serving_window_sizes(seq: UserSeq, encoder, horizon_ms: int, max_events: int) -> np.ndarray:
+    """(n+1,): for each cut c, the number of events the worker's encoded window holds when event c-1
+    is the newest: those within the horizon, at most ``max_events``, and the most recent whole
+    events that fit the token budget (:meth:`interest_core.encoding.Encoder.encode`)."""
+    evs, ts = seq.events, seq.ts
+    n = len(evs)
+    toklen = np.array([len(encoder.event_tokens(e, None)) for e in evs], np.int64)  # a gap token is 1 either way
+    csum = np.concatenate([[0], np.cumsum(toklen)])
+    budget = encoder.max_len - 1 - (2 if encoder.hour_token else 1)
+    out = np.zeros(n + 1, np.int64)
+    for c in range(1, n + 1):
+        lo = max(int(np.searchsorted(ts, ts[c - 1] - horizon_ms, side="right")), c - max_events)
+        lo = max(lo, int(np.searchsorted(csum, csum[c] - budget, side="left")))
+        out[c] = c - lo
+    return out
+
+
 @dataclass
 class DenseReadouts:
     """Every readout of every training sequence, flat: sequence ``q`` owns rows
@@ -362,6 +382,7 @@ class DenseReadouts:
     pos: np.ndarray  # (M,) int64
     hour: np.ndarray  # (M,) int64
     is_last: np.ndarray  # (M,) bool
+    weight: np.ndarray  # (M,) float32: 1 for the last; the share of its serving window otherwise (module doc)
     cut_row: np.ndarray  # (M,) int64
     targets: np.ndarray  # (C, k) float32
     profiles: np.ndarray  # (C, P) float32
@@ -376,13 +397,17 @@ def dense_readouts(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> t
     allc = ds.splits["train_all"]
     row_of = {(int(u), int(i)): r for r, (u, i) in enumerate(zip(allc.user, allc.cut))}
     horizon_ms = seconds_to_ms(cfg.horizon_s)
-    seqs, offsets, pos, hour, is_last, cut_row = [], [0], [], [], [], []
+    serving = {}  # user -> events in the serving window of each cut (index c: the window ending at event c-1)
+    seqs, offsets, pos, hour, is_last, cut_row, weight = [], [0], [], [], [], [], []
     for ui, i, cut_ts in zip(samples.user, samples.cut, samples.cut_ts):
         ui, i = int(ui), int(i)
         evs = ds.seqs[ui].events
+        if ui not in serving:
+            serving[ui] = serving_window_sizes(ds.seqs[ui], encoder, horizon_ms, cfg.max_events)
         win = window_slice(evs[max(0, i - cfg.max_events) : i], int(cut_ts), horizon_ms, cfg.max_events)
         ids, ends = encode_with_ends(encoder, win)
         a = i - len(win)  # the window is events a .. i-1
+        first = next((m for m, e in enumerate(ends) if e >= 0), len(ends))  # the oldest event that fit
         for m, end in enumerate(ends):
             c = a + m + 1  # the cut after this event
             r = row_of.get((ui, c))
@@ -392,9 +417,10 @@ def dense_readouts(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> t
             hour.append((win[m].ts // 3_600_000) % 24)
             is_last.append(c == i)
             cut_row.append(r)
+            weight.append(1.0 if c == i else min(1.0, (m + 1 - first) / max(1, serving[ui][c])))
         seqs.append(np.asarray(ids, np.int32))
         offsets.append(len(pos))
     dense = DenseReadouts(np.asarray(offsets, np.int64), np.asarray(pos, np.int64), np.asarray(hour, np.int64),
-                          np.asarray(is_last, bool), np.asarray(cut_row, np.int64), allc.targets,
-                          sample_profiles(ds, allc, cfg, encoder))
+                          np.asarray(is_last, bool), np.asarray(weight, np.float32), np.asarray(cut_row, np.int64),
+                          allc.targets, sample_profiles(ds, allc, cfg, encoder))
     return seqs, dense

@@ -157,8 +157,7 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
     import torch
 
-    from models.baselines import NAMES, Baselines
-    from models.data import DataConfig, prepare, sample_profiles, sample_windows
+    from models.data import DataConfig, prepare, sample_profiles
     from models.model import load_checkpoint, predict
 
     model, encoder, card = load_checkpoint(ckpt_dir)
@@ -166,21 +165,60 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     split = card["split"]
     dcfg = DataConfig.from_dict(split["data_config"])
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
+    base = baseline_predictions(ds, dcfg, encoder.k)
+    test = ds.splits["test"]
+    test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
+    test_prof = sample_profiles(ds, test, dcfg, encoder)
+    pred = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
+    result = report(ds, base, pred, info, {"correction": model.config.correction, "readout": model.config.readout,
+                                           "selection": card.get("metrics", {}).get("selection")})
+    truth_path = Path(f"{data_path}.truth.jsonl")
+    if truth_path.exists():
+        from models.simulate import read_truth
+
+        preds = {**base["test"], "gpt2": pred}
+        tt, ok = truth_targets(read_truth(truth_path), ds, test, encoder.categories, dcfg)
+        if ok.any():
+            result["truth"] = {"samples": int(ok.sum()), "models": {
+                n: {"kl": float(kl_per_sample(tt[ok], preds[n][ok]).mean()),
+                    "mse": float(mse_per_sample(tt[ok], preds[n][ok]).mean())} for n in result["models"]}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    if plots:
+        best = result["best_baseline"]
+        plot_training(card.get("history", []), out / "training_curves.png")
+        plot_users(ds, test, {**base["test"], "gpt2": pred}, encoder.categories, best, out / "users.png")
+        plot_calibration(result["calibration"], out / "calibration.png")
+        plot_buckets(result, best, out / "buckets.png")
+    return result
+
+
+def baseline_predictions(ds, dcfg, k: int) -> dict:
+    """The baselines fit (training, validation) and their test predictions: ``{"test": {name:
+    (N, k)}, "val_kl", "best" (lowest validation KL), "params", "test_windows"}``."""
+    from models.baselines import NAMES, Baselines
+    from models.data import sample_windows
+
     val, test = ds.splits["val"], ds.splits["test"]
     if len(test) == 0 or len(val) == 0:
-        raise ValueError(f"{data_path}: no validation/test samples under the checkpoint's split")
-    base = Baselines(ds, encoder.k)
+        raise ValueError("no validation/test samples under the checkpoint's split")
+    base = Baselines(ds, k)
     params = base.fit(val, kl_per_sample)
-    preds = {}
-    val_windows, test_windows = sample_windows(ds, val, dcfg), sample_windows(ds, test, dcfg)
-    val_base = base.predict(val, val_windows)
-    val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_base.items()}
-    best = min(NAMES, key=lambda n: val_kl[n])
-    preds.update(base.predict(test, test_windows))
-    test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in test_windows]
-    test_prof = sample_profiles(ds, test, dcfg, encoder)
-    preds["gpt2"] = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
+    test_windows = sample_windows(ds, test, dcfg)
+    val_pred = base.predict(val, sample_windows(ds, val, dcfg))
+    val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_pred.items()}
+    return {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": min(NAMES, key=lambda n: val_kl[n]),
+            "params": params, "test_windows": test_windows}
 
+
+def report(ds, base: dict, pred: np.ndarray, info: dict, model_info: dict) -> dict:
+    """metrics.json (CONTRACT "Model artifacts", plus the fields of the module doc) for the model's
+    test predictions ``pred`` against the baselines of :func:`baseline_predictions`."""
+    from models.baselines import NAMES
+
+    test, best = ds.splits["test"], base["best"]
+    preds = {"gpt2": pred, **base["test"]}
     order = ["gpt2", *NAMES]
     result = {
         "split": "test",
@@ -188,14 +226,13 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
         "models": {n: metrics(test.targets, preds[n]) for n in order},
         "best_baseline": best,
     }
-    diff = kl_per_sample(test.targets, preds[best]) - kl_per_sample(test.targets, preds["gpt2"])
+    diff = kl_per_sample(test.targets, preds[best]) - kl_per_sample(test.targets, pred)
     result["kl_gain_ci95"] = paired_bootstrap(diff, test.user)
     result["kl_gain"] = float(diff.mean())
     result["kl_ratio"] = result["models"]["gpt2"]["kl"] / result["models"][best]["kl"]
-    result["gain_ci95"] = gains(test.targets, preds["gpt2"], preds[best], test.user)
+    result["gain_ci95"] = gains(test.targets, pred, preds[best], test.user)
     result["users"] = int(len(np.unique(test.user)))
-    result["model"] = {"correction": model.config.correction, "readout": model.config.readout,
-                       "selection": card.get("metrics", {}).get("selection")}
+    result["model"] = model_info
     result["calibration"] = {n: calibration(test.targets, preds[n]) for n in ("gpt2", best)}
     bucket, thresholds = activity_buckets(ds, test)
     result["buckets"] = {"rule": thresholds}
@@ -207,31 +244,13 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
         result["buckets"][name] = {
             "users": int(len(np.unique(u))), "samples": int(m.sum()),
             "models": {n: metrics(t, preds[n][m]) for n in order},
-            "kl_ratio": float(kl_per_sample(t, preds["gpt2"][m]).mean() / kl_per_sample(t, preds[best][m]).mean()),
-            "gain_ci95": gains(t, preds["gpt2"][m], preds[best][m], u),
+            "kl_ratio": float(kl_per_sample(t, pred[m]).mean() / kl_per_sample(t, preds[best][m]).mean()),
+            "gain_ci95": gains(t, pred[m], preds[best][m], u),
         }
-    result["validation_kl"] = val_kl
-    result["baseline_params"] = params
+    result["validation_kl"] = base["val_kl"]
+    result["baseline_params"] = base["params"]
     result["sample_counts"] = info["samples"]
     result["split_times"] = {"t1": ds.t1, "t2": ds.t2}
-
-    truth_path = Path(f"{data_path}.truth.jsonl")
-    if truth_path.exists():
-        from models.simulate import read_truth
-
-        tt, ok = truth_targets(read_truth(truth_path), ds, test, encoder.categories, dcfg)
-        if ok.any():
-            result["truth"] = {"samples": int(ok.sum()), "models": {
-                n: {"kl": float(kl_per_sample(tt[ok], preds[n][ok]).mean()),
-                    "mse": float(mse_per_sample(tt[ok], preds[n][ok]).mean())} for n in order}}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    if plots:
-        plot_training(card.get("history", []), out / "training_curves.png")
-        plot_users(ds, test, preds, encoder.categories, best, out / "users.png")
-        plot_calibration(result["calibration"], out / "calibration.png")
-        plot_buckets(result, best, out / "buckets.png")
     return result
 
 

@@ -50,7 +50,11 @@ from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
 PROFILE_EPS = 1e-6  # the profile's resolution (interest_core.window.PROFILE_UNIT millionths)
-N_CAT_FEATURES = 14  # per-category inputs of the feature network (InterestModel._category_features)
+
+
+def n_category_features(profile_scales: int) -> int:
+    """Inputs per category of the per-category network (InterestModel._category_features)."""
+    return 4 + (4 * profile_scales if profile_scales >= 2 else 0)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class ModelConfig:
     recency_tokens: float = 30.0  # initial decay length of the recent-counts path, tokens (~10 events)
     cat_dim: int = 8  # category embedding of the per-category network
     cat_hidden: int = 32  # its hidden width (it runs k times per readout)
+    cat_context: int = 8  # a summary of the user's whole profile given to every category (0: none)
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
     init_from: str | None = None  # the pretrained directory this model started from
@@ -94,6 +99,7 @@ class ModelConfig:
         d = dict(d)
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
+        d.setdefault("cat_context", 0)  # checkpoints from before the context
         return cls(**d)
 
 
@@ -128,7 +134,13 @@ class InterestModel(nn.Module):
         if config.cat_hidden:
             self.cat_emb = nn.Embedding(k, config.cat_dim)
             nn.init.normal_(self.cat_emb.weight, std=0.1)
-            self.cat_net = nn.Sequential(nn.Linear(N_CAT_FEATURES + config.cat_dim, config.cat_hidden), nn.GELU(),
+            ctx = config.cat_context if S else 0
+            if ctx:  # the user's profile, summarised: households alike in what they buy share their rhythms
+                self.cat_ctx = nn.Linear(S * (k + 1), ctx)
+                nn.init.zeros_(self.cat_ctx.weight)
+                nn.init.zeros_(self.cat_ctx.bias)
+            self.cat_net = nn.Sequential(nn.Linear(n_category_features(S) + config.cat_dim + ctx, config.cat_hidden),
+                                         nn.GELU(),
                                          nn.Linear(config.cat_hidden, 1))
             nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
             nn.init.zeros_(self.cat_net[2].bias)
@@ -224,8 +236,10 @@ class InterestModel(nn.Module):
 
         if cfg.correction != "none" and cfg.cat_hidden:
             feats = self._category_features(counts, recent, prof)  # (R, k, F)
-            emb = self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)  # (R, k, D)
-            logits = logits + self.cat_net(torch.cat([feats, emb], dim=-1)).squeeze(-1)
+            parts = [feats, self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)]  # (R, k, F), (R, k, D)
+            if hasattr(self, "cat_ctx"):
+                parts.append(self.cat_ctx(self._profile_features(prof)).unsqueeze(1).expand(R, k, cfg.cat_context))
+            logits = logits + self.cat_net(torch.cat(parts, dim=-1)).squeeze(-1)
         if cfg.correction == "full":
             logits = logits + self.head(self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour))
 
@@ -250,27 +264,24 @@ class InterestModel(nn.Module):
         return torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(prof.shape[0], -1)
 
     def _category_features(self, counts, recent, prof):
-        """(R, k, N_CAT_FEATURES) inputs of the per-category network; without a profile its
-        columns are zeros."""
+        """(R, k, F) inputs of the per-category network (:func:`n_category_features`): the
+        window's counts, and per profile scale the category's weight, its share, the user's mass,
+        and its log-ratio to the 30-day scale (the 1-day one against it is about minus the days
+        since the category's last event while that is under ~20 days: "is this interest due
+        again"; the year against it says whether it is a long-run habit)."""
         R, k = counts.shape
         wtot = counts.sum(-1, keepdim=True)  # (R, 1)
-        cols = [torch.log1p(counts), torch.log1p(recent), counts / (wtot + 1.0),
-                torch.log1p(wtot).expand(R, k)]  # 4 window columns
+        cols = [torch.log1p(counts), torch.log1p(recent), counts / (wtot + 1.0), torch.log1p(wtot).expand(R, k)]
         if prof is not None and prof.shape[1] >= 2:
             S = prof.shape[1]
             mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
             lp = torch.log(prof + PROFILE_EPS)  # (R, S, k)
-            cols += [torch.log1p(prof[:, s]) for s in range(min(S, 3))]  # 3
-            cols += [prof[:, s] / (mass[:, s] + 1.0) for s in range(min(S, 3))]  # 3
-            cols += [torch.log1p(mass[:, 1]).expand(R, k), (prof[:, 1] > 0).to(prof.dtype)]  # 2
-            # recency against the long run: 1-day vs 30-day scale (~ minus the age of the last
-            # purchase, in days, while it is younger than ~20 days), and the 10-event vs 30-day scale
-            cols += [lp[:, 0] - lp[:, 1], lp[:, min(2, S - 1)] - lp[:, 1]]  # 2
-            while len(cols) < N_CAT_FEATURES:
-                cols.append(torch.zeros_like(counts))
-        else:
-            cols += [torch.zeros_like(counts)] * (N_CAT_FEATURES - len(cols))
-        return torch.stack(cols[:N_CAT_FEATURES], dim=-1)
+            cols += [torch.log1p(prof[:, s]) for s in range(S)]
+            cols += [prof[:, s] / (mass[:, s] + 1.0) for s in range(S)]
+            cols += [torch.log1p(mass[:, s]).expand(R, k) for s in range(S)]
+            cols += [lp[:, s] - lp[:, 1] for s in range(S) if s != 1]  # scale 1: 30 days
+            cols.append((prof[:, 1] > 0).to(prof.dtype))
+        return torch.stack(cols, dim=-1)
 
     def _transformer_state(self, input_ids, attention_mask, prof, b_idx, r_pos, hour):
         """(R, C): GPT-2's hidden state at each readout (+ hour and profile embeddings)."""
@@ -317,10 +328,16 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         return InterestModel(cfg)
     from models.pretrain import is_pretrain_dir, transfer_backbone
 
-    if is_pretrain_dir(init_from):
-        backbone = transfer_backbone(init_from, encoder)
-    else:
-        backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+    try:
+        if is_pretrain_dir(init_from):
+            backbone = transfer_backbone(init_from, encoder)
+        else:
+            backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{init_from}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
+                         f"({first})") from None
+    if not is_pretrain_dir(init_from):
         old = backbone.config.vocab_size
         backbone.resize_token_embeddings(old + encoder.vocab_size)
         cfg.token_offset = old
@@ -385,9 +402,9 @@ class TrainConfig:
     patience: int = 4  # validation passes without improvement before stopping
     max_steps: int = 1500  # hard cap; measured cost in README "Training cost"
     eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
-    plain_steps: int = 300  # steps of the plain path alone before the corrections (0: skip)
+    plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
-    dense_weight: float = 1.0  # weight of each earlier event's readout against the sequence's last one
+    dense_weight: float = 1.0  # scales each earlier event's position weight (models.data, "Dense training")
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
@@ -430,8 +447,8 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = N
 def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weight: float = 1.0):
     """One training batch of the sequences ``idx``: (input_ids, attention_mask, profile, targets,
     readouts or None). ``dense`` (:class:`models.data.DenseReadouts`) gives every sequence's
-    earlier event readouts with their own profiles and targets; the sequence's own (last) readout
-    weighs 1 and each earlier one ``dense_weight``."""
+    earlier event readouts with their own profiles, targets and position weights; the sequence's
+    own (last) readout weighs 1 and each earlier one ``dense_weight`` times its position weight."""
     ids, mask = collate([seqs[i] for i in idx], pad_id)
     if dense is None:
         return ids, mask, torch.from_numpy(profiles[idx]), torch.from_numpy(targets[idx]), None
@@ -439,7 +456,7 @@ def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weigh
     batch = np.concatenate([np.full(len(r), b) for b, r in enumerate(rows)])
     rows = np.concatenate(rows)
     cut = dense.cut_row[rows]
-    weight = np.where(dense.is_last[rows], 1.0, dense_weight).astype(np.float32)
+    weight = np.where(dense.is_last[rows], 1.0, dense_weight * dense.weight[rows]).astype(np.float32)
     readouts = {"batch": torch.from_numpy(batch.astype(np.int64)), "pos": torch.from_numpy(dense.pos[rows]),
                 "hour": torch.from_numpy(dense.hour[rows]), "weight": torch.from_numpy(weight)}
     return ids, mask, torch.from_numpy(dense.profiles[cut]), torch.from_numpy(dense.targets[cut]), readouts

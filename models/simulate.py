@@ -6,6 +6,22 @@ Each simulated user has
 * a latent interest distribution over :data:`CATEGORIES`: softmax of logits that drift slowly
   (an Ornstein-Uhlenbeck walk around a base point), jump abruptly now and then (a new base point,
   about every ``SHIFT_EVERY_DAYS``), plus a periodic habit (one category boosted every evening);
+* two mechanisms that real platforms document, each switchable (``intent=``, ``transitions=``
+  of :func:`simulate_user`, :func:`simulate_to_files`, :func:`iter_live_events`; both on by
+  default, both off reproduce the simulator before them byte for byte):
+  - **intent that shows before it shifts** (:data:`INTENT_LEAD_H`): a shift to a new base point is
+    scheduled ahead, and in the hours before it the user increasingly searches for the coming
+    dominant category while clicks and browses still follow the old interests; at the shift they
+    move there at once (the interests jump to the new base point, instead of drifting toward it
+    over the 48 h mean-reversion time). Search volume
+    leads what people later do: Choi & Varian, "Predicting the Present with Google Trends",
+    Economic Record 88 (2012), where searches for travel and cars lead arrivals and sales;
+  - **population-level transitions between categories** (:data:`TRANSITIONS`): a new base
+    point's dominant category follows the old one's row of a fixed transition table (after
+    travel, often finance), instead of being uniform. Sequential recommenders exist because such
+    population-wide transitions are real and learnable: Rendle, Freudenthaler & Schmidt-Thieme,
+    "Factorizing Personalized Markov Chains for Next-Basket Recommendation", WWW 2010 (a
+    transition matrix shared by all users, personalised on top);
 * events drawn from those interests: the first event of a session from the current interest,
   later ones stay on the session's category with probability ``STICKY``; clicks, browses (with a
   dwell time that is longer for categories the user likes) and searches whose query words come
@@ -61,6 +77,17 @@ BASE_CONCENTRATION = 0.35  # Dirichlet alpha of base points: a few strong intere
 HABIT_BOOST = 1.5  # evening boost of the habit category, logit units
 TYPE_P = (0.40, 0.45, 0.15)  # click, browse, search
 TRUTH_EVERY_H = 6
+INTENT_LEAD_H = 12.0  # searches for the coming category start this long before a shift (Choi & Varian 2012)
+INTENT_SEARCH_P = 0.6  # at the shift, this share of events is a search for it (rising linearly from 0)
+TRANSITION_P = 0.75  # a new dominant category follows TRANSITIONS with this probability (else uniform)
+# Where a user's dominant interest goes next, population-wide (Rendle et al. 2010): plausible pairs,
+# each row's targets equally likely.
+TRANSITIONS = {
+    "travel": ("finance", "fashion"), "finance": ("cars", "tech"), "cars": ("finance", "tech"),
+    "fitness": ("fashion", "cooking"), "cooking": ("fitness", "books"), "fashion": ("travel", "music"),
+    "tech": ("gaming", "cars"), "gaming": ("tech", "movies"), "movies": ("music", "books"),
+    "music": ("movies", "travel"), "books": ("movies", "cooking"), "sports": ("fitness", "travel"),
+}
 
 
 def _diurnal(hour: float) -> float:
@@ -71,23 +98,36 @@ def _diurnal(hour: float) -> float:
 class SimUser:
     """One user's incremental simulation, in simulated time (ms)."""
 
-    def __init__(self, index: int, seed: int, start_ms: int):
+    def __init__(self, index: int, seed: int, start_ms: int, intent: bool = True, transitions: bool = True,
+                 speedup: float = 1.0):
         self.user_id = f"u{index}"
         self.rng = np.random.default_rng([seed, index])
         r = self.rng
+        self.intent, self.transitions = intent, transitions
         self.rate_per_day = float(np.clip(MEAN_EVENTS_PER_DAY * math.exp(ACTIVITY_SIGMA * r.normal()), 1.0, 120.0))
         self.habit = int(r.integers(K))
         self.habit_strength = float(r.uniform(0.0, HABIT_BOOST))
         self.tz_shift_h = float(r.uniform(-3, 3))
-        self.base = self._new_base()
+        self.base = self._new_base(None)
         self.logits = self.base + DRIFT_NOISE * r.normal(size=K)
         self.t = start_ms  # time the latent state refers to
         self.n_events = 0
         self.session_left = 0
         self.session_cat = 0
+        if intent:  # shifts are scheduled ahead, so their intent can show before them
+            self.next_shift = start_ms + self._shift_gap_ms(speedup)
+            self.next_base = self._new_base(self.base)
 
-    def _new_base(self) -> np.ndarray:
+    def _shift_gap_ms(self, speedup: float) -> int:
+        return int(self.rng.exponential(SHIFT_EVERY_DAYS) * DAY_MS / speedup)
+
+    def _new_base(self, old: np.ndarray | None) -> np.ndarray:
         p = self.rng.dirichlet(np.full(K, BASE_CONCENTRATION))
+        if self.transitions and old is not None and self.rng.random() < TRANSITION_P:
+            to = TRANSITIONS[CATEGORIES[int(np.argmax(old))]]
+            j = CATEGORIES.index(to[int(self.rng.integers(len(to)))])
+            p[j] = max(p[j], 1.5 * p.max())  # the transition's target dominates the new base point
+            p /= p.sum()
         return np.log(np.maximum(p, 1e-3)) * 0.8
 
     def _advance(self, t_new: int, speedup: float) -> None:
@@ -95,8 +135,15 @@ class SimUser:
         dt_h = (t_new - self.t) / HOUR_MS * speedup
         if dt_h <= 0:
             return
-        if self.rng.random() < 1.0 - math.exp(-dt_h / (24.0 * SHIFT_EVERY_DAYS)):
-            self.base = self._new_base()
+        if self.intent:
+            while self.next_shift <= t_new:  # the scheduled shift (its intent showed before it)
+                self.base, self.next_base = self.next_base, None
+                self.next_base = self._new_base(self.base)
+                self.next_shift += self._shift_gap_ms(speedup)
+                # clicks and browses move there at once: the intent said where, now they go
+                self.logits = self.base + DRIFT_NOISE * self.rng.normal(size=K)
+        elif self.rng.random() < 1.0 - math.exp(-dt_h / (24.0 * SHIFT_EVERY_DAYS)):
+            self.base = self._new_base(self.base)
         a = math.exp(-dt_h / DRIFT_TIMESCALE_H)
         noise = DRIFT_NOISE * math.sqrt(1.0 - a * a) * self.rng.normal(size=K)
         self.logits = self.base + a * (self.logits - self.base) + noise
@@ -123,17 +170,29 @@ class SimUser:
                 self.session_cat = -1
                 return t
 
+    def _intent_search(self, t: int, speedup: float) -> int | None:
+        """The coming dominant category if this event is a search for it (hours before the shift)."""
+        lead_h = (self.next_shift - t) / HOUR_MS * speedup
+        if 0 <= lead_h < INTENT_LEAD_H and self.rng.random() < INTENT_SEARCH_P * (1.0 - lead_h / INTENT_LEAD_H):
+            return int(np.argmax(self.next_base))
+        return None
+
     def make_event(self, t: int, seed: int, speedup: float) -> dict:
         self._advance(t, speedup)
         p = self.interests(t, speedup)
         r = self.rng
-        if self.session_cat >= 0 and r.random() < STICKY:
-            cat = self.session_cat
+        intent_cat = self._intent_search(t, speedup) if self.intent else None
+        if intent_cat is not None:
+            cat, kind = intent_cat, "search"
+            self.session_left -= 1
         else:
-            cat = int(r.choice(K, p=p))
-        self.session_cat = cat
-        self.session_left -= 1
-        kind = ("click", "browse", "search")[int(r.choice(3, p=TYPE_P))]
+            if self.session_cat >= 0 and r.random() < STICKY:
+                cat = self.session_cat
+            else:
+                cat = int(r.choice(K, p=p))
+            self.session_cat = cat
+            self.session_left -= 1
+            kind = ("click", "browse", "search")[int(r.choice(3, p=TYPE_P))]
         self.n_events += 1
         ev = {"event_id": f"s{seed}-{self.user_id}-{self.n_events}", "user_id": self.user_id,
               "type": kind, "ts": int(t)}
@@ -157,9 +216,11 @@ def _truth_row(user: SimUser, t: int, speedup: float = 1.0) -> dict:
             "interests": {c: round(float(v), 5) for c, v in zip(CATEGORIES, p)}}
 
 
-def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS):
-    """(events, truth rows) of one user over ``days`` days, both in ts order."""
-    u = SimUser(index, seed, start_ms)
+def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS, intent: bool = True,
+                  transitions: bool = True):
+    """(events, truth rows) of one user over ``days`` days, both in ts order; ``intent`` and
+    ``transitions`` switch the mechanisms of the module doc."""
+    u = SimUser(index, seed, start_ms, intent, transitions)
     end = start_ms + int(days * DAY_MS)
     events, truth = [], []
     next_truth = start_ms
@@ -177,14 +238,14 @@ def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_ST
 
 
 def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = DEFAULT_START_MS,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, intent: bool = True, transitions: bool = True) -> dict:
     """Write the event log ``out`` (sorted by ts) and ``out.truth.jsonl``; returns counts."""
     import orjson
     from tqdm import tqdm
 
     all_events, all_truth = [], []
     for i in tqdm(range(users), disable=not progress, desc="simulate", unit="user"):
-        ev, tr = simulate_user(i, seed, days, start_ms)
+        ev, tr = simulate_user(i, seed, days, start_ms, intent, transitions)
         all_events.extend(ev)
         all_truth.extend(tr)
     all_events.sort(key=lambda e: (e["ts"], e["event_id"]))
@@ -194,16 +255,18 @@ def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = D
     with open(f"{out}.truth.jsonl", "wb") as f:
         for r in all_truth:
             f.write(orjson.dumps(r) + b"\n")
-    return {"events": len(all_events), "users": users, "truth_rows": len(all_truth)}
+    return {"events": len(all_events), "users": users, "truth_rows": len(all_truth),
+            "mechanisms": {"intent": intent, "transitions": transitions}}
 
 
-def iter_live_events(users: int, seed: int, speedup: float, start_ms: int) -> Iterator[dict]:
+def iter_live_events(users: int, seed: int, speedup: float, start_ms: int, intent: bool = True,
+                     transitions: bool = True) -> Iterator[dict]:
     """Events of ``users`` simulated users forever, in ts order, starting at ``start_ms``, with
     every timescale (activity, sessions, drift, shifts, daily habits) ``speedup`` times faster.
     Pacing against the wall clock and producing to Kafka are the caller's job."""
     if speedup <= 0:
         raise ValueError(f"speedup must be > 0, got {speedup}")
-    sims = [SimUser(i, seed, start_ms) for i in range(users)]
+    sims = [SimUser(i, seed, start_ms, intent, transitions, speedup) for i in range(users)]
     heap = [(u.next_event_time(start_ms, speedup), i) for i, u in enumerate(sims)]
     heapq.heapify(heap)
     while heap:

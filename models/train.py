@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -27,32 +27,48 @@ def _mean_distribution(targets) -> list[float]:
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
                  init_from=None, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card."""
-    import torch
-
-    from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
-    from models.data import DataConfig, dense_readouts, encode_samples, file_sha256, prepare, sample_profiles
-    from models.evaluate import kl_per_sample, metrics
-    from models.model import TRAIN_STATE_FILE, TrainConfig, build_model, predict, save_checkpoint, train_model
+    from models.data import DataConfig
+    from models.model import TrainConfig
 
     data_cfg = data_cfg or DataConfig()
     train_cfg = train_cfg or TrainConfig()
-    model_overrides = dict(model_overrides or {})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(train_cfg.threads)
-    torch.manual_seed(train_cfg.seed)
-    t0 = time.time()
-
-    split = None
+    split, encoder = None, None
     if resume and (out / "resume.json").exists():  # same split and encoder as the interrupted run
-        saved = json.loads((out / "resume.json").read_text())
         from interest_core.encoding import Encoder
 
+        saved = json.loads((out / "resume.json").read_text())
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
-        ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
-    else:
-        ds, encoder, info = prepare(data_path, data_cfg)
-        (out / "resume.json").write_text(json.dumps({"split": info["split"], "encoding": encoder.to_spec()}))
+    td = prepare_training(data_path, data_cfg, train_cfg, encoder=encoder, split=split, log=log)
+    if not resume:
+        (out / "resume.json").write_text(json.dumps({"split": td.info["split"], "encoding": td.encoder.to_spec()}))
+    return fit(td, out, train_cfg, model_overrides, init_from=init_from, resume=resume, progress=progress, log=log)
+
+
+@dataclass
+class TrainingData:
+    """Everything training reads, prepared once (benchmarks fit several models on one)."""
+
+    data_path: str
+    data_cfg: object
+    ds: object  # models.data.Dataset
+    encoder: object
+    info: dict
+    train_seqs: list
+    dense: object  # models.data.DenseReadouts, or None (last readout only)
+    train_prof: object  # (N, P) without dense readouts, else None
+    train_tgt: object
+    val_seqs: list
+    val_prof: object
+    prepare_seconds: float
+
+
+def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, log=print) -> TrainingData:
+    from models.data import dense_readouts, encode_samples, prepare, sample_profiles
+
+    t0 = time.time()
+    ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
     tr, va = ds.splits["train"], ds.splits["val"]
     log(f"data: {info['log']['events']} events, {info['log']['users']} users; samples "
         f"train {len(tr)} val {len(va)} test {len(ds.splits['test'])}; "
@@ -61,24 +77,47 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         raise ValueError("not enough data for a time split: no training or validation samples "
                          f"(counts: {info['samples']}); for a short log try --target next_k or a "
                          "smaller --target-window-s")
-    dense = None
+    dense, train_prof, train_tgt = None, None, None
     if train_cfg.dense_weight > 0:
         train_seqs, dense = dense_readouts(ds, tr, data_cfg, encoder)
-        train_prof, train_tgt = None, None
         log(f"dense training: {len(dense.pos)} readouts in {len(train_seqs)} sequences "
-            f"({dense.readouts_per_sequence:.1f} per sequence; earlier events weigh {train_cfg.dense_weight:g})")
+            f"({dense.readouts_per_sequence:.1f} per sequence; an earlier event weighs {train_cfg.dense_weight:g} x the "
+            f"share of its window it sees, {dense.weight[~dense.is_last].mean() if (~dense.is_last).any() else 0:.2f} on average)")
     else:
         train_seqs = encode_samples(ds, tr, data_cfg, encoder)
         train_prof, train_tgt = sample_profiles(ds, tr, data_cfg, encoder), tr.targets
     val_seqs = encode_samples(ds, va, data_cfg, encoder)
     val_prof = sample_profiles(ds, va, data_cfg, encoder)
+    return TrainingData(str(data_path), data_cfg, ds, encoder, info, train_seqs, dense, train_prof, train_tgt,
+                        val_seqs, val_prof, time.time() - t0)
+
+
+def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = None, init_from=None,
+        resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Stages 1-3 of the module doc on prepared data; writes the checkpoint, returns the card."""
+    import torch
+
+    from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
+    from models.data import file_sha256
+    from models.evaluate import kl_per_sample, metrics
+    from models.model import TRAIN_STATE_FILE, build_model, predict, save_checkpoint, train_model
+
+    model_overrides = dict(model_overrides or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(train_cfg.threads)
+    torch.manual_seed(train_cfg.seed)
+    t0 = time.time()
+    data_cfg, ds, encoder, info = td.data_cfg, td.ds, td.encoder, td.info
+    tr, va = ds.splits["train"], ds.splits["val"]
+    train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
+    val_seqs, val_prof = td.val_seqs, td.val_prof
     model = build_model(encoder, init_from=init_from, **model_overrides)
     model.init_prior(tr.targets.mean(0))
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))
     log(f"data config: {json.dumps(asdict(data_cfg))}")
     n_params = sum(p.numel() for p in model.parameters())
-    prep_s = time.time() - t0
 
     def val_kl(m) -> float:
         return float(kl_per_sample(va.targets, predict(m, val_seqs, val_prof, encoder.pad_id)).mean())
@@ -116,6 +155,7 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     }
     val_pred = predict(chosen, val_seqs, val_prof, encoder.pad_id)
     train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0)
+    prep_s = td.prepare_seconds
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
@@ -124,12 +164,12 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         # INTEREST_HORIZON_S / INTEREST_MAX_EVENTS / INTEREST_PROFILE_RETENTION_S (CONTRACT "Per-user window")
         "window": {"horizon_s": data_cfg.horizon_s, "max_events": data_cfg.max_events,
                    "profile_retention_s": data_cfg.profile_retention_s},
-        "data": {"path": str(data_path), "sha256": file_sha256(data_path), **info["log"]},
+        "data": {"path": td.data_path, "sha256": file_sha256(td.data_path), **info["log"]},
         "samples": info["samples"],
         "training": {**asdict(train_cfg), "steps": summary["steps"], "stop_reason": summary["stop_reason"],
                      "plain_steps_run": plain_summary["steps"] if plain_summary else 0,
                      "train_seconds": round(train_seconds, 1),
-                     "total_seconds": round(time.time() - t0, 1), "prepare_seconds": round(prep_s, 1),
+                     "total_seconds": round(time.time() - t0 + prep_s, 1), "prepare_seconds": round(prep_s, 1),
                      "parameters": n_params if keep_corrected else sum(p.numel() for p in plain.parameters()),
                      "dense_readouts": int(len(dense.pos)) if dense is not None else int(len(tr)),
                      "init_from": init_from, "loss": model.config.loss},

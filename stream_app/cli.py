@@ -358,7 +358,7 @@ def _attach_optional_commands() -> None:
     """The training-side verbs live in the models and export packages (torch loads lazily)."""
     from models import cli as models_cli
 
-    for cmd in (models_cli.train, models_cli.evaluate, models_cli.evaluate_rerank):
+    for cmd in (models_cli.pretrain, models_cli.train, models_cli.evaluate, models_cli.evaluate_rerank):
         main.add_command(cmd)
     for name, cmd in models_cli.load.commands.items():
         load.add_command(cmd, name)

@@ -140,3 +140,29 @@ def test_training_samples_equal_what_the_worker_state_gives(tmp_path):
     assert checked > 100
     gap_user = ds.user_ids.index("u0")
     assert any(ds.splits["test"].user == gap_user) or any(ds.splits["val"].user == gap_user)
+
+
+def test_profiles_of_older_specs_and_states_still_read():
+    """A spec from before the year and 100-event scales reads the first three scales of a profile;
+    a profile stored before them is extended (the year from 30 days, 100 events from 10)."""
+    from interest_core.window import PROFILE_SCALES, profile_update, profile_values, stored_profile
+
+    enc = Encoder(categories=["a", "b"], tokenizer_json=train_tokenizer(["x y"] * 3, 50), max_len=32)
+    assert len(enc.profile_scales) == len(PROFILE_SCALES) == 5
+    old_spec = enc.to_spec()
+    old_spec["profile"]["scales"] = old_spec["profile"]["scales"][:3]
+    old = Encoder.from_spec(old_spec)
+    assert old.profile_size == 6 and old.to_spec() == old_spec
+    stored = {"t": 1000, "c": {"b": [100, 200, 300]}}  # millionths, written by a 3-scale worker
+    assert profile_values(stored) == {"b": [1e-4, 2e-4, 3e-4, 2e-4, 3e-4]}
+    assert old.profile_vector(stored) == [0, 1e-4, 0, 2e-4, 0, 3e-4]
+    assert enc.profile_vector(stored)[6:] == [0, 2e-4, 0, 3e-4]
+    # folding in an event of the same ts (no newer rows given: the stored one is older by one event)
+    prof = stored_profile(profile_update(stored, WindowEvent(ts=1000, type="click", category="a", item="i"), 10**9, ()))
+    assert prof["c"]["b"][3:] == [200, round(300 * 0.5 ** (1 / 100))] and len(prof["c"]["a"]) == 5
+    bad = dict(old_spec, profile=dict(old_spec["profile"], scales=[["time", 86400], ["events", 10]]))
+    try:
+        Encoder.from_spec(bad)
+        raise AssertionError("a spec whose scales are not a prefix must be refused")
+    except ValueError as exc:
+        assert "is not the one this code keeps" in str(exc)

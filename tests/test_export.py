@@ -75,7 +75,7 @@ def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
     for i in m.graph.input[:2]:
         assert [d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
     prof = m.graph.input[2].type.tensor_type.shape.dim
-    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", 3 * len(CATEGORIES)]
+    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", len(tiny[2].profile_scales) * len(CATEGORIES)] == ["batch", 60]
     assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {ox.OPSET}
 
 
@@ -113,7 +113,7 @@ def test_model_json_fields(fp32_dir, tiny):
     assert meta["quantized"] is False
     assert meta["opset"] == ox.OPSET
     assert list(meta["inputs"]) == ["input_ids", "attention_mask", "profile"] and list(meta["outputs"]) == ["probs"]
-    assert meta["inputs"]["profile"] == {"dtype": "float32", "shape": ["batch", 3 * len(CATEGORIES)]}
+    assert meta["inputs"]["profile"] == {"dtype": "float32", "shape": ["batch", 5 * len(CATEGORIES)]}  # 5 scales
     assert meta["encoding"] == enc.to_spec() and isinstance(meta["encoding"]["tokenizer"], str)
     card = json.loads((ckpt / "model_card.json").read_text())
     assert meta["metrics"] == card["metrics"]
@@ -329,3 +329,22 @@ def test_predict_rejects_overlong_sequences(fp32_dir):
     long_window = [WindowEvent(1_700_000_000_000 + i * 1000, "click", "books", "b") for i in range(200)]
     assert len(m.encode(long_window)) <= 64  # the encoder keeps the most recent events that fit
     assert m.predict([long_window]).shape == (1, 12)
+
+
+def test_the_plain_path_exports_to_the_same_interface(tmp_path):
+    """When training keeps the plain path (the corrections lost on validation), the checkpoint
+    still exports to a pair the worker serves: same inputs and output, parity checked, and the
+    worker's predictions are the plain path's."""
+    from tiny_model import TINY
+
+    ckpt, model, enc, wins, _, _, profs, prof_in = build_tiny_checkpoint(
+        tmp_path / "ckpt", seed=1, steps=10, model_config={**TINY, "correction": "none"})
+    assert model.config.correction == "none"
+    meta = ox.export_checkpoint(ckpt, tmp_path / "out", **QUIET)
+    assert list(meta["inputs"]) == ["input_ids", "attention_mask", "profile"] and list(meta["outputs"]) == ["probs"]
+    assert meta["model"]["correction"] == "none" and meta["parity"]["max_abs_diff"] < 1e-4
+    m = LoadedModel.load(tmp_path / "out")
+    got = m.predict(wins, profs)
+    ids, mask = pad_right([enc.encode(w) for w in wins], enc.pad_id)
+    want = torch_probs(model, ids, mask, prof_in)
+    assert np.abs(got - want).max() < 1e-4

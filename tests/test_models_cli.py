@@ -82,3 +82,14 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 1 and "not a checkpoint directory" in res.output
     res = r.invoke(cli.load, ["movielens", str(tmp_path), "--out", str(tmp_path / "m.jsonl")])
     assert res.exit_code == 1 and "ratings.csv" in res.output
+    (tmp_path / "empty").mkdir()
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "empty"),
+                               "--max-steps", "1", "--quiet", *TINY_SETS])
+    assert res.exit_code == 1 and "neither an `interest-stream pretrain` directory nor a GPT-2 directory" in res.output
+    assert res.exception.__class__ is SystemExit  # a one-line error, not a traceback
+    assert r.invoke(cli.pretrain, ["--help"]).exit_code == 0
+    res = r.invoke(cli.pretrain, ["--data", str(sim_log), "--out", str(tmp_path / "p"), "--set", "n_embed=3"])
+    assert res.exit_code == 2 and "unknown key 'n_embed'" in res.output
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    res = r.invoke(cli.pretrain, ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 1 and "no valid events" in res.output

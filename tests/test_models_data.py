@@ -242,3 +242,126 @@ def test_completejourney_loader_bad_input(tmp_path):
     d = _cj_dir(tmp_path, "bad", ["7,10,1,1,2.0,02/01/2017 10:00\n"])
     r = CliRunner().invoke(cli.load, ["completejourney", str(d), "--out", str(tmp_path / "x.jsonl")])
     assert r.exit_code == 1 and "bad transaction_timestamp '02/01/2017 10:00'" in r.output
+
+
+# --- the simulator's mechanisms ------------------------------------------------------------------
+
+
+def test_simulator_without_mechanisms_is_the_simulator_before_them(tmp_path):
+    """Both mechanisms off: the same bytes as the simulator before they existed (sha256 of its
+    output for this population, recorded from that code)."""
+    import hashlib
+
+    out = tmp_path / "s.jsonl"
+    simulate_to_files(30, 3, 5, out, intent=False, transitions=False)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == \
+        "b61ddad69a16ce73843735206319a8493918fc5ba7f8c205bf1e27231e2f1880"
+    assert hashlib.sha256((tmp_path / "s.jsonl.truth.jsonl").read_bytes()).hexdigest() == \
+        "8ffccd6e2649f7e18d1b3a8d8e5b778a707d1a72600f8d9469bfd9e10c9af870"
+
+
+def test_intent_searches_come_before_the_shift():
+    """In the hours before a scheduled shift the user searches for the coming dominant category
+    (queries from its vocabulary); away from shifts, searches keep their usual share."""
+    from models.simulate import DAY_MS, HOUR_MS, INTENT_LEAD_H, TYPE_P, VOCAB, SimUser
+
+    near, far = [0, 0, 0], [0, 0]  # near: events, searches, searches for the coming category
+    for i in range(40):
+        u = SimUser(i, 3, 0)
+        t = u.next_event_time(0, 1.0)
+        while t < 20 * DAY_MS:
+            u._advance(t, 1.0)
+            lead_h = (u.next_shift - t) / HOUR_MS
+            coming = CATEGORIES[int(np.argmax(u.next_base))]
+            e = u.make_event(t, 3, 1.0)
+            if lead_h < INTENT_LEAD_H / 2:  # the second half of the lead: intent above half strength
+                near[0] += 1
+                if e["type"] == "search":
+                    near[1] += 1
+                    near[2] += all(w in VOCAB[coming] for w in e["query"].split())
+            elif lead_h > 2 * INTENT_LEAD_H:
+                far[0] += 1
+                far[1] += e["type"] == "search"
+            t = u.next_event_time(t, 1.0)
+    assert near[0] > 200 and far[0] > 2000
+    assert abs(far[1] / far[0] - TYPE_P[2]) < 0.03
+    assert near[1] / near[0] > 0.4  # 0.15 + (1 - 0.15) * (0.6 * >0.5)
+    assert near[2] / near[1] > 0.8
+
+
+def test_transitions_follow_the_population_table():
+    from models.simulate import TRANSITION_P, TRANSITIONS, SimUser
+
+    for on, lo, hi in ((True, TRANSITION_P - 0.05, 1.0), (False, 0.0, 0.35)):
+        u = SimUser(0, 1, 0, intent=False, transitions=on)
+        hits = 0
+        for _ in range(2000):
+            old = u._new_base(None)
+            new = u._new_base(old)
+            hits += CATEGORIES[int(np.argmax(new))] in TRANSITIONS[CATEGORIES[int(np.argmax(old))]]
+        assert lo < hits / 2000 < hi, on
+
+
+def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
+    """Every readout of a training sequence is a training cut of the same user with that cut's own
+    target and profile; its weight is the share of the cut's serving window (counted here from the
+    encoder's own output) that the sequence holds before it; the sequence's own cut weighs 1."""
+    from interest_core.encoding import fit_encoder
+    from interest_core.window import window_slice
+    from models.data import dense_readouts, sample_profiles
+
+    H = 3_600_000
+    events = []
+    for u in range(3):
+        for i in range(60):  # 20 minutes apart: a 1-day window holds up to 72, the 40-token budget ~12
+            events.append({"event_id": f"{u}-{i}", "user_id": f"u{u}", "type": "click", "ts": i * H // 3 + u,
+                           "category": "abc"[(i // 4 + u) % 3], "item_id": "x"})
+    users, _ = read_log(_log(tmp_path, events))
+    cfg = DataConfig(target="next_k", target_k=3, max_len=40)
+    enc = fit_encoder((e for evs in users.values() for e in evs), min_category_count=1, bpe_vocab_size=30, max_len=40)
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, list(enc.categories), cfg, t1, t2)
+    tr, allc = ds.splits["train"], ds.splits["train_all"]
+    seqs, dense = dense_readouts(ds, tr, cfg, enc)
+    assert len(seqs) == len(tr) and dense.readouts_per_sequence > 5
+    profiles = sample_profiles(ds, allc, cfg, enc)
+    gap_ids = range(enc.gap_offset, enc.dwell_offset)
+    checked = 0
+    for q in range(0, len(tr), 7):
+        rows = range(dense.offsets[q], dense.offsets[q + 1])
+        assert sum(dense.is_last[r] for r in rows) == 1
+        ids = list(seqs[q])
+        for r in rows:
+            c, ui = int(allc.cut[dense.cut_row[r]]), int(allc.user[dense.cut_row[r]])
+            assert ui == tr.user[q]
+            np.testing.assert_array_equal(dense.targets[dense.cut_row[r]], allc.targets[dense.cut_row[r]])
+            np.testing.assert_array_equal(dense.profiles[dense.cut_row[r]], profiles[dense.cut_row[r]])
+            evs = ds.seqs[ui].events
+            served = enc.encode(window_slice(evs[:c], evs[c - 1].ts, 86_400_000, 128))
+            n_served = sum(t in gap_ids for t in served)  # one gap token per event
+            n_context = sum(t in gap_ids for t in ids[: dense.pos[r] + 1])
+            want = 1.0 if dense.is_last[r] else n_context / n_served
+            assert dense.weight[r] == pytest.approx(want), (q, c)
+            assert ids[dense.pos[r]] == enc.category_offset + enc.category_index(evs[c - 1].category)
+            checked += 1
+    assert checked > 50 and 0 < dense.weight.min() < 0.5  # early readouts see little of their window
+
+
+def test_with_intent_the_interests_jump_at_the_shift():
+    """At a scheduled shift the interests move to the coming base point at once: the coming
+    category's share rises sharply across the shift (drifting there would take ~48 h; measured
+    without the jump: +0.003 on average, and the coming category on top 7 % of the time)."""
+    from models.simulate import HOUR_MS, SimUser
+
+    rise, top = [], []
+    for i in range(60):
+        u = SimUser(i, 5, 0, transitions=False)
+        for _ in range(3):
+            coming, at = int(np.argmax(u.next_base)), u.next_shift
+            u._advance(at - HOUR_MS, 1.0)
+            before = u.interests(at - HOUR_MS)
+            u._advance(at + 1, 1.0)
+            after = u.interests(at + 1)
+            rise.append(after[coming] - before[coming])
+            top.append(int(np.argmax(after)) == coming)
+    assert np.mean(rise) > 0.15 and np.mean(top) > 0.4, (np.mean(rise), np.mean(top))

@@ -187,6 +187,7 @@ def _randomise_corrections(model):
         model.head.weight.normal_(0, 0.5)
         model.cat_net[2].weight.normal_(0, 0.5)
         model.profile_proj.weight.normal_(0, 0.2)
+        model.cat_ctx.weight.normal_(0, 0.3)
 
 
 def test_dense_readouts_equal_serving_on_the_prefix(encoder):
@@ -258,7 +259,7 @@ def test_plain_path_ignores_the_sequence_model(encoder):
         if 0 <= c < 3:
             counts[c] += 1
             recent[c] += float(np.exp(-(r - t) / 30.0))
-    p0 = prof[0].reshape(3, 3)  # scales x categories
+    p0 = prof[0].reshape(len(encoder.profile_scales), 3)  # scales x categories
     mix = counts + recent + 2.0 * torch.full((3,), 1 / 3) + 0.5 * p0.sum(0)
     want = mix / mix.sum()
     assert torch.allclose(model(ids[:1], mask[:1], prof[:1])[0][0], want, atol=1e-5)

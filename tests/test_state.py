@@ -102,7 +102,7 @@ def test_idle_users_need_event_time_and_wall_clock():
     assert state.idle_action(facts, T0 + 10, now_ms=st["seen"] + span + 1, limits=lim) is None
     # compacted: the rows are gone, the profile stays; only the retention evicts
     st = state.load(state.dump(state.compact(st)))
-    assert st["ev"] == st["old"] == [] and st["p"]["c"] == {"c": [10**6] * 3}  # millionths
+    assert st["ev"] == st["old"] == [] and st["p"]["c"] == {"c": [10**6] * 5}  # millionths, one per scale
     assert state.summary(st, H)["events"] == 0
     facts = state.idle_facts(st)
     assert facts == (T0, st["seen"], False)
@@ -119,12 +119,13 @@ def test_profile_is_folded_in_and_restarts_after_the_retention():
     stored = stored_profile(st["p"])
     a, b = stored["c"]["a"], stored["c"]["b"]
     assert stored["t"] == T0 + 86_400
+    # scales: 1 day, 30 days, 10 events, 365 days, 100 events (interest_core.window.PROFILE_SCALES)
     assert a == [round(1e6 * 0.5 ** (86_400 / 86_400_000)), round(1e6 * 0.5 ** (86_400 / (30 * 86_400_000))),
-                 round(1e6 * 0.5 ** 0.1)]
-    assert b == [500_000] * 3
+                 round(1e6 * 0.5 ** 0.1), round(1e6 * 0.5 ** (86_400 / (365 * 86_400_000))), round(1e6 * 0.5 ** 0.01)]
+    assert b == [500_000] * 5
     # an event after a gap longer than the retention starts a new profile
     _, st2 = state.apply(st, ev(3, T0 + 86_400 + 100_001, cat="z"), lim, now_ms=0)
-    assert stored_profile(st2["p"]) == {"t": T0 + 86_400 + 100_001, "c": {"z": [10**6] * 3}}
+    assert stored_profile(st2["p"]) == {"t": T0 + 86_400 + 100_001, "c": {"z": [10**6] * 5}}
 
 
 def test_state_version_is_checked_and_old_values_migrate():

@@ -1,0 +1,268 @@
+"""The interest model against the baselines on one dataset, with ablations (not a test).
+
+    .venv/bin/python bench/model_eval.py --dataset cj|movielens|sim|rees46 [--variants default,plain,...]
+        [--users N --days D --seed S --mechanisms on|off] [--pretrained DIR] [--workdir DIR]
+
+The data is prepared once (:func:`models.train.prepare_training`), the baselines are fit once
+(:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log is
+unchanged, so the setup time is measured by the first run only), then every variant is trained with the project's
+own :func:`models.train.fit` (plain path, corrections, choice on validation) and scored on the test
+split by :func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
+variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json``; stdout gets one
+JSON summary with the machine, the commit and every figure the README quotes.
+
+Variants (``--variants``, comma-separated):
+* ``default``: what ``interest-stream train`` does with the dataset's target;
+* ``features``: the per-category correction without the transformer (correction "features");
+* ``plain``: the plain path alone (correction "none");
+* ``single_target``: supervision of each sequence's last readout only (no dense readouts);
+* ``no_profile``: the model's profile input zeroed in training, validation and test;
+* ``mse``: the MSE loss instead of KL;
+* ``pretrained``: ``--init-from`` the ``--pretrained`` directory (``interest-stream pretrain``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+
+# The target of each dataset (justified in the README, "The model and its export"):
+DATASETS = {
+    # grocery: the next 4 baskets (about a month at the median household's pace); a time target
+    # would mix households that shop twice a week with ones that shop twice a month
+    "cj": {"data": {"target": "next_baskets", "target_k": 4}},
+    # bursty sittings of ratings, then months of nothing: the next 10 ratings
+    "movielens": {"data": {"target": "next_k", "target_k": 10, "val_frac": 0.10}},
+    # the simulator: the next 6 hours (the default target)
+    "sim": {"data": {}},
+    # 2 h 37 min of a shop's log: the next 5 events (no multi-day histories)
+    "rees46": {"data": {"target": "next_k", "target_k": 5}},
+}
+CACHED_CODE = ("data.py", "baselines.py", "evaluate.py", "train.py")  # what the cache depends on
+VARIANTS = {
+    "default": {},
+    "features": {"model": {"correction": "features"}},
+    "plain": {"model": {"correction": "none"}},
+    "single_target": {"train": {"dense_weight": 0.0}},
+    "no_profile": {"zero_profile": True},
+    "mse": {"model": {"loss": "mse"}},
+    "pretrained": {"pretrained": True},
+}
+
+
+def make_log(dataset: str, wd: Path, users: int, days: float, seed: int, mechanisms: str) -> Path:
+    from models.loaders import load_completejourney, load_movielens, load_rees46
+
+    if dataset == "cj":
+        log = wd / "completejourney.jsonl"
+        if not log.exists():
+            load_completejourney(DATA / "completejourney", log)
+    elif dataset == "movielens":
+        log = wd / "movielens.jsonl"
+        if not log.exists():
+            load_movielens(DATA / "movielens-latest-small", log)
+    elif dataset == "rees46":
+        log = wd / "rees46.jsonl"
+        if not log.exists():
+            load_rees46(DATA / "rees46-ecommerce-behavior-sample" / "events_2019-10-01_head.csv", log)
+    else:
+        from models.simulate import simulate_to_files
+
+        on = mechanisms == "on"
+        log = wd / f"sim-{users}-{days:g}-{seed}-{mechanisms}.jsonl"
+        if not log.exists():
+            simulate_to_files(users, days, seed, log, intent=on, transitions=on)
+    return log
+
+
+def single_target(td):
+    """The same prepared data with one readout per sequence (the last)."""
+    from models.data import encode_samples, sample_profiles
+
+    tr = td.ds.splits["train"]
+    return replace(td, train_seqs=encode_samples(td.ds, tr, td.data_cfg, td.encoder), dense=None,
+                   train_prof=sample_profiles(td.ds, tr, td.data_cfg, td.encoder), train_tgt=tr.targets)
+
+
+def zero_profile(td):
+    import numpy as np
+
+    dense = td.dense and replace(td.dense, profiles=np.zeros_like(td.dense.profiles))
+    return replace(td, dense=dense, val_prof=np.zeros_like(td.val_prof),
+                   train_prof=None if td.train_prof is None else np.zeros_like(td.train_prof))
+
+
+def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
+    g = result["gain_ci95"]
+    best = result["best_baseline"]
+    r4 = lambda x: round(float(x), 4)  # noqa: E731
+    return {
+        "variant": name,
+        "kl": r4(result["models"]["gpt2"]["kl"]),
+        "best_baseline": best,
+        "best_baseline_kl": r4(result["models"][best]["kl"]),
+        "ema_prior_kl": r4(result["models"]["ema_prior"]["kl"]),
+        "kl_ratio": r4(result["kl_ratio"]),
+        "kl_ratio_vs_ema_prior": r4(result["models"]["gpt2"]["kl"] / result["models"]["ema_prior"]["kl"]),
+        "kl_gain_ci95": [r4(x) for x in result["kl_gain_ci95"]],
+        "top3": r4(result["models"]["gpt2"]["top3"]),
+        "best_baseline_top3": r4(result["models"][best]["top3"]),
+        "top3_gain_ci95": [r4(x) for x in g["top3"]["ci95"]],
+        "ece": round(result["models"]["gpt2"]["ece"], 5), "best_baseline_ece": round(result["models"][best]["ece"], 5),
+        "buckets_kl_ratio": {b: r4(v["kl_ratio"]) for b, v in result["buckets"].items() if b != "rule"},
+        "buckets_kl_gain_ci95": {b: [r4(x) for x in v["gain_ci95"]["kl"]["ci95"]]
+                                 for b, v in result["buckets"].items() if b != "rule"},
+        "truth_kl": {n: r4(v["kl"]) for n, v in result.get("truth", {}).get("models", {}).items()
+                     if n in ("gpt2", "ema_prior", "mixture")},
+        "exported": card["metrics"]["selection"]["exported"],
+        "val_kl": {"plain": r4(card["metrics"]["selection"]["plain_val_kl"]),
+                   "corrected": card["metrics"]["selection"]["corrected_val_kl"] and
+                   r4(card["metrics"]["selection"]["corrected_val_kl"])},
+        "steps": card["training"]["steps"], "plain_steps": card["training"]["plain_steps_run"],
+        "stop_reason": card["training"]["stop_reason"],
+        "train_seconds": card["training"]["train_seconds"], "wall_seconds": round(wall, 1),
+        "parameters": card["training"]["parameters"],
+    }
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), required=True)
+@click.option("--variants", default="default", show_default=True, help=f"Comma-separated: {', '.join(VARIANTS)}.")
+@click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--users", default=2000, show_default=True, help="sim only")
+@click.option("--days", default=7.0, show_default=True, help="sim only")
+@click.option("--seed", default=1, show_default=True, help="sim only (the simulator's seed)")
+@click.option("--mechanisms", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="sim only: the simulator's intent and transition mechanisms")
+@click.option("--pretrained", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="train/model config for every variant")
+@click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="override the dataset's data config (e.g. target_k=1)")
+@click.option("--threads", default=2, show_default=True)
+def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads):
+    import torch
+
+    from bench.common import machine
+    from models.data import DataConfig, sample_profiles
+    from models.evaluate import baseline_predictions, report
+    from models.model import ModelConfig, TrainConfig, predict
+    from models.train import fit, prepare_training
+
+    torch.set_num_threads(threads)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise click.BadParameter(f"unknown variants {unknown}", param_hint="--variants")
+    extra = {"train": {}, "model": {}}
+    tfields, mfields = TrainConfig.__dataclass_fields__, ModelConfig.__dataclass_fields__
+    for item in sets:
+        key, _, raw = item.partition("=")
+        group = "train" if key in tfields else "model" if key in mfields else None
+        if group is None:
+            raise click.BadParameter(f"unknown key {key!r}", param_hint="--set")
+        typ = (tfields if group == "train" else mfields)[key].type
+        extra[group][key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+    wd = Path(workdir) / dataset
+    wd.mkdir(parents=True, exist_ok=True)
+    log_path = make_log(dataset, Path(workdir), users, days, seed, mechanisms)
+    quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    t0 = time.time()
+    data_over = dict(DATASETS[dataset]["data"])
+    for item in data_sets:
+        key, _, raw = item.partition("=")
+        typ = DataConfig.__dataclass_fields__[key].type if key in DataConfig.__dataclass_fields__ else None
+        if typ is None:
+            raise click.BadParameter(f"unknown key {key!r}", param_hint="--data-set")
+        data_over[key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+    data_cfg = DataConfig(**data_over)
+    base_train = TrainConfig(threads=threads, **extra["train"])
+    # the prepared data and baselines, reused by later runs of the same code on the same log
+    code = hashlib.sha1(b"".join((ROOT / "models" / f).read_bytes() for f in CACHED_CODE)).hexdigest()[:10]
+    code += hashlib.sha1(json.dumps(data_over, sort_keys=True).encode()).hexdigest()[:6]
+    cache = wd / f"prepared-{log_path.stem}-{code}.pkl"
+    if cache.exists() and cache.stat().st_mtime > log_path.stat().st_mtime:
+        with open(cache, "rb") as f:
+            td, base, test_seqs, test_prof = pickle.load(f)
+    else:
+        td = prepare_training(log_path, data_cfg, base_train, log=quiet)
+        base = baseline_predictions(td.ds, data_cfg, td.encoder.k)
+        test_seqs = [td.encoder.encode(w) for w in base["test_windows"]]
+        test_prof = sample_profiles(td.ds, td.ds.splits["test"], data_cfg, td.encoder)
+        with open(cache, "wb") as f:
+            pickle.dump((td, base, test_seqs, test_prof), f)
+    test = td.ds.splits["test"]
+    setup_s = time.time() - t0
+    out = {"machine": machine(), "commit": _commit(), "dataset": dataset, "log": str(log_path),
+           "data_config": data_over,
+           "sim": {"users": users, "days": days, "seed": seed, "mechanisms": mechanisms} if dataset == "sim" else None,
+           "events": td.info["log"]["events"], "users": td.info["log"]["users"],
+           "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
+           "test_users": int(len(set(test.user.tolist()))), "setup_seconds": round(setup_s, 1),
+           "baselines_test_kl": None, "variants": []}
+    for name in names:
+        spec = VARIANTS[name]
+        if spec.get("pretrained") and not pretrained:
+            raise click.BadParameter("the pretrained variant needs --pretrained DIR", param_hint="--variants")
+        v_td = single_target(td) if "dense_weight" in spec.get("train", {}) else td
+        prof = test_prof
+        if spec.get("zero_profile"):
+            v_td, prof = zero_profile(v_td), test_prof * 0
+        tcfg = replace(base_train, **spec.get("train", {}))
+        t = time.time()
+        card = fit(v_td, wd / name, tcfg, {**extra["model"], **spec.get("model", {})},
+                   init_from=pretrained if spec.get("pretrained") else None, progress=False, log=quiet)
+        from models.model import load_checkpoint
+
+        model, _, _ = load_checkpoint(wd / name)
+        pred = predict(model, test_seqs, prof, td.encoder.pad_id).astype("float64")
+        result = report(td.ds, base, pred, td.info, {"variant": name, "correction": model.config.correction,
+                                                      "selection": card["metrics"]["selection"]})
+        _truth(result, log_path, td, base, pred, data_cfg)
+        (wd / name / "metrics.json").write_text(json.dumps(result, indent=1))
+        out["baselines_test_kl"] = {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
+        out["variants"].append(summarise(name, card, result, time.time() - t))
+        print(json.dumps(out["variants"][-1]), file=sys.stderr)
+    out["wall_seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(out, indent=1))
+
+
+def _truth(result, log_path, td, base, pred, data_cfg) -> None:
+    truth_path = Path(f"{log_path}.truth.jsonl")
+    if not truth_path.exists():
+        return
+    from models.evaluate import kl_per_sample, truth_targets
+    from models.simulate import read_truth
+
+    test = td.ds.splits["test"]
+    tt, ok = truth_targets(read_truth(truth_path), td.ds, test, td.encoder.categories, data_cfg)
+    if ok.any():
+        preds = {**base["test"], "gpt2": pred}
+        result["truth"] = {"samples": int(ok.sum()), "models": {
+            n: {"kl": float(kl_per_sample(tt[ok], p[ok]).mean())} for n, p in preds.items()}}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Pretraining on logs without targets, and carrying the backbone into another encoding."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from interest_core.encoding import Encoder, fit_encoder  # noqa: E402
+from interest_core.window import WindowEvent  # noqa: E402
+from models.data import read_log  # noqa: E402
+from models.model import build_model  # noqa: E402
+from models.pretrain import PretrainConfig, pretrain_windows, run_pretraining  # noqa: E402
+from models.simulate import simulate_to_files  # noqa: E402
+
+TINY = PretrainConfig(n_layer=2, n_head=2, n_embd=32, max_len=48, batch_size=16, max_steps=12, eval_every=6,
+                      warmup_steps=2, threads=1, min_category_count=1)
+
+
+def test_windows_predict_each_next_event():
+    """Every event but a user's newest is a readout exactly once, and its labels are the next
+    event's category (or none), type and gap bucket."""
+    H = 3_600_000
+    evs = [WindowEvent(0, "click", "a", "i"), WindowEvent(30_000, "search", query="x y"),
+           WindowEvent(2 * H, "browse", "zz", "j"), WindowEvent(3 * H, "click", "b", "k")]
+    enc = fit_encoder(evs, min_category_count=1, bpe_vocab_size=30, max_len=48)  # categories a, b, zz
+    wins = pretrain_windows({"u": evs}, enc, TINY)
+    assert len(wins) == 1
+    ids, pos, cat, typ, gap = wins[0]
+    assert list(cat) == [enc.k, enc.category_index("zz"), enc.category_index("b")]  # search -> "none"
+    assert list(typ) == [2, 1, 0]  # search, browse, click
+    # gaps: 30 s -> [10 s, 60 s) is bucket 2; 2 h - 30 s -> [1800 s, 7200 s) bucket 5; 1 h -> bucket 5
+    assert list(gap) == [2, 5, 5]
+    assert len(set(pos.tolist())) == 3 and all(ids[p] != enc.pad_id for p in pos)
+
+
+def test_pretrain_then_fine_tune_with_another_encoding(tmp_path):
+    log = tmp_path / "s.jsonl"
+    simulate_to_files(20, 2, 4, log)
+    rec = run_pretraining([log], tmp_path / "pre", TINY, progress=False, log=lambda m: None)
+    assert rec["readouts"] > 100 and [h["step"] for h in rec["history"]] == [6, 12]
+    assert json.loads((tmp_path / "pre" / "pretrain.json").read_text())["windows"] == rec["windows"]
+    src = Encoder.load(tmp_path / "pre" / "encoding.json")
+    # the fine-tuning encoding: two of the categories, in another order, and one the pretraining never saw
+    users, _ = read_log(log)
+    evs = [e for u in users.values() for e in u][:200]
+    enc = Encoder(categories=["travel", "books", "unseen"], tokenizer_json=src.tokenizer_json, max_len=48)
+    model = build_model(enc, init_from=str(tmp_path / "pre"))
+    assert (model.config.n_embd, model.config.token_offset) == (32, 0) and model.config.init_from
+    new = model.backbone.wte.weight.detach()
+    from transformers import GPT2Model
+
+    old = GPT2Model.from_pretrained(str(tmp_path / "pre" / "backbone")).wte.weight.detach()
+    assert torch.equal(new[enc.category_offset + 0], old[src.category_offset + src.category_index("travel")])
+    assert torch.equal(new[enc.category_offset + 1], old[src.category_offset + src.category_index("books")])
+    cat_mean = old[src.category_offset:src.gap_offset].mean(0)
+    assert torch.allclose(new[enc.category_offset + 2], cat_mean)
+    assert torch.equal(new[: enc.category_offset], old[: src.category_offset])  # specials and types
+    assert torch.equal(new[enc.gap_offset : enc.dwell_offset], old[src.gap_offset : src.dwell_offset])
+    assert torch.equal(new[enc.hour_offset : enc.hour_offset + 24], old[src.hour_offset : src.hour_offset + 24])
+    q = enc.query_offset + 5  # the same tokenizer: query subwords map one to one
+    assert torch.equal(new[q], old[src.query_offset + 5])
+    # the model runs on the new encoding
+    ids = torch.tensor([enc.encode(evs[:5])])
+    probs, _ = model(ids, torch.ones_like(ids), torch.zeros(1, enc.profile_size))
+    assert probs.shape == (1, 3) and np.isclose(float(probs.sum()), 1.0, atol=1e-5)
