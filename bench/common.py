@@ -42,6 +42,15 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def commit() -> str:
+    """The short commit the benchmark ran on ("unknown" outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 _LIVE: list["WorkerProc"] = []  # workers to stop however the benchmark ends
 
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import time
@@ -157,7 +156,7 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
 def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads):
     import torch
 
-    from bench.common import machine
+    from bench.common import commit, machine
     from models.data import DataConfig, sample_profiles
     from models.evaluate import baseline_predictions, report
     from models.model import ModelConfig, TrainConfig, predict
@@ -207,7 +206,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             pickle.dump((td, base, test_seqs, test_prof), f)
     test = td.ds.splits["test"]
     setup_s = time.time() - t0
-    out = {"machine": machine(), "commit": _commit(), "dataset": dataset, "log": str(log_path),
+    out = {"machine": machine(), "commit": commit(), "dataset": dataset, "log": str(log_path),
            "data_config": data_over,
            "sim": {"users": users, "days": days, "seed": seed, "mechanisms": mechanisms} if dataset == "sim" else None,
            "events": td.info["log"]["events"], "users": td.info["log"]["users"],
@@ -254,14 +253,6 @@ def _truth(result, log_path, td, base, pred, data_cfg) -> None:
         preds = {**base["test"], "gpt2": pred}
         result["truth"] = {"samples": int(ok.sum()), "models": {
             n: {"kl": float(kl_per_sample(tt[ok], p[ok]).mean())} for n, p in preds.items()}}
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

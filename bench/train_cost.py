@@ -36,7 +36,7 @@ def main(workdir, sizes, steps):
     import numpy as np
     import torch
 
-    from bench.common import machine
+    from bench.common import commit, machine
     from models.data import DataConfig
     from models.model import TrainConfig, build_model, get_batch
     from models.simulate import simulate_to_files
@@ -47,7 +47,7 @@ def main(workdir, sizes, steps):
     log = wd / "demo.jsonl"
     if not log.exists():
         simulate_to_files(DEMO_POPULATION["users"], DEMO_POPULATION["days"], DEMO_POPULATION["seed"], log)
-    out = {"machine": machine(), "commit": _commit(), "demo_population": DEMO_POPULATION}
+    out = {"machine": machine(), "commit": commit(), "demo_population": DEMO_POPULATION}
     t = time.time()
     run = subprocess.run([sys.executable, "-m", "stream_app.cli", "train", "--data", str(log), "--out",
                           str(wd / "ckpt"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
@@ -81,14 +81,6 @@ def main(workdir, sizes, steps):
                                      "parameters": sum(p.numel() for p in model.parameters())}
         print(size, out["step_seconds"][size], file=sys.stderr)
     print(json.dumps(out, indent=1))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
