@@ -38,15 +38,15 @@ def _run(args: list[str]) -> dict:
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
 def main(dataset, steps, workdir):
-    from bench.common import machine
-    from bench.model_eval import _commit, make_log
+    from bench.common import commit, machine
+    from bench.model_eval import make_log
     from models.pretrain import PretrainConfig, run_pretraining
 
     wd = Path(workdir)
     own = make_log(dataset, wd, 2000, 7.0, 1, "on")
     others = [make_log(d, wd, 0, 0, 0, "on") for d in ("cj", "movielens", "rees46") if d != dataset]
     others += sorted(p for p in wd.glob("sim-*.jsonl") if p != own and not p.name.endswith(".truth.jsonl"))
-    out = {"machine": machine(), "commit": _commit(), "dataset": dataset, "pretraining": {}, "fine_tuning": {}}
+    out = {"machine": machine(), "commit": commit(), "dataset": dataset, "pretraining": {}, "fine_tuning": {}}
     for name, logs in (("own_log", [own]), ("all_logs", [own, *others])):
         t = time.time()
         rec = run_pretraining(logs, wd / f"pretrain-{dataset}-{name}", PretrainConfig(max_steps=steps), progress=False,
