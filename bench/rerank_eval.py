@@ -1,6 +1,6 @@
 """Benchmark (not a test): what re-ranking with the interest vectors is worth on every real log under
-``../shared/data/``. For each: load -> train (the settings of ``bench/train_eval.py`` for that
-dataset when it defines them, else the ones below) -> ``evaluate-rerank``. Prints JSON: the machine,
+``../shared/data/``. For each: load -> train (``train``'s defaults with the dataset's target of
+``bench/model_eval.py``, as in the README's model table) -> ``evaluate-rerank``. Prints JSON: the machine,
 per dataset the four rankings' NDCG@10 and HR@10, the paired bootstrap intervals, the blend weights
 chosen on validation, timings, and (``blend_forms``) the validation NDCG@10 of other blend forms
 with the same vectors, which is what chose the blend of :mod:`interest_core.rerank`.
@@ -23,32 +23,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import train_eval  # noqa: E402  (the model benchmark's settings per dataset)
+import model_eval  # noqa: E402  (the model benchmark's settings per dataset)
 from common import machine  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data"
 
-# Used only when bench/train_eval.py has no settings of its own for the dataset.
-# REES46: 2.6 hours of events, median 2 per user, and the last 15% of events within 3 minutes,
-# so no time target fits the validation and test periods: the next 3 events.
-# Complete Journey: a basket a week, its lines sharing a timestamp: the next basket.
-FALLBACK = {
-    "rees46": {"data": {"target": "next_k", "target_k": 3}, "train": {}, "model": {}},
-    "completejourney": {"data": {"target": "next_baskets", "target_k": 1}, "train": {}, "model": {}},
-}
 DATASETS = {
-    # name: (settings name in train_eval, loader, source path)
-    "movielens": ("MOVIELENS_RUN", "load_movielens", DATA / "movielens-latest-small"),
-    "rees46": ("REES46_RUN", "load_rees46", DATA / "rees46-ecommerce-behavior-sample" / "events_2019-10-01_head.csv"),
-    "completejourney": ("COMPLETEJOURNEY_RUN", "load_completejourney", DATA / "completejourney"),
+    # name: (its name in bench/model_eval.DATASETS, loader, source path)
+    "movielens": ("movielens", "load_movielens", DATA / "movielens-latest-small"),
+    "rees46": ("rees46", "load_rees46", DATA / "rees46-ecommerce-behavior-sample" / "events_2019-10-01_head.csv"),
+    "completejourney": ("cj", "load_completejourney", DATA / "completejourney"),
 }
 
 
 def settings(name: str) -> tuple[dict, str]:
-    attr = DATASETS[name][0]
-    if hasattr(train_eval, attr):
-        return getattr(train_eval, attr), f"bench/train_eval.py {attr}"
-    return FALLBACK[name], "bench/rerank_eval.py FALLBACK (train_eval.py has none)"
+    """The dataset's target, as in the model table (bench/model_eval.py), and train's defaults."""
+    key = DATASETS[name][0]
+    run = model_eval.DATASETS[key]
+    return ({"data": run.get("data", {}), "train": run.get("train", {}), "model": run.get("model", {})},
+            f"bench/model_eval.py DATASETS[{key!r}]")
 
 
 def rank_percentiles(scores) -> list[float]:
