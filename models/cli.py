@@ -180,7 +180,8 @@ def pretrain(data, out, max_steps, sets, quiet):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for metrics.json and plots.")
 @click.option("--no-plots", is_flag=True, help="Only metrics.json.")
 def evaluate(ckpt_dir, data, out, no_plots):
-    """The model and the baselines (prior, last_window, user_mean, ema, ema_prior, mixture) on the checkpoint's test split: metrics.json and PNG plots."""
+    """The model and the baselines (prior, last_window, user_mean, ema, ema_prior, mixture) on the
+    checkpoint's test split: metrics.json and PNG plots."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from models.evaluate import run_evaluation
 
