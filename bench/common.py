@@ -98,26 +98,33 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+CATEGORIES = ["sports", "tech", "music", "travel", "food", "fashion", "news", "games", "films", "books"]
+WORDS = ["cheap", "best", "new", "review", "guide", "deal", "top", "live", "how", "near"]
+
+
+def random_event(rng: random.Random, event_id: str, user: str, ts: int, cats=CATEGORIES, words=WORDS) -> dict:
+    """One contract event: a click (45 %), a browse (40 %) or a search (15 %)."""
+    r = rng.random()
+    e = {"event_id": event_id, "user_id": user, "ts": ts}
+    if r < 0.45:
+        e.update(type="click", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats))
+    elif r < 0.85:
+        e.update(type="browse", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats),
+                 dwell_ms=rng.randrange(60000))
+    else:
+        e.update(type="search", query=" ".join(rng.sample(words, 3)))
+    return e
+
+
 def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int, in_order: bool = False):
     """``events`` contract events for ``users`` users, ts spread over ``span_ms``: at random
     (almost every event of a user arrives out of order) or, with ``in_order``, increasing, so each
     user's events arrive in ts order (the common case)."""
     rng = random.Random(seed)
-    cats = ["sports", "tech", "music", "travel", "food", "fashion", "news", "games", "films", "books"]
-    words = ["cheap", "best", "new", "review", "guide", "deal", "top", "live", "how", "near"]
     for i in range(events):
         u = rng.randrange(users)
         ts = t0 + (i * span_ms // events if in_order else rng.randrange(span_ms))
-        r = rng.random()
-        e = {"event_id": f"b{i}", "user_id": f"user{u}", "ts": ts}
-        if r < 0.45:
-            e.update(type="click", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats))
-        elif r < 0.85:
-            e.update(type="browse", item_id=f"item{rng.randrange(100000)}", category=rng.choice(cats),
-                     dwell_ms=rng.randrange(60000))
-        else:
-            e.update(type="search", query=" ".join(rng.sample(words, 3)))
-        yield e
+        yield random_event(rng, f"b{i}", f"user{u}", ts)
 
 
 class WorkerProc:

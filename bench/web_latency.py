@@ -34,7 +34,7 @@ from pathlib import Path
 
 import orjson
 
-from common import WorkerProc, broker, dumps, machine
+from common import WorkerProc, broker, dumps, machine, random_event
 
 CATS = ["books", "cars", "cooking", "fashion", "finance", "fitness", "gaming", "movies", "music", "sports",
         "tech", "travel"]
@@ -43,20 +43,7 @@ WORDS = ["cheap", "best", "new", "review", "guide", "deal", "top", "live", "how"
 
 def user_events(user: str, n: int, now_ms: int, rng: random.Random) -> list[dict]:
     span = 20 * 3_600_000
-    out = []
-    for i in range(n):
-        ts = now_ms - span + i * span // n
-        r = rng.random()
-        e = {"event_id": f"{user}-{i}", "user_id": user, "ts": ts}
-        if r < 0.45:
-            e.update(type="click", item_id=f"item{rng.randrange(10**5)}", category=rng.choice(CATS))
-        elif r < 0.85:
-            e.update(type="browse", item_id=f"item{rng.randrange(10**5)}", category=rng.choice(CATS),
-                     dwell_ms=rng.randrange(60_000))
-        else:
-            e.update(type="search", query=" ".join(rng.sample(WORDS, 3)))
-        out.append(e)
-    return out
+    return [random_event(rng, f"{user}-{i}", user, now_ms - span + i * span // n, CATS, WORDS) for i in range(n)]
 
 
 def percentiles(ms: list[float]) -> dict:
