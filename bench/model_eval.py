@@ -63,6 +63,20 @@ VARIANTS = {
 }
 
 
+def data_overrides(dataset: str, items) -> dict:
+    """The dataset's data config (:data:`DATASETS`) with ``KEY=VALUE`` items applied (``--data-set``)."""
+    from models.data import DataConfig
+
+    out = dict(DATASETS[dataset]["data"])
+    for item in items:
+        key, _, raw = item.partition("=")
+        typ = DataConfig.__dataclass_fields__[key].type if key in DataConfig.__dataclass_fields__ else None
+        if typ is None:
+            raise click.BadParameter(f"unknown key {key!r}", param_hint="--data-set")
+        out[key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+    return out
+
+
 def make_log(dataset: str, wd: Path, users: int, days: float, seed: int, mechanisms: str) -> Path:
     from models.loaders import load_completejourney, load_movielens, load_rees46
 
@@ -181,13 +195,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     log_path = make_log(dataset, Path(workdir), users, days, seed, mechanisms)
     quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731
     t0 = time.time()
-    data_over = dict(DATASETS[dataset]["data"])
-    for item in data_sets:
-        key, _, raw = item.partition("=")
-        typ = DataConfig.__dataclass_fields__[key].type if key in DataConfig.__dataclass_fields__ else None
-        if typ is None:
-            raise click.BadParameter(f"unknown key {key!r}", param_hint="--data-set")
-        data_over[key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
+    data_over = data_overrides(dataset, data_sets)
     data_cfg = DataConfig(**data_over)
     base_train = TrainConfig(threads=threads, **extra["train"])
     # the prepared data and baselines, reused by later runs of the same code on the same log

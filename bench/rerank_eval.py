@@ -6,6 +6,7 @@ chosen on validation, timings, and (``blend_forms``) the validation NDCG@10 of o
 with the same vectors, which is what chose the blend of :mod:`interest_core.rerank`.
 
     .venv/bin/python bench/rerank_eval.py [--workdir DIR] [--only movielens|rees46|completejourney]
+        [--data-set KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -36,12 +37,14 @@ DATASETS = {
 }
 
 
-def settings(name: str) -> tuple[dict, str]:
-    """The dataset's target, as in the model table (bench/model_eval.py), and train's defaults."""
+def settings(name: str, data_sets=()) -> tuple[dict, str]:
+    """The dataset's target, as in the model table (bench/model_eval.py, with ``--data-set``
+    overrides), and train's defaults."""
     key = DATASETS[name][0]
     run = model_eval.DATASETS[key]
-    return ({"data": run.get("data", {}), "train": run.get("train", {}), "model": run.get("model", {})},
-            f"bench/model_eval.py DATASETS[{key!r}]")
+    how = f"bench/model_eval.py DATASETS[{key!r}]" + "".join(f", {item}" for item in data_sets)
+    return ({"data": model_eval.data_overrides(key, data_sets), "train": run.get("train", {}),
+             "model": run.get("model", {})}, how)
 
 
 def rank_percentiles(scores) -> list[float]:
@@ -153,7 +156,9 @@ def summary(name, how, card, res, forms, default, seconds) -> dict:
 @click.option("--only", type=click.Choice(list(DATASETS)), multiple=True, help="Datasets to run [all present].")
 @click.option("--negatives", default=100, show_default=True)
 @click.option("--reuse-checkpoints", is_flag=True, help="Skip training where a checkpoint is already in --workdir.")
-def main(workdir, only, negatives, reuse_checkpoints):
+@click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="override the data config of every dataset run (e.g. target_k=1)")
+def main(workdir, only, negatives, reuse_checkpoints, data_sets):
     from models import loaders
     from models.data import DataConfig
     from models.model import TrainConfig
@@ -174,7 +179,7 @@ def main(workdir, only, negatives, reuse_checkpoints):
         if not log.exists():
             getattr(loaders, loader)(src, log)
         t_load = time.time() - t
-        run, how = settings(name)
+        run, how = settings(name, data_sets)
         t = time.time()
         if not (reuse_checkpoints and (ck / "model_card.json").exists()):
             run_training(log, ck, DataConfig(**run["data"]), TrainConfig(**run["train"]), dict(run["model"]),
