@@ -167,7 +167,8 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     work = Path(tempfile.mkdtemp(prefix="interest-bench-ingest-"))
-    model_dir = build_tiny_model_dir(work / "model")
+    # with --old, a model whose profile input older workers read too (three scales)
+    model_dir = build_tiny_model_dir(work / "model", profile_scales=3 if args.old else None)
     with broker() as (bootstrap, k):
         prefix = f"bench{int(time.time())}."
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,

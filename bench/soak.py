@@ -47,7 +47,9 @@ def run(args, src) -> None:
     from stream_app.topics import create_topics
 
     work = Path(tempfile.mkdtemp(prefix="interest-bench-soak-"))
-    model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
+    # with --old, a model whose profile input older workers read too (three scales)
+    model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256,
+                                     profile_scales=3 if args.old else None)
     rows = []
     with broker() as (bootstrap, k):
         prefix = f"soak{int(time.time())}."

@@ -39,9 +39,12 @@ def tiny_windows(seed: int = 0, users: int = TINY_USERS, days: float = TINY_DAYS
     return out
 
 
-def tiny_encoder(per_user: dict[str, list[WindowEvent]], max_len: int = TINY_MAX_LEN) -> Encoder:
+def tiny_encoder(per_user: dict[str, list[WindowEvent]], max_len: int = TINY_MAX_LEN,
+                 profile_scales: int | None = None) -> Encoder:
+    """``profile_scales``: how many of the profile's scales the spec reads (None: all)."""
     queries = [e.query for evs in per_user.values() for e in evs if e.type == "search" and e.query]
-    return Encoder(categories=CATEGORIES, tokenizer_json=train_tokenizer(queries, 200), max_len=max_len)
+    return Encoder(categories=CATEGORIES, tokenizer_json=train_tokenizer(queries, 200), max_len=max_len,
+                   profile=True if profile_scales is None else profile_scales)
 
 
 def tiny_samples(per_user, encoder: Encoder):
@@ -76,7 +79,7 @@ def tiny_samples(per_user, encoder: Encoder):
 
 
 def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_config: dict | None = None,
-                          max_len: int = TINY_MAX_LEN):
+                          max_len: int = TINY_MAX_LEN, profile_scales: int | None = None):
     """Train the tiny model and save a checkpoint; returns (ckpt_dir, model, encoder, val windows,
     val seqs, val targets, val profiles (dicts), val profile inputs). ``model_config={}`` and ``max_len=256`` give the default model size
     (benchmarks), briefly trained."""
@@ -85,7 +88,7 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_
     from models.model import TrainConfig, build_model, save_checkpoint, train_model
 
     per_user = tiny_windows(seed)
-    enc = tiny_encoder(per_user, max_len)
+    enc = tiny_encoder(per_user, max_len, profile_scales)
     windows, profiles, seqs, prof_in, targets = tiny_samples(per_user, enc)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(seqs))
@@ -110,16 +113,19 @@ def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_
 
 
 def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_dir: Path | None = None,
-                         model_config: dict | None = None, max_len: int = TINY_MAX_LEN) -> Path:
+                         model_config: dict | None = None, max_len: int = TINY_MAX_LEN,
+                         profile_scales: int | None = None) -> Path:
     """Train a tiny model (seconds) and export it into ``out_dir`` (model.onnx + model.json);
-    returns ``out_dir``. The checkpoint goes to ``ckpt_dir`` when given, else a temporary directory."""
+    returns ``out_dir``. The checkpoint goes to ``ckpt_dir`` when given, else a temporary directory.
+    ``profile_scales=3`` gives a model that workers from before the year and 100-event scales
+    load too (benchmarks' ``--old``)."""
     from export.onnx_export import export_checkpoint
 
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="tiny-ckpt-") as tmp:
         ckpt = Path(ckpt_dir) if ckpt_dir is not None else Path(tmp)
         _, _, _, _, vseqs, vtargets, _, vprof = build_tiny_checkpoint(ckpt, seed, model_config=model_config,
-                                                                      max_len=max_len)
+                                                                      max_len=max_len, profile_scales=profile_scales)
         export_checkpoint(ckpt, out_dir, int8=int8, log=lambda m: None,
                           validation=(vseqs, vprof, vtargets, "tiny random validation samples"))
     return out_dir
