@@ -26,16 +26,22 @@ demo: install
 	$(VENV)/bin/interest-stream demo
 
 # the highest simulator rate the soak held with bounded lag on the 2-core reference machine
-SUSTAINED_RATE ?= 800
+SUSTAINED_RATE ?= 2400
+# the worker before the write-behind state: the "old" side of the new-against-old runs
+OLD_REF ?= ba99db7
+OLD_SUSTAINED_RATE ?= 1200
 
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install
 	@mkdir -p bench-out
-	$(PY) bench/ingest.py | tee bench-out/ingest.json
+	$(PY) bench/ingest.py --old $(OLD_REF) | tee bench-out/ingest.json
+	$(PY) bench/ingest.py --events 300000 --users 20000 --order inorder --old $(OLD_REF) | tee bench-out/ingest-inorder.json
+	$(PY) bench/score_pass.py | tee bench-out/score_pass.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
 	$(PY) bench/freshness.py | tee bench-out/freshness.json
 	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json
 	$(PY) bench/soak.py --rate $(SUSTAINED_RATE) | tee bench-out/soak.json
+	$(PY) bench/soak.py --rate $(OLD_SUSTAINED_RATE) --old $(OLD_REF) | tee bench-out/soak-old.json
 	$(PY) bench/score.py | tee bench-out/score.json
 	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
