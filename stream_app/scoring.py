@@ -8,7 +8,10 @@ changed. So a scored user costs one record besides the published vector at most:
 when the user's events changed the state in the same flush interval. Drift is always against the
 vector last published for that user, which the state holds.
 
-Users waiting for a vector are known per partition (``StateCache.pending``). A newly assigned
+Users waiting for a vector are known per partition (``StateCache.pending``), and a pass takes them
+in the order they started waiting: a user whose event came just after the previous pass started
+is among the first of the next one, so an event waits at most about one interval plus the
+ingestion lag, not an interval plus a whole pass. A newly assigned
 partition is scanned once (every state decoded once) to find them and to learn every user's idle
 facts (:mod:`stream_app.idle`).
 """
@@ -90,8 +93,7 @@ async def score_pass() -> int:
     if model is None or not is_ready():
         return 0
     generation = app.consumer_generation_id
-    pending = app.states.pending
-    todo = [(p, k) for p in sorted(owned_partitions()) for k in sorted(pending.get(p, ()))]
+    todo = app.states.waiting(owned_partitions())  # longest waiting first
     loop = asyncio.get_running_loop()
     batch, share, horizon = settings.score_batch, settings.score_share, LIMITS.horizon_ms
     done = 0

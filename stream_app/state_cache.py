@@ -10,7 +10,9 @@ hands it and acknowledges the events it held. Per partition of this worker it ke
   taken for a flush; ``None`` is a deletion waiting for its flush (forget, eviction);
 * ``held``: the input events applied since the partition's last flush, not acknowledged to Faust
   yet, so their offsets cannot be committed before the states they changed are in the changelog;
-* ``pending``: users with events newer than their last vector (the scoring work list);
+* ``pending``: users with events newer than their last vector (the scoring work list), each with
+  the sequence number of the moment it started waiting (a later event of a waiting user keeps
+  it), so scoring can take the longest-waiting users first;
 * ``facts``: for every known user of the partition, cached or not, what idle eviction needs
   (:func:`stream_app.state.idle_facts`), so nobody decodes every state to find idle users.
 
@@ -19,6 +21,7 @@ worker scans each newly assigned partition once); the states themselves are only
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -74,7 +77,8 @@ class StateCache:
         self.dirty: dict[int, dict[bytes, None]] = {}  # per partition, insertion-ordered set
         self.held: dict[int, list] = {}
         self.held_size: dict[int, int] = {}  # estimated bytes of each partition's held events
-        self.pending: dict[int, set[bytes]] = {}
+        self.pending: dict[int, dict[bytes, int]] = {}  # key: when it started waiting (self._since)
+        self._since = itertools.count()
         self.facts: dict[int, dict[bytes, tuple]] = {}
         self.state_bytes = 0
         self.dropped = 0  # clean states dropped to respect the bound
@@ -135,7 +139,7 @@ class StateCache:
             self.state_bytes -= e.size
             e.state, e.size = None, 0
         self._mark(e, key)
-        self.pending.get(partition, set()).discard(key)
+        self.pending.get(partition, {}).pop(key, None)
         self.facts.get(partition, {}).pop(key, None)
 
     def _mark(self, e: Entry, key: bytes) -> None:
@@ -145,11 +149,12 @@ class StateCache:
 
     def index(self, partition: int, key: bytes, state: dict) -> None:
         """Keep ``pending`` and ``facts`` in step with a state (also for states not cached)."""
-        pend = self.pending.setdefault(partition, set())
+        pend = self.pending.setdefault(partition, {})
         if st.is_pending(state):
-            pend.add(key)
+            if key not in pend:
+                pend[key] = next(self._since)
         else:
-            pend.discard(key)
+            pend.pop(key, None)
         self.facts.setdefault(partition, {})[key] = st.idle_facts(state)
 
     def hold(self, partition: int, message, size: int) -> None:
@@ -215,3 +220,8 @@ class StateCache:
 
     def users(self) -> int:
         return len(self.entries)
+
+    def waiting(self, partitions) -> list[tuple[int, bytes]]:
+        """``(partition, key)`` of the pending users of ``partitions``, longest waiting first."""
+        todo = sorted((since, p, key) for p in partitions for key, since in self.pending.get(p, {}).items())
+        return [(p, key) for _, p, key in todo]

@@ -45,9 +45,9 @@ def test_a_user_changed_many_times_is_written_once_per_flush():
 def test_forget_is_a_delete_at_the_next_flush_and_leaves_the_indexes():
     c = StateCache(10**9)
     applied(c, 2, "a", 0)
-    assert c.pending[2] == {b"a"} and b"a" in c.facts[2]
+    assert set(c.pending[2]) == {b"a"} and b"a" in c.facts[2]
     c.delete(2, b"a")
-    assert c.get(b"a").state is None and c.pending[2] == set() and b"a" not in c.facts[2]
+    assert c.get(b"a").state is None and not c.pending[2] and b"a" not in c.facts[2]
     f = c.take(2)
     assert f.writes == [] and f.deletes == [b"a"]
     assert b"a" not in c  # gone from memory once written
@@ -58,13 +58,29 @@ def test_forget_is_a_delete_at_the_next_flush_and_leaves_the_indexes():
 def test_pending_follows_the_last_vector():
     c = StateCache(10**9)
     st = applied(c, 0, "a", 0)
-    assert c.pending[0] == {b"a"}
+    assert set(c.pending[0]) == {b"a"}
     state.record_vector(st, {"interests": {}}, st["seq"])
     c.put(0, b"a", st)
-    assert c.pending[0] == set()
+    assert not c.pending[0]
     applied(c, 0, "a", 1)
-    assert c.pending[0] == {b"a"}
+    assert set(c.pending[0]) == {b"a"}
     assert c.facts[0][b"a"] == (T0 + 1000, 0, True)
+
+
+def test_scoring_takes_the_longest_waiting_users_first_across_partitions():
+    c = StateCache(10**9)
+    applied(c, 3, "z", 0)  # waiting first
+    applied(c, 0, "m", 0)
+    applied(c, 3, "b", 0)
+    applied(c, 0, "a", 0)
+    applied(c, 3, "z", 1)  # a later event keeps z's place
+    applied(c, 5, "y", 0)  # not one of the partitions asked for
+    assert c.waiting([0, 3]) == [(3, b"z"), (0, b"m"), (3, b"b"), (0, b"a")]
+    st = c.get(b"m").state  # m scored: gone; its next event puts it at the end
+    state.record_vector(st, {"interests": {}}, st["seq"])
+    c.put(0, b"m", st)
+    applied(c, 0, "m", 1)
+    assert c.waiting([3, 0]) == [(3, b"z"), (3, b"b"), (0, b"a"), (0, b"m")]
 
 
 def test_the_bound_drops_clean_states_least_recently_used_first_never_dirty_ones():
@@ -91,7 +107,7 @@ def test_states_read_from_the_table_are_clean_and_indexed():
     c = StateCache(10**9)
     _, st = state.apply(None, event("a", 0), LIM, 0)
     c.load(1, b"a", state.load(state.dump(st)))
-    assert c.take(1).records == 0 and c.pending[1] == {b"a"}
+    assert c.take(1).records == 0 and set(c.pending[1]) == {b"a"}
     c.load(1, b"a", None)  # nothing to cache
     with pytest.raises(ValueError):
         StateCache(0)
