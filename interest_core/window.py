@@ -190,14 +190,6 @@ def profile_fold(profile: dict | None, ts: int, etype: str, category: str | None
     return profile
 
 
-def _extend(vs: Sequence) -> list:
-    """A stored value list from before the newer scales, extended (:data:`PROFILE_EXTEND_FROM`)."""
-    out = list(vs)
-    for j in range(len(out), len(PROFILE_SCALES)):
-        out.append(out[PROFILE_EXTEND_FROM[j]])
-    return out
-
-
 def _row_ts(row: tuple) -> int:
     return row[0]
 
