@@ -236,9 +236,14 @@ class Encoder:
             toks.append(self.dwell_token(event.dwell_ms))
         return toks
 
-    def encode(self, events: Sequence[WindowEvent]) -> list[int]:
-        """Token ids of a window (events sorted by ts ascending): ``[BOS] ... [END]``, keeping the
-        most recent whole events that fit in ``max_len``. Never longer than ``max_len``."""
+    @property
+    def token_budget(self) -> int:
+        """Tokens the events of a (non-empty) window may take: ``max_len`` minus BOS, the hour
+        token and END."""
+        return self.max_len - 1 - (2 if self.hour_token else 1)
+
+    def _fitting(self, events: Sequence[WindowEvent]) -> tuple[list[list[int]], list[int]]:
+        """The tokens of the most recent whole events that fit, newest first, and the tail."""
         tail = [self.end_id]
         if self.hour_token and events:
             tail = [self.hour_offset + (events[-1].ts // 3_600_000) % 24, self.end_id]
@@ -251,11 +256,29 @@ class Encoder:
                 break
             budget -= len(toks)
             chunks.append(toks)
+        return chunks, tail
+
+    def encode(self, events: Sequence[WindowEvent]) -> list[int]:
+        """Token ids of a window (events sorted by ts ascending): ``[BOS] ... [END]``, keeping the
+        most recent whole events that fit in ``max_len``. Never longer than ``max_len``."""
+        chunks, tail = self._fitting(events)
         out = [self.bos_id]
         for toks in reversed(chunks):
             out.extend(toks)
         out.extend(tail)
         return out
+
+    def encode_with_ends(self, events: Sequence[WindowEvent]) -> tuple[list[int], list[int]]:
+        """:meth:`encode` and, per event, the position of its last token (-1 for the oldest events
+        that did not fit): where training reads out every event of a window at once."""
+        chunks, tail = self._fitting(events)
+        out, ends = [self.bos_id], [-1] * len(events)
+        first = len(events) - len(chunks)
+        for m, toks in enumerate(reversed(chunks)):
+            out.extend(toks)
+            ends[first + m] = len(out) - 1
+        out.extend(tail)
+        return out, ends
 
 
 def train_tokenizer(queries: Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB) -> str:

@@ -329,31 +329,6 @@ def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
 
 
 # --- dense training ---------------------------------------------------------------------------
-def encode_with_ends(encoder, events) -> tuple[list[int], list[int]]:
-    """``encoder.encode(events)`` and, per event, the position of its last token (-1 for the oldest
-    events that did not fit). The same loop as :meth:`interest_core.encoding.Encoder.encode` (a test
-    checks the ids are identical)."""
-    tail = [encoder.end_id]
-    if encoder.hour_token and events:
-        tail = [encoder.hour_offset + (events[-1].ts // 3_600_000) % 24, encoder.end_id]
-    budget = encoder.max_len - 1 - len(tail)
-    chunks: list[list[int]] = []
-    for j in range(len(events) - 1, -1, -1):
-        gap = events[j].ts - events[j - 1].ts if j > 0 else None
-        toks = encoder.event_tokens(events[j], gap)
-        if len(toks) > budget:
-            break
-        budget -= len(toks)
-        chunks.append(toks)
-    out, ends = [encoder.bos_id], [-1] * len(events)
-    first = len(events) - len(chunks)
-    for m, toks in enumerate(reversed(chunks)):
-        out.extend(toks)
-        ends[first + m] = len(out) - 1
-    out.extend(tail)
-    return out, ends
-
-
 def serving_window_sizes(seq: UserSeq, encoder, horizon_ms: int, max_events: int) -> np.ndarray:
     """(n+1,): for each cut c, the number of events the worker's encoded window holds when event c-1
     is the newest: those within the horizon, at most ``max_events``, and the most recent whole
@@ -362,7 +337,7 @@ def serving_window_sizes(seq: UserSeq, encoder, horizon_ms: int, max_events: int
     n = len(evs)
     toklen = np.array([len(encoder.event_tokens(e, None)) for e in evs], np.int64)  # a gap token is 1 either way
     csum = np.concatenate([[0], np.cumsum(toklen)])
-    budget = encoder.max_len - 1 - (2 if encoder.hour_token else 1)
+    budget = encoder.token_budget
     out = np.zeros(n + 1, np.int64)
     for c in range(1, n + 1):
         lo = max(int(np.searchsorted(ts, ts[c - 1] - horizon_ms, side="right")), c - max_events)
@@ -405,7 +380,7 @@ def dense_readouts(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> t
         if ui not in serving:
             serving[ui] = serving_window_sizes(ds.seqs[ui], encoder, horizon_ms, cfg.max_events)
         win = window_slice(evs[max(0, i - cfg.max_events) : i], int(cut_ts), horizon_ms, cfg.max_events)
-        ids, ends = encode_with_ends(encoder, win)
+        ids, ends = encoder.encode_with_ends(win)
         a = i - len(win)  # the window is events a .. i-1
         first = next((m for m, e in enumerate(ends) if e >= 0), len(ends))  # the oldest event that fit
         for m, end in enumerate(ends):

@@ -68,7 +68,6 @@ def pretrain_windows(users: dict, encoder, cfg: PretrainConfig):
     Consecutive windows of each user, newest first; every event of a user is a readout once
     (the newest has no next event and is left out)."""
     from interest_core.window import seconds_to_ms, window_slice
-    from models.data import encode_with_ends
 
     k = encoder.k
     n_gap = len(encoder.gap_bounds_ms) + 1
@@ -79,7 +78,7 @@ def pretrain_windows(users: dict, encoder, cfg: PretrainConfig):
         i = len(evs)
         while i > 0:
             win = window_slice(evs[max(0, i - cfg.max_events) : i], evs[i - 1].ts, horizon, cfg.max_events)
-            ids, ends = encode_with_ends(encoder, win)
+            ids, ends = encoder.encode_with_ends(win)
             kept = [m for m, e in enumerate(ends) if e >= 0]
             if not kept:  # an event too long for a window alone: skip it
                 i -= 1

@@ -194,15 +194,13 @@ def test_dense_readouts_equal_serving_on_the_prefix(encoder):
     """A readout at an earlier event of a sequence gives what serving gives for the window that
     ends with that event (the prefix, then that event's hour and [END]), with that readout's own
     profile: what dense training supervises is what the worker will compute."""
-    from models.data import encode_with_ends
-
     model = build_model(encoder, **TINY).eval()
     _randomise_corrections(model)
     H = 3_600_000
     evs = [WindowEvent(ts=5 * H + j * 600_000 + (j % 3) * 7, type="click", category="abc"[j % 3], item="i")
            for j in range(9)]
     evs[4] = WindowEvent(ts=evs[4].ts, type="search", query="red shoes")
-    ids, ends = encode_with_ends(encoder, evs)
+    ids, ends = encoder.encode_with_ends(evs)
     assert ids == encoder.encode(evs)  # the same ids as the encoder's own
     rows = [2, 4, 8]  # readouts after events 2, 4 (the search) and 8 (the last one)
     prof = _profiles(encoder, len(rows), seed=5)
