@@ -114,7 +114,8 @@ class RerankView(View):
 
 
 # Explanations run one at a time in a thread of their own: a burst of them queues there instead of
-# taking more than one core from ingestion and scoring (whose model calls use the default executor).
+# taking more than one core from ingestion and scoring (whose model calls have their own thread,
+# app.scoring_thread).
 app.explainer = ThreadPoolExecutor(1, thread_name_prefix="explain")
 
 

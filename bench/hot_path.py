@@ -1,0 +1,111 @@
+"""The worker's own per-event and per-user costs, in-process, without Faust or Kafka (not a test).
+
+    .venv/bin/python bench/hot_path.py [--events 300000] [--users 20000] [--order shuffled|inorder]
+
+Per event (the ingest agent's own work): ``core.ingest`` (validation and the window and profile
+update) and the state cache's bookkeeping, with the worker's GC thresholds. Per user of a scoring
+pass (the default-size model, 1 ONNX Runtime thread): copying the inputs out of the state
+(``core.snapshot``), ``core.infer`` (encoding and ONNX Runtime, what the scoring thread does) and
+``core.publish`` plus the JSON of each vector (the event loop's share). Prints JSON (µs each, best
+of ``--repeat``) with the machine. What the README's Performance section compares with Faust's own
+per-event cost (``bench/ingest.py``) and ``LoadedModel.predict`` (``bench/score_pass.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from common import commit, machine, synthetic_events
+
+T0 = 1_764_000_000_000
+SPAN_MS = 20 * 3_600_000
+
+
+def best_us(f, n: int, repeat: int) -> float:
+    """Best wall time of ``f()`` over ``repeat`` runs, in µs per item."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return round(best / n * 1e6, 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--order", choices=["shuffled", "inorder"], default="shuffled")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    os.environ.setdefault("INTEREST_DATA_DIR", tempfile.mkdtemp())  # importing the app makes its state directory
+    from tiny_model import build_tiny_model_dir
+
+    from stream_app import core, state
+    from stream_app.app import GC_THRESHOLDS
+    from stream_app.model_runtime import LoadedModel
+    from stream_app.settings import Settings
+    from stream_app.state_cache import StateCache
+
+    gc.set_threshold(*GC_THRESHOLDS)
+    settings = Settings.from_env({})
+    limits = state.Limits.from_settings(settings)
+    now, future_ms = T0 + SPAN_MS, settings.future_s * 1000
+    raw = [(e["type"], e["user_id"].encode(), orjson.dumps(e))
+           for e in synthetic_events(args.users, args.events, 1, T0, SPAN_MS, args.order == "inorder")]
+    out = {"benchmark": "hot path", "machine": machine(), "commit": commit(), "events": args.events,
+           "users": args.users, "order": args.order, "gc_thresholds": GC_THRESHOLDS}
+
+    def ingest_only():
+        states: dict = {}
+        for t, k, v in raw:
+            r = core.ingest(t, k, v, states.get, limits, now, future_ms)
+            if r.state is not None:
+                states[k] = r.state
+
+    def ingest_cached():
+        cache = StateCache(10**12)
+        for t, k, v in raw:
+            e = cache.get(k)
+            r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms)
+            if r.state is not None:
+                cache.put(0, k, r.state)
+
+    out["per_event_us"] = {"core.ingest": best_us(ingest_only, len(raw), args.repeat),
+                           "core.ingest + state cache": best_us(ingest_cached, len(raw), args.repeat)}
+
+    model = LoadedModel.load(build_tiny_model_dir(Path(tempfile.mkdtemp()) / "model", model_config={}, max_len=256),
+                             threads=1)
+    states: dict = {}
+    for t, k, v in raw:
+        r = core.ingest(t, k, v, states.get, limits, now, future_ms)
+        if r.state is not None:
+            states[k] = r.state
+    items, horizon = list(states.items()), limits.horizon_ms
+    inputs = [core.snapshot(k, s, model, horizon) for k, s in items]
+    probs = core.infer(model, inputs, settings.score_batch)
+
+    def publish():
+        for key, vec, _ in core.publish(inputs, probs, model, states.get):
+            orjson.dumps(vec)
+
+    n = len(items)
+    out["per_user_us"] = {
+        "core.snapshot (event loop)": best_us(lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n,
+                                              args.repeat),
+        "core.infer: encoding and ONNX Runtime (scoring thread)": best_us(
+            lambda: core.infer(model, inputs, settings.score_batch), n, args.repeat),
+        "core.publish and the vector's JSON (event loop)": best_us(publish, n, args.repeat),
+    }
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
