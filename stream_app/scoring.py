@@ -163,10 +163,15 @@ SCORE_TICK_S = min(1.0, settings.score_interval_s)
 async def score_timer():
     """Publish interest vectors for users with new events (on owned partitions only)."""
     t0 = time.monotonic()
-    if t0 < app.scorer.next_start or not is_ready() or app.models.model is None:
-        return  # not due yet, or not ready: the next tick tries again
-    app.scorer.next_start = t0 + settings.score_interval_s
+    if not is_ready() or app.models.model is None:
+        return  # not ready: the next tick tries again
     await index_new_partitions()  # once per assignment; not part of the pass's time
+    if not app.scorer.next_start:  # the first pass comes one interval after the worker is ready,
+        app.scorer.next_start = t0 + settings.score_interval_s  # as with Faust's own timers
+        return
+    if t0 < app.scorer.next_start:
+        return  # not due yet
+    app.scorer.next_start = t0 + settings.score_interval_s
     t0 = time.monotonic()
     metrics.SCORING_ACTIVE.set(1)
     try:
