@@ -16,6 +16,7 @@ n_target = int(os.environ["BENCH_FLOOR_EVENTS"])
 app = faust.App(f"{prefix}faust-floor-{os.getpid()}",
                 broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
                 store="memory://", autodiscover=False, web_enabled=False,
+                datadir=os.environ["BENCH_FLOOR_DATADIR"],
                 consumer_auto_offset_reset="earliest", topic_allow_declare=False,
                 topic_disable_leader=True)
 topic = app.topic(*(f"{prefix}events.{t}" for t in ("click", "browse", "search")),

@@ -84,7 +84,8 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
     # -l info: at WARN and above Faust's terminal spinner turns on DEBUG records (see app.py)
     proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "faust_floor", "worker", "-l", "info"],
                             cwd=Path(__file__).parent, env=dict(env, BENCH_FLOOR_EVENTS=str(n),
-                                                                BENCH_FLOOR_OUT=str(out)),
+                                                                BENCH_FLOOR_OUT=str(out),
+                                                                BENCH_FLOOR_DATADIR=str(work / "floor-data")),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     if os.environ.get("BENCH_PYSPY_FLOOR"):  # sample the decode-only agent too
         subprocess.Popen(["sh", "-c", f'sleep {float(os.environ.get("BENCH_PYSPY_DELAY_S", "0"))} && exec "$@"', "sh",

@@ -11,7 +11,10 @@ vector last published for that user, which the state holds.
 Users waiting for a vector are known per partition (``StateCache.pending``), and a pass takes them
 in the order they started waiting: a user whose event came just after the previous pass started
 is among the first of the next one, so an event waits at most about one interval plus the
-ingestion lag, not an interval plus a whole pass. A newly assigned
+ingestion lag, not an interval plus a whole pass. When a pass reaches the end of its list it
+takes the users who started waiting while it ran (again, until none are left or the pass has
+run for an interval), so an event ingested during a pass, typically the lagged ones, does not
+wait for the next. A newly assigned
 partition is scanned once (every state decoded once) to find them and to learn every user's idle
 facts (:mod:`stream_app.idle`).
 """
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from . import core, metrics, state
+from .cadence import next_due
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .flush import send_batches
 from .partitioning import partition_for
@@ -82,7 +86,8 @@ def backlog() -> int:
 
 
 async def score_pass() -> int:
-    """Score every user with new events on the partitions this worker owns; returns how many.
+    """Score every user with new events on the partitions this worker owns, then those who
+    started waiting meanwhile (for at most an interval); returns how many vectors it published.
 
     Batches are pipelined: while the model runs on one batch (in the scoring thread), the next
     batch's inputs are copied out of the states and the previous batch's vectors are published.
@@ -93,14 +98,19 @@ async def score_pass() -> int:
     if model is None or not is_ready():
         return 0
     generation = app.consumer_generation_id
+    mark = app.states.mark()
     todo = app.states.waiting(owned_partitions())  # longest waiting first
     loop = asyncio.get_running_loop()
     batch, share, horizon = settings.score_batch, settings.score_share, LIMITS.horizon_ms
-    done = 0
+    done, i, t_pass = 0, 0, time.perf_counter()
     running = None  # (inputs, partition of each user, future of the model's output, start time)
-    for i in range(0, len(todo) + batch, batch):
+    while True:
         if not is_ready() or app.consumer_generation_id != generation:
             break  # a rebalance started: the new owners score these users
+        if i >= len(todo) and time.perf_counter() - t_pass < settings.score_interval_s:
+            # the users who started waiting while this pass ran: now, not an interval later
+            todo, i = app.states.waiting(owned_partitions(), after=mark), 0
+            mark = app.states.mark()
         t_start = time.perf_counter()
         nxt = None
         if i < len(todo):
@@ -114,6 +124,7 @@ async def score_pass() -> int:
             if inputs:
                 nxt = (inputs, where, loop.run_in_executor(app.scoring_thread, core.infer, model, inputs, batch),
                        time.perf_counter())
+            i += batch
         if running is not None:
             done += await publish(running, model, generation)
         running = nxt
@@ -153,10 +164,10 @@ async def publish(running, model, generation: int) -> int:
     return n
 
 
-# Passes start every INTEREST_SCORE_INTERVAL_S from the start of the previous one (Faust's timer
-# would wait a whole interval after a pass ends, so a long pass would stretch the cycle); a
-# pass that overruns is followed by the next one at the next tick.
-SCORE_TICK_S = min(1.0, settings.score_interval_s)
+# Passes start every INTEREST_SCORE_INTERVAL_S on a fixed schedule (:mod:`stream_app.cadence`):
+# Faust's timer would wait a whole interval after a pass ends, so a long pass would stretch the
+# cycle. The tick bounds how late a due pass starts.
+SCORE_TICK_S = min(0.25, settings.score_interval_s)
 
 
 @app.timer(SCORE_TICK_S)
@@ -171,7 +182,7 @@ async def score_timer():
         return
     if t0 < app.scorer.next_start:
         return  # not due yet
-    app.scorer.next_start = t0 + settings.score_interval_s
+    app.scorer.next_start = next_due(app.scorer.next_start, t0, settings.score_interval_s)
     t0 = time.monotonic()
     metrics.SCORING_ACTIVE.set(1)
     try:

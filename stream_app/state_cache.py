@@ -221,7 +221,13 @@ class StateCache:
     def users(self) -> int:
         return len(self.entries)
 
-    def waiting(self, partitions) -> list[tuple[int, bytes]]:
-        """``(partition, key)`` of the pending users of ``partitions``, longest waiting first."""
-        todo = sorted((since, p, key) for p in partitions for key, since in self.pending.get(p, {}).items())
+    def waiting(self, partitions, after: int = -1) -> list[tuple[int, bytes]]:
+        """``(partition, key)`` of the pending users of ``partitions`` that started waiting after
+        the moment ``after`` (a :meth:`mark`; by default all of them), longest waiting first."""
+        todo = sorted((since, p, key) for p in partitions for key, since in self.pending.get(p, {}).items()
+                      if since > after)
         return [(p, key) for _, p, key in todo]
+
+    def mark(self) -> int:
+        """The moment now in the waiting order: users who start waiting later come after it."""
+        return next(self._since)

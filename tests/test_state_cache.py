@@ -83,6 +83,21 @@ def test_scoring_takes_the_longest_waiting_users_first_across_partitions():
     assert c.waiting([3, 0]) == [(3, b"z"), (3, b"b"), (0, b"a"), (0, b"m")]
 
 
+def test_a_pass_finds_the_users_who_started_waiting_after_it_began():
+    c = StateCache(10**9)
+    applied(c, 0, "a", 0)
+    applied(c, 3, "b", 0)
+    mark = c.mark()  # a pass begins: it takes a and b
+    applied(c, 0, "a", 1)  # a was waiting already: not new
+    applied(c, 3, "c", 0)
+    applied(c, 0, "d", 0)
+    assert c.waiting([0, 3], after=mark) == [(3, b"c"), (0, b"d")]
+    again = c.mark()
+    assert c.waiting([0, 3], after=again) == []
+    applied(c, 0, "e", 0)
+    assert c.waiting([0, 3], after=again) == [(0, b"e")]
+
+
 def test_the_bound_drops_clean_states_least_recently_used_first_never_dirty_ones():
     one = estimated_size(state.apply(None, event("x", 0), LIM, 0)[1])
     assert one == SIZE_BASE + SIZE_ROW + 150  # one row, one profile category

@@ -1,0 +1,18 @@
+from stream_app.cadence import next_due
+
+
+def test_a_pass_started_late_by_its_tick_keeps_the_schedule():
+    # due at 10.0, its tick came at 10.2: the next is due at 20.0, not 20.2
+    assert next_due(10.0, 10.2, 10.0) == 20.0
+    assert next_due(20.0, 20.2, 10.0) == 30.0
+
+
+def test_a_pass_due_exactly_on_a_tick():
+    assert next_due(10.0, 10.0, 10.0) == 20.0
+
+
+def test_after_an_overrun_the_schedule_restarts_from_the_pass_that_ran_late():
+    # due at 20.0, but the previous pass ran until 31.5: started at 31.75, the next is 41.75
+    assert next_due(20.0, 31.75, 10.0) == 41.75
+    # exactly one interval late: 30.0 has just passed, so 40.0 (not a second pass at once)
+    assert next_due(20.0, 30.0, 10.0) == 40.0
