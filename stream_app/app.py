@@ -19,6 +19,7 @@ import time
 import faust
 
 from . import metrics, state
+from .alignment import Aligner
 from .flush import Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
@@ -78,6 +79,7 @@ class InterestApp(faust.App):
     """Faust's app plus what the write-behind state needs at start, at rebalances and at shutdown."""
 
     states: StateCache
+    aligner: Aligner
     flusher: Flusher
     models: ModelHolder
     output_partitions: int  # of the output topic, read at start
@@ -110,6 +112,9 @@ class InterestApp(faust.App):
         # Faust calls this at a rebalance and at shutdown, once no new events flow, to wait until
         # its streams acknowledged what they took: those are the cache's held events. Flushing
         # writes their states and acknowledges them (see stream_app.flush).
+        from .ingest import apply_released  # messages still waiting for their topics to align
+
+        apply_released(self.aligner.drain())
         await self.flusher.flush("shutdown" if self.should_stop else "rebalance")
         await super()._consumer_wait_empty(consumer, logger)
 
@@ -174,6 +179,7 @@ users = app.Table(
 )
 
 app.states = StateCache(int(settings.state_cache_mb * 2**20))
+app.aligner = Aligner(tuple(settings.input_topics.values()))
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
                       consumer=lambda: app.consumer)

@@ -2,14 +2,23 @@
 
 The agent iterates ``stream.noack()``: an event stays unacknowledged (its offset uncommitted)
 until the flush of its partition has written the states it changed (:mod:`stream_app.flush`).
-Per event the worker pays for the event only: validation, the user's decoded state updated in
-place, no serialisation and no table write.
+Before that, each message waits in the :class:`stream_app.alignment.Aligner` until the three
+topics of its partition can be applied in record-timestamp order (a backlog read at full speed
+would otherwise make one topic's events late against another's). Per event the worker pays for
+the event only: validation, the user's decoded state updated in place, no serialisation and no
+table write.
 """
 from __future__ import annotations
+
+import time
+
+from faust.types import TP
 
 from . import core, metrics
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, dlq, inputs, lookup_key, now_ms, settings
 from .events import dead_letter
+
+ALIGN_SWEEP_S = 0.25  # how often waiting messages are looked at again (topics caught up, waits over)
 
 
 def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
@@ -29,17 +38,80 @@ def process(topic: str, partition: int, offset: int, key: bytes | None, value: b
     return result.outcome
 
 
+class Received:
+    """The last offset the agent received of each input partition, to tell whether a topic's
+    partition is caught up (nothing more fetched than received) for the aligner."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.forced_reported = 0  # Aligner.forced already counted in the metric
+        self._tps: dict[tuple[str, int], TP] = {}
+
+    def caught_up(self, topic: str, partition: int) -> bool:
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = TP(topic, partition)
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:  # not fetched yet: unknown, so not caught up
+            return False
+        if high is None:
+            return False
+        return self.offsets.get((topic, partition), -1) + 1 >= high
+
+
+app.received = Received()
+
+
+@app.on_partitions_revoked.connect
+async def forget_received(sender, revoked, **kwargs) -> None:
+    """A partition assigned again later starts from a new position (its waiting messages were
+    applied before the flush that preceded the revocation)."""
+    for tp in revoked:
+        app.received.offsets.pop((tp.topic, tp.partition), None)
+
+
+def apply_released(messages) -> None:
+    """Apply messages the aligner released, and hold each until its partition's flush."""
+    states = app.states
+    for m in messages:
+        process(m.topic, m.partition, m.offset, m.key, m.value)
+        states.hold(m.partition, m, len(m.value or b"") + len(m.key or b""))  # acknowledged by the flush
+
+
+async def _respect_bound() -> None:
+    states = app.states
+    if states.over_bound():  # dirty states cannot be dropped: flush, then drop the least recently used
+        await app.flusher.flush("cache_full")
+        metrics.CACHE_DROPPED.inc(states.shrink())
+
+
 @app.agent(inputs)
 async def ingest(stream):
     """Validate click/browse/search events into per-user states; dead-letter the rest."""
-    states, flusher = app.states, app.flusher
+    aligner, received, states = app.aligner, app.received, app.states
+    offsets, caught_up = received.offsets, received.caught_up
     async for event in stream.noack().events():
         m = event.message
-        process(m.topic, m.partition, m.offset, m.key, m.value)
-        states.hold(m.partition, m, len(m.value or b"") + len(m.key or b""))  # acknowledged by the flush
-        if states.over_bound():  # dirty states cannot be dropped: flush, then drop the least recently used
-            await flusher.flush("cache_full")
-            metrics.CACHE_DROPPED.inc(states.shrink())
+        p = m.partition
+        offsets[(m.topic, p)] = m.offset
+        now = time.monotonic()
+        aligner.add(m.topic, p, m.timestamp, m, now)
+        apply_released(aligner.ready(p, caught_up, now))
+        if states.over_bound():
+            await _respect_bound()
+
+
+@app.timer(ALIGN_SWEEP_S)
+async def align_timer():
+    """Apply waiting messages whose topics caught up meanwhile, or that waited long enough."""
+    aligner = app.aligner
+    if len(aligner):
+        apply_released(aligner.expired(app.received.caught_up, time.monotonic()))
+        await _respect_bound()
+    metrics.ALIGN_WAITING.set(len(aligner))
+    metrics.ALIGN_FORCED.inc(aligner.forced - app.received.forced_reported)
+    app.received.forced_reported = aligner.forced
 
 
 @app.timer(settings.flush_s)

@@ -88,6 +88,14 @@ CACHE_DROPPED = Counter(
     "interest_state_cache_dropped_total", "Clean user states dropped from memory to respect the bound",
     registry=REGISTRY,
 )
+ALIGN_WAITING = Gauge(
+    "interest_align_waiting", "Input messages waiting for the other input topics of their partition "
+    "(event-time alignment, stream_app.alignment)", registry=REGISTRY,
+)
+ALIGN_FORCED = Counter(
+    "interest_align_forced_total", "Input messages applied before the other topics of their partition "
+    "caught up (waited too long, or too many waiting)", registry=REGISTRY,
+)
 
 for _reason in (
     "not_utf8", "not_json", "not_object", "too_large", "missing_key", "key_mismatch",

@@ -1,0 +1,84 @@
+"""The aligner: a partition's three topics applied in record-timestamp order (worked by hand)."""
+from stream_app.alignment import Aligner
+
+TOPICS = ("click", "browse", "search")
+
+
+def never(topic, partition):  # no topic has caught up: everything is still to come
+    return False
+
+
+def always(topic, partition):
+    return True
+
+
+def test_a_topic_ahead_waits_for_the_others_then_all_leave_oldest_first():
+    a = Aligner(TOPICS)
+    a.add("click", 0, 50.0, "c50", now=0.0)
+    a.add("click", 0, 60.0, "c60", now=0.0)
+    assert list(a.ready(0, never, now=0.0)) == []  # browse and search may still bring older events
+    a.add("browse", 0, 10.0, "b10", now=0.0)
+    assert list(a.ready(0, never, now=0.0)) == []  # search still unknown
+    a.add("search", 0, 55.0, "s55", now=0.0)
+    # b10 leaves; c50 waits: browse has nothing waiting now and may bring an event before 50
+    assert list(a.ready(0, never, now=0.0)) == ["b10"]
+    a.add("browse", 0, 52.0, "b52", now=0.0)
+    assert list(a.ready(0, never, now=0.0)) == ["c50", "b52"]  # s55 waits for browse again
+    assert len(a) == 2 and a.forced == 0
+
+
+def test_a_caught_up_topic_is_not_waited_for():
+    a = Aligner(TOPICS)
+    a.add("click", 0, 50.0, "c50", now=0.0)
+    a.add("browse", 0, 20.0, "b20", now=0.0)
+    caught = {"search"}
+    assert list(a.ready(0, lambda t, p: t in caught, now=0.0)) == ["b20"]
+    caught.add("browse")
+    assert list(a.ready(0, lambda t, p: t in caught, now=0.0)) == ["c50"]
+    assert a.forced == 0
+
+
+def test_partitions_are_aligned_independently():
+    a = Aligner(TOPICS)
+    a.add("click", 0, 50.0, "p0", now=0.0)
+    a.add("click", 1, 40.0, "p1", now=0.0)
+    caught = lambda t, p: p == 1  # noqa: E731
+    assert list(a.ready(0, caught, now=0.0)) == []
+    assert list(a.ready(1, caught, now=0.0)) == ["p1"]
+
+
+def test_a_message_waits_at_most_max_wait_s_then_counts_as_forced():
+    a = Aligner(TOPICS, max_wait_s=2.0)
+    a.add("click", 3, 50.0, "c50", now=10.0)
+    a.add("click", 3, 70.0, "c70", now=11.5)
+    assert list(a.expired(never, now=11.9)) == []
+    assert list(a.expired(never, now=12.0)) == ["c50"]  # waited 2.0 s
+    assert list(a.expired(never, now=13.4)) == []
+    assert list(a.expired(never, now=13.5)) == ["c70"]
+    assert a.forced == 2
+
+
+def test_too_many_waiting_releases_the_oldest():
+    a = Aligner(TOPICS, max_buffered=2)
+    for ts in (30.0, 10.0, 20.0):
+        a.add("click", 0, ts, f"c{ts:g}", now=0.0)
+    assert list(a.ready(0, never, now=0.0)) == ["c10"]
+    assert len(a) == 2 and a.forced == 1
+
+
+def test_equal_timestamps_leave_in_arrival_order():
+    a = Aligner(TOPICS)
+    for name, topic in (("x", "click"), ("y", "browse"), ("z", "click")):
+        a.add(topic, 0, 5.0, name, now=0.0)
+    assert list(a.ready(0, always, now=0.0)) == ["x", "y", "z"]
+
+
+def test_drain_empties_the_given_partitions_oldest_first():
+    a = Aligner(TOPICS)
+    a.add("click", 0, 9.0, "a9", now=0.0)
+    a.add("browse", 0, 1.0, "a1", now=0.0)
+    a.add("click", 2, 5.0, "b5", now=0.0)
+    assert list(a.drain([0, 4])) == ["a1", "a9"]
+    assert len(a) == 1
+    assert list(a.drain()) == ["b5"]
+    assert len(a) == 0 and list(a.ready(2, always, now=0.0)) == []
