@@ -45,6 +45,7 @@ class Pass:
         self.next_start = 0.0
         self.indexed: set[int] = set()
         self.generation = -1
+        self.running: asyncio.Future | None = None  # the pass under way
 
 
 app.scorer = Pass()
@@ -172,17 +173,25 @@ SCORE_TICK_S = min(0.25, settings.score_interval_s)
 
 @app.timer(SCORE_TICK_S)
 async def score_timer():
-    """Publish interest vectors for users with new events (on owned partitions only)."""
+    """Start a pass when one is due (on owned partitions only). The pass runs as a task of its own,
+    so one longer than the tick is not an overlapping timer, and the next waits for it to end."""
     t0 = time.monotonic()
+    scorer = app.scorer
+    if scorer.running is not None and not scorer.running.done():
+        return
     if not is_ready() or app.models.model is None:
         return  # not ready: the next tick tries again
     await index_new_partitions()  # once per assignment; not part of the pass's time
-    if not app.scorer.next_start:  # the first pass comes one interval after the worker is ready,
-        app.scorer.next_start = t0 + settings.score_interval_s  # as with Faust's own timers
+    if not scorer.next_start:  # the first pass comes one interval after the worker is ready,
+        scorer.next_start = t0 + settings.score_interval_s  # as with Faust's own timers
         return
-    if t0 < app.scorer.next_start:
+    if t0 < scorer.next_start:
         return  # not due yet
-    app.scorer.next_start = next_due(app.scorer.next_start, t0, settings.score_interval_s)
+    scorer.next_start = next_due(scorer.next_start, t0, settings.score_interval_s)
+    scorer.running = app.add_future(timed_pass())  # cancelled with the app's other tasks at stop
+
+
+async def timed_pass() -> None:
     t0 = time.monotonic()
     metrics.SCORING_ACTIVE.set(1)
     try:
