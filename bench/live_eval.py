@@ -1,0 +1,209 @@
+"""The interest model through the live pipeline on a real log (not a test; run by `make bench`).
+
+What a team would check before trusting the model: events streamed through Kafka into the worker,
+the vectors it publishes compared with each user's actual next behaviour, against the baselines.
+
+1. ``train`` at its defaults with the dataset's target (:data:`model_eval.DATASETS`), then ``export``.
+2. For each test user, the cut is the user's first test sample (:mod:`models.data`: the earliest
+   cut at or after ``t2`` with a non-empty target). The log's events of that user up to the cut
+   (every event with ``ts`` <= the cut's newest ts) are produced to the input topics, all users
+   interleaved in ts order, as ``interest-stream load jsonl`` would.
+3. A worker at its defaults (1-day window, 128 events, profile on, scoring every 10 s) serves the
+   exported model; the benchmark reads ``user-interests`` until every user's vector has the cut's
+   ``ts`` (the vector saw every event up to the cut) and keeps each user's last vector.
+4. Scored against the cut's target (the same :mod:`models.data` code as ``evaluate``): KL, top-3
+   hit rate, paired bootstrap intervals over users against the best baseline on validation (fit
+   on training, as ``evaluate`` does). Also the largest difference between a live vector and the
+   checkpoint's offline prediction (PyTorch) for the same sample: training and serving agree.
+
+Prints JSON per dataset: samples, KL of the live vectors, of the offline model and of every
+baseline, the ratio to the best baseline with its interval, top-3 hit rates, the parity, dead
+letters, and the time each step took.
+
+    python bench/live_eval.py [--dataset cj,movielens] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from common import WorkerProc, broker, commit, dumps, machine
+
+RETENTION_MS = 100 * 365 * 86_400_000  # the logs are years old; the default 7 days would delete them
+
+
+def train_and_export(dataset: str, log: Path, wd: Path) -> tuple[Path, Path, float]:
+    """Checkpoint and exported model of ``train`` at its defaults with the dataset's target."""
+    from model_eval import DATASETS
+
+    from export.onnx_export import export_checkpoint
+    from models.data import DataConfig
+    from models.train import run_training
+
+    ckpt, served = wd / "ckpt", wd / "model"
+    t0 = time.perf_counter()
+    if not (served / "model.json").exists():
+        run_training(log, ckpt, data_cfg=DataConfig(**DATASETS[dataset]["data"]), progress=False)
+        export_checkpoint(ckpt, served)
+    return ckpt, served, time.perf_counter() - t0
+
+
+def offline(ckpt: Path, log: Path):
+    """The test split as ``evaluate`` builds it, the baselines' and the checkpoint's predictions."""
+    import torch
+
+    from models.data import DataConfig, prepare, sample_profiles
+    from models.evaluate import baseline_predictions
+    from models.model import load_checkpoint, predict
+
+    model, encoder, card = load_checkpoint(ckpt)
+    torch.set_num_threads(2)
+    dcfg = DataConfig.from_dict(card["split"]["data_config"])
+    ds, _, _ = prepare(log, dcfg, encoder=encoder, split=card["split"])
+    base = baseline_predictions(ds, dcfg, encoder.k)
+    test = ds.splits["test"]
+    seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
+    pred = predict(model, seqs, sample_profiles(ds, test, dcfg, encoder), encoder.pad_id).astype(np.float64)
+    return ds, base, pred, encoder.categories
+
+
+def first_cuts(test) -> np.ndarray:
+    """Row of each test user's earliest cut in the test split."""
+    order = np.lexsort((test.cut_ts, test.user))
+    first = np.r_[True, test.user[order][1:] != test.user[order][:-1]]
+    return order[first]
+
+
+def events_to_stream(log: Path, cut_of: dict[str, int]) -> list[dict]:
+    """The log's events of the chosen users up to their cut, in ts order (ties in log order)."""
+    out = []
+    with open(log, "rb") as f:
+        for line in f:
+            ev = orjson.loads(line)
+            cut = cut_of.get(ev["user_id"])
+            if cut is not None and ev["ts"] <= cut:
+                out.append(ev)
+    out.sort(key=lambda e: e["ts"])
+    return out
+
+
+def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path, work: Path,
+                       timeout_s: float) -> tuple[dict[str, dict], dict]:
+    """Events through Kafka into a worker at its defaults; each user's last vector."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream_app.produce import send_events
+    from stream_app.settings import Settings
+    from stream_app.topics import create_topics
+
+    with broker() as (bootstrap, _k):
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=f"live{int(time.time())}.",
+                   INTEREST_MODEL_DIR=str(served), INTEREST_RETENTION_MS=str(RETENTION_MS))
+        s = Settings.from_env(env)
+        create_topics(s)
+        w = WorkerProc(env, work, name="live").start()
+        t0 = time.perf_counter()
+        sent = send_events(iter(events), s)
+        t_sent = time.perf_counter() - t0
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=200)
+        consumer.assign([TopicPartition(s.output_topic, p) for p in range(s.partitions)])
+        consumer.seek_to_beginning()
+        last: dict[str, dict] = {}
+        complete = 0
+        deadline = time.monotonic() + timeout_s
+        while complete < len(cut_of) and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=1000, max_records=10_000).values():
+                for r in recs:
+                    if r.value is None:
+                        continue
+                    v = orjson.loads(r.value)
+                    user = v["user_id"]
+                    before = last.get(user)
+                    last[user] = v
+                    was = before is not None and before["ts"] == cut_of[user]
+                    if v["ts"] == cut_of[user] and not was:
+                        complete += 1
+            if w.proc.poll() is not None:
+                raise SystemExit(f"the worker died; see {work / 'live.log'}")
+        m = w.metrics()
+        consumer.close()
+        w.stop()
+    stats = {
+        "events_sent": sent, "send_s": round(t_sent, 1), "scored_in_s": round(time.perf_counter() - t0, 1),
+        "users_complete": complete,
+        "accepted": int(m.get('interest_events_total{outcome="accepted"}', 0)),
+        "dead_letters": int(m.get('interest_events_total{outcome="dead_letter"}', 0)),
+        "duplicates": int(m.get('interest_events_total{outcome="duplicate"}', 0)),
+        "dead_letter_reasons": {k.split('"')[1]: int(v) for k, v in m.items()
+                                if k.startswith("interest_dead_letters_total{") and v},
+    }
+    return last, stats
+
+
+def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
+    from models.baselines import NAMES
+    from models.evaluate import kl_per_sample, paired_bootstrap, top3_per_sample
+
+    test = ds.splits["test"]
+    targets, users = test.targets[rows], test.user[rows]
+    got = np.array([[live[ds.user_ids[u]]["interests"][c] for c in categories] for u in users], np.float64)
+    best = base["best"]
+    preds = {"live": got, "offline": pred[rows], **{n: base["test"][n][rows] for n in NAMES}}
+    kl = {n: kl_per_sample(targets, p) for n, p in preds.items()}
+    top3 = {n: top3_per_sample(targets, p) for n, p in preds.items()}
+    return {
+        "samples": int(len(rows)),
+        "kl": {n: round(float(v.mean()), 4) for n, v in kl.items()},
+        "best_baseline": best,
+        "ratio_live_to_best": round(float(kl["live"].mean() / kl[best].mean()), 4),
+        "kl_gain_ci95": [round(x, 4) for x in paired_bootstrap(kl[best] - kl["live"], users)],
+        "ratio_live_to_ema_prior": round(float(kl["live"].mean() / kl["ema_prior"].mean()), 4),
+        "top3_hit": {n: round(float(v.mean()), 4) for n, v in top3.items()},
+        "top3_gain_ci95": [round(x, 4) for x in paired_bootstrap(top3["live"] - top3[best], users)],
+        "max_abs_diff_live_vs_offline": float(np.abs(got - pred[rows]).max()),
+    }
+
+
+def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
+    from model_eval import make_log
+
+    wd = workdir / dataset
+    wd.mkdir(parents=True, exist_ok=True)
+    log = make_log(dataset, workdir, 0, 0, 0, "off")
+    ckpt, served, train_s = train_and_export(dataset, log, wd)
+    ds, base, pred, categories = offline(ckpt, log)
+    rows = first_cuts(ds.splits["test"])
+    cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
+    events = events_to_stream(log, cut_of)
+    live, stats = stream_and_collect(events, cut_of, served, wd, timeout_s)
+    missing = [u for u, c in cut_of.items() if live.get(u, {}).get("ts") != c]
+    if missing:
+        raise SystemExit(f"{dataset}: {len(missing)} of {len(cut_of)} users have no vector at their cut "
+                         f"(e.g. {missing[:3]}); see {wd / 'live.log'}")
+    card = orjson.loads((served / "model.json").read_bytes())
+    return {"dataset": dataset, "train_and_export_s": round(train_s, 1),
+            "model": {"version": card["version"], **card["model"]}, "split_t2": ds.t2,
+            **stats, **score(ds, base, pred, categories, rows, live)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="cj,movielens", help="comma-separated: cj, movielens, rees46")
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-live-eval"))
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the vectors")
+    args = ap.parse_args()
+    out = {"benchmark": "live_eval", "machine": machine(), "commit": commit(), "datasets": []}
+    for d in args.dataset.split(","):
+        out["datasets"].append(run(d, Path(args.workdir), args.timeout))
+    print(dumps(out))
+
+
+if __name__ == "__main__":
+    main()
