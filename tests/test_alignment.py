@@ -58,12 +58,21 @@ def test_a_message_waits_at_most_max_wait_s_then_counts_as_forced():
     assert a.forced == 2
 
 
-def test_too_many_waiting_releases_the_oldest():
+def test_too_many_waiting_lets_the_next_go():
     a = Aligner(TOPICS, max_buffered=2)
     for ts in (30.0, 10.0, 20.0):
         a.add("click", 0, ts, f"c{ts:g}", now=0.0)
-    assert list(a.ready(0, never, now=0.0)) == ["c10"]
+    assert list(a.ready(0, never, now=0.0)) == ["c30"]  # a partition's own order is kept
     assert len(a) == 2 and a.forced == 1
+
+
+def test_a_topic_keeps_its_own_order_and_the_heads_are_compared():
+    a = Aligner(TOPICS)
+    a.add("click", 0, 30.0, "c30", now=0.0)
+    a.add("click", 0, 10.0, "c10", now=0.0)  # out of order within its topic: stays after c30
+    a.add("browse", 0, 20.0, "b20", now=0.0)
+    a.add("browse", 0, 40.0, "b40", now=0.0)
+    assert list(a.ready(0, always, now=0.0)) == ["b20", "c30", "c10", "b40"]
 
 
 def test_equal_timestamps_leave_in_arrival_order():
