@@ -26,10 +26,10 @@ demo: install
 	$(VENV)/bin/interest-stream demo
 
 # the highest simulator rate the soak held with bounded lag on the 2-core reference machine
-SUSTAINED_RATE ?= 2400
+SUSTAINED_RATE ?= 4500
 # the worker before the write-behind state: the "old" side of the new-against-old runs
 OLD_REF ?= ba99db7
-OLD_SUSTAINED_RATE ?= 1200
+OLD_SUSTAINED_RATE ?= 1500
 
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install
@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/hot_path.py | tee bench-out/hot_path.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
 	$(PY) bench/freshness.py | tee bench-out/freshness.json
+	$(PY) bench/freshness.py --rate 2400 | tee bench-out/freshness-2400.json
 	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json
 	$(PY) bench/soak.py --rate $(SUSTAINED_RATE) | tee bench-out/soak.json
 	$(PY) bench/soak.py --rate $(OLD_SUSTAINED_RATE) --old $(OLD_REF) | tee bench-out/soak-old.json
