@@ -54,25 +54,6 @@ def train_and_export(dataset: str, log: Path, wd: Path) -> tuple[Path, Path, flo
     return ckpt, served, time.perf_counter() - t0
 
 
-def offline(ckpt: Path, log: Path):
-    """The test split as ``evaluate`` builds it, the baselines' and the checkpoint's predictions."""
-    import torch
-
-    from models.data import DataConfig, prepare, sample_profiles
-    from models.evaluate import baseline_predictions
-    from models.model import load_checkpoint, predict
-
-    model, encoder, card = load_checkpoint(ckpt)
-    torch.set_num_threads(2)
-    dcfg = DataConfig.from_dict(card["split"]["data_config"])
-    ds, _, _ = prepare(log, dcfg, encoder=encoder, split=card["split"])
-    base = baseline_predictions(ds, dcfg, encoder.k)
-    test = ds.splits["test"]
-    seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
-    pred = predict(model, seqs, sample_profiles(ds, test, dcfg, encoder), encoder.pad_id).astype(np.float64)
-    return ds, base, pred, encoder.categories
-
-
 def first_cuts(test) -> np.ndarray:
     """Row of each test user's earliest cut in the test split."""
     order = np.lexsort((test.cut_ts, test.user))
@@ -174,11 +155,14 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
 def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
     from model_eval import make_log
 
+    from models.evaluate import held_out_predictions
+
     wd = workdir / dataset
     wd.mkdir(parents=True, exist_ok=True)
     log = make_log(dataset, workdir, 0, 0, 0, "off")
     ckpt, served, train_s = train_and_export(dataset, log, wd)
-    ds, base, pred, categories = offline(ckpt, log)
+    evaluated = held_out_predictions(ckpt, log)  # what `evaluate` scores
+    ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
     cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
     events = events_to_stream(log, cut_of)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -153,8 +154,22 @@ def truth_targets(truth, ds, samples, categories, data_cfg) -> tuple[np.ndarray,
     return out, ok
 
 
-def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: bool = True) -> dict:
-    """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
+class TestRun(NamedTuple):
+    """A checkpoint's test split as ``evaluate`` scores it."""
+
+    ds: object  # models.data.Dataset rebuilt from the card's split
+    dcfg: object  # its models.data.DataConfig
+    info: dict  # what models.data.prepare reported
+    base: dict  # baseline_predictions
+    pred: np.ndarray  # (N, k) the model's test predictions
+    model: object
+    encoder: object
+    card: dict
+
+
+def held_out_predictions(ckpt_dir, data_path) -> TestRun:
+    """The checkpoint's split rebuilt from its card, the baselines fit on it, and the model's
+    predictions for the test samples (``evaluate``, and bench/live_eval.py against the worker)."""
     import torch
 
     from models.data import DataConfig, prepare, sample_profiles
@@ -170,6 +185,13 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
     test_prof = sample_profiles(ds, test, dcfg, encoder)
     pred = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
+    return TestRun(ds, dcfg, info, base, pred, model, encoder, card)
+
+
+def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: bool = True) -> dict:
+    """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
+    ds, dcfg, info, base, pred, model, encoder, card = held_out_predictions(ckpt_dir, data_path)
+    test = ds.splits["test"]
     result = report(ds, base, pred, info, {"correction": model.config.correction, "readout": model.config.readout,
                                            "selection": card.get("metrics", {}).get("selection")})
     truth_path = Path(f"{data_path}.truth.jsonl")

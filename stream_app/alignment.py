@@ -44,7 +44,8 @@ class Aligner:
         self.queues: dict[int, dict] = {}  # partition -> {topic: deque of (timestamp, seq, arrived, message)}
         self.sizes: dict[int, int] = {}  # partition -> messages waiting
         self._seq = itertools.count()
-        self.forced = 0  # messages released by max_wait_s or max_buffered, not by order
+        self.forced = 0  # messages released by max_wait_s or max_buffered, not by order (the
+        # worker adds this to a metric and sets it back to 0)
 
     def __len__(self) -> int:
         return sum(self.sizes.values())

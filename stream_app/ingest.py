@@ -44,7 +44,6 @@ class Received:
 
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
-        self.forced_reported = 0  # Aligner.forced already counted in the metric
         self._tps: dict[tuple[str, int], TP] = {}
 
     def caught_up(self, topic: str, partition: int) -> bool:
@@ -110,8 +109,8 @@ async def align_timer():
         apply_released(aligner.expired(app.received.caught_up, time.monotonic()))
         await _respect_bound()
     metrics.ALIGN_WAITING.set(len(aligner))
-    metrics.ALIGN_FORCED.inc(aligner.forced - app.received.forced_reported)
-    app.received.forced_reported = aligner.forced
+    metrics.ALIGN_FORCED.inc(aligner.forced)
+    aligner.forced = 0
 
 
 @app.timer(settings.flush_s)
