@@ -4,8 +4,8 @@
 
 Per event (the ingest agent's own work): ``core.ingest`` (validation and the window and profile
 update) and the state cache's bookkeeping, with the worker's GC thresholds. Per user of a scoring
-pass (the default-size model, 1 ONNX Runtime thread): copying the inputs out of the state
-(``core.snapshot``), ``core.infer`` (encoding and ONNX Runtime, what the scoring thread does) and
+pass (the default-size model, 1 ONNX Runtime thread): copying and encoding the inputs out of the
+state (``core.snapshot``), ``core.infer`` (ONNX Runtime, what the scoring thread does) and
 ``core.publish`` plus the JSON of each vector (the event loop's share). Prints JSON (µs each, best
 of ``--repeat``) with the machine. What the README's Performance section compares with Faust's own
 per-event cost (``bench/ingest.py``) and ``LoadedModel.predict`` (``bench/score_pass.py``).
@@ -98,9 +98,9 @@ def main() -> None:
 
     n = len(items)
     out["per_user_us"] = {
-        "core.snapshot (event loop)": best_us(lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n,
+        "core.snapshot: copy and encoding (event loop)": best_us(lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n,
                                               args.repeat),
-        "core.infer: encoding and ONNX Runtime (scoring thread)": best_us(
+        "core.infer: ONNX Runtime (scoring thread)": best_us(
             lambda: core.infer(model, inputs, settings.score_batch), n, args.repeat),
         "core.publish and the vector's JSON (event loop)": best_us(publish, n, args.repeat),
     }

@@ -82,10 +82,11 @@ def main() -> None:
         ingest.stop()
         changelog = f"{prefix}interest-stream-users-changelog"
         before = topic_records(bootstrap, changelog)
-        scorer = WorkerProc(dict(env, INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="3600"), work, name="scorer")
+        # its first pass comes one interval after it is ready, and scores everyone pending
+        scorer = WorkerProc(dict(env, INTEREST_SCORE_INTERVAL_S="20", INTEREST_FLUSH_S="3600"), work, name="scorer")
         scorer.env["INTEREST_DATA_DIR"] = str(work / "ingest-data")  # the same state directory
         scorer.start()
-        deadline = time.monotonic() + 1800
+        deadline = time.monotonic() + 600
         while scorer.metrics().get("interest_scoring_pass_seconds_count", 0) < 1 and time.monotonic() < deadline:
             time.sleep(1)  # the first pass scores everyone pending (the ingest worker's first pass may have
             # scored a few early users already)

@@ -4,8 +4,9 @@ where it likes (the worker in :class:`stream_app.state_cache.StateCache`, replay
 calls these functions, so the two cannot drift apart.
 
 Scoring is split where the worker needs it split: :func:`snapshot` copies what a state's score
-depends on (in the event loop, between events), :func:`infer` runs the model (in a thread, while
-events keep arriving and change the states), and :func:`publish` turns the result into vectors,
+depends on and encodes it (in the event loop, between events), :func:`infer` runs ONNX Runtime
+(in a thread, while events keep arriving and change the states), and :func:`publish` turns the
+result into vectors,
 each with drift against the vector last published for its user, and records it in that user's
 state. :func:`score_states` does all three at once.
 """
@@ -51,23 +52,27 @@ class ScoreInput:
     newest: int  # the window's newest ts (the vector's ts)
     events: int  # events in the window
     window: list  # WindowEvent, oldest first (what the model reads)
+    ids: list  # the window's tokens (model.encoder.encode)
     profile: np.ndarray  # (P,) the model's profile input
 
 
 def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
-    """Copy one state's scoring inputs (the state itself keeps changing afterwards)."""
+    """Copy and encode one state's scoring inputs (the state itself keeps changing afterwards).
+    The encoding is done here, not in :func:`infer`: Python work in the scoring thread would
+    contend for the GIL with the event loop, while ONNX Runtime releases it, so the thread's run
+    overlaps the loop's work on the other core."""
     prof = model.profile_inputs([st.profile(state)], 1)[0]
+    window = st.window_events(state)
     return ScoreInput(key, state["seq"], state["newest"], st.events_in_window(state, horizon_ms),
-                      st.window_events(state), prof)
+                      window, model.encoder.encode(window), prof)
 
 
 def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
-    """(n, k) interest distributions of ``inputs``: encoding and ONNX Runtime, safe in a thread."""
+    """(n, k) interest distributions of ``inputs``: ONNX Runtime on their tokens, safe in a thread."""
     if not inputs:
         return np.empty((0, model.k))
-    enc = model.encoder.encode
     profiles = np.stack([i.profile for i in inputs]) if model.encoder.profile_size else None
-    return model.predict_ids([enc(i.window) for i in inputs], profiles, batch)
+    return model.predict_ids([i.ids for i in inputs], profiles, batch)
 
 
 def publish(inputs: Sequence[ScoreInput], probs: np.ndarray, model, lookup: Callable[[bytes], dict | None]

@@ -1,8 +1,9 @@
 """Live scoring: every ``INTEREST_SCORE_INTERVAL_S`` the users with new events on this worker's
 partitions become interest vectors, with the core replay uses too (:mod:`stream_app.core`).
 
-A pass reads the decoded states in memory (no decode, no table read for cached users), runs the
-model in a thread (consumption goes on meanwhile), publishes each vector on the output topic and
+A pass reads the decoded states in memory (no decode, no table read for cached users), encodes
+them in the event loop, runs ONNX Runtime in a thread (it releases the GIL, so consumption and the
+next batch's encoding go on meanwhile on the other core), publishes each vector on the output topic and
 records it in the user's state; the next flush writes that state with everything else that
 changed. So a scored user costs one record besides the published vector at most: none of its own
 when the user's events changed the state in the same flush interval. Drift is always against the
