@@ -405,8 +405,16 @@ class TrainConfig:
     plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
     dense_weight: float = 1.0  # scales each earlier event's position weight (models.data, "Dense training")
+    ema_decay: float = 0.0  # > 0: validation and the kept weights use an exponential moving average
+    # of the weights (Polyak averaging over ~1 / (1 - decay) steps). Off by default: at 0.99 it
+    # lowered MovieLens' validation KL (0.5788 against 0.5808) but not its test KL (ratio to
+    # mixture 0.970 against 0.965), and left the Complete Journey where it was (bench/README.md)
     seed: int = 1337
     threads: int = 2  # torch CPU threads
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be at least 0 and below 1 (0: off), got {self.ema_decay}")
 
 
 def collate(seqs, pad_id: int):
@@ -542,6 +550,9 @@ def train_model(
     )
     step, best, bad_evals, history, elapsed0 = 0, float("inf"), 0, [], 0.0
     best_state = None
+    # the moving average of every floating-point tensor of the state (the trained ones move)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} \
+        if cfg.ema_decay > 0 else None
     perm, pos = _length_grouped(train_seqs, bs, rng), 0
     if resume and state_path is not None and Path(state_path).exists():
         st = torch.load(state_path, weights_only=False)
@@ -549,6 +560,7 @@ def train_model(
         opt.load_state_dict(st["optimizer"])
         step, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], st["history"]
         best_state, elapsed0 = st["best_state"], st["elapsed"]
+        ema = st.get("ema", ema)
         rng.bit_generator.state = st["rng"]
         perm, pos = st["perm"], st["pos"]
         torch.set_rng_state(st["torch_rng"])
@@ -574,12 +586,20 @@ def train_model(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if k in ema:
+                        ema[k].lerp_(v, 1.0 - cfg.ema_decay)
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
         if step % cfg.eval_every == 0 or step == total_steps:
+            raw = None
+            if ema is not None:  # validate (and keep) the averaged weights
+                raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict({**raw, **ema})
             val = evaluate_loss(model, val_seqs, val_profiles, val_targets, pad_id)
-            model.train()
             history.append({"step": step, "lr": lr, "train_loss": running, "val_loss": val["loss"],
                             "val_kl": val["kl"], "val_mse": val["mse"], "elapsed_s": time.time() - t0})
             bar.set_postfix(train=f"{running:.4f}", val=f"{val['loss']:.4f}", kl=f"{val['kl']:.4f}")
@@ -588,10 +608,13 @@ def train_model(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad_evals += 1
+            if raw is not None:
+                model.load_state_dict(raw)  # training goes on from the raw weights
+            model.train()
             if state_path is not None:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                             "best": best, "bad_evals": bad_evals, "history": history,
-                            "best_state": best_state, "elapsed": time.time() - t0,
+                            "best_state": best_state, "ema": ema, "elapsed": time.time() - t0,
                             "rng": rng.bit_generator.state, "perm": perm, "pos": pos, "torch_rng": torch.get_rng_state()},
                            state_path)
             if bad_evals >= cfg.patience:

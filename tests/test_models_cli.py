@@ -74,6 +74,8 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
         assert r.invoke(cli.load, [sub, "--help"]).exit_code == 0
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "nope=1"])
     assert res.exit_code == 2 and "unknown key" in res.output and res.exception.__class__ is SystemExit
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "ema_decay=1"])
+    assert res.exit_code == 2 and "ema_decay must be at least 0 and below 1 (0: off), got 1.0" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--loss", "hinge"])
     assert res.exit_code == 2
     res = r.invoke(simulate, ["--users", "3"])  # no --out and no --rate

@@ -150,6 +150,33 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     np.testing.assert_allclose(resumed, full, atol=1e-6)
 
 
+def test_kept_weights_are_the_moving_average(encoder):
+    """One step with ema_decay d keeps d * (initial weights) + (1 - d) * (weights after the step);
+    the step itself is the one a run without the average takes (the raw weights train on)."""
+    seqs = _seqs(encoder, n=40, seed=4)
+    prof = _profiles(encoder, 40, seed=5).numpy()
+    targets = np.full((40, 3), 1 / 3, np.float32)
+    targets[::2] = [0.7, 0.2, 0.1]
+
+    def run(decay):
+        torch.manual_seed(0)
+        m = build_model(encoder, **TINY)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        cfg = TrainConfig(batch_size=16, eval_every=1, warmup_steps=0, max_steps=1, seed=9, threads=1,
+                          ema_decay=decay)
+        train_model(m, seqs[:30], prof[:30], targets[:30], seqs[30:], prof[30:], targets[30:], cfg,
+                    encoder.pad_id, progress=False)
+        return before, m.state_dict()
+
+    w0, w1 = run(0.0)  # the raw weights after one step
+    w0_again, kept = run(0.75)
+    moved = [k for k in w0 if w0[k].is_floating_point() and not torch.equal(w0[k], w1[k])]
+    assert len(moved) > 5  # the step changed the weights
+    for k in moved:
+        torch.testing.assert_close(w0_again[k], w0[k])
+        torch.testing.assert_close(kept[k], 0.75 * w0[k] + 0.25 * w1[k], rtol=1e-5, atol=1e-6)
+
+
 def test_init_from_tiny_pretrained_gpt2(encoder, tmp_path):
     from transformers import GPT2Config, GPT2Model
 
