@@ -203,8 +203,8 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
             prof_in[2:2 + n] = unwinder.inputs(unwinder.without_all(range(offset, offset + n))[0], model.encoder)
         if points:
             prof_in[2 + n:] = unwinder.inputs(unwinder.before_all(points), model.encoder)
-    enc = model.encoder.encode
-    probs = model.predict_ids([enc(w) for w in windows], prof_in, batch)
+    enc = model.encoder.encode  # the current window (twice) is already encoded in the snapshot
+    probs = model.predict_ids([score_input.ids] * 2 + [enc(w) for w in windows[2:]], prof_in, batch)
 
     cats = list(model.categories)
     now, bare, loo = probs[0], probs[1], probs[2:2 + n]

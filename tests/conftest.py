@@ -245,6 +245,13 @@ def workers(env, tmp_path, tiny_model_dir):
         w.kill()
 
 
+def metric_values(worker, prefix: str) -> list[float]:
+    """Values of the worker's /metrics lines that start with ``prefix`` (a name, with labels or a
+    space after it to match one series)."""
+    _, text = worker.get("/metrics")
+    return [float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix)]
+
+
 def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None

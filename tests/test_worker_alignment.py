@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import cli, wait_for
+from conftest import cli, metric_values, wait_for
 from kafka_io import produce
 from test_worker_ingest import HOUR, T0, assert_users, event, topics
 
@@ -14,11 +14,10 @@ DAY = 24 * HOUR
 
 
 def metric(worker, name: str) -> float:
-    _, text = worker.get("/metrics")
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    values = metric_values(worker, name + " ")
+    if not values:
+        raise AssertionError(f"{name} not in /metrics")
+    return values[0]
 
 
 def test_a_preloaded_backlog_over_three_topics_loses_nothing_as_late(env, workers):

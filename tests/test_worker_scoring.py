@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from conftest import cli, wait_for
+from conftest import cli, metric_values, wait_for
 from kafka_io import produce, read_all
 from interest_core.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
 from stream_app.model_runtime import LoadedModel
@@ -106,10 +106,8 @@ def _events(w, user: str) -> int:
 
 def _settled(w) -> bool:
     """Every owned input partition read to its end and nothing waiting in the aligner."""
-    lines = w.get("/metrics")[1].splitlines()
-    lags = [float(l.split()[-1]) for l in lines if l.startswith("interest_consumer_lag{")]
-    waiting = [float(l.split()[-1]) for l in lines if l.startswith("interest_align_waiting ")]
-    return bool(lags) and not any(lags) and waiting == [0.0]
+    lags = metric_values(w, "interest_consumer_lag{")
+    return bool(lags) and not any(lags) and metric_values(w, "interest_align_waiting ") == [0.0]
 
 
 def test_forget_deletes_state_and_publishes_a_tombstone(env, workers):

@@ -9,7 +9,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from conftest import ROOT, cli, wait_for
+from conftest import ROOT, cli, metric_values, wait_for
 from kafka_io import produce, read_all
 from stream_app import state
 from stream_app.partitioning import partition_for
@@ -43,8 +43,7 @@ def flushed_events(env) -> dict[str, int]:
 
 
 def metric(w, name: str) -> float:
-    _, text = w.get("/metrics")
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    return sum(metric_values(w, name))
 
 
 def send(env, events):
