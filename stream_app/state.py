@@ -14,7 +14,10 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
      "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
      "p": {"t": ts, "c": {category: [...]}}}  # the long-term profile (interest_core.window), v2
 
-Both lists are sorted by ``(ts, id)``. ``ev`` holds only rows inside the window; ``old`` holds
+Both lists are sorted by ``(ts, id)``. In memory each row is a tuple (JSON arrays when stored): a
+row never changes, and CPython's garbage collector stops tracking a tuple that holds only strings,
+numbers and None once it has survived a collection, so a worker's hundreds of thousands of rows
+are not traversed again by every later collection (lists always are). ``ev`` holds only rows inside the window; ``old`` holds
 the rest of the window plus the grace period, kept compact because only counts and duplicate
 detection need them. Counts are derived, not stored.
 
@@ -68,10 +71,12 @@ def load(raw: bytes | None) -> dict | None:
         version = 2
     if version == 2:
         state["v"], state["out"], state["scored"] = STATE_VERSION, None, 0
-        return state
+        version = STATE_VERSION
     if version != STATE_VERSION:
         # a future format change adds a migration here instead of misreading old values
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
+    state["ev"] = [tuple(r) for r in state["ev"]]
+    state["old"] = [tuple(r) for r in state["old"]]
     return state
 
 
@@ -121,8 +126,8 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     newest = state["newest"]
     if newest is not None and ts <= late_bound(newest, limits.horizon_ms, limits.grace_ms):
         return "late", None
-    row = [ts, eid, event["type"], event.get("category"), event.get("item_id"),
-           event.get("dwell_ms"), event.get("query")]
+    row = (ts, eid, event["type"], event.get("category"), event.get("item_id"),
+           event.get("dwell_ms"), event.get("query"))
     # not the newest: the profile needs the events at or after it (all of them are still in the
     # rows: an event older than the rows is late). Rows are sorted and every row of "old" comes
     # before every row of "ev", so those are a suffix of old + ev.

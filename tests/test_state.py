@@ -1,4 +1,7 @@
 """The per-user window: out of order, late, duplicates, the max_events bound, eviction."""
+import gc
+
+import orjson
 import pytest
 
 from interest_core.window import stored_profile
@@ -184,3 +187,21 @@ def test_profile_does_not_depend_on_arrival_order():
         assert got["t"] == want["t"] and set(got["c"]) == set(want["c"])
         for cat, vs in want["c"].items():
             assert got["c"][cat] == pytest.approx(vs, abs=10), (seed, cat)  # millionths: run() stores every step
+
+
+def test_rows_in_memory_are_not_tracked_by_the_garbage_collector():
+    """A worker holds hundreds of thousands of rows; as tuples of strings and numbers CPython stops
+    tracking them after one collection, so later collections do not traverse them again (lists
+    are traversed by every collection of their generation). Applied and loaded rows alike,
+    including a migrated old value's."""
+    applied = None
+    for i in range(8):  # some rows leave for "old"
+        applied = state.apply(applied, ev(i, T0 + 1_000 * i, "search" if i % 3 == 0 else "click"), LIM, 0)[1]
+    loaded = state.load(state.dump(applied))
+    migrated = state.load(orjson.dumps({"v": 2, "seq": 1, "newest": T0, "seen": 0, "p": None,
+                                        "ev": [[T0, "e1", "click", "c", "i1", None, None]], "old": []}))
+    gc.collect()
+    rows = [r for s in (applied, loaded, migrated) for r in s["ev"] + s["old"]]
+    assert len(rows) == 2 * (len(applied["ev"]) + len(applied["old"])) + 1 and applied["old"]
+    assert [r for r in rows if gc.is_tracked(r)] == []
+    assert loaded["ev"] == applied["ev"] and loaded["old"] == applied["old"]
