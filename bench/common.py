@@ -5,6 +5,7 @@ import contextlib
 import os
 import platform
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -43,10 +44,13 @@ def machine() -> dict:
 
 
 def commit() -> str:
-    """The short commit the benchmark ran on ("unknown" outside a git checkout)."""
+    """The short commit the benchmark ran on, with ``+changes`` when tracked files differ from it
+    (a figure measured on uncommitted code is not that commit's); "unknown" outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode == 0
+        return head if clean else f"{head}+changes"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -127,14 +131,21 @@ def synthetic_events(users: int, events: int, seed: int, t0: int, span_ms: int, 
         yield random_event(rng, f"b{i}", f"user{u}", ts)
 
 
+def pyspy_args() -> list[str]:
+    """Extra py-spy flags from BENCH_PYSPY_ARGS, e.g. ``--gil --native`` (only the GIL holder, C frames)."""
+    return shlex.split(os.environ.get("BENCH_PYSPY_ARGS", ""))
+
+
 class WorkerProc:
     """A worker subprocess; ``src`` runs another checkout of the project (e.g. the previous
     version, for new-against-old ratios in one run): it goes first on PYTHONPATH, ahead of the
-    editable install."""
+    editable install. ``app`` is the module Faust loads the app from: another one (in ``bench/``,
+    put on PYTHONPATH) runs the worker with some of its parts replaced (``ingest_split_app``)."""
 
     def __init__(self, env: dict, workdir: Path, src: Path | None = None, name: str = "worker",
-                 cpus: set[int] | None = None):
+                 cpus: set[int] | None = None, app: str = "stream_app.app"):
         self.port = free_port()
+        self.app = app
         self.cpus = cpus  # CPUs the worker process may run on (all its threads); None: any
         self.workdir = workdir
         self.name = name
@@ -142,12 +153,14 @@ class WorkerProc:
         self.env = dict(env, INTEREST_WEB_PORT=str(self.port), INTEREST_DATA_DIR=str(workdir / f"{name}-data"))
         if src:
             self.env["PYTHONPATH"] = str(self.src)
+        if app != "stream_app.app":
+            self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), self.env.get("PYTHONPATH")) if p)
         self.proc = None
 
     def start(self):
         self.log = open(self.workdir / f"{self.name}.log", "ab")
         _LIVE.append(self)
-        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "stream_app.app", "worker",
+        self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", self.app, "worker",
                                       "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True,
                                      preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None)
@@ -170,7 +183,7 @@ class WorkerProc:
         out = os.environ.get("BENCH_PYSPY")
         if out and self.name == os.environ.get("BENCH_PYSPY_WORKER", "new"):
             cmd = ["py-spy", "record", "--pid", str(self.proc.pid), "--format", "raw", "-r", "50",
-                   "-d", os.environ.get("BENCH_PYSPY_S", "30"), "-o", out]
+                   "-d", os.environ.get("BENCH_PYSPY_S", "30"), "-o", out, *pyspy_args()]
             delay = os.environ.get("BENCH_PYSPY_DELAY_S", "0")
             subprocess.Popen(["sh", "-c", f'sleep {float(delay)} && exec "$@"', "sh", *cmd],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from common import (WorkerProc, broker, checkout, dir_bytes, dumps, machine, synthetic_events, topic_bytes,
-                    topic_records)
+from common import (WorkerProc, broker, checkout, dir_bytes, dumps, machine, pyspy_args, synthetic_events,
+                    topic_bytes, topic_records)
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -90,7 +90,7 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
     if os.environ.get("BENCH_PYSPY_FLOOR"):  # sample the decode-only agent too
         subprocess.Popen(["sh", "-c", f'sleep {float(os.environ.get("BENCH_PYSPY_DELAY_S", "0"))} && exec "$@"', "sh",
                           "py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "-r", "50", "-d",
-                          os.environ.get("BENCH_PYSPY_S", "30"), "-o", os.environ["BENCH_PYSPY_FLOOR"]],
+                          os.environ.get("BENCH_PYSPY_S", "30"), "-o", os.environ["BENCH_PYSPY_FLOOR"], *pyspy_args()],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 3600
@@ -106,13 +106,14 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
         proc.wait()
 
 
-def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, name: str, src=None) -> dict:
+def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, name: str, src=None,
+               app: str = "stream_app.app") -> dict:
     """One worker from the beginning of the topics until every event is processed; then SIGTERM
     (its last flush) and the changelog's size."""
     from stream_app.settings import Settings
 
     app_id = f"interest-stream-{name}"
-    w = WorkerProc(dict(env, INTEREST_APP_ID=app_id), work, src=src, name=name)
+    w = WorkerProc(dict(env, INTEREST_APP_ID=app_id), work, src=src, name=name, app=app)
     w.start()
     t_ready = time.monotonic()
     done = 0.0
