@@ -55,6 +55,7 @@ def main() -> None:
     from stream_app import core, state
     from stream_app.alignment import Aligner
     from stream_app.app import GC_THRESHOLDS
+    from stream_app.ingest import RELEASE_EVERY
     from stream_app.model_runtime import LoadedModel
     from stream_app.settings import Settings
     from stream_app.state_cache import StateCache
@@ -87,17 +88,26 @@ def main() -> None:
     messages = [Message(t, i % 6, i, k, v, orjson.loads(v)["ts"]) for i, (t, k, v) in enumerate(raw)]
 
     def agent_body():  # what the ingest agent does per message, all topics caught up
-        cache, aligner = StateCache(10**12), Aligner(topics)
-        for m in messages:
-            aligner.add(m.topic, m.partition, m.timestamp, m, 0.0)
-            for x in aligner.ready(m.partition, lambda t, p: True, 0.0):
+        cache, aligner, added = StateCache(10**12), Aligner(topics), {}
+
+        def apply(released):
+            for x in released:
                 e = cache.get(x.key)
                 r = core.ingest(x.topic, x.key, x.value, lambda _k, e=e: e.state if e else None, limits, now,
                                 future_ms)
                 if r.state is not None:
                     cache.put(x.partition, x.key, r.state)
                 cache.hold(x.partition, x, len(x.value) + len(x.key))
+
+        for m in messages:
+            aligner.add(m.topic, m.partition, m.timestamp, m, 0.0)
+            n = added.get(m.partition, 0) + 1
+            if n >= RELEASE_EVERY:  # as the agent: a partition's messages released in batches
+                n = 0
+                apply(list(aligner.ready(m.partition, lambda t, p: True, 0.0)))
+            added[m.partition] = n
             cache.over_bound()
+        apply(list(aligner.drain()))
 
     out["per_event_us"] = {"core.ingest": best_us(ingest_only, len(raw), args.repeat),
                            "core.ingest + state cache": best_us(ingest_cached, len(raw), args.repeat),
