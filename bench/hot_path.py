@@ -53,9 +53,8 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
-    from stream_app.alignment import Aligner
+    from stream_app.alignment import RELEASE_EVERY, Aligner
     from stream_app.app import GC_THRESHOLDS
-    from stream_app.ingest import RELEASE_EVERY
     from stream_app.model_runtime import LoadedModel
     from stream_app.settings import Settings
     from stream_app.state_cache import StateCache
@@ -88,7 +87,7 @@ def main() -> None:
     messages = [Message(t, i % 6, i, k, v, orjson.loads(v)["ts"]) for i, (t, k, v) in enumerate(raw)]
 
     def agent_body():  # what the ingest agent does per message, all topics caught up
-        cache, aligner, added = StateCache(10**12), Aligner(topics), {}
+        cache, aligner = StateCache(10**12), Aligner(topics, release_every=RELEASE_EVERY)
 
         def apply(released):
             for x in released:
@@ -100,12 +99,8 @@ def main() -> None:
                 cache.hold(x.partition, x, len(x.value) + len(x.key))
 
         for m in messages:
-            aligner.add(m.topic, m.partition, m.timestamp, m, 0.0)
-            n = added.get(m.partition, 0) + 1
-            if n >= RELEASE_EVERY:  # as the agent: a partition's messages released in batches
-                n = 0
+            if aligner.add(m.topic, m.partition, m.timestamp, m, 0.0):  # due: as the agent
                 apply(list(aligner.ready(m.partition, lambda t, p: True, 0.0)))
-            added[m.partition] = n
             cache.over_bound()
         apply(list(aligner.drain()))
 

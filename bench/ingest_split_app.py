@@ -30,8 +30,9 @@ def count_only(topic, partition, offset, key, value) -> str:
 class PassThrough(Aligner):
     """Releases every message when it arrives (no alignment)."""
 
-    def add(self, topic, partition, timestamp, message, now) -> None:
+    def add(self, topic, partition, timestamp, message, now) -> bool:
         self.queues.setdefault(partition, []).append(message)
+        return True
 
     def ready(self, partition, caught_up, now):
         waiting = self.queues.pop(partition, None)

@@ -32,13 +32,22 @@ from collections import deque
 from typing import Callable, Hashable, Iterator
 
 MAX_WAIT_S = 2.0
+# A partition's waiting messages are looked at once every RELEASE_EVERY messages added to it, and
+# what that releases is applied in one go (a periodic sweep, :meth:`Aligner.expired`, takes the
+# rest). Looked at after every message, each release asked every empty topic whether it had caught
+# up, and the worker's code ran one message at a time between two of Faust's: bench/ingest.py
+# --old 503f59f (300,000 in-order events, 20,000 users, one run) ingested 9,641 events/s at 64
+# against 7,443 at 1.
+RELEASE_EVERY = 64
 MAX_BUFFERED = 50_000  # per partition; about 1 KB each with the message object
 
 
 class Aligner:
     def __init__(self, topics: tuple[Hashable, ...], max_wait_s: float = MAX_WAIT_S,
-                 max_buffered: int = MAX_BUFFERED):
+                 max_buffered: int = MAX_BUFFERED, release_every: int = 1):
         self.topics = tuple(topics)
+        self.release_every = release_every
+        self._added: dict[int, int] = {}  # partition -> messages added since its last due release
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
         self.queues: dict[int, dict] = {}  # partition -> {topic: deque of (timestamp, seq, arrived, message)}
@@ -50,13 +59,19 @@ class Aligner:
     def __len__(self) -> int:
         return sum(self.sizes.values())
 
-    def add(self, topic, partition: int, timestamp: float, message, now: float) -> None:
+    def add(self, topic, partition: int, timestamp: float, message, now: float) -> bool:
+        """Queue a message; True when the partition is due for :meth:`ready` (every
+        ``release_every`` messages added to it)."""
         queues = self.queues.get(partition)
         if queues is None:
             queues = self.queues[partition] = {t: deque() for t in self.topics}
             self.sizes[partition] = 0
         queues[topic].append((timestamp, next(self._seq), now, message))
         self.sizes[partition] += 1
+        n = self._added.get(partition, 0) + 1
+        due = n >= self.release_every
+        self._added[partition] = 0 if due else n
+        return due
 
     def ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float) -> Iterator:
         """The messages of ``partition`` that may be applied now, in order. ``caught_up(topic,
@@ -97,3 +112,4 @@ class Aligner:
         for p in list(self.queues) if partitions is None else [p for p in partitions if p in self.queues]:
             yield from self.ready(p, lambda t, p: True, float("-inf"))
             del self.queues[p], self.sizes[p]
+            self._added.pop(p, None)

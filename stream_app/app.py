@@ -20,7 +20,7 @@ import time
 import faust
 
 from . import metrics, state
-from .alignment import Aligner
+from .alignment import RELEASE_EVERY, Aligner
 from .flush import Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
@@ -75,9 +75,8 @@ def faust_credentials(s: Settings):
 # reference cycles, so rarer collections cost only memory that reference counting frees anyway.
 # At start the worker also freezes what exists then (modules, Faust's and the app's objects, which
 # live as long as the process): no collection walks them again. With that and the rows as tuples
-# (stream_app.state), collections took 3.4 us per event against 4.2 (timed in the worker, 300,000
-# in-order events over 20,000 users); throughput against commit 8f9dea9 in one run each, 0.99 in
-# order and 1.09 shuffled (bench/ingest.py --old; runs differ by about 4 %).
+# (stream_app.state), throughput against commit 8f9dea9 in one run each (bench/ingest.py --old,
+# 300,000 events, 20,000 users): 0.99 in order and 1.09 shuffled (runs differ by about 4 %).
 GC_THRESHOLDS = (50_000, 20, 100)
 # How long a thread holding the GIL runs before one that waits for it gets it (CPython: 5 ms).
 # ONNX Runtime releases the GIL while it runs a batch in the scoring thread, and must take it
@@ -195,7 +194,7 @@ users = app.Table(
 )
 
 app.states = StateCache(int(settings.state_cache_mb * 2**20))
-app.aligner = Aligner(tuple(settings.input_topics.values()))
+app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
                       consumer=lambda: app.consumer)

@@ -5,7 +5,8 @@ until the flush of its partition has written the states it changed (:mod:`stream
 Before that, each message waits in the :class:`stream_app.alignment.Aligner` until the three
 topics of its partition can be applied in record-timestamp order (a backlog read at full speed
 would otherwise make one topic's events late against another's); they are released and applied
-in batches (:data:`RELEASE_EVERY`, and the sweep every :data:`ALIGN_SWEEP_S`). Per event the
+in batches (:data:`stream_app.alignment.RELEASE_EVERY`, and the sweep every :data:`ALIGN_SWEEP_S`,
+so a message waits at most that much longer than alignment asks). Per event the
 worker pays for the event only: validation, the user's decoded state updated in place, no
 serialisation and no table write.
 """
@@ -20,14 +21,6 @@ from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, dlq, inputs, lookup_key, n
 from .events import dead_letter
 
 ALIGN_SWEEP_S = 0.1  # how often waiting messages are looked at again (topics caught up, waits over)
-# The agent releases a partition's waiting messages once every RELEASE_EVERY messages of it, and
-# applies them in one go; the sweep releases the rest, so a message waits at most ALIGN_SWEEP_S
-# longer than alignment asks. Applied one message at a time, between two of Faust's messages,
-# the same code ran at about half its in-process speed (its data and code out of the CPU's
-# caches), and each release asked every empty topic whether it had caught up. bench/ingest.py
-# (300,000 in-order events, 20,000 users, one run): a copy of the worker releasing every 64
-# messages ingested 9,859 events/s against 7,245 for the worker releasing every message.
-RELEASE_EVERY = 64
 
 
 def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
@@ -99,18 +92,13 @@ async def ingest(stream):
     """Validate click/browse/search events into per-user states; dead-letter the rest."""
     aligner, received, states = app.aligner, app.received, app.states
     offsets, caught_up = received.offsets, received.caught_up
-    added: dict[int, int] = {}  # per partition: messages added since its last release
     async for event in stream.noack().events():
         m = event.message
         p = m.partition
         offsets[(m.topic, p)] = m.offset
         now = time.monotonic()
-        aligner.add(m.topic, p, m.timestamp, m, now)
-        n = added.get(p, 0) + 1
-        if n >= RELEASE_EVERY:
-            n = 0
+        if aligner.add(m.topic, p, m.timestamp, m, now):
             apply_released(list(aligner.ready(p, caught_up, now)))
-        added[p] = n
         if states.over_bound():
             await _respect_bound()
 

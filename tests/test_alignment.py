@@ -91,3 +91,14 @@ def test_drain_empties_the_given_partitions_oldest_first():
     assert len(a) == 1
     assert list(a.drain()) == ["b5"]
     assert len(a) == 0 and list(a.ready(2, always, now=0.0)) == []
+
+
+def test_a_partition_is_due_for_release_every_release_every_messages_of_its_own():
+    """The agent asks for a release only when ``add`` says the partition is due; the count is per
+    partition and starts again after each due add and after a drain (a revoked partition)."""
+    a = Aligner(TOPICS, release_every=3)
+    due = [a.add("click", p, float(i), f"{p}-{i}", now=0.0) for i, p in enumerate([0, 0, 1, 0, 1, 0, 0, 0, 1, 1])]
+    assert due == [False, False, False, True, False, False, False, True, True, False]
+    assert list(a.drain([1])) == ["1-2", "1-4", "1-8", "1-9"]
+    assert [a.add("click", 1, 9.0, "x", now=0.0), a.add("click", 1, 9.5, "y", now=0.0)] == [False, False]
+    assert Aligner(TOPICS).add("click", 0, 1.0, "m", now=0.0)  # by default every message is due
