@@ -8,7 +8,8 @@ The same preloaded topics (as bench/ingest.py) are read from the beginning, in o
   4. the worker itself (validation, the state update, its flushes).
 Each step's cost is the difference of µs per event to the step before. Throughput, not a profile:
 py-spy on this machine's VM over-samples system calls (with ``--native`` it put 15–28 % of the
-samples in ``getpid``, which costs 0.2 µs a call), so its shares mislead here.
+samples in ``getpid``, a cheap system call asyncio makes on every ``get_running_loop``), so its
+shares mislead here.
 
     python bench/ingest_split.py [--events N] [--users U] [--order shuffled|inorder]
 """

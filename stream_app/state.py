@@ -17,9 +17,9 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
 Both lists are sorted by ``(ts, id)``. In memory each row is a tuple (JSON arrays when stored): a
 row never changes, and CPython's garbage collector stops tracking a tuple that holds only strings,
 numbers and None once it has survived a collection, so a worker's hundreds of thousands of rows
-are not traversed again by every later collection (lists always are). ``ev`` holds only rows inside the window; ``old`` holds
-the rest of the window plus the grace period, kept compact because only counts and duplicate
-detection need them. Counts are derived, not stored.
+are not traversed again by every later collection (lists always are). ``ev`` holds only rows
+inside the window; ``old`` holds the rest of the window plus the grace period, kept compact
+because only counts and duplicate detection need them. Counts are derived, not stored.
 
 Version 1 had no ``p``; :func:`load` migrates such a value by folding its rows into a profile
 (the history before them is gone, so the profile starts with the window). Version 2 kept the last
