@@ -33,11 +33,12 @@ is deleted (``evict``).
 from __future__ import annotations
 
 from bisect import insort
+from sys import intern
 from dataclasses import dataclass
 
 import orjson
 
-from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, late_bound, profile_fold,
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, EVENT_TYPES, WindowEvent, late_bound, profile_fold,
                                   profiles_in_order, seconds_to_ms, stored_profile, window_start)
 
 STATE_VERSION = 3
@@ -75,8 +76,8 @@ def load(raw: bytes | None) -> dict | None:
     if version != STATE_VERSION:
         # a future format change adds a migration here instead of misreading old values
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
-    state["ev"] = [tuple(r) for r in state["ev"]]
-    state["old"] = [tuple(r) for r in state["old"]]
+    state["ev"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) + tuple(r[4:]) for r in state["ev"]]
+    state["old"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) for r in state["old"]]
     return state
 
 
@@ -126,7 +127,8 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     newest = state["newest"]
     if newest is not None and ts <= late_bound(newest, limits.horizon_ms, limits.grace_ms):
         return "late", None
-    row = (ts, eid, event["type"], event.get("category"), event.get("item_id"),
+    category = event.get("category")
+    row = (ts, eid, _TYPES[event["type"]], category and intern(category), event.get("item_id"),
            event.get("dwell_ms"), event.get("query"))
     # not the newest: the profile needs the events at or after it (all of them are still in the
     # rows: an event older than the rows is late). Rows are sorted and every row of "old" comes
@@ -167,6 +169,12 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     state["seen"] = now_ms
     state["seq"] += 1
     return "accepted", state
+
+
+# A row's type and category are shared string objects (each event's JSON gives new ones): a worker
+# holds hundreds of thousands of rows over a few dozen distinct values, and one shared object per
+# value takes less memory and stays in the CPU's cache when rows are read.
+_TYPES = {t: t for t in EVENT_TYPES}
 
 
 def _order(row: list) -> tuple:

@@ -205,3 +205,41 @@ def test_rows_in_memory_are_not_tracked_by_the_garbage_collector():
     assert len(rows) == 2 * (len(applied["ev"]) + len(applied["old"])) + 1 and applied["old"]
     assert [r for r in rows if gc.is_tracked(r)] == []
     assert loaded["ev"] == applied["ev"] and loaded["old"] == applied["old"]
+
+
+def test_rows_share_one_string_per_type_and_category():
+    """Each event's JSON gives new strings; rows keep one shared object per type and category
+    value (less memory, read from the CPU's cache), applied and loaded alike."""
+    def parsed(i, type_, cat):  # as validation gives it: fresh strings from JSON
+        return orjson.loads(orjson.dumps(ev(i, T0 + 1_000 * i, type_, cat)))
+
+    applied = None
+    for i in range(8):
+        applied = state.apply(applied, parsed(i, ["click", "browse"][i % 2], "cat-" + "ab"[i % 2]), LIM, 0)[1]
+    other = state.apply(None, parsed(9, "click", "cat-a"), LIM, 0)[1]
+    loaded = state.load(state.dump(applied))
+    rows = [r for s in (applied, other, loaded) for r in s["ev"] + s["old"]]
+    assert len(rows) == 17 and applied["old"]
+    assert len({id(r[2]) for r in rows}) == 2 and len({id(r[3]) for r in rows}) == 2
+    assert loaded["ev"] == applied["ev"] and loaded["old"] == applied["old"]
+
+
+def test_profile_of_an_event_behind_more_than_a_thousand_rows():
+    """An event older than over 1,024 rows of its user (past the table of event-scale steps) still
+    gets the profile of folding every event in ts order."""
+    from interest_core.window import WindowEvent, profiles_in_order
+
+    lim = Limits(horizon_ms=10 ** 9, grace_ms=0, max_events=128)
+    events = [ev(i, T0 + 10 * i, "click", "ab"[i % 7 % 2]) for i in range(1, 1_100)]
+    late = ev(0, T0, "browse", "b")  # behind all 1,099 rows
+    st = None
+    for e in events + [late]:
+        outcome, st = state.apply(st, e, lim, 0)
+        assert outcome == "accepted"
+    in_order = None
+    for in_order in profiles_in_order([WindowEvent.from_event(e) for e in [late] + events], lim.profile_retention_ms):
+        pass
+    got, want = stored_profile(state.profile(st)), stored_profile(in_order)
+    assert got["c"].keys() == want["c"].keys() == {"a", "b"}
+    for cat, vs in want["c"].items():
+        assert got["c"][cat] == pytest.approx(vs, abs=2), cat
