@@ -7,7 +7,9 @@ update), the state cache's bookkeeping, and the agent's whole loop body (the ali
 events held until their flush), with the worker's GC thresholds. Per user of a scoring
 pass (the default-size model, 1 ONNX Runtime thread): copying and encoding the inputs out of the
 state (``core.snapshot``), ``core.infer`` (ONNX Runtime, what the scoring thread does) and
-``core.publish`` plus the JSON of each vector (the event loop's share). Prints JSON (µs each, best
+``core.publish`` plus the JSON of each vector (the event loop's share). The states' memory, traced
+with tracemalloc in a state cache (and the last vector each then keeps), beside what the state cache's bound counts
+for them (``estimated_size``). Prints JSON (µs each, best
 of ``--repeat``) with the machine. What the README's Performance section compares with Faust's own
 per-event cost (``bench/ingest.py``) and ``LoadedModel.predict`` (``bench/score_pass.py``).
 """
@@ -19,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 from collections import namedtuple
@@ -57,7 +60,7 @@ def main() -> None:
     from stream_app.app import GC_THRESHOLDS
     from stream_app.model_runtime import LoadedModel
     from stream_app.settings import Settings
-    from stream_app.state_cache import StateCache
+    from stream_app.state_cache import StateCache, estimated_size
 
     gc.set_threshold(*GC_THRESHOLDS)
     settings = Settings.from_env({})
@@ -111,14 +114,35 @@ def main() -> None:
 
     model = LoadedModel.load(build_tiny_model_dir(Path(tempfile.mkdtemp()) / "model", model_config={}, max_len=256),
                              threads=1)
-    states: dict = {}
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    cache = StateCache(10**12)  # the states with their cache entries and index, as in the worker
     for t, k, v in raw:
-        r = core.ingest(t, k, v, states.get, limits, now, future_ms)
+        e = cache.get(k)
+        r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms)
         if r.state is not None:
-            states[k] = r.state
+            cache.put(0, k, r.state)
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    states = {k: e.state for k, e in cache.entries.items()}
+    n_rows = sum(len(s["ev"]) + len(s["old"]) for s in states.values())
+    out["state_memory"] = {  # what the cache's bound counts (estimated_size) against tracemalloc
+        "users": len(states), "rows_per_user": round(n_rows / len(states), 1),
+        "profile_categories_per_user": round(sum(len(s["p"]["w"]) for s in states.values()) / len(states), 1),
+        "traced_bytes_per_user": round(traced / len(states)),
+        "estimated_bytes_per_user": round(sum(map(estimated_size, states.values())) / len(states))}
     items, horizon = list(states.items()), limits.horizon_ms
     inputs = [core.snapshot(k, s, model, horizon) for k, s in items]
     probs = core.infer(model, inputs, settings.score_batch)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    core.publish(inputs, probs, model, states.get)  # each state keeps its last vector
+    gc.collect()
+    out["state_memory"]["traced_vector_bytes_per_user"] = round((tracemalloc.get_traced_memory()[0] - before) / len(states))
+    tracemalloc.stop()
 
     def publish():
         for key, vec, _ in core.publish(inputs, probs, model, states.get):

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 
 from . import state as st
 
-# Python memory of a decoded state, measured with tracemalloc over simulated states of 1..200 rows
-# (5.3-5.8x their JSON size): about 370 bytes per row (plus ~40 for its id in the in-memory id
-# set), 150 per profile category, and 1.8 KB for the rest (dict, ids, the last vector over ~12
-# categories, the cache entry itself).
-SIZE_BASE = 1_800
-SIZE_ROW = 410
+# Python memory of a decoded state in this cache, traced with tracemalloc by bench/hot_path.py
+# ("state_memory"; shuffled simulated users of 5, 20 and 80 rows at commit aa6e18e, rows sharing
+# their type and category strings: 3,360, 9,107 and 29,594 bytes): 337 bytes per row (its id in the
+# in-memory id set included), 150 per profile category, 1,150 for the rest (dict, cache entry and
+# index), and 1,170 for the last vector it keeps (12 categories).
+SIZE_BASE = 2_300
+SIZE_ROW = 340
 SIZE_CATEGORY = 150
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
