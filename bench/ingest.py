@@ -29,7 +29,7 @@ from pathlib import Path
 
 import orjson
 
-from common import (WorkerProc, broker, checkout, dir_bytes, dumps, machine, pyspy_args, synthetic_events,
+from common import (WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, pyspy_args, synthetic_events,
                     topic_bytes, topic_records)
 
 SPAN_MS = 20 * 3_600_000
@@ -201,6 +201,7 @@ def main() -> None:
         result = {
             "benchmark": "ingest",
             "machine": machine(),
+            "commit": commit(),
             "events": args.events,
             "users": args.users,
             "order": args.order,
