@@ -33,8 +33,8 @@ is deleted (``evict``).
 from __future__ import annotations
 
 from bisect import insort
-from sys import intern
 from dataclasses import dataclass
+from sys import intern
 
 import orjson
 
