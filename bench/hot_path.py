@@ -78,13 +78,14 @@ def main() -> None:
             if r.state is not None:
                 states[k] = r.state
 
-    def ingest_cached():
+    def ingest_cached() -> StateCache:
         cache = StateCache(10**12)
         for t, k, v in raw:
             e = cache.get(k)
             r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms)
             if r.state is not None:
                 cache.put(0, k, r.state)
+        return cache
 
     topics = ("click", "browse", "search")
     messages = [Message(t, i % 6, i, k, v, orjson.loads(v)["ts"]) for i, (t, k, v) in enumerate(raw)]
@@ -117,12 +118,7 @@ def main() -> None:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    cache = StateCache(10**12)  # the states with their cache entries and index, as in the worker
-    for t, k, v in raw:
-        e = cache.get(k)
-        r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms)
-        if r.state is not None:
-            cache.put(0, k, r.state)
+    cache = ingest_cached()  # the states with their cache entries and index, as in the worker
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()

@@ -29,10 +29,12 @@ def frame_name(frame: str) -> str:
 
 def shares(lines, top: int) -> dict:
     inclusive, self_, total = collections.Counter(), collections.Counter(), 0
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         stack, _, count = line.rstrip("\n").rpartition(" ")
         if not stack:
             continue
+        if not count.isdigit():
+            raise SystemExit(f"line {number} is not py-spy raw output (a stack, a space, a sample count)")
         n = int(count)
         total += n
         names = [frame_name(f) for f in stack.split(";")]
