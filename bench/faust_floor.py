@@ -3,7 +3,9 @@
 Used by bench/ingest.py to split the worker's cost into Faust's per-event machinery and the
 project's own work (validation, state, changelog). Reads the same three input topics from the
 beginning in its own consumer group, and when it has seen BENCH_FLOOR_EVENTS events writes
-``{"events": n, "seconds": s}`` to BENCH_FLOOR_OUT (timed from the first event).
+``{"events": n, "seconds": s}`` to BENCH_FLOOR_OUT (timed from the first event). With
+BENCH_FLOOR_CONSUMER=worker it uses the worker's consumer (stream_app/consumer.py) instead of
+Faust's, which delivers messages without Faust's four tasks per message.
 """
 import os
 import time
@@ -19,6 +21,10 @@ app = faust.App(f"{prefix}faust-floor-{os.getpid()}",
                 datadir=os.environ["BENCH_FLOOR_DATADIR"],
                 consumer_auto_offset_reset="earliest", topic_allow_declare=False,
                 topic_disable_leader=True)
+if os.environ.get("BENCH_FLOOR_CONSUMER") == "worker":  # the worker's delivery (stream_app/consumer.py)
+    from stream_app.consumer import Consumer
+
+    app.transport.Consumer = Consumer
 topic = app.topic(*(f"{prefix}events.{t}" for t in ("click", "browse", "search")),
                   key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 seen = {"n": 0, "t0": None}

@@ -3,7 +3,9 @@
 Preloads N events (default 1,000,000) for U users (default 50,000) across the three input topics,
 then, in the same run and on the same topics, measures from the beginning of the topics:
   1. a bare aiokafka consumer that only decodes the JSON (the ceiling of a Python consumer);
-  2. a Faust agent that only decodes (bench/faust_floor.py: the ceiling of any Faust agent);
+  2. a Faust agent that only decodes (bench/faust_floor.py: the ceiling of any Faust agent), with
+     Faust's consumer and again with the worker's (stream_app/consumer.py, which delivers each
+     message without Faust's four asyncio tasks), so the worker's own work is seen apart;
   3. the worker (this checkout), until it has processed every event;
   4. with ``--old REF``, the worker of another commit (e.g. the last one before the write-behind
      state), same topics, its own consumer group: new / old in one run.
@@ -74,18 +76,20 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int) -> float:
     return seen / (time.monotonic() - t)
 
 
-def faust_floor(env: dict, n: int, work: Path) -> float:
-    """events/s of a Faust agent that only decodes (bench/faust_floor.py), same topics."""
+def faust_floor(env: dict, n: int, work: Path, consumer: str = "faust") -> float:
+    """events/s of a Faust agent that only decodes (bench/faust_floor.py), same topics; with
+    ``consumer="worker"`` through the worker's consumer (stream_app/consumer.py)."""
     import signal
     import subprocess
 
-    out = work / "floor.json"
-    log = open(work / "floor.log", "wb")
+    out = work / f"floor-{consumer}.json"
+    log = open(work / f"floor-{consumer}.log", "wb")
     # -l info: at WARN and above Faust's terminal spinner turns on DEBUG records (see app.py)
     proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "faust_floor", "worker", "-l", "info"],
                             cwd=Path(__file__).parent, env=dict(env, BENCH_FLOOR_EVENTS=str(n),
                                                                 BENCH_FLOOR_OUT=str(out),
-                                                                BENCH_FLOOR_DATADIR=str(work / "floor-data")),
+                                                                BENCH_FLOOR_CONSUMER=consumer,
+                                                                BENCH_FLOOR_DATADIR=str(work / f"floor-{consumer}-data")),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     if os.environ.get("BENCH_PYSPY_FLOOR"):  # sample the decode-only agent too
         subprocess.Popen(["sh", "-c", f'sleep {float(os.environ.get("BENCH_PYSPY_DELAY_S", "0"))} && exec "$@"', "sh",
@@ -96,7 +100,7 @@ def faust_floor(env: dict, n: int, work: Path) -> float:
         deadline = time.monotonic() + 3600
         while not out.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"faust floor app failed; see {work / 'floor.log'}")
+                raise SystemExit(f"faust floor app failed; see {work / f'floor-{consumer}.log'}")
             time.sleep(0.5)
         time.sleep(0.2)
         r = orjson.loads(out.read_bytes())
@@ -191,6 +195,8 @@ def main() -> None:
             bare = asyncio.run(bare_consumer(bootstrap, list(s.input_topics.values()), args.events))
         print("faust decode-only agent...", file=sys.stderr)
         floor = faust_floor(env, args.events, work)
+        print("faust decode-only agent with the worker's consumer...", file=sys.stderr)
+        floor_w = faust_floor(env, args.events, work, consumer="worker")
         print("worker...", file=sys.stderr)
         new = run_worker(env, work, k, bootstrap, args.events, args.users, "new")
         old = None
@@ -209,7 +215,10 @@ def main() -> None:
             "bare_aiokafka_events_per_s": round(bare) if bare else None,
             "faust_decode_only_events_per_s": round(floor),
             "worker": new,
+            "faust_decode_only_worker_consumer_events_per_s": round(floor_w),
             "worker_vs_faust_decode_only": round(new["events_per_s"] / floor, 3),
+            # the worker's own work alone: both read through the worker's consumer
+            "worker_vs_faust_decode_only_worker_consumer": round(new["events_per_s"] / floor_w, 3),
             "worker_vs_bare": round(new["events_per_s"] / bare, 3) if bare else None,
         }
         if old is not None:

@@ -18,9 +18,11 @@ import sys
 import time
 
 import faust
+from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 
 from . import metrics, state
 from .alignment import RELEASE_EVERY, Aligner
+from .consumer import Consumer
 from .flush import Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
@@ -96,6 +98,13 @@ class InterestApp(faust.App):
     flusher: Flusher
     models: ModelHolder
     output_partitions: int  # of the output topic, read at start
+
+    def _new_transport(self):
+        # Faust's consumer with a delivery that makes no tasks when it does not wait (stream_app.consumer)
+        transport = super()._new_transport()
+        if transport.Consumer is FaustConsumer:
+            transport.Consumer = Consumer
+        return transport
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -1,0 +1,161 @@
+"""The consumer's delivery without tasks (stream_app.consumer): the same results as mode's
+``wait_first``, a rebalance still abandons a delivery that waits, and Faust calls it only where
+this was checked. Pure asyncio: the worker's tests against the broker run it for real."""
+import asyncio
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import faust.transport.consumer as faust_consumer
+import pytest
+from mode import Service
+
+from stream_app.consumer import _Rest, first_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Delivery:
+    """A stand-in for Faust's callback: records how far it got."""
+
+    def __init__(self, waits=()):
+        self.waits = list(waits)  # futures it awaits, in order
+        self.steps, self.cleaned = 0, False
+
+    async def __call__(self, value):
+        try:
+            for w in self.waits:
+                await w
+                self.steps += 1
+            return value
+        finally:
+            self.cleaned = True
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_delivery_that_does_not_wait_is_the_only_winner_and_makes_no_task():
+    async def main():
+        svc, calls = Service(), []
+
+        async def wait_first(*coros):  # mode's would make tasks: it must not be reached
+            calls.append(coros)
+            return await svc.wait_first(*coros)
+
+        flow = asyncio.Event()
+        other = flow.wait()
+        tasks_before = len(asyncio.all_tasks())
+        d = Delivery()
+        coro = d("v")
+        result = await first_step(coro, (other,), True, wait_first)
+        assert (result.done, result.results, result.stopped) == ([coro], ["v"], False)
+        assert calls == [] and len(asyncio.all_tasks()) == tasks_before
+        assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED  # no "never awaited" warning
+        assert d.cleaned
+
+    run(main())
+
+
+def test_a_delivery_that_waits_finishes_in_a_task_with_every_step():
+    async def main():
+        svc = Service()
+        loop = asyncio.get_running_loop()
+        f1, f2 = loop.create_future(), loop.create_future()
+
+        async def waits():
+            await asyncio.sleep(0)  # a bare yield to the loop, as asyncio.sleep(0) gives
+            return await Delivery([f1, f2])("v")
+
+        flow = asyncio.Event()
+        coro = waits()
+        loop.call_later(0.01, f1.set_result, None)
+        loop.call_later(0.02, f2.set_result, None)
+        result = await first_step(coro, (flow.wait(),), True, svc.wait_first)
+        assert result.results == ["v"] and not result.stopped
+
+    run(main())
+
+
+def test_a_rebalance_abandons_a_delivery_that_waits_and_it_cleans_up():
+    async def main():
+        svc = Service()
+        loop = asyncio.get_running_loop()
+        never = loop.create_future()
+        d = Delivery([never])
+        flow = asyncio.Event()
+        loop.call_later(0.01, flow.set)  # the flow is suspended while the delivery waits
+        result = await first_step(d("v"), (flow.wait(),), True, svc.wait_first)
+        assert result.results == [True]  # the flow's event won
+        await asyncio.sleep(0)  # the cancellation reaches the delivery
+        assert d.steps == 0 and d.cleaned and never.cancelled()
+
+    run(main())
+
+
+def test_a_cancellation_that_comes_as_the_wait_ends_still_reaches_the_delivery():
+    async def main():
+        loop = asyncio.get_running_loop()
+        f = loop.create_future()
+        d = Delivery([f])
+        coro = d("v")
+        task = asyncio.ensure_future(_Rest(coro, coro.send(None)))
+        await asyncio.sleep(0)  # the task waits on f
+        f.set_result(None)  # done, but the task has not resumed yet,
+        task.cancel()  # so the cancellation is thrown into it at its next step
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert d.steps == 0 and d.cleaned
+
+    run(main())
+
+
+def test_when_the_flow_is_already_suspended_the_delivery_goes_to_wait_first_untouched():
+    async def main():
+        seen = []
+
+        async def wait_first(*coros):
+            seen.extend(coros)
+            for c in coros:
+                c.close()
+            return "mode's"
+
+        flow = asyncio.Event()
+        coro, other = Delivery()("v"), flow.wait()
+        assert await first_step(coro, (other,), False, wait_first) == "mode's"
+        assert seen == [coro, other]
+
+    run(main())
+
+
+def test_an_error_in_the_first_step_propagates_and_closes_the_others():
+    async def main():
+        async def broken():
+            raise ValueError("bad message")
+
+        flow = asyncio.Event()
+        other = flow.wait()
+        with pytest.raises(ValueError, match="bad message"):
+            await first_step(broken(), (other,), True, None)
+        assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED
+
+    run(main())
+
+
+def test_faust_calls_wait_first_only_for_the_delivery_this_was_checked_for():
+    # a new call in a later faust-streaming needs its own look before Consumer.wait_first may apply
+    src = inspect.getsource(faust_consumer)
+    calls = [line.strip() for line in src.splitlines() if "wait_first(" in line and "def wait_first" not in line]
+    assert calls == ["await self.wait_first("]
+    body = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert "self.wait_first(\n                                callback(message), self.suspend_flow.wait()\n" in body
+
+
+def test_the_worker_app_uses_this_consumer(tmp_path):
+    code = "from stream_app.app import app; print(type(app.consumer).__module__, type(app.consumer).__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, INTEREST_DATA_DIR=str(tmp_path / "data")), timeout=120)
+    assert proc.stdout.split() == ["stream_app.consumer", "Consumer"], proc.stderr[-2000:]
