@@ -15,9 +15,10 @@ is among the first of the next one, so an event waits at most about one interval
 ingestion lag, not an interval plus a whole pass. When a pass reaches the end of its list it
 takes the users who started waiting while it ran (again, until none are left or the pass has
 run for an interval), so an event ingested during a pass, typically the lagged ones, does not
-wait for the next. A newly assigned
-partition is scanned once (every state decoded once) to find them and to learn every user's idle
-facts (:mod:`stream_app.idle`).
+wait for the next. A user whose event came while its vector was being computed starts waiting
+again when that vector is published (``StateCache.scored``), so the same pass takes it again.
+A newly assigned partition is scanned once (every state decoded once) to find them and to learn
+every user's idle facts (:mod:`stream_app.idle`).
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ async def publish(running, model, generation: int) -> int:
     n_out = app.output_partitions
     for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
         by_partition.setdefault(partition_for(key, n_out), []).append((key, orjson.dumps(vec)))
-        app.states.put(where[key], key, st)  # the vector reaches the table with the next flush
+        app.states.scored(where[key], key, st)  # the vector reaches the table with the next flush
     producer = app.producer._ensure_producer()
     for p, records in by_partition.items():
         await send_batches(producer, settings.output_topic, p, records)

@@ -131,6 +131,14 @@ class StateCache:
         self._mark(e, key)
         self.index(partition, key, state)
 
+    def scored(self, partition: int, key: bytes, state: dict) -> None:
+        """A changed state that just got its vector (:func:`stream_app.state.record_vector`). A
+        user whose events came while the vector was computed waits again from now, not from
+        before the pass took it: a pass still running takes it again (``waiting(after=mark)``)
+        instead of leaving it for the next one."""
+        self.pending.get(partition, {}).pop(key, None)
+        self.put(partition, key, state)
+
     def delete(self, partition: int, key: bytes) -> None:
         """Forget a user: its table value is deleted at the partition's next flush."""
         e = self.entries.get(key)

@@ -98,6 +98,21 @@ def test_a_pass_finds_the_users_who_started_waiting_after_it_began():
     assert c.waiting([0, 3], after=again) == [(0, b"e")]
 
 
+def test_a_user_whose_events_came_while_it_was_scored_is_taken_again_by_the_same_pass():
+    c = StateCache(10**9)
+    applied(c, 0, "a", 0)
+    applied(c, 0, "b", 0)
+    mark = c.mark()  # a pass begins: it takes a and b
+    seen = {u: c.get(u.encode()).state["seq"] for u in "ab"}  # the snapshots
+    applied(c, 0, "a", 1)  # while the model runs, a new event for a
+    for u in "ab":
+        st = c.get(u.encode()).state
+        state.record_vector(st, {"interests": {}}, seen[u])
+        c.scored(0, u.encode(), st)
+    assert c.waiting([0], after=mark) == [(0, b"a")]  # the pass takes a again, b is done
+    assert c.waiting([0]) == [(0, b"a")]
+
+
 def test_the_bound_drops_clean_states_least_recently_used_first_never_dirty_ones():
     one = estimated_size(state.apply(None, event("x", 0), LIM, 0)[1])
     assert one == SIZE_BASE + SIZE_ROW + 150  # one row, one profile category
