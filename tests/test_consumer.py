@@ -1,6 +1,7 @@
 """The consumer's delivery without tasks (stream_app.consumer): the same results as mode's
 ``wait_first``, a rebalance still abandons a delivery that waits, and Faust calls it only where
-this was checked. Pure asyncio: the worker's tests against the broker run it for real."""
+this was checked. Pure asyncio on a mode Service: the worker's tests against the broker run the
+consumer for real."""
 import asyncio
 import inspect
 import os
@@ -11,10 +12,28 @@ from pathlib import Path
 import faust.transport.consumer as faust_consumer
 import pytest
 from mode import Service
+from mode.utils.locks import Event
 
-from stream_app.consumer import _Rest, first_step
+from stream_app.consumer import FirstStepDelivery, _Rest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder(Service):
+    """mode's wait_first, recording what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.suspend_flow = Event()  # as Faust's consumer has
+        self.given = None
+
+    async def wait_first(self, *coros, timeout=None):
+        self.given = coros
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+class Probe(FirstStepDelivery, Recorder):
+    pass
 
 
 class Delivery:
@@ -40,20 +59,14 @@ def run(coro):
 
 def test_a_delivery_that_does_not_wait_is_the_only_winner_and_makes_no_task():
     async def main():
-        svc, calls = Service(), []
-
-        async def wait_first(*coros):  # mode's would make tasks: it must not be reached
-            calls.append(coros)
-            return await svc.wait_first(*coros)
-
-        flow = asyncio.Event()
-        other = flow.wait()
+        svc = Probe()
+        other = svc.suspend_flow.wait()
         tasks_before = len(asyncio.all_tasks())
         d = Delivery()
         coro = d("v")
-        result = await first_step(coro, (other,), True, wait_first)
+        result = await svc.wait_first(coro, other)
         assert (result.done, result.results, result.stopped) == ([coro], ["v"], False)
-        assert calls == [] and len(asyncio.all_tasks()) == tasks_before
+        assert svc.given is None and len(asyncio.all_tasks()) == tasks_before  # mode's was not needed
         assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED  # no "never awaited" warning
         assert d.cleaned
 
@@ -62,7 +75,7 @@ def test_a_delivery_that_does_not_wait_is_the_only_winner_and_makes_no_task():
 
 def test_a_delivery_that_waits_finishes_in_a_task_with_every_step():
     async def main():
-        svc = Service()
+        svc = Probe()
         loop = asyncio.get_running_loop()
         f1, f2 = loop.create_future(), loop.create_future()
 
@@ -70,26 +83,24 @@ def test_a_delivery_that_waits_finishes_in_a_task_with_every_step():
             await asyncio.sleep(0)  # a bare yield to the loop, as asyncio.sleep(0) gives
             return await Delivery([f1, f2])("v")
 
-        flow = asyncio.Event()
-        coro = waits()
         loop.call_later(0.01, f1.set_result, None)
         loop.call_later(0.02, f2.set_result, None)
-        result = await first_step(coro, (flow.wait(),), True, svc.wait_first)
+        result = await svc.wait_first(waits(), svc.suspend_flow.wait())
         assert result.results == ["v"] and not result.stopped
+        assert isinstance(svc.given[0], _Rest)  # the rest went to mode's wait_first
 
     run(main())
 
 
 def test_a_rebalance_abandons_a_delivery_that_waits_and_it_cleans_up():
     async def main():
-        svc = Service()
+        svc = Probe()
         loop = asyncio.get_running_loop()
         never = loop.create_future()
         d = Delivery([never])
-        flow = asyncio.Event()
-        loop.call_later(0.01, flow.set)  # the flow is suspended while the delivery waits
-        result = await first_step(d("v"), (flow.wait(),), True, svc.wait_first)
-        assert result.results == [True]  # the flow's event won
+        loop.call_later(0.01, svc.suspend_flow.set)  # the flow is suspended while the delivery waits
+        result = await svc.wait_first(d("v"), svc.suspend_flow.wait())
+        assert result.results == [True]  # the flow's event won, not the delivery ("v")
         await asyncio.sleep(0)  # the cancellation reaches the delivery
         assert d.steps == 0 and d.cleaned and never.cancelled()
 
@@ -113,20 +124,14 @@ def test_a_cancellation_that_comes_as_the_wait_ends_still_reaches_the_delivery()
     run(main())
 
 
-def test_when_the_flow_is_already_suspended_the_delivery_goes_to_wait_first_untouched():
+@pytest.mark.parametrize("why", ["flow suspended", "stopped", "crashed"])
+def test_when_the_flow_is_suspended_or_the_service_ends_the_delivery_goes_to_mode_untouched(why):
     async def main():
-        seen = []
-
-        async def wait_first(*coros):
-            seen.extend(coros)
-            for c in coros:
-                c.close()
-            return "mode's"
-
-        flow = asyncio.Event()
-        coro, other = Delivery()("v"), flow.wait()
-        assert await first_step(coro, (other,), False, wait_first) == "mode's"
-        assert seen == [coro, other]
+        svc = Probe()
+        {"flow suspended": svc.suspend_flow, "stopped": svc._stopped, "crashed": svc._crashed}[why].set()
+        coro, other = Delivery()("v"), svc.suspend_flow.wait()
+        await svc.wait_first(coro, other)
+        assert svc.given == (coro, other)
 
     run(main())
 
@@ -136,17 +141,17 @@ def test_an_error_in_the_first_step_propagates_and_closes_the_others():
         async def broken():
             raise ValueError("bad message")
 
-        flow = asyncio.Event()
-        other = flow.wait()
+        svc = Probe()
+        other = svc.suspend_flow.wait()
         with pytest.raises(ValueError, match="bad message"):
-            await first_step(broken(), (other,), True, None)
-        assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED
+            await svc.wait_first(broken(), other)
+        assert inspect.getcoroutinestate(other) == inspect.CORO_CLOSED and svc.given is None
 
     run(main())
 
 
 def test_faust_calls_wait_first_only_for_the_delivery_this_was_checked_for():
-    # a new call in a later faust-streaming needs its own look before Consumer.wait_first may apply
+    # a new call in a later faust-streaming needs its own look before FirstStepDelivery may apply
     src = inspect.getsource(faust_consumer)
     calls = [line.strip() for line in src.splitlines() if "wait_first(" in line and "def wait_first" not in line]
     assert calls == ["await self.wait_first("]
