@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from common import ROOT, WorkerProc, broker, dumps, machine
+from common import ROOT, WorkerProc, broker, commit, dumps, machine
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -138,6 +138,7 @@ def main() -> None:
     p99 = percentile(delays, 0.99)
     print(dumps({
         "benchmark": "freshness",
+        "commit": commit(),
         "machine": machine(),
         "target_rate_events_per_s": args.rate,
         "achieved_rate_events_per_s": round(n_events / args.seconds),

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, WorkerProc, broker, checkout, dir_bytes, dumps, machine, topic_bytes
+from common import ROOT, WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, topic_bytes
 
 
 def main() -> None:
@@ -105,6 +105,7 @@ def run(args, src) -> None:
     print(dumps({
         "benchmark": "soak",
         "machine": machine(),
+        "commit": args.old or commit(),  # the worker that ran
         "rate": args.rate,
         "minutes": args.minutes,
         "users": args.users,
