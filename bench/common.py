@@ -62,6 +62,15 @@ def _sigterm(signum, frame):
     raise SystemExit(f"benchmark stopped by signal {signum}")
 
 
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc; None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def broker():
     """KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker stopped at the end.

@@ -7,7 +7,9 @@ input topics and `user-interests`. An event is included in the first vector of i
 ``ts`` (the window's newest_ts) is >= the event's ts; its delay is the moment this consumer
 received that vector minus the event's record timestamp. Prints JSON: p50/p90/p99/max delay,
 events without a vector by the end (the drain waits two intervals after the stream stops), the
-rate achieved, the worker's lag at the end, the model size and threads.
+rate achieved, the worker's lag at the end, the model size and threads, and the cores each
+process used while the stream ran (the worker, the simulator, the broker and this consumer share
+the machine).
 
     python bench/freshness.py [--rate 5000] [--users 20000] [--seconds 90] [--interval 10]
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from common import ROOT, WorkerProc, broker, commit, dumps, machine
+from common import ROOT, WorkerProc, broker, commit, cpu_s, dumps, machine
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -80,6 +82,10 @@ def main() -> None:
         vectors: dict[bytes, list[tuple[int, float]]] = {}  # user -> [(vector ts, received at)]
         n_events = 0
         t_start = time.time()
+        # who uses the cores while the stream runs: the worker, and what measures it beside it
+        pids = {"worker": w.proc.pid, "simulator": sim.pid, "broker": k.pid() if k else None,
+                "this_consumer": os.getpid()}
+        cpu_start, cpu_stream = {n: cpu_s(pid) for n, pid in pids.items()}, None
         stream_end = t_start + args.seconds
         drain_end = None
         lag_end = None
@@ -92,6 +98,8 @@ def main() -> None:
                     m = w.metrics()
                     lags.append(sum(v for k, v in m.items() if k.startswith("interest_consumer_lag")))
                 if sim.poll() is None and now >= stream_end:
+                    cpu_stream = {n: round((cpu_s(pid) - cpu_start[n]) / (now - t_start), 2)
+                                  for n, pid in pids.items() if cpu_start[n] is not None}
                     sim.terminate()
                     sim.wait(30)
                     drain_end = time.time() + 2 * args.interval + 5
@@ -155,6 +163,7 @@ def main() -> None:
         "events_without_vector_at_end": missing,
         "worker_lag_at_end": lag_end,
         "worker": worker_view,
+        "cpu_cores_while_streaming": cpu_stream,  # of the machine's cores, per process
         "goal": f"p99 <= score interval + 1 s = {goal} s",
         "goal_met": p99 is not None and p99 <= goal and missing == 0,
     }))
