@@ -56,7 +56,7 @@ def main() -> None:
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     card = orjson.loads((model_dir / "model.json").read_bytes())
 
-    with broker() as (bootstrap, _k):
+    with broker() as (bootstrap, k):
         prefix = f"bench{int(time.time())}."
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
                    INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
@@ -85,7 +85,7 @@ def main() -> None:
         # who uses the cores while the stream runs: the worker, and what measures it beside it
         pids = {"worker": w.proc.pid, "simulator": sim.pid, "broker": k.pid() if k else None,
                 "this_consumer": os.getpid()}
-        cpu_start, cpu_stream = {n: cpu_s(pid) for n, pid in pids.items()}, None
+        cpu_start, cpu_stream = {n: cpu_s(pid) if pid else None for n, pid in pids.items()}, None
         stream_end = t_start + args.seconds
         drain_end = None
         lag_end = None
@@ -98,8 +98,9 @@ def main() -> None:
                     m = w.metrics()
                     lags.append(sum(v for k, v in m.items() if k.startswith("interest_consumer_lag")))
                 if sim.poll() is None and now >= stream_end:
-                    cpu_stream = {n: round((cpu_s(pid) - cpu_start[n]) / (now - t_start), 2)
-                                  for n, pid in pids.items() if cpu_start[n] is not None}
+                    cpu_now = {n: cpu_s(pid) for n, pid in pids.items() if pid is not None}
+                    cpu_stream = {n: round((c - cpu_start[n]) / (now - t_start), 2) for n, c in cpu_now.items()
+                                  if c is not None and cpu_start[n] is not None}
                     sim.terminate()
                     sim.wait(30)
                     drain_end = time.time() + 2 * args.interval + 5
