@@ -83,9 +83,10 @@ def main() -> None:
         n_events = 0
         t_start = time.time()
         # who uses the cores while the stream runs: the worker, and what measures it beside it
-        pids = {"worker": w.proc.pid, "simulator": sim.pid, "broker": k.pid() if k else None,
-                "this_consumer": os.getpid()}
-        cpu_start, cpu_stream = {n: cpu_s(pid) if pid else None for n, pid in pids.items()}, None
+        pids = {"worker": w.proc.pid, "simulator": sim.pid, "this_consumer": os.getpid()}
+        if k is not None and k.pid():  # a local broker (not one given by KAFKA_BOOTSTRAP_SERVERS)
+            pids["broker"] = k.pid()
+        cpu_start, cpu_stream = {n: cpu_s(pid) for n, pid in pids.items()}, None
         stream_end = t_start + args.seconds
         drain_end = None
         lag_end = None
@@ -98,7 +99,7 @@ def main() -> None:
                     m = w.metrics()
                     lags.append(sum(v for k, v in m.items() if k.startswith("interest_consumer_lag")))
                 if sim.poll() is None and now >= stream_end:
-                    cpu_now = {n: cpu_s(pid) for n, pid in pids.items() if pid is not None}
+                    cpu_now = {n: cpu_s(pid) for n, pid in pids.items()}
                     cpu_stream = {n: round((c - cpu_start[n]) / (now - t_start), 2) for n, c in cpu_now.items()
                                   if c is not None and cpu_start[n] is not None}
                     sim.terminate()

@@ -8,9 +8,9 @@ events held until their flush), with the worker's GC thresholds. Per user of a s
 pass (the default-size model, 1 ONNX Runtime thread): copying and encoding the inputs out of the
 state (``core.snapshot``), ``core.infer`` (ONNX Runtime, what the scoring thread does) and
 ``core.publish`` plus the JSON of each vector (the event loop's share). The states' memory, traced
-with tracemalloc in a state cache (and the last vector each then keeps), beside what the state cache's bound counts
-for them (``estimated_size``). Prints JSON (µs each, best
-of ``--repeat``) with the machine. What the README's Performance section compares with Faust's own
+with tracemalloc in a state cache (and the last vector each then keeps), beside what the state
+cache's bound counts for them (``estimated_size``). Prints JSON (µs each, best of ``--repeat``)
+with the machine. What the README's Performance section compares with Faust's own
 per-event cost (``bench/ingest.py``) and ``LoadedModel.predict`` (``bench/score_pass.py``).
 """
 from __future__ import annotations
