@@ -7,7 +7,9 @@ input topics and `user-interests`. An event is included in the first vector of i
 ``ts`` (the window's newest_ts) is >= the event's ts; its delay is the moment this consumer
 received that vector minus the event's record timestamp. Prints JSON: p50/p90/p99/max delay,
 events without a vector by the end (the drain waits two intervals after the stream stops), the
-rate achieved, the worker's lag at the end, the model size and threads, and the cores each
+rate achieved, the worker's lag at the end and how steadily it read (input messages per second,
+sampled about every second; its INTEREST_FETCH_MAX_WAIT_MS is passed through from the
+environment and reported), the model size and threads, and the cores each
 process used while the stream ran (the worker, the simulator, the broker and this consumer share
 the machine).
 
@@ -91,6 +93,7 @@ def main() -> None:
         drain_end = None
         lag_end = None
         lags, next_sample = [], time.time() + 1
+        read, read_rates = None, []  # (time, input messages the worker has read); its rate per sample
         try:
             while True:
                 now = time.time()
@@ -98,6 +101,10 @@ def main() -> None:
                     next_sample = now + 1
                     m = w.metrics()
                     lags.append(sum(v for k, v in m.items() if k.startswith("interest_consumer_lag")))
+                    n_read = sum(v for k, v in m.items() if k.startswith("interest_events_total"))
+                    if read is not None and drain_end is None and now > t_start + 5:  # while streaming
+                        read_rates.append((n_read - read[1]) / (now - read[0]))
+                    read = (now, n_read)
                 if sim.poll() is None and now >= stream_end:
                     cpu_now = {n: cpu_s(pid) for n, pid in pids.items()}
                     cpu_stream = {n: round((c - cpu_start[n]) / (now - t_start), 2) for n, c in cpu_now.items()
@@ -126,6 +133,11 @@ def main() -> None:
                 "pass_seconds_mean": round(m.get("interest_scoring_pass_seconds_sum", 0) / max(1, passes), 2),
                 "paced_batches": int(m.get("interest_scoring_paced_batches_total", 0)),
                 "scored_users": int(m.get("interest_scored_users_total", 0)),
+                # input messages read per second, sampled about every second while streaming: a
+                # steady reader stays near the rate; stalls show as seconds near 0 and bursts above
+                "read_per_s": {q: round(percentile(sorted(read_rates), f)) if read_rates else None
+                               for q, f in (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("max", 1.0))},
+                "fetch_max_wait_ms": s.fetch_max_wait_ms,
             }
         finally:
             if sim.poll() is None:

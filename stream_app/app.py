@@ -98,6 +98,7 @@ class InterestApp(faust.App):
     flusher: Flusher
     models: ModelHolder
     output_partitions: int  # of the output topic, read at start
+    fetch_max_wait_ms: int  # how long a fetch waits for data at most (stream_app.consumer.ConsumerThread)
 
     def _new_transport(self):
         # Faust's consumer with a delivery that makes no tasks when it does not wait (stream_app.consumer)
@@ -202,6 +203,7 @@ users = app.Table(
          "(written once per flush)",
 )
 
+app.fetch_max_wait_ms = settings.fetch_max_wait_ms
 app.states = StateCache(int(settings.state_cache_mb * 2**20))
 app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
 app.flusher = Flusher(users, app.states, settings.control_topic,

@@ -1,4 +1,5 @@
-"""Faust's Kafka consumer, without four asyncio tasks for every message it hands to a stream.
+"""Faust's Kafka consumer, without four asyncio tasks for every message it hands to a stream, and
+without a fetch that waits 1.5 s for partitions that have nothing to read.
 
 faust-streaming 0.15's fetcher (``Consumer._drain_messages``) delivers each message with::
 
@@ -26,6 +27,19 @@ it in a new task with a copy of the context; the delivery sets no context variab
 Measured (``bench/ingest.py``, 300,000 events in order over 20,000 users, one run): Faust's
 decode-only agent read 18,268 events/s through this consumer against 13,565 through Faust's, on
 the same topics.
+
+**The fetch's wait.** aiokafka's fetcher (``Fetcher._get_actions_per_node``) sends one fetch
+request per broker at a time, and it holds only the partitions with nothing left in its buffer.
+When the input partitions still have buffered records, that request holds the idle ones alone
+(the control topic, a quiet input partition), and the broker keeps it until data comes or
+``fetch_max_wait_ms`` passes: faust-streaming creates its aiokafka consumer with 1,500 ms
+(``AIOKafkaConsumerThread._create_worker_consumer``). Meanwhile the busy partitions are drained and
+cannot be fetched again, since a request to that broker is in flight: the worker read nothing for
+about a second, then a second and a half of input at once, every few seconds, at any rate. The
+worker's :class:`ConsumerThread` sets the consumer's wait to ``INTEREST_FETCH_MAX_WAIT_MS``
+(the app's ``fetch_max_wait_ms``) before it starts; aiokafka's ``start`` gives that attribute to
+its ``Fetcher`` (checked by a test). Measured (``bench/freshness.py --rate 4500``, the same
+commit with 1,500 and 100 ms): see the README's Performance section.
 """
 from __future__ import annotations
 
@@ -95,5 +109,22 @@ class FirstStepDelivery:
         return await super().wait_first(*coros, timeout=timeout)
 
 
+DEFAULT_FETCH_MAX_WAIT_MS = 100  # for an app that does not set ``fetch_max_wait_ms``
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread; its aiokafka consumer's fetches wait at most the app's
+    ``fetch_max_wait_ms`` for data (Faust's own: 1,500 ms)."""
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
+        return consumer
+
+
 class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
-    """faust-streaming's aiokafka consumer; deliveries that do not wait make no tasks."""
+    """faust-streaming's aiokafka consumer; deliveries that do not wait make no tasks, and fetches
+    wait at most ``fetch_max_wait_ms`` (:class:`ConsumerThread`)."""
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

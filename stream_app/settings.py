@@ -91,6 +91,7 @@ class Settings:
     session_timeout_s: float = 30.0  # INTEREST_SESSION_TIMEOUT_S: consumer group session timeout
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
+    fetch_max_wait_ms: int = 100  # INTEREST_FETCH_MAX_WAIT_MS: longest a fetch waits for data (stream_app.consumer)
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
     flush_s: float = 15.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
@@ -143,6 +144,7 @@ class Settings:
             session_timeout_s=_float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0),
             heartbeat_s=_float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
+            fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1),
             linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
             log_format=log_format,
             flush_s=_float(env, "INTEREST_FLUSH_S", 15.0, minimum=0.05),

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiokafka
 import faust.transport.consumer as faust_consumer
+import faust.transport.drivers.aiokafka as faust_aiokafka
 import pytest
 from mode import Service
 from mode.utils.locks import Event
 
 from stream_app.consumer import FirstStepDelivery, _Rest
+from stream_app.settings import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,8 +162,39 @@ def test_faust_calls_wait_first_only_for_the_delivery_this_was_checked_for():
     assert "self.wait_first(\n                                callback(message), self.suspend_flow.wait()\n" in body
 
 
-def test_the_worker_app_uses_this_consumer(tmp_path):
-    code = "from stream_app.app import app; print(type(app.consumer).__module__, type(app.consumer).__name__)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, INTEREST_DATA_DIR=str(tmp_path / "data")), timeout=120)
-    assert proc.stdout.split() == ["stream_app.consumer", "Consumer"], proc.stderr[-2000:]
+def test_the_worker_app_uses_this_consumer_and_its_fetch_wait(tmp_path):
+    # the aiokafka consumer the worker's consumer thread creates (not started: no broker needed)
+    code = ("import asyncio\n"
+            "from stream_app.app import app\n"
+            "print(type(app.consumer).__module__, type(app.consumer).__name__)\n"
+            "async def made():\n"
+            "    return app.consumer._thread._create_worker_consumer(app.transport)._fetch_max_wait_ms\n"
+            "print(asyncio.run(made()))\n")
+    env = dict(os.environ, INTEREST_DATA_DIR=str(tmp_path / "data"), INTEREST_FETCH_MAX_WAIT_MS="250")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=120)
+    assert proc.stdout.split() == ["stream_app.consumer", "Consumer", "250"], proc.stderr[-2000:]
+
+
+def test_aiokafka_fetches_with_the_wait_set_before_start_and_faust_still_fixes_its_own():
+    # the attribute ConsumerThread sets is the one aiokafka's start gives its Fetcher
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms," in inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    # when faust-streaming lets the wait be configured, configure it there instead
+    made = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=1500," in made
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, 100),
+    ("250", 250),
+    ("0", "INTEREST_FETCH_MAX_WAIT_MS must be >= 1, got 0"),
+    ("soon", "INTEREST_FETCH_MAX_WAIT_MS must be an integer, got 'soon'"),
+])
+def test_the_fetch_wait_setting(raw, expected):
+    env = {} if raw is None else {"INTEREST_FETCH_MAX_WAIT_MS": raw}
+    if isinstance(expected, int):
+        assert Settings.from_env(env).fetch_max_wait_ms == expected
+    else:
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env(env)
+        assert str(err.value) == expected
