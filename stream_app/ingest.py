@@ -115,7 +115,8 @@ async def align_timer():
     aligner.forced = 0
 
 
-@app.timer(settings.flush_s)
+@app.timer(settings.flush_s / settings.partitions)
 async def flush_timer():
-    """Write changed user states to the table and release the events they cover (every INTEREST_FLUSH_S)."""
-    await app.flusher.flush("interval")
+    """Write changed user states to the table and release the events they cover: each partition
+    once per INTEREST_FLUSH_S, one partition at a time (stream_app.flush.due_partition)."""
+    await app.flusher.flush_turn(settings.partitions)
