@@ -49,6 +49,8 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
+from .settings import Settings
+
 
 class _Rest:
     """The rest of a coroutine that suspended on ``future``: awaitable, so a task can finish it.
@@ -109,16 +111,14 @@ class FirstStepDelivery:
         return await super().wait_first(*coros, timeout=timeout)
 
 
-DEFAULT_FETCH_MAX_WAIT_MS = 100  # for an app that does not set ``fetch_max_wait_ms``
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread; its aiokafka consumer's fetches wait at most the app's
     ``fetch_max_wait_ms`` for data (Faust's own: 1,500 ms)."""
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
+        # an app that does not set it (a benchmark's) gets the setting's default
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", Settings.fetch_max_wait_ms)
         return consumer
 
 
