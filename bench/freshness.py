@@ -9,7 +9,7 @@ received that vector minus the event's record timestamp. Prints JSON: p50/p90/p9
 events without a vector by the end (the drain waits two intervals after the stream stops), the
 rate achieved, the worker's lag at the end and how steadily it read (input messages per second,
 sampled about every second; its INTEREST_FETCH_MAX_WAIT_MS is passed through from the
-environment and reported), the model size and threads, and the cores each
+environment and reported), its flushes (how many, their mean duration, users per flush), the model size and threads, and the cores each
 process used while the stream ran (the worker, the simulator, the broker and this consumer share
 the machine).
 
@@ -138,6 +138,13 @@ def main() -> None:
                 "read_per_s": {q: round(percentile(sorted(read_rates), f)) if read_rates else None
                                for q, f in (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("max", 1.0))},
                 "fetch_max_wait_ms": s.fetch_max_wait_ms,
+                # the flushes of the whole run (stream and drain): how many, how long each took in
+                # the event loop on average, and how many users each wrote
+                "flushes": int(m.get("interest_flush_seconds_count", 0)),
+                "flush_seconds_mean": round(m.get("interest_flush_seconds_sum", 0)
+                                            / max(1, m.get("interest_flush_seconds_count", 0)), 3),
+                "users_per_flush": round(m.get("interest_state_records_total", 0)
+                                         / max(1, m.get("interest_flush_seconds_count", 0))),
             }
         finally:
             if sim.poll() is None:
