@@ -17,6 +17,7 @@ Variants (``--variants``, comma-separated):
 * ``plain``: the plain path alone (correction "none");
 * ``single_target``: supervision of each sequence's last readout only (no dense readouts);
 * ``no_profile``: the model's profile input zeroed in training, validation and test;
+* ``unscaled``: the corrections kept at the strength training left them (``scale_corrections=0``);
 * ``mse``: the MSE loss instead of KL;
 * ``pretrained``: ``--init-from`` the ``--pretrained`` directory (``interest-stream pretrain``).
 """
@@ -58,6 +59,7 @@ VARIANTS = {
     "plain": {"model": {"correction": "none"}},
     "single_target": {"train": {"dense_weight": 0.0}},
     "no_profile": {"zero_profile": True},
+    "unscaled": {"train": {"scale_corrections": 0}},
     "mse": {"model": {"loss": "mse"}},
     "pretrained": {"pretrained": True},
 }
@@ -144,7 +146,11 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
         "exported": card["metrics"]["selection"]["exported"],
         "val_kl": {"plain": r4(card["metrics"]["selection"]["plain_val_kl"]),
                    "corrected": card["metrics"]["selection"]["corrected_val_kl"] and
-                   r4(card["metrics"]["selection"]["corrected_val_kl"])},
+                   r4(card["metrics"]["selection"]["corrected_val_kl"]),
+                   "unscaled": card["metrics"]["selection"]["unscaled_val_kl"] and
+                   r4(card["metrics"]["selection"]["unscaled_val_kl"])},
+        "correction_scale": card["metrics"]["selection"]["correction_scale"],
+        "seed": card["training"]["seed"],
         "steps": card["training"]["steps"], "plain_steps": card["training"]["plain_steps_run"],
         "stop_reason": card["training"]["stop_reason"],
         "train_seconds": card["training"]["train_seconds"], "wall_seconds": round(wall, 1),

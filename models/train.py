@@ -6,9 +6,14 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
 1. the plain path alone (:meth:`models.model.InterestModel.plain_parameters`, correction "none"):
    a learned counter over the window and the profile, trained for ``plain_steps``;
 2. the whole model, its plain path started from stage 1, its corrections from zero;
-3. both are scored on the whole validation split by KL; the corrected model is kept only if it is
-   better there. Otherwise the checkpoint holds the plain path (it exports to a graph with the
-   same inputs and outputs), and the card and the output say so.
+3. the corrections' strength: their logits are scaled by the factor in :data:`CORRECTION_SCALES`
+   with the lowest KL on the whole validation split (:func:`choose_correction_scale`; the scale is
+   folded into their last layers, so the graph is unchanged; ``--set scale_corrections=0`` keeps
+   them as trained). Early stopping keeps the step with the best validation KL, but at that step the
+   corrections were too strong on MovieLens and the Complete Journey (``bench/README.md``);
+4. the plain path and the corrected model are scored on the whole validation split by KL; the
+   corrected model is kept only if it is better there. Otherwise the checkpoint holds the plain
+   path (it exports to a graph with the same inputs and outputs), and the card and the output say so.
 """
 from __future__ import annotations
 
@@ -16,6 +21,32 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
+
+CORRECTION_SCALES = tuple(round(0.05 * i, 2) for i in range(41))  # 0, 0.05, ..., 2 (stage 3)
+LOG_FLOOR = 1e-30  # probabilities below it (float32 underflow) are read as it before the log
+
+
+def choose_correction_scale(p_off, p_on, targets, scales=CORRECTION_SCALES) -> tuple[float, float]:
+    """The scale ``s`` of the corrections with the lowest mean KL against ``targets`` (N, k), and that KL.
+
+    ``p_on`` (N, k) are the model's probabilities, ``p_off`` the same model's with its corrections
+    scaled to 0. Corrections are added in logits, so the model scaled by ``s`` predicts
+    ``softmax(log p_off + s * (log p_on - log p_off))`` (a softmax ignores each row's constant):
+    every candidate is exact from these two. The first of equal candidates wins."""
+    from models.evaluate import kl_per_sample
+
+    lo = np.log(np.maximum(np.asarray(p_off, np.float64), LOG_FLOOR))
+    step = np.log(np.maximum(np.asarray(p_on, np.float64), LOG_FLOOR)) - lo
+    best = None
+    for s in scales:
+        z = lo + s * step
+        p = np.exp(z - z.max(1, keepdims=True))
+        kl = float(kl_per_sample(targets, p / p.sum(1, keepdims=True)).mean())
+        if best is None or kl < best[1]:
+            best = (float(s), kl)
+    return best
 
 
 def _mean_distribution(targets) -> list[float]:
@@ -94,7 +125,9 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
 
 def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = None, init_from=None,
         resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Stages 1-3 of the module doc on prepared data; writes the checkpoint, returns the card."""
+    """Stages 1-4 of the module doc on prepared data; writes the checkpoint, returns the card."""
+    import copy
+
     import torch
 
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
@@ -143,13 +176,26 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
                               encoder.pad_id, state_path=out / TRAIN_STATE_FILE, resume=resume,
                               progress=progress, dense=dense)
         history += [{**h, "stage": "corrected"} for h in summary["history"]]
-    corrected_kl = val_kl(model) if model.config.correction != "none" else None
-    # 3) keep the corrections only if they beat the plain path on validation
+    corrected_kl, unscaled_kl, scale = None, None, None
+    if model.config.correction != "none":
+        # 3) the corrections' strength, chosen on validation
+        p_on = predict(model, val_seqs, val_prof, encoder.pad_id)
+        unscaled_kl = float(kl_per_sample(va.targets, p_on).mean())
+        scale = 1.0
+        if train_cfg.scale_corrections:
+            off = copy.deepcopy(model)
+            off.scale_corrections(0.0)
+            scale, _ = choose_correction_scale(predict(off, val_seqs, val_prof, encoder.pad_id), p_on, va.targets)
+            model.scale_corrections(scale)
+        corrected_kl = val_kl(model)
+    # 4) keep the corrections only if they beat the plain path on validation
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
     selection = {
-        "rule": "the corrected model is kept only if its validation KL is below the plain path's",
+        "rule": "the corrections' strength is the scale with the lowest validation KL; the corrected model "
+                "is kept only if its validation KL is below the plain path's",
         "plain_val_kl": plain_kl, "corrected_val_kl": corrected_kl,
+        "correction_scale": scale, "unscaled_val_kl": unscaled_kl,
         "correction": model.config.correction,
         "exported": model.config.correction if keep_corrected else "none",
     }
@@ -187,13 +233,14 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
     (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
+    strength = f" at {scale:g} x their trained strength (KL {unscaled_kl:.4f} at 1)" if scale is not None else ""
     if keep_corrected:
-        verdict = (f"the corrections ({model.config.correction}) beat the plain path on validation: "
+        verdict = (f"the corrections ({model.config.correction}){strength} beat the plain path on validation: "
                    f"KL {corrected_kl:.4f} vs {plain_kl:.4f}; the checkpoint holds the corrected model")
     elif corrected_kl is None:
         verdict = f"plain path only (correction none): validation KL {plain_kl:.4f}"
     else:
-        verdict = (f"the corrections ({model.config.correction}) did NOT beat the plain path on validation "
+        verdict = (f"the corrections ({model.config.correction}){strength} did NOT beat the plain path on validation "
                    f"(KL {corrected_kl:.4f} vs {plain_kl:.4f}): the checkpoint holds the plain path")
     log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
         f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")

@@ -42,6 +42,12 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert c["empty_target"] > 0  # 6 h targets of 40 light users: some hold no click or browse
     sel = card["metrics"]["selection"]
     assert sel["exported"] in ("none", "full") and sel["plain_val_kl"] > 0
+    # the corrections' strength came from the grid (20 steps leave them too weak: above 1), and the
+    # checkpoint holds the model scaled by it: its validation KL is below the unscaled one
+    from models.train import CORRECTION_SCALES
+
+    assert sel["correction_scale"] in CORRECTION_SCALES and sel["correction_scale"] > 1.0
+    assert sel["corrected_val_kl"] < sel["unscaled_val_kl"] - 1e-4
     out = tmp_path / "ev"
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -76,6 +82,8 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "unknown key" in res.output and res.exception.__class__ is SystemExit
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "ema_decay=1"])
     assert res.exit_code == 2 and "ema_decay must be at least 0 and below 1 (0: off), got 1.0" in res.output
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "scale_corrections=2"])
+    assert res.exit_code == 2 and "scale_corrections must be 0 (off) or 1 (on), got 2" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--loss", "hinge"])
     assert res.exit_code == 2
     res = r.invoke(simulate, ["--users", "3"])  # no --out and no --rate
