@@ -9,8 +9,8 @@ received that vector minus the event's record timestamp. Prints JSON: p50/p90/p9
 events without a vector by the end (the drain waits two intervals after the stream stops), the
 rate achieved, the worker's lag at the end and how steadily it read (input messages per second,
 sampled about every second; its INTEREST_FETCH_MAX_WAIT_MS is passed through from the
-environment and reported), its flushes (how many, their mean duration, users per flush), the model size and threads, and the cores each
-process used while the stream ran (the worker, the simulator, the broker and this consumer share
+environment and reported), its flushes (how many, their mean duration, users per flush), the
+model size and threads, and the cores each process used while the stream ran (the worker, the simulator, the broker and this consumer share
 the machine).
 
     python bench/freshness.py [--rate 5000] [--users 20000] [--seconds 90] [--interval 10]

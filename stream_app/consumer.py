@@ -36,8 +36,8 @@ When the input partitions still have buffered records, that request holds the id
 (``AIOKafkaConsumerThread._create_worker_consumer``). Meanwhile the busy partitions are drained and
 cannot be fetched again, since a request to that broker is in flight. At 4,500 events/s the
 worker read fewer than 200 events in a tenth of its seconds, none in the slowest, and about three
-seconds of input in the busiest (``bench/freshness.py``, ``read_per_s``). The
-worker's :class:`ConsumerThread` sets the consumer's wait to ``INTEREST_FETCH_MAX_WAIT_MS``
+seconds of input in the busiest (``bench/freshness.py``, ``read_per_s``). The worker's
+:class:`ConsumerThread` sets the consumer's wait to ``INTEREST_FETCH_MAX_WAIT_MS``
 (the app's ``fetch_max_wait_ms``) before it starts; aiokafka's ``start`` gives that attribute to
 its ``Fetcher`` (checked by a test). Measured (``bench/freshness.py --rate 4500``, the same
 commit with 1,500 and 100 ms): see the README's Performance section.

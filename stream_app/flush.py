@@ -14,9 +14,8 @@ per ``INTEREST_FLUSH_S`` and each tick flushes the partition whose turn it is
 (:func:`due_partition`), so each partition is still written once per ``INTEREST_FLUSH_S``. A flush
 runs in the event loop, between the ingest agent's events: at 4,500 events/s
 (``bench/freshness.py``), written all at once a flush wrote 10,276 users and took 1.68 s of the
-loop on average, in turns 1,649 users and 0.21 s. The other
-triggers (a full cache, a rebalance, shutdown, a forget) flush every partition they concern at
-once, as before.
+loop on average, in turns 1,649 users and 0.21 s. The other triggers (a full cache, a rebalance,
+shutdown, a forget) flush every partition they concern at once, as before.
 
 What this relies on in faust-streaming 0.15 (read in its source; the tests against the broker
 check each consequence):
