@@ -153,7 +153,7 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
                    r4(card["metrics"]["selection"]["corrected_val_kl"]),
                    "unscaled": card["metrics"]["selection"]["unscaled_val_kl"] and
                    r4(card["metrics"]["selection"]["unscaled_val_kl"])},
-        "correction_scale": card["metrics"]["selection"]["correction_scale"],
+        "correction_scales": card["metrics"]["selection"]["correction_scales"],
         "seed": card["training"]["seed"],
         "steps": card["training"]["steps"], "plain_steps": card["training"]["plain_steps_run"],
         "stop_reason": card["training"]["stop_reason"],
@@ -262,7 +262,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             best_kl = result["models"][result["best_baseline"]]["kl"]
             out["variants"][-1]["members"] = [
                 {"seed": c["training"]["seed"], "kl_ratio": round(float(kl_per_sample(test.targets, p).mean()) / best_kl, 4),
-                 "correction_scale": c["metrics"]["selection"]["correction_scale"]} for c, p in zip(cards, preds)]
+                 "correction_scales": c["metrics"]["selection"]["correction_scales"]} for c, p in zip(cards, preds)]
             out["variants"][-1]["averaged_kl_ratio_check"] = round(float(kl_per_sample(test.targets, pred).mean()) / best_kl, 4)
         print(json.dumps(out["variants"][-1]), file=sys.stderr)
     out["wall_seconds"] = round(time.time() - t0, 1)

@@ -188,23 +188,29 @@ class InterestModel(nn.Module):
         ps = [self.prior_logits, self.log_a_all, self.log_a_recent, self.log_beta, self.log_tau]
         return ps + ([self.log_a_profile] if self.config.profile_scales else [])
 
-    def correction_outputs(self) -> list[nn.Linear]:
-        """The last layer of each correction in use: every correction reaches the logits through one
-        of them, so scaling their weights and biases scales the corrections exactly."""
-        out = []
+    def correction_outputs(self) -> dict[str, nn.Linear]:
+        """The last layer of each correction in use, by name ("features": the per-category network,
+        "transformer": GPT-2's head): every correction reaches the logits through one of them, so
+        scaling their weights and biases scales the corrections exactly."""
+        out = {}
         if self.config.correction != "none" and self.config.cat_hidden:
-            out.append(self.cat_net[2])
+            out["features"] = self.cat_net[2]
         if self.config.correction == "full":
-            out.append(self.head)
+            out["transformer"] = self.head
         return out
 
     @torch.no_grad()
-    def scale_corrections(self, scale: float) -> None:
-        """Multiply the corrections' logits by ``scale`` (0: the plain path as it is now), in place.
-        The graph is unchanged; :func:`models.train.fit` chooses the scale on validation."""
-        for layer in self.correction_outputs():
-            layer.weight.mul_(scale)
-            layer.bias.mul_(scale)
+    def scale_corrections(self, scale) -> None:
+        """Multiply the corrections' logits by ``scale`` (0: the plain path as it is now), in place:
+        one number for all, or one per :meth:`correction_outputs` in their order. The graph is
+        unchanged; :func:`models.train.fit` chooses the scales on validation."""
+        layers = list(self.correction_outputs().values())
+        scales = [float(scale)] * len(layers) if np.ndim(scale) == 0 else [float(x) for x in scale]
+        if len(scales) != len(layers):
+            raise ValueError(f"{len(scales)} scales for {len(layers)} corrections")
+        for layer, s in zip(layers, scales):
+            layer.weight.mul_(s)
+            layer.bias.mul_(s)
 
     def readout_positions(self, input_ids, attention_mask):
         """Serving readout of each row: (position (B,), hour id (B,) in 0..24, 24 = none).
@@ -427,7 +433,7 @@ class TrainConfig:
     # of the weights (Polyak averaging over ~1 / (1 - decay) steps). Off by default: at 0.99 it
     # lowered MovieLens' validation KL (0.5788 against 0.5808) but not its test KL (ratio to
     # mixture 0.970 against 0.965), and left the Complete Journey where it was (bench/README.md)
-    scale_corrections: int = 1  # 1: the corrections' strength is chosen on validation (models.train.fit,
+    scale_corrections: int = 1  # 1: each correction's strength is chosen on validation (models.train.fit,
     # stage 3); they came out over-confident on MovieLens and the Complete Journey (bench/README.md)
     seed: int = 1337
     threads: int = 2  # torch CPU threads

@@ -6,11 +6,14 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
 1. the plain path alone (:meth:`models.model.InterestModel.plain_parameters`, correction "none"):
    a learned counter over the window and the profile, trained for ``plain_steps``;
 2. the whole model, its plain path started from stage 1, its corrections from zero;
-3. the corrections' strength: their logits are scaled by the factor in :data:`CORRECTION_SCALES`
-   with the lowest KL on the whole validation split (:func:`choose_correction_scale`; the scale is
-   folded into their last layers, so the graph is unchanged; ``--set scale_corrections=0`` keeps
-   them as trained). Early stopping keeps the step with the best validation KL, but at that step the
-   corrections were too strong on MovieLens and the Complete Journey (``bench/README.md``);
+3. the corrections' strengths: each correction's logits (the per-category network's, the
+   transformer's) are scaled by its own factor from :data:`CORRECTION_SCALES`, the factors with the
+   lowest KL on the whole validation split (:func:`choose_correction_scales`; the factors are folded
+   into their last layers, so the graph is unchanged; ``--set scale_corrections=0`` keeps them as
+   trained). Early stopping keeps the step with the best validation KL, but at that step the
+   corrections were too strong on MovieLens and the Complete Journey, and on a simulated population
+   the transformer's correction added nothing once the per-category network's was stronger
+   (``bench/README.md``);
 4. the plain path and the corrected model are scored on the whole validation split by KL; the
    corrected model is kept only if it is better there. Otherwise the checkpoint holds the plain
    path (it exports to a graph with the same inputs and outputs), and the card and the output say so.
@@ -28,24 +31,28 @@ CORRECTION_SCALES = tuple(round(0.05 * i, 2) for i in range(41))  # 0, 0.05, ...
 LOG_FLOOR = 1e-30  # probabilities below it (float32 underflow) are read as it before the log
 
 
-def choose_correction_scale(p_off, p_on, targets, scales=CORRECTION_SCALES) -> tuple[float, float]:
-    """The scale ``s`` of the corrections with the lowest mean KL against ``targets`` (N, k), and that KL.
+def choose_correction_scales(p_off, p_parts, targets, scales=CORRECTION_SCALES) -> tuple[tuple[float, ...], float]:
+    """One scale per correction, jointly the lowest mean KL against ``targets`` (N, k), and that KL.
 
-    ``p_on`` (N, k) are the model's probabilities, ``p_off`` the same model's with its corrections
-    scaled to 0. Corrections are added in logits, so the model scaled by ``s`` predicts
-    ``softmax(log p_off + s * (log p_on - log p_off))`` (a softmax ignores each row's constant):
-    every candidate is exact from these two. The first of equal candidates wins."""
+    ``p_off`` (N, k) are the model's probabilities with every correction scaled to 0; ``p_parts`` holds,
+    for each correction in :meth:`models.model.InterestModel.correction_outputs` order, the
+    probabilities with that correction alone at its trained strength. Corrections are added in logits,
+    so scales ``s`` predict ``softmax(log p_off + sum_i s_i * (log p_parts[i] - log p_off))`` (a
+    softmax ignores each row's constant): every point of the grid ``scales`` x ... x ``scales`` is
+    exact from these passes. The first of equal candidates (in grid order) wins."""
+    import itertools
+
     from models.evaluate import kl_per_sample
 
     lo = np.log(np.maximum(np.asarray(p_off, np.float64), LOG_FLOOR))
-    step = np.log(np.maximum(np.asarray(p_on, np.float64), LOG_FLOOR)) - lo
+    steps = [np.log(np.maximum(np.asarray(p, np.float64), LOG_FLOOR)) - lo for p in p_parts]
     best = None
-    for s in scales:
-        z = lo + s * step
+    for s in itertools.product(scales, repeat=len(steps)):
+        z = lo + sum(si * d for si, d in zip(s, steps))
         p = np.exp(z - z.max(1, keepdims=True))
         kl = float(kl_per_sample(targets, p / p.sum(1, keepdims=True)).mean())
         if best is None or kl < best[1]:
-            best = (float(s), kl)
+            best = (tuple(float(x) for x in s), kl)
     return best
 
 
@@ -176,26 +183,32 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
                               encoder.pad_id, state_path=out / TRAIN_STATE_FILE, resume=resume,
                               progress=progress, dense=dense)
         history += [{**h, "stage": "corrected"} for h in summary["history"]]
-    corrected_kl, unscaled_kl, scale = None, None, None
+    corrected_kl, unscaled_kl, scales = None, None, None
     if model.config.correction != "none":
-        # 3) the corrections' strength, chosen on validation
+        # 3) the corrections' strengths, chosen on validation
         p_on = predict(model, val_seqs, val_prof, encoder.pad_id)
         unscaled_kl = float(kl_per_sample(va.targets, p_on).mean())
-        scale = 1.0
+        names = list(model.correction_outputs())
+        scales = dict.fromkeys(names, 1.0)
         if train_cfg.scale_corrections:
-            off = copy.deepcopy(model)
-            off.scale_corrections(0.0)
-            scale, _ = choose_correction_scale(predict(off, val_seqs, val_prof, encoder.pad_id), p_on, va.targets)
-            model.scale_corrections(scale)
+            def alone(i):  # validation probabilities with correction i alone (None: none of them)
+                m = copy.deepcopy(model)
+                m.scale_corrections([1.0 if j == i else 0.0 for j in range(len(names))])
+                return predict(m, val_seqs, val_prof, encoder.pad_id)
+
+            parts = [alone(i) for i in range(len(names))] if len(names) > 1 else [p_on]
+            chosen, _ = choose_correction_scales(alone(None), parts, va.targets)
+            model.scale_corrections(chosen)
+            scales = dict(zip(names, chosen))
         corrected_kl = val_kl(model)
     # 4) keep the corrections only if they beat the plain path on validation
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
     selection = {
-        "rule": "the corrections' strength is the scale with the lowest validation KL; the corrected model "
-                "is kept only if its validation KL is below the plain path's",
+        "rule": "each correction's strength is its scale in the pair with the lowest validation KL; the "
+                "corrected model is kept only if its validation KL is below the plain path's",
         "plain_val_kl": plain_kl, "corrected_val_kl": corrected_kl,
-        "correction_scale": scale, "unscaled_val_kl": unscaled_kl,
+        "correction_scales": scales, "unscaled_val_kl": unscaled_kl,
         "correction": model.config.correction,
         "exported": model.config.correction if keep_corrected else "none",
     }
@@ -233,7 +246,10 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
     (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
-    strength = f" at {scale:g} x their trained strength (KL {unscaled_kl:.4f} at 1)" if scale is not None else ""
+    strength = ""
+    if scales:
+        at = " and ".join(f"{s:g} ({n})" for n, s in scales.items())
+        strength = f" at {at} x their trained strength (KL {unscaled_kl:.4f} at 1)"
     if keep_corrected:
         verdict = (f"the corrections ({model.config.correction}){strength} beat the plain path on validation: "
                    f"KL {corrected_kl:.4f} vs {plain_kl:.4f}; the checkpoint holds the corrected model")

@@ -42,11 +42,15 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert c["empty_target"] > 0  # 6 h targets of 40 light users: some hold no click or browse
     sel = card["metrics"]["selection"]
     assert sel["exported"] in ("none", "full") and sel["plain_val_kl"] > 0
-    # the corrections' strength came from the grid (20 steps leave them too weak: above 1), and the
-    # checkpoint holds the model scaled by it: its validation KL is below the unscaled one
+    # each correction's strength came from the grid (20 steps leave them too weak: above 1), and the
+    # checkpoint holds the model scaled by them: its validation KL is below the unscaled one
     from models.train import CORRECTION_SCALES
 
-    assert sel["correction_scale"] in CORRECTION_SCALES and sel["correction_scale"] > 1.0
+    scales = sel["correction_scales"]
+    assert list(scales) == ["features", "transformer"] and set(scales.values()) <= set(CORRECTION_SCALES)
+    assert max(scales.values()) > 1.0
+    assert (f"the corrections (full) at {scales['features']:g} (features) and {scales['transformer']:g} "
+            f"(transformer) x their trained strength") in res.output
     assert sel["corrected_val_kl"] < sel["unscaled_val_kl"] - 1e-4
     out = tmp_path / "ev"
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])

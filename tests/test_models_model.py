@@ -293,44 +293,61 @@ def test_plain_path_ignores_the_sequence_model(encoder):
 
 def test_scaling_the_corrections_is_exact_in_logits(encoder):
     """scale_corrections(s) predicts softmax(log p_off + s * (log p_on - log p_off)) for each
-    correction (what models.train.choose_correction_scale computes its candidates from), and scale
-    0 is the plain path; the plain path has nothing to scale."""
+    correction, and per correction softmax(log p_off + sum_i s_i * (log p_i - log p_off)) with p_i
+    the model with correction i alone (what models.train.choose_correction_scales computes its
+    candidates from); scale 0 is the plain path; the plain path has nothing to scale."""
     seqs = _seqs(encoder, n=8)
     ids, mask = collate(seqs, encoder.pad_id)
     prof = _profiles(encoder, 8)
-    for correction in ("features", "full"):
+
+    def scaled(model, s):
+        m = copy.deepcopy(model)
+        m.scale_corrections(s)
+        return m(ids, mask, prof)[0]
+
+    for correction, names in (("features", ["features"]), ("full", ["features", "transformer"])):
         torch.manual_seed(0)
         model = build_model(encoder, correction=correction, **TINY).eval()
         _randomise_corrections(model)
         with torch.no_grad():
             model.head.bias.normal_(0, 0.5)
             model.cat_net[2].bias.normal_(0, 0.5)
-        p_on = model(ids, mask, prof)[0]
-        off = copy.deepcopy(model)
-        off.scale_corrections(0.0)
-        p_off = off(ids, mask, prof)[0]
+        assert list(model.correction_outputs()) == names
+        p_on, p_off = model(ids, mask, prof)[0], scaled(model, 0.0)
         assert float((p_on - p_off).abs().max()) > 0.05, correction  # the corrections move it
         plain = build_model(encoder, correction="none", **TINY).eval()
         plain.load_state_dict(model.state_dict())
         assert torch.allclose(p_off, plain(ids, mask, prof)[0], atol=1e-6), correction  # scale 0: the plain path
-        model.scale_corrections(0.6)
         want = torch.softmax(torch.log(p_off) + 0.6 * (torch.log(p_on) - torch.log(p_off)), -1)
-        assert torch.allclose(model(ids, mask, prof)[0], want, atol=1e-5), correction
-    assert build_model(encoder, correction="none", **TINY).correction_outputs() == []
+        assert torch.allclose(scaled(model, 0.6), want, atol=1e-5), correction
+        if correction == "full":  # each correction by its own scale
+            alone = [scaled(model, [1.0, 0.0]), scaled(model, [0.0, 1.0])]
+            assert min(float((p - p_off).abs().max()) for p in alone) > 0.05  # each moves it
+            no_head = copy.deepcopy(model)
+            with torch.no_grad():
+                no_head.head.weight.zero_()
+                no_head.head.bias.zero_()
+            assert torch.allclose(alone[0], no_head(ids, mask, prof)[0], atol=1e-6)  # the first is the features'
+            z = torch.log(p_off) + 0.3 * (torch.log(alone[0]) - torch.log(p_off)) + \
+                1.2 * (torch.log(alone[1]) - torch.log(p_off))
+            assert torch.allclose(scaled(model, [0.3, 1.2]), torch.softmax(z, -1), atol=1e-5)
+            with pytest.raises(ValueError, match="3 scales for 2 corrections"):
+                model.scale_corrections([1.0, 1.0, 1.0])
+    assert build_model(encoder, correction="none", **TINY).correction_outputs() == {}
 
 
 def test_correction_scale_by_hand():
     """Two categories; the corrections take [0.5, 0.5] to [0.9, 0.1], so at scale s the odds are
     9**s: a target with odds 3 wants s = 0.5 (KL 0), odds 27 s = 1.5, odds 1 s = 0, and odds 999
     (s = 3.14) the largest scale on the grid, 2."""
-    from models.train import CORRECTION_SCALES, choose_correction_scale
+    from models.train import CORRECTION_SCALES, choose_correction_scales
 
     p_off, p_on = np.array([[0.5, 0.5]]), np.array([[0.9, 0.1]])
-    s, kl = choose_correction_scale(p_off, p_on, np.array([[0.75, 0.25]]))
-    assert s == 0.5 and abs(kl) < 1e-12
-    assert choose_correction_scale(p_off, p_on, np.array([[27 / 28, 1 / 28]]))[0] == 1.5
-    assert choose_correction_scale(p_off, p_on, np.array([[0.5, 0.5]]))[0] == 0.0
-    assert choose_correction_scale(p_off, p_on, np.array([[0.999, 0.001]]))[0] == 2.0 == CORRECTION_SCALES[-1]
+    s, kl = choose_correction_scales(p_off, [p_on], np.array([[0.75, 0.25]]))
+    assert s == (0.5,) and abs(kl) < 1e-12
+    assert choose_correction_scales(p_off, [p_on], np.array([[27 / 28, 1 / 28]]))[0] == (1.5,)
+    assert choose_correction_scales(p_off, [p_on], np.array([[0.5, 0.5]]))[0] == (0.0,)
+    assert choose_correction_scales(p_off, [p_on], np.array([[0.999, 0.001]]))[0] == (2.0,) == (CORRECTION_SCALES[-1],)
     # the mean over rows decides: one row wants 0.5, two want 1.5; at scale s the prediction is
     # (9**s, 1) / (9**s + 1), and KL(t || p) = sum t log(t / p) picks 0.95 from the grid
     t = np.array([[0.75, 0.25], [27 / 28, 1 / 28], [27 / 28, 1 / 28]])
@@ -339,8 +356,23 @@ def test_correction_scale_by_hand():
         p = np.array([9.0**s, 1.0]) / (9.0**s + 1.0)
         return float((t * np.log(t / p)).sum(1).mean())
 
-    s, kl = choose_correction_scale(np.repeat(p_off, 3, 0), np.repeat(p_on, 3, 0), t)
-    assert s == min(CORRECTION_SCALES, key=mean_kl) == 0.95 and abs(kl - mean_kl(0.95)) < 1e-9
+    s, kl = choose_correction_scales(np.repeat(p_off, 3, 0), [np.repeat(p_on, 3, 0)], t)
+    assert s == (min(CORRECTION_SCALES, key=mean_kl),) == (0.95,) and abs(kl - mean_kl(0.95)) < 1e-9
+
+
+def test_two_correction_scales_by_hand():
+    """Three categories, uniform without corrections; one correction multiplies the first one's odds
+    by 9, the other the second one's. A target with odds 3 : 27 : 1 wants 9**0.5 and 9**1.5: scales
+    (0.5, 1.5) at KL 0, which no single scale for both reaches; odds 1 : 27 : 1 turn the first off."""
+    from models.train import choose_correction_scales
+
+    p_off = np.full((1, 3), 1 / 3)
+    parts = [np.array([[9.0, 1.0, 1.0]]) / 11, np.array([[1.0, 9.0, 1.0]]) / 11]
+    s, kl = choose_correction_scales(p_off, parts, np.array([[3.0, 27.0, 1.0]]) / 31)
+    assert s == (0.5, 1.5) and abs(kl) < 1e-12
+    assert choose_correction_scales(p_off, parts, np.array([[1.0, 27.0, 1.0]]) / 29)[0] == (0.0, 1.5)
+    both = [np.array([[9.0, 9.0, 1.0]]) / 19]  # the two as one correction: the best single scale is worse
+    assert choose_correction_scales(p_off, both, np.array([[3.0, 27.0, 1.0]]) / 31)[1] > 0.05
 
 
 def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
