@@ -190,7 +190,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         unscaled_kl = float(kl_per_sample(va.targets, p_on).mean())
         names = list(model.correction_outputs())
         scales = dict.fromkeys(names, 1.0)
-        if train_cfg.scale_corrections:
+        if train_cfg.scale_corrections and names:  # (a "features" model with cat_hidden=0 has none)
             def alone(i):  # validation probabilities with correction i alone (None: none of them)
                 m = copy.deepcopy(model)
                 m.scale_corrections([1.0 if j == i else 0.0 for j in range(len(names))])

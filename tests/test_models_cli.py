@@ -75,6 +75,20 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["models"] == m["models"]
 
 
+@pytest.mark.slow
+def test_train_with_no_correction_to_scale(sim_log, tmp_path):
+    """A per-category correction without its network (``cat_hidden=0``) has nothing to scale:
+    training ends, and the card records no strengths."""
+    pytest.importorskip("torch")
+    ck = tmp_path / "ck"
+    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(ck), "--max-steps", "5",
+                                         "--max-train-samples", "200", "--quiet", *TINY_SETS,
+                                         "--set", "correction=features", "--set", "cat_hidden=0"])
+    assert res.exit_code == 0, res.output
+    sel = json.loads((ck / "model_card.json").read_text())["metrics"]["selection"]
+    assert sel["correction_scales"] == {} and sel["correction"] == "features"
+
+
 def test_help_and_bad_arguments(sim_log, tmp_path):
     r = CliRunner()
     for cmd in (simulate, cli.train, cli.evaluate, cli.load):
