@@ -205,7 +205,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
     selection = {
-        "rule": "each correction's strength is its scale in the pair with the lowest validation KL; the "
+        "rule": "each correction's strength is its factor in the combination with the lowest validation KL; the "
                 "corrected model is kept only if its validation KL is below the plain path's",
         "plain_val_kl": plain_kl, "corrected_val_kl": corrected_kl,
         "correction_scales": scales, "unscaled_val_kl": unscaled_kl,
