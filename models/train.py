@@ -159,8 +159,9 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     log(f"data config: {json.dumps(asdict(data_cfg))}")
     n_params = sum(p.numel() for p in model.parameters())
 
-    def val_kl(m) -> float:
-        return float(kl_per_sample(va.targets, predict(m, val_seqs, val_prof, encoder.pad_id)).mean())
+    def val_pred_kl(m) -> tuple[np.ndarray, float]:  # the validation predictions of m, and their mean KL
+        p = predict(m, val_seqs, val_prof, encoder.pad_id)
+        return p, float(kl_per_sample(va.targets, p).mean())
 
     # 1) the plain path alone
     plain = build_model(encoder, **{**model_overrides, "correction": "none"})
@@ -172,7 +173,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
                                     params=plain.plain_parameters(), max_steps=train_cfg.plain_steps,
                                     peak_lr=train_cfg.plain_lr, desc="plain path")
         history += [{**h, "stage": "plain"} for h in plain_summary["history"]]
-    plain_kl = val_kl(plain)
+    plain_pred, plain_kl = val_pred_kl(plain)
     summary = {"steps": 0, "stop_reason": "plain path only", "train_seconds": 0.0}
     # 2) the corrections, from the plain path
     if model.config.correction != "none":
@@ -183,7 +184,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
                               encoder.pad_id, state_path=out / TRAIN_STATE_FILE, resume=resume,
                               progress=progress, dense=dense)
         history += [{**h, "stage": "corrected"} for h in summary["history"]]
-    corrected_kl, unscaled_kl, scales = None, None, None
+    corrected_pred, corrected_kl, unscaled_kl, scales = None, None, None, None
     if model.config.correction != "none":
         # 3) the corrections' strengths, chosen on validation
         p_on = predict(model, val_seqs, val_prof, encoder.pad_id)
@@ -200,7 +201,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
             chosen, _ = choose_correction_scales(alone(None), parts, va.targets)
             model.scale_corrections(chosen)
             scales = dict(zip(names, chosen))
-        corrected_kl = val_kl(model)
+        corrected_pred, corrected_kl = val_pred_kl(model)
     # 4) keep the corrections only if they beat the plain path on validation
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
@@ -212,7 +213,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         "correction": model.config.correction,
         "exported": model.config.correction if keep_corrected else "none",
     }
-    val_pred = predict(chosen, val_seqs, val_prof, encoder.pad_id)
+    val_pred = corrected_pred if keep_corrected else plain_pred  # no second pass over validation
     train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0)
     prep_s = td.prepare_seconds
     card = {

@@ -52,6 +52,8 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert (f"the corrections (full) at {scales['features']:g} (features) and {scales['transformer']:g} "
             f"(transformer) x their trained strength") in res.output
     assert sel["corrected_val_kl"] < sel["unscaled_val_kl"] - 1e-4
+    # the corrected model is kept, and the card's validation metrics are its own
+    assert sel["exported"] == "full" and card["metrics"]["validation"]["kl"] == sel["corrected_val_kl"]
     out = tmp_path / "ev"
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])
     assert res.exit_code == 0, res.output
