@@ -178,12 +178,42 @@ def user_seqs(users: dict[str, list[WindowEvent]], categories, cfg: DataConfig):
     return ids, seqs
 
 
+def basket_index(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of a sorted ts array: the first event of each distinct timestamp (basket), and each
+    event's basket number."""
+    new = np.r_[True, ts[1:] != ts[:-1]]
+    return np.flatnonzero(new), np.cumsum(new) - 1
+
+
+def target_span(ts: np.ndarray, i: int, cut_ts: int, cfg: DataConfig, end_of_log: int,
+                baskets: tuple | None = None) -> tuple[int, int] | None:
+    """The target of a cut at ``cut_ts``, right before event ``i`` of a user's sorted ``ts``: its
+    events ``[i, j)`` and its end ``end_ts`` (``(j, end_ts)``), or None when it runs past the end of
+    the log (a time target past ``end_of_log``, or fewer than ``target_k`` events or baskets
+    left). The end of one target is the cut of the next: ``target_span(ts, j, end_ts, ...)``.
+    ``baskets``: :func:`basket_index` of ``ts``, for ``next_baskets``."""
+    n = len(ts)
+    if cfg.target == "time":
+        end_ts = cut_ts + seconds_to_ms(cfg.target_window_s)
+        if end_ts > end_of_log:
+            return None
+        return int(np.searchsorted(ts, end_ts, side="right")), end_ts
+    if cfg.target == "next_k":
+        j = i + cfg.target_k
+    else:
+        starts, group_of = baskets
+        g = int(group_of[i]) + cfg.target_k  # the basket after the target's last one
+        j = int(starts[g]) if g < len(starts) else (n if g == len(starts) else n + 1)
+    if j > n:
+        return None
+    return j, int(ts[j - 1])
+
+
 def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Dataset:
     """All samples of the log, split by time, subsampled (seeded) to the configured caps. Every
     training candidate (before the cap) is kept in ``splits["train_all"]`` for dense training."""
     k = len(categories)
     ids, seqs = user_seqs(users, categories, cfg)
-    win_ms = seconds_to_ms(cfg.target_window_s)
     end_of_log = max(int(s.ts[-1]) for s in seqs)
     rows = {"train": [], "val": [], "test": []}
     counts = {"empty_target": 0, "straddling_split": 0, "target_past_log_end": 0, "same_ts_cut": 0}
@@ -192,30 +222,17 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
         if n < 2:
             continue
         csum = np.concatenate([[0.0], np.cumsum(s.weight)])
-        if cfg.target == "next_baskets":
-            starts = np.flatnonzero(np.r_[True, s.ts[1:] != s.ts[:-1]])  # first event of each timestamp
-            group_of = np.cumsum(np.r_[True, s.ts[1:] != s.ts[:-1]]) - 1  # event -> its timestamp group
+        baskets = basket_index(s.ts) if cfg.target == "next_baskets" else None
         for i in range(1, n):
             cut_ts = int(s.ts[i - 1])
             if s.ts[i] == cut_ts:
                 counts["same_ts_cut"] += 1
                 continue
-            if cfg.target == "time":
-                end_ts = cut_ts + win_ms
-                if end_ts > end_of_log:
-                    counts["target_past_log_end"] += 1
-                    continue
-                j = int(np.searchsorted(s.ts, end_ts, side="right"))
-            else:
-                if cfg.target == "next_k":
-                    j = i + cfg.target_k
-                else:
-                    g = int(group_of[i]) + cfg.target_k  # the group after the target's last one
-                    j = int(starts[g]) if g < len(starts) else (n if g == len(starts) else n + 1)
-                if j > n:
-                    counts["target_past_log_end"] += 1
-                    continue
-                end_ts = int(s.ts[j - 1])
+            span = target_span(s.ts, i, cut_ts, cfg, end_of_log, baskets)
+            if span is None:
+                counts["target_past_log_end"] += 1
+                continue
+            j, end_ts = span
             if csum[j] - csum[i] <= 0:
                 counts["empty_target"] += 1
                 continue

@@ -154,6 +154,33 @@ def truth_targets(truth, ds, samples, categories, data_cfg) -> tuple[np.ndarray,
     return out, ok
 
 
+def hindsight_counts(ds, samples, cfg, k: int, spans: int) -> np.ndarray:
+    """(N, k) type-weighted category counts of what each sample's user did in the ``spans``
+    targets right AFTER the sample's own (:func:`models.data.target_span` again from its end: the
+    next ``target_k`` events or baskets, or the next target window, ``spans`` times). Hindsight
+    that no model of the past has: ``bench/hindsight.py`` adds it to a counter to show how much
+    knowing the user's future would be worth. A span cut off by the end of the log counts what
+    the log holds; none past it."""
+    from models.data import basket_index, target_span
+
+    out = np.zeros((len(samples), k))
+    never = np.iinfo(np.int64).max // 2  # no end of the log: a time span past it counts what is there
+    for r in range(len(samples)):
+        s = ds.seqs[samples.user[r]]
+        n = len(s.ts)
+        baskets = basket_index(s.ts) if cfg.target == "next_baskets" else None
+        a, end = target_span(s.ts, int(samples.cut[r]), int(samples.cut_ts[r]), cfg, never, baskets)
+        for _ in range(spans):
+            if a >= n:
+                break
+            span = target_span(s.ts, a, end, cfg, never, baskets)
+            b, end = span if span is not None else (n, end)
+            w, c = s.weight[a:b], s.cat[a:b]
+            np.add.at(out[r], c[w > 0], w[w > 0])
+            a = b
+    return out
+
+
 class TestRun(NamedTuple):
     """A checkpoint's test split as ``evaluate`` scores it."""
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.data import DataConfig, build_dataset, read_log, sample_windows, split_times
-from models.evaluate import kl_per_sample, metrics, mse_per_sample, ndcg3_per_sample, paired_bootstrap
+from models.data import DataConfig, Samples, UserSeq, build_dataset, read_log, sample_windows, split_times
+from models.evaluate import hindsight_counts, kl_per_sample, metrics, mse_per_sample, ndcg3_per_sample, paired_bootstrap
 from models.loaders import load_movielens, load_rees46
 from models.simulate import CATEGORIES, iter_live_events, simulate_to_files
 
@@ -130,6 +130,30 @@ def test_split_by_time_no_leak_and_empty_targets_counted(tmp_path):
     w = sample_windows(ds, tr.take(slice(0, 5)), cfg)
     for win, cut_ts in zip(w, tr.cut_ts[:5]):
         assert win[-1].ts == cut_ts
+
+
+@pytest.mark.parametrize("target, ts_h, cats, weights, cut, expected", [
+    # next_k = 2: the target is events 2-3; after it, events 4-5, then 6-7, then nothing
+    ("next_k", [1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 0, 0, 1, 1, 0, 1], [1] * 8, 2,
+     {1: [0, 2], 2: [1, 3], 3: [1, 3]}),
+    # next_baskets = 1 (lines of a basket share a timestamp): the target is the basket at 20 h;
+    # after it, the basket at 30 h (three lines, one a browse: 0.5, one a search: 0), then 40 h
+    ("next_baskets", [10, 10, 20, 30, 30, 30, 40], [0, 0, 1, 0, 1, -1, 1], [1, 1, 1, 1, 0.5, 0, 1], 2,
+     {1: [1, 0.5], 2: [1, 1.5], 3: [1, 1.5]}),
+    # time, 6 h windows: the cut after the event at 0 h; the target (0, 6 h] holds 1 h and 5 h;
+    # after it (6, 12 h] holds 7 h and 8 h, (12, 18 h] 13 h, (18, 24 h] 20 h
+    ("time", [0, 1, 5, 7, 8, 13, 20], [0, 0, 0, 1, 1, 0, 1], [1] * 7, 1,
+     {1: [0, 2], 2: [1, 2], 3: [1, 3]}),
+])
+def test_hindsight_counts_are_the_spans_after_the_target_by_hand(target, ts_h, cats, weights, cut, expected):
+    H = 3_600_000
+    ts = np.array(ts_h, np.int64) * H
+    seq = UserSeq([], ts, np.array(cats), np.array(weights, float))
+    ds = type("DS", (), {"seqs": [seq]})()
+    cfg = DataConfig(target=target, target_k=2 if target == "next_k" else 1, target_window_s=6 * 3600)
+    one = Samples(np.array([0]), np.array([cut]), np.array([ts[cut - 1]]), np.zeros((1, 2), np.float32))
+    for spans, want in expected.items():
+        assert hindsight_counts(ds, one, cfg, 2, spans).tolist() == [want], (target, spans)
 
 
 # --- loaders on small slices -----------------------------------------------------------------
