@@ -13,7 +13,8 @@ populations of :data:`SIM_RUNS`), the test split's KL of
   (:func:`models.evaluate.hindsight_counts`: the next 4 baskets after the target's 4, and the next
   16; the next 10 ratings after the target's 10, and 40; the next 6 hours, and 24);
 * on the simulator, **the truth** (``bench/sim_headroom.py``), which the hindsight counter is
-  measured against: both see the future, and only the simulator has a truth.
+  measured against: both see the future, and only the simulator has a truth. Beside it, each
+  prediction's KL with the truth as the target (``bench/model_eval.py``'s "against the truth").
 
 No model is trained. The hindsight counter is not a strict bound (a model may read what a counter
 cannot), but it knows what no model of the past can: where its ratio to the best baseline is near
@@ -82,10 +83,14 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
 
         preds["truth"], ok = truth_targets(read_truth(truth_path), ds, test, encoder.categories, cfg)
     kl = {n: float(kl_per_sample(test.targets[ok], p[ok]).mean()) for n, p in preds.items()}
-    return {"log": name, "data_config": cfg_over, "test_samples": int(ok.sum()), "of": int(len(test)),
-            "test_users": int(len(set(test.user.tolist()))), "best_baseline": best,
-            "kl": {n: round(v, 4) for n, v in kl.items()},
-            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best}}
+    out = {"log": name, "data_config": cfg_over, "test_samples": int(ok.sum()), "of": int(len(test)),
+           "test_users": int(len(set(test.user.tolist()))), "best_baseline": best,
+           "kl": {n: round(v, 4) for n, v in kl.items()},
+           "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best}}
+    if truth_path is not None:  # the truth as the target (bench/model_eval.py's "against the truth")
+        out["kl_against_truth"] = {n: round(float(kl_per_sample(preds["truth"][ok], p[ok]).mean()), 4)
+                                   for n, p in preds.items() if n != "truth"}
+    return out
 
 
 @click.command()
