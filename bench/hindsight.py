@@ -43,12 +43,11 @@ from train_eval import SIM_RUNS  # noqa: E402
 SPANS = (1, 4)  # the hindsight inputs: the one target span after the target, and the four after it
 
 
-def counters(ds, cfg, k: int, with_hindsight: bool) -> tuple[np.ndarray, float]:
-    """The mixture fit on validation, with or without the hindsight inputs: (test predictions,
-    validation KL)."""
+def counters(ds, cfg, k: int, with_hindsight: bool) -> np.ndarray:
+    """The mixture fit on validation, with or without the hindsight inputs: its test predictions."""
     from models.baselines import (LENGTH_BUCKETS, Baselines, fit_mixture, history_lengths, mixture_features,
                                   mixture_predict)
-    from models.evaluate import hindsight_counts, kl_per_sample
+    from models.evaluate import hindsight_counts
 
     prior = Baselines(ds, k).prior
     feats, buckets = {}, {}
@@ -60,8 +59,7 @@ def counters(ds, cfg, k: int, with_hindsight: bool) -> tuple[np.ndarray, float]:
         feats[name] = f
         buckets[name] = np.searchsorted(LENGTH_BUCKETS, history_lengths(ds, s), side="right")
     logw = fit_mixture(feats["val"], buckets["val"], ds.splits["val"].targets, prior, len(LENGTH_BUCKETS) + 1)
-    val_kl = float(kl_per_sample(ds.splits["val"].targets, mixture_predict(feats["val"], buckets["val"], logw, prior)).mean())
-    return mixture_predict(feats["test"], buckets["test"], logw, prior), val_kl
+    return mixture_predict(feats["test"], buckets["test"], logw, prior)
 
 
 def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> dict:
@@ -75,8 +73,8 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
     test = ds.splits["test"]
     best = base["best"]
     preds = {best: base["test"][best], "ema_prior": base["test"]["ema_prior"]}
-    preds["control"], _ = counters(ds, cfg, k, with_hindsight=False)
-    preds["hindsight"], _ = counters(ds, cfg, k, with_hindsight=True)
+    preds["control"] = counters(ds, cfg, k, with_hindsight=False)
+    preds["hindsight"] = counters(ds, cfg, k, with_hindsight=True)
     ok = np.ones(len(test), bool)
     if truth_path is not None:
         from models.simulate import read_truth
