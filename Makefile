@@ -48,7 +48,6 @@ bench: install
 	$(PY) bench/score.py | tee bench-out/score.json
 	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
-	$(PY) bench/sim_headroom.py | tee bench-out/sim_headroom.json
 	$(PY) bench/hindsight.py | tee bench-out/hindsight.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json

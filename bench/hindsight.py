@@ -12,9 +12,14 @@ populations of :data:`SIM_RUNS`), the test split's KL of
   span right after each sample's target, and in the four spans after it
   (:func:`models.evaluate.hindsight_counts`: the next 4 baskets after the target's 4, and the next
   16; the next 10 ratings after the target's 10, and 40; the next 6 hours, and 24);
-* on the simulator, **the truth** (``bench/sim_headroom.py``), which the hindsight counter is
-  measured against: both see the future, and only the simulator has a truth. Beside it, each
-  prediction's KL with the truth as the target (``bench/model_eval.py``'s "against the truth").
+* on the simulator, **the truth**: its latent interests averaged over each sample's target window
+  (:func:`models.evaluate.truth_targets`), what a model would predict if it knew the user's
+  interests at every moment of the target window, future drift and jumps included. It is not a
+  strict bound either (a session's first events make its category more likely for a few minutes,
+  which a model could read and the latent interests do not say), but it is how far a goal on
+  simulated logs can be reached, and the hindsight counter is measured against it: both see the
+  future, and only the simulator has a truth. Beside it, each prediction's KL with the truth as
+  the target (``bench/model_eval.py``'s "against the truth").
 
 No model is trained. The hindsight counter is not a strict bound (a model may read what a counter
 cannot), but it knows what no model of the past can: where its ratio to the best baseline is near
