@@ -147,6 +147,9 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
                                  for b, v in result["buckets"].items() if b != "rule"},
         "truth_kl": {n: r4(v["kl"]) for n, v in result.get("truth", {}).get("models", {}).items()
                      if n in ("gpt2", "ema_prior", "mixture")},
+        "truth_kl_by_next_event": {g: {"samples": v["samples"], "truth_kl": {n: r4(x) for n, x in v["truth_kl"].items()},
+                                       "event_kl": {n: r4(x) for n, x in v["event_kl"].items()}}
+                                   for g, v in result.get("truth", {}).get("by_next_event", {}).items()},
         "exported": card["metrics"]["selection"]["exported"],
         "val_kl": {"plain": r4(card["metrics"]["selection"]["plain_val_kl"]),
                    "corrected": card["metrics"]["selection"]["corrected_val_kl"] and
@@ -269,7 +272,14 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     print(json.dumps(out, indent=1))
 
 
+SESSION_GAP_MS = 600_000  # the simulator's events of a session are 60 s apart on average (exponential)
+
+
 def _truth(result, log_path, td, base, pred, data_cfg) -> None:
+    """On a simulated log: every prediction's KL with the truth as the target, overall and split by
+    whether the user's next event comes within 10 minutes of the cut (inside a session, whose later
+    events the simulator keeps on the session's category more often than the interests say) or
+    later (a new session), with the KL on the events beside it."""
     truth_path = Path(f"{log_path}.truth.jsonl")
     if not truth_path.exists():
         return
@@ -282,6 +292,14 @@ def _truth(result, log_path, td, base, pred, data_cfg) -> None:
         preds = {**base["test"], "gpt2": pred}
         result["truth"] = {"samples": int(ok.sum()), "models": {
             n: {"kl": float(kl_per_sample(tt[ok], p[ok]).mean())} for n, p in preds.items()}}
+        gap = np.array([td.ds.seqs[u].ts[c] - t for u, c, t in zip(test.user, test.cut, test.cut_ts)])
+        result["truth"]["by_next_event"] = {
+            name: {"samples": int(m.sum()),
+                   "truth_kl": {n: float(kl_per_sample(tt[m], preds[n][m]).mean()) for n in ("gpt2", "ema_prior", "mixture")},
+                   "event_kl": {n: float(kl_per_sample(test.targets[m], preds[n][m]).mean())
+                                for n in ("gpt2", "ema_prior", "mixture")}}
+            for name, m in (("within_10_min", ok & (gap < SESSION_GAP_MS)), ("later", ok & (gap >= SESSION_GAP_MS)))
+            if m.any()}
 
 
 if __name__ == "__main__":
