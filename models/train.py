@@ -187,8 +187,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     corrected_pred, corrected_kl, unscaled_kl, scales = None, None, None, None
     if model.config.correction != "none":
         # 3) the corrections' strengths, chosen on validation
-        p_on = predict(model, val_seqs, val_prof, encoder.pad_id)
-        unscaled_kl = float(kl_per_sample(va.targets, p_on).mean())
+        p_on, unscaled_kl = val_pred_kl(model)
+        corrected_pred, corrected_kl = p_on, unscaled_kl  # as trained, unless scaled below
         names = list(model.correction_outputs())
         scales = dict.fromkeys(names, 1.0)
         if train_cfg.scale_corrections and names:  # (a "features" model with cat_hidden=0 has none)
@@ -201,7 +201,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
             chosen, _ = choose_correction_scales(alone(None), parts, va.targets)
             model.scale_corrections(chosen)
             scales = dict(zip(names, chosen))
-        corrected_pred, corrected_kl = val_pred_kl(model)
+            corrected_pred, corrected_kl = val_pred_kl(model)
     # 4) keep the corrections only if they beat the plain path on validation
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
