@@ -48,23 +48,26 @@ from train_eval import SIM_RUNS  # noqa: E402
 SPANS = (1, 4)  # the hindsight inputs: the one target span after the target, and the four after it
 
 
-def counters(ds, cfg, k: int, with_hindsight: bool) -> np.ndarray:
-    """The mixture fit on validation, with or without the hindsight inputs: its test predictions."""
+def counters(ds, cfg, k: int) -> dict[str, np.ndarray]:
+    """The mixture fit on validation without (``control``) and with (``hindsight``) the hindsight
+    inputs: their test predictions. The decayed counts are computed once for both."""
     from models.baselines import (LENGTH_BUCKETS, Baselines, fit_mixture, history_lengths, mixture_features,
                                   mixture_predict)
     from models.evaluate import hindsight_counts
 
     prior = Baselines(ds, k).prior
-    feats, buckets = {}, {}
+    feats, extra, buckets = {}, {}, {}
     for name in ("val", "test"):
         s = ds.splits[name]
-        f = mixture_features(ds, s, k)
-        if with_hindsight:
-            f = np.concatenate([f] + [hindsight_counts(ds, s, cfg, k, n)[:, None] for n in SPANS], axis=1)
-        feats[name] = f
+        feats[name] = mixture_features(ds, s, k)
+        extra[name] = np.stack([hindsight_counts(ds, s, cfg, k, n) for n in SPANS], axis=1)
         buckets[name] = np.searchsorted(LENGTH_BUCKETS, history_lengths(ds, s), side="right")
-    logw = fit_mixture(feats["val"], buckets["val"], ds.splits["val"].targets, prior, len(LENGTH_BUCKETS) + 1)
-    return mixture_predict(feats["test"], buckets["test"], logw, prior)
+    out = {}
+    for variant, with_hindsight in (("control", False), ("hindsight", True)):
+        f = {n: np.concatenate([feats[n], extra[n]], axis=1) if with_hindsight else feats[n] for n in feats}
+        logw = fit_mixture(f["val"], buckets["val"], ds.splits["val"].targets, prior, len(LENGTH_BUCKETS) + 1)
+        out[variant] = mixture_predict(f["test"], buckets["test"], logw, prior)
+    return out
 
 
 def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> dict:
@@ -78,8 +81,7 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
     test = ds.splits["test"]
     best = base["best"]
     preds = {best: base["test"][best], "ema_prior": base["test"]["ema_prior"]}
-    preds["control"] = counters(ds, cfg, k, with_hindsight=False)
-    preds["hindsight"] = counters(ds, cfg, k, with_hindsight=True)
+    preds.update(counters(ds, cfg, k))
     ok = np.ones(len(test), bool)
     if truth_path is not None:
         from models.simulate import read_truth

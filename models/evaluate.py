@@ -165,10 +165,14 @@ def hindsight_counts(ds, samples, cfg, k: int, spans: int) -> np.ndarray:
 
     out = np.zeros((len(samples), k))
     never = np.iinfo(np.int64).max // 2  # no end of the log: a time span past it counts what is there
+    baskets_of: dict[int, tuple] = {}  # user -> basket_index, once per user
     for r in range(len(samples)):
-        s = ds.seqs[samples.user[r]]
+        u = int(samples.user[r])
+        s = ds.seqs[u]
         n = len(s.ts)
-        baskets = basket_index(s.ts) if cfg.target == "next_baskets" else None
+        if cfg.target == "next_baskets" and u not in baskets_of:
+            baskets_of[u] = basket_index(s.ts)
+        baskets = baskets_of.get(u)
         a, end = target_span(s.ts, int(samples.cut[r]), int(samples.cut_ts[r]), cfg, never, baskets)
         for _ in range(spans):
             if a >= n:
