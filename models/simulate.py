@@ -182,6 +182,7 @@ class SimUser:
         p = self.interests(t, speedup)
         r = self.rng
         intent_cat = self._intent_search(t, speedup) if self.intent else None
+        self.last_intent = intent_cat is not None  # (expected_target)
         if intent_cat is not None:
             cat, kind = intent_cat, "search"
             self.session_left -= 1
@@ -216,25 +217,78 @@ def _truth_row(user: SimUser, t: int, speedup: float = 1.0) -> dict:
             "interests": {c: round(float(v), 5) for c, v in zip(CATEGORIES, p)}}
 
 
-def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS, intent: bool = True,
-                  transitions: bool = True):
-    """(events, truth rows) of one user over ``days`` days, both in ts order; ``intent`` and
-    ``transitions`` switch the mechanisms of the module doc."""
+def user_steps(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS, intent: bool = True,
+               transitions: bool = True) -> Iterator[tuple[str, dict, SimUser]]:
+    """One user's file-mode simulation as it happens: ``("truth", row, user)`` every
+    ``TRUTH_EVERY_H`` hours and ``("event", event, user)`` for each event, in ts order. ``user`` is
+    the live :class:`SimUser`, read right after the step (its whole state, for
+    :func:`expected_target`); do not change it."""
     u = SimUser(index, seed, start_ms, intent, transitions)
     end = start_ms + int(days * DAY_MS)
-    events, truth = [], []
     next_truth = start_ms
     t = u.next_event_time(start_ms, 1.0)
     while True:
         while next_truth <= min(t, end):
             u._advance(next_truth, 1.0)
-            truth.append(_truth_row(u, next_truth))
+            yield "truth", _truth_row(u, next_truth), u
             next_truth += TRUTH_EVERY_H * HOUR_MS
         if t > end:
             break
-        events.append(u.make_event(t, seed, 1.0))
+        yield "event", u.make_event(t, seed, 1.0), u
         t = u.next_event_time(t, 1.0)
+
+
+def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_START_MS, intent: bool = True,
+                  transitions: bool = True):
+    """(events, truth rows) of one user over ``days`` days, both in ts order; ``intent`` and
+    ``transitions`` switch the mechanisms of the module doc."""
+    events, truth = [], []
+    for kind, row, _ in user_steps(index, seed, days, start_ms, intent, transitions):
+        (events if kind == "event" else truth).append(row)
     return events, truth
+
+
+def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, seed) -> np.ndarray | None:
+    """The best prediction of the next ``window_ms`` that anything can make from ``user``'s whole
+    state (its latent interests, drift, scheduled shift, habit, session): the expected
+    ``weights``-weighted category shares of its events in ``(user.t, user.t + window_ms]`` given
+    that there are any (a target with none is not a sample), as ``models.data`` builds targets;
+    (K,) over :data:`CATEGORIES`, or None when no run had a weighted event.
+
+    Every event before the window's end is simulated forward ``runs`` times from a copy of the
+    state, with its own generator (``seed``: anything ``numpy.random.default_rng`` takes). The
+    categories are not drawn but carried as distributions (Rao-Blackwellised, so no share is 0):
+    a session's first event follows the interests ``p``; each later one is ``STICKY`` the previous
+    one's distribution plus ``1 - STICKY`` of ``p``; an intent search (weight 0) leaves the
+    session's category alone, as :meth:`SimUser.make_event` does. Times, types and the latent path
+    do not depend on the categories drawn, so this is exact in expectation."""
+    import copy
+
+    t0 = user.t
+    end = t0 + window_ms
+    rng = np.random.default_rng(seed)
+    total, kept = np.zeros(K), 0
+    for _ in range(runs):
+        u = copy.deepcopy(user)
+        u.rng = np.random.default_rng(rng.integers(1 << 63))
+        sess = np.eye(K)[u.session_cat] if u.session_cat >= 0 else None  # the session's category, as a distribution
+        acc, mass = np.zeros(K), 0.0
+        t = u.next_event_time(t0, 1.0)
+        while t <= end:
+            if u.session_cat < 0:  # next_event_time started a new session
+                sess = None
+            ev = u.make_event(t, 0, 1.0)
+            if not u.last_intent:
+                p = u.interests(t)
+                sess = p if sess is None else STICKY * sess + (1.0 - STICKY) * p
+                w = weights.get(ev["type"], 0.0)
+                acc += w * sess
+                mass += w
+            t = u.next_event_time(t, 1.0)
+        if mass > 0:
+            total += acc / mass
+            kept += 1
+    return total / kept if kept else None
 
 
 def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = DEFAULT_START_MS,

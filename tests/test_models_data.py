@@ -326,6 +326,50 @@ def test_transitions_follow_the_population_table():
         assert lo < hits / 2000 < hi, on
 
 
+def test_expected_target_of_a_session_by_hand(monkeypatch):
+    """Two events left in the session (category 0 so far), interests that do not move, no new
+    session for days: each event is ``STICKY`` the previous one's category plus ``1 - STICKY`` of
+    the interests, its weight is that of its type (click 0.40: 1, browse 0.45: 0.5, search 0.15:
+    0), and the expectation is over the type pairs with any weight (probability 0.9775)."""
+    from models import simulate
+    from models.simulate import K, SimUser, expected_target
+
+    monkeypatch.setattr(simulate, "DRIFT_NOISE", 0.0)
+    monkeypatch.setattr(simulate, "SHIFT_EVERY_DAYS", 1e12)
+    p = np.array([0.45, 0.1] + [0.045] * (K - 2))
+    u = SimUser(0, 1, 0, intent=False, transitions=False)
+    u.base = u.logits = np.log(p)
+    u.habit_strength, u.rate_per_day = 0.0, 1e-9
+    u.session_left, u.session_cat = 2, 0
+    # m1 = 0.55 e0 + 0.45 p: 0.7525 for category 0; m2 = 0.55 m1 + 0.45 p: 0.616375
+    # sum over (w1, w2) of P * (w1 m1 + w2 m2) / (w1 + w2) = 0.669015, / 0.9775
+    got = expected_target(u, 6 * simulate.HOUR_MS, {"click": 1.0, "browse": 0.5}, 4000, 0)
+    assert abs(got[0] - 0.669015 / 0.9775) < 0.005
+    assert abs(got.sum() - 1.0) < 1e-9
+    u.session_left = 0  # nothing in the window: no target, no prediction
+    assert expected_target(u, 6 * simulate.HOUR_MS, {"click": 1.0, "browse": 0.5}, 10, 0) is None
+    u.rate_per_day = 20.0  # new sessions in the window: each starts from the interests, so every
+    # event's category is p, whatever the session before the cut was on
+    got = expected_target(u, 6 * simulate.HOUR_MS, {"click": 1.0, "browse": 0.5}, 2000, 0)
+    assert abs(got[0] - 0.45) < 0.01
+
+
+def test_user_steps_leave_the_user_in_the_state_after_each_event():
+    """The state :func:`models.simulate.user_steps` yields after an event is that event's: its
+    time, and the session's category is the event's unless it was a search (which has none in
+    the log, but keeps the one it was drawn from)."""
+    from models.simulate import user_steps
+
+    events = 0
+    for kind, row, user in user_steps(3, 9, 2):
+        if kind == "event":
+            events += 1
+            assert user.t == row["ts"]
+            if row["type"] != "search":
+                assert CATEGORIES[user.session_cat] == row["category"]
+    assert events > 5
+
+
 def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
     """Every readout of a training sequence is a training cut of the same user with that cut's own
     target and profile; its weight is the share of the cut's serving window (counted here from the
