@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit, machine  # noqa: E402
-from model_eval import DATASETS, make_log  # noqa: E402
+from model_eval import DATASETS, SESSION_GAP_MS, make_log  # noqa: E402
 from train_eval import SIM_RUNS  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def expected(user, window_ms, weights, runs, seed):
 
 def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int) -> dict:
     from models.data import DataConfig, prepare
-    from models.evaluate import baseline_predictions, kl_per_sample, truth_targets
+    from models.evaluate import BUCKETS, activity_buckets, baseline_predictions, kl_per_sample, truth_targets
     from models.simulate import read_truth
 
     users, days, sim_seed, mechanisms = sim
@@ -111,6 +111,10 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int) -> dict:
     def kls(mask, ps, target):
         return {n: round(float(kl_per_sample(target[mask], p[mask]).mean()), 4) for n, p in ps.items()}
 
+    def ratios(mask):
+        k = kls(mask, preds, test.targets)
+        return {n: round(v / k[best], 4) for n, v in k.items() if n != best}
+
     kl = kls(ok, preds, test.targets)
     out = {"log": f"sim {users} x {days} days, seed {sim_seed}, mechanisms {mechanisms}", "runs": runs,
            "test_samples": int(ok.sum()), "of": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
@@ -118,6 +122,16 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int) -> dict:
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best},
            "kl_against_truth": kls(ok, {n: p for n, p in preds.items() if n != "truth"}, truth),
            "state_seconds": round(state_s, 1)}
+    # where the state's lead comes from: per user-activity bucket (evaluate's thirds) and by whether the
+    # user's next event is inside the session (bench/model_eval.py's truth_kl_by_next_event)
+    bucket, rule = activity_buckets(ds, test)
+    out["by_activity"] = {"rule": rule, **{
+        name: {"samples": int((ok & (bucket == b)).sum()),
+               "ratio_to_best_baseline": ratios(ok & (bucket == b))} for b, name in enumerate(BUCKETS)}}
+    gap = np.array([ds.seqs[u].ts[c] - t for u, c, t in zip(test.user, test.cut, test.cut_ts)])
+    out["by_next_event"] = {
+        name: {"samples": int(m.sum()), "ratio_to_best_baseline": ratios(m)}
+        for name, m in (("within_10_min", ok & (gap < SESSION_GAP_MS)), ("later", ok & (gap >= SESSION_GAP_MS)))}
     # the same first cuts at four times the runs: how much the Monte Carlo mean costs the bound
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)
