@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
 	$(PY) bench/hindsight.py | tee bench-out/hindsight.json
+	$(PY) bench/sim_bound.py | tee bench-out/sim_bound.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json

@@ -16,9 +16,10 @@ populations of :data:`SIM_RUNS`), the test split's KL of
   (:func:`models.evaluate.truth_targets`), what a model would predict if it knew the user's
   interests at every moment of the target window, future drift and jumps included. It is not a
   strict bound either (a session's first events make its category more likely for a few minutes,
-  which a model could read and the latent interests do not say), but it is how far a goal on
-  simulated logs can be reached, and the hindsight counter is measured against it: both see the
-  future, and only the simulator has a truth. Beside it, each prediction's KL with the truth as
+  which a model could read and the latent interests do not say: ``bench/sim_bound.py``'s
+  prediction from the simulator's whole state, which no model of the past beats, is below it).
+  The hindsight counter is measured against it: both see the future, and only the simulator has
+  a truth. Beside it, each prediction's KL with the truth as
   the target (``bench/model_eval.py``'s "against the truth").
 
 No model is trained. The hindsight counter is not a strict bound (a model may read what a counter

@@ -370,6 +370,56 @@ def test_user_steps_leave_the_user_in_the_state_after_each_event():
     assert events > 5
 
 
+def test_query_likelihood_by_hand():
+    """1 to 3 words (a third each), each uniform over the category's list of 9."""
+    from models.sim_filter import query_likelihood
+
+    lq = query_likelihood("review series")  # books has both; gaming and movies too; cars only review
+    i = CATEGORIES.index
+    assert lq[i("books")] == pytest.approx(1 / 3 * 1 / 9 * 1 / 9)
+    assert lq[i("movies")] == pytest.approx(1 / 3 * 1 / 9 * 1 / 9)
+    assert lq[i("cars")] == 0.0 and lq[i("travel")] == 0.0
+    assert query_likelihood("a b c d").sum() == 0.0
+
+
+def test_new_session_density_is_a_density():
+    """The time to the next session start integrates to one over the following days, and its
+    intensity follows the day: at the user's 20:00 it is 1 / 0.15 times that at 08:00."""
+    from models.sim_filter import new_session_density
+    from models.simulate import HOUR_MS
+
+    rate, tz = np.array([12.0]), np.array([0.0])
+    ts = (np.arange(24 * 60 * 20) + 0.5) * 60_000  # 20 days by the minute, at each minute's middle
+    dens = new_session_density(0, ts, rate, tz)
+    assert dens.sum() / 60 == pytest.approx(1.0, abs=1e-4)  # per hour, summed by the minute
+    early = new_session_density(0, np.array([60_000]), rate, tz)  # almost no survival lost yet
+    assert new_session_density(20 * HOUR_MS, np.array([20 * HOUR_MS + 60_000]), rate, tz)[0] / \
+        new_session_density(8 * HOUR_MS, np.array([8 * HOUR_MS + 60_000]), rate, tz)[0] == pytest.approx(1 / 0.15, rel=0.01)
+    assert early[0] > 0
+
+
+def test_particle_filter_follows_the_events_away_from_its_start(monkeypatch):
+    """From a state whose interests are all on books, two days of clicks on travel: the filter's
+    particles that jumped to a base point on travel carry the weight, so it predicts mostly travel,
+    while the state it started from (simulated forward as it was) still predicts books first."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter
+    from models.simulate import DAY_MS, HOUR_MS, SimUser, expected_target
+
+    u = SimUser(0, 1, 0, intent=False, transitions=False)
+    u.base = u.logits = np.log(np.where(np.arange(simulate.K) == CATEGORIES.index("books"), 0.9, 0.1 / 11))
+    u.habit_strength, u.rate_per_day, u.session_left, u.session_cat = 0.0, 12.0, 0, -1
+    weights = {"click": 1.0, "browse": 0.5}
+    pf = ParticleFilter(u, 2000, 0)
+    for m in range(24):  # a session of two clicks every four hours
+        for s in (0, 60_000):
+            pf.observe({"type": "click", "ts": DAY_MS + m * 2 * HOUR_MS + s, "category": "travel", "item_id": "x"})
+    pred = pf.predict(6 * HOUR_MS, weights, 16, 2, 0)
+    before = expected_target(u, 6 * HOUR_MS, weights, 32, 0)
+    assert np.argmax(pred) == CATEGORIES.index("travel") and pred.max() > 0.4
+    assert np.argmax(before) == CATEGORIES.index("books") and before.max() > 0.6
+
+
 def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
     """Every readout of a training sequence is a training cut of the same user with that cut's own
     target and profile; its weight is the share of the cut's serving window (counted here from the
