@@ -1,6 +1,6 @@
 """What no model of the past can beat on a simulated log: predictions from the simulator's hidden state.
 
-    .venv/bin/python bench/sim_bound.py [--run I] [--runs N] [--lags 1,2,4] [--particles P]
+    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1,2,4] [--particles P]
         [--max-users U] [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
@@ -16,7 +16,8 @@ seeded subset of the test users, every cut of theirs), the test split's KL of
 * **the lagged state's prediction**, for each lag in ``--lags`` (days): the expected target given
   the state at the user's last event at least that long before the cut and every event since,
   by a particle filter with the simulator's own dynamics (:mod:`models.sim_filter`);
-* the truth (the latent interests averaged over the target window, ``bench/hindsight.py``).
+* the truth (the latent interests averaged over the target window, ``bench/hindsight.py``);
+* with ``--model DIR``, a checkpoint trained on that log: its test predictions, on the same cuts.
 
 Why they bound every model. The target window depends on the past only through the state at the
 cut (the simulator is a Markov process in that state; the future draws are new), so the state
@@ -39,6 +40,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -120,16 +122,23 @@ def expected(user, window_ms, weights, runs, seed):
 
 
 def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0,
-            max_users: int = 0) -> dict:
+            max_users: int = 0, model_dir=None) -> dict:
     from models.data import DataConfig, prepare
-    from models.evaluate import BUCKETS, activity_buckets, baseline_predictions, kl_per_sample, truth_targets
+    from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, kl_per_sample,
+                                 truth_targets)
     from models.simulate import read_truth
 
     users, days, sim_seed, mechanisms = sim
     log = make_log("sim", wd, users, days, sim_seed, mechanisms)
     cfg = DataConfig(**DATASETS["sim"]["data"])
-    ds, encoder, _ = prepare(log, cfg)
-    base = baseline_predictions(ds, cfg, encoder.k)
+    if model_dir:  # the model's own split (its card's), and its test predictions
+        run = held_out_predictions(model_dir, log)
+        if asdict(run.dcfg) != asdict(cfg):
+            raise click.UsageError(f"{model_dir} was trained with another data config than bench/model_eval.py's sim")
+        ds, encoder, base, model_pred = run.ds, run.encoder, run.base, run.pred
+    else:
+        ds, encoder, _ = prepare(log, cfg)
+        base, model_pred = baseline_predictions(ds, cfg, encoder.k), None
     test = ds.splits["test"]
     best = base["best"]
     keep = np.arange(len(test))
@@ -139,6 +148,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
         test = test.take(keep)
     truth, ok = truth_targets(read_truth(Path(f"{log}.truth.jsonl")), ds, test, encoder.categories, cfg)
     preds = {best: base["test"][best][keep], "ema_prior": base["test"]["ema_prior"][keep], "truth": truth}
+    if model_pred is not None:
+        preds["model"] = model_pred[keep]
     t = time.time()
     preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles))
     state_s = time.time() - t
@@ -191,11 +202,16 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
               help="particles of the filter")
 @click.option("--max-users", default=0, show_default=True, type=click.IntRange(0),
               help="a seeded subset of this many test users (0: all)")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a checkpoint trained on the --run population's log (bench/model_eval.py's sim config): "
+                   "its test predictions beside the others, on its own split")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
-def main(run_index, runs, max_cuts, lags, particles, max_users, seed, workdir):
+def main(run_index, runs, max_cuts, lags, particles, max_users, model_dir, seed, workdir):
     lags = tuple(float(x) for x in lags.split(",") if x.strip())
+    if model_dir and run_index is None:
+        raise click.UsageError("--model needs --run: a checkpoint belongs to one population")
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "predictions from the simulator's hidden state, which no model of the past beats",
@@ -205,7 +221,7 @@ def main(run_index, runs, max_cuts, lags, particles, max_users, seed, workdir):
         if run_index is not None and i != run_index:
             continue
         t = time.time()
-        r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, max_users)
+        r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, max_users, model_dir)
         r["seconds"] = round(time.time() - t, 1)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)
