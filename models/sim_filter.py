@@ -53,22 +53,25 @@ def query_likelihood(query: str) -> np.ndarray:
     return out
 
 
+def _diurnal(hour: np.ndarray) -> np.ndarray:
+    """:func:`models.simulate._diurnal` on arrays of local hours."""
+    return 0.15 + 0.85 * 0.5 * (1.0 + np.cos(2 * math.pi * (hour - 20.0) / 24.0))
+
+
 def _diurnal_integral(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
     """The integral of :func:`models.simulate._diurnal` over local hours ``h1`` to ``h2`` (h2 >= h1)."""
     w = 2 * math.pi / 24.0
     return 0.575 * (h2 - h1) + 0.425 / w * (np.sin(w * (h2 - 20.0)) - np.sin(w * (h1 - 20.0)))
 
 
-def new_session_density(t0: int, t1: int, rate_per_day: np.ndarray, tz_shift: np.ndarray) -> np.ndarray:
-    """Per particle, the density (per hour) that the next session starts at ``t1``, the last event
-    (or the start) being at ``t0``: intensity ``rate_h * diurnal(hour)`` of
-    :meth:`models.simulate.SimUser.next_event_time` times the probability of none before."""
+def new_session_density(t0: int, t1, rate_per_day: float, tz_shift_h: float):
+    """The density (per hour) that a user's next session starts at ``t1`` (a time or an array of
+    them), its last event being at ``t0``: the intensity ``rate_h * diurnal(hour)`` of
+    :meth:`models.simulate.SimUser.next_event_time` times the probability of no start before."""
     rate_h = rate_per_day / sim.EVENTS_PER_SESSION / 24.0 / 0.5
-    h0 = t0 / HOUR_MS + tz_shift
-    h1 = t1 / HOUR_MS + tz_shift
-    hour = np.mod(h1, 24.0)
-    diurnal = 0.15 + 0.85 * 0.5 * (1.0 + np.cos(2 * math.pi * (hour - 20.0) / 24.0))
-    return rate_h * diurnal * np.exp(-rate_h * _diurnal_integral(h0, h1))
+    h0 = t0 / HOUR_MS + tz_shift_h
+    h1 = np.asarray(t1) / HOUR_MS + tz_shift_h
+    return rate_h * _diurnal(np.mod(h1, 24.0)) * np.exp(-rate_h * _diurnal_integral(h0, h1))
 
 
 def in_session_density(gap_ms: int) -> float:
@@ -81,7 +84,7 @@ def in_session_density(gap_ms: int) -> float:
 
 
 class ParticleFilter:
-    """One user's hidden state as ``n`` weighted particles (module doc), from ``start_ms``."""
+    """One user's hidden state as ``n`` weighted particles (module doc)."""
 
     def __init__(self, user: SimUser, n: int, seed):
         """``n`` particles, each a copy of ``user``'s state (read right after one of its events)."""
@@ -99,12 +102,13 @@ class ParticleFilter:
             self.next_base = np.tile(user.next_base, (n, 1))
         self.logw = np.zeros(n)
 
-    def _new_base(self, old: np.ndarray | None, rows=None) -> np.ndarray:
-        """New base points for ``rows`` (all particles if None), as :meth:`SimUser._new_base`."""
+    def _new_base(self, old: np.ndarray) -> np.ndarray:
+        """(m, K) new base points of particles whose base points are ``old`` (m, K), as
+        :meth:`SimUser._new_base`."""
         r = self.rng
-        m = self.n if rows is None else len(rows)
+        m = len(old)
         p = r.dirichlet(np.full(K, sim.BASE_CONCENTRATION), size=m)
-        if self.transitions and old is not None:
+        if self.transitions:
             for i in range(m):
                 if r.random() < sim.TRANSITION_P:
                     to = sim.TRANSITIONS[CATEGORIES[int(np.argmax(old[i]))]]
@@ -123,14 +127,14 @@ class ParticleFilter:
             due = np.flatnonzero(self.next_shift <= t)
             while len(due):
                 self.base[due] = self.next_base[due]
-                self.next_base[due] = self._new_base(self.base[due], due)
+                self.next_base[due] = self._new_base(self.base[due])
                 self.next_shift[due] += (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(due)) * DAY_MS).astype(np.int64)
                 self.logits[due] = self.base[due] + sim.DRIFT_NOISE * r.normal(size=(len(due), K))
                 due = due[self.next_shift[due] <= t]
         else:
             jump = np.flatnonzero(r.random(self.n) < 1.0 - math.exp(-dt_h / (24.0 * sim.SHIFT_EVERY_DAYS)))
             if len(jump):
-                self.base[jump] = self._new_base(self.base[jump], jump)
+                self.base[jump] = self._new_base(self.base[jump])
         a = math.exp(-dt_h / sim.DRIFT_TIMESCALE_H)
         noise = sim.DRIFT_NOISE * math.sqrt(1.0 - a * a) * r.normal(size=(self.n, K))
         self.logits = self.base + a * (self.logits - self.base) + noise
@@ -140,8 +144,7 @@ class ParticleFilter:
         """(n, K) each particle's interest distribution at ``t`` (:meth:`SimUser.interests`)."""
         hour = np.mod(t / HOUR_MS + self.tz, 24.0)
         z = self.logits.copy()
-        diurnal = 0.15 + 0.85 * 0.5 * (1.0 + np.cos(2 * math.pi * (hour - 20.0) / 24.0))  # simulate._diurnal
-        z[np.arange(self.n), self.habit] += self.habit_strength * diurnal
+        z[np.arange(self.n), self.habit] += self.habit_strength * _diurnal(hour)
         z = np.exp(z - z.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
@@ -213,7 +216,7 @@ class ParticleFilter:
             lead_ms = int(sim.INTENT_LEAD_H * HOUR_MS)
             far = np.flatnonzero(self.next_shift > self.t + lead_ms)
             self.next_shift[far] = self.t + lead_ms + (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
-            self.next_base[far] = self._new_base(self.base[far], far)
+            self.next_base[far] = self._new_base(self.base[far])
 
     def users(self, m: int, user_id: str = "u") -> list[SimUser]:
         """``m`` particles drawn by weight, as :class:`SimUser` states at the last event."""
