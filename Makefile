@@ -30,6 +30,8 @@ SUSTAINED_RATE ?= 4500
 # the worker before the write-behind state: the "old" side of the new-against-old runs
 OLD_REF ?= ba99db7
 OLD_SUSTAINED_RATE ?= 1500
+# where bench/sim_bound.py's lagged bounds train the model they are compared with (one workdir per mechanisms)
+SIM_BOUND_DIR ?= /tmp/interest-stream-sim-bound
 
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install
@@ -49,7 +51,11 @@ bench: install
 	$(PY) bench/web_latency.py | tee bench-out/web_latency.json
 	$(PY) bench/train_eval.py | tee bench-out/train_eval.json
 	$(PY) bench/hindsight.py | tee bench-out/hindsight.json
-	$(PY) bench/sim_bound.py | tee bench-out/sim_bound.json
+	$(PY) bench/sim_bound.py --lags '' | tee bench-out/sim_bound.json
+	for m in on off; do d=$(SIM_BOUND_DIR)-$$m; r=$$([ $$m = on ] && echo 2 || echo 3); \
+		$(PY) bench/model_eval.py --dataset sim --users 1000 --days 14 --seed 2 --mechanisms $$m --workdir $$d > bench-out/sim_bound-model-$$m.json && \
+		$(PY) bench/sim_bound.py --run $$r --model $$d/sim/default --max-users 150 --max-cuts 150 --workdir $$d \
+		| tee bench-out/sim_bound-lags-$$m.json; done
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json

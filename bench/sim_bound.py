@@ -1,6 +1,6 @@
 """What no model of the past can beat on a simulated log: predictions from the simulator's hidden state.
 
-    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1,2,4] [--particles P]
+    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--particles P]
         [--max-users U] [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
@@ -62,7 +62,7 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
-    the cut and the events since: :data:`FILTER_DRAWS` of ``particles`` drawn by weight, ``runs //
+    the cut (its first event if none is that old) and the events since: :data:`FILTER_DRAWS` of ``particles`` drawn by weight, ``runs //
     FILTER_DRAWS`` forward simulations from each, as many as the state's."""
     import copy
 
@@ -196,7 +196,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--runs", default=32, show_default=True, type=click.IntRange(1), help="forward simulations per cut")
 @click.option("--max-cuts", default=300, show_default=True, type=click.IntRange(1),
               help="cuts of the precision check (four times the runs and particles)")
-@click.option("--lags", default="1,2,4", show_default=True,
+@click.option("--lags", default="1", show_default=True,
               help="days: for each, the particle filter from the state that long before the cut ('': none)")
 @click.option("--particles", default=2000, show_default=True, type=click.IntRange(1),
               help="particles of the filter")

@@ -37,6 +37,8 @@ from models import simulate as sim
 from models.simulate import CATEGORIES, DAY_MS, HOUR_MS, K, VOCAB, SimUser, expected_target
 
 TYPES = ("click", "browse", "search")
+# simulate.TRANSITIONS by index: row = the old dominant category, columns = its equally likely targets
+_TRANSITION_TO = np.array([[CATEGORIES.index(t) for t in sim.TRANSITIONS[c]] for c in CATEGORIES])
 
 
 def query_likelihood(query: str) -> np.ndarray:
@@ -104,17 +106,15 @@ class ParticleFilter:
 
     def _new_base(self, old: np.ndarray) -> np.ndarray:
         """(m, K) new base points of particles whose base points are ``old`` (m, K), as
-        :meth:`SimUser._new_base`."""
+        :meth:`SimUser._new_base` draws them (in another order of draws)."""
         r = self.rng
         m = len(old)
         p = r.dirichlet(np.full(K, sim.BASE_CONCENTRATION), size=m)
         if self.transitions:
-            for i in range(m):
-                if r.random() < sim.TRANSITION_P:
-                    to = sim.TRANSITIONS[CATEGORIES[int(np.argmax(old[i]))]]
-                    j = CATEGORIES.index(to[int(r.integers(len(to)))])
-                    p[i, j] = max(p[i, j], 1.5 * p[i].max())
-                    p[i] /= p[i].sum()
+            rows = np.flatnonzero(r.random(m) < sim.TRANSITION_P)
+            to = _TRANSITION_TO[np.argmax(old[rows], 1), r.integers(_TRANSITION_TO.shape[1], size=len(rows))]
+            p[rows, to] = np.maximum(p[rows, to], 1.5 * p[rows].max(1))
+            p /= p.sum(1, keepdims=True)
         return np.log(np.maximum(p, 1e-3)) * 0.8
 
     def _advance(self, t: int) -> None:

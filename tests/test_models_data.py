@@ -418,6 +418,19 @@ def test_particle_filter_follows_the_events_away_from_its_start(monkeypatch):
     assert np.argmax(before) == CATEGORIES.index("books") and before.max() > 0.6
 
 
+def test_particle_filter_draws_new_base_points_as_the_simulator():
+    """The filter's new base points follow the population's transitions as often as the
+    simulator's do (:func:`test_transitions_follow_the_population_table`)."""
+    from models.sim_filter import ParticleFilter
+    from models.simulate import TRANSITION_P, TRANSITIONS, SimUser
+
+    pf = ParticleFilter(SimUser(0, 1, 0), 4000, 0)
+    old = pf.base.copy()
+    new = pf._new_base(old)
+    hits = np.mean([CATEGORIES[int(np.argmax(b))] in TRANSITIONS[CATEGORIES[int(np.argmax(a))]] for a, b in zip(old, new)])
+    assert TRANSITION_P - 0.05 < hits < TRANSITION_P + 0.25 * 2 / 12 + 0.05
+
+
 def test_dense_readouts_targets_profiles_and_position_weights(tmp_path):
     """Every readout of a training sequence is a training cut of the same user with that cut's own
     target and profile; its weight is the share of the cut's serving window (counted here from the
