@@ -31,7 +31,9 @@ File mode (:func:`simulate_to_files`) writes the event log (contract schema, one
 sorted by ts) and ``FILE.truth.jsonl``: per user, the latent interests every ``TRUTH_EVERY_H``
 hours (``{"user_id", "ts", "interests": {category: p}}``).
 Live mode (:func:`iter_live_events`) yields events forever in ts order with the dynamics sped up.
-Everything is seeded: the same seed gives the same bytes.
+Everything is seeded: the same seed gives the same bytes. :func:`user_steps` replays one user step
+by step with its live state, and :func:`expected_target` predicts a target window from such a
+state (``bench/sim_bound.py``: what no model of the past can beat).
 """
 from __future__ import annotations
 
