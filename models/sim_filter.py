@@ -212,7 +212,8 @@ class ParticleFilter:
         self.logw = np.zeros(self.n)
         if self.intent:  # so that copies part again: a shift more than the intent's lead away has left no
             # trace in the events yet, so its time (exponential, memoryless) and where it goes are drawn
-            # again from their law (forgetting a known schedule only loosens the bound)
+            # again from their law (forgetting the schedule known at the start still leaves the filter
+            # more than the events alone)
             lead_ms = int(sim.INTENT_LEAD_H * HOUR_MS)
             far = np.flatnonzero(self.next_shift > self.t + lead_ms)
             self.next_shift[far] = self.t + lead_ms + (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
