@@ -209,7 +209,10 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
 def main(run_index, runs, max_cuts, lags, particles, max_users, model_dir, seed, workdir):
-    lags = tuple(float(x) for x in lags.split(",") if x.strip())
+    try:
+        lags = tuple(float(x) for x in lags.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{lags!r} is not a comma-separated list of days", param_hint="--lags") from None
     if model_dir and run_index is None:
         raise click.UsageError("--model needs --run: a checkpoint belongs to one population")
     wd = Path(workdir)
