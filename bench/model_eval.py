@@ -275,6 +275,13 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
 SESSION_GAP_MS = 600_000  # the simulator's events of a session are 60 s apart on average (exponential)
 
 
+def next_event_groups(ds, samples, ok) -> dict[str, np.ndarray]:
+    """Masks of the ``ok`` samples whose user's next event comes within 10 minutes of the cut
+    (``within_10_min``: inside a session) or later (``later``: a new session)."""
+    gap = np.array([ds.seqs[u].ts[c] - t for u, c, t in zip(samples.user, samples.cut, samples.cut_ts)])
+    return {"within_10_min": ok & (gap < SESSION_GAP_MS), "later": ok & (gap >= SESSION_GAP_MS)}
+
+
 def _truth(result, log_path, td, base, pred, data_cfg) -> None:
     """On a simulated log: every prediction's KL with the truth as the target, overall and split by
     whether the user's next event comes within 10 minutes of the cut (inside a session, whose later
@@ -292,14 +299,12 @@ def _truth(result, log_path, td, base, pred, data_cfg) -> None:
         preds = {**base["test"], "gpt2": pred}
         result["truth"] = {"samples": int(ok.sum()), "models": {
             n: {"kl": float(kl_per_sample(tt[ok], p[ok]).mean())} for n, p in preds.items()}}
-        gap = np.array([td.ds.seqs[u].ts[c] - t for u, c, t in zip(test.user, test.cut, test.cut_ts)])
         result["truth"]["by_next_event"] = {
             name: {"samples": int(m.sum()),
                    "truth_kl": {n: float(kl_per_sample(tt[m], preds[n][m]).mean()) for n in ("gpt2", "ema_prior", "mixture")},
                    "event_kl": {n: float(kl_per_sample(test.targets[m], preds[n][m]).mean())
                                 for n in ("gpt2", "ema_prior", "mixture")}}
-            for name, m in (("within_10_min", ok & (gap < SESSION_GAP_MS)), ("later", ok & (gap >= SESSION_GAP_MS)))
-            if m.any()}
+            for name, m in next_event_groups(td.ds, test, ok).items() if m.any()}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit, machine  # noqa: E402
-from model_eval import DATASETS, SESSION_GAP_MS, make_log  # noqa: E402
+from model_eval import DATASETS, make_log, next_event_groups  # noqa: E402
 from train_eval import SIM_RUNS  # noqa: E402
 
 FILTER_DRAWS = 16  # particles the filter's prediction simulates forward from
@@ -175,10 +175,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     out["by_activity"] = {"rule": rule, **{
         name: {"samples": int((ok & (bucket == b)).sum()),
                "ratio_to_best_baseline": ratios(ok & (bucket == b))} for b, name in enumerate(BUCKETS)}}
-    gap = np.array([ds.seqs[u].ts[c] - t for u, c, t in zip(test.user, test.cut, test.cut_ts)])
-    out["by_next_event"] = {
-        name: {"samples": int(m.sum()), "ratio_to_best_baseline": ratios(m)}
-        for name, m in (("within_10_min", ok & (gap < SESSION_GAP_MS)), ("later", ok & (gap >= SESSION_GAP_MS)))}
+    out["by_next_event"] = {name: {"samples": int(m.sum()), "ratio_to_best_baseline": ratios(m)}
+                            for name, m in next_event_groups(ds, test, ok).items()}
     # the same first cuts at four times the runs and particles: how much the Monte Carlo costs the bounds
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)
