@@ -19,6 +19,12 @@ seeded subset of the test users, every cut of theirs), the test split's KL of
 * the truth (the latent interests averaged over the target window, ``bench/hindsight.py``);
 * with ``--model DIR``, a checkpoint trained on that log: its test predictions, on the same cuts.
 
+Each figure is also given per user-activity bucket, by whether the user's next event is inside the
+session, and, with the mechanisms on, by where their information is (``by_mechanism``): cuts whose
+target window holds the user's scheduled shift, cuts with an intent search in the hours before,
+and the rest. With ``--model``, ``model_with_the_state_on_their_cuts`` is the model's ratio had it
+predicted as the state does on the first two kinds of cut: the most the mechanisms can give it.
+
 Why they bound every model. The target window depends on the past only through the state at the
 cut (the simulator is a Markov process in that state; the future draws are new), so the state
 says at least as much about the target as the events before the cut do; so do an earlier state
@@ -58,17 +64,22 @@ FILTER_DRAWS = 16  # particles the filter's prediction simulates forward from
 
 
 def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed: int, lags=(),
-                      particles: int = 0) -> dict[str, np.ndarray]:
+                      particles: int = 0, flags: dict | None = None) -> dict[str, np.ndarray]:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
     the cut (its first event if none is that old) and the events since: :data:`FILTER_DRAWS` of ``particles`` drawn by weight, ``runs //
-    FILTER_DRAWS`` forward simulations from each, as many as the state's."""
+    FILTER_DRAWS`` forward simulations from each, as many as the state's.
+
+    ``flags``, when given a dict, receives (N,) booleans from the state at each cut (mechanisms
+    on): ``"shift_in_target"``, the user's scheduled shift falls inside the target window, and
+    ``"intent_search_before"``, one of the user's intent searches (for the coming category) is among
+    its events of the :data:`models.simulate.INTENT_LEAD_H` hours before the cut."""
     import copy
 
     from interest_core.window import seconds_to_ms
     from models.sim_filter import ParticleFilter
-    from models.simulate import CATEGORIES, DAY_MS, user_steps
+    from models.simulate import CATEGORIES, DAY_MS, HOUR_MS, INTENT_LEAD_H, user_steps
 
     users, days, sim_seed, mechanisms = sim
     on = mechanisms == "on"
@@ -80,22 +91,30 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
         cuts.setdefault(int(u), {})[int(c)] = r
     names = ["state"] + [f"lag {lag:g} d" for lag in lags]
     out = {name: np.full((len(samples), len(categories)), np.nan) for name in names}
+    if flags is not None:
+        flags.update(shift_in_target=np.zeros(len(samples), bool), intent_search_before=np.zeros(len(samples), bool))
     for u, rows in cuts.items():
         uid = ds.user_ids[u]
         index = int(uid[1:])  # the simulator's ids are u<index>
         seq_ts = ds.seqs[u].ts
         n, last = 0, max(rows)
         events, states = [], []  # the user's events, and its state after each (for the lags)
+        intents = []  # ts of the user's intent searches
         for kind, ev, user in user_steps(index, sim_seed, days, intent=on, transitions=on):
             if kind != "event":
                 continue
             n += 1
+            if on and user.last_intent:
+                intents.append(int(ev["ts"]))
             if int(ev["ts"]) != int(seq_ts[n - 1]):
                 raise RuntimeError(f"user {uid}: event {n} of the simulator is not the log's (another seed?)")
             if lags:
                 events.append(ev)
                 states.append(copy.deepcopy(user))
             r = rows.get(n)
+            if r is not None and flags is not None and on:
+                flags["shift_in_target"][r] = user.next_shift - int(ev["ts"]) <= window_ms
+                flags["intent_search_before"][r] = bool(intents) and int(ev["ts"]) - intents[-1] <= INTENT_LEAD_H * HOUR_MS
             if r is not None:
                 preds = {"state": expected(user, window_ms, weights, runs, (seed, index, n))}
                 for lag, name in zip(lags, names[1:]):
@@ -151,7 +170,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     if model_pred is not None:
         preds["model"] = model_pred[keep]
     t = time.time()
-    preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles))
+    flags = {}
+    preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles, flags))
     state_s = time.time() - t
 
     def kls(mask, ps, target):
@@ -177,6 +197,18 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
                "ratio_to_best_baseline": ratios(ok & (bucket == b))} for b, name in enumerate(BUCKETS)}}
     out["by_next_event"] = {name: {"samples": int(m.sum()), "ratio_to_best_baseline": ratios(m)}
                             for name, m in next_event_groups(ds, test, ok).items()}
+    if mechanisms == "on":  # where the mechanisms' information is, and how much of it each prediction takes
+        shift, intent = flags["shift_in_target"], flags["intent_search_before"]
+        out["by_mechanism"] = {name: {"samples": int((ok & m).sum()),
+                                      "best_baseline_kl_sum": round(float(kl_per_sample(test.targets[ok & m],
+                                                                                        preds[best][ok & m]).sum()), 1),
+                                      "ratio_to_best_baseline": ratios(ok & m)}
+                               for name, m in (("shift_in_target", shift), ("intent_search_before", intent),
+                                               ("neither", ~shift & ~intent))}
+        if "model" in preds:  # the most the mechanisms can give the model: the state's prediction on their cuts
+            mixed = np.where((shift | intent)[:, None], preds["state"], preds["model"])
+            out["by_mechanism"]["model_with_the_state_on_their_cuts"] = round(
+                float(kl_per_sample(test.targets[ok], mixed[ok]).mean()) / kl[best], 4)
     # the same first cuts at four times the runs and particles: how much the Monte Carlo costs the bounds
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)
