@@ -23,7 +23,8 @@ Each figure is also given per user-activity bucket, by whether the user's next e
 session, and, with the mechanisms on, by where their information is (``by_mechanism``): cuts whose
 target window holds the user's scheduled shift, cuts with an intent search in the hours before,
 and the rest. With ``--model``, ``model_with_the_state_on_their_cuts`` is the model's ratio had it
-predicted as the state does on the first two kinds of cut: the most the mechanisms can give it.
+predicted as the state does on the first two kinds of cut, where nothing predicts better: what
+the rest of the cuts leave to reach.
 
 Why they bound every model. The target window depends on the past only through the state at the
 cut (the simulator is a Markov process in that state; the future draws are new), so the state
@@ -205,7 +206,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
                                       "ratio_to_best_baseline": ratios(ok & m)}
                                for name, m in (("shift_in_target", shift), ("intent_search_before", intent),
                                                ("neither", ~shift & ~intent))}
-        if "model" in preds:  # the most the mechanisms can give the model: the state's prediction on their cuts
+        if "model" in preds:  # the model, with the state's prediction on the mechanisms' cuts
             mixed = np.where((shift | intent)[:, None], preds["state"], preds["model"])
             out["by_mechanism"]["model_with_the_state_on_their_cuts"] = round(
                 float(kl_per_sample(test.targets[ok], mixed[ok]).mean()) / kl[best], 4)
