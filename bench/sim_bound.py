@@ -72,10 +72,11 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     the cut (its first event if none is that old) and the events since: :data:`FILTER_DRAWS` of ``particles`` drawn by weight, ``runs //
     FILTER_DRAWS`` forward simulations from each, as many as the state's.
 
-    ``flags``, when given a dict, receives (N,) booleans from the state at each cut (mechanisms
-    on): ``"shift_in_target"``, the user's scheduled shift falls inside the target window, and
-    ``"intent_search_before"``, one of the user's intent searches (for the coming category) is among
-    its events of the :data:`models.simulate.INTENT_LEAD_H` hours before the cut."""
+    ``flags``, when given a dict, receives (N,) booleans from the simulator at each cut (mechanisms
+    on): ``"shift_in_target"``, the user's scheduled shift (in its state) falls inside the target
+    window, and ``"intent_search_before"``, one of the user's intent searches (for the coming
+    category; which searches were is hidden from a model) is among its events of the
+    :data:`models.simulate.INTENT_LEAD_H` hours before the cut."""
     import copy
 
     from interest_core.window import seconds_to_ms
@@ -203,7 +204,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
         out["by_mechanism"] = {name: {"samples": int((ok & m).sum()),
                                       "best_baseline_kl_sum": round(float(kl_per_sample(test.targets[ok & m],
                                                                                         preds[best][ok & m]).sum()), 1),
-                                      "ratio_to_best_baseline": ratios(ok & m)}
+                                      "ratio_to_best_baseline": ratios(ok & m) if (ok & m).any() else None}
                                for name, m in (("shift_in_target", shift), ("intent_search_before", intent),
                                                ("neither", ~shift & ~intent))}
         if "model" in preds:  # the model, with the state's prediction on the mechanisms' cuts
