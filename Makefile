@@ -56,6 +56,12 @@ bench: install
 		$(PY) bench/model_eval.py --dataset sim --users 1000 --days 14 --seed 2 --mechanisms $$m --workdir $$d > bench-out/sim_bound-model-$$m.json && \
 		$(PY) bench/sim_bound.py --run $$r --model $$d/sim/default --max-users 150 --max-cuts 150 --workdir $$d \
 		| tee bench-out/sim_bound-lags-$$m.json; done
+	$(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --max-users 75 --lags 1,2 \
+		--particles 8000 --max-cuts 100 --workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-lag2-on.json
+	$(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --max-users 75 --lags 2 --seed 1 \
+		--particles 8000 --max-cuts 100 --workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-lag2-on-seed1.json
+	$(PY) bench/sim_bound.py --run 3 --model $(SIM_BOUND_DIR)-off/sim/default --max-users 75 --lags 2 \
+		--particles 8000 --max-cuts 100 --workdir $(SIM_BOUND_DIR)-off | tee bench-out/sim_bound-lag2-off.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json
