@@ -62,6 +62,14 @@ bench: install
 		--particles 8000 --max-cuts 100 --workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-lag2-on-seed1.json
 	$(PY) bench/sim_bound.py --run 3 --model $(SIM_BOUND_DIR)-off/sim/default --max-users 75 --lags 2 \
 		--particles 8000 --max-cuts 100 --workdir $(SIM_BOUND_DIR)-off | tee bench-out/sim_bound-lag2-off.json
+	$(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --lags '' --max-cuts 100 \
+		--workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-mechanisms-1000x14.json
+	d=$(SIM_BOUND_DIR)-on7; $(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on --threads 1 \
+		--workdir $$d > bench-out/sim_bound-model-on7.json && \
+		$(PY) bench/sim_bound.py --run 0 --model $$d/sim/default --lags '' --max-cuts 100 --workdir $$d \
+		| tee bench-out/sim_bound-mechanisms-2000x7.json
+	$(PY) bench/model_eval.py --dataset sim --users 1000 --days 14 --seed 2 --mechanisms on --set max_steps=6000 --threads 1 \
+		--workdir $(SIM_BOUND_DIR)-steps | tee bench-out/model_eval-sim-max-steps-6000.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json
