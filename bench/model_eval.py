@@ -4,8 +4,9 @@
         [--users N --days D --seed S --mechanisms on|off] [--pretrained DIR] [--workdir DIR]
 
 The data is prepared once (:func:`models.train.prepare_training`), the baselines are fit once
-(:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log is
-unchanged, so the setup time is measured by the first run only), then every variant is trained with the project's
+(:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log, the data
+settings and the code of ``CACHED_CODE`` are unchanged, so the setup time is measured by the first
+run only), then every variant is trained with the project's
 own :func:`models.train.fit` (plain path, corrections, choice on validation) and scored on the test
 split by :func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
 variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json``; stdout gets one
@@ -55,7 +56,9 @@ DATASETS = {
     # 2 h 37 min of a shop's log: the next 5 events (no multi-day histories)
     "rees46": {"data": {"target": "next_k", "target_k": 5}},
 }
-CACHED_CODE = ("data.py", "baselines.py", "evaluate.py", "train.py")  # what the cache depends on
+# what the cache depends on: the code that prepares, encodes and scores the data (from the repository root)
+CACHED_CODE = ("models/data.py", "models/baselines.py", "models/evaluate.py", "models/train.py",
+               "interest_core/encoding.py", "interest_core/window.py")
 VARIANTS = {
     "default": {},
     "features": {"model": {"correction": "features"}},
@@ -212,8 +215,9 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     data_cfg = DataConfig(**data_over)
     base_train = TrainConfig(threads=threads, **extra["train"])
     # the prepared data and baselines, reused by later runs of the same code on the same log
-    code = hashlib.sha1(b"".join((ROOT / "models" / f).read_bytes() for f in CACHED_CODE)).hexdigest()[:10]
-    code += hashlib.sha1(json.dumps(data_over, sort_keys=True).encode()).hexdigest()[:6]
+    code = hashlib.sha1(b"".join((ROOT / f).read_bytes() for f in CACHED_CODE)).hexdigest()[:10]
+    # and what prepare_training reads beside the code: the data config, and whether readouts are dense
+    code += hashlib.sha1(json.dumps([data_over, base_train.dense_weight > 0], sort_keys=True).encode()).hexdigest()[:6]
     cache = wd / f"prepared-{log_path.stem}-{code}.pkl"
     if cache.exists() and cache.stat().st_mtime > log_path.stat().st_mtime:
         with open(cache, "rb") as f:
