@@ -76,7 +76,7 @@ bench: install
 	$(PY) bench/model_eval.py --dataset movielens --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-movielens.json
 	$(PY) bench/pretrain_eval.py --dataset movielens | tee bench-out/pretrain_eval.json
 	# the context the model reads: max_len tokens (bench/README.md, "The context the model reads")
-	for L in 64 128 256; do for s in 1337 1; do \
+	for L in 64 128 256; do for s in 1337 1 2; do \
 		$(PY) bench/model_eval.py --dataset movielens --set seed=$$s --data-set max_len=$$L --threads 1 \
 		| tee bench-out/context-movielens-$$L-$$s.json; done; \
 		$(PY) bench/model_eval.py --dataset cj --data-set max_len=$$L --threads 1 | tee bench-out/context-cj-$$L.json; done
