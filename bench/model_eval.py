@@ -6,9 +6,9 @@
 The data is prepared once (:func:`models.train.prepare_training`), the baselines are fit once
 (:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log, the data
 settings and the code of ``CACHED_CODE`` are unchanged, so the setup time is measured by the first
-run only), then every variant is trained with the project's
-own :func:`models.train.fit` (plain path, corrections, choice on validation) and scored on the test
-split by :func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
+run only), then every variant is trained with the project's own :func:`models.train.fit` (plain
+path, corrections, choice on validation) and scored on the test split by
+:func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
 variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json``; stdout gets one
 JSON summary with the machine, the commit and every figure the README quotes.
 
