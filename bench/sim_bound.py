@@ -101,13 +101,13 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
         seq_ts = ds.seqs[u].ts
         n, last = 0, max(rows)
         events, states = [], []  # the user's events, and its state after each (for the lags)
-        intents = []  # ts of the user's intent searches
+        last_intent = None  # ts of the user's latest intent search
         for kind, ev, user in user_steps(index, sim_seed, days, intent=on, transitions=on):
             if kind != "event":
                 continue
             n += 1
             if on and user.last_intent:
-                intents.append(int(ev["ts"]))
+                last_intent = int(ev["ts"])
             if int(ev["ts"]) != int(seq_ts[n - 1]):
                 raise RuntimeError(f"user {uid}: event {n} of the simulator is not the log's (another seed?)")
             if lags:
@@ -116,7 +116,8 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
             r = rows.get(n)
             if r is not None and flags is not None and on:
                 flags["shift_in_target"][r] = user.next_shift - int(ev["ts"]) <= window_ms
-                flags["intent_search_before"][r] = bool(intents) and int(ev["ts"]) - intents[-1] <= INTENT_LEAD_H * HOUR_MS
+                flags["intent_search_before"][r] = last_intent is not None and \
+                    int(ev["ts"]) - last_intent <= INTENT_LEAD_H * HOUR_MS
             if r is not None:
                 preds = {"state": expected(user, window_ms, weights, runs, (seed, index, n))}
                 for lag, name in zip(lags, names[1:]):
@@ -201,12 +202,13 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
                             for name, m in next_event_groups(ds, test, ok).items()}
     if mechanisms == "on":  # where the mechanisms' information is, and how much of it each prediction takes
         shift, intent = flags["shift_in_target"], flags["intent_search_before"]
-        out["by_mechanism"] = {name: {"samples": int((ok & m).sum()),
-                                      "best_baseline_kl_sum": round(float(kl_per_sample(test.targets[ok & m],
-                                                                                        preds[best][ok & m]).sum()), 1),
-                                      "ratio_to_best_baseline": ratios(ok & m) if (ok & m).any() else None}
-                               for name, m in (("shift_in_target", shift), ("intent_search_before", intent),
-                                               ("neither", ~shift & ~intent))}
+        out["by_mechanism"] = {}
+        for name, m in (("shift_in_target", shift), ("intent_search_before", intent), ("neither", ~shift & ~intent)):
+            g = ok & m
+            out["by_mechanism"][name] = {
+                "samples": int(g.sum()),
+                "best_baseline_kl_sum": round(float(kl_per_sample(test.targets[g], preds[best][g]).sum()), 1),
+                "ratio_to_best_baseline": ratios(g) if g.any() else None}
         if "model" in preds:  # the model, with the state's prediction on the mechanisms' cuts
             mixed = np.where((shift | intent)[:, None], preds["state"], preds["model"])
             out["by_mechanism"]["model_with_the_state_on_their_cuts"] = round(
