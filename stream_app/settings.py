@@ -6,6 +6,7 @@ as a one-line error instead of a traceback.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -92,6 +95,7 @@ class Settings:
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
     fetch_max_wait_ms: int = 100  # INTEREST_FETCH_MAX_WAIT_MS: longest a fetch waits for data (stream_app.consumer)
+    bootstrap_timeout_s: float = 30.0  # INTEREST_BOOTSTRAP_TIMEOUT_S: how long a command's Kafka client waits for the brokers
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
     flush_s: float = 15.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
@@ -145,6 +149,7 @@ class Settings:
             heartbeat_s=_float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
             fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1),
+            bootstrap_timeout_s=_float(env, "INTEREST_BOOTSTRAP_TIMEOUT_S", 30.0, minimum=0.1),
             linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
             log_format=log_format,
             flush_s=_float(env, "INTEREST_FLUSH_S", 15.0, minimum=0.05),
@@ -213,4 +218,5 @@ class Settings:
     # -- clients -------------------------------------------------------------------------
     def kafka_python_config(self) -> dict:
         """Keyword arguments for every kafka-python client the project makes."""
-        return {"bootstrap_servers": self.bootstrap_servers.split(","), **self.security}
+        return {"bootstrap_servers": self.bootstrap_servers.split(","),
+                "bootstrap_timeout_ms": round(self.bootstrap_timeout_s * 1000), **self.security}

@@ -3,16 +3,42 @@
 import os
 import subprocess
 import sys
+import time
+
+import pytest
 
 from conftest import ROOT
+from stream_app.settings import ConfigError, Settings
 
 
-def test_unreachable_broker_is_a_one_line_error():
-    """No traceback when Kafka cannot be reached: what to check is named instead."""
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+def test_unreachable_broker_is_a_one_line_error_after_the_bootstrap_timeout():
+    """No traceback when Kafka cannot be reached: what to check is named instead, as soon as
+    INTEREST_BOOTSTRAP_TIMEOUT_S has passed (kafka-python's own default waits 30 s)."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="2")
+    started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "stream_app.cli", "tail"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
     assert out.returncode == 1
     assert out.stderr.startswith("Error: Kafka at 127.0.0.1:1: ")
     assert "check KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers" in out.stderr
     assert "Traceback" not in out.stderr
+    assert took < 20, f"answered after {took:.1f} s"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, 30_000),
+    ("2.5", 2_500),
+    ("0", "INTEREST_BOOTSTRAP_TIMEOUT_S must be >= 0.1, got 0.0"),
+    ("soon", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a number, got 'soon'"),
+    ("nan", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a finite number, got 'nan'"),
+    ("inf", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a finite number, got 'inf'"),
+])
+def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, expected):
+    env = {} if raw is None else {"INTEREST_BOOTSTRAP_TIMEOUT_S": raw}
+    if isinstance(expected, int):
+        assert Settings.from_env(env).kafka_python_config()["bootstrap_timeout_ms"] == expected
+    else:
+        with pytest.raises(ConfigError) as err:
+            Settings.from_env(env)
+        assert str(err.value) == expected
