@@ -114,7 +114,7 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         key, sep, raw = item.partition("=")
         owner = [g for g, fs in groups.items() if key in fs]
         if not sep or not owner:
-            known = sorted(k for fs in groups.values() for k in fs)
+            known = sorted({k for fs in groups.values() for k in fs})
             raise click.BadParameter(f"unknown key {key!r}; known keys: {', '.join(known)}", param_hint="--set")
         g = owner[0]
         typ = groups[g][key].type
@@ -168,8 +168,11 @@ def pretrain(data, out, max_steps, sets, quiet):
         except ValueError:
             raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
     try:
-        run_pretraining(list(data), out, PretrainConfig(**chosen), progress=not quiet,
-                        log=lambda m: click.echo(m, err=True))
+        cfg = PretrainConfig(**chosen)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        run_pretraining(list(data), out, cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from interest_core.encoding import DEFAULT_MAX_LEN
+from models.config_checks import check_ranges
 from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
                            WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
@@ -70,6 +71,10 @@ class DataConfig:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1):
             raise ValueError("val_frac and test_frac must be > 0 and sum to < 1")
+        check_ranges(self, at_least={"horizon_s": 1, "max_events": 1, "profile_retention_s": 1,
+                                     "target_window_s": 1, "target_k": 1, "click_weight": 0.0,
+                                     "browse_weight": 0.0, "max_train_samples": 1, "max_eval_samples": 1,
+                                     "min_category_count": 1, "max_len": 1})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":

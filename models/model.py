@@ -46,6 +46,7 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
+from models.config_checks import check_heads, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
@@ -87,6 +88,10 @@ class ModelConfig:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        check_ranges(self, at_least={"max_len": 1, "n_layer": 1, "n_head": 1, "n_embd": 1, "dropout": 0.0,
+                                     "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
+                     above={"recency_tokens": 0.0}, below={"dropout": 1.0})
+        check_heads(self.n_embd, self.n_head)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -443,6 +448,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be at least 0 and below 1 (0: off), got {self.ema_decay}")
         if self.scale_corrections not in (0, 1):
             raise ValueError(f"scale_corrections must be 0 (off) or 1 (on), got {self.scale_corrections}")
+        check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
+                                     "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
+                                     "eval_samples": 1, "plain_steps": 0, "dense_weight": 0.0, "threads": 1},
+                     above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
 
 
 def collate(seqs, pad_id: int):

@@ -333,8 +333,13 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
         return
     if out is None:
         raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
-    stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
-                              progress=True)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # before the users are simulated
+        raise click.BadParameter(f"{os.path.dirname(os.path.abspath(out))} is not a directory", param_hint="--out")
+    try:
+        stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
+                                  progress=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {stats['events']} events of {users} users to {out} (truth: {out}.truth.jsonl)", err=True)
 
 

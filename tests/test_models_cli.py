@@ -100,6 +100,8 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
         assert r.invoke(cli.load, [sub, "--help"]).exit_code == 0
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "nope=1"])
     assert res.exit_code == 2 and "unknown key" in res.output and res.exception.__class__ is SystemExit
+    known = res.output.split("known keys: ")[1].split()
+    assert known.count("seed,") == 1 and "batch_size," in known  # each key once, though seed is in two configs
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "ema_decay=1"])
     assert res.exit_code == 2 and "ema_decay must be at least 0 and below 1 (0: off), got 1.0" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "scale_corrections=2"])
@@ -123,3 +125,16 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     (tmp_path / "bad.jsonl").write_text("not json\n")
     res = r.invoke(cli.pretrain, ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "p")])
     assert res.exit_code == 1 and "no valid events" in res.output
+    # a number out of range is a usage error before the log is read (this log has no valid event)
+    res = r.invoke(cli.pretrain, ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "p"),
+                                  "--set", "dropout=1"])
+    assert res.exit_code == 2 and "dropout must be < 1.0, got 1.0" in res.output
+    for key_value, message in [("batch_size=0", "batch_size must be >= 1, got 0"),
+                               ("lr=nan", "lr must be a finite number, got nan"),
+                               ("target_k=0", "target_k must be >= 1, got 0"),
+                               ("n_head=5", "n_embd (48) must be a multiple of n_head (5)")]:
+        res = r.invoke(cli.train, ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x"),
+                                   "--set", key_value])
+        assert res.exit_code == 2 and message in res.output, (key_value, res.output)
+    res = r.invoke(simulate, ["--users", "3", "--out", str(tmp_path / "missing" / "s.jsonl")])
+    assert res.exit_code == 2 and f"{tmp_path / 'missing'} is not a directory" in res.output

@@ -1,0 +1,36 @@
+"""The ranges of the training configs' numbers, checked when a config is made.
+
+A bad ``--set`` (``batch_size=0``, ``dropout=2``, ``lr=nan``) is then a one-line error before any
+data is read, instead of a traceback, or an error minutes later, or a run that trains on nonsense.
+Pure: raises ``ValueError`` naming the key, which the CLI prints as a usage error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+
+def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
+                 below: dict | None = None) -> None:
+    """Every float field of the dataclass ``cfg`` is finite; ``at_least[name]`` <= value,
+    ``above[name]`` < value and value < ``below[name]``."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+    for name, low in (at_least or {}).items():
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+    for name, low in (above or {}).items():
+        if getattr(cfg, name) <= low:
+            raise ValueError(f"{name} must be > {low}, got {getattr(cfg, name)}")
+    for name, high in (below or {}).items():
+        if getattr(cfg, name) >= high:
+            raise ValueError(f"{name} must be < {high}, got {getattr(cfg, name)}")
+
+
+def check_heads(n_embd: int, n_head: int) -> None:
+    """GPT-2's attention splits the width evenly over the heads."""
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")

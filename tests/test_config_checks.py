@@ -1,0 +1,51 @@
+"""The training configs' ranges: every bad number is a ValueError naming the key (models.config_checks)."""
+
+import pytest
+
+from models.data import DataConfig
+from models.model import ModelConfig, TrainConfig
+from models.pretrain import PretrainConfig
+
+
+def model(**kw):
+    return ModelConfig(vocab_size=10, k=3, category_offset=4, **kw)
+
+
+@pytest.mark.parametrize("make, kw, message", [
+    (TrainConfig, {"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    (TrainConfig, {"epochs": 0}, "epochs must be >= 1, got 0"),
+    (TrainConfig, {"max_steps": -5}, "max_steps must be >= 1, got -5"),
+    (TrainConfig, {"plain_steps": -1}, "plain_steps must be >= 0, got -1"),
+    (TrainConfig, {"threads": 0}, "threads must be >= 1, got 0"),
+    (TrainConfig, {"lr": 0.0}, "lr must be > 0.0, got 0.0"),
+    (TrainConfig, {"lr": float("nan")}, "lr must be a finite number, got nan"),
+    (TrainConfig, {"grad_clip": float("inf")}, "grad_clip must be a finite number, got inf"),
+    (TrainConfig, {"weight_decay": -0.1}, "weight_decay must be >= 0.0, got -0.1"),
+    (model, {"n_head": 0}, "n_head must be >= 1, got 0"),
+    (model, {"n_layer": 0}, "n_layer must be >= 1, got 0"),
+    (model, {"dropout": 1.0}, "dropout must be < 1.0, got 1.0"),
+    (model, {"dropout": -0.1}, "dropout must be >= 0.0, got -0.1"),
+    (model, {"n_head": 5}, "n_embd (48) must be a multiple of n_head (5)"),
+    (model, {"recency_tokens": 0.0}, "recency_tokens must be > 0.0, got 0.0"),
+    (DataConfig, {"target_k": 0}, "target_k must be >= 1, got 0"),
+    (DataConfig, {"target_window_s": 0}, "target_window_s must be >= 1, got 0"),
+    (DataConfig, {"browse_weight": float("nan")}, "browse_weight must be a finite number, got nan"),
+    (DataConfig, {"max_len": 0}, "max_len must be >= 1, got 0"),
+    (PretrainConfig, {"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    (PretrainConfig, {"val_frac": 1.0}, "val_frac must be < 1.0, got 1.0"),
+    (PretrainConfig, {"val_frac": 0.0}, "val_frac must be > 0.0, got 0.0"),
+    (PretrainConfig, {"n_embd": 50, "n_head": 4}, "n_embd (50) must be a multiple of n_head (4)"),
+])
+def test_a_bad_number_names_its_key(make, kw, message):
+    with pytest.raises(ValueError) as err:
+        make(**kw)
+    assert str(err.value) == message
+
+
+def test_the_defaults_and_the_edges_of_each_range_are_accepted():
+    TrainConfig(), DataConfig(), PretrainConfig(), model()
+    TrainConfig(plain_steps=0, warmup_steps=0, weight_decay=0.0, min_lr=0.0, dense_weight=0.0, batch_size=1)
+    model(dropout=0.0, cat_hidden=0, cat_context=0, n_layer=1, n_head=1, n_embd=1)
+    model(dropout=0.999)
+    DataConfig(click_weight=0.0, target_k=1, max_len=1)
+
