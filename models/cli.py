@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from interest_core.cli_types import FiniteRange
+
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1))
@@ -205,7 +207,7 @@ def evaluate(ckpt_dir, data, out, no_plots):
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for rerank_metrics.json.")
 @click.option("--negatives", type=click.IntRange(min=1), default=100, show_default=True,
               help="Popular items the user has not clicked yet, added to the true next items.")
-@click.option("--weight", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--weight", type=FiniteRange(0.0, 1.0), default=None,
               help="A fixed blend weight for every interest source (default: chosen on validation).")
 def evaluate_rerank(ckpt_dir, data, out, negatives, weight):
     """What re-ranking with the vectors is worth on the checkpoint's test split: NDCG@10 and HR@10 of

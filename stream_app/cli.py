@@ -8,6 +8,8 @@ import time
 import click
 import orjson
 
+from interest_core.cli_types import POSITIVE, FiniteRange
+
 from .settings import InterestStreamError, Settings
 
 
@@ -125,7 +127,7 @@ def load():
 @load.command("jsonl")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @bootstrap_option
-@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--rate", type=POSITIVE, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--force", is_flag=True, help="Stream even events older than the topics' retention.")
 def load_jsonl(file, bootstrap_servers, rate, force):
     """Stream a JSONL event log to the input topics (record timestamp = ts)."""
@@ -189,8 +191,8 @@ def _consumer(s: Settings, **kw):
 @bootstrap_option
 @click.option("--user", default=None, help="Only this user's vectors.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained vector.")
-@click.option("--max-messages", type=int, default=None, help="Stop after this many.")
-@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds.")
+@click.option("--max-messages", type=click.IntRange(min=1), default=None, help="Stop after this many.")
+@click.option("--timeout", type=POSITIVE, default=None, help="Stop after this many idle seconds.")
 @click.option("--topic", default=None, help="Read another interest topic (e.g. a backfill).")
 def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     """Print interest vectors as they arrive."""
@@ -240,7 +242,7 @@ def format_vector(key: str | None, value: bytes | None) -> str:
 @main.command()
 @click.argument("user")
 @bootstrap_option
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the tombstone.")
+@click.option("--timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds to wait for the tombstone.")
 def forget(user, bootstrap_servers, timeout):
     """Delete one user's state everywhere, publish a tombstone and wait for it."""
     from kafka import TopicPartition
@@ -303,7 +305,7 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
 # -- simulated users (file mode is models.simulate; --rate streams through stream_app.produce) --
 @main.command("simulate")
 @click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated users.")
-@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+@click.option("--days", type=POSITIVE, default=7.0, show_default=True,
               help="Days of activity (file mode).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -311,9 +313,9 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
 @click.option("--start-ms", type=int, default=None,
               help="Epoch ms of the first simulated moment (file mode default 2026-01-01T00:00Z; "
                    "streaming default: now).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rate", type=POSITIVE, default=None,
               help="Stream to Kafka at R events per second instead of writing a file.")
-@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+@click.option("--speedup", type=POSITIVE, default=60.0, show_default=True,
               help="With --rate: interest dynamics run this many times faster than the wall clock.")
 @click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS).")
 def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
@@ -344,11 +346,11 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
 
 
 @main.command("demo")
-@click.option("--seconds", type=click.FloatRange(min=10), default=180, show_default=True,
+@click.option("--seconds", type=FiniteRange(min=10), default=180, show_default=True,
               help="How long to stream and print vectors.")
 @click.option("--users", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--rate", type=click.FloatRange(min=1), default=300, show_default=True, help="Events per second.")
-@click.option("--speedup", type=click.FloatRange(min=1), default=1440, show_default=True,
+@click.option("--rate", type=FiniteRange(min=1), default=300, show_default=True, help="Events per second.")
+@click.option("--speedup", type=FiniteRange(min=1), default=1440, show_default=True,
               help="Interest dynamics this many times faster than the wall clock (1440: a day a minute).")
 @click.option("--follow", type=click.IntRange(min=0), default=4, show_default=True,
               help="Print every vector of this many users.")

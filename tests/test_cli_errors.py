@@ -42,3 +42,29 @@ def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, ex
         with pytest.raises(ConfigError) as err:
             Settings.from_env(env)
         assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tail", "--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a finite number."),
+    (["tail", "--timeout", "0"], "Invalid value for '--timeout': 0.0 is not in the range x>0."),
+    (["tail", "--max-messages", "0"], "Invalid value for '--max-messages': 0 is not in the range x>=1."),
+    (["forget", "u1", "--timeout", "inf"], "Invalid value for '--timeout': 'inf' is not a finite number."),
+    (["simulate", "--users", "3", "--days", "inf", "--out", "s.jsonl"],
+     "Invalid value for '--days': 'inf' is not a finite number."),
+    (["simulate", "--users", "3", "--rate", "nan"], "Invalid value for '--rate': 'nan' is not a finite number."),
+    (["load", "jsonl", "{log}", "--rate", "-5"], "Invalid value for '--rate': -5.0 is not in the range x>0."),
+    (["demo", "--seconds", "inf"], "Invalid value for '--seconds': 'inf' is not a finite number."),
+    (["evaluate-rerank", "{dir}", "--data", "{log}", "--out", "{dir}/r", "--weight", "nan"],
+     "Invalid value for '--weight': 'nan' is not a finite number."),
+])
+def test_a_number_that_is_not_finite_or_out_of_range_is_a_usage_error(args, message, tmp_path):
+    """Refused before anything runs: `--days inf` would never finish, `--timeout nan` was a traceback."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("{}\n")
+    res = CliRunner().invoke(main, [a.format(log=log, dir=tmp_path) for a in args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
