@@ -1,7 +1,7 @@
 """The interest model against the baselines on one dataset, with ablations (not a test).
 
     .venv/bin/python bench/model_eval.py --dataset cj|movielens|sim|rees46 [--variants default,plain,...]
-        [--users N --days D --seed S --mechanisms on|off] [--pretrained DIR] [--workdir DIR]
+        [--users N --days D --seed S --mechanisms on|off] [--pretrained DIR] [--workdir DIR] [--end-frac F]
 
 The data is prepared once (:func:`models.train.prepare_training`), the baselines are fit once
 (:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log, the data
@@ -111,6 +111,27 @@ def make_log(dataset: str, wd: Path, users: int, days: float, seed: int, mechani
     return log
 
 
+def truncate_log(log: Path, end_frac: float) -> Path:
+    """The log's events before its ``end_frac`` event-time quantile (the quantile ``models.data``
+    splits by), as ``<log>-end<F>.jsonl`` beside it: the same data as it stood at an earlier day, so
+    a backtest's test periods can be moved back in time. A timestamp is kept or dropped whole (a
+    basket's lines share one)."""
+    if end_frac >= 1.0:
+        return log
+    out = log.with_name(f"{log.stem}-end{end_frac:.4f}.jsonl")
+    if out.exists() and out.stat().st_mtime > log.stat().st_mtime:
+        return out
+    import orjson
+
+    lines = log.read_bytes().splitlines()
+    ts = np.array([orjson.loads(line)["ts"] for line in lines])
+    end = np.quantile(ts, end_frac, method="lower")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(line + b"\n" for line, t in zip(lines, ts) if t < end))
+    tmp.replace(out)
+    return out
+
+
 def single_target(td):
     """The same prepared data with one readout per sequence (the last)."""
     from models.data import encode_samples, sample_profiles
@@ -183,7 +204,9 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
 @click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
               help="override the dataset's data config (e.g. target_k=1)")
 @click.option("--threads", default=2, show_default=True)
-def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads):
+@click.option("--end-frac", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
+              help="Use only the log's events before this event-time quantile (bench/backtest.py's folds).")
+def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads, end_frac):
     import torch
 
     from bench.common import commit, machine
@@ -208,7 +231,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         extra[group][key] = {"int": int, "float": float}.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
     wd = Path(workdir) / dataset
     wd.mkdir(parents=True, exist_ok=True)
-    log_path = make_log(dataset, Path(workdir), users, days, seed, mechanisms)
+    log_path = truncate_log(make_log(dataset, Path(workdir), users, days, seed, mechanisms), end_frac)
     quiet = lambda m: print(m, file=sys.stderr)  # noqa: E731
     t0 = time.time()
     data_over = data_overrides(dataset, data_sets)
@@ -232,7 +255,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     test = td.ds.splits["test"]
     setup_s = time.time() - t0
     out = {"machine": machine(), "commit": commit(), "dataset": dataset, "log": str(log_path),
-           "data_config": data_over,
+           "end_frac": end_frac, "data_config": data_over,
            "sim": {"users": users, "days": days, "seed": seed, "mechanisms": mechanisms} if dataset == "sim" else None,
            "events": td.info["log"]["events"], "users": td.info["log"]["users"],
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
@@ -263,6 +286,10 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
                                                       "selection": card["metrics"]["selection"]})
         _truth(result, log_path, td, base, pred, data_cfg)
         (wd / name / "metrics.json").write_text(json.dumps(result, indent=1))
+        # each test sample's KL, for pooling runs (bench/backtest.py)
+        np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=kl_per_sample(test.targets, pred),
+                 **{n: kl_per_sample(test.targets, p) for n, p in base["test"].items()},
+                 best_baseline=np.asarray(result["best_baseline"]))
         out["baselines_test_kl"] = {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
         if members > 1:  # each member alone, by the same KL
