@@ -76,7 +76,7 @@ def main(dataset, folds, parallel, workdir, sets):
     t0 = time.time()
     procs, outs = {}, {}
     for i, end in enumerate(ends):
-        fd = wd / f"fold{i}"
+        fd = wd / f"{dataset}-fold{i}"
         fd.mkdir(exist_ok=True)
         if not (fd / log.name).exists():
             os.link(log, fd / log.name)  # model_eval finds the log there and truncates it beside it

@@ -39,10 +39,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from interest_core.encoding import DEFAULT_MAX_LEN
-from models.config_checks import check_ranges
 from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
                            WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
+from models.config_checks import check_ranges
 
 
 TARGETS = ("time", "next_k", "next_baskets")
