@@ -61,8 +61,7 @@ def _local_kafka(port: int | None = None):
 
     s = _settings()
     port = port or s.kafka_port
-    return LocalKafka(home=default_home(), port=port, controller_port=s.kafka_controller_port or port + 1,
-                      heap=s.kafka_heap)
+    return LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port), heap=s.kafka_heap)
 
 
 @main.group(cls=Group)
@@ -71,7 +70,8 @@ def kafka():
 
 
 @kafka.command("up")
-@click.option("--port", type=int, default=None, help="Broker port (default $INTEREST_KAFKA_PORT or 9092).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Broker port (default $INTEREST_KAFKA_PORT or 9092).")
 def kafka_up(port):
     """Start the broker unless it runs already (fetches the jars on first use)."""
     k = _local_kafka(port)

@@ -64,7 +64,7 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
 
             s = Settings.from_env(env)
             port = s.kafka_port
-            broker = LocalKafka(home=default_home(), port=port, controller_port=s.kafka_controller_port or port + 1,
+            broker = LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port),
                                 heap=s.kafka_heap)
             if broker.pid() is not None and broker.answers():
                 say(f"using the local Kafka already running at {broker.bootstrap}")

@@ -20,7 +20,7 @@ class ConfigError(InterestStreamError, ValueError):
     """A setting from the environment or the command line has a bad value."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -30,7 +30,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+MAX_PORT = 65535
 
 
 def _share(env: Mapping[str, str]) -> float:
@@ -141,7 +146,7 @@ class Settings:
             ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1),
             score_share=_share(env),
             pace_backlog=_int(env, "INTEREST_SCORE_PACE_BACKLOG", 5000, minimum=0),
-            web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1),
+            web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1, maximum=MAX_PORT),
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
             data_dir=env.get("INTEREST_DATA_DIR") or "./interest-stream-data",
@@ -157,11 +162,20 @@ class Settings:
             replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1),
             canonical_url=canonical_url,
             evict_every_s=_float(env, "INTEREST_EVICT_EVERY_S", 60.0, minimum=0.1),
-            kafka_port=_int(env, "INTEREST_KAFKA_PORT", 9092, minimum=1),
-            kafka_controller_port=_int(env, "INTEREST_KAFKA_CONTROLLER_PORT", 0, minimum=0),
+            kafka_port=_int(env, "INTEREST_KAFKA_PORT", 9092, minimum=1, maximum=MAX_PORT),
+            kafka_controller_port=_int(env, "INTEREST_KAFKA_CONTROLLER_PORT", 0, minimum=0, maximum=MAX_PORT),
             kafka_heap=kafka_heap,
             security={v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)},
         )
+
+    def controller_port_for(self, port: int) -> int:
+        """The local broker's controller port beside its listener ``port``: the setting, or the next port."""
+        if self.kafka_controller_port:
+            return self.kafka_controller_port
+        if port >= MAX_PORT:
+            raise ConfigError(f"the local broker's port {port} leaves no next port for its controller; "
+                              "set INTEREST_KAFKA_CONTROLLER_PORT")
+        return port + 1
 
     # -- names ---------------------------------------------------------------------------
     def topic(self, name: str) -> str:

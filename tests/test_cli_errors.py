@@ -68,3 +68,37 @@ def test_a_number_that_is_not_finite_or_out_of_range_is_a_usage_error(args, mess
     res = CliRunner().invoke(main, [a.format(log=log, dir=tmp_path) for a in args])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"INTEREST_WEB_PORT": "70000"}, "INTEREST_WEB_PORT must be <= 65535, got 70000"),
+    ({"INTEREST_KAFKA_PORT": "65536"}, "INTEREST_KAFKA_PORT must be <= 65535, got 65536"),
+    ({"INTEREST_KAFKA_CONTROLLER_PORT": "99999"}, "INTEREST_KAFKA_CONTROLLER_PORT must be <= 65535, got 99999"),
+])
+def test_a_port_beyond_65535_is_a_one_line_error(env, message):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+
+
+def test_the_local_brokers_controller_port():
+    assert Settings.from_env({}).controller_port_for(9092) == 9093
+    assert Settings.from_env({"INTEREST_KAFKA_CONTROLLER_PORT": "9999"}).controller_port_for(65535) == 9999
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({}).controller_port_for(65535)
+    assert str(err.value) == ("the local broker's port 65535 leaves no next port for its controller; "
+                              "set INTEREST_KAFKA_CONTROLLER_PORT")
+
+
+def test_kafka_up_refuses_a_port_it_cannot_use_before_starting_anything(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    monkeypatch.setenv("INTEREST_KAFKA_HOME", str(tmp_path / "kafka"))
+    res = CliRunner().invoke(main, ["kafka", "up", "--port", "70000"])
+    assert res.exit_code == 2 and "Invalid value for '--port': 70000 is not in the range 1<=x<=65535." in res.output
+    res = CliRunner().invoke(main, ["kafka", "up", "--port", "65535"])
+    assert res.exit_code == 1
+    assert "Error: the local broker's port 65535 leaves no next port for its controller" in res.output
+    assert not (tmp_path / "kafka").exists()  # nothing fetched, nothing started
