@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -36,6 +37,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
 
 
 MAX_PORT = 65535
+KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]*")  # the characters Kafka allows in topic names
+
+
+def _name_part(env: Mapping[str, str], name: str, default: str) -> str:
+    """A setting that becomes part of topic names (and the consumer group)."""
+    value = env.get(name) or default
+    if not KAFKA_NAME.fullmatch(value):
+        raise ConfigError(f"{name} may hold only ASCII letters, digits, '.', '_' and '-' "
+                          f"(it becomes part of Kafka topic names), got {value!r}")
+    return value
 
 
 def _share(env: Mapping[str, str]) -> float:
@@ -130,8 +141,8 @@ class Settings:
             raise ConfigError(f"INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got {kafka_heap!r}")
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092",
-            topic_prefix=env.get("INTEREST_TOPIC_PREFIX", ""),
-            app_id_base=env.get("INTEREST_APP_ID") or "interest-stream",
+            topic_prefix=_name_part(env, "INTEREST_TOPIC_PREFIX", ""),
+            app_id_base=_name_part(env, "INTEREST_APP_ID", "interest-stream"),
             partitions=_int(env, "INTEREST_PARTITIONS", 6, minimum=1),
             retention_ms=_int(env, "INTEREST_RETENTION_MS", 7 * 86_400_000, minimum=1),
             score_interval_s=_float(env, "INTEREST_SCORE_INTERVAL_S", 10.0, minimum=0.1),

@@ -102,3 +102,21 @@ def test_kafka_up_refuses_a_port_it_cannot_use_before_starting_anything(tmp_path
     assert res.exit_code == 1
     assert "Error: the local broker's port 65535 leaves no next port for its controller" in res.output
     assert not (tmp_path / "kafka").exists()  # nothing fetched, nothing started
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"INTEREST_TOPIC_PREFIX": "team a/"}, "INTEREST_TOPIC_PREFIX may hold only ASCII letters, digits, '.', '_' and '-' "
+                                           "(it becomes part of Kafka topic names), got 'team a/'"),
+    ({"INTEREST_APP_ID": "interest:stream"}, "INTEREST_APP_ID may hold only ASCII letters, digits, '.', '_' and '-' "
+                                             "(it becomes part of Kafka topic names), got 'interest:stream'"),
+])
+def test_a_name_kafka_would_refuse_is_a_one_line_error(env, message):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+
+
+def test_names_kafka_accepts():
+    s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "team-a.v2_", "INTEREST_APP_ID": "Interest_1"})
+    assert s.topic("click") == "team-a.v2_click" and s.app_id == "team-a.v2_Interest_1"
+    assert Settings.from_env({}).app_id == "interest-stream"
