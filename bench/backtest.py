@@ -1,7 +1,7 @@
 """The model against the best baseline on several test periods of one log, pooled (not a test).
 
     .venv/bin/python bench/backtest.py --dataset movielens|cj [--folds 4] [--parallel 2]
-        [--workdir DIR] [--set KEY=VALUE ...]
+        [--variants default,features,...] [--workdir DIR] [--set KEY=VALUE ...]
 
 One test split of a small log decides little: MovieLens' last 15 % of events hold 86 users, and
 the gain interval of the model against ``mixture`` spans the ratios 0.943 to 0.981. A backtest
@@ -13,8 +13,13 @@ thread, ``--parallel`` folds at a time.
 
 The pooled figures weigh every test sample of every fold alike: the ratio of the model's mean KL
 to each fold's best baseline's (chosen on that fold's validation split), and the paired bootstrap
-interval of the KL gain over (fold, user) pairs, with the ratios it implies. Stdout: one JSON with
-the machine, the commit, each fold's summary and the pooled figures.
+interval of the KL gain over (fold, user) pairs, with the ratios it implies.
+
+With ``--variants`` (``bench/model_eval.py``'s ablations, trained on the same folds), each variant
+is pooled the same way, and each is compared with the first on the very same test samples: the
+mean of (variant's KL − the first's) with its paired bootstrap interval over (fold, user) pairs,
+much tighter than either ratio's interval. Stdout: one JSON with the machine, the commit, each
+fold's summary and the pooled figures.
 """
 from __future__ import annotations
 
@@ -40,6 +45,11 @@ def fold_ends(folds: int, test_frac: float) -> list[float]:
     return [round((1.0 - test_frac) ** i, 4) for i in range(folds)]
 
 
+def fold_users(runs: list[dict]) -> np.ndarray:
+    """One id per (fold, user) pair, for every test sample of every fold in order."""
+    return np.concatenate([i * 10_000_000 + np.unique(r["user"], return_inverse=True)[1] for i, r in enumerate(runs)])
+
+
 def pool(runs: list[dict]) -> dict:
     """Every fold's test samples together: the model's and the best baselines' mean KL, their
     ratio, and the paired bootstrap interval of the gain over (fold, user) pairs."""
@@ -47,7 +57,7 @@ def pool(runs: list[dict]) -> dict:
 
     model = np.concatenate([r["model"] for r in runs])
     best = np.concatenate([r["best"] for r in runs])
-    users = np.concatenate([i * 10_000_000 + np.unique(r["user"], return_inverse=True)[1] for i, r in enumerate(runs)])
+    users = fold_users(runs)
     gain = best - model  # positive favours the model
     lo, hi = paired_bootstrap(gain, users)
     return {"samples": int(len(model)), "fold_users": int(len(np.unique(users))),
@@ -63,8 +73,10 @@ def pool(runs: list[dict]) -> dict:
 @click.option("--parallel", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-backtest"), show_default=True,
               type=click.Path(file_okay=False))
+@click.option("--variants", default="default", show_default=True,
+              help="bench/model_eval.py's variants, comma-separated; the first is the reference")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="train/model config for every fold")
-def main(dataset, folds, parallel, workdir, sets):
+def main(dataset, folds, parallel, workdir, variants, sets):
     from bench.common import commit, machine
     from models.data import DataConfig
 
@@ -83,23 +95,37 @@ def main(dataset, folds, parallel, workdir, sets):
         while len(procs) >= parallel:
             _wait_one(procs, outs)
         cmd = [sys.executable, str(ROOT / "bench" / "model_eval.py"), "--dataset", dataset, "--workdir", str(fd),
-               "--threads", "1", "--end-frac", str(end), *[a for s in sets for a in ("--set", s)]]
+               "--threads", "1", "--end-frac", str(end), "--variants", variants, *[a for s in sets for a in ("--set", s)]]
         with open(fd / "out.json", "w") as so, open(fd / "err.log", "w") as se:
             procs[i] = (subprocess.Popen(cmd, stdout=so, stderr=se), fd)
     while procs:
         _wait_one(procs, outs)
-    runs, summaries = [], []
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    runs, summaries = {n: [] for n in names}, []
     for i in range(len(ends)):
         out, fd = outs[i]
-        v = out["variants"][0]
-        ps = np.load(fd / dataset / "default" / "per_sample.npz")
-        runs.append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])]})
-        summaries.append({"fold": i, "end_frac": ends[i], "events": out["events"], "test_users": out["test_users"],
-                          "test_samples": out["samples"]["test"], **{k: v[k] for k in (
-                              "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
-                              "kl_ratio_vs_ema_prior", "correction_scales", "exported", "train_seconds")}})
-    print(json.dumps({"machine": machine(), "commit": commit(), "dataset": dataset, "folds": summaries,
-                      "pooled": pool(runs), "sets": list(sets), "wall_seconds": round(time.time() - t0, 1)}, indent=1))
+        for name, v in zip(names, out["variants"]):
+            ps = np.load(fd / dataset / name / "per_sample.npz")
+            runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])]})
+            summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
+                              "test_users": out["test_users"], "test_samples": out["samples"]["test"], **{k: v[k] for k in (
+                                  "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
+                                  "kl_ratio_vs_ema_prior", "correction_scales", "exported", "train_seconds")}})
+    result = {"machine": machine(), "commit": commit(), "dataset": dataset, "variants": names, "folds": summaries,
+              "pooled": {n: pool(runs[n]) for n in names},
+              "against_the_first": {n: compare(runs[n], runs[names[0]]) for n in names[1:]},
+              "sets": list(sets), "wall_seconds": round(time.time() - t0, 1)}
+    print(json.dumps(result, indent=1))
+
+
+def compare(runs: list[dict], reference: list[dict]) -> dict:
+    """A variant against the reference on the same samples: mean KL difference (positive: the
+    variant is worse) and its paired bootstrap interval over (fold, user) pairs."""
+    from models.evaluate import paired_bootstrap
+
+    diff = np.concatenate([r["model"] for r in runs]) - np.concatenate([r["model"] for r in reference])
+    lo, hi = paired_bootstrap(diff, fold_users(runs))
+    return {"kl_minus_reference": round(float(diff.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def _wait_one(procs: dict, outs: dict) -> None:
