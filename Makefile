@@ -80,7 +80,7 @@ bench: install
 		$(PY) bench/model_eval.py --dataset movielens --set seed=$$s --data-set max_len=$$L --threads 1 \
 		| tee bench-out/context-movielens-$$L-$$s.json; done; \
 		$(PY) bench/model_eval.py --dataset cj --data-set max_len=$$L --threads 1 | tee bench-out/context-cj-$$L.json; done
-	# the test split moved back in time: four disjoint test periods per real log, pooled (bench/README.md, "Backtest")
+	# the test split moved back in time: four disjoint test periods per real log, pooled (bench/README.md, "The test split moved back in time")
 	$(PY) bench/backtest.py --dataset movielens --variants default,features,plain,single_target,no_profile \
 		| tee bench-out/backtest-movielens.json
 	$(PY) bench/backtest.py --dataset cj | tee bench-out/backtest-cj.json
