@@ -30,7 +30,10 @@ def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
             raise ValueError(f"{name} must be < {high}, got {getattr(cfg, name)}")
 
 
-def check_heads(n_embd: int, n_head: int) -> None:
-    """GPT-2's attention splits the width evenly over the heads."""
-    if n_embd % n_head:
-        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+def check_backbone(cfg) -> None:
+    """The GPT-2 backbone's size of a config that has one (``ModelConfig``, ``PretrainConfig``):
+    at least one layer, head and width, dropout in [0, 1), and a width its attention can split
+    evenly over the heads."""
+    check_ranges(cfg, at_least={"n_layer": 1, "n_head": 1, "n_embd": 1, "dropout": 0.0}, below={"dropout": 1.0})
+    if cfg.n_embd % cfg.n_head:
+        raise ValueError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")

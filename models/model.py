@@ -46,7 +46,7 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
-from models.config_checks import check_heads, check_ranges
+from models.config_checks import check_backbone, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
@@ -88,10 +88,9 @@ class ModelConfig:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        check_ranges(self, at_least={"max_len": 1, "n_layer": 1, "n_head": 1, "n_embd": 1, "dropout": 0.0,
-                                     "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
-                     above={"recency_tokens": 0.0}, below={"dropout": 1.0})
-        check_heads(self.n_embd, self.n_head)
+        check_backbone(self)
+        check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
+                     above={"recency_tokens": 0.0})
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config_checks import check_heads, check_ranges
+from models.config_checks import check_backbone, check_ranges
 
 PRETRAIN_FILE = "pretrain.json"  # marks a directory written by ``interest-stream pretrain``
 BACKBONE_DIR = "backbone"
@@ -54,12 +54,11 @@ class PretrainConfig:
     threads: int = 2
 
     def __post_init__(self):
-        check_ranges(self, at_least={"n_layer": 1, "n_head": 1, "n_embd": 1, "dropout": 0.0, "max_len": 1,
-                                     "horizon_s": 1, "max_events": 1, "min_category_count": 1, "batch_size": 1,
-                                     "min_lr": 0.0, "warmup_steps": 0, "weight_decay": 0.0, "max_steps": 1,
-                                     "eval_every": 1, "threads": 1},
-                     above={"lr": 0.0, "val_frac": 0.0}, below={"dropout": 1.0, "val_frac": 1.0})
-        check_heads(self.n_embd, self.n_head)
+        check_backbone(self)
+        check_ranges(self, at_least={"max_len": 1, "horizon_s": 1, "max_events": 1, "min_category_count": 1,
+                                     "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0, "weight_decay": 0.0,
+                                     "max_steps": 1, "eval_every": 1, "threads": 1},
+                     above={"lr": 0.0, "val_frac": 0.0}, below={"val_frac": 1.0})
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":

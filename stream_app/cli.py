@@ -335,8 +335,9 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
         return
     if out is None:
         raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):  # before the users are simulated
-        raise click.BadParameter(f"{os.path.dirname(os.path.abspath(out))} is not a directory", param_hint="--out")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):  # before the users are simulated
+        raise click.BadParameter(f"{parent} is not a directory", param_hint="--out")
     try:
         stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
                                   progress=True)
