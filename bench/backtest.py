@@ -1,15 +1,15 @@
 """The model against the best baseline on several test periods of one log, pooled (not a test).
 
     .venv/bin/python bench/backtest.py --dataset movielens|cj [--folds 4] [--parallel 2]
-        [--variants default,features,...] [--workdir DIR] [--set KEY=VALUE ...]
+        [--variants default,features,...] [--workdir DIR] [--set KEY=VALUE ...] [--data-set KEY=VALUE ...]
 
 One test split of a small log decides little: MovieLens' last 15 % of events hold 86 users, and
 the gain interval of the model against ``mixture`` spans the ratios 0.943 to 0.981. A backtest
 moves the split back in time. Fold 0 is the whole log; fold ``i`` is the log before the event-time
 quantile ``(1 - test_frac)^i``, so its test period is the one just before fold ``i - 1``'s and no
 two test periods overlap. Each fold is trained and scored by ``bench/model_eval.py --end-frac``
-(the project's own ``fit`` and ``report``, the dataset's target, ``train``'s defaults), with one
-thread, ``--parallel`` folds at a time.
+(the project's own ``fit`` and ``report``, the dataset's target unless ``--data-set`` overrides
+it, ``train``'s defaults), with one thread, ``--parallel`` folds at a time.
 
 The pooled figures weigh every test sample of every fold alike: the ratio of the model's mean KL
 to each fold's best baseline's (chosen on that fold's validation split), and the paired bootstrap
@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.model_eval import DATASETS, make_log  # noqa: E402
+from bench.model_eval import data_overrides, make_log  # noqa: E402
 
 
 def fold_ends(folds: int, test_frac: float) -> list[float]:
@@ -76,14 +76,16 @@ def pool(runs: list[dict]) -> dict:
 @click.option("--variants", default="default", show_default=True,
               help="bench/model_eval.py's variants, comma-separated; the first is the reference")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="train/model config for every fold")
-def main(dataset, folds, parallel, workdir, variants, sets):
+@click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
+              help="the dataset's data config overridden for every fold (bench/model_eval.py --data-set)")
+def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
     from bench.common import commit, machine
     from models.data import DataConfig
 
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     log = make_log(dataset, wd, 0, 0.0, 0, "on")
-    test_frac = DataConfig(**DATASETS[dataset]["data"]).test_frac
+    test_frac = DataConfig(**data_overrides(dataset, data_sets)).test_frac
     ends = fold_ends(folds, test_frac)
     t0 = time.time()
     procs, outs = {}, {}
@@ -95,7 +97,8 @@ def main(dataset, folds, parallel, workdir, variants, sets):
         while len(procs) >= parallel:
             _wait_one(procs, outs)
         cmd = [sys.executable, str(ROOT / "bench" / "model_eval.py"), "--dataset", dataset, "--workdir", str(fd),
-               "--threads", "1", "--end-frac", str(end), "--variants", variants, *[a for s in sets for a in ("--set", s)]]
+               "--threads", "1", "--end-frac", str(end), "--variants", variants, *[a for s in sets for a in ("--set", s)],
+               *[a for s in data_sets for a in ("--data-set", s)]]
         with open(fd / "out.json", "w") as so, open(fd / "err.log", "w") as se:
             procs[i] = (subprocess.Popen(cmd, stdout=so, stderr=se), fd)
     while procs:
@@ -114,7 +117,7 @@ def main(dataset, folds, parallel, workdir, variants, sets):
     result = {"machine": machine(), "commit": commit(), "dataset": dataset, "variants": names, "folds": summaries,
               "pooled": {n: pool(runs[n]) for n in names},
               "against_the_first": {n: compare(runs[n], runs[names[0]]) for n in names[1:]},
-              "sets": list(sets), "wall_seconds": round(time.time() - t0, 1)}
+              "sets": list(sets), "data_sets": list(data_sets), "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(result, indent=1))
 
 
