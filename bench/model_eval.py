@@ -247,9 +247,9 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             td, base, test_seqs, test_prof = pickle.load(f)
     else:
         td = prepare_training(log_path, data_cfg, base_train, log=quiet)
-        base = baseline_predictions(td.ds, data_cfg, td.encoder.k)
+        base = baseline_predictions(td.ds, td.data_cfg, td.encoder.k)  # td's: the target chosen, if "auto"
         test_seqs = [td.encoder.encode(w) for w in base["test_windows"]]
-        test_prof = sample_profiles(td.ds, td.ds.splits["test"], data_cfg, td.encoder)
+        test_prof = sample_profiles(td.ds, td.ds.splits["test"], td.data_cfg, td.encoder)
         with open(cache, "wb") as f:
             pickle.dump((td, base, test_seqs, test_prof), f)
     test = td.ds.splits["test"]
@@ -284,7 +284,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         pred, card = np.mean(preds, axis=0), cards[0]
         result = report(td.ds, base, pred, td.info, {"variant": name, "correction": model.config.correction,
                                                       "selection": card["metrics"]["selection"]})
-        _truth(result, log_path, td, base, pred, data_cfg)
+        _truth(result, log_path, td, base, pred, td.data_cfg)
         (wd / name / "metrics.json").write_text(json.dumps(result, indent=1))
         # each test sample's KL, for pooling runs (bench/backtest.py)
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=kl_per_sample(test.targets, pred),

@@ -75,9 +75,11 @@ def load_completejourney_cmd(data_dir, out, top):
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the training samples [8].")
 @click.option("--seed", type=int, default=None, help="Seed of training and subsampling [1337].")
 @click.option("--loss", type=click.Choice(["mse", "kl"]), default=None, help="Training loss [kl].")
-@click.option("--target", type=click.Choice(["time", "next_k", "next_baskets"]), default=None,
+@click.option("--target", type=click.Choice(["auto", "time", "next_k", "next_baskets"]), default=None,
               help="Target: categories of the next time window, of the next K events, or of the next K "
-                   "distinct timestamps (baskets) [time].")
+                   "distinct timestamps (baskets); auto chooses from the log: baskets -> next 4 baskets, "
+                   "sittings or a log under 10 windows -> next 10 events, else time [auto; time with "
+                   "--target-window-s].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
 @click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
@@ -125,6 +127,11 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
             chosen[g][key] = conv.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
         except ValueError:
             raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
+    target_set = chosen["data"]
+    if target_set.get("target", "auto") == "auto" and "target_k" in target_set:
+        raise click.UsageError("--target-k needs --target next_k or next_baskets")
+    if "target" not in target_set:  # a window says time; otherwise the log's shape decides (models.data.choose_target)
+        target_set["target"] = "time" if "target_window_s" in target_set else "auto"
     if "seed" in chosen["train"] and "seed" not in chosen["data"]:
         chosen["data"]["seed"] = chosen["train"]["seed"]
     try:

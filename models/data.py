@@ -11,7 +11,8 @@ A sample is a (user, cut) pair. The cut falls after the user's event ``i-1`` and
   as MovieLens), or the events of the next ``target_k`` distinct timestamps
   (``target="next_baskets"``: grocery baskets, whose lines share one timestamp, so the target never
   depends on the order of lines within a basket). Samples whose target is empty are skipped and
-  counted.
+  counted. ``target="auto"`` (``train``'s default) picks one of the three from the log's shape
+  (:func:`choose_target`), before anything else is built.
 
 Split by time, from the log's event-time quantiles ``t1`` (1 - val_frac - test_frac) and ``t2``
 (1 - test_frac): a training sample's target ends before ``t1``; a validation sample's cut is at or
@@ -34,7 +35,7 @@ is served whole windows); training multiplies these by ``TrainConfig.dense_weigh
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -46,6 +47,7 @@ from models.config_checks import check_ranges
 
 
 TARGETS = ("time", "next_k", "next_baskets")
+AUTO = "auto"  # one of TARGETS, chosen from the log (choose_target)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class DataConfig:
     horizon_s: int = DEFAULT_HORIZON_S  # input window reach (CONTRACT INTEREST_HORIZON_S)
     max_events: int = DEFAULT_MAX_EVENTS  # events the model reads (CONTRACT INTEREST_MAX_EVENTS)
     profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S  # a longer gap restarts the profile (INTEREST_PROFILE_RETENTION_S)
-    target: str = "time"  # "time" (next target_window_s), "next_k" (next target_k events), "next_baskets"
+    target: str = "time"  # "time" (next target_window_s), "next_k" (next target_k events), "next_baskets", "auto"
     target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
     target_k: int = 10  # events (next_k) or distinct timestamps (next_baskets) per target
     click_weight: float = PROFILE_TYPE_WEIGHTS["click"]  # a click says more than a glance
@@ -67,8 +69,8 @@ class DataConfig:
     seed: int = 0  # subsampling
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target not in (*TARGETS, AUTO):
+            raise ValueError(f"target must be one of {(*TARGETS, AUTO)}, got {self.target!r}")
         if not (0 < self.val_frac and 0 < self.test_frac and self.val_frac + self.test_frac < 1):
             raise ValueError("val_frac and test_frac must be > 0 and sum to < 1")
         check_ranges(self, at_least={"horizon_s": 1, "max_events": 1, "profile_retention_s": 1,
@@ -214,9 +216,86 @@ def target_span(ts: np.ndarray, i: int, cut_ts: int, cfg: DataConfig, end_of_log
     return j, int(ts[j - 1])
 
 
+# --- the target when none is given (target="auto", train's default) ----------------------------
+# Thresholds set between the logs measured (README "Targets"): the Complete Journey 98 % of lines
+# in shared timestamps, MovieLens 23 %, REES46 and the simulator under 1 %; a 6-hour target holds a
+# median of 41 events on MovieLens (sittings of hundreds of ratings), 8 on the simulator and 3 on
+# the Complete Journey and REES46; REES46 spans 2.6 hours.
+BASKET_SHARE = 0.5  # this share of the target's events in timestamps shared with others: baskets
+SITTING_EVENTS = 20  # a time target holding this median of events is the rest of a sitting
+MIN_SPAN_WINDOWS = 10  # a time target needs whole windows in validation and test: the log spans this many
+AUTO_K = {"next_k": 10, "next_baskets": 4}  # MovieLens' next 10 ratings; about a month of groceries
+
+
+@dataclass(frozen=True)
+class LogShape:
+    """What :func:`choose_target` reads of a log (clicks and browses, what targets are made of)."""
+
+    events: int
+    span_s: float  # first to last event
+    shared_ts_share: float  # share of events whose user has another event at the same ms
+    median_window_events: float  # median, over cuts (distinct timestamps) with any, of the events in the next window
+
+
+def log_shape(users: dict[str, list[WindowEvent]], window_s: int) -> LogShape:
+    window_ms = seconds_to_ms(window_s)
+    n = shared = 0
+    first, last, in_window = None, None, []
+    for evs in users.values():
+        ts = np.sort(np.fromiter((e.ts for e in evs if e.type != "search"), np.int64))
+        if not len(ts):
+            continue
+        n += len(ts)
+        first = ts[0] if first is None else min(first, ts[0])
+        last = ts[-1] if last is None else max(last, ts[-1])
+        distinct, counts = np.unique(ts, return_counts=True)
+        shared += int(counts[counts > 1].sum())
+        after = np.searchsorted(ts, distinct, side="right")
+        in_window.append(np.searchsorted(ts, distinct + window_ms, side="right") - after)
+    counts = np.concatenate(in_window) if in_window else np.zeros(0, np.int64)
+    counts = counts[counts > 0]
+    return LogShape(events=n, span_s=float(last - first) / 1000.0 if n else 0.0,
+                    shared_ts_share=shared / n if n else 0.0,
+                    median_window_events=float(np.median(counts)) if len(counts) else 0.0)
+
+
+def choose_target(shape: LogShape, window_s: int) -> tuple[str, int, str]:
+    """``(target, target_k, why)`` for a log of this shape: baskets -> the next 4 baskets; a log
+    too short for time windows, or one that comes in sittings -> the next 10 events; otherwise the
+    next ``window_s`` (``target_k`` then unused)."""
+    hours = f"{window_s / 3600:g} h"
+    if shape.shared_ts_share >= BASKET_SHARE:
+        return "next_baskets", AUTO_K["next_baskets"], (
+            f"{shape.shared_ts_share:.0%} of the events share their user's timestamp with others "
+            f"(baskets, at least {BASKET_SHARE:.0%})")
+    if shape.span_s < MIN_SPAN_WINDOWS * window_s:
+        return "next_k", AUTO_K["next_k"], (
+            f"the log spans {shape.span_s / 3600:.1f} h, under {MIN_SPAN_WINDOWS} windows of {hours}")
+    if shape.median_window_events >= SITTING_EVENTS:
+        return "next_k", AUTO_K["next_k"], (
+            f"a {hours} window holds a median of {shape.median_window_events:g} events (sittings, at "
+            f"least {SITTING_EVENTS})")
+    return "time", AUTO_K["next_k"], (
+        f"a {hours} window holds a median of {shape.median_window_events:g} events, over "
+        f"{shape.span_s / 86400:.1f} days without baskets")
+
+
+def resolve_target(users, cfg: DataConfig) -> tuple[DataConfig, dict | None]:
+    """``cfg`` with ``target="auto"`` replaced by :func:`choose_target`'s choice, and that choice
+    (None when the target was given)."""
+    if cfg.target != AUTO:
+        return cfg, None
+    shape = log_shape(users, cfg.target_window_s)
+    target, k, why = choose_target(shape, cfg.target_window_s)
+    cfg = replace(cfg, target=target, target_k=k if target != "time" else cfg.target_k)
+    return cfg, {"target": target, "target_k": k if target != "time" else None, "why": why, "shape": asdict(shape)}
+
+
 def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Dataset:
     """All samples of the log, split by time, subsampled (seeded) to the configured caps. Every
     training candidate (before the cap) is kept in ``splits["train_all"]`` for dense training."""
+    if cfg.target == AUTO:
+        raise ValueError("target 'auto' is resolved by prepare (resolve_target) before samples are built")
     k = len(categories)
     ids, seqs = user_seqs(users, categories, cfg)
     end_of_log = max(int(s.ts[-1]) for s in seqs)
@@ -320,13 +399,15 @@ def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> 
 
 
 def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_kwargs: dict | None = None):
-    """Read the log, fix the split (given, or from time quantiles), fit the encoder on training-
-    period events if none is given, and build the samples. Returns (dataset, encoder, info)."""
+    """Read the log, choose the target if ``cfg.target`` is ``auto``, fix the split (given, or from
+    time quantiles), fit the encoder on training-period events if none is given, and build the
+    samples. Returns (dataset, encoder, info); ``info["split"]["data_config"]`` is the config used."""
     from interest_core.encoding import fit_encoder
 
     users, stats = read_log(path)
     if not users:
         raise ValueError(f"{path}: no valid events")
+    cfg, choice = resolve_target(users, cfg)
     if split is None:
         t1, t2 = split_times(users, cfg)
     else:
@@ -336,17 +417,22 @@ def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_
         encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, max_len=cfg.max_len,
                               **(fit_kwargs or {}))
     ds = build_dataset(users, encoder.categories, cfg, t1, t2)
-    info = {"log": stats, "samples": ds.counts, "split": split_record(cfg, t1, t2)}
+    info = {"log": stats, "samples": ds.counts, "split": split_record(cfg, t1, t2, choice)}
     return ds, encoder, info
 
 
-def split_record(cfg: DataConfig, t1: int, t2: int) -> dict:
-    return {
+def split_record(cfg: DataConfig, t1: int, t2: int, target_choice: dict | None = None) -> dict:
+    """The card's ``split``: its data config is the resolved one (never ``auto``), so ``evaluate``
+    rebuilds the same samples; ``target_choice`` says why when the target was chosen."""
+    out = {
         "by": "time",
         "t1": t1, "t2": t2,
         "rule": "train: target ends < t1; val: cut >= t1 and target ends < t2; test: cut >= t2",
         "data_config": asdict(cfg),
     }
+    if target_choice is not None:
+        out["target_choice"] = target_choice
+    return out
 
 
 

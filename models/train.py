@@ -103,10 +103,15 @@ class TrainingData:
 
 
 def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, log=print) -> TrainingData:
-    from models.data import dense_readouts, encode_samples, prepare, sample_profiles
+    from models.data import DataConfig, dense_readouts, encode_samples, prepare, sample_profiles
 
     t0 = time.time()
     ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
+    data_cfg = DataConfig.from_dict(info["split"]["data_config"])  # the target chosen, if it was "auto"
+    if "target_choice" in info["split"]:
+        choice = info["split"]["target_choice"]
+        k = f" {choice['target_k']}" if choice["target_k"] else ""
+        log(f"target: {choice['target']}{k}, chosen from the log: {choice['why']} (--target sets it)")
     tr, va = ds.splits["train"], ds.splits["val"]
     log(f"data: {info['log']['events']} events, {info['log']['users']} users; samples "
         f"train {len(tr)} val {len(va)} test {len(ds.splits['test'])}; "

@@ -31,6 +31,10 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert res.exit_code == 0, res.output
     card = json.loads((ck / "model_card.json").read_text())
     assert card["split"]["by"] == "time" and card["split"]["t1"] < card["split"]["t2"]
+    # no --target: chosen from the log; a simulated stream with no baskets or sittings gets the next 6 h
+    assert card["split"]["data_config"]["target"] == "time"
+    assert card["split"]["target_choice"]["target"] == "time"
+    assert "target: time, chosen from the log: a 6 h window holds a median of" in res.output
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
     assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
     # every possible cut (between two events of a user: events - users) is counted exactly once,
@@ -108,6 +112,9 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "scale_corrections must be 0 (off) or 1 (on), got 2" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--loss", "hinge"])
     assert res.exit_code == 2
+    for args in (["--target-k", "4"], ["--set", "target_k=4"], ["--target", "auto", "--target-k", "4"]):
+        res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and "--target-k needs --target next_k or next_baskets" in res.output, args
     res = r.invoke(simulate, ["--users", "3"])  # no --out and no --rate
     assert res.exit_code == 2 and "--out" in res.output
     res = r.invoke(cli.evaluate, [str(tmp_path), "--data", str(sim_log), "--out", str(tmp_path / "e")])
@@ -131,7 +138,7 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "dropout must be < 1.0, got 1.0" in res.output
     for key_value, message in [("batch_size=0", "batch_size must be >= 1, got 0"),
                                ("lr=nan", "lr must be a finite number, got nan"),
-                               ("target_k=0", "target_k must be >= 1, got 0"),
+                               ("target_window_s=0", "target_window_s must be >= 1, got 0"),
                                ("n_head=5", "n_embd (48) must be a multiple of n_head (5)")]:
         res = r.invoke(cli.train, ["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x"),
                                    "--set", key_value])

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.data import DataConfig, Samples, UserSeq, build_dataset, read_log, sample_windows, split_times
+from models.data import (DataConfig, LogShape, Samples, UserSeq, build_dataset, choose_target, log_shape, prepare, read_log,
+                         sample_windows, split_times)
 from models.evaluate import hindsight_counts, kl_per_sample, metrics, mse_per_sample, ndcg3_per_sample, paired_bootstrap
 from models.loaders import load_movielens, load_rees46
 from models.simulate import CATEGORIES, iter_live_events, simulate_to_files
@@ -154,6 +155,67 @@ def test_hindsight_counts_are_the_spans_after_the_target_by_hand(target, ts_h, c
     one = Samples(np.array([0]), np.array([cut]), np.array([ts[cut - 1]]), np.zeros((1, 2), np.float32))
     for spans, want in expected.items():
         assert hindsight_counts(ds, one, cfg, 2, spans).tolist() == [want], (target, spans)
+
+
+# --- the target chosen from the log (train's default, target="auto") ------------------------
+
+DAY_S = 86_400
+
+
+@pytest.mark.parametrize("shared, span_days, median, target, k, why", [
+    # lines of baskets share their timestamp: the next 4 baskets, whatever else holds
+    (0.98, 365, 3, "next_baskets", 4, "98% of the events share their user's timestamp with others (baskets, at least 50%)"),
+    (0.50, 365, 3, "next_baskets", 4, "50% of the events share"),
+    (0.50, 0.1, 41, "next_baskets", 4, "(baskets, at least 50%)"),
+    # under 10 windows of 6 h (2.5 days): time targets would not fit validation and test
+    (0.49, 2.49, 3, "next_k", 10, "the log spans 59.8 h, under 10 windows of 6 h"),
+    (0.00, 0.11, 3, "next_k", 10, "the log spans 2.6 h, under 10 windows of 6 h"),
+    # sittings: a 6 h window holds the rest of one
+    (0.23, 8213, 41, "next_k", 10, "a 6 h window holds a median of 41 events (sittings, at least 20)"),
+    (0.00, 2.5, 20, "next_k", 10, "a 6 h window holds a median of 20 events (sittings, at least 20)"),
+    # a steady stream: the next 6 hours
+    (0.00, 2.5, 19.5, "time", 10, "a 6 h window holds a median of 19.5 events, over 2.5 days without baskets"),
+    (0.00, 7, 8, "time", 10, "a 6 h window holds a median of 8 events, over 7.0 days without baskets"),
+])
+def test_choose_target_from_the_log_shape(shared, span_days, median, target, k, why):
+    shape = LogShape(events=1000, span_s=span_days * DAY_S, shared_ts_share=shared, median_window_events=median)
+    got = choose_target(shape, 6 * 3600)
+    assert got[:2] == (target, k) and why in got[2], got
+
+
+def test_log_shape_by_hand(tmp_path):
+    H = 3_600_000
+    # u0: clicks at 0, 0, 1 h, 10 h, and a search at 2 h (not a target event); u1: browses at 5 h, 30 h
+    events = [{"event_id": f"e{i}", "user_id": u, "type": t, "ts": h * H, **({"query": "q"} if t == "search" else
+                                                                              {"category": "a"})}
+              for i, (u, t, h) in enumerate([("u0", "click", 0), ("u0", "click", 0), ("u0", "click", 1),
+                                             ("u0", "search", 2), ("u0", "click", 10), ("u1", "browse", 5),
+                                             ("u1", "browse", 30)])]
+    users, _ = read_log(_log(tmp_path, events))
+    shape = log_shape(users, 6 * 3600)
+    assert shape.events == 6 and shape.span_s == 30 * 3600
+    assert shape.shared_ts_share == pytest.approx(2 / 6)  # the two clicks at 0 h
+    # events in the next 6 h after each distinct time: 0 h -> 1 (1 h); 1 h -> 0; 10 h -> 0; 5 h -> 0; 30 h -> 0
+    assert shape.median_window_events == 1.0
+
+
+def test_prepare_chooses_the_target_and_records_why(tmp_path):
+    H = 3_600_000
+    events = []
+    for u in range(3):  # weekly baskets of three lines for 30 weeks
+        for b in range(30):
+            for line in range(3):
+                events.append({"event_id": f"{u}-{b}-{line}", "user_id": f"u{u}", "type": "click",
+                               "ts": b * 168 * H + u * H, "category": "abc"[(b + line) % 3]})
+    ds, _, info = prepare(_log(tmp_path, events), DataConfig(target="auto"))
+    cfg, choice = info["split"]["data_config"], info["split"]["target_choice"]
+    assert (cfg["target"], cfg["target_k"]) == ("next_baskets", 4)
+    assert choice["target"] == "next_baskets" and choice["target_k"] == 4 and choice["shape"]["shared_ts_share"] == 1.0
+    assert len(ds.splits["train"]) and len(ds.splits["test"])
+    assert ds.counts["target_past_log_end"] == 3 * 3  # the last 3 baskets of each user have no 4 after them
+    # a given target is used as it is, and nothing is recorded as chosen
+    _, _, info = prepare(_log(tmp_path, events), DataConfig(target="next_k", target_k=2))
+    assert info["split"]["data_config"]["target"] == "next_k" and "target_choice" not in info["split"]
 
 
 # --- loaders on small slices -----------------------------------------------------------------
