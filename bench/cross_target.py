@@ -1,0 +1,104 @@
+"""A model trained for one target, scored on another target's test cuts of the same log (not a test).
+
+    .venv/bin/python bench/cross_target.py --dataset movielens|cj [--trained-with KEY=VALUE ...]
+        [--workdir DIR]
+
+Why ``train``'s default target matters: a team that runs ``train`` without ``--target`` and asks
+the model about the next ratings or baskets gets the model of that default. Two runs of
+``bench/model_eval.py`` on the whole log:
+
+* ``trained``: the default variant with the dataset's data config overridden by ``--trained-with``
+  (default: ``train``'s old default, the next 6 hours, with ``train``'s validation share);
+* ``scored``: the default variant with the dataset's own target (:data:`model_eval.DATASETS`).
+
+The ``trained`` checkpoint then predicts the ``scored`` run's test cuts (its own encoding and
+profile of the same windows; the categories matched by name) and is compared there with the
+baselines fit for that target and with the ``scored`` model: KL, its ratio to ``mixture`` and to
+``ema_prior`` with the paired bootstrap interval over users, and the top-3 hit rate. Stdout: one
+JSON with the machine, the commit, both runs' summaries and the comparison.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OLD_DEFAULT = ("target=time", "val_frac=0.15")  # train without --target before it chose from the log
+
+
+def run_model_eval(dataset: str, workdir: Path, data_sets) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "model_eval.py"), "--dataset", dataset, "--workdir", str(workdir),
+           *[a for s in data_sets for a in ("--data-set", s)]]
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "err.log", "w") as err:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    if done.returncode != 0:
+        raise click.ClickException(f"{' '.join(cmd)} failed:\n{(workdir / 'err.log').read_text()[-2000:]}")
+    return json.loads(done.stdout)
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(["movielens", "cj"]), required=True)
+@click.option("--trained-with", "trained_with", multiple=True, metavar="KEY=VALUE", default=OLD_DEFAULT,
+              show_default=True, help="data config of the trained model (bench/model_eval.py --data-set)")
+@click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-cross-target"), show_default=True,
+              type=click.Path(file_okay=False))
+def main(dataset, trained_with, workdir):
+    import torch
+
+    from bench.common import commit, machine
+    from models.data import sample_profiles
+    from models.evaluate import kl_per_sample, paired_bootstrap, top3_per_sample
+    from models.model import load_checkpoint, predict
+
+    torch.set_num_threads(2)
+    t0 = time.time()
+    wd = Path(workdir) / dataset
+    trained = run_model_eval(dataset, wd / "trained", trained_with)
+    scored = run_model_eval(dataset, wd / "scored", ())
+    with open(sorted(glob.glob(str(wd / "scored" / dataset / "prepared-*.pkl")))[0], "rb") as f:
+        td, base, _, _ = pickle.load(f)
+    test = td.ds.splits["test"]
+    model, enc, _ = load_checkpoint(wd / "trained" / dataset / "default")
+    if sorted(enc.categories) != sorted(td.encoder.categories):
+        raise click.ClickException(f"the two runs' categories differ: {enc.categories} / {td.encoder.categories}")
+    seqs = [enc.encode(w) for w in base["test_windows"]]
+    prof = sample_profiles(td.ds, test, td.data_cfg, enc)
+    pred = predict(model, seqs, prof, enc.pad_id).astype(np.float64)[:, [enc.categories.index(c)
+                                                                          for c in td.encoder.categories]]
+    kl = kl_per_sample(test.targets, pred)
+    out = {"machine": machine(), "commit": commit(), "dataset": dataset, "trained_with": list(trained_with),
+           "scored_on": scored["data_config"], "test_samples": int(len(test)),
+           "test_users": int(len(np.unique(test.user))),
+           "trained": trained["variants"][0], "scored": scored["variants"][0],
+           "kl": {"trained_model": round(float(kl.mean()), 4), "scored_model": scored["variants"][0]["kl"],
+                  **{n: round(float(kl_per_sample(test.targets, base["test"][n]).mean()), 4)
+                     for n in ("mixture", "ema_prior")}},
+           "top3": {"trained_model": round(float(top3_per_sample(test.targets, pred).mean()), 4),
+                    "scored_model": scored["variants"][0]["top3"],
+                    **{n: round(float(top3_per_sample(test.targets, base["test"][n]).mean()), 4)
+                       for n in ("mixture", "ema_prior")}}}
+    for name in ("mixture", "ema_prior"):
+        ref = kl_per_sample(test.targets, base["test"][name])
+        lo, hi = paired_bootstrap(ref - kl, test.user)
+        out[f"trained_model_vs_{name}"] = {"kl_ratio": round(float(kl.mean() / ref.mean()), 4),
+                                           "kl_gain_ci95": [round(lo, 4), round(hi, 4)]}
+    out["wall_seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
