@@ -78,8 +78,8 @@ def load_completejourney_cmd(data_dir, out, top):
 @click.option("--target", type=click.Choice(["auto", "time", "next_k", "next_baskets"]), default=None,
               help="Target: categories of the next time window, of the next K events, or of the next K "
                    "distinct timestamps (baskets); auto chooses from the log: baskets -> next 4 baskets, "
-                   "sittings or a log under 10 windows -> next 10 events, else time [auto; time with "
-                   "--target-window-s].")
+                   "a log under 10 windows -> next 5 events, sittings -> next 10 events, else time "
+                   "[auto; time with --target-window-s].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
 @click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")

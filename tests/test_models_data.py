@@ -168,14 +168,14 @@ DAY_S = 86_400
     (0.50, 365, 3, "next_baskets", 4, "50% of the events share"),
     (0.50, 0.1, 41, "next_baskets", 4, "(baskets, at least 50%)"),
     # under 10 windows of 6 h (2.5 days): time targets would not fit validation and test
-    (0.49, 2.49, 3, "next_k", 10, "the log spans 59.8 h, under 10 windows of 6 h"),
-    (0.00, 0.11, 3, "next_k", 10, "the log spans 2.6 h, under 10 windows of 6 h"),
+    (0.49, 2.49, 3, "next_k", 5, "the log spans 59.8 h, under 10 windows of 6 h"),
+    (0.00, 0.11, 41, "next_k", 5, "the log spans 2.6 h, under 10 windows of 6 h"),
     # sittings: a 6 h window holds the rest of one
     (0.23, 8213, 41, "next_k", 10, "a 6 h window holds a median of 41 events (sittings, at least 20)"),
     (0.00, 2.5, 20, "next_k", 10, "a 6 h window holds a median of 20 events (sittings, at least 20)"),
     # a steady stream: the next 6 hours
-    (0.00, 2.5, 19.5, "time", 10, "a 6 h window holds a median of 19.5 events, over 2.5 days without baskets"),
-    (0.00, 7, 8, "time", 10, "a 6 h window holds a median of 8 events, over 7.0 days without baskets"),
+    (0.00, 2.5, 19.5, "time", 0, "a 6 h window holds a median of 19.5 events, over 2.5 days without baskets"),
+    (0.00, 7, 8, "time", 0, "a 6 h window holds a median of 8 events, over 7.0 days without baskets"),
 ])
 def test_choose_target_from_the_log_shape(shared, span_days, median, target, k, why):
     shape = LogShape(events=1000, span_s=span_days * DAY_S, shared_ts_share=shared, median_window_events=median)
