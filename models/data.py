@@ -240,6 +240,7 @@ class LogShape:
 
 
 def log_shape(users: dict[str, list[WindowEvent]], window_s: int) -> LogShape:
+    """The :class:`LogShape` of a log read by :func:`read_log`, for target windows of ``window_s``."""
     window_ms = seconds_to_ms(window_s)
     n = shared = 0
     first, last, in_window = None, None, []
