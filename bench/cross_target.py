@@ -1,7 +1,7 @@
 """A model trained for one target, scored on another target's test cuts of the same log (not a test).
 
     .venv/bin/python bench/cross_target.py --dataset movielens|cj [--trained-with KEY=VALUE ...]
-        [--workdir DIR]
+        [--scored-with KEY=VALUE ...] [--workdir DIR]
 
 Why ``train``'s default target matters: a team that runs ``train`` without ``--target`` and asks
 the model about the next ratings or baskets gets the model of that default. Two runs of
@@ -9,7 +9,8 @@ the model about the next ratings or baskets gets the model of that default. Two 
 
 * ``trained``: the default variant with the dataset's data config overridden by ``--trained-with``
   (default: ``train``'s old default, the next 6 hours, with ``train``'s validation share);
-* ``scored``: the default variant with the dataset's own target (:data:`model_eval.DATASETS`).
+* ``scored``: the default variant with the dataset's own target (:data:`model_eval.DATASETS`), or
+  with the data config overridden by ``--scored-with`` (another horizon, e.g. ``target_k=1``).
 
 The ``trained`` checkpoint then predicts the ``scored`` run's test cuts (its own encoding and
 profile of the same windows; the categories matched by name) and is compared there with the
@@ -54,9 +55,11 @@ def run_model_eval(dataset: str, workdir: Path, data_sets) -> dict:
 @click.option("--dataset", type=click.Choice(["movielens", "cj"]), required=True)
 @click.option("--trained-with", "trained_with", multiple=True, metavar="KEY=VALUE", default=OLD_DEFAULT,
               show_default=True, help="data config of the trained model (bench/model_eval.py --data-set)")
+@click.option("--scored-with", "scored_with", multiple=True, metavar="KEY=VALUE",
+              help="data config of the test cuts, over the dataset's (bench/model_eval.py --data-set)")
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-cross-target"), show_default=True,
               type=click.Path(file_okay=False))
-def main(dataset, trained_with, workdir):
+def main(dataset, trained_with, scored_with, workdir):
     import torch
 
     from bench.common import commit, machine
@@ -68,7 +71,7 @@ def main(dataset, trained_with, workdir):
     t0 = time.time()
     wd = Path(workdir) / dataset
     trained = run_model_eval(dataset, wd / "trained", trained_with)
-    scored = run_model_eval(dataset, wd / "scored", ())
+    scored = run_model_eval(dataset, wd / "scored", scored_with)
     with open(sorted(glob.glob(str(wd / "scored" / dataset / "prepared-*.pkl")))[0], "rb") as f:
         td, base, _, _ = pickle.load(f)
     test = td.ds.splits["test"]
@@ -81,6 +84,7 @@ def main(dataset, trained_with, workdir):
                                                                           for c in td.encoder.categories]]
     kl = kl_per_sample(test.targets, pred)
     out = {"machine": machine(), "commit": commit(), "dataset": dataset, "trained_with": list(trained_with),
+           "scored_with": list(scored_with),
            "scored_on": scored["data_config"], "test_samples": int(len(test)),
            "test_users": int(len(np.unique(test.user))),
            "trained": trained["variants"][0], "scored": scored["variants"][0],
