@@ -32,6 +32,8 @@ OLD_REF ?= ba99db7
 OLD_SUSTAINED_RATE ?= 1500
 # where bench/sim_bound.py's lagged bounds train the model they are compared with (one workdir per mechanisms)
 SIM_BOUND_DIR ?= /tmp/interest-stream-sim-bound
+# where bench/cross_target.py and the next-basket backtest work (one workdir per run: each retrains its models)
+CROSS_DIR ?= /tmp/interest-stream-cross-target
 
 # Real training, benchmarks and the soak: figures as JSON under bench-out/.
 bench: install
@@ -89,6 +91,14 @@ bench: install
 	$(PY) bench/backtest.py --dataset movielens --data-set target=time --data-set val_frac=0.15 | tee bench-out/backtest-movielens-time.json
 	for d in movielens cj rees46; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
 		| tee bench-out/model_eval-$$d-auto.json; done
+	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
+	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
+		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json
+	$(PY) bench/cross_target.py --dataset cj --trained-with target=auto --trained-with val_frac=0.15 \
+		--scored-with target_k=1 --workdir $(CROSS_DIR)-cj1 | tee bench-out/cross_target-cj-next1.json
+	$(PY) bench/cross_target.py --dataset cj --trained-with target=next_baskets --trained-with target_k=1 \
+		--trained-with val_frac=0.15 --workdir $(CROSS_DIR)-cj1to4 | tee bench-out/cross_target-cj-1-on-4.json
+	$(PY) bench/backtest.py --dataset cj --data-set target_k=1 --workdir $(CROSS_DIR)-bt-cj1 | tee bench-out/backtest-cj-next1.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 
 clean:
