@@ -37,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.model_eval import command as model_eval_command  # noqa: E402
 from bench.model_eval import data_overrides, make_log  # noqa: E402
 
 
@@ -96,9 +97,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
             os.link(log, fd / log.name)  # model_eval finds the log there and truncates it beside it
         while len(procs) >= parallel:
             _wait_one(procs, outs)
-        cmd = [sys.executable, str(ROOT / "bench" / "model_eval.py"), "--dataset", dataset, "--workdir", str(fd),
-               "--threads", "1", "--end-frac", str(end), "--variants", variants, *[a for s in sets for a in ("--set", s)],
-               *[a for s in data_sets for a in ("--data-set", s)]]
+        cmd = model_eval_command(dataset, fd, "--threads", "1", "--end-frac", str(end), "--variants", variants,
+                                 sets=sets, data_sets=data_sets)
         with open(fd / "out.json", "w") as so, open(fd / "err.log", "w") as se:
             procs[i] = (subprocess.Popen(cmd, stdout=so, stderr=se), fd)
     while procs:

@@ -41,8 +41,9 @@ OLD_DEFAULT = ("target=time", "val_frac=0.15")  # train without --target before 
 
 
 def run_model_eval(dataset: str, workdir: Path, data_sets) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "model_eval.py"), "--dataset", dataset, "--workdir", str(workdir),
-           *[a for s in data_sets for a in ("--data-set", s)]]
+    from bench.model_eval import command
+
+    cmd = command(dataset, workdir, data_sets=data_sets)
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "err.log", "w") as err:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)

@@ -86,6 +86,13 @@ def data_overrides(dataset: str, items) -> dict:
     return out
 
 
+def command(dataset: str, workdir: Path, *options: str, sets=(), data_sets=()) -> list[str]:
+    """This script as a subprocess (bench/backtest.py, bench/cross_target.py): ``--set`` and
+    ``--data-set`` from their ``KEY=VALUE`` items, then any other ``options``."""
+    return [sys.executable, str(Path(__file__).resolve()), "--dataset", dataset, "--workdir", str(workdir),
+            *[a for s in sets for a in ("--set", s)], *[a for s in data_sets for a in ("--data-set", s)], *options]
+
+
 def make_log(dataset: str, wd: Path, users: int, days: float, seed: int, mechanisms: str) -> Path:
     from models.loaders import load_completejourney, load_movielens, load_rees46
 
