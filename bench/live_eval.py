@@ -3,7 +3,9 @@
 What a team would check before trusting the model: events streamed through Kafka into the worker,
 the vectors it publishes compared with each user's actual next behaviour, against the baselines.
 
-1. ``train`` at its defaults with the dataset's target (:data:`model_eval.DATASETS`), then ``export``.
+1. ``interest-stream train --data LOG --out CKPT`` with no other option, then ``interest-stream
+   export CKPT --out DIR``: the model a team gets from the two commands at their defaults (``train``
+   chooses the target from the log; the card's ``split.target_choice`` is printed with the result).
 2. For each test user, the cut is the user's first test sample (:mod:`models.data`: the earliest
    cut at or after ``t2`` with a non-empty target). The log's events of that user up to the cut
    (every event with ``ts`` <= the cut's newest ts) are produced to the input topics, all users
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,22 +39,20 @@ import orjson
 
 from common import WorkerProc, broker, commit, dumps, machine
 
+ROOT = Path(__file__).resolve().parents[1]
 RETENTION_MS = 100 * 365 * 86_400_000  # the logs are years old; the default 7 days would delete them
 
 
-def train_and_export(dataset: str, log: Path, wd: Path) -> tuple[Path, Path, float]:
-    """Checkpoint and exported model of ``train`` at its defaults with the dataset's target."""
-    from model_eval import DATASETS
-
-    from export.onnx_export import export_checkpoint
-    from models.data import DataConfig
-    from models.train import run_training
-
+def train_and_export(log: Path, wd: Path) -> tuple[Path, Path, float]:
+    """Checkpoint and exported model of ``train`` and ``export`` at their defaults, run as the CLI."""
     ckpt, served = wd / "ckpt", wd / "model"
     t0 = time.perf_counter()
-    if not (served / "model.json").exists():
-        run_training(log, ckpt, data_cfg=DataConfig(**DATASETS[dataset]["data"]), progress=False)
-        export_checkpoint(ckpt, served)
+    for args in (["train", "--data", str(log), "--out", str(ckpt), "--quiet"],
+                 ["export", str(ckpt), "--out", str(served)]):
+        done = subprocess.run([sys.executable, "-m", "stream_app.cli", *args], cwd=ROOT,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"interest-stream {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return ckpt, served, time.perf_counter() - t0
 
 
@@ -160,7 +162,7 @@ def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
     wd = workdir / dataset
     wd.mkdir(parents=True, exist_ok=True)
     log = make_log(dataset, workdir, 0, 0, 0, "off")
-    ckpt, served, train_s = train_and_export(dataset, log, wd)
+    ckpt, served, train_s = train_and_export(log, wd)
     evaluated = held_out_predictions(ckpt, log)  # what `evaluate` scores
     ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
@@ -172,8 +174,9 @@ def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
         raise SystemExit(f"{dataset}: {len(missing)} of {len(cut_of)} users have no vector at their cut "
                          f"(e.g. {missing[:3]}); see {wd / 'live.log'}")
     card = orjson.loads((served / "model.json").read_bytes())
+    choice = orjson.loads((ckpt / "model_card.json").read_bytes())["split"].get("target_choice")
     return {"dataset": dataset, "train_and_export_s": round(train_s, 1),
-            "model": {"version": card["version"], **card["model"]}, "split_t2": ds.t2,
+            "model": {"version": card["version"], **card["model"]}, "target_choice": choice, "split_t2": ds.t2,
             **stats, **score(ds, base, pred, categories, rows, live)}
 
 
