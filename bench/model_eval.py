@@ -10,7 +10,10 @@ run only), then every variant is trained with the project's own :func:`models.tr
 path, corrections, choice on validation) and scored on the test split by
 :func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
 variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json``; stdout gets one
-JSON summary with the machine, the commit and every figure the README quotes.
+JSON summary with the machine, the commit and every figure the README quotes. Each variant's
+``by_sitting`` splits its test samples by where the cut falls in the user's sittings (an hour
+without an event ends one: :func:`sitting_groups`), and gives each user's first test cut, the cut
+``bench/live_eval.py`` streams, on its own.
 
 Variants (``--variants``, comma-separated):
 * ``default``: what ``interest-stream train`` does with the dataset's target;
@@ -299,6 +302,9 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
                  best_baseline=np.asarray(result["best_baseline"]))
         out["baselines_test_kl"] = {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
+        out["variants"][-1]["by_sitting"] = by_sitting(
+            td.ds, test, kl_per_sample(test.targets, pred),
+            {n: kl_per_sample(test.targets, p) for n, p in base["test"].items()}, result["best_baseline"])
         if members > 1:  # each member alone, by the same KL
             best_kl = result["models"][result["best_baseline"]]["kl"]
             out["variants"][-1]["members"] = [
@@ -318,6 +324,43 @@ def next_event_groups(ds, samples, ok) -> dict[str, np.ndarray]:
     (``within_10_min``: inside a session) or later (``later``: a new session)."""
     gap = np.array([ds.seqs[u].ts[c] - t for u, c, t in zip(samples.user, samples.cut, samples.cut_ts)])
     return {"within_10_min": ok & (gap < SESSION_GAP_MS), "later": ok & (gap >= SESSION_GAP_MS)}
+
+
+SITTING_GAP_MS = 3_600_000  # an hour without an event ends a sitting (a MovieLens user's ratings come in sittings)
+
+
+def sitting_groups(ds, samples) -> dict[str, np.ndarray]:
+    """Masks of the samples by where the cut falls in the user's sittings: ``start`` (the cut's newest
+    event came an hour or more after the one before it, or is the user's first), ``end`` (not a
+    start, and the user's next event comes an hour or more later, or never), ``inside`` (both gaps
+    under an hour); and ``first_test_cut``, each user's earliest sample (bench/live_eval.py's cuts)."""
+    before, after = [], []
+    for u, c in zip(samples.user, samples.cut):
+        ts = ds.seqs[u].ts
+        before.append(ts[c - 1] - ts[c - 2] if c >= 2 else np.inf)
+        after.append(ts[c] - ts[c - 1] if c < len(ts) else np.inf)
+    start = np.asarray(before) >= SITTING_GAP_MS
+    end = ~start & (np.asarray(after) >= SITTING_GAP_MS)
+    order = np.lexsort((samples.cut_ts, samples.user))
+    first = np.zeros(len(samples.user), bool)
+    first[order[np.r_[True, samples.user[order][1:] != samples.user[order][:-1]]]] = True
+    return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first}
+
+
+def by_sitting(ds, samples, model_kl: np.ndarray, base_kl: dict[str, np.ndarray], best: str) -> dict:
+    """The model's KL ratio to the best baseline and to ``ema_prior`` in each :func:`sitting_groups`
+    group, with the paired bootstrap interval over users of the gain on the best baseline."""
+    from models.evaluate import paired_bootstrap
+
+    out = {}
+    for name, m in sitting_groups(ds, samples).items():
+        if m.any():
+            out[name] = {"samples": int(m.sum()), "users": int(len(np.unique(samples.user[m]))),
+                         "kl_ratio": round(float(model_kl[m].mean() / base_kl[best][m].mean()), 4),
+                         "kl_ratio_vs_ema_prior": round(float(model_kl[m].mean() / base_kl["ema_prior"][m].mean()), 4),
+                         "kl_gain_ci95": [round(float(x), 4) for x in
+                                          paired_bootstrap(base_kl[best][m] - model_kl[m], samples.user[m])]}
+    return out
 
 
 def _truth(result, log_path, td, base, pred, data_cfg) -> None:
