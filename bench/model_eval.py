@@ -13,7 +13,7 @@ variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json`
 JSON summary with the machine, the commit and every figure the README quotes. Each variant's
 ``by_sitting`` splits its test samples by where the cut falls in the user's sittings (an hour
 without an event ends one: :func:`sitting_groups`), and gives each user's first test cut, the cut
-``bench/live_eval.py`` streams, on its own.
+``bench/live_eval.py`` streams, and each new user's first event on their own.
 
 Variants (``--variants``, comma-separated):
 * ``default``: what ``interest-stream train`` does with the dataset's target;
@@ -333,7 +333,8 @@ def sitting_groups(ds, samples) -> dict[str, np.ndarray]:
     """Masks of the samples by where the cut falls in the user's sittings: ``start`` (the cut's newest
     event came an hour or more after the one before it, or is the user's first), ``end`` (not a
     start, and the user's next event comes an hour or more later, or never), ``inside`` (both gaps
-    under an hour); and ``first_test_cut``, each user's earliest sample (bench/live_eval.py's cuts)."""
+    under an hour); ``first_test_cut``, each user's earliest sample (bench/live_eval.py's cuts); and
+    ``first_event``, the samples whose window holds only the user's first event (a new user)."""
     before, after = [], []
     for u, c in zip(samples.user, samples.cut):
         ts = ds.seqs[u].ts
@@ -344,7 +345,8 @@ def sitting_groups(ds, samples) -> dict[str, np.ndarray]:
     order = np.lexsort((samples.cut_ts, samples.user))
     first = np.zeros(len(samples.user), bool)
     first[order[np.r_[True, samples.user[order][1:] != samples.user[order][:-1]]]] = True
-    return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first}
+    return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first,
+            "first_event": np.asarray(samples.cut) == 1}
 
 
 def by_sitting(ds, samples, model_kl: np.ndarray, base_kl: dict[str, np.ndarray], best: str) -> dict:
