@@ -8,15 +8,22 @@ of this commit, and is timed from the first download to the last file written:
 - ``pip``: the project's old way, with pip's cache as the machine has it;
 - ``uv_no_cache``: ``uv pip install --no-cache``, as on a machine that never ran uv (every wheel
   downloaded);
-- ``uv``: ``uv pip install`` with uv's cache as it is after the cold run, as on a second clone.
+- ``uv``: ``uv pip install`` with uv's cache as it is after the cold run, as on a second clone;
+- ``uv_no_bytecode``: the same without ``--compile-bytecode``.
 
-Both resolve the same versions (``same_versions``: the two ``pip freeze`` lists, names normalized).
+uv runs with ``--compile-bytecode`` (but in ``uv_no_bytecode``), as ``make install`` does: pip writes every module's ``.pyc`` at
+install time, uv only when asked, and where ``PYTHONDONTWRITEBYTECODE`` is set a venv without them
+compiles torch again in every process that imports it (``import_torch_cpu_seconds``: user CPU
+seconds of ``python -c 'import torch'`` in each fresh virtualenv, after a first import).
+
+All four resolve the same versions (``same_versions``: their ``pip freeze`` lists, names normalized).
 Each virtualenv is removed after it is measured: one holds about 6 GB, most of it torch's CUDA
 libraries.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -55,6 +62,14 @@ def _freeze(venv: Path) -> set[str]:
     return keep
 
 
+def _import_cpu(py: str) -> float:
+    """User CPU seconds of a second ``import torch`` in a fresh process (the first warms the disk)."""
+    code = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_utime)"
+    for _ in range(2):
+        done = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True)
+    return round(float(done.stdout.strip()), 2)
+
+
 def _du_gb(path: Path) -> float | None:
     if not path.exists():
         return None
@@ -77,7 +92,7 @@ def main(workdir):
     out = {"machine": machine(), "commit": commit(), "installs": EXTRAS,
            "caches_gb_before": {"pip": _du_gb(home / "pip"), "uv": _du_gb(home / "uv")}}
     freezes = {}
-    for name in ("pip", "uv_no_cache", "uv"):
+    for name in ("pip", "uv_no_cache", "uv", "uv_no_bytecode"):
         venv = wd / f"venv-{name}"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         py = str(venv / "bin" / "python")
@@ -87,12 +102,15 @@ def main(workdir):
         else:
             _run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "uv>=0.5,<1"], clone)
             cmd = [str(venv / "bin" / "uv"), "pip", "install", "--python", py, "-q", EXTRAS]
-            out[f"{name}_seconds"] = _run(cmd + (["--no-cache"] if name == "uv_no_cache" else []), clone)
+            cmd += {"uv_no_cache": ["--compile-bytecode", "--no-cache"], "uv": ["--compile-bytecode"]}.get(name, [])
+            out[f"{name}_seconds"] = _run(cmd, clone)
         out[f"{name}_venv_gb"] = _du_gb(venv)
+        out[f"{name}_import_torch_cpu_seconds"] = _import_cpu(py)
         freezes[name] = _freeze(venv)
         shutil.rmtree(venv)
         print(f"{name}: {out[f'{name}_seconds']} s", file=sys.stderr)
-    out["same_versions"] = freezes["pip"] == freezes["uv"] == freezes["uv_no_cache"]
+    out["pythondontwritebytecode"] = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
+    out["same_versions"] = freezes["pip"] == freezes["uv"] == freezes["uv_no_cache"] == freezes["uv_no_bytecode"]
     out["versions_only_in_pip"] = sorted(freezes["pip"] - freezes["uv"])
     out["versions_only_in_uv"] = sorted(freezes["uv"] - freezes["pip"])
     out["uv_no_cache_over_pip"] = round(out["uv_no_cache_seconds"] / out["pip_seconds"], 3)
