@@ -8,9 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= -q --disable-pip-version-check
 # uv installs the environment (the CUDA build of torch is 5 GB) in seconds where pip takes minutes
 # (bench/install.py); its cache is ~/.cache/uv. pip stays the fallback and the worker-only install.
-# --compile-bytecode: pip writes .pyc files at install time and uv does not by default; without them,
-# where PYTHONDONTWRITEBYTECODE is set, every process that imports torch compiles it again.
 UV_PIN ?= uv>=0.5,<1
+# Python writes each module's bytecode at its first import, under .venv/pycache, even where
+# PYTHONDONTWRITEBYTECODE is set: uv writes none at install time (pip writes all of it, in minutes),
+# and without a cache every process of the tests and the demo that imports torch compiles it again
+unexport PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
 
 .PHONY: install test demo bench kafka-jars clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml
 		{ echo "Python 3.11+ is needed (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	{ $(PY) -m pip install $(PIP_FLAGS) '$(UV_PIN)' && \
-	  $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode -e '.[train,dev]'; } || \
+	  $(VENV)/bin/uv pip install --python $(PY) -q -e '.[train,dev]'; } || \
 	{ echo "uv could not install the environment; installing it with pip instead"; \
 	  $(PY) -m pip install $(PIP_FLAGS) -e '.[train,dev]'; }
 	@touch $(STAMP)

@@ -9,12 +9,13 @@ of this commit, and is timed from the first download to the last file written:
 - ``uv_no_cache``: ``uv pip install --no-cache``, as on a machine that never ran uv (every wheel
   downloaded);
 - ``uv``: ``uv pip install`` with uv's cache as it is after the cold run, as on a second clone;
-- ``uv_no_bytecode``: the same without ``--compile-bytecode``.
+- ``uv_no_bytecode``: the same without ``--compile-bytecode``, as ``make install`` runs it.
 
-uv runs with ``--compile-bytecode`` (but in ``uv_no_bytecode``), as ``make install`` does: pip writes every module's ``.pyc`` at
-install time, uv only when asked, and where ``PYTHONDONTWRITEBYTECODE`` is set a venv without them
-compiles torch again in every process that imports it (``import_torch_cpu_seconds``: user CPU
-seconds of ``python -c 'import torch'`` in each fresh virtualenv, after a first import).
+pip writes every module's ``.pyc`` at install time, uv only with ``--compile-bytecode``. Where
+``PYTHONDONTWRITEBYTECODE`` is set, a venv without them compiles torch again in every process that
+imports it (``import_torch_cpu_seconds``: user CPU seconds of ``python -c 'import torch'`` in each
+fresh virtualenv, after a first import, with this process's environment); the Makefile therefore
+lets Python write them at first import, under ``.venv/pycache``.
 
 All four resolve the same versions (``same_versions``: their ``pip freeze`` lists, names normalized).
 Each virtualenv is removed after it is measured: one holds about 6 GB, most of it torch's CUDA
