@@ -6,9 +6,10 @@ Each installer puts the project with its ``train`` and ``dev`` extras (``pip ins
 '.[train,dev]'``, what ``make install`` installs) into its own fresh virtualenv, from a fresh clone
 of this commit, and is timed from the first download to the last file written:
 - ``pip``: the project's old way, with pip's cache as the machine has it;
-- ``uv_no_cache``: ``uv pip install --no-cache``, as on a machine that never ran uv (every wheel
-  downloaded);
-- ``uv``: ``uv pip install`` with uv's cache as it is after the cold run, as on a second clone;
+- ``uv_no_cache``: ``uv pip install --compile-bytecode --no-cache``, as on a machine that never ran
+  uv (every wheel downloaded);
+- ``uv``: ``uv pip install --compile-bytecode`` with uv's cache as it is after the cold run, as on a
+  second clone;
 - ``uv_no_bytecode``: the same without ``--compile-bytecode``, as ``make install`` runs it.
 
 pip writes every module's ``.pyc`` at install time, uv only with ``--compile-bytecode``. Where
