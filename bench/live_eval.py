@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from common import WorkerProc, broker, commit, dumps, machine
+from common import ROOT, WorkerProc, broker, commit, dumps, machine
 
-ROOT = Path(__file__).resolve().parents[1]
 RETENTION_MS = 100 * 365 * 86_400_000  # the logs are years old; the default 7 days would delete them
 
 
@@ -54,13 +53,6 @@ def train_and_export(log: Path, wd: Path) -> tuple[Path, Path, float]:
         if done.returncode != 0:
             raise SystemExit(f"interest-stream {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return ckpt, served, time.perf_counter() - t0
-
-
-def first_cuts(test) -> np.ndarray:
-    """Row of each test user's earliest cut in the test split."""
-    order = np.lexsort((test.cut_ts, test.user))
-    first = np.r_[True, test.user[order][1:] != test.user[order][:-1]]
-    return order[first]
 
 
 def events_to_stream(log: Path, cut_of: dict[str, int]) -> list[dict]:
@@ -155,7 +147,7 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
 
 
 def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
-    from model_eval import make_log
+    from model_eval import first_cuts, make_log
 
     from models.evaluate import held_out_predictions
 

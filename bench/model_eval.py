@@ -297,14 +297,13 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         _truth(result, log_path, td, base, pred, td.data_cfg)
         (wd / name / "metrics.json").write_text(json.dumps(result, indent=1))
         # each test sample's KL, for pooling runs (bench/backtest.py)
-        np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=kl_per_sample(test.targets, pred),
-                 **{n: kl_per_sample(test.targets, p) for n, p in base["test"].items()},
+        model_kl = kl_per_sample(test.targets, pred)
+        base_kl = {n: kl_per_sample(test.targets, p) for n, p in base["test"].items()}
+        np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
                  best_baseline=np.asarray(result["best_baseline"]))
         out["baselines_test_kl"] = {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
-        out["variants"][-1]["by_sitting"] = by_sitting(
-            td.ds, test, kl_per_sample(test.targets, pred),
-            {n: kl_per_sample(test.targets, p) for n, p in base["test"].items()}, result["best_baseline"])
+        out["variants"][-1]["by_sitting"] = by_sitting(td.ds, test, model_kl, base_kl, result["best_baseline"])
         if members > 1:  # each member alone, by the same KL
             best_kl = result["models"][result["best_baseline"]]["kl"]
             out["variants"][-1]["members"] = [
@@ -319,11 +318,29 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
 SESSION_GAP_MS = 600_000  # the simulator's events of a session are 60 s apart on average (exponential)
 
 
+def cut_gaps(ds, samples) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, ms from the user's event before the cut's newest one to it, and from the cut's
+    newest event to the user's next (``inf`` where there is none)."""
+    before, after = [], []
+    for u, c in zip(samples.user, samples.cut):
+        ts = ds.seqs[u].ts
+        before.append(ts[c - 1] - ts[c - 2] if c >= 2 else np.inf)
+        after.append(ts[c] - ts[c - 1] if c < len(ts) else np.inf)
+    return np.asarray(before, np.float64), np.asarray(after, np.float64)
+
+
 def next_event_groups(ds, samples, ok) -> dict[str, np.ndarray]:
     """Masks of the ``ok`` samples whose user's next event comes within 10 minutes of the cut
     (``within_10_min``: inside a session) or later (``later``: a new session)."""
-    gap = np.array([ds.seqs[u].ts[c] - t for u, c, t in zip(samples.user, samples.cut, samples.cut_ts)])
+    _, gap = cut_gaps(ds, samples)
     return {"within_10_min": ok & (gap < SESSION_GAP_MS), "later": ok & (gap >= SESSION_GAP_MS)}
+
+
+def first_cuts(samples) -> np.ndarray:
+    """Row of each user's earliest sample (bench/live_eval.py streams each test user up to it)."""
+    order = np.lexsort((samples.cut_ts, samples.user))
+    first = np.r_[True, samples.user[order][1:] != samples.user[order][:-1]]
+    return order[first]
 
 
 SITTING_GAP_MS = 3_600_000  # an hour without an event ends a sitting (a MovieLens user's ratings come in sittings)
@@ -335,16 +352,11 @@ def sitting_groups(ds, samples) -> dict[str, np.ndarray]:
     start, and the user's next event comes an hour or more later, or never), ``inside`` (both gaps
     under an hour); ``first_test_cut``, each user's earliest sample (bench/live_eval.py's cuts); and
     ``first_event``, the samples whose window holds only the user's first event (a new user)."""
-    before, after = [], []
-    for u, c in zip(samples.user, samples.cut):
-        ts = ds.seqs[u].ts
-        before.append(ts[c - 1] - ts[c - 2] if c >= 2 else np.inf)
-        after.append(ts[c] - ts[c - 1] if c < len(ts) else np.inf)
-    start = np.asarray(before) >= SITTING_GAP_MS
-    end = ~start & (np.asarray(after) >= SITTING_GAP_MS)
-    order = np.lexsort((samples.cut_ts, samples.user))
+    before, after = cut_gaps(ds, samples)
+    start = before >= SITTING_GAP_MS
+    end = ~start & (after >= SITTING_GAP_MS)
     first = np.zeros(len(samples.user), bool)
-    first[order[np.r_[True, samples.user[order][1:] != samples.user[order][:-1]]]] = True
+    first[first_cuts(samples)] = True
     return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first,
             "first_event": np.asarray(samples.cut) == 1}
 
