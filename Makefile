@@ -29,9 +29,12 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install $(PIP_FLAGS) -e '.[train,dev]'; }
 	@touch $(STAMP)
 
-# Every test, against a real Kafka broker that the test session starts and stops itself.
+# Every test, against a real Kafka broker that the test session starts and stops itself. Most of a
+# test's time is spent waiting for workers and the broker, so TEST_PROCESSES pytest processes
+# (pytest-xdist; 0 runs in this one) take the test files in turn, each with its own broker.
+TEST_PROCESSES ?= 2
 test: install
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --durations=15
 
 demo: install
 	$(VENV)/bin/interest-stream demo

@@ -9,6 +9,7 @@ and a stale pid file from a killed session is detected and cleaned up at the nex
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import signal
@@ -85,6 +86,16 @@ class LocalKafka:
         marker = cache_dir() / "resolved"
         if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
             return libs
+        # two processes starting brokers at once (the tests' two workers, two `kafka up`) must
+        # not both write libs.tmp: the second waits for the first and then finds the jars
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with open(cache_dir() / "resolve.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
+                return libs
+            return self._resolve(libs, marker)
+
+    def _resolve(self, libs: Path, marker: Path) -> Path:
         if not POM.exists():
             raise KafkaLocalError(f"cannot find {POM}; run from a clone of the repository")
         if shutil.which("mvn") is None:

@@ -3,7 +3,9 @@ subprocesses, and a tiny exported model.
 
 The session starts its own broker on free ports with a fresh data directory (never one it merely
 found running) and always stops it, also when a test fails or pytest is interrupted. A broker
-left behind by a killed test session is stopped at the next session's start.
+left behind by a killed test session is stopped at the next session's start. With pytest-xdist
+(`make test` runs two processes) each process is a session of its own: its own broker, directory
+(named by its pid) and tiny model.
 """
 from __future__ import annotations
 

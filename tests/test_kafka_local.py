@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from conftest import cli
+from conftest import ROOT, cli
 from stream_app.kafka_local import LocalKafka, broker_answers, free_port
 
 pytestmark = pytest.mark.kafka
@@ -68,3 +68,32 @@ def test_cluster_ids_never_start_with_a_dash(monkeypatch):
     ids = iter([dash, uuid.UUID(int=1)])
     monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: next(ids))
     assert kafka_local.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAAAQ"
+
+
+def test_two_processes_resolve_the_jars_once(tmp_path):
+    """The tests' two workers (or two `kafka up`) on a machine without the jars yet: one Maven
+    run, and both find the jars (without the lock both write libs.tmp at once)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    runs = tmp_path / "mvn-runs"
+    mvn = bin_dir / "mvn"  # stands in for Maven: slow, and writes one jar to -DoutputDirectory
+    mvn.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo run >> {runs}
+        sleep 1
+        for a in "$@"; do case "$a" in -DoutputDirectory=*) out="${{a#-DoutputDirectory=}}";; esac; done
+        mkdir -p "$out" && touch "$out/kafka_2.13-4.1.1.jar"
+        """))
+    mvn.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", INTEREST_CACHE_DIR=str(tmp_path / "cache"))
+    code = "from pathlib import Path; from stream_app.kafka_local import LocalKafka; " \
+           "print(sorted(p.name for p in LocalKafka(home=Path('.')).libs().iterdir()))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [o for o, _ in outs] == ["['kafka_2.13-4.1.1.jar']\n"] * 2, outs
+    assert runs.read_text() == "run\n"
