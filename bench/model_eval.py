@@ -24,6 +24,8 @@ Variants (``--variants``, comma-separated):
 * ``unscaled``: the corrections kept at the strength training left them (``scale_corrections=0``);
 * ``mse``: the MSE loss instead of KL;
 * ``pretrained``: ``--init-from`` the ``--pretrained`` directory (``interest-stream pretrain``);
+* ``one_length`` / ``plain_one_length``: ``default`` / ``plain`` with one set of plain-path weights
+  for every user (``length_buckets=[]``, the model before the weights per history length);
 * ``seeds3``: ``default`` trained at three seeds (the configured one and the next two), their test
   probabilities averaged (not something ``train`` exports: a measure of what lower variance is worth).
 """
@@ -72,6 +74,8 @@ VARIANTS = {
     "mse": {"model": {"loss": "mse"}},
     "pretrained": {"pretrained": True},
     "seeds3": {"members": 3},
+    "one_length": {"model": {"length_buckets": []}},
+    "plain_one_length": {"model": {"correction": "none", "length_buckets": []}},
 }
 
 

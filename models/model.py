@@ -7,7 +7,10 @@
    * the **plain path** (a learned counter): ``log(a_all*counts + a_recent*recent + beta*prior +
      sum_s a_s*profile_s)``: the window's category counts up to the readout (all, and decayed by
      token distance), a learned population prior and the user's long-term profile (one weight per
-     scale). It is the shrinkage baseline in the model, trained first, on its own;
+     scale). It is the shrinkage baseline in the model, trained first, on its own. As in the
+     ``mixture`` baseline, its weights depend on the user's history length (``length_buckets``,
+     :meth:`InterestModel._length_bucket`): a new user leans on the prior, a long-time one on the
+     profile;
    * the **per-category correction** (``correction="features"``): a small network shared across
      categories reads, for each category, what a counter cannot use: how recent the category is
      against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
@@ -46,6 +49,7 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
+from models.baselines import LENGTH_BUCKETS
 from models.config_checks import check_backbone, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -77,6 +81,9 @@ class ModelConfig:
     cat_hidden: int = 32  # its hidden width (it runs k times per readout)
     cat_context: int = 8  # a summary of the user's whole profile given to every category (0: none)
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
+    # the plain path's weights per history length (module doc), as the `mixture` baseline's; [] (as
+    # in checkpoints from before them): one set of weights for every user
+    length_buckets: list = field(default_factory=lambda: list(LENGTH_BUCKETS))
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
     init_from: str | None = None  # the pretrained directory this model started from
     backbone: dict = field(default_factory=dict)  # the GPT2Config used, so loading needs no source dir
@@ -88,6 +95,9 @@ class ModelConfig:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])) or \
+                any(b < 1 for b in self.length_buckets):
+            raise ValueError(f"length_buckets must be increasing history lengths >= 1, got {self.length_buckets}")
         check_backbone(self)
         check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
                      above={"recency_tokens": 0.0})
@@ -104,6 +114,7 @@ class ModelConfig:
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
         d.setdefault("cat_context", 0)  # checkpoints from before the context
+        d.setdefault("length_buckets", [])  # checkpoints from before the weights per history length
         return cls(**d)
 
 
@@ -134,6 +145,10 @@ class InterestModel(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.recency_tokens)))
         if S:
             self.log_a_profile = nn.Parameter(torch.full((S,), math.log(0.5)))
+        if config.length_buckets:  # per history length: offsets of (a_all, a_recent, beta, a_profile...)
+            self.register_buffer("length_edges", torch.tensor(config.length_buckets, dtype=torch.float32),
+                                 persistent=False)
+            self.log_w_length = nn.Parameter(torch.zeros(len(config.length_buckets) + 1, 3 + S))
         # -- the per-category correction (absent from checkpoints before it: cat_hidden 0)
         if config.cat_hidden:
             self.cat_emb = nn.Embedding(k, config.cat_dim)
@@ -190,7 +205,8 @@ class InterestModel(nn.Module):
     def plain_parameters(self) -> list[nn.Parameter]:
         """The plain path's parameters (trained alone first, :func:`models.train.run_training`)."""
         ps = [self.prior_logits, self.log_a_all, self.log_a_recent, self.log_beta, self.log_tau]
-        return ps + ([self.log_a_profile] if self.config.profile_scales else [])
+        ps += [self.log_a_profile] if self.config.profile_scales else []
+        return ps + ([self.log_w_length] if self.config.length_buckets else [])
 
     def correction_outputs(self) -> dict[str, nn.Linear]:
         """The last layer of each correction in use, by name ("features": the per-category network,
@@ -254,12 +270,15 @@ class InterestModel(nn.Module):
             counts, recent = all_counts[b_idx, r_pos], all_recent[b_idx, r_pos]  # (R, k)
 
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
-        mix = torch.exp(self.log_a_all) * counts + torch.exp(self.log_a_recent) * recent
-        mix = mix + torch.exp(self.log_beta) * prior
-        prof = None
+        prof = profile.reshape(R, S, k).clamp_min(0.0) if S else None  # (R, S, k)
+        log_w = torch.cat([torch.stack([self.log_a_all, self.log_a_recent, self.log_beta]),
+                           self.log_a_profile if S else self.log_a_all.new_zeros(0)]).expand(R, 3 + S)  # (R, 3 + S)
+        if cfg.length_buckets:
+            log_w = log_w + self.log_w_length[self._length_bucket(counts, prof)]
+        w = torch.exp(log_w)
+        mix = w[:, :1] * counts + w[:, 1:2] * recent + w[:, 2:3] * prior  # (R, k)
         if S:
-            prof = profile.reshape(R, S, k).clamp_min(0.0)  # (R, S, k)
-            mix = mix + (torch.exp(self.log_a_profile)[None, :, None] * prof).sum(1)
+            mix = mix + (w[:, 3:, None] * prof).sum(1)
         logits = torch.log(mix)  # (R, k) the plain path
 
         if cfg.correction != "none" and cfg.cat_hidden:
@@ -285,6 +304,16 @@ class InterestModel(nn.Module):
             else:
                 loss = per.mean()
         return probs, loss
+
+    def _length_bucket(self, counts, prof):
+        """(R,) long: the bucket of ``config.length_buckets`` that each readout's history length
+        falls in (0: below the first edge). The length is the window's categorised events, or the
+        profile's largest mass over its scales when that is larger: about the number of the user's
+        events over the last year (type-weighted: a browse counts half)."""
+        n = counts.sum(-1)  # (R,)
+        if prof is not None:
+            n = torch.maximum(n, prof.sum(-1).amax(-1))
+        return (n.unsqueeze(-1) >= self.length_edges).sum(-1)
 
     def _profile_features(self, prof):
         """(R, S*(k+1)): per scale the k shares and log(1 + mass)."""

@@ -291,6 +291,40 @@ def test_plain_path_ignores_the_sequence_model(encoder):
     assert torch.allclose(model(ids[:1], mask[:1], prof[:1])[0][0], want, atol=1e-5)
 
 
+def test_plain_weights_per_history_length_by_hand(encoder):
+    """The plain path's weights depend on the history length, as the `mixture` baseline's: the
+    window's categorised events, or the profile's largest mass over its scales when larger."""
+    model = build_model(encoder, correction="none", **TINY).eval()
+    assert model.config.length_buckets == [1, 4, 16, 64, 256]
+    k, S = 3, len(encoder.profile_scales)
+    counts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 1, 0], [0, 0, 1], [0, 0, 1]])
+    prof = torch.zeros(5, S, k)
+    prof[3, 1] = torch.tensor([10.0, 5, 1])  # 16 on the 30-day scale: 16-63
+    prof[4, 0] = torch.tensor([1.0, 1, 1.5])  # 3.5 on the 1-day one: the window's 1 is smaller -> 1-3
+    assert model._length_bucket(counts, prof).tolist() == [0, 1, 1, 3, 1]
+    assert model._length_bucket(counts, None).tolist() == [0, 1, 1, 1, 1]  # a model without profile
+
+    seqs = _seqs(encoder, n=6)
+    ids, mask = collate(seqs, encoder.pad_id)
+    profile = torch.zeros(6, S * k)  # no profile: the length is the window's
+    s = seqs[0]
+    r = len(s) - 3
+    counts = torch.zeros(3)
+    recent = torch.zeros(3)
+    for t, tok in enumerate(s[: r + 1]):
+        c = tok - encoder.category_offset
+        if 0 <= c < 3:
+            counts[c] += 1
+            recent[c] += float(np.exp(-(r - t) / 30.0))
+    n = int(counts.sum())
+    bucket = sum(n >= e for e in model.config.length_buckets)
+    with torch.no_grad():  # this length's weights: a_all x e, a_recent x 1, beta x e^-1
+        model.log_w_length[bucket, :3] = torch.tensor([1.0, 0.0, -1.0])
+        model.log_w_length[bucket + 1] = 5.0  # another length's: not used
+    mix = np.e * counts + recent + 2.0 / np.e * torch.full((3,), 1 / 3)
+    assert torch.allclose(model(ids[:1], mask[:1], profile[:1])[0][0], mix / mix.sum(), atol=1e-5)
+
+
 def test_scaling_the_corrections_is_exact_in_logits(encoder):
     """scale_corrections(s) predicts softmax(log p_off + s * (log p_on - log p_off)) for each
     correction, and per correction softmax(log p_off + sum_i s_i * (log p_i - log p_off)) with p_i
@@ -385,5 +419,8 @@ def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
            "profile_scales": 3, "token_offset": 0, "init_from": None, "backbone": {}}
     cfg = ModelConfig.from_dict(old)
     assert (cfg.readout, cfg.correction, cfg.cat_hidden) == ("end", "full", 0)
+    assert cfg.length_buckets == []  # one set of plain weights for every user, as it had
+    with pytest.raises(ValueError, match="length_buckets must be increasing history lengths >= 1"):
+        ModelConfig(vocab_size=10, k=3, category_offset=4, length_buckets=[4, 4, 16])
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**old, "n_layers": 3})
