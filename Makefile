@@ -108,6 +108,9 @@ bench: install
 	for d in movielens cj rees46; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
 		| tee bench-out/model_eval-$$d-auto.json; done
 	$(PY) bench/model_eval.py --dataset sim --variants plain --data-set target=auto | tee bench-out/model_eval-sim-auto.json
+	# the plain path's weights per history length, kept off (bench/README.md, "The plain path's weights per history length")
+	for d in movielens cj; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
+		--variants default,per_length,plain,plain_per_length --threads 1 | tee bench-out/length-buckets-$$d.json; done
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json

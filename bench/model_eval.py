@@ -24,8 +24,10 @@ Variants (``--variants``, comma-separated):
 * ``unscaled``: the corrections kept at the strength training left them (``scale_corrections=0``);
 * ``mse``: the MSE loss instead of KL;
 * ``pretrained``: ``--init-from`` the ``--pretrained`` directory (``interest-stream pretrain``);
-* ``one_length`` / ``plain_one_length``: ``default`` / ``plain`` with one set of plain-path weights
-  for every user (``length_buckets=[]``, the model before the weights per history length);
+* ``per_length`` / ``plain_per_length``: ``default`` / ``plain`` with the plain path's weights per
+  history length (``length_buckets``, the ``mixture`` baseline's :data:`models.baselines.LENGTH_BUCKETS`;
+  at ``7f6fda1`` they were the default, and these variants, then named ``one_length`` and
+  ``plain_one_length``, were the model without them);
 * ``seeds3``: ``default`` trained at three seeds (the configured one and the next two), their test
   probabilities averaged (not something ``train`` exports: a measure of what lower variance is worth).
 """
@@ -48,6 +50,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
+
+from models.baselines import LENGTH_BUCKETS  # noqa: E402
 
 # The target of each dataset (justified in the README, "The model and its export"):
 DATASETS = {
@@ -74,8 +78,8 @@ VARIANTS = {
     "mse": {"model": {"loss": "mse"}},
     "pretrained": {"pretrained": True},
     "seeds3": {"members": 3},
-    "one_length": {"model": {"length_buckets": []}},
-    "plain_one_length": {"model": {"correction": "none", "length_buckets": []}},
+    "per_length": {"model": {"length_buckets": list(LENGTH_BUCKETS)}},
+    "plain_per_length": {"model": {"correction": "none", "length_buckets": list(LENGTH_BUCKETS)}},
 }
 
 

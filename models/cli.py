@@ -123,7 +123,8 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         g = owner[0]
         typ = groups[g][key].type
         try:
-            conv = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
+            conv = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes"),
+                    "list": lambda s: [int(x) for x in s.split(",") if x.strip()]}  # length_buckets=1,4,16
             chosen[g][key] = conv.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
         except ValueError:
             raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None

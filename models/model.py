@@ -7,10 +7,9 @@
    * the **plain path** (a learned counter): ``log(a_all*counts + a_recent*recent + beta*prior +
      sum_s a_s*profile_s)``: the window's category counts up to the readout (all, and decayed by
      token distance), a learned population prior and the user's long-term profile (one weight per
-     scale). It is the shrinkage baseline in the model, trained first, on its own. As in the
-     ``mixture`` baseline, its weights depend on the user's history length (``length_buckets``,
-     :meth:`InterestModel._length_bucket`): a new user leans on the prior, a long-time one on the
-     profile;
+     scale). It is the shrinkage baseline in the model, trained first, on its own. With
+     ``length_buckets`` (off by default), its weights depend on the user's history length, as in
+     the ``mixture`` baseline (:meth:`InterestModel._length_bucket`);
    * the **per-category correction** (``correction="features"``): a small network shared across
      categories reads, for each category, what a counter cannot use: how recent the category is
      against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
@@ -49,7 +48,6 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
-from models.baselines import LENGTH_BUCKETS
 from models.config_checks import check_backbone, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -81,9 +79,10 @@ class ModelConfig:
     cat_hidden: int = 32  # its hidden width (it runs k times per readout)
     cat_context: int = 8  # a summary of the user's whole profile given to every category (0: none)
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
-    # the plain path's weights per history length (module doc), as the `mixture` baseline's; [] (as
-    # in checkpoints from before them): one set of weights for every user
-    length_buckets: list = field(default_factory=lambda: list(LENGTH_BUCKETS))
+    # the plain path's weights per history length (module doc), as the `mixture` baseline's, e.g.
+    # [1, 4, 16, 64, 256]; [] (the default): one set of weights for every user. Off: it did not move
+    # the corrected model on MovieLens or the Complete Journey (README, "The model and its export")
+    length_buckets: list = field(default_factory=list)
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
     init_from: str | None = None  # the pretrained directory this model started from
     backbone: dict = field(default_factory=dict)  # the GPT2Config used, so loading needs no source dir
@@ -95,8 +94,8 @@ class ModelConfig:
             raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-        if any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])) or \
-                any(b < 1 for b in self.length_buckets):
+        if not all(isinstance(b, int) and b >= 1 for b in self.length_buckets) or \
+                any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])):
             raise ValueError(f"length_buckets must be increasing history lengths >= 1, got {self.length_buckets}")
         check_backbone(self)
         check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
@@ -114,7 +113,7 @@ class ModelConfig:
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
         d.setdefault("cat_context", 0)  # checkpoints from before the context
-        d.setdefault("length_buckets", [])  # checkpoints from before the weights per history length
+        d.setdefault("length_buckets", [])  # checkpoints from before the option
         return cls(**d)
 
 

@@ -331,15 +331,19 @@ def test_predict_rejects_overlong_sequences(fp32_dir):
     assert m.predict([long_window]).shape == (1, 12)
 
 
-def test_the_plain_path_exports_to_the_same_interface(tmp_path):
+@pytest.mark.parametrize("length_buckets", [[], [1, 4, 16]])
+def test_the_plain_path_exports_to_the_same_interface(tmp_path, length_buckets):
     """When training keeps the plain path (the corrections lost on validation), the checkpoint
     still exports to a pair the worker serves: same inputs and output, parity checked, and the
-    worker's predictions are the plain path's."""
+    worker's predictions are the plain path's; also with its weights per history length."""
     from tiny_model import TINY
 
     ckpt, model, enc, wins, _, _, profs, prof_in = build_tiny_checkpoint(
-        tmp_path / "ckpt", seed=1, steps=10, model_config={**TINY, "correction": "none"})
+        tmp_path / "ckpt", seed=1, steps=10,
+        model_config={**TINY, "correction": "none", "length_buckets": length_buckets})
     assert model.config.correction == "none"
+    if length_buckets:  # trained away from zero: a graph without them would differ
+        assert float(model.log_w_length.abs().max()) > 0.01
     meta = ox.export_checkpoint(ckpt, tmp_path / "out", **QUIET)
     assert list(meta["inputs"]) == ["input_ids", "attention_mask", "profile"] and list(meta["outputs"]) == ["probs"]
     assert meta["model"]["correction"] == "none" and meta["parity"]["max_abs_diff"] < 1e-4

@@ -110,6 +110,10 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "ema_decay must be at least 0 and below 1 (0: off), got 1.0" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "scale_corrections=2"])
     assert res.exit_code == 2 and "scale_corrections must be 0 (off) or 1 (on), got 2" in res.output
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "length_buckets=1,x"])
+    assert res.exit_code == 2 and "length_buckets: bad value '1,x'" in res.output
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "length_buckets=4,2"])
+    assert res.exit_code == 2 and "length_buckets must be increasing history lengths >= 1, got [4, 2]" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--loss", "hinge"])
     assert res.exit_code == 2
     for args in (["--target-k", "4"], ["--set", "target_k=4"], ["--target", "auto", "--target-k", "4"]):

@@ -294,8 +294,8 @@ def test_plain_path_ignores_the_sequence_model(encoder):
 def test_plain_weights_per_history_length_by_hand(encoder):
     """The plain path's weights depend on the history length, as the `mixture` baseline's: the
     window's categorised events, or the profile's largest mass over its scales when larger."""
-    model = build_model(encoder, correction="none", **TINY).eval()
-    assert model.config.length_buckets == [1, 4, 16, 64, 256]
+    assert build_model(encoder, **TINY).config.length_buckets == []  # off by default
+    model = build_model(encoder, correction="none", length_buckets=[1, 4, 16, 64, 256], **TINY).eval()
     k, S = 3, len(encoder.profile_scales)
     counts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 1, 0], [0, 0, 1], [0, 0, 1]])
     prof = torch.zeros(5, S, k)
@@ -422,5 +422,7 @@ def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
     assert cfg.length_buckets == []  # one set of plain weights for every user, as it had
     with pytest.raises(ValueError, match="length_buckets must be increasing history lengths >= 1"):
         ModelConfig(vocab_size=10, k=3, category_offset=4, length_buckets=[4, 4, 16])
+    with pytest.raises(ValueError, match="length_buckets must be increasing history lengths >= 1"):
+        ModelConfig(vocab_size=10, k=3, category_offset=4, length_buckets=[0, 4])
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**old, "n_layers": 3})
