@@ -258,6 +258,19 @@ def test_dense_loss_is_the_weighted_mean_over_readouts(encoder):
     assert abs(float(loss) - (per[0] + per[1] + 0.5 * per[2]) / 2.5) < 1e-5
 
 
+def _window_counts_by_hand(encoder, s):
+    """A sequence's category counts up to its serving readout (the newest event's last token), and
+    the same decayed by token distance (the model's initial 30 tokens)."""
+    r = len(s) - 3
+    counts, recent = torch.zeros(3), torch.zeros(3)
+    for t, tok in enumerate(s[: r + 1]):
+        c = tok - encoder.category_offset
+        if 0 <= c < 3:
+            counts[c] += 1
+            recent[c] += float(np.exp(-(r - t) / 30.0))
+    return counts, recent
+
+
 def test_plain_path_ignores_the_sequence_model(encoder):
     """correction="none" is the learned counter alone: the backbone and the correction heads do
     not change its output; "features" adds the per-category network but still no backbone."""
@@ -276,15 +289,7 @@ def test_plain_path_ignores_the_sequence_model(encoder):
         assert bool((before - after).abs().max() > 1e-4) is moves, correction
     # the plain path by hand for one row: counts of the window, recency by token distance, prior, profile
     model = build_model(encoder, correction="none", **TINY).eval()
-    s = seqs[0]
-    r = len(s) - 3  # readout: the newest event's last token
-    counts = torch.zeros(3)
-    recent = torch.zeros(3)
-    for t, tok in enumerate(s[: r + 1]):
-        c = tok - encoder.category_offset
-        if 0 <= c < 3:
-            counts[c] += 1
-            recent[c] += float(np.exp(-(r - t) / 30.0))
+    counts, recent = _window_counts_by_hand(encoder, seqs[0])
     p0 = prof[0].reshape(len(encoder.profile_scales), 3)  # scales x categories
     mix = counts + recent + 2.0 * torch.full((3,), 1 / 3) + 0.5 * p0.sum(0)
     want = mix / mix.sum()
@@ -307,15 +312,7 @@ def test_plain_weights_per_history_length_by_hand(encoder):
     seqs = _seqs(encoder, n=6)
     ids, mask = collate(seqs, encoder.pad_id)
     profile = torch.zeros(6, S * k)  # no profile: the length is the window's
-    s = seqs[0]
-    r = len(s) - 3
-    counts = torch.zeros(3)
-    recent = torch.zeros(3)
-    for t, tok in enumerate(s[: r + 1]):
-        c = tok - encoder.category_offset
-        if 0 <= c < 3:
-            counts[c] += 1
-            recent[c] += float(np.exp(-(r - t) / 30.0))
+    counts, recent = _window_counts_by_hand(encoder, seqs[0])
     n = int(counts.sum())
     bucket = sum(n >= e for e in model.config.length_buckets)
     with torch.no_grad():  # this length's weights: a_all x e, a_recent x 1, beta x e^-1
