@@ -113,7 +113,6 @@ class ModelConfig:
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
         d.setdefault("cat_context", 0)  # checkpoints from before the context
-        d.setdefault("length_buckets", [])  # checkpoints from before the option
         return cls(**d)
 
 
@@ -271,13 +270,13 @@ class InterestModel(nn.Module):
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
         prof = profile.reshape(R, S, k).clamp_min(0.0) if S else None  # (R, S, k)
         log_w = torch.cat([torch.stack([self.log_a_all, self.log_a_recent, self.log_beta]),
-                           self.log_a_profile if S else self.log_a_all.new_zeros(0)]).expand(R, 3 + S)  # (R, 3 + S)
+                           self.log_a_profile if S else self.log_a_all.new_zeros(0)])  # (3 + S,)
         if cfg.length_buckets:
-            log_w = log_w + self.log_w_length[self._length_bucket(counts, prof)]
+            log_w = log_w + self.log_w_length[self._length_bucket(counts, prof)]  # (R, 3 + S)
         w = torch.exp(log_w)
-        mix = w[:, :1] * counts + w[:, 1:2] * recent + w[:, 2:3] * prior  # (R, k)
+        mix = w[..., :1] * counts + w[..., 1:2] * recent + w[..., 2:3] * prior  # (R, k)
         if S:
-            mix = mix + (w[:, 3:, None] * prof).sum(1)
+            mix = mix + (w[..., 3:, None] * prof).sum(1)
         logits = torch.log(mix)  # (R, k) the plain path
 
         if cfg.correction != "none" and cfg.cat_hidden:
