@@ -141,6 +141,13 @@ def mixture_predict(feats: np.ndarray, buckets: np.ndarray, logw: np.ndarray, pr
     return mix / mix.sum(1, keepdims=True)
 
 
+def _fit_subset(samples: Samples) -> Samples:
+    """At most :data:`MIXTURE_FIT_SAMPLES` of ``samples`` (seeded), in order."""
+    if len(samples) <= MIXTURE_FIT_SAMPLES:
+        return samples
+    return samples.take(np.sort(np.random.default_rng(0).choice(len(samples), MIXTURE_FIT_SAMPLES, replace=False)))
+
+
 class Baselines:
     """Fit on train (prior, mixture) and validation (parameters), then predict any split."""
 
@@ -165,10 +172,24 @@ class Baselines:
         self.params = {"ema": best_ema[1], "ema_prior": best_ep[1], "mixture": self._fit_mixture(val, kl_fn)}
         return self.params
 
+    def refit(self, samples: Samples) -> dict:
+        """After :meth:`fit`: the prior and the mixture's weights again from ``samples`` (the training
+        and validation periods, :func:`models.train.refit_data`), with every choice made on validation
+        kept (half-lives, betas, weights per history length or not): the baselines of a model that
+        was refit (``TrainConfig.refit``) see the data it saw."""
+        self.prior = samples.targets.mean(0).astype(np.float64)
+        self.prior /= self.prior.sum()
+        mx = self.params["mixture"]
+        tr = _fit_subset(samples)
+        nb = len(LENGTH_BUCKETS) + 1 if mx["per_length"] else 1
+        b = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, tr), side="right") if mx["per_length"] \
+            else np.zeros(len(tr), np.int64)
+        logw = fit_mixture(mixture_features(self.ds, tr, self.k), b, tr.targets, self.prior, nb)
+        self.params["mixture"] = {**mx, "log_weights": logw.round(4).tolist(), "fit_samples": len(tr), "refit": True}
+        return self.params
+
     def _fit_mixture(self, val: Samples, kl_fn) -> dict:
-        tr = self.ds.splits["train"]
-        if len(tr) > MIXTURE_FIT_SAMPLES:
-            tr = tr.take(np.sort(np.random.default_rng(0).choice(len(tr), MIXTURE_FIT_SAMPLES, replace=False)))
+        tr = _fit_subset(self.ds.splits["train"])
         f_tr, f_va = mixture_features(self.ds, tr, self.k), mixture_features(self.ds, val, self.k)
         b_tr = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, tr), side="right")
         b_va = np.searchsorted(LENGTH_BUCKETS, history_lengths(self.ds, val), side="right")

@@ -353,6 +353,14 @@ def build_dataset(users, categories, cfg: DataConfig, t1: int, t2: int) -> Datas
     return Dataset(ids, seqs, splits, counts, t1, t2)
 
 
+def joined_dataset(ds: Dataset, categories, cfg: DataConfig) -> Dataset:
+    """``ds`` with its validation period joined to training: :func:`build_dataset` with ``t1 = t2``,
+    so training holds every sample whose target ends before the test period, validation is empty
+    and the test split is unchanged (a refit, ``models.train.fit`` stage 5)."""
+    users = {u: s.events for u, s in zip(ds.user_ids, ds.seqs)}
+    return build_dataset(users, categories, cfg, ds.t2, ds.t2)
+
+
 def _targets(seqs, rows, k: int) -> np.ndarray:
     """(N, k) float32: the type-weighted category shares of events ``[i, j)`` of each row."""
     t = np.zeros((len(rows), k), np.float32)

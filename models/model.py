@@ -466,14 +466,17 @@ class TrainConfig:
     # mixture 0.970 against 0.965), and left the Complete Journey where it was (bench/README.md)
     scale_corrections: int = 1  # 1: each correction's strength is chosen on validation (models.train.fit,
     # stage 3); they came out over-confident on MovieLens and the Complete Journey (bench/README.md)
+    refit: int = 0  # 1: train the chosen model again on the training and validation periods
+    # (models.train.fit, stage 5)
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be at least 0 and below 1 (0: off), got {self.ema_decay}")
-        if self.scale_corrections not in (0, 1):
-            raise ValueError(f"scale_corrections must be 0 (off) or 1 (on), got {self.scale_corrections}")
+        for name in ("scale_corrections", "refit"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"{name} must be 0 (off) or 1 (on), got {getattr(self, name)}")
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "dense_weight": 0.0, "threads": 1},
@@ -578,28 +581,39 @@ def train_model(
     max_steps: int | None = None,
     peak_lr: float | None = None,
     desc: str = "train",
+    refit: tuple[int, int] | None = None,
 ) -> dict:
     """Train in place; leaves the best-on-validation weights in ``model``. Returns a summary with
-    the logged ``history`` (one row per validation pass). ``dense`` (:class:`models.data.DenseReadouts`)
-    supervises every event of each training sequence (else its last readout only); ``params``
-    restricts what is trained (the plain path alone), with ``max_steps`` and ``peak_lr`` for that
-    stage. ``state_path`` gets a resumable state after every validation pass; with ``resume``
-    training continues from it. ``stop_at`` ends the run after that step as an interruption would
-    (tests of ``resume``)."""
+    the logged ``history`` (one row per validation pass) and ``best_step``, the step of the weights
+    kept. ``dense`` (:class:`models.data.DenseReadouts`) supervises every event of each training
+    sequence (else its last readout only); ``params`` restricts what is trained (the plain path
+    alone), with ``max_steps`` and ``peak_lr`` for that stage. ``state_path`` gets a resumable state
+    after every validation pass; with ``resume`` training continues from it. ``stop_at`` ends the
+    run after that step as an interruption would (tests of ``resume``).
+
+    ``refit=(steps, schedule_steps)``: no validation (``val_*`` are ignored and may be None); the
+    learning-rate schedule is that of a run of ``schedule_steps`` steps, training stops after
+    ``steps`` of them, and the last weights are kept (:func:`models.train.fit`, stage 5: the
+    selection run's best step and schedule, on more data)."""
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n = len(train_seqs)
-    if n == 0 or len(val_seqs) == 0:
+    if refit is not None:
+        val_seqs = None
+    if n == 0 or (refit is None and len(val_seqs) == 0):
         raise ValueError(f"need training and validation samples, got {n} and {len(val_seqs)}")
-    if len(val_seqs) > cfg.eval_samples:
+    if refit is None and len(val_seqs) > cfg.eval_samples:
         pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(val_seqs), cfg.eval_samples, replace=False))
         val_seqs, val_profiles, val_targets = [val_seqs[i] for i in pick], val_profiles[pick], val_targets[pick]
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     total_steps = min(cfg.max_steps if max_steps is None else max_steps, cfg.epochs * steps_per_epoch)
+    end = total_steps
+    if refit is not None:
+        end, total_steps = refit
 
     trainable = list(model.parameters()) if params is None else list(params)
     wanted = {id(p) for p in trainable}
@@ -612,7 +626,7 @@ def train_model(
         lr=cfg.lr, betas=(0.9, 0.99),
     )
     step, best, bad_evals, history, elapsed0 = 0, float("inf"), 0, [], 0.0
-    best_state = None
+    best_state, best_step = None, 0
     # the moving average of every floating-point tensor of the state (the trained ones move)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} \
         if cfg.ema_decay > 0 else None
@@ -622,7 +636,7 @@ def train_model(
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         step, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], st["history"]
-        best_state, elapsed0 = st["best_state"], st["elapsed"]
+        best_state, elapsed0, best_step = st["best_state"], st["elapsed"], st.get("best_step", 0)
         ema = st.get("ema", ema)
         rng.bit_generator.state = st["rng"]
         perm, pos = st["perm"], st["pos"]
@@ -630,10 +644,10 @@ def train_model(
         print(f"resumed at step {step} (best val {best:.5f})")
 
     t0 = time.time() - elapsed0
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=desc, unit="step")
-    running, stop_reason = None, "max steps"
+    bar = tqdm(total=end, initial=step, disable=not progress, desc=desc, unit="step")
+    running, stop_reason = None, "max steps" if refit is None else "refit steps"
     model.train()
-    while step < total_steps:
+    while step < end:
         # stop condition 1: step budget (loop guard); 2: early stopping (below)
         if pos + bs > len(perm):
             perm, pos = _length_grouped(train_seqs, bs, rng), 0
@@ -657,7 +671,7 @@ def train_model(
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == total_steps:
+        if refit is None and (step % cfg.eval_every == 0 or step == total_steps):
             raw = None
             if ema is not None:  # validate (and keep) the averaged weights
                 raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -667,7 +681,7 @@ def train_model(
                             "val_kl": val["kl"], "val_mse": val["mse"], "elapsed_s": time.time() - t0})
             bar.set_postfix(train=f"{running:.4f}", val=f"{val['loss']:.4f}", kl=f"{val['kl']:.4f}")
             if val["loss"] < best - 1e-7:
-                best, bad_evals = val["loss"], 0
+                best, bad_evals, best_step = val["loss"], 0, step
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad_evals += 1
@@ -677,7 +691,7 @@ def train_model(
             if state_path is not None:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                             "best": best, "bad_evals": bad_evals, "history": history,
-                            "best_state": best_state, "ema": ema, "elapsed": time.time() - t0,
+                            "best_state": best_state, "best_step": best_step, "ema": ema, "elapsed": time.time() - t0,
                             "rng": rng.bit_generator.state, "perm": perm, "pos": pos, "torch_rng": torch.get_rng_state()},
                            state_path)
             if bad_evals >= cfg.patience:
@@ -687,10 +701,14 @@ def train_model(
                 stop_reason = "interrupted"
                 break
     bar.close()
-    if best_state is not None:
+    if refit is not None:
+        best_step = step
+        if ema is not None:  # the averaged weights, as a selection run would have kept them
+            model.load_state_dict({**model.state_dict(), **ema})
+    elif best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return {"steps": step, "best_val_loss": best, "history": history, "stop_reason": stop_reason,
+    return {"steps": step, "best_step": best_step, "best_val_loss": best, "history": history, "stop_reason": stop_reason,
             "train_seconds": time.time() - t0, "total_steps": total_steps}

@@ -16,7 +16,12 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
    (``bench/README.md``);
 4. the plain path and the corrected model are scored on the whole validation split by KL; the
    corrected model is kept only if it is better there. Otherwise the checkpoint holds the plain
-   path (it exports to a graph with the same inputs and outputs), and the card and the output say so.
+   path (it exports to a graph with the same inputs and outputs), and the card and the output say so;
+5. with ``TrainConfig.refit`` on, the model chosen in 4 is trained again from the start on the
+   training and validation periods together (:func:`refit_data`: every sample whose target ends
+   before the test period), with everything validation chose: each stage's step of its best
+   validation KL (on the same learning-rate schedule) and the corrections' strengths. The
+   checkpoint holds these weights; its validation figures stay those of the selection run.
 """
 from __future__ import annotations
 
@@ -103,7 +108,7 @@ class TrainingData:
 
 
 def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, log=print) -> TrainingData:
-    from models.data import DataConfig, dense_readouts, encode_samples, prepare, sample_profiles
+    from models.data import DataConfig, encode_samples, prepare, sample_profiles
 
     t0 = time.time()
     ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
@@ -120,19 +125,42 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
         raise ValueError("not enough data for a time split: no training or validation samples "
                          f"(counts: {info['samples']}); for a short log try --target next_k or a "
                          "smaller --target-window-s")
-    dense, train_prof, train_tgt = None, None, None
+    train_seqs, dense, train_prof, train_tgt = training_inputs(ds, data_cfg, encoder, train_cfg, log)
+    val_seqs = encode_samples(ds, va, data_cfg, encoder)
+    val_prof = sample_profiles(ds, va, data_cfg, encoder)
+    return TrainingData(str(data_path), data_cfg, ds, encoder, info, train_seqs, dense, train_prof, train_tgt,
+                        val_seqs, val_prof, time.time() - t0)
+
+
+def training_inputs(ds, data_cfg, encoder, train_cfg, log=print) -> tuple:
+    """``(train_seqs, dense, train_prof, train_tgt)`` of ``ds``'s training split: dense readouts
+    (``train_prof`` and ``train_tgt`` None) when ``train_cfg.dense_weight > 0``, else one per sequence."""
+    from models.data import dense_readouts, encode_samples, sample_profiles
+
+    tr = ds.splits["train"]
     if train_cfg.dense_weight > 0:
         train_seqs, dense = dense_readouts(ds, tr, data_cfg, encoder)
         log(f"dense training: {len(dense.pos)} readouts in {len(train_seqs)} sequences "
             f"({dense.readouts_per_sequence:.1f} per sequence; an earlier event weighs {train_cfg.dense_weight:g} x the "
             f"share of its window it sees, {dense.weight[~dense.is_last].mean() if (~dense.is_last).any() else 0:.2f} on average)")
-    else:
-        train_seqs = encode_samples(ds, tr, data_cfg, encoder)
-        train_prof, train_tgt = sample_profiles(ds, tr, data_cfg, encoder), tr.targets
-    val_seqs = encode_samples(ds, va, data_cfg, encoder)
-    val_prof = sample_profiles(ds, va, data_cfg, encoder)
-    return TrainingData(str(data_path), data_cfg, ds, encoder, info, train_seqs, dense, train_prof, train_tgt,
-                        val_seqs, val_prof, time.time() - t0)
+        return train_seqs, dense, None, None
+    return encode_samples(ds, tr, data_cfg, encoder), None, sample_profiles(ds, tr, data_cfg, encoder), tr.targets
+
+
+def refit_data(td: TrainingData, train_cfg, log=print) -> TrainingData:
+    """``td`` with the validation period joined to training (stage 5,
+    :func:`models.data.joined_dataset`): the same encoder and caps; validation is empty."""
+    from dataclasses import replace
+
+    from models.data import joined_dataset
+
+    t0 = time.time()
+    ds = joined_dataset(td.ds, td.encoder.categories, td.data_cfg)
+    log(f"refit: {len(ds.splits['train'])} samples (training and validation periods), "
+        f"against {len(td.ds.splits['train'])} for selection")
+    train_seqs, dense, train_prof, train_tgt = training_inputs(ds, td.data_cfg, td.encoder, train_cfg, log)
+    return replace(td, ds=ds, train_seqs=train_seqs, dense=dense, train_prof=train_prof, train_tgt=train_tgt,
+                   val_seqs=[], val_prof=None, prepare_seconds=time.time() - t0)
 
 
 def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = None, init_from=None,
@@ -221,6 +249,16 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     val_pred = corrected_pred if keep_corrected else plain_pred  # no second pass over validation
     train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0)
     prep_s = td.prepare_seconds
+    prior_targets, refit = tr.targets, None
+    # 5) the chosen model again, on the training and validation periods
+    if train_cfg.refit:
+        rd = refit_data(td, train_cfg, log)
+        chosen, refit = _refit(rd, model_overrides, init_from, train_cfg, plain_summary,
+                               summary if keep_corrected else None, scales, progress)
+        prior_targets = rd.ds.splits["train"].targets
+        train_seconds += refit["train_seconds"]
+        prep_s += rd.prepare_seconds
+        selection["refit"] = refit
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
@@ -240,7 +278,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
                      "init_from": init_from, "loss": model.config.loss},
         # the population's category distribution (mean training target): the prior of the
         # re-ranking lift (interest_core.rerank); export copies it into model.json
-        "category_prior": dict(zip(encoder.categories, _mean_distribution(tr.targets))),
+        "category_prior": dict(zip(encoder.categories, _mean_distribution(prior_targets))),
         "metrics": {"validation": metrics(va.targets, val_pred), "selection": selection},
         "history": history,
     }
@@ -264,6 +302,44 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     else:
         verdict = (f"the corrections ({model.config.correction}){strength} did NOT beat the plain path on validation "
                    f"(KL {corrected_kl:.4f} vs {plain_kl:.4f}): the checkpoint holds the plain path")
+    if refit:
+        verdict += (f", refit on the training and validation periods ({refit['samples']} samples, "
+                    f"{refit['plain_steps']} + {refit['steps']} steps)")
     log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
         f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")
     return card
+
+
+def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_summary, summary, scales,
+           progress: bool) -> tuple:
+    """Stage 5 on :func:`refit_data`'s ``rd``: the plain path for its best step, then (``summary``
+    given: the corrected model was kept) the corrections for theirs, at the chosen ``scales``.
+    Returns the model and the card's ``refit`` record."""
+    import torch
+
+    from models.model import build_model, train_model
+
+    torch.manual_seed(train_cfg.seed)
+    pad, tr = rd.encoder.pad_id, rd.ds.splits["train"]
+    common = (rd.train_seqs, rd.train_prof, rd.train_tgt, None, None, None, train_cfg, pad)
+    plain = build_model(rd.encoder, **{**model_overrides, "correction": "none"})
+    plain.init_prior(tr.targets.mean(0))
+    record = {"samples": int(len(tr)), "plain_steps": 0, "steps": 0, "train_seconds": 0.0}
+    if plain_summary is not None:
+        s = train_model(plain, *common, progress=progress, dense=rd.dense, params=plain.plain_parameters(),
+                        peak_lr=train_cfg.plain_lr, desc="refit plain path",
+                        refit=(plain_summary["best_step"], plain_summary["total_steps"]))
+        record["plain_steps"], record["train_seconds"] = s["steps"], s["train_seconds"]
+    if summary is None:
+        return plain, record
+    model = build_model(rd.encoder, init_from=init_from, **model_overrides)
+    model.init_prior(tr.targets.mean(0))
+    with torch.no_grad():
+        for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
+            p_full.copy_(p_plain)
+    s = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
+                    refit=(summary["best_step"], summary["total_steps"]))
+    if scales:
+        model.scale_corrections(list(scales.values()))
+    record["steps"], record["train_seconds"] = s["steps"], record["train_seconds"] + s["train_seconds"]
+    return model, record
