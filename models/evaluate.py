@@ -199,7 +199,8 @@ class TestRun(NamedTuple):
 
 
 def held_out_predictions(ckpt_dir, data_path) -> TestRun:
-    """The checkpoint's split rebuilt from its card, the baselines fit on it, and the model's
+    """The checkpoint's split rebuilt from its card, the baselines fit on it (and refit on the
+    training and validation periods when the model was, ``TrainConfig.refit``), and the model's
     predictions for the test samples (``evaluate``, and bench/live_eval.py against the worker)."""
     import torch
 
@@ -211,7 +212,12 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     split = card["split"]
     dcfg = DataConfig.from_dict(split["data_config"])
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
-    base = baseline_predictions(ds, dcfg, encoder.k)
+    refit = None
+    if (card.get("metrics", {}).get("selection") or {}).get("refit"):  # the baselines see what the model saw
+        from models.data import joined_dataset
+
+        refit = joined_dataset(ds, encoder.categories, dcfg).splits["train"]
+    base = baseline_predictions(ds, dcfg, encoder.k, refit)
     test = ds.splits["test"]
     test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
     test_prof = sample_profiles(ds, test, dcfg, encoder)

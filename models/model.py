@@ -466,8 +466,9 @@ class TrainConfig:
     # mixture 0.970 against 0.965), and left the Complete Journey where it was (bench/README.md)
     scale_corrections: int = 1  # 1: each correction's strength is chosen on validation (models.train.fit,
     # stage 3); they came out over-confident on MovieLens and the Complete Journey (bench/README.md)
-    refit: int = 0  # 1: train the chosen model again on the training and validation periods
-    # (models.train.fit, stage 5)
+    refit: int = 1  # 1: train the chosen model again on the training and validation periods
+    # (models.train.fit, stage 5): over four test periods each, the Complete Journey's KL fell by
+    # 0.0022 (interval 0.0016-0.0028) and MovieLens' did not move (bench/README.md)
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 

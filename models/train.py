@@ -324,22 +324,22 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
     common = (rd.train_seqs, rd.train_prof, rd.train_tgt, None, None, None, train_cfg, pad)
     plain = build_model(rd.encoder, **{**model_overrides, "correction": "none"})
     plain.init_prior(tr.targets.mean(0))
-    record = {"samples": int(len(tr)), "plain_steps": 0, "steps": 0, "train_seconds": 0.0}
+    runs = {}  # stage -> train_model's summary
     if plain_summary is not None:
-        s = train_model(plain, *common, progress=progress, dense=rd.dense, params=plain.plain_parameters(),
-                        peak_lr=train_cfg.plain_lr, desc="refit plain path",
-                        refit=(plain_summary["best_step"], plain_summary["total_steps"]))
-        record["plain_steps"], record["train_seconds"] = s["steps"], s["train_seconds"]
-    if summary is None:
-        return plain, record
-    model = build_model(rd.encoder, init_from=init_from, **model_overrides)
-    model.init_prior(tr.targets.mean(0))
-    with torch.no_grad():
-        for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
-            p_full.copy_(p_plain)
-    s = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
-                    refit=(summary["best_step"], summary["total_steps"]))
-    if scales:
-        model.scale_corrections(list(scales.values()))
-    record["steps"], record["train_seconds"] = s["steps"], record["train_seconds"] + s["train_seconds"]
-    return model, record
+        runs["plain"] = train_model(plain, *common, progress=progress, dense=rd.dense, params=plain.plain_parameters(),
+                                    peak_lr=train_cfg.plain_lr, desc="refit plain path",
+                                    refit=(plain_summary["best_step"], plain_summary["total_steps"]))
+    model = plain
+    if summary is not None:
+        model = build_model(rd.encoder, init_from=init_from, **model_overrides)
+        model.init_prior(tr.targets.mean(0))
+        with torch.no_grad():
+            for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
+                p_full.copy_(p_plain)
+        runs["corrected"] = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
+                                        refit=(summary["best_step"], summary["total_steps"]))
+        if scales:
+            model.scale_corrections(list(scales.values()))
+    steps = {st: r["steps"] for st, r in runs.items()}
+    return model, {"samples": int(len(tr)), "plain_steps": steps.get("plain", 0), "steps": steps.get("corrected", 0),
+                   "train_seconds": round(sum(r["train_seconds"] for r in runs.values()), 1)}

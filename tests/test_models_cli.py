@@ -89,10 +89,48 @@ def test_train_with_no_correction_to_scale(sim_log, tmp_path):
     ck = tmp_path / "ck"
     res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(ck), "--max-steps", "5",
                                          "--max-train-samples", "200", "--quiet", *TINY_SETS,
-                                         "--set", "correction=features", "--set", "cat_hidden=0"])
+                                         "--set", "correction=features", "--set", "cat_hidden=0", "--set", "refit=0"])
     assert res.exit_code == 0, res.output
     sel = json.loads((ck / "model_card.json").read_text())["metrics"]["selection"]
     assert sel["correction_scales"] == {} and sel["correction"] == "features"
+    assert "refit" not in sel and "refit on the" not in res.output  # refit=0: the selection run's weights
+
+
+@pytest.mark.slow
+def test_train_refit_cli(sim_log, tmp_path):
+    """By default (``refit=1``) the model validation chose is trained again on the training and
+    validation periods, for each stage's best step, at the chosen strengths; ``evaluate`` refits the
+    baselines on the same samples."""
+    pytest.importorskip("torch")
+    ck = tmp_path / "ck"
+    # a large step: the corrections' validation KL is best at step 20 of 60
+    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(ck), "--max-steps", "60",
+                                         "--quiet", *TINY_SETS, "--set", "lr=0.02"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((ck / "model_card.json").read_text())
+    sel, hist = card["metrics"]["selection"], card["history"]
+    best = {st: min((h for h in hist if h["stage"] == st), key=lambda h: h["val_loss"])["step"]
+            for st in ("plain", "corrected")}
+    refit = sel["refit"]
+    assert refit["plain_steps"] == best["plain"]
+    assert sel["exported"] == "full" and refit["steps"] == best["corrected"] < card["training"]["steps"]
+    assert card["samples"]["train"] < refit["samples"]  # the training and validation periods
+    assert (f"refit on the training and validation periods ({refit['samples']} samples, "
+            f"{refit['plain_steps']} + {refit['steps']} steps)") in res.output
+    # the card's prior is the refit samples' mean target, not the selection run's
+    from models.data import DataConfig, joined_dataset, prepare
+    from models.model import load_checkpoint
+
+    _, encoder, _ = load_checkpoint(ck)
+    ds, _, _ = prepare(sim_log, DataConfig.from_dict(card["split"]["data_config"]), encoder=encoder, split=card["split"])
+    jt = joined_dataset(ds, encoder.categories, DataConfig.from_dict(card["split"]["data_config"])).splits["train"]
+    assert len(jt) == refit["samples"] >= card["samples"]["train"] + card["samples"]["val"]
+    prior = jt.targets.astype("float64").mean(0)
+    assert list(card["category_prior"].values()) == pytest.approx((prior / prior.sum()).tolist(), abs=1e-9)
+    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["baseline_params"]["mixture"]["refit"] and m["baseline_params"]["mixture"]["fit_samples"] == len(jt)
 
 
 def test_help_and_bad_arguments(sim_log, tmp_path):
@@ -110,6 +148,10 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     assert res.exit_code == 2 and "ema_decay must be at least 0 and below 1 (0: off), got 1.0" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "scale_corrections=2"])
     assert res.exit_code == 2 and "scale_corrections must be 0 (off) or 1 (on), got 2" in res.output
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "refit=yes"])
+    assert res.exit_code == 2 and "refit" in res.output and "Traceback" not in res.output
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "refit=2"])
+    assert res.exit_code == 2 and "refit must be 0 (off) or 1 (on), got 2" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "length_buckets=1,x"])
     assert res.exit_code == 2 and "length_buckets: bad value '1,x'" in res.output
     res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "length_buckets=4,2"])

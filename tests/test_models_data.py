@@ -133,6 +133,41 @@ def test_split_by_time_no_leak_and_empty_targets_counted(tmp_path):
         assert win[-1].ts == cut_ts
 
 
+def test_joined_dataset_trains_on_the_validation_period(tmp_path):
+    """A refit's samples (models.data.joined_dataset): training holds every sample whose target ends
+    before the test period (the training and validation samples, and those that straddled t1);
+    validation is empty; the test split and its targets are unchanged. The baselines refit on them
+    take their prior from them."""
+    from models.baselines import Baselines
+    from models.data import joined_dataset
+
+    H = 3_600_000
+    events = [{"event_id": f"{u}-{i}", "user_id": f"u{u}", "type": "click", "ts": i * H + u * 1000,
+               "category": "abc"[(i * (u + 1)) % 3 if i % 4 else 0], "item_id": "x"} for u in range(5) for i in range(60)]
+    users, _ = read_log(_log(tmp_path, events))
+    cfg = DataConfig(target="next_k", target_k=3)
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, ["a", "b", "c"], cfg, t1, t2)
+    joined = joined_dataset(ds, ["a", "b", "c"], cfg)
+    pairs = lambda s: set(zip(s.user.tolist(), s.cut.tolist()))  # noqa: E731
+    tr, va, jt = ds.splits["train"], ds.splits["val"], joined.splits["train"]
+    assert pairs(tr) | pairs(va) < pairs(jt)  # and more: the cuts whose target straddled t1
+    straddled_t1 = ds.counts["straddling_split"] - joined.counts["straddling_split"]
+    assert straddled_t1 > 0 and len(jt) == len(tr) + len(va) + straddled_t1
+    for ui, i in zip(jt.user, jt.cut):
+        assert ds.seqs[ui].ts[i + 2] < t2  # the third target event ends before the test period
+    assert len(joined.splits["val"]) == 0 and (joined.t1, joined.t2) == (t2, t2)
+    te, jte = ds.splits["test"], joined.splits["test"]
+    assert pairs(te) == pairs(jte) and np.array_equal(te.targets, jte.targets)
+    base = Baselines(ds, 3)
+    base.fit(va, kl_per_sample)
+    per_length = base.params["mixture"]["per_length"]
+    base.refit(jt)
+    np.testing.assert_allclose(base.prior, jt.targets.mean(0) / jt.targets.mean(0).sum())
+    mx = base.params["mixture"]
+    assert mx["refit"] and mx["fit_samples"] == len(jt) and mx["per_length"] == per_length
+
+
 @pytest.mark.parametrize("target, ts_h, cats, weights, cut, expected", [
     # next_k = 2: the target is events 2-3; after it, events 4-5, then 6-7, then nothing
     ("next_k", [1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 0, 0, 1, 1, 0, 1], [1] * 8, 2,

@@ -151,6 +151,36 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     np.testing.assert_allclose(resumed, full, atol=1e-6)
 
 
+def test_refit_trains_the_first_steps_of_the_schedule_without_validation(encoder):
+    """``refit=(7, 20)`` (models.train.fit, stage 5) runs steps 1-7 of a 20-step schedule with no
+    validation set and keeps the last weights: those a validated run on the same schedule holds
+    after step 7."""
+    seqs = _seqs(encoder, n=120, seed=6)
+    prof = _profiles(encoder, 120, seed=7).numpy()
+    targets = np.full((120, 3), 1 / 3, np.float32)
+    targets[::3] = [0.1, 0.2, 0.7]
+    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=7, warmup_steps=2, max_steps=20, seed=4, patience=100, threads=1)
+
+    def model():
+        torch.manual_seed(0)
+        return build_model(encoder, **TINY)
+
+    validated = model()
+    s = train_model(validated, seqs[:100], prof[:100], targets[:100], seqs[100:], prof[100:], targets[100:], cfg,
+                    encoder.pad_id, progress=False, stop_at=7)
+    assert s["steps"] == 7 and s["best_step"] == 7 and s["total_steps"] == 20
+    refit = model()
+    r = train_model(refit, seqs[:100], prof[:100], targets[:100], None, None, None, cfg, encoder.pad_id,
+                    progress=False, refit=(7, 20))
+    assert r["steps"] == 7 and r["best_step"] == 7 and r["history"] == [] and r["stop_reason"] == "refit steps"
+    a = predict(validated, seqs[100:], prof[100:], encoder.pad_id)
+    np.testing.assert_allclose(predict(refit, seqs[100:], prof[100:], encoder.pad_id), a, atol=1e-6)
+    short = model()  # a 7-step schedule decays faster: different weights
+    train_model(short, seqs[:100], prof[:100], targets[:100], None, None, None, cfg, encoder.pad_id,
+                progress=False, refit=(7, 7))
+    assert np.abs(predict(short, seqs[100:], prof[100:], encoder.pad_id) - a).max() > 1e-4
+
+
 def test_kept_weights_are_the_moving_average(encoder):
     """One step with ema_decay d keeps d * (initial weights) + (1 - d) * (weights after the step);
     the step itself is the one a run without the average takes (the raw weights train on)."""
