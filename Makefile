@@ -111,6 +111,9 @@ bench: install
 	# the plain path's weights per history length, kept off (bench/README.md, "The plain path's weights per history length")
 	for d in movielens cj; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
 		--variants default,per_length,plain,plain_per_length --threads 1 | tee bench-out/length-buckets-$$d.json; done
+	# the refit on the training and validation periods, over four test periods (bench/README.md, "Refit on the training and validation periods")
+	for d in movielens cj; do $(PY) bench/backtest.py --dataset $$d --variants default,no_refit \
+		--workdir $(CROSS_DIR)-bt-refit-$$d | tee bench-out/backtest-refit-$$d.json; done
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json

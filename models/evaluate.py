@@ -212,12 +212,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     split = card["split"]
     dcfg = DataConfig.from_dict(split["data_config"])
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
-    refit = None
-    if (card.get("metrics", {}).get("selection") or {}).get("refit"):  # the baselines see what the model saw
-        from models.data import joined_dataset
-
-        refit = joined_dataset(ds, encoder.categories, dcfg).splits["train"]
-    base = baseline_predictions(ds, dcfg, encoder.k, refit)
+    base = baseline_predictions(ds, dcfg, encoder.k, refit_samples(card, ds, encoder.categories, dcfg))
     test = ds.splits["test"]
     test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
     test_prof = sample_profiles(ds, test, dcfg, encoder)
@@ -251,6 +246,17 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
         plot_calibration(result["calibration"], out / "calibration.png")
         plot_buckets(result, best, out / "buckets.png")
     return result
+
+
+def refit_samples(card: dict, ds, categories, dcfg):
+    """The training samples of a checkpoint that was refit on the training and validation periods
+    (``TrainConfig.refit``; the card's ``metrics.selection.refit``), so that the baselines it is
+    compared with can be refit on them too; None for a checkpoint that was not."""
+    if not (card.get("metrics", {}).get("selection") or {}).get("refit"):
+        return None
+    from models.data import joined_dataset
+
+    return joined_dataset(ds, categories, dcfg).splits["train"]
 
 
 def baseline_predictions(ds, dcfg, k: int, refit_samples=None) -> dict:

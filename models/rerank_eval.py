@@ -20,7 +20,11 @@ For every test sample (a user and a cut) of the checkpoint's split:
   population's category distribution (the mean training target, the card's ``category_prior``),
   the same for all three.
 * **Blend weight**: per interest source, the weight of :data:`WEIGHTS` with the best mean NDCG@10
-  on the validation split (ties: the smaller weight), then applied to the test split.
+  on the validation split (ties: the smaller weight), then applied to the test split. A checkpoint
+  refit on the training and validation periods (``TrainConfig.refit``, ``train``'s default) has
+  seen the validation split, so its baselines are refit on the same samples, as in ``evaluate``
+  (:func:`models.evaluate.refit_samples`): the model's and the baseline's weights are then both
+  chosen on samples they were fit on.
 * **Metrics** per sample: ``hr@10`` (a positive among the first 10) and ``ndcg@10`` (binary gains,
   discount ``1 / log2(rank + 1)``, divided by the ideal DCG of min(10, positives) hits), averaged
   over samples; paired bootstrap 95% intervals over users (:func:`models.evaluate.paired_bootstrap`)
@@ -196,6 +200,7 @@ class RerankInputs:
     model_version: str | None
     sample_counts: dict
     predict_seconds: float  # reading the log, the samples, the baselines (fit on validation) and the model
+    baselines_refit_on: int | None = None  # a refit checkpoint's baselines: the samples they were refit on
 
 
 def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=lambda m: None) -> RerankInputs:
@@ -205,7 +210,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
 
     from models.baselines import NAMES, Baselines
     from models.data import DataConfig, encode_samples, prepare, sample_profiles, sample_windows
-    from models.evaluate import kl_per_sample
+    from models.evaluate import kl_per_sample, refit_samples
     from models.model import load_checkpoint, predict
 
     t0 = time.time()
@@ -232,6 +237,10 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     val_base = base.predict(val, windows["val"])
     val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_base.items()}
     best = min(NAMES, key=lambda n: val_kl[n])
+    refit = refit_samples(card, ds, cats, dcfg)
+    if refit is not None:  # as evaluate does: a refit model's baselines are refit on what it saw
+        base.refit(refit)
+        val_base = base.predict(val, windows["val"])
     interests = {}
     for name, smp in (("val", val), ("test", test)):
         seqs = encode_samples(ds, smp, dcfg, encoder)
@@ -245,10 +254,12 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     cands = {name: build_candidates(ds, smp, dcfg, pop, category, negatives)
              for name, smp in (("val", val), ("test", test))}
     log(f"candidates: {len(val)} validation and {len(test)} test lists, {negatives} negatives + the positives each")
-    prior = card.get("category_prior") or dict(zip(cats, base.prior.tolist()))  # same numbers (float32 apart)
+    # the baselines' prior: the same numbers as the card's (float32 apart), the training (or refit) targets' mean
+    prior = card.get("category_prior") or dict(zip(cats, base.prior.tolist()))
     return RerankInputs(cats, prior, interests, cands,
                         {"val": val.user, "test": test.user}, best, val_kl, card.get("model_version"),
-                        info["samples"], t_pred)
+                        info["samples"], t_pred,
+                        base.params["mixture"]["fit_samples"] if base.params["mixture"].get("refit") else None)
 
 
 def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT_NEGATIVES,
@@ -298,7 +309,8 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
                  "over the candidates, p = the interest source's probability of the item's category, q = "
                  "its population prior (interest_core.rerank)",
         "model_version": inp.model_version,
-        "data": {"path": str(data_path), "validation_samples": len(cands["val"]), "sample_counts": inp.sample_counts},
+        "data": {"path": str(data_path), "validation_samples": len(cands["val"]), "sample_counts": inp.sample_counts,
+                 "baselines_refit_on": inp.baselines_refit_on},
         "seconds": {"data_baselines_and_model": round(inp.predict_seconds, 1), "total": round(time.time() - t0, 1)},
     }
     out = Path(out_dir)

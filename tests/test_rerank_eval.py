@@ -154,6 +154,9 @@ def test_evaluate_rerank_cli(crafted, tiny_ckpt, tmp_path):
         assert r.exit_code == 0, r.output
         return json.loads((out / "rerank_metrics.json").read_text())
     m = run()
+    # train refits by default; the baselines are refit on the samples the model was
+    refit = json.loads((tiny_ckpt / "model_card.json").read_text())["metrics"]["selection"]["refit"]
+    assert m["data"]["baselines_refit_on"] == refit["samples"] > m["data"]["sample_counts"]["train"]
     # 708 events before hour 1, then 48 an hour: the 85% quantile (event 3008 of 3540) is hour 48, so
     # every user's cuts after hours 48..56 are test samples (3 clicks ahead)
     assert m["samples"] == 48 * 9
