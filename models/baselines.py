@@ -174,7 +174,7 @@ class Baselines:
 
     def refit(self, samples: Samples) -> dict:
         """After :meth:`fit`: the prior and the mixture's weights again from ``samples`` (the training
-        and validation periods, :func:`models.train.refit_data`), with every choice made on validation
+        and validation periods, :func:`models.data.joined_dataset`), with every choice made on validation
         kept (half-lives, betas, weights per history length or not): the baselines of a model that
         was refit (``TrainConfig.refit``) see the data it saw."""
         self.prior = samples.targets.mean(0).astype(np.float64)

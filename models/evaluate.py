@@ -259,11 +259,11 @@ def refit_samples(card: dict, ds, categories, dcfg):
     return joined_dataset(ds, categories, dcfg).splits["train"]
 
 
-def baseline_predictions(ds, dcfg, k: int, refit_samples=None) -> dict:
+def baseline_predictions(ds, dcfg, k: int, refit_on=None) -> dict:
     """The baselines fit (training, validation) and their test predictions: ``{"test": {name:
-    (N, k)}, "val_kl", "best" (lowest validation KL), "params", "test_windows"}``. With
-    ``refit_samples`` (a refit model's training samples) their prior and mixture are then refit on
-    them (:meth:`models.baselines.Baselines.refit`); validation figures and the best are the fit's."""
+    (N, k)}, "val_kl", "best" (lowest validation KL), "params", "test_windows"}``. With ``refit_on``
+    (a refit model's training samples, :func:`refit_samples`) their prior and mixture are then refit
+    on them (:meth:`models.baselines.Baselines.refit`); validation figures and the best are the fit's."""
     from models.baselines import NAMES, Baselines
     from models.data import sample_windows
 
@@ -275,8 +275,8 @@ def baseline_predictions(ds, dcfg, k: int, refit_samples=None) -> dict:
     test_windows = sample_windows(ds, test, dcfg)
     val_pred = base.predict(val, sample_windows(ds, val, dcfg))
     val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_pred.items()}
-    if refit_samples is not None:
-        params = base.refit(refit_samples)
+    if refit_on is not None:
+        params = base.refit(refit_on)
     return {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": min(NAMES, key=lambda n: val_kl[n]),
             "params": params, "test_windows": test_windows}
 

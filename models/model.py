@@ -604,7 +604,9 @@ def train_model(
     n = len(train_seqs)
     if refit is not None:
         val_seqs = None
-    if n == 0 or (refit is None and len(val_seqs) == 0):
+        if n == 0:
+            raise ValueError("need training samples to refit, got 0")
+    elif n == 0 or len(val_seqs) == 0:
         raise ValueError(f"need training and validation samples, got {n} and {len(val_seqs)}")
     if refit is None and len(val_seqs) > cfg.eval_samples:
         pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(len(val_seqs), cfg.eval_samples, replace=False))

@@ -179,6 +179,8 @@ def test_refit_trains_the_first_steps_of_the_schedule_without_validation(encoder
     train_model(short, seqs[:100], prof[:100], targets[:100], None, None, None, cfg, encoder.pad_id,
                 progress=False, refit=(7, 7))
     assert np.abs(predict(short, seqs[100:], prof[100:], encoder.pad_id) - a).max() > 1e-4
+    with pytest.raises(ValueError, match="^need training samples to refit, got 0$"):
+        train_model(model(), [], None, None, None, None, None, cfg, encoder.pad_id, progress=False, refit=(7, 20))
 
 
 def test_kept_weights_are_the_moving_average(encoder):
