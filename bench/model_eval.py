@@ -235,7 +235,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
 
     from bench.common import commit, machine
     from models.data import DataConfig, sample_profiles
-    from models.evaluate import baseline_predictions, report
+    from models.evaluate import baseline_predictions, refit_samples, report
     from models.model import ModelConfig, TrainConfig, predict
     from models.train import fit, prepare_training
 
@@ -308,12 +308,10 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             preds.append(predict(model, test_seqs, prof, td.encoder.pad_id).astype("float64"))
         pred, card = np.mean(preds, axis=0), cards[0]
         v_base = base
-        if tcfg.refit:  # the baselines see what the model saw (models.baselines.Baselines.refit)
-            if base_refit is None:
-                from models.data import joined_dataset
-
-                joined = joined_dataset(td.ds, td.encoder.categories, td.data_cfg)
-                base_refit = baseline_predictions(td.ds, td.data_cfg, td.encoder.k, joined.splits["train"])
+        if card["metrics"]["selection"].get("refit"):  # the baselines see what the model saw, as in evaluate
+            if base_refit is None:  # (the same samples for every refit variant)
+                base_refit = baseline_predictions(td.ds, td.data_cfg, td.encoder.k,
+                                                  refit_samples(card, td.ds, td.encoder.categories, td.data_cfg))
             v_base = base_refit
         result = report(td.ds, v_base, pred, td.info, {"variant": name, "correction": model.config.correction,
                                                       "selection": card["metrics"]["selection"]})

@@ -173,7 +173,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
     from models.data import file_sha256
     from models.evaluate import kl_per_sample, metrics
-    from models.model import TRAIN_STATE_FILE, build_model, predict, save_checkpoint, train_model
+    from models.model import TRAIN_STATE_FILE, predict, save_checkpoint, train_model
 
     model_overrides = dict(model_overrides or {})
     out = Path(out_dir)
@@ -185,8 +185,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
     val_seqs, val_prof = td.val_seqs, td.val_prof
-    model = build_model(encoder, init_from=init_from, **model_overrides)
-    model.init_prior(tr.targets.mean(0))
+    model = _new_model(encoder, model_overrides, tr.targets, init_from)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))
     log(f"data config: {json.dumps(asdict(data_cfg))}")
@@ -197,8 +196,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         return p, float(kl_per_sample(va.targets, p).mean())
 
     # 1) the plain path alone
-    plain = build_model(encoder, **{**model_overrides, "correction": "none"})
-    plain.init_prior(tr.targets.mean(0))
+    plain = _new_model(encoder, {**model_overrides, "correction": "none"}, tr.targets)
     history, plain_summary = [], None
     if train_cfg.plain_steps > 0:
         plain_summary = train_model(plain, train_seqs, train_prof, train_tgt, val_seqs, val_prof, va.targets,
@@ -210,9 +208,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     summary = {"steps": 0, "stop_reason": "plain path only", "train_seconds": 0.0}
     # 2) the corrections, from the plain path
     if model.config.correction != "none":
-        with torch.no_grad():
-            for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
-                p_full.copy_(p_plain)
+        _copy_plain_path(plain, model)
         summary = train_model(model, train_seqs, train_prof, train_tgt, val_seqs, val_prof, va.targets, train_cfg,
                               encoder.pad_id, state_path=out / TRAIN_STATE_FILE, resume=resume,
                               progress=progress, dense=dense)
@@ -317,13 +313,12 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
     Returns the model and the card's ``refit`` record."""
     import torch
 
-    from models.model import build_model, train_model
+    from models.model import train_model
 
     torch.manual_seed(train_cfg.seed)
     pad, tr = rd.encoder.pad_id, rd.ds.splits["train"]
     common = (rd.train_seqs, rd.train_prof, rd.train_tgt, None, None, None, train_cfg, pad)
-    plain = build_model(rd.encoder, **{**model_overrides, "correction": "none"})
-    plain.init_prior(tr.targets.mean(0))
+    plain = _new_model(rd.encoder, {**model_overrides, "correction": "none"}, tr.targets)
     runs = {}  # stage -> train_model's summary
     if plain_summary is not None:
         runs["plain"] = train_model(plain, *common, progress=progress, dense=rd.dense, params=plain.plain_parameters(),
@@ -331,11 +326,8 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
                                     refit=(plain_summary["best_step"], plain_summary["total_steps"]))
     model = plain
     if summary is not None:
-        model = build_model(rd.encoder, init_from=init_from, **model_overrides)
-        model.init_prior(tr.targets.mean(0))
-        with torch.no_grad():
-            for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
-                p_full.copy_(p_plain)
+        model = _new_model(rd.encoder, model_overrides, tr.targets, init_from)
+        _copy_plain_path(plain, model)
         runs["corrected"] = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
                                         refit=(summary["best_step"], summary["total_steps"]))
         if scales:
@@ -343,3 +335,21 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
     steps = {st: r["steps"] for st, r in runs.items()}
     return model, {"samples": int(len(tr)), "plain_steps": steps.get("plain", 0), "steps": steps.get("corrected", 0),
                    "train_seconds": round(sum(r["train_seconds"] for r in runs.values()), 1)}
+
+
+def _new_model(encoder, model_overrides: dict, targets, init_from=None):
+    """A new model of ``model_overrides``, its prior at the mean of ``targets`` (N, k)."""
+    from models.model import build_model
+
+    model = build_model(encoder, init_from=init_from, **model_overrides)
+    model.init_prior(targets.mean(0))
+    return model
+
+
+def _copy_plain_path(plain, model) -> None:
+    """Start ``model``'s plain path at the trained ``plain``'s (stage 2, and its refit)."""
+    import torch
+
+    with torch.no_grad():
+        for p_full, p_plain in zip(model.plain_parameters(), plain.plain_parameters()):
+            p_full.copy_(p_plain)

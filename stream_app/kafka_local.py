@@ -84,14 +84,15 @@ class LocalKafka:
         """The broker's classpath directory, resolved from Maven Central on first use."""
         libs = cache_dir() / "libs"
         marker = cache_dir() / "resolved"
-        if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
+        resolved = lambda: marker.exists() and any(libs.glob("kafka_2.13-*.jar"))  # noqa: E731
+        if resolved():
             return libs
         # two processes starting brokers at once (the tests' two workers, two `kafka up`) must
         # not both write libs.tmp: the second waits for the first and then finds the jars
         cache_dir().mkdir(parents=True, exist_ok=True)
         with open(cache_dir() / "resolve.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
+            if resolved():
                 return libs
             return self._resolve(libs, marker)
 
