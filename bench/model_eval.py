@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/model_eval.py --dataset cj|movielens|sim|rees46 [--variants default,plain,...]
         [--users N --days D --seed S --mechanisms on|off] [--pretrained DIR] [--workdir DIR] [--end-frac F]
+        [--reuse]
 
 The data is prepared once (:func:`models.train.prepare_training`), the baselines are fit once
 (:func:`models.evaluate.baseline_predictions`; both cached in the workdir while the log, the data
@@ -13,7 +14,10 @@ variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json`
 JSON summary with the machine, the commit and every figure the README quotes. Each variant's
 ``by_sitting`` splits its test samples by where the cut falls in the user's sittings (an hour
 without an event ends one: :func:`sitting_groups`), and gives each user's first test cut, the cut
-``bench/live_eval.py`` streams, and each new user's first event on their own.
+``bench/live_eval.py`` streams, and each new user's first event on their own. On a simulated log
+each prediction is also scored against the simulator's truth (:func:`_truth`). ``--reuse`` scores
+the checkpoints an earlier run with the same settings left in the workdir instead of training
+them again: for metrics added after they were trained.
 
 Variants (``--variants``, comma-separated):
 * ``default``: what ``interest-stream train`` does with the dataset's target;
@@ -173,6 +177,26 @@ def zero_profile(td):
                    train_prof=None if td.train_prof is None else np.zeros_like(td.train_prof))
 
 
+def reused_card(ck: Path, tcfg, model_overrides: dict) -> dict:
+    """``--reuse``: the card of the checkpoint at ``ck``, which must have been trained with ``tcfg``
+    (threads aside) and the model settings ``model_overrides``; otherwise a clear error."""
+    from dataclasses import asdict
+
+    from models.model import CHECKPOINT_CARD_FILE, CONFIG_FILE
+
+    if not (ck / CHECKPOINT_CARD_FILE).exists():
+        raise click.UsageError(f"--reuse: no checkpoint at {ck}; run without --reuse first")
+    card = json.loads((ck / CHECKPOINT_CARD_FILE).read_text())
+    trained_model = json.loads((ck / CONFIG_FILE).read_text())["model"]
+    differ = {k: (card["training"].get(k), v) for k, v in asdict(tcfg).items()
+              if k != "threads" and card["training"].get(k) != v}
+    differ |= {k: (trained_model.get(k), v) for k, v in model_overrides.items() if trained_model.get(k) != v}
+    if differ:
+        raise click.UsageError(f"--reuse: the checkpoint at {ck} was trained with other settings "
+                               f"(setting: (trained, asked)): {differ}")
+    return card
+
+
 def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
     g = result["gain_ci95"]
     best = result["best_baseline"]
@@ -195,6 +219,7 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
                                  for b, v in result["buckets"].items() if b != "rule"},
         "truth_kl": {n: r4(v["kl"]) for n, v in result.get("truth", {}).get("models", {}).items()
                      if n in ("gpt2", "ema_prior", "mixture")},
+        "truth_kl_gain_ci95": {n: [r4(x) for x in ci] for n, ci in result.get("truth", {}).get("gain_ci95", {}).items()},
         "truth_kl_by_next_event": {g: {"samples": v["samples"], "truth_kl": {n: r4(x) for n, x in v["truth_kl"].items()},
                                        "event_kl": {n: r4(x) for n, x in v["event_kl"].items()}}
                                    for g, v in result.get("truth", {}).get("by_next_event", {}).items()},
@@ -230,7 +255,11 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
 @click.option("--threads", default=2, show_default=True)
 @click.option("--end-frac", type=click.FloatRange(0.05, 1.0), default=1.0, show_default=True,
               help="Use only the log's events before this event-time quantile (bench/backtest.py's folds).")
-def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads, end_frac):
+@click.option("--reuse", is_flag=True,
+              help="Score each variant's checkpoint that an earlier run left in the workdir, trained with the "
+                   "same settings, instead of training it again (for metrics added since).")
+def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, sets, data_sets, threads, end_frac,
+         reuse):
     import torch
 
     from bench.common import commit, machine
@@ -279,7 +308,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
     test = td.ds.splits["test"]
     setup_s = time.time() - t0
     out = {"machine": machine(), "commit": commit(), "dataset": dataset, "log": str(log_path),
-           "end_frac": end_frac, "data_config": data_over,
+           "end_frac": end_frac, "data_config": data_over, "reused_checkpoints": reuse,
            "sim": {"users": users, "days": days, "seed": seed, "mechanisms": mechanisms} if dataset == "sim" else None,
            "events": td.info["log"]["events"], "users": td.info["log"]["users"],
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
@@ -302,8 +331,12 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         members, cards, preds = spec.get("members", 1), [], []
         for i in range(members):
             ck = wd / name if members == 1 else wd / name / f"seed{tcfg.seed + i}"
-            cards.append(fit(v_td, ck, replace(tcfg, seed=tcfg.seed + i), {**extra["model"], **spec.get("model", {})},
-                             init_from=pretrained if spec.get("pretrained") else None, progress=False, log=quiet))
+            m_tcfg, m_over = replace(tcfg, seed=tcfg.seed + i), {**extra["model"], **spec.get("model", {})}
+            if reuse:
+                cards.append(reused_card(ck, m_tcfg, m_over))
+            else:
+                cards.append(fit(v_td, ck, m_tcfg, m_over, init_from=pretrained if spec.get("pretrained") else None,
+                                 progress=False, log=quiet))
             model, _, _ = load_checkpoint(ck)
             preds.append(predict(model, test_seqs, prof, td.encoder.pad_id).astype("float64"))
         pred, card = np.mean(preds, axis=0), cards[0]
@@ -406,19 +439,23 @@ def _truth(result, log_path, td, base, pred, data_cfg) -> None:
     """On a simulated log: every prediction's KL with the truth as the target, overall and split by
     whether the user's next event comes within 10 minutes of the cut (inside a session, whose later
     events the simulator keeps on the session's category more often than the interests say) or
-    later (a new session), with the KL on the events beside it."""
+    later (a new session), with the KL on the events beside it; and the paired bootstrap interval of
+    ``ema_prior``'s and ``mixture``'s truth KL minus the model's (above zero: the model is closer)."""
     truth_path = Path(f"{log_path}.truth.jsonl")
     if not truth_path.exists():
         return
-    from models.evaluate import kl_per_sample, truth_targets
+    from models.evaluate import kl_per_sample, paired_bootstrap, truth_targets
     from models.simulate import read_truth
 
     test = td.ds.splits["test"]
     tt, ok = truth_targets(read_truth(truth_path), td.ds, test, td.encoder.categories, data_cfg)
     if ok.any():
         preds = {**base["test"], "gpt2": pred}
-        result["truth"] = {"samples": int(ok.sum()), "models": {
-            n: {"kl": float(kl_per_sample(tt[ok], p[ok]).mean())} for n, p in preds.items()}}
+        truth_kl = {n: kl_per_sample(tt[ok], p[ok]) for n, p in preds.items()}
+        result["truth"] = {"samples": int(ok.sum()), "models": {n: {"kl": float(v.mean())} for n, v in truth_kl.items()}}
+        # the baseline's truth KL minus the model's, paired per sample, users resampled: above zero = model closer
+        result["truth"]["gain_ci95"] = {n: paired_bootstrap(truth_kl[n] - truth_kl["gpt2"], test.user[ok])
+                                        for n in ("ema_prior", "mixture")}
         result["truth"]["by_next_event"] = {
             name: {"samples": int(m.sum()),
                    "truth_kl": {n: float(kl_per_sample(tt[m], preds[n][m]).mean()) for n in ("gpt2", "ema_prior", "mixture")},
