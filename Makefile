@@ -117,13 +117,15 @@ bench: install
 	for d in movielens cj; do $(PY) bench/backtest.py --dataset $$d --variants default,no_refit \
 		--workdir $(CROSS_DIR)-bt-refit-$$d | tee bench-out/backtest-refit-$$d.json; done
 	# the simulator without its mechanisms at train's defaults (the refit on), against ema_prior on the events and the truth:
-	# more populations, and train's seed 1337 and seeds 1, 2 on 1,000 x 14 days (bench/README.md, "Refit on the training and validation periods")
+	# more populations, and train's seed 1337 and seeds 1, 2 on 1,000 x 14 and 4,000 x 4 days (bench/README.md, "Refit on the training and validation periods")
 	for p in 2000:7:1 4000:4:3; do IFS=: read u d s <<< "$$p"; $(PY) bench/model_eval.py --dataset sim --users $$u --days $$d --seed $$s \
 		--mechanisms off --variants default,no_refit --threads 1 --workdir $(SIM_OFF_DIR)-$$u-$$d | tee bench-out/refit-sim-off-$$u-$$d.json; done
 	$(PY) bench/model_eval.py --dataset sim --users 3000 --days 5 --seed 4 --mechanisms off --threads 1 \
 		--workdir $(SIM_OFF_DIR)-3000-5 | tee bench-out/refit-sim-off-3000-5.json
 	for t in 1337 1 2; do $(PY) bench/model_eval.py --dataset sim --users 1000 --days 14 --seed 2 --mechanisms off --set seed=$$t \
 		--threads 1 --workdir $(SIM_OFF_DIR)-1000-14-$$t | tee bench-out/refit-sim-off-1000-14-seed$$t.json; done
+	for t in 1 2; do $(PY) bench/model_eval.py --dataset sim --users 4000 --days 4 --seed 3 --mechanisms off --set seed=$$t \
+		--threads 1 --workdir $(SIM_OFF_DIR)-4000-4-$$t | tee bench-out/refit-sim-off-4000-4-seed$$t.json; done
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json
