@@ -126,6 +126,8 @@ bench: install
 		--threads 1 --workdir $(SIM_OFF_DIR)-1000-14-$$t | tee bench-out/refit-sim-off-1000-14-seed$$t.json; done
 	for t in 1 2; do $(PY) bench/model_eval.py --dataset sim --users 4000 --days 4 --seed 3 --mechanisms off --set seed=$$t \
 		--threads 1 --workdir $(SIM_OFF_DIR)-4000-4-$$t | tee bench-out/refit-sim-off-4000-4-seed$$t.json; done
+	$(PY) bench/model_eval.py --dataset sim --users 4000 --days 4 --seed 3 --mechanisms off --set max_steps=3000 --threads 2 \
+		--workdir $(SIM_OFF_DIR)-4000-4-steps | tee bench-out/refit-sim-off-4000-4-max-steps-3000.json
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json
