@@ -259,9 +259,10 @@ def refit_samples(card: dict, ds, categories, dcfg):
     return joined_dataset(ds, categories, dcfg).splits["train"]
 
 
-def baseline_predictions(ds, dcfg, k: int, refit_on=None) -> dict:
+def baseline_predictions(ds, dcfg, k: int, refit_on=None, with_val: bool = False) -> dict:
     """The baselines fit (training, validation) and their test predictions: ``{"test": {name:
-    (N, k)}, "val_kl", "best" (lowest validation KL), "params", "test_windows"}``. With ``refit_on``
+    (N, k)}, "val_kl", "best" (lowest validation KL), "params", "prior", "test_windows"}``, and with
+    ``with_val`` their validation predictions (``"val"``, as they are returned). With ``refit_on``
     (a refit model's training samples, :func:`refit_samples`) their prior and mixture are then refit
     on them (:meth:`models.baselines.Baselines.refit`); validation figures and the best are the fit's."""
     from models.baselines import NAMES, Baselines
@@ -272,13 +273,16 @@ def baseline_predictions(ds, dcfg, k: int, refit_on=None) -> dict:
         raise ValueError("no validation/test samples under the checkpoint's split")
     base = Baselines(ds, k)
     params = base.fit(val, kl_per_sample)
-    test_windows = sample_windows(ds, test, dcfg)
-    val_pred = base.predict(val, sample_windows(ds, val, dcfg))
+    test_windows, val_windows = sample_windows(ds, test, dcfg), sample_windows(ds, val, dcfg)
+    val_pred = base.predict(val, val_windows)
     val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_pred.items()}
     if refit_on is not None:
         params = base.refit(refit_on)
-    return {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": min(NAMES, key=lambda n: val_kl[n]),
-            "params": params, "test_windows": test_windows}
+        if with_val:
+            val_pred = base.predict(val, val_windows)
+    out = {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": min(NAMES, key=lambda n: val_kl[n]),
+           "params": params, "prior": base.prior, "test_windows": test_windows}
+    return {**out, "val": val_pred} if with_val else out
 
 
 def report(ds, base: dict, pred: np.ndarray, info: dict, model_info: dict) -> dict:

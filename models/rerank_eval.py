@@ -208,9 +208,8 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.baselines import NAMES, Baselines
-    from models.data import DataConfig, encode_samples, prepare, sample_profiles, sample_windows
-    from models.evaluate import kl_per_sample, refit_samples
+    from models.data import DataConfig, encode_samples, prepare, sample_profiles
+    from models.evaluate import baseline_predictions, refit_samples
     from models.model import load_checkpoint, predict
 
     t0 = time.time()
@@ -231,22 +230,16 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
         raise ValueError(f"{data_path}: no validation/test samples under the checkpoint's split")
     cats = list(encoder.categories)
 
-    base = Baselines(ds, encoder.k)
-    base.fit(val, kl_per_sample)
-    windows = {"val": sample_windows(ds, val, dcfg), "test": sample_windows(ds, test, dcfg)}
-    val_base = base.predict(val, windows["val"])
-    val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_base.items()}
-    best = min(NAMES, key=lambda n: val_kl[n])
+    # as evaluate does: a refit model's baselines are refit on what it saw
     refit = refit_samples(card, ds, cats, dcfg)
-    if refit is not None:  # as evaluate does: a refit model's baselines are refit on what it saw
-        base.refit(refit)
-        val_base = base.predict(val, windows["val"])
+    base = baseline_predictions(ds, dcfg, encoder.k, refit, with_val=True)
+    best = base["best"]
     interests = {}
     for name, smp in (("val", val), ("test", test)):
         seqs = encode_samples(ds, smp, dcfg, encoder)
         interests[name] = {
             "model": predict(model, seqs, sample_profiles(ds, smp, dcfg, encoder), encoder.pad_id).astype(np.float64),
-            "baseline": val_base[best] if name == "val" else base.predict(test, windows["test"])[best],
+            "baseline": base[name][best],
             "oracle": smp.targets.astype(np.float64),
         }
     t_pred = time.time() - t0
@@ -255,11 +248,11 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
              for name, smp in (("val", val), ("test", test))}
     log(f"candidates: {len(val)} validation and {len(test)} test lists, {negatives} negatives + the positives each")
     # the baselines' prior: the same numbers as the card's (float32 apart), the training (or refit) targets' mean
-    prior = card.get("category_prior") or dict(zip(cats, base.prior.tolist()))
+    prior = card.get("category_prior") or dict(zip(cats, base["prior"].tolist()))
     return RerankInputs(cats, prior, interests, cands,
-                        {"val": val.user, "test": test.user}, best, val_kl, card.get("model_version"),
+                        {"val": val.user, "test": test.user}, best, base["val_kl"], card.get("model_version"),
                         info["samples"], t_pred,
-                        base.params["mixture"]["fit_samples"] if base.params["mixture"].get("refit") else None)
+                        len(refit) if base["params"]["mixture"].get("refit") else None)
 
 
 def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT_NEGATIVES,
