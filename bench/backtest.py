@@ -18,8 +18,9 @@ interval of the KL gain over (fold, user) pairs, with the ratios it implies.
 With ``--variants`` (``bench/model_eval.py``'s ablations, trained on the same folds), each variant
 is pooled the same way, and each is compared with the first on the very same test samples: the
 mean of (variant's KL − the first's) with its paired bootstrap interval over (fold, user) pairs,
-much tighter than either ratio's interval. Stdout: one JSON with the machine, the commit, each
-fold's summary and the pooled figures.
+much tighter than either ratio's interval. ``first_test_cuts`` pools (and compares) each fold's
+first test cut of each user alone: the cuts ``bench/live_eval.py`` streams each user up to. Stdout:
+one JSON with the machine, the commit, each fold's summary and the pooled figures.
 """
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
         out, fd = outs[i]
         for name, v in zip(names, out["variants"]):
             ps = np.load(fd / dataset / name / "per_sample.npz")
-            runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])]})
+            runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])],
+                               "first": ps["first_test_cut"]})
             summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
                               "test_users": out["test_users"], "test_samples": out["samples"]["test"], **{k: v[k] for k in (
                                   "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
@@ -117,8 +119,18 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
     result = {"machine": machine(), "commit": commit(), "dataset": dataset, "variants": names, "folds": summaries,
               "pooled": {n: pool(runs[n]) for n in names},
               "against_the_first": {n: compare(runs[n], runs[names[0]]) for n in names[1:]},
+              # each user's first test cut only, in every fold (bench/live_eval.py's cuts)
+              "first_test_cuts": {n: pool(first_cuts_only(runs[n])) for n in names},
+              "first_test_cuts_against_the_first": {n: compare(first_cuts_only(runs[n]), first_cuts_only(runs[names[0]]))
+                                                    for n in names[1:]},
               "sets": list(sets), "data_sets": list(data_sets), "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(result, indent=1))
+
+
+def first_cuts_only(runs: list[dict]) -> list[dict]:
+    """Each fold's samples restricted to each user's first test cut (the cut bench/live_eval.py
+    streams each user up to: :func:`bench.model_eval.first_cuts`)."""
+    return [{k: v[r["first"]] for k, v in r.items()} for r in runs]
 
 
 def compare(runs: list[dict], reference: list[dict]) -> dict:

@@ -353,8 +353,10 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         # each test sample's KL, for pooling runs (bench/backtest.py)
         model_kl = kl_per_sample(test.targets, pred)
         base_kl = {n: kl_per_sample(test.targets, p) for n, p in v_base["test"].items()}
+        first = np.zeros(len(test), bool)
+        first[first_cuts(test)] = True
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
-                 best_baseline=np.asarray(result["best_baseline"]))
+                 best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first)
         out["baselines_test_kl" if v_base is base else "refit_baselines_test_kl"] = \
             {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
