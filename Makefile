@@ -105,7 +105,7 @@ bench: install
 	# train's target: chosen from the log, against the old default of the next 6 hours (bench/README.md, "The target train chooses")
 	for d in movielens cj; do $(PY) bench/cross_target.py --dataset $$d | tee bench-out/cross_target-$$d.json; done
 	$(PY) bench/backtest.py --dataset movielens --data-set target=time --data-set val_frac=0.15 | tee bench-out/backtest-movielens-time.json
-	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 \
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_refit \
 		--workdir $(CROSS_DIR)-bt-ml-auto | tee bench-out/backtest-movielens-auto.json
 	# with and without the refit in one run: the live check's first test cuts (README, "Through the live pipeline")
 	for d in movielens cj rees46; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
