@@ -306,6 +306,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         with open(cache, "wb") as f:
             pickle.dump((td, base, test_seqs, test_prof), f)
     test = td.ds.splits["test"]
+    first_test_cut = first_cut_mask(test)  # per_sample.npz's, for bench/backtest.py
     setup_s = time.time() - t0
     out = {"machine": machine(), "commit": commit(), "dataset": dataset, "log": str(log_path),
            "end_frac": end_frac, "data_config": data_over, "reused_checkpoints": reuse,
@@ -353,10 +354,8 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         # each test sample's KL, for pooling runs (bench/backtest.py)
         model_kl = kl_per_sample(test.targets, pred)
         base_kl = {n: kl_per_sample(test.targets, p) for n, p in v_base["test"].items()}
-        first = np.zeros(len(test), bool)
-        first[first_cuts(test)] = True
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
-                 best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first)
+                 best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first_test_cut)
         out["baselines_test_kl" if v_base is base else "refit_baselines_test_kl"] = \
             {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
@@ -403,6 +402,13 @@ def first_cuts(samples) -> np.ndarray:
     return order[first]
 
 
+def first_cut_mask(samples) -> np.ndarray:
+    """(N,) bool: the rows of :func:`first_cuts`."""
+    mask = np.zeros(len(samples.user), bool)
+    mask[first_cuts(samples)] = True
+    return mask
+
+
 SITTING_GAP_MS = 3_600_000  # an hour without an event ends a sitting (a MovieLens user's ratings come in sittings)
 
 
@@ -415,9 +421,7 @@ def sitting_groups(ds, samples) -> dict[str, np.ndarray]:
     before, after = cut_gaps(ds, samples)
     start = before >= SITTING_GAP_MS
     end = ~start & (after >= SITTING_GAP_MS)
-    first = np.zeros(len(samples.user), bool)
-    first[first_cuts(samples)] = True
-    return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first,
+    return {"start": start, "inside": ~start & ~end, "end": end, "first_test_cut": first_cut_mask(samples),
             "first_event": np.asarray(samples.cut) == 1}
 
 
