@@ -90,6 +90,7 @@ VARIANTS = {
     "per_length": {"model": {"length_buckets": list(LENGTH_BUCKETS)}},
     "plain_per_length": {"model": {"correction": "none", "length_buckets": list(LENGTH_BUCKETS)}},
     "no_refit": {"train": {"refit": 0}},
+    "no_queries": {"model": {"query_offset": -1}},
 }
 
 

@@ -14,7 +14,11 @@
      categories reads, for each category, what a counter cannot use: how recent the category is
      against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
      again"), its window counts, the user's activity, and a learned category embedding; one logit
-     per category;
+     per category. A search carries no category, only its query's subwords: with ``query_offset``
+     set (the default when training saw searches), a learned map from each subword to categories
+     (``query_cat``, started at what the users who searched it did next,
+     :meth:`InterestModel.init_query_map`) makes the window's searches per-category inputs too
+     (all, and decayed by token distance), so intent that shows in searches reaches the network;
    * the **transformer correction** (``correction="full"``): transformers' ``GPT2Model`` reads the
      tokens causally; its hidden state at the readout, plus an hour-of-day embedding and a
      projection of the profile, goes through a linear head.
@@ -55,9 +59,9 @@ READOUTS = ("event", "end")
 PROFILE_EPS = 1e-6  # the profile's resolution (interest_core.window.PROFILE_UNIT millionths)
 
 
-def n_category_features(profile_scales: int) -> int:
+def n_category_features(profile_scales: int, queries: bool = False) -> int:
     """Inputs per category of the per-category network (InterestModel._category_features)."""
-    return 4 + (4 * profile_scales if profile_scales >= 2 else 0)
+    return 4 + (4 * profile_scales if profile_scales >= 2 else 0) + (2 if queries else 0)
 
 
 @dataclass
@@ -67,6 +71,10 @@ class ModelConfig:
     category_offset: int  # first category token id (Encoder.category_offset)
     max_len: int = 128  # tokens per sequence, = Encoder.max_len (GPT-2 n_positions)
     hour_offset: int = -1  # first hour-of-day token id (Encoder.hour_offset); -1: the spec has none
+    # first query subword id (Encoder.query_offset): the per-category network reads searches through
+    # a learned map from subwords to categories (module doc); -1: it does not (the encoding has no
+    # subwords, or a checkpoint from before the map)
+    query_offset: int = -1
     n_layer: int = 2  # 2 blocks like SASRec; measured speed in README "Training cost"
     n_head: int = 2
     n_embd: int = 48  # SASRec uses d=50 on small data; a step costs ~C^2
@@ -98,6 +106,9 @@ class ModelConfig:
                 any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])):
             raise ValueError(f"length_buckets must be increasing history lengths >= 1, got {self.length_buckets}")
         check_backbone(self)
+        if self.query_offset != -1 and not self.category_offset + self.k <= self.query_offset < self.vocab_size:
+            raise ValueError(f"query_offset must be -1 or a token id past the categories and below vocab_size "
+                             f"{self.vocab_size}, got {self.query_offset}")
         check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
                      above={"recency_tokens": 0.0})
 
@@ -113,6 +124,7 @@ class ModelConfig:
         if "readout" not in d:
             d.update(readout="end", correction="full", cat_hidden=0)
         d.setdefault("cat_context", 0)  # checkpoints from before the context
+        d.setdefault("query_offset", -1)  # checkpoints from before the query map
         return cls(**d)
 
 
@@ -156,7 +168,11 @@ class InterestModel(nn.Module):
                 self.cat_ctx = nn.Linear(S * (k + 1), ctx)
                 nn.init.zeros_(self.cat_ctx.weight)
                 nn.init.zeros_(self.cat_ctx.bias)
-            self.cat_net = nn.Sequential(nn.Linear(n_category_features(S) + config.cat_dim + ctx, config.cat_hidden),
+            if config.query_offset >= 0:  # query subword -> category logits (init_query_map)
+                self.query_cat = nn.Embedding(config.vocab_size - config.query_offset, k)
+                nn.init.zeros_(self.query_cat.weight)
+            n_in = n_category_features(S, config.query_offset >= 0) + config.cat_dim + ctx
+            self.cat_net = nn.Sequential(nn.Linear(n_in, config.cat_hidden),
                                          nn.GELU(),
                                          nn.Linear(config.cat_hidden, 1))
             nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
@@ -199,6 +215,16 @@ class InterestModel(nn.Module):
         """Start the prior at the training targets' mean distribution."""
         p = torch.as_tensor(mean_target, dtype=torch.float32).clamp_min(1e-6)
         self.prior_logits.copy_(torch.log(p / p.sum()))
+
+    @torch.no_grad()
+    def init_query_map(self, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Start the query map at what users did next (:func:`models.train.query_targets`): each
+        subword's categories at the mean target of the searches it was in, shrunk toward the prior
+        by one search; a subword never seen starts at the prior."""
+        prior = torch.softmax(self.prior_logits, dim=-1).double()  # (k,)
+        s, n = torch.as_tensor(sums, dtype=torch.float64), torch.as_tensor(counts, dtype=torch.float64)
+        mean = (s + prior) / (n.unsqueeze(-1) + 1.0)  # (V, k)
+        self.query_cat.weight.copy_(torch.log(mean.clamp_min(1e-6)).float())
 
     def plain_parameters(self) -> list[nn.Parameter]:
         """The plain path's parameters (trained alone first, :func:`models.train.run_training`)."""
@@ -253,19 +279,8 @@ class InterestModel(nn.Module):
         R = b_idx.shape[0]
         mask = attention_mask.to(torch.float32)  # (B, T)
         is_cat = (input_ids.unsqueeze(-1) == self.cat_ids).to(torch.float32) * mask.unsqueeze(-1)  # (B, T, k)
-        tau = torch.exp(self.log_tau)
-        pos = torch.arange(T, device=input_ids.device)
-        if readouts is None:  # one readout per row: weights over that row's tokens
-            dist = (r_pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (B, T) tokens before the readout
-            upto = (dist >= 0).to(torch.float32)
-            counts = torch.einsum("bt,btk->bk", upto, is_cat)  # (R=B, k)
-            recent = torch.einsum("bt,btk->bk", upto * torch.exp(-dist.clamp_min(0.0) / tau), is_cat)
-        else:  # many readouts per row: every position's counts, then gather
-            dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (T, T) readout r, token t
-            decay = torch.exp(-dist.clamp_min(0.0) / tau) * (dist >= 0).to(torch.float32)  # (T, T)
-            all_counts = is_cat.cumsum(dim=1)  # (B, T, k)
-            all_recent = torch.einsum("rt,btk->brk", decay, is_cat)  # (B, T, k)
-            counts, recent = all_counts[b_idx, r_pos], all_recent[b_idx, r_pos]  # (R, k)
+        window = self._window_sums(b_idx, r_pos, readouts is None)
+        counts, recent = window(is_cat)  # (R, k) each: all, and decayed by token distance
 
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
         prof = profile.reshape(R, S, k).clamp_min(0.0) if S else None  # (R, S, k)
@@ -280,7 +295,8 @@ class InterestModel(nn.Module):
         logits = torch.log(mix)  # (R, k) the plain path
 
         if cfg.correction != "none" and cfg.cat_hidden:
-            feats = self._category_features(counts, recent, prof)  # (R, k, F)
+            searched = window(self._query_categories(input_ids, mask)) if cfg.query_offset >= 0 else None
+            feats = self._category_features(counts, recent, prof, searched)  # (R, k, F)
             parts = [feats, self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)]  # (R, k, F), (R, k, D)
             if hasattr(self, "cat_ctx"):
                 parts.append(self.cat_ctx(self._profile_features(prof)).unsqueeze(1).expand(R, k, cfg.cat_context))
@@ -303,6 +319,32 @@ class InterestModel(nn.Module):
                 loss = per.mean()
         return probs, loss
 
+    def _window_sums(self, b_idx, r_pos, one_per_row: bool):
+        """A function of per-token weights (B, T, k) -> their sums up to each readout, all and
+        decayed by token distance (the plain path's ``tau``): (R, k) each."""
+        tau = torch.exp(self.log_tau)
+
+        def sums(x):
+            pos = torch.arange(x.shape[1], device=x.device)
+            if one_per_row:  # one readout per row: weights over that row's tokens
+                dist = (r_pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (B, T) tokens before the readout
+                upto = (dist >= 0).to(torch.float32)
+                return (torch.einsum("bt,btk->bk", upto, x),
+                        torch.einsum("bt,btk->bk", upto * torch.exp(-dist.clamp_min(0.0) / tau), x))
+            # many readouts per row: every position's sums, then gather
+            dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (T, T) readout r, token t
+            decay = torch.exp(-dist.clamp_min(0.0) / tau) * (dist >= 0).to(torch.float32)  # (T, T)
+            return x.cumsum(dim=1)[b_idx, r_pos], torch.einsum("rt,btk->brk", decay, x)[b_idx, r_pos]
+
+        return sums
+
+    def _query_categories(self, input_ids, mask):
+        """(B, T, k): each query subword's category distribution (the learned ``query_cat`` map,
+        :meth:`init_query_map`), zero on every other token."""
+        is_query = (input_ids >= self.config.query_offset).to(torch.float32) * mask  # (B, T)
+        q = torch.softmax(self.query_cat((input_ids - self.config.query_offset).clamp_min(0)), dim=-1)  # (B, T, k)
+        return q * is_query.unsqueeze(-1)
+
     def _length_bucket(self, counts, prof):
         """(R,) long: the bucket of ``config.length_buckets`` that each readout's history length
         falls in (0: below the first edge). The length is the window's categorised events, or the
@@ -318,7 +360,7 @@ class InterestModel(nn.Module):
         mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
         return torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(prof.shape[0], -1)
 
-    def _category_features(self, counts, recent, prof):
+    def _category_features(self, counts, recent, prof, searched=None):
         """(R, k, F) inputs of the per-category network (:func:`n_category_features`): the
         window's counts, and per profile scale the category's weight, its share, the user's mass,
         and its log-ratio to the 30-day scale (the 1-day one against it is about minus the days
@@ -336,6 +378,8 @@ class InterestModel(nn.Module):
             cols += [torch.log1p(mass[:, s]).expand(R, k) for s in range(S)]
             cols += [lp[:, s] - lp[:, 1] for s in range(S) if s != 1]  # scale 1: 30 days
             cols.append((prof[:, 1] > 0).to(prof.dtype))
+        if searched is not None:  # the window's searches, through the query map: all, and recent
+            cols += [torch.log1p(searched[0]), torch.log1p(searched[1])]
         return torch.stack(cols, dim=-1)
 
     def _transformer_state(self, input_ids, attention_mask, prof, b_idx, r_pos, hour):
@@ -375,7 +419,7 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         max_len=encoder.max_len,
         hour_offset=encoder.hour_offset if encoder.hour_token else -1,
         profile_scales=len(encoder.profile_scales),
-        **overrides,
+        **{"query_offset": encoder.query_offset if encoder.vocab_size > encoder.query_offset else -1, **overrides},
     )
     if cfg.readout == "event" and not encoder.hour_token:
         raise ValueError("readout='event' needs an encoding with the hour token (spec version >= 2)")

@@ -185,7 +185,10 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
     val_seqs, val_prof = td.val_seqs, td.val_prof
-    model = _new_model(encoder, model_overrides, tr.targets, init_from)
+    qt = query_targets(td)
+    if not qt[1].any():  # no search in training: a query map would stay as it started
+        model_overrides.setdefault("query_offset", -1)
+    model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))
     log(f"data config: {json.dumps(asdict(data_cfg))}")
@@ -326,7 +329,7 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
                                     refit=(plain_summary["best_step"], plain_summary["total_steps"]))
     model = plain
     if summary is not None:
-        model = _new_model(rd.encoder, model_overrides, tr.targets, init_from)
+        model = _new_model(rd.encoder, model_overrides, tr.targets, init_from, query_targets(rd))
         _copy_plain_path(plain, model)
         runs["corrected"] = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
                                         refit=(summary["best_step"], summary["total_steps"]))
@@ -337,13 +340,41 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
                    "train_seconds": round(sum(r["train_seconds"] for r in runs.values()), 1)}
 
 
-def _new_model(encoder, model_overrides: dict, targets, init_from=None):
-    """A new model of ``model_overrides``, its prior at the mean of ``targets`` (N, k)."""
+def _new_model(encoder, model_overrides: dict, targets, init_from=None, query_targets=None):
+    """A new model of ``model_overrides``, its prior at the mean of ``targets`` (N, k), its query
+    map (if it has one) at ``query_targets`` (:func:`query_targets`)."""
     from models.model import build_model
 
     model = build_model(encoder, init_from=init_from, **model_overrides)
     model.init_prior(targets.mean(0))
+    if query_targets is not None and hasattr(model, "query_cat"):
+        model.init_query_map(*query_targets)
     return model
+
+
+def query_targets(td: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums (V, k), counts (V,))``: per query subword (id - ``query_offset``), the sum of the
+    training targets of the readouts on the searches it is in, and how many: what the users who
+    searched it did next. The query map starts there (:meth:`models.model.InterestModel.init_query_map`)."""
+    enc = td.encoder
+    v = enc.vocab_size - enc.query_offset
+    sums, counts = np.zeros((v, enc.k)), np.zeros(v)
+    if td.dense is not None:
+        d = td.dense
+        rows = [(q, int(d.pos[r]), d.targets[d.cut_row[r]]) for q in range(len(td.train_seqs))
+                for r in range(d.offsets[q], d.offsets[q + 1])]
+    else:  # one readout per sequence: its newest event's last token (before the hour and [END])
+        rows = [(q, len(seq) - 3, td.train_tgt[q]) for q, seq in enumerate(td.train_seqs)]
+    types = range(enc.type_offset, enc.category_offset)  # click, browse, search
+    for q, pos, target in rows:
+        seq = td.train_seqs[q]
+        j = pos
+        while j > 0 and seq[j] not in types:  # back to the event's type token
+            if seq[j] >= enc.query_offset:
+                sums[seq[j] - enc.query_offset] += target
+                counts[seq[j] - enc.query_offset] += 1
+            j -= 1
+    return sums, counts
 
 
 def _copy_plain_path(plain, model) -> None:

@@ -248,6 +248,7 @@ def _randomise_corrections(model):
         model.cat_net[2].weight.normal_(0, 0.5)
         model.profile_proj.weight.normal_(0, 0.2)
         model.cat_ctx.weight.normal_(0, 0.3)
+        model.query_cat.weight.normal_(0, 1.0)
 
 
 def test_dense_readouts_equal_serving_on_the_prefix(encoder):
@@ -301,6 +302,101 @@ def _window_counts_by_hand(encoder, s):
             counts[c] += 1
             recent[c] += float(np.exp(-(r - t) / 30.0))
     return counts, recent
+
+
+def _subword_ids(encoder, query):
+    return [t - encoder.query_offset for t in encoder.query_tokens(query)]
+
+
+def test_searches_reach_the_per_category_network_through_the_query_map(encoder):
+    """A search carries no category, only its query's subwords. The per-category network reads, per
+    category, log(1 + the window's searches for it) and the same decayed by token distance, each
+    search subword counting as its row of the query map (softmax over categories): worked by hand
+    for one search of two subwords. Without a query map (``query_offset=-1``) searches do not move
+    the prediction."""
+    H = 3_600_000
+    evs = [WindowEvent(ts=5 * H, type="click", category="a", item="i"),
+           WindowEvent(ts=5 * H + 60_000, type="search", query="red shoes"),
+           WindowEvent(ts=5 * H + 120_000, type="click", category="b", item="i")]
+    ids = encoder.encode(evs)
+    model = build_model(encoder, correction="features", **TINY).eval()
+    assert model.config.query_offset == encoder.query_offset
+    red, shoes = _subword_ids(encoder, "red"), _subword_ids(encoder, "shoes")
+    assert len(red) == len(shoes) == 1 and red != shoes  # one subword each
+    with torch.no_grad():
+        model.query_cat.weight.zero_()
+        model.query_cat.weight[red[0]] = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+        model.query_cat.weight[shoes[0]] = torch.log(torch.tensor([0.1, 0.1, 0.8]))
+    seen, features = {}, model._category_features
+
+    def spy(*args):  # what forward gives the per-category network
+        seen["searched"] = args[3]
+        return features(*args)
+
+    model._category_features = spy
+    model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), _profiles(encoder, 1))
+    pos = [i for i, t in enumerate(ids) if t >= encoder.query_offset]  # the two subwords' positions
+    r = len(ids) - 3  # the readout: the newest event's last token
+    want_all = torch.tensor([0.5 + 0.1, 0.25 + 0.1, 0.25 + 0.8])
+    want_recent = (torch.tensor([0.5, 0.25, 0.25]) * np.exp(-(r - pos[0]) / 30.0)
+                   + torch.tensor([0.1, 0.1, 0.8]) * np.exp(-(r - pos[1]) / 30.0))
+    assert torch.allclose(seen["searched"][0][0], want_all, atol=1e-6)
+    assert torch.allclose(seen["searched"][1][0], want_recent.float(), atol=1e-6)
+
+    # through the network: the map moves the prediction of a window with a search, not one without
+    ids_t, no_search = torch.tensor([ids]), torch.tensor([encoder.encode([evs[0], evs[2]])])
+    for offset, moves in ((encoder.query_offset, True), (-1, False)):
+        torch.manual_seed(0)
+        model = build_model(encoder, correction="features", query_offset=offset, **TINY).eval()
+        assert hasattr(model, "query_cat") is moves
+        with torch.no_grad():
+            model.cat_net[2].weight.normal_(0, 0.5)
+        prof = _profiles(encoder, 1)
+        before = [model(x, torch.ones_like(x), prof)[0] for x in (ids_t, no_search)]
+        if moves:
+            with torch.no_grad():
+                model.query_cat.weight.normal_(0, 2.0)
+        after = [model(x, torch.ones_like(x), prof)[0] for x in (ids_t, no_search)]
+        assert bool((before[0] - after[0]).abs().max() > 1e-4) is moves
+        assert torch.equal(before[1], after[1])
+    with pytest.raises(ValueError, match="query_offset must be -1 or a token id past the categories"):
+        build_model(encoder, query_offset=encoder.category_offset)
+
+
+def test_query_map_starts_at_what_searchers_did_next(encoder):
+    """``models.train.query_targets`` sums, per subword, the targets of the readouts on the searches
+    it is in (a click's readout adds nothing); ``init_query_map`` starts each subword's row at their
+    mean shrunk toward the prior by one search, a subword never searched at the prior."""
+    from types import SimpleNamespace
+
+    from models.data import DenseReadouts
+    from models.train import query_targets
+
+    evs = [WindowEvent(ts=1000, type="search", query="red shoes"), WindowEvent(ts=2000, type="click", category="a",
+                                                                                item="i"),
+           WindowEvent(ts=3000, type="search", query="red")]
+    ids, ends = encoder.encode_with_ends(evs)
+    tg = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]], np.float32)
+    dense = DenseReadouts(offsets=np.array([0, 3]), pos=np.array(ends), hour=np.zeros(3, np.int64),
+                          is_last=np.array([False, False, True]), weight=np.ones(3, np.float32),
+                          cut_row=np.array([0, 1, 2]), targets=tg, profiles=np.zeros((3, 1), np.float32))
+    td = SimpleNamespace(encoder=encoder, train_seqs=[np.array(ids)], dense=dense, train_tgt=None)
+    sums, counts = query_targets(td)
+    (red,), (shoes,) = _subword_ids(encoder, "red"), _subword_ids(encoder, "shoes")
+    assert counts[red] == 2 and counts[shoes] == 1 and counts.sum() == 3
+    assert sums[red].tolist() == [1.0, 0.0, 1.0] and sums[shoes].tolist() == [1.0, 0.0, 0.0]
+    # one readout per sequence instead (no dense readouts): the last event's, "red" alone
+    one = query_targets(SimpleNamespace(encoder=encoder, train_seqs=[np.array(ids)], dense=None, train_tgt=tg[2:]))
+    assert one[1][red] == 1 and one[1].sum() == 1 and one[0][red].tolist() == [0.0, 0.0, 1.0]
+
+    model = build_model(encoder, correction="features", **TINY)
+    model.init_prior(np.array([0.5, 0.3, 0.2]))
+    model.init_query_map(sums, counts)
+    rows = torch.softmax(model.query_cat.weight.detach(), dim=-1)
+    assert torch.allclose(rows[red], torch.tensor([1.5, 0.3, 1.2]) / 3, atol=1e-6)
+    assert torch.allclose(rows[shoes], torch.tensor([1.5, 0.3, 0.2]) / 2, atol=1e-6)
+    never = next(i for i in range(len(counts)) if counts[i] == 0)
+    assert torch.allclose(rows[never], torch.tensor([0.5, 0.3, 0.2]), atol=1e-6)
 
 
 def test_plain_path_ignores_the_sequence_model(encoder):
@@ -449,6 +545,7 @@ def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
     cfg = ModelConfig.from_dict(old)
     assert (cfg.readout, cfg.correction, cfg.cat_hidden) == ("end", "full", 0)
     assert cfg.length_buckets == []  # one set of plain weights for every user, as it had
+    assert cfg.query_offset == -1  # no query map, as it had
     with pytest.raises(ValueError, match="length_buckets must be increasing history lengths >= 1"):
         ModelConfig(vocab_size=10, k=3, category_offset=4, length_buckets=[4, 4, 16])
     with pytest.raises(ValueError, match="length_buckets must be increasing history lengths >= 1"):
