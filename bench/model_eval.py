@@ -37,6 +37,8 @@ Variants (``--variants``, comma-separated):
   same samples (:meth:`models.baselines.Baselines.refit`), and ``kl_ratio_vs_unrefit_baselines``
   compares it with the baselines as they were fit (at ``8309b08`` refit was off, and this
   comparison was ``default,refit``);
+* ``no_queries``: ``default`` without the query map (``queries=0``): the per-category network does
+  not read the window's searches (the transformer still sees their subwords);
 * ``seeds3``: ``default`` trained at three seeds (the configured one and the next two), their test
   probabilities averaged (not something ``train`` exports: a measure of what lower variance is worth).
 """
@@ -90,7 +92,7 @@ VARIANTS = {
     "per_length": {"model": {"length_buckets": list(LENGTH_BUCKETS)}},
     "plain_per_length": {"model": {"correction": "none", "length_buckets": list(LENGTH_BUCKETS)}},
     "no_refit": {"train": {"refit": 0}},
-    "no_queries": {"model": {"query_offset": -1}},
+    "no_queries": {"train": {"queries": 0}},
 }
 
 

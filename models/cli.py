@@ -104,7 +104,7 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     groups = {"train": {f.name: f for f in fields(TrainConfig)}, "data": {f.name: f for f in fields(DataConfig)},
               "model": {f.name: f for f in fields(ModelConfig)
                         if f.name not in ("vocab_size", "k", "category_offset", "max_len", "token_offset", "profile_scales",
-                                          "init_from", "backbone")}}
+                                          "query_offset", "init_from", "backbone")}}
     chosen = {"data": {}, "train": {}, "model": {}}
     given = {("train", "epochs"): epochs, ("train", "seed"): seed, ("model", "loss"): loss,
              ("data", "target"): target, ("data", "target_window_s"): target_window_s,

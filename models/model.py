@@ -15,7 +15,7 @@
      against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
      again"), its window counts, the user's activity, and a learned category embedding; one logit
      per category. A search carries no category, only its query's subwords: with ``query_offset``
-     set (the default when training saw searches), a learned map from each subword to categories
+     set (``TrainConfig.queries``, when training saw searches), a learned map from each subword to categories
      (``query_cat``, started at what the users who searched it did next,
      :meth:`InterestModel.init_query_map`) makes the window's searches per-category inputs too
      (all, and decayed by token distance), so intent that shows in searches reaches the network;
@@ -72,8 +72,8 @@ class ModelConfig:
     max_len: int = 128  # tokens per sequence, = Encoder.max_len (GPT-2 n_positions)
     hour_offset: int = -1  # first hour-of-day token id (Encoder.hour_offset); -1: the spec has none
     # first query subword id (Encoder.query_offset): the per-category network reads searches through
-    # a learned map from subwords to categories (module doc); -1: it does not (the encoding has no
-    # subwords, or a checkpoint from before the map)
+    # a learned map from subwords to categories (module doc); -1: it does not (TrainConfig.queries
+    # off, no search in training, or a checkpoint from before the map)
     query_offset: int = -1
     n_layer: int = 2  # 2 blocks like SASRec; measured speed in README "Training cost"
     n_head: int = 2
@@ -513,13 +513,15 @@ class TrainConfig:
     refit: int = 1  # 1: train the chosen model again on the training and validation periods
     # (models.train.fit, stage 5): over four test periods each, the Complete Journey's KL fell by
     # 0.0022 (interval 0.0016-0.0028) and MovieLens' did not move (bench/README.md)
+    queries: int = 1  # 1: the per-category network reads the window's searches through the query map
+    # (ModelConfig.query_offset; off by itself when training saw no search; README "Searches")
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be at least 0 and below 1 (0: off), got {self.ema_decay}")
-        for name in ("scale_corrections", "refit"):
+        for name in ("scale_corrections", "refit", "queries"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"{name} must be 0 (off) or 1 (on), got {getattr(self, name)}")
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,

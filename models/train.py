@@ -186,8 +186,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
     val_seqs, val_prof = td.val_seqs, td.val_prof
     qt = query_targets(td)
-    if not qt[1].any():  # no search in training: a query map would stay as it started
-        model_overrides.setdefault("query_offset", -1)
+    if not train_cfg.queries or not qt[1].any():  # (no search in training: a map would stay as it started)
+        model_overrides["query_offset"] = -1
     model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))

@@ -36,6 +36,11 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert card["split"]["target_choice"]["target"] == "time"
     assert "target: time, chosen from the log: a 6 h window holds a median of" in res.output
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
+    # the simulated log has searches: the per-category network reads them through the query map
+    from interest_core.encoding import Encoder
+
+    enc = Encoder.load(ck / "encoding.json")
+    assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == enc.query_offset > 0
     assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
     # every possible cut (between two events of a user: events - users) is counted exactly once,
     # as a candidate of a split or under the reason it was skipped
@@ -94,6 +99,27 @@ def test_train_with_no_correction_to_scale(sim_log, tmp_path):
     sel = json.loads((ck / "model_card.json").read_text())["metrics"]["selection"]
     assert sel["correction_scales"] == {} and sel["correction"] == "features"
     assert "refit" not in sel and "refit on the" not in res.output  # refit=0: the selection run's weights
+
+
+@pytest.mark.slow
+def test_query_map_off_by_setting_or_without_searches(sim_log, tmp_path):
+    """``--set queries=0`` trains without the query map, and so does a log with no search in it."""
+    pytest.importorskip("torch")
+    lines = sim_log.read_text().splitlines()
+    no_search = tmp_path / "no_search.jsonl"
+    no_search.write_text("\n".join(x for x in lines if json.loads(x)["type"] != "search") + "\n")
+    assert len(no_search.read_text().splitlines()) < len(lines)
+    for log, extra in ((sim_log, ["--set", "queries=0"]), (no_search, [])):
+        ck = tmp_path / log.stem
+        res = CliRunner().invoke(cli.train, ["--data", str(log), "--out", str(ck), "--max-steps", "5",
+                                             "--max-train-samples", "200", "--quiet", *TINY_SETS, "--set", "refit=0",
+                                             *extra])
+        assert res.exit_code == 0, res.output
+        assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == -1, log
+    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "queries=2"])
+    assert res.exit_code == 2 and "queries must be 0 (off) or 1 (on), got 2" in res.output
+    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "query_offset=-1"])
+    assert res.exit_code == 2 and "unknown key 'query_offset'" in res.output
 
 
 @pytest.mark.slow
