@@ -129,6 +129,12 @@ bench: install
 		--threads 1 --workdir $(SIM_OFF_DIR)-4000-4-$$t | tee bench-out/refit-sim-off-4000-4-seed$$t.json; done
 	$(PY) bench/model_eval.py --dataset sim --users 4000 --days 4 --seed 3 --mechanisms off --set max_steps=3000 --threads 2 \
 		--workdir $(SIM_OFF_DIR)-4000-4-steps | tee bench-out/refit-sim-off-4000-4-max-steps-3000.json
+	# the query map: the window's searches read by the per-category network, on and off in one run (README, "Searches")
+	for p in on:1000:14:2 on:2000:7:1 off:1000:14:2 off:4000:4:3; do IFS=: read m u d s <<< "$$p"; \
+		$(PY) bench/model_eval.py --dataset sim --users $$u --days $$d --seed $$s --mechanisms $$m --variants default,no_queries \
+		--workdir $(SIM_OFF_DIR)-q-$$m-$$u-$$d | tee bench-out/queries-sim-$$m-$$u-$$d.json; done
+	$(PY) bench/model_eval.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_queries \
+		| tee bench-out/queries-movielens.json
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json

@@ -11,7 +11,9 @@ run only), then every variant is trained with the project's own :func:`models.tr
 path, corrections, choice on validation) and scored on the test split by
 :func:`models.evaluate.report`, the code behind ``interest-stream evaluate``. Each
 variant's full metrics.json lands in ``WORKDIR/<dataset>/<variant>/metrics.json``; stdout gets one
-JSON summary with the machine, the commit and every figure the README quotes. Each variant's
+JSON summary with the machine, the commit and every figure the README quotes. Every variant after
+the first has ``kl_diff_vs_first``: its test KL minus the first variant's on the same samples, with
+the paired bootstrap interval over users (``kl_diff_vs_first_ci95``). Each variant's
 ``by_sitting`` splits its test samples by where the cut falls in the user's sittings (an hour
 without an event ends one: :func:`sitting_groups`), and gives each user's first test cut, the cut
 ``bench/live_eval.py`` streams, and each new user's first event on their own. On a simulated log
@@ -318,7 +320,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
            "test_users": int(len(set(test.user.tolist()))), "setup_seconds": round(setup_s, 1),
            "baselines_test_kl": None, "variants": []}
-    base_refit = None
+    base_refit, first_kl = None, None
     for name in names:
         spec = VARIANTS[name]
         if spec.get("pretrained") and not pretrained:
@@ -329,7 +331,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             v_td, prof = zero_profile(v_td), test_prof * 0
         tcfg = replace(base_train, **spec.get("train", {}))
         t = time.time()
-        from models.evaluate import kl_per_sample
+        from models.evaluate import kl_per_sample, paired_bootstrap
         from models.model import load_checkpoint
 
         members, cards, preds = spec.get("members", 1), [], []
@@ -366,6 +368,12 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             out["variants"][-1]["kl_ratio_vs_unrefit_baselines"] = round(
                 float(model_kl.mean() / kl_per_sample(test.targets, base["test"][result["best_baseline"]]).mean()), 4)
         out["variants"][-1]["by_sitting"] = by_sitting(td.ds, test, model_kl, base_kl, result["best_baseline"])
+        if first_kl is None:
+            first_kl = model_kl
+        else:  # against the first variant on the same test samples: its KL minus the first's, users resampled
+            out["variants"][-1]["kl_diff_vs_first"] = round(float((model_kl - first_kl).mean()), 5)
+            out["variants"][-1]["kl_diff_vs_first_ci95"] = [round(x, 5) for x in
+                                                            paired_bootstrap(model_kl - first_kl, np.asarray(test.user))]
         if members > 1:  # each member alone, by the same KL
             best_kl = result["models"][result["best_baseline"]]["kl"]
             out["variants"][-1]["members"] = [
