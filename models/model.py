@@ -59,9 +59,12 @@ READOUTS = ("event", "end")
 PROFILE_EPS = 1e-6  # the profile's resolution (interest_core.window.PROFILE_UNIT millionths)
 
 
-def n_category_features(profile_scales: int, queries: bool = False) -> int:
+def n_category_features(profile_scales: int) -> int:
     """Inputs per category of the per-category network (InterestModel._category_features)."""
-    return 4 + (4 * profile_scales if profile_scales >= 2 else 0) + (2 if queries else 0)
+    return 4 + (4 * profile_scales if profile_scales >= 2 else 0)
+
+
+SEARCH_FEATURES = 2  # per category, the window's searches for it: all, and decayed (InterestModel._search_features)
 
 
 @dataclass
@@ -168,13 +171,17 @@ class InterestModel(nn.Module):
                 self.cat_ctx = nn.Linear(S * (k + 1), ctx)
                 nn.init.zeros_(self.cat_ctx.weight)
                 nn.init.zeros_(self.cat_ctx.bias)
-            if config.query_offset >= 0:  # query subword -> category logits (init_query_map)
-                self.query_cat = nn.Embedding(config.vocab_size - config.query_offset, k)
-                nn.init.zeros_(self.query_cat.weight)
-            n_in = n_category_features(S, config.query_offset >= 0) + config.cat_dim + ctx
-            self.cat_net = nn.Sequential(nn.Linear(n_in, config.cat_hidden),
-                                         nn.GELU(),
-                                         nn.Linear(config.cat_hidden, 1))
+            first = nn.Linear(n_category_features(S) + config.cat_dim + ctx, config.cat_hidden)
+            if config.query_offset >= 0:
+                # query subword -> category logits (init_query_map), and the searches' inputs last,
+                # their weights from zero: nothing draws from the random generator, so the rest of
+                # the model starts (and, without searches, trains) exactly as without the map
+                self.query_cat = nn.Embedding.from_pretrained(
+                    torch.zeros(config.vocab_size - config.query_offset, k), freeze=False)
+                first.weight = nn.Parameter(torch.cat([first.weight.detach(),
+                                                       torch.zeros(config.cat_hidden, SEARCH_FEATURES)], dim=1))
+                first.in_features += SEARCH_FEATURES
+            self.cat_net = nn.Sequential(first, nn.GELU(), nn.Linear(config.cat_hidden, 1))
             nn.init.zeros_(self.cat_net[2].weight)  # starts at zero: the model starts as the plain path
             nn.init.zeros_(self.cat_net[2].bias)
         # -- the transformer correction
@@ -295,11 +302,12 @@ class InterestModel(nn.Module):
         logits = torch.log(mix)  # (R, k) the plain path
 
         if cfg.correction != "none" and cfg.cat_hidden:
-            searched = window(self._query_categories(input_ids, mask)) if cfg.query_offset >= 0 else None
-            feats = self._category_features(counts, recent, prof, searched)  # (R, k, F)
+            feats = self._category_features(counts, recent, prof)  # (R, k, F)
             parts = [feats, self.cat_emb.weight.unsqueeze(0).expand(R, k, cfg.cat_dim)]  # (R, k, F), (R, k, D)
             if hasattr(self, "cat_ctx"):
                 parts.append(self.cat_ctx(self._profile_features(prof)).unsqueeze(1).expand(R, k, cfg.cat_context))
+            if cfg.query_offset >= 0:
+                parts.append(self._search_features(window, input_ids, mask))  # (R, k, SEARCH_FEATURES)
             logits = logits + self.cat_net(torch.cat(parts, dim=-1)).squeeze(-1)
         if cfg.correction == "full":
             logits = logits + self.head(self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour))
@@ -338,12 +346,14 @@ class InterestModel(nn.Module):
 
         return sums
 
-    def _query_categories(self, input_ids, mask):
-        """(B, T, k): each query subword's category distribution (the learned ``query_cat`` map,
-        :meth:`init_query_map`), zero on every other token."""
+    def _search_features(self, window, input_ids, mask):
+        """(R, k, 2): per category, log(1 + the window's searches for it) up to the readout, all and
+        decayed by token distance (``window``, :meth:`_window_sums`). Each query subword counts as
+        its row of the ``query_cat`` map (softmax over categories, :meth:`init_query_map`)."""
         is_query = (input_ids >= self.config.query_offset).to(torch.float32) * mask  # (B, T)
         q = torch.softmax(self.query_cat((input_ids - self.config.query_offset).clamp_min(0)), dim=-1)  # (B, T, k)
-        return q * is_query.unsqueeze(-1)
+        searched, recent = window(q * is_query.unsqueeze(-1))  # (R, k) each
+        return torch.stack([torch.log1p(searched), torch.log1p(recent)], dim=-1)
 
     def _length_bucket(self, counts, prof):
         """(R,) long: the bucket of ``config.length_buckets`` that each readout's history length
@@ -360,7 +370,7 @@ class InterestModel(nn.Module):
         mass = prof.sum(-1, keepdim=True)  # (R, S, 1)
         return torch.cat([prof / (mass + 1.0), torch.log1p(mass)], dim=-1).reshape(prof.shape[0], -1)
 
-    def _category_features(self, counts, recent, prof, searched=None):
+    def _category_features(self, counts, recent, prof):
         """(R, k, F) inputs of the per-category network (:func:`n_category_features`): the
         window's counts, and per profile scale the category's weight, its share, the user's mass,
         and its log-ratio to the 30-day scale (the 1-day one against it is about minus the days
@@ -378,8 +388,6 @@ class InterestModel(nn.Module):
             cols += [torch.log1p(mass[:, s]).expand(R, k) for s in range(S)]
             cols += [lp[:, s] - lp[:, 1] for s in range(S) if s != 1]  # scale 1: 30 days
             cols.append((prof[:, 1] > 0).to(prof.dtype))
-        if searched is not None:  # the window's searches, through the query map: all, and recent
-            cols += [torch.log1p(searched[0]), torch.log1p(searched[1])]
         return torch.stack(cols, dim=-1)
 
     def _transformer_state(self, input_ids, attention_mask, prof, b_idx, r_pos, hour):

@@ -327,38 +327,46 @@ def test_searches_reach_the_per_category_network_through_the_query_map(encoder):
         model.query_cat.weight.zero_()
         model.query_cat.weight[red[0]] = torch.log(torch.tensor([0.5, 0.25, 0.25]))
         model.query_cat.weight[shoes[0]] = torch.log(torch.tensor([0.1, 0.1, 0.8]))
-    seen, features = {}, model._category_features
+    seen, features = {}, model._search_features
 
     def spy(*args):  # what forward gives the per-category network
-        seen["searched"] = args[3]
-        return features(*args)
+        seen["searched"] = features(*args)
+        return seen["searched"]
 
-    model._category_features = spy
+    model._search_features = spy
     model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), _profiles(encoder, 1))
     pos = [i for i, t in enumerate(ids) if t >= encoder.query_offset]  # the two subwords' positions
     r = len(ids) - 3  # the readout: the newest event's last token
     want_all = torch.tensor([0.5 + 0.1, 0.25 + 0.1, 0.25 + 0.8])
     want_recent = (torch.tensor([0.5, 0.25, 0.25]) * np.exp(-(r - pos[0]) / 30.0)
                    + torch.tensor([0.1, 0.1, 0.8]) * np.exp(-(r - pos[1]) / 30.0))
-    assert torch.allclose(seen["searched"][0][0], want_all, atol=1e-6)
-    assert torch.allclose(seen["searched"][1][0], want_recent.float(), atol=1e-6)
+    assert seen["searched"].shape == (1, 3, 2)
+    assert torch.allclose(seen["searched"][0, :, 0], torch.log1p(want_all), atol=1e-6)
+    assert torch.allclose(seen["searched"][0, :, 1], torch.log1p(want_recent.float()), atol=1e-6)
 
     # through the network: the map moves the prediction of a window with a search, not one without
     ids_t, no_search = torch.tensor([ids]), torch.tensor([encoder.encode([evs[0], evs[2]])])
-    for offset, moves in ((encoder.query_offset, True), (-1, False)):
+    prof = _profiles(encoder, 1)
+    models = {}
+    for offset in (encoder.query_offset, -1):
         torch.manual_seed(0)
-        model = build_model(encoder, correction="features", query_offset=offset, **TINY).eval()
-        assert hasattr(model, "query_cat") is moves
+        models[offset] = build_model(encoder, correction="features", query_offset=offset, **TINY).eval()
         with torch.no_grad():
-            model.cat_net[2].weight.normal_(0, 0.5)
-        prof = _profiles(encoder, 1)
-        before = [model(x, torch.ones_like(x), prof)[0] for x in (ids_t, no_search)]
-        if moves:
-            with torch.no_grad():
-                model.query_cat.weight.normal_(0, 2.0)
-        after = [model(x, torch.ones_like(x), prof)[0] for x in (ids_t, no_search)]
-        assert bool((before[0] - after[0]).abs().max() > 1e-4) is moves
-        assert torch.equal(before[1], after[1])
+            models[offset].cat_net[2].weight.normal_(0, 0.5)
+    with_map, without = models[encoder.query_offset], models[-1]
+    assert not hasattr(without, "query_cat")
+    # the map's inputs start at zero weight, and nothing else starts differently: the same predictions
+    assert torch.equal(with_map.cat_net[0].weight[:, :-2], without.cat_net[0].weight)
+    assert not with_map.cat_net[0].weight[:, -2:].any()
+    for x in (ids_t, no_search):
+        assert torch.equal(with_map(x, torch.ones_like(x), prof)[0], without(x, torch.ones_like(x), prof)[0])
+    with torch.no_grad():
+        with_map.cat_net[0].weight[:, -2:].normal_(0, 1.0)
+        with_map.query_cat.weight.normal_(0, 2.0)
+    moved = with_map(ids_t, torch.ones_like(ids_t), prof)[0] - without(ids_t, torch.ones_like(ids_t), prof)[0]
+    assert moved.abs().max() > 1e-4  # a window with a search moves
+    assert torch.equal(with_map(no_search, torch.ones_like(no_search), prof)[0],
+                       without(no_search, torch.ones_like(no_search), prof)[0])  # one without does not
     with pytest.raises(ValueError, match="query_offset must be -1 or a token id past the categories"):
         build_model(encoder, query_offset=encoder.category_offset)
 
