@@ -15,8 +15,8 @@
      against its long-run weight (the profile's 1-day vs 30-day scales: "is this interest due
      again"), its window counts, the user's activity, and a learned category embedding; one logit
      per category. A search carries no category, only its query's subwords: with ``query_offset``
-     set (``TrainConfig.queries``, when training saw searches), a learned map from each subword to categories
-     (``query_cat``, started at what the users who searched it did next,
+     set (``TrainConfig.queries``, when training saw searches), a learned map from each subword
+     to categories (``query_cat``, started at what the users who searched it did next,
      :meth:`InterestModel.init_query_map`) makes the window's searches per-category inputs too
      (all, and decayed by token distance), so intent that shows in searches reaches the network;
    * the **transformer correction** (``correction="full"``): transformers' ``GPT2Model`` reads the

@@ -358,23 +358,26 @@ def query_targets(td: TrainingData) -> tuple[np.ndarray, np.ndarray]:
     searched it did next. The query map starts there (:meth:`models.model.InterestModel.init_query_map`)."""
     enc = td.encoder
     v = enc.vocab_size - enc.query_offset
-    sums, counts = np.zeros((v, enc.k)), np.zeros(v)
+    if not td.train_seqs:
+        return np.zeros((v, enc.k)), np.zeros(v)
+    tok = np.concatenate([np.asarray(x, np.int64) for x in td.train_seqs])  # every sequence, end to end
+    start = np.concatenate([[0], np.cumsum([len(x) for x in td.train_seqs])[:-1]])
+    # an event has exactly one type token: numbering them numbers the events, and each token gets its event's
+    event = np.cumsum((tok >= enc.type_offset) & (tok < enc.category_offset))
     if td.dense is not None:
         d = td.dense
-        rows = [(q, int(d.pos[r]), d.targets[d.cut_row[r]]) for q in range(len(td.train_seqs))
-                for r in range(d.offsets[q], d.offsets[q + 1])]
+        seq_of = np.repeat(np.arange(len(td.train_seqs)), np.diff(d.offsets))
+        readout, target, target_row = start[seq_of] + d.pos, d.targets, d.cut_row
     else:  # one readout per sequence: its newest event's last token (before the hour and [END])
-        rows = [(q, len(seq) - 3, td.train_tgt[q]) for q, seq in enumerate(td.train_seqs)]
-    types = range(enc.type_offset, enc.category_offset)  # click, browse, search
-    for q, pos, target in rows:
-        seq = td.train_seqs[q]
-        j = pos
-        while j > 0 and seq[j] not in types:  # back to the event's type token
-            if seq[j] >= enc.query_offset:
-                sums[seq[j] - enc.query_offset] += target
-                counts[seq[j] - enc.query_offset] += 1
-            j -= 1
-    return sums, counts
+        readout = start + np.array([len(x) for x in td.train_seqs]) - 3
+        target, target_row = np.asarray(td.train_tgt), np.arange(len(td.train_seqs))
+    row = np.full(event[-1] + 1, -1)
+    row[event[readout]] = np.arange(len(readout))  # the readout on each event, if any
+    q = np.flatnonzero(tok >= enc.query_offset)
+    r = row[event[q]]
+    sub, t = tok[q[r >= 0]] - enc.query_offset, target[target_row[r[r >= 0]]]  # (Q,), (Q, k)
+    sums = np.stack([np.bincount(sub, weights=t[:, j], minlength=v) for j in range(enc.k)], axis=1)
+    return sums, np.bincount(sub, minlength=v).astype(np.float64)
 
 
 def _copy_plain_path(plain, model) -> None:
