@@ -286,7 +286,7 @@ class InterestModel(nn.Module):
         R = b_idx.shape[0]
         mask = attention_mask.to(torch.float32)  # (B, T)
         is_cat = (input_ids.unsqueeze(-1) == self.cat_ids).to(torch.float32) * mask.unsqueeze(-1)  # (B, T, k)
-        window = self._window_sums(b_idx, r_pos, readouts is None)
+        window = self._window_sums(b_idx, r_pos, T, readouts is None)
         counts, recent = window(is_cat)  # (R, k) each: all, and decayed by token distance
 
         prior = torch.softmax(self.prior_logits, dim=-1)  # (k,)
@@ -327,24 +327,21 @@ class InterestModel(nn.Module):
                 loss = per.mean()
         return probs, loss
 
-    def _window_sums(self, b_idx, r_pos, one_per_row: bool):
+    def _window_sums(self, b_idx, r_pos, T: int, one_per_row: bool):
         """A function of per-token weights (B, T, k) -> their sums up to each readout, all and
-        decayed by token distance (the plain path's ``tau``): (R, k) each."""
+        decayed by token distance (the plain path's ``tau``): (R, k) each. The distance weights are
+        computed once, for every call."""
         tau = torch.exp(self.log_tau)
-
-        def sums(x):
-            pos = torch.arange(x.shape[1], device=x.device)
-            if one_per_row:  # one readout per row: weights over that row's tokens
-                dist = (r_pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (B, T) tokens before the readout
-                upto = (dist >= 0).to(torch.float32)
-                return (torch.einsum("bt,btk->bk", upto, x),
-                        torch.einsum("bt,btk->bk", upto * torch.exp(-dist.clamp_min(0.0) / tau), x))
-            # many readouts per row: every position's sums, then gather
-            dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (T, T) readout r, token t
-            decay = torch.exp(-dist.clamp_min(0.0) / tau) * (dist >= 0).to(torch.float32)  # (T, T)
-            return x.cumsum(dim=1)[b_idx, r_pos], torch.einsum("rt,btk->brk", decay, x)[b_idx, r_pos]
-
-        return sums
+        pos = torch.arange(T, device=r_pos.device)
+        if one_per_row:  # one readout per row: weights over that row's tokens
+            dist = (r_pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (B, T) tokens before the readout
+            upto = (dist >= 0).to(torch.float32)
+            decayed = upto * torch.exp(-dist.clamp_min(0.0) / tau)  # (B, T)
+            return lambda x: (torch.einsum("bt,btk->bk", upto, x), torch.einsum("bt,btk->bk", decayed, x))
+        # many readouts per row: every position's sums, then gather
+        dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).to(torch.float32)  # (T, T) readout r, token t
+        decay = torch.exp(-dist.clamp_min(0.0) / tau) * (dist >= 0).to(torch.float32)  # (T, T)
+        return lambda x: (x.cumsum(dim=1)[b_idx, r_pos], torch.einsum("rt,btk->brk", decay, x)[b_idx, r_pos])
 
     def _search_features(self, window, input_ids, mask):
         """(R, k, 2): per category, log(1 + the window's searches for it) up to the readout, all and

@@ -185,8 +185,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
     val_seqs, val_prof = td.val_seqs, td.val_prof
-    qt = query_targets(td)
-    if not train_cfg.queries or not qt[1].any():  # (no search in training: a map would stay as it started)
+    qt = query_targets(td) if train_cfg.queries else None
+    if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
         model_overrides["query_offset"] = -1
     model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
@@ -329,7 +329,8 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
                                     refit=(plain_summary["best_step"], plain_summary["total_steps"]))
     model = plain
     if summary is not None:
-        model = _new_model(rd.encoder, model_overrides, tr.targets, init_from, query_targets(rd))
+        with_map = model_overrides.get("query_offset") != -1  # (fit decided it)
+        model = _new_model(rd.encoder, model_overrides, tr.targets, init_from, query_targets(rd) if with_map else None)
         _copy_plain_path(plain, model)
         runs["corrected"] = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
                                         refit=(summary["best_step"], summary["total_steps"]))
