@@ -135,6 +135,8 @@ bench: install
 		--workdir $(SIM_OFF_DIR)-q-$$m-$$u-$$d | tee bench-out/queries-sim-$$m-$$u-$$d.json; done
 	$(PY) bench/model_eval.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_queries \
 		| tee bench-out/queries-movielens.json
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_queries \
+		--workdir $(CROSS_DIR)-bt-ml-queries | tee bench-out/backtest-movielens-queries.json
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json
