@@ -7,7 +7,9 @@ The demo's data is what ``interest-stream demo`` trains on (stream_app/demo.py: 
 600 --days 6 --seed 7``). The default run is the CLI itself in a subprocess (``train --data LOG --out
 DIR``, no other flag), so the time includes reading the log, preparing dense readouts, the plain
 path, the corrections and writing the checkpoint. Step speed: the same prepared batches, ``--steps``
-timed training steps (after 5 warm-up steps) per size, dense readouts, 2 threads.
+timed training steps (after 5 warm-up steps) per size, dense readouts, 2 threads. A size may name
+the backbone's activation (``2x48:gelu_new``, GPT-2's own, which the model used before
+``models.model.ACTIVATION``), so the two are timed in one run.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ DEMO_POPULATION = {"users": 600, "days": 6, "seed": 7}  # stream_app/demo.py ens
 @click.command()
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench" / "cost"),
               show_default=True, type=click.Path(file_okay=False))
-@click.option("--sizes", default="1x32,2x32,2x48,2x64,3x64", show_default=True, help="LAYERSxWIDTH, comma-separated")
+@click.option("--sizes", default="1x32,2x32,2x48,2x48:gelu_new,2x64,3x64", show_default=True,
+              help="LAYERSxWIDTH[:ACTIVATION], comma-separated")
 @click.option("--steps", default=40, show_default=True)
 def main(workdir, sizes, steps):
     import numpy as np
@@ -66,8 +69,14 @@ def main(workdir, sizes, steps):
     batches = [rng.choice(len(td.train_seqs), 64, replace=False) for _ in range(steps + 5)]
     out["step_seconds"] = {}
     for size in sizes.split(","):
-        n_layer, n_embd = (int(x) for x in size.split("x"))
+        shape, _, act = size.partition(":")
+        n_layer, n_embd = (int(x) for x in shape.split("x"))
         model = build_model(td.encoder, n_layer=n_layer, n_embd=n_embd, n_head=2).train()
+        if act:  # the same weights with another of transformers' activations in every block
+            from transformers.activations import ACT2FN
+
+            for block in model.backbone.h:
+                block.mlp.act = ACT2FN[act]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for i, idx in enumerate(batches):
             if i == 5:

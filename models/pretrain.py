@@ -116,9 +116,11 @@ def _build(encoder, cfg: PretrainConfig):
     import torch.nn as nn
     from transformers import GPT2Config, GPT2Model
 
+    from models.model import ACTIVATION
+
     gcfg = GPT2Config(vocab_size=encoder.vocab_size, n_positions=encoder.max_len, n_embd=cfg.n_embd,
                       n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                      attn_pdrop=0.0)
+                      attn_pdrop=0.0, activation_function=ACTIVATION)
     m = nn.Module()
     m.backbone = GPT2Model(gcfg)
     m.cat_head = nn.Linear(cfg.n_embd, encoder.k + 1)  # + "none"
