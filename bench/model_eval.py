@@ -39,8 +39,10 @@ Variants (``--variants``, comma-separated):
   same samples (:meth:`models.baselines.Baselines.refit`), and ``kl_ratio_vs_unrefit_baselines``
   compares it with the baselines as they were fit (at ``8309b08`` refit was off, and this
   comparison was ``default,refit``);
-* ``no_queries``: ``default`` without the query map (``queries=0``): the per-category network does
+* ``no_queries``: ``default`` without the query map (``queries=off``): the per-category network does
   not read the window's searches (the transformer still sees their subwords);
+* ``queries_on``: ``default`` with the query map whatever validation says (``queries=on``, the
+  default from ``bf3f45b`` to ``7727068``; ``default`` now chooses it on validation);
 * ``seeds3``: ``default`` trained at three seeds (the configured one and the next two), their test
   probabilities averaged (not something ``train`` exports: a measure of what lower variance is worth).
 """
@@ -94,7 +96,8 @@ VARIANTS = {
     "per_length": {"model": {"length_buckets": list(LENGTH_BUCKETS)}},
     "plain_per_length": {"model": {"correction": "none", "length_buckets": list(LENGTH_BUCKETS)}},
     "no_refit": {"train": {"refit": 0}},
-    "no_queries": {"train": {"queries": 0}},
+    "no_queries": {"train": {"queries": "off"}},
+    "queries_on": {"train": {"queries": "on"}},
 }
 
 

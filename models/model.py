@@ -523,17 +523,21 @@ class TrainConfig:
     refit: int = 1  # 1: train the chosen model again on the training and validation periods
     # (models.train.fit, stage 5): over four test periods each, the Complete Journey's KL fell by
     # 0.0022 (interval 0.0016-0.0028) and MovieLens' did not move (bench/README.md)
-    queries: int = 1  # 1: the per-category network reads the window's searches through the query map
-    # (ModelConfig.query_offset; off by itself when training saw no search; README "Searches")
+    queries: str = "auto"  # whether the per-category network reads the window's searches through the
+    # query map (ModelConfig.query_offset): "auto" chooses on validation (models.train.choose_query_map),
+    # "on" and "off" (or 1 and 0) decide; off by itself when training saw no search (README "Searches")
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be at least 0 and below 1 (0: off), got {self.ema_decay}")
-        for name in ("scale_corrections", "refit", "queries"):
+        for name in ("scale_corrections", "refit"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"{name} must be 0 (off) or 1 (on), got {getattr(self, name)}")
+        self.queries = {0: "off", 1: "on", "0": "off", "1": "on"}.get(self.queries, self.queries)
+        if self.queries not in ("auto", "on", "off"):
+            raise ValueError(f"queries must be auto (chosen on validation), on or off, got {self.queries!r}")
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "dense_weight": 0.0, "threads": 1},

@@ -5,7 +5,11 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
 
 1. the plain path alone (:meth:`models.model.InterestModel.plain_parameters`, correction "none"):
    a learned counter over the window and the profile, trained for ``plain_steps``;
-2. the whole model, its plain path started from stage 1, its corrections from zero;
+2. the whole model, its plain path started from stage 1, its corrections from zero. When training saw
+   searches, whether the per-category network reads them through the query map
+   (``TrainConfig.queries``, "auto") is chosen on validation first, by that network alone
+   (:func:`choose_query_map`): the map helped on the simulator and cost MovieLens, whose searches
+   are tags (``bench/README.md``);
 3. the corrections' strengths: each correction's logits (the per-category network's, the
    transformer's) are scaled by its own factor from :data:`CORRECTION_SCALES`, the factors with the
    lowest KL on the whole validation split (:func:`choose_correction_scales`; the factors are folded
@@ -165,9 +169,7 @@ def refit_data(td: TrainingData, train_cfg, log=print) -> TrainingData:
 
 def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = None, init_from=None,
         resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Stages 1-4 of the module doc on prepared data; writes the checkpoint, returns the card."""
-    import copy
-
+    """Stages 1-5 of the module doc on prepared data; writes the checkpoint, returns the card."""
     import torch
 
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
@@ -185,14 +187,20 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
     val_seqs, val_prof = td.val_seqs, td.val_prof
-    qt = query_targets(td) if train_cfg.queries else None
+    qt = query_targets(td) if train_cfg.queries != "off" else None
     if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
         model_overrides["query_offset"] = -1
+    seeded = torch.get_rng_state()
     model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
+    without_map = None  # the same model without the map, if validation is to choose (stage 2)
+    if train_cfg.queries == "auto" and hasattr(model, "query_cat") and model.config.correction != "none":
+        after = torch.get_rng_state()
+        torch.set_rng_state(seeded)  # the map draws nothing: both start from the same weights
+        without_map = _new_model(encoder, {**model_overrides, "query_offset": -1}, tr.targets, init_from)
+        torch.set_rng_state(after)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))
     log(f"data config: {json.dumps(asdict(data_cfg))}")
-    n_params = sum(p.numel() for p in model.parameters())
 
     def val_pred_kl(m) -> tuple[np.ndarray, float]:  # the validation predictions of m, and their mean KL
         p = predict(m, val_seqs, val_prof, encoder.pad_id)
@@ -209,6 +217,16 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         history += [{**h, "stage": "plain"} for h in plain_summary["history"]]
     plain_pred, plain_kl = val_pred_kl(plain)
     summary = {"steps": 0, "stop_reason": "plain path only", "train_seconds": 0.0}
+    query_map = None
+    if without_map is not None:  # 2a) the query map, chosen on validation
+        query_map = choose_query_map(td, plain, model_overrides, qt, train_cfg, progress)
+        if not query_map["kept"]:
+            model, model_overrides["query_offset"] = without_map, -1
+        log(f"query map: the per-category network alone reached validation KL {query_map['val_kl_with']:.4f} "
+            f"reading the searches through it and {query_map['val_kl_without']:.4f} without; "
+            f"{'kept' if query_map['kept'] else 'left out'} ({query_map['train_seconds']:.0f}s; --set queries=on|off "
+            f"decides instead)")
+    n_params = sum(p.numel() for p in model.parameters())
     # 2) the corrections, from the plain path
     if model.config.correction != "none":
         _copy_plain_path(plain, model)
@@ -219,21 +237,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     corrected_pred, corrected_kl, unscaled_kl, scales = None, None, None, None
     if model.config.correction != "none":
         # 3) the corrections' strengths, chosen on validation
-        p_on, unscaled_kl = val_pred_kl(model)
-        corrected_pred, corrected_kl = p_on, unscaled_kl  # as trained, unless scaled below
-        names = list(model.correction_outputs())
-        scales = dict.fromkeys(names, 1.0)
-        if train_cfg.scale_corrections and names:  # (a "features" model with cat_hidden=0 has none)
-            def alone(i):  # validation probabilities with correction i alone (None: none of them)
-                m = copy.deepcopy(model)
-                m.scale_corrections([1.0 if j == i else 0.0 for j in range(len(names))])
-                return predict(m, val_seqs, val_prof, encoder.pad_id)
-
-            parts = [alone(i) for i in range(len(names))] if len(names) > 1 else [p_on]
-            chosen, _ = choose_correction_scales(alone(None), parts, va.targets)
-            model.scale_corrections(chosen)
-            scales = dict(zip(names, chosen))
-            corrected_pred, corrected_kl = val_pred_kl(model)
+        scales, corrected_pred, corrected_kl, unscaled_kl = scale_on_validation(
+            model, val_seqs, val_prof, va.targets, encoder.pad_id, train_cfg.scale_corrections)
     # 4) keep the corrections only if they beat the plain path on validation
     keep_corrected = corrected_kl is not None and corrected_kl < plain_kl
     chosen = model if keep_corrected else plain
@@ -244,9 +249,13 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         "correction_scales": scales, "unscaled_val_kl": unscaled_kl,
         "correction": model.config.correction,
         "exported": model.config.correction if keep_corrected else "none",
+        "query_map": query_map or {"kept": model_overrides.get("query_offset") != -1,
+                                   "rule": "no search in training" if qt is not None and not qt[1].any()
+                                   else f"queries={train_cfg.queries}"},
     }
     val_pred = corrected_pred if keep_corrected else plain_pred  # no second pass over validation
-    train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0)
+    train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0) + \
+        (query_map["train_seconds"] if query_map else 0.0)
     prep_s = td.prepare_seconds
     prior_targets, refit = tr.targets, None
     # 5) the chosen model again, on the training and validation periods
@@ -307,6 +316,71 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
         f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")
     return card
+
+
+def scale_on_validation(model, val_seqs, val_prof, val_targets, pad_id: int, choose: int = 1) -> tuple:
+    """Stage 3 in place: each correction's logits scaled by its factor in the combination with the
+    lowest validation KL (:func:`choose_correction_scales`), unless ``choose`` is 0. Returns
+    ``(scales by correction, validation probabilities, their KL, the KL as trained)``."""
+    import copy
+
+    from models.evaluate import kl_per_sample
+    from models.model import predict
+
+    def val_pred_kl(m) -> tuple[np.ndarray, float]:
+        p = predict(m, val_seqs, val_prof, pad_id)
+        return p, float(kl_per_sample(val_targets, p).mean())
+
+    p_on, unscaled_kl = val_pred_kl(model)
+    names = list(model.correction_outputs())
+    if not (choose and names):  # (a "features" model with cat_hidden=0 has no correction to scale)
+        return dict.fromkeys(names, 1.0), p_on, unscaled_kl, unscaled_kl
+
+    def alone(i):  # validation probabilities with correction i alone (None: none of them)
+        m = copy.deepcopy(model)
+        m.scale_corrections([1.0 if j == i else 0.0 for j in range(len(names))])
+        return predict(m, val_seqs, val_prof, pad_id)
+
+    parts = [alone(i) for i in range(len(names))] if len(names) > 1 else [p_on]
+    chosen, _ = choose_correction_scales(alone(None), parts, val_targets)
+    model.scale_corrections(chosen)
+    return (dict(zip(names, chosen)), *val_pred_kl(model), unscaled_kl)
+
+
+def choose_query_map(td: TrainingData, plain, model_overrides: dict, qt, train_cfg, progress: bool = False) -> dict:
+    """Stage 2a: whether the per-category network reads the window's searches through the query map.
+
+    The map is one of that network's inputs, so the network alone decides (correction "features", no
+    transformer: a sixth of a step's cost): trained from the stage-1 plain path ``plain`` as stage 2
+    trains, with and without the map, each at the strength stage 3 would choose; the map is kept if
+    its validation KL is lower. On MovieLens, whose searches are tags, the full model with the map
+    stopped earlier and scored worse on validation and test, while on the simulator the map took
+    searches' intent into the prediction (``bench/README.md``, "Searches through the query map").
+    Both runs start from the seed, and stage 2 seeds itself again, so the model trained after the
+    choice is the one ``queries=on`` or ``off`` trains."""
+    import torch
+
+    from models.model import train_model
+
+    tr, va = td.ds.splits["train"], td.ds.splits["val"]
+    out = {"rule": "the per-category network alone (no transformer) trained with and without the map; "
+                   "the map is kept if its validation KL, at the strength chosen on validation, is lower"}
+    seconds = 0.0
+    for with_map in (True, False):
+        torch.manual_seed(train_cfg.seed)
+        overrides = {**model_overrides, "correction": "features", **({} if with_map else {"query_offset": -1})}
+        m = _new_model(td.encoder, overrides, tr.targets, None, qt if with_map else None)
+        _copy_plain_path(plain, m)
+        run = train_model(m, td.train_seqs, td.train_prof, td.train_tgt, td.val_seqs, td.val_prof, va.targets,
+                          train_cfg, td.encoder.pad_id, progress=progress, dense=td.dense,
+                          desc="query map" if with_map else "no query map")
+        _, _, kl, _ = scale_on_validation(m, td.val_seqs, td.val_prof, va.targets, td.encoder.pad_id,
+                                          train_cfg.scale_corrections)
+        out["val_kl_with" if with_map else "val_kl_without"] = kl
+        seconds += run["train_seconds"]
+    out["kept"] = out["val_kl_with"] < out["val_kl_without"]
+    out["train_seconds"] = round(seconds, 1)
+    return out
 
 
 def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_summary, summary, scales,

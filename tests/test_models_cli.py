@@ -36,11 +36,15 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert card["split"]["target_choice"]["target"] == "time"
     assert "target: time, chosen from the log: a 6 h window holds a median of" in res.output
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
-    # the simulated log has searches: the per-category network reads them through the query map
+    # the simulated log has searches: validation chose whether the per-category network reads them
+    # through the query map, and the checkpoint is what it chose
     from interest_core.encoding import Encoder
 
     enc = Encoder.load(ck / "encoding.json")
-    assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == enc.query_offset > 0
+    qm = card["metrics"]["selection"]["query_map"]
+    assert qm["kept"] == (qm["val_kl_with"] < qm["val_kl_without"]) and enc.query_offset > 0
+    assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == \
+        (enc.query_offset if qm["kept"] else -1)
     assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
     # every possible cut (between two events of a user: events - users) is counted exactly once,
     # as a candidate of a split or under the reason it was skipped
@@ -102,22 +106,64 @@ def test_train_with_no_correction_to_scale(sim_log, tmp_path):
 
 
 @pytest.mark.slow
+def test_query_map_chosen_on_validation(sim_log, tmp_path, monkeypatch):
+    """With searches in training, ``train`` (``queries=auto``) trains the per-category network alone
+    with and without the query map and keeps the map if its validation KL is lower; the checkpoint
+    is then, to the byte, the one ``--set queries=on`` or ``off`` trains, refit included."""
+    pytest.importorskip("torch")
+    from models import train as train_module
+
+    def run(name, *extra):
+        ck = tmp_path / name
+        res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(ck), "--max-steps", "30",
+                                             "--max-train-samples", "300", "--quiet", *TINY_SETS, *extra])
+        assert res.exit_code == 0, res.output
+        card = json.loads((ck / "model_card.json").read_text())
+        return res.output, card["metrics"]["selection"]["query_map"], (ck / "model.safetensors").read_bytes()
+
+    out, qm, auto = run("auto", "--set", "refit=0")
+    assert set(qm) == {"rule", "val_kl_with", "val_kl_without", "kept", "train_seconds"}
+    assert qm["kept"] == (qm["val_kl_with"] < qm["val_kl_without"])
+    verdict = "kept" if qm["kept"] else "left out"
+    assert (f"query map: the per-category network alone reached validation KL {qm['val_kl_with']:.4f} reading the "
+            f"searches through it and {qm['val_kl_without']:.4f} without; {verdict}") in out
+    _, on_record, on = run("on", "--set", "refit=0", "--set", "queries=on")
+    _, off_record, off = run("off", "--set", "refit=0", "--set", "queries=off")
+    assert on_record == {"kept": True, "rule": "queries=on"} and off_record == {"kept": False, "rule": "queries=off"}
+    assert on != off and auto == (on if qm["kept"] else off)
+    # the other verdict (the choice flipped), without the refit and with it: the checkpoint follows it
+    real = train_module.choose_query_map
+    monkeypatch.setattr(train_module, "choose_query_map", lambda *a, **k: {**(r := real(*a, **k)), "kept": not r["kept"]})
+    other = "off" if qm["kept"] else "on"
+    for refit in ("0", "1"):
+        out, qm_flipped, flipped = run(f"flipped{refit}", "--set", f"refit={refit}")
+        assert qm_flipped["kept"] != qm["kept"] and ("left out" if qm["kept"] else "kept") in out
+        _, _, forced = run(f"forced{refit}", "--set", f"refit={refit}", "--set", f"queries={other}")
+        assert flipped == forced, refit
+
+
+@pytest.mark.slow
 def test_query_map_off_by_setting_or_without_searches(sim_log, tmp_path):
-    """``--set queries=0`` trains without the query map, and so does a log with no search in it."""
+    """``--set queries=off`` (or 0) trains without the query map, and so does a log with no search in it."""
     pytest.importorskip("torch")
     lines = sim_log.read_text().splitlines()
     no_search = tmp_path / "no_search.jsonl"
     no_search.write_text("\n".join(x for x in lines if json.loads(x)["type"] != "search") + "\n")
     assert len(no_search.read_text().splitlines()) < len(lines)
-    for log, extra in ((sim_log, ["--set", "queries=0"]), (no_search, [])):
-        ck = tmp_path / log.stem
+    runs = ((sim_log, ["--set", "queries=0"], "queries=off"), (sim_log, ["--set", "queries=off"], "queries=off"),
+            (no_search, [], "no search in training"))
+    for i, (log, extra, rule) in enumerate(runs):
+        ck = tmp_path / f"ck{i}"
         res = CliRunner().invoke(cli.train, ["--data", str(log), "--out", str(ck), "--max-steps", "5",
                                              "--max-train-samples", "200", "--quiet", *TINY_SETS, "--set", "refit=0",
                                              *extra])
         assert res.exit_code == 0, res.output
         assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == -1, log
+        card = json.loads((ck / "model_card.json").read_text())
+        assert card["metrics"]["selection"]["query_map"] == {"kept": False, "rule": rule}
+        assert "query map:" not in res.output
     res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "queries=2"])
-    assert res.exit_code == 2 and "queries must be 0 (off) or 1 (on), got 2" in res.output
+    assert res.exit_code == 2 and "queries must be auto (chosen on validation), on or off, got '2'" in res.output
     res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "query_offset=-1"])
     assert res.exit_code == 2 and "unknown key 'query_offset'" in res.output
 
