@@ -526,6 +526,8 @@ class TrainConfig:
     queries: str = "auto"  # whether the per-category network reads the window's searches through the
     # query map (ModelConfig.query_offset): "auto" chooses on validation (models.train.choose_query_map),
     # "on" and "off" (or 1 and 0) decide; off by itself when training saw no search (README "Searches")
+    query_map_steps: int = 600  # the cap of each of the choice's two runs (on its own schedule): by
+    # then it had decided on MovieLens (with the map, validation was best at step 200) and the simulator
     seed: int = 1337
     threads: int = 2  # torch CPU threads
 
@@ -540,7 +542,7 @@ class TrainConfig:
             raise ValueError(f"queries must be auto (chosen on validation), on or off, got {self.queries!r}")
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
-                                     "eval_samples": 1, "plain_steps": 0, "dense_weight": 0.0, "threads": 1},
+                                     "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0, "threads": 1},
                      above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
 
 

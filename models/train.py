@@ -352,8 +352,8 @@ def choose_query_map(td: TrainingData, plain, model_overrides: dict, qt, train_c
 
     The map is one of that network's inputs, so the network alone decides (correction "features", no
     transformer: a sixth of a step's cost): trained from the stage-1 plain path ``plain`` as stage 2
-    trains, with and without the map, each at the strength stage 3 would choose; the map is kept if
-    its validation KL is lower. On MovieLens, whose searches are tags, the full model with the map
+    trains, but for at most ``TrainConfig.query_map_steps``, with and without the map, each at the
+    strength stage 3 would choose; the map is kept if its validation KL is lower. On MovieLens, whose searches are tags, the full model with the map
     stopped earlier and scored worse on validation and test, while on the simulator the map took
     searches' intent into the prediction (``bench/README.md``, "Searches through the query map").
     Both runs start from the seed, and stage 2 seeds itself again, so the model trained after the
@@ -373,7 +373,7 @@ def choose_query_map(td: TrainingData, plain, model_overrides: dict, qt, train_c
         _copy_plain_path(plain, m)
         run = train_model(m, td.train_seqs, td.train_prof, td.train_tgt, td.val_seqs, td.val_prof, va.targets,
                           train_cfg, td.encoder.pad_id, progress=progress, dense=td.dense,
-                          desc="query map" if with_map else "no query map")
+                          max_steps=train_cfg.query_map_steps, desc="query map" if with_map else "no query map")
         _, _, kl, _ = scale_on_validation(m, td.val_seqs, td.val_prof, va.targets, td.encoder.pad_id,
                                           train_cfg.scale_corrections)
         out["val_kl_with" if with_map else "val_kl_without"] = kl

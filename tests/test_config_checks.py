@@ -16,6 +16,8 @@ def model(**kw):
     (TrainConfig, {"epochs": 0}, "epochs must be >= 1, got 0"),
     (TrainConfig, {"max_steps": -5}, "max_steps must be >= 1, got -5"),
     (TrainConfig, {"plain_steps": -1}, "plain_steps must be >= 0, got -1"),
+    (TrainConfig, {"query_map_steps": 0}, "query_map_steps must be >= 1, got 0"),
+    (TrainConfig, {"queries": "maybe"}, "queries must be auto (chosen on validation), on or off, got 'maybe'"),
     (TrainConfig, {"threads": 0}, "threads must be >= 1, got 0"),
     (TrainConfig, {"lr": 0.0}, "lr must be > 0.0, got 0.0"),
     (TrainConfig, {"lr": float("nan")}, "lr must be a finite number, got nan"),
