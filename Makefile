@@ -137,6 +137,12 @@ bench: install
 		| tee bench-out/queries-movielens.json
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_queries \
 		--workdir $(CROSS_DIR)-bt-ml-queries | tee bench-out/backtest-movielens-queries.json
+	# the query map chosen on validation (the default, queries=auto) against the map whatever validation says (queries_on,
+	# the default before 185163c) (README, "Searches")
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,queries_on \
+		--workdir $(CROSS_DIR)-bt-ml-query-choice | tee bench-out/backtest-movielens-query-choice.json
+	$(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on \
+		--workdir $(SIM_OFF_DIR)-query-choice-on-2000-7 | tee bench-out/query-choice-sim-on-2000-7.json
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json

@@ -115,7 +115,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
             summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
                               "test_users": out["test_users"], "test_samples": out["samples"]["test"], **{k: v[k] for k in (
                                   "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
-                                  "kl_ratio_vs_ema_prior", "correction_scales", "exported", "train_seconds")}})
+                                  "kl_ratio_vs_ema_prior", "correction_scales", "exported", "train_seconds")},
+                              "query_map": v.get("query_map")})
     result = {"machine": machine(), "commit": commit(), "dataset": dataset, "variants": names, "folds": summaries,
               "pooled": {n: pool(runs[n]) for n in names},
               "against_the_first": {n: compare(runs[n], runs[names[0]]) for n in names[1:]},

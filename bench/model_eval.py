@@ -238,6 +238,8 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
                    "unscaled": card["metrics"]["selection"]["unscaled_val_kl"] and
                    r4(card["metrics"]["selection"]["unscaled_val_kl"])},
         "correction_scales": card["metrics"]["selection"]["correction_scales"],
+        # whether the per-category network reads the searches, and why (models.train.fit, stage 2a)
+        "query_map": card["metrics"]["selection"].get("query_map"),
         "seed": card["training"]["seed"],
         "steps": card["training"]["steps"], "plain_steps": card["training"]["plain_steps_run"],
         "stop_reason": card["training"]["stop_reason"],
