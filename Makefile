@@ -143,6 +143,8 @@ bench: install
 		--workdir $(CROSS_DIR)-bt-ml-query-choice | tee bench-out/backtest-movielens-query-choice.json
 	$(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on \
 		--workdir $(SIM_OFF_DIR)-query-choice-on-2000-7 | tee bench-out/query-choice-sim-on-2000-7.json
+	# the choice's verdict on MovieLens' four backtest periods and every simulated population and seed above
+	$(PY) bench/query_choice.py | tee bench-out/query_choice.json
 	# other horizons: train's default model asked about a shorter one, beside that horizon's own model
 	$(PY) bench/cross_target.py --dataset movielens --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=3 --workdir $(CROSS_DIR)-ml3 | tee bench-out/cross_target-movielens-next3.json

@@ -7,9 +7,10 @@ The demo's data is what ``interest-stream demo`` trains on (stream_app/demo.py: 
 600 --days 6 --seed 7``). The default run is the CLI itself in a subprocess (``train --data LOG --out
 DIR``, no other flag), so the time includes reading the log, preparing dense readouts, the plain
 path, the corrections and writing the checkpoint. Step speed: the same prepared batches, ``--steps``
-timed training steps (after 5 warm-up steps) per size, dense readouts, 2 threads. A size may name
-the backbone's activation (``2x48:gelu_new``, GPT-2's own, which the model used before
-``models.model.ACTIVATION``), so the two are timed in one run.
+timed training steps per size (after 5 warm-up steps), dense readouts, 2 threads, in rounds: the
+sizes take turns five times and each keeps its median round. A size may name the backbone's
+activation (``2x48:gelu_new``, GPT-2's own, which the model used before ``models.model.ACTIVATION``),
+so the two are timed in one run.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEMO_POPULATION = {"users": 600, "days": 6, "seed": 7}  # stream_app/demo.py ensure_model()
+ROUNDS = 5  # of the step timing (main)
 
 
 @click.command()
@@ -66,8 +68,8 @@ def main(workdir, sizes, steps):
     torch.set_num_threads(2)
     td = prepare_training(log, DataConfig(), TrainConfig(), log=lambda m: None)
     rng = np.random.default_rng(0)
-    batches = [rng.choice(len(td.train_seqs), 64, replace=False) for _ in range(steps + 5)]
-    out["step_seconds"] = {}
+    batches = [rng.choice(len(td.train_seqs), 64, replace=False) for _ in range(steps)]
+    runs = {}  # size -> (model, optimizer)
     for size in sizes.split(","):
         shape, _, act = size.partition(":")
         n_layer, n_embd = (int(x) for x in shape.split("x"))
@@ -77,18 +79,31 @@ def main(workdir, sizes, steps):
 
             for block in model.backbone.h:
                 block.mlp.act = ACT2FN[act]
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for i, idx in enumerate(batches):
-            if i == 5:
-                t = time.time()
+        runs[size] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+
+    def timed(model, opt, idxs) -> float:
+        t = time.time()
+        for idx in idxs:
             ids, mask, prof, tgt, ro = get_batch(idx, td.train_seqs, None, None, td.encoder.pad_id, td.dense)
             _, loss = model(ids, mask, prof, tgt, ro)
             opt.zero_grad()
             loss.backward()
             opt.step()
-        out["step_seconds"][size] = {"seconds_per_step": round((time.time() - t) / steps, 4),
-                                     "parameters": sum(p.numel() for p in model.parameters())}
-        print(size, out["step_seconds"][size], file=sys.stderr)
+        return (time.time() - t) / len(idxs)
+
+    # the sizes take turns, ROUNDS times over the same batches, and each keeps its median round: a
+    # shared machine's slow minute then slows every size alike instead of the one it fell on
+    for model, opt in runs.values():
+        timed(model, opt, batches[:5])  # warm-up
+    rounds = {size: [] for size in runs}
+    for _ in range(ROUNDS):
+        for size in runs:
+            rounds[size].append(timed(*runs[size], batches))
+    out["step_seconds"] = {size: {"seconds_per_step": round(float(np.median(r)), 4),
+                                  "rounds": [round(x, 4) for x in r],
+                                  "parameters": sum(p.numel() for p in runs[size][0].parameters())}
+                           for size, r in rounds.items()}
+    print(json.dumps(out["step_seconds"]), file=sys.stderr)
     print(json.dumps(out, indent=1))
 
 
