@@ -244,9 +244,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         "correction_scales": scales, "unscaled_val_kl": unscaled_kl,
         "correction": model.config.correction,
         "exported": model.config.correction if keep_corrected else "none",
-        "query_map": query_map or {"kept": model_overrides.get("query_offset") != -1,
-                                   "rule": "no search in training" if qt is not None and not qt[1].any()
-                                   else f"queries={train_cfg.queries}"},
+        "query_map": query_map or _query_map_record(model, qt, train_cfg),
     }
     val_pred = corrected_pred if keep_corrected else plain_pred  # no second pass over validation
     train_seconds = summary["train_seconds"] + (plain_summary["train_seconds"] if plain_summary else 0.0) + \
@@ -311,6 +309,17 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
         f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")
     return card
+
+
+def _query_map_record(model, qt, train_cfg) -> dict:
+    """The card's ``query_map`` when validation did not choose: whether the model reads the searches, and why."""
+    if qt is None:
+        return {"kept": False, "rule": "queries=off"}
+    if not qt[1].any():
+        return {"kept": False, "rule": "no search in training"}
+    if not hasattr(model, "query_cat") or model.config.correction == "none":
+        return {"kept": False, "rule": "no per-category network to read them"}
+    return {"kept": True, "rule": f"queries={train_cfg.queries}"}
 
 
 def train_plain_path(td: TrainingData, model_overrides: dict, train_cfg, progress: bool = False) -> tuple:

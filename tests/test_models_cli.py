@@ -102,6 +102,9 @@ def test_train_with_no_correction_to_scale(sim_log, tmp_path):
     assert res.exit_code == 0, res.output
     sel = json.loads((ck / "model_card.json").read_text())["metrics"]["selection"]
     assert sel["correction_scales"] == {} and sel["correction"] == "features"
+    # and no network to read the searches through the query map: nothing to choose
+    assert sel["query_map"] == {"kept": False, "rule": "no per-category network to read them"}
+    assert "query map:" not in res.output
     assert "refit" not in sel and "refit on the" not in res.output  # refit=0: the selection run's weights
 
 
