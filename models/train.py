@@ -174,8 +174,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
 
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
     from models.data import file_sha256
-    from models.evaluate import kl_per_sample, metrics
-    from models.model import TRAIN_STATE_FILE, predict, save_checkpoint, train_model
+    from models.evaluate import metrics
+    from models.model import TRAIN_STATE_FILE, save_checkpoint, train_model
 
     model_overrides = dict(model_overrides or {})
     out = Path(out_dir)
@@ -190,32 +190,25 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     qt = query_targets(td) if train_cfg.queries != "off" else None
     if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
         model_overrides["query_offset"] = -1
-    seeded = torch.get_rng_state()
+    seeded = torch.get_rng_state()  # where the model starts (again, if stage 2a leaves the map out)
     model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
-    without_map = None  # the same model without the map, if validation is to choose (stage 2)
-    if train_cfg.queries == "auto" and hasattr(model, "query_cat") and model.config.correction != "none":
-        after = torch.get_rng_state()
-        torch.set_rng_state(seeded)  # the map draws nothing: both start from the same weights
-        without_map = _new_model(encoder, {**model_overrides, "query_offset": -1}, tr.targets, init_from)
-        torch.set_rng_state(after)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
     log("train config: " + json.dumps(asdict(train_cfg)))
     log(f"data config: {json.dumps(asdict(data_cfg))}")
 
-    def val_pred_kl(m) -> tuple[np.ndarray, float]:  # the validation predictions of m, and their mean KL
-        p = predict(m, val_seqs, val_prof, encoder.pad_id)
-        return p, float(kl_per_sample(va.targets, p).mean())
-
     # 1) the plain path alone
     plain, plain_summary = train_plain_path(td, model_overrides, train_cfg, progress)
     history = [{**h, "stage": "plain"} for h in plain_summary["history"]] if plain_summary else []
-    plain_pred, plain_kl = val_pred_kl(plain)
+    plain_pred, plain_kl = _val_pred_kl(plain, val_seqs, val_prof, va.targets, encoder.pad_id)
     summary = {"steps": 0, "stop_reason": "plain path only", "train_seconds": 0.0}
     query_map = None
-    if without_map is not None:  # 2a) the query map, chosen on validation
+    if train_cfg.queries == "auto" and hasattr(model, "query_cat") and model.config.correction != "none":
+        # 2a) the query map, chosen on validation
         query_map = choose_query_map(td, plain, model_overrides, qt, train_cfg, progress)
-        if not query_map["kept"]:
-            model, model_overrides["query_offset"] = without_map, -1
+        if not query_map["kept"]:  # the model queries=off builds: the map draws nothing, so the same start
+            model_overrides["query_offset"] = -1
+            torch.set_rng_state(seeded)
+            model = _new_model(encoder, model_overrides, tr.targets, init_from)
         lo, hi = query_map["val_kl_diff_ci95"]
         log(f"query map: the per-category network alone reached validation KL {query_map['val_kl_with']:.4f} "
             f"reading the searches through it and {query_map['val_kl_without']:.4f} without (difference "
@@ -343,14 +336,9 @@ def scale_on_validation(model, val_seqs, val_prof, val_targets, pad_id: int, cho
     ``(scales by correction, validation probabilities, their KL, the KL as trained)``."""
     import copy
 
-    from models.evaluate import kl_per_sample
     from models.model import predict
 
-    def val_pred_kl(m) -> tuple[np.ndarray, float]:
-        p = predict(m, val_seqs, val_prof, pad_id)
-        return p, float(kl_per_sample(val_targets, p).mean())
-
-    p_on, unscaled_kl = val_pred_kl(model)
+    p_on, unscaled_kl = _val_pred_kl(model, val_seqs, val_prof, val_targets, pad_id)
     names = list(model.correction_outputs())
     if not (choose and names):  # (a "features" model with cat_hidden=0 has no correction to scale)
         return dict.fromkeys(names, 1.0), p_on, unscaled_kl, unscaled_kl
@@ -363,21 +351,31 @@ def scale_on_validation(model, val_seqs, val_prof, val_targets, pad_id: int, cho
     parts = [alone(i) for i in range(len(names))] if len(names) > 1 else [p_on]
     chosen, _ = choose_correction_scales(alone(None), parts, val_targets)
     model.scale_corrections(chosen)
-    return (dict(zip(names, chosen)), *val_pred_kl(model), unscaled_kl)
+    return (dict(zip(names, chosen)), *_val_pred_kl(model, val_seqs, val_prof, val_targets, pad_id), unscaled_kl)
+
+
+def _val_pred_kl(model, val_seqs, val_prof, val_targets, pad_id: int) -> tuple[np.ndarray, float]:
+    """The validation probabilities of ``model``, and their mean KL."""
+    from models.evaluate import kl_per_sample
+    from models.model import predict
+
+    p = predict(model, val_seqs, val_prof, pad_id)
+    return p, float(kl_per_sample(val_targets, p).mean())
 
 
 def choose_query_map(td: TrainingData, plain, model_overrides: dict, qt, train_cfg, progress: bool = False) -> dict:
     """Stage 2a: whether the per-category network reads the window's searches through the query map.
 
     The map is one of that network's inputs, so the network alone decides (correction "features", no
-    transformer, so its steps are cheap: 21 s of the demo's ``train``, README "Training cost"): trained from the stage-1 plain path ``plain`` as stage 2
-    trains, but for at most ``TrainConfig.query_map_steps``, with and without the map, each at the
-    strength stage 3 would choose. The map is kept only if it lowers the validation KL beyond
+    transformer, so its steps are cheap: 21 s of the demo's ``train``, README "Training cost"):
+    trained from the stage-1 plain path ``plain`` as stage 2 trains, but for at most
+    ``TrainConfig.query_map_steps``, with and without the map, each at the strength stage 3 would
+    choose. The map is kept only if it lowers the validation KL beyond
     doubt: the 95 % interval of the per-sample difference, users resampled, below zero. An input
     that does not clearly help is left out, the simpler model, as the one-standard-error rule of
-    model selection prefers: on MovieLens, whose searches are tags, the two runs came within 0.001
+    model selection prefers: on MovieLens, whose searches are tags, the two runs came within 0.0011
     of each other either way, while the full model with the map stopped earlier and scored worse
-    on validation and test; on the simulator the map was 1-2 % better (``bench/README.md``,
+    on validation and test; on the simulator the map was 0.5-2 % better (``bench/README.md``,
     "Searches through the query map"). Both runs start from the seed, and stage 2 seeds itself
     again, so the model trained after the choice is the one ``queries=on`` or ``off`` trains."""
     import torch
