@@ -98,6 +98,7 @@ VARIANTS = {
     "no_refit": {"train": {"refit": 0}},
     "no_queries": {"train": {"queries": "off"}},
     "queries_on": {"train": {"queries": "on"}},
+    "aux4": {"train": {"aux_horizon": 4}},
 }
 
 

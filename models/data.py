@@ -480,10 +480,37 @@ class DenseReadouts:
     cut_row: np.ndarray  # (M,) int64
     targets: np.ndarray  # (C, k) float32
     profiles: np.ndarray  # (C, P) float32
+    # every cut's longer_targets, (C, k) float32 and (C,) bool, or None (TrainConfig.aux_horizon 0)
+    aux_targets: np.ndarray | None = None
+    aux_ok: np.ndarray | None = None
 
     @property
     def readouts_per_sequence(self) -> float:
         return float(len(self.pos) / max(1, len(self.offsets) - 1))
+
+
+def longer_targets(ds: Dataset, samples: Samples, cfg: DataConfig, times: int) -> tuple[np.ndarray, np.ndarray]:
+    """The target of each sample over ``times`` target spans instead of one (the next ``times *
+    target_k`` events or baskets, or ``times * target_window_s``), the same code as the target:
+    ((N, k) float32, (N,) bool ok). Not ok (row all zero) where that span runs past the log's end,
+    past the training period (it must end before ``ds.t1``, as a training target does), or holds no
+    categorised event."""
+    wide = replace(cfg, target_k=cfg.target_k * times, target_window_s=cfg.target_window_s * times)
+    end_of_log = max(int(s.ts[-1]) for s in ds.seqs)
+    k = samples.targets.shape[1]
+    rows, ok = [], np.zeros(len(samples), bool)
+    baskets = {}
+    for r, (ui, i, cut_ts) in enumerate(zip(samples.user, samples.cut, samples.cut_ts)):
+        s = ds.seqs[int(ui)]
+        if wide.target == "next_baskets" and int(ui) not in baskets:
+            baskets[int(ui)] = basket_index(s.ts)
+        span = target_span(s.ts, int(i), int(cut_ts), wide, end_of_log, baskets.get(int(ui)))
+        if span is not None and span[1] < ds.t1 and (s.weight[int(i):span[0]] > 0).any():
+            rows.append((int(ui), int(i), int(cut_ts), span[0]))
+            ok[r] = True
+    out = np.zeros((len(samples), k), np.float32)
+    out[ok] = _targets(ds.seqs, rows, k)
+    return out, ok
 
 
 def dense_readouts(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> tuple[list[np.ndarray], DenseReadouts]:

@@ -99,6 +99,10 @@ class ModelConfig:
     # [1, 4, 16, 64, 256]; [] (the default): one set of weights for every user. Off: it did not move
     # the corrected model on MovieLens or the Complete Journey (README, "The model and its export")
     length_buckets: list = field(default_factory=list)
+    # 1: during training, a second linear head on the transformer's state predicts the target over
+    # longer spans (TrainConfig.aux_horizon), from the plain path; only the backbone shares it, and
+    # serving never reads it
+    aux_head: int = 0
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
     init_from: str | None = None  # the pretrained directory this model started from
     backbone: dict = field(default_factory=dict)  # the GPT2Config used, so loading needs no source dir
@@ -222,6 +226,10 @@ class InterestModel(nn.Module):
             nn.init.zeros_(self.profile_proj.weight)
             nn.init.zeros_(self.profile_proj.bias)
         self.register_buffer("cat_ids", torch.arange(k) + config.category_offset, persistent=False)
+        if config.aux_head and config.correction == "full":  # last: it draws after everything else
+            self.aux_head = nn.Linear(n_embd, k)
+            nn.init.zeros_(self.aux_head.weight)
+            nn.init.zeros_(self.aux_head.bias)
 
     @torch.no_grad()
     def init_prior(self, mean_target: np.ndarray) -> None:
@@ -306,6 +314,7 @@ class InterestModel(nn.Module):
         if S:
             mix = mix + (w[..., 3:, None] * prof).sum(1)
         logits = torch.log(mix)  # (R, k) the plain path
+        plain_logits = logits
 
         if cfg.correction != "none" and cfg.cat_hidden:
             feats = self._category_features(counts, recent, prof)  # (R, k, F)
@@ -315,8 +324,12 @@ class InterestModel(nn.Module):
             if cfg.query_offset >= 0:
                 parts.append(self._search_features(window, input_ids, mask))  # (R, k, SEARCH_FEATURES)
             logits = logits + self.cat_net(torch.cat(parts, dim=-1)).squeeze(-1)
+        aux_logits = None
         if cfg.correction == "full":
-            logits = logits + self.head(self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour))
+            z = self._transformer_state(input_ids, attention_mask, prof, b_idx, r_pos, hour)  # (R, C)
+            logits = logits + self.head(z)
+            if readouts is not None and "aux_targets" in readouts and hasattr(self, "aux_head"):
+                aux_logits = plain_logits.detach() + self.aux_head(z)  # (R, k): trains the backbone only
 
         probs = torch.softmax(logits, dim=-1)
         loss = None
@@ -329,6 +342,10 @@ class InterestModel(nn.Module):
             if readouts is not None and "weight" in readouts:
                 w = readouts["weight"]
                 loss = (per * w).sum() / w.sum()
+                if aux_logits is not None:  # weights: TrainConfig.aux_weight x the position's, 0 where none
+                    a = readouts["aux_targets"]
+                    per_aux = (a * (torch.log(a.clamp_min(1e-12)) - torch.log_softmax(aux_logits, dim=-1))).sum(-1)
+                    loss = loss + (per_aux * readouts["aux_weight"]).sum() / w.sum()
             else:
                 loss = per.mean()
         return probs, loss
@@ -515,6 +532,10 @@ class TrainConfig:
     plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
     dense_weight: float = 1.0  # scales each earlier event's position weight (models.data, "Dense training")
+    # > 0: the transformer also learns the target over this many target spans (models.data.longer_targets),
+    # through a head of its own (ModelConfig.aux_head), its loss weighted by aux_weight
+    aux_horizon: int = 0
+    aux_weight: float = 0.5
     ema_decay: float = 0.0  # > 0: validation and the kept weights use an exponential moving average
     # of the weights (Polyak averaging over ~1 / (1 - decay) steps). Off by default: at 0.99 it
     # lowered MovieLens' validation KL (0.5788 against 0.5808) but not its test KL (ratio to
@@ -543,7 +564,8 @@ class TrainConfig:
             raise ValueError(f"queries must be auto (chosen on validation), on or off, got {self.queries!r}")
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
-                                     "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0, "threads": 1},
+                                     "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
+                                     "aux_horizon": 0, "aux_weight": 0.0, "threads": 1},
                      above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
 
 
@@ -582,7 +604,8 @@ def get_lr(step: int, cfg: TrainConfig, total_steps: int, peak: float | None = N
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - cfg.min_lr)
 
 
-def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weight: float = 1.0):
+def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weight: float = 1.0,
+              aux_weight: float = 0.0):
     """One training batch of the sequences ``idx``: (input_ids, attention_mask, profile, targets,
     readouts or None). ``dense`` (:class:`models.data.DenseReadouts`) gives every sequence's
     earlier event readouts with their own profiles, targets and position weights; the sequence's
@@ -597,6 +620,9 @@ def get_batch(idx, seqs, profiles, targets, pad_id: int, dense=None, dense_weigh
     weight = np.where(dense.is_last[rows], 1.0, dense_weight * dense.weight[rows]).astype(np.float32)
     readouts = {"batch": torch.from_numpy(batch.astype(np.int64)), "pos": torch.from_numpy(dense.pos[rows]),
                 "hour": torch.from_numpy(dense.hour[rows]), "weight": torch.from_numpy(weight)}
+    if dense.aux_targets is not None:
+        readouts["aux_targets"] = torch.from_numpy(dense.aux_targets[cut])
+        readouts["aux_weight"] = torch.from_numpy((weight * aux_weight * dense.aux_ok[cut]).astype(np.float32))
     return ids, mask, torch.from_numpy(dense.profiles[cut]), torch.from_numpy(dense.targets[cut]), readouts
 
 
@@ -720,7 +746,7 @@ def train_model(
         idx = perm[pos : pos + bs]
         pos += bs
         ids, mask, prof, tgt, readouts = get_batch(idx, train_seqs, train_profiles, train_targets, pad_id,
-                                                   dense, cfg.dense_weight)
+                                                   dense, cfg.dense_weight, cfg.aux_weight)
         lr = get_lr(step, cfg, total_steps, peak_lr)
         for g in opt.param_groups:
             g["lr"] = lr

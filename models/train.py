@@ -151,6 +151,20 @@ def training_inputs(ds, data_cfg, encoder, train_cfg, log=print) -> tuple:
     return encode_samples(ds, tr, data_cfg, encoder), None, sample_profiles(ds, tr, data_cfg, encoder), tr.targets
 
 
+def with_longer_targets(td: TrainingData, train_cfg):
+    """``td.dense`` with every training cut's target over ``train_cfg.aux_horizon`` target spans
+    (:func:`models.data.longer_targets`), a copy (``td`` may be shared); as it is without dense
+    readouts or an auxiliary target."""
+    from dataclasses import replace
+
+    from models.data import longer_targets
+
+    if not train_cfg.aux_horizon or td.dense is None:
+        return td.dense
+    aux, ok = longer_targets(td.ds, td.ds.splits["train_all"], td.data_cfg, train_cfg.aux_horizon)
+    return replace(td.dense, aux_targets=aux, aux_ok=ok)
+
+
 def refit_data(td: TrainingData, train_cfg, log=print) -> TrainingData:
     """``td`` with the validation period joined to training (stage 5,
     :func:`models.data.joined_dataset`): the same encoder and caps; validation is empty."""
@@ -186,10 +200,13 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     data_cfg, ds, encoder, info = td.data_cfg, td.ds, td.encoder, td.info
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
+    dense = with_longer_targets(td, train_cfg)
     val_seqs, val_prof = td.val_seqs, td.val_prof
     qt = query_targets(td) if train_cfg.queries != "off" else None
     if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
         model_overrides["query_offset"] = -1
+    if train_cfg.aux_horizon and dense is not None:
+        model_overrides["aux_head"] = 1
     seeded = torch.get_rng_state()  # where the model starts (again, if stage 2a leaves the map out)
     model = _new_model(encoder, model_overrides, tr.targets, init_from, qt)
     log("model config: " + json.dumps({k: v for k, v in asdict(model.config).items() if k != "backbone"}))
@@ -428,7 +445,7 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
         with_map = model_overrides.get("query_offset") != -1  # (fit decided it)
         model = _new_model(rd.encoder, model_overrides, tr.targets, init_from, query_targets(rd) if with_map else None)
         _copy_plain_path(plain, model)
-        runs["corrected"] = train_model(model, *common, progress=progress, dense=rd.dense, desc="refit",
+        runs["corrected"] = train_model(model, *common, progress=progress, dense=with_longer_targets(rd, train_cfg), desc="refit",
                                         refit=(summary["best_step"], summary["total_steps"]))
         if scales:
             model.scale_corrections(list(scales.values()))

@@ -560,3 +560,42 @@ def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
         ModelConfig(vocab_size=10, k=3, category_offset=4, length_buckets=[0, 4])
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({**old, "n_layers": 3})
+
+
+def test_aux_head_adds_its_weighted_loss_and_trains_only_the_backbone(encoder):
+    """With ``aux_head`` the loss adds, per readout, the KL of the longer target against the plain
+    path plus the aux head's logits, weighted by ``aux_weight`` over the main weights' sum (worked by
+    hand); the plain path gets no gradient from it, and serving (no readouts) is unchanged."""
+    torch.manual_seed(0)
+    model = build_model(encoder, loss="kl", aux_head=1, **TINY).eval()
+    with torch.no_grad():
+        model.aux_head.weight.normal_(0, 0.5)
+    seqs = _seqs(encoder, n=2)
+    ids, mask = collate(seqs, encoder.pad_id)
+    last = mask.sum(1) - 1
+    prof = _profiles(encoder, 2)
+    base = {"batch": torch.tensor([0, 1]), "pos": last - 2, "hour": torch.tensor([3, 24]),
+            "weight": torch.tensor([1.0, 0.5])}
+    t = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    aux = torch.tensor([[0.0, 0, 1.0], [0.5, 0.5, 0]])
+    readouts = {**base, "aux_targets": aux, "aux_weight": torch.tensor([0.25, 0.0])}
+    probs, loss = model(ids, mask, prof, t, readouts)
+    _, main = model(ids, mask, prof, t, base)
+    # the aux prediction of readout 0 by hand: the plain path (correction none, same weights) + the aux head
+    plain = build_model(encoder, loss="kl", correction="none", **TINY)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
+    z = model._transformer_state(ids, mask, prof.reshape(2, -1, 3), base["batch"], base["pos"], base["hour"])
+    p_aux = torch.softmax(torch.log(plain(ids, mask, prof)[0]) + model.aux_head(z), dim=-1)
+    assert abs(float(loss) - (float(main) + 0.25 * -float(torch.log(p_aux[0, 2])) / 1.5)) < 1e-5
+    assert float(loss) > float(main) + 1e-3
+    # the aux term's gradient reaches the backbone and its head, not the plain path
+    model.zero_grad()
+    (loss - main).backward()
+    assert model.log_a_all.grad is None or float(model.log_a_all.grad.abs()) == 0.0
+    assert float(model.aux_head.weight.grad.abs().sum()) > 0
+    assert float(model.backbone.wte.weight.grad.abs().sum()) > 0
+    # serving reads only the main head
+    served, _ = model(ids, mask, prof)
+    without = build_model(encoder, loss="kl", **TINY).eval()
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_head")})
+    assert torch.allclose(served, without(ids, mask, prof)[0], atol=1e-6)
