@@ -99,6 +99,7 @@ VARIANTS = {
     "no_queries": {"train": {"queries": "off"}},
     "queries_on": {"train": {"queries": "on"}},
     "aux4": {"train": {"aux_horizon": 4}},
+    "aux_quarter": {"train": {"aux_horizon": 0.25}},
 }
 
 

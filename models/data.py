@@ -480,7 +480,7 @@ class DenseReadouts:
     cut_row: np.ndarray  # (M,) int64
     targets: np.ndarray  # (C, k) float32
     profiles: np.ndarray  # (C, P) float32
-    # every cut's longer_targets, (C, k) float32 and (C,) bool, or None (TrainConfig.aux_horizon 0)
+    # every cut's scaled_targets, (C, k) float32 and (C,) bool, or None (TrainConfig.aux_horizon 0)
     aux_targets: np.ndarray | None = None
     aux_ok: np.ndarray | None = None
 
@@ -489,13 +489,14 @@ class DenseReadouts:
         return float(len(self.pos) / max(1, len(self.offsets) - 1))
 
 
-def longer_targets(ds: Dataset, samples: Samples, cfg: DataConfig, times: int) -> tuple[np.ndarray, np.ndarray]:
+def scaled_targets(ds: Dataset, samples: Samples, cfg: DataConfig, times: float) -> tuple[np.ndarray, np.ndarray]:
     """The target of each sample over ``times`` target spans instead of one (the next ``times *
-    target_k`` events or baskets, or ``times * target_window_s``), the same code as the target:
-    ((N, k) float32, (N,) bool ok). Not ok (row all zero) where that span runs past the log's end,
-    past the training period (it must end before ``ds.t1``, as a training target does), or holds no
-    categorised event."""
-    wide = replace(cfg, target_k=cfg.target_k * times, target_window_s=cfg.target_window_s * times)
+    target_k`` events or baskets, rounded, at least 1, or ``times * target_window_s``), the same
+    code as the target: ((N, k) float32, (N,) bool ok). Not ok (row all zero) where that span runs
+    past the log's end, past the training period (it must end before ``ds.t1``, as a training
+    target does), or holds no categorised event."""
+    wide = replace(cfg, target_k=max(1, round(cfg.target_k * times)),
+                   target_window_s=max(1, round(cfg.target_window_s * times)))
     end_of_log = max(int(s.ts[-1]) for s in ds.seqs)
     k = samples.targets.shape[1]
     rows, ok = [], np.zeros(len(samples), bool)

@@ -100,7 +100,7 @@ class ModelConfig:
     # the corrected model on MovieLens or the Complete Journey (README, "The model and its export")
     length_buckets: list = field(default_factory=list)
     # 1: during training, a second linear head on the transformer's state predicts the target over
-    # longer spans (TrainConfig.aux_horizon), from the plain path; only the backbone shares it, and
+    # another span (TrainConfig.aux_horizon), from the plain path; only the backbone shares it, and
     # serving never reads it
     aux_head: int = 0
     token_offset: int = 0  # behaviour id -> backbone id shift (= pretrained vocab with a GPT-2 --init-from)
@@ -532,9 +532,10 @@ class TrainConfig:
     plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
     dense_weight: float = 1.0  # scales each earlier event's position weight (models.data, "Dense training")
-    # > 0: the transformer also learns the target over this many target spans (models.data.longer_targets),
-    # through a head of its own (ModelConfig.aux_head), its loss weighted by aux_weight
-    aux_horizon: int = 0
+    # > 0: the transformer also learns the target over this many target spans (models.data.scaled_targets;
+    # 4: the next 40 ratings for the next 10, 0.25: the next basket for the next 4), through a head of
+    # its own (ModelConfig.aux_head), its loss weighted by aux_weight
+    aux_horizon: float = 0.0
     aux_weight: float = 0.5
     ema_decay: float = 0.0  # > 0: validation and the kept weights use an exponential moving average
     # of the weights (Polyak averaging over ~1 / (1 - decay) steps). Off by default: at 0.99 it
@@ -565,7 +566,7 @@ class TrainConfig:
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
-                                     "aux_horizon": 0, "aux_weight": 0.0, "threads": 1},
+                                     "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1},
                      above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
 
 

@@ -151,17 +151,17 @@ def training_inputs(ds, data_cfg, encoder, train_cfg, log=print) -> tuple:
     return encode_samples(ds, tr, data_cfg, encoder), None, sample_profiles(ds, tr, data_cfg, encoder), tr.targets
 
 
-def with_longer_targets(td: TrainingData, train_cfg):
+def with_aux_targets(td: TrainingData, train_cfg):
     """``td.dense`` with every training cut's target over ``train_cfg.aux_horizon`` target spans
-    (:func:`models.data.longer_targets`), a copy (``td`` may be shared); as it is without dense
+    (:func:`models.data.scaled_targets`), a copy (``td`` may be shared); as it is without dense
     readouts or an auxiliary target."""
     from dataclasses import replace
 
-    from models.data import longer_targets
+    from models.data import scaled_targets
 
     if not train_cfg.aux_horizon or td.dense is None:
         return td.dense
-    aux, ok = longer_targets(td.ds, td.ds.splits["train_all"], td.data_cfg, train_cfg.aux_horizon)
+    aux, ok = scaled_targets(td.ds, td.ds.splits["train_all"], td.data_cfg, train_cfg.aux_horizon)
     return replace(td.dense, aux_targets=aux, aux_ok=ok)
 
 
@@ -200,7 +200,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     data_cfg, ds, encoder, info = td.data_cfg, td.ds, td.encoder, td.info
     tr, va = ds.splits["train"], ds.splits["val"]
     train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
-    dense = with_longer_targets(td, train_cfg)
+    dense = with_aux_targets(td, train_cfg)
     val_seqs, val_prof = td.val_seqs, td.val_prof
     qt = query_targets(td) if train_cfg.queries != "off" else None
     if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
@@ -445,8 +445,8 @@ def _refit(rd: TrainingData, model_overrides: dict, init_from, train_cfg, plain_
         with_map = model_overrides.get("query_offset") != -1  # (fit decided it)
         model = _new_model(rd.encoder, model_overrides, tr.targets, init_from, query_targets(rd) if with_map else None)
         _copy_plain_path(plain, model)
-        runs["corrected"] = train_model(model, *common, progress=progress, dense=with_longer_targets(rd, train_cfg), desc="refit",
-                                        refit=(summary["best_step"], summary["total_steps"]))
+        runs["corrected"] = train_model(model, *common, progress=progress, dense=with_aux_targets(rd, train_cfg),
+                                        desc="refit", refit=(summary["best_step"], summary["total_steps"]))
         if scales:
             model.scale_corrections(list(scales.values()))
     steps = {st: r["steps"] for st, r in runs.items()}

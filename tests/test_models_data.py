@@ -593,13 +593,13 @@ def test_with_intent_the_interests_jump_at_the_shift():
     assert np.mean(rise) > 0.15 and np.mean(top) > 0.4, (np.mean(rise), np.mean(top))
 
 
-def test_longer_targets_span_more_targets_and_stay_in_training_by_hand(tmp_path):
-    """The auxiliary target of a cut is the target over ``times`` target spans (here the next 2 x 2
+def test_scaled_targets_span_a_multiple_of_the_target_and_stay_in_training_by_hand(tmp_path):
+    """The auxiliary target of a cut is the target over ``times`` target spans (here the next 2 x 2, or 0.5 x 2,
     events, type-weighted like the target), and none where that span would run past the log or
     into the validation period (a training target must end before ``t1``)."""
     from dataclasses import replace
 
-    from models.data import longer_targets
+    from models.data import scaled_targets
 
     cats = "aabbcacbaa"  # one user, events 1 hour apart, the 7th a browse (weight 0.5)
     events = [{"event_id": str(i), "user_id": "u", "type": "browse" if i == 6 else "click", "ts": i * 3_600_000,
@@ -609,12 +609,16 @@ def test_longer_targets_span_more_targets_and_stay_in_training_by_hand(tmp_path)
     ds = build_dataset(users, ["a", "b", "c"], cfg, t1=7 * 3_600_000, t2=8 * 3_600_000)
     samples = Samples(np.zeros(3, np.int32), np.array([1, 2, 4], np.int32),
                       np.array([0, 3_600_000, 3 * 3_600_000], np.int64), np.zeros((3, 3), np.float32))
-    t, ok = longer_targets(ds, samples, cfg, 2)
+    t, ok = scaled_targets(ds, samples, cfg, 2)
     # cut 1: events 1..4 = a b b c; cut 2: events 2..5 = b b c a; cut 4: events 4..7 end at 7 h, not before t1
     np.testing.assert_allclose(t[0], [0.25, 0.5, 0.25])
     np.testing.assert_allclose(t[1], [0.25, 0.5, 0.25])
     assert ok.tolist() == [True, True, False] and not t[2].any()
     # in the joined dataset of a refit (t1 = t2 = 8 h) cut 4 is kept: c a c(0.5) b
-    t, ok = longer_targets(replace(ds, t1=8 * 3_600_000), samples, cfg, 2)
+    t, ok = scaled_targets(replace(ds, t1=8 * 3_600_000), samples, cfg, 2)
     assert ok.tolist() == [True, True, True]
     np.testing.assert_allclose(t[2], np.array([1, 1, 1.5]) / 3.5)
+    # half a span: the next event alone (a, b, then c at cut 4, before t1)
+    t, ok = scaled_targets(ds, samples, cfg, 0.5)
+    assert ok.tolist() == [True, True, True]
+    np.testing.assert_allclose(t, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
