@@ -153,6 +153,15 @@ bench: install
 	$(PY) bench/cross_target.py --dataset cj --trained-with target=next_baskets --trained-with target_k=1 \
 		--trained-with val_frac=0.15 --workdir $(CROSS_DIR)-cj1to4 | tee bench-out/cross_target-cj-1-on-4.json
 	$(PY) bench/backtest.py --dataset cj --data-set target_k=1 --workdir $(CROSS_DIR)-bt-cj1 | tee bench-out/backtest-cj-next1.json
+	# an auxiliary target over other spans, training the backbone (TrainConfig.aux_horizon, off): MovieLens' next 40
+	# ratings beside its next 10, the Complete Journey's next basket beside its next 4, the simulator's next day beside
+	# its next 6 hours (bench/README.md, "An auxiliary target over other spans")
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,aux4 \
+		--workdir $(CROSS_DIR)-bt-ml-aux | tee bench-out/backtest-movielens-aux.json
+	$(PY) bench/model_eval.py --dataset cj --variants default,aux_quarter --workdir $(CROSS_DIR)-cj-aux \
+		| tee bench-out/aux-cj.json
+	$(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on --variants default,aux4 \
+		--workdir $(SIM_OFF_DIR)-aux-on-2000-7 | tee bench-out/aux-sim-on-2000-7.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
 
