@@ -199,8 +199,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     t0 = time.time()
     data_cfg, ds, encoder, info = td.data_cfg, td.ds, td.encoder, td.info
     tr, va = ds.splits["train"], ds.splits["val"]
-    train_seqs, dense, train_prof, train_tgt = td.train_seqs, td.dense, td.train_prof, td.train_tgt
-    dense = with_aux_targets(td, train_cfg)
+    train_seqs, train_prof, train_tgt = td.train_seqs, td.train_prof, td.train_tgt
+    dense = with_aux_targets(td, train_cfg)  # td.dense, with the auxiliary target if asked for
     val_seqs, val_prof = td.val_seqs, td.val_prof
     qt = query_targets(td) if train_cfg.queries != "off" else None
     if qt is None or not qt[1].any():  # (no search in training: a map would stay as it started)
