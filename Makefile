@@ -162,6 +162,9 @@ bench: install
 		| tee bench-out/aux-cj.json
 	$(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on --variants default,aux4 \
 		--workdir $(SIM_OFF_DIR)-aux-on-2000-7 | tee bench-out/aux-sim-on-2000-7.json
+	# the plain path's weights per history length over MovieLens' four periods, and on their first test cuts
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,per_length \
+		--workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/backtest-movielens-per-length.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
 
