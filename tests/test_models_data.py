@@ -594,9 +594,9 @@ def test_with_intent_the_interests_jump_at_the_shift():
 
 
 def test_scaled_targets_span_a_multiple_of_the_target_and_stay_in_training_by_hand(tmp_path):
-    """The auxiliary target of a cut is the target over ``times`` target spans (here the next 2 x 2, or 0.5 x 2,
-    events, type-weighted like the target), and none where that span would run past the log or
-    into the validation period (a training target must end before ``t1``)."""
+    """The auxiliary target of a cut is the target over ``times`` target spans (here the next 2 x 2
+    events, or 0.5 x 2, type-weighted like the target), and none where that span would run past the
+    log or into the validation period (a training target must end before ``t1``)."""
     from dataclasses import replace
 
     from models.data import scaled_targets

@@ -563,9 +563,10 @@ def test_checkpoint_before_readouts_still_loads_as_it_was(encoder, tmp_path):
 
 
 def test_aux_head_adds_its_weighted_loss_and_trains_only_the_backbone(encoder):
-    """With ``aux_head`` the loss adds, per readout, the KL of the longer target against the plain
-    path plus the aux head's logits, weighted by ``aux_weight`` over the main weights' sum (worked by
-    hand); the plain path gets no gradient from it, and serving (no readouts) is unchanged."""
+    """With ``aux_head`` the loss adds, per readout, the KL of the other span's target against the
+    plain path plus the aux head's logits, weighted by ``aux_weight`` over the main weights' sum
+    (worked by hand); the plain path gets no gradient from it, and serving (no readouts) is
+    unchanged."""
     torch.manual_seed(0)
     model = build_model(encoder, loss="kl", aux_head=1, **TINY).eval()
     with torch.no_grad():
@@ -579,7 +580,7 @@ def test_aux_head_adds_its_weighted_loss_and_trains_only_the_backbone(encoder):
     t = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
     aux = torch.tensor([[0.0, 0, 1.0], [0.5, 0.5, 0]])
     readouts = {**base, "aux_targets": aux, "aux_weight": torch.tensor([0.25, 0.0])}
-    probs, loss = model(ids, mask, prof, t, readouts)
+    _, loss = model(ids, mask, prof, t, readouts)
     _, main = model(ids, mask, prof, t, base)
     # the aux prediction of readout 0 by hand: the plain path (correction none, same weights) + the aux head
     plain = build_model(encoder, loss="kl", correction="none", **TINY)
