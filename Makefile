@@ -165,6 +165,7 @@ bench: install
 	# the plain path's weights per history length over MovieLens' four periods, and on their first test cuts
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,per_length \
 		--workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/backtest-movielens-per-length.json
+	$(PY) bench/first_cuts.py --workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/first_cuts-movielens.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
 
