@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit, machine  # noqa: E402
+from model_eval import sitting_groups  # noqa: E402
 
 BASELINES = ("mixture", "ema_prior", "prior")
 
@@ -45,7 +45,7 @@ def one_fold(fold_dir: Path, dataset: str, variant: str) -> dict:
     with open(cached[-1], "rb") as f:
         td, base, test_seqs, test_prof = pickle.load(f)
     test = td.ds.splits["test"]
-    new = np.asarray(test.cut) == 1  # the window holds the user's first event only
+    new = sitting_groups(td.ds, test)["first_event"]  # the window holds the user's first event only
     model, enc, card = load_checkpoint(wd / variant)
     refit_on = refit_samples(card, td.ds, enc.categories, td.data_cfg)
     if refit_on is not None:  # the baselines see what the model saw
