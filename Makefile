@@ -101,7 +101,7 @@ bench: install
 	# the test split moved back in time: four disjoint test periods per real log, pooled (bench/README.md, "The test split moved back in time")
 	$(PY) bench/backtest.py --dataset movielens --variants default,features,plain,single_target,no_profile \
 		| tee bench-out/backtest-movielens.json
-	$(PY) bench/backtest.py --dataset cj | tee bench-out/backtest-cj.json
+	$(PY) bench/backtest.py --dataset cj --workdir $(CROSS_DIR)-bt-cj | tee bench-out/backtest-cj.json
 	# train's target: chosen from the log, against the old default of the next 6 hours (bench/README.md, "The target train chooses")
 	for d in movielens cj; do $(PY) bench/cross_target.py --dataset $$d | tee bench-out/cross_target-$$d.json; done
 	$(PY) bench/backtest.py --dataset movielens --data-set target=time --data-set val_frac=0.15 | tee bench-out/backtest-movielens-time.json
@@ -166,6 +166,9 @@ bench: install
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,per_length \
 		--workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/backtest-movielens-per-length.json
 	$(PY) bench/first_cuts.py --workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/first_cuts-movielens.json
+	# what the items of a window add to the trained model (an item-to-interest lift), on those folds and on the grocery log's
+	$(PY) bench/item_lift.py --workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/item_lift-movielens.json
+	$(PY) bench/item_lift.py --dataset cj --workdir $(CROSS_DIR)-bt-cj | tee bench-out/item_lift-cj.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
 

@@ -34,19 +34,27 @@ from model_eval import sitting_groups  # noqa: E402
 BASELINES = ("mixture", "ema_prior", "prior")
 
 
-def one_fold(fold_dir: Path, dataset: str, variant: str) -> dict:
-    from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
-    from models.model import load_checkpoint, predict
+def read_fold(fold_dir: Path, dataset: str, variant: str) -> tuple:
+    """What ``bench/backtest.py`` left of one fold: ``(td, base, test_seqs, test_prof)`` as
+    ``bench/model_eval.py`` cached them, and the variant's ``(model, encoder, card)``."""
+    from models.model import load_checkpoint
 
     wd = fold_dir / dataset
     cached = sorted(wd.glob("prepared-*.pkl"))
     if not cached or not (wd / variant).is_dir():
         raise click.UsageError(f"{wd}: no prepared data or no {variant!r} checkpoint; run bench/backtest.py first")
     with open(cached[-1], "rb") as f:
-        td, base, test_seqs, test_prof = pickle.load(f)
+        prepared = pickle.load(f)
+    return prepared, load_checkpoint(wd / variant)
+
+
+def one_fold(fold_dir: Path, dataset: str, variant: str) -> dict:
+    from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
+    from models.model import predict
+
+    (td, base, test_seqs, test_prof), (model, enc, card) = read_fold(fold_dir, dataset, variant)
     test = td.ds.splits["test"]
     new = sitting_groups(td.ds, test)["first_event"]  # the window holds the user's first event only
-    model, enc, card = load_checkpoint(wd / variant)
     refit_on = refit_samples(card, td.ds, enc.categories, td.data_cfg)
     if refit_on is not None:  # the baselines see what the model saw
         base = baseline_predictions(td.ds, td.data_cfg, enc.k, refit_on)
