@@ -25,8 +25,9 @@ model's, and the lambda chosen is if anything too small.
 Reported per fold and pooled over folds (every test sample alike, as ``bench/backtest.py``
 pools): the ratio to each fold's best baseline of the model, the model with the item lift, the
 model with the category lift and the best baseline with the item lift; and the pooled paired
-bootstrap interval, over (fold, user) pairs, of the item lift's KL gain on the model. Prints JSON
-with the machine and the commit.
+bootstrap interval, over (fold, user) pairs, of the item lift's KL gain on the model; pooled again
+over each fold's first test cut of each user alone (``first_test_cuts``, the cuts
+``bench/live_eval.py`` streams each user up to). Prints JSON with the machine and the commit.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import commit, machine  # noqa: E402
 from first_cuts import read_fold  # noqa: E402
+from model_eval import first_cut_mask  # noqa: E402
 
 SHRINK = (1.0, 10.0, 100.0)  # m, pseudo-samples of the prior
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(41))  # 0 .. 4
@@ -101,7 +103,21 @@ def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
         out.setdefault("table_keys", {})[level] = len(t_test)
     out["ratio_to_best_baseline"] = {n: round(float(v.mean() / kl["best"].mean()), 4) for n, v in kl.items()
                                      if n != "best"}
-    return out, kl, te.user
+    return out, kl, te.user, first_cut_mask(te)
+
+
+def pool(kl: dict, users: np.ndarray) -> dict:
+    """Pooled test samples: each prediction's ratio to the best baseline, and the item lift's KL
+    gain on the model with its paired bootstrap interval over (fold, user) pairs."""
+    from models.evaluate import paired_bootstrap
+
+    gain = kl["model"] - kl["model+item"]
+    lo, hi = paired_bootstrap(gain, users)
+    return {"test_samples": int(len(users)),
+            "ratio_to_best_baseline": {n: round(float(v.mean() / kl["best"].mean()), 4) for n, v in kl.items()
+                                       if n != "best"},
+            "item_lift_gain_on_model": round(float(gain.mean()), 4),
+            "item_lift_gain_on_model_ci95": [round(lo, 4), round(hi, 4)]}
 
 
 @click.command()
@@ -112,8 +128,6 @@ def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
 @click.option("--slots", default=20, show_default=True, type=click.IntRange(1, 128),
               help="the window's last N clicks and browses whose items (or categories) count")
 def main(workdir, dataset, variant, slots):
-    from models.evaluate import paired_bootstrap
-
     folds = sorted(Path(workdir).glob(f"{dataset}-fold*"))
     if not folds:
         raise click.UsageError(f"{workdir}: no {dataset}-fold* directories; run bench/backtest.py first")
@@ -123,12 +137,8 @@ def main(workdir, dataset, variant, slots):
         print(json.dumps(runs[-1][0]), file=sys.stderr, flush=True)
     kl = {n: np.concatenate([r[1][n] for r in runs]) for n in runs[0][1]}
     users = np.concatenate([i * 10_000_000 + np.unique(r[2], return_inverse=True)[1] for i, r in enumerate(runs)])
-    lo, hi = paired_bootstrap(kl["model"] - kl["model+item"], users)
-    pooled = {"test_samples": int(len(users)),
-              "ratio_to_best_baseline": {n: round(float(v.mean() / kl["best"].mean()), 4) for n, v in kl.items()
-                                         if n != "best"},
-              "item_lift_gain_on_model": round(float((kl["model"] - kl["model+item"]).mean()), 4),
-              "item_lift_gain_on_model_ci95": [round(lo, 4), round(hi, 4)]}
+    first = np.concatenate([r[3] for r in runs])
+    pooled = {"all": pool(kl, users), "first_test_cuts": pool({n: v[first] for n, v in kl.items()}, users[first])}
     out = {"benchmark": "the items of a window: an item-to-interest lift on the trained model", "machine": machine(),
            "commit": commit(), "workdir": str(workdir), "variant": variant, "slots": slots,
            "folds": [r[0] for r in runs], "pooled": pooled}
