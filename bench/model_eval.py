@@ -100,6 +100,7 @@ VARIANTS = {
     "queries_on": {"train": {"queries": "on"}},
     "aux4": {"train": {"aux_horizon": 4}},
     "aux_quarter": {"train": {"aux_horizon": 0.25}},
+    "no_item_lift": {"train": {"item_lift": 0}},
 }
 
 
@@ -339,6 +340,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         tcfg = replace(base_train, **spec.get("train", {}))
         t = time.time()
         from models.evaluate import kl_per_sample, paired_bootstrap
+        from models.item_lift import served
         from models.model import load_checkpoint
 
         members, cards, preds = spec.get("members", 1), [], []
@@ -350,8 +352,9 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             else:
                 cards.append(fit(v_td, ck, m_tcfg, m_over, init_from=pretrained if spec.get("pretrained") else None,
                                  progress=False, log=quiet))
-            model, _, _ = load_checkpoint(ck)
-            preds.append(predict(model, test_seqs, prof, td.encoder.pad_id).astype("float64"))
+            model, enc, _ = load_checkpoint(ck)  # (its encoding: the item lift train chose, if any)
+            preds.append(served(enc, predict(model, test_seqs, prof, td.encoder.pad_id).astype("float64"),
+                                base["test_windows"]))
         pred, card = np.mean(preds, axis=0), cards[0]
         v_base = base
         if card["metrics"]["selection"].get("refit"):  # the baselines see what the model saw, as in evaluate

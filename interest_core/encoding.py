@@ -20,6 +20,10 @@ Beside the tokens, a spec of version 3 has a float input: the user's long-term p
 (:func:`interest_core.window.profile_update`), per scale the decayed weight of each output category
 (:meth:`Encoder.profile_vector`). It carries what the window has forgotten.
 
+A spec of version 4 also carries an item lift (:mod:`interest_core.item_lift`): per item, k logit
+offsets that the window's items add to the graph's prediction, outside the graph
+(:attr:`Encoder.item_lift`).
+
 A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
 newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not fit in ``max_len`` tokens
 the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
@@ -39,9 +43,10 @@ from bisect import bisect_right
 from collections import Counter
 from typing import Iterable, Sequence
 
+from interest_core.item_lift import ItemLift
 from interest_core.window import EVENT_TYPES, PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, WindowEvent, profile_values
 
-SPEC_VERSION = 3  # 2: hour-of-day token before [END]; 3: the long-term profile input. Older specs load
+SPEC_VERSION = 4  # 2: hour-of-day token before [END]; 3: the long-term profile input; 4: an item lift. Older specs load
 SPECIALS = ("[PAD]", "[BOS]", "[END]", "[UNK_CAT]")
 PAD_ID, BOS_ID, END_ID, UNK_CAT_ID = 0, 1, 2, 3
 
@@ -69,6 +74,7 @@ class Encoder:
         max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
         hour_token: bool = True,
         profile: bool | int = True,
+        item_lift: dict | None = None,
     ):
         from tokenizers import Tokenizer
 
@@ -111,6 +117,8 @@ class Encoder:
         self._cat_ids = {c: self.category_offset + i for i, c in enumerate(self.categories)}
         self._cat_index = {c: i for i, c in enumerate(self.categories)}
         self._query_cache: dict[str, tuple[int, ...]] = {}
+        # what the window's items add to the graph's prediction (interest_core.item_lift; None: nothing)
+        self.item_lift = ItemLift.from_spec(item_lift, self.categories) if item_lift is not None else None
 
     def __repr__(self) -> str:
         return f"Encoder(k={len(self.categories)}, vocab_size={self.vocab_size}, max_len={self.max_len})"
@@ -123,7 +131,8 @@ class Encoder:
     def to_spec(self) -> dict:
         """JSON-serialisable spec; :meth:`from_spec` rebuilds an identical encoder."""
         spec = {
-            "version": (3 if self.profile_scales else 2) if self.hour_token else 1,
+            "version": (SPEC_VERSION if self.item_lift is not None else 3 if self.profile_scales else 2)
+            if self.hour_token else 1,
             "categories": list(self.categories),
             "max_len": self.max_len,
             "max_query_tokens": self.max_query_tokens,
@@ -145,11 +154,23 @@ class Encoder:
         if self.profile_scales:
             spec["profile"] = {"scales": [list(x) for x in self.profile_scales],
                                "type_weights": dict(PROFILE_TYPE_WEIGHTS), "layout": "scale-major, categories in output order"}
+        if self.item_lift is not None:
+            spec["item_lift"] = self.item_lift.to_spec()
         return spec
+
+    def with_item_lift(self, item_lift: ItemLift | None) -> "Encoder":
+        """This encoding with ``item_lift`` (None: without one); the tokens do not change."""
+        spec = {k: v for k, v in self.to_spec().items() if k != "item_lift"}
+        if not self.profile_scales:
+            raise ValueError("an item lift needs an encoding of version 3 (with the profile)")
+        spec["version"] = 3
+        if item_lift is not None:
+            spec.update(version=SPEC_VERSION, item_lift=item_lift.to_spec())
+        return Encoder.from_spec(spec)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Encoder":
-        if spec.get("version") not in (1, 2, SPEC_VERSION):
+        if spec.get("version") not in (1, 2, 3, SPEC_VERSION):
             raise ValueError(f"unsupported encoding spec version {spec.get('version')!r}")
         if spec["version"] >= 3:
             prof = spec.get("profile") or {}
@@ -168,6 +189,7 @@ class Encoder:
             max_query_tokens=spec["max_query_tokens"],
             hour_token=spec["version"] >= 2,
             profile=len((spec.get("profile") or {}).get("scales", ())) if spec["version"] >= 3 else 0,
+            item_lift=spec.get("item_lift", {}) if spec["version"] >= 4 else None,
         )
         if spec.get("vocab_size", enc.vocab_size) != enc.vocab_size:
             raise ValueError("encoding spec vocab_size does not match its layout")

@@ -205,6 +205,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     import torch
 
     from models.data import DataConfig, prepare, sample_profiles
+    from models.item_lift import served
     from models.model import load_checkpoint, predict
 
     model, encoder, card = load_checkpoint(ckpt_dir)
@@ -217,6 +218,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
     test_prof = sample_profiles(ds, test, dcfg, encoder)
     pred = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
+    pred = served(encoder, pred, base["test_windows"])  # the items' lift, as the worker adds it
     return TestRun(ds, dcfg, info, base, pred, model, encoder, card)
 
 

@@ -16,34 +16,25 @@ with a counter-like table, fit on a training period's cuts:
 * a cut's lift is the mean lift of its keys found in the table (0 when none is), and a prediction
   ``p`` with it is ``softmax(log p + lam * lift)``.
 
-``bench/item_lift.py`` measures it on top of the trained model. Pure: numpy and the window's
-events.
+``train`` fits it after the model (:func:`models.train.fit`, stage 6): ``m`` and ``lam`` are chosen
+on validation, on top of the chosen model's validation predictions, and the table that the exported
+model carries (:class:`interest_core.item_lift.ItemLift`, :func:`build`) holds ``lam * lift(x)``.
+Serving applies it with :mod:`interest_core.item_lift` (keys, mean, ``softmax``), as
+:func:`with_lift` does here. ``bench/item_lift.py`` measures it on a backtest's folds. Pure: numpy
+and the window's events.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from interest_core.window import WindowEvent
+from interest_core.item_lift import ItemLift, apply, window_keys  # noqa: F401 (window_keys: one definition)
 
-LOG_FLOOR = 1e-30  # probabilities are read as at least this before the log
-
-
-def window_keys(window: Sequence[WindowEvent], categories: Mapping[str, int], slots: int,
-                level: str = "item") -> list:
-    """The keys of one input window (module doc): the items (``level="item"``; events without an
-    item are left out) or the category indices (``"category"``) of its last ``slots`` clicks and
-    browses whose category is in ``categories`` (name -> index), oldest first."""
-    if level not in ("item", "category"):
-        raise ValueError(f"level must be 'item' or 'category', got {level!r}")
-    if slots < 1:
-        raise ValueError(f"slots must be >= 1, got {slots}")
-    events = [e for e in window if e.type != "search" and e.category in categories][-slots:]
-    if level == "category":
-        return [categories[e.category] for e in events]
-    return [e.item for e in events if e.item is not None]
+SHRINK = (1.0, 10.0, 100.0)  # m, pseudo-cuts of the prior, chosen on validation
+LAMBDAS = tuple(round(0.1 * i, 1) for i in range(41))  # lam, 0 .. 4, chosen on validation
+MIN_CREDIT = 1.0  # an exported table keeps the items credited with at least one whole target
 
 
 @dataclass
@@ -101,7 +92,39 @@ def cut_lifts(keys: Sequence[Sequence], table: LiftTable, prior: np.ndarray, m: 
 
 def with_lift(p: np.ndarray, lift: np.ndarray, lam: float) -> np.ndarray:
     """(N, k): ``softmax(log p + lam * lift)``, row by row."""
-    z = np.log(np.maximum(np.asarray(p, np.float64), LOG_FLOOR)) + lam * lift
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    return apply(p, lam * np.asarray(lift, np.float64))
+
+
+def choose(p_val: np.ndarray, targets: np.ndarray, lifts_val: dict, kl_fn) -> tuple[float, float, float]:
+    """``(m, lam, KL)``: of ``lifts_val`` ({m: (N, k) cut lifts}) and :data:`LAMBDAS`, the pair with the
+    lowest mean ``kl_fn(targets, with_lift(p_val, lift, lam))`` (the first of equals; lam 0 is the
+    prediction without the lift)."""
+    best = None
+    for m, lift in lifts_val.items():
+        for lam in LAMBDAS:
+            kl = float(kl_fn(targets, with_lift(p_val, lift, lam)).mean())
+            if best is None or kl < best[2]:
+                best = (m, lam, kl)
+    return best
+
+
+def pruned(table: LiftTable, min_credit: float = MIN_CREDIT) -> LiftTable:
+    """``table`` without the keys credited with less than ``min_credit`` (what an exported model
+    carries; the rarer ones sit near the prior after shrinking, and would fill the model card)."""
+    keep = [x for x, c in table.credit.items() if c >= min_credit]
+    return LiftTable({x: table.sums[x] for x in keep}, {x: table.credit[x] for x in keep})
+
+
+def build(table: LiftTable, prior: np.ndarray, m: float, lam: float, categories, slots: int) -> ItemLift:
+    """The item lift a model carries: ``lam * lift(x)``, shrunk by ``m``, of every key of ``table``."""
+    prior = np.asarray(prior, np.float64)
+    return ItemLift(categories, slots, {x: lam * key_lift(table, x, prior, m) for x in table.sums})
+
+
+def served(encoder, pred: np.ndarray, windows) -> np.ndarray:
+    """The graph's predictions ``pred`` (N, k) of ``windows`` with the encoder's item lift applied,
+    as the worker applies it (:class:`interest_core.item_lift.ItemLift`); ``pred`` itself for an
+    encoder without one."""
+    if encoder.item_lift is None:
+        return pred
+    return apply(pred, np.stack([encoder.item_lift.vector(w) for w in windows]) if len(windows) else 0.0)

@@ -208,7 +208,8 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.data import DataConfig, encode_samples, prepare, sample_profiles
+    from models.data import DataConfig, prepare, sample_profiles, sample_windows
+    from models.item_lift import served
     from models.evaluate import baseline_predictions, refit_samples
     from models.model import load_checkpoint, predict
 
@@ -236,9 +237,11 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best = base["best"]
     interests = {}
     for name, smp in (("val", val), ("test", test)):
-        seqs = encode_samples(ds, smp, dcfg, encoder)
+        windows = sample_windows(ds, smp, dcfg)
+        seqs = [np.asarray(encoder.encode(w), dtype=np.int32) for w in windows]
+        pred = predict(model, seqs, sample_profiles(ds, smp, dcfg, encoder), encoder.pad_id).astype(np.float64)
         interests[name] = {
-            "model": predict(model, seqs, sample_profiles(ds, smp, dcfg, encoder), encoder.pad_id).astype(np.float64),
+            "model": served(encoder, pred, windows),
             "baseline": base[name][best],
             "oracle": smp.targets.astype(np.float64),
         }

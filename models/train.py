@@ -25,7 +25,13 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
    training and validation periods together (:func:`refit_data`: every sample whose target ends
    before the test period), with everything validation chose: each stage's step of its best
    validation KL (on the same learning-rate schedule) and the corrections' strengths. The
-   checkpoint holds these weights; its validation figures stay those of the selection run.
+   checkpoint holds these weights; its validation figures stay those of the selection run;
+6. with ``TrainConfig.item_lift`` on, the items of the window (:mod:`models.item_lift`): a table of
+   what each item's users did next, fit on the training cuts, its shrinkage and strength chosen on
+   validation on top of the validation predictions of the model chosen in 4
+   (:func:`choose_item_lift`); a strength of 0 keeps none. The table is fit again on the training
+   and validation periods when the model was refit, and the checkpoint's encoding carries it
+   (:class:`interest_core.item_lift.ItemLift`): evaluation and the worker add it outside the graph.
 """
 from __future__ import annotations
 
@@ -183,7 +189,7 @@ def refit_data(td: TrainingData, train_cfg, log=print) -> TrainingData:
 
 def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = None, init_from=None,
         resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Stages 1-5 of the module doc on prepared data; writes the checkpoint, returns the card."""
+    """Stages 1-6 of the module doc on prepared data; writes the checkpoint, returns the card."""
     import torch
 
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
@@ -270,6 +276,15 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         train_seconds += refit["train_seconds"]
         prep_s += rd.prepare_seconds
         selection["refit"] = refit
+    if train_cfg.item_lift:
+        # 6) the items' lift, chosen on validation on top of the model chosen in 4
+        selection["item_lift"], lift = choose_item_lift(td, val_pred, train_cfg, rd if refit else None)
+        if lift is not None:
+            encoder = encoder.with_item_lift(lift)
+        il = selection["item_lift"]
+        log(f"item lift: validation KL {il['val_kl_with']:.4f} with the window's items against "
+            f"{il['val_kl_without']:.4f} without (m {il['m']:g}, strength {il['lambda']:g}); "
+            + (f"kept, {il['items']} items" if lift is not None else "left out") + " (--set item_lift=0 leaves it out)")
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
@@ -319,6 +334,41 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     log(f"trained {summary['steps']} + {card['training']['plain_steps_run']} (plain) steps in {train_seconds:.0f}s "
         f"({summary['stop_reason']}); {verdict}; checkpoint in {out}")
     return card
+
+
+def choose_item_lift(td: TrainingData, val_pred: np.ndarray, train_cfg, refit_td: TrainingData | None = None):
+    """Stage 6: ``(record, ItemLift or None)``. The table of the training cuts' items
+    (:func:`models.item_lift.fit_table`, items credited with less than one target left out), its
+    shrinkage ``m`` and strength ``lam`` chosen by validation KL on top of ``val_pred``; with
+    ``refit_td`` (stage 5's data) the table is fit again on its training cuts, the choices kept."""
+    from models.data import sample_windows
+    from models.evaluate import kl_per_sample
+    from models.item_lift import SHRINK, build, choose, cut_lifts, fit_table, pruned, window_keys
+
+    dcfg, slots = td.data_cfg, train_cfg.item_slots
+    index = {c: i for i, c in enumerate(td.encoder.categories)}
+
+    def table_and_prior(ds):
+        tr = ds.splits["train"]
+        keys = [window_keys(w, index, slots) for w in sample_windows(ds, tr, dcfg)]
+        return pruned(fit_table(keys, tr.targets)), np.asarray(_mean_distribution(tr.targets))
+
+    va = td.ds.splits["val"]
+    table, prior = table_and_prior(td.ds)
+    val_keys = [window_keys(w, index, slots) for w in sample_windows(td.ds, va, dcfg)]
+    m, lam, kl = choose(val_pred, va.targets, {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK},
+                        kl_per_sample)
+    record = {"rule": "the shrinkage m and strength lambda with the lowest validation KL on top of the chosen "
+                      "model; kept when lambda > 0", "slots": slots, "m": m, "lambda": lam, "val_kl_with": kl,
+              "val_kl_without": float(kl_per_sample(va.targets, val_pred).mean()), "kept": lam > 0,
+              "items": 0}
+    if lam == 0:
+        return record, None
+    if refit_td is not None:
+        table, prior = table_and_prior(refit_td.ds)
+    lift = build(table, prior, m, lam, td.encoder.categories, slots)
+    record["items"] = len(lift)
+    return record, lift
 
 
 def _query_map_record(model, qt, train_cfg) -> dict:

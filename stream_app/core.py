@@ -54,6 +54,7 @@ class ScoreInput:
     window: list  # WindowEvent, oldest first (what the model reads)
     ids: list  # the window's tokens (model.encoder.encode)
     profile: np.ndarray  # (P,) the model's profile input
+    lift: np.ndarray | None = None  # (k,) what the window's items add (the spec's item lift), None: none
 
 
 def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
@@ -63,8 +64,9 @@ def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
     overlaps the loop's work on the other core."""
     prof = model.profile_inputs([st.profile(state)], 1)[0]
     window = st.window_events(state)
+    lift = model.encoder.item_lift.vector(window) if model.encoder.item_lift is not None else None
     return ScoreInput(key, state["seq"], state["newest"], st.events_in_window(state, horizon_ms),
-                      window, model.encoder.encode(window), prof)
+                      window, model.encoder.encode(window), prof, lift)
 
 
 def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
@@ -72,7 +74,8 @@ def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
     if not inputs:
         return np.empty((0, model.k))
     profiles = np.stack([i.profile for i in inputs]) if model.encoder.profile_size else None
-    return model.predict_ids([i.ids for i in inputs], profiles, batch)
+    lifts = np.stack([i.lift for i in inputs]) if model.encoder.item_lift is not None else None
+    return model.predict_ids([i.ids for i in inputs], profiles, batch, lifts=lifts)
 
 
 def publish(inputs: Sequence[ScoreInput], probs: np.ndarray, model, lookup: Callable[[bytes], dict | None]

@@ -204,7 +204,8 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
         if points:
             prof_in[2 + n:] = unwinder.inputs(unwinder.before_all(points), model.encoder)
     enc = model.encoder.encode  # the current window (twice) is already encoded in the snapshot
-    probs = model.predict_ids([score_input.ids] * 2 + [enc(w) for w in windows[2:]], prof_in, batch)
+    lifts = model.item_lifts(windows)  # each variant's items (None: the model has no item lift)
+    probs = model.predict_ids([score_input.ids] * 2 + [enc(w) for w in windows[2:]], prof_in, batch, lifts=lifts)
 
     cats = list(model.categories)
     now, bare, loo = probs[0], probs[1], probs[2:2 + n]

@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from interest_core.encoding import Encoder, pad_right
+from interest_core.item_lift import apply as apply_item_lift
 from interest_core.window import WindowEvent
 from interest_core.artifacts import CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, PROFILE_INPUT, content_version
 from interest_core.errors import InterestStreamError
@@ -225,12 +226,22 @@ class LoadedModel:
         (one per window, or None) are the users' long-term profiles for specs that read one."""
         enc = self.encoder.encode
         return self.predict_ids([enc(w) for w in windows], self.profile_inputs(profiles, len(windows)),
-                                batch_size, max_batch_tokens)
+                                batch_size, max_batch_tokens, self.item_lifts(windows))
+
+    def item_lifts(self, windows: Sequence[Sequence[WindowEvent]]) -> np.ndarray | None:
+        """(n, k) what each window's items add to the graph's logits (the spec's item lift,
+        :mod:`interest_core.item_lift`); None for a model without one."""
+        lift = self.encoder.item_lift
+        if lift is None:
+            return None
+        return np.stack([lift.vector(w) for w in windows]) if len(windows) else np.zeros((0, self.k))
 
     def predict_ids(self, seqs: Sequence[Sequence[int]], profiles: np.ndarray | None = None,
-                    batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
-        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids) and their
-        profile inputs (n, P) (None: zeros).
+                    batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                    lifts: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`predict` for already encoded token lists (each 1..max_len ids), their
+        profile inputs (n, P) (None: zeros) and their windows' item lifts (:meth:`item_lifts`;
+        None: none, as for a model without one).
 
         Sequences are sorted by length and cut into batches of at most ``batch_size`` rows and
         at most ``max_batch_tokens`` padded tokens (rows x longest), so long sequences go in
@@ -263,4 +274,4 @@ class LoadedModel:
                 feed[PROFILE_INPUT] = np.ascontiguousarray(profiles[idx], dtype=np.float32)
             out[idx] = run([OUTPUT_NAME], feed)[0]
             s = e
-        return out
+        return out if lifts is None else apply_item_lift(out, lifts)
