@@ -80,3 +80,10 @@ class ItemLift:
                 not isinstance(spec.get("slots"), int):
             raise ValueError("the spec's item_lift needs an int 'slots' and an 'items' object")
         return cls(categories, spec["slots"], spec["items"])
+
+
+def window_lifts(item_lift: "ItemLift | None", windows: Sequence[Sequence[WindowEvent]]) -> np.ndarray | None:
+    """(n, k) the lifts of ``windows`` (:meth:`ItemLift.vector`), None without an item lift."""
+    if item_lift is None:
+        return None
+    return np.stack([item_lift.vector(w) for w in windows]) if len(windows) else np.zeros((0, item_lift.k))

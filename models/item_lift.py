@@ -16,8 +16,8 @@ with a counter-like table, fit on a training period's cuts:
 * a cut's lift is the mean lift of its keys found in the table (0 when none is), and a prediction
   ``p`` with it is ``softmax(log p + lam * lift)``.
 
-``train`` fits it after the model (:func:`models.train.fit`, stage 6): ``m`` and ``lam`` are chosen
-on validation, on top of the chosen model's validation predictions, and the table that the exported
+``train`` fits it after the model (:func:`models.train.fit`, stage 6): ``slots``, ``m`` and ``lam``
+are chosen on validation, on top of the chosen model's validation predictions, and the table that the exported
 model carries (:class:`interest_core.item_lift.ItemLift`, :func:`build`) holds ``lam * lift(x)``.
 Serving applies it with :mod:`interest_core.item_lift` (keys, mean, ``softmax``), as
 :func:`with_lift` does here. ``bench/item_lift.py`` measures it on a backtest's folds. Pure: numpy
@@ -30,8 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from interest_core.item_lift import ItemLift, apply, window_keys  # noqa: F401 (window_keys: one definition)
+from interest_core.item_lift import ItemLift, apply, window_keys, window_lifts  # noqa: F401 (window_keys: one definition)
 
+SLOTS = (1, 5, 20)  # the window's newest items that count, chosen on validation
 SHRINK = (1.0, 10.0, 100.0)  # m, pseudo-cuts of the prior, chosen on validation
 LAMBDAS = tuple(round(0.1 * i, 1) for i in range(41))  # lam, 0 .. 4, chosen on validation
 MIN_CREDIT = 1.0  # an exported table keeps the items credited with at least one whole target
@@ -125,6 +126,5 @@ def served(encoder, pred: np.ndarray, windows) -> np.ndarray:
     """The graph's predictions ``pred`` (N, k) of ``windows`` with the encoder's item lift applied,
     as the worker applies it (:class:`interest_core.item_lift.ItemLift`); ``pred`` itself for an
     encoder without one."""
-    if encoder.item_lift is None:
-        return pred
-    return apply(pred, np.stack([encoder.item_lift.vector(w) for w in windows]) if len(windows) else 0.0)
+    lifts = window_lifts(encoder.item_lift, windows)
+    return pred if lifts is None else apply(pred, lifts)

@@ -27,8 +27,9 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
    validation KL (on the same learning-rate schedule) and the corrections' strengths. The
    checkpoint holds these weights; its validation figures stay those of the selection run;
 6. with ``TrainConfig.item_lift`` on, the items of the window (:mod:`models.item_lift`): a table of
-   what each item's users did next, fit on the training cuts, its shrinkage and strength chosen on
-   validation on top of the validation predictions of the model chosen in 4
+   what each item's users did next, fit on the training cuts, how many of the window's newest items
+   count, its shrinkage and its strength chosen on validation on top of the validation predictions
+   of the model chosen in 4
    (:func:`choose_item_lift`); a strength of 0 keeps none. The table is fit again on the training
    and validation periods when the model was refit, and the checkpoint's encoding carries it
    (:class:`interest_core.item_lift.ItemLift`): evaluation and the worker add it outside the graph.
@@ -278,12 +279,12 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         selection["refit"] = refit
     if train_cfg.item_lift:
         # 6) the items' lift, chosen on validation on top of the model chosen in 4
-        selection["item_lift"], lift = choose_item_lift(td, val_pred, train_cfg, rd if refit else None)
+        selection["item_lift"], lift = choose_item_lift(td, val_pred, rd if refit else None)
         if lift is not None:
             encoder = encoder.with_item_lift(lift)
         il = selection["item_lift"]
         log(f"item lift: validation KL {il['val_kl_with']:.4f} with the window's items against "
-            f"{il['val_kl_without']:.4f} without (m {il['m']:g}, strength {il['lambda']:g}); "
+            f"{il['val_kl_without']:.4f} without (newest {il['slots']}, m {il['m']:g}, strength {il['lambda']:g}); "
             + (f"kept, {il['items']} items" if lift is not None else "left out") + " (--set item_lift=0 leaves it out)")
     card = {
         "model_version": None,
@@ -336,36 +337,45 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     return card
 
 
-def choose_item_lift(td: TrainingData, val_pred: np.ndarray, train_cfg, refit_td: TrainingData | None = None):
-    """Stage 6: ``(record, ItemLift or None)``. The table of the training cuts' items
-    (:func:`models.item_lift.fit_table`, items credited with less than one target left out), its
-    shrinkage ``m`` and strength ``lam`` chosen by validation KL on top of ``val_pred``; with
-    ``refit_td`` (stage 5's data) the table is fit again on its training cuts, the choices kept."""
+def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingData | None = None,
+                     slots_grid=None) -> tuple:
+    """Stage 6: ``(record, ItemLift or None)``. For each number of the window's newest items that
+    count (``slots_grid``, :data:`models.item_lift.SLOTS`), the table of the training cuts' items
+    (:func:`models.item_lift.fit_table`, items credited with less than one target left out); the
+    slots, the shrinkage ``m`` and the strength ``lam`` with the lowest validation KL on top of
+    ``val_pred``; with ``refit_td`` (stage 5's data) the table is fit again on its training cuts,
+    the choices kept."""
     from models.data import sample_windows
     from models.evaluate import kl_per_sample
-    from models.item_lift import SHRINK, build, choose, cut_lifts, fit_table, pruned, window_keys
+    from models.item_lift import SHRINK, SLOTS, build, choose, cut_lifts, fit_table, pruned, window_keys
 
-    dcfg, slots = td.data_cfg, train_cfg.item_slots
+    dcfg = td.data_cfg
     index = {c: i for i, c in enumerate(td.encoder.categories)}
 
-    def table_and_prior(ds):
+    def table_and_prior(ds, slots):
         tr = ds.splits["train"]
         keys = [window_keys(w, index, slots) for w in sample_windows(ds, tr, dcfg)]
         return pruned(fit_table(keys, tr.targets)), np.asarray(_mean_distribution(tr.targets))
 
     va = td.ds.splits["val"]
-    table, prior = table_and_prior(td.ds)
-    val_keys = [window_keys(w, index, slots) for w in sample_windows(td.ds, va, dcfg)]
-    m, lam, kl = choose(val_pred, va.targets, {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK},
-                        kl_per_sample)
-    record = {"rule": "the shrinkage m and strength lambda with the lowest validation KL on top of the chosen "
-                      "model; kept when lambda > 0", "slots": slots, "m": m, "lambda": lam, "val_kl_with": kl,
-              "val_kl_without": float(kl_per_sample(va.targets, val_pred).mean()), "kept": lam > 0,
-              "items": 0}
+    val_windows = sample_windows(td.ds, va, dcfg)
+    best = None
+    for slots in slots_grid or SLOTS:
+        table, prior = table_and_prior(td.ds, slots)
+        val_keys = [window_keys(w, index, slots) for w in val_windows]
+        m, lam, kl = choose(val_pred, va.targets, {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK},
+                            kl_per_sample)
+        if best is None or kl < best[3]:
+            best = (slots, m, lam, kl, table, prior)
+    slots, m, lam, kl, table, prior = best
+    record = {"rule": "the newest items that count (slots), the shrinkage m and the strength lambda with the lowest "
+                      "validation KL on top of the chosen model; kept when lambda > 0", "slots": slots, "m": m,
+              "lambda": lam, "val_kl_with": kl, "val_kl_without": float(kl_per_sample(va.targets, val_pred).mean()),
+              "kept": lam > 0, "items": 0}
     if lam == 0:
         return record, None
     if refit_td is not None:
-        table, prior = table_and_prior(refit_td.ds)
+        table, prior = table_and_prior(refit_td.ds, slots)
     lift = build(table, prior, m, lam, td.encoder.categories, slots)
     record["items"] = len(lift)
     return record, lift

@@ -64,7 +64,7 @@ def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
     overlaps the loop's work on the other core."""
     prof = model.profile_inputs([st.profile(state)], 1)[0]
     window = st.window_events(state)
-    lift = model.encoder.item_lift.vector(window) if model.encoder.item_lift is not None else None
+    lift = model.encoder.item_lift.vector(window) if model.encoder.item_lift is not None else None  # (k,)
     return ScoreInput(key, state["seq"], state["newest"], st.events_in_window(state, horizon_ms),
                       window, model.encoder.encode(window), prof, lift)
 

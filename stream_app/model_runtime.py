@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from interest_core.encoding import Encoder, pad_right
-from interest_core.item_lift import apply as apply_item_lift
+from interest_core.item_lift import apply as apply_item_lift, window_lifts
 from interest_core.window import WindowEvent
 from interest_core.artifacts import CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, PROFILE_INPUT, content_version
 from interest_core.errors import InterestStreamError
@@ -231,10 +231,7 @@ class LoadedModel:
     def item_lifts(self, windows: Sequence[Sequence[WindowEvent]]) -> np.ndarray | None:
         """(n, k) what each window's items add to the graph's logits (the spec's item lift,
         :mod:`interest_core.item_lift`); None for a model without one."""
-        lift = self.encoder.item_lift
-        if lift is None:
-            return None
-        return np.stack([lift.vector(w) for w in windows]) if len(windows) else np.zeros((0, self.k))
+        return window_lifts(self.encoder.item_lift, windows)
 
     def predict_ids(self, seqs: Sequence[Sequence[int]], profiles: np.ndarray | None = None,
                     batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS,

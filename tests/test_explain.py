@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from interest_core.encoding import Encoder, train_tokenizer
+from interest_core.item_lift import apply, window_lifts
 from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profile_values, profiles_in_order,
                                   seconds_to_ms, stored_profile)
 from stream_app import core, explain, state
@@ -95,8 +96,9 @@ class CountingModel:
 
     version = "counting-1"
 
-    def __init__(self):
-        self.encoder = Encoder(categories=CATS, tokenizer_json=train_tokenizer(["a b c", "a b"], 30), max_len=512)
+    def __init__(self, item_lift: dict | None = None):
+        self.encoder = Encoder(categories=CATS, tokenizer_json=train_tokenizer(["a b c", "a b"], 30), max_len=512,
+                               item_lift=item_lift)
         self.categories = CATS
         self.k = len(CATS)
         self.calls = 0
@@ -108,7 +110,10 @@ class CountingModel:
                 out[i] = self.encoder.profile_vector(p)
         return out
 
-    def predict_ids(self, seqs, profiles, batch=256):
+    def item_lifts(self, windows):
+        return window_lifts(self.encoder.item_lift, windows)
+
+    def predict_ids(self, seqs, profiles, batch=256, lifts=None):
         self.calls += 1
         enc, k = self.encoder, self.k
         out = np.empty((len(seqs), k))
@@ -121,7 +126,7 @@ class CountingModel:
             score += 0.1 * np.asarray(profiles[r][2 * k:3 * k], dtype=np.float64)
             e = np.exp(score - score.max())
             out[r] = e / e.sum()
-        return out
+        return out if lifts is None else apply(out, lifts)
 
 
 def build_state(events: list[dict]) -> dict:
@@ -220,3 +225,32 @@ def test_explanation_of_an_empty_window():
     assert out["events"] == 0 and len(out["top"]) == 3
     assert all(not c["raised"] and not c["lowered"] for c in out["categories"])
     assert out["evolution"]["ts"] == [] and out["evolution"]["events"] == []
+
+
+def test_explanation_adds_the_items_lift_to_every_variant():
+    """A model whose encoding lifts travel for one item: the explanation's interests and each
+    event's leave-one-out effect are those of the model with the lift of each variant's window."""
+    lift = {"slots": 20, "items": {"item104": [0.0, 0.0, 0.0, 0.0, 1.5]}}  # travel, the newest click's item
+    model, plain = CountingModel(lift), CountingModel()
+    events = morning_then_travel()
+    st = build_state(events)
+    inp = core.snapshot(b"u", st, model, 86_400_000)
+    np.testing.assert_allclose(inp.lift, [0, 0, 0, 0, 1.5 / 1])  # the window's one known item of the table
+    out = explain.explain(model, inp, explain.snapshot(st))
+    base = explain.explain(plain, core.snapshot(b"u", st, plain, 86_400_000), explain.snapshot(st))
+    seqs = [model.encoder.encode(inp.window)]
+    # the answer with the lift: the counting "network", then + 1.5 on travel's logit
+    now = apply(plain.predict_ids(seqs, [inp.profile]), np.array([[0, 0, 0, 0, 1.5]]))[0]
+    assert out["interests"] == pytest.approx(dict(zip(CATS, now)))
+    assert out["interests"]["travel"] > base["interests"]["travel"]
+    np.testing.assert_allclose(core.infer(model, [inp], 8)[0], now)  # live scoring adds it too
+    # without e104 the window holds no lifted item: its effect is the lift's too
+    without = build_state([e for e in events if e["event_id"] != "e104"])
+    p_without = model.predict_ids([model.encoder.encode(state.window_events(without))],
+                                  model.profile_inputs([state.profile(without)], 1),
+                                  lifts=model.item_lifts([state.window_events(without)]))[0]
+    travel = out["categories"][0]
+    e104 = [e for e in travel["raised"] if e["event_id"] == "e104"][0]
+    assert e104["effect"] == pytest.approx(now[CATS.index("travel")] - p_without[CATS.index("travel")], abs=1e-6)
+    base_e104 = [e for e in base["categories"][0]["raised"] if e["event_id"] == "e104"][0]
+    assert e104["effect"] > base_e104["effect"] + 0.01

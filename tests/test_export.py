@@ -352,3 +352,40 @@ def test_the_plain_path_exports_to_the_same_interface(tmp_path, length_buckets):
     ids, mask = pad_right([enc.encode(w) for w in wins], enc.pad_id)
     want = torch_probs(model, ids, mask, prof_in)
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_an_item_lift_travels_in_model_json_and_the_worker_adds_it(tiny, fp32_dir, tmp_path):
+    """A checkpoint whose encoding carries an item lift: export copies it into model.json (and the
+    version changes), the worker adds it to the graph's answer exactly as evaluation does."""
+    from interest_core.artifacts import ENCODING_FILE
+    from interest_core.item_lift import ItemLift, apply
+    from models.item_lift import served
+
+    ckpt, model, enc, windows, _, _, profiles, prof_in = tiny
+    d = Path(shutil.copytree(ckpt, tmp_path / "ckpt"))
+    items = sorted({e.item for w in windows for e in w if e.item is not None})
+    v = np.zeros(enc.k)
+    v[3] = 1.0  # every item lifts the fourth category by 1 in logits: a window's mean lift is v
+    lifted = enc.with_item_lift(ItemLift(enc.categories, 20, {x: v for x in items}))
+    lifted.save(d / ENCODING_FILE)
+    out = tmp_path / "pair"
+    ox.export_checkpoint(d, out, **QUIET)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["encoding"]["version"] == 4 and len(meta["encoding"]["item_lift"]["items"]) == len(items)
+    assert meta["version"] != json.loads((fp32_dir / "model.json").read_text())["version"]
+
+    m, plain = LoadedModel.load(out), LoadedModel.load(fp32_dir)
+    wins = list(windows) + [[]]
+    profs = list(profiles) + [None]
+    has_item = np.array([any(e.item is not None and e.type != "search" and e.category in enc.categories for e in w)
+                         for w in wins])
+    assert has_item.sum() > 10 and not has_item[-1]
+    base = plain.predict(wins, profs)
+    want = np.where(has_item[:, None], apply(base, np.tile(v, (len(wins), 1))), base)
+    got = m.predict(wins, profs)
+    assert np.abs(got - want).max() < 1e-6
+    assert np.abs(got[has_item, 3] - base[has_item, 3]).min() > 1e-3  # the lift moved every lifted window
+    # evaluation's path: PyTorch's graph, then the same lift
+    pin = np.concatenate([prof_in, np.zeros((1, prof_in.shape[1]), np.float32)])
+    graph = np.concatenate([torch_probs(model, *pad_right([enc.encode(w)], 0), pin[i:i + 1]) for i, w in enumerate(wins)])
+    assert np.abs(served(lifted, graph, wins) - got).max() < 1e-4

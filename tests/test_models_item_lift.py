@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from interest_core.window import WindowEvent
-from models.item_lift import cut_lifts, fit_table, key_lift, window_keys, with_lift
+from models.item_lift import cut_lifts, fit_table, key_lift, pruned, window_keys, with_lift
 
 CATS = {"a": 0, "b": 1}
 PRIOR = np.array([0.75, 0.25])
@@ -44,6 +44,8 @@ def test_table_credits_each_key_its_share_of_the_target():
     assert table.credit == {"x": 1.5, "y": 0.5}
     np.testing.assert_allclose(table.sums["x"], [1.0, 0.5])
     np.testing.assert_allclose(table.sums["y"], [0.5, 0.0])
+    kept = pruned(table)  # what a model carries: keys credited with at least one target
+    assert kept.credit == {"x": 1.5} and list(kept.sums) == ["x"]
     with pytest.raises(ValueError, match="2 key lists for 3 targets"):
         fit_table(keys[:2], np.zeros((3, 2)))
 
@@ -70,3 +72,58 @@ def test_with_lift_adds_the_scaled_lift_in_logits():
     np.testing.assert_allclose(with_lift(p, lift, 1.0), [[2 / 3, 1 / 3], [0.2, 0.8]])
     np.testing.assert_allclose(with_lift(p, lift, 2.0)[0], [0.8, 0.2])  # [2, 0.5] / 2.5
     np.testing.assert_allclose(with_lift(p, lift, 0.0), p)
+
+
+def _blocks_log(seed: int, users: int = 40, blocks: int = 30) -> dict:
+    """Users whose film of category a says what comes next: item x is followed by two b's, item w
+    by two c's; the categories alone cannot tell the two apart."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in range(users):
+        evs, ts = [], 1_000_000_000_000 + u * 1000
+        for b in range(blocks):
+            first, then = ("x", "b") if rng.random() < 0.5 else ("w", "c")
+            for cat, item in (("a", first), (then, f"{then}{u}-{b}"), (then, f"{then}{u}-{b}+")):
+                ts += 600_000
+                evs.append(WindowEvent(ts, "click", cat, item))
+        out[f"u{u}"] = evs
+    return out
+
+
+def test_train_keeps_the_item_lift_when_items_tell_what_comes_next():
+    from types import SimpleNamespace
+
+    from models.data import DataConfig, build_dataset, split_times
+    from models.train import choose_item_lift
+
+    cfg = DataConfig(target="next_k", target_k=2)
+    users, cats = _blocks_log(0), ["a", "b", "c"]
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, cats, cfg, t1, t2)
+    td = SimpleNamespace(data_cfg=cfg, ds=ds, encoder=SimpleNamespace(categories=cats))
+    va = ds.splits["val"]
+    prior = ds.splits["train"].targets.mean(0)
+    val_pred = np.tile(prior / prior.sum(), (len(va), 1))  # a model that knows only the population
+    record, lift = choose_item_lift(td, val_pred, slots_grid=(1,))  # the newest item alone
+    assert record["kept"] and record["lambda"] > 0 and record["val_kl_with"] < record["val_kl_without"] - 0.1
+    assert record["slots"] == 1 and record["items"] == len(lift)
+    # x lifts b, w lifts c
+    assert {"x", "w"} <= set(lift.lifts) and lift.lifts["x"][1] > 0.3 and lift.lifts["w"][2] > 0.3
+    assert lift.lifts["x"][2] < 0 and lift.lifts["w"][1] < 0
+    # the items a model carries were credited with at least one whole target: with the newest two
+    # items, a film of b or c at the end of the training period was a key of one cut, credit 1/2
+    from models.data import sample_windows
+
+    tr = ds.splits["train"]
+    table = fit_table([window_keys(w, {c: i for i, c in enumerate(cats)}, 2) for w in sample_windows(ds, tr, cfg)],
+                      tr.targets)
+    _, lift_two = choose_item_lift(td, val_pred, slots_grid=(2,))
+    assert set(lift_two.lifts) == {x for x, c in table.credit.items() if c >= 1.0} != set(table.sums)
+    # with another period's data (the refit's), the table is fit again with the choices kept
+    refit = SimpleNamespace(ds=build_dataset(_blocks_log(1), cats, cfg, t1, t2))
+    record2, lift2 = choose_item_lift(td, val_pred, refit, slots_grid=(1,))
+    assert (record2["m"], record2["lambda"]) == (record["m"], record["lambda"])
+    # the newest items that count are chosen on validation too: here the newest alone says most
+    record3, _ = choose_item_lift(td, val_pred, slots_grid=(20, 1, 5))
+    assert record3["slots"] == 1 and record3["val_kl_with"] == record["val_kl_with"]
+    assert not np.allclose(lift2.lifts["x"], lift.lifts["x"])
