@@ -168,7 +168,11 @@ bench: install
 	$(PY) bench/first_cuts.py --workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/first_cuts-movielens.json
 	# what the items of a window add to the trained model (an item-to-interest lift), on those folds and on the grocery log's
 	$(PY) bench/item_lift.py --workdir $(CROSS_DIR)-bt-ml-per-length | tee bench-out/item_lift-movielens.json
+	$(PY) bench/item_lift.py --workdir $(CROSS_DIR)-bt-ml-per-length --slots 5 | tee bench-out/item_lift-movielens-5.json
 	$(PY) bench/item_lift.py --dataset cj --workdir $(CROSS_DIR)-bt-cj | tee bench-out/item_lift-cj.json
+	# train's stage 6 (the item lift) against the same training without it, over MovieLens' four periods
+	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_item_lift \
+		--workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/backtest-movielens-items.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
 

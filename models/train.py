@@ -285,7 +285,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
         il = selection["item_lift"]
         log(f"item lift: validation KL {il['val_kl_with']:.4f} with the window's items against "
             f"{il['val_kl_without']:.4f} without (newest {il['slots']}, m {il['m']:g}, strength {il['lambda']:g}); "
-            + (f"kept, {il['items']} items" if lift is not None else "left out") + " (--set item_lift=0 leaves it out)")
+            + (f"kept, {il['items']} items" if lift is not None else "left out")
+            + f" ({il['seconds']:.0f}s; --set item_lift=0 leaves it out)")
     card = {
         "model_version": None,
         "categories": list(encoder.categories),
@@ -343,12 +344,15 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
     count (``slots_grid``, :data:`models.item_lift.SLOTS`), the table of the training cuts' items
     (:func:`models.item_lift.fit_table`, items credited with less than one target left out); the
     slots, the shrinkage ``m`` and the strength ``lam`` with the lowest validation KL on top of
-    ``val_pred``; with ``refit_td`` (stage 5's data) the table is fit again on its training cuts,
-    the choices kept."""
+    ``val_pred``, kept when it lowers the validation KL by :data:`models.item_lift.MIN_GAIN` of it at
+    least; with ``refit_td`` (stage 5's data) the table is fit again on its training cuts, the
+    choices kept."""
     from models.data import sample_windows
-    from models.evaluate import kl_per_sample
-    from models.item_lift import SHRINK, SLOTS, build, choose, cut_lifts, fit_table, pruned, window_keys
+    from models.evaluate import kl_per_sample, paired_bootstrap
+    from models.item_lift import (MIN_GAIN, SHRINK, SLOTS, build, choose, cut_lifts, fit_table, pruned, window_keys,
+                                  with_lift)
 
+    t0 = time.time()
     dcfg = td.data_cfg
     index = {c: i for i, c in enumerate(td.encoder.categories)}
 
@@ -368,16 +372,22 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
         if best is None or kl < best[3]:
             best = (slots, m, lam, kl, table, prior)
     slots, m, lam, kl, table, prior = best
+    without = kl_per_sample(va.targets, val_pred)
+    diff = kl_per_sample(va.targets, with_lift(val_pred, cut_lifts(
+        [window_keys(w, index, slots) for w in val_windows], table, prior, m), lam)) - without
+    kept = lam > 0 and kl < (1.0 - MIN_GAIN) * float(without.mean())
     record = {"rule": "the newest items that count (slots), the shrinkage m and the strength lambda with the lowest "
-                      "validation KL on top of the chosen model; kept when lambda > 0", "slots": slots, "m": m,
-              "lambda": lam, "val_kl_with": kl, "val_kl_without": float(kl_per_sample(va.targets, val_pred).mean()),
-              "kept": lam > 0, "items": 0}
-    if lam == 0:
-        return record, None
-    if refit_td is not None:
-        table, prior = table_and_prior(refit_td.ds, slots)
-    lift = build(table, prior, m, lam, td.encoder.categories, slots)
-    record["items"] = len(lift)
+                      f"validation KL on top of the chosen model; kept when that KL is at least {MIN_GAIN:.1%} lower "
+                      "than without", "slots": slots, "m": m, "lambda": lam, "val_kl_with": kl,
+              "val_kl_without": float(without.mean()), "val_kl_diff_ci95": paired_bootstrap(diff, va.user),
+              "kept": kept, "items": 0}
+    lift = None
+    if kept:
+        if refit_td is not None:
+            table, prior = table_and_prior(refit_td.ds, slots)
+        lift = build(table, prior, m, lam, td.encoder.categories, slots)
+        record["items"] = len(lift)
+    record["seconds"] = round(time.time() - t0, 1)
     return record, lift
 
 
