@@ -33,7 +33,13 @@ def window_keys(window: Sequence[WindowEvent], categories: Mapping[str, int], sl
         raise ValueError(f"level must be 'item' or 'category', got {level!r}")
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
-    events = [e for e in window if e.type != "search" and e.category in categories][-slots:]
+    events = []
+    for e in reversed(window):  # the newest first: a scored window holds up to 128 events
+        if e.type != "search" and e.category in categories:
+            events.append(e)
+            if len(events) == slots:
+                break
+    events.reverse()
     if level == "category":
         return [categories[e.category] for e in events]
     return [e.item for e in events if e.item is not None]

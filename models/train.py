@@ -29,10 +29,11 @@ Two stages, then a choice (issue 11, "never worse than the counter inside it"):
 6. with ``TrainConfig.item_lift`` on, the items of the window (:mod:`models.item_lift`): a table of
    what each item's users did next, fit on the training cuts, how many of the window's newest items
    count, its shrinkage and its strength chosen on validation on top of the validation predictions
-   of the model chosen in 4
-   (:func:`choose_item_lift`); a strength of 0 keeps none. The table is fit again on the training
-   and validation periods when the model was refit, and the checkpoint's encoding carries it
-   (:class:`interest_core.item_lift.ItemLift`): evaluation and the worker add it outside the graph.
+   of the model chosen in 4 (:func:`choose_item_lift`), kept only if it lowers the validation KL by
+   0.1 % at least. The table is fit again on the training and validation periods when the model was
+   refit, and the checkpoint's encoding carries it (:class:`interest_core.item_lift.ItemLift`):
+   evaluation and the worker add it outside the graph. The card's validation metrics stay the
+   model's without it; ``metrics.selection.item_lift`` has both validation KLs.
 """
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -46,6 +48,11 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert json.loads((ck / "config.json").read_text())["model"]["query_offset"] == \
         (enc.query_offset if qm["kept"] else -1)
     assert card["window"] == {"horizon_s": 86400, "max_events": 128, "profile_retention_s": 365 * 86400}
+    # the item lift (stage 6): kept only when it earns 0.1 % of the validation KL, and then carried by the encoding
+    il = card["metrics"]["selection"]["item_lift"]
+    assert il["kept"] == (il["lambda"] > 0 and il["val_kl_with"] < 0.999 * il["val_kl_without"])
+    assert (enc.item_lift is not None) == il["kept"] and il["slots"] in (1, 5, 20)
+    assert f"item lift: validation KL {il['val_kl_with']:.4f} with the window's items" in res.output
     # every possible cut (between two events of a user: events - users) is counted exactly once,
     # as a candidate of a split or under the reason it was skipped
     c = card["samples"]
@@ -88,6 +95,28 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev2"),
                                             "--no-plots"])
     assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["models"] == m["models"]
+    # evaluate scores what the worker serves: the graph's answer plus the encoding's item lift
+    import shutil
+
+    from interest_core.item_lift import ItemLift, apply
+    from models.evaluate import held_out_predictions
+
+    enc = Encoder.load(ck / "encoding.json")
+    ck0, ck2 = (Path(shutil.copytree(ck, tmp_path / name)) for name in ("ck0", "ck2"))
+    enc.with_item_lift(None).save(ck0 / "encoding.json")  # the graph alone
+    graph = held_out_predictions(ck0, sim_log)
+    windows = graph.base["test_windows"]
+    items = sorted({e.item for w in windows for e in w if e.item is not None})
+    v = np.zeros(enc.k)
+    v[0] = 2.0  # every item lifts the first category: a window with any item gets v
+    enc.with_item_lift(ItemLift(enc.categories, 20, {x: v for x in items})).save(ck2 / "encoding.json")
+    lifted = held_out_predictions(ck2, sim_log)
+    has = np.array([any(e.item is not None and e.type != "search" and e.category in enc.categories for e in w)
+                    for w in windows])
+    assert has.sum() > 10
+    want = np.where(has[:, None], apply(graph.pred, np.tile(v, (len(windows), 1))), graph.pred)
+    np.testing.assert_allclose(lifted.pred, want, atol=1e-9)
+    assert np.abs(lifted.pred - graph.pred).max() > 1e-3
 
 
 @pytest.mark.slow
