@@ -5,7 +5,8 @@
 
 The model reads each event's category, never its item. Whether the item carries more is measured
 here, on the folds that ``bench/backtest.py --workdir DIR`` left (each fold's prepared data, its
-baselines and its ``default`` checkpoint); nothing is trained.
+baselines and its ``default`` checkpoint); nothing is trained. The model is the checkpoint's graph,
+without the item lift its encoding may carry (``train``'s stage 6 fits one from ``1715a08``).
 
 **The item lift** (:mod:`models.item_lift`): each item among the last ``--slots`` clicks and
 browses of a cut's input window (the window the worker holds, :func:`models.data.sample_windows`)
@@ -16,8 +17,9 @@ The **category lift** is the same with each event's category in place of its ite
 that says whether it is the item, not the category sequence the model already reads, that adds.
 
 **Fitting.** The table for validation is built on the training period's cuts; ``m`` (1, 10, 100)
-and ``lambda`` (0 to 4 by 0.1) are chosen on validation, on top of the model's validation
-predictions. The table for test is built again on the training and validation periods when the
+and ``lambda`` (0 to 4 by 0.1) are chosen on validation as ``train`` chooses them
+(:func:`models.item_lift.choose`), on top of the model's validation predictions; ``--slots`` is
+fixed (``train`` chooses it too). The table for test is built again on the training and validation periods when the
 checkpoint was refit on them (:func:`models.data.joined_dataset`), as the refit model was. The
 refit model has seen the validation period, so its validation predictions are better than a fair
 model's, and the lambda chosen is if anything too small.
@@ -46,28 +48,10 @@ from common import commit, machine  # noqa: E402
 from first_cuts import read_fold  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
 
-SHRINK = (1.0, 10.0, 100.0)  # m, pseudo-samples of the prior
-LAMBDAS = tuple(round(0.1 * i, 1) for i in range(41))  # 0 .. 4
-
-
-def choose(p_val, targets, lifts_val: dict) -> tuple[float, float, float]:
-    """``(m, lambda, validation KL)`` with the lowest validation KL (the first of equals)."""
-    from models.evaluate import kl_per_sample
-    from models.item_lift import with_lift
-
-    best = None
-    for m in SHRINK:
-        for lam in LAMBDAS:
-            kl = float(kl_per_sample(targets, with_lift(p_val, lifts_val[m], lam)).mean())
-            if best is None or kl < best[2]:
-                best = (m, lam, kl)
-    return best
-
-
 def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
     from models.data import joined_dataset, sample_windows
     from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
-    from models.item_lift import cut_lifts, fit_table, window_keys, with_lift
+    from models.item_lift import SHRINK, choose, cut_lifts, fit_table, window_keys, with_lift
     from models.model import predict
 
     (td, _, test_seqs, test_prof), (model, enc, card) = read_fold(fold_dir, dataset, variant)
@@ -95,7 +79,7 @@ def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
         lifts_val = {m: cut_lifts(keys["val"], t_val, fit["prior"], m) for m in SHRINK}
         sources = ("model", best) if level == "item" else ("model",)
         for src in sources:
-            m, lam, _ = choose(preds_val[src], va.targets, lifts_val)
+            m, lam, _ = choose(preds_val[src], va.targets, lifts_val, kl_per_sample)
             lift_test = cut_lifts(keys["test"], t_test, test_base["prior"], m)
             name = f"{'model' if src == 'model' else 'best_baseline'}+{level}"
             kl[name] = kl_per_sample(te.targets, with_lift(preds_test[src], lift_test, lam))
