@@ -6,7 +6,7 @@ Reads what ``bench/backtest.py --workdir DIR`` left, nothing is trained: each fo
 and baselines (``bench/model_eval.py``'s cache) and its ``default`` checkpoint. On each fold's test
 samples whose window holds only the user's first event (a new user: ``by_sitting``'s
 ``first_event``) and on the rest, the mean KL of
-* the model as ``train`` exported it;
+* the model as ``train`` exported it (its item lift included, when it has one);
 * its plain path alone, and the plain path with one correction (each correction's last layer
   scaled to 0 or kept, :meth:`models.model.InterestModel.scale_corrections`);
 * ``mixture``, ``ema_prior`` and ``prior``, fit as ``evaluate`` fits them (their prior and
@@ -50,6 +50,7 @@ def read_fold(fold_dir: Path, dataset: str, variant: str) -> tuple:
 
 def one_fold(fold_dir: Path, dataset: str, variant: str) -> dict:
     from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
+    from models.item_lift import served
     from models.model import predict
 
     (td, base, test_seqs, test_prof), (model, enc, card) = read_fold(fold_dir, dataset, variant)
@@ -58,7 +59,8 @@ def one_fold(fold_dir: Path, dataset: str, variant: str) -> dict:
     refit_on = refit_samples(card, td.ds, enc.categories, td.data_cfg)
     if refit_on is not None:  # the baselines see what the model saw
         base = baseline_predictions(td.ds, td.data_cfg, enc.k, refit_on)
-    preds = {"model": predict(model, test_seqs, test_prof, enc.pad_id)}
+    graph = predict(model, test_seqs, test_prof, enc.pad_id)
+    preds = {"model": served(enc, graph.astype("float64"), base["test_windows"])}  # with its item lift, if any
     names = list(model.correction_outputs())
     for keep in [[]] + [[n] for n in names]:
         part = copy.deepcopy(model)

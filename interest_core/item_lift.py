@@ -21,7 +21,6 @@ import numpy as np
 from interest_core.window import WindowEvent
 
 LOG_FLOOR = 1e-30  # probabilities are read as at least this before the log
-DEFAULT_SLOTS = 20  # the window's last clicks and browses whose items count
 
 
 def window_keys(window: Sequence[WindowEvent], categories: Mapping[str, int], slots: int,
