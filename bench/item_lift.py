@@ -44,9 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from backtest import fold_users  # noqa: E402
 from common import commit, machine  # noqa: E402
 from first_cuts import read_fold  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
+
 
 def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
     from models.data import joined_dataset, sample_windows
@@ -120,7 +122,7 @@ def main(workdir, dataset, variant, slots):
         runs.append(one_fold(f, dataset, variant, slots))
         print(json.dumps(runs[-1][0]), file=sys.stderr, flush=True)
     kl = {n: np.concatenate([r[1][n] for r in runs]) for n in runs[0][1]}
-    users = np.concatenate([i * 10_000_000 + np.unique(r[2], return_inverse=True)[1] for i, r in enumerate(runs)])
+    users = fold_users([{"user": r[2]} for r in runs])
     first = np.concatenate([r[3] for r in runs])
     pooled = {"all": pool(kl, users), "first_test_cuts": pool({n: v[first] for n, v in kl.items()}, users[first])}
     out = {"benchmark": "the items of a window: an item-to-interest lift on the trained model", "machine": machine(),

@@ -44,6 +44,13 @@ def window_keys(window: Sequence[WindowEvent], categories: Mapping[str, int], sl
     return [e.item for e in events if e.item is not None]
 
 
+def mean_lift(lifts: Mapping, keys: Sequence, k: int) -> np.ndarray:
+    """(k,) the mean of ``lifts[x]`` over the ``keys`` that ``lifts`` holds, zeros when none is: a
+    window's lift, the same for training's tables and a served :class:`ItemLift`."""
+    found = [lifts[x] for x in keys if x in lifts]
+    return np.mean(found, axis=0) if found else np.zeros(k)
+
+
 def apply(probs: np.ndarray, lifts: np.ndarray) -> np.ndarray:
     """(N, k) float64: ``softmax(log probs + lifts)``, row by row."""
     z = np.log(np.maximum(np.asarray(probs, np.float64), LOG_FLOOR)) + lifts
@@ -73,8 +80,7 @@ class ItemLift:
 
     def vector(self, window: Sequence[WindowEvent]) -> np.ndarray:
         """(k,) the window's lift: the mean over its keys the table holds, zeros when none."""
-        found = [self.lifts[x] for x in window_keys(window, self._index, self.slots) if x in self.lifts]
-        return np.mean(found, axis=0) if found else np.zeros(self.k)
+        return mean_lift(self.lifts, window_keys(window, self._index, self.slots), self.k)
 
     def to_spec(self) -> dict:
         return {"slots": self.slots, "items": {x: [round(float(a), 5) for a in v] for x, v in self.lifts.items()}}

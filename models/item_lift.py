@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from interest_core.item_lift import ItemLift, apply, window_keys, window_lifts  # noqa: F401 (window_keys: one definition)
+from interest_core.item_lift import ItemLift, apply, mean_lift, window_keys, window_lifts  # noqa: F401 (window_keys: one definition)
 
 SLOTS = (1, 5, 20)  # the window's newest items that count, chosen on validation
 SHRINK = (1.0, 10.0, 100.0)  # m, pseudo-cuts of the prior, chosen on validation
@@ -78,22 +78,19 @@ def key_lift(table: LiftTable, key, prior: np.ndarray, m: float) -> np.ndarray:
     return np.log((table.sums[key] + m * prior) / (table.credit[key] + m)) - np.log(prior)
 
 
-def cut_lifts(keys: Sequence[Sequence], table: LiftTable, prior: np.ndarray, m: float) -> np.ndarray:
-    """(N, k): each cut's mean lift over its keys found in ``table``, 0 where none is."""
-    prior = np.asarray(prior, np.float64)
+def table_lifts(table: LiftTable, prior: np.ndarray, m: float) -> dict:
+    """Every key's lift (:func:`key_lift`), shrunk by ``m`` pseudo-cuts of ``prior``."""
     if m <= 0:
         raise ValueError(f"m must be > 0, got {m}")
-    out = np.zeros((len(keys), len(prior)))
-    cache: dict = {}
-    for r, ks in enumerate(keys):
-        found = [x for x in ks if x in table.sums]
-        for x in found:
-            if x not in cache:
-                cache[x] = key_lift(table, x, prior, m)
-            out[r] += cache[x]
-        if found:
-            out[r] /= len(found)
-    return out
+    prior = np.asarray(prior, np.float64)
+    return {x: key_lift(table, x, prior, m) for x in table.sums}
+
+
+def cut_lifts(keys: Sequence[Sequence], table: LiftTable, prior: np.ndarray, m: float) -> np.ndarray:
+    """(N, k): each cut's mean lift over its keys found in ``table``, 0 where none is (the mean the
+    served model takes, :func:`interest_core.item_lift.mean_lift`)."""
+    lifts = table_lifts(table, prior, m)
+    return np.stack([mean_lift(lifts, ks, len(prior)) for ks in keys]) if len(keys) else np.zeros((0, len(prior)))
 
 
 def with_lift(p: np.ndarray, lift: np.ndarray, lam: float) -> np.ndarray:
@@ -123,8 +120,7 @@ def pruned(table: LiftTable, min_credit: float = MIN_CREDIT) -> LiftTable:
 
 def build(table: LiftTable, prior: np.ndarray, m: float, lam: float, categories, slots: int) -> ItemLift:
     """The item lift a model carries: ``lam * lift(x)``, shrunk by ``m``, of every key of ``table``."""
-    prior = np.asarray(prior, np.float64)
-    return ItemLift(categories, slots, {x: lam * key_lift(table, x, prior, m) for x in table.sums})
+    return ItemLift(categories, slots, {x: lam * v for x, v in table_lifts(table, prior, m).items()})
 
 
 def served(encoder, pred: np.ndarray, windows) -> np.ndarray:

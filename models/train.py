@@ -368,14 +368,13 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
     for slots in slots_grid or SLOTS:
         table, prior = table_and_prior(td.ds, slots)
         val_keys = [window_keys(w, index, slots) for w in val_windows]
-        m, lam, kl = choose(val_pred, va.targets, {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK},
-                            kl_per_sample)
+        val_lifts = {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK}
+        m, lam, kl = choose(val_pred, va.targets, val_lifts, kl_per_sample)
         if best is None or kl < best[3]:
-            best = (slots, m, lam, kl, table, prior)
-    slots, m, lam, kl, table, prior = best
+            best = (slots, m, lam, kl, table, prior, val_lifts[m])
+    slots, m, lam, kl, table, prior, val_lift = best
     without = kl_per_sample(va.targets, val_pred)
-    diff = kl_per_sample(va.targets, with_lift(val_pred, cut_lifts(
-        [window_keys(w, index, slots) for w in val_windows], table, prior, m), lam)) - without
+    diff = kl_per_sample(va.targets, with_lift(val_pred, val_lift, lam)) - without
     kept = lam > 0 and kl < (1.0 - MIN_GAIN) * float(without.mean())
     record = {"rule": "the newest items that count (slots), the shrinkage m and the strength lambda with the lowest "
                       f"validation KL on top of the chosen model; kept when that KL is at least {MIN_GAIN:.1%} lower "
