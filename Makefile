@@ -173,6 +173,8 @@ bench: install
 	# train's stage 6 (the item lift) against the same training without it, over MovieLens' four periods
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_item_lift \
 		--workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/backtest-movielens-items.json
+	# other forms of the item lift (recency, two tables, per-length and per-category strengths, residual) on its folds
+	$(PY) bench/item_lift_forms.py --workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/item_lift_forms-movielens.json
 	$(PY) bench/model_eval.py --dataset cj --variants default --workdir $(CROSS_DIR)-cj-items | tee bench-out/items-cj.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json

@@ -99,6 +99,45 @@ def test_vectors_are_contract_exact_with_drift(env, workers, tiny_model_dir):
     assert value["interest_scoring_batches_total"] >= 2
 
 
+def test_a_model_with_an_item_lift_publishes_the_graph_plus_the_lift(env, workers, tmp_path):
+    """A model whose encoding lifts travel by 2 in logits for one item: the worker's vector of a user
+    whose window holds that item is the graph's answer with the lift added (``p * e^lift``,
+    normalised), worked here from the same checkpoint exported without the lift; a user without
+    the item gets the graph's answer alone."""
+    import numpy as np
+
+    from export.onnx_export import export_checkpoint
+    from interest_core.artifacts import ENCODING_FILE
+    from interest_core.item_lift import ItemLift
+    from tiny_model import build_tiny_checkpoint
+
+    ckpt, _, enc = build_tiny_checkpoint(tmp_path / "ckpt", seed=2, steps=10)[:3]
+    export_checkpoint(ckpt, tmp_path / "plain", log=lambda m: None)
+    lift = np.zeros(enc.k)
+    lift[enc.category_index("travel")] = 2.0
+    enc.with_item_lift(ItemLift(enc.categories, 5, {"film-42": lift})).save(ckpt / ENCODING_FILE)
+    export_checkpoint(ckpt, tmp_path / "lifted", log=lambda m: None)
+    plain, lifted = LoadedModel.load(tmp_path / "plain"), LoadedModel.load(tmp_path / "lifted")
+    assert plain.version != lifted.version
+
+    cli(env, "topics", "create")
+    workers(INTEREST_MODEL_DIR=str(tmp_path / "lifted"))
+    users = {u: user_events(u, 6, 0, ["sports", "tech"]) for u in ("with-item", "without")}
+    users["with-item"][3]["item_id"] = "film-42"  # a click among the newest 5 clicks and browses
+    send(env, [e for evs in users.values() for e in evs])
+    got = vectors_by_user(env, expect=2)
+    for u, evs in users.items():
+        (v,) = got[u]
+        assert v["model_version"] == lifted.version
+        p = expected_probs(plain, evs)
+        if u == "with-item":  # the window's one known item: its lift is the window's
+            p = p * np.exp(lift)
+        want = p / p.sum()
+        assert [v["interests"][c] for c in enc.categories] == pytest.approx(list(want), abs=1e-5)
+    travel = enc.category_index("travel")
+    assert got["with-item"][0]["interests"]["travel"] > expected_probs(plain, users["with-item"])[travel] + 0.05
+
+
 def _events(w, user: str) -> int:
     status, body = w.get(f"/users/{user}")
     return body["events"] if status == 200 else 0
