@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import numpy as np
@@ -50,31 +51,46 @@ from first_cuts import read_fold  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
 
 
-def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
+def fold_inputs(fold_dir: Path, dataset: str, variant: str) -> SimpleNamespace:
+    """What a lift is fit and scored on in one fold: its data, the baselines fit on training
+    (``base``, with validation predictions) and as they are refit for test (``test_base``), the
+    checkpoint's graph on validation and test (``graph_val``, ``graph_test``), the training cuts of
+    the tables (``tr`` of ``ds``; ``jtr`` of ``jd``, training + validation when the model was refit)
+    and the input windows of every part (``windows``: train, joined, val, test)."""
     from models.data import joined_dataset, sample_windows
-    from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
-    from models.item_lift import SHRINK, choose, cut_lifts, fit_table, window_keys, with_lift
+    from models.evaluate import baseline_predictions, refit_samples
     from models.model import predict
 
     (td, _, test_seqs, test_prof), (model, enc, card) = read_fold(fold_dir, dataset, variant)
     ds, dcfg = td.ds, td.data_cfg
     va, te = ds.splits["val"], ds.splits["test"]
-    k = enc.k
-    fit = baseline_predictions(ds, dcfg, k, with_val=True)  # validation predictions: fit on training
+    base = baseline_predictions(ds, dcfg, enc.k, with_val=True)  # validation predictions: fit on training
     refit_on = refit_samples(card, ds, enc.categories, dcfg)
-    test_base = baseline_predictions(ds, dcfg, k, refit_on) if refit_on is not None else fit
-    best = fit["best"]
-    preds_val = {"model": predict(model, td.val_seqs, td.val_prof, enc.pad_id), best: fit["val"][best]}
-    preds_test = {"model": predict(model, test_seqs, test_prof, enc.pad_id), best: test_base["test"][best]}
+    test_base = baseline_predictions(ds, dcfg, enc.k, refit_on) if refit_on is not None else base
     # the tables: the training period's cuts for validation; for test, what the model last saw
     tr = ds.splits["train_all"]
     jd = joined_dataset(ds, enc.categories, dcfg) if refit_on is not None else ds
     jtr = jd.splits["train_all"]
-    win = {"train": sample_windows(ds, tr, dcfg), "joined": sample_windows(jd, jtr, dcfg),
-           "val": sample_windows(ds, va, dcfg), "test": sample_windows(ds, te, dcfg)}
-    out = {"fold": fold_dir.name, "best_baseline": best, "test_samples": len(te), "refit": refit_on is not None}
+    windows = {"train": sample_windows(ds, tr, dcfg), "joined": sample_windows(jd, jtr, dcfg),
+               "val": sample_windows(ds, va, dcfg), "test": sample_windows(ds, te, dcfg)}
+    return SimpleNamespace(ds=ds, dcfg=dcfg, va=va, te=te, enc=enc, model=model, refit=refit_on is not None,
+                           base=base, test_base=test_base, tr=tr, jd=jd, jtr=jtr, windows=windows,
+                           graph_val=predict(model, td.val_seqs, td.val_prof, enc.pad_id),
+                           graph_test=predict(model, test_seqs, test_prof, enc.pad_id),
+                           index={c: i for i, c in enumerate(enc.categories)})
+
+
+def one_fold(fold_dir: Path, dataset: str, variant: str, slots: int) -> dict:
+    from models.evaluate import kl_per_sample
+    from models.item_lift import SHRINK, choose, cut_lifts, fit_table, window_keys, with_lift
+
+    f = fold_inputs(fold_dir, dataset, variant)
+    va, te, tr, jtr, win, index, fit, test_base = f.va, f.te, f.tr, f.jtr, f.windows, f.index, f.base, f.test_base
+    best = fit["best"]
+    preds_val = {"model": f.graph_val, best: fit["val"][best]}
+    preds_test = {"model": f.graph_test, best: test_base["test"][best]}
+    out = {"fold": fold_dir.name, "best_baseline": best, "test_samples": len(te), "refit": f.refit}
     kl = {"best": kl_per_sample(te.targets, preds_test[best]), "model": kl_per_sample(te.targets, preds_test["model"])}
-    index = {c: i for i, c in enumerate(enc.categories)}
     for level in ("item", "category"):
         keys = {n: [window_keys(w, index, slots, level) for w in ws] for n, ws in win.items()}
         t_val, t_test = fit_table(keys["train"], tr.targets), fit_table(keys["joined"], jtr.targets)

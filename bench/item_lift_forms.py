@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from backtest import fold_users  # noqa: E402
 from common import commit, machine  # noqa: E402
-from first_cuts import read_fold  # noqa: E402
+from item_lift import fold_inputs  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
+from models.item_lift import LiftTable, pruned, table_lifts  # noqa: E402
 
 DECAYS = (0.6, 0.8)
 GRID = tuple(round(0.2 * i, 1) for i in range(21))  # two_tables' strengths
@@ -62,8 +63,9 @@ def weighted_keys(keys: list, n: int, d: float) -> list:
     return out
 
 
-def fit(wkeys: list, targets: np.ndarray) -> tuple[dict, dict]:
-    """``(S, N)``: per item its credited targets (k,) and credit, each cut's target shared by weight."""
+def fit(wkeys: list, targets: np.ndarray) -> LiftTable:
+    """:func:`models.item_lift.fit_table` with each cut's target shared by the keys' weights (not
+    equally): per item its credited targets (k,) and credit."""
     S, N = {}, {}
     for kw, t in zip(wkeys, targets):
         for x, w in kw:
@@ -72,15 +74,17 @@ def fit(wkeys: list, targets: np.ndarray) -> tuple[dict, dict]:
                 N[x] += w
             else:
                 S[x], N[x] = w * np.asarray(t, np.float64), w
-    return S, N
+    return LiftTable(S, N)
 
 
-def lifts(S: dict, N: dict, prior: np.ndarray, m: float, P: dict | None = None) -> dict:
-    """Per item credited with one target at least: its lift against the prior (or, with ``P``,
-    against the credited predictions), shrunk by ``m`` pseudo-cuts of the prior."""
-    if P is None:
-        return {x: np.log((S[x] + m * prior) / (N[x] + m)) - np.log(prior) for x in S if N[x] >= 1.0}
-    return {x: np.log((S[x] + m * prior) / (P[x] + m * prior)) for x in S if N[x] >= 1.0}
+def lifts(table: LiftTable, prior: np.ndarray, m: float, predicted: LiftTable | None = None) -> dict:
+    """Per item credited with one target at least: its lift against the prior
+    (:func:`models.item_lift.table_lifts`) or, with ``predicted`` (the same cuts credited with the
+    graph's predictions), against those, shrunk by ``m`` pseudo-cuts of the prior."""
+    table = pruned(table)
+    if predicted is None:
+        return table_lifts(table, prior, m)
+    return {x: np.log((table.sums[x] + m * prior) / (predicted.sums[x] + m * prior)) for x in table.sums}
 
 
 def cut_lifts(wkeys: list, table: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,30 +101,21 @@ def cut_lifts(wkeys: list, table: dict, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def one_fold(fold_dir: Path, dataset: str) -> tuple:
-    from models.data import encode_samples, joined_dataset, sample_profiles, sample_windows
-    from models.evaluate import baseline_predictions, kl_per_sample, refit_samples
-    from models.item_lift import LAMBDAS, SHRINK, apply, window_keys
+    from models.data import encode_samples, sample_profiles
+    from models.evaluate import kl_per_sample
+    from models.item_lift import LAMBDAS, SHRINK, apply, choose, window_keys
     from models.model import predict
 
-    (td, _, test_seqs, test_prof), (model, enc, card) = read_fold(fold_dir, dataset, "default")
-    ds, dcfg, k = td.ds, td.data_cfg, enc.k
-    va, te = ds.splits["val"], ds.splits["test"]
-    base = baseline_predictions(ds, dcfg, k, with_val=True)
-    refit_on = refit_samples(card, ds, enc.categories, dcfg)
-    test_base = baseline_predictions(ds, dcfg, k, refit_on) if refit_on is not None else base
-    pv = predict(model, td.val_seqs, td.val_prof, enc.pad_id).astype(np.float64)
-    pt = predict(model, test_seqs, test_prof, enc.pad_id).astype(np.float64)
-    tr = ds.splits["train_all"]
-    jd = joined_dataset(ds, enc.categories, dcfg) if refit_on is not None else ds
-    jtr = jd.splits["train_all"]
-    index = {c: i for i, c in enumerate(enc.categories)}
-    parts = {"val": (ds, va), "test": (ds, te), "train": (ds, tr), "joined": (jd, jtr)}
-    keys = {n: [window_keys(w, index, 20) for w in sample_windows(d, s, dcfg)] for n, (d, s) in parts.items()}
+    f = fold_inputs(fold_dir, dataset, "default")
+    va, te, k = f.va, f.te, f.enc.k
+    pv, pt = f.graph_val.astype(np.float64), f.graph_test.astype(np.float64)
+    keys = {n: [window_keys(w, f.index, 20) for w in ws] for n, ws in f.windows.items()}
     # the graph's own predictions of the cuts the tables are fit on (residual)
-    own = {n: predict(model, encode_samples(d, s, dcfg, enc), sample_profiles(d, s, dcfg, enc),
-                      enc.pad_id).astype(np.float64) for n, (d, s) in parts.items() if n in ("train", "joined")}
-    prior = {"val": base["prior"], "test": test_base["prior"]}
-    fit_on = {"val": ("train", tr.targets), "test": ("joined", jtr.targets)}
+    own = {n: predict(f.model, encode_samples(d, s, f.dcfg, f.enc), sample_profiles(d, s, f.dcfg, f.enc),
+                      f.enc.pad_id).astype(np.float64)
+           for n, d, s in (("train", f.ds, f.tr), ("joined", f.jd, f.jtr))}
+    prior = {"val": f.base["prior"], "test": f.test_base["prior"]}
+    fit_on = {"val": ("train", f.tr.targets), "test": ("joined", f.jtr.targets)}
 
     def kl(t, p):
         return float(kl_per_sample(t, p).mean())
@@ -131,27 +126,19 @@ def one_fold(fold_dir: Path, dataset: str) -> tuple:
         for part in ("val", "test"):
             name, targets = fit_on[part]
             wk = weighted_keys(keys[name], n, d)
-            S, N = fit(wk, targets)
-            P = fit(wk, own[name])[0] if residual else None
-            out[part] = cut_lifts(weighted_keys(keys[part], n, d), lifts(S, N, prior[part], m, P), k)
+            table = lifts(fit(wk, targets), prior[part], m, fit(wk, own[name]) if residual else None)
+            out[part] = cut_lifts(weighted_keys(keys[part], n, d), table, k)
         return out
 
-    def one_strength(lift: np.ndarray, mask=None) -> tuple[float, float]:
-        mask = np.ones(len(pv), bool) if mask is None else mask
-        return min(((lam, kl(va.targets[mask], apply(pv[mask], lam * lift[mask]))) for lam in LAMBDAS),
-                   key=lambda r: r[1])
-
     def best_m(n: int, d: float, residual: bool = False) -> tuple:
-        """``(m, lam, val KL, lifts)`` of the form with the lowest validation KL over ``m``."""
-        best = None
-        for m in SHRINK:
-            cl = cut_lifts_of(n, d, m, residual)
-            lam, v = one_strength(cl["val"][0])
-            if best is None or v < best[2]:
-                best = (m, lam, v, cl)
-        return best
+        """``(m, lam, val KL, lifts)`` of the form with the lowest validation KL over ``m`` and lam
+        (:func:`models.item_lift.choose`, as ``train`` chooses)."""
+        cl = {m: cut_lifts_of(n, d, m, residual) for m in SHRINK}
+        m, lam, v = choose(pv, va.targets, {m: c["val"][0] for m, c in cl.items()}, kl_per_sample)
+        return m, lam, v, cl[m]
 
-    kls = {"model": kl_per_sample(te.targets, pt), "best": kl_per_sample(te.targets, test_base["test"][base["best"]])}
+    kls = {"model": kl_per_sample(te.targets, pt),
+           "best": kl_per_sample(te.targets, f.test_base["test"][f.base["best"]])}
     chosen = {}
     m5, lam5, v5, cl5 = best_m(5, 1.0)
     kls["mean_5"] = kl_per_sample(te.targets, apply(pt, lam5 * cl5["test"][0]))
@@ -170,7 +157,8 @@ def one_fold(fold_dir: Path, dataset: str) -> tuple:
     lam_test, lams = np.zeros(len(pt)), []
     for lo, hi in LENGTHS:  # each group's strength on its own validation cuts
         in_group = (cl5["val"][1] >= lo) & (cl5["val"][1] <= hi)
-        lams.append(one_strength(cl5["val"][0], in_group)[0] if in_group.any() else 0.0)
+        lams.append(choose(pv[in_group], va.targets[in_group], {m5: cl5["val"][0][in_group]}, kl_per_sample)[1]
+                    if in_group.any() else 0.0)
         lam_test[(cl5["test"][1] >= lo) & (cl5["test"][1] <= hi)] = lams[-1]
     kls["per_length"] = kl_per_sample(te.targets, apply(pt, lam_test[:, None] * cl5["test"][0]))
     chosen["per_length"] = {"m": m5, "lambda_by_found": dict(zip(["1", "2-3", "4-5"], lams))}
@@ -184,13 +172,13 @@ def one_fold(fold_dir: Path, dataset: str) -> tuple:
                 trial.append((lam, kl(va.targets, apply(pv, lamc * cl5["val"][0]))))
             lamc[c] = min(trial, key=lambda r: r[1])[0]
     kls["per_category"] = kl_per_sample(te.targets, apply(pt, lamc * cl5["test"][0]))
-    chosen["per_category"] = {"m": m5, "lambda": dict(zip(enc.categories, lamc.tolist()))}
+    chosen["per_category"] = {"m": m5, "lambda": dict(zip(f.enc.categories, lamc.tolist()))}
 
     mr, lamr, vr, clr = best_m(5, 1.0, residual=True)
     kls["residual"] = kl_per_sample(te.targets, apply(pt, lamr * clr["test"][0]))
     chosen["residual"] = {"m": mr, "lambda": lamr, "val_kl": round(vr, 5)}
 
-    out = {"fold": fold_dir.name, "best_baseline": base["best"], "test_samples": len(te), "chosen": chosen,
+    out = {"fold": fold_dir.name, "best_baseline": f.base["best"], "test_samples": len(te), "chosen": chosen,
            "ratio_to_best_baseline": {n: round(float(v.mean() / kls["best"].mean()), 4) for n, v in kls.items()
                                       if n != "best"}}
     return out, kls, te.user, first_cut_mask(te)

@@ -383,8 +383,13 @@ def sample_windows(ds: Dataset, samples: Samples, cfg: DataConfig) -> list[list[
     return out
 
 
+def encode_windows(windows, encoder) -> list[np.ndarray]:
+    """The token sequence of each window (:meth:`interest_core.encoding.Encoder.encode`), int32."""
+    return [np.asarray(encoder.encode(w), dtype=np.int32) for w in windows]
+
+
 def encode_samples(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> list[np.ndarray]:
-    return [np.asarray(encoder.encode(w), dtype=np.int32) for w in sample_windows(ds, samples, cfg)]
+    return encode_windows(sample_windows(ds, samples, cfg), encoder)
 
 
 def sample_profiles(ds: Dataset, samples: Samples, cfg: DataConfig, encoder) -> np.ndarray:

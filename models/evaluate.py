@@ -204,7 +204,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     predictions for the test samples (``evaluate``, and bench/live_eval.py against the worker)."""
     import torch
 
-    from models.data import DataConfig, prepare, sample_profiles
+    from models.data import DataConfig, encode_windows, prepare, sample_profiles
     from models.item_lift import served
     from models.model import load_checkpoint, predict
 
@@ -215,7 +215,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
     base = baseline_predictions(ds, dcfg, encoder.k, refit_samples(card, ds, encoder.categories, dcfg))
     test = ds.splits["test"]
-    test_seqs = [np.asarray(encoder.encode(w), np.int32) for w in base["test_windows"]]
+    test_seqs = encode_windows(base["test_windows"], encoder)
     test_prof = sample_profiles(ds, test, dcfg, encoder)
     pred = predict(model, test_seqs, test_prof, encoder.pad_id).astype(np.float64)
     pred = served(encoder, pred, base["test_windows"])  # the items' lift, as the worker adds it

@@ -208,7 +208,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.data import DataConfig, prepare, sample_profiles, sample_windows
+    from models.data import DataConfig, encode_windows, prepare, sample_profiles, sample_windows
     from models.item_lift import served
     from models.evaluate import baseline_predictions, refit_samples
     from models.model import load_checkpoint, predict
@@ -238,7 +238,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     interests = {}
     for name, smp in (("val", val), ("test", test)):
         windows = sample_windows(ds, smp, dcfg)
-        seqs = [np.asarray(encoder.encode(w), dtype=np.int32) for w in windows]
+        seqs = encode_windows(windows, encoder)
         pred = predict(model, seqs, sample_profiles(ds, smp, dcfg, encoder), encoder.pad_id).astype(np.float64)
         interests[name] = {
             "model": served(encoder, pred, windows),

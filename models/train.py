@@ -357,22 +357,26 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
     dcfg = td.data_cfg
     index = {c: i for i, c in enumerate(td.encoder.categories)}
 
-    def table_and_prior(ds, slots):
+    def training_cuts(ds):
+        """``(windows, targets, prior)`` of the training cuts of ``ds``."""
         tr = ds.splits["train"]
-        keys = [window_keys(w, index, slots) for w in sample_windows(ds, tr, dcfg)]
-        return pruned(fit_table(keys, tr.targets)), np.asarray(_mean_distribution(tr.targets))
+        return sample_windows(ds, tr, dcfg), tr.targets, np.asarray(_mean_distribution(tr.targets))
+
+    def fit_pruned(windows, targets, slots):
+        return pruned(fit_table([window_keys(w, index, slots) for w in windows], targets))
 
     va = td.ds.splits["val"]
     val_windows = sample_windows(td.ds, va, dcfg)
+    train_windows, train_targets, prior = training_cuts(td.ds)
     best = None
     for slots in slots_grid or SLOTS:
-        table, prior = table_and_prior(td.ds, slots)
+        table = fit_pruned(train_windows, train_targets, slots)
         val_keys = [window_keys(w, index, slots) for w in val_windows]
         val_lifts = {m: cut_lifts(val_keys, table, prior, m) for m in SHRINK}
         m, lam, kl = choose(val_pred, va.targets, val_lifts, kl_per_sample)
         if best is None or kl < best[3]:
-            best = (slots, m, lam, kl, table, prior, val_lifts[m])
-    slots, m, lam, kl, table, prior, val_lift = best
+            best = (slots, m, lam, kl, table, val_lifts[m])
+    slots, m, lam, kl, table, val_lift = best
     without = kl_per_sample(va.targets, val_pred)
     diff = kl_per_sample(va.targets, with_lift(val_pred, val_lift, lam)) - without
     kept = lam > 0 and kl < (1.0 - MIN_GAIN) * float(without.mean())
@@ -384,7 +388,8 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
     lift = None
     if kept:
         if refit_td is not None:
-            table, prior = table_and_prior(refit_td.ds, slots)
+            windows, targets, prior = training_cuts(refit_td.ds)
+            table = fit_pruned(windows, targets, slots)
         lift = build(table, prior, m, lam, td.encoder.categories, slots)
         record["items"] = len(lift)
     record["seconds"] = round(time.time() - t0, 1)
