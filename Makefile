@@ -175,6 +175,8 @@ bench: install
 		--workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/backtest-movielens-items.json
 	# other forms of the item lift (recency, two tables, per-length and per-category strengths, residual) on its folds
 	$(PY) bench/item_lift_forms.py --workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/item_lift_forms-movielens.json
+	# reading the items beyond the table: neighbours' lifts, genre lists (an attribute events do not carry), a next-items model
+	$(PY) bench/item_models.py --workdir $(CROSS_DIR)-bt-ml-items | tee bench-out/item_models-movielens.json
 	$(PY) bench/model_eval.py --dataset cj --variants default --workdir $(CROSS_DIR)-cj-items | tee bench-out/items-cj.json
 	$(PY) bench/train_cost.py | tee bench-out/train_cost.json
 	$(PY) bench/install.py | tee bench-out/install.json
