@@ -140,6 +140,15 @@ def test_train_keeps_the_item_lift_when_items_tell_what_comes_next():
     record3, _ = choose_item_lift(td, val_pred, slots_grid=(20, 1, 5))
     assert record3["slots"] == 1 and record3["val_kl_with"] == record["val_kl_with"]
     assert not np.allclose(lift2.lifts["x"], lift.lifts["x"])
+    # exactly: lam * the lift of the refit's training table, against the refit's prior
+    rtr = refit.ds.splits["train"]
+    rtable = pruned(fit_table([window_keys(w, {c: i for i, c in enumerate(cats)}, 1)
+                               for w in sample_windows(refit.ds, rtr, cfg)], rtr.targets))
+    rprior = rtr.targets.astype(np.float64).mean(0)
+    assert set(lift2.lifts) == set(rtable.sums)
+    for x in ("x", "w"):
+        want = record2["lambda"] * key_lift(rtable, x, rprior / rprior.sum(), record2["m"])
+        assert np.allclose(lift2.lifts[x], want, rtol=1e-6, atol=1e-6), (x, lift2.lifts[x], want)
 
 
 def test_train_leaves_out_an_item_lift_that_does_not_earn_its_share(monkeypatch):
