@@ -2,6 +2,7 @@
 (not a test).
 
     .venv/bin/python bench/item_models.py --workdir DIR [--folds 0,1,2,3] [--epochs 20] [--jobs 2]
+        [--ways neighbours,genre_set,next_items]
         [--movies ../shared/data/movielens-latest-small/movies.csv]
 
 On the folds that ``bench/backtest.py --dataset movielens --workdir DIR`` left, read as
@@ -15,9 +16,10 @@ refit, as the model was), and scored on test:
 * ``neighbours``: the table with each item's lift shrunk toward its neighbours' instead of toward
   the prior. An item's neighbours are the 20 items most often rated by the same users (cosine of
   the users x items matrix of the log before the cutoff); their credited targets, weighted by that
-  similarity and shrunk by ``m2`` pseudo-cuts of the prior, give the item's own prior. Items the
-  log holds but no training cut credits get their neighbours' lift alone. It needs nothing the
-  events do not carry;
+  similarity and shrunk by ``m2`` pseudo-cuts of the prior, give the item's own prior. Whether
+  the items the log holds but no training cut credits get their neighbours' lift alone is chosen
+  on validation too (adding them dilutes the window's mean). It needs nothing the events do not
+  carry;
 * ``genre_set``: the same with the film's whole genre list (``movies.csv``) in place of the
   neighbours: the items sharing it pool their credited targets. The category is the first genre
   only, and events carry no other attribute (``../shared/CONTRACT.md``: extra fields are ignored),
@@ -63,6 +65,8 @@ HORIZON = 10  # next items predicted at each position (MovieLens' target: the ne
 EPS = (0.05, 0.2, 0.5)
 LQ = tuple(round(0.05 * i, 2) for i in range(21))  # next_items' strength, 0 .. 1
 PATIENCE = 5
+COVER = ("credited", "held")  # which items get a lift: the credited ones, or every item the log holds
+WAYS = ("neighbours", "genre_set", "next_items")
 
 
 def kl(targets, p) -> float:
@@ -269,7 +273,7 @@ def q_term(q: np.ndarray, prior: np.ndarray, eps: float) -> np.ndarray:
     return t
 
 
-def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int) -> tuple:
+def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: tuple = WAYS) -> tuple:
     import torch
 
     from models.evaluate import kl_per_sample
@@ -315,23 +319,29 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int) -> tup
             return neighbour_priors(nb[p], fit_table(keys[name], targets), prior, m2)
         return group_priors({x: genres[x] for x in held[p] if x in genres}, keys[name], targets, prior, m2)
 
-    for way in ("neighbours", "genre_set"):
+    for way in [w for w in ("neighbours", "genre_set") if w in ways]:
         best = None
         for m2 in SHRINK_2:
             own = own_priors(way, "val", m2)
-            for m_ in SHRINK:
-                lifts = shrunk_lifts(tables["val"], own, parts["val"][3], m_, held["val"])
-                lv = np.stack([mean_lift(lifts, ks, k) for ks in keys["val"]])
-                for lam_ in LAMBDAS:
-                    v = kl(va.targets, apply(pv, lam_ * lv))
-                    if best is None or v < best[3]:
-                        best = (m2, m_, lam_, v)
-        m2, m_, lam_, v = best
-        lifts = shrunk_lifts(tables["test"], own_priors(way, "test", m2), parts["test"][3], m_, held["test"])
+            for cover in COVER:
+                for m_ in SHRINK:
+                    lifts = shrunk_lifts(tables["val"], own, parts["val"][3], m_, held["val"] if cover == "held" else set())
+                    lv = np.stack([mean_lift(lifts, ks, k) for ks in keys["val"]])
+                    for lam_ in LAMBDAS:
+                        v = kl(va.targets, apply(pv, lam_ * lv))
+                        if best is None or v < best[4]:
+                            best = (m2, cover, m_, lam_, v)
+        m2, cover, m_, lam_, v = best
+        lifts = shrunk_lifts(tables["test"], own_priors(way, "test", m2), parts["test"][3], m_,
+                             held["test"] if cover == "held" else set())
         lt = np.stack([mean_lift(lifts, ks, k) for ks in keys["test"]])
         kls[way] = kl_per_sample(te.targets, apply(pt, lam_ * lt))
-        out["chosen"][way] = {"m2": m2, "m": m_, "lambda": lam_, "val_kl": round(v, 5), "items": len(lifts)}
+        out["chosen"][way] = {"m2": m2, "items_covered": cover, "m": m_, "lambda": lam_, "val_kl": round(v, 5),
+                              "items": len(lifts)}
         print(json.dumps({"fold": fold_dir.name, way: out["chosen"][way]}), file=sys.stderr, flush=True)
+
+    if "next_items" not in ways:
+        return _fold_end(out, kls, te, t0)
 
     # next_items
     item_category = {}  # each item's category: its first event's (a film's first genre)
@@ -367,6 +377,10 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int) -> tup
     out["chosen"]["next_items"] = {"epochs": epochs, "eps": eps, "lq": lq, "val_kl": round(v, 5),
                                    "items": len(model.vocab), "chunks": len(model.x), "by_epoch": track["epochs"],
                                    "seconds": round(time.time() - t1)}
+    return _fold_end(out, kls, te, t0)
+
+
+def _fold_end(out: dict, kls: dict, te, t0: float) -> tuple:
     out["ratio_to_best_baseline"] = {n: round(float(x.mean() / kls["best"].mean()), 4) for n, x in kls.items()
                                      if n != "best"}
     out["seconds"] = round(time.time() - t0)
@@ -392,10 +406,11 @@ def pool(kls: dict, users: np.ndarray) -> dict:
 @click.option("--folds", default="0,1,2,3", show_default=True, help="the folds to run, comma-separated")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1, 200),
               help="next_items' most epochs (validation chooses)")
+@click.option("--ways", default=",".join(WAYS), show_default=True, help="the ways to run, comma-separated")
 @click.option("--jobs", default=2, show_default=True, type=click.IntRange(1, 2), help="folds run at once")
 @click.option("--movies", default=str(ROOT.parent / "shared/data/movielens-latest-small/movies.csv"),
               show_default=True, type=click.Path(exists=True, dir_okay=False), help="MovieLens' movies.csv (genre_set)")
-def main(workdir, folds, epochs, jobs, movies):
+def main(workdir, folds, epochs, jobs, movies, ways):
     from concurrent.futures import ProcessPoolExecutor
 
     try:
@@ -406,16 +421,19 @@ def main(workdir, folds, epochs, jobs, movies):
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise click.UsageError(f"no fold directory {', '.join(missing)}; run bench/backtest.py --dataset movielens first")
+    chosen = tuple(w.strip() for w in ways.split(","))
+    if not chosen or set(chosen) - set(WAYS):
+        raise click.UsageError(f"--ways {ways!r}: expected some of {', '.join(WAYS)}, separated by commas")
     with ProcessPoolExecutor(jobs) as pool_:
         runs = list(pool_.map(one_fold, dirs, [Path(movies)] * len(dirs), [epochs] * len(dirs),
-                              [2 // jobs] * len(dirs)))
+                              [2 // jobs] * len(dirs), [chosen] * len(dirs)))
     for r in runs:
         print(json.dumps(r[0]), file=sys.stderr, flush=True)
     kls = {n: np.concatenate([r[1][n] for r in runs]) for n in runs[0][1]}
     users = fold_users([{"user": r[2]} for r in runs])
     first = np.concatenate([r[3] for r in runs])
     out = {"benchmark": "reading the items beyond train's table: neighbours, genre lists, a next-items model",
-           "machine": machine(), "commit": commit(), "workdir": str(workdir), "max_epochs": epochs,
+           "machine": machine(), "commit": commit(), "workdir": str(workdir), "ways": list(chosen), "max_epochs": epochs,
            "jobs": jobs, "torch_threads_per_fold": 2 // jobs, "folds": [r[0] for r in runs],
            "pooled": {"all": pool(kls, users), "first_test_cuts": pool({n: v[first] for n, v in kls.items()}, users[first])}}
     print(json.dumps(out, indent=1))
