@@ -184,17 +184,19 @@ def one_fold(fold_dir: Path, dataset: str) -> tuple:
     return out, kls, te.user, first_cut_mask(te)
 
 
-def pool(kls: dict, users: np.ndarray) -> dict:
+def pool(kls: dict, users: np.ndarray, reference: str = "mean_5") -> dict:
+    """Pooled test samples: each prediction's ratio to the best baseline, and its KL difference to
+    ``reference``'s with the paired bootstrap interval over ``users`` (``kl_minus_<reference>``)."""
     from models.evaluate import paired_bootstrap
 
-    out = {"test_samples": int(len(users)),
-           "ratio_to_best_baseline": {n: round(float(v.mean() / kls["best"].mean()), 4) for n, v in kls.items()
-                                      if n != "best"}, "kl_minus_mean_5": {}}
+    diffs = {}
     for n, v in kls.items():
-        if n not in ("best", "mean_5"):
-            d = v - kls["mean_5"]
-            out["kl_minus_mean_5"][n] = [round(float(d.mean()), 5), [round(x, 5) for x in paired_bootstrap(d, users)]]
-    return out
+        if n not in ("best", reference):
+            d = v - kls[reference]
+            diffs[n] = [round(float(d.mean()), 5), [round(x, 5) for x in paired_bootstrap(d, users)]]
+    return {"test_samples": int(len(users)),
+            "ratio_to_best_baseline": {n: round(float(v.mean() / kls["best"].mean()), 4) for n, v in kls.items()
+                                       if n != "best"}, f"kl_minus_{reference}": diffs}
 
 
 @click.command()

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from backtest import fold_users  # noqa: E402
 from common import commit, machine  # noqa: E402
 from item_lift import fold_inputs  # noqa: E402
+from item_lift_forms import pool  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
 from models.item_lift import LAMBDAS, SHRINK, SLOTS, apply, choose, cut_lifts, fit_table, mean_lift, pruned, window_keys  # noqa: E402
 
@@ -387,19 +388,6 @@ def _fold_end(out: dict, kls: dict, te, t0: float) -> tuple:
     return out, kls, te.user, first_cut_mask(te)
 
 
-def pool(kls: dict, users: np.ndarray) -> dict:
-    from models.evaluate import paired_bootstrap
-
-    out = {"test_samples": int(len(users)),
-           "ratio_to_best_baseline": {n: round(float(v.mean() / kls["best"].mean()), 4) for n, v in kls.items()
-                                      if n != "best"}, "kl_minus_table": {}}
-    for n, v in kls.items():
-        if n not in ("best", "table"):
-            d = v - kls["table"]
-            out["kl_minus_table"][n] = [round(float(d.mean()), 5), [round(x, 5) for x in paired_bootstrap(d, users)]]
-    return out
-
-
 @click.command()
 @click.option("--workdir", required=True, type=click.Path(exists=True, file_okay=False),
               help="bench/backtest.py --dataset movielens's --workdir")
@@ -435,7 +423,8 @@ def main(workdir, folds, epochs, jobs, movies, ways):
     out = {"benchmark": "reading the items beyond train's table: neighbours, genre lists, a next-items model",
            "machine": machine(), "commit": commit(), "workdir": str(workdir), "ways": list(chosen), "max_epochs": epochs,
            "jobs": jobs, "torch_threads_per_fold": 2 // jobs, "folds": [r[0] for r in runs],
-           "pooled": {"all": pool(kls, users), "first_test_cuts": pool({n: v[first] for n, v in kls.items()}, users[first])}}
+           "pooled": {"all": pool(kls, users, "table"),
+                      "first_test_cuts": pool({n: v[first] for n, v in kls.items()}, users[first], "table")}}
     print(json.dumps(out, indent=1))
 
 
