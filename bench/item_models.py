@@ -40,7 +40,6 @@ pairs, and the same on each user's first test cut. ``--jobs`` folds run at once,
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -58,6 +57,7 @@ from common import commit, machine  # noqa: E402
 from item_lift import fold_inputs  # noqa: E402
 from item_lift_forms import pool  # noqa: E402
 from model_eval import first_cut_mask  # noqa: E402
+from models.loaders import movie_genres  # noqa: E402
 from models.item_lift import LAMBDAS, SHRINK, SLOTS, apply, choose, cut_lifts, fit_table, mean_lift, pruned, window_keys  # noqa: E402
 
 NEIGHBOURS = 20
@@ -107,18 +107,19 @@ def group_priors(group: dict, keys: list, targets: np.ndarray, prior: np.ndarray
 
 
 def log_items(ds, cutoff: int, index: dict) -> list[list]:
-    """Per user, ``(ts, item)`` of the clicks and browses before ``cutoff`` whose category the model knows."""
-    return [[(e.ts, e.item) for e in s.events if e.ts < cutoff and e.type in ("click", "browse")
+    """Per user, ``(ts, item, category)`` of the clicks and browses before ``cutoff`` with an item
+    and a category the model knows (the events :func:`models.item_lift.window_keys` keys)."""
+    return [[(e.ts, e.item, e.category) for e in s.events if e.ts < cutoff and e.type in ("click", "browse")
              and e.item is not None and e.category in index] for s in ds.seqs]
 
 
 def cosine_neighbours(items_by_user: list[list]) -> dict:
     """Per item, its :data:`NEIGHBOURS` items with the highest cosine over users (rated or not)."""
-    items = sorted({x for u in items_by_user for _, x in u})
+    items = sorted({x for u in items_by_user for _, x, _ in u})
     ix = {x: i for i, x in enumerate(items)}
     a = np.zeros((len(items_by_user), len(items)), np.float32)
     for u, evs in enumerate(items_by_user):
-        a[u, [ix[x] for _, x in evs]] = 1.0
+        a[u, [ix[x] for _, x, _ in evs]] = 1.0
     norm = np.sqrt(a.sum(0))
     out = {}
     for lo in range(0, len(items), 2048):  # (chunk, items) cosines at a time
@@ -137,7 +138,7 @@ class NextItems:
                  length: int, dim: int = 64):
         import torch
 
-        items = sorted({x for u in items_by_user for _, x in u})
+        items = sorted({x for u in items_by_user for _, x, _ in u})
         self.vocab = {x: i + 2 for i, x in enumerate(items)}  # 0: padding, 1: an item the log did not hold
         self.length = length
         cats = np.zeros((len(items) + 2, k), np.float32)  # (V, k) each item's category
@@ -159,8 +160,8 @@ class NextItems:
             n = len(evs)
             if n < 2:
                 continue
-            ts = np.array([t for t, _ in evs])
-            ids = np.array([self.vocab[x] for _, x in evs])
+            ts = np.array([t for t, _, _ in evs])
+            ids = np.array([self.vocab[x] for _, x, _ in evs])
             nxt = np.zeros((n, HORIZON), np.int64)
             for h in range(1, min(HORIZON, n - 1) + 1):
                 nxt[: n - h, h - 1] = ids[h:]
@@ -297,9 +298,9 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: 
         lv = {m: cut_lifts(keys["val"], tables["val"], parts["val"][3], m) for m in SHRINK}
         m, lam, v = choose(pv, va.targets, lv, kl_per_sample)
         if best is None or v < best[3]:
-            best = (slots, m, lam, v, keys, tables)
-    slots, m, lam, v_table, keys, tables = best
-    table_val = lam * cut_lifts(keys["val"], tables["val"], parts["val"][3], m)
+            best = (slots, m, lam, v, keys, tables, lv[m])
+    slots, m, lam, v_table, keys, tables, table_val = best
+    table_val = lam * table_val
     table_test = lam * cut_lifts(keys["test"], tables["test"], parts["test"][3], m)
     kls = {"best": kl_per_sample(te.targets, f.test_base["test"][f.base["best"]]),
            "graph": kl_per_sample(te.targets, pt), "table": kl_per_sample(te.targets, apply(pt, table_test))}
@@ -307,11 +308,8 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: 
 
     # neighbours and genre_set: the table's items shrunk toward an own prior
     by_user = {p: log_items(f.ds, parts[p][2], index) for p in parts}
-    held = {p: {x for u in by_user[p] for _, x in u} for p in parts}
-    genres = {}
-    with open(movies, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            genres[row["movieId"]] = row["genres"]
+    held = {p: {x for u in by_user[p] for _, x, _ in u} for p in parts}
+    genres = {x: "|".join(g) for x, g in movie_genres(movies).items()}
     nb = {p: cosine_neighbours(by_user[p]) for p in parts}
 
     def own_priors(way: str, p: str, m2: float) -> dict:
@@ -346,10 +344,9 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: 
 
     # next_items
     item_category = {}  # each item's category: its first event's (a film's first genre)
-    for s in f.ds.seqs:
-        for e in s.events:
-            if e.type in ("click", "browse") and e.item is not None and e.category in index:
-                item_category.setdefault(e.item, e.category)
+    for u in by_user["test"]:  # every item of either model's log
+        for _, x, c in u:
+            item_category.setdefault(x, c)
     all_keys = {n: [window_keys(w, index, f.dcfg.max_events) for w in ws] for n, ws in f.windows.items()}
     horizon_ms = int(f.dcfg.horizon_s * 1000)
 

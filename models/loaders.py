@@ -68,15 +68,22 @@ def _write(events: list[dict], out) -> None:
             f.write(orjson.dumps(e) + b"\n")
 
 
+def movie_genres(path) -> dict[str, list[str]]:
+    """Per film id of MovieLens' ``movies.csv``, its genres in the file's order (:data:`NO_GENRE`
+    when it lists none)."""
+    genres: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            genres[row["movieId"]] = [g for g in row["genres"].split("|") if g] or [NO_GENRE]
+    return genres
+
+
 def movielens_events(data_dir) -> tuple[list[dict], dict]:
     d = Path(data_dir)
     for name in ("ratings.csv", "movies.csv"):
         if not (d / name).exists():
             raise FileNotFoundError(f"{d}: no {name} (expected MovieLens ml-latest-small)")
-    genres: dict[str, list[str]] = {}
-    with open(d / "movies.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            genres[row["movieId"]] = [g for g in row["genres"].split("|") if g] or [NO_GENRE]
+    genres = movie_genres(d / "movies.csv")
     events: list[dict] = []
     stats = {"ratings": 0, "tags": 0, "tags_skipped_empty": 0, "movies_without_genre_row": 0}
     with open(d / "ratings.csv", newline="", encoding="utf-8") as f:
