@@ -1,4 +1,5 @@
-"""How much knowing the future would be worth to a counter: the hindsight counter on every log.
+"""How much knowing more would be worth to a counter: the user's future (the hindsight counter), and
+the whole population's recent behaviour, on every log.
 
     .venv/bin/python bench/hindsight.py [--only cj|movielens|rees46|sim] [--workdir DIR]
 
@@ -21,6 +22,13 @@ populations of :data:`SIM_RUNS`), the test split's KL of
   The hindsight counter is measured against it: both see the future, and only the simulator has
   a truth. Beside it, each prediction's KL with the truth as
   the target (``bench/model_eval.py``'s "against the truth").
+
+* **the population's counter**: the control with the category mix of every user's events before
+  the sample's cut (:func:`population_mix`, decayed by a day, a week and a month): what a counter
+  gains from what everyone has been doing lately (a season, a release, a sale), which the
+  per-user counters and the fixed prior do not see. Unlike the hindsight inputs it is known at the
+  cut, so a worker could hold it. ``population_gain_ci95`` is the control's test KL minus its own,
+  paired bootstrap over users (positive: the population helps).
 
 No model is trained. The hindsight counter is not a strict bound (a model may read what a counter
 cannot), but it knows what no model of the past can: where its ratio to the best baseline is near
@@ -47,25 +55,52 @@ from model_eval import DATASETS, make_log  # noqa: E402
 from train_eval import SIM_RUNS  # noqa: E402
 
 SPANS = (1, 4)  # the hindsight inputs: the one target span after the target, and the four after it
+POPULATION_HALF_LIVES_H = (24, 7 * 24, 30 * 24)  # the population's counter: a day, a week, a month
+HOUR_MS = 3_600_000
+
+
+def population_mix(ds, samples, k: int, half_lives_h=POPULATION_HALF_LIVES_H) -> np.ndarray:
+    """(N, len(half_lives_h), k): the type-weighted category mix of every user's events in the hours
+    before the hour of each sample's cut, each event's weight decayed by ``0.5 ** (age / half_life)``
+    in whole hours, as shares (all zero when no event came before). Hourly bins: the cut's own hour
+    is left out, so nothing at or after the cut is counted."""
+    ts = np.concatenate([s.ts[s.weight > 0] for s in ds.seqs])
+    cat = np.concatenate([s.cat[s.weight > 0] for s in ds.seqs])
+    w = np.concatenate([s.weight[s.weight > 0] for s in ds.seqs]).astype(np.float64)
+    first = int(ts.min()) // HOUR_MS
+    hours = int(ts.max()) // HOUR_MS - first + 1
+    bins = np.zeros((hours, k))
+    np.add.at(bins, (ts // HOUR_MS - first, cat), w)
+    decay = 0.5 ** (1.0 / np.asarray(half_lives_h, np.float64))[:, None]  # (L, 1) per hour
+    state = np.zeros((hours + 1, len(half_lives_h), k))  # state[h]: the hours before hour h
+    for h in range(hours):
+        state[h + 1] = state[h] * decay + bins[h]
+    at = np.clip(samples.cut_ts // HOUR_MS - first, 0, hours)
+    mix = state[at]
+    tot = mix.sum(-1, keepdims=True)
+    return np.where(tot > 0, mix / np.maximum(tot, 1e-12), 0.0)
 
 
 def counters(ds, cfg, k: int) -> dict[str, np.ndarray]:
-    """The mixture fit on validation without (``control``) and with (``hindsight``) the hindsight
-    inputs: their test predictions. The decayed counts are computed once for both."""
+    """The mixture fit on validation without (``control``) and with the hindsight inputs
+    (``hindsight``) or the population's mix (``population``): their test predictions. The decayed
+    counts are computed once for all three."""
     from models.baselines import (LENGTH_BUCKETS, Baselines, fit_mixture, history_lengths, mixture_features,
                                   mixture_predict)
     from models.evaluate import hindsight_counts
 
     prior = Baselines(ds, k).prior
-    feats, extra, buckets = {}, {}, {}
+    feats, extra, buckets = {}, {"control": {}, "hindsight": {}, "population": {}}, {}
     for name in ("val", "test"):
         s = ds.splits[name]
         feats[name] = mixture_features(ds, s, k)
-        extra[name] = np.stack([hindsight_counts(ds, s, cfg, k, n) for n in SPANS], axis=1)
+        extra["control"][name] = np.zeros((len(s), 0, k))
+        extra["hindsight"][name] = np.stack([hindsight_counts(ds, s, cfg, k, n) for n in SPANS], axis=1)
+        extra["population"][name] = population_mix(ds, s, k)
         buckets[name] = np.searchsorted(LENGTH_BUCKETS, history_lengths(ds, s), side="right")
     out = {}
-    for variant, with_hindsight in (("control", False), ("hindsight", True)):
-        f = {n: np.concatenate([feats[n], extra[n]], axis=1) if with_hindsight else feats[n] for n in feats}
+    for variant, more in extra.items():
+        f = {n: np.concatenate([feats[n], more[n]], axis=1) for n in feats}
         logw = fit_mixture(f["val"], buckets["val"], ds.splits["val"].targets, prior, len(LENGTH_BUCKETS) + 1)
         out[variant] = mixture_predict(f["test"], buckets["test"], logw, prior)
     return out
@@ -73,7 +108,7 @@ def counters(ds, cfg, k: int) -> dict[str, np.ndarray]:
 
 def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> dict:
     from models.data import DataConfig, prepare
-    from models.evaluate import baseline_predictions, kl_per_sample, truth_targets
+    from models.evaluate import baseline_predictions, kl_per_sample, paired_bootstrap, truth_targets
 
     cfg = DataConfig(**cfg_over)
     ds, encoder, _ = prepare(log, cfg)
@@ -93,6 +128,8 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
            "test_users": int(len(set(test.user.tolist()))), "best_baseline": best,
            "kl": {n: round(v, 4) for n, v in kl.items()},
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best}}
+    gain = kl_per_sample(test.targets[ok], preds["control"][ok]) - kl_per_sample(test.targets[ok], preds["population"][ok])
+    out["population_gain_ci95"] = [round(x, 5) for x in paired_bootstrap(gain, test.user[ok])]
     if truth_path is not None:  # the truth as the target (bench/model_eval.py's "against the truth")
         out["kl_against_truth"] = {n: round(float(kl_per_sample(preds["truth"][ok], p[ok]).mean()), 4)
                                    for n, p in preds.items() if n != "truth"}
@@ -106,8 +143,9 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
 def main(only, workdir):
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": "the hindsight counter: a tuned counter that also sees the user's future", "machine": machine(),
-           "commit": commit(), "spans": list(SPANS), "runs": []}
+    out = {"benchmark": "a tuned counter that also sees the user's future, or the population's recent mix", "machine": machine(),
+           "commit": commit(), "spans": list(SPANS),
+           "population_half_lives_h": list(POPULATION_HALF_LIVES_H), "runs": []}
     t0 = time.time()
     runs = [(d, (0, 0, 0, "")) for d in ("cj", "movielens", "rees46")] + [("sim", r) for r in SIM_RUNS]
     for dataset, (users, days, seed, mechanisms) in runs:
