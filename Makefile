@@ -48,6 +48,8 @@ OLD_SUSTAINED_RATE ?= 1500
 SIM_BOUND_DIR ?= /tmp/interest-stream-sim-bound
 # where the simulator without its mechanisms is trained on more populations and training seeds (one workdir per run)
 SIM_OFF_DIR ?= /tmp/interest-stream-sim-off
+# where bench/sim_scale.py trains the model on more users of one simulator (one workdir per population)
+SIM_SCALE_DIR ?= /tmp/interest-stream-sim-scale
 # where bench/cross_target.py and the next-basket backtest work (one workdir per run: each retrains its models)
 CROSS_DIR ?= /tmp/interest-stream-cross-target
 
@@ -88,6 +90,7 @@ bench: install
 		| tee bench-out/sim_bound-mechanisms-2000x7.json
 	$(PY) bench/model_eval.py --dataset sim --users 1000 --days 14 --seed 2 --mechanisms on --set max_steps=6000 --threads 1 \
 		--workdir $(SIM_BOUND_DIR)-steps | tee bench-out/model_eval-sim-max-steps-6000.json
+	$(PY) bench/sim_scale.py --users 500,2000,8000,16000 --workdir $(SIM_SCALE_DIR) | tee bench-out/sim_scale.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json
