@@ -309,8 +309,9 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: 
     # neighbours and genre_set: the table's items shrunk toward an own prior
     by_user = {p: log_items(f.ds, parts[p][2], index) for p in parts}
     held = {p: {x for u in by_user[p] for _, x, _ in u} for p in parts}
-    genres = {x: "|".join(g) for x, g in movie_genres(movies).items()}
-    nb = {p: cosine_neighbours(by_user[p]) for p in parts}
+    # only what the chosen ways read
+    genres = {x: "|".join(g) for x, g in movie_genres(movies).items()} if "genre_set" in ways else {}
+    nb = {p: cosine_neighbours(by_user[p]) for p in parts} if "neighbours" in ways else {}
 
     def own_priors(way: str, p: str, m2: float) -> dict:
         name, targets, _, prior = parts[p]

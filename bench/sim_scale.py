@@ -46,47 +46,35 @@ def population_settings(users: int) -> tuple[list[str], list[str]]:
             [f"max_train_samples={max(120_000, SAMPLES_PER_USER * users)}"])
 
 
-def on_reference(log: Path, reference: Path, checkpoints: dict[int, Path], threads: int) -> dict:
-    """Every checkpoint's test KL on the reference's split of ``log``, paired with the reference's."""
-    import torch
-
-    from models.data import DataConfig, encode_windows, prepare, sample_profiles
-    from models.evaluate import baseline_predictions, kl_per_sample, paired_bootstrap, truth_targets
-    from models.item_lift import served
-    from models.model import load_checkpoint, predict
+def on_reference(log: Path, checkpoints: dict[int, Path], reference: int) -> dict:
+    """Every checkpoint's test KL on the split of ``log`` that the ``reference`` population's card
+    holds (scored as ``evaluate`` scores it, :func:`models.evaluate.held_out_predictions`), paired
+    with the reference's own model."""
+    from models.evaluate import held_out_predictions, kl_per_sample, paired_bootstrap, truth_targets
     from models.simulate import read_truth
 
-    torch.set_num_threads(threads)
-    split = json.loads((reference / "model_card.json").read_text())["split"]
-    dcfg = DataConfig.from_dict(split["data_config"])
-    truth = read_truth(Path(f"{log}.truth.jsonl"))
-    base, kls, out = None, {}, {}
-    for users, ck in checkpoints.items():
-        model, enc, _ = load_checkpoint(ck)
-        ds, _, _ = prepare(log, dcfg, encoder=enc, split=split)  # its encoder, the reference's samples
-        test = ds.splits["test"]
-        if base is None:
-            base = baseline_predictions(ds, dcfg, enc.k)
-            tt, ok = truth_targets(truth, ds, test, enc.categories, dcfg)
-            targets, mixture = test.targets, kl_per_sample(test.targets, base["test"]["mixture"])
-            out = {"samples": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
-                   "mixture_kl": round(float(mixture.mean()), 4),
-                   "truth_kl": {n: round(float(kl_per_sample(tt[ok], base["test"][n][ok]).mean()), 4)
-                                for n in ("mixture", "ema_prior")}, "models": {}}
-        if not np.array_equal(test.targets, targets):
-            raise RuntimeError(f"{ck}: the reference's split gave other test samples")
-        pred = served(enc, predict(model, encode_windows(base["test_windows"], enc), sample_profiles(ds, test, dcfg, enc),
-                                   enc.pad_id).astype(np.float64), base["test_windows"])  # as evaluate scores it
-        kls[users] = kl_per_sample(test.targets, pred)
-        out["models"][str(users)] = {"kl": round(float(kls[users].mean()), 4),
-                                     "kl_ratio": round(float(kls[users].mean() / mixture.mean()), 4),
-                                     "truth_kl": round(float(kl_per_sample(tt[ok], pred[ok]).mean()), 4)}
-    ref = next(u for u, ck in checkpoints.items() if ck == reference)
-    for users, kl in kls.items():
-        if users != ref:
-            diff = kl - kls[ref]
-            out["models"][str(users)]["kl_minus_reference"] = round(float(diff.mean()), 5)
-            out["models"][str(users)]["kl_minus_reference_ci95"] = [
+    split = json.loads((checkpoints[reference] / "model_card.json").read_text())["split"]
+    runs = {n: held_out_predictions(ck, log, split=split) for n, ck in checkpoints.items()}
+    ref = runs[reference]
+    test = ref.ds.splits["test"]
+    tt, ok = truth_targets(read_truth(Path(f"{log}.truth.jsonl")), ref.ds, test, ref.encoder.categories, ref.dcfg)
+    mixture = kl_per_sample(test.targets, ref.base["test"]["mixture"])
+    out = {"samples": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
+           "mixture_kl": round(float(mixture.mean()), 4),
+           "truth_kl": {n: round(float(kl_per_sample(tt[ok], ref.base["test"][n][ok]).mean()), 4)
+                        for n in ("mixture", "ema_prior")}, "models": {}}
+    for n, run in runs.items():
+        if not np.array_equal(run.ds.splits["test"].targets, test.targets):
+            raise RuntimeError(f"{checkpoints[n]}: the reference's split gave other test samples")
+    kls = {n: kl_per_sample(test.targets, run.pred) for n, run in runs.items()}
+    for n, run in runs.items():
+        out["models"][str(n)] = {"kl": round(float(kls[n].mean()), 4),
+                                 "kl_ratio": round(float(kls[n].mean() / mixture.mean()), 4),
+                                 "truth_kl": round(float(kl_per_sample(tt[ok], run.pred[ok]).mean()), 4)}
+        if n != reference:
+            diff = kls[n] - kls[reference]
+            out["models"][str(n)]["kl_minus_reference"] = round(float(diff.mean()), 5)
+            out["models"][str(n)]["kl_minus_reference_ci95"] = [
                 round(x, 5) for x in paired_bootstrap(diff, np.asarray(test.user))]
     return out
 
@@ -136,8 +124,7 @@ def main(workdir, users, reference, days, seed, mechanisms, threads, reuse):
                                                         "train_seconds", "wall_seconds")}})
         print(json.dumps(out["populations"][-1]), file=sys.stderr)
         checkpoints[n], logs[n] = pd / "sim" / "default", Path(res["log"])
-    out["on_reference"] = {"population": reference, **on_reference(logs[reference], checkpoints[reference], checkpoints,
-                                                              threads)}
+    out["on_reference"] = {"population": reference, **on_reference(logs[reference], checkpoints, reference)}
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
 

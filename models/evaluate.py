@@ -198,10 +198,12 @@ class TestRun(NamedTuple):
     card: dict
 
 
-def held_out_predictions(ckpt_dir, data_path) -> TestRun:
-    """The checkpoint's split rebuilt from its card, the baselines fit on it (and refit on the
-    training and validation periods when the model was, ``TrainConfig.refit``), and the model's
-    predictions for the test samples (``evaluate``, and bench/live_eval.py against the worker)."""
+def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> TestRun:
+    """The checkpoint's split rebuilt from its card (or ``split``, another card's, so that several
+    checkpoints score the very same samples: bench/sim_scale.py), the baselines fit on it (and refit
+    on the training and validation periods when the model was, ``TrainConfig.refit``), and the
+    model's predictions for the test samples (``evaluate``, and bench/live_eval.py against the
+    worker)."""
     import torch
 
     from models.data import DataConfig, encode_windows, prepare, sample_profiles
@@ -210,7 +212,7 @@ def held_out_predictions(ckpt_dir, data_path) -> TestRun:
 
     model, encoder, card = load_checkpoint(ckpt_dir)
     torch.set_num_threads(card.get("training", {}).get("threads", 2))
-    split = card["split"]
+    split = card["split"] if split is None else split
     dcfg = DataConfig.from_dict(split["data_config"])
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
     base = baseline_predictions(ds, dcfg, encoder.k, refit_samples(card, ds, encoder.categories, dcfg))
