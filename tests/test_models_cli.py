@@ -117,6 +117,13 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     want = np.where(has[:, None], apply(graph.pred, np.tile(v, (len(windows), 1))), graph.pred)
     np.testing.assert_allclose(lifted.pred, want, atol=1e-9)
     assert np.abs(lifted.pred - graph.pred).max() > 1e-3
+    # another split than the card's (bench/sim_scale.py scores several checkpoints on one): a test
+    # period that starts halfway through validation holds more samples, all of them after its start
+    split = json.loads((ck / "model_card.json").read_text())["split"]
+    t2 = (split["t1"] + split["t2"]) // 2
+    earlier = held_out_predictions(ck0, sim_log, split={**split, "t2": t2})
+    assert len(earlier.ds.splits["test"]) > len(graph.ds.splits["test"])
+    assert earlier.ds.splits["test"].cut_ts.min() >= t2 and earlier.pred.shape == (len(earlier.ds.splits["test"]), enc.k)
 
 
 @pytest.mark.slow
