@@ -61,16 +61,15 @@ from common import commit, machine  # noqa: E402
 from model_eval import DATASETS, make_log, next_event_groups  # noqa: E402
 from train_eval import SIM_RUNS  # noqa: E402
 
-FILTER_DRAWS = 16  # particles the filter's prediction simulates forward from
-
 
 def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed: int, lags=(),
                       particles: int = 0, flags: dict | None = None) -> dict[str, np.ndarray]:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
-    the cut (its first event if none is that old) and the events since: :data:`FILTER_DRAWS` of ``particles`` drawn by weight, ``runs //
-    FILTER_DRAWS`` forward simulations from each, as many as the state's.
+    the cut (its first event if none is that old) and the events since: ``runs`` of ``particles`` drawn by
+    weight, one forward simulation from each (as many as the state's; distinct draws say more about
+    the filter's posterior than runs repeated from fewer).
 
     ``flags``, when given a dict, receives (N,) booleans from the simulator at each cut (mechanisms
     on): ``"shift_in_target"``, the user's scheduled shift (in its state) falls inside the target
@@ -125,7 +124,7 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                     pf = ParticleFilter(states[j], particles, (seed, index, n, j))
                     for e in events[j + 1:n]:
                         pf.observe(e)
-                    q = pf.predict(window_ms, weights, FILTER_DRAWS, max(1, runs // FILTER_DRAWS), (seed, index, n))
+                    q = pf.predict(window_ms, weights, runs, 1, (seed, index, n))
                     preds[name] = pf.interests(pf.t).mean(0) if q is None else q  # (no run had a weighted event)
                 for name, q in preds.items():
                     out[name][r] = q[col] / q[col].sum()
