@@ -96,7 +96,9 @@ def main(workdir, users, reference, days, seed, mechanisms, threads, reuse):
         sizes = sorted({int(u) for u in users.split(",") if u.strip()})
     except ValueError:
         raise click.BadParameter(f"not a list of integers: {users!r}", param_hint="--users") from None
-    if reference not in sizes or min(sizes) < 1:
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"population sizes must be positive, got {users!r}", param_hint="--users")
+    if reference not in sizes:
         raise click.BadParameter(f"{reference} must be one of the population sizes {sizes}", param_hint="--reference")
     wd = Path(workdir)
     out = {"benchmark": "more users of the same simulator: the model on its own and on one shared test split",
