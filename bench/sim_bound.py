@@ -1,7 +1,7 @@
 """What no model of the past can beat on a simulated log: predictions from the simulator's hidden state.
 
     .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--particles P]
-        [--max-users U] [--max-cuts M] [--workdir DIR]
+        [--block W --block-moves M] [--moves F] [--max-users U] [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
 with the split, the test samples and the baselines of ``bench/model_eval.py`` (the same
@@ -63,13 +63,16 @@ from train_eval import SIM_RUNS  # noqa: E402
 
 
 def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed: int, lags=(),
-                      particles: int = 0, flags: dict | None = None) -> dict[str, np.ndarray]:
+                      particles: int = 0, flags: dict | None = None, moves: int = 0,
+                      block: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
     the cut (its first event if none is that old) and the events since: ``runs`` of ``particles`` drawn by
     weight, one forward simulation from each (as many as the state's; distinct draws say more about
-    the filter's posterior than runs repeated from fewer).
+    the filter's posterior than runs repeated from fewer). With ``moves``, the particles first take
+    that many Metropolis steps on their paths (:meth:`models.sim_filter.ParticleFilter.move`);
+    with ``block`` (W, M), M steps on the paths' last W events after every resampling.
 
     ``flags``, when given a dict, receives (N,) booleans from the simulator at each cut (mechanisms
     on): ``"shift_in_target"``, the user's scheduled shift (in its state) falls inside the target
@@ -121,9 +124,12 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                 preds = {"state": expected(user, window_ms, weights, runs, (seed, index, n))}
                 for lag, name in zip(lags, names[1:]):
                     j = max(0, int(np.searchsorted(seq_ts[:n], ev["ts"] - lag * DAY_MS, side="right")) - 1)
-                    pf = ParticleFilter(states[j], particles, (seed, index, n, j))
+                    pf = ParticleFilter(states[j], particles, (seed, index, n, j), record=moves > 0, block=block[0],
+                                        block_moves=block[1])
                     for e in events[j + 1:n]:
                         pf.observe(e)
+                    if moves:
+                        pf.move(moves)
                     q = pf.predict(window_ms, weights, runs, 1, (seed, index, n))
                     preds[name] = pf.interests(pf.t).mean(0) if q is None else q  # (no run had a weighted event)
                 for name, q in preds.items():
@@ -142,8 +148,8 @@ def expected(user, window_ms, weights, runs, seed):
     return p
 
 
-def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0,
-            max_users: int = 0, model_dir=None) -> dict:
+def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0, moves: int = 0,
+            block: tuple[int, int] = (0, 0), max_users: int = 0, model_dir=None) -> dict:
     from models.data import DataConfig, prepare
     from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, kl_per_sample,
                                  truth_targets)
@@ -173,7 +179,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
         preds["model"] = model_pred[keep]
     t = time.time()
     flags = {}
-    preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles, flags))
+    preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles, flags, moves,
+                                   block))
     state_s = time.time() - t
 
     def kls(mask, ps, target):
@@ -185,7 +192,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 
     kl = kls(ok, preds, test.targets)
     out = {"log": f"sim {users} x {days} days, seed {sim_seed}, mechanisms {mechanisms}", "runs": runs,
-           "lags_days": list(lags), "particles": particles, "max_users": max_users,
+           "lags_days": list(lags), "particles": particles, "moves": moves, "block": {"events": block[0], "moves": block[1]},
+           "max_users": max_users,
            "test_samples": int(ok.sum()), "of": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
            "best_baseline": best, "kl": kl,
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best},
@@ -215,7 +223,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     # the same first cuts at four times the runs and particles: how much the Monte Carlo costs the bounds
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)
-    more = state_predictions(ds, few, cfg, encoder.categories, sim, 4 * runs, seed + 1, lags, 4 * particles)
+    more = state_predictions(ds, few, cfg, encoder.categories, sim, 4 * runs, seed + 1, lags, 4 * particles,
+                             moves=moves, block=block)
     out["precision_check"] = {"cuts": int(len(sub)), "runs": 4 * runs, "particles": 4 * particles, "kl": {
         name: {"at_4x": round(float(kl_per_sample(test.targets[sub], q).mean()), 4),
                "as_above": round(float(kl_per_sample(test.targets[sub], preds[name][sub]).mean()), 4)}
@@ -231,6 +240,13 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
               help="cuts of the precision check (four times the runs and particles)")
 @click.option("--lags", default="1", show_default=True,
               help="days: for each, the particle filter from the state that long before the cut ('': none)")
+@click.option("--block", default=0, show_default=True, type=click.IntRange(0),
+              help="after every resampling, Metropolis steps on the particles' paths over this many last events "
+                   "(the resample-move filter; 0: none)")
+@click.option("--block-moves", default=2, show_default=True, type=click.IntRange(1),
+              help="Metropolis steps after each resampling, with --block")
+@click.option("--moves", default=0, show_default=True, type=click.IntRange(0),
+              help="Metropolis steps on the particles' whole paths before predicting")
 @click.option("--particles", default=2000, show_default=True, type=click.IntRange(1),
               help="particles of the filter")
 @click.option("--max-users", default=0, show_default=True, type=click.IntRange(0),
@@ -241,7 +257,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
-def main(run_index, runs, max_cuts, lags, particles, max_users, model_dir, seed, workdir):
+def main(run_index, runs, max_cuts, lags, block, block_moves, moves, particles, max_users, model_dir, seed, workdir):
     try:
         lags = tuple(float(x) for x in lags.split(",") if x.strip())
     except ValueError:
@@ -257,7 +273,8 @@ def main(run_index, runs, max_cuts, lags, particles, max_users, model_dir, seed,
         if run_index is not None and i != run_index:
             continue
         t = time.time()
-        r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, max_users, model_dir)
+        r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, moves, (block, block_moves if block else 0),
+                    max_users, model_dir)
         r["seconds"] = round(time.time() - t, 1)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)

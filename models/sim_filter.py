@@ -26,6 +26,20 @@ At the cut, particles are drawn by weight and turned back into :class:`models.si
 states, and the target window is
 simulated forward from each with :func:`models.simulate.expected_target`. The filter is exact only
 with enough particles; ``bench/sim_bound.py`` reports the same cuts at four times as many.
+
+**Resample-move** (Gilks and Berzuini 2001). Each event reweighs the particles and resampling
+copies the heavy ones; between a session's events, a minute apart, the drift barely parts the
+copies again, so on a user with hundreds of events the particles end up as a few copies of
+hypotheses drawn early, and the base point a shift drew (from a Dirichlet over 12 categories)
+is almost never the one the events since show. Recorded (``record``), every particle keeps its
+path since the start: the Gaussian draws of the drift and of the shifts' new logits, the Gamma
+draws behind each base point it drew, and which branch each event took. :meth:`ParticleFilter.move`
+then takes Metropolis steps that keep the posterior of the paths given the events: a
+preconditioned Crank-Nicolson proposal for the Gaussian draws (it keeps their prior, so the ratio
+is the events' likelihood alone) and a log-scale random walk for the Gamma draws of the base
+point in use. With ``block``, every resampling is followed by such steps on the paths' last
+``block`` events. The particles then part where resampling had copied them, and a few thousand
+do what a few tens of thousands did not.
 """
 from __future__ import annotations
 
@@ -88,13 +102,22 @@ def in_session_density(gap_ms: int) -> float:
 class ParticleFilter:
     """One user's hidden state as ``n`` weighted particles (module doc)."""
 
-    def __init__(self, user: SimUser, n: int, seed):
-        """``n`` particles, each a copy of ``user``'s state (read right after one of its events)."""
+    def __init__(self, user: SimUser, n: int, seed, record: bool = False, block: int = 0, block_moves: int = 0):
+        """``n`` particles, each a copy of ``user``'s state (read right after one of its events).
+        ``record`` keeps each particle's path since then, which :meth:`move` needs. With ``block``,
+        every resampling is followed by ``block_moves`` Metropolis steps on the paths' last
+        ``block`` events (the resample-move filter)."""
         self.rng = np.random.default_rng(seed)
+        self.steps: list[dict] | None = [] if record or block else None  # per event (observe)
+        self.block, self.block_moves = block, block_moves
+        self.z0 = user.logits.copy()
+        self.move_stats: list[dict] = []
         self.n, self.intent, self.transitions = n, user.intent, user.transitions
         self.rate, self.habit = user.rate_per_day, user.habit  # constant: known
         self.habit_strength, self.tz = user.habit_strength, user.tz_shift_h
         self.base = np.tile(user.base, (n, 1))
+        # the Gamma draws behind each base point and its transition (_new_base), NaN for the known one
+        self.base_g, self.base_to = np.full((n, K), np.nan), np.full(n, -1)
         self.logits = np.tile(user.logits, (n, 1))
         self.t = self.last = user.t
         self.session_cat = np.full(n, user.session_cat)
@@ -102,42 +125,62 @@ class ParticleFilter:
         if self.intent:
             self.next_shift = np.full(n, user.next_shift, dtype=np.int64)
             self.next_base = np.tile(user.next_base, (n, 1))
+            self.next_g, self.next_to = np.full((n, K), np.nan), np.full(n, -1)
         self.logw = np.zeros(n)
 
-    def _new_base(self, old: np.ndarray) -> np.ndarray:
+    def _new_base(self, old: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(m, K) new base points of particles whose base points are ``old`` (m, K), as
-        :meth:`SimUser._new_base` draws them (in another order of draws)."""
+        :meth:`SimUser._new_base` draws them (in another order of draws), with what they are made
+        of (:meth:`_base_from`): the Gamma draws whose shares are the Dirichlet's, and the category
+        each one's transition favours (-1: none)."""
         r = self.rng
         m = len(old)
-        p = r.dirichlet(np.full(K, sim.BASE_CONCENTRATION), size=m)
+        g = r.standard_gamma(sim.BASE_CONCENTRATION, size=(m, K))  # normalised: the Dirichlet (same draws)
+        to = np.full(m, -1)
         if self.transitions:
             rows = np.flatnonzero(r.random(m) < sim.TRANSITION_P)
-            to = _TRANSITION_TO[np.argmax(old[rows], 1), r.integers(_TRANSITION_TO.shape[1], size=len(rows))]
-            p[rows, to] = np.maximum(p[rows, to], 1.5 * p[rows].max(1))
+            to[rows] = _TRANSITION_TO[np.argmax(old[rows], 1), r.integers(_TRANSITION_TO.shape[1], size=len(rows))]
+        return self._base_from(g, to), g, to
+
+    def _base_from(self, g: np.ndarray, to: np.ndarray) -> np.ndarray:
+        """(m, K) base points from Gamma draws ``g`` (m, K) and favoured categories ``to`` (m,)."""
+        p = g / g.sum(1, keepdims=True)
+        if self.transitions:
+            rows = np.flatnonzero(to >= 0)
+            p[rows, to[rows]] = np.maximum(p[rows, to[rows]], 1.5 * p[rows].max(1))
             p /= p.sum(1, keepdims=True)
         return np.log(np.maximum(p, 1e-3)) * 0.8
 
     def _advance(self, t: int) -> None:
         """Move every particle's latent state to ``t`` (:meth:`SimUser._advance`)."""
         dt_h = (t - self.t) / HOUR_MS
+        self._draws = {"a": 1.0, "s": 0.0, "xi": np.zeros((self.n, K)), "reset": np.zeros(self.n, bool),
+                       "xr": np.zeros((self.n, K)), "newbase": np.zeros(self.n, bool)}  # none when no time passes
         if dt_h <= 0:
             return
         r = self.rng
         if self.intent:
             due = np.flatnonzero(self.next_shift <= t)
             while len(due):
-                self.base[due] = self.next_base[due]
-                self.next_base[due] = self._new_base(self.base[due])
+                self.base[due], self.base_g[due], self.base_to[due] = \
+                    self.next_base[due], self.next_g[due], self.next_to[due]
+                self.next_base[due], self.next_g[due], self.next_to[due] = self._new_base(self.base[due])
                 self.next_shift[due] += (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(due)) * DAY_MS).astype(np.int64)
-                self.logits[due] = self.base[due] + sim.DRIFT_NOISE * r.normal(size=(len(due), K))
+                xr = r.normal(size=(len(due), K))
+                self.logits[due] = self.base[due] + sim.DRIFT_NOISE * xr
+                self._draws["reset"][due], self._draws["xr"][due] = True, xr  # a later shift overwrites
+                self._draws["newbase"][due] = True
                 due = due[self.next_shift[due] <= t]
         else:
             jump = np.flatnonzero(r.random(self.n) < 1.0 - math.exp(-dt_h / (24.0 * sim.SHIFT_EVERY_DAYS)))
             if len(jump):
-                self.base[jump] = self._new_base(self.base[jump])
+                self.base[jump], self.base_g[jump], self.base_to[jump] = self._new_base(self.base[jump])
+                self._draws["newbase"][jump] = True
         a = math.exp(-dt_h / sim.DRIFT_TIMESCALE_H)
-        noise = sim.DRIFT_NOISE * math.sqrt(1.0 - a * a) * r.normal(size=(self.n, K))
-        self.logits = self.base + a * (self.logits - self.base) + noise
+        s = sim.DRIFT_NOISE * math.sqrt(1.0 - a * a)
+        xi = r.normal(size=(self.n, K))
+        self.logits = self.base + a * (self.logits - self.base) + s * xi
+        self._draws.update(a=a, s=s, xi=xi)
         self.t = t
 
     def interests(self, t: int) -> np.ndarray:
@@ -197,17 +240,32 @@ class ParticleFilter:
         drawn = np.minimum((np.cumsum(l_ord, 1) < u[:, None]).sum(1), K - 1)
         self.session_cat = np.where(was_int, sc, drawn)
         self.last = t
-        self._resample_if_needed()
+        if self.steps is not None:
+            hour = float(np.mod(t / HOUR_MS + self.tz, 24.0))
+            dwell = float(ev["dwell_ms"]) if kind == "browse" and "dwell_ms" in ev else None
+            self.steps.append({**self._draws, "base": self.base.copy(), "cat": drawn, "sc": sc, "intent": was_int,
+                               "habit": self.habit_strength * float(_diurnal(np.array(hour))), "dwell": dwell,
+                               "z": self.logits.copy(), "parent": None})
+        if self._resample_if_needed() and self.block:
+            self.move(self.block_moves, last=self.block, resample=False)
 
     def _resample_if_needed(self) -> None:
         w = np.exp(self.logw - self.logw.max())
         w /= w.sum()
         if 1.0 / (w * w).sum() >= self.n / 2:
-            return
+            return False
+        self._resample(w)
+        return True
+
+    def _resample(self, w: np.ndarray) -> None:
         r = self.rng
         pos = (r.random() + np.arange(self.n)) / self.n  # systematic resampling
         idx = np.minimum(np.searchsorted(np.cumsum(w), pos), self.n - 1)
-        for name in ("base", "logits", "session_cat", "session_left") + (("next_shift", "next_base") if self.intent else ()):
+        if self.steps:  # the particles after this, by their index among the step's recorded ones
+            prev = self.steps[-1]["parent"]
+            self.steps[-1]["parent"] = idx if prev is None else prev[idx]
+        for name in ("base", "base_g", "base_to", "logits", "session_cat", "session_left") + \
+                (("next_shift", "next_base", "next_g", "next_to") if self.intent else ()):
             setattr(self, name, getattr(self, name)[idx].copy())
         self.logw = np.zeros(self.n)
         if self.intent:  # so that copies part again: a shift more than the intent's lead away has left no
@@ -217,7 +275,147 @@ class ParticleFilter:
             lead_ms = int(sim.INTENT_LEAD_H * HOUR_MS)
             far = np.flatnonzero(self.next_shift > self.t + lead_ms)
             self.next_shift[far] = self.t + lead_ms + (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
-            self.next_base[far] = self._new_base(self.base[far])
+            self.next_base[far], self.next_g[far], self.next_to[far] = self._new_base(self.base[far])
+
+    _PATH = ("xi", "reset", "xr", "newbase", "base", "cat", "sc", "intent", "z")
+
+    def paths(self, last: int | None = None) -> dict:
+        """The particles' recorded paths over the last ``last`` events (all by default), in the
+        particles' order: per step (axis 1) its draws, base point, event branch (:meth:`observe`)
+        and logits after it (``z``); ``a``, ``s``, ``habit`` and ``dwell`` are the same for every
+        particle (the step's decay, noise scale, habit boost and dwell time); ``z0`` (n, K) the
+        logits before the first of them. The steps are rewritten in that order, so that
+        :meth:`move` can write them back."""
+        first = 0 if last is None else max(0, len(self.steps) - last)
+        cur = np.arange(self.n)
+        rows = []
+        for st in reversed(self.steps[first:]):
+            if st["parent"] is not None:
+                cur = st["parent"][cur]
+            rows.append({k: st[k][cur] for k in self._PATH})
+            st["parent"] = None
+        rows.reverse()
+        for st, row in zip(self.steps[first:], rows):
+            st.update(row)
+        if first:  # the step before: its records, for the particles in their order now
+            st = self.steps[first - 1]
+            st["parent"] = cur if st["parent"] is None else st["parent"][cur]
+            z0 = st["z"][st["parent"]]
+        else:
+            z0 = np.tile(self.z0, (self.n, 1))
+        out = {k: np.stack([r[k] for r in rows], 1) for k in self._PATH}
+        for k in ("a", "s", "habit"):
+            out[k] = np.array([st[k] for st in self.steps[first:]])
+        out["dwell"] = np.array([np.nan if st["dwell"] is None else st["dwell"] for st in self.steps[first:]])
+        out["z0"], out["first"] = z0, first
+        return out
+
+    def path_logits(self, pa: dict, xi: np.ndarray, xr: np.ndarray) -> np.ndarray:
+        """(n, steps, K) each particle's logits at each event, given its path ``pa`` (:meth:`paths`)
+        with the noise ``xi`` and shift draws ``xr`` in place of the recorded ones (:meth:`_advance`)."""
+        z = pa["z0"]
+        out = np.empty_like(xi)
+        for i in range(xi.shape[1]):
+            b = pa["base"][:, i]
+            u = np.where(pa["reset"][:, i, None], b + sim.DRIFT_NOISE * xr[:, i], z)
+            z = out[:, i] = b + pa["a"][i] * (u - b) + pa["s"][i] * xi[:, i]
+        return out
+
+    def path_loglik(self, pa: dict, z: np.ndarray) -> np.ndarray:
+        """(n,) the log-probability of the events' categories and dwell times along each path, given
+        the logits ``z`` (:meth:`path_logits`) and the path's branches: the only factors of the
+        events' likelihood that depend on the interests (:meth:`observe`)."""
+        z = z.copy()
+        z[:, :, self.habit] += pa["habit"]
+        z -= z.max(2, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(2, keepdims=True))  # (n, steps, K)
+        c = pa["cat"]
+        pc = np.exp(np.take_along_axis(logp, c[:, :, None], 2)[:, :, 0])  # (n, steps)
+        v = np.where(pa["sc"] >= 0, (1.0 - sim.STICKY) * pc + sim.STICKY * (c == pa["sc"]), pc)
+        ll = np.log(np.maximum(v, 1e-300))
+        d = pa["dwell"]
+        has = ~np.isnan(d)
+        zz = (np.log(np.where(has, d, 8000.0) / 8000.0) - 0.6 * np.log(pc * K)) / 0.7
+        ll += np.where(has, -0.5 * zz * zz, 0.0)
+        return np.where(pa["intent"], 0.0, ll).sum(1)
+
+    def move(self, iterations: int, beta: float | None = None, last: int | None = None, resample: bool = True) -> None:
+        """Move each particle's interests by ``iterations`` Metropolis steps on its path over the
+        last ``last`` events (all by default), after resampling (``resample``): the resample-move
+        filter (Gilks and Berzuini 2001). The Gaussian draws of the drift and of the shifts' new
+        logits get a preconditioned Crank-Nicolson proposal (``sqrt(1 - beta^2) x + beta *
+        N(0, 1)``, which keeps their prior), accepted with the ratio of the events' likelihood,
+        everything else on the path held; the particles then follow the posterior at least as well
+        as before, and part where resampling had copied them. ``beta`` (the last move's, 0.3 at
+        first) adapts to keep about a quarter of the proposals; the acceptance rates are kept in
+        :attr:`move_stats`."""
+        if self.steps is None:
+            raise ValueError("move needs a filter made with record=True")
+        if not self.steps or not iterations:
+            return
+        if resample:
+            w = np.exp(self.logw - self.logw.max())
+            self._resample(w / w.sum())
+        self.logw = np.zeros(self.n)
+        pa = self.paths(last)
+        xi, xr = pa["xi"], pa["xr"]
+        z = pa["z"]
+        ll = self.path_loglik(pa, z)
+        r, rates, base_rates = self.rng, [], []
+        beta = beta or getattr(self, "_beta", 0.3)
+        sigma = getattr(self, "_sigma", 0.3)
+        # a base point drawn on the moved steps (not the known one), in use from its step on
+        nb = pa["newbase"]
+        since = np.where(nb.any(1), nb.shape[1] - 1 - np.argmax(nb[:, ::-1], 1), -1)
+        movable = (since >= 0) & ~np.isnan(self.base_g[:, 0])
+        shifts = bool(pa["reset"].any())  # the shifts' draws count only where one happened
+        for _ in range(iterations):
+            c = math.sqrt(1.0 - beta * beta)
+            xi2 = c * xi + beta * r.normal(size=xi.shape)
+            xr2 = c * xr + beta * r.normal(size=xr.shape) if shifts else xr
+            z2 = self.path_logits(pa, xi2, xr2)
+            ll2 = self.path_loglik(pa, z2)
+            ok = np.log(r.random(self.n)) < ll2 - ll
+            o3 = ok[:, None, None]
+            xi, xr, z, ll = np.where(o3, xi2, xi), np.where(o3, xr2, xr), np.where(o3, z2, z), np.where(ok, ll2, ll)
+            rates.append(float(ok.mean()))
+            beta = min(1.0, beta * (1.3 if rates[-1] > 0.35 else 0.7 if rates[-1] < 0.15 else 1.0))
+            if movable.any():
+                sigma, rate = self._move_base(pa, xi, xr, z, ll, movable, since, sigma)
+                base_rates.append(rate)
+        self._beta, self._sigma = beta, sigma
+        self.logits = z[:, -1].copy()
+        for i, st in enumerate(self.steps[pa["first"]:]):  # the moved paths, in the particles' order
+            st.update(xi=xi[:, i], xr=xr[:, i], z=z[:, i], base=pa["base"][:, i])
+        self.move_stats.append({"steps": xi.shape[1], "acceptance": rates, "beta": beta,
+                                "base_moved": int(movable.sum()), "base_acceptance": base_rates})
+
+    def _move_base(self, pa, xi, xr, z, ll, movable, since, sigma) -> tuple[float, float]:
+        """One Metropolis step on the base points drawn on the paths (``movable``; in use from
+        step ``since`` on): each Gamma draw behind one is multiplied by ``exp(sigma * N(0, 1))``,
+        with the Gamma(BASE_CONCENTRATION) prior and the change of variables in the ratio; the
+        favoured category is held, and so, with transitions, is the base point's largest category,
+        which the next base point's law depends on. Updates ``pa``, ``z``, ``ll`` and the particles
+        in place; returns the next ``sigma`` (adapted as ``beta``) and the acceptance rate."""
+        r, m = self.rng, np.flatnonzero(movable)
+        g = self.base_g[m]
+        g2 = g * np.exp(sigma * r.normal(size=g.shape))
+        b2 = self._base_from(g2, self.base_to[m])
+        keep = (np.argmax(b2, 1) == np.argmax(self.base[m], 1)) if self.transitions else np.ones(len(m), bool)
+        use = pa["base"][m].copy()  # (m, steps, K)
+        after = np.arange(use.shape[1])[None, :] >= since[m, None]
+        use[after] = np.broadcast_to(b2[:, None, :], use.shape)[after]
+        sub = {**pa, **{k: pa[k][m] for k in self._PATH}, "z0": pa["z0"][m], "base": use}
+        z2 = self.path_logits(sub, xi[m], xr[m])
+        ll2 = self.path_loglik(sub, z2)
+        a = sim.BASE_CONCENTRATION
+        prior = (a * (np.log(g2) - np.log(g)) - (g2 - g)).sum(1)  # Gamma(a) density in log g
+        ok = keep & (np.log(r.random(len(m))) < ll2 - ll[m] + prior)
+        i = m[ok]
+        pa["base"][i], z[i], ll[i] = use[ok], z2[ok], ll2[ok]
+        self.base[i], self.base_g[i] = b2[ok], g2[ok]
+        rate = float(ok.mean())
+        return sigma * (1.3 if rate > 0.35 else 0.7 if rate < 0.15 else 1.0), rate
 
     def users(self, m: int, user_id: str = "u") -> list[SimUser]:
         """``m`` particles drawn by weight, as :class:`SimUser` states at the last event."""

@@ -515,6 +515,144 @@ def test_particle_filter_follows_the_events_away_from_its_start(monkeypatch):
     assert np.argmax(before) == CATEGORIES.index("books") and before.max() > 0.6
 
 
+def _user_after_first_event(index, intent):
+    """A simulated user's state right after its first event, and its events of the next 3 days."""
+    import copy
+
+    from models.simulate import DAY_MS, user_steps
+
+    start, events = None, []
+    for kind, ev, user in user_steps(index, 5, 4.0, intent=intent, transitions=intent):
+        if kind != "event":
+            continue
+        if start is None:
+            start = copy.deepcopy(user)
+        elif ev["ts"] - start.t < 3 * DAY_MS:
+            events.append(ev)
+    return start, events
+
+
+def test_particle_filter_paths_replay_its_logits_and_likelihood():
+    """One particle, so never resampled: its recorded path gives back its logits after every
+    event, shifts included, and the path's likelihood is the filter's own weight without the
+    factors that do not depend on the interests (the time since the previous event and the
+    event's type; a search's query, which this user's clicks and browses do not have)."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter, in_session_density, new_session_density
+
+    u, events = _user_after_first_event(3, intent=True)
+    u.next_shift = u.t + simulate.DAY_MS  # a shift within the events, which resets the logits
+    pf = ParticleFilter(u, 1, 0, record=True)
+    logits = []
+    for ev in events:
+        pf.observe(ev)
+        logits.append(pf.logits[0].copy())
+    pa = pf.paths()
+    assert pa["reset"].sum() == 1 and pa["xi"].shape == (1, len(events), simulate.K)
+    z = pf.path_logits(pa, pa["xi"], pa["xr"])
+    np.testing.assert_allclose(z[0], np.array(logits), atol=1e-12)
+
+    u, events = _user_after_first_event(4, intent=False)
+    events = [e for e in events if e["type"] != "search"]
+    assert {e["type"] for e in events} == {"click", "browse"} and len(events) > 30
+    pf = ParticleFilter(u, 1, 0, record=True)
+    rest, step = [], []  # per event: the log of the factors that do not depend on the interests; the weight's step
+    for ev in events:
+        gap, w = ev["ts"] - pf.last, pf.logw[0]
+        rest.append(math.log(simulate.TYPE_P[("click", "browse").index(ev["type"])]) + math.log(max(
+            in_session_density(gap) if pf.session_left[0] > 0 else float(new_session_density(pf.last, ev["ts"], pf.rate, pf.tz)),
+            1e-300)))
+        pf.observe(ev)
+        step.append(pf.logw[0] - w)
+    pa = pf.paths()
+    z = pf.path_logits(pa, pa["xi"], pa["xr"])
+    fine = [i for i in range(len(events)) if rest[i] > -600]  # the filter floors a vanishing weight
+    assert len(fine) > 30
+    for i in fine:
+        one = {k: v[i:i + 1] if np.ndim(v) == 1 else v[:, i:i + 1] for k, v in pa.items() if k not in ("z0", "first")}
+        assert step[i] == pytest.approx(rest[i] + pf.path_loglik(one, z[:, i:i + 1])[0], abs=1e-9)
+
+
+def test_particle_filter_moves_part_copied_particles():
+    """After two days of a user's events, resampling has left few distinct particles; the move
+    makes every particle's interests its own again, keeps the paths consistent with the new
+    logits, and accepts some of its proposals at every step."""
+    from models.sim_filter import ParticleFilter
+
+    u, events = _user_after_first_event(6, intent=True)
+    pf = ParticleFilter(u, 300, 1, record=True)
+    for ev in events[:120]:
+        pf.observe(ev)
+    w = np.exp(pf.logw - pf.logw.max())
+    pf._resample(w / w.sum())
+    pf._resample(np.full(pf.n, 1.0 / pf.n))  # twice: the records' order composes
+    np.testing.assert_allclose(pf.paths()["z"][:, -1], pf.logits, atol=1e-12)
+    before = len(np.unique(pf.logits.round(9), axis=0))
+    pf.move(8)
+    after = len(np.unique(pf.logits.round(9), axis=0))
+    assert before < 0.7 * pf.n and after == pf.n
+    assert all(0.0 < a < 1.0 for a in pf.move_stats[0]["acceptance"])
+    pa = pf.paths()
+    np.testing.assert_allclose(pf.path_logits(pa, pa["xi"], pa["xr"])[:, -1], pf.logits, atol=1e-12)
+
+    # moved over the last 16 events only, the event before them resampled: the paths still hold
+    pf = ParticleFilter(u, 300, 1, record=True)
+    for ev in events[:120]:
+        pf.observe(ev)
+    j = next(j for j in range(len(pf.steps) - 17, len(pf.steps)) if pf.steps[j]["parent"] is not None)
+    for ev in events[120:120 + j + 17 - len(pf.steps)]:
+        pf.observe(ev)
+    assert pf.steps[-17]["parent"] is not None
+    pf._resample(np.full(pf.n, 1.0 / pf.n))
+    before = pf.logits.copy()
+    pf.move(1, beta=1e-9, last=16, resample=False)  # proposals next to each path: logits stay
+    np.testing.assert_allclose(pf.logits, before, atol=1e-6)
+    pf.move(4, last=16)
+    pa = pf.paths()
+    np.testing.assert_allclose(pf.path_logits(pa, pa["xi"], pa["xr"]), pa["z"], atol=1e-10)
+    np.testing.assert_allclose(pa["z"][:, -1], pf.logits, atol=1e-12)
+
+    # moved at every resampling, over the last 16 events: the whole paths still give every logit
+    pf = ParticleFilter(u, 300, 1, block=16, block_moves=2)
+    for ev in events[:120]:
+        pf.observe(ev)
+    assert len(pf.move_stats) > 10 and max(m["steps"] for m in pf.move_stats) == 16
+    pa = pf.paths()
+    np.testing.assert_allclose(pf.path_logits(pa, pa["xi"], pa["xr"]), pa["z"], atol=1e-10)
+    np.testing.assert_allclose(pa["z"][:, -1], pf.logits, atol=1e-12)
+    assert len(np.unique(pf.logits.round(9), axis=0)) > 0.9 * pf.n
+
+
+def test_particle_filter_base_moves_keep_the_gamma_prior():
+    """With events that say nothing (all taken for intent searches, whose likelihood does not
+    depend on the interests), moving the base points drawn on the path keeps their Gamma draws'
+    prior: started from it, after 40 steps their mean log and mean are still the prior's
+    (digamma(0.35) = -2.9711, and 0.35), and most proposals are accepted."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter
+
+    u, events = _user_after_first_event(4, intent=False)
+    pf = ParticleFilter(u, 2000, 2, record=True)
+    for ev in events[:10]:
+        pf.observe(ev)
+    pf._resample(np.full(pf.n, 1.0 / pf.n))
+    pa = pf.paths()
+    for st in pf.steps:
+        st["intent"][:] = True
+    pf.steps[3]["newbase"][:] = True
+    g = pf.rng.standard_gamma(simulate.BASE_CONCENTRATION, size=(pf.n, simulate.K))
+    pf.base_g, pf.base_to = g.copy(), np.full(pf.n, -1)
+    pf.base = pf._base_from(g, pf.base_to)
+    pf.move(40, resample=False)
+    assert pf.move_stats[0]["base_moved"] == pf.n and np.mean(pf.move_stats[0]["base_acceptance"]) > 0.1
+    assert np.log(pf.base_g).mean() == pytest.approx(-2.9711, abs=0.08)
+    assert pf.base_g.mean() == pytest.approx(0.35, abs=0.02)
+    assert np.abs(pf.base_g - g).mean() > 0.1  # they moved
+    np.testing.assert_allclose(pf.base, pf._base_from(pf.base_g, pf.base_to))
+    np.testing.assert_allclose(pf.paths()["base"][:, -1], pf.base)
+    assert pa["z"].shape[1] == 10
+
+
 def test_particle_filter_draws_new_base_points_as_the_simulator():
     """The filter's new base points follow the population's transitions as often as the
     simulator's do (:func:`test_transitions_follow_the_population_table`)."""
@@ -523,7 +661,7 @@ def test_particle_filter_draws_new_base_points_as_the_simulator():
 
     pf = ParticleFilter(SimUser(0, 1, 0), 4000, 0)
     old = pf.base.copy()
-    new = pf._new_base(old)
+    new, _, _ = pf._new_base(old)
     hits = np.mean([CATEGORIES[int(np.argmax(b))] in TRANSITIONS[CATEGORIES[int(np.argmax(a))]] for a, b in zip(old, new)])
     assert TRANSITION_P - 0.05 < hits < TRANSITION_P + 0.25 * 2 / 12 + 0.05
 
