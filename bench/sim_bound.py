@@ -1,7 +1,8 @@
 """What no model of the past can beat on a simulated log: predictions from the simulator's hidden state.
 
-    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--particles P]
-        [--block W --block-moves M] [--moves F] [--max-users U] [--max-cuts M] [--workdir DIR]
+    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--from-start]
+        [--particles P] [--block W --block-moves M] [--moves F [--moves-last L]] [--max-users U]
+        [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
 with the split, the test samples and the baselines of ``bench/model_eval.py`` (the same
@@ -16,6 +17,10 @@ seeded subset of the test users, every cut of theirs), the test split's KL of
 * **the lagged state's prediction**, for each lag in ``--lags`` (days): the expected target given
   the state at the user's last event at least that long before the cut and every event since,
   by a particle filter with the simulator's own dynamics (:mod:`models.sim_filter`);
+* with ``--from-start``, **the events' prediction**: the same filter started from the simulator's
+  prior before the user's first event, knowing the user's constants (activity, habit, time zone)
+  and its events, nothing of its state; a model of the past knows the events, so only a filter
+  that has not converged scores above it;
 * the truth (the latent interests averaged over the target window, ``bench/hindsight.py``);
 * with ``--model DIR``, a checkpoint trained on that log: its test predictions, on the same cuts.
 
@@ -35,7 +40,11 @@ cross-entropy is lowest at the mean). So no model that reads the events, the pro
 else from the past has a lower expected KL than any of these predictions, on a finite test split
 up to sampling, and the longer the lag the tighter the bound. They are computed by Monte Carlo
 (forward runs, particles), whose error makes a figure a little higher than the exact bound:
-``precision_check`` repeats the first ``--max-cuts`` cuts at four times the runs and particles.
+``precision_check`` repeats the first ``--max-cuts`` cuts at four times the runs and particles, and
+every such figure comes with its jackknife (``NAME (jackknife)``,
+:func:`models.evaluate.jackknife_kl`), which removes the first-order bias of averaging a finite
+number of forward runs. What it cannot remove
+is a filter's error from too few particles, which only the check at four times as many shows.
 
 The truth is not such a bound: it knows the drift and the jumps inside the target window, which
 the state does not, and not the session the next events stick to, which the state does. Prints
@@ -64,7 +73,8 @@ from train_eval import SIM_RUNS  # noqa: E402
 
 def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed: int, lags=(),
                       particles: int = 0, flags: dict | None = None, moves: int = 0,
-                      block: tuple[int, int] = (0, 0)) -> dict[str, np.ndarray]:
+                      block: tuple[int, int] = (0, 0), from_start: bool = False, moves_last: int = 0,
+                      draws: dict | None = None) -> dict[str, np.ndarray]:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
@@ -72,7 +82,17 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     weight, one forward simulation from each (as many as the state's; distinct draws say more about
     the filter's posterior than runs repeated from fewer). With ``moves``, the particles first take
     that many Metropolis steps on their paths (:meth:`models.sim_filter.ParticleFilter.move`);
-    with ``block`` (W, M), M steps on the paths' last W events after every resampling.
+    with ``block`` (W, M), M steps on the paths' last W events after every resampling; with
+    ``moves_last``, the steps before predicting cover the last that many events, not the whole path.
+
+    With ``from_start``, ``"from start"``: the filter started from the simulator's prior before the
+    user's first event (:meth:`models.sim_filter.ParticleFilter.from_prior`), knowing the user's
+    constants and its events, and nothing of its state; one filter per user, fed each event once
+    and read at each of its cuts (it records the last ``max(block, moves_last)`` events' paths).
+
+    ``draws``, when given a dict, receives for each name a list (N) of the (R, k) predictions whose
+    mean is the sample's (one per forward run, or per particle drawn), for
+    :func:`models.evaluate.jackknife_kl`.
 
     ``flags``, when given a dict, receives (N,) booleans from the simulator at each cut (mechanisms
     on): ``"shift_in_target"``, the user's scheduled shift (in its state) falls inside the target
@@ -83,7 +103,7 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
 
     from interest_core.window import seconds_to_ms
     from models.sim_filter import ParticleFilter
-    from models.simulate import CATEGORIES, DAY_MS, HOUR_MS, INTENT_LEAD_H, user_steps
+    from models.simulate import CATEGORIES, DAY_MS, DEFAULT_START_MS, HOUR_MS, INTENT_LEAD_H, SimUser, user_steps
 
     users, days, sim_seed, mechanisms = sim
     on = mechanisms == "on"
@@ -94,7 +114,9 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     for r, (u, c) in enumerate(zip(samples.user, samples.cut)):
         cuts.setdefault(int(u), {})[int(c)] = r
     names = ["state"] + [f"lag {lag:g} d" for lag in lags]
-    out = {name: np.full((len(samples), len(categories)), np.nan) for name in names}
+    out = {name: np.full((len(samples), len(categories)), np.nan) for name in names + ["from start"] * from_start}
+    if draws is not None:
+        draws.update({name: [None] * len(samples) for name in out})
     if flags is not None:
         flags.update(shift_in_target=np.zeros(len(samples), bool), intent_search_before=np.zeros(len(samples), bool))
     for u, rows in cuts.items():
@@ -104,6 +126,10 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
         n, last = 0, max(rows)
         events, states = [], []  # the user's events, and its state after each (for the lags)
         last_intent = None  # ts of the user's latest intent search
+        if from_start:
+            pf0 = ParticleFilter.from_prior(SimUser(index, sim_seed, DEFAULT_START_MS, on, on), particles,
+                                            (seed, index, 1 << 30), record=moves > 0, block=block[0],
+                                            block_moves=block[1], keep=max(block[0], moves_last) if moves_last else 0)
         for kind, ev, user in user_steps(index, sim_seed, days, intent=on, transitions=on):
             if kind != "event":
                 continue
@@ -115,6 +141,8 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
             if lags:
                 events.append(ev)
                 states.append(copy.deepcopy(user))
+            if from_start:
+                pf0.observe(ev)
             r = rows.get(n)
             if r is not None and flags is not None and on:
                 flags["shift_in_target"][r] = user.next_shift - int(ev["ts"]) <= window_ms
@@ -122,6 +150,10 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                     int(ev["ts"]) - last_intent <= INTENT_LEAD_H * HOUR_MS
             if r is not None:
                 preds = {"state": expected(user, window_ms, weights, runs, (seed, index, n))}
+                if from_start:
+                    if moves:
+                        pf0.move(moves, last=moves_last or None)
+                    preds["from start"] = filtered(pf0, window_ms, weights, runs, (seed, index, n))
                 for lag, name in zip(lags, names[1:]):
                     j = max(0, int(np.searchsorted(seq_ts[:n], ev["ts"] - lag * DAY_MS, side="right")) - 1)
                     pf = ParticleFilter(states[j], particles, (seed, index, n, j), record=moves > 0, block=block[0],
@@ -129,29 +161,40 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                     for e in events[j + 1:n]:
                         pf.observe(e)
                     if moves:
-                        pf.move(moves)
-                    q = pf.predict(window_ms, weights, runs, 1, (seed, index, n))
-                    preds[name] = pf.interests(pf.t).mean(0) if q is None else q  # (no run had a weighted event)
+                        pf.move(moves, last=moves_last or None)
+                    preds[name] = filtered(pf, window_ms, weights, runs, (seed, index, n))
                 for name, q in preds.items():
-                    out[name][r] = q[col] / q[col].sum()
+                    q = q[:, col]
+                    out[name][r] = q.mean(0) / q.mean(0).sum()
+                    if draws is not None:
+                        draws[name][r] = q
             if n >= last:
                 break
     return out
 
 
-def expected(user, window_ms, weights, runs, seed):
+def expected(user, window_ms, weights, runs, seed) -> np.ndarray:
+    """(R, K) the state's expected target, one row per forward run with a weighted event."""
     from models.simulate import expected_target
 
-    p = expected_target(user, window_ms, weights, runs, seed)
+    p = expected_target(user, window_ms, weights, runs, seed, draws=True)
     if p is None:  # no run had a weighted event: the interests now (a handful of cuts at most)
-        p = user.interests(user.t)
+        p = user.interests(user.t)[None]
     return p
 
 
+def filtered(pf, window_ms, weights, runs, seed) -> np.ndarray:
+    """(R, K) the filter's expected target: one forward run from each of ``runs`` particles drawn."""
+    q = pf.predict(window_ms, weights, runs, 1, seed, draws=True)
+    return pf.interests(pf.t).mean(0)[None] if q is None else q  # (no run had a weighted event)
+
+
 def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0, moves: int = 0,
-            block: tuple[int, int] = (0, 0), max_users: int = 0, model_dir=None) -> dict:
+            block: tuple[int, int] = (0, 0), max_users: int = 0, model_dir=None, from_start: bool = False,
+            moves_last: int = 0) -> dict:
     from models.data import DataConfig, prepare
-    from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, kl_per_sample,
+    from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, jackknife_kl,
+                                 kl_per_sample,
                                  truth_targets)
     from models.simulate import read_truth
 
@@ -178,22 +221,25 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     if model_pred is not None:
         preds["model"] = model_pred[keep]
     t = time.time()
-    flags = {}
+    flags, draws = {}, {}
     preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles, flags, moves,
-                                   block))
+                                   block, from_start, moves_last, draws))
     state_s = time.time() - t
+    # each sample's KL, and for the Monte Carlo predictions their jackknifed KL beside it ("NAME (jackknife)")
+    per = {n: kl_per_sample(test.targets, p) for n, p in preds.items()}
+    per.update({f"{n} (jackknife)": jackknife_kl(test.targets, d) for n, d in draws.items()})
 
     def kls(mask, ps, target):
         return {n: round(float(kl_per_sample(target[mask], p[mask]).mean()), 4) for n, p in ps.items()}
 
     def ratios(mask):
-        k = kls(mask, preds, test.targets)
+        k = {n: round(float(v[mask].mean()), 4) for n, v in per.items()}
         return {n: round(v / k[best], 4) for n, v in k.items() if n != best}
 
-    kl = kls(ok, preds, test.targets)
+    kl = {n: round(float(v[ok].mean()), 4) for n, v in per.items()}
     out = {"log": f"sim {users} x {days} days, seed {sim_seed}, mechanisms {mechanisms}", "runs": runs,
-           "lags_days": list(lags), "particles": particles, "moves": moves, "block": {"events": block[0], "moves": block[1]},
-           "max_users": max_users,
+           "lags_days": list(lags), "from_start": from_start, "particles": particles, "moves": moves,
+           "moves_last": moves_last, "block": {"events": block[0], "moves": block[1]}, "max_users": max_users,
            "test_samples": int(ok.sum()), "of": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
            "best_baseline": best, "kl": kl,
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best},
@@ -223,11 +269,15 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     # the same first cuts at four times the runs and particles: how much the Monte Carlo costs the bounds
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)
+    more_draws = {}
     more = state_predictions(ds, few, cfg, encoder.categories, sim, 4 * runs, seed + 1, lags, 4 * particles,
-                             moves=moves, block=block)
+                             moves=moves, block=block, from_start=from_start, moves_last=moves_last,
+                             draws=more_draws)
     out["precision_check"] = {"cuts": int(len(sub)), "runs": 4 * runs, "particles": 4 * particles, "kl": {
         name: {"at_4x": round(float(kl_per_sample(test.targets[sub], q).mean()), 4),
-               "as_above": round(float(kl_per_sample(test.targets[sub], preds[name][sub]).mean()), 4)}
+               "as_above": round(float(per[name][sub].mean()), 4),
+               "at_4x_jackknife": round(float(jackknife_kl(test.targets[sub], more_draws[name]).mean()), 4),
+               "as_above_jackknife": round(float(per[f"{name} (jackknife)"][sub].mean()), 4)}
         for name, q in more.items()}}
     return out
 
@@ -246,7 +296,12 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--block-moves", default=2, show_default=True, type=click.IntRange(1),
               help="Metropolis steps after each resampling, with --block")
 @click.option("--moves", default=0, show_default=True, type=click.IntRange(0),
-              help="Metropolis steps on the particles' whole paths before predicting")
+              help="Metropolis steps on the particles' paths before predicting (whole paths, or --moves-last)")
+@click.option("--moves-last", default=0, show_default=True, type=click.IntRange(0),
+              help="the steps before predicting move the paths' last this many events (0: the whole paths)")
+@click.option("--from-start", is_flag=True,
+              help="also the particle filter from the simulator's prior before each user's first event: "
+                   "the events alone, and the user's constants (needs --moves-last with --moves)")
 @click.option("--particles", default=2000, show_default=True, type=click.IntRange(1),
               help="particles of the filter")
 @click.option("--max-users", default=0, show_default=True, type=click.IntRange(0),
@@ -257,11 +312,15 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
-def main(run_index, runs, max_cuts, lags, block, block_moves, moves, particles, max_users, model_dir, seed, workdir):
+def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last, from_start, particles, max_users,
+         model_dir, seed, workdir):
     try:
         lags = tuple(float(x) for x in lags.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{lags!r} is not a comma-separated list of days", param_hint="--lags") from None
+    if from_start and moves and not moves_last:
+        raise click.UsageError("--from-start with --moves needs --moves-last: a path from the first event is too long "
+                               "to move whole at every cut")
     if model_dir and run_index is None:
         raise click.UsageError("--model needs --run: a checkpoint belongs to one population")
     wd = Path(workdir)
@@ -274,7 +333,7 @@ def main(run_index, runs, max_cuts, lags, block, block_moves, moves, particles, 
             continue
         t = time.time()
         r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, moves, (block, block_moves if block else 0),
-                    max_users, model_dir)
+                    max_users, model_dir, from_start, moves_last)
         r["seconds"] = round(time.time() - t, 1)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)

@@ -102,15 +102,18 @@ def in_session_density(gap_ms: int) -> float:
 class ParticleFilter:
     """One user's hidden state as ``n`` weighted particles (module doc)."""
 
-    def __init__(self, user: SimUser, n: int, seed, record: bool = False, block: int = 0, block_moves: int = 0):
+    def __init__(self, user: SimUser, n: int, seed, record: bool = False, block: int = 0, block_moves: int = 0,
+                 keep: int = 0):
         """``n`` particles, each a copy of ``user``'s state (read right after one of its events).
-        ``record`` keeps each particle's path since then, which :meth:`move` needs. With ``block``,
+        ``record`` keeps each particle's path since then, which :meth:`move` needs (with ``keep``,
+        over the last ``keep`` events only: the moves cannot reach further back). With ``block``,
         every resampling is followed by ``block_moves`` Metropolis steps on the paths' last
         ``block`` events (the resample-move filter)."""
         self.rng = np.random.default_rng(seed)
         self.steps: list[dict] | None = [] if record or block else None  # per event (observe)
-        self.block, self.block_moves = block, block_moves
-        self.z0 = user.logits.copy()
+        self.block, self.block_moves, self.keep = block, block_moves, max(keep, block) if keep else 0
+        self.z0 = np.tile(user.logits, (n, 1))  # the logits before the first recorded step, per particle
+        self._x0 = None  # from_prior's first draw of the interests, recorded at the first event
         self.move_stats: list[dict] = []
         self.n, self.intent, self.transitions = n, user.intent, user.transitions
         self.rate, self.habit = user.rate_per_day, user.habit  # constant: known
@@ -127,6 +130,33 @@ class ParticleFilter:
             self.next_base = np.tile(user.next_base, (n, 1))
             self.next_g, self.next_to = np.full((n, K), np.nan), np.full(n, -1)
         self.logw = np.zeros(n)
+
+    @classmethod
+    def from_prior(cls, user: SimUser, n: int, seed, record: bool = False, block: int = 0,
+                   block_moves: int = 0, keep: int = 0) -> "ParticleFilter":
+        """``n`` particles of ``user`` before its first event (``user`` as :class:`SimUser` makes
+        it, at the simulation's start): what is constant about the user (its activity, habit, time
+        zone and mechanisms) is known, and every particle draws the rest as the simulator did, from
+        its prior: the base point (a Dirichlet, through its Gamma draws), the interests around it,
+        and with the mechanisms on the first shift's time and base point. Fed the user's events
+        from the first, the filter then knows only those events and the constants, so its
+        prediction bounds every model of the past more tightly than any started from a state.
+        Recorded, the first draw of the interests is a reset of the path at the first event
+        (where no shift or jump came first), so :meth:`move` moves it and the first base point
+        too."""
+        pf = cls(user, n, seed, record, block, block_moves, keep)
+        r = pf.rng
+        pf.base_g, pf.base_to = r.standard_gamma(sim.BASE_CONCENTRATION, size=(n, K)), np.full(n, -1)
+        pf.base = pf._base_from(pf.base_g, pf.base_to)  # the first base point: no transition into it
+        x0 = r.normal(size=(n, K))
+        pf.logits = pf.base + sim.DRIFT_NOISE * x0
+        pf.z0 = pf.logits.copy()
+        if pf.steps is not None:
+            pf._x0 = x0
+        if pf.intent:
+            pf.next_shift = user.t + (r.exponential(sim.SHIFT_EVERY_DAYS, size=n) * DAY_MS).astype(np.int64)
+            pf.next_base, pf.next_g, pf.next_to = pf._new_base(pf.base)
+        return pf
 
     def _new_base(self, old: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(m, K) new base points of particles whose base points are ``old`` (m, K), as
@@ -199,6 +229,10 @@ class ParticleFilter:
         r, n = self.rng, self.n
         gap_from = self.last
         self._advance(t)
+        if self._x0 is not None:  # from_prior's first event: the interests' first draw starts the path
+            d, fresh = self._draws, ~(self._draws["reset"] | self._draws["newbase"])
+            d["reset"][fresh], d["xr"][fresh], d["newbase"][fresh] = True, self._x0[fresh], True
+            self._x0 = None
         p = self.interests(t)  # (n, K)
         rows = np.arange(n)
         # the session: a particle with events left in its session continues it, else one starts
@@ -246,6 +280,9 @@ class ParticleFilter:
             self.steps.append({**self._draws, "base": self.base.copy(), "cat": drawn, "sc": sc, "intent": was_int,
                                "habit": self.habit_strength * float(_diurnal(np.array(hour))), "dwell": dwell,
                                "z": self.logits.copy(), "parent": None})
+            while self.keep and len(self.steps) > self.keep:  # the oldest step's logits start the paths
+                st = self.steps.pop(0)
+                self.z0 = st["z"] if st["parent"] is None else st["z"][st["parent"]]
         if self._resample_if_needed() and self.block:
             self.move(self.block_moves, last=self.block, resample=False)
 
@@ -301,8 +338,8 @@ class ParticleFilter:
             st = self.steps[first - 1]
             st["parent"] = cur if st["parent"] is None else st["parent"][cur]
             z0 = st["z"][st["parent"]]
-        else:
-            z0 = np.tile(self.z0, (self.n, 1))
+        else:  # the logits before the first step, for the particles in their order now
+            z0 = self.z0 = self.z0[cur]
         out = {k: np.stack([r[k] for r in rows], 1) for k in self._PATH}
         for k in ("a", "s", "habit"):
             out[k] = np.array([st[k] for st in self.steps[first:]])
@@ -434,9 +471,12 @@ class ParticleFilter:
             out.append(u)
         return out
 
-    def predict(self, window_ms: int, weights: dict, m: int, runs: int, seed) -> np.ndarray | None:
+    def predict(self, window_ms: int, weights: dict, m: int, runs: int, seed, draws: bool = False) -> np.ndarray | None:
         """(K,) the expected target of the next ``window_ms`` over ``m`` particles, ``runs``
-        forward simulations each (:func:`models.simulate.expected_target`)."""
+        forward simulations each (:func:`models.simulate.expected_target`); with ``draws``, the
+        (m', K) prediction of each particle that had a weighted event instead of their mean."""
         preds = [expected_target(u, window_ms, weights, runs, (seed, j)) for j, u in enumerate(self.users(m))]
         preds = [p for p in preds if p is not None]
-        return np.mean(preds, axis=0) if preds else None
+        if not preds:
+            return None
+        return np.array(preds) if draws else np.mean(preds, axis=0)

@@ -250,7 +250,8 @@ def simulate_user(index: int, seed: int, days: float, start_ms: int = DEFAULT_ST
     return events, truth
 
 
-def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, seed) -> np.ndarray | None:
+def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, seed,
+                    draws: bool = False) -> np.ndarray | None:
     """The best prediction of the next ``window_ms`` that anything can make from ``user``'s whole
     state (its latent interests, drift, scheduled shift, habit, session): the expected
     ``weights``-weighted category shares of its events in ``(user.t, user.t + window_ms]`` given
@@ -263,13 +264,15 @@ def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, see
     a session's first event follows the interests ``p``; each later one is ``STICKY`` the previous
     one's distribution plus ``1 - STICKY`` of ``p``; an intent search (weight 0) leaves the
     session's category alone, as :meth:`SimUser.make_event` does. Times, types and the latent path
-    do not depend on the categories drawn, so this is exact in expectation."""
+    do not depend on the categories drawn, so this is exact in expectation. With ``draws``, the
+    (runs', K) expectation of each run that had a weighted event instead of their mean (for a
+    jackknife of the Monte Carlo error, ``bench/sim_bound.py``)."""
     import copy
 
     t0 = user.t
     end = t0 + window_ms
     rng = np.random.default_rng(seed)
-    total, kept = np.zeros(K), 0
+    kept = []
     for _ in range(runs):
         u = copy.deepcopy(user)
         u.rng = np.random.default_rng(rng.integers(1 << 63))
@@ -288,9 +291,10 @@ def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, see
                 mass += w
             t = u.next_event_time(t, 1.0)
         if mass > 0:
-            total += acc / mass
-            kept += 1
-    return total / kept if kept else None
+            kept.append(acc / mass)
+    if not kept:
+        return None
+    return np.array(kept) if draws else np.mean(kept, axis=0)
 
 
 def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = DEFAULT_START_MS,
