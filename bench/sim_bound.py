@@ -43,8 +43,8 @@ up to sampling, and the longer the lag the tighter the bound. They are computed 
 ``precision_check`` repeats the first ``--max-cuts`` cuts at four times the runs and particles, and
 every such figure comes with its jackknife (``NAME (jackknife)``,
 :func:`models.evaluate.jackknife_kl`), which removes the first-order bias of averaging a finite
-number of forward runs. What it cannot remove
-is a filter's error from too few particles, which only the check at four times as many shows.
+number of forward runs. What it cannot remove is a filter's error from too few particles, which
+only the check at four times as many shows.
 
 The truth is not such a bound: it knows the drift and the jumps inside the target window, which
 the state does not, and not the session the next events stick to, which the state does. Prints
@@ -194,8 +194,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
             moves_last: int = 0) -> dict:
     from models.data import DataConfig, prepare
     from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, jackknife_kl,
-                                 kl_per_sample,
-                                 truth_targets)
+                                 kl_per_sample, truth_targets)
     from models.simulate import read_truth
 
     users, days, sim_seed, mechanisms = sim

@@ -7,7 +7,9 @@ from the state at the cut, which no model of the past can see. This filter knows
 ``lag`` earlier (the particles start as copies of it) and the user's events since then, as a model
 reads them. Knowing that state and the events is still more than knowing the events alone, so
 its prediction is still a bound that no model of the past beats, and it tightens as the lag grows
-(the state a week earlier says little about today).
+(the state a week earlier says little about today). :meth:`ParticleFilter.from_prior` starts it
+before the user's first event instead, from the simulator's prior: then it knows the events and
+the user's constants only.
 
 Every particle is a copy of that hidden state, moved between events by the simulator's own
 dynamics and weighted by the probability of each event under it:
@@ -139,8 +141,9 @@ class ParticleFilter:
         zone and mechanisms) is known, and every particle draws the rest as the simulator did, from
         its prior: the base point (a Dirichlet, through its Gamma draws), the interests around it,
         and with the mechanisms on the first shift's time and base point. Fed the user's events
-        from the first, the filter then knows only those events and the constants, so its
-        prediction bounds every model of the past more tightly than any started from a state.
+        from the first, the filter then knows only those events and the constants, so once it has
+        converged its prediction bounds every model of the past more tightly than any started from
+        a state.
         Recorded, the first draw of the interests is a reset of the path at the first event
         (where no shift or jump came first), so :meth:`move` moves it and the first base point
         too."""
