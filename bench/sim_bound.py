@@ -129,7 +129,7 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
         if from_start:
             pf0 = ParticleFilter.from_prior(SimUser(index, sim_seed, DEFAULT_START_MS, on, on), particles,
                                             (seed, index, 1 << 30), record=moves > 0, block=block[0],
-                                            block_moves=block[1], keep=max(block[0], moves_last) if moves_last else 0)
+                                            block_moves=block[1], keep=moves_last)
         for kind, ev, user in user_steps(index, sim_seed, days, intent=on, transitions=on):
             if kind != "event":
                 continue
@@ -165,7 +165,8 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                     preds[name] = filtered(pf, window_ms, weights, runs, (seed, index, n))
                 for name, q in preds.items():
                     q = q[:, col]
-                    out[name][r] = q.mean(0) / q.mean(0).sum()
+                    m = q.mean(0)
+                    out[name][r] = m / m.sum()
                     if draws is not None:
                         draws[name][r] = q
             if n >= last:
