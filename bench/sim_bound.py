@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--from-start]
         [--particles P] [--block W --block-moves M] [--moves F [--moves-last L]] [--max-users U]
-        [--max-cuts M] [--workdir DIR]
+        [--cut-every N] [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
 with the split, the test samples and the baselines of ``bench/model_eval.py`` (the same
 :func:`models.data.prepare`, so the model's test KL there is comparable; ``--max-users`` keeps a
-seeded subset of the test users, every cut of theirs), the test split's KL of
+seeded subset of the test users, every cut of theirs, and ``--cut-every N`` every Nth cut of
+each), the test split's KL of
 * the best baseline and ``ema_prior``;
 * **the state's prediction**: each test user is simulated again from its seed
   (:func:`models.simulate.user_steps`), and at each test cut the expected target given the
@@ -174,6 +175,16 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     return out
 
 
+def every_nth_cut(users: np.ndarray, cuts: np.ndarray, n: int) -> np.ndarray:
+    """The sorted indices of every ``n``th of each user's cuts in time order (its first, its
+    ``n + 1``st, ...)."""
+    order = np.lexsort((cuts, users))
+    u = users[order]
+    start = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])  # each user's first, in order
+    rank = np.arange(len(u)) - np.repeat(start, np.diff(np.r_[start, len(u)]))
+    return np.sort(order[rank % n == 0])
+
+
 def expected(user, window_ms, weights, runs, seed) -> np.ndarray:
     """(R, K) the state's expected target, one row per forward run with a weighted event."""
     from models.simulate import expected_target
@@ -192,7 +203,7 @@ def filtered(pf, window_ms, weights, runs, seed) -> np.ndarray:
 
 def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0, moves: int = 0,
             block: tuple[int, int] = (0, 0), max_users: int = 0, model_dir=None, from_start: bool = False,
-            moves_last: int = 0) -> dict:
+            moves_last: int = 0, cut_every: int = 1) -> dict:
     from models.data import DataConfig, prepare
     from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, jackknife_kl,
                                  kl_per_sample, truth_targets)
@@ -216,6 +227,9 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
         chosen = np.random.default_rng(seed).permutation(np.unique(test.user))[:max_users]
         keep = np.flatnonzero(np.isin(test.user, chosen))
         test = test.take(keep)
+    if cut_every > 1:  # every Nth cut of each user's: the filter still reads every event
+        nth = every_nth_cut(test.user, test.cut, cut_every)
+        keep, test = keep[nth], test.take(nth)
     truth, ok = truth_targets(read_truth(Path(f"{log}.truth.jsonl")), ds, test, encoder.categories, cfg)
     preds = {best: base["test"][best][keep], "ema_prior": base["test"]["ema_prior"][keep], "truth": truth}
     if model_pred is not None:
@@ -240,6 +254,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     out = {"log": f"sim {users} x {days} days, seed {sim_seed}, mechanisms {mechanisms}", "runs": runs,
            "lags_days": list(lags), "from_start": from_start, "particles": particles, "moves": moves,
            "moves_last": moves_last, "block": {"events": block[0], "moves": block[1]}, "max_users": max_users,
+           "cut_every": cut_every,
            "test_samples": int(ok.sum()), "of": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
            "best_baseline": best, "kl": kl,
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best},
@@ -306,6 +321,9 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
               help="particles of the filter")
 @click.option("--max-users", default=0, show_default=True, type=click.IntRange(0),
               help="a seeded subset of this many test users (0: all)")
+@click.option("--cut-every", default=1, show_default=True, type=click.IntRange(1),
+              help="every Nth of each user's test cuts (its first, N+1st, ...): the sample's predictions at "
+                   "fewer cuts")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="a checkpoint trained on the --run population's log (bench/model_eval.py's sim config): "
                    "its test predictions beside the others, on its own split")
@@ -313,7 +331,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
 def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last, from_start, particles, max_users,
-         model_dir, seed, workdir):
+         cut_every, model_dir, seed, workdir):
     try:
         lags = tuple(float(x) for x in lags.split(",") if x.strip())
     except ValueError:
@@ -333,7 +351,7 @@ def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last,
             continue
         t = time.time()
         r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, moves, (block, block_moves if block else 0),
-                    max_users, model_dir, from_start, moves_last)
+                    max_users, model_dir, from_start, moves_last, cut_every)
         r["seconds"] = round(time.time() - t, 1)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)

@@ -49,12 +49,18 @@ import math
 
 import numpy as np
 
+from models import sim_paths
 from models import simulate as sim
 from models.simulate import CATEGORIES, DAY_MS, HOUR_MS, K, VOCAB, SimUser, expected_target
 
 TYPES = ("click", "browse", "search")
 # simulate.TRANSITIONS by index: row = the old dominant category, columns = its equally likely targets
 _TRANSITION_TO = np.array([[CATEGORIES.index(t) for t in sim.TRANSITIONS[c]] for c in CATEGORIES])
+
+
+def _c(*arrays) -> tuple[np.ndarray, ...]:
+    """The arrays as C-contiguous ones (:mod:`models.sim_paths` compiles for that layout)."""
+    return tuple(np.ascontiguousarray(x) for x in arrays)
 
 
 def query_likelihood(query: str) -> np.ndarray:
@@ -353,31 +359,16 @@ class ParticleFilter:
     def path_logits(self, pa: dict, xi: np.ndarray, xr: np.ndarray) -> np.ndarray:
         """(n, steps, K) each particle's logits at each event, given its path ``pa`` (:meth:`paths`)
         with the noise ``xi`` and shift draws ``xr`` in place of the recorded ones (:meth:`_advance`)."""
-        z = pa["z0"]
-        out = np.empty_like(xi)
-        for i in range(xi.shape[1]):
-            b = pa["base"][:, i]
-            u = np.where(pa["reset"][:, i, None], b + sim.DRIFT_NOISE * xr[:, i], z)
-            z = out[:, i] = b + pa["a"][i] * (u - b) + pa["s"][i] * xi[:, i]
+        out = np.empty(xi.shape)
+        sim_paths.replay_all(*_c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"], xi, xr), out)
         return out
 
     def path_loglik(self, pa: dict, z: np.ndarray) -> np.ndarray:
         """(n,) the log-probability of the events' categories and dwell times along each path, given
         the logits ``z`` (:meth:`path_logits`) and the path's branches: the only factors of the
         events' likelihood that depend on the interests (:meth:`observe`)."""
-        z = z.copy()
-        z[:, :, self.habit] += pa["habit"]
-        z -= z.max(2, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(2, keepdims=True))  # (n, steps, K)
-        c = pa["cat"]
-        pc = np.exp(np.take_along_axis(logp, c[:, :, None], 2)[:, :, 0])  # (n, steps)
-        v = np.where(pa["sc"] >= 0, (1.0 - sim.STICKY) * pc + sim.STICKY * (c == pa["sc"]), pc)
-        ll = np.log(np.maximum(v, 1e-300))
-        d = pa["dwell"]
-        has = ~np.isnan(d)
-        zz = (np.log(np.where(has, d, 8000.0) / 8000.0) - 0.6 * np.log(pc * K)) / 0.7
-        ll += np.where(has, -0.5 * zz * zz, 0.0)
-        return np.where(pa["intent"], 0.0, ll).sum(1)
+        return sim_paths.loglik_all(*_c(z), int(self.habit), *_c(pa["habit"], pa["cat"], pa["sc"], pa["intent"],
+                                                                    pa["dwell"]))
 
     def move(self, iterations: int, beta: float | None = None, last: int | None = None, resample: bool = True) -> None:
         """Move each particle's interests by ``iterations`` Metropolis steps on its path over the
@@ -388,7 +379,7 @@ class ParticleFilter:
         everything else on the path held; the particles then follow the posterior at least as well
         as before, and part where resampling had copied them. ``beta`` (the last move's, 0.3 at
         first) adapts to keep about a quarter of the proposals; the acceptance rates are kept in
-        :attr:`move_stats`."""
+        :attr:`move_stats`. The paths are replayed and scored by :mod:`models.sim_paths`."""
         if self.steps is None:
             raise ValueError("move needs a filter made with record=True")
         if not self.steps or not iterations:
@@ -398,8 +389,9 @@ class ParticleFilter:
             self._resample(w / w.sum())
         self.logw = np.zeros(self.n)
         pa = self.paths(last)
-        xi, xr = pa["xi"], pa["xr"]
-        z = pa["z"]
+        path = _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(self.habit),) + \
+            _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+        xi, xr, z = _c(pa["xi"], pa["xr"], pa["z"])  # moved in place
         ll = self.path_loglik(pa, z)
         r, rates, base_rates = self.rng, [], []
         beta = beta or getattr(self, "_beta", 0.3)
@@ -408,52 +400,41 @@ class ParticleFilter:
         nb = pa["newbase"]
         since = np.where(nb.any(1), nb.shape[1] - 1 - np.argmax(nb[:, ::-1], 1), -1)
         movable = (since >= 0) & ~np.isnan(self.base_g[:, 0])
-        shifts = bool(pa["reset"].any())  # the shifts' draws count only where one happened
+        resets = int(pa["reset"].sum())  # the shifts' draws count only where one happened
         for _ in range(iterations):
-            c = math.sqrt(1.0 - beta * beta)
-            xi2 = c * xi + beta * r.normal(size=xi.shape)
-            xr2 = c * xr + beta * r.normal(size=xr.shape) if shifts else xr
-            z2 = self.path_logits(pa, xi2, xr2)
-            ll2 = self.path_loglik(pa, z2)
-            ok = np.log(r.random(self.n)) < ll2 - ll
-            o3 = ok[:, None, None]
-            xi, xr, z, ll = np.where(o3, xi2, xi), np.where(o3, xr2, xr), np.where(o3, z2, z), np.where(ok, ll2, ll)
-            rates.append(float(ok.mean()))
+            accepted = sim_paths.pcn_step(*path, xi, xr, z, ll, math.sqrt(1.0 - beta * beta), beta,
+                                          r.normal(size=xi.shape), r.normal(size=(resets, K)),
+                                          np.log(r.random(self.n)))
+            rates.append(accepted / self.n)
             beta = min(1.0, beta * (1.3 if rates[-1] > 0.35 else 0.7 if rates[-1] < 0.15 else 1.0))
             if movable.any():
-                sigma, rate = self._move_base(pa, xi, xr, z, ll, movable, since, sigma)
+                sigma, rate = self._move_base(path, xi, xr, z, ll, movable, since, sigma)
                 base_rates.append(rate)
         self._beta, self._sigma = beta, sigma
         self.logits = z[:, -1].copy()
         for i, st in enumerate(self.steps[pa["first"]:]):  # the moved paths, in the particles' order
-            st.update(xi=xi[:, i], xr=xr[:, i], z=z[:, i], base=pa["base"][:, i])
+            st.update(xi=xi[:, i], xr=xr[:, i], z=z[:, i], base=path[1][:, i])
         self.move_stats.append({"steps": xi.shape[1], "acceptance": rates, "beta": beta,
                                 "base_moved": int(movable.sum()), "base_acceptance": base_rates})
 
-    def _move_base(self, pa, xi, xr, z, ll, movable, since, sigma) -> tuple[float, float]:
+    def _move_base(self, path, xi, xr, z, ll, movable, since, sigma) -> tuple[float, float]:
         """One Metropolis step on the base points drawn on the paths (``movable``; in use from
         step ``since`` on): each Gamma draw behind one is multiplied by ``exp(sigma * N(0, 1))``,
         with the Gamma(BASE_CONCENTRATION) prior and the change of variables in the ratio; the
         favoured category is held, and so, with transitions, is the base point's largest category,
-        which the next base point's law depends on. Updates ``pa``, ``z``, ``ll`` and the particles
-        in place; returns the next ``sigma`` (adapted as ``beta``) and the acceptance rate."""
+        which the next base point's law depends on. Updates the paths' base points (``path``, as
+        :meth:`move` passes it), ``z``, ``ll`` and the particles in place; returns the next
+        ``sigma`` (adapted as ``beta``) and the acceptance rate."""
         r, m = self.rng, np.flatnonzero(movable)
         g = self.base_g[m]
         g2 = g * np.exp(sigma * r.normal(size=g.shape))
         b2 = self._base_from(g2, self.base_to[m])
-        keep = (np.argmax(b2, 1) == np.argmax(self.base[m], 1)) if self.transitions else np.ones(len(m), bool)
-        use = pa["base"][m].copy()  # (m, steps, K)
-        after = np.arange(use.shape[1])[None, :] >= since[m, None]
-        use[after] = np.broadcast_to(b2[:, None, :], use.shape)[after]
-        sub = {**pa, **{k: pa[k][m] for k in self._PATH}, "z0": pa["z0"][m], "base": use}
-        z2 = self.path_logits(sub, xi[m], xr[m])
-        ll2 = self.path_loglik(sub, z2)
         a = sim.BASE_CONCENTRATION
         prior = (a * (np.log(g2) - np.log(g)) - (g2 - g)).sum(1)  # Gamma(a) density in log g
-        ok = keep & (np.log(r.random(len(m))) < ll2 - ll[m] + prior)
-        i = m[ok]
-        pa["base"][i], z[i], ll[i] = use[ok], z2[ok], ll2[ok]
-        self.base[i], self.base_g[i] = b2[ok], g2[ok]
+        if self.transitions:  # the largest category held
+            prior[np.argmax(b2, 1) != np.argmax(self.base[m], 1)] = -np.inf
+        ok = sim_paths.base_step(m, since[m], b2, prior, *path, xi, xr, z, ll, np.log(r.random(len(m))))
+        self.base[m[ok]], self.base_g[m[ok]] = b2[ok], g2[ok]
         rate = float(ok.mean())
         return sigma * (1.3 if rate > 0.35 else 0.7 if rate < 0.15 else 1.0), rate
 
