@@ -281,6 +281,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
             mixed = np.where((shift | intent)[:, None], preds["state"], preds["model"])
             out["by_mechanism"]["model_with_the_state_on_their_cuts"] = round(
                 float(kl_per_sample(test.targets[ok], mixed[ok]).mean()) / kl[best], 4)
+    print(json.dumps(out), file=sys.stderr, flush=True)  # the figures, before the check can fail them (memory)
     # the same first cuts at four times the runs and particles: how much the Monte Carlo costs the bounds
     sub = np.flatnonzero(ok)[:max_cuts]
     few = test.take(sub)

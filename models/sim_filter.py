@@ -412,8 +412,9 @@ class ParticleFilter:
                 base_rates.append(rate)
         self._beta, self._sigma = beta, sigma
         self.logits = z[:, -1].copy()
-        for i, st in enumerate(self.steps[pa["first"]:]):  # the moved paths, in the particles' order
-            st.update(xi=xi[:, i], xr=xr[:, i], z=z[:, i], base=path[1][:, i])
+        for i, st in enumerate(self.steps[pa["first"]:]):  # the moved paths, in the particles' order (copies:
+            # a view would keep this move's whole arrays alive as long as the step)
+            st.update(xi=xi[:, i].copy(), xr=xr[:, i].copy(), z=z[:, i].copy(), base=path[1][:, i].copy())
         self.move_stats.append({"steps": xi.shape[1], "acceptance": rates, "beta": beta,
                                 "base_moved": int(movable.sum()), "base_acceptance": base_rates})
 

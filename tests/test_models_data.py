@@ -641,6 +641,48 @@ def test_particle_filter_moves_part_copied_particles():
     assert len(np.unique(pf.logits.round(9), axis=0)) > 0.9 * pf.n
 
 
+def test_path_moves_take_the_proposal_when_accepted_and_nothing_else():
+    """One compiled Crank-Nicolson step (models.sim_paths.pcn_step): a particle whose uniform
+    draw accepts takes ``c xi + beta noise`` as its drift draws, and at its shifts' steps the next
+    rows of the shift noise, in the order of the particles and steps; its logits become the
+    replay of those draws and its log-likelihood theirs. A particle that refuses keeps its path."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter, _c
+    from models.sim_paths import pcn_step
+
+    u, events = _user_after_first_event(3, intent=True)
+    u.next_shift = u.t + simulate.DAY_MS
+    pf = ParticleFilter(u, 3, 0, record=True)
+    for ev in events:
+        pf.observe(ev)
+    pa = pf.paths()
+    pa["reset"][1] = False  # particle 1 has no shift, so particle 2's take the next rows
+    xi, xr, z = (pa[k].copy() for k in ("xi", "xr", "z"))
+    assert pa["reset"][0].sum() == 1 and pa["reset"][2].sum() == 1
+    ll = pf.path_loglik(pa, z)
+    r = np.random.default_rng(5)
+    nxi, nxr = r.normal(size=xi.shape), r.normal(size=(2, simulate.K))
+    c, beta = 0.8, 0.6
+    path = _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(pf.habit),) + \
+        _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+    accepted = pcn_step(*path, xi, xr, z, ll, c, beta, nxi, nxr, np.array([-np.inf, np.inf, -np.inf]))
+    assert accepted == 2
+    want_xi = c * pa["xi"] + beta * nxi
+    want_xr = pa["xr"].copy()
+    for p, row in ((0, 0), (2, 1)):
+        i = int(np.flatnonzero(pa["reset"][p])[0])
+        want_xr[p, i] = c * pa["xr"][p, i] + beta * nxr[row]
+    for p in (0, 2):
+        np.testing.assert_allclose(xi[p], want_xi[p], atol=1e-12)
+        np.testing.assert_allclose(xr[p], want_xr[p], atol=1e-12)
+    np.testing.assert_array_equal(xi[1], pa["xi"][1])
+    np.testing.assert_array_equal(z[1], pa["z"][1])
+    want_z = pf.path_logits(pa, want_xi, want_xr)
+    np.testing.assert_allclose(z[[0, 2]], want_z[[0, 2]], atol=1e-12)
+    np.testing.assert_allclose(ll, pf.path_loglik(pa, z), atol=1e-9)
+    assert abs(ll[0] - pf.path_loglik(pa, pa["z"])[0]) > 1.0  # the proposal moved it
+
+
 def test_particle_filter_base_moves_keep_the_gamma_prior():
     """With events that say nothing (all taken for intent searches, whose likelihood does not
     depend on the interests), moving the base points drawn on the path keeps their Gamma draws'
