@@ -610,6 +610,8 @@ def test_particle_filter_moves_part_copied_particles():
     after = len(np.unique(pf.logits.round(9), axis=0))
     assert before < 0.7 * pf.n and after == pf.n
     assert all(0.0 < a < 1.0 for a in pf.move_stats[0]["acceptance"])
+    # each step owns its moved records: a view would keep the move's whole (n, steps, K) arrays alive
+    assert all(st[k].base is None for st in pf.steps for k in ("xi", "xr", "z", "base"))
     pa = pf.paths()
     np.testing.assert_allclose(pf.path_logits(pa, pa["xi"], pa["xr"])[:, -1], pf.logits, atol=1e-12)
 
