@@ -370,6 +370,14 @@ class ParticleFilter:
         return sim_paths.loglik_all(*_c(z), int(self.habit), *_c(pa["habit"], pa["cat"], pa["sc"], pa["intent"],
                                                                     pa["dwell"]))
 
+    def kernel_path(self, pa: dict) -> tuple:
+        """The path ``pa`` (:meth:`paths`) as :func:`models.sim_paths.pcn_step` and
+        :func:`models.sim_paths.base_step` take it, before the draws: ``z0``, ``base`` (index 1,
+        which ``base_step`` moves in place), ``reset``, ``a``, ``s``, the habit's category, and the
+        events' ``habit``, ``cat``, ``sc``, ``intent`` and ``dwell``."""
+        return _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(self.habit),) + \
+            _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+
     def move(self, iterations: int, beta: float | None = None, last: int | None = None, resample: bool = True) -> None:
         """Move each particle's interests by ``iterations`` Metropolis steps on its path over the
         last ``last`` events (all by default), after resampling (``resample``): the resample-move
@@ -389,8 +397,7 @@ class ParticleFilter:
             self._resample(w / w.sum())
         self.logw = np.zeros(self.n)
         pa = self.paths(last)
-        path = _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(self.habit),) + \
-            _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+        path = self.kernel_path(pa)
         xi, xr, z = _c(pa["xi"], pa["xr"], pa["z"])  # moved in place
         ll = self.path_loglik(pa, z)
         r, rates, base_rates = self.rng, [], []

@@ -649,7 +649,7 @@ def test_path_moves_take_the_proposal_when_accepted_and_nothing_else():
     rows of the shift noise, in the order of the particles and steps; its logits become the
     replay of those draws and its log-likelihood theirs. A particle that refuses keeps its path."""
     from models import simulate
-    from models.sim_filter import ParticleFilter, _c
+    from models.sim_filter import ParticleFilter
     from models.sim_paths import pcn_step
 
     u, events = _user_after_first_event(3, intent=True)
@@ -665,8 +665,7 @@ def test_path_moves_take_the_proposal_when_accepted_and_nothing_else():
     r = np.random.default_rng(5)
     nxi, nxr = r.normal(size=xi.shape), r.normal(size=(2, simulate.K))
     c, beta = 0.8, 0.6
-    path = _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(pf.habit),) + \
-        _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+    path = pf.kernel_path(pa)
     accepted = pcn_step(*path, xi, xr, z, ll, c, beta, nxi, nxr, np.array([-np.inf, np.inf, -np.inf]))
     assert accepted == 2
     want_xi = c * pa["xi"] + beta * nxi
