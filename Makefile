@@ -165,7 +165,7 @@ bench: install
 	$(PY) bench/cross_target.py --dataset cj --trained-with target=auto --trained-with val_frac=0.15 \
 		--scored-with target_k=1 --workdir $(CROSS_DIR)-cj1 | tee bench-out/cross_target-cj-next1.json
 	$(PY) bench/cross_target.py --dataset cj --trained-with target=next_baskets --trained-with target_k=1 \
-		--trained-with val_frac=0.15 --workdir $(CROSS_DIR)-cj1to4 | tee bench-out/cross_target-cj-1-on-4.json
+		--trained-with val_frac=0.15 --mix --workdir $(CROSS_DIR)-cj1to4 | tee bench-out/cross_target-cj-1-on-4.json
 	$(PY) bench/backtest.py --dataset cj --data-set target_k=1 --workdir $(CROSS_DIR)-bt-cj1 | tee bench-out/backtest-cj-next1.json
 	# an auxiliary target over other spans, training the backbone (TrainConfig.aux_horizon, off): MovieLens' next 40
 	# ratings beside its next 10, the Complete Journey's next basket beside its next 4, the simulator's next day beside
