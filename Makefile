@@ -93,6 +93,10 @@ bench: install
 	for s in 0 1; do $(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --max-users 10 --lags '' \
 		--from-start --particles 8000 --block 32 --block-moves 2 --moves 10 --moves-last 128 --cut-every 3 \
 		--max-cuts 5 --seed $$s --workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-start8000-on-10-seed$$s.json; done
+	for s in 0 1; do $(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --max-users 10 --lags '' \
+		--from-start --unknown-constants --particles 8000 --block 32 --block-moves 2 --moves 10 --moves-last 128 \
+		--cut-every 3 --max-cuts 5 --seed $$s --workdir $(SIM_BOUND_DIR)-on \
+		| tee bench-out/sim_bound-start8000-unknown-on-10-seed$$s.json; done
 	$(PY) bench/sim_bound.py --run 2 --model $(SIM_BOUND_DIR)-on/sim/default --lags '' --max-cuts 100 \
 		--workdir $(SIM_BOUND_DIR)-on | tee bench-out/sim_bound-mechanisms-1000x14.json
 	d=$(SIM_BOUND_DIR)-on7; $(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on --threads 1 \

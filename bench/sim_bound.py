@@ -1,8 +1,8 @@
 """What no model of the past can beat on a simulated log: predictions from the simulator's hidden state.
 
-    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]] [--from-start]
-        [--particles P] [--block W --block-moves M] [--moves F [--moves-last L]] [--max-users U]
-        [--cut-every N] [--max-cuts M] [--workdir DIR]
+    .venv/bin/python bench/sim_bound.py [--run I [--model DIR]] [--runs N] [--lags 1[,2,4]]
+        [--from-start [--unknown-constants]] [--particles P] [--block W --block-moves M]
+        [--moves F [--moves-last L]] [--max-users U] [--cut-every N] [--max-cuts M] [--workdir DIR]
 
 On the simulated populations of ``bench/train_eval.py`` (:data:`SIM_RUNS`; ``--run I`` takes one),
 with the split, the test samples and the baselines of ``bench/model_eval.py`` (the same
@@ -21,7 +21,8 @@ each), the test split's KL of
 * with ``--from-start``, **the events' prediction**: the same filter started from the simulator's
   prior before the user's first event, knowing the user's constants (activity, habit, time zone)
   and its events, nothing of its state; a model of the past knows the events, so only a filter
-  that has not converged scores above it;
+  that has not converged scores above it; with ``--unknown-constants`` each particle draws the
+  constants from their prior too, and the filter knows what a model knows, the events alone;
 * the truth (the latent interests averaged over the target window, ``bench/hindsight.py``);
 * with ``--model DIR``, a checkpoint trained on that log: its test predictions, on the same cuts.
 
@@ -75,7 +76,7 @@ from train_eval import SIM_RUNS  # noqa: E402
 def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed: int, lags=(),
                       particles: int = 0, flags: dict | None = None, moves: int = 0,
                       block: tuple[int, int] = (0, 0), from_start: bool = False, moves_last: int = 0,
-                      draws: dict | None = None) -> dict[str, np.ndarray]:
+                      draws: dict | None = None, constants: str = "known") -> dict[str, np.ndarray]:
     """(N, k) predictions of each sample over ``categories``: ``"state"`` from the state at the cut
     (module doc), and for each lag in ``lags`` (days) ``"lag L d"``, the particle filter's
     (:mod:`models.sim_filter`) from the state at the user's last event at least ``L`` days before
@@ -90,6 +91,9 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
     user's first event (:meth:`models.sim_filter.ParticleFilter.from_prior`), knowing the user's
     constants and its events, and nothing of its state; one filter per user, fed each event once
     and read at each of its cuts (it records the last ``max(block, moves_last)`` events' paths).
+    With ``constants="prior"`` it draws the constants from their prior as well, the events alone,
+    and moves them (:meth:`models.sim_filter.ParticleFilter.move_constants`) after every ``block``
+    events and, ``block``'s number of moves, at each cut; it then records every event's path.
 
     ``draws``, when given a dict, receives for each name a list (N) of the (R, k) predictions whose
     mean is the sample's (one per forward run, or per particle drawn), for
@@ -130,7 +134,7 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
         if from_start:
             pf0 = ParticleFilter.from_prior(SimUser(index, sim_seed, DEFAULT_START_MS, on, on), particles,
                                             (seed, index, 1 << 30), record=moves > 0, block=block[0],
-                                            block_moves=block[1], keep=moves_last)
+                                            block_moves=block[1], keep=moves_last, constants=constants)
         for kind, ev, user in user_steps(index, sim_seed, days, intent=on, transitions=on):
             if kind != "event":
                 continue
@@ -154,6 +158,8 @@ def state_predictions(ds, samples, cfg, categories, sim: tuple, runs: int, seed:
                 if from_start:
                     if moves:
                         pf0.move(moves, last=moves_last or None)
+                    if constants == "prior":  # and its constants, over the whole path
+                        pf0.move_constants(max(1, block[1]))
                     preds["from start"] = filtered(pf0, window_ms, weights, runs, (seed, index, n))
                 for lag, name in zip(lags, names[1:]):
                     j = max(0, int(np.searchsorted(seq_ts[:n], ev["ts"] - lag * DAY_MS, side="right")) - 1)
@@ -203,7 +209,7 @@ def filtered(pf, window_ms, weights, runs, seed) -> np.ndarray:
 
 def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), particles: int = 0, moves: int = 0,
             block: tuple[int, int] = (0, 0), max_users: int = 0, model_dir=None, from_start: bool = False,
-            moves_last: int = 0, cut_every: int = 1) -> dict:
+            moves_last: int = 0, cut_every: int = 1, constants: str = "known") -> dict:
     from models.data import DataConfig, prepare
     from models.evaluate import (BUCKETS, activity_buckets, baseline_predictions, held_out_predictions, jackknife_kl,
                                  kl_per_sample, truth_targets)
@@ -237,7 +243,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     t = time.time()
     flags, draws = {}, {}
     preds.update(state_predictions(ds, test, cfg, encoder.categories, sim, runs, seed, lags, particles, flags, moves,
-                                   block, from_start, moves_last, draws))
+                                   block, from_start, moves_last, draws, constants))
     state_s = time.time() - t
     # each sample's KL, and for the Monte Carlo predictions their jackknifed KL beside it ("NAME (jackknife)")
     per = {n: kl_per_sample(test.targets, p) for n, p in preds.items()}
@@ -252,7 +258,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 
     kl = {n: round(float(v[ok].mean()), 4) for n, v in per.items()}
     out = {"log": f"sim {users} x {days} days, seed {sim_seed}, mechanisms {mechanisms}", "runs": runs,
-           "lags_days": list(lags), "from_start": from_start, "particles": particles, "moves": moves,
+           "lags_days": list(lags), "from_start": from_start, "constants": constants, "particles": particles,
+           "moves": moves,
            "moves_last": moves_last, "block": {"events": block[0], "moves": block[1]}, "max_users": max_users,
            "cut_every": cut_every,
            "test_samples": int(ok.sum()), "of": int(len(test)), "test_users": int(len(set(test.user.tolist()))),
@@ -288,7 +295,7 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
     more_draws = {}
     more = state_predictions(ds, few, cfg, encoder.categories, sim, 4 * runs, seed + 1, lags, 4 * particles,
                              moves=moves, block=block, from_start=from_start, moves_last=moves_last,
-                             draws=more_draws)
+                             draws=more_draws, constants=constants)
     out["precision_check"] = {"cuts": int(len(sub)), "runs": 4 * runs, "particles": 4 * particles, "kl": {
         name: {"at_4x": round(float(kl_per_sample(test.targets[sub], q).mean()), 4),
                "as_above": round(float(per[name][sub].mean()), 4),
@@ -318,6 +325,9 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--from-start", is_flag=True,
               help="also the particle filter from the simulator's prior before each user's first event: "
                    "the events alone, and the user's constants (needs --moves-last with --moves)")
+@click.option("--unknown-constants", is_flag=True,
+              help="with --from-start, each particle draws the user's constants from their prior too: the events "
+                   "alone, as a model knows them")
 @click.option("--particles", default=2000, show_default=True, type=click.IntRange(1),
               help="particles of the filter")
 @click.option("--max-users", default=0, show_default=True, type=click.IntRange(0),
@@ -331,8 +341,8 @@ def one_run(sim: tuple, wd: Path, runs: int, max_cuts: int, seed: int, lags=(), 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-bench"), show_default=True,
               type=click.Path(file_okay=False))
-def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last, from_start, particles, max_users,
-         cut_every, model_dir, seed, workdir):
+def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last, from_start, unknown_constants,
+         particles, max_users, cut_every, model_dir, seed, workdir):
     try:
         lags = tuple(float(x) for x in lags.split(",") if x.strip())
     except ValueError:
@@ -340,6 +350,8 @@ def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last,
     if from_start and moves and not moves_last:
         raise click.UsageError("--from-start with --moves needs --moves-last: a path from the first event is too long "
                                "to move whole at every cut")
+    if unknown_constants and not from_start:
+        raise click.UsageError("--unknown-constants needs --from-start: a filter from a state knows its constants")
     if model_dir and run_index is None:
         raise click.UsageError("--model needs --run: a checkpoint belongs to one population")
     wd = Path(workdir)
@@ -352,7 +364,8 @@ def main(run_index, runs, max_cuts, lags, block, block_moves, moves, moves_last,
             continue
         t = time.time()
         r = one_run(sim, wd, runs, max_cuts, seed, lags, particles, moves, (block, block_moves if block else 0),
-                    max_users, model_dir, from_start, moves_last, cut_every)
+                    max_users, model_dir, from_start, moves_last, cut_every,
+                    "prior" if unknown_constants else "known")
         r["seconds"] = round(time.time() - t, 1)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr)

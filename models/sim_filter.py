@@ -9,7 +9,8 @@ reads them. Knowing that state and the events is still more than knowing the eve
 its prediction is still a bound that no model of the past beats, and it tightens as the lag grows
 (the state a week earlier says little about today). :meth:`ParticleFilter.from_prior` starts it
 before the user's first event instead, from the simulator's prior: then it knows the events and
-the user's constants only.
+the user's constants only (its activity, habit and time zone), or, drawing those from their prior
+too, the events alone.
 
 Every particle is a copy of that hidden state, moved between events by the simulator's own
 dynamics and weighted by the probability of each event under it:
@@ -42,6 +43,16 @@ is the events' likelihood alone) and a log-scale random walk for the Gamma draws
 point in use. With ``block``, every resampling is followed by such steps on the paths' last
 ``block`` events. The particles then part where resampling had copied them, and a few thousand
 do what a few tens of thousands did not.
+
+**The user's constants, drawn** (``from_prior(constants="prior")``). The activity, the habit and
+the time zone never change, so resampling alone soon leaves one value of each, drawn before the
+events could tell (half the activity of a user of 120 events a day, in a test). They are moved too
+(:meth:`ParticleFilter.move_constants`), over each particle's whole path: the habit by a Gibbs step
+over the categories, the activity's normal draw, the time zone and the habit's strength by
+Metropolis steps. The habit still mixes slowly, since each particle's interests were drawn along
+with it: on one user of 120 events a day (300 particles, two days; scratch), all the weight sat on
+the user's strongest interest and none on its habit. A user active mostly in the evening, when the
+habit's boost is near its peak, shows little to tell the two apart.
 """
 from __future__ import annotations
 
@@ -124,8 +135,10 @@ class ParticleFilter:
         self._x0 = None  # from_prior's first draw of the interests, recorded at the first event
         self.move_stats: list[dict] = []
         self.n, self.intent, self.transitions = n, user.intent, user.transitions
-        self.rate, self.habit = user.rate_per_day, user.habit  # constant: known
-        self.habit_strength, self.tz = user.habit_strength, user.tz_shift_h
+        # constant about the user, per particle (known: all the user's; from_prior can draw them)
+        self.constants, self.rate_x = "known", None  # (the activity's normal draws, when drawn)
+        self.rate, self.habit = np.full(n, float(user.rate_per_day)), np.full(n, int(user.habit))
+        self.habit_strength, self.tz = np.full(n, float(user.habit_strength)), np.full(n, float(user.tz_shift_h))
         self.base = np.tile(user.base, (n, 1))
         # the Gamma draws behind each base point and its transition (_new_base), NaN for the known one
         self.base_g, self.base_to = np.full((n, K), np.nan), np.full(n, -1)
@@ -141,7 +154,7 @@ class ParticleFilter:
 
     @classmethod
     def from_prior(cls, user: SimUser, n: int, seed, record: bool = False, block: int = 0,
-                   block_moves: int = 0, keep: int = 0) -> "ParticleFilter":
+                   block_moves: int = 0, keep: int = 0, constants: str = "known") -> "ParticleFilter":
         """``n`` particles of ``user`` before its first event (``user`` as :class:`SimUser` makes
         it, at the simulation's start): what is constant about the user (its activity, habit, time
         zone and mechanisms) is known, and every particle draws the rest as the simulator did, from
@@ -149,12 +162,24 @@ class ParticleFilter:
         and with the mechanisms on the first shift's time and base point. Fed the user's events
         from the first, the filter then knows only those events and the constants, so once it has
         converged its prediction bounds every model of the past more tightly than any started from
-        a state.
+        a state. With ``constants="prior"`` each particle draws the constants too
+        (:func:`models.simulate.constants_prior`), and the filter knows the events alone, as a
+        model does. Resampling alone would soon leave one value of them, drawn before the events
+        could tell (static parameters), so they are moved too (:meth:`move_constants`): after
+        every ``block`` events, and by whoever predicts. That needs every event's path, so such
+        a filter records them all (``keep`` is ignored).
         Recorded, the first draw of the interests is a reset of the path at the first event
         (where no shift or jump came first), so :meth:`move` moves it and the first base point
         too."""
-        pf = cls(user, n, seed, record, block, block_moves, keep)
+        if constants not in ("known", "prior"):
+            raise ValueError(f"constants must be 'known' or 'prior', got {constants!r}")
+        prior = constants == "prior"
+        pf = cls(user, n, seed, record or prior, block, block_moves, 0 if prior else keep)
         r = pf.rng
+        if prior:
+            pf.constants = constants
+            pf.rate_x, pf.habit, pf.habit_strength, pf.tz = sim.constants_prior(r, n)
+            pf.rate = sim.activity_rate(pf.rate_x)
         pf.base_g, pf.base_to = r.standard_gamma(sim.BASE_CONCENTRATION, size=(n, K)), np.full(n, -1)
         pf.base = pf._base_from(pf.base_g, pf.base_to)  # the first base point: no transition into it
         x0 = r.normal(size=(n, K))
@@ -284,16 +309,17 @@ class ParticleFilter:
         self.session_cat = np.where(was_int, sc, drawn)
         self.last = t
         if self.steps is not None:
-            hour = float(np.mod(t / HOUR_MS + self.tz, 24.0))
             dwell = float(ev["dwell_ms"]) if kind == "browse" and "dwell_ms" in ev else None
             self.steps.append({**self._draws, "base": self.base.copy(), "cat": drawn, "sc": sc, "intent": was_int,
-                               "habit": self.habit_strength * float(_diurnal(np.array(hour))), "dwell": dwell,
-                               "z": self.logits.copy(), "parent": None})
+                               "new": ~same, "t": t, "t_prev": gap_from, "dwell": dwell, "z": self.logits.copy(),
+                               "parent": None})
             while self.keep and len(self.steps) > self.keep:  # the oldest step's logits start the paths
                 st = self.steps.pop(0)
                 self.z0 = st["z"] if st["parent"] is None else st["z"][st["parent"]]
         if self._resample_if_needed() and self.block:
             self.move(self.block_moves, last=self.block, resample=False)
+        if self.constants == "prior" and self.block and len(self.steps) % self.block == 0:
+            self.move_constants(self.block_moves)
 
     def _resample_if_needed(self) -> None:
         w = np.exp(self.logw - self.logw.max())
@@ -310,7 +336,8 @@ class ParticleFilter:
         if self.steps:  # the particles after this, by their index among the step's recorded ones
             prev = self.steps[-1]["parent"]
             self.steps[-1]["parent"] = idx if prev is None else prev[idx]
-        for name in ("base", "base_g", "base_to", "logits", "session_cat", "session_left") + \
+        for name in ("base", "base_g", "base_to", "logits", "session_cat", "session_left", "rate", "habit",
+                     "habit_strength", "tz") + (("rate_x",) if self.rate_x is not None else ()) + \
                 (("next_shift", "next_base", "next_g", "next_to") if self.intent else ()):
             setattr(self, name, getattr(self, name)[idx].copy())
         self.logw = np.zeros(self.n)
@@ -323,14 +350,15 @@ class ParticleFilter:
             self.next_shift[far] = self.t + lead_ms + (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
             self.next_base[far], self.next_g[far], self.next_to[far] = self._new_base(self.base[far])
 
-    _PATH = ("xi", "reset", "xr", "newbase", "base", "cat", "sc", "intent", "z")
+    _PATH = ("xi", "reset", "xr", "newbase", "base", "cat", "sc", "intent", "new", "z")
 
     def paths(self, last: int | None = None) -> dict:
         """The particles' recorded paths over the last ``last`` events (all by default), in the
-        particles' order: per step (axis 1) its draws, base point, event branch (:meth:`observe`)
-        and logits after it (``z``); ``a``, ``s``, ``habit`` and ``dwell`` are the same for every
-        particle (the step's decay, noise scale, habit boost and dwell time); ``z0`` (n, K) the
-        logits before the first of them. The steps are rewritten in that order, so that
+        particles' order: per step (axis 1) its draws, base point, event branch (:meth:`observe`;
+        ``new``: the event started a session), the habit's boost at the event (``habit``, from the
+        particle's constants) and logits after it (``z``); ``a``, ``s``, ``t``, ``t_prev`` and
+        ``dwell`` are the same for every particle (the step's decay, noise scale, time, the previous
+        event's time and dwell time); ``z0`` (n, K) the logits before the first of them. The steps are rewritten in that order, so that
         :meth:`move` can write them back."""
         first = 0 if last is None else max(0, len(self.steps) - last)
         cur = np.arange(self.n)
@@ -350,11 +378,20 @@ class ParticleFilter:
         else:  # the logits before the first step, for the particles in their order now
             z0 = self.z0 = self.z0[cur]
         out = {k: np.stack([r[k] for r in rows], 1) for k in self._PATH}
-        for k in ("a", "s", "habit"):
+        for k in ("a", "s", "t", "t_prev"):
             out[k] = np.array([st[k] for st in self.steps[first:]])
+        out["habit"] = self.habit_boost(out["t"])
         out["dwell"] = np.array([np.nan if st["dwell"] is None else st["dwell"] for st in self.steps[first:]])
         out["z0"], out["first"] = z0, first
         return out
+
+    def habit_boost(self, t: np.ndarray, strength: np.ndarray | None = None,
+                    tz: np.ndarray | None = None) -> np.ndarray:
+        """(n, T) the habit's boost in each particle's logits at times ``t`` (T,), from its constants
+        (or ``strength`` and ``tz`` in their place; :meth:`interests`)."""
+        strength = self.habit_strength if strength is None else strength
+        tz = self.tz if tz is None else tz
+        return strength[:, None] * _diurnal(np.mod(np.asarray(t)[None, :] / HOUR_MS + tz[:, None], 24.0))
 
     def path_logits(self, pa: dict, xi: np.ndarray, xr: np.ndarray) -> np.ndarray:
         """(n, steps, K) each particle's logits at each event, given its path ``pa`` (:meth:`paths`)
@@ -367,16 +404,15 @@ class ParticleFilter:
         """(n,) the log-probability of the events' categories and dwell times along each path, given
         the logits ``z`` (:meth:`path_logits`) and the path's branches: the only factors of the
         events' likelihood that depend on the interests (:meth:`observe`)."""
-        return sim_paths.loglik_all(*_c(z), int(self.habit), *_c(pa["habit"], pa["cat"], pa["sc"], pa["intent"],
-                                                                    pa["dwell"]))
+        return sim_paths.loglik_all(*_c(z, self.habit, pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"]))
 
     def kernel_path(self, pa: dict) -> tuple:
         """The path ``pa`` (:meth:`paths`) as :func:`models.sim_paths.pcn_step` and
         :func:`models.sim_paths.base_step` take it, before the draws: ``z0``, ``base`` (index 1,
-        which ``base_step`` moves in place), ``reset``, ``a``, ``s``, the habit's category, and the
-        events' ``habit``, ``cat``, ``sc``, ``intent`` and ``dwell``."""
-        return _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"]) + (int(self.habit),) + \
-            _c(pa["habit"], pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+        which ``base_step`` moves in place), ``reset``, ``a``, ``s``, each particle's habit
+        category, and the events' ``habit``, ``cat``, ``sc``, ``intent`` and ``dwell``."""
+        return _c(pa["z0"], pa["base"], pa["reset"], pa["a"], pa["s"], self.habit, pa["habit"], pa["cat"], pa["sc"],
+                  pa["intent"], pa["dwell"])
 
     def move(self, iterations: int, beta: float | None = None, last: int | None = None, resample: bool = True) -> None:
         """Move each particle's interests by ``iterations`` Metropolis steps on its path over the
@@ -425,6 +461,68 @@ class ParticleFilter:
         self.move_stats.append({"steps": xi.shape[1], "acceptance": rates, "beta": beta,
                                 "base_moved": int(movable.sum()), "base_acceptance": base_rates})
 
+    def move_constants(self, iterations: int) -> None:
+        """``iterations`` sweeps of moves on each particle's constants, drawn from their prior
+        (``from_prior(constants="prior")``), its path since the first event held: the habit's
+        category drawn from its conditional law given everything else (a Gibbs step: the events'
+        likelihood under each of the K categories, :func:`models.sim_paths.loglik_by_habit`), then
+        Metropolis steps on the activity's normal draw, the time zone and the habit's strength
+        (Gaussian, the latter two refused outside their uniform priors' ranges), each accepted with
+        the ratio of the prior and of the events' likelihood factors that depend on it: the times of
+        the events that started a session (the activity and the time zone) and the categories and
+        dwell times (the habit, through its boost at each event's local hour). The step sizes adapt
+        as :meth:`move`'s ``beta`` does; the acceptance rates are kept in :attr:`move_stats`."""
+        if self.constants != "prior":
+            raise ValueError("move_constants needs a filter whose constants were drawn (from_prior(constants='prior'))")
+        if not self.steps or not iterations:
+            return
+        pa = self.paths()
+        if pa["first"]:
+            raise ValueError("move_constants needs every event's path")
+        r, n = self.rng, self.n
+        cat = _c(pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+        z = _c(pa["z"])[0]
+
+        def cat_ll(habit, strength, tz):
+            return sim_paths.loglik_all(z, *_c(habit, self.habit_boost(pa["t"], strength, tz)), *cat)
+
+        def time_ll(rate, tz):
+            dens = new_session_density(pa["t_prev"][None, :], pa["t"][None, :], rate[:, None], tz[:, None])
+            return np.where(pa["new"], np.log(np.maximum(dens, 1e-300)), 0.0).sum(1)
+
+        lt = time_ll(self.rate, self.tz)
+        steps = getattr(self, "_const_steps", {"x": 0.3, "tz": 0.5, "strength": 0.3})
+        rates = {k: [] for k in ("habit_changed", *steps)}
+        for _ in range(iterations):
+            by = sim_paths.loglik_by_habit(z, self.habit_boost(pa["t"]), *cat)  # (n, K): Gibbs on the habit
+            g = np.exp(by - by.max(1, keepdims=True))
+            h = np.minimum((np.cumsum(g, 1) < r.random(n)[:, None] * g.sum(1, keepdims=True)).sum(1), sim.K - 1)
+            rates["habit_changed"].append(float((h != self.habit).mean()))
+            self.habit = h
+            lc = by[np.arange(n), h]
+            for k in ("x", "tz", "strength"):
+                x, tz, s = self.rate_x, self.tz, self.habit_strength
+                if k == "x":
+                    x = x + steps[k] * r.normal(size=n)
+                    prior = -0.5 * (x * x - self.rate_x ** 2)
+                elif k == "tz":
+                    tz = tz + steps[k] * r.normal(size=n)
+                    prior = np.where(np.abs(tz) <= 3.0, 0.0, -np.inf)
+                else:
+                    s = s + steps[k] * r.normal(size=n)
+                    prior = np.where((s >= 0.0) & (s <= sim.HABIT_BOOST), 0.0, -np.inf)
+                rate = sim.activity_rate(x)
+                lc2 = lc if k == "x" else cat_ll(self.habit, np.clip(s, 0.0, sim.HABIT_BOOST), tz)
+                lt2 = lt if k == "strength" else time_ll(rate, tz)
+                ok = np.log(r.random(n)) < prior + (lc2 - lc) + (lt2 - lt)
+                self.rate_x, self.rate = np.where(ok, x, self.rate_x), np.where(ok, rate, self.rate)
+                self.tz, self.habit_strength = np.where(ok, tz, self.tz), np.where(ok, s, self.habit_strength)
+                lc, lt = np.where(ok, lc2, lc), np.where(ok, lt2, lt)
+                rates[k].append(float(ok.mean()))
+                steps[k] *= 1.3 if rates[k][-1] > 0.35 else 0.7 if rates[k][-1] < 0.15 else 1.0
+        self._const_steps = steps
+        self.move_stats.append({"constants": rates, "steps": pa["z"].shape[1]})
+
     def _move_base(self, path, xi, xr, z, ll, movable, since, sigma) -> tuple[float, float]:
         """One Metropolis step on the base points drawn on the paths (``movable``; in use from
         step ``since`` on): each Gamma draw behind one is multiplied by ``exp(sigma * N(0, 1))``,
@@ -455,7 +553,8 @@ class ParticleFilter:
             u = SimUser.__new__(SimUser)
             u.user_id, u.rng, u.intent, u.transitions = user_id, np.random.default_rng(r.integers(1 << 63)), \
                 self.intent, self.transitions
-            u.rate_per_day, u.habit, u.habit_strength, u.tz_shift_h = self.rate, self.habit, self.habit_strength, self.tz
+            u.rate_per_day, u.habit = float(self.rate[i]), int(self.habit[i])
+            u.habit_strength, u.tz_shift_h = float(self.habit_strength[i]), float(self.tz[i])
             u.base, u.logits, u.t, u.n_events = self.base[i].copy(), self.logits[i].copy(), self.t, 0
             u.session_cat, u.session_left = int(self.session_cat[i]), int(self.session_left[i])
             if self.intent:

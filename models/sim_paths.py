@@ -10,9 +10,9 @@ accepted paths are written back.
 
 The arrays are :meth:`models.sim_filter.ParticleFilter.paths`': per particle (axis 0) and step
 (axis 1) the shift flags ``reset``, base points ``base``, draws ``xi`` and ``xr``, logits ``z``,
-and the events' branches ``cat``, ``sc`` and ``intent``; per step the decay ``a``, noise scale
-``s``, habit boost ``habit`` and dwell time ``dwell`` (NaN: none); ``z0`` (n, K) the logits before
-the first step; ``habit_k`` the user's habit category.
+the events' branches ``cat``, ``sc`` and ``intent``, and the habit's boost ``habit``; per step the
+decay ``a``, noise scale ``s`` and dwell time ``dwell`` (NaN: none); per particle ``z0`` (n, K) the
+logits before the first step and ``habit_k`` (n,) the habit's category.
 """
 from __future__ import annotations
 
@@ -68,6 +68,40 @@ def _loglik(z, habit_k, habit, cat, sc, intent, dwell):
 
 
 @njit(cache=True)
+def loglik_by_habit(z, boost, cat, sc, intent, dwell):
+    """(n, K) each particle's :func:`_loglik` had its habit been each category in turn, its boosts
+    ``boost`` (n, T) held: one pass over the path (the softmax's normaliser changes by one term
+    from one habit to the next)."""
+    n, steps, k = z.shape
+    out = np.zeros((n, k))
+    e = np.empty(k)
+    for p in range(n):
+        for i in range(steps):
+            if intent[p, i]:
+                continue
+            b = boost[p, i]
+            m = -np.inf
+            for j in range(k):
+                m = max(m, z[p, i, j])
+            m += max(b, 0.0)
+            total = 0.0
+            for j in range(k):
+                e[j] = math.exp(z[p, i, j] - m)
+                total += e[j]
+            c, eb = cat[p, i], math.exp(b)
+            for h in range(k):
+                norm = total - e[h] + e[h] * eb
+                pc = e[c] * (eb if c == h else 1.0) / norm  # P(category c) with the habit on h
+                v = (1.0 - STICKY) * pc + (STICKY if c == sc[p, i] else 0.0) if sc[p, i] >= 0 else pc
+                ll = math.log(max(v, 1e-300))
+                if not math.isnan(dwell[i]):
+                    zz = (math.log(dwell[i] / 8000.0) - 0.6 * math.log(pc * K)) / 0.7
+                    ll -= 0.5 * zz * zz
+                out[p, h] += ll
+    return out
+
+
+@njit(cache=True)
 def replay_all(z0, base, reset, a, s, xi, xr, out):
     """``out`` (n, T, K): every particle's logits after each step."""
     for p in range(xi.shape[0]):
@@ -79,7 +113,7 @@ def loglik_all(z, habit_k, habit, cat, sc, intent, dwell):
     """(n,) every particle's :func:`_loglik`."""
     out = np.empty(z.shape[0])
     for p in range(z.shape[0]):
-        out[p] = _loglik(z[p], habit_k, habit, cat[p], sc[p], intent[p], dwell)
+        out[p] = _loglik(z[p], habit_k[p], habit[p], cat[p], sc[p], intent[p], dwell)
     return out
 
 
@@ -106,7 +140,7 @@ def pcn_step(z0, base, reset, a, s, habit_k, habit, cat, sc, intent, dwell, xi, 
             else:
                 xr2[i] = xr[p, i]
         _replay(z0[p], base[p], reset[p], a, s, xi2, xr2, z2, 0)
-        ll2 = _loglik(z2, habit_k, habit, cat[p], sc[p], intent[p], dwell)
+        ll2 = _loglik(z2, habit_k[p], habit[p], cat[p], sc[p], intent[p], dwell)
         if logu[p] < ll2 - ll[p]:
             xi[p], xr[p], z[p], ll[p] = xi2, xr2, z2, ll2
             accepted += 1
@@ -129,7 +163,7 @@ def base_step(rows, since, b2, log_prior, z0, base, reset, a, s, habit_k, habit,
         use[first:] = b2[j]
         z2[:first] = z[p, :first]
         _replay(z0[p] if first == 0 else z[p, first - 1], use, reset[p], a, s, xi[p], xr[p], z2, first)
-        ll2 = _loglik(z2, habit_k, habit, cat[p], sc[p], intent[p], dwell)
+        ll2 = _loglik(z2, habit_k[p], habit[p], cat[p], sc[p], intent[p], dwell)
         if logu[j] < ll2 - ll[p] + log_prior[j]:
             base[p], z[p], ll[p] = use, z2, ll2
             ok[j] = True

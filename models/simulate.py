@@ -97,6 +97,23 @@ def _diurnal(hour: float) -> float:
     return 0.15 + 0.85 * 0.5 * (1.0 + math.cos(2 * math.pi * (hour - 20.0) / 24.0))
 
 
+def constants_prior(r: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What is constant about ``size`` users, drawn as :class:`SimUser` draws its own (the same law
+    and order of draws: one user's from its generator give its values): (size,) the activity's
+    normal draw (:func:`activity_rate` makes it events per day), the habit's category, the habit's
+    strength and the time zone shift (hours)."""
+    x = r.normal(size=size)
+    habit = r.integers(K, size=size)
+    strength = r.uniform(0.0, HABIT_BOOST, size=size)
+    tz = r.uniform(-3, 3, size=size)
+    return x, habit, strength, tz
+
+
+def activity_rate(x: np.ndarray) -> np.ndarray:
+    """Events per day of users whose activity's normal draws are ``x`` (:func:`constants_prior`)."""
+    return np.clip(MEAN_EVENTS_PER_DAY * np.exp(ACTIVITY_SIGMA * x), 1.0, 120.0)
+
+
 class SimUser:
     """One user's incremental simulation, in simulated time (ms)."""
 

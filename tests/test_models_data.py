@@ -573,22 +573,26 @@ def test_particle_filter_paths_replay_its_logits_and_likelihood():
     u, events = _user_after_first_event(4, intent=False)
     events = [e for e in events if e["type"] != "search"]
     assert {e["type"] for e in events} == {"click", "browse"} and len(events) > 30
-    pf = ParticleFilter(u, 1, 0, record=True)
-    rest, step = [], []  # per event: the log of the factors that do not depend on the interests; the weight's step
-    for ev in events:
-        gap, w = ev["ts"] - pf.last, pf.logw[0]
-        rest.append(math.log(simulate.TYPE_P[("click", "browse").index(ev["type"])]) + math.log(max(
-            in_session_density(gap) if pf.session_left[0] > 0 else float(new_session_density(pf.last, ev["ts"], pf.rate, pf.tz)),
-            1e-300)))
-        pf.observe(ev)
-        step.append(pf.logw[0] - w)
-    pa = pf.paths()
-    z = pf.path_logits(pa, pa["xi"], pa["xr"])
-    fine = [i for i in range(len(events)) if rest[i] > -600]  # the filter floors a vanishing weight
-    assert len(fine) > 30
-    for i in fine:
-        one = {k: v[i:i + 1] if np.ndim(v) == 1 else v[:, i:i + 1] for k, v in pa.items() if k not in ("z0", "first")}
-        assert step[i] == pytest.approx(rest[i] + pf.path_loglik(one, z[:, i:i + 1])[0], abs=1e-9)
+    # the user's constants, and constants the particle drew (another habit and time zone)
+    drawn = ParticleFilter.from_prior(u, 1, 4, record=True, constants="prior")
+    assert drawn.habit[0] != u.habit and abs(drawn.tz[0] - u.tz_shift_h) > 0.5
+    for pf in (ParticleFilter(u, 1, 0, record=True), drawn):
+        rest, step = [], []  # per event: the log of the factors that do not depend on the interests; the weight's step
+        for ev in events:
+            gap, w = ev["ts"] - pf.last, pf.logw[0]
+            first = new_session_density(pf.last, ev["ts"], pf.rate[0], pf.tz[0])
+            rest.append(math.log(simulate.TYPE_P[("click", "browse").index(ev["type"])]) + math.log(max(
+                in_session_density(gap) if pf.session_left[0] > 0 else float(first), 1e-300)))
+            pf.observe(ev)
+            step.append(pf.logw[0] - w)
+        pa = pf.paths()
+        z = pf.path_logits(pa, pa["xi"], pa["xr"])
+        fine = [i for i in range(len(events)) if rest[i] > -600]  # the filter floors a vanishing weight
+        assert len(fine) > 30
+        for i in fine:
+            one = {k: v[i:i + 1] if np.ndim(v) == 1 else v[:, i:i + 1] for k, v in pa.items()
+                   if k not in ("z0", "first")}
+            assert step[i] == pytest.approx(rest[i] + pf.path_loglik(one, z[:, i:i + 1])[0], abs=1e-9)
 
 
 def test_particle_filter_moves_part_copied_particles():
@@ -729,7 +733,7 @@ def test_particle_filter_from_the_prior_draws_as_the_simulator_and_learns_the_ev
         assert pf.base_g.mean() == pytest.approx(0.35, abs=0.02)
         assert np.log(pf.base_g).mean() == pytest.approx(-2.9711, abs=0.08)
         assert (pf.logits - pf.base).std() == pytest.approx(0.6, abs=0.02)
-        assert pf.rate == u0.rate_per_day and pf.habit == u0.habit
+        assert (pf.rate == u0.rate_per_day).all() and (pf.habit == u0.habit).all()
         if intent:
             assert (pf.next_shift - u0.t).mean() / DAY_MS == pytest.approx(4.0, abs=0.25)
         prior = pf.interests(u0.t).mean(0)
@@ -769,6 +773,97 @@ def test_particle_filter_from_the_prior_records_its_first_draw_and_forgets_old_s
             if not keep:
                 assert pa["reset"][0, 0] and pa["newbase"][0, 0]
                 np.testing.assert_allclose(pa["xr"][0, 0], first[0])
+
+
+def test_simulator_constants_prior_is_the_users_own_law():
+    """models.simulate.constants_prior draws what SimUser draws, in its order: from a user's own
+    generator it gives that user's activity, habit, habit strength and time zone."""
+    from models.simulate import SimUser, activity_rate, constants_prior
+
+    for i in range(40):
+        u = SimUser(i, 3, 0)
+        x, habit, strength, tz = constants_prior(np.random.default_rng([3, i]), 1)
+        assert activity_rate(x)[0] == pytest.approx(u.rate_per_day, rel=1e-12)
+        assert (habit[0], strength[0], tz[0]) == (u.habit, u.habit_strength, u.tz_shift_h)
+
+
+def test_path_likelihood_under_every_habit_in_one_pass():
+    """models.sim_paths.loglik_by_habit gives, for every category, the path's likelihood had the
+    habit been on it: loglik_all with that habit, to rounding."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter, _c
+    from models.sim_paths import loglik_all, loglik_by_habit
+    from models.simulate import SimUser, user_steps
+
+    pf = ParticleFilter.from_prior(SimUser(7, 2, simulate.DEFAULT_START_MS), 50, 0, constants="prior")
+    for kind, ev, _ in user_steps(7, 2, 1.0):
+        if kind == "event":
+            pf.observe(ev)
+    pa = pf.paths()
+    z, boost = _c(pa["z"])[0], pf.habit_boost(pa["t"])
+    rest = _c(pa["cat"], pa["sc"], pa["intent"], pa["dwell"])
+    by = loglik_by_habit(z, boost, *rest)
+    assert by.shape == (50, simulate.K) and boost.max() > 0.5
+    for h in range(simulate.K):
+        np.testing.assert_allclose(by[:, h], loglik_all(z, np.full(50, h), boost, *rest), atol=1e-9)
+    assert np.ptp(by, axis=1).min() > 0.1  # the habit matters to every path
+
+
+def test_particle_filter_from_the_prior_learns_the_constants_it_drew():
+    """With constants="prior" every particle draws the user's activity, habit and time zone from
+    the population's law, and the events weigh them. Resampling alone leaves one activity, drawn
+    before the events could say (here about half the user's 120 events a day); moved after every
+    16 events, the particles keep many and their activity is the user's, within 10 %."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter
+    from models.simulate import SimUser, user_steps
+
+    u0 = SimUser(7, 2, simulate.DEFAULT_START_MS)
+    events = [ev for kind, ev, _ in user_steps(7, 2, 1.0) if kind == "event"]
+    assert u0.rate_per_day == 120.0 and len(events) > 100
+    found = {}
+    for block in (0, 16):
+        pf = ParticleFilter.from_prior(u0, 500, 0, constants="prior", block=block, block_moves=2)
+        assert pf.rate.std() > 5 and len(np.unique(pf.habit)) == simulate.K
+        for ev in events:
+            pf.observe(ev)
+        w = np.exp(pf.logw - pf.logw.max())
+        found[block] = (float(np.exp((w * np.log(pf.rate)).sum() / w.sum())), len(np.unique(pf.rate)))
+    assert found[0][1] == 1 and not 0.9 * 120 < found[0][0] < 1.1 * 120
+    assert found[16][1] > 10 and found[16][0] == pytest.approx(120, rel=0.1)
+    assert any("constants" in m for m in pf.move_stats)
+    with pytest.raises(ValueError, match="constants must be 'known' or 'prior'"):
+        ParticleFilter.from_prior(u0, 5, 0, constants="learned")
+    with pytest.raises(ValueError, match="move_constants needs a filter whose constants were drawn"):
+        ParticleFilter.from_prior(u0, 5, 0).move_constants(1)
+
+
+def test_particle_filter_constant_moves_keep_their_prior():
+    """With events that say nothing of the constants (every event taken for an intent search and
+    none for a session's start), moving them keeps their prior: the activity's normal draw stays
+    standard normal, the time zone uniform over ±3 h, the habit's strength uniform over [0, 1.5]
+    and the habit uniform over the categories."""
+    from models import simulate
+    from models.sim_filter import ParticleFilter
+    from models.simulate import SimUser, user_steps
+
+    pf = ParticleFilter.from_prior(SimUser(4, 5, simulate.DEFAULT_START_MS, False, False), 3000, 1,
+                                   constants="prior")
+    for kind, ev, _ in user_steps(4, 5, 1.0, intent=False, transitions=False):
+        if kind == "event":
+            pf.observe(ev)
+    pf._resample(np.full(pf.n, 1.0 / pf.n))
+    for st in pf.steps:
+        st["intent"][:], st["new"][:] = True, False
+    x0 = pf.rate_x.copy()
+    pf.move_constants(30)
+    assert np.abs(pf.rate_x - x0).mean() > 0.3  # they moved
+    assert pf.rate_x.mean() == pytest.approx(0.0, abs=0.08) and pf.rate_x.std() == pytest.approx(1.0, abs=0.06)
+    assert pf.tz.mean() == pytest.approx(0.0, abs=0.12) and pf.tz.std() == pytest.approx(math.sqrt(3), abs=0.08)
+    assert pf.habit_strength.mean() == pytest.approx(0.75, abs=0.04)
+    assert pf.habit_strength.min() >= 0 and pf.habit_strength.max() <= simulate.HABIT_BOOST
+    assert np.bincount(pf.habit, minlength=simulate.K).min() > 3000 / simulate.K * 0.7
+    np.testing.assert_allclose(pf.rate, simulate.activity_rate(pf.rate_x))
 
 
 def test_particle_filter_draws_new_base_points_as_the_simulator():
