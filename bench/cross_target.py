@@ -79,7 +79,11 @@ def main(dataset, trained_with, scored_with, mix, reuse, workdir):
     with open(sorted(glob.glob(str(wd / "scored" / dataset / "prepared-*.pkl")))[0], "rb") as f:
         td, base, _, _ = pickle.load(f)
     test = td.ds.splits["test"]
-    pred = predictions(wd / "trained" / dataset / "default", td, test, base["test_windows"])
+    parts = [(test, base["test_windows"])]  # and with --mix the validation split's
+    if mix:
+        val = td.ds.splits["val"]
+        parts.append((val, sample_windows(td.ds, val, td.data_cfg)))
+    pred, *trained_val = predictions(wd / "trained" / dataset / "default", td, parts)
     kl = kl_per_sample(test.targets, pred)
     out = {"machine": machine(), "commit": commit(), "dataset": dataset, "trained_with": list(trained_with),
            "scored_with": list(scored_with),
@@ -99,11 +103,9 @@ def main(dataset, trained_with, scored_with, mix, reuse, workdir):
         out[f"trained_model_vs_{name}"] = {"kl_ratio": round(float(kl.mean() / ref.mean()), 4),
                                            "kl_gain_ci95": [round(lo, 4), round(hi, 4)]}
     if mix:
-        val = td.ds.splits["val"]
-        val_windows = sample_windows(td.ds, val, td.data_cfg)
-        p = {"val": predictions(wd / "scored" / dataset / "default", td, val, val_windows),
-             "test": predictions(wd / "scored" / dataset / "default", td, test, base["test_windows"])}
-        q = {"val": predictions(wd / "trained" / dataset / "default", td, val, val_windows), "test": pred}
+        scored_test, scored_val = predictions(wd / "scored" / dataset / "default", td, parts)
+        p = {"val": scored_val, "test": scored_test}
+        q = {"val": trained_val[0], "test": pred}
         curve = [{"space": space, "weight": float(a),
                   "val_kl": round(float(kl_per_sample(val.targets, mixed(p["val"], q["val"], a, space)).mean()), 5),
                   "test_kl": round(float(kl_per_sample(test.targets, mixed(p["test"], q["test"], a, space)).mean()), 5)}
@@ -124,9 +126,10 @@ def main(dataset, trained_with, scored_with, mix, reuse, workdir):
 MIX_WEIGHTS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 
 
-def predictions(ckpt_dir: Path, td, split, windows) -> np.ndarray:
-    """(N, k) the checkpoint's predictions for ``split``'s samples (their ``windows``), with its item
-    lift, over ``td``'s categories (matched by name)."""
+def predictions(ckpt_dir: Path, td, parts) -> list[np.ndarray]:
+    """For each (split, windows) of ``parts``, (N, k) the checkpoint's predictions for the split's
+    samples (their windows), with its item lift, over ``td``'s categories (matched by name); the
+    checkpoint is loaded once."""
     from models.data import sample_profiles
     from models.item_lift import served
     from models.model import load_checkpoint, predict
@@ -134,10 +137,13 @@ def predictions(ckpt_dir: Path, td, split, windows) -> np.ndarray:
     model, enc, _ = load_checkpoint(ckpt_dir)
     if sorted(enc.categories) != sorted(td.encoder.categories):
         raise click.ClickException(f"the two runs' categories differ: {enc.categories} / {td.encoder.categories}")
-    seqs = [enc.encode(w) for w in windows]
-    prof = sample_profiles(td.ds, split, td.data_cfg, enc)
-    pred = served(enc, predict(model, seqs, prof, enc.pad_id).astype(np.float64), windows)
-    return pred[:, [enc.categories.index(c) for c in td.encoder.categories]]
+    cols = [enc.categories.index(c) for c in td.encoder.categories]
+    out = []
+    for split, windows in parts:
+        seqs = [enc.encode(w) for w in windows]
+        prof = sample_profiles(td.ds, split, td.data_cfg, enc)
+        out.append(served(enc, predict(model, seqs, prof, enc.pad_id).astype(np.float64), windows)[:, cols])
+    return out
 
 
 def mixed(p: np.ndarray, q: np.ndarray, a: float, space: str) -> np.ndarray:

@@ -88,6 +88,12 @@ def query_likelihood(query: str) -> np.ndarray:
     return out
 
 
+def _categorical(w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(m,) per row of the unnormalised weights ``w`` (m, k), the index that the uniform draw ``u``
+    (m,) picks by inverse transform."""
+    return np.minimum((np.cumsum(w, 1) < (u * np.maximum(w.sum(1), 1e-300))[:, None]).sum(1), w.shape[1] - 1)
+
+
 def _diurnal(hour: np.ndarray) -> np.ndarray:
     """:func:`models.simulate._diurnal` on arrays of local hours."""
     return 0.15 + 0.85 * 0.5 * (1.0 + np.cos(2 * math.pi * (hour - 20.0) / 24.0))
@@ -136,7 +142,7 @@ class ParticleFilter:
         self.move_stats: list[dict] = []
         self.n, self.intent, self.transitions = n, user.intent, user.transitions
         # constant about the user, per particle (known: all the user's; from_prior can draw them)
-        self.constants, self.rate_x = "known", None  # (the activity's normal draws, when drawn)
+        self.rate_x = None  # the activity's normal draws, when drawn (constants == "prior")
         self.rate, self.habit = np.full(n, float(user.rate_per_day)), np.full(n, int(user.habit))
         self.habit_strength, self.tz = np.full(n, float(user.habit_strength)), np.full(n, float(user.tz_shift_h))
         self.base = np.tile(user.base, (n, 1))
@@ -177,7 +183,6 @@ class ParticleFilter:
         pf = cls(user, n, seed, record or prior, block, block_moves, 0 if prior else keep)
         r = pf.rng
         if prior:
-            pf.constants = constants
             pf.rate_x, pf.habit, pf.habit_strength, pf.tz = sim.constants_prior(r, n)
             pf.rate = sim.activity_rate(pf.rate_x)
         pf.base_g, pf.base_to = r.standard_gamma(sim.BASE_CONCENTRATION, size=(n, K)), np.full(n, -1)
@@ -191,6 +196,12 @@ class ParticleFilter:
             pf.next_shift = user.t + (r.exponential(sim.SHIFT_EVERY_DAYS, size=n) * DAY_MS).astype(np.int64)
             pf.next_base, pf.next_g, pf.next_to = pf._new_base(pf.base)
         return pf
+
+    @property
+    def constants(self) -> str:
+        """``"prior"`` when the particles drew the user's constants (:meth:`from_prior`), else
+        ``"known"``."""
+        return "known" if self.rate_x is None else "prior"
 
     def _new_base(self, old: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(m, K) new base points of particles whose base points are ``old`` (m, K), as
@@ -249,9 +260,8 @@ class ParticleFilter:
 
     def interests(self, t: int) -> np.ndarray:
         """(n, K) each particle's interest distribution at ``t`` (:meth:`SimUser.interests`)."""
-        hour = np.mod(t / HOUR_MS + self.tz, 24.0)
         z = self.logits.copy()
-        z[np.arange(self.n), self.habit] += self.habit_strength * _diurnal(hour)
+        z[np.arange(self.n), self.habit] += self.habit_boost([t])[:, 0]
         z = np.exp(z - z.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
@@ -304,8 +314,7 @@ class ParticleFilter:
         self.logw += np.log(np.maximum(total, 1e-300))
         # the session's category after the event, drawn from its posterior under each particle
         was_int = r.random(n) * (l_int + l_ord.sum(1)) < l_int
-        u = r.random(n) * np.maximum(l_ord.sum(1), 1e-300)
-        drawn = np.minimum((np.cumsum(l_ord, 1) < u[:, None]).sum(1), K - 1)
+        drawn = _categorical(l_ord, r.random(n))
         self.session_cat = np.where(was_int, sc, drawn)
         self.last = t
         if self.steps is not None:
@@ -358,8 +367,8 @@ class ParticleFilter:
         ``new``: the event started a session), the habit's boost at the event (``habit``, from the
         particle's constants) and logits after it (``z``); ``a``, ``s``, ``t``, ``t_prev`` and
         ``dwell`` are the same for every particle (the step's decay, noise scale, time, the previous
-        event's time and dwell time); ``z0`` (n, K) the logits before the first of them. The steps are rewritten in that order, so that
-        :meth:`move` can write them back."""
+        event's time and dwell time); ``z0`` (n, K) the logits before the first of them. The steps
+        are rewritten in that order, so that :meth:`move` can write them back."""
         first = 0 if last is None else max(0, len(self.steps) - last)
         cur = np.arange(self.n)
         rows = []
@@ -496,7 +505,7 @@ class ParticleFilter:
         for _ in range(iterations):
             by = sim_paths.loglik_by_habit(z, self.habit_boost(pa["t"]), *cat)  # (n, K): Gibbs on the habit
             g = np.exp(by - by.max(1, keepdims=True))
-            h = np.minimum((np.cumsum(g, 1) < r.random(n)[:, None] * g.sum(1, keepdims=True)).sum(1), sim.K - 1)
+            h = _categorical(g, r.random(n))
             rates["habit_changed"].append(float((h != self.habit).mean()))
             self.habit = h
             lc = by[np.arange(n), h]

@@ -42,6 +42,19 @@ def _replay(zprev, base, reset, a, s, xi, xr, out, start):
 
 
 @njit(cache=True)
+def _event_ll(pc, c, sc, dwell):
+    """One event's log-probability of its category ``c`` and dwell time, given ``pc`` the
+    probability of ``c`` under the interests: its session's category ``sc`` (-1: none) holds it
+    with probability ``STICKY``, and a dwell (NaN: none) is log-normal around the interest in it."""
+    v = (1.0 - STICKY) * pc + (STICKY if c == sc else 0.0) if sc >= 0 else pc
+    ll = math.log(max(v, 1e-300))
+    if not math.isnan(dwell):
+        zz = (math.log(dwell / 8000.0) - 0.6 * math.log(pc * K)) / 0.7
+        ll -= 0.5 * zz * zz
+    return ll
+
+
+@njit(cache=True)
 def _loglik(z, habit_k, habit, cat, sc, intent, dwell):
     """One particle: the log-probability of the events' categories and dwell times along its path
     with logits ``z`` (T, K) (:meth:`models.sim_filter.ParticleFilter.observe`; an intent search's
@@ -58,12 +71,7 @@ def _loglik(z, habit_k, habit, cat, sc, intent, dwell):
             norm += math.exp(z[i, k] + (habit[i] if k == habit_k else 0.0) - m)
         c = cat[i]
         pc = math.exp(z[i, c] + (habit[i] if c == habit_k else 0.0) - m) / norm  # P(category c)
-        v = (1.0 - STICKY) * pc + (STICKY if c == sc[i] else 0.0) if sc[i] >= 0 else pc
-        ll = math.log(max(v, 1e-300))
-        if not math.isnan(dwell[i]):
-            zz = (math.log(dwell[i] / 8000.0) - 0.6 * math.log(pc * K)) / 0.7
-            ll -= 0.5 * zz * zz
-        total += ll
+        total += _event_ll(pc, c, sc[i], dwell[i])
     return total
 
 
@@ -92,12 +100,7 @@ def loglik_by_habit(z, boost, cat, sc, intent, dwell):
             for h in range(k):
                 norm = total - e[h] + e[h] * eb
                 pc = e[c] * (eb if c == h else 1.0) / norm  # P(category c) with the habit on h
-                v = (1.0 - STICKY) * pc + (STICKY if c == sc[p, i] else 0.0) if sc[p, i] >= 0 else pc
-                ll = math.log(max(v, 1e-300))
-                if not math.isnan(dwell[i]):
-                    zz = (math.log(dwell[i] / 8000.0) - 0.6 * math.log(pc * K)) / 0.7
-                    ll -= 0.5 * zz * zz
-                out[p, h] += ll
+                out[p, h] += _event_ll(pc, c, sc[p, i], dwell[i])
     return out
 
 

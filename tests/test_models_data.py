@@ -580,9 +580,9 @@ def test_particle_filter_paths_replay_its_logits_and_likelihood():
         rest, step = [], []  # per event: the log of the factors that do not depend on the interests; the weight's step
         for ev in events:
             gap, w = ev["ts"] - pf.last, pf.logw[0]
-            first = new_session_density(pf.last, ev["ts"], pf.rate[0], pf.tz[0])
+            new = new_session_density(pf.last, ev["ts"], pf.rate[0], pf.tz[0])
             rest.append(math.log(simulate.TYPE_P[("click", "browse").index(ev["type"])]) + math.log(max(
-                in_session_density(gap) if pf.session_left[0] > 0 else float(first), 1e-300)))
+                in_session_density(gap) if pf.session_left[0] > 0 else float(new), 1e-300)))
             pf.observe(ev)
             step.append(pf.logw[0] - w)
         pa = pf.paths()
