@@ -56,7 +56,8 @@ def _share(env: Mapping[str, str]) -> float:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0,
+           maximum: float | None = None, why: str = "") -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -68,6 +69,36 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}{why}, got {value}")
+    return value
+
+
+MAX_LONG = 2**63 - 1  # Kafka's LONG configs (retention.ms)
+# Faust refuses a session timeout above its request timeout (broker_request_timeout, 90 s)
+MAX_SESSION_TIMEOUT_S = 90.0
+
+
+def _bootstrap_servers(env: Mapping[str, str]) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS, parsed as kafka-python parses it, with ports in range."""
+    from kafka.cluster import collect_hosts
+
+    value = env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092"
+    try:
+        hosts = collect_hosts(value, randomize=False)
+    except ValueError:
+        hosts = None
+    if not hosts or any(not host or not 1 <= port <= MAX_PORT for host, port, _ in hosts):
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports "
+                          f"1..{MAX_PORT}, got {value!r}")
+    return value
+
+
+def _heartbeat(env: Mapping[str, str], session_timeout_s: float) -> float:
+    value = _float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1)
+    if value >= session_timeout_s:
+        raise ConfigError(f"INTEREST_HEARTBEAT_S must be less than INTEREST_SESSION_TIMEOUT_S "
+                          f"({session_timeout_s}), got {value}")
     return value
 
 
@@ -139,12 +170,14 @@ class Settings:
         kafka_heap = env.get("INTEREST_KAFKA_HEAP") or "512m"
         if not kafka_heap[:-1].isdigit() or kafka_heap[-1].lower() not in "kmg":
             raise ConfigError(f"INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got {kafka_heap!r}")
+        session_timeout_s = _float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0,
+                                   maximum=MAX_SESSION_TIMEOUT_S, why=" (Faust's request timeout)")
         return cls(
-            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092",
+            bootstrap_servers=_bootstrap_servers(env),
             topic_prefix=_name_part(env, "INTEREST_TOPIC_PREFIX", ""),
             app_id_base=_name_part(env, "INTEREST_APP_ID", "interest-stream"),
             partitions=_int(env, "INTEREST_PARTITIONS", 6, minimum=1),
-            retention_ms=_int(env, "INTEREST_RETENTION_MS", 7 * 86_400_000, minimum=1),
+            retention_ms=_int(env, "INTEREST_RETENTION_MS", 7 * 86_400_000, minimum=1, maximum=MAX_LONG),
             score_interval_s=_float(env, "INTEREST_SCORE_INTERVAL_S", 10.0, minimum=0.1),
             horizon_s=_int(env, "INTEREST_HORIZON_S", DEFAULT_HORIZON_S, minimum=1),
             max_events=_int(env, "INTEREST_MAX_EVENTS", DEFAULT_MAX_EVENTS, minimum=1),
@@ -161,8 +194,8 @@ class Settings:
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
             data_dir=env.get("INTEREST_DATA_DIR") or "./interest-stream-data",
-            session_timeout_s=_float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0),
-            heartbeat_s=_float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1),
+            session_timeout_s=session_timeout_s,
+            heartbeat_s=_heartbeat(env, session_timeout_s),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
             fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1),
             bootstrap_timeout_s=_float(env, "INTEREST_BOOTSTRAP_TIMEOUT_S", 30.0, minimum=0.1),

@@ -120,3 +120,39 @@ def test_names_kafka_accepts():
     s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "team-a.v2_", "INTEREST_APP_ID": "Interest_1"})
     assert s.topic("click") == "team-a.v2_click" and s.app_id == "team-a.v2_Interest_1"
     assert Settings.from_env({}).app_id == "interest-stream"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:notaport"},
+     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535, got '127.0.0.1:notaport'"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "broker:99999"},
+     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535, got 'broker:99999'"),
+    ({"INTEREST_SESSION_TIMEOUT_S": "3600"},
+     "INTEREST_SESSION_TIMEOUT_S must be <= 90.0 (Faust's request timeout), got 3600.0"),
+    ({"INTEREST_HEARTBEAT_S": "60"},
+     "INTEREST_HEARTBEAT_S must be less than INTEREST_SESSION_TIMEOUT_S (30.0), got 60.0"),
+    ({"INTEREST_RETENTION_MS": "99999999999999999999"},
+     "INTEREST_RETENTION_MS must be <= 9223372036854775807, got 99999999999999999999"),
+])
+def test_a_setting_kafka_or_faust_would_refuse_later_is_a_one_line_error(env, message):
+    """These ended in a traceback (a bootstrap port that is not a number; a session timeout Faust
+    refuses once the worker runs), a worker the broker dropped from its group at every heartbeat
+    (one beyond the session timeout: a rebalance a minute) or the broker's whole
+    CreateTopicsRequest (a retention beyond a LONG)."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+
+
+def test_a_bad_bootstrap_server_is_refused_by_every_command():
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:notaport")
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "tail", "--timeout", "1"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr == ("Error: KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports "
+                          "1..65535, got '127.0.0.1:notaport'\n")
+
+
+def test_bootstrap_servers_kafka_python_accepts():
+    for ok in ("localhost:9092", "a:1,b:2", "[::1]:9092", "broker", "PLAINTEXT://a:9092"):
+        assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": ok}).bootstrap_servers == ok
