@@ -133,14 +133,14 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     """Stream a JSONL event log to the input topics (record timestamp = ts)."""
     from tqdm import tqdm
 
-    from .produce import check_retention, read_jsonl, send_events
+    from .produce import check_log, check_retention, read_jsonl, send_events
 
     s = _settings(bootstrap_servers)
-    first = next(iter(read_jsonl(file)), None)
-    if first is None:
+    n, first_ts = check_log(file)  # the whole log, before anything is sent
+    if not n:
         raise click.ClickException(f"{file} holds no events")
     if not force:
-        check_retention(min(e["ts"] for e in read_jsonl(file)), s)
+        check_retention(first_ts, s)
     with tqdm(unit="ev", desc="load") as bar:
         n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
     click.echo(f"sent {n} events")

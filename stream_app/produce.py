@@ -85,6 +85,43 @@ def read_jsonl(path) -> Iterator[dict]:
                 raise InterestStreamError(f"{path}:{n}: not JSON ({exc})") from None
 
 
+EVENT_TYPES = ("click", "browse", "search")  # the input topics (Settings.input_topics)
+MAX_TS = 2**63 - 1  # a record timestamp is a signed 64-bit integer
+
+
+def check_log(path) -> tuple[int, int | None]:
+    """Read a whole log before anything is sent: (events, smallest ts). Every event must be an
+    object with what sending it needs (a user id for the key, a type naming its topic, a ts
+    for the record timestamp); InterestStreamError names the first line that lacks it, so a bad
+    line in the middle of a log sends nothing rather than half of it. The rest of an event is
+    the worker's to check (what it refuses goes to the dead letters)."""
+    n, first = 0, None
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                ev = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InterestStreamError(f"{path}:{line_no}: not JSON ({exc})") from None
+            if not isinstance(ev, dict):
+                raise InterestStreamError(f"{path}:{line_no}: an event must be a JSON object, "
+                                          f"got {type(ev).__name__}")
+            user, etype, ts = ev.get("user_id"), ev.get("type"), ev.get("ts")
+            if not isinstance(user, str) or not user:
+                raise InterestStreamError(f"{path}:{line_no}: user_id must be a non-empty string, got {user!r}")
+            if etype not in EVENT_TYPES:
+                raise InterestStreamError(f"{path}:{line_no}: type must be one of {', '.join(EVENT_TYPES)}, "
+                                          f"got {etype!r}")
+            if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
+                raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer "
+                                          f"(epoch ms), got {ts!r}")
+            n += 1
+            first = ts if first is None else min(first, ts)
+    return n, first
+
+
 def stream_events(events: Iterable[dict], rate: float | None = None,
                   bootstrap_servers: str | None = None, stop=None) -> int:
     """The simulator's streaming mode: ``rate`` events/s with ``ts`` at wall-clock time (the

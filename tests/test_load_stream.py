@@ -1,0 +1,59 @@
+"""`interest-stream load jsonl`: a malformed log is a one-line error naming its line, and nothing
+of it reaches the input topics (a bad line in the middle used to stop the stream there, with a
+traceback, after the lines before it were sent)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from conftest import cli
+
+pytestmark = pytest.mark.kafka
+
+
+def good(i: int) -> dict:
+    return {"event_id": f"e{i}", "user_id": f"u{i}", "type": "click", "ts": int(time.time() * 1000) - i,
+            "item_id": "books-1", "category": "books"}
+
+
+def input_records(env) -> int:
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        tps = [TopicPartition(f"{env['INTEREST_TOPIC_PREFIX']}events.{t}", p)
+               for t in ("click", "browse", "search") for p in range(int(env["INTEREST_PARTITIONS"]))]
+        return sum(c.end_offsets(tps).values())
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("[1, 2]", "an event must be a JSON object, got list"),
+    ('"a string"', "an event must be a JSON object, got str"),
+    ('{"type": "click", "ts": 5}', "user_id must be a non-empty string, got None"),
+    ('{"user_id": 5, "type": "click", "ts": 5}', "user_id must be a non-empty string, got 5"),
+    ('{"user_id": "u", "type": "purchase", "ts": 5}', "type must be one of click, browse, search, got 'purchase'"),
+    ('{"user_id": "u", "type": "click"}', "ts must be a non-negative integer (epoch ms), got None"),
+    ('{"user_id": "u", "type": "click", "ts": "yesterday"}',
+     "ts must be a non-negative integer (epoch ms), got 'yesterday'"),
+    ('{"user_id": "u", "type": "click", "ts": 1e30}', "ts must be a non-negative integer (epoch ms), got 1e+30"),
+])
+def test_a_malformed_event_in_the_middle_of_a_log_sends_nothing(env, tmp_path, bad, message):
+    cli(env, "topics", "create")
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join([json.dumps(good(0)), json.dumps(good(1)), bad, json.dumps(good(2))]) + "\n")
+    for force in ([], ["--force"]):
+        out = cli(env, "load", "jsonl", str(log), *force, check=False)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr == f"Error: {log}:3: {message}\n"
+    assert input_records(env) == 0
+
+
+def test_a_well_formed_log_is_sent(env, tmp_path):
+    cli(env, "topics", "create")
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(3)))
+    assert "sent 3 events" in cli(env, "load", "jsonl", str(log)).stdout
+    assert input_records(env) == 3
