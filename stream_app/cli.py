@@ -199,7 +199,7 @@ def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     s = _settings(bootstrap_servers)
     topic = topic or s.output_topic
     consumer = _consumer(s, auto_offset_reset="earliest" if from_beginning else "latest",
-                         consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"))
+                         consumer_timeout_ms=timeout * 1000 if timeout else float("inf"))  # 1e308 s: inf
     from kafka import TopicPartition
 
     parts = consumer.partitions_for_topic(topic)
@@ -221,7 +221,13 @@ def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
             key = rec.key.decode() if rec.key else None
             if user and key != user:
                 continue
-            click.echo(format_vector(key, rec.value))
+            try:
+                line = format_vector(key, rec.value)
+            except (ValueError, KeyError, TypeError, AttributeError):  # orjson's JSONDecodeError is a ValueError
+                raise click.ClickException(
+                    f"{rec.topic}[{rec.partition}]@{rec.offset} is not an interest vector: tail reads interest "
+                    f"topics ({s.output_topic}, {s.backfill_topic} or a replay's --output-topic)") from None
+            click.echo(line)
             n += 1
             if max_messages and n >= max_messages:
                 break
@@ -250,6 +256,8 @@ def forget(user, bootstrap_servers, timeout):
     from .partitioning import partition_for
     from .produce import producer
 
+    if not user:
+        raise click.BadParameter("a user id cannot be empty", param_hint="USER")
     s = _settings(bootstrap_servers)
     key = user.encode()
     consumer = _consumer(s)

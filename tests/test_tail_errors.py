@@ -1,0 +1,48 @@
+"""`interest-stream tail` and `forget` given what they cannot use: a one-line error, no traceback."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import cli
+from kafka_io import produce
+from test_worker_ingest import event
+
+pytestmark = pytest.mark.kafka
+
+
+def test_tail_of_a_topic_without_interest_vectors_is_a_one_line_error(env):
+    """`tail --topic events.click` was a KeyError traceback at the first record."""
+    cli(env, "topics", "create")
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}events.click", b"u1", event(1, "u1", "click", 1_000)),
+                                             (f"{prefix}events.dlq", b"u1", b"\x00not json")])
+    for topic in ("events.click", "events.dlq"):
+        out = cli(env, "tail", "--topic", prefix + topic, "--from-beginning", "--timeout", "10", check=False)
+        partition = out.stderr.split("[", 1)[1].split("]", 1)[0]
+        assert out.returncode == 1
+        assert out.stderr == (f"Error: {prefix}{topic}[{partition}]@0 is not an interest vector: tail reads interest "
+                              f"topics ({prefix}user-interests, {prefix}user-interests.backfill or a replay's "
+                              "--output-topic)\n")
+
+
+def test_tail_with_a_timeout_too_long_to_count_in_milliseconds_waits_as_without_one(env):
+    """1e308 s is finite, but not in milliseconds: it was an OverflowError traceback."""
+    cli(env, "topics", "create")
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    vector = {"schema": 1, "user_id": "u1", "ts": 1, "model_version": "v", "interests": {"a": 1.0},
+              "top": ["a"], "drift": 0.0, "events": 1}
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"u1", vector)])
+    out = cli(env, "tail", "--from-beginning", "--max-messages", "1", "--timeout", "1e308")
+    assert out.stdout.split() == ["u1", "events=1", "drift=0.000", "top:", "a", "1.00"]
+
+
+def test_forget_an_empty_user_id_is_a_usage_error():
+    """It used to send the request and wait out --timeout, then ask whether a worker runs."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["forget", ""], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                                      "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
+    assert res.exit_code == 2
+    assert "Error: Invalid value for USER: a user id cannot be empty" in res.output
