@@ -41,6 +41,9 @@ class ReplayError(InterestStreamError):
     """A replay that cannot run (bad range, missing topics, no model)."""
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def parse_time(text: str, what: str) -> int:
     """ISO 8601 (a date, or a date and time; UTC unless an offset is given) -> epoch ms."""
     try:
@@ -49,11 +52,32 @@ def parse_time(text: str, what: str) -> int:
         raise ReplayError(f"{what}: {text!r} is not an ISO 8601 time (e.g. 2026-11-20T00:00:00Z)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
-    return int(t.timestamp() * 1000)
+    try:
+        t = t.astimezone(dt.timezone.utc)
+    except OverflowError:  # an offset that moves it out of years 1..9999
+        raise ReplayError(f"{what}: {text!r} is out of range (years 1 to 9999 in UTC)") from None
+    return (t - EPOCH) // dt.timedelta(milliseconds=1)  # exact, unlike timestamp() * 1000
+
+
+def check_output_topic(s: Settings, topic: str) -> None:
+    """A backfill goes to a topic of its own: never one the live deployment reads or writes."""
+    from .settings import KAFKA_NAME
+
+    if not topic or not KAFKA_NAME.fullmatch(topic) or topic in (".", ".."):
+        raise ReplayError(f"--output-topic {topic!r} is not a Kafka topic name (ASCII letters, digits, "
+                          "'.', '_' and '-')")
+    own = {**{t: "an input topic" for t in s.input_topics.values()},
+           s.output_topic: "the live interest topic", s.dlq_topic: "the dead-letter topic",
+           s.control_topic: "the control topic"}
+    what = own.get(topic) or ("an internal topic (a table's changelog)" if topic.startswith(f"{s.app_id}-") else None)
+    if what:
+        raise ReplayError(f"--output-topic {topic} is {what} of {s.app_id}: a backfill must go to a topic "
+                          f"of its own (default {s.backfill_topic})")
 
 
 def iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    t = EPOCH + dt.timedelta(milliseconds=ms)  # exact: ms / 1000 rounds 9999-12-31T23:59:59.999 up to 10000
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -87,7 +111,7 @@ def read_from_ms(s: Settings, from_ms: int) -> int:
     """Where a replay starts reading: the window at `from` needs the horizon, lateness the grace,
     and the long-term profile the events of the retention before it (as far as the input topics
     still hold them: reading starts at the earliest record not older than this)."""
-    return from_ms - max(s.horizon_s + s.grace_s, s.profile_retention_s) * 1000
+    return max(0, from_ms - max(s.horizon_s + s.grace_s, s.profile_retention_s) * 1000)  # ts >= 0
 
 
 def warmup_ms(s: Settings) -> int:
@@ -239,6 +263,7 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     from .produce import producer
     from .topics import ensure_output_topic
 
+    check_output_topic(s, output_topic)
     if not model_dir:
         raise ReplayError("no model: give --model DIR or set INTEREST_MODEL_DIR")
     model = LoadedModel.load(model_dir, s.ort_threads)  # one version for the whole replay

@@ -156,3 +156,54 @@ def test_replay_rejects_bad_ranges(env, tiny_model_dir, args, message):
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
+
+
+@pytest.mark.parametrize("args, message", [
+    # a year 1 or 9999 bound was a traceback (the range and its reading start are printed)
+    (["--from", "0001-01-01T00:00:00+01:00", "--to", "2001-01-02"],
+     "--from: '0001-01-01T00:00:00+01:00' is out of range (years 1 to 9999 in UTC)"),
+    (["--from", "2001-01-01", "--to", "9999-12-31T23:59:59-01:00"],
+     "--to: '9999-12-31T23:59:59-01:00' is out of range (years 1 to 9999 in UTC)"),
+])
+def test_replay_refuses_a_time_outside_the_calendar(env, tiny_model_dir, args, message):
+    cli(env, "topics", "create")
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", *args, "--dry-run", check=False)
+    assert out.returncode == 1 and out.stderr == f"Error: {message}\n"
+
+
+@pytest.mark.parametrize("from_, to", [("0001-01-01", "2001-01-02"), ("9999-12-31", "9999-12-31T23:59:59.999999")])
+def test_replay_plans_the_first_and_last_days_of_the_calendar(env, tiny_model_dir, from_, to):
+    cli(env, "topics", "create")
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", from_, "--to", to, "--dry-run")
+    assert "0 records in all" in out.stdout
+
+
+@pytest.mark.parametrize("topic, what", [
+    ("events.click", "an input topic"),
+    ("user-interests", "the live interest topic"),
+    ("events.dlq", "the dead-letter topic"),
+    ("interest-control", "the control topic"),
+    ("interest-stream-users-changelog", "an internal topic (a table's changelog)"),
+])
+def test_replay_never_writes_into_the_deployments_own_topics(env, tiny_model_dir, topic, what):
+    """`--output-topic events.click` used to write the vectors into the input topic (which the
+    worker then dead-lettered, and the next replay read again); into the changelog they would
+    have become the users' state."""
+    cli(env, "topics", "create")
+    send(env, [event(1, "u1", "click", T0 + DAY + 1000)])
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    before = len(read_all(env["KAFKA_BOOTSTRAP_SERVERS"], prefix + topic))
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+              "--output-topic", prefix + topic, "--no-progress", check=False)
+    assert out.returncode == 1
+    assert out.stderr == (f"Error: --output-topic {prefix}{topic} is {what} of {prefix}interest-stream: a backfill "
+                          f"must go to a topic of its own (default {prefix}user-interests.backfill)\n")
+    assert len(read_all(env["KAFKA_BOOTSTRAP_SERVERS"], prefix + topic)) == before
+
+
+def test_replay_refuses_an_output_topic_kafka_would_refuse(env, tiny_model_dir):
+    cli(env, "topics", "create")
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+              "--output-topic", "my backfill/1", check=False)
+    assert out.returncode == 1 and out.stderr == (
+        "Error: --output-topic 'my backfill/1' is not a Kafka topic name (ASCII letters, digits, '.', '_' and '-')\n")
