@@ -124,6 +124,11 @@ class LoadedModel:
             raise fail(f"model.json categories are not unique (repeated: {dup})")
         if not isinstance(card["quantized"], bool):
             raise fail(f"model.json quantized must be true/false, got {card['quantized']!r}")
+        window = card.get("window")  # what training kept; null for older exports
+        if window is not None and (not isinstance(window, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in window.values())):
+            raise fail(f"model.json window must be null or an object of integers (horizon_s, max_events, "
+                       f"profile_retention_s), got {window!r}")
         spec = card["encoding"]
         if not isinstance(spec, dict):
             raise fail("model.json encoding must be the encoder spec object")
