@@ -6,6 +6,11 @@ changelog (the topics were deleted and created again, the directory was copied f
 deployment or machine), Faust stops with ``ConsistencyError``. The changelog is the source of
 truth, so such a partition's database is deleted here, with a warning naming it, and Faust rebuilds
 it from the changelog.
+
+Behind its changelog, such a database is not detected by its offset: Faust would read the new
+changelog from that offset on top of the other one's state (users of the other deployment kept,
+this one's earlier records skipped). So the id Kafka gave the changelog topic is kept in a file
+beside the databases, ``<changelog topic>.id``; databases built from another id are deleted too.
 """
 from __future__ import annotations
 
@@ -63,13 +68,58 @@ def changelog_ends(settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+def changelog_id(settings, topic: str) -> str | None:
+    """Kafka's id of ``topic`` (a topic deleted and created again gets a new one); None when the
+    topic does not exist."""
+    from .topics import admin
+
+    client = admin(settings)
+    try:
+        (desc,) = client.describe_topics([topic])
+    except Exception:  # UnknownTopicOrPartitionError: Faust creates it
+        return None
+    finally:
+        client.close()
+    return desc.get("topic_id") or None
+
+
+def other_changelog(paths: dict[int, Path], marker: Path, topic_id: str | None) -> str | None:
+    """The id of the changelog the local databases were built from, when it is not ``topic_id``
+    (the topics were deleted and created again, or the directory came from another deployment or
+    cluster): offsets in another changelog say nothing about this one's. None when they match or
+    cannot be told (no marker yet: state from before markers, or none at all)."""
+    try:
+        built_from = marker.read_text().strip()
+    except OSError:
+        return None
+    if topic_id is None or built_from == topic_id or not any(path.exists() for path in paths.values()):
+        return None
+    return built_from
+
+
 def rebuild_stale(settings, paths: dict[int, Path], topic: str) -> list[int]:
-    """Delete the local databases that are ahead of ``topic`` (Faust then recovers them from the
-    changelog); returns their partitions."""
-    stale = stale_partitions(paths, changelog_ends(settings, topic))
-    for p, path, offset, end in stale:
-        log.warning("local state %s holds changelog offset %d but %s[%d] ends at %d (topics recreated, or the "
-                    "directory came from elsewhere): deleting it to rebuild from the changelog", path, offset,
-                    topic, p, end)
-        shutil.rmtree(path, ignore_errors=True)
-    return [p for p, *_ in stale]
+    """Delete the local databases that were built from another changelog than ``topic`` (the
+    marker file beside them holds its id), or are ahead of it; Faust then recovers them from the
+    changelog. Returns their partitions."""
+    topic_id = changelog_id(settings, topic)
+    marker = next(iter(paths.values())).parent / f"{topic}.id"
+    other = other_changelog(paths, marker, topic_id)
+    if other is not None:
+        stale = [(p, path) for p, path in sorted(paths.items()) if path.exists()]
+        for p, path in stale:
+            log.warning("local state %s was built from another %s (topic id %s; this one is %s: topics "
+                        "recreated, or the directory came from elsewhere): deleting it to rebuild from the "
+                        "changelog", path, topic, other, topic_id)
+            shutil.rmtree(path, ignore_errors=True)
+    else:
+        stale = []
+        for p, path, offset, end in stale_partitions(paths, changelog_ends(settings, topic)):
+            log.warning("local state %s holds changelog offset %d but %s[%d] ends at %d (topics recreated, or "
+                        "the directory came from elsewhere): deleting it to rebuild from the changelog", path,
+                        offset, topic, p, end)
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append((p, path))
+    if topic_id is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(topic_id + "\n")
+    return [p for p, _ in stale]

@@ -74,3 +74,30 @@ def test_local_state_ahead_of_its_changelog_is_rebuilt_from_it_with_a_warning(en
     new = users_events(2, 3, name="new")
     send(env, new)
     wait_for(lambda: counted(w, new), what="counts after the rebuild")
+
+
+def test_local_state_behind_a_recreated_changelog_is_rebuilt_from_it(env, workers):
+    """The topics deleted and created again, and the new changelog written past the old local
+    offsets by another worker: Faust read the new changelog from those offsets on top of the old
+    state, so the old users were back (200) and the new users' earlier records were skipped. The
+    changelog's topic id, kept beside the databases, tells the two changelogs apart."""
+    cli(env, "topics", "create")
+    w = workers()
+    old = users_events(2, 1, name="old")
+    send(env, old)
+    wait_for(lambda: counted(w, old), what="counts before")
+    assert w.stop() == 0  # the local databases hold offsets 0 of this changelog
+    delete_topics(env)
+    for _ in range(30):  # the broker may still be finishing the deletion
+        if "created" in cli(env, "topics", "create", check=False).stdout:
+            break
+        time.sleep(1)
+    other = workers("other")  # its own state directory
+    new = users_events(40, 2, name="new")
+    send(env, new)
+    wait_for(lambda: counted(other, new), what="counts of the other worker")
+    assert other.stop() == 0  # the new changelog's partitions end beyond those offsets
+    w.start()  # the first worker's old state directory
+    assert w.get("/users/old0")[0] == 404 and w.get("/users/old1")[0] == 404
+    wait_for(lambda: counted(w, new), what="counts restored from the new changelog")
+    assert "was built from another" in w.log(400) and "deleting it to rebuild from the changelog" in w.log(400)
