@@ -154,10 +154,11 @@ def load_jsonl(file, bootstrap_servers, rate, force):
 def worker(bootstrap_servers, loglevel, faust_args):
     """Run the Faust worker (same as `faust -A stream_app.app worker`)."""
     from .model_runtime import LoadedModel
-    from .topics import check_input_topics, create_topics
+    from .topics import check_input_topics, check_replication, create_topics
 
     s = _settings(bootstrap_servers)
     create_topics(s)
+    check_replication(s)
     n = check_input_topics(s)
     if n != s.partitions:
         raise click.ClickException(
@@ -171,6 +172,7 @@ def worker(bootstrap_servers, loglevel, faust_args):
         )
     LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
     s.prepare_state_dir()
+    _check_listen(s)
     from .app import app
 
     # JSON logs: --quiet keeps Faust's startup banner (terminal output, not a log record) out of
@@ -178,6 +180,24 @@ def worker(bootstrap_servers, loglevel, faust_args):
     quiet = ["--quiet"] if s.log_format == "json" else []
     sys.argv = ["interest-stream", *quiet, "worker", "--loglevel", loglevel, *faust_args]
     app.main()
+
+
+def _check_listen(s: Settings) -> None:
+    """The web server's address, tried before Faust starts (which stops with a traceback there)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(s.web_host, s.web_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Faust's server does
+            sock.bind(address)
+    except OSError as exc:
+        import errno
+
+        hint = "; workers on one host need their own INTEREST_WEB_PORT" if exc.errno == errno.EADDRINUSE else ""
+        raise click.ClickException(f"cannot listen on {s.web_host}:{s.web_port} (INTEREST_WEB_HOST / "
+                                   f"INTEREST_WEB_PORT): {exc.strerror or exc}{hint}") from None
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -110,3 +110,16 @@ def check_input_topics(settings: Settings) -> int:
 def ensure_output_topic(settings: Settings, name: str) -> str:
     """Create an interest topic (compacted, keyed by user) if missing; 'created' or 'exists'."""
     return create_topics(settings, [TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})])[name]
+
+
+def check_replication(settings: Settings) -> None:
+    """Faust declares the changelogs with INTEREST_REPLICATION replicas: refuse more than there are
+    brokers before the worker starts (Faust stops with a traceback at its first topic)."""
+    client = admin(settings)
+    try:
+        brokers = len(client.describe_cluster()["brokers"])
+    finally:
+        client.close()
+    if settings.replication > brokers:
+        raise TopicError(f"INTEREST_REPLICATION={settings.replication} but the cluster has {brokers} "
+                         f"broker{'s' if brokers != 1 else ''}: set INTEREST_REPLICATION <= {brokers}")

@@ -1,0 +1,49 @@
+"""`interest-stream worker` refuses, in one line and before Faust starts, what Faust would stop on
+with a traceback: more changelog replicas than brokers, a web port already taken, a web host
+that does not resolve."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from conftest import cli
+from stream_app.kafka_local import free_port
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def start_env(env, tiny_model_dir, tmp_path):
+    cli(env, "topics", "create")
+    return dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DATA_DIR=str(tmp_path / "data"),
+                INTEREST_WEB_PORT=str(free_port()))
+
+
+def test_more_replicas_than_brokers(start_env):
+    proc = cli(dict(start_env, INTEREST_REPLICATION="2"), "worker", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == "Error: INTEREST_REPLICATION=2 but the cluster has 1 broker: set INTEREST_REPLICATION <= 1\n"
+
+
+def test_a_web_port_in_use(start_env):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli(dict(start_env, INTEREST_WEB_PORT=str(port)), "worker", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: cannot listen on 0.0.0.0:{port} (INTEREST_WEB_HOST / INTEREST_WEB_PORT): "
+                           "Address already in use; workers on one host need their own INTEREST_WEB_PORT\n")
+
+
+def test_a_web_host_that_does_not_resolve(start_env):
+    try:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+        pytest.skip("this resolver answers for .invalid")
+    except socket.gaierror as exc:
+        reason = exc.strerror
+    proc = cli(dict(start_env, INTEREST_WEB_HOST="no-such-host.invalid"), "worker", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: cannot listen on no-such-host.invalid:{start_env['INTEREST_WEB_PORT']} "
+                           f"(INTEREST_WEB_HOST / INTEREST_WEB_PORT): {reason}\n")
