@@ -41,7 +41,7 @@ class ModelHolder:
         self.threads = threads
         self.window = window  # (horizon_s, max_events, profile_retention_s) the worker keeps
         self.model = None
-        self._seen: tuple[str, float] | None = None  # (resolved dir, model.json mtime) last tried
+        self._seen: tuple | None = None  # (resolved dir, both files' mtime and size) last tried
 
     def load_initial(self):
         """Load the first model; raises ModelError (the worker refuses to start)."""
@@ -63,12 +63,18 @@ class ModelHolder:
             if problem:
                 log.warning("%s", problem)
 
-    def _fingerprint(self) -> tuple[str, float] | None:
+    def _fingerprint(self) -> tuple:
+        """Both files count: a pair copied into place one file after the other is refused while
+        it is mixed, and loaded once the second file is there, whichever came last."""
         resolved = os.path.realpath(self.path)
-        try:
-            return resolved, os.stat(os.path.join(resolved, "model.json")).st_mtime
-        except OSError:
-            return resolved, -1.0
+        out: list = [resolved]
+        for name in ("model.json", "model.onnx"):
+            try:
+                st = os.stat(os.path.join(resolved, name))
+                out += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                out += [-1, -1]
+        return tuple(out)
 
     def poll(self) -> bool:
         """Load the model again if the path now names another pair; True when swapped.
