@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -38,13 +39,19 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
             # an unreachable or refusing broker is a setting to fix, not a crash to debug
-            from kafka.errors import KafkaError
+            from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
 
             if isinstance(exc, KafkaError):
                 servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+                if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError)):
+                    raise click.ClickException(
+                        f"Kafka at {servers}: {exc} (check KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers "
+                        "or start one with `interest-stream kafka up`)"
+                    ) from None
+                # the broker answered and refused: its own reason, not the whole request it refused
+                reason = re.search(r"error_message='([^']+)'", str(exc))
                 raise click.ClickException(
-                    f"Kafka at {servers}: {exc} (check KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers "
-                    "or start one with `interest-stream kafka up`)"
+                    f"Kafka at {servers} refused: {type(exc).__name__}: {reason.group(1) if reason else exc}"
                 ) from None
             raise
 

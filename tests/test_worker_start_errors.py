@@ -47,3 +47,12 @@ def test_a_web_host_that_does_not_resolve(start_env):
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: cannot listen on no-such-host.invalid:{start_env['INTEREST_WEB_PORT']} "
                            f"(INTEREST_WEB_HOST / INTEREST_WEB_PORT): {reason}\n")
+
+
+def test_a_request_the_broker_refuses_is_its_reason_in_one_line(env):
+    """The broker was reached and said no: its reason, not the whole CreateTopicsRequest and a hint
+    to check KAFKA_BOOTSTRAP_SERVERS."""
+    proc = cli(dict(env, INTEREST_PARTITIONS="100000"), "topics", "create", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} refused: PolicyViolationError: "
+                           "Excessively large number of partitions per request.\n")
