@@ -115,6 +115,22 @@ SECURITY_ENV = {
 }
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+def _security(env: Mapping[str, str]) -> dict:
+    """SECURITY_ENV's settings that are set; an unknown protocol or a file that is not there is
+    refused here (a client would only time out, as if the broker could not be reached)."""
+    out = {v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)}
+    protocol = out.get("security_protocol")
+    if protocol is not None and protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+    for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+        if env.get(name) and not os.path.isfile(env[name]):
+            raise ConfigError(f"{name}: no such file {env[name]!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = "localhost:9092"  # KAFKA_BOOTSTRAP_SERVERS
@@ -209,7 +225,7 @@ class Settings:
             kafka_port=_int(env, "INTEREST_KAFKA_PORT", 9092, minimum=1, maximum=MAX_PORT),
             kafka_controller_port=_int(env, "INTEREST_KAFKA_CONTROLLER_PORT", 0, minimum=0, maximum=MAX_PORT),
             kafka_heap=kafka_heap,
-            security={v: env[k] for k, v in SECURITY_ENV.items() if env.get(k)},
+            security=_security(env),
         )
 
     def controller_port_for(self, port: int) -> int:

@@ -156,3 +156,20 @@ def test_a_bad_bootstrap_server_is_refused_by_every_command():
 def test_bootstrap_servers_kafka_python_accepts():
     for ok in ("localhost:9092", "a:1,b:2", "[::1]:9092", "broker", "PLAINTEXT://a:9092"):
         assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": ok}).bootstrap_servers == ok
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"},
+     "KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, got 'TLS'"),
+    ({"KAFKA_SECURITY_PROTOCOL": "ssl"},
+     "KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, got 'ssl'"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+     "KAFKA_SSL_CAFILE: no such file '/nonexistent/ca.pem'"),
+])
+def test_a_security_setting_no_client_can_use_is_a_one_line_error(env, message):
+    """kafka-python took an unknown protocol (or a lowercase one) for PLAINTEXT, where Faust used
+    SSL, and a missing CA file showed as 'Unable to bootstrap' after the bootstrap timeout."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+    assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}).security == {"security_protocol": "SASL_SSL"}
