@@ -48,7 +48,14 @@ def default_home() -> Path:
         "interest-stream",
         "kafka",
     )
-    return Path(base)
+    home = Path(base)
+    for p in (home, *home.parents):  # the nearest part that exists must be a directory
+        if p.exists():
+            if not p.is_dir():
+                raise KafkaLocalError(f"INTEREST_KAFKA_HOME: {p} is not a directory (the broker's data, "
+                                      f"logs and pid file go in {home})")
+            break
+    return home
 
 
 @dataclass

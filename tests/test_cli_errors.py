@@ -173,3 +173,19 @@ def test_a_security_setting_no_client_can_use_is_a_one_line_error(env, message):
         Settings.from_env(env)
     assert str(err.value) == message
     assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}).security == {"security_protocol": "SASL_SSL"}
+
+
+@pytest.mark.parametrize("verb", [["status"], ["up", "--port", "65000"], ["down"]])
+def test_a_kafka_home_under_a_file_is_a_one_line_error(verb, tmp_path, monkeypatch):
+    """`kafka status` and `kafka up` were a NotADirectoryError traceback at the pid file."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    (tmp_path / "file").write_text("")
+    for home in (tmp_path / "file", tmp_path / "file" / "kafka"):
+        monkeypatch.setenv("INTEREST_KAFKA_HOME", str(home))
+        res = CliRunner().invoke(main, ["kafka", *verb])
+        assert res.exit_code == 1, res.output
+        assert res.output == (f"Error: INTEREST_KAFKA_HOME: {tmp_path / 'file'} is not a directory (the broker's "
+                              f"data, logs and pid file go in {home})\n")
