@@ -223,6 +223,8 @@ def _consumer(s: Settings, **kw):
 @click.option("--topic", default=None, help="Read another interest topic (e.g. a backfill).")
 def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     """Print interest vectors as they arrive."""
+    if user == "":
+        raise click.BadParameter("a user id cannot be empty", param_hint="'--user'")
     s = _settings(bootstrap_servers)
     topic = topic or s.output_topic
     consumer = _consumer(s, auto_offset_reset="earliest" if from_beginning else "latest",

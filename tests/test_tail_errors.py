@@ -46,3 +46,15 @@ def test_forget_an_empty_user_id_is_a_usage_error():
                                                       "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
     assert res.exit_code == 2
     assert "Error: Invalid value for USER: a user id cannot be empty" in res.output
+
+
+def test_tail_of_an_empty_user_id_is_a_usage_error():
+    """`--user ""` printed every user's vectors, as if no --user had been given."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["tail", "--user", ""], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                                               "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
+    assert res.exit_code == 2
+    assert "Error: Invalid value for '--user': a user id cannot be empty" in res.output
