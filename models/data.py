@@ -113,6 +113,12 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
                 uid, eid, kind, ts = e["user_id"], e["event_id"], e["type"], e["ts"]
                 ok = isinstance(ts, int) and not isinstance(ts, bool) and kind in ("click", "browse", "search")
                 ok = ok and (e.get("category") if kind != "search" else e.get("query"))
+                # the contract's types (the worker refuses others): a list for an id or a number for a
+                # category would otherwise crash training far from the line that held it
+                ok = ok and isinstance(uid, str) and isinstance(eid, str) and all(
+                    e.get(k) is None or isinstance(e[k], str) for k in ("category", "item_id", "query"))
+                dwell = e.get("dwell_ms")
+                ok = ok and (dwell is None or (isinstance(dwell, int) and not isinstance(dwell, bool) and dwell >= 0))
             except Exception:
                 ok = False
             if not ok:
