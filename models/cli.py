@@ -104,7 +104,7 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     groups = {"train": {f.name: f for f in fields(TrainConfig)}, "data": {f.name: f for f in fields(DataConfig)},
               "model": {f.name: f for f in fields(ModelConfig)
                         if f.name not in ("vocab_size", "k", "category_offset", "max_len", "token_offset", "profile_scales",
-                                          "query_offset", "init_from", "backbone")}}
+                                          "hour_offset", "query_offset", "init_from", "backbone")}}
     chosen = {"data": {}, "train": {}, "model": {}}
     given = {("train", "epochs"): epochs, ("train", "seed"): seed, ("model", "loss"): loss,
              ("data", "target"): target, ("data", "target_window_s"): target_window_s,
@@ -117,7 +117,9 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     for item in sets:
         key, sep, raw = item.partition("=")
         owner = [g for g, fs in groups.items() if key in fs]
-        if not sep or not owner:
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if not owner:
             known = sorted({k for fs in groups.values() for k in fs})
             raise click.BadParameter(f"unknown key {key!r}; known keys: {', '.join(known)}", param_hint="--set")
         g = owner[0]
@@ -170,7 +172,9 @@ def pretrain(data, out, max_steps, sets, quiet):
     chosen = {} if max_steps is None else {"max_steps": max_steps}
     for item in sets:
         key, sep, raw = item.partition("=")
-        if not sep or key not in known:
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if key not in known:
             raise click.BadParameter(f"unknown key {key!r}; known keys: {', '.join(sorted(known))}", param_hint="--set")
         typ = known[key].type
         try:

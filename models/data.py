@@ -76,7 +76,7 @@ class DataConfig:
         check_ranges(self, at_least={"horizon_s": 1, "max_events": 1, "profile_retention_s": 1,
                                      "target_window_s": 1, "target_k": 1, "click_weight": 0.0,
                                      "browse_weight": 0.0, "max_train_samples": 1, "max_eval_samples": 1,
-                                     "min_category_count": 1, "max_len": 1})
+                                     "min_category_count": 1, "max_len": 1, "seed": 0})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":

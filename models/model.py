@@ -117,6 +117,8 @@ class ModelConfig:
         if not all(isinstance(b, int) and b >= 1 for b in self.length_buckets) or \
                 any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])):
             raise ValueError(f"length_buckets must be increasing history lengths >= 1, got {self.length_buckets}")
+        if self.aux_head not in (0, 1):
+            raise ValueError(f"aux_head must be 0 (off) or 1 (on), got {self.aux_head}")
         check_backbone(self)
         if self.query_offset != -1 and not self.category_offset + self.k <= self.query_offset < self.vocab_size:
             raise ValueError(f"query_offset must be -1 or a token id past the categories and below vocab_size "
@@ -569,7 +571,7 @@ class TrainConfig:
         check_ranges(self, at_least={"epochs": 1, "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0,
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
-                                     "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1},
+                                     "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1, "seed": 0},
                      above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
 
 

@@ -57,7 +57,7 @@ class PretrainConfig:
         check_backbone(self)
         check_ranges(self, at_least={"max_len": 1, "horizon_s": 1, "max_events": 1, "min_category_count": 1,
                                      "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0, "weight_decay": 0.0,
-                                     "max_steps": 1, "eval_every": 1, "threads": 1},
+                                     "max_steps": 1, "eval_every": 1, "threads": 1, "seed": 0},
                      above={"lr": 0.0, "val_frac": 0.0}, below={"val_frac": 1.0})
 
     @classmethod

@@ -37,3 +37,21 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     res = _run(["train", "--data", log, "--out", tmp_path / "ck"])
     assert res.exit_code == 1
     assert res.output.endswith(f"Error: {log}: no valid events\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--set", "hour_offset=3"], "Invalid value for --set: unknown key 'hour_offset'; known keys: "),
+    (["train", "--set", "lr"], "Invalid value for --set: expected KEY=VALUE, got 'lr'"),
+    (["pretrain", "--set", "lr"], "Invalid value for --set: expected KEY=VALUE, got 'lr'"),
+    (["train", "--set", "seed=-1"], "Error: seed must be >= 0, got -1"),
+    (["train", "--seed", "-1"], "Error: seed must be >= 0, got -1"),
+    (["pretrain", "--set", "seed=-1"], "Error: seed must be >= 0, got -1"),
+    (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
+])
+def test_a_bad_set_is_a_usage_error_naming_the_key(tmp_path, args, message):
+    """hour_offset (the encoding's) was a traceback; `--set lr` said lr was unknown; a negative seed
+    failed late with numpy's 'expected non-negative integer'."""
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    res = _run([*args, "--data", log, "--out", tmp_path / "out"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
