@@ -19,6 +19,31 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1))
 
 
+def _out_dir(out) -> None:
+    """Create the --out directory before any work: a path that cannot be one fails in one line
+    (as export's does), not in a traceback after the training."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
+
+
+def _out_file(out, inputs) -> None:
+    """A load's --out: in an existing directory, and none of the files it reads (the log would
+    replace the dataset)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"{parent} is not a directory", param_hint="--out")
+    if os.path.exists(out) and any(os.path.exists(p) and os.path.samefile(out, p) for p in inputs):
+        raise click.BadParameter(f"{out} is an input of the dataset; the log would replace it", param_hint="--out")
+
+
+def _load_error(exc: Exception) -> click.ClickException:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:  # open() of an input or of --out
+        return click.ClickException(f"{exc.filename}: {exc.strerror}")
+    return click.ClickException(str(exc))
+
+
 @click.group("load")
 def load():
     """A public dataset as an event log in the contract's schema."""
@@ -31,10 +56,11 @@ def load_movielens_cmd(data_dir, out):
     """MovieLens ml-latest-small DIR: ratings -> clicks (first genre = category), tags -> searches."""
     from models.loaders import load_movielens
 
+    _out_file(out, [os.path.join(data_dir, n) for n in ("ratings.csv", "movies.csv", "tags.csv")])
     try:
         stats = load_movielens(data_dir, out)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
 
@@ -45,10 +71,11 @@ def load_rees46_cmd(file, out):
     """REES46 e-commerce CSV: view -> browse, cart/purchase -> click, category_code = category."""
     from models.loaders import load_rees46
 
+    _out_file(out, [file])
     try:
         stats = load_rees46(file, out)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
 
@@ -62,10 +89,11 @@ def load_completejourney_cmd(data_dir, out, top):
     """The Complete Journey DIR (transactions + products CSV): purchase lines -> clicks, product category = category."""
     from models.loaders import load_completejourney
 
+    _out_file(out, [os.path.join(data_dir, f"{s}.csv{z}") for s in ("products", "transactions") for z in ("", ".gz")])
     try:
         stats = load_completejourney(data_dir, out, top)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
 
@@ -143,6 +171,15 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         ModelConfig(vocab_size=1, k=1, category_offset=0, **chosen["model"])  # validate early
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
+    from models.pretrain import PRETRAIN_FILE
+
+    if (Path(out) / PRETRAIN_FILE).exists():  # its encoding.json would be replaced by the checkpoint's
+        raise click.BadParameter(f"{out} holds an `interest-stream pretrain` directory; give another one",
+                                 param_hint="--out")
+    if init_from is not None and Path(out).exists() and os.path.samefile(out, init_from):
+        raise click.BadParameter("the checkpoint would overwrite the --init-from directory; give another one",
+                                 param_hint="--out")
+    _out_dir(out)
     from models.train import run_training
 
     try:
@@ -185,6 +222,12 @@ def pretrain(data, out, max_steps, sets, quiet):
         cfg = PretrainConfig(**chosen)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from interest_core.artifacts import CHECKPOINT_CARD_FILE
+
+    if (Path(out) / CHECKPOINT_CARD_FILE).exists():  # its encoding.json would be replaced by pretraining's
+        raise click.BadParameter(f"{out} holds a checkpoint of `interest-stream train`; give another one",
+                                 param_hint="--out")
+    _out_dir(out)
     try:
         run_pretraining(list(data), out, cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except ValueError as exc:
@@ -202,6 +245,7 @@ def evaluate(ckpt_dir, data, out, no_plots):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from models.evaluate import run_evaluation
 
+    _out_dir(out)
     try:
         result = run_evaluation(ckpt_dir, data, out, plots=not no_plots)
     except (FileNotFoundError, ValueError) as exc:
@@ -227,6 +271,7 @@ def evaluate_rerank(ckpt_dir, data, out, negatives, weight):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from models.rerank_eval import run_rerank_evaluation
 
+    _out_dir(out)
     try:
         r = run_rerank_evaluation(ckpt_dir, data, out, negatives=negatives, weight=weight,
                                   log=lambda m: click.echo(m, err=True))

@@ -55,3 +55,64 @@ def test_a_bad_set_is_a_usage_error_naming_the_key(tmp_path, args, message):
     res = _run([*args, "--data", log, "--out", tmp_path / "out"])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+@pytest.mark.parametrize("verb", ["train", "pretrain", "evaluate", "evaluate-rerank"])
+def test_an_out_that_cannot_be_a_directory_is_one_line(tmp_path, verb):
+    """Was a NotADirectoryError traceback (train and pretrain only after reading the log)."""
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    (tmp_path / "ck").mkdir()
+    out = log / "out"
+    args = {"train": ["train", "--data", log], "pretrain": ["pretrain", "--data", log],
+            "evaluate": ["evaluate", tmp_path / "ck", "--data", log],
+            "evaluate-rerank": ["evaluate-rerank", tmp_path / "ck", "--data", log]}[verb]
+    res = _run([*args, "--out", out])
+    assert res.exit_code == 1
+    assert res.output.endswith(f"Error: {out}: cannot create the output directory: Not a directory\n")
+
+
+def test_load_refuses_an_out_that_is_its_own_input(tmp_path):
+    """`load rees46 X.csv --out X.csv` replaced the dataset with the log."""
+    csv = tmp_path / "events.csv"
+    text = ("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+            "2019-10-01 00:00:00 UTC,view,1,2,a.b,x,1.0,3,s\n")
+    csv.write_text(text)
+    res = _run(["load", "rees46", csv, "--out", csv])
+    assert res.exit_code == 2
+    assert f"Invalid value for --out: {csv} is an input of the dataset; the log would replace it" in res.output
+    assert csv.read_text() == text
+
+
+def test_load_with_an_out_in_no_directory_is_a_usage_error(tmp_path):
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "f").write_text("keep")
+    res = _run(["load", "movielens", tmp_path / "ml", "--out", tmp_path / "f" / "log.jsonl"])
+    assert res.exit_code == 2
+    assert f"Invalid value for --out: {tmp_path / 'f'} is not a directory" in res.output
+
+
+def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
+    """Both write encoding.json: pretraining into a checkpoint left weights and encoding at odds."""
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    ck, pt = tmp_path / "ck", tmp_path / "pt"
+    ck.mkdir()
+    pt.mkdir()
+    (ck / "model_card.json").write_text("{}")
+    (ck / "encoding.json").write_text("checkpoint's")
+    (pt / "pretrain.json").write_text("{}")
+    (pt / "encoding.json").write_text("pretraining's")
+    res = _run(["pretrain", "--data", log, "--out", ck])
+    assert res.exit_code == 2
+    assert f"Invalid value for --out: {ck} holds a checkpoint of `interest-stream train`; give another one" \
+        in res.output
+    res = _run(["train", "--data", log, "--out", pt])
+    assert res.exit_code == 2
+    assert f"Invalid value for --out: {pt} holds an `interest-stream pretrain` directory; give another one" \
+        in res.output
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    res = _run(["train", "--data", log, "--out", gpt2, "--init-from", gpt2])
+    assert res.exit_code == 2
+    assert "the checkpoint would overwrite the --init-from directory; give another one" in res.output
+    assert (ck / "encoding.json").read_text() == "checkpoint's"
+    assert (pt / "encoding.json").read_text() == "pretraining's"
