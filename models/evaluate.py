@@ -227,7 +227,12 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
     from models.item_lift import served
     from models.model import load_checkpoint, predict
 
-    model, encoder, card = load_checkpoint(ckpt_dir)
+    try:
+        model, encoder, card = load_checkpoint(ckpt_dir)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a directory with the right names but not what `train` wrote (as rerank_eval says)
+        raise ValueError(f"{ckpt_dir}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
     torch.set_num_threads(card.get("training", {}).get("threads", 2))
     split = card["split"] if split is None else split
     dcfg = DataConfig.from_dict(split["data_config"])

@@ -455,15 +455,23 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         raise ValueError("readout='event' needs an encoding with the hour token (spec version >= 2)")
     if init_from is None:
         return InterestModel(cfg)
+    from safetensors import SafetensorError
+
     from models.pretrain import is_pretrain_dir, transfer_backbone
 
+    if not is_pretrain_dir(init_from) and (Path(init_from) / CHECKPOINT_CARD_FILE).exists():
+        # its config.json is not a GPT-2 config: transformers would build a default GPT-2 (124M) from it
+        raise ValueError(f"{init_from}: a checkpoint of `interest-stream train`, not an `interest-stream pretrain` "
+                         "directory or a GPT-2 directory")
     try:
         if is_pretrain_dir(init_from):
             backbone = transfer_backbone(init_from, encoder)
         else:
             backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_pretrain_dir(init_from):
+            raise ValueError(f"{init_from}: cannot read this `interest-stream pretrain` directory ({first})") from None
         raise ValueError(f"{init_from}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
                          f"({first})") from None
     if not is_pretrain_dir(init_from):
@@ -504,7 +512,12 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     """Rebuild (model in eval mode, encoder, card) from a checkpoint directory alone."""
     from safetensors.torch import load_file
 
+    from models.pretrain import PRETRAIN_FILE
+
     d = Path(ckpt_dir)
+    if not (d / CONFIG_FILE).exists() and (d / PRETRAIN_FILE).exists():
+        raise FileNotFoundError(f"{d}: an `interest-stream pretrain` directory, not a checkpoint of `train` "
+                                f"(`train --init-from {d}` fine-tunes it)")
     for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODING_FILE, CHECKPOINT_CARD_FILE):
         if not (d / name).exists():
             raise FileNotFoundError(f"{d}: not a checkpoint directory (missing {name})")

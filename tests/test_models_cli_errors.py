@@ -116,3 +116,62 @@ def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
     assert "the checkpoint would overwrite the --init-from directory; give another one" in res.output
     assert (ck / "encoding.json").read_text() == "checkpoint's"
     assert (pt / "encoding.json").read_text() == "pretraining's"
+
+
+def _fake_checkpoint(d):
+    """The names `train` writes, a readable config, and weights that are not safetensors."""
+    from models.model import ModelConfig
+
+    d.mkdir()
+    cfg = ModelConfig(vocab_size=20, k=2, category_offset=3, n_layer=1, n_embd=8, n_head=2)
+    (d / "config.json").write_text(json.dumps({"model": asdict(cfg)}))
+    for name in ("encoding.json", "model_card.json"):
+        (d / name).write_text("{}")
+    (d / "model.safetensors").write_bytes(b"\x01\x02")
+    return d
+
+
+def test_evaluate_a_corrupt_or_pretrain_directory(tmp_path):
+    """Corrupt weights were a SafetensorError traceback (export and evaluate-rerank said it in a line)."""
+    pytest.importorskip("torch")
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    ck = _fake_checkpoint(tmp_path / "ck")
+    res = _run(["evaluate", ck, "--data", log, "--out", tmp_path / "ev"])
+    assert res.exit_code == 1
+    assert res.output.endswith(f"Error: {ck}: not a readable checkpoint (SafetensorError: Error while "
+                               "deserializing header: header too small)\n")
+    pt = tmp_path / "pt"
+    pt.mkdir()
+    (pt / "pretrain.json").write_text("{}")
+    for verb in ("evaluate", "evaluate-rerank", "export"):
+        res = _run([verb, pt, *(["--data", log] if verb != "export" else []), "--out", tmp_path / "o"])
+        assert res.exit_code == 1
+        assert res.output.endswith(f"Error: {pt}: an `interest-stream pretrain` directory, not a checkpoint of "
+                                   f"`train` (`train --init-from {pt}` fine-tunes it)\n"), (verb, res.output)
+
+
+@pytest.mark.slow
+def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
+    """A train checkpoint was read as a GPT-2 directory: a default 124M GPT-2 trained for minutes.
+    A pretrain directory with corrupt weights was a SafetensorError traceback."""
+    pytest.importorskip("torch")
+    from transformers import GPT2Config
+
+    from models.simulate import simulate_to_files
+
+    log = tmp_path / "s.jsonl"
+    simulate_to_files(20, 2, 0, log, 1_767_225_600_000)
+    ck = _fake_checkpoint(tmp_path / "ck")
+    pt = tmp_path / "pt"
+    (pt / "backbone").mkdir(parents=True)
+    (pt / "pretrain.json").write_text("{}")
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).to_json_file(pt / "backbone" / "config.json")
+    (pt / "backbone" / "model.safetensors").write_bytes(b"\x01\x02")
+    for d, message in ((ck, f"{ck}: a checkpoint of `interest-stream train`, not an `interest-stream pretrain` "
+                            "directory or a GPT-2 directory"),
+                       (pt, f"{pt}: cannot read this `interest-stream pretrain` directory (Error while "
+                            "deserializing header: header too small)")):
+        res = _run(["train", "--data", log, "--out", tmp_path / "out", "--max-steps", "1", "--quiet",
+                    "--init-from", d])
+        assert res.exit_code == 1, res.output
+        assert res.output.endswith(f"Error: {message}\n")
