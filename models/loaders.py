@@ -68,12 +68,20 @@ def _write(events: list[dict], out) -> None:
             f.write(orjson.dumps(e) + b"\n")
 
 
+def _movielens_rows(f, path, need: tuple[str, ...]):
+    """``csv.DictReader`` over a MovieLens file, or a ``ValueError`` naming the columns it lacks."""
+    reader = csv.DictReader(f)
+    if not set(need) <= set(reader.fieldnames or ()):
+        raise ValueError(f"{path}: has columns {reader.fieldnames}, expected {', '.join(need)} (MovieLens)")
+    return reader
+
+
 def movie_genres(path) -> dict[str, list[str]]:
     """Per film id of MovieLens' ``movies.csv``, its genres in the file's order (:data:`NO_GENRE`
     when it lists none)."""
     genres: dict[str, list[str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
+        for row in _movielens_rows(f, path, ("movieId", "genres")):
             genres[row["movieId"]] = [g for g in row["genres"].split("|") if g] or [NO_GENRE]
     return genres
 
@@ -87,7 +95,7 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
     events: list[dict] = []
     stats = {"ratings": 0, "tags": 0, "tags_skipped_empty": 0, "movies_without_genre_row": 0}
     with open(d / "ratings.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
+        for row in _movielens_rows(f, d / "ratings.csv", ("userId", "movieId", "rating", "timestamp")):
             g = genres.get(row["movieId"])
             if g is None:
                 stats["movies_without_genre_row"] += 1
@@ -101,7 +109,7 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
     if (d / "tags.csv").exists():
         seen: dict[tuple[str, str], int] = {}
         with open(d / "tags.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
+            for row in _movielens_rows(f, d / "tags.csv", ("userId", "movieId", "tag", "timestamp")):
                 text = (row["tag"] or "").strip()[:512]
                 if not text:
                     stats["tags_skipped_empty"] += 1

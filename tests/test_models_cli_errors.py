@@ -91,6 +91,18 @@ def test_load_with_an_out_in_no_directory_is_a_usage_error(tmp_path):
     assert f"Invalid value for --out: {tmp_path / 'f'} is not a directory" in res.output
 
 
+def test_load_movielens_names_a_missing_column(tmp_path):
+    """Was `invalid literal for int() with base 10: '4.0'`: the columns shifted."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
+    (d / "ratings.csv").write_text("userId,movieId,timestamp\n1,1,4.0,964982703\n")
+    res = _run(["load", "movielens", d, "--out", tmp_path / "log.jsonl"])
+    assert res.exit_code == 1
+    assert res.output.endswith(f"Error: {d / 'ratings.csv'}: has columns ['userId', 'movieId', 'timestamp'], "
+                               "expected userId, movieId, rating, timestamp (MovieLens)\n")
+
+
 def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
     """Both write encoding.json: pretraining into a checkpoint left weights and encoding at odds."""
     log = _log(tmp_path / "log.jsonl", [EVENT])
