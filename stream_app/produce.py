@@ -11,6 +11,8 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from interest_core.window import EVENT_TYPES  # one input topic per type (Settings.input_topics)
+
 from .settings import InterestStreamError, Settings
 
 
@@ -73,19 +75,24 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     return sent
 
 
-def read_jsonl(path) -> Iterator[dict]:
+def _numbered(path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line; a line that is not JSON is an error naming it."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                yield orjson.loads(line)
+                yield n, orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise InterestStreamError(f"{path}:{n}: not JSON ({exc})") from None
 
 
-EVENT_TYPES = ("click", "browse", "search")  # the input topics (Settings.input_topics)
+def read_jsonl(path) -> Iterator[dict]:
+    for _, ev in _numbered(path):
+        yield ev
+
+
 MAX_TS = 2**63 - 1  # a record timestamp is a signed 64-bit integer
 
 
@@ -96,29 +103,19 @@ def check_log(path) -> tuple[int, int | None]:
     line in the middle of a log sends nothing rather than half of it. The rest of an event is
     the worker's to check (what it refuses goes to the dead letters)."""
     n, first = 0, None
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                ev = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InterestStreamError(f"{path}:{line_no}: not JSON ({exc})") from None
-            if not isinstance(ev, dict):
-                raise InterestStreamError(f"{path}:{line_no}: an event must be a JSON object, "
-                                          f"got {type(ev).__name__}")
-            user, etype, ts = ev.get("user_id"), ev.get("type"), ev.get("ts")
-            if not isinstance(user, str) or not user:
-                raise InterestStreamError(f"{path}:{line_no}: user_id must be a non-empty string, got {user!r}")
-            if etype not in EVENT_TYPES:
-                raise InterestStreamError(f"{path}:{line_no}: type must be one of {', '.join(EVENT_TYPES)}, "
-                                          f"got {etype!r}")
-            if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
-                raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer "
-                                          f"(epoch ms), got {ts!r}")
-            n += 1
-            first = ts if first is None else min(first, ts)
+    for line_no, ev in _numbered(path):
+        if not isinstance(ev, dict):
+            raise InterestStreamError(f"{path}:{line_no}: an event must be a JSON object, got {type(ev).__name__}")
+        user, etype, ts = ev.get("user_id"), ev.get("type"), ev.get("ts")
+        if not isinstance(user, str) or not user:
+            raise InterestStreamError(f"{path}:{line_no}: user_id must be a non-empty string, got {user!r}")
+        if etype not in EVENT_TYPES:
+            raise InterestStreamError(f"{path}:{line_no}: type must be one of {', '.join(EVENT_TYPES)}, "
+                                      f"got {etype!r}")
+        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
+            raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer (epoch ms), got {ts!r}")
+        n += 1
+        first = ts if first is None else min(first, ts)
     return n, first
 
 
