@@ -182,6 +182,10 @@ app = InterestApp(
     web_bind=settings.web_host,
     canonical_url=settings.web_url,
     web_in_thread=False,
+    # Faust's own /router and /table views: /table/users/{id}/ would serve a user's raw state
+    # (search text included), and /router/{unknown}/ answers 500; the project routes itself
+    web_router_enabled=False,
+    web_tables_enabled=False,
     Worker=InterestWorker,
 )
 

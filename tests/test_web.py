@@ -4,6 +4,7 @@ re-ranking, explanations (checked against an independent computation), the user 
 overview, and both pages in a real headless Chromium."""
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import shutil
@@ -270,3 +271,24 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
         assert "late" in home.values["reasons"]
     # a page of an unknown user is a 404 page
     assert w.get("/users/nobody/view")[0] == 404
+
+
+def raw_request(w, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, body) of a request whose path is sent exactly as given (urllib would tidy it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_faust_table_and_router_views_are_off(cluster):
+    """Faust's own /table/{table}/{key}/ served a user's raw state, search text included, and
+    /router/{unknown}/ answered 500."""
+    env, ws, users, vectors, _ = cluster
+    for w in ws:
+        for path in ("/table/users/decisive/", "/table/", "/router/", "/router/nope/"):
+            status, body = raw_request(w, "GET", path)
+            assert status == 404 and b"lisbon" not in body, (path, status, body[:200])
