@@ -67,7 +67,10 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
         return json_response({"error": "no worker owns this user yet (rebalancing); retry"}, status=503)
     if _ident(dest) == _ident(URL(app.conf.canonical_url)):
         return None
-    url = request.url.with_scheme(dest.scheme or "http").with_host(dest.host).with_port(dest.port)
+    # the path as received: request.url has its dot segments resolved, so /users/./explain would
+    # reach the owner as /users/explain (the user "explain") and /users/.. as / (another view)
+    origin = URL.build(scheme=dest.scheme or "http", host=dest.host, port=dest.port)
+    url = URL(str(origin) + request.raw_path, encoded=True)
     headers = {ROUTED: "1"}
     if body is not None:
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")

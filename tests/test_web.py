@@ -284,6 +284,22 @@ def raw_request(w, method: str, path: str, body: bytes | None = None, headers: d
         conn.close()
 
 
+@pytest.mark.parametrize("user", [".", ".."])
+def test_dot_segment_user_ids_are_routed_unchanged(cluster, user):
+    """A forwarded request keeps its path as received: /users/../explain must not reach the owner
+    as /explain, nor /users/./explain as the user "explain"."""
+    env, ws, users, vectors, _ = cluster
+    w = not_owner(ws, user)
+    for suffix in ("", "/explain"):
+        status, body = raw_request(w, "GET", f"/users/{user}{suffix}")
+        assert (status, orjson.loads(body)) == (404, {"error": "unknown user", "user_id": user})
+    status, body = raw_request(w, "GET", f"/users/{user}/view")
+    assert status == 404 and b"unknown user" in body
+    status, body = raw_request(w, "POST", f"/users/{user}/rerank",
+                               json.dumps({"items": [{"item_id": "a", "category": "tech", "score": 1}]}).encode())
+    assert status == 200 and orjson.loads(body)["user_id"] == user
+
+
 def test_faust_table_and_router_views_are_off(cluster):
     """Faust's own /table/{table}/{key}/ served a user's raw state, search text included, and
     /router/{unknown}/ answered 500."""
