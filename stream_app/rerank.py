@@ -12,7 +12,7 @@
 
 The body: ``{"items": [{"item_id": str, "category": str, "score": number}, ...], "weight": number}``.
 ``items`` holds 1 to :data:`MAX_ITEMS` objects; ``item_id`` and ``category`` are strings of 1 to
-128 characters (the contract's limits for events); ``score`` is a finite number on any scale,
+128 characters (the contract's limits for events), without lone surrogates; ``score`` is a finite number on any scale,
 higher is better (not a bool, not NaN or infinite); ``weight`` is in [0, 1], default
 :data:`DEFAULT_WEIGHT`. Other fields are ignored; repeated item ids are kept as given.
 
@@ -68,8 +68,20 @@ def _number(v) -> float | None:
 
 
 def _kind(v) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and _number(v) is None:
+        return f"an integer of {len(str(v))} digits, beyond a float's range"
     return {dict: "an object", list: "a list", str: "a string", bool: "a bool", type(None): "null"}.get(
         type(v), repr(v)[:40])
+
+
+def _lone_surrogate(s: str) -> int | None:
+    """Position of the first lone UTF-16 surrogate in ``s`` (JSON's ``"\\ud800"``, which the
+    standard library's parser lets through and no UTF-8 answer can carry), else None."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _decode(body: bytes):
@@ -110,14 +122,17 @@ def parse_request(body: bytes | None) -> RerankRequest | RequestError:
         if not isinstance(it, dict):
             return RequestError(where, f"{where} must be an object, got {_kind(it)}")
         for name in ("item_id", "category"):
-            v = it.get(name)
-            if v is None:
+            if name not in it:
                 return RequestError(f"{where}.{name}", f"{where}.{name} is missing")
+            v = it[name]
             if not isinstance(v, str) or not v:
                 got = "an empty string" if v == "" else _kind(v)
                 return RequestError(f"{where}.{name}", f"{where}.{name} must be a non-empty string, got {got}")
             if len(v) > STRING_LIMIT:
                 return RequestError(f"{where}.{name}", f"{where}.{name} has {len(v)} characters, limit {STRING_LIMIT}")
+            if (bad := _lone_surrogate(v)) is not None:
+                return RequestError(f"{where}.{name}", f"{where}.{name} is not valid Unicode: a lone surrogate "
+                                                      f"\\u{ord(v[bad]):04x} at character {bad}")
         if "score" not in it:
             return RequestError(f"{where}.score", f"{where}.score is missing")
         score = _number(it["score"])

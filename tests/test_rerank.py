@@ -130,6 +130,9 @@ ERRORS = [  # (field, body)
     ("items[1].category", body(with_(category=None))),
     ("items[1].category", body(with_(category=["sports"]))),
     ("items[1].category", body(with_(category="c" * 129))),
+    ("items[1].item_id", b'{"items": [{"item_id": "i", "category": "c", "score": 1},'
+                         b' {"item_id": "\\ud800", "category": "c", "score": 1}]}'),  # a lone surrogate
+    ("items[1].category", body(with_(category="sports\udfff"))),
     ("items[1].score", body(with_(score=...))),
     ("items[1].score", body(with_(score="0.7"))),
     ("items[1].score", body(with_(score=True))),  # a bool is not a number

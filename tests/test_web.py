@@ -284,6 +284,10 @@ def raw_request(w, method: str, path: str, body: bytes | None = None, headers: d
         conn.close()
 
 
+def new_log(w, since: int) -> str:
+    return w.log_path.read_bytes()[since:].decode(errors="replace")
+
+
 @pytest.mark.parametrize("user", [".", ".."])
 def test_dot_segment_user_ids_are_routed_unchanged(cluster, user):
     """A forwarded request keeps its path as received: /users/../explain must not reach the owner
@@ -308,3 +312,23 @@ def test_faust_table_and_router_views_are_off(cluster):
         for path in ("/table/users/decisive/", "/table/", "/router/", "/router/nope/"):
             status, body = raw_request(w, "GET", path)
             assert status == 404 and b"lisbon" not in body, (path, status, body[:200])
+
+
+@pytest.mark.parametrize("raw, headers, field, error", [
+    (b'{"items": [{"item_id": "a\\ud800", "category": "tech", "score": 1}]}', {}, "items[0].item_id",
+     "items[0].item_id is not valid Unicode: a lone surrogate \\ud800 at character 1"),
+    (b'{"items": [{"item_id": "a", "category": "\\udfff", "score": 1}]}', {}, "items[0].category",
+     "items[0].category is not valid Unicode: a lone surrogate \\udfff at character 0"),
+    (b'{"items": [{"item_id": null, "category": "tech", "score": 1}]}', {}, "items[0].item_id",
+     "items[0].item_id must be a non-empty string, got null"),
+    (b'{"items": [{"item_id": "a", "category": "tech", "score": 1' + b"0" * 400 + b'}]}', {}, "items[0].score",
+     "items[0].score must be a finite number, got an integer of 401 digits, beyond a float's range"),
+])
+def test_rerank_bad_input_messages(cluster, raw, headers, field, error):
+    env, ws, users, vectors, _ = cluster
+    for w in ws:
+        since = w.log_path.stat().st_size
+        status, body = raw_request(w, "POST", "/users/decisive/rerank", raw,
+                                   {"Content-Type": "application/json", **headers})
+        assert (status, orjson.loads(body)) == (400, {"error": error, "field": field})
+        assert "Traceback" not in new_log(w, since)
