@@ -18,12 +18,14 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import orjson
-from aiohttp.web import HTTPRequestEntityTooLarge, Response
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web import HTTPRequestEntityTooLarge, RequestPayloadError, Response
 from faust.web import View
 from yarl import URL
 
@@ -34,6 +36,33 @@ from .rerank import RequestError, parse_request, rerank, response_body
 
 ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
 FORWARD_TIMEOUT_S = 10.0
+
+
+def _what(exc: BaseException) -> str:
+    """One line: what aiohttp found wrong with a request (its message, not the ``400, message:``
+    wrapping of a payload error)."""
+    inner = exc.__cause__ if isinstance(exc.__cause__, BadHttpMessage) else exc
+    return " ".join(str(getattr(inner, "message", None) or inner or type(inner).__name__).split())[:200]
+
+
+class ClientErrorLog(logging.Filter):
+    """aiohttp logs a request it could not parse (a request line over 8 KiB, a byte not allowed
+    in a URL, a Content-Encoding it cannot decode), or whose client hung up mid-body, as an ERROR
+    with a traceback, after answering the client 400 (or no one). The client's mistake, not the
+    worker's: one WARNING line naming it instead."""
+
+    CLIENT_ERRORS = (BadHttpMessage, RequestPayloadError, ConnectionResetError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, self.CLIENT_ERRORS):
+            record.msg, record.args = f"{record.getMessage()}: bad request ({_what(exc)})", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(ClientErrorLog())
 
 
 def json_response(body, status: int = 200) -> Response:
@@ -103,6 +132,8 @@ class RerankView(View):
             body = await request.read()
         except HTTPRequestEntityTooLarge as exc:
             return json_response(RequestError("body", f"body is too large: {exc.text}").body(), status=400)
+        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+            return json_response(RequestError("body", f"body cannot be read: {_what(exc)}").body(), status=400)
         req = parse_request(body)
         if isinstance(req, RequestError):
             return json_response(req.body(), status=400)

@@ -8,6 +8,7 @@ import http.client
 import json
 import random
 import shutil
+import socket
 import urllib.error
 import urllib.request
 
@@ -323,6 +324,7 @@ def test_faust_table_and_router_views_are_off(cluster):
      "items[0].item_id must be a non-empty string, got null"),
     (b'{"items": [{"item_id": "a", "category": "tech", "score": 1' + b"0" * 400 + b'}]}', {}, "items[0].score",
      "items[0].score must be a finite number, got an integer of 401 digits, beyond a float's range"),
+    (b"not gzip", {"Content-Encoding": "gzip"}, "body", "body cannot be read: Can not decode content-encoding: gzip"),
 ])
 def test_rerank_bad_input_messages(cluster, raw, headers, field, error):
     env, ws, users, vectors, _ = cluster
@@ -332,3 +334,20 @@ def test_rerank_bad_input_messages(cluster, raw, headers, field, error):
                                    {"Content-Type": "application/json", **headers})
         assert (status, orjson.loads(body)) == (400, {"error": error, "field": field})
         assert "Traceback" not in new_log(w, since)
+
+
+def test_malformed_requests_log_one_line_not_a_traceback(cluster):
+    """aiohttp answers 400 to a request it cannot parse, and logged an ERROR with a traceback;
+    a client hanging up mid-body did too."""
+    env, ws, users, vectors, _ = cluster
+    w = ws[0]
+    since = w.log_path.stat().st_size
+    status, body = raw_request(w, "GET", "/users/" + "a" * 10_000)
+    assert status == 400 and b"Got more than 8190 bytes" in body
+    with socket.create_connection(("127.0.0.1", w.port), timeout=5) as s:  # 100 bytes promised, 4 sent
+        s.sendall(b"POST /users/o1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"it")
+    wait_for(lambda: new_log(w, since).count("bad request (") >= 2, timeout=10, what="both bad requests logged")
+    log = new_log(w, since)
+    assert "Traceback" not in log and "[ERROR]" not in log, log
+    assert "bad request (Got more than 8190 bytes" in log and "bad request (Connection lost)" in log
+    assert w.get("/health")[0] == 200
