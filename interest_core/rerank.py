@@ -100,6 +100,9 @@ def scaled_scores(scores: Sequence[float]) -> list[float]:
     if hi == lo:
         return [0.5] * len(scores)
     span = hi - lo
+    if math.isinf(span):  # finite scores whose range overflows (1e308 and -1e308): halve them first
+        lo, span = lo / 2, hi / 2 - lo / 2
+        return [(s / 2 - lo) / span for s in scores]
     return [(s - lo) / span for s in scores]
 
 

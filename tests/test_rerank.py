@@ -26,6 +26,8 @@ def test_scaled_scores_by_hand():
     assert scaled_scores([2.0, 4.0, 10.0]) == [0.0, 0.25, 1.0]
     # shifted and stretched scores (other units, an offset) scale to the same values
     assert scaled_scores([20.0 - 7, 40.0 - 7, 100.0 - 7]) == [0.0, 0.25, 1.0]
+    # finite scores whose range overflows a float: still in [0, 1], not NaN
+    assert scaled_scores([1e308, -1e308, 0.0, 5e307]) == [1.0, 0.0, 0.5, 0.75]
 
 
 def test_log_lift_by_hand():

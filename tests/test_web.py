@@ -336,6 +336,18 @@ def test_rerank_bad_input_messages(cluster, raw, headers, field, error):
         assert "Traceback" not in new_log(w, since)
 
 
+def test_scores_at_the_float_limits_blend_finitely(cluster):
+    """1e308 and -1e308 are finite, so accepted; their range overflowed to inf and every blended
+    score came back null (NaN)."""
+    env, ws, users, vectors, model = cluster
+    items = [{"item_id": "a", "category": "tech", "score": 1e308}, {"item_id": "b", "category": "sports", "score": -1e308},
+             {"item_id": "c", "category": "travel", "score": 0}]
+    status, body = post(not_owner(ws, "decisive"), "/users/decisive/rerank", {"items": items, "weight": 0.5})
+    want = rerank(vectors["decisive"], [Item(**it) for it in items], 0.5, prior=model.card["category_prior"])
+    assert status == 200 and all(isinstance(it["blended"], float) for it in body["items"]), body
+    assert [it["blended"] for it in body["items"]] == pytest.approx([it.blended for it in want.items], abs=1e-12)
+
+
 def test_malformed_requests_log_one_line_not_a_traceback(cluster):
     """aiohttp answers 400 to a request it cannot parse, and logged an ERROR with a traceback;
     a client hanging up mid-body did too."""
