@@ -100,6 +100,8 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     # reach the owner as /users/explain (the user "explain") and /users/.. as / (another view)
     origin = URL.build(scheme=dest.scheme or "http", host=dest.host, port=dest.port)
     url = URL(str(origin) + request.raw_path, encoded=True)
+    if app.http_client.closed:  # this worker is stopping (the client closes before the web server)
+        return json_response({"error": "this worker is stopping; retry"}, status=503)
     headers = {ROUTED: "1"}
     if body is not None:
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")

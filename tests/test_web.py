@@ -363,3 +363,34 @@ def test_malformed_requests_log_one_line_not_a_traceback(cluster):
     assert "Traceback" not in log and "[ERROR]" not in log, log
     assert "bad request (Got more than 8190 bytes" in log and "bad request (Connection lost)" in log
     assert w.get("/health")[0] == 200
+
+
+def test_a_stopping_worker_answers_routed_requests_503_not_500(env, workers):
+    """While a worker stops, its HTTP client closes before its web server: a request it still took
+    for another worker's user raised "Session is closed", a 500 with a traceback."""
+    import threading
+
+    cli(env, "topics", "create")
+    w1, w2 = workers("w1"), workers("w2")
+    wait_for(lambda: owned(w1) and owned(w2) and owned(w1) | owned(w2) == {0, 1, 2, 3}, what="partitions split")
+    theirs = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u.encode(), 4) in owned(w2))
+    statuses: list = []
+    done = threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            try:
+                statuses.append(raw_request(w1, "GET", f"/users/{theirs}/explain")[0])
+            except OSError:  # the server is gone
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(statuses) > 50, what="requests flowing")
+    assert w1.stop() == 0
+    done.set()
+    for t in threads:
+        t.join(15)
+    assert 500 not in statuses and set(statuses) <= {404, 503}, sorted(set(statuses))
+    assert "Traceback" not in w1.log_path.read_text(errors="replace")
