@@ -23,6 +23,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from . import metrics, state
 from .alignment import RELEASE_EVERY, Aligner
 from .consumer import Consumer
+from .events import MAX_DEAD_LETTER_BYTES
 from .flush import Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
@@ -178,6 +179,7 @@ app = InterestApp(
     # own produce request
     producer_linger=settings.linger_ms / 1000,
     producer_max_batch_size=256 * 1024,  # a flush's changelog batches: fewer, larger produce requests
+    producer_max_request_size=MAX_DEAD_LETTER_BYTES,  # a dead letter of a huge key (stream_app.events)
     web_port=settings.web_port,
     web_bind=settings.web_host,
     canonical_url=settings.web_url,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .events import MAX_DEAD_LETTER_BYTES
 from .settings import InterestStreamError, Settings
 
 # Faust table names; their changelog topics are "<app id>-<name>-changelog". (Before the
@@ -34,7 +35,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs += [
         TopicSpec(settings.output_topic, p, dict(compact)),
         TopicSpec(settings.backfill_topic, p, dict(compact)),
-        TopicSpec(settings.dlq_topic, p, dict(retention)),
+        TopicSpec(settings.dlq_topic, p, retention | {"max.message.bytes": str(MAX_DEAD_LETTER_BYTES)}),
         TopicSpec(settings.control_topic, p, dict(retention)),
     ]
     specs += [

@@ -174,3 +174,21 @@ def test_worker_refuses_mismatched_partitions(env, tmp_path):
     assert proc.returncode != 0
     assert "input topics must have the same number of partitions" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_dead_letter_of_the_largest_key_the_broker_takes_is_delivered(env, workers):
+    """A dead letter holds its source key twice (Kafka key and key_b64): a 1 MB key makes a
+    2.3 MB dead letter. It once crashed the worker's producer (over Faust's 1,000,000-byte
+    requests), and the worker stopped again at every restart on the same message."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers()
+    key = b"k" * 1_000_000  # with its small value, just under the broker's default 1 MiB limit
+    after = event(2, "userK", "click", T0 + 1)
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], key, event(1, "userK", "click", T0))])
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"userK", after)])
+    dlq = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], expect=1)
+    assert [(r.key, orjson.loads(r.value)["reason"]) for r in dlq] == [(key, "key_mismatch")]
+    assert base64.b64decode(orjson.loads(dlq[0].value)["key_b64"]) == key
+    wait_until_counted(w, [after])
+    assert w.proc.poll() is None
