@@ -122,9 +122,14 @@ class InterestApp(faust.App):
                 "the tables must be co-partitioned with the input topics"
             )
         # vectors go to the output topic's partition of their key (record batches, stream_app.scoring)
-        out = (await loop.run_in_executor(None, partition_counts, settings, [settings.output_topic]))[settings.output_topic]
+        counts = await loop.run_in_executor(None, partition_counts, settings, [settings.output_topic, settings.dlq_topic])
+        out = counts[settings.output_topic]
         if out is None:
             raise TopicError(f"output topic {settings.output_topic} is missing; run `interest-stream topics create`")
+        # without it every dead letter would wait in Faust's producer buffer while the offsets of
+        # their messages are committed: lost at the next crash
+        if counts[settings.dlq_topic] is None:
+            raise TopicError(f"dead-letter topic {settings.dlq_topic} is missing; run `interest-stream topics create`")
         self.output_partitions = out
         # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it)
         from .local_state import rebuild_stale

@@ -176,6 +176,21 @@ def test_worker_refuses_mismatched_partitions(env, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_worker_refuses_a_missing_dead_letter_topic(env, workers):
+    """Without it, dead letters waited in Faust's producer buffer while the offsets of their
+    messages were committed (lost at the next crash)."""
+    from kafka.admin import KafkaAdminClient
+
+    cli(env, "topics", "create")
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    admin.delete_topics([topics(env)["dlq"]])
+    admin.close()
+    w = workers(start=False)
+    w.start(wait=False)
+    assert w.proc.wait(60) != 0
+    assert f"dead-letter topic {topics(env)['dlq']} is missing; run `interest-stream topics create`" in w.log(200)
+
+
 def test_a_dead_letter_of_the_largest_key_the_broker_takes_is_delivered(env, workers):
     """A dead letter holds its source key twice (Kafka key and key_b64): a 1 MB key makes a
     2.3 MB dead letter. It once crashed the worker's producer (over Faust's 1,000,000-byte
