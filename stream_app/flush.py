@@ -52,6 +52,7 @@ check each consequence):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from contextlib import contextmanager
@@ -61,6 +62,8 @@ from faust.types import TP
 
 from . import metrics
 from .state_cache import Flush
+
+log = logging.getLogger("interest_stream")
 
 FLUSH_CHUNK = 500  # users written between two yields to the event loop (heartbeats, web, other agents)
 
@@ -198,6 +201,12 @@ class Flusher:
             if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
                 store.set_persisted_offset(tp, fut.result().offset + n - 1)
 
+        def failed(fut) -> None:  # never silent: a restore from the changelog lacks these states
+            if not fut.cancelled() and fut.exception() is not None:
+                log.error("changelog write to %s failed: %r", tp, fut.exception())
+
+        for fut, _ in sent:
+            fut.add_done_callback(failed)
         last.add_done_callback(persisted)
         return nbytes
 

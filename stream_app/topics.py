@@ -14,6 +14,12 @@ from .settings import InterestStreamError, Settings
 # Faust table names; their changelog topics are "<app id>-<name>-changelog". (Before the
 # write-behind state there were also "pending" and "vectors"; their topics are no longer used.)
 TABLES = ("users",)
+# One changelog record holds a user's whole state: every event id within the window plus the
+# grace (stream_app.state), so a busy user's record outgrows the broker's default limit of about
+# 1 MB (5,000 events a day with 128-character ids and categories: 1.4 MB). The broker refused such
+# a record; the flush went on, the offsets were committed, and a restart restored the user
+# without those events. 16 MiB holds about 57,000 such events (200,000 with short ids).
+CHANGELOG_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class TopicError(InterestStreamError):
@@ -39,7 +45,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.control_topic, p, dict(retention)),
     ]
     specs += [
-        TopicSpec(f"{settings.app_id}-{t}-changelog", p, dict(compact)) for t in TABLES
+        TopicSpec(f"{settings.app_id}-{t}-changelog", p,
+                  compact | {"max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES)}) for t in TABLES
     ]
     return specs
 
