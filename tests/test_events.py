@@ -59,6 +59,16 @@ CASES = [
     ("key_mismatch", "click", b"u2", enc(CLICK)),
     ("topic_mismatch", "click", b"u1", enc(SEARCH)),
     ("future_ts", "click", b"u1", enc(with_(CLICK, ts=NOW + DAY + 1))),
+    # edges of a fuzzing pass: each is still one of the contract's reasons, never an exception
+    ("not_json", "click", b"u1", b"\xef\xbb\xbf" + enc(CLICK)),  # a BOM
+    ("not_json", "click", b"u1", b" \n\t"),
+    ("not_json", "click", b"u1", b"[" * 10_000 + b"]" * 10_000),  # orjson's depth limit, no recursion
+    ("not_json", "click", b"u1", enc(CLICK).replace(b"1000", b"NaN")),
+    ("not_object", "click", b"u1", b"null"),
+    ("bad_type", "click", b"u1", enc(with_(CLICK, ts=10**30))),  # past 64 bits orjson gives a float
+    ("future_ts", "click", b"u1", enc(with_(CLICK, ts=2**63))),
+    ("unknown_type", "click", b"u1", enc(with_(CLICK, type="Click"))),
+    ("too_long", "click", b"u" * 129, enc(with_(CLICK, user_id="u" * 129))),
 ]
 
 
