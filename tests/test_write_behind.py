@@ -185,17 +185,19 @@ def test_a_rebalance_flushes_the_cache_before_handing_partitions_over(env, worke
         wait_for(lambda w=w: counted(w, events + more), what="exact counts of the new events")
 
 
-def test_a_user_whose_state_outgrows_a_megabyte_is_restored(env, workers):
-    """Every id within the window plus the grace is in the user's one changelog record: 5,000
-    events with 128-character ids and categories make 1.4 MB. The broker once refused that
-    record (its default limit is about 1 MB) and a restore lacked the user."""
+def test_a_user_whose_state_outgrows_four_megabytes_is_restored(env, workers):
+    """Every id within the window plus the grace is in the user's one changelog record: 16,000
+    events of a day with 128-character ids and categories make a 4.6 MB record. The broker once
+    refused a record over its default limit of about 1 MB (5,000 such events made 1.4 MB), and a
+    restore lacked the user."""
     t = topics(env)
     cli(env, "topics", "create")
     w = workers(INTEREST_FLUSH_S="1")
-    events = [{"event_id": f"{i:0128d}", "user_id": "big", "type": "click", "ts": T0 + i * 10_000,
-               "item_id": "i" * 128, "category": f"{i % 7}" * 128} for i in range(5000)]
+    n = 16_000
+    events = [{"event_id": f"{i:0128d}", "user_id": "big", "type": "click", "ts": T0 + i * 5_000,
+               "item_id": "i" * 128, "category": f"{i % 7}" * 128} for i in range(n)]
     produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"big", e) for e in events])
-    wait_for(lambda: w.get("/users/big")[1].get("events") == 5000, what="5,000 events counted")
+    wait_for(lambda: w.get("/users/big")[1].get("events") == n, what="16,000 events counted", timeout=120)
     assert w.stop() == 0  # SIGTERM: the last flush, then the commit
     assert "changelog write" not in w.log(400)
     fresh = workers("fresh")  # an empty state directory: the state comes from the changelog
