@@ -140,6 +140,7 @@ class ParticleFilter:
         self.z0 = np.tile(user.logits, (n, 1))  # the logits before the first recorded step, per particle
         self._x0 = None  # from_prior's first draw of the interests, recorded at the first event
         self.move_stats: list[dict] = []
+        self._const_steps = {"x": 0.3, "tz": 0.5, "strength": 0.3}  # move_constants' step sizes, adapted
         self.n, self.intent, self.transitions = n, user.intent, user.transitions
         # constant about the user, per particle (known: all the user's; from_prior can draw them)
         self.rate_x = None  # the activity's normal draws, when drawn (constants == "prior")
@@ -500,7 +501,7 @@ class ParticleFilter:
             return np.where(pa["new"], np.log(np.maximum(dens, 1e-300)), 0.0).sum(1)
 
         lt = time_ll(self.rate, self.tz)
-        steps = getattr(self, "_const_steps", {"x": 0.3, "tz": 0.5, "strength": 0.3})
+        steps = self._const_steps
         rates = {k: [] for k in ("habit_changed", *steps)}
         for _ in range(iterations):
             by = sim_paths.loglik_by_habit(z, self.habit_boost(pa["t"]), *cat)  # (n, K): Gibbs on the habit
@@ -529,7 +530,6 @@ class ParticleFilter:
                 lc, lt = np.where(ok, lc2, lc), np.where(ok, lt2, lt)
                 rates[k].append(float(ok.mean()))
                 steps[k] *= 1.3 if rates[k][-1] > 0.35 else 0.7 if rates[k][-1] < 0.15 else 1.0
-        self._const_steps = steps
         self.move_stats.append({"constants": rates, "steps": pa["z"].shape[1]})
 
     def _move_base(self, path, xi, xr, z, ll, movable, since, sigma) -> tuple[float, float]:

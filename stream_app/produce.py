@@ -13,7 +13,7 @@ import orjson
 
 from interest_core.window import EVENT_TYPES  # one input topic per type (Settings.input_topics)
 
-from .settings import InterestStreamError, Settings
+from .settings import MAX_LONG, InterestStreamError, Settings
 
 
 class TooOldError(InterestStreamError):
@@ -93,9 +93,6 @@ def read_jsonl(path) -> Iterator[dict]:
         yield ev
 
 
-MAX_TS = 2**63 - 1  # a record timestamp is a signed 64-bit integer
-
-
 def check_log(path) -> tuple[int, int | None]:
     """Read a whole log before anything is sent: (events, smallest ts). Every event must be an
     object with what sending it needs (a user id for the key, a type naming its topic, a ts
@@ -112,7 +109,7 @@ def check_log(path) -> tuple[int, int | None]:
         if etype not in EVENT_TYPES:
             raise InterestStreamError(f"{path}:{line_no}: type must be one of {', '.join(EVENT_TYPES)}, "
                                       f"got {etype!r}")
-        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
+        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_LONG:  # a record timestamp: a LONG
             raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer (epoch ms), got {ts!r}")
         n += 1
         first = ts if first is None else min(first, ts)

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import cli
 from kafka_io import produce
+from stream_app.partitioning import partition_for
 from test_worker_ingest import event
 
 pytestmark = pytest.mark.kafka
@@ -18,7 +19,7 @@ def test_tail_of_a_topic_without_interest_vectors_is_a_one_line_error(env):
                                              (f"{prefix}events.dlq", b"u1", b"\x00not json")])
     for topic in ("events.click", "events.dlq"):
         out = cli(env, "tail", "--topic", prefix + topic, "--from-beginning", "--timeout", "10", check=False)
-        partition = out.stderr.split("[", 1)[1].split("]", 1)[0]
+        partition = partition_for(b"u1", int(env["INTEREST_PARTITIONS"]))
         assert out.returncode == 1
         assert out.stderr == (f"Error: {prefix}{topic}[{partition}]@0 is not an interest vector: tail reads interest "
                               f"topics ({prefix}user-interests, {prefix}user-interests.backfill or a replay's "
