@@ -208,6 +208,13 @@ interests_topic = app.topic(settings.output_topic, **RAW)
 # forget requests, co-partitioned with the table: the owner of the user gets them
 control = app.topic(settings.control_topic, **RAW)
 
+
+def send_letter(key: bytes | None, value: bytes):
+    """A dead letter into Faust's send buffer; returns its future (a FutureMessage, done once the
+    broker acknowledged it or sending failed)."""
+    return dlq.send_soon(key=key, value=value)
+
+
 users = app.Table(
     "users", partitions=settings.partitions, **TABLE_RAW,
     help="Per-user state: recent events, ids within window+grace, watermark, profile, last vector "
@@ -219,7 +226,8 @@ app.states = StateCache(int(settings.state_cache_mb * 2**20))
 app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
-                      consumer=lambda: app.consumer)
+                      consumer=lambda: app.consumer,
+                      send_letter=send_letter)
 app.models = ModelHolder(settings.model_dir, settings.ort_threads,
                          (settings.horizon_s, settings.max_events, settings.profile_retention_s))
 

@@ -37,7 +37,10 @@ check each consequence):
   the agent moves past it. The cache holds its message until its partition is flushed, then
   ``Message.ack(consumer)`` (what :meth:`faust.Event.ack` calls) makes its offset committable.
 * Faust commits an offset only when every offset before it in the partition is acknowledged
-  (``Consumer._new_offset``), and before committing it waits for the producer to deliver every
+  (``Consumer._new_offset``) provided the acknowledgements come in offset order, as a flush gives
+  them: its check for an unacknowledged head lets one message right after the last commit go
+  (``min(acked) - committed > 1``) and is skipped before any commit. Before committing it waits
+  for the producer to deliver every
   record sent so far (``Consumer._commit_offsets`` -> ``producer.flush()``, which drains Faust's
   send buffer and then the aiokafka producer's accumulator, where the flush's batches wait
   too). So an input offset is committed only after the changelog records
@@ -48,6 +51,18 @@ check each consequence):
   :class:`stream_app.app.InterestApp` flushes every partition first, so that wait ends and the new
   owner recovers the newest states from the changelog; then the cache forgets those partitions.
   At shutdown the app flushes before Faust stops its consumer (which commits what is acknowledged).
+* That wait does not cover Faust's own send buffer (``ProducerBuffer.flush_atmost`` gives up
+  after 0.1 s without a send, and the record its task is sending, waiting for the batch before it
+  to drain for example, is no longer in the buffer), nor a send that failed: Faust logs a warning.
+  So a dead letter (``Topic.send_soon``) could be lost while its input offset was committed. A
+  dead-lettered message is therefore acknowledged only by a flush that finds its dead letter's
+  future done without an error (:meth:`Flusher._settle_letters`); a failed one is sent again, and
+  until then its offset is the floor the worker's consumer does not commit past
+  (:meth:`stream_app.consumer.Consumer._new_offset`, :meth:`StateCache.letter_floor`), since the
+  messages after it are acknowledged. The last flush of a partition (rebalance, shutdown) waits
+  up to :data:`LETTER_WAIT_S`, then lets go of the undelivered ones unacknowledged, keeping their
+  floor until the partition is dropped: Faust's wait for acknowledgements tracks messages weakly,
+  so it does not wait for them, and the partition's next owner reads them again.
 """
 from __future__ import annotations
 
@@ -66,6 +81,7 @@ from .state_cache import Flush
 log = logging.getLogger("interest_stream")
 
 FLUSH_CHUNK = 500  # users written between two yields to the event loop (heartbeats, web, other agents)
+LETTER_WAIT_S = 5.0  # at a rebalance or shutdown, how long a flush waits for undelivered dead letters
 
 
 async def send_batches(producer, topic: str, partition: int, records, yield_every: int = FLUSH_CHUNK) -> list:
@@ -123,28 +139,31 @@ def due_partition(tick: int, partitions: int) -> int:
 
 class Flusher:
     """Writes a partition's changed users to ``table`` and then acknowledges its held events;
-    one flush at a time. ``producer`` gives the app's aiokafka producer, ``consumer`` Faust's."""
+    one flush at a time. ``producer`` gives the app's aiokafka producer, ``consumer`` Faust's;
+    ``send_letter(key, value)`` sends a dead letter again and returns the send's future."""
 
-    def __init__(self, table, cache, context_topic: str, producer, consumer, chunk: int = FLUSH_CHUNK):
+    def __init__(self, table, cache, context_topic: str, producer, consumer, send_letter=None,
+                 chunk: int = FLUSH_CHUNK):
         self.ticks = 0  # of the interval timer (flush_turn)
         self.table = table
         self.cache = cache
         self.context_topic = context_topic  # co-partitioned with the table
         self.producer = producer
         self.consumer = consumer
+        self.send_letter = send_letter
         self.chunk = chunk
         self.lock = asyncio.Lock()
         self.last = time.monotonic()
 
     async def flush(self, reason: str, partitions=None) -> int:
         """Flush ``partitions`` (default: every one with changes or held events); returns how many
-        table records were written."""
+        table records were written. The flush of a rebalance or shutdown is the partitions' last."""
         async with self.lock:
             t0 = time.perf_counter()
             todo = self.cache.partitions_to_flush() if partitions is None else sorted(partitions)
             records = 0
             for p in todo:
-                records += await self._flush_partition(p)
+                records += await self._flush_partition(p, last=reason in ("rebalance", "shutdown"))
             self.last = time.monotonic()
             if todo:
                 metrics.FLUSHES.labels(reason).inc()
@@ -162,7 +181,7 @@ class Flusher:
             return 0
         return await self.flush("interval", [p])
 
-    async def _flush_partition(self, p: int) -> int:
+    async def _flush_partition(self, p: int, last: bool = False) -> int:
         f = self.cache.take(p)
         if f.records:
             if hasattr(self.table.data, "_db_for_partition"):
@@ -174,7 +193,39 @@ class Flusher:
         consumer = self.consumer()
         for message in f.messages:  # their state changes are now in the producer ahead of any commit
             message.ack(consumer)
+        letters = self.cache.letters.get(p)
+        if letters:
+            await self._settle_letters(p, list(letters), consumer, last)
         return f.records
+
+    async def _settle_letters(self, p: int, letters: list, consumer, last: bool) -> None:
+        """Acknowledge the dead-lettered messages whose dead letters were delivered and send the
+        failed ones again; the rest wait for the partition's next flush. The ``last`` flush of a
+        partition (rebalance, shutdown) waits for them up to LETTER_WAIT_S and then lets go of the
+        messages unacknowledged (see the module docstring)."""
+        letters = [letter for letter in letters if letter.message is not None]  # not let go before
+        if last:
+            sending = [letter.sent for letter in letters if not letter.sent.done()]
+            if sending:
+                await asyncio.wait(sending, timeout=LETTER_WAIT_S)
+        delivered, undelivered = [], 0
+        for letter in letters:
+            sent = letter.sent
+            if sent.done() and not sent.cancelled() and sent.exception() is None:
+                letter.message.ack(consumer)
+                delivered.append(letter)
+            elif last:
+                letter.message = None  # its offset stays the floor until the partition is dropped
+                undelivered += 1
+            elif sent.done():  # failed (or cancelled): never silent, and never dropped
+                log.error("dead letter of %s[%d]@%d was not delivered (%r); sending it again", letter.topic, p,
+                          letter.offset, None if sent.cancelled() else sent.exception())
+                metrics.DEAD_LETTERS_RESENT.inc()
+                letter.sent = self.send_letter(letter.key, letter.value)
+        self.cache.release_letters(p, delivered)
+        if undelivered:
+            log.warning("partition %d: %d dead letter(s) not delivered in %g s; their input events stay "
+                        "uncommitted, to be read again", p, undelivered, LETTER_WAIT_S)
 
     async def _write_batches(self, f: Flush) -> int:
         """Record batches to the changelog partition, one RocksDB write batch, and the persisted

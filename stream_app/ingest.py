@@ -17,27 +17,29 @@ import time
 from faust.types import TP
 
 from . import core, metrics
-from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, dlq, inputs, lookup_key, now_ms, settings
+from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, inputs, lookup_key, now_ms, send_letter, settings
 from .events import dead_letter
+from .state_cache import Letter, message_bytes
 
 ALIGN_SWEEP_S = 0.1  # how often waiting messages are looked at again (topics caught up, waits over)
 
 
-def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
-    """One input message through validation and the user's state; returns its outcome."""
+def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> bytes | None:
+    """One input message through validation and the user's state; returns its dead letter when
+    it is rejected (for :func:`apply_released` to send), else None."""
     now = now_ms()
     result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS)
     if result.state is not None:
         app.states.put(partition, key, result.state)
         metrics.ACCEPTED.inc()
-    elif result.rejected is not None:
+        return None
+    if result.rejected is not None:
         metrics.DEAD_LETTER.inc()
         metrics.DEAD_LETTERS.labels(result.rejected.reason).inc()
-        dlq.send_soon(key=key, value=dead_letter(result.rejected, topic, partition, offset, key, value, now))
-    else:
-        metrics.DUPLICATE.inc()
-        metrics.DUPLICATES.inc()
-    return result.outcome
+        return dead_letter(result.rejected, topic, partition, offset, key, value, now)
+    metrics.DUPLICATE.inc()
+    metrics.DUPLICATES.inc()
+    return None
 
 
 class Received:
@@ -73,11 +75,17 @@ async def forget_received(sender, revoked, **kwargs) -> None:
 
 
 def apply_released(messages) -> None:
-    """Apply messages the aligner released, and hold each until its partition's flush."""
+    """Apply messages the aligner released, and hold each until its partition's flush (a
+    dead-lettered one until a flush finds its dead letter delivered)."""
     states = app.states
     for m in messages:
-        process(m.topic, m.partition, m.offset, m.key, m.value)
-        states.hold(m.partition, m, len(m.value or b"") + len(m.key or b""))  # acknowledged by the flush
+        letter = process(m.topic, m.partition, m.offset, m.key, m.value)
+        if letter is None:
+            states.hold(m.partition, m, message_bytes(m))  # acknowledged by the flush
+        else:
+            sent = send_letter(m.key, letter)
+            states.hold_letter(m.partition, Letter(m, m.topic, m.offset, m.key, letter, sent,
+                                                   message_bytes(m) + len(letter)))
 
 
 async def _respect_bound() -> None:

@@ -16,6 +16,10 @@ EVENTS = Counter(
 DEAD_LETTERS = Counter(
     "interest_dead_letters_total", "Dead letters by reason", ["reason"], registry=REGISTRY,
 )
+DEAD_LETTERS_RESENT = Counter(
+    "interest_dead_letters_resent_total", "Dead letters sent again because sending them failed",
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "interest_duplicates_total", "Events whose event_id was already in the user's window",
     registry=REGISTRY,

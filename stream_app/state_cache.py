@@ -10,6 +10,9 @@ hands it and acknowledges the events it held. Per partition of this worker it ke
   taken for a flush; ``None`` is a deletion waiting for its flush (forget, eviction);
 * ``held``: the input events applied since the partition's last flush, not acknowledged to Faust
   yet, so their offsets cannot be committed before the states they changed are in the changelog;
+* ``letters``: the dead-lettered input events (:class:`Letter`), each kept until a flush finds its
+  dead letter delivered and acknowledges it; the lowest offset of a topic's letters is the floor
+  its commits may not pass (:meth:`letter_floor`);
 * ``pending``: users with events newer than their last vector (the scoring work list), each with
   the sequence number of the moment it started waiting (a later event of a waiting user keeps
   it), so scoring can take the longest-waiting users first;
@@ -55,6 +58,24 @@ class Entry:
     dirty: bool = False
 
 
+@dataclass(slots=True)
+class Letter:
+    """A dead-lettered input message and its dead letter, sent and maybe not delivered yet."""
+
+    message: object | None  # the input message, to acknowledge once the dead letter is delivered
+    topic: str  # the input message's topic and offset
+    offset: int
+    key: bytes | None  # the dead letter's key and value, to send it again if sending failed
+    value: bytes
+    sent: object  # the send's future (Faust's FutureMessage): done once delivered or failed
+    size: int  # bytes of the input message's key and value and of the dead letter
+
+
+def message_bytes(message) -> int:
+    """Bytes of an input message's key and value."""
+    return len(message.value or b"") + len(message.key or b"")
+
+
 @dataclass
 class Flush:
     """What one partition's flush must write and then acknowledge."""
@@ -78,6 +99,8 @@ class StateCache:
         self.dirty: dict[int, dict[bytes, None]] = {}  # per partition, insertion-ordered set
         self.held: dict[int, list] = {}
         self.held_size: dict[int, int] = {}  # estimated bytes of each partition's held events
+        self.letters: dict[int, list[Letter]] = {}
+        self.letter_bytes = 0
         self.pending: dict[int, dict[bytes, int]] = {}  # key: when it started waiting (self._since)
         self._since = itertools.count()
         self.facts: dict[int, dict[bytes, tuple]] = {}
@@ -87,7 +110,7 @@ class StateCache:
     # -- reading ------------------------------------------------------------------------
     @property
     def held_bytes(self) -> int:
-        return sum(self.held_size.values())
+        return sum(self.held_size.values()) + self.letter_bytes
 
     @property
     def bytes(self) -> int:
@@ -171,9 +194,32 @@ class StateCache:
         self.held.setdefault(partition, []).append(message)
         self.held_size[partition] = self.held_size.get(partition, 0) + SIZE_EVENT + size
 
+    def hold_letter(self, partition: int, letter: Letter) -> None:
+        """A dead-lettered input message of ``partition``: kept until :meth:`release_letters`."""
+        self.letters.setdefault(partition, []).append(letter)
+        self.letter_bytes += SIZE_EVENT + letter.size
+
+    def release_letters(self, partition: int, letters) -> None:
+        """Forget ``letters`` of ``partition`` (acknowledged)."""
+        gone = {id(letter) for letter in letters}
+        mine = self.letters.get(partition, [])
+        kept = [letter for letter in mine if id(letter) not in gone]
+        self.letter_bytes -= sum(SIZE_EVENT + letter.size for letter in mine if id(letter) in gone)
+        if kept:
+            self.letters[partition] = kept
+        else:
+            self.letters.pop(partition, None)
+
+    def letter_floor(self, partition: int, topic: str) -> int | None:
+        """The lowest offset of ``topic``'s partition whose dead letter is not known delivered:
+        offsets from there on may not be committed. None when there is none."""
+        return min((letter.offset for letter in self.letters.get(partition, ()) if letter.topic == topic),
+                   default=None)
+
     # -- flushing -----------------------------------------------------------------------
     def partitions_to_flush(self) -> list[int]:
-        return sorted(p for p in set(self.dirty) | set(self.held) if self.dirty.get(p) or self.held.get(p))
+        return sorted(p for p in set(self.dirty) | set(self.held) | set(self.letters)
+                      if self.dirty.get(p) or self.held.get(p) or self.letters.get(p))
 
     def take(self, partition: int, dump=st.dump) -> Flush:
         """Everything the partition's flush writes (each changed user once, serialised now) and the
@@ -224,6 +270,7 @@ class StateCache:
             self.dirty.pop(p, None)
             self.held.pop(p, None)
             self.held_size.pop(p, None)
+            self.letter_bytes -= sum(SIZE_EVENT + letter.size for letter in self.letters.pop(p, ()))
             self.pending.pop(p, None)
             self.facts.pop(p, None)
 

@@ -1,7 +1,12 @@
-"""The interval flush's turns: one partition per tick, each partition once per INTEREST_FLUSH_S."""
+"""The interval flush's turns (one partition per tick, each partition once per INTEREST_FLUSH_S),
+and dead-lettered events acknowledged only once their dead letters are delivered."""
 import asyncio
+import logging
+import time
 
+from stream_app import flush
 from stream_app.flush import Flusher, due_partition
+from stream_app.state_cache import SIZE_EVENT, Letter, StateCache
 
 
 def test_each_partition_has_its_turn_once_per_round():
@@ -28,7 +33,7 @@ def test_a_tick_flushes_only_the_partition_whose_turn_it_is_and_only_when_it_cha
     flusher = Flusher(table=None, cache=cache, context_topic="t", producer=None, consumer=None)
     flushed = []
 
-    async def flush_partition(p):
+    async def flush_partition(p, last=False):
         flushed.append((flusher.ticks - 1, p))  # the tick it came at
         cache.changed.discard(p)
         return 3
@@ -44,3 +49,97 @@ def test_a_tick_flushes_only_the_partition_whose_turn_it_is_and_only_when_it_cha
     cache.changed = {0, 1, 2, 3, 4, 5}
     asyncio.run(ticks(3))  # the next round starts again at partition 0
     assert flushed[2:] == [(6, 0), (7, 1), (8, 2)]
+
+
+class Message:
+    def __init__(self, offset):
+        self.topic, self.partition, self.offset = "events.click", 2, offset
+        self.acked_by = None
+
+    def ack(self, consumer):
+        self.acked_by = consumer
+
+
+def letters_flusher():
+    """A flusher over a real cache, whose dead letters are sent again into ``resent``."""
+    cache = StateCache(10**9)
+    resent = []
+
+    def send_letter(key, value):
+        resent.append((key, value))
+        return asyncio.get_running_loop().create_future()
+
+    return Flusher(table=None, cache=cache, context_topic="t", producer=None, consumer=lambda: "consumer",
+                   send_letter=send_letter), cache, resent
+
+
+def hold_letters(cache, outcomes):
+    """One letter per outcome ('delivered', 'failed', 'sending'), at offsets 0, 1, 2, ..."""
+    letters = []
+    for offset, outcome in enumerate(outcomes):
+        sent = asyncio.get_running_loop().create_future()
+        if outcome == "delivered":
+            sent.set_result("record metadata")
+        elif outcome == "failed":
+            sent.set_exception(RuntimeError("UnknownTopicOrPartitionError"))
+        letters.append(Letter(Message(offset), "events.click", offset, b"k%d" % offset, b"letter %d" % offset,
+                              sent, 100))
+        cache.hold_letter(2, letters[-1])
+    return letters
+
+
+def test_a_dead_lettered_event_is_acknowledged_only_once_its_dead_letter_is_delivered(caplog):
+    flusher, cache, resent = letters_flusher()
+
+    async def run():
+        letters = hold_letters(cache, ["sending", "delivered", "failed"])
+        assert cache.partitions_to_flush() == [2]  # letters alone make a partition's flush due
+        assert cache.letter_floor(2, "events.click") == 0 and cache.letter_floor(2, "events.browse") is None
+        await flusher.flush("interval")
+        assert [m.message.acked_by for m in letters] == [None, "consumer", None]
+        assert resent == [(b"k2", b"letter 2")]  # the failed one, sent again
+        assert [m.offset for m in cache.letters[2]] == [0, 2]  # kept for the next flush
+        assert cache.bytes == 2 * (SIZE_EVENT + 100)
+        letters[0].sent.set_result("record metadata")
+        await flusher.flush("interval")
+        assert [m.message.acked_by for m in letters] == ["consumer", "consumer", None]
+        assert cache.letter_floor(2, "events.click") == 2  # the commits may go up to the resent one
+        letters[2].sent.set_result("record metadata")  # the second send went through
+        await flusher.flush("interval")
+        assert [m.message.acked_by for m in letters] == ["consumer"] * 3
+        assert cache.partitions_to_flush() == [] and cache.letter_floor(2, "events.click") is None
+        assert cache.bytes == 0 and resent == [(b"k2", b"letter 2")]
+
+    with caplog.at_level(logging.ERROR, logger="interest_stream"):
+        asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records] == [
+        "dead letter of events.click[2]@2 was not delivered "
+        "(RuntimeError('UnknownTopicOrPartitionError')); sending it again"]
+
+
+def test_the_last_flush_waits_for_dead_letters_then_lets_the_undelivered_go_keeping_their_floor(
+        monkeypatch, caplog):
+    """At a rebalance or shutdown: what is delivered within LETTER_WAIT_S is acknowledged; the
+    rest is let go unacknowledged (Faust does not wait for it, and it is not sent again), and its
+    offset stays the floor of the commits until the partition is dropped."""
+    monkeypatch.setattr(flush, "LETTER_WAIT_S", 0.2)
+    flusher, cache, resent = letters_flusher()
+
+    async def run():
+        letters = hold_letters(cache, ["delivered", "sending", "sending", "failed"])
+        asyncio.get_running_loop().call_later(0.05, letters[2].sent.set_result, "record metadata")
+        t0 = time.monotonic()
+        await flusher.flush("shutdown")
+        assert 0.19 < time.monotonic() - t0 < 1
+        acked = [letter.message.acked_by if letter.message else "let go" for letter in letters]
+        assert acked == ["consumer", "let go", "consumer", "let go"]
+        assert cache.letter_floor(2, "events.click") == 1
+        await flusher.flush("shutdown")  # nothing more happens to the ones let go
+        assert resent == [] and cache.letter_floor(2, "events.click") == 1
+        cache.drop_partitions({2})
+        assert cache.letter_floor(2, "events.click") is None and cache.bytes == 0
+
+    with caplog.at_level(logging.WARNING, logger="interest_stream"):
+        asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records] == [
+        "partition 2: 2 dead letter(s) not delivered in 0.2 s; their input events stay uncommitted, to be read again"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -202,3 +203,59 @@ def test_a_user_whose_state_outgrows_four_megabytes_is_restored(env, workers):
     assert "changelog write" not in w.log(400)
     fresh = workers("fresh")  # an empty state directory: the state comes from the changelog
     assert_users(fresh, events)
+
+
+def committed_at(env, topic: str, partition: int) -> int | None:
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
+    try:
+        return c.committed(TopicPartition(topic, partition))
+    finally:
+        c.close()
+
+
+def set_dlq_limit(env, max_bytes: int) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics(env)["dlq"],
+                                            configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        admin.close()
+
+
+def test_a_dead_letter_the_broker_refuses_keeps_its_event_uncommitted_until_it_is_delivered(env, workers):
+    """A DLQ topic with a smaller limit than its dead letters (one made before `topics create`
+    raised it): the broker refuses the dead letter. Its malformed event's offset must stay
+    uncommitted while the events after it are applied, through a shutdown too, and the dead letter
+    is sent again until the limit is raised. Before, the flush acknowledged the event whatever became
+    of its dead letter (the commit waits for the producer, not for the send to succeed): the offset
+    was committed and the dead letter lost, with a warning."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    set_dlq_limit(env, 2_000)
+    w = workers(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    p = partition_for(b"userD", PARTS)
+    first, last = event(1, "userD", "click", T0), event(3, "userD", "click", T0 + 2)
+    send(env, [first])
+    wait_for(lambda: committed_at(env, t["click"], p) == 1, what="the first event committed")
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"userD", b"{" + b"x" * 3_000)])  # offset 1
+    send(env, [last])  # offset 2
+    wait_for(lambda: counted(w, [first, last]), what="the events around the malformed one")
+    time.sleep(1)  # three flushes and commit intervals
+    assert committed_at(env, t["click"], p) == 1  # the malformed event's offset (it was 3)
+    wait_for(lambda: metric(w, "interest_dead_letters_resent_total") >= 2, what="the dead letter sent again")
+    assert f"dead letter of {t['click']}[{p}]@1 was not delivered (MessageSizeTooLargeError" in w.log(200)
+    assert w.stop() == 0  # SIGTERM: the last flush lets it go unacknowledged, and the commit stops before it
+    assert committed_at(env, t["click"], p) == 1
+    assert f"partition {p}: 1 dead letter(s) not delivered in 5 s;" in w.log(100)
+
+    w.start()  # reads it again, and the broker still refuses its dead letter
+    wait_for(lambda: metric(w, "interest_dead_letters_resent_total") >= 2, what="the dead letter sent again")
+    set_dlq_limit(env, 4 * 2**20)
+    wait_for(lambda: committed_at(env, t["click"], p) == 3, what="every offset committed once it is delivered")
+    dlq = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], expect=1)
+    assert [(r.key, orjson.loads(r.value)["reason"], orjson.loads(r.value)["offset"]) for r in dlq] == [
+        (b"userD", "not_json", 1)]
+    assert_users(w, [first, last])
