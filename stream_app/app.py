@@ -30,7 +30,7 @@ from .model_swap import ModelHolder
 from .partitioning import partition_for
 from .settings import Settings
 from .state_cache import StateCache
-from .topics import TopicError, check_input_topics, partition_counts
+from .topics import CHANGELOG_MAX_MESSAGE_BYTES, TopicError, check_input_topics, check_limits, partition_counts
 
 log = logging.getLogger("interest_stream")
 
@@ -131,6 +131,9 @@ class InterestApp(faust.App):
         if counts[settings.dlq_topic] is None:
             raise TopicError(f"dead-letter topic {settings.dlq_topic} is missing; run `interest-stream topics create`")
         self.output_partitions = out
+        # a deployment made before topics create raised them (the broker would refuse large records)
+        for warning in await loop.run_in_executor(None, check_limits, settings):
+            log.warning(warning)
         # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it)
         from .local_state import rebuild_stale
 
@@ -217,6 +220,8 @@ def send_letter(key: bytes | None, value: bytes):
 
 users = app.Table(
     "users", partitions=settings.partitions, **TABLE_RAW,
+    # when Faust creates the changelog (no `topics create`): the limit topics create gives it
+    extra_topic_configs={"max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES)},
     help="Per-user state: recent events, ids within window+grace, watermark, profile, last vector "
          "(written once per flush)",
 )

@@ -59,7 +59,8 @@ def admin(settings: Settings):
 
 def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
     """Create the topics of ``specs`` (default: every topic of the deployment) that do not exist
-    yet; returns name -> 'created' / 'exists'."""
+    yet, and raise the ``max.message.bytes`` of existing ones that are below their spec's (a
+    deployment made before the limit was raised); returns name -> 'created' / 'exists' / 'raised'."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -68,9 +69,12 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     client = admin(settings)
     try:
         existing = set(client.list_topics())
+        low = low_limits(client, [spec for spec in specs if spec.name in existing])
+        if low:
+            alter_limits(client, low)
         for spec in specs:
             if spec.name in existing:
-                result[spec.name] = "exists"
+                result[spec.name] = "raised" if spec.name in low else "exists"
                 continue
             try:
                 client.create_topics(
@@ -82,6 +86,49 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     finally:
         client.close()
     return result
+
+
+LIMIT = "max.message.bytes"
+
+
+def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
+    """Existing topics of ``specs`` whose ``max.message.bytes`` is below their spec's: name ->
+    (the topic's, the spec's)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    wanted = {spec.name: int(spec.config[LIMIT]) for spec in specs if LIMIT in spec.config}
+    if not wanted:
+        return {}
+    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={LIMIT: None})
+                                         for name in wanted], config_filter="all")
+    have = {name: int(described["topic"][name][LIMIT]["value"]) for name in wanted}
+    return {name: (have[name], want) for name, want in wanted.items() if have[name] < want}
+
+
+def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
+    """Set ``max.message.bytes`` of each topic of ``low`` to its spec's value (an incremental
+    change: the topic's other settings stay)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    results = client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={LIMIT: str(want)})
+                                    for name, (_, want) in low.items()], incremental=True)
+    failed = {name: result for name, result in results.get("topic", {}).items() if result != "OK"}
+    if failed:
+        raise TopicError("; ".join(f"cannot raise {LIMIT} of {name} to {low[name][1]}: {result}"
+                                   for name, result in failed.items()))
+
+
+def check_limits(settings: Settings) -> list[str]:
+    """A warning for each existing topic of the deployment whose ``max.message.bytes`` is below
+    what ``topics create`` gives it (records above it are refused by the broker)."""
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        low = low_limits(client, [spec for spec in topic_specs(settings) if spec.name in existing])
+    finally:
+        client.close()
+    return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "
+            "run `interest-stream topics create` to raise it" for name, (have, want) in low.items()]
 
 
 def partition_counts(settings: Settings, names) -> dict[str, int | None]:

@@ -46,3 +46,48 @@ def test_bad_setting_is_a_clear_error(env):
     assert proc.returncode != 0
     assert "INTEREST_PARTITIONS must be an integer, got 'six'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
+    """The DLQ and the changelog made before `topics create` raised their max.message.bytes keep
+    the broker's 1 MB, which refuses large dead letters and busy users' states: topics create
+    raises them, and leaves their other settings alone."""
+    from kafka.admin import NewTopic
+
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    dlq, changelog = f"{prefix}events.dlq", f"{prefix}interest-stream-users-changelog"
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(dlq, 6, 1, topic_configs={"retention.ms": "3600000"}),
+                             NewTopic(changelog, 6, 1, topic_configs={"cleanup.policy": "compact"})])
+        out = cli(env, "topics", "create").stdout.splitlines()
+        assert [line for line in out if not line.startswith("created")] == [
+            f"raised   {dlq}", f"raised   {changelog}"]
+
+        def config(topic, name):
+            res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+            return res["topic"][topic][name]["value"]
+
+        assert config(dlq, "max.message.bytes") == "4194304"
+        assert config(changelog, "max.message.bytes") == "16777216"
+        assert config(dlq, "retention.ms") == "3600000"  # kept: the change is incremental
+        assert config(changelog, "cleanup.policy") == "compact"
+        again = cli(env, "topics", "create").stdout.splitlines()
+        assert all(line.startswith("exists") for line in again)
+    finally:
+        admin.close()
+
+
+def test_a_limit_the_broker_will_not_raise_is_a_clear_error():
+    from stream_app.topics import TopicError, alter_limits
+
+    class Client:
+        def alter_configs(self, resources, incremental):
+            assert incremental and [(r.name, r.configs) for r in resources] == [
+                ("a", {"max.message.bytes": "4194304"}), ("b", {"max.message.bytes": "16777216"})]
+            return {"topic": {"a": "OK", "b": "[Error 29] TopicAuthorizationFailedError: denied"}}
+
+    with pytest.raises(TopicError) as err:
+        alter_limits(Client(), {"a": (1048588, 4194304), "b": (1048588, 16777216)})
+    assert str(err.value) == ("cannot raise max.message.bytes of b to 16777216: "
+                              "[Error 29] TopicAuthorizationFailedError: denied")

@@ -191,6 +191,29 @@ def test_worker_refuses_a_missing_dead_letter_topic(env, workers):
     assert f"dead-letter topic {topics(env)['dlq']} is missing; run `interest-stream topics create`" in w.log(200)
 
 
+def test_a_worker_warns_of_a_limit_below_its_records_and_a_changelog_faust_makes_gets_it(env, workers):
+    """A DLQ made before `topics create` raised its max.message.bytes: the worker (started with
+    `faust -A`, which runs no topics create) says so. A changelog that Faust creates itself gets
+    the limit topics create gives it (before, the broker's 1 MB)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    t = topics(env)
+    changelog = f"{env['INTEREST_TOPIC_PREFIX']}interest-stream-users-changelog"
+    cli(env, "topics", "create")
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.delete_topics([changelog])
+        wait_for(lambda: changelog not in admin.list_topics(), what="the changelog deleted")
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t["dlq"], configs={"max.message.bytes": "2000"})])
+        w = workers()
+        assert (f"[WARNING] topic {t['dlq']} has max.message.bytes=2000, below the 4194304 this worker's records "
+                "may need; run `interest-stream topics create` to raise it") in w.log(300)
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)], config_filter="all")
+        assert res["topic"][changelog]["max.message.bytes"]["value"] == "16777216"
+    finally:
+        admin.close()
+
+
 def test_a_dead_letter_of_the_largest_key_the_broker_takes_is_delivered(env, workers):
     """A dead letter holds its source key twice (Kafka key and key_b64): a 1 MB key makes a
     2.3 MB dead letter. It once crashed the worker's producer (over Faust's 1,000,000-byte
