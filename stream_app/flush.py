@@ -61,8 +61,11 @@ check each consequence):
   (:meth:`stream_app.consumer.Consumer._new_offset`, :meth:`StateCache.letter_floor`), since the
   messages after it are acknowledged. The last flush of a partition (rebalance, shutdown) waits
   up to :data:`LETTER_WAIT_S`, then lets go of the undelivered ones unacknowledged, keeping their
-  floor until the partition is dropped: Faust's wait for acknowledgements tracks messages weakly,
-  so it does not wait for them, and the partition's next owner reads them again.
+  floor until the partition is dropped, and the partition's next owner reads them again. Letting
+  go removes them from the messages Faust's wait for acknowledgements waits for
+  (``Consumer._unacked_messages``, a weak set): Faust's stream still refers to the last message
+  it delivered, so without that a rebalance whose last input message is such an event waited
+  for it forever.
 """
 from __future__ import annotations
 
@@ -208,21 +211,25 @@ class Flusher:
             sending = [letter.sent for letter in letters if not letter.sent.done()]
             if sending:
                 await asyncio.wait(sending, timeout=LETTER_WAIT_S)
-        delivered, undelivered = [], 0
+        delivered, failed, undelivered = [], [], 0
         for letter in letters:
             sent = letter.sent
             if sent.done() and not sent.cancelled() and sent.exception() is None:
                 letter.message.ack(consumer)
                 delivered.append(letter)
-            elif last:
-                letter.message = None  # its offset stays the floor until the partition is dropped
+            elif last:  # let go: Faust stops waiting for it; its offset stays the floor until the drop
+                consumer._unacked_messages.discard(letter.message)
+                letter.message = None
                 undelivered += 1
             elif sent.done():  # failed (or cancelled): never silent, and never dropped
-                log.error("dead letter of %s[%d]@%d was not delivered (%r); sending it again", letter.topic, p,
-                          letter.offset, None if sent.cancelled() else sent.exception())
-                metrics.DEAD_LETTERS_RESENT.inc()
+                failed.append((letter, None if sent.cancelled() else sent.exception()))
                 letter.sent = self.send_letter(letter.key, letter.value)
         self.cache.release_letters(p, delivered)
+        if failed:  # one line per flush of the partition, however many
+            (first, error), more = failed[0], len(failed) - 1
+            log.error("dead letter of %s[%d]@%d was not delivered (%r); sending it %sagain", first.topic, p,
+                      first.offset, error, f"and {more} more of the partition's " if more else "")
+            metrics.DEAD_LETTERS_RESENT.inc(len(failed))
         if undelivered:
             log.warning("partition %d: %d dead letter(s) not delivered in %g s; their input events stay "
                         "uncommitted, to be read again", p, undelivered, LETTER_WAIT_S)

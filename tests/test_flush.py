@@ -51,29 +51,38 @@ def test_a_tick_flushes_only_the_partition_whose_turn_it_is_and_only_when_it_cha
     assert flushed[2:] == [(6, 0), (7, 1), (8, 2)]
 
 
+class Consumer:
+    """Faust's consumer as the flush sees it: the messages it waits for at a rebalance."""
+
+    def __init__(self):
+        self._unacked_messages = set()
+
+
 class Message:
     def __init__(self, offset):
         self.topic, self.partition, self.offset = "events.click", 2, offset
         self.acked_by = None
 
     def ack(self, consumer):
-        self.acked_by = consumer
+        self.acked_by = "consumer"
+        consumer._unacked_messages.discard(self)
 
 
 def letters_flusher():
     """A flusher over a real cache, whose dead letters are sent again into ``resent``."""
     cache = StateCache(10**9)
     resent = []
+    consumer = Consumer()
 
     def send_letter(key, value):
         resent.append((key, value))
         return asyncio.get_running_loop().create_future()
 
-    return Flusher(table=None, cache=cache, context_topic="t", producer=None, consumer=lambda: "consumer",
-                   send_letter=send_letter), cache, resent
+    return Flusher(table=None, cache=cache, context_topic="t", producer=None, consumer=lambda: consumer,
+                   send_letter=send_letter), cache, resent, consumer
 
 
-def hold_letters(cache, outcomes):
+def hold_letters(cache, consumer, outcomes):
     """One letter per outcome ('delivered', 'failed', 'sending'), at offsets 0, 1, 2, ..."""
     letters = []
     for offset, outcome in enumerate(outcomes):
@@ -84,37 +93,39 @@ def hold_letters(cache, outcomes):
             sent.set_exception(RuntimeError("UnknownTopicOrPartitionError"))
         letters.append(Letter(Message(offset), "events.click", offset, b"k%d" % offset, b"letter %d" % offset,
                               sent, 100))
+        consumer._unacked_messages.add(letters[-1].message)
         cache.hold_letter(2, letters[-1])
     return letters
 
 
 def test_a_dead_lettered_event_is_acknowledged_only_once_its_dead_letter_is_delivered(caplog):
-    flusher, cache, resent = letters_flusher()
+    flusher, cache, resent, consumer = letters_flusher()
 
     async def run():
-        letters = hold_letters(cache, ["sending", "delivered", "failed"])
+        letters = hold_letters(cache, consumer, ["sending", "delivered", "failed", "failed"])
         assert cache.partitions_to_flush() == [2]  # letters alone make a partition's flush due
         assert cache.letter_floor(2, "events.click") == 0 and cache.letter_floor(2, "events.browse") is None
         await flusher.flush("interval")
-        assert [m.message.acked_by for m in letters] == [None, "consumer", None]
-        assert resent == [(b"k2", b"letter 2")]  # the failed one, sent again
-        assert [m.offset for m in cache.letters[2]] == [0, 2]  # kept for the next flush
-        assert cache.bytes == 2 * (SIZE_EVENT + 100)
+        assert [m.message.acked_by for m in letters] == [None, "consumer", None, None]
+        assert resent == [(b"k2", b"letter 2"), (b"k3", b"letter 3")]  # the failed ones, sent again
+        assert [m.offset for m in cache.letters[2]] == [0, 2, 3]  # kept for the next flush
+        assert cache.bytes == 3 * (SIZE_EVENT + 100)
         letters[0].sent.set_result("record metadata")
         await flusher.flush("interval")
-        assert [m.message.acked_by for m in letters] == ["consumer", "consumer", None]
+        assert [m.message.acked_by for m in letters] == ["consumer", "consumer", None, None]
         assert cache.letter_floor(2, "events.click") == 2  # the commits may go up to the resent one
-        letters[2].sent.set_result("record metadata")  # the second send went through
+        letters[2].sent.set_result("record metadata")  # the second sends went through
+        letters[3].sent.set_result("record metadata")
         await flusher.flush("interval")
-        assert [m.message.acked_by for m in letters] == ["consumer"] * 3
+        assert [m.message.acked_by for m in letters] == ["consumer"] * 4
         assert cache.partitions_to_flush() == [] and cache.letter_floor(2, "events.click") is None
-        assert cache.bytes == 0 and resent == [(b"k2", b"letter 2")]
+        assert cache.bytes == 0 and len(resent) == 2
 
     with caplog.at_level(logging.ERROR, logger="interest_stream"):
         asyncio.run(run())
     assert [r.getMessage() for r in caplog.records] == [
         "dead letter of events.click[2]@2 was not delivered "
-        "(RuntimeError('UnknownTopicOrPartitionError')); sending it again"]
+        "(RuntimeError('UnknownTopicOrPartitionError')); sending it and 1 more of the partition's again"]
 
 
 def test_the_last_flush_waits_for_dead_letters_then_lets_the_undelivered_go_keeping_their_floor(
@@ -123,16 +134,18 @@ def test_the_last_flush_waits_for_dead_letters_then_lets_the_undelivered_go_keep
     rest is let go unacknowledged (Faust does not wait for it, and it is not sent again), and its
     offset stays the floor of the commits until the partition is dropped."""
     monkeypatch.setattr(flush, "LETTER_WAIT_S", 0.2)
-    flusher, cache, resent = letters_flusher()
+    flusher, cache, resent, consumer = letters_flusher()
 
     async def run():
-        letters = hold_letters(cache, ["delivered", "sending", "sending", "failed"])
+        letters = hold_letters(cache, consumer, ["delivered", "sending", "sending", "failed"])
         asyncio.get_running_loop().call_later(0.05, letters[2].sent.set_result, "record metadata")
+        messages = [letter.message for letter in letters]
         t0 = time.monotonic()
         await flusher.flush("shutdown")
         assert 0.19 < time.monotonic() - t0 < 1
-        acked = [letter.message.acked_by if letter.message else "let go" for letter in letters]
-        assert acked == ["consumer", "let go", "consumer", "let go"]
+        assert [m.acked_by for m in messages] == ["consumer", None, "consumer", None]
+        assert [letter.message for letter in letters] == [messages[0], None, messages[2], None]  # let go
+        assert consumer._unacked_messages == set()  # a rebalance does not wait for the ones let go
         assert cache.letter_floor(2, "events.click") == 1
         await flusher.flush("shutdown")  # nothing more happens to the ones let go
         assert resent == [] and cache.letter_floor(2, "events.click") == 1

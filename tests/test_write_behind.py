@@ -259,3 +259,35 @@ def test_a_dead_letter_the_broker_refuses_keeps_its_event_uncommitted_until_it_i
     assert [(r.key, orjson.loads(r.value)["reason"], orjson.loads(r.value)["offset"]) for r in dlq] == [
         (b"userD", "not_json", 1)]
     assert_users(w, [first, last])
+
+
+def test_a_rebalance_hands_over_a_partition_whose_last_event_waits_for_its_dead_letter(env, workers):
+    """The agent's last event is a dead-lettered one the broker refuses: a second worker's arrival
+    must not wait for it (Faust waits at a rebalance until every message it tracks is acknowledged
+    or gone, and its stream still refers to the last one), its offset stays uncommitted, and the
+    partition's owner delivers the dead letter once the broker takes it. Before, the first worker's
+    rebalance still waited for it a minute later."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    set_dlq_limit(env, 2_000)
+    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    w1 = workers("w1", **fast)
+    p = partition_for(b"userD", PARTS)
+    first = event(1, "userD", "click", T0)
+    send(env, [first])
+    wait_for(lambda: committed_at(env, t["click"], p) == 1, what="the first event committed")
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"userD", b"{" + b"x" * 3_000)])  # offset 1, the last
+    wait_for(lambda: metric(w1, "interest_dead_letters_resent_total") >= 2, what="the dead letter sent again")
+    w2 = workers("w2", **fast)
+
+    def split():
+        parts = [set(w.get("/health")[1].get("partitions", [])) for w in (w1, w2)]
+        return parts[0] and parts[1] and parts[0] | parts[1] == set(range(PARTS))
+    wait_for(lambda: w1.log(5000).count("Joined group") >= 2, timeout=30, what="the first worker in the new generation")
+    wait_for(split, timeout=30, what="partitions split between the workers")
+    assert "wait_empty: Waiting for tasks" not in w1.log(5000)
+    assert committed_at(env, t["click"], p) == 1
+    set_dlq_limit(env, 4 * 2**20)
+    wait_for(lambda: committed_at(env, t["click"], p) == 2, what="the offset committed once it is delivered")
+    dlq = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], expect=1)
+    assert {(r.key, orjson.loads(r.value)["offset"]) for r in dlq} == {(b"userD", 1)}
