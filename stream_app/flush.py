@@ -166,7 +166,7 @@ class Flusher:
             todo = self.cache.partitions_to_flush() if partitions is None else sorted(partitions)
             records = 0
             for p in todo:
-                records += await self._flush_partition(p, last=reason in ("rebalance", "shutdown"))
+                records += await self._flush_partition(p, reason)
             self.last = time.monotonic()
             if todo:
                 metrics.FLUSHES.labels(reason).inc()
@@ -184,7 +184,7 @@ class Flusher:
             return 0
         return await self.flush("interval", [p])
 
-    async def _flush_partition(self, p: int, last: bool = False) -> int:
+    async def _flush_partition(self, p: int, reason: str = "interval") -> int:
         f = self.cache.take(p)
         if f.records:
             if hasattr(self.table.data, "_db_for_partition"):
@@ -198,14 +198,16 @@ class Flusher:
             message.ack(consumer)
         letters = self.cache.letters.get(p)
         if letters:
-            await self._settle_letters(p, list(letters), consumer, last)
+            await self._settle_letters(p, list(letters), consumer, reason)
         return f.records
 
-    async def _settle_letters(self, p: int, letters: list, consumer, last: bool) -> None:
-        """Acknowledge the dead-lettered messages whose dead letters were delivered and send the
-        failed ones again; the rest wait for the partition's next flush. The ``last`` flush of a
+    async def _settle_letters(self, p: int, letters: list, consumer, reason: str) -> None:
+        """Acknowledge the dead-lettered messages whose dead letters were delivered; the interval
+        flush also sends the failed ones again (once per INTEREST_FLUSH_S, not at every flush a full
+        cache asks for). The rest wait for the partition's next flush. The last flush of a
         partition (rebalance, shutdown) waits for them up to LETTER_WAIT_S and then lets go of the
         messages unacknowledged (see the module docstring)."""
+        last = reason in ("rebalance", "shutdown")
         letters = [letter for letter in letters if letter.message is not None]  # not let go before
         if last:
             sending = [letter.sent for letter in letters if not letter.sent.done()]
@@ -221,7 +223,7 @@ class Flusher:
                 consumer._unacked_messages.discard(letter.message)
                 letter.message = None
                 undelivered += 1
-            elif sent.done():  # failed (or cancelled): never silent, and never dropped
+            elif sent.done() and reason == "interval":  # failed (or cancelled): never silent, never dropped
                 failed.append((letter, None if sent.cancelled() else sent.exception()))
                 letter.sent = self.send_letter(letter.key, letter.value)
         self.cache.release_letters(p, delivered)

@@ -9,8 +9,8 @@ from stream_app.app import app
 _flush_partition = app.flusher._flush_partition
 
 
-async def _slow_flush_partition(p: int, last: bool = False) -> int:
-    n = await _flush_partition(p, last)
+async def _slow_flush_partition(p: int, reason: str = "interval") -> int:
+    n = await _flush_partition(p, reason)
     if n:
         await asyncio.sleep(float(os.environ.get("SLOW_FLUSH_PAUSE_S", "1")))
     return n

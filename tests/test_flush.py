@@ -33,7 +33,7 @@ def test_a_tick_flushes_only_the_partition_whose_turn_it_is_and_only_when_it_cha
     flusher = Flusher(table=None, cache=cache, context_topic="t", producer=None, consumer=None)
     flushed = []
 
-    async def flush_partition(p, last=False):
+    async def flush_partition(p, reason):
         flushed.append((flusher.ticks - 1, p))  # the tick it came at
         cache.changed.discard(p)
         return 3
@@ -105,6 +105,9 @@ def test_a_dead_lettered_event_is_acknowledged_only_once_its_dead_letter_is_deli
         letters = hold_letters(cache, consumer, ["sending", "delivered", "failed", "failed"])
         assert cache.partitions_to_flush() == [2]  # letters alone make a partition's flush due
         assert cache.letter_floor(2, "events.click") == 0 and cache.letter_floor(2, "events.browse") is None
+        await flusher.flush("cache_full")
+        assert [m.message.acked_by for m in letters] == [None, "consumer", None, None]
+        assert resent == []  # only the interval flush sends again
         await flusher.flush("interval")
         assert [m.message.acked_by for m in letters] == [None, "consumer", None, None]
         assert resent == [(b"k2", b"letter 2"), (b"k3", b"letter 3")]  # the failed ones, sent again
