@@ -35,6 +35,10 @@ COMPACTED = Counter(
 SCORE_BATCHES = Counter(
     "interest_scoring_batches_total", "ONNX Runtime batches run", registry=REGISTRY,
 )
+VECTORS_FAILED = Counter(
+    "interest_vectors_failed_total", "Vectors the output topic did not take (their users are scored again)",
+    registry=REGISTRY,
+)
 SCORED_USERS = Counter(
     "interest_scored_users_total", "Interest vectors published", registry=REGISTRY,
 )

@@ -17,6 +17,9 @@ takes the users who started waiting while it ran (again, until none are left or 
 run for an interval), so an event ingested during a pass, typically the lagged ones, does not
 wait for the next. A user whose event came while its vector was being computed starts waiting
 again when that vector is published (``StateCache.scored``), so the same pass takes it again.
+A batch of vectors the output topic does not take (the broker refuses it, or gives up) is logged
+as an error and its users are pending again (:func:`on_vectors_sent`): the next pass scores them
+and publishes their newest vectors, instead of leaving them without one until their next event.
 A newly assigned partition is scanned once (every state decoded once) to find them and to learn
 every user's idle facts (:mod:`stream_app.idle`).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -161,10 +165,32 @@ async def publish(running, model, generation: int) -> int:
         app.states.scored(where[key], key, st)  # the vector reaches the table with the next flush
     producer = app.producer._ensure_producer()
     for p, records in by_partition.items():
-        await send_batches(producer, settings.output_topic, p, records)
+        sent = await send_batches(producer, settings.output_topic, p, records)
+        first = 0
+        for fut, n in sent:
+            keys = [key for key, _ in records[first:first + n]]
+            fut.add_done_callback(partial(on_vectors_sent, p, {k: where[k] for k in keys}, generation))
+            first += n
     n = sum(len(r) for r in by_partition.values())
     metrics.SCORED_USERS.inc(n)
     return n
+
+
+def on_vectors_sent(out_partition: int, where: dict[bytes, int], generation: int, fut) -> None:
+    """A batch of vectors acknowledged, or not: then never silent, and its users (``where``: key ->
+    input partition) are pending again, unless their partitions were handed over meanwhile."""
+    if fut.cancelled() or fut.exception() is None:
+        return
+    metrics.VECTORS_FAILED.inc(len(where))
+    log.error("%d vectors to %s[%d] were not delivered (%r); their users are scored again", len(where),
+              settings.output_topic, out_partition, fut.exception())
+    if app.consumer_generation_id != generation:
+        return
+    for key, p in where.items():
+        st = lookup(p, key)
+        if st is not None and not state.is_pending(st):
+            state.unpublished(st)
+            app.states.put(p, key, st)
 
 
 # Passes start every INTEREST_SCORE_INTERVAL_S on a fixed schedule (:mod:`stream_app.cadence`):

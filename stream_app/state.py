@@ -227,6 +227,12 @@ def record_vector(state: dict, vector: dict, seq: int) -> None:
     state["out"], state["scored"] = vector, seq
 
 
+def unpublished(state: dict) -> None:
+    """Its last vector did not reach the output topic: the user is pending again (the next
+    vector's drift is still against that one, the last the worker computed)."""
+    state["scored"] = -1
+
+
 def idle_facts(state: dict) -> tuple[int, int, bool]:
     """What idle eviction needs of a state, kept for every user of a partition without
     decoding it again: (newest ts, worker clock when last accepted, whether it has rows)."""

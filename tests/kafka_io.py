@@ -24,6 +24,17 @@ def produce(bootstrap: str, records, record_ts_offset_ms: int = 0) -> None:
     p.close()
 
 
+def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
+    """Change a topic's ``max.message.bytes`` (as an operator's kafka-configs would)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        admin.close()
+
+
 def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30) -> list:
     """Every record of ``topic`` from the beginning (waits until ``expect`` arrived)."""
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",

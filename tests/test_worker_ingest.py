@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from conftest import cli, wait_for
-from kafka_io import produce, read_all
+from kafka_io import produce, read_all, set_max_message_bytes
 
 pytestmark = pytest.mark.kafka
 
@@ -204,7 +204,7 @@ def test_a_worker_warns_of_a_limit_below_its_records_and_a_changelog_faust_makes
     try:
         admin.delete_topics([changelog])
         wait_for(lambda: changelog not in admin.list_topics(), what="the changelog deleted")
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t["dlq"], configs={"max.message.bytes": "2000"})])
+        set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], 2000)
         w = workers()
         assert (f"[WARNING] topic {t['dlq']} has max.message.bytes=2000, below the 4194304 this worker's records "
                 "may need; run `interest-stream topics create` to raise it") in w.log(300)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from conftest import cli, metric_values, wait_for
-from kafka_io import produce, read_all
+from kafka_io import produce, read_all, set_max_message_bytes
 from interest_core.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
 from stream_app.model_runtime import LoadedModel
 from stream_app.vectors import js_divergence
@@ -97,6 +97,28 @@ def test_vectors_are_contract_exact_with_drift(env, workers, tiny_model_dir):
     value = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line and line[0] != "#"}
     assert value["interest_scored_users_total"] == 7  # one per vector published above
     assert value["interest_scoring_batches_total"] >= 2
+
+
+def test_vectors_the_output_topic_refuses_are_published_once_it_takes_them(env, workers, tiny_model_dir):
+    """The output topic refuses every record batch (max.message.bytes of 200): the worker logs it
+    and its users are pending again, so once the topic takes records their vectors come without a
+    new event. Before, the failure was silent and the users went without a vector until their next
+    event."""
+    model = LoadedModel.load(tiny_model_dir)
+    topic = f"{env['INTEREST_TOPIC_PREFIX']}user-interests"
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], topic, 200)
+    w = workers(INTEREST_SCORE_INTERVAL_S="0.5")
+    users = {f"r{i}": user_events(f"r{i}", 4, 0, ["sports", "tech"]) for i in range(2)}
+    send(env, [e for evs in users.values() for e in evs])
+    wait_for(lambda: sum(metric_values(w, "interest_vectors_failed_total")) >= 4, what="vectors refused twice")
+    assert f"were not delivered (MessageSizeTooLargeError()); their users are scored again" in w.log(200)
+    assert vectors_by_user(env, expect=1, timeout=2) == {}
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], topic, 1_048_588)
+    got = vectors_by_user(env, expect=2)
+    assert set(got) == set(users)
+    for u, evs in users.items():
+        check_vector(got[u][-1], model, u, evs)
 
 
 def test_a_model_with_an_item_lift_publishes_the_graph_plus_the_lift(env, workers, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from conftest import ROOT, cli, metric_values, wait_for
-from kafka_io import produce, read_all
+from kafka_io import produce, read_all, set_max_message_bytes
 from stream_app import state
 from stream_app.partitioning import partition_for
 from test_worker_ingest import T0, assert_users, event, topics
@@ -215,14 +215,7 @@ def committed_at(env, topic: str, partition: int) -> int | None:
 
 
 def set_dlq_limit(env, max_bytes: int) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
-    try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics(env)["dlq"],
-                                            configs={"max.message.bytes": str(max_bytes)})])
-    finally:
-        admin.close()
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], topics(env)["dlq"], max_bytes)
 
 
 def test_a_dead_letter_the_broker_refuses_keeps_its_event_uncommitted_until_it_is_delivered(env, workers):
