@@ -36,16 +36,20 @@ check each consequence):
 * The ingest agent iterates ``stream.noack()``: Faust does not acknowledge an input event when
   the agent moves past it. The cache holds its message until its partition is flushed, then
   ``Message.ack(consumer)`` (what :meth:`faust.Event.ack` calls) makes its offset committable.
+  The flush acknowledges only once the broker has taken every changelog batch it sent
+  (:func:`changelog_error`; with a store written through Faust's table API, ``memory://``, it
+  does not see the broker's answer): Faust's commit waits for the producer to have sent what it was given
+  (``Consumer._commit_offsets`` -> ``producer.flush()``), whether or not the broker took it. If
+  the broker refused a batch, the flush's users are written again by the next flush and its events
+  held until then (``StateCache.unwritten``); the last flush of a partition lets them go
+  unacknowledged instead, as it does undelivered dead letters (below).
 * Faust commits an offset only when every offset before it in the partition is acknowledged
   (``Consumer._new_offset``) provided the acknowledgements come in offset order, as a flush gives
   them: its check for an unacknowledged head lets one message right after the last commit go
-  (``min(acked) - committed > 1``) and is skipped before any commit. Before committing it waits
-  for the producer to deliver every
-  record sent so far (``Consumer._commit_offsets`` -> ``producer.flush()``, which drains Faust's
-  send buffer and then the aiokafka producer's accumulator, where the flush's batches wait
-  too). So an input offset is committed only after the changelog records
-  of every state change it caused: a crash before that redelivers the event, and the restored
-  state either lacks it (it is applied) or has it (its ``event_id`` marks it a duplicate).
+  (``min(acked) - committed > 1``) and is skipped before any commit. So an input offset is
+  committed only after the changelog records of every state change it caused: a crash before
+  that redelivers the event, and the restored state either lacks it (it is applied) or has it
+  (its ``event_id`` marks it a duplicate).
 * At a rebalance Faust revokes every partition (eager protocol) and, before handing them over,
   waits for its streams' unacknowledged events (``stream_wait_empty``) and flushes the producer:
   :class:`stream_app.app.InterestApp` flushes every partition first, so that wait ends and the new
@@ -74,11 +78,13 @@ import logging
 import time
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 
 from faust.streams import _current_event  # what faust.streams.current_event() reads
 from faust.types import TP
 
 from . import metrics
+from .local_state import unwritten_marker
 from .state_cache import Flush
 
 log = logging.getLogger("interest_stream")
@@ -102,6 +108,12 @@ async def send_batches(producer, topic: str, partition: int, records, yield_ever
             await asyncio.sleep(0)
     sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
     return sent
+
+
+async def changelog_error(sent: list) -> BaseException | None:
+    """Wait for the broker's answer to each ``(future, records)`` batch; the first error, if any."""
+    results = await asyncio.gather(*(fut for fut, _ in sent), return_exceptions=True)
+    return next((r for r in results if isinstance(r, BaseException)), None)
 
 
 class _Message:
@@ -154,6 +166,7 @@ class Flusher:
         self.producer = producer
         self.consumer = consumer
         self.send_letter = send_letter
+        self.unwritten: set[int] = set()  # partitions whose last changelog write failed
         self.chunk = chunk
         self.lock = asyncio.Lock()
         self.last = time.monotonic()
@@ -186,37 +199,67 @@ class Flusher:
 
     async def _flush_partition(self, p: int, reason: str = "interval") -> int:
         f = self.cache.take(p)
+        error = None
         if f.records:
             if hasattr(self.table.data, "_db_for_partition"):
-                nbytes = await self._write_batches(f)
+                nbytes, sent = await self._write_batches(f)
+                error = await changelog_error(sent)  # the broker's answer to every batch
             else:
                 nbytes = await self._write_through_table(f)
             metrics.CHANGELOG_RECORDS.inc(f.records)
             metrics.CHANGELOG_BYTES.inc(nbytes)
         consumer = self.consumer()
-        for message in f.messages:  # their state changes are now in the producer ahead of any commit
-            message.ack(consumer)
+        if error is None:
+            for message in f.messages:  # their state changes are in the changelog
+                message.ack(consumer)
+            if p in self.unwritten and f.records:
+                self.unwritten.discard(p)
+                unwritten_marker(Path(self.table.data.partition_path(p))).unlink(missing_ok=True)
+        else:
+            self._unwritten(f, error, consumer, reason)
         letters = self.cache.letters.get(p)
         if letters:
-            await self._settle_letters(p, list(letters), consumer, reason)
+            await self._settle_letters(p, list(letters), consumer, reason, acknowledge=error is None)
         return f.records
 
-    async def _settle_letters(self, p: int, letters: list, consumer, reason: str) -> None:
+    def _unwritten(self, f: Flush, error: BaseException, consumer, reason: str) -> None:
+        """A flush whose changelog records the broker did not take: its events stay
+        unacknowledged. Its users are written again by the partition's next flush, its events held
+        until then; the last flush of a partition (rebalance, shutdown) lets them go instead, to be
+        read again by its next owner (see the module docstring)."""
+        metrics.CHANGELOG_FAILED.inc()
+        topic = self.table.changelog_topic.get_topic_name()
+        # RocksDB holds what the changelog lacks: rebuilt at the next start unless a flush succeeds first
+        unwritten_marker(Path(self.table.data.partition_path(f.partition))).touch()
+        self.unwritten.add(f.partition)
+        if reason in ("rebalance", "shutdown"):
+            for message in f.messages:
+                consumer._unacked_messages.discard(message)
+            log.error("changelog write to %s[%d] failed (%r) at the %s: its %d events stay uncommitted, to be read "
+                      "again", topic, f.partition, error, reason, len(f.messages))
+            return
+        self.cache.unwritten(f)
+        log.error("changelog write to %s[%d] failed (%r): its %d users are written again at the next flush, its %d "
+                  "events uncommitted until then", topic, f.partition, error, f.records, len(f.messages))
+
+    async def _settle_letters(self, p: int, letters: list, consumer, reason: str, acknowledge: bool = True) -> None:
         """Acknowledge the dead-lettered messages whose dead letters were delivered; the interval
         flush also sends the failed ones again (once per INTEREST_FLUSH_S, not at every flush a full
         cache asks for). The rest wait for the partition's next flush. The last flush of a
         partition (rebalance, shutdown) waits for them up to LETTER_WAIT_S and then lets go of the
-        messages unacknowledged (see the module docstring)."""
+        messages unacknowledged (see the module docstring). A flush whose changelog write failed
+        acknowledges none (``acknowledge`` False): earlier events of their topics are held again,
+        and Faust must not see a later offset acknowledged before them."""
         last = reason in ("rebalance", "shutdown")
         letters = [letter for letter in letters if letter.message is not None]  # not let go before
-        if last:
+        if last and acknowledge:
             sending = [letter.sent for letter in letters if not letter.sent.done()]
             if sending:
                 await asyncio.wait(sending, timeout=LETTER_WAIT_S)
         delivered, failed, undelivered = [], [], 0
         for letter in letters:
             sent = letter.sent
-            if sent.done() and not sent.cancelled() and sent.exception() is None:
+            if acknowledge and sent.done() and not sent.cancelled() and sent.exception() is None:
                 letter.message.ack(consumer)
                 delivered.append(letter)
             elif last:  # let go: Faust stops waiting for it; its offset stays the floor until the drop
@@ -236,9 +279,10 @@ class Flusher:
             log.warning("partition %d: %d dead letter(s) not delivered in %g s; their input events stay "
                         "uncommitted, to be read again", p, undelivered, LETTER_WAIT_S)
 
-    async def _write_batches(self, f: Flush) -> int:
+    async def _write_batches(self, f: Flush) -> tuple[int, list]:
         """Record batches to the changelog partition, one RocksDB write batch, and the persisted
-        offset once the last batch is acknowledged."""
+        offset once the last batch is acknowledged; returns the bytes written and the batches'
+        ``(future, records)``."""
         from rocksdict import WriteBatch
 
         store = self.table.data
@@ -261,14 +305,8 @@ class Flusher:
             if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
                 store.set_persisted_offset(tp, fut.result().offset + n - 1)
 
-        def failed(fut) -> None:  # never silent: a restore from the changelog lacks these states
-            if not fut.cancelled() and fut.exception() is not None:
-                log.error("changelog write to %s failed: %r", tp, fut.exception())
-
-        for fut, _ in sent:
-            fut.add_done_callback(failed)
         last.add_done_callback(persisted)
-        return nbytes
+        return nbytes, sent
 
     async def _write_through_table(self, f: Flush) -> int:
         """Faust's table API, record by record (stores without per-partition databases)."""

@@ -11,6 +11,13 @@ Behind its changelog, such a database is not detected by its offset: Faust would
 changelog from that offset on top of the other one's state (users of the other deployment kept,
 this one's earlier records skipped). So the id Kafka gave the changelog topic is kept in a file
 beside the databases, ``<changelog topic>.id``; databases built from another id are deleted too.
+
+A database can also hold states its changelog lacks: a flush writes RocksDB, then the broker
+refuses the changelog records (:mod:`stream_app.flush`). Their events stay uncommitted, and are
+read again after a restart, but on top of that database they would count as duplicates, and the
+changelog would never get those states. The flush leaves a file beside such a database,
+``<database>.unwritten`` (:func:`unwritten_marker`), until a later flush of the partition
+succeeds; a database found with one at start is deleted too.
 """
 from __future__ import annotations
 
@@ -21,6 +28,11 @@ from pathlib import Path
 log = logging.getLogger("interest_stream.local_state")
 
 OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
+
+
+def unwritten_marker(path: Path) -> Path:
+    """The file that says the partition database at ``path`` holds states its changelog lacks."""
+    return path.with_name(path.name + ".unwritten")
 
 
 def persisted_offset(path: Path) -> int | None:
@@ -113,6 +125,13 @@ def rebuild_stale(settings, paths: dict[int, Path], topic: str) -> list[int]:
             shutil.rmtree(path, ignore_errors=True)
     else:
         stale = []
+        for p, path in sorted(paths.items()):
+            if unwritten_marker(path).exists():
+                log.warning("local state %s holds states its changelog refused (a flush failed before the worker "
+                            "stopped): deleting it to rebuild from the changelog; their events are read again", path)
+                shutil.rmtree(path, ignore_errors=True)
+                unwritten_marker(path).unlink()
+                stale.append((p, path))
         for p, path, offset, end in stale_partitions(paths, changelog_ends(settings, topic)):
             log.warning("local state %s holds changelog offset %d but %s[%d] ends at %d (topics recreated, or "
                         "the directory came from elsewhere): deleting it to rebuild from the changelog", path,

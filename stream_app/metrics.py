@@ -20,6 +20,10 @@ DEAD_LETTERS_RESENT = Counter(
     "interest_dead_letters_resent_total", "Dead letters sent again because sending them failed",
     registry=REGISTRY,
 )
+CHANGELOG_FAILED = Counter(
+    "interest_changelog_failures_total", "Flushes of a partition whose changelog records the broker did not take",
+    registry=REGISTRY,
+)
 DUPLICATES = Counter(
     "interest_duplicates_total", "Events whose event_id was already in the user's window",
     registry=REGISTRY,

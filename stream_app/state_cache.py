@@ -239,6 +239,23 @@ class StateCache:
         self.held_size.pop(partition, None)
         return f
 
+    def unwritten(self, f: Flush, load=st.load) -> None:
+        """A flush whose changelog records were not delivered: its users are dirty again (the next
+        flush writes their states as they are then) and its messages held again, ahead of those
+        held since."""
+        p = f.partition
+        for key, raw in f.writes:
+            e = self.entries.get(key)
+            if e is None:  # dropped from the cache since: its state is the one the flush took
+                self.put(p, key, load(raw))
+            elif e.state is not None:  # changed since (dirty already) or not: written again
+                self._mark(e, key)
+        for key in f.deletes:
+            if key not in self.entries:  # not written again since
+                self.delete(p, key)
+        self.held[p] = f.messages + self.held.get(p, [])
+        self.held_size[p] = self.held_size.get(p, 0) + sum(SIZE_EVENT + message_bytes(m) for m in f.messages)
+
     def over_bound(self) -> bool:
         return self.bytes > self.max_bytes
 

@@ -180,3 +180,33 @@ def test_the_size_estimate_covers_the_memory_states_take():
         tracemalloc.stop()
         estimated = c.state_bytes / 200
         assert 0.85 * traced <= estimated <= 1.25 * traced, (rows, traced, estimated)
+
+
+class Msg:
+    def __init__(self, name: str):
+        self.key, self.value = b"k", name.encode()
+
+
+def test_a_flush_the_changelog_refused_is_written_again_and_its_messages_held_first():
+    """Each user the failed flush took is dirty again, with its state as it is now (changed
+    since, dropped from the cache, or deleted since); its messages come before those held since."""
+    c = StateCache(10**9)
+    for user in ("a", "b", "c"):
+        applied(c, 0, user, 0)
+    c.delete(0, b"d")
+    m0, m1, m2 = Msg("m0"), Msg("m1"), Msg("m2")
+    c.hold(0, m0, 3)
+    c.hold(0, m1, 3)
+    f = c.take(0)
+    assert [k for k, _ in f.writes] == [b"a", b"b", b"c"] and f.deletes == [b"d"]
+    newer = applied(c, 0, "a", 1)  # changed after the take
+    c.delete(0, b"b")  # forgotten after the take
+    del c.entries[b"c"]  # dropped from the cache (clean) after the take
+    c.state_bytes = sum(e.size for e in c.entries.values())
+    c.hold(0, m2, 3)
+    c.unwritten(f)
+    g = c.take(0)
+    assert dict(g.writes) == {b"a": state.dump(newer), b"c": f.writes[2][1]}
+    assert g.deletes == [b"b", b"d"]
+    assert g.messages == [m0, m1, m2]
+    assert c.bytes == sum(e.size for e in c.entries.values())  # the held sizes went with the take

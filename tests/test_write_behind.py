@@ -284,3 +284,57 @@ def test_a_rebalance_hands_over_a_partition_whose_last_event_waits_for_its_dead_
     wait_for(lambda: committed_at(env, t["click"], p) == 2, what="the offset committed once it is delivered")
     dlq = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], t["dlq"], expect=1)
     assert {(r.key, orjson.loads(r.value)["offset"]) for r in dlq} == {(b"userD", 1)}
+
+
+def test_a_flush_the_changelog_refuses_commits_nothing_until_its_users_are_written(env, workers):
+    """The changelog refuses every record (max.message.bytes of 100): the events stay applied in
+    memory but uncommitted, and once the changelog takes records the next flush writes every user.
+    A worker that then restores from the changelog alone has every event, and reads none again.
+    Before, the flush acknowledged its events whatever the broker answered: the offsets were
+    committed, and a restore from the changelog lacked the users (an error in the log)."""
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
+    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    w = workers("w", **fast)
+    events = users_events(3, 4)
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="12 events counted")
+    time.sleep(1.5)  # five flushes and commit intervals
+    assert committed(env) == 0  # it was 12
+    assert f"changelog write to {changelog(env)}[" in w.log(300) and "(MessageSizeTooLargeError()): its" in w.log(300)
+    assert metric(w, "interest_changelog_failures_total") >= 3
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
+    wait_for(lambda: committed(env) == 12, what="every offset committed once the users are written")
+    assert flushed_events(env) == {f"w{u}": 4 for u in range(3)}
+    w.kill()
+    fresh = workers("fresh", **fast)  # its own empty state directory: the changelog is all it has
+    wait_for(lambda: counted(fresh, events), what="exact counts restored from the changelog")
+    time.sleep(1)
+    assert metric(fresh, 'interest_events_total{outcome="accepted"}') == 0
+    assert metric(fresh, "interest_duplicates_total") == 0
+
+
+def test_a_worker_killed_after_the_changelog_refused_a_flush_rebuilds_that_partition(env, workers):
+    """Killed while the changelog refuses its flushes, the worker's RocksDB holds states the
+    changelog lacks, and their events are uncommitted. At the restart those partitions are
+    rebuilt from the changelog, so the events read again are applied (not duplicates of the local
+    state) and reach the changelog. Before, they counted as duplicates and the changelog never got
+    those users."""
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
+    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    w = workers("w", **fast)
+    events = users_events(3, 4)
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="12 events counted")
+    wait_for(lambda: metric(w, "interest_changelog_failures_total") >= 3, what="refused flushes")
+    w.kill()
+    assert committed(env) == 0
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
+    w.start()
+    wait_for(lambda: counted(w, events), what="exact counts after the restart")
+    wait_for(lambda: committed(env) == 12, what="every offset committed")
+    assert flushed_events(env) == {f"w{u}": 4 for u in range(3)}
+    assert metric(w, 'interest_events_total{outcome="accepted"}') == 12  # applied again, not duplicates
+    assert metric(w, "interest_duplicates_total") == 0
+    assert "holds states its changelog refused (a flush failed before the worker stopped)" in w.log(400)
