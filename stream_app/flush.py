@@ -38,11 +38,17 @@ check each consequence):
   ``Message.ack(consumer)`` (what :meth:`faust.Event.ack` calls) makes its offset committable.
   The flush acknowledges only once the broker has taken every changelog batch it sent
   (:func:`changelog_error`; with a store written through Faust's table API, ``memory://``, it
-  does not see the broker's answer): Faust's commit waits for the producer to have sent what it was given
-  (``Consumer._commit_offsets`` -> ``producer.flush()``), whether or not the broker took it. If
-  the broker refused a batch, the flush's users are written again by the next flush and its events
-  held until then (``StateCache.unwritten``); the last flush of a partition lets them go
-  unacknowledged instead, as it does undelivered dead letters (below).
+  does not see the broker's answer): Faust's commit waits for the producer to have sent what it
+  was given (``Consumer._commit_offsets`` -> ``producer.flush()``), whether or not the broker
+  took it. If the broker refused a batch, the flush's users are written again by the next flush
+  and its events held until then (``StateCache.unwritten``); the last flush of a partition lets
+  them go unacknowledged instead, as it does undelivered dead letters (below). Either way the
+  partition's RocksDB now holds states its changelog lacks, and the events read again would count
+  as duplicates of them: a ``.unwritten`` file beside the database makes the next start rebuild
+  it from the changelog (:mod:`stream_app.local_state`) unless a later flush succeeds first, and
+  the last flush also sets the database's persisted offset past any changelog
+  (:data:`AHEAD_OF_ANY_CHANGELOG`), so that Faust's recovery refuses it (``ConsistencyError``)
+  should the partition come back to this process before a restart.
 * Faust commits an offset only when every offset before it in the partition is acknowledged
   (``Consumer._new_offset``) provided the acknowledgements come in offset order, as a flush gives
   them: its check for an unacknowledged head lets one message right after the last commit go
@@ -91,6 +97,7 @@ log = logging.getLogger("interest_stream")
 
 FLUSH_CHUNK = 500  # users written between two yields to the event loop (heartbeats, web, other agents)
 LETTER_WAIT_S = 5.0  # at a rebalance or shutdown, how long a flush waits for undelivered dead letters
+AHEAD_OF_ANY_CHANGELOG = 2**62  # a persisted offset that marks a partition database unusable (see above)
 
 
 async def send_batches(producer, topic: str, partition: int, records, yield_every: int = FLUSH_CHUNK) -> list:
@@ -233,6 +240,7 @@ class Flusher:
         unwritten_marker(Path(self.table.data.partition_path(f.partition))).touch()
         self.unwritten.add(f.partition)
         if reason in ("rebalance", "shutdown"):
+            self.table.data.set_persisted_offset(TP(topic, f.partition), AHEAD_OF_ANY_CHANGELOG)
             for message in f.messages:
                 consumer._unacked_messages.discard(message)
             log.error("changelog write to %s[%d] failed (%r) at the %s: its %d events stay uncommitted, to be read "

@@ -159,3 +159,100 @@ def test_the_last_flush_waits_for_dead_letters_then_lets_the_undelivered_go_keep
         asyncio.run(run())
     assert [r.getMessage() for r in caplog.records] == [
         "partition 2: 2 dead letter(s) not delivered in 0.2 s; their input events stay uncommitted, to be read again"]
+
+
+class Store:
+    """The RocksDB store as the flush sees it: partition paths and persisted offsets."""
+
+    def __init__(self, root):
+        self.root, self.offsets = root, {}
+
+    def _db_for_partition(self, p):  # the flush writes record batches when the store has it
+        raise AssertionError("_write_batches is replaced in these tests")
+
+    def partition_path(self, p):
+        return self.root / f"users-{p}.db"
+
+    def set_persisted_offset(self, tp, offset):
+        self.offsets[tp.partition] = offset
+
+
+class Table:
+    def __init__(self, root):
+        self.data = Store(root)
+        self.changelog_topic = type("Topic", (), {"get_topic_name": staticmethod(lambda: "users-changelog")})
+
+
+class Held:
+    def __init__(self, offset):
+        self.key, self.value, self.offset = b"u", b"{}", offset
+        self.acked = False
+
+    def ack(self, consumer):
+        self.acked = True
+        consumer._unacked_messages.discard(self)
+
+
+def changelog_flusher(tmp_path, answers):
+    """A flusher whose changelog batches get ``answers`` in turn (None: taken, else the error)."""
+    consumer, cache = Consumer(), StateCache(10**9)
+    flusher = Flusher(table=Table(tmp_path), cache=cache, context_topic="t", producer=None, consumer=lambda: consumer)
+
+    async def write_batches(f):
+        fut = asyncio.get_running_loop().create_future()
+        answer = answers.pop(0)
+        fut.set_result("record metadata") if answer is None else fut.set_exception(answer)
+        return 10, [(fut, f.records)]
+
+    flusher._write_batches = write_batches
+    return flusher, cache, consumer
+
+
+def held_users(cache, consumer, users, offsets):
+    messages = [Held(o) for o in offsets]
+    for user in users:
+        cache.put(1, user, {"v": 1, "seq": 1, "newest": 1, "seen": 0, "ev": [], "old": [], "p": None,
+                            "out": None, "scored": 0})
+    for m in messages:
+        cache.hold(1, m, 2)
+        consumer._unacked_messages.add(m)
+    return messages
+
+
+def test_a_refused_changelog_write_holds_the_events_until_a_flush_writes_the_users(tmp_path, caplog):
+    refused = RuntimeError("MessageSizeTooLargeError")
+    flusher, cache, consumer = changelog_flusher(tmp_path, [refused, None])
+    marker = tmp_path / "users-1.db.unwritten"
+
+    async def run():
+        first = held_users(cache, consumer, [b"a", b"b"], [0, 1])
+        await flusher.flush("interval")
+        assert [m.acked for m in first] == [False, False] and marker.exists()
+        second = held_users(cache, consumer, [], [2])
+        assert cache.partitions_to_flush() == [1] and set(cache.dirty[1]) == {b"a", b"b"}
+        assert cache.held[1] == first + second  # the refused flush's events first
+        await flusher.flush("interval")
+        assert [m.acked for m in first + second] == [True] * 3 and not marker.exists()
+        assert flusher.table.data.offsets == {}
+
+    with caplog.at_level(logging.ERROR, logger="interest_stream"):
+        asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records] == [
+        "changelog write to users-changelog[1] failed (RuntimeError('MessageSizeTooLargeError')): its 2 users are "
+        "written again at the next flush, its 2 events uncommitted until then"]
+
+
+def test_a_refused_changelog_write_at_a_rebalance_lets_the_events_go_and_spoils_the_database(tmp_path):
+    """Unacknowledged and no longer waited for by Faust; the database's persisted offset set past any
+    changelog, so Faust's recovery refuses it if the partition comes back before a restart."""
+    flusher, cache, consumer = changelog_flusher(tmp_path, [RuntimeError("refused")])
+
+    async def run():
+        messages = held_users(cache, consumer, [b"a"], [0, 1])
+        await flusher.flush("rebalance")
+        assert [m.acked for m in messages] == [False, False] and consumer._unacked_messages == set()
+        assert cache.partitions_to_flush() == []  # nothing held again: the next owner reads them
+        assert flusher.table.data.offsets == {1: flush.AHEAD_OF_ANY_CHANGELOG}
+        assert (tmp_path / "users-1.db.unwritten").exists()
+
+    asyncio.run(run())
