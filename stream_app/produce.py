@@ -29,6 +29,44 @@ def producer(settings: Settings, max_in_flight: int = 5):
     )
 
 
+class Deliveries:
+    """The records a kafka-python producer did not deliver. Its ``flush`` does not say which sends
+    failed (it logs them, or gives up with "Future not done" at a batch the broker refused), so
+    each send's future reports here (``track``), and :meth:`finish` makes failures one error
+    instead of a count of records that were never written."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first: BaseException | None = None
+
+    def track(self, future) -> None:
+        future.add_errback(self._failed)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first is None:
+            self.first = exc
+
+    def finish(self, prod, sent: int, what: str, topic: str) -> None:
+        """Flush and close ``prod``; raise InterestStreamError if any of its ``sent`` records
+        failed, else what the flush raised, if anything."""
+        from kafka.errors import KafkaError
+
+        error = None
+        try:
+            prod.flush()
+        except KafkaError as exc:
+            error = exc
+        finally:
+            prod.close()  # waits for every send: each failed one has reported by now
+        if self.failed:
+            detail = self.first.args[0] if self.first.args and self.first.args[0] not in (None, "") else None
+            reason = type(self.first).__name__ + (f": {detail}" if detail is not None else "")
+            raise InterestStreamError(f"{self.failed} of {sent} {what} were not delivered to {topic} ({reason})")
+        if error is not None:
+            raise error
+
+
 def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None) -> None:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     oldest_kept = now_ms - settings.retention_ms
@@ -50,6 +88,7 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     Returns how many were sent; flushes before returning."""
     topics = settings.input_topics
     prod = producer(settings)
+    deliveries = Deliveries()
     sent = 0
     t0 = time.monotonic()
     try:
@@ -58,10 +97,10 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
                 break
             if wallclock_ts:
                 ev["ts"] = int(time.time() * 1000)
-            prod.send(
+            deliveries.track(prod.send(
                 topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev),
                 timestamp_ms=ev["ts"],
-            )
+            ))
             sent += 1
             if progress is not None:
                 progress.update(1)
@@ -69,9 +108,10 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
                 ahead = sent / rate - (time.monotonic() - t0)
                 if ahead > 0.005:
                     time.sleep(ahead)
-        prod.flush()
-    finally:
+    except BaseException:
         prod.close()
+        raise
+    deliveries.finish(prod, sent, "events", "the input topics")
     return sent
 
 

@@ -260,7 +260,7 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     from kafka import KafkaConsumer
 
     from .model_runtime import LoadedModel
-    from .produce import producer
+    from .produce import Deliveries, producer
     from .topics import ensure_output_topic
 
     check_output_topic(s, output_topic)
@@ -276,9 +276,12 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
             return {"planned": p.events}
         ensure_output_topic(s, output_topic)
         prod = producer(s, max_in_flight=1)  # keeps each user's vectors in order on retries
+        deliveries, published = Deliveries(), 0
 
         def emit(key: bytes, vec: dict) -> None:
-            prod.send(output_topic, key=key, value=orjson.dumps(vec))
+            nonlocal published
+            deliveries.track(prod.send(output_topic, key=key, value=orjson.dumps(vec)))
+            published += 1
 
         r = Replayer(s, model, from_ms, to_ms, emit, s.score_batch)
         from tqdm import tqdm
@@ -294,10 +297,12 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
                     bar.update(1000)
             r.finish()
             bar.update(n % 1000)
+        except BaseException:
+            prod.close()  # what was sent before goes out
+            raise
         finally:
             bar.close()
-            prod.flush()
-            prod.close()
+        deliveries.finish(prod, published, "vectors", output_topic)
         return {"read": n, **r.counts, "model_version": model.version, "output_topic": output_topic}
     finally:
         consumer.close()

@@ -57,3 +57,20 @@ def test_a_well_formed_log_is_sent(env, tmp_path):
     log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(3)))
     assert "sent 3 events" in cli(env, "load", "jsonl", str(log)).stdout
     assert input_records(env) == 3
+
+
+def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
+    """The input topic refuses every event. kafka-python's flush does not say which sends failed,
+    and here gives up with "Future not done": `load jsonl` ended with "Kafka at … refused:
+    UnknownError: Future not done", which named neither the events nor the cause."""
+    from kafka_io import set_max_message_bytes
+
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], f"{env['INTEREST_TOPIC_PREFIX']}events.click", 100)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(3)))
+    proc = cli(env, "load", "jsonl", str(log), check=False)
+    assert proc.returncode == 1 and "sent 3 events" not in proc.stdout
+    assert proc.stderr.endswith("\nError: 3 of 3 events were not delivered to the input topics "
+                                "(MessageSizeTooLargeError)\n")
+    assert "Traceback" not in proc.stderr and input_records(env) == 0

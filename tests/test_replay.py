@@ -207,3 +207,24 @@ def test_replay_refuses_an_output_topic_kafka_would_refuse(env, tiny_model_dir):
               "--output-topic", "my backfill/1", check=False)
     assert out.returncode == 1 and out.stderr == (
         "Error: --output-topic 'my backfill/1' is not a Kafka topic name (ASCII letters, digits, '.', '_' and '-')\n")
+
+
+def test_vectors_the_output_topic_refuses_are_an_error(env, tiny_model_dir):
+    """kafka-python's flush raises for no failed send: replay printed its counts as if the
+    backfill topic had taken every vector."""
+    import re
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    cli(env, "topics", "create")
+    send(env, history())
+    topic = f"{env['INTEREST_TOPIC_PREFIX']}bf-small"
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    admin.create_topics([NewTopic(topic, 4, 1, topic_configs={"cleanup.policy": "compact", "max.message.bytes": "100"})])
+    admin.close()
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+              "--output-topic", topic, "--no-progress", check=False)
+    assert out.returncode == 1 and "replayed:" not in out.stdout
+    assert re.fullmatch(rf"Error: (\d+) of \1 vectors were not delivered to {re.escape(topic)} "
+                        r"\(MessageSizeTooLargeError\)\n", out.stderr), out.stderr
+    assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=3) == []
