@@ -283,7 +283,7 @@ def forget(user, bootstrap_servers, timeout):
     from kafka import TopicPartition
 
     from .partitioning import partition_for
-    from .produce import producer
+    from .produce import Deliveries, producer
 
     if not user:
         raise click.BadParameter("a user id cannot be empty", param_hint="USER")
@@ -297,10 +297,13 @@ def forget(user, bootstrap_servers, timeout):
     consumer.assign([tp])
     consumer.seek_to_end(tp)
     consumer.position(tp)  # fix the start before asking, so the tombstone cannot be missed
-    prod = producer(s)
-    prod.send(s.control_topic, key=key, value=orjson.dumps({"op": "forget"}))
-    prod.flush()
-    prod.close()
+    prod, deliveries = producer(s), Deliveries()
+    try:
+        deliveries.track(prod.send(s.control_topic, key=key, value=orjson.dumps({"op": "forget"})))
+    except BaseException:
+        prod.close()
+        raise
+    deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

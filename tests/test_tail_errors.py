@@ -59,3 +59,16 @@ def test_tail_of_an_empty_user_id_is_a_usage_error():
                                                                "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
     assert res.exit_code == 2
     assert "Error: Invalid value for '--user': a user id cannot be empty" in res.output
+
+
+def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
+    """Before, `forget` waited its whole timeout for a tombstone nobody had been asked for, then
+    asked whether a worker was running."""
+    from kafka_io import set_max_message_bytes
+
+    cli(env, "topics", "create")
+    control = f"{env['INTEREST_TOPIC_PREFIX']}interest-control"
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], control, 10)
+    proc = cli(env, "forget", "u1", "--timeout", "60", check=False, timeout=50)
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: 1 of 1 forget requests were not delivered to {control} (MessageSizeTooLargeError)\n"
