@@ -16,6 +16,12 @@ from interest_core.window import EVENT_TYPES  # one input topic per type (Settin
 from .settings import MAX_LONG, InterestStreamError, Settings
 
 
+# kafka-python's default max_request_size (1 MiB), less 1 KiB for the record's key and framing: the
+# producer refuses a longer line at send, after the lines before it went out (the worker's own
+# limit for an event is 64 KiB: it dead-letters anything between that and this as too_large)
+MAX_LINE_BYTES = 2**20 - 1024
+
+
 class TooOldError(InterestStreamError):
     """Events older than the input topics' retention would be deleted on arrival."""
 
@@ -116,12 +122,16 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
 
 
 def _numbered(path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed JSON) of each non-blank line; a line that is not JSON is an error naming it."""
+    """(line number, parsed JSON) of each non-blank line; a line that is not JSON, or longer than
+    Kafka takes, is an error naming it."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
+            if len(line) > MAX_LINE_BYTES:
+                raise InterestStreamError(f"{path}:{n}: an event of {len(line):,} bytes, more than the producer sends "
+                                          f"({MAX_LINE_BYTES:,}; the worker's limit for an event is 64 KiB)")
             try:
                 yield n, orjson.loads(line)
             except orjson.JSONDecodeError as exc:

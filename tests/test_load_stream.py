@@ -29,6 +29,9 @@ def input_records(env) -> int:
         c.close()
 
 
+BIG = json.dumps(good(5) | {"item_id": "i" * 1_100_000})  # kafka-python refused it at send, after 2 lines went
+
+
 @pytest.mark.parametrize("bad, message", [
     ("[1, 2]", "an event must be a JSON object, got list"),
     ('"a string"', "an event must be a JSON object, got str"),
@@ -39,6 +42,8 @@ def input_records(env) -> int:
     ('{"user_id": "u", "type": "click", "ts": "yesterday"}',
      "ts must be a non-negative integer (epoch ms), got 'yesterday'"),
     ('{"user_id": "u", "type": "click", "ts": 1e30}', "ts must be a non-negative integer (epoch ms), got 1e+30"),
+    (BIG, f"an event of {len(BIG):,} bytes, more than the producer sends (1,047,552; the worker's limit for an "
+          "event is 64 KiB)"),
 ])
 def test_a_malformed_event_in_the_middle_of_a_log_sends_nothing(env, tmp_path, bad, message):
     cli(env, "topics", "create")
@@ -54,9 +59,10 @@ def test_a_malformed_event_in_the_middle_of_a_log_sends_nothing(env, tmp_path, b
 def test_a_well_formed_log_is_sent(env, tmp_path):
     cli(env, "topics", "create")
     log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(3)))
-    assert "sent 3 events" in cli(env, "load", "jsonl", str(log)).stdout
-    assert input_records(env) == 3
+    near = json.dumps(good(3) | {"item_id": "i" * 1_040_000})  # just under MAX_LINE_BYTES: Kafka takes it
+    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(3)) + near + "\n")
+    assert "sent 4 events" in cli(env, "load", "jsonl", str(log)).stdout
+    assert input_records(env) == 4
 
 
 def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
