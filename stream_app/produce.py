@@ -123,7 +123,7 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
 
 def _numbered(path) -> Iterator[tuple[int, object]]:
     """(line number, parsed JSON) of each non-blank line; a line that is not JSON, or longer than
-    Kafka takes, is an error naming it."""
+    the producer sends (MAX_LINE_BYTES), is an error naming it."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()

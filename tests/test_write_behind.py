@@ -318,8 +318,8 @@ def test_a_worker_killed_after_the_changelog_refused_a_flush_rebuilds_that_parti
     """Killed while the changelog refuses its flushes, the worker's RocksDB holds states the
     changelog lacks, and their events are uncommitted. At the restart those partitions are
     rebuilt from the changelog, so the events read again are applied (not duplicates of the local
-    state) and reach the changelog. Before, they counted as duplicates and the changelog never got
-    those users."""
+    state) and reach the changelog. Without the `.unwritten` file they counted as duplicates, and
+    the changelog never got those users."""
     cli(env, "topics", "create")
     set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
     fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
