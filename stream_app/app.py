@@ -122,7 +122,8 @@ class InterestApp(faust.App):
                 "the tables must be co-partitioned with the input topics"
             )
         # vectors go to the output topic's partition of their key (record batches, stream_app.scoring)
-        counts = await loop.run_in_executor(None, partition_counts, settings, [settings.output_topic, settings.dlq_topic])
+        counts = await loop.run_in_executor(None, partition_counts, settings,
+                                            [settings.output_topic, settings.dlq_topic])
         out = counts[settings.output_topic]
         if out is None:
             raise TopicError(f"output topic {settings.output_topic} is missing; run `interest-stream topics create`")

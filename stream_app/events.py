@@ -17,7 +17,7 @@ MAX_VALUE_BYTES = 64 * 1024  # CONTRACT: too_large is over 64 KiB
 DLQ_PAYLOAD_BYTES = 4 * 1024  # CONTRACT: payload_b64 holds the first 4 KiB
 # A dead letter carries the source key twice (its Kafka key and key_b64, whole), so it is larger
 # than its input message when the key is large: a ~1 MB key (the broker's default limit,
-# message.max.bytes) makes a ~2.4 MB dead letter. The dead-letter topic (topics create) and the
+# message.max.bytes) makes a ~2.3 MB dead letter. The dead-letter topic (topics create) and the
 # worker's producer allow records up to this size; at Faust's 1,000,000 bytes, such a dead letter
 # crashed the worker's producer, and the worker stopped at every restart on the same message.
 MAX_DEAD_LETTER_BYTES = 4 * 1024 * 1024

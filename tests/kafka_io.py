@@ -30,7 +30,8 @@ def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(max_bytes)})])
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                            configs={"max.message.bytes": str(max_bytes)})])
     finally:
         admin.close()
 

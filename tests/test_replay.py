@@ -220,7 +220,8 @@ def test_vectors_the_output_topic_refuses_are_an_error(env, tiny_model_dir):
     send(env, history())
     topic = f"{env['INTEREST_TOPIC_PREFIX']}bf-small"
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
-    admin.create_topics([NewTopic(topic, 4, 1, topic_configs={"cleanup.policy": "compact", "max.message.bytes": "100"})])
+    admin.create_topics([NewTopic(topic, 4, 1,
+                                  topic_configs={"cleanup.policy": "compact", "max.message.bytes": "100"})])
     admin.close()
     out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
               "--output-topic", topic, "--no-progress", check=False)

@@ -340,7 +340,8 @@ def test_scores_at_the_float_limits_blend_finitely(cluster):
     """1e308 and -1e308 are finite, so accepted; their range overflowed to inf and every blended
     score came back null (NaN)."""
     env, ws, users, vectors, model = cluster
-    items = [{"item_id": "a", "category": "tech", "score": 1e308}, {"item_id": "b", "category": "sports", "score": -1e308},
+    items = [{"item_id": "a", "category": "tech", "score": 1e308},
+             {"item_id": "b", "category": "sports", "score": -1e308},
              {"item_id": "c", "category": "travel", "score": 0}]
     status, body = post(not_owner(ws, "decisive"), "/users/decisive/rerank", {"items": items, "weight": 0.5})
     want = rerank(vectors["decisive"], [Item(**it) for it in items], 0.5, prior=model.card["category_prior"])

@@ -18,6 +18,8 @@ from test_worker_ingest import T0, assert_users, event, topics
 
 pytestmark = pytest.mark.kafka
 PARTS = 4
+# a flush and a commit every 0.3 s, scoring off
+FAST = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
 
 
 def changelog(env) -> str:
@@ -228,7 +230,7 @@ def test_a_dead_letter_the_broker_refuses_keeps_its_event_uncommitted_until_it_i
     t = topics(env)
     cli(env, "topics", "create")
     set_dlq_limit(env, 2_000)
-    w = workers(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    w = workers(**FAST)
     p = partition_for(b"userD", PARTS)
     first, last = event(1, "userD", "click", T0), event(3, "userD", "click", T0 + 2)
     send(env, [first])
@@ -263,15 +265,14 @@ def test_a_rebalance_hands_over_a_partition_whose_last_event_waits_for_its_dead_
     t = topics(env)
     cli(env, "topics", "create")
     set_dlq_limit(env, 2_000)
-    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
-    w1 = workers("w1", **fast)
+    w1 = workers("w1", **FAST)
     p = partition_for(b"userD", PARTS)
     first = event(1, "userD", "click", T0)
     send(env, [first])
     wait_for(lambda: committed_at(env, t["click"], p) == 1, what="the first event committed")
     produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"userD", b"{" + b"x" * 3_000)])  # offset 1, the last
     wait_for(lambda: metric(w1, "interest_dead_letters_resent_total") >= 2, what="the dead letter sent again")
-    w2 = workers("w2", **fast)
+    w2 = workers("w2", **FAST)
 
     def split():
         parts = [set(w.get("/health")[1].get("partitions", [])) for w in (w1, w2)]
@@ -286,19 +287,25 @@ def test_a_rebalance_hands_over_a_partition_whose_last_event_waits_for_its_dead_
     assert {(r.key, orjson.loads(r.value)["offset"]) for r in dlq} == {(b"userD", 1)}
 
 
+def refused_changelog_worker(env, workers):
+    """A worker whose changelog refuses every record (max.message.bytes of 100), with 12 events of
+    3 users counted in its memory."""
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
+    w = workers("w", **FAST)
+    events = users_events(3, 4)
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="12 events counted")
+    return w, events
+
+
 def test_a_flush_the_changelog_refuses_commits_nothing_until_its_users_are_written(env, workers):
     """The changelog refuses every record (max.message.bytes of 100): the events stay applied in
     memory but uncommitted, and once the changelog takes records the next flush writes every user.
     A worker that then restores from the changelog alone has every event, and reads none again.
     Before, the flush acknowledged its events whatever the broker answered: the offsets were
     committed, and a restore from the changelog lacked the users (an error in the log)."""
-    cli(env, "topics", "create")
-    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
-    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
-    w = workers("w", **fast)
-    events = users_events(3, 4)
-    send(env, events)
-    wait_for(lambda: counted(w, events), what="12 events counted")
+    w, events = refused_changelog_worker(env, workers)
     time.sleep(1.5)  # five flushes and commit intervals
     assert committed(env) == 0  # it was 12
     assert f"changelog write to {changelog(env)}[" in w.log(300) and "(MessageSizeTooLargeError()): its" in w.log(300)
@@ -307,7 +314,7 @@ def test_a_flush_the_changelog_refuses_commits_nothing_until_its_users_are_writt
     wait_for(lambda: committed(env) == 12, what="every offset committed once the users are written")
     assert flushed_events(env) == {f"w{u}": 4 for u in range(3)}
     w.kill()
-    fresh = workers("fresh", **fast)  # its own empty state directory: the changelog is all it has
+    fresh = workers("fresh", **FAST)  # its own empty state directory: the changelog is all it has
     wait_for(lambda: counted(fresh, events), what="exact counts restored from the changelog")
     time.sleep(1)
     assert metric(fresh, 'interest_events_total{outcome="accepted"}') == 0
@@ -320,13 +327,7 @@ def test_a_worker_killed_after_the_changelog_refused_a_flush_rebuilds_that_parti
     rebuilt from the changelog, so the events read again are applied (not duplicates of the local
     state) and reach the changelog. Without the `.unwritten` file they counted as duplicates, and
     the changelog never got those users."""
-    cli(env, "topics", "create")
-    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
-    fast = dict(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
-    w = workers("w", **fast)
-    events = users_events(3, 4)
-    send(env, events)
-    wait_for(lambda: counted(w, events), what="12 events counted")
+    w, events = refused_changelog_worker(env, workers)
     wait_for(lambda: metric(w, "interest_changelog_failures_total") >= 3, what="refused flushes")
     w.kill()
     assert committed(env) == 0
