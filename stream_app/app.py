@@ -208,7 +208,6 @@ TABLE_RAW = {"key_type": bytes, "value_type": bytes}  # Faust picks the raw code
 
 inputs = app.topic(*settings.input_topics.values(), **RAW)
 dlq = app.topic(settings.dlq_topic, **RAW)
-interests_topic = app.topic(settings.output_topic, **RAW)
 # forget requests, co-partitioned with the table: the owner of the user gets them
 control = app.topic(settings.control_topic, **RAW)
 

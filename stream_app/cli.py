@@ -297,9 +297,16 @@ def forget(user, bootstrap_servers, timeout):
     consumer.assign([tp])
     consumer.seek_to_end(tp)
     consumer.position(tp)  # fix the start before asking, so the tombstone cannot be missed
+    # the worker applies the request once it applied the user's events before these offsets
+    clicks = s.input_topics["click"]
+    n_in = len(consumer.partitions_for_topic(clicks) or ())
+    if not n_in:
+        raise click.ClickException(f"topic {clicks} does not exist; run `interest-stream topics create`")
+    ends = consumer.end_offsets([TopicPartition(t, partition_for(key, n_in)) for t in s.input_topics.values()])
+    request = {"op": "forget", "ends": {t.topic: n for t, n in ends.items()}}
     prod, deliveries = producer(s), Deliveries()
     try:
-        deliveries.track(prod.send(s.control_topic, key=key, value=orjson.dumps({"op": "forget"})))
+        deliveries.track(prod.send(s.control_topic, key=key, value=orjson.dumps(request)))
     except BaseException:
         prod.close()
         raise
@@ -315,7 +322,8 @@ def forget(user, bootstrap_servers, timeout):
     finally:
         consumer.close()
     raise click.ClickException(
-        f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}?"
+        f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}? (one that cannot write "
+        "the delete to its changelog says so in its log, and forgets the user once it can)"
     )
 
 

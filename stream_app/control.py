@@ -1,48 +1,151 @@
 """Control requests: ``interest-stream forget USER`` reaches the worker that owns the user through
 the control topic (co-partitioned with the table).
 
-Forgetting deletes the user's state (a changelog tombstone, flushed at once, so the user stays gone
-after restarts and on standbys), commits the offsets of the events that flush covered (so none of
-the user's past events is read again after a crash), and then publishes a tombstone on the
-interest topic, which the command waits for.
+A forget request carries the end offsets of the user's input partitions when it was made
+(``ends``): the worker applies it once it has applied every event before them
+(:func:`unapplied`), so events still in the lag, or read again after a crash, cannot bring the
+user back after the forget. It then deletes the user's state and flushes its partition at once.
+The request is held like an input event (:meth:`StateCache.hold_forget`): the flush that writes
+the delete to the changelog (so the user stays gone after restarts and on standbys) acknowledges
+it, commits the offsets of the events it covered (so none of the user's past events is read
+again after a crash), and then publishes a tombstone on the interest topic, which the command
+waits for (:func:`forgotten`). If the changelog refuses the delete, nothing is said: the
+partition's next flushes write it again, and the tombstone follows the one that succeeds; a
+worker stopped before that leaves the request uncommitted, to be applied again. Every other
+control request is held too, so that no later offset of the control partition is committed
+before a held forget.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from functools import partial
 
 import orjson
+from faust.types import TP
 
-from .app import app, control, interests_topic
+from . import metrics
+from .app import TOPIC_TYPES, app, control, owned_partitions, settings
+from .flush import send_batches
+from .partitioning import partition_for
+from .state_cache import message_bytes
 
 log = logging.getLogger("interest_stream.control")
 
 OBSOLETE_OPS = ("scored", "evict")  # requests of the worker before the write-behind state: nothing to do
 
 
-async def apply_control(partition: int, key: bytes | None, value: bytes | None) -> str:
-    """Apply one control request; returns what happened."""
+CATCH_UP_POLL_S = 0.1  # how often a forget waiting for its user's events looks again
+CATCH_UP_WARN_S = 10.0  # a forget waiting longer than this says what it waits for
+
+
+def parse(value: bytes | None) -> tuple[str | None, dict[str, int]]:
+    """A control request's op and its input partitions' end offsets (``ends``, none in a request
+    of an older ``forget``); op None when the request is malformed."""
     try:
-        op = orjson.loads(value)["op"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        request = orjson.loads(value)
+        op, ends = request["op"], request.get("ends", {})
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None, {}
+    if not isinstance(op, str) or not isinstance(ends, dict) or not all(
+            isinstance(t, str) and type(n) is int and n >= 0 for t, n in ends.items()):
+        return None, {}
+    return op, ends
+
+
+def unapplied(ends: dict[str, int], applied_to) -> dict[str, tuple[int, int]]:
+    """The input topics whose partition is not applied up to the request's end offset: topic ->
+    (end offset, offset applied to). ``applied_to(topic)``: the offset below which every message
+    of the user's partition of that topic is applied."""
+    out = {}
+    for topic, end in ends.items():
+        at = applied_to(topic)
+        if at < end:
+            out[topic] = (end, at)
+    return out
+
+
+def applied_to(topic: str, partition: int) -> int:
+    """The offset below which every message of an input partition is applied: the next after the
+    last the ingest agent received (or the committed one, when it received none since the
+    assignment), less those still waiting in the aligner."""
+    nxt = max(app.received.offsets.get((topic, partition), -1) + 1,
+              app.consumer._committed_offset.get(TP(topic, partition)) or 0)
+    waiting = app.aligner.queues.get(partition, {}).get(topic)
+    return min(nxt, waiting[0][3].offset) if waiting else nxt
+
+
+async def caught_up(message, ends: dict[str, int]) -> bool:
+    """Wait until the worker applied the user's events before the request's end offsets (input
+    topics only); False when the partition is handed over meanwhile (a rebalance): the request is
+    then let go unacknowledged, for its next owner to read."""
+    ends = {t: n for t, n in ends.items() if t in TOPIC_TYPES}
+    t0, warned = time.monotonic(), False
+    while behind := unapplied(ends, partial(applied_to, partition=message.partition)):
+        if app.rebalancing or message.partition not in owned_partitions():
+            app.consumer._unacked_messages.discard(message)  # or Faust's rebalance waits for it
+            return False
+        if not warned and time.monotonic() - t0 > CATCH_UP_WARN_S:
+            warned = True
+            log.warning("forget of %r waits for its events to be applied: %s", message.key[:64], ", ".join(
+                f"{t}[{message.partition}] up to offset {end} (at {at})" for t, (end, at) in behind.items()))
+        await asyncio.sleep(CATCH_UP_POLL_S)
+    return True
+
+
+async def apply_control(message) -> str:
+    """Apply one control request (a Faust message); returns what happened."""
+    partition, key = message.partition, message.key
+    op, ends = parse(message.value)
+    if op is None:
         log.error("ignored a malformed control request for key %r", key[:64] if key else key)
-        return "malformed"
     if op == "forget" and key:
+        if not await caught_up(message, ends):
+            return "handed over"
         app.states.delete(partition, key)
+        app.states.hold_forget(partition, message)
         await app.flusher.flush("forget", [partition])
-        # the user's events are acknowledged now: commit them before saying the user is gone, or a
-        # crash right after would read them again and bring the user back
-        await app.consumer.commit()
-        interests_topic.send_soon(key=key, value=None)  # tombstone on the compacted topic
-        return "forgotten"
+        return "waiting" if partition in app.flusher.unwritten else "forgotten"
+    app.states.hold(partition, message, message_bytes(message))  # acknowledged in order, by the next flush
     if op in OBSOLETE_OPS:
         return "obsolete"
-    log.error("ignored a control request with unknown op %r", op)
+    if op is not None:
+        log.error("ignored a control request with unknown op %r", op)
     return "malformed"
+
+
+async def forgotten(partition: int, keys: list[bytes], last: bool = False) -> None:
+    """A flush wrote the deletes of these users and acknowledged their forget requests: commit
+    (Faust commits itself after the last flush, at shutdown; a rebalance's new owner applies the
+    uncommitted request again), then publish their tombstones on the interest topic. A tombstone
+    the broker does not take is logged with what to do; their states are gone already."""
+    if not last:
+        await app.consumer.commit()
+    producer = app.producer._ensure_producer()
+    by_partition: dict[int, list] = {}
+    for key in keys:
+        by_partition.setdefault(partition_for(key, app.output_partitions), []).append((key, None))
+    for p, records in by_partition.items():
+        for fut, _ in await send_batches(producer, settings.output_topic, p, records):
+            fut.add_done_callback(partial(on_tombstones_sent, p, [key for key, _ in records]))
+
+
+def on_tombstones_sent(out_partition: int, keys: list[bytes], fut: asyncio.Future) -> None:
+    if fut.cancelled() or fut.exception() is None:
+        return
+    metrics.TOMBSTONES_FAILED.inc(len(keys))
+    log.error("tombstones of %d forgotten user(s) (%s) were not delivered to %s[%d] (%r): their states are deleted; "
+              "run `interest-stream forget` for them again to remove their last vectors", len(keys),
+              ", ".join(repr(k.decode(errors="replace")) for k in keys[:5]) + (", …" if len(keys) > 5 else ""),
+              settings.output_topic, out_partition, fut.exception())
+
+
+app.flusher.forgotten = forgotten
 
 
 @app.agent(control)
 async def control_agent(stream):
-    """Apply forget requests to the users' states."""
-    async for event in stream.events():
-        m = event.message
-        await apply_control(m.partition, m.key, m.value)
+    """Apply forget requests to the users' states (acknowledged by the flushes, not by Faust)."""
+    async for event in stream.noack().events():
+        await apply_control(event.message)

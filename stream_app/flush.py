@@ -162,10 +162,12 @@ def due_partition(tick: int, partitions: int) -> int:
 class Flusher:
     """Writes a partition's changed users to ``table`` and then acknowledges its held events;
     one flush at a time. ``producer`` gives the app's aiokafka producer, ``consumer`` Faust's;
-    ``send_letter(key, value)`` sends a dead letter again and returns the send's future."""
+    ``send_letter(key, value)`` sends a dead letter again and returns the send's future;
+    ``forgotten(partition, keys, last)`` is awaited once a flush wrote the deletes of forget requests
+    (:meth:`StateCache.hold_forget`), after acknowledging them."""
 
     def __init__(self, table, cache, context_topic: str, producer, consumer, send_letter=None,
-                 chunk: int = FLUSH_CHUNK):
+                 chunk: int = FLUSH_CHUNK, forgotten=None):
         self.ticks = 0  # of the interval timer (flush_turn)
         self.table = table
         self.cache = cache
@@ -173,6 +175,7 @@ class Flusher:
         self.producer = producer
         self.consumer = consumer
         self.send_letter = send_letter
+        self.forgotten = forgotten  # async (partition, keys): their deletes are written (stream_app.control)
         self.unwritten: set[int] = set()  # partitions whose last changelog write failed
         self.chunk = chunk
         self.lock = asyncio.Lock()
@@ -219,6 +222,8 @@ class Flusher:
         if error is None:
             for message in f.messages:  # their state changes are in the changelog
                 message.ack(consumer)
+            for message in f.forgets:  # so are their users' deletes
+                message.ack(consumer)
             if p in self.unwritten and f.records:
                 self.unwritten.discard(p)
                 unwritten_marker(Path(self.table.data.partition_path(p))).unlink(missing_ok=True)
@@ -227,6 +232,8 @@ class Flusher:
         letters = self.cache.letters.get(p)
         if letters:
             await self._settle_letters(p, list(letters), consumer, reason, acknowledge=error is None)
+        if f.forgets and error is None:
+            await self.forgotten(p, [message.key for message in f.forgets], last=reason in ("rebalance", "shutdown"))
         return f.records
 
     def _unwritten(self, f: Flush, error: BaseException, consumer, reason: str) -> None:
@@ -241,7 +248,7 @@ class Flusher:
         self.unwritten.add(f.partition)
         if reason in ("rebalance", "shutdown"):
             self.table.data.set_persisted_offset(TP(topic, f.partition), AHEAD_OF_ANY_CHANGELOG)
-            for message in f.messages:
+            for message in f.messages + f.forgets:
                 consumer._unacked_messages.discard(message)
             log.error("changelog write to %s[%d] failed (%r) at the %s: its %d events stay uncommitted, to be read "
                       "again", topic, f.partition, error, reason, len(f.messages))
@@ -249,6 +256,9 @@ class Flusher:
         self.cache.unwritten(f)
         log.error("changelog write to %s[%d] failed (%r): its %d users are written again at the next flush, its %d "
                   "events uncommitted until then", topic, f.partition, error, f.records, len(f.messages))
+        if f.forgets:
+            log.error("%d forget request(s) of partition %d wait for their deletes to be written; their tombstones "
+                      "follow", len(f.forgets), f.partition)
 
     async def _settle_letters(self, p: int, letters: list, consumer, reason: str, acknowledge: bool = True) -> None:
         """Acknowledge the dead-lettered messages whose dead letters were delivered; the interval

@@ -39,6 +39,10 @@ COMPACTED = Counter(
 SCORE_BATCHES = Counter(
     "interest_scoring_batches_total", "ONNX Runtime batches run", registry=REGISTRY,
 )
+TOMBSTONES_FAILED = Counter(
+    "interest_tombstones_failed_total", "Tombstones of forgotten users the output topic did not take",
+    registry=REGISTRY,
+)
 VECTORS_FAILED = Counter(
     "interest_vectors_failed_total", "Vectors the output topic did not take (their users are scored again)",
     registry=REGISTRY,

@@ -84,6 +84,7 @@ class Flush:
     writes: list = field(default_factory=list)  # (key, bytes) in first-changed order
     deletes: list = field(default_factory=list)  # keys
     messages: list = field(default_factory=list)  # held input messages, in arrival order
+    forgets: list = field(default_factory=list)  # held forget requests, whose deletes this flush writes
 
     @property
     def records(self) -> int:
@@ -100,6 +101,7 @@ class StateCache:
         self.held: dict[int, list] = {}
         self.held_size: dict[int, int] = {}  # estimated bytes of each partition's held events
         self.letters: dict[int, list[Letter]] = {}
+        self.forgets: dict[int, list] = {}  # forget requests (control messages) held until written
         self.letter_bytes = 0
         self.pending: dict[int, dict[bytes, int]] = {}  # key: when it started waiting (self._since)
         self._since = itertools.count()
@@ -194,6 +196,11 @@ class StateCache:
         self.held.setdefault(partition, []).append(message)
         self.held_size[partition] = self.held_size.get(partition, 0) + SIZE_EVENT + size
 
+    def hold_forget(self, partition: int, message) -> None:
+        """A forget request of ``partition`` whose delete (made before) its partition's next flush
+        writes: acknowledged by the flush that writes it, then the user's tombstone is published."""
+        self.forgets.setdefault(partition, []).append(message)
+
     def hold_letter(self, partition: int, letter: Letter) -> None:
         """A dead-lettered input message of ``partition``: kept until :meth:`release_letters`."""
         self.letters.setdefault(partition, []).append(letter)
@@ -218,8 +225,8 @@ class StateCache:
 
     # -- flushing -----------------------------------------------------------------------
     def partitions_to_flush(self) -> list[int]:
-        return sorted(p for p in set(self.dirty) | set(self.held) | set(self.letters)
-                      if self.dirty.get(p) or self.held.get(p) or self.letters.get(p))
+        return sorted(p for p in set(self.dirty) | set(self.held) | set(self.letters) | set(self.forgets)
+                      if self.dirty.get(p) or self.held.get(p) or self.letters.get(p) or self.forgets.get(p))
 
     def take(self, partition: int, dump=st.dump) -> Flush:
         """Everything the partition's flush writes (each changed user once, serialised now) and the
@@ -236,6 +243,7 @@ class StateCache:
             else:
                 f.writes.append((key, dump(e.state)))
         f.messages = self.held.pop(partition, [])
+        f.forgets = self.forgets.pop(partition, [])
         self.held_size.pop(partition, None)
         return f
 
@@ -254,6 +262,8 @@ class StateCache:
             if key not in self.entries:  # not written again since
                 self.delete(p, key)
         self.held[p] = f.messages + self.held.get(p, [])
+        if f.forgets:
+            self.forgets[p] = f.forgets + self.forgets.get(p, [])
         self.held_size[p] = self.held_size.get(p, 0) + sum(SIZE_EVENT + message_bytes(m) for m in f.messages)
 
     def over_bound(self) -> bool:
@@ -287,6 +297,7 @@ class StateCache:
             self.dirty.pop(p, None)
             self.held.pop(p, None)
             self.held_size.pop(p, None)
+            self.forgets.pop(p, None)
             self.letter_bytes -= sum(SIZE_EVENT + letter.size for letter in self.letters.pop(p, ()))
             self.pending.pop(p, None)
             self.facts.pop(p, None)

@@ -256,3 +256,48 @@ def test_a_refused_changelog_write_at_a_rebalance_lets_the_events_go_and_spoils_
         assert (tmp_path / "users-1.db.unwritten").exists()
 
     asyncio.run(run())
+
+
+def test_a_forget_request_is_acknowledged_and_its_tombstone_published_only_by_a_flush_that_wrote_the_delete(
+        tmp_path, caplog):
+    """Refused: the request stays unacknowledged and held (no tombstone); the next flush that
+    writes the delete acknowledges it, then hands its user to ``forgotten``."""
+    flusher, cache, consumer = changelog_flusher(tmp_path, [RuntimeError("refused"), None])
+    published = []
+
+    async def forgotten(partition, keys, last=False):
+        published.append((partition, keys, last))
+
+    flusher.forgotten = forgotten
+
+    async def run():
+        request = Held(7)
+        request.key = b"gone"
+        cache.delete(1, b"gone")
+        cache.hold_forget(1, request)
+        consumer._unacked_messages.add(request)
+        await flusher.flush("forget", [1])
+        assert not request.acked and published == [] and cache.forgets == {1: [request]}
+        assert cache.dirty[1] == {b"gone": None}  # the delete is written again
+        await flusher.flush("interval")
+        assert request.acked and published == [(1, [b"gone"], False)] and cache.forgets == {}
+
+    with caplog.at_level(logging.ERROR, logger="interest_stream"):
+        asyncio.run(run())
+    assert caplog.records[-1].getMessage() == ("1 forget request(s) of partition 1 wait for their deletes to be "
+                                               "written; their tombstones follow")
+
+
+def test_a_forget_request_whose_delete_is_refused_at_a_rebalance_is_let_go_for_the_next_owner(tmp_path):
+    flusher, cache, consumer = changelog_flusher(tmp_path, [RuntimeError("refused")])
+    flusher.forgotten = None  # never called
+
+    async def run():
+        request = Held(7)
+        cache.delete(1, b"gone")
+        cache.hold_forget(1, request)
+        consumer._unacked_messages.add(request)
+        await flusher.flush("rebalance")
+        assert not request.acked and consumer._unacked_messages == set() and cache.forgets == {}
+
+    asyncio.run(run())

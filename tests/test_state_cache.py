@@ -149,8 +149,10 @@ def test_dropping_partitions_forgets_their_states_and_held_messages():
     applied(c, 1, "b", 0)
     c.hold(0, "m0", 10)
     c.hold(1, "m1", 10)
+    c.hold_forget(0, "f0")
+    c.hold_forget(1, "f1")
     c.drop_partitions({0})
-    assert list(c.entries) == [b"b"] and c.held == {1: ["m1"]}
+    assert list(c.entries) == [b"b"] and c.held == {1: ["m1"]} and c.forgets == {1: ["f1"]}
     assert 0 not in c.pending and 0 not in c.facts and c.partitions_to_flush() == [1]
     assert c.bytes == c.entries[b"b"].size + SIZE_EVENT + 10
 

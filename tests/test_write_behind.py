@@ -3,6 +3,7 @@ flush, nothing lost or counted twice when the worker dies after a flush or in th
 and a rebalance that flushes what the cache holds before handing partitions over."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -319,6 +320,75 @@ def test_a_flush_the_changelog_refuses_commits_nothing_until_its_users_are_writt
     time.sleep(1)
     assert metric(fresh, 'interest_events_total{outcome="accepted"}') == 0
     assert metric(fresh, "interest_duplicates_total") == 0
+
+
+def test_a_forget_whose_delete_the_changelog_refuses_is_applied_once_it_can_be_even_after_a_kill(env, workers):
+    """While the changelog refuses the delete, `forget` gets no tombstone and the request stays
+    uncommitted; the worker killed then and restarted once the changelog takes records applies it
+    again: the user is gone from the changelog and the worker, and the tombstone is published.
+    Before, the worker published the tombstone whatever the changelog answered and committed the
+    request: `forget` said "forgotten", and after the kill the user was back, restored whole."""
+    w, events = refused_changelog_worker(env, workers)
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 10)  # below a lone tombstone too
+    proc = cli(env, "forget", "w0", "--timeout", "3", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"Error: no tombstone for w0 within 3s: is a worker running for "
+                                  f"{env['INTEREST_TOPIC_PREFIX']}interest-stream? "
+                                  "(one that cannot write the delete to its changelog says so in its log")
+    assert "1 forget request(s) of partition" in w.log(300)
+    w.kill()
+    assert control_committed(env) == 0
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
+    w.start()
+    kept = [e for e in events if e["user_id"] != "w0"]
+    try:
+        wait_for(lambda: counted(w, kept) and w.get("/users/w0")[0] == 404, what="w0 forgotten, the others counted")
+    except AssertionError:
+        print("DEBUG", counted(w, kept), w.get("/users/w0"), w.log(20000))
+        raise
+    wait_for(lambda: control_committed(env) == 1, what="the forget request committed")
+    assert flushed_events(env) == {"w1": 4, "w2": 4}
+    out = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], f"{env['INTEREST_TOPIC_PREFIX']}user-interests", expect=1)
+    assert [(r.key, r.value) for r in out] == [(b"w0", None)]
+
+
+def test_a_forget_is_applied_after_the_users_events_still_in_the_lag(env, workers):
+    """The request reaches the worker while the user's events wait behind 24,000 others of its
+    partition: the worker applies it once it applied them, so the user stays gone. Before, the
+    forget deleted a state that did not exist yet, and the events read after it brought the user
+    back."""
+    cli(env, "topics", "create")
+    p = partition_for(b"g0", PARTS)
+    crowd = [u for u in (f"crowd{i}" for i in range(100)) if partition_for(u.encode(), PARTS) == p][:12]
+    backlog = users_events(len(crowd), 2000, name="crowd")  # crowd0.. then renamed into the partition
+    for e in backlog:
+        e["user_id"] = crowd[int(e["user_id"][5:])]
+        e["event_id"] = f"{e['user_id']}-{e['event_id']}"
+    mine = [event(i, "g0", ["click", "browse", "search"][i % 3], T0 + 10**9 + i, "tech") for i in range(6)]
+    send(env, backlog + mine)
+    forget = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "forget", "g0", "--timeout", "120"],
+                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: records(env, f"{env['INTEREST_TOPIC_PREFIX']}interest-control") == 1,
+                 what="the forget request sent")
+        w = workers("w", **FAST)
+        out, err = forget.communicate(timeout=150)
+    finally:
+        forget.kill()
+    assert forget.returncode == 0 and out.startswith("forgotten: g0 (tombstone at "), err
+    wait_for(lambda: committed(env) == len(backlog) + len(mine), timeout=120, what="every event applied")
+    assert w.get("/users/g0")[0] == 404
+    assert "g0" not in flushed_events(env) and len(flushed_events(env)) == len(crowd)
+
+
+def control_committed(env) -> int:
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
+    try:
+        topic = f"{env['INTEREST_TOPIC_PREFIX']}interest-control"
+        return sum(c.committed(TopicPartition(topic, p)) or 0 for p in range(PARTS))
+    finally:
+        c.close()
 
 
 def test_a_worker_killed_after_the_changelog_refused_a_flush_rebuilds_that_partition(env, workers):
