@@ -30,6 +30,15 @@ def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
             raise ValueError(f"{name} must be < {high}, got {getattr(cfg, name)}")
 
 
+def check_lr_floor(cfg, peaks: tuple[str, ...] = ("lr",)) -> None:
+    """The cosine schedule decays each peak learning rate to ``min_lr``: a floor above a peak
+    would make it rise instead."""
+    for peak in peaks:
+        if cfg.min_lr > getattr(cfg, peak):
+            raise ValueError(f"min_lr must be <= {peak} (the learning rate decays from {peak} to min_lr), "
+                             f"got {cfg.min_lr} > {getattr(cfg, peak)}")
+
+
 def check_backbone(cfg) -> None:
     """The GPT-2 backbone's size of a config that has one (``ModelConfig``, ``PretrainConfig``):
     at least one layer, head and width, dropout in [0, 1), and a width its attention can split

@@ -52,7 +52,7 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
-from models.config_checks import check_backbone, check_ranges
+from models.config_checks import check_backbone, check_lr_floor, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
@@ -586,6 +586,7 @@ class TrainConfig:
                                      "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
                                      "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1, "seed": 0},
                      above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
+        check_lr_floor(self, ("lr", "plain_lr"))
 
 
 def collate(seqs, pad_id: int):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.config_checks import check_backbone, check_ranges
+from models.config_checks import check_backbone, check_lr_floor, check_ranges
 
 PRETRAIN_FILE = "pretrain.json"  # marks a directory written by ``interest-stream pretrain``
 BACKBONE_DIR = "backbone"
@@ -59,6 +59,7 @@ class PretrainConfig:
                                      "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0, "weight_decay": 0.0,
                                      "max_steps": 1, "eval_every": 1, "threads": 1, "seed": 0},
                      above={"lr": 0.0, "val_frac": 0.0}, below={"val_frac": 1.0})
+        check_lr_floor(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":

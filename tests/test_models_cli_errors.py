@@ -47,6 +47,13 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     (["train", "--seed", "-1"], "Error: seed must be >= 0, got -1"),
     (["pretrain", "--set", "seed=-1"], "Error: seed must be >= 0, got -1"),
     (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
+    # the schedule rose from lr to min_lr instead of decaying
+    (["train", "--set", "min_lr=0.01"], "Error: min_lr must be <= lr (the learning rate decays from lr to "
+                                        "min_lr), got 0.01 > 0.002"),
+    (["train", "--set", "min_lr=0.04", "--set", "lr=0.05"], "Error: min_lr must be <= plain_lr (the learning "
+                                                            "rate decays from plain_lr to min_lr), got 0.04 > 0.03"),
+    (["pretrain", "--set", "min_lr=0.01"], "Error: min_lr must be <= lr (the learning rate decays from lr to "
+                                           "min_lr), got 0.01 > 0.002"),
 ])
 def test_a_bad_set_is_a_usage_error_naming_the_key(tmp_path, args, message):
     """hour_offset (the encoding's) was a traceback; `--set lr` said lr was unknown; a negative seed
