@@ -227,7 +227,7 @@ users = app.Table(
 )
 
 app.fetch_max_wait_ms = settings.fetch_max_wait_ms
-app.states = StateCache(int(settings.state_cache_mb * 2**20))
+app.states = StateCache(int(settings.state_cache_mb * 2**20), settings.max_state_bytes)
 app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches

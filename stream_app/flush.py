@@ -209,6 +209,8 @@ class Flusher:
 
     async def _flush_partition(self, p: int, reason: str = "interval") -> int:
         f = self.cache.take(p)
+        if f.trimmed:
+            self._trimmed(f)
         error = None
         if f.records:
             if hasattr(self.table.data, "_db_for_partition"):
@@ -235,6 +237,17 @@ class Flusher:
         if f.forgets and error is None:
             await self.forgotten(p, [message.key for message in f.forgets], last=reason in ("rebalance", "shutdown"))
         return f.records
+
+    def _trimmed(self, f: Flush) -> None:
+        """Users whose state outgrew the largest record the changelog takes lost their oldest rows
+        (:func:`stream_app.state.trim`): one line per flush of the partition, naming them."""
+        rows = sum(n for _, n in f.trimmed)
+        metrics.STATE_ROWS_TRIMMED.inc(rows)
+        names = ", ".join(f"{key.decode(errors='replace')!r} ({n})" for key, n in f.trimmed[:3])
+        more = f" and {len(f.trimmed) - 3} more" if len(f.trimmed) > 3 else ""
+        log.warning("partition %d: %d user state(s) over %d bytes lost their oldest %d row(s) to fit the changelog: "
+                    "%s%s; their counts miss those events, and a redelivered one among them would count again",
+                    f.partition, len(f.trimmed), self.cache.max_record, rows, names, more)
 
     def _unwritten(self, f: Flush, error: BaseException, consumer, reason: str) -> None:
         """A flush whose changelog records the broker did not take: its events stay

@@ -39,6 +39,11 @@ COMPACTED = Counter(
 SCORE_BATCHES = Counter(
     "interest_scoring_batches_total", "ONNX Runtime batches run", registry=REGISTRY,
 )
+STATE_ROWS_TRIMMED = Counter(
+    "interest_state_rows_trimmed_total",
+    "Oldest rows dropped from user states larger than INTEREST_MAX_STATE_BYTES (their counts miss them)",
+    registry=REGISTRY,
+)
 TOMBSTONES_FAILED = Counter(
     "interest_tombstones_failed_total", "Tombstones of forgotten users the output topic did not take",
     registry=REGISTRY,

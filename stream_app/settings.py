@@ -75,6 +75,11 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
 
 
 MAX_LONG = 2**63 - 1  # Kafka's LONG configs (retention.ms)
+# The largest stored user state a flush writes: the changelog's max.message.bytes that `topics
+# create` gives (stream_app.topics) less 1 KiB for the record's key and the batch's header.
+# The newest INTEREST_MAX_EVENTS rows and the profile take at most about 0.5 MB, hence the minimum.
+DEFAULT_MAX_STATE_BYTES = 16 * 2**20 - 2**10
+MIN_MAX_STATE_BYTES = 2**20
 # Faust refuses a session timeout above its request timeout (broker_request_timeout, 90 s)
 MAX_SESSION_TIMEOUT_S = 90.0
 
@@ -163,6 +168,7 @@ class Settings:
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
     flush_s: float = 15.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
     state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB: decoded user states (and events waiting for a flush) kept in memory
+    max_state_bytes: int = DEFAULT_MAX_STATE_BYTES  # INTEREST_MAX_STATE_BYTES: the largest stored user state
     replication: int = 1  # INTEREST_REPLICATION: replication factor of the topics Faust declares (changelogs)
     canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default http://127.0.0.1:<port>)
     evict_every_s: float = 60.0  # INTEREST_EVICT_EVERY_S: how often idle users are compacted or evicted
@@ -219,6 +225,7 @@ class Settings:
             log_format=log_format,
             flush_s=_float(env, "INTEREST_FLUSH_S", 15.0, minimum=0.05),
             state_cache_mb=_float(env, "INTEREST_STATE_CACHE_MB", 512.0, minimum=1.0),
+            max_state_bytes=_int(env, "INTEREST_MAX_STATE_BYTES", DEFAULT_MAX_STATE_BYTES, minimum=MIN_MAX_STATE_BYTES),
             replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1),
             canonical_url=canonical_url,
             evict_every_s=_float(env, "INTEREST_EVICT_EVERY_S", 60.0, minimum=0.1),

@@ -100,6 +100,26 @@ def dump(state: dict) -> bytes:
     return orjson.dumps(state)
 
 
+def trim(state: dict, max_bytes: int) -> int:
+    """Drop the oldest compact rows (``old``) until the stored form takes at most ``max_bytes``;
+    returns how many were dropped. Only a user with tens of thousands of events within the window
+    and the grace gets there (a changelog record is at most ``INTEREST_MAX_STATE_BYTES``): its
+    counts then miss the dropped rows, and a redelivered event among them would count again. The
+    newest rows, which the model reads, and the profile stay."""
+    excess = len(dump(state)) - max_bytes
+    old, dropped = state["old"], 0
+    ids = state.get("_ids")
+    while excess > 0 and dropped < len(old):
+        row = old[dropped]
+        excess -= len(orjson.dumps(row)) + 1  # the row and its comma
+        if ids is not None:
+            ids.discard(row[1])
+        dropped += 1
+    if dropped:
+        del old[:dropped]
+    return dropped
+
+
 def new_state() -> dict:
     return {"v": STATE_VERSION, "seq": 0, "newest": None, "seen": 0, "ev": [], "old": [], "p": None,
             "out": None, "scored": 0}

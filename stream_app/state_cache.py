@@ -84,6 +84,7 @@ class Flush:
     writes: list = field(default_factory=list)  # (key, bytes) in first-changed order
     deletes: list = field(default_factory=list)  # keys
     messages: list = field(default_factory=list)  # held input messages, in arrival order
+    trimmed: list = field(default_factory=list)  # (key, rows dropped) of states trimmed to max_record
     forgets: list = field(default_factory=list)  # held forget requests, whose deletes this flush writes
 
     @property
@@ -92,10 +93,11 @@ class Flush:
 
 
 class StateCache:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, max_record: int | None = None):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.max_bytes = max_bytes
+        self.max_record = max_record  # the largest stored state a flush writes (stream_app.state.trim)
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()  # least recently used first
         self.dirty: dict[int, dict[bytes, None]] = {}  # per partition, insertion-ordered set
         self.held: dict[int, list] = {}
@@ -229,8 +231,9 @@ class StateCache:
                       if self.dirty.get(p) or self.held.get(p) or self.letters.get(p) or self.forgets.get(p))
 
     def take(self, partition: int, dump=st.dump) -> Flush:
-        """Everything the partition's flush writes (each changed user once, serialised now) and the
-        input messages it then acknowledges; the states count as clean from here on."""
+        """Everything the partition's flush writes (each changed user once, serialised now, a
+        state larger than ``max_record`` trimmed first) and the input messages it then
+        acknowledges; the states count as clean from here on."""
         f = Flush(partition)
         for key in self.dirty.pop(partition, {}):
             e = self.entries.get(key)
@@ -241,7 +244,14 @@ class StateCache:
                 f.deletes.append(key)
                 del self.entries[key]
             else:
-                f.writes.append((key, dump(e.state)))
+                raw = dump(e.state)
+                if self.max_record is not None and len(raw) > self.max_record:
+                    f.trimmed.append((key, st.trim(e.state, self.max_record)))
+                    raw = dump(e.state)
+                    size = estimated_size(e.state)
+                    self.state_bytes += size - e.size
+                    e.size = size
+                f.writes.append((key, raw))
         f.messages = self.held.pop(partition, [])
         f.forgets = self.forgets.pop(partition, [])
         self.held_size.pop(partition, None)

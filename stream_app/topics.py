@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .events import MAX_DEAD_LETTER_BYTES
-from .settings import InterestStreamError, Settings
+from .settings import DEFAULT_MAX_STATE_BYTES, InterestStreamError, Settings
 
 # Faust table names; their changelog topics are "<app id>-<name>-changelog". (Before the
 # write-behind state there were also "pending" and "vectors"; their topics are no longer used.)
@@ -18,8 +18,10 @@ TABLES = ("users",)
 # grace (stream_app.state), so a busy user's record outgrows the broker's default limit of about
 # 1 MB (5,000 events a day with 128-character ids and categories: 1.4 MB). The broker refused such
 # a record; the flush went on, the offsets were committed, and a restart restored the user
-# without those events. 16 MiB holds about 57,000 such events (200,000 with short ids).
-CHANGELOG_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# without those events. 16 MiB holds about 57,000 such events (200,000 with short ids); a state
+# larger than INTEREST_MAX_STATE_BYTES (1 KiB less by default) loses its oldest rows at the flush
+# (stream_app.state.trim) instead of stalling its partition.
+CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
 
 
 class TopicError(InterestStreamError):

@@ -189,3 +189,11 @@ def test_a_kafka_home_under_a_file_is_a_one_line_error(verb, tmp_path, monkeypat
         assert res.exit_code == 1, res.output
         assert res.output == (f"Error: INTEREST_KAFKA_HOME: {tmp_path / 'file'} is not a directory (the broker's "
                               f"data, logs and pid file go in {home})\n")
+
+
+def test_the_largest_stored_state_has_a_floor_the_newest_rows_fit_under():
+    assert Settings.from_env({}).max_state_bytes == 16 * 2**20 - 2**10  # 1 KiB under the changelog's limit
+    assert Settings.from_env({"INTEREST_MAX_STATE_BYTES": "1048576"}).max_state_bytes == 2**20
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INTEREST_MAX_STATE_BYTES": "1048575"})
+    assert str(err.value) == "INTEREST_MAX_STATE_BYTES must be >= 1048576, got 1048575"

@@ -243,3 +243,22 @@ def test_profile_of_an_event_behind_more_than_a_thousand_rows():
     assert got["c"].keys() == want["c"].keys() == {"a", "b"}
     for cat, vs in want["c"].items():
         assert got["c"][cat] == pytest.approx(vs, abs=2), cat
+
+
+def test_trim_drops_the_oldest_compact_rows_until_the_stored_form_fits():
+    """The stored form below is 144 bytes; its compact rows take 19, 21 and 19 bytes plus a comma."""
+    def three_rows():
+        s = state.new_state()
+        s["old"] = [(1, "a", "click", "x"), (2, "bb", "browse", "y"), (3, "c", "click", "x")]
+        s["newest"], s["_ids"] = 3, {"a", "bb", "c"}
+        return s
+
+    s = three_rows()
+    assert len(state.dump(s)) == 144 and state.trim(s, 144) == 0 and len(s["old"]) == 3
+    s = three_rows()
+    assert state.trim(s, 124) == 1 and len(state.dump(s)) == 124
+    assert s["old"] == [(2, "bb", "browse", "y"), (3, "c", "click", "x")] and s["_ids"] == {"bb", "c"}
+    s = three_rows()
+    assert state.trim(s, 123) == 2 and len(state.dump(s)) == 102 and s["_ids"] == {"c"}
+    s = three_rows()
+    assert state.trim(s, 10) == 3 and s["old"] == [] and s["_ids"] == set()  # as small as it gets

@@ -212,3 +212,22 @@ def test_a_flush_the_changelog_refused_is_written_again_and_its_messages_held_fi
     assert g.deletes == [b"b", b"d"]
     assert g.messages == [m0, m1, m2]
     assert c.bytes == sum(e.size for e in c.entries.values())  # the held sizes went with the take
+
+
+def test_a_flush_trims_a_state_over_the_largest_record_and_says_whose():
+    c = StateCache(10**9, max_record=1_500)
+    st = None
+    for i in range(40):  # the newest 4 are rows the model reads, the others compact rows
+        st = state.apply(st, event("big", i), state.Limits(86_400_000, 3_600_000, max_events=4), now_ms=0)[1]
+    c.put(0, b"big", st)
+    applied(c, 0, "small", 0)
+    big = len(state.dump(st))
+    assert big == 1_905
+    f = c.take(0)
+    written = dict(f.writes)
+    [(key, rows)] = f.trimmed
+    assert key == b"big" and rows == 10 and len(written[b"big"]) == 1_495  # 1,905 less 10 rows of 40 bytes and a comma
+    assert state.load(written[b"big"])["seq"] == 40 and len(c.entries[b"big"].state["old"]) + rows + len(
+        c.entries[b"big"].state["ev"]) == 40
+    assert written[b"small"] == state.dump(c.entries[b"small"].state)  # untouched
+    assert c.state_bytes == sum(e.size for e in c.entries.values())

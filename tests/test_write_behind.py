@@ -381,6 +381,29 @@ def test_a_forget_is_applied_after_the_users_events_still_in_the_lag(env, worker
     assert "g0" not in flushed_events(env) and len(flushed_events(env)) == len(crowd)
 
 
+def test_a_user_state_over_the_largest_record_loses_its_oldest_rows_instead_of_stalling_its_partition(
+        env, workers):
+    """A changelog made with the broker's default limit (here 1 MiB and 1 KiB) and a bot's 5,000
+    events with 128-character ids and categories (1.5 MB of state): the flush trims the state to
+    INTEREST_MAX_STATE_BYTES (1 MiB), says whose, and the partition's offsets are committed; the
+    user's count is short by exactly the rows dropped. Before, the broker refused the record at
+    every flush, and the partition's offsets were never committed again."""
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 2**20 + 2**10)
+    w = workers("w", INTEREST_MAX_STATE_BYTES=str(2**20), **FAST)
+    bot = [dict(event(i, "bot", ["click", "browse"][i % 2], T0 + i * 10_000, f"{i % 7}" * 128),
+                event_id=f"{i:0128d}") for i in range(5000)]
+    send(env, bot + users_events(3, 4))
+    wait_for(lambda: committed(env) == 5012, what="every offset committed")
+    dropped = metric(w, "interest_state_rows_trimmed_total")
+    assert dropped > 1000
+    assert w.get("/users/bot")[1]["events"] == 5000 - dropped
+    assert "partition" in w.log(300) and "user state(s) over 1048576 bytes lost their oldest" in w.log(300)
+    assert "'bot' (" in w.log(300)
+    assert flushed_events(env)["bot"] == 5000 - dropped and {f"w{u}": 4 for u in range(3)}.items() <= \
+        flushed_events(env).items()
+
+
 def control_committed(env) -> int:
     c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
                       group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
