@@ -240,7 +240,9 @@ app.models = ModelHolder(settings.model_dir, settings.ort_threads,
 @app.on_partitions_revoked.connect
 async def forget_revoked(sender, revoked, **kwargs) -> None:
     """Revoked partitions were flushed (``_consumer_wait_empty``); their states leave memory."""
-    app.states.drop_partitions({tp.partition for tp in revoked if tp.topic in TOPIC_TYPES})
+    gone = {tp.partition for tp in revoked if tp.topic in TOPIC_TYPES}
+    app.states.drop_partitions(gone)
+    app.flusher.unwritten -= gone  # their .unwritten files stay, for the next start (stream_app.flush)
     metrics.CACHE_BYTES.set(app.states.bytes)
 
 

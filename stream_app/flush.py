@@ -209,6 +209,12 @@ class Flusher:
 
     async def _flush_partition(self, p: int, reason: str = "interval") -> int:
         f = self.cache.take(p)
+        try:
+            return await self._write_and_settle(f, p, reason)
+        finally:
+            self.cache.settled(f)  # its events count in the cache's bytes until now
+
+    async def _write_and_settle(self, f: Flush, p: int, reason: str) -> int:
         if f.trimmed:
             self._trimmed(f)
         error = None

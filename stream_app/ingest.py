@@ -12,6 +12,8 @@ serialisation and no table write.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from faust.types import TP
@@ -21,7 +23,10 @@ from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, inputs, lookup_key, now_ms
 from .events import dead_letter
 from .state_cache import Letter, message_bytes
 
+log = logging.getLogger("interest_stream")
+
 ALIGN_SWEEP_S = 0.1  # how often waiting messages are looked at again (topics caught up, waits over)
+STALL_POLL_S = 0.1  # how often a full cache waiting for the changelog looks again
 
 
 def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> bytes | None:
@@ -64,6 +69,7 @@ class Received:
 
 
 app.received = Received()
+app.ingest_stalled = False  # applying waits for the changelog (stream_app.ingest._wait_for_changelog)
 
 
 @app.on_partitions_revoked.connect
@@ -74,9 +80,10 @@ async def forget_received(sender, revoked, **kwargs) -> None:
         app.received.offsets.pop((tp.topic, tp.partition), None)
 
 
-def apply_released(messages) -> None:
+def apply_released(messages, bounded: bool = False) -> None:
     """Apply messages the aligner released, and hold each until its partition's flush (a
-    dead-lettered one until a flush finds its dead letter delivered)."""
+    dead-lettered one until a flush finds its dead letter delivered). ``bounded``: stop once the
+    cache is over its bound (``messages`` is the aligner's generator, so the rest stay there)."""
     states = app.states
     for m in messages:
         letter = process(m.topic, m.partition, m.offset, m.key, m.value)
@@ -86,6 +93,8 @@ def apply_released(messages) -> None:
             sent = send_letter(m.key, letter)
             states.hold_letter(m.partition, Letter(m, m.topic, m.offset, m.key, letter, sent,
                                                    message_bytes(m) + len(letter)))
+        if bounded and states.over_bound():
+            return
 
 
 async def _respect_bound() -> None:
@@ -93,6 +102,32 @@ async def _respect_bound() -> None:
     if states.over_bound():  # dirty states cannot be dropped: flush, then drop the least recently used
         await app.flusher.flush("cache_full")
         metrics.CACHE_DROPPED.inc(states.shrink())
+        if states.over_bound() and app.flusher.unwritten:
+            await _wait_for_changelog()
+
+
+async def _wait_for_changelog() -> None:
+    """The cache is full and the changelog refuses flushes: their users and events cannot leave
+    memory, so nothing more is applied (the ingest agent and the aligner's sweep wait here) until
+    the changelog took a flush of each refused partition (the interval flushes retry) or a
+    rebalance begins (its flush lets the events go). Memory stays at the bound; the input waits
+    in Kafka."""
+    states, flusher = app.states, app.flusher
+    first, t0 = not app.ingest_stalled, time.monotonic()
+    if first:  # the other caller (agent or sweep) waits too, without saying so again
+        app.ingest_stalled = True
+        metrics.INGEST_STALLED.set(1)
+        log.error("the state cache is full (%d MB) and the changelog refuses partitions %s: reading stops until it "
+                  "takes their flushes", states.max_bytes // 2**20, sorted(flusher.unwritten))
+    try:
+        # until the changelog takes them: while flushes are under way the cache only seems to have room
+        while flusher.unwritten and not app.rebalancing and not app.should_stop:
+            await asyncio.sleep(STALL_POLL_S)
+    finally:
+        if first:
+            app.ingest_stalled = False
+            metrics.INGEST_STALLED.set(0)
+            log.warning("reading again after %.1f s", time.monotonic() - t0)
 
 
 @app.agent(inputs)
@@ -106,7 +141,7 @@ async def ingest(stream):
         offsets[(m.topic, p)] = m.offset
         now = time.monotonic()
         if aligner.add(m.topic, p, m.timestamp, m, now):
-            apply_released(list(aligner.ready(p, caught_up, now)))
+            apply_released(aligner.ready(p, caught_up, now), bounded=True)
         if states.over_bound():
             await _respect_bound()
 
@@ -115,8 +150,8 @@ async def ingest(stream):
 async def align_timer():
     """Apply waiting messages whose topics caught up meanwhile, or that waited long enough."""
     aligner = app.aligner
-    if len(aligner):
-        apply_released(aligner.expired(app.received.caught_up, time.monotonic()))
+    if len(aligner) and not app.ingest_stalled:
+        apply_released(aligner.expired(app.received.caught_up, time.monotonic()), bounded=True)
         await _respect_bound()
     metrics.ALIGN_WAITING.set(len(aligner))
     metrics.ALIGN_FORCED.inc(aligner.forced)

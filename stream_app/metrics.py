@@ -105,6 +105,10 @@ CACHE_BYTES = Gauge(
 CACHE_USERS = Gauge(
     "interest_state_cache_users", "User states cached in memory", registry=REGISTRY,
 )
+INGEST_STALLED = Gauge(
+    "interest_ingest_stalled", "1 while reading waits for the changelog to take flushes (the state cache is full)",
+    registry=REGISTRY,
+)
 CACHE_DROPPED = Counter(
     "interest_state_cache_dropped_total", "Clean user states dropped from memory to respect the bound",
     registry=REGISTRY,

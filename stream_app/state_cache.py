@@ -85,6 +85,7 @@ class Flush:
     deletes: list = field(default_factory=list)  # keys
     messages: list = field(default_factory=list)  # held input messages, in arrival order
     trimmed: list = field(default_factory=list)  # (key, rows dropped) of states trimmed to max_record
+    held_size: int = 0  # estimated bytes of its messages, counted by the cache until it settles
     forgets: list = field(default_factory=list)  # held forget requests, whose deletes this flush writes
 
     @property
@@ -102,6 +103,7 @@ class StateCache:
         self.dirty: dict[int, dict[bytes, None]] = {}  # per partition, insertion-ordered set
         self.held: dict[int, list] = {}
         self.held_size: dict[int, int] = {}  # estimated bytes of each partition's held events
+        self.flushing = 0  # estimated bytes of the events of flushes under way (in memory until settled)
         self.letters: dict[int, list[Letter]] = {}
         self.forgets: dict[int, list] = {}  # forget requests (control messages) held until written
         self.letter_bytes = 0
@@ -114,7 +116,7 @@ class StateCache:
     # -- reading ------------------------------------------------------------------------
     @property
     def held_bytes(self) -> int:
-        return sum(self.held_size.values()) + self.letter_bytes
+        return sum(self.held_size.values()) + self.letter_bytes + self.flushing
 
     @property
     def bytes(self) -> int:
@@ -254,8 +256,15 @@ class StateCache:
                 f.writes.append((key, raw))
         f.messages = self.held.pop(partition, [])
         f.forgets = self.forgets.pop(partition, [])
-        self.held_size.pop(partition, None)
+        f.held_size = self.held_size.pop(partition, 0)
+        self.flushing += f.held_size
         return f
+
+    def settled(self, f: Flush) -> None:
+        """A flush's events were acknowledged, held again (:meth:`unwritten`) or let go: they no
+        longer count as under way."""
+        self.flushing -= f.held_size
+        f.held_size = 0
 
     def unwritten(self, f: Flush, load=st.load) -> None:
         """A flush whose changelog records were not delivered: its users are dirty again (the next

@@ -214,7 +214,7 @@ def held_users(cache, consumer, users, offsets):
         cache.put(1, user, {"v": 1, "seq": 1, "newest": 1, "seen": 0, "ev": [], "old": [], "p": None,
                             "out": None, "scored": 0})
     for m in messages:
-        cache.hold(1, m, 2)
+        cache.hold(1, m, 3)  # its key and value
         consumer._unacked_messages.add(m)
     return messages
 
@@ -228,11 +228,13 @@ def test_a_refused_changelog_write_holds_the_events_until_a_flush_writes_the_use
         first = held_users(cache, consumer, [b"a", b"b"], [0, 1])
         await flusher.flush("interval")
         assert [m.acked for m in first] == [False, False] and marker.exists()
+        assert cache.flushing == 0 and cache.held_size == {1: 2 * (SIZE_EVENT + 3)}  # held again, counted once
         second = held_users(cache, consumer, [], [2])
         assert cache.partitions_to_flush() == [1] and set(cache.dirty[1]) == {b"a", b"b"}
         assert cache.held[1] == first + second  # the refused flush's events first
         await flusher.flush("interval")
         assert [m.acked for m in first + second] == [True] * 3 and not marker.exists()
+        assert cache.flushing == 0 and cache.held_size == {}
         assert flusher.table.data.offsets == {}
 
     with caplog.at_level(logging.ERROR, logger="interest_stream"):

@@ -404,6 +404,27 @@ def test_a_user_state_over_the_largest_record_loses_its_oldest_rows_instead_of_s
         flushed_events(env).items()
 
 
+def test_a_full_cache_the_changelog_cannot_empty_stops_reading_until_it_can(env, workers):
+    """The changelog refuses every flush and the cache (1 MB) fills with users and events that
+    cannot leave memory: the worker stops reading, the cache stays at its bound and the rest waits
+    in Kafka; once the changelog takes records, every event is counted and committed. Before, the
+    worker read on, each event over the bound set off a flush of every partition (refused), and
+    the cache grew past its bound without limit (1.8 MB after 5 s here, 2.0 MB after 20 s)."""
+    cli(env, "topics", "create")
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
+    w = workers("w", INTEREST_STATE_CACHE_MB="1", **FAST)
+    events = users_events(100, 80)
+    send(env, events)
+    wait_for(lambda: metric(w, "interest_ingest_stalled") == 1, what="reading stopped")
+    time.sleep(2)
+    assert metric(w, "interest_state_cache_bytes") <= 1.1 * 2**20
+    assert metric(w, "interest_consumer_lag{") > 1000  # waiting in Kafka, not in memory
+    assert "the state cache is full (1 MB) and the changelog refuses partitions [" in w.log(300)
+    set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
+    wait_for(lambda: committed(env) == 8000, timeout=120, what="every offset committed")
+    assert counted(w, events) and metric(w, "interest_ingest_stalled") == 0
+
+
 def control_committed(env) -> int:
     c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
                       group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
