@@ -24,7 +24,7 @@ from . import metrics, state
 from .alignment import RELEASE_EVERY, Aligner
 from .consumer import Consumer
 from .events import MAX_DEAD_LETTER_BYTES
-from .flush import Flusher
+from .flush import LETTER_WAIT_S, Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
 from .partitioning import partition_for
@@ -99,6 +99,7 @@ class InterestApp(faust.App):
     flusher: Flusher
     models: ModelHolder
     output_partitions: int  # of the output topic, read at start
+    vector_sends: set  # batches of vectors the broker has not answered yet (stream_app.scoring)
     fetch_max_wait_ms: int  # how long a fetch waits for data at most (stream_app.consumer.ConsumerThread)
 
     def _new_transport(self):
@@ -150,6 +151,12 @@ class InterestApp(faust.App):
         from .ingest import apply_released  # messages still waiting for their topics to align
 
         apply_released(self.aligner.drain())
+        # a batch of vectors the broker refuses makes its users wait for a vector again
+        # (stream_app.scoring.on_vectors_sent): the last flush must write that, or the partitions'
+        # next owner would score those users only after their next event
+        sending = [fut for fut in self.vector_sends if not fut.done()]
+        if sending:
+            await asyncio.wait(sending, timeout=LETTER_WAIT_S)
         await self.flusher.flush("shutdown" if self.should_stop else "rebalance")
         await super()._consumer_wait_empty(consumer, logger)
 
@@ -227,6 +234,7 @@ users = app.Table(
 )
 
 app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+app.vector_sends = set()
 app.states = StateCache(int(settings.state_cache_mb * 2**20), settings.max_state_bytes)
 app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
 app.flusher = Flusher(users, app.states, settings.control_topic,

@@ -20,6 +20,9 @@ again when that vector is published (``StateCache.scored``), so the same pass ta
 A batch of vectors the output topic does not take (the broker refuses it, or gives up) is logged
 as an error and its users are pending again (:func:`on_vectors_sent`): the next pass scores them
 and publishes their newest vectors, instead of leaving them without one until their next event.
+The last flush before a rebalance or shutdown waits for the batches not answered yet (up to
+:data:`stream_app.flush.LETTER_WAIT_S`), so that it writes their users as pending for the
+partitions' next owner.
 A newly assigned partition is scanned once (every state decoded once) to find them and to learn
 every user's idle facts (:mod:`stream_app.idle`).
 """
@@ -170,6 +173,8 @@ async def publish(running, model, generation: int) -> int:
         for fut, n in sent:
             keys = [key for key, _ in records[first:first + n]]
             fut.add_done_callback(partial(on_vectors_sent, p, {k: where[k] for k in keys}, generation))
+            app.vector_sends.add(fut)  # the last flush before a rebalance or shutdown waits for it
+            fut.add_done_callback(app.vector_sends.discard)
             first += n
     n = sum(len(r) for r in by_partition.values())
     metrics.SCORED_USERS.inc(n)
