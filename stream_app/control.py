@@ -34,8 +34,6 @@ from .state_cache import message_bytes
 log = logging.getLogger("interest_stream.control")
 
 OBSOLETE_OPS = ("scored", "evict")  # requests of the worker before the write-behind state: nothing to do
-
-
 CATCH_UP_POLL_S = 0.1  # how often a forget waiting for its user's events looks again
 CATCH_UP_WARN_S = 10.0  # a forget waiting longer than this says what it waits for
 

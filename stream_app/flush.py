@@ -175,7 +175,7 @@ class Flusher:
         self.producer = producer
         self.consumer = consumer
         self.send_letter = send_letter
-        self.forgotten = forgotten  # async (partition, keys): their deletes are written (stream_app.control)
+        self.forgotten = forgotten  # async (partition, keys, last): their deletes are written (stream_app.control)
         self.unwritten: set[int] = set()  # partitions whose last changelog write failed
         self.chunk = chunk
         self.lock = asyncio.Lock()
@@ -210,11 +210,11 @@ class Flusher:
     async def _flush_partition(self, p: int, reason: str = "interval") -> int:
         f = self.cache.take(p)
         try:
-            return await self._write_and_settle(f, p, reason)
+            return await self._write_and_acknowledge(f, p, reason)
         finally:
             self.cache.settled(f)  # its events count in the cache's bytes until now
 
-    async def _write_and_settle(self, f: Flush, p: int, reason: str) -> int:
+    async def _write_and_acknowledge(self, f: Flush, p: int, reason: str) -> int:
         if f.trimmed:
             self._trimmed(f)
         error = None
