@@ -322,8 +322,9 @@ def forget(user, bootstrap_servers, timeout):
     finally:
         consumer.close()
     raise click.ClickException(
-        f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}? (one that cannot write "
-        "the delete to its changelog says so in its log, and forgets the user once it can)"
+        f"no tombstone for {user} within {timeout:.0f}s: is a worker running for {s.app_id}? (one still applying "
+        "the user's earlier events, or whose changelog refuses the delete, says so in its log, and forgets the "
+        "user once it can)"
     )
 
 
