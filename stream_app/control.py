@@ -13,13 +13,15 @@ waits for (:func:`forgotten`). If the changelog refuses the delete, nothing is s
 partition's next flushes write it again, and the tombstone follows the one that succeeds; a
 worker stopped before that leaves the request uncommitted, to be applied again. Every other
 control request is held too, so that no later offset of the control partition is committed
-before a held forget.
+before a held forget. Each control partition's requests are applied in order by a task of its own
+(:func:`apply_in_order`): a forget waiting for its user's events holds back only its partition's.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from functools import partial
 
 import orjson
@@ -76,13 +78,13 @@ def applied_to(topic: str, partition: int) -> int:
 
 async def caught_up(message, ends: dict[str, int]) -> bool:
     """Wait until the worker applied the user's events before the request's end offsets (input
-    topics only); False when the partition is handed over meanwhile (a rebalance): the request is
-    then let go unacknowledged, for its next owner to read."""
+    topics only); False when the partition is handed over meanwhile (a rebalance, or the worker
+    stopping): the request is then let go unacknowledged, for its next owner to read."""
     ends = {t: n for t, n in ends.items() if t in TOPIC_TYPES}
     t0, warned = time.monotonic(), False
     while behind := unapplied(ends, partial(applied_to, partition=message.partition)):
-        if app.rebalancing or message.partition not in owned_partitions():
-            app.consumer._unacked_messages.discard(message)  # or Faust's rebalance waits for it
+        if app.rebalancing or app.should_stop or message.partition not in owned_partitions():
+            app.consumer._unacked_messages.discard(message)  # or Faust's rebalance (or stop) waits for it
             return False
         if not warned and time.monotonic() - t0 > CATCH_UP_WARN_S:
             warned = True
@@ -142,8 +144,33 @@ def on_tombstones_sent(out_partition: int, keys: list[bytes], fut: asyncio.Futur
 app.flusher.forgotten = forgotten
 
 
+queues: dict[int, deque] = {}  # requests per control partition, applied in order by one task each
+
+
+async def apply_in_order(partition: int, queue: deque) -> None:
+    """Apply one partition's requests in order, so that a forget waiting for its user's events
+    holds back only the requests of its partition. At a rebalance or a stop the requests not
+    applied are let go unacknowledged, for the partition's next owner."""
+    try:
+        while queue:
+            if app.rebalancing or app.should_stop or await apply_control(queue[0]) == "handed over":
+                for message in queue:
+                    app.consumer._unacked_messages.discard(message)  # or Faust's rebalance waits for them
+                queue.clear()
+                return
+            queue.popleft()
+    finally:
+        queues.pop(partition, None)
+
+
 @app.agent(control)
 async def control_agent(stream):
-    """Apply forget requests to the users' states (acknowledged by the flushes, not by Faust)."""
+    """Hand forget requests to their partition's queue (acknowledged by the flushes, not by Faust)."""
     async for event in stream.noack().events():
-        await apply_control(event.message)
+        m = event.message
+        queue = queues.get(m.partition)
+        if queue is not None:
+            queue.append(m)
+        else:
+            queue = queues[m.partition] = deque([m])
+            app.add_future(apply_in_order(m.partition, queue))

@@ -426,6 +426,29 @@ def test_a_full_cache_the_changelog_cannot_empty_stops_reading_until_it_can(env,
     assert counted(w, events) and metric(w, "interest_ingest_stalled") == 0
 
 
+def test_a_forget_waiting_for_its_users_events_holds_back_neither_other_partitions_nor_a_stop(env, workers):
+    """A request whose end offsets the worker never reaches (as if its events were still far
+    behind) waits, while a forget of a user in another partition goes through; SIGTERM stops the
+    worker at once and leaves the waiting request uncommitted. Before, the one control agent
+    waited on the first request, so the second `forget` timed out, and the stop waited for it."""
+    cli(env, "topics", "create")
+    w = workers("w", **FAST)
+    p_stuck = partition_for(b"stuck0", PARTS)
+    free = next(u for u in (f"free{i}" for i in range(100)) if partition_for(u.encode(), PARTS) != p_stuck)
+    send(env, users_events(1, 2, name="stuck") + [dict(e, user_id=free, event_id=f"{free}-{i}")
+                                                   for i, e in enumerate(users_events(1, 2, name="x"))])
+    clicks = topics(env)["click"]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{env['INTEREST_TOPIC_PREFIX']}interest-control", b"stuck0",
+                                              {"op": "forget", "ends": {clicks: 10**9}})])
+    out = cli(env, "forget", free, "--timeout", "30").stdout
+    assert out.startswith(f"forgotten: {free} (tombstone at ")
+    assert w.get("/users/stuck0")[0] == 200
+    t0 = time.monotonic()
+    assert w.stop(timeout=20) == 0
+    assert time.monotonic() - t0 < 15
+    assert control_committed(env) == 1  # the free user's request only
+
+
 def control_committed(env) -> int:
     c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
                       group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
