@@ -24,6 +24,12 @@ TABLES = ("users",)
 CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
 
 
+def changelog_limit(settings: Settings) -> int:
+    """The changelog's ``max.message.bytes``: 16 MiB, or more when INTEREST_MAX_STATE_BYTES asks
+    for larger states (a state, its key and the batch's header)."""
+    return max(CHANGELOG_MAX_MESSAGE_BYTES, settings.max_state_bytes + 2**10)
+
+
 class TopicError(InterestStreamError):
     """Topics are missing or inconsistent."""
 
@@ -48,7 +54,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
     specs += [
         TopicSpec(f"{settings.app_id}-{t}-changelog", p,
-                  compact | {"max.message.bytes": str(CHANGELOG_MAX_MESSAGE_BYTES)}) for t in TABLES
+                  compact | {"max.message.bytes": str(changelog_limit(settings))}) for t in TABLES
     ]
     return specs
 

@@ -91,3 +91,19 @@ def test_a_limit_the_broker_will_not_raise_is_a_clear_error():
         alter_limits(Client(), {"a": (1048588, 4194304), "b": (1048588, 16777216)})
     assert str(err.value) == ("cannot raise max.message.bytes of b to 16777216: "
                               "[Error 29] TopicAuthorizationFailedError: denied")
+
+
+def test_the_changelog_takes_the_largest_state_the_worker_writes():
+    """16 MiB by default and for smaller states; a state of INTEREST_MAX_STATE_BYTES plus 1 KiB
+    (its key and the batch's header) when that is larger, so `topics create` and the start's
+    check ask for what the flush will write."""
+    from stream_app.settings import Settings
+    from stream_app.topics import topic_specs
+
+    def changelog_limit(env):
+        [spec] = [spec for spec in topic_specs(Settings.from_env(env)) if spec.name.endswith("-changelog")]
+        return int(spec.config["max.message.bytes"])
+
+    assert changelog_limit({}) == 16 * 2**20
+    assert changelog_limit({"INTEREST_MAX_STATE_BYTES": str(2**20)}) == 16 * 2**20
+    assert changelog_limit({"INTEREST_MAX_STATE_BYTES": str(32 * 2**20)}) == 32 * 2**20 + 2**10
