@@ -30,7 +30,7 @@ from .model_swap import ModelHolder
 from .partitioning import partition_for
 from .settings import Settings
 from .state_cache import StateCache
-from .topics import TopicError, changelog_limit, check_input_topics, check_limits, partition_counts
+from .topics import LIMIT, TopicError, changelog_limit, check_input_topics, check_limits, partition_counts
 
 log = logging.getLogger("interest_stream")
 
@@ -228,7 +228,7 @@ def send_letter(key: bytes | None, value: bytes):
 users = app.Table(
     "users", partitions=settings.partitions, **TABLE_RAW,
     # when Faust creates the changelog (no `topics create`): the limit topics create gives it
-    extra_topic_configs={"max.message.bytes": str(changelog_limit(settings))},
+    extra_topic_configs={LIMIT: str(changelog_limit(settings))},
     help="Per-user state: recent events, ids within window+grace, watermark, profile, last vector "
          "(written once per flush)",
 )

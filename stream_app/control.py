@@ -29,7 +29,7 @@ from faust.types import TP
 
 from . import metrics
 from .app import TOPIC_TYPES, app, control, owned_partitions, settings
-from .flush import send_batches
+from .flush import let_go, send_batches
 from .partitioning import partition_for
 from .state_cache import message_bytes
 
@@ -84,7 +84,7 @@ async def caught_up(message, ends: dict[str, int]) -> bool:
     t0, warned = time.monotonic(), False
     while behind := unapplied(ends, partial(applied_to, partition=message.partition)):
         if app.rebalancing or app.should_stop or message.partition not in owned_partitions():
-            app.consumer._unacked_messages.discard(message)  # or Faust's rebalance (or stop) waits for it
+            let_go(app.consumer, [message])
             return False
         if not warned and time.monotonic() - t0 > CATCH_UP_WARN_S:
             warned = True
@@ -154,8 +154,7 @@ async def apply_in_order(partition: int, queue: deque) -> None:
     try:
         while queue:
             if app.rebalancing or app.should_stop or await apply_control(queue[0]) == "handed over":
-                for message in queue:
-                    app.consumer._unacked_messages.discard(message)  # or Faust's rebalance waits for them
+                let_go(app.consumer, queue)
                 queue.clear()
                 return
             queue.popleft()

@@ -98,6 +98,14 @@ log = logging.getLogger("interest_stream")
 FLUSH_CHUNK = 500  # users written between two yields to the event loop (heartbeats, web, other agents)
 LETTER_WAIT_S = 5.0  # at a rebalance or shutdown, how long a flush waits for undelivered dead letters
 AHEAD_OF_ANY_CHANGELOG = 2**62  # a persisted offset that marks a partition database unusable (see above)
+LAST_FLUSHES = ("rebalance", "shutdown")  # a partition's last flush in this process
+
+
+def let_go(consumer, messages) -> None:
+    """Stop Faust's rebalance or stop from waiting for ``messages``, left unacknowledged for the
+    partition's next owner to read (``Consumer._unacked_messages``, see the module docstring)."""
+    for message in messages:
+        consumer._unacked_messages.discard(message)
 
 
 async def send_batches(producer, topic: str, partition: int, records, yield_every: int = FLUSH_CHUNK) -> list:
@@ -241,7 +249,7 @@ class Flusher:
         if letters:
             await self._settle_letters(p, list(letters), consumer, reason, acknowledge=error is None)
         if f.forgets and error is None:
-            await self.forgotten(p, [message.key for message in f.forgets], last=reason in ("rebalance", "shutdown"))
+            await self.forgotten(p, [message.key for message in f.forgets], last=reason in LAST_FLUSHES)
         return f.records
 
     def _trimmed(self, f: Flush) -> None:
@@ -265,10 +273,10 @@ class Flusher:
         # RocksDB holds what the changelog lacks: rebuilt at the next start unless a flush succeeds first
         unwritten_marker(Path(self.table.data.partition_path(f.partition))).touch()
         self.unwritten.add(f.partition)
-        if reason in ("rebalance", "shutdown"):
+        if reason in LAST_FLUSHES:
             self.table.data.set_persisted_offset(TP(topic, f.partition), AHEAD_OF_ANY_CHANGELOG)
-            for message in f.messages + f.forgets:
-                consumer._unacked_messages.discard(message)
+            let_go(consumer, f.messages)
+            let_go(consumer, f.forgets)
             log.error("changelog write to %s[%d] failed (%r) at the %s: its %d events stay uncommitted, to be read "
                       "again", topic, f.partition, error, reason, len(f.messages))
             return
@@ -287,7 +295,7 @@ class Flusher:
         messages unacknowledged (see the module docstring). A flush whose changelog write failed
         acknowledges none (``acknowledge`` False): earlier events of their topics are held again,
         and Faust must not see a later offset acknowledged before them."""
-        last = reason in ("rebalance", "shutdown")
+        last = reason in LAST_FLUSHES
         letters = [letter for letter in letters if letter.message is not None]  # not let go before
         if last and acknowledge:
             sending = [letter.sent for letter in letters if not letter.sent.done()]
@@ -300,7 +308,7 @@ class Flusher:
                 letter.message.ack(consumer)
                 delivered.append(letter)
             elif last:  # let go: Faust stops waiting for it; its offset stays the floor until the drop
-                consumer._unacked_messages.discard(letter.message)
+                let_go(consumer, [letter.message])
                 letter.message = None
                 undelivered += 1
             elif sent.done() and reason == "interval":  # failed (or cancelled): never silent, never dropped

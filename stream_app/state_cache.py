@@ -283,7 +283,7 @@ class StateCache:
         self.held[p] = f.messages + self.held.get(p, [])
         if f.forgets:
             self.forgets[p] = f.forgets + self.forgets.get(p, [])
-        self.held_size[p] = self.held_size.get(p, 0) + sum(SIZE_EVENT + message_bytes(m) for m in f.messages)
+        self.held_size[p] = self.held_size.get(p, 0) + f.held_size  # no longer under way once settled
 
     def over_bound(self) -> bool:
         return self.bytes > self.max_bytes

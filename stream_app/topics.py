@@ -22,6 +22,7 @@ TABLES = ("users",)
 # larger than INTEREST_MAX_STATE_BYTES (1 KiB less by default) loses its oldest rows at the flush
 # (stream_app.state.trim) instead of stalling its partition.
 CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
+LIMIT = "max.message.bytes"
 
 
 def changelog_limit(settings: Settings) -> int:
@@ -49,12 +50,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs += [
         TopicSpec(settings.output_topic, p, dict(compact)),
         TopicSpec(settings.backfill_topic, p, dict(compact)),
-        TopicSpec(settings.dlq_topic, p, retention | {"max.message.bytes": str(MAX_DEAD_LETTER_BYTES)}),
+        TopicSpec(settings.dlq_topic, p, retention | {LIMIT: str(MAX_DEAD_LETTER_BYTES)}),
         TopicSpec(settings.control_topic, p, dict(retention)),
     ]
     specs += [
         TopicSpec(f"{settings.app_id}-{t}-changelog", p,
-                  compact | {"max.message.bytes": str(changelog_limit(settings))}) for t in TABLES
+                  compact | {LIMIT: str(changelog_limit(settings))}) for t in TABLES
     ]
     return specs
 
@@ -95,8 +96,6 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         client.close()
     return result
 
-
-LIMIT = "max.message.bytes"
 
 
 def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
