@@ -13,6 +13,8 @@ from interest_core.cli_types import POSITIVE, FiniteRange
 
 from .settings import InterestStreamError, Settings
 
+DELIVERED_WAIT_S = 10.0  # forget: the longest it reads the tail of one input partition
+
 
 def _settings(bootstrap_servers: str | None = None) -> Settings:
     if bootstrap_servers:
@@ -274,6 +276,40 @@ def format_vector(key: str | None, value: bytes | None) -> str:
     return f"{v['user_id']:>10}  events={v['events']:<4} drift={v['drift']:.3f}  top: {top}"
 
 
+def _delivered_ends(s: Settings, tps: list) -> dict:
+    """Per partition, the offset after the last record a consumer is given, 0 when it is given
+    none: what the worker will have received once it has read everything written so far. A
+    transaction's commit or abort marker takes an offset no consumer is given, so a partition last
+    written by a transactional producer has an end offset one past that, which the worker would
+    only pass at the partition's next event. The tail is read backwards, 1, 8, 64… offsets at a
+    time (each transaction adds one marker after its records); a tail not read within
+    ``DELIVERED_WAIT_S`` keeps the end offset, which only makes the request wait longer."""
+    reader = _consumer(s)  # read_uncommitted, as the worker reads
+    try:
+        begins, ends = reader.beginning_offsets(tps), reader.end_offsets(tps)
+        out = {}
+        for tp in tps:
+            reader.assign([tp])
+            out[tp] = ends[tp]
+            back, deadline = 1, time.monotonic() + DELIVERED_WAIT_S
+            while ends[tp] > begins[tp] and time.monotonic() < deadline:
+                start = max(begins[tp], ends[tp] - back)
+                reader.seek(tp, start)
+                last = -1
+                while reader.position(tp) < ends[tp] and time.monotonic() < deadline:
+                    got = reader.poll(timeout_ms=200).get(tp, ())
+                    last = max([last] + [r.offset for r in got if r.offset < ends[tp]])
+                if reader.position(tp) < ends[tp]:
+                    break  # not read in time: keep the end offset
+                if last >= 0 or start == begins[tp]:
+                    out[tp] = last + 1
+                    break
+                back *= 8
+        return out
+    finally:
+        reader.close()
+
+
 @main.command()
 @click.argument("user")
 @bootstrap_option
@@ -302,7 +338,7 @@ def forget(user, bootstrap_servers, timeout):
     n_in = len(consumer.partitions_for_topic(clicks) or ())
     if not n_in:
         raise click.ClickException(f"topic {clicks} does not exist; run `interest-stream topics create`")
-    ends = consumer.end_offsets([TopicPartition(t, partition_for(key, n_in)) for t in s.input_topics.values()])
+    ends = _delivered_ends(s, [TopicPartition(t, partition_for(key, n_in)) for t in s.input_topics.values()])
     request = {"op": "forget", "ends": {t.topic: n for t, n in ends.items()}}
     prod, deliveries = producer(s), Deliveries()
     try:

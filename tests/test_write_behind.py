@@ -477,3 +477,45 @@ def test_a_worker_killed_after_the_changelog_refused_a_flush_rebuilds_that_parti
     assert metric(w, 'interest_events_total{outcome="accepted"}') == 12  # applied again, not duplicates
     assert metric(w, "interest_duplicates_total") == 0
     assert "holds states its changelog refused (a flush failed before the worker stopped)" in w.log(400)
+
+
+def test_a_forget_after_events_of_a_transactional_producer_does_not_wait_for_the_next_event(env, workers):
+    """A transaction's commit marker takes an offset that no consumer reads, so the end offset of
+    a partition last written by a transactional producer is one past anything the worker will
+    receive. `forget` asks for the offset after the last record a consumer is given instead.
+    Before, the request waited for the partition's next event, here never, and `forget` timed
+    out. The worker reads uncommitted, as Faust does under at-least-once: an aborted transaction's
+    events are counted."""
+    from kafka import KafkaProducer
+
+    cli(env, "topics", "create")
+    w = workers("w", **FAST)
+    mine = users_events(1, 3, name="tx")  # one click, one browse, one search: three partitions
+    # an aborted click of another user in tx0's click partition first: read_uncommitted counts it
+    p_tx = partition_for(b"tx0", PARTS)
+    other = next(u for u in (f"ab{i}" for i in range(100)) if partition_for(u.encode(), PARTS) == p_tx)
+    aborted = [dict(users_events(1, 1, name="ab")[0], user_id=other, event_id=f"{other}-0")]
+    t = topics(env)
+    p = KafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      transactional_id=f"{env['INTEREST_TOPIC_PREFIX']}upstream")
+    try:
+        p.init_transactions()
+        for events, end in ((aborted, p.abort_transaction), (mine, p.commit_transaction)):
+            p.begin_transaction()
+            for e in events:
+                p.send(t[e["type"]], key=e["user_id"].encode(), value=orjson.dumps(e), timestamp_ms=e["ts"])
+            p.flush()  # an abort drops what the producer has not sent yet
+            end()
+    finally:
+        p.close()
+    wait_for(lambda: counted(w, mine + aborted), what="the transactions' events counted")
+    started = time.monotonic()
+    out = cli(env, "forget", "tx0", "--timeout", "30").stdout
+    assert out.startswith("forgotten: tx0 (tombstone at "), out
+    assert time.monotonic() - started < 20
+    assert w.get("/users/tx0")[0] == 404
+    # the click partition: the aborted click at 0, its marker at 1, tx0's click at 2, the commit at
+    # 3; the browse and search partitions: tx0's event at 0, the commit at 1
+    request = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], f"{env['INTEREST_TOPIC_PREFIX']}interest-control", expect=1)
+    assert orjson.loads(request[0].value) == {"op": "forget", "ends": {t["click"]: 3, t["browse"]: 1, t["search"]: 1}}
+    assert sum(end_offsets(env, t["click"]).values()) == 4
