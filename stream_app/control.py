@@ -1,8 +1,9 @@
 """Control requests: ``interest-stream forget USER`` reaches the worker that owns the user through
 the control topic (co-partitioned with the table).
 
-A forget request carries the end offsets of the user's input partitions when it was made
-(``ends``): the worker applies it once it has applied every event before them
+A forget request carries, per input partition of the user, the offset after the last record a
+consumer was given when it was made (``ends``; the end offset less a transaction's marker, which
+no consumer is given): the worker applies it once it has applied every event before them
 (:func:`unapplied`), so events still in the lag, or read again after a crash, cannot bring the
 user back after the forget. It then deletes the user's state and flushes its partition at once.
 The request is held like an input event (:meth:`StateCache.hold_forget`): the flush that writes
