@@ -87,15 +87,19 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     """The owner's answer when another worker owns ``user_id`` (the request forwarded there with
     its method, query and body), else None: this worker answers. Faust's ``table_route`` forwards
     neither bodies nor a guard against forwarding loops while two workers disagree during a
-    rebalance; here a forwarded request carries :data:`ROUTED` and is answered where it lands."""
-    if ROUTED in request.headers:
-        return None
+    rebalance; here a forwarded request carries :data:`ROUTED` and is never forwarded again. It
+    lands on a worker that does not own the user only while two workers disagree about the
+    assignment (or when a client sets the header): that is a 503 to retry, not the 404 this
+    worker's own table would give."""
     try:
         dest = app.router.key_store(users.name, user_id)
     except KeyError:  # no assignment yet (starting, rebalancing)
         return json_response({"error": "no worker owns this user yet (rebalancing); retry"}, status=503)
     if _ident(dest) == _ident(URL(app.conf.canonical_url)):
         return None
+    if ROUTED in request.headers:
+        return json_response({"error": f"forwarded here, but the worker at {dest} owns this user (a rebalance "
+                                       "is moving it); retry"}, status=503)
     # the path as received: request.url has its dot segments resolved, so /users/./explain would
     # reach the owner as /users/explain (the user "explain") and /users/.. as / (another view)
     origin = URL.build(scheme=dest.scheme or "http", host=dest.host, port=dest.port)

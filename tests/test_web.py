@@ -289,6 +289,30 @@ def new_log(w, since: int) -> str:
     return w.log_path.read_bytes()[since:].decode(errors="replace")
 
 
+def test_a_forwarded_request_landing_on_a_worker_that_does_not_own_the_user_is_a_503_to_retry(cluster):
+    """A forwarded request is never forwarded again. Where it lands on the owner, the owner answers;
+    elsewhere (two workers disagreeing while a rebalance moves the user, or a client setting the
+    header) the answer is a 503 that names the owner. Before, the worker answered from its own
+    table: 404, "unknown user", for a user that exists."""
+    env, ws, users, vectors, model = cluster
+    other = not_owner(ws, "decisive")
+    owner = ws[1] if other is ws[0] else ws[0]
+    for path in ("/users/decisive", "/users/decisive/explain", "/users/decisive/view"):
+        answers = {}
+        for w in (other, owner):
+            req = urllib.request.Request(w.url(path), headers={"X-Interest-Routed": "1"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    answers[w.port] = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                answers[w.port] = e.code, e.read()
+        assert answers[owner.port][0] == 200, (path, answers)
+        assert answers[other.port] == (503, orjson.dumps({"error": (
+            f"forwarded here, but the worker at http://127.0.0.1:{owner.port} owns this user (a rebalance is "
+            "moving it); retry")})), path
+        assert other.get(path)[0] == 200, path  # without the header: forwarded to the owner
+
+
 @pytest.mark.parametrize("user", [".", ".."])
 def test_dot_segment_user_ids_are_routed_unchanged(cluster, user):
     """A forwarded request keeps its path as received: /users/../explain must not reach the owner
