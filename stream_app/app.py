@@ -247,7 +247,17 @@ app.models = ModelHolder(settings.model_dir, settings.ort_threads,
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(sender, revoked, **kwargs) -> None:
-    """Revoked partitions were flushed (``_consumer_wait_empty``); their states leave memory."""
+    """Revoked partitions were flushed and their acknowledged offsets committed
+    (``_consumer_wait_empty``); their states leave memory, and so do the acknowledgements Faust
+    could not commit. Faust dropped its records of the partitions before that flush
+    (``Consumer.on_partitions_revoked``), and the flush's acknowledgements went into new ones. Those
+    above a dead letter not delivered stay uncommitted (:meth:`stream_app.consumer.Consumer._new_offset`),
+    and once the letter is dropped here nothing would stop a later commit from passing it: a
+    partition back on this worker would commit them from a stale record, past the letter's event."""
+    consumer = app.consumer
+    for tp in revoked:
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
     gone = {tp.partition for tp in revoked if tp.topic in TOPIC_TYPES}
     app.states.drop_partitions(gone)
     app.flusher.unwritten -= gone  # their .unwritten files stay, for the next start (stream_app.flush)

@@ -67,14 +67,21 @@ def unapplied(ends: dict[str, int], applied_to) -> dict[str, tuple[int, int]]:
     return out
 
 
+def applied_offset(received: int | None, committed: int | None, *waiting: int | None) -> int:
+    """The offset below which every message of an input partition is applied and can be committed
+    by the next flush: the next after the last ``received`` (or the ``committed`` one, when none
+    was received since the assignment), lowered to each offset still ``waiting`` (the aligner's
+    next message, the first dead letter not delivered yet)."""
+    nxt = max(-1 if received is None else received, -1 if committed is None else committed - 1) + 1
+    return min([nxt] + [w for w in waiting if w is not None])
+
+
 def applied_to(topic: str, partition: int) -> int:
-    """The offset below which every message of an input partition is applied: the next after the
-    last the ingest agent received (or the committed one, when it received none since the
-    assignment), less those still waiting in the aligner."""
-    nxt = max(app.received.offsets.get((topic, partition), -1) + 1,
-              app.consumer._committed_offset.get(TP(topic, partition)) or 0)
-    waiting = app.aligner.queues.get(partition, {}).get(topic)
-    return min(nxt, waiting[0][3].offset) if waiting else nxt
+    """:func:`applied_offset` of an input partition, from the worker's state."""
+    queue = app.aligner.queues.get(partition, {}).get(topic)
+    return applied_offset(app.received.offsets.get((topic, partition)),
+                          app.consumer._committed_offset.get(TP(topic, partition)),
+                          queue[0][3].offset if queue else None, app.states.undelivered_floor(partition, topic))
 
 
 async def caught_up(message, ends: dict[str, int]) -> bool:
@@ -89,7 +96,8 @@ async def caught_up(message, ends: dict[str, int]) -> bool:
             return False
         if not warned and time.monotonic() - t0 > CATCH_UP_WARN_S:
             warned = True
-            log.warning("forget of %r waits for its events to be applied: %s", message.key[:64], ", ".join(
+            log.warning("forget of %r waits for its events to be applied and their dead letters delivered: %s",
+                        message.key[:64], ", ".join(
                 f"{t}[{message.partition}] up to offset {end} (at {at})" for t, (end, at) in behind.items()))
         await asyncio.sleep(CATCH_UP_POLL_S)
     return True
@@ -128,18 +136,27 @@ async def forgotten(partition: int, keys: list[bytes], last: bool = False) -> No
     for key in keys:
         by_partition.setdefault(partition_for(key, app.output_partitions), []).append((key, None))
     for p, records in by_partition.items():
-        for fut, _ in await send_batches(producer, settings.output_topic, p, records):
-            fut.add_done_callback(partial(on_tombstones_sent, p, [key for key, _ in records]))
+        users = [key for key, _ in records]
+        try:
+            sent = await send_batches(producer, settings.output_topic, p, records)
+        except Exception as exc:  # the producer closed or timed out
+            tombstones_failed(p, users, exc)
+            continue
+        for fut, _ in sent:
+            fut.add_done_callback(partial(on_tombstones_sent, p, users))
 
 
 def on_tombstones_sent(out_partition: int, keys: list[bytes], fut: asyncio.Future) -> None:
-    if fut.cancelled() or fut.exception() is None:
-        return
+    if not fut.cancelled() and fut.exception() is not None:
+        tombstones_failed(out_partition, keys, fut.exception())
+
+
+def tombstones_failed(out_partition: int, keys: list[bytes], error: BaseException) -> None:
     metrics.TOMBSTONES_FAILED.inc(len(keys))
     log.error("tombstones of %d forgotten user(s) (%s) were not delivered to %s[%d] (%r): their states are deleted; "
               "run `interest-stream forget` for them again to remove their last vectors", len(keys),
               ", ".join(repr(k.decode(errors="replace")) for k in keys[:5]) + (", …" if len(keys) > 5 else ""),
-              settings.output_topic, out_partition, fut.exception())
+              settings.output_topic, out_partition, error)
 
 
 app.flusher.forgotten = forgotten
@@ -155,11 +172,14 @@ async def apply_in_order(partition: int, queue: deque) -> None:
     try:
         while queue:
             if app.rebalancing or app.should_stop or await apply_control(queue[0]) == "handed over":
-                let_go(app.consumer, queue)
-                queue.clear()
-                return
+                break
             queue.popleft()
+    except Exception:  # never silent, and never a request Faust's stop would wait for
+        log.exception("control requests of partition %d failed; %d left unacknowledged, to be read again after a "
+                      "restart or a rebalance", partition, len(queue))
     finally:
+        let_go(app.consumer, queue)
+        queue.clear()
         queues.pop(partition, None)
 
 

@@ -42,11 +42,14 @@ check each consequence):
   was given (``Consumer._commit_offsets`` -> ``producer.flush()``), whether or not the broker
   took it. If the broker refused a batch, the flush's users are written again by the next flush
   and its events held until then (``StateCache.unwritten``); the last flush of a partition lets
-  them go unacknowledged instead, as it does undelivered dead letters (below). Either way the
-  partition's RocksDB now holds states its changelog lacks, and the events read again would count
-  as duplicates of them: a ``.unwritten`` file beside the database makes the next start rebuild
-  it from the changelog (:mod:`stream_app.local_state`) unless a later flush succeeds first, and
-  the last flush also sets the database's persisted offset past any changelog
+  them go unacknowledged instead, as it does undelivered dead letters (below). A producer that
+  raises counts as a refusal. The RocksDB batch is written before the first await (a user the
+  flush deletes has left the cache, and a lookup meanwhile would cache its old state again from
+  the database), so until the broker has taken every batch, and after a refusal, the partition's
+  RocksDB may hold states its changelog lacks, and the events read again would count as
+  duplicates of them: a ``.unwritten`` file beside the database from the write until then makes
+  the next start rebuild it from the changelog (:mod:`stream_app.local_state`), and after a
+  refusal the last flush also sets the database's persisted offset past any changelog
   (:data:`AHEAD_OF_ANY_CHANGELOG`), so that Faust's recovery refuses it (``ConsistencyError``)
   should the partition come back to this process before a restart.
 * Faust commits an offset only when every offset before it in the partition is acknowledged
@@ -91,7 +94,7 @@ from faust.types import TP
 
 from . import metrics
 from .local_state import unwritten_marker
-from .state_cache import Flush
+from .state_cache import Flush, is_delivered
 
 log = logging.getLogger("interest_stream")
 
@@ -226,10 +229,14 @@ class Flusher:
         if f.trimmed:
             self._trimmed(f)
         error = None
+        batches = f.records and hasattr(self.table.data, "_db_for_partition")
         if f.records:
-            if hasattr(self.table.data, "_db_for_partition"):
-                nbytes, sent = await self._write_batches(f)
-                error = await changelog_error(sent)  # the broker's answer to every batch
+            if batches:
+                try:
+                    nbytes, sent = await self._write_batches(f)
+                except Exception as exc:  # the producer closed or timed out: as if the broker refused
+                    nbytes, sent, error = 0, [], exc
+                error = error or await changelog_error(sent)  # the broker's answer to every batch
             else:
                 nbytes = await self._write_through_table(f)
             metrics.CHANGELOG_RECORDS.inc(f.records)
@@ -240,7 +247,7 @@ class Flusher:
                 message.ack(consumer)
             for message in f.forgets:  # so are their users' deletes
                 message.ack(consumer)
-            if p in self.unwritten and f.records:
+            if batches:  # the database holds nothing the changelog lacks
                 self.unwritten.discard(p)
                 unwritten_marker(Path(self.table.data.partition_path(p))).unlink(missing_ok=True)
         else:
@@ -304,7 +311,7 @@ class Flusher:
         delivered, failed, undelivered = [], [], 0
         for letter in letters:
             sent = letter.sent
-            if acknowledge and sent.done() and not sent.cancelled() and sent.exception() is None:
+            if acknowledge and is_delivered(sent):
                 letter.message.ack(consumer)
                 delivered.append(letter)
             elif last:  # let go: Faust stops waiting for it; its offset stays the floor until the drop
@@ -341,8 +348,14 @@ class Flusher:
             else:
                 db_batch.put(key, raw)
                 nbytes += len(raw)
-        sent = await send_batches(self.producer(), topic, f.partition, records, self.chunk)
+        # The database before the first await: the cache dropped the users this flush deletes
+        # (StateCache.take), and a lookup meanwhile (scoring, an event, a web view) would find
+        # their old states here and cache them again. Until the broker has taken every batch the
+        # database holds what the changelog may lack, which a crash meanwhile would leave
+        # unnoticed: the marker makes the next start rebuild it (removed once the broker took them).
+        unwritten_marker(Path(store.partition_path(f.partition))).touch()
         store._db_for_partition(f.partition).write(db_batch)
+        sent = await send_batches(self.producer(), topic, f.partition, records, self.chunk)
         last, n = sent[-1]
         tp = TP(topic, f.partition)
 

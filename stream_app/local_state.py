@@ -13,11 +13,13 @@ this one's earlier records skipped). So the id Kafka gave the changelog topic is
 beside the databases, ``<changelog topic>.id``; databases built from another id are deleted too.
 
 A database can also hold states its changelog lacks: a flush writes RocksDB, then the broker
-refuses the changelog records (:mod:`stream_app.flush`). Their events stay uncommitted, and are
-read again after a restart, but on top of that database they would count as duplicates, and the
-changelog would never get those states. The flush leaves a file beside such a database,
-``<database>.unwritten`` (:func:`unwritten_marker`), until a later flush of the partition
-succeeds; a database found with one at start is deleted too.
+refuses the changelog records, or the worker dies before the broker answers
+(:mod:`stream_app.flush`). Their events stay uncommitted, and are read again after a restart, but
+on top of that database they would count as duplicates, and the changelog would never get those
+states. The flush puts a file beside the database, ``<database>.unwritten``
+(:func:`unwritten_marker`), before it writes, and removes it once the broker has taken the
+records (after a refusal, once a later flush of the partition succeeds); a database found with
+one at start is deleted too.
 """
 from __future__ import annotations
 
@@ -127,8 +129,9 @@ def rebuild_stale(settings, paths: dict[int, Path], topic: str) -> list[int]:
         stale = []
         for p, path in sorted(paths.items()):
             if unwritten_marker(path).exists():
-                log.warning("local state %s holds states its changelog refused (a flush failed before the worker "
-                            "stopped): deleting it to rebuild from the changelog; their events are read again", path)
+                log.warning("local state %s may hold states its changelog lacks (a flush was refused or cut short "
+                            "before the worker stopped): deleting it to rebuild from the changelog; their events are "
+                            "read again", path)
                 shutil.rmtree(path, ignore_errors=True)
                 unwritten_marker(path).unlink()
                 stale.append((p, path))

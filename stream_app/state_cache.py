@@ -71,6 +71,11 @@ class Letter:
     size: int  # bytes of the input message's key and value and of the dead letter
 
 
+def is_delivered(sent) -> bool:
+    """A send's future is done without an error."""
+    return sent.done() and not sent.cancelled() and sent.exception() is None
+
+
 def message_bytes(message) -> int:
     """Bytes of an input message's key and value."""
     return len(message.value or b"") + len(message.key or b"")
@@ -226,6 +231,13 @@ class StateCache:
         offsets from there on may not be committed. None when there is none."""
         return min((letter.offset for letter in self.letters.get(partition, ()) if letter.topic == topic),
                    default=None)
+
+    def undelivered_floor(self, partition: int, topic: str) -> int | None:
+        """The lowest offset of ``topic``'s partition whose dead letter is not delivered yet (being
+        sent, failed, or let go): the next flush cannot acknowledge it, so no offset from there on
+        can be committed by then. None when there is none."""
+        return min((letter.offset for letter in self.letters.get(partition, ()) if letter.topic == topic
+                    and not (letter.message is not None and is_delivered(letter.sent))), default=None)
 
     # -- flushing -----------------------------------------------------------------------
     def partitions_to_flush(self) -> list[int]:

@@ -1,7 +1,7 @@
 """Forget requests without a broker: what a request says, and what it waits for."""
 import pytest
 
-from stream_app.control import parse, unapplied
+from stream_app.control import applied_offset, parse, unapplied
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -30,3 +30,14 @@ def test_a_forget_waits_for_each_topic_applied_up_to_its_end_offset():
     applied["click"] = 10
     assert unapplied(ends, applied.get) == {}
     assert unapplied({}, applied.get) == {}
+
+
+def test_applied_is_what_the_next_flush_can_commit():
+    """The offset a forget's end offsets are compared with, for one input partition."""
+    assert applied_offset(9, None) == 10  # received up to 9
+    assert applied_offset(None, 7) == 7  # nothing received since the assignment: the committed offset
+    assert applied_offset(None, None) == 0
+    assert applied_offset(9, 12) == 12
+    assert applied_offset(9, None, 4, None) == 4  # the aligner still holds offset 4
+    assert applied_offset(9, None, None, 6) == 6  # offset 6's dead letter is not delivered yet
+    assert applied_offset(9, 12, 11, 6) == 6

@@ -131,6 +131,25 @@ def test_a_dead_lettered_event_is_acknowledged_only_once_its_dead_letter_is_deli
         "(RuntimeError('UnknownTopicOrPartitionError')); sending it and 1 more of the partition's again"]
 
 
+def test_a_forget_waits_below_the_first_dead_letter_not_delivered_yet():
+    """A forget's flush acknowledges the delivered dead letters before it commits, so only the
+    others (being sent, failed, let go) keep the commits below the user's events."""
+    flusher, cache, resent, consumer = letters_flusher()
+
+    async def run():
+        letters = hold_letters(cache, consumer, ["delivered", "sending", "failed"])
+        assert cache.undelivered_floor(2, "events.click") == 1
+        assert cache.undelivered_floor(2, "events.browse") is None
+        letters[1].sent.set_result("record metadata")
+        assert cache.undelivered_floor(2, "events.click") == 2
+        cache.release_letters(2, letters[2:])
+        assert cache.undelivered_floor(2, "events.click") is None
+        letters[0].message = None  # let go by a last flush: never acknowledged here
+        assert cache.undelivered_floor(2, "events.click") == 0
+
+    asyncio.run(run())
+
+
 def test_the_last_flush_waits_for_dead_letters_then_lets_the_undelivered_go_keeping_their_floor(
         monkeypatch, caplog):
     """At a rebalance or shutdown: what is delivered within LETTER_WAIT_S is acknowledged; the
@@ -303,3 +322,106 @@ def test_a_forget_request_whose_delete_is_refused_at_a_rebalance_is_let_go_for_t
         assert not request.acked and consumer._unacked_messages == set() and cache.forgets == {}
 
     asyncio.run(run())
+
+
+class RocksStore(Store):
+    """A store with real RocksDB partition databases (raw mode, as Faust opens them)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.dbs = {}
+
+    def _db_for_partition(self, p):
+        from rocksdict import Options, Rdict
+
+        if p not in self.dbs:
+            self.dbs[p] = Rdict(str(self.partition_path(p)), options=Options(raw_mode=True))
+        return self.dbs[p]
+
+
+def rocks_flusher(tmp_path, monkeypatch, during_send, answer=None):
+    """A flusher writing real record batches into RocksDB; ``during_send(partition)`` runs where
+    the changelog batches are sent (it may raise), and the broker then gives ``answer`` (None: taken)."""
+    consumer, cache = Consumer(), StateCache(10**9)
+    table = Table(tmp_path)
+    table.data = RocksStore(tmp_path)
+    flusher = Flusher(table=table, cache=cache, context_topic="t", producer=lambda: None, consumer=lambda: consumer)
+
+    async def send_batches(producer, topic, partition, records, yield_every=0):
+        await asyncio.sleep(0)  # the event loop runs others: the agent, scoring, web views
+        during_send(partition)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None) if answer is None else fut.set_exception(answer)
+        return [(fut, len(records))]
+
+    monkeypatch.setattr(flush, "send_batches", send_batches)
+    return flusher, cache, consumer
+
+
+STATE = {"v": 1, "seq": 1, "newest": 1, "seen": 0, "ev": [], "old": [], "p": None, "out": None, "scored": 0}
+
+
+def test_a_deleted_user_is_gone_from_the_database_before_the_flush_awaits_the_broker(tmp_path, monkeypatch):
+    """The cache drops a user the flush deletes when the flush takes it; a lookup while the
+    changelog batches are sent (scoring, an event, a web view) reads the database. Before, the
+    database was written after the send, so such a lookup found the old state, cached it again
+    and, once scored, wrote it back: the forgotten user returned."""
+    seen = []
+    flusher, cache, consumer = rocks_flusher(tmp_path, monkeypatch,
+                                             lambda p: seen.append(flusher.table.data.dbs[p].get(b"gone")))
+    db = flusher.table.data._db_for_partition(1)
+    db[b"gone"] = b"old state"
+    db[b"kept"] = b"old state"
+
+    async def run():
+        cache.delete(1, b"gone")
+        cache.put(1, b"kept", dict(STATE))
+        await flusher.flush("forget", [1])
+
+    asyncio.run(run())
+    assert seen == [None]
+    assert db.get(b"gone") is None and db.get(b"kept") != b"old state"
+
+
+def test_the_database_is_marked_unwritten_until_the_broker_takes_the_flush(tmp_path, monkeypatch):
+    """Written before the broker answers, the database holds what the changelog may lack: a crash
+    then would leave it ahead of the changelog, and the events read again would count as
+    duplicates that no flush writes. The marker makes the next start rebuild it; the flush
+    removes it once the broker took every batch. Before, only a refused flush left it."""
+    marker = tmp_path / "users-1.db.unwritten"
+    seen = []
+    flusher, cache, consumer = rocks_flusher(tmp_path, monkeypatch, lambda p: seen.append(marker.exists()))
+
+    async def run():
+        messages = held_users(cache, consumer, [b"a"], [0])
+        await flusher.flush("interval")
+        return messages
+
+    messages = asyncio.run(run())
+    assert seen == [True] and not marker.exists() and [m.acked for m in messages] == [True]
+
+
+def test_a_send_that_raises_holds_the_flush_as_a_refused_one(tmp_path, monkeypatch, caplog):
+    """An exception from the producer (closed, timed out) is a write the broker did not take:
+    the users are written again by the next flush, the events held until then, the database
+    marked. Before, the exception went up through the flush with the users marked clean and the
+    events neither acknowledged nor held."""
+    marker = tmp_path / "users-1.db.unwritten"
+
+    def closed(p):
+        raise RuntimeError("ProducerClosed")
+
+    flusher, cache, consumer = rocks_flusher(tmp_path, monkeypatch, closed)
+
+    async def run():
+        messages = held_users(cache, consumer, [b"a"], [0, 1])
+        await flusher.flush("interval")
+        return messages
+
+    with caplog.at_level(logging.ERROR, logger="interest_stream"):
+        messages = asyncio.run(run())
+    assert [m.acked for m in messages] == [False, False] and cache.held[1] == messages
+    assert set(cache.dirty[1]) == {b"a"} and marker.exists() and flusher.unwritten == {1}
+    assert [r.getMessage() for r in caplog.records] == [
+        "changelog write to users-changelog[1] failed (RuntimeError('ProducerClosed')): its 1 users are "
+        "written again at the next flush, its 2 events uncommitted until then"]
