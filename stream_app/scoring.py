@@ -73,19 +73,25 @@ async def index_new_partitions() -> None:
     t0 = time.perf_counter()
     states, n, generation = app.states, settings.partitions, app.consumer_generation_id
     seen = 0
-    for i, (key, raw) in enumerate(users.items()):  # RocksDB iterators read a consistent snapshot
-        p = partition_for(key, n)
-        if p in todo and key not in states:
-            st = state.load(raw)
-            if states.bytes < states.max_bytes:
-                states.load(p, key, st)
-            else:
-                states.index(p, key, st)
-            seen += 1
-        if i % INDEX_CHUNK == INDEX_CHUNK - 1:
-            await asyncio.sleep(0)
-            if app.consumer_generation_id != generation:
-                return  # a rebalance began: the next pass indexes the new assignment
+    # RocksDB iterators read a consistent snapshot: a user forgotten (or evicted as idle) while the
+    # scan yields to the loop is still in it, and must not come back (StateCache.scan_deletes)
+    states.scan_deletes = deleted = set()
+    try:
+        for i, (key, raw) in enumerate(users.items()):
+            p = partition_for(key, n)
+            if p in todo and key not in states and key not in deleted:
+                st = state.load(raw)
+                if states.bytes < states.max_bytes:
+                    states.load(p, key, st)
+                else:
+                    states.index(p, key, st)
+                seen += 1
+            if i % INDEX_CHUNK == INDEX_CHUNK - 1:
+                await asyncio.sleep(0)
+                if app.consumer_generation_id != generation:
+                    return  # a rebalance began: the next pass indexes the new assignment
+    finally:
+        states.scan_deletes = None
     scorer.indexed |= todo
     log.info("indexed %d users of partitions %s in %.1f s", seen, sorted(todo), time.perf_counter() - t0)
 

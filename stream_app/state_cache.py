@@ -117,6 +117,7 @@ class StateCache:
         self.facts: dict[int, dict[bytes, tuple]] = {}
         self.state_bytes = 0
         self.dropped = 0  # clean states dropped to respect the bound
+        self.scan_deletes: set[bytes] | None = None  # users deleted while a table scan runs (see delete)
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -174,7 +175,11 @@ class StateCache:
         self.put(partition, key, state)
 
     def delete(self, partition: int, key: bytes) -> None:
-        """Forget a user: its table value is deleted at the partition's next flush."""
+        """Forget a user: its table value is deleted at the partition's next flush. While a table
+        scan runs (``scan_deletes`` a set), the key is noted there: the scan reads a snapshot that
+        may still hold the state, and must not cache it again once the flush dropped the entry."""
+        if self.scan_deletes is not None:
+            self.scan_deletes.add(key)
         e = self.entries.get(key)
         if e is None:
             self.entries[key] = e = Entry(partition, None, 0)
