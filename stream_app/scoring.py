@@ -74,12 +74,13 @@ async def index_new_partitions() -> None:
     states, n, generation = app.states, settings.partitions, app.consumer_generation_id
     seen = 0
     # RocksDB iterators read a consistent snapshot: a user forgotten (or evicted as idle) while the
-    # scan yields to the loop is still in it, and must not come back (StateCache.scan_deletes)
-    states.scan_deletes = deleted = set()
+    # scan yields to the loop is still in it, and so is the older state of one changed, flushed
+    # and dropped from the cache meanwhile; neither may be cached from it (StateCache.scan_seen)
+    states.scan_seen = seen_live = set()
     try:
         for i, (key, raw) in enumerate(users.items()):
             p = partition_for(key, n)
-            if p in todo and key not in states and key not in deleted:
+            if p in todo and key not in states and key not in seen_live:
                 st = state.load(raw)
                 if states.bytes < states.max_bytes:
                     states.load(p, key, st)
@@ -91,7 +92,7 @@ async def index_new_partitions() -> None:
                 if app.consumer_generation_id != generation:
                     return  # a rebalance began: the next pass indexes the new assignment
     finally:
-        states.scan_deletes = None
+        states.scan_seen = None
     scorer.indexed |= todo
     log.info("indexed %d users of partitions %s in %.1f s", seen, sorted(todo), time.perf_counter() - t0)
 
@@ -121,8 +122,8 @@ async def score_pass() -> int:
     done, i, t_pass = 0, 0, time.perf_counter()
     running = None  # (inputs, partition of each user, future of the model's output, start time)
     while True:
-        if not is_ready() or app.consumer_generation_id != generation:
-            break  # a rebalance started: the new owners score these users
+        if not is_ready() or app.should_stop or app.consumer_generation_id != generation:
+            break  # a rebalance started (the new owners score these users) or the worker stops
         if i >= len(todo) and time.perf_counter() - t_pass < settings.score_interval_s:
             # the users who started waiting while this pass ran: now, not an interval later
             todo, i = app.states.waiting(owned_partitions(), after=mark), 0
@@ -165,7 +166,10 @@ async def publish(running, model, generation: int) -> int:
     probs = await future
     metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
     metrics.SCORE_BATCHES.inc()
-    if app.consumer_generation_id != generation:
+    if not is_ready() or app.should_stop or app.consumer_generation_id != generation:
+        # a rebalance began (its flush may have written and dropped these users already: a state
+        # looked up now would be read again from the table and written by a worker that no
+        # longer owns it) or the worker is stopping: the users stay pending, for their owner
         return 0
     by_partition: dict[int, list] = {}
     n_out = app.output_partitions
@@ -174,7 +178,12 @@ async def publish(running, model, generation: int) -> int:
         app.states.scored(where[key], key, st)  # the vector reaches the table with the next flush
     producer = app.producer._ensure_producer()
     for p, records in by_partition.items():
-        sent = await send_batches(producer, settings.output_topic, p, records)
+        try:
+            sent = await send_batches(producer, settings.output_topic, p, records)
+        except Exception as exc:  # the producer closed or timed out: as if the broker refused them
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            sent = [(failed, len(records))]
         first = 0
         for fut, n in sent:
             keys = [key for key, _ in records[first:first + n]]

@@ -117,7 +117,10 @@ class StateCache:
         self.facts: dict[int, dict[bytes, tuple]] = {}
         self.state_bytes = 0
         self.dropped = 0  # clean states dropped to respect the bound
-        self.scan_deletes: set[bytes] | None = None  # users deleted while a table scan runs (see delete)
+        # users cached, changed or deleted while a table scan runs: the scan reads a snapshot that
+        # may hold an older state of theirs, and must not cache it once their entry is gone again
+        # (dropped clean to respect the bound, or deleted by a flush); None when no scan runs
+        self.scan_seen: set[bytes] | None = None
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -145,6 +148,8 @@ class StateCache:
     # -- changing -----------------------------------------------------------------------
     def load(self, partition: int, key: bytes, state: dict | None) -> None:
         """Cache a state read from the table (clean); None caches nothing."""
+        if self.scan_seen is not None:
+            self.scan_seen.add(key)
         if state is None or key in self.entries:
             return
         size = estimated_size(state)
@@ -154,6 +159,8 @@ class StateCache:
 
     def put(self, partition: int, key: bytes, state: dict) -> None:
         """A changed state: written at the partition's next flush."""
+        if self.scan_seen is not None:
+            self.scan_seen.add(key)
         size = estimated_size(state)
         e = self.entries.get(key)
         if e is None:
@@ -175,11 +182,9 @@ class StateCache:
         self.put(partition, key, state)
 
     def delete(self, partition: int, key: bytes) -> None:
-        """Forget a user: its table value is deleted at the partition's next flush. While a table
-        scan runs (``scan_deletes`` a set), the key is noted there: the scan reads a snapshot that
-        may still hold the state, and must not cache it again once the flush dropped the entry."""
-        if self.scan_deletes is not None:
-            self.scan_deletes.add(key)
+        """Forget a user: its table value is deleted at the partition's next flush."""
+        if self.scan_seen is not None:
+            self.scan_seen.add(key)
         e = self.entries.get(key)
         if e is None:
             self.entries[key] = e = Entry(partition, None, 0)

@@ -91,6 +91,8 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     lands on a worker that does not own the user only while two workers disagree about the
     assignment (or when a client sets the header): that is a 503 to retry, not the 404 this
     worker's own table would give."""
+    if not is_ready():  # its tables hold part of the users while they are restored from the changelogs
+        return json_response({"error": "this worker is rebalancing or restoring its state; retry"}, status=503)
     try:
         dest = app.router.key_store(users.name, user_id)
     except KeyError:  # no assignment yet (starting, rebalancing)

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -419,3 +420,40 @@ def test_a_stopping_worker_answers_routed_requests_503_not_500(env, workers):
         t.join(15)
     assert 500 not in statuses and set(statuses) <= {404, 503}, sorted(set(statuses))
     assert "Traceback" not in w1.log_path.read_text(errors="replace")
+
+
+def test_a_worker_restoring_its_state_answers_user_views_503_not_404(env, workers):
+    """A worker that restores its partitions from the changelog (here its local state is gone)
+    holds part of the users until it is ready. Every user view is a 503 to retry until then.
+    Before, such a view answered from the partial table: 404 "unknown user" for a user that
+    exists (and an older state of a user could be cached, to have later events applied to it),
+    and 500 before that (two runs of two)."""
+    import threading
+
+    cli(env, "topics", "create")
+    w = workers("w", INTEREST_FLUSH_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    n = 20_000
+    send(env, [ev(0, f"r{u}", "click", T0 + u, "tech") for u in range(n)])
+    last = f"r{n - 1}"  # the newest changelog record of its partition: restored last
+    wait_for(lambda: w.get(f"/users/{last}")[0] == 200, timeout=60, what="every user applied")
+    assert w.stop() == 0
+    shutil.rmtree(w.data_dir)
+    statuses: list = []
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            try:
+                statuses.append(raw_request(w, "GET", f"/users/{last}")[0])
+            except OSError:  # not listening yet
+                time.sleep(0.01)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        w.start()
+    finally:
+        done.set()
+        t.join(15)
+    assert 503 in statuses and set(statuses) <= {503, 200}, sorted(set(statuses))
+    assert w.get(f"/users/{last}")[0] == 200

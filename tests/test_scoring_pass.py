@@ -1,0 +1,139 @@
+"""The scoring pass's bookkeeping without a broker: the scan that indexes a newly assigned
+partition's users (scoring.index_new_partitions) against what runs while it yields to the event
+loop, and a batch's publication (scoring.publish) when a rebalance began or the producer fails."""
+import asyncio
+import logging
+from types import SimpleNamespace
+
+from stream_app import core, scoring, state
+from stream_app.model_runtime import LoadedModel
+from stream_app.partitioning import partition_for
+from stream_app.state_cache import StateCache
+
+
+class Snapshot:
+    """The users table as the scan reads it: ``items()`` from a snapshot taken when it starts,
+    running ``meanwhile(key)`` before each item (what the event loop did between two chunks)."""
+
+    def __init__(self, rows: dict, meanwhile):
+        self.rows, self.meanwhile = rows, meanwhile
+
+    def items(self):
+        for key, raw in list(self.rows.items()):
+            self.meanwhile(key)
+            yield key, raw
+
+
+def test_a_user_forgotten_while_the_scan_reads_its_snapshot_is_not_cached_again(monkeypatch):
+    """A forget applied while the scan runs deletes the user, and its flush drops the entry from
+    the cache; the snapshot still holds the old state. Before, the scan found the user there and
+    not in the cache, and cached the old state again: the web view showed the forgotten user,
+    and scoring wrote it back to the table."""
+    n = scoring.settings.partitions
+    keys = [k for k in (b"u%d" % i for i in range(200)) if partition_for(k, n) == 0][:3]
+    cache = StateCache(10**9)
+
+    def meanwhile(key):
+        if key == keys[0]:  # while the first user is read, the last is forgotten and flushed
+            cache.delete(0, keys[2])
+            cache.settled(cache.take(0))
+
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "scorer", scoring.Pass())
+    monkeypatch.setattr(scoring, "users", Snapshot({k: state.dump(state.new_state()) for k in keys}, meanwhile))
+    monkeypatch.setattr(scoring, "owned_partitions", lambda: {0})
+    asyncio.run(scoring.index_new_partitions())
+    assert set(cache.entries) == set(keys[:2])
+    assert cache.scan_seen is None and scoring.app.scorer.indexed == {0}
+
+
+def test_a_user_changed_flushed_and_dropped_while_the_scan_runs_keeps_its_newest_state(monkeypatch):
+    """An event changes a user while the scan yields; the flush writes it and the bound drops it
+    from the cache (clean). The snapshot still holds the state before the event. Before, the scan
+    cached that older state, and the user's next event was applied to it: the first one lost."""
+    n = scoring.settings.partitions
+    keys = [k for k in (b"u%d" % i for i in range(200)) if partition_for(k, n) == 0][:3]
+    cache = StateCache(10**9)
+    older, newer = state.new_state(), dict(state.new_state(), seq=1)
+
+    def meanwhile(key):
+        if key == keys[0]:
+            cache.put(0, keys[2], newer)  # the event
+            cache.settled(cache.take(0))  # the flush
+            cache.max_bytes = 1
+            assert cache.shrink() == 1  # dropped, clean, to respect the bound
+            cache.max_bytes = 10**9
+
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "scorer", scoring.Pass())
+    monkeypatch.setattr(scoring, "users", Snapshot({k: state.dump(older) for k in keys}, meanwhile))
+    monkeypatch.setattr(scoring, "owned_partitions", lambda: {0})
+    asyncio.run(scoring.index_new_partitions())
+    assert set(cache.entries) == set(keys[:2])  # the third is read from the table when it is next needed
+
+
+T0 = 978_307_200_000
+
+
+def scored_batch(model, cache):
+    """One pending user in ``cache`` (partition 0) and a pass's batch for it, its model run done."""
+    st = None
+    for i in range(3):
+        _, st = state.apply(st, {"event_id": f"e{i}", "user_id": "u", "type": "click", "ts": T0 + i,
+                                 "item_id": f"i{i}", "category": model.categories[0]}, scoring.LIMITS, T0 + i)
+    cache.put(0, b"u", st)
+    inputs = [core.snapshot(b"u", st, model, scoring.LIMITS.horizon_ms)]
+    probs = asyncio.get_running_loop().create_future()
+    probs.set_result(core.infer(model, inputs, 8))
+    return (inputs, {b"u": 0}, probs, 0.0), st
+
+
+def test_a_batch_whose_model_run_ends_after_a_rebalance_began_publishes_nothing(monkeypatch, tiny_model_dir):
+    """The rebalance's flush may have written and dropped the batch's users while the model ran;
+    looking them up then reads them again from the table, and keeping a vector in them marks them
+    changed in a partition the worker may no longer own. Before, only a new generation stopped
+    the batch, and that comes at the assignment, after the flush."""
+    model, cache = LoadedModel.load(tiny_model_dir), StateCache(10**9)
+    looked_up = []
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "output_partitions", 1, raising=False)
+    monkeypatch.setattr(scoring.app, "producer", SimpleNamespace(_ensure_producer=lambda: None))
+    monkeypatch.setattr(scoring, "is_ready", lambda: False)  # rebalancing (Faust's on_rebalance_start)
+    monkeypatch.setattr(scoring, "lookup", lambda p, key: looked_up.append(key))
+
+    async def run():
+        running, st = scored_batch(model, cache)
+        return await scoring.publish(running, model, scoring.app.consumer_generation_id), st
+
+    published, st = asyncio.run(run())
+    assert published == 0 and looked_up == [] and state.is_pending(st)
+
+
+def test_a_batch_the_producer_raises_on_leaves_its_users_waiting_for_a_vector(monkeypatch, tiny_model_dir, caplog):
+    """A producer that raises (closed, timed out) is a batch the broker refused: logged, and its
+    users pending again. Before, the exception ended the pass with the users marked scored, and
+    they got no vector until their next event."""
+    model, cache = LoadedModel.load(tiny_model_dir), StateCache(10**9)
+
+    async def closed(*args, **kwargs):
+        raise RuntimeError("ProducerClosed")
+
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "output_partitions", 1, raising=False)
+    monkeypatch.setattr(scoring.app, "producer", SimpleNamespace(_ensure_producer=lambda: None))
+    monkeypatch.setattr(scoring, "is_ready", lambda: True)
+    monkeypatch.setattr(scoring, "lookup", lambda p, key: cache.get(key).state)
+    monkeypatch.setattr(scoring, "send_batches", closed)
+
+    async def run():
+        running, st = scored_batch(model, cache)
+        published = await scoring.publish(running, model, scoring.app.consumer_generation_id)
+        await asyncio.sleep(0)  # the batch's callbacks
+        return published, st
+
+    with caplog.at_level(logging.ERROR, logger="interest_stream.scoring"):
+        published, st = asyncio.run(run())
+    assert published == 1 and state.is_pending(st) and b"u" in cache.pending[0]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"1 vectors to {scoring.settings.output_topic}[0] were not delivered (RuntimeError('ProducerClosed')); "
+        "their users are scored again"]
