@@ -49,7 +49,9 @@ def process(topic: str, partition: int, offset: int, key: bytes | None, value: b
 
 class Received:
     """The last offset the agent received of each input partition, to tell whether a topic's
-    partition is caught up (nothing more fetched than received) for the aligner."""
+    partition is caught up (nothing more fetched than received) for the aligner. A partition the
+    agent received nothing from since the assignment is caught up when its committed offset is
+    its end: nothing was written since the last commit."""
 
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
@@ -65,7 +67,10 @@ class Received:
             return False
         if high is None:
             return False
-        return self.offsets.get((topic, partition), -1) + 1 >= high
+        received = self.offsets.get((topic, partition))
+        if received is None:
+            return (app.consumer._committed_offset.get(tp) or 0) >= high
+        return received + 1 >= high
 
 
 app.received = Received()

@@ -39,3 +39,32 @@ def test_a_preloaded_backlog_over_three_topics_loses_nothing_as_late(env, worker
     assert metric(w, 'interest_events_total{outcome="accepted"}') == len(events)
     wait_for(lambda: metric(w, "interest_align_waiting") == 0, what="nothing left waiting")
     assert_users(w, events)
+
+
+def test_after_a_restart_a_quiet_topic_does_not_hold_the_others_back(env, workers):
+    """The browse and search partitions have nothing new since the worker's last commit, and
+    after a restart only clicks arrive. A partition the agent has received nothing from since the
+    assignment is caught up when its committed offset is its end. Before, it counted as behind
+    until it delivered a message, so every click waited the aligner's 2 s (max.task.idle.ms's
+    role) and was applied as forced."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    first = [event(i, "u1", ["click", "browse", "search"][i % 3], T0 + i * 60_000) for i in range(6)]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], b"u1", e) for e in first])
+    w = workers(INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3")
+    assert_users_soon = lambda evs: wait_for(lambda: _counted(w, evs), what="the events counted")  # noqa: E731
+    assert_users_soon(first)
+    assert w.stop() == 0
+    w.start()
+    clicks = [event(100 + i, "u1", "click", T0 + (10 + i) * 60_000) for i in range(20)]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"u1", e) for e in clicks])
+    assert_users_soon(first + clicks)
+    assert metric(w, "interest_align_forced_total") == 0
+
+
+def _counted(w, events) -> bool:
+    try:
+        assert_users(w, events)
+        return True
+    except AssertionError:
+        return False
