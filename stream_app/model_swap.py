@@ -50,8 +50,9 @@ class ModelHolder:
         if not self.path:
             raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
                              "(model.onnx + model.json; see `interest-stream export`)")
+        seen = self._fingerprint()  # before: a pair deployed while this one loads is loaded at the next poll
         self.model = LoadedModel.load(self.path, threads=self.threads)
-        self._seen = self._fingerprint()
+        self._seen = seen
         metrics.MODEL.labels(self.model.version).set(1)
         log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
         self._check_window(self.model)

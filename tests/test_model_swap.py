@@ -1,5 +1,10 @@
-"""The warning when a model was trained on another window than the worker keeps."""
-from stream_app.model_swap import window_mismatch
+"""The warning when a model was trained on another window than the worker keeps, and the first
+model's load against a deploy that re-points the link meanwhile."""
+import os
+from types import SimpleNamespace
+
+from stream_app.model_runtime import LoadedModel
+from stream_app.model_swap import ModelHolder, window_mismatch
 
 
 def test_window_mismatch_is_reported_with_both_windows():
@@ -10,3 +15,27 @@ def test_window_mismatch_is_reported_with_both_windows():
                    "86400 s / 128 events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs "
                    "differ from training")
     assert window_mismatch({}, 86400, 128) is None  # cards without a window: nothing to compare
+
+
+def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(tmp_path, monkeypatch):
+    """The link is re-pointed (a deploy) while the worker loads the model it starts with. Before,
+    the worker noted the new target as seen once the old one was loaded, and served the old model
+    until the next deploy."""
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        for name in ("model.json", "model.onnx"):
+            (tmp_path / v / name).write_text(v)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+
+    def load(path, threads=1):
+        resolved = os.path.realpath(path)
+        if resolved.endswith("v1"):  # the deploy, as the README says: a new link moved over the old
+            (tmp_path / "next").symlink_to(tmp_path / "v2")
+            os.replace(tmp_path / "next", current)
+        return SimpleNamespace(version=os.path.basename(resolved), resolved_dir=resolved, card={})
+
+    monkeypatch.setattr(LoadedModel, "load", staticmethod(load))
+    holder = ModelHolder(str(current), threads=1)
+    assert holder.load_initial().version == "v1"
+    assert holder.poll() is True and holder.version == "v2"
