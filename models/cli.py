@@ -255,6 +255,11 @@ def evaluate(ckpt_dir, data, out, no_plots):
     click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "
                f"KL {m[best]['kl']:.4f}, gain CI95 [{result['kl_gain_ci95'][0]:.4f}, "
                f"{result['kl_gain_ci95'][1]:.4f}]; wrote {Path(out) / 'metrics.json'}")
+    lifted = result.get("best_with_item_lift")
+    if lifted and lifted["item_lift"]["kept"]:
+        lo, hi = lifted["kl_gain_ci95"]
+        click.echo(f"against {best} given the items' lift too (as the model has one): its KL {lifted['kl']:.4f}, "
+                   f"ratio {lifted['kl_ratio']:.4f}, gain CI95 [{lo:.4f}, {hi:.4f}]")
 
 
 @click.command("evaluate-rerank")

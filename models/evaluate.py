@@ -18,7 +18,9 @@ mean(best baseline KL - model KL) over the resampled users' samples; the best ba
 one with the lowest validation KL. ``gain_ci95`` does the same for every metric (signed so that
 positive favours the model), and ``buckets`` repeats everything per user-activity bucket: test
 users split into thirds (light, medium, heavy) by their number of events before the test period.
-On simulated logs with ``FILE.truth.jsonl`` beside them, also each model's KL and MSE against the
+``best_with_item_lift``: the best baseline given an items' lift chosen on its validation
+predictions as ``train`` chooses the model's (:func:`baseline_predictions`), its test KL, the
+model's ratio to it and the bootstrap interval of the KL gain over it. On simulated logs with ``FILE.truth.jsonl`` beside them, also each model's KL and MSE against the
 true latent interests averaged over the target window.
 """
 from __future__ import annotations
@@ -237,7 +239,9 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
     split = card["split"] if split is None else split
     dcfg = DataConfig.from_dict(split["data_config"])
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
-    base = baseline_predictions(ds, dcfg, encoder.k, refit_samples(card, ds, encoder.categories, dcfg))
+    refit = refit_dataset(card, ds, encoder.categories, dcfg)
+    base = baseline_predictions(ds, dcfg, encoder.k, None if refit is None else refit.splits["train"],
+                                categories=encoder.categories, refit_ds=refit)
     test = ds.splits["test"]
     test_seqs = encode_windows(base["test_windows"], encoder)
     test_prof = sample_profiles(ds, test, dcfg, encoder)
@@ -278,19 +282,33 @@ def refit_samples(card: dict, ds, categories, dcfg):
     """The training samples of a checkpoint that was refit on the training and validation periods
     (``TrainConfig.refit``; the card's ``metrics.selection.refit``), so that the baselines it is
     compared with can be refit on them too; None for a checkpoint that was not."""
+    joined = refit_dataset(card, ds, categories, dcfg)
+    return None if joined is None else joined.splits["train"]
+
+
+def refit_dataset(card: dict, ds, categories, dcfg):
+    """The dataset a refit checkpoint was trained on (:func:`models.data.joined_dataset`), None for one that was not."""
     if not (card.get("metrics", {}).get("selection") or {}).get("refit"):
         return None
     from models.data import joined_dataset
 
-    return joined_dataset(ds, categories, dcfg).splits["train"]
+    return joined_dataset(ds, categories, dcfg)
 
 
-def baseline_predictions(ds, dcfg, k: int, refit_on=None, with_val: bool = False) -> dict:
+def baseline_predictions(ds, dcfg, k: int, refit_on=None, with_val: bool = False, categories=None,
+                         refit_ds=None) -> dict:
     """The baselines fit (training, validation) and their test predictions: ``{"test": {name:
     (N, k)}, "val_kl", "best" (lowest validation KL), "params", "prior", "test_windows"}``, and with
     ``with_val`` their validation predictions (``"val"``, as they are returned). With ``refit_on``
     (a refit model's training samples, :func:`refit_samples`) their prior and mixture are then refit
-    on them (:meth:`models.baselines.Baselines.refit`); validation figures and the best are the fit's."""
+    on them (:meth:`models.baselines.Baselines.refit`); validation figures and the best are the fit's.
+
+    With ``categories``, the best baseline is also given an items' lift as ``train`` gives the
+    model one (:func:`models.train.item_lift_choice` on the best's validation predictions, fit on
+    training; its table fit again on ``refit_ds``, the refit's dataset, when there is one):
+    ``"item_lift"`` (the choice) and ``"test_with_item_lift"`` (the best's test predictions with
+    it, or without when validation left it out). A model's lift is a counter of what follows each
+    item, which a counter can have too."""
     from models.baselines import NAMES, Baselines
     from models.data import sample_windows
 
@@ -302,12 +320,22 @@ def baseline_predictions(ds, dcfg, k: int, refit_on=None, with_val: bool = False
     test_windows, val_windows = sample_windows(ds, test, dcfg), sample_windows(ds, val, dcfg)
     val_pred = base.predict(val, val_windows)
     val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_pred.items()}
+    base_val_best = val_pred[min(NAMES, key=lambda n: val_kl[n])]  # the fit's: a refit has seen that period
     if refit_on is not None:
         params = base.refit(refit_on)
         if with_val:
             val_pred = base.predict(val, val_windows)
-    out = {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": min(NAMES, key=lambda n: val_kl[n]),
+    best = min(NAMES, key=lambda n: val_kl[n])
+    out = {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": best,
            "params": params, "prior": base.prior, "test_windows": test_windows}
+    if categories is not None:
+        from models.item_lift import apply, window_lifts
+        from models.train import item_lift_choice
+
+        record, lift = item_lift_choice(ds, dcfg, categories, base_val_best, refit_ds)
+        out["item_lift"] = record
+        out["test_with_item_lift"] = (out["test"][best] if lift is None
+                                      else apply(out["test"][best], window_lifts(lift, test_windows)))
     return {**out, "val": val_pred} if with_val else out
 
 
@@ -346,6 +374,13 @@ def report(ds, base: dict, pred: np.ndarray, info: dict, model_info: dict) -> di
             "kl_ratio": float(kl_per_sample(t, pred[m]).mean() / kl_per_sample(t, preds[best][m]).mean()),
             "gain_ci95": gains(t, pred[m], preds[best][m], u),
         }
+    if "test_with_item_lift" in base:  # the best baseline given an items' lift, as the model is
+        lifted = kl_per_sample(test.targets, base["test_with_item_lift"])
+        d = lifted - kl_per_sample(test.targets, pred)
+        result["best_with_item_lift"] = {
+            "baseline": best, "item_lift": base["item_lift"], "kl": float(lifted.mean()),
+            "kl_ratio": result["models"]["gpt2"]["kl"] / float(lifted.mean()), "kl_gain": float(d.mean()),
+            "kl_gain_ci95": paired_bootstrap(d, test.user)}
     result["validation_kl"] = base["val_kl"]
     result["baseline_params"] = base["params"]
     result["sample_counts"] = info["samples"]

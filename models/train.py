@@ -341,33 +341,39 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
 
 def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingData | None = None,
                      slots_grid=None) -> tuple:
-    """Stage 6: ``(record, ItemLift or None)``. For each number of the window's newest items that
-    count (``slots_grid``, :data:`models.item_lift.SLOTS`), the table of the training cuts' items
-    (:func:`models.item_lift.fit_table`, items credited with less than one target left out); the
-    slots, the shrinkage ``m`` and the strength ``lam`` with the lowest validation KL on top of
-    ``val_pred``, kept when it lowers the validation KL by :data:`models.item_lift.MIN_GAIN` of it at
-    least; with ``refit_td`` (stage 5's data) the table is fit again on its training cuts, the
-    choices kept."""
+    """Stage 6: ``(record, ItemLift or None)`` for the chosen model's validation predictions
+    (:func:`item_lift_choice`; with ``refit_td``, stage 5's data, the table is fit again on it)."""
+    return item_lift_choice(td.ds, td.data_cfg, td.encoder.categories, val_pred,
+                            None if refit_td is None else refit_td.ds, slots_grid)
+
+
+def item_lift_choice(ds, dcfg, categories, val_pred: np.ndarray, refit_ds=None, slots_grid=None) -> tuple:
+    """``(record, ItemLift or None)``: for each number of the window's newest items that count
+    (``slots_grid``, :data:`models.item_lift.SLOTS`), the table of the training cuts' items of
+    ``ds`` (:func:`models.item_lift.fit_table`, items credited with less than one target left out);
+    the slots, the shrinkage ``m`` and the strength ``lam`` with the lowest validation KL on top of
+    ``val_pred`` (any predictor's: the model's in training, the best baseline's in evaluation), kept
+    when it lowers the validation KL by :data:`models.item_lift.MIN_GAIN` of it at least; with
+    ``refit_ds`` (a refit's data) the table is fit again on its training cuts, the choices kept."""
     from models.data import sample_windows
     from models.evaluate import kl_per_sample, paired_bootstrap
     from models.item_lift import (MIN_GAIN, SHRINK, SLOTS, build, choose, cut_lifts, fit_table, pruned, window_keys,
                                   with_lift)
 
     t0 = time.time()
-    dcfg = td.data_cfg
-    index = {c: i for i, c in enumerate(td.encoder.categories)}
+    index = {c: i for i, c in enumerate(categories)}
 
-    def training_cuts(ds):
-        """``(windows, targets, prior)`` of the training cuts of ``ds``."""
-        tr = ds.splits["train"]
-        return sample_windows(ds, tr, dcfg), tr.targets, np.asarray(_mean_distribution(tr.targets))
+    def training_cuts(d):
+        """``(windows, targets, prior)`` of the training cuts of ``d``."""
+        tr = d.splits["train"]
+        return sample_windows(d, tr, dcfg), tr.targets, np.asarray(_mean_distribution(tr.targets))
 
     def fit_pruned(windows, targets, slots):
         return pruned(fit_table([window_keys(w, index, slots) for w in windows], targets))
 
-    va = td.ds.splits["val"]
-    val_windows = sample_windows(td.ds, va, dcfg)
-    train_windows, train_targets, prior = training_cuts(td.ds)
+    va = ds.splits["val"]
+    val_windows = sample_windows(ds, va, dcfg)
+    train_windows, train_targets, prior = training_cuts(ds)
     best = None
     for slots in slots_grid or SLOTS:
         table = fit_pruned(train_windows, train_targets, slots)
@@ -387,10 +393,10 @@ def choose_item_lift(td: TrainingData, val_pred: np.ndarray, refit_td: TrainingD
               "kept": kept, "items": 0}
     lift = None
     if kept:
-        if refit_td is not None:
-            windows, targets, prior = training_cuts(refit_td.ds)
+        if refit_ds is not None:
+            windows, targets, prior = training_cuts(refit_ds)
             table = fit_pruned(windows, targets, slots)
-        lift = build(table, prior, m, lam, td.encoder.categories, slots)
+        lift = build(table, prior, m, lam, categories, slots)
         record["items"] = len(lift)
     record["seconds"] = round(time.time() - t0, 1)
     return record, lift

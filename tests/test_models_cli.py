@@ -86,6 +86,14 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert sum(m["buckets"][b]["samples"] for b in ("light", "medium", "heavy")) == m["samples"]
     assert m["gain_ci95"]["kl"]["ci95"] == m["kl_gain_ci95"]
     assert m["best_baseline"] in m["models"] and m["best_baseline"] != "gpt2"
+    # the best baseline given an items' lift as the model is: chosen on validation, then the same test
+    lifted = m["best_with_item_lift"]
+    assert lifted["baseline"] == m["best_baseline"] and set(lifted["item_lift"]) >= {"slots", "m", "lambda", "kept"}
+    assert lifted["kl_ratio"] == pytest.approx(m["models"]["gpt2"]["kl"] / lifted["kl"], rel=1e-12)
+    if lifted["item_lift"]["kept"]:
+        assert lifted["kl"] != m["models"][m["best_baseline"]]["kl"] and "given the items' lift too" in res.output
+    else:
+        assert lifted["kl"] == pytest.approx(m["models"][m["best_baseline"]]["kl"], rel=1e-12)
     lo, hi = m["kl_gain_ci95"]
     assert lo <= hi
     assert "truth" in m  # simulated: error against the latent interests

@@ -173,3 +173,23 @@ def test_train_leaves_out_an_item_lift_that_does_not_earn_its_share(monkeypatch)
     monkeypatch.setattr(models.item_lift, "MIN_GAIN", 0.01)
     record, lift = choose_item_lift(td, _by_last_category(ds), slots_grid=(1,))
     assert not record["kept"] and lift is None and record["items"] == 0 and "at least 1.0% lower" in record["rule"]
+
+
+def test_evaluate_gives_the_best_baseline_an_item_lift_as_train_gives_the_model():
+    """The lift is a counter of what follows each item, which a counter can have too: on a log
+    where the item tells what comes next, the best baseline with a lift chosen on its validation
+    predictions (as train chooses the model's) is far better on test than without it, so
+    evaluate reports the model against it as well."""
+    from models.data import DataConfig, build_dataset, split_times
+    from models.evaluate import baseline_predictions, kl_per_sample
+
+    cfg = DataConfig(target="next_k", target_k=2)
+    users, cats = _blocks_log(0), ["a", "b", "c"]
+    t1, t2 = split_times(users, cfg)
+    ds = build_dataset(users, cats, cfg, t1, t2)
+    base = baseline_predictions(ds, cfg, len(cats), categories=cats)
+    te, best = ds.splits["test"], base["best"]
+    assert base["item_lift"]["kept"] and base["item_lift"]["items"] > 0
+    lifted = kl_per_sample(te.targets, base["test_with_item_lift"]).mean()
+    assert lifted < kl_per_sample(te.targets, base["test"][best]).mean() - 0.1
+    assert "test_with_item_lift" not in baseline_predictions(ds, cfg, len(cats))  # only when asked
