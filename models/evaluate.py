@@ -20,8 +20,9 @@ positive favours the model), and ``buckets`` repeats everything per user-activit
 users split into thirds (light, medium, heavy) by their number of events before the test period.
 ``best_with_item_lift``: the best baseline given an items' lift chosen on its validation
 predictions as ``train`` chooses the model's (:func:`baseline_predictions`), its test KL, the
-model's ratio to it and the bootstrap interval of the KL gain over it. On simulated logs with ``FILE.truth.jsonl`` beside them, also each model's KL and MSE against the
-true latent interests averaged over the target window.
+model's ratio to it and the bootstrap interval of the KL gain over it. On simulated logs with
+``FILE.truth.jsonl`` beside them, also each model's KL and MSE against the true latent interests
+averaged over the target window.
 """
 from __future__ import annotations
 
@@ -320,19 +321,19 @@ def baseline_predictions(ds, dcfg, k: int, refit_on=None, with_val: bool = False
     test_windows, val_windows = sample_windows(ds, test, dcfg), sample_windows(ds, val, dcfg)
     val_pred = base.predict(val, val_windows)
     val_kl = {n: float(kl_per_sample(val.targets, p).mean()) for n, p in val_pred.items()}
-    base_val_best = val_pred[min(NAMES, key=lambda n: val_kl[n])]  # the fit's: a refit has seen that period
+    best = min(NAMES, key=lambda n: val_kl[n])
+    best_val = val_pred[best]  # the fit's, to choose a lift on: a refit has seen that period
     if refit_on is not None:
         params = base.refit(refit_on)
         if with_val:
             val_pred = base.predict(val, val_windows)
-    best = min(NAMES, key=lambda n: val_kl[n])
     out = {"test": base.predict(test, test_windows), "val_kl": val_kl, "best": best,
            "params": params, "prior": base.prior, "test_windows": test_windows}
     if categories is not None:
         from models.item_lift import apply, window_lifts
         from models.train import item_lift_choice
 
-        record, lift = item_lift_choice(ds, dcfg, categories, base_val_best, refit_ds)
+        record, lift = item_lift_choice(ds, dcfg, categories, best_val, refit_ds)
         out["item_lift"] = record
         out["test_with_item_lift"] = (out["test"][best] if lift is None
                                       else apply(out["test"][best], window_lifts(lift, test_windows)))
