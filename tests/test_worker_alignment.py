@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cli, metric_values, wait_for
 from kafka_io import produce
-from test_worker_ingest import HOUR, T0, assert_users, event, topics
+from test_worker_ingest import HOUR, T0, assert_users, event, topics, wait_until_counted
 
 pytestmark = pytest.mark.kafka
 
@@ -52,19 +52,10 @@ def test_after_a_restart_a_quiet_topic_does_not_hold_the_others_back(env, worker
     first = [event(i, "u1", ["click", "browse", "search"][i % 3], T0 + i * 60_000) for i in range(6)]
     produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], b"u1", e) for e in first])
     w = workers(INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3")
-    assert_users_soon = lambda evs: wait_for(lambda: _counted(w, evs), what="the events counted")  # noqa: E731
-    assert_users_soon(first)
+    wait_until_counted(w, first)
     assert w.stop() == 0
     w.start()
     clicks = [event(100 + i, "u1", "click", T0 + (10 + i) * 60_000) for i in range(20)]
     produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"u1", e) for e in clicks])
-    assert_users_soon(first + clicks)
+    wait_until_counted(w, first + clicks)
     assert metric(w, "interest_align_forced_total") == 0
-
-
-def _counted(w, events) -> bool:
-    try:
-        assert_users(w, events)
-        return True
-    except AssertionError:
-        return False
