@@ -281,33 +281,34 @@ def _delivered_ends(s: Settings, tps: list) -> dict:
     none: what the worker will have received once it has read everything written so far. A
     transaction's commit or abort marker takes an offset no consumer is given, so a partition last
     written by a transactional producer has an end offset one past that, which the worker would
-    only pass at the partition's next event. The tail is read backwards, 1, 8, 64… offsets at a
-    time (each transaction adds one marker after its records); a tail not read within
-    ``DELIVERED_WAIT_S`` keeps the end offset, which only makes the request wait longer."""
+    only pass at the partition's next event."""
     reader = _consumer(s)  # read_uncommitted, as the worker reads
     try:
         begins, ends = reader.beginning_offsets(tps), reader.end_offsets(tps)
-        out = {}
-        for tp in tps:
-            reader.assign([tp])
-            out[tp] = ends[tp]
-            back, deadline = 1, time.monotonic() + DELIVERED_WAIT_S
-            while ends[tp] > begins[tp] and time.monotonic() < deadline:
-                start = max(begins[tp], ends[tp] - back)
-                reader.seek(tp, start)
-                last = -1
-                while reader.position(tp) < ends[tp] and time.monotonic() < deadline:
-                    got = reader.poll(timeout_ms=200).get(tp, ())
-                    last = max([last] + [r.offset for r in got if r.offset < ends[tp]])
-                if reader.position(tp) < ends[tp]:
-                    break  # not read in time: keep the end offset
-                if last >= 0 or start == begins[tp]:
-                    out[tp] = last + 1
-                    break
-                back *= 8
-        return out
+        return {tp: _last_delivered(reader, tp, begins[tp], ends[tp]) for tp in tps}
     finally:
         reader.close()
+
+
+def _last_delivered(reader, tp, begin: int, end: int) -> int:
+    """:func:`_delivered_ends` of one partition: its tail read backwards, 1, 8, 64… offsets at a
+    time (each transaction adds one marker after its records); a tail not read within
+    ``DELIVERED_WAIT_S`` keeps the end offset, which only makes the request wait longer."""
+    reader.assign([tp])
+    back, deadline = 1, time.monotonic() + DELIVERED_WAIT_S
+    while end > begin:
+        start = max(begin, end - back)
+        reader.seek(tp, start)
+        last = -1
+        while reader.position(tp) < end:
+            if time.monotonic() >= deadline:
+                return end  # not read in time
+            got = reader.poll(timeout_ms=200).get(tp, ())
+            last = max([last] + [r.offset for r in got if r.offset < end])
+        if last >= 0 or start == begin:
+            return last + 1
+        back *= 8
+    return end
 
 
 @main.command()

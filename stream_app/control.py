@@ -31,6 +31,7 @@ from faust.types import TP
 from . import metrics
 from .app import TOPIC_TYPES, app, control, owned_partitions, settings
 from .flush import let_go, send_batches
+from .ingest import applied_offset
 from .partitioning import partition_for
 from .state_cache import message_bytes
 
@@ -65,15 +66,6 @@ def unapplied(ends: dict[str, int], applied_to) -> dict[str, tuple[int, int]]:
         if at < end:
             out[topic] = (end, at)
     return out
-
-
-def applied_offset(received: int | None, committed: int | None, *waiting: int | None) -> int:
-    """The offset below which every message of an input partition is applied and can be committed
-    by the next flush: the next after the last ``received`` (or the ``committed`` one, when none
-    was received since the assignment), lowered to each offset still ``waiting`` (the aligner's
-    next message, the first dead letter not delivered yet)."""
-    nxt = max(-1 if received is None else received, -1 if committed is None else committed - 1) + 1
-    return min([nxt] + [w for w in waiting if w is not None])
 
 
 def applied_to(topic: str, partition: int) -> int:

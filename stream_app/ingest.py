@@ -47,6 +47,15 @@ def process(topic: str, partition: int, offset: int, key: bytes | None, value: b
     return None
 
 
+def applied_offset(received: int | None, committed: int | None, *waiting: int | None) -> int:
+    """The offset below which every message of an input partition is applied and can be committed
+    by the next flush: the next after the last ``received`` (or the ``committed`` one, when none
+    was received since the assignment), lowered to each offset still ``waiting`` (the aligner's
+    next message, the first dead letter not delivered yet: stream_app.control)."""
+    nxt = max(0 if received is None else received + 1, committed or 0)
+    return min([nxt] + [w for w in waiting if w is not None])
+
+
 class Received:
     """The last offset the agent received of each input partition, to tell whether a topic's
     partition is caught up (nothing more fetched than received) for the aligner. A partition the
@@ -67,10 +76,7 @@ class Received:
             return False
         if high is None:
             return False
-        received = self.offsets.get((topic, partition))
-        if received is None:
-            return (app.consumer._committed_offset.get(tp) or 0) >= high
-        return received + 1 >= high
+        return applied_offset(self.offsets.get((topic, partition)), app.consumer._committed_offset.get(tp)) >= high
 
 
 app.received = Received()

@@ -148,8 +148,7 @@ class StateCache:
     # -- changing -----------------------------------------------------------------------
     def load(self, partition: int, key: bytes, state: dict | None) -> None:
         """Cache a state read from the table (clean); None caches nothing."""
-        if self.scan_seen is not None:
-            self.scan_seen.add(key)
+        self._scanned(key)
         if state is None or key in self.entries:
             return
         size = estimated_size(state)
@@ -159,8 +158,7 @@ class StateCache:
 
     def put(self, partition: int, key: bytes, state: dict) -> None:
         """A changed state: written at the partition's next flush."""
-        if self.scan_seen is not None:
-            self.scan_seen.add(key)
+        self._scanned(key)
         size = estimated_size(state)
         e = self.entries.get(key)
         if e is None:
@@ -183,8 +181,7 @@ class StateCache:
 
     def delete(self, partition: int, key: bytes) -> None:
         """Forget a user: its table value is deleted at the partition's next flush."""
-        if self.scan_seen is not None:
-            self.scan_seen.add(key)
+        self._scanned(key)
         e = self.entries.get(key)
         if e is None:
             self.entries[key] = e = Entry(partition, None, 0)
@@ -235,6 +232,10 @@ class StateCache:
             self.letters[partition] = kept
         else:
             self.letters.pop(partition, None)
+
+    def _scanned(self, key: bytes) -> None:
+        if self.scan_seen is not None:
+            self.scan_seen.add(key)
 
     def letter_floor(self, partition: int, topic: str) -> int | None:
         """The lowest offset of ``topic``'s partition whose dead letter is not known delivered:

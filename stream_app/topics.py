@@ -97,7 +97,6 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     return result
 
 
-
 def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
     """Existing topics of ``specs`` whose ``max.message.bytes`` is below their spec's: name ->
     (the topic's, the spec's)."""
