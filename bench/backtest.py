@@ -19,7 +19,10 @@ With ``--variants`` (``bench/model_eval.py``'s ablations, trained on the same fo
 is pooled the same way, and each is compared with the first on the very same test samples: the
 mean of (variant's KL − the first's) with its paired bootstrap interval over (fold, user) pairs,
 much tighter than either ratio's interval. ``first_test_cuts`` pools (and compares) each fold's
-first test cut of each user alone: the cuts ``bench/live_eval.py`` streams each user up to. Stdout:
+first test cut of each user alone: the cuts ``bench/live_eval.py`` streams each user up to.
+``pooled_vs_best_with_item_lift`` and ``first_test_cuts_vs_best_with_item_lift`` pool the same
+against each fold's best baseline given an items' lift (``evaluate``'s ``best_with_item_lift``:
+the lift ``train`` gives the model, chosen on that baseline's validation predictions). Stdout:
 one JSON with the machine, the commit, each fold's summary and the pooled figures.
 """
 from __future__ import annotations
@@ -52,13 +55,14 @@ def fold_users(runs: list[dict]) -> np.ndarray:
     return np.concatenate([i * 10_000_000 + np.unique(r["user"], return_inverse=True)[1] for i, r in enumerate(runs)])
 
 
-def pool(runs: list[dict]) -> dict:
-    """Every fold's test samples together: the model's and the best baselines' mean KL, their
-    ratio, and the paired bootstrap interval of the gain over (fold, user) pairs."""
+def pool(runs: list[dict], against: str = "best") -> dict:
+    """Every fold's test samples together: the model's and the best baselines' mean KL (``against``
+    "lifted": the best baselines given an items' lift), their ratio, and the paired bootstrap
+    interval of the gain over (fold, user) pairs."""
     from models.evaluate import paired_bootstrap
 
     model = np.concatenate([r["model"] for r in runs])
-    best = np.concatenate([r["best"] for r in runs])
+    best = np.concatenate([r[against] for r in runs])
     users = fold_users(runs)
     gain = best - model  # positive favours the model
     lo, hi = paired_bootstrap(gain, users)
@@ -111,11 +115,12 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
         for name, v in zip(names, out["variants"]):
             ps = np.load(fd / dataset / name / "per_sample.npz")
             runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])],
-                               "first": ps["first_test_cut"]})
+                               "lifted": ps["best_with_item_lift"], "first": ps["first_test_cut"]})
             summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
                               "test_users": out["test_users"], "test_samples": out["samples"]["test"], **{k: v[k] for k in (
                                   "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
-                                  "kl_ratio_vs_ema_prior", "correction_scales", "exported", "train_seconds")},
+                                  "kl_ratio_vs_ema_prior", "kl_ratio_vs_best_with_item_lift",
+                                  "best_baseline_item_lift", "correction_scales", "exported", "train_seconds")},
                               "query_map": v.get("query_map")})
     result = {"machine": machine(), "commit": commit(), "dataset": dataset, "variants": names, "folds": summaries,
               "pooled": {n: pool(runs[n]) for n in names},
@@ -124,6 +129,9 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
               "first_test_cuts": {n: pool(first_cuts_only(runs[n])) for n in names},
               "first_test_cuts_against_the_first": {n: compare(first_cuts_only(runs[n]), first_cuts_only(runs[names[0]]))
                                                     for n in names[1:]},
+              # the same against the best baseline given an items' lift, as train gives the model one
+              "pooled_vs_best_with_item_lift": {n: pool(runs[n], "lifted") for n in names},
+              "first_test_cuts_vs_best_with_item_lift": {n: pool(first_cuts_only(runs[n]), "lifted") for n in names},
               "sets": list(sets), "data_sets": list(data_sets), "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(result, indent=1))
 

@@ -16,7 +16,10 @@ the first has ``kl_diff_vs_first``: its test KL minus the first variant's on the
 the paired bootstrap interval over users (``kl_diff_vs_first_ci95``). Each variant's
 ``by_sitting`` splits its test samples by where the cut falls in the user's sittings (an hour
 without an event ends one: :func:`sitting_groups`), and gives each user's first test cut, the cut
-``bench/live_eval.py`` streams, and each new user's first event on their own. On a simulated log
+``bench/live_eval.py`` streams, and each new user's first event on their own. Each variant is also
+compared with the best baseline given an items' lift as ``train`` gives the model one
+(``evaluate``'s ``best_with_item_lift``; ``kl_ratio_vs_best_with_item_lift``), and per_sample.npz
+keeps that baseline's KL per test sample for ``bench/backtest.py``. On a simulated log
 each prediction is also scored against the simulator's truth (:func:`_truth`). ``--reuse`` scores
 the checkpoints an earlier run with the same settings left in the workdir instead of training
 them again: for metrics added after they were trained.
@@ -220,6 +223,11 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
         "ema_prior_kl": r4(result["models"]["ema_prior"]["kl"]),
         "kl_ratio": r4(result["kl_ratio"]),
         "kl_ratio_vs_ema_prior": r4(result["models"]["gpt2"]["kl"] / result["models"]["ema_prior"]["kl"]),
+        # against the best baseline given an items' lift (models.evaluate.report's best_with_item_lift)
+        "kl_ratio_vs_best_with_item_lift": r4(result["best_with_item_lift"]["kl_ratio"]),
+        "kl_gain_vs_best_with_item_lift_ci95": [r4(x) for x in result["best_with_item_lift"]["kl_gain_ci95"]],
+        "best_baseline_item_lift": {k: result["best_with_item_lift"]["item_lift"][k]
+                                    for k in ("kept", "slots", "m", "lambda", "items")},
         "kl_gain_ci95": [r4(x) for x in result["kl_gain_ci95"]],
         "top3": r4(result["models"]["gpt2"]["top3"]),
         "best_baseline_top3": r4(result["models"][best]["top3"]),
@@ -277,7 +285,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
 
     from bench.common import commit, machine
     from models.data import DataConfig, sample_profiles
-    from models.evaluate import baseline_predictions, refit_samples, report
+    from models.evaluate import baseline_predictions, refit_dataset, report
     from models.model import ModelConfig, TrainConfig, predict
     from models.train import fit, prepare_training
 
@@ -328,7 +336,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
            "test_users": int(len(set(test.user.tolist()))), "setup_seconds": round(setup_s, 1),
            "baselines_test_kl": None, "variants": []}
-    base_refit, first_kl = None, None
+    base_refit, base_lifted, first_kl = None, None, None
     for name in names:
         spec = VARIANTS[name]
         if spec.get("pretrained") and not pretrained:
@@ -359,9 +367,15 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         v_base = base
         if card["metrics"]["selection"].get("refit"):  # the baselines see what the model saw, as in evaluate
             if base_refit is None:  # (the same samples for every refit variant)
-                base_refit = baseline_predictions(td.ds, td.data_cfg, td.encoder.k,
-                                                  refit_samples(card, td.ds, td.encoder.categories, td.data_cfg))
+                joined = refit_dataset(card, td.ds, td.encoder.categories, td.data_cfg)
+                base_refit = baseline_predictions(td.ds, td.data_cfg, td.encoder.k, joined.splits["train"],
+                                                  categories=td.encoder.categories, refit_ds=joined)
             v_base = base_refit
+        elif base_lifted is None:  # the best baseline given an items' lift too, as evaluate fits it
+            base_lifted = {**base, **{k: v for k, v in baseline_predictions(
+                td.ds, td.data_cfg, td.encoder.k, categories=td.encoder.categories).items()
+                if k in ("item_lift", "test_with_item_lift")}}
+        v_base = base_lifted if v_base is base else v_base
         result = report(td.ds, v_base, pred, td.info, {"variant": name, "correction": model.config.correction,
                                                       "selection": card["metrics"]["selection"]})
         _truth(result, log_path, td, v_base, pred, td.data_cfg)
@@ -370,11 +384,12 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         model_kl = kl_per_sample(test.targets, pred)
         base_kl = {n: kl_per_sample(test.targets, p) for n, p in v_base["test"].items()}
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
-                 best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first_test_cut)
-        out["baselines_test_kl" if v_base is base else "refit_baselines_test_kl"] = \
+                 best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first_test_cut,
+                 best_with_item_lift=kl_per_sample(test.targets, v_base["test_with_item_lift"]))
+        out["baselines_test_kl" if v_base is base_lifted else "refit_baselines_test_kl"] = \
             {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
-        if v_base is not base:  # against the baselines as the other variants see them, too
+        if v_base is not base_lifted:  # against the baselines as the other variants see them, too
             out["variants"][-1]["kl_ratio_vs_unrefit_baselines"] = round(
                 float(model_kl.mean() / kl_per_sample(test.targets, base["test"][result["best_baseline"]]).mean()), 4)
         out["variants"][-1]["by_sitting"] = by_sitting(td.ds, test, model_kl, base_kl, result["best_baseline"])
