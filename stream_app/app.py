@@ -28,6 +28,7 @@ from .flush import LETTER_WAIT_S, Flusher
 from .logs import use_json
 from .model_swap import ModelHolder
 from .partitioning import partition_for
+from .rerank import MAX_BODY_BYTES
 from .settings import Settings
 from .state_cache import StateCache
 from .topics import LIMIT, TopicError, changelog_limit, check_input_topics, check_limits, partition_counts
@@ -200,6 +201,7 @@ app = InterestApp(
     web_bind=settings.web_host,
     canonical_url=settings.web_url,
     web_in_thread=False,
+    web_application_options={"client_max_size": MAX_BODY_BYTES},  # aiohttp's 1 MiB refuses valid re-ranks
     # Faust's own /router and /table views: /table/users/{id}/ would serve a user's raw state
     # (search text included), and /router/{unknown}/ answers 500; the project routes itself
     web_router_enabled=False,

@@ -117,7 +117,7 @@ ERRORS = [  # (field, body)
     ("body", b"\xff\xfe"),  # not UTF-8, so not JSON
     ("body", b"[1, 2]"),  # not an object
     ("body", b'"items"'),
-    ("body", b" " * (1 << 20) + b"{}"),  # over 1 MiB
+    ("body", b" " * (4 << 20) + b"{}"),  # over 4 MiB
     ("items", body({"weight": 0.5})),  # no items
     ("items", body({"items": None})),
     ("items", body({"items": {"item_id": "i1"}})),  # not a list
@@ -175,6 +175,9 @@ def test_valid_requests():
     assert len(parse_request(body({"items": [OK_ITEM] * MAX_ITEMS})).items) == MAX_ITEMS
     long = {"item_id": "x" * 128, "category": "é" * 128, "score": -1e300}  # characters, not bytes
     assert isinstance(parse_request(body({"items": [long]})), RerankRequest)
+    # the contract's largest request as json.dumps sends it: each emoji a 12-byte escape, 3.1 MB
+    largest = json.dumps({"items": [{"item_id": "😀" * 128, "category": "😀" * 128, "score": 1}] * MAX_ITEMS})
+    assert len(largest) > 3_000_000 and len(parse_request(largest.encode()).items) == MAX_ITEMS
 
 
 def test_response_body():

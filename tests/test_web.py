@@ -171,13 +171,27 @@ def test_rerank_is_routed_to_the_owner_and_exact(cluster):
     ({"items": [{"item_id": f"a{i}", "category": "tech", "score": 1} for i in range(1001)]}, "items"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": 1.5}, "weight"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": "heavy"}, "weight"),
-    (b'{"items": [], "pad": "' + b"x" * (1 << 20) + b'"}', "body"),  # over 1 MiB
+    (b'{"items": [], "pad": "' + b"x" * (4 << 20) + b'"}', "body"),  # over 4 MiB
 ])
 def test_rerank_bad_input_is_a_400_naming_the_field(cluster, body, field):
     env, ws, users, vectors, _ = cluster
     for w in (ws[0], ws[1]):
         status, answer = post(w, "/users/decisive/rerank", body)
         assert status == 400 and answer["field"] == field, answer
+
+
+def test_rerank_takes_the_contracts_largest_request(cluster):
+    """1,000 items of two 128-character strings, as json.dumps sends them (each emoji a 12-byte
+    escape: 3.1 MB, over aiohttp's default 1 MiB), through the worker that forwards it."""
+    env, ws, users, vectors, _ = cluster
+    items = [{"item_id": f"{i:03d}" + "😀" * 125, "category": "😀" * 128, "score": i} for i in range(1000)]
+    data = json.dumps({"items": items}).encode()
+    assert len(data) > 3_000_000
+    status, body = post(not_owner(ws, "decisive"), "/users/decisive/rerank", data)
+    assert status == 200, body
+    assert body["personalized"] is True and body["unknown_categories"] == ["😀" * 128]
+    # one unknown category: the order of the scores
+    assert [it["item_id"] for it in body["items"]] == [it["item_id"] for it in items[::-1]]
 
 
 def test_explain_is_routed_exact_and_names_the_decisive_burst(cluster):
