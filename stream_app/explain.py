@@ -59,18 +59,20 @@ class ProfileUnwinder:
       than every removed one, so its share grows by the same factor per scale,
       ``2 ** ((t - x) / H)`` and ``2 ** (removed / h)``, the events before the rows included;
     * :meth:`without` (one row removed): on the time scales its share goes (and the rest is read as
-      of the newest remaining ``ts`` when it was the only newest); on the event scale every event
-      strictly older than it counts one newer event less.
+      of the newest remaining ``ts`` when it was the only newest: the previous row's, or ``before``,
+      the newest ts folded in before the rows, when it was the only row); on the event scale every
+      event strictly older than it counts one newer event less.
 
     Categories pruned from the profile (it keeps 32) stay out. A result below 1e-6 is rounding of the
-    stored millionths and becomes 0.
+    stored millionths and becomes 0. Without ``before`` (a state that has dropped no row, or one
+    stored before the state kept it), the only row's removal leaves the rest read as of ``t``.
     """
 
-    def __init__(self, values: dict[str, list[float]], t: int | None, rows: list[tuple]):
+    def __init__(self, values: dict[str, list[float]], t: int | None, rows: list[tuple], before: int | None = None):
         self.categories = list(values)
         idx = {c: i for i, c in enumerate(self.categories)}
         m, s = len(self.categories), len(_SCALES)
-        self.t = t
+        self.t, self.before_t = t, before
         self.V = np.array([values[c] for c in self.categories], dtype=np.float64).reshape(m, s)
         self.ts = [r[0] for r in rows]
         n = len(rows)
@@ -114,13 +116,14 @@ class ProfileUnwinder:
         older = self.V[None] - self.G[lo]  # the events strictly older than row j
         older[older < EPS] = 0.0
         # without the only newest event the profile is read as of the newest remaining one
-        only_newest = (js == n - 1) & (lo == n - 1) & (n > 1)
-        new_t = [int(ts[-2]) if o else self.t for o in only_newest]
+        prev = int(ts[-2]) if n > 1 else self.before_t
+        only_newest = (js == n - 1) & (lo == n - 1) & (prev is not None)
+        new_t = [prev if o else self.t for o in only_newest]
         for s, (hm, he) in enumerate(_SCALES):
             if he:
                 out[:, :, s] += (2.0 ** (1.0 / he) - 1.0) * older[:, :, s]
             elif only_newest.any():
-                out[only_newest, :, s] *= 2.0 ** ((self.t - ts[-2]) / hm)
+                out[only_newest, :, s] *= 2.0 ** ((self.t - prev) / hm)
         out[out < EPS] = 0.0
         return out, new_t
 
@@ -161,14 +164,17 @@ class Snapshot:
     tied: list  # compact rows (state "old") with the ts of the first full row: the unwinder needs them
     values: dict  # the profile per category and scale, as of ``t``
     t: int | None
+    before: int | None  # the newest ts folded into the profile before ``tied`` and ``rows`` (None: unknown)
 
 
 def snapshot(state: dict) -> Snapshot:
     ev = list(state["ev"])
     first = ev[0][0] if ev else None
     tied = [tuple(r[:4]) for r in state["old"] if first is not None and r[0] >= first]
+    older = [r[0] for r in state["old"] if first is not None and r[0] < first]
     prof = state.get("p")
-    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None)
+    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None,
+                    older[-1] if older else state.get("dropped"))
 
 
 def _event(row: list, newest: int, effect: float | None = None) -> dict:
@@ -188,7 +194,7 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
     batched call); safe in a thread."""
     rows, n = snap.rows, len(snap.rows)
     unwinder = ProfileUnwinder(snap.values, snap.t,
-                               [(r[0], r[2], r[3]) for r in snap.tied] + [(r[0], r[2], r[3]) for r in rows])
+                               [(r[0], r[2], r[3]) for r in snap.tied] + [(r[0], r[2], r[3]) for r in rows], snap.before)
     offset = len(snap.tied)
     window = score_input.window
     row_ts = [r[0] for r in rows]

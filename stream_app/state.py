@@ -12,7 +12,8 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
      "seen": 1764259201234,            # worker clock when the last event was accepted (eviction)
      "ev":  [[ts, id, type, category, item, dwell, query], ...],  # the newest max_events rows
      "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
-     "p": {"t": ts, "c": {category: [...]}}}  # the long-term profile (interest_core.window), v2
+     "p": {"t": ts, "c": {category: [...]}},  # the long-term profile (interest_core.window), v2
+     "dropped": 1764170000000}         # newest ts of the rows dropped so far (absent: none, or unknown)
 
 Both lists are sorted by ``(ts, id)``. In memory each row is a tuple (JSON arrays when stored): a
 row never changes, and CPython's garbage collector stops tracking a tuple that holds only strings,
@@ -25,6 +26,11 @@ Version 1 had no ``p``; :func:`load` migrates such a value by folding its rows i
 (the history before them is gone, so the profile starts with the window). Version 2 kept the last
 vector in a table of its own; a migrated value has ``out`` null and ``scored`` 0, so the user is
 scored again once (its next vector has drift 0).
+
+Rows leave the state past the grace (:func:`apply`), when the state is too large (:func:`trim`) and
+when the user is idle (:func:`compact`); ``dropped`` keeps the newest ts among them, for the
+explanation's profile without an event (:mod:`stream_app.explain`). States written before it have
+none: an optional key, so no version change.
 
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
@@ -106,18 +112,26 @@ def trim(state: dict, max_bytes: int) -> int:
     and the grace gets there (a changelog record is at most ``INTEREST_MAX_STATE_BYTES``): its
     counts then miss the dropped rows, and a redelivered event among them would count again. The
     newest rows, which the model reads, and the profile stay."""
-    excess = len(dump(state)) - max_bytes
-    old, dropped = state["old"], 0
-    ids = state.get("_ids")
-    while excess > 0 and dropped < len(old):
-        row = old[dropped]
-        excess -= len(orjson.dumps(row)) + 1  # the row and its comma
-        if ids is not None:
-            ids.discard(row[1])
-        dropped += 1
-    if dropped:
+    total = 0
+    while (excess := len(dump(state)) - max_bytes) > 0 and state["old"]:
+        old, dropped = state["old"], 0
+        ids = state.get("_ids")
+        while excess > 0 and dropped < len(old):
+            row = old[dropped]
+            excess -= len(orjson.dumps(row)) + 1  # the row and its comma
+            if ids is not None:
+                ids.discard(row[1])
+            dropped += 1
+        _note_dropped(state, old[dropped - 1][0])  # (its key may need another pass)
         del old[:dropped]
-    return dropped
+        total += dropped
+    return total
+
+
+def _note_dropped(state: dict, ts: int) -> None:
+    """``ts`` is the newest of rows leaving the state (rows are sorted, so the last of them)."""
+    if ts > state.get("dropped", ts - 1):
+        state["dropped"] = ts
 
 
 def new_state() -> dict:
@@ -184,6 +198,7 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
         ids.discard(old[drop][1])
         drop += 1
     if drop:
+        _note_dropped(state, old[drop - 1][0])
         del old[:drop]
     state["newest"] = newest
     state["seen"] = now_ms
@@ -261,6 +276,9 @@ def idle_facts(state: dict) -> tuple[int, int, bool]:
 
 def compact(state: dict) -> dict:
     """The state of an idle user without its rows (the window is over; the profile stays)."""
+    newest = max(rows[-1][0] for rows in (state["ev"], state["old"]) if rows) if state["ev"] or state["old"] else None
+    if newest is not None:
+        _note_dropped(state, newest)
     state["ev"], state["old"] = [], []
     state.pop("_ids", None)
     return state

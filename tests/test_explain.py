@@ -146,6 +146,26 @@ def ev(i, etype, ts, cat=None, query=None):
     return e
 
 
+@pytest.mark.parametrize("gap_h, compact", [(30, False), (30, True), (24.5, False)])
+def test_a_window_of_one_event_unwinds_to_the_profile_before_it(gap_h, compact):
+    """A tech click, then after ``gap_h`` hours a sports click alone in the window: the tech click
+    past the grace (dropped by the sports click, or by idle compaction before it) or still in the
+    compact rows (24.5 h: a 1-day window, a 1-hour grace). Without the sports click the profile is
+    the tech click's alone, as of its own ts, as training's fold has it; before the state noted the
+    dropped rows' ts it stayed as of the sports click, 30 hours decayed."""
+    limits = state.Limits(86_400_000, 3_600_000, 128)
+    st, sports_ts = build_state([ev(1, "click", T0, "tech")]), T0 + int(gap_h * 3_600_000)
+    if compact:
+        st = state.compact(st)
+    _, st = state.apply(st, ev(2, "click", sports_ts, "sports"), limits, 0)
+    assert len(st["ev"]) == 1 and len(st["old"]) == (1 if gap_h < 25 else 0)
+    snap = explain.snapshot(st)
+    un = ProfileUnwinder(snap.values, snap.t, [(r[0], r[2], r[3]) for r in snap.tied + snap.rows], snap.before)
+    want = stored_profile(fold([WindowEvent(T0, "click", "tech", "item1")]))
+    assert_same_profile(un.without(0), want, 2e-6)
+    assert un.without(0)["t"] == T0 and profile_values(un.without(0))["tech"][0] == pytest.approx(1.0, abs=1e-6)
+
+
 def morning_then_travel():
     """A morning of sports and tech, then a burst of travel clicks and a travel search."""
     evs = [ev(i, "click" if i % 3 else "browse", T0 + i * 10 * MIN, "sports" if i % 4 else "tech")

@@ -246,7 +246,8 @@ def test_profile_of_an_event_behind_more_than_a_thousand_rows():
 
 
 def test_trim_drops_the_oldest_compact_rows_until_the_stored_form_fits():
-    """The stored form below is 144 bytes; its compact rows take 19, 21 and 19 bytes plus a comma."""
+    """The stored form below is 144 bytes; its compact rows take 19, 21 and 19 bytes plus a comma,
+    and once a row is dropped the state notes its ts: ``,"dropped":1`` takes 12 more."""
     def three_rows():
         s = state.new_state()
         s["old"] = [(1, "a", "click", "x"), (2, "bb", "browse", "y"), (3, "c", "click", "x")]
@@ -256,9 +257,9 @@ def test_trim_drops_the_oldest_compact_rows_until_the_stored_form_fits():
     s = three_rows()
     assert len(state.dump(s)) == 144 and state.trim(s, 144) == 0 and len(s["old"]) == 3
     s = three_rows()
-    assert state.trim(s, 124) == 1 and len(state.dump(s)) == 124
+    assert state.trim(s, 136) == 1 and len(state.dump(s)) == 136 and s["dropped"] == 1
     assert s["old"] == [(2, "bb", "browse", "y"), (3, "c", "click", "x")] and s["_ids"] == {"bb", "c"}
+    s = three_rows()  # one row would make room for 124 bytes, but not for the note: two go
+    assert state.trim(s, 124) == 2 and len(state.dump(s)) == 114 and s["_ids"] == {"c"} and s["dropped"] == 2
     s = three_rows()
-    assert state.trim(s, 123) == 2 and len(state.dump(s)) == 102 and s["_ids"] == {"c"}
-    s = three_rows()
-    assert state.trim(s, 10) == 3 and s["old"] == [] and s["_ids"] == set()  # as small as it gets
+    assert state.trim(s, 10) == 3 and s["old"] == [] and s["_ids"] == set() and s["dropped"] == 3  # as small as it gets
