@@ -139,7 +139,10 @@ class LoadedModel:
         if not isinstance(card["max_len"], int) or card["max_len"] != encoder.max_len:
             raise fail(f"model.json max_len {card['max_len']!r} differs from the encoding's {encoder.max_len}")
 
-        graph = graph_path.read_bytes()
+        try:
+            graph = graph_path.read_bytes()
+        except OSError as exc:  # e.g. another user's file, or the directory replaced meanwhile
+            raise fail(f"model.onnx cannot be read: {exc}") from None
         session = cls._session(graph, threads, fail)
         ins = [i.name for i in session.get_inputs()]
         outs = [o.name for o in session.get_outputs()]

@@ -88,10 +88,11 @@ class ModelHolder:
         self._seen = fp
         try:
             candidate = LoadedModel.load(self.path, threads=self.threads)
-        except ModelError as exc:
+        except Exception as exc:  # ModelError, or anything else a file can do: the worker keeps serving
             metrics.MODEL_REFUSED.inc()
             log.error("refused the model at %s (still serving %s): %s", fp[0],
-                      self.model.version if self.model else None, exc)
+                      self.model.version if self.model else None,
+                      exc if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}")
             return False
         if self.model is not None and candidate.version == self.model.version:
             return False

@@ -1,9 +1,14 @@
-"""The warning when a model was trained on another window than the worker keeps, and the first
-model's load against a deploy that re-points the link meanwhile."""
+"""The warning when a model was trained on another window than the worker keeps, the first
+model's load against a deploy that re-points the link meanwhile, and a pair that cannot be read."""
+import logging
 import os
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
-from stream_app.model_runtime import LoadedModel
+import pytest
+
+from stream_app.model_runtime import LoadedModel, ModelError
 from stream_app.model_swap import ModelHolder, window_mismatch
 
 
@@ -39,3 +44,32 @@ def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(
     holder = ModelHolder(str(current), threads=1)
     assert holder.load_initial().version == "v1"
     assert holder.poll() is True and holder.version == "v2"
+
+
+def test_a_pair_that_cannot_be_read_is_refused_and_the_old_model_keeps_serving(tiny_model_dir, tmp_path, monkeypatch,
+                                                                               caplog):
+    """A deploy re-points the link to a pair whose model.onnx the worker may not read (another
+    user's file): refused, as a bad pair is. Before, the PermissionError left the poll and
+    stopped the worker."""
+    for v in ("v1", "v2"):
+        shutil.copytree(tiny_model_dir, tmp_path / v)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+    holder = ModelHolder(str(current), threads=1)
+    serving = holder.load_initial().version
+    read_bytes = Path.read_bytes
+
+    def forbidden(self):
+        if self == tmp_path / "v2" / "model.onnx":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", forbidden)
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", current)
+    with caplog.at_level(logging.ERROR, logger="interest_stream.scoring"):
+        assert holder.poll() is False
+    assert holder.version == serving
+    assert f"model.onnx cannot be read: [Errno 13] Permission denied: '{tmp_path / 'v2' / 'model.onnx'}'" in caplog.text
+    with pytest.raises(ModelError, match="model.onnx cannot be read"):  # worker, replay: a one-line error
+        LoadedModel.load(str(current))
