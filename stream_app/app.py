@@ -137,11 +137,13 @@ class InterestApp(faust.App):
         # a deployment made before topics create raised them (the broker would refuse large records)
         for warning in await loop.run_in_executor(None, check_limits, settings):
             log.warning(warning)
-        # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it)
-        from .local_state import rebuild_stale
+        # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it);
+        # the memory store keeps none
+        if settings.store == "rocksdb://":
+            from .local_state import rebuild_stale
 
-        paths = {p: users.data.partition_path(p) for p in range(settings.partitions)}
-        await loop.run_in_executor(None, rebuild_stale, settings, paths, users.changelog_topic.get_topic_name())
+            paths = {p: users.data.partition_path(p) for p in range(settings.partitions)}
+            await loop.run_in_executor(None, rebuild_stale, settings, paths, users.changelog_topic.get_topic_name())
         # refuse to start without a readable model (ModelError names the path and the problem)
         await loop.run_in_executor(None, self.models.load_initial)
 

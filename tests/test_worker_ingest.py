@@ -162,6 +162,23 @@ def test_state_survives_sigkill_with_exact_counts(env, workers):
     wait_for(counted, timeout=60, what="exact counts after the restart")
 
 
+def test_a_worker_on_the_memory_store_counts_exactly_across_a_restart(env, workers):
+    """INTEREST_STORE=memory:// (README "Configuration"): the table lives in memory and is restored
+    from its changelog at each start, so events sent again after a restart are duplicates. Before,
+    the start asked the memory store for RocksDB's partition paths and the worker stopped."""
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers(INTEREST_STORE="memory://")
+    events = population(10, 8, seed=3)
+    first, second = events[:40], events[40:]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first])
+    wait_until_counted(w, first)
+    assert w.stop() == 0
+    w.start()
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first[:10] + second])
+    wait_until_counted(w, events)
+
+
 def test_worker_refuses_mismatched_partitions(env, tmp_path):
     from kafka.admin import KafkaAdminClient, NewTopic
 
