@@ -94,7 +94,7 @@ def changelog_id(settings, topic: str) -> str | None:
         return None
     finally:
         client.close()
-    return desc.get("topic_id") or None
+    return desc.get("topic_id") or None  # (kafka-python 3.0 answers a missing topic with id None)
 
 
 def other_changelog(paths: dict[int, Path], marker: Path, topic_id: str | None) -> str | None:
@@ -125,6 +125,7 @@ def rebuild_stale(settings, paths: dict[int, Path], topic: str) -> list[int]:
                         "recreated, or the directory came from elsewhere): deleting it to rebuild from the "
                         "changelog", path, topic, other, topic_id)
             shutil.rmtree(path, ignore_errors=True)
+            unwritten_marker(path).unlink(missing_ok=True)  # (left, it would delete the rebuilt one next time)
     else:
         stale = []
         for p, path in sorted(paths.items()):

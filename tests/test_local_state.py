@@ -1,0 +1,31 @@
+"""The local state's check against its changelog: a database built from another changelog that
+also carried an unwritten marker."""
+from __future__ import annotations
+
+from stream_app import local_state
+
+
+def _database(path):
+    """An empty RocksDB database at ``path``, as Faust makes one (no persisted offset yet)."""
+    from rocksdict import Options, Rdict
+
+    Rdict(str(path), Options(raw_mode=True)).close()
+
+
+def test_a_database_of_another_changelog_with_an_unwritten_marker_is_rebuilt_once(tmp_path, monkeypatch):
+    """The topics were recreated while a flush was refused: the database is deleted for its other
+    changelog, and its marker with it. Before, the marker stayed, and the next start deleted the
+    database Faust had rebuilt meanwhile, for a second full restore."""
+    path = tmp_path / "users-0.db"
+    _database(path)
+    local_state.unwritten_marker(path).touch()
+    (tmp_path / "changelog.id").write_text("the-old-id\n")
+    monkeypatch.setattr(local_state, "changelog_id", lambda settings, topic: "the-new-id")
+    monkeypatch.setattr(local_state, "changelog_ends", lambda settings, topic: {0: 0})
+    assert local_state.rebuild_stale(None, {0: path}, "changelog") == [0]
+    assert not path.exists() and not local_state.unwritten_marker(path).exists()
+    assert (tmp_path / "changelog.id").read_text() == "the-new-id\n"
+    _database(path)  # Faust rebuilds it from the changelog
+    assert local_state.rebuild_stale(None, {0: path}, "changelog") == []  # the next start keeps it
+    assert path.exists()
+
