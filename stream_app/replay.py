@@ -211,13 +211,21 @@ def event_ts(record) -> int:
     return ts if type(ts) is int else record.timestamp
 
 
-def merged_records(consumer, ranges: dict, poll_ms: int = 500):
+BUFFERED = 20_000  # records read ahead per partition at most: a partition with more waits (paused)
+
+
+def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED):
     """``(ts, record)`` of every partition within its [start, end), merged by (event ts, topic,
     partition, offset); a partition contributes in offset order. A record is chosen only when
-    every unfinished partition has offered its next one, so the order never depends on timing."""
+    every unfinished partition has offered its next one, so the order never depends on timing.
+
+    A poll fetches from every partition not paused, so a sparse partition (searches, say) runs
+    ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
+    records read ahead is paused until the merge has taken half of them."""
     live = {tp: e for tp, (s, e) in ranges.items() if e > s}
     buffers = {tp: deque() for tp in live}
     position = {tp: ranges[tp][0] for tp in live}
+    full: set = set()  # partitions paused for their buffer
     consumer.assign(list(live))
     for tp in live:
         consumer.seek(tp, ranges[tp][0])
@@ -231,6 +239,9 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500):
                 r = buffers[tp].popleft()
                 heapq.heappush(heap, (event_ts(r), r.topic, r.partition, r.offset, tp, r))
                 heads.add(tp)
+                if tp in full and len(buffers[tp]) <= buffered // 2:
+                    full.discard(tp)
+                    consumer.resume(tp)
             elif position[tp] >= live[tp]:
                 del live[tp]  # finished
         if any(tp not in heads for tp in live):
@@ -245,6 +256,9 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500):
                 if position[tp] < live[tp] and not buffers[tp] and consumer.position(tp) >= live[tp]:
                     position[tp] = live[tp]
                 if position[tp] >= live[tp]:
+                    consumer.pause(tp)
+                elif len(buffers[tp]) >= buffered and tp not in full:
+                    full.add(tp)
                     consumer.pause(tp)
             continue
         if not heap:

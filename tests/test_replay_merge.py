@@ -1,0 +1,68 @@
+"""Replay's merge of the input partitions (no broker: a consumer that fetches as kafka-python's
+does, every partition not paused at each poll): exact order, and how much it reads ahead."""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import orjson
+
+from stream_app.replay import merged_records
+
+Record = namedtuple("Record", "topic partition offset value timestamp")
+TP = namedtuple("TP", "topic partition")
+
+
+class FetchingConsumer:
+    """Each poll returns up to ``per_poll`` records of every assigned partition not paused, from its
+    position on (kafka-python fetches every fetchable partition alike)."""
+
+    def __init__(self, logs: dict, per_poll: int):
+        self.logs, self.per_poll = logs, per_poll
+        self.pos, self.paused = {}, set()
+        self.returned = 0
+
+    def assign(self, tps):
+        self.pos = {tp: 0 for tp in tps}
+
+    def seek(self, tp, offset):
+        self.pos[tp] = offset
+
+    def pause(self, tp):
+        self.paused.add(tp)
+
+    def resume(self, tp):
+        self.paused.discard(tp)
+
+    def position(self, tp):
+        return self.pos[tp]
+
+    def poll(self, timeout_ms, max_records):
+        out = {}
+        for tp, at in self.pos.items():
+            recs = self.logs[tp][at:at + self.per_poll]
+            if tp in self.paused or not recs:
+                continue
+            out[tp], self.pos[tp] = recs, at + len(recs)
+            self.returned += len(recs)
+        return out
+
+
+def log(tp: TP, n: int, step: int) -> list:
+    return [Record(tp.topic, tp.partition, i, orjson.dumps({"ts": 1_000 + i * step}), 0) for i in range(n)]
+
+
+def test_a_sparse_partition_is_not_read_far_ahead_of_the_merge():
+    """Clicks every ms, searches every 10 ms: each poll brings 10 times more event time of searches,
+    so before the bound the merge held almost all 1,000 searches at once (peak 921 records read
+    but not yet merged); now at most ``buffered`` plus one poll per partition."""
+    clicks, searches = TP("click", 0), TP("search", 0)
+    logs = {clicks: log(clicks, 10_000, 1), searches: log(searches, 1_000, 10)}
+    consumer = FetchingConsumer(logs, per_poll=20)
+    ranges = {clicks: (0, 10_000), searches: (0, 1_000)}
+    merged, peak = [], 0
+    for ts, r in merged_records(consumer, ranges, buffered=50):
+        merged.append((ts, r.topic, r.partition, r.offset))
+        peak = max(peak, consumer.returned - len(merged))
+    want = sorted((orjson.loads(r.value)["ts"], r.topic, r.partition, r.offset) for rs in logs.values() for r in rs)
+    assert merged == want
+    assert peak <= 2 * (50 + 20)
