@@ -63,7 +63,9 @@ class ProfileUnwinder:
       the newest ts folded in before the rows, when it was the only row); on the event scale every
       event strictly older than it counts one newer event less.
 
-    Categories pruned from the profile (it keeps 32) stay out. A result below 1e-6 is rounding of the
+    Categories pruned from the profile (it keeps 32) stay out; one pruned that came back has its
+    earlier rows subtracted too, and which category the fold without an event would have pruned is
+    not known: not exact for users of more than 32 categories. A result below 1e-6 is rounding of the
     stored millionths and becomes 0. Without ``before`` (a state that has dropped no row, or one
     stored before the state kept it), the only row's removal leaves the rest read as of ``t``.
     """
