@@ -71,6 +71,12 @@ def assert_users(worker, events):
         assert got == exp, user
 
 
+def send(env, events):
+    """``events`` to their input topics, keyed by user."""
+    t = topics(env)
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in events])
+
+
 def wait_until_counted(worker, events):
     """Until every user's counts equal those computed from the raw events."""
     def done():
@@ -138,19 +144,16 @@ def test_events_reach_state_and_malformed_ones_the_dlq(env, workers):
 def test_state_survives_sigkill_with_exact_counts(env, workers):
     """Offsets are committed rarely here, so after SIGKILL most events arrive a second time:
     the restored state must recognise them."""
-    t = topics(env)
     cli(env, "topics", "create")
     w = workers(INTEREST_COMMIT_INTERVAL_S="600")
     events = population(20, 10, seed=2)
     first, second = events[:120], events[120:]
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first])
+    send(env, first)
     wait_until_counted(w, first)
     assert_users(w, first)
     w.kill()
     w.start()
-    # events again (redelivered anyway, plus explicit duplicates) and the rest
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"],
-            [(t[e["type"]], e["user_id"].encode(), e) for e in first[:30] + second])
+    send(env, first[:30] + second)  # events again (redelivered anyway, plus explicit duplicates) and the rest
     wait_until_counted(w, events)
 
     def counted():
@@ -166,16 +169,14 @@ def test_a_worker_on_the_memory_store_counts_exactly_across_a_restart(env, worke
     """INTEREST_STORE=memory:// (README "Configuration"): the table lives in memory and is restored
     from its changelog at each start, so events sent again after a restart are duplicates. Before,
     the start asked the memory store for RocksDB's partition paths and the worker stopped."""
-    t = topics(env)
     cli(env, "topics", "create")
     w = workers(INTEREST_STORE="memory://")
     events = population(10, 8, seed=3)
-    first, second = events[:40], events[40:]
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first])
-    wait_until_counted(w, first)
+    send(env, events[:40])
+    wait_until_counted(w, events[:40])
     assert w.stop() == 0
     w.start()
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in first[:10] + second])
+    send(env, events[:10] + events[40:])
     wait_until_counted(w, events)
 
 

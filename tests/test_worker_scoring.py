@@ -9,18 +9,13 @@ import orjson
 import pytest
 
 from conftest import cli, metric_values, wait_for
-from kafka_io import produce, read_all, set_max_message_bytes
+from kafka_io import read_all, set_max_message_bytes
 from interest_core.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
 from stream_app.model_runtime import LoadedModel
 from stream_app.vectors import js_divergence
-from test_worker_ingest import HORIZON, T0, event, topics
+from test_worker_ingest import HORIZON, T0, event, send
 
 pytestmark = pytest.mark.kafka
-
-
-def send(env, events):
-    t = topics(env)
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t[e["type"]], e["user_id"].encode(), e) for e in events])
 
 
 def vectors_by_user(env, expect: int, timeout: float = 60) -> dict[str, list[dict]]:
