@@ -15,8 +15,10 @@ the vectors it publishes compared with each user's actual next behaviour, agains
    ``ts`` (the vector saw every event up to the cut) and keeps each user's last vector.
 4. Scored against the cut's target (the same :mod:`models.data` code as ``evaluate``): KL, top-3
    hit rate, paired bootstrap intervals over users against the best baseline on validation (fit
-   on training, as ``evaluate`` does). Also the largest difference between a live vector and the
-   checkpoint's offline prediction (PyTorch) for the same sample: training and serving agree.
+   on training, as ``evaluate`` does), and against that baseline given an items' lift as ``train``
+   gives the model one (``evaluate``'s ``best_with_item_lift``). Also the largest difference
+   between a live vector and the checkpoint's offline prediction (PyTorch) for the same sample:
+   training and serving agree.
 
 Prints JSON per dataset: samples, KL of the live vectors, of the offline model and of every
 baseline, the ratio to the best baseline with its interval, top-3 hit rates, the parity, dead
@@ -130,7 +132,8 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
     targets, users = test.targets[rows], test.user[rows]
     got = np.array([[live[ds.user_ids[u]]["interests"][c] for c in categories] for u in users], np.float64)
     best = base["best"]
-    preds = {"live": got, "offline": pred[rows], **{n: base["test"][n][rows] for n in NAMES}}
+    preds = {"live": got, "offline": pred[rows], **{n: base["test"][n][rows] for n in NAMES},
+             "best_with_item_lift": base["test_with_item_lift"][rows]}
     kl = {n: kl_per_sample(targets, p) for n, p in preds.items()}
     top3 = {n: top3_per_sample(targets, p) for n, p in preds.items()}
     return {
@@ -140,6 +143,11 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
         "ratio_live_to_best": round(float(kl["live"].mean() / kl[best].mean()), 4),
         "kl_gain_ci95": [round(x, 4) for x in paired_bootstrap(kl[best] - kl["live"], users)],
         "ratio_live_to_ema_prior": round(float(kl["live"].mean() / kl["ema_prior"].mean()), 4),
+        # the best baseline given an items' lift, as train gives the model one (evaluate's best_with_item_lift)
+        "best_baseline_item_lift": {k: base["item_lift"][k] for k in ("kept", "slots", "m", "lambda", "items")},
+        "ratio_live_to_best_with_item_lift": round(float(kl["live"].mean() / kl["best_with_item_lift"].mean()), 4),
+        "kl_gain_vs_best_with_item_lift_ci95": [round(x, 4) for x in paired_bootstrap(
+            kl["best_with_item_lift"] - kl["live"], users)],
         "top3_hit": {n: round(float(v.mean()), 4) for n, v in top3.items()},
         "top3_gain_ci95": [round(x, 4) for x in paired_bootstrap(top3["live"] - top3[best], users)],
         "max_abs_diff_live_vs_offline": float(np.abs(got - pred[rows]).max()),
