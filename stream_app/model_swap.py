@@ -66,15 +66,16 @@ class ModelHolder:
 
     def _fingerprint(self) -> tuple:
         """Both files count: a pair copied into place one file after the other is refused while
-        it is mixed, and loaded once the second file is there, whichever came last."""
+        it is mixed, and loaded once the second file is there, whichever came last. The inode's
+        change time too: a pair refused as unreadable is loaded once its permissions are fixed."""
         resolved = os.path.realpath(self.path)
         out: list = [resolved]
         for name in ("model.json", "model.onnx"):
             try:
                 st = os.stat(os.path.join(resolved, name))
-                out += [st.st_mtime_ns, st.st_size]
+                out += [st.st_mtime_ns, st.st_size, st.st_ctime_ns]
             except OSError:
-                out += [-1, -1]
+                out += [-1, -1, -1]
         return tuple(out)
 
     def poll(self) -> bool:

@@ -49,10 +49,12 @@ def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(
 def test_a_pair_that_cannot_be_read_is_refused_and_the_old_model_keeps_serving(tiny_model_dir, tmp_path, monkeypatch,
                                                                                caplog):
     """A deploy re-points the link to a pair whose model.onnx the worker may not read (another
-    user's file): refused, as a bad pair is. Before, the PermissionError left the poll and
-    stopped the worker."""
-    for v in ("v1", "v2"):
-        shutil.copytree(tiny_model_dir, tmp_path / v)
+    user's file): refused, as a bad pair is, and loaded once its permissions are fixed. Before,
+    the PermissionError left the poll and stopped the worker."""
+    from tiny_model import build_tiny_model_dir
+
+    shutil.copytree(tiny_model_dir, tmp_path / "v1")
+    build_tiny_model_dir(tmp_path / "v2", seed=1)
     current = tmp_path / "current"
     current.symlink_to(tmp_path / "v1")
     holder = ModelHolder(str(current), threads=1)
@@ -73,3 +75,6 @@ def test_a_pair_that_cannot_be_read_is_refused_and_the_old_model_keeps_serving(t
     assert f"model.onnx cannot be read: [Errno 13] Permission denied: '{tmp_path / 'v2' / 'model.onnx'}'" in caplog.text
     with pytest.raises(ModelError, match="model.onnx cannot be read"):  # worker, replay: a one-line error
         LoadedModel.load(str(current))
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)  # the operator fixes the permissions
+    os.chmod(tmp_path / "v2" / "model.onnx", 0o644)  # (mtime and size as they were)
+    assert holder.poll() is True and holder.version == LoadedModel.load(str(tmp_path / "v2")).version != serving
