@@ -67,7 +67,9 @@ class ProfileUnwinder:
     earlier rows subtracted too, and which category the fold without an event would have pruned is
     not known: not exact for users of more than 32 categories. A result below 1e-6 is rounding of the
     stored millionths and becomes 0. Without ``before`` (a state that has dropped no row, or one
-    stored before the state kept it), the only row's removal leaves the rest read as of ``t``.
+    stored before the state kept it), the only row's removal leaves the rest read as of ``t``. A late
+    event accepted after rows were compacted or trimmed away has its event-scale share counted
+    against the rows only: not exact there either.
     """
 
     def __init__(self, values: dict[str, list[float]], t: int | None, rows: list[tuple], before: int | None = None):
@@ -118,7 +120,8 @@ class ProfileUnwinder:
         older = self.V[None] - self.G[lo]  # the events strictly older than row j
         older[older < EPS] = 0.0
         # without the only newest event the profile is read as of the newest remaining one
-        prev = int(ts[-2]) if n > 1 else self.before_t
+        # (a late event accepted after rows were compacted or trimmed can sit below ``before``)
+        prev = max((v for v in (int(ts[-2]) if n > 1 else None, self.before_t) if v is not None), default=None)
         only_newest = (js == n - 1) & (lo == n - 1) & (prev is not None)
         new_t = [prev if o else self.t for o in only_newest]
         for s, (hm, he) in enumerate(_SCALES):
@@ -175,8 +178,8 @@ def snapshot(state: dict) -> Snapshot:
     tied = [tuple(r[:4]) for r in state["old"] if first is not None and r[0] >= first]
     older = [r[0] for r in state["old"] if first is not None and r[0] < first]
     prof = state.get("p")
-    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None,
-                    older[-1] if older else state.get("dropped"))
+    before = max((v for v in (older[-1] if older else None, state.get("dropped")) if v is not None), default=None)
+    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None, before)
 
 
 def _event(row: list, newest: int, effect: float | None = None) -> dict:
