@@ -55,6 +55,9 @@ class ScoreInput:
     ids: list  # the window's tokens (model.encoder.encode)
     profile: np.ndarray  # (P,) the model's profile input
     lift: np.ndarray | None = None  # (k,) what the window's items add (the spec's item lift), None: none
+    # the state it was copied from, for its identity only: a user forgotten and created again while
+    # the model runs has another state, which this vector must not go into (None: not checked)
+    source: dict | None = None
 
 
 def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
@@ -66,7 +69,7 @@ def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
     window = st.window_events(state)
     lift = model.encoder.item_lift.vector(window) if model.encoder.item_lift is not None else None  # (k,)
     return ScoreInput(key, state["seq"], state["newest"], st.events_in_window(state, horizon_ms),
-                      window, model.encoder.encode(window), prof, lift)
+                      window, model.encoder.encode(window), prof, lift, state)
 
 
 def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
@@ -82,11 +85,13 @@ def publish(inputs: Sequence[ScoreInput], probs: np.ndarray, model, lookup: Call
             ) -> list[tuple[bytes, dict, dict]]:
     """Vectors of scored inputs as ``(key, vector, state)``: drift against the user's last
     published vector, which the vector then replaces in the state (``lookup`` gives the state
-    now; a user forgotten meanwhile is skipped)."""
+    now). A user forgotten meanwhile is skipped, and so is one whose state is another object than
+    the snapshot's: forgotten and created again (its old interests must not be published after the
+    forget), or read again from the table after a flush dropped it (still pending: scored next pass)."""
     out = []
     for inp, row in zip(inputs, probs):
         state = lookup(inp.key)
-        if state is None:
+        if state is None or (inp.source is not None and state is not inp.source):
             continue
         vec = vector_math.build_vector(inp.key.decode(), row, model.categories, inp.newest, model.version,
                                        inp.events, state.get("out"))

@@ -103,6 +103,22 @@ def test_the_live_split_scores_the_snapshot_even_if_events_arrive_meanwhile(tiny
     assert core.publish(inputs, probs, model, lambda k: None) == []  # forgotten meanwhile: nothing
 
 
+def test_a_user_forgotten_and_created_again_while_the_model_runs_gets_no_vector_of_its_old_events(tiny_model_dir):
+    """The snapshot saw 4 sports clicks; the user is forgotten and sends 4 travel clicks before the
+    model's output is published. Before, the old interests were published after the forget (the
+    new state had the same seq, 4, so it was marked scored with them); now the new state gets
+    nothing from that batch and is scored at the next pass."""
+    model = LoadedModel.load(tiny_model_dir)
+    states: dict = {}
+    feed(states, [ev("a", i, T0 + i * 60_000) for i in range(4)])
+    inputs = [core.snapshot(b"a", states[b"a"], model, LIM.horizon_ms)]
+    del states[b"a"]  # forgotten
+    feed(states, [ev("a", 10 + i, T0 + (10 + i) * 60_000, "travel") for i in range(4)])
+    assert states[b"a"]["seq"] == inputs[0].seq == 4
+    assert core.publish(inputs, core.infer(model, inputs, batch=2), model, states.get) == []
+    assert states[b"a"]["out"] is None and state.is_pending(states[b"a"])
+
+
 def test_replay_is_the_same_core_at_event_time_ticks(tiny_model_dir):
     from stream_app.replay import Replayer
     from stream_app.settings import Settings
