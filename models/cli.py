@@ -38,9 +38,19 @@ def _out_file(out, inputs) -> None:
         raise click.BadParameter(f"{out} is an input of the dataset; the log would replace it", param_hint="--out")
 
 
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, EOFError)  # what a malformed dataset raises
+
+
 def _load_error(exc: Exception) -> click.ClickException:
+    """One line for what a load raised (``--out`` is left as it was: ``models.loaders._write``)."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:  # open() of an input or of --out
         return click.ClickException(f"{exc.filename}: {exc.strerror}")
+    if isinstance(exc, EOFError):  # (click would print "Aborted!")
+        return click.ClickException(f"an input file ends early (a truncated gzip?): {exc}")
+    if isinstance(exc, KeyError):  # csv.DictReader leaves a short row's last fields out
+        return click.ClickException(f"a row lacks its {exc} field (a short or malformed CSV row)")
+    if isinstance(exc, TypeError):  # None from a short row, or an integer orjson cannot write
+        return click.ClickException(f"a malformed row: {exc}")
     return click.ClickException(str(exc))
 
 
@@ -59,7 +69,7 @@ def load_movielens_cmd(data_dir, out):
     _out_file(out, [os.path.join(data_dir, n) for n in ("ratings.csv", "movies.csv", "tags.csv")])
     try:
         stats = load_movielens(data_dir, out)
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
@@ -74,7 +84,7 @@ def load_rees46_cmd(file, out):
     _out_file(out, [file])
     try:
         stats = load_rees46(file, out)
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 
@@ -92,7 +102,7 @@ def load_completejourney_cmd(data_dir, out, top):
     _out_file(out, [os.path.join(data_dir, f"{s}.csv{z}") for s in ("products", "transactions") for z in ("", ".gz")])
     try:
         stats = load_completejourney(data_dir, out, top)
-    except (OSError, ValueError) as exc:
+    except LOAD_ERRORS as exc:
         raise _load_error(exc) from exc
     click.echo(f"wrote {stats['events']} events to {out}: {json.dumps(stats)}", err=True)
 

@@ -60,12 +60,21 @@ NO_GENRE = "(no genres listed)"
 
 
 def _write(events: list[dict], out) -> None:
+    """The log, written beside ``out`` and moved over it once whole: a failure leaves ``out`` as it was."""
+    import os
+
     import orjson
 
     events.sort(key=lambda e: (e["ts"], e["event_id"]))
-    with open(out, "wb") as f:
-        for e in events:
-            f.write(orjson.dumps(e) + b"\n")
+    tmp = f"{out}.part"
+    try:
+        with open(tmp, "wb") as f:
+            for e in events:
+                f.write(orjson.dumps(e) + b"\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _movielens_rows(f, path, need: tuple[str, ...]):

@@ -144,6 +144,9 @@ def load_jsonl(file, bootstrap_servers, rate, force):
 
     from .produce import check_log, check_retention, read_jsonl, send_events
 
+    if not os.path.isfile(file):  # a pipe would be empty the second time
+        raise click.ClickException(f"{file} is not a regular file: the log is read twice (checked whole, then "
+                                   "sent); save it to a file first")
     s = _settings(bootstrap_servers)
     n, first_ts = check_log(file)  # the whole log, before anything is sent
     if not n:

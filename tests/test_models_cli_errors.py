@@ -194,3 +194,49 @@ def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
                     "--init-from", d])
         assert res.exit_code == 1, res.output
         assert res.output.endswith(f"Error: {message}\n")
+
+
+@pytest.mark.parametrize("rating, message", [
+    ("2,1", "Error: a malformed row: int() argument must be a string, a bytes-like object or a real number, not "
+            "'NoneType'"),  # too few columns
+    ("1,1,4.0,99999999999999999", "Error: a malformed row: Integer exceeds 64-bit range"),  # written, then refused
+])
+def test_load_movielens_a_malformed_row_is_one_line_and_leaves_the_out_file_alone(tmp_path, rating, message):
+    """Were a traceback; the second also left the existing --out at 0 bytes."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
+    (d / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n{rating}\n")
+    out = tmp_path / "log.jsonl"
+    out.write_text("the log of an earlier run\n")
+    res = _run(["load", "movielens", d, "--out", out])
+    assert res.exit_code == 1 and res.output.splitlines()[-1] == message
+    assert out.read_text() == "the log of an earlier run\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "log.jsonl", "ml"]
+
+
+def test_load_completejourney_a_truncated_gzip_is_one_line(tmp_path):
+    """Was "Aborted!": click read the EOFError as the user's Ctrl-D."""
+    import gzip
+
+    d = tmp_path / "cj"
+    d.mkdir()
+    (d / "products.csv").write_text("product_id,department,product_category\n1,GROCERY,BREAD\n")
+    whole = gzip.compress(b"household_id,basket_id,product_id,transaction_timestamp\n" + b"2,10,1,2017-01-01 10:00:00\n" * 500)
+    (d / "transactions.csv.gz").write_bytes(whole[:len(whole) // 2])
+    res = _run(["load", "completejourney", d, "--out", tmp_path / "log.jsonl"])
+    assert res.exit_code == 1
+    assert res.output.splitlines()[-1].startswith("Error: an input file ends early (a truncated gzip?): ")
+
+
+def test_load_jsonl_refuses_a_pipe(tmp_path):
+    """A log read from a pipe was empty the second time (checked whole, then sent): "sent 0 events",
+    exit 0. Refused before anything is read or any broker is asked."""
+    import os
+
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    res = _run(["load", "jsonl", fifo])
+    assert res.exit_code == 1
+    assert res.output == (f"Error: {fifo} is not a regular file: the log is read twice (checked whole, then sent); "
+                          "save it to a file first\n")
