@@ -60,20 +60,25 @@ NO_GENRE = "(no genres listed)"
 
 
 def _write(events: list[dict], out) -> None:
-    """The log, written beside ``out`` and moved over it once whole: a failure leaves ``out`` as it was."""
+    """The log, written beside ``out`` (the file a link names) and moved over it once whole: a
+    failure leaves ``out`` as it was. A device or a pipe (``/dev/stdout``) is written in place."""
     import os
 
     import orjson
 
     events.sort(key=lambda e: (e["ts"], e["event_id"]))
-    tmp = f"{out}.part"
+    direct = os.path.exists(out) and not os.path.isfile(out)  # (both follow links: /dev/stdout is one)
+    target = str(out) if direct else os.path.realpath(out)
+    tmp = target if direct else f"{target}.part"
     try:
         with open(tmp, "wb") as f:
             for e in events:
                 f.write(orjson.dumps(e) + b"\n")
-        os.replace(tmp, out)
+        if not direct:
+            os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if not direct:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

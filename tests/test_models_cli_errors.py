@@ -215,6 +215,40 @@ def test_load_movielens_a_malformed_row_is_one_line_and_leaves_the_out_file_alon
         "log.jsonl", "ml"]
 
 
+def test_load_writes_through_a_link_to_its_out_file(tmp_path):
+    """The log moves into place over the file a link names, not over the link."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "log.jsonl").symlink_to(tmp_path / "logs" / "ml.jsonl")
+    assert _run(["load", "movielens", d, "--out", tmp_path / "log.jsonl"]).exit_code == 0
+    assert (tmp_path / "log.jsonl").is_symlink() and '"user_id":"1"' in (tmp_path / "logs" / "ml.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["ml.jsonl"]
+
+
+def test_load_writes_a_pipe_in_place(tmp_path):
+    """An --out that is a pipe or a device (/dev/stdout) is written, not replaced by a file (the
+    first form of the move replaced /dev/stdout itself)."""
+    import os
+    import stat
+    import threading
+
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
+    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert _run(["load", "movielens", d, "--out", fifo]).exit_code == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got and b'"user_id":"1"' in got[0]
+
+
 def test_load_completejourney_a_truncated_gzip_is_one_line(tmp_path):
     """Was "Aborted!": click read the EOFError as the user's Ctrl-D."""
     import gzip
