@@ -52,6 +52,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,8 +63,6 @@ NO_GENRE = "(no genres listed)"
 def _write(events: list[dict], out) -> None:
     """The log, written beside ``out`` (the file a link names) and moved over it once whole: a
     failure leaves ``out`` as it was. A device or a pipe (``/dev/stdout``) is written in place."""
-    import os
-
     import orjson
 
     events.sort(key=lambda e: (e["ts"], e["event_id"]))

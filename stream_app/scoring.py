@@ -102,6 +102,12 @@ def backlog() -> int:
     return sum(lag for _, lag in partition_lags())
 
 
+def handed_over(generation: int) -> bool:
+    """A rebalance began since ``generation`` (or the worker is not ready), or the worker stops:
+    a scoring pass must neither look users up nor keep vectors in them."""
+    return not is_ready() or app.should_stop or app.consumer_generation_id != generation
+
+
 async def score_pass() -> int:
     """Score every user with new events on the partitions this worker owns, then those who
     started waiting meanwhile (for at most an interval); returns how many vectors it published.
@@ -122,7 +128,7 @@ async def score_pass() -> int:
     done, i, t_pass = 0, 0, time.perf_counter()
     running = None  # (inputs, partition of each user, future of the model's output, start time)
     while True:
-        if not is_ready() or app.should_stop or app.consumer_generation_id != generation:
+        if handed_over(generation):
             break  # a rebalance started (the new owners score these users) or the worker stops
         if i >= len(todo) and time.perf_counter() - t_pass < settings.score_interval_s:
             # the users who started waiting while this pass ran: now, not an interval later
@@ -166,7 +172,7 @@ async def publish(running, model, generation: int) -> int:
     probs = await future
     metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
     metrics.SCORE_BATCHES.inc()
-    if not is_ready() or app.should_stop or app.consumer_generation_id != generation:
+    if handed_over(generation):
         # a rebalance began (its flush may have written and dropped these users already: a state
         # looked up now would be read again from the table and written by a worker that no
         # longer owns it) or the worker is stopping: the users stay pending, for their owner

@@ -405,33 +405,47 @@ def test_malformed_requests_log_one_line_not_a_traceback(cluster):
     assert w.get("/health")[0] == 200
 
 
+def statuses_meanwhile(w: Worker, path: str, threads: int = 1, gone: bool = False):
+    """``threads`` threads requesting ``path`` of ``w`` in a loop: ``(statuses, stop)``, the status
+    of each answer so far and a function that stops and joins them. A connection refused ends a
+    thread when ``gone`` (the server stopped), else it is tried again (not listening yet)."""
+    import threading
+
+    statuses: list = []
+    done = threading.Event()
+
+    def run():
+        while not done.is_set():
+            try:
+                statuses.append(raw_request(w, "GET", path)[0])
+            except OSError:
+                if gone:
+                    return
+                time.sleep(0.01)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for t in started:
+        t.start()
+
+    def stop():
+        done.set()
+        for t in started:
+            t.join(15)
+
+    return statuses, stop
+
+
 def test_a_stopping_worker_answers_routed_requests_503_not_500(env, workers):
     """While a worker stops, its HTTP client closes before its web server: a request it still took
     for another worker's user raised "Session is closed", a 500 with a traceback."""
-    import threading
-
     cli(env, "topics", "create")
     w1, w2 = workers("w1"), workers("w2")
     wait_for(lambda: owned(w1) and owned(w2) and owned(w1) | owned(w2) == {0, 1, 2, 3}, what="partitions split")
     theirs = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u.encode(), 4) in owned(w2))
-    statuses: list = []
-    done = threading.Event()
-
-    def hammer():
-        while not done.is_set():
-            try:
-                statuses.append(raw_request(w1, "GET", f"/users/{theirs}/explain")[0])
-            except OSError:  # the server is gone
-                return
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
+    statuses, stop = statuses_meanwhile(w1, f"/users/{theirs}/explain", threads=4, gone=True)
     wait_for(lambda: len(statuses) > 50, what="requests flowing")
     assert w1.stop() == 0
-    done.set()
-    for t in threads:
-        t.join(15)
+    stop()
     assert 500 not in statuses and set(statuses) <= {404, 503}, sorted(set(statuses))
     assert "Traceback" not in w1.log_path.read_text(errors="replace")
 
@@ -442,8 +456,6 @@ def test_a_worker_restoring_its_state_answers_user_views_503_not_404(env, worker
     Before, such a view answered from the partial table: 404 "unknown user" for a user that
     exists (and an older state of a user could be cached, to have later events applied to it),
     and 500 before that (two runs of two)."""
-    import threading
-
     cli(env, "topics", "create")
     w = workers("w", INTEREST_FLUSH_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
     n = 20_000
@@ -452,22 +464,10 @@ def test_a_worker_restoring_its_state_answers_user_views_503_not_404(env, worker
     wait_for(lambda: w.get(f"/users/{last}")[0] == 200, timeout=60, what="every user applied")
     assert w.stop() == 0
     shutil.rmtree(w.data_dir)
-    statuses: list = []
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            try:
-                statuses.append(raw_request(w, "GET", f"/users/{last}")[0])
-            except OSError:  # not listening yet
-                time.sleep(0.01)
-
-    t = threading.Thread(target=poll)
-    t.start()
+    statuses, stop = statuses_meanwhile(w, f"/users/{last}")
     try:
         w.start()
     finally:
-        done.set()
-        t.join(15)
+        stop()
     assert 503 in statuses and set(statuses) <= {503, 200}, sorted(set(statuses))
     assert w.get(f"/users/{last}")[0] == 200
