@@ -16,6 +16,29 @@ from .settings import InterestStreamError, Settings
 DELIVERED_WAIT_S = 10.0  # forget: the longest it reads the tail of one input partition
 
 
+class UserId(click.ParamType):
+    """A user id as the contract has it: 1-128 characters of UTF-8 text. An argument the shell
+    passed as bytes that are not UTF-8 (which Python keeps as surrogates) cannot be a message key."""
+
+    name = "user id"
+
+    def convert(self, value, param, ctx):
+        from .events import STRING_LIMITS
+
+        if value == "":
+            self.fail("a user id cannot be empty", param, ctx)
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            self.fail(f"a user id is UTF-8 text, got {value!r}", param, ctx)
+        if len(value) > STRING_LIMITS["user_id"]:
+            self.fail(f"a user id has at most {STRING_LIMITS['user_id']} characters, got {len(value)}", param, ctx)
+        return value
+
+
+USER_ID = UserId()
+
+
 def _settings(bootstrap_servers: str | None = None) -> Settings:
     if bootstrap_servers:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
@@ -204,6 +227,9 @@ def _check_listen(s: Settings) -> None:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Faust's server does
             sock.bind(address)
+    except UnicodeError as exc:  # the IDNA codec's, for a name no resolver could be asked about
+        raise click.ClickException(f"cannot listen on {s.web_host}:{s.web_port} (INTEREST_WEB_HOST / "
+                                   f"INTEREST_WEB_PORT): not a host name ({exc.__cause__ or exc})") from None
     except OSError as exc:
         import errno
 
@@ -221,15 +247,13 @@ def _consumer(s: Settings, **kw):
 
 @main.command()
 @bootstrap_option
-@click.option("--user", default=None, help="Only this user's vectors.")
+@click.option("--user", type=USER_ID, default=None, help="Only this user's vectors.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained vector.")
 @click.option("--max-messages", type=click.IntRange(min=1), default=None, help="Stop after this many.")
 @click.option("--timeout", type=POSITIVE, default=None, help="Stop after this many idle seconds.")
 @click.option("--topic", default=None, help="Read another interest topic (e.g. a backfill).")
 def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     """Print interest vectors as they arrive."""
-    if user == "":
-        raise click.BadParameter("a user id cannot be empty", param_hint="'--user'")
     s = _settings(bootstrap_servers)
     topic = topic or s.output_topic
     consumer = _consumer(s, auto_offset_reset="earliest" if from_beginning else "latest",
@@ -315,7 +339,7 @@ def _last_delivered(reader, tp, begin: int, end: int) -> int:
 
 
 @main.command()
-@click.argument("user")
+@click.argument("user", type=USER_ID)
 @bootstrap_option
 @click.option("--timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds to wait for the tombstone.")
 def forget(user, bootstrap_servers, timeout):
@@ -325,8 +349,6 @@ def forget(user, bootstrap_servers, timeout):
     from .partitioning import partition_for
     from .produce import Deliveries, producer
 
-    if not user:
-        raise click.BadParameter("a user id cannot be empty", param_hint="USER")
     s = _settings(bootstrap_servers)
     key = user.encode()
     consumer = _consumer(s)

@@ -37,28 +37,28 @@ def test_tail_with_a_timeout_too_long_to_count_in_milliseconds_waits_as_without_
     assert out.stdout.split() == ["u1", "events=1", "drift=0.000", "top:", "a", "1.00"]
 
 
-def test_forget_an_empty_user_id_is_a_usage_error():
-    """It used to send the request and wait out --timeout, then ask whether a worker runs."""
+@pytest.mark.parametrize("args, message", [
+    (["forget", ""], "Invalid value for 'USER': a user id cannot be empty"),
+    (["tail", "--user", ""], "Invalid value for '--user': a user id cannot be empty"),
+    (["forget", "u\udcff"], "Invalid value for 'USER': a user id is UTF-8 text, got 'u\\udcff'"),
+    (["tail", "--user", "u\udcff"], "Invalid value for '--user': a user id is UTF-8 text, got 'u\\udcff'"),
+    (["forget", "u" * 129], "Invalid value for 'USER': a user id has at most 128 characters, got 129"),
+    (["tail", "--user", "u" * 129], "Invalid value for '--user': a user id has at most 128 characters, got 129"),
+])
+def test_a_user_id_no_event_can_carry_is_a_usage_error(args, message):
+    """Refused before Kafka is asked. An empty id made `forget` wait out --timeout, then ask whether
+    a worker runs, and `tail --user ""` printed every user's vectors; an argument that is not UTF-8
+    (the bytes 'u\\xff', which Python keeps as 'u\\udcff') was a UnicodeEncodeError traceback at
+    the message key; an id longer than the contract's 128 characters was dead-lettered as too_long,
+    so no worker ever holds it."""
     from click.testing import CliRunner
 
     from stream_app.cli import main
 
-    res = CliRunner().invoke(main, ["forget", ""], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-                                                      "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
-    assert res.exit_code == 2
-    assert "Error: Invalid value for USER: a user id cannot be empty" in res.output
-
-
-def test_tail_of_an_empty_user_id_is_a_usage_error():
-    """`--user ""` printed every user's vectors, as if no --user had been given."""
-    from click.testing import CliRunner
-
-    from stream_app.cli import main
-
-    res = CliRunner().invoke(main, ["tail", "--user", ""], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-                                                               "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
-    assert res.exit_code == 2
-    assert "Error: Invalid value for '--user': a user id cannot be empty" in res.output
+    res = CliRunner().invoke(main, args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                              "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == f"Error: {message}"
 
 
 def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
