@@ -133,7 +133,54 @@ def _security(env: Mapping[str, str]) -> dict:
     for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
         if env.get(name) and not os.path.isfile(env[name]):
             raise ConfigError(f"{name}: no such file {env[name]!r}")
+    _check_ssl_files(env)
     return out
+
+
+def _check_ssl_files(env: Mapping[str, str]) -> None:
+    """Each file loaded as the clients load it (kafka-python's and aiokafka's SSL contexts), so one
+    OpenSSL cannot use is named here, not shown as a broker that cannot be reached."""
+    import ssl
+
+    cafile, certfile, keyfile = (env.get(f"KAFKA_SSL_{n}") for n in ("CAFILE", "CERTFILE", "KEYFILE"))
+    if keyfile and not certfile:  # the clients would ignore it and connect without a client certificate
+        raise ConfigError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE, the certificate it belongs to")
+    key_name = "KAFKA_SSL_KEYFILE" if keyfile else "KAFKA_SSL_CERTFILE"
+    checks = [("KAFKA_SSL_CAFILE", cafile, "no certificate in PEM form", "load_verify_locations", (cafile,)),
+              ("KAFKA_SSL_CERTFILE", certfile, "no certificate in PEM form", "load_verify_locations", (certfile,)),
+              # no setting gives a password, so an encrypted key is refused here, not asked for on a terminal
+              (key_name, keyfile or certfile, "no unencrypted private key in PEM form", "load_cert_chain",
+               (certfile, keyfile, b""))]
+    for name, path, what, method, args in checks:
+        if not path:
+            continue
+        try:
+            getattr(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), method)(*args)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                what = "the key is not the certificate's (KAFKA_SSL_CERTFILE)"
+            because = f" ({exc.reason})" if exc.reason else ""  # none for a key it cannot read
+            raise ConfigError(f"{name}: OpenSSL cannot use {path!r}: {what}{because}") from None
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
+
+
+# Kafka 4.1.1's broker, started by `kafka up` on this project's configuration, ran out of heap while
+# starting at 128m and started at 192m (measured); the JVM itself refuses less than 4m
+MIN_KAFKA_HEAP_MB = 192
+JVM_SIZE = re.compile(r"([0-9]+)([kmg])", re.IGNORECASE)
+
+
+def _kafka_heap(env: Mapping[str, str]) -> str:
+    value = env.get("INTEREST_KAFKA_HEAP") or "512m"
+    size = JVM_SIZE.fullmatch(value)
+    if size is None:
+        raise ConfigError(f"INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got {value!r}")
+    mb = int(size[1]) * {"k": 2**-10, "m": 1, "g": 2**10}[size[2].lower()]
+    if mb < MIN_KAFKA_HEAP_MB:
+        raise ConfigError(f"INTEREST_KAFKA_HEAP must be at least {MIN_KAFKA_HEAP_MB}m (the broker runs out of "
+                          f"heap while starting below it), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -189,9 +236,7 @@ class Settings:
         canonical_url = env.get("INTEREST_CANONICAL_URL", "") or ""
         if canonical_url and not canonical_url.startswith(("http://", "https://")):
             raise ConfigError(f"INTEREST_CANONICAL_URL must be an http:// or https:// URL, got {canonical_url!r}")
-        kafka_heap = env.get("INTEREST_KAFKA_HEAP") or "512m"
-        if not kafka_heap[:-1].isdigit() or kafka_heap[-1].lower() not in "kmg":
-            raise ConfigError(f"INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got {kafka_heap!r}")
+        kafka_heap = _kafka_heap(env)
         session_timeout_s = _float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0,
                                    maximum=MAX_SESSION_TIMEOUT_S, why=" (Faust's request timeout)")
         return cls(

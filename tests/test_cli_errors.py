@@ -197,3 +197,63 @@ def test_the_largest_stored_state_has_a_floor_the_newest_rows_fit_under():
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"INTEREST_MAX_STATE_BYTES": "1048575"})
     assert str(err.value) == "INTEREST_MAX_STATE_BYTES must be >= 1048576, got 1048575"
+
+
+TLS = ROOT / "tests" / "tls"  # a self-signed certificate and keys, for these checks only
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"CAFILE": "README.md"},
+     "KAFKA_SSL_CAFILE: OpenSSL cannot use '{tls}/README.md': no certificate in PEM form "
+     "(NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ({"CAFILE": "key.pem"},
+     "KAFKA_SSL_CAFILE: OpenSSL cannot use '{tls}/key.pem': no certificate in PEM form (NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ({"CERTFILE": "key.pem", "KEYFILE": "key.pem"},
+     "KAFKA_SSL_CERTFILE: OpenSSL cannot use '{tls}/key.pem': no certificate in PEM form "
+     "(NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ({"CERTFILE": "cert.pem"},  # the key is neither in it nor in KAFKA_SSL_KEYFILE
+     "KAFKA_SSL_CERTFILE: OpenSSL cannot use '{tls}/cert.pem': no unencrypted private key in PEM form"),
+    ({"CERTFILE": "cert.pem", "KEYFILE": "encrypted-key.pem"},
+     "KAFKA_SSL_KEYFILE: OpenSSL cannot use '{tls}/encrypted-key.pem': no unencrypted private key in PEM form"),
+    ({"CERTFILE": "cert.pem", "KEYFILE": "other-key.pem"},
+     "KAFKA_SSL_KEYFILE: OpenSSL cannot use '{tls}/other-key.pem': the key is not the certificate's "
+     "(KAFKA_SSL_CERTFILE) (KEY_VALUES_MISMATCH)"),
+    ({"KEYFILE": "key.pem"}, "KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE, the certificate it belongs to"),
+])
+def test_a_tls_file_openssl_cannot_use_is_named(files, message):
+    """Each of these was reported, after the bootstrap timeout, as a broker that cannot be reached
+    ('Unable to bootstrap'); a key without its certificate was ignored by the clients."""
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", **{f"KAFKA_SSL_{k}": str(TLS / v) for k, v in files.items()}}
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message.format(tls=TLS)
+
+
+def test_tls_files_openssl_can_use_are_passed_to_the_clients():
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(TLS / "cert.pem"),
+           "KAFKA_SSL_CERTFILE": str(TLS / "cert.pem"), "KAFKA_SSL_KEYFILE": str(TLS / "key.pem")}
+    assert Settings.from_env(env).security == {"security_protocol": "SSL", "ssl_cafile": str(TLS / "cert.pem"),
+                                               "ssl_certfile": str(TLS / "cert.pem"),
+                                               "ssl_keyfile": str(TLS / "key.pem")}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("512", "INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got '512'"),
+    ("\u0665\u0661\u0662m", "INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got '\u0665\u0661\u0662m'"),
+    ("0m", "INTEREST_KAFKA_HEAP must be at least 192m (the broker runs out of heap while starting below it), "
+           "got '0m'"),
+    ("196607k", "INTEREST_KAFKA_HEAP must be at least 192m (the broker runs out of heap while starting below "
+                "it), got '196607k'"),
+])
+def test_a_heap_the_local_broker_cannot_start_with_is_a_one_line_error(raw, message):
+    """Arabic-Indic digits passed str.isdigit and reached the JVM, and so did 0m, each then an error
+    from `kafka up` with the JVM's or the broker's last log lines."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INTEREST_KAFKA_HEAP": raw})
+    assert str(err.value) == message
+
+
+def test_heaps_the_local_broker_starts_with():
+    for ok in ("192m", "196608k", "1G", "512M"):
+        assert Settings.from_env({"INTEREST_KAFKA_HEAP": ok}).kafka_heap == ok
+    assert Settings.from_env({}).kafka_heap == "512m"
