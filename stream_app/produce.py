@@ -86,6 +86,9 @@ def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None
         )
 
 
+PACE_SLICE_S = 1.0  # the longest single pause between two events
+
+
 def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
                 progress=None, wallclock_ts: bool = False, stop=None) -> int:
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
@@ -110,10 +113,12 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
             sent += 1
             if progress is not None:
                 progress.update(1)
-            if rate:
-                ahead = sent / rate - (time.monotonic() - t0)
-                if ahead > 0.005:
-                    time.sleep(ahead)
+            # in slices: a pause of 1e10 s (`--rate 1e-10`) is beyond what sleep takes (OverflowError),
+            # and `stop` is heard within one
+            while rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0.005:
+                if stop is not None and stop.is_set():
+                    break
+                time.sleep(min(ahead, PACE_SLICE_S))
     except BaseException:
         prod.close()
         raise

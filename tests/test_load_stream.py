@@ -80,3 +80,21 @@ def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
     assert proc.stderr.endswith("\nError: 3 of 3 events were not delivered to the input topics "
                                 "(MessageSizeTooLargeError)\n")
     assert "Traceback" not in proc.stderr and input_records(env) == 0
+
+
+def test_a_rate_of_one_event_in_centuries_sends_one_and_hears_stop(env):
+    """`--rate 1e-10` asks for a 1e10 s pause after the first event: it was an OverflowError in
+    sleep after one event went. Now it pauses, and a stop (the demo's Ctrl-C) is heard within the
+    slice of a pause."""
+    import threading
+
+    from stream_app.produce import PACE_SLICE_S, send_events
+    from stream_app.settings import Settings
+
+    cli(env, "topics", "create")
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    started = time.monotonic()
+    sent = send_events([good(0), good(1)], Settings.from_env(env), rate=1e-10, stop=stop)
+    assert sent == 1 and input_records(env) == 1
+    assert time.monotonic() - started < 1.0 + PACE_SLICE_S + 5  # 5 s for the delivery
