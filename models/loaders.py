@@ -44,20 +44,78 @@ The Complete Journey (``load completejourney DIR``; DIR holds ``transactions.csv
   never fall between two events of one timestamp (:mod:`models.data`), and time and basket
   targets (``target="time"`` / ``"next_baskets"``) take whole baskets.
 
-All three sort by (ts, event_id), and every string fits the contract's length limits (ids 1-128,
-query 1-512 characters).
+All three sort by (ts, event_id), and every event keeps to the contract: categories are cut to 128
+characters and queries to 512, and a row that would make any other field break it (an empty id, an
+id or event_id over 128 characters, a ts before 1970) or holds a value that cannot be read (a
+timestamp ``'x'``, a price ``'abc'``, more or fewer fields than the header) stops the load with a
+``ValueError`` naming the file, the line (the header is line 1) and the column, e.g.
+``ratings.csv:7: timestamp 'x' is not an integer``; nothing is written (:func:`_write` runs only
+once every row is read).
 """
 from __future__ import annotations
 
 import csv
 import gzip
 import hashlib
+import math
 import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 NO_GENRE = "(no genres listed)"
+# CONTRACT.md's limits for an event, mirrored here because models never imports stream_app (whose
+# events.py dead-letters an event outside them, and whose load jsonl refuses a log without a user_id or ts)
+MAX_ID = 128  # event_id, user_id, item_id, category: 1-128 characters
+MAX_TS = 2**63 - 1  # ts in epoch ms, >= 0; at most a Kafka record timestamp (a LONG), as load jsonl checks
+
+
+def _show(value: str) -> str:
+    """A value for a message, cut: a row can hold a field of a million characters."""
+    return repr(value) if len(value) <= 40 else f"{value[:40]!r}..."
+
+
+def _id(value: str, what: str, path, line: int) -> str:
+    """``value`` as an id of the contract (1-128 characters), or a ValueError naming file, line and ``what``."""
+    if not value:
+        raise ValueError(f"{path}:{line}: {what} is empty")
+    if len(value) > MAX_ID:
+        raise ValueError(f"{path}:{line}: {what} has {len(value)} characters, more than the contract's {MAX_ID}")
+    return value
+
+
+def _int(raw: str, what: str, path, line: int) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {what} {_show(raw)} is not an integer") from None
+
+
+def _number(raw: str, what: str, path, line: int) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):  # orjson would write nan as null
+        raise ValueError(f"{path}:{line}: {what} {_show(raw)} is not a number")
+    return v
+
+
+def _ts(seconds: int, raw: str, what: str, path, line: int) -> int:
+    """Epoch seconds as the contract's ts (epoch ms), or a ValueError when out of its range."""
+    if seconds < 0:
+        raise ValueError(f"{path}:{line}: {what} {_show(raw)} is before 1970 (ts is a non-negative epoch in ms)")
+    if seconds * 1000 > MAX_TS:
+        raise ValueError(f"{path}:{line}: {what} {_show(raw)} is too large (ts is epoch ms up to 2**63-1)")
+    return seconds * 1000
+
+
+def _whole(reader: csv.DictReader, row: dict, path) -> None:
+    """A ValueError for a row with fewer or more fields than the header (DictReader fills the missing
+    ones with None and puts the extra ones under None, which shifted or crashed what read them)."""
+    if None in row or None in row.values():
+        n = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+        raise ValueError(f"{path}:{reader.line_num}: the header has {len(reader.fieldnames)} fields, this row {n}")
 
 
 def _write(events: list[dict], out) -> None:
@@ -94,9 +152,16 @@ def movie_genres(path) -> dict[str, list[str]]:
     when it lists none)."""
     genres: dict[str, list[str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        for row in _movielens_rows(f, path, ("movieId", "genres")):
+        reader = _movielens_rows(f, path, ("movieId", "genres"))
+        for row in reader:
+            _whole(reader, row, path)
             genres[row["movieId"]] = [g for g in row["genres"].split("|") if g] or [NO_GENRE]
     return genres
+
+
+def _movielens_ts(row: dict, path, line: int) -> int:
+    raw = row["timestamp"]
+    return _ts(_int(raw, "timestamp", path, line), raw, "timestamp", path, line)
 
 
 def movielens_events(data_dir) -> tuple[list[dict], dict]:
@@ -107,32 +172,42 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
     genres = movie_genres(d / "movies.csv")
     events: list[dict] = []
     stats = {"ratings": 0, "tags": 0, "tags_skipped_empty": 0, "movies_without_genre_row": 0}
-    with open(d / "ratings.csv", newline="", encoding="utf-8") as f:
-        for row in _movielens_rows(f, d / "ratings.csv", ("userId", "movieId", "rating", "timestamp")):
-            g = genres.get(row["movieId"])
+    path = d / "ratings.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = _movielens_rows(f, path, ("userId", "movieId", "rating", "timestamp"))
+        for row in reader:
+            _whole(reader, row, path)
+            n = reader.line_num
+            user, movie = _id(row["userId"], "userId", path, n), _id(row["movieId"], "movieId", path, n)
+            g = genres.get(movie)
             if g is None:
                 stats["movies_without_genre_row"] += 1
                 g = [NO_GENRE]
             events.append({
-                "event_id": f"r-{row['userId']}-{row['movieId']}", "user_id": row["userId"],
-                "type": "click", "ts": int(row["timestamp"]) * 1000, "item_id": row["movieId"],
-                "category": g[0][:128], "genres": g, "rating": float(row["rating"]),
+                "event_id": _id(f"r-{user}-{movie}", "event_id r-<userId>-<movieId>", path, n), "user_id": user,
+                "type": "click", "ts": _movielens_ts(row, path, n), "item_id": movie,
+                "category": g[0][:MAX_ID], "genres": g, "rating": _number(row["rating"], "rating", path, n),
             })
             stats["ratings"] += 1
-    if (d / "tags.csv").exists():
+    path = d / "tags.csv"
+    if path.exists():
         seen: dict[tuple[str, str], int] = {}
-        with open(d / "tags.csv", newline="", encoding="utf-8") as f:
-            for row in _movielens_rows(f, d / "tags.csv", ("userId", "movieId", "tag", "timestamp")):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = _movielens_rows(f, path, ("userId", "movieId", "tag", "timestamp"))
+            for row in reader:
+                _whole(reader, row, path)
+                n = reader.line_num
                 text = (row["tag"] or "").strip()[:512]
                 if not text:
                     stats["tags_skipped_empty"] += 1
                     continue
-                key = (row["userId"], row["movieId"])
-                seen[key] = n = seen.get(key, 0) + 1
+                user, movie = _id(row["userId"], "userId", path, n), row["movieId"]
+                key = (user, movie)
+                seen[key] = k = seen.get(key, 0) + 1
                 events.append({
-                    "event_id": f"t-{row['userId']}-{row['movieId']}-{n}", "user_id": row["userId"],
-                    "type": "search", "ts": int(row["timestamp"]) * 1000, "query": text,
-                    "movie_id": row["movieId"],
+                    "event_id": _id(f"t-{user}-{movie}-{k}", "event_id t-<userId>-<movieId>-<n>", path, n),
+                    "user_id": user, "type": "search", "ts": _movielens_ts(row, path, n), "query": text,
+                    "movie_id": movie,
                 })
                 stats["tags"] += 1
     return events, stats
@@ -148,10 +223,13 @@ def rees46_events(path) -> tuple[list[dict], dict]:
         need = {"event_time", "event_type", "product_id", "category_id", "category_code", "user_id"}
         if not need <= set(cols):
             raise ValueError(f"{path}: not a REES46 events CSV (columns {cols})")
-        for line in f:
+        for n, line in enumerate(f, 2):
             if not line.strip():
                 continue
-            row = dict(zip(cols, next(csv.reader([line]))))
+            fields = next(csv.reader([line]))
+            if len(fields) != len(cols):
+                raise ValueError(f"{path}:{n}: the header has {len(cols)} fields, this row {len(fields)}")
+            row = dict(zip(cols, fields))
             stats["rows"] += 1
             kind = kinds.get(row["event_type"])
             if kind is None:
@@ -161,16 +239,22 @@ def rees46_events(path) -> tuple[list[dict], dict]:
             if not cat:
                 stats["no_category_code"] += 1
                 cat = f"category_id:{row['category_id']}"
-            when = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+            try:
+                when = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise ValueError(f"{path}:{n}: event_time {_show(row['event_time'])} is not "
+                                 "YYYY-MM-DD hh:mm:ss UTC") from None
             ev = {
                 "event_id": "e-" + hashlib.sha1(line.rstrip("\r\n").encode()).hexdigest()[:16],
-                "user_id": row["user_id"], "type": kind, "ts": int(when.timestamp()) * 1000,
-                "item_id": row["product_id"], "category": cat[:128], "event_type": row["event_type"],
+                "user_id": _id(row["user_id"], "user_id", path, n), "type": kind,
+                "ts": _ts(int(when.timestamp()), row["event_time"], "event_time", path, n),
+                "item_id": _id(row["product_id"], "product_id", path, n), "category": cat[:MAX_ID],
+                "event_type": row["event_type"],
             }
             if row.get("brand"):
                 ev["brand"] = row["brand"]
             if row.get("price"):
-                ev["price"] = float(row["price"])
+                ev["price"] = _number(row["price"], "price", path, n)
             if row.get("user_session"):
                 ev["session"] = row["user_session"]
             events.append(ev)
@@ -201,12 +285,18 @@ CJ_CATEGORIES = (
 )
 
 
-def _open_csv(d: Path, stem: str):
-    """``stem.csv.gz`` or ``stem.csv`` inside ``d`` (text mode)."""
-    for name, opener in ((f"{stem}.csv.gz", gzip.open), (f"{stem}.csv", open)):
+def _cj_csv(d: Path, stem: str) -> Path:
+    """``stem.csv.gz`` or ``stem.csv`` inside ``d``."""
+    for name in (f"{stem}.csv.gz", f"{stem}.csv"):
         if (d / name).exists():
-            return opener(d / name, "rt", newline="", encoding="utf-8")
+            return d / name
     raise FileNotFoundError(f"{d}: no {stem}.csv.gz or {stem}.csv (expected The Complete Journey)")
+
+
+def _open_csv(path: Path):
+    """A Complete Journey CSV, gzipped or not, in text mode."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding="utf-8")
 
 
 def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict], dict]:
@@ -214,26 +304,32 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
     if top is not None and top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     products: dict[str, tuple[str, str]] = {}
-    with _open_csv(d, "products") as f:
+    path = _cj_csv(d, "products")
+    with _open_csv(path) as f:
         reader = csv.DictReader(f)
         if not {"product_id", "department", "product_category"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{d}: products has columns {reader.fieldnames}, expected product_id, department, "
+            raise ValueError(f"{path}: has columns {reader.fieldnames}, expected product_id, department, "
                              "product_category")
         for row in reader:
-            products[row["product_id"]] = ((row["department"] or "").strip(), (row["product_category"] or "").strip())
+            _whole(reader, row, path)
+            products[row["product_id"]] = (row["department"].strip(), row["product_category"].strip())
     need = {"household_id", "basket_id", "product_id", "transaction_timestamp"}
     lines = []
-    with _open_csv(d, "transactions") as f:
+    tx = _cj_csv(d, "transactions")
+    with _open_csv(tx) as f:
         reader = csv.DictReader(f)
         if not need <= set(reader.fieldnames or ()):
-            raise ValueError(f"{d}: transactions has columns {reader.fieldnames}, expected {sorted(need)}")
+            raise ValueError(f"{tx}: has columns {reader.fieldnames}, expected {sorted(need)}")
         for row in reader:
-            lines.append((row["household_id"], row["basket_id"], row["product_id"], row["transaction_timestamp"],
-                          row.get("quantity") or ""))
+            _whole(reader, row, tx)
+            n = reader.line_num
+            lines.append((_id(row["household_id"], "household_id", tx, n), _id(row["basket_id"], "basket_id", tx, n),
+                          _id(row["product_id"], "product_id", tx, n), row["transaction_timestamp"],
+                          row.get("quantity") or "", n))
     if top is None:
         kept = set(CJ_CATEGORIES)
     else:
-        freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _ in lines)
+        freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _, _ in lines)
         freq.pop("", None)
         kept = {c for c, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]}  # ties by name
     stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept), "category_list": "fixed" if top is None else f"top {top} of the file",
@@ -242,7 +338,7 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
     seen: dict[str, int] = {}
     stamp_cache: dict[str, int] = {}
     households, baskets = set(), set()
-    for hh, basket, product, stamp, qty in lines:
+    for hh, basket, product, stamp, qty, n in lines:
         dept, cat = products.get(product, ("", ""))
         if product not in products:
             stats["products_missing"] += 1
@@ -256,20 +352,23 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
             try:
                 when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
             except ValueError:
-                raise ValueError(f"{d}: bad transaction_timestamp {stamp!r} (expected YYYY-MM-DD hh:mm:ss)") from None
-            ts = stamp_cache[stamp] = int(when.timestamp()) * 1000
+                raise ValueError(f"{tx}:{n}: transaction_timestamp {_show(stamp)} is not "
+                                 "YYYY-MM-DD hh:mm:ss") from None
+            ts = stamp_cache[stamp] = _ts(int(when.timestamp()), stamp, "transaction_timestamp", tx, n)
         eid = f"cj-{basket}-{product}"
-        n = seen.get(eid, 0) + 1
-        seen[eid] = n
-        if n > 1:
+        k = seen.get(eid, 0) + 1
+        seen[eid] = k
+        if k > 1:
             stats["repeated_lines"] += 1
-            eid = f"{eid}-{n}"
-        ev = {"event_id": eid[:128], "user_id": hh, "type": "click", "ts": ts, "item_id": product,
-              "category": category[:128], "basket_id": basket, "department": dept, "product_category": cat}
-        try:
-            ev["quantity"] = int(qty)
-        except ValueError:
-            pass
+            eid = f"{eid}-{k}"
+        # refused rather than cut to 128 characters: a cut id can equal another, and the window counts both once
+        ev = {"event_id": _id(eid, "event_id cj-<basket_id>-<product_id>", tx, n), "user_id": hh, "type": "click",
+              "ts": ts, "item_id": product, "category": category[:MAX_ID], "basket_id": basket, "department": dept,
+              "product_category": cat}
+        if qty:
+            ev["quantity"] = q = _int(qty, "quantity", tx, n)
+            if not -2**63 <= q < 2**63:  # orjson writes no more than 64 bits; signed, as readers of a log expect
+                raise ValueError(f"{tx}:{n}: quantity {_show(qty)} is too large")
         events.append(ev)
         households.add(hh)
         baskets.add(basket)

@@ -196,23 +196,104 @@ def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
         assert res.output.endswith(f"Error: {message}\n")
 
 
-@pytest.mark.parametrize("rating, message", [
-    ("2,1", "Error: a malformed row: int() argument must be a string, a bytes-like object or a real number, not "
-            "'NoneType'"),  # too few columns
-    ("1,1,4.0,99999999999999999", "Error: a malformed row: Integer exceeds 64-bit range"),  # written, then refused
+ML_RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
+REES46 = ("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+          "2019-10-01 00:00:00 UTC,view,1,2,a.b,x,1.0,3,s\n\n")  # the blank line counts as a line
+REES46_ROW = dict(zip(REES46.splitlines()[0].split(","), REES46.splitlines()[1].split(",")))
+CJ_TX = "household_id,basket_id,product_id,quantity,transaction_timestamp\n2,10,1,1,2017-01-01 10:00:00\n"
+
+
+def _rees46(**fields):
+    return REES46 + ",".join({**REES46_ROW, **fields}.values()) + "\n"
+
+
+@pytest.mark.parametrize("verb, files, message", [
+    # the first two were tracebacks (the second also left an earlier --out at 0 bytes); the others gave the
+    # error without its file and line, or wrote a row that the worker and `load jsonl` refuse
+    ("movielens", {"ratings.csv": ML_RATINGS + "2,1\n"}, "ratings.csv:3: the header has 4 fields, this row 2"),
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,1,4.0,99999999999999999\n"},
+     "ratings.csv:3: timestamp '99999999999999999' is too large (ts is epoch ms up to 2**63-1)"),
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,1,4.0,x\n"}, "ratings.csv:3: timestamp 'x' is not an integer"),
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,1,4.0,-5\n"},
+     "ratings.csv:3: timestamp '-5' is before 1970 (ts is a non-negative epoch in ms)"),
+    ("movielens", {"ratings.csv": ML_RATINGS + ",1,4.0,964982703\n"}, "ratings.csv:3: userId is empty"),
+    ("movielens", {"ratings.csv": ML_RATINGS + f"1,{'9' * 129},4.0,964982703\n"},
+     "ratings.csv:3: movieId has 129 characters, more than the contract's 128"),
+    ("movielens", {"ratings.csv": ML_RATINGS + f"{'9' * 127},1,4.0,964982703\n"},
+     "ratings.csv:3: event_id r-<userId>-<movieId> has 131 characters, more than the contract's 128"),
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,1,nan,964982703\n"}, "ratings.csv:3: rating 'nan' is not a number"),
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,1,four,964982703\n"},
+     "ratings.csv:3: rating 'four' is not a number"),
+    ("movielens", {"ratings.csv": ML_RATINGS, "tags.csv": "userId,movieId,tag,timestamp\n1,1,funny,soon\n"},
+     "tags.csv:2: timestamp 'soon' is not an integer"),
+    ("movielens", {"ratings.csv": ML_RATINGS, "tags.csv": "userId,movieId,tag,timestamp\n,1,funny,964982703\n"},
+     "tags.csv:2: userId is empty"),
+    ("movielens", {"ratings.csv": ML_RATINGS, "movies.csv": "movieId,title,genres\n1,A,Comedy\n2\n"},
+     "movies.csv:3: the header has 3 fields, this row 1"),
+    ("rees46", {"events.csv": _rees46(user_id="")}, "events.csv:4: user_id is empty"),
+    ("rees46", {"events.csv": _rees46(user_id="u" * 129)},
+     "events.csv:4: user_id has 129 characters, more than the contract's 128"),
+    ("rees46", {"events.csv": _rees46(product_id="")}, "events.csv:4: product_id is empty"),
+    ("rees46", {"events.csv": _rees46(event_time="2019-10-01")},
+     "events.csv:4: event_time '2019-10-01' is not YYYY-MM-DD hh:mm:ss UTC"),
+    ("rees46", {"events.csv": _rees46(event_time="1969-12-31 23:59:59 UTC")},
+     "events.csv:4: event_time '1969-12-31 23:59:59 UTC' is before 1970 (ts is a non-negative epoch in ms)"),
+    ("rees46", {"events.csv": _rees46(price="abc")}, "events.csv:4: price 'abc' is not a number"),
+    ("rees46", {"events.csv": REES46 + "2019-10-01 00:00:00 UTC,view,1,2,a.b,x,1.0\n"},
+     "events.csv:4: the header has 9 fields, this row 7"),
+    ("completejourney", {"transactions.csv": CJ_TX + ",11,1,1,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: household_id is empty"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,,1,1,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: basket_id is empty"),
+    ("completejourney", {"transactions.csv": CJ_TX + f"2,11,{'9' * 129},1,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: product_id has 129 characters, more than the contract's 128"),
+    ("completejourney", {"transactions.csv": CJ_TX + f"2,{'9' * 124},1,1,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: event_id cj-<basket_id>-<product_id> has 129 characters, more than the contract's 128"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,11,1,x,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: quantity 'x' is not an integer"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,11,1,99999999999999999999,2017-01-01 10:00:00\n"},
+     "transactions.csv:3: quantity '99999999999999999999' is too large"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,11,1,1,1969-12-31 23:59:59\n"},
+     "transactions.csv:3: transaction_timestamp '1969-12-31 23:59:59' is before 1970 (ts is a non-negative "
+     "epoch in ms)"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,11,1,1,01/01/2017 10:00\n"},
+     "transactions.csv:3: transaction_timestamp '01/01/2017 10:00' is not YYYY-MM-DD hh:mm:ss"),
+    ("completejourney", {"transactions.csv": CJ_TX, "products.csv": "product_id,department,product_category\n1\n"},
+     "products.csv:2: the header has 3 fields, this row 1"),
 ])
-def test_load_movielens_a_malformed_row_is_one_line_and_leaves_the_out_file_alone(tmp_path, rating, message):
-    """Were a traceback; the second also left the existing --out at 0 bytes."""
-    d = tmp_path / "ml"
+def test_load_a_bad_row_names_its_file_line_and_column_and_leaves_out_alone(tmp_path, verb, files, message):
+    """A load writes no event outside the contract: a bad row stops it with one line naming the file,
+    the line (the header is line 1) and the column, and an earlier --out stays as it was."""
+    d = tmp_path / "data"
     d.mkdir()
-    (d / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
-    (d / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n1,1,4.0,964982703\n{rating}\n")
+    defaults = {"movielens": {"movies.csv": "movieId,title,genres\n1,A,Comedy\n"},
+                "completejourney": {"products.csv": "product_id,department,product_category\n1,GROCERY,BREAD\n"}}
+    for name, text in {**defaults.get(verb, {}), **files}.items():
+        (d / name).write_text(text)
     out = tmp_path / "log.jsonl"
     out.write_text("the log of an earlier run\n")
-    res = _run(["load", "movielens", d, "--out", out])
-    assert res.exit_code == 1 and res.output.splitlines()[-1] == message
+    res = _run(["load", verb, d / "events.csv" if verb == "rees46" else d, "--out", out])
+    assert res.exit_code == 1 and res.output == f"Error: {d}/{message}\n"
     assert out.read_text() == "the log of an earlier run\n" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "log.jsonl", "ml"]
+        "data", "log.jsonl"]
+
+
+@pytest.mark.parametrize("verb, files", [
+    ("movielens", {"movies.csv": "movieId,title,genres\n1,A,Comedy\n",
+                   "ratings.csv": ML_RATINGS + f"{'9' * 124},8,4.0,0\n"}),
+    ("rees46", {"events.csv": _rees46(user_id="u" * 128, product_id="p" * 128, price="")}),
+    ("completejourney", {"products.csv": "product_id,department,product_category\n1,GROCERY,BREAD\n",
+                         "transactions.csv": CJ_TX + f"{'9' * 128},{'8' * 123},1,,1970-01-01 00:00:00\n"}),
+])
+def test_load_takes_the_contract_limits_themselves(tmp_path, verb, files):
+    """The contract's own limits load: ids and event_ids of 128 characters, ts 0."""
+    d = tmp_path / "data"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    res = _run(["load", verb, d / "events.csv" if verb == "rees46" else d, "--out", tmp_path / "log.jsonl"])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_load_writes_through_a_link_to_its_out_file(tmp_path):

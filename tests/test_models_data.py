@@ -380,7 +380,8 @@ def test_completejourney_loader_bad_input(tmp_path):
     assert r.exit_code == 1 and "no products.csv.gz or products.csv" in r.output and "Traceback" not in r.output
     d = _cj_dir(tmp_path, "bad", ["7,10,1,1,2.0,02/01/2017 10:00\n"])
     r = CliRunner().invoke(cli.load, ["completejourney", str(d), "--out", str(tmp_path / "x.jsonl")])
-    assert r.exit_code == 1 and "bad transaction_timestamp '02/01/2017 10:00'" in r.output
+    assert r.exit_code == 1 and r.output == (f"Error: {d / 'transactions.csv.gz'}:2: transaction_timestamp "
+                                             "'02/01/2017 10:00' is not YYYY-MM-DD hh:mm:ss\n")
 
 
 # --- the simulator's mechanisms ------------------------------------------------------------------
