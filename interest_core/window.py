@@ -16,6 +16,10 @@ from bisect import bisect_right
 from typing import Iterable, NamedTuple, Sequence
 
 EVENT_TYPES = ("click", "browse", "search")
+# CONTRACT: an event's string fields, each 1 to this many characters (the worker dead-letters the
+# rest as too_long, and the loaders refuse to write them)
+STRING_LIMITS = {"event_id": 128, "user_id": 128, "item_id": 128, "category": 128, "query": 512}
+MAX_TS = 2**63 - 1  # CONTRACT: ts is epoch ms >= 0, and a Kafka record timestamp (a LONG) holds it
 
 DEFAULT_HORIZON_S = 86_400  # CONTRACT: INTEREST_HORIZON_S, how far back a window reaches
 DEFAULT_MAX_EVENTS = 128  # CONTRACT: INTEREST_MAX_EVENTS, most events the model reads

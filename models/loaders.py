@@ -63,11 +63,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from interest_core.window import MAX_TS, STRING_LIMITS
+
 NO_GENRE = "(no genres listed)"
-# CONTRACT.md's limits for an event, mirrored here because models never imports stream_app (whose
-# events.py dead-letters an event outside them, and whose load jsonl refuses a log without a user_id or ts)
-MAX_ID = 128  # event_id, user_id, item_id, category: 1-128 characters
-MAX_TS = 2**63 - 1  # ts in epoch ms, >= 0; at most a Kafka record timestamp (a LONG), as load jsonl checks
+MAX_ID = STRING_LIMITS["event_id"]  # the contract's limit, the same for user_id, item_id and category
 
 
 def _show(value: str) -> str:

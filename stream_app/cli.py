@@ -23,7 +23,7 @@ class UserId(click.ParamType):
     name = "user id"
 
     def convert(self, value, param, ctx):
-        from .events import STRING_LIMITS
+        from interest_core.window import STRING_LIMITS
 
         if value == "":
             self.fail("a user id cannot be empty", param, ctx)

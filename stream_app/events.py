@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from interest_core.window import EVENT_TYPES
+from interest_core.window import EVENT_TYPES, STRING_LIMITS
 
 MAX_VALUE_BYTES = 64 * 1024  # CONTRACT: too_large is over 64 KiB
 DLQ_PAYLOAD_BYTES = 4 * 1024  # CONTRACT: payload_b64 holds the first 4 KiB
@@ -27,8 +27,6 @@ REASONS = (
     "missing_field", "bad_type", "too_long", "unknown_type", "topic_mismatch", "future_ts", "late",
 )
 
-# field -> maximum length in characters (minimum is 1 for every string field)
-STRING_LIMITS = {"event_id": 128, "user_id": 128, "item_id": 128, "category": 128, "query": 512}
 REQUIRED_BY_TYPE = {
     "click": ("item_id", "category"),
     "browse": ("item_id", "category"),

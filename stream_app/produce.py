@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from interest_core.window import EVENT_TYPES  # one input topic per type (Settings.input_topics)
+from interest_core.window import EVENT_TYPES, MAX_TS  # one input topic per type (Settings.input_topics)
 
-from .settings import MAX_LONG, InterestStreamError, Settings
+from .settings import InterestStreamError, Settings
 
 
 # kafka-python's default max_request_size (1 MiB), less 1 KiB for the record's key and framing: the
@@ -164,7 +164,7 @@ def check_log(path) -> tuple[int, int | None]:
         if etype not in EVENT_TYPES:
             raise InterestStreamError(f"{path}:{line_no}: type must be one of {', '.join(EVENT_TYPES)}, "
                                       f"got {etype!r}")
-        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_LONG:  # a record timestamp: a LONG
+        if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
             raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer (epoch ms), got {ts!r}")
         n += 1
         first = ts if first is None else min(first, ts)
