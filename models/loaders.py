@@ -50,7 +50,8 @@ id or event_id over 128 characters, a ts before 1970) or holds a value that cann
 timestamp ``'x'``, a price ``'abc'``, more or fewer fields than the header) stops the load with a
 ``ValueError`` naming the file, the line (the header is line 1) and the column, e.g.
 ``ratings.csv:7: timestamp 'x' is not an integer``; nothing is written (:func:`_write` runs only
-once every row is read).
+once every row is read). So does a line that is not UTF-8, and a ``.gz`` that ends early or is not
+one (:func:`_lines`).
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ import gzip
 import hashlib
 import math
 import os
+import zlib
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -138,6 +141,29 @@ def _write(events: list[dict], out) -> None:
         raise
 
 
+@contextmanager
+def _lines(path):
+    """A dataset file's lines as text, gzipped when its name ends in ``.gz``. Each line is decoded on
+    its own, so a byte that is not UTF-8, or a gzip that ends early, is named by its file and line (a
+    text file decodes 8 KiB ahead of the line read, and names neither)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        yield _decoded(f, path)
+
+
+def _decoded(f, path):
+    n = 0
+    try:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not UTF-8 text (byte {raw[exc.start]:#04x} at character "
+                                 f"{len(raw[:exc.start].decode('utf-8')) + 1})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # the first line it could not read
+        raise ValueError(f"{path}:{n + 1}: not a whole gzip file ({exc})") from None
+
+
 def _movielens_rows(f, path, need: tuple[str, ...]):
     """``csv.DictReader`` over a MovieLens file, or a ``ValueError`` naming the columns it lacks."""
     reader = csv.DictReader(f)
@@ -150,7 +176,7 @@ def movie_genres(path) -> dict[str, list[str]]:
     """Per film id of MovieLens' ``movies.csv``, its genres in the file's order (:data:`NO_GENRE`
     when it lists none)."""
     genres: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with _lines(path) as f:
         reader = _movielens_rows(f, path, ("movieId", "genres"))
         for row in reader:
             _whole(reader, row, path)
@@ -172,7 +198,7 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
     events: list[dict] = []
     stats = {"ratings": 0, "tags": 0, "tags_skipped_empty": 0, "movies_without_genre_row": 0}
     path = d / "ratings.csv"
-    with open(path, newline="", encoding="utf-8") as f:
+    with _lines(path) as f:
         reader = _movielens_rows(f, path, ("userId", "movieId", "rating", "timestamp"))
         for row in reader:
             _whole(reader, row, path)
@@ -191,7 +217,7 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
     path = d / "tags.csv"
     if path.exists():
         seen: dict[tuple[str, str], int] = {}
-        with open(path, newline="", encoding="utf-8") as f:
+        with _lines(path) as f:
             reader = _movielens_rows(f, path, ("userId", "movieId", "tag", "timestamp"))
             for row in reader:
                 _whole(reader, row, path)
@@ -216,8 +242,8 @@ def rees46_events(path) -> tuple[list[dict], dict]:
     kinds = {"view": "browse", "cart": "click", "purchase": "click"}
     events: list[dict] = []
     stats = {"rows": 0, "skipped_type": 0, "no_category_code": 0}
-    with open(path, newline="", encoding="utf-8") as f:
-        header = f.readline()
+    with _lines(path) as f:
+        header = next(f, "")
         cols = next(csv.reader([header]))
         need = {"event_time", "event_type", "product_id", "category_id", "category_code", "user_id"}
         if not need <= set(cols):
@@ -292,19 +318,13 @@ def _cj_csv(d: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{d}: no {stem}.csv.gz or {stem}.csv (expected The Complete Journey)")
 
 
-def _open_csv(path: Path):
-    """A Complete Journey CSV, gzipped or not, in text mode."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8")
-
-
 def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict], dict]:
     d = Path(data_dir)
     if top is not None and top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     products: dict[str, tuple[str, str]] = {}
     path = _cj_csv(d, "products")
-    with _open_csv(path) as f:
+    with _lines(path) as f:
         reader = csv.DictReader(f)
         if not {"product_id", "department", "product_category"} <= set(reader.fieldnames or ()):
             raise ValueError(f"{path}: has columns {reader.fieldnames}, expected product_id, department, "
@@ -315,7 +335,7 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
     need = {"household_id", "basket_id", "product_id", "transaction_timestamp"}
     lines = []
     tx = _cj_csv(d, "transactions")
-    with _open_csv(tx) as f:
+    with _lines(tx) as f:
         reader = csv.DictReader(f)
         if not need <= set(reader.fieldnames or ()):
             raise ValueError(f"{tx}: has columns {reader.fieldnames}, expected {sorted(need)}")

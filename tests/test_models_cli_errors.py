@@ -260,6 +260,17 @@ def _rees46(**fields):
      "transactions.csv:3: transaction_timestamp '01/01/2017 10:00' is not YYYY-MM-DD hh:mm:ss"),
     ("completejourney", {"transactions.csv": CJ_TX, "products.csv": "product_id,department,product_category\n1\n"},
      "products.csv:2: the header has 3 fields, this row 1"),
+    # a file that is not UTF-8 was named by neither file nor line ("'utf-8' codec can't decode byte 0xe9 in
+    # position 52"), a file named .gz that is not one by neither either
+    ("movielens", {"ratings.csv": ML_RATINGS.encode() + b"1,2,4.0,9649\xe982703\n"},
+     "ratings.csv:3: not UTF-8 text (byte 0xe9 at character 13)"),
+    ("rees46", {"events.csv": REES46.encode() + b"2019-10-01 00:00:00 UTC,view,1,2,a.\xff,x,1.0,3,s\n"},
+     "events.csv:4: not UTF-8 text (byte 0xff at character 36)"),
+    ("completejourney", {"transactions.csv": CJ_TX, "products.csv": b"product_id,department,product_category\n"
+                                                                    b"1,GRO\xc3CERY,BREAD\n"},
+     "products.csv:2: not UTF-8 text (byte 0xc3 at character 6)"),
+    ("completejourney", {"transactions.csv.gz": CJ_TX}, "transactions.csv.gz:1: not a whole gzip file (Not a gzipped "
+                                                        "file (b'ho'))"),
 ])
 def test_load_a_bad_row_names_its_file_line_and_column_and_leaves_out_alone(tmp_path, verb, files, message):
     """A load writes no event outside the contract: a bad row stops it with one line naming the file,
@@ -269,7 +280,7 @@ def test_load_a_bad_row_names_its_file_line_and_column_and_leaves_out_alone(tmp_
     defaults = {"movielens": {"movies.csv": "movieId,title,genres\n1,A,Comedy\n"},
                 "completejourney": {"products.csv": "product_id,department,product_category\n1,GROCERY,BREAD\n"}}
     for name, text in {**defaults.get(verb, {}), **files}.items():
-        (d / name).write_text(text)
+        (d / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     out = tmp_path / "log.jsonl"
     out.write_text("the log of an earlier run\n")
     res = _run(["load", verb, d / "events.csv" if verb == "rees46" else d, "--out", out])
@@ -337,11 +348,15 @@ def test_load_completejourney_a_truncated_gzip_is_one_line(tmp_path):
     d = tmp_path / "cj"
     d.mkdir()
     (d / "products.csv").write_text("product_id,department,product_category\n1,GROCERY,BREAD\n")
-    whole = gzip.compress(b"household_id,basket_id,product_id,transaction_timestamp\n" + b"2,10,1,2017-01-01 10:00:00\n" * 500)
+    rows = "".join(f"{i % 97},{i},{i * 7919 % 10007},2017-01-01 10:00:00\n" for i in range(5000))  # 5000 differing
+    whole = gzip.compress(f"household_id,basket_id,product_id,transaction_timestamp\n{rows}".encode())
     (d / "transactions.csv.gz").write_bytes(whole[:len(whole) // 2])
     res = _run(["load", "completejourney", d, "--out", tmp_path / "log.jsonl"])
     assert res.exit_code == 1
-    assert res.output.splitlines()[-1].startswith("Error: an input file ends early (a truncated gzip?): ")
+    line = res.output.splitlines()[-1]
+    assert line.startswith(f"Error: {d}/transactions.csv.gz:") and line.endswith(
+        ": not a whole gzip file (Compressed file ended before the end-of-stream marker was reached)")
+    assert 2 <= int(line[len(f"Error: {d}/transactions.csv.gz:"):].split(":")[0]) <= 5001  # the first line unread
 
 
 def test_load_jsonl_refuses_a_pipe(tmp_path):
