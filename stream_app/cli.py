@@ -27,12 +27,12 @@ class UserId(click.ParamType):
 
         if value == "":
             self.fail("a user id cannot be empty", param, ctx)
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            self.fail(f"a user id is UTF-8 text, got {value!r}", param, ctx)
         if len(value) > STRING_LIMITS["user_id"]:
             self.fail(f"a user id has at most {STRING_LIMITS['user_id']} characters, got {len(value)}", param, ctx)
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # shown as the shell's bytes, not as Python's surrogates
+            self.fail(f"a user id is UTF-8 text, got the bytes {os.fsencode(value)!r}", param, ctx)
         return value
 
 

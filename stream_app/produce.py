@@ -89,6 +89,10 @@ def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None
 PACE_SLICE_S = 1.0  # the longest single pause between two events
 
 
+def _set(stop) -> bool:
+    return stop is not None and stop.is_set()
+
+
 def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
                 progress=None, wallclock_ts: bool = False, stop=None) -> int:
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
@@ -102,7 +106,11 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     t0 = time.monotonic()
     try:
         for ev in events:
-            if stop is not None and stop.is_set():
+            # event n goes at n / rate s, so nothing waits after the last one; in slices, since a pause
+            # of 1e10 s (`--rate 1e-10`) is beyond what sleep takes (OverflowError), and `stop` is heard
+            while rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0.005 and not _set(stop):
+                time.sleep(min(ahead, PACE_SLICE_S))
+            if _set(stop):
                 break
             if wallclock_ts:
                 ev["ts"] = int(time.time() * 1000)
@@ -113,12 +121,6 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
             sent += 1
             if progress is not None:
                 progress.update(1)
-            # in slices: a pause of 1e10 s (`--rate 1e-10`) is beyond what sleep takes (OverflowError),
-            # and `stop` is heard within one
-            while rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0.005:
-                if stop is not None and stop.is_set():
-                    break
-                time.sleep(min(ahead, PACE_SLICE_S))
     except BaseException:
         prod.close()
         raise

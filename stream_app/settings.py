@@ -137,6 +137,15 @@ def _security(env: Mapping[str, str]) -> dict:
     return out
 
 
+class _Encrypted(Exception):
+    pass
+
+
+def _no_password():
+    """OpenSSL asks for a key's password (even an empty one) only when the key is encrypted."""
+    raise _Encrypted
+
+
 def _check_ssl_files(env: Mapping[str, str]) -> None:
     """Each file loaded as the clients load it (kafka-python's and aiokafka's SSL contexts), so one
     OpenSSL cannot use is named here, not shown as a broker that cannot be reached."""
@@ -148,14 +157,16 @@ def _check_ssl_files(env: Mapping[str, str]) -> None:
     key_name = "KAFKA_SSL_KEYFILE" if keyfile else "KAFKA_SSL_CERTFILE"
     checks = [("KAFKA_SSL_CAFILE", cafile, "no certificate in PEM form", "load_verify_locations", (cafile,)),
               ("KAFKA_SSL_CERTFILE", certfile, "no certificate in PEM form", "load_verify_locations", (certfile,)),
-              # no setting gives a password, so an encrypted key is refused here, not asked for on a terminal
-              (key_name, keyfile or certfile, "no unencrypted private key in PEM form", "load_cert_chain",
-               (certfile, keyfile, b""))]
+              (key_name, keyfile or certfile, "no private key in PEM form", "load_cert_chain",
+               (certfile, keyfile, _no_password))]
     for name, path, what, method, args in checks:
         if not path:
             continue
         try:
             getattr(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), method)(*args)
+        except _Encrypted:
+            raise ConfigError(f"{name}: {path!r} holds an encrypted key, and no setting gives its password (the "
+                              "clients would ask for it on a terminal)") from None
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 what = "the key is not the certificate's (KAFKA_SSL_CERTFILE)"
@@ -168,7 +179,7 @@ def _check_ssl_files(env: Mapping[str, str]) -> None:
 # Kafka 4.1.1's broker, started by `kafka up` on this project's configuration, ran out of heap while
 # starting at 128m and started at 192m (measured); the JVM itself refuses less than 4m
 MIN_KAFKA_HEAP_MB = 192
-JVM_SIZE = re.compile(r"([0-9]+)([kmg])", re.IGNORECASE)
+JVM_SIZE = re.compile(r"([0-9]+)([kmgKMG])")  # (not IGNORECASE: then "k" matches the Kelvin sign)
 
 
 def _kafka_heap(env: Mapping[str, str]) -> str:

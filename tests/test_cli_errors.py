@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import click
 import pytest
 
 from conftest import ROOT
@@ -212,9 +213,13 @@ TLS = ROOT / "tests" / "tls"  # a self-signed certificate and keys, for these ch
      "KAFKA_SSL_CERTFILE: OpenSSL cannot use '{tls}/key.pem': no certificate in PEM form "
      "(NO_CERTIFICATE_OR_CRL_FOUND)"),
     ({"CERTFILE": "cert.pem"},  # the key is neither in it nor in KAFKA_SSL_KEYFILE
-     "KAFKA_SSL_CERTFILE: OpenSSL cannot use '{tls}/cert.pem': no unencrypted private key in PEM form"),
+     "KAFKA_SSL_CERTFILE: OpenSSL cannot use '{tls}/cert.pem': no private key in PEM form"),
     ({"CERTFILE": "cert.pem", "KEYFILE": "encrypted-key.pem"},
-     "KAFKA_SSL_KEYFILE: OpenSSL cannot use '{tls}/encrypted-key.pem': no unencrypted private key in PEM form"),
+     "KAFKA_SSL_KEYFILE: '{tls}/encrypted-key.pem' holds an encrypted key, and no setting gives its password (the "
+     "clients would ask for it on a terminal)"),
+    ({"CERTFILE": "cert.pem", "KEYFILE": "empty-password-key.pem"},
+     "KAFKA_SSL_KEYFILE: '{tls}/empty-password-key.pem' holds an encrypted key, and no setting gives its password "
+     "(the clients would ask for it on a terminal)"),
     ({"CERTFILE": "cert.pem", "KEYFILE": "other-key.pem"},
      "KAFKA_SSL_KEYFILE: OpenSSL cannot use '{tls}/other-key.pem': the key is not the certificate's "
      "(KAFKA_SSL_CERTFILE) (KEY_VALUES_MISMATCH)"),
@@ -244,6 +249,7 @@ def test_tls_files_openssl_can_use_are_passed_to_the_clients():
            "got '0m'"),
     ("196607k", "INTEREST_KAFKA_HEAP must be at least 192m (the broker runs out of heap while starting below "
                 "it), got '196607k'"),
+    ("196608\u212a", "INTEREST_KAFKA_HEAP must be a JVM size such as 512m or 1g, got '196608\u212a'"),  # Kelvin
 ])
 def test_a_heap_the_local_broker_cannot_start_with_is_a_one_line_error(raw, message):
     """Arabic-Indic digits passed str.isdigit and reached the JVM, and so did 0m, each then an error
@@ -257,3 +263,39 @@ def test_heaps_the_local_broker_starts_with():
     for ok in ("192m", "196608k", "1G", "512M"):
         assert Settings.from_env({"INTEREST_KAFKA_HEAP": ok}).kafka_heap == ok
     assert Settings.from_env({}).kafka_heap == "512m"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["forget", ""], "Invalid value for 'USER': a user id cannot be empty"),
+    (["tail", "--user", ""], "Invalid value for '--user': a user id cannot be empty"),
+    (["forget", "u\udcff"], "Invalid value for 'USER': a user id is UTF-8 text, got the bytes b'u\\xff'"),
+    (["tail", "--user", "u\udcff"], "Invalid value for '--user': a user id is UTF-8 text, got the bytes b'u\\xff'"),
+    (["forget", "u" * 129], "Invalid value for 'USER': a user id has at most 128 characters, got 129"),
+    (["tail", "--user", "u" * 129], "Invalid value for '--user': a user id has at most 128 characters, got 129"),
+])
+def test_a_user_id_no_event_can_carry_is_a_usage_error(args, message):
+    """Refused before Kafka is asked. An empty id made `forget` wait out --timeout, then ask whether
+    a worker runs, and `tail --user ""` printed every user's vectors; an argument that is not UTF-8
+    (the bytes b'u\\xff', which Python keeps as 'u\\udcff') was a UnicodeEncodeError traceback at
+    the message key; an id longer than the contract's 128 characters was dead-lettered as too_long,
+    so no worker ever holds it."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                              "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == f"Error: {message}"
+
+
+def test_a_web_host_that_is_not_a_host_name():
+    """An empty label is refused by Python's IDNA codec before any resolver is asked: it was a
+    UnicodeError traceback."""
+    from stream_app.cli import _check_listen
+    from stream_app.settings import Settings
+
+    with pytest.raises(click.ClickException) as err:
+        _check_listen(Settings.from_env({"INTEREST_WEB_HOST": "bad..host", "INTEREST_WEB_PORT": "6066"}))
+    assert err.value.message == ("cannot listen on bad..host:6066 (INTEREST_WEB_HOST / INTEREST_WEB_PORT): "
+                                 "not a host name (label empty or too long)")

@@ -83,7 +83,7 @@ def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
 
 
 def test_a_rate_of_one_event_in_centuries_sends_one_and_hears_stop(env):
-    """`--rate 1e-10` asks for a 1e10 s pause after the first event: it was an OverflowError in
+    """`--rate 1e-10` asks for a 1e10 s pause before the second event: it was an OverflowError in
     sleep after one event went. Now it pauses, and a stop (the demo's Ctrl-C) is heard within the
     slice of a pause."""
     import threading
@@ -98,3 +98,24 @@ def test_a_rate_of_one_event_in_centuries_sends_one_and_hears_stop(env):
     sent = send_events([good(0), good(1)], Settings.from_env(env), rate=1e-10, stop=stop)
     assert sent == 1 and input_records(env) == 1
     assert time.monotonic() - started < 1.0 + PACE_SLICE_S + 5  # 5 s for the delivery
+
+
+def test_nothing_waits_after_the_last_event(env):
+    """The pause came after each event, so a log of one event at `--rate 1e-10` would have sent it
+    and then waited 1e10 s (here, until the stop 20 s later)."""
+    import threading
+
+    from stream_app.produce import send_events
+    from stream_app.settings import Settings
+
+    cli(env, "topics", "create")
+    stop = threading.Event()
+    timer = threading.Timer(20.0, stop.set)
+    timer.start()
+    try:
+        started = time.monotonic()
+        sent = send_events([good(0)], Settings.from_env(env), rate=1e-10, stop=stop)
+    finally:
+        timer.cancel()
+    assert sent == 1 and input_records(env) == 1
+    assert time.monotonic() - started < 10  # the delivery

@@ -37,30 +37,6 @@ def test_tail_with_a_timeout_too_long_to_count_in_milliseconds_waits_as_without_
     assert out.stdout.split() == ["u1", "events=1", "drift=0.000", "top:", "a", "1.00"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["forget", ""], "Invalid value for 'USER': a user id cannot be empty"),
-    (["tail", "--user", ""], "Invalid value for '--user': a user id cannot be empty"),
-    (["forget", "u\udcff"], "Invalid value for 'USER': a user id is UTF-8 text, got 'u\\udcff'"),
-    (["tail", "--user", "u\udcff"], "Invalid value for '--user': a user id is UTF-8 text, got 'u\\udcff'"),
-    (["forget", "u" * 129], "Invalid value for 'USER': a user id has at most 128 characters, got 129"),
-    (["tail", "--user", "u" * 129], "Invalid value for '--user': a user id has at most 128 characters, got 129"),
-])
-def test_a_user_id_no_event_can_carry_is_a_usage_error(args, message):
-    """Refused before Kafka is asked. An empty id made `forget` wait out --timeout, then ask whether
-    a worker runs, and `tail --user ""` printed every user's vectors; an argument that is not UTF-8
-    (the bytes 'u\\xff', which Python keeps as 'u\\udcff') was a UnicodeEncodeError traceback at
-    the message key; an id longer than the contract's 128 characters was dead-lettered as too_long,
-    so no worker ever holds it."""
-    from click.testing import CliRunner
-
-    from stream_app.cli import main
-
-    res = CliRunner().invoke(main, args, env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-                                              "INTEREST_BOOTSTRAP_TIMEOUT_S": "1"})
-    assert res.exit_code == 2, res.output
-    assert res.output.splitlines()[-1] == f"Error: {message}"
-
-
 def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
     """Before, `forget` waited its whole timeout for a tombstone nobody had been asked for, then
     asked whether a worker was running."""

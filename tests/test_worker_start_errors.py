@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 
-import click
 import pytest
 
 from conftest import cli
@@ -48,18 +47,6 @@ def test_a_web_host_that_does_not_resolve(start_env):
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: cannot listen on no-such-host.invalid:{start_env['INTEREST_WEB_PORT']} "
                            f"(INTEREST_WEB_HOST / INTEREST_WEB_PORT): {reason}\n")
-
-
-def test_a_web_host_that_is_not_a_host_name():
-    """An empty label is refused by Python's IDNA codec before any resolver is asked: it was a
-    UnicodeError traceback."""
-    from stream_app.cli import _check_listen
-    from stream_app.settings import Settings
-
-    with pytest.raises(click.ClickException) as err:
-        _check_listen(Settings.from_env({"INTEREST_WEB_HOST": "bad..host", "INTEREST_WEB_PORT": "6066"}))
-    assert err.value.message == ("cannot listen on bad..host:6066 (INTEREST_WEB_HOST / INTEREST_WEB_PORT): "
-                                 "not a host name (label empty or too long)")
 
 
 def test_a_request_the_broker_refuses_is_its_reason_in_one_line(env):
