@@ -10,7 +10,8 @@ MovieLens ``ml-latest-small`` (``load movielens DIR``; DIR holds ratings.csv, mo
   user's tags on that movie in file order), extra field ``movie_id``;
 * ratings of movies missing from movies.csv get the category ``"(no genres listed)"``.
 
-REES46 e-commerce sample (``load rees46 FILE``, the CSV of ``2019-Oct.csv``'s format):
+REES46 e-commerce sample (``load rees46 FILE``, the CSV of ``2019-Oct.csv``'s format, gzipped when
+FILE ends in ``.gz``, as the Complete Journey's may be):
 * ``view`` -> ``browse``; ``cart`` and ``purchase`` -> ``click``; ``remove_from_cart`` (and any
   other type) is skipped and counted;
 * ``category`` = ``category_code`` (e.g. ``electronics.smartphone``); rows without a
@@ -143,25 +144,41 @@ def _write(events: list[dict], out) -> None:
 
 @contextmanager
 def _lines(path):
-    """A dataset file's lines as text, gzipped when its name ends in ``.gz``. Each line is decoded on
-    its own, so a byte that is not UTF-8, or a gzip that ends early, is named by its file and line (a
-    text file decodes 8 KiB ahead of the line read, and names neither)."""
+    """A dataset file's lines as text, gzipped when its name ends in ``.gz``, each decoded on its own:
+    a byte that is not UTF-8, a gzip that ends early and a row the csv module cannot parse are named
+    by file and line (a text file decodes 8 KiB ahead of the line read, and names neither)."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
-        yield _decoded(f, path)
+        lines = _Lines(f, path)
+        try:
+            yield lines
+        except csv.Error as exc:  # raised by a reader of these lines, at the last line it read
+            raise ValueError(f"{path}:{lines.n}: not CSV ({exc})") from None
 
 
-def _decoded(f, path):
-    n = 0
-    try:
-        for n, raw in enumerate(f, 1):
+class _Lines:
+    """The lines of a binary file as text, split where text mode with ``newline=""`` splits (at
+    ``\n``, ``\r\n`` and a lone ``\r``), with their ends; ``n`` is the number of the last one."""
+
+    def __init__(self, f, path):
+        self._f, self.path, self.n, self._rest = f, path, 0, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if not self._rest:
             try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not UTF-8 text (byte {raw[exc.start]:#04x} at character "
-                                 f"{len(raw[:exc.start].decode('utf-8')) + 1})") from None
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # the first line it could not read
-        raise ValueError(f"{path}:{n + 1}: not a whole gzip file ({exc})") from None
+                self._rest = next(self._f).splitlines(keepends=True)[::-1]  # (a binary file splits at \n only)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # at the first line it could not read
+                raise ValueError(f"{self.path}:{self.n + 1}: not a whole gzip file ({exc})") from None
+        raw = self._rest.pop()
+        self.n += 1
+        try:
+            return raw.decode("utf-8")  # (a UTF-8 sequence never holds the byte of \r or \n)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}:{self.n}: not UTF-8 text (byte {raw[exc.start]:#04x} at character "
+                             f"{len(raw[:exc.start].decode('utf-8')) + 1})") from None
 
 
 def _movielens_rows(f, path, need: tuple[str, ...]):
@@ -222,11 +239,11 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
             for row in reader:
                 _whole(reader, row, path)
                 n = reader.line_num
-                text = (row["tag"] or "").strip()[:512]
+                text = (row["tag"] or "").strip()[:STRING_LIMITS["query"]]
                 if not text:
                     stats["tags_skipped_empty"] += 1
                     continue
-                user, movie = _id(row["userId"], "userId", path, n), row["movieId"]
+                user, movie = _id(row["userId"], "userId", path, n), _id(row["movieId"], "movieId", path, n)
                 key = (user, movie)
                 seen[key] = k = seen.get(key, 0) + 1
                 events.append({

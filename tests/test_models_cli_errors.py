@@ -2,6 +2,7 @@
 traceback, and never a file of the user's replaced without a word. Nothing here trains."""
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import asdict
 
@@ -203,6 +204,9 @@ REES46_ROW = dict(zip(REES46.splitlines()[0].split(","), REES46.splitlines()[1].
 CJ_TX = "household_id,basket_id,product_id,quantity,transaction_timestamp\n2,10,1,1,2017-01-01 10:00:00\n"
 
 
+CORRUPT_GZ = gzip.compress(CJ_TX.encode())[:10] + b"\xff" * 20  # a gzip header, then no deflate stream
+
+
 def _rees46(**fields):
     return REES46 + ",".join({**REES46_ROW, **fields}.values()) + "\n"
 
@@ -271,6 +275,21 @@ def _rees46(**fields):
      "products.csv:2: not UTF-8 text (byte 0xc3 at character 6)"),
     ("completejourney", {"transactions.csv.gz": CJ_TX}, "transactions.csv.gz:1: not a whole gzip file (Not a gzipped "
                                                         "file (b'ho'))"),
+    ("completejourney", {"transactions.csv.gz": CORRUPT_GZ},
+     "transactions.csv.gz:1: not a whole gzip file (Error -3 while decompressing data: invalid block type)"),
+    # the character counts characters, not bytes: the bad byte follows "Amélie, " (8 characters, 9 bytes)
+    ("movielens", {"ratings.csv": ML_RATINGS, "movies.csv": "movieId,title,genres\n1,A,Comedy\n".encode()
+                   + '2,"Amélie, '.encode() + b'\xe9",Comedy\n'}, "movies.csv:3: not UTF-8 text (byte 0xe9 at character 12)"),
+    # a row with more fields than the header (one with fewer is above)
+    ("movielens", {"ratings.csv": ML_RATINGS + "1,2,4.0,964982703,extra\n"}, "ratings.csv:3: the header has 4 fields, "
+                                                                            "this row 5"),
+    ("completejourney", {"transactions.csv": CJ_TX + "2,11,1,1,2017-01-01 10:00:00,extra\n"},
+     "transactions.csv:3: the header has 5 fields, this row 6"),
+    ("movielens", {"ratings.csv": ML_RATINGS, "tags.csv": "userId,movieId,tag,timestamp\n1,,funny,964982703\n"},
+     "tags.csv:2: movieId is empty"),
+    # the csv module's own errors were tracebacks
+    ("movielens", {"ratings.csv": ML_RATINGS + '1,"' + "x" * 131_073 + '",4.0,964982703\n'},
+     "ratings.csv:3: not CSV (field larger than field limit (131072))"),
 ])
 def test_load_a_bad_row_names_its_file_line_and_column_and_leaves_out_alone(tmp_path, verb, files, message):
     """A load writes no event outside the contract: a bad row stops it with one line naming the file,
@@ -370,3 +389,17 @@ def test_load_jsonl_refuses_a_pipe(tmp_path):
     assert res.exit_code == 1
     assert res.output == (f"Error: {fifo} is not a regular file: the log is read twice (checked whole, then sent); "
                           "save it to a file first\n")
+
+
+def test_load_reads_a_file_whose_lines_end_in_a_lone_cr_as_text_mode_did(tmp_path):
+    """Text mode with newline="" splits at a lone \\r (old Mac line ends); the loaders' binary read
+    first split at \\n only, and such a file was one line the csv module refused with a traceback."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.csv").write_bytes(b"movieId,title,genres\r1,A,Comedy\r2,B,Drama\r")
+    (d / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\r1,1,4.0,964982703\r1,2,3.0,964982704\r")
+    res = _run(["load", "movielens", d, "--out", tmp_path / "log.jsonl"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(e["item_id"], e["category"], e["ts"]) for e in rows] == [("1", "Comedy", 964982703000),
+                                                                      ("2", "Drama", 964982704000)]
