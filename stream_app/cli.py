@@ -9,7 +9,7 @@ import time
 import click
 import orjson
 
-from interest_core.cli_types import POSITIVE, FiniteRange
+from interest_core.cli_types import EVENT_TS, MAX_TS_MS, POSITIVE, SEED, FiniteRange
 
 from .settings import InterestStreamError, Settings
 
@@ -418,10 +418,10 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
 @click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated users.")
 @click.option("--days", type=POSITIVE, default=7.0, show_default=True,
               help="Days of activity (file mode).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Event log to write (JSONL, sorted by ts); the truth goes to OUT.truth.jsonl.")
-@click.option("--start-ms", type=int, default=None,
+@click.option("--start-ms", type=EVENT_TS, default=None,
               help="Epoch ms of the first simulated moment (file mode default 2026-01-01T00:00Z; "
                    "streaming default: now).")
 @click.option("--rate", type=POSITIVE, default=None,
@@ -432,7 +432,7 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
 def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
     """Synthetic users whose interests evolve: an event log plus its ground truth (OUT.truth.jsonl),
     or with --rate a live stream to Kafka with ts at wall-clock time."""
-    from models.simulate import DEFAULT_START_MS, iter_live_events, simulate_to_files
+    from models.simulate import DAY_MS, DEFAULT_START_MS, iter_live_events, simulate_to_files
 
     if rate is not None:
         if out is not None:
@@ -446,12 +446,15 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
         return
     if out is None:
         raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
+    start_ms = start_ms if start_ms is not None else DEFAULT_START_MS
+    if days * DAY_MS > MAX_TS_MS - start_ms:  # (in floats: a huge --days is no OverflowError)
+        raise click.UsageError(f"--start-ms {start_ms} plus --days {days:g} ends after 9999-12-31T23:59:59.999Z "
+                               f"(ts {MAX_TS_MS}), the last ts that is a date: give an earlier start or fewer days")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):  # before the users are simulated
         raise click.BadParameter(f"{parent} is not a directory", param_hint="--out")
     try:
-        stats = simulate_to_files(users, days, seed, out, start_ms if start_ms is not None else DEFAULT_START_MS,
-                                  progress=True)
+        stats = simulate_to_files(users, days, seed, out, start_ms, progress=True)
     except OSError as exc:
         raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {stats['events']} events of {users} users to {out} (truth: {out}.truth.jsonl)", err=True)

@@ -53,6 +53,17 @@ def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, ex
     (["simulate", "--users", "3", "--days", "inf", "--out", "s.jsonl"],
      "Invalid value for '--days': 'inf' is not a finite number."),
     (["simulate", "--users", "3", "--rate", "nan"], "Invalid value for '--rate': 'nan' is not a finite number."),
+    # numpy's traceback ("expected non-negative integer"); the largest is torch's, as train's
+    (["simulate", "--seed", "-1", "--out", "{dir}/s.jsonl"],
+     "Invalid value for '--seed': -1 is not in the range 0<=x<=18446744073709551615."),
+    # orjson's traceback ("Integer exceeds 64-bit range"); a negative ts was written
+    (["simulate", "--start-ms", str(10**20), "--out", "{dir}/s.jsonl"],
+     "Invalid value for '--start-ms': 100000000000000000000 is not in the range 0<=x<=253402300799999."),
+    (["simulate", "--start-ms", "-1", "--out", "{dir}/s.jsonl"],
+     "Invalid value for '--start-ms': -1 is not in the range 0<=x<=253402300799999."),
+    (["simulate", "--start-ms", "253402300000000", "--days", "1", "--out", "{dir}/s.jsonl"],
+     "Error: --start-ms 253402300000000 plus --days 1 ends after 9999-12-31T23:59:59.999Z (ts 253402300799999), "
+     "the last ts that is a date: give an earlier start or fewer days"),
     (["load", "jsonl", "{log}", "--rate", "-5"], "Invalid value for '--rate': -5.0 is not in the range x>0."),
     (["demo", "--seconds", "inf"], "Invalid value for '--seconds': 'inf' is not a finite number."),
     (["evaluate-rerank", "{dir}", "--data", "{log}", "--out", "{dir}/r", "--weight", "nan"],
@@ -69,6 +80,21 @@ def test_a_number_that_is_not_finite_or_out_of_range_is_a_usage_error(args, mess
     res = CliRunner().invoke(main, [a.format(log=log, dir=tmp_path) for a in args])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+def test_simulate_runs_to_the_last_date():
+    """The span check lets a simulation end on 9999-12-31; its events stay within it."""
+    import orjson
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    with CliRunner().isolated_filesystem():
+        res = CliRunner().invoke(main, ["simulate", "--users", "3", "--days", "1", "--start-ms", "253402213599999",
+                                        "--seed", str(2**64 - 1), "--out", "s.jsonl"])
+        assert res.exit_code == 0, res.output
+        ts = [orjson.loads(line)["ts"] for line in open("s.jsonl", "rb")]
+    assert ts and 253402213599999 <= min(ts) and max(ts) <= 253402300799999
 
 
 @pytest.mark.parametrize("env, message", [
