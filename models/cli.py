@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from interest_core.cli_types import FiniteRange
+from models.config_checks import MAX_EVENTS, MAX_HORIZON_S
 
 
 def _echo_json(obj) -> None:
@@ -116,8 +117,8 @@ def load_completejourney_cmd(data_dir, out, top):
                    "[auto; time with --target-window-s].")
 @click.option("--target-window-s", type=click.IntRange(min=1), default=None, help="With --target time [21600].")
 @click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
-@click.option("--horizon-s", type=click.IntRange(min=1), default=None, help="Input window reach [86400].")
-@click.option("--max-events", type=click.IntRange(min=1), default=None, help="Events per input window [128].")
+@click.option("--horizon-s", type=click.IntRange(1, MAX_HORIZON_S), default=None, help="Input window reach [86400].")
+@click.option("--max-events", type=click.IntRange(1, MAX_EVENTS), default=None, help="Events per input window [128].")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Training samples cap [120000].")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,

@@ -10,11 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 
+# The longest input window training can build: its reach in ms is subtracted from ts in numpy int64
+# and its event positions are numpy int32 (models.data: a larger one was an OverflowError). The
+# worker keeps any window (Python integers), so every card's window within these is servable.
+MAX_HORIZON_S = (2**63 - 1) // 1000
+MAX_EVENTS = 2**31 - 1
+
 
 def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
-                 below: dict | None = None) -> None:
+                 below: dict | None = None, at_most: dict | None = None) -> None:
     """Every float field of the dataclass ``cfg`` is finite; ``at_least[name]`` <= value,
-    ``above[name]`` < value and value < ``below[name]``."""
+    ``above[name]`` < value, value < ``below[name]`` and value <= ``at_most[name]``."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -28,6 +34,9 @@ def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
     for name, high in (below or {}).items():
         if getattr(cfg, name) >= high:
             raise ValueError(f"{name} must be < {high}, got {getattr(cfg, name)}")
+    for name, high in (at_most or {}).items():
+        if getattr(cfg, name) > high:
+            raise ValueError(f"{name} must be <= {high}, got {getattr(cfg, name)}")
 
 
 def check_lr_floor(cfg, peaks: tuple[str, ...] = ("lr",)) -> None:

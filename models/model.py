@@ -52,6 +52,7 @@ from interest_core.encoding import Encoder
 
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
+from interest_core.cli_types import MAX_SEED
 from models.config_checks import check_backbone, check_lr_floor, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -585,7 +586,7 @@ class TrainConfig:
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
                                      "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1, "seed": 0},
-                     above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0})
+                     above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0}, at_most={"seed": MAX_SEED})
         check_lr_floor(self, ("lr", "plain_lr"))
 
 

@@ -47,6 +47,17 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     (["train", "--set", "seed=-1"], "Error: seed must be >= 0, got -1"),
     (["train", "--seed", "-1"], "Error: seed must be >= 0, got -1"),
     (["pretrain", "--set", "seed=-1"], "Error: seed must be >= 0, got -1"),
+    # beyond numpy's int32 positions and int64 ms: OverflowError tracebacks after the log was read
+    (["train", "--max-events", "2147483648"],
+     "Invalid value for '--max-events': 2147483648 is not in the range 1<=x<=2147483647."),
+    (["train", "--set", "max_events=2147483648"], "Error: max_events must be <= 2147483647, got 2147483648"),
+    (["train", "--horizon-s", "9223372036854776"],
+     "Invalid value for '--horizon-s': 9223372036854776 is not in the range 1<=x<=9223372036854775."),
+    (["train", "--set", "horizon_s=9223372036854776"],
+     "Error: horizon_s must be <= 9223372036854775, got 9223372036854776"),
+    # torch.manual_seed's "Overflow when unpacking long long", after the log was read
+    (["train", "--seed", str(2**64)], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
+    (["pretrain", "--set", f"seed={2**64}"], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
     # the schedule rose from lr to min_lr instead of decaying
     (["train", "--set", "min_lr=0.01"], "Error: min_lr must be <= lr (the learning rate decays from lr to "
