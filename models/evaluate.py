@@ -218,6 +218,24 @@ class TestRun(NamedTuple):
     card: dict
 
 
+def time_split(card: dict, ckpt_dir) -> tuple[dict, object]:
+    """``(split, DataConfig)`` of the card's time split, which evaluate and evaluate-rerank rebuild
+    their samples from; ValueError when the card has none or it is not what ``train`` writes."""
+    from models.data import DataConfig
+
+    split = card.get("split")
+    if not isinstance(split, dict) or split.get("by") != "time":
+        raise ValueError(f"{ckpt_dir}: the checkpoint's card has no time split (not written by `train`)")
+    bad = f"{ckpt_dir}: model_card.json: split must be the time split `train` records (by, t1, t2, data_config)"
+    if not isinstance(split.get("data_config"), dict) or not all(
+            isinstance(split.get(t), int) and not isinstance(split.get(t), bool) for t in ("t1", "t2")):
+        raise ValueError(f"{bad}, got {json.dumps(split)[:60]}")
+    try:
+        return split, DataConfig.from_dict(split["data_config"])
+    except TypeError as exc:  # a string for a number: it compares with nothing
+        raise ValueError(f"{bad}: {exc}") from None
+
+
 def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> TestRun:
     """The checkpoint's split rebuilt from its card (or ``split``, another card's, so that several
     checkpoints score the very same samples: bench/sim_scale.py), the baselines fit on it (and refit
@@ -226,7 +244,7 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
     worker)."""
     import torch
 
-    from models.data import DataConfig, encode_windows, prepare, sample_profiles
+    from models.data import encode_windows, prepare, sample_profiles
     from models.item_lift import served
     from models.model import load_checkpoint, predict
 
@@ -237,8 +255,7 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
     except Exception as exc:  # a directory with the right names but not what `train` wrote (as rerank_eval says)
         raise ValueError(f"{ckpt_dir}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
     torch.set_num_threads(card.get("training", {}).get("threads", 2))
-    split = card["split"] if split is None else split
-    dcfg = DataConfig.from_dict(split["data_config"])
+    split, dcfg = time_split(card if split is None else {"split": split}, ckpt_dir)
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
     refit = refit_dataset(card, ds, encoder.categories, dcfg)
     base = baseline_predictions(ds, dcfg, encoder.k, None if refit is None else refit.splits["train"],

@@ -509,6 +509,47 @@ def save_checkpoint(model: InterestModel, encoder: Encoder, card: dict, out_dir)
     (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
 
 
+def _json_object(path: Path) -> dict:
+    """A checkpoint's JSON file that must hold an object; ValueError naming the file."""
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"{path.name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path.name} is not a JSON object: {json.dumps(value)[:60]}")
+    return value
+
+
+def _object_of(value, types) -> bool:
+    """A JSON object whose values are all of ``types`` (true and false are no numbers)."""
+    return isinstance(value, dict) and all(isinstance(v, types) and not isinstance(v, bool) for v in value.values())
+
+
+def check_card(card: dict) -> dict:
+    """The checkpoint's model card as evaluate, evaluate-rerank and export read it: each field they
+    read, when present, of the type ``train`` writes (``{}`` passes: the card of a hand-made
+    checkpoint; the split, which only the evaluations need whole, is :func:`models.evaluate.time_split`'s).
+    Raises ValueError naming the field. Export copies ``window`` and ``category_prior`` into model.json,
+    whose ``window`` the worker refuses unless it is null or an object of integers."""
+    def bad(key, want):
+        raise ValueError(f"{CHECKPOINT_CARD_FILE}: {key} must be {want}, got {json.dumps(card[key])[:60]}")
+
+    for key, kind in (("split", dict), ("training", dict), ("metrics", dict), ("history", list)):
+        if key in card and not isinstance(card[key], kind):
+            bad(key, "an object" if kind is dict else "an array")
+    if card.get("window") is not None and not _object_of(card["window"], int):
+        bad("window", "null or an object of integers (horizon_s, max_events, profile_retention_s)")
+    if card.get("category_prior") is not None and not _object_of(card["category_prior"], (int, float)):
+        bad("category_prior", "null or an object of numbers (category: share)")
+    threads = card.get("training", {}).get("threads", 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"{CHECKPOINT_CARD_FILE}: training.threads must be an integer >= 1, got "
+                         f"{json.dumps(threads)[:60]}")
+    if not isinstance(card.get("metrics", {}).get("selection") or {}, dict):
+        raise ValueError(f"{CHECKPOINT_CARD_FILE}: metrics.selection must be an object")
+    return card
+
+
 def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     """Rebuild (model in eval mode, encoder, card) from a checkpoint directory alone."""
     from safetensors.torch import load_file
@@ -522,12 +563,12 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODING_FILE, CHECKPOINT_CARD_FILE):
         if not (d / name).exists():
             raise FileNotFoundError(f"{d}: not a checkpoint directory (missing {name})")
-    cfg = ModelConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())["model"])
+    card = check_card(_json_object(d / CHECKPOINT_CARD_FILE))  # before the weights: it is the cheap one
+    cfg = ModelConfig.from_dict(_json_object(d / CONFIG_FILE)["model"])
     model = InterestModel(cfg)
     model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     model.eval()
     encoder = Encoder.load(d / ENCODING_FILE)
-    card = json.loads((d / CHECKPOINT_CARD_FILE).read_text())
     return model, encoder, card
 
 

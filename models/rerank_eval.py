@@ -208,9 +208,9 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.data import DataConfig, encode_windows, prepare, sample_profiles, sample_windows
+    from models.data import encode_windows, prepare, sample_profiles, sample_windows
     from models.item_lift import served
-    from models.evaluate import baseline_predictions, refit_samples
+    from models.evaluate import baseline_predictions, refit_samples, time_split
     from models.model import load_checkpoint, predict
 
     t0 = time.time()
@@ -221,10 +221,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     except Exception as exc:  # a directory with the right names but not what `train` wrote
         raise ValueError(f"{ckpt_dir}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
     torch.set_num_threads(min(2, card.get("training", {}).get("threads", 2)))
-    split = card.get("split", {})
-    if split.get("by") != "time":
-        raise ValueError(f"{ckpt_dir}: the checkpoint's card has no time split (not written by `train`)")
-    dcfg = DataConfig.from_dict(split["data_config"])
+    split, dcfg = time_split(card, ckpt_dir)
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
     val, test = ds.splits["val"], ds.splits["test"]
     if len(test) == 0 or len(val) == 0:

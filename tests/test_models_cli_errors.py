@@ -181,6 +181,68 @@ def test_evaluate_a_corrupt_or_pretrain_directory(tmp_path):
                                    f"`train` (`train --init-from {pt}` fine-tunes it)\n"), (verb, res.output)
 
 
+WINDOW = "window must be null or an object of integers (horizon_s, max_events, profile_retention_s), got "
+
+
+@pytest.mark.parametrize("name, text, message", [
+    # an AttributeError traceback ('list' object has no attribute 'get') in all three verbs
+    ("model_card.json", "[]", "model_card.json is not a JSON object: []"),
+    ("model_card.json", "3", "model_card.json is not a JSON object: 3"),
+    # export wrote these into a model.json the worker refuses
+    ("model_card.json", '{"window": "x"}', f'model_card.json: {WINDOW}"x"'),
+    ("model_card.json", '{"window": {"horizon_s": "1d"}}', f'model_card.json: {WINDOW}{{"horizon_s": "1d"}}'),
+    ("model_card.json", '{"category_prior": [1]}',
+     "model_card.json: category_prior must be null or an object of numbers (category: share), got [1]"),
+    ("model_card.json", '{"split": []}', "model_card.json: split must be an object, got []"),
+    # torch.set_num_threads' TypeError traceback in evaluate and evaluate-rerank
+    ("model_card.json", '{"training": {"threads": "x"}}',
+     'model_card.json: training.threads must be an integer >= 1, got "x"'),
+    ("model_card.json", "{", "model_card.json is not valid JSON: Expecting property name enclosed in double "
+                             "quotes: line 1 column 2 (char 1)"),
+    ("config.json", "[]", "config.json is not a JSON object: []"),
+])
+@pytest.mark.parametrize("verb", ["evaluate", "evaluate-rerank", "export"])
+def test_a_bad_card_or_config_is_one_line_naming_the_file(tmp_path, verb, name, text, message):
+    """The card is checked before the weights (these have none that load), once, where the
+    checkpoint is read (models.model.load_checkpoint)."""
+    pytest.importorskip("torch")
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    ck = _fake_checkpoint(tmp_path / "ck")
+    (ck / name).write_text(text)
+    res = _run([verb, ck, *(["--data", log] if verb != "export" else []), "--out", tmp_path / "o"])
+    assert res.exit_code == 1
+    said = f"cannot load the checkpoint: ValueError: {message}" if verb == "export" else \
+        f"not a readable checkpoint (ValueError: {message})"
+    assert res.output == f"Error: {ck}: {said}\n"
+
+
+@pytest.mark.slow
+def test_a_card_without_a_whole_time_split_is_evaluated_by_nothing_but_exported(tmp_path):
+    """evaluate read the card's split with card["split"], both evaluations its data config with
+    split["data_config"]: KeyError tracebacks, and a TypeError one for a string in it. Export
+    needs no split (the tests' own checkpoints record another kind)."""
+    pytest.importorskip("torch")
+    from tiny_model import build_tiny_checkpoint
+
+    ck = build_tiny_checkpoint(tmp_path / "ck", steps=2)[0]
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    whole = "model_card.json: split must be the time split `train` records (by, t1, t2, data_config)"
+    for card, message in [
+        ({}, "the checkpoint's card has no time split (not written by `train`)"),
+        ({"split": {"by": "time"}}, f'{whole}, got {{"by": "time"}}'),
+        ({"split": {"by": "time", "t1": 1, "t2": 2, "data_config": {"horizon_s": "1d"}}},
+         f"{whole}: '<' not supported between instances of 'str' and 'int'"),
+    ]:
+        (ck / "model_card.json").write_text(json.dumps(card))
+        for verb in ("evaluate", "evaluate-rerank"):
+            res = _run([verb, ck, "--data", log, "--out", tmp_path / "o"])
+            assert res.exit_code == 1
+            assert res.output == f"Error: {ck}: {message}\n", (verb, card)
+        res = _run(["export", ck, "--out", tmp_path / "x"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / "x" / "model.json").read_text())["window"] is None
+
+
 @pytest.mark.slow
 def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
     """A train checkpoint was read as a GPT-2 directory: a default 124M GPT-2 trained for minutes.
