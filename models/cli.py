@@ -166,8 +166,11 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         except ValueError:
             raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
     target_set = chosen["data"]
-    if target_set.get("target", "auto") == "auto" and "target_k" in target_set:
+    # each target reads one of the two (models.data.target_span); auto measures the log in windows
+    if target_set.get("target", "auto") in ("auto", "time") and "target_k" in target_set:
         raise click.UsageError("--target-k needs --target next_k or next_baskets")
+    if target_set.get("target") in ("next_k", "next_baskets") and "target_window_s" in target_set:
+        raise click.UsageError("--target-window-s needs --target time or auto")
     if "target" not in target_set:  # a window says time; otherwise the log's shape decides (models.data.choose_target)
         target_set["target"] = "time" if "target_window_s" in target_set else "auto"
     if "seed" in chosen["train"] and "seed" not in chosen["data"]:

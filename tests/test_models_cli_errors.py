@@ -59,6 +59,11 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     (["train", "--seed", str(2**64)], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["pretrain", "--set", f"seed={2**64}"], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
+    # a time target reads no target_k, next_k and next_baskets no target_window_s: both were ignored
+    (["train", "--target", "time", "--target-k", "7"], "Error: --target-k needs --target next_k or next_baskets"),
+    (["train", "--target", "next_k", "--target-window-s", "60"], "Error: --target-window-s needs --target time or auto"),
+    (["train", "--target", "next_baskets", "--set", "target_window_s=60"],
+     "Error: --target-window-s needs --target time or auto"),
     # the schedule rose from lr to min_lr instead of decaying
     (["train", "--set", "min_lr=0.01"], "Error: min_lr must be <= lr (the learning rate decays from lr to "
                                         "min_lr), got 0.01 > 0.002"),
