@@ -190,11 +190,13 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         raise click.BadParameter("the checkpoint would overwrite the --init-from directory; give another one",
                                  param_hint="--out")
     _out_dir(out)
-    from models.train import run_training
+    from models.train import ResumeMismatch, run_training
 
     try:
         run_training(data, out, dcfg, tcfg, chosen["model"], init_from=init_from, resume=resume,
                      progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except ResumeMismatch as exc:  # checked before the log is read: the options are the mistake
+        raise click.UsageError(f"--resume: {exc}") from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 

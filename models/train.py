@@ -79,25 +79,92 @@ def _mean_distribution(targets) -> list[float]:
     return (m / m.sum()).tolist()
 
 
+RESUME_FILE = "resume.json"  # what --resume continues from: the run's split, encoding, log and settings
+
+
+class ResumeMismatch(ValueError):
+    """``--resume`` on a run that was started on another log or with other settings."""
+
+
+def log_fingerprint(path) -> dict:
+    """The log a run was started on, as ``--resume`` compares it: its size and a hash of its first
+    and last MiB (cheap on gigabytes; another log differs in one of them, a log moved or copied
+    does not). The path is kept for the message only."""
+    import hashlib
+    import os
+
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(1 << 20, size - (1 << 20)))
+        h.update(f.read())
+    return {"path": str(Path(path).resolve()), "size": size, "head_tail_sha256": h.hexdigest()}
+
+
+def run_settings(data_cfg, train_cfg, model_overrides: dict | None, init_from) -> dict:
+    """A run's settings as ``--resume`` compares them (as JSON reads them back); the torch threads
+    change the speed only."""
+    train = {k: v for k, v in asdict(train_cfg).items() if k != "threads"}
+    return json.loads(json.dumps({"data": asdict(data_cfg), "train": train, "model": dict(model_overrides or {}),
+                                  "init_from": str(Path(init_from).resolve()) if init_from else None}))
+
+
+def check_resume(out_dir, data_path, data_cfg, train_cfg, model_overrides: dict | None, init_from) -> None:
+    """Raises :class:`ResumeMismatch` when the run in ``out_dir`` was started on another log or with
+    other settings than these (resuming would mix both). A run that recorded neither (from before
+    they were recorded) is not compared."""
+    path = Path(out_dir) / RESUME_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+        started, settings = saved.get("log"), saved.get("settings")
+    except (ValueError, AttributeError):
+        raise ResumeMismatch(f"{path} is not readable: start the run again without --resume") from None
+    if started is not None:
+        now = log_fingerprint(data_path)
+        if (now["size"], now["head_tail_sha256"]) != (started.get("size"), started.get("head_tail_sha256")):
+            raise ResumeMismatch(f"the run in {out_dir} was started on {started.get('path')} ({started.get('size')} "
+                                 f"bytes), not on this --data ({now['size']} bytes): give that log, or another --out")
+    if settings is not None:
+        now = run_settings(data_cfg, train_cfg, model_overrides, init_from)
+        changed = [f"{key} {settings.get(key)!r} then, {now[key]!r} now" for key in ("init_from",)
+                   if settings.get(key) != now[key]]
+        for group in ("data", "train", "model"):
+            then, new = settings.get(group) or {}, now[group]
+            changed += [f"{k} {then.get(k)!r} then, {new.get(k)!r} now" for k in sorted({*then, *new})
+                        if then.get(k) != new.get(k)]
+        if changed:
+            raise ResumeMismatch(f"the run in {out_dir} was started with other settings ({'; '.join(changed)}): "
+                                 "give the same options, or another --out")
+
+
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
                  init_from=None, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card."""
+    """Train on ``data_path`` and write the checkpoint into ``out_dir``; returns the model card.
+    ``resume`` continues the run in ``out_dir`` (:func:`check_resume` first)."""
     from models.data import DataConfig
     from models.model import TrainConfig
 
     data_cfg = data_cfg or DataConfig()
     train_cfg = train_cfg or TrainConfig()
     out = Path(out_dir)
+    if resume:
+        check_resume(out, data_path, data_cfg, train_cfg, model_overrides, init_from)
     out.mkdir(parents=True, exist_ok=True)
     split, encoder = None, None
-    if resume and (out / "resume.json").exists():  # same split and encoder as the interrupted run
+    if resume and (out / RESUME_FILE).exists():  # same split and encoder as the interrupted run
         from interest_core.encoding import Encoder
 
-        saved = json.loads((out / "resume.json").read_text())
+        saved = json.loads((out / RESUME_FILE).read_text())
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
+    started = log_fingerprint(data_path)  # before the log is read: what training reads is this one
     td = prepare_training(data_path, data_cfg, train_cfg, encoder=encoder, split=split, log=log)
-    if not resume:
-        (out / "resume.json").write_text(json.dumps({"split": td.info["split"], "encoding": td.encoder.to_spec()}))
+    if split is None:  # (a --resume with nothing to resume starts the run)
+        (out / RESUME_FILE).write_text(json.dumps({
+            "split": td.info["split"], "encoding": td.encoder.to_spec(), "log": started,
+            "settings": run_settings(data_cfg, train_cfg, model_overrides, init_from)}))
     return fit(td, out, train_cfg, model_overrides, init_from=init_from, resume=resume, progress=progress, log=log)
 
 

@@ -249,6 +249,35 @@ def test_a_card_without_a_whole_time_split_is_evaluated_by_nothing_but_exported(
 
 
 @pytest.mark.slow
+def test_resume_refuses_another_log_or_other_settings(tmp_path):
+    """--resume took the interrupted run's split and encoding and trained on whatever --data and
+    options it was given, mixing both runs. The same log copied elsewhere resumes."""
+    pytest.importorskip("torch")
+    from models.simulate import simulate_to_files
+
+    log, other = tmp_path / "s.jsonl", tmp_path / "other.jsonl"
+    simulate_to_files(30, 3, 0, log)
+    simulate_to_files(30, 3, 1, other)
+    ck = tmp_path / "ck"
+    tiny = ["--quiet", "--max-steps", "2", "--max-train-samples", "200", "--set", "n_layer=1", "--set", "n_embd=16",
+            "--set", "n_head=2", "--set", "max_len=48", "--set", "plain_steps=2", "--set", "threads=1",
+            "--set", "refit=0", "--set", "item_lift=0", "--set", "queries=off"]
+    assert _run(["train", "--data", log, "--out", ck, *tiny]).exit_code == 0
+    res = _run(["train", "--data", other, "--out", ck, "--resume", *tiny])
+    assert res.exit_code == 2
+    assert res.output.endswith(f"Error: --resume: the run in {ck} was started on {log} ({log.stat().st_size} bytes), "
+                               f"not on this --data ({other.stat().st_size} bytes): give that log, or another --out\n")
+    res = _run(["train", "--data", log, "--out", ck, "--resume", "--horizon-s", "3600", *tiny, "--set", "lr=0.001"])
+    assert res.exit_code == 2
+    assert res.output.endswith(f"Error: --resume: the run in {ck} was started with other settings (horizon_s 86400 "
+                               "then, 3600 now; lr 0.002 then, 0.001 now): give the same options, or another --out\n")
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(log.read_bytes())
+    res = _run(["train", "--data", copy, "--out", ck, "--resume", *tiny, "--set", "threads=2"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.slow
 def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
     """A train checkpoint was read as a GPT-2 directory: a default 124M GPT-2 trained for minutes.
     A pretrain directory with corrupt weights was a SafetensorError traceback."""
