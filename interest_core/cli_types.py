@@ -28,8 +28,8 @@ POSITIVE = FiniteRange(min=0, min_open=True)  # seconds, rates, days: more than 
 
 # The last ts that is still a date, 9999-12-31T23:59:59.999Z: Python's datetime ends there, and the
 # worker's pages and replay's --from / --to read event times with it (Kafka and orjson reach further)
-MAX_TS_MS = 253_402_300_799_999
-EVENT_TS = click.IntRange(0, MAX_TS_MS)  # CONTRACT: ts is a non-negative integer of epoch ms
+LAST_DATE_MS = 253_402_300_799_999
+EVENT_TS = click.IntRange(0, LAST_DATE_MS)  # CONTRACT: ts is a non-negative integer of epoch ms
 # torch.manual_seed's largest (numpy's SeedSequence takes any size, but the simulator writes the seed
 # into every event_id, which the contract caps at 128 characters)
 MAX_SEED = 2**64 - 1

@@ -9,7 +9,7 @@ import time
 import click
 import orjson
 
-from interest_core.cli_types import EVENT_TS, MAX_TS_MS, POSITIVE, SEED, FiniteRange
+from interest_core.cli_types import EVENT_TS, LAST_DATE_MS, POSITIVE, SEED, FiniteRange
 
 from .settings import InterestStreamError, Settings
 
@@ -447,9 +447,9 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
     if out is None:
         raise click.UsageError("give --out FILE (or --rate R to stream to Kafka)")
     start_ms = start_ms if start_ms is not None else DEFAULT_START_MS
-    if days * DAY_MS > MAX_TS_MS - start_ms:  # (in floats: a huge --days is no OverflowError)
+    if days * DAY_MS > LAST_DATE_MS - start_ms:  # (in floats: a huge --days is no OverflowError)
         raise click.UsageError(f"--start-ms {start_ms} plus --days {days:g} ends after 9999-12-31T23:59:59.999Z "
-                               f"(ts {MAX_TS_MS}), the last ts that is a date: give an earlier start or fewer days")
+                               f"(ts {LAST_DATE_MS}), the last ts that is a date: give an earlier start or fewer days")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):  # before the users are simulated
         raise click.BadParameter(f"{parent} is not a directory", param_hint="--out")
