@@ -372,7 +372,8 @@ def validation_samples(data_file, card: dict, encoder, log=log_default):
     if not isinstance(split, dict) or "data_config" not in split or "t1" not in split:
         raise ExportError("the checkpoint's model card records no data split (split.data_config, t1, t2): "
                           "cannot rebuild its validation split for the int8 comparison")
-    recorded = (card.get("data") or {}).get("sha256")
+    data = card.get("data")  # an object from `train` (a description in the tests' own checkpoints)
+    recorded = data.get("sha256") if isinstance(data, dict) else None
     if recorded and recorded != file_sha256(data_file):
         log(f"warning: {data_file} is not the file the checkpoint was trained on (sha256 differs); "
             "measuring int8 on its samples under the recorded split anyway")
@@ -474,8 +475,13 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportError(f"{ckpt}: cannot load the checkpoint: {type(exc).__name__}: {first}") from None
     model.eval()
+    if int8 and validation is None:  # before the export: a log without validation samples is said at once
+        validation = validation_samples(data, card, encoder, log)
+    if int8 and not validation[0]:
+        raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
 
     out = Path(out_dir)
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -515,11 +521,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
                 raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {first}") from exc
             check_graph(tmp8, encoder)
             sess8 = ort_session(tmp8, threads=1)
-            if validation is None:
-                validation = validation_samples(data, card, encoder, log)
             seqs, profiles, targets, note = validation
-            if not seqs:
-                raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
             int8_report = compare_int8(sess32, sess8, encoder, seqs, profiles, targets, note)
             if not np.isfinite(int8_report["max_abs_diff"]):
                 raise ExportError("the int8 graph gives non-finite probabilities")
@@ -546,3 +548,5 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         for p in (tmp32, tmp8):
             if p.exists():
                 p.unlink()
+        if made and out.is_dir() and not any(out.iterdir()):  # a failed export leaves no directory it made
+            out.rmdir()

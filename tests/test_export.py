@@ -194,6 +194,7 @@ def test_parity_failure_fails_the_export_with_the_measured_difference(tiny, tmp_
         raise ValueError("skipped in this test")  # straight to the plain backbone: one export, not two
 
     monkeypatch.setattr(ox, "_last_position_backbone", no_fast_graph)
+    (tmp_path / "out").mkdir()  # (one the export makes is removed: the test below)
     res = CliRunner().invoke(export_cmd, [str(tiny[0]), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert "parity check failed: max |ONNX Runtime - PyTorch| =" in res.output
@@ -394,3 +395,34 @@ def test_an_item_lift_travels_in_model_json_and_the_worker_adds_it(tiny, fp32_di
     pin = np.concatenate([prof_in, np.zeros((1, prof_in.shape[1]), np.float32)])
     graph = np.concatenate([torch_probs(model, *pad_right([enc.encode(w)], 0), pin[i:i + 1]) for i, w in enumerate(wins)])
     assert np.abs(served(lifted, graph, wins) - got).max() < 1e-4
+
+
+def test_an_int8_export_whose_log_cannot_be_measured_on_stops_before_exporting(tmp_path, tiny):
+    """The validation samples were built after the fp32 export (6 s on a real model), so a log or a
+    card they cannot come from was said only then, and left the --out it had made, empty."""
+    from click.testing import CliRunner
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    out = tmp_path / "new" / "o"
+    messages = []
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(tiny[0], out, int8=True, data=str(log), log=messages.append)
+    assert str(err.value) == ("the checkpoint's model card records no data split (split.data_config, t1, t2): "
+                              "cannot rebuild its validation split for the int8 comparison")
+    assert messages == [] and not out.exists()  # nothing exported, no directory made
+    res = CliRunner().invoke(export_cmd, [str(tiny[0]), "--out", str(out), "--int8", "--data", str(log)])
+    assert res.exit_code == 1 and not out.exists()
+
+
+def test_a_failed_export_removes_the_directory_it_made_and_keeps_one_it_found(tmp_path, tiny, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ox.ExportError("parity failed")
+
+    monkeypatch.setattr(ox, "parity_check", refuse)
+    for out, existed in ((tmp_path / "made", False), (tmp_path / "found", True)):
+        if existed:
+            out.mkdir()
+        with pytest.raises(ox.ExportError):
+            ox.export_checkpoint(tiny[0], out, **QUIET)
+        assert out.exists() == existed and (not existed or list(out.iterdir()) == [])
