@@ -204,6 +204,9 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
         raise ValueError("not enough data for a time split: no training or validation samples "
                          f"(counts: {info['samples']}); for a short log try --target next_k or a "
                          "smaller --target-window-s")
+    if len(ds.splits["test"]) == 0:
+        log("warning: the test split is empty (the log ends before a test target fits), so `evaluate` will "
+            "have nothing to score on this log")
     train_seqs, dense, train_prof, train_tgt = training_inputs(ds, data_cfg, encoder, train_cfg, log)
     val_seqs = encode_samples(ds, va, data_cfg, encoder)
     val_prof = sample_profiles(ds, va, data_cfg, encoder)

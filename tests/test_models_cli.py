@@ -314,3 +314,18 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
         assert res.exit_code == 2 and message in res.output, (key_value, res.output)
     res = r.invoke(simulate, ["--users", "3", "--out", str(tmp_path / "missing" / "s.jsonl")])
     assert res.exit_code == 2 and f"{tmp_path / 'missing'} is not a directory" in res.output
+
+
+@pytest.mark.slow
+def test_train_says_when_its_log_leaves_evaluate_nothing_to_score(sim_log, tmp_path):
+    """One user of the simulated log: a checkpoint is trained and written, but no test target fits
+    before the log ends. `evaluate` then said only "no validation/test samples"; `train` says why."""
+    pytest.importorskip("torch")
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(line for line in sim_log.read_text().splitlines(keepends=True) if '"user_id":"u3"' in line))
+    res = CliRunner().invoke(cli.train, ["--data", str(one), "--out", str(tmp_path / "ck"), "--max-steps", "2",
+                                         "--quiet", *TINY_SETS])
+    assert res.exit_code == 0, res.output
+    assert " test 0;" in res.output
+    assert ("warning: the test split is empty (the log ends before a test target fits), so `evaluate` will have "
+            "nothing to score on this log") in res.output
