@@ -223,11 +223,33 @@ class LocalKafka:
             return False
         return broker_answers(self.bootstrap, timeout=timeout)
 
+    def started_port(self) -> int | None:
+        """The port the home's broker was started with: its config's PLAINTEXT listener, as the
+        last ``up`` wrote it (None without a readable one)."""
+        try:
+            text = self.config_file.read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("listeners="):
+                for listener in line.split("=", 1)[1].split(","):
+                    if listener.startswith("PLAINTEXT://"):
+                        port = listener.rsplit(":", 1)[1]
+                        return int(port) if port.isdigit() else None
+        return None
+
     def up(self, timeout: float = 90.0) -> float:
-        """Start the broker unless it already runs; returns seconds until it answered."""
+        """Start the broker unless it already runs; returns seconds until it answered. A broker of
+        this home running on another port is refused, not stopped: one home holds one broker."""
         t0 = time.monotonic()
         pid = self.pid()
         if pid is not None:
+            started = self.started_port()
+            if started is not None and started != self.port:
+                raise KafkaLocalError(
+                    f"a broker from {self.home} is already running at {self.host}:{started}; "
+                    "`interest-stream kafka down` first, or use another INTEREST_KAFKA_HOME"
+                )
             if self.answers():
                 return 0.0
             # alive but not answering (e.g. half-started by a killed session): restart it

@@ -58,6 +58,30 @@ def test_up_status_down_and_stale_pid(tmp_path, session_dir):
         LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)
 
 
+def test_a_broker_on_another_port_of_the_same_home_is_kept(tmp_path, session_dir):
+    """`kafka up --port P2` stopped the home's broker on P1 without a word (it did not answer on
+    P2, so it was taken for half-started) and started another; now it is refused and kept."""
+    port, other, cport = free_port(), free_port(), free_port()
+    home = tmp_path / "kafka"
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(other),
+               INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP="256m")
+    k = LocalKafka(home=home, port=port, controller_port=cport)
+    try:
+        assert "started in" in cli(env, "kafka", "up", "--port", str(port)).stdout
+        pid = k.pid()
+        for args in (["up"], ["up", "--port", str(other)]):
+            res = cli(env, "kafka", *args, check=False)
+            assert res.returncode == 1 and res.stdout == ""
+            assert res.stderr == (f"Error: a broker from {home} is already running at 127.0.0.1:{port}; "
+                                  "`interest-stream kafka down` first, or use another INTEREST_KAFKA_HOME\n")
+        assert k.pid() == pid and broker_answers(f"127.0.0.1:{port}")
+        assert "already running" in cli(env, "kafka", "up", "--port", str(port)).stdout
+        assert cli(env, "kafka", "down").stdout.strip() == "stopped"
+        assert _no_broker_process(home)
+    finally:
+        k.down(purge=True)
+
+
 def test_cluster_ids_never_start_with_a_dash(monkeypatch):
     """kafka-storage's parser takes "-..." for an option; 1 in 64 random ids would start so."""
     import uuid
