@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .settings import InterestStreamError
@@ -315,11 +315,13 @@ class LocalKafka:
             time.sleep(0.1)
 
     def status(self) -> dict:
+        """The home's broker, at the port it was started with (``up --port``), not ``self.port``."""
         pid = self.pid()
+        k = replace(self, port=self.started_port() or self.port) if pid is not None else self
         return {
-            "running": pid is not None and self.answers(),
+            "running": pid is not None and k.answers(),
             "pid": pid,
-            "bootstrap_servers": self.bootstrap,
+            "bootstrap_servers": k.bootstrap,
             "home": str(self.home),
             "version": KAFKA_VERSION,
         }

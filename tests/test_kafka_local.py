@@ -60,7 +60,8 @@ def test_up_status_down_and_stale_pid(tmp_path, session_dir):
 
 def test_a_broker_on_another_port_of_the_same_home_is_kept(tmp_path, session_dir):
     """`kafka up --port P2` stopped the home's broker on P1 without a word (it did not answer on
-    P2, so it was taken for half-started) and started another; now it is refused and kept."""
+    P2, so it was taken for half-started) and started another; now it is refused and kept.
+    `kafka status` and `down` find it on P1."""
     port, other, cport = free_port(), free_port(), free_port()
     home = tmp_path / "kafka"
     env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(other),
@@ -75,8 +76,11 @@ def test_a_broker_on_another_port_of_the_same_home_is_kept(tmp_path, session_dir
             assert res.stderr == (f"Error: a broker from {home} is already running at 127.0.0.1:{port}; "
                                   "`interest-stream kafka down` first, or use another INTEREST_KAFKA_HOME\n")
         assert k.pid() == pid and broker_answers(f"127.0.0.1:{port}")
+        st = cli(env, "kafka", "status", check=False)  # was "not running": it looked at INTEREST_KAFKA_PORT
+        assert st.returncode == 0
+        assert st.stdout == f"running: Kafka 4.1.1 at 127.0.0.1:{port}, pid {pid}, data in {home}\n"
         assert "already running" in cli(env, "kafka", "up", "--port", str(port)).stdout
-        assert cli(env, "kafka", "down").stdout.strip() == "stopped"
+        assert cli(env, "kafka", "down").stdout.strip() == "stopped"  # whatever port it runs on
         assert _no_broker_process(home)
     finally:
         k.down(purge=True)
