@@ -29,8 +29,14 @@ def say(msg: str) -> None:
 
 
 def run_cli(*args: str, env: dict) -> None:
-    say("interest-stream " + " ".join(args))
-    subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env, check=True)
+    """One step, as its own process whose errors reach the terminal as they come; a failed step
+    ends the demo with one more line naming it (and the demo stops what it started)."""
+    command = "interest-stream " + " ".join(args)
+    say(command)
+    code = subprocess.run([sys.executable, "-m", "stream_app.cli", *args], env=env).returncode
+    if code != 0:
+        how = f"exit code {code}" if code > 0 else f"signal {-code}"
+        raise click.ClickException(f"the demo's step `{command}` failed ({how}; its error is above)")
 
 
 def ensure_model(env: dict) -> Path:

@@ -325,3 +325,49 @@ def test_a_web_host_that_is_not_a_host_name():
         _check_listen(Settings.from_env({"INTEREST_WEB_HOST": "bad..host", "INTEREST_WEB_PORT": "6066"}))
     assert err.value.message == ("cannot listen on bad..host:6066 (INTEREST_WEB_HOST / INTEREST_WEB_PORT): "
                                  "not a host name (label empty or too long)")
+
+
+def test_a_failed_demo_step_is_a_one_line_error(tmp_path):
+    """The demo ended with a CalledProcessError traceback under the step's own error."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="1",
+               INTEREST_MODEL_DIR=str(tmp_path), INTEREST_DEMO_DIR=str(tmp_path / "out"))
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[-2].startswith("Error: Kafka at 127.0.0.1:1: ")  # the step's own error
+    assert lines[-1] == ("Error: the demo's step `interest-stream topics create` failed (exit code 1; "
+                         "its error is above)")
+
+
+def test_a_failed_demo_step_still_stops_the_broker_the_demo_started(tmp_path, monkeypatch):
+    from stream_app import demo, kafka_local
+
+    stopped = []
+
+    class Broker:  # stands in for the broker the demo starts, at an address nothing answers
+        bootstrap = "127.0.0.1:1"
+
+        def __init__(self, **kw):
+            pass
+
+        def pid(self):
+            return None
+
+        def up(self):
+            return 0.1
+
+        def down(self):
+            stopped.append(True)
+
+    monkeypatch.setattr(kafka_local, "LocalKafka", Broker)
+    monkeypatch.setattr(demo, "OUT", tmp_path / "out")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("INTEREST_KAFKA_HOME", str(tmp_path / "kafka"))
+    monkeypatch.setenv("INTEREST_BOOTSTRAP_TIMEOUT_S", "1")
+    monkeypatch.setenv("INTEREST_MODEL_DIR", str(tmp_path))
+    with pytest.raises(click.ClickException) as err:
+        demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
+    assert "`interest-stream topics create` failed" in err.value.message
+    assert stopped == [True]
