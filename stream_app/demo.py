@@ -72,8 +72,10 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
             port = s.kafka_port
             broker = LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port),
                                 heap=s.kafka_heap)
-            if broker.pid() is not None and broker.answers():
-                say(f"using the local Kafka already running at {broker.bootstrap}")
+            running = broker.status()  # at the port it was started with, whatever INTEREST_KAFKA_PORT says
+            if running["running"]:
+                say(f"using the local Kafka already running at {running['bootstrap_servers']}")
+                env["KAFKA_BOOTSTRAP_SERVERS"] = running["bootstrap_servers"]
                 broker = None  # not ours to stop
             else:
                 say("starting a local Apache Kafka (first run fetches its jars with Maven)")

@@ -354,6 +354,9 @@ def test_a_failed_demo_step_still_stops_the_broker_the_demo_started(tmp_path, mo
         def pid(self):
             return None
 
+        def status(self):
+            return {"running": False, "bootstrap_servers": self.bootstrap}
+
         def up(self):
             return 0.1
 
@@ -371,3 +374,41 @@ def test_a_failed_demo_step_still_stops_the_broker_the_demo_started(tmp_path, mo
         demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
     assert "`interest-stream topics create` failed" in err.value.message
     assert stopped == [True]
+
+
+def test_the_demo_uses_the_local_broker_at_the_port_it_runs_on(tmp_path, monkeypatch):
+    """A broker of the home already running on another port than INTEREST_KAFKA_PORT's (`kafka up
+    --port`): the demo said it used it, and then talked to 127.0.0.1:9092."""
+    from stream_app import demo, kafka_local
+
+    class Broker:  # the home's broker, started with `kafka up --port 19999`
+        bootstrap = "127.0.0.1:9092"  # the port the demo asks for
+
+        def __init__(self, **kw):
+            pass
+
+        def pid(self):
+            return 4242
+
+        def answers(self):
+            return False  # not on the port asked for
+
+        def status(self):
+            return {"running": True, "bootstrap_servers": "127.0.0.1:19999"}
+
+        def up(self):
+            raise AssertionError("the demo started a second broker")
+
+    seen = {}
+
+    def stop_at_the_model(env):
+        seen.update(env)
+        raise click.ClickException("stopped here")
+
+    monkeypatch.setattr(kafka_local, "LocalKafka", Broker)
+    monkeypatch.setattr(demo, "ensure_model", stop_at_the_model)
+    monkeypatch.setattr(demo, "OUT", tmp_path / "out")
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with pytest.raises(click.ClickException):
+        demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
+    assert seen["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19999"
