@@ -21,7 +21,8 @@ class ConfigError(InterestStreamError, ValueError):
     """A setting from the environment or the command line has a bad value."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None,
+         why: str = "") -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -32,7 +33,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
+        raise ConfigError(f"{name} must be <= {maximum}{why}, got {value}")
     return value
 
 
@@ -75,13 +76,32 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
 
 
 MAX_LONG = 2**63 - 1  # Kafka's LONG configs (retention.ms)
+MAX_INT32 = 2**31 - 1  # Kafka's INT32 fields and INT configs (partitions, max.message.bytes, max_wait_ms)
+MAX_INT16 = 2**15 - 1  # Kafka's INT16 fields (a CreateTopics request's replication factor)
 # The largest stored user state a flush writes: the changelog's max.message.bytes that `topics
 # create` gives (stream_app.topics) less 1 KiB for the record's key and the batch's header.
 # The newest INTEREST_MAX_EVENTS rows and the profile take at most about 0.5 MB, hence the minimum.
 DEFAULT_MAX_STATE_BYTES = 16 * 2**20 - 2**10
 MIN_MAX_STATE_BYTES = 2**20
-# Faust refuses a session timeout above its request timeout (broker_request_timeout, 90 s)
-MAX_SESSION_TIMEOUT_S = 90.0
+# the changelog's max.message.bytes (this plus 1 KiB, stream_app.topics.changelog_limit) is a Kafka INT
+MAX_MAX_STATE_BYTES = MAX_INT32 - 2**10
+# Faust's request timeout (broker_request_timeout, its default: the app does not set it), which its
+# aiokafka consumer is given as request_timeout_ms
+FAUST_REQUEST_TIMEOUT_S = 90.0
+# Faust refuses a session timeout above its request timeout
+MAX_SESSION_TIMEOUT_S = FAUST_REQUEST_TIMEOUT_S
+# A fetch is answered once the broker has waited up to fetch_max_wait_ms (an INT32 in the Fetch
+# request; 3,000,000,000 was a struct.error in aiokafka's fetcher task, and a worker never ready).
+# aiokafka's connection gives up on any request after request_timeout_ms (conn.py: wait_for), so
+# a wait at or above it makes every fetch of an idle partition time out and the connection close:
+# the smaller limit is the request timeout, less a second for the answer to arrive.
+MAX_FETCH_MAX_WAIT_MS = int(FAUST_REQUEST_TIMEOUT_S * 1000) - 1000
+# aiokafka holds the linger as float seconds (a call_later delay), so no field limits it; but the
+# records that linger are Faust's own sends (dead letters above all), which a rebalance's or
+# shutdown's last flush waits for only stream_app.flush.LETTER_WAIT_S (5 s), and which every Faust
+# commit (producer.flush()) waits for: a longer linger leaves each recent dead letter uncommitted
+# there (read again by the next owner) and holds commits back
+MAX_LINGER_MS = 5_000
 
 
 def _bootstrap_servers(env: Mapping[str, str]) -> str:
@@ -254,7 +274,8 @@ class Settings:
             bootstrap_servers=_bootstrap_servers(env),
             topic_prefix=_name_part(env, "INTEREST_TOPIC_PREFIX", ""),
             app_id_base=_name_part(env, "INTEREST_APP_ID", "interest-stream"),
-            partitions=_int(env, "INTEREST_PARTITIONS", 6, minimum=1),
+            partitions=_int(env, "INTEREST_PARTITIONS", 6, minimum=1, maximum=MAX_INT32,
+                            why=" (an INT32 in Kafka's CreateTopics request)"),
             retention_ms=_int(env, "INTEREST_RETENTION_MS", 7 * 86_400_000, minimum=1, maximum=MAX_LONG),
             score_interval_s=_float(env, "INTEREST_SCORE_INTERVAL_S", 10.0, minimum=0.1),
             horizon_s=_int(env, "INTEREST_HORIZON_S", DEFAULT_HORIZON_S, minimum=1),
@@ -265,7 +286,8 @@ class Settings:
             model_dir=env.get("INTEREST_MODEL_DIR", ""),
             model_poll_s=_float(env, "INTEREST_MODEL_POLL_S", 10.0, minimum=0.1),
             score_batch=_int(env, "INTEREST_SCORE_BATCH", 256, minimum=1),
-            ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1),
+            ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1, maximum=MAX_INT32,
+                             why=" (ONNX Runtime's intra_op_num_threads is a C int)"),
             score_share=_share(env),
             pace_backlog=_int(env, "INTEREST_SCORE_PACE_BACKLOG", 5000, minimum=0),
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1, maximum=MAX_PORT),
@@ -275,14 +297,19 @@ class Settings:
             session_timeout_s=session_timeout_s,
             heartbeat_s=_heartbeat(env, session_timeout_s),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
-            fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1),
+            fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1, maximum=MAX_FETCH_MAX_WAIT_MS,
+                                   why=" (a fetch must be answered within Faust's 90 s request timeout)"),
             bootstrap_timeout_s=_float(env, "INTEREST_BOOTSTRAP_TIMEOUT_S", 30.0, minimum=0.1),
-            linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0),
+            linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0, maximum=MAX_LINGER_MS,
+                           why=" (the 5 s a rebalance or shutdown waits for the dead letters sent)"),
             log_format=log_format,
             flush_s=_float(env, "INTEREST_FLUSH_S", 15.0, minimum=0.05),
             state_cache_mb=_float(env, "INTEREST_STATE_CACHE_MB", 512.0, minimum=1.0),
-            max_state_bytes=_int(env, "INTEREST_MAX_STATE_BYTES", DEFAULT_MAX_STATE_BYTES, minimum=MIN_MAX_STATE_BYTES),
-            replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1),
+            max_state_bytes=_int(env, "INTEREST_MAX_STATE_BYTES", DEFAULT_MAX_STATE_BYTES, minimum=MIN_MAX_STATE_BYTES,
+                                 maximum=MAX_MAX_STATE_BYTES,
+                                 why=" (the changelog's max.message.bytes, 1 KiB more, is a Kafka INT)"),
+            replication=_int(env, "INTEREST_REPLICATION", 1, minimum=1, maximum=MAX_INT16,
+                             why=" (an INT16 in Kafka's CreateTopics request)"),
             canonical_url=canonical_url,
             evict_every_s=_float(env, "INTEREST_EVICT_EVERY_S", 60.0, minimum=0.1),
             kafka_port=_int(env, "INTEREST_KAFKA_PORT", 9092, minimum=1, maximum=MAX_PORT),

@@ -160,6 +160,22 @@ def test_names_kafka_accepts():
      "INTEREST_HEARTBEAT_S must be less than INTEREST_SESSION_TIMEOUT_S (30.0), got 60.0"),
     ({"INTEREST_RETENTION_MS": "99999999999999999999"},
      "INTEREST_RETENTION_MS must be <= 9223372036854775807, got 99999999999999999999"),
+    # `topics create`: a struct.error traceback (INT32 partitions, INT16 replication factor)
+    ({"INTEREST_PARTITIONS": "3000000000"},
+     "INTEREST_PARTITIONS must be <= 2147483647 (an INT32 in Kafka's CreateTopics request), got 3000000000"),
+    ({"INTEREST_REPLICATION": "32768"},
+     "INTEREST_REPLICATION must be <= 32767 (an INT16 in Kafka's CreateTopics request), got 32768"),
+    # the broker refused max.message.bytes 3000001024 after the input, DLQ and control topics were made
+    ({"INTEREST_MAX_STATE_BYTES": "3000000000"},
+     "INTEREST_MAX_STATE_BYTES must be <= 2147482623 (the changelog's max.message.bytes, 1 KiB more, is a "
+     "Kafka INT), got 3000000000"),
+    ({"INTEREST_PRODUCER_LINGER_MS": "3000000000"},
+     "INTEREST_PRODUCER_LINGER_MS must be <= 5000 (the 5 s a rebalance or shutdown waits for the dead letters "
+     "sent), got 3000000000"),
+    # ONNX Runtime's TypeError ("incompatible function arguments") when the worker loads its model
+    ({"INTEREST_ORT_THREADS": "3000000000"},
+     "INTEREST_ORT_THREADS must be <= 2147483647 (ONNX Runtime's intra_op_num_threads is a C int), "
+     "got 3000000000"),
 ])
 def test_a_setting_kafka_or_faust_would_refuse_later_is_a_one_line_error(env, message):
     """These ended in a traceback (a bootstrap port that is not a number; a session timeout Faust
@@ -169,6 +185,18 @@ def test_a_setting_kafka_or_faust_would_refuse_later_is_a_one_line_error(env, me
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert str(err.value) == message
+
+
+def test_the_largest_numeric_settings_kafka_and_the_clients_carry():
+    from stream_app import flush
+    from stream_app.topics import changelog_limit, topic_specs
+
+    s = Settings.from_env({"INTEREST_PARTITIONS": str(2**31 - 1), "INTEREST_REPLICATION": str(2**15 - 1),
+                           "INTEREST_MAX_STATE_BYTES": str(2**31 - 1 - 2**10), "INTEREST_PRODUCER_LINGER_MS": "5000",
+                           "INTEREST_ORT_THREADS": str(2**31 - 1)})
+    assert changelog_limit(s) == 2**31 - 1  # the broker's INT max.message.bytes
+    assert max(int(spec.config.get("max.message.bytes", 0)) for spec in topic_specs(s)) == 2**31 - 1
+    assert s.linger_ms == flush.LETTER_WAIT_S * 1000  # the bound's reason, in the flush
 
 
 def test_a_bad_bootstrap_server_is_refused_by_every_command():

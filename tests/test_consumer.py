@@ -168,12 +168,14 @@ def test_the_worker_app_uses_this_consumer_and_its_fetch_wait(tmp_path):
             "from stream_app.app import app\n"
             "print(type(app.consumer).__module__, type(app.consumer).__name__)\n"
             "async def made():\n"
-            "    return app.consumer._thread._create_worker_consumer(app.transport)._fetch_max_wait_ms\n"
-            "print(asyncio.run(made()))\n")
+            "    made = app.consumer._thread._create_worker_consumer(app.transport)\n"
+            "    return made._fetch_max_wait_ms, made._request_timeout_ms\n"
+            "print(*asyncio.run(made()))\n")
     env = dict(os.environ, INTEREST_DATA_DIR=str(tmp_path / "data"), INTEREST_FETCH_MAX_WAIT_MS="250")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=120)
-    assert proc.stdout.split() == ["stream_app.consumer", "Consumer", "250"], proc.stderr[-2000:]
+    # the request timeout INTEREST_FETCH_MAX_WAIT_MS stays below (stream_app.settings)
+    assert proc.stdout.split() == ["stream_app.consumer", "Consumer", "250", "90000"], proc.stderr[-2000:]
 
 
 def test_aiokafka_fetches_with_the_wait_set_before_start_and_faust_still_fixes_its_own():
@@ -189,6 +191,13 @@ def test_aiokafka_fetches_with_the_wait_set_before_start_and_faust_still_fixes_i
     ("250", 250),
     ("0", "INTEREST_FETCH_MAX_WAIT_MS must be >= 1, got 0"),
     ("soon", "INTEREST_FETCH_MAX_WAIT_MS must be an integer, got 'soon'"),
+    ("89000", 89000),
+    # a struct.error in aiokafka's fetcher task (an INT32 in the Fetch request), the worker never ready
+    ("3000000000", "INTEREST_FETCH_MAX_WAIT_MS must be <= 89000 (a fetch must be answered within Faust's "
+                   "90 s request timeout), got 3000000000"),
+    # an INT32, but every fetch of an idle partition would outlast aiokafka's request timeout
+    ("90000", "INTEREST_FETCH_MAX_WAIT_MS must be <= 89000 (a fetch must be answered within Faust's "
+              "90 s request timeout), got 90000"),
 ])
 def test_the_fetch_wait_setting(raw, expected):
     env = {} if raw is None else {"INTEREST_FETCH_MAX_WAIT_MS": raw}
