@@ -189,11 +189,10 @@ def load_jsonl(file, bootstrap_servers, rate, force):
 def worker(bootstrap_servers, loglevel, faust_args):
     """Run the Faust worker (same as `faust -A stream_app.app worker`)."""
     from .model_runtime import LoadedModel
-    from .topics import check_input_topics, check_replication, create_topics
+    from .topics import check_input_topics, create_topics
 
     s = _settings(bootstrap_servers)
-    create_topics(s)
-    check_replication(s)
+    create_topics(s)  # refuses more replicas than brokers, and other partition counts, before creating
     n = check_input_topics(s)
     if n != s.partitions:
         raise click.ClickException(

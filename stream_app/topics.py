@@ -40,22 +40,27 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict
+    # partition n of it holds the users of partition n of the input topics: the input topics, the
+    # tables' changelogs, the control topic (a forget reaches the user's owner) and the live output
+    # (scoring writes each partition's vectors to the same partition). The DLQ and the backfill are
+    # keyed by the default partitioner, any count will do.
+    co_partitioned: bool = False
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     p = settings.partitions
     retention = {"retention.ms": str(settings.retention_ms)}
     compact = {"cleanup.policy": "compact"}
-    specs = [TopicSpec(t, p, dict(retention)) for t in settings.input_topics.values()]
+    specs = [TopicSpec(t, p, dict(retention), True) for t in settings.input_topics.values()]
     specs += [
-        TopicSpec(settings.output_topic, p, dict(compact)),
+        TopicSpec(settings.output_topic, p, dict(compact), True),
         TopicSpec(settings.backfill_topic, p, dict(compact)),
         TopicSpec(settings.dlq_topic, p, retention | {LIMIT: str(MAX_DEAD_LETTER_BYTES)}),
-        TopicSpec(settings.control_topic, p, dict(retention)),
+        TopicSpec(settings.control_topic, p, dict(retention), True),
     ]
     specs += [
         TopicSpec(f"{settings.app_id}-{t}-changelog", p,
-                  compact | {LIMIT: str(changelog_limit(settings))}) for t in TABLES
+                  compact | {LIMIT: str(changelog_limit(settings))}, True) for t in TABLES
     ]
     return specs
 
@@ -68,8 +73,10 @@ def admin(settings: Settings):
 
 def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
     """Create the topics of ``specs`` (default: every topic of the deployment) that do not exist
-    yet, and raise the ``max.message.bytes`` of existing ones that are below their spec's (a
-    deployment made before the limit was raised); returns name -> 'created' / 'exists' / 'raised'."""
+    yet, with INTEREST_REPLICATION replicas, and raise the ``max.message.bytes`` of existing ones
+    that are below their spec's (a deployment made before the limit was raised); returns name ->
+    'created' / 'exists' / 'raised'. Refuses, before anything is created, more replicas than
+    brokers and existing co-partitioned topics with another partition count than their spec's."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -77,7 +84,9 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     result: dict[str, str] = {}
     client = admin(settings)
     try:
+        check_replication(settings, client)
         existing = set(client.list_topics())
+        check_partitions(settings, client, [spec for spec in specs if spec.name in existing and spec.co_partitioned])
         low = low_limits(client, [spec for spec in specs if spec.name in existing])
         if low:
             alter_limits(client, low)
@@ -87,7 +96,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
                 continue
             try:
                 client.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config)]
+                    [NewTopic(spec.name, spec.partitions, settings.replication, topic_configs=spec.config)]
                 )
                 result[spec.name] = "created"
             except TopicAlreadyExistsError:
@@ -95,6 +104,27 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     finally:
         client.close()
     return result
+
+
+def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None:
+    """Existing co-partitioned topics must have their spec's partition count (INTEREST_PARTITIONS):
+    the worker refuses to start on input topics that differ from each other or from the setting."""
+    if not specs:
+        return
+    counts = {t["name"]: len(t["partitions"]) for t in client.describe_topics([spec.name for spec in specs])}
+    inputs = {name: counts[name] for name in settings.input_topics.values() if name in counts}
+    if len(set(inputs.values())) > 1:
+        listing = ", ".join(f"{t}={n}" for t, n in inputs.items())
+        raise TopicError(f"input topics must have the same number of partitions (co-partitioned by user), got "
+                         f"{listing}")
+    wrong = {spec.name: counts[spec.name] for spec in specs if counts[spec.name] != spec.partitions}
+    if wrong:
+        have = sorted(set(wrong.values()))
+        listing = ", ".join(f"{t}={n}" for t, n in wrong.items())
+        hint = f"set INTEREST_PARTITIONS={have[0]}" if len(have) == 1 else "recreate them"
+        raise TopicError(f"existing topics have other partition counts than INTEREST_PARTITIONS="
+                         f"{settings.partitions}: {listing}; they are co-partitioned by user with the "
+                         f"input topics: {hint}")
 
 
 def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
@@ -173,14 +203,17 @@ def ensure_output_topic(settings: Settings, name: str) -> str:
     return create_topics(settings, [TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})])[name]
 
 
-def check_replication(settings: Settings) -> None:
-    """Faust declares the changelogs with INTEREST_REPLICATION replicas: refuse more than there are
-    brokers before the worker starts (Faust stops with a traceback at its first topic)."""
-    client = admin(settings)
+def check_replication(settings: Settings, client=None) -> None:
+    """Every topic of the deployment is created with INTEREST_REPLICATION replicas (by `topics
+    create`, the worker's start, and Faust for the changelogs): refuse more than there are brokers
+    before any is created (the broker refuses the topic; Faust stops with a traceback)."""
+    own = client is None
+    client = admin(settings) if own else client
     try:
         brokers = len(client.describe_cluster()["brokers"])
     finally:
-        client.close()
+        if own:
+            client.close()
     if settings.replication > brokers:
         raise TopicError(f"INTEREST_REPLICATION={settings.replication} but the cluster has {brokers} "
                          f"broker{'s' if brokers != 1 else ''}: set INTEREST_REPLICATION <= {brokers}")

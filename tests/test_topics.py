@@ -59,7 +59,8 @@ def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
         admin.create_topics([NewTopic(dlq, 6, 1, topic_configs={"retention.ms": "3600000"}),
-                             NewTopic(changelog, 6, 1, topic_configs={"cleanup.policy": "compact"})])
+                             NewTopic(changelog, int(env["INTEREST_PARTITIONS"]), 1,  # co-partitioned
+                                      topic_configs={"cleanup.policy": "compact"})])
         out = cli(env, "topics", "create").stdout.splitlines()
         assert [line for line in out if not line.startswith("created")] == [
             f"raised   {dlq}", f"raised   {changelog}"]
@@ -107,3 +108,66 @@ def test_the_changelog_takes_the_largest_state_the_worker_writes():
     assert changelog_limit({}) == 16 * 2**20
     assert changelog_limit({"INTEREST_MAX_STATE_BYTES": str(2**20)}) == 16 * 2**20
     assert changelog_limit({"INTEREST_MAX_STATE_BYTES": str(32 * 2**20)}) == 32 * 2**20 + 2**10
+
+
+def test_topics_create_refuses_more_replicas_than_brokers_before_creating_anything(env):
+    """INTEREST_REPLICATION was ignored: every topic was created with one replica (the changelog
+    Faust would have made with INTEREST_REPLICATION too), without a word."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    proc = cli(dict(env, INTEREST_REPLICATION="2"), "topics", "create", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == "Error: INTEREST_REPLICATION=2 but the cluster has 1 broker: set INTEREST_REPLICATION <= 1\n"
+    assert proc.stdout == ""
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        assert [t for t in admin.list_topics() if t.startswith(prefix)] == []
+    finally:
+        admin.close()
+
+
+def test_topics_are_created_with_the_replication_setting(monkeypatch):
+    """One broker here: the NewTopic requests a three-broker cluster would get."""
+    from stream_app import topics
+    from stream_app.settings import Settings
+
+    made = []
+
+    class Admin:
+        def describe_cluster(self):
+            return {"brokers": [{"node_id": n} for n in range(3)]}
+
+        def list_topics(self):
+            return []
+
+        def create_topics(self, new):
+            made.extend(new)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(topics, "admin", lambda settings: Admin())
+    s = Settings.from_env({"INTEREST_REPLICATION": "3", "INTEREST_TOPIC_PREFIX": "x-"})
+    assert set(topics.create_topics(s).values()) == {"created"}
+    assert {t.name: t.replication_factor for t in made} == {spec.name: 3 for spec in topics.topic_specs(s)}
+    made.clear()
+    assert topics.ensure_output_topic(s, "x-mine.backfill") == "created"  # replay's --output-topic
+    assert [(t.name, t.replication_factor) for t in made] == [("x-mine.backfill", 3)]
+    with pytest.raises(topics.TopicError) as err:
+        topics.create_topics(Settings.from_env({"INTEREST_REPLICATION": "4"}))
+    assert str(err.value) == "INTEREST_REPLICATION=4 but the cluster has 3 brokers: set INTEREST_REPLICATION <= 3"
+
+
+def test_topics_create_refuses_other_partition_counts(env):
+    """On the 6-partition topics of INTEREST_PARTITIONS=6, INTEREST_PARTITIONS=3 printed "exists"
+    for each and ended well; the worker refused them later."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    cli(dict(env, INTEREST_PARTITIONS="6"), "topics", "create")
+    proc = cli(dict(env, INTEREST_PARTITIONS="3"), "topics", "create", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    names = [f"{prefix}{t}" for t in ("events.click", "events.browse", "events.search", "user-interests",
+                                      "interest-control", "interest-stream-users-changelog")]
+    assert proc.stderr == ("Error: existing topics have other partition counts than INTEREST_PARTITIONS=3: "
+                           + ", ".join(f"{t}=6" for t in names)
+                           + "; they are co-partitioned by user with the input topics: set INTEREST_PARTITIONS=6\n")
+    again = cli(dict(env, INTEREST_PARTITIONS="6"), "topics", "create").stdout.splitlines()
+    assert all(line.startswith("exists") for line in again)
