@@ -394,7 +394,8 @@ def forget(user, bootstrap_servers, timeout):
               help="Start of the event-time range (inclusive), e.g. 2026-11-20T00:00:00Z.")
 @click.option("--to", "to", required=True, metavar="ISO8601", help="End of the range (exclusive).")
 @click.option("--output-topic", default=None,
-              help="Topic for the vectors (default: <prefix>user-interests.backfill; created if missing).")
+              help="Topic for the vectors (default: <prefix>user-interests.backfill; created compacted if missing; "
+                   "an existing one must be compacted, and no deployment's own topic).")
 @click.option("--model", "model_dir", default=None,
               help="Model directory (default: $INTEREST_MODEL_DIR); its version is pinned for the whole replay.")
 @click.option("--dry-run", is_flag=True, help="Say what would be read, read nothing, write nothing.")

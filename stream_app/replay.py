@@ -59,8 +59,19 @@ def parse_time(text: str, what: str) -> int:
     return (t - EPOCH) // dt.timedelta(milliseconds=1)  # exact, unlike timestamp() * 1000
 
 
+# The tails of every deployment's own topic names: only INTEREST_TOPIC_PREFIX and INTEREST_APP_ID
+# (in the changelogs' "<app id>-<table>-changelog", and Faust's "-repartition" topics) vary.
+LIVE_SUFFIXES = {
+    "events.click": "an input topic", "events.browse": "an input topic", "events.search": "an input topic",
+    "events.dlq": "a dead-letter topic", "interest-control": "a control topic",
+    "user-interests": "a live interest topic", "-changelog": "a table's changelog",
+    "-repartition": "a Faust repartition topic",
+}
+
+
 def check_output_topic(s: Settings, topic: str) -> None:
-    """A backfill goes to a topic of its own: never one the live deployment reads or writes."""
+    """A backfill goes to a topic of its own: never one the live deployment reads or writes, nor
+    one named as any deployment's (another prefix's) own topics are."""
     from .settings import KAFKA_NAME
 
     if not topic or not KAFKA_NAME.fullmatch(topic) or topic in (".", ".."):
@@ -73,6 +84,33 @@ def check_output_topic(s: Settings, topic: str) -> None:
     if what:
         raise ReplayError(f"--output-topic {topic} is {what} of {s.app_id}: a backfill must go to a topic "
                           f"of its own (default {s.backfill_topic})")
+    for suffix, what in LIVE_SUFFIXES.items():
+        if topic.endswith(suffix):
+            raise ReplayError(f"--output-topic {topic} ends in {suffix}, as {what} of a deployment does (with "
+                              f"any INTEREST_TOPIC_PREFIX): a backfill must go to a topic of its own (default "
+                              f"{s.backfill_topic})")
+
+
+def check_existing_output(s: Settings, topic: str) -> None:
+    """An existing output topic must be compacted, as a backfill topic is (the latest vector per
+    user): one that is not is someone's data, not a backfill this command made."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from .topics import admin
+
+    client = admin(s)
+    try:
+        if topic not in client.list_topics():
+            return  # created compacted (topics.ensure_output_topic)
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                            configs={"cleanup.policy": None})], config_filter="all")
+        policy = described["topic"][topic]["cleanup.policy"]["value"]
+    finally:
+        client.close()
+    if "compact" not in policy.split(","):
+        raise ReplayError(f"--output-topic {topic} exists and is not compacted (cleanup.policy={policy}): a "
+                          f"backfill goes to a compacted topic, an existing one or a new one (created compacted; "
+                          f"default {s.backfill_topic})")
 
 
 def iso(ms: int) -> str:
@@ -278,6 +316,7 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     from .topics import ensure_output_topic
 
     check_output_topic(s, output_topic)
+    check_existing_output(s, output_topic)
     if not model_dir:
         raise ReplayError("no model: give --model DIR or set INTEREST_MODEL_DIR")
     model = LoadedModel.load(model_dir, s.ort_threads)  # one version for the whole replay

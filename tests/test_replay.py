@@ -229,3 +229,62 @@ def test_vectors_the_output_topic_refuses_are_an_error(env, tiny_model_dir):
     assert re.fullmatch(rf"Error: (\d+) of \1 vectors were not delivered to {re.escape(topic)} "
                         r"\(MessageSizeTooLargeError\)\n", out.stderr), out.stderr
     assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=3) == []
+
+
+@pytest.mark.parametrize("topic, suffix, what", [
+    ("events.click", "events.click", "an input topic"),  # the review's: the unprefixed deployment's input
+    ("other-{prefix}events.search", "events.search", "an input topic"),
+    ("other-{prefix}events.dlq", "events.dlq", "a dead-letter topic"),
+    ("other-{prefix}interest-control", "interest-control", "a control topic"),
+    ("other-{prefix}user-interests", "user-interests", "a live interest topic"),
+    ("other-interest-stream-users-changelog", "-changelog", "a table's changelog"),
+])
+def test_replay_never_writes_into_another_deployments_topics(env, tiny_model_dir, topic, suffix, what):
+    """With INTEREST_TOPIC_PREFIX set, `--output-topic events.click` created or used the input topic
+    of the unprefixed deployment on the same broker, and wrote 824 vectors into it."""
+    from kafka.admin import KafkaAdminClient
+
+    cli(env, "topics", "create")
+    send(env, [event(1, "u1", "click", T0 + DAY + 1000)])
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    topic = topic.format(prefix=prefix)
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        existed = topic in admin.list_topics()
+        out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+                  "--output-topic", topic, "--no-progress", check=False)
+        assert out.returncode == 1
+        assert out.stderr == (f"Error: --output-topic {topic} ends in {suffix}, as {what} of a deployment does (with "
+                              f"any INTEREST_TOPIC_PREFIX): a backfill must go to a topic of its own (default "
+                              f"{prefix}user-interests.backfill)\n")
+        assert (topic in admin.list_topics()) == existed  # not created
+    finally:
+        admin.close()
+
+
+def test_replay_refuses_an_existing_topic_that_is_not_compacted(env, tiny_model_dir):
+    """A backfill topic is compacted (the latest vector per user); an existing topic that is not is
+    another's data. A missing one is still created compacted."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+
+    cli(env, "topics", "create")
+    send(env, history())
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    kept, made = f"{prefix}audit-log", f"{prefix}bf-new"
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(kept, 4, 1)])  # cleanup.policy=delete, the broker's default
+        run = dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir))
+        out = cli(run, "replay", "--from", FROM_ISO, "--to", TO_ISO, "--output-topic", kept, "--no-progress",
+                  check=False)
+        assert out.returncode == 1
+        assert out.stderr == (f"Error: --output-topic {kept} exists and is not compacted (cleanup.policy=delete): a "
+                              f"backfill goes to a compacted topic, an existing one or a new one (created compacted; "
+                              f"default {prefix}user-interests.backfill)\n")
+        assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], kept, timeout=3) == []
+        assert backfill(run, made)  # created, compacted
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, made)], config_filter="all")
+        assert res["topic"][made]["cleanup.policy"]["value"] == "compact"
+        assert backfill(run, made)  # an existing compacted topic: taken
+    finally:
+        admin.close()
