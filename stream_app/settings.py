@@ -21,13 +21,22 @@ class ConfigError(InterestStreamError, ValueError):
     """A setting from the environment or the command line has a bad value."""
 
 
+def _plain(raw: str) -> str:
+    """``raw`` for int() or float() as a number is written in a setting: Python's parsers also take
+    digits of other scripts ('\u0665' is 5) and underscores ('5_000'), which no other reader of the
+    environment (a shell, Docker, Kafka's own tools) would take for one."""
+    if not raw.isascii() or "_" in raw:
+        raise ValueError(raw)
+    return raw
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None,
          why: str = "") -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(_plain(raw))
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
@@ -63,7 +72,7 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = float(_plain(raw))
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not math.isfinite(value):

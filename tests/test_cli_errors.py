@@ -34,6 +34,8 @@ def test_unreachable_broker_is_a_one_line_error_after_the_bootstrap_timeout():
     ("soon", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a number, got 'soon'"),
     ("nan", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a finite number, got 'nan'"),
     ("inf", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a finite number, got 'inf'"),
+    ("2_5", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a number, got '2_5'"),  # float() took both
+    ("\u0665", "INTEREST_BOOTSTRAP_TIMEOUT_S must be a number, got '\u0665'"),
 ])
 def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, expected):
     env = {} if raw is None else {"INTEREST_BOOTSTRAP_TIMEOUT_S": raw}
@@ -440,3 +442,11 @@ def test_the_demo_uses_the_local_broker_at_the_port_it_runs_on(tmp_path, monkeyp
     with pytest.raises(click.ClickException):
         demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
     assert seen["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:19999"
+
+
+@pytest.mark.parametrize("raw", ["5_000", "\u0665", "\uff15"])  # int() took each: 5000, 5 and 5
+def test_an_integer_setting_is_written_in_ascii_digits(raw):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INTEREST_SCORE_BATCH": raw})
+    assert str(err.value) == f"INTEREST_SCORE_BATCH must be an integer, got {raw!r}"
+    assert Settings.from_env({"INTEREST_SCORE_BATCH": " 5000 "}).score_batch == 5000  # (spaces, as before)
