@@ -128,6 +128,25 @@ def _bootstrap_servers(env: Mapping[str, str]) -> str:
     return value
 
 
+def _canonical_url(env: Mapping[str, str]) -> str:
+    """INTEREST_CANONICAL_URL, an http(s) URL with a host and a port in range: other workers
+    forward requests there, and would fail at each one (http://x:99999 was taken)."""
+    from urllib.parse import urlsplit
+
+    value = env.get("INTEREST_CANONICAL_URL") or ""
+    if not value:
+        return value
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.port == 0:
+        raise ConfigError(f"INTEREST_CANONICAL_URL must be an http:// or https:// URL with a host (and a port "
+                          f"1..{MAX_PORT}), got {value!r}")
+    return value
+
+
 def _heartbeat(env: Mapping[str, str], session_timeout_s: float) -> float:
     value = _float(env, "INTEREST_HEARTBEAT_S", 3.0, minimum=0.1)
     if value >= session_timeout_s:
@@ -273,9 +292,7 @@ class Settings:
         store = env.get("INTEREST_STORE", "rocksdb://") or "rocksdb://"
         if store not in ("rocksdb://", "memory://"):
             raise ConfigError(f"INTEREST_STORE must be rocksdb:// or memory://, got {store!r}")
-        canonical_url = env.get("INTEREST_CANONICAL_URL", "") or ""
-        if canonical_url and not canonical_url.startswith(("http://", "https://")):
-            raise ConfigError(f"INTEREST_CANONICAL_URL must be an http:// or https:// URL, got {canonical_url!r}")
+        canonical_url = _canonical_url(env)
         kafka_heap = _kafka_heap(env)
         session_timeout_s = _float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0,
                                    maximum=MAX_SESSION_TIMEOUT_S, why=" (Faust's request timeout)")

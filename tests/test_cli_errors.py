@@ -450,3 +450,18 @@ def test_an_integer_setting_is_written_in_ascii_digits(raw):
         Settings.from_env({"INTEREST_SCORE_BATCH": raw})
     assert str(err.value) == f"INTEREST_SCORE_BATCH must be an integer, got {raw!r}"
     assert Settings.from_env({"INTEREST_SCORE_BATCH": " 5000 "}).score_batch == 5000  # (spaces, as before)
+
+
+@pytest.mark.parametrize("raw", ["worker-1:6066", "http://x:99999", "http://:6066", "http://x:0", "http://x:port",
+                                 "ftp://x:6066"])
+def test_a_canonical_url_other_workers_cannot_reach_is_a_one_line_error(raw):
+    """Only the scheme was checked: the port and the host were found wrong at each forwarded request."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INTEREST_CANONICAL_URL": raw})
+    assert str(err.value) == ("INTEREST_CANONICAL_URL must be an http:// or https:// URL with a host (and a port "
+                              f"1..65535), got {raw!r}")
+
+
+def test_canonical_urls_other_workers_can_reach():
+    for ok in ("http://worker-1:6066", "https://w.example.com", "http://[::1]:6066/"):
+        assert Settings.from_env({"INTEREST_CANONICAL_URL": ok}).canonical_url == ok
