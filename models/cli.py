@@ -217,6 +217,11 @@ def pretrain(data, out, max_steps, sets, quiet):
 
     from models.pretrain import PretrainConfig, run_pretraining
 
+    for i, path in enumerate(data):  # the same log twice: its events twice, its users in both splits
+        for earlier in data[:i]:
+            if os.path.samefile(path, earlier):
+                same = "" if path == earlier else f" (the same file as {earlier})"
+                raise click.BadParameter(f"{path} is given twice{same}", param_hint="--data")
     known = {f.name: f for f in fields(PretrainConfig)}
     chosen = {} if max_steps is None else {"max_steps": max_steps}
     for item in sets:

@@ -154,6 +154,28 @@ def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
     assert (pt / "encoding.json").read_text() == "pretraining's"
 
 
+def test_pretrain_refuses_the_same_log_twice(tmp_path, monkeypatch):
+    """--data X --data X read the log twice: its events twice, its users in training and validation."""
+    pytest.importorskip("torch")
+    import models.pretrain
+
+    ran = []
+    monkeypatch.setattr(models.pretrain, "run_pretraining", lambda *a, **k: ran.append(a))
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    other = _log(tmp_path / "other.jsonl", [EVENT])
+    (tmp_path / "link.jsonl").symlink_to(log)
+    (tmp_path / "hard.jsonl").hardlink_to(log)
+    for again, why in [(log, ""), (tmp_path / "link.jsonl", f" (the same file as {log})"),
+                       (tmp_path / "hard.jsonl", f" (the same file as {log})")]:
+        res = _run(["pretrain", "--data", log, "--data", other, "--data", again, "--out", tmp_path / "pt"])
+        assert res.exit_code == 2, res.output
+        assert res.output.splitlines()[-1] == f"Error: Invalid value for --data: {again} is given twice{why}"
+    assert ran == []
+    res = _run(["pretrain", "--data", log, "--data", other, "--out", tmp_path / "pt"])
+    assert res.exit_code == 0, res.output
+    assert len(ran) == 1 and ran[0][0] == [str(log), str(other)]
+
+
 def _fake_checkpoint(d):
     """The names `train` writes, a readable config, and weights that are not safetensors."""
     from models.model import ModelConfig
