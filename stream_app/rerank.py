@@ -58,6 +58,21 @@ class RequestError:
         return {"error": self.error, "field": self.field}
 
 
+@dataclass(frozen=True, slots=True)
+class _LongInteger:
+    """A JSON integer with more digits than Python's ``int()`` converts (4,300 by default,
+    ``sys.get_int_max_str_digits``): its digit count, so that its field is named like any other."""
+
+    digits: int
+
+
+def _int(text: str) -> int | _LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # over the digit limit (the JSON parser gives only well-formed integers)
+        return _LongInteger(len(text.lstrip("-")))
+
+
 def _number(v) -> float | None:
     """A finite float from a JSON number; None for anything else (bools included)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -70,8 +85,10 @@ def _number(v) -> float | None:
 
 
 def _kind(v) -> str:
+    if isinstance(v, _LongInteger):
+        return f"an integer of {v.digits} digits, beyond a float's range"
     if isinstance(v, int) and not isinstance(v, bool) and _number(v) is None:
-        return f"an integer of {len(str(v))} digits, beyond a float's range"
+        return f"an integer of {len(str(v).lstrip('-'))} digits, beyond a float's range"
     return {dict: "an object", list: "a list", str: "a string", bool: "a bool", type(None): "null"}.get(
         type(v), repr(v)[:40])
 
@@ -89,11 +106,11 @@ def _lone_surrogate(s: str) -> int | None:
 def _decode(body: bytes):
     """JSON -> Python, or raise ValueError. orjson first; the standard library's parser only when
     orjson refuses, so that NaN, Infinity and 1e999 (which Python clients send) parse and are then
-    rejected naming their field."""
+    rejected naming their field, as are integers too long for ``int()``."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)  # raises ValueError (JSONDecodeError, UnicodeDecodeError) if not JSON
+        return json.loads(body, parse_int=_int)  # raises ValueError (JSONDecodeError, UnicodeDecodeError) if not JSON
 
 
 def parse_request(body: bytes | None) -> RerankRequest | RequestError:

@@ -160,6 +160,25 @@ def test_request_errors_name_the_field(field, raw):
     assert res.body() == {"error": res.error, "field": field} and res.error
 
 
+@pytest.mark.parametrize("digits", [401, 4300, 4301, 5001, 100_000])
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_of_any_length_is_named_by_its_field(digits, sign):
+    """Over 4,300 digits was "body is not JSON: Exceeds the limit (4300 digits) for integer string
+    conversion ... use sys.set_int_max_str_digits()", Python's advice, where 401 named the field."""
+    number = sign + "9" * digits
+    for where, raw in [("items[0].score", '{"items": [{"item_id": "i", "category": "c", "score": %s}]}'),
+                       ("weight", '{"items": [{"item_id": "i", "category": "c", "score": 1}], "weight": %s}')]:
+        res = parse_request((raw % number).encode())
+        assert res == RequestError(where, f"{where} must be a finite number, got an integer of {digits} digits, "
+                                          "beyond a float's range")
+    res = parse_request(number.encode())
+    assert res == RequestError("body", f"body is an integer of {digits} digits, beyond a float's range, "
+                                       "expected a JSON object")
+    res = parse_request(('{"items": [{"item_id": %s, "category": "c", "score": 1}]}' % number).encode())
+    assert res == RequestError("items[0].item_id", f"items[0].item_id must be a non-empty string, got an integer "
+                                                   f"of {digits} digits, beyond a float's range")
+
+
 def test_every_field_has_an_error_case():
     fields = {f if not f.startswith("items[") else "items[n]" + f[f.index("]") + 1:] for f, _ in ERRORS}
     assert fields == {"body", "items", "items[n]", "items[n].item_id", "items[n].category", "items[n].score", "weight"}
