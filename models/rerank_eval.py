@@ -8,7 +8,9 @@ For every test sample (a user and a cut) of the checkpoint's split:
   the next ``target_window_s``; also items whose category the model does not know, which then get the
   prior), plus ``negatives`` (default 100) negatives: the most popular items of the training
   period (events before ``t1``, type-weighted like the targets: click 1, browse 0.5) that the
-  user has not clicked or browsed before the cut and that are not positives. Each candidate's
+  user has not clicked or browsed before the cut and that are not positives (all of them when
+  there are fewer: rerank_metrics.json's ``negatives`` is the most a test list got,
+  ``negatives_requested`` the option). Each candidate's
   score is that popularity (0 for an item unseen in training); the list is in popularity order,
   ties by item id, so nothing in it depends on which items are positives.
 * **Four rankings** of that list: ``popularity`` (the list as is); ``model``, ``baseline`` and
@@ -119,6 +121,13 @@ def build_candidates(ds, samples, dcfg, pop: dict, category: dict, negatives: in
         out.scores.append([pop.get(it, 0.0) for it in cands])
         out.relevant.append(np.array([it in positives for it in cands]))
     return out
+
+
+def negatives_used(c: CandidateLists) -> tuple[int, float]:
+    """(most, mean) negatives of the lists: fewer than asked for when the training period has
+    fewer items that the user has not clicked or browsed and that are not positives."""
+    n = [len(items) - int(rel.sum()) for items, rel in zip(c.items, c.relevant)]
+    return (max(n), float(np.mean(n))) if n else (0, 0.0)
 
 
 def metrics_at(order: np.ndarray, relevant: np.ndarray) -> tuple[float, float]:
@@ -246,7 +255,9 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     pop, category = training_popularity(ds, ds.t1, dcfg.click_weight, dcfg.browse_weight)
     cands = {name: build_candidates(ds, smp, dcfg, pop, category, negatives)
              for name, smp in (("val", val), ("test", test))}
-    log(f"candidates: {len(val)} validation and {len(test)} test lists, {negatives} negatives + the positives each")
+    got = negatives_used(cands["test"])
+    log(f"candidates: {len(val)} validation and {len(test)} test lists, the positives + up to {got[0]} negatives "
+        f"each (--negatives {negatives}; the training period has {len(pop)} items)")
     # the baselines' prior: the same numbers as the card's (float32 apart), the training (or refit) targets' mean
     prior = card.get("category_prior") or dict(zip(cats, base["prior"].tolist()))
     return RerankInputs(cats, prior, interests, cands,
@@ -287,7 +298,11 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
         "split": "test",
         "samples": len(cands["test"]),
         "users": int(len(np.unique(inp.users["test"]))),
-        "negatives": negatives,
+        # the negatives the lists got, not the option: asked for more than the training period has,
+        # they hold what there is
+        "negatives": negatives_used(cands["test"])[0],
+        "negatives_mean": negatives_used(cands["test"])[1],
+        "negatives_requested": negatives,
         "candidates_mean": float(np.mean([len(c) for c in cands["test"].items])),
         "positives_mean": float(np.mean([r.sum() for r in cands["test"].relevant])),
         "rankings": {k: {"ndcg@10": float(per[k][0].mean()), "hr@10": float(per[k][1].mean())} for k in RANKINGS},

@@ -163,6 +163,12 @@ def test_evaluate_rerank_cli(crafted, tiny_ckpt, tmp_path):
     # positives: the 3 items of the user's category; negatives: 9 other categories' popular items,
     # then the fillers (pop 30: 4, 27: 4, 24: 3)
     assert m["positives_mean"] == 3 and m["candidates_mean"] == 23
+    assert (m["negatives"], m["negatives_mean"], m["negatives_requested"]) == (20, 20, 20)
+    # more negatives than the training period has items (52, all clicked before hour 48): every list
+    # holds the 49 that are not the user's 3, and the metrics say so (they said "negatives": 10**8)
+    big = run("--negatives", str(10**8))
+    assert (big["negatives"], big["negatives_mean"], big["negatives_requested"]) == (49, 49, 10**8)
+    assert big["candidates_mean"] == 52
     k = m["rankings"]
     for name in ("popularity", "model", "baseline"):
         assert k["oracle"]["ndcg@10"] >= k[name]["ndcg@10"] and k["oracle"]["hr@10"] >= k[name]["hr@10"]
