@@ -9,6 +9,8 @@
   bytes -> a :class:`RerankRequest`, or a :class:`RequestError` naming the field (errors are data,
   as in :mod:`stream_app.events`). :meth:`RequestError.body` is the 400 answer,
   :func:`response_body` the 200 answer.
+* :func:`path_user_error`: the 400 of every ``/users/{user_id}`` route whose user id is not UTF-8
+  once percent-decoded.
 
 The body: ``{"items": [{"item_id": str, "category": str, "score": number}, ...], "weight": number}``.
 ``items`` holds 1 to :data:`MAX_ITEMS` objects; ``item_id`` and ``category`` are strings of 1 to
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -167,6 +170,25 @@ def parse_request(body: bytes | None) -> RerankRequest | RequestError:
         if not 0.0 <= weight <= 1.0:
             return RequestError("weight", f"weight must be in [0, 1], got {weight}")
     return RerankRequest(tuple(items), weight)
+
+
+def path_user_error(raw_path: str) -> RequestError | None:
+    """Why the user id of ``/users/{user_id}[/...]`` cannot be read, or None. ``raw_path`` is the
+    path as received, percent-escapes kept (``request.rel_url.raw_path``). aiohttp (yarl) decodes
+    a path's escapes as UTF-8 and keeps those that are not as text: ``/users/%FF`` and
+    ``/users/%ED%A0%80`` (a surrogate) reached the users whose ids are the literal texts ``%FF``
+    and ``%ED%A0%80`` (``/users/%25FF``), another user's data."""
+    raw = raw_path.split("/", 3)[2] if raw_path.startswith("/users/") else ""
+    try:
+        data = unquote_to_bytes(raw)
+        data.decode("utf-8")
+    except UnicodeEncodeError:  # a character the server passed as is that UTF-8 cannot hold
+        return RequestError("user_id", "the user id in the path is not UTF-8")
+    except UnicodeDecodeError as exc:
+        bad = "".join(f"%{b:02X}" for b in data[exc.start:exc.end])
+        return RequestError("user_id", f"the user id in the path is not UTF-8 once percent-decoded: {bad} at "
+                                       f"byte {exc.start}")
+    return None
 
 
 def response_body(user_id: str, model_version: str | None, ranked: Ranked) -> dict:

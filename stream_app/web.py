@@ -32,7 +32,7 @@ from yarl import URL
 from . import core, explain, metrics, pages, state
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .partitioning import partition_for
-from .rerank import RequestError, parse_request, rerank, response_body
+from .rerank import RequestError, parse_request, path_user_error, rerank, response_body
 
 ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
 FORWARD_TIMEOUT_S = 10.0
@@ -77,6 +77,13 @@ def user_state(user_id: str) -> dict | None:
     """The current state of a user this worker owns (None: never seen, forgotten or evicted)."""
     key = user_id.encode()
     return lookup(partition_for(key, settings.partitions), key)
+
+
+def bad_user_path(request) -> Response | None:
+    """The 400 of a path whose user id is not UTF-8 once percent-decoded (:func:`path_user_error`),
+    else None. Checked before :func:`route`, so such a request is never forwarded."""
+    error = path_user_error(request.rel_url.raw_path)
+    return None if error is None else json_response(error.body(), status=400)
 
 
 def _ident(url: URL) -> tuple[str, int]:
@@ -124,6 +131,8 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
 
 @app.page("/users/{user_id}")
 async def user_view(web, request, user_id: str):
+    if (bad := bad_user_path(request)) is not None:
+        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     st = user_state(user_id)
@@ -136,6 +145,8 @@ async def user_view(web, request, user_id: str):
 class RerankView(View):
     async def post(self, request, user_id: str):
         """Re-rank candidates with the user's latest vector (the owner answers)."""
+        if (bad := bad_user_path(request)) is not None:
+            return bad
         try:
             body = await request.read()
         except HTTPRequestEntityTooLarge as exc:
@@ -177,6 +188,8 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
 
 @app.page("/users/{user_id}/explain")
 async def explain_view(web, request, user_id: str):
+    if (bad := bad_user_path(request)) is not None:
+        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     found = await explain_user(user_id, evolution=False)
@@ -187,6 +200,8 @@ async def explain_view(web, request, user_id: str):
 
 @app.page("/users/{user_id}/view")
 async def page_view(web, request, user_id: str):
+    if (bad := bad_user_path(request)) is not None:
+        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     found = await explain_user(user_id, evolution=True)

@@ -6,7 +6,8 @@ import pytest
 
 from interest_core.rerank import Item, log_lift, rerank, scaled_scores
 from stream_app import rerank as served
-from stream_app.rerank import DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, response_body
+from stream_app.rerank import (DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, path_user_error,
+                                response_body)
 
 LN = math.log
 VEC = {"sports": 0.5, "tech": 0.3, "music": 0.2}  # k = 3, uniform prior q = 1/3
@@ -223,3 +224,22 @@ def test_readme_example(capsys):
     exec(compile(block, "README rerank-example", "exec"), {})
     expected = block.strip().splitlines()[-1].lstrip("# ")
     assert capsys.readouterr().out.strip() == expected
+
+
+@pytest.mark.parametrize("raw_path, error", [
+    ("/users/%FF", "%FF at byte 0"),
+    ("/users/%ED%A0%80/rerank", "%ED at byte 0"),  # a surrogate, which UTF-8 has no bytes for
+    ("/users/ab%C3(/explain", "%C3 at byte 2"),  # a sequence cut short
+    ("/users/%C3%A9%FE/view", "%FE at byte 2"),
+])
+def test_a_user_id_not_utf8_once_percent_decoded_is_an_error(raw_path, error):
+    """aiohttp kept such escapes as text: /users/%FF answered for the user whose id is "%FF"."""
+    assert path_user_error(raw_path) == RequestError(
+        "user_id", f"the user id in the path is not UTF-8 once percent-decoded: {error}")
+
+
+@pytest.mark.parametrize("raw_path", ["/users/%25FF", "/users/u1", "/users/%C3%A9/rerank", "/users/caf\u00e9",
+                                      "/users/./explain", "/users/a%2Fb/view", "/health", "/"])
+def test_user_ids_that_are_utf8_are_not_errors(raw_path):
+    assert path_user_error(raw_path) is None
+

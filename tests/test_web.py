@@ -344,6 +344,32 @@ def test_dot_segment_user_ids_are_routed_unchanged(cluster, user):
     assert status == 200 and orjson.loads(body)["user_id"] == user
 
 
+def test_a_user_id_not_utf8_once_percent_decoded_is_a_400_not_another_users_data(cluster):
+    """aiohttp keeps escapes that are not UTF-8 as text: /users/%FF answered with the data of the user
+    whose id is the three characters "%FF" (/users/%25FF), and /users/%ED%A0%80 likewise. Now every
+    user route answers 400 on either worker, before forwarding (a request carrying the forwarding
+    header was a 503 on the worker not owning the literal user)."""
+    env, ws, users, vectors, _ = cluster
+    literal = {"%FF": "%25FF", "%ED%A0%80": "%25ED%25A0%2580"}
+    send(env, [ev(i, u, "click", T0 + i * MIN, "travel") for u in literal for i in range(3)])
+    for user, path in literal.items():
+        for w in ws:  # the literal user is there, at its escaped path
+            status, body = wait_for(lambda: (got := w.get(f"/users/{path}"))[0] == 200 and got[1]["events"] == 3
+                                    and got, what=user)
+            assert body["user_id"] == user and body["counts"]["click"] == 3
+    rerank_body = json.dumps({"items": [{"item_id": "a", "category": "tech", "score": 1}]}).encode()
+    for user, byte in (("%FF", "%FF"), ("%ED%A0%80", "%ED")):
+        error = {"error": f"the user id in the path is not UTF-8 once percent-decoded: {byte} at byte 0",
+                 "field": "user_id"}
+        for w in ws:
+            for headers in ({}, {"X-Interest-Routed": "1"}):
+                for method, suffix, body in (("GET", "", None), ("POST", "/rerank", rerank_body),
+                                             ("GET", "/explain", None), ("GET", "/view", None)):
+                    status, got = raw_request(w, method, f"/users/{user}{suffix}", body,
+                                              {"Content-Type": "application/json", **headers})
+                    assert (status, orjson.loads(got)) == (400, error), (w.port, user, suffix, headers, got[:200])
+
+
 def test_faust_table_and_router_views_are_off(cluster):
     """Faust's own /table/{table}/{key}/ served a user's raw state, search text included, and
     /router/{unknown}/ answered 500."""
