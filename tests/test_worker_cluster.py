@@ -1,6 +1,8 @@
 """Two workers in one group: queries routed to the owner, failover with state, lag metric."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from conftest import cli, wait_for
@@ -70,3 +72,38 @@ def test_consumer_lag_metric_sees_a_backlog(env, workers):
     assert {l.split('topic="')[1].split('"')[0] for l in rows} <= set(t.values())
     wait_for(lambda: len(lag_total()[0]) == 12 and lag_total()[1] == 0, timeout=120,
              what="lag back to 0 on all 12 input partitions")
+
+
+def test_consumer_lag_is_zero_when_retention_deleted_everything(env, workers):
+    """A new group on input whose records were all deleted (first offset = end offset > 0) showed a
+    lag of every deleted record per partition, until new events came: it counted from offset 0."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    cli(env, "topics", "create")
+    t = topics(env)
+    events = population(40, 10, seed=6)
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    produce(bootstrap, [(t[e["type"]], e["user_id"].encode(), e) for e in events])
+    tps = [TopicPartition(t[kind], p) for kind in ("click", "browse", "search") for p in range(4)]
+    reader = KafkaConsumer(bootstrap_servers=bootstrap)
+    ends = reader.end_offsets(tps)
+    reader.close()
+    assert sum(ends.values()) == len(events)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_records({tp: end for tp, end in ends.items() if end})
+    finally:
+        admin.close()
+    w = workers()
+
+    def lags():
+        _, m = w.get("/metrics")
+        return {tuple(l.split('"')[1:4:2]): float(l.split()[-1]) for l in m.splitlines()
+                if l.startswith("interest_consumer_lag{")}
+
+    wait_for(lambda: len(lags()) == 12, timeout=30, interval=0.2, what="a lag for all 12 input partitions")
+    for _ in range(10):  # and it stays there (the beginning offsets come from a timer)
+        assert set(lags().values()) == {0.0}, lags()
+        time.sleep(0.5)
+
