@@ -287,29 +287,10 @@ def fetch_position(tp) -> int | None:
         return None
 
 
-app.beginnings = {}  # input partition -> its first offset (retention deletes below it): refresh_beginnings
-BEGINNINGS_EVERY_S = 10.0
-
-
-@app.timer(BEGINNINGS_EVERY_S)
-async def refresh_beginnings() -> None:
-    """The owned input partitions' first offsets, for the lag (a request to the broker, made in the
-    consumer's thread and waited for at most a few seconds, never in a view)."""
-    tps = [tp for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES]
-    if not tps:
-        return
-    try:
-        found = await asyncio.wait_for(app.consumer.earliest_offsets(*tps), timeout=5.0)
-    except Exception as exc:  # the broker is away or the assignment changed: the next turn asks again
-        log.debug("beginning offsets of %d partitions: %r", len(tps), exc)
-        return
-    app.beginnings = {tp: off for tp, off in found.items() if isinstance(off, int)}
-
-
 def partition_lags():
     """(topic partition, messages behind its end) for each owned input partition with a known end
-    (:func:`stream_app.metrics.lag`: from the last offset read, the committed offset or the
-    partition's first offset, whichever is furthest; the fetch position while nothing was read)."""
+    (:func:`stream_app.metrics.lag`: from the offset after the last one read or the committed one,
+    whichever is further; the fetch position while nothing was read)."""
     consumer = app.consumer
     for tp in app.assignor.assigned_actives():
         if tp.topic not in TOPIC_TYPES:
@@ -320,8 +301,7 @@ def partition_lags():
             continue
         if high is not None:
             yield tp, metrics.lag(high, read=consumer._read_offset.get(tp),  # last offset handed to the agent
-                                  committed=consumer._committed_offset.get(tp), position=fetch_position(tp),
-                                  beginning=app.beginnings.get(tp))
+                                  committed=consumer._committed_offset.get(tp), position=fetch_position(tp))
 
 
 def lookup_key(key: bytes) -> dict | None:

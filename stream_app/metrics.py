@@ -134,18 +134,16 @@ for _trigger in ("interval", "cache_full", "rebalance", "shutdown", "forget"):
     FLUSHES.labels(_trigger)
 
 
-def lag(end: int, read: int | None = None, committed: int | None = None, position: int | None = None,
-        beginning: int | None = None) -> int:
-    """Messages behind ``end`` (the partition's next offset): those from the furthest of the offset
-    after the last one ``read``, the ``committed`` offset and the partition's ``beginning``
-    (retention deleted what lies before it); each None when unknown. The consumer's fetch
-    ``position`` counts only while nothing was read since the assignment: it runs a whole fetch
-    ahead of what the agent received (up to a MiB of records per partition, in Faust's buffers),
-    while before the first fetch it is where the consumer starts (the committed offset, or the
-    first one there is). A new consumer group on a partition whose records were all deleted has
-    read nothing and committed nothing, and has nothing to read either."""
+def lag(end: int, read: int | None = None, committed: int | None = None, position: int | None = None) -> int:
+    """Messages behind ``end`` (the partition's next offset): those from the further of the offset
+    after the last one ``read`` and the ``committed`` offset; each None when unknown. The consumer's
+    fetch ``position`` counts only while nothing was read since the assignment: it runs a whole
+    fetch ahead of what the agent received (up to a MiB of records per partition, in Faust's
+    buffers), while before the first fetch it is where the consumer starts (the committed offset,
+    or the first one there is). So a new consumer group on a partition whose records retention
+    deleted, which has read and committed nothing, has nothing to read either."""
     nxt = (position or 0) if read is None else read + 1
-    return max(0, end - max(nxt, committed or 0, beginning or 0))
+    return max(0, end - max(nxt, committed or 0))
 
 
 def render() -> bytes:

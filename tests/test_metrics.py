@@ -8,16 +8,14 @@ from stream_app.metrics import lag
 
 @pytest.mark.parametrize("end, offsets, want", [
     (392, {}, 392),  # nothing known beyond the end: all of it
-    # a new group on a partition whose 392 records retention deleted: nothing to read (was 392)
-    (392, {"beginning": 392}, 0),
-    (392, {"position": 392}, 0),  # the fetcher reset to the first offset there is
-    (400, {"beginning": 392}, 8),  # 8 written since
-    (400, {"read": 99, "beginning": 392}, 8),  # read up to 99, then 100..391 were deleted
-    (400, {"read": 399, "beginning": 392}, 0),
-    (400, {"committed": 250, "beginning": 128}, 150),  # nothing read since the assignment
+    # a new group on a partition whose 392 records retention deleted: the fetcher reset to the
+    # first offset there is, so nothing to read (was 392)
+    (392, {"position": 392}, 0),
+    (400, {"position": 392}, 8),  # 8 written since
+    (400, {"committed": 250}, 150),  # nothing read since the assignment, not fetched yet
     (400, {"committed": 250, "position": 300}, 100),  # nothing read yet: where the consumer is
     # read to 259, fetched to 299: 260..299 wait in the worker's buffers, still to be applied
-    (400, {"read": 259, "committed": 250, "position": 300, "beginning": 128}, 140),
+    (400, {"read": 259, "committed": 250, "position": 300}, 140),
     (400, {"read": 379, "committed": 250, "position": 300}, 20),
     (400, {"committed": 410}, 0),  # never negative
 ])

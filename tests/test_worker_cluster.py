@@ -103,7 +103,7 @@ def test_consumer_lag_is_zero_when_retention_deleted_everything(env, workers):
                 if l.startswith("interest_consumer_lag{")}
 
     wait_for(lambda: len(lags()) == 12, timeout=30, interval=0.2, what="a lag for all 12 input partitions")
-    for _ in range(10):  # and it stays there (the beginning offsets come from a timer)
+    for _ in range(10):  # and it stays there
         assert set(lags().values()) == {0.0}, lags()
         time.sleep(0.5)
 
