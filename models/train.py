@@ -103,10 +103,16 @@ def log_fingerprint(path) -> dict:
 
 
 def run_settings(data_cfg, train_cfg, model_overrides: dict | None, init_from) -> dict:
-    """A run's settings as ``--resume`` compares them (as JSON reads them back); the torch threads
-    change the speed only."""
+    """A run's settings as ``--resume`` compares them (as JSON reads them back): the model's with
+    ModelConfig's defaults filled in (``--loss kl`` is no other setting than none); the torch
+    threads change the speed only."""
+    from dataclasses import MISSING, fields
+
+    from models.model import ModelConfig
+
     train = {k: v for k, v in asdict(train_cfg).items() if k != "threads"}
-    return json.loads(json.dumps({"data": asdict(data_cfg), "train": train, "model": dict(model_overrides or {}),
+    model = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING} | dict(model_overrides or {})
+    return json.loads(json.dumps({"data": asdict(data_cfg), "train": train, "model": model,
                                   "init_from": str(Path(init_from).resolve()) if init_from else None}))
 
 

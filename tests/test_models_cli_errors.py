@@ -297,6 +297,9 @@ def test_resume_refuses_another_log_or_other_settings(tmp_path):
     copy.write_bytes(log.read_bytes())
     res = _run(["train", "--data", copy, "--out", ck, "--resume", *tiny, "--set", "threads=2"])
     assert res.exit_code == 0, res.output
+    # a model setting given at its default is the same setting (it was "loss None then, 'kl' now")
+    res = _run(["train", "--data", log, "--out", ck, "--resume", "--loss", "kl", *tiny, "--set", "dropout=0.1"])
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.slow
