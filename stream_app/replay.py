@@ -69,6 +69,9 @@ LIVE_SUFFIXES = {
 }
 
 
+BACKFILL_SUFFIX = "user-interests.backfill"  # every deployment's default --output-topic, after its prefix
+
+
 def check_output_topic(s: Settings, topic: str) -> None:
     """A backfill goes to a topic of its own: never one the live deployment reads or writes, nor
     one named as any deployment's (another prefix's) own topics are."""
@@ -89,6 +92,9 @@ def check_output_topic(s: Settings, topic: str) -> None:
             raise ReplayError(f"--output-topic {topic} ends in {suffix}, as {what} of a deployment does (with "
                               f"any INTEREST_TOPIC_PREFIX): a backfill must go to a topic of its own (default "
                               f"{s.backfill_topic})")
+    if topic.endswith(BACKFILL_SUFFIX) and topic != s.backfill_topic:  # compacted, so nothing else would stop it
+        raise ReplayError(f"--output-topic {topic} ends in {BACKFILL_SUFFIX}, as another deployment's (another "
+                          f"INTEREST_TOPIC_PREFIX's) backfill topic does: this one's is {s.backfill_topic}")
 
 
 def check_existing_output(s: Settings, topic: str) -> None:

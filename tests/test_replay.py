@@ -288,3 +288,21 @@ def test_replay_refuses_an_existing_topic_that_is_not_compacted(env, tiny_model_
         assert backfill(run, made)  # an existing compacted topic: taken
     finally:
         admin.close()
+
+
+def test_replay_never_writes_into_another_deployments_backfill():
+    """With INTEREST_TOPIC_PREFIX=sweep-, `--output-topic user-interests.backfill` (the unprefixed
+    deployment's backfill, compacted like any backfill) passed both checks. Checked before any
+    Kafka request."""
+    from stream_app.replay import ReplayError, check_output_topic
+    from stream_app.settings import Settings
+
+    s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "sweep-"})
+    for theirs in ("user-interests.backfill", "staging-user-interests.backfill"):
+        with pytest.raises(ReplayError) as err:
+            check_output_topic(s, theirs)
+        assert str(err.value) == (f"--output-topic {theirs} ends in user-interests.backfill, as another "
+                                  "deployment's (another INTEREST_TOPIC_PREFIX's) backfill topic does: this one's "
+                                  "is sweep-user-interests.backfill")
+    for ours in ("sweep-user-interests.backfill", "sweep-backfill-2026-11", "user-interests-2026"):
+        check_output_topic(s, ours)  # its own default, and names of no deployment's
