@@ -76,7 +76,9 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     yet, with INTEREST_REPLICATION replicas, and raise the ``max.message.bytes`` of existing ones
     that are below their spec's (a deployment made before the limit was raised); returns name ->
     'created' / 'exists' / 'raised'. Refuses, before anything is created, more replicas than
-    brokers and existing co-partitioned topics with another partition count than their spec's."""
+    brokers (when a topic is to be created: as Kafka Streams uses its replication.factor, so a
+    broker that is down does not stop a worker whose topics exist) and existing co-partitioned
+    topics with another partition count than their spec's."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -84,8 +86,9 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     result: dict[str, str] = {}
     client = admin(settings)
     try:
-        check_replication(settings, client)
         existing = set(client.list_topics())
+        if any(spec.name not in existing for spec in specs):
+            check_replication(settings, client)
         check_partitions(settings, client, [spec for spec in specs if spec.name in existing and spec.co_partitioned])
         low = low_limits(client, [spec for spec in specs if spec.name in existing])
         if low:
@@ -111,13 +114,15 @@ def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None
     the worker refuses to start on input topics that differ from each other or from the setting."""
     if not specs:
         return
-    counts = {t["name"]: len(t["partitions"]) for t in client.describe_topics([spec.name for spec in specs])}
+    counts = {t["name"]: len(t["partitions"]) for t in client.describe_topics([spec.name for spec in specs])
+              if not t.get("error_code")}  # (one deleted since it was listed has no count)
     inputs = {name: counts[name] for name in settings.input_topics.values() if name in counts}
     if len(set(inputs.values())) > 1:
         listing = ", ".join(f"{t}={n}" for t, n in inputs.items())
         raise TopicError(f"input topics must have the same number of partitions (co-partitioned by user), got "
                          f"{listing}")
-    wrong = {spec.name: counts[spec.name] for spec in specs if counts[spec.name] != spec.partitions}
+    wrong = {spec.name: counts[spec.name] for spec in specs
+             if counts.get(spec.name, spec.partitions) != spec.partitions}
     if wrong:
         have = sorted(set(wrong.values()))
         listing = ", ".join(f"{t}={n}" for t, n in wrong.items())

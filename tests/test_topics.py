@@ -157,6 +157,37 @@ def test_topics_are_created_with_the_replication_setting(monkeypatch):
     assert str(err.value) == "INTEREST_REPLICATION=4 but the cluster has 3 brokers: set INTEREST_REPLICATION <= 3"
 
 
+def test_the_brokers_are_counted_only_when_a_topic_is_to_be_created(monkeypatch):
+    """Every topic exists: a broker of three that is down (two answer) does not stop `topics
+    create`, a worker's start or a replay, as it did once the check ran before each of them."""
+    from stream_app import topics
+    from stream_app.settings import Settings
+
+    s = Settings.from_env({"INTEREST_REPLICATION": "3"})
+    names = [spec.name for spec in topics.topic_specs(s)]
+
+    class Admin:
+        def describe_cluster(self):
+            return {"brokers": [{"node_id": 0}, {"node_id": 1}]}
+
+        def list_topics(self):
+            return names
+
+        def describe_topics(self, wanted):
+            return [{"name": n, "error_code": 0, "partitions": [{}] * s.partitions} for n in wanted]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(topics, "admin", lambda settings: Admin())
+    monkeypatch.setattr(topics, "low_limits", lambda client, specs: {})
+    assert set(topics.create_topics(s).values()) == {"exists"}
+    names.remove(s.dlq_topic)  # one to create: the brokers are counted
+    with pytest.raises(topics.TopicError) as err:
+        topics.create_topics(s)
+    assert str(err.value) == "INTEREST_REPLICATION=3 but the cluster has 2 brokers: set INTEREST_REPLICATION <= 2"
+
+
 def test_topics_create_refuses_other_partition_counts(env):
     """On the 6-partition topics of INTEREST_PARTITIONS=6, INTEREST_PARTITIONS=3 printed "exists"
     for each and ended well; the worker refused them later."""

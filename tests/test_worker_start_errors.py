@@ -20,7 +20,10 @@ def start_env(env, tiny_model_dir, tmp_path):
                 INTEREST_WEB_PORT=str(free_port()))
 
 
-def test_more_replicas_than_brokers(start_env):
+def test_more_replicas_than_brokers(env, tiny_model_dir, tmp_path):
+    """Refused before the topics the worker creates (none here) exist."""
+    start_env = dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DATA_DIR=str(tmp_path / "data"),
+                     INTEREST_WEB_PORT=str(free_port()))
     proc = cli(dict(start_env, INTEREST_REPLICATION="2"), "worker", check=False, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == "Error: INTEREST_REPLICATION=2 but the cluster has 1 broker: set INTEREST_REPLICATION <= 1\n"
