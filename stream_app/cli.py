@@ -39,6 +39,18 @@ class UserId(click.ParamType):
 USER_ID = UserId()
 
 
+def _topic_name(value: str | None) -> str | None:
+    """A --topic Kafka could hold (``""`` read the default topic; a name Kafka refuses was said not
+    to exist yet, to be made by `topics create`, which never makes it)."""
+    from .settings import KAFKA_NAME
+
+    if value is not None and (not value or value in (".", "..") or len(value) > 249
+                              or not KAFKA_NAME.fullmatch(value)):
+        raise click.BadParameter(f"{value!r} is not a Kafka topic name (1-249 ASCII letters, digits, '.', '_' "
+                                 "and '-')")
+    return value
+
+
 def _settings(bootstrap_servers: str | None = None) -> Settings:
     if bootstrap_servers:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
@@ -191,6 +203,7 @@ def worker(bootstrap_servers, loglevel, faust_args):
     from .model_runtime import LoadedModel
     from .topics import check_input_topics, create_topics
 
+    _check_faust_args(faust_args)
     s = _settings(bootstrap_servers)
     create_topics(s)  # refuses more replicas than brokers, and other partition counts, before creating
     n = check_input_topics(s)
@@ -205,7 +218,9 @@ def worker(bootstrap_servers, loglevel, faust_args):
             "(model.onnx + model.json, see `interest-stream export`)"
         )
     LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
-    s.prepare_state_dir()
+    from .local_state import lock_state_dir
+
+    lock_state_dir(s.prepare_state_dir())  # held until the process ends
     _check_listen(s)
     from .app import app
 
@@ -214,6 +229,26 @@ def worker(bootstrap_servers, loglevel, faust_args):
     quiet = ["--quiet"] if s.log_format == "json" else []
     sys.argv = ["interest-stream", *quiet, "worker", "--loglevel", loglevel, *faust_args]
     app.main()
+
+
+# Faust's worker options that the settings own: given to Faust, they bypassed the checks above and
+# the URL other workers are given (Faust rebuilds it from --web-port/--web-host, over
+# INTEREST_CANONICAL_URL), or moved the state (--workdir changes the directory a relative
+# INTEREST_DATA_DIR is read from, after it was prepared and locked)
+SETTINGS_OWN = {"--web-port": "INTEREST_WEB_PORT", "-p": "INTEREST_WEB_PORT",
+                "--web-host": "INTEREST_CANONICAL_URL", "-h": "INTEREST_CANONICAL_URL",
+                "--web-bind": "INTEREST_WEB_HOST", "-b": "INTEREST_WEB_HOST",
+                "--web-transport": "INTEREST_WEB_HOST / INTEREST_WEB_PORT",
+                "--datadir": "INTEREST_DATA_DIR", "-D": "INTEREST_DATA_DIR",
+                "--workdir": "INTEREST_DATA_DIR", "-W": "INTEREST_DATA_DIR"}
+
+
+def _check_faust_args(faust_args) -> None:
+    for arg in faust_args:
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]  # (-p6067 is -p 6067)
+        if name in SETTINGS_OWN:
+            raise click.UsageError(f"worker {name}: set {SETTINGS_OWN[name]} instead (the worker's checks and "
+                                   "the URL other workers are given follow the settings)")
 
 
 def _check_listen(s: Settings) -> None:
@@ -250,7 +285,8 @@ def _consumer(s: Settings, **kw):
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest retained vector.")
 @click.option("--max-messages", type=click.IntRange(min=1), default=None, help="Stop after this many.")
 @click.option("--timeout", type=POSITIVE, default=None, help="Stop after this many idle seconds.")
-@click.option("--topic", default=None, help="Read another interest topic (e.g. a backfill).")
+@click.option("--topic", default=None, callback=lambda ctx, param, value: _topic_name(value),
+              help="Read another interest topic (e.g. a backfill).")
 def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     """Print interest vectors as they arrive."""
     s = _settings(bootstrap_servers)
@@ -275,10 +311,10 @@ def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     n = 0
     try:
         for rec in consumer:
-            key = rec.key.decode() if rec.key else None
-            if user and key != user:
-                continue
             try:
+                key = rec.key.decode() if rec.key else None  # (a key that is not UTF-8 is no user id)
+                if user and key != user:
+                    continue
                 line = format_vector(key, rec.value)
             except (ValueError, KeyError, TypeError, AttributeError):  # orjson's JSONDecodeError is a ValueError
                 raise click.ClickException(
@@ -296,10 +332,18 @@ def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
 
 def format_vector(key: str | None, value: bytes | None) -> str:
     if value is None:
-        return f"{key}  (forgotten)"
+        return f"{printable(key)}  (forgotten)"
     v = orjson.loads(value)
-    top = ", ".join(f"{c} {v['interests'][c]:.2f}" for c in v["top"])
-    return f"{v['user_id']:>10}  events={v['events']:<4} drift={v['drift']:.3f}  top: {top}"
+    top = ", ".join(f"{printable(c)} {v['interests'][c]:.2f}" for c in v["top"])
+    return f"{printable(v['user_id']):>10}  events={v['events']:<4} drift={v['drift']:.3f}  top: {top}"
+
+
+def printable(text: str | None) -> str | None:
+    """``text`` with each control character escaped (``\\x1b``): an id or a category holding an
+    ANSI sequence recoloured the terminal, and a pipe (click strips them) showed another id."""
+    if text is None or text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _delivered_ends(s: Settings, tps: list) -> dict:

@@ -23,9 +23,13 @@ one at start is deleted too.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 from pathlib import Path
+
+from .settings import ConfigError
 
 log = logging.getLogger("interest_stream.local_state")
 
@@ -146,3 +150,28 @@ def rebuild_stale(settings, paths: dict[int, Path], topic: str) -> list[int]:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(topic_id + "\n")
     return [p for p, _ in stale]
+
+
+LOCK_FILE = "worker.lock"
+_held = []  # the locks of this process, open until it ends
+
+
+def lock_state_dir(path: Path) -> None:
+    """Take this deployment's state directory for this process (an exclusive ``flock`` on
+    ``worker.lock`` in it, which the kernel drops when the process ends, however it ends). A second
+    worker with the same INTEREST_DATA_DIR waited on RocksDB's lock of each partition, then stopped
+    with tracebacks, and put the first one through a rebalance."""
+    f = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise ConfigError(f"INTEREST_DATA_DIR: {path} is in use by another worker (pid {holder}); workers on one "
+                          "host need their own INTEREST_DATA_DIR") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held.append(f)

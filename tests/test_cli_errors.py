@@ -465,3 +465,52 @@ def test_a_canonical_url_other_workers_cannot_reach_is_a_one_line_error(raw):
 def test_canonical_urls_other_workers_can_reach():
     for ok in ("http://worker-1:6066", "https://w.example.com", "http://[::1]:6066/"):
         assert Settings.from_env({"INTEREST_CANONICAL_URL": ok}).canonical_url == ok
+
+
+@pytest.mark.parametrize("args, option, setting", [
+    (["--web-port", "6067"], "--web-port", "INTEREST_WEB_PORT"),
+    (["-p6067"], "-p", "INTEREST_WEB_PORT"),
+    (["--web-host=worker-1"], "--web-host", "INTEREST_CANONICAL_URL"),
+    (["-b", "0.0.0.0"], "-b", "INTEREST_WEB_HOST"),
+    (["--web-transport", "foo://"], "--web-transport", "INTEREST_WEB_HOST / INTEREST_WEB_PORT"),
+    (["--workdir", "/nonexistent/x"], "--workdir", "INTEREST_DATA_DIR"),
+])
+def test_worker_options_the_settings_own_are_refused(args, option, setting):
+    """Passed to Faust, they skipped the worker's start checks (a port in use, a host that does not
+    resolve, a transport Faust does not know: tracebacks) and --web-port/--web-host replaced the URL
+    other workers are given, INTEREST_CANONICAL_URL, without a word. Refused before Kafka is asked."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["worker", *args], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == (f"Error: worker {option}: set {setting} instead (the worker's checks and "
+                                           "the URL other workers are given follow the settings)")
+
+
+@pytest.mark.parametrize("topic", ["", "bad name!", "a" * 250, ".."])
+def test_tail_of_a_topic_name_kafka_refuses_is_a_usage_error(topic):
+    """`--topic ""` read the default topic; a name Kafka refuses "does not exist; run `interest-stream
+    topics create`", which never makes it."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["tail", "--topic", topic], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == (f"Error: Invalid value for '--topic': {topic!r} is not a Kafka topic name "
+                                           "(1-249 ASCII letters, digits, '.', '_' and '-')")
+
+
+def test_tail_prints_control_characters_of_ids_escaped():
+    """An id holding an ANSI sequence recoloured the terminal, and through a pipe (click strips
+    them) printed as another id."""
+    import orjson
+
+    from stream_app.cli import format_vector
+
+    vector = {"user_id": "\x1b[31mRED\x1b[0m", "events": 1, "drift": 0.0, "top": ["a\nb"], "interests": {"a\nb": 1.0}}
+    assert format_vector("x", orjson.dumps(vector)) == ("\\x1b[31mRED\\x1b[0m  events=1    drift=0.000  top: a\\nb "
+                                                         "1.00")
+    assert format_vector("\x07bell", None) == "\\x07bell  (forgotten)"

@@ -29,3 +29,25 @@ def test_a_database_of_another_changelog_with_an_unwritten_marker_is_rebuilt_onc
     assert local_state.rebuild_stale(None, {0: path}, "changelog") == []  # the next start keeps it
     assert path.exists()
 
+
+
+def test_a_state_directory_is_one_workers(tmp_path):
+    """A second worker on the same INTEREST_DATA_DIR waited on RocksDB's lock of each partition,
+    then stopped with tracebacks after putting the first through a rebalance. flock's lock belongs
+    to the open file, so a second open of the lock file in this process stands for that worker."""
+    import os
+
+    import pytest
+
+    from stream_app.settings import ConfigError
+
+    local_state.lock_state_dir(tmp_path)
+    try:
+        with pytest.raises(ConfigError) as err:
+            local_state.lock_state_dir(tmp_path)
+        assert str(err.value) == (f"INTEREST_DATA_DIR: {tmp_path} is in use by another worker (pid {os.getpid()}); "
+                                  "workers on one host need their own INTEREST_DATA_DIR")
+    finally:
+        local_state._held.pop().close()  # the first worker ends: the kernel drops its lock
+    local_state.lock_state_dir(tmp_path)
+    local_state._held.pop().close()

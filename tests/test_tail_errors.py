@@ -48,3 +48,18 @@ def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
     proc = cli(env, "forget", "u1", "--timeout", "60", check=False, timeout=50)
     assert proc.returncode == 1
     assert proc.stderr == f"Error: 1 of 1 forget requests were not delivered to {control} (MessageSizeTooLargeError)\n"
+
+
+def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
+    """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
+    cli(env, "topics", "create")
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    vector = {"schema": 1, "user_id": "u1", "ts": 1, "model_version": "v", "interests": {"a": 1.0},
+              "top": ["a"], "drift": 0.0, "events": 1}
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"\xff", vector)])
+    out = cli(env, "tail", "--from-beginning", "--timeout", "10", check=False)
+    partition = partition_for(b"\xff", int(env["INTEREST_PARTITIONS"]))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr == (f"Error: {prefix}user-interests[{partition}]@0 is not an interest vector: tail reads "
+                          f"interest topics ({prefix}user-interests, {prefix}user-interests.backfill or a replay's "
+                          "--output-topic)\n")

@@ -52,6 +52,26 @@ def test_a_web_host_that_does_not_resolve(start_env):
                            f"(INTEREST_WEB_HOST / INTEREST_WEB_PORT): {reason}\n")
 
 
+def test_a_state_directory_another_worker_holds(start_env):
+    """A second worker on the same INTEREST_DATA_DIR waited on RocksDB's locks, then stopped with
+    tracebacks, after putting the first through a rebalance. This test process stands for the
+    first worker: it holds the lock."""
+    import os
+
+    from stream_app import local_state
+    from stream_app.settings import Settings
+
+    path = Settings.from_env(start_env).prepare_state_dir()
+    local_state.lock_state_dir(path)
+    try:
+        proc = cli(start_env, "worker", check=False, timeout=60)
+    finally:
+        local_state._held.pop().close()
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: INTEREST_DATA_DIR: {path} is in use by another worker (pid {os.getpid()}); "
+                           "workers on one host need their own INTEREST_DATA_DIR\n")
+
+
 def test_a_request_the_broker_refuses_is_its_reason_in_one_line(env):
     """The broker was reached and said no: its reason, not the whole CreateTopicsRequest and a hint
     to check KAFKA_BOOTSTRAP_SERVERS."""
