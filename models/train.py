@@ -116,23 +116,25 @@ def run_settings(data_cfg, train_cfg, model_overrides: dict | None, init_from) -
                                   "init_from": str(Path(init_from).resolve()) if init_from else None}))
 
 
-def check_resume(out_dir, data_path, data_cfg, train_cfg, model_overrides: dict | None, init_from) -> None:
-    """Raises :class:`ResumeMismatch` when the run in ``out_dir`` was started on another log or with
-    other settings than these (resuming would mix both). A run that recorded neither (from before
-    they were recorded) is not compared."""
+def check_resume(out_dir, fingerprint: dict, data_cfg, train_cfg, model_overrides: dict | None, init_from) -> dict | None:
+    """The run in ``out_dir`` to continue (its resume.json), None when there is none. Raises
+    :class:`ResumeMismatch` when it was started on another log than the one of ``fingerprint``
+    (:func:`log_fingerprint`) or with other settings than these (resuming would mix both). A run that
+    recorded neither (from before they were recorded) is not compared."""
     path = Path(out_dir) / RESUME_FILE
     if not path.exists():
-        return
+        return None
     try:
         saved = json.loads(path.read_text())
         started, settings = saved.get("log"), saved.get("settings")
     except (ValueError, AttributeError):
         raise ResumeMismatch(f"{path} is not readable: start the run again without --resume") from None
     if started is not None:
-        now = log_fingerprint(data_path)
-        if (now["size"], now["head_tail_sha256"]) != (started.get("size"), started.get("head_tail_sha256")):
+        if (fingerprint["size"], fingerprint["head_tail_sha256"]) != (started.get("size"),
+                                                                      started.get("head_tail_sha256")):
             raise ResumeMismatch(f"the run in {out_dir} was started on {started.get('path')} ({started.get('size')} "
-                                 f"bytes), not on this --data ({now['size']} bytes): give that log, or another --out")
+                                 f"bytes), not on this --data ({fingerprint['size']} bytes): give that log, or "
+                                 "another --out")
     if settings is not None:
         now = run_settings(data_cfg, train_cfg, model_overrides, init_from)
         changed = [f"{key} {settings.get(key)!r} then, {now[key]!r} now" for key in ("init_from",)
@@ -144,6 +146,7 @@ def check_resume(out_dir, data_path, data_cfg, train_cfg, model_overrides: dict 
         if changed:
             raise ResumeMismatch(f"the run in {out_dir} was started with other settings ({'; '.join(changed)}): "
                                  "give the same options, or another --out")
+    return saved
 
 
 def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overrides: dict | None = None,
@@ -156,16 +159,14 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
     data_cfg = data_cfg or DataConfig()
     train_cfg = train_cfg or TrainConfig()
     out = Path(out_dir)
-    if resume:
-        check_resume(out, data_path, data_cfg, train_cfg, model_overrides, init_from)
+    started = log_fingerprint(data_path)  # before the log is read: what training reads is this one
+    saved = check_resume(out, started, data_cfg, train_cfg, model_overrides, init_from) if resume else None
     out.mkdir(parents=True, exist_ok=True)
     split, encoder = None, None
-    if resume and (out / RESUME_FILE).exists():  # same split and encoder as the interrupted run
+    if saved is not None:  # same split and encoder as the interrupted run
         from interest_core.encoding import Encoder
 
-        saved = json.loads((out / RESUME_FILE).read_text())
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
-    started = log_fingerprint(data_path)  # before the log is read: what training reads is this one
     td = prepare_training(data_path, data_cfg, train_cfg, encoder=encoder, split=split, log=log)
     if split is None:  # (a --resume with nothing to resume starts the run)
         (out / RESUME_FILE).write_text(json.dumps({

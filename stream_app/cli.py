@@ -42,10 +42,9 @@ USER_ID = UserId()
 def _topic_name(value: str | None) -> str | None:
     """A --topic Kafka could hold (``""`` read the default topic; a name Kafka refuses was said not
     to exist yet, to be made by `topics create`, which never makes it)."""
-    from .settings import KAFKA_NAME
+    from .settings import is_topic_name
 
-    if value is not None and (not value or value in (".", "..") or len(value) > 249
-                              or not KAFKA_NAME.fullmatch(value)):
+    if value is not None and not is_topic_name(value):
         raise click.BadParameter(f"{value!r} is not a Kafka topic name (1-249 ASCII letters, digits, '.', '_' "
                                  "and '-')")
     return value

@@ -75,9 +75,9 @@ BACKFILL_SUFFIX = "user-interests.backfill"  # every deployment's default --outp
 def check_output_topic(s: Settings, topic: str) -> None:
     """A backfill goes to a topic of its own: never one the live deployment reads or writes, nor
     one named as any deployment's (another prefix's) own topics are."""
-    from .settings import KAFKA_NAME
+    from .settings import is_topic_name
 
-    if not topic or not KAFKA_NAME.fullmatch(topic) or topic in (".", ".."):
+    if not is_topic_name(topic):
         raise ReplayError(f"--output-topic {topic!r} is not a Kafka topic name (ASCII letters, digits, "
                           "'.', '_' and '-')")
     own = {**{t: "an input topic" for t in s.input_topics.values()},

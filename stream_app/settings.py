@@ -48,6 +48,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
 
 MAX_PORT = 65535
 KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]*")  # the characters Kafka allows in topic names
+MAX_TOPIC_NAME = 249  # Kafka's longest topic name
+
+
+def is_topic_name(name: str) -> bool:
+    """A name Kafka takes for a topic (a --topic or an --output-topic given on the command line)."""
+    return 0 < len(name) <= MAX_TOPIC_NAME and name not in (".", "..") and bool(KAFKA_NAME.fullmatch(name))
 
 
 def _name_part(env: Mapping[str, str], name: str, default: str) -> str:

@@ -116,11 +116,7 @@ def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None
         return
     counts = {t["name"]: len(t["partitions"]) for t in client.describe_topics([spec.name for spec in specs])
               if not t.get("error_code")}  # (one deleted since it was listed has no count)
-    inputs = {name: counts[name] for name in settings.input_topics.values() if name in counts}
-    if len(set(inputs.values())) > 1:
-        listing = ", ".join(f"{t}={n}" for t, n in inputs.items())
-        raise TopicError(f"input topics must have the same number of partitions (co-partitioned by user), got "
-                         f"{listing}")
+    _same_counts({name: counts[name] for name in settings.input_topics.values() if name in counts})
     wrong = {spec.name: counts[spec.name] for spec in specs
              if counts.get(spec.name, spec.partitions) != spec.partitions}
     if wrong:
@@ -195,12 +191,16 @@ def check_input_topics(settings: Settings) -> int:
         raise TopicError(
             f"input topics missing: {', '.join(missing)}; run `interest-stream topics create`"
         )
-    if len(set(counts.values())) != 1:
-        listing = ", ".join(f"{t}={n}" for t, n in counts.items())
-        raise TopicError(
-            f"input topics must have the same number of partitions (co-partitioned by user), got {listing}"
-        )
+    _same_counts(counts)
     return next(iter(counts.values()))
+
+
+def _same_counts(inputs: dict[str, int]) -> None:
+    """The input topics' partition counts (topic -> count) must be one: they are co-partitioned."""
+    if len(set(inputs.values())) > 1:
+        listing = ", ".join(f"{t}={n}" for t, n in inputs.items())
+        raise TopicError(f"input topics must have the same number of partitions (co-partitioned by user), got "
+                         f"{listing}")
 
 
 def ensure_output_topic(settings: Settings, name: str) -> str:
@@ -208,17 +208,11 @@ def ensure_output_topic(settings: Settings, name: str) -> str:
     return create_topics(settings, [TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})])[name]
 
 
-def check_replication(settings: Settings, client=None) -> None:
+def check_replication(settings: Settings, client) -> None:
     """Every topic of the deployment is created with INTEREST_REPLICATION replicas (by `topics
     create`, the worker's start, and Faust for the changelogs): refuse more than there are brokers
     before any is created (the broker refuses the topic; Faust stops with a traceback)."""
-    own = client is None
-    client = admin(settings) if own else client
-    try:
-        brokers = len(client.describe_cluster()["brokers"])
-    finally:
-        if own:
-            client.close()
+    brokers = len(client.describe_cluster()["brokers"])
     if settings.replication > brokers:
         raise TopicError(f"INTEREST_REPLICATION={settings.replication} but the cluster has {brokers} "
                          f"broker{'s' if brokers != 1 else ''}: set INTEREST_REPLICATION <= {brokers}")

@@ -79,13 +79,6 @@ def user_state(user_id: str) -> dict | None:
     return lookup(partition_for(key, settings.partitions), key)
 
 
-def bad_user_path(request) -> Response | None:
-    """The 400 of a path whose user id is not UTF-8 once percent-decoded (:func:`path_user_error`),
-    else None. Checked before :func:`route`, so such a request is never forwarded."""
-    error = path_user_error(request.rel_url.raw_path)
-    return None if error is None else json_response(error.body(), status=400)
-
-
 def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
@@ -97,7 +90,11 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     rebalance; here a forwarded request carries :data:`ROUTED` and is never forwarded again. It
     lands on a worker that does not own the user only while two workers disagree about the
     assignment (or when a client sets the header): that is a 503 to retry, not the 404 this
-    worker's own table would give."""
+    worker's own table would give. Every ``/users/{user_id}`` view asks this first, so a path whose
+    user id is not UTF-8 once percent-decoded is its 400 here (:func:`path_user_error`), never
+    forwarded."""
+    if (error := path_user_error(request.rel_url.raw_path)) is not None:
+        return json_response(error.body(), status=400)
     if not is_ready():  # its tables hold part of the users while they are restored from the changelogs
         return json_response({"error": "this worker is rebalancing or restoring its state; retry"}, status=503)
     try:
@@ -131,8 +128,6 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
 
 @app.page("/users/{user_id}")
 async def user_view(web, request, user_id: str):
-    if (bad := bad_user_path(request)) is not None:
-        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     st = user_state(user_id)
@@ -145,8 +140,6 @@ async def user_view(web, request, user_id: str):
 class RerankView(View):
     async def post(self, request, user_id: str):
         """Re-rank candidates with the user's latest vector (the owner answers)."""
-        if (bad := bad_user_path(request)) is not None:
-            return bad
         try:
             body = await request.read()
         except HTTPRequestEntityTooLarge as exc:
@@ -188,8 +181,6 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
 
 @app.page("/users/{user_id}/explain")
 async def explain_view(web, request, user_id: str):
-    if (bad := bad_user_path(request)) is not None:
-        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     found = await explain_user(user_id, evolution=False)
@@ -200,8 +191,6 @@ async def explain_view(web, request, user_id: str):
 
 @app.page("/users/{user_id}/view")
 async def page_view(web, request, user_id: str):
-    if (bad := bad_user_path(request)) is not None:
-        return bad
     if (routed := await route(request, user_id)) is not None:
         return routed
     found = await explain_user(user_id, evolution=True)

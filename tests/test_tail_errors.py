@@ -10,6 +10,17 @@ from test_worker_ingest import event
 
 pytestmark = pytest.mark.kafka
 
+VECTOR = {"schema": 1, "user_id": "u1", "ts": 1, "model_version": "v", "interests": {"a": 1.0}, "top": ["a"],
+          "drift": 0.0, "events": 1}
+
+
+def not_a_vector(env, topic: str, key: bytes) -> str:
+    """tail's error for the first record of ``key`` on ``topic`` (prefixed) that is no interest vector."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    partition = partition_for(key, int(env["INTEREST_PARTITIONS"]))
+    return (f"Error: {prefix}{topic}[{partition}]@0 is not an interest vector: tail reads interest topics "
+            f"({prefix}user-interests, {prefix}user-interests.backfill or a replay's --output-topic)\n")
+
 
 def test_tail_of_a_topic_without_interest_vectors_is_a_one_line_error(env):
     """`tail --topic events.click` was a KeyError traceback at the first record."""
@@ -19,20 +30,15 @@ def test_tail_of_a_topic_without_interest_vectors_is_a_one_line_error(env):
                                              (f"{prefix}events.dlq", b"u1", b"\x00not json")])
     for topic in ("events.click", "events.dlq"):
         out = cli(env, "tail", "--topic", prefix + topic, "--from-beginning", "--timeout", "10", check=False)
-        partition = partition_for(b"u1", int(env["INTEREST_PARTITIONS"]))
         assert out.returncode == 1
-        assert out.stderr == (f"Error: {prefix}{topic}[{partition}]@0 is not an interest vector: tail reads interest "
-                              f"topics ({prefix}user-interests, {prefix}user-interests.backfill or a replay's "
-                              "--output-topic)\n")
+        assert out.stderr == not_a_vector(env, topic, b"u1")
 
 
 def test_tail_with_a_timeout_too_long_to_count_in_milliseconds_waits_as_without_one(env):
     """1e308 s is finite, but not in milliseconds: it was an OverflowError traceback."""
     cli(env, "topics", "create")
     prefix = env["INTEREST_TOPIC_PREFIX"]
-    vector = {"schema": 1, "user_id": "u1", "ts": 1, "model_version": "v", "interests": {"a": 1.0},
-              "top": ["a"], "drift": 0.0, "events": 1}
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"u1", vector)])
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"u1", VECTOR)])
     out = cli(env, "tail", "--from-beginning", "--max-messages", "1", "--timeout", "1e308")
     assert out.stdout.split() == ["u1", "events=1", "drift=0.000", "top:", "a", "1.00"]
 
@@ -54,12 +60,7 @@ def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
     cli(env, "topics", "create")
     prefix = env["INTEREST_TOPIC_PREFIX"]
-    vector = {"schema": 1, "user_id": "u1", "ts": 1, "model_version": "v", "interests": {"a": 1.0},
-              "top": ["a"], "drift": 0.0, "events": 1}
-    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"\xff", vector)])
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(f"{prefix}user-interests", b"\xff", VECTOR)])
     out = cli(env, "tail", "--from-beginning", "--timeout", "10", check=False)
-    partition = partition_for(b"\xff", int(env["INTEREST_PARTITIONS"]))
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr == (f"Error: {prefix}user-interests[{partition}]@0 is not an interest vector: tail reads "
-                          f"interest topics ({prefix}user-interests, {prefix}user-interests.backfill or a replay's "
-                          "--output-topic)\n")
+    assert out.stderr == not_a_vector(env, "user-interests", b"\xff")
