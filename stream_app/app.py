@@ -16,6 +16,7 @@ import gc
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import faust
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
@@ -32,6 +33,9 @@ from .rerank import MAX_BODY_BYTES
 from .settings import Settings
 from .state_cache import StateCache
 from .topics import LIMIT, TopicError, changelog_limit, check_input_topics, check_limits, partition_counts
+
+if TYPE_CHECKING:
+    from .ingest import Received
 
 log = logging.getLogger("interest_stream")
 
@@ -101,6 +105,7 @@ class InterestApp(faust.App):
     models: ModelHolder
     output_partitions: int  # of the output topic, read at start
     vector_sends: set  # batches of vectors the broker has not answered yet (stream_app.scoring)
+    received: Received  # the input offsets the agent received (stream_app.ingest)
     fetch_max_wait_ms: int  # how long a fetch waits for data at most (stream_app.consumer.ConsumerThread)
 
     def _new_transport(self):
@@ -162,6 +167,10 @@ class InterestApp(faust.App):
             await asyncio.wait(sending, timeout=LETTER_WAIT_S)
         await self.flusher.flush("shutdown" if self.should_stop else "rebalance")
         await super()._consumer_wait_empty(consumer, logger)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        self.received.delivered.close()  # the reader of input partitions' tails (stream_app.ingest)
 
 
 class InterestWorker(faust.Worker):

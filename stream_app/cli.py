@@ -13,8 +13,6 @@ from interest_core.cli_types import EVENT_TS, LAST_DATE_MS, POSITIVE, SEED, Fini
 
 from .settings import InterestStreamError, Settings
 
-DELIVERED_WAIT_S = 10.0  # forget: the longest it reads the tail of one input partition
-
 
 class UserId(click.ParamType):
     """A user id as the contract has it: 1-128 characters of UTF-8 text. An argument the shell
@@ -346,38 +344,16 @@ def printable(text: str | None) -> str | None:
 
 
 def _delivered_ends(s: Settings, tps: list) -> dict:
-    """Per partition, the offset after the last record a consumer is given, 0 when it is given
-    none: what the worker will have received once it has read everything written so far. A
-    transaction's commit or abort marker takes an offset no consumer is given, so a partition last
-    written by a transactional producer has an end offset one past that, which the worker would
-    only pass at the partition's next event."""
-    reader = _consumer(s)  # read_uncommitted, as the worker reads
+    """Per partition, the offset after the last record a consumer is given, read as the worker
+    reads (read_uncommitted): what the worker will have received once it has read everything
+    written so far (:mod:`stream_app.delivered`)."""
+    from .delivered import delivered_ends
+
+    reader = _consumer(s)
     try:
-        begins, ends = reader.beginning_offsets(tps), reader.end_offsets(tps)
-        return {tp: _last_delivered(reader, tp, begins[tp], ends[tp]) for tp in tps}
+        return delivered_ends(reader, tps)
     finally:
         reader.close()
-
-
-def _last_delivered(reader, tp, begin: int, end: int) -> int:
-    """:func:`_delivered_ends` of one partition: its tail read backwards, 1, 8, 64… offsets at a
-    time (each transaction adds one marker after its records); a tail not read within
-    ``DELIVERED_WAIT_S`` keeps the end offset, which only makes the request wait longer."""
-    reader.assign([tp])
-    back, deadline = 1, time.monotonic() + DELIVERED_WAIT_S
-    while end > begin:
-        start = max(begin, end - back)
-        reader.seek(tp, start)
-        last = -1
-        while reader.position(tp) < end:
-            if time.monotonic() >= deadline:
-                return end  # not read in time
-            got = reader.poll(timeout_ms=200).get(tp, ())
-            last = max([last] + [r.offset for r in got if r.offset < end])
-        if last >= 0 or start == begin:
-            return last + 1
-        back *= 8
-    return end
 
 
 @main.command()

@@ -17,9 +17,11 @@ import logging
 import time
 
 from faust.types import TP
+from kafka import KafkaConsumer
 
 from . import core, metrics
-from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, inputs, lookup_key, now_ms, send_letter, settings
+from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
+from .delivered import DeliveredEnds
 from .events import dead_letter
 from .state_cache import Letter, message_bytes
 
@@ -58,12 +60,18 @@ def applied_offset(received: int | None, committed: int | None, *waiting: int | 
 
 class Received:
     """The last offset the agent received of each input partition, to tell whether a topic's
-    partition is caught up (nothing more fetched than received) for the aligner. A partition the
-    agent received nothing from since the assignment is caught up when its committed offset is
-    its end: nothing was written since the last commit."""
+    partition is caught up (every record written so far received) for the aligner.
 
-    def __init__(self) -> None:
+    A partition is caught up when the offset after the last one received (or its committed offset,
+    when nothing was received since the assignment: nothing was written since the last commit)
+    is its end offset. Or, when it is not and the fetcher is at the end (so nothing is to come but
+    what is in flight), when that offset is the one after the partition's last record, read from
+    the log (:class:`stream_app.delivered.DeliveredEnds`, once per end offset): a transaction's
+    marker, which no consumer is given, may end it, or retention may have deleted its records."""
+
+    def __init__(self, delivered: DeliveredEnds) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
+        self.delivered = delivered
         self._tps: dict[tuple[str, int], TP] = {}
 
     def caught_up(self, topic: str, partition: int) -> bool:
@@ -76,10 +84,23 @@ class Received:
             return False
         if high is None:
             return False
-        return applied_offset(self.offsets.get((topic, partition)), app.consumer._committed_offset.get(tp)) >= high
+        received = self.offsets.get((topic, partition))
+        applied = applied_offset(received, app.consumer._committed_offset.get(tp))
+        if applied >= high:
+            return True
+        delivered = self.delivered.get(topic, partition, high)
+        if delivered is not None:
+            return applied >= delivered
+        # read the tail only when nothing fetched is on its way to the agent, as far as Faust says
+        # (the offset it last handed over is the one the agent last received)
+        position = fetch_position(tp)
+        if position is not None and position >= high and app.consumer._read_offset.get(tp) == received:
+            self.delivered.ask(topic, partition, high)
+        return False
 
 
-app.received = Received()
+app.received = Received(DeliveredEnds(
+    lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())))
 app.ingest_stalled = False  # applying waits for the changelog (stream_app.ingest._wait_for_changelog)
 
 
@@ -89,6 +110,7 @@ async def forget_received(sender, revoked, **kwargs) -> None:
     applied before the flush that preceded the revocation)."""
     for tp in revoked:
         app.received.offsets.pop((tp.topic, tp.partition), None)
+        app.received.delivered.forget(tp.topic, tp.partition)
 
 
 def apply_released(messages, bounded: bool = False) -> None:

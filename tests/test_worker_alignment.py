@@ -2,6 +2,9 @@
 record-timestamp order, so no event is lost as late (stream_app.alignment)."""
 from __future__ import annotations
 
+import time
+
+import orjson
 import pytest
 
 from conftest import cli, metric_values, wait_for
@@ -59,3 +62,66 @@ def test_after_a_restart_a_quiet_topic_does_not_hold_the_others_back(env, worker
     produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"u1", e) for e in clicks])
     wait_until_counted(w, first + clicks)
     assert metric(w, "interest_align_forced_total") == 0
+
+
+def test_a_topic_last_written_in_a_transaction_does_not_hold_the_others_back(env, workers):
+    """A transaction's commit marker takes the partition's last offset, and no consumer is given
+    it: the agent's last offset received stays one below the end, so by the offset rule the browse
+    and search partitions never caught up, and every later click waited the aligner's 2 s and was
+    applied as forced. The worker now reads where that partition's last record is."""
+    from kafka import KafkaProducer
+
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers(INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3")
+    first = [event(i, "u1", kind, T0 + i * 60_000) for i, kind in enumerate(("browse", "search"))]
+    p = KafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      transactional_id=f"{env['INTEREST_TOPIC_PREFIX']}upstream")
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        for e in first:
+            p.send(t[e["type"]], key=b"u1", value=orjson.dumps(e), timestamp_ms=e["ts"])
+        p.commit_transaction()
+    finally:
+        p.close()
+    wait_until_counted(w, first)
+    clicks = [event(100 + i, "u1", "click", T0 + (10 + i) * 60_000) for i in range(20)]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], [(t["click"], b"u1", e) for e in clicks])
+    wait_until_counted(w, first + clicks)
+    assert metric(w, "interest_align_forced_total") == 0
+
+
+def test_a_topic_emptied_by_retention_does_not_hold_the_others_back_nor_a_forget(env, workers):
+    """A new deployment (a new consumer group) on input whose browse and search records retention
+    has deleted: those partitions' first offset is their end, above 0, and nothing is ever
+    received from them. Before, by the offset rule they never caught up (every click waited the
+    2 s, forced), and `forget` asked the worker to apply them up to that end, which it never
+    reached: the command waited for its whole timeout."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    t = topics(env)
+    cli(env, "topics", "create")
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    old = [event(i, "u1", kind, T0 + i * 60_000) for i, kind in enumerate(("browse", "search") * 3)]
+    produce(bootstrap, [(t[e["type"]], b"u1", e) for e in old])
+    reader = KafkaConsumer(bootstrap_servers=bootstrap)
+    tps = [TopicPartition(t[kind], p) for kind in ("browse", "search") for p in range(4)]
+    ends = {tp: end for tp, end in reader.end_offsets(tps).items() if end}
+    reader.close()
+    assert sorted(ends.values()) == [3, 3]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_records(ends)
+    finally:
+        admin.close()
+    w = workers(INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3")
+    clicks = [event(100 + i, "u1", "click", T0 + (10 + i) * 60_000) for i in range(20)]
+    produce(bootstrap, [(t["click"], b"u1", e) for e in clicks])
+    wait_until_counted(w, clicks)
+    assert metric(w, "interest_align_forced_total") == 0
+    started = time.monotonic()
+    out = cli(env, "forget", "u1", "--timeout", "30").stdout
+    assert out.startswith("forgotten: u1 (tombstone at "), out
+    assert time.monotonic() - started < 20
