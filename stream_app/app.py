@@ -26,6 +26,7 @@ from .alignment import RELEASE_EVERY, Aligner
 from .consumer import Consumer
 from .events import MAX_DEAD_LETTER_BYTES
 from .flush import LETTER_WAIT_S, Flusher
+from .local_state import holds_state_dir, lock_state_dir
 from .logs import use_json
 from .model_swap import ModelHolder
 from .partitioning import partition_for
@@ -116,6 +117,9 @@ class InterestApp(faust.App):
         return transport
 
     async def on_first_start(self) -> None:
+        # one worker per state directory, however it was started (before any table opens RocksDB)
+        if not holds_state_dir(settings.state_dir):
+            lock_state_dir(settings.state_dir)
         await super().on_first_start()
         gc.set_threshold(*GC_THRESHOLDS)
         gc.freeze()

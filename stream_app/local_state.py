@@ -175,3 +175,9 @@ def lock_state_dir(path: Path) -> None:
     f.write(f"{os.getpid()}\n")
     f.flush()
     _held.append(f)
+
+
+def holds_state_dir(path: Path) -> bool:
+    """Whether this process took ``path`` with :func:`lock_state_dir` (``interest-stream worker``
+    does before Faust starts; ``faust -A stream_app.app worker`` when the app starts)."""
+    return any(f.name == str(path / LOCK_FILE) for f in _held)

@@ -101,3 +101,22 @@ def test_local_state_behind_a_recreated_changelog_is_rebuilt_from_it(env, worker
     assert w.get("/users/old0")[0] == 404 and w.get("/users/old1")[0] == 404
     wait_for(lambda: counted(w, new), what="counts restored from the new changelog")
     assert "was built from another" in w.log(400) and "deleting it to rebuild from the changelog" in w.log(400)
+
+
+def test_a_second_faust_worker_on_the_same_state_dir_stops_at_its_lock(env, workers, tmp_path):
+    """`faust -A stream_app.app worker` took no lock (only `interest-stream worker` did), so a
+    second one on the same INTEREST_DATA_DIR waited on RocksDB's locks, then stopped with
+    tracebacks after putting the first through a rebalance. The app takes the lock as it starts."""
+    shared = tmp_path / "shared-state"
+    cli(env, "topics", "create")
+    w1 = workers("one", data_dir=shared)
+    w2 = workers("two", data_dir=shared, start=False)
+    w2.start(wait=False)
+    assert w2.proc.wait(60) != 0
+    state = shared / f"{env['INTEREST_TOPIC_PREFIX']}interest-stream"
+    assert (f"INTEREST_DATA_DIR: {state} is in use by another worker (pid {w1.proc.pid}); workers on one host "
+            "need their own INTEREST_DATA_DIR") in w2.log()
+    events = users_events(4, 3, name="a")
+    send(env, events)
+    wait_for(lambda: counted(w1, events), what="the first worker's counts")
+    assert "rebalanc" not in w1.log(400).lower()
