@@ -138,6 +138,10 @@ def main() -> None:
                 "read_per_s": {q: round(percentile(sorted(read_rates), f)) if read_rates else None
                                for q, f in (("min", 0.0), ("p10", 0.1), ("p50", 0.5), ("max", 1.0))},
                 "fetch_max_wait_ms": s.fetch_max_wait_ms,
+                # the aligner's reads of a partition's tail (stream_app.delivered): a partition
+                # short of its end offset with the fetcher there (records in flight, or a marker)
+                "align_tail_reads": int(m.get("interest_align_tail_reads_total", 0)),
+                "align_forced": int(m.get("interest_align_forced_total", 0)),
                 # the flushes of the whole run (stream and drain): how many, how long each took in
                 # the event loop on average, and how many users each wrote
                 "flushes": int(m.get("interest_flush_seconds_count", 0)),

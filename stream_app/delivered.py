@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Callable
 
+from . import metrics
+
 log = logging.getLogger("interest_stream")
 
 DELIVERED_WAIT_S = 10.0  # the longest the tail of one partition is read
@@ -109,6 +111,7 @@ class DeliveredEnds:
                     tp = TopicPartition(*key)
                     begin = reader.beginning_offsets([tp])[tp]
                     self._known[key] = (end, delivered_end(reader, tp, begin, end))
+                    metrics.ALIGN_TAIL_READS.inc()
                 except Exception as exc:  # the partition then counts as behind, as by its end offset
                     log.debug("could not read the tail of %s[%d]: %r", *key, exc)
                 finally:

@@ -121,6 +121,10 @@ ALIGN_FORCED = Counter(
     "interest_align_forced_total", "Input messages applied before the other topics of their partition "
     "caught up (waited too long, or too many waiting)", registry=REGISTRY,
 )
+ALIGN_TAIL_READS = Counter(
+    "interest_align_tail_reads_total", "Input partitions' tails read to find their last record, for a "
+    "partition short of its end offset with the fetcher there (stream_app.delivered)", registry=REGISTRY,
+)
 
 for _reason in (
     "not_utf8", "not_json", "not_object", "too_large", "missing_key", "key_mismatch",
