@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,8 @@ KAFKA_VERSION = "4.1.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J2_XML = REPO_ROOT / "infra" / "kafka" / "log4j2.xml"
+# the first line of every config `up` writes: what tells a broker home from a mistaken directory
+CONFIG_HEADER = "# written by interest-stream kafka up"
 
 
 class KafkaLocalError(InterestStreamError):
@@ -169,7 +172,15 @@ class LocalKafka:
     def write_config(self) -> None:
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"{k}={v}" for k, v in self.properties().items()]
-        self.config_file.write_text("# written by interest-stream kafka up\n" + "\n".join(lines) + "\n")
+        self.config_file.write_text(CONFIG_HEADER + "\n" + "\n".join(lines) + "\n")
+
+    def made_by_up(self) -> bool:
+        """Whether the home holds a config that ``up`` wrote (the only kind ``purge`` deletes)."""
+        try:
+            with open(self.config_file, "rb") as f:
+                return f.read(len(CONFIG_HEADER) + 1) == CONFIG_HEADER.encode() + b"\n"
+        except OSError:
+            return False
 
     def _jvm(self, main: str, *args: str) -> list[str]:
         return [
@@ -285,15 +296,39 @@ class LocalKafka:
         raise KafkaLocalError(f"the broker did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def down(self, purge: bool = False, timeout: float = 30.0) -> bool:
-        """Stop the broker; returns True if one was running. ``purge`` deletes its data."""
+        """Stop the broker; returns True if one was running. ``purge`` deletes what ``up`` made
+        (data, config, logs, pid file), then the home if nothing else is left in it; a directory
+        ``up`` did not make (a mistaken INTEREST_KAFKA_HOME) is refused and nothing is deleted."""
+        if purge and self.home.is_dir() and not self.made_by_up() and any(self.home.iterdir()):
+            raise KafkaLocalError(
+                f"{self.home} is not a broker home (no config written by `interest-stream kafka up` in it); "
+                "nothing deleted: check INTEREST_KAFKA_HOME"
+            )
         pid = self.pid()
         was_running = pid is not None
         if pid is not None:
             self._stop_pid(pid, timeout)
-        self.pid_file.unlink(missing_ok=True)
+        if was_running or self.made_by_up():
+            self.pid_file.unlink(missing_ok=True)
         if purge:
-            shutil.rmtree(self.home, ignore_errors=True)
+            self._purge()
         return was_running
+
+    def _purge(self) -> None:
+        """Delete what ``up`` made, then its config directory and the home if they are empty."""
+        for path in (self.data_dir, self.log_file.parent, self.config_file, self.pid_file):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise KafkaLocalError(f"could not delete {exc.filename or path}: {exc.strerror}") from None
+        for d in (self.config_file.parent, self.home):
+            try:
+                d.rmdir()
+            except OSError:  # gone already, or something else lives there: kept
+                pass
 
     def _stop_pid(self, pid: int, timeout: float = 30.0) -> None:
         try:

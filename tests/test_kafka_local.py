@@ -125,3 +125,36 @@ def test_two_processes_resolve_the_jars_once(tmp_path):
     outs = [p.communicate(timeout=60) for p in procs]
     assert [o for o, _ in outs] == ["['kafka_2.13-4.1.1.jar']\n"] * 2, outs
     assert runs.read_text() == "run\n"
+
+
+def test_purge_deletes_only_what_up_made(tmp_path):
+    """`kafka down --purge` ran rmtree on the whole home: a mistaken INTEREST_KAFKA_HOME ($HOME, a
+    project) was wiped, broker or not. Now it deletes the data, config, logs and pid file that `up`
+    made, then the home if nothing else is in it, and refuses a directory `up` did not make."""
+    mistaken = tmp_path / "project"
+    (mistaken / "src").mkdir(parents=True)
+    (mistaken / "notes.txt").write_text("precious\n")
+    (mistaken / "kafka.pid").write_text("12345\n")
+    res = cli(dict(os.environ, INTEREST_KAFKA_HOME=str(mistaken)), "kafka", "down", "--purge", check=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == (f"Error: {mistaken} is not a broker home (no config written by `interest-stream "
+                          "kafka up` in it); nothing deleted: check INTEREST_KAFKA_HOME\n")
+    assert sorted(p.name for p in mistaken.iterdir()) == ["kafka.pid", "notes.txt", "src"]
+
+    home = tmp_path / "kafka"
+    k = LocalKafka(home=home, port=free_port(), controller_port=free_port())
+    k.write_config()  # what `up` leaves behind, without starting a JVM
+    (home / "data" / "__consumer_offsets-0").mkdir(parents=True)
+    (home / "data" / "meta.properties").write_text("node.id=1\n")
+    k.log_file.parent.mkdir()
+    k.log_file.write_text("log\n")
+    k.pid_file.write_text("999999999\n")
+    (home / "mine.txt").write_text("kept\n")
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home))
+    assert cli(env, "kafka", "down", "--purge").stdout == "not running, data purged\n"
+    assert [p.name for p in home.iterdir()] == ["mine.txt"]
+    (home / "mine.txt").unlink()
+    k.write_config()
+    assert cli(env, "kafka", "down", "--purge").stdout == "not running, data purged\n"
+    assert not home.exists()
+    assert cli(env, "kafka", "down", "--purge").stdout == "not running, data purged\n"  # nothing to purge
