@@ -208,24 +208,29 @@ class LocalKafka:
 
     # -- process -------------------------------------------------------------------------
     def pid(self) -> int | None:
-        """The broker's pid if its pid file names a live process, else None."""
+        """The broker's pid if its pid file names a live broker started with this home's config,
+        else None (a stale pid file)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+        if pid <= 1:  # to kill(), 0 and -1 are the caller's own group and every process; 1 is init
+            return None
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):
             return None
         except PermissionError:
-            return pid
-        # a recycled pid that is not our broker counts as stale
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"kafka.Kafka" not in cmdline:
-                return None
-        except OSError:
             pass
+        if not Path("/proc/self").exists():  # no procfs (macOS): the pid is all there is to go on
+            return pid
+        # a recycled pid counts as stale, another home's broker included
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if b"kafka.Kafka" not in args or os.fsencode(self.config_file) not in args:
+            return None
         return pid
 
     def answers(self, timeout: float = 2.0) -> bool:
@@ -249,9 +254,40 @@ class LocalKafka:
                         return int(port) if port.isdigit() else None
         return None
 
+    @contextmanager
+    def _locked(self, make: bool):
+        """Hold an exclusive lock on the home for the whole of ``up`` or ``down``, so that a second
+        one waits for the first and then finds the broker it started or stopped. The lock is a
+        flock on the home directory itself: no file is left in it. ``make`` creates the home;
+        without one (``down``) there is nothing to lock."""
+        while True:
+            if make:
+                self.home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                yield
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.path.samestat(os.fstat(fd), os.stat(self.home))
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    yield
+                    return
+            finally:
+                os.close(fd)
+            # the home was purged (and maybe made again) while this one waited: lock the one there now
+
     def up(self, timeout: float = 90.0) -> float:
         """Start the broker unless it already runs; returns seconds until it answered. A broker of
         this home running on another port is refused, not stopped: one home holds one broker."""
+        with self._locked(make=True):
+            return self._up(timeout)
+
+    def _up(self, timeout: float) -> float:
         t0 = time.monotonic()
         pid = self.pid()
         if pid is not None:
@@ -271,7 +307,6 @@ class LocalKafka:
                 f"port {self.port} on {self.host} is taken by another process; "
                 "set a different port or KAFKA_BOOTSTRAP_SERVERS to use that broker"
             )
-        self.home.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self.format_storage()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +334,12 @@ class LocalKafka:
         """Stop the broker; returns True if one was running. ``purge`` deletes what ``up`` made
         (data, config, logs, pid file), then the home if nothing else is left in it; a directory
         ``up`` did not make (a mistaken INTEREST_KAFKA_HOME) is refused and nothing is deleted."""
+        if not self.home.is_dir():
+            return False
+        with self._locked(make=False):
+            return self._down(purge, timeout)
+
+    def _down(self, purge: bool, timeout: float) -> bool:
         if purge and self.home.is_dir() and not self.made_by_up() and any(self.home.iterdir()):
             raise KafkaLocalError(
                 f"{self.home} is not a broker home (no config written by `interest-stream kafka up` in it); "

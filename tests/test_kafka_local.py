@@ -1,6 +1,9 @@
 """`interest-stream kafka up|down|status` against a broker of its own (not the session's)."""
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,7 +13,8 @@ from stream_app.kafka_local import LocalKafka, broker_answers, free_port
 pytestmark = pytest.mark.kafka
 
 
-def _no_broker_process(home) -> bool:
+def _broker_pids(home) -> list[int]:
+    pids = []
     for cmd in os.listdir("/proc"):
         if cmd.isdigit():
             try:
@@ -18,8 +22,12 @@ def _no_broker_process(home) -> bool:
             except OSError:
                 continue
             if b"kafka.Kafka" in line and str(home).encode() in line:
-                return False
-    return True
+                pids.append(int(cmd))
+    return pids
+
+
+def _no_broker_process(home) -> bool:
+    return not _broker_pids(home)
 
 
 def test_up_status_down_and_stale_pid(tmp_path, session_dir):
@@ -158,3 +166,61 @@ def test_purge_deletes_only_what_up_made(tmp_path):
     assert cli(env, "kafka", "down", "--purge").stdout == "not running, data purged\n"
     assert not home.exists()
     assert cli(env, "kafka", "down", "--purge").stdout == "not running, data purged\n"  # nothing to purge
+
+
+def test_two_ups_on_one_home_leave_one_broker(tmp_path, session_dir):
+    """Two `kafka up` at once on one home: the second found the first's broker alive but not yet
+    answering and stopped it, and the first then deleted the second's pid file, leaving a broker
+    that `status` and `down` could not see. Now the second waits for the first (a lock on the
+    home) and finds its broker running."""
+    port, cport = free_port(), free_port()
+    home = tmp_path / "kafka"
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(port),
+               INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP="256m")
+    k = LocalKafka(home=home, port=port, controller_port=cport)
+    try:
+        first = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "kafka", "up"], env=env, cwd=ROOT,
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(600):  # the first's JVM is starting
+            if k.pid_file.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        second = cli(env, "kafka", "up", check=False)
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0 and out.startswith("kafka started in"), err
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == f"kafka already running at 127.0.0.1:{port} (data in {home})\n"
+        assert _broker_pids(home) == [k.pid()]
+        assert cli(env, "kafka", "down").stdout == "stopped\n"
+        assert _no_broker_process(home)
+    finally:
+        k.down(purge=True)
+        for pid in _broker_pids(home):  # an orphan the pid file does not name
+            os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_pid_file_naming_no_broker_of_this_home_is_stale(tmp_path):
+    """pid() took any live process with kafka.Kafka in its command line, so after pid reuse `down`
+    stopped another home's broker; a pid file of 0 or -1 named the caller's own process group, and
+    `down` killed the caller. Now only a broker started with this home's config counts."""
+    home = tmp_path / "kafka"
+    k = LocalKafka(home=home, port=free_port(), controller_port=free_port())
+    k.write_config()
+    for text in ("0", "-1", "1", "99999999999999999999"):
+        k.pid_file.write_text(text + "\n")
+        assert k.pid() is None, text
+        assert k.down() is False and not k.pid_file.exists()
+    other = LocalKafka(home=tmp_path / "other")
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "kafka.Kafka",
+                               str(broker.config_file)], start_new_session=True) for broker in (other, k)]
+    try:
+        k.pid_file.write_text(f"{procs[0].pid}\n")  # another home's broker
+        assert k.pid() is None and k.down() is False
+        assert procs[0].poll() is None  # kept
+        k.pid_file.write_text(f"{procs[1].pid}\n")  # this home's
+        assert k.pid() == procs[1].pid and k.down() is True
+        assert procs[1].wait(timeout=5) == -signal.SIGTERM  # stopped
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
