@@ -307,6 +307,11 @@ class LocalKafka:
                 f"port {self.port} on {self.host} is taken by another process; "
                 "set a different port or KAFKA_BOOTSTRAP_SERVERS to use that broker"
             )
+        if _port_open(self.host, self.controller_port):
+            raise KafkaLocalError(
+                f"the controller's port {self.controller_port} on {self.host} is taken by another process; "
+                "set INTEREST_KAFKA_CONTROLLER_PORT to a free port"
+            )
         self.write_config()
         self.format_storage()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -224,3 +224,25 @@ def test_a_pid_file_naming_no_broker_of_this_home_is_stale(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_a_taken_controller_port_is_one_line(tmp_path):
+    """Only the broker's port was checked: a taken controller port ended in "the broker exited with
+    code 1" and 30 lines of Java stack."""
+    import socket
+
+    port = free_port()
+    home = tmp_path / "kafka"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cport = taken.getsockname()[1]
+        env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(port),
+                   INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP="256m")
+        try:
+            res = cli(env, "kafka", "up", check=False)
+        finally:
+            LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == (f"Error: the controller's port {cport} on 127.0.0.1 is taken by another process; "
+                          "set INTEREST_KAFKA_CONTROLLER_PORT to a free port\n")
