@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J2_XML = REPO_ROOT / "infra" / "kafka" / "log4j2.xml"
 # the first line of every config `up` writes: what tells a broker home from a mistaken directory
 CONFIG_HEADER = "# written by interest-stream kafka up"
+# (home, thread) pairs whose thread holds the home's lock (LocalKafka._locked)
+_HELD: set[tuple[str, int]] = set()
 
 
 class KafkaLocalError(InterestStreamError):
@@ -259,7 +262,13 @@ class LocalKafka:
         """Hold an exclusive lock on the home for the whole of ``up`` or ``down``, so that a second
         one waits for the first and then finds the broker it started or stopped. The lock is a
         flock on the home directory itself: no file is left in it. ``make`` creates the home;
-        without one (``down``) there is nothing to lock."""
+        without one (``down``) there is nothing to lock. A thread that holds it already (``down``
+        from a signal handler or atexit hook while ``up`` waits for the broker, as the tests'
+        session does) goes on without waiting for itself."""
+        held = (os.path.abspath(self.home), threading.get_ident())
+        if held in _HELD:
+            yield
+            return
         while True:
             if make:
                 self.home.mkdir(parents=True, exist_ok=True)
@@ -275,7 +284,11 @@ class LocalKafka:
                 except FileNotFoundError:
                     current = False
                 if current:
-                    yield
+                    _HELD.add(held)
+                    try:
+                        yield
+                    finally:
+                        _HELD.discard(held)
                     return
             finally:
                 os.close(fd)
