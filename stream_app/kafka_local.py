@@ -54,7 +54,9 @@ def default_home() -> Path:
         "interest-stream",
         "kafka",
     )
-    home = Path(base)
+    # absolute: the broker's command line names its config by this path, which `pid()` looks for
+    # whatever directory a later `status` or `down` runs in
+    home = Path(os.path.abspath(base))
     for p in (home, *home.parents):  # the nearest part that exists must be a directory
         if p.exists():
             if not p.is_dir():

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, cli
-from stream_app.kafka_local import LocalKafka, broker_answers, free_port
+from stream_app.kafka_local import LocalKafka, broker_answers, default_home, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -265,3 +265,11 @@ def test_a_taken_controller_port_is_one_line(tmp_path):
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr == (f"Error: the controller's port {cport} on 127.0.0.1 is taken by another process; "
                           "set INTEREST_KAFKA_CONTROLLER_PORT to a free port\n")
+
+
+def test_a_relative_home_is_found_from_any_directory(tmp_path, monkeypatch):
+    """The broker's command line names its config by the home's path, which pid() looks for: a
+    relative INTEREST_KAFKA_HOME would not be found by a `status` or `down` run elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INTEREST_KAFKA_HOME", "state/kafka")
+    assert default_home() == tmp_path / "state" / "kafka"
