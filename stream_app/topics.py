@@ -23,6 +23,10 @@ TABLES = ("users",)
 # (stream_app.state.trim) instead of stalling its partition.
 CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
 LIMIT = "max.message.bytes"
+POLICY = "cleanup.policy"
+# why each topic needs its cleanup.policy: what an existing topic with the other one would lose
+POLICY_REASON = {"compact": "without compaction its records older than retention.ms are deleted",
+                 "delete": "compaction keeps only each key's newest record"}
 
 
 def changelog_limit(settings: Settings) -> int:
@@ -49,8 +53,8 @@ class TopicSpec:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     p = settings.partitions
-    retention = {"retention.ms": str(settings.retention_ms)}
-    compact = {"cleanup.policy": "compact"}
+    retention = {"retention.ms": str(settings.retention_ms), POLICY: "delete"}
+    compact = {POLICY: "compact"}
     specs = [TopicSpec(t, p, dict(retention), True) for t in settings.input_topics.values()]
     specs += [
         TopicSpec(settings.output_topic, p, dict(compact), True),
@@ -77,8 +81,9 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     that are below their spec's (a deployment made before the limit was raised); returns name ->
     'created' / 'exists' / 'raised'. Refuses, before anything is created, more replicas than
     brokers (when a topic is to be created: as Kafka Streams uses its replication.factor, so a
-    broker that is down does not stop a worker whose topics exist) and existing co-partitioned
-    topics with another partition count than their spec's."""
+    broker that is down does not stop a worker whose topics exist), existing co-partitioned
+    topics with another partition count than their spec's, and existing topics with another
+    ``cleanup.policy`` (:func:`wrong_policies`)."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -90,6 +95,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         if any(spec.name not in existing for spec in specs):
             check_replication(settings, client)
         check_partitions(settings, client, [spec for spec in specs if spec.name in existing and spec.co_partitioned])
+        refuse_policies(settings, wrong_policies(client, [spec for spec in specs if spec.name in existing]))
         low = low_limits(client, [spec for spec in specs if spec.name in existing])
         if low:
             alter_limits(client, low)
@@ -140,6 +146,44 @@ def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
                                          for name in wanted], config_filter="all")
     have = {name: int(described["topic"][name][LIMIT]["value"]) for name in wanted}
     return {name: (have[name], want) for name, want in wanted.items() if have[name] < want}
+
+
+def wrong_policies(client, specs: list[TopicSpec]) -> dict[str, tuple[str, str]]:
+    """Existing topics of ``specs`` whose ``cleanup.policy`` is not their spec's: name -> (the
+    topic's, the spec's). A compacted spec (the output, backfill and changelog topics) takes any
+    policy that includes ``compact``; the others (input, DLQ, control) take no compaction."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    wanted = {spec.name: spec.config[POLICY] for spec in specs if POLICY in spec.config}
+    if not wanted:
+        return {}
+    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={POLICY: None})
+                                         for name in wanted], config_filter="all")
+    have = {name: described["topic"][name][POLICY]["value"] for name in wanted}
+    return {name: (have[name], want) for name, want in wanted.items()
+            if ("compact" in have[name].split(",")) != (want == "compact")}
+
+
+def refuse_policies(settings: Settings, wrong: dict[str, tuple[str, str]]) -> None:
+    """One line naming each topic of ``wrong`` (:func:`wrong_policies`), what it must be and the
+    command that changes it."""
+    if wrong:
+        raise TopicError("; ".join(
+            f"topic {name} has {POLICY}={have} but must be {want} ({POLICY_REASON[want]}): run `kafka-configs "
+            f"--bootstrap-server {settings.bootstrap_servers} --alter --entity-type topics --entity-name {name} "
+            f"--add-config {POLICY}={want}`" for name, (have, want) in wrong.items()))
+
+
+def check_policies(settings: Settings) -> None:
+    """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``): refuse
+    existing topics of the deployment with another ``cleanup.policy`` than ``topics create`` gives."""
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        wrong = wrong_policies(client, [spec for spec in topic_specs(settings) if spec.name in existing])
+    finally:
+        client.close()
+    refuse_policies(settings, wrong)
 
 
 def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:

@@ -181,6 +181,7 @@ def test_the_brokers_are_counted_only_when_a_topic_is_to_be_created(monkeypatch)
 
     monkeypatch.setattr(topics, "admin", lambda settings: Admin())
     monkeypatch.setattr(topics, "low_limits", lambda client, specs: {})
+    monkeypatch.setattr(topics, "wrong_policies", lambda client, specs: {})
     assert set(topics.create_topics(s).values()) == {"exists"}
     names.remove(s.dlq_topic)  # one to create: the brokers are counted
     with pytest.raises(topics.TopicError) as err:
@@ -202,3 +203,67 @@ def test_topics_create_refuses_other_partition_counts(env):
                            + "; they are co-partitioned by user with the input topics: set INTEREST_PARTITIONS=6\n")
     again = cli(dict(env, INTEREST_PARTITIONS="6"), "topics", "create").stdout.splitlines()
     assert all(line.startswith("exists") for line in again)
+
+
+def wrong_policy_topics(env) -> dict[str, str]:
+    """The changelog, the output, an input and the DLQ made by hand with the other cleanup.policy
+    (co-partitioned ones with INTEREST_PARTITIONS partitions): topic -> the policy it must have."""
+    from kafka.admin import NewTopic
+
+    prefix, n = env["INTEREST_TOPIC_PREFIX"], int(env["INTEREST_PARTITIONS"])
+    made = {f"{prefix}interest-stream-users-changelog": ("delete", "compact"),
+            f"{prefix}user-interests": ("delete", "compact"),
+            f"{prefix}events.click": ("compact", "delete"),
+            f"{prefix}events.dlq": ("compact,delete", "delete")}
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(t, n, 1, topic_configs={"cleanup.policy": have})
+                             for t, (have, _) in made.items()])
+    finally:
+        admin.close()
+    return made
+
+
+def policy_error(env, made) -> str:
+    reason = {"compact": "without compaction its records older than retention.ms are deleted",
+              "delete": "compaction keeps only each key's newest record"}
+    ordered = sorted(made, key=lambda t: ["events.click", "user-interests", "events.dlq", "interest-stream-users"
+                                          "-changelog"].index(t[len(env["INTEREST_TOPIC_PREFIX"]):]))
+    return "; ".join(f"topic {t} has cleanup.policy={made[t][0]} but must be {made[t][1]} ({reason[made[t][1]]}): run "
+                     f"`kafka-configs --bootstrap-server {env['KAFKA_BOOTSTRAP_SERVERS']} --alter --entity-type topics "
+                     f"--entity-name {t} --add-config cleanup.policy={made[t][1]}`" for t in ordered)
+
+
+def test_topics_create_refuses_existing_topics_with_another_cleanup_policy(env):
+    """A changelog or output topic made by hand with cleanup.policy=delete (states and vectors
+    older than retention.ms deleted: lost at the next restore, a forget's tombstone leaves older
+    vectors), an input topic made compact (each user's newest event kept) printed "exists" and
+    ended well. Refused now, naming each topic, before anything is created."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    made = wrong_policy_topics(env)
+    proc = cli(env, "topics", "create", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"Error: {policy_error(env, made)}\n"
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        assert sorted(t for t in admin.list_topics() if t.startswith(prefix)) == sorted(made)
+    finally:
+        admin.close()
+
+
+def test_the_worker_refuses_existing_topics_with_another_cleanup_policy(env, workers):
+    """`faust -A stream_app.app worker` runs no topics create: its start checks the policies."""
+    from kafka.admin import NewTopic
+
+    made = wrong_policy_topics(env)
+    prefix, n = env["INTEREST_TOPIC_PREFIX"], int(env["INTEREST_PARTITIONS"])
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(f"{prefix}{t}", n, 1) for t in ("events.browse", "events.search",
+                                                                       "interest-control")])
+    finally:
+        admin.close()
+    w = workers(start=False)
+    w.start(wait=False)
+    assert w.proc.wait(60) != 0
+    assert policy_error(env, made) in w.log(200)
