@@ -175,6 +175,7 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     from tqdm import tqdm
 
     from .produce import check_log, check_retention, read_jsonl, send_events
+    from .topics import require_topics
 
     if not os.path.isfile(file):  # a pipe would be empty the second time
         raise click.ClickException(f"{file} is not a regular file: the log is read twice (checked whole, then "
@@ -183,6 +184,7 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     n, first_ts = check_log(file)  # the whole log, before anything is sent
     if not n:
         raise click.ClickException(f"{file} holds no events")
+    require_topics(s, s.input_topics.values())  # before the progress bar (send_events checks again)
     if not force:
         check_retention(first_ts, s)
     with tqdm(unit="ev", desc="load") as bar:
@@ -366,8 +368,11 @@ def forget(user, bootstrap_servers, timeout):
 
     from .partitioning import partition_for
     from .produce import Deliveries, producer
+    from .topics import require_topics
 
     s = _settings(bootstrap_servers)
+    # before anything is sent: a missing control topic made the request wait 60 s, whatever --timeout
+    require_topics(s, [s.output_topic, *s.input_topics.values(), s.control_topic])
     key = user.encode()
     consumer = _consumer(s)
     parts = consumer.partitions_for_topic(s.output_topic)

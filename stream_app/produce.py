@@ -98,8 +98,12 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
     ``wallclock_ts`` stamps each event with the wall clock at sending (live simulation);
     ``stop`` is an optional threading.Event that ends the stream.
-    Returns how many were sent; flushes before returning."""
+    Returns how many were sent; flushes before returning. Refuses missing input topics before
+    sending anything (a partial load otherwise, or a 60 s wait for the first one missing)."""
+    from .topics import require_topics
+
     topics = settings.input_topics
+    require_topics(settings, topics.values())
     prod = producer(settings)
     deliveries = Deliveries()
     sent = 0

@@ -227,6 +227,17 @@ def partition_counts(settings: Settings, names) -> dict[str, int | None]:
         consumer.close()
 
 
+def require_topics(settings: Settings, names) -> None:
+    """Refuse topics of ``names`` that do not exist, before anything is sent to them: a producer
+    waits 60 s (its max_block_ms) for a missing topic's metadata, then stops with a timeout that
+    blames the bootstrap servers."""
+    missing = [t for t, n in partition_counts(settings, names).items() if n is None]
+    if len(missing) == 1:
+        raise TopicError(f"topic {missing[0]} does not exist; run `interest-stream topics create`")
+    if missing:
+        raise TopicError(f"topics {', '.join(missing)} do not exist; run `interest-stream topics create`")
+
+
 def check_input_topics(settings: Settings) -> int:
     """The common partition count of the input topics; raises TopicError if they differ."""
     counts = partition_counts(settings, settings.input_topics.values())

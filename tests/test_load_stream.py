@@ -119,3 +119,38 @@ def test_nothing_waits_after_the_last_event(env):
         timer.cancel()
     assert sent == 1 and input_records(env) == 1
     assert time.monotonic() - started < 10  # the delivery
+
+
+def test_missing_input_topics_are_refused_before_anything_is_sent(env, tmp_path):
+    """The broker is up but the topics were never created: `load jsonl` and `simulate --rate`
+    waited 60 s, then blamed KAFKA_BOOTSTRAP_SERVERS ("KafkaTimeoutError: Failed to update
+    metadata after 60.0 secs"); with only the click topic there, `load jsonl` sent its click
+    events first (a partial load of a log checked whole)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(good(0)) + "\n" + json.dumps(good(1) | {"type": "browse"}) + "\n")
+    started = time.monotonic()
+    for args in (["load", "jsonl", str(log)], ["load", "jsonl", str(log), "--force"],
+                 ["simulate", "--users", "3", "--rate", "100"]):
+        proc = cli(env, *args, check=False, timeout=30)
+        assert proc.returncode == 1 and "sent" not in proc.stdout
+        assert proc.stderr.endswith(f"Error: topics {prefix}events.click, {prefix}events.browse, {prefix}events.search "
+                                    "do not exist; run `interest-stream topics create`\n"), proc.stderr
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(f"{prefix}events.click", int(env["INTEREST_PARTITIONS"]), 1)])
+    finally:
+        admin.close()
+    proc = cli(env, "load", "jsonl", str(log), check=False, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: topics {prefix}events.browse, {prefix}events.search do not exist; run "
+                           "`interest-stream topics create`\n")
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        assert sum(c.end_offsets([TopicPartition(f"{prefix}events.click", p)
+                                  for p in range(int(env["INTEREST_PARTITIONS"]))]).values()) == 0
+    finally:
+        c.close()
+    assert time.monotonic() - started < 40  # four commands, each answered at once

@@ -64,3 +64,26 @@ def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     out = cli(env, "tail", "--from-beginning", "--timeout", "10", check=False)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr == not_a_vector(env, "user-interests", b"\xff")
+
+
+def test_a_forget_without_its_control_topic_is_said_at_once(env):
+    """The output and input topics exist, the control topic not: `forget --timeout 5` waited 60 s
+    for its metadata, then ended in "KafkaTimeoutError: Failed to update metadata after 60.0 secs
+    (check KAFKA_BOOTSTRAP_SERVERS ...)" although the broker was up."""
+    import time
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix, n = env["INTEREST_TOPIC_PREFIX"], int(env["INTEREST_PARTITIONS"])
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.create_topics([NewTopic(f"{prefix}{t}", n, 1) for t in ("events.click", "events.browse",
+                                                                       "events.search", "user-interests")])
+    finally:
+        admin.close()
+    started = time.monotonic()
+    proc = cli(env, "forget", "u1", "--timeout", "5", check=False, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: topic {prefix}interest-control does not exist; run `interest-stream topics "
+                           "create`\n")
+    assert time.monotonic() - started < 15
