@@ -175,7 +175,7 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     from tqdm import tqdm
 
     from .produce import check_log, check_retention, read_jsonl, send_events
-    from .topics import require_topics
+    from .topics import require_topics, retention_ms
 
     if not os.path.isfile(file):  # a pipe would be empty the second time
         raise click.ClickException(f"{file} is not a regular file: the log is read twice (checked whole, then "
@@ -184,9 +184,9 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     n, first_ts = check_log(file)  # the whole log, before anything is sent
     if not n:
         raise click.ClickException(f"{file} holds no events")
-    require_topics(s, s.input_topics.values())  # before the progress bar (send_events checks again)
+    require_topics(s, s.input_topics.values())  # before their retention and the progress bar (send_events checks again)
     if not force:
-        check_retention(first_ts, s)
+        check_retention(first_ts, retention_ms(s, s.input_topics.values()))  # the topics', not the setting's
     with tqdm(unit="ev", desc="load") as bar:
         n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
     click.echo(f"sent {n} events")

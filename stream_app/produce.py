@@ -73,16 +73,21 @@ class Deliveries:
             raise error
 
 
-def check_retention(first_ts: int, settings: Settings, now_ms: int | None = None) -> None:
+def check_retention(first_ts: int, retention: dict[str, int], now_ms: int | None = None) -> None:
+    """``first_ts`` must be within the shortest ``retention.ms`` of the input topics (topic ->
+    its retention.ms, as the broker has it; -1 keeps records forever)."""
+    kept = {topic: ms for topic, ms in retention.items() if ms >= 0}
+    if not kept:
+        return
+    topic = min(kept, key=kept.get)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    oldest_kept = now_ms - settings.retention_ms
-    if first_ts < oldest_kept:
+    if first_ts < now_ms - kept[topic]:
         days = (now_ms - first_ts) / 86_400_000
         raise TooOldError(
-            f"the log starts {days:.1f} days ago, but the input topics keep "
-            f"{settings.retention_ms / 86_400_000:.1f} days (INTEREST_RETENTION_MS): Kafka would "
-            "delete these events right away. Recreate the topics with a longer retention, or pass "
-            "--force to stream them anyway"
+            f"the log starts {days:.1f} days ago, but the input topic {topic} keeps "
+            f"{kept[topic] / 86_400_000:.1f} days (its retention.ms={kept[topic]}): Kafka would delete these "
+            "events right away. Raise the input topics' retention.ms (kafka-configs --alter), or pass --force "
+            "to stream them anyway"
         )
 
 

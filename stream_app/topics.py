@@ -238,6 +238,20 @@ def require_topics(settings: Settings, names) -> None:
         raise TopicError(f"topics {', '.join(missing)} do not exist; run `interest-stream topics create`")
 
 
+def retention_ms(settings: Settings, names) -> dict[str, int]:
+    """The ``retention.ms`` of each existing topic of ``names`` (-1: kept forever)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    client = admin(settings)
+    try:
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                            configs={"retention.ms": None}) for name in names],
+                                            config_filter="all")
+    finally:
+        client.close()
+    return {name: int(config["retention.ms"]["value"]) for name, config in described["topic"].items()}
+
+
 def check_input_topics(settings: Settings) -> int:
     """The common partition count of the input topics; raises TopicError if they differ."""
     counts = partition_counts(settings, settings.input_topics.values())

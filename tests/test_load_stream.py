@@ -154,3 +154,37 @@ def test_missing_input_topics_are_refused_before_anything_is_sent(env, tmp_path)
     finally:
         c.close()
     assert time.monotonic() - started < 40  # four commands, each answered at once
+
+
+def set_retention(env, ms: int, types=("click", "browse", "search")) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, f"{env['INTEREST_TOPIC_PREFIX']}events.{t}",
+                                            configs={"retention.ms": str(ms)}) for t in types], incremental=True)
+    finally:
+        admin.close()
+
+
+def test_the_age_of_a_log_is_checked_against_the_topics_retention_not_the_setting(env, tmp_path):
+    """The check read INTEREST_RETENTION_MS: input topics that keep a day (made by another
+    setting, or altered since) took a log 2 days old, "sent 3 events", and the broker deleted them
+    at its next retention check. Now the topics' own retention.ms is read, the smallest of the
+    three; -1 (kept forever) takes any log, whatever the setting says."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    cli(env, "topics", "create")  # a retention of 100 years
+    set_retention(env, 86_400_000, types=("click",))
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i) | {"type": t, "ts": good(i)["ts"] - 2 * 86_400_000}) + "\n"
+                           for i, t in enumerate(("browse", "search", "click"))))
+    proc = cli(env, "load", "jsonl", str(log), check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"Error: the log starts 2.0 days ago, but the input topic {prefix}events.click keeps "
+                           "1.0 days (its retention.ms=86400000): Kafka would delete these events right away. Raise "
+                           "the input topics' retention.ms (kafka-configs --alter), or pass --force to stream them "
+                           "anyway\n")
+    assert input_records(env) == 0
+    set_retention(env, -1)
+    assert "sent 3 events" in cli(dict(env, INTEREST_RETENTION_MS="86400000"), "load", "jsonl", str(log)).stdout
+    assert input_records(env) == 3
