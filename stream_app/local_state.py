@@ -160,8 +160,12 @@ def lock_state_dir(path: Path) -> None:
     """Take this deployment's state directory for this process (an exclusive ``flock`` on
     ``worker.lock`` in it, which the kernel drops when the process ends, however it ends). A second
     worker with the same INTEREST_DATA_DIR waited on RocksDB's lock of each partition, then stopped
-    with tracebacks, and put the first one through a rebalance."""
-    f = open(path / LOCK_FILE, "a+")
+    with tracebacks, and put the first one through a rebalance. A lock file that cannot be opened
+    (a directory, another user's file) is a ConfigError naming it."""
+    try:
+        f = open(path / LOCK_FILE, "a+")
+    except OSError as exc:
+        raise ConfigError(f"INTEREST_DATA_DIR: cannot open {path / LOCK_FILE}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -51,3 +51,17 @@ def test_a_state_directory_is_one_workers(tmp_path):
         local_state._held.pop().close()  # the first worker ends: the kernel drops its lock
     local_state.lock_state_dir(tmp_path)
     local_state._held.pop().close()
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_config_error(tmp_path):
+    """A worker.lock that is a directory: `interest-stream worker` stopped with IsADirectoryError's
+    traceback; now it is the one line of a ConfigError naming the file."""
+    import pytest
+
+    from stream_app.settings import ConfigError
+
+    (tmp_path / local_state.LOCK_FILE).mkdir()
+    with pytest.raises(ConfigError) as err:
+        local_state.lock_state_dir(tmp_path)
+    assert str(err.value) == f"INTEREST_DATA_DIR: cannot open {tmp_path / 'worker.lock'}: Is a directory"
+    assert not local_state._held
