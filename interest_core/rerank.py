@@ -62,6 +62,15 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 FLOOR = 1e-4  # probabilities below count as 1e-4 (models.evaluate.KL_FLOOR): a zero is not -infinity
+PRIOR_SHAPE = "null or an object of finite non-negative numbers (category: share)"
+
+
+def is_prior(value) -> bool:
+    """Whether ``value`` can be a ``category_prior`` (the checkpoint's card, model.json):
+    :data:`PRIOR_SHAPE`, as ``train`` writes it (true and false are no numbers)."""
+    return value is None or isinstance(value, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in value.values())
 
 
 @dataclass(frozen=True, slots=True)

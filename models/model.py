@@ -53,6 +53,7 @@ from interest_core.encoding import Encoder
 from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING_FILE, TOKENIZER_FILE,  # noqa: F401
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
 from interest_core.cli_types import MAX_SEED
+from interest_core.rerank import PRIOR_SHAPE, is_prior
 from models.config_checks import check_backbone, check_lr_floor, check_ranges
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -530,7 +531,8 @@ def check_card(card: dict) -> dict:
     read, when present, of the type ``train`` writes (``{}`` passes: the card of a hand-made
     checkpoint; the split, which only the evaluations need whole, is :func:`models.evaluate.time_split`'s).
     Raises ValueError naming the field. Export copies ``window`` and ``category_prior`` into model.json,
-    whose ``window`` the worker refuses unless it is null or an object of integers."""
+    whose ``window`` the worker refuses unless it is null or an object of integers, and whose
+    ``category_prior`` it refuses unless :func:`interest_core.rerank.is_prior`."""
     def bad(key, want):
         raise ValueError(f"{CHECKPOINT_CARD_FILE}: {key} must be {want}, got {json.dumps(card[key])[:60]}")
 
@@ -539,8 +541,8 @@ def check_card(card: dict) -> dict:
             bad(key, "an object" if kind is dict else "an array")
     if card.get("window") is not None and not _object_of(card["window"], int):
         bad("window", "null or an object of integers (horizon_s, max_events, profile_retention_s)")
-    if card.get("category_prior") is not None and not _object_of(card["category_prior"], (int, float)):
-        bad("category_prior", "null or an object of numbers (category: share)")
+    if not is_prior(card.get("category_prior")):
+        bad("category_prior", PRIOR_SHAPE)
     threads = card.get("training", {}).get("threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"{CHECKPOINT_CARD_FILE}: training.threads must be an integer >= 1, got "

@@ -24,6 +24,7 @@ import orjson
 
 from interest_core.encoding import Encoder, pad_right
 from interest_core.item_lift import apply as apply_item_lift, window_lifts
+from interest_core.rerank import PRIOR_SHAPE, is_prior
 from interest_core.window import WindowEvent
 from interest_core.artifacts import CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_NAME, PROFILE_INPUT, content_version
 from interest_core.errors import InterestStreamError
@@ -129,6 +130,9 @@ class LoadedModel:
                 isinstance(v, int) and not isinstance(v, bool) for v in window.values())):
             raise fail(f"model.json window must be null or an object of integers (horizon_s, max_events, "
                        f"profile_retention_s), got {window!r}")
+        if not is_prior(card.get("category_prior")):  # the re-ranking's prior (POST /users/{id}/rerank)
+            raise fail(f"model.json category_prior must be {PRIOR_SHAPE}, got "
+                       f"{orjson.dumps(card['category_prior']).decode()[:60]}")
         spec = card["encoding"]
         if not isinstance(spec, dict):
             raise fail("model.json encoding must be the encoder spec object")

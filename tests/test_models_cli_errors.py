@@ -209,6 +209,7 @@ def test_evaluate_a_corrupt_or_pretrain_directory(tmp_path):
 
 
 WINDOW = "window must be null or an object of integers (horizon_s, max_events, profile_retention_s), got "
+PRIOR = "category_prior must be null or an object of finite non-negative numbers (category: share), got "
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -218,8 +219,10 @@ WINDOW = "window must be null or an object of integers (horizon_s, max_events, p
     # export wrote these into a model.json the worker refuses
     ("model_card.json", '{"window": "x"}', f'model_card.json: {WINDOW}"x"'),
     ("model_card.json", '{"window": {"horizon_s": "1d"}}', f'model_card.json: {WINDOW}{{"horizon_s": "1d"}}'),
-    ("model_card.json", '{"category_prior": [1]}',
-     "model_card.json: category_prior must be null or an object of numbers (category: share), got [1]"),
+    ("model_card.json", '{"category_prior": [1]}', f"model_card.json: {PRIOR}[1]"),
+    # one the worker refuses too (the re-ranking's log-lift needs a share >= 0)
+    ("model_card.json", '{"category_prior": {"books": -0.5}}', f'model_card.json: {PRIOR}{{"books": -0.5}}'),
+    ("model_card.json", '{"category_prior": {"books": Infinity}}', f'model_card.json: {PRIOR}{{"books": Infinity}}'),
     ("model_card.json", '{"split": []}', "model_card.json: split must be an object, got []"),
     # torch.set_num_threads' TypeError traceback in evaluate and evaluate-rerank
     ("model_card.json", '{"training": {"threads": "x"}}',
