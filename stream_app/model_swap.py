@@ -1,9 +1,11 @@
 """The model this worker serves, and its hot swap (:class:`ModelHolder`, one per app).
 
 The model pair (model.onnx + model.json) is read from the directory ``INTEREST_MODEL_DIR``
-resolves to. Every ``INTEREST_MODEL_POLL_S`` seconds the path is resolved again; a new target
-or a new ``version`` is loaded, checked with a test inference and swapped in. A pair that fails
-is refused with an error and the old model keeps serving.
+resolves to. Every ``INTEREST_MODEL_POLL_S`` seconds the path is resolved again and both files
+are stat-ed; when the target or a file changed, the pair is loaded, checked with a test inference
+and swapped in if its ``version`` or its model.json differs from the serving one's (a card
+corrected in place, e.g. its ``window``, keeps the version). A pair that fails is refused with an
+error and the old model keeps serving.
 """
 from __future__ import annotations
 
@@ -79,7 +81,8 @@ class ModelHolder:
         return tuple(out)
 
     def poll(self) -> bool:
-        """Load the model again if the path now names another pair; True when swapped.
+        """Load the model again if the path now names another pair, or the pair's files changed;
+        True when swapped (another version, or the same one with another model.json).
         Blocking (file I/O and a test inference): call it in an executor."""
         from .model_runtime import LoadedModel, ModelError
 
@@ -95,14 +98,16 @@ class ModelHolder:
                       self.model.version if self.model else None,
                       exc if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}")
             return False
-        if self.model is not None and candidate.version == self.model.version:
-            return False
         old = self.model
+        same = old is not None and candidate.version == old.version
+        if same and candidate.card == old.card:  # the serving pair again (e.g. a refused deploy undone)
+            return False
         self.model = candidate  # one reference swap: a running pass keeps the model it started with
         if old is not None:
             metrics.MODEL.remove(old.version)
         metrics.MODEL.labels(candidate.version).set(1)
-        log.warning("model swapped: %s -> %s", old.version if old else None, candidate.version)
+        log.warning("model swapped: %s -> %s%s", old.version if old else None, candidate.version,
+                    " (same graph and encoding, another model.json)" if same else "")
         self._check_window(candidate)
         return True
 

@@ -78,3 +78,71 @@ def test_a_pair_that_cannot_be_read_is_refused_and_the_old_model_keeps_serving(t
     monkeypatch.setattr(Path, "read_bytes", read_bytes)  # the operator fixes the permissions
     os.chmod(tmp_path / "v2" / "model.onnx", 0o644)  # (mtime and size as they were)
     assert holder.poll() is True and holder.version == LoadedModel.load(str(tmp_path / "v2")).version != serving
+
+
+def _edit_card(path, **changes):
+    import orjson
+
+    card = orjson.loads((path / "model.json").read_bytes())
+    card.update(changes)
+    (path / "model.json").write_bytes(orjson.dumps(card))
+
+
+def test_a_card_corrected_in_place_is_taken_up_with_its_window_warning(tiny_model_dir, tmp_path, caplog,
+                                                                        monkeypatch):
+    """model.json rewritten with the same graph and encoding (the version stays): before, the
+    worker loaded it at the next poll, saw its own version and kept the old card. A poll with
+    nothing changed loads nothing (the files' stat alone)."""
+    shutil.copytree(tiny_model_dir, tmp_path / "v1")
+    kept = (86400, 128, 31536000)  # the worker's window: the tiny model's (tests/tiny_model.py)
+    holder = ModelHolder(str(tmp_path / "v1"), threads=1, window=kept)
+    version = holder.load_initial().version
+    loads = []
+    real_load = LoadedModel.load
+    monkeypatch.setattr(LoadedModel, "load", lambda path, threads=1: loads.append(path) or real_load(path, threads))
+    assert holder.poll() is False and holder.poll() is False and loads == []
+    window = {"horizon_s": 3600, "max_events": 64, "profile_retention_s": 31536000}
+    _edit_card(tmp_path / "v1", window=window)
+    with caplog.at_level(logging.INFO, logger="interest_stream.scoring"):
+        assert holder.poll() is True
+        assert holder.poll() is False
+    assert holder.version == version and holder.model.window == window and len(loads) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model swapped: {version} -> {version} (same graph and encoding, another model.json)",
+        "the model was trained on windows of 3600 s / 64 events, the worker keeps 86400 s / 128 events "
+        "(INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from training"]
+
+
+def test_a_refused_card_put_right_is_served_and_the_serving_pair_again_is_no_swap(tiny_model_dir, tmp_path, caplog):
+    """A deploy of the serving pair with a bad card (same version) is refused; undone, nothing is
+    swapped or logged; the bad card corrected in place is served. Before, the corrected card was
+    never taken up (same version as the one serving)."""
+    for d in ("v1", "v1-fixed"):
+        shutil.copytree(tiny_model_dir, tmp_path / d)
+    _edit_card(tmp_path / "v1-fixed", category_prior=[0.5])
+    current = tmp_path / "current"
+    current.symlink_to("v1")
+    holder = ModelHolder(str(current), threads=1)
+    serving = holder.load_initial()
+
+    def point(target):
+        (tmp_path / "next").symlink_to(target)
+        os.replace(tmp_path / "next", current)
+
+    with caplog.at_level(logging.INFO, logger="interest_stream.scoring"):
+        point("v1-fixed")
+        assert holder.poll() is False and holder.model is serving
+        assert "category_prior must be" in caplog.text and "refused the model" in caplog.text
+        caplog.clear()
+        point("v1")  # the deploy undone: the serving pair again
+        assert holder.poll() is False and holder.model is serving
+        assert caplog.records == []
+        point("v1-fixed")
+        assert holder.poll() is False  # still refused
+        caplog.clear()
+        _edit_card(tmp_path / "v1-fixed", category_prior={"a": 1.0})  # put right in place
+        assert holder.poll() is True
+    assert holder.model.resolved_dir == str(tmp_path / "v1-fixed") and holder.version == serving.version
+    assert holder.model.card["category_prior"] == {"a": 1.0}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"model swapped: {serving.version} -> {serving.version} (same graph and encoding, another model.json)"]
