@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -314,10 +315,12 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
 
 def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str, dry_run: bool = False,
         progress: bool = True, echo=print) -> dict:
-    """Plan (and unless ``dry_run``, run) a replay; returns the counts."""
+    """Plan (and unless ``dry_run``, run) a replay; returns the counts. A model trained on another
+    window than the settings keep is a warning on stderr, the worker's (one line)."""
     from kafka import KafkaConsumer
 
     from .model_runtime import LoadedModel
+    from .model_swap import window_mismatch
     from .produce import Deliveries, producer
     from .topics import ensure_output_topic
 
@@ -326,6 +329,9 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     if not model_dir:
         raise ReplayError("no model: give --model DIR or set INTEREST_MODEL_DIR")
     model = LoadedModel.load(model_dir, s.ort_threads)  # one version for the whole replay
+    problem = window_mismatch(model.card, s.horizon_s, s.max_events, s.profile_retention_s)
+    if problem:
+        print(f"Warning: {problem}", file=sys.stderr)
     consumer = KafkaConsumer(group_id=f"{s.app_id}.replay", enable_auto_commit=False,
                              auto_offset_reset="earliest", **s.kafka_python_config())
     try:

@@ -306,3 +306,16 @@ def test_replay_never_writes_into_another_deployments_backfill():
                                   "is sweep-user-interests.backfill")
     for ours in ("sweep-user-interests.backfill", "sweep-backfill-2026-11", "user-interests-2026"):
         check_output_topic(s, ours)  # its own default, and names of no deployment's
+
+
+def test_replay_warns_of_a_model_trained_on_another_window(env, tiny_model_dir):
+    """The worker logs this warning for the same model and settings; replay said nothing."""
+    cli(env, "topics", "create")
+    args = ("replay", "--from", FROM_ISO, "--to", TO_ISO, "--dry-run")
+    same = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), *args)  # the tiny model's window: 1 d / 128
+    assert same.stderr == ""
+    other = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_MAX_EVENTS="64"), *args)
+    assert other.stderr == ("Warning: the model was trained on windows of 86400 s / 128 events, the worker keeps "
+                            "86400 s / 64 events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from "
+                            "training\n")
+    assert other.stdout == same.stdout  # planned all the same
