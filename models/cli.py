@@ -39,6 +39,21 @@ def _out_file(out, inputs) -> None:
         raise click.BadParameter(f"{out} is an input of the dataset; the log would replace it", param_hint="--out")
 
 
+def _out_apart_from_init(out, init_from) -> None:
+    """train's --out neither is, nor lies inside, nor holds its --init-from directory: a checkpoint
+    written into a pretrain directory's backbone/ replaced the backbone's config.json and weights."""
+    o, i = Path(out).resolve(), Path(init_from).resolve()
+    if o == i:
+        raise click.BadParameter("the checkpoint would overwrite the --init-from directory; give another one",
+                                 param_hint="--out")
+    if i in o.parents:
+        raise click.BadParameter(f"{out} lies inside the --init-from directory {init_from}, whose files the "
+                                 "checkpoint could overwrite; give another one", param_hint="--out")
+    if o in i.parents:
+        raise click.BadParameter(f"{out} holds the --init-from directory {init_from}, whose files the "
+                                 "checkpoint could overwrite; give another one", param_hint="--out")
+
+
 # what a load raises for a dataset it cannot read: models.loaders names the file and line of a bad row
 # in a ValueError; OSError is open() of an input or of --out
 LOAD_ERRORS = (OSError, ValueError)
@@ -186,9 +201,8 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     if (Path(out) / PRETRAIN_FILE).exists():  # its encoding.json would be replaced by the checkpoint's
         raise click.BadParameter(f"{out} holds an `interest-stream pretrain` directory; give another one",
                                  param_hint="--out")
-    if init_from is not None and Path(out).exists() and os.path.samefile(out, init_from):
-        raise click.BadParameter("the checkpoint would overwrite the --init-from directory; give another one",
-                                 param_hint="--out")
+    if init_from is not None:
+        _out_apart_from_init(out, init_from)
     _out_dir(out)
     from models.train import ResumeMismatch, run_training
 

@@ -459,7 +459,7 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         return InterestModel(cfg)
     from safetensors import SafetensorError
 
-    from models.pretrain import is_pretrain_dir, transfer_backbone
+    from models.pretrain import is_pretrain_dir, load_gpt2, transfer_backbone
 
     if not is_pretrain_dir(init_from) and (Path(init_from) / CHECKPOINT_CARD_FILE).exists():
         # its config.json is not a GPT-2 config: transformers would build a default GPT-2 (124M) from it
@@ -469,7 +469,7 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         if is_pretrain_dir(init_from):
             backbone = transfer_backbone(init_from, encoder)
         else:
-            backbone = GPT2Model.from_pretrained(str(init_from), local_files_only=True)
+            backbone = load_gpt2(init_from)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if is_pretrain_dir(init_from):

@@ -237,16 +237,47 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
     return record
 
 
+def load_gpt2(directory):
+    """The GPT-2 backbone saved in ``directory`` (``save_pretrained``), every weight from its files.
+    ValueError unless its config.json says ``"model_type": "gpt2"`` and the weights fill the model
+    exactly: ``from_pretrained`` would otherwise build a default GPT-2 (124M) from any config.json,
+    a checkpoint's of ``train`` included, and start every weight it does not find at random."""
+    from transformers import GPT2Model
+    from transformers.utils import logging as hf_logging
+
+    from models.model import _json_object
+
+    d = Path(directory)
+    kind = _json_object(d / "config.json").get("model_type")
+    if kind != "gpt2":
+        raise ValueError(f"{d / 'config.json'} is not a GPT-2 config (model_type {json.dumps(kind)})")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its warning about the weights it started at random: refused below
+    try:
+        backbone, info = GPT2Model.from_pretrained(str(d), local_files_only=True, output_loading_info=True)
+    except RuntimeError as exc:  # "Error(s) in loading state_dict for ...:\n\tsize mismatch for ..."
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        raise ValueError(f"the weights do not fit {d / 'config.json'} ({lines[-1].rstrip('.')})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if info.get(key):
+            names = sorted(str(k) for k in info[key])
+            raise ValueError(f"the weights do not fit {d / 'config.json'} ({len(names)} {key.replace('_', ' ')}: "
+                             f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return backbone
+
+
 def transfer_backbone(path, encoder):
     """The pretrained backbone of ``path`` with an embedding table for ``encoder`` (module doc)."""
     import torch
-    from transformers import GPT2Model
 
     from interest_core.encoding import Encoder
+    from models.model import _json_object
 
     d = Path(path)
-    backbone = GPT2Model.from_pretrained(str(d / BACKBONE_DIR), local_files_only=True)
-    src = Encoder.load(d / "encoding.json")
+    backbone = load_gpt2(d / BACKBONE_DIR)
+    src = Encoder.from_spec(_json_object(d / "encoding.json"))
     old = backbone.wte.weight.detach()
     new = torch.empty(encoder.vocab_size, old.shape[1])
 

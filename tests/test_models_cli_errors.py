@@ -154,6 +154,24 @@ def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
     assert (pt / "encoding.json").read_text() == "pretraining's"
 
 
+def test_train_out_inside_or_holding_its_init_from_is_refused(tmp_path):
+    """`train --out PT/backbone --init-from PT` replaced the backbone's config.json and weights with the
+    checkpoint's; the next `--init-from PT` trained a default GPT-2 (124M) from random weights."""
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    pt = tmp_path / "pt"
+    (pt / "backbone").mkdir(parents=True)
+    (pt / "pretrain.json").write_text("{}")
+    (pt / "backbone" / "config.json").write_text("backbone's")
+    for out, verb in ((pt / "backbone", "lies inside"), (pt / "backbone" / "x" / "..", "lies inside"),
+                      (pt / "new" / "ck", "lies inside"), (tmp_path, "holds")):
+        res = _run(["train", "--data", log, "--out", out, "--init-from", pt])
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for --out: {out} {verb} the --init-from directory {pt}, whose files the checkpoint " \
+               "could overwrite; give another one" in " ".join(res.output.split()), res.output
+    assert (pt / "backbone" / "config.json").read_text() == "backbone's"
+    assert not (pt / "new").exists()
+
+
 def test_pretrain_refuses_the_same_log_twice(tmp_path, monkeypatch):
     """--data X --data X read the log twice: its events twice, its users in training and validation."""
     pytest.importorskip("torch")

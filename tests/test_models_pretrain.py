@@ -66,3 +66,34 @@ def test_pretrain_then_fine_tune_with_another_encoding(tmp_path):
     ids = torch.tensor([enc.encode(evs[:5])])
     probs, _ = model(ids, torch.ones_like(ids), torch.zeros(1, enc.profile_size))
     assert probs.shape == (1, 3) and np.isclose(float(probs.sum()), 1.0, atol=1e-5)
+
+
+def test_a_backbone_whose_files_do_not_fit_is_refused(tmp_path):
+    """from_pretrained built a default GPT-2 (124M, random) from a checkpoint's config.json, started at
+    random every weight it did not find, and raised a size-mismatch RuntimeError (a traceback) for a
+    config whose width was not the weights'. encoding.json `[]` was an AttributeError traceback."""
+    from transformers import GPT2Config, GPT2Model
+
+    from models.pretrain import load_gpt2, transfer_backbone
+
+    d = tmp_path / "pt"
+    GPT2Model(GPT2Config(vocab_size=30, n_positions=16, n_layer=1, n_head=2, n_embd=8)).save_pretrained(d / "backbone")
+    b = d / "backbone"
+    assert load_gpt2(b).config.n_embd == 8
+    good = json.loads((b / "config.json").read_text())
+    (d / "encoding.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"^encoding.json is not a JSON object: \[\]$"):
+        transfer_backbone(d, None)
+    (b / "config.json").write_text(json.dumps({"model": {"n_embd": 8}}))
+    with pytest.raises(ValueError, match=f"^{b / 'config.json'} is not a GPT-2 config \\(model_type null\\)$"):
+        load_gpt2(b)
+    (b / "config.json").write_text(json.dumps(dict(good, n_embd=16)))
+    with pytest.raises(ValueError) as exc:
+        load_gpt2(b)
+    assert str(exc.value) == (f"the weights do not fit {b / 'config.json'} (size mismatch for bias: copying a "
+                              "param with shape torch.Size([24]) from checkpoint, the shape in current model is "
+                              "torch.Size([48]))")
+    (b / "config.json").write_text(json.dumps(dict(good, n_layer=2)))  # a layer the weights do not hold
+    with pytest.raises(ValueError, match=r"^the weights do not fit .*config.json \(12 missing keys: h.1.attn.c_attn"
+                                         r".bias, h.1.attn.c_attn.weight, h.1.attn.c_proj.bias, ...\)$"):
+        load_gpt2(b)
