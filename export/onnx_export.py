@@ -465,7 +465,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
     if data is not None and not Path(data).is_file():
         raise ExportError(f"{data}: no such data file")
 
-    from models.model import load_checkpoint  # imports torch
+    from models.model import json_text, load_checkpoint  # imports torch
 
     try:
         model, encoder, card = load_checkpoint(ckpt)
@@ -538,7 +538,11 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
                                 quantized=int8, parity=parity, int8_report=int8_report,
                                 graph_sha256=hashlib.sha256(graph).hexdigest())
         tmp_json = out / f".{CARD_FILE}.tmp"
-        tmp_json.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        try:
+            text = json_text(meta, CARD_FILE, ensure_ascii=False)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        tmp_json.write_text(text, encoding="utf-8")
         os.replace(final, out / MODEL_FILE)
         os.replace(tmp_json, out / CARD_FILE)
         log(f"wrote {out / MODEL_FILE} and {out / CARD_FILE} (version {version}, "

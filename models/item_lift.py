@@ -41,6 +41,9 @@ MIN_CREDIT = 1.0  # an exported table keeps the items credited with at least one
 # Journey, whose items are products inside the categories, 0.06 % (bench/README.md, "The items of a
 # window")
 MIN_GAIN = 0.001
+# the least prior share a lift reads (the model's prior starts at no less, InterestModel.init_prior): a
+# category absent from the training targets was a log(0), a NaN lift and a NaN in the model card
+PRIOR_FLOOR = 1e-6
 
 
 @dataclass
@@ -74,7 +77,10 @@ def fit_table(keys: Sequence[Sequence], targets: np.ndarray) -> LiftTable:
 
 
 def key_lift(table: LiftTable, key, prior: np.ndarray, m: float) -> np.ndarray:
-    """(k,) the lift of one key of the table, shrunk by ``m`` pseudo-cuts of ``prior``."""
+    """(k,) the lift of one key of the table, shrunk by ``m`` pseudo-cuts of ``prior``. A category
+    no training target holds (prior 0, and so 0 in every key's sums) counts at :data:`PRIOR_FLOOR`:
+    its lift is ``log(m / (N_x + m))``, not log(0) - log(0)."""
+    prior = np.maximum(prior, PRIOR_FLOOR)
     return np.log((table.sums[key] + m * prior) / (table.credit[key] + m)) - np.log(prior)
 
 

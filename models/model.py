@@ -507,7 +507,23 @@ def save_checkpoint(model: InterestModel, encoder: Encoder, card: dict, out_dir)
     card = dict(card)
     card.setdefault("categories", list(encoder.categories))
     card["encoding"] = ENCODING_FILE  # the full spec (tokenizer embedded) lives beside the card
-    (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
+    (out / CHECKPOINT_CARD_FILE).write_text(json_text(card, CHECKPOINT_CARD_FILE))
+
+
+def json_text(obj, name: str, **kw) -> str:
+    """``obj`` as the JSON text of the file ``name`` (indented); ValueError naming the file and the
+    first key whose number is NaN or infinite: JSON has no such numbers, and the worker refuses a
+    model.json that holds one (``json.dumps`` would write ``NaN`` without a word)."""
+    try:
+        return json.dumps(obj, indent=1, allow_nan=False, **kw)
+    except ValueError:
+        def where(x, at):
+            if isinstance(x, float) and not math.isfinite(x):
+                return at or "it"
+            items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()
+            return next((w for k, v in items if (w := where(v, f"{at}.{k}" if at else str(k)))), None)
+
+        raise ValueError(f"{name}: {where(obj, '')} is not a finite number (JSON has no NaN or infinity)") from None
 
 
 def _json_object(path: Path) -> dict:

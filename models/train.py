@@ -274,7 +274,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
     from models.data import file_sha256
     from models.evaluate import metrics
-    from models.model import TRAIN_STATE_FILE, save_checkpoint, train_model
+    from models.model import TRAIN_STATE_FILE, json_text, save_checkpoint, train_model
 
     model_overrides = dict(model_overrides or {})
     out = Path(out_dir)
@@ -395,7 +395,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     h = hashlib.sha256((out / WEIGHTS_FILE).read_bytes())
     h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
-    (out / CHECKPOINT_CARD_FILE).write_text(json.dumps(card, indent=1))
+    (out / CHECKPOINT_CARD_FILE).write_text(json_text(card, CHECKPOINT_CARD_FILE))
     strength = ""
     if scales:
         at = " and ".join(f"{s:g} ({n})" for n, s in scales.items())

@@ -426,3 +426,26 @@ def test_a_failed_export_removes_the_directory_it_made_and_keeps_one_it_found(tm
         with pytest.raises(ox.ExportError):
             ox.export_checkpoint(tiny[0], out, **QUIET)
         assert out.exists() == existed and (not existed or list(out.iterdir()) == [])
+
+
+def test_a_card_number_that_is_not_finite_is_refused_not_written(tmp_path, tiny):
+    """json.dumps wrote NaN into model_card.json and model.json, which the worker refused as not
+    readable JSON: a training that wrote one now says so, and an export of such a card stops."""
+    from models.model import json_text
+
+    with pytest.raises(ValueError) as exc:
+        json_text({"metrics": {"item_lift": {"val_kl_with": float("nan"), "ci": [0.1, float("inf")]}}},
+                  "model_card.json")
+    assert str(exc.value) == ("model_card.json: metrics.item_lift.val_kl_with is not a finite number "
+                              "(JSON has no NaN or infinity)")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny[0], ckpt)
+    card = json.loads((ckpt / "model_card.json").read_text())
+    cat = card["categories"][0]
+    card["category_prior"] = {c: float("nan") if c == cat else 0.1 for c in card["categories"]}
+    (ckpt / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ox.ExportError) as exc:
+        ox.export_checkpoint(ckpt, tmp_path / "out", **QUIET)
+    assert str(exc.value) == (f"model.json: category_prior.{cat} is not a finite number "
+                              "(JSON has no NaN or infinity)")
+    assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from interest_core.window import WindowEvent
-from models.item_lift import cut_lifts, fit_table, key_lift, pruned, window_keys, with_lift
+from models.item_lift import PRIOR_FLOOR, cut_lifts, fit_table, key_lift, pruned, table_lifts, window_keys, with_lift
 
 CATS = {"a": 0, "b": 1}
 PRIOR = np.array([0.75, 0.25])
@@ -63,6 +63,19 @@ def test_lifts_shrink_toward_the_prior_and_average_over_the_window():
                                [math.log(76 / 101.5 / 0.75), math.log(25.5 / 101.5 / 0.25)])
     with pytest.raises(ValueError, match="m must be > 0, got 0"):
         cut_lifts([["x"]], table, PRIOR, 0)
+
+
+def test_a_category_no_training_target_holds_has_a_finite_lift():
+    """Its prior was 0: log(0) - log(0), a NaN lift, a NaN validation KL in the model card, and a
+    model.json the worker refused."""
+    table = fit_table([["x"], ["x", "y"]], np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    prior = np.array([0.5, 0.5, 0.0])  # c: in no target
+    lifts = table_lifts(table, prior, 1.0)
+    # x: credit 1.5, sums [1, 0.5, 0]: c's lift is log(m * floor / (N + m)) - log(floor) = log(1 / 2.5)
+    np.testing.assert_allclose(lifts["x"], [math.log(1.5 / 2.5 / 0.5), math.log(1.0 / 2.5 / 0.5),
+                                            math.log(1 / 2.5)])
+    np.testing.assert_allclose(key_lift(table, "y", prior, 1.0)[2], math.log(1 / 1.5))
+    assert PRIOR_FLOOR == 1e-6
 
 
 def test_with_lift_adds_the_scaled_lift_in_logits():
