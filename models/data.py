@@ -43,7 +43,7 @@ from interest_core.encoding import DEFAULT_MAX_LEN
 from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
                            WindowEvent,
                            profiles_in_order, seconds_to_ms, window_slice)
-from models.config_checks import MAX_EVENTS, MAX_HORIZON_S, check_ranges
+from models.config_checks import MAX_EVENTS, MAX_HORIZON_S, MAX_LEN, check_ranges
 
 
 TARGETS = ("time", "next_k", "next_baskets")
@@ -77,7 +77,7 @@ class DataConfig:
                                      "target_window_s": 1, "target_k": 1, "click_weight": 0.0,
                                      "browse_weight": 0.0, "max_train_samples": 1, "max_eval_samples": 1,
                                      "min_category_count": 1, "max_len": 1, "seed": 0},
-                     at_most={"horizon_s": MAX_HORIZON_S, "max_events": MAX_EVENTS})
+                     at_most={"horizon_s": MAX_HORIZON_S, "max_events": MAX_EVENTS, "max_len": MAX_LEN})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":

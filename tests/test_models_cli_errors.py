@@ -55,6 +55,12 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
      "Invalid value for '--horizon-s': 9223372036854776 is not in the range 1<=x<=9223372036854775."),
     (["train", "--set", "horizon_s=9223372036854776"],
      "Error: horizon_s must be <= 9223372036854775, got 9223372036854776"),
+    (["pretrain", "--set", "horizon_s=9223372036854776"],
+     "Error: horizon_s must be <= 9223372036854775, got 9223372036854776"),
+    (["pretrain", "--set", "max_events=2147483648"], "Error: max_events must be <= 2147483647, got 2147483648"),
+    # a max_len x max_len attention mask per layer: "can't allocate memory" (train: after ~80 s of data)
+    (["train", "--set", "max_len=100000000"], "Error: max_len must be <= 8192, got 100000000"),
+    (["pretrain", "--set", "max_len=8193"], "Error: max_len must be <= 8192, got 8193"),
     # torch.manual_seed's "Overflow when unpacking long long", after the log was read
     (["train", "--seed", str(2**64)], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["pretrain", "--set", f"seed={2**64}"], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
