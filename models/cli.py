@@ -54,6 +54,23 @@ def _out_apart_from_init(out, init_from) -> None:
                                  "checkpoint could overwrite; give another one", param_hint="--out")
 
 
+def _sizes_of_init(init_from, model_set: dict) -> None:
+    """A train --set n_layer / n_head / n_embd with --init-from is the backbone's own, or refused:
+    the backbone's sizes were used, the one given silently ignored."""
+    from models.pretrain import BACKBONE_DIR, is_pretrain_dir
+
+    given = {k: model_set[k] for k in ("n_layer", "n_head", "n_embd") if k in model_set}
+    path = Path(init_from) / (f"{BACKBONE_DIR}/config.json" if is_pretrain_dir(init_from) else "config.json")
+    try:
+        sizes = json.loads(path.read_text()) if given else {}
+    except (OSError, ValueError):  # models.model.build_model names what is wrong with the directory
+        return
+    for key, value in given.items():
+        if isinstance(sizes, dict) and key in sizes and sizes[key] != value:
+            raise click.UsageError(f"--set {key}={value}: the --init-from backbone has {key} {sizes[key]} "
+                                   f"({path}); leave it out or give {sizes[key]}")
+
+
 # what a load raises for a dataset it cannot read: models.loaders names the file and line of a bad row
 # in a ValueError; OSError is open() of an input or of --out
 LOAD_ERRORS = (OSError, ValueError)
@@ -203,6 +220,7 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
                                  param_hint="--out")
     if init_from is not None:
         _out_apart_from_init(out, init_from)
+        _sizes_of_init(init_from, chosen["model"])
     _out_dir(out)
     from models.train import ResumeMismatch, run_training
 

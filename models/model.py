@@ -436,6 +436,17 @@ def _backbone_dict(gcfg: GPT2Config) -> dict:
     return d
 
 
+def set_dropout(backbone: GPT2Model, p: float) -> None:
+    """The residual and embedding dropout of a loaded GPT-2 backbone, in its config and its
+    modules (``GPT2Model.drop``, each block's ``attn.resid_dropout`` and ``mlp.dropout``; attention
+    dropout stays the backbone's)."""
+    backbone.config.resid_pdrop = backbone.config.embd_pdrop = p
+    backbone.drop.p = p
+    for block in backbone.h:
+        block.attn.resid_dropout.p = p
+        block.mlp.dropout.p = p
+
+
 def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> InterestModel:
     """A fresh model for ``encoder``. ``init_from``: a directory of ``interest-stream pretrain``
     (its backbone, with each token's embedding carried over by meaning, :mod:`models.pretrain`) or a
@@ -487,7 +498,11 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
     cfg.init_from = str(init_from)
     cfg.n_layer, cfg.n_head, cfg.n_embd = (
         backbone.config.n_layer, backbone.config.n_head, backbone.config.n_embd,
-    )
+    )  # the sizes are the backbone's (the CLI refuses others)
+    if "dropout" in overrides:  # the backbone's residual and embedding dropout, as a fresh one's
+        set_dropout(backbone, cfg.dropout)
+    else:  # config.json says what it trains with
+        cfg.dropout = backbone.config.resid_pdrop
     cfg.backbone = _backbone_dict(backbone.config)
     return InterestModel(cfg, backbone=backbone)
 

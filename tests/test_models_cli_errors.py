@@ -178,6 +178,28 @@ def test_train_out_inside_or_holding_its_init_from_is_refused(tmp_path):
     assert not (pt / "new").exists()
 
 
+def test_train_refuses_a_size_that_is_not_its_init_froms(tmp_path):
+    """`--set n_embd=32 --init-from PT` trained the backbone's 16 without a word."""
+    log = _log(tmp_path / "log.jsonl", [EVENT])
+    pt = tmp_path / "pt"
+    (pt / "backbone").mkdir(parents=True)
+    (pt / "pretrain.json").write_text("{}")
+    (pt / "backbone" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2,
+                                                             "n_embd": 16}))
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12}))
+    for init, sets, message in (
+            (pt, ["n_embd=32"], f"--set n_embd=32: the --init-from backbone has n_embd 16 ({pt / 'backbone'}"),
+            (pt, ["n_embd=16", "n_layer=2"], "--set n_layer=2: the --init-from backbone has n_layer 1"),
+            (gpt2, ["n_layer=2"], f"--set n_layer=2: the --init-from backbone has n_layer 12 ({gpt2}")):
+        res = _run(["train", "--data", log, "--out", tmp_path / "out", "--init-from", init,
+                    *[a for kv in sets for a in ("--set", kv)]])
+        assert res.exit_code == 2, res.output
+        assert f"Error: {message}" in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_pretrain_refuses_the_same_log_twice(tmp_path, monkeypatch):
     """--data X --data X read the log twice: its events twice, its users in training and validation."""
     pytest.importorskip("torch")

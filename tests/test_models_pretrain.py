@@ -16,7 +16,7 @@ from models.pretrain import PretrainConfig, pretrain_windows, run_pretraining  #
 from models.simulate import simulate_to_files  # noqa: E402
 
 TINY = PretrainConfig(n_layer=2, n_head=2, n_embd=32, max_len=48, batch_size=16, max_steps=12, eval_every=6,
-                      warmup_steps=2, threads=1, min_category_count=1)
+                      warmup_steps=2, threads=1, min_category_count=1, dropout=0.2)
 
 
 def test_windows_predict_each_next_event():
@@ -66,6 +66,13 @@ def test_pretrain_then_fine_tune_with_another_encoding(tmp_path):
     ids = torch.tensor([enc.encode(evs[:5])])
     probs, _ = model(ids, torch.ones_like(ids), torch.zeros(1, enc.profile_size))
     assert probs.shape == (1, 3) and np.isclose(float(probs.sum()), 1.0, atol=1e-5)
+    # dropout: config.json said 0.1 (or --set's 0.3) while the backbone trained at its own 0.2
+    assert model.config.dropout == 0.2 and model.config.backbone["resid_pdrop"] == 0.2
+    model = build_model(enc, init_from=str(tmp_path / "pre"), dropout=0.3)
+    drops = {m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)}
+    assert drops == {0.3, 0.0}  # residual and embedding 0.3, attention the backbone's 0
+    assert model.config.dropout == 0.3
+    assert (model.config.backbone["resid_pdrop"], model.config.backbone["embd_pdrop"]) == (0.3, 0.3)
 
 
 def test_a_backbone_whose_files_do_not_fit_is_refused(tmp_path):
