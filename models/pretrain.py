@@ -180,6 +180,9 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
                           max_len=cfg.max_len)
     rng = np.random.default_rng(cfg.seed)
     names = sorted(users)
+    if len(names) < 2:  # the validation loss is measured on held-out users, training on the rest
+        raise ValueError("pretraining needs events of at least two users (one is held out for the validation "
+                         "loss); the logs hold one user's")
     val_users = set(rng.choice(names, size=max(1, int(len(names) * cfg.val_frac)), replace=False).tolist())
     windows = pretrain_windows({u: users[u] for u in names if u not in val_users}, encoder, cfg)
     val_windows = pretrain_windows({u: users[u] for u in names if u in val_users}, encoder, cfg)[:2000]

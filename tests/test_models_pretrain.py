@@ -104,3 +104,14 @@ def test_a_backbone_whose_files_do_not_fit_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^the weights do not fit .*config.json \(12 missing keys: h.1.attn.c_attn"
                                          r".bias, h.1.attn.c_attn.weight, h.1.attn.c_proj.bias, ...\)$"):
         load_gpt2(b)
+
+
+def test_a_log_of_one_user_says_two_are_needed(tmp_path):
+    """Its only user was held out for validation: "need users with at least two events", for 3."""
+    log = tmp_path / "one.jsonl"
+    log.write_text("".join(json.dumps({"event_id": f"e{i}", "user_id": "u", "type": "click", "ts": 1_767_225_600_000
+                                       + 60_000 * i, "item_id": "i", "category": "a"}) + "\n" for i in range(3)))
+    with pytest.raises(ValueError) as exc:
+        run_pretraining([log], tmp_path / "pre", TINY, progress=False, log=lambda m: None)
+    assert str(exc.value) == ("pretraining needs events of at least two users (one is held out for the validation "
+                              "loss); the logs hold one user's")
