@@ -436,6 +436,9 @@ def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_
     else:
         t1, t2 = int(split["t1"]), int(split["t2"])
     if encoder is None:
+        if not any(evs[0].ts < t1 for evs in users.values()):  # fit_encoder said "no categorised events"
+            raise ValueError(f"{path}: no event lies before the validation period (t1 {t1} ms): the split is by "
+                             "time, so the log must span several timestamps")
         train_events = (e for evs in users.values() for e in evs if e.ts < t1)
         encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, max_len=cfg.max_len,
                               **(fit_kwargs or {}))

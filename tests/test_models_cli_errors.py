@@ -200,6 +200,16 @@ def test_train_refuses_a_size_that_is_not_its_init_froms(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_train_on_a_log_of_one_timestamp_says_it_cannot_be_split(tmp_path):
+    """Every event at one ts: "no categorised events in the training data", of a log of clicks."""
+    pytest.importorskip("torch")
+    log = _log(tmp_path / "log.jsonl", [dict(EVENT, event_id=f"e{i}", user_id=f"u{i % 2}") for i in range(6)])
+    res = _run(["train", "--data", log, "--out", tmp_path / "ck"])
+    assert res.exit_code == 1, res.output
+    assert res.output.endswith(f"Error: {log}: no event lies before the validation period (t1 {EVENT['ts']} ms): "
+                               "the split is by time, so the log must span several timestamps\n")
+
+
 def test_pretrain_refuses_the_same_log_twice(tmp_path, monkeypatch):
     """--data X --data X read the log twice: its events twice, its users in training and validation."""
     pytest.importorskip("torch")
