@@ -94,6 +94,11 @@ def test_a_backbone_whose_files_do_not_fit_is_refused(tmp_path):
     (b / "config.json").write_text(json.dumps({"model": {"n_embd": 8}}))
     with pytest.raises(ValueError, match=f"^{b / 'config.json'} is not a GPT-2 config \\(model_type null\\)$"):
         load_gpt2(b)
+    enc = fit_encoder([WindowEvent(0, "click", "a", "i")], min_category_count=1, bpe_vocab_size=30, max_len=16)
+    with pytest.raises(ValueError) as exc:  # --init-from a GPT-2 directory: the same load
+        build_model(enc, init_from=str(b))
+    assert str(exc.value) == (f"{b}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
+                              f"({b / 'config.json'} is not a GPT-2 config (model_type null))")
     (b / "config.json").write_text(json.dumps(dict(good, n_embd=16)))
     with pytest.raises(ValueError) as exc:
         load_gpt2(b)
