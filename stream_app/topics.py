@@ -174,16 +174,21 @@ def refuse_policies(settings: Settings, wrong: dict[str, tuple[str, str]]) -> No
             f"--add-config {POLICY}={want}`" for name, (have, want) in wrong.items()))
 
 
-def check_policies(settings: Settings) -> None:
-    """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``): refuse
-    existing topics of the deployment with another ``cleanup.policy`` than ``topics create`` gives."""
+def on_existing(settings: Settings, check):
+    """``check(client, specs)`` with an admin client and the specs of the deployment's topics that
+    exist: what the worker's start asks of topics it does not create."""
     client = admin(settings)
     try:
         existing = set(client.list_topics())
-        wrong = wrong_policies(client, [spec for spec in topic_specs(settings) if spec.name in existing])
+        return check(client, [spec for spec in topic_specs(settings) if spec.name in existing])
     finally:
         client.close()
-    refuse_policies(settings, wrong)
+
+
+def check_policies(settings: Settings) -> None:
+    """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``): refuse
+    existing topics of the deployment with another ``cleanup.policy`` than ``topics create`` gives."""
+    refuse_policies(settings, on_existing(settings, wrong_policies))
 
 
 def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
@@ -202,12 +207,7 @@ def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
 def check_limits(settings: Settings) -> list[str]:
     """A warning for each existing topic of the deployment whose ``max.message.bytes`` is below
     what ``topics create`` gives it (records above it are refused by the broker)."""
-    client = admin(settings)
-    try:
-        existing = set(client.list_topics())
-        low = low_limits(client, [spec for spec in topic_specs(settings) if spec.name in existing])
-    finally:
-        client.close()
+    low = on_existing(settings, low_limits)
     return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "
             "run `interest-stream topics create` to raise it" for name, (have, want) in low.items()]
 

@@ -9,23 +9,15 @@ import logging
 import os
 import shutil
 
-import orjson
 import pytest
 
 from conftest import cli
+from tiny_model import with_card
 from stream_app import metrics
 from stream_app.model_runtime import LoadedModel, ModelError
 from stream_app.model_swap import ModelHolder
 
 SHAPE = "null or an object of finite non-negative numbers (category: share)"
-
-
-def with_prior(src, dst, prior):
-    shutil.copytree(src, dst)
-    card = orjson.loads((dst / "model.json").read_bytes())
-    card["category_prior"] = prior
-    (dst / "model.json").write_bytes(orjson.dumps(card))
-    return dst
 
 
 @pytest.mark.parametrize("prior, shown", [
@@ -36,22 +28,24 @@ def with_prior(src, dst, prior):
     ("uniform", '"uniform"'),
 ])
 def test_a_card_prior_of_another_shape_refuses_the_pair(tiny_model_dir, tmp_path, prior, shown):
-    bad = with_prior(tiny_model_dir, tmp_path / "bad", prior)
+    bad = with_card(tiny_model_dir, tmp_path / "bad", category_prior=prior)
     with pytest.raises(ModelError) as err:
         LoadedModel.load(bad)
     assert str(err.value) == f"model at {bad}: model.json category_prior must be {SHAPE}, got {shown}"
 
 
 def test_null_and_an_object_of_shares_load(tiny_model_dir, tmp_path):
-    assert LoadedModel.load(with_prior(tiny_model_dir, tmp_path / "none", None)).card["category_prior"] is None
+    none = with_card(tiny_model_dir, tmp_path / "none", category_prior=None)
+    assert LoadedModel.load(none).card["category_prior"] is None
     shares = {"books": 0, "music": 0.75, "news": 1}  # an int is a number; 0 is a share (the lift floors it)
-    assert LoadedModel.load(with_prior(tiny_model_dir, tmp_path / "ok", shares)).card["category_prior"] == shares
+    ok = with_card(tiny_model_dir, tmp_path / "ok", category_prior=shares)
+    assert LoadedModel.load(ok).card["category_prior"] == shares
 
 
 def test_a_hot_swap_to_it_is_refused_and_the_old_model_keeps_serving(tiny_model_dir, tmp_path, caplog):
     """The edited card keeps the pair's version: the refusal is the only sign of the swap."""
     shutil.copytree(tiny_model_dir, tmp_path / "v1")
-    with_prior(tiny_model_dir, tmp_path / "bad", [0.5, 0.5])
+    with_card(tiny_model_dir, tmp_path / "bad", category_prior=[0.5, 0.5])
     current = tmp_path / "current"
     current.symlink_to(tmp_path / "v1")
     holder = ModelHolder(str(current), threads=1)
@@ -71,7 +65,7 @@ def test_a_hot_swap_to_it_is_refused_and_the_old_model_keeps_serving(tiny_model_
 @pytest.mark.kafka
 def test_the_worker_refuses_it_at_start_in_one_line(env, tiny_model_dir, tmp_path):
     cli(env, "topics", "create")
-    bad = with_prior(tiny_model_dir, tmp_path / "bad", [0.5, 0.5])
+    bad = with_card(tiny_model_dir, tmp_path / "bad", category_prior=[0.5, 0.5])
     proc = cli(dict(env, INTEREST_MODEL_DIR=str(bad)), "worker", check=False, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == f"Error: model at {bad}: model.json category_prior must be {SHAPE}, got [0.5,0.5]\n"

@@ -8,10 +8,10 @@ import os
 import shutil
 import time
 
-import orjson
 import pytest
 
 from conftest import cli, wait_for
+from tiny_model import with_card
 from stream_app.model_runtime import LoadedModel, ModelError
 from test_worker_ingest import T0, event
 from test_worker_scoring import send, vectors_by_user
@@ -22,22 +22,14 @@ MESSAGE = ("model.json window must be null or an object of integers (horizon_s, 
            "profile_retention_s), got '3d'")
 
 
-def with_window(src, dst, window):
-    shutil.copytree(src, dst)
-    card = orjson.loads((dst / "model.json").read_bytes())
-    card["window"] = window
-    (dst / "model.json").write_bytes(orjson.dumps(card))
-    return dst
-
-
 def test_a_card_window_that_is_not_an_object_refuses_the_pair(tiny_model_dir, tmp_path):
-    bad = with_window(tiny_model_dir, tmp_path / "bad", "3d")
+    bad = with_card(tiny_model_dir, tmp_path / "bad", window="3d")
     with pytest.raises(ModelError) as err:
         LoadedModel.load(bad)
     assert str(err.value) == f"model at {bad}: {MESSAGE}"
     with pytest.raises(ModelError):
-        LoadedModel.load(with_window(tiny_model_dir, tmp_path / "bad2", {"horizon_s": "1d"}))
-    LoadedModel.load(with_window(tiny_model_dir, tmp_path / "none", None))  # older exports write null
+        LoadedModel.load(with_card(tiny_model_dir, tmp_path / "bad2", window={"horizon_s": "1d"}))
+    LoadedModel.load(with_card(tiny_model_dir, tmp_path / "none", window=None))  # older exports write null
 
 
 def test_the_worker_refuses_it_at_start_and_keeps_serving_the_old_model_at_a_swap(
@@ -45,7 +37,7 @@ def test_the_worker_refuses_it_at_start_and_keeps_serving_the_old_model_at_a_swa
     from tiny_model import build_tiny_model_dir
 
     cli(env, "topics", "create")
-    bad = with_window(tiny_model_dir, tmp_path / "bad", "3d")
+    bad = with_card(tiny_model_dir, tmp_path / "bad", window="3d")
     proc = cli(dict(env, INTEREST_MODEL_DIR=str(bad)), "worker", check=False, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr == f"Error: model at {bad}: {MESSAGE}\n"
@@ -56,7 +48,7 @@ def test_the_worker_refuses_it_at_start_and_keeps_serving_the_old_model_at_a_swa
     root = tmp_path / "models"
     root.mkdir()
     shutil.copytree(tiny_model_dir, root / "v1")
-    with_window(v2_dir, root / "v2", "3d")
+    with_card(v2_dir, root / "v2", window="3d")
     current = root / "current"
     current.symlink_to("v1")
     w = workers(INTEREST_MODEL_DIR=str(current))

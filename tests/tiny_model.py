@@ -129,3 +129,17 @@ def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_
         export_checkpoint(ckpt, out_dir, int8=int8, log=lambda m: None,
                           validation=(vseqs, vprof, vtargets, "tiny random validation samples"))
     return out_dir
+
+
+def with_card(src, dst: Path, **fields) -> Path:
+    """A copy of the model pair ``src`` at ``dst`` whose model.json has ``fields`` replaced (a
+    card that is wrong in one way)."""
+    import shutil
+
+    import orjson
+
+    shutil.copytree(src, dst)
+    card = orjson.loads((dst / "model.json").read_bytes())
+    card.update(fields)
+    (dst / "model.json").write_bytes(orjson.dumps(card))
+    return dst
