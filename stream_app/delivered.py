@@ -31,9 +31,8 @@ DELIVERED_WAIT_S = 10.0  # the longest the tail of one partition is read
 
 def delivered_end(reader, tp, begin: int, end: int, wait_s: float = DELIVERED_WAIT_S) -> int:
     """The offset after the last record ``reader`` (a kafka-python consumer) is given in
-    ``[begin, end)`` of ``tp``, 0 when there is none (``begin``: the partition's first offset). A
-    tail not read within ``wait_s`` gives ``end``: whoever waits for it then waits longer, never
-    less."""
+    ``[begin, end)`` of ``tp``, 0 when there is none (``begin``: the partition's first offset).
+    TimeoutError when the tail is not read within ``wait_s``."""
     reader.assign([tp])
     back, deadline = 1, time.monotonic() + wait_s
     while end > begin:
@@ -42,7 +41,7 @@ def delivered_end(reader, tp, begin: int, end: int, wait_s: float = DELIVERED_WA
         last = -1
         while reader.position(tp) < end:
             if time.monotonic() >= deadline:
-                return end  # not read in time
+                raise TimeoutError(f"the tail of {tp.topic}[{tp.partition}] was not read within {wait_s:g} s")
             got = reader.poll(timeout_ms=200).get(tp, ())
             last = max([last] + [r.offset for r in got if r.offset < end])
         if last >= 0 or start == begin:
@@ -52,9 +51,16 @@ def delivered_end(reader, tp, begin: int, end: int, wait_s: float = DELIVERED_WA
 
 
 def delivered_ends(reader, tps: list) -> dict:
-    """:func:`delivered_end` of each of ``tps``."""
+    """:func:`delivered_end` of each of ``tps``; a tail not read in time gives its end offset, so
+    whoever waits for it waits longer, never less (``forget``)."""
     begins, ends = reader.beginning_offsets(tps), reader.end_offsets(tps)
-    return {tp: delivered_end(reader, tp, begins[tp], ends[tp]) for tp in tps}
+    out = {}
+    for tp in tps:
+        try:
+            out[tp] = delivered_end(reader, tp, begins[tp], ends[tp])
+        except TimeoutError:
+            out[tp] = ends[tp]
+    return out
 
 
 class DeliveredEnds:
@@ -64,8 +70,9 @@ class DeliveredEnds:
     was read; :meth:`ask` starts a read. ``make_reader()`` makes the thread's kafka-python consumer
     the first time it is needed."""
 
-    def __init__(self, make_reader: Callable[[], object]):
+    def __init__(self, make_reader: Callable[[], object], wait_s: float = DELIVERED_WAIT_S):
         self._make_reader = make_reader
+        self._wait_s = wait_s
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         # (topic, partition) -> (end offset, its delivered end); the thread writes a whole entry
         # at once, which the event loop reads under the GIL
@@ -110,9 +117,10 @@ class DeliveredEnds:
                         reader = self._make_reader()
                     tp = TopicPartition(*key)
                     begin = reader.beginning_offsets([tp])[tp]
-                    self._known[key] = (end, delivered_end(reader, tp, begin, end))
+                    self._known[key] = (end, delivered_end(reader, tp, begin, end, self._wait_s))
                     metrics.ALIGN_TAIL_READS.inc()
-                except Exception as exc:  # the partition then counts as behind, as by its end offset
+                except Exception as exc:  # a timeout included: not kept, so the next ask reads again;
+                    # meanwhile the partition counts as behind, as by its end offset
                     log.debug("could not read the tail of %s[%d]: %r", *key, exc)
                 finally:
                     self._asked.discard(key)
