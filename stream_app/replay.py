@@ -101,17 +101,13 @@ def check_output_topic(s: Settings, topic: str) -> None:
 def check_existing_output(s: Settings, topic: str) -> None:
     """An existing output topic must be compacted, as a backfill topic is (the latest vector per
     user): one that is not is someone's data, not a backfill this command made."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    from .topics import admin
+    from .topics import POLICY, admin, topic_config
 
     client = admin(s)
     try:
         if topic not in client.list_topics():
             return  # created compacted (topics.ensure_output_topic)
-        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
-                                                            configs={"cleanup.policy": None})], config_filter="all")
-        policy = described["topic"][topic]["cleanup.policy"]["value"]
+        policy = topic_config(client, [topic], POLICY)[topic]
     finally:
         client.close()
     if "compact" not in policy.split(","):

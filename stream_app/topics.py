@@ -134,17 +134,32 @@ def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None
                          f"input topics: {hint}")
 
 
+def topic_config(client, names, key: str) -> dict[str, str]:
+    """The value of the topic config ``key`` of each of ``names`` (existing topics), as the broker
+    has it. A topic it does not describe (the client lacks DescribeConfigs on it, or it was deleted
+    meanwhile) is a TopicError naming it: kafka-python leaves its config empty without a word."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    names = list(names)
+    if not names:
+        return {}
+    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None})
+                                         for name in names], config_filter="all").get("topic", {})
+    out = {}
+    for name in names:
+        entry = described.get(name, {}).get(key)
+        if entry is None or entry.get("value") is None:
+            raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does this "
+                             "client have DescribeConfigs on it?)")
+        out[name] = entry["value"]
+    return out
+
+
 def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
     """Existing topics of ``specs`` whose ``max.message.bytes`` is below their spec's: name ->
     (the topic's, the spec's)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     wanted = {spec.name: int(spec.config[LIMIT]) for spec in specs if LIMIT in spec.config}
-    if not wanted:
-        return {}
-    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={LIMIT: None})
-                                         for name in wanted], config_filter="all")
-    have = {name: int(described["topic"][name][LIMIT]["value"]) for name in wanted}
+    have = {name: int(value) for name, value in topic_config(client, wanted, LIMIT).items()}
     return {name: (have[name], want) for name, want in wanted.items() if have[name] < want}
 
 
@@ -152,14 +167,8 @@ def wrong_policies(client, specs: list[TopicSpec]) -> dict[str, tuple[str, str]]
     """Existing topics of ``specs`` whose ``cleanup.policy`` is not their spec's: name -> (the
     topic's, the spec's). A compacted spec (the output, backfill and changelog topics) takes any
     policy that includes ``compact``; the others (input, DLQ, control) take no compaction."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     wanted = {spec.name: spec.config[POLICY] for spec in specs if POLICY in spec.config}
-    if not wanted:
-        return {}
-    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={POLICY: None})
-                                         for name in wanted], config_filter="all")
-    have = {name: described["topic"][name][POLICY]["value"] for name in wanted}
+    have = topic_config(client, wanted, POLICY)
     return {name: (have[name], want) for name, want in wanted.items()
             if ("compact" in have[name].split(",")) != (want == "compact")}
 
@@ -240,16 +249,11 @@ def require_topics(settings: Settings, names) -> None:
 
 def retention_ms(settings: Settings, names) -> dict[str, int]:
     """The ``retention.ms`` of each existing topic of ``names`` (-1: kept forever)."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
     client = admin(settings)
     try:
-        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
-                                                            configs={"retention.ms": None}) for name in names],
-                                            config_filter="all")
+        return {name: int(value) for name, value in topic_config(client, names, "retention.ms").items()}
     finally:
         client.close()
-    return {name: int(config["retention.ms"]["value"]) for name, config in described["topic"].items()}
 
 
 def check_input_topics(settings: Settings) -> int:
@@ -274,7 +278,7 @@ def _same_counts(inputs: dict[str, int]) -> None:
 
 def ensure_output_topic(settings: Settings, name: str) -> str:
     """Create an interest topic (compacted, keyed by user) if missing; 'created' or 'exists'."""
-    return create_topics(settings, [TopicSpec(name, settings.partitions, {"cleanup.policy": "compact"})])[name]
+    return create_topics(settings, [TopicSpec(name, settings.partitions, {POLICY: "compact"})])[name]
 
 
 def check_replication(settings: Settings, client) -> None:

@@ -267,3 +267,20 @@ def test_the_worker_refuses_existing_topics_with_another_cleanup_policy(env, wor
     w.start(wait=False)
     assert w.proc.wait(60) != 0
     assert policy_error(env, made) in w.log(200)
+
+
+def test_a_topic_the_broker_does_not_describe_is_named():
+    """kafka-python leaves the config of a topic the broker refused to describe (no DescribeConfigs
+    on it, or deleted meanwhile) empty without a word: `load jsonl`'s retention check ended in a
+    KeyError traceback."""
+    from stream_app.topics import TopicError, topic_config
+
+    class Admin:
+        def describe_configs(self, resources, config_filter):
+            return {"topic": {"t.a": {"retention.ms": {"value": "-1"}}, "t.b": {}}}
+
+    assert topic_config(Admin(), ["t.a"], "retention.ms") == {"t.a": "-1"}
+    with pytest.raises(TopicError) as err:
+        topic_config(Admin(), ["t.a", "t.b"], "retention.ms")
+    assert str(err.value) == ("cannot read retention.ms of topic t.b: the broker did not describe it (does this "
+                              "client have DescribeConfigs on it?)")
