@@ -40,18 +40,18 @@ def _out_file(out, inputs) -> None:
 
 
 def _out_apart_from_init(out, init_from) -> None:
-    """train's --out neither is, nor lies inside, nor holds its --init-from directory: a checkpoint
-    written into a pretrain directory's backbone/ replaced the backbone's config.json and weights."""
+    """train's --out is neither its --init-from directory nor, for a pretrain directory, its
+    backbone/: a checkpoint written there replaced the backbone's config.json and weights (a
+    checkpoint writes its files at the top of --out, so a directory inside or around is safe)."""
+    from models.pretrain import BACKBONE_DIR, is_pretrain_dir
+
     o, i = Path(out).resolve(), Path(init_from).resolve()
     if o == i:
         raise click.BadParameter("the checkpoint would overwrite the --init-from directory; give another one",
                                  param_hint="--out")
-    if i in o.parents:
-        raise click.BadParameter(f"{out} lies inside the --init-from directory {init_from}, whose files the "
-                                 "checkpoint could overwrite; give another one", param_hint="--out")
-    if o in i.parents:
-        raise click.BadParameter(f"{out} holds the --init-from directory {init_from}, whose files the "
-                                 "checkpoint could overwrite; give another one", param_hint="--out")
+    if is_pretrain_dir(init_from) and o == i / BACKBONE_DIR:
+        raise click.BadParameter(f"{out} is the backbone of the --init-from directory {init_from}, whose files "
+                                 "the checkpoint would replace; give another one", param_hint="--out")
 
 
 def _sizes_of_init(init_from, model_set: dict) -> None:

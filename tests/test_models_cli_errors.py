@@ -160,22 +160,23 @@ def test_train_and_pretrain_do_not_write_over_each_others_directories(tmp_path):
     assert (pt / "encoding.json").read_text() == "pretraining's"
 
 
-def test_train_out_inside_or_holding_its_init_from_is_refused(tmp_path):
+def test_train_out_on_its_init_froms_backbone_is_refused(tmp_path):
     """`train --out PT/backbone --init-from PT` replaced the backbone's config.json and weights with the
-    checkpoint's; the next `--init-from PT` trained a default GPT-2 (124M) from random weights."""
+    checkpoint's; the next `--init-from PT` trained a default GPT-2 (124M) from random weights. A
+    directory inside PT or around it is another one (a checkpoint writes at the top of --out)."""
     log = _log(tmp_path / "log.jsonl", [EVENT])
     pt = tmp_path / "pt"
     (pt / "backbone").mkdir(parents=True)
     (pt / "pretrain.json").write_text("{}")
     (pt / "backbone" / "config.json").write_text("backbone's")
-    for out, verb in ((pt / "backbone", "lies inside"), (pt / "backbone" / "x" / "..", "lies inside"),
-                      (pt / "new" / "ck", "lies inside"), (tmp_path, "holds")):
+    for out in (pt / "backbone", pt / "backbone" / "x" / ".."):
         res = _run(["train", "--data", log, "--out", out, "--init-from", pt])
         assert res.exit_code == 2, res.output
-        assert f"Invalid value for --out: {out} {verb} the --init-from directory {pt}, whose files the checkpoint " \
-               "could overwrite; give another one" in " ".join(res.output.split()), res.output
+        assert f"Invalid value for --out: {out} is the backbone of the --init-from directory {pt}, whose files " \
+               "the checkpoint would replace; give another one" in " ".join(res.output.split()), res.output
     assert (pt / "backbone" / "config.json").read_text() == "backbone's"
-    assert not (pt / "new").exists()
+    res = _run(["train", "--data", log, "--out", pt / "ft", "--init-from", pt])
+    assert "--init-from directory" not in res.output, res.output
 
 
 def test_train_refuses_a_size_that_is_not_its_init_froms(tmp_path):
