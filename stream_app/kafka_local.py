@@ -263,7 +263,8 @@ class LocalKafka:
     def _locked(self, make: bool):
         """Hold an exclusive lock on the home for the whole of ``up`` or ``down``, so that a second
         one waits for the first and then finds the broker it started or stopped. The lock is a
-        flock on the home directory itself: no file is left in it. ``make`` creates the home;
+        flock on the home directory itself: no file is left in it (where the file system cannot lock
+        a directory, as NFS cannot, ``up`` and ``down`` go unlocked). ``make`` creates the home;
         without one (``down``) there is nothing to lock. A thread that holds it already (``down``
         from a signal handler or atexit hook while ``up`` waits for the broker, as the tests'
         session does) goes on without waiting for itself."""
@@ -280,11 +281,14 @@ class LocalKafka:
                 yield
                 return
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    current = os.path.samestat(os.fstat(fd), os.stat(self.home))
-                except FileNotFoundError:
-                    current = False
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        current = os.path.samestat(os.fstat(fd), os.stat(self.home))
+                    except FileNotFoundError:
+                        current = False
+                except OSError:  # NFS emulates flock with a write lock, which a directory cannot take
+                    current = True  # unlocked, as before the lock
                 if current:
                     _HELD.add(held)
                     try:

@@ -273,3 +273,20 @@ def test_a_relative_home_is_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("INTEREST_KAFKA_HOME", "state/kafka")
     assert default_home() == tmp_path / "state" / "kafka"
+
+
+def test_a_home_whose_file_system_cannot_lock_a_directory_goes_unlocked(tmp_path, monkeypatch):
+    """NFS emulates flock with a write lock, which a directory opened to read cannot take (EBADF):
+    `kafka up` and `down` went on with an OSError traceback there, the default home under ~ included."""
+    import errno
+
+    import stream_app.kafka_local as kl
+
+    def refuse(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(kl.fcntl, "flock", refuse)
+    k = LocalKafka(home=tmp_path / "kafka", port=free_port(), controller_port=free_port())
+    k.write_config()
+    assert k.down(purge=True) is False
+    assert not k.home.exists()
