@@ -55,6 +55,7 @@ from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING
 from interest_core.cli_types import MAX_SEED
 from interest_core.rerank import PRIOR_SHAPE, is_prior
 from models.config_checks import check_backbone, check_lr_floor, check_ranges
+from models.item_lift import PRIOR_FLOOR
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
 READOUTS = ("event", "end")
@@ -238,7 +239,7 @@ class InterestModel(nn.Module):
     @torch.no_grad()
     def init_prior(self, mean_target: np.ndarray) -> None:
         """Start the prior at the training targets' mean distribution."""
-        p = torch.as_tensor(mean_target, dtype=torch.float32).clamp_min(1e-6)
+        p = torch.as_tensor(mean_target, dtype=torch.float32).clamp_min(PRIOR_FLOOR)
         self.prior_logits.copy_(torch.log(p / p.sum()))
 
     @torch.no_grad()
