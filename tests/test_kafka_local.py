@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import ROOT, cli
-from stream_app.kafka_local import LocalKafka, broker_answers, default_home, free_port
+from stream_app.kafka_local import KafkaLocalError, LocalKafka, broker_answers, default_home, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -233,6 +233,14 @@ def test_a_pid_file_naming_no_broker_of_this_home_is_stale(tmp_path):
         k.pid_file.write_text(f"{procs[0].pid}\n")  # another home's broker
         assert k.pid() is None and k.down() is False
         assert procs[0].poll() is None  # kept
+        # and so is the pid file, its only trace (a broker of this home spelt otherwise was orphaned)
+        assert k.pid_file.read_text() == f"{procs[0].pid}\n"
+        with pytest.raises(KafkaLocalError) as err:
+            k.down(purge=True)
+        assert str(err.value) == (f"{k.pid_file} names a Kafka broker (pid {procs[0].pid}) started with another "
+                                  f"config than {k.config_file}; nothing deleted: stop it, or remove the pid file "
+                                  "if it is not this home's")
+        assert k.config_file.exists() and procs[0].poll() is None
         k.pid_file.write_text(f"{procs[1].pid}\n")  # this home's
         assert k.pid() == procs[1].pid and k.down() is True
         try:  # stopped: gone, or a zombie until the test reaps it
