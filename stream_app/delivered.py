@@ -78,6 +78,10 @@ class DeliveredEnds:
         # at once, which the event loop reads under the GIL
         self._known: dict[tuple[str, int], tuple[int, int]] = {}
         self._asked: set[tuple[str, int]] = set()
+        # (topic, partition) -> how often it was revoked: a read under way across a revocation is
+        # not kept (:meth:`forget`); the lock makes the check and the keeping one step
+        self._revoked: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def get(self, topic: str, partition: int, end: int) -> int | None:
@@ -94,12 +98,15 @@ class DeliveredEnds:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="delivered-ends", daemon=True)
             self._thread.start()
-        self._requests.put((key, end))
+        self._requests.put((key, end, self._revoked.get(key, 0)))
 
     def forget(self, topic: str, partition: int) -> None:
-        """Drop what was read of a partition (revoked: retention may delete its records before
-        it comes back)."""
-        self._known.pop((topic, partition), None)
+        """Drop what was read of a partition, and what a read under way will find (revoked:
+        retention may delete its records before it comes back)."""
+        key = (topic, partition)
+        with self._lock:
+            self._revoked[key] = self._revoked.get(key, 0) + 1
+            self._known.pop(key, None)
 
     def close(self) -> None:
         """Stop the thread once its read under way is over (without waiting for it)."""
@@ -111,13 +118,16 @@ class DeliveredEnds:
         reader = None
         try:
             while (request := self._requests.get()) is not None:
-                key, end = request
+                key, end, revoked = request
                 try:
                     if reader is None:
                         reader = self._make_reader()
                     tp = TopicPartition(*key)
                     begin = reader.beginning_offsets([tp])[tp]
-                    self._known[key] = (end, delivered_end(reader, tp, begin, end, self._wait_s))
+                    found = delivered_end(reader, tp, begin, end, self._wait_s)
+                    with self._lock:
+                        if self._revoked.get(key, 0) == revoked:
+                            self._known[key] = (end, found)
                     metrics.ALIGN_TAIL_READS.inc()
                 except Exception as exc:  # a timeout included: not kept, so the next ask reads again;
                     # meanwhile the partition counts as behind, as by its end offset

@@ -91,3 +91,29 @@ def test_a_read_is_kept_per_end_offset_and_a_timeout_is_not_kept():
         assert ends.get("events.browse", 3, 3) is None  # another end offset: not read yet
     finally:
         ends.close()
+
+
+def test_a_read_under_way_when_its_partition_is_revoked_is_not_kept():
+    """The partition may come back after retention deleted its records: what a read found before
+    the revocation would then hold the aligner to a record it can no longer receive."""
+    import threading
+
+    release = threading.Event()
+
+    class HeldReader(LogReader):
+        def beginning_offsets(self, tps):
+            release.wait(5)  # the revocation comes while the read is under way
+            return super().beginning_offsets(tps)
+
+    ends = DeliveredEnds(lambda: HeldReader([0], 2))
+    try:
+        ends.ask("events.browse", 3, 2)
+        ends.forget("events.browse", 3)
+        release.set()
+        wait_idle(ends)
+        assert ends.get("events.browse", 3, 2) is None
+        ends.ask("events.browse", 3, 2)  # read again once it is back
+        wait_idle(ends)
+        assert ends.get("events.browse", 3, 2) == 1
+    finally:
+        ends.close()
