@@ -33,8 +33,7 @@ from .partitioning import partition_for
 from .rerank import MAX_BODY_BYTES
 from .settings import Settings
 from .state_cache import StateCache
-from .topics import (LIMIT, TopicError, changelog_limit, check_input_topics, check_limits, check_policies,
-                     partition_counts)
+from .topics import LIMIT, TopicError, changelog_limit, check_existing, check_input_topics, partition_counts
 
 if TYPE_CHECKING:
     from .ingest import Received
@@ -144,11 +143,11 @@ class InterestApp(faust.App):
         if counts[settings.dlq_topic] is None:
             raise TopicError(f"dead-letter topic {settings.dlq_topic} is missing; run `interest-stream topics create`")
         self.output_partitions = out
-        # a changelog or output topic that is not compacted loses states and vectors to retention, an
-        # input topic that is compacted keeps only each user's newest event
-        await loop.run_in_executor(None, check_policies, settings)
-        # a deployment made before topics create raised them (the broker would refuse large records)
-        for warning in await loop.run_in_executor(None, check_limits, settings):
+        # refused: a changelog or output topic that is not compacted loses states and vectors to
+        # retention, an input topic that is compacted keeps only each user's newest event; warned of:
+        # a limit below topics create's, in a deployment made before it raised them (the broker would
+        # refuse large records)
+        for warning in await loop.run_in_executor(None, check_existing, settings):
             log.warning(warning)
         # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it);
         # the memory store keeps none

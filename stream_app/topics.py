@@ -92,11 +92,12 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
     client = admin(settings)
     try:
         existing = set(client.list_topics())
-        if any(spec.name not in existing for spec in specs):
+        present = [spec for spec in specs if spec.name in existing]
+        if len(present) < len(specs):
             check_replication(settings, client)
-        check_partitions(settings, client, [spec for spec in specs if spec.name in existing and spec.co_partitioned])
-        refuse_policies(settings, wrong_policies(client, [spec for spec in specs if spec.name in existing]))
-        low = low_limits(client, [spec for spec in specs if spec.name in existing])
+        check_partitions(settings, client, [spec for spec in present if spec.co_partitioned])
+        refuse_policies(settings, wrong_policies(client, present))
+        low = low_limits(client, present)
         if low:
             alter_limits(client, low)
         for spec in specs:
@@ -183,21 +184,21 @@ def refuse_policies(settings: Settings, wrong: dict[str, tuple[str, str]]) -> No
             f"--add-config {POLICY}={want}`" for name, (have, want) in wrong.items()))
 
 
-def on_existing(settings: Settings, check):
-    """``check(client, specs)`` with an admin client and the specs of the deployment's topics that
-    exist: what the worker's start asks of topics it does not create."""
+def check_existing(settings: Settings) -> list[str]:
+    """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``), with one
+    admin client over the deployment's topics that exist: refuse those with another
+    ``cleanup.policy`` than ``topics create`` gives (:func:`wrong_policies`); a warning for each
+    whose ``max.message.bytes`` is below it (records above it are refused by the broker)."""
     client = admin(settings)
     try:
         existing = set(client.list_topics())
-        return check(client, [spec for spec in topic_specs(settings) if spec.name in existing])
+        present = [spec for spec in topic_specs(settings) if spec.name in existing]
+        refuse_policies(settings, wrong_policies(client, present))
+        low = low_limits(client, present)
     finally:
         client.close()
-
-
-def check_policies(settings: Settings) -> None:
-    """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``): refuse
-    existing topics of the deployment with another ``cleanup.policy`` than ``topics create`` gives."""
-    refuse_policies(settings, on_existing(settings, wrong_policies))
+    return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "
+            "run `interest-stream topics create` to raise it" for name, (have, want) in low.items()]
 
 
 def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
@@ -211,14 +212,6 @@ def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
     if failed:
         raise TopicError("; ".join(f"cannot raise {LIMIT} of {name} to {low[name][1]}: {result}"
                                    for name, result in failed.items()))
-
-
-def check_limits(settings: Settings) -> list[str]:
-    """A warning for each existing topic of the deployment whose ``max.message.bytes`` is below
-    what ``topics create`` gives it (records above it are refused by the broker)."""
-    low = on_existing(settings, low_limits)
-    return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "
-            "run `interest-stream topics create` to raise it" for name, (have, want) in low.items()]
 
 
 def partition_counts(settings: Settings, names) -> dict[str, int | None]:
