@@ -215,43 +215,36 @@ class LocalKafka:
     def pid(self) -> int | None:
         """The broker's pid if its pid file names a live broker started with this home's config,
         else None (a stale pid file)."""
-        pid, args = self._named()
-        if pid is None or args is not None and os.fsencode(self.config_file) not in args:
-            return None  # a recycled pid counts as stale, another home's broker included
-        return pid
+        pid, ours = self._named()
+        return pid if ours else None  # a recycled pid counts as stale, another home's broker included
 
-    def other_broker(self) -> int | None:
-        """The pid of a live Kafka broker that the pid file names but that was started with another
-        config path (another home's after pid reuse, or this one's spelt otherwise: a relative home
-        of an older version): neither stopped nor forgotten by ``down``."""
-        pid, args = self._named()
-        if pid is None or args is None or os.fsencode(self.config_file) in args:
-            return None
-        return pid
-
-    def _named(self) -> tuple[int | None, list | None]:
-        """The live process the pid file names, with its command line if it is a ``kafka.Kafka``
-        (None without procfs, as on macOS: the pid is all there is to go on); (None, None) when
-        it names no live Kafka broker."""
+    def _named(self) -> tuple[int | None, bool]:
+        """The live Kafka broker the pid file names, and whether it was started with this home's
+        config (without procfs, as on macOS, the pid is all there is to go on: taken as this
+        home's). Another config path is another home's broker after pid reuse, or this one spelt
+        otherwise (a relative home of an older version). (None, False) when it names no live
+        Kafka broker."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
-            return None, None
+            return None, False
         if pid <= 1:  # to kill(), 0 and -1 are the caller's own group and every process; 1 is init
-            return None, None
+            return None, False
         try:
             os.kill(pid, 0)
         except (ProcessLookupError, OverflowError):
-            return None, None
+            return None, False
         except PermissionError:
             pass
         if not Path("/proc/self").exists():
-            return pid, None
+            return pid, True
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return None, None
-        return (pid, args) if b"kafka.Kafka" in args else (None, None)
+            return None, False
+        if b"kafka.Kafka" not in args:
+            return None, False
+        return pid, os.fsencode(self.config_file) in args
 
     def answers(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request."""
@@ -384,15 +377,14 @@ class LocalKafka:
                 f"{self.home} is not a broker home (no config written by `interest-stream kafka up` in it); "
                 "nothing deleted: check INTEREST_KAFKA_HOME"
             )
-        other = self.other_broker()
-        if other is not None:  # its pid file is the only trace left of it: kept
+        pid, ours = self._named()
+        if pid is not None and not ours:  # another config's broker: its pid file is its only trace, kept
             if purge:
                 raise KafkaLocalError(
-                    f"{self.pid_file} names a Kafka broker (pid {other}) started with another config than "
+                    f"{self.pid_file} names a Kafka broker (pid {pid}) started with another config than "
                     f"{self.config_file}; nothing deleted: stop it, or remove the pid file if it is not this home's"
                 )
             return False
-        pid = self.pid()
         was_running = pid is not None
         if pid is not None:
             self._stop_pid(pid, timeout)
