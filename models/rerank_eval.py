@@ -276,6 +276,7 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
     t0 = time.time()
     inp = inputs if inputs is not None else rerank_inputs(ckpt_dir, data_path, negatives, log)
     cands, cats, prior = inp.candidates, inp.categories, inp.prior
+    most, mean = negatives_used(cands["test"])  # the negatives the lists got (rerank_inputs logs them too)
     weights, curves = {}, {}
     for src in SOURCES:
         if weight is None:
@@ -300,8 +301,8 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
         "users": int(len(np.unique(inp.users["test"]))),
         # the negatives the lists got, not the option: asked for more than the training period has,
         # they hold what there is
-        "negatives": negatives_used(cands["test"])[0],
-        "negatives_mean": negatives_used(cands["test"])[1],
+        "negatives": most,
+        "negatives_mean": mean,
         "negatives_requested": negatives,
         "candidates_mean": float(np.mean([len(c) for c in cands["test"].items])),
         "positives_mean": float(np.mean([r.sum() for r in cands["test"].relevant])),
