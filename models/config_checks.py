@@ -16,9 +16,9 @@ from dataclasses import fields
 MAX_HORIZON_S = (2**63 - 1) // 1000
 MAX_EVENTS = 2**31 - 1
 # The most tokens a window may hold (train's and pretrain's max_len, GPT-2's n_positions): each
-# attention layer builds a max_len x max_len causal mask (transformers' GPT2Attention, float32 then
-# bool), 256 MiB then 64 MiB a layer at 8192, 64 times the default of 128; max_len=100000000 failed
-# to allocate it, after the log was read.
+# attention layer builds a max_len x max_len causal mask (transformers' GPT2Attention, a bool
+# tensor), 64 MiB a layer at 8192, 64 times the default of 128; max_len=100000000 failed to
+# allocate it, after the log was read.
 MAX_LEN = 8192
 
 
