@@ -397,7 +397,7 @@ def test_an_item_lift_travels_in_model_json_and_the_worker_adds_it(tiny, fp32_di
     assert np.abs(served(lifted, graph, wins) - got).max() < 1e-4
 
 
-def test_an_int8_export_whose_log_cannot_be_measured_on_stops_before_exporting(tmp_path, tiny):
+def test_an_int8_export_whose_log_cannot_be_measured_on_stops_before_exporting(tmp_path, tiny, monkeypatch):
     """The validation samples were built after the fp32 export (6 s on a real model), so a log or a
     card they cannot come from was said only then, and left the --out it had made, empty."""
     from click.testing import CliRunner
@@ -413,6 +413,12 @@ def test_an_int8_export_whose_log_cannot_be_measured_on_stops_before_exporting(t
     assert messages == [] and not out.exists()  # nothing exported, no directory made
     res = CliRunner().invoke(export_cmd, [str(tiny[0]), "--out", str(out), "--int8", "--data", str(log)])
     assert res.exit_code == 1 and not out.exists()
+    # a card with its split, and a log whose validation period holds no sample
+    monkeypatch.setattr(ox, "validation_samples", lambda *args: ([], [], None, ""))
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(tiny[0], out, int8=True, data=str(log), log=messages.append)
+    assert str(err.value) == f"{log}: the validation split has no samples to measure int8 against fp32"
+    assert messages == [] and not out.exists()
 
 
 def test_a_failed_export_removes_the_directory_it_made_and_keeps_one_it_found(tmp_path, tiny, monkeypatch):

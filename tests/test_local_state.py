@@ -61,7 +61,8 @@ def test_a_lock_file_that_cannot_be_opened_is_a_config_error(tmp_path):
     from stream_app.settings import ConfigError
 
     (tmp_path / local_state.LOCK_FILE).mkdir()
+    held = list(local_state._held)
     with pytest.raises(ConfigError) as err:
         local_state.lock_state_dir(tmp_path)
     assert str(err.value) == f"INTEREST_DATA_DIR: cannot open {tmp_path / 'worker.lock'}: Is a directory"
-    assert not local_state._held
+    assert local_state._held == held

@@ -175,8 +175,9 @@ def test_train_out_on_its_init_froms_backbone_is_refused(tmp_path):
         assert f"Invalid value for --out: {out} is the backbone of the --init-from directory {pt}, whose files " \
                "the checkpoint would replace; give another one" in " ".join(res.output.split()), res.output
     assert (pt / "backbone" / "config.json").read_text() == "backbone's"
-    res = _run(["train", "--data", log, "--out", pt / "ft", "--init-from", pt])
-    assert "--init-from directory" not in res.output, res.output
+    for out in (pt / "ft", tmp_path):  # inside it, and holding it
+        res = _run(["train", "--data", log, "--out", out, "--init-from", pt])
+        assert "--init-from directory" not in res.output, res.output
 
 
 def test_train_refuses_a_size_that_is_not_its_init_froms(tmp_path):
