@@ -24,16 +24,22 @@ def produce(bootstrap: str, records, record_ts_offset_ms: int = 0) -> None:
     p.close()
 
 
-def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
-    """Change a topic's ``max.message.bytes`` (as an operator's kafka-configs would)."""
+def set_topic_config(bootstrap: str, topics, name: str, value) -> None:
+    """Change one config of each of ``topics``, the others kept (as an operator's ``kafka-configs
+    --alter --add-config`` would)."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
-                                            configs={"max.message.bytes": str(max_bytes)})])
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={name: str(value)})
+                             for topic in topics], incremental=True)
     finally:
         admin.close()
+
+
+def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
+    """Change a topic's ``max.message.bytes``."""
+    set_topic_config(bootstrap, [topic], "max.message.bytes", max_bytes)
 
 
 def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30) -> list:

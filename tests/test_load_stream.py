@@ -157,14 +157,10 @@ def test_missing_input_topics_are_refused_before_anything_is_sent(env, tmp_path)
 
 
 def set_retention(env, ms: int, types=("click", "browse", "search")) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from kafka_io import set_topic_config
 
-    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
-    try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, f"{env['INTEREST_TOPIC_PREFIX']}events.{t}",
-                                            configs={"retention.ms": str(ms)}) for t in types], incremental=True)
-    finally:
-        admin.close()
+    set_topic_config(env["KAFKA_BOOTSTRAP_SERVERS"], [f"{env['INTEREST_TOPIC_PREFIX']}events.{t}" for t in types],
+                     "retention.ms", ms)
 
 
 def test_the_age_of_a_log_is_checked_against_the_topics_retention_not_the_setting(env, tmp_path):

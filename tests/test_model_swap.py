@@ -10,6 +10,7 @@ import pytest
 
 from stream_app.model_runtime import LoadedModel, ModelError
 from stream_app.model_swap import ModelHolder, window_mismatch
+from tiny_model import edit_card, with_card
 
 
 def test_window_mismatch_is_reported_with_both_windows():
@@ -80,14 +81,6 @@ def test_a_pair_that_cannot_be_read_is_refused_and_the_old_model_keeps_serving(t
     assert holder.poll() is True and holder.version == LoadedModel.load(str(tmp_path / "v2")).version != serving
 
 
-def _edit_card(path, **changes):
-    import orjson
-
-    card = orjson.loads((path / "model.json").read_bytes())
-    card.update(changes)
-    (path / "model.json").write_bytes(orjson.dumps(card))
-
-
 def test_a_card_corrected_in_place_is_taken_up_with_its_window_warning(tiny_model_dir, tmp_path, caplog,
                                                                         monkeypatch):
     """model.json rewritten with the same graph and encoding (the version stays): before, the
@@ -102,7 +95,7 @@ def test_a_card_corrected_in_place_is_taken_up_with_its_window_warning(tiny_mode
     monkeypatch.setattr(LoadedModel, "load", lambda path, threads=1: loads.append(path) or real_load(path, threads))
     assert holder.poll() is False and holder.poll() is False and loads == []
     window = {"horizon_s": 3600, "max_events": 64, "profile_retention_s": 31536000}
-    _edit_card(tmp_path / "v1", window=window)
+    edit_card(tmp_path / "v1", window=window)
     with caplog.at_level(logging.INFO, logger="interest_stream.scoring"):
         assert holder.poll() is True
         assert holder.poll() is False
@@ -117,9 +110,8 @@ def test_a_refused_card_put_right_is_served_and_the_serving_pair_again_is_no_swa
     """A deploy of the serving pair with a bad card (same version) is refused; undone, nothing is
     swapped or logged; the bad card corrected in place is served. Before, the corrected card was
     never taken up (same version as the one serving)."""
-    for d in ("v1", "v1-fixed"):
-        shutil.copytree(tiny_model_dir, tmp_path / d)
-    _edit_card(tmp_path / "v1-fixed", category_prior=[0.5])
+    shutil.copytree(tiny_model_dir, tmp_path / "v1")
+    with_card(tiny_model_dir, tmp_path / "v1-fixed", category_prior=[0.5])
     current = tmp_path / "current"
     current.symlink_to("v1")
     holder = ModelHolder(str(current), threads=1)
@@ -140,7 +132,7 @@ def test_a_refused_card_put_right_is_served_and_the_serving_pair_again_is_no_swa
         point("v1-fixed")
         assert holder.poll() is False  # still refused
         caplog.clear()
-        _edit_card(tmp_path / "v1-fixed", category_prior={"a": 1.0})  # put right in place
+        edit_card(tmp_path / "v1-fixed", category_prior={"a": 1.0})  # put right in place
         assert holder.poll() is True
     assert holder.model.resolved_dir == str(tmp_path / "v1-fixed") and holder.version == serving.version
     assert holder.model.card["category_prior"] == {"a": 1.0}

@@ -131,15 +131,20 @@ def build_tiny_model_dir(out_dir: Path, seed: int = 0, int8: bool = False, ckpt_
     return out_dir
 
 
+def edit_card(path: Path, **fields) -> Path:
+    """The model pair at ``path`` with ``fields`` of its model.json replaced, in place."""
+    import orjson
+
+    card = orjson.loads((path / "model.json").read_bytes())
+    card.update(fields)
+    (path / "model.json").write_bytes(orjson.dumps(card))
+    return path
+
+
 def with_card(src, dst: Path, **fields) -> Path:
     """A copy of the model pair ``src`` at ``dst`` whose model.json has ``fields`` replaced (a
     card that is wrong in one way)."""
     import shutil
 
-    import orjson
-
     shutil.copytree(src, dst)
-    card = orjson.loads((dst / "model.json").read_bytes())
-    card.update(fields)
-    (dst / "model.json").write_bytes(orjson.dumps(card))
-    return dst
+    return edit_card(dst, **fields)
