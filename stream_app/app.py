@@ -303,18 +303,44 @@ def fetch_position(tp) -> int | None:
         return None
 
 
+END_REFRESH_TIMEOUT_S = 10.0
+app.input_ends = {}  # topic partition -> end offset the broker last gave (refresh_input_ends)
+
+
+def owned_inputs() -> list:
+    return [tp for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES]
+
+
+@app.timer(metrics.END_REFRESH_S)
+async def refresh_input_ends() -> None:
+    """Ask the broker for the owned input partitions' end offsets (one ListOffsets request). The
+    consumer learns an end only from its fetches, and it fetches a partition only once the records
+    it holds of it were handed over: while the agent waits (a full cache, a slow model) the end it
+    knows stays where its last fetch found it, and the lag with it, however much input arrives."""
+    tps = owned_inputs() if is_ready() else []
+    if not tps:
+        app.input_ends = {}
+        return
+    try:
+        ends = await asyncio.wait_for(app.consumer.highwaters(*tps), END_REFRESH_TIMEOUT_S)
+    except Exception as exc:  # a rebalance, a broker away: the fetches' ends still count
+        log.debug("input end offsets not read: %r", exc)
+        return
+    app.input_ends = {tp: end for tp, end in ends.items() if end is not None}
+
+
 def partition_lags():
     """(topic partition, messages behind its end) for each owned input partition with a known end
     (:func:`stream_app.metrics.lag`: from the offset after the last one read or the committed one,
-    whichever is further; the fetch position while nothing was read)."""
-    consumer = app.consumer
-    for tp in app.assignor.assigned_actives():
-        if tp.topic not in TOPIC_TYPES:
-            continue
+    whichever is further; the fetch position while nothing was read). The end is the later of the
+    one the consumer's fetches saw and the one :func:`refresh_input_ends` read."""
+    consumer, asked = app.consumer, app.input_ends
+    for tp in owned_inputs():
         try:
-            high = consumer.highwater(tp)
+            fetched = consumer.highwater(tp)
         except Exception:  # not fetched yet
-            continue
+            fetched = None
+        high = max((h for h in (fetched, asked.get(tp)) if h is not None), default=None)
         if high is not None:
             yield tp, metrics.lag(high, read=consumer._read_offset.get(tp),  # last offset handed to the agent
                                   committed=consumer._committed_offset.get(tp), position=fetch_position(tp))

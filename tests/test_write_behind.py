@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 from conftest import ROOT, cli, metric_values, wait_for
 from kafka_io import produce, read_all, set_max_message_bytes
 from stream_app import state
+from stream_app.metrics import END_REFRESH_S
 from stream_app.partitioning import partition_for
 from test_worker_ingest import T0, assert_users, event, topics
 
@@ -462,22 +463,30 @@ def test_a_user_state_over_the_largest_record_loses_its_oldest_rows_instead_of_s
 def test_a_full_cache_the_changelog_cannot_empty_stops_reading_until_it_can(env, workers):
     """The changelog refuses every flush and the cache (1 MB) fills with users and events that
     cannot leave memory: the worker stops reading, the cache stays at its bound and the rest waits
-    in Kafka; once the changelog takes records, every event is counted and committed. Before, the
-    worker read on, each event over the bound set off a flush of every partition (refused), and
-    the cache grew past its bound without limit (1.8 MB after 5 s here, 2.0 MB after 20 s)."""
+    in Kafka, where the lag counts what keeps arriving; once the changelog takes records, every
+    event is counted and committed. Before, the worker read on, each event over the bound set off
+    a flush of every partition (refused), and the cache grew past its bound without limit (1.8 MB
+    after 5 s here, 2.0 MB after 20 s). The lag stood still while input arrived: the consumer
+    learnt ends only from its fetches, and it fetches no partition whose records it still holds."""
     cli(env, "topics", "create")
     set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 100)
     w = workers("w", INTEREST_STATE_CACHE_MB="1", **FAST)
-    events = users_events(100, 80)
+    # about 1,000 fill the cache, and Faust's stream buffer takes 4,096 more
+    events = users_events(160, 80)
     send(env, events)
     wait_for(lambda: metric(w, "interest_ingest_stalled") == 1, what="reading stopped")
     time.sleep(2)
     assert metric(w, "interest_state_cache_bytes") <= 1.1 * 2**20
-    assert metric(w, "interest_consumer_lag{") > 1000  # waiting in Kafka, not in memory
+    # waiting in Kafka, not in memory (the ends are read every END_REFRESH_S)
+    wait_for(lambda: metric(w, "interest_consumer_lag{") > 4000, timeout=3 * END_REFRESH_S, what="lag")
+    lag = metric(w, "interest_consumer_lag{")
     assert "the state cache is full (1 MB) and the changelog refuses partitions [" in w.log(300)
+    more = users_events(10, 100, name="x")
+    send(env, more)
+    wait_for(lambda: metric(w, "interest_consumer_lag{") == lag + len(more), timeout=3 * END_REFRESH_S, what="the lag of new input")
     set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
-    wait_for(lambda: committed(env) == 8000, timeout=120, what="every offset committed")
-    assert counted(w, events) and metric(w, "interest_ingest_stalled") == 0
+    wait_for(lambda: committed(env) == len(events + more), timeout=120, what="every offset committed")
+    assert counted(w, events + more) and metric(w, "interest_ingest_stalled") == 0
 
 
 def test_a_forget_waiting_for_its_users_events_holds_back_neither_other_partitions_nor_a_stop(env, workers):
