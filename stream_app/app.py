@@ -330,8 +330,8 @@ async def refresh_input_ends() -> None:
 
 
 def partition_lags():
-    """(topic partition, messages behind its end) for each owned input partition with a known end
-    (:func:`stream_app.metrics.lag`: from the offset after the last one read or the committed one,
+    """(topic partition, messages behind its end) for each owned input partition with a known end and
+    start (:func:`stream_app.metrics.lag`: from the offset after the last one read or the committed one,
     whichever is further; the fetch position while nothing was read). The end is the later of the
     one the consumer's fetches saw and the one :func:`refresh_input_ends` read."""
     consumer, asked = app.consumer, app.input_ends
@@ -341,9 +341,12 @@ def partition_lags():
         except Exception:  # not fetched yet
             fetched = None
         high = max((h for h in (fetched, asked.get(tp)) if h is not None), default=None)
-        if high is not None:
-            yield tp, metrics.lag(high, read=consumer._read_offset.get(tp),  # last offset handed to the agent
-                                  committed=consumer._committed_offset.get(tp), position=fetch_position(tp))
+        if high is None:
+            continue
+        behind = metrics.lag(high, read=consumer._read_offset.get(tp),  # last offset handed to the agent
+                             committed=consumer._committed_offset.get(tp), position=fetch_position(tp))
+        if behind is not None:
+            yield tp, behind
 
 
 def lookup_key(key: bytes) -> dict | None:

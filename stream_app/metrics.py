@@ -141,14 +141,19 @@ for _trigger in ("interval", "cache_full", "rebalance", "shutdown", "forget"):
 END_REFRESH_S = 5.0  # how often the worker asks the broker for its input partitions' ends (lag)
 
 
-def lag(end: int, read: int | None = None, committed: int | None = None, position: int | None = None) -> int:
+def lag(end: int, read: int | None = None, committed: int | None = None,
+        position: int | None = None) -> int | None:
     """Messages behind ``end`` (the partition's next offset): those from the further of the offset
     after the last one ``read`` and the ``committed`` offset; each None when unknown. The consumer's
     fetch ``position`` counts only while nothing was read since the assignment: it runs a whole
     fetch ahead of what the agent received (up to a MiB of records per partition, in Faust's
     buffers), while before the first fetch it is where the consumer starts (the committed offset,
     or the first one there is). So a new consumer group on a partition whose records retention
-    deleted, which has read and committed nothing, has nothing to read either."""
+    deleted, which has read and committed nothing, has nothing to read either. None while none of
+    the three is known (a new group before the consumer found where it starts): the lag is not
+    known yet, since retention may have deleted the records before ``end``."""
+    if read is None and committed is None and position is None:
+        return None
     nxt = (position or 0) if read is None else read + 1
     return max(0, end - max(nxt, committed or 0))
 
