@@ -106,10 +106,12 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     if ROUTED in request.headers:
         return json_response({"error": f"forwarded here, but the worker at {dest} owns this user (a rebalance "
                                        "is moving it); retry"}, status=503)
-    # the path as received: request.url has its dot segments resolved, so /users/./explain would
-    # reach the owner as /users/explain (the user "explain") and /users/.. as / (another view)
+    # the path and query as received: request.url has its dot segments resolved, so /users/./explain
+    # would reach the owner as /users/explain (the user "explain") and /users/.. as / (another view);
+    # and request.raw_path is the whole target of an absolute-form request (GET http://host/users/u),
+    # which made the URL http://owner:port http://host/users/u, a ValueError and a 500
     origin = URL.build(scheme=dest.scheme or "http", host=dest.host, port=dest.port)
-    url = URL(str(origin) + request.raw_path, encoded=True)
+    url = URL(str(origin) + str(request.rel_url), encoded=True)
     if app.http_client.closed:  # this worker is stopping (the client closes before the web server)
         return json_response({"error": "this worker is stopping; retry"}, status=503)
     headers = {ROUTED: "1"}

@@ -344,6 +344,20 @@ def test_dot_segment_user_ids_are_routed_unchanged(cluster, user):
     assert status == 200 and orjson.loads(body)["user_id"] == user
 
 
+def test_an_absolute_form_request_is_routed_like_its_path(cluster):
+    """HTTP/1.1 servers must accept a request target in absolute form (RFC 9112, 3.2.2), as sent to a
+    proxy. Forwarded to the owner, it answers as the path alone does, query included. Before, the
+    worker built the owner's URL from the whole target: a ValueError, and a 500 with a traceback."""
+    env, ws, users, vectors, _ = cluster
+    w = not_owner(ws, "decisive")
+    for path in ("/users/decisive", "/users/decisive/explain?x=%FF", "/users/decisive/view"):
+        assert raw_request(w, "GET", f"http://127.0.0.1:{w.port}{path}") == raw_request(w, "GET", path), path
+    body = json.dumps({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": 0.5}).encode()
+    status, got = raw_request(w, "POST", "http://elsewhere.invalid/users/decisive/rerank", body)
+    assert (status, got) == raw_request(w, "POST", "/users/decisive/rerank", body)
+    assert status == 200 and orjson.loads(got)["user_id"] == "decisive"
+
+
 def test_a_user_id_not_utf8_once_percent_decoded_is_a_400_not_another_users_data(cluster):
     """aiohttp keeps escapes that are not UTF-8 as text: /users/%FF answered with the data of the user
     whose id is the three characters "%FF" (/users/%25FF), and /users/%ED%A0%80 likewise. Now every
