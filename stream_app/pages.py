@@ -57,8 +57,27 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('ch') else 's'}"
 
 
-def user_url(user_id: str, page: str = "view") -> str:
-    return f"/users/{quote(user_id, safe='')}/{page}"
+# A browser resolves "." and ".." path segments, escaped as %2E too (the WHATWG URL standard): a link
+# to /users/./explain opened the user "explain", and /users/../view went to /view. No path reaches
+# these users from a browser, so their pages link nowhere (curl --path-as-is asks for them).
+UNLINKABLE = {".", ".."}
+UNLINKABLE_TITLE = "no link: a browser resolves . and .. in a path (curl --path-as-is asks for them)"
+
+
+def user_url(user_id: str, page: str | None = "view") -> str | None:
+    """The path of a user's ``page`` (None: the user's state), or None for a user no link can reach."""
+    if user_id in UNLINKABLE:
+        return None
+    return f"/users/{quote(user_id, safe='')}" + (f"/{page}" if page else "")
+
+
+def user_link(user_id: str, page: str | None, text: str) -> str:
+    """``text`` linked to a user's ``page``; plain text, with the reason as its title, where no link
+    can reach the user."""
+    url = user_url(user_id, page)
+    if url is None:
+        return f'<span title="{esc(UNLINKABLE_TITLE)}">{esc(text)}</span>'
+    return f'<a href="{esc(url)}">{esc(text)}</a>'
 
 
 STYLE = """
@@ -221,8 +240,8 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{esc(user_id)} · interest-stream</title><style>{STYLE}</style></head>
 <body>
-<nav><a href="/">interest-stream worker</a> · <a href="{esc(user_url(user_id, 'explain'))}">explain (JSON)</a>
-· <a href="{esc('/users/' + quote(user_id, safe=''))}">state (JSON)</a></nav>
+<nav><a href="/">interest-stream worker</a> · {user_link(user_id, 'explain', 'explain (JSON)')}
+· {user_link(user_id, None, 'state (JSON)')}</nav>
 <h1>User <span id="user-id">{esc(user_id)}</span></h1>
 <p class="meta">{plural(summary['events'], 'event')} in the window ({plural(counts['click'], 'click')},
 {plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])}; model {esc(ex['model_version'])}</p>
@@ -334,8 +353,8 @@ def overview_page(info: dict) -> str:
                        for r, v in sorted(dlq.items(), key=lambda kv: (-kv[1], kv[0])))
     now_ms = int(time.time() * 1000)
     users = "".join(
-        f'<li><a href="{esc(user_url(u))}">{esc(u)}</a> <span class="muted">· newest event {iso(newest)}, '
-        f'arrived {age(max(0, now_ms - seen))} ago · <a href="{esc(user_url(u, "explain"))}">explain</a></span></li>'
+        f'<li>{user_link(u, "view", u)} <span class="muted">· newest event {iso(newest)}, '
+        f'arrived {age(max(0, now_ms - seen))} ago · {user_link(u, "explain", "explain")}</span></li>'
         for u, newest, seen in info["recent_users"]) or '<li class="muted">no user with events in memory yet</li>'
     parts = ", ".join(map(str, info["partitions"])) or "none"
     return f"""<!doctype html>

@@ -164,3 +164,42 @@ def test_overview_page():
     assert "v9" in text and "0, 2" in text and "events.click012" in text.replace(" ", "")
     assert "late2" in text.replace(" ", "") and "5 accepted, 1 duplicates" in text
     assert 'href="/users/u%2F2/view"' in page and EVIL in text and "<script>alert" not in page
+
+
+def links(page: str) -> list[tuple[str, str]]:
+    """(href, text) of every <a> of a page, and ("", text) of every span titled as unlinkable."""
+    out = []
+
+    class Links(html.parser.HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "a" or (tag == "span" and a.get("title") == pages.UNLINKABLE_TITLE):
+                out.append([a.get("href", ""), ""])
+                self._open = True
+
+        def handle_endtag(self, tag):
+            self._open = False
+
+        def handle_data(self, data):
+            if getattr(self, "_open", False):
+                out[-1][1] += data
+
+    Links().feed(page)
+    return [tuple(x) for x in out]
+
+
+def test_the_users_dot_and_dot_dot_get_no_link_a_browser_would_resolve_away():
+    """A browser resolves /users/./explain to /users/explain (another user, "explain") and
+    /users/../view to /view, %2E or not; these two users' names are shown without a link."""
+    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0],
+            "lag": [], "rates": None, "totals": {"accepted": 5.0, "duplicate": 0.0, "dead_letter": 0.0},
+            "dead_letters": {}, "cached_users": 3,
+            "recent_users": [(".", 3_000, 0), ("..", 2_000, 0), ("a.b", 1_000, 0)]}
+    assert links(pages.overview_page(info)) == [
+        ("/metrics", "metrics"), ("/health", "health"), ("", "."), ("", "explain"), ("", ".."), ("", "explain"),
+        ("/users/a.b/view", "a.b"), ("/users/a.b/explain", "explain")]
+    for user in (".", ".."):
+        page = pages.user_page(user, summary(), None, explanation())
+        assert links(page) == [("/", "interest-stream worker"), ("", "explain (JSON)"), ("", "state (JSON)")]
+    assert links(pages.user_page("u/1", summary(), None, explanation())) == [
+        ("/", "interest-stream worker"), ("/users/u%2F1/explain", "explain (JSON)"), ("/users/u%2F1", "state (JSON)")]
