@@ -18,6 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import aiohttp
 import faust
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 
@@ -195,6 +196,16 @@ class InterestWorker(faust.Worker):
             use_json(logger)
 
 
+def http_client():
+    """Faust's HTTP client (``app.http_client``), which forwards user requests to the worker owning
+    the user (:func:`stream_app.web.route`), without aiohttp's limit of 100 connections at a time.
+    Each forwarded request holds a connection until the owner answers, and the owner computes
+    explanations and pages one at a time: a burst of them took every connection, and a re-rank
+    routed meanwhile waited for one until its 10 s ran out (a 503), for a user whose owner was
+    idle."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
 app = InterestApp(
     settings.app_id,
     broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -225,6 +236,7 @@ app = InterestApp(
     web_router_enabled=False,
     web_tables_enabled=False,
     Worker=InterestWorker,
+    HttpClient=http_client,
 )
 
 TOPIC_TYPES = {name: etype for etype, name in settings.input_topics.items()}

@@ -511,3 +511,82 @@ def test_a_worker_restoring_its_state_answers_user_views_503_not_404(env, worker
         stop()
     assert 503 in statuses and set(statuses) <= {503, 200}, sorted(set(statuses))
     assert w.get(f"/users/{last}")[0] == 200
+
+
+class HoldingProxy:
+    """An HTTP proxy in front of a worker that holds every page request (``/view``) until released
+    and passes everything else through: an owner busy with a burst of pages."""
+
+    def __init__(self, target_port: int):
+        import http.server
+        import threading
+
+        proxy = self
+        self.held, self.release, self.lock = 0, threading.Event(), threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                if self.path.endswith("/view"):
+                    with proxy.lock:
+                        proxy.held += 1
+                    proxy.release.wait(30)
+                    self.send_error(503)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=10)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                    r = conn.getresponse()
+                    payload = r.read()
+                    self.send_response(r.status)
+                    self.send_header("Content-Type", r.getheader("Content-Type", "application/json"))
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    conn.close()
+
+            do_GET = do_POST = _relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pages_an_owner_is_busy_with_do_not_hold_up_other_requests_routed_to_it(env, workers):
+    """120 page requests routed to an owner that takes its time with them, then a re-rank routed to
+    the same owner: answered at once. Before, forwarding shared aiohttp's pool of 100 connections,
+    every one held by a waiting page, and the re-rank waited for one until its 10 s ran out: a 503
+    "did not answer" for an owner that was idle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cli(env, "topics", "create")
+    w2 = workers("w2", start=False)
+    proxy = HoldingProxy(w2.port)
+    try:
+        w2.env["INTEREST_CANONICAL_URL"] = f"http://127.0.0.1:{proxy.port}"  # how w1 reaches w2
+        w2.start()
+        w1 = workers("w1")
+        wait_for(lambda: owned(w1) and owned(w2) and owned(w1) | owned(w2) == {0, 1, 2, 3}
+                 and not owned(w1) & owned(w2), what="partitions split between the workers")
+        user = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u.encode(), 4) in owned(w2))
+        with ThreadPoolExecutor(120) as pool:
+            pages_ = [pool.submit(raw_request, w1, "GET", f"/users/{user}/view") for _ in range(120)]
+            wait_for(lambda: proxy.held >= 100, timeout=30, what="pages held at the owner")
+            body = json.dumps({"items": [{"item_id": "a", "category": "tech", "score": 1}]}).encode()
+            status, got = raw_request(w1, "POST", f"/users/{user}/rerank", body)
+            proxy.release.set()
+            assert (status, orjson.loads(got)) == (200, {
+                "user_id": user, "personalized": False, "model_version": None, "weight": 0.5, "unknown_categories": [],
+                "items": [{"item_id": "a", "category": "tech", "score": 1.0, "blended": None, "interest": None}]})
+            assert {p.result()[0] for p in pages_} == {503}  # what the proxy answers once released
+    finally:
+        proxy.close()
