@@ -43,6 +43,8 @@ from typing import Iterator
 
 import numpy as np
 
+from interest_core.cli_types import MAX_SPEEDUP, MIN_SPEEDUP
+
 CATEGORIES = (
     "books", "cars", "cooking", "fashion", "finance", "fitness",
     "gaming", "movies", "music", "sports", "tech", "travel",
@@ -341,8 +343,8 @@ def iter_live_events(users: int, seed: int, speedup: float, start_ms: int, inten
     """Events of ``users`` simulated users forever, in ts order, starting at ``start_ms``, with
     every timescale (activity, sessions, drift, shifts, daily habits) ``speedup`` times faster.
     Pacing against the wall clock and producing to Kafka are the caller's job."""
-    if speedup <= 0:
-        raise ValueError(f"speedup must be > 0, got {speedup}")
+    if not MIN_SPEEDUP <= speedup <= MAX_SPEEDUP:
+        raise ValueError(f"speedup must be between {MIN_SPEEDUP:g} and {MAX_SPEEDUP:g}, got {speedup}")
     sims = [SimUser(i, seed, start_ms, intent, transitions, speedup) for i in range(users)]
     heap = [(u.next_event_time(start_ms, speedup), i) for i, u in enumerate(sims)]
     heapq.heapify(heap)

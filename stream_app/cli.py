@@ -9,7 +9,7 @@ import time
 import click
 import orjson
 
-from interest_core.cli_types import EVENT_TS, LAST_DATE_MS, POSITIVE, SEED, FiniteRange
+from interest_core.cli_types import EVENT_TS, LAST_DATE_MS, MAX_SPEEDUP, POSITIVE, SEED, SIM_USERS, SPEEDUP, FiniteRange
 
 from .settings import InterestStreamError, Settings
 
@@ -439,7 +439,7 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
 
 # -- simulated users (file mode is models.simulate; --rate streams through stream_app.produce) --
 @main.command("simulate")
-@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True, help="Simulated users.")
+@click.option("--users", type=SIM_USERS, default=1000, show_default=True, help="Simulated users.")
 @click.option("--days", type=POSITIVE, default=7.0, show_default=True,
               help="Days of activity (file mode).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same bytes.")
@@ -450,7 +450,7 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
                    "streaming default: now).")
 @click.option("--rate", type=POSITIVE, default=None,
               help="Stream to Kafka at R events per second instead of writing a file.")
-@click.option("--speedup", type=POSITIVE, default=60.0, show_default=True,
+@click.option("--speedup", type=SPEEDUP, default=60.0, show_default=True,
               help="With --rate: interest dynamics run this many times faster than the wall clock.")
 @click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS).")
 def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
@@ -487,9 +487,9 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
 @main.command("demo")
 @click.option("--seconds", type=FiniteRange(min=10), default=180, show_default=True,
               help="How long to stream and print vectors.")
-@click.option("--users", type=click.IntRange(min=1), default=300, show_default=True)
+@click.option("--users", type=SIM_USERS, default=300, show_default=True)
 @click.option("--rate", type=FiniteRange(min=1), default=300, show_default=True, help="Events per second.")
-@click.option("--speedup", type=FiniteRange(min=1), default=1440, show_default=True,
+@click.option("--speedup", type=FiniteRange(min=1, max=MAX_SPEEDUP), default=1440, show_default=True,
               help="Interest dynamics this many times faster than the wall clock (1440: a day a minute).")
 @click.option("--follow", type=click.IntRange(min=0), default=4, show_default=True,
               help="Print every vector of this many users.")

@@ -66,6 +66,16 @@ def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, ex
     (["simulate", "--start-ms", "253402300000000", "--days", "1", "--out", "{dir}/s.jsonl"],
      "Error: --start-ms 253402300000000 plus --days 1 ends after 9999-12-31T23:59:59.999Z (ts 253402300799999), "
      "the last ts that is a date: give an earlier start or fewer days"),
+    # the shift schedule rounded to 0 ms and the simulator looped on it, sending nothing
+    (["simulate", "--users", "5", "--rate", "50", "--speedup", "1e12"],
+     "Invalid value for '--speedup': 1000000000000.0 is not in the range 0.001<=x<=86400.0."),
+    (["simulate", "--users", "5", "--rate", "50", "--speedup", "1e-300"],  # an OverflowError traceback
+     "Invalid value for '--speedup': 1e-300 is not in the range 0.001<=x<=86400.0."),
+    (["demo", "--speedup", "1e12"], "Invalid value for '--speedup': 1000000000000.0 is not in the range 1<=x<=86400.0."),
+    # an OverflowError traceback; 10^8 users were all built before the first event, without bound
+    (["simulate", "--users", "99999999999999999999", "--days", "1", "--out", "{dir}/s.jsonl"],
+     "Invalid value for '--users': 99999999999999999999 is not in the range 1<=x<=1000000."),
+    (["demo", "--users", "1000001"], "Invalid value for '--users': 1000001 is not in the range 1<=x<=1000000."),
     (["load", "jsonl", "{log}", "--rate", "-5"], "Invalid value for '--rate': -5.0 is not in the range x>0."),
     (["demo", "--seconds", "inf"], "Invalid value for '--seconds': 'inf' is not a finite number."),
     (["evaluate-rerank", "{dir}", "--data", "{log}", "--out", "{dir}/r", "--weight", "nan"],

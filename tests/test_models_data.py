@@ -106,6 +106,29 @@ def test_live_events_in_ts_order_and_deterministic():
     assert a[-1]["ts"] - a[0]["ts"] < 3 * 3_600_000
 
 
+def test_live_events_flow_at_the_largest_speedup_and_refuse_a_larger_one():
+    """At MAX_SPEEDUP (a simulated day per second) events keep coming, each user's at least a second
+    apart. Faster, the shift schedule rounded to 0 ms and the generator looped on it: at 1e12 it
+    never yielded an event."""
+    import itertools
+    import threading
+
+    from interest_core.cli_types import MAX_SPEEDUP
+
+    got = []
+    gen = threading.Thread(target=lambda: got.extend(
+        itertools.islice(iter_live_events(20, 3, MAX_SPEEDUP, 1_700_000_000_000), 2000)), daemon=True)
+    gen.start()
+    gen.join(60)
+    assert len(got) == 2000
+    by_user = {}
+    for e in got:
+        by_user.setdefault(e["user_id"], []).append(e["ts"])
+    assert min(b - a for ts in by_user.values() for a, b in zip(ts, ts[1:])) >= 1000
+    with pytest.raises(ValueError, match=r"^speedup must be between 0.001 and 86400, got 86401.0$"):
+        next(iter_live_events(2, 3, MAX_SPEEDUP + 1, 1_700_000_000_000))
+
+
 # --- samples and split ---------------------------------------------------------------------
 
 
