@@ -25,7 +25,7 @@ from stream_app.model_runtime import LoadedModel
 from stream_app.partitioning import partition_for
 from stream_app.rerank import Item, rerank
 from test_worker_ingest import HORIZON, T0
-from test_worker_scoring import send, vectors_by_user
+from test_worker_scoring import scored_vectors, send
 
 pytestmark = pytest.mark.kafka
 
@@ -94,7 +94,7 @@ def cluster(kafka, tiny_model_dir, tmp_path_factory):
                  and not owned(ws[0]) & owned(ws[1]), what="partitions split between the workers")
         users = {"decisive": decisive("decisive")} | others(8, seed=5)
         send(env, [e for evs in users.values() for e in evs])
-        vecs = vectors_by_user(env, expect=len(users))
+        vecs = scored_vectors(env, [e for evs in users.values() for e in evs])  # of every user's events
         assert set(vecs) == set(users)
         yield env, ws, users, {u: v[-1] for u, v in vecs.items()}, LoadedModel.load(model_dir)
     finally:
