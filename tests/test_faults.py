@@ -80,17 +80,17 @@ def settled(w, exp: dict) -> bool:
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(env, workers):
-    """Three SIGKILLs 1 to 3 s apart while events stream in (60 a second), each followed by a
-    restart. The stream runs until the third kill: a restart waits for the killed member's session
+    """Two SIGKILLs 1 to 3 s apart while events stream in (60 a second), each followed by a
+    restart. The stream runs until the second kill: a restart waits for the killed member's session
     to end (INTEREST_SESSION_TIMEOUT_S, 6 s), so a stream of a fixed 10 s outlasted the second kill
     by about 1.5 s on a loaded machine, and by nothing with a 9 s session."""
     cli(env, "topics", "create")
-    events = make_events(users=24, per_user=200, seed=11)  # 80 s at most: far more than three kills take
+    events = make_events(users=24, per_user=200, seed=11)  # 80 s at most: far more than two kills take
     w = workers(INTEREST_COMMIT_INTERVAL_S="1")
     stop, sent = threading.Event(), []
     producer = stream(env, events, rate=60, stop=stop, sent=sent)
     rng = random.Random(7)
-    for _ in range(3):
+    for _ in range(2):
         time.sleep(rng.uniform(1.0, 3.0))
         assert producer.is_alive(), "the stream ended before the kills"
         w.kill()  # SIGKILL: no commit, no flush
