@@ -83,11 +83,31 @@ class Group(click.Group):
                         "or start one with `interest-stream kafka up`)"
                     ) from None
                 # the broker answered and refused: its own reason, not the whole request it refused
-                reason = re.search(r"error_message='([^']+)'", str(exc))
                 raise click.ClickException(
-                    f"Kafka at {servers} refused: {type(exc).__name__}: {reason.group(1) if reason else exc}"
+                    f"Kafka at {servers} refused: {type(exc).__name__}: {broker_reason(exc)}"
                 ) from None
             raise
+
+
+# The broker's error_message in kafka-python's "Request '...' failed with response '...'": the repr
+# of a Python string, in double quotes when the message holds a quote ("Topic 'a_b' collides with
+# existing topic: a.b", which '([^']+)' missed, and the whole request was printed)
+BROKER_MESSAGE = re.compile(r"""error_message=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def broker_reason(exc: Exception) -> str:
+    """The reason a broker gave for refusing a request (its error message, or the error's
+    description when it gave none), or the error itself when it is not a refused request."""
+    import ast
+
+    text = str(exc)
+    for literal in BROKER_MESSAGE.findall(text):
+        message = ast.literal_eval(literal)
+        if message:
+            return message
+    if "failed with response" in text:
+        return getattr(exc, "description", None) or text
+    return text
 
 
 @click.group(cls=Group)

@@ -56,6 +56,12 @@ def is_topic_name(name: str) -> bool:
     return 0 < len(name) <= MAX_TOPIC_NAME and name not in (".", "..") and bool(KAFKA_NAME.fullmatch(name))
 
 
+# The longest topic name Faust derives from the app id: its leader topic
+# (faust.assignor.leader_assignor); the tables' changelogs ("<app id>-users-changelog") are shorter.
+# The app (stream_app.app) has no agent without a topic and no group_by, so no other topics of Faust.
+FAUST_LEADER_TOPIC = "{}-__assignor-__leader"
+
+
 def _name_part(env: Mapping[str, str], name: str, default: str) -> str:
     """A setting that becomes part of topic names (and the consumer group)."""
     value = env.get(name) or default
@@ -302,7 +308,7 @@ class Settings:
         kafka_heap = _kafka_heap(env)
         session_timeout_s = _float(env, "INTEREST_SESSION_TIMEOUT_S", 30.0, minimum=1.0,
                                    maximum=MAX_SESSION_TIMEOUT_S, why=" (Faust's request timeout)")
-        return cls(
+        settings = cls(
             bootstrap_servers=_bootstrap_servers(env),
             topic_prefix=_name_part(env, "INTEREST_TOPIC_PREFIX", ""),
             app_id_base=_name_part(env, "INTEREST_APP_ID", "interest-stream"),
@@ -349,6 +355,49 @@ class Settings:
             kafka_heap=kafka_heap,
             security=_security(env),
         )
+        settings.check_names()
+        return settings
+
+    def check_names(self) -> None:
+        """The prefix and the app id make every topic's name: refused here when one would be longer
+        than Kafka's 249 characters (`topics create` made the shorter topics before the broker
+        refused one, or made them all and the worker died with Faust's traceback at its leader
+        topic)."""
+        prefix, app_id = self.topic_prefix, self.app_id
+        longest = max(self.prefixed_topics(), key=len)
+        room = MAX_TOPIC_NAME - (len(longest) - len(prefix))
+        if len(prefix) > room:
+            raise ConfigError(f"INTEREST_TOPIC_PREFIX may be at most {room} characters (the topic "
+                              f"<prefix>{longest[len(prefix):]} must fit Kafka's {MAX_TOPIC_NAME}), got {len(prefix)}")
+        longest = max(self.app_id_topics(), key=len)
+        room = MAX_TOPIC_NAME - (len(longest) - len(app_id))
+        if len(app_id) > room:
+            names, got = "INTEREST_APP_ID", f"{len(app_id)}"
+            if prefix:
+                names = "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together"
+                got = f"{len(prefix)} + {len(self.app_id_base)}"
+            raise ConfigError(f"{names} may be at most {room} characters (Faust's topic <app id>"
+                              f"{longest[len(app_id):]} must fit Kafka's {MAX_TOPIC_NAME}), got {got}")
+
+    def prefixed_topics(self) -> list[str]:
+        """The deployment's topics named by the prefix alone."""
+        return [*self.input_topics.values(), self.output_topic, self.backfill_topic, self.dlq_topic,
+                self.control_topic]
+
+    def app_id_topics(self) -> list[str]:
+        """The topics named by the app id: the tables' changelogs and Faust's leader topic."""
+        from .topics import TABLES
+
+        return [*(self.changelog_topic(t) for t in TABLES), self.leader_topic]
+
+    def changelog_topic(self, table: str) -> str:
+        """A table's changelog, as Faust names it (faust.tables.base)."""
+        return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def leader_topic(self) -> str:
+        """Faust's leader topic of the app (faust.assignor.leader_assignor)."""
+        return FAUST_LEADER_TOPIC.format(self.app_id)
 
     def controller_port_for(self, port: int) -> int:
         """The local broker's controller port beside its listener ``port``: the setting, or the next port."""

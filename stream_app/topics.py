@@ -63,7 +63,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.control_topic, p, dict(retention), True),
     ]
     specs += [
-        TopicSpec(f"{settings.app_id}-{t}-changelog", p,
+        TopicSpec(settings.changelog_topic(t), p,
                   compact | {LIMIT: str(changelog_limit(settings))}, True) for t in TABLES
     ]
     return specs

@@ -155,6 +155,56 @@ def test_a_name_kafka_would_refuse_is_a_one_line_error(env, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("env, message", [
+    # every topic was made (the longest 246 characters), then the worker died with Faust's traceback
+    # at its leader topic: InvalidTopicError for <app id>-__assignor-__leader, 250 characters
+    ({"INTEREST_TOPIC_PREFIX": "p" * 215},
+     "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together may be at most 229 characters (Faust's topic "
+     "<app id>-__assignor-__leader must fit Kafka's 249), got 215 + 15"),
+    ({"INTEREST_APP_ID": "a" * 230},
+     "INTEREST_APP_ID may be at most 229 characters (Faust's topic <app id>-__assignor-__leader must fit "
+     "Kafka's 249), got 230"),
+    ({"INTEREST_TOPIC_PREFIX": "p" * 227, "INTEREST_APP_ID": "a"},
+     "INTEREST_TOPIC_PREFIX may be at most 226 characters (the topic <prefix>user-interests.backfill must fit "
+     "Kafka's 249), got 227"),
+])
+def test_a_name_kafka_would_refuse_as_too_long_is_a_one_line_error(env, message):
+    """`topics create` made the topics whose names fit (all 8 with a 215-character prefix, 7 with a
+    224-character one: the changelog was refused, the whole request printed) before anything failed."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("env", [{"INTEREST_TOPIC_PREFIX": "p" * 214}, {"INTEREST_APP_ID": "a" * 229},
+                                 {"INTEREST_TOPIC_PREFIX": "p" * 226, "INTEREST_APP_ID": "a" * 3}])
+def test_the_longest_names_fit_kafka_with_faust_s_own_topics(env):
+    import faust
+
+    from stream_app.settings import MAX_TOPIC_NAME
+    from stream_app.topics import TABLES, topic_specs
+
+    s = Settings.from_env(env)
+    app = faust.App(s.app_id)  # the names Faust itself derives from the app id
+    faust_names = [app._leader_assignor._leader_topic_name, *(app.Table(t)._changelog_topic_name() for t in TABLES)]
+    assert sorted(faust_names) == sorted(s.app_id_topics())
+    names = [spec.name for spec in topic_specs(s)] + faust_names
+    assert max(len(n) for n in names) == MAX_TOPIC_NAME
+
+
+def test_topics_create_refuses_a_name_too_long_before_asking_the_broker():
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["topics", "create"], env={"INTEREST_TOPIC_PREFIX": "p" * 224,
+                                                             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                                             "INTEREST_BOOTSTRAP_TIMEOUT_S": "0.1"})
+    assert res.exit_code == 1
+    assert res.output == ("Error: INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together may be at most 229 characters "
+                          "(Faust's topic <app id>-__assignor-__leader must fit Kafka's 249), got 224 + 15\n")
+
+
 def test_names_kafka_accepts():
     s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "team-a.v2_", "INTEREST_APP_ID": "Interest_1"})
     assert s.topic("click") == "team-a.v2_click" and s.app_id == "team-a.v2_Interest_1"

@@ -48,6 +48,18 @@ def test_bad_setting_is_a_clear_error(env):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_name_the_broker_refuses_is_its_reason_in_one_line(env):
+    """A broker message holding a quote is in double quotes in kafka-python's error, which the CLI's
+    error_message='...' missed: the whole CreateTopics request and response were printed."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]  # t<n>-<hex>.
+    cli(env, "topics", "create")
+    other = prefix[:-1] + "_"  # Kafka's metrics take '.' and '_' for the same character
+    out = cli(dict(env, INTEREST_TOPIC_PREFIX=other), "topics", "create", check=False)
+    assert out.returncode == 1
+    assert out.stderr == (f"Error: Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} refused: InvalidTopicError: Topic "
+                          f"'{other}events.click' collides with existing topic: {prefix}events.click\n")
+
+
 def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
     """The DLQ and the changelog made before `topics create` raised their max.message.bytes keep
     the broker's 1 MB, which refuses large dead letters and busy users' states: topics create
