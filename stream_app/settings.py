@@ -362,8 +362,13 @@ class Settings:
         """The prefix and the app id make every topic's name: refused here when one would be longer
         than Kafka's 249 characters (`topics create` made the shorter topics before the broker
         refused one, or made them all and the worker died with Faust's traceback at its leader
-        topic)."""
+        topic), or when the app id is '.' or '..': Kafka refuses such topic names, and the worker's
+        state (INTEREST_DATA_DIR/<app id>) was put in the data directory itself or its parent."""
         prefix, app_id = self.topic_prefix, self.app_id
+        if app_id in (".", ".."):
+            names = "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together" if prefix else "INTEREST_APP_ID"
+            raise ConfigError(f"{names} may not make the app id '.' or '..' (not a Kafka topic name, nor a "
+                              f"directory of its own in INTEREST_DATA_DIR), got {app_id!r}")
         longest = max(self.prefixed_topics(), key=len)
         room = MAX_TOPIC_NAME - (len(longest) - len(prefix))
         if len(prefix) > room:

@@ -205,6 +205,24 @@ def test_topics_create_refuses_a_name_too_long_before_asking_the_broker():
                           "(Faust's topic <app id>-__assignor-__leader must fit Kafka's 249), got 224 + 15\n")
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"INTEREST_APP_ID": ".."}, "INTEREST_APP_ID may not make the app id '.' or '..' (not a Kafka topic name, nor a "
+                                "directory of its own in INTEREST_DATA_DIR), got '..'"),
+    ({"INTEREST_APP_ID": "."}, "INTEREST_APP_ID may not make the app id '.' or '..' (not a Kafka topic name, nor a "
+                               "directory of its own in INTEREST_DATA_DIR), got '.'"),
+    ({"INTEREST_TOPIC_PREFIX": ".", "INTEREST_APP_ID": "."},
+     "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together may not make the app id '.' or '..' (not a Kafka topic "
+     "name, nor a directory of its own in INTEREST_DATA_DIR), got '..'"),
+])
+def test_an_app_id_of_dots_is_a_one_line_error(env, message):
+    """INTEREST_APP_ID=.. put the worker's state in INTEREST_DATA_DIR's parent (<dir>/..)."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == message
+    assert Settings.from_env({"INTEREST_TOPIC_PREFIX": ".", "INTEREST_APP_ID": "a"}).app_id == ".a"
+    assert Settings.from_env({"INTEREST_APP_ID": "..."}).state_dir.name == "..."
+
+
 def test_names_kafka_accepts():
     s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "team-a.v2_", "INTEREST_APP_ID": "Interest_1"})
     assert s.topic("click") == "team-a.v2_click" and s.app_id == "team-a.v2_Interest_1"
