@@ -117,12 +117,16 @@ def main():
 
 
 # -- kafka ------------------------------------------------------------------------------------
-def _local_kafka(port: int | None = None):
+def _local_kafka(port: int | None = None, up: bool = False):
+    """The local broker; its controller's port only for `up`, which starts it: `status` and `down`
+    find it at the port it was started with (INTEREST_KAFKA_PORT=65535 without a controller port
+    was refused there, for a next port they never use)."""
     from .kafka_local import LocalKafka, default_home
 
     s = _settings()
     port = port or s.kafka_port
-    return LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port), heap=s.kafka_heap)
+    controller = {"controller_port": s.controller_port_for(port)} if up else {}
+    return LocalKafka(home=default_home(), port=port, heap=s.kafka_heap, **controller)
 
 
 @main.group(cls=Group)
@@ -135,7 +139,7 @@ def kafka():
               help="Broker port (default $INTEREST_KAFKA_PORT or 9092).")
 def kafka_up(port):
     """Start the broker unless it runs already (fetches the jars on first use)."""
-    k = _local_kafka(port)
+    k = _local_kafka(port, up=True)
     took = k.up()
     state = "already running" if took == 0 else f"started in {took:.1f}s"
     click.echo(f"kafka {state} at {k.bootstrap} (data in {k.home})")

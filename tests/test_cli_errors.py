@@ -143,6 +143,21 @@ def test_kafka_up_refuses_a_port_it_cannot_use_before_starting_anything(tmp_path
     assert not (tmp_path / "kafka").exists()  # nothing fetched, nothing started
 
 
+def test_kafka_status_and_down_need_no_controller_port(tmp_path, monkeypatch):
+    """They find the broker at the port it was started with: INTEREST_KAFKA_PORT=65535 (no next
+    port for a controller) was refused by both, though only `up` gives the controller a port."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    monkeypatch.setenv("INTEREST_KAFKA_HOME", str(tmp_path / "kafka"))
+    monkeypatch.setenv("INTEREST_KAFKA_PORT", "65535")
+    res = CliRunner().invoke(main, ["kafka", "status"])
+    assert (res.exit_code, res.output) == (1, f"not running (data dir {tmp_path / 'kafka'})\n")
+    res = CliRunner().invoke(main, ["kafka", "down"])
+    assert (res.exit_code, res.output) == (0, "not running\n")
+
+
 @pytest.mark.parametrize("env, message", [
     ({"INTEREST_TOPIC_PREFIX": "team a/"}, "INTEREST_TOPIC_PREFIX may hold only ASCII letters, digits, '.', '_' and '-' "
                                            "(it becomes part of Kafka topic names), got 'team a/'"),
