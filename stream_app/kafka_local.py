@@ -311,6 +311,9 @@ class LocalKafka:
     def up(self, timeout: float = 90.0) -> float:
         """Start the broker unless it already runs; returns seconds until it answered. A broker of
         this home running on another port is refused, not stopped: one home holds one broker."""
+        if self.controller_port == self.port:  # before anything is made: the JVM's 37-line stack otherwise
+            raise KafkaLocalError(f"the controller's port {self.port} is the broker's port too; the controller "
+                                  "needs a port of its own")
         with self._locked(make=True):
             return self._up(timeout)
 

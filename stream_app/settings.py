@@ -406,6 +406,9 @@ class Settings:
 
     def controller_port_for(self, port: int) -> int:
         """The local broker's controller port beside its listener ``port``: the setting, or the next port."""
+        if self.kafka_controller_port == port:  # the broker stopped with 37 lines of Java stack
+            raise ConfigError(f"INTEREST_KAFKA_CONTROLLER_PORT {port} is the local broker's port too; the "
+                              "controller needs a port of its own")
         if self.kafka_controller_port:
             return self.kafka_controller_port
         if port >= MAX_PORT:

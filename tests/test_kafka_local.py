@@ -275,6 +275,24 @@ def test_a_taken_controller_port_is_one_line(tmp_path):
                           "set INTEREST_KAFKA_CONTROLLER_PORT to a free port\n")
 
 
+def test_a_controller_port_equal_to_the_brokers_is_one_line_before_anything_starts(tmp_path):
+    """Both ports were checked free, never different: the broker started and stopped with 37 lines
+    of Java stack (two listeners on the same port)."""
+    port = free_port()
+    home = tmp_path / "kafka"
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_CONTROLLER_PORT=str(port))
+    message = (f"Error: INTEREST_KAFKA_CONTROLLER_PORT {port} is the local broker's port too; the controller "
+               "needs a port of its own\n")
+    for run in (cli(dict(env, INTEREST_KAFKA_PORT=str(port)), "kafka", "up", check=False),
+                cli(env, "kafka", "up", "--port", str(port), check=False)):
+        assert (run.returncode, run.stdout, run.stderr) == (1, "", message)
+    with pytest.raises(KafkaLocalError) as err:
+        LocalKafka(home=home, port=port, controller_port=port).up()
+    assert str(err.value) == (f"the controller's port {port} is the broker's port too; the controller needs a "
+                              "port of its own")
+    assert not home.exists()  # nothing written, nothing started
+
+
 def test_a_relative_home_is_found_from_any_directory(tmp_path, monkeypatch):
     """The broker's command line names its config by the home's path, which pid() looks for: a
     relative INTEREST_KAFKA_HOME would not be found by a `status` or `down` run elsewhere."""
