@@ -123,6 +123,11 @@ MAX_FETCH_MAX_WAIT_MS = int(FAUST_REQUEST_TIMEOUT_S * 1000) - 1000
 # commit (producer.flush()) waits for: a longer linger leaves each recent dead letter uncommitted
 # there (read again by the next owner) and holds commits back
 MAX_LINGER_MS = 5_000
+# ONNX Runtime's intra-op threads of the scoring session: one per core of a large host at most.
+# Bounded only by a C int before, where a session with 100000 took memory without end and never
+# came: creating one (tests/tiny_model.py's model, a busy 2-core host) took 0.1-0.5 s with 1-4
+# threads, 1.5-3 s with 64, 4-11 s with 256, 42 s with 1024 and 59 s with 2000.
+MAX_ORT_THREADS = 256
 
 
 def _bootstrap_servers(env: Mapping[str, str]) -> str:
@@ -324,8 +329,9 @@ class Settings:
             model_dir=env.get("INTEREST_MODEL_DIR", ""),
             model_poll_s=_float(env, "INTEREST_MODEL_POLL_S", 10.0, minimum=0.1),
             score_batch=_int(env, "INTEREST_SCORE_BATCH", 256, minimum=1),
-            ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1, maximum=MAX_INT32,
-                             why=" (ONNX Runtime's intra_op_num_threads is a C int)"),
+            ort_threads=_int(env, "INTEREST_ORT_THREADS", 1, minimum=1, maximum=MAX_ORT_THREADS,
+                             why=" (a thread per core of a large host; each more slows the scoring session's "
+                                 "creation, a minute at 2000)"),
             score_share=_share(env),
             pace_backlog=_int(env, "INTEREST_SCORE_PACE_BACKLOG", 5000, minimum=0),
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1, maximum=MAX_PORT),

@@ -269,8 +269,12 @@ def test_names_kafka_accepts():
      "sent), got 3000000000"),
     # ONNX Runtime's TypeError ("incompatible function arguments") when the worker loads its model
     ({"INTEREST_ORT_THREADS": "3000000000"},
-     "INTEREST_ORT_THREADS must be <= 2147483647 (ONNX Runtime's intra_op_num_threads is a C int), "
-     "got 3000000000"),
+     "INTEREST_ORT_THREADS must be <= 256 (a thread per core of a large host; each more slows the scoring "
+     "session's creation, a minute at 2000), got 3000000000"),
+    # the worker's start and replay hung without a word, their memory growing, creating the session
+    ({"INTEREST_ORT_THREADS": "257"},
+     "INTEREST_ORT_THREADS must be <= 256 (a thread per core of a large host; each more slows the scoring "
+     "session's creation, a minute at 2000), got 257"),
 ])
 def test_a_setting_kafka_or_faust_would_refuse_later_is_a_one_line_error(env, message):
     """These ended in a traceback (a bootstrap port that is not a number; a session timeout Faust
@@ -289,10 +293,11 @@ def test_the_largest_numeric_settings_kafka_and_the_clients_carry():
 
     s = Settings.from_env({"INTEREST_PARTITIONS": str(2**31 - 1), "INTEREST_REPLICATION": str(2**15 - 1),
                            "INTEREST_MAX_STATE_BYTES": str(2**31 - 1 - 2**10), "INTEREST_PRODUCER_LINGER_MS": "5000",
-                           "INTEREST_ORT_THREADS": str(2**31 - 1)})
+                           "INTEREST_ORT_THREADS": "256"})
     assert changelog_limit(s) == 2**31 - 1  # the broker's INT max.message.bytes
     assert max(int(spec.config.get("max.message.bytes", 0)) for spec in topic_specs(s)) == 2**31 - 1
     assert s.linger_ms == MAX_LINGER_MS == flush.LETTER_WAIT_S * 1000  # the bound's reason, in the flush
+    assert s.ort_threads == 256
 
 
 def test_a_bad_bootstrap_server_is_refused_by_every_command():
