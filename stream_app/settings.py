@@ -195,6 +195,10 @@ def _security(env: Mapping[str, str]) -> dict:
     protocol = out.get("security_protocol")
     if protocol is not None and protocol not in SECURITY_PROTOCOLS:
         raise ConfigError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+    sasl = [k for k in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD") if env.get(k)]
+    if sasl and not (protocol or "").startswith("SASL_"):  # the clients would ignore them and not authenticate
+        raise ConfigError(f"{sasl[0]} is set without KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT or SASL_SSL (the "
+                          f"clients would ignore it), got {protocol or 'no protocol'}")
     for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
         if env.get(name) and not os.path.isfile(env[name]):
             raise ConfigError(f"{name}: no such file {env[name]!r}")

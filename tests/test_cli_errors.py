@@ -321,6 +321,13 @@ def test_bootstrap_servers_kafka_python_accepts():
      "KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, got 'ssl'"),
     ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
      "KAFKA_SSL_CAFILE: no such file '/nonexistent/ca.pem'"),
+    # the credentials were ignored without a word, and the clients connected unauthenticated
+    ({"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
+     "KAFKA_SASL_USERNAME is set without KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT or SASL_SSL (the clients would "
+     "ignore it), got no protocol"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_MECHANISM": "PLAIN"},
+     "KAFKA_SASL_MECHANISM is set without KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT or SASL_SSL (the clients would "
+     "ignore it), got SSL"),
 ])
 def test_a_security_setting_no_client_can_use_is_a_one_line_error(env, message):
     """kafka-python took an unknown protocol (or a lowercase one) for PLAINTEXT, where Faust used
@@ -329,6 +336,8 @@ def test_a_security_setting_no_client_can_use_is_a_one_line_error(env, message):
         Settings.from_env(env)
     assert str(err.value) == message
     assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}).security == {"security_protocol": "SASL_SSL"}
+    assert Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"}).security == {
+        "security_protocol": "SASL_PLAINTEXT", "sasl_plain_username": "u"}
 
 
 @pytest.mark.parametrize("verb", [["status"], ["up", "--port", "65000"], ["down"]])
