@@ -622,3 +622,49 @@ def test_tail_prints_control_characters_of_ids_escaped():
     assert format_vector("x", orjson.dumps(vector)) == ("\\x1b[31mRED\\x1b[0m  events=1    drift=0.000  top: a\\nb "
                                                          "1.00")
     assert format_vector("\x07bell", None) == "\\x07bell  (forgotten)"
+
+
+def _configuration_rows() -> dict[str, tuple[str, str]]:
+    """README's Configuration table: variable -> (default, meaning), for rows of one variable."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration"):text.index("## How the worker counts")]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.split(" | ")]
+        names = re.findall(r"`([A-Z_]+)`", cells[0]) if line.startswith("| `") else []
+        if len(names) == 1:
+            rows[names[0]] = (cells[1], cells[2])
+    return rows
+
+
+def _number(text: str) -> str:
+    """A bound as the README writes it: 1 for the message's 1.0, 0.05 as it is."""
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def test_the_readme_states_each_numeric_settings_default_and_bounds():
+    """Each bound the code enforces (read from its refusals of -1 and of a huge number) is in the
+    setting's row as 'at least' / 'at most', and each numeric default is the row's default."""
+    import re
+
+    source = (ROOT / "stream_app" / "settings.py").read_text()
+    attrs = dict((var, attr) for attr, var in re.findall(r"^    (\w+): \w+ = .*?#\s+([A-Z_]+)", source, re.M))
+    defaults = Settings.from_env({})
+    checked = 0
+    for var, (default, meaning) in _configuration_rows().items():
+        value = getattr(defaults, attrs.get(var, ""), None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert float(re.search(r"`([0-9.]+)`", default)[1]) == value, var
+        for raw, word in (("-1", "at least"), ("99999999999999999999", "at most")):
+            try:
+                Settings.from_env({var: raw})
+                continue
+            except ConfigError as err:
+                bound = re.match(rf"{var} must be [<>]= ([0-9.e+]+)", str(err))
+            if bound:
+                checked += 1
+                stated = rf"{word} {re.escape(_number(bound[1]))}(?![0-9]|\.[0-9])"  # not 1 for 10 or 1.5
+                assert re.search(stated, meaning, re.I), (var, word, bound[1])
+    assert checked == 35  # every numeric setting's minimum (25), and the maxima (10)
