@@ -476,7 +476,7 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
               help="Stream to Kafka at R events per second instead of writing a file.")
 @click.option("--speedup", type=SPEEDUP, default=60.0, show_default=True,
               help="With --rate: interest dynamics run this many times faster than the wall clock.")
-@click.option("--bootstrap-servers", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS).")
+@bootstrap_option
 def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers):
     """Synthetic users whose interests evolve: an event log plus its ground truth (OUT.truth.jsonl),
     or with --rate a live stream to Kafka with ts at wall-clock time."""
@@ -485,11 +485,12 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
     if rate is not None:
         if out is not None:
             raise click.UsageError("--out writes a file; --rate streams to Kafka: give one of them")
-        from .produce import stream_events
+        from .produce import send_events
 
+        s = _settings(bootstrap_servers)  # one truth for the servers, named by any Kafka error
         start = start_ms if start_ms is not None else int(time.time() * 1000)
-        n = stream_events(iter_live_events(users, seed, speedup, start), rate=rate,
-                          bootstrap_servers=bootstrap_servers)
+        # ts at wall-clock time: the simulated dynamics run at their own sped-up pace, only their order is kept
+        n = send_events(iter_live_events(users, seed, speedup, start), s, rate=rate, wallclock_ts=True)
         click.echo(f"streamed {n} events", err=True)
         return
     if out is None:

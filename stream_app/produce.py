@@ -180,15 +180,3 @@ def check_log(path) -> tuple[int, int | None]:
         n += 1
         first = ts if first is None else min(first, ts)
     return n, first
-
-
-def stream_events(events: Iterable[dict], rate: float | None = None,
-                  bootstrap_servers: str | None = None, stop=None) -> int:
-    """The simulator's streaming mode: ``rate`` events/s with ``ts`` at wall-clock time (the
-    simulated dynamics run at their own sped-up pace; only their order is kept)."""
-    import os
-
-    env = dict(os.environ)
-    if bootstrap_servers:
-        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap_servers
-    return send_events(events, Settings.from_env(env), rate=rate, wallclock_ts=True, stop=stop)

@@ -27,6 +27,18 @@ def test_unreachable_broker_is_a_one_line_error_after_the_bootstrap_timeout():
     assert took < 20, f"answered after {took:.1f} s"
 
 
+def test_simulate_names_the_bootstrap_servers_it_was_given():
+    """`simulate --rate --bootstrap-servers` read its own copy of the environment: an unreachable
+    broker was reported as the one KAFKA_BOOTSTRAP_SERVERS named, not the one it tried."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:2", INTEREST_BOOTSTRAP_TIMEOUT_S="1")
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "simulate", "--users", "2", "--rate", "5",
+                          "--bootstrap-servers", "127.0.0.1:1"], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("Error: Kafka at 127.0.0.1:1: KafkaTimeoutError: Unable to bootstrap from "
+                                 "['127.0.0.1:1'] (check KAFKA_BOOTSTRAP_SERVERS"), out.stderr
+
+
 @pytest.mark.parametrize("raw, expected", [
     (None, 30_000),
     ("2.5", 2_500),
