@@ -3,7 +3,7 @@
 Kafka (started here unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), topics under a fresh prefix,
 a model trained and exported when ``INTEREST_MODEL_DIR`` is not given, the worker, a simulated
 population streaming with sped-up interest dynamics, and interest vectors printed as they are
-published. Everything started here is stopped at the end, also on failure or Ctrl-C.
+published. Everything started here is stopped at the end, also on failure, Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -58,7 +58,26 @@ def ensure_model(env: dict) -> Path:
     return current
 
 
+class Terminated(BaseException):
+    """SIGTERM (`timeout`, `docker stop`, CI) arrived: unwinds the demo as Ctrl-C does, through
+    its clean-up, and ends it with status 143 (128 + SIGTERM)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _demo(seconds, users, rate, speedup, follow)
+    except Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
     OUT.mkdir(exist_ok=True)
     env = dict(os.environ)
     broker = None
@@ -123,6 +142,8 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
         producer.join(30)
         summary(settings, follow, sent["n"])
     finally:
+        # a second SIGTERM must not cut the clean-up short (it is bounded: 30 s for the worker)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_stream.set()
         if worker is not None and worker.poll() is None:
             say("stopping the worker")

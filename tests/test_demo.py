@@ -1,0 +1,82 @@
+"""`interest-stream demo` run as a user runs it: a subprocess on the session's broker, with the
+tiny model given (so it does not train), a few users and seconds."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, wait_for
+from stream_app.kafka_local import free_port
+
+pytestmark = pytest.mark.kafka
+
+
+class Demo:
+    """A demo subprocess whose stderr lines are collected as they come."""
+
+    def __init__(self, env: dict, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "demo", *args], env=env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.err: list[str] = []
+        self.out: list[str] = []
+        self.readers = [threading.Thread(target=self._read, args=(s, lines), daemon=True)
+                        for s, lines in ((self.proc.stderr, self.err), (self.proc.stdout, self.out))]
+        for r in self.readers:
+            r.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        for r in self.readers:
+            r.join(5)
+        return code
+
+
+@pytest.fixture
+def demo_env(env, tiny_model_dir, tmp_path):
+    return dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DEMO_DIR=str(tmp_path / "out"),
+                INTEREST_WEB_PORT=str(free_port()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_sigterm_stops_the_demos_worker(demo_env, tmp_path):
+    """`timeout`, `docker stop` or CI end the demo with SIGTERM: its clean-up ran only on Ctrl-C, so
+    the worker it started (in a session of its own) went on running."""
+    demo = Demo(demo_env, "--seconds", "120", "--users", "3", "--rate", "20", "--follow", "1")
+    worker_pid = None
+    try:
+        wait_for(lambda: any(line.startswith("==> streaming") for line in demo.err) or demo.proc.poll() is not None,
+                 timeout=120, what="the demo to stream")
+        assert demo.proc.poll() is None, "\n".join(demo.err)
+        (lock,) = (tmp_path / "out" / "state").glob("*/*/worker.lock")
+        worker_pid = int(lock.read_text())
+        assert _alive(worker_pid)
+        demo.proc.send_signal(signal.SIGTERM)
+        code = demo.wait(60)
+        assert code == 128 + signal.SIGTERM, "\n".join(demo.err)
+        assert "==> stopping the worker" in demo.err
+        assert not _alive(worker_pid), "the demo's worker still runs"
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.kill()
+            demo.wait(10)
+        if worker_pid is not None and _alive(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
