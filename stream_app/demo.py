@@ -80,6 +80,14 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
 def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
     OUT.mkdir(exist_ok=True)
     env = dict(os.environ)
+    env.update({
+        "INTEREST_SCORE_INTERVAL_S": env.get("INTEREST_SCORE_INTERVAL_S", "5"),
+        "INTEREST_SESSION_TIMEOUT_S": "10",
+        "INTEREST_COMMIT_INTERVAL_S": "1",
+    })
+    # every setting, as the worker will have it, before any step: a bad one was found only after
+    # minutes of training
+    s = Settings.from_env(env)
     broker = None
     worker = None
     stop_stream = threading.Event()
@@ -87,7 +95,6 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
         if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
             from .kafka_local import LocalKafka, default_home
 
-            s = Settings.from_env(env)
             port = s.kafka_port
             broker = LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port),
                                 heap=s.kafka_heap)
@@ -108,9 +115,6 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
             "INTEREST_TOPIC_PREFIX": prefix,
             "INTEREST_MODEL_DIR": str(model_dir.resolve().parent / model_dir.name),
             "INTEREST_DATA_DIR": str((OUT / "state" / prefix).resolve()),
-            "INTEREST_SCORE_INTERVAL_S": env.get("INTEREST_SCORE_INTERVAL_S", "5"),
-            "INTEREST_SESSION_TIMEOUT_S": "10",
-            "INTEREST_COMMIT_INTERVAL_S": "1",
         })
         Path(env["INTEREST_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         settings = Settings.from_env(env)

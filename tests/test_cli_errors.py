@@ -680,3 +680,15 @@ def test_the_readme_states_each_numeric_settings_default_and_bounds():
                 stated = rf"{word} {re.escape(_number(bound[1]))}(?![0-9]|\.[0-9])"  # not 1 for 10 or 1.5
                 assert re.search(stated, meaning, re.I), (var, word, bound[1])
     assert checked == 35  # every numeric setting's minimum (25), and the maxima (10)
+
+
+def test_the_demo_checks_its_settings_before_any_step(tmp_path):
+    """With KAFKA_BOOTSTRAP_SERVERS set the settings were read only once the model was trained and
+    exported: a bad INTEREST_WEB_PORT was named after 3-4 minutes of training."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_WEB_PORT="abc",
+               INTEREST_DEMO_DIR=str(tmp_path / "out"))
+    env.pop("INTEREST_MODEL_DIR", None)  # so the demo would train
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == "Error: INTEREST_WEB_PORT must be an integer, got 'abc'\n"
