@@ -58,6 +58,22 @@ def ensure_model(env: dict) -> Path:
     return current
 
 
+# The demo's own values, quicker than the worker's defaults: vectors every 5 s, commits every
+# second, a worker that stops is noticed in 10 s
+DEMO_SETTINGS = {"INTEREST_SCORE_INTERVAL_S": "5", "INTEREST_COMMIT_INTERVAL_S": "1",
+                 "INTEREST_SESSION_TIMEOUT_S": "10"}
+
+
+def demo_settings(env: dict) -> dict:
+    """The demo's values of the settings the user set none of (an empty one is unset, as for the
+    worker). Its session timeout also only without INTEREST_HEARTBEAT_S, which must stay below it:
+    INTEREST_HEARTBEAT_S=15 alone was refused for a session timeout the user never set."""
+    out = {name: value for name, value in DEMO_SETTINGS.items() if not env.get(name)}
+    if env.get("INTEREST_HEARTBEAT_S"):
+        out.pop("INTEREST_SESSION_TIMEOUT_S", None)
+    return out
+
+
 class Terminated(BaseException):
     """SIGTERM (`timeout`, `docker stop`, CI) arrived: unwinds the demo as Ctrl-C does, through
     its clean-up, and ends it with status 143 (128 + SIGTERM)."""
@@ -80,11 +96,7 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
 def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
     OUT.mkdir(exist_ok=True)
     env = dict(os.environ)
-    env.update({
-        "INTEREST_SCORE_INTERVAL_S": env.get("INTEREST_SCORE_INTERVAL_S", "5"),
-        "INTEREST_SESSION_TIMEOUT_S": "10",
-        "INTEREST_COMMIT_INTERVAL_S": "1",
-    })
+    env.update(demo_settings(env))
     # every setting, as the worker will have it, before any step: a bad one was found only after
     # minutes of training
     s = Settings.from_env(env)

@@ -692,3 +692,38 @@ def test_the_demo_checks_its_settings_before_any_step(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr == "Error: INTEREST_WEB_PORT must be an integer, got 'abc'\n"
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, {"INTEREST_SCORE_INTERVAL_S": "5", "INTEREST_COMMIT_INTERVAL_S": "1", "INTEREST_SESSION_TIMEOUT_S": "10"}),
+    ({"INTEREST_SESSION_TIMEOUT_S": "20", "INTEREST_COMMIT_INTERVAL_S": "3", "INTEREST_SCORE_INTERVAL_S": "2"},
+     {"INTEREST_SCORE_INTERVAL_S": "2", "INTEREST_COMMIT_INTERVAL_S": "3", "INTEREST_SESSION_TIMEOUT_S": "20"}),
+    ({"INTEREST_COMMIT_INTERVAL_S": ""},  # empty: unset, as for the worker
+     {"INTEREST_SCORE_INTERVAL_S": "5", "INTEREST_COMMIT_INTERVAL_S": "1", "INTEREST_SESSION_TIMEOUT_S": "10"}),
+    ({"INTEREST_HEARTBEAT_S": "15"},  # the worker's default session timeout (30 s), not the demo's 10
+     {"INTEREST_SCORE_INTERVAL_S": "5", "INTEREST_COMMIT_INTERVAL_S": "1", "INTEREST_SESSION_TIMEOUT_S": None}),
+])
+def test_the_demo_keeps_the_users_own_settings(given, expected, tmp_path, monkeypatch):
+    """The demo set INTEREST_SESSION_TIMEOUT_S=10 and INTEREST_COMMIT_INTERVAL_S=1 over the user's
+    values, so `INTEREST_HEARTBEAT_S=15 interest-stream demo` was refused for a session timeout
+    the user never set."""
+    from stream_app import demo
+
+    seen = {}
+
+    def stop_at_the_first_step(*args, env):
+        seen.update(env)
+        raise click.ClickException("stopped here")
+
+    monkeypatch.setattr(demo, "run_cli", stop_at_the_first_step)
+    monkeypatch.setattr(demo, "OUT", tmp_path / "out")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("INTEREST_MODEL_DIR", str(tmp_path))
+    for name in (*expected, "INTEREST_HEARTBEAT_S"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(click.ClickException) as err:
+        demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
+    assert err.value.message == "stopped here"
+    assert {name: seen.get(name) for name in expected} == expected
