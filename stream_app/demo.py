@@ -94,12 +94,15 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
 
 
 def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
-    OUT.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.update(demo_settings(env))
     # every setting, as the worker will have it, before any step: a bad one was found only after
     # minutes of training
     s = Settings.from_env(env)
+    try:  # with its parents, as INTEREST_DATA_DIR is
+        OUT.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a parent that cannot be written: was a traceback
+        raise click.ClickException(f"INTEREST_DEMO_DIR: cannot create {OUT}: {exc.strerror or exc}") from None
     broker = None
     worker = None
     stop_stream = threading.Event()
@@ -131,7 +134,7 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
         Path(env["INTEREST_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         settings = Settings.from_env(env)
         run_cli("topics", "create", env=env)
-        say("starting the worker (log: demo-out/worker.log)")
+        say(f"starting the worker (log: {OUT / 'worker.log'})")
         worker = subprocess.Popen(
             [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
             stdout=open(OUT / "worker.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,

@@ -727,3 +727,21 @@ def test_the_demo_keeps_the_users_own_settings(given, expected, tmp_path, monkey
         demo.demo(seconds=10, users=1, rate=1, speedup=1, follow=0)
     assert err.value.message == "stopped here"
     assert {name: seen.get(name) for name in expected} == expected
+
+
+def test_a_demo_directory_that_cannot_be_made_is_a_one_line_error(tmp_path):
+    """A file in the way was a FileExistsError traceback; a missing parent (FileNotFoundError)
+    is now made, as INTEREST_DATA_DIR's are."""
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="1",
+               INTEREST_MODEL_DIR=str(tmp_path), INTEREST_DEMO_DIR=str(tmp_path / "file"))
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr == f"Error: INTEREST_DEMO_DIR: cannot create {tmp_path / 'file'}: File exists\n"
+    env["INTEREST_DEMO_DIR"] = str(tmp_path / "new" / "out")
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert (tmp_path / "new" / "out").is_dir()
+    assert out.stderr.splitlines()[-1] == ("Error: the demo's step `interest-stream topics create` failed "
+                                           "(exit code 1; its error is above)")
