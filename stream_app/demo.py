@@ -135,11 +135,13 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
         settings = Settings.from_env(env)
         run_cli("topics", "create", env=env)
         say(f"starting the worker (log: {OUT / 'worker.log'})")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
-            stdout=open(OUT / "worker.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_healthy(settings.web_port, worker)
+        with open(OUT / "worker.log", "ab") as log:  # kept across runs: this run's lines start here
+            start = log.tell()
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_healthy(settings.web_port, worker, start)
         print_urls(settings, follow)
 
         from models.simulate import iter_live_events
@@ -176,11 +178,27 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
             broker.down()
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def worker_error(start: int) -> str:
+    """The worker's own reason for stopping, from the lines it wrote to its log after ``start``:
+    its last ``Error:`` line (the CLI's one-line errors), else its last line (a traceback's)."""
+    try:
+        with open(OUT / "worker.log", "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line.removeprefix("Error:").strip() for line in lines if line.startswith("Error:")]
+    return (errors or lines or [""])[-1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, start: int = 0, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"the worker exited ({proc.returncode}); see {OUT}/worker.log")
+            reason = worker_error(start)
+            raise click.ClickException(f"the worker exited ({proc.returncode})" + (f": {reason}" if reason else "")
+                                       + f"; see {OUT / 'worker.log'}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 body = orjson.loads(r.read())
@@ -188,7 +206,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120) -> Non
                 return
         except OSError:
             time.sleep(0.5)
-    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT}/worker.log")
+    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT / 'worker.log'}")
 
 
 def print_urls(settings: Settings, follow: int) -> None:

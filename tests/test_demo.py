@@ -81,3 +81,32 @@ def test_sigterm_stops_the_demos_worker(demo_env, tmp_path):
             demo.wait(10)
         if worker_pid is not None and _alive(worker_pid):
             os.killpg(worker_pid, signal.SIGKILL)
+
+
+def test_a_worker_that_stops_is_shown_with_its_own_error(demo_env, tmp_path):
+    """The demo said only "the worker exited (1); see demo-out/worker.log": the reason was in the
+    log alone."""
+    out = tmp_path / "out"
+    model = tmp_path / "no-model"
+    proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo", "--users", "1", "--follow", "0"],
+                          env=dict(demo_env, INTEREST_MODEL_DIR=str(model)), cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (f"Error: the worker exited (1): model at {model}: no such directory; "
+                                            f"see {out / 'worker.log'}")
+
+
+def test_the_workers_reason_is_its_last_error_line_of_this_run(tmp_path, monkeypatch):
+    """The log is kept across runs: an earlier run's lines are not this run's reason. Without an
+    `Error:` line (a traceback), the last line is."""
+    from stream_app import demo
+
+    monkeypatch.setattr(demo, "OUT", tmp_path)
+    earlier = "Error: an earlier run's\n"
+    log = tmp_path / "worker.log"
+    log.write_text(earlier + "starting\nError: first\nError: second\nstopped\n\n")
+    assert demo.worker_error(len(earlier)) == "second"
+    log.write_text(earlier + "Traceback (most recent call last):\n  File x\nValueError: boom\n")
+    assert demo.worker_error(len(earlier)) == "ValueError: boom"
+    log.write_text(earlier)
+    assert demo.worker_error(len(earlier)) == ""
