@@ -141,8 +141,9 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
                 [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_healthy(settings.web_port, worker, start)
-        print_urls(settings, follow)
+        base = worker_url(settings)
+        wait_healthy(base, worker, start)
+        print_urls(base, follow)
 
         from models.simulate import iter_live_events
 
@@ -161,7 +162,7 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
         show_vectors(settings, seconds, follow)
         stop_stream.set()
         producer.join(30)
-        summary(settings, follow, sent["n"])
+        summary(base, follow, sent["n"])
     finally:
         # a second SIGTERM must not cut the clean-up short (it is bounded: 30 s for the worker)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -192,7 +193,20 @@ def worker_error(start: int) -> str:
     return (errors or lines or [""])[-1]
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, start: int = 0, timeout: float = 120) -> None:
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a server listening on every address: this host's
+
+
+def worker_url(settings: Settings) -> str:
+    """Where the demo reaches its worker and which URLs it prints: INTEREST_CANONICAL_URL, else the
+    address the worker listens on (INTEREST_WEB_HOST; this host's own for 0.0.0.0 or ::). It was
+    always 127.0.0.1: with INTEREST_WEB_HOST=127.0.0.2 a ready worker was "not ready within 120s"."""
+    if settings.canonical_url:
+        return settings.canonical_url.rstrip("/")
+    host = WILDCARDS.get(settings.web_host, settings.web_host)
+    return f"http://[{host}]:{settings.web_port}" if ":" in host else f"http://{host}:{settings.web_port}"
+
+
+def wait_healthy(base: str, proc: subprocess.Popen, start: int = 0, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -200,7 +214,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, start: int = 0, timeout: flo
             raise click.ClickException(f"the worker exited ({proc.returncode})" + (f": {reason}" if reason else "")
                                        + f"; see {OUT / 'worker.log'}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"{base}/health", timeout=1) as r:
                 body = orjson.loads(r.read())
                 say(f"worker ready: model {body['model_version']}, partitions {body['partitions']}")
                 return
@@ -209,9 +223,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, start: int = 0, timeout: flo
     raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT / 'worker.log'}")
 
 
-def print_urls(settings: Settings, follow: int) -> None:
+def print_urls(base: str, follow: int) -> None:
     """The worker's pages, to open in a browser while the demo runs."""
-    base = f"http://127.0.0.1:{settings.web_port}"
     say(f"while the demo runs: the worker's overview at {base}/")
     for i in range(follow):
         say(f"  user u{i}: {base}/users/u{i}/view  (JSON: {base}/users/u{i}/explain, "
@@ -246,13 +259,12 @@ def show_vectors(settings: Settings, seconds: float, follow: int) -> None:
         consumer.close()
 
 
-def summary(settings: Settings, follow: int, sent: int) -> None:
-    say(f"{sent} events streamed; windows as the worker holds them (pages: "
-        f"http://127.0.0.1:{settings.web_port}/users/<id>/view):")
+def summary(base: str, follow: int, sent: int) -> None:
+    say(f"{sent} events streamed; windows as the worker holds them (pages: {base}/users/<id>/view):")
     for i in range(follow):
         uid = f"u{i}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/users/{uid}", timeout=2) as r:
+            with urllib.request.urlopen(f"{base}/users/{uid}", timeout=2) as r:
                 body = orjson.loads(r.read())
         except OSError:
             continue

@@ -3,6 +3,7 @@ tiny model given (so it does not train), a few users and seconds."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,3 +111,40 @@ def test_the_workers_reason_is_its_last_error_line_of_this_run(tmp_path, monkeyp
     assert demo.worker_error(len(earlier)) == "ValueError: boom"
     log.write_text(earlier)
     assert demo.worker_error(len(earlier)) == ""
+
+
+@pytest.mark.parametrize("given, url", [
+    ({}, "http://127.0.0.1:6066"),
+    ({"INTEREST_WEB_HOST": "127.0.0.2", "INTEREST_WEB_PORT": "7000"}, "http://127.0.0.2:7000"),
+    ({"INTEREST_WEB_HOST": "::"}, "http://[::1]:6066"),
+    ({"INTEREST_WEB_HOST": "::1"}, "http://[::1]:6066"),
+    ({"INTEREST_WEB_HOST": "localhost"}, "http://localhost:6066"),
+    ({"INTEREST_WEB_HOST": "127.0.0.2", "INTEREST_CANONICAL_URL": "http://w1.example:7001/"}, "http://w1.example:7001"),
+])
+def test_the_demo_reaches_its_worker_where_the_settings_say(given, url):
+    from stream_app.demo import worker_url
+    from stream_app.settings import Settings
+
+    assert worker_url(Settings.from_env(given)) == url
+
+
+def test_the_demo_runs_on_the_web_host_it_is_given(demo_env):
+    """The demo asked http://127.0.0.1:<port>/health whatever INTEREST_WEB_HOST said: with
+    127.0.0.2 the worker was ready, and the demo failed "not ready within 120s"."""
+    port = demo_env["INTEREST_WEB_PORT"]
+    demo = Demo(dict(demo_env, INTEREST_WEB_HOST="127.0.0.2"), "--seconds", "10", "--users", "2", "--rate", "20",
+                "--follow", "1")
+    try:
+        code = demo.wait(200)
+    finally:
+        if demo.proc.poll() is None:
+            demo.proc.send_signal(signal.SIGTERM)
+            demo.wait(60)
+    assert code == 0, "\n".join(demo.err)
+    base = f"http://127.0.0.2:{port}"
+    assert f"==> while the demo runs: the worker's overview at {base}/" in demo.err
+    assert (f"==>   user u0: {base}/users/u0/view  (JSON: {base}/users/u0/explain, POST {base}/users/u0/rerank)"
+            in demo.err)
+    summary = re.compile(rf"==> \d+ events streamed; windows as the worker holds them \(pages: "
+                         rf"{re.escape(base)}/users/<id>/view\):")
+    assert any(summary.fullmatch(line) for line in demo.err), "\n".join(demo.err)
