@@ -517,7 +517,7 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
 @click.option("--speedup", type=FiniteRange(min=1, max=MAX_SPEEDUP), default=1440, show_default=True,
               help="Interest dynamics this many times faster than the wall clock (1440: a day a minute).")
 @click.option("--follow", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Print every vector of this many users.")
+              help="Print every vector of this many users (at most --users).")
 def demo_cmd(seconds, users, rate, speedup, follow):
     """The whole pipeline end to end on a local broker."""
     from .demo import demo

@@ -94,6 +94,9 @@ def demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -
 
 
 def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) -> None:
+    # the simulator's users are u0..u<users-1>: `--users 5 --follow 100000` printed 100,000 URL
+    # lines and asked the worker for 99,995 users that do not exist
+    follow = min(follow, users)
     env = dict(os.environ)
     env.update(demo_settings(env))
     # every setting, as the worker will have it, before any step: a bad one was found only after

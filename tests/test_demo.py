@@ -128,12 +128,13 @@ def test_the_demo_reaches_its_worker_where_the_settings_say(given, url):
     assert worker_url(Settings.from_env(given)) == url
 
 
-def test_the_demo_runs_on_the_web_host_it_is_given(demo_env):
+def test_the_demo_runs_on_the_web_host_it_is_given_and_follows_its_users_only(demo_env):
     """The demo asked http://127.0.0.1:<port>/health whatever INTEREST_WEB_HOST said: with
-    127.0.0.2 the worker was ready, and the demo failed "not ready within 120s"."""
+    127.0.0.2 the worker was ready, and the demo failed "not ready within 120s". And --follow was
+    not bounded by --users: `--users 5 --follow 100000` printed 100,000 users' URLs."""
     port = demo_env["INTEREST_WEB_PORT"]
     demo = Demo(dict(demo_env, INTEREST_WEB_HOST="127.0.0.2"), "--seconds", "10", "--users", "2", "--rate", "20",
-                "--follow", "1")
+                "--follow", "5")
     try:
         code = demo.wait(200)
     finally:
@@ -143,8 +144,9 @@ def test_the_demo_runs_on_the_web_host_it_is_given(demo_env):
     assert code == 0, "\n".join(demo.err)
     base = f"http://127.0.0.2:{port}"
     assert f"==> while the demo runs: the worker's overview at {base}/" in demo.err
-    assert (f"==>   user u0: {base}/users/u0/view  (JSON: {base}/users/u0/explain, POST {base}/users/u0/rerank)"
-            in demo.err)
+    assert [line for line in demo.err if line.startswith("==>   user ")] == [
+        f"==>   user {u}: {base}/users/{u}/view  (JSON: {base}/users/{u}/explain, POST {base}/users/{u}/rerank)"
+        for u in ("u0", "u1")]
     summary = re.compile(rf"==> \d+ events streamed; windows as the worker holds them \(pages: "
                          rf"{re.escape(base)}/users/<id>/view\):")
     assert any(summary.fullmatch(line) for line in demo.err), "\n".join(demo.err)
