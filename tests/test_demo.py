@@ -67,10 +67,10 @@ def test_sigterm_stops_the_demos_worker(demo_env, tmp_path):
         wait_for(lambda: any(line.startswith("==> streaming") for line in demo.err) or demo.proc.poll() is not None,
                  timeout=120, what="the demo to stream")
         assert demo.proc.poll() is None, "\n".join(demo.err)
-        assert f"==> starting the worker (log: {tmp_path / 'out' / 'worker.log'})" in demo.err
         (lock,) = (tmp_path / "out" / "state").glob("*/*/worker.lock")
-        worker_pid = int(lock.read_text())
+        worker_pid = int(lock.read_text())  # first: a failed assertion below must not leave it running
         assert _alive(worker_pid)
+        assert f"==> starting the worker (log: {tmp_path / 'out' / 'worker.log'})" in demo.err
         demo.proc.send_signal(signal.SIGTERM)
         code = demo.wait(60)
         assert code == 128 + signal.SIGTERM, "\n".join(demo.err)
