@@ -144,7 +144,7 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
                 [sys.executable, "-m", "stream_app.cli", "worker"], env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        base = worker_url(settings)
+        base = settings.web_url  # where the demo reaches its worker
         wait_healthy(base, worker, start)
         print_urls(base, follow)
 
@@ -194,19 +194,6 @@ def worker_error(start: int) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line.removeprefix("Error:").strip() for line in lines if line.startswith("Error:")]
     return (errors or lines or [""])[-1]
-
-
-WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a server listening on every address: this host's
-
-
-def worker_url(settings: Settings) -> str:
-    """Where the demo reaches its worker and which URLs it prints: INTEREST_CANONICAL_URL, else the
-    address the worker listens on (INTEREST_WEB_HOST; this host's own for 0.0.0.0 or ::). It was
-    always 127.0.0.1: with INTEREST_WEB_HOST=127.0.0.2 a ready worker was "not ready within 120s"."""
-    if settings.canonical_url:
-        return settings.canonical_url.rstrip("/")
-    host = WILDCARDS.get(settings.web_host, settings.web_host)
-    return f"http://[{host}]:{settings.web_port}" if ":" in host else f"http://{host}:{settings.web_port}"
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, start: int = 0, timeout: float = 120) -> None:

@@ -130,6 +130,9 @@ MAX_LINGER_MS = 5_000
 MAX_ORT_THREADS = 256
 
 
+WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a server listening on every address: this host's
+
+
 def _bootstrap_servers(env: Mapping[str, str]) -> str:
     """KAFKA_BOOTSTRAP_SERVERS, parsed as kafka-python parses it, with ports in range."""
     from kafka.cluster import collect_hosts
@@ -475,8 +478,14 @@ class Settings:
 
     @property
     def web_url(self) -> str:
-        """The URL other workers use to reach this one (table_route forwards GETs there)."""
-        return self.canonical_url or f"http://127.0.0.1:{self.web_port}"
+        """The URL other workers use to reach this one (stream_app.web.route forwards there), and
+        the demo too: INTEREST_CANONICAL_URL, else the address the worker listens on
+        (INTEREST_WEB_HOST; this host's own for 0.0.0.0 or ::). It was 127.0.0.1 whatever the web
+        host: a worker listening on 127.0.0.2 gave the others an address where it did not listen."""
+        if self.canonical_url:
+            return self.canonical_url.rstrip("/")
+        host = WILDCARD_HOSTS.get(self.web_host, self.web_host)
+        return f"http://[{host}]:{self.web_port}" if ":" in host else f"http://{host}:{self.web_port}"
 
     # -- clients -------------------------------------------------------------------------
     def kafka_python_config(self) -> dict:

@@ -121,11 +121,11 @@ def test_the_workers_reason_is_its_last_error_line_of_this_run(tmp_path, monkeyp
     ({"INTEREST_WEB_HOST": "localhost"}, "http://localhost:6066"),
     ({"INTEREST_WEB_HOST": "127.0.0.2", "INTEREST_CANONICAL_URL": "http://w1.example:7001/"}, "http://w1.example:7001"),
 ])
-def test_the_demo_reaches_its_worker_where_the_settings_say(given, url):
-    from stream_app.demo import worker_url
+def test_workers_and_the_demo_reach_a_worker_where_its_settings_say(given, url):
+    """Other workers (routing) and the demo used http://127.0.0.1:<port> whatever INTEREST_WEB_HOST said."""
     from stream_app.settings import Settings
 
-    assert worker_url(Settings.from_env(given)) == url
+    assert Settings.from_env(given).web_url == url
 
 
 def test_the_demo_runs_on_the_web_host_it_is_given_and_follows_its_users_only(demo_env):
