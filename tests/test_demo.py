@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, _alive, wait_for
 from stream_app.kafka_local import free_port
 
 pytestmark = pytest.mark.kafka
@@ -48,14 +48,6 @@ class Demo:
 def demo_env(env, tiny_model_dir, tmp_path):
     return dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DEMO_DIR=str(tmp_path / "out"),
                 INTEREST_WEB_PORT=str(free_port()))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_sigterm_stops_the_demos_worker(demo_env, tmp_path):
