@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING
 import aiohttp
 import faust
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+from kafka import KafkaConsumer
 
 from . import metrics, state
 from .alignment import RELEASE_EVERY, Aligner
 from .consumer import Consumer
 from .events import MAX_DEAD_LETTER_BYTES
 from .flush import LETTER_WAIT_S, Flusher
+from .input_ends import END_REFRESH_S, InputEnds
 from .local_state import holds_state_dir, lock_state_dir
 from .logs import use_json
 from .model_swap import ModelHolder
@@ -179,6 +181,7 @@ class InterestApp(faust.App):
     async def on_stop(self) -> None:
         await super().on_stop()
         self.received.delivered.close()  # the reader of input partitions' tails (stream_app.ingest)
+        self.input_ends.close()  # the reader of their ends (stream_app.input_ends)
 
 
 class InterestWorker(faust.Worker):
@@ -315,30 +318,17 @@ def fetch_position(tp) -> int | None:
         return None
 
 
-END_REFRESH_TIMEOUT_S = 10.0
-app.input_ends = {}  # topic partition -> end offset the broker last gave (refresh_input_ends)
+app.input_ends = InputEnds(lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config()))
 
 
 def owned_inputs() -> list:
     return [tp for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES]
 
 
-@app.timer(metrics.END_REFRESH_S)
+@app.timer(END_REFRESH_S)
 async def refresh_input_ends() -> None:
-    """Ask the broker for the owned input partitions' end offsets (one ListOffsets request). The
-    consumer learns an end only from its fetches, and it fetches a partition only once the records
-    it holds of it were handed over: while the agent waits (a full cache, a slow model) the end it
-    knows stays where its last fetch found it, and the lag with it, however much input arrives."""
-    tps = owned_inputs() if is_ready() else []
-    if not tps:
-        app.input_ends = {}
-        return
-    try:
-        ends = await asyncio.wait_for(app.consumer.highwaters(*tps), END_REFRESH_TIMEOUT_S)
-    except Exception as exc:  # a rebalance, a broker away: the fetches' ends still count
-        log.debug("input end offsets not read: %r", exc)
-        return
-    app.input_ends = {tp: end for tp, end in ends.items() if end is not None}
+    """Ask the broker for the owned input partitions' end offsets (:mod:`stream_app.input_ends`)."""
+    await app.input_ends.refresh(owned_inputs() if is_ready() else [])
 
 
 def partition_lags():

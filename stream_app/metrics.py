@@ -138,9 +138,6 @@ for _trigger in ("interval", "cache_full", "rebalance", "shutdown", "forget"):
     FLUSHES.labels(_trigger)
 
 
-END_REFRESH_S = 5.0  # how often the worker asks the broker for its input partitions' ends (lag)
-
-
 def lag(end: int, read: int | None = None, committed: int | None = None,
         position: int | None = None) -> int | None:
     """Messages behind ``end`` (the partition's next offset): those from the further of the offset

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, TopicPartition
 from conftest import ROOT, cli, metric_values, wait_for
 from kafka_io import produce, read_all, set_max_message_bytes
 from stream_app import state
-from stream_app.metrics import END_REFRESH_S
+from stream_app.input_ends import END_REFRESH_S
 from stream_app.partitioning import partition_for
 from test_worker_ingest import T0, assert_users, event, topics
 
