@@ -99,9 +99,11 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
     follow = min(follow, users)
     env = dict(os.environ)
     env.update(demo_settings(env))
-    # every setting, as the worker will have it, before any step: a bad one was found only after
-    # minutes of training
-    s = Settings.from_env(env)
+    prefix = f"demo-{int(time.time())}."  # the demo's topics: a fresh prefix every run
+    # every setting, as the worker will have it (the demo's prefix too: with it, a long
+    # INTEREST_APP_ID makes names too long for Kafka), before any step: a bad one was found only
+    # after minutes of training
+    s = Settings.from_env({**env, "INTEREST_TOPIC_PREFIX": prefix})
     try:  # with its parents, as INTEREST_DATA_DIR is
         OUT.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, a parent that cannot be written: was a traceback
@@ -128,7 +130,6 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
                 env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         env.setdefault("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
         model_dir = ensure_model(env)
-        prefix = f"demo-{int(time.time())}."
         env.update({
             "INTEREST_TOPIC_PREFIX": prefix,
             "INTEREST_MODEL_DIR": str(model_dir.resolve().parent / model_dir.name),

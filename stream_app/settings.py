@@ -300,7 +300,7 @@ class Settings:
     state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB: decoded user states (and events waiting for a flush) kept in memory
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES  # INTEREST_MAX_STATE_BYTES: the largest stored user state
     replication: int = 1  # INTEREST_REPLICATION: replication factor of every topic (stream_app.topics)
-    canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default http://127.0.0.1:<port>)
+    canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default: web_url)
     evict_every_s: float = 60.0  # INTEREST_EVICT_EVERY_S: how often idle users are compacted or evicted
     kafka_port: int = 9092  # INTEREST_KAFKA_PORT: the local development broker (`kafka up`, demo)
     kafka_controller_port: int = 0  # INTEREST_KAFKA_CONTROLLER_PORT (0: kafka_port + 1)

@@ -657,8 +657,9 @@ def _number(text: str) -> str:
 
 
 def test_the_readme_states_each_numeric_settings_default_and_bounds():
-    """Each bound the code enforces (read from its refusals of -1 and of a huge number) is in the
-    setting's row as 'at least' / 'at most', and each numeric default is the row's default."""
+    """Each bound the code enforces (read from its refusals of -1 and of a huge number) of a setting
+    with a row of its own (the local broker's row names four) is in the setting's row as 'at least' /
+    'at most', and each numeric default is the row's default."""
     import re
 
     source = (ROOT / "stream_app" / "settings.py").read_text()
@@ -682,16 +683,22 @@ def test_the_readme_states_each_numeric_settings_default_and_bounds():
     assert checked == 35  # every numeric setting's minimum (25), and the maxima (10)
 
 
-def test_the_demo_checks_its_settings_before_any_step(tmp_path):
+@pytest.mark.parametrize("given, error", [
+    ({"INTEREST_WEB_PORT": "abc"}, "INTEREST_WEB_PORT must be an integer, got 'abc'"),
+    # fits alone, not beside the demo's own prefix (demo-<epoch s>., 16 characters)
+    ({"INTEREST_APP_ID": "a" * 220}, "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together may be at most 229 characters "
+                                     "(Faust's topic <app id>-__assignor-__leader must fit Kafka's 249), got 16 + 220"),
+])
+def test_the_demo_checks_its_settings_before_any_step(tmp_path, given, error):
     """With KAFKA_BOOTSTRAP_SERVERS set the settings were read only once the model was trained and
-    exported: a bad INTEREST_WEB_PORT was named after 3-4 minutes of training."""
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_WEB_PORT="abc",
-               INTEREST_DEMO_DIR=str(tmp_path / "out"))
+    exported: a bad INTEREST_WEB_PORT was named after 3-4 minutes of training, and an app id too
+    long beside the demo's prefix still was after the first check (review)."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_DEMO_DIR=str(tmp_path / "out"), **given)
     env.pop("INTEREST_MODEL_DIR", None)  # so the demo would train
     out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr == "Error: INTEREST_WEB_PORT must be an integer, got 'abc'\n"
+    assert out.stderr == f"Error: {error}\n"
 
 
 @pytest.mark.parametrize("given, expected", [

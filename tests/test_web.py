@@ -289,9 +289,10 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
     assert w.get("/users/nobody/view")[0] == 404
 
 
-def raw_request(w, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+def raw_request(w, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 10):
     """(status, body) of a request whose path is sent exactly as given (urllib would tidy it)."""
-    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
@@ -582,7 +583,8 @@ def test_pages_an_owner_is_busy_with_do_not_hold_up_other_requests_routed_to_it(
                  and not owned(w1) & owned(w2), what="partitions split between the workers")
         user = next(u for u in (f"u{i}" for i in range(100)) if partition_for(u.encode(), 4) in owned(w2))
         with ThreadPoolExecutor(120) as pool:
-            pages_ = [pool.submit(raw_request, w1, "GET", f"/users/{user}/view") for _ in range(120)]
+            # a client that waits longer than the worker's forward (10 s), whose answer it gets
+            pages_ = [pool.submit(raw_request, w1, "GET", f"/users/{user}/view", timeout=40) for _ in range(120)]
             wait_for(lambda: proxy.held >= 100, timeout=30, what="pages held at the owner")
             body = json.dumps({"items": [{"item_id": "a", "category": "tech", "score": 1}]}).encode()
             status, got = raw_request(w1, "POST", f"/users/{user}/rerank", body)
@@ -590,6 +592,6 @@ def test_pages_an_owner_is_busy_with_do_not_hold_up_other_requests_routed_to_it(
             assert (status, orjson.loads(got)) == (200, {
                 "user_id": user, "personalized": False, "model_version": None, "weight": 0.5, "unknown_categories": [],
                 "items": [{"item_id": "a", "category": "tech", "score": 1.0, "blended": None, "interest": None}]})
-            assert {p.result()[0] for p in pages_} == {503}  # what the proxy answers once released
+            assert {p.result()[0] for p in pages_} == {503}  # the proxy's answer, or the forward's timeout
     finally:
         proxy.close()
