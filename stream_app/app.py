@@ -182,6 +182,8 @@ class InterestApp(faust.App):
         await super().on_stop()
         self.received.delivered.close()  # the reader of input partitions' tails (stream_app.ingest)
         self.input_ends.close()  # the reader of their ends (stream_app.input_ends)
+        if self.page_client is not None:  # stream_app.web.forwarder
+            await self.page_client.close()
 
 
 class InterestWorker(faust.Worker):
@@ -197,16 +199,6 @@ class InterestWorker(faust.Worker):
         super().on_setup_root_logger(logger, level)
         if settings.log_format == "json":
             use_json(logger)
-
-
-def http_client():
-    """Faust's HTTP client (``app.http_client``), which forwards user requests to the worker owning
-    the user (:func:`stream_app.web.route`), without aiohttp's limit of 100 connections at a time.
-    Each forwarded request holds a connection until the owner answers, and the owner computes
-    explanations and pages one at a time: a burst of them took every connection, and a re-rank
-    routed meanwhile waited for one until its 10 s ran out (a 503), for a user whose owner was
-    idle."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
 app = InterestApp(
@@ -239,7 +231,6 @@ app = InterestApp(
     web_router_enabled=False,
     web_tables_enabled=False,
     Worker=InterestWorker,
-    HttpClient=http_client,
 )
 
 TOPIC_TYPES = {name: etype for etype, name in settings.input_topics.items()}
@@ -318,6 +309,7 @@ def fetch_position(tp) -> int | None:
         return None
 
 
+app.page_client = None  # pages and explanations forwarded to their owners (stream_app.web.forwarder)
 app.input_ends = InputEnds(lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config()))
 
 

@@ -36,6 +36,21 @@ from .rerank import RequestError, parse_request, path_user_error, rerank, respon
 
 ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
 FORWARD_TIMEOUT_S = 10.0
+# Pages and explanations forwarded at a time by this worker. Their owners compute them one at a
+# time, so a burst of them waits here, in a pool of its own. States and re-ranks go through
+# Faust's client (aiohttp's pool of 100), which such a burst took whole before: a re-rank routed
+# meanwhile waited for a connection until its 10 s ran out, a 503 from an idle owner.
+PAGE_FORWARDS = 32
+
+
+def forwarder(model_work: bool) -> aiohttp.ClientSession:
+    """The HTTP client that forwards a request: pages and explanations (``model_work``) have
+    their own pool of :data:`PAGE_FORWARDS` connections."""
+    if not model_work:
+        return app.http_client
+    if app.page_client is None:  # made in the running loop, closed when the app stops
+        app.page_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PAGE_FORWARDS))
+    return app.page_client
 
 
 def _what(exc: BaseException) -> str:
@@ -83,7 +98,7 @@ def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", int(url.port or 80))
 
 
-async def route(request, user_id: str, body: bytes | None = None) -> Response | None:
+async def route(request, user_id: str, body: bytes | None = None, model_work: bool = False) -> Response | None:
     """The owner's answer when another worker owns ``user_id`` (the request forwarded there with
     its method, query and body), else None: this worker answers. Faust's ``table_route`` forwards
     neither bodies nor a guard against forwarding loops while two workers disagree during a
@@ -118,7 +133,7 @@ async def route(request, user_id: str, body: bytes | None = None) -> Response | 
     if body is not None:
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
     try:
-        async with app.http_client.request(request.method, url, data=body, headers=headers,
+        async with forwarder(model_work).request(request.method, url, data=body, headers=headers,
                                            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as r:
             payload = await r.read()
             return Response(body=payload, status=r.status,
@@ -183,7 +198,7 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
 
 @app.page("/users/{user_id}/explain")
 async def explain_view(web, request, user_id: str):
-    if (routed := await route(request, user_id)) is not None:
+    if (routed := await route(request, user_id, model_work=True)) is not None:
         return routed
     found = await explain_user(user_id, evolution=False)
     if found is None:
@@ -193,7 +208,7 @@ async def explain_view(web, request, user_id: str):
 
 @app.page("/users/{user_id}/view")
 async def page_view(web, request, user_id: str):
-    if (routed := await route(request, user_id)) is not None:
+    if (routed := await route(request, user_id, model_work=True)) is not None:
         return routed
     found = await explain_user(user_id, evolution=True)
     if found is None:
