@@ -18,7 +18,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import aiohttp
 import faust
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from kafka import KafkaConsumer

@@ -134,7 +134,7 @@ async def route(request, user_id: str, body: bytes | None = None, model_work: bo
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
     try:
         async with forwarder(model_work).request(request.method, url, data=body, headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as r:
+                                                 timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as r:
             payload = await r.read()
             return Response(body=payload, status=r.status,
                             headers={"Content-Type": r.headers.get("Content-Type", "application/octet-stream")})
