@@ -289,9 +289,14 @@ async def forget_revoked(sender, revoked, **kwargs) -> None:
     metrics.CACHE_BYTES.set(app.states.bytes)
 
 
+def owned_inputs() -> list:
+    """The input topics' partitions this worker actively owns (not standbys)."""
+    return [tp for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES]
+
+
 def owned_partitions() -> set[int]:
-    """Input partitions this worker actively owns (not standbys)."""
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES}
+    """The partition numbers of :func:`owned_inputs`."""
+    return {tp.partition for tp in owned_inputs()}
 
 
 def is_ready() -> bool:
@@ -310,10 +315,6 @@ def fetch_position(tp) -> int | None:
 
 app.page_client = None  # pages and explanations forwarded to their owners (stream_app.web.forwarder)
 app.input_ends = InputEnds(lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config()))
-
-
-def owned_inputs() -> list:
-    return [tp for tp in app.assignor.assigned_actives() if tp.topic in TOPIC_TYPES]
 
 
 @app.timer(END_REFRESH_S)
