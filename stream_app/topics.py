@@ -96,8 +96,8 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         if len(present) < len(specs):
             check_replication(settings, client)
         check_partitions(settings, client, [spec for spec in present if spec.co_partitioned])
-        refuse_policies(settings, wrong_policies(client, present))
-        low = low_limits(client, present)
+        wrong, low = config_problems(client, present)
+        refuse_policies(settings, wrong)
         if low:
             alter_limits(client, low)
         for spec in specs:
@@ -135,43 +135,58 @@ def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None
                          f"input topics: {hint}")
 
 
-def topic_config(client, names, key: str) -> dict[str, str]:
-    """The value of the topic config ``key`` of each of ``names`` (existing topics), as the broker
-    has it. A topic it does not describe (the client lacks DescribeConfigs on it, or it was deleted
-    meanwhile) is a TopicError naming it: kafka-python leaves its config empty without a word."""
+def topic_configs(client, names, keys) -> dict[str, dict[str, str]]:
+    """The values of the topic configs ``keys`` of each of ``names`` (existing topics), as the
+    broker has them, in one DescribeConfigs request: name -> key -> value. A topic it does not
+    describe (the client lacks DescribeConfigs on it, or it was deleted meanwhile) is a TopicError
+    naming it: kafka-python leaves its config empty without a word."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    names = list(names)
+    names, keys = list(names), list(keys)
     if not names:
         return {}
-    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={key: None})
+    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                        configs=dict.fromkeys(keys))
                                          for name in names], config_filter="all").get("topic", {})
     out = {}
     for name in names:
-        entry = described.get(name, {}).get(key)
-        if entry is None or entry.get("value") is None:
-            raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does this "
-                             "client have DescribeConfigs on it?)")
-        out[name] = entry["value"]
+        for key in keys:
+            entry = described.get(name, {}).get(key)
+            if entry is None or entry.get("value") is None:
+                raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does "
+                                 "this client have DescribeConfigs on it?)")
+            out.setdefault(name, {})[key] = entry["value"]
     return out
 
 
-def low_limits(client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
-    """Existing topics of ``specs`` whose ``max.message.bytes`` is below their spec's: name ->
-    (the topic's, the spec's)."""
+def topic_config(client, names, key: str) -> dict[str, str]:
+    """The value of the topic config ``key`` of each of ``names`` (:func:`topic_configs`)."""
+    return {name: configs[key] for name, configs in topic_configs(client, names, [key]).items()}
+
+
+def config_problems(client, specs: list[TopicSpec]) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
+    """The existing topics of ``specs`` whose ``cleanup.policy`` (:func:`wrong_policies`) or
+    ``max.message.bytes`` (:func:`low_limits`) is not their spec's, from one description."""
+    have = topic_configs(client, [spec.name for spec in specs if spec.config.keys() & {POLICY, LIMIT}],
+                         [POLICY, LIMIT])
+    return wrong_policies(have, specs), low_limits(have, specs)
+
+
+def low_limits(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
+    """Existing topics of ``specs`` whose ``max.message.bytes`` (in ``have``: name -> key -> value)
+    is below their spec's: name -> (the topic's, the spec's)."""
     wanted = {spec.name: int(spec.config[LIMIT]) for spec in specs if LIMIT in spec.config}
-    have = {name: int(value) for name, value in topic_config(client, wanted, LIMIT).items()}
-    return {name: (have[name], want) for name, want in wanted.items() if have[name] < want}
+    return {name: (int(have[name][LIMIT]), want) for name, want in wanted.items() if int(have[name][LIMIT]) < want}
 
 
-def wrong_policies(client, specs: list[TopicSpec]) -> dict[str, tuple[str, str]]:
-    """Existing topics of ``specs`` whose ``cleanup.policy`` is not their spec's: name -> (the
-    topic's, the spec's). A compacted spec (the output, backfill and changelog topics) takes any
-    policy that includes ``compact``; the others (input, DLQ, control) take no compaction."""
+def wrong_policies(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> dict[str, tuple[str, str]]:
+    """Existing topics of ``specs`` whose ``cleanup.policy`` (in ``have``: name -> key -> value) is
+    not their spec's: name -> (the topic's, the spec's). A compacted spec (the output, backfill and
+    changelog topics) takes any policy that includes ``compact``; the others (input, DLQ, control)
+    take no compaction."""
     wanted = {spec.name: spec.config[POLICY] for spec in specs if POLICY in spec.config}
-    have = topic_config(client, wanted, POLICY)
-    return {name: (have[name], want) for name, want in wanted.items()
-            if ("compact" in have[name].split(",")) != (want == "compact")}
+    return {name: (have[name][POLICY], want) for name, want in wanted.items()
+            if ("compact" in have[name][POLICY].split(",")) != (want == "compact")}
 
 
 def refuse_policies(settings: Settings, wrong: dict[str, tuple[str, str]]) -> None:
@@ -193,8 +208,8 @@ def check_existing(settings: Settings) -> list[str]:
     try:
         existing = set(client.list_topics())
         present = [spec for spec in topic_specs(settings) if spec.name in existing]
-        refuse_policies(settings, wrong_policies(client, present))
-        low = low_limits(client, present)
+        wrong, low = config_problems(client, present)
+        refuse_policies(settings, wrong)
     finally:
         client.close()
     return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "

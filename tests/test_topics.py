@@ -188,13 +188,21 @@ def test_the_brokers_are_counted_only_when_a_topic_is_to_be_created(monkeypatch)
         def describe_topics(self, wanted):
             return [{"name": n, "error_code": 0, "partitions": [{}] * s.partitions} for n in wanted]
 
+        def describe_configs(self, resources, config_filter):
+            self.described.append(sorted(r.name for r in resources))
+            return {"topic": {r.name: {topics.POLICY: {"value": specs[r.name].config.get(topics.POLICY, "delete")},
+                                       topics.LIMIT: {"value": specs[r.name].config.get(topics.LIMIT, "1048588")}}
+                              for r in resources}}
+
         def close(self):
             pass
 
-    monkeypatch.setattr(topics, "admin", lambda settings: Admin())
-    monkeypatch.setattr(topics, "low_limits", lambda client, specs: {})
-    monkeypatch.setattr(topics, "wrong_policies", lambda client, specs: {})
+    specs = {spec.name: spec for spec in topics.topic_specs(s)}
+    client = Admin()
+    client.described = []
+    monkeypatch.setattr(topics, "admin", lambda settings: client)
     assert set(topics.create_topics(s).values()) == {"exists"}
+    assert client.described == [sorted(names)]  # one DescribeConfigs for the policies and the limits
     names.remove(s.dlq_topic)  # one to create: the brokers are counted
     with pytest.raises(topics.TopicError) as err:
         topics.create_topics(s)
