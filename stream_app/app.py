@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 import faust
+from aiohttp.web import AppRunner
 from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from kafka import KafkaConsumer
 
@@ -117,6 +118,14 @@ class InterestApp(faust.App):
         if transport.Consumer is FaustConsumer:
             transport.Consumer = Consumer
         return transport
+
+    def _new_web(self):
+        # aiohttp decodes a request's Content-Encoding before any view runs: a br or zstd body was
+        # its text/plain 400 naming a package to install, a truncated deflate body a request left
+        # waiting for ever. Bodies arrive as sent; stream_app.rerank.decode_body decodes them.
+        web = super()._new_web()
+        web._runner = AppRunner(web.web_app, access_log=None, auto_decompress=False)  # Faust's, but that
+        return web
 
     async def on_first_start(self) -> None:
         # one worker per state directory, however it was started (before any table opens RocksDB)

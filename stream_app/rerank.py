@@ -9,6 +9,8 @@
   bytes -> a :class:`RerankRequest`, or a :class:`RequestError` naming the field (errors are data,
   as in :mod:`stream_app.events`). :meth:`RequestError.body` is the 400 answer,
   :func:`response_body` the 200 answer.
+* :func:`decode_body`: the body as sent under its ``Content-Encoding`` (gzip, deflate) -> the
+  bytes :func:`parse_request` reads, or the error (415 for a coding it does not decode).
 * :func:`path_user_error`: the 400 of every ``/users/{user_id}`` route whose user id is not UTF-8
   once percent-decoded.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -50,14 +53,15 @@ class RerankRequest:
 
 @dataclass(frozen=True, slots=True)
 class RequestError:
-    """Why a body cannot be used: the field (``body``, ``items``, ``items[3].score``, ``weight``)
-    and a human-readable message."""
+    """Why a body cannot be used: the field (``body``, ``items``, ``items[3].score``, ``weight``,
+    ``Content-Encoding``), a human-readable message and the HTTP status."""
 
     field: str
     error: str
+    status: int = 400
 
     def body(self) -> dict:
-        """The 400 answer."""
+        """The answer's body."""
         return {"error": self.error, "field": self.field}
 
 
@@ -170,6 +174,58 @@ def parse_request(body: bytes | None) -> RerankRequest | RequestError:
         if not 0.0 <= weight <= 1.0:
             return RequestError("weight", f"weight must be in [0, 1], got {weight}")
     return RerankRequest(tuple(items), weight)
+
+
+CODINGS = ("gzip", "deflate", "identity")  # the Content-Encodings decode_body reads (x-gzip is gzip)
+
+
+def _inflate(data: bytes, coding: str) -> bytes:
+    """One coding undone, at most :data:`MAX_BODY_BYTES` + 1 bytes of it; ValueError naming why
+    it is not that coding. gzip may be several members one after the other (RFC 1952); deflate is
+    zlib data (RFC 1950), or raw deflate as some clients send it (aiohttp read both)."""
+    out = bytearray()
+    while True:
+        wbits = 31 if coding == "gzip" else 15 if data[:1] and data[0] & 0xF == 8 else -15
+        d = zlib.decompressobj(wbits)
+        try:
+            out += d.decompress(data, MAX_BODY_BYTES + 1 - len(out))
+        except zlib.error as exc:
+            raise ValueError(str(exc).removeprefix("Error -3 while decompressing data: ")) from None
+        if len(out) > MAX_BODY_BYTES:
+            return bytes(out)
+        if not d.eof:
+            raise ValueError("truncated")
+        data = d.unused_data
+        if coding != "gzip" or data[:2] != b"\x1f\x8b":  # no further member
+            break
+    if data:
+        raise ValueError(f"{len(data)} bytes follow its end")
+    return bytes(out)
+
+
+def decode_body(data: bytes, content_encoding: str) -> bytes | RequestError:
+    """The body as the client wrote it, undoing each coding of ``content_encoding`` (the header's
+    values joined with commas, applied in that order), or why not. aiohttp decoded gzip and deflate
+    itself, but a truncated deflate body left the request waiting for ever, a truncated gzip one
+    was read as far as it went, and br or zstd were a text/plain 400 asking to install a package;
+    any other coding was read as if there were none."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    for c in codings:
+        if c not in CODINGS and c != "x-gzip":
+            return RequestError("Content-Encoding", f"Content-Encoding {c!r} is not supported: "
+                                f"{', '.join(CODINGS)}", status=415)
+    for c in reversed(codings):
+        if c == "identity" or not data:
+            continue
+        c = "gzip" if c == "x-gzip" else c
+        try:
+            data = _inflate(data, c)
+        except ValueError as exc:
+            return RequestError("body", f"body is not valid {c} (its Content-Encoding): {exc}")
+        if len(data) > MAX_BODY_BYTES:
+            return RequestError("body", f"body is over {MAX_BODY_BYTES} bytes once decoded ({c}), "
+                                        f"limit {MAX_BODY_BYTES}")
+    return data
 
 
 def path_user_error(raw_path: str) -> RequestError | None:

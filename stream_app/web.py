@@ -32,7 +32,7 @@ from yarl import URL
 from . import core, explain, metrics, pages, state
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .partitioning import partition_for
-from .rerank import RequestError, parse_request, path_user_error, rerank, response_body
+from .rerank import RequestError, decode_body, parse_request, path_user_error, rerank, response_body
 
 ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
 FORWARD_TIMEOUT_S = 10.0
@@ -62,7 +62,7 @@ def _what(exc: BaseException) -> str:
 
 class ClientErrorLog(logging.Filter):
     """aiohttp logs a request it could not parse (a request line over 8 KiB, a byte not allowed
-    in a URL, a Content-Encoding it cannot decode), or whose client hung up mid-body, as an ERROR
+    in a URL, a malformed chunk), or whose client hung up mid-body, as an ERROR
     with a traceback, after answering the client 400 (or no one). The client's mistake, not the
     worker's: one WARNING line naming it instead."""
 
@@ -161,8 +161,11 @@ class RerankView(View):
             body = await request.read()
         except HTTPRequestEntityTooLarge as exc:
             return json_response(RequestError("body", f"body is too large: {exc.text}").body(), status=400)
-        except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        except RequestPayloadError as exc:  # e.g. a chunked body whose chunks are malformed
             return json_response(RequestError("body", f"body cannot be read: {_what(exc)}").body(), status=400)
+        body = decode_body(body, ",".join(request.headers.getall("Content-Encoding", ())))
+        if isinstance(body, RequestError):
+            return json_response(body.body(), status=body.status)
         req = parse_request(body)
         if isinstance(req, RequestError):
             return json_response(req.body(), status=400)

@@ -1,13 +1,15 @@
 """The re-ranking blend (values worked by hand) and the re-rank request validation (a table of bodies)."""
+import gzip
 import json
 import math
+import zlib
 
 import pytest
 
 from interest_core.rerank import Item, log_lift, rerank, scaled_scores
 from stream_app import rerank as served
-from stream_app.rerank import (DEFAULT_WEIGHT, MAX_ITEMS, RequestError, RerankRequest, parse_request, path_user_error,
-                                response_body)
+from stream_app.rerank import (DEFAULT_WEIGHT, MAX_BODY_BYTES, MAX_ITEMS, RequestError, RerankRequest, decode_body,
+                                parse_request, path_user_error, response_body)
 
 LN = math.log
 VEC = {"sports": 0.5, "tech": 0.3, "music": 0.2}  # k = 3, uniform prior q = 1/3
@@ -243,3 +245,47 @@ def test_a_user_id_not_utf8_once_percent_decoded_is_an_error(raw_path, error):
 def test_user_ids_that_are_utf8_are_not_errors(raw_path):
     assert path_user_error(raw_path) is None
 
+
+
+BODY = b'{"items": [{"item_id": "a", "category": "tech", "score": 1}]}'
+GZ = gzip.compress(BODY)
+ZL = zlib.compress(BODY)  # zlib framing (RFC 1950): 2 header bytes, 4 of checksum
+
+
+@pytest.mark.parametrize("coding, data", [
+    ("", BODY), ("identity", BODY), ("gzip", GZ), ("x-gzip", GZ), (" GZIP ", GZ), ("deflate", ZL),
+    ("deflate", ZL[2:-4]),  # raw deflate, as some clients send it
+    ("gzip", gzip.compress(BODY[:30]) + gzip.compress(BODY[30:])),  # two members (RFC 1952)
+    ("gzip, identity", GZ), ("deflate, gzip", gzip.compress(ZL)),  # applied in the order listed
+    ("gzip", b""),  # an empty body is empty, whatever its coding (parse_request names it)
+])
+def test_decode_body_undoes_each_coding(coding, data):
+    assert decode_body(data, coding) == (b"" if data == b"" else BODY)
+
+
+@pytest.mark.parametrize("coding, data, field, error, status", [
+    ("gzip", b"not gzip", "body", "body is not valid gzip (its Content-Encoding): incorrect header check", 400),
+    ("gzip", GZ[:-8], "body", "body is not valid gzip (its Content-Encoding): truncated", 400),  # no trailer
+    ("gzip", GZ[:-8] + b"\0\0\0\0" + GZ[-4:], "body",
+     "body is not valid gzip (its Content-Encoding): incorrect data check", 400),
+    ("gzip", GZ + b"junk", "body", "body is not valid gzip (its Content-Encoding): 4 bytes follow its end", 400),
+    ("deflate", ZL[:len(ZL) // 2], "body", "body is not valid deflate (its Content-Encoding): truncated", 400),
+    ("deflate", ZL[2:len(ZL) // 2], "body", "body is not valid deflate (its Content-Encoding): truncated", 400),
+    ("gzip", gzip.compress(b" " * (MAX_BODY_BYTES + 1)), "body",
+     f"body is over {MAX_BODY_BYTES} bytes once decoded (gzip), limit {MAX_BODY_BYTES}", 400),
+    ("gzip", gzip.compress(b" " * (64 * MAX_BODY_BYTES)), "body",  # 256 MiB: decoded only up to the limit
+     f"body is over {MAX_BODY_BYTES} bytes once decoded (gzip), limit {MAX_BODY_BYTES}", 400),
+    ("br", BODY, "Content-Encoding", "Content-Encoding 'br' is not supported: gzip, deflate, identity", 415),
+    ("zstd", BODY, "Content-Encoding", "Content-Encoding 'zstd' is not supported: gzip, deflate, identity", 415),
+    ("gzip, compress", GZ, "Content-Encoding",
+     "Content-Encoding 'compress' is not supported: gzip, deflate, identity", 415),
+])
+def test_decode_body_names_what_it_cannot_decode(coding, data, field, error, status):
+    """aiohttp decoded bodies before: a truncated deflate body left the request waiting for ever, a
+    gzip body without its trailer was read as far as it went, br and zstd were its text/plain 400
+    naming a package to install, and other codings were read as if absent."""
+    assert decode_body(data, coding) == RequestError(field, error, status)
+
+
+def test_decode_body_takes_a_body_of_the_limit():
+    assert decode_body(gzip.compress(b" " * MAX_BODY_BYTES), "gzip") == b" " * MAX_BODY_BYTES
