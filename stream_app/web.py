@@ -136,8 +136,11 @@ async def route(request, user_id: str, body: bytes | None = None, model_work: bo
         async with forwarder(model_work).request(request.method, url, data=body, headers=headers,
                                                  timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as r:
             payload = await r.read()
-            return Response(body=payload, status=r.status,
-                            headers={"Content-Type": r.headers.get("Content-Type", "application/octet-stream")})
+            answer = {"Content-Type": r.headers.get("Content-Type", "application/octet-stream")}
+            if request.method == "HEAD" and "Content-Length" in r.headers:
+                # the owner's length of the body it did not send (aiohttp gives an empty one none)
+                answer["Content-Length"] = r.headers["Content-Length"]
+            return Response(body=payload, status=r.status, headers=answer)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         return json_response({"error": f"the worker owning this user ({dest}) did not answer: "
                                        f"{type(exc).__name__}"}, status=503)

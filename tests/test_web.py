@@ -449,6 +449,28 @@ def test_request_bodies_are_decoded_by_the_worker_and_codings_it_cannot_read_are
         assert "Traceback" not in log and "[ERROR]" not in log and "[WARNING]" not in log, log
 
 
+def test_a_routed_head_has_the_owners_content_length(cluster):
+    """A HEAD forwarded to the owner came back without Content-Length (aiohttp sets none for the
+    empty body of a HEAD answer), where the owner's own answer has it."""
+    env, ws, users, vectors, _ = cluster
+    other = not_owner(ws, "decisive")
+    owner = ws[1] if other is ws[0] else ws[0]
+    for path in ("/users/decisive", "/users/decisive/explain", "/users/decisive/view", "/users/nobody"):
+        answers = []
+        for w in (owner, other):
+            conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=10)
+            try:
+                conn.request("HEAD", path)
+                r = conn.getresponse()
+                answers.append((r.status, r.getheader("Content-Type"), r.getheader("Content-Length"), r.read()))
+            finally:
+                conn.close()
+        status, ctype, length, body = answers[0]
+        assert length is not None and int(length) > 0 and body == b"", (path, answers)
+        assert answers[1] == answers[0], path
+        assert int(length) == len(raw_request(other, "GET", path)[1]), path
+
+
 def test_scores_at_the_float_limits_blend_finitely(cluster):
     """1e308 and -1e308 are finite, so accepted; their range overflowed to inf and every blended
     score came back null (NaN)."""
