@@ -10,7 +10,7 @@
   as in :mod:`stream_app.events`). :meth:`RequestError.body` is the 400 answer,
   :func:`response_body` the 200 answer.
 * :func:`decode_body`: the body as sent under its ``Content-Encoding`` (gzip, deflate) -> the
-  bytes :func:`parse_request` reads, or the error (415 for a coding it does not decode).
+  bytes :func:`parse_request` reads, or the error naming the body or the coding.
 * :func:`path_user_error`: the 400 of every ``/users/{user_id}`` route whose user id is not UTF-8
   once percent-decoded.
 
@@ -54,14 +54,13 @@ class RerankRequest:
 @dataclass(frozen=True, slots=True)
 class RequestError:
     """Why a body cannot be used: the field (``body``, ``items``, ``items[3].score``, ``weight``,
-    ``Content-Encoding``), a human-readable message and the HTTP status."""
+    ``Content-Encoding``) and a human-readable message."""
 
     field: str
     error: str
-    status: int = 400
 
     def body(self) -> dict:
-        """The answer's body."""
+        """The 400 answer (the contract's: 400 naming the field)."""
         return {"error": self.error, "field": self.field}
 
 
@@ -213,7 +212,7 @@ def decode_body(data: bytes, content_encoding: str) -> bytes | RequestError:
     for c in codings:
         if c not in CODINGS and c != "x-gzip":
             return RequestError("Content-Encoding", f"Content-Encoding {c!r} is not supported: "
-                                f"{', '.join(CODINGS)}", status=415)
+                                f"{', '.join(CODINGS)}")
     for c in reversed(codings):
         if c == "identity" or not data:
             continue

@@ -168,7 +168,7 @@ class RerankView(View):
             return json_response(RequestError("body", f"body cannot be read: {_what(exc)}").body(), status=400)
         body = decode_body(body, ",".join(request.headers.getall("Content-Encoding", ())))
         if isinstance(body, RequestError):
-            return json_response(body.body(), status=body.status)
+            return json_response(body.body(), status=400)
         req = parse_request(body)
         if isinstance(req, RequestError):
             return json_response(req.body(), status=400)
