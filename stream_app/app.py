@@ -124,7 +124,8 @@ class InterestApp(faust.App):
         # its text/plain 400 naming a package to install, a truncated deflate body a request left
         # waiting for ever. Bodies arrive as sent; stream_app.rerank.decode_body decodes them.
         web = super()._new_web()
-        web._runner = AppRunner(web.web_app, access_log=None, auto_decompress=False)  # Faust's, but that
+        # Faust's own runner (faust/web/drivers/aiohttp.py: Web.__init__), with decoding off
+        web._runner = AppRunner(web.web_app, access_log=None, auto_decompress=False)
         return web
 
     async def on_first_start(self) -> None:
