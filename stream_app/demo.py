@@ -116,14 +116,16 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
             from .kafka_local import LocalKafka, default_home
 
             port = s.kafka_port
-            broker = LocalKafka(home=default_home(), port=port, controller_port=s.controller_port_for(port),
-                                heap=s.kafka_heap)
+            broker = LocalKafka(home=default_home(), port=port, heap=s.kafka_heap)
             running = broker.status()  # at the port it was started with, whatever INTEREST_KAFKA_PORT says
             if running["running"]:
                 say(f"using the local Kafka already running at {running['bootstrap_servers']}")
                 env["KAFKA_BOOTSTRAP_SERVERS"] = running["bootstrap_servers"]
                 broker = None  # not ours to stop
             else:
+                # its controller's port only for one to start (as `kafka up`): a running broker was
+                # refused at INTEREST_KAFKA_PORT=65535 for a next port it never uses
+                broker.controller_port = s.controller_port_for(port)
                 say("starting a local Apache Kafka (first run fetches its jars with Maven)")
                 took = broker.up()
                 say(f"Kafka at {broker.bootstrap} answered after {took:.1f}s")

@@ -89,6 +89,21 @@ def test_a_worker_that_stops_is_shown_with_its_own_error(demo_env, tmp_path):
                                             f"see {out / 'worker.log'}")
 
 
+def test_the_demo_uses_a_running_local_broker_whatever_its_port_setting(demo_env, local_broker, tmp_path):
+    """The demo computed the controller's port (the broker's + 1) before it looked for a running
+    broker: at INTEREST_KAFKA_PORT=65535 it stopped with "leaves no next port for its controller",
+    though it starts no broker when one runs (as `kafka status` and `kafka down` do)."""
+    env = {k: v for k, v in demo_env.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    model = tmp_path / "no-model"  # the worker stops at once: this test is about the broker
+    env.update(INTEREST_KAFKA_HOME=str(local_broker.home), INTEREST_KAFKA_PORT="65535",
+               INTEREST_MODEL_DIR=str(model))
+    proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo", "--users", "1", "--follow", "0"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"==> using the local Kafka already running at {local_broker.bootstrap}" in proc.stderr.splitlines()
+    assert proc.stderr.splitlines()[-1].startswith(f"Error: the worker exited (1): model at {model}: no such")
+
+
 def test_the_workers_reason_is_its_last_error_line_of_this_run(tmp_path, monkeypatch):
     """The log is kept across runs: an earlier run's lines are not this run's reason. Without an
     `Error:` line (a traceback), the last line is."""
