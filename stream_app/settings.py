@@ -134,7 +134,8 @@ WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a server listening on 
 
 
 def _bootstrap_servers(env: Mapping[str, str]) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS, parsed as kafka-python parses it, with ports in range."""
+    """KAFKA_BOOTSTRAP_SERVERS, parsed as kafka-python parses it, with ports in range, in ASCII
+    digits."""
     from kafka.cluster import collect_hosts
 
     value = env.get("KAFKA_BOOTSTRAP_SERVERS") or "localhost:9092"
@@ -142,10 +143,24 @@ def _bootstrap_servers(env: Mapping[str, str]) -> str:
         hosts = collect_hosts(value, randomize=False)
     except ValueError:
         hosts = None
-    if not hosts or any(not host or not 1 <= port <= MAX_PORT for host, port, _ in hosts):
+    if not hosts or any(not host or not 1 <= port <= MAX_PORT or not _port_written(entry, host)
+                        for entry, (host, port, _) in zip(value.strip().split(","), hosts)):
         raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports "
-                          f"1..{MAX_PORT}, got {value!r}")
+                          f"1..{MAX_PORT} in ASCII digits, got {value!r}")
     return value
+
+
+PORT = re.compile(r":[0-9]+")  # the port after a bootstrap server's host
+
+
+def _port_written(entry: str, host: str) -> bool:
+    """Whether the port of one ``entry`` of KAFKA_BOOTSTRAP_SERVERS, if it has one, is written in
+    ASCII digits: kafka-python (and aiokafka, yarl) read it with int(), which also takes '+9092',
+    '9_092' and digits of other scripts ('\u0669\u0660\u0669\u0662' was port 9092). ``host`` is
+    what kafka-python found in it (collect_hosts); the port follows it, after ']' for IPv6."""
+    entry = re.sub("^.*://", "", entry).strip()  # as collect_hosts: the security protocol dropped
+    rest = entry[len(host) + 2 * entry.startswith("["):]
+    return not rest or bool(PORT.fullmatch(rest))
 
 
 def _canonical_url(env: Mapping[str, str]) -> str:
@@ -164,6 +179,16 @@ def _canonical_url(env: Mapping[str, str]) -> str:
     if url is None or url.scheme not in ("http", "https") or not url.hostname or url.port == 0:
         raise ConfigError(f"INTEREST_CANONICAL_URL must be an http:// or https:// URL with a host (and a port "
                           f"1..{MAX_PORT}), got {value!r}")
+    return value
+
+
+def _data_dir(env: Mapping[str, str]) -> str:
+    """INTEREST_DATA_DIR; empty is unset. Only spaces made the state directory ' ' in the
+    working directory, created without a word."""
+    value = env.get("INTEREST_DATA_DIR") or "./interest-stream-data"
+    if not value.strip():
+        raise ConfigError(f"INTEREST_DATA_DIR must be a directory path (unset or empty for "
+                          f"./interest-stream-data), got {value!r}")
     return value
 
 
@@ -203,6 +228,8 @@ def _security(env: Mapping[str, str]) -> dict:
         raise ConfigError(f"{sasl[0]} is set without KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT or SASL_SSL (the "
                           f"clients would ignore it), got {protocol or 'no protocol'}")
     for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+        if env.get(name) and os.path.isdir(env[name]):  # "no such file" before
+            raise ConfigError(f"{name}: {env[name]!r} is a directory; it must name a PEM file")
         if env.get(name) and not os.path.isfile(env[name]):
             raise ConfigError(f"{name}: no such file {env[name]!r}")
     _check_ssl_files(env)
@@ -344,7 +371,7 @@ class Settings:
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1, maximum=MAX_PORT),
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
-            data_dir=env.get("INTEREST_DATA_DIR") or "./interest-stream-data",
+            data_dir=_data_dir(env),
             session_timeout_s=session_timeout_s,
             heartbeat_s=_heartbeat(env, session_timeout_s),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),

@@ -258,9 +258,11 @@ def test_names_kafka_accepts():
 
 @pytest.mark.parametrize("env, message", [
     ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:notaport"},
-     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535, got '127.0.0.1:notaport'"),
+     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535 in ASCII digits, got "
+     "'127.0.0.1:notaport'"),
     ({"KAFKA_BOOTSTRAP_SERVERS": "broker:99999"},
-     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535, got 'broker:99999'"),
+     "KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535 in ASCII digits, got "
+     "'broker:99999'"),
     ({"INTEREST_SESSION_TIMEOUT_S": "3600"},
      "INTEREST_SESSION_TIMEOUT_S must be <= 90.0 (Faust's request timeout), got 3600.0"),
     ({"INTEREST_HEARTBEAT_S": "60"},
@@ -318,12 +320,25 @@ def test_a_bad_bootstrap_server_is_refused_by_every_command():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr == ("Error: KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports "
-                          "1..65535, got '127.0.0.1:notaport'\n")
+                          "1..65535 in ASCII digits, got '127.0.0.1:notaport'\n")
 
 
 def test_bootstrap_servers_kafka_python_accepts():
-    for ok in ("localhost:9092", "a:1,b:2", "[::1]:9092", "broker", "PLAINTEXT://a:9092"):
+    for ok in ("localhost:9092", "a:1,b:2", "[::1]:9092", "broker", "PLAINTEXT://a:9092", "::1", "[::1]",
+               "a:1, b:2", "SSL://[::1]:9093,b"):
         assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": ok}).bootstrap_servers == ok
+
+
+@pytest.mark.parametrize("raw", ["localhost:\u0669\u0660\u0669\u0662", "localhost:\uff19\uff10\uff19\uff12",
+                                 "a:1,[::1]:\u0669\u0660\u0669\u0662", "SSL://b:\u0669", "localhost:+9092",
+                                 "localhost:9_092", "localhost: 9092"])
+def test_a_bootstrap_port_is_written_in_ascii_digits(raw):
+    """kafka-python, aiokafka and yarl read each of these ports with int(): 9092 (or 9), where no
+    other Kafka client would take it for a port."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": raw})
+    assert str(err.value) == ("KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...] with ports 1..65535 in "
+                              f"ASCII digits, got {raw!r}")
 
 
 @pytest.mark.parametrize("env, message", [
@@ -400,6 +415,13 @@ TLS = ROOT / "tests" / "tls"  # a self-signed certificate and keys, for these ch
      "KAFKA_SSL_KEYFILE: OpenSSL cannot use '{tls}/other-key.pem': the key is not the certificate's "
      "(KAFKA_SSL_CERTFILE) (KEY_VALUES_MISMATCH)"),
     ({"KEYFILE": "key.pem"}, "KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE, the certificate it belongs to"),
+    # a directory was "no such file" (a CA directory is not what the clients' ssl_cafile takes)
+    ({"CAFILE": "."}, "KAFKA_SSL_CAFILE: '{tls}' is a directory; it must name a PEM file"),
+    ({"CERTFILE": "."}, "KAFKA_SSL_CERTFILE: '{tls}' is a directory; it must name a PEM file"),
+    ({"CERTFILE": "cert.pem", "KEYFILE": "."}, "KAFKA_SSL_KEYFILE: '{tls}' is a directory; it must name a PEM file"),
+    ({"CAFILE": "missing.pem"}, "KAFKA_SSL_CAFILE: no such file '{tls}/missing.pem'"),
+    ({"CERTFILE": "missing.pem"}, "KAFKA_SSL_CERTFILE: no such file '{tls}/missing.pem'"),
+    ({"CERTFILE": "cert.pem", "KEYFILE": "missing.pem"}, "KAFKA_SSL_KEYFILE: no such file '{tls}/missing.pem'"),
 ])
 def test_a_tls_file_openssl_cannot_use_is_named(files, message):
     """Each of these was reported, after the bootstrap timeout, as a broker that cannot be reached
@@ -408,6 +430,20 @@ def test_a_tls_file_openssl_cannot_use_is_named(files, message):
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert str(err.value) == message.format(tls=TLS)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("CAFILE", "no certificate in PEM form (NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ("CERTFILE", "no certificate in PEM form (NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ("KEYFILE", "no private key in PEM form"),
+])
+def test_an_empty_tls_file_is_named(name, message, tmp_path):
+    (tmp_path / "empty.pem").write_text("")
+    env = {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": str(TLS / "cert.pem"),
+           f"KAFKA_SSL_{name}": str(tmp_path / "empty.pem")}
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert str(err.value) == f"KAFKA_SSL_{name}: OpenSSL cannot use {str(tmp_path / 'empty.pem')!r}: {message}"
 
 
 def test_tls_files_openssl_can_use_are_passed_to_the_clients():
@@ -569,7 +605,20 @@ def test_an_integer_setting_is_written_in_ascii_digits(raw):
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"INTEREST_SCORE_BATCH": raw})
     assert str(err.value) == f"INTEREST_SCORE_BATCH must be an integer, got {raw!r}"
-    assert Settings.from_env({"INTEREST_SCORE_BATCH": " 5000 "}).score_batch == 5000  # (spaces, as before)
+    # as the README says: spaces around the digits and a leading '+' are taken, in every number
+    assert Settings.from_env({"INTEREST_SCORE_BATCH": " 5000 "}).score_batch == 5000
+    assert Settings.from_env({"INTEREST_SCORE_BATCH": "+5"}).score_batch == 5
+    assert Settings.from_env({"INTEREST_FLUSH_S": " +0.5 "}).flush_s == 0.5
+
+
+@pytest.mark.parametrize("raw", [" ", "  \t"])
+def test_a_data_directory_of_spaces_is_a_one_line_error(raw):
+    """The state went to a directory named ' ' in the working directory, made without a word."""
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"INTEREST_DATA_DIR": raw})
+    assert str(err.value) == ("INTEREST_DATA_DIR must be a directory path (unset or empty for "
+                              f"./interest-stream-data), got {raw!r}")
+    assert Settings.from_env({"INTEREST_DATA_DIR": ""}).data_dir == "./interest-stream-data"  # empty is unset
 
 
 @pytest.mark.parametrize("raw", ["worker-1:6066", "http://x:99999", "http://:6066", "http://x:0", "http://x:port",
