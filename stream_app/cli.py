@@ -223,7 +223,7 @@ def load_jsonl(file, bootstrap_servers, rate, force):
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
 def worker(bootstrap_servers, loglevel, faust_args):
     """Run the Faust worker (same as `faust -A stream_app.app worker`)."""
-    from .model_runtime import LoadedModel
+    from .model_runtime import LoadedModel, ModelError
     from .topics import check_input_topics, create_topics
 
     _check_faust_args(faust_args)
@@ -240,7 +240,10 @@ def worker(bootstrap_servers, loglevel, faust_args):
             "INTEREST_MODEL_DIR is not set: the worker needs an exported model "
             "(model.onnx + model.json, see `interest-stream export`)"
         )
-    LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
+    try:
+        LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
+    except ModelError as exc:  # "model at <path>: ..." named no setting
+        raise click.ClickException(f"INTEREST_MODEL_DIR: {exc}") from None
     from .local_state import lock_state_dir
 
     lock_state_dir(s.prepare_state_dir())  # held until the process ends
@@ -452,11 +455,15 @@ def forget(user, bootstrap_servers, timeout):
 def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_servers):
     """Re-score a past event-time range into a separate topic (a backfill), reproducibly."""
     from . import replay as rp
+    from .model_runtime import ModelError
 
     s = _settings(bootstrap_servers)
     from_ms, to_ms = rp.parse_time(from_, "--from"), rp.parse_time(to, "--to")
-    counts = rp.run(s, from_ms, to_ms, output_topic or s.backfill_topic,
-                    model_dir or s.model_dir, dry_run=dry_run, progress=progress, echo=click.echo)
+    try:
+        counts = rp.run(s, from_ms, to_ms, output_topic or s.backfill_topic,
+                        model_dir or s.model_dir, dry_run=dry_run, progress=progress, echo=click.echo)
+    except ModelError as exc:  # (only the load raises it) "model at <path>: ..." named neither
+        raise click.ClickException(f"{'--model' if model_dir else 'INTEREST_MODEL_DIR'}: {exc}") from None
     if not dry_run:
         click.echo("replayed: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 

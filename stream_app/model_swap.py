@@ -53,7 +53,10 @@ class ModelHolder:
             raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
                              "(model.onnx + model.json; see `interest-stream export`)")
         seen = self._fingerprint()  # before: a pair deployed while this one loads is loaded at the next poll
-        self.model = LoadedModel.load(self.path, threads=self.threads)
+        try:
+            self.model = LoadedModel.load(self.path, threads=self.threads)
+        except ModelError as exc:  # as `interest-stream worker` says it: the setting to change
+            raise ModelError(f"INTEREST_MODEL_DIR: {exc}") from None
         self._seen = seen
         metrics.MODEL.labels(self.model.version).set(1)
         log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)

@@ -85,8 +85,8 @@ def test_a_worker_that_stops_is_shown_with_its_own_error(demo_env, tmp_path):
                           env=dict(demo_env, INTEREST_MODEL_DIR=str(model)), cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.splitlines()[-1] == (f"Error: the worker exited (1): model at {model}: no such directory; "
-                                            f"see {out / 'worker.log'}")
+    assert proc.stderr.splitlines()[-1] == (f"Error: the worker exited (1): INTEREST_MODEL_DIR: model at {model}: "
+                                            f"no such directory; see {out / 'worker.log'}")
 
 
 def test_the_demo_uses_a_running_local_broker_whatever_its_port_setting(demo_env, local_broker, tmp_path):

@@ -68,4 +68,5 @@ def test_the_worker_refuses_it_at_start_in_one_line(env, tiny_model_dir, tmp_pat
     bad = with_card(tiny_model_dir, tmp_path / "bad", category_prior=[0.5, 0.5])
     proc = cli(dict(env, INTEREST_MODEL_DIR=str(bad)), "worker", check=False, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr == f"Error: model at {bad}: model.json category_prior must be {SHAPE}, got [0.5,0.5]\n"
+    assert proc.stderr == (f"Error: INTEREST_MODEL_DIR: model at {bad}: model.json category_prior must be {SHAPE}, "
+                           "got [0.5,0.5]\n")

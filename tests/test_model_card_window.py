@@ -40,7 +40,7 @@ def test_the_worker_refuses_it_at_start_and_keeps_serving_the_old_model_at_a_swa
     bad = with_card(tiny_model_dir, tmp_path / "bad", window="3d")
     proc = cli(dict(env, INTEREST_MODEL_DIR=str(bad)), "worker", check=False, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr == f"Error: model at {bad}: {MESSAGE}\n"
+    assert proc.stderr == f"Error: INTEREST_MODEL_DIR: model at {bad}: {MESSAGE}\n"
 
     v2_dir = session_dir / "tiny-model-2"  # another version (as test_worker_scoring builds it)
     if not (v2_dir / "model.json").exists():

@@ -23,6 +23,14 @@ def test_window_mismatch_is_reported_with_both_windows():
     assert window_mismatch({}, 86400, 128) is None  # cards without a window: nothing to compare
 
 
+def test_the_first_models_error_names_its_setting(tmp_path):
+    """`faust -A stream_app.app worker` stopped with "model at <path>: no such directory", naming no
+    setting (`interest-stream worker` says the same, before Faust starts)."""
+    with pytest.raises(ModelError) as err:
+        ModelHolder(str(tmp_path / "no-model"), threads=1).load_initial()
+    assert str(err.value) == f"INTEREST_MODEL_DIR: model at {tmp_path / 'no-model'}: no such directory"
+
+
 def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(tmp_path, monkeypatch):
     """The link is re-pointed (a deploy) while the worker loads the model it starts with. Before,
     the worker noted the new target as seen once the old one was loaded, and served the old model

@@ -319,3 +319,14 @@ def test_replay_warns_of_a_model_trained_on_another_window(env, tiny_model_dir):
                             "86400 s / 64 events (INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from "
                             "training\n")
     assert other.stdout == same.stdout  # planned all the same
+
+
+def test_a_model_directory_that_is_not_there_names_its_setting(env, tmp_path):
+    """It was "Error: model at <path>: no such directory", naming neither --model nor the setting."""
+    cli(env, "topics", "create")
+    args = ("replay", "--from", FROM_ISO, "--to", TO_ISO, "--dry-run")
+    missing = tmp_path / "no-model"
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(missing)), *args, check=False)
+    assert out.returncode == 1 and out.stderr == f"Error: INTEREST_MODEL_DIR: model at {missing}: no such directory\n"
+    out = cli(env, *args, "--model", str(missing), check=False)
+    assert out.returncode == 1 and out.stderr == f"Error: --model: model at {missing}: no such directory\n"

@@ -29,6 +29,14 @@ def test_more_replicas_than_brokers(env, tiny_model_dir, tmp_path):
     assert proc.stderr == "Error: INTEREST_REPLICATION=2 but the cluster has 1 broker: set INTEREST_REPLICATION <= 1\n"
 
 
+def test_a_model_directory_that_is_not_there_names_its_setting(start_env, tmp_path):
+    """It was "Error: model at <path>: no such directory", naming no setting."""
+    missing = tmp_path / "no-model"
+    proc = cli(dict(start_env, INTEREST_MODEL_DIR=str(missing)), "worker", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: INTEREST_MODEL_DIR: model at {missing}: no such directory\n"
+
+
 def test_a_web_port_in_use(start_env):
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
