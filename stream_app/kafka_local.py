@@ -35,6 +35,14 @@ CONFIG_HEADER = "# written by interest-stream kafka up"
 _HELD: set[tuple[str, int]] = set()
 
 
+# The JVM's lines when it cannot have the heap it is given, measured with OpenJDK 17 on a 2-core
+# host: "Could not reserve enough space for 104857600000KB object heap" (100000g), "There is
+# insufficient memory for the Java Runtime Environment to continue." (4096g: reserved, not
+# committed), "Invalid initial heap size: -Xms99999999999g"; and a broker that ran out of it
+HEAP_FAILURES = ("object heap", "insufficient memory for the Java Runtime Environment", "Invalid initial heap size",
+                 "Invalid maximum heap size", "OutOfMemoryError: Java heap space")
+
+
 class KafkaLocalError(InterestStreamError):
     """The local broker could not be prepared, started or stopped."""
 
@@ -191,6 +199,8 @@ class LocalKafka:
         return [
             self._java(),
             f"-Xms{self.heap}", f"-Xmx{self.heap}",
+            # a JVM that cannot have its heap wrote hs_err_pid<pid>.log into the working directory
+            f"-XX:ErrorFile={self.log_file.parent / 'hs_err_pid%p.log'}",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J2_XML}",
@@ -203,13 +213,25 @@ class LocalKafka:
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)  # the JVM's error file goes there
         cluster_id = new_cluster_id()
         proc = subprocess.run(
             self._jvm("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)),
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            raise KafkaLocalError("formatting the storage failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+            raise self._heap_error(proc.stdout + proc.stderr) or KafkaLocalError(
+                "formatting the storage failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+
+    def _heap_error(self, output: str) -> KafkaLocalError | None:
+        """One line naming INTEREST_KAFKA_HEAP when the JVM's ``output`` says it could not have or
+        live within its heap (-Xms = -Xmx): it was the storage tool's or the broker's last lines."""
+        for line in output.splitlines():
+            if any(marker in line for marker in HEAP_FAILURES):
+                return KafkaLocalError(f"INTEREST_KAFKA_HEAP={self.heap}: the JVM cannot run the broker with this "
+                                       f"heap ({line.strip('# ')}); set a JVM size such as 512m or 1g that this "
+                                       "host's memory holds")
+        return None
 
     # -- process -------------------------------------------------------------------------
     def pid(self) -> int | None:
@@ -356,7 +378,7 @@ class LocalKafka:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise KafkaLocalError(
+                raise self._heap_error(self.log_tail()) or KafkaLocalError(
                     f"the broker exited with code {proc.returncode}; last log lines:\n{self.log_tail()}"
                 )
             if self.answers():

@@ -275,6 +275,31 @@ def test_a_taken_controller_port_is_one_line(tmp_path):
                           "set INTEREST_KAFKA_CONTROLLER_PORT to a free port\n")
 
 
+@pytest.mark.parametrize("heap, reason", [
+    ("1000000g", "Could not reserve enough space for 1048576000000KB object heap"),
+    ("99999999999g", "Invalid initial heap size: -Xms99999999999g"),
+])
+def test_a_heap_the_jvm_cannot_have_is_one_line_naming_the_setting(heap, reason, tmp_path):
+    """It was "formatting the storage failed:" and the JVM's lines, naming no setting (with more
+    than the host could commit, an hs_err_pid<pid>.log left in the working directory)."""
+    port, cport = free_port(), free_port()
+    home = tmp_path / "kafka"
+    env = dict(os.environ, INTEREST_KAFKA_HOME=str(home), INTEREST_KAFKA_PORT=str(port),
+               INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP=heap)
+    try:
+        res = cli(env, "kafka", "up", check=False)
+    finally:
+        LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)
+    assert (res.returncode, res.stdout) == (1, "")
+    assert res.stderr == (f"Error: INTEREST_KAFKA_HEAP={heap}: the JVM cannot run the broker with this heap "
+                          f"({reason}); set a JVM size such as 512m or 1g that this host's memory holds\n")
+
+
+def test_the_jvms_error_file_goes_to_the_brokers_logs(tmp_path):
+    kafka = LocalKafka(home=tmp_path / "kafka", port=free_port(), controller_port=free_port())
+    assert f"-XX:ErrorFile={tmp_path / 'kafka' / 'logs' / 'hs_err_pid%p.log'}" in kafka._jvm("kafka.Kafka")
+
+
 def test_a_controller_port_equal_to_the_brokers_is_one_line_before_anything_starts(tmp_path):
     """Both ports were checked free, never different: the broker started and stopped with 37 lines
     of Java stack (two listeners on the same port)."""
