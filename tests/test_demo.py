@@ -101,7 +101,8 @@ def test_the_demo_uses_a_running_local_broker_whatever_its_port_setting(demo_env
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert f"==> using the local Kafka already running at {local_broker.bootstrap}" in proc.stderr.splitlines()
-    assert proc.stderr.splitlines()[-1].startswith(f"Error: the worker exited (1): model at {model}: no such")
+    assert proc.stderr.splitlines()[-1].startswith(
+        f"Error: the worker exited (1): INTEREST_MODEL_DIR: model at {model}: no such")
 
 
 def test_the_workers_reason_is_its_last_error_line_of_this_run(tmp_path, monkeypatch):
