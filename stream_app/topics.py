@@ -6,6 +6,7 @@ and forget requests meet on the same partition number.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .events import MAX_DEAD_LETTER_BYTES
@@ -24,6 +25,12 @@ TABLES = ("users",)
 CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
 LIMIT = "max.message.bytes"
 POLICY = "cleanup.policy"
+# A topic created a moment ago (`interest-stream worker` creates the missing ones, then checks every
+# topic's config) may not be known yet to the broker a DescribeConfigs reaches, in a cluster of
+# several: its configs come back empty, as for a topic the client may not describe. Those are asked
+# again, DESCRIBE_TRIES times in all, DESCRIBE_PAUSE_S apart, before that is an error.
+DESCRIBE_TRIES = 4
+DESCRIBE_PAUSE_S = 0.5
 # why each topic needs its cleanup.policy: what an existing topic with the other one would lose
 POLICY_REASON = {"compact": "without compaction its records older than retention.ms are deleted",
                  "delete": "compaction keeps only each key's newest record"}
@@ -138,24 +145,29 @@ def check_partitions(settings: Settings, client, specs: list[TopicSpec]) -> None
 def topic_configs(client, names, keys) -> dict[str, dict[str, str]]:
     """The values of the topic configs ``keys`` of each of ``names`` (existing topics), as the
     broker has them, in one DescribeConfigs request: name -> key -> value. A topic it does not
-    describe (the client lacks DescribeConfigs on it, or it was deleted meanwhile) is a TopicError
-    naming it: kafka-python leaves its config empty without a word."""
+    describe (the client lacks DescribeConfigs on it, or it was deleted meanwhile, or it is too new
+    for that broker: asked again, :data:`DESCRIBE_TRIES`) is a TopicError naming it: kafka-python
+    leaves its config empty without a word."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    names, keys = list(names), list(keys)
-    if not names:
-        return {}
-    described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
-                                                        configs=dict.fromkeys(keys))
-                                         for name in names], config_filter="all").get("topic", {})
-    out = {}
-    for name in names:
-        for key in keys:
-            entry = described.get(name, {}).get(key)
-            if entry is None or entry.get("value") is None:
-                raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does "
-                                 "this client have DescribeConfigs on it?)")
-            out.setdefault(name, {})[key] = entry["value"]
+    keys, out, missing = list(keys), {}, list(names)
+    for attempt in range(DESCRIBE_TRIES):
+        if not missing:
+            break
+        if attempt:
+            time.sleep(DESCRIBE_PAUSE_S)
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                            configs=dict.fromkeys(keys))
+                                             for name in missing], config_filter="all").get("topic", {})
+        for name in missing:
+            entries = [described.get(name, {}).get(key) for key in keys]
+            if all(entry is not None and entry.get("value") is not None for entry in entries):
+                out[name] = {key: entry["value"] for key, entry in zip(keys, entries)}
+        missing = [name for name in missing if name not in out]
+    for name in missing:
+        key = next(key for key in keys if (described.get(name, {}).get(key) or {}).get("value") is None)
+        raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does "
+                         "this client have DescribeConfigs on it?)")
     return out
 
 

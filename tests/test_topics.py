@@ -289,18 +289,47 @@ def test_the_worker_refuses_existing_topics_with_another_cleanup_policy(env, wor
     assert policy_error(env, made) in w.log(200)
 
 
-def test_a_topic_the_broker_does_not_describe_is_named():
+def test_a_topic_the_broker_does_not_describe_is_named(monkeypatch):
     """kafka-python leaves the config of a topic the broker refused to describe (no DescribeConfigs
     on it, or deleted meanwhile) empty without a word: `load jsonl`'s retention check ended in a
     KeyError traceback."""
+    from stream_app import topics
     from stream_app.topics import TopicError, topic_config
 
     class Admin:
+        asked: list = []
+
         def describe_configs(self, resources, config_filter):
+            self.asked.append([r.name for r in resources])
             return {"topic": {"t.a": {"retention.ms": {"value": "-1"}}, "t.b": {}}}
 
+    monkeypatch.setattr(topics, "DESCRIBE_PAUSE_S", 0.0)
     assert topic_config(Admin(), ["t.a"], "retention.ms") == {"t.a": "-1"}
     with pytest.raises(TopicError) as err:
         topic_config(Admin(), ["t.a", "t.b"], "retention.ms")
     assert str(err.value) == ("cannot read retention.ms of topic t.b: the broker did not describe it (does this "
                               "client have DescribeConfigs on it?)")
+    # asked again for the one it did not describe (it may be too new for that broker), then named
+    assert Admin.asked == [["t.a"], ["t.a", "t.b"], *[["t.b"]] * (topics.DESCRIBE_TRIES - 1)]
+
+
+def test_a_topic_too_new_for_the_broker_asked_is_described_when_it_knows_it(monkeypatch):
+    """`interest-stream worker` creates the missing topics and then checks every topic's config: in
+    a cluster of several brokers, the one asked may not know a topic created a moment ago, and
+    answers with no configs, which stopped the worker with "cannot read cleanup.policy"."""
+    from stream_app import topics
+
+    class Admin:
+        asked = 0
+
+        def describe_configs(self, resources, config_filter):
+            Admin.asked += 1
+            known = ["t.old"] if Admin.asked == 1 else ["t.old", "t.new"]
+            return {"topic": {r.name: {key: {"value": f"{r.name}:{key}"} for key in r.configs} if r.name in known
+                              else {} for r in resources}}
+
+    monkeypatch.setattr(topics, "DESCRIBE_PAUSE_S", 0.0)
+    assert topics.topic_configs(Admin(), ["t.old", "t.new"], [topics.POLICY, topics.LIMIT]) == {
+        "t.old": {topics.POLICY: "t.old:cleanup.policy", topics.LIMIT: "t.old:max.message.bytes"},
+        "t.new": {topics.POLICY: "t.new:cleanup.policy", topics.LIMIT: "t.new:max.message.bytes"}}
+    assert Admin.asked == 2
