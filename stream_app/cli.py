@@ -460,7 +460,8 @@ def replay(from_, to, output_topic, model_dir, dry_run, progress, bootstrap_serv
     s = _settings(bootstrap_servers)
     from_ms, to_ms = rp.parse_time(from_, "--from"), rp.parse_time(to, "--to")
     try:
-        counts = rp.run(s, from_ms, to_ms, output_topic or s.backfill_topic,
+        # (None only: an empty --output-topic replayed into the default backfill topic)
+        counts = rp.run(s, from_ms, to_ms, s.backfill_topic if output_topic is None else output_topic,
                         model_dir or s.model_dir, dry_run=dry_run, progress=progress, echo=click.echo)
     except ModelError as exc:  # (only the load raises it) "model at <path>: ..." named neither
         raise click.ClickException(f"{'--model' if model_dir else 'INTEREST_MODEL_DIR'}: {exc}") from None

@@ -209,6 +209,16 @@ def test_replay_refuses_an_output_topic_kafka_would_refuse(env, tiny_model_dir):
         "Error: --output-topic 'my backfill/1' is not a Kafka topic name (ASCII letters, digits, '.', '_' and '-')\n")
 
 
+def test_replay_refuses_an_empty_output_topic(env, tiny_model_dir):
+    """`--output-topic ""` replayed into the default backfill topic, saying nothing."""
+    cli(env, "topics", "create")
+    out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+              "--output-topic", "", "--dry-run", check=False)
+    assert out.returncode == 1 and out.stderr == (
+        "Error: --output-topic '' is not a Kafka topic name (ASCII letters, digits, '.', '_' and '-')\n")
+    assert out.stdout == ""
+
+
 def test_vectors_the_output_topic_refuses_are_an_error(env, tiny_model_dir):
     """kafka-python's flush raises for no failed send: replay printed its counts as if the
     backfill topic had taken every vector."""
