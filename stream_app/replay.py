@@ -351,19 +351,23 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
                    desc="replay", mininterval=1.0)
         n = 0
         try:
-            for ts, rec in merged_records(consumer, p.ranges):
-                r.add(rec.topic, rec.key, rec.value, ts)
-                n += 1
-                if n % 1000 == 0:
-                    bar.update(1000)
-            r.finish()
-            bar.update(n % 1000)
-        except BaseException:
-            prod.close()  # what was sent before goes out
-            raise
-        finally:
-            bar.close()
-        deliveries.finish(prod, published, "vectors", output_topic)
+            try:
+                for ts, rec in merged_records(consumer, p.ranges):
+                    r.add(rec.topic, rec.key, rec.value, ts)
+                    n += 1
+                    if n % 1000 == 0:
+                        bar.update(1000)
+                r.finish()
+                bar.update(n % 1000)
+            except BaseException:
+                prod.close()  # what was sent before goes out
+                raise
+            finally:
+                bar.close()
+            deliveries.finish(prod, published, "vectors", output_topic)
+        except KeyboardInterrupt:  # click's "Aborted!" left a partial backfill unsaid
+            raise ReplayError(f"interrupted after {n} of {p.events} records: {published} vectors were sent to "
+                              f"{output_topic}, a partial backfill; run the same replay again to complete it") from None
         return {"read": n, **r.counts, "model_version": model.version, "output_topic": output_topic}
     finally:
         consumer.close()

@@ -340,3 +340,31 @@ def test_a_model_directory_that_is_not_there_names_its_setting(env, tmp_path):
     assert out.returncode == 1 and out.stderr == f"Error: INTEREST_MODEL_DIR: model at {missing}: no such directory\n"
     out = cli(env, *args, "--model", str(missing), check=False)
     assert out.returncode == 1 and out.stderr == f"Error: --model: model at {missing}: no such directory\n"
+
+
+def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_model_dir, monkeypatch):
+    """Ctrl-C mid-replay was click's "Aborted!": nothing said that the output topic held a
+    partial backfill."""
+    from stream_app import replay as rp
+    from stream_app.settings import Settings
+
+    cli(env, "topics", "create")
+    send(env, history())
+    real_add, calls = rp.Replayer.add, []
+
+    def add(self, *args):
+        calls.append(1)
+        if len(calls) > 300:
+            raise KeyboardInterrupt
+        real_add(self, *args)
+
+    monkeypatch.setattr(rp.Replayer, "add", add)
+    topic = env["INTEREST_TOPIC_PREFIX"] + "partial"
+    s = Settings.from_env(env)
+    with pytest.raises(rp.ReplayError) as err:
+        rp.run(s, FROM, TO, topic, str(tiny_model_dir), progress=False, echo=lambda line: None)
+    written = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10)
+    assert written
+    planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(s, FROM))
+    assert str(err.value) == (f"interrupted after 300 of {planned} records: {len(written)} vectors were sent to "
+                              f"{topic}, a partial backfill; run the same replay again to complete it")
