@@ -198,7 +198,7 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     """Stream a JSONL event log to the input topics (record timestamp = ts)."""
     from tqdm import tqdm
 
-    from .produce import check_log, check_retention, read_jsonl, send_events
+    from .produce import Interrupted, check_log, check_retention, read_jsonl, send_events
     from .topics import require_topics, retention_ms
 
     if not os.path.isfile(file):  # a pipe would be empty the second time
@@ -212,7 +212,11 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     if not force:
         check_retention(first_ts, retention_ms(s, s.input_topics.values()))  # the topics', not the setting's
     with tqdm(unit="ev", desc="load") as bar:
-        n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
+        try:
+            n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
+        except Interrupted as exc:  # (sent in file order)
+            raise click.ClickException(f"interrupted: {exc.sent} of the {n} events of {file} were sent (its first "
+                                       f"{exc.sent}), the rest were not") from None
     click.echo(f"sent {n} events")
 
 

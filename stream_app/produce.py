@@ -26,6 +26,14 @@ class TooOldError(InterestStreamError):
     """Events older than the input topics' retention would be deleted on arrival."""
 
 
+class Interrupted(InterestStreamError):
+    """Ctrl-C while events were sent: how many went out before it (``sent``)."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(f"interrupted: {sent} events were sent before it")
+        self.sent = sent
+
+
 def producer(settings: Settings, max_in_flight: int = 5):
     from kafka import KafkaProducer
 
@@ -130,6 +138,9 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
             sent += 1
             if progress is not None:
                 progress.update(1)
+    except KeyboardInterrupt:  # click's "Aborted!" said nothing of the events already sent
+        prod.close()  # what was sent goes out
+        raise Interrupted(sent) from None
     except BaseException:
         prod.close()
         raise

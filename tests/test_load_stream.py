@@ -184,3 +184,27 @@ def test_the_age_of_a_log_is_checked_against_the_topics_retention_not_the_settin
     set_retention(env, -1)
     assert "sent 3 events" in cli(dict(env, INTEREST_RETENTION_MS="86400000"), "load", "jsonl", str(log)).stdout
     assert input_records(env) == 3
+
+
+def test_a_load_interrupted_by_ctrl_c_says_how_many_events_were_sent(env, tmp_path, monkeypatch):
+    """Ctrl-C mid-load was click's "Aborted!": nothing said that some events had gone out."""
+    from click.testing import CliRunner
+
+    from stream_app import produce
+    from stream_app.cli import main
+
+    cli(env, "topics", "create")
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(5)))
+    real = produce.read_jsonl
+
+    def interrupted_after_three(path):
+        yield from list(real(path))[:3]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(produce, "read_jsonl", interrupted_after_three)
+    out = CliRunner().invoke(main, ["load", "jsonl", str(log)], env=env)
+    assert out.exit_code == 1
+    assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {log} were sent (its first 3), "
+                                           "the rest were not")
+    assert input_records(env) == 3
