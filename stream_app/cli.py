@@ -326,6 +326,10 @@ def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     from kafka import TopicPartition
 
     parts = consumer.partitions_for_topic(topic)
+    own = {s.output_topic, s.backfill_topic, s.dlq_topic, s.control_topic, *s.input_topics.values()}
+    if not parts and topic not in own:  # which `topics create` never makes: it was the advice
+        raise click.ClickException(f"topic {topic} does not exist (a replay's --output-topic exists once the "
+                                   "replay wrote into it)")
     if not parts:
         raise click.ClickException(f"topic {topic} does not exist; run `interest-stream topics create`")
     tps = [TopicPartition(topic, p) for p in sorted(parts)]

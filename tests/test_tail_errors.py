@@ -34,6 +34,19 @@ def test_tail_of_a_topic_without_interest_vectors_is_a_one_line_error(env):
         assert out.stderr == not_a_vector(env, topic, b"u1")
 
 
+def test_tail_of_a_topic_that_does_not_exist_names_what_would_make_it(env):
+    """`tail --topic <a replay's output not yet written>` said "run `interest-stream topics
+    create`", which never makes that topic."""
+    prefix = env["INTEREST_TOPIC_PREFIX"]
+    out = cli(env, "tail", "--topic", prefix + "my-backfill", "--timeout", "1", check=False)
+    assert out.returncode == 1 and out.stderr == (
+        f"Error: topic {prefix}my-backfill does not exist (a replay's --output-topic exists once the replay wrote "
+        "into it)\n")
+    out = cli(env, "tail", "--topic", prefix + "user-interests.backfill", "--timeout", "1", check=False)
+    assert out.returncode == 1 and out.stderr == (
+        f"Error: topic {prefix}user-interests.backfill does not exist; run `interest-stream topics create`\n")
+
+
 def test_tail_with_a_timeout_too_long_to_count_in_milliseconds_waits_as_without_one(env):
     """1e308 s is finite, but not in milliseconds: it was an OverflowError traceback."""
     cli(env, "topics", "create")
