@@ -120,6 +120,9 @@ bench: install
 	$(PY) bench/backtest.py --dataset movielens --variants default,features,plain,single_target,no_profile \
 		| tee bench-out/backtest-movielens.json
 	$(PY) bench/backtest.py --dataset cj --workdir $(CROSS_DIR)-bt-cj | tee bench-out/backtest-cj.json
+	# the two periods before those four, on which no default was chosen (bench/README.md, "Two test periods no default ...")
+	for d in movielens cj; do $(PY) bench/backtest.py --dataset $$d --folds 6 --skip 4 --workdir $(CROSS_DIR)-bt-heldback-$$d \
+		| tee bench-out/backtest-heldback-$$d.json; done
 	# train's target: chosen from the log, against the old default of the next 6 hours (bench/README.md, "The target train chooses")
 	for d in movielens cj; do $(PY) bench/cross_target.py --dataset $$d | tee bench-out/cross_target-$$d.json; done
 	$(PY) bench/backtest.py --dataset movielens --data-set target=time --data-set val_frac=0.15 | tee bench-out/backtest-movielens-time.json

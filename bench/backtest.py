@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/backtest.py --dataset movielens|cj [--folds 4] [--parallel 2]
         [--variants default,features,...] [--workdir DIR] [--set KEY=VALUE ...] [--data-set KEY=VALUE ...]
+        [--skip N]
 
 One test split of a small log decides little: MovieLens' last 15 % of events hold 86 users, and
 the gain interval of the model against ``mixture`` spans the ratios 0.943 to 0.981. A backtest
 moves the split back in time. Fold 0 is the whole log; fold ``i`` is the log before the event-time
 quantile ``(1 - test_frac)^i``, so its test period is the one just before fold ``i - 1``'s and no
-two test periods overlap. Each fold is trained and scored by ``bench/model_eval.py --end-frac``
-(the project's own ``fit`` and ``report``, the dataset's target unless ``--data-set`` overrides
-it, ``train``'s defaults), with one thread, ``--parallel`` folds at a time.
+two test periods overlap. ``--skip N`` runs the folds from ``N`` on: ``--folds 6 --skip 4`` scores
+the two periods before the four that ``train``'s defaults were chosen on. Each fold is trained and
+scored by ``bench/model_eval.py --end-frac`` (the project's own ``fit`` and ``report``, the
+dataset's target unless ``--data-set`` overrides it, ``train``'s defaults), with one thread,
+``--parallel`` folds at a time.
 
 The pooled figures weigh every test sample of every fold alike: the ratio of the model's mean KL
 to each fold's best baseline's (chosen on that fold's validation split), and the paired bootstrap
@@ -84,10 +87,14 @@ def pool(runs: list[dict], against: str = "best") -> dict:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="train/model config for every fold")
 @click.option("--data-set", "data_sets", multiple=True, metavar="KEY=VALUE",
               help="the dataset's data config overridden for every fold (bench/model_eval.py --data-set)")
-def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
+@click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
+              help="leave out the first N folds (the newest test periods)")
+def main(dataset, folds, parallel, workdir, variants, sets, data_sets, skip):
     from bench.common import commit, machine
     from models.data import DataConfig
 
+    if skip >= folds:
+        raise click.BadParameter(f"{skip} leaves none of the {folds} folds", param_hint="--skip")
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     log = make_log(dataset, wd, 0, 0.0, 0, "on")
@@ -95,7 +102,7 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
     ends = fold_ends(folds, test_frac)
     t0 = time.time()
     procs, outs = {}, {}
-    for i, end in enumerate(ends):
+    for i, end in list(enumerate(ends))[skip:]:
         fd = wd / f"{dataset}-fold{i}"
         fd.mkdir(exist_ok=True)
         if not (fd / log.name).exists():
@@ -110,7 +117,7 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets):
         _wait_one(procs, outs)
     names = [v.strip() for v in variants.split(",") if v.strip()]
     runs, summaries = {n: [] for n in names}, []
-    for i in range(len(ends)):
+    for i in range(skip, len(ends)):
         out, fd = outs[i]
         for name, v in zip(names, out["variants"]):
             ps = np.load(fd / dataset / name / "per_sample.npz")
