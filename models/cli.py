@@ -297,8 +297,8 @@ def evaluate(ckpt_dir, data, out, no_plots):
     _out_dir(out)
     try:
         result = run_evaluation(ckpt_dir, data, out, plots=not no_plots)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (OSError, ValueError) as exc:  # OSError: metrics.json or a plot cannot be written in --out
+        raise _load_error(exc) from None
     m = result["models"]
     best = result["best_baseline"]
     click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "

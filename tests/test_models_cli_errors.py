@@ -596,3 +596,33 @@ def test_load_reads_a_file_whose_lines_end_in_a_lone_cr_as_text_mode_did(tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(e["item_id"], e["category"], e["ts"]) for e in rows] == [("1", "Comedy", 964982703000),
                                                                       ("2", "Drama", 964982704000)]
+
+
+TINY_TRAIN = ["--quiet", "--max-steps", "2", "--max-train-samples", "200", "--set", "n_layer=1", "--set", "n_embd=16",
+              "--set", "n_head=2", "--set", "max_len=48", "--set", "plain_steps=2", "--set", "threads=1",
+              "--set", "refit=0", "--set", "item_lift=0", "--set", "queries=off"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(log, checkpoint) of a tiny `train` run on a small simulated log; tests copy it to change it."""
+    pytest.importorskip("torch")
+    from models.simulate import simulate_to_files
+
+    d = tmp_path_factory.mktemp("trained")
+    log, ck = d / "s.jsonl", d / "ck"
+    simulate_to_files(30, 3, 0, log)
+    res = _run(["train", "--data", log, "--out", ck, *TINY_TRAIN])
+    assert res.exit_code == 0, res.output
+    return log, ck
+
+
+@pytest.mark.slow
+def test_evaluate_an_out_it_cannot_write_into_is_one_line(trained, tmp_path):
+    """An IsADirectoryError traceback, after the whole evaluation (evaluate-rerank said it in a line)."""
+    log, ck = trained
+    out = tmp_path / "ev"
+    (out / "metrics.json").mkdir(parents=True)
+    res = _run(["evaluate", ck, "--data", log, "--out", out, "--no-plots"])
+    assert res.exit_code == 1
+    assert res.output == f"Error: {out / 'metrics.json'}: Is a directory\n"
