@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -820,15 +821,20 @@ def train_model(
         if cfg.ema_decay > 0 else None
     perm, pos = _length_grouped(train_seqs, bs, rng), 0
     if resume and state_path is not None and Path(state_path).exists():
-        st = torch.load(state_path, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        step, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], st["history"]
-        best_state, elapsed0, best_step = st["best_state"], st["elapsed"], st.get("best_step", 0)
-        ema = st.get("ema", ema)
-        rng.bit_generator.state = st["rng"]
-        perm, pos = st["perm"], st["pos"]
-        torch.set_rng_state(st["torch_rng"])
+        try:  # a state cut short (a run killed while saving one before it was saved whole) or not ours
+            st = torch.load(state_path, weights_only=False)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            step, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], st["history"]
+            best_state, elapsed0, best_step = st["best_state"], st["elapsed"], st.get("best_step", 0)
+            ema = st.get("ema", ema)
+            rng.bit_generator.state = st["rng"]
+            perm, pos = st["perm"], st["pos"]
+            torch.set_rng_state(st["torch_rng"])
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:120]
+            raise ValueError(f"{state_path} is not a readable training state ({type(exc).__name__}: {first}): "
+                             "start the run again without --resume") from None
         print(f"resumed at step {step} (best val {best:.5f})")
 
     t0 = time.time() - elapsed0
@@ -876,12 +882,18 @@ def train_model(
             if raw is not None:
                 model.load_state_dict(raw)  # training goes on from the raw weights
             model.train()
-            if state_path is not None:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                            "best": best, "bad_evals": bad_evals, "history": history,
-                            "best_state": best_state, "best_step": best_step, "ema": ema, "elapsed": time.time() - t0,
-                            "rng": rng.bit_generator.state, "perm": perm, "pos": pos, "torch_rng": torch.get_rng_state()},
-                           state_path)
+            if state_path is not None:  # saved beside it, then moved over it: a kill mid-save leaves the last
+                part = Path(f"{state_path}.part")  # one whole (--resume could not read a cut one)
+                try:
+                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                "best": best, "bad_evals": bad_evals, "history": history, "best_state": best_state,
+                                "best_step": best_step, "ema": ema, "elapsed": time.time() - t0,
+                                "rng": rng.bit_generator.state, "perm": perm, "pos": pos,
+                                "torch_rng": torch.get_rng_state()}, part)
+                    os.replace(part, state_path)
+                except BaseException:
+                    part.unlink(missing_ok=True)
+                    raise
             if bad_evals >= cfg.patience:
                 stop_reason = "early stopping"
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -626,3 +627,48 @@ def test_evaluate_an_out_it_cannot_write_into_is_one_line(trained, tmp_path):
     res = _run(["evaluate", ck, "--data", log, "--out", out, "--no-plots"])
     assert res.exit_code == 1
     assert res.output == f"Error: {out / 'metrics.json'}: Is a directory\n"
+
+
+@pytest.mark.slow
+def test_resume_from_a_cut_training_state_is_one_line(trained, tmp_path):
+    """A train_state.pt cut short (a run killed while saving it) was a RuntimeError traceback from
+    torch.load (an UnpicklingError one for a file that is not a state at all)."""
+    import shutil
+
+    log, ck = trained
+    run = tmp_path / "ck"
+    shutil.copytree(ck, run)
+    state = run / "train_state.pt"
+    for data, why in (((ck / "train_state.pt").read_bytes()[:2000],
+                       "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central "
+                       "directory. This is an internal miniz error. If yo"),
+                      (b"hello\n", "UnpicklingError: Memo value not found at index 101")):
+        state.write_bytes(data)
+        res = _run(["train", "--data", log, "--out", run, "--resume", *TINY_TRAIN])
+        assert res.exit_code == 1
+        assert res.output.endswith(f"\nError: {state} is not a readable training state ({why}): start the run "
+                                   "again without --resume\n"), res.output[-300:]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_saving_its_training_state_leaves_the_last_one_whole(trained, tmp_path, monkeypatch):
+    """torch.save wrote over train_state.pt in place: a Ctrl-C in it left a cut file that --resume
+    could not read, where the state saved before it was whole."""
+    import shutil
+
+    import torch
+
+    log, ck = trained
+    run = tmp_path / "ck"
+    shutil.copytree(ck, run)
+    before = (run / "train_state.pt").read_bytes()
+
+    def killed(obj, path, *a, **kw):
+        Path(path).write_bytes(b"cut")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    res = _run(["train", "--data", log, "--out", run, *TINY_TRAIN, "--set", "eval_every=1"])
+    assert res.exit_code == 1 and res.output.endswith("Aborted!\n"), res.output[-300:]
+    assert (run / "train_state.pt").read_bytes() == before
+    assert not (run / "train_state.pt.part").exists()
