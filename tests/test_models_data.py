@@ -410,6 +410,30 @@ def test_completejourney_loader_bad_input(tmp_path):
 # --- the simulator's mechanisms ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cut_at", [100, 500])  # in the log (422 events), in its truth (135 rows)
+def test_a_simulation_stopped_while_writing_leaves_the_earlier_files_whole(tmp_path, monkeypatch, cut_at):
+    """The log and its truth were written in place: a Ctrl-C (or a full disk) while writing left a
+    half log, which training reads as a whole one, in place of the earlier log."""
+    import orjson
+
+    out, truth = tmp_path / "s.jsonl", tmp_path / "s.jsonl.truth.jsonl"
+    simulate_to_files(15, 2, 7, out)
+    before = out.read_bytes(), truth.read_bytes()
+    calls, dumps = [0], orjson.dumps
+
+    def stopped(obj):
+        calls[0] += 1
+        if calls[0] == cut_at:
+            raise KeyboardInterrupt
+        return dumps(obj)
+
+    monkeypatch.setattr(orjson, "dumps", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        simulate_to_files(15, 2, 8, out)
+    assert (out.read_bytes(), truth.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.jsonl.truth.jsonl"]
+
+
 def test_simulator_without_mechanisms_is_the_simulator_before_them(tmp_path):
     """Both mechanisms off: the same bytes as the simulator before they existed (sha256 of its
     output for this population, recorded from that code)."""
