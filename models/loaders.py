@@ -303,14 +303,24 @@ def rees46_events(path) -> tuple[list[dict], dict]:
     return events, stats
 
 
+def _no_events(source, events: list, stats: dict) -> None:
+    """A dataset that makes no event (a file of its header only, every row skipped) is an error
+    before ``out`` is touched: an empty log was written, which every later command refused."""
+    if not events:
+        counts = ", ".join(f"{k} {v}" for k, v in stats.items())
+        raise ValueError(f"{source}: no events to write ({counts}); nothing was written")
+
+
 def load_movielens(data_dir, out) -> dict:
     events, stats = movielens_events(data_dir)
+    _no_events(data_dir, events, stats)
     _write(events, out)
     return {"events": len(events), **stats}
 
 
 def load_rees46(path, out) -> dict:
     events, stats = rees46_events(path)
+    _no_events(path, events, stats)
     _write(events, out)
     return {"events": len(events), **stats}
 
@@ -414,5 +424,6 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
 
 def load_completejourney(data_dir, out, top: int | None = None) -> dict:
     events, stats = completejourney_events(data_dir, top)
+    _no_events(data_dir, events, stats)
     _write(events, out)
     return {"events": len(events), **stats}

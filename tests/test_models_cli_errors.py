@@ -672,3 +672,31 @@ def test_a_run_killed_while_saving_its_training_state_leaves_the_last_one_whole(
     assert res.exit_code == 1 and res.output.endswith("Aborted!\n"), res.output[-300:]
     assert (run / "train_state.pt").read_bytes() == before
     assert not (run / "train_state.pt.part").exists()
+
+
+def test_load_of_a_dataset_that_makes_no_events_is_one_line_and_leaves_out_alone(tmp_path):
+    """A ratings.csv, a REES46 file or a transactions.csv of its header only wrote an empty log and
+    said 'wrote 0 events' (exit 0); every later command refused the log."""
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    (ml / "movies.csv").write_text("movieId,title,genres\n1,A,Comedy\n")
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    rees = tmp_path / "rees.csv"
+    rees.write_text("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n")
+    cj = tmp_path / "cj"
+    cj.mkdir()
+    (cj / "products.csv").write_text("product_id,department,product_category,product_type\n1,GROCERY,ICE,ICE\n")
+    (cj / "transactions.csv").write_text("household_id,basket_id,product_id,quantity,sales_value,"
+                                         "transaction_timestamp\n")
+    out = tmp_path / "log.jsonl"
+    out.write_text("earlier\n")
+    for verb, src, counts in [
+        ("movielens", ml, "ratings 0, tags 0, tags_skipped_empty 0, movies_without_genre_row 0"),
+        ("rees46", rees, "rows 0, skipped_type 0, no_category_code 0"),
+        ("completejourney", cj, "lines 0, households 0, baskets 0, categories_kept 30, category_list fixed, "
+                                "lines_in_kept_categories 0, products_missing 0, repeated_lines 0"),
+    ]:
+        res = _run(["load", verb, src, "--out", out])
+        assert res.exit_code == 1
+        assert res.output == f"Error: {src}: no events to write ({counts}); nothing was written\n"
+        assert out.read_text() == "earlier\n"
