@@ -136,9 +136,11 @@ def _write(events: list[dict], out) -> None:
                 f.write(orjson.dumps(e) + b"\n")
         if not direct:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if not direct:
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):  # a write's (a full disk) names no file
+            exc.filename = str(out)
         raise
 
 

@@ -1,9 +1,11 @@
 """The training-side verbs' mistakes are the user's to fix: one line and an exit code, never a
-traceback, and never a file of the user's replaced without a word. Nothing here trains."""
+traceback, and never a file of the user's replaced without a word. Nothing here trains but the
+`trained` fixture's tiny run (seconds), which the slow tests share."""
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -700,3 +702,14 @@ def test_load_of_a_dataset_that_makes_no_events_is_one_line_and_leaves_out_alone
         assert res.exit_code == 1
         assert res.output == f"Error: {src}: no events to write ({counts}); nothing was written\n"
         assert out.read_text() == "earlier\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_load_onto_a_full_device_names_it(tmp_path):
+    """A write that fails names no file: 'Error: [Errno 28] No space left on device'."""
+    rees = tmp_path / "rees.csv"
+    rees.write_text("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                    "2019-10-01 00:00:00 UTC,view,1,2,a.b,x,1.0,7,s\n")
+    res = _run(["load", "rees46", rees, "--out", "/dev/full"])
+    assert res.exit_code == 1
+    assert res.output == "Error: /dev/full: No space left on device\n"
