@@ -516,6 +516,10 @@ def save_checkpoint(model: InterestModel, encoder: Encoder, card: dict, out_dir)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the card goes first and comes back last: a run stopped in between (a Ctrl-C) over an
+    # earlier checkpoint left that one's card beside the new weights, a mix that evaluate and
+    # export took as whole; without a card the directory is no checkpoint (load_checkpoint)
+    (out / CHECKPOINT_CARD_FILE).unlink(missing_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.config)}, indent=1))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE))

@@ -713,3 +713,30 @@ def test_load_onto_a_full_device_names_it(tmp_path):
     res = _run(["load", "rees46", rees, "--out", "/dev/full"])
     assert res.exit_code == 1
     assert res.output == "Error: /dev/full: No space left on device\n"
+
+
+@pytest.mark.slow
+def test_a_train_stopped_while_saving_over_a_checkpoint_leaves_none_export_takes(trained, tmp_path, monkeypatch):
+    """A run stopped between the checkpoint's files, over an earlier checkpoint, left the earlier
+    card (its split, window and prior) beside the new weights and encoding; export took the mix
+    as whole and wrote the earlier window into model.json."""
+    import shutil
+
+    import models.model
+
+    log, ck = trained
+    run = tmp_path / "ck"
+    shutil.copytree(ck, run)
+    json_text = models.model.json_text
+
+    def stopped(obj, name, **kw):
+        if name == "model_card.json":
+            raise KeyboardInterrupt
+        return json_text(obj, name, **kw)
+
+    monkeypatch.setattr(models.model, "json_text", stopped)
+    res = _run(["train", "--data", log, "--out", run, "--horizon-s", "3600", *TINY_TRAIN])
+    assert res.exit_code == 1 and res.output.endswith("Aborted!\n"), res.output[-300:]
+    res = _run(["export", run, "--out", tmp_path / "x"])
+    assert res.exit_code == 1
+    assert res.output == f"Error: {run}: not a checkpoint directory (missing model_card.json)\n"
