@@ -231,6 +231,10 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
     bar.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the record goes first and comes back last: a run stopped while saving over an earlier one
+    # left that one's encoding beside the new backbone, which --init-from took as a pretrain
+    # directory
+    (out / PRETRAIN_FILE).unlink(missing_ok=True)
     m.backbone.save_pretrained(out / BACKBONE_DIR)
     encoder.save(out / "encoding.json")
     record = {"config": asdict(cfg), "logs": stats, "users": len(users), "windows": len(windows),

@@ -120,3 +120,22 @@ def test_a_log_of_one_user_says_two_are_needed(tmp_path):
         run_pretraining([log], tmp_path / "pre", TINY, progress=False, log=lambda m: None)
     assert str(exc.value) == ("pretraining needs events of at least two users (one is held out for the validation "
                               "loss); the logs hold one user's")
+
+
+def test_a_pretrain_stopped_while_saving_over_an_earlier_one_is_no_pretrain_directory(tmp_path, monkeypatch):
+    """Stopped between the backbone and encoding.json (a Ctrl-C), a run over an earlier directory
+    left that one's pretrain.json and encoding beside the new backbone: `train --init-from` took
+    the mix as a pretrain directory and carried embeddings over by the earlier encoding's names."""
+    from models.pretrain import is_pretrain_dir
+
+    log, pre = tmp_path / "s.jsonl", tmp_path / "pre"
+    simulate_to_files(20, 2, 4, log)
+    run_pretraining([log], pre, TINY, progress=False, log=lambda m: None)
+
+    def stopped(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Encoder, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining([log], pre, TINY, progress=False, log=lambda m: None)
+    assert not is_pretrain_dir(pre)
