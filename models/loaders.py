@@ -122,25 +122,40 @@ def _whole(reader: csv.DictReader, row: dict, path) -> None:
 
 
 def _write(events: list[dict], out) -> None:
-    """The log, written beside ``out`` (the file a link names) and moved over it once whole: a
-    failure leaves ``out`` as it was. A device or a pipe (``/dev/stdout``) is written in place."""
+    """The log, sorted by (ts, event_id), written whole to ``out`` (:func:`write_whole`)."""
+    events.sort(key=lambda e: (e["ts"], e["event_id"]))
+    write_whole([(out, events)])
+
+
+def write_whole(files: list[tuple]) -> None:
+    """Each ``(path, rows)`` as JSON lines, written beside the path (the file a link names) and
+    moved over it once every file is whole: a failure or a Ctrl-C leaves the earlier files as they
+    were, and no half log that training would take as whole. A device or a pipe (``/dev/stdout``)
+    is written in place. The first file is moved last: a log is never newer than its truth. An
+    OSError names the path the user gave (a full disk's write names no file)."""
     import orjson
 
-    events.sort(key=lambda e: (e["ts"], e["event_id"]))
-    direct = os.path.exists(out) and not os.path.isfile(out)  # (both follow links: /dev/stdout is one)
-    target = str(out) if direct else os.path.realpath(out)
-    tmp = target if direct else f"{target}.part"
+    done, given = [], {}  # (part, target) of each file opened; part -> the path the user gave
+    path = None
     try:
-        with open(tmp, "wb") as f:
-            for e in events:
-                f.write(orjson.dumps(e) + b"\n")
-        if not direct:
-            os.replace(tmp, target)
+        for path, rows in files:
+            direct = os.path.exists(path) and not os.path.isfile(path)  # (both follow links: /dev/stdout is one)
+            target = str(path) if direct else os.path.realpath(path)
+            part = target if direct else f"{target}.part"
+            given[part] = str(path)
+            with open(part, "wb") as f:
+                done.append((part, target))
+                for r in rows:
+                    f.write(orjson.dumps(r) + b"\n")
+        for part, target in reversed(done):
+            if part != target:
+                os.replace(part, target)
     except BaseException as exc:
-        if not direct:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename in (None, tmp):  # a write's (a full disk) names no file
-            exc.filename = str(out)
+        for part, target in done:
+            if part != target:
+                Path(part).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.filename is None or exc.filename in given):
+            exc.filename = given.get(exc.filename, str(path))
         raise
 
 

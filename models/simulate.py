@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -320,9 +318,11 @@ def expected_target(user: SimUser, window_ms: int, weights: dict, runs: int, see
 
 def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = DEFAULT_START_MS,
                       progress: bool = False, intent: bool = True, transitions: bool = True) -> dict:
-    """Write the event log ``out`` (sorted by ts) and ``out.truth.jsonl``; returns counts."""
-    import orjson
+    """Write the event log ``out`` (sorted by ts) and ``out.truth.jsonl``, each whole or not at all
+    (:func:`models.loaders.write_whole`); returns counts."""
     from tqdm import tqdm
+
+    from .loaders import write_whole
 
     all_events, all_truth = [], []
     for i in tqdm(range(users), disable=not progress, desc="simulate", unit="user"):
@@ -330,35 +330,9 @@ def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = D
         all_events.extend(ev)
         all_truth.extend(tr)
     all_events.sort(key=lambda e: (e["ts"], e["event_id"]))
-    _write_whole([(out, all_events), (f"{out}.truth.jsonl", all_truth)], orjson.dumps)
+    write_whole([(out, all_events), (f"{out}.truth.jsonl", all_truth)])
     return {"events": len(all_events), "users": users, "truth_rows": len(all_truth),
             "mechanisms": {"intent": intent, "transitions": transitions}}
-
-
-def _write_whole(files: list, dumps) -> None:
-    """Each (path, rows) as JSON lines, written beside the path (the file a link names) and moved
-    over it once every file is whole: a failure or a Ctrl-C leaves earlier files as they were and
-    no half log that training would take as whole. A device or a pipe is written in place."""
-    done = []  # (part, target)
-    try:
-        for path, rows in files:
-            direct = os.path.exists(path) and not os.path.isfile(path)  # (both follow links)
-            target = str(path) if direct else os.path.realpath(path)
-            part = target if direct else f"{target}.part"
-            with open(part, "wb") as f:
-                done.append((part, target))
-                for r in rows:
-                    f.write(dumps(r) + b"\n")
-        for part, target in reversed(done):  # the log last: a log is never newer than its truth
-            if part != target:
-                os.replace(part, target)
-    except BaseException as exc:
-        for part, target in done:
-            if part != target:
-                Path(part).unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.filename == part:  # the file the user named
-                exc.filename = target
-        raise
 
 
 def iter_live_events(users: int, seed: int, speedup: float, start_ms: int, intent: bool = True,
