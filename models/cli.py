@@ -221,6 +221,12 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     if init_from is not None:
         _out_apart_from_init(out, init_from)
         _sizes_of_init(init_from, chosen["model"])
+        from models.model import load_init
+
+        try:  # before the log is read: a mistake here was found only minutes later
+            load_init(init_from)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     _out_dir(out)
     from models.train import ResumeMismatch, run_training
 

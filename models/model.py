@@ -449,6 +449,36 @@ def set_dropout(backbone: GPT2Model, p: float) -> None:
         block.mlp.dropout.p = p
 
 
+def load_init(init_from, encoder: Encoder | None = None):
+    """The GPT-2 backbone of ``init_from``: a directory of ``interest-stream pretrain`` (with each
+    token's embedding carried over to ``encoder``'s, :func:`models.pretrain.transfer_backbone`) or a
+    local GPT-2 directory; a ValueError naming what is wrong with the directory otherwise. Without
+    ``encoder`` it only reads it: ``train`` checks ``--init-from`` so before it reads the log (a
+    mistake was found minutes later, once the log was read)."""
+    from safetensors import SafetensorError
+
+    from models.pretrain import BACKBONE_DIR, is_pretrain_dir, load_gpt2, read_encoding, transfer_backbone
+
+    if not is_pretrain_dir(init_from) and (Path(init_from) / CHECKPOINT_CARD_FILE).exists():
+        # its config.json is not a GPT-2 config: transformers would build a default GPT-2 (124M) from it
+        raise ValueError(f"{init_from}: a checkpoint of `interest-stream train`, not an `interest-stream pretrain` "
+                         "directory or a GPT-2 directory")
+    try:
+        if not is_pretrain_dir(init_from):
+            return load_gpt2(init_from)
+        if encoder is not None:
+            return transfer_backbone(init_from, encoder)
+        backbone = load_gpt2(Path(init_from) / BACKBONE_DIR)  # in transfer_backbone's order
+        read_encoding(init_from)
+        return backbone
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_pretrain_dir(init_from):
+            raise ValueError(f"{init_from}: cannot read this `interest-stream pretrain` directory ({first})") from None
+        raise ValueError(f"{init_from}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
+                         f"({first})") from None
+
+
 def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> InterestModel:
     """A fresh model for ``encoder``. ``init_from``: a directory of ``interest-stream pretrain``
     (its backbone, with each token's embedding carried over by meaning, :mod:`models.pretrain`) or a
@@ -470,25 +500,9 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         raise ValueError("readout='event' needs an encoding with the hour token (spec version >= 2)")
     if init_from is None:
         return InterestModel(cfg)
-    from safetensors import SafetensorError
+    from models.pretrain import is_pretrain_dir
 
-    from models.pretrain import is_pretrain_dir, load_gpt2, transfer_backbone
-
-    if not is_pretrain_dir(init_from) and (Path(init_from) / CHECKPOINT_CARD_FILE).exists():
-        # its config.json is not a GPT-2 config: transformers would build a default GPT-2 (124M) from it
-        raise ValueError(f"{init_from}: a checkpoint of `interest-stream train`, not an `interest-stream pretrain` "
-                         "directory or a GPT-2 directory")
-    try:
-        if is_pretrain_dir(init_from):
-            backbone = transfer_backbone(init_from, encoder)
-        else:
-            backbone = load_gpt2(init_from)
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if is_pretrain_dir(init_from):
-            raise ValueError(f"{init_from}: cannot read this `interest-stream pretrain` directory ({first})") from None
-        raise ValueError(f"{init_from}: neither an `interest-stream pretrain` directory nor a GPT-2 directory "
-                         f"({first})") from None
+    backbone = load_init(init_from, encoder)
     if not is_pretrain_dir(init_from):
         old = backbone.config.vocab_size
         backbone.resize_token_embeddings(old + encoder.vocab_size)

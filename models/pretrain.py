@@ -278,16 +278,20 @@ def load_gpt2(directory):
     return backbone
 
 
+def read_encoding(path):
+    """The encoding the pretrain directory ``path`` was trained with."""
+    from interest_core.encoding import Encoder
+    from models.model import _json_object
+
+    return Encoder.from_spec(_json_object(Path(path) / "encoding.json"))
+
+
 def transfer_backbone(path, encoder):
     """The pretrained backbone of ``path`` with an embedding table for ``encoder`` (module doc)."""
     import torch
 
-    from interest_core.encoding import Encoder
-    from models.model import _json_object
-
-    d = Path(path)
-    backbone = load_gpt2(d / BACKBONE_DIR)
-    src = Encoder.from_spec(_json_object(d / "encoding.json"))
+    backbone = load_gpt2(Path(path) / BACKBONE_DIR)
+    src = read_encoding(path)
     old = backbone.wte.weight.detach()
     new = torch.empty(encoder.vocab_size, old.shape[1])
 

@@ -369,7 +369,8 @@ def test_resume_refuses_another_log_or_other_settings(tmp_path):
 @pytest.mark.slow
 def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
     """A train checkpoint was read as a GPT-2 directory: a default 124M GPT-2 trained for minutes.
-    A pretrain directory with corrupt weights was a SafetensorError traceback."""
+    A pretrain directory with corrupt weights was a SafetensorError traceback. Both are found
+    before the log is read."""
     pytest.importorskip("torch")
     from transformers import GPT2Config
 
@@ -377,6 +378,8 @@ def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
 
     log = tmp_path / "s.jsonl"
     simulate_to_files(20, 2, 0, log, 1_767_225_600_000)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
     ck = _fake_checkpoint(tmp_path / "ck")
     pt = tmp_path / "pt"
     (pt / "backbone").mkdir(parents=True)
@@ -391,6 +394,9 @@ def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
                     "--init-from", d])
         assert res.exit_code == 1, res.output
         assert res.output.endswith(f"Error: {message}\n")
+        # found before the log is read (it was after: minutes on a large log); this one has no event
+        res = _run(["train", "--data", empty, "--out", tmp_path / "out", "--quiet", "--init-from", d])
+        assert (res.exit_code, res.output) == (1, f"Error: {message}\n")
 
 
 ML_RATINGS = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n"
