@@ -135,6 +135,15 @@ def activity_buckets(ds, samples) -> tuple[np.ndarray, dict]:
 BUCKETS = ("light", "medium", "heavy")
 
 
+def check_test_users(users: np.ndarray, data_path) -> None:
+    """``evaluate`` and ``evaluate-rerank`` need two test users at least: their intervals resample
+    users, and one user's "interval" was a point (``gain CI95 [0.1416, 0.1416]``), printed as one."""
+    n = len(np.unique(users))
+    if n < 2:
+        raise ValueError(f"{data_path}: the test split holds {n} user(s) under the checkpoint's split; the "
+                         "intervals resample users, so an evaluation needs two at least")
+
+
 def paired_bootstrap(diff: np.ndarray, users: np.ndarray, reps: int = BOOTSTRAP, seed: int = 0):
     """95% interval of the mean of ``diff`` when users (with all their samples) are resampled."""
     uniq, inv = np.unique(users, return_inverse=True)
@@ -272,6 +281,7 @@ def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: b
     """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
     ds, dcfg, info, base, pred, model, encoder, card = held_out_predictions(ckpt_dir, data_path)
     test = ds.splits["test"]
+    check_test_users(test.user, data_path)
     result = report(ds, base, pred, info, {"correction": model.config.correction, "readout": model.config.readout,
                                            "selection": card.get("metrics", {}).get("selection")})
     truth_path = Path(f"{data_path}.truth.jsonl")

@@ -219,7 +219,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
 
     from models.data import encode_windows, prepare, sample_profiles, sample_windows
     from models.item_lift import served
-    from models.evaluate import baseline_predictions, refit_samples, time_split
+    from models.evaluate import baseline_predictions, check_test_users, refit_samples, time_split
     from models.model import load_checkpoint, predict
 
     t0 = time.time()
@@ -235,6 +235,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     val, test = ds.splits["val"], ds.splits["test"]
     if len(test) == 0 or len(val) == 0:
         raise ValueError(f"{data_path}: no validation/test samples under the checkpoint's split")
+    check_test_users(test.user, data_path)
     cats = list(encoder.categories)
 
     # as evaluate does: a refit model's baselines are refit on what it saw

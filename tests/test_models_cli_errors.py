@@ -637,6 +637,29 @@ def test_evaluate_an_out_it_cannot_write_into_is_one_line(trained, tmp_path):
     assert res.output == f"Error: {out / 'metrics.json'}: Is a directory\n"
 
 
+def test_an_evaluation_of_one_test_user_is_refused(trained, tmp_path):
+    """With one test user, evaluate and evaluate-rerank printed zero-width intervals (gain CI95
+    [0.1416, 0.1416]): they resample users, and one user is resampled into itself."""
+    from collections import Counter
+
+    import orjson
+
+    log, ck = trained
+    events = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    test_start = json.loads((ck / "model_card.json").read_text())["split"]["t2"]
+    # the test period's only user (its busiest one there); everyone's history before it
+    kept = Counter(e["user_id"] for e in events if e["ts"] >= test_start).most_common(1)[0][0]
+    one = tmp_path / "one.jsonl"
+    one.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events if e["ts"] < test_start or e["user_id"] == kept))
+    for verb in ("evaluate", "evaluate-rerank"):
+        res = _run([verb, ck, "--data", one, "--out", tmp_path / verb])
+        assert (res.exit_code, res.output) == (1, f"Error: {one}: the test split holds 1 user(s) under the "
+                                                  "checkpoint's split; the intervals resample users, so an "
+                                                  "evaluation needs two at least\n"), verb
+    res = _run(["evaluate", ck, "--data", log, "--out", tmp_path / "all", "--no-plots"])  # 30 users: evaluated
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.slow
 def test_resume_from_a_cut_training_state_is_one_line(trained, tmp_path):
     """A train_state.pt cut short (a run killed while saving it) was a RuntimeError traceback from
