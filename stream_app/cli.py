@@ -230,7 +230,7 @@ def worker(bootstrap_servers, loglevel, faust_args):
     from .model_runtime import LoadedModel, ModelError
     from .topics import check_input_topics, create_topics
 
-    _check_faust_args(faust_args)
+    _check_faust_args(faust_args, loglevel)
     s = _settings(bootstrap_servers)
     create_topics(s)  # refuses more replicas than brokers, and other partition counts, before creating
     n = check_input_topics(s)
@@ -273,12 +273,21 @@ SETTINGS_OWN = {"--web-port": "INTEREST_WEB_PORT", "-p": "INTEREST_WEB_PORT",
                 "--workdir": "INTEREST_DATA_DIR", "-W": "INTEREST_DATA_DIR"}
 
 
-def _check_faust_args(faust_args) -> None:
+def _check_faust_args(faust_args, loglevel: str) -> None:
     for arg in faust_args:
         name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]  # (-p6067 is -p 6067)
         if name in SETTINGS_OWN:
             raise click.UsageError(f"worker {name}: set {SETTINGS_OWN[name]} instead (the worker's checks and "
                                    "the URL other workers are given follow the settings)")
+    # the rest as Faust's own worker command parses them: an option it does not know, or a log level
+    # it does not take, was its error only after the topics were created and the model loaded
+    import faust.cli.worker  # noqa: F401 (registers the command)
+    from faust.cli.base import cli as faust_cli
+
+    try:
+        faust_cli.commands["worker"].make_context("worker", ["--loglevel", loglevel, *faust_args])
+    except click.ClickException as exc:
+        raise click.UsageError(f"worker: {exc.format_message()}") from None
 
 
 def _check_listen(s: Settings) -> None:

@@ -658,6 +658,24 @@ def test_worker_options_the_settings_own_are_refused(args, option, setting):
                                            "the URL other workers are given follow the settings)")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "No such option: --bogus"),
+    (["--loglevel", "loud"],
+     "Invalid value for '--loglevel' / '-l': 'loud' is not one of 'crit', 'error', 'warn', 'info', 'debug'."),
+    (["--", "extra"], "Got unexpected extra argument (extra)"),
+])
+def test_worker_options_faust_refuses_are_refused_before_kafka_is_asked(args, message):
+    """Faust refused them only once the topics were created and the model loaded (and here, with
+    no broker at the address, the error was about the broker)."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    res = CliRunner().invoke(main, ["worker", *args], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == f"Error: worker: {message}"
+
+
 @pytest.mark.parametrize("topic", ["", "bad name!", "a" * 250, ".."])
 def test_tail_of_a_topic_name_kafka_refuses_is_a_usage_error(topic):
     """`--topic ""` read the default topic; a name Kafka refuses "does not exist; run `interest-stream
