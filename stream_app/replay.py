@@ -347,11 +347,10 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
         r = Replayer(s, model, from_ms, to_ms, emit, s.score_batch)
         from tqdm import tqdm
 
-        bar = tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
-                   desc="replay", mininterval=1.0)
         n = 0
         try:
-            try:
+            with tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
+                      desc="replay", mininterval=1.0) as bar:
                 for ts, rec in merged_records(consumer, p.ranges):
                     r.add(rec.topic, rec.key, rec.value, ts)
                     n += 1
@@ -359,15 +358,14 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
                         bar.update(1000)
                 r.finish()
                 bar.update(n % 1000)
-            except BaseException:
-                prod.close()  # what was sent before goes out
-                raise
-            finally:
-                bar.close()
             deliveries.finish(prod, published, "vectors", output_topic)
-        except KeyboardInterrupt:  # click's "Aborted!" left a partial backfill unsaid
-            raise ReplayError(f"interrupted after {n} of {p.events} records: {published} vectors were sent to "
-                              f"{output_topic}, a partial backfill; run the same replay again to complete it") from None
+        except BaseException as exc:
+            prod.close()  # what was sent before goes out (a producer closed already: nothing)
+            if isinstance(exc, KeyboardInterrupt):  # click's "Aborted!" left a partial backfill unsaid
+                raise ReplayError(f"interrupted after {n} of {p.events} records: {published} vectors were sent "
+                                  f"to {output_topic}, a partial backfill; run the same replay again to complete "
+                                  "it") from None
+            raise
         return {"read": n, **r.counts, "model_version": model.version, "output_topic": output_topic}
     finally:
         consumer.close()

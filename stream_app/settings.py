@@ -182,6 +182,13 @@ def _canonical_url(env: Mapping[str, str]) -> str:
     return value
 
 
+def _room(part: str, topics: list[str]) -> tuple[int, str]:
+    """The most characters ``part``, which starts each of ``topics``, may have for the longest of
+    them to fit Kafka's limit, and what follows it in that topic."""
+    longest = max(topics, key=len)
+    return MAX_TOPIC_NAME - (len(longest) - len(part)), longest[len(part):]
+
+
 def _data_dir(env: Mapping[str, str]) -> str:
     """INTEREST_DATA_DIR; empty is unset. Only spaces made the state directory ' ' in the
     working directory, created without a word."""
@@ -409,20 +416,18 @@ class Settings:
             names = "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together" if prefix else "INTEREST_APP_ID"
             raise ConfigError(f"{names} may not make the app id '.' or '..' (not a Kafka topic name, nor a "
                               f"directory of its own in INTEREST_DATA_DIR), got {app_id!r}")
-        longest = max(self.prefixed_topics(), key=len)
-        room = MAX_TOPIC_NAME - (len(longest) - len(prefix))
+        room, rest = _room(prefix, self.prefixed_topics())
         if len(prefix) > room:
             raise ConfigError(f"INTEREST_TOPIC_PREFIX may be at most {room} characters (the topic "
-                              f"<prefix>{longest[len(prefix):]} must fit Kafka's {MAX_TOPIC_NAME}), got {len(prefix)}")
-        longest = max(self.app_id_topics(), key=len)
-        room = MAX_TOPIC_NAME - (len(longest) - len(app_id))
+                              f"<prefix>{rest} must fit Kafka's {MAX_TOPIC_NAME}), got {len(prefix)}")
+        room, rest = _room(app_id, self.app_id_topics())
         if len(app_id) > room:
             names, got = "INTEREST_APP_ID", f"{len(app_id)}"
             if prefix:
                 names = "INTEREST_TOPIC_PREFIX and INTEREST_APP_ID together"
                 got = f"{len(prefix)} + {len(self.app_id_base)}"
             raise ConfigError(f"{names} may be at most {room} characters (Faust's topic <app id>"
-                              f"{longest[len(app_id):]} must fit Kafka's {MAX_TOPIC_NAME}), got {got}")
+                              f"{rest} must fit Kafka's {MAX_TOPIC_NAME}), got {got}")
 
     def prefixed_topics(self) -> list[str]:
         """The deployment's topics named by the prefix alone."""

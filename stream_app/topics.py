@@ -150,7 +150,8 @@ def topic_configs(client, names, keys) -> dict[str, dict[str, str]]:
     leaves its config empty without a word."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    keys, out, missing = list(keys), {}, list(names)
+    keys = list(keys)
+    out, missing = {}, {name: keys[0] for name in names}  # name -> a key the broker did not give yet
     for attempt in range(DESCRIBE_TRIES):
         if not missing:
             break
@@ -159,13 +160,15 @@ def topic_configs(client, names, keys) -> dict[str, dict[str, str]]:
         described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name,
                                                             configs=dict.fromkeys(keys))
                                              for name in missing], config_filter="all").get("topic", {})
-        for name in missing:
-            entries = [described.get(name, {}).get(key) for key in keys]
-            if all(entry is not None and entry.get("value") is not None for entry in entries):
-                out[name] = {key: entry["value"] for key, entry in zip(keys, entries)}
-        missing = [name for name in missing if name not in out]
-    for name in missing:
-        key = next(key for key in keys if (described.get(name, {}).get(key) or {}).get("value") is None)
+        for name in list(missing):
+            values = {key: (described.get(name, {}).get(key) or {}).get("value") for key in keys}
+            unread = [key for key, value in values.items() if value is None]
+            if unread:
+                missing[name] = unread[0]
+            else:
+                out[name] = values
+                del missing[name]
+    for name, key in missing.items():
         raise TopicError(f"cannot read {key} of topic {name}: the broker did not describe it (does "
                          "this client have DescribeConfigs on it?)")
     return out
