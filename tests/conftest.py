@@ -4,7 +4,7 @@ subprocesses, and a tiny exported model.
 The session starts its own broker on free ports with a fresh data directory (never one it merely
 found running) and always stops it, also when a test fails or pytest is interrupted. A broker
 left behind by a killed test session is stopped at the next session's start. With pytest-xdist
-(`make test` runs two processes) each process is a session of its own: its own broker, directory
+(`make test` runs three processes) each process is a session of its own: its own broker, directory
 (named by its pid) and tiny model.
 """
 from __future__ import annotations
@@ -92,6 +92,26 @@ def kafka(session_dir):
 
 
 _SESSION_BROKER: list[LocalKafka] = []
+
+# The test files that spend longest waiting for workers and the broker, longest first (each file's
+# summed durations in `pytest --durations=0`, session 57). `make test` hands the files out in this
+# order (`--no-loadscope-reorder`), longest first, so its two pytest processes finish close
+# together; pytest-xdist's own order (the most tests first) left the long broker files to the end,
+# where one process ran them while the other had nothing left. Files not named here follow in
+# pytest's order.
+LONGEST_FILES = (
+    "test_write_behind.py", "test_replay.py", "test_worker_scoring.py", "test_export.py",
+    "test_web.py", "test_faults.py", "test_state_dir.py", "test_worker_ops.py",
+    "test_worker_ingest.py", "test_kafka_local.py", "test_worker_cluster.py", "test_demo.py",
+    "test_load_stream.py", "test_worker_alignment.py", "test_models_cli.py",
+    "test_models_cli_errors.py", "test_model_card_window.py", "test_rerank_eval.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order
+
 
 
 @pytest.fixture

@@ -246,17 +246,24 @@ def test_user_ids_that_are_utf8_are_not_errors(raw_path):
     assert path_user_error(raw_path) is None
 
 
-
 BODY = b'{"items": [{"item_id": "a", "category": "tech", "score": 1}]}'
-GZ = gzip.compress(BODY)
+
+
+def gz(data: bytes) -> bytes:
+    """gzip with a fixed time in its header: the bytes name these tests, and pytest-xdist stops when
+    its processes collect different names (a second apart, gzip's own header time differs)."""
+    return gzip.compress(data, mtime=0)
+
+
+GZ = gz(BODY)
 ZL = zlib.compress(BODY)  # zlib framing (RFC 1950): 2 header bytes, 4 of checksum
 
 
 @pytest.mark.parametrize("coding, data", [
     ("", BODY), ("identity", BODY), ("gzip", GZ), ("x-gzip", GZ), (" GZIP ", GZ), ("deflate", ZL),
     ("deflate", ZL[2:-4]),  # raw deflate, as some clients send it
-    ("gzip", gzip.compress(BODY[:30]) + gzip.compress(BODY[30:])),  # two members (RFC 1952)
-    ("gzip, identity", GZ), ("deflate, gzip", gzip.compress(ZL)),  # applied in the order listed
+    ("gzip", gz(BODY[:30]) + gz(BODY[30:])),  # two members (RFC 1952)
+    ("gzip, identity", GZ), ("deflate, gzip", gz(ZL)),  # applied in the order listed
     ("gzip", b""),  # an empty body is empty, whatever its coding (parse_request names it)
 ])
 def test_decode_body_undoes_each_coding(coding, data):
@@ -271,9 +278,9 @@ def test_decode_body_undoes_each_coding(coding, data):
     ("gzip", GZ + b"junk", "body", "body is not valid gzip (its Content-Encoding): 4 bytes follow its end"),
     ("deflate", ZL[:len(ZL) // 2], "body", "body is not valid deflate (its Content-Encoding): truncated"),
     ("deflate", ZL[2:len(ZL) // 2], "body", "body is not valid deflate (its Content-Encoding): truncated"),
-    ("gzip", gzip.compress(b" " * (MAX_BODY_BYTES + 1)), "body",
+    ("gzip", gz(b" " * (MAX_BODY_BYTES + 1)), "body",
      f"body is over {MAX_BODY_BYTES} bytes once decoded (gzip), limit {MAX_BODY_BYTES}"),
-    ("gzip", gzip.compress(b" " * (64 * MAX_BODY_BYTES)), "body",  # 256 MiB: decoded only up to the limit
+    ("gzip", gz(b" " * (64 * MAX_BODY_BYTES)), "body",  # 256 MiB: decoded only up to the limit
      f"body is over {MAX_BODY_BYTES} bytes once decoded (gzip), limit {MAX_BODY_BYTES}"),
     ("br", BODY, "Content-Encoding", "Content-Encoding 'br' is not supported: gzip, deflate, identity"),
     ("zstd", BODY, "Content-Encoding", "Content-Encoding 'zstd' is not supported: gzip, deflate, identity"),
@@ -288,4 +295,4 @@ def test_decode_body_names_what_it_cannot_decode(coding, data, field, error):
 
 
 def test_decode_body_takes_a_body_of_the_limit():
-    assert decode_body(gzip.compress(b" " * MAX_BODY_BYTES), "gzip") == b" " * MAX_BODY_BYTES
+    assert decode_body(gz(b" " * MAX_BODY_BYTES), "gzip") == b" " * MAX_BODY_BYTES
