@@ -28,6 +28,7 @@ from .alignment import RELEASE_EVERY, Aligner
 from .consumer import Consumer
 from .events import MAX_DEAD_LETTER_BYTES
 from .flush import LETTER_WAIT_S, Flusher
+from .http_errors import json_errors
 from .input_ends import END_REFRESH_S, InputEnds
 from .local_state import holds_state_dir, lock_state_dir
 from .logs import use_json
@@ -234,7 +235,8 @@ app = InterestApp(
     web_bind=settings.web_host,
     canonical_url=settings.web_url,
     web_in_thread=False,
-    web_application_options={"client_max_size": MAX_BODY_BYTES},  # aiohttp's 1 MiB refuses valid re-ranks
+    # aiohttp's 1 MiB refuses valid re-ranks; its 404 and 405 were text/plain
+    web_application_options={"client_max_size": MAX_BODY_BYTES, "middlewares": [json_errors]},
     # Faust's own /router and /table views: /table/users/{id}/ would serve a user's raw state
     # (search text included), and /router/{unknown}/ answers 500; the project routes itself
     web_router_enabled=False,

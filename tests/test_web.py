@@ -389,12 +389,21 @@ def test_a_user_id_not_utf8_once_percent_decoded_is_a_400_not_another_users_data
 
 def test_faust_table_and_router_views_are_off(cluster):
     """Faust's own /table/{table}/{key}/ served a user's raw state, search text included, and
-    /router/{unknown}/ answered 500."""
+    /router/{unknown}/ answered 500. Paths no view serves and methods a view does not take are
+    JSON errors like every view's; they were aiohttp's text/plain "404: Not Found"."""
     env, ws, users, vectors, _ = cluster
     for w in ws:
         for path in ("/table/users/decisive/", "/table/", "/router/", "/router/nope/"):
             status, body = raw_request(w, "GET", path)
-            assert status == 404 and b"lisbon" not in body, (path, status, body[:200])
+            assert (status, orjson.loads(body)) == (404, {"error": "no such path", "path": path}), (path, body[:200])
+    conn = http.client.HTTPConnection("127.0.0.1", ws[0].port, timeout=10)
+    try:
+        conn.request("DELETE", "/users/decisive/rerank")
+        r = conn.getresponse()
+        assert (r.status, r.getheader("Content-Type"), r.getheader("Allow")) == (405, "application/json", "HEAD,POST")
+        assert orjson.loads(r.read()) == {"error": "method not allowed", "method": "DELETE", "allowed": ["HEAD", "POST"]}
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("raw, headers, field, error", [
