@@ -803,6 +803,32 @@ def test_the_demo_keeps_the_users_own_settings(given, expected, tmp_path, monkey
     assert {name: seen.get(name) for name in expected} == expected
 
 
+@pytest.mark.parametrize("raw", [" ", "  \t"])
+def test_a_demo_directory_of_spaces_is_a_one_line_error_before_anything_starts(tmp_path, raw):
+    """The demo's state went to a directory named ' ' in the working directory, made without a
+    word; the setting is refused as INTEREST_DATA_DIR is, before any step."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="1",
+               INTEREST_MODEL_DIR=str(tmp_path), INTEREST_DEMO_DIR=raw, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == f"Error: INTEREST_DEMO_DIR must be a directory path (unset or empty for demo-out), got {raw!r}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_demo_directory_is_unset(tmp_path):
+    """Empty was the working directory itself: the demo's state went to ./state; now it is unset
+    (demo-out), as an empty INTEREST_DATA_DIR is."""
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="1",
+               INTEREST_MODEL_DIR=str(tmp_path), INTEREST_DEMO_DIR="", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stderr.splitlines()[-1] == ("Error: the demo's step `interest-stream topics create` failed "
+                                           "(exit code 1; its error is above)")
+    assert [p.name for p in tmp_path.iterdir()] == ["demo-out"]
+    assert [p.name for p in (tmp_path / "demo-out").iterdir()] == ["state"]
+
+
 def test_a_demo_directory_that_cannot_be_made_is_a_one_line_error(tmp_path):
     """A file in the way was a FileExistsError traceback; a missing parent (FileNotFoundError)
     is now made, as INTEREST_DATA_DIR's are."""
