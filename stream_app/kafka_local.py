@@ -297,18 +297,21 @@ class LocalKafka:
         a directory, as NFS cannot, ``up`` and ``down`` go unlocked). ``make`` creates the home;
         without one (``down``) there is nothing to lock. A thread that holds it already (``down``
         from a signal handler or atexit hook while ``up`` waits for the broker, as the tests'
-        session does) goes on without waiting for itself."""
+        session does) goes on without waiting for itself. Yields the directories it made (the home
+        and its parents that were missing), innermost first."""
         held = (os.path.abspath(self.home), threading.get_ident())
         if held in _HELD:
-            yield
+            yield []
             return
         while True:
+            made = []
             if make:
+                made = [p for p in (self.home, *self.home.parents) if not p.exists()]
                 self.home.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY)
             except FileNotFoundError:
-                yield
+                yield []
                 return
             try:
                 try:
@@ -322,7 +325,7 @@ class LocalKafka:
                 if current:
                     _HELD.add(held)
                     try:
-                        yield
+                        yield made
                     finally:
                         _HELD.discard(held)
                     return
@@ -336,10 +339,13 @@ class LocalKafka:
         if self.controller_port == self.port:  # before anything is made: the JVM's 37-line stack otherwise
             raise KafkaLocalError(f"the controller's port {self.port} is the broker's port too; the controller "
                                   "needs a port of its own")
-        with self._locked(make=True):
-            return self._up(timeout)
+        with self._locked(make=True) as made:
+            return self._up(timeout, made)
 
-    def _up(self, timeout: float) -> float:
+    def _up(self, timeout: float, made: list[Path]) -> float:
+        """``made``: the directories the lock made, deleted again when the start is refused before
+        the broker runs (a taken port left an empty home behind; a heap the JVM refused, a home
+        with a config, a data and a logs directory)."""
         t0 = time.monotonic()
         pid = self.pid()
         if pid is not None:
@@ -354,22 +360,14 @@ class LocalKafka:
             # alive but not answering (e.g. half-started by a killed session): restart it
             self._stop_pid(pid)
         self.pid_file.unlink(missing_ok=True)  # stale pid file from a killed session
-        if _port_open(self.host, self.port):
-            raise KafkaLocalError(
-                f"port {self.port} on {self.host} is taken by another process; "
-                "set a different port or KAFKA_BOOTSTRAP_SERVERS to use that broker"
-            )
-        if _port_open(self.host, self.controller_port):
-            raise KafkaLocalError(
-                f"the controller's port {self.controller_port} on {self.host} is taken by another process; "
-                "set INTEREST_KAFKA_CONTROLLER_PORT to a free port"
-            )
-        self.write_config()
-        self.format_storage()
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            command = self._prepare()
+        except BaseException:
+            self._unmake(made)
+            raise
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(
-                self._jvm("kafka.Kafka", str(self.config_file)),
+                command,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: `down` kills all of it
             )
@@ -386,6 +384,40 @@ class LocalKafka:
             time.sleep(0.3)
         self._stop_pid(proc.pid)
         raise KafkaLocalError(f"the broker did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _prepare(self) -> list[str]:
+        """Everything before the broker starts: its ports free, its config and storage; returns
+        its command line."""
+        if _port_open(self.host, self.port):
+            raise KafkaLocalError(
+                f"port {self.port} on {self.host} is taken by another process; "
+                "set a different port or KAFKA_BOOTSTRAP_SERVERS to use that broker"
+            )
+        if _port_open(self.host, self.controller_port):
+            raise KafkaLocalError(
+                f"the controller's port {self.controller_port} on {self.host} is taken by another process; "
+                "set INTEREST_KAFKA_CONTROLLER_PORT to a free port"
+            )
+        self.write_config()
+        self.format_storage()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        return self._jvm("kafka.Kafka", str(self.config_file))
+
+    def _unmake(self, made: list[Path]) -> None:
+        """After a refused start: delete what ``up`` wrote in a home it made (as ``purge``), then
+        that home and the parents it made, innermost first, each only if empty. A home that existed
+        keeps what it held."""
+        if self.home not in made:
+            return
+        try:
+            self._purge()
+        except KafkaLocalError:  # the refusal is the error to report
+            return
+        for d in made[1:]:
+            try:
+                d.rmdir()
+            except OSError:
+                return
 
     def down(self, purge: bool = False, timeout: float = 30.0) -> bool:
         """Stop the broker; returns True if one was running. ``purge`` deletes what ``up`` made

@@ -288,11 +288,40 @@ def test_a_heap_the_jvm_cannot_have_is_one_line_naming_the_setting(heap, reason,
                INTEREST_KAFKA_CONTROLLER_PORT=str(cport), INTEREST_KAFKA_HEAP=heap)
     try:
         res = cli(env, "kafka", "up", check=False)
+        left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     finally:
         LocalKafka(home=home, port=port, controller_port=cport).down(purge=True)
     assert (res.returncode, res.stdout) == (1, "")
     assert res.stderr == (f"Error: INTEREST_KAFKA_HEAP={heap}: the JVM cannot run the broker with this heap "
                           f"({reason}); set a JVM size such as 512m or 1g that this host's memory holds\n")
+    assert left == []  # the home it made, its config, data and logs directories, deleted again
+
+
+def test_a_refused_up_leaves_no_directory_it_made(tmp_path):
+    """A taken port left the home `up` had made (and its parents) behind, empty; a home that
+    existed before stays, with what it held."""
+    import socket
+
+    cport = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        message = (f"Error: port {port} on 127.0.0.1 is taken by another process; set a different port or "
+                   "KAFKA_BOOTSTRAP_SERVERS to use that broker\n")
+        new = tmp_path / "new" / "state" / "kafka"
+        env = dict(os.environ, INTEREST_KAFKA_HOME=str(new), INTEREST_KAFKA_PORT=str(port),
+                   INTEREST_KAFKA_CONTROLLER_PORT=str(cport))
+        res = cli(env, "kafka", "up", check=False)
+        assert (res.returncode, res.stdout, res.stderr) == (1, "", message)
+        assert list(tmp_path.iterdir()) == []
+        old = tmp_path / "old" / "kafka"
+        (old / "config").mkdir(parents=True)
+        (old / "mine.txt").write_text("kept\n")
+        res = cli(dict(env, INTEREST_KAFKA_HOME=str(old)), "kafka", "up", check=False)
+        assert (res.returncode, res.stdout, res.stderr) == (1, "", message)
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+            "old", "old/kafka", "old/kafka/config", "old/kafka/mine.txt"]
 
 
 def test_the_jvms_error_file_goes_to_the_brokers_logs(tmp_path):
