@@ -208,12 +208,12 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     n, first_ts = check_log(file)  # the whole log, before anything is sent
     if not n:
         raise click.ClickException(f"{file} holds no events")
-    require_topics(s, s.input_topics.values())  # before their retention and the progress bar (send_events checks again)
+    require_topics(s, s.input_topics.values())  # before their retention and the progress bar
     if not force:
         check_retention(first_ts, retention_ms(s, s.input_topics.values()))  # the topics', not the setting's
     with tqdm(unit="ev", desc="load") as bar:
         try:
-            n = send_events(read_jsonl(file), s, rate=rate, progress=bar)
+            n = send_events(read_jsonl(file), s, rate=rate, progress=bar, topics_checked=True)
         except Interrupted as exc:  # (sent in file order)
             raise click.ClickException(f"interrupted: {exc.sent} of the {n} events of {file} were sent (its first "
                                        f"{exc.sent}), the rest were not") from None

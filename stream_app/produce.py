@@ -107,16 +107,18 @@ def _set(stop) -> bool:
 
 
 def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
-                progress=None, wallclock_ts: bool = False, stop=None) -> int:
+                progress=None, wallclock_ts: bool = False, stop=None, topics_checked: bool = False) -> int:
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
     ``wallclock_ts`` stamps each event with the wall clock at sending (live simulation);
     ``stop`` is an optional threading.Event that ends the stream.
     Returns how many were sent; flushes before returning. Refuses missing input topics before
-    sending anything (a partial load otherwise, or a 60 s wait for the first one missing)."""
+    sending anything (a partial load otherwise, or a 60 s wait for the first one missing), unless
+    ``topics_checked``: the caller has just done so (`load jsonl`, before their retention)."""
     from .topics import require_topics
 
     topics = settings.input_topics
-    require_topics(settings, topics.values())
+    if not topics_checked:
+        require_topics(settings, topics.values())
     prod = producer(settings)
     deliveries = Deliveries()
     sent = 0

@@ -208,3 +208,44 @@ def test_a_load_interrupted_by_ctrl_c_says_how_many_events_were_sent(env, tmp_pa
     assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {log} were sent (its first 3), "
                                            "the rest were not")
     assert input_records(env) == 3
+
+
+def test_load_jsonl_looks_the_input_topics_up_once(tmp_path, monkeypatch):
+    """`load jsonl` checked that the input topics exist, then send_events checked again: two
+    consumers and metadata round trips where one does. No broker: the lookups are counted."""
+    from click.testing import CliRunner
+
+    from stream_app import produce, topics
+    from stream_app.cli import main
+
+    looked_up, sent = [], []
+
+    class Future:
+        def add_errback(self, errback):
+            pass
+
+    class Producer:
+        def send(self, topic, **kw):
+            sent.append(topic)
+            return Future()
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    def counts(settings, names):
+        looked_up.append(sorted(names))
+        return dict.fromkeys(names, 1)
+
+    monkeypatch.setattr(topics, "partition_counts", counts)
+    monkeypatch.setattr(topics, "retention_ms", lambda settings, names: dict.fromkeys(names, -1))
+    monkeypatch.setattr(produce, "producer", lambda settings: Producer())
+    monkeypatch.setenv("INTEREST_TOPIC_PREFIX", "once.")
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(good(0)) + "\n" + json.dumps(good(1) | {"type": "browse"}) + "\n")
+    res = CliRunner().invoke(main, ["load", "jsonl", str(log)])
+    assert (res.exit_code, res.stdout) == (0, "sent 2 events\n"), res.output
+    assert sent == ["once.events.click", "once.events.browse"]
+    assert looked_up == [["once.events.browse", "once.events.click", "once.events.search"]]
