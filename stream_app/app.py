@@ -112,6 +112,9 @@ class InterestApp(faust.App):
     vector_sends: set  # batches of vectors the broker has not answered yet (stream_app.scoring)
     received: Received  # the input offsets the agent received (stream_app.ingest)
     fetch_max_wait_ms: int  # how long a fetch waits for data at most (stream_app.consumer.ConsumerThread)
+    # set by `interest-stream worker`, whose create_topics has just checked every topic's config:
+    # the start's check_existing (for `faust -A`, which runs no topics create) is then skipped
+    topics_checked: bool = False
 
     def _new_transport(self):
         # Faust's consumer with a delivery that makes no tasks when it does not wait (stream_app.consumer)
@@ -160,7 +163,7 @@ class InterestApp(faust.App):
         # retention, an input topic that is compacted keeps only each user's newest event; warned of:
         # a limit below topics create's, in a deployment made before it raised them (the broker would
         # refuse large records)
-        for warning in await loop.run_in_executor(None, check_existing, settings):
+        for warning in await loop.run_in_executor(None, self.topic_warnings):
             log.warning(warning)
         # local state ahead of its changelog is rebuilt from the changelog (before Faust recovers it);
         # the memory store keeps none
@@ -171,6 +174,10 @@ class InterestApp(faust.App):
             await loop.run_in_executor(None, rebuild_stale, settings, paths, users.changelog_topic.get_topic_name())
         # refuse to start without a readable model (ModelError names the path and the problem)
         await loop.run_in_executor(None, self.models.load_initial)
+
+    def topic_warnings(self) -> list[str]:
+        """:func:`check_existing`'s refusals and warnings, unless ``topics_checked``."""
+        return [] if self.topics_checked else check_existing(settings)
 
     async def _consumer_wait_empty(self, consumer, logger) -> None:
         # Faust calls this at a rebalance and at shutdown, once no new events flow, to wait until

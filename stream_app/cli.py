@@ -254,6 +254,7 @@ def worker(bootstrap_servers, loglevel, faust_args):
     _check_listen(s)
     from .app import app
 
+    app.topics_checked = True  # by create_topics above: the app's start need not list them again
     # JSON logs: --quiet keeps Faust's startup banner (terminal output, not a log record) out of
     # the stream, so every line parses
     quiet = ["--quiet"] if s.log_format == "json" else []

@@ -107,6 +107,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         refuse_policies(settings, wrong)
         if low:
             alter_limits(client, low)
+        raced = []
         for spec in specs:
             if spec.name in existing:
                 result[spec.name] = "raised" if spec.name in low else "exists"
@@ -117,7 +118,15 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
                 )
                 result[spec.name] = "created"
             except TopicAlreadyExistsError:
+                raced.append(spec)
                 result[spec.name] = "exists"
+        # made by another since the listing: its config, checked as an existing topic's (so every
+        # topic's is once this returns, and `interest-stream worker` need not check them again)
+        wrong, low = config_problems(client, raced) if raced else ({}, {})
+        refuse_policies(settings, wrong)
+        if low:
+            alter_limits(client, low)
+            result.update(dict.fromkeys(low, "raised"))
     finally:
         client.close()
     return result

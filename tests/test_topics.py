@@ -333,3 +333,81 @@ def test_a_topic_too_new_for_the_broker_asked_is_described_when_it_knows_it(monk
         "t.old": {topics.POLICY: "t.old:cleanup.policy", topics.LIMIT: "t.old:max.message.bytes"},
         "t.new": {topics.POLICY: "t.new:cleanup.policy", topics.LIMIT: "t.new:max.message.bytes"}}
     assert Admin.asked == 2
+
+
+def test_a_topic_made_by_another_meanwhile_has_its_config_checked(monkeypatch):
+    """A topic missing at the listing but made by another before this one (TopicAlreadyExists)
+    was "exists" unchecked: only the worker's start checked it again, with a second listing and
+    DescribeConfigs. Now create_topics checks it as an existing one."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    from stream_app import topics
+    from stream_app.settings import Settings
+
+    s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "race."})
+
+    class Admin:
+        def describe_cluster(self):
+            return {"brokers": [{"node_id": 0}]}
+
+        def list_topics(self):
+            return []
+
+        def create_topics(self, new):
+            if new[0].name == s.output_topic:
+                raise TopicAlreadyExistsError()
+
+        def describe_configs(self, resources, config_filter):
+            return {"topic": {r.name: {topics.POLICY: {"value": "delete"}, topics.LIMIT: {"value": "1048588"}}
+                              for r in resources}}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(topics, "admin", lambda settings: Admin())
+    with pytest.raises(topics.TopicError) as err:
+        topics.create_topics(s)
+    assert str(err.value) == (
+        "topic race.user-interests has cleanup.policy=delete but must be compact (without compaction its records "
+        "older than retention.ms are deleted): run `kafka-configs --bootstrap-server localhost:9092 --alter "
+        "--entity-type topics --entity-name race.user-interests --add-config cleanup.policy=compact`")
+
+
+def test_the_start_checks_the_topics_unless_interest_stream_worker_has(monkeypatch):
+    """`interest-stream worker` listed the topics and described their configs twice at start: in
+    create_topics, then in the app's check_existing. The app skips its check when the command
+    says it has checked them; `faust -A stream_app.app worker` does not, so its start checks."""
+    from stream_app import app as app_module
+
+    checked = []
+    monkeypatch.setattr(app_module, "check_existing", lambda settings: checked.append(settings) or ["warned"])
+    assert app_module.app.topics_checked is False  # as `faust -A` has it
+    assert app_module.app.topic_warnings() == ["warned"] and checked == [app_module.settings]
+    monkeypatch.setattr(app_module.app, "topics_checked", True)
+    assert app_module.app.topic_warnings() == [] and len(checked) == 1
+
+
+def test_interest_stream_worker_tells_the_app_it_has_checked_the_topics(tmp_path, monkeypatch):
+    """What the command does before Faust runs, with fakes (no broker): create_topics, then the app
+    started with topics_checked set."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from stream_app import cli, local_state, model_runtime, topics
+    from stream_app import app as app_module
+
+    seen = []
+    monkeypatch.setattr(topics, "create_topics", lambda settings: seen.append("create_topics") or {})
+    monkeypatch.setattr(topics, "check_input_topics", lambda settings: settings.partitions)
+    monkeypatch.setattr(model_runtime.LoadedModel, "load", staticmethod(lambda *a, **kw: None))
+    monkeypatch.setattr(local_state, "lock_state_dir", lambda path: None)
+    monkeypatch.setattr(cli, "_check_listen", lambda settings: None)
+    monkeypatch.setattr(app_module.app, "topics_checked", False)
+    monkeypatch.setattr(app_module.app, "main", lambda: seen.append(app_module.app.topics_checked))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setenv("INTEREST_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("INTEREST_DATA_DIR", str(tmp_path / "state"))
+    res = CliRunner().invoke(cli.main, ["worker"])
+    assert res.exit_code == 0, res.output
+    assert seen == ["create_topics", True]
