@@ -95,10 +95,9 @@ _SESSION_BROKER: list[LocalKafka] = []
 
 # The test files that spend longest waiting for workers and the broker, longest first (each file's
 # summed durations in `pytest --durations=0`, session 57). `make test` hands the files out in this
-# order (`--no-loadscope-reorder`), longest first, so its two pytest processes finish close
-# together; pytest-xdist's own order (the most tests first) left the long broker files to the end,
-# where one process ran them while the other had nothing left. Files not named here follow in
-# pytest's order.
+# order (`--no-loadscope-reorder`), so that its pytest processes finish close together:
+# pytest-xdist's own order (the files with the most tests first) handed these out last, where one
+# process could be left running a long file alone. Files not named here follow in pytest's order.
 LONGEST_FILES = (
     "test_write_behind.py", "test_replay.py", "test_worker_scoring.py", "test_export.py",
     "test_web.py", "test_faults.py", "test_state_dir.py", "test_worker_ops.py",
@@ -111,7 +110,6 @@ LONGEST_FILES = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order
-
 
 
 @pytest.fixture
