@@ -12,9 +12,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from conftest import cli, wait_for
+from conftest import cli
 from kafka_io import read_all
-from test_worker_ingest import T0, assert_users, event, topics
+from test_worker_ingest import T0, event, topics, wait_until_counted
 
 pytestmark = pytest.mark.kafka
 CODECS = ("gzip", "snappy", "lz4", "zstd")
@@ -37,15 +37,7 @@ def test_batches_of_every_kafka_codec_are_read_by_the_worker_and_by_replay(env, 
     for codec, evs in events.items():
         compressed(env, evs, codec)
     everything = [e for evs in events.values() for e in evs]
-
-    def counted():
-        try:
-            assert_users(w, everything)
-            return True
-        except AssertionError:
-            return False
-
-    wait_for(counted, timeout=60, what="every compressed event counted")
+    wait_until_counted(w, everything)
     assert w.proc.poll() is None
     # replay reads the input topics with kafka-python: each user's last vector has all 20 events
     out_topic = f"{env['INTEREST_TOPIC_PREFIX']}bf"
