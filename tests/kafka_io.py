@@ -51,16 +51,28 @@ def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
 
 
 def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30) -> list:
-    """Every record of ``topic`` from the beginning (waits until ``expect`` arrived)."""
+    """Every record of ``topic`` from the beginning: until ``expect`` arrived, or else up to the
+    end offsets its partitions had once the consumer was given them (within ``timeout``; a topic
+    that does not exist is ``[]`` after it). Before, a read without ``expect`` ended at its first
+    second without a record, which on a busy machine could come before the consumer had its
+    partitions or its first fetch: ``[]`` for a topic that held records."""
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                       enable_auto_commit=False, consumer_timeout_ms=1000)
     out = []
+    ends = None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for rec in c:
                 out.append(rec)
-            if expect is None or len(out) >= expect:
+            if expect is not None:
+                if len(out) >= expect:
+                    break
+                continue
+            assigned = c.assignment()
+            if assigned and ends is None:
+                ends = c.end_offsets(list(assigned))
+            if ends is not None and all(c.position(tp) >= end for tp, end in ends.items()):
                 break
     finally:
         c.close()
