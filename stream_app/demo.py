@@ -19,10 +19,10 @@ from pathlib import Path
 import click
 import orjson
 
-from .settings import Settings
+from .settings import Settings, directory
 
 # empty is unset, as for INTEREST_DATA_DIR (it was the working directory); only spaces is refused
-# in demo() (it was a directory named ' ' there)
+# in demo() by the settings' own check (it was a directory named ' ' there)
 OUT = Path(os.environ.get("INTEREST_DEMO_DIR") or "demo-out")
 
 
@@ -106,9 +106,7 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
     # INTEREST_APP_ID makes names too long for Kafka), before any step: a bad one was found only
     # after minutes of training
     s = Settings.from_env({**env, "INTEREST_TOPIC_PREFIX": prefix})
-    if not str(OUT).strip():
-        raise click.ClickException(f"INTEREST_DEMO_DIR must be a directory path (unset or empty for demo-out), "
-                                   f"got {str(OUT)!r}")
+    directory(os.environ, "INTEREST_DEMO_DIR", "demo-out")
     try:  # with its parents, as INTEREST_DATA_DIR is
         OUT.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, a parent that cannot be written: was a traceback

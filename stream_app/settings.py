@@ -189,13 +189,12 @@ def _room(part: str, topics: list[str]) -> tuple[int, str]:
     return MAX_TOPIC_NAME - (len(longest) - len(part)), longest[len(part):]
 
 
-def _data_dir(env: Mapping[str, str]) -> str:
-    """INTEREST_DATA_DIR; empty is unset. Only spaces made the state directory ' ' in the
-    working directory, created without a word."""
-    value = env.get("INTEREST_DATA_DIR") or "./interest-stream-data"
+def directory(env: Mapping[str, str], name: str, default: str) -> str:
+    """A directory setting (INTEREST_DATA_DIR, and the demo's INTEREST_DEMO_DIR); empty is unset.
+    Only spaces made a directory ' ' in the working directory, created without a word."""
+    value = env.get(name) or default
     if not value.strip():
-        raise ConfigError(f"INTEREST_DATA_DIR must be a directory path (unset or empty for "
-                          f"./interest-stream-data), got {value!r}")
+        raise ConfigError(f"{name} must be a directory path (unset or empty for {default}), got {value!r}")
     return value
 
 
@@ -378,7 +377,7 @@ class Settings:
             web_port=_int(env, "INTEREST_WEB_PORT", 6066, minimum=1, maximum=MAX_PORT),
             web_host=env.get("INTEREST_WEB_HOST") or "0.0.0.0",
             store=store,
-            data_dir=_data_dir(env),
+            data_dir=directory(env, "INTEREST_DATA_DIR", "./interest-stream-data"),
             session_timeout_s=session_timeout_s,
             heartbeat_s=_heartbeat(env, session_timeout_s),
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),

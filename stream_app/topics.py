@@ -103,10 +103,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         if len(present) < len(specs):
             check_replication(settings, client)
         check_partitions(settings, client, [spec for spec in present if spec.co_partitioned])
-        wrong, low = config_problems(client, present)
-        refuse_policies(settings, wrong)
-        if low:
-            alter_limits(client, low)
+        low = settle_configs(settings, client, present)
         raced = []
         for spec in specs:
             if spec.name in existing:
@@ -122,11 +119,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
                 result[spec.name] = "exists"
         # made by another since the listing: its config, checked as an existing topic's (so every
         # topic's is once this returns, and `interest-stream worker` need not check them again)
-        wrong, low = config_problems(client, raced) if raced else ({}, {})
-        refuse_policies(settings, wrong)
-        if low:
-            alter_limits(client, low)
-            result.update(dict.fromkeys(low, "raised"))
+        result.update(dict.fromkeys(settle_configs(settings, client, raced), "raised"))
     finally:
         client.close()
     return result
@@ -211,6 +204,17 @@ def wrong_policies(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> d
     wanted = {spec.name: spec.config[POLICY] for spec in specs if POLICY in spec.config}
     return {name: (have[name][POLICY], want) for name, want in wanted.items()
             if ("compact" in have[name][POLICY].split(",")) != (want == "compact")}
+
+
+def settle_configs(settings: Settings, client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
+    """Refuse the existing topics of ``specs`` whose ``cleanup.policy`` is not their spec's, and
+    raise each ``max.message.bytes`` below its spec's; returns those raised (:func:`low_limits`).
+    No request for no specs."""
+    wrong, low = config_problems(client, specs)
+    refuse_policies(settings, wrong)
+    if low:
+        alter_limits(client, low)
+    return low
 
 
 def refuse_policies(settings: Settings, wrong: dict[str, tuple[str, str]]) -> None:
