@@ -403,12 +403,30 @@ def _delivered_ends(s: Settings, tps: list) -> dict:
         reader.close()
 
 
+def forget_report(user: str, where: str, headers, request_id: str) -> str | None:
+    """What ``forget`` prints for a tombstone of its user at ``where`` with these record headers
+    (``[(name, bytes)]``); None for the tombstone of another request (another ``forget`` of the
+    user). A tombstone without the worker's headers (a worker older than them) is the plain line."""
+    from .vectors import HELD_STATE_HEADER, REQUEST_HEADER
+
+    found = dict(headers or ())
+    answers = found.get(REQUEST_HEADER)
+    if answers is not None and answers != request_id.encode():
+        return None
+    line = f"forgotten: {user} (tombstone at {where})"
+    if found.get(HELD_STATE_HEADER) == b"0":
+        line += (f"; the worker held no state for {user} when it applied this request: is the id right? "
+                 "(a request applied again after a worker restart also finds none)")
+    return line
+
+
 @main.command()
 @click.argument("user", type=USER_ID)
 @bootstrap_option
 @click.option("--timeout", type=POSITIVE, default=60.0, show_default=True, help="Seconds to wait for the tombstone.")
 def forget(user, bootstrap_servers, timeout):
-    """Delete one user's state everywhere, publish a tombstone and wait for it."""
+    """Delete one user's state everywhere, publish a tombstone and wait for it; says when the
+    worker held no state for USER (a mistyped id?)."""
     from kafka import TopicPartition
 
     from .partitioning import partition_for
@@ -436,19 +454,23 @@ def forget(user, bootstrap_servers, timeout):
     request = {"op": "forget", "ends": {t.topic: n for t, n in ends.items()}}
     prod, deliveries = producer(s), Deliveries()
     try:
-        deliveries.track(prod.send(s.control_topic, key=key, value=orjson.dumps(request)))
+        sent = prod.send(s.control_topic, key=key, value=orjson.dumps(request))
+        deliveries.track(sent)
     except BaseException:
         prod.close()
         raise
     deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
+    request_id = f"{sent.value.partition}@{sent.value.offset}"  # delivered: finish raised otherwise
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for recs in consumer.poll(timeout_ms=500).values():
                 for rec in recs:
                     if rec.key == key and rec.value is None:
-                        click.echo(f"forgotten: {user} (tombstone at {tp.topic}[{tp.partition}]@{rec.offset})")
-                        return
+                        line = forget_report(user, f"{tp.topic}[{tp.partition}]@{rec.offset}", rec.headers, request_id)
+                        if line is not None:
+                            click.echo(line)
+                            return
     finally:
         consumer.close()
     raise click.ClickException(

@@ -10,7 +10,10 @@ The request is held like an input event (:meth:`StateCache.hold_forget`): the fl
 the delete to the changelog (so the user stays gone after restarts and on standbys) acknowledges
 it, commits the offsets of the events it covered (so none of the user's past events is read
 again after a crash), and then publishes a tombstone on the interest topic, which the command
-waits for (:func:`forgotten`). If the changelog refuses the delete, nothing is said: the
+waits for (:func:`forgotten`); its headers say whether the worker held a state for the user when
+it applied the request, and which request it answers (:func:`tombstone_headers`). A request
+applied again because the worker stopped after its flush but before the commit finds no state:
+the command's message says so. If the changelog refuses the delete, nothing is said: the
 partition's next flushes write it again, and the tombstone follows the one that succeeds; a
 worker stopped before that leaves the request uncommitted, to be applied again. Every other
 control request is held too, so that no later offset of the control partition is committed
@@ -29,11 +32,12 @@ import orjson
 from faust.types import TP
 
 from . import metrics
-from .app import TOPIC_TYPES, app, control, owned_partitions, settings
+from .app import TOPIC_TYPES, app, control, lookup, owned_partitions, settings
 from .flush import let_go, send_batches
 from .ingest import applied_offset
 from .partitioning import partition_for
-from .state_cache import message_bytes
+from .state_cache import Forget, message_bytes
+from .vectors import HELD_STATE_HEADER, REQUEST_HEADER
 
 log = logging.getLogger("interest_stream.control")
 
@@ -104,8 +108,9 @@ async def apply_control(message) -> str:
     if op == "forget" and key:
         if not await caught_up(message, ends):
             return "handed over"
+        held_state = lookup(partition, key) is not None  # a window, a profile or a last vector
         app.states.delete(partition, key)
-        app.states.hold_forget(partition, message)
+        app.states.hold_forget(partition, message, held_state)
         await app.flusher.flush("forget", [partition])
         return "waiting" if partition in app.flusher.unwritten else "forgotten"
     app.states.hold(partition, message, message_bytes(message))  # acknowledged in order, by the next flush
@@ -116,19 +121,31 @@ async def apply_control(message) -> str:
     return "malformed"
 
 
-async def forgotten(partition: int, keys: list[bytes], last: bool = False) -> None:
+def tombstone_headers(forget: Forget) -> list[tuple[str, bytes]]:
+    """The headers of a forget request's tombstone: whether the worker held a state for the user
+    when it applied the request, and which request it answers (the control record's partition and
+    offset), so that ``forget`` reads the answer to its own request."""
+    m = forget.message
+    return [(HELD_STATE_HEADER, b"1" if forget.held_state else b"0"),
+            (REQUEST_HEADER, f"{m.partition}@{m.offset}".encode())]
+
+
+async def forgotten(partition: int, forgets: list[Forget], last: bool = False) -> None:
     """A flush wrote the deletes of these users and acknowledged their forget requests: commit
     (Faust commits itself after the last flush, at shutdown; a rebalance's new owner applies the
-    uncommitted request again), then publish their tombstones on the interest topic. A tombstone
-    the broker does not take is logged with what to do; their states are gone already."""
+    uncommitted request again), then publish their tombstones on the interest topic, one per
+    request (:func:`tombstone_headers`). A tombstone the broker does not take is logged with what
+    to do; their states are gone already."""
     if not last:
         await app.consumer.commit()
     producer = app.producer._ensure_producer()
     by_partition: dict[int, list] = {}
-    for key in keys:
-        by_partition.setdefault(partition_for(key, app.output_partitions), []).append((key, None))
+    for forget in forgets:
+        key = forget.message.key
+        by_partition.setdefault(partition_for(key, app.output_partitions), []).append(
+            (key, None, tombstone_headers(forget)))
     for p, records in by_partition.items():
-        users = [key for key, _ in records]
+        users = [key for key, _, _ in records]
         try:
             sent = await send_batches(producer, settings.output_topic, p, records)
         except Exception as exc:  # the producer closed or timed out

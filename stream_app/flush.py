@@ -112,15 +112,17 @@ def let_go(consumer, messages) -> None:
 
 
 async def send_batches(producer, topic: str, partition: int, records, yield_every: int = FLUSH_CHUNK) -> list:
-    """``(key, value)`` records to one partition of ``topic`` as aiokafka record batches (a value
-    of None is a tombstone), in order; returns ``(batch future, records in it)`` per batch."""
+    """``(key, value)`` or ``(key, value, headers)`` records to one partition of ``topic`` as
+    aiokafka record batches (a value of None is a tombstone; headers as ``[(name, bytes)]``), in
+    order; returns ``(batch future, records in it)`` per batch."""
     sent = []
     batch, in_batch = producer.create_batch(), 0
-    for i, (key, value) in enumerate(records):
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+    for i, (key, value, *headers) in enumerate(records):
+        headers = headers[0] if headers else []
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: send, start another
             sent.append((await producer.send_batch(batch, topic, partition=partition), in_batch))
             batch, in_batch = producer.create_batch(), 0
-            batch.append(key=key, value=value, timestamp=None)
+            batch.append(key=key, value=value, timestamp=None, headers=headers)
         in_batch += 1
         if i % yield_every == yield_every - 1:
             await asyncio.sleep(0)
@@ -174,8 +176,9 @@ class Flusher:
     """Writes a partition's changed users to ``table`` and then acknowledges its held events;
     one flush at a time. ``producer`` gives the app's aiokafka producer, ``consumer`` Faust's;
     ``send_letter(key, value)`` sends a dead letter again and returns the send's future;
-    ``forgotten(partition, keys, last)`` is awaited once a flush wrote the deletes of forget requests
-    (:meth:`StateCache.hold_forget`), after acknowledging them."""
+    ``forgotten(partition, forgets, last)`` is awaited once a flush wrote the deletes of forget
+    requests (:class:`~stream_app.state_cache.Forget`, :meth:`StateCache.hold_forget`), after
+    acknowledging them."""
 
     def __init__(self, table, cache, context_topic: str, producer, consumer, send_letter=None,
                  chunk: int = FLUSH_CHUNK, forgotten=None):
@@ -186,7 +189,7 @@ class Flusher:
         self.producer = producer
         self.consumer = consumer
         self.send_letter = send_letter
-        self.forgotten = forgotten  # async (partition, keys, last): their deletes are written (stream_app.control)
+        self.forgotten = forgotten  # async (partition, forgets, last): deletes written (stream_app.control)
         self.unwritten: set[int] = set()  # partitions whose last changelog write failed
         self.chunk = chunk
         self.lock = asyncio.Lock()
@@ -245,8 +248,8 @@ class Flusher:
         if error is None:
             for message in f.messages:  # their state changes are in the changelog
                 message.ack(consumer)
-            for message in f.forgets:  # so are their users' deletes
-                message.ack(consumer)
+            for forget in f.forgets:  # so are their users' deletes
+                forget.message.ack(consumer)
             if batches:  # the database holds nothing the changelog lacks
                 self.unwritten.discard(p)
                 unwritten_marker(Path(self.table.data.partition_path(p))).unlink(missing_ok=True)
@@ -256,7 +259,7 @@ class Flusher:
         if letters:
             await self._settle_letters(p, list(letters), consumer, reason, acknowledge=error is None)
         if f.forgets and error is None:
-            await self.forgotten(p, [message.key for message in f.forgets], last=reason in LAST_FLUSHES)
+            await self.forgotten(p, f.forgets, last=reason in LAST_FLUSHES)
         return f.records
 
     def _trimmed(self, f: Flush) -> None:
@@ -283,7 +286,7 @@ class Flusher:
         if reason in LAST_FLUSHES:
             self.table.data.set_persisted_offset(TP(topic, f.partition), AHEAD_OF_ANY_CHANGELOG)
             let_go(consumer, f.messages)
-            let_go(consumer, f.forgets)
+            let_go(consumer, [forget.message for forget in f.forgets])
             log.error("changelog write to %s[%d] failed (%r) at the %s: its %d events stay uncommitted, to be read "
                       "again", topic, f.partition, error, reason, len(f.messages))
             return

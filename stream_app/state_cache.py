@@ -71,6 +71,14 @@ class Letter:
     size: int  # bytes of the input message's key and value and of the dead letter
 
 
+@dataclass(slots=True)
+class Forget:
+    """A forget request (a control message) held until the flush that writes its user's delete."""
+
+    message: object
+    held_state: bool  # the worker held a state for the user when it applied the request
+
+
 def is_delivered(sent) -> bool:
     """A send's future is done without an error."""
     return sent.done() and not sent.cancelled() and sent.exception() is None
@@ -91,7 +99,7 @@ class Flush:
     messages: list = field(default_factory=list)  # held input messages, in arrival order
     trimmed: list = field(default_factory=list)  # (key, rows dropped) of states trimmed to max_record
     held_size: int = 0  # estimated bytes of its messages, counted by the cache until it settles
-    forgets: list = field(default_factory=list)  # held forget requests, whose deletes this flush writes
+    forgets: list = field(default_factory=list)  # held Forget requests, whose deletes this flush writes
 
     @property
     def records(self) -> int:
@@ -110,7 +118,7 @@ class StateCache:
         self.held_size: dict[int, int] = {}  # estimated bytes of each partition's held events
         self.flushing = 0  # estimated bytes of the events of flushes under way (in memory until settled)
         self.letters: dict[int, list[Letter]] = {}
-        self.forgets: dict[int, list] = {}  # forget requests (control messages) held until written
+        self.forgets: dict[int, list[Forget]] = {}  # forget requests held until written
         self.letter_bytes = 0
         self.pending: dict[int, dict[bytes, int]] = {}  # key: when it started waiting (self._since)
         self._since = itertools.count()
@@ -212,10 +220,11 @@ class StateCache:
         self.held.setdefault(partition, []).append(message)
         self.held_size[partition] = self.held_size.get(partition, 0) + SIZE_EVENT + size
 
-    def hold_forget(self, partition: int, message) -> None:
+    def hold_forget(self, partition: int, message, held_state: bool) -> None:
         """A forget request of ``partition`` whose delete (made before) its partition's next flush
-        writes: acknowledged by the flush that writes it, then the user's tombstone is published."""
-        self.forgets.setdefault(partition, []).append(message)
+        writes: acknowledged by the flush that writes it, then the user's tombstone is published,
+        saying whether the user had a state (``held_state``) when the request was applied."""
+        self.forgets.setdefault(partition, []).append(Forget(message, held_state))
 
     def hold_letter(self, partition: int, letter: Letter) -> None:
         """A dead-lettered input message of ``partition``: kept until :meth:`release_letters`."""

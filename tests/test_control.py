@@ -1,7 +1,9 @@
 """Forget requests without a broker: what a request says, and what it waits for."""
 import pytest
 
-from stream_app.control import applied_offset, parse, unapplied
+from stream_app.cli import forget_report
+from stream_app.control import applied_offset, parse, tombstone_headers, unapplied
+from stream_app.state_cache import Forget
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -41,3 +43,32 @@ def test_applied_is_what_the_next_flush_can_commit():
     assert applied_offset(9, None, 4, None) == 4  # the aligner still holds offset 4
     assert applied_offset(9, None, None, 6) == 6  # offset 6's dead letter is not delivered yet
     assert applied_offset(9, 12, 11, 6) == 6
+
+
+class Request:
+    partition, offset, key = 3, 17, b"u1"
+
+
+def test_a_tombstone_says_whether_the_worker_held_a_state_and_which_request_it_answers():
+    assert tombstone_headers(Forget(Request(), True)) == [("interest-held-state", b"1"),
+                                                          ("interest-forget-request", b"3@17")]
+    assert tombstone_headers(Forget(Request(), False)) == [("interest-held-state", b"0"),
+                                                           ("interest-forget-request", b"3@17")]
+
+
+NO_STATE = ("forgotten: u1 (tombstone at user-interests[2]@40); the worker held no state for u1 when it applied "
+            "this request: is the id right? (a request applied again after a worker restart also finds none)")
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ([("interest-held-state", b"1"), ("interest-forget-request", b"3@17")],
+     "forgotten: u1 (tombstone at user-interests[2]@40)"),
+    ([("interest-held-state", b"0"), ("interest-forget-request", b"3@17")], NO_STATE),
+    ([("interest-forget-request", b"3@17"), ("interest-held-state", b"0")], NO_STATE),
+    ([("interest-held-state", b"0"), ("interest-forget-request", b"3@16")], None),  # another request's
+    ([("interest-held-state", b"1"), ("interest-forget-request", b"1@17")], None),
+    ([], "forgotten: u1 (tombstone at user-interests[2]@40)"),  # a worker older than the headers
+    (None, "forgotten: u1 (tombstone at user-interests[2]@40)"),
+])
+def test_forget_reports_its_own_requests_tombstone_and_whether_the_worker_held_state(headers, expected):
+    assert forget_report("u1", "user-interests[2]@40", headers, "3@17") == expected

@@ -6,7 +6,7 @@ import time
 
 from stream_app import flush
 from stream_app.flush import Flusher, due_partition
-from stream_app.state_cache import SIZE_EVENT, Letter, StateCache
+from stream_app.state_cache import SIZE_EVENT, Forget, Letter, StateCache
 
 
 def test_each_partition_has_its_turn_once_per_round():
@@ -286,8 +286,8 @@ def test_a_forget_request_is_acknowledged_and_its_tombstone_published_only_by_a_
     flusher, cache, consumer = changelog_flusher(tmp_path, [RuntimeError("refused"), None])
     published = []
 
-    async def forgotten(partition, keys, last=False):
-        published.append((partition, keys, last))
+    async def forgotten(partition, forgets, last=False):
+        published.append((partition, [(f.message.key, f.held_state) for f in forgets], last))
 
     flusher.forgotten = forgotten
 
@@ -295,13 +295,13 @@ def test_a_forget_request_is_acknowledged_and_its_tombstone_published_only_by_a_
         request = Held(7)
         request.key = b"gone"
         cache.delete(1, b"gone")
-        cache.hold_forget(1, request)
+        cache.hold_forget(1, request, held_state=True)
         consumer._unacked_messages.add(request)
         await flusher.flush("forget", [1])
-        assert not request.acked and published == [] and cache.forgets == {1: [request]}
+        assert not request.acked and published == [] and cache.forgets == {1: [Forget(request, True)]}
         assert cache.dirty[1] == {b"gone": None}  # the delete is written again
         await flusher.flush("interval")
-        assert request.acked and published == [(1, [b"gone"], False)] and cache.forgets == {}
+        assert request.acked and published == [(1, [(b"gone", True)], False)] and cache.forgets == {}
 
     with caplog.at_level(logging.ERROR, logger="interest_stream"):
         asyncio.run(run())
@@ -316,7 +316,7 @@ def test_a_forget_request_whose_delete_is_refused_at_a_rebalance_is_let_go_for_t
     async def run():
         request = Held(7)
         cache.delete(1, b"gone")
-        cache.hold_forget(1, request)
+        cache.hold_forget(1, request, held_state=False)
         consumer._unacked_messages.add(request)
         await flusher.flush("rebalance")
         assert not request.acked and consumer._unacked_messages == set() and cache.forgets == {}
@@ -425,3 +425,36 @@ def test_a_send_that_raises_holds_the_flush_as_a_refused_one(tmp_path, monkeypat
     assert [r.getMessage() for r in caplog.records] == [
         "changelog write to users-changelog[1] failed (RuntimeError('ProducerClosed')): its 1 users are "
         "written again at the next flush, its 2 events uncommitted until then"]
+
+
+def test_records_with_headers_are_sent_with_them_and_records_without_with_none():
+    class Batch:
+        def __init__(self):
+            self.records = []
+
+        def append(self, **record):
+            if len(self.records) == 2:
+                return None  # full
+            self.records.append(record)
+            return "metadata"
+
+    class Producer:
+        def __init__(self):
+            self.batches = []
+
+        def create_batch(self):
+            return Batch()
+
+        async def send_batch(self, batch, topic, partition):
+            self.batches.append((topic, partition, batch.records))
+            return "future"
+
+    producer = Producer()
+    sent = asyncio.run(flush.send_batches(producer, "out", 4, [(b"a", b"1"), (b"b", None, [("h", b"0")]),
+                                                              (b"c", None, [("h", b"1"), ("i", b"2@3")])]))
+    assert sent == [("future", 2), ("future", 1)]
+    assert producer.batches == [
+        ("out", 4, [{"key": b"a", "value": b"1", "timestamp": None, "headers": []},
+                    {"key": b"b", "value": None, "timestamp": None, "headers": [("h", b"0")]}]),
+        ("out", 4, [{"key": b"c", "value": None, "timestamp": None, "headers": [("h", b"1"), ("i", b"2@3")]}]),
+    ]

@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from stream_app import state
-from stream_app.state_cache import SIZE_BASE, SIZE_EVENT, SIZE_ROW, StateCache, estimated_size
+from stream_app.state_cache import SIZE_BASE, SIZE_EVENT, SIZE_ROW, Forget, StateCache, estimated_size
 
 LIM = state.Limits(horizon_ms=86_400_000, grace_ms=3_600_000, max_events=128)
 T0 = 1_700_000_000_000
@@ -151,10 +151,10 @@ def test_dropping_partitions_forgets_their_states_and_held_messages():
     applied(c, 1, "b", 0)
     c.hold(0, "m0", 10)
     c.hold(1, "m1", 10)
-    c.hold_forget(0, "f0")
-    c.hold_forget(1, "f1")
+    c.hold_forget(0, "f0", True)
+    c.hold_forget(1, "f1", False)
     c.drop_partitions({0})
-    assert list(c.entries) == [b"b"] and c.held == {1: ["m1"]} and c.forgets == {1: ["f1"]}
+    assert list(c.entries) == [b"b"] and c.held == {1: ["m1"]} and c.forgets == {1: [Forget("f1", False)]}
     assert 0 not in c.pending and 0 not in c.facts and c.partitions_to_flush() == [1]
     assert c.bytes == c.entries[b"b"].size + SIZE_EVENT + 10
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -198,9 +199,17 @@ def test_forget_deletes_state_and_publishes_a_tombstone(env, workers):
     send(env, user_events("gone", 4, 0, ["tech"]) + user_events("kept", 4, 0, ["music"]))
     vectors_by_user(env, expect=2)
     out = cli(env, "forget", "gone", "--timeout", "60").stdout
-    assert out.startswith("forgotten: gone (tombstone at ")
+    tombstone = rf"\(tombstone at {env['INTEREST_TOPIC_PREFIX']}user-interests\[\d+\]@\d+\)"
+    assert re.fullmatch(rf"forgotten: gone {tombstone}\n", out), out  # the worker held its state
     assert w.get("/users/gone")[0] == 404
     assert w.get("/users/kept")[0] == 200
+    # an id the worker holds no state for (never sent anything, or forgotten already) is forgotten
+    # too (exit code 0), and the command says so: before, a mistyped id looked like success
+    no_state = ("; the worker held no state for {0} when it applied this request: is the id right? (a request "
+                "applied again after a worker restart also finds none)\n")
+    for user in ("never-sent", "gone"):
+        out = cli(env, "forget", user, "--timeout", "60").stdout
+        assert re.fullmatch(rf"forgotten: {user} {tombstone}" + re.escape(no_state.format(user)), out), out
     # stays gone after a restart (changelog tombstones), the other user is intact
     w.kill()
     w.start()
