@@ -112,8 +112,9 @@ class InterestApp(faust.App):
     vector_sends: set  # batches of vectors the broker has not answered yet (stream_app.scoring)
     received: Received  # the input offsets the agent received (stream_app.ingest)
     fetch_max_wait_ms: int  # how long a fetch waits for data at most (stream_app.consumer.ConsumerThread)
-    # set by `interest-stream worker`, whose create_topics has just checked every topic's config:
-    # the start's check_existing (for `faust -A`, which runs no topics create) is then skipped
+    # set by `interest-stream worker`, whose create_topics has just checked every topic's config
+    # and check_input_topics the input topics' partition counts: the start's check_existing and
+    # check_input_topics (for `faust -A`, which runs neither) are then skipped
     topics_checked: bool = False
 
     def _new_transport(self):
@@ -141,13 +142,15 @@ class InterestApp(faust.App):
         gc.freeze()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         loop = asyncio.get_running_loop()
-        # refuse input topics that are missing or not co-partitioned with the tables
-        n = await loop.run_in_executor(None, check_input_topics, settings)
-        if n != settings.partitions:
-            raise TopicError(
-                f"input topics have {n} partitions but INTEREST_PARTITIONS={settings.partitions}; "
-                "the tables must be co-partitioned with the input topics"
-            )
+        # refuse input topics that are missing or not co-partitioned with the tables (unless
+        # `interest-stream worker` has, with the same check)
+        if not self.topics_checked:
+            n = await loop.run_in_executor(None, check_input_topics, settings)
+            if n != settings.partitions:
+                raise TopicError(
+                    f"input topics have {n} partitions but INTEREST_PARTITIONS={settings.partitions}; "
+                    "the tables must be co-partitioned with the input topics"
+                )
         # vectors go to the output topic's partition of their key (record batches, stream_app.scoring)
         counts = await loop.run_in_executor(None, partition_counts, settings,
                                             [settings.output_topic, settings.dlq_topic])
@@ -172,7 +175,8 @@ class InterestApp(faust.App):
 
             paths = {p: users.data.partition_path(p) for p in range(settings.partitions)}
             await loop.run_in_executor(None, rebuild_stale, settings, paths, users.changelog_topic.get_topic_name())
-        # refuse to start without a readable model (ModelError names the path and the problem)
+        # refuse to start without a readable model (ModelError names the path and the problem); the
+        # one `interest-stream worker` loaded, if it did (ModelHolder.preloaded)
         await loop.run_in_executor(None, self.models.load_initial)
 
     def topic_warnings(self) -> list[str]:

@@ -227,7 +227,8 @@ def load_jsonl(file, bootstrap_servers, rate, force):
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
 def worker(bootstrap_servers, loglevel, faust_args):
     """Run the Faust worker (same as `faust -A stream_app.app worker`)."""
-    from .model_runtime import LoadedModel, ModelError
+    from .model_runtime import ModelError
+    from .model_swap import ModelHolder
     from .topics import check_input_topics, create_topics
 
     _check_faust_args(faust_args, loglevel)
@@ -244,8 +245,8 @@ def worker(bootstrap_servers, loglevel, faust_args):
             "INTEREST_MODEL_DIR is not set: the worker needs an exported model "
             "(model.onnx + model.json, see `interest-stream export`)"
         )
-    try:
-        LoadedModel.load(s.model_dir, threads=s.ort_threads)  # refuse early with a clear message
+    try:  # refuse early with a clear message; the app serves this model (no second load)
+        first_model = ModelHolder.load_first(s.model_dir, s.ort_threads)
     except ModelError as exc:  # "model at <path>: ..." named no setting
         raise click.ClickException(f"INTEREST_MODEL_DIR: {exc}") from None
     from .local_state import lock_state_dir
@@ -254,7 +255,10 @@ def worker(bootstrap_servers, loglevel, faust_args):
     _check_listen(s)
     from .app import app
 
-    app.topics_checked = True  # by create_topics above: the app's start need not list them again
+    # checked above (create_topics: every topic's config; check_input_topics: the input topics'
+    # partition counts): the app's start need not read them again
+    app.topics_checked = True
+    app.models.preloaded = first_model
     # JSON logs: --quiet keeps Faust's startup banner (terminal output, not a log record) out of
     # the stream, so every line parses
     quiet = ["--quiet"] if s.log_format == "json" else []

@@ -37,6 +37,22 @@ def window_mismatch(card: dict, horizon_s: int, max_events: int, profile_retenti
     return "; ".join(problems) + ": its inputs differ from training"
 
 
+def fingerprint(path: str) -> tuple:
+    """The directory ``path`` resolves to, and both files' mtime, size and change time. Both files
+    count: a pair copied into place one file after the other is refused while it is mixed, and
+    loaded once the second file is there, whichever came last. The inode's change time too: a pair
+    refused as unreadable is loaded once its permissions are fixed."""
+    resolved = os.path.realpath(path)
+    out: list = [resolved]
+    for name in ("model.json", "model.onnx"):
+        try:
+            st = os.stat(os.path.join(resolved, name))
+            out += [st.st_mtime_ns, st.st_size, st.st_ctime_ns]
+        except OSError:
+            out += [-1, -1, -1]
+    return tuple(out)
+
+
 class ModelHolder:
     def __init__(self, path: str, threads: int, window: tuple[int, int, int] | None = None) -> None:
         self.path = path
@@ -44,6 +60,10 @@ class ModelHolder:
         self.window = window  # (horizon_s, max_events, profile_retention_s) the worker keeps
         self.model = None
         self._seen: tuple | None = None  # (resolved dir, both files' mtime and size) last tried
+        # set by `interest-stream worker`, which loads the model before Faust starts (to refuse a
+        # bad one in one line): (its fingerprint, taken before, and the model), served by
+        # load_initial instead of loading the pair a second time
+        self.preloaded: tuple | None = None
 
     def load_initial(self):
         """Load the first model; raises ModelError (the worker refuses to start)."""
@@ -52,16 +72,28 @@ class ModelHolder:
         if not self.path:
             raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "
                              "(model.onnx + model.json; see `interest-stream export`)")
-        seen = self._fingerprint()  # before: a pair deployed while this one loads is loaded at the next poll
-        try:
-            self.model = LoadedModel.load(self.path, threads=self.threads)
-        except ModelError as exc:  # as `interest-stream worker` says it: the setting to change
-            raise ModelError(f"INTEREST_MODEL_DIR: {exc}") from None
+        preloaded, self.preloaded = self.preloaded, None
+        if preloaded is not None and (preloaded[1].path, preloaded[1].threads) == (self.path, self.threads):
+            seen, self.model = preloaded
+        else:
+            try:
+                seen, self.model = self.load_first(self.path, self.threads)
+            except ModelError as exc:  # as `interest-stream worker` says it: the setting to change
+                raise ModelError(f"INTEREST_MODEL_DIR: {exc}") from None
         self._seen = seen
         metrics.MODEL.labels(self.model.version).set(1)
         log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
         self._check_window(self.model)
         return self.model
+
+    @staticmethod
+    def load_first(path: str, threads: int) -> tuple:
+        """(the pair's fingerprint, the model): the fingerprint is taken before the load, so a pair
+        deployed while this one loads is loaded at the next poll. Raises ModelError."""
+        from .model_runtime import LoadedModel
+
+        seen = fingerprint(path)
+        return seen, LoadedModel.load(path, threads=threads)
 
     def _check_window(self, model) -> None:
         if self.window is not None:
@@ -69,27 +101,13 @@ class ModelHolder:
             if problem:
                 log.warning("%s", problem)
 
-    def _fingerprint(self) -> tuple:
-        """Both files count: a pair copied into place one file after the other is refused while
-        it is mixed, and loaded once the second file is there, whichever came last. The inode's
-        change time too: a pair refused as unreadable is loaded once its permissions are fixed."""
-        resolved = os.path.realpath(self.path)
-        out: list = [resolved]
-        for name in ("model.json", "model.onnx"):
-            try:
-                st = os.stat(os.path.join(resolved, name))
-                out += [st.st_mtime_ns, st.st_size, st.st_ctime_ns]
-            except OSError:
-                out += [-1, -1, -1]
-        return tuple(out)
-
     def poll(self) -> bool:
         """Load the model again if the path now names another pair, or the pair's files changed;
         True when swapped (another version, or the same one with another model.json).
         Blocking (file I/O and a test inference): call it in an executor."""
         from .model_runtime import LoadedModel, ModelError
 
-        fp = self._fingerprint()
+        fp = fingerprint(self.path)
         if fp == self._seen:
             return False
         self._seen = fp

@@ -146,3 +146,38 @@ def test_a_refused_card_put_right_is_served_and_the_serving_pair_again_is_no_swa
     assert holder.model.card["category_prior"] == {"a": 1.0}
     assert [r.getMessage() for r in caplog.records] == [
         f"model swapped: {serving.version} -> {serving.version} (same graph and encoding, another model.json)"]
+
+
+def test_the_model_interest_stream_worker_loaded_is_served_and_a_deploy_meanwhile_loaded_at_the_poll(
+        tmp_path, monkeypatch):
+    """`interest-stream worker` loads the first model before Faust starts (ModelHolder.load_first)
+    and hands it over (``preloaded``), instead of the app's start loading the pair a second time.
+    The link re-pointed in between (a deploy) is loaded at the first poll, as for a deploy during
+    load_initial's own load; a model the command loaded from another path is not served."""
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        for name in ("model.json", "model.onnx"):
+            (tmp_path / v / name).write_text(v)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+    loads = []
+
+    def load(path, threads=1):
+        resolved = os.path.realpath(path)
+        loads.append(resolved)
+        return SimpleNamespace(version=os.path.basename(resolved), resolved_dir=resolved, card={}, path=str(path),
+                               threads=threads)
+
+    monkeypatch.setattr(LoadedModel, "load", staticmethod(load))
+    first = ModelHolder.load_first(str(current), 1)
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", current)  # a deploy between the command's load and the start
+    holder = ModelHolder(str(current), threads=1)
+    holder.preloaded = first
+    served = holder.load_initial()
+    assert loads == [str(tmp_path / "v1")]  # loaded once
+    assert served is first[1] and holder.version == "v1"
+    assert holder.poll() is True and holder.version == "v2"
+    other = ModelHolder(str(tmp_path / "v1"), threads=1)
+    other.preloaded = ModelHolder.load_first(str(current), 1)  # (v2, by another path)
+    assert other.load_initial().path == str(tmp_path / "v1") and other.version == "v1"

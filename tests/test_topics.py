@@ -404,6 +404,7 @@ def test_interest_stream_worker_tells_the_app_it_has_checked_the_topics(tmp_path
     monkeypatch.setattr(local_state, "lock_state_dir", lambda path: None)
     monkeypatch.setattr(cli, "_check_listen", lambda settings: None)
     monkeypatch.setattr(app_module.app, "topics_checked", False)
+    monkeypatch.setattr(app_module.app.models, "preloaded", None)  # the command's model, handed over
     monkeypatch.setattr(app_module.app, "main", lambda: seen.append(app_module.app.topics_checked))
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.setenv("INTEREST_MODEL_DIR", str(tmp_path))
