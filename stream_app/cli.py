@@ -330,12 +330,15 @@ def _consumer(s: Settings, **kw):
 @click.option("--max-messages", type=click.IntRange(min=1), default=None, help="Stop after this many.")
 @click.option("--timeout", type=POSITIVE, default=None, help="Stop after this many idle seconds.")
 @click.option("--topic", default=None, callback=lambda ctx, param, value: _topic_name(value),
-              help="Read another interest topic (e.g. a backfill).")
+              help="Read another interest topic (e.g. a backfill); committed records only.")
 def tail(bootstrap_servers, user, from_beginning, max_messages, timeout, topic):
     """Print interest vectors as they arrive."""
     s = _settings(bootstrap_servers)
     topic = topic or s.output_topic
+    # committed records only: a replay's backfill is written in transactions (stream_app.backfill), and
+    # those of a replay that stopped are aborted
     consumer = _consumer(s, auto_offset_reset="earliest" if from_beginning else "latest",
+                         isolation_level="read_committed",
                          consumer_timeout_ms=timeout * 1000 if timeout else float("inf"))  # 1e308 s: inf
     from kafka import TopicPartition
 

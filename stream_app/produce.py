@@ -34,13 +34,21 @@ class Interrupted(InterestStreamError):
         self.sent = sent
 
 
-def producer(settings: Settings, max_in_flight: int = 5):
+def producer(settings: Settings, max_in_flight: int = 5, **options):
+    """The project's kafka-python producer; ``options`` are more of KafkaProducer's (a replay's
+    transactional id)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
         acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=max_in_flight,
-        client_id="interest-stream-producer", **settings.kafka_python_config(),
+        client_id="interest-stream-producer", **settings.kafka_python_config(), **options,
     )
+
+
+def error_reason(exc: BaseException) -> str:
+    """``Type: detail`` of a producer error, or ``Type`` alone when it carries no detail."""
+    detail = exc.args[0] if exc.args and exc.args[0] not in (None, "") else None
+    return type(exc).__name__ + (f": {detail}" if detail is not None else "")
 
 
 class Deliveries:
@@ -74,9 +82,8 @@ class Deliveries:
         finally:
             prod.close()  # waits for every send: each failed one has reported by now
         if self.failed:
-            detail = self.first.args[0] if self.first.args and self.first.args[0] not in (None, "") else None
-            reason = type(self.first).__name__ + (f": {detail}" if detail is not None else "")
-            raise InterestStreamError(f"{self.failed} of {sent} {what} were not delivered to {topic} ({reason})")
+            raise InterestStreamError(f"{self.failed} of {sent} {what} were not delivered to {topic} "
+                                      f"({error_reason(self.first)})")
         if error is not None:
             raise error
 

@@ -315,9 +315,9 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     window than the settings keep is a warning on stderr, the worker's (one line)."""
     from kafka import KafkaConsumer
 
+    from .backfill import BackfillWriter, Fenced, WriteFailed
     from .model_runtime import LoadedModel
     from .model_swap import window_mismatch
-    from .produce import Deliveries, producer
     from .topics import ensure_output_topic
 
     check_output_topic(s, output_topic)
@@ -336,15 +336,8 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
         if dry_run:
             return {"planned": p.events}
         ensure_output_topic(s, output_topic)
-        prod = producer(s, max_in_flight=1)  # keeps each user's vectors in order on retries
-        deliveries, published = Deliveries(), 0
-
-        def emit(key: bytes, vec: dict) -> None:
-            nonlocal published
-            deliveries.track(prod.send(output_topic, key=key, value=orjson.dumps(vec)))
-            published += 1
-
-        r = Replayer(s, model, from_ms, to_ms, emit, s.score_batch)
+        writer = BackfillWriter(s, output_topic)  # fences a replay still writing into it
+        r = Replayer(s, model, from_ms, to_ms, lambda key, vec: writer.send(key, orjson.dumps(vec)), s.score_batch)
         from tqdm import tqdm
 
         n = 0
@@ -356,15 +349,22 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
                     n += 1
                     if n % 1000 == 0:
                         bar.update(1000)
+                        writer.tick()
                 r.finish()
                 bar.update(n % 1000)
-            deliveries.finish(prod, published, "vectors", output_topic)
+            writer.finish()
         except BaseException as exc:
-            prod.close()  # what was sent before goes out (a producer closed already: nothing)
+            aborted = writer.abort()
+            left = (f"{writer.committed} vectors were committed to {output_topic}"
+                    + (f" (the {aborted} of its open transaction were aborted)" if aborted else ""))
             if isinstance(exc, KeyboardInterrupt):  # click's "Aborted!" left a partial backfill unsaid
-                raise ReplayError(f"interrupted after {n} of {p.events} records: {published} vectors were sent "
-                                  f"to {output_topic}, a partial backfill; run the same replay again to complete "
-                                  "it") from None
+                raise ReplayError(f"interrupted after {n} of {p.events} records: {left}, a partial backfill; run "
+                                  "the same replay again to complete it") from None
+            if isinstance(exc, Fenced):
+                raise ReplayError(f"{exc}; this replay stopped after {n} of {p.events} records: {left}, and the "
+                                  "other replay's vectors follow them") from None
+            if isinstance(exc, WriteFailed):
+                raise ReplayError(f"{exc}; this replay stopped after {n} of {p.events} records: {left}") from None
             raise
         return {"read": n, **r.counts, "model_version": model.version, "output_topic": output_topic}
     finally:

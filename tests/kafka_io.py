@@ -50,14 +50,16 @@ def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
     set_topic_config(bootstrap, [topic], "max.message.bytes", max_bytes)
 
 
-def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30) -> list:
+def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30,
+             isolation: str = "read_uncommitted") -> list:
     """Every record of ``topic`` from the beginning: until ``expect`` arrived, or else up to the
     end offsets its partitions had once the consumer was given them (within ``timeout``; a topic
     that does not exist is ``[]`` after it). Before, a read without ``expect`` ended at its first
     second without a record, which on a busy machine could come before the consumer had its
-    partitions or its first fetch: ``[]`` for a topic that held records."""
+    partitions or its first fetch: ``[]`` for a topic that held records. ``isolation`` is the
+    consumer's isolation.level: ``read_committed`` skips the records of aborted transactions."""
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                      enable_auto_commit=False, consumer_timeout_ms=1000)
+                      enable_auto_commit=False, consumer_timeout_ms=1000, isolation_level=isolation)
     out = []
     ends = None
     deadline = time.monotonic() + timeout

@@ -236,8 +236,10 @@ def test_vectors_the_output_topic_refuses_are_an_error(env, tiny_model_dir):
     out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
               "--output-topic", topic, "--no-progress", check=False)
     assert out.returncode == 1 and "replayed:" not in out.stdout
-    assert re.fullmatch(rf"Error: (\d+) of \1 vectors were not delivered to {re.escape(topic)} "
-                        r"\(MessageSizeTooLargeError\)\n", out.stderr), out.stderr
+    name = re.escape(topic)
+    assert re.fullmatch(rf"Error: vectors were not delivered to {name} \(MessageSizeTooLargeError\); this replay "
+                        rf"stopped after \d+ of \d+ records: 0 vectors were committed to {name} \(the [1-9]\d* of "
+                        r"its open transaction were aborted\)\n", out.stderr), out.stderr
     assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=3) == []
 
 
@@ -342,15 +344,19 @@ def test_a_model_directory_that_is_not_there_names_its_setting(env, tmp_path):
     assert out.returncode == 1 and out.stderr == f"Error: --model: model at {missing}: no such directory\n"
 
 
-def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("commit_s", [0.0, 3600.0])
+def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_model_dir, monkeypatch, commit_s):
     """Ctrl-C mid-replay was click's "Aborted!": nothing said that the output topic held a
-    partial backfill."""
+    partial backfill. Now what it left is whole transactions: a commit after every vector
+    leaves them all, one open transaction is aborted and leaves none to committed readers."""
+    from stream_app import backfill as bf
     from stream_app import replay as rp
     from stream_app.settings import Settings
 
     cli(env, "topics", "create")
     send(env, history())
     real_add, calls = rp.Replayer.add, []
+    sent = []
 
     def add(self, *args):
         calls.append(1)
@@ -358,13 +364,105 @@ def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_m
             raise KeyboardInterrupt
         real_add(self, *args)
 
+    real_send = bf.BackfillWriter.send
+
+    def count_send(self, key, value):
+        sent.append(key)
+        real_send(self, key, value)
+
     monkeypatch.setattr(rp.Replayer, "add", add)
-    topic = env["INTEREST_TOPIC_PREFIX"] + "partial"
+    monkeypatch.setattr(bf.BackfillWriter, "send", count_send)
+    monkeypatch.setattr(bf, "COMMIT_S", commit_s)
+    topic = env["INTEREST_TOPIC_PREFIX"] + f"partial{commit_s:.0f}"
     s = Settings.from_env(env)
     with pytest.raises(rp.ReplayError) as err:
         rp.run(s, FROM, TO, topic, str(tiny_model_dir), progress=False, echo=lambda line: None)
-    written = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10)
-    assert written
+    committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
     planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(s, FROM))
-    assert str(err.value) == (f"interrupted after 300 of {planned} records: {len(written)} vectors were sent to "
-                              f"{topic}, a partial backfill; run the same replay again to complete it")
+    assert sent
+    if commit_s == 0:
+        left = f"{len(sent)} vectors were committed to {topic}"
+        assert len(committed) == len(sent)
+    else:
+        left = f"0 vectors were committed to {topic} (the {len(sent)} of its open transaction were aborted)"
+        assert committed == []
+        assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10)  # written, then aborted
+        out = cli(env, "tail", "--topic", topic, "--from-beginning", "--timeout", "2")
+        assert out.stdout == ""  # tail reads committed records only
+    assert str(err.value) == (f"interrupted after 300 of {planned} records: {left}, a partial backfill; run the "
+                              "same replay again to complete it")
+
+
+def test_a_second_replay_into_the_same_topic_stops_the_first(env, tiny_model_dir, monkeypatch):
+    """Two replays into one topic at once interleaved their vectors: each user's newest record was
+    whichever came last. The second now takes over the topic's transactional id: the first
+    stops with an error at its next write, its open transaction aborted, and a committed-records
+    reader sees what the first had committed, then all of the second's vectors."""
+    import re
+
+    from stream_app import replay as rp
+    from stream_app.settings import Settings
+
+    cli(env, "topics", "create")
+    send(env, history())
+    topic = env["INTEREST_TOPIC_PREFIX"] + "fenced"
+    s = Settings.from_env(env)
+    real_add, calls, second = rp.Replayer.add, [], {}
+
+    def add(self, *args):
+        calls.append(1)
+        if len(calls) == 300 and not second:  # the first replay, mid-way: the second runs whole
+            second["counts"] = rp.run(s, FROM, TO, topic, str(tiny_model_dir), progress=False,
+                                      echo=lambda line: None)
+        real_add(self, *args)
+
+    monkeypatch.setattr(rp.Replayer, "add", add)
+    with pytest.raises(rp.ReplayError) as err:
+        rp.run(s, FROM, TO, topic, str(tiny_model_dir), progress=False, echo=lambda line: None)
+    planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(s, FROM))
+    name = re.escape(topic)
+    match = re.fullmatch(
+        rf"another replay into {name} started and took over its transactional id interest-stream\.replay\.{name}; "
+        rf"this replay stopped after (\d+) of {planned} records: (\d+) vectors were committed to {name}"
+        r"(?: \(the [1-9]\d* of its open transaction were aborted\))?, and the other replay's vectors follow them",
+        str(err.value))
+    assert match, str(err.value)
+    assert 300 <= int(match[1]) <= planned
+    first_committed = int(match[2])
+    committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
+    assert len(committed) == first_committed + second["counts"]["vectors"]
+    alone_env = dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir))
+    alone = [(r.key, orjson.loads(r.value)) for r in backfill(alone_env, env["INTEREST_TOPIC_PREFIX"] + "alone")]
+    newest = {r.key: orjson.loads(r.value) for r in committed}
+    assert newest == {key: vec for key, vec in alone}  # each user's newest vector is the second replay's
+
+
+def test_the_next_replay_aborts_what_a_killed_one_left_open(env, tiny_model_dir):
+    """A replay killed mid-transaction leaves it open, and committed-records readers of the topic
+    wait at it: the next replay into the topic aborts it when it starts, instead of the broker
+    after its transaction timeout (60 s)."""
+    import re
+
+    from stream_app.backfill import BackfillWriter
+    from stream_app.settings import Settings
+    from stream_app.topics import ensure_output_topic
+
+    cli(env, "topics", "create")
+    send(env, history())
+    topic = env["INTEREST_TOPIC_PREFIX"] + "after-kill"
+    s = Settings.from_env(env)
+    ensure_output_topic(s, topic)
+    stale = b'{"stale": true}'
+    killed = BackfillWriter(s, topic)
+    try:
+        killed.send(b"r0", stale)  # in the log, in a transaction never ended: as a SIGKILL leaves it
+        killed.prod.flush()
+        out = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)), "replay", "--from", FROM_ISO, "--to", TO_ISO,
+                  "--output-topic", topic, "--no-progress")
+    finally:
+        killed.prod.close(timeout=1)
+    vectors = int(re.search(r"vectors=(\d+)", out.stdout)[1])
+    everything = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10)
+    committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
+    assert [r.value for r in everything].count(stale) == 1 and len(everything) == vectors + 1
+    assert len(committed) == vectors and stale not in [r.value for r in committed]

@@ -1,0 +1,137 @@
+"""Writing a replay's vectors into its output topic, one writer per topic.
+
+A replay writes in Kafka transactions under one transactional id per output topic
+(:func:`transactional_id`). A second replay into the same topic takes that id over when it
+starts, and the broker then refuses the first one's next write or commit: Kafka's fencing, as
+Kafka Streams fences a task's old owner. The first replay stops with an error that says so
+(:class:`Fenced`), its open transaction is aborted, and a reader that reads committed records
+(``tail``, or any consumer with ``isolation.level=read_committed``) never sees its uncommitted
+vectors; the second replay's vectors follow what the first had committed. Before, nothing
+refused the second replay, and two ranges written at once left each user's newest record to
+whichever replay wrote last.
+
+A transaction is committed every :data:`COMMIT_S` seconds while vectors are written, and at the
+end. A replay stopped (Ctrl-C, a refused vector, a fence) aborts its open transaction, so what it
+leaves in the topic is whole transactions. One that is killed leaves its open transaction to the
+broker, which aborts it after :data:`TRANSACTION_TIMEOUT_MS`, or at once when the next replay into
+the topic starts; until then a committed-records reader of that topic waits at it.
+"""
+from __future__ import annotations
+
+import time
+
+from .produce import Deliveries, error_reason, producer
+from .settings import InterestStreamError, Settings
+
+COMMIT_S = 1.0  # seconds between commits: a stopped replay loses at most this much of its work
+# how long the broker lets a transaction stay open (kafka-python's default, said here): the
+# longest a killed replay's open transaction holds back committed-records readers
+TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def transactional_id(topic: str) -> str:
+    """One id per output topic, whatever the deployment: two writers of one topic fence each other."""
+    return f"interest-stream.replay.{topic}"
+
+
+class Fenced(InterestStreamError):
+    """Another replay into the same output topic took over this one's transactional id."""
+
+
+class WriteFailed(InterestStreamError):
+    """The output topic refused vectors: the replay stops, its open transaction aborted."""
+
+
+def is_fenced(exc: BaseException | None) -> bool:
+    """Whether a producer error means another producer holds the transactional id now. kafka-python
+    reports it as ProducerFencedError, or as InvalidProducerEpochError on a send the broker refused,
+    or wraps one of them in the KafkaError of a later send or commit."""
+    from kafka.errors import InvalidProducerEpochError, ProducerFencedError
+
+    if exc is None:
+        return False
+    if isinstance(exc, (ProducerFencedError, InvalidProducerEpochError)):
+        return True
+    return any(isinstance(a, BaseException) and is_fenced(a) for a in exc.args) or "ProducerFencedError" in str(exc)
+
+
+class BackfillWriter:
+    """A replay's transactional producer: :meth:`send` vectors, :meth:`tick` often (it commits
+    every COMMIT_S), :meth:`finish` at the end, or :meth:`abort` when the replay stops.
+    ``committed`` counts the vectors of committed transactions, ``open`` those of the open one."""
+
+    def __init__(self, s: Settings, topic: str, clock=time.monotonic) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        self.topic, self.clock = topic, clock
+        self.tid = transactional_id(topic)
+        self.prod = producer(s, max_in_flight=1, transactional_id=self.tid,  # keeps each user's order
+                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+        try:
+            self.prod.init_transactions()  # aborts the open transaction of a replay killed before
+        except KafkaTimeoutError as exc:
+            self.prod.close(timeout=1)
+            raise InterestStreamError(
+                f"Kafka at {s.bootstrap_servers} gave no transaction coordinator for {self.tid} ({exc}): a replay "
+                "writes in transactions, which need the brokers' transaction state log (its "
+                "transaction.state.log.replication.factor at most the live brokers)") from None
+        self.deliveries = Deliveries()
+        self.committed = self.open = 0
+        self.began: float | None = None  # a transaction begins at its first vector
+
+    def send(self, key: bytes, value: bytes) -> None:
+        from kafka.errors import KafkaError
+
+        if self.began is None:
+            self.prod.begin_transaction()
+            self.began = self.clock()
+        try:
+            self.deliveries.track(self.prod.send(self.topic, key=key, value=value))
+        except KafkaError as exc:  # a send after a failed one is refused at once
+            raise self.failure(exc) from None
+        self.open += 1
+        self.tick()
+
+    def tick(self) -> None:
+        if self.began is not None and self.clock() - self.began >= COMMIT_S:
+            self.commit()
+
+    def commit(self) -> None:
+        from kafka.errors import KafkaError
+
+        if self.began is None:
+            return
+        try:
+            self.prod.commit_transaction()  # flushes first: fails if any of its sends failed
+        except KafkaError as exc:
+            raise self.failure(exc) from None
+        if self.deliveries.failed:  # (the commit should have refused: never count such a transaction)
+            raise self.failure(self.deliveries.first)
+        self.committed += self.open
+        self.open, self.began = 0, None
+
+    def finish(self) -> None:
+        """Commit the last transaction and close."""
+        self.commit()
+        self.prod.close()
+
+    def abort(self) -> int:
+        """Abort the open transaction (a fenced or failed producer cannot: the broker does) and
+        close; returns how many vectors it held."""
+        aborted, self.open = self.open, 0
+        if self.began is not None:
+            try:
+                self.prod.abort_transaction()
+            except Exception:  # fenced, or in a fatal state: the new owner or the timeout aborts it
+                pass
+        self.began = None
+        self.prod.close(timeout=5)
+        return aborted
+
+    def failure(self, exc: BaseException) -> InterestStreamError:
+        """The error a failed send or commit stops the replay with (the first failed send's, if
+        any: a later error only says that an earlier one happened)."""
+        first = self.deliveries.first or exc
+        if is_fenced(first) or is_fenced(exc):
+            return Fenced(f"another replay into {self.topic} started and took over its transactional id {self.tid}")
+        return WriteFailed(f"vectors were not delivered to {self.topic} ({error_reason(first)})")

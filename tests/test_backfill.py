@@ -1,0 +1,61 @@
+"""The backfill writer's pure parts: which producer errors mean another replay took over the
+output topic, and the one-line error when the brokers give no transaction coordinator (the
+fencing itself is tested against the broker in test_replay.py)."""
+from __future__ import annotations
+
+import pytest
+from kafka.errors import (InvalidProducerEpochError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
+                          ProducerFencedError)
+
+from stream_app import backfill
+from stream_app.settings import InterestStreamError, Settings
+
+
+@pytest.mark.parametrize("error, fenced", [
+    (ProducerFencedError(), True),  # a commit, or the epoch bump kafka-python tries after a refused send
+    (InvalidProducerEpochError(), True),  # a send the broker refused once the id had a new epoch
+    (KafkaError("Cannot perform send because at least one previous transactional or idempotent request has "
+                "failed with errors.", ProducerFencedError()), True),  # a send after that
+    (KafkaError("Cannot perform send because at least one previous transactional or idempotent request has "
+                "failed with errors.", InvalidProducerEpochError()), True),
+    (KafkaError("Cannot execute transactional method because we are in an error state: [Error 90] "
+                "ProducerFencedError"), True),  # a commit or abort after that
+    (MessageSizeTooLargeError(), False),
+    (KafkaError("Cannot perform send because at least one previous transactional or idempotent request has "
+                "failed with errors.", MessageSizeTooLargeError()), False),
+    (KafkaTimeoutError("Timeout expired while initializing transactional state in 60000 ms."), False),
+    (None, False),
+])
+def test_which_errors_mean_another_replay_took_over(error, fenced):
+    assert backfill.is_fenced(error) is fenced
+
+
+def test_one_transactional_id_per_output_topic():
+    assert backfill.transactional_id("user-interests.backfill") == "interest-stream.replay.user-interests.backfill"
+    assert backfill.transactional_id("a") != backfill.transactional_id("b")
+
+
+class NoCoordinator:
+    """A producer whose brokers never name a transaction coordinator (a cluster whose transaction
+    state log wants more replicas than it has live brokers)."""
+
+    closed = False
+
+    def init_transactions(self):
+        raise KafkaTimeoutError("Timeout expired while initializing transactional state in 60000 ms.")
+
+    def close(self, timeout=None):
+        NoCoordinator.closed = True
+
+
+def test_no_transaction_coordinator_is_one_line_naming_the_broker_setting(monkeypatch):
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: NoCoordinator())
+    s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"})
+    with pytest.raises(InterestStreamError) as err:
+        backfill.BackfillWriter(s, "bf")
+    assert str(err.value) == (
+        "Kafka at k1:9092 gave no transaction coordinator for interest-stream.replay.bf (KafkaTimeoutError: "
+        "Timeout expired while initializing transactional state in 60000 ms.): a replay writes in transactions, "
+        "which need the brokers' transaction state log (its transaction.state.log.replication.factor at most the "
+        "live brokers)")
+    assert NoCoordinator.closed
