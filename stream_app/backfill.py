@@ -125,8 +125,21 @@ class BackfillWriter:
             except Exception:  # fenced, or in a fatal state: the new owner or the timeout aborts it
                 pass
         self.began = None
-        self.prod.close(timeout=5)
+        self.close()
         return aborted
+
+    def close(self) -> None:
+        """Close the producer, even one that holds batches it will never send: a producer fenced
+        while it re-initialized its epoch keeps them, and kafka-python's close then raised
+        KafkaTimeoutError ("Timeout waiting for future", which replaced the replay's own error)
+        and again, as a traceback on stderr, when the producer was garbage-collected."""
+        from kafka.errors import KafkaError
+
+        try:
+            self.prod.close(timeout=5)
+        except KafkaError:
+            self.prod._sender.force_close()  # fails the stuck batches (kafka-python has no public way)
+            self.prod.close(timeout=5)
 
     def failure(self, exc: BaseException) -> InterestStreamError:
         """The error a failed send or commit stops the replay with (the first failed send's, if

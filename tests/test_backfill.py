@@ -59,3 +59,43 @@ def test_no_transaction_coordinator_is_one_line_naming_the_broker_setting(monkey
         "which need the brokers' transaction state log (its transaction.state.log.replication.factor at most the "
         "live brokers)")
     assert NoCoordinator.closed
+
+
+class StuckBatches:
+    """A producer fenced while it re-initialized its epoch, as kafka-python 3.0 leaves it now and
+    then (two real replays into one topic, the second started 3 s after the first, two runs of
+    five): batches it will never send, so that its close raises "Timeout waiting for future" until
+    its sender is forced closed, which fails them."""
+
+    def __init__(self):
+        self._sender = self
+        self.forced = self.closed = False
+
+    def init_transactions(self):
+        pass
+
+    def abort_transaction(self):
+        from kafka.errors import KafkaError
+
+        raise KafkaError("Cannot execute transactional method because we are in an error state: [Error 90] "
+                         "ProducerFencedError")
+
+    def force_close(self):
+        self.forced = True
+
+    def close(self, timeout=None):
+        if not self.forced:
+            raise KafkaTimeoutError("Timeout waiting for future")
+        self.closed = True
+
+
+def test_abort_closes_a_fenced_producer_whose_batches_are_stuck(monkeypatch):
+    """The stuck batches made abort raise KafkaTimeoutError: the replay ended with "Error: Kafka at
+    …: KafkaTimeoutError: Timeout waiting for future (check KAFKA_BOOTSTRAP_SERVERS …)" instead of
+    the fence's line, then a traceback from the producer's __del__."""
+    stuck = StuckBatches()
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: stuck)
+    writer = backfill.BackfillWriter(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}), "bf")
+    writer.began, writer.open = 0.0, 7  # a transaction of 7 vectors open
+    assert writer.abort() == 7
+    assert stuck.forced and stuck.closed
