@@ -27,6 +27,9 @@ COMMIT_S = 1.0  # seconds between commits: a stopped replay loses at most this m
 # how long the broker lets a transaction stay open (kafka-python's default, said here): the
 # longest a killed replay's open transaction holds back committed-records readers
 TRANSACTION_TIMEOUT_MS = 60_000
+# how long a commit or abort waits for the broker's answer: kafka-python 3.0's commit_transaction
+# and abort_transaction wait without limit (Java's wait max.block.ms, 60 s by default)
+END_TIMEOUT_S = 60.0
 
 
 def transactional_id(topic: str) -> str:
@@ -102,9 +105,12 @@ class BackfillWriter:
         if self.began is None:
             return
         try:
-            self.prod.commit_transaction()  # flushes first: fails if any of its sends failed
+            answered = self.end("begin_commit")  # flushes first: fails if any of its sends failed
         except KafkaError as exc:
             raise self.failure(exc) from None
+        if not answered:
+            raise WriteFailed(f"Kafka did not answer the commit of a transaction of {self.open} vectors to "
+                              f"{self.topic} within {END_TIMEOUT_S:g} s (is the broker up?)")
         if self.deliveries.failed:  # (the commit should have refused: never count such a transaction)
             raise self.failure(self.deliveries.first)
         self.committed += self.open
@@ -121,7 +127,7 @@ class BackfillWriter:
         aborted, self.open = self.open, 0
         if self.began is not None:
             try:
-                self.prod.abort_transaction()
+                self.end("begin_abort")  # unanswered (no broker): the broker's timeout aborts it
             except Exception:  # fenced, or in a fatal state: the new owner or the timeout aborts it
                 pass
         self.began = None
@@ -140,6 +146,15 @@ class BackfillWriter:
         except KafkaError:
             self.prod._sender.force_close()  # fails the stuck batches (kafka-python has no public way)
             self.prod.close(timeout=5)
+
+    def end(self, begin: str) -> bool:
+        """Commit (``begin_commit``) or abort (``begin_abort``) the open transaction as kafka-python's
+        commit_transaction and abort_transaction do, but waiting END_TIMEOUT_S at most: theirs
+        wait for ever, and a broker stopped during a commit left the replay hanging with no word,
+        even once the broker was back (19 minutes, then killed). False when unanswered."""
+        result = getattr(self.prod._transaction_manager, begin)()
+        self.prod._sender.wakeup()
+        return result.wait(timeout_ms=END_TIMEOUT_S * 1000)
 
     def failure(self, exc: BaseException) -> InterestStreamError:
         """The error a failed send or commit stops the replay with (the first failed send's, if

@@ -99,3 +99,50 @@ def test_abort_closes_a_fenced_producer_whose_batches_are_stuck(monkeypatch):
     writer.began, writer.open = 0.0, 7  # a transaction of 7 vectors open
     assert writer.abort() == 7
     assert stuck.forced and stuck.closed
+
+
+class BrokerGone:
+    """A producer whose broker stopped during a commit: the commit is never answered (kafka-python's
+    own commit_transaction waits for ever: here 2 s, to keep the test short when it goes red)."""
+
+    def __init__(self):
+        from kafka.producer.transaction_manager import TransactionalRequestResult
+
+        self.result = TransactionalRequestResult()  # never done
+        self._transaction_manager = self._sender = self
+        self.closed = False
+
+    def init_transactions(self):
+        pass
+
+    def begin_commit(self):
+        return self.result
+
+    begin_abort = begin_commit
+
+    def wakeup(self):
+        pass
+
+    def commit_transaction(self):
+        self.result.wait(timeout_ms=2000)
+
+    abort_transaction = commit_transaction
+
+    def close(self, timeout=None):
+        self.closed = True
+
+
+def test_a_commit_the_broker_never_answers_stops_the_replay(monkeypatch):
+    """A broker stopped during a replay's commit left the replay waiting for ever, without a word
+    (19 minutes, broker back after 5 of them, until killed)."""
+    gone = BrokerGone()
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: gone)
+    monkeypatch.setattr(backfill, "END_TIMEOUT_S", 0.2, raising=False)
+    writer = backfill.BackfillWriter(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}), "bf")
+    writer.began, writer.open = 0.0, 5
+    with pytest.raises(backfill.WriteFailed) as err:
+        writer.commit()
+    assert str(err.value) == ("Kafka did not answer the commit of a transaction of 5 vectors to bf within 0.2 s (is "
+                              "the broker up?)")
+    assert writer.committed == 0
+    assert writer.abort() == 5 and gone.closed
