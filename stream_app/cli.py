@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -67,6 +69,12 @@ class Group(click.Group):
     """Turns the project's own errors into one-line messages instead of tracebacks."""
 
     def invoke(self, ctx):
+        # SIGTERM (`timeout`, `kill`, a job scheduler's stop) unwinds a command as Ctrl-C does, through
+        # its clean-up and its one line (a replay aborts its open transaction and says what it
+        # committed, a load says how many events went); before, it ended the process on the spot,
+        # saying nothing. The worker (Faust) and the demo put their own handlers in place of this one.
+        main_thread = threading.current_thread() is threading.main_thread()  # (signal's own rule)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
         try:
             return super().invoke(ctx)
         except InterestStreamError as exc:
@@ -87,6 +95,9 @@ class Group(click.Group):
                     f"Kafka at {servers} refused: {type(exc).__name__}: {broker_reason(exc)}"
                 ) from None
             raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 # The broker's error_message in kafka-python's "Request '...' failed with response '...'": the repr

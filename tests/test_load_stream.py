@@ -210,6 +210,37 @@ def test_a_load_interrupted_by_ctrl_c_says_how_many_events_were_sent(env, tmp_pa
     assert input_records(env) == 3
 
 
+def test_a_load_stopped_by_sigterm_says_how_many_events_were_sent(env, tmp_path):
+    """SIGTERM (`timeout`, `kill`, a scheduler's stop) ended the load on the spot, saying nothing of
+    the events that had gone out (and dropping those the producer still held); it now unwinds as
+    Ctrl-C does."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wait_for
+
+    cli(env, "topics", "create")
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(100)))
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "load", "jsonl", str(log), "--rate", "5"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: input_records(env) >= 2, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    match = re.fullmatch(rf"Error: interrupted: (\d+) of the 100 events of {re.escape(str(log))} were sent "
+                         r"\(its first \1\), the rest were not", last)
+    assert match, err
+    assert 2 <= int(match[1]) < 100 and input_records(env) == int(match[1])
+    assert "Traceback" not in err
+
+
 def test_load_jsonl_looks_the_input_topics_up_once(tmp_path, monkeypatch):
     """`load jsonl` checked that the input topics exist, then send_events checked again: two
     consumers and metadata round trips where one does. No broker: the lookups are counted."""
