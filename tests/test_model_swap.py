@@ -31,16 +31,23 @@ def test_the_first_models_error_names_its_setting(tmp_path):
     assert str(err.value) == f"INTEREST_MODEL_DIR: model at {tmp_path / 'no-model'}: no such directory"
 
 
-def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(tmp_path, monkeypatch):
-    """The link is re-pointed (a deploy) while the worker loads the model it starts with. Before,
-    the worker noted the new target as seen once the old one was loaded, and served the old model
-    until the next deploy."""
+def two_pairs(tmp_path):
+    """Two deployed pairs, v1 and v2 (each file holding its version), and the link ``current``
+    naming v1."""
     for v in ("v1", "v2"):
         (tmp_path / v).mkdir()
         for name in ("model.json", "model.onnx"):
             (tmp_path / v / name).write_text(v)
     current = tmp_path / "current"
     current.symlink_to(tmp_path / "v1")
+    return current
+
+
+def test_a_pair_deployed_while_the_first_model_loads_is_loaded_at_the_next_poll(tmp_path, monkeypatch):
+    """The link is re-pointed (a deploy) while the worker loads the model it starts with. Before,
+    the worker noted the new target as seen once the old one was loaded, and served the old model
+    until the next deploy."""
+    current = two_pairs(tmp_path)
 
     def load(path, threads=1):
         resolved = os.path.realpath(path)
@@ -154,12 +161,7 @@ def test_the_model_interest_stream_worker_loaded_is_served_and_a_deploy_meanwhil
     and hands it over (``preloaded``), instead of the app's start loading the pair a second time.
     The link re-pointed in between (a deploy) is loaded at the first poll, as for a deploy during
     load_initial's own load; a model the command loaded from another path is not served."""
-    for v in ("v1", "v2"):
-        (tmp_path / v).mkdir()
-        for name in ("model.json", "model.onnx"):
-            (tmp_path / v / name).write_text(v)
-    current = tmp_path / "current"
-    current.symlink_to(tmp_path / "v1")
+    current = two_pairs(tmp_path)
     loads = []
 
     def load(path, threads=1):
