@@ -119,7 +119,7 @@ class BackfillWriter:
     def finish(self) -> None:
         """Commit the last transaction and close."""
         self.commit()
-        self.prod.close()
+        self.close()
 
     def abort(self) -> int:
         """Abort the open transaction (a fenced or failed producer cannot: the broker does) and
