@@ -466,3 +466,46 @@ def test_the_next_replay_aborts_what_a_killed_one_left_open(env, tiny_model_dir)
     committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
     assert [r.value for r in everything].count(stale) == 1 and len(everything) == vectors + 1
     assert len(committed) == vectors and stale not in [r.value for r in committed]
+
+
+def test_a_replay_stopped_by_sigterm_aborts_its_transaction_and_says_what_it_committed(env, tiny_model_dir):
+    """SIGTERM (`timeout`, `kill`, a scheduler's stop) ended a replay on the spot, saying nothing and
+    leaving its open transaction to the broker's timeout; it now does what Ctrl-C does. The replay
+    runs in a process of its own that sends itself SIGTERM at its 300th record."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from stream_app import replay as rp
+    from stream_app.settings import Settings
+
+    cli(env, "topics", "create")
+    send(env, history())
+    topic = env["INTEREST_TOPIC_PREFIX"] + "terminated"
+    code = f"""
+import os, signal, sys
+from stream_app import replay as rp
+real, calls = rp.Replayer.add, []
+def add(self, *args):
+    calls.append(1)
+    if len(calls) == 300:
+        os.kill(os.getpid(), signal.SIGTERM)
+    real(self, *args)
+rp.Replayer.add = add
+from stream_app.cli import main
+sys.argv = ["interest-stream", "replay", "--from", {FROM_ISO!r}, "--to", {TO_ISO!r}, "--output-topic", {topic!r},
+            "--no-progress"]
+main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(Settings.from_env(env), FROM))
+    name = re.escape(topic)
+    match = re.fullmatch(rf"Error: interrupted after 299 of {planned} records: (\d+) vectors were committed to "
+                         rf"{name}(?: \(the [1-9]\d* of its open transaction were aborted\))?, a partial backfill; "
+                         r"run the same replay again to complete it\n", proc.stderr)
+    assert match, proc.stderr
+    committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
+    assert len(committed) == int(match[1])
