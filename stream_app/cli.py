@@ -421,23 +421,6 @@ def _delivered_ends(s: Settings, tps: list) -> dict:
         reader.close()
 
 
-def forget_report(user: str, where: str, headers, request_id: str) -> str | None:
-    """What ``forget`` prints for a tombstone of its user at ``where`` with these record headers
-    (``[(name, bytes)]``); None for the tombstone of another request (another ``forget`` of the
-    user). A tombstone without the worker's headers (a worker older than them) is the plain line."""
-    from .vectors import HELD_STATE_HEADER, REQUEST_HEADER
-
-    found = dict(headers or ())
-    answers = found.get(REQUEST_HEADER)
-    if answers is not None and answers != request_id.encode():
-        return None
-    line = f"forgotten: {user} (tombstone at {where})"
-    if found.get(HELD_STATE_HEADER) == b"0":
-        line += (f"; the worker held no state for {user} when it applied this request: is the id right? "
-                 "(a request applied again after a worker restart also finds none)")
-    return line
-
-
 @main.command()
 @click.argument("user", type=USER_ID)
 @bootstrap_option
@@ -447,6 +430,7 @@ def forget(user, bootstrap_servers, timeout):
     worker held no state for USER (a mistyped id?)."""
     from kafka import TopicPartition
 
+    from .forget_answer import forget_report
     from .partitioning import partition_for
     from .produce import Deliveries, producer
     from .topics import require_topics

@@ -11,7 +11,7 @@ the delete to the changelog (so the user stays gone after restarts and on standb
 it, commits the offsets of the events it covered (so none of the user's past events is read
 again after a crash), and then publishes a tombstone on the interest topic, which the command
 waits for (:func:`forgotten`); its headers say whether the worker held a state for the user when
-it applied the request, and which request it answers (:func:`tombstone_headers`). A request
+it applied the request, and which request it answers (:mod:`~stream_app.forget_answer`). A request
 applied again because the worker stopped after its flush but before the commit finds no state:
 the command's message says so. If the changelog refuses the delete, nothing is said: the
 partition's next flushes write it again, and the tombstone follows the one that succeeds; a
@@ -34,10 +34,10 @@ from faust.types import TP
 from . import metrics
 from .app import TOPIC_TYPES, app, control, lookup, owned_partitions, settings
 from .flush import let_go, send_batches
+from .forget_answer import tombstone_headers
 from .ingest import applied_offset
 from .partitioning import partition_for
 from .state_cache import Forget, message_bytes
-from .vectors import HELD_STATE_HEADER, REQUEST_HEADER
 
 log = logging.getLogger("interest_stream.control")
 
@@ -121,21 +121,12 @@ async def apply_control(message) -> str:
     return "malformed"
 
 
-def tombstone_headers(forget: Forget) -> list[tuple[str, bytes]]:
-    """The headers of a forget request's tombstone: whether the worker held a state for the user
-    when it applied the request, and which request it answers (the control record's partition and
-    offset), so that ``forget`` reads the answer to its own request."""
-    m = forget.message
-    return [(HELD_STATE_HEADER, b"1" if forget.held_state else b"0"),
-            (REQUEST_HEADER, f"{m.partition}@{m.offset}".encode())]
-
-
 async def forgotten(partition: int, forgets: list[Forget], last: bool = False) -> None:
     """A flush wrote the deletes of these users and acknowledged their forget requests: commit
     (Faust commits itself after the last flush, at shutdown; a rebalance's new owner applies the
     uncommitted request again), then publish their tombstones on the interest topic, one per
-    request (:func:`tombstone_headers`). A tombstone the broker does not take is logged with what
-    to do; their states are gone already."""
+    request (:mod:`~stream_app.forget_answer`). A tombstone the broker does not take is logged
+    with what to do; their states are gone already."""
     if not last:
         await app.consumer.commit()
     producer = app.producer._ensure_producer()

@@ -1,5 +1,4 @@
-"""Model output -> the contract's interest vector (pure; no Kafka, no onnxruntime); the headers of
-the interest topic's tombstones."""
+"""Model output -> the contract's interest vector (pure; no Kafka, no onnxruntime)."""
 from __future__ import annotations
 
 from math import log2
@@ -7,11 +6,6 @@ from typing import Mapping, Sequence
 
 SCHEMA = 1
 TOP_N = 3
-# A forget's tombstone (value None) carries two headers, read by `interest-stream forget`: whether
-# the worker held a state for the user when it applied the request (b"1" or b"0"), and which
-# request it answers (the control record's "partition@offset").
-HELD_STATE_HEADER = "interest-held-state"
-REQUEST_HEADER = "interest-forget-request"
 
 
 def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> float:

@@ -1,8 +1,8 @@
 """Forget requests without a broker: what a request says, and what it waits for."""
 import pytest
 
-from stream_app.cli import forget_report
-from stream_app.control import applied_offset, parse, tombstone_headers, unapplied
+from stream_app.control import applied_offset, parse, unapplied
+from stream_app.forget_answer import forget_report, tombstone_headers
 from stream_app.state_cache import Forget
 
 
