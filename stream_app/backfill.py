@@ -14,7 +14,8 @@ A transaction is committed every :data:`COMMIT_S` seconds while vectors are writ
 end. A replay stopped (Ctrl-C, a refused vector, a fence) aborts its open transaction, so what it
 leaves in the topic is whole transactions. One that is killed leaves its open transaction to the
 broker, which aborts it after :data:`TRANSACTION_TIMEOUT_MS`, or at once when the next replay into
-the topic starts; until then a committed-records reader of that topic waits at it.
+the topic starts; until then a committed-records reader of that topic reads nothing past it on
+its partitions.
 """
 from __future__ import annotations
 
@@ -63,10 +64,10 @@ class BackfillWriter:
     every COMMIT_S), :meth:`finish` at the end, or :meth:`abort` when the replay stops.
     ``committed`` counts the vectors of committed transactions, ``open`` those of the open one."""
 
-    def __init__(self, s: Settings, topic: str, clock=time.monotonic) -> None:
+    def __init__(self, s: Settings, topic: str) -> None:
         from kafka.errors import KafkaTimeoutError
 
-        self.topic, self.clock = topic, clock
+        self.topic = topic
         self.tid = transactional_id(topic)
         self.prod = producer(s, max_in_flight=1, transactional_id=self.tid,  # keeps each user's order
                              transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
@@ -87,7 +88,7 @@ class BackfillWriter:
 
         if self.began is None:
             self.prod.begin_transaction()
-            self.began = self.clock()
+            self.began = time.monotonic()
         try:
             self.deliveries.track(self.prod.send(self.topic, key=key, value=value))
         except KafkaError as exc:  # a send after a failed one is refused at once
@@ -96,7 +97,7 @@ class BackfillWriter:
         self.tick()
 
     def tick(self) -> None:
-        if self.began is not None and self.clock() - self.began >= COMMIT_S:
+        if self.began is not None and time.monotonic() - self.began >= COMMIT_S:
             self.commit()
 
     def commit(self) -> None:
