@@ -82,7 +82,7 @@ def user_link(user_id: str, page: str | None, text: str) -> str:
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1040px;
-padding:16px 24px;color:#1d232a;background:#fbfbfc}
+padding:16px 24px;color:#1d232a;background:#fbfbfc;overflow-wrap:anywhere}
 h1{font-size:22px;margin:8px 0 4px}h2{font-size:16px;margin:22px 0 8px;border-bottom:1px solid #dde1e6;
 padding-bottom:4px}nav a,a{color:#1f5fbf;text-decoration:none}a:hover{text-decoration:underline}
 .meta{color:#59636e;margin:0 0 8px}table{border-collapse:collapse;margin:4px 0}

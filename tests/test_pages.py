@@ -7,8 +7,10 @@ import re
 from collections import OrderedDict
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from browser import Chromium, chromium_path
 from stream_app import pages
 from stream_app.state_cache import Entry
 
@@ -203,3 +205,49 @@ def test_the_users_dot_and_dot_dot_get_no_link_a_browser_would_resolve_away():
         assert links(page) == [("/", "interest-stream worker"), ("", "explain (JSON)"), ("", "state (JSON)")]
     assert links(pages.user_page("u/1", summary(), None, explanation())) == [
         ("/", "interest-stream worker"), ("/users/u%2F1/explain", "explain (JSON)"), ("/users/u%2F1", "state (JSON)")]
+
+
+# --- the pages as a browser lays them out (rendered from the data above, opened as files) ------
+PHONE, DESKTOP = 390, 1280  # CSS px: a phone's width (iPhone 12 to 15) and a laptop's
+
+LONG_USER = "L" * 128  # the longest ids and names the contract allows, with no place to break
+LONG_CAT = "W" * 128
+OVERFLOW = {
+    # the document is no wider than the window: nothing sticks out to the right
+    "scroll": "document.documentElement.scrollWidth - window.innerWidth",
+    # what a card, a column or the heading holds stays inside it (no text over its neighbours)
+    "spill": """[...document.querySelectorAll('h1, .card, .cols > div, li')]
+                .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.tagName + ' ' + e.className)""",
+}
+
+
+def open_page(tmp_path, name: str, page: str, width: int, evaluate: dict):
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+    f = tmp_path / f"{name}.html"
+    f.write_text(page, encoding="utf-8")
+    with Chromium(tmp_path, width, 844) as browser:
+        opened = browser.open(f.as_uri(), evaluate, tmp_path / f"{name}-{width}.png")
+    assert opened.errors == []
+    return opened.values
+
+
+def long_names_explanation() -> dict:
+    ex = explanation(LONG_CAT)
+    for cat in ex["categories"]:
+        for e in cat["raised"]:
+            e["item"] = "X" * 128
+    return ex
+
+
+@pytest.mark.parametrize("width", [DESKTOP, PHONE])
+def test_long_names_wrap_inside_their_boxes(tmp_path, width):
+    """A 128-character user id, category or item without a space ran out of its card over the next
+    one, and a user id in the overview's list over the lag and dead-letter columns."""
+    page = pages.user_page(LONG_USER, summary(), None, long_names_explanation())
+    assert open_page(tmp_path, "user", page, width, OVERFLOW) == {"scroll": 0, "spill": []}
+    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0],
+            "lag": [("events.click", 0, 3)], "rates": None,
+            "totals": {"accepted": 5.0, "duplicate": 0.0, "dead_letter": 1.0},
+            "dead_letters": {"late": 1.0}, "cached_users": 1, "recent_users": [(LONG_USER, 1_000, 0)]}
+    assert open_page(tmp_path, "overview", pages.overview_page(info), width, OVERFLOW) == {"scroll": 0, "spill": []}
