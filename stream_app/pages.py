@@ -93,7 +93,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:8px 24px}
 .card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px}
 .card h3{font-size:15px;margin:2px 0 6px}ul.events{list-style:none;padding:0;margin:0 0 6px}
-ul.events li{padding:1px 0}#chart svg{display:block;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
+ul.events li{padding:1px 0}#chart svg{display:block;box-sizing:border-box;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
 #legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 #legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 #tip{min-height:1.45em;color:#59636e}
@@ -119,7 +119,10 @@ CHART_JS = r"""
     other.push(Math.max(0, 1 - s));
   }
   layers.push({name: "other", color: "#c9ced4", v: other});
-  var W = 960, H = 300, L = 40, R = 12, T = 10, B = 30;
+  // drawn at the width the page gives it (less its 1 px border), 1 unit to 1 px: scaled from a fixed
+  // 960, its 11 px labels were 4 px high on a phone
+  var W = Math.max(240, (box.clientWidth || 962) - 2), H = Math.round(Math.min(300, Math.max(200, 0.3 * W)));
+  var L = 40, R = 12, T = 10, B = 30;
   function x(k) { return n === 1 ? L + (W - L - R) / 2 : L + k * (W - L - R) / (n - 1); }
   function y(p) { return T + (1 - p) * (H - T - B); }
   function el(name, attrs, parent) {

@@ -251,3 +251,19 @@ def test_long_names_wrap_inside_their_boxes(tmp_path, width):
             "totals": {"accepted": 5.0, "duplicate": 0.0, "dead_letter": 1.0},
             "dead_letters": {"late": 1.0}, "cached_users": 1, "recent_users": [(LONG_USER, 1_000, 0)]}
     assert open_page(tmp_path, "overview", pages.overview_page(info), width, OVERFLOW) == {"scroll": 0, "spill": []}
+
+
+@pytest.mark.parametrize("width", [DESKTOP, PHONE])
+def test_the_charts_labels_keep_their_size_on_a_phone(tmp_path, width):
+    """The chart was drawn 960 units wide and scaled to the page: on a phone its axis labels were
+    4 px high (11 * 342 / 960), unreadable. It is drawn at the width it gets, 1 unit to 1 px."""
+    page = pages.user_page("u1", summary(), None, explanation())
+    got = open_page(tmp_path, "chart", page, width, {
+        "scale": "[...document.querySelectorAll('#chart svg text')].map(t => t.getScreenCTM().a.toFixed(3))",
+        "labels": "[...document.querySelectorAll('#chart svg text')].map(t => t.textContent)",
+        "svg": "document.querySelector('#chart svg').getBoundingClientRect().width",
+        "box": "document.getElementById('chart').clientWidth",
+    })
+    assert got["labels"] == ["0.00", "0.25", "0.50", "0.75", "1.00", "00:00", "00:00"]
+    assert got["scale"] == ["1.000"] * 7
+    assert got["svg"] == got["box"]
