@@ -2,6 +2,7 @@
 from events, no external resources, the rates, the recent users, the chart's categories."""
 from __future__ import annotations
 
+import html
 import html.parser
 import re
 from collections import OrderedDict
@@ -267,3 +268,15 @@ def test_the_charts_labels_keep_their_size_on_a_phone(tmp_path, width):
     assert got["labels"] == ["0.00", "0.25", "0.50", "0.75", "1.00", "00:00", "00:00"]
     assert got["scale"] == ["1.000"] * 7
     assert got["svg"] == got["box"]
+
+
+def title(page: str) -> str:
+    return html.unescape(re.search(r"<title>(.*?)</title>", page, re.S).group(1))
+
+
+def test_the_title_names_the_user_on_the_unknown_users_page_too():
+    """A tab or a bookmark of a user's page names the user, known or not (the unknown user's page
+    was titled "unknown user · interest-stream" whoever was asked for)."""
+    assert title(pages.user_page(EVIL, summary(), None, explanation())) == f"{EVIL} · interest-stream"
+    assert title(pages.missing_user_page(EVIL)) == f"{EVIL} (unknown user) · interest-stream"
+    assert "<script>alert" not in pages.missing_user_page(EVIL)
