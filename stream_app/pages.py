@@ -269,7 +269,8 @@ happened (removed from the window and from the profile). Searches are shown with
 
 def missing_user_page(user_id: str) -> str:
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{esc(user_id)} (unknown user) · interest-stream</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(user_id)} (unknown user) · interest-stream</title><style>{STYLE}</style></head>
 <body><nav><a href="/">interest-stream worker</a></nav>
 <h1>Unknown user <span id="user-id">{esc(user_id)}</span></h1>
 <p>No state for this user: never seen, forgotten, or idle longer than the profile retention.</p>

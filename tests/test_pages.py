@@ -280,3 +280,15 @@ def test_the_title_names_the_user_on_the_unknown_users_page_too():
     assert title(pages.user_page(EVIL, summary(), None, explanation())) == f"{EVIL} · interest-stream"
     assert title(pages.missing_user_page(EVIL)) == f"{EVIL} (unknown user) · interest-stream"
     assert "<script>alert" not in pages.missing_user_page(EVIL)
+
+
+def test_every_page_is_laid_out_for_the_phones_width():
+    """Without a viewport meta, a phone lays a page out 980 px wide and shrinks it: the unknown
+    user's page had none, and its text was 40% of its size at 390 px."""
+    viewport = '<meta name="viewport" content="width=device-width,initial-scale=1">'
+    info = {"worker": "w", "ready": True, "model_version": "v9", "partitions": [], "lag": [], "rates": None,
+            "totals": {"accepted": 0.0, "duplicate": 0.0, "dead_letter": 0.0}, "dead_letters": {},
+            "cached_users": 0, "recent_users": []}
+    for page in (pages.user_page("u1", summary(), None, explanation()), pages.missing_user_page("u1"),
+                 pages.overview_page(info)):
+        assert page.count(viewport) == 1
