@@ -82,7 +82,7 @@ def user_link(user_id: str, page: str | None, text: str) -> str:
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1040px;
-padding:16px 24px;color:#1d232a;background:#fbfbfc;overflow-wrap:anywhere}
+padding:16px 24px;color:#1d232a;background:#fbfbfc;overflow-wrap:break-word}
 h1{font-size:22px;margin:8px 0 4px}h2{font-size:16px;margin:22px 0 8px;border-bottom:1px solid #dde1e6;
 padding-bottom:4px}nav a,a{color:#1f5fbf;text-decoration:none}a:hover{text-decoration:underline}
 .meta{color:#59636e;margin:0 0 8px}table{border-collapse:collapse;margin:4px 0}
@@ -96,7 +96,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 ul.events li{padding:1px 0}#chart svg{display:block;box-sizing:border-box;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
 #legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 #legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
-#tip{min-height:1.45em;color:#59636e}
+#tip{min-height:1.45em;color:#59636e}#legend li,#top td:first-child{overflow-wrap:anywhere}
 """
 
 # Draws the stacked area chart from the embedded JSON: one point after each moment of the window,
