@@ -93,7 +93,8 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:8px 24px}
 .card{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:8px 12px}
 .card h3{font-size:15px;margin:2px 0 6px}ul.events{list-style:none;padding:0;margin:0 0 6px}
-ul.events li{padding:1px 0}#chart svg{display:block;box-sizing:border-box;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
+ul.events li{padding:1px 0}
+#chart svg{display:block;box-sizing:border-box;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
 #legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 #legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 #tip{min-height:1.45em;color:#59636e}#legend li,#top td:first-child{overflow-wrap:anywhere}
