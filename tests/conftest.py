@@ -94,16 +94,16 @@ def kafka(session_dir):
 _SESSION_BROKER: list[LocalKafka] = []
 
 # The test files that spend longest waiting for workers and the broker, longest first (each file's
-# summed durations in `pytest --durations=0`, session 57). `make test` hands the files out in this
+# summed durations in `pytest --durations=0`, session 59). `make test` hands the files out in this
 # order (`--no-loadscope-reorder`), so that its pytest processes finish close together:
 # pytest-xdist's own order (the files with the most tests first) handed these out last, where one
 # process could be left running a long file alone. Files not named here follow in pytest's order.
 LONGEST_FILES = (
-    "test_write_behind.py", "test_replay.py", "test_worker_scoring.py", "test_export.py",
-    "test_web.py", "test_faults.py", "test_state_dir.py", "test_worker_ops.py",
-    "test_worker_ingest.py", "test_kafka_local.py", "test_worker_cluster.py", "test_demo.py",
-    "test_load_stream.py", "test_worker_alignment.py", "test_models_cli.py",
-    "test_models_cli_errors.py", "test_model_card_window.py", "test_rerank_eval.py",
+    "test_write_behind.py", "test_replay.py", "test_export.py", "test_worker_scoring.py", "test_web.py",
+    "test_models_cli.py", "test_faults.py", "test_state_dir.py", "test_load_stream.py",
+    "test_models_cli_errors.py", "test_kafka_local.py", "test_worker_ops.py", "test_worker_ingest.py",
+    "test_demo.py", "test_model_card_window.py", "test_worker_cluster.py", "test_worker_alignment.py",
+    "test_rerank_eval.py", "test_models_data.py", "test_model_swap_in_place.py",
 )
 
 
