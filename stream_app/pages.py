@@ -158,10 +158,13 @@ CHART_JS = r"""
     el("line", {x1: L, x2: W - R, y1: y(p), y2: y(p), stroke: "#0002"}, svg);
     el("text", {x: L - 6, y: y(p) + 4, "text-anchor": "end", "font-size": "11", fill: "#59636e"}, svg).textContent = p.toFixed(2);
   });
-  var ticks = Math.min(n, 6);
+  // a tick every 90 px or more (6 at most), each its time, and its date (UTC, as the rest of the page)
+  // where the date changes: a window across midnight read "19:37 ... 03:16 ... 17:49", time backwards
+  var ticks = Math.min(n, 6, Math.max(2, Math.floor((W - L - R) / 90))), day = null;
   for (var t = 0; t < ticks; t++) {
     var k = ticks === 1 ? 0 : Math.round(t * (n - 1) / (ticks - 1));
-    var when = new Date(data.ts[k]).toISOString().slice(11, 16);
+    var iso = new Date(data.ts[k]).toISOString(), when = iso.slice(11, 16);
+    if (iso.slice(5, 10) !== day) { day = iso.slice(5, 10); when = day + " " + when; }
     var anchor = ticks > 1 && t === 0 ? "start" : ticks > 1 && t === ticks - 1 ? "end" : "middle";
     el("text", {x: x(k), y: H - 10, "text-anchor": anchor, "font-size": "11", fill: "#59636e"}, svg).textContent = when;
   }

@@ -6,6 +6,7 @@ import html
 import html.parser
 import re
 from collections import OrderedDict
+from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -272,9 +273,40 @@ def test_the_charts_labels_keep_their_size_on_a_phone(tmp_path, width):
         "svg": "document.querySelector('#chart svg').getBoundingClientRect().width",
         "box": "document.getElementById('chart').clientWidth",
     })
-    assert got["labels"] == ["0.00", "0.25", "0.50", "0.75", "1.00", "00:00", "00:00"]
+    assert got["labels"] == ["0.00", "0.25", "0.50", "0.75", "1.00", "01-01 00:00", "00:00"]
     assert got["scale"] == ["1.000"] * 7
     assert got["svg"] == got["box"]
+
+
+def across_midnight() -> dict:
+    """An explanation whose window runs from 19:37 one day to 17:49 the next (UTC)."""
+    ex = explanation()
+    hm = [(4, 19, 37), (4, 23, 22), (5, 3, 16), (5, 7, 1), (5, 10, 55), (5, 14, 30), (5, 17, 49)]
+    ts = [int(datetime(2026, 12, d, h, m, tzinfo=timezone.utc).timestamp() * 1000) for d, h, m in hm]
+    events = [{"event_id": f"e{k}", "type": "click", "ts": t, "age_ms": ts[-1] - t, "category": "travel",
+               "item": "i"} for k, t in enumerate(ts)]
+    series = {c: [v[0]] * len(ts) for c, v in ex["evolution"]["series"].items()}
+    ex["evolution"] = {"ts": ts, "series": series, "events": events}
+    return ex
+
+
+@pytest.mark.parametrize("width, ticks", [
+    (DESKTOP, ["12-04 19:37", "23:22", "12-05 03:16", "10:55", "14:30", "17:49"]),
+    (PHONE, ["12-04 19:37", "12-05 07:01", "17:49"]),
+])
+def test_the_time_axis_dates_its_ticks_where_the_day_changes(tmp_path, width, ticks):
+    """A window across midnight read "19:37 ... 03:16 ... 17:49", as if time ran backwards: a tick
+    carries its date where the date changes. On a phone fewer ticks, so that no two labels overlap."""
+    page = pages.user_page("u1", summary(), None, across_midnight())
+    got = open_page(tmp_path, "axis", page, width, {
+        "ticks": "[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.textContent)",
+        "boxes": """[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.getBBox())
+                    .map(b => [Math.round(b.x), Math.round(b.x + b.width)])""",
+        "width": "document.querySelector('#chart svg').getBoundingClientRect().width",
+    })
+    assert got["ticks"] == ticks
+    edges = [e for box in got["boxes"] for e in box]
+    assert edges == sorted(edges) and edges[0] >= 0 and edges[-1] <= got["width"], got["boxes"]
 
 
 def title(page: str) -> str:
