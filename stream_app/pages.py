@@ -235,6 +235,14 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
         cards.append(f'<div class="card"><h3>{esc(cat["category"])} · {100 * cat["p"]:.1f}%</h3>'
                      f'<div class="muted">raised it most</div><ul class="events">{raised}</ul>'
                      f'<div class="muted">lowered it most</div><ul class="events">{lowered}</ul></div>')
+    no_effect = ""
+    if ex["events"] and not any(cat["raised"] or cat["lowered"] for cat in ex["categories"]):
+        # every effect exactly 0 (the lists hold events with an effect), while the chart may move
+        no_effect = ('<p class="meta" id="no-effect">No single event moves these shares: without any '
+                     'one of them the model reads the same input. It reads the newest events that fit its '
+                     'tokens, and without one of them an older event that encodes alike (a repeated '
+                     'search) takes its place. So the events can move the chart together while none '
+                     'moves it alone.</p>')
     prof = ex["profile"]
     if prof["used"]:
         parts = ", ".join(f"{esc(c)} {_signed(v)}" for c, v in prof["effect"].items())
@@ -263,7 +271,7 @@ recomputed from the user's state.</p>
 <h2>Why</h2>
 <p class="meta">Leave-one-out: each event's effect is the share now minus the share had the event not
 happened (removed from the window and from the profile). Searches are shown without their text.</p>
-<div class="cols" id="explanation">{''.join(cards)}</div>
+<div class="cols" id="explanation">{''.join(cards)}</div>{no_effect}
 {profile}
 <script type="application/json" id="evolution-data">{embed_json(chart)}</script>
 <script>{CHART_JS}</script>

@@ -331,3 +331,18 @@ def test_every_page_is_laid_out_for_the_phones_width():
     for page in (pages.user_page("u1", summary(), None, explanation()), pages.missing_user_page("u1"),
                  pages.overview_page(info)):
         assert page.count(viewport) == 1
+
+
+def test_a_window_where_no_single_event_moves_anything_says_why():
+    """Many alike searches: without any one of them the model reads the same tokens (an older one
+    takes its place), so every effect is exactly 0 and no card lists an event, while the chart
+    moved as the window filled. The page said "none" everywhere, and nothing of why."""
+    ex = explanation()
+    for cat in ex["categories"]:
+        cat["raised"], cat["lowered"] = [], []
+    note = re.compile(r'<p class="meta" id="no-effect">No single event moves these shares: without any one of '
+                      r'them the model reads the same input\. .*?</p>')
+    assert len(note.findall(pages.user_page("u1", summary(), None, ex))) == 1
+    assert note.findall(pages.user_page("u1", summary(), None, explanation())) == []  # events listed
+    idle = dict(ex, events=0)  # rows dropped: nothing to explain, and the lists say so already
+    assert note.findall(pages.user_page("u1", summary(), None, idle)) == []
