@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from . import core, metrics, state
-from .cadence import next_due
+from .cadence import next_due, pause
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .flush import send_batches
 from .partitioning import partition_for
@@ -115,8 +115,9 @@ async def score_pass() -> int:
     Batches are pipelined: while the model runs on one batch (in the scoring thread), the next
     batch's inputs are copied out of the states and the previous batch's vectors are published.
     Inference must not starve consumption: while more than INTEREST_SCORE_PACE_BACKLOG input
-    messages wait, the pass pauses after each batch so that it takes at most INTEREST_SCORE_SHARE
-    of the time; otherwise it runs at full speed (fresher vectors)."""
+    messages wait, the pass pauses after each batch so that the batch's work, in the event loop
+    and in the scoring thread, is at most INTEREST_SCORE_SHARE of the time
+    (:func:`~stream_app.cadence.pause`); otherwise it runs at full speed (fresher vectors)."""
     model = app.models.model  # one model for the whole pass, even if a swap happens meanwhile
     if model is None or not is_ready():
         return 0
@@ -145,38 +146,49 @@ async def score_pass() -> int:
                     where[key] = p
                     inputs.append(core.snapshot(key, st, model, horizon))
             if inputs:
-                nxt = (inputs, where, loop.run_in_executor(app.scoring_thread, core.infer, model, inputs, batch),
+                nxt = (inputs, where, loop.run_in_executor(app.scoring_thread, timed_infer, model, inputs, batch),
                        time.perf_counter())
             i += batch
+        work = time.perf_counter() - t_start  # the encoding, in the event loop
         if running is not None:
-            done += await publish(running, model, generation)
+            published, batch_work = await publish(running, model, generation)
+            done, work = done + published, work + batch_work
         running = nxt
         if running is None and i >= len(todo):
             break
-        spent = time.perf_counter() - t_start
         if share < 1 and backlog() > settings.pace_backlog:
             metrics.SCORE_PACED.inc()
-            await asyncio.sleep(spent * (1 - share) / share)
+            await asyncio.sleep(pause(work, time.perf_counter() - t_start, share))
         else:
             await asyncio.sleep(0)
     if running is not None:
-        done += await publish(running, model, generation)
+        done += (await publish(running, model, generation))[0]
     return done
 
 
-async def publish(running, model, generation: int) -> int:
+def timed_infer(model, inputs, batch: int):
+    """:func:`core.infer` in the scoring thread, and how long it ran there (wall time: what the
+    model takes of the other core, and more when the machine is busier)."""
+    t0 = time.perf_counter()
+    probs = core.infer(model, inputs, batch)
+    return probs, time.perf_counter() - t0
+
+
+async def publish(running, model, generation: int) -> tuple[int, float]:
     """Wait for a batch's model output; publish its vectors (record batches per output partition)
     and keep each in its user's state. Nothing is published if the partitions were handed over
-    meanwhile (a rebalance flushed and dropped them)."""
+    meanwhile (a rebalance flushed and dropped them). Returns how many vectors it published, and
+    the batch's work besides its encoding: the model's run and this publication, in seconds."""
     inputs, where, future, t0 = running
-    probs = await future
-    metrics.SCORE_LATENCY.observe(time.perf_counter() - t0)
+    probs, model_s = await future
+    t_out = time.perf_counter()
+    metrics.SCORE_LATENCY.observe(t_out - t0)
     metrics.SCORE_BATCHES.inc()
     if handed_over(generation):
         # a rebalance began (its flush may have written and dropped these users already: a state
         # looked up now would be read again from the table and written by a worker that no
         # longer owns it) or the worker is stopping: the users stay pending, for their owner
-        return 0
+        return 0, model_s
     by_partition: dict[int, list] = {}
     n_out = app.output_partitions
     for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
@@ -199,7 +211,7 @@ async def publish(running, model, generation: int) -> int:
             first += n
     n = sum(len(r) for r in by_partition.values())
     metrics.SCORED_USERS.inc(n)
-    return n
+    return n, model_s + time.perf_counter() - t_out
 
 
 def on_vectors_sent(out_partition: int, where: dict[bytes, int], generation: int, fut) -> None:

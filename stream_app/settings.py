@@ -316,7 +316,7 @@ class Settings:
     model_poll_s: float = 10.0  # INTEREST_MODEL_POLL_S
     score_batch: int = 256  # INTEREST_SCORE_BATCH: users per ONNX Runtime call
     ort_threads: int = 1  # INTEREST_ORT_THREADS: intra-op threads of the scoring session
-    score_share: float = 0.2  # INTEREST_SCORE_SHARE: most of the time a pass takes while input waits
+    score_share: float = 0.2  # INTEREST_SCORE_SHARE: most of the time a pass's work takes while input waits
     pace_backlog: int = 5000  # INTEREST_SCORE_PACE_BACKLOG: input backlog above which passes are paced
     web_port: int = 6066  # INTEREST_WEB_PORT
     web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST

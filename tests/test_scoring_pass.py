@@ -1,9 +1,15 @@
 """The scoring pass's bookkeeping without a broker: the scan that indexes a newly assigned
 partition's users (scoring.index_new_partitions) against what runs while it yields to the event
-loop, and a batch's publication (scoring.publish) when a rebalance began or the producer fails."""
+loop, a batch's publication (scoring.publish) when a rebalance began or the producer fails, and
+how long a paced pass pauses."""
 import asyncio
+import dataclasses
 import logging
+import time
 from types import SimpleNamespace
+
+import numpy as np
+import pytest
 
 from stream_app import core, scoring, state
 from stream_app.model_runtime import LoadedModel
@@ -84,7 +90,7 @@ def scored_batch(model, cache):
     cache.put(0, b"u", st)
     inputs = [core.snapshot(b"u", st, model, scoring.LIMITS.horizon_ms)]
     probs = asyncio.get_running_loop().create_future()
-    probs.set_result(core.infer(model, inputs, 8))
+    probs.set_result((core.infer(model, inputs, 8), 0.0))  # (output, the model's seconds)
     return (inputs, {b"u": 0}, probs, 0.0), st
 
 
@@ -103,7 +109,7 @@ def test_a_batch_whose_model_run_ends_after_a_rebalance_began_publishes_nothing(
 
     async def run():
         running, st = scored_batch(model, cache)
-        return await scoring.publish(running, model, scoring.app.consumer_generation_id), st
+        return (await scoring.publish(running, model, scoring.app.consumer_generation_id))[0], st
 
     published, st = asyncio.run(run())
     assert published == 0 and looked_up == [] and state.is_pending(st)
@@ -127,7 +133,7 @@ def test_a_batch_the_producer_raises_on_leaves_its_users_waiting_for_a_vector(mo
 
     async def run():
         running, st = scored_batch(model, cache)
-        published = await scoring.publish(running, model, scoring.app.consumer_generation_id)
+        published, _ = await scoring.publish(running, model, scoring.app.consumer_generation_id)
         await asyncio.sleep(0)  # the batch's callbacks
         return published, st
 
@@ -137,3 +143,43 @@ def test_a_batch_the_producer_raises_on_leaves_its_users_waiting_for_a_vector(mo
     assert [r.getMessage() for r in caplog.records] == [
         f"1 vectors to {scoring.settings.output_topic}[0] were not delivered (RuntimeError('ProducerClosed')); "
         "their users are scored again"]
+
+
+MODEL_S = 0.05  # a batch's model run in the paced pass below
+
+
+@pytest.mark.parametrize("backlog, least, most", [(10**6, 5 * MODEL_S / 0.2, 60.0), (0, 6 * MODEL_S, 1.0)])
+def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, least, most):
+    """Six batches whose model runs take 0.05 s each (the scoring thread) and whose encoding takes
+    next to nothing (the event loop). While input waits (a backlog above INTEREST_SCORE_PACE_BACKLOG)
+    the pass's work is at most INTEREST_SCORE_SHARE (0.2) of its time, so it lasts at least the
+    five pauses after the first five model runs, 5 * 0.05 / 0.2 = 1.25 s. Before, only the loop's
+    part was counted, the model ran while the pass paused, and the pass took 0.73 s.
+    Without a backlog it runs at full speed: the six model runs one after the other, under 1 s."""
+    n = scoring.settings.partitions
+    keys = [k for k in (b"u%d" % i for i in range(2000)) if partition_for(k, n) == 0][:6 * 4]
+    cache = StateCache(10**9)
+
+    def model_run(model, inputs, batch):
+        time.sleep(MODEL_S)
+        return np.zeros((len(inputs), 1))
+
+    monkeypatch.setattr(scoring, "settings", dataclasses.replace(scoring.settings, score_batch=4, score_share=0.2))
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "output_partitions", 1, raising=False)
+    monkeypatch.setattr(scoring.app, "producer", SimpleNamespace(_ensure_producer=lambda: None))
+    monkeypatch.setattr(scoring.app.models, "model", object(), raising=False)
+    monkeypatch.setattr(scoring, "is_ready", lambda: True)
+    monkeypatch.setattr(scoring, "handed_over", lambda generation: False)
+    monkeypatch.setattr(scoring, "owned_partitions", lambda: {0})
+    monkeypatch.setattr(scoring, "lookup", lambda p, key: cache.get(key).state)
+    monkeypatch.setattr(scoring, "backlog", lambda: backlog)
+    monkeypatch.setattr(scoring.state, "is_pending", lambda st: True)
+    monkeypatch.setattr(scoring.core, "snapshot", lambda key, st, model, horizon: key)
+    monkeypatch.setattr(scoring.core, "infer", model_run)
+    monkeypatch.setattr(scoring.core, "publish", lambda inputs, probs, model, lookup: [])
+    for key in keys:
+        cache.put(0, key, state.new_state())  # waiting for a vector (is_pending above)
+    t0 = time.perf_counter()
+    assert asyncio.run(scoring.score_pass()) == 0  # nothing published: the publication is not under test
+    assert least <= time.perf_counter() - t0 < most
