@@ -1,4 +1,5 @@
-"""When scoring passes are due: on a fixed schedule, one interval apart.
+"""When scoring passes are due: on a fixed schedule, one interval apart; and how long a paced pass
+pauses after a batch (:func:`pause`).
 
 The scoring timer ticks more often than the interval and starts a pass at the first tick at or
 after the moment it is due. The next pass is due one interval after the previous one was due, not
