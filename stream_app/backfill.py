@@ -31,6 +31,7 @@ TRANSACTION_TIMEOUT_MS = 60_000
 # how long a commit or abort waits for the broker's answer: kafka-python 3.0's commit_transaction
 # and abort_transaction wait without limit (Java's wait max.block.ms, 60 s by default)
 END_TIMEOUT_S = 60.0
+END_WAIT_SLICE_MS = 100  # how often a commit waiting for its answer looks for a failed send
 
 
 def transactional_id(topic: str) -> str:
@@ -109,6 +110,8 @@ class BackfillWriter:
             answered = self.end("begin_commit")  # flushes first: fails if any of its sends failed
         except KafkaError as exc:
             raise self.failure(exc) from None
+        if not answered and self.deliveries.failed:  # a send failed while the commit waited for it
+            raise self.failure(self.deliveries.first)
         if not answered:
             raise WriteFailed(f"Kafka did not answer the commit of a transaction of {self.open} vectors to "
                               f"{self.topic} within {END_TIMEOUT_S:g} s (is the broker up?)")
@@ -155,7 +158,14 @@ class BackfillWriter:
         even once the broker was back (19 minutes, then killed). False when unanswered."""
         result = getattr(self.prod._transaction_manager, begin)()
         self.prod._sender.wakeup()
-        return result.wait(timeout_ms=END_TIMEOUT_S * 1000)
+        deadline = time.monotonic() + END_TIMEOUT_S
+        while not result.wait(timeout_ms=END_WAIT_SLICE_MS):
+            if (begin == "begin_commit" and self.deliveries.failed) or time.monotonic() >= deadline:
+                # a send that fails after the commit began leaves the commit unanswered for ever
+                # (kafka-python turns the transaction abortable and never sends its end): stop
+                # waiting for it at once (the replay's error names the send's)
+                return False
+        return True
 
     def failure(self, exc: BaseException) -> InterestStreamError:
         """The error a failed send or commit stops the replay with (the first failed send's, if

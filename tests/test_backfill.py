@@ -3,6 +3,8 @@ output topic, and the one-line error when the brokers give no transaction coordi
 fencing itself is tested against the broker in test_replay.py)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from kafka.errors import (InvalidProducerEpochError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
                           ProducerFencedError)
@@ -146,3 +148,28 @@ def test_a_commit_the_broker_never_answers_stops_the_replay(monkeypatch):
                               "the broker up?)")
     assert writer.committed == 0
     assert writer.abort() == 5 and gone.closed
+
+
+def test_a_send_that_fails_while_the_commit_waits_stops_the_replay_at_once(monkeypatch):
+    """A batch the topic refuses after the commit began (its send still in flight) turns the
+    transaction abortable, and kafka-python never answers the commit. The replay waited the whole
+    60 s and then blamed the broker ("did not answer the commit ... is the broker up?"), where the
+    topic had refused the vectors (seen once in `make test`:
+    test_vectors_the_output_topic_refuses_are_an_error)."""
+    fails = BrokerGone()
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: fails)
+    monkeypatch.setattr(backfill, "END_TIMEOUT_S", 5.0, raising=False)
+    writer = backfill.BackfillWriter(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}), "bf")
+    writer.began, writer.open = 0.0, 5
+
+    def begin_commit():  # the in-flight batch fails just after the commit began
+        writer.deliveries._failed(MessageSizeTooLargeError())
+        return fails.result
+
+    fails.begin_commit = begin_commit
+    t0 = time.monotonic()
+    with pytest.raises(backfill.WriteFailed) as err:
+        writer.commit()
+    assert str(err.value) == "vectors were not delivered to bf (MessageSizeTooLargeError)"
+    assert time.monotonic() - t0 < 1.0  # at the first look, not after END_TIMEOUT_S
+    assert writer.committed == 0
