@@ -110,13 +110,11 @@ class BackfillWriter:
             answered = self.end("begin_commit")  # flushes first: fails if any of its sends failed
         except KafkaError as exc:
             raise self.failure(exc) from None
-        if not answered and self.deliveries.failed:  # a send failed while the commit waited for it
+        if self.deliveries.failed:  # while the commit waited for it, or (never counted) a commit that took it
             raise self.failure(self.deliveries.first)
         if not answered:
             raise WriteFailed(f"Kafka did not answer the commit of a transaction of {self.open} vectors to "
                               f"{self.topic} within {END_TIMEOUT_S:g} s (is the broker up?)")
-        if self.deliveries.failed:  # (the commit should have refused: never count such a transaction)
-            raise self.failure(self.deliveries.first)
         self.committed += self.open
         self.open, self.began = 0, None
 
