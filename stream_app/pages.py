@@ -80,6 +80,11 @@ def user_link(user_id: str, page: str | None, text: str) -> str:
     return f'<a href="{esc(url)}">{esc(text)}</a>'
 
 
+# every page's head: UTF-8, no favicon request, and laid out at a phone's own width (without the
+# viewport, a phone laid the unknown user's page out 980 px wide and shrank its text to 40 %)
+HEAD = ('<meta charset="utf-8"><link rel="icon" href="data:,">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">')
+
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1040px;
 padding:16px 24px;color:#1d232a;background:#fbfbfc;overflow-wrap:break-word}
@@ -252,7 +257,7 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
         profile = "<p class=\"muted\">This model reads no long-term profile.</p>"
     counts = summary["counts"]
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head>{HEAD}
 <title>{esc(user_id)} · interest-stream</title><style>{STYLE}</style></head>
 <body>
 <nav><a href="/">interest-stream worker</a> · {user_link(user_id, 'explain', 'explain (JSON)')}
@@ -281,8 +286,7 @@ happened (removed from the window and from the profile). Searches are shown with
 
 def missing_user_page(user_id: str) -> str:
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(user_id)} (unknown user) · interest-stream</title><style>{STYLE}</style></head>
+<html lang="en"><head>{HEAD}<title>{esc(user_id)} (unknown user) · interest-stream</title><style>{STYLE}</style></head>
 <body><nav><a href="/">interest-stream worker</a></nav>
 <h1>Unknown user <span id="user-id">{esc(user_id)}</span></h1>
 <p>No state for this user: never seen, forgotten, or idle longer than the profile retention.</p>
@@ -374,7 +378,7 @@ def overview_page(info: dict) -> str:
         for u, newest, seen in info["recent_users"]) or '<li class="muted">no user with events in memory yet</li>'
     parts = ", ".join(map(str, info["partitions"])) or "none"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><meta name="viewport" content="width=device-width,initial-scale=1">
+<html lang="en"><head>{HEAD}
 <title>interest-stream worker</title><style>{STYLE}</style></head>
 <body>
 <h1>interest-stream worker</h1>
