@@ -40,7 +40,12 @@ from interest_core.encoding import pad_right  # the one padding convention
 from interest_core.errors import InterestStreamError
 from models.data import file_sha256 as sha256_file  # one file hash
 
-OPSET = 18  # onnxruntime 1.32 runs it fully; the dynamo exporter's well-trodden target (LayerNormalization is opset 17+)
+# Opset 20 has GELU as one operator (Gelu, with the tanh approximation the backbone trains with):
+# at 18 the exporter wrote it out in eight elementwise nodes over every token's 4C activations, and
+# scoring took 1.18-1.22x the time (three runs of bench/score.py, its onnx_fp32_opset18 engine).
+# ONNX Runtime runs it from 1.18, which also reads the IR version 10 the exporter writes (1.17
+# refused every export).
+OPSET = 20
 OUTPUT_NAMES = (OUTPUT_NAME,)
 DYNAMIC_AXES = ("batch", "sequence")
 PARITY_TOL = 1e-4  # max |ORT - PyTorch| over probabilities (issue 5)
@@ -234,7 +239,7 @@ def _quiet_exporter():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def export_graph(model, encoder, path, last_position: bool = True) -> None:
+def export_graph(model, encoder, path, last_position: bool = True, opset: int = OPSET) -> None:
     """Write the fp32 ONNX graph of ``model`` (eval mode) to ``path``; ``last_position`` swaps in
     :func:`_last_position_backbone`."""
     import torch
@@ -259,7 +264,7 @@ def export_graph(model, encoder, path, last_position: bool = True) -> None:
             str(path),
             input_names=list(input_names(encoder)),
             output_names=list(OUTPUT_NAMES),
-            opset_version=OPSET,
+            opset_version=opset,
             dynamic_shapes=shapes,
             dynamo=True,
             external_data=False,
@@ -404,7 +409,7 @@ def count_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, parity, int8_report,
+def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, parity, int8_report, opset=OPSET,
                      graph_sha256) -> dict:
     import onnxruntime
     import torch
@@ -424,7 +429,7 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
                    **({PROFILE_INPUT: {"dtype": "float32", "shape": ["batch", encoder.profile_size]}}
                       if encoder.profile_size else {})},
         "outputs": {OUTPUT_NAMES[0]: {"dtype": "float32", "shape": ["batch", encoder.k]}},
-        "opset": OPSET,
+        "opset": opset,
         "encoding": encoder.to_spec(),  # tokenizer embedded
         "metrics": card.get("metrics", {}),
         # the per-user window the model was trained on (serve with the same horizon / max events)
@@ -451,10 +456,11 @@ def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, pari
 
 
 def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_default,
-                      validation=None) -> dict:
+                      validation=None, opset: int = OPSET) -> dict:
     """Export the checkpoint ``ckpt_dir`` into ``out_dir`` (model.onnx + model.json); returns the
     model.json content. ``validation`` (seqs, profiles, targets, note) overrides reading ``data`` for the
-    int8 comparison (tests). Raises :class:`ExportError` with a one-line reason."""
+    int8 comparison (tests); ``opset`` another opset than :data:`OPSET` (bench/score.py's comparison).
+    Raises :class:`ExportError` with a one-line reason."""
     ckpt = Path(ckpt_dir)
     if not ckpt.exists():
         raise ExportError(f"{ckpt}: no such checkpoint directory")
@@ -491,12 +497,12 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
     try:
         t0 = time.time()
         log(f"exporting {ckpt} (k={encoder.k}, max_len={encoder.max_len}, "
-            f"{count_params(model):,} params) at opset {OPSET}")
+            f"{count_params(model):,} params) at opset {opset}")
         parity, backbone = None, None
         for last_position in (True, False):
             backbone = "last-position" if last_position else "full"
             try:
-                export_graph(model, encoder, tmp32, last_position)
+                export_graph(model, encoder, tmp32, last_position, opset)
                 check_graph(tmp32, encoder)
                 sess32 = ort_session(tmp32, threads=1)
                 parity = parity_check(model, encoder, sess32)
@@ -535,7 +541,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         spec = encoder.to_spec()
         version = content_version(graph, spec)
         meta = build_model_json(version=version, encoder=encoder, model=model, card=card, ckpt_dir=ckpt,
-                                quantized=int8, parity=parity, int8_report=int8_report,
+                                quantized=int8, parity=parity, int8_report=int8_report, opset=opset,
                                 graph_sha256=hashlib.sha256(graph).hexdigest())
         tmp_json = out / f".{CARD_FILE}.tmp"
         try:
