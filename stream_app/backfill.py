@@ -32,6 +32,12 @@ TRANSACTION_TIMEOUT_MS = 60_000
 # and abort_transaction wait without limit (Java's wait max.block.ms, 60 s by default)
 END_TIMEOUT_S = 60.0
 END_WAIT_SLICE_MS = 100  # how often a commit waiting for its answer looks for a failed send
+# kafka-python has no public commit or abort with a time limit, and no public way to fail the
+# batches of a fenced producer that it will never send: the writer calls these private parts of
+# its producer (kafka-python 3.0). A release without them is refused before a replay writes
+# anything; before, it would have stopped at its first commit with an AttributeError.
+PRIVATE_PARTS = ("_transaction_manager.begin_commit", "_transaction_manager.begin_abort", "_sender.wakeup",
+                 "_sender.force_close")
 
 
 def transactional_id(topic: str) -> str:
@@ -60,6 +66,18 @@ def is_fenced(exc: BaseException | None) -> bool:
     return any(isinstance(a, BaseException) and is_fenced(a) for a in exc.args) or "ProducerFencedError" in str(exc)
 
 
+def missing_private_parts(prod) -> list[str]:
+    """The parts of :data:`PRIVATE_PARTS` that the producer ``prod`` has no callable for."""
+    missing = []
+    for part in PRIVATE_PARTS:
+        obj = prod
+        for name in part.split("."):
+            obj = getattr(obj, name, None)
+        if not callable(obj):
+            missing.append(part)
+    return missing
+
+
 class BackfillWriter:
     """A replay's transactional producer: :meth:`send` vectors, :meth:`tick` often (it commits
     every COMMIT_S), :meth:`finish` at the end, or :meth:`abort` when the replay stops.
@@ -72,6 +90,14 @@ class BackfillWriter:
         self.tid = transactional_id(topic)
         self.prod = producer(s, max_in_flight=1, transactional_id=self.tid,  # keeps each user's order
                              transaction_timeout_ms=TRANSACTION_TIMEOUT_MS)
+        missing = missing_private_parts(self.prod)
+        if missing:
+            import kafka
+
+            self.prod.close(timeout=1)
+            raise InterestStreamError(
+                f"kafka-python {kafka.__version__} cannot write a replay's transactions: its producer has no "
+                f"{', '.join(missing)}, which the replay calls (written for kafka-python 3.0: install 3.0.x)")
         try:
             self.prod.init_transactions()  # aborts the open transaction of a replay killed before
         except KafkaTimeoutError as exc:

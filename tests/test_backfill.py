@@ -37,7 +37,58 @@ def test_one_transactional_id_per_output_topic():
     assert backfill.transactional_id("a") != backfill.transactional_id("b")
 
 
-class NoCoordinator:
+class Producer:
+    """A fake kafka-python producer with the private parts the writer calls
+    (:data:`stream_app.backfill.PRIVATE_PARTS`), each doing nothing."""
+
+    @property
+    def _transaction_manager(self):
+        return self
+
+    _sender = _transaction_manager
+
+    def begin_commit(self):
+        pass
+
+    begin_abort = begin_commit
+
+    def wakeup(self):
+        pass
+
+    def force_close(self):
+        pass
+
+
+class Renamed(Producer):
+    """A kafka-python release whose sender's forced close has another name."""
+
+    force_close = None
+    closed = inited = False
+
+    def init_transactions(self):
+        self.inited = True
+
+    def close(self, timeout=None):
+        self.closed = True
+
+
+def test_a_kafka_python_without_the_private_parts_is_refused_before_anything_is_written(monkeypatch):
+    import kafka
+
+    renamed = Renamed()
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: renamed)
+    with pytest.raises(InterestStreamError) as err:
+        backfill.BackfillWriter(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}), "bf")
+    assert str(err.value) == (
+        f"kafka-python {kafka.__version__} cannot write a replay's transactions: its producer has no "
+        "_sender.force_close, which the replay calls (written for kafka-python 3.0: install 3.0.x)")
+    assert renamed.closed and not renamed.inited
+    assert backfill.missing_private_parts(object()) == list(backfill.PRIVATE_PARTS)
+    assert backfill.missing_private_parts(Producer()) == []
+    assert backfill.missing_private_parts(type("Moved", (Producer,), {"wakeup": 0})()) == ["_sender.wakeup"]
+
+
+class NoCoordinator(Producer):
     """A producer whose brokers never name a transaction coordinator (a cluster whose transaction
     state log wants more replicas than it has live brokers)."""
 
@@ -63,14 +114,13 @@ def test_no_transaction_coordinator_is_one_line_naming_the_broker_setting(monkey
     assert NoCoordinator.closed
 
 
-class StuckBatches:
+class StuckBatches(Producer):
     """A producer fenced while it re-initialized its epoch, as kafka-python 3.0 leaves it now and
     then (two real replays into one topic, the second started 3 s after the first, two runs of
     five): batches it will never send, so that its close raises "Timeout waiting for future" until
     its sender is forced closed, which fails them."""
 
     def __init__(self):
-        self._sender = self._transaction_manager = self
         self.forced = self.closed = False
 
     def init_transactions(self):
@@ -103,7 +153,7 @@ def test_abort_closes_a_fenced_producer_whose_batches_are_stuck(monkeypatch):
     assert stuck.forced and stuck.closed
 
 
-class BrokerGone:
+class BrokerGone(Producer):
     """A producer whose broker stopped during a commit: the commit is never answered
     (kafka-python's own commit_transaction waits for it for ever)."""
 
@@ -111,7 +161,6 @@ class BrokerGone:
         from kafka.producer.transaction_manager import TransactionalRequestResult
 
         self.result = TransactionalRequestResult()  # never done
-        self._transaction_manager = self._sender = self
         self.closed = False
 
     def init_transactions(self):
