@@ -229,7 +229,7 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
                     f'<td class="num">{change}</td></tr>')
     if vector:
         drift = (f"Latest published vector: {iso(vector.get('ts'))}, drift {vector.get('drift', 0):.4f} "
-                 "(Jensen-Shannon divergence to the vector before it).")
+                 "(Jensen-Shannon divergence to the user's vector before it; 0 for a first vector).")
     else:
         drift = "No vector published yet."
 

@@ -83,7 +83,8 @@ def test_user_page_escapes_event_data_and_loads_nothing_external():
     assert chart["shown"][0] == EVIL and chart["events"][0]["item"] == EVIL
     assert len(parser.scripts) == 1 and "</script>" not in data
     assert html_text(page).count(EVIL) >= 3  # the heading, the top table, the explanation
-    assert "drift 0.2500" in page
+    assert ("drift 0.2500 (Jensen-Shannon divergence to the user's vector before it; 0 for a first vector)"
+            in html_text(page))  # a first vector's 0 read as "no change"
 
 
 def html_text(page: str) -> str:
