@@ -3,13 +3,14 @@
     python bench/score.py [--users 4000] [--days 1.5] [--threads 1] [--batch-size 256] [--repeats 3]
 
 Workload: a simulated population (:mod:`models.simulate`), each user's window at the end of the
-simulated period (:func:`interest_core.window.window_slice`, default horizon and max events) encoded with
-an encoder fitted on the population (default max_len 256, BPE 1000). Model: the DEFAULT config of
-:func:`models.model.build_model` (2 layers, 4 heads, 64 dims), UNTRAINED: speed does not depend on
-the weight values, except that the head, zero at initialisation, is given small random weights so
-every path computes. It is saved as a checkpoint and exported with the project's own export (fp32
-with its parity check, then int8 dynamic quantization), and once more in fp32 at opset 18
-(``onnx_fp32_opset18``: the export before opset 20, where each GELU was eight elementwise nodes).
+simulated period (:func:`interest_core.window.window_slice`, default horizon and max events) encoded
+with an encoder fitted on the population (its defaults: the JSON's ``model`` gives ``max_len``).
+Model: the DEFAULT config of :func:`models.model.build_model` (its size in the JSON), UNTRAINED:
+speed does not depend on the weight values, except that the head, zero at initialisation, is given
+small random weights so every path computes. It is saved as a checkpoint and exported with the
+project's own export (fp32 with its parity check, then int8 dynamic quantization), and once more in
+fp32 at opset 18 (``onnx_fp32_opset18``: the export before opset 20, where each GELU was eight
+elementwise nodes).
 
 Every engine scores the SAME batches (sorted by token length, right padded, ``--batch-size``),
 one warm-up pass, then the best of ``--repeats`` timed passes; ``users_per_s`` is users / seconds

@@ -409,8 +409,8 @@ def count_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, parity, int8_report, opset=OPSET,
-                     graph_sha256) -> dict:
+def build_model_json(*, version, encoder, model, card, ckpt_dir, quantized, parity, int8_report,
+                     graph_sha256, opset=OPSET) -> dict:
     import onnxruntime
     import torch
 
