@@ -56,6 +56,36 @@ def commit() -> str:
 
 
 _LIVE: list["WorkerProc"] = []  # workers to stop however the benchmark ends
+_WORKDIRS: list[Path] = []  # removed by run() when the benchmark ends well
+
+
+def workdir(name: str) -> Path:
+    """A temporary directory for a benchmark's model, logs and worker data. :func:`run` removes it
+    when the benchmark ends well, and keeps it (saying where on stderr) when it fails, for the log
+    its error names, or with ``BENCH_KEEP=1``. Before, every run left its own in /tmp (an ingest run
+    120 MB, a soak 76 MB)."""
+    path = Path(tempfile.mkdtemp(prefix=f"interest-bench-{name}-"))
+    _WORKDIRS.append(path)
+    return path
+
+
+def run(main) -> None:
+    """A benchmark's ``if __name__ == "__main__"``: ``main()``, then its :func:`workdir` directories
+    removed, unless it raised (a failure, Ctrl-C, SIGTERM) or returned a non-zero exit code, which
+    is then the process's."""
+    failed, result = True, None
+    try:
+        result = main()
+        failed = isinstance(result, int) and result != 0
+    finally:
+        keep = failed or os.environ.get("BENCH_KEEP")
+        for path in _WORKDIRS:
+            if keep:
+                print(f"kept {path}", file=sys.stderr)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+    if isinstance(result, int):
+        sys.exit(result)
 
 
 def _sigterm(signum, frame):

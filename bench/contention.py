@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import WorkerProc, broker, checkout, dumps, machine, synthetic_events
+from common import WorkerProc, broker, checkout, dumps, machine, run, synthetic_events, workdir
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -112,7 +111,7 @@ def main() -> None:
     from stream_app.settings import Settings
     from stream_app.topics import create_topics
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-contention-"))
+    work = workdir("contention")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     card = __import__("json").loads((model_dir / "model.json").read_text())
 
@@ -150,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,13 +24,11 @@ import bisect
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import orjson
 
-from common import ROOT, WorkerProc, broker, commit, cpu_s, dumps, machine
+from common import ROOT, WorkerProc, broker, commit, cpu_s, dumps, machine, run, workdir
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -54,7 +52,7 @@ def main() -> None:
     from stream_app.settings import Settings
     from stream_app.topics import create_topics
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-fresh-"))
+    work = workdir("fresh")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     card = orjson.loads((model_dir / "model.json").read_bytes())
 
@@ -195,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
 from collections import namedtuple
 
 import orjson
 
-from common import commit, machine, synthetic_events
+from common import commit, machine, run, synthetic_events, workdir
 
 Message = namedtuple("Message", "topic partition offset key value timestamp")  # the fields Faust's has
 T0 = 1_764_000_000_000
@@ -52,7 +49,7 @@ def main() -> None:
     ap.add_argument("--order", choices=["shuffled", "inorder"], default="shuffled")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    os.environ.setdefault("INTEREST_DATA_DIR", tempfile.mkdtemp())  # importing the app makes its state directory
+    os.environ.setdefault("INTEREST_DATA_DIR", str(workdir("hotpath")))  # importing the app makes its state directory
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
@@ -113,7 +110,7 @@ def main() -> None:
                            "+ aligner and held events (the agent's loop body)": best_us(agent_body, len(raw),
                                                                                         args.repeat)}
 
-    model = LoadedModel.load(build_tiny_model_dir(Path(tempfile.mkdtemp()) / "model", model_config={}, max_len=256),
+    model = LoadedModel.load(build_tiny_model_dir(workdir("hotpath-model") / "model", model_config={}, max_len=256),
                              threads=1)
     gc.collect()
     tracemalloc.start()
@@ -158,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

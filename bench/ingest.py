@@ -25,14 +25,13 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
-from common import (WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, pyspy_args, synthetic_events,
-                    topic_bytes, topic_records)
+from common import (WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, pyspy_args, run, synthetic_events,
+                    topic_bytes, topic_records, workdir)
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -172,7 +171,7 @@ def main() -> None:
     args = ap.parse_args()
     from tiny_model import build_tiny_model_dir
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-ingest-"))
+    work = workdir("ingest")
     # with --old, a model whose profile input older workers read too (three scales)
     model_dir = build_tiny_model_dir(work / "model", profile_scales=3 if args.old else None)
     with broker() as (bootstrap, k):
@@ -230,4 +229,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

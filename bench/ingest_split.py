@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import broker, commit, dumps, machine
+from common import broker, commit, dumps, machine, run, workdir
 from ingest import faust_floor, preload, run_worker
 
 STEPS = (("Faust decode-only agent", None), ("+ the worker's app, events held until the flush", "hold"),
@@ -37,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     from tiny_model import build_tiny_model_dir
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-split-"))
+    work = workdir("split")
     model_dir = build_tiny_model_dir(work / "model")
     with broker() as (bootstrap, k):
         prefix = f"bench{int(time.time())}."
@@ -70,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -17,11 +17,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, broker, checkout, commit, dumps, machine, synthetic_events
+from common import ROOT, broker, checkout, commit, dumps, machine, run, synthetic_events, workdir
 
 SPAN_MS = 20 * 3_600_000
 T0 = (int(time.time()) - SPAN_MS // 1000 - 60) * 1000  # a whole second, inside the input topics' retention
@@ -62,7 +61,7 @@ def main() -> None:
     from stream_app.settings import Settings
     from stream_app.topics import create_topics
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-replay-"))
+    work = workdir("replay")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     with broker() as (bootstrap, _k):
         prefix = f"bench{int(time.time())}."
@@ -95,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

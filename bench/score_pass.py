@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
-from common import WorkerProc, broker, dumps, machine, synthetic_events, topic_records
+from common import WorkerProc, broker, dumps, machine, run, synthetic_events, topic_records, workdir
 
 SPAN_MS = 20 * 3_600_000
 T0 = int(time.time() * 1000) - SPAN_MS - 60_000
@@ -63,7 +62,7 @@ def main() -> None:
     from stream_app.settings import Settings
     from stream_app.topics import create_topics
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-scorepass-"))
+    work = workdir("scorepass")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)  # the default-size model
     card = orjson.loads((model_dir / "model.json").read_bytes())
     events = list(synthetic_events(args.users, args.events, seed=3, t0=T0, span_ms=SPAN_MS))
@@ -120,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

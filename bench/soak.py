@@ -18,11 +18,9 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import ROOT, WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, topic_bytes
+from common import ROOT, WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, run, topic_bytes, workdir
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def run(args, src) -> None:
     from stream_app.settings import Settings
     from stream_app.topics import create_topics
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-soak-"))
+    work = workdir("soak")
     # with --old, a model whose profile input older workers read too (three scales)
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256,
                                      profile_scales=3 if args.old else None)
@@ -125,4 +123,4 @@ def run(args, src) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -28,13 +28,12 @@ import argparse
 import http.client
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
-from common import WorkerProc, broker, dumps, machine, random_event
+from common import WorkerProc, broker, dumps, machine, random_event, run, workdir
 
 CATS = ["books", "cars", "cooking", "fashion", "finance", "fitness", "gaming", "movies", "music", "sports",
         "tech", "travel"]
@@ -118,7 +117,7 @@ def main() -> None:
     from stream_app.topics import create_topics
     from stream_app.produce import send_events
 
-    work = Path(tempfile.mkdtemp(prefix="interest-bench-web-"))
+    work = workdir("web")
     if args.model:
         model_dir = args.model
     else:
@@ -215,4 +214,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
