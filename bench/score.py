@@ -9,8 +9,8 @@ Model: the DEFAULT config of :func:`models.model.build_model` (its size in the J
 speed does not depend on the weight values, except that the head, zero at initialisation, is given
 small random weights so every path computes. It is saved as a checkpoint and exported with the
 project's own export (fp32 with its parity check, then int8 dynamic quantization), and once more in
-fp32 at opset 18 (``onnx_fp32_opset18``: the export before opset 20, where each GELU was eight
-elementwise nodes).
+fp32 at opset 18 (``onnx_fp32_opset18``: the export before opset 20, where each of the backbone's
+GELUs was eight elementwise nodes).
 
 Every engine scores the SAME batches (sorted by token length, right padded, ``--batch-size``),
 one warm-up pass, then the best of ``--repeats`` timed passes; ``users_per_s`` is users / seconds
