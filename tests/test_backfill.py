@@ -39,7 +39,9 @@ def test_one_transactional_id_per_output_topic():
 
 class Producer:
     """A fake kafka-python producer with the private parts the writer calls
-    (:data:`stream_app.backfill.PRIVATE_PARTS`), each doing nothing."""
+    (:data:`stream_app.backfill.PRIVATE_PARTS`), each doing nothing, and a close that is noted."""
+
+    closed = False
 
     @property
     def _transaction_manager(self):
@@ -58,18 +60,21 @@ class Producer:
     def force_close(self):
         pass
 
+    def init_transactions(self):
+        pass
+
+    def close(self, timeout=None):
+        self.closed = True
+
 
 class Renamed(Producer):
     """A kafka-python release whose sender's forced close has another name."""
 
     force_close = None
-    closed = inited = False
+    inited = False
 
     def init_transactions(self):
         self.inited = True
-
-    def close(self, timeout=None):
-        self.closed = True
 
 
 def test_a_kafka_python_without_the_private_parts_is_refused_before_anything_is_written(monkeypatch):
@@ -92,17 +97,13 @@ class NoCoordinator(Producer):
     """A producer whose brokers never name a transaction coordinator (a cluster whose transaction
     state log wants more replicas than it has live brokers)."""
 
-    closed = False
-
     def init_transactions(self):
         raise KafkaTimeoutError("Timeout expired while initializing transactional state in 60000 ms.")
 
-    def close(self, timeout=None):
-        NoCoordinator.closed = True
-
 
 def test_no_transaction_coordinator_is_one_line_naming_the_broker_setting(monkeypatch):
-    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: NoCoordinator())
+    none = NoCoordinator()
+    monkeypatch.setattr(backfill, "producer", lambda *args, **kw: none)
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092"})
     with pytest.raises(InterestStreamError) as err:
         backfill.BackfillWriter(s, "bf")
@@ -111,7 +112,7 @@ def test_no_transaction_coordinator_is_one_line_naming_the_broker_setting(monkey
         "Timeout expired while initializing transactional state in 60000 ms.): a replay writes in transactions, "
         "which need the brokers' transaction state log (its transaction.state.log.replication.factor at most the "
         "live brokers)")
-    assert NoCoordinator.closed
+    assert none.closed
 
 
 class StuckBatches(Producer):
@@ -121,10 +122,7 @@ class StuckBatches(Producer):
     its sender is forced closed, which fails them."""
 
     def __init__(self):
-        self.forced = self.closed = False
-
-    def init_transactions(self):
-        pass
+        self.forced = False
 
     def begin_abort(self):
         from kafka.errors import KafkaError
@@ -161,21 +159,11 @@ class BrokerGone(Producer):
         from kafka.producer.transaction_manager import TransactionalRequestResult
 
         self.result = TransactionalRequestResult()  # never done
-        self.closed = False
-
-    def init_transactions(self):
-        pass
 
     def begin_commit(self):
         return self.result
 
     begin_abort = begin_commit
-
-    def wakeup(self):
-        pass
-
-    def close(self, timeout=None):
-        self.closed = True
 
 
 def test_a_commit_the_broker_never_answers_stops_the_replay(monkeypatch):
