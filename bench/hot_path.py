@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--order", choices=["shuffled", "inorder"], default="shuffled")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    os.environ.setdefault("INTEREST_DATA_DIR", str(workdir("hotpath")))  # importing the app makes its state directory
+    work = workdir("hotpath")
+    os.environ.setdefault("INTEREST_DATA_DIR", str(work / "state"))  # importing the app makes its state directory
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
@@ -110,7 +111,7 @@ def main() -> None:
                            "+ aligner and held events (the agent's loop body)": best_us(agent_body, len(raw),
                                                                                         args.repeat)}
 
-    model = LoadedModel.load(build_tiny_model_dir(workdir("hotpath-model") / "model", model_config={}, max_len=256),
+    model = LoadedModel.load(build_tiny_model_dir(work / "model", model_config={}, max_len=256),
                              threads=1)
     gc.collect()
     tracemalloc.start()
