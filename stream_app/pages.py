@@ -266,8 +266,9 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
 <p class="meta">{plural(summary['events'], 'event')} in the window ({plural(counts['click'], 'click')},
 {plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])}; model {esc(ex['model_version'])}</p>
 <h2>Interest evolution across the window</h2>
-<p class="meta">The vector after each event of the window (the {plural(ex['events'], 'event')} the state keeps in full),
-recomputed from the user's state.</p>
+<p class="meta">The vector after each event of the window (the {plural(ex['events'], 'event')} the state keeps in full;
+events at the same time count as one), recomputed from the user's state. The events are evenly
+spaced, whatever the time between them; the labels give their times.</p>
 <div id="chart"></div><ul id="legend"></ul><div id="tip"></div>
 <h2>Top interests now</h2>
 <table id="top"><tr><th>category</th><th class="num">share</th><th></th><th class="num">change over the window</th></tr>

@@ -85,6 +85,9 @@ def test_user_page_escapes_event_data_and_loads_nothing_external():
     assert html_text(page).count(EVIL) >= 3  # the heading, the top table, the explanation
     assert ("drift 0.2500 (Jensen-Shannon divergence to the user's vector before it; 0 for a first vector)"
             in html_text(page))  # a first vector's 0 read as "no change"
+    # the chart's x axis is by event, not to scale in time: a night between two sittings is one step
+    assert ("The events are evenly spaced, whatever the time between them; the labels give their times."
+            in html_text(page))
 
 
 def html_text(page: str) -> str:
