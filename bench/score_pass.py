@@ -1,6 +1,6 @@
 """A live scoring pass against the model alone, and the Kafka records a scored user costs.
 
-    python bench/score_pass.py [--users 20000] [--events 200000] [--passes 3]
+    python bench/score_pass.py [--users 20000] [--events 200000] [--passes 5]
 
 Preloads events for U users; a worker ingests them with scoring off and stops (its shutdown flush
 writes every state). A second worker on the same state then scores every user in its first pass
@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
