@@ -61,6 +61,7 @@ bench: install
 	$(PY) bench/ingest.py --old $(OLD_REF) | tee bench-out/ingest.json
 	$(PY) bench/ingest.py --events 300000 --users 20000 --order inorder --old $(OLD_REF) | tee bench-out/ingest-inorder.json
 	$(PY) bench/score_pass.py | tee bench-out/score_pass.json
+	$(PY) bench/score_overlap.py | tee bench-out/score_overlap.json
 	$(PY) bench/ingest_split.py | tee bench-out/ingest_split.json
 	$(PY) bench/hot_path.py | tee bench-out/hot_path.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
