@@ -14,9 +14,9 @@ the default-size model, one ONNX Runtime thread, batches of 256. Times, in alter
   ``stream_app.app``), 5 ms (CPython's) and 0.1 ms.
 
 Were the overlap free, a pipelined pass would take the longer of the two sides (``ideal``); the
-JSON gives each pass's median seconds and its ratio to ``serial``. Also ONNX Runtime alone on one
-batch shape, 400 runs, and the same in a thread while the main thread runs Python (holding the GIL
-but for the switches), at each switch interval: what a model run pays for taking the GIL back.
+JSON gives each pass's median seconds and its ratio to ``serial``. Also 400 calls of ``core.infer``
+on one batch of 50 windows, alone and in a thread while the main thread runs Python (holding the
+GIL but for the switches), at each switch interval: what model runs pay for taking the GIL back.
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def main() -> None:
         "pass_vs_serial": {k: round(v / med["serial"], 3) for k, v in med.items()},
         "ideal_vs_serial": round(ideal / med["serial"], 3),
         "pass_seconds_by_round": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "model_runs": {"rows": len(sample), "tokens_longest": longest, "runs": 400,
+        "model_runs": {"windows": len(sample), "tokens_longest": longest, "infer_calls": 400,
                        "alone_seconds": round(alone_med, 3),
                        "beside_python_seconds": {k: round(statistics.median(v), 3) for k, v in beside.items()},
                        "beside_vs_alone": {k: round(statistics.median(v) / alone_med, 3) for k, v in beside.items()}},
