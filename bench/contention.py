@@ -16,8 +16,9 @@ U of them, once the backlog has reached them). /metrics is sampled every 0.5 s.
 With ``--old REF`` the worker of another commit then reads the same backlog (its own consumer
 group), so the two are compared in one run.
 
-The model is the default configuration (:func:`models.model.build_model`: 2 layers, 64 dims,
-max_len 256), briefly trained by tests/tiny_model.py: its speed, not its accuracy, matters here.
+The model is the default configuration (:func:`models.model.build_model`: 2 layers, 2 heads, 48
+dims; max_len 256), briefly trained by tests/tiny_model.py: its speed, not its accuracy, matters
+here; the JSON's ``model`` gives its sizes.
 """
 from __future__ import annotations
 

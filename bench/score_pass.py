@@ -10,12 +10,12 @@ events are in, this process scores the same windows (the states the worker's own
 the same events) with ``LoadedModel.predict`` alone, same model, one ONNX Runtime thread, while the
 worker waits for the pass (checked: a pass that overlapped it is an error). Prints users/s of each
 pass and of the model alone before it, each pass's ratio and the median ratio, and the records
-written per scored user besides the vector: the users changelog records the second worker wrote
-(one shutdown flush after all its passes) plus control-topic records, divided by the users (and,
+written per scored user besides the vector: the users changelog records the second worker wrote (one
+shutdown flush after all its passes) plus control-topic records, divided by the users (and,
 ``records_per_vector``, by the vectors: a user scored in several passes between two flushes is
-written once). A pass of 20,000
-users lasts about 3 s, and on a shared machine one pass against the model alone gave ratios from
-0.70 to 0.85 in four runs of one commit (bench/README.md): hence several, each against its own.
+written once). A pass of 20,000 users lasts about 3 s, and on a shared machine one pass against the
+model alone gave ratios from 0.70 to 0.85 in five runs of one commit (bench/README.md): hence
+several, each against its own.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def main() -> None:
                 if m.get("interest_scoring_pass_seconds_count", 0) >= n or m.get("interest_scoring_active", 0):
                     raise RuntimeError(f"pass {n} began before the model alone was timed: a longer "
                                        "INTEREST_SCORE_INTERVAL_S is needed")
-            m = wait_for(scorer, "interest_scoring_pass_seconds_count", n)
+            wait_for(scorer, "interest_scoring_pass_seconds_count", n)
             time.sleep(1)  # the pass's vectors are counted when they are published
             m = scorer.metrics()
             scored = m.get("interest_scored_users_total", 0) - last.get("interest_scored_users_total", 0)
