@@ -29,7 +29,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import orjson
 
 from common import commit, machine, run, synthetic_events, workdir
@@ -50,19 +49,14 @@ def main() -> None:
     os.environ.setdefault("INTEREST_DATA_DIR", str(work / "state"))
     from tiny_model import build_tiny_model_dir
 
-    from stream_app import core, state
-    from stream_app.model_runtime import LoadedModel
-    from stream_app.settings import Settings
+    from score_pass import Alone  # the worker's states rebuilt in-process, and the model
+    from stream_app import core
 
-    limits = state.Limits.from_settings(Settings.from_env({}))
-    states: dict = {}
-    for e in synthetic_events(args.users, args.events, 3, T0, SPAN_MS):
-        key = e["user_id"].encode()
-        _, new = state.apply(states.get(key), e, limits, 0)
-        if new is not None:
-            states[key] = new
-    model = LoadedModel.load(build_tiny_model_dir(work / "model", model_config={}, max_len=256), threads=1)
-    items, horizon = list(states.items()), limits.horizon_ms
+    alone = Alone(build_tiny_model_dir(work / "model", model_config={}, max_len=256), threads=1, batch=BATCH)
+    alone.apply(synthetic_events(args.users, args.events, 3, T0, SPAN_MS))
+    model = alone.model
+    states = {user.encode(): st for user, st in alone.states.items()}  # keyed as the worker's (bytes)
+    items, horizon = list(states.items()), alone.limits.horizon_ms
     chunks = [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
 
     def fresh():
