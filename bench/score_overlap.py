@@ -6,12 +6,18 @@ In-process, without Kafka or Faust: the states of ``--users`` users (the worker'
 the default-size model, one ONNX Runtime thread, batches of 256. Times, in alternating rounds:
 
 * the parts alone: ``core.snapshot`` (copy and encode, the event loop's), ``core.infer`` (the
-  scoring thread's) and ``core.publish`` with each vector's JSON (the event loop's);
+  model: its runs planned, run and gathered) and ``core.publish`` with each vector's JSON (the
+  event loop's);
 * ``serial``: a pass doing all three in one thread, batch after batch;
 * ``pipelined``: the worker's pass (:func:`stream_app.scoring.score_pass`) without its Kafka and
-  pacing: a batch's snapshot in an asyncio loop while the previous batch's ``core.infer`` runs in a
-  one-thread executor, then that batch's publish; at GIL switch intervals of 0.5 ms (the worker's,
-  ``stream_app.app``), 5 ms (CPython's) and 0.1 ms.
+  pacing: a batch's snapshot and its runs' padding (``core.plan``) in an asyncio loop while the
+  previous batch's runs (``LoadedModel.run``) go on in a one-thread executor, then that batch's
+  publish; at GIL switch intervals of 0.5 ms (the worker's, ``stream_app.app``), 5 ms (CPython's)
+  and 0.1 ms;
+* the worker before the runs were planned in the loop: the padding in the thread too
+  (``LoadedModel.predict_ids`` there), at most 2,048 padded tokens a run, 0.5 ms.
+
+The worker's GC thresholds and freeze (``stream_app.app``) are set before the states are built.
 
 Were the overlap free, a pipelined pass would take the longer of the two sides (``ideal``); the
 JSON gives each pass's median seconds and its ratio to ``serial``. Also 400 calls of ``core.infer``
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -29,6 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import orjson
 
 from common import commit, machine, run, synthetic_events, workdir
@@ -37,6 +45,7 @@ T0 = 1_764_000_000_000
 SPAN_MS = 20 * 3_600_000
 BATCH = 256
 SWITCH = {"0.5 ms": 0.0005, "5 ms": 0.005, "0.1 ms": 0.0001}
+BEFORE_TOKENS = 2048  # padded tokens a run at most before (LoadedModel's DEFAULT_BATCH_TOKENS)
 
 
 def main() -> None:
@@ -51,6 +60,10 @@ def main() -> None:
 
     from score_pass import Alone  # the worker's states rebuilt in-process, and the model
     from stream_app import core
+    from stream_app.app import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)  # as the worker at its start: the states come after
+    gc.freeze()
 
     alone = Alone(build_tiny_model_dir(work / "model", model_config={}, max_len=256), threads=1, batch=BATCH)
     alone.apply(synthetic_events(args.users, args.events, 3, T0, SPAN_MS))
@@ -88,16 +101,29 @@ def main() -> None:
 
     pool = ThreadPoolExecutor(1)
 
-    async def pipelined():
+    def infer_before(inputs):  # the worker's thread before: padding and runs, 2,048 tokens a run
+        lifts = np.stack([i.lift for i in inputs]) if model.encoder.item_lift is not None else None
+        return model.predict_ids([i.ids for i in inputs], np.stack([i.profile for i in inputs]), BATCH,
+                                 BEFORE_TOKENS, lifts)
+
+    async def pipelined(plan_in_loop: bool = True):
+        """The worker's pass: each batch's runs planned (padded) in the loop, the thread only runs
+        them; ``plan_in_loop`` False: the worker before, the padding in the thread too."""
         loop = asyncio.get_running_loop()
         running = None
         for c in chunks + [None]:
             nxt = None
             if c is not None:
                 inputs = snapshot(c)
-                nxt = (inputs, loop.run_in_executor(pool, core.infer, model, inputs, BATCH))
+                if plan_in_loop:
+                    runs = core.plan(model, inputs, BATCH)
+                    nxt = (inputs, runs, loop.run_in_executor(pool, model.run, runs))
+                else:
+                    nxt = (inputs, None, loop.run_in_executor(pool, infer_before, inputs))
             if running is not None:
-                publish(running[0], await running[1])
+                inputs, runs, outputs = running
+                outputs = await outputs
+                publish(inputs, outputs if runs is None else core.gather(model, inputs, runs, outputs))
             running = nxt
             await asyncio.sleep(0)
 
@@ -107,7 +133,8 @@ def main() -> None:
         f()
         return time.perf_counter() - t
 
-    times: dict[str, list[float]] = {"serial": [], **{f"pipelined, switch {k}": [] for k in SWITCH}}
+    before = "the worker before: padding in the thread, 2,048 tokens a run, switch 0.5 ms"
+    times: dict[str, list[float]] = {"serial": [], **{f"pipelined, switch {k}": [] for k in SWITCH}, before: []}
     part_times: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         fresh()
@@ -118,7 +145,8 @@ def main() -> None:
         for name, s in SWITCH.items():
             sys.setswitchinterval(s)
             times[f"pipelined, switch {name}"].append(timed(lambda: asyncio.run(pipelined())))
-    sys.setswitchinterval(SWITCH["0.5 ms"])
+        sys.setswitchinterval(SWITCH["0.5 ms"])
+        times[before].append(timed(lambda: asyncio.run(pipelined(plan_in_loop=False))))
     med = {k: statistics.median(v) for k, v in times.items()}
     pm = {k: statistics.median(v) for k, v in part_times.items()}
     ideal = max(pm["snapshot"] + pm["publish"], pm["infer"])

@@ -5,10 +5,10 @@ calls these functions, so the two cannot drift apart.
 
 Scoring is split where the worker needs it split: :func:`snapshot` copies what a state's score
 depends on and encodes it (in the event loop, between events), :func:`infer` runs ONNX Runtime
-(in a thread, while events keep arriving and change the states), and :func:`publish` turns the
-result into vectors,
-each with drift against the vector last published for its user, and records it in that user's
-state. :func:`score_states` does all three at once.
+(the worker plans the runs in the event loop, :func:`plan`, runs them in a thread while events keep
+arriving and change the states, and gathers their outputs, :func:`gather`), and :func:`publish`
+turns the result into vectors, each with drift against the vector last published for its user,
+and records it in that user's state. :func:`score_states` does all three at once.
 """
 from __future__ import annotations
 
@@ -73,12 +73,24 @@ def snapshot(key: bytes, state: dict, model, horizon_ms: int) -> ScoreInput:
 
 
 def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
-    """(n, k) interest distributions of ``inputs``: ONNX Runtime on their tokens, safe in a thread."""
-    if not inputs:
-        return np.empty((0, model.k))
-    profiles = np.stack([i.profile for i in inputs]) if model.encoder.profile_size else None
-    lifts = np.stack([i.lift for i in inputs]) if model.encoder.item_lift is not None else None
-    return model.predict_ids([i.ids for i in inputs], profiles, batch, lifts=lifts)
+    """(n, k) interest distributions of ``inputs``: :func:`plan`, ``model.run``, :func:`gather`."""
+    runs = plan(model, inputs, batch)
+    return gather(model, inputs, runs, model.run(runs))
+
+
+def plan(model, inputs: Sequence[ScoreInput], batch: int):
+    """The model's runs on ``inputs``, padded (:meth:`~stream_app.model_runtime.LoadedModel.plan`).
+    The worker plans in the event loop and leaves the scoring thread ``model.run`` alone: its
+    numpy work there waited for the event loop to give the GIL back (``bench/score_overlap.py``)."""
+    profiles = np.stack([i.profile for i in inputs]) if inputs and model.encoder.profile_size else None
+    return model.plan([i.ids for i in inputs], profiles, batch)
+
+
+def gather(model, inputs: Sequence[ScoreInput], runs, outputs) -> np.ndarray:
+    """(n, k) distributions of ``inputs`` from the outputs of their planned runs, with their windows'
+    item lifts."""
+    lifts = np.stack([i.lift for i in inputs]) if inputs and model.encoder.item_lift is not None else None
+    return model.gather(runs, outputs, lifts)
 
 
 def publish(inputs: Sequence[ScoreInput], probs: np.ndarray, model, lookup: Callable[[bytes], dict | None]

@@ -10,12 +10,15 @@ inference gave finite probabilities that sum to 1.
 Scoring: each window is encoded with exactly the encoder the spec in ``model.json`` rebuilds
 (:class:`interest_core.encoding.Encoder`), sequences are grouped by token length to cut padding, RIGHT
 padded (the model's head reads the last real position), and run through one ONNX Runtime session
-in batches. An empty window is valid: it encodes to ``[BOS] [END]`` and the model answers with its
+in batches: :meth:`LoadedModel.plan` pads them into runs, :meth:`LoadedModel.run` runs them and
+:meth:`LoadedModel.gather` puts the answers back in order (``predict`` does all three; the worker
+runs only the middle one in its scoring thread). An empty window is valid: it encodes to ``[BOS] [END]`` and the model answers with its
 population-prior-driven distribution (the worker normally never scores a user without events).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +36,17 @@ REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
 SUPPORTED_SCHEMAS = (1,)
 SUM_TOL = 1e-4  # probabilities sum to 1 within this (CONTRACT: interests sum to 1 within 1e-4)
 DEFAULT_BATCH = 256  # rows per ONNX Runtime call at most
-DEFAULT_BATCH_TOKENS = 2048  # padded tokens per call at most (see predict_ids); best of 1k..16k in bench runs
+DEFAULT_BATCH_TOKENS = 4096  # padded tokens per run at most (see plan); README, Performance, "Scoring"
+
+
+@dataclass(frozen=True, slots=True)
+class Runs:
+    """The ONNX Runtime runs that score ``n`` token sequences (:meth:`LoadedModel.plan`): each run's
+    inputs, padded, and which of the ``n`` rows it answers."""
+
+    n: int
+    rows: list  # (rows,) int64 indices into the sequences, one array per run
+    feeds: list  # {input name: array}, one per run
 
 
 class ModelError(InterestStreamError):
@@ -250,15 +263,22 @@ class LoadedModel:
                     lifts: np.ndarray | None = None) -> np.ndarray:
         """Like :meth:`predict` for already encoded token lists (each 1..max_len ids), their
         profile inputs (n, P) (None: zeros) and their windows' item lifts (:meth:`item_lifts`;
-        None: none, as for a model without one).
+        None: none, as for a model without one): :meth:`plan`, :meth:`run`, :meth:`gather`."""
+        runs = self.plan(seqs, profiles, batch_size, max_batch_tokens)
+        return self.gather(runs, self.run(runs), lifts)
 
-        Sequences are sorted by length and cut into batches of at most ``batch_size`` rows and
-        at most ``max_batch_tokens`` padded tokens (rows x longest), so long sequences go in
-        smaller batches whose attention scores (rows x heads x T x T) stay cache-sized."""
+    def plan(self, seqs: Sequence[Sequence[int]], profiles: np.ndarray | None = None,
+             batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> "Runs":
+        """The session runs that score ``seqs`` (each 1..max_len ids) with their profile inputs
+        (n, P) (None: zeros): the padded inputs of each run and the rows it answers.
+
+        Sequences are sorted by length and cut into runs of at most ``batch_size`` rows and at
+        most ``max_batch_tokens`` padded tokens (rows x longest), so long sequences go in smaller
+        runs whose attention scores (rows x heads x T x T) stay cache-sized."""
         n = len(seqs)
-        out = np.empty((n, self.k), dtype=np.float64)
+        runs = Runs(n, [], [])
         if n == 0:
-            return out
+            return runs
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError(f"batch_size and max_batch_tokens must be >= 1, got {batch_size}, {max_batch_tokens}")
         lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
@@ -267,9 +287,8 @@ class LoadedModel:
                              f"{int(lens.min())}..{int(lens.max())}")
         if profiles is None:
             profiles = np.zeros((n, self.encoder.profile_size), np.float32)
-        order = np.argsort(lens, kind="stable")  # group by length: each batch pads to its longest
+        order = np.argsort(lens, kind="stable")  # group by length: each run pads to its longest
         sorted_lens = lens[order]
-        run = self.session.run
         s = 0
         while s < n:
             e = min(n, s + batch_size)
@@ -281,6 +300,22 @@ class LoadedModel:
             feed = {"input_ids": ids, "attention_mask": mask}
             if self.encoder.profile_size:
                 feed[PROFILE_INPUT] = np.ascontiguousarray(profiles[idx], dtype=np.float32)
-            out[idx] = run([OUTPUT_NAME], feed)[0]
+            runs.rows.append(idx)
+            runs.feeds.append(feed)
             s = e
+        return runs
+
+    def run(self, runs: "Runs") -> list[np.ndarray]:
+        """Each planned run's output (rows, k): ONNX Runtime and nothing else, so that in the scoring
+        thread it needs the GIL only to start each run and take its result (numpy work in the
+        thread, such as the padding, waited for the event loop to give the GIL back)."""
+        run = self.session.run
+        return [run([OUTPUT_NAME], feed)[0] for feed in runs.feeds]
+
+    def gather(self, runs: "Runs", outputs: Sequence[np.ndarray], lifts: np.ndarray | None = None) -> np.ndarray:
+        """(n, k) float64 distributions, rows in the order of the planned sequences, from each run's
+        output, with the windows' item lifts (:meth:`item_lifts`) added (None: none)."""
+        out = np.empty((runs.n, self.k), dtype=np.float64)
+        for idx, got in zip(runs.rows, outputs, strict=True):
+            out[idx] = got
         return out if lifts is None else apply_item_lift(out, lifts)

@@ -113,7 +113,8 @@ async def score_pass() -> int:
     started waiting meanwhile (for at most an interval); returns how many vectors it published.
 
     Batches are pipelined: while the model runs on one batch (in the scoring thread), the next
-    batch's inputs are copied out of the states and the previous batch's vectors are published.
+    batch's inputs are copied out of the states and padded into the model's runs, and the previous
+    batch's vectors are published.
     Inference must not starve consumption: while more than INTEREST_SCORE_PACE_BACKLOG input
     messages wait, the pass pauses after each batch so that the batch's work, in the event loop
     and in the scoring thread, is at most INTEREST_SCORE_SHARE of the time
@@ -127,7 +128,7 @@ async def score_pass() -> int:
     loop = asyncio.get_running_loop()
     batch, share, horizon = settings.score_batch, settings.score_share, LIMITS.horizon_ms
     done, i, t_pass = 0, 0, time.perf_counter()
-    running = None  # (inputs, partition of each user, future of the model's output, start time)
+    running = None  # (inputs, partition of each user, their runs, future of the runs' outputs, start time)
     while True:
         if handed_over(generation):
             break  # a rebalance started (the new owners score these users) or the worker stops
@@ -146,10 +147,11 @@ async def score_pass() -> int:
                     where[key] = p
                     inputs.append(core.snapshot(key, st, model, horizon))
             if inputs:
-                nxt = (inputs, where, loop.run_in_executor(app.scoring_thread, timed_infer, model, inputs, batch),
+                runs = core.plan(model, inputs, batch)  # here: the thread only runs the model
+                nxt = (inputs, where, runs, loop.run_in_executor(app.scoring_thread, timed_run, model, runs),
                        time.perf_counter())
             i += batch
-        work = time.perf_counter() - t_start  # the encoding, in the event loop
+        work = time.perf_counter() - t_start  # the encoding and padding, in the event loop
         if running is not None:
             published, batch_work = await publish(running, model, generation)
             done, work = done + published, work + batch_work
@@ -166,24 +168,24 @@ async def score_pass() -> int:
     return done
 
 
-def timed_infer(model, inputs, batch: int):
-    """:func:`core.infer` in the scoring thread, and the CPU time it took: the scoring thread's (ONNX
+def timed_run(model, runs):
+    """A batch's model runs in the scoring thread, and the CPU time they took: the scoring thread's (ONNX
     Runtime runs on the calling thread), times the intra-op threads (``INTEREST_ORT_THREADS``), which
     work alongside it. Not wall time: on a busy machine the run waits for a core, and at 5,500
     events/s, counting wall time, the worker published 168,047 vectors in 10 minutes, against
     228,506 before pacing counted the model and 246,460 counting CPU time (``bench/soak.py``)."""
     t0 = time.thread_time()
-    probs = core.infer(model, inputs, batch)
-    return probs, (time.thread_time() - t0) * settings.ort_threads
+    outputs = model.run(runs)
+    return outputs, (time.thread_time() - t0) * settings.ort_threads
 
 
 async def publish(running, model, generation: int) -> tuple[int, float]:
-    """Wait for a batch's model output; publish its vectors (record batches per output partition)
+    """Wait for a batch's model runs; publish its vectors (record batches per output partition)
     and keep each in its user's state. Nothing is published if the partitions were handed over
     meanwhile (a rebalance flushed and dropped them). Returns how many vectors it published, and
     the batch's work besides its encoding: the model's run and this publication, in seconds."""
-    inputs, where, future, t0 = running
-    probs, model_s = await future
+    inputs, where, runs, future, t0 = running
+    outputs, model_s = await future
     t_out = time.perf_counter()
     metrics.SCORE_LATENCY.observe(t_out - t0)
     metrics.SCORE_BATCHES.inc()
@@ -194,6 +196,7 @@ async def publish(running, model, generation: int) -> tuple[int, float]:
         return 0, model_s
     by_partition: dict[int, list] = {}
     n_out = app.output_partitions
+    probs = core.gather(model, inputs, runs, outputs)
     for key, vec, st in core.publish(inputs, probs, model, lambda k: lookup(where[k], k)):
         by_partition.setdefault(partition_for(key, n_out), []).append((key, orjson.dumps(vec)))
         app.states.scored(where[key], key, st)  # the vector reaches the table with the next flush

@@ -115,6 +115,18 @@ class CountingModel:
 
     def predict_ids(self, seqs, profiles, batch=256, lifts=None):
         self.calls += 1
+        runs = self.plan(seqs, profiles, batch)
+        return self.gather(runs, self.run(runs), lifts)
+
+    # LoadedModel's three steps of a prediction (the worker's scoring pass takes them one by one)
+    def plan(self, seqs, profiles, batch=256):
+        return seqs, profiles
+
+    def gather(self, runs, outputs, lifts=None):
+        return outputs[0] if lifts is None else apply(outputs[0], lifts)
+
+    def run(self, runs):
+        seqs, profiles = runs
         enc, k = self.encoder, self.k
         out = np.empty((len(seqs), k))
         for r, ids in enumerate(seqs):
@@ -126,7 +138,7 @@ class CountingModel:
             score += 0.1 * np.asarray(profiles[r][2 * k:3 * k], dtype=np.float64)
             e = np.exp(score - score.max())
             out[r] = e / e.sum()
-        return out if lifts is None else apply(out, lifts)
+        return [out]
 
 
 def build_state(events: list[dict]) -> dict:

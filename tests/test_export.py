@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_model (conftest
 
 from tiny_model import build_tiny_checkpoint  # noqa: E402
 
+from interest_core.artifacts import PROFILE_INPUT  # noqa: E402
 from interest_core.encoding import pad_right  # noqa: E402
 from models.simulate import CATEGORIES  # noqa: E402
 from interest_core.window import WindowEvent  # noqa: E402
@@ -286,6 +287,33 @@ def test_predict_matches_pytorch_on_windows_in_input_order(fp32_dir, tiny):
     assert m.predict([]).shape == (0, len(CATEGORIES))
     # the profile matters: the same windows without it give other answers
     assert np.abs(m.predict(wins) - got).max() > 1e-3
+
+
+def test_plan_cuts_runs_within_the_token_budget_and_gather_restores_input_order(fp32_dir, tiny):
+    """The worker pads a batch's runs in the event loop (``plan``), runs them in the scoring thread
+    (``run``) and puts the rows back in order (``gather``): the same answers as ``predict_ids``, and
+    every run within its rows and padded tokens (rows x its longest), sorted by length."""
+    _, _, enc, windows, _, _, _, prof_in = tiny
+    m = LoadedModel.load(fp32_dir)
+    seqs = [enc.encode(w) for w in windows]
+    lens = [len(x) for x in seqs]
+    runs = m.plan(seqs, prof_in, batch_size=3, max_batch_tokens=2 * max(lens))
+    assert runs.n == len(seqs)
+    assert sorted(int(i) for idx in runs.rows for i in idx) == list(range(len(seqs)))  # each row once
+    for idx, feed in zip(runs.rows, runs.feeds, strict=True):
+        longest = max(lens[i] for i in idx)
+        assert 1 <= len(idx) <= 3 and len(idx) * longest <= 2 * max(lens)
+        assert feed["input_ids"].shape == feed["attention_mask"].shape == (len(idx), longest)
+        assert [int(x) for x in feed["attention_mask"].sum(1)] == [lens[i] for i in idx]
+        np.testing.assert_array_equal(feed[PROFILE_INPUT], prof_in[idx])
+    assert [lens[i] for idx in runs.rows for i in idx] == sorted(lens)  # shortest first: less padding
+    outputs = m.run(runs)
+    assert [o.shape for o in outputs] == [(len(idx), len(CATEGORIES)) for idx in runs.rows]
+    np.testing.assert_array_equal(m.gather(runs, outputs), m.predict_ids(seqs, prof_in, 3, 2 * max(lens)))
+    assert np.abs(m.gather(runs, outputs) - m.predict_ids(seqs, prof_in)).max() < 1e-5
+    one = m.plan(seqs, prof_in, batch_size=256, max_batch_tokens=1)  # a budget below one row: a row a run
+    assert [len(idx) for idx in one.rows] == [1] * len(seqs)
+    assert m.plan([], None).n == 0 and m.gather(m.plan([], None), []).shape == (0, len(CATEGORIES))
 
 
 def _copy_pair(src: Path, dst: Path) -> Path:

@@ -89,9 +89,10 @@ def scored_batch(model, cache):
                                  "item_id": f"i{i}", "category": model.categories[0]}, scoring.LIMITS, T0 + i)
     cache.put(0, b"u", st)
     inputs = [core.snapshot(b"u", st, model, scoring.LIMITS.horizon_ms)]
-    probs = asyncio.get_running_loop().create_future()
-    probs.set_result((core.infer(model, inputs, 8), 0.0))  # (output, the model's seconds)
-    return (inputs, {b"u": 0}, probs, 0.0), st
+    runs = core.plan(model, inputs, 8)
+    outputs = asyncio.get_running_loop().create_future()
+    outputs.set_result((model.run(runs), 0.0))  # (the runs' outputs, the model's seconds)
+    return (inputs, {b"u": 0}, runs, outputs, 0.0), st
 
 
 def test_a_batch_whose_model_run_ends_after_a_rebalance_began_publishes_nothing(monkeypatch, tiny_model_dir):
@@ -162,18 +163,18 @@ def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, l
     cache = StateCache(10**9)
     runs = []
 
-    def model_run(model, inputs, batch):  # MODEL_S of the scoring thread's CPU, as ONNX Runtime takes it
+    def model_run(inputs):  # MODEL_S of the scoring thread's CPU, as ONNX Runtime takes it
         runs.append(len(inputs))
         t0 = time.thread_time()
         while time.thread_time() - t0 < MODEL_S:
             pass
-        return np.zeros((len(inputs), 1))
+        return [np.zeros((len(inputs), 1))]
 
     monkeypatch.setattr(scoring, "settings", dataclasses.replace(scoring.settings, score_batch=4, score_share=0.2))
     monkeypatch.setattr(scoring.app, "states", cache)
     monkeypatch.setattr(scoring.app, "output_partitions", 1, raising=False)
     monkeypatch.setattr(scoring.app, "producer", SimpleNamespace(_ensure_producer=lambda: None))
-    monkeypatch.setattr(scoring.app.models, "model", object(), raising=False)
+    monkeypatch.setattr(scoring.app.models, "model", SimpleNamespace(run=model_run), raising=False)
     monkeypatch.setattr(scoring, "is_ready", lambda: True)
     monkeypatch.setattr(scoring, "handed_over", lambda generation: False)
     monkeypatch.setattr(scoring, "owned_partitions", lambda: {0})
@@ -181,7 +182,8 @@ def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, l
     monkeypatch.setattr(scoring, "backlog", lambda: backlog)
     monkeypatch.setattr(scoring.state, "is_pending", lambda st: True)
     monkeypatch.setattr(scoring.core, "snapshot", lambda key, st, model, horizon: key)
-    monkeypatch.setattr(scoring.core, "infer", model_run)
+    monkeypatch.setattr(scoring.core, "plan", lambda model, inputs, batch: inputs)  # the runs: the inputs
+    monkeypatch.setattr(scoring.core, "gather", lambda model, inputs, runs, outputs: outputs[0])
     monkeypatch.setattr(scoring.core, "publish", lambda inputs, probs, model, lookup: [])
     for key in keys:
         cache.put(0, key, state.new_state())  # waiting for a vector (is_pending above)
