@@ -48,7 +48,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from interest_core.encoding import pad_right  # noqa: E402  (the padding every engine sees)
 
 
 def cpu_model() -> str:
@@ -111,21 +110,6 @@ def population(users: int, days: float, seed: int):
                 pass  # the user's profile after all their events
             profiles.append(prof)
     return windows, profiles, all_events
-
-
-def make_batches(seqs, profiles, pad_id: int, batch_size: int, max_batch_tokens: int):
-    """The one list of (ids, mask, profiles) batches every engine runs: sorted by length, at most
-    ``batch_size`` rows and ``max_batch_tokens`` padded tokens (as LoadedModel.predict cuts them),
-    right padded."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    batches, s, n = [], 0, len(order)
-    while s < n:
-        e = min(n, s + batch_size)
-        while e - s > 1 and (e - s) * len(seqs[order[e - 1]]) > max_batch_tokens:
-            e = s + max(1, min(e - s - 1, max_batch_tokens // len(seqs[order[e - 1]])))
-        batches.append((*pad_right([seqs[i] for i in order[s:e]], pad_id), profiles[order[s:e]]))
-        s = e
-    return batches
 
 
 def gpt2_macs(batches, n_layer: int, n_embd: int, k: int, last_position: bool = False) -> int:
@@ -221,10 +205,13 @@ def _run(args, tmp: Path, windows, profiles, events, t_start: float, log) -> dic
 
     args.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS
     prof_in = np.asarray([enc.profile_vector(p) for p in profiles], np.float32).reshape(len(seqs), -1)
-    batches = make_batches(seqs, prof_in, enc.pad_id, args.batch_size, args.batch_tokens)
 
     fp32_dir, int8_dir, old_dir = tmp / "fp32", tmp / "int8", tmp / "opset18"
     export_checkpoint(ckpt, fp32_dir, log=log)
+    # the one list of (ids, mask, profiles) batches every engine runs: the runs LoadedModel.predict
+    # makes (sorted by length, at most --batch-size rows and --batch-tokens padded tokens, right padded)
+    runs = LoadedModel.load(fp32_dir, threads=args.threads).plan(seqs, prof_in, args.batch_size, args.batch_tokens)
+    batches = [(f["input_ids"], f["attention_mask"], prof_in[idx]) for idx, f in zip(runs.rows, runs.feeds)]
     export_checkpoint(ckpt, old_dir, log=log, opset=18)
     export_checkpoint(ckpt, int8_dir, int8=True, validation=(seqs[:2000], prof_in[:2000], None, "bench windows"), log=log)
 
