@@ -49,7 +49,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):

@@ -80,7 +80,7 @@ def infer(model, inputs: Sequence[ScoreInput], batch: int) -> np.ndarray:
 
 def plan(model, inputs: Sequence[ScoreInput], batch: int):
     """The model's runs on ``inputs``, padded (:meth:`~stream_app.model_runtime.LoadedModel.plan`).
-    The worker plans in the event loop and leaves the scoring thread ``model.run`` alone: its
+    The worker plans in the event loop, so that its scoring thread does nothing but ``model.run``:
     numpy work there waited for the event loop to give the GIL back (``bench/score_overlap.py``)."""
     profiles = np.stack([i.profile for i in inputs]) if inputs and model.encoder.profile_size else None
     return model.plan([i.ids for i in inputs], profiles, batch)

@@ -8,12 +8,13 @@ raises :class:`ModelError` naming the path and the reason; a pair is only return
 inference gave finite probabilities that sum to 1.
 
 Scoring: each window is encoded with exactly the encoder the spec in ``model.json`` rebuilds
-(:class:`interest_core.encoding.Encoder`), sequences are grouped by token length to cut padding, RIGHT
-padded (the model's head reads the last real position), and run through one ONNX Runtime session
-in batches: :meth:`LoadedModel.plan` pads them into runs, :meth:`LoadedModel.run` runs them and
-:meth:`LoadedModel.gather` puts the answers back in order (``predict`` does all three; the worker
-runs only the middle one in its scoring thread). An empty window is valid: it encodes to ``[BOS] [END]`` and the model answers with its
-population-prior-driven distribution (the worker normally never scores a user without events).
+(:class:`interest_core.encoding.Encoder`), sequences are grouped by token length to cut padding,
+RIGHT padded (the model's head reads the last real position), and run through one ONNX Runtime
+session in batches: :meth:`LoadedModel.plan` pads them into runs, :meth:`LoadedModel.run` runs them
+and :meth:`LoadedModel.gather` puts the answers back in order (``predict`` does all three; the
+worker runs only the middle one in its scoring thread). An empty window is valid: it encodes to
+``[BOS] [END]`` and the model answers with its population-prior-driven distribution (the worker
+normally never scores a user without events).
 """
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ class LoadedModel:
         return self.gather(runs, self.run(runs), lifts)
 
     def plan(self, seqs: Sequence[Sequence[int]], profiles: np.ndarray | None = None,
-             batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> "Runs":
+             batch_size: int = DEFAULT_BATCH, max_batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Runs:
         """The session runs that score ``seqs`` (each 1..max_len ids) with their profile inputs
         (n, P) (None: zeros): the padded inputs of each run and the rows it answers.
 
@@ -305,14 +306,14 @@ class LoadedModel:
             s = e
         return runs
 
-    def run(self, runs: "Runs") -> list[np.ndarray]:
+    def run(self, runs: Runs) -> list[np.ndarray]:
         """Each planned run's output (rows, k): ONNX Runtime and nothing else, so that in the scoring
         thread it needs the GIL only to start each run and take its result (numpy work in the
         thread, such as the padding, waited for the event loop to give the GIL back)."""
         run = self.session.run
         return [run([OUTPUT_NAME], feed)[0] for feed in runs.feeds]
 
-    def gather(self, runs: "Runs", outputs: Sequence[np.ndarray], lifts: np.ndarray | None = None) -> np.ndarray:
+    def gather(self, runs: Runs, outputs: Sequence[np.ndarray], lifts: np.ndarray | None = None) -> np.ndarray:
         """(n, k) float64 distributions, rows in the order of the planned sequences, from each run's
         output, with the windows' item lifts (:meth:`item_lifts`) added (None: none)."""
         out = np.empty((runs.n, self.k), dtype=np.float64)
