@@ -5,9 +5,11 @@
 Per event (the ingest agent's own work): ``core.ingest`` (validation and the window and profile
 update), the state cache's bookkeeping, and the agent's whole loop body (the aligner and the
 events held until their flush), with the worker's GC thresholds. Per user of a scoring
-pass (the default-size model, 1 ONNX Runtime thread): copying and encoding the inputs out of the
-state (``core.snapshot``), ``core.infer`` (ONNX Runtime, what the scoring thread does) and
-``core.publish`` plus the JSON of each vector (the event loop's share). The states' memory, traced
+pass (the default-size model, 1 ONNX Runtime thread, the pass's batches): copying and encoding the
+inputs out of the state (``core.snapshot``), padding each batch's model runs (``core.plan``), the
+runs (``LoadedModel.run``, ONNX Runtime: all the scoring thread does), putting the rows back in
+order with their items' lift (``core.gather``) and ``core.publish`` plus the JSON of each vector;
+all but the runs are the event loop's share. The states' memory, traced
 with tracemalloc in a state cache (and the last vector each then keeps), beside what the state
 cache's bound counts for them (``estimated_size``). Prints JSON (µs each, best of ``--repeat``)
 with the machine. What the README's Performance section compares with Faust's own
@@ -23,6 +25,7 @@ import tracemalloc
 
 from collections import namedtuple
 
+import numpy as np
 import orjson
 
 from common import commit, machine, run, synthetic_events, workdir
@@ -129,7 +132,11 @@ def main() -> None:
         "estimated_bytes_per_user": round(sum(map(estimated_size, states.values())) / len(states))}
     items, horizon = list(states.items()), limits.horizon_ms
     inputs = [core.snapshot(k, s, model, horizon) for k, s in items]
-    probs = core.infer(model, inputs, settings.score_batch)
+    batch = settings.score_batch
+    batches = [inputs[i:i + batch] for i in range(0, len(inputs), batch)]  # as a pass takes them
+    runs = [core.plan(model, b, batch) for b in batches]
+    outputs = [model.run(r) for r in runs]
+    probs = np.concatenate([core.gather(model, b, r, o) for b, r, o in zip(batches, runs, outputs)])
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -148,8 +155,11 @@ def main() -> None:
     out["per_user_us"] = {
         "core.snapshot: copy and encoding (event loop)": best_us(lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n,
                                               args.repeat),
-        "core.infer: ONNX Runtime (scoring thread)": best_us(
-            lambda: core.infer(model, inputs, settings.score_batch), n, args.repeat),
+        "core.plan: padding the batch's model runs (event loop)": best_us(
+            lambda: [core.plan(model, b, batch) for b in batches], n, args.repeat),
+        "LoadedModel.run: ONNX Runtime (scoring thread)": best_us(lambda: [model.run(r) for r in runs], n, args.repeat),
+        "core.gather: the rows in order, with the items' lift (event loop)": best_us(
+            lambda: [core.gather(model, b, r, o) for b, r, o in zip(batches, runs, outputs)], n, args.repeat),
         "core.publish and the vector's JSON (event loop)": best_us(publish, n, args.repeat),
     }
     print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
