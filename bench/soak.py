@@ -35,10 +35,10 @@ def main() -> None:
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(checkout(args.old)) if args.old else None
-        run(args, src)
+        soak(args, src)
 
 
-def run(args, src) -> None:
+def soak(args, src) -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app.settings import Settings
