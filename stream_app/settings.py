@@ -314,7 +314,7 @@ class Settings:
     future_s: int = 86_400  # events more than this ahead of the worker's clock are future_ts
     model_dir: str = ""  # INTEREST_MODEL_DIR (a symlink to a directory with model.onnx+model.json)
     model_poll_s: float = 10.0  # INTEREST_MODEL_POLL_S
-    score_batch: int = 256  # INTEREST_SCORE_BATCH: users per ONNX Runtime call
+    score_batch: int = 256  # INTEREST_SCORE_BATCH: users per scoring batch (cut into runs: LoadedModel.plan)
     ort_threads: int = 1  # INTEREST_ORT_THREADS: intra-op threads of the scoring session
     score_share: float = 0.2  # INTEREST_SCORE_SHARE: most of the time a pass's work takes while input waits
     pace_backlog: int = 5000  # INTEREST_SCORE_PACE_BACKLOG: input backlog above which passes are paced
