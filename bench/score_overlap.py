@@ -14,8 +14,10 @@ the default-size model, one ONNX Runtime thread, batches of 256. Times, in alter
   previous batch's runs (``LoadedModel.run``) go on in a one-thread executor, then that batch's
   publish; at GIL switch intervals of 0.5 ms (the worker's, ``stream_app.app``), 5 ms (CPython's)
   and 0.1 ms;
-* the worker before the runs were planned in the loop: the padding in the thread too
-  (``LoadedModel.predict_ids`` there), at most 2,048 padded tokens a run, 0.5 ms.
+* the worker before the runs were planned in the loop, nearly: the padding in the thread too, at
+  most 2,048 padded tokens a run, 0.5 ms. The thread pads all of a batch's runs, then runs them,
+  where the worker before padded each run just before it; each padding call takes the GIL either
+  way.
 
 The worker's GC thresholds and freeze (``stream_app.app``) are set before the states are built.
 
@@ -101,10 +103,9 @@ def main() -> None:
 
     pool = ThreadPoolExecutor(1)
 
-    def infer_before(inputs):  # the worker's thread before: padding and runs, 2,048 tokens a run
-        lifts = np.stack([i.lift for i in inputs]) if model.encoder.item_lift is not None else None
-        return model.predict_ids([i.ids for i in inputs], np.stack([i.profile for i in inputs]), BATCH,
-                                 BEFORE_TOKENS, lifts)
+    def infer_before(inputs):  # the worker's thread before: the padding there too, 2,048 tokens a run
+        runs = model.plan([i.ids for i in inputs], np.stack([i.profile for i in inputs]), BATCH, BEFORE_TOKENS)
+        return core.gather(model, inputs, runs, model.run(runs))
 
     async def pipelined(plan_in_loop: bool = True):
         """The worker's pass: each batch's runs planned (padded) in the loop, the thread only runs
@@ -157,18 +158,18 @@ def main() -> None:
     alone_runs = []
     beside: dict[str, list[float]] = {k: [] for k in SWITCH}
 
-    def runs() -> float:
+    def infer_400() -> float:
         t = time.perf_counter()
         for _ in range(400):
             core.infer(model, sample, BATCH)
         return time.perf_counter() - t
 
     for _ in range(args.rounds):
-        alone_runs.append(runs())
+        alone_runs.append(infer_400())
         for name, s in SWITCH.items():
             sys.setswitchinterval(s)
             out: list[float] = []
-            th = threading.Thread(target=lambda: out.append(runs()))
+            th = threading.Thread(target=lambda: out.append(infer_400()))
             th.start()
             x = 0
             while th.is_alive():
