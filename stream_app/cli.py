@@ -74,7 +74,30 @@ class Group(click.Group):
         # committed, a load says how many events went); before, it ended the process on the spot,
         # saying nothing. The worker (Faust) and the demo put their own handlers in place of this one.
         main_thread = threading.current_thread() is threading.main_thread()  # (signal's own rule)
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+        terminated = []
+
+        def on_sigterm(signum, frame):
+            terminated.append(signum)
+            signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Ctrl-C
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+        try:
+            return self._invoke(ctx)
+        except (click.ClickException, KeyboardInterrupt) as exc:
+            if not terminated:
+                raise
+            # a command SIGTERM cut short ends with status 143 (128 + 15), as the shell reports a
+            # process the signal ended and as the demo does, so a scheduler tells a stop from a
+            # failure (it was 1, click's status for an error); its own line stays
+            if isinstance(exc, KeyboardInterrupt):  # a command with no line of its own
+                exc = click.ClickException("stopped by SIGTERM")
+            exc.exit_code = 128 + signal.SIGTERM
+            raise exc from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except InterestStreamError as exc:
@@ -95,9 +118,6 @@ class Group(click.Group):
                     f"Kafka at {servers} refused: {type(exc).__name__}: {broker_reason(exc)}"
                 ) from None
             raise
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
 
 
 # The broker's error_message in kafka-python's "Request '...' failed with response '...'": the repr

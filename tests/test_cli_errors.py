@@ -845,3 +845,28 @@ def test_a_demo_directory_that_cannot_be_made_is_a_one_line_error(tmp_path):
     assert (tmp_path / "new" / "out").is_dir()
     assert out.stderr.splitlines()[-1] == ("Error: the demo's step `interest-stream topics create` failed "
                                            "(exit code 1; its error is above)")
+
+
+@pytest.mark.parametrize("signum, status, line", [
+    ("SIGTERM", 143, "Error: stopped by SIGTERM"),
+    ("SIGINT", 1, "Aborted!"),  # Ctrl-C stays click's
+])
+def test_a_command_stopped_by_sigterm_exits_143(signum, status, line, tmp_path):
+    """A command SIGTERM (`timeout`, `kill`, a job scheduler's stop) cut short exited with status 1,
+    as for an error, so a scheduler could not tell a stop from a failure; it now ends with 143 (128 +
+    15), as the demo does. A command with no line of its own for it says so. The simulation sends
+    itself the signal once it has started; no broker is asked."""
+    code = f"""
+import os, signal, sys, time
+import models.simulate
+def simulate_to_files(*args, **kwargs):
+    os.kill(os.getpid(), signal.{signum})
+    time.sleep(30)
+models.simulate.simulate_to_files = simulate_to_files
+from stream_app.cli import main
+sys.argv = ["interest-stream", "simulate", "--users", "3", "--days", "1", "--out", {str(tmp_path / "log.jsonl")!r}]
+main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (status, line), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -500,7 +500,7 @@ main()
 """
     proc = subprocess.run([sys.executable, "-c", code], env=dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir)),
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 143, proc.stderr  # 128 + SIGTERM: a stop, not a failure
     planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(Settings.from_env(env), FROM))
     name = re.escape(topic)
     match = re.fullmatch(rf"Error: interrupted after 299 of {planned} records: (\d+) vectors were committed to "
