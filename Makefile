@@ -65,6 +65,7 @@ bench: install
 	$(PY) bench/ingest_split.py | tee bench-out/ingest_split.json
 	$(PY) bench/hot_path.py | tee bench-out/hot_path.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
+	$(PY) bench/producer_cpu.py | tee bench-out/producer_cpu.json
 	$(PY) bench/freshness.py | tee bench-out/freshness.json
 	$(PY) bench/freshness.py --rate 2400 | tee bench-out/freshness-2400.json
 	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json

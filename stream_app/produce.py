@@ -34,13 +34,22 @@ class Interrupted(InterestStreamError):
         self.sent = sent
 
 
-def producer(settings: Settings, max_in_flight: int = 5, **options):
+# How long the events' producer (`load jsonl`, `simulate --rate`, the demo's stream) waits to fill
+# a batch: Kafka Streams' default for its producers (StreamsConfig's linger.ms). A paced stream
+# fills no batch, so every linger sends a batch of a few records to each of the 18 input
+# partitions, and kafka-python's cost is per batch: at 5,000 events/s the simulator took 178 µs
+# of CPU per event with 20 ms and 115 with 100 (57 of them its own simulation), the broker 27
+# against 9.5 (medians, bench/producer_cpu.py). Each event reaches the broker at most this much later.
+SEND_LINGER_MS = 100
+
+
+def producer(settings: Settings, max_in_flight: int = 5, linger_ms: int = 20, **options):
     """The project's kafka-python producer; ``options`` are more of KafkaProducer's (a replay's
     transactional id)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
-        acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=max_in_flight,
+        acks="all", linger_ms=linger_ms, batch_size=256 * 1024, max_in_flight_requests_per_connection=max_in_flight,
         client_id="interest-stream-producer", **settings.kafka_python_config(), **options,
     )
 
@@ -126,7 +135,7 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     topics = settings.input_topics
     if not topics_checked:
         require_topics(settings, topics.values())
-    prod = producer(settings)
+    prod = producer(settings, linger_ms=SEND_LINGER_MS)
     deliveries = Deliveries()
     sent = 0
     t0 = time.monotonic()

@@ -272,7 +272,7 @@ def test_load_jsonl_looks_the_input_topics_up_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(topics, "partition_counts", counts)
     monkeypatch.setattr(topics, "retention_ms", lambda settings, names: dict.fromkeys(names, -1))
-    monkeypatch.setattr(produce, "producer", lambda settings: Producer())
+    monkeypatch.setattr(produce, "producer", lambda settings, **options: Producer())
     monkeypatch.setenv("INTEREST_TOPIC_PREFIX", "once.")
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps(good(0)) + "\n" + json.dumps(good(1) | {"type": "browse"}) + "\n")
