@@ -9,7 +9,8 @@ at R events/s for S seconds per round, in turns:
 
 - ``generate``: the events made and serialized at the same pace, nothing sent (what is not the
   producer's);
-- ``linger_20``: ``send_events`` with a linger of 20 ms (the events' producer before ``SEND_LINGER_MS``);
+- ``linger_20``: ``send_events`` with a linger of 20 ms (the events' producer before
+  ``SEND_LINGER_MS``);
 - ``linger_new``: ``send_events`` at ``SEND_LINGER_MS``.
 
 Prints JSON: per round, CPU µs per event of this process (every thread: the pacing, the
@@ -72,7 +73,7 @@ def main() -> int:
         events = iter_live_events(20_000, 3, 60.0, int(time.time() * 1000))
         next(events)  # the population is built before the first round
         broker_pid = k.pid() if k is not None else None
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             row = {}
             for name, linger in (("generate", None), ("linger_20", 20), ("linger_new", new_linger)):
                 chunk = itertools.islice(events, n)
