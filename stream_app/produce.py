@@ -39,7 +39,8 @@ class Interrupted(InterestStreamError):
 # fills no batch, so every linger sends a batch of a few records to each of the 18 input
 # partitions, and kafka-python's cost is per batch: at 5,000 events/s the simulator took 178 µs
 # of CPU per event with 20 ms and 115 with 100 (57 of them its own simulation), the broker 27
-# against 9.5 (medians, bench/producer_cpu.py). Each event reaches the broker at most this much later.
+# against 9.5 (medians, bench/producer_cpu.py). Each event reaches the broker at most this much
+# later.
 SEND_LINGER_MS = 100
 
 

@@ -852,10 +852,10 @@ def test_a_demo_directory_that_cannot_be_made_is_a_one_line_error(tmp_path):
     ("SIGINT", 1, "Aborted!"),  # Ctrl-C stays click's
 ])
 def test_a_command_stopped_by_sigterm_exits_143_and_by_ctrl_c_1(signum, status, line, tmp_path):
-    """A command SIGTERM (`timeout`, `kill`, a job scheduler's stop) cut short exited with status 1,
-    as for an error, so a scheduler could not tell a stop from a failure; it now ends with 143 (128 +
-    15), as the demo does. A command with no line of its own for it says so. The simulation sends
-    itself the signal once it has started; no broker is asked."""
+    """A command SIGTERM (`timeout`, `kill`, a job scheduler's stop) cut short exited with status
+    1, as for an error, so a scheduler could not tell a stop from a failure; it now ends with 143
+    (128 + 15), as the demo does. A command with no line of its own for it says so. The simulation
+    sends itself the signal once it has started; no broker is asked."""
     code = f"""
 import os, signal, sys, time
 import models.simulate
