@@ -123,6 +123,20 @@ def _set(stop) -> bool:
     return stop is not None and stop.is_set()
 
 
+def paced(events: Iterable[dict], rate: float | None, stop=None) -> Iterator[dict]:
+    """``events``, event n at n / ``rate`` s after the first (None: at once), so nothing waits
+    after the last one; ends early once ``stop`` (a threading.Event) is set. The pauses come in
+    slices, since a pause of 1e10 s (`--rate 1e-10`) is beyond what sleep takes (OverflowError), and
+    ``stop`` is heard."""
+    t0 = time.monotonic()
+    for n, ev in enumerate(events):
+        while rate and (ahead := n / rate - (time.monotonic() - t0)) > 0.005 and not _set(stop):
+            time.sleep(min(ahead, PACE_SLICE_S))
+        if _set(stop):
+            return
+        yield ev
+
+
 def send_events(events: Iterable[dict], settings: Settings, rate: float | None = None,
                 progress=None, wallclock_ts: bool = False, stop=None, topics_checked: bool = False) -> int:
     """Send events (contract schema) to their input topics; ``rate`` paces events/s.
@@ -139,15 +153,8 @@ def send_events(events: Iterable[dict], settings: Settings, rate: float | None =
     prod = producer(settings, linger_ms=SEND_LINGER_MS)
     deliveries = Deliveries()
     sent = 0
-    t0 = time.monotonic()
     try:
-        for ev in events:
-            # event n goes at n / rate s, so nothing waits after the last one; in slices, since a pause
-            # of 1e10 s (`--rate 1e-10`) is beyond what sleep takes (OverflowError), and `stop` is heard
-            while rate and (ahead := sent / rate - (time.monotonic() - t0)) > 0.005 and not _set(stop):
-                time.sleep(min(ahead, PACE_SLICE_S))
-            if _set(stop):
-                break
+        for ev in paced(events, rate, stop):
             if wallclock_ts:
                 ev["ts"] = int(time.time() * 1000)
             deliveries.track(prod.send(
