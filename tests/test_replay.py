@@ -92,7 +92,7 @@ def test_replay_is_reproducible_and_leaves_the_live_worker_alone(env, workers, t
     cli(env, "topics", "create")
     events = history()
     send(env, events)
-    w = workers()
+    w = workers(INTEREST_FLUSH_S="1")  # the live commits follow a flush
     users = sorted({e["user_id"] for e in events})
     wait_for(lambda: all(w.get(f"/users/{u}")[0] == 200 for u in users), what="live state")
     wait_for(lambda: committed_and_end(env)[0] == committed_and_end(env)[1], what="live commits")
