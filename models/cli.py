@@ -305,6 +305,10 @@ def evaluate(ckpt_dir, data, out, no_plots):
         result = run_evaluation(ckpt_dir, data, out, plots=not no_plots)
     except (OSError, ValueError) as exc:  # OSError: metrics.json or a plot cannot be written in --out
         raise _load_error(exc) from None
+    from models.data import invalid_summary
+
+    if result["log"]["invalid"]:
+        click.echo(f"data: {invalid_summary(result['log'])}", err=True)
     m = result["models"]
     best = result["best_baseline"]
     click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "

@@ -98,33 +98,29 @@ def file_sha256(path) -> str:
 
 def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
     """User -> events sorted by (ts, file order), a repeated event_id counted once (as the worker
-    does). Lines that are not valid contract events are skipped and counted."""
-    import orjson
+    does). Each line goes through the worker's own check of an event
+    (:func:`interest_core.event_check.check_event`), so training reads the events the worker
+    accepts, with the fields it keeps; the others are skipped and counted by the reason the worker
+    would dead-letter them with (``invalid``, ``invalid_reasons``; ``first_invalid`` gives the
+    first line of each reason and its detail: :func:`invalid_summary`)."""
+    from interest_core.event_check import Rejected, check_event
 
     users: dict[str, list[WindowEvent]] = {}
     seen: dict[str, set] = {}
-    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0}
+    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0, "invalid_reasons": {}, "first_invalid": {}}
     with open(path, "rb") as f:
-        for line in f:
-            if not line.strip():
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
                 continue
             stats["lines"] += 1
-            try:
-                e = orjson.loads(line)
-                uid, eid, kind, ts = e["user_id"], e["event_id"], e["type"], e["ts"]
-                ok = isinstance(ts, int) and not isinstance(ts, bool) and kind in ("click", "browse", "search")
-                ok = ok and (e.get("category") if kind != "search" else e.get("query"))
-                # the contract's types (the worker refuses others): a list for an id or a number for a
-                # category would otherwise crash training far from the line that held it
-                ok = ok and isinstance(uid, str) and isinstance(eid, str) and all(
-                    e.get(k) is None or isinstance(e[k], str) for k in ("category", "item_id", "query"))
-                dwell = e.get("dwell_ms")
-                ok = ok and (dwell is None or (isinstance(dwell, int) and not isinstance(dwell, bool) and dwell >= 0))
-            except Exception:
-                ok = False
-            if not ok:
+            e = check_event(line)
+            if isinstance(e, Rejected):
                 stats["invalid"] += 1
+                stats["invalid_reasons"][e.reason] = stats["invalid_reasons"].get(e.reason, 0) + 1
+                stats["first_invalid"].setdefault(e.reason, f"line {n}: {e.detail}"[:300])
                 continue
+            uid, eid = e["user_id"], e["event_id"]
             s = seen.setdefault(uid, set())
             if eid in s:
                 stats["duplicates"] += 1
@@ -136,6 +132,17 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
         evs.sort(key=lambda w: w.ts)  # stable: file order within a millisecond
     stats["users"] = len(users)
     return users, stats
+
+
+def invalid_summary(stats: dict) -> str:
+    """What :func:`read_log` skipped, in words: ``""`` when nothing, else e.g. ``skipped 3 of 10
+    lines the worker would refuse: missing_field 2 (first: line 4: item_id is missing (required
+    for click)), bad_type 1 (first: line 9: ...)``."""
+    if not stats.get("invalid"):
+        return ""
+    reasons = sorted(stats["invalid_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return (f"skipped {stats['invalid']} of {stats['lines']} lines the worker would refuse: "
+            + ", ".join(f"{r} {c} (first: {stats['first_invalid'][r]})" for r, c in reasons))
 
 
 def split_times(users: dict[str, list[WindowEvent]], cfg: DataConfig) -> tuple[int, int]:
@@ -429,7 +436,7 @@ def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_
 
     users, stats = read_log(path)
     if not users:
-        raise ValueError(f"{path}: no valid events")
+        raise ValueError(f"{path}: no valid events" + (f" ({invalid_summary(stats)})" if stats["invalid"] else ""))
     cfg, choice = resolve_target(users, cfg)
     if split is None:
         t1, t2 = split_times(users, cfg)

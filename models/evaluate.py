@@ -412,6 +412,7 @@ def report(ds, base: dict, pred: np.ndarray, info: dict, model_info: dict) -> di
     result["validation_kl"] = base["val_kl"]
     result["baseline_params"] = base["params"]
     result["sample_counts"] = info["samples"]
+    result["log"] = info["log"]  # the log's lines, events and users, and what was skipped (models.data.read_log)
     result["split_times"] = {"t1": ds.t1, "t2": ds.t2}
     return result
 

@@ -162,7 +162,7 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
     from tqdm import tqdm
 
     from interest_core.encoding import fit_encoder
-    from models.data import read_log
+    from models.data import invalid_summary, read_log
     from models.model import get_lr, TrainConfig
 
     cfg = cfg or PretrainConfig()
@@ -174,8 +174,11 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
         u, st = read_log(path)
         users.update({f"{n}:{uid}": evs for uid, evs in u.items()})  # logs never share a user
         stats.append({"path": str(path), **st})
+    skipped = [f"{s['path']}: {invalid_summary(s)}" for s in stats if s["invalid"]]
     if not users:
-        raise ValueError("no valid events in the pretraining logs")
+        raise ValueError("no valid events in the pretraining logs" + (f" ({'; '.join(skipped)})" if skipped else ""))
+    for line in skipped:
+        log(line)
     encoder = fit_encoder((e for evs in users.values() for e in evs), min_category_count=cfg.min_category_count,
                           max_len=cfg.max_len)
     rng = np.random.default_rng(cfg.seed)

@@ -217,7 +217,7 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.data import encode_windows, prepare, sample_profiles, sample_windows
+    from models.data import encode_windows, invalid_summary, prepare, sample_profiles, sample_windows
     from models.item_lift import served
     from models.evaluate import baseline_predictions, check_test_users, refit_samples, time_split
     from models.model import load_checkpoint, predict
@@ -232,6 +232,8 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     torch.set_num_threads(min(2, card.get("training", {}).get("threads", 2)))
     split, dcfg = time_split(card, ckpt_dir)
     ds, _, info = prepare(data_path, dcfg, encoder=encoder, split=split)
+    if info["log"]["invalid"]:
+        log(f"data: {invalid_summary(info['log'])}")
     val, test = ds.splits["val"], ds.splits["test"]
     if len(test) == 0 or len(val) == 0:
         raise ValueError(f"{data_path}: no validation/test samples under the checkpoint's split")

@@ -194,7 +194,7 @@ class TrainingData:
 
 
 def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, log=print) -> TrainingData:
-    from models.data import DataConfig, encode_samples, prepare, sample_profiles
+    from models.data import DataConfig, encode_samples, invalid_summary, prepare, sample_profiles
 
     t0 = time.time()
     ds, encoder, info = prepare(data_path, data_cfg, encoder=encoder, split=split)
@@ -207,6 +207,8 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
     log(f"data: {info['log']['events']} events, {info['log']['users']} users; samples "
         f"train {len(tr)} val {len(va)} test {len(ds.splits['test'])}; "
         f"skipped empty targets {info['samples']['empty_target']}; {encoder}")
+    if info["log"]["invalid"]:
+        log(f"data: {invalid_summary(info['log'])}")
     if len(tr) == 0 or len(va) == 0:
         raise ValueError("not enough data for a time split: no training or validation samples "
                          f"(counts: {info['samples']}); for a short log try --target next_k or a "

@@ -2,16 +2,17 @@
 
 Pure functions (no Kafka): the agent calls :func:`validate` for every input message and
 :func:`dead_letter` for every failure. Reasons are exactly those of CONTRACT.md; ``late`` is
-decided against the user's window in :mod:`stream_app.state`.
+decided against the user's window in :mod:`stream_app.state`. The event's own JSON is checked by
+:func:`interest_core.event_check.check_event`, which training's reading of a log shares; this
+module adds what only a Kafka message has: its size, its key, its topic and the worker's clock.
 """
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 
 import orjson
 
-from interest_core.window import EVENT_TYPES, STRING_LIMITS
+from interest_core.event_check import Rejected, check_event
 
 MAX_VALUE_BYTES = 64 * 1024  # CONTRACT: too_large is over 64 KiB
 DLQ_PAYLOAD_BYTES = 4 * 1024  # CONTRACT: payload_b64 holds the first 4 KiB
@@ -26,25 +27,6 @@ REASONS = (
     "not_utf8", "not_json", "not_object", "too_large", "missing_key", "key_mismatch",
     "missing_field", "bad_type", "too_long", "unknown_type", "topic_mismatch", "future_ts", "late",
 )
-
-REQUIRED_BY_TYPE = {
-    "click": ("item_id", "category"),
-    "browse": ("item_id", "category"),
-    "search": ("query",),
-}
-BASE_REQUIRED = ("event_id", "user_id", "type", "ts")
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Why a message cannot be used: one of :data:`REASONS` and a human-readable detail."""
-
-    reason: str
-    detail: str
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def validate(
@@ -64,55 +46,15 @@ def validate(
         key_text = key.decode("utf-8")
     except UnicodeDecodeError:
         return Rejected("not_utf8", "key is not valid UTF-8")
-    if value is None or value == b"":
-        return Rejected("not_json", "value is empty")
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejected("not_utf8", f"value is not valid UTF-8 at byte {exc.start}")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return Rejected("not_json", f"value is not JSON: {exc}")
-    if not isinstance(obj, dict):
-        return Rejected("not_object", f"value is a JSON {type(obj).__name__}, not an object")
-
-    for name in BASE_REQUIRED:
-        if obj.get(name) is None:
-            return Rejected("missing_field", f"{name} is missing")
-    etype = obj["type"]
-    if not isinstance(etype, str):
-        return Rejected("bad_type", f"type must be a string, got {type(etype).__name__}")
-    if etype not in EVENT_TYPES:
-        return Rejected("unknown_type", f"type {etype[:64]!r} is not one of {', '.join(EVENT_TYPES)}")
-    for name in REQUIRED_BY_TYPE[etype]:
-        if obj.get(name) is None:
-            return Rejected("missing_field", f"{name} is missing (required for {etype})")
-
-    event = {"event_id": None, "user_id": None, "type": etype, "ts": None}
-    for name in ("event_id", "user_id") + REQUIRED_BY_TYPE[etype]:
-        v = obj[name]
-        if not isinstance(v, str) or not v:
-            got = "an empty string" if v == "" else type(v).__name__
-            return Rejected("bad_type", f"{name} must be a non-empty string, got {got}")
-        if len(v) > STRING_LIMITS[name]:
-            return Rejected("too_long", f"{name} has {len(v)} characters, limit {STRING_LIMITS[name]}")
-        event[name] = v
-    ts = obj["ts"]
-    if not _is_int(ts) or ts < 0:
-        return Rejected("bad_type", f"ts must be a non-negative integer (epoch ms), got {ts!r}"[:200])
-    event["ts"] = ts
-    dwell = obj.get("dwell_ms")
-    if dwell is not None:
-        if not _is_int(dwell) or dwell < 0:
-            return Rejected("bad_type", f"dwell_ms must be an integer >= 0, got {dwell!r}"[:200])
-        event["dwell_ms"] = dwell
+    event = check_event(value)
+    if isinstance(event, Rejected):
+        return event
     if event["user_id"] != key_text:
         return Rejected("key_mismatch", "user_id differs from the message key")
-    if etype != expected_type:
-        return Rejected("topic_mismatch", f"a {etype} event on the {expected_type} topic")
-    if ts > now_ms + future_ms:
-        return Rejected("future_ts", f"ts is {(ts - now_ms) / 3_600_000:.1f} h ahead of the worker's clock")
+    if event["type"] != expected_type:
+        return Rejected("topic_mismatch", f"a {event['type']} event on the {expected_type} topic")
+    if event["ts"] > now_ms + future_ms:
+        return Rejected("future_ts", f"ts is {(event['ts'] - now_ms) / 3_600_000:.1f} h ahead of the worker's clock")
     return event
 
 

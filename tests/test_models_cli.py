@@ -27,8 +27,18 @@ def sim_log(tmp_path_factory):
 @pytest.mark.slow
 def test_train_evaluate_cli(sim_log, tmp_path):
     pytest.importorskip("torch")
+    import shutil
+
+    # the simulated log, and a click the worker would refuse (it has no item): skipped, and said
+    log = tmp_path / "s.jsonl"
+    refused = {"event_id": "x", "user_id": "u0", "type": "click", "ts": 5, "category": "a"}
+    log.write_bytes(sim_log.read_bytes() + json.dumps(refused).encode() + b"\n")
+    shutil.copy(f"{sim_log}.truth.jsonl", f"{log}.truth.jsonl")
+    lines = len(log.read_bytes().splitlines())
+    skipped = (f"data: skipped 1 of {lines} lines the worker would refuse: missing_field 1 (first: line {lines}: "
+               "item_id is missing (required for click))\n")
     ck = tmp_path / "ck"
-    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(ck), "--max-steps", "20",
+    res = CliRunner().invoke(cli.train, ["--data", str(log), "--out", str(ck), "--max-steps", "20",
                                          "--max-train-samples", "400", "--quiet", *TINY_SETS])
     assert res.exit_code == 0, res.output
     card = json.loads((ck / "model_card.json").read_text())
@@ -37,6 +47,7 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert card["split"]["data_config"]["target"] == "time"
     assert card["split"]["target_choice"]["target"] == "time"
     assert "target: time, chosen from the log: a 6 h window holds a median of" in res.output
+    assert skipped in res.output and card["data"]["invalid"] == 1
     assert card["data"]["sha256"] and card["model_version"] and card["history"]
     # the simulated log has searches: validation chose whether the per-category network reads them
     # through the query map, and the checkpoint is what it chose
@@ -75,10 +86,11 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     # the corrected model is kept, and the card's validation metrics are its own
     assert sel["exported"] == "full" and card["metrics"]["validation"]["kl"] == sel["corrected_val_kl"]
     out = tmp_path / "ev"
-    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(out)])
+    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(log), "--out", str(out)])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == "test" and m["samples"] > 0
+    assert res.output.startswith(skipped) and m["log"]["invalid_reasons"] == {"missing_field": 1}
     assert set(m["models"]) == {"gpt2", "prior", "last_window", "ema", "user_mean", "ema_prior", "mixture"}
     for v in m["models"].values():
         assert set(v) == {"mse", "kl", "top1", "ndcg@3", "top3", "ece"}  # the contract's four, and two more
@@ -100,25 +112,23 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     for png in ("training_curves", "users", "calibration", "buckets"):
         assert (out / f"{png}.png").stat().st_size > 0
     # evaluate twice gives the same numbers (the split is reproduced from the card)
-    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev2"),
+    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(log), "--out", str(tmp_path / "ev2"),
                                             "--no-plots"])
     assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["models"] == m["models"]
     # evaluate scores what the worker serves: the graph's answer plus the encoding's item lift
-    import shutil
-
     from interest_core.item_lift import ItemLift, apply
     from models.evaluate import held_out_predictions
 
     enc = Encoder.load(ck / "encoding.json")
     ck0, ck2 = (Path(shutil.copytree(ck, tmp_path / name)) for name in ("ck0", "ck2"))
     enc.with_item_lift(None).save(ck0 / "encoding.json")  # the graph alone
-    graph = held_out_predictions(ck0, sim_log)
+    graph = held_out_predictions(ck0, log)
     windows = graph.base["test_windows"]
     items = sorted({e.item for w in windows for e in w if e.item is not None})
     v = np.zeros(enc.k)
     v[0] = 2.0  # every item lifts the first category: a window with any item gets v
     enc.with_item_lift(ItemLift(enc.categories, 20, {x: v for x in items})).save(ck2 / "encoding.json")
-    lifted = held_out_predictions(ck2, sim_log)
+    lifted = held_out_predictions(ck2, log)
     has = np.array([any(e.item is not None and e.type != "search" and e.category in enc.categories for e in w)
                     for w in windows])
     assert has.sum() > 10
@@ -129,7 +139,7 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     # period that starts halfway through validation holds more samples, all of them after its start
     split = json.loads((ck / "model_card.json").read_text())["split"]
     t2 = (split["t1"] + split["t2"]) // 2
-    earlier = held_out_predictions(ck0, sim_log, split={**split, "t2": t2})
+    earlier = held_out_predictions(ck0, log, split={**split, "t2": t2})
     assert len(earlier.ds.splits["test"]) > len(graph.ds.splits["test"])
     assert earlier.ds.splits["test"].cut_ts.min() >= t2 and earlier.pred.shape == (len(earlier.ds.splits["test"]), enc.k)
 

@@ -28,11 +28,16 @@ def _log(path, events):
     return path
 
 
-@pytest.mark.parametrize("field, value", [
-    ("user_id", ["u"]), ("event_id", {"x": 1}), ("category", 7), ("item_id", [5]), ("dwell_ms", "x"),
+@pytest.mark.parametrize("field, value, detail", [
+    ("user_id", ["u"], "user_id must be a non-empty string, got list"),
+    ("event_id", {"x": 1}, "event_id must be a non-empty string, got dict"),
+    ("category", 7, "category must be a non-empty string, got int"),
+    ("item_id", [5], "item_id must be a non-empty string, got list"),
+    ("dwell_ms", "x", "dwell_ms must be an integer >= 0, got 'x'"),
 ])
-def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, field, value):
-    """A list for an id was a TypeError traceback; a number for a category one deep in training."""
+def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, field, value, detail):
+    """A list for an id was a TypeError traceback; a number for a category one deep in training.
+    The error says what the worker would say of the line (its dead letter's reason and detail)."""
     pytest.importorskip("torch")
     from models.data import read_log
 
@@ -40,7 +45,8 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     assert read_log(log)[1]["invalid"] == 1
     res = _run(["train", "--data", log, "--out", tmp_path / "ck"])
     assert res.exit_code == 1
-    assert res.output.endswith(f"Error: {log}: no valid events\n")
+    assert res.output.endswith(f"Error: {log}: no valid events (skipped 1 of 1 lines the worker would refuse: "
+                               f"bad_type 1 (first: line 1: {detail}))\n")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from models.data import (DataConfig, LogShape, Samples, UserSeq, build_dataset, choose_target, log_shape, prepare, read_log,
-                         sample_windows, split_times)
+from interest_core.window import WindowEvent
+from models.data import (DataConfig, LogShape, Samples, UserSeq, build_dataset, choose_target, invalid_summary,
+                         log_shape, prepare, read_log, sample_windows, split_times)
 from models.evaluate import (hindsight_counts, jackknife_kl, kl_per_sample, metrics, mse_per_sample, ndcg3_per_sample,
                              paired_bootstrap)
 from models.loaders import load_movielens, load_rees46
@@ -259,11 +260,49 @@ def test_choose_target_from_the_log_shape(shared, span_days, median, target, k, 
     assert got[:2] == (target, k) and why in got[2], got
 
 
+def test_a_log_is_read_through_the_workers_check_of_an_event(tmp_path):
+    """Training keeps the events the worker keeps, with the fields it keeps, and counts the rest
+    by the reason of their dead letter. Before, it trained on clicks without an item, fields over
+    the contract's lengths, empty ids and negative times, all of which the worker refuses, it kept
+    a search's category and item, which the worker drops, and it said nothing of skipped lines."""
+    click = {"event_id": "e1", "user_id": "u", "type": "click", "ts": 1000, "item_id": "i", "category": "a",
+             "price": 3}
+    lines = [json.dumps(line) if isinstance(line, dict) else line for line in [
+        click,
+        {k: v for k, v in click.items() if k != "item_id"},
+        dict(click, event_id="e3", category="c" * 129),
+        dict(click, event_id="e4", type="browse", user_id=""),
+        dict(click, event_id="e5", ts=-5),
+        {"event_id": "e6", "user_id": "u", "type": "search", "ts": 2000, "query": "q", "category": "b", "item_id": "j"},
+        "[1]",
+        {"event_id": "e8", "user_id": "v", "type": "browse", "ts": 3000, "category": "a"},
+        "",
+    ]]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    users, stats = read_log(log)
+    assert users == {"u": [WindowEvent(1000, "click", "a", "i"), WindowEvent(2000, "search", query="q")]}
+    assert stats == {
+        "lines": 8, "events": 2, "duplicates": 0, "invalid": 6, "users": 1,
+        "invalid_reasons": {"missing_field": 2, "too_long": 1, "bad_type": 2, "not_object": 1},
+        "first_invalid": {"missing_field": "line 2: item_id is missing (required for click)",
+                          "too_long": "line 3: category has 129 characters, limit 128",
+                          "bad_type": "line 4: user_id must be a non-empty string, got an empty string",
+                          "not_object": "line 7: value is a JSON list, not an object"},
+    }
+    assert invalid_summary(stats) == (
+        "skipped 6 of 8 lines the worker would refuse: bad_type 2 (first: line 4: user_id must be a non-empty "
+        "string, got an empty string), missing_field 2 (first: line 2: item_id is missing (required for click)), "
+        "not_object 1 (first: line 7: value is a JSON list, not an object), too_long 1 (first: line 3: category "
+        "has 129 characters, limit 128)")
+    assert invalid_summary(read_log(_log(tmp_path, [click]))[1]) == ""
+
+
 def test_log_shape_by_hand(tmp_path):
     H = 3_600_000
     # u0: clicks at 0, 0, 1 h, 10 h, and a search at 2 h (not a target event); u1: browses at 5 h, 30 h
     events = [{"event_id": f"e{i}", "user_id": u, "type": t, "ts": h * H, **({"query": "q"} if t == "search" else
-                                                                              {"category": "a"})}
+                                                                              {"category": "a", "item_id": "x"})}
               for i, (u, t, h) in enumerate([("u0", "click", 0), ("u0", "click", 0), ("u0", "click", 1),
                                              ("u0", "search", 2), ("u0", "click", 10), ("u1", "browse", 5),
                                              ("u1", "browse", 30)])]
@@ -282,7 +321,8 @@ def test_prepare_chooses_the_target_and_records_why(tmp_path):
         for b in range(30):
             for line in range(3):
                 events.append({"event_id": f"{u}-{b}-{line}", "user_id": f"u{u}", "type": "click",
-                               "ts": b * 168 * H + u * H, "category": "abc"[(b + line) % 3]})
+                               "ts": b * 168 * H + u * H, "category": "abc"[(b + line) % 3],
+                               "item_id": f"p{line}"})
     ds, _, info = prepare(_log(tmp_path, events), DataConfig(target="auto"))
     cfg, choice = info["split"]["data_config"], info["split"]["target_choice"]
     assert (cfg["target"], cfg["target_k"]) == ("next_baskets", 4)
