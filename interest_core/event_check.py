@@ -37,8 +37,7 @@ def _is_int(v) -> bool:
 
 def check_event(value: bytes | None) -> dict | Rejected:
     """The event in ``value`` (UTF-8 JSON) with the contract's fields only (the rest dropped), or
-    why it is refused: ``not_json``, ``not_utf8``, ``not_object``, ``missing_field``,
-    ``unknown_type``, ``bad_type`` or ``too_long``."""
+    why it is refused: ``not_json``, ``not_utf8``, or a reason of :func:`check_fields`."""
     if value is None or value == b"":
         return Rejected("not_json", "value is empty")
     try:
@@ -49,6 +48,12 @@ def check_event(value: bytes | None) -> dict | Rejected:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Rejected("not_json", f"value is not JSON: {exc}")
+    return check_fields(obj)
+
+
+def check_fields(obj) -> dict | Rejected:
+    """The parsed event ``obj`` with the contract's fields only, or why it is refused:
+    ``not_object``, ``missing_field``, ``unknown_type``, ``bad_type`` or ``too_long``."""
     if not isinstance(obj, dict):
         return Rejected("not_object", f"value is a JSON {type(obj).__name__}, not an object")
 
@@ -83,3 +88,32 @@ def check_event(value: bytes | None) -> dict | Rejected:
             return Rejected("bad_type", f"dwell_ms must be an integer >= 0, got {dwell!r}"[:200])
         event["dwell_ms"] = dwell
     return event
+
+
+class Refusals:
+    """The lines of a log that the check refused: how many for each reason, and the first line of
+    each with its detail (what :func:`models.data.read_log` and ``load jsonl`` report)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, str] = {}
+
+    def add(self, line_no: int, rejected: Rejected) -> None:
+        self.counts[rejected.reason] = self.counts.get(rejected.reason, 0) + 1
+        self.first.setdefault(rejected.reason, f"line {line_no}: {rejected.detail}"[:300])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __str__(self) -> str:
+        """Each reason, the most frequent first: ``missing_field 2 (first: line 4: item_id is missing
+        (required for click)), not_object 1 (first: line 9: ...)``."""
+        return describe(self.counts, self.first)
+
+
+def describe(counts: dict[str, int], first: dict[str, str]) -> str:
+    """:class:`Refusals` in words, from its two dicts (as a model card records them)."""
+    reasons = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{r} {c} (first: {first[r]})" for r, c in reasons)
+

@@ -103,11 +103,13 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
     accepts, with the fields it keeps; the others are skipped and counted by the reason the worker
     would dead-letter them with (``invalid``, ``invalid_reasons``; ``first_invalid`` gives the
     first line of each reason and its detail: :func:`invalid_summary`)."""
-    from interest_core.event_check import Rejected, check_event
+    from interest_core.event_check import Refusals, Rejected, check_event
 
     users: dict[str, list[WindowEvent]] = {}
     seen: dict[str, set] = {}
-    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0, "invalid_reasons": {}, "first_invalid": {}}
+    refused = Refusals()
+    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0,
+             "invalid_reasons": refused.counts, "first_invalid": refused.first}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -117,8 +119,7 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
             e = check_event(line)
             if isinstance(e, Rejected):
                 stats["invalid"] += 1
-                stats["invalid_reasons"][e.reason] = stats["invalid_reasons"].get(e.reason, 0) + 1
-                stats["first_invalid"].setdefault(e.reason, f"line {n}: {e.detail}"[:300])
+                refused.add(n, e)
                 continue
             uid, eid = e["user_id"], e["event_id"]
             s = seen.setdefault(uid, set())
@@ -138,11 +139,12 @@ def invalid_summary(stats: dict) -> str:
     """What :func:`read_log` skipped, in words: ``""`` when nothing, else e.g. ``skipped 3 of 10
     lines the worker would refuse: missing_field 2 (first: line 4: item_id is missing (required
     for click)), bad_type 1 (first: line 9: ...)``."""
+    from interest_core.event_check import describe
+
     if not stats.get("invalid"):
         return ""
-    reasons = sorted(stats["invalid_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
     return (f"skipped {stats['invalid']} of {stats['lines']} lines the worker would refuse: "
-            + ", ".join(f"{r} {c} (first: {stats['first_invalid'][r]})" for r, c in reasons))
+            + describe(stats["invalid_reasons"], stats["first_invalid"]))
 
 
 def split_times(users: dict[str, list[WindowEvent]], cfg: DataConfig) -> tuple[int, int]:

@@ -236,12 +236,15 @@ def load_jsonl(file, bootstrap_servers, rate, force):
         raise click.ClickException(f"{file} is not a regular file: the log is read twice (checked whole, then "
                                    "sent); save it to a file first")
     s = _settings(bootstrap_servers)
-    n, first_ts = check_log(file)  # the whole log, before anything is sent
+    n, first_ts, refused = check_log(file)  # the whole log, before anything is sent
     if not n:
         raise click.ClickException(f"{file} holds no events")
     require_topics(s, s.input_topics.values())  # before their retention and the progress bar
     if not force:
         check_retention(first_ts, retention_ms(s, s.input_topics.values()))  # the topics', not the setting's
+    if refused.total:  # sent all the same: the dead letters keep them, with these reasons
+        click.echo(f"warning: the worker will refuse {refused.total} of the {n} events of {file} (dead letters on "
+                   f"{s.dlq_topic}): {refused}", err=True)
     with tqdm(unit="ev", desc="load") as bar:
         try:
             n = send_events(read_jsonl(file), s, rate=rate, progress=bar, topics_checked=True)

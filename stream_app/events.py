@@ -38,8 +38,8 @@ def validate(
     clock, used only for ``future_ts``. Returns the event (a dict with the contract's fields,
     extra fields dropped) or a :class:`Rejected`.
     """
-    if value is not None and len(value) > MAX_VALUE_BYTES:
-        return Rejected("too_large", f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
+    if value is not None and (large := too_large(value)):
+        return large
     if not key:
         return Rejected("missing_key", "message has no key (the user id)")
     try:
@@ -56,6 +56,13 @@ def validate(
     if event["ts"] > now_ms + future_ms:
         return Rejected("future_ts", f"ts is {(event['ts'] - now_ms) / 3_600_000:.1f} h ahead of the worker's clock")
     return event
+
+
+def too_large(value: bytes) -> Rejected | None:
+    """``too_large`` for a value over the contract's 64 KiB, else None."""
+    if len(value) > MAX_VALUE_BYTES:
+        return Rejected("too_large", f"value is {len(value)} bytes, limit {MAX_VALUE_BYTES}")
+    return None
 
 
 def dead_letter(

@@ -7,12 +7,14 @@ event time.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import orjson
 
+from interest_core.event_check import Refusals, Rejected, check_fields
 from interest_core.window import EVENT_TYPES, MAX_TS  # one input topic per type (Settings.input_topics)
 
+from .events import too_large
 from .settings import InterestStreamError, Settings
 
 
@@ -196,13 +198,24 @@ def read_jsonl(path) -> Iterator[dict]:
         yield ev
 
 
-def check_log(path) -> tuple[int, int | None]:
-    """Read a whole log before anything is sent: (events, smallest ts). Every event must be an
-    object with what sending it needs (a user id for the key, a type naming its topic, a ts
-    for the record timestamp); InterestStreamError names the first line that lacks it, so a bad
-    line in the middle of a log sends nothing rather than half of it. The rest of an event is
-    the worker's to check (what it refuses goes to the dead letters)."""
+class LogCheck(NamedTuple):
+    """What :func:`check_log` found: the events, the smallest ts, and the events the worker will
+    refuse (their dead letters' reasons, :class:`interest_core.event_check.Refusals`)."""
+
+    events: int
+    first_ts: int | None
+    refused: Refusals
+
+
+def check_log(path) -> LogCheck:
+    """Read a whole log before anything is sent. Every event must be an object with what sending
+    it needs (a user id for the key, a type naming its topic, a ts for the record timestamp);
+    InterestStreamError names the first line that lacks it, so a bad line in the middle of a log
+    sends nothing rather than half of it. The rest of an event is the worker's to check: what it
+    will refuse (``check_fields``, the worker's own check) is counted, to be said before the
+    events are sent; those are sent too, and go to the dead letters."""
     n, first = 0, None
+    refused = Refusals()
     for line_no, ev in _numbered(path):
         if not isinstance(ev, dict):
             raise InterestStreamError(f"{path}:{line_no}: an event must be a JSON object, got {type(ev).__name__}")
@@ -214,6 +227,9 @@ def check_log(path) -> tuple[int, int | None]:
                                       f"got {etype!r}")
         if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
             raise InterestStreamError(f"{path}:{line_no}: ts must be a non-negative integer (epoch ms), got {ts!r}")
+        checked = too_large(orjson.dumps(ev)) or check_fields(ev)  # what send_events sends, as the worker checks it
+        if isinstance(checked, Rejected):
+            refused.add(line_no, checked)
         n += 1
         first = ts if first is None else min(first, ts)
-    return n, first
+    return LogCheck(n, first, refused)

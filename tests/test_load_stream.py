@@ -65,6 +65,38 @@ def test_a_well_formed_log_is_sent(env, tmp_path):
     assert input_records(env) == 4
 
 
+def test_events_the_worker_will_refuse_are_said_before_they_are_sent_and_are_its_dead_letters(env, tmp_path, workers):
+    """`load jsonl` checks each event as the worker will (interest_core.event_check) and says
+    which it will refuse, by reason with the first line of each; they are sent all the same, and
+    the worker's dead letters are exactly those. Before, nothing was said: a log of clicks
+    without items went out whole, and only the dead-letter topic told."""
+    import base64
+
+    import orjson
+
+    from kafka_io import read_all
+
+    cli(env, "topics", "create")
+    log = tmp_path / "log.jsonl"
+    refused = [{k: v for k, v in good(3).items() if k != "item_id"},
+               good(4) | {"category": "c" * 129},
+               good(5) | {"note": "x" * 70_000},
+               {k: v for k, v in good(6).items() if k != "category"}]
+    log.write_text("".join(json.dumps(e) + "\n" for e in [good(0), *refused[:2], good(1), *refused[2:], good(2)]))
+    out = cli(env, "load", "jsonl", str(log))
+    dlq = f"{env['INTEREST_TOPIC_PREFIX']}events.dlq"
+    big = len(orjson.dumps(refused[2]))
+    assert out.stderr.startswith(
+        f"warning: the worker will refuse 4 of the 7 events of {log} (dead letters on {dlq}): missing_field 2 "
+        "(first: line 2: item_id is missing (required for click)), too_large 1 (first: line 5: value is "
+        f"{big} bytes, limit 65536), too_long 1 (first: line 3: category has 129 characters, limit 128)\n")
+    assert "sent 7 events" in out.stdout and input_records(env) == 7
+    workers()
+    letters = [orjson.loads(r.value) for r in read_all(env["KAFKA_BOOTSTRAP_SERVERS"], dlq, expect=4)]
+    assert sorted((d["reason"], base64.b64decode(d["key_b64"])) for d in letters) == [
+        ("missing_field", b"u3"), ("missing_field", b"u6"), ("too_large", b"u5"), ("too_long", b"u4")]
+
+
 def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
     """The input topic refuses every event. kafka-python's flush does not say which sends failed,
     and here gives up with "Future not done": `load jsonl` ended with "Kafka at … refused:
