@@ -298,6 +298,7 @@ def evaluate(ckpt_dir, data, out, no_plots):
     """The model and the baselines (prior, last_window, user_mean, ema, ema_prior, mixture) on the
     checkpoint's test split: metrics.json and PNG plots."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from models.data import invalid_summary
     from models.evaluate import run_evaluation
 
     _out_dir(out)
@@ -305,8 +306,6 @@ def evaluate(ckpt_dir, data, out, no_plots):
         result = run_evaluation(ckpt_dir, data, out, plots=not no_plots)
     except (OSError, ValueError) as exc:  # OSError: metrics.json or a plot cannot be written in --out
         raise _load_error(exc) from None
-    from models.data import invalid_summary
-
     if result["log"]["invalid"]:
         click.echo(f"data: {invalid_summary(result['log'])}", err=True)
     m = result["models"]
