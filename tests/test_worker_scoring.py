@@ -286,7 +286,11 @@ def test_model_swap_under_load_and_corrupt_model_refused(env, workers, tiny_mode
     assert "interest_model_refused_total 1.0" in metrics
     assert "refused the model" in w.log(200)
     # no gap: every round's events led to a vector for every user
-    final = vectors_by_user(env, expect=0, timeout=3)
     last_ts = T0 + (rounds - 1) * 60_000 + 1
+
+    def last_round_scored():
+        final = vectors_by_user(env, expect=0, timeout=3)
+        return final if all(final.get(u) and final[u][-1]["ts"] == last_ts for u in users) else None
+    final = wait_for(last_round_scored, timeout=30, what="every user's vector of the last round")
     for u in users:
-        assert final[u][-1]["ts"] == last_ts and final[u][-1]["model_version"] == m2.version
+        assert final[u][-1]["model_version"] == m2.version
