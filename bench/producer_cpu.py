@@ -24,18 +24,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import resource
 import statistics
 import time
 
 import orjson
 
 from common import broker, commit, cpu_s, dumps, machine, run
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def generate(events, rate: float) -> None:
@@ -74,7 +68,7 @@ def main() -> int:
             row = {}
             for name, linger in (("generate", None), ("linger_20", 20), ("linger_new", new_linger)):
                 chunk = itertools.islice(events, n)
-                c0, b0 = cpu(), cpu_s(broker_pid) if broker_pid else None
+                c0, b0 = cpu_s(os.getpid()), cpu_s(broker_pid) if broker_pid else None
                 if linger is None:
                     generate(chunk, args.rate)
                 else:
@@ -83,7 +77,7 @@ def main() -> int:
                         produce.send_events(chunk, s, rate=args.rate, wallclock_ts=True, topics_checked=True)
                     finally:
                         produce.SEND_LINGER_MS = new_linger
-                row[name] = {"process_us_per_event": round((cpu() - c0) / n * 1e6, 1)}
+                row[name] = {"process_us_per_event": round((cpu_s(os.getpid()) - c0) / n * 1e6, 1)}
                 if b0 is not None:
                     row[name]["broker_us_per_event"] = round((cpu_s(broker_pid) - b0) / n * 1e6, 1)
             new, old = (row[name]["process_us_per_event"] for name in ("linger_new", "linger_20"))

@@ -108,8 +108,7 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
     users: dict[str, list[WindowEvent]] = {}
     seen: dict[str, set] = {}
     refused = Refusals()
-    stats = {"lines": 0, "events": 0, "duplicates": 0, "invalid": 0,
-             "invalid_reasons": refused.counts, "first_invalid": refused.first}
+    stats = {"lines": 0, "events": 0, "duplicates": 0}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -118,7 +117,6 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
             stats["lines"] += 1
             e = check_event(line)
             if isinstance(e, Rejected):
-                stats["invalid"] += 1
                 refused.add(n, e)
                 continue
             uid, eid = e["user_id"], e["event_id"]
@@ -131,7 +129,7 @@ def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
             stats["events"] += 1
     for evs in users.values():
         evs.sort(key=lambda w: w.ts)  # stable: file order within a millisecond
-    stats["users"] = len(users)
+    stats.update(invalid=refused.total, invalid_reasons=refused.counts, first_invalid=refused.first, users=len(users))
     return users, stats
 
 
