@@ -85,6 +85,7 @@ def test_profile_enters_the_shrinkage_from_the_start(encoder):
         assert bool((with_b[:, 1] > none[:, 1] + 0.05).all()), scale
 
 
+@torch.no_grad()  # values compared: no gradient
 def test_kl_loss_by_hand(encoder):
     model = build_model(encoder, loss="kl", **TINY).eval()
     seqs = _seqs(encoder, n=4)
@@ -278,6 +279,7 @@ def test_dense_readouts_equal_serving_on_the_prefix(encoder):
     assert (dense[0] - dense[2]).abs().max() > 1e-3
 
 
+@torch.no_grad()  # values compared: no gradient
 def test_dense_loss_is_the_weighted_mean_over_readouts(encoder):
     model = build_model(encoder, loss="kl", **TINY).eval()
     seqs = _seqs(encoder, n=2)
@@ -458,6 +460,7 @@ def test_plain_weights_per_history_length_by_hand(encoder):
     assert torch.allclose(model(ids[:1], mask[:1], profile[:1])[0][0], mix / mix.sum(), atol=1e-5)
 
 
+@torch.no_grad()  # values compared: no gradient
 def test_scaling_the_corrections_is_exact_in_logits(encoder):
     """scale_corrections(s) predicts softmax(log p_off + s * (log p_on - log p_off)) for each
     correction, and per correction softmax(log p_off + sum_i s_i * (log p_i - log p_off)) with p_i
@@ -587,8 +590,8 @@ def test_aux_head_adds_its_weighted_loss_and_trains_only_the_backbone(encoder):
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
     z = model._transformer_state(ids, mask, prof.reshape(2, -1, 3), base["batch"], base["pos"], base["hour"])
     p_aux = torch.softmax(torch.log(plain(ids, mask, prof)[0]) + model.aux_head(z), dim=-1)
-    assert abs(float(loss) - (float(main) + 0.25 * -float(torch.log(p_aux[0, 2])) / 1.5)) < 1e-5
-    assert float(loss) > float(main) + 1e-3
+    assert abs(loss.item() - (main.item() + 0.25 * -torch.log(p_aux[0, 2]).item() / 1.5)) < 1e-5
+    assert loss.item() > main.item() + 1e-3
     # the aux term's gradient reaches the backbone and its head, not the plain path
     model.zero_grad()
     (loss - main).backward()
