@@ -21,6 +21,9 @@ from . import state as st, vectors as vector_math
 from .events import Rejected, validate
 
 LATE = Rejected("late", "older than the user's window by more than the grace period")
+DROPPED = Rejected("late", "at or before the newest event this worker no longer holds for the user (an idle "
+                   "user's window is dropped, and so are the oldest rows of a state over "
+                   "INTEREST_MAX_STATE_BYTES), so a repeat of one of them cannot be told from a new event")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +41,8 @@ def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: C
     if isinstance(result, Rejected):
         return Ingested(result.reason, None, result)
     outcome, new = st.apply(lookup(key), result, limits, now_ms)
-    if outcome == "late":
-        return Ingested("late", None, LATE)
+    if outcome in ("late", "dropped"):
+        return Ingested("late", None, LATE if outcome == "late" else DROPPED)
     return Ingested(outcome, new, None)
 
 

@@ -28,9 +28,10 @@ vector in a table of its own; a migrated value has ``out`` null and ``scored`` 0
 scored again once (its next vector has drift 0).
 
 Rows leave the state past the grace (:func:`apply`), when the state is too large (:func:`trim`) and
-when the user is idle (:func:`compact`); ``dropped`` keeps the newest ts among them, for the
-explanation's profile without an event (:mod:`stream_app.explain`). States written before it have
-none: an optional key, so no version change.
+when the user is idle (:func:`compact`); ``dropped`` keeps the newest ts among them: an event at
+or before it is refused (its id may be among the dropped ones), and the explanation's profile
+without an event starts there (:mod:`stream_app.explain`). States written before it have none: an
+optional key, so no version change.
 
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
@@ -110,8 +111,8 @@ def trim(state: dict, max_bytes: int) -> int:
     """Drop the oldest compact rows (``old``) until the stored form takes at most ``max_bytes``;
     returns how many were dropped. Only a user with tens of thousands of events within the window
     and the grace gets there (a changelog record is at most ``INTEREST_MAX_STATE_BYTES``): its
-    counts then miss the dropped rows, and a redelivered event among them would count again. The
-    newest rows, which the model reads, and the profile stay."""
+    counts then miss the dropped rows, and an event at or before them is refused (:func:`apply`).
+    The newest rows, which the model reads, and the profile stay."""
     total = 0
     while (excess := len(dump(state)) - max_bytes) > 0 and state["old"]:
         old, dropped = state["old"], 0
@@ -142,8 +143,11 @@ def new_state() -> dict:
 def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple[str, dict | None]:
     """Add one validated event. Returns ``(outcome, new_state)``.
 
-    outcome is ``accepted``, ``duplicate`` (state unchanged, returned as None) or ``late``
-    (older than the window by more than the grace; state unchanged, None).
+    outcome is ``accepted``, ``duplicate`` (state unchanged, returned as None), ``late`` (older
+    than the window by more than the grace; state unchanged, None) or ``dropped``: at or before
+    the newest row the state has dropped (an idle user's window, :func:`compact`; a too-large
+    state's oldest rows, :func:`trim`). Their ids went with them, so a repeat of one of them
+    cannot be told from a new event, and counting it would count it twice (state unchanged, None).
 
     In memory the state also keeps ``_ids``, the set of its rows' event ids (built at the first
     event after a load, never stored), so a duplicate is found without scanning the rows.
@@ -161,6 +165,8 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     newest = state["newest"]
     if newest is not None and ts <= late_bound(newest, limits.horizon_ms, limits.grace_ms):
         return "late", None
+    if ts <= state.get("dropped", ts - 1):
+        return "dropped", None
     category = event.get("category")
     row = (ts, eid, _TYPES[event["type"]], category and intern(category), event.get("item_id"),
            event.get("dwell_ms"), event.get("query"))

@@ -245,6 +245,26 @@ def test_profile_of_an_event_behind_more_than_a_thousand_rows():
         assert got["c"][cat] == pytest.approx(vs, abs=2), cat
 
 
+def test_an_event_at_or_before_the_rows_a_state_dropped_is_refused_not_counted_again():
+    """A compacted (idle) user keeps newest_ts but not the rows' ids: a repeated event id at newest_ts
+    was accepted again, a second time into the profile. So is refused any event at or before the
+    newest dropped row, repeat or not; a later one is accepted. The same after trim()."""
+    lim = Limits(horizon_ms=H, grace_ms=G, max_events=3, profile_retention_ms=100_000)
+    st, _ = run([ev(1, T0), ev(2, T0 + 500)], lim)
+    st = state.load(state.dump(state.compact(st)))
+    assert st["dropped"] == T0 + 500 and st["newest"] == T0 + 500
+    for repeat in (ev(2, T0 + 500), ev(1, T0), ev(9, T0 + 500)):  # both repeats, and a new id
+        assert state.apply(st, repeat, lim, now_ms=0) == ("dropped", None)
+    outcome, new = state.apply(st, ev(3, T0 + 501), lim, now_ms=0)
+    assert outcome == "accepted" and state.summary(new, H)["events"] == 1
+    assert state.apply(new, ev(3, T0 + 501), lim, now_ms=0) == ("duplicate", None)
+
+    st, _ = run([ev(1, T0), ev(2, T0 + 1), ev(3, T0 + 2), ev(4, T0 + 3)])  # e1 is a compact row
+    assert state.trim(st, len(state.dump(st)) - 1) == 1 and st["dropped"] == T0
+    assert state.apply(st, ev(1, T0), LIM, now_ms=0) == ("dropped", None)
+    assert state.apply(st, ev(5, T0 + 1), LIM, now_ms=0)[0] == "accepted"
+
+
 def test_trim_drops_the_oldest_compact_rows_until_the_stored_form_fits():
     """The stored form below is 144 bytes; its compact rows take 19, 21 and 19 bytes plus a comma,
     and once a row is dropped the state notes its ts: ``,"dropped":1`` takes 12 more."""

@@ -11,6 +11,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from conftest import ROOT, Worker, cli, wait_for
+from kafka_io import read_all
 from test_worker_ingest import topics
 from test_worker_scoring import send, user_events, vectors_by_user
 
@@ -129,6 +130,14 @@ def test_idle_users_are_compacted_keep_their_profile_then_are_evicted(env, worke
 
     user = wait_for(lambda: (user_a() or {}).get("events", -1) == 0 and user_a(), timeout=30, what="a compacted")
     assert user["interests"] is not None and user["newest_ts"] == T0 + 500
+
+    # a's last event again: its id went with the rows, so it is refused, not counted twice (it was
+    # accepted, into the window and a second time into the profile the vector below checks)
+    send(env, [a_events[1]])
+    letter = orjson.loads(read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topics(env)["dlq"], expect=1)[0].value)
+    assert (letter["reason"], letter["key_b64"]) == ("late", "YQ==")  # key a
+    assert letter["detail"].startswith("at or before the newest event this worker no longer holds for the user")
+    assert user_a()["events"] == 0
 
     # a comes back before the retention ends: the window holds one event, the profile all three
     back = event(3, "a", "click", T0 + 4_500, "music")
