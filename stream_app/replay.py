@@ -81,6 +81,10 @@ def check_output_topic(s: Settings, topic: str) -> None:
     if not is_topic_name(topic):
         raise ReplayError(f"--output-topic {topic!r} is not a Kafka topic name (ASCII letters, digits, "
                           "'.', '_' and '-')")
+    if topic.startswith("__"):  # Kafka's own: __consumer_offsets, __transaction_state, __cluster_metadata
+        raise ReplayError(f"--output-topic {topic} is named as Kafka's internal topics are (starting with '__', "
+                          f"as __consumer_offsets): a backfill must go to a topic of its own (default "
+                          f"{s.backfill_topic})")
     own = {**{t: "an input topic" for t in s.input_topics.values()},
            s.output_topic: "the live interest topic", s.dlq_topic: "the dead-letter topic",
            s.control_topic: "the control topic"}

@@ -316,8 +316,23 @@ def test_replay_never_writes_into_another_deployments_backfill():
         assert str(err.value) == (f"--output-topic {theirs} ends in user-interests.backfill, as another "
                                   "deployment's (another INTEREST_TOPIC_PREFIX's) backfill topic does: this one's "
                                   "is sweep-user-interests.backfill")
-    for ours in ("sweep-user-interests.backfill", "sweep-backfill-2026-11", "user-interests-2026"):
+    for ours in ("sweep-user-interests.backfill", "sweep-backfill-2026-11", "user-interests-2026", "_backfill"):
         check_output_topic(s, ours)  # its own default, and names of no deployment's
+
+
+def test_replay_never_writes_into_kafkas_internal_topics():
+    """`--output-topic __consumer_offsets` passed both checks (it is compacted) and ended in
+    kafka-python's "Partitioner did not assign a partition" traceback after the plan was printed."""
+    from stream_app.replay import ReplayError, check_output_topic
+    from stream_app.settings import Settings
+
+    s = Settings.from_env({})
+    for internal in ("__consumer_offsets", "__transaction_state", "__cluster_metadata"):
+        with pytest.raises(ReplayError) as err:
+            check_output_topic(s, internal)
+        assert str(err.value) == (f"--output-topic {internal} is named as Kafka's internal topics are (starting "
+                                  "with '__', as __consumer_offsets): a backfill must go to a topic of its own "
+                                  "(default user-interests.backfill)")
 
 
 def test_replay_warns_of_a_model_trained_on_another_window(env, tiny_model_dir):
