@@ -25,6 +25,17 @@ TABLES = ("users",)
 CHANGELOG_MAX_MESSAGE_BYTES = DEFAULT_MAX_STATE_BYTES + 2**10
 LIMIT = "max.message.bytes"
 POLICY = "cleanup.policy"
+# Kafka 4 refuses a record whose timestamp is more than an hour ahead of the broker's clock (the
+# broker's log.message.timestamp.after.max.ms, Long.MAX before 4.0). The project's producers set
+# the record timestamp to the event's ts, and the contract takes events up to INTEREST_FUTURE_S
+# (a day) ahead: `load jsonl` of an event 2 hours ahead ended in InvalidTimestampError. The input
+# topics take what the worker takes (never less than Kafka's hour); events further ahead are still
+# refused at the producer, so none pins a segment past its retention for years.
+AHEAD = "message.timestamp.after.max.ms"
+KAFKA_AHEAD_MS = 3_600_000
+# what each setting an existing topic may have too low is for (raised by `topics create`)
+AT_LEAST = {LIMIT: "this worker's records may need",
+            AHEAD: "ms (INTEREST_FUTURE_S) an event may be ahead of the clock"}
 # A topic created a moment ago (`interest-stream worker` creates the missing ones, then checks every
 # topic's config) may not be known yet to the broker a DescribeConfigs reaches, in a cluster of
 # several: its configs come back empty, as for a topic the client may not describe. Those are asked
@@ -58,11 +69,18 @@ class TopicSpec:
     co_partitioned: bool = False
 
 
+def input_ahead_ms(settings: Settings) -> int:
+    """The input topics' ``message.timestamp.after.max.ms``: the worker's future bound, at least
+    Kafka's default hour."""
+    return max(settings.future_s * 1000, KAFKA_AHEAD_MS)
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     p = settings.partitions
     retention = {"retention.ms": str(settings.retention_ms), POLICY: "delete"}
     compact = {POLICY: "compact"}
-    specs = [TopicSpec(t, p, dict(retention), True) for t in settings.input_topics.values()]
+    ahead = {AHEAD: str(input_ahead_ms(settings))}
+    specs = [TopicSpec(t, p, retention | ahead, True) for t in settings.input_topics.values()]
     specs += [
         TopicSpec(settings.output_topic, p, dict(compact), True),
         TopicSpec(settings.backfill_topic, p, dict(compact)),
@@ -84,8 +102,9 @@ def admin(settings: Settings):
 
 def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
     """Create the topics of ``specs`` (default: every topic of the deployment) that do not exist
-    yet, with INTEREST_REPLICATION replicas, and raise the ``max.message.bytes`` of existing ones
-    that are below their spec's (a deployment made before the limit was raised); returns name ->
+    yet, with INTEREST_REPLICATION replicas, and raise the ``max.message.bytes`` and
+    ``message.timestamp.after.max.ms`` of existing ones that are below their spec's (a deployment
+    made before they were raised, :data:`AT_LEAST`); returns name ->
     'created' / 'exists' / 'raised'. Refuses, before anything is created, more replicas than
     brokers (when a topic is to be created: as Kafka Streams uses its replication.factor, so a
     broker that is down does not stop a worker whose topics exist), existing co-partitioned
@@ -107,7 +126,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         raced = []
         for spec in specs:
             if spec.name in existing:
-                result[spec.name] = "raised" if spec.name in low else "exists"
+                result[spec.name] = "raised" if any(name == spec.name for name, _ in low) else "exists"
                 continue
             try:
                 client.create_topics(
@@ -119,7 +138,7 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
                 result[spec.name] = "exists"
         # made by another since the listing: its config, checked as an existing topic's (so every
         # topic's is once this returns, and `interest-stream worker` need not check them again)
-        result.update(dict.fromkeys(settle_configs(settings, client, raced), "raised"))
+        result.update(dict.fromkeys((name for name, _ in settle_configs(settings, client, raced)), "raised"))
     finally:
         client.close()
     return result
@@ -181,19 +200,22 @@ def topic_config(client, names, key: str) -> dict[str, str]:
     return {name: configs[key] for name, configs in topic_configs(client, names, [key]).items()}
 
 
-def config_problems(client, specs: list[TopicSpec]) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
-    """The existing topics of ``specs`` whose ``cleanup.policy`` (:func:`wrong_policies`) or
-    ``max.message.bytes`` (:func:`low_limits`) is not their spec's, from one description."""
-    have = topic_configs(client, [spec.name for spec in specs if spec.config.keys() & {POLICY, LIMIT}],
-                         [POLICY, LIMIT])
+def config_problems(client, specs: list[TopicSpec]) -> tuple[dict[str, tuple[str, str]],
+                                                              dict[tuple[str, str], tuple[int, int]]]:
+    """The existing topics of ``specs`` whose ``cleanup.policy`` (:func:`wrong_policies`) is not
+    their spec's, or whose :data:`AT_LEAST` settings are below it (:func:`low_limits`), from one
+    description."""
+    keys = [POLICY, *AT_LEAST]
+    have = topic_configs(client, [spec.name for spec in specs if spec.config.keys() & set(keys)], keys)
     return wrong_policies(have, specs), low_limits(have, specs)
 
 
-def low_limits(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
-    """Existing topics of ``specs`` whose ``max.message.bytes`` (in ``have``: name -> key -> value)
-    is below their spec's: name -> (the topic's, the spec's)."""
-    wanted = {spec.name: int(spec.config[LIMIT]) for spec in specs if LIMIT in spec.config}
-    return {name: (int(have[name][LIMIT]), want) for name, want in wanted.items() if int(have[name][LIMIT]) < want}
+def low_limits(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> dict[tuple[str, str], tuple[int, int]]:
+    """The :data:`AT_LEAST` settings of existing topics of ``specs`` (in ``have``: name -> key ->
+    value) that are below their spec's: (name, key) -> (the topic's, the spec's)."""
+    wanted = {(spec.name, key): int(spec.config[key]) for spec in specs for key in AT_LEAST if key in spec.config}
+    return {(name, key): (int(have[name][key]), want) for (name, key), want in wanted.items()
+            if int(have[name][key]) < want}
 
 
 def wrong_policies(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> dict[str, tuple[str, str]]:
@@ -206,9 +228,9 @@ def wrong_policies(have: dict[str, dict[str, str]], specs: list[TopicSpec]) -> d
             if ("compact" in have[name][POLICY].split(",")) != (want == "compact")}
 
 
-def settle_configs(settings: Settings, client, specs: list[TopicSpec]) -> dict[str, tuple[int, int]]:
+def settle_configs(settings: Settings, client, specs: list[TopicSpec]) -> dict[tuple[str, str], tuple[int, int]]:
     """Refuse the existing topics of ``specs`` whose ``cleanup.policy`` is not their spec's, and
-    raise each ``max.message.bytes`` below its spec's; returns those raised (:func:`low_limits`).
+    raise each :data:`AT_LEAST` setting below its spec's; returns those raised (:func:`low_limits`).
     No request for no specs."""
     wrong, low = config_problems(client, specs)
     refuse_policies(settings, wrong)
@@ -231,7 +253,8 @@ def check_existing(settings: Settings) -> list[str]:
     """The worker's start (``faust -A stream_app.app worker`` runs no ``topics create``), with one
     admin client over the deployment's topics that exist: refuse those with another
     ``cleanup.policy`` than ``topics create`` gives (:func:`wrong_policies`); a warning for each
-    whose ``max.message.bytes`` is below it (records above it are refused by the broker)."""
+    whose ``max.message.bytes`` or ``message.timestamp.after.max.ms`` is below it (records above
+    them are refused by the broker)."""
     client = admin(settings)
     try:
         existing = set(client.list_topics())
@@ -240,21 +263,24 @@ def check_existing(settings: Settings) -> list[str]:
         refuse_policies(settings, wrong)
     finally:
         client.close()
-    return [f"topic {name} has {LIMIT}={have}, below the {want} this worker's records may need; "
-            "run `interest-stream topics create` to raise it" for name, (have, want) in low.items()]
+    return [f"topic {name} has {key}={have}, below the {want} {AT_LEAST[key]}; "
+            "run `interest-stream topics create` to raise it" for (name, key), (have, want) in low.items()]
 
 
-def alter_limits(client, low: dict[str, tuple[int, int]]) -> None:
-    """Set ``max.message.bytes`` of each topic of ``low`` to its spec's value (an incremental
-    change: the topic's other settings stay)."""
+def alter_limits(client, low: dict[tuple[str, str], tuple[int, int]]) -> None:
+    """Set each setting of ``low`` ((topic, key) -> (the topic's, the spec's)) to its spec's value,
+    one request for all (incremental changes: the topics' other settings stay)."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    results = client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={LIMIT: str(want)})
-                                    for name, (_, want) in low.items()], incremental=True)
+    configs: dict[str, dict[str, str]] = {}
+    for (name, key), (_, want) in low.items():
+        configs.setdefault(name, {})[key] = str(want)
+    results = client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=wanted)
+                                    for name, wanted in configs.items()], incremental=True)
     failed = {name: result for name, result in results.get("topic", {}).items() if result != "OK"}
     if failed:
-        raise TopicError("; ".join(f"cannot raise {LIMIT} of {name} to {low[name][1]}: {result}"
-                                   for name, result in failed.items()))
+        raise TopicError("; ".join(f"cannot raise {', '.join(f'{key} to {want}' for key, want in configs[name].items())} "
+                                   f"of {name}: {result}" for name, result in failed.items()))
 
 
 def partition_counts(settings: Settings, names) -> dict[str, int | None]:

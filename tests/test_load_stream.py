@@ -4,6 +4,7 @@ traceback, after the lines before it were sent)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -112,6 +113,26 @@ def test_events_the_broker_refuses_are_an_error_not_a_count(env, tmp_path):
     assert proc.stderr.endswith("\nError: 3 of 3 events were not delivered to the input topics "
                                 "(MessageSizeTooLargeError)\n")
     assert "Traceback" not in proc.stderr and input_records(env) == 0
+
+
+def test_events_up_to_a_day_ahead_are_sent_as_the_contract_takes_them(env, tmp_path):
+    """Kafka 4 refuses a record more than an hour ahead of its clock: `load jsonl` of a click 2 hours
+    ahead ended in "not delivered (InvalidTimestampError …)", where the contract takes events up to
+    INTEREST_FUTURE_S (a day) ahead. The input topics take what the worker takes; an event further
+    ahead is still refused by the broker."""
+    cli(env, "topics", "create")
+    now = int(time.time() * 1000)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(good(i) | {"ts": now + h * 3_600_000}) + "\n" for i, h in enumerate((2, 23))))
+    assert "sent 2 events" in cli(env, "load", "jsonl", str(log)).stdout
+    assert input_records(env) == 2
+    log.write_text(json.dumps(good(3) | {"ts": now + 25 * 3_600_000}) + "\n")
+    proc = cli(env, "load", "jsonl", str(log), check=False)
+    assert proc.returncode == 1 and input_records(env) == 2
+    refused = re.search(r"\nError: 1 of 1 events were not delivered to the input topics \(InvalidTimestampError: "
+                        r"Timestamp (\d+) of message .* should be within \[-?\d+, (\d+)\]\)\n$", proc.stderr)
+    assert refused and int(refused[1]) == now + 25 * 3_600_000
+    assert 0 <= int(refused[2]) - now - 86_400_000 < 60_000  # a day after the broker's clock
 
 
 def test_a_rate_of_one_event_in_centuries_sends_one_and_hears_stop(env):

@@ -35,6 +35,9 @@ def test_topics_create(env):
         assert config(f"{prefix}interest-stream-users-changelog", "cleanup.policy") == "compact"
         assert config(f"{prefix}events.click", "cleanup.policy") == "delete"
         assert config(f"{prefix}events.click", "retention.ms") == "86400000"
+        # events up to INTEREST_FUTURE_S (a day) ahead are the worker's to judge, not the broker's hour
+        assert config(f"{prefix}events.click", "message.timestamp.after.max.ms") == "86400000"
+        assert config(f"{prefix}events.dlq", "message.timestamp.after.max.ms") == "3600000"  # Kafka 4's default
         # the broker does not auto-create: an unknown topic stays unknown
         assert f"{prefix}nope" not in admin.list_topics()
     finally:
@@ -62,20 +65,22 @@ def test_a_name_the_broker_refuses_is_its_reason_in_one_line(env):
 
 def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
     """The DLQ and the changelog made before `topics create` raised their max.message.bytes keep
-    the broker's 1 MB, which refuses large dead letters and busy users' states: topics create
-    raises them, and leaves their other settings alone."""
+    the broker's 1 MB, which refuses large dead letters and busy users' states, and an input topic
+    made before it took events a day ahead keeps Kafka 4's hour: topics create raises them, and
+    leaves their other settings alone."""
     from kafka.admin import NewTopic
 
     prefix = env["INTEREST_TOPIC_PREFIX"]
-    dlq, changelog = f"{prefix}events.dlq", f"{prefix}interest-stream-users-changelog"
+    click, dlq, changelog = f"{prefix}events.click", f"{prefix}events.dlq", f"{prefix}interest-stream-users-changelog"
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
-        admin.create_topics([NewTopic(dlq, 6, 1, topic_configs={"retention.ms": "3600000"}),
-                             NewTopic(changelog, int(env["INTEREST_PARTITIONS"]), 1,  # co-partitioned
-                                      topic_configs={"cleanup.policy": "compact"})])
+        parts = int(env["INTEREST_PARTITIONS"])  # co-partitioned
+        admin.create_topics([NewTopic(click, parts, 1, topic_configs={"retention.ms": "7200000"}),
+                             NewTopic(dlq, 6, 1, topic_configs={"retention.ms": "3600000"}),
+                             NewTopic(changelog, parts, 1, topic_configs={"cleanup.policy": "compact"})])
         out = cli(env, "topics", "create").stdout.splitlines()
         assert [line for line in out if not line.startswith("created")] == [
-            f"raised   {dlq}", f"raised   {changelog}"]
+            f"raised   {click}", f"raised   {dlq}", f"raised   {changelog}"]
 
         def config(topic, name):
             res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
@@ -83,7 +88,9 @@ def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
 
         assert config(dlq, "max.message.bytes") == "4194304"
         assert config(changelog, "max.message.bytes") == "16777216"
+        assert config(click, "message.timestamp.after.max.ms") == "86400000"
         assert config(dlq, "retention.ms") == "3600000"  # kept: the change is incremental
+        assert config(click, "retention.ms") == "7200000"
         assert config(changelog, "cleanup.policy") == "compact"
         again = cli(env, "topics", "create").stdout.splitlines()
         assert all(line.startswith("exists") for line in again)
@@ -94,16 +101,20 @@ def test_topics_create_raises_the_limits_of_a_deployment_made_before(env):
 def test_a_limit_the_broker_will_not_raise_is_a_clear_error():
     from stream_app.topics import TopicError, alter_limits
 
+    ahead = "message.timestamp.after.max.ms"
+
     class Client:
         def alter_configs(self, resources, incremental):
             assert incremental and [(r.name, r.configs) for r in resources] == [
-                ("a", {"max.message.bytes": "4194304"}), ("b", {"max.message.bytes": "16777216"})]
+                ("a", {"max.message.bytes": "4194304"}),
+                ("b", {"max.message.bytes": "16777216", ahead: "86400000"})]  # one resource a topic
             return {"topic": {"a": "OK", "b": "[Error 29] TopicAuthorizationFailedError: denied"}}
 
     with pytest.raises(TopicError) as err:
-        alter_limits(Client(), {"a": (1048588, 4194304), "b": (1048588, 16777216)})
-    assert str(err.value) == ("cannot raise max.message.bytes of b to 16777216: "
-                              "[Error 29] TopicAuthorizationFailedError: denied")
+        alter_limits(Client(), {("a", "max.message.bytes"): (1048588, 4194304),
+                                ("b", "max.message.bytes"): (1048588, 16777216), ("b", ahead): (3600000, 86400000)})
+    assert str(err.value) == ("cannot raise max.message.bytes to 16777216, message.timestamp.after.max.ms to "
+                              "86400000 of b: [Error 29] TopicAuthorizationFailedError: denied")
 
 
 def test_the_changelog_takes_the_largest_state_the_worker_writes():
@@ -191,7 +202,8 @@ def test_the_brokers_are_counted_only_when_a_topic_is_to_be_created(monkeypatch)
         def describe_configs(self, resources, config_filter):
             self.described.append(sorted(r.name for r in resources))
             return {"topic": {r.name: {topics.POLICY: {"value": specs[r.name].config.get(topics.POLICY, "delete")},
-                                       topics.LIMIT: {"value": specs[r.name].config.get(topics.LIMIT, "1048588")}}
+                                       topics.LIMIT: {"value": specs[r.name].config.get(topics.LIMIT, "1048588")},
+                                       topics.AHEAD: {"value": specs[r.name].config.get(topics.AHEAD, "3600000")}}
                               for r in resources}}
 
         def close(self):
@@ -358,8 +370,8 @@ def test_a_topic_made_by_another_meanwhile_has_its_config_checked(monkeypatch):
                 raise TopicAlreadyExistsError()
 
         def describe_configs(self, resources, config_filter):
-            return {"topic": {r.name: {topics.POLICY: {"value": "delete"}, topics.LIMIT: {"value": "1048588"}}
-                              for r in resources}}
+            return {"topic": {r.name: {topics.POLICY: {"value": "delete"}, topics.LIMIT: {"value": "1048588"},
+                                       topics.AHEAD: {"value": "3600000"}} for r in resources}}
 
         def close(self):
             pass
@@ -412,3 +424,34 @@ def test_interest_stream_worker_tells_the_app_it_has_checked_the_topics(tmp_path
     res = CliRunner().invoke(cli.main, ["worker"])
     assert res.exit_code == 0, res.output
     assert seen == ["create_topics", True]
+
+
+def test_the_start_warns_of_input_topics_that_refuse_events_a_day_ahead(monkeypatch):
+    """Input topics made before `topics create` set message.timestamp.after.max.ms keep Kafka 4's
+    hour: the worker's start says so, naming the setting and the command that raises it."""
+    from stream_app import topics
+    from stream_app.settings import Settings
+
+    s = Settings.from_env({"INTEREST_FUTURE_S": "7200"})
+    specs = {spec.name: spec for spec in topics.topic_specs(s)}
+
+    class Admin:
+        def list_topics(self):
+            return list(specs)
+
+        def describe_configs(self, resources, config_filter):
+            return {"topic": {r.name: {topics.POLICY: {"value": specs[r.name].config[topics.POLICY]},
+                                       topics.LIMIT: {"value": specs[r.name].config.get(topics.LIMIT, "1048588")},
+                                       topics.AHEAD: {"value": "3600000"}} for r in resources}}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(topics, "admin", lambda settings: Admin())
+    assert topics.check_existing(s) == [
+        f"topic events.{t} has message.timestamp.after.max.ms=3600000, below the 7200000 ms (INTEREST_FUTURE_S) an "
+        "event may be ahead of the clock; run `interest-stream topics create` to raise it"
+        for t in ("click", "browse", "search")]
+    short = Settings.from_env({"INTEREST_FUTURE_S": "60"})  # never below Kafka's hour
+    assert {spec.config.get(topics.AHEAD) for spec in topics.topic_specs(short)} == {"3600000", None}
+    assert topics.check_existing(short) == []
