@@ -18,7 +18,9 @@ async def ok(request):
 async def answers(requests):
     app = web.Application(middlewares=[json_errors])
     app.router.add_route("GET", "/health", ok)
-    app.router.add_route("POST", "/users/{user_id}/rerank", ok)
+    app.router.add_route("HEAD", "/health", ok)
+    for method in ("HEAD", "POST"):  # Faust routes HEAD to every view, to its GET handler
+        app.router.add_route(method, "/users/{user_id}/rerank", ok)
     async with TestServer(app) as server, ClientSession() as client:
         out = []
         for method, path in requests:
@@ -28,12 +30,17 @@ async def answers(requests):
 
 
 def test_a_path_no_view_serves_is_a_json_404_and_a_method_no_view_takes_a_json_405():
-    (missing, wrong, put, served) = asyncio.run(answers([
-        ("GET", "/nope/x%20y"), ("DELETE", "/health"), ("PUT", "/users/u1/rerank"), ("GET", "/health")]))
+    (missing, wrong, put, served, head, head_post, head_missing) = asyncio.run(answers([
+        ("GET", "/nope/x%20y"), ("DELETE", "/health"), ("PUT", "/users/u1/rerank"), ("GET", "/health"),
+        ("HEAD", "/health"), ("HEAD", "/users/u1/rerank"), ("HEAD", "/nope")]))
     assert missing[:3] == (404, "application/json", None)
     assert orjson.loads(missing[3]) == {"error": "no such path", "path": "/nope/x y"}
-    assert wrong[:3] == (405, "application/json", "GET")
-    assert orjson.loads(wrong[3]) == {"error": "method not allowed", "method": "DELETE", "allowed": ["GET"]}
+    assert wrong[:3] == (405, "application/json", "GET,HEAD")
+    assert orjson.loads(wrong[3]) == {"error": "method not allowed", "method": "DELETE", "allowed": ["GET", "HEAD"]}
+    # a HEAD route without GET is not a method the route takes: left out of Allow, and answered 405
     assert put[:3] == (405, "application/json", "POST")
     assert orjson.loads(put[3]) == {"error": "method not allowed", "method": "PUT", "allowed": ["POST"]}
     assert served[:2] == (200, "application/json; charset=utf-8") and orjson.loads(served[3]) == {"ok": True}
+    assert head[:2] == (200, "application/json; charset=utf-8")
+    assert head_post[:3] == (405, "application/json", "POST") and head_post[3] == b""  # HEAD: no body
+    assert head_missing[:3] == (404, "application/json", None)
