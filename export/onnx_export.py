@@ -25,7 +25,6 @@ polling the directory never sees a half-written file.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -487,6 +486,9 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         raise ExportError(f"{data}: the validation split has no samples to measure int8 against fp32")
 
     out = Path(out_dir)
+    for name in (MODEL_FILE, CARD_FILE):  # found before anything is written: the export leaves --out as it was
+        if (out / name).is_dir():
+            raise ExportError(f"{out / name} is a directory: the export writes its {name} there")
     made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -494,6 +496,7 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         raise ExportError(f"{out}: cannot create the output directory: {exc.strerror or exc}") from None
     tmp32 = out / f".{MODEL_FILE}.fp32.tmp"
     tmp8 = out / f".{MODEL_FILE}.int8.tmp"
+    tmp_json = out / f".{CARD_FILE}.tmp"
     try:
         t0 = time.time()
         log(f"exporting {ckpt} (k={encoder.k}, max_len={encoder.max_len}, "
@@ -543,19 +546,21 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         meta = build_model_json(version=version, encoder=encoder, model=model, card=card, ckpt_dir=ckpt,
                                 quantized=int8, parity=parity, int8_report=int8_report, opset=opset,
                                 graph_sha256=hashlib.sha256(graph).hexdigest())
-        tmp_json = out / f".{CARD_FILE}.tmp"
         try:
             text = json_text(meta, CARD_FILE, ensure_ascii=False)
         except ValueError as exc:
             raise ExportError(str(exc)) from None
-        tmp_json.write_text(text, encoding="utf-8")
-        os.replace(final, out / MODEL_FILE)
-        os.replace(tmp_json, out / CARD_FILE)
+        try:
+            tmp_json.write_text(text, encoding="utf-8")
+            os.replace(final, out / MODEL_FILE)
+            os.replace(tmp_json, out / CARD_FILE)
+        except OSError as exc:  # a full disk, a file system gone read-only: a traceback before
+            raise ExportError(f"{out}: cannot write the export: {exc.strerror or exc}") from None
         log(f"wrote {out / MODEL_FILE} and {out / CARD_FILE} (version {version}, "
             f"{'int8' if int8 else 'fp32'}, {len(graph) / 1e6:.2f} MB)")
         return meta
     finally:
-        for p in (tmp32, tmp8):
+        for p in (tmp32, tmp8, tmp_json):
             if p.exists():
                 p.unlink()
         if made and out.is_dir() and not any(out.iterdir()):  # a failed export leaves no directory it made

@@ -481,6 +481,29 @@ def test_a_failed_export_removes_the_directory_it_made_and_keeps_one_it_found(tm
         assert out.exists() == existed and (not existed or list(out.iterdir()) == [])
 
 
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_out_as_it_was(tmp_path, tiny, monkeypatch):
+    """A directory where model.json goes: the new graph replaced the old one, then os.replace raised
+    IsADirectoryError in a traceback, leaving .model.json.tmp behind. A full disk: OSError in a
+    traceback, the half-written .model.json.tmp left. Now both are one line, and --out is as it was."""
+    out = tmp_path / "out"
+    (out / "model.json").mkdir(parents=True)
+    (out / "model.onnx").write_bytes(b"the old graph")
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(tiny[0], out, **QUIET)
+    assert str(err.value) == f"{out}/model.json is a directory: the export writes its model.json there"
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+    assert (out / "model.onnx").read_bytes() == b"the old graph"
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ox.os, "replace", full)
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(tiny[0], tmp_path / "new", **QUIET)
+    assert str(err.value) == f"{tmp_path / 'new'}: cannot write the export: No space left on device"
+    assert not (tmp_path / "new").exists()  # the directory it made, with no temporary file in it
+
+
 def test_a_card_number_that_is_not_finite_is_refused_not_written(tmp_path, tiny):
     """json.dumps wrote NaN into model_card.json and model.json, which the worker refused as not
     readable JSON: a training that wrote one now says so, and an export of such a card stops."""
