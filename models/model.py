@@ -41,6 +41,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -534,15 +535,37 @@ def save_checkpoint(model: InterestModel, encoder: Encoder, card: dict, out_dir)
     # earlier checkpoint left that one's card beside the new weights, a mix that evaluate and
     # export took as whole; without a card the directory is no checkpoint (load_checkpoint)
     (out / CHECKPOINT_CARD_FILE).unlink(missing_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.config)}, indent=1))
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
-    (out / TOKENIZER_FILE).write_text(encoder.tokenizer_json)
-    encoder.save(out / ENCODING_FILE)
     card = dict(card)
     card.setdefault("categories", list(encoder.categories))
     card["encoding"] = ENCODING_FILE  # the full spec (tokenizer embedded) lives beside the card
-    (out / CHECKPOINT_CARD_FILE).write_text(json_text(card, CHECKPOINT_CARD_FILE))
+    text = json_text(card, CHECKPOINT_CARD_FILE)
+    with writing(out / WEIGHTS_FILE):
+        (out / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.config)}, indent=1))
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE))
+        (out / TOKENIZER_FILE).write_text(encoder.tokenizer_json)
+        encoder.save(out / ENCODING_FILE)
+        (out / CHECKPOINT_CARD_FILE).write_text(text)
+
+
+class WriteError(ValueError):
+    """A file of a checkpoint or a pretrain directory could not be written (a full disk, a file
+    system gone read-only): one line naming it, where it was a traceback after the training."""
+
+
+@contextmanager
+def writing(path, torch_save: bool = False):
+    """Writes under way: their OSError (and safetensors' own error, which names no file; with
+    ``torch_save``, torch.save's RuntimeError) become a :class:`WriteError` naming the file."""
+    from safetensors import SafetensorError
+
+    errors = (OSError, SafetensorError, RuntimeError) if torch_save else (OSError, SafetensorError)
+    try:
+        yield
+    except errors as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                  (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise WriteError(f"{getattr(exc, 'filename', None) or path}: cannot write: {reason}") from None
 
 
 def json_text(obj, name: str, **kw) -> str:
@@ -903,12 +926,13 @@ def train_model(
             if state_path is not None:  # saved beside it, then moved over it: a kill mid-save leaves the last
                 part = Path(f"{state_path}.part")  # one whole (--resume could not read a cut one)
                 try:
-                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "best": best, "bad_evals": bad_evals, "history": history, "best_state": best_state,
-                                "best_step": best_step, "ema": ema, "elapsed": time.time() - t0,
-                                "rng": rng.bit_generator.state, "perm": perm, "pos": pos,
-                                "torch_rng": torch.get_rng_state()}, part)
-                    os.replace(part, state_path)
+                    with writing(state_path, torch_save=True):
+                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "best": best, "bad_evals": bad_evals, "history": history,
+                                    "best_state": best_state, "best_step": best_step, "ema": ema,
+                                    "elapsed": time.time() - t0, "rng": rng.bit_generator.state, "perm": perm,
+                                    "pos": pos, "torch_rng": torch.get_rng_state()}, part)
+                        os.replace(part, state_path)
                 except BaseException:
                     part.unlink(missing_ok=True)
                     raise

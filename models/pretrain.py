@@ -163,7 +163,7 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
 
     from interest_core.encoding import fit_encoder
     from models.data import invalid_summary, read_log
-    from models.model import get_lr, TrainConfig
+    from models.model import get_lr, TrainConfig, writing
 
     cfg = cfg or PretrainConfig()
     torch.set_num_threads(cfg.threads)
@@ -238,12 +238,13 @@ def run_pretraining(data_paths, out_dir, cfg: PretrainConfig | None = None, prog
     # left that one's encoding beside the new backbone, which --init-from took as a pretrain
     # directory
     (out / PRETRAIN_FILE).unlink(missing_ok=True)
-    m.backbone.save_pretrained(out / BACKBONE_DIR)
-    encoder.save(out / "encoding.json")
     record = {"config": asdict(cfg), "logs": stats, "users": len(users), "windows": len(windows),
               "readouts": readouts, "history": history, "train_seconds": round(time.time() - t1, 1),
               "prepare_seconds": round(prep_s, 1), "categories": list(encoder.categories)}
-    (out / PRETRAIN_FILE).write_text(json.dumps(record, indent=1))
+    with writing(out / BACKBONE_DIR):
+        m.backbone.save_pretrained(out / BACKBONE_DIR)
+        encoder.save(out / "encoding.json")
+        (out / PRETRAIN_FILE).write_text(json.dumps(record, indent=1))
     last = history[-1]
     log(f"pretrained {step} steps in {record['train_seconds']:.0f}s; validation cross-entropy: category "
         f"{last['val_category_ce']:.3f}, type {last['val_type_ce']:.3f}, gap {last['val_gap_ce']:.3f}; wrote {out}")

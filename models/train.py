@@ -169,9 +169,12 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
     td = prepare_training(data_path, data_cfg, train_cfg, encoder=encoder, split=split, log=log)
     if split is None:  # (a --resume with nothing to resume starts the run)
-        (out / RESUME_FILE).write_text(json.dumps({
-            "split": td.info["split"], "encoding": td.encoder.to_spec(), "log": started,
-            "settings": run_settings(data_cfg, train_cfg, model_overrides, init_from)}))
+        from models.model import writing
+
+        with writing(out / RESUME_FILE):
+            (out / RESUME_FILE).write_text(json.dumps({
+                "split": td.info["split"], "encoding": td.encoder.to_spec(), "log": started,
+                "settings": run_settings(data_cfg, train_cfg, model_overrides, init_from)}))
     return fit(td, out, train_cfg, model_overrides, init_from=init_from, resume=resume, progress=progress, log=log)
 
 
@@ -276,7 +279,7 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     from interest_core.artifacts import CHECKPOINT_CARD_FILE, ENCODING_FILE, WEIGHTS_FILE
     from models.data import file_sha256
     from models.evaluate import metrics
-    from models.model import TRAIN_STATE_FILE, json_text, save_checkpoint, train_model
+    from models.model import TRAIN_STATE_FILE, json_text, save_checkpoint, train_model, writing
 
     model_overrides = dict(model_overrides or {})
     out = Path(out_dir)
@@ -397,7 +400,8 @@ def fit(td: TrainingData, out_dir, train_cfg, model_overrides: dict | None = Non
     h = hashlib.sha256((out / WEIGHTS_FILE).read_bytes())
     h.update((out / ENCODING_FILE).read_bytes())
     card["model_version"] = h.hexdigest()[:16]
-    (out / CHECKPOINT_CARD_FILE).write_text(json_text(card, CHECKPOINT_CARD_FILE))
+    with writing(out / CHECKPOINT_CARD_FILE):
+        (out / CHECKPOINT_CARD_FILE).write_text(json_text(card, CHECKPOINT_CARD_FILE))
     strength = ""
     if scales:
         at = " and ".join(f"{s:g} ({n})" for n, s in scales.items())

@@ -775,3 +775,35 @@ def test_a_train_stopped_while_saving_over_a_checkpoint_leaves_none_export_takes
     res = _run(["export", run, "--out", tmp_path / "x"])
     assert res.exit_code == 1
     assert res.output == f"Error: {run}: not a checkpoint directory (missing model_card.json)\n"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_or_pretrain_directory_that_cannot_be_written_is_one_line(trained, tmp_path, monkeypatch):
+    """A full disk was safetensors' "SafetensorError: Error while serializing: I/O error: No space
+    left on device" in a traceback, after the whole training; so for pretrain (OSError)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+    from transformers import GPT2Model
+
+    log, _ = trained
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    ck = tmp_path / "ck"
+    res = _run(["train", "--data", log, "--out", ck, *TINY_TRAIN])
+    assert res.exit_code == 1 and res.exception is not None and not isinstance(res.exception, SafetensorError)
+    assert res.output.endswith(f"\nError: {ck}/model.safetensors: cannot write: Error while serializing: I/O error: "
+                               "No space left on device (os error 28)\n")
+    assert not (ck / "model_card.json").exists()  # no checkpoint evaluate or export would take as whole
+
+    def no_space(self, directory, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(GPT2Model, "save_pretrained", no_space)
+    pt = tmp_path / "pt"
+    res = _run(["pretrain", "--data", log, "--out", pt, "--quiet", "--set", "max_steps=2", "--set", "n_layer=1",
+                "--set", "n_embd=16", "--set", "n_head=2", "--set", "max_len=48", "--set", "threads=1"])
+    assert res.exit_code == 1
+    assert res.output.endswith(f"\nError: {pt}/backbone: cannot write: No space left on device\n")

@@ -65,7 +65,7 @@ def test_pretrain_then_fine_tune_with_another_encoding(tmp_path):
     # the model runs on the new encoding
     ids = torch.tensor([enc.encode(evs[:5])])
     probs, _ = model(ids, torch.ones_like(ids), torch.zeros(1, enc.profile_size))
-    assert probs.shape == (1, 3) and np.isclose(float(probs.sum()), 1.0, atol=1e-5)
+    assert probs.shape == (1, 3) and np.isclose(probs.sum().item(), 1.0, atol=1e-5)
     # dropout: config.json said 0.1 (or --set's 0.3) while the backbone trained at its own 0.2
     assert model.config.dropout == 0.2 and model.config.backbone["resid_pdrop"] == 0.2
     model = build_model(enc, init_from=str(tmp_path / "pre"), dropout=0.3)
