@@ -449,6 +449,11 @@ def prepare(path, cfg: DataConfig, encoder=None, split: dict | None = None, fit_
         train_events = (e for evs in users.values() for e in evs if e.ts < t1)
         encoder = fit_encoder(train_events, min_category_count=cfg.min_category_count, max_len=cfg.max_len,
                               **(fit_kwargs or {}))
+        if len(encoder.categories) < 2:  # evaluate divided by its baselines' KL of 0 (a ZeroDivisionError)
+            raise ValueError(f"{path}: the clicks and browses before the validation period have one category "
+                             f"seen {cfg.min_category_count} times or more ({encoder.categories[0]!r}): a vector over "
+                             "one category is always 1, with nothing to learn or evaluate; give a log of two or "
+                             "more (or a lower --set min_category_count)")
     ds = build_dataset(users, encoder.categories, cfg, t1, t2)
     info = {"log": stats, "samples": ds.counts, "split": split_record(cfg, t1, t2, choice)}
     return ds, encoder, info

@@ -807,3 +807,25 @@ def test_a_checkpoint_or_pretrain_directory_that_cannot_be_written_is_one_line(t
                 "--set", "n_embd=16", "--set", "n_head=2", "--set", "max_len=48", "--set", "threads=1"])
     assert res.exit_code == 1
     assert res.output.endswith(f"\nError: {pt}/backbone: cannot write: No space left on device\n")
+
+
+@pytest.mark.slow
+def test_a_log_of_one_category_is_refused_by_train(trained, tmp_path):
+    """train made a model of one category (export took it, every vector {x: 1}), and evaluate ended in
+    a ZeroDivisionError traceback: the baselines' KL was 0. So did any log with min_category_count
+    above all but one category's count."""
+    log, _ = trained
+    one = tmp_path / "one.jsonl"
+    with open(log) as src, open(one, "w") as dst:
+        for line in src:
+            e = json.loads(line)
+            dst.write(json.dumps(e | {"category": "x"} if "category" in e else e) + "\n")
+    for data, extra, count, cat in ((one, [], 5, "x"), (log, ["--set", "min_category_count=100000"], 100000, None)):
+        res = _run(["train", "--data", data, "--out", tmp_path / "ck", *TINY_TRAIN, *extra])
+        assert res.exit_code == 1, res.output
+        line = res.output.splitlines()[-1]
+        assert line.startswith(f"Error: {data}: the clicks and browses before the validation period have one "
+                               f"category seen {count} times or more (")
+        assert line.endswith("): a vector over one category is always 1, with nothing to learn or evaluate; give a "
+                             "log of two or more (or a lower --set min_category_count)")
+        assert cat is None or f"('{cat}')" in line
