@@ -493,20 +493,22 @@ def plot_users(ds, test, preds, categories, best: str, path, n_users: int = 3) -
 
     uniq, cnt = np.unique(test.user, return_counts=True)
     users = uniq[np.argsort(-cnt, kind="stable")][:n_users]
-    fig, axes = plt.subplots(len(users), 1, figsize=(10, 3 * max(1, len(users))), squeeze=False)
-    for ax, u in zip(axes[:, 0], users):
-        rows = np.flatnonzero(test.user == u)
-        rows = rows[np.argsort(test.cut_ts[rows], kind="stable")]
-        x = np.arange(len(rows))
-        top = np.argsort(-test.targets[rows].sum(0))[:3]
-        for j, c in enumerate(top):
-            ax.plot(x, test.targets[rows, c], "o", ms=3, color=f"C{j}", alpha=0.5, label=f"{categories[c]} actual")
-            ax.plot(x, preds["gpt2"][rows, c], "-", color=f"C{j}", label=f"{categories[c]} gpt2")
-            ax.plot(x, preds[best][rows, c], ":", color=f"C{j}", label=f"{categories[c]} {best}")
-        ax.set_title(f"user {ds.user_ids[u]}: interest over test cuts (time order)")
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("test sample (cut) in time order")
-        ax.legend(fontsize=6, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # categories and user ids are free text: "$0 to $9" was read as mathtext, a ParseSyntaxException
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig, axes = plt.subplots(len(users), 1, figsize=(10, 3 * max(1, len(users))), squeeze=False)
+        for ax, u in zip(axes[:, 0], users):
+            rows = np.flatnonzero(test.user == u)
+            rows = rows[np.argsort(test.cut_ts[rows], kind="stable")]
+            x = np.arange(len(rows))
+            top = np.argsort(-test.targets[rows].sum(0))[:3]
+            for j, c in enumerate(top):
+                ax.plot(x, test.targets[rows, c], "o", ms=3, color=f"C{j}", alpha=0.5, label=f"{categories[c]} actual")
+                ax.plot(x, preds["gpt2"][rows, c], "-", color=f"C{j}", label=f"{categories[c]} gpt2")
+                ax.plot(x, preds[best][rows, c], ":", color=f"C{j}", label=f"{categories[c]} {best}")
+            ax.set_title(f"user {ds.user_ids[u]}: interest over test cuts (time order)")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("test sample (cut) in time order")
+            ax.legend(fontsize=6, ncol=3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -829,3 +829,20 @@ def test_a_log_of_one_category_is_refused_by_train(trained, tmp_path):
         assert line.endswith("): a vector over one category is always 1, with nothing to learn or evaluate; give a "
                              "log of two or more (or a lower --set min_category_count)")
         assert cat is None or f"('{cat}')" in line
+
+
+@pytest.mark.slow
+def test_categories_with_dollar_signs_are_plotted_as_text(trained, tmp_path):
+    """A category is free text: "price $0 to $9" went to matplotlib as mathtext, and evaluate ended
+    in "Error: 0_to_ ^ ParseSyntaxException: Expected …" over several lines, without users.png."""
+    log, _ = trained
+    dollars = tmp_path / "d.jsonl"
+    with open(log) as src, open(dollars, "w") as dst:
+        for line in src:
+            e = json.loads(line)
+            dst.write(json.dumps(e | {"category": f"{e['category']} $0_to_$9"} if "category" in e else e) + "\n")
+    ck, out = tmp_path / "ck", tmp_path / "ev"
+    assert _run(["train", "--data", dollars, "--out", ck, *TINY_TRAIN]).exit_code == 0
+    res = _run(["evaluate", ck, "--data", dollars, "--out", out])
+    assert res.exit_code == 0, res.output
+    assert (out / "users.png").stat().st_size > 0
