@@ -353,17 +353,30 @@ def iter_live_events(users: int, seed: int, speedup: float, start_ms: int, inten
 
 
 def read_truth(path) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
-    """``FILE.truth.jsonl`` -> user -> (ts array, category names, (n, k) interests)."""
+    """``FILE.truth.jsonl`` -> user -> (ts array, category names, (n, k) interests). A line that is
+    not such a row is a ValueError naming the file and the line (it was a KeyError or TypeError
+    traceback, or orjson's message alone, which named neither)."""
     import orjson
 
     rows: dict[str, list] = {}
     cats: list[str] | None = None
     with open(path, "rb") as f:
-        for line in f:
-            r = orjson.loads(line)
+        for n, line in enumerate(f, 1):
+            try:
+                r = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
+            interests = r.get("interests") if isinstance(r, dict) else None
+            if (not isinstance(interests, dict) or not isinstance(r.get("user_id"), str)
+                    or type(r.get("ts")) is not int):
+                raise ValueError(f"{path}:{n}: a truth row is an object with user_id (text), ts (an integer) and "
+                                 "interests (category -> share)")
             if cats is None:
-                cats = list(r["interests"])
-            rows.setdefault(r["user_id"], []).append((r["ts"], [r["interests"][c] for c in cats]))
+                cats = list(interests)
+            if sorted(interests) != sorted(cats) or not all(type(v) in (int, float) for v in interests.values()):
+                raise ValueError(f"{path}:{n}: interests must give a number for each of the categories of its "
+                                 f"first line ({', '.join(cats)})")
+            rows.setdefault(r["user_id"], []).append((r["ts"], [interests[c] for c in cats]))
     out = {}
     for u, rs in rows.items():
         rs.sort()

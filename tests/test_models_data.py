@@ -1061,3 +1061,26 @@ def test_scaled_targets_span_a_multiple_of_the_target_and_stay_in_training_by_ha
     t, ok = scaled_targets(ds, samples, cfg, 0.5)
     assert ok.tolist() == [True, True, True]
     np.testing.assert_allclose(t, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("lines, error", [
+    (['{"user_id": "u0", "ts": 1, "interests": {"books": 1}}', '{"user_id": "u1", "ts": 1, "interests": {"cars": 1}}'],
+     "2: interests must give a number for each of the categories of its first line (books)"),
+    (['{"user_id": "u0", "ts": 1, "interests": {"books": "1"}}'],
+     "1: interests must give a number for each of the categories of its first line (books)"),
+    (["[1, 2]"], "1: a truth row is an object with user_id (text), ts (an integer) and interests (category -> share)"),
+    (['{"user_id": "u0", "ts": 1.5, "interests": {}}'],
+     "1: a truth row is an object with user_id (text), ts (an integer) and interests (category -> share)"),
+    (['{"user_id": "u0", "ts": 1, "interests": {"books": 1}}', "not json"],
+     "2: not JSON (invalid literal, expected 'null': line 1 column 1 (char 0))"),
+])
+def test_a_truth_file_that_is_not_one_says_which_line(tmp_path, lines, error):
+    """evaluate reads FILE.truth.jsonl beside a simulated log: a malformed one was a KeyError or a
+    TypeError traceback, or orjson's message naming neither the file nor the line."""
+    from models.simulate import read_truth
+
+    path = tmp_path / "s.jsonl.truth.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as err:
+        read_truth(path)
+    assert str(err.value) == f"{path}:{error}"
