@@ -329,6 +329,9 @@ def simulate_to_files(users: int, days: float, seed: int, out, start_ms: int = D
         ev, tr = simulate_user(i, seed, days, start_ms, intent, transitions)
         all_events.extend(ev)
         all_truth.extend(tr)
+    if not all_events:  # an empty log, written with exit 0 over any log there, was refused by every later command
+        raise ValueError(f"{users} users made no event in {days:g} days: nothing was written (give more days or "
+                         "users)")
     all_events.sort(key=lambda e: (e["ts"], e["event_id"]))
     write_whole([(out, all_events), (f"{out}.truth.jsonl", all_truth)])
     return {"events": len(all_events), "users": users, "truth_rows": len(all_truth),

@@ -579,6 +579,8 @@ def simulate(users, days, seed, out, start_ms, rate, speedup, bootstrap_servers)
         stats = simulate_to_files(users, days, seed, out, start_ms, progress=True)
     except OSError as exc:
         raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {stats['events']} events of {users} users to {out} (truth: {out}.truth.jsonl)", err=True)
 
 

@@ -121,6 +121,22 @@ def test_simulate_runs_to_the_last_date():
     assert ts and 253402213599999 <= min(ts) and max(ts) <= 253402300799999
 
 
+def test_a_simulation_of_no_event_writes_nothing(tmp_path):
+    """Five users over 0.001 days made no event: simulate wrote an empty log (and truth) over the log
+    at --out with exit 0, and every later command refused it ("no valid events")."""
+    from click.testing import CliRunner
+
+    from stream_app.cli import main
+
+    log = tmp_path / "keep.jsonl"
+    log.write_text("a log\n")
+    res = CliRunner().invoke(main, ["simulate", "--users", "5", "--days", "0.001", "--seed", "0", "--out", str(log)])
+    assert res.exit_code == 1
+    assert res.output.endswith("Error: 5 users made no event in 0.001 days: nothing was written (give more days or "
+                               "users)\n")
+    assert log.read_text() == "a log\n" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.jsonl"]
+
+
 @pytest.mark.parametrize("env, message", [
     ({"INTEREST_WEB_PORT": "70000"}, "INTEREST_WEB_PORT must be <= 65535, got 70000"),
     ({"INTEREST_KAFKA_PORT": "65536"}, "INTEREST_KAFKA_PORT must be <= 65535, got 65536"),
