@@ -20,6 +20,13 @@ MAX_EVENTS = 2**31 - 1
 # tensor), 64 MiB a layer at 8192, 64 times the default of 128; max_len=100000000 failed to
 # allocate it, after the log was read.
 MAX_LEN = 8192
+# The largest backbone: its blocks hold about 12 x n_layer x n_embd^2 weights (attention 4 n_embd^2,
+# the MLP 8 n_embd^2), and training keeps each four times (weights, gradients, Adam's two moments),
+# 16 GB of float32 at a billion. `--set n_embd=1048576` asked for 13 TB at the backbone's start,
+# a traceback after the log was read. The default (2 layers of 48) holds 55,000.
+MAX_BACKBONE_WEIGHTS = 10**9
+# The per-category network's widths (it runs once per category and readout): far past any use
+MAX_CAT_WIDTH = 4096
 
 
 def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,
@@ -60,3 +67,7 @@ def check_backbone(cfg) -> None:
     check_ranges(cfg, at_least={"n_layer": 1, "n_head": 1, "n_embd": 1, "dropout": 0.0}, below={"dropout": 1.0})
     if cfg.n_embd % cfg.n_head:
         raise ValueError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
+    weights = 12 * cfg.n_layer * cfg.n_embd ** 2
+    if weights > MAX_BACKBONE_WEIGHTS:
+        raise ValueError(f"n_layer {cfg.n_layer} and n_embd {cfg.n_embd} make a backbone of about {weights:,} "
+                         f"weights (12 x n_layer x n_embd^2), more than the {MAX_BACKBONE_WEIGHTS:,} training can hold")

@@ -56,7 +56,7 @@ from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
 from interest_core.cli_types import MAX_SEED
 from interest_core.rerank import PRIOR_SHAPE, is_prior
-from models.config_checks import check_backbone, check_lr_floor, check_ranges
+from models.config_checks import MAX_CAT_WIDTH, check_backbone, check_lr_floor, check_ranges
 from models.item_lift import PRIOR_FLOOR
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -129,7 +129,7 @@ class ModelConfig:
             raise ValueError(f"query_offset must be -1 or a token id past the categories and below vocab_size "
                              f"{self.vocab_size}, got {self.query_offset}")
         check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
-                     above={"recency_tokens": 0.0})
+                     above={"recency_tokens": 0.0}, at_most={"cat_dim": MAX_CAT_WIDTH, "cat_hidden": MAX_CAT_WIDTH})
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

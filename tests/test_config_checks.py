@@ -37,6 +37,13 @@ def model(**kw):
     (PretrainConfig, {"val_frac": 1.0}, "val_frac must be < 1.0, got 1.0"),
     (PretrainConfig, {"val_frac": 0.0}, "val_frac must be > 0.0, got 0.0"),
     (PretrainConfig, {"n_embd": 50, "n_head": 4}, "n_embd (50) must be a multiple of n_head (4)"),
+    # 13 TB asked at the backbone's start, after the log was read: a traceback
+    (model, {"n_embd": 1048576, "n_head": 1}, "n_layer 2 and n_embd 1048576 make a backbone of about "
+     "26,388,279,066,624 weights (12 x n_layer x n_embd^2), more than the 1,000,000,000 training can hold"),
+    (PretrainConfig, {"n_layer": 4, "n_embd": 4608, "n_head": 1}, "n_layer 4 and n_embd 4608 make a backbone of "
+     "about 1,019,215,872 weights (12 x n_layer x n_embd^2), more than the 1,000,000,000 training can hold"),
+    (model, {"cat_hidden": 4097}, "cat_hidden must be <= 4096, got 4097"),
+    (model, {"cat_dim": 100000}, "cat_dim must be <= 4096, got 100000"),
 ])
 def test_a_bad_number_names_its_key(make, kw, message):
     with pytest.raises(ValueError) as err:
@@ -48,6 +55,7 @@ def test_the_defaults_and_the_edges_of_each_range_are_accepted():
     TrainConfig(), DataConfig(), PretrainConfig(), model()
     TrainConfig(plain_steps=0, warmup_steps=0, weight_decay=0.0, min_lr=0.0, dense_weight=0.0, batch_size=1)
     model(dropout=0.0, cat_hidden=0, cat_context=0, n_layer=1, n_head=1, n_embd=1)
+    model(n_layer=4, n_embd=4560, n_head=1, cat_hidden=4096, cat_dim=4096)  # 998,092,800 weights: the edges
     model(dropout=0.999)
     DataConfig(click_weight=0.0, target_k=1, max_len=1)
 
