@@ -151,7 +151,7 @@ def load_completejourney_cmd(data_dir, out, top):
 @click.option("--target-k", type=click.IntRange(min=1), default=None, help="With --target next_k / next_baskets [10].")
 @click.option("--horizon-s", type=click.IntRange(1, MAX_HORIZON_S), default=None, help="Input window reach [86400].")
 @click.option("--max-events", type=click.IntRange(1, MAX_EVENTS), default=None, help="Events per input window [128].")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [2500].")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Training step cap [1500].")
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Training samples cap [120000].")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Start from a directory of `interest-stream pretrain` (or a local GPT-2 directory).")
@@ -316,8 +316,10 @@ def evaluate(ckpt_dir, data, out, no_plots):
     lifted = result.get("best_with_item_lift")
     if lifted and lifted["item_lift"]["kept"]:
         lo, hi = lifted["kl_gain_ci95"]
-        click.echo(f"against {best} given the items' lift too (as the model has one): its KL {lifted['kl']:.4f}, "
-                   f"ratio {lifted['kl_ratio']:.4f}, gain CI95 [{lo:.4f}, {hi:.4f}]")
+        # the baseline's lift, chosen on its own validation predictions (the model may have none)
+        click.echo(f"against {best} given the items' lift too (chosen on its validation, as train chooses the "
+                   f"model's): its KL {lifted['kl']:.4f}, ratio {lifted['kl_ratio']:.4f}, gain CI95 [{lo:.4f}, "
+                   f"{hi:.4f}]")
 
 
 @click.command("evaluate-rerank")

@@ -92,7 +92,11 @@ def log_fingerprint(path) -> dict:
     does not). The path is kept for the message only."""
     import hashlib
     import os
+    import stat
 
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe: "File or stream is not seekable.", naming nothing
+        raise ValueError(f"{path}: not a regular file: train needs the log as a file (a run records a hash of "
+                         "its first and last MiB, which --resume compares), not a pipe")
     size = os.path.getsize(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -213,9 +217,10 @@ def prepare_training(data_path, data_cfg, train_cfg, encoder=None, split=None, l
     if info["log"]["invalid"]:
         log(f"data: {invalid_summary(info['log'])}")
     if len(tr) == 0 or len(va) == 0:
+        hint = ("--target next_k or a smaller --target-window-s" if data_cfg.target == "time" else
+                "a smaller --target-k, or a longer log")  # (it suggested next_k to a run that had chosen it)
         raise ValueError("not enough data for a time split: no training or validation samples "
-                         f"(counts: {info['samples']}); for a short log try --target next_k or a "
-                         "smaller --target-window-s")
+                         f"(counts: {info['samples']}); for a short log try {hint}")
     if len(ds.splits["test"]) == 0:
         log("warning: the test split is empty (the log ends before a test target fits), so `evaluate` will "
             "have nothing to score on this log")

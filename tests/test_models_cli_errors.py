@@ -846,3 +846,57 @@ def test_categories_with_dollar_signs_are_plotted_as_text(trained, tmp_path):
     res = _run(["evaluate", ck, "--data", dollars, "--out", out])
     assert res.exit_code == 0, res.output
     assert (out / "users.png").stat().st_size > 0
+
+
+def test_the_defaults_train_and_pretrain_help_show_are_the_configs():
+    """`train --help` said the step cap was 2500 while TrainConfig's is 1500."""
+    import re
+
+    pytest.importorskip("torch")
+    from models.data import DataConfig
+    from models.model import TrainConfig
+    from models.pretrain import PretrainConfig
+
+    def shown(verb):  # option -> the [N] of its help (click starts each option's entry at two spaces)
+        entries = re.split(r"\n  (?=--)", _run([verb, "--help"]).output)
+        return {e.split()[0]: int(m[1]) for e in entries if (m := re.search(r"\[(\d+)\]", e))}
+
+    t, d = TrainConfig(), DataConfig()
+    assert shown("train") == {"--epochs": t.epochs, "--seed": t.seed, "--target-window-s": d.target_window_s,
+                              "--target-k": d.target_k, "--horizon-s": d.horizon_s, "--max-events": d.max_events,
+                              "--max-steps": t.max_steps, "--max-train-samples": d.max_train_samples}
+    assert shown("pretrain")["--max-steps"] == PretrainConfig().max_steps
+
+
+@pytest.mark.slow
+def test_evaluate_says_whose_items_lift_the_baseline_is_given(trained, tmp_path):
+    """The model here has no items' lift (item_lift=0), the baseline keeps one on its validation:
+    evaluate said "given the items' lift too (as the model has one)"."""
+    log, ck = trained
+    res = _run(["evaluate", ck, "--data", log, "--out", tmp_path / "ev", "--no-plots"])
+    assert res.exit_code == 0, res.output
+    lifted = json.loads((tmp_path / "ev" / "metrics.json").read_text())["best_with_item_lift"]
+    assert lifted["item_lift"]["kept"]
+    assert (f"\nagainst {lifted['baseline']} given the items' lift too (chosen on its validation, as train chooses "
+            f"the model's): its KL {lifted['kl']:.4f}, ratio {lifted['kl_ratio']:.4f}") in res.output
+    assert "as the model has one" not in res.output
+
+
+def test_train_names_a_log_that_is_a_pipe_and_the_hint_fits_the_target(tmp_path):
+    """A pipe as --data was "Error: File or stream is not seekable.", naming neither; a 3-event log
+    (the next 5 events chosen; six here, of two categories) was told to "try --target next_k", the
+    target it had."""
+    pytest.importorskip("torch")
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    res = _run(["train", "--data", fifo, "--out", tmp_path / "ck"])
+    assert res.exit_code == 1
+    assert res.output.endswith(f"Error: {fifo}: not a regular file: train needs the log as a file (a run records a "
+                               "hash of its first and last MiB, which --resume compares), not a pipe\n")
+    log = _log(tmp_path / "few.jsonl", [EVENT | {"event_id": f"e{i}", "ts": EVENT["ts"] + i * 60_000,
+                                                 "category": "ab"[i % 2]} for i in range(6)])
+    res = _run(["train", "--data", log, "--out", tmp_path / "ck", *TINY_TRAIN, "--set", "min_category_count=1"])
+    assert res.exit_code == 1
+    last = res.output.splitlines()[-1]
+    assert last.startswith("Error: not enough data for a time split: no training or validation samples")
+    assert last.endswith("; for a short log try a smaller --target-k, or a longer log"), last
