@@ -11,16 +11,18 @@ the profile input of the current state) in ONE batched model call per request:
   vector will say);
 * **leave-one-out occlusion**: for every event of the window, the state re-scored as if that event
   had never happened: removed from the window and from the long-term profile
-  (:class:`ProfileUnwinder`). An event's *effect* on a category is the probability now minus the
-  probability without it: positive, the event raised it;
+  (:class:`ProfileUnwinder`), and the window the state would then hold (:func:`window_without`):
+  without the newest event the window ends earlier, and without any event of a window of
+  ``INTEREST_MAX_EVENTS`` the next older one comes in, from the state's compact rows (type and
+  category: their item, dwell and query are not kept). An event's *effect* on a category is the
+  probability now minus the probability without it: positive, the event raised it;
 * **the profile's contribution**: the window re-scored without the profile (zeros, the input of a
   user with no history); the difference per category, and the Jensen-Shannon divergence between
   the two vectors;
 * **the evolution** (the page only): the vector after each moment of the window, i.e. for each
   distinct ``ts`` of its events the events up to it, with the profile as it was then (unwound from
-  the current one, exactly: no history is stored). Events older than the rows the state keeps in
-  full (``ev``, the newest ``INTEREST_MAX_EVENTS``) enter the early points through the profile
-  only.
+  the current one, exactly: no history is stored), and the window as it was (events older than
+  the rows the state keeps in full come from its compact rows, as above).
 
 An event is shown as its type, its category and item (clicks and browses), its ``ts``, its age
 (``newest_ts - ts``, event time) and its effect. A search is shown as a search: never its text
@@ -33,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from interest_core.window import PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, PROFILE_UNIT, profile_values, seconds_to_ms
+from interest_core.window import (PROFILE_SCALES, PROFILE_TYPE_WEIGHTS, PROFILE_UNIT, WindowEvent, profile_values,
+                                  seconds_to_ms, window_slice)
 
 from .vectors import js_divergence, top_categories
 
@@ -170,16 +173,35 @@ class Snapshot:
     values: dict  # the profile per category and scale, as of ``t``
     t: int | None
     before: int | None  # the newest ts folded into the profile before ``tied`` and ``rows`` (None: unknown)
+    compact: list  # the newest max_events compact rows (state "old"), [ts, id, type, category]: all older than rows
+    horizon_ms: int  # the window's reach and size, as the state keeps it (INTEREST_HORIZON_S, INTEREST_MAX_EVENTS)
+    max_events: int
 
 
-def snapshot(state: dict) -> Snapshot:
+def snapshot(state: dict, horizon_ms: int, max_events: int) -> Snapshot:
     ev = list(state["ev"])
     first = ev[0][0] if ev else None
     tied = [tuple(r[:4]) for r in state["old"] if first is not None and r[0] >= first]
     older = [r[0] for r in state["old"] if first is not None and r[0] < first]
     prof = state.get("p")
     before = max((v for v in (older[-1] if older else None, state.get("dropped")) if v is not None), default=None)
-    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None, before)
+    compact = [tuple(r[:4]) for r in state["old"][-max_events:]]  # no window holds more of them
+    return Snapshot(state["newest"], ev, tied, profile_values(prof), prof["t"] if prof else None, before, compact,
+                    horizon_ms, max_events)
+
+
+def window_without(snap: Snapshot, full: list, upto: int | None = None) -> list:
+    """The window (oldest first) the state would hold with only ``full`` (WindowEvents of some of
+    its full rows) of those rows, and none newer than ``upto``: the newest ``max_events`` events
+    within the horizon of the newest remaining one (:func:`interest_core.window.window_slice`, the
+    one window definition). The state's compact rows, all older than its full rows, come back as
+    their type and category."""
+    if upto is not None:
+        full = full[:bisect_right([e.ts for e in full], upto)]
+    events = [WindowEvent(r[0], r[2], r[3]) for r in snap.compact] + full
+    if not events:
+        return []
+    return window_slice(events, events[-1].ts, snap.horizon_ms, snap.max_events)
 
 
 def _event(row: list, newest: int, effect: float | None = None) -> dict:
@@ -205,8 +227,8 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
     row_ts = [r[0] for r in rows]
     points = sorted(set(row_ts))[:-1] if evolution else []  # the last point is "now"
     # 0: the current state, 1: without the profile, then without each event, then each moment
-    windows = [window, window] + [window[:j] + window[j + 1:] for j in range(n)]
-    windows += [window[:bisect_right(row_ts, x)] for x in points]
+    windows = [window, window] + [window_without(snap, window[:j] + window[j + 1:]) for j in range(n)]
+    windows += [window_without(snap, window, upto=x) for x in points]
     prof_in = np.zeros((len(windows), model.encoder.profile_size), np.float32)
     if model.encoder.profile_size:
         prof_in[0] = score_input.profile  # exactly what live scoring feeds

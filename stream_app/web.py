@@ -196,7 +196,7 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
     if st is None or model is None:
         return None
     inp = core.snapshot(user_id.encode(), st, model, LIMITS.horizon_ms)
-    snap = explain.snapshot(st)
+    snap = explain.snapshot(st, LIMITS.horizon_ms, LIMITS.max_events)
     loop = asyncio.get_running_loop()
     out = await loop.run_in_executor(app.explainer, explain.explain, model, inp, snap, settings.score_batch, evolution)
     return st, out

@@ -18,6 +18,7 @@ from stream_app.explain import ProfileUnwinder
 RETENTION = seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)
 T0 = 978_307_200_000
 MIN = 60_000
+WINDOW = (86_400_000, 128)  # the horizon and max_events of build_state's limits
 CATS = ("books", "music", "sports", "tech", "travel")
 
 
@@ -171,7 +172,7 @@ def test_a_window_of_one_event_unwinds_to_the_profile_before_it(gap_h, compact):
         st = state.compact(st)
     _, st = state.apply(st, ev(2, "click", sports_ts, "sports"), limits, 0)
     assert len(st["ev"]) == 1 and len(st["old"]) == (1 if gap_h < 25 else 0)
-    snap = explain.snapshot(st)
+    snap = explain.snapshot(st, *WINDOW)
     un = ProfileUnwinder(snap.values, snap.t, [(r[0], r[2], r[3]) for r in snap.tied + snap.rows], snap.before)
     want = stored_profile(fold([WindowEvent(T0, "click", "tech", "item1")]))
     assert_same_profile(un.without(0), want, 2e-6)
@@ -188,7 +189,7 @@ def test_after_compaction_the_profile_without_an_event_is_as_of_the_dropped_rows
     st = state.compact(build_state([ev(1, "click", T0, "tech")]))
     assert state.apply(st, ev(2, "click", T0 - 30 * MIN, "sports"), limits, 0) == ("dropped", None)
     _, st = state.apply(st, ev(3, "click", T0 + 23 * 60 * MIN + 36 * MIN, "travel"), limits, 0)
-    snap = explain.snapshot(st)
+    snap = explain.snapshot(st, *WINDOW)
     un = ProfileUnwinder(snap.values, snap.t, [(r[0], r[2], r[3]) for r in snap.tied + snap.rows], snap.before)
     got = un.without(len(snap.tied) + len(snap.rows) - 1)
     want = stored_profile(fold([WindowEvent(T0, "click", "tech", "i1")]))
@@ -214,7 +215,7 @@ def test_explanation_names_the_decisive_burst_and_hides_search_text():
     events = morning_then_travel()
     st = build_state(events)
     inp = core.snapshot(b"u", st, model, 86_400_000)
-    out = explain.explain(model, inp, explain.snapshot(st), evolution=True)
+    out = explain.explain(model, inp, explain.snapshot(st, *WINDOW), evolution=True)
     assert model.calls == 1  # every variant in one batched call
 
     # the model's answer on the window as it is, computed independently of the explanation
@@ -269,12 +270,55 @@ def test_explanation_names_the_decisive_burst_and_hides_search_text():
     assert evo["events"][-1] == {"event_id": "e200", "type": "search", "ts": newest, "age_ms": 0}
 
 
+@pytest.mark.parametrize("max_events, events", [
+    (128, [ev(0, "click", T0, "books"), ev(1, "click", T0 + 20 * 60 * MIN, "sports"),
+           ev(2, "click", T0 + 24 * 60 * MIN + 30 * MIN, "travel")]),  # e2 moves the day past e0
+    (5, [ev(i, "click", T0 + i * 10 * MIN, c)
+         for i, c in enumerate(["books", "books", "sports", "travel", "music", "tech", "sports"])]),
+])
+def test_each_effect_is_the_state_without_the_event_even_when_older_events_come_back(max_events, events):
+    """Without the newest event the window ends earlier, and without any event of a full window the
+    next older one comes in. The explanation scored the remaining full rows alone, so a books click
+    pushed out of the day (or beyond the newest 5) stayed out, and effects were off by up to 0.13.
+    Each listed effect is checked against the state built without that event, and each moment of
+    the evolution against the state of the events up to it."""
+    limits = state.Limits(86_400_000, 3_600_000, max_events)
+
+    def build(evs):
+        st = None
+        for e in evs:
+            _, st = state.apply(st, e, limits, 0)
+        return st
+
+    def score(st):
+        return model.predict_ids([model.encoder.encode(state.window_events(st))],
+                                 model.profile_inputs([state.profile(st)], 1))[0]
+
+    model = CountingModel()
+    st = build(events)
+    assert st["old"]  # the older events are compact rows only
+    out = explain.explain(model, core.snapshot(b"u", st, model, 86_400_000),
+                          explain.snapshot(st, 86_400_000, max_events), evolution=True)
+    now = score(st)
+    effects = {(c["category"], e["event_id"]): e["effect"] for c in out["categories"] for e in c["raised"] + c["lowered"]}
+    assert len(effects) >= 3
+    for (c, eid), effect in effects.items():
+        without = score(build([e for e in events if e["event_id"] != eid]))
+        assert effect == pytest.approx(now[CATS.index(c)] - without[CATS.index(c)], abs=1e-6), (c, eid)
+    # and each moment of the evolution is the state of the events up to it (the compact rows came
+    # in through the profile only)
+    evo = out["evolution"]
+    for i, x in enumerate(evo["ts"]):
+        then = score(build([e for e in events if e["ts"] <= x]))
+        assert [evo["series"][c][i] for c in CATS] == pytest.approx(list(then), abs=1e-6), x
+
+
 def test_explanation_of_an_empty_window():
     """An idle user whose rows were dropped: the profile alone, no events to occlude."""
     model = CountingModel()
     st = state.compact(build_state(morning_then_travel()))
     inp = core.snapshot(b"u", st, model, 86_400_000)
-    out = explain.explain(model, inp, explain.snapshot(st), evolution=True)
+    out = explain.explain(model, inp, explain.snapshot(st, *WINDOW), evolution=True)
     assert out["events"] == 0 and len(out["top"]) == 3
     assert all(not c["raised"] and not c["lowered"] for c in out["categories"])
     assert out["evolution"]["ts"] == [] and out["evolution"]["events"] == []
@@ -289,8 +333,8 @@ def test_explanation_adds_the_items_lift_to_every_variant():
     st = build_state(events)
     inp = core.snapshot(b"u", st, model, 86_400_000)
     np.testing.assert_allclose(inp.lift, [0, 0, 0, 0, 1.5 / 1])  # the window's one known item of the table
-    out = explain.explain(model, inp, explain.snapshot(st))
-    base = explain.explain(plain, core.snapshot(b"u", st, plain, 86_400_000), explain.snapshot(st))
+    out = explain.explain(model, inp, explain.snapshot(st, *WINDOW))
+    base = explain.explain(plain, core.snapshot(b"u", st, plain, 86_400_000), explain.snapshot(st, *WINDOW))
     seqs = [model.encoder.encode(inp.window)]
     # the answer with the lift: the counting "network", then + 1.5 on travel's logit
     now = apply(plain.predict_ids(seqs, [inp.profile]), np.array([[0, 0, 0, 0, 1.5]]))[0]
