@@ -151,7 +151,7 @@ def _demo(seconds: float, users: int, rate: float, speedup: float, follow: int) 
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         base = settings.web_url  # where the demo reaches its worker
-        wait_healthy(base, worker, start)
+        wait_healthy(base, worker, settings.app_id, start)
         print_urls(base, follow)
 
         from models.simulate import iter_live_events
@@ -202,8 +202,13 @@ def worker_error(start: int) -> str:
     return (errors or lines or [""])[-1]
 
 
-def wait_healthy(base: str, proc: subprocess.Popen, start: int = 0, timeout: float = 120) -> None:
+def wait_healthy(base: str, proc: subprocess.Popen, app_id: str, start: int = 0, timeout: float = 120) -> None:
+    """Until the demo's worker (``proc``, of ``app_id``) answers ``/health`` at ``base``. Another
+    process on that port is not it: a worker left running on the port answered, the demo streamed
+    into topics nothing read and showed that worker's users, and exited 0, while its own worker had
+    stopped on the taken port. Its answer is passed over until the demo's worker says why it stopped."""
     deadline = time.monotonic() + timeout
+    foreign = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             reason = worker_error(start)
@@ -212,11 +217,16 @@ def wait_healthy(base: str, proc: subprocess.Popen, start: int = 0, timeout: flo
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=1) as r:
                 body = orjson.loads(r.read())
-                say(f"worker ready: model {body['model_version']}, partitions {body['partitions']}")
-                return
-        except OSError:
+        except (OSError, ValueError):  # ValueError: not JSON, not a worker's answer
             time.sleep(0.5)
-    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s; see {OUT / 'worker.log'}")
+            continue
+        if isinstance(body, dict) and body.get("app_id") == app_id:
+            say(f"worker ready: model {body['model_version']}, partitions {body['partitions']}")
+            return
+        foreign = body.get("app_id") if isinstance(body, dict) else None
+        time.sleep(0.5)
+    other = f"; another process answers at {base} (app id {foreign})" if foreign is not None else ""
+    raise click.ClickException(f"the worker was not ready within {timeout:.0f}s{other}; see {OUT / 'worker.log'}")
 
 
 def print_urls(base: str, follow: int) -> None:

@@ -255,7 +255,8 @@ async def overview_view(web, request):
 
 @app.page("/health")
 async def health_view(web, request):
-    body = {"ready": is_ready(), "model_version": app.models.version, "partitions": sorted(owned_partitions())}
+    body = {"ready": is_ready(), "model_version": app.models.version, "partitions": sorted(owned_partitions()),
+            "app_id": settings.app_id}  # whose worker answers (the demo checks it is its own)
     return json_response(body, status=200 if body["ready"] else 503)
 
 

@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -87,6 +85,44 @@ def test_a_worker_that_stops_is_shown_with_its_own_error(demo_env, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (f"Error: the worker exited (1): INTEREST_MODEL_DIR: model at {model}: "
                                             f"no such directory; see {out / 'worker.log'}")
+
+
+def test_another_worker_on_the_demos_port_is_not_taken_for_its_own(demo_env, tmp_path):
+    """A worker left running on the demo's web port answered its /health: the demo said "worker
+    ready", streamed into topics nothing read, showed the other worker's users and exited 0, while
+    its own worker had stopped at once on the taken port. Now it waits for its own worker's answer,
+    and says why that worker stopped."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class OtherWorker(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"ready": True, "model_version": "other", "partitions": [0],
+                               "app_id": "someone-else"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    port = int(demo_env["INTEREST_WEB_PORT"])
+    server = ThreadingHTTPServer(("0.0.0.0", port), OtherWorker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo", "--users", "1", "--follow", "0"],
+                              env=demo_env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 1, proc.stderr
+    assert not any(line.startswith("==> worker ready") for line in proc.stderr.splitlines()), proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith(f"Error: the worker exited (1): cannot listen on 0.0.0.0:{port} "
+                           "(INTEREST_WEB_HOST / INTEREST_WEB_PORT): "), last
+    assert last.endswith(f"; see {tmp_path / 'out' / 'worker.log'}")
 
 
 def test_the_demo_uses_a_running_local_broker_whatever_its_port_setting(demo_env, local_broker, tmp_path):
