@@ -285,6 +285,10 @@ def test_names_kafka_accepts():
      "INTEREST_HEARTBEAT_S must be less than INTEREST_SESSION_TIMEOUT_S (30.0), got 60.0"),
     ({"INTEREST_RETENTION_MS": "99999999999999999999"},
      "INTEREST_RETENTION_MS must be <= 9223372036854775807, got 99999999999999999999"),
+    # the broker's "Invalid value 9223372036854775807000 for configuration message.timestamp.after.max.ms"
+    ({"INTEREST_FUTURE_S": "9223372036854775807"},
+     "INTEREST_FUTURE_S must be <= 9223372036854775 (the input topics' message.timestamp.after.max.ms, in ms, "
+     "is a Kafka LONG), got 9223372036854775807"),
     # `topics create`: a struct.error traceback (INT32 partitions, INT16 replication factor)
     ({"INTEREST_PARTITIONS": "3000000000"},
      "INTEREST_PARTITIONS must be <= 2147483647 (an INT32 in Kafka's CreateTopics request), got 3000000000"),
