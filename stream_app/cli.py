@@ -82,7 +82,10 @@ class Group(click.Group):
 
         previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
         try:
-            return self._invoke(ctx)
+            result = self._invoke(ctx)
+            if terminated:  # a command that ends quietly on Ctrl-C (tail) was stopped all the same: it exited 0
+                raise KeyboardInterrupt
+            return result
         except (click.ClickException, KeyboardInterrupt) as exc:
             if not terminated:
                 raise

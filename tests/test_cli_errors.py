@@ -849,6 +849,34 @@ def test_an_empty_demo_directory_is_unset(tmp_path):
     assert [p.name for p in (tmp_path / "demo-out").iterdir()] == ["state"]
 
 
+@pytest.mark.parametrize("signum, status, line", [
+    ("SIGTERM", 143, "Error: stopped by SIGTERM"),
+    ("SIGINT", 0, None),  # Ctrl-C is how tail is stopped
+])
+def test_tail_stopped_by_sigterm_exits_143(signum, status, line):
+    """tail ends quietly on Ctrl-C, and so it did on SIGTERM: exit 0, where every other command
+    SIGTERM cuts short exits 143. Its consumer (no broker) sends the signal once tail reads."""
+    code = f"""
+import os, signal, sys, time
+import stream_app.cli as cli
+class Consumer:
+    def partitions_for_topic(self, topic): return {{0}}
+    def assign(self, tps): pass
+    def seek_to_end(self, *tps): pass
+    def close(self): pass
+    def __iter__(self):
+        os.kill(os.getpid(), signal.{signum})
+        time.sleep(30)
+        return iter(())
+cli._consumer = lambda s, **kw: Consumer()
+sys.argv = ["interest-stream", "tail"]
+cli.main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr.splitlines()[-1:] == ([line] if line else []) and "Traceback" not in proc.stderr
+
+
 def test_a_demo_directory_that_cannot_be_made_is_a_one_line_error(tmp_path):
     """A file in the way was a FileExistsError traceback; a missing parent (FileNotFoundError)
     is now made, as INTEREST_DATA_DIR's are."""
