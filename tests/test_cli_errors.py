@@ -767,7 +767,7 @@ def test_the_readme_states_each_numeric_settings_default_and_bounds():
                 checked += 1
                 stated = rf"{word} {re.escape(_number(bound[1]))}(?![0-9]|\.[0-9])"  # not 1 for 10 or 1.5
                 assert re.search(stated, meaning, re.I), (var, word, bound[1])
-    assert checked == 35  # every numeric setting's minimum (25), and the maxima (10)
+    assert checked == 36  # every numeric setting's minimum (25), and the maxima (11)
 
 
 @pytest.mark.parametrize("given, error", [
