@@ -861,6 +861,7 @@ def train_model(
     ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()} \
         if cfg.ema_decay > 0 else None
     perm, pos = _length_grouped(train_seqs, bs, rng), 0
+    running = None  # the training loss, averaged over the last steps (history, progress bar)
     if resume and state_path is not None and Path(state_path).exists():
         try:  # a state cut short (a run killed while saving one before it was saved whole) or not ours
             st = torch.load(state_path, weights_only=False)
@@ -869,6 +870,7 @@ def train_model(
             step, best, bad_evals, history = st["step"], st["best"], st["bad_evals"], st["history"]
             best_state, elapsed0, best_step = st["best_state"], st["elapsed"], st.get("best_step", 0)
             ema = st.get("ema", ema)
+            running = st.get("running")  # (a state saved before it was: starts again, as it did)
             rng.bit_generator.state = st["rng"]
             perm, pos = st["perm"], st["pos"]
             torch.set_rng_state(st["torch_rng"])
@@ -880,7 +882,7 @@ def train_model(
 
     t0 = time.time() - elapsed0
     bar = tqdm(total=end, initial=step, disable=not progress, desc=desc, unit="step")
-    running, stop_reason = None, "max steps" if refit is None else "refit steps"
+    stop_reason = "max steps" if refit is None else "refit steps"
     model.train()
     while step < end:
         # stop condition 1: step budget (loop guard); 2: early stopping (below)
@@ -931,7 +933,7 @@ def train_model(
                                     "best": best, "bad_evals": bad_evals, "history": history,
                                     "best_state": best_state, "best_step": best_step, "ema": ema,
                                     "elapsed": time.time() - t0, "rng": rng.bit_generator.state, "perm": perm,
-                                    "pos": pos, "torch_rng": torch.get_rng_state()}, part)
+                                    "pos": pos, "torch_rng": torch.get_rng_state(), "running": running}, part)
                         os.replace(part, state_path)
                 except BaseException:
                     part.unlink(missing_ok=True)

@@ -173,8 +173,11 @@ def run_training(data_path, out_dir, data_cfg=None, train_cfg=None, model_overri
         split, encoder = saved["split"], Encoder.from_spec(saved["encoding"])
     td = prepare_training(data_path, data_cfg, train_cfg, encoder=encoder, split=split, log=log)
     if split is None:  # (a --resume with nothing to resume starts the run)
-        from models.model import writing
+        from models.model import TRAIN_STATE_FILE, writing
 
+        # an earlier run's training state is not this run's: a --resume after this run stopped before
+        # its first save loaded it, weights and optimizer of other settings or another log
+        (out / TRAIN_STATE_FILE).unlink(missing_ok=True)
         with writing(out / RESUME_FILE):
             (out / RESUME_FILE).write_text(json.dumps({
                 "split": td.info["split"], "encoding": td.encoder.to_spec(), "log": started,

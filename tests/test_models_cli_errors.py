@@ -373,6 +373,30 @@ def test_resume_refuses_another_log_or_other_settings(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_never_takes_the_training_state_of_an_earlier_run(trained, tmp_path, monkeypatch):
+    """A run left its train_state.pt; a new run with other settings rewrote resume.json and stopped
+    before its first save; `--resume` of it then loaded the earlier run's weights and optimizer
+    ("resumed at step …"), its settings check passed against the new resume.json."""
+    import models.train
+
+    log, _ = trained
+    ck = tmp_path / "ck"
+    assert _run(["train", "--data", log, "--out", ck, *TINY_TRAIN]).exit_code == 0
+    assert (ck / "train_state.pt").exists()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(models.train, "fit", stopped)  # after resume.json is written, before any state is saved
+        assert _run(["train", "--data", log, "--out", ck, *TINY_TRAIN, "--set", "lr=0.001"]).exit_code == 1
+    assert not (ck / "train_state.pt").exists()
+    res = _run(["train", "--data", log, "--out", ck, *TINY_TRAIN, "--set", "lr=0.001", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resumed at step" not in res.output
+
+
+@pytest.mark.slow
 def test_init_from_a_train_checkpoint_or_a_corrupt_pretrain_directory(tmp_path):
     """A train checkpoint was read as a GPT-2 directory: a default 124M GPT-2 trained for minutes.
     A pretrain directory with corrupt weights was a SafetensorError traceback. Both are found

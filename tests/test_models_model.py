@@ -150,6 +150,9 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     resumed, s2 = run(tmp_path / "c.pt", resume=True)
     assert s2["steps"] == 20 and [h["step"] for h in s2["history"]] == [h["step"] for h in s1["history"]]
     np.testing.assert_allclose(resumed, full, atol=1e-6)
+    # the running training loss too (it started again from the first batch after a resume, so the
+    # card's history and the progress bar differed from the run's)
+    assert [h["train_loss"] for h in s2["history"]] == pytest.approx([h["train_loss"] for h in s1["history"]], abs=1e-6)
 
 
 def test_refit_trains_the_first_steps_of_the_schedule_without_validation(encoder):
