@@ -116,4 +116,3 @@ def describe(counts: dict[str, int], first: dict[str, str]) -> str:
     """:class:`Refusals` in words, from its two dicts (as a model card records them)."""
     reasons = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{r} {c} (first: {first[r]})" for r, c in reasons)
-

@@ -375,8 +375,8 @@ def read_truth(path) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
                 raise ValueError(f"{path}:{n}: a truth row is an object with user_id (text), ts (an integer) and "
                                  "interests (category -> share)")
             if cats is None:
-                cats = list(interests)
-            if sorted(interests) != sorted(cats) or not all(type(v) in (int, float) for v in interests.values()):
+                cats, names = list(interests), set(interests)
+            if interests.keys() != names or not all(type(v) in (int, float) for v in interests.values()):
                 raise ValueError(f"{path}:{n}: interests must give a number for each of the categories of its "
                                  f"first line ({', '.join(cats)})")
             rows.setdefault(r["user_id"], []).append((r["ts"], [interests[c] for c in cats]))
