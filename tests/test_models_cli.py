@@ -103,9 +103,7 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     assert lifted["baseline"] == m["best_baseline"] and set(lifted["item_lift"]) >= {"slots", "m", "lambda", "kept"}
     assert lifted["kl_ratio"] == pytest.approx(m["models"]["gpt2"]["kl"] / lifted["kl"], rel=1e-12)
     if lifted["item_lift"]["kept"]:
-        assert lifted["kl"] != m["models"][m["best_baseline"]]["kl"]
-        assert (f"against {m['best_baseline']} given the items' lift too (chosen on its validation, as train "
-                f"chooses the model's): its KL {lifted['kl']:.4f}, ratio {lifted['kl_ratio']:.4f}") in res.output
+        assert lifted["kl"] != m["models"][m["best_baseline"]]["kl"] and "given the items' lift too" in res.output
     else:
         assert lifted["kl"] == pytest.approx(m["models"][m["best_baseline"]]["kl"], rel=1e-12)
     lo, hi = m["kl_gain_ci95"]
