@@ -9,9 +9,9 @@ at or after ``to`` are read and skipped), with its own state and a consumer grou
 untouched.
 
 Determinism: records of all partitions are merged in the order (event ``ts``, topic,
-partition, offset); a partition's records keep their offset order. A record is taken only when
-every unfinished partition has offered its next one, so the order depends on what the topics
-hold, never on fetch timing: two replays of the same range see the same events in the same order
+partition, offset; an event at or after ``to`` where its partition has it); a partition's records
+keep their offset order. A record is taken only when every unfinished partition has offered its
+next one, so the order depends on what the topics hold, never on fetch timing: two replays of the same range see the same events in the same order
 and compute the same states (with the worker's own :mod:`stream_app.state` and
 :mod:`stream_app.events` code). Scoring happens at event-time ticks, at ``from + k *
 INTEREST_SCORE_INTERVAL_S`` (also before ``from``, so drift is warm) and at ``to`` (after the
@@ -259,10 +259,16 @@ def event_ts(record) -> int:
 BUFFERED = 20_000  # records read ahead per partition at most: a partition with more waits (paused)
 
 
-def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED):
+def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED,
+                   after: int | None = None):
     """``(ts, record)`` of every partition within its [start, end), merged by (event ts, topic,
     partition, offset); a partition contributes in offset order. A record is chosen only when
     every unfinished partition has offered its next one, so the order never depends on timing.
+
+    A record whose ts is at or ``after`` (the range's end: the replay skips it) is merged as if it
+    had the ts of the record before it in its partition: ordered by its own ts, a far-future event
+    (one the worker dead-lettered as ``future_ts``) held back every later record of its partition
+    until all the others had ended, and those were then applied out of order, some as ``late``.
 
     A poll fetches from every partition not paused, so a sparse partition (searches, say) runs
     ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
@@ -274,7 +280,8 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     consumer.assign(list(live))
     for tp in live:
         consumer.seek(tp, ranges[tp][0])
-    heap: list = []  # one head per partition: (timestamp, topic, partition, offset, tp, record)
+    heap: list = []  # one head per partition: (merge key, topic, partition, offset, tp, record, ts)
+    last = dict.fromkeys(live, float("-inf"))  # each partition's last merge key
     heads: set = set()
     while True:
         for tp in list(live):
@@ -282,7 +289,10 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                 continue
             if buffers[tp]:
                 r = buffers[tp].popleft()
-                heapq.heappush(heap, (event_ts(r), r.topic, r.partition, r.offset, tp, r))
+                ts = event_ts(r)
+                key = ts if after is None or ts < after else last[tp]
+                last[tp] = key
+                heapq.heappush(heap, (key, r.topic, r.partition, r.offset, tp, r, ts))
                 heads.add(tp)
                 if tp in full and len(buffers[tp]) <= buffered // 2:
                     full.discard(tp)
@@ -308,7 +318,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             continue
         if not heap:
             return
-        ts, *_, tp, r = heapq.heappop(heap)
+        *_, tp, r, ts = heapq.heappop(heap)
         heads.discard(tp)
         yield ts, r
 
@@ -348,7 +358,7 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
         try:
             with tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
                       desc="replay", mininterval=1.0) as bar:
-                for ts, rec in merged_records(consumer, p.ranges):
+                for ts, rec in merged_records(consumer, p.ranges, after=to_ms):
                     r.add(rec.topic, rec.key, rec.value, ts)
                     n += 1
                     if n % 1000 == 0:

@@ -66,3 +66,25 @@ def test_a_sparse_partition_is_not_read_far_ahead_of_the_merge():
     want = sorted((orjson.loads(r.value)["ts"], r.topic, r.partition, r.offset) for rs in logs.values() for r in rs)
     assert merged == want
     assert peak <= 2 * (50 + 20)
+
+
+def event(tp: TP, offset: int, ts: int) -> Record:
+    return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), 0)
+
+
+def test_an_event_after_the_range_does_not_hold_back_its_partition():
+    """A far-future click (the worker dead-lettered it as future_ts) sits between clicks of 1,002
+    and 1,004. Ordered by its own ts it held the clicks after it back until the browse partition
+    had ended: 1,004 and 1,006 came after 1,005 and 1,007. It is merged where its partition has it."""
+    clicks, browses = TP("click", 0), TP("browse", 0)
+    logs = {clicks: [event(clicks, 0, 1_000), event(clicks, 1, 1_002), event(clicks, 2, 10**15),
+                     event(clicks, 3, 1_004), event(clicks, 4, 1_006)],
+            browses: [event(browses, i, ts) for i, ts in enumerate([1_001, 1_003, 1_005, 1_007])]}
+    ranges = {tp: (0, len(rs)) for tp, rs in logs.items()}
+    merged = [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll=2), ranges, after=2_000)]
+    assert merged == [(1_000, "click"), (1_001, "browse"), (1_002, "click"), (10**15, "click"), (1_003, "browse"),
+                      (1_004, "click"), (1_005, "browse"), (1_006, "click"), (1_007, "browse")]
+    first = [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(
+        {clicks: [event(clicks, 0, 10**15), event(clicks, 1, 1_000)], browses: [event(browses, 0, 999)]},
+        2), {clicks: (0, 2), browses: (0, 1)}, after=2_000)]
+    assert first == [(10**15, "click"), (999, "browse"), (1_000, "click")]
