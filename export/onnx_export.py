@@ -370,15 +370,13 @@ def validation_samples(data_file, card: dict, encoder, log=log_default):
     """(token sequences, profiles, targets (N, k), description) of the validation split of ``data_file``,
     rebuilt by the models package's own data code from the split the model card records (the
     same way ``evaluate`` rebuilds its test split)."""
-    from models.data import DataConfig, file_sha256, prepare, sample_profiles, sample_windows
+    from models.data import DataConfig, another_log, prepare, sample_profiles, sample_windows
 
     split = card.get("split")
     if not isinstance(split, dict) or "data_config" not in split or "t1" not in split:
         raise ExportError("the checkpoint's model card records no data split (split.data_config, t1, t2): "
                           "cannot rebuild its validation split for the int8 comparison")
-    data = card.get("data")  # an object from `train` (a description in the tests' own checkpoints)
-    recorded = data.get("sha256") if isinstance(data, dict) else None
-    if recorded and recorded != file_sha256(data_file):
+    if another_log(card, data_file):
         log(f"warning: {data_file} is not the file the checkpoint was trained on (sha256 differs); "
             "measuring int8 on its samples under the recorded split anyway")
     try:

@@ -299,7 +299,7 @@ def evaluate(ckpt_dir, data, out, no_plots):
     checkpoint's test split: metrics.json and PNG plots."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from models.data import invalid_summary
-    from models.evaluate import run_evaluation
+    from models.evaluate import another_log_note, run_evaluation
 
     _out_dir(out)
     try:
@@ -308,6 +308,8 @@ def evaluate(ckpt_dir, data, out, no_plots):
         raise _load_error(exc) from None
     if result["log"]["invalid"]:
         click.echo(f"data: {invalid_summary(result['log'])}", err=True)
+    if result["another_log"]:
+        click.echo(another_log_note(data), err=True)
     m = result["models"]
     best = result["best_baseline"]
     click.echo(f"test samples {result['samples']}: gpt2 KL {m['gpt2']['kl']:.4f}, best baseline {best} "

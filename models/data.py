@@ -96,6 +96,14 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def another_log(card: dict, path) -> bool:
+    """Whether ``path`` is not the log a checkpoint was trained on: its sha256 differs from the one
+    the model card records (``train`` writes ``data.sha256``); False for a card that records none."""
+    data = card.get("data")
+    recorded = data.get("sha256") if isinstance(data, dict) else None
+    return bool(recorded) and recorded != file_sha256(path)
+
+
 def read_log(path) -> tuple[dict[str, list[WindowEvent]], dict]:
     """User -> events sorted by (ts, file order), a repeated event_id counted once (as the worker
     does). Each line goes through the worker's own check of an event

@@ -135,6 +135,13 @@ def activity_buckets(ds, samples) -> tuple[np.ndarray, dict]:
 BUCKETS = ("light", "medium", "heavy")
 
 
+def another_log_note(data_path) -> str:
+    """The line ``evaluate`` and ``evaluate-rerank`` print when ``data_path`` is not the log the
+    checkpoint was trained on (households it never saw, say: a use, not a mistake, so a note)."""
+    return (f"note: {data_path} is not the log the checkpoint was trained on (its sha256 differs from the "
+            "model card's): its samples are cut at the card's split times")
+
+
 def check_test_users(users: np.ndarray, data_path) -> None:
     """``evaluate`` and ``evaluate-rerank`` need two test users at least: their intervals resample
     users, and one user's "interval" was a point (``gain CI95 [0.1416, 0.1416]``), printed as one."""
@@ -279,11 +286,14 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
 
 def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: bool = True) -> dict:
     """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
+    from models.data import another_log
+
     ds, dcfg, info, base, pred, model, encoder, card = held_out_predictions(ckpt_dir, data_path)
     test = ds.splits["test"]
     check_test_users(test.user, data_path)
     result = report(ds, base, pred, info, {"correction": model.config.correction, "readout": model.config.readout,
                                            "selection": card.get("metrics", {}).get("selection")})
+    result["another_log"] = another_log(card, data_path)  # --data is not the log it was trained on
     truth_path = Path(f"{data_path}.truth.jsonl")
     if truth_path.exists():
         from models.simulate import read_truth

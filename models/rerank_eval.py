@@ -217,9 +217,9 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     best baseline's distributions and build the candidate lists (module doc)."""
     import torch
 
-    from models.data import encode_windows, invalid_summary, prepare, sample_profiles, sample_windows
+    from models.data import another_log, encode_windows, invalid_summary, prepare, sample_profiles, sample_windows
     from models.item_lift import served
-    from models.evaluate import baseline_predictions, check_test_users, refit_samples, time_split
+    from models.evaluate import another_log_note, baseline_predictions, check_test_users, refit_samples, time_split
     from models.model import load_checkpoint, predict
 
     t0 = time.time()
@@ -238,6 +238,8 @@ def rerank_inputs(ckpt_dir, data_path, negatives: int = DEFAULT_NEGATIVES, log=l
     if len(test) == 0 or len(val) == 0:
         raise ValueError(f"{data_path}: no validation/test samples under the checkpoint's split")
     check_test_users(test.user, data_path)
+    if another_log(card, data_path):
+        log(another_log_note(data_path))
     cats = list(encoder.categories)
 
     # as evaluate does: a refit model's baselines are refit on what it saw

@@ -906,6 +906,29 @@ def test_evaluate_says_whose_items_lift_the_baseline_is_given(trained, tmp_path)
     assert (f"\nagainst {lifted['baseline']} given the items' lift too (chosen on its validation, as train chooses "
             f"the model's): its KL {lifted['kl']:.4f}, ratio {lifted['kl_ratio']:.4f}") in res.output
     assert "as the model has one" not in res.output
+    assert "is not the log the checkpoint was trained on" not in res.output
+
+
+@pytest.mark.slow
+def test_evaluating_another_log_says_so(trained, tmp_path):
+    """Households the model never saw are a use of evaluate and evaluate-rerank, but a reader of the
+    figures must know: export --data said so, they did not. Another simulated population of the
+    same shape gets a note, and metrics.json records it."""
+    from models.simulate import simulate_to_files
+
+    _, ck = trained
+    other = tmp_path / "other.jsonl"
+    simulate_to_files(30, 3, 1, other)
+    note = (f"note: {other} is not the log the checkpoint was trained on (its sha256 differs from the model "
+            "card's): its samples are cut at the card's split times\n")
+    res = _run(["evaluate", ck, "--data", other, "--out", tmp_path / "ev", "--no-plots"])
+    assert res.exit_code == 0 and note in res.output, res.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["another_log"] is True
+    res = _run(["evaluate-rerank", ck, "--data", other, "--out", tmp_path / "rr", "--negatives", "5"])
+    assert res.exit_code == 0 and note in res.output, res.output
+    res = _run(["export", ck, "--out", tmp_path / "ex", "--int8", "--data", other])  # its own words, the same test
+    assert res.exit_code == 0, res.output
+    assert f"warning: {other} is not the file the checkpoint was trained on (sha256 differs)" in res.output
 
 
 def test_train_names_a_log_that_is_a_pipe_and_the_hint_fits_the_target(tmp_path):

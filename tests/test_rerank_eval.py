@@ -152,6 +152,7 @@ def test_evaluate_rerank_cli(crafted, tiny_ckpt, tmp_path):
         r = CliRunner().invoke(cli.evaluate_rerank, [str(tiny_ckpt), "--data", str(crafted), "--out", str(out),
                                                      "--negatives", "20", *extra])
         assert r.exit_code == 0, r.output
+        assert "is not the log the checkpoint was trained on" not in r.output
         return json.loads((out / "rerank_metrics.json").read_text())
     m = run()
     # train refits by default; the baselines are refit on the samples the model was
