@@ -251,6 +251,7 @@ def pretrain(data, out, max_steps, sets, quiet):
     """Self-supervised pretraining of the backbone on every event of the logs (next event's category,
     type and time gap); `train --init-from DIR` fine-tunes it."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import filecmp
     from dataclasses import fields
 
     from models.pretrain import PretrainConfig, run_pretraining
@@ -260,6 +261,8 @@ def pretrain(data, out, max_steps, sets, quiet):
             if os.path.samefile(path, earlier):
                 same = "" if path == earlier else f" (the same file as {earlier})"
                 raise click.BadParameter(f"{path} is given twice{same}", param_hint="--data")
+            if os.path.getsize(path) == os.path.getsize(earlier) and filecmp.cmp(path, earlier, shallow=False):
+                raise click.BadParameter(f"{path} is given twice (a copy of {earlier})", param_hint="--data")
     known = {f.name: f for f in fields(PretrainConfig)}
     chosen = {} if max_steps is None else {"max_steps": max_steps}
     for item in sets:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -222,18 +223,20 @@ def test_train_on_a_log_of_one_timestamp_says_it_cannot_be_split(tmp_path):
 
 
 def test_pretrain_refuses_the_same_log_twice(tmp_path, monkeypatch):
-    """--data X --data X read the log twice: its events twice, its users in training and validation."""
+    """--data X --data X read the log twice: its events twice, its users in training and validation.
+    So did a copy of X."""
     pytest.importorskip("torch")
     import models.pretrain
 
     ran = []
     monkeypatch.setattr(models.pretrain, "run_pretraining", lambda *a, **k: ran.append(a))
     log = _log(tmp_path / "log.jsonl", [EVENT])
-    other = _log(tmp_path / "other.jsonl", [EVENT])
+    other = _log(tmp_path / "other.jsonl", [EVENT | {"event_id": "e2"}])  # as long, not a copy
     (tmp_path / "link.jsonl").symlink_to(log)
     (tmp_path / "hard.jsonl").hardlink_to(log)
     for again, why in [(log, ""), (tmp_path / "link.jsonl", f" (the same file as {log})"),
-                       (tmp_path / "hard.jsonl", f" (the same file as {log})")]:
+                       (tmp_path / "hard.jsonl", f" (the same file as {log})"),
+                       (shutil.copy(log, tmp_path / "copy.jsonl"), f" (a copy of {log})")]:
         res = _run(["pretrain", "--data", log, "--data", other, "--data", again, "--out", tmp_path / "pt"])
         assert res.exit_code == 2, res.output
         assert res.output.splitlines()[-1] == f"Error: Invalid value for --data: {again} is given twice{why}"
