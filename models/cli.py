@@ -224,9 +224,13 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
         from models.model import load_init
 
         try:  # before the log is read: a mistake here was found only minutes later
-            load_init(init_from)
+            backbone = load_init(init_from)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        if backbone.config.n_positions < dcfg.max_len:  # models.model.build_model said so once the log was read
+            raise click.UsageError(f"--init-from {init_from}: its backbone has n_positions "
+                                   f"{backbone.config.n_positions}, fewer than the encoding's max_len {dcfg.max_len}; "
+                                   f"give --set max_len={backbone.config.n_positions} (or less) or another backbone")
     _out_dir(out)
     from models.train import ResumeMismatch, run_training
 

@@ -212,6 +212,23 @@ def test_train_refuses_a_size_that_is_not_its_init_froms(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_train_refuses_a_backbone_shorter_than_its_encoding_before_reading_the_log(tmp_path):
+    """A GPT-2 of 16 positions under the encoding's 128 tokens was found by build_model, once the log
+    had been read (minutes on a large one). This log would be refused too: it has no event."""
+    pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2Model
+
+    g = tmp_path / "g"
+    GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2)).save_pretrained(g)
+    empty = _log(tmp_path / "empty.jsonl", [])
+    res = _run(["train", "--data", empty, "--out", tmp_path / "out", "--init-from", g])
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == (f"Error: --init-from {g}: its backbone has n_positions 16, fewer than the "
+                                           "encoding's max_len 128; give --set max_len=16 (or less) or another backbone")
+    res = _run(["train", "--data", empty, "--out", tmp_path / "out", "--init-from", g, "--set", "max_len=16"])
+    assert res.exit_code == 1 and res.output.startswith(f"Error: {empty}: no valid events"), res.output
+
+
 def test_train_on_a_log_of_one_timestamp_says_it_cannot_be_split(tmp_path):
     """Every event at one ts: "no categorised events in the training data", of a log of clicks."""
     pytest.importorskip("torch")
