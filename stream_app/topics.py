@@ -318,6 +318,20 @@ def retention_ms(settings: Settings, names) -> dict[str, int]:
         client.close()
 
 
+def input_ahead_limits(settings: Settings) -> dict[str, int]:
+    """The ``message.timestamp.after.max.ms`` of each input topic as the broker has it (a topic made
+    before `topics create` set it keeps Kafka's hour). A client that may not describe the topics
+    takes Kafka's hour for each: the producers then stamp more events with the time they are sent
+    (:func:`stream_app.produce.record_timestamp`), which only orders them earlier."""
+    client = admin(settings)
+    try:
+        return {name: int(value) for name, value in topic_config(client, settings.input_topics.values(), AHEAD).items()}
+    except TopicError:
+        return dict.fromkeys(settings.input_topics.values(), KAFKA_AHEAD_MS)
+    finally:
+        client.close()
+
+
 def check_input_topics(settings: Settings) -> int:
     """The common partition count of the input topics; raises TopicError if they differ."""
     counts = partition_counts(settings, settings.input_topics.values())
