@@ -8,9 +8,9 @@ at or after ``to`` are read and skipped), with its own state and a consumer grou
 (``<app id>.replay``, offsets never committed), so the live worker's offsets and tables are
 untouched.
 
-Determinism: records of all partitions are merged in the order (event ``ts``, topic,
-partition, offset; an event at or after ``to`` where its partition has it); a partition's records
-keep their offset order. A record is taken only when every unfinished partition has offered its
+Determinism: records of all partitions are merged in the order (record timestamp, topic,
+partition, offset; a record stamped at or after ``to`` where its partition has it), the live
+worker's order (:mod:`stream_app.alignment`); a partition's records keep their offset order. A record is taken only when every unfinished partition has offered its
 next one, so the order depends on what the topics hold, never on fetch timing: two replays of the same range see the same events in the same order
 and compute the same states (with the worker's own :mod:`stream_app.state` and
 :mod:`stream_app.events` code). Scoring happens at event-time ticks, at ``from + k *
@@ -261,14 +261,17 @@ BUFFERED = 20_000  # records read ahead per partition at most: a partition with 
 
 def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED,
                    after: int | None = None):
-    """``(ts, record)`` of every partition within its [start, end), merged by (event ts, topic,
-    partition, offset); a partition contributes in offset order. A record is chosen only when
+    """``(ts, record)`` of every partition within its [start, end), ``ts`` the event's
+    (:func:`event_ts`), merged by (record timestamp, topic, partition, offset) as the live worker's
+    aligner applies them; a partition contributes in offset order. A record is chosen only when
     every unfinished partition has offered its next one, so the order never depends on timing.
+    Merged by the event's ``ts``, an event whose producer stamped it otherwise (a far-future ``ts``
+    the worker dead-lettered as ``future_ts``) held back every later record of its partition until
+    all the others had ended, and those were applied out of order, some as ``late``.
 
-    A record whose ts is at or ``after`` (the range's end: the replay skips it) is merged as if it
-    had the ts of the record before it in its partition: ordered by its own ts, a far-future event
-    (one the worker dead-lettered as ``future_ts``) held back every later record of its partition
-    until all the others had ended, and those were then applied out of order, some as ``late``.
+    A record stamped at or ``after`` (the range's end: from the project's producers, an event the
+    replay skips) is merged as if it had the timestamp of the record before it in its partition, so
+    that it holds nothing back either.
 
     A poll fetches from every partition not paused, so a sparse partition (searches, say) runs
     ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
@@ -289,10 +292,9 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                 continue
             if buffers[tp]:
                 r = buffers[tp].popleft()
-                ts = event_ts(r)
-                key = ts if after is None or ts < after else last[tp]
+                key = r.timestamp if after is None or r.timestamp < after else last[tp]
                 last[tp] = key
-                heapq.heappush(heap, (key, r.topic, r.partition, r.offset, tp, r, ts))
+                heapq.heappush(heap, (key, r.topic, r.partition, r.offset, tp, r, event_ts(r)))
                 heads.add(tp)
                 if tp in full and len(buffers[tp]) <= buffered // 2:
                     full.discard(tp)

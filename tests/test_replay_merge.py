@@ -48,7 +48,8 @@ class FetchingConsumer:
 
 
 def log(tp: TP, n: int, step: int) -> list:
-    return [Record(tp.topic, tp.partition, i, orjson.dumps({"ts": 1_000 + i * step}), 0) for i in range(n)]
+    return [Record(tp.topic, tp.partition, i, orjson.dumps({"ts": 1_000 + i * step}), 1_000 + i * step)
+            for i in range(n)]
 
 
 def test_a_sparse_partition_is_not_read_far_ahead_of_the_merge():
@@ -68,23 +69,40 @@ def test_a_sparse_partition_is_not_read_far_ahead_of_the_merge():
     assert peak <= 2 * (50 + 20)
 
 
-def event(tp: TP, offset: int, ts: int) -> Record:
-    return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), 0)
+def event(tp: TP, offset: int, ts: int, stamp: int | None = None) -> Record:
+    """A record of an event at ``ts``, stamped ``stamp`` (the project's producers stamp ``ts``)."""
+    return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), ts if stamp is None else stamp)
 
 
-def test_an_event_after_the_range_does_not_hold_back_its_partition():
-    """A far-future click (the worker dead-lettered it as future_ts) sits between clicks of 1,002
-    and 1,004. Ordered by its own ts it held the clicks after it back until the browse partition
-    had ended: 1,004 and 1,006 came after 1,005 and 1,007. It is merged where its partition has it."""
+def merge(logs: dict, after: int | None = None) -> list:
+    ranges = {tp: (0, len(rs)) for tp, rs in logs.items()}
+    return [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll=2), ranges, after=after)]
+
+
+def test_the_merge_follows_the_record_timestamps_as_the_live_worker_does():
+    """A click whose producer stamped it 1,003 carries a ts a month ahead (the worker dead-lettered
+    it as future_ts), between clicks of 1,002 and 1,004. Merged by its ts, it held the clicks after
+    it back until the browse partition had ended: 1,004 and 1,006 came after 1,005 and 1,007, where
+    the live worker's aligner, which orders by record timestamp, applied them in turn."""
     clicks, browses = TP("click", 0), TP("browse", 0)
-    logs = {clicks: [event(clicks, 0, 1_000), event(clicks, 1, 1_002), event(clicks, 2, 10**15),
+    month = 30 * 86_400_000
+    logs = {clicks: [event(clicks, 0, 1_000), event(clicks, 1, 1_002), event(clicks, 2, month, stamp=1_003),
                      event(clicks, 3, 1_004), event(clicks, 4, 1_006)],
             browses: [event(browses, i, ts) for i, ts in enumerate([1_001, 1_003, 1_005, 1_007])]}
-    ranges = {tp: (0, len(rs)) for tp, rs in logs.items()}
-    merged = [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll=2), ranges, after=2_000)]
-    assert merged == [(1_000, "click"), (1_001, "browse"), (1_002, "click"), (10**15, "click"), (1_003, "browse"),
-                      (1_004, "click"), (1_005, "browse"), (1_006, "click"), (1_007, "browse")]
-    first = [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(
-        {clicks: [event(clicks, 0, 10**15), event(clicks, 1, 1_000)], browses: [event(browses, 0, 999)]},
-        2), {clicks: (0, 2), browses: (0, 1)}, after=2_000)]
-    assert first == [(10**15, "click"), (999, "browse"), (1_000, "click")]
+    assert merge(logs, after=2_000) == [(1_000, "click"), (1_001, "browse"), (1_002, "click"), (1_003, "browse"),
+                                        (month, "click"), (1_004, "click"), (1_005, "browse"), (1_006, "click"),
+                                        (1_007, "browse")]
+
+
+def test_a_record_stamped_after_the_range_does_not_hold_back_its_partition():
+    """A record stamped after `to` (its event is too, and the replay skips it) is merged where its
+    partition has it, not after every other partition has ended."""
+    clicks, browses = TP("click", 0), TP("browse", 0)
+    logs = {clicks: [event(clicks, 0, 1_000), event(clicks, 1, 10**15), event(clicks, 2, 1_004)],
+            browses: [event(browses, i, ts) for i, ts in enumerate([1_001, 1_003, 1_005])]}
+    assert merge(logs, after=2_000) == [(1_000, "click"), (10**15, "click"), (1_001, "browse"), (1_003, "browse"),
+                                        (1_004, "click"), (1_005, "browse")]
+    assert merge(logs) == [(1_000, "click"), (1_001, "browse"), (1_003, "browse"), (1_005, "browse"),
+                           (10**15, "click"), (1_004, "click")]  # without `after`: at the end
+    first = {clicks: [event(clicks, 0, 10**15), event(clicks, 1, 1_000)], browses: [event(browses, 0, 999)]}
+    assert merge(first, after=2_000) == [(10**15, "click"), (999, "browse"), (1_000, "click")]
