@@ -121,8 +121,10 @@ def check_existing_output(s: Settings, topic: str) -> None:
 
 
 def iso(ms: int) -> str:
+    """UTC, to the millisecond when it has one: a `--to` of 05:47:00.500 was named 05:47:00, which
+    a vector at 05:47:00.000 in the range seemed to be outside of."""
     t = EPOCH + dt.timedelta(milliseconds=ms)  # exact: ms / 1000 rounds 9999-12-31T23:59:59.999 up to 10000
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return t.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
 
 
 @dataclass

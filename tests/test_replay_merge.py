@@ -1,5 +1,6 @@
 """Replay's merge of the input partitions (no broker: a consumer that fetches as kafka-python's
-does, every partition not paused at each poll): exact order, and how much it reads ahead."""
+does, every partition not paused at each poll): exact order, and how much it reads ahead; and how
+a replay names its range."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -106,3 +107,14 @@ def test_a_record_stamped_after_the_range_does_not_hold_back_its_partition():
                            (10**15, "click"), (1_004, "click")]  # without `after`: at the end
     first = {clicks: [event(clicks, 0, 10**15), event(clicks, 1, 1_000)], browses: [event(browses, 0, 999)]}
     assert merge(first, after=2_000) == [(10**15, "click"), (999, "browse"), (1_000, "click")]
+
+
+def test_a_range_is_named_to_the_millisecond():
+    """The `replay` field and the plan named --to 05:47:00.500 as 05:47:00, the end of a range its
+    vector at 05:47:00.000 was in."""
+    from stream_app.replay import iso, parse_time
+
+    assert iso(parse_time("2026-12-06T05:47:00.500Z", "--to")) == "2026-12-06T05:47:00.500Z"
+    assert iso(parse_time("2026-12-06T05:47:00Z", "--to")) == "2026-12-06T05:47:00Z"
+    assert iso(parse_time("2026-12-06T04:42:00.123456789Z", "--from")) == "2026-12-06T04:42:00.123Z"  # ms, floored
+    assert iso(253_402_300_799_999) == "9999-12-31T23:59:59.999Z"
