@@ -146,7 +146,13 @@ async def route(request, user_id: str, body: bytes | None = None, model_work: bo
                                        f"{type(exc).__name__}"}, status=503)
 
 
-@app.page("/users/{user_id}")
+# a user id is any string of the contract's, "/" aside (percent-encoded, it stays within its segment):
+# aiohttp's own placeholder, [^{}/]+, left a user whose id holds "{" or "}" without a route, every
+# request for it the 404 "no such path", the overview's links to it too
+USER = "/users/{user_id:[^/]+}"
+
+
+@app.page(USER)
 async def user_view(web, request, user_id: str):
     if (routed := await route(request, user_id)) is not None:
         return routed
@@ -156,7 +162,7 @@ async def user_view(web, request, user_id: str):
     return json_response({"user_id": user_id, **state.summary(st, LIMITS.horizon_ms), "interests": st["out"]})
 
 
-@app.page("/users/{user_id}/rerank")
+@app.page(f"{USER}/rerank")
 class RerankView(View):
     async def post(self, request, user_id: str):
         """Re-rank candidates with the user's latest vector (the owner answers)."""
@@ -202,7 +208,7 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
     return st, out
 
 
-@app.page("/users/{user_id}/explain")
+@app.page(f"{USER}/explain")
 async def explain_view(web, request, user_id: str):
     if (routed := await route(request, user_id, model_work=True)) is not None:
         return routed
@@ -212,7 +218,7 @@ async def explain_view(web, request, user_id: str):
     return json_response({"user_id": user_id, **found[1]})
 
 
-@app.page("/users/{user_id}/view")
+@app.page(f"{USER}/view")
 async def page_view(web, request, user_id: str):
     if (routed := await route(request, user_id, model_work=True)) is not None:
         return routed
