@@ -24,6 +24,11 @@ the profile input of the current state) in ONE batched model call per request:
   the current one, exactly: no history is stored), and the window as it was (events older than
   the rows the state keeps in full come from its compact rows, as above).
 
+A user whose window is over (idle past the horizon and the grace: the state dropped its rows) has
+no event to leave out, and no input its vector came from: :func:`idle` explains the latest published
+vector, which ``GET /users/{id}`` and re-ranking serve, as such. Re-scored, the empty window with the
+profile said other top interests than that vector, an input no training sample has.
+
 An event is shown as its type, its category and item (clicks and browses), its ``ts``, its age
 (``newest_ts - ts``, event time) and its effect. A search is shown as a search: never its text
 (the contract keeps search text inside the worker).
@@ -212,6 +217,32 @@ def _event(row: list, newest: int, effect: float | None = None) -> dict:
         out["category"], out["item"] = category, item
     if effect is not None:
         out["effect"] = effect
+    return out
+
+
+def is_idle(snap: Snapshot) -> bool:
+    """The state holds no row of its window: an idle user's, compacted (:func:`stream_app.state.compact`)."""
+    return not snap.rows and not snap.compact
+
+
+def idle(vector: dict, snap: Snapshot, profile_used: bool, evolution: bool = False) -> dict:
+    """The explanation of an idle user (:func:`is_idle`) whose latest published vector is ``vector``:
+    its interests and top, no events (they were dropped with the rows), and ``idle`` naming when
+    the window's newest event was and the vector's ``ts``. The profile's part is not measured: the
+    inputs the vector came from are gone."""
+    interests = {c: float(p) for c, p in vector["interests"].items()}
+    out = {
+        "model_version": vector["model_version"],
+        "newest_ts": snap.newest,
+        "events": 0,
+        "interests": interests,
+        "top": list(vector["top"]),
+        "categories": [{"category": c, "p": interests[c], "raised": [], "lowered": []} for c in vector["top"]],
+        "profile": {"used": profile_used, "effect": {}, "without_profile": {}, "divergence": None},
+        "idle": {"newest_ts": snap.newest, "vector_ts": vector["ts"]},
+    }
+    if evolution:
+        out["evolution"] = {"ts": [], "series": {c: [] for c in interests}, "events": []}
     return out
 
 

@@ -249,7 +249,14 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
                      'search) takes its place. So the events can move the chart together while none '
                      'moves it alone.</p>')
     prof = ex["profile"]
-    if prof["used"]:
+    if ex.get("idle"):  # stream_app.explain.idle: the served vector, from events no longer held
+        cards = []
+        profile = (f'<p id="idle">No event in the window: the newest was at {iso(ex["idle"]["newest_ts"])}, and '
+                   "the worker dropped the window's events once the horizon and the grace had passed "
+                   "(INTEREST_HORIZON_S, INTEREST_GRACE_S). The top interests above are the latest published "
+                   f"vector's ({iso(ex['idle']['vector_ts'])}), which re-ranking uses, computed from those events; "
+                   "the user's next event starts a new window.</p>")
+    elif prof["used"]:
         parts = ", ".join(f"{esc(c)} {_signed(v)}" for c, v in prof["effect"].items())
         profile = (f"<p>The long-term profile (what the window has forgotten) moved the top interests: {parts} "
                    f"(divergence with and without it: {prof['divergence']:.4f}).</p>")

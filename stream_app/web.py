@@ -201,8 +201,10 @@ async def explain_user(user_id: str, evolution: bool) -> tuple[dict, dict] | Non
     model = app.models.model
     if st is None or model is None:
         return None
-    inp = core.snapshot(user_id.encode(), st, model, LIMITS.horizon_ms)
     snap = explain.snapshot(st, LIMITS.horizon_ms, LIMITS.max_events)
+    if explain.is_idle(snap) and st["out"] is not None:  # the vector served is the one explained
+        return st, explain.idle(st["out"], snap, bool(model.encoder.profile_size), evolution)
+    inp = core.snapshot(user_id.encode(), st, model, LIMITS.horizon_ms)
     loop = asyncio.get_running_loop()
     out = await loop.run_in_executor(app.explainer, explain.explain, model, inp, snap, settings.score_batch, evolution)
     return st, out

@@ -351,3 +351,27 @@ def test_explanation_adds_the_items_lift_to_every_variant():
     assert e104["effect"] == pytest.approx(now[CATS.index("travel")] - p_without[CATS.index("travel")], abs=1e-6)
     base_e104 = [e for e in base["categories"][0]["raised"] if e["event_id"] == "e104"][0]
     assert e104["effect"] > base_e104["effect"] + 0.01
+
+
+def test_an_idle_users_explanation_is_of_the_vector_it_is_served():
+    """Once the rows are dropped, GET /users/{id} and re-ranking serve the latest published vector,
+    but the explanation re-scored the empty window with the profile (an input no training sample
+    has): other top interests under the page's "Top interests now". It now gives that vector."""
+    st = state.compact(build_state(morning_then_travel()))
+    snap = explain.snapshot(st, *WINDOW)
+    assert explain.is_idle(snap) and not explain.is_idle(explain.snapshot(build_state(morning_then_travel()), *WINDOW))
+    vector = {"ts": 5_000, "model_version": "v7", "interests": {"books": 0.1, "sports": 0.5, "tech": 0.15, "travel": 0.25},
+              "top": ["sports", "travel", "tech"], "drift": 0.2, "events": 3}
+    out = explain.idle(vector, snap, True, evolution=True)
+    assert out == {
+        "model_version": "v7", "newest_ts": snap.newest, "events": 0,
+        "interests": {"books": 0.1, "sports": 0.5, "tech": 0.15, "travel": 0.25},
+        "top": ["sports", "travel", "tech"],
+        "categories": [{"category": "sports", "p": 0.5, "raised": [], "lowered": []},
+                       {"category": "travel", "p": 0.25, "raised": [], "lowered": []},
+                       {"category": "tech", "p": 0.15, "raised": [], "lowered": []}],
+        "profile": {"used": True, "effect": {}, "without_profile": {}, "divergence": None},
+        "idle": {"newest_ts": snap.newest, "vector_ts": 5_000},
+        "evolution": {"ts": [], "series": {"books": [], "sports": [], "tech": [], "travel": []}, "events": []},
+    }
+    assert "evolution" not in explain.idle(vector, snap, True)

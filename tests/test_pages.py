@@ -350,3 +350,22 @@ def test_a_window_where_no_single_event_moves_anything_says_why():
     assert note.findall(pages.user_page("u1", summary(), None, explanation())) == []  # events listed
     idle = dict(ex, events=0)  # rows dropped: nothing to explain, and the lists say so already
     assert note.findall(pages.user_page("u1", summary(), None, idle)) == []
+
+
+def test_an_idle_users_page_shows_the_vector_it_is_served_and_says_why_nothing_is_listed():
+    """The page of a user whose rows were dropped showed a re-scored empty window under "Top
+    interests now", against the published vector below it, and "none" in every card with no word
+    of why. It shows the served vector (stream_app.explain.idle) and says why."""
+    ex = {"model_version": "v7", "newest_ts": 3_000, "events": 0,
+          "interests": {"books": 0.1, "sports": 0.5, "tech": 0.15, "travel": 0.25}, "top": ["sports", "travel", "tech"],
+          "categories": [{"category": c, "p": p, "raised": [], "lowered": []}
+                         for c, p in (("sports", 0.5), ("travel", 0.25), ("tech", 0.15))],
+          "profile": {"used": True, "effect": {}, "without_profile": {}, "divergence": None},
+          "idle": {"newest_ts": 3_000, "vector_ts": 3_000},
+          "evolution": {"ts": [], "series": {"books": [], "sports": [], "tech": [], "travel": []}, "events": []}}
+    page = pages.user_page("u1", dict(summary(), events=0), {"ts": 3_000, "drift": 0.25}, ex)
+    top = re.findall(r'<tr><td>([a-z]+)</td><td class="num">([0-9.]+)%', page)
+    assert top == [("sports", "50.0"), ("travel", "25.0"), ("tech", "15.0")]
+    assert ('<p id="idle">No event in the window: the newest was at 1970-01-01 00:00:03 UTC, and the worker dropped '
+            "the window's events once the horizon and the grace had passed") in page
+    assert 'class="card"' not in page and "long-term profile" not in page

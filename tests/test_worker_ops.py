@@ -130,6 +130,10 @@ def test_idle_users_are_compacted_keep_their_profile_then_are_evicted(env, worke
 
     user = wait_for(lambda: (user_a() or {}).get("events", -1) == 0 and user_a(), timeout=30, what="a compacted")
     assert user["interests"] is not None and user["newest_ts"] == T0 + 500
+    # the explanation is of the vector served (it re-scored the empty window: other interests)
+    status, ex = w.get("/users/a/explain")
+    assert status == 200 and ex["interests"] == user["interests"]["interests"] and ex["events"] == 0
+    assert ex["idle"] == {"newest_ts": T0 + 500, "vector_ts": user["interests"]["ts"]}
 
     # a's last event again: its id went with the rows, so it is refused, not counted twice (it was
     # accepted, into the window and a second time into the profile the vector below checks)
