@@ -165,10 +165,15 @@ CHART_JS = r"""
   });
   // a tick every 90 px or more (6 at most), each its time, and its date (UTC, as the rest of the page)
   // where the date changes: a window across midnight read "19:37 ... 03:16 ... 17:49", time backwards
-  var ticks = Math.min(n, 6, Math.max(2, Math.floor((W - L - R) / 90))), day = null;
+  // to the second when two ticks fall in one minute (a window of seconds read "10:34" five times)
+  var ticks = Math.min(n, 6, Math.max(2, Math.floor((W - L - R) / 90))), day = null, ks = [], upto = 16;
+  for (var t = 0; t < ticks; t++) ks.push(ticks === 1 ? 0 : Math.round(t * (n - 1) / (ticks - 1)));
+  ks.forEach(function (k, t) {
+    if (t && new Date(data.ts[k]).toISOString().slice(0, 16) === new Date(data.ts[ks[t - 1]]).toISOString().slice(0, 16)) upto = 19;
+  });
   for (var t = 0; t < ticks; t++) {
-    var k = ticks === 1 ? 0 : Math.round(t * (n - 1) / (ticks - 1));
-    var iso = new Date(data.ts[k]).toISOString(), when = iso.slice(11, 16);
+    var k = ks[t];
+    var iso = new Date(data.ts[k]).toISOString(), when = iso.slice(11, upto);
     if (iso.slice(5, 10) !== day) { day = iso.slice(5, 10); when = day + " " + when; }
     var anchor = ticks > 1 && t === 0 ? "start" : ticks > 1 && t === ticks - 1 ? "end" : "middle";
     el("text", {x: x(k), y: H - 10, "text-anchor": anchor, "font-size": "11", fill: "#59636e"}, svg).textContent = when;

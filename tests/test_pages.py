@@ -313,6 +313,34 @@ def test_the_time_axis_dates_its_ticks_where_the_day_changes(tmp_path, width, ti
     assert edges == sorted(edges) and edges[0] >= 0 and edges[-1] <= got["width"], got["boxes"]
 
 
+def seconds_apart() -> dict:
+    """An explanation whose window holds 7 searches a second apart, at 10:34:01 to 10:34:07 (UTC)."""
+    ex = across_midnight()
+    ts = [int(datetime(2026, 12, 6, 10, 34, s, tzinfo=timezone.utc).timestamp() * 1000) for s in range(1, 8)]
+    ex["evolution"]["ts"] = ts
+    ex["evolution"]["events"] = [dict(e, ts=t) for e, t in zip(ex["evolution"]["events"], ts)]
+    return ex
+
+
+@pytest.mark.parametrize("width, ticks", [
+    (DESKTOP, ["12-06 10:34:01", "10:34:02", "10:34:03", "10:34:05", "10:34:06", "10:34:07"]),
+    (PHONE, ["12-06 10:34:01", "10:34:04", "10:34:07"]),
+])
+def test_the_time_axis_gives_seconds_when_two_ticks_share_a_minute(tmp_path, width, ticks):
+    """A window of seconds read "12-06 10:34, 10:34, 10:34, 10:34, 10:34": the labels did not give
+    their times. Ticks within one minute give their seconds, and still do not overlap."""
+    page = pages.user_page("u1", summary(), None, seconds_apart())
+    got = open_page(tmp_path, "seconds", page, width, {
+        "ticks": "[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.textContent)",
+        "boxes": """[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.getBBox())
+                    .map(b => [Math.round(b.x), Math.round(b.x + b.width)])""",
+        "width": "document.querySelector('#chart svg').getBoundingClientRect().width",
+    })
+    assert got["ticks"] == ticks
+    edges = [e for box in got["boxes"] for e in box]
+    assert edges == sorted(edges) and edges[0] >= 0 and edges[-1] <= got["width"], got["boxes"]
+
+
 def title(page: str) -> str:
     return html.unescape(re.search(r"<title>(.*?)</title>", page, re.S).group(1))
 
