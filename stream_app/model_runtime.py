@@ -19,6 +19,7 @@ normally never scores a user without events).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -108,16 +109,28 @@ class LoadedModel:
             return ModelError(f"model at {where}: {reason}")
 
         if not os.path.exists(resolved):
-            raise fail("no such directory")
+            # a link to nothing, or a loop of links, was "no such directory" too
+            raise fail("a symbolic link to nothing (dangling, or a loop of links)" if os.path.lexists(given)
+                       else "no such directory")
         if not os.path.isdir(resolved):
             raise fail("not a directory (expected one holding model.onnx and model.json)")
         card_path, graph_path = Path(resolved, CARD_FILE), Path(resolved, MODEL_FILE)
         for p in (card_path, graph_path):
-            if not p.is_file():
-                raise fail(f"missing {p.name} (export writes model.onnx and model.json side by side)")
+            try:  # a directory the worker may not enter raised PermissionError here: a traceback
+                mode = p.stat().st_mode
+            except FileNotFoundError:
+                raise fail(f"missing {p.name} (export writes model.onnx and model.json side by side)") from None
+            except OSError as exc:  # not allowed in, a loop of links
+                raise fail(f"{p.name} cannot be read: {exc}") from None
+            if not stat.S_ISREG(mode):  # a directory or a FIFO was "missing model.json"
+                raise fail(f"{p.name} is not a file ({'a directory' if stat.S_ISDIR(mode) else 'not a regular file'})")
         try:
-            card = orjson.loads(card_path.read_bytes())
-        except (orjson.JSONDecodeError, OSError) as exc:
+            raw = card_path.read_bytes()
+        except OSError as exc:  # was "model.json is not readable JSON: [Errno 13] ..."
+            raise fail(f"model.json cannot be read: {exc}") from None
+        try:
+            card = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise fail(f"model.json is not readable JSON: {exc}") from None
         if not isinstance(card, dict):
             raise fail("model.json is not a JSON object")

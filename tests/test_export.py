@@ -331,6 +331,41 @@ def test_load_refuses_missing_dir(tmp_path):
         LoadedModel.load(tmp_path / "half")
 
 
+def test_load_names_what_is_wrong_with_a_file_it_cannot_use(fp32_dir, tmp_path, monkeypatch):
+    """A directory the worker may not enter was a PermissionError traceback from the worker's start and
+    `replay` (Path.is_file raises it); a link loop was "no such directory"; a model.json that is a
+    directory or a FIFO was "missing model.json"; an unreadable one "not readable JSON"."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ModelError, match=r"loop: a symbolic link to nothing \(dangling, or a loop of links\)$"):
+        LoadedModel.load(tmp_path / "loop")
+    d = _copy_pair(fp32_dir, tmp_path / "d")
+    (d / "model.json").unlink()
+    (d / "model.json").mkdir()
+    with pytest.raises(ModelError, match=r"model.json is not a file \(a directory\)$"):
+        LoadedModel.load(d)
+    (d / "model.json").rmdir()
+    os.mkfifo(d / "model.json")
+    with pytest.raises(ModelError, match=r"model.json is not a file \(not a regular file\)$"):
+        LoadedModel.load(d)
+    d = _copy_pair(fp32_dir, tmp_path / "shut")
+    stat, read_bytes = Path.stat, Path.read_bytes
+
+    def not_allowed(self, *args, **kwargs):  # as a directory the worker's user may not enter (root may)
+        if self.parent == d:
+            raise PermissionError(13, "Permission denied", str(self))
+        return stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", not_allowed)
+    with pytest.raises(ModelError) as err:
+        LoadedModel.load(d)
+    assert str(err.value) == f"model at {d}: model.json cannot be read: [Errno 13] Permission denied: '{d / 'model.json'}'"
+    monkeypatch.setattr(Path, "stat", stat)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied",
+                                                                                                str(self))))
+    with pytest.raises(ModelError, match=r"model.json cannot be read: \[Errno 13\] Permission denied"):
+        LoadedModel.load(d)
+
+
 def test_load_refuses_corrupt_graph(fp32_dir, tmp_path):
     d = _copy_pair(fp32_dir, tmp_path / "corrupt")
     (d / "model.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
