@@ -227,7 +227,7 @@ def ort_session(path, threads: int = 1):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # a failure is the exception alone, as the worker's (stream_app.model_runtime)
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 

@@ -215,7 +215,9 @@ class LoadedModel:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3  # errors only; failures come back as exceptions anyway
+        so.log_severity_level = 4  # fatal only: a failure comes back as the exception; at 3 (errors) a failed
+        # run also wrote ONNX Runtime's own coloured line to stderr, beside the one-line error and inside
+        # INTEREST_LOG_FORMAT=json's log
         try:
             return ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf

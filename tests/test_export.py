@@ -366,6 +366,23 @@ def test_load_names_what_is_wrong_with_a_file_it_cannot_use(fp32_dir, tmp_path, 
         LoadedModel.load(d)
 
 
+def test_a_failed_test_inference_is_the_one_line_error_alone(fp32_dir, tmp_path, capfd):
+    """A pair whose max_len (512) is beyond the graph's positions (64), signed as consistent: its test
+    inference fails, and ONNX Runtime wrote its own coloured error line to stderr beside the
+    worker's one-line error (and into INTEREST_LOG_FORMAT=json's log, at a hot swap)."""
+    from interest_core.artifacts import content_version
+
+    d = _copy_pair(fp32_dir, tmp_path / "long")
+    card = json.loads((d / "model.json").read_text())
+    card["max_len"] = card["encoding"]["max_len"] = 512
+    card["version"] = content_version((d / "model.onnx").read_bytes(), card["encoding"])
+    (d / "model.json").write_text(json.dumps(card))
+    capfd.readouterr()
+    with pytest.raises(ModelError, match="test inference failed: "):
+        LoadedModel.load(d)
+    assert capfd.readouterr().err == ""
+
+
 def test_load_refuses_corrupt_graph(fp32_dir, tmp_path):
     d = _copy_pair(fp32_dir, tmp_path / "corrupt")
     (d / "model.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
