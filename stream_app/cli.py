@@ -270,13 +270,9 @@ def worker(bootstrap_servers, loglevel, faust_args):
 
     _check_faust_args(faust_args, loglevel)
     s = _settings(bootstrap_servers)
-    create_topics(s)  # refuses more replicas than brokers, and other partition counts, before creating
-    n = check_input_topics(s)
-    if n != s.partitions:
-        raise click.ClickException(
-            f"input topics have {n} partitions but INTEREST_PARTITIONS={s.partitions}; set "
-            f"INTEREST_PARTITIONS={n} (tables must be co-partitioned with the input topics)"
-        )
+    # what this host decides first: a missing or bad model, a state directory in use or a taken port
+    # left the deployment's eight topics created (under a mistyped prefix, eight strays), and behind
+    # an unreachable broker the model's mistake went unsaid
     if not s.model_dir:
         raise click.ClickException(
             "INTEREST_MODEL_DIR is not set: the worker needs an exported model "
@@ -290,6 +286,13 @@ def worker(bootstrap_servers, loglevel, faust_args):
 
     lock_state_dir(s.prepare_state_dir())  # held until the process ends
     _check_listen(s)
+    create_topics(s)  # refuses more replicas than brokers, and other partition counts, before creating
+    n = check_input_topics(s)
+    if n != s.partitions:
+        raise click.ClickException(
+            f"input topics have {n} partitions but INTEREST_PARTITIONS={s.partitions}; set "
+            f"INTEREST_PARTITIONS={n} (tables must be co-partitioned with the input topics)"
+        )
     from .app import app
 
     # checked above (create_topics: every topic's config; check_input_topics: the input topics'

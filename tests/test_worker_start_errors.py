@@ -87,3 +87,26 @@ def test_a_request_the_broker_refuses_is_its_reason_in_one_line(env):
     assert proc.returncode == 1
     assert proc.stderr == (f"Error: Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} refused: PolicyViolationError: "
                            "Excessively large number of partitions per request.\n")
+
+
+def test_what_this_host_decides_is_refused_before_any_topic_is_created(env, tiny_model_dir, tmp_path):
+    """No model, a missing model directory or a taken port: the worker created the deployment's eight
+    topics first (under a mistyped prefix, eight strays), then refused."""
+    from kafka import KafkaAdminClient
+
+    base = dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DATA_DIR=str(tmp_path / "data"),
+                INTEREST_WEB_PORT=str(free_port()))
+    unset = {k: v for k, v in base.items() if k != "INTEREST_MODEL_DIR"}
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        for bad, message in [(unset, "INTEREST_MODEL_DIR is not set"),
+                             (dict(base, INTEREST_MODEL_DIR=str(tmp_path / "none")), "INTEREST_MODEL_DIR: model at"),
+                             (dict(base, INTEREST_WEB_PORT=str(taken.getsockname()[1])), "cannot listen on")]:
+            proc = cli(bad, "worker", check=False, timeout=60)
+            assert proc.returncode == 1 and proc.stderr.startswith(f"Error: {message}"), proc.stderr
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        assert [t for t in admin.list_topics() if t.startswith(env["INTEREST_TOPIC_PREFIX"])] == []
+    finally:
+        admin.close()

@@ -84,7 +84,7 @@ def test_interest_stream_worker_reads_the_input_counts_and_loads_the_model_once(
     assert res.exit_code == 0, res.output
     assert app.models.model is loaded[0]  # the model the command checked is the one served
     inputs, outputs, load = expected(tiny_model_dir, app_module.settings)
-    assert calls == [inputs, load, outputs]
+    assert calls == [load, inputs, outputs]  # the model first: a bad one refused before any topic is made
 
 
 def test_faust_a_reads_the_input_counts_and_loads_the_model_itself(start, tiny_model_dir):
