@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_model (conftest
 from tiny_model import build_tiny_checkpoint  # noqa: E402
 
 from interest_core.artifacts import PROFILE_INPUT  # noqa: E402
-from interest_core.encoding import pad_right  # noqa: E402
+from interest_core.encoding import Encoder, pad_right  # noqa: E402
 from models.simulate import CATEGORIES  # noqa: E402
 from interest_core.window import WindowEvent  # noqa: E402
 from stream_app.model_runtime import LoadedModel, ModelError  # noqa: E402
@@ -381,6 +381,29 @@ def test_a_failed_test_inference_is_the_one_line_error_alone(fp32_dir, tmp_path,
     with pytest.raises(ModelError, match="test inference failed: "):
         LoadedModel.load(d)
     assert capfd.readouterr().err == ""
+
+
+def test_a_checkpoint_of_two_checkpoints_files_is_named_so(tiny, tmp_path):
+    """Another checkpoint's encoding.json (48 tokens, the config's 64) failed deep in torch.onnx, in
+    11 lines naming no cause; its model.safetensors stopped at "Error(s) in loading state_dict for
+    InterestModel:", the mismatch cut off."""
+    other = build_tiny_checkpoint(tmp_path / "other", seed=1, max_len=48)[0]
+    mixed = shutil.copytree(tiny[0], tmp_path / "enc")
+    shutil.copy(other / "encoding.json", mixed / "encoding.json")
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(mixed, tmp_path / "o1", **QUIET)
+    theirs, ours = Encoder.load(other / "encoding.json"), Encoder.load(tiny[0] / "encoding.json")
+    assert str(err.value) == (f"{mixed}: cannot load the checkpoint: ValueError: {mixed}: encoding.json (vocab_size "
+                              f"{theirs.vocab_size}, k 12, category_offset {theirs.category_offset}, max_len 48) "
+                              f"is not the encoding config.json was trained with (vocab_size {ours.vocab_size}, k 12, "
+                              f"category_offset {ours.category_offset}, max_len 64): files of different checkpoints")
+    mixed = shutil.copytree(tiny[0], tmp_path / "weights")
+    shutil.copy(other / "model.safetensors", mixed / "model.safetensors")
+    with pytest.raises(ox.ExportError) as err:
+        ox.export_checkpoint(mixed, tmp_path / "o2", **QUIET)
+    assert str(err.value).startswith(f"{mixed}: cannot load the checkpoint: ValueError: {mixed}: model.safetensors does "
+                                     "not fit config.json: size mismatch for "), str(err.value)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
 def test_load_refuses_corrupt_graph(fp32_dir, tmp_path):
