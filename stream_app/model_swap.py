@@ -64,6 +64,7 @@ class ModelHolder:
         # bad one in one line): (its fingerprint, taken before, and the model), served by
         # load_initial instead of loading the pair a second time
         self.preloaded: tuple | None = None
+        self.priors: dict[str, dict | None] = {}  # version -> category_prior of every model served (rerank)
 
     def load_initial(self):
         """Load the first model; raises ModelError (the worker refuses to start)."""
@@ -81,6 +82,7 @@ class ModelHolder:
             except ModelError as exc:  # as `interest-stream worker` says it: the setting to change
                 raise ModelError(f"INTEREST_MODEL_DIR: {exc}") from None
         self._seen = seen
+        self.priors[self.model.version] = self.model.card.get("category_prior")
         metrics.MODEL.labels(self.model.version).set(1)
         log.info("serving model %s from %s", self.model.version, self.model.resolved_dir)
         self._check_window(self.model)
@@ -124,6 +126,7 @@ class ModelHolder:
         if same and candidate.card == old.card:  # the serving pair again (e.g. a refused deploy undone)
             return False
         self.model = candidate  # one reference swap: a running pass keeps the model it started with
+        self.priors[candidate.version] = candidate.card.get("category_prior")
         if old is not None:
             metrics.MODEL.remove(old.version)
         metrics.MODEL.labels(candidate.version).set(1)

@@ -13,6 +13,7 @@
   bytes :func:`parse_request` reads, or the error naming the body or the coding.
 * :func:`path_user_error`: the 400 of every ``/users/{user_id}`` route whose user id is not UTF-8
   once percent-decoded.
+* :func:`vector_prior`: the prior a vector is blended against: its own model's.
 
 The body: ``{"items": [{"item_id": str, "category": str, "score": number}, ...], "weight": number}``.
 ``items`` holds 1 to :data:`MAX_ITEMS` objects; ``item_id`` and ``category`` are strings of 1 to
@@ -244,6 +245,19 @@ def path_user_error(raw_path: str) -> RequestError | None:
         return RequestError("user_id", f"the user id in the path is not UTF-8 once percent-decoded: {bad} at "
                                        f"byte {exc.start}")
     return None
+
+
+def vector_prior(vector: dict | None, priors: dict, categories, serving_prior):
+    """The ``category_prior`` to blend ``vector`` against: that of the model that computed it when
+    this worker served that model (``priors``: version -> prior, ``ModelHolder.priors``); else the
+    serving model's (``serving_prior``) when it has the vector's categories; else None (uniform over
+    the vector's). After a swap to a model of other categories, an idle user's vector was blended
+    against the new model's prior: p of one model over q of another, or a uniform fallback."""
+    if vector is None:
+        return None
+    if vector["model_version"] in priors:
+        return priors[vector["model_version"]]
+    return serving_prior if set(categories) == set(vector["interests"]) else None
 
 
 def response_body(user_id: str, model_version: str | None, ranked: Ranked) -> dict:

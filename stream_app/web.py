@@ -32,7 +32,7 @@ from yarl import URL
 from . import core, explain, metrics, pages, state
 from .app import LIMITS, app, is_ready, lookup, owned_partitions, partition_lags, settings, users
 from .partitioning import partition_for
-from .rerank import RequestError, decode_body, parse_request, path_user_error, rerank, response_body
+from .rerank import RequestError, decode_body, parse_request, path_user_error, rerank, response_body, vector_prior
 
 ROUTED = "X-Interest-Routed"  # set on forwarded requests: the receiver answers itself (no ping-pong)
 FORWARD_TIMEOUT_S = 10.0
@@ -183,7 +183,8 @@ class RerankView(View):
         st = user_state(user_id)
         vector = st.get("out") if st is not None else None
         model = app.models.model
-        prior = model.card.get("category_prior") if model is not None else None
+        prior = vector_prior(vector, app.models.priors, model.categories if model is not None else (),
+                             model.card.get("category_prior") if model is not None else None)
         ranked = rerank(vector, req.items, req.weight, prior=prior)
         return json_response(response_body(user_id, vector["model_version"] if vector else None, ranked))
 

@@ -121,6 +121,26 @@ def test_a_card_corrected_in_place_is_taken_up_with_its_window_warning(tiny_mode
         "(INTEREST_HORIZON_S / INTEREST_MAX_EVENTS): its inputs differ from training"]
 
 
+def test_the_holder_keeps_the_prior_of_every_model_it_served(tiny_model_dir, tmp_path):
+    """Re-ranking blends a vector against its own model's prior (stream_app.rerank.vector_prior),
+    also once another model serves; a card corrected in place (same version) replaces its prior."""
+    from tiny_model import build_tiny_model_dir
+
+    with_card(tiny_model_dir, tmp_path / "v1", category_prior={"books": 1.0})
+    build_tiny_model_dir(tmp_path / "v2", seed=1)
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "v1")
+    holder = ModelHolder(str(current), threads=1)
+    v1 = holder.load_initial().version
+    (tmp_path / "next").symlink_to(tmp_path / "v2")
+    os.replace(tmp_path / "next", current)
+    assert holder.poll() is True
+    v2 = holder.version
+    assert holder.priors == {v1: {"books": 1.0}, v2: LoadedModel.load(str(tmp_path / "v2")).card.get("category_prior")}
+    edit_card(tmp_path / "v2", category_prior={"tech": 1.0})
+    assert holder.poll() is True and holder.priors[v2] == {"tech": 1.0} and holder.priors[v1] == {"books": 1.0}
+
+
 def test_a_refused_card_put_right_is_served_and_the_serving_pair_again_is_no_swap(tiny_model_dir, tmp_path, caplog):
     """A deploy of the serving pair with a bad card (same version) is refused; undone, nothing is
     swapped or logged; the bad card corrected in place is served. Before, the corrected card was

@@ -296,3 +296,22 @@ def test_decode_body_names_what_it_cannot_decode(coding, data, field, error):
 
 def test_decode_body_takes_a_body_of_the_limit():
     assert decode_body(gz(b" " * MAX_BODY_BYTES), "gzip") == b" " * MAX_BODY_BYTES
+
+
+OLD = {"model_version": "v1", "interests": {"books": 0.5, "sports": 0.3, "tech": 0.2}}
+
+
+@pytest.mark.parametrize("priors, categories, serving, want", [
+    ({"v1": {"books": 0.2, "sports": 0.3, "tech": 0.5}}, ("anime", "pets"), {"anime": 0.3, "pets": 0.7},
+     {"books": 0.2, "sports": 0.3, "tech": 0.5}),  # its own model's, served before the swap
+    ({"v1": None}, ("anime", "pets"), {"anime": 0.3, "pets": 0.7}, None),  # its own had none: uniform
+    ({}, ("tech", "books", "sports"), {"books": 0.1, "sports": 0.1, "tech": 0.8},
+     {"books": 0.1, "sports": 0.1, "tech": 0.8}),  # unknown here (a restart): the serving one, same categories
+    ({}, ("anime", "pets"), {"anime": 0.3, "pets": 0.7}, None),  # other categories: uniform over the vector's
+    ({}, ("books", "sports"), {"books": 0.5, "sports": 0.5}, None),  # some of them only: uniform too
+])
+def test_a_vector_is_blended_against_its_own_models_prior(priors, categories, serving, want):
+    """After a swap to a model of other categories, an idle user's vector was blended against the
+    new model's prior: books' p of the old model over q 0.1 of the new, sports' with a uniform fallback."""
+    assert served.vector_prior(OLD, priors, categories, serving) == want
+    assert served.vector_prior(None, priors, categories, serving) is None
