@@ -383,7 +383,7 @@ def lookup(partition: int, key: bytes) -> dict | None:
     raw = users.get(key)
     if raw is None:
         return None
-    st = state.load(raw)
+    st = state.load(raw, LIMITS)
     app.states.load(partition, key, st)
     return st
 

@@ -81,7 +81,7 @@ async def index_new_partitions() -> None:
         for i, (key, raw) in enumerate(users.items()):
             p = partition_for(key, n)
             if p in todo and key not in states and key not in seen_live:
-                st = state.load(raw)
+                st = state.load(raw, LIMITS)
                 if states.bytes < states.max_bytes:
                     states.load(p, key, st)
                 else:

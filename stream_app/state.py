@@ -69,7 +69,9 @@ class Limits:
                    seconds_to_ms(s.profile_retention_s))
 
 
-def load(raw: bytes | None) -> dict | None:
+def load(raw: bytes | None, limits: Limits | None = None) -> dict | None:
+    """A stored state, migrated to the current format, and with ``limits`` settled to them
+    (:func:`settle`)."""
     if raw is None:
         return None
     state = orjson.loads(raw)
@@ -85,6 +87,8 @@ def load(raw: bytes | None) -> dict | None:
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
     state["ev"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) + tuple(r[4:]) for r in state["ev"]]
     state["old"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) for r in state["old"]]
+    if limits is not None:
+        settle(state, limits)
     return state
 
 
@@ -189,9 +193,23 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     else:
         insort(ev, row, key=_order)
     ids.add(eid)
-    newest = ts if newest is None or ts > newest else newest
+    state["newest"] = ts if newest is None or ts > newest else newest
+    settle(state, limits)
+    state["seen"] = now_ms
+    state["seq"] += 1
+    return "accepted", state
+
+
+def settle(state: dict, limits: Limits) -> None:
+    """Rows that left the window, or are beyond the newest ``max_events``, become compact; compact
+    rows older than the window by more than the grace are dropped. After each event, and as a
+    stored state is read (:func:`load` with ``limits``), so that a lowered ``INTEREST_HORIZON_S``,
+    ``INTEREST_MAX_EVENTS`` or ``INTEREST_GRACE_S`` holds for every user at once: until its next
+    event, a user's counts and the model's input kept the window of the settings before."""
+    ev, old, newest = state["ev"], state["old"], state["newest"]
+    if newest is None:
+        return
     start = window_start(newest, limits.horizon_ms)
-    # rows that left the window, or that are beyond the newest max_events, become compact
     while ev and (ev[0][0] <= start or len(ev) > limits.max_events):
         r = ev.pop(0)[:4]
         if not old or (r[0], r[1]) > (old[-1][0], old[-1][1]):
@@ -201,15 +219,13 @@ def apply(state: dict | None, event: dict, limits: Limits, now_ms: int) -> tuple
     bound = late_bound(newest, limits.horizon_ms, limits.grace_ms)
     drop = 0
     while drop < len(old) and old[drop][0] <= bound:
-        ids.discard(old[drop][1])
         drop += 1
     if drop:
+        ids = state.get("_ids")
+        if ids is not None:
+            ids.difference_update(r[1] for r in old[:drop])
         _note_dropped(state, old[drop - 1][0])
         del old[:drop]
-    state["newest"] = newest
-    state["seen"] = now_ms
-    state["seq"] += 1
-    return "accepted", state
 
 
 # A row's type and category are shared string objects (each event's JSON gives new ones): a worker

@@ -283,3 +283,23 @@ def test_trim_drops_the_oldest_compact_rows_until_the_stored_form_fits():
     assert state.trim(s, 124) == 2 and len(state.dump(s)) == 114 and s["_ids"] == {"c"} and s["dropped"] == 2
     s = three_rows()
     assert state.trim(s, 10) == 3 and s["old"] == [] and s["_ids"] == set() and s["dropped"] == 3  # as small as it gets
+
+
+def test_a_stored_state_read_under_a_smaller_window_holds_that_window():
+    """Events at T0 .. T0 + 9 s under a 20 s horizon and 10 events; read again with a 5 s horizon, 3
+    events and a 2 s grace: the rows outside (newest - 5 s, newest] become compact, the model reads
+    the newest 3, and rows past the grace are dropped (an event there is refused). Before, until
+    the user's next event, its counts and the model's input kept the old window (30 events over
+    29 minutes under a horizon of 300 s)."""
+    wide = Limits(horizon_ms=20_000, grace_ms=G, max_events=10)
+    st, _ = run([ev(i, T0 + i * 1_000) for i in range(10)], wide)
+    assert state.summary(st, 20_000)["events"] == 10 and len(state.window_events(st)) == 10
+    narrow = Limits(horizon_ms=5_000, grace_ms=G, max_events=3)
+    again = state.load(state.dump(st), narrow)
+    # newest T0 + 9 s: the window is (T0 + 4 s, T0 + 9 s], the grace reaches T0 + 2 s
+    assert [e.ts for e in state.window_events(again)] == [T0 + 7_000, T0 + 8_000, T0 + 9_000]
+    assert [r[0] for r in again["old"]] == [T0 + 3_000, T0 + 4_000, T0 + 5_000, T0 + 6_000]
+    assert state.summary(again, 5_000)["events"] == 5 == state.events_in_window(again, 5_000)
+    assert again["dropped"] == T0 + 2_000
+    assert state.apply(again, ev(20, T0 + 2_000), narrow, now_ms=0)[0] == "late"
+    assert state.load(state.dump(st)) == state.load(state.dump(st), wide)  # the same settings: as stored
