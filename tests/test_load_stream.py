@@ -341,6 +341,8 @@ def test_load_jsonl_looks_the_input_topics_up_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(topics, "partition_counts", counts)
     monkeypatch.setattr(topics, "retention_ms", lambda settings, names: dict.fromkeys(names, -1))
+    monkeypatch.setattr(topics, "input_ahead_limits", lambda settings: dict.fromkeys(settings.input_topics.values(),
+                                                                                     topics.KAFKA_AHEAD_MS))
     monkeypatch.setattr(produce, "producer", lambda settings, **options: Producer())
     monkeypatch.setenv("INTEREST_TOPIC_PREFIX", "once.")
     log = tmp_path / "log.jsonl"
