@@ -180,15 +180,19 @@ def test_a_worker_on_the_memory_store_counts_exactly_across_a_restart(env, worke
     wait_until_counted(w, events)
 
 
-def test_worker_refuses_mismatched_partitions(env, tmp_path):
+def test_worker_refuses_mismatched_partitions(env, tmp_path, tiny_model_dir):
     from kafka.admin import KafkaAdminClient, NewTopic
+
+    from stream_app.kafka_local import free_port
 
     p = env["INTEREST_TOPIC_PREFIX"]
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
     admin.create_topics([NewTopic(f"{p}events.click", 4, 1), NewTopic(f"{p}events.browse", 2, 1),
                          NewTopic(f"{p}events.search", 4, 1)])
     admin.close()
-    proc = cli(env, "worker", check=False, timeout=60)
+    # a model, a state directory and a port of its own: the worker checks those before the topics
+    proc = cli(dict(env, INTEREST_MODEL_DIR=str(tiny_model_dir), INTEREST_DATA_DIR=str(tmp_path / "data"),
+                    INTEREST_WEB_PORT=str(free_port())), "worker", check=False, timeout=60)
     assert proc.returncode != 0
     assert "input topics must have the same number of partitions" in proc.stderr
     assert "Traceback" not in proc.stderr
