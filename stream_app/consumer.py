@@ -45,12 +45,17 @@ commit with 1,500 and 100 ms): see the README's Performance section.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
+from .holes import Deliveries
 from .settings import Settings
+
+log = logging.getLogger("interest_stream")
 
 
 class _Rest:
@@ -125,20 +130,156 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
     """faust-streaming's aiokafka consumer; deliveries that do not wait make no tasks, fetches
-    wait at most ``fetch_max_wait_ms`` (:class:`ConsumerThread`), and commits stop at a
-    dead-lettered message whose dead letter is not delivered (:meth:`_new_offset`)."""
+    wait at most ``fetch_max_wait_ms`` (:class:`ConsumerThread`), commits stop at a dead-lettered
+    message whose dead letter is not delivered and at records the fetcher skipped, which are read
+    again (:meth:`_new_offset`, :mod:`stream_app.holes`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deliveries = Deliveries()
+        self._hole_reader = None  # made at first use, in an executor thread; used under the lock
+        self._reader_lock = threading.Lock()
+        given = self.callback  # what the fetcher hands each record to (Faust's conductor)
+
+        def callback(message):
+            if self._checks_holes(message.topic):
+                hole = self.deliveries.delivered(message.tp, message.offset)
+                if hole is not None:
+                    log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216); no "
+                                "commit passes them until they are read", hole[0], hole[1] - 1, message.topic,
+                                message.partition)
+            return given(message)
+
+        self.callback = callback
+
+    def _checks_holes(self, topic: str) -> bool:
+        """The topics whose holes are read (:mod:`stream_app.holes`): the worker's input and
+        control topics (``app.hole_topics``, with ``app.hole_reader`` to read them)."""
+        return topic in getattr(self.app, "hole_topics", ())
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        unknown = []
+        for tp in self.assignment():  # Faust's read offset after a seek: the committed one, the next to read
+            offset = self._read_offset.get(tp)
+            if offset is None and self._checks_holes(tp.topic):
+                unknown.append(tp)  # never committed: read from the beginning (auto_offset_reset earliest)
+            else:
+                self.deliveries.positioned(tp, offset)
+        if unknown:  # the first records of a new deployment's partitions were skipped too, unseen
+            try:
+                begins = await asyncio.get_running_loop().run_in_executor(None, self._beginnings, unknown)
+            except Exception as exc:  # no broker answer: the first record handed over sets the position
+                log.warning("cannot read where %d partitions begin (%s)", len(unknown), exc)
+                begins = {}
+            for tp in unknown:
+                self.deliveries.positioned(tp, begins.get(tp))
+
+    def _beginnings(self, tps) -> dict:
+        """The first offset of each of ``tps`` (a partition never committed is read from there)."""
+        from kafka import TopicPartition
+
+        with self._reader_lock:
+            got = self._reader().beginning_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+        return {tp: got[TopicPartition(tp.topic, tp.partition)] for tp in tps}
+
+    def _reader(self):
+        if self._hole_reader is None:
+            self._hole_reader = self.app.hole_reader()
+        return self._hole_reader
+
+    async def seek(self, partition, offset: int) -> None:
+        await super().seek(partition, offset)
+        self.deliveries.positioned(partition, offset)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await super().on_partitions_revoked(revoked)  # its last commit included: it needs what is known
+        for tp in revoked:
+            self.deliveries.forget(tp)
+
+    def ack(self, message) -> bool:
+        """Faust's ack; a message it does not count (acknowledged before, read again after a hole)
+        no longer holds up a rebalance or a stop waiting for the unacknowledged ones."""
+        counted = super().ack(message)
+        if not counted:
+            self._unacked_messages.discard(message)
+        return counted
+
+    async def _wait_next_records(self, timeout):
+        """Before each fetch, the holes found since the last: each read with a consumer of the
+        app's own; records there are read again from the hole's start, none settle it. Not while a
+        rebalance or the tables' recovery is under way: records read again then reached the agent
+        before the partition's states were restored, and a user's state restored from an older
+        one overwrote the newer (2 of 6 runs of bench/rebalance.py's sequence)."""
+        app = self.app
+        if not self.flow_active or app.rebalancing or app.in_recovery or not app.flow_control.is_active():
+            return await super()._wait_next_records(timeout)
+        for tp, start, end in self.deliveries.take_pending():
+            if tp not in self.assignment():
+                continue
+            try:
+                held = await asyncio.get_running_loop().run_in_executor(None, self._holds_records, tp, start, end)
+            except Exception as exc:  # a broker that does not answer: read again (never pass a record)
+                log.warning("cannot read offsets %d..%d of %s[%d] (%s): reading them again", start, end - 1,
+                            tp.topic, tp.partition, exc)
+                held = True
+            if held:
+                self._read_again(tp, start)
+                await self.seek(tp, start)
+            else:
+                self.deliveries.settle_one(tp, start, end)
+        return await super()._wait_next_records(timeout)
+
+    def _holds_records(self, tp, start: int, end: int) -> bool:
+        """Whether a consumer is given a record in ``[start, end)`` of ``tp`` (not only markers)."""
+        from kafka import TopicPartition
+
+        from .delivered import delivered_end
+
+        with self._reader_lock:
+            return delivered_end(self._reader(), TopicPartition(tp.topic, tp.partition), start, end) > start
+
+    def _read_again(self, tp, start: int) -> None:
+        """Forget what Faust counts as acknowledged or as a gap from ``start`` on: those offsets are
+        read and acknowledged again, and nothing above the hole may be committed before them."""
+        acked = self._acked[tp]
+        acked[:] = [o for o in acked if o < start]
+        self._acked_index[tp].difference_update([o for o in list(self._acked_index[tp]) if o >= start])
+        self._gap[tp].chop(start, 2**63)
+
     def _new_offset(self, tp):
         """Faust's offset to commit for ``tp``, or None while the acknowledged offsets start past
         the app's floor for it (``states.letter_floor``: a dead-lettered message waiting for its
-        dead letter, acknowledged only once that is delivered, see :mod:`stream_app.flush`).
+        dead letter, acknowledged only once that is delivered, see :mod:`stream_app.flush`), or
+        while a hole of records the fetcher skipped is not read yet (:mod:`stream_app.holes`).
         Faust's own check lets one unacknowledged message right after the last commit go, and any
         before the first commit."""
+        hole = self.deliveries.floor(tp)
+        if hole is not None:
+            committed = self._committed_offset[tp]
+            if hole in self._acked_index[tp] or (committed is not None and committed > hole):
+                self.deliveries.settled(tp, hole)  # read again and acknowledged
+            else:
+                return None
         states = getattr(self.app, "states", None)  # an app without the write-behind state: a benchmark's
         floor = None if states is None else states.letter_floor(tp.partition, tp.topic)
-        if floor is not None and self._acked[tp] and min(self._acked[tp]) > floor:
+        acked = self._acked[tp]
+        if floor is not None and acked and min(acked) > floor:
             return None
-        return super()._new_offset(tp)
+        if acked and floor is None and self._checks_holes(tp.topic):
+            lowest = min([min(acked)] + [interval.begin for interval in self._gap[tp]])
+            missing = self.deliveries.head_missing(tp, lowest)
+            if missing is not None:
+                log.warning("offsets %d..%d of %s[%d] were handed over but never applied (skipped by Faust's "
+                            "stream); no commit passes them until they are read again", missing[0], missing[1] - 1,
+                            tp.topic, tp.partition)
+                return None
+            if self.deliveries.floor(tp) is not None:
+                return None
+        offset = super()._new_offset(tp)
+        if offset is not None:
+            self.deliveries.committed(tp, offset)
+        return offset

@@ -55,7 +55,10 @@ check each consequence):
 * Faust commits an offset only when every offset before it in the partition is acknowledged
   (``Consumer._new_offset``) provided the acknowledgements come in offset order, as a flush gives
   them: its check for an unacknowledged head lets one message right after the last commit go
-  (``min(acked) - committed > 1``) and is skipped before any commit. So an input offset is
+  (``min(acked) - committed > 1``) and is skipped before any commit, and after a revocation,
+  which forgets the committed offset before the last commit; and it commits over the offsets a
+  jump of its fetcher skipped. The worker's consumer keeps those holes from being committed over
+  (:mod:`stream_app.holes`). So an input offset is
   committed only after the changelog records of every state change it caused: a crash before
   that redelivers the event, and the restored state either lacks it (it is applied) or has it
   (its ``event_id`` marks it a duplicate).

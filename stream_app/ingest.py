@@ -101,6 +101,10 @@ class Received:
 
 app.received = Received(DeliveredEnds(
     lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())))
+# the topics whose offsets the fetcher skipped are read again (stream_app.holes), and the consumer
+# that reads them, in an executor thread
+app.hole_topics = frozenset([*settings.input_topics.values(), settings.control_topic])
+app.hole_reader = lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())
 app.ingest_stalled = False  # applying waits for the changelog (stream_app.ingest._wait_for_changelog)
 
 

@@ -1,0 +1,105 @@
+"""Events kept when two workers take partitions from each other while events stream in, against
+an older version in the same run.
+
+Each trial: a fresh deployment (6 partitions), workers A and B, a simulated log (50 users, 3 days,
+about 3,400 events, sent at ``--rate``); B stops 5 s into the stream and starts again 3 s later,
+then A does the same; once everything is sent and flushed both stop, and the users' changelog is
+read: the events in the final states (the sum of each state's ``seq``) against the distinct events
+sent. Every event is valid and new, so each one missing was lost: faust-streaming drops records it
+fetched around an assignment and commits over them (:mod:`stream_app.holes`). The loss depends on
+timing, so each version runs ``--trials`` times, alternating.
+
+    python bench/rebalance.py [--trials 3] [--old a2a8031]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+import time
+
+from common import ROOT, WorkerProc, broker, checkout, commit, dumps, machine, run, workdir
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--old", default="a2a8031", help="the version to compare with (a git ref); '' for none")
+    args = ap.parse_args()
+    with contextlib.ExitStack() as stack:
+        versions = {"new": None}
+        if args.old:
+            versions["old"] = stack.enter_context(checkout(args.old))
+        result = trials(args, versions)
+    print(dumps({"machine": machine(), "commit": commit(), "old": args.old or None, "rate": args.rate, **result}))
+
+
+def trials(args, versions: dict) -> dict:
+    import orjson
+    from tiny_model import build_tiny_model_dir
+
+    from models.simulate import simulate_to_files
+    from stream_app.produce import read_jsonl, send_events
+    from stream_app.settings import Settings
+    from stream_app.topics import create_topics
+
+    work = workdir("rebalance")
+    model_dir = build_tiny_model_dir(work / "model")
+    log = work / "events.jsonl"
+    simulate_to_files(50, 3, 7, log, start_ms=int(time.time() * 1000) - 4 * 86_400_000)
+    sent = len({e["event_id"] for e in read_jsonl(log)})
+    rows = {name: [] for name in versions}
+    with broker() as (bootstrap, _):
+        for t in range(args.trials):
+            for name, src in versions.items():
+                prefix = f"rb{t}{name}{int(time.time())}."
+                env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
+                           INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir), INTEREST_SCORE_INTERVAL_S="1",
+                           INTEREST_COMMIT_INTERVAL_S="1", INTEREST_SESSION_TIMEOUT_S="10", INTEREST_FLUSH_S="3")
+                s = Settings.from_env(env)
+                create_topics(s)
+                here = work / f"{name}-{t}"
+                here.mkdir()
+                a, b = (WorkerProc(env, here, src=src, name=n) for n in "AB")
+                a.start()
+                b.start()
+                stream = threading.Thread(target=send_events, args=(read_jsonl(log), s), kwargs={"rate": args.rate})
+                stream.start()
+                time.sleep(5)
+                b.stop()
+                time.sleep(3)
+                b.start()
+                time.sleep(5)
+                a.stop()
+                time.sleep(3)
+                a.start()
+                stream.join()
+                time.sleep(25)  # flushed (3 s) and committed (1 s), with room for a rebalance's delays
+                codes = (a.stop(), b.stop())
+                kept = sum(v["seq"] for v in last_values(bootstrap, f"{prefix}interest-stream-users-changelog",
+                                                         orjson.loads).values() if v)
+                rows[name].append({"kept": kept, "lost": sent - kept, "exit_codes": codes})
+                print(name, t, rows[name][-1], file=sys.stderr)
+    return {"sent": sent, "trials": rows,
+            "lost": {name: sum(r["lost"] for r in rs) for name, rs in rows.items()}}
+
+
+def last_values(bootstrap: str, topic: str, loads) -> dict:
+    """Each key's newest value in ``topic`` (None for a tombstone)."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000,
+                      enable_auto_commit=False)
+    try:
+        return {m.key: loads(m.value) if m.value else None for m in c}
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,107 @@
+"""Offsets of an input partition the worker's consumer was never given: the holes a commit must
+not pass.
+
+faust-streaming 0.15 resumes its fetcher before it has sought the newly assigned partitions to
+their committed offsets (faust-streaming issue 216), and records fetched around that moment are
+dropped without reaching the agent. The next record it hands over is then many offsets further on,
+and Faust takes the jump for offsets that hold no record (a transaction's marker, a compacted
+record): it adds them to its "gaps" and commits over them (``Consumer._add_gap``,
+``Consumer._new_offset``, whose check of the head also lets one unacknowledged offset go). Two
+workers taking partitions from each other while events stream in lost 3 to 13 % of them that way,
+without a dead letter or a log line (an audit, reproduced at a2a8031: 308 of 3,390 events).
+
+:class:`Deliveries` is the bookkeeping, pure: the offset each partition's next record should have
+(from the position the consumer was sought to, then after each record handed over), and the holes,
+each from the offset expected to the one given. Until a hole is settled the partition commits
+nothing (:meth:`Deliveries.floor`). The consumer (:class:`stream_app.consumer.Consumer`) reads each
+hole with a consumer of its own: records there are read again from the hole's start; none (markers)
+settle it.
+"""
+from __future__ import annotations
+
+
+class Deliveries:
+    def __init__(self) -> None:
+        self._next: dict = {}  # tp -> the offset the next record handed over should have
+        self._base: dict = {}  # tp -> the offset commits go on from: the position sought to, then each commit
+        self._sought: set = set()  # the partitions whose base is the position sought to, not a commit
+        self._holes: dict = {}  # tp -> [(start, end)] not settled, in the order found
+        self._pending: list = []  # (tp, start, end) to be read
+
+    def positioned(self, tp, offset: int | None) -> None:
+        """The consumer was sought to ``offset`` for ``tp`` (None: unknown, the first record sets it)."""
+        if offset is None or offset < 0:
+            self._next.pop(tp, None)
+            self._base.pop(tp, None)
+        else:
+            self._next[tp] = self._base[tp] = offset
+            self._sought.add(tp)
+
+    def committed(self, tp, offset: int) -> None:
+        """``offset`` of ``tp`` is committed (the next to read)."""
+        self._base[tp] = offset
+        self._sought.discard(tp)
+
+    def head_missing(self, tp, lowest: int) -> tuple[int, int] | None:
+        """``lowest``, the lowest offset acknowledged (or a gap's start), is past where commits go
+        on: the records between were handed over but never acknowledged, skipped by Faust's stream
+        (its flow control not active yet, or an older generation), and Faust, which forgets its
+        committed offset before the last commit of a revoked partition, committed over them. A
+        hole ``(start, end)`` from there, found once. One offset after a commit is taken for a
+        transaction's marker (a commit after a transaction's last record lands on its marker): Faust
+        skips records only around a rebalance, after a seek."""
+        base = self._base.get(tp)
+        if base is None or lowest <= base or (lowest == base + 1 and tp not in self._sought):
+            return None
+        if any(start <= base for start, _ in self._holes.get(tp, ())):
+            return None
+        self._holes.setdefault(tp, []).append((base, lowest))
+        self._pending.append((tp, base, lowest))
+        return base, lowest
+
+    def delivered(self, tp, offset: int) -> tuple[int, int] | None:
+        """A record at ``offset`` is handed over; the hole it leaves behind, ``(start, end)``, if any."""
+        expected = self._next.get(tp)
+        if expected is not None and offset < expected:
+            return None  # a record again (read again after a hole): the position is the seek's
+        self._next[tp] = offset + 1
+        if expected is None or offset == expected:
+            return None
+        self._holes.setdefault(tp, []).append((expected, offset))
+        self._pending.append((tp, expected, offset))
+        return expected, offset
+
+    def take_pending(self) -> list:
+        """The holes found since the last call, to be read: ``[(tp, start, end)]``."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def floor(self, tp) -> int | None:
+        """The lowest offset of ``tp`` a hole leaves unread: no commit may pass it; None when none."""
+        holes = self._holes.get(tp)
+        return min(start for start, _ in holes) if holes else None
+
+    def settled(self, tp, start: int) -> None:
+        """The holes of ``tp`` from ``start`` on are settled: read again from there, or the hole at
+        ``start`` holds no record."""
+        holes = [h for h in self._holes.get(tp, ()) if h[0] < start]
+        if holes:
+            self._holes[tp] = holes
+        else:
+            self._holes.pop(tp, None)
+
+    def settle_one(self, tp, start: int, end: int) -> None:
+        """The hole ``(start, end)`` of ``tp`` holds no record."""
+        holes = [h for h in self._holes.get(tp, ()) if h != (start, end)]
+        if holes:
+            self._holes[tp] = holes
+        else:
+            self._holes.pop(tp, None)
+
+    def forget(self, tp) -> None:
+        """``tp`` was revoked: its next owner reads from the committed offset."""
+        self._next.pop(tp, None)
+        self._base.pop(tp, None)
+        self._sought.discard(tp)
+        self._holes.pop(tp, None)
+        self._pending = [p for p in self._pending if p[0] != tp]

@@ -1,0 +1,76 @@
+"""stream_app.holes: the offsets a consumer was never given, found from the position it was sought
+to and the records handed over, and the floor no commit may pass until they are settled."""
+from stream_app.holes import Deliveries
+
+TP, OTHER = ("events.click", 4), ("events.click", 5)
+
+
+def test_records_in_order_leave_no_hole():
+    d = Deliveries()
+    d.positioned(TP, 185)
+    assert [d.delivered(TP, o) for o in (185, 186, 187)] == [None, None, None]
+    assert d.floor(TP) is None and d.take_pending() == []
+
+
+def test_a_jump_after_the_seek_is_a_hole_and_the_floor_until_settled():
+    """As in the audit: sought to 185, the first record handed over is 253 (Faust dropped 185..252)."""
+    d = Deliveries()
+    d.positioned(TP, 185)
+    assert d.delivered(TP, 253) == (185, 253)
+    assert d.delivered(TP, 254) is None
+    assert d.floor(TP) == 185 and d.floor(OTHER) is None
+    assert d.take_pending() == [(TP, 185, 253)] and d.take_pending() == []
+    d.positioned(TP, 185)  # read again from the hole's start: its records, then those after it again
+    assert [d.delivered(TP, o) for o in range(185, 256)] == [None] * 71
+    assert d.floor(TP) == 185  # until offset 185 is acknowledged (the consumer's _new_offset)
+    d.settled(TP, 185)
+    assert d.floor(TP) is None
+
+
+def test_one_record_missing_at_the_seek_point_is_a_hole():
+    """Faust's own checks let this one through: the jump is 1 from its read offset, and its head
+    check lets one unacknowledged offset after the last commit go (search[1]@3, an audit)."""
+    d = Deliveries()
+    d.positioned(TP, 3)
+    assert d.delivered(TP, 4) == (3, 4) and d.floor(TP) == 3
+
+
+def test_a_hole_of_markers_settles_alone_and_the_lowest_hole_is_the_floor():
+    d = Deliveries()
+    d.positioned(TP, 10)
+    assert d.delivered(TP, 12) == (10, 12)  # a transaction's marker at 10, say
+    assert d.delivered(TP, 20) == (13, 20)
+    assert d.floor(TP) == 10
+    d.settle_one(TP, 10, 12)  # read: no record there
+    assert d.floor(TP) == 13
+    d.settle_one(TP, 13, 20)
+    assert d.floor(TP) is None
+
+
+def test_the_first_record_sets_the_position_and_a_revocation_forgets_the_partition():
+    d = Deliveries()
+    assert d.delivered(TP, 500) is None  # no position known (no committed offset): no hole
+    assert d.delivered(TP, 502) == (501, 502)
+    d.forget(TP)
+    assert d.floor(TP) is None and d.take_pending() == [] and d.delivered(TP, 900) is None
+    d.positioned(TP, None)
+    assert d.delivered(TP, 7) is None
+
+
+def test_records_handed_over_but_never_acknowledged_at_the_head_are_a_hole():
+    """Sought to 216, records 216..220 were handed over while Faust's stream skipped them (flow
+    control not active yet); 221.. were applied and acknowledged. Faust, having forgotten its
+    committed offset at the revocation, committed 267 over them (an audit's run, at 37efc1f)."""
+    d = Deliveries()
+    d.positioned(TP, 216)
+    assert [d.delivered(TP, o) for o in range(216, 267)] == [None] * 51
+    assert d.head_missing(TP, 216) is None  # the head acknowledged: commits go on
+    assert d.head_missing(TP, 221) == (216, 221) and d.floor(TP) == 216
+    assert d.head_missing(TP, 221) is None and d.take_pending() == [(TP, 216, 221)]  # found once
+    d.settled(TP, 216)
+    d.committed(TP, 267)
+    assert d.head_missing(TP, 268) is None  # one offset after a commit: a transaction's marker
+    assert d.head_missing(TP, 269) == (267, 269)
+    d.settle_one(TP, 267, 269)  # read: only markers
+    d.positioned(TP, 300)
+    assert d.head_missing(TP, 301) == (300, 301)  # one offset after a seek: read, it may be a record
