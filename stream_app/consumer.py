@@ -213,7 +213,7 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         app's own; records there are read again from the hole's start, none settle it. Not while a
         rebalance or the tables' recovery is under way: records read again then reached the agent
         before the partition's states were restored, and a user's state restored from an older
-        one overwrote the newer (2 of 6 runs of bench/rebalance.py's sequence)."""
+        one overwrote the newer (2 of 3 runs of the sequence bench/rebalance.py runs, before this)."""
         app = self.app
         if not self.flow_active or app.rebalancing or app.in_recovery or not app.flow_control.is_active():
             return await super()._wait_next_records(timeout)
