@@ -6,13 +6,17 @@ their committed offsets (faust-streaming issue 216), and records fetched around 
 dropped without reaching the agent. The next record it hands over is then many offsets further on,
 and Faust takes the jump for offsets that hold no record (a transaction's marker, a compacted
 record): it adds them to its "gaps" and commits over them (``Consumer._add_gap``,
-``Consumer._new_offset``, whose check of the head also lets one unacknowledged offset go). Two
-workers taking partitions from each other while events stream in lost 3 to 13 % of them that way,
-without a dead letter or a log line (an audit, reproduced at a2a8031: 308 of 3,390 events).
+``Consumer._new_offset``, whose check of the head also lets one unacknowledged offset go). And its
+stream skips records handed over before its flow control is active again, unacknowledged, which
+Faust commits over at a revocation, where it forgets its committed offset before the last commit.
+Two workers taking partitions from each other while events stream in lost 3 to 13 % of them that
+way, without a dead letter or a log line (an audit, reproduced at a2a8031: 308 of 3,390 events).
 
 :class:`Deliveries` is the bookkeeping, pure: the offset each partition's next record should have
-(from the position the consumer was sought to, then after each record handed over), and the holes,
-each from the offset expected to the one given. Until a hole is settled the partition commits
+(from the position the consumer was sought to, then after each record handed over), where its
+commits go on from (that position, then each commit), and the holes: from the offset expected to
+the one given (:meth:`Deliveries.delivered`), or from where commits go on to the lowest offset
+acknowledged (:meth:`Deliveries.head_missing`). Until a hole is settled the partition commits
 nothing (:meth:`Deliveries.floor`). The consumer (:class:`stream_app.consumer.Consumer`) reads each
 hole with a consumer of its own: records there are read again from the hole's start; none (markers)
 settle it.
