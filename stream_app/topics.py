@@ -29,8 +29,9 @@ POLICY = "cleanup.policy"
 # broker's log.message.timestamp.after.max.ms, Long.MAX before 4.0). The project's producers set
 # the record timestamp to the event's ts, and the contract takes events up to INTEREST_FUTURE_S
 # (a day) ahead: `load jsonl` of an event 2 hours ahead ended in InvalidTimestampError. The input
-# topics take what the worker takes (never less than Kafka's hour); events further ahead are still
-# refused at the producer, so none pins a segment past its retention for years.
+# topics take what the worker takes (never less than Kafka's hour); the project's producers stamp
+# an event further ahead with the time they send it (stream_app.produce.record_timestamp), for the
+# worker to dead-letter, so none pins a segment past its retention for years.
 AHEAD = "message.timestamp.after.max.ms"
 KAFKA_AHEAD_MS = 3_600_000
 # what each setting an existing topic may have too low is for (raised by `topics create`)
