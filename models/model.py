@@ -646,15 +646,16 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
     # or named the first line of load_state_dict's error alone
     sizes = ("vocab_size", "k", "category_offset", "max_len")
     if any(getattr(cfg, s) != getattr(encoder, s) for s in sizes):
-        raise ValueError(f"{d}: {ENCODING_FILE} ({', '.join(f'{s} {getattr(encoder, s)}' for s in sizes)}) is not the "
-                         f"encoding {CONFIG_FILE} was trained with ({', '.join(f'{s} {getattr(cfg, s)}' for s in sizes)}):"
-                         " files of different checkpoints")
+        theirs, ours = (", ".join(f"{s} {getattr(o, s)}" for s in sizes) for o in (encoder, cfg))
+        raise ValueError(f"{d}: {ENCODING_FILE} ({theirs}) is not the encoding {CONFIG_FILE} was trained with "
+                         f"({ours}): files of different checkpoints")
     model = InterestModel(cfg)
     try:
         model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     except RuntimeError as exc:  # "Error(s) in loading state_dict for InterestModel:", then each mismatch
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise ValueError(f"{d}: {WEIGHTS_FILE} does not fit {CONFIG_FILE}: {'; '.join(lines[1:3]) or lines[0]}") from None
+        why = "; ".join(lines[1:3]) or lines[0]
+        raise ValueError(f"{d}: {WEIGHTS_FILE} does not fit {CONFIG_FILE}: {why}") from None
     model.eval()
     return model, encoder, card
 

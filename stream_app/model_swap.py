@@ -68,7 +68,7 @@ class ModelHolder:
 
     def load_initial(self):
         """Load the first model; raises ModelError (the worker refuses to start)."""
-        from .model_runtime import LoadedModel, ModelError
+        from .model_runtime import ModelError
 
         if not self.path:
             raise ModelError("INTEREST_MODEL_DIR is not set: the worker needs an exported model "

@@ -168,9 +168,8 @@ CHART_JS = r"""
   // to the second when two ticks fall in one minute (a window of seconds read "10:34" five times)
   var ticks = Math.min(n, 6, Math.max(2, Math.floor((W - L - R) / 90))), day = null, ks = [], upto = 16;
   for (var t = 0; t < ticks; t++) ks.push(ticks === 1 ? 0 : Math.round(t * (n - 1) / (ticks - 1)));
-  ks.forEach(function (k, t) {
-    if (t && new Date(data.ts[k]).toISOString().slice(0, 16) === new Date(data.ts[ks[t - 1]]).toISOString().slice(0, 16)) upto = 19;
-  });
+  var minute = function (k) { return new Date(data.ts[k]).toISOString().slice(0, 16); };
+  ks.forEach(function (k, t) { if (t && minute(k) === minute(ks[t - 1])) upto = 19; });
   for (var t = 0; t < ticks; t++) {
     var k = ks[t];
     var iso = new Date(data.ts[k]).toISOString(), when = iso.slice(11, upto);

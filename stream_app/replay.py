@@ -8,12 +8,13 @@ at or after ``to`` are read and skipped), with its own state and a consumer grou
 (``<app id>.replay``, offsets never committed), so the live worker's offsets and tables are
 untouched.
 
-Determinism: records of all partitions are merged in the order (record timestamp, topic,
-partition, offset; a record stamped at or after ``to`` where its partition has it), the live
-worker's order (:mod:`stream_app.alignment`); a partition's records keep their offset order. A record is taken only when every unfinished partition has offered its
-next one, so the order depends on what the topics hold, never on fetch timing: two replays of the same range see the same events in the same order
-and compute the same states (with the worker's own :mod:`stream_app.state` and
-:mod:`stream_app.events` code). Scoring happens at event-time ticks, at ``from + k *
+Determinism: records of all partitions are merged in the order (record timestamp, topic, partition,
+offset; a record stamped at or after ``to`` where its partition has it), the live worker's order
+(:mod:`stream_app.alignment`); a partition's records keep their offset order. A record is taken only
+when every unfinished partition has offered its next one, so the order depends on what the topics
+hold, never on fetch timing: two replays of the same range see the same events in the same order and
+compute the same states (with the worker's own :mod:`stream_app.state` and :mod:`stream_app.events`
+code). Scoring happens at event-time ticks, at ``from + k *
 INTEREST_SCORE_INTERVAL_S`` (also before ``from``, so drift is warm) and at ``to`` (after the
 last record): before the first event at or after a tick, every user with events since their last vector is scored (in
 user-id order) with the one model version loaded at the start; vectors whose ``ts`` is in

@@ -360,8 +360,8 @@ def test_an_idle_users_explanation_is_of_the_vector_it_is_served():
     st = state.compact(build_state(morning_then_travel()))
     snap = explain.snapshot(st, *WINDOW)
     assert explain.is_idle(snap) and not explain.is_idle(explain.snapshot(build_state(morning_then_travel()), *WINDOW))
-    vector = {"ts": 5_000, "model_version": "v7", "interests": {"books": 0.1, "sports": 0.5, "tech": 0.15, "travel": 0.25},
-              "top": ["sports", "travel", "tech"], "drift": 0.2, "events": 3}
+    vector = {"ts": 5_000, "model_version": "v7", "top": ["sports", "travel", "tech"], "drift": 0.2, "events": 3,
+              "interests": {"books": 0.1, "sports": 0.5, "tech": 0.15, "travel": 0.25}}
     out = explain.idle(vector, snap, True, evolution=True)
     assert out == {
         "model_version": "v7", "newest_ts": snap.newest, "events": 0,

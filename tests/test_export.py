@@ -348,7 +348,7 @@ def test_load_names_what_is_wrong_with_a_file_it_cannot_use(fp32_dir, tmp_path, 
     with pytest.raises(ModelError, match=r"model.json is not a file \(not a regular file\)$"):
         LoadedModel.load(d)
     d = _copy_pair(fp32_dir, tmp_path / "shut")
-    stat, read_bytes = Path.stat, Path.read_bytes
+    stat = Path.stat
 
     def not_allowed(self, *args, **kwargs):  # as a directory the worker's user may not enter (root may)
         if self.parent == d:
@@ -358,7 +358,8 @@ def test_load_names_what_is_wrong_with_a_file_it_cannot_use(fp32_dir, tmp_path, 
     monkeypatch.setattr(Path, "stat", not_allowed)
     with pytest.raises(ModelError) as err:
         LoadedModel.load(d)
-    assert str(err.value) == f"model at {d}: model.json cannot be read: [Errno 13] Permission denied: '{d / 'model.json'}'"
+    denied = f"[Errno 13] Permission denied: '{d / 'model.json'}'"
+    assert str(err.value) == f"model at {d}: model.json cannot be read: {denied}"
     monkeypatch.setattr(Path, "stat", stat)
     monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied",
                                                                                                 str(self))))
@@ -401,8 +402,8 @@ def test_a_checkpoint_of_two_checkpoints_files_is_named_so(tiny, tmp_path):
     shutil.copy(other / "model.safetensors", mixed / "model.safetensors")
     with pytest.raises(ox.ExportError) as err:
         ox.export_checkpoint(mixed, tmp_path / "o2", **QUIET)
-    assert str(err.value).startswith(f"{mixed}: cannot load the checkpoint: ValueError: {mixed}: model.safetensors does "
-                                     "not fit config.json: size mismatch for "), str(err.value)
+    assert str(err.value).startswith(f"{mixed}: cannot load the checkpoint: ValueError: {mixed}: model.safetensors "
+                                     "does not fit config.json: size mismatch for "), str(err.value)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 

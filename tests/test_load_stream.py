@@ -4,7 +4,6 @@ traceback, after the lines before it were sent)."""
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import orjson

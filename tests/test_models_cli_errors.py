@@ -223,8 +223,9 @@ def test_train_refuses_a_backbone_shorter_than_its_encoding_before_reading_the_l
     empty = _log(tmp_path / "empty.jsonl", [])
     res = _run(["train", "--data", empty, "--out", tmp_path / "out", "--init-from", g])
     assert res.exit_code == 2, res.output
-    assert res.output.splitlines()[-1] == (f"Error: --init-from {g}: its backbone has n_positions 16, fewer than the "
-                                           "encoding's max_len 128; give --set max_len=16 (or less) or another backbone")
+    assert res.output.splitlines()[-1] == (f"Error: --init-from {g}: its backbone has n_positions 16, fewer than "
+                                           "the encoding's max_len 128; give --set max_len=16 (or less) or another "
+                                           "backbone")
     res = _run(["train", "--data", empty, "--out", tmp_path / "out", "--init-from", g, "--set", "max_len=16"])
     assert res.exit_code == 1 and res.output.startswith(f"Error: {empty}: no valid events"), res.output
 
