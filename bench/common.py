@@ -196,13 +196,16 @@ class WorkerProc:
             self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), self.env.get("PYTHONPATH")) if p)
         self.proc = None
 
-    def start(self):
+    def start(self, wait: bool = True):
+        """Start the worker; with ``wait``, return once it answers /health with 200."""
         self.log = open(self.workdir / f"{self.name}.log", "ab")
         _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", self.app, "worker",
                                       "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True,
                                      preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None)
+        if not wait:
+            return self
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
