@@ -641,15 +641,9 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
             raise FileNotFoundError(f"{d}: not a checkpoint directory (missing {name})")
     card = check_card(_json_object(d / CHECKPOINT_CARD_FILE))  # before the weights: it is the cheap one
     cfg = ModelConfig.from_dict(_json_object(d / CONFIG_FILE)["model"])
-    encoder = Encoder.load(d / ENCODING_FILE)
+    model = InterestModel(cfg)
     # files of two checkpoints: export failed deep in torch.onnx (11 lines, none naming the cause),
     # or named the first line of load_state_dict's error alone
-    sizes = ("vocab_size", "k", "category_offset", "max_len")
-    if any(getattr(cfg, s) != getattr(encoder, s) for s in sizes):
-        theirs, ours = (", ".join(f"{s} {getattr(o, s)}" for s in sizes) for o in (encoder, cfg))
-        raise ValueError(f"{d}: {ENCODING_FILE} ({theirs}) is not the encoding {CONFIG_FILE} was trained with "
-                         f"({ours}): files of different checkpoints")
-    model = InterestModel(cfg)
     try:
         model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
     except RuntimeError as exc:  # "Error(s) in loading state_dict for InterestModel:", then each mismatch
@@ -657,6 +651,12 @@ def load_checkpoint(ckpt_dir) -> tuple[InterestModel, Encoder, dict]:
         why = "; ".join(lines[1:3]) or lines[0]
         raise ValueError(f"{d}: {WEIGHTS_FILE} does not fit {CONFIG_FILE}: {why}") from None
     model.eval()
+    encoder = Encoder.load(d / ENCODING_FILE)
+    sizes = ("vocab_size", "k", "category_offset", "max_len")
+    if any(getattr(cfg, s) != getattr(encoder, s) for s in sizes):
+        theirs, ours = (", ".join(f"{s} {getattr(o, s)}" for s in sizes) for o in (encoder, cfg))
+        raise ValueError(f"{d}: {ENCODING_FILE} ({theirs}) is not the encoding {CONFIG_FILE} was trained with "
+                         f"({ours}): files of different checkpoints")
     return model, encoder, card
 
 
