@@ -294,15 +294,10 @@ def across_midnight() -> dict:
     return ex
 
 
-@pytest.mark.parametrize("width, ticks", [
-    (DESKTOP, ["12-04 19:37", "23:22", "12-05 03:16", "10:55", "14:30", "17:49"]),
-    (PHONE, ["12-04 19:37", "12-05 07:01", "17:49"]),
-])
-def test_the_time_axis_dates_its_ticks_where_the_day_changes(tmp_path, width, ticks):
-    """A window across midnight read "19:37 ... 03:16 ... 17:49", as if time ran backwards: a tick
-    carries its date where the date changes. On a phone fewer ticks, so that no two labels overlap."""
-    page = pages.user_page("u1", summary(), None, across_midnight())
-    got = open_page(tmp_path, "axis", page, width, {
+def assert_time_axis(tmp_path, name: str, page: str, width: int, ticks: list) -> None:
+    """The chart's time-axis labels in Chromium at ``width`` are ``ticks``, left to right, none
+    overlapping another or the chart's edges."""
+    got = open_page(tmp_path, name, page, width, {
         "ticks": "[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.textContent)",
         "boxes": """[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.getBBox())
                     .map(b => [Math.round(b.x), Math.round(b.x + b.width)])""",
@@ -313,8 +308,18 @@ def test_the_time_axis_dates_its_ticks_where_the_day_changes(tmp_path, width, ti
     assert edges == sorted(edges) and edges[0] >= 0 and edges[-1] <= got["width"], got["boxes"]
 
 
+@pytest.mark.parametrize("width, ticks", [
+    (DESKTOP, ["12-04 19:37", "23:22", "12-05 03:16", "10:55", "14:30", "17:49"]),
+    (PHONE, ["12-04 19:37", "12-05 07:01", "17:49"]),
+])
+def test_the_time_axis_dates_its_ticks_where_the_day_changes(tmp_path, width, ticks):
+    """A window across midnight read "19:37 ... 03:16 ... 17:49", as if time ran backwards: a tick
+    carries its date where the date changes. On a phone fewer ticks, so that no two labels overlap."""
+    assert_time_axis(tmp_path, "axis", pages.user_page("u1", summary(), None, across_midnight()), width, ticks)
+
+
 def seconds_apart() -> dict:
-    """An explanation whose window holds 7 searches a second apart, at 10:34:01 to 10:34:07 (UTC)."""
+    """An explanation whose window holds 7 clicks a second apart, at 10:34:01 to 10:34:07 (UTC)."""
     ex = across_midnight()
     ts = [int(datetime(2026, 12, 6, 10, 34, s, tzinfo=timezone.utc).timestamp() * 1000) for s in range(1, 8)]
     ex["evolution"]["ts"] = ts
@@ -329,16 +334,7 @@ def seconds_apart() -> dict:
 def test_the_time_axis_gives_seconds_when_two_ticks_share_a_minute(tmp_path, width, ticks):
     """A window of seconds read "12-06 10:34, 10:34, 10:34, 10:34, 10:34": the labels did not give
     their times. Ticks within one minute give their seconds, and still do not overlap."""
-    page = pages.user_page("u1", summary(), None, seconds_apart())
-    got = open_page(tmp_path, "seconds", page, width, {
-        "ticks": "[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.textContent)",
-        "boxes": """[...document.querySelectorAll('#chart svg text')].slice(5).map(t => t.getBBox())
-                    .map(b => [Math.round(b.x), Math.round(b.x + b.width)])""",
-        "width": "document.querySelector('#chart svg').getBoundingClientRect().width",
-    })
-    assert got["ticks"] == ticks
-    edges = [e for box in got["boxes"] for e in box]
-    assert edges == sorted(edges) and edges[0] >= 0 and edges[-1] <= got["width"], got["boxes"]
+    assert_time_axis(tmp_path, "seconds", pages.user_page("u1", summary(), None, seconds_apart()), width, ticks)
 
 
 def title(page: str) -> str:
