@@ -146,8 +146,8 @@ def record_timestamp(ts: int, now_ms: int, ahead_ms: int) -> int:
     """The record timestamp of an event: its ``ts`` (the contract), unless the topic would refuse
     that, more than ``ahead_ms`` (its ``message.timestamp.after.max.ms``, less a minute for the
     clocks) after ``now_ms``: then the time it is sent. The broker refuses such a record together
-    with its whole batch (91 valid events of a 301-event log were lost with one event 25 hours
-    ahead); sent, it reaches the worker, which dead-letters it as ``future_ts`` as the contract says."""
+    with its whole batch (91 events of a 301-event log were not delivered: 90 valid ones and one
+    25 hours ahead); sent, it reaches the worker, which dead-letters it as ``future_ts`` as the contract says."""
     return ts if ts <= now_ms + max(ahead_ms - CLOCK_MARGIN_MS, 0) else now_ms
 
 

@@ -117,7 +117,7 @@ def test_events_up_to_a_day_ahead_are_sent_as_the_contract_takes_them(env, tmp_p
     """Kafka 4 refuses a record more than an hour ahead of its clock: `load jsonl` of a click 2 hours
     ahead ended in "not delivered (InvalidTimestampError …)", where the contract takes events up to
     INTEREST_FUTURE_S (a day) ahead. The input topics take what the worker takes. An event further
-    ahead was refused by the broker with its whole batch (91 valid events of a 301-event log were
+    ahead was refused by the broker with its whole batch (90 valid events of a 301-event log were
     lost with it): it is sent stamped with the time it is sent, for the worker to dead-letter."""
     from kafka_io import read_all
 
