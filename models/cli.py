@@ -221,16 +221,14 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
     if init_from is not None:
         _out_apart_from_init(out, init_from)
         _sizes_of_init(init_from, chosen["model"])
-        from models.model import load_init
+        from models.model import load_init, too_short
 
         try:  # before the log is read: a mistake here was found only minutes later
             backbone = load_init(init_from)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-        if backbone.config.n_positions < dcfg.max_len:  # models.model.build_model said so once the log was read
-            raise click.UsageError(f"--init-from {init_from}: its backbone has n_positions "
-                                   f"{backbone.config.n_positions}, fewer than the encoding's max_len {dcfg.max_len}; "
-                                   f"give --set max_len={backbone.config.n_positions} (or less) or another backbone")
+        if short := too_short(backbone, dcfg.max_len, init_from):  # build_model said so once the log was read
+            raise click.UsageError(f"--init-from {short}")
     _out_dir(out)
     from models.train import ResumeMismatch, run_training
 
@@ -265,7 +263,7 @@ def pretrain(data, out, max_steps, sets, quiet):
             if os.path.samefile(path, earlier):
                 same = "" if path == earlier else f" (the same file as {earlier})"
                 raise click.BadParameter(f"{path} is given twice{same}", param_hint="--data")
-            if os.path.getsize(path) == os.path.getsize(earlier) and filecmp.cmp(path, earlier, shallow=False):
+            if filecmp.cmp(path, earlier, shallow=False):  # (files of other sizes are not read)
                 raise click.BadParameter(f"{path} is given twice (a copy of {earlier})", param_hint="--data")
     known = {f.name: f for f in fields(PretrainConfig)}
     chosen = {} if max_steps is None else {"max_steps": max_steps}

@@ -480,6 +480,15 @@ def load_init(init_from, encoder: Encoder | None = None):
                          f"({first})") from None
 
 
+def too_short(backbone, max_len: int, init_from) -> str | None:
+    """Why ``backbone`` (of ``init_from``) cannot read sequences of ``max_len`` tokens; None when it can."""
+    n = backbone.config.n_positions
+    if n >= max_len:
+        return None
+    return (f"{init_from}: its backbone has n_positions {n}, fewer than the encoding's max_len {max_len}; give "
+            f"--set max_len={n} (or less) or another backbone")
+
+
 def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> InterestModel:
     """A fresh model for ``encoder``. ``init_from``: a directory of ``interest-stream pretrain``
     (its backbone, with each token's embedding carried over by meaning, :mod:`models.pretrain`) or a
@@ -508,10 +517,8 @@ def build_model(encoder: Encoder, init_from: str | None = None, **overrides) -> 
         old = backbone.config.vocab_size
         backbone.resize_token_embeddings(old + encoder.vocab_size)
         cfg.token_offset = old
-    if backbone.config.n_positions < encoder.max_len:
-        raise ValueError(
-            f"{init_from}: n_positions {backbone.config.n_positions} < encoding max_len {encoder.max_len}"
-        )
+    if short := too_short(backbone, encoder.max_len, init_from):
+        raise ValueError(short)
     cfg.init_from = str(init_from)
     cfg.n_layer, cfg.n_head, cfg.n_embd = (
         backbone.config.n_layer, backbone.config.n_head, backbone.config.n_embd,

@@ -88,15 +88,14 @@ class Deliveries:
     def settled(self, tp, start: int) -> None:
         """The holes of ``tp`` from ``start`` on are settled: read again from there, or the hole at
         ``start`` holds no record."""
-        holes = [h for h in self._holes.get(tp, ()) if h[0] < start]
-        if holes:
-            self._holes[tp] = holes
-        else:
-            self._holes.pop(tp, None)
+        self._keep(tp, lambda hole: hole[0] < start)
 
     def settle_one(self, tp, start: int, end: int) -> None:
         """The hole ``(start, end)`` of ``tp`` holds no record."""
-        holes = [h for h in self._holes.get(tp, ()) if h != (start, end)]
+        self._keep(tp, lambda hole: hole != (start, end))
+
+    def _keep(self, tp, unsettled) -> None:
+        holes = [hole for hole in self._holes.get(tp, ()) if unsettled(hole)]
         if holes:
             self._holes[tp] = holes
         else:

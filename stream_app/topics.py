@@ -310,13 +310,18 @@ def require_topics(settings: Settings, names) -> None:
         raise TopicError(f"topics {', '.join(missing)} do not exist; run `interest-stream topics create`")
 
 
-def retention_ms(settings: Settings, names) -> dict[str, int]:
-    """The ``retention.ms`` of each existing topic of ``names`` (-1: kept forever)."""
+def topic_values(settings: Settings, names, key: str) -> dict[str, int]:
+    """The integer topic config ``key`` of each existing topic of ``names``, as the broker has it."""
     client = admin(settings)
     try:
-        return {name: int(value) for name, value in topic_config(client, names, "retention.ms").items()}
+        return {name: int(value) for name, value in topic_config(client, names, key).items()}
     finally:
         client.close()
+
+
+def retention_ms(settings: Settings, names) -> dict[str, int]:
+    """The ``retention.ms`` of each existing topic of ``names`` (-1: kept forever)."""
+    return topic_values(settings, names, "retention.ms")
 
 
 def input_ahead_limits(settings: Settings) -> dict[str, int]:
@@ -324,13 +329,10 @@ def input_ahead_limits(settings: Settings) -> dict[str, int]:
     before `topics create` set it keeps Kafka's hour). A client that may not describe the topics
     takes Kafka's hour for each: the producers then stamp more events with the time they are sent
     (:func:`stream_app.produce.record_timestamp`), which only orders them earlier."""
-    client = admin(settings)
     try:
-        return {name: int(value) for name, value in topic_config(client, settings.input_topics.values(), AHEAD).items()}
+        return topic_values(settings, settings.input_topics.values(), AHEAD)
     except TopicError:
         return dict.fromkeys(settings.input_topics.values(), KAFKA_AHEAD_MS)
-    finally:
-        client.close()
 
 
 def check_input_topics(settings: Settings) -> int:
