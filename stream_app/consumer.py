@@ -52,7 +52,7 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
-from .holes import Deliveries
+from .holes import Deliveries, read_through
 from .settings import Settings
 
 log = logging.getLogger("interest_stream")
@@ -249,6 +249,30 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         acked[:] = [o for o in acked if o < start]
         self._acked_index[tp].difference_update([o for o in list(self._acked_index[tp]) if o >= start])
         self._gap[tp].chop(start, 2**63)
+
+    def input_caps(self, partition: int, handled: dict, undelivered: dict) -> dict:
+        """For each input topic's ``partition``, the highest offset a state flushed now may record
+        as applied (:func:`stream_app.state.dump`'s caps): every record up to it was read. Before
+        the first offset from where commits go on that is neither acknowledged nor ``handled``
+        (``{topic: [offset]}``, the flush's events and dead letters), nor one of Faust's gaps
+        (:func:`stream_app.holes.read_through`); before the first hole, and the first dead letter
+        not delivered (``undelivered``, ``{topic: offset}``). A partition whose commits' start is
+        not known has none (its states record nothing)."""
+        caps = {}
+        for tp in self.assignment():
+            if tp.partition != partition or not self._checks_holes(tp.topic):
+                continue
+            base = self.deliveries.base(tp)
+            if base is None:
+                continue
+            # a gap Faust found ends at the record after it, which it holds too: that one is handed over
+            gaps = [(interval.begin, interval.end - 1) for interval in self._gap.get(tp, ())]
+            end = read_through(*base, [*self._acked.get(tp, ()), *handled.get(tp.topic, ())], gaps)
+            for floor in (self.deliveries.floor(tp), undelivered.get(tp.topic)):
+                if floor is not None:
+                    end = min(end, floor)
+            caps[(tp.topic, partition)] = end - 1
+        return caps
 
     def _new_offset(self, tp):
         """Faust's offset to commit for ``tp``, or None while the acknowledged offsets start past

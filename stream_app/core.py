@@ -28,21 +28,32 @@ DROPPED = Rejected("late", "at or before the newest event this worker no longer 
 
 @dataclass(frozen=True, slots=True)
 class Ingested:
-    outcome: str  # accepted, duplicate, late or a dead-letter reason
+    outcome: str  # accepted, duplicate (duplicate_offset: known by its input offset), late or a dead-letter reason
     state: dict | None  # the changed state (accepted only)
     rejected: Rejected | None  # why it is a dead letter (late included)
 
 
 def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[bytes], dict | None],
-           limits: st.Limits, now_ms: int, future_ms: int) -> Ingested:
+           limits: st.Limits, now_ms: int, future_ms: int, origin: tuple[str, int, int] | None = None) -> Ingested:
     """One input message through validation and the user's state (``lookup(key)``, called only
-    for a valid event). A duplicate or late event leaves the state unchanged."""
+    for a valid event). A duplicate or late event leaves the state unchanged.
+
+    ``origin``: the message's ``(topic, partition, offset)`` when every record of its partition
+    before it was read (None: not known, as while a hole the fetcher skipped is read again). An
+    accepted event records it in the state (:func:`stream_app.state.note_input`); an event that
+    would be ``late`` at or before the offset the state recorded was applied or judged before, and
+    is read again after its id left the state: a ``duplicate`` (outcome ``duplicate_offset``)."""
     result = validate(expected_type, key, value, now_ms, future_ms)
     if isinstance(result, Rejected):
         return Ingested(result.reason, None, result)
-    outcome, new = st.apply(lookup(key), result, limits, now_ms)
+    state = lookup(key)
+    outcome, new = st.apply(state, result, limits, now_ms)
     if outcome in ("late", "dropped"):
+        if origin is not None and st.seen_input(state, *origin):
+            return Ingested("duplicate_offset", None, None)
         return Ingested("late", None, LATE if outcome == "late" else DROPPED)
+    if new is not None and origin is not None:
+        st.note_input(new, *origin)
     return Ingested(outcome, new, None)
 
 

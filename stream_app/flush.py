@@ -225,11 +225,18 @@ class Flusher:
         return await self.flush("interval", [p])
 
     async def _flush_partition(self, p: int, reason: str = "interval") -> int:
-        f = self.cache.take(p)
+        f = self.cache.take(p, self._input_caps(p))
         try:
             return await self._write_and_acknowledge(f, p, reason)
         finally:
             self.cache.settled(f)  # its events count in the cache's bytes until now
+
+    def _input_caps(self, p: int) -> dict:
+        """How far the states written now may say their input was read (their ``in``,
+        :func:`stream_app.state.note_input`): a consumer that cannot tell (a benchmark's) gives no
+        caps, and the states record no input offset."""
+        caps_of = getattr(self.consumer(), "input_caps", None)
+        return {} if caps_of is None else caps_of(p, *self.cache.handled(p))
 
     async def _write_and_acknowledge(self, f: Flush, p: int, reason: str) -> int:
         if f.trimmed:

@@ -75,6 +75,12 @@ class Deliveries:
         self._pending.append((tp, expected, offset))
         return expected, offset
 
+    def base(self, tp) -> tuple[int, bool] | None:
+        """Where ``tp``'s commits go on from, and whether that is the position sought to (not a
+        commit); None when not known."""
+        base = self._base.get(tp)
+        return None if base is None else (base, tp in self._sought)
+
     def take_pending(self) -> list:
         """The holes found since the last call, to be read: ``[(tp, start, end)]``."""
         pending, self._pending = self._pending, []
@@ -108,3 +114,20 @@ class Deliveries:
         self._sought.discard(tp)
         self._holes.pop(tp, None)
         self._pending = [p for p in self._pending if p[0] != tp]
+
+
+def read_through(base: int, sought: bool, offsets, spans) -> int:
+    """The first offset from ``base`` on that is neither one of ``offsets`` (records handed over
+    and applied or dead-lettered) nor in one of ``spans`` (``(start, end)``, offsets Faust found
+    without a record): every record before it was read. As :meth:`Deliveries.head_missing` does,
+    one offset right after a commit (``sought`` False) is taken for a transaction's marker."""
+    items = sorted([(o, o + 1) for o in offsets] + [tuple(span) for span in spans])
+    end = base
+    for start, stop in items:
+        if start > end:
+            if end == base and start == base + 1 and not sought:
+                end = start  # the marker
+            else:
+                break
+        end = max(end, stop)
+    return end

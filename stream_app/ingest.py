@@ -31,11 +31,18 @@ ALIGN_SWEEP_S = 0.1  # how often waiting messages are looked at again (topics ca
 STALL_POLL_S = 0.1  # how often a full cache waiting for the changelog looks again
 
 
-def process(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> bytes | None:
+def process(m, deliveries) -> bytes | None:
     """One input message through validation and the user's state; returns its dead letter when
-    it is rejected (for :func:`apply_released` to send), else None."""
+    it is rejected (for :func:`apply_released` to send), else None. Its offset goes with it
+    (``origin``, :func:`stream_app.core.ingest`) unless a hole the fetcher skipped lies at or
+    before it (:mod:`stream_app.holes`): records of the hole come after it, so not every record
+    before it was read (``deliveries``, the consumer's :class:`stream_app.holes.Deliveries`; None:
+    a consumer that does not know, and no offset goes with any message)."""
+    topic, partition, offset, key, value = m.topic, m.partition, m.offset, m.key, m.value
     now = now_ms()
-    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS)
+    hole = deliveries.floor(m.tp) if deliveries is not None else -1
+    origin = (topic, partition, offset) if hole is None or offset < hole else None
+    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS, origin)
     if result.state is not None:
         app.states.put(partition, key, result.state)
         metrics.ACCEPTED.inc()
@@ -46,6 +53,8 @@ def process(topic: str, partition: int, offset: int, key: bytes | None, value: b
         return dead_letter(result.rejected, topic, partition, offset, key, value, now)
     metrics.DUPLICATE.inc()
     metrics.DUPLICATES.inc()
+    if result.outcome == "duplicate_offset":
+        metrics.DUPLICATES_BY_OFFSET.inc()
     return None
 
 
@@ -121,9 +130,9 @@ def apply_released(messages, bounded: bool = False) -> None:
     """Apply messages the aligner released, and hold each until its partition's flush (a
     dead-lettered one until a flush finds its dead letter delivered). ``bounded``: stop once the
     cache is over its bound (``messages`` is the aligner's generator, so the rest stay there)."""
-    states = app.states
+    states, deliveries = app.states, getattr(app.consumer, "deliveries", None)
     for m in messages:
-        letter = process(m.topic, m.partition, m.offset, m.key, m.value)
+        letter = process(m, deliveries)
         if letter is None:
             states.hold(m.partition, m, message_bytes(m))  # acknowledged by the flush
         else:

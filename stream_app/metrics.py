@@ -28,6 +28,11 @@ DUPLICATES = Counter(
     "interest_duplicates_total", "Events whose event_id was already in the user's window",
     registry=REGISTRY,
 )
+DUPLICATES_BY_OFFSET = Counter(
+    "interest_duplicates_by_offset_total", "Events read again (after a crash) whose event_id had left the user's "
+    "state, known as duplicates by their input offset (stream_app.state.note_input); also in interest_duplicates_total",
+    registry=REGISTRY,
+)
 EVICTED = Counter(
     "interest_users_evicted_total", "Idle users removed from state (idle longer than the profile retention)",
     registry=REGISTRY,

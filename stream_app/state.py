@@ -13,7 +13,8 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
      "ev":  [[ts, id, type, category, item, dwell, query], ...],  # the newest max_events rows
      "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
      "p": {"t": ts, "c": {category: [...]}},  # the long-term profile (interest_core.window), v2
-     "dropped": 1764170000000}         # newest ts of the rows dropped so far (absent: none, or unknown)
+     "dropped": 1764170000000,         # newest ts of the rows dropped so far (absent: none, or unknown)
+     "in": {"events.click": [3, 5120]}}  # input offsets applied: partition, offset (absent: none known)
 
 Both lists are sorted by ``(ts, id)``. In memory each row is a tuple (JSON arrays when stored): a
 row never changes, and CPython's garbage collector stops tracking a tuple that holds only strings,
@@ -32,6 +33,12 @@ when the user is idle (:func:`compact`); ``dropped`` keeps the newest ts among t
 or before it is refused (its id may be among the dropped ones), and the explanation's profile
 without an event starts there (:mod:`stream_app.explain`). States written before it have none: an
 optional key, so no version change.
+
+``in`` keeps, per input topic, the offset of the newest record applied to the state with every
+record of its partition before it read (:func:`note_input`): a record of the user at or before it
+was applied or judged, so one read again (after a crash, offsets since the last commit) whose id
+the state no longer holds is a duplicate, not ``late`` (:func:`seen_input`, :mod:`stream_app.core`).
+An optional key too; a flush stores it capped to what is known read (:func:`dump`).
 
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
@@ -101,14 +108,44 @@ def _migrate_v1(state: dict) -> dict:
     return state
 
 
-def dump(state: dict) -> bytes:
+def dump(state: dict, caps: dict | None = None) -> bytes:
     """The stored form (the profile as of its newest event, in millionths: interest_core.window;
-    without the in-memory id set)."""
+    without the in-memory id set). ``caps``: per input ``(topic, partition)``, the highest offset
+    the stored ``in`` may name (a flush's :meth:`stream_app.consumer.Consumer.input_caps`: past it
+    a record may not have been read); one capped below 0, or not in ``caps``, is left out."""
     prof = state.get("p")
-    if "_ids" in state or (prof is not None and "w" in prof):
+    applied = state.get("in")
+    capped = applied is not None and caps is not None and any(
+        o > caps.get((t, p), -1) for t, (p, o) in applied.items())
+    if "_ids" in state or (prof is not None and "w" in prof) or capped:
         state = {k: v for k, v in state.items() if k != "_ids"}
         state["p"] = stored_profile(prof)
+        if capped:
+            kept = {t: [p, min(o, c)] for t, (p, o) in applied.items() if (c := caps.get((t, p), -1)) >= 0}
+            if kept:
+                state["in"] = kept
+            else:
+                del state["in"]
     return orjson.dumps(state)
+
+
+def note_input(state: dict, topic: str, partition: int, offset: int) -> None:
+    """The record at ``offset`` of ``topic``'s ``partition`` is applied, and every record of that
+    partition before it was read: the state has seen each of the user's records up to it."""
+    applied = state.get("in")
+    if applied is None:
+        state["in"] = {topic: [partition, offset]}
+        return
+    last = applied.get(topic)
+    if last is None or last[0] != partition or offset > last[1]:
+        applied[topic] = [partition, offset]
+
+
+def seen_input(state: dict | None, topic: str, partition: int, offset: int) -> bool:
+    """Whether the record at ``offset`` of ``topic``'s ``partition`` is at or before the newest
+    one the state applied (:func:`note_input`): applied or judged before, so read again."""
+    last = None if state is None else (state.get("in") or {}).get(topic)
+    return last is not None and last[0] == partition and offset <= last[1]
 
 
 def trim(state: dict, max_bytes: int) -> int:

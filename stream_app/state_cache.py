@@ -264,10 +264,23 @@ class StateCache:
         return sorted(p for p in set(self.dirty) | set(self.held) | set(self.letters) | set(self.forgets)
                       if self.dirty.get(p) or self.held.get(p) or self.letters.get(p) or self.forgets.get(p))
 
-    def take(self, partition: int, dump=st.dump) -> Flush:
-        """Everything the partition's flush writes (each changed user once, serialised now, a
-        state larger than ``max_record`` trimmed first) and the input messages it then
-        acknowledges; the states count as clean from here on."""
+    def handled(self, partition: int) -> tuple[dict, dict]:
+        """The input offsets of ``partition`` the next flush acknowledges or holds as dead letters,
+        ``{topic: [offset]}``, and each topic's first dead letter not delivered, ``{topic: offset}``
+        (what :meth:`stream_app.consumer.Consumer.input_caps` needs)."""
+        handled: dict[str, list[int]] = {}
+        for m in self.held.get(partition, ()):
+            handled.setdefault(m.topic, []).append(m.offset)
+        for letter in self.letters.get(partition, ()):
+            handled.setdefault(letter.topic, []).append(letter.offset)
+        undelivered = {t: o for t in handled if (o := self.undelivered_floor(partition, t)) is not None}
+        return handled, undelivered
+
+    def take(self, partition: int, caps: dict | None = None) -> Flush:
+        """Everything the partition's flush writes (each changed user once, serialised now with
+        its input offsets ``caps``ped, :func:`stream_app.state.dump`, a state larger than
+        ``max_record`` trimmed first) and the input messages it then acknowledges; the states
+        count as clean from here on."""
         f = Flush(partition)
         for key in self.dirty.pop(partition, {}):
             e = self.entries.get(key)
@@ -278,10 +291,10 @@ class StateCache:
                 f.deletes.append(key)
                 del self.entries[key]
             else:
-                raw = dump(e.state)
+                raw = st.dump(e.state, caps)
                 if self.max_record is not None and len(raw) > self.max_record:
                     f.trimmed.append((key, st.trim(e.state, self.max_record)))
-                    raw = dump(e.state)
+                    raw = st.dump(e.state, caps)
                     size = estimated_size(e.state)
                     self.state_bytes += size - e.size
                     e.size = size

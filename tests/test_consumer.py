@@ -16,7 +16,7 @@ import pytest
 from mode import Service
 from mode.utils.locks import Event
 
-from stream_app.consumer import FirstStepDelivery, _Rest
+from stream_app.consumer import Consumer, FirstStepDelivery, _Rest
 from stream_app.settings import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,3 +289,37 @@ def test_records_the_fetcher_skipped_are_read_again_before_any_commit_passes_the
     assert proc.stdout.splitlines() == ["faust 254", "worker None", "suspended []", "sought [(4, 185)] acked [] gaps 0",
                                         "worker 256 floor None",
                                         "faust 267", "worker None pending [(0, 216, 221)]"], proc.stderr[-3000:]
+
+
+def test_input_caps_stop_at_the_first_offset_not_read_a_hole_or_an_undelivered_dead_letter():
+    """How far a flush's states may say their input was read (stream_app.state.dump's caps), for
+    partition 0 of each input topic, from Faust's acknowledged offsets and gaps, the flush's own
+    offsets and the consumer's holes. Worked by hand."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from stream_app.holes import Deliveries
+
+    click, browse, search = TP("events.click", 0), TP("events.browse", 0), TP("events.search", 0)
+    d = Deliveries()
+    d.positioned(click, 100)  # sought to 100
+    d.positioned(browse, 50)
+    d.positioned(TP("events.click", 1), 0)
+    consumer = SimpleNamespace(
+        deliveries=d, _checks_holes=lambda topic: topic.startswith("events."),
+        assignment=lambda: {click, browse, search, TP("events.click", 1), TP("control", 0)},
+        # 100, 101 acknowledged; Faust's gap 102..104 holds 104, the record after the markers 102, 103
+        _acked={click: [100, 101]}, _gap={click: IntervalTree.from_tuples([(102, 105)])})
+    caps = Consumer.input_caps(consumer, 0, {"events.click": [104, 105, 107]}, {})
+    # click read through 105 (106 never given); browse: nothing read since 50; search: no base known
+    assert caps == {("events.click", 0): 105, ("events.browse", 0): 49}
+    assert Consumer.input_caps(consumer, 0, {"events.click": [105, 107]}, {})[("events.click", 0)] == 103
+    # the first dead letter not delivered
+    assert Consumer.input_caps(consumer, 0, {"events.click": [104, 105]}, {"events.click": 105})[
+        ("events.click", 0)] == 104
+    # a hole the fetcher left: 100, 101 handed over, then 104
+    for offset in (100, 101, 104):
+        d.delivered(click, offset)
+    assert Consumer.input_caps(consumer, 0, {"events.click": [104, 105]}, {})[("events.click", 0)] == 101

@@ -57,6 +57,39 @@ def test_ingest_outcomes_and_the_state_is_read_only_for_valid_events():
     assert states[b"u"]["seq"] == 1
 
 
+def test_an_event_read_again_after_its_id_left_the_state_is_a_duplicate_by_its_input_offset():
+    """Three days of one user at offsets 10, 11, 12 of its click partition: the first day's id
+    has left the state (older than the window by more than the grace) when it is read again."""
+    states: dict = {}
+
+    def one(i, ts, origin):
+        r = core.ingest("click", b"u", orjson.dumps(ev("u", i, ts)), states.get, LIM, NOW, 86_400_000, origin)
+        if r.state is not None:
+            states[b"u"] = r.state
+        return r
+
+    day = 86_400_000
+    t0 = T0 - 3 * day  # the clock (NOW) is after the three days
+    for i, offset in enumerate((10, 11, 12)):
+        assert one(i, t0 + i * day, ("clicks", 3, offset)).outcome == "accepted"
+    assert states[b"u"]["in"] == {"clicks": [3, 12]}
+    read_again = one(0, t0, ("clicks", 3, 10))
+    assert (read_again.outcome, read_again.state, read_again.rejected) == ("duplicate_offset", None, None)
+    assert one(0, t0, ("clicks", 3, 12)).outcome == "duplicate_offset"  # up to the offset recorded
+    # past it, another partition, another topic, or not known: the ts alone decides, late
+    for origin in (("clicks", 3, 13), ("clicks", 2, 10), ("browses", 3, 10), None):
+        late = one(9, t0, origin)
+        assert (late.outcome, late.rejected.reason) == ("late", "late"), origin
+    assert one(1, t0 + day, ("clicks", 3, 11)).outcome == "duplicate"  # its id is still held
+    assert one(5, t0, ("clicks", 3, 10)).outcome == "duplicate_offset"  # a new id: the offset decides
+    # an accepted event with no origin leaves the recorded offsets as they were
+    assert one(6, t0 + 2 * day + 1, None).outcome == "accepted"
+    assert states[b"u"]["in"] == {"clicks": [3, 12]}
+    assert one(7, t0 + 2 * day + 2, ("browses", 3, 4)).outcome == "accepted"
+    assert states[b"u"]["in"] == {"clicks": [3, 12], "browses": [3, 4]}
+    assert states[b"u"]["seq"] == 5
+
+
 def expected(model, events):
     wins = [WindowEvent.from_event(e) for e in sorted(events, key=lambda e: e["ts"])]
     prof = None

@@ -1,6 +1,6 @@
 """stream_app.holes: the offsets a consumer was never given, found from the position it was sought
 to and the records handed over, and the floor no commit may pass until they are settled."""
-from stream_app.holes import Deliveries
+from stream_app.holes import Deliveries, read_through
 
 TP, OTHER = ("events.click", 4), ("events.click", 5)
 
@@ -74,3 +74,28 @@ def test_records_handed_over_but_never_acknowledged_at_the_head_are_a_hole():
     d.settle_one(TP, 267, 269)  # read: only markers
     d.positioned(TP, 300)
     assert d.head_missing(TP, 301) == (300, 301)  # one offset after a seek: read, it may be a record
+
+
+def test_read_through_stops_at_the_first_offset_neither_handled_nor_a_gap():
+    # sought to 100: 100..102 applied, 103..104 Faust's gap (markers), 105 applied, 106 never given
+    assert read_through(100, True, [100, 101, 102, 105], [(103, 105)]) == 106
+    assert read_through(100, True, [101, 105, 102, 100, 107], [(103, 105)]) == 106  # in any order
+    assert read_through(100, True, [100, 101, 102, 104, 106], [(103, 106)]) == 107  # a record inside a gap
+    assert read_through(100, True, [], []) == 100  # nothing read since the seek
+    assert read_through(100, True, [99, 100], []) == 101  # an offset acknowledged before the base counts for nothing
+    assert read_through(100, True, [101, 102], []) == 100  # after a seek 100 may be a record
+    # one offset right after a commit is a transaction's marker, once, and only at the base
+    assert read_through(100, False, [101, 102], []) == 103
+    assert read_through(100, False, [102, 103], []) == 100
+    assert read_through(100, False, [100, 101, 103], []) == 102
+
+
+def test_the_base_is_the_seek_then_each_commit_and_unknown_after_a_revocation():
+    d = Deliveries()
+    assert d.base(TP) is None
+    d.positioned(TP, 185)
+    assert d.base(TP) == (185, True)
+    d.committed(TP, 200)
+    assert d.base(TP) == (200, False)
+    d.forget(TP)
+    assert d.base(TP) is None

@@ -237,3 +237,32 @@ def test_a_flush_trims_a_state_over_the_largest_record_and_says_whose():
         c.entries[b"big"].state["ev"]) == 40
     assert written[b"small"] == state.dump(c.entries[b"small"].state)  # untouched
     assert c.state_bytes == sum(e.size for e in c.entries.values())
+
+
+def test_a_flush_knows_the_offsets_it_handles_and_stores_the_input_offsets_capped():
+    import asyncio
+    from types import SimpleNamespace
+
+    from stream_app.state_cache import Letter
+
+    loop = asyncio.new_event_loop()
+    try:
+        delivered, sending = loop.create_future(), loop.create_future()
+        delivered.set_result(None)
+        c = StateCache(10**9)
+        st = applied(c, 0, "a", 0)
+        state.note_input(st, "clicks", 0, 12)
+        for offset in (10, 12):
+            c.hold(0, SimpleNamespace(topic="clicks", offset=offset), 10)
+        c.hold(0, SimpleNamespace(topic="browses", offset=3), 10)
+        c.hold(1, SimpleNamespace(topic="clicks", offset=99), 10)
+        c.hold_letter(0, Letter(object(), "clicks", 11, b"a", b"{}", delivered, 10))
+        c.hold_letter(0, Letter(object(), "browses", 4, b"a", b"{}", sending, 10))
+        c.hold_letter(0, Letter(object(), "browses", 6, b"a", b"{}", sending, 10))
+        assert c.handled(0) == ({"clicks": [10, 12, 11], "browses": [3, 4, 6]}, {"browses": 4})
+        assert c.handled(2) == ({}, {})
+        f = c.take(0, {("clicks", 0): 11})
+        assert orjson.loads(f.writes[0][1])["in"] == {"clicks": [0, 11]}
+        assert st["in"] == {"clicks": [0, 12]}
+    finally:
+        loop.close()

@@ -16,7 +16,7 @@ from kafka_io import produce, read_all, set_max_message_bytes
 from stream_app import state
 from stream_app.input_ends import END_REFRESH_S
 from stream_app.partitioning import partition_for
-from test_worker_ingest import T0, assert_users, event, topics
+from test_worker_ingest import HOUR, T0, assert_users, event, topics
 
 pytestmark = pytest.mark.kafka
 PARTS = 4
@@ -128,6 +128,39 @@ def test_sigkill_after_a_flush_before_the_commit_counts_nothing_twice(env, worke
     assert metric(w, "interest_duplicates_total") == 60
     assert metric(w, 'interest_events_total{outcome="accepted"}') == 0  # restored, not re-applied
     assert_users(w, events)
+
+
+def test_sigkill_in_a_backlog_after_a_flush_takes_the_events_read_again_for_duplicates_not_late(env, workers):
+    """Reading a backlog, event time runs days ahead in a second: by the flush, a user's oldest
+    events have left the state (past the window and the grace), ids and all. Killed before any
+    commit, the restarted worker reads them again; the state's input offsets tell that they were
+    applied, where the ids cannot: duplicates, not dead letters (they were `late` before)."""
+    cli(env, "topics", "create")
+    w = workers(INTEREST_FLUSH_S="0.5", INTEREST_COMMIT_INTERVAL_S="600", INTEREST_SCORE_INTERVAL_S="3600")
+    # 4 users, 40 events each, 3 h apart: 5 days, past the 1-day window and the 1-hour grace
+    events = [event(i, f"b{u}", ["click", "browse", "search"][i % 3], T0 + i * 3 * HOUR + u, ["sports", "tech"][u % 2])
+              for u in range(4) for i in range(40)]
+    send(env, events)
+    wait_for(lambda: counted(w, events), what="160 events counted")
+    wait_for(lambda: flushed_seq(env) == {f"b{u}": 40 for u in range(4)}, what="the flush of 4 users' 40 events")
+    w.kill()
+    assert committed(env) == 0
+    w.start()
+    wait_for(lambda: metric(w, "interest_duplicates_total") >= 160, what="the redelivered events")
+    time.sleep(1.5)
+    assert metric(w, "interest_duplicates_total") == 160
+    # the ids the states keep (within 25 h of each user's newest event, 9 of 40) found 36; offsets the rest
+    assert metric(w, "interest_duplicates_by_offset_total") == 4 * 31
+    assert metric(w, 'interest_events_total{outcome="dead_letter"}') == 0
+    assert metric(w, 'interest_events_total{outcome="accepted"}') == 0
+    assert_users(w, events)
+    assert records(env, topics(env)["dlq"]) == 0
+
+
+def flushed_seq(env) -> dict[str, int]:
+    """Each user's accepted events in its newest changelog record."""
+    latest = {m.key.decode(): m.value for m in read_all(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env))}
+    return {k: st["seq"] for k, st in ((k, state.load(v)) for k, v in latest.items()) if st}
 
 
 def test_sigkill_in_the_middle_of_a_flush_counts_exactly(env, workers):
