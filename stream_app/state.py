@@ -94,6 +94,8 @@ def load(raw: bytes | None, limits: Limits | None = None) -> dict | None:
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
     state["ev"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) + tuple(r[4:]) for r in state["ev"]]
     state["old"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) for r in state["old"]]
+    if "in" in state:  # tuples, as note_input makes them (less memory, untracked by the collector)
+        state["in"] = {intern(t): tuple(v) for t, v in state["in"].items()}
     if limits is not None:
         settle(state, limits)
     return state
@@ -121,7 +123,7 @@ def dump(state: dict, caps: dict | None = None) -> bytes:
         state = {k: v for k, v in state.items() if k != "_ids"}
         state["p"] = stored_profile(prof)
         if capped:
-            kept = {t: [p, min(o, c)] for t, (p, o) in applied.items() if (c := caps.get((t, p), -1)) >= 0}
+            kept = {t: (p, min(o, c)) for t, (p, o) in applied.items() if (c := caps.get((t, p), -1)) >= 0}
             if kept:
                 state["in"] = kept
             else:
@@ -134,11 +136,11 @@ def note_input(state: dict, topic: str, partition: int, offset: int) -> None:
     partition before it was read: the state has seen each of the user's records up to it."""
     applied = state.get("in")
     if applied is None:
-        state["in"] = {topic: [partition, offset]}
+        state["in"] = {topic: (partition, offset)}
         return
     last = applied.get(topic)
     if last is None or last[0] != partition or offset > last[1]:
-        applied[topic] = [partition, offset]
+        applied[topic] = (partition, offset)
 
 
 def seen_input(state: dict | None, topic: str, partition: int, offset: int) -> bool:

@@ -38,6 +38,7 @@ from . import state as st
 SIZE_BASE = 2_300
 SIZE_ROW = 340
 SIZE_CATEGORY = 150
+SIZE_INPUT = 150  # per input topic whose offset the state records (its "in": a tuple, an int, a dict slot)
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
@@ -47,7 +48,8 @@ def estimated_size(state: dict | None) -> int:
         return 0
     prof = state.get("p")
     return (SIZE_BASE + SIZE_ROW * (len(state["ev"]) + len(state["old"]))
-            + SIZE_CATEGORY * (len(prof.get("w") or prof.get("c") or ()) if prof else 0))
+            + SIZE_CATEGORY * (len(prof.get("w") or prof.get("c") or ()) if prof else 0)
+            + SIZE_INPUT * len(state.get("in") or ()))
 
 
 @dataclass(slots=True)

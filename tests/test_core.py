@@ -72,7 +72,7 @@ def test_an_event_read_again_after_its_id_left_the_state_is_a_duplicate_by_its_i
     t0 = T0 - 3 * day  # the clock (NOW) is after the three days
     for i, offset in enumerate((10, 11, 12)):
         assert one(i, t0 + i * day, ("clicks", 3, offset)).outcome == "accepted"
-    assert states[b"u"]["in"] == {"clicks": [3, 12]}
+    assert states[b"u"]["in"] == {"clicks": (3, 12)}
     read_again = one(0, t0, ("clicks", 3, 10))
     assert (read_again.outcome, read_again.state, read_again.rejected) == ("duplicate_offset", None, None)
     assert one(0, t0, ("clicks", 3, 12)).outcome == "duplicate_offset"  # up to the offset recorded
@@ -84,9 +84,9 @@ def test_an_event_read_again_after_its_id_left_the_state_is_a_duplicate_by_its_i
     assert one(5, t0, ("clicks", 3, 10)).outcome == "duplicate_offset"  # a new id: the offset decides
     # an accepted event with no origin leaves the recorded offsets as they were
     assert one(6, t0 + 2 * day + 1, None).outcome == "accepted"
-    assert states[b"u"]["in"] == {"clicks": [3, 12]}
+    assert states[b"u"]["in"] == {"clicks": (3, 12)}
     assert one(7, t0 + 2 * day + 2, ("browses", 3, 4)).outcome == "accepted"
-    assert states[b"u"]["in"] == {"clicks": [3, 12], "browses": [3, 4]}
+    assert states[b"u"]["in"] == {"clicks": (3, 12), "browses": (3, 4)}
     assert states[b"u"]["seq"] == 5
 
 
