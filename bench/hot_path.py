@@ -30,7 +30,7 @@ import orjson
 
 from common import commit, machine, run, synthetic_events, workdir
 
-Message = namedtuple("Message", "topic partition offset key value timestamp")  # the fields Faust's has
+Message = namedtuple("Message", "topic partition offset key value timestamp tp")  # the fields Faust's has
 T0 = 1_764_000_000_000
 SPAN_MS = 20 * 3_600_000
 
@@ -59,6 +59,7 @@ def main() -> None:
     from stream_app import core, state
     from stream_app.alignment import RELEASE_EVERY, Aligner
     from stream_app.app import GC_THRESHOLDS
+    from stream_app.holes import Deliveries
     from stream_app.model_runtime import LoadedModel
     from stream_app.settings import Settings
     from stream_app.state_cache import StateCache, estimated_size
@@ -81,24 +82,29 @@ def main() -> None:
 
     def ingest_cached() -> StateCache:
         cache = StateCache(10**12)
-        for t, k, v in raw:
+        for i, (t, k, v) in enumerate(raw):  # each with its input offset, as the worker's (in "state_memory")
             e = cache.get(k)
-            r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms)
+            r = core.ingest(t, k, v, lambda _k, e=e: e.state if e else None, limits, now, future_ms, (t, 0, i))
             if r.state is not None:
                 cache.put(0, k, r.state)
         return cache
 
     topics = ("click", "browse", "search")
-    messages = [Message(t, i % 6, i, k, v, orjson.loads(v)["ts"]) for i, (t, k, v) in enumerate(raw)]
+    messages = [Message(t, i % 6, i, k, v, orjson.loads(v)["ts"], (t, i % 6)) for i, (t, k, v) in enumerate(raw)]
 
-    def agent_body():  # what the ingest agent does per message, all topics caught up
+    def agent_body(offsets: bool = True):  # what the ingest agent does per message, all topics caught up
         cache, aligner = StateCache(10**12), Aligner(topics, release_every=RELEASE_EVERY)
+        deliveries = Deliveries()  # no hole: every offset goes with its message (stream_app.ingest.process)
 
         def apply(released):
             for x in released:
                 e = cache.get(x.key)
+                origin = None
+                if offsets:
+                    hole = deliveries.floor(x.tp)
+                    origin = (x.topic, x.partition, x.offset) if hole is None or x.offset < hole else None
                 r = core.ingest(x.topic, x.key, x.value, lambda _k, e=e: e.state if e else None, limits, now,
-                                future_ms)
+                                future_ms, origin)
                 if r.state is not None:
                     cache.put(x.partition, x.key, r.state)
                 cache.hold(x.partition, x, len(x.value) + len(x.key))
@@ -112,7 +118,9 @@ def main() -> None:
     out["per_event_us"] = {"core.ingest": best_us(ingest_only, len(raw), args.repeat),
                            "core.ingest + state cache": best_us(ingest_cached, len(raw), args.repeat),
                            "+ aligner and held events (the agent's loop body)": best_us(agent_body, len(raw),
-                                                                                        args.repeat)}
+                                                                                        args.repeat),
+                           "the loop body without the input offsets (before 2026-12-06)": best_us(
+                               lambda: agent_body(offsets=False), len(raw), args.repeat)}
 
     model = LoadedModel.load(build_tiny_model_dir(work / "model", model_config={}, max_len=256),
                              threads=1)

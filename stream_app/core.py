@@ -34,12 +34,13 @@ class Ingested:
 
 
 def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[bytes], dict | None],
-           limits: st.Limits, now_ms: int, future_ms: int, origin: tuple[str, int, int] | None = None) -> Ingested:
+           limits: st.Limits, now_ms: int, future_ms: int, origin=None) -> Ingested:
     """One input message through validation and the user's state (``lookup(key)``, called only
     for a valid event). A duplicate or late event leaves the state unchanged.
 
-    ``origin``: the message's ``(topic, partition, offset)`` when every record of its partition
-    before it was read (None: not known, as while a hole the fetcher skipped is read again). An
+    ``origin``: the input record (its ``topic``, ``partition`` and ``offset``: Faust's message) when
+    every record of its partition before it was read (None: not known, as while a hole the fetcher
+    skipped is read again; the record itself, so that nothing is allocated for it per event). An
     accepted event records it in the state (:func:`stream_app.state.note_input`); an event that
     would be ``late`` at or before the offset the state recorded was applied or judged before, and
     is read again after its id left the state: a ``duplicate`` (outcome ``duplicate_offset``)."""
@@ -49,11 +50,11 @@ def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: C
     state = lookup(key)
     outcome, new = st.apply(state, result, limits, now_ms)
     if outcome in ("late", "dropped"):
-        if origin is not None and st.seen_input(state, *origin):
+        if origin is not None and st.seen_input(state, origin.topic, origin.partition, origin.offset):
             return Ingested("duplicate_offset", None, None)
         return Ingested("late", None, LATE if outcome == "late" else DROPPED)
     if new is not None and origin is not None:
-        st.note_input(new, *origin)
+        st.note_input(new, origin.topic, origin.partition, origin.offset)
     return Ingested(outcome, new, None)
 
 

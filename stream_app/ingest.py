@@ -41,8 +41,8 @@ def process(m, deliveries) -> bytes | None:
     topic, partition, offset, key, value = m.topic, m.partition, m.offset, m.key, m.value
     now = now_ms()
     hole = deliveries.floor(m.tp) if deliveries is not None else -1
-    origin = (topic, partition, offset) if hole is None or offset < hole else None
-    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS, origin)
+    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS,
+                         m if hole is None or offset < hole else None)
     if result.state is not None:
         app.states.put(partition, key, result.state)
         metrics.ACCEPTED.inc()

@@ -14,7 +14,8 @@ Stored form (orjson, ``v`` is the state format version; see :func:`load`)::
      "old": [[ts, id, type, category], ...],  # older rows still in the window or the grace
      "p": {"t": ts, "c": {category: [...]}},  # the long-term profile (interest_core.window), v2
      "dropped": 1764170000000,         # newest ts of the rows dropped so far (absent: none, or unknown)
-     "in": {"events.click": [3, 5120]}}  # input offsets applied: partition, offset (absent: none known)
+     "in": {"events.click": 5120},     # input offsets applied, per topic (absent: none known) ...
+     "inp": 3}                         # ... of this partition of each
 
 Both lists are sorted by ``(ts, id)``. In memory each row is a tuple (JSON arrays when stored): a
 row never changes, and CPython's garbage collector stops tracking a tuple that holds only strings,
@@ -35,10 +36,12 @@ without an event starts there (:mod:`stream_app.explain`). States written before
 optional key, so no version change.
 
 ``in`` keeps, per input topic, the offset of the newest record applied to the state with every
-record of its partition before it read (:func:`note_input`): a record of the user at or before it
+record of its partition (``inp``: the input topics are co-partitioned, so a user's records are in
+one partition of each) before it read (:func:`note_input`): a record of the user at or before it
 was applied or judged, so one read again (after a crash, offsets since the last commit) whose id
 the state no longer holds is a duplicate, not ``late`` (:func:`seen_input`, :mod:`stream_app.core`).
-An optional key too; a flush stores it capped to what is known read (:func:`dump`).
+Optional keys too; a flush stores the offsets capped to what is known read (:func:`dump`). Plain
+ints, so that recording one allocates no object for the garbage collector to track per event.
 
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
@@ -94,8 +97,6 @@ def load(raw: bytes | None, limits: Limits | None = None) -> dict | None:
         raise StateFormatError(f"user state has format version {version!r}, expected {STATE_VERSION}")
     state["ev"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) + tuple(r[4:]) for r in state["ev"]]
     state["old"] = [(r[0], r[1], _TYPES.get(r[2], r[2]), r[3] and intern(r[3])) for r in state["old"]]
-    if "in" in state:  # tuples, as note_input makes them (less memory, untracked by the collector)
-        state["in"] = {intern(t): tuple(v) for t, v in state["in"].items()}
     if limits is not None:
         settle(state, limits)
     return state
@@ -116,18 +117,18 @@ def dump(state: dict, caps: dict | None = None) -> bytes:
     the stored ``in`` may name (a flush's :meth:`stream_app.consumer.Consumer.input_caps`: past it
     a record may not have been read); one capped below 0, or not in ``caps``, is left out."""
     prof = state.get("p")
-    applied = state.get("in")
+    applied, partition = state.get("in"), state.get("inp")
     capped = applied is not None and caps is not None and any(
-        o > caps.get((t, p), -1) for t, (p, o) in applied.items())
+        o > caps.get((t, partition), -1) for t, o in applied.items())
     if "_ids" in state or (prof is not None and "w" in prof) or capped:
         state = {k: v for k, v in state.items() if k != "_ids"}
         state["p"] = stored_profile(prof)
         if capped:
-            kept = {t: (p, min(o, c)) for t, (p, o) in applied.items() if (c := caps.get((t, p), -1)) >= 0}
+            kept = {t: min(o, c) for t, o in applied.items() if (c := caps.get((t, partition), -1)) >= 0}
             if kept:
                 state["in"] = kept
             else:
-                del state["in"]
+                del state["in"], state["inp"]
     return orjson.dumps(state)
 
 
@@ -135,19 +136,17 @@ def note_input(state: dict, topic: str, partition: int, offset: int) -> None:
     """The record at ``offset`` of ``topic``'s ``partition`` is applied, and every record of that
     partition before it was read: the state has seen each of the user's records up to it."""
     applied = state.get("in")
-    if applied is None:
-        state["in"] = {topic: (partition, offset)}
-        return
-    last = applied.get(topic)
-    if last is None or last[0] != partition or offset > last[1]:
-        applied[topic] = (partition, offset)
+    if applied is None or state["inp"] != partition:  # the first, or the topics' partitions changed
+        state["in"], state["inp"] = {topic: offset}, partition
+    elif offset > applied.get(topic, -1):
+        applied[topic] = offset
 
 
 def seen_input(state: dict | None, topic: str, partition: int, offset: int) -> bool:
     """Whether the record at ``offset`` of ``topic``'s ``partition`` is at or before the newest
     one the state applied (:func:`note_input`): applied or judged before, so read again."""
-    last = None if state is None else (state.get("in") or {}).get(topic)
-    return last is not None and last[0] == partition and offset <= last[1]
+    return (state is not None and state.get("inp") == partition
+            and offset <= state["in"].get(topic, -1))
 
 
 def trim(state: dict, max_bytes: int) -> int:

@@ -310,19 +310,21 @@ def test_input_offsets_are_stored_capped_to_what_was_read_and_outlive_the_rows()
     state.note_input(st, "clicks", 3, 40)
     state.note_input(st, "clicks", 3, 38)  # an older offset (read again) moves nothing
     state.note_input(st, "browses", 3, 7)
-    assert st["in"] == {"clicks": (3, 40), "browses": (3, 7)}
-    assert orjson.loads(state.dump(st))["in"] == {"clicks": [3, 40], "browses": [3, 7]}
+    assert (st["in"], st["inp"]) == ({"clicks": 40, "browses": 7}, 3)
+    stored = orjson.loads(state.dump(st))
+    assert (stored["in"], stored["inp"]) == ({"clicks": 40, "browses": 7}, 3)
     caps = {("clicks", 3): 35, ("browses", 3): 99}
-    assert orjson.loads(state.dump(st, caps))["in"] == {"clicks": [3, 35], "browses": [3, 7]}
-    assert st["in"] == {"clicks": (3, 40), "browses": (3, 7)}  # the state in memory keeps its own
-    # a partition not known (or capped below 0) is left out; none left: no key
-    assert orjson.loads(state.dump(st, {("clicks", 3): 40}))["in"] == {"clicks": [3, 40]}
-    assert "in" not in orjson.loads(state.dump(st, {("clicks", 3): -1}))
-    assert "in" not in orjson.loads(state.dump(st, {}))
+    assert orjson.loads(state.dump(st, caps))["in"] == {"clicks": 35, "browses": 7}
+    assert st["in"] == {"clicks": 40, "browses": 7}  # the state in memory keeps its own
+    # a topic not known (or capped below 0) is left out; none left: no keys
+    assert orjson.loads(state.dump(st, {("clicks", 3): 40}))["in"] == {"clicks": 40}
+    assert orjson.loads(state.dump(st, {("clicks", 4): 40, ("browses", 4): 40})).keys().isdisjoint({"in", "inp"})
+    assert orjson.loads(state.dump(st, {("clicks", 3): -1, ("browses", 3): -1})).keys().isdisjoint({"in", "inp"})
+    assert orjson.loads(state.dump(st, {})).keys().isdisjoint({"in", "inp"})
     loaded = state.load(state.dump(st, caps), LIM)
-    assert loaded["in"] == {"clicks": (3, 35), "browses": (3, 7)}  # tuples in memory, as note_input makes
     assert state.seen_input(loaded, "clicks", 3, 35) and not state.seen_input(loaded, "clicks", 3, 36)
-    state.note_input(st, "clicks", 4, 2)  # the topic's partitions changed: the new one counts
-    assert st["in"]["clicks"] == (4, 2) and not state.seen_input(st, "clicks", 3, 1)
-    assert state.compact(st)["in"] == {"clicks": (4, 2), "browses": (3, 7)}  # the rows go, the offsets stay
-    assert not state.seen_input(None, "clicks", 4, 0)
+    assert not state.seen_input(loaded, "clicks", 2, 1) and not state.seen_input(loaded, "searches", 3, 0)
+    state.note_input(st, "clicks", 4, 2)  # the topics' partitions changed: the new one's offsets only
+    assert (st["in"], st["inp"]) == ({"clicks": 2}, 4) and not state.seen_input(st, "clicks", 3, 1)
+    assert state.compact(st)["in"] == {"clicks": 2}  # the rows go, the offsets stay
+    assert not state.seen_input(None, "clicks", 4, 0) and not state.seen_input(run([ev(3, T0)])[0], "clicks", 4, 0)

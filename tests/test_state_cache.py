@@ -266,7 +266,7 @@ def test_a_flush_knows_the_offsets_it_handles_and_stores_the_input_offsets_cappe
         assert c.handled(0) == ({"clicks": [10, 12, 11], "browses": [3, 4, 6]}, {"browses": 4})
         assert c.handled(2) == ({}, {})
         f = c.take(0, {("clicks", 0): 11})
-        assert orjson.loads(f.writes[0][1])["in"] == {"clicks": [0, 11]}
-        assert st["in"] == {"clicks": (0, 12)}
+        assert orjson.loads(f.writes[0][1])["in"] == {"clicks": 11}
+        assert st["in"] == {"clicks": 12}
     finally:
         loop.close()
