@@ -38,7 +38,8 @@ from . import state as st
 SIZE_BASE = 2_300
 SIZE_ROW = 340
 SIZE_CATEGORY = 150
-SIZE_INPUT = 95  # per input topic whose offset the state records (its "in": an int and a dict slot; 280 for 3)
+SIZE_INPUT = 140  # per input topic whose offset the state records: an int, a slot of "in", and the
+# state dict one size larger (three topics: 421 bytes per user, bench/hot_path.py at 0114045)
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
