@@ -251,6 +251,17 @@ class WorkerProc:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def kill(self) -> int | None:
+        """SIGKILL: a crash, nothing flushed or committed on the way out; the exit code (-9)."""
+        import signal
+
+        if self in _LIVE:
+            _LIVE.remove(self)
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 120 s; the exit code (-9 when it had to be killed)."""
         import signal
@@ -278,6 +289,15 @@ def checkout(ref: str):
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def versions(stack: contextlib.ExitStack, old: str) -> dict:
+    """The workers' sources to compare in one run: ``{"new": None}`` (this checkout) and, unless
+    ``old`` is '', ``"old"``: a checkout of that ref, removed when ``stack`` closes."""
+    out = {"new": None}
+    if old:
+        out["old"] = stack.enter_context(checkout(old))
+    return out
 
 
 def topic_records(bootstrap: str, topic: str) -> int | None:

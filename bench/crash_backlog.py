@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
 import time
 
-from common import ROOT, WorkerProc, broker, checkout, commit, dumps, machine, run, topic_records, workdir
+from common import ROOT, WorkerProc, broker, commit, dumps, machine, run, topic_records, versions, workdir
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -36,10 +35,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=3)
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
-        versions = {"new": None}
-        if args.old:
-            versions["old"] = stack.enter_context(checkout(args.old))
-        result = trials(args, versions)
+        result = trials(args, versions(stack, args.old))
     print(dumps({"machine": machine(), "commit": commit(), "old": args.old or None, **result}))
 
 
@@ -101,8 +97,7 @@ def trials(args, versions: dict) -> dict:
                 if flushed >= first["accepted"]:
                     break
                 time.sleep(1)
-            os.killpg(w.proc.pid, signal.SIGKILL)
-            w.proc.wait()
+            w.kill()
             w.start()
             again = wait_processed(w, records)
             code = w.stop()

@@ -8,9 +8,11 @@ joins the group while the stream goes on); once everything is sent and flushed b
 read: the events in the final states (the sum of each state's ``seq``) against the distinct events
 sent. Every event is valid and new, so each one missing was lost: faust-streaming drops records it
 fetched around an assignment and commits over them (:mod:`stream_app.holes`). The loss depends on
-timing, so each version runs ``--trials`` times, alternating.
+timing, so each version runs ``--trials`` times, alternating. ``--kill``: B and A are killed
+(SIGKILL) instead of stopped, so what they applied since their last flush or commit is read
+again by the other (applied again, or recognised as duplicates: never a dead letter).
 
-    python bench/rebalance.py [--trials 3] [--old a2a8031]
+    python bench/rebalance.py [--trials 3] [--old a2a8031] [--kill]
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import sys
 import threading
 import time
 
-from common import ROOT, WorkerProc, broker, checkout, commit, dumps, machine, run, topic_records, workdir
+from common import ROOT, WorkerProc, broker, commit, dumps, machine, run, topic_records, versions, workdir
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -31,13 +33,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--old", default="a2a8031", help="the version to compare with (a git ref); '' for none")
+    ap.add_argument("--kill", action="store_true", help="SIGKILL the workers instead of stopping them")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
-        versions = {"new": None}
-        if args.old:
-            versions["old"] = stack.enter_context(checkout(args.old))
-        result = trials(args, versions)
-    print(dumps({"machine": machine(), "commit": commit(), "old": args.old or None, "rate": args.rate, **result}))
+        result = trials(args, versions(stack, args.old))
+    print(dumps({"machine": machine(), "commit": commit(), "old": args.old or None, "rate": args.rate,
+                 "stops": "SIGKILL" if args.kill else "SIGTERM", **result}))
 
 
 def trials(args, versions: dict) -> dict:
@@ -81,24 +82,43 @@ def trials(args, versions: dict) -> dict:
                 stream = threading.Thread(target=send)
                 stream.start()
                 time.sleep(5)
-                b.stop()
+                b.kill() if args.kill else b.stop()
                 time.sleep(3)
                 b.start(wait=False)
                 time.sleep(5)
-                a.stop()
+                a.kill() if args.kill else a.stop()
                 time.sleep(3)
                 a.start(wait=False)
                 stream.join()
                 time.sleep(40)  # ready, flushed (3 s) and committed (1 s), with room for a rebalance's delays
+                # events read again since each worker's last start: duplicates (by id or input offset)
+                read_again = {k: sum(w.metrics().get(f"interest_{k}_total", 0.0) for w in (a, b))
+                              for k in ("duplicates", "duplicates_by_offset")}
                 codes = (a.stop(), b.stop())
                 kept = sum(v["seq"] for v in last_values(bootstrap, f"{prefix}interest-stream-users-changelog",
                                                          orjson.loads).values() if v)
                 letters = topic_records(bootstrap, f"{prefix}events.dlq")  # said, not lost silently
-                rows[name].append({"kept": kept, "lost": sent - kept, "dead_letters": letters, "exit_codes": codes,
-                                   "send_error": errors[0] if errors else None})
+                rows[name].append({"kept": kept, "lost": sent - kept, "dead_letters": letters,
+                                   "dead_letter_reasons": reasons(bootstrap, f"{prefix}events.dlq", orjson.loads),
+                                   "read_again_since_the_last_starts": read_again,
+                                   "exit_codes": codes, "send_error": errors[0] if errors else None})
                 print(name, t, rows[name][-1], file=sys.stderr)
     return {"sent": sent, "trials": rows,  # a trial whose events were not all sent counts for nothing
             "lost": {name: sum(r["lost"] for r in rs if not r["send_error"]) for name, rs in rows.items()}}
+
+
+def reasons(bootstrap: str, topic: str, loads) -> dict:
+    """How many dead letters ``topic`` holds for each reason."""
+    from collections import Counter
+
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000,
+                      enable_auto_commit=False)
+    try:
+        return dict(Counter(loads(m.value)["reason"] for m in c))
+    finally:
+        c.close()
 
 
 def last_values(bootstrap: str, topic: str, loads) -> dict:
