@@ -4,7 +4,8 @@
 
 Per event (the ingest agent's own work): ``core.ingest`` (validation and the window and profile
 update), the state cache's bookkeeping, and the agent's whole loop body (the aligner and the
-events held until their flush), with the worker's GC thresholds. Per user of a scoring
+events held until their flush), with the worker's GC thresholds; the loop body also without the
+events' input offsets (``core.ingest``'s ``origin``), the two taking turns. Per user of a scoring
 pass (the default-size model, 1 ONNX Runtime thread, the pass's batches): copying and encoding the
 inputs out of the state (``core.snapshot``), padding each batch's model runs (``core.plan``), the
 runs (``LoadedModel.run``, ONNX Runtime: all the scoring thread does), putting the rows back in
