@@ -94,6 +94,7 @@ def trials(args, versions: dict) -> dict:
                 # events read again since each worker's last start: duplicates (by id or input offset)
                 read_again = {k: sum(w.metrics().get(f"interest_{k}_total", 0.0) for w in (a, b))
                               for k in ("duplicates", "duplicates_by_offset")}
+                behind = uncommitted(bootstrap, s.app_id, list(s.input_topics.values()), 6)  # commits stuck?
                 codes = (a.stop(), b.stop())
                 kept = sum(v["seq"] for v in last_values(bootstrap, f"{prefix}interest-stream-users-changelog",
                                                          orjson.loads).values() if v)
@@ -101,10 +102,24 @@ def trials(args, versions: dict) -> dict:
                 rows[name].append({"kept": kept, "lost": sent - kept, "dead_letters": letters,
                                    "dead_letter_reasons": reasons(bootstrap, f"{prefix}events.dlq", orjson.loads),
                                    "read_again_since_the_last_starts": read_again,
+                                   "uncommitted_before_the_stop": behind,
                                    "exit_codes": codes, "send_error": errors[0] if errors else None})
                 print(name, t, rows[name][-1], file=sys.stderr)
     return {"sent": sent, "trials": rows,  # a trial whose events were not all sent counts for nothing
             "lost": {name: sum(r["lost"] for r in rs if not r["send_error"]) for name, rs in rows.items()}}
+
+
+def uncommitted(bootstrap: str, group: str, topics: list[str], partitions: int) -> int:
+    """Records of ``topics`` past the group's committed offsets (all of them where none is)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        ends = c.end_offsets(tps)
+        return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
+    finally:
+        c.close()
 
 
 def reasons(bootstrap: str, topic: str, loads) -> dict:
