@@ -148,6 +148,7 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
                     log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216); no "
                                 "commit passes them until they are read", hole[0], hole[1] - 1, message.topic,
                                 message.partition)
+                    self._hole_found(message.tp, hole[0])
             return given(message)
 
         self.callback = callback
@@ -250,6 +251,16 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         self._acked_index[tp].difference_update([o for o in list(self._acked_index[tp]) if o >= start])
         self._gap[tp].chop(start, 2**63)
 
+    def _hole_found(self, tp, start: int) -> None:
+        """Records of ``tp`` from ``start`` on were not read, and later ones may have been applied
+        (a hole found at a commit): the states' input offsets in memory go no further than before
+        it (:meth:`stream_app.state_cache.StateCache.cap_inputs`). Otherwise, once the hole's first
+        record is read again and the hole settles, its other records, read for the first time,
+        would be judged against offsets past them and the late ones taken for duplicates."""
+        states = getattr(self.app, "states", None)  # an app without the write-behind state: a benchmark's
+        if states is not None:
+            states.cap_inputs(tp.partition, tp.topic, start - 1)
+
     def input_caps(self, partition: int, handled: dict, undelivered: dict) -> dict:
         """For each input topic's ``partition``, the highest offset a state flushed now may record
         as applied (:func:`stream_app.state.dump`'s caps): every record up to it was read. Before
@@ -300,6 +311,7 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
                 log.warning("offsets %d..%d of %s[%d] were handed over but never applied (skipped by Faust's "
                             "stream); no commit passes them until they are read again", missing[0], missing[1] - 1,
                             tp.topic, tp.partition)
+                self._hole_found(tp, missing[0])
                 return None
             if self.deliveries.floor(tp) is not None:
                 return None

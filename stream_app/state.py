@@ -40,6 +40,8 @@ record of its partition (``inp``: the input topics are co-partitioned, so a user
 one partition of each) before it read (:func:`note_input`): a record of the user at or before it
 was applied or judged, so one read again (after a crash, offsets since the last commit) whose id
 the state no longer holds is a duplicate, not ``late`` (:func:`seen_input`, :mod:`stream_app.core`).
+"Read" as far as the worker knows when it applies the record: a hole found later, at a commit,
+lowers the offset in memory (:func:`cap_input`), and a flush stores it no further than what was read.
 Optional keys too; a flush stores the offsets capped to what is known read (:func:`dump`). Plain
 ints, so that recording one allocates no object for the garbage collector to track per event.
 
@@ -140,6 +142,17 @@ def note_input(state: dict, topic: str, partition: int, offset: int) -> None:
         state["in"], state["inp"] = {topic: offset}, partition
     elif offset > applied.get(topic, -1):
         applied[topic] = offset
+
+
+def cap_input(state: dict, topic: str, partition: int, offset: int) -> None:
+    """Records of ``topic``'s ``partition`` after ``offset`` may not have been read (a hole found
+    after later records were applied): the offset the state records goes no further."""
+    applied = state.get("in")
+    if applied is not None and state["inp"] == partition and applied.get(topic, -1) > offset:
+        if offset >= 0:
+            applied[topic] = offset
+        else:
+            del applied[topic]
 
 
 def seen_input(state: dict | None, topic: str, partition: int, offset: int) -> bool:

@@ -355,6 +355,19 @@ class StateCache:
         self.dropped += dropped
         return dropped
 
+    def cap_inputs(self, partition: int, topic: str, offset: int) -> int:
+        """A hole of ``topic``'s ``partition`` from ``offset + 1`` on was found (its records were
+        handed over to Faust's stream and skipped, found at the next commit, after later records
+        were applied): the input offsets of the partition's states in memory go no further
+        (:func:`stream_app.state.cap_input`); returns how many states were looked at. Their stored
+        forms already do (a flush's caps stop at the first offset not read)."""
+        n = 0
+        for e in self.entries.values():
+            if e.partition == partition and e.state is not None:
+                st.cap_input(e.state, topic, partition, offset)
+                n += 1
+        return n
+
     def drop_partitions(self, partitions) -> None:
         """Forget everything of partitions this worker no longer owns (after their last flush)."""
         gone = set(partitions)

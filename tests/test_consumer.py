@@ -323,3 +323,65 @@ def test_input_caps_stop_at_the_first_offset_not_read_a_hole_or_an_undelivered_d
     for offset in (100, 101, 104):
         d.delivered(click, offset)
     assert Consumer.input_caps(consumer, 0, {"events.click": [104, 105]}, {})[("events.click", 0)] == 101
+
+
+def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_taken_for_duplicates():
+    """An audit's sequence, by hand: user u's records 100..109 of clicks[0] are all handed over, but
+    Faust's stream skipped 100..104; the agent applied 105..109 with their offsets. The next commit
+    finds the hole (100, 105); the worker reads again from 100, and once 100 is acknowledged the hole
+    settles. 101..104, read for the first time, are older than u's window by more than the grace:
+    `late` dead letters. Before the cap, they were judged against the offset 108 and taken for
+    duplicates: neither counted nor dead-lettered."""
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    import orjson
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from stream_app import core, state
+    from stream_app.holes import Deliveries
+    from stream_app.state_cache import StateCache
+
+    hour, t0 = 3_600_000, 1_700_000_000_000
+    limits = state.Limits(horizon_ms=24 * hour, grace_ms=hour, max_events=128)
+    tp, record = TP("clicks", 0), namedtuple("Record", "topic partition offset tp")
+    d, cache = Deliveries(), StateCache(10**9)
+    consumer = Consumer.__new__(Consumer)  # Faust's bookkeeping of one partition, and the worker's
+    consumer.deliveries, consumer.assignment = d, lambda: {tp}
+    consumer._acked, consumer._acked_index, consumer._gap, consumer._committed_offset = (
+        {tp: []}, {tp: set()}, {tp: IntervalTree()}, {tp: None})
+    consumer.app = SimpleNamespace(hole_topics={"clicks"}, states=cache)
+    ts = {o: t0 + (o - 100) * hour for o in range(100, 110)} | {108: t0 + 40 * hour}
+
+    def process(o):  # stream_app.ingest.process: the offset goes along below the first hole only
+        hole = d.floor(tp)
+        e = cache.get(b"u")
+        value = orjson.dumps({"event_id": f"u-{o}", "user_id": "u", "type": "click", "ts": ts[o],
+                              "category": "x", "item_id": f"i{o}"})
+        r = core.ingest("click", b"u", value, lambda _k: e.state if e else None, limits, t0 + 30 * 24 * hour,
+                        24 * hour, record("clicks", 0, o, tp) if hole is None or o < hole else None)
+        if r.state is not None:
+            cache.put(0, b"u", r.state)
+        return r.outcome
+
+    def acknowledge(offsets):
+        consumer._acked[tp].extend(offsets)
+        consumer._acked_index[tp].update(offsets)
+
+    d.positioned(tp, 100)
+    assert [d.delivered(tp, o) for o in range(100, 110)] == [None] * 10
+    out = {o: process(o) for o in range(105, 110)}
+    assert cache.get(b"u").state["in"] == {"clicks": 108}
+    acknowledge(range(105, 110))  # by a flush
+    assert consumer._new_offset(tp) is None and d.floor(tp) == 100  # the hole (100, 105), found
+    assert cache.get(b"u").state["in"] == {"clicks": 99}  # capped in memory
+    consumer._read_again(tp, 100)
+    d.positioned(tp, 100)
+    out[100] = process(100)
+    acknowledge([100])
+    consumer._new_offset(tp)
+    assert d.floor(tp) is None  # settled once 100 was acknowledged
+    out |= {o: process(o) for o in range(101, 105)}
+    assert out == {105: "accepted", 106: "accepted", 107: "accepted", 108: "accepted", 109: "late",
+                   100: "late", 101: "late", 102: "late", 103: "late", 104: "late"}

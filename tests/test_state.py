@@ -328,3 +328,17 @@ def test_input_offsets_are_stored_capped_to_what_was_read_and_outlive_the_rows()
     assert (st["in"], st["inp"]) == ({"clicks": 2}, 4) and not state.seen_input(st, "clicks", 3, 1)
     assert state.compact(st)["in"] == {"clicks": 2}  # the rows go, the offsets stay
     assert not state.seen_input(None, "clicks", 4, 0) and not state.seen_input(run([ev(3, T0)])[0], "clicks", 4, 0)
+
+
+def test_a_hole_found_late_caps_the_input_offset_in_memory():
+    st = run([ev(1, T0)])[0]
+    state.note_input(st, "clicks", 3, 40)
+    state.note_input(st, "browses", 3, 7)
+    state.cap_input(st, "clicks", 3, 29)  # records after 29 may not have been read
+    assert st["in"] == {"clicks": 29, "browses": 7}
+    state.cap_input(st, "clicks", 3, 35)  # a cap above it moves nothing
+    state.cap_input(st, "clicks", 2, 5)  # nor one of another partition
+    assert st["in"] == {"clicks": 29, "browses": 7}
+    state.cap_input(st, "browses", 3, -1)  # nothing read: the topic's offset goes
+    assert st["in"] == {"clicks": 29} and not state.seen_input(st, "browses", 3, 0)
+    state.cap_input(run([ev(2, T0)])[0], "clicks", 3, 1)  # a state without offsets: nothing to cap

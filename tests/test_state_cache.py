@@ -270,3 +270,13 @@ def test_a_flush_knows_the_offsets_it_handles_and_stores_the_input_offsets_cappe
         assert st["in"] == {"clicks": 12}
     finally:
         loop.close()
+
+
+def test_a_hole_caps_the_input_offsets_of_its_partitions_states_in_memory():
+    c = StateCache(10**9)
+    for user, p in (("a", 0), ("b", 0), ("z", 1)):
+        applied(c, p, user, 0)
+        state.note_input(c.get(user.encode()).state, "clicks", p, 50)
+    c.delete(0, b"gone")
+    assert c.cap_inputs(0, "clicks", 9) == 2  # a and b; the delete has no state
+    assert [c.get(k).state["in"] for k in (b"a", b"b", b"z")] == [{"clicks": 9}, {"clicks": 9}, {"clicks": 50}]
