@@ -60,8 +60,7 @@ def wait_processed(w: WorkerProc, n: int, timeout: float = 300) -> dict:
 
 
 def trials(args, versions: dict) -> dict:
-    import orjson
-    from rebalance import last_values
+    from rebalance import kept_events
     from tiny_model import build_tiny_model_dir
 
     from models.simulate import simulate_to_files
@@ -93,7 +92,7 @@ def trials(args, versions: dict) -> dict:
             changelog = f"{prefix}interest-stream-users-changelog"
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # every accepted event in a flushed state
-                flushed = sum(v["seq"] for v in last_values(bootstrap, changelog, orjson.loads).values() if v)
+                flushed = kept_events(bootstrap, changelog)
                 if flushed >= first["accepted"]:
                     break
                 time.sleep(1)
@@ -101,7 +100,7 @@ def trials(args, versions: dict) -> dict:
             w.start()
             again = wait_processed(w, records)
             code = w.stop()
-            kept = sum(v["seq"] for v in last_values(bootstrap, changelog, orjson.loads).values() if v)
+            kept = kept_events(bootstrap, changelog)
             rows[name] = {"records": records, "first_run": first, "flushed_before_the_kill": flushed,
                           "after_the_restart": again, "kept": kept, "exit_code": code,
                           "dead_letters_in_the_dlq": topic_records(bootstrap, f"{prefix}events.dlq")}

@@ -96,8 +96,7 @@ def trials(args, versions: dict) -> dict:
                               for k in ("duplicates", "duplicates_by_offset")}
                 behind = uncommitted(bootstrap, s.app_id, list(s.input_topics.values()), 6)  # commits stuck?
                 codes = (a.stop(), b.stop())
-                kept = sum(v["seq"] for v in last_values(bootstrap, f"{prefix}interest-stream-users-changelog",
-                                                         orjson.loads).values() if v)
+                kept = kept_events(bootstrap, f"{prefix}interest-stream-users-changelog")
                 letters = topic_records(bootstrap, f"{prefix}events.dlq")  # said, not lost silently
                 rows[name].append({"kept": kept, "lost": sent - kept, "dead_letters": letters,
                                    "dead_letter_reasons": reasons(bootstrap, f"{prefix}events.dlq", orjson.loads),
@@ -126,26 +125,23 @@ def reasons(bootstrap: str, topic: str, loads) -> dict:
     """How many dead letters ``topic`` holds for each reason."""
     from collections import Counter
 
-    from kafka import KafkaConsumer
+    from kafka_io import read_all
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000,
-                      enable_auto_commit=False)
-    try:
-        return dict(Counter(loads(m.value)["reason"] for m in c))
-    finally:
-        c.close()
+    return dict(Counter(loads(m.value)["reason"] for m in read_all(bootstrap, topic)))
 
 
 def last_values(bootstrap: str, topic: str, loads) -> dict:
     """Each key's newest value in ``topic`` (None for a tombstone)."""
-    from kafka import KafkaConsumer
+    from kafka_io import read_all
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000,
-                      enable_auto_commit=False)
-    try:
-        return {m.key: loads(m.value) if m.value else None for m in c}
-    finally:
-        c.close()
+    return {m.key: loads(m.value) if m.value else None for m in read_all(bootstrap, topic)}
+
+
+def kept_events(bootstrap: str, changelog: str) -> int:
+    """The events in the users' final states: the sum of each state's ``seq`` (accepted events)."""
+    import orjson
+
+    return sum(v["seq"] for v in last_values(bootstrap, changelog, orjson.loads).values() if v)
 
 
 if __name__ == "__main__":

@@ -110,12 +110,17 @@ class Received:
         return False
 
 
-app.received = Received(DeliveredEnds(
-    lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())))
+def _reader() -> KafkaConsumer:
+    """A consumer of the worker's own, outside Faust, to read a partition's tail or a hole (each
+    caller makes one, used in executor threads)."""
+    return KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())
+
+
+app.received = Received(DeliveredEnds(_reader))
 # the topics whose offsets the fetcher skipped are read again (stream_app.holes), and the consumer
-# that reads them, in an executor thread
+# that reads them
 app.hole_topics = frozenset([*settings.input_topics.values(), settings.control_topic])
-app.hole_reader = lambda: KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())
+app.hole_reader = _reader
 app.ingest_stalled = False  # applying waits for the changelog (stream_app.ingest._wait_for_changelog)
 
 
