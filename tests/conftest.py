@@ -112,6 +112,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that failed shows the end of each of its workers' logs (a CI run keeps nothing else)."""
+    report = yield
+    if report.failed:
+        for w in getattr(item, "started_workers", ()):
+            report.sections.append((f"worker {w.dir.name}: the last 40 lines of its log", w.log(40)))
+    return report
+
+
 @pytest.fixture
 def local_broker(kafka) -> LocalKafka:
     """The session's own broker process (for outage tests); skipped with an external broker."""
@@ -249,9 +259,10 @@ class Worker:
 
 
 @pytest.fixture
-def workers(env, tmp_path, tiny_model_dir):
+def workers(env, tmp_path, tiny_model_dir, request):
     """Factory of worker subprocesses; every worker is stopped at the end of the test."""
     started: list[Worker] = []
+    request.node.started_workers = started
     env["INTEREST_MODEL_DIR"] = str(tiny_model_dir)
 
     def make(name: str = "w", start: bool = True, argv: list[str] | None = None, data_dir=None,
