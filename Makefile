@@ -73,6 +73,7 @@ bench: install
 	$(PY) bench/soak.py --rate $(OLD_SUSTAINED_RATE) --old $(OLD_REF) | tee bench-out/soak-old.json
 	$(PY) bench/rebalance.py | tee bench-out/rebalance.json
 	$(PY) bench/rebalance.py --kill --old ff8d33e | tee bench-out/rebalance-kill.json
+	$(PY) bench/rebalance.py --kill --workers 3 --trials 2 --old ff8d33e | tee bench-out/rebalance-kill-3.json
 	$(PY) bench/crash_backlog.py | tee bench-out/crash_backlog.json
 	$(PY) bench/score.py | tee bench-out/score.json
 	$(PY) bench/replay_speed.py | tee bench-out/replay_speed.json

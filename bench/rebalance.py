@@ -1,10 +1,11 @@
-"""Events kept when two workers take partitions from each other while events stream in, against
-an older version in the same run.
+"""Events kept when two workers (or ``--workers`` N) take partitions from each other while events
+stream in, against an older version in the same run.
 
-Each trial: a fresh deployment (6 partitions), worker A, then B started 2 s before a simulated
-log (50 users, 3 days, about 3,000 events) is sent at ``--rate``; B stops 5 s into the stream and
-starts again 3 s later, A stops 5 s after that and starts again 3 s later (none waited for: each
-joins the group while the stream goes on); once everything is sent and flushed both stop, and the users' changelog is
+Each trial: a fresh deployment (6 partitions), worker A, then B (and C...) started 2 s before a
+simulated log (50 users, 3 days, about 3,000 events) is sent at ``--rate``; the last worker stops
+5 s into the stream and starts again 3 s later, the one before it stops 5 s after that and starts
+again 3 s later, and so on down to A (none waited for: each joins the group while the stream goes
+on); once everything is sent and flushed all stop, and the users' changelog is
 read: the events in the final states (the sum of each state's ``seq``) against the distinct events
 sent. Every event is valid and new, so each one missing was lost: faust-streaming drops records it
 fetched around an assignment and commits over them (:mod:`stream_app.holes`). The loss depends on
@@ -12,7 +13,7 @@ timing, so each version runs ``--trials`` times, alternating. ``--kill``: B and 
 (SIGKILL) instead of stopped, so what they applied since their last flush or commit is read
 again by the other (applied again, or recognised as duplicates: never a dead letter).
 
-    python bench/rebalance.py [--trials 3] [--old a2a8031] [--kill]
+    python bench/rebalance.py [--trials 3] [--old a2a8031] [--kill] [--workers 2] [--rate 200]
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--old", default="a2a8031", help="the version to compare with (a git ref); '' for none")
     ap.add_argument("--kill", action="store_true", help="SIGKILL the workers instead of stopping them")
+    ap.add_argument("--workers", type=int, default=2, choices=range(2, 7), metavar="2..6")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         result = trials(args, versions(stack, args.old))
     print(dumps({"machine": machine(), "commit": commit(), "old": args.old or None, "rate": args.rate,
-                 "stops": "SIGKILL" if args.kill else "SIGTERM", **result}))
+                 "workers": args.workers, "stops": "SIGKILL" if args.kill else "SIGTERM", **result}))
 
 
 def trials(args, versions: dict) -> dict:
@@ -67,9 +69,10 @@ def trials(args, versions: dict) -> dict:
                 create_topics(s)
                 here = work / f"{name}-{t}"
                 here.mkdir()
-                a, b = (WorkerProc(env, here, src=src, name=n) for n in "AB")
-                a.start()
-                b.start(wait=False)  # it joins the group as the stream begins
+                workers = [WorkerProc(env, here, src=src, name=n) for n in "ABCDEF"[:args.workers]]
+                workers[0].start()
+                for w in workers[1:]:
+                    w.start(wait=False)  # it joins the group as the stream begins
                 time.sleep(2)
                 errors = []
 
@@ -81,25 +84,23 @@ def trials(args, versions: dict) -> dict:
 
                 stream = threading.Thread(target=send)
                 stream.start()
-                time.sleep(5)
-                b.kill() if args.kill else b.stop()
-                time.sleep(3)
-                b.start(wait=False)
-                time.sleep(5)
-                a.kill() if args.kill else a.stop()
-                time.sleep(3)
-                a.start(wait=False)
+                for w in reversed(workers):
+                    time.sleep(5)
+                    w.kill() if args.kill else w.stop()
+                    time.sleep(3)
+                    w.start(wait=False)
                 stream.join()
                 time.sleep(40)  # ready, flushed (3 s) and committed (1 s), with room for a rebalance's delays
                 # events read again since each worker's last start: duplicates (by id or input offset)
-                read_again = {k: sum(w.metrics().get(f"interest_{k}_total", 0.0) for w in (a, b))
+                read_again = {k: sum(w.metrics().get(f"interest_{k}_total", 0.0) for w in workers)
                               for k in ("duplicates", "duplicates_by_offset")}
                 behind = uncommitted(bootstrap, s.app_id, list(s.input_topics.values()), 6)  # commits stuck?
-                codes = (a.stop(), b.stop())
+                codes = [w.stop() for w in workers]
                 kept = kept_events(bootstrap, f"{prefix}interest-stream-users-changelog")
                 letters = topic_records(bootstrap, f"{prefix}events.dlq")  # said, not lost silently
                 rows[name].append({"kept": kept, "lost": sent - kept, "dead_letters": letters,
                                    "dead_letter_reasons": reasons(bootstrap, f"{prefix}events.dlq", orjson.loads),
+                                   "late": late_letters(bootstrap, f"{prefix}events.dlq", orjson.loads),
                                    "read_again_since_the_last_starts": read_again,
                                    "uncommitted_before_the_stop": behind,
                                    "exit_codes": codes, "send_error": errors[0] if errors else None})
@@ -128,6 +129,17 @@ def reasons(bootstrap: str, topic: str, loads) -> dict:
     from kafka_io import read_all
 
     return dict(Counter(loads(m.value)["reason"] for m in read_all(bootstrap, topic)))
+
+
+def late_letters(bootstrap: str, topic: str, loads, at_most: int = 40) -> list:
+    """The first ``at_most`` `late` dead letters of ``topic`` as [input topic's last word,
+    partition, offset, detail], in offset order within each input partition."""
+    from kafka_io import read_all
+
+    letters = (loads(m.value) for m in read_all(bootstrap, topic))
+    late = sorted([d["topic"].rsplit(".", 1)[-1], d["partition"], d["offset"], d["detail"]]
+                  for d in letters if d["reason"] == "late")
+    return late[:at_most]
 
 
 def last_values(bootstrap: str, topic: str, loads) -> dict:

@@ -34,16 +34,18 @@ class Ingested:
 
 
 def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: Callable[[bytes], dict | None],
-           limits: st.Limits, now_ms: int, future_ms: int, origin=None) -> Ingested:
+           limits: st.Limits, now_ms: int, future_ms: int, origin=None, record: bool = True) -> Ingested:
     """One input message through validation and the user's state (``lookup(key)``, called only
     for a valid event). A duplicate or late event leaves the state unchanged.
 
-    ``origin``: the input record (its ``topic``, ``partition`` and ``offset``: Faust's message) when
-    every record of its partition before it was read (None: not known, as while a hole the fetcher
-    skipped is read again; the record itself, so that nothing is allocated for it per event). An
-    accepted event records it in the state (:func:`stream_app.state.note_input`); an event that
+    ``origin``: the input record (its ``topic``, ``partition`` and ``offset``: Faust's message; the
+    record itself, so that nothing is allocated for it per event; None: not known). An event that
     would be ``late`` at or before the offset the state recorded was applied or judged before, and
-    is read again after its id left the state: a ``duplicate`` (outcome ``duplicate_offset``)."""
+    is read again after its id left the state: a ``duplicate`` (outcome ``duplicate_offset``).
+    ``record``: every record of its partition before it was read (False while a hole the fetcher
+    skipped is unsettled at or before it), so an accepted event records it in the state
+    (:func:`stream_app.state.note_input`). The check needs no such condition: the state's offset
+    was recorded under it (or capped since, :func:`stream_app.state.cap_input`)."""
     result = validate(expected_type, key, value, now_ms, future_ms)
     if isinstance(result, Rejected):
         return Ingested(result.reason, None, result)
@@ -53,7 +55,7 @@ def ingest(expected_type: str, key: bytes | None, value: bytes | None, lookup: C
         if origin is not None and st.seen_input(state, origin.topic, origin.partition, origin.offset):
             return Ingested("duplicate_offset", None, None)
         return Ingested("late", None, LATE if outcome == "late" else DROPPED)
-    if new is not None and origin is not None:
+    if new is not None and origin is not None and record:
         st.note_input(new, origin.topic, origin.partition, origin.offset)
     return Ingested(outcome, new, None)
 

@@ -34,17 +34,21 @@ STALL_POLL_S = 0.1  # how often a full cache waiting for the changelog looks aga
 def process(m, deliveries) -> bytes | None:
     """One input message through validation and the user's state; returns its dead letter when
     it is rejected (for :func:`apply_released` to send), else None. The message goes along as the
-    record whose offset the state records (``origin``, :func:`stream_app.core.ingest`) unless a
-    hole the fetcher skipped lies at or before it (``deliveries``, the consumer's
+    record whose offset the state checks (``origin``, :func:`stream_app.core.ingest`), and records
+    unless a hole the fetcher skipped lies at or before it (``deliveries``, the consumer's
     :class:`stream_app.holes.Deliveries`; None: a consumer that does not know, and no message goes
-    along): the hole's records come after it, so not every record before it was read. A hole found
-    only later, at a commit, lowers the offsets the states in memory recorded
+    along): the hole's records come after it, so not every record before it was read. A hole's own
+    records, read again, are checked: a state restored from the changelog may have applied them
+    (`bench/rebalance.py --workers 3 --kill`). A hole found only later, at a commit, lowers the offsets the states in memory recorded
     (``Consumer._hole_found``)."""
     topic, partition, offset, key, value = m.topic, m.partition, m.offset, m.key, m.value
     now = now_ms()
-    hole = deliveries.floor(m.tp) if deliveries is not None else -1
-    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS,
-                         m if hole is None or offset < hole else None)
+    if deliveries is None:
+        origin, record = None, False
+    else:
+        hole = deliveries.floor(m.tp)
+        origin, record = m, hole is None or offset < hole
+    result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS, origin, record)
     if result.state is not None:
         app.states.put(partition, key, result.state)
         metrics.ACCEPTED.inc()

@@ -67,9 +67,10 @@ def test_an_event_read_again_after_its_id_left_the_state_is_a_duplicate_by_its_i
     has left the state (older than the window by more than the grace) when it is read again."""
     states: dict = {}
 
-    def one(i, ts, origin):
-        record = Record(*origin) if origin else None  # as Faust's message gives them
-        r = core.ingest("click", b"u", orjson.dumps(ev("u", i, ts)), states.get, LIM, NOW, 86_400_000, record)
+    def one(i, ts, origin, record=True):
+        message = Record(*origin) if origin else None  # as Faust's message gives them
+        r = core.ingest("click", b"u", orjson.dumps(ev("u", i, ts)), states.get, LIM, NOW, 86_400_000, message,
+                        record)
         if r.state is not None:
             states[b"u"] = r.state
         return r
@@ -91,13 +92,18 @@ def test_an_event_read_again_after_its_id_left_the_state_is_a_duplicate_by_its_i
     # an accepted event with no origin leaves the recorded offsets as they were
     assert one(6, t0 + 2 * day + 1, None).outcome == "accepted"
     assert (states[b"u"]["in"], states[b"u"]["inp"]) == ({"clicks": 12}, 3)
+    # nor does one whose earlier records may be unread (a hole), but its origin is checked
+    assert one(10, t0 + 2 * day + 4, ("clicks", 3, 20), record=False).outcome == "accepted"
+    assert (states[b"u"]["in"], states[b"u"]["inp"]) == ({"clicks": 12}, 3)
+    assert one(11, t0, ("clicks", 3, 11), record=False).outcome == "duplicate_offset"
+    assert one(11, t0, ("clicks", 3, 13), record=False).outcome == "late"
     assert one(7, t0 + 2 * day + 2, ("browses", 3, 4)).outcome == "accepted"
     assert states[b"u"]["in"] == {"clicks": 12, "browses": 4}
     # the topics' partitions changed (a deployment re-created): offsets of the new partition only
     assert one(8, t0 + 2 * day + 3, ("clicks", 5, 2)).outcome == "accepted"
     assert (states[b"u"]["in"], states[b"u"]["inp"]) == ({"clicks": 2}, 5)
     assert one(0, t0, ("clicks", 3, 10)).outcome == "late"
-    assert states[b"u"]["seq"] == 6
+    assert states[b"u"]["seq"] == 7
 
 
 def expected(model, events):
