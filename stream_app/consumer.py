@@ -306,7 +306,7 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
             return None
         if acked and floor is None and self._checks_holes(tp.topic):
             lowest = min([min(acked)] + [interval.begin for interval in self._gap[tp]])
-            missing = self.deliveries.head_missing(tp, lowest)
+            missing = self.deliveries.head_missing(tp, lowest, self._committed_offset[tp])
             if missing is not None:
                 log.warning("offsets %d..%d of %s[%d] were handed over but never applied (skipped by Faust's "
                             "stream); no commit passes them until they are read again", missing[0], missing[1] - 1,

@@ -46,15 +46,23 @@ class Deliveries:
         self._base[tp] = offset
         self._sought.discard(tp)
 
-    def head_missing(self, tp, lowest: int) -> tuple[int, int] | None:
+    def head_missing(self, tp, lowest: int, committed: int | None = None) -> tuple[int, int] | None:
         """``lowest``, the lowest offset acknowledged (or a gap's start), is past where commits go
         on: the records between were handed over but never acknowledged, skipped by Faust's stream
         (its flow control not active yet, or an older generation), and Faust, which forgets its
         committed offset before the last commit of a revoked partition, committed over them. A
         hole ``(start, end)`` from there, found once. One offset after a commit is taken for a
         transaction's marker (a commit after a transaction's last record lands on its marker): Faust
-        skips records only around a rebalance, after a seek."""
+        skips records only around a rebalance, after a seek.
+
+        ``committed``: Faust's committed offset. Faust does not count an acknowledgement below it,
+        so no hole can be filled below it: commits go on from there when it is past the base (a
+        hole read again from before it had left the base there, and the records before it, read
+        again and acknowledged in vain, were found missing again at every commit)."""
         base = self._base.get(tp)
+        if base is not None and committed is not None and committed > base:
+            self.committed(tp, committed)
+            base = committed
         if base is None or lowest <= base or (lowest == base + 1 and tp not in self._sought):
             return None
         if any(start <= base for start, _ in self._holes.get(tp, ())):

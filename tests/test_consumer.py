@@ -325,6 +325,38 @@ def test_input_caps_stop_at_the_first_offset_not_read_a_hole_or_an_undelivered_d
     assert Consumer.input_caps(consumer, 0, {"events.click": [104, 105]}, {})[("events.click", 0)] == 101
 
 
+def test_records_read_again_below_fausts_committed_offset_do_not_stop_the_commits():
+    """Faust's own ack counts nothing below its committed offset (19 here), so records 17 and 18,
+    read again from a seek to 17 and acknowledged, never join the acknowledged ones. Before, every
+    commit found them missing, read them again and committed nothing: in a run of three workers
+    killed in turn, 3,200 `late` dead letters of 4 records and 569 records left uncommitted."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from stream_app.holes import Deliveries
+
+    tp, d = TP("clicks", 0), Deliveries()
+    consumer = Consumer.__new__(Consumer)
+    consumer.deliveries, consumer.assignment = d, lambda: {tp}
+    consumer._acked, consumer._acked_index, consumer._gap, consumer._committed_offset = (
+        {tp: []}, {tp: set()}, {tp: IntervalTree()}, {tp: 19})
+    consumer._unacked_messages, consumer._n_acked, consumer._waiting_for_ack = set(), 0, None
+    consumer.app = SimpleNamespace(hole_topics={"clicks"}, states=None,
+                                   topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    class Message(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    d.positioned(tp, 17)  # a hole read again from 17
+    for o in range(17, 30):
+        assert d.delivered(tp, o) is None
+        consumer.ack(Message(acked=False, tp=tp, offset=o, topic="clicks"))  # applied
+    assert consumer._acked[tp] == list(range(19, 30))  # Faust's ack: 17 and 18 counted for nothing
+    assert consumer._new_offset(tp) == 30
+    assert d.floor(tp) is None and d.take_pending() == []
+
+
 def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_taken_for_duplicates():
     """An audit's sequence, by hand: user u's records 100..109 of clicks[0] are all handed over, but
     Faust's stream skipped 100..104; the agent applied 105..109 with their offsets. The next commit

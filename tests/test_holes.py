@@ -76,6 +76,24 @@ def test_records_handed_over_but_never_acknowledged_at_the_head_are_a_hole():
     assert d.head_missing(TP, 301) == (300, 301)  # one offset after a seek: read, it may be a record
 
 
+def test_no_hole_is_found_below_fausts_committed_offset():
+    """Sought back to 17 to read a hole again, the base is 17; Faust's committed offset is 19, and
+    it does not count acknowledgements below it, so 17 and 18, read again and acknowledged, stay
+    missing. Three workers killed in turn found them missing at every commit for a minute, read
+    them again and dead-lettered them each time (bench/rebalance.py --workers 3 --kill)."""
+    d = Deliveries()
+    d.positioned(TP, 17)
+    assert [d.delivered(TP, o) for o in range(17, 30)] == [None] * 13
+    assert d.head_missing(TP, 19, committed=19) is None and d.floor(TP) is None
+    assert d.base(TP) == (19, False)  # commits go on from Faust's: one offset after it is a marker
+    assert d.head_missing(TP, 20, committed=19) is None
+    assert d.head_missing(TP, 21, committed=19) == (19, 21)  # past it, a hole as before
+    assert d.head_missing(TP, 25, committed=None) is None  # found once; Faust's offset not known
+    d2 = Deliveries()
+    d2.positioned(TP, 17)
+    assert d2.head_missing(TP, 19, committed=12) == (17, 19)  # Faust's offset behind the base: the base
+
+
 def test_read_through_stops_at_the_first_offset_neither_handled_nor_a_gap():
     # sought to 100: 100..102 applied, 103..104 Faust's gap (markers), 105 applied, 106 never given
     assert read_through(100, True, [100, 101, 102, 105], [(103, 105)]) == 106
