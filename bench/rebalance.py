@@ -9,9 +9,10 @@ on); once everything is sent and flushed all stop, and the users' changelog is
 read: the events in the final states (the sum of each state's ``seq``) against the distinct events
 sent. Every event is valid and new, so each one missing was lost: faust-streaming drops records it
 fetched around an assignment and commits over them (:mod:`stream_app.holes`). The loss depends on
-timing, so each version runs ``--trials`` times, alternating. ``--kill``: B and A are killed
-(SIGKILL) instead of stopped, so what they applied since their last flush or commit is read
-again by the other (applied again, or recognised as duplicates: never a dead letter).
+timing, so each version runs ``--trials`` times, alternating. ``--kill``: the workers are killed
+(SIGKILL) instead of stopped, so what each applied since its last flush or commit is read again
+by another (applied again, or recognised as duplicates; a `late` dead letter is counted, and the
+first 40 are listed with their input offsets).
 
     python bench/rebalance.py [--trials 3] [--old a2a8031] [--kill] [--workers 2] [--rate 200]
 """

@@ -39,8 +39,8 @@ def process(m, deliveries) -> bytes | None:
     :class:`stream_app.holes.Deliveries`; None: a consumer that does not know, and no message goes
     along): the hole's records come after it, so not every record before it was read. A hole's own
     records, read again, are checked: a state restored from the changelog may have applied them
-    (`bench/rebalance.py --workers 3 --kill`). A hole found only later, at a commit, lowers the offsets the states in memory recorded
-    (``Consumer._hole_found``)."""
+    (``bench/rebalance.py --workers 3 --kill``). A hole found only later, at a commit, lowers the
+    offsets the states in memory recorded (``Consumer._hole_found``)."""
     topic, partition, offset, key, value = m.topic, m.partition, m.offset, m.key, m.value
     now = now_ms()
     if deliveries is None:
