@@ -110,17 +110,14 @@ def main() -> None:
 
     def agent_body(offsets: bool = True):  # what the ingest agent does per message, all topics caught up
         cache, aligner = StateCache(10**12), Aligner(topics, release_every=RELEASE_EVERY)
-        deliveries = Deliveries()  # no hole: every offset goes with its message (stream_app.ingest.process)
+        deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
 
         def apply(released):
             for x in released:
                 e = cache.get(x.key)
-                origin = None
-                if offsets:
-                    hole = deliveries.floor(x.tp)
-                    origin = x if hole is None or x.offset < hole else None
+                origin, record = (x, deliveries.read_before(x.tp, x.offset)) if offsets else (None, False)
                 r = core.ingest(x.topic, x.key, x.value, lambda _k, e=e: e.state if e else None, limits, now,
-                                future_ms, origin)
+                                future_ms, origin, record)
                 if r.state is not None:
                     cache.put(x.partition, x.key, r.state)
                 cache.hold(x.partition, x, len(x.value) + len(x.key))

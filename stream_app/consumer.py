@@ -253,8 +253,8 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
 
     def _hole_found(self, tp, start: int) -> None:
         """Records of ``tp`` from ``start`` on were not read, and later ones may have been applied
-        (a hole found at a commit): the states' input offsets in memory go no further than before
-        it (:meth:`stream_app.state_cache.StateCache.cap_inputs`). Otherwise, once the hole's first
+        (a hole found at a commit; one the fetcher left is found before the record after it): the
+        states' input offsets in memory go no further than before it (:meth:`stream_app.state_cache.StateCache.cap_inputs`). Otherwise, once the hole's first
         record is read again and the hole settles, its other records, read for the first time,
         would be judged against offsets past them and the late ones taken for duplicates."""
         states = getattr(self.app, "states", None)  # an app without the write-behind state: a benchmark's

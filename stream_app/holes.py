@@ -83,6 +83,12 @@ class Deliveries:
         self._pending.append((tp, expected, offset))
         return expected, offset
 
+    def read_before(self, tp, offset: int) -> bool:
+        """Whether every record of ``tp`` before ``offset`` was read: no hole unsettled at or
+        before it (what lets a state record the offset, :func:`stream_app.core.ingest`)."""
+        hole = self.floor(tp)
+        return hole is None or offset < hole
+
     def base(self, tp) -> tuple[int, bool] | None:
         """Where ``tp``'s commits go on from, and whether that is the position sought to (not a
         commit); None when not known."""

@@ -43,11 +43,7 @@ def process(m, deliveries) -> bytes | None:
     offsets the states in memory recorded (``Consumer._hole_found``)."""
     topic, partition, offset, key, value = m.topic, m.partition, m.offset, m.key, m.value
     now = now_ms()
-    if deliveries is None:
-        origin, record = None, False
-    else:
-        hole = deliveries.floor(m.tp)
-        origin, record = m, hole is None or offset < hole
+    origin, record = (None, False) if deliveries is None else (m, deliveries.read_before(m.tp, offset))
     result = core.ingest(TOPIC_TYPES[topic], key, value, lookup_key, LIMITS, now, FUTURE_MS, origin, record)
     if result.state is not None:
         app.states.put(partition, key, result.state)

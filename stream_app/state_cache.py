@@ -356,9 +356,9 @@ class StateCache:
         return dropped
 
     def cap_inputs(self, partition: int, topic: str, offset: int) -> int:
-        """A hole of ``topic``'s ``partition`` from ``offset + 1`` on was found (its records were
-        handed over to Faust's stream and skipped, found at the next commit, after later records
-        were applied): the input offsets of the partition's states in memory go no further
+        """A hole of ``topic``'s ``partition`` from ``offset + 1`` on was found (records Faust's
+        stream skipped, found at the next commit after later records were applied, or records the
+        fetcher skipped): the input offsets of the partition's states in memory go no further
         (:func:`stream_app.state.cap_input`); returns how many states were looked at. Their stored
         forms already do (a flush's caps stop at the first offset not read)."""
         n = 0

@@ -388,12 +388,11 @@ def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_
     ts = {o: t0 + (o - 100) * hour for o in range(100, 110)} | {108: t0 + 40 * hour}
 
     def process(o):  # stream_app.ingest.process: the offset is checked, and recorded below the first hole only
-        hole = d.floor(tp)
         e = cache.get(b"u")
         value = orjson.dumps({"event_id": f"u-{o}", "user_id": "u", "type": "click", "ts": ts[o],
                               "category": "x", "item_id": f"i{o}"})
         r = core.ingest("click", b"u", value, lambda _k: e.state if e else None, limits, t0 + 30 * 24 * hour,
-                        24 * hour, record("clicks", 0, o, tp), hole is None or o < hole)
+                        24 * hour, record("clicks", 0, o, tp), d.read_before(tp, o))
         if r.state is not None:
             cache.put(0, b"u", r.state)
         return r.outcome

@@ -66,8 +66,11 @@ def test_records_handed_over_but_never_acknowledged_at_the_head_are_a_hole():
     assert [d.delivered(TP, o) for o in range(216, 267)] == [None] * 51
     assert d.head_missing(TP, 216) is None  # the head acknowledged: commits go on
     assert d.head_missing(TP, 221) == (216, 221) and d.floor(TP) == 216
+    # what a state may record: offsets before the hole only
+    assert d.read_before(TP, 215) and not d.read_before(TP, 216) and not d.read_before(TP, 230)
     assert d.head_missing(TP, 221) is None and d.take_pending() == [(TP, 216, 221)]  # found once
     d.settled(TP, 216)
+    assert d.read_before(TP, 230)
     d.committed(TP, 267)
     assert d.head_missing(TP, 268) is None  # one offset after a commit: a transaction's marker
     assert d.head_missing(TP, 269) == (267, 269)
