@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -21,6 +22,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from stream_app.kafka_local import LocalKafka, free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 
 def machine() -> dict:
@@ -125,6 +129,27 @@ def broker():
         if k is not None:
             k.down(purge=True)
             shutil.rmtree(k.home, ignore_errors=True)
+
+
+def deployment(bootstrap: str, name: str, model_dir: Path | str | None = None, partitions: int | None = 6,
+               **settings) -> tuple[dict, Settings]:
+    """A fresh deployment on ``bootstrap`` for one benchmark: its environment, its Settings, and its
+    topics, created. The environment is this process's, with KAFKA_BOOTSTRAP_SERVERS=``bootstrap``,
+    INTEREST_TOPIC_PREFIX ``<name><unix time>.`` (topics of their own, also on a broker given by
+    KAFKA_BOOTSTRAP_SERVERS), INTEREST_PARTITIONS, INTEREST_MODEL_DIR and each keyword as
+    ``INTEREST_<KEYWORD>``, its value as a string (``flush_s=0.5``: ``INTEREST_FLUSH_S="0.5"``). A
+    None (``model_dir``, ``partitions`` or a keyword's value) sets nothing: the setting is this
+    process's environment's, else the default. The environment goes to the workers and
+    subprocesses, the Settings to ``send_events``; before, twelve benchmarks wrote these lines each."""
+    from stream_app.settings import Settings
+    from stream_app.topics import create_topics
+
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=f"{name}{int(time.time())}.")
+    given = {"partitions": partitions, "model_dir": model_dir, **settings}
+    env.update({f"INTEREST_{key.upper()}": str(value) for key, value in given.items() if value is not None})
+    s = Settings.from_env(env)
+    create_topics(s)
+    return env, s
 
 
 def topic_bytes(k: LocalKafka | None, topic: str) -> int | None:

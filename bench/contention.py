@@ -23,12 +23,11 @@ here; the JSON's ``model`` gives its sizes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from common import WorkerProc, broker, checkout, dumps, machine, run, synthetic_events, workdir
+from common import WorkerProc, broker, checkout, deployment, dumps, machine, run, synthetic_events, workdir
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -109,21 +108,14 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app.produce import send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     work = workdir("contention")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     card = __import__("json").loads((model_dir / "model.json").read_text())
 
     with broker() as (bootstrap, _k):
-        prefix = f"bench{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S=str(args.interval), INTEREST_ORT_THREADS=str(args.threads),
-                   INTEREST_SCORE_BATCH=str(args.batch), INTEREST_STORE="rocksdb://")
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, s = deployment(bootstrap, "bench", model_dir, score_interval_s=args.interval, ort_threads=args.threads,
+                            score_batch=args.batch, store="rocksdb://")
         print(f"preloading {args.events} events for {args.users} users...", file=sys.stderr)
         send_events(synthetic_events(args.users, args.events, seed=2, t0=T0, span_ms=SPAN_MS), s)
         print("worker...", file=sys.stderr)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 
-from common import ROOT, WorkerProc, broker, commit, dumps, machine, run, topic_records, versions, workdir
+from common import (ROOT, WorkerProc, broker, commit, deployment, dumps, machine, run, topic_records, versions,
+                    workdir)
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -65,8 +65,6 @@ def trials(args, versions: dict) -> dict:
 
     from models.simulate import simulate_to_files
     from stream_app.produce import read_jsonl, send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     work = workdir("crash_backlog")
     model_dir = build_tiny_model_dir(work / "model")
@@ -77,12 +75,9 @@ def trials(args, versions: dict) -> dict:
     rows = {}
     with broker() as (bootstrap, _):
         for name, src in versions.items():
-            prefix = f"cb{name}{int(time.time())}."
-            env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                       INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir), INTEREST_SCORE_INTERVAL_S="3600",
-                       INTEREST_COMMIT_INTERVAL_S="600", INTEREST_FLUSH_S="0.5")
-            s = Settings.from_env(env)
-            create_topics(s)
+            env, s = deployment(bootstrap, f"cb{name}", model_dir, score_interval_s=3600, commit_interval_s=600,
+                                flush_s=0.5)
+            prefix = env["INTEREST_TOPIC_PREFIX"]
             records = send_events(events, s)
             here = work / name
             here.mkdir()

@@ -28,7 +28,7 @@ import time
 
 import orjson
 
-from common import ROOT, WorkerProc, broker, commit, cpu_s, dumps, machine, run, workdir
+from common import ROOT, WorkerProc, broker, commit, cpu_s, deployment, dumps, machine, run, workdir
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -49,21 +49,13 @@ def main() -> None:
     from kafka import KafkaConsumer, TopicPartition
     from tiny_model import build_tiny_model_dir
 
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
-
     work = workdir("fresh")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     card = orjson.loads((model_dir / "model.json").read_bytes())
 
     with broker() as (bootstrap, k):
-        prefix = f"bench{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S=str(args.interval), INTEREST_ORT_THREADS=str(args.threads),
-                   INTEREST_STORE="rocksdb://")
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, s = deployment(bootstrap, "bench", model_dir, score_interval_s=args.interval, ort_threads=args.threads,
+                            store="rocksdb://")
         w = WorkerProc(env, work).start()
 
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,

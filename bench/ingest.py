@@ -30,8 +30,8 @@ from pathlib import Path
 
 import orjson
 
-from common import (WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, pyspy_args, run, synthetic_events,
-                    topic_bytes, topic_records, workdir)
+from common import (WorkerProc, broker, checkout, commit, deployment, dir_bytes, dumps, machine, pyspy_args, run,
+                    synthetic_events, topic_bytes, topic_records, workdir)
 
 SPAN_MS = 20 * 3_600_000
 # event time ends now: records (timestamp = ts) older than the topics' retention (7 days) would
@@ -175,17 +175,9 @@ def main() -> None:
     # with --old, a model whose profile input older workers read too (three scales)
     model_dir = build_tiny_model_dir(work / "model", profile_scales=3 if args.old else None)
     with broker() as (bootstrap, k):
-        prefix = f"bench{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S="3600", INTEREST_STORE="rocksdb://")
-        if args.flush_s is not None:
-            env["INTEREST_FLUSH_S"] = str(args.flush_s)
-        from stream_app.settings import Settings
-        from stream_app.topics import create_topics
-
-        s = Settings.from_env(env)
-        create_topics(s)
+        # --flush-s None: INTEREST_FLUSH_S as the environment has it, else the default
+        env, s = deployment(bootstrap, "bench", model_dir, score_interval_s=3600, store="rocksdb://",
+                            flush_s=args.flush_s)
         print(f"preloading {args.events} events for {args.users} users ({args.order})...", file=sys.stderr)
         preload_s = preload(env, args.events, args.users, args.order == "inorder")
         bare = None

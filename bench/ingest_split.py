@@ -16,11 +16,9 @@ shares mislead here.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
-from common import broker, commit, dumps, machine, run, workdir
+from common import broker, commit, deployment, dumps, machine, run, workdir
 from ingest import faust_floor, preload, run_worker
 
 STEPS = (("Faust decode-only agent", None), ("+ the worker's app, events held until the flush", "hold"),
@@ -38,14 +36,7 @@ def main() -> None:
     work = workdir("split")
     model_dir = build_tiny_model_dir(work / "model")
     with broker() as (bootstrap, k):
-        prefix = f"bench{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S="3600", INTEREST_STORE="rocksdb://")
-        from stream_app.settings import Settings
-        from stream_app.topics import create_topics
-
-        create_topics(Settings.from_env(env))
+        env, _ = deployment(bootstrap, "bench", model_dir, score_interval_s=3600, store="rocksdb://")
         print(f"preloading {args.events} events for {args.users} users ({args.order})...", file=sys.stderr)
         preload(env, args.events, args.users, args.order == "inorder")
         steps, prev = [], None

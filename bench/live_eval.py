@@ -29,7 +29,6 @@ letters, and the time each step took.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from common import ROOT, WorkerProc, broker, commit, dumps, machine
+from common import ROOT, WorkerProc, broker, commit, deployment, dumps, machine
 
 RETENTION_MS = 100 * 365 * 86_400_000  # the logs are years old; the default 7 days would delete them
 
@@ -76,14 +75,10 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
     from kafka import KafkaConsumer, TopicPartition
 
     from stream_app.produce import send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     with broker() as (bootstrap, _k):
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=f"live{int(time.time())}.",
-                   INTEREST_MODEL_DIR=str(served), INTEREST_RETENTION_MS=str(RETENTION_MS))
-        s = Settings.from_env(env)
-        create_topics(s)
+        # partitions=None: INTEREST_PARTITIONS as the environment has it, else the default
+        env, s = deployment(bootstrap, "live", served, partitions=None, retention_ms=RETENTION_MS)
         w = WorkerProc(env, work, name="live").start()
         t0 = time.perf_counter()
         sent = send_events(iter(events), s)

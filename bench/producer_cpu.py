@@ -29,7 +29,7 @@ import time
 
 import orjson
 
-from common import broker, commit, cpu_s, dumps, machine, run
+from common import broker, commit, cpu_s, deployment, dumps, machine, run
 
 
 def generate(events, rate: float) -> None:
@@ -50,17 +50,12 @@ def main() -> int:
 
     from models.simulate import iter_live_events
     from stream_app import produce
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     new_linger = produce.SEND_LINGER_MS
     n = int(args.rate * args.seconds)
     rounds = []
     with broker() as (bootstrap, k):
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=f"pcpu{int(time.time())}.",
-                   INTEREST_PARTITIONS="6")
-        s = Settings.from_env(env)
-        create_topics(s)
+        _, s = deployment(bootstrap, "pcpu")  # no worker, no model
         events = iter_live_events(20_000, 3, 60.0, int(time.time() * 1000))
         next(events)  # the population is built before the first round
         broker_pid = k.pid() if k is not None else None

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import threading
 import time
 
-from common import ROOT, WorkerProc, broker, commit, dumps, machine, run, topic_records, versions, workdir
+from common import (ROOT, WorkerProc, broker, commit, deployment, dumps, machine, run, topic_records, versions,
+                    workdir)
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -50,8 +50,6 @@ def trials(args, versions: dict) -> dict:
 
     from models.simulate import simulate_to_files
     from stream_app.produce import read_jsonl, send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     work = workdir("rebalance")
     model_dir = build_tiny_model_dir(work / "model")
@@ -62,12 +60,9 @@ def trials(args, versions: dict) -> dict:
     with broker() as (bootstrap, _):
         for t in range(args.trials):
             for name, src in versions.items():
-                prefix = f"rb{t}{name}{int(time.time())}."
-                env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                           INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir), INTEREST_SCORE_INTERVAL_S="1",
-                           INTEREST_COMMIT_INTERVAL_S="1", INTEREST_SESSION_TIMEOUT_S="10", INTEREST_FLUSH_S="3")
-                s = Settings.from_env(env)
-                create_topics(s)
+                env, s = deployment(bootstrap, f"rb{t}{name}", model_dir, score_interval_s=1, commit_interval_s=1,
+                                    session_timeout_s=10, flush_s=3)
+                prefix = env["INTEREST_TOPIC_PREFIX"]
                 here = work / f"{name}-{t}"
                 here.mkdir()
                 workers = [WorkerProc(env, here, src=src, name=n) for n in "ABCDEF"[:args.workers]]

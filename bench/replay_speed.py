@@ -13,14 +13,13 @@ slower). Prints JSON.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import ROOT, broker, checkout, commit, dumps, machine, run, synthetic_events, workdir
+from common import ROOT, broker, checkout, commit, deployment, dumps, machine, run, synthetic_events, workdir
 
 SPAN_MS = 20 * 3_600_000
 T0 = (int(time.time()) - SPAN_MS // 1000 - 60) * 1000  # a whole second, inside the input topics' retention
@@ -58,18 +57,12 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app.produce import send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     work = workdir("replay")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)
     with broker() as (bootstrap, _k):
-        prefix = f"bench{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S=str(args.interval))
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, s = deployment(bootstrap, "bench", model_dir, score_interval_s=args.interval)
+        prefix = env["INTEREST_TOPIC_PREFIX"]
         print(f"preloading {args.events} events for {args.users} users...", file=sys.stderr)
         send_events(synthetic_events(args.users, args.events, seed=3, t0=T0, span_ms=SPAN_MS, in_order=True), s)
         runs: dict[str, list] = {"new": [], "old": []}

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from common import (WorkerProc, broker, commit, dumps, machine, random_event, run, synthetic_events, topic_records,
-                    workdir)
+from common import (WorkerProc, broker, commit, deployment, dumps, machine, random_event, run, synthetic_events,
+                    topic_records, workdir)
 
 SPAN_MS = 20 * 3_600_000
 T0 = int(time.time() * 1000) - SPAN_MS - 60_000
@@ -97,8 +97,6 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app.produce import send_events
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
 
     work = workdir("scorepass")
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256)  # the default-size model
@@ -108,12 +106,9 @@ def main() -> None:
     alone.apply(events)
     passes = []
     with broker() as (bootstrap, k):
-        prefix = f"scorepass{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir), INTEREST_STORE="rocksdb://",
-                   INTEREST_ORT_THREADS=str(args.threads), INTEREST_SCORE_BATCH=str(args.batch))
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, s = deployment(bootstrap, "scorepass", model_dir, store="rocksdb://", ort_threads=args.threads,
+                            score_batch=args.batch)
+        prefix = env["INTEREST_TOPIC_PREFIX"]
         send_events(iter(events), s)
         ingest = WorkerProc(dict(env, INTEREST_SCORE_INTERVAL_S="3600", INTEREST_FLUSH_S="3600"), work, name="ingest")
         ingest.start()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import time
 
-from common import ROOT, WorkerProc, broker, checkout, commit, dir_bytes, dumps, machine, run, topic_bytes, workdir
+from common import (ROOT, WorkerProc, broker, checkout, commit, deployment, dir_bytes, dumps, machine, run, topic_bytes,
+                    workdir)
 
 
 def main() -> None:
@@ -41,24 +41,16 @@ def main() -> None:
 def soak(args, src) -> None:
     from tiny_model import build_tiny_model_dir
 
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
-
     work = workdir("soak")
     # with --old, a model whose profile input older workers read too (three scales)
     model_dir = build_tiny_model_dir(work / "model", model_config={}, max_len=256,
                                      profile_scales=3 if args.old else None)
     rows = []
     with broker() as (bootstrap, k):
-        prefix = f"soak{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="6", INTEREST_MODEL_DIR=str(model_dir),
-                   INTEREST_SCORE_INTERVAL_S=str(args.interval), INTEREST_HORIZON_S=str(args.horizon_s),
-                   INTEREST_GRACE_S=str(max(1, args.horizon_s // 4)), INTEREST_EVICT_EVERY_S="30",
-                   INTEREST_PROFILE_RETENTION_S=str(args.profile_retention_s),
-                   INTEREST_STORE="rocksdb://")
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, _ = deployment(bootstrap, "soak", model_dir, score_interval_s=args.interval, horizon_s=args.horizon_s,
+                            grace_s=max(1, args.horizon_s // 4), evict_every_s=30,
+                            profile_retention_s=args.profile_retention_s, store="rocksdb://")
+        prefix = env["INTEREST_TOPIC_PREFIX"]
         w = WorkerProc(env, work, src=src).start()
         sim = subprocess.Popen(
             [sys.executable, "-m", "stream_app.cli", "simulate", "--rate", str(args.rate),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from common import WorkerProc, broker, dumps, machine, random_event, run, workdir
+from common import WorkerProc, broker, deployment, dumps, machine, random_event, run, workdir
 
 CATS = ["books", "cars", "cooking", "fashion", "finance", "fitness", "gaming", "movies", "music", "sports",
         "tech", "travel"]
@@ -113,8 +113,6 @@ def main() -> None:
                     help="CPU the worker is pinned to (-1: not pinned; it still computes on one core at a time)")
     ap.add_argument("--no-routed", action="store_true", help="skip the second worker (routed requests)")
     args = ap.parse_args()
-    from stream_app.settings import Settings
-    from stream_app.topics import create_topics
     from stream_app.produce import send_events
 
     work = workdir("web")
@@ -131,12 +129,8 @@ def main() -> None:
     load_before = os.getloadavg()
 
     with broker() as (bootstrap, _k):
-        prefix = f"benchweb{int(time.time())}."
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, INTEREST_TOPIC_PREFIX=prefix,
-                   INTEREST_PARTITIONS="4", INTEREST_MODEL_DIR=str(model_dir), INTEREST_SCORE_INTERVAL_S="1",
-                   INTEREST_ORT_THREADS="1", INTEREST_STORE="rocksdb://")
-        s = Settings.from_env(env)
-        create_topics(s)
+        env, s = deployment(bootstrap, "benchweb", model_dir, partitions=4, score_interval_s=1, ort_threads=1,
+                            store="rocksdb://")
         cpus = {args.cpu} if args.cpu >= 0 else None
         owner = WorkerProc(env, work, name="owner", cpus=cpus).start()
         send_events([e for evs in users.values() for e in evs], s)
