@@ -12,9 +12,9 @@ replacements are made here, after it registered its agents and before Faust star
 """
 import os
 
+from stream_app.app import app  # what Faust runs; first, as stream_app.ingest imports from it
 from stream_app import ingest, metrics
 from stream_app.alignment import Aligner
-from stream_app.app import app  # noqa: F401  (what Faust runs)
 
 VARIANTS = ("hold", "align")
 variant = os.environ.get("BENCH_SPLIT")
@@ -22,9 +22,10 @@ if variant not in VARIANTS:
     raise SystemExit(f"BENCH_SPLIT must be one of {', '.join(VARIANTS)}, got {variant!r}")
 
 
-def count_only(topic, partition, offset, key, value) -> str:
+def count_only(m, deliveries) -> None:
+    """:func:`stream_app.ingest.process` (same parameters) without validation or state: accepted."""
     metrics.ACCEPTED.inc()
-    return "accepted"
+    return None  # no dead letter
 
 
 class PassThrough(Aligner):
@@ -50,6 +51,7 @@ class PassThrough(Aligner):
         return sum(len(q) for q in self.queues.values())
 
 
+REPLACED = ingest.process  # what count_only stands in for (tests/test_packaging.py compares the two)
 ingest.process = count_only  # apply_released looks the name up at each call
 if variant == "hold":
     app.aligner = PassThrough(app.aligner.topics)

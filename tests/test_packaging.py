@@ -1,5 +1,5 @@
 """One Kafka version everywhere; the compose file parses; worker-only install has no torch; every
-benchmark script `make bench` runs starts."""
+benchmark script `make bench` runs starts, and the Faust app one of them runs imports."""
 import re
 import shutil
 import subprocess
@@ -60,3 +60,21 @@ def test_every_script_make_bench_runs_starts():
     for script in scripts:
         out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.lower().startswith("usage: "), f"{script}: {out.stderr[-500:]}"
+
+
+def test_the_worker_of_bench_ingest_split_imports_and_takes_the_place_of_process():
+    """bench/ingest_split.py runs `faust -A ingest_split_app worker`, which --help never loads.
+    From 05bf9d4 its stand-in for `stream_app.ingest.process` kept the parameters of the one before
+    (topic, partition, offset, key, value): every worker it started crashed on its first message
+    with a TypeError, and `make bench` waited for it. It also imported stream_app.ingest before
+    stream_app.app, a circular import. Each variant imports, and the stand-in takes the same
+    parameters as what it replaces."""
+    import sys
+
+    code = ("import inspect, ingest_split_app as a; "
+            "print(list(inspect.signature(a.count_only).parameters) == list(inspect.signature(a.REPLACED).parameters))")
+    for variant in ("hold", "align"):
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "bench", capture_output=True, text=True,
+                             timeout=60, env={"BENCH_SPLIT": variant, "INTEREST_STORE": "memory://",
+                                          "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+        assert (out.returncode, out.stdout) == (0, "True\n"), f"{variant}: {out.stderr[-800:]}"
