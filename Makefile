@@ -55,7 +55,9 @@ SIM_SCALE_DIR ?= /tmp/interest-stream-sim-scale
 # where bench/cross_target.py and the next-basket backtest work (one workdir per run: each retrains its models)
 CROSS_DIR ?= /tmp/interest-stream-cross-target
 
-# Real training, benchmarks and the soak: figures as JSON under bench-out/.
+# Real training, benchmarks and the soak: figures as JSON under bench-out/. It stops at the first that fails:
+# without pipefail a pipeline's status is tee's, and make went on past a benchmark that failed
+bench: .SHELLFLAGS := -o pipefail -c
 bench: install
 	@mkdir -p bench-out
 	$(PY) bench/ingest.py --old $(OLD_REF) | tee bench-out/ingest.json
