@@ -128,6 +128,11 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+async def _held_back() -> None:
+    """What the fetcher awaits for a record held back behind a hole (:meth:`Consumer._hand_over`):
+    nothing; the record is fetched again after the hole is read."""
+
+
 class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
     """faust-streaming's aiokafka consumer; deliveries that do not wait make no tasks, fetches
     wait at most ``fetch_max_wait_ms`` (:class:`ConsumerThread`), commits stop at a dead-lettered
@@ -139,19 +144,26 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         self.deliveries = Deliveries()
         self._hole_reader = None  # made at first use, in an executor thread; used under the lock
         self._reader_lock = threading.Lock()
-        given = self.callback  # what the fetcher hands each record to (Faust's conductor)
+        self._given = self.callback  # what the fetcher hands each record to (Faust's conductor)
+        self.callback = self._hand_over
 
-        def callback(message):
-            if self._checks_holes(message.topic):
-                hole = self.deliveries.delivered(message.tp, message.offset)
-                if hole is not None:
-                    log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216); no "
-                                "commit passes them until they are read", hole[0], hole[1] - 1, message.topic,
-                                message.partition)
-                    self._hole_found(message.tp, hole[0])
-            return given(message)
-
-        self.callback = callback
+    def _hand_over(self, message):
+        """What the fetcher calls with each record: Faust's conductor, but not with a record of a
+        partition whose records are held back behind a hole it skipped (:mod:`stream_app.holes`)."""
+        if self._checks_holes(message.topic):
+            tp = message.tp
+            if self.deliveries.held(tp) is not None:
+                return _held_back()
+            hole = self.deliveries.delivered(tp, message.offset)
+            if hole is not None:
+                held = self.deliveries.held(tp) is not None
+                log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216); no commit "
+                            "passes them until they are read%s", hole[0], hole[1] - 1, message.topic,
+                            message.partition, ", nor is a record after them handed over before" if held else "")
+                self._hole_found(tp, hole[0])
+                if held:
+                    return _held_back()
+        return self._given(message)
 
     def _checks_holes(self, topic: str) -> bool:
         """The topics whose holes are read (:mod:`stream_app.holes`): the worker's input and
@@ -211,15 +223,20 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
 
     async def _wait_next_records(self, timeout):
         """Before each fetch, the holes found since the last: each read with a consumer of the
-        app's own; records there are read again from the hole's start, none settle it. Not while a
-        rebalance or the tables' recovery is under way: records read again then reached the agent
-        before the partition's states were restored, and a user's state restored from an older
-        one overwrote the newer (2 of 3 runs of the sequence bench/rebalance.py runs, before this)."""
+        app's own; records there are read again from the hole's start (the first of a partition's
+        holes that hold records), none settle it. The records held back behind a hole
+        (:meth:`stream_app.holes.Deliveries.held`) are fetched again with it, or from the first of
+        them when it held no record. Not while a rebalance or the tables' recovery is under way:
+        records read again then reached the agent before the partition's states were restored, and
+        a user's state restored from an older one overwrote the newer (2 of 3 runs of the sequence
+        bench/rebalance.py runs, before this); records stay held back meanwhile."""
         app = self.app
         if not self.flow_active or app.rebalancing or app.in_recovery or not app.flow_control.is_active():
             return await super()._wait_next_records(timeout)
+        again: dict = {}  # tp -> the first offset to read again
+        assigned = self.assignment()
         for tp, start, end in self.deliveries.take_pending():
-            if tp not in self.assignment():
+            if tp not in assigned:
                 continue
             try:
                 held = await asyncio.get_running_loop().run_in_executor(None, self._holds_records, tp, start, end)
@@ -228,10 +245,17 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
                             tp.topic, tp.partition, exc)
                 held = True
             if held:
-                self._read_again(tp, start)
-                await self.seek(tp, start)
+                again[tp] = min(start, again.get(tp, start))
             else:
                 self.deliveries.settle_one(tp, start, end)
+        for tp, start in again.items():  # from the first hole: every record after it again, in order
+            self._read_again(tp, start)
+            self.deliveries.release(tp)
+            await self.seek(tp, start)
+        for tp in assigned:  # a hole that held no record: the records held back behind it, fetched again
+            behind = self.deliveries.release(tp)
+            if behind is not None:
+                await super().seek(tp, behind)  # Faust's: where commits go on from stays
         return await super()._wait_next_records(timeout)
 
     def _holds_records(self, tp, start: int, end: int) -> bool:

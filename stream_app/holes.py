@@ -20,6 +20,16 @@ acknowledged (:meth:`Deliveries.head_missing`). Until a hole is settled the part
 nothing (:meth:`Deliveries.floor`). The consumer (:class:`stream_app.consumer.Consumer`) reads each
 hole with a consumer of its own: records there are read again from the hole's start; none (markers)
 settle it.
+
+Records behind a hole the fetcher left are held back (:meth:`Deliveries.held`): the record the hole
+was found at and every later one of its partition are not handed over until the hole is read, and
+the consumer reads from the hole's start again (or, when the hole holds no record, from the first
+record held back). Handed over before the hole's records, they moved the user's event time on, and
+in a backlog (event time hours ahead per second) the hole's records, read after them, were judged
+`late` (256 in one trial of three workers killed in turn, ``bench/rebalance.py --workers 3
+--kill``). A hole of one offset is not held behind: it is each transaction's commit marker, which
+no consumer is given, and holding there would fetch a transactional producer's partition again
+after every transaction; such a hole is read afterwards, as every hole was before.
 """
 from __future__ import annotations
 
@@ -31,9 +41,11 @@ class Deliveries:
         self._sought: set = set()  # the partitions whose base is the position sought to, not a commit
         self._holes: dict = {}  # tp -> [(start, end)] not settled, in the order found
         self._pending: list = []  # (tp, start, end) to be read
+        self._held: dict = {}  # tp -> the first offset not handed over, behind a hole not read yet
 
     def positioned(self, tp, offset: int | None) -> None:
         """The consumer was sought to ``offset`` for ``tp`` (None: unknown, the first record sets it)."""
+        self._held.pop(tp, None)  # read from there: nothing is held back any more
         if offset is None or offset < 0:
             self._next.pop(tp, None)
             self._base.pop(tp, None)
@@ -72,7 +84,9 @@ class Deliveries:
         return base, lowest
 
     def delivered(self, tp, offset: int) -> tuple[int, int] | None:
-        """A record at ``offset`` is handed over; the hole it leaves behind, ``(start, end)``, if any."""
+        """The fetcher gives a record at ``offset``; the hole it leaves behind, ``(start, end)``, if
+        any. When the hole spans more than one offset, this record is held back with every later
+        one of ``tp`` (:meth:`held`): the consumer does not hand them over."""
         expected = self._next.get(tp)
         if expected is not None and offset < expected:
             return None  # a record again (read again after a hole): the position is the seek's
@@ -81,7 +95,21 @@ class Deliveries:
             return None
         self._holes.setdefault(tp, []).append((expected, offset))
         self._pending.append((tp, expected, offset))
+        if offset - expected > 1:
+            self._held[tp] = offset
         return expected, offset
+
+    def held(self, tp) -> int | None:
+        """The first offset of ``tp`` held back (not to be handed over, nor any record after it)
+        behind a hole of more than one offset the fetcher left (:meth:`delivered`) until the hole
+        is read; None when none is."""
+        return self._held.get(tp)
+
+    def release(self, tp) -> int | None:
+        """The records of ``tp`` are read again from where :meth:`held` says (the hole held no
+        record), or from before it (:meth:`positioned`): nothing is held back any more; the offset
+        that was, if any."""
+        return self._held.pop(tp, None)
 
     def read_before(self, tp, offset: int) -> bool:
         """Whether every record of ``tp`` before ``offset`` was read: no hole unsettled at or
@@ -127,6 +155,7 @@ class Deliveries:
         self._base.pop(tp, None)
         self._sought.discard(tp)
         self._holes.pop(tp, None)
+        self._held.pop(tp, None)
         self._pending = [p for p in self._pending if p[0] != tp]
 
 

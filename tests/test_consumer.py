@@ -417,3 +417,72 @@ def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_
     out |= {o: process(o) for o in range(101, 105)}
     assert out == {105: "accepted", 106: "accepted", 107: "accepted", 108: "accepted", 109: "late",
                    100: "late", 101: "late", 102: "late", 103: "late", 104: "late"}
+
+
+def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it():
+    """A third worker's fetcher, restarted, skipped offsets 66..175 of browse[2] and handed over 176
+    on first; in a backlog their events moved the users' event time on by hours, and the hole's
+    records, read after them, were 256 `late` dead letters (bench/rebalance.py --workers 3 --kill).
+    Now the records from 176 on are held back; the hole's records are read first, from 66, then
+    those after it again. Where a hole holds no record, reading goes on from the first held back
+    (Faust's seek: where commits go on from stays). A hole of one offset (a transaction's marker)
+    holds nothing back; a partition with two holes that hold records is read again from the first."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from stream_app.holes import Deliveries
+
+    browse, click, search, other = TP("browse", 2), TP("click", 2), TP("search", 2), TP("browse", 3)
+    tps = (browse, click, search, other)
+    consumer = Consumer.__new__(Consumer)
+    consumer.deliveries = d = Deliveries()
+    consumer.assignment = lambda: set(tps)
+    consumer._given = lambda message: ("given", message.offset)
+    consumer.app = SimpleNamespace(hole_topics={"browse", "click", "search"}, states=None, rebalancing=False,
+                                   in_recovery=False, flow_control=SimpleNamespace(is_active=lambda: True))
+    consumer.flow_active = True
+    consumer._acked = {tp: [] for tp in tps}
+    consumer._acked_index = {tp: set() for tp in tps}
+    consumer._gap = {tp: IntervalTree() for tp in tps}
+    consumer._read_offset, consumer.log = {}, SimpleNamespace(dev=lambda *args: None)
+    consumer._holds_records = lambda tp, start, end: tp in (browse, other)  # click's: aborted records, say
+    sought = []
+
+    async def seek(tp, offset):  # aiokafka's, under Faust's
+        sought.append((tp.topic, offset))
+
+    consumer._seek = seek
+
+    def hand_over(tp, *offsets):
+        out = []
+        for o in offsets:
+            got = consumer._hand_over(SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=o))
+            if asyncio.iscoroutine(got):
+                got.close()
+                got = "held"
+            out.append(got)
+        return out
+
+    for tp, at in ((browse, 66), (click, 10), (search, 10), (other, 40)):
+        d.positioned(tp, at)
+    assert hand_over(browse, 176, 177) == ["held", "held"]
+    assert hand_over(click, 20, 21) == ["held", "held"]
+    assert hand_over(search, 11, 12) == [("given", 11), ("given", 12)]  # a marker at 10
+    assert hand_over(other, 41, 50, 51) == [("given", 41), "held", "held"]  # 40 and 42..49 skipped
+    assert [d.held(tp) for tp in tps] == [176, 20, None, 50]
+
+    async def nothing_fetched(self, timeout):
+        return {}, set()
+
+    with mock.patch.object(faust_aiokafka.Consumer, "_wait_next_records", nothing_fetched):
+        asyncio.run(consumer._wait_next_records(1.0))
+    assert sorted(sought) == [("browse", 40), ("browse", 66), ("click", 20)]  # each partition's first hole
+    assert consumer._read_offset == {browse: 66, click: 20, other: 40}
+    assert [d.held(tp) for tp in tps] == [None, None, None, None]
+    assert hand_over(browse, *range(66, 178)) == [("given", o) for o in range(66, 178)]
+    assert hand_over(click, 20, 21, 22) == [("given", 20), ("given", 21), ("given", 22)]
+    assert d.base(browse) == (66, True) and d.base(click) == (10, True)
+    assert [d.floor(tp) for tp in (browse, click, search)] == [66, None, None]  # 66 until acknowledged

@@ -47,6 +47,39 @@ def test_a_hole_of_markers_settles_alone_and_the_lowest_hole_is_the_floor():
     assert d.floor(TP) is None
 
 
+
+def test_records_after_a_hole_of_the_fetchers_are_held_back_until_it_is_read():
+    """A third worker's fetcher, restarted, skipped offsets 66..175 of browse[2] (a trial of
+    bench/rebalance.py --workers 3 --kill): 176 on are held back, and read again after the hole."""
+    d = Deliveries()
+    d.positioned(TP, 66)
+    assert d.delivered(TP, 176) == (66, 176)
+    assert d.held(TP) == 176 and d.held(OTHER) is None
+    assert d.take_pending() == [(TP, 66, 176)]
+    d.positioned(TP, 66)  # the hole holds records: read again from its start, then those held back
+    assert d.held(TP) is None
+    assert [d.delivered(TP, o) for o in range(66, 180)] == [None] * 114
+
+
+def test_a_hole_that_holds_no_record_releases_what_was_held_back():
+    d = Deliveries()
+    d.positioned(TP, 10)
+    assert d.delivered(TP, 20) == (10, 20)  # an aborted transaction's records, say
+    d.settle_one(TP, 10, 20)
+    assert d.release(TP) == 20 and d.held(TP) is None and d.release(TP) is None
+    assert [d.delivered(TP, o) for o in (20, 21)] == [None, None]  # fetched again from 20
+    assert d.base(TP) == (10, True) and d.floor(TP) is None
+
+
+def test_a_hole_of_one_offset_holds_nothing_back_and_a_revocation_ends_a_hold():
+    """Each transaction's commit marker is a hole of one offset: the records after it go on."""
+    d = Deliveries()
+    d.positioned(TP, 10)
+    assert d.delivered(TP, 11) == (10, 11) and d.held(TP) is None
+    assert d.delivered(TP, 30) == (12, 30) and d.held(TP) == 30
+    d.forget(TP)
+    assert d.held(TP) is None and d.floor(TP) is None
+
 def test_the_first_record_sets_the_position_and_a_revocation_forgets_the_partition():
     d = Deliveries()
     assert d.delivered(TP, 500) is None  # no position known (no committed offset): no hole
