@@ -134,7 +134,7 @@ def test_vectors_the_output_topic_refuses_are_published_once_it_takes_them(env, 
     users = {f"r{i}": user_events(f"r{i}", 4, 0, ["sports", "tech"]) for i in range(2)}
     send(env, [e for evs in users.values() for e in evs])
     wait_for(lambda: sum(metric_values(w, "interest_vectors_failed_total")) >= 4, what="vectors refused twice")
-    assert f"were not delivered (MessageSizeTooLargeError()); their users are scored again" in w.log(200)
+    assert "were not delivered (MessageSizeTooLargeError()); their users are scored again" in w.log(200)
     assert vectors_by_user(env, expect=1, timeout=2) == {}
     set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], topic, 1_048_588)
     got = vectors_by_user(env, expect=2)
