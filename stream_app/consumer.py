@@ -233,9 +233,17 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         app = self.app
         if not self.flow_active or app.rebalancing or app.in_recovery or not app.flow_control.is_active():
             return await super()._wait_next_records(timeout)
+        pending = self.deliveries.take_pending()
+        if pending:  # none: nothing is held back either (a hold is found with its hole)
+            await self._read_holes(pending)
+        return await super()._wait_next_records(timeout)
+
+    async def _read_holes(self, pending: list) -> None:
+        """Each hole of ``pending`` (``[(tp, start, end)]``) read with the app's own consumer, then
+        the partitions sought to where they are read again (:meth:`_wait_next_records`)."""
         again: dict = {}  # tp -> the first offset to read again
         assigned = self.assignment()
-        for tp, start, end in self.deliveries.take_pending():
+        for tp, start, end in pending:
             if tp not in assigned:
                 continue
             try:
@@ -256,7 +264,6 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
             behind = self.deliveries.release(tp)
             if behind is not None:
                 await super().seek(tp, behind)  # Faust's: where commits go on from stays
-        return await super()._wait_next_records(timeout)
 
     def _holds_records(self, tp, start: int, end: int) -> bool:
         """Whether a consumer is given a record in ``[start, end)`` of ``tp`` (not only markers)."""
@@ -278,7 +285,8 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
     def _hole_found(self, tp, start: int) -> None:
         """Records of ``tp`` from ``start`` on were not read, and later ones may have been applied
         (a hole found at a commit; one the fetcher left is found before the record after it): the
-        states' input offsets in memory go no further than before it (:meth:`stream_app.state_cache.StateCache.cap_inputs`). Otherwise, once the hole's first
+        states' input offsets in memory go no further than before it
+        (:meth:`stream_app.state_cache.StateCache.cap_inputs`). Otherwise, once the hole's first
         record is read again and the hole settles, its other records, read for the first time,
         would be judged against offsets past them and the late ones taken for duplicates."""
         states = getattr(self.app, "states", None)  # an app without the write-behind state: a benchmark's
