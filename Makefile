@@ -15,7 +15,7 @@ UV_PIN ?= uv>=0.5,<1
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
 
-.PHONY: install test demo bench kafka-jars clean
+.PHONY: install test test-lowest demo bench kafka-jars clean
 
 install: $(STAMP)
 
@@ -37,6 +37,30 @@ $(STAMP): pyproject.toml
 TEST_PROCESSES ?= 3
 test: install
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=15
+
+# The same suite with the worker's own dependencies at the lowest versions pyproject.toml allows (uv's
+# lowest-direct resolution) and the train and dev extras at .venv's versions (.ci/extras_pins.py):
+# the lower bounds are versions that passed, not guesses. Not part of make test: a second suite,
+# about as long. Its own environment, LOWEST_VENV; the list of what it installed comes first. Before
+# the suite, .ci/serve_check.py serves a model made in .venv with a worker-only install at the
+# lowest versions (LOWEST_WORKER_VENV: no extras, so tokenizers may be older than transformers needs).
+LOWEST_VENV ?= .venv-lowest
+LOWEST_WORKER_VENV ?= .venv-lowest-worker
+WORKER_DEPS := faust-streaming|aiokafka|click|rocksdict|kafka-python|crc32c|onnxruntime|orjson|numpy|tokenizers
+WORKER_DEPS := $(WORKER_DEPS)|prometheus-client|tqdm
+test-lowest: install
+	@test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(PY) .ci/extras_pins.py > $(LOWEST_VENV)/extras-pins.txt
+	$(VENV)/bin/uv pip install --python $(LOWEST_VENV)/bin/python -q --resolution lowest-direct \
+		-e '.[train,dev]' -c $(LOWEST_VENV)/extras-pins.txt
+	@test -x $(LOWEST_WORKER_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_WORKER_VENV)
+	$(VENV)/bin/uv pip install --python $(LOWEST_WORKER_VENV)/bin/python -q --resolution lowest-direct -e .
+	rm -rf $(LOWEST_VENV)/model && $(PY) -c 'import sys; sys.path[:0] = ["tests"]; \
+		from tiny_model import build_tiny_model_dir; build_tiny_model_dir(sys.argv[1])' $(LOWEST_VENV)/model
+	$(PY) .ci/serve_check.py $(LOWEST_VENV)/model --write $(LOWEST_VENV)/served.json
+	$(LOWEST_WORKER_VENV)/bin/python .ci/serve_check.py $(LOWEST_VENV)/model --check $(LOWEST_VENV)/served.json
+	$(VENV)/bin/uv pip list --python $(LOWEST_VENV)/bin/python 2>/dev/null | grep -iE '^($(WORKER_DEPS)) '
+	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 demo: install
 	$(VENV)/bin/interest-stream demo
@@ -214,4 +238,4 @@ bench: install
 	$(PY) bench/install.py | tee bench-out/install.json
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(LOWEST_WORKER_VENV) *.egg-info .pytest_cache

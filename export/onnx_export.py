@@ -392,14 +392,30 @@ def validation_samples(data_file, card: dict, encoder, log=log_default):
 
 
 def quantize_int8(src, dst) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # pre-processing hint
+    # torch's exporter lists some weights in value_info beside their initializers. ONNX Runtime's
+    # quantizer before 1.32 transposes a Gemm's weight in place (its Gemm-to-MatMul step), so the
+    # entry it kept contradicted the weight and shape inference refused the graph: "Inferred shape
+    # and existing shape differ in dimension 0: (65) vs (8)" (1.18 to 1.31). An initializer gives
+    # its own shape, so those entries go; every other one stays.
+    graph = onnx.load(str(src))
+    weights = {w.name for w in graph.graph.initializer}
+    kept = [v for v in graph.graph.value_info if v.name not in weights]
+    del graph.graph.value_info[:]
+    graph.graph.value_info.extend(kept)
+    src = Path(dst).with_name(Path(dst).name + ".in")
+    onnx.save(graph, str(src))
     # MatMulConstBOnly: only weight matmuls; the attention products (QK^T, AV) of two activations
     # stay fp32 (quantizing both of their inputs on the fly costs more than it saves: measured
     # 3.72x vs 3.55x PyTorch on the default model, same max difference)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     extra_options={"MatMulConstBOnly": True})
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        src.unlink(missing_ok=True)
 
 
 def count_params(model) -> int:

@@ -1,11 +1,13 @@
 """One Kafka version everywhere; the compose file parses; worker-only install has no torch; every
-benchmark script `make bench` runs starts, and the Faust app one of them runs imports."""
+benchmark script `make bench` runs starts, and the Faust app one of them runs imports; the helpers
+of `make test-lowest` pin the extras and compare what two installs serve."""
 import re
 import shutil
 import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stream_app.kafka_local import KAFKA_VERSION
@@ -90,3 +92,48 @@ def test_the_worker_of_bench_ingest_split_imports_and_takes_the_place_of_process
                              timeout=60, env={"BENCH_SPLIT": variant, "INTEREST_STORE": "memory://",
                                           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
         assert (out.returncode, out.stdout) == (0, "True\n"), f"{variant}: {out.stderr[-800:]}"
+
+
+def test_make_test_lowest_holds_the_extras_at_the_installed_versions(tmp_path):
+    """`make test-lowest` lowers only the worker's own dependencies: each package the train and dev
+    extras name (extras and bounds stripped from the name) is pinned to the version installed here,
+    and an extra naming a package that is not installed stops it, naming the package."""
+    import sys
+    from importlib import metadata
+
+    sys.path.insert(0, str(ROOT / ".ci"))
+    try:
+        from extras_pins import extras_pins
+    finally:
+        sys.path.remove(str(ROOT / ".ci"))
+    pins = extras_pins(ROOT / "pyproject.toml")
+    assert f"torch=={metadata.version('torch')}" in pins and f"pytest=={metadata.version('pytest')}" in pins
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert len(pins) == len(optional["train"]) + len(optional["dev"])
+    assert not any(p.split("==")[0] in {"numpy", "onnxruntime", "faust-streaming"} for p in pins)
+    fake = tmp_path / "pyproject.toml"
+    fake.write_text('[project.optional-dependencies]\ntrain = ["onnx[reference]>=1.16"]\ndev = ["pytest>=8"]\n')
+    assert extras_pins(fake) == [f"onnx=={metadata.version('onnx')}", f"pytest=={metadata.version('pytest')}"]
+    fake.write_text('[project.optional-dependencies]\ntrain = ["not-a-package-here>=1"]\ndev = ["pytest>=8"]\n')
+    with pytest.raises(SystemExit) as stop:
+        extras_pins(fake)
+    assert str(stop.value) == (f"{sys.executable} lacks not-a-package-here of the extras train, dev; "
+                               f"run make install first")
+
+
+def test_the_serve_check_names_each_window_whose_ids_differ_and_the_largest_probability_gap():
+    """.ci/serve_check.py compares a worker-only install at the lowest versions with .venv: equal
+    token ids and probabilities within 1e-5 pass; anything else is named."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / ".ci"))
+    try:
+        from serve_check import differences
+    finally:
+        sys.path.remove(str(ROOT / ".ci"))
+    want = {"ids": [[1, 2], [3]], "probs": [[0.5, 0.5], [0.25, 0.75]]}
+    assert differences(want, {"ids": [[1, 2], [3]], "probs": [[0.5, 0.5], [0.250009, 0.749991]]}) == []
+    assert differences(want, {"ids": [[1, 2], [4]], "probs": [[0.5, 0.5], [0.25, 0.75]]}) == [
+        "window 1: token ids [4] where .venv gave [3]"]
+    assert differences(want, {"ids": [[1, 2], [3]], "probs": [[0.5, 0.5], [0.2502, 0.7498]]}) == [
+        "probabilities differ by up to 0.0002 (limit 1e-05)"]
