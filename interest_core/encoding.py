@@ -84,7 +84,13 @@ class Encoder:
             raise ValueError(f"max_len {max_len} cannot hold one event")
         self.categories: tuple[str, ...] = tuple(categories)
         self.tokenizer_json = tokenizer_json
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        try:
+            self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as exc:  # the Rust parser's own Exception, with serde's words only
+            import tokenizers
+
+            raise ValueError(f"the query tokenizer cannot be read by the installed tokenizers {tokenizers.__version__} "
+                             f"(a newer one wrote it, or it is not a tokenizer): {exc}") from None
         self.max_len = int(max_len)
         self.gap_bounds_ms = tuple(int(round(s * 1000)) for s in gap_buckets_s)
         self.gap_buckets_s = tuple(gap_buckets_s)

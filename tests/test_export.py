@@ -446,6 +446,27 @@ def test_load_refuses_bad_json_and_mixed_pairs(fp32_dir, int8_dir, tmp_path):
         LoadedModel.load(d)
 
 
+def test_a_tokenizer_the_installed_tokenizers_cannot_read_is_named_with_its_version(fp32_dir, tmp_path):
+    """tokenizers 0.19 cannot read the tokenizer that training writes with 0.20 or later, and the
+    load failed with serde's words alone: "Exception: data did not match any variant of untagged
+    enum ModelWrapper at line 1 column 4541". A tokenizer of a model type this one does not know
+    stands for a newer one here."""
+    import tokenizers
+
+    d = _copy_pair(fp32_dir, tmp_path / "newer")
+    meta = json.loads((d / "model.json").read_text())
+    tok = json.loads(meta["encoding"]["tokenizer"])
+    tok["model"]["type"] = "BPE3"
+    meta["encoding"]["tokenizer"] = json.dumps(tok)
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError) as err:
+        LoadedModel.load(d)
+    assert str(err.value).startswith(
+        f"model at {d}: the encoding spec does not rebuild an encoder: ValueError: the query tokenizer cannot be "
+        f"read by the installed tokenizers {tokenizers.__version__} (a newer one wrote it, or it is not a "
+        "tokenizer): "), str(err.value)
+
+
 def test_predict_rejects_overlong_sequences(fp32_dir):
     m = LoadedModel.load(fp32_dir)
     with pytest.raises(ValueError, match="1..64 ids"):
