@@ -407,11 +407,11 @@ def quantize_int8(src, dst) -> None:
     del graph.graph.value_info[:]
     graph.graph.value_info.extend(kept)
     src = Path(dst).with_name(Path(dst).name + ".in")
-    onnx.save(graph, str(src))
     # MatMulConstBOnly: only weight matmuls; the attention products (QK^T, AV) of two activations
     # stay fp32 (quantizing both of their inputs on the fly costs more than it saves: measured
     # 3.72x vs 3.55x PyTorch on the default model, same max difference)
     try:
+        onnx.save(graph, str(src))  # (a full disk: removed below too)
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                          extra_options={"MatMulConstBOnly": True})
     finally:

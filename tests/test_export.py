@@ -198,6 +198,33 @@ def test_int8_export_records_quantization_and_accuracy_change(int8_dir, fp32_dir
     assert diff.mean() < 0.02 and diff.max() < 0.15
 
 
+def test_the_quantizer_gets_the_graph_without_the_weights_value_info_and_leaves_no_copy(fp32_dir, int8_dir,
+                                                                                         tmp_path, monkeypatch):
+    """ONNX Runtime's quantizer before 1.32 transposed a Gemm's weight in place while the graph
+    still listed its old shape in value_info, and refused the graph (`make test-lowest`, at 1.18):
+    the quantizer's input lists no weight there, keeps every other entry, and is removed after,
+    also when the quantizer fails."""
+    import onnx
+    import onnxruntime.quantization as oq
+
+    graph = onnx.load(str(fp32_dir / "model.onnx"))
+    weights = {w.name for w in graph.graph.initializer}
+    listed = [v.name for v in graph.graph.value_info]
+    assert weights & set(listed)  # what torch's exporter writes, and what the mend is for
+    given = []
+
+    def quantizer(src, dst, **kw):
+        given.append([v.name for v in onnx.load(src).graph.value_info])
+        raise RuntimeError("the quantizer failed")
+
+    monkeypatch.setattr(oq, "quantize_dynamic", quantizer)
+    with pytest.raises(RuntimeError, match="the quantizer failed"):
+        ox.quantize_int8(fp32_dir / "model.onnx", tmp_path / "q.onnx")
+    assert given == [[name for name in listed if name not in weights]]
+    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in int8_dir.iterdir()) == ["model.json", "model.onnx"]
+
+
 # --- failures ---------------------------------------------------------------------------
 def test_parity_failure_fails_the_export_with_the_measured_difference(tiny, tmp_path, monkeypatch):
     from click.testing import CliRunner
