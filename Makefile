@@ -46,8 +46,6 @@ test: install
 # lowest versions (LOWEST_WORKER_VENV: no extras, so tokenizers may be older than transformers needs).
 LOWEST_VENV ?= .venv-lowest
 LOWEST_WORKER_VENV ?= .venv-lowest-worker
-WORKER_DEPS := faust-streaming|aiokafka|click|rocksdict|kafka-python|crc32c|onnxruntime|orjson|numpy|tokenizers
-WORKER_DEPS := $(WORKER_DEPS)|prometheus-client|tqdm
 test-lowest: install
 	@test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
 	$(PY) .ci/extras_pins.py > $(LOWEST_VENV)/extras-pins.txt
@@ -59,7 +57,7 @@ test-lowest: install
 		from tiny_model import build_tiny_model_dir; build_tiny_model_dir(sys.argv[1])' $(LOWEST_VENV)/model
 	$(PY) .ci/serve_check.py $(LOWEST_VENV)/model --write $(LOWEST_VENV)/served.json
 	$(LOWEST_WORKER_VENV)/bin/python .ci/serve_check.py $(LOWEST_VENV)/model --check $(LOWEST_VENV)/served.json
-	$(VENV)/bin/uv pip list --python $(LOWEST_VENV)/bin/python 2>/dev/null | grep -iE '^($(WORKER_DEPS)) '
+	$(LOWEST_VENV)/bin/python .ci/extras_pins.py --worker
 	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 demo: install

@@ -47,7 +47,6 @@ def test_a_hole_of_markers_settles_alone_and_the_lowest_hole_is_the_floor():
     assert d.floor(TP) is None
 
 
-
 def test_records_after_a_hole_of_the_fetchers_are_held_back_until_it_is_read():
     """A third worker's fetcher, restarted, skipped offsets 66..175 of browse[2] (a trial of
     bench/rebalance.py --workers 3 --kill): 176 on are held back, and read again after the hole."""
@@ -79,6 +78,7 @@ def test_a_hole_of_one_offset_holds_nothing_back_and_a_revocation_ends_a_hold():
     assert d.delivered(TP, 30) == (12, 30) and d.held(TP) == 30
     d.forget(TP)
     assert d.held(TP) is None and d.floor(TP) is None
+
 
 def test_the_first_record_sets_the_position_and_a_revocation_forgets_the_partition():
     d = Deliveries()

@@ -94,6 +94,16 @@ def test_the_worker_of_bench_ingest_split_imports_and_takes_the_place_of_process
         assert (out.returncode, out.stdout) == (0, "True\n"), f"{variant}: {out.stderr[-800:]}"
 
 
+def _ci_module(name: str):
+    """A module of .ci/, imported from its file (.ci is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_make_test_lowest_holds_the_extras_at_the_installed_versions(tmp_path):
     """`make test-lowest` lowers only the worker's own dependencies: each package the train and dev
     extras name (extras and bounds stripped from the name) is pinned to the version installed here,
@@ -101,11 +111,7 @@ def test_make_test_lowest_holds_the_extras_at_the_installed_versions(tmp_path):
     import sys
     from importlib import metadata
 
-    sys.path.insert(0, str(ROOT / ".ci"))
-    try:
-        from extras_pins import extras_pins
-    finally:
-        sys.path.remove(str(ROOT / ".ci"))
+    extras_pins = _ci_module("extras_pins").extras_pins
     pins = extras_pins(ROOT / "pyproject.toml")
     assert f"torch=={metadata.version('torch')}" in pins and f"pytest=={metadata.version('pytest')}" in pins
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -119,18 +125,17 @@ def test_make_test_lowest_holds_the_extras_at_the_installed_versions(tmp_path):
         extras_pins(fake)
     assert str(stop.value) == (f"{sys.executable} lacks not-a-package-here of the extras train, dev; "
                                f"run make install first")
+    # --worker: what make test-lowest prints before its suite, each of the worker's own dependencies
+    worker = subprocess.run([sys.executable, ".ci/extras_pins.py", "--worker"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert len(worker) == len(runtime) and "aiokafka==" + metadata.version("aiokafka") in worker
 
 
 def test_the_serve_check_names_each_window_whose_ids_differ_and_the_largest_probability_gap():
     """.ci/serve_check.py compares a worker-only install at the lowest versions with .venv: equal
     token ids and probabilities within 1e-5 pass; anything else is named."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / ".ci"))
-    try:
-        from serve_check import differences
-    finally:
-        sys.path.remove(str(ROOT / ".ci"))
+    differences = _ci_module("serve_check").differences
     want = {"ids": [[1, 2], [3]], "probs": [[0.5, 0.5], [0.25, 0.75]]}
     assert differences(want, {"ids": [[1, 2], [3]], "probs": [[0.5, 0.5], [0.250009, 0.749991]]}) == []
     assert differences(want, {"ids": [[1, 2], [4]], "probs": [[0.5, 0.5], [0.25, 0.75]]}) == [
