@@ -157,9 +157,14 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
             hole = self.deliveries.delivered(tp, message.offset)
             if hole is not None:
                 held = self.deliveries.held(tp) is not None
-                log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216); no commit "
-                            "passes them until they are read%s", hole[0], hole[1] - 1, message.topic,
-                            message.partition, ", nor is a record after them handed over before" if held else "")
+                if held:
+                    log.warning("the fetcher skipped offsets %d..%d of %s[%d] (faust-streaming issue 216, or they "
+                                "hold no record, as a transaction's marker); no commit passes them, nor is a record "
+                                "after them handed over, until they are read", hole[0], hole[1] - 1, message.topic,
+                                message.partition)
+                else:  # a partition that carries transaction markers: one offset is taken for a marker
+                    log.debug("offset %d of %s[%d] not given, a transaction's marker: no commit passes it until it "
+                              "is read", hole[0], message.topic, message.partition)
                 self._hole_found(tp, hole[0])
                 if held:
                     return _held_back()

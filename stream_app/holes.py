@@ -27,9 +27,13 @@ the consumer reads from the hole's start again (or, when the hole holds no recor
 record held back). Handed over before the hole's records, they moved the user's event time on, and
 in a backlog (event time hours ahead per second) the hole's records, read after them, were judged
 `late` (256 in one trial of three workers killed in turn, ``bench/rebalance.py --workers 3
---kill``). A hole of one offset is not held behind: it is each transaction's commit marker, which
-no consumer is given, and holding there would fetch a transactional producer's partition again
-after every transaction; such a hole is read afterwards, as every hole was before.
+--kill``). A hole of one offset is held behind too until the partition is found to carry
+transaction markers (:meth:`Deliveries.carries_markers`): a hole read and found to hold no record.
+From then on a hole of one offset is taken for a transaction's commit marker, which no consumer is
+given; holding there would fetch a transactional producer's partition again after every
+transaction. Such a hole is read afterwards, as every hole was before, so a record the fetcher
+skipped there is read after those behind it. In a partition written without transactions (this
+project's ``load`` and producers) a hole of one offset is a record skipped, and is held behind.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class Deliveries:
         self._holes: dict = {}  # tp -> [(start, end)] not settled, in the order found
         self._pending: list = []  # (tp, start, end) to be read
         self._held: dict = {}  # tp -> the first offset not handed over, behind a hole not read yet
+        self._markers: set = set()  # the partitions with offsets that hold no record: kept past a revocation
 
     def positioned(self, tp, offset: int | None) -> None:
         """The consumer was sought to ``offset`` for ``tp`` (None: unknown, the first record sets it)."""
@@ -85,8 +90,9 @@ class Deliveries:
 
     def delivered(self, tp, offset: int) -> tuple[int, int] | None:
         """The fetcher gives a record at ``offset``; the hole it leaves behind, ``(start, end)``, if
-        any. When the hole spans more than one offset, this record is held back with every later
-        one of ``tp`` (:meth:`held`): the consumer does not hand them over."""
+        any. This record is held back with every later one of ``tp`` (:meth:`held`): the consumer does
+        not hand them over. Not behind a hole of one offset in a partition that carries transaction
+        markers (:meth:`carries_markers`): that is taken for a transaction's commit marker."""
         expected = self._next.get(tp)
         if expected is not None and offset < expected:
             return None  # a record again (read again after a hole): the position is the seek's
@@ -95,14 +101,13 @@ class Deliveries:
             return None
         self._holes.setdefault(tp, []).append((expected, offset))
         self._pending.append((tp, expected, offset))
-        if offset - expected > 1:
+        if offset - expected > 1 or tp not in self._markers:
             self._held[tp] = offset
         return expected, offset
 
     def held(self, tp) -> int | None:
         """The first offset of ``tp`` held back (not to be handed over, nor any record after it)
-        behind a hole of more than one offset the fetcher left (:meth:`delivered`) until the hole
-        is read; None when none is."""
+        behind a hole the fetcher left (:meth:`delivered`) until the hole is read; None when none is."""
         return self._held.get(tp)
 
     def release(self, tp) -> int | None:
@@ -139,8 +144,16 @@ class Deliveries:
         self._keep(tp, lambda hole: hole[0] < start)
 
     def settle_one(self, tp, start: int, end: int) -> None:
-        """The hole ``(start, end)`` of ``tp`` holds no record."""
+        """The hole ``(start, end)`` of ``tp`` holds no record: ``tp`` carries transaction markers
+        (or aborted records, or is compacted)."""
         self._keep(tp, lambda hole: hole != (start, end))
+        self._markers.add(tp)
+
+    def carries_markers(self, tp) -> bool:
+        """Whether a hole of ``tp`` was found to hold no record (:meth:`settle_one`), since this
+        consumer started: then a hole of one offset is taken for a transaction's commit marker and
+        holds nothing back (:meth:`delivered`)."""
+        return tp in self._markers
 
     def _keep(self, tp, unsettled) -> None:
         holes = [hole for hole in self._holes.get(tp, ()) if unsettled(hole)]

@@ -425,8 +425,10 @@ def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it
     records, read after them, were 256 `late` dead letters (bench/rebalance.py --workers 3 --kill).
     Now the records from 176 on are held back; the hole's records are read first, from 66, then
     those after it again. Where a hole holds no record, reading goes on from the first held back
-    (Faust's seek: where commits go on from stays). A hole of one offset (a transaction's marker)
-    holds nothing back; a partition with two holes that hold records is read again from the first."""
+    (Faust's seek: where commits go on from stays), and the partition is then known to carry
+    transaction markers: a hole of one offset there (a marker) holds nothing back. Elsewhere it is
+    held behind (a record skipped alone). A partition with two holes that hold records is read again
+    from the first."""
     from types import SimpleNamespace
     from unittest import mock
 
@@ -448,7 +450,7 @@ def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it
     consumer._acked_index = {tp: set() for tp in tps}
     consumer._gap = {tp: IntervalTree() for tp in tps}
     consumer._read_offset, consumer.log = {}, SimpleNamespace(dev=lambda *args: None)
-    consumer._holds_records = lambda tp, start, end: tp in (browse, other)  # click's: aborted records, say
+    consumer._holds_records = lambda tp, start, end: tp in (browse, other)  # click's: aborted records; search's: a marker
     sought = []
 
     async def seek(tp, offset):  # aiokafka's, under Faust's
@@ -470,19 +472,21 @@ def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it
         d.positioned(tp, at)
     assert hand_over(browse, 176, 177) == ["held", "held"]
     assert hand_over(click, 20, 21) == ["held", "held"]
-    assert hand_over(search, 11, 12) == [("given", 11), ("given", 12)]  # a marker at 10
-    assert hand_over(other, 41, 50, 51) == [("given", 41), "held", "held"]  # 40 and 42..49 skipped
-    assert [d.held(tp) for tp in tps] == [176, 20, None, 50]
+    assert hand_over(search, 11, 12) == ["held", "held"]  # a marker at 10, not known yet
+    assert hand_over(other, 41, 50, 51) == ["held", "held", "held"]  # 40 and 42..49 skipped
+    assert [d.held(tp) for tp in tps] == [176, 20, 11, 41]
 
     async def nothing_fetched(self, timeout):
         return {}, set()
 
     with mock.patch.object(faust_aiokafka.Consumer, "_wait_next_records", nothing_fetched):
         asyncio.run(consumer._wait_next_records(1.0))
-    assert sorted(sought) == [("browse", 40), ("browse", 66), ("click", 20)]  # each partition's first hole
-    assert consumer._read_offset == {browse: 66, click: 20, other: 40}
+    assert sorted(sought) == [("browse", 40), ("browse", 66), ("click", 20), ("search", 11)]  # the first holes
+    assert consumer._read_offset == {browse: 66, click: 20, search: 11, other: 40}
     assert [d.held(tp) for tp in tps] == [None, None, None, None]
     assert hand_over(browse, *range(66, 178)) == [("given", o) for o in range(66, 178)]
     assert hand_over(click, 20, 21, 22) == [("given", 20), ("given", 21), ("given", 22)]
+    assert hand_over(search, 11, 12, 14) == [("given", 11), ("given", 12), ("given", 14)]  # a marker at 13
+    assert hand_over(other, 40, 41, 43) == [("given", 40), ("given", 41), "held"]  # one record skipped
     assert d.base(browse) == (66, True) and d.base(click) == (10, True)
-    assert [d.floor(tp) for tp in (browse, click, search)] == [66, None, None]  # 66 until acknowledged
+    assert [d.floor(tp) for tp in (browse, click, search)] == [66, None, 13]  # 66 until acknowledged, 13 read

@@ -70,14 +70,27 @@ def test_a_hole_that_holds_no_record_releases_what_was_held_back():
     assert d.base(TP) == (10, True) and d.floor(TP) is None
 
 
-def test_a_hole_of_one_offset_holds_nothing_back_and_a_revocation_ends_a_hold():
-    """Each transaction's commit marker is a hole of one offset: the records after it go on."""
+def test_a_hole_of_one_offset_is_held_behind_until_the_partition_is_found_to_carry_markers():
+    """A record the fetcher skipped alone (10) is read before those behind it. Once a hole is read
+    and holds no record (a transaction's commit marker at 10, say), the partition carries markers:
+    each transaction's marker is a hole of one offset, and the records after it go on (it is read
+    afterwards). Known past a revocation; a hole of more offsets is held behind there too."""
     d = Deliveries()
     d.positioned(TP, 10)
-    assert d.delivered(TP, 11) == (10, 11) and d.held(TP) is None
-    assert d.delivered(TP, 30) == (12, 30) and d.held(TP) == 30
+    assert d.delivered(TP, 11) == (10, 11) and d.held(TP) == 11
+    assert not d.carries_markers(TP)
+    d.settle_one(TP, 10, 11)  # read: no record there
+    assert d.carries_markers(TP) and not d.carries_markers(OTHER)
+    assert d.release(TP) == 11
+    assert d.delivered(TP, 11) is None
+    assert d.delivered(TP, 13) == (12, 13) and d.held(TP) is None
+    assert d.delivered(TP, 30) == (14, 30) and d.held(TP) == 30
     d.forget(TP)
-    assert d.held(TP) is None and d.floor(TP) is None
+    assert d.held(TP) is None and d.floor(TP) is None and d.carries_markers(TP)
+    d.positioned(TP, 40)
+    assert d.delivered(TP, 41) == (40, 41) and d.held(TP) is None
+    d.positioned(OTHER, 40)
+    assert d.delivered(OTHER, 41) == (40, 41) and d.held(OTHER) == 41
 
 
 def test_the_first_record_sets_the_position_and_a_revocation_forgets_the_partition():

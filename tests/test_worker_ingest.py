@@ -180,6 +180,43 @@ def test_a_worker_on_the_memory_store_counts_exactly_across_a_restart(env, worke
     wait_until_counted(w, events)
 
 
+def test_a_transactional_producers_markers_are_read_once_as_holes_and_commits_pass_them(env, workers):
+    """Each transaction's commit marker takes an offset no consumer is given: to the worker's
+    consumer a hole of one offset, as a record its fetcher skipped alone would be (faust-streaming
+    issue 216). The first is held behind and read; it holds no record, so the partition carries
+    markers and the next ones hold nothing back. One warning for the partition, not one per
+    transaction, every event applied once, and the commit past the last marker's hole."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from stream_app.partitioning import partition_for
+
+    t = topics(env)
+    cli(env, "topics", "create")
+    w = workers(INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    clicks = [event(i, "u1", "click", T0 + i * 60_000) for i in range(12)]
+    p = KafkaProducer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      transactional_id=f"{env['INTEREST_TOPIC_PREFIX']}upstream")
+    try:
+        p.init_transactions()
+        for i in range(0, 12, 3):  # offsets 0..2, its marker at 3, 4..6, 7, 8..10, 11, 12..14, 15
+            p.begin_transaction()
+            for e in clicks[i:i + 3]:
+                p.send(t["click"], key=b"u1", value=orjson.dumps(e), timestamp_ms=e["ts"])
+            p.commit_transaction()
+    finally:
+        p.close()
+    wait_until_counted(w, clicks)
+    part = partition_for(b"u1", int(env["INTEREST_PARTITIONS"]))
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
+    try:
+        wait_for(lambda: c.committed(TopicPartition(t["click"], part)) == 15, what="the last click committed")
+    finally:
+        c.close()
+    skipped = [line for line in w.log(2000).splitlines() if "the fetcher skipped offsets" in line]
+    assert len(skipped) == 1 and f"offsets 3..3 of {t['click']}[{part}]" in skipped[0], skipped
+
+
 def test_worker_refuses_mismatched_partitions(env, tmp_path, tiny_model_dir):
     from kafka.admin import KafkaAdminClient, NewTopic
 
