@@ -450,7 +450,8 @@ def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it
     consumer._acked_index = {tp: set() for tp in tps}
     consumer._gap = {tp: IntervalTree() for tp in tps}
     consumer._read_offset, consumer.log = {}, SimpleNamespace(dev=lambda *args: None)
-    consumer._holds_records = lambda tp, start, end: tp in (browse, other)  # click's: aborted records; search's: a marker
+    # click's hole: an aborted transaction's records, say; search's: a transaction's marker
+    consumer._holds_records = lambda tp, start, end: tp in (browse, other)
     sought = []
 
     async def seek(tp, offset):  # aiokafka's, under Faust's
