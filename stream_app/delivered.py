@@ -11,8 +11,14 @@ it has read everything written so far:
   (:class:`stream_app.ingest.Received`). By the end offset alone, such a partition never did, and
   the other topics' events waited the aligner's 2 s each.
 
-The tail is read with a kafka-python consumer that belongs to no group, backwards, 1, 8, 64…
-offsets at a time (each transaction adds one marker after its records).
+The tail is read with a kafka-python consumer that belongs to no group, backwards, 8, 64, 512…
+offsets at a time (each transaction adds one marker after its records). Not 1 first: a partition a
+transactional producer wrote last ends with its marker, so 1 back never held the record, and the
+fetch the reader left waiting at the end held the next step back for the broker's fetch wait. A
+tail of one record and its marker took 0.53 s to read that way (0.23 s with a fetch wait of 100
+ms, :data:`READER_FETCH_WAIT_MS`), and 0.004 s 8 back at once. The worker's aligner waits for
+these reads (its quiet topics, one after the other) at most 2 s: under load two of them took 2 s,
+and every message waiting was released as forced.
 """
 from __future__ import annotations
 
@@ -27,6 +33,10 @@ from . import metrics
 log = logging.getLogger("interest_stream")
 
 DELIVERED_WAIT_S = 10.0  # the longest the tail of one partition is read
+FIRST_BACK = 8  # offsets read back from the end at the first step; each next step 8 times more
+# the fetch wait of the worker's reader of tails and holes (kafka-python's default, 500 ms, is how
+# long a fetch at the end of a partition waits, and a seek does not cut it short)
+READER_FETCH_WAIT_MS = 100
 
 
 def delivered_end(reader, tp, begin: int, end: int, wait_s: float = DELIVERED_WAIT_S) -> int:
@@ -34,7 +44,7 @@ def delivered_end(reader, tp, begin: int, end: int, wait_s: float = DELIVERED_WA
     ``[begin, end)`` of ``tp``, 0 when there is none (``begin``: the partition's first offset).
     TimeoutError when the tail is not read within ``wait_s``."""
     reader.assign([tp])
-    back, deadline = 1, time.monotonic() + wait_s
+    back, deadline = FIRST_BACK, time.monotonic() + wait_s
     while end > begin:
         start = max(begin, end - back)
         reader.seek(tp, start)

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer
 
 from . import core, metrics
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
-from .delivered import DeliveredEnds
+from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
 from .state_cache import Letter, message_bytes
 
@@ -113,7 +113,8 @@ class Received:
 def _reader() -> KafkaConsumer:
     """A consumer of the worker's own, outside Faust, to read a partition's tail or a hole (each
     caller makes one, used in executor threads)."""
-    return KafkaConsumer(enable_auto_commit=False, **settings.kafka_python_config())
+    return KafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=READER_FETCH_WAIT_MS,
+                         **settings.kafka_python_config())
 
 
 app.received = Received(DeliveredEnds(_reader))
