@@ -32,6 +32,12 @@ from collections import deque
 from typing import Callable, Hashable, Iterator
 
 MAX_WAIT_S = 2.0
+# How long a message waits for a topic's partition that is behind with a hole not settled: offsets
+# the fetcher skipped, or handed over and never applied, which the worker's consumer reads again
+# (stream_app.holes), only while no rebalance is under way. Released after MAX_WAIT_S, the other
+# topics went ahead of those records, and in a backlog they were `late` when read (79 in one trial
+# of bench/rebalance.py --workers 3 --kill). Bounded: a hole never read must not stall the partition.
+HOLE_WAIT_S = 30.0
 # A partition's waiting messages are looked at once every RELEASE_EVERY messages added to it, and
 # what that releases is applied in one go (a periodic sweep, :meth:`Aligner.expired`, takes the
 # rest). Looked at after every message, each release asked every empty topic whether it had caught
@@ -44,8 +50,9 @@ MAX_BUFFERED = 50_000  # per partition; about 1 KB each with the message object
 
 class Aligner:
     def __init__(self, topics: tuple[Hashable, ...], max_wait_s: float = MAX_WAIT_S,
-                 max_buffered: int = MAX_BUFFERED, release_every: int = 1):
+                 max_buffered: int = MAX_BUFFERED, release_every: int = 1, hole_wait_s: float = HOLE_WAIT_S):
         self.topics = tuple(topics)
+        self.hole_wait_s = hole_wait_s
         self.release_every = release_every
         self._added: dict[int, int] = {}  # partition -> messages added since its last due release
         self.max_wait_s = max_wait_s
@@ -73,39 +80,50 @@ class Aligner:
         self._added[partition] = 0 if due else n
         return due
 
-    def ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float) -> Iterator:
+    def ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float,
+              has_hole: Callable[[object, int], bool] | None = None) -> Iterator:
         """The messages of ``partition`` that may be applied now, in order. ``caught_up(topic,
-        partition)``: nothing more to read from that topic's partition for now."""
+        partition)``: nothing more to read from that topic's partition for now. ``has_hole(topic,
+        partition)``: records of it are still to be read again (a hole not settled), so a message
+        waits up to ``hole_wait_s`` for it rather than ``max_wait_s``."""
         queues = self.queues.get(partition)
         if not queues:
             return
         known: dict = {}  # caught_up answers of this call (nothing is read meanwhile)
+        holes: dict = {}  # has_hole answers of this call
         while True:
-            head, head_topic, blocked = None, None, False
+            head, head_topic, wait = None, None, None  # wait: how long the head may wait; None: not blocked
             for t, q in queues.items():
                 if q:
                     if head is None or q[0][:2] < head[:2]:
                         head, head_topic = q[0], t
-                elif not blocked:
-                    up = known.get(t)
-                    if up is None:
-                        up = known[t] = caught_up(t, partition)
-                    blocked = not up
+                    continue
+                up = known.get(t)
+                if up is None:
+                    up = known[t] = caught_up(t, partition)
+                if not up:
+                    if has_hole is not None and t not in holes:
+                        holes[t] = has_hole(t, partition)
+                    if holes.get(t):
+                        wait = max(self.hole_wait_s, self.max_wait_s)
+                    elif wait is None:
+                        wait = self.max_wait_s
             if head is None:
                 return
-            if blocked:
-                if self.sizes[partition] <= self.max_buffered and now - head[2] < self.max_wait_s:
+            if wait is not None:
+                if self.sizes[partition] <= self.max_buffered and now - head[2] < wait:
                     return
                 self.forced += 1
             queues[head_topic].popleft()
             self.sizes[partition] -= 1
             yield head[3]
 
-    def expired(self, caught_up: Callable[[object, int], bool], now: float) -> Iterator:
+    def expired(self, caught_up: Callable[[object, int], bool], now: float,
+                has_hole: Callable[[object, int], bool] | None = None) -> Iterator:
         """Messages of every partition that may be applied now (a timer's sweep: topics caught up
         meanwhile, waits past ``max_wait_s``)."""
         for p in list(self.queues):
-            yield from self.ready(p, caught_up, now)
+            yield from self.ready(p, caught_up, now, has_hole)
 
     def drain(self, partitions=None) -> Iterator:
         """Everything waiting for ``partitions`` (default all), in the same order, without waiting."""
