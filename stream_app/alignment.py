@@ -35,8 +35,9 @@ MAX_WAIT_S = 2.0
 # How long a message waits for a topic's partition that is behind with a hole not settled: offsets
 # the fetcher skipped, or handed over and never applied, which the worker's consumer reads again
 # (stream_app.holes), only while no rebalance is under way. Released after MAX_WAIT_S, the other
-# topics went ahead of those records, and in a backlog they were `late` when read (79 in one trial
-# of bench/rebalance.py --workers 3 --kill). Bounded: a hole never read must not stall the partition.
+# topics go ahead of those records, which in a backlog are then `late` when read: as the logs of one
+# trial of bench/rebalance.py --workers 3 --kill read (79 `late` in a held hole; not verified, the
+# forced releases are not logged). Bounded: a hole never read must not stall the partition.
 HOLE_WAIT_S = 30.0
 # A partition's waiting messages are looked at once every RELEASE_EVERY messages added to it, and
 # what that releases is applied in one go (a periodic sweep, :meth:`Aligner.expired`, takes the

@@ -85,10 +85,14 @@ class Received:
         self.delivered = delivered
         self._tps: dict[tuple[str, int], TP] = {}
 
-    def caught_up(self, topic: str, partition: int) -> bool:
+    def _tp(self, topic: str, partition: int) -> TP:
         tp = self._tps.get((topic, partition))
         if tp is None:
             tp = self._tps[(topic, partition)] = TP(topic, partition)
+        return tp
+
+    def caught_up(self, topic: str, partition: int) -> bool:
+        tp = self._tp(topic, partition)
         try:
             high = app.consumer.highwater(tp)
         except Exception:  # not fetched yet: unknown, so not caught up
@@ -113,12 +117,7 @@ class Received:
         """Records of the partition are to be read again: a hole not settled (:mod:`stream_app.holes`);
         the aligner waits longer for it (:data:`stream_app.alignment.HOLE_WAIT_S`)."""
         deliveries = getattr(app.consumer, "deliveries", None)  # a benchmark's consumer has none
-        if deliveries is None:
-            return False
-        tp = self._tps.get((topic, partition))
-        if tp is None:
-            tp = self._tps[(topic, partition)] = TP(topic, partition)
-        return deliveries.floor(tp) is not None
+        return deliveries is not None and deliveries.floor(self._tp(topic, partition)) is not None
 
 
 def _reader() -> KafkaConsumer:
