@@ -9,7 +9,10 @@ the vectors it publishes compared with each user's actual next behaviour, agains
 2. For each test user, the cut is the user's first test sample (:mod:`models.data`: the earliest
    cut at or after ``t2`` with a non-empty target). The log's events of that user up to the cut
    (every event with ``ts`` <= the cut's newest ts) are produced to the input topics, all users
-   interleaved in ts order, as ``interest-stream load jsonl`` would.
+   interleaved in ts order, as ``interest-stream load jsonl`` would (``--producer plain``: as a
+   producer outside the project would, its record timestamps the time of sending). ``--trials N``
+   streams them N times, each into a broker and a worker of its own (`late` events depend on
+   timing); ``--reuse`` serves the checkpoint and export of the last run in ``--workdir``.
 3. A worker at its defaults (1-day window, 128 events, profile on, scoring every 10 s) serves the
    exported model; the benchmark reads ``user-interests`` until every user's vector has the cut's
    ``ts`` (the vector saw every event up to the cut) and keeps each user's last vector.
@@ -24,7 +27,8 @@ Prints JSON per dataset: samples, KL of the live vectors, of the offline model a
 baseline, the ratio to the best baseline with its interval, top-3 hit rates, the parity, dead
 letters, and the time each step took.
 
-    python bench/live_eval.py [--dataset cj,movielens] [--workdir DIR]
+    python bench/live_eval.py [--dataset cj,movielens] [--workdir DIR] [--trials N] [--reuse]
+                              [--producer project|plain]
 """
 from __future__ import annotations
 
@@ -69,9 +73,26 @@ def events_to_stream(log: Path, cut_of: dict[str, int]) -> list[dict]:
     return out
 
 
+def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str]) -> int:
+    """The events as a producer outside the project sends them: kafka-python's KafkaProducer at its
+    defaults (no linger, 16 KB batches), the record timestamp not set (the time of sending)."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        for ev in events:
+            p.send(topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev))
+        p.flush()
+    finally:
+        p.close()
+    return len(events)
+
+
 def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path, work: Path,
-                       timeout_s: float) -> tuple[dict[str, dict], dict]:
-    """Events through Kafka into a worker at its defaults; each user's last vector."""
+                       timeout_s: float, producer: str = "project") -> tuple[dict[str, dict], dict]:
+    """Events through Kafka into a worker at its defaults; each user's last vector. ``producer``:
+    ``project``, the project's own (``send_events``, as ``load jsonl``), or ``plain``
+    (:func:`send_plain`)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from stream_app.produce import send_events
@@ -81,7 +102,7 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
         env, s = deployment(bootstrap, "live", served, partitions=None, retention_ms=RETENTION_MS)
         w = WorkerProc(env, work, name="live").start()
         t0 = time.perf_counter()
-        sent = send_events(iter(events), s)
+        sent = send_events(iter(events), s) if producer == "project" else send_plain(events, bootstrap, s.input_topics)
         t_sent = time.perf_counter() - t0
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                  auto_offset_reset="earliest", fetch_max_wait_ms=200)
@@ -108,7 +129,8 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
         consumer.close()
         w.stop()
     stats = {
-        "events_sent": sent, "send_s": round(t_sent, 1), "scored_in_s": round(time.perf_counter() - t0, 1),
+        "producer": producer, "events_sent": sent, "send_s": round(t_sent, 1),
+        "scored_in_s": round(time.perf_counter() - t0, 1),
         "users_complete": complete,
         "accepted": int(m.get('interest_events_total{outcome="accepted"}', 0)),
         "dead_letters": int(m.get('interest_events_total{outcome="dead_letter"}', 0)),
@@ -149,7 +171,8 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
     }
 
 
-def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
+def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: bool = False,
+        producer: str = "project") -> dict:
     from model_eval import first_cuts, make_log
 
     from models.evaluate import held_out_predictions
@@ -157,22 +180,35 @@ def run(dataset: str, workdir: Path, timeout_s: float) -> dict:
     wd = workdir / dataset
     wd.mkdir(parents=True, exist_ok=True)
     log = make_log(dataset, workdir, 0, 0, 0, "off")
-    ckpt, served, train_s = train_and_export(log, wd)
+    if reuse and (wd / "ckpt" / "model_card.json").exists() and (wd / "model" / "model.json").exists():
+        ckpt, served, train_s = wd / "ckpt", wd / "model", None  # the last run's, trained on the same log
+    else:
+        ckpt, served, train_s = train_and_export(log, wd)
     evaluated = held_out_predictions(ckpt, log)  # what `evaluate` scores
     ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
     cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
     events = events_to_stream(log, cut_of)
-    live, stats = stream_and_collect(events, cut_of, served, wd, timeout_s)
-    missing = [u for u, c in cut_of.items() if live.get(u, {}).get("ts") != c]
-    if missing:
-        raise SystemExit(f"{dataset}: {len(missing)} of {len(cut_of)} users have no vector at their cut "
-                         f"(e.g. {missing[:3]}); see {wd / 'live.log'}")
+    runs = []
+    for trial in range(trials):  # each on a broker and a worker of its own: how the timing varies
+        work = wd if trial == 0 else wd / f"trial{trial}"
+        work.mkdir(exist_ok=True)
+        live, stats = stream_and_collect(events, cut_of, served, work, timeout_s, producer)
+        missing = [u for u, c in cut_of.items() if live.get(u, {}).get("ts") != c]
+        if missing:
+            raise SystemExit(f"{dataset}: {len(missing)} of {len(cut_of)} users have no vector at their cut "
+                             f"(e.g. {missing[:3]}); see {work / 'live.log'}")
+        runs.append({**stats, **score(ds, base, pred, categories, rows, live)})
     card = orjson.loads((served / "model.json").read_bytes())
     choice = orjson.loads((ckpt / "model_card.json").read_bytes())["split"].get("target_choice")
-    return {"dataset": dataset, "train_and_export_s": round(train_s, 1),
-            "model": {"version": card["version"], **card["model"]}, "target_choice": choice, "split_t2": ds.t2,
-            **stats, **score(ds, base, pred, categories, rows, live)}
+    out = {"dataset": dataset, "train_and_export_s": None if train_s is None else round(train_s, 1),
+           "model": {"version": card["version"], **card["model"]}, "target_choice": choice, "split_t2": ds.t2,
+           **runs[0]}
+    if trials > 1:  # the first trial above; what moves from one to the next
+        keys = ("send_s", "scored_in_s", "accepted", "dead_letters", "duplicates", "dead_letter_reasons",
+                "ratio_live_to_best", "max_abs_diff_live_vs_offline")
+        out["trials"] = [{k: r[k] for k in keys} for r in runs]
+    return out
 
 
 def main() -> None:
@@ -180,10 +216,20 @@ def main() -> None:
     ap.add_argument("--dataset", default="cj,movielens", help="comma-separated: cj, movielens, rees46")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "interest-stream-live-eval"))
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the vectors")
+    ap.add_argument("--trials", type=int, default=1, help="stream the events this many times, each into a "
+                    "fresh broker and worker (late events depend on timing)")
+    ap.add_argument("--reuse", action="store_true", help="serve the checkpoint and export a run left in "
+                    "--workdir instead of training again")
+    ap.add_argument("--producer", choices=("project", "plain"), default="project",
+                    help="project: the project's own producer, record timestamp = ts (as `load jsonl`); plain: "
+                    "kafka-python's at its defaults, the record timestamp the time of sending")
     args = ap.parse_args()
+    if args.trials < 1:
+        ap.error(f"--trials must be at least 1, got {args.trials}")
     out = {"benchmark": "live_eval", "machine": machine(), "commit": commit(), "datasets": []}
     for d in args.dataset.split(","):
-        out["datasets"].append(run(d, Path(args.workdir), args.timeout))
+        out["datasets"].append(run(d, Path(args.workdir), args.timeout, args.trials, args.reuse,
+                                   args.producer))
     print(dumps(out))
 
 
