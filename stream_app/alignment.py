@@ -1,5 +1,6 @@
 """Event-time alignment of the three input topics: a partition's click, browse and search messages
-applied in record-timestamp order, as Kafka Streams does for the partitions of one task.
+applied in record-timestamp order (then event time), as Kafka Streams does for the partitions of
+one task.
 
 Each event type has its own topic, and one user's events are spread over all three (co-partitioned:
 partition p of each). Kafka orders a partition, not three. When the worker reads a backlog (a
@@ -11,7 +12,7 @@ full speed 2,115 of 11,639 events were lost that way.
 
 So, as Kafka Streams does for the partitions of one task (``PartitionGroup``), each input topic's
 partition p keeps its messages in arrival (offset) order in a queue of its own, and the next
-message applied is the head with the smallest record timestamp among the three queues, but only
+message applied is the head with the smallest :func:`order_key` among the three queues, but only
 when every topic of the partition either has a message waiting (nothing older can come from it
 before that message) or has nothing left to read (caught up: its last message received is the
 last one fetched). A partition's own order is never changed, as in Kafka Streams and in
@@ -20,16 +21,20 @@ at most that long for a topic that is behind but has delivered nothing. A partit
 ``max_buffered`` messages waiting lets its next one go at once (memory before order).
 
 The record timestamp is the event's ``ts`` when producers follow the contract (``interest-stream``'s
-own producers set it), else the time Kafka received it; either orders the topics against each
-other. Pure bookkeeping: the buffered messages are not acknowledged (the ingest agent iterates
-``stream.noack()``), so their offsets are not committed before they are applied and flushed; at
-a rebalance or a shutdown :meth:`Aligner.drain` releases everything first.
+own producers set it), else the time the producer sent the record (or the broker appended it);
+either orders the topics against each other, to the millisecond, and the records of one
+millisecond go by their event's ``ts`` (:func:`order_key`). Pure bookkeeping: the buffered
+messages are not acknowledged (the ingest agent iterates ``stream.noack()``), so their offsets are
+not committed before they are applied and flushed; at a rebalance or a shutdown
+:meth:`Aligner.drain` releases everything first.
 """
 from __future__ import annotations
 
 import itertools
 from collections import deque
 from typing import Callable, Hashable, Iterator
+
+import orjson
 
 MAX_WAIT_S = 2.0
 # How long a message waits for a topic's partition that is behind with a hole not settled: offsets
@@ -49,11 +54,34 @@ RELEASE_EVERY = 64
 MAX_BUFFERED = 50_000  # per partition; about 1 KB each with the message object
 
 
+def event_ts(value: bytes | None, record_ts: int) -> int:
+    """The event's ``ts`` when ``value`` is an event with an integer one, else ``record_ts``."""
+    try:
+        ts = orjson.loads(value).get("ts")
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return record_ts
+    return ts if type(ts) is int else record_ts
+
+
+def order_key(record_ts: int, value: bytes | None) -> tuple[int, int]:
+    """What a message is aligned by: its record timestamp, then its event's ``ts``. A producer that
+    does not set the record timestamp leaves it the time it sent the record, and a log streamed at
+    full speed sends a dozen events in a millisecond: in arrival order among those, a user's
+    searches two weeks ahead went before the user's clicks, which were then `late` (MovieLens
+    through ``bench/live_eval.py`` with kafka-python's producer at its defaults: 117 to 164 of
+    11,639 events in four runs). The event's ``ts`` orders them. It is not the first key: a ``ts``
+    far from its neighbours' (one stamped with the wall clock in a historical log) would hold every
+    later record of its topic's partition back while the other topics ran ahead."""
+    return record_ts, event_ts(value, record_ts)
+
+
 class Aligner:
     def __init__(self, topics: tuple[Hashable, ...], max_wait_s: float = MAX_WAIT_S,
-                 max_buffered: int = MAX_BUFFERED, release_every: int = 1, hole_wait_s: float = HOLE_WAIT_S):
+                 max_buffered: int = MAX_BUFFERED, release_every: int = 1, hole_wait_s: float = HOLE_WAIT_S,
+                 idle_s: float = 0.0):
         self.topics = tuple(topics)
         self.hole_wait_s = hole_wait_s
+        self.idle_s = idle_s
         self.release_every = release_every
         self._added: dict[int, int] = {}  # partition -> messages added since its last due release
         self.max_wait_s = max_wait_s
@@ -63,6 +91,7 @@ class Aligner:
         self._seq = itertools.count()
         self.forced = 0  # messages released by max_wait_s or max_buffered, not by order (the
         # worker adds this to a metric and sets it back to 0)
+        self.idled = 0  # messages released after idle_s for a topic caught up (the same)
 
     def __len__(self) -> int:
         return sum(self.sizes.values())
@@ -86,7 +115,12 @@ class Aligner:
         """The messages of ``partition`` that may be applied now, in order. ``caught_up(topic,
         partition)``: nothing more to read from that topic's partition for now. ``has_hole(topic,
         partition)``: records of it are still to be read again (a hole not settled), so a message
-        waits up to ``hole_wait_s`` for it rather than ``max_wait_s``."""
+        waits up to ``hole_wait_s`` for it rather than ``max_wait_s``. A message waits ``idle_s`` for
+        a topic caught up with nothing waiting."""
+        return self._ready(partition, caught_up, now, has_hole, self.idle_s)
+
+    def _ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float,
+               has_hole: Callable[[object, int], bool] | None, idle_s: float) -> Iterator:
         queues = self.queues.get(partition)
         if not queues:
             return
@@ -94,6 +128,7 @@ class Aligner:
         holes: dict = {}  # has_hole answers of this call
         while True:
             head, head_topic, wait = None, None, None  # wait: how long the head may wait; None: not blocked
+            idle = False  # a topic caught up has nothing waiting: the head waits idle_s for it
             for t, q in queues.items():
                 if q:
                     if head is None or q[0][:2] < head[:2]:
@@ -102,19 +137,29 @@ class Aligner:
                 up = known.get(t)
                 if up is None:
                     up = known[t] = caught_up(t, partition)
-                if not up:
-                    if has_hole is not None and t not in holes:
-                        holes[t] = has_hole(t, partition)
-                    if holes.get(t):
-                        wait = max(self.hole_wait_s, self.max_wait_s)
-                    elif wait is None:
-                        wait = self.max_wait_s
+                if up:
+                    idle = True
+                    continue
+                if has_hole is not None and t not in holes:
+                    holes[t] = has_hole(t, partition)
+                if holes.get(t):
+                    wait = max(self.hole_wait_s, self.max_wait_s)
+                elif wait is None:
+                    wait = self.max_wait_s
             if head is None:
                 return
+            waited = now - head[2]
             if wait is not None:
-                if self.sizes[partition] <= self.max_buffered and now - head[2] < wait:
+                if self.sizes[partition] <= self.max_buffered and waited < wait:
                     return
                 self.forced += 1
+            elif idle and idle_s > 0:
+                if waited >= idle_s:
+                    self.idled += 1
+                elif self.sizes[partition] <= self.max_buffered:
+                    return
+                else:
+                    self.forced += 1
             queues[head_topic].popleft()
             self.sizes[partition] -= 1
             yield head[3]
@@ -129,6 +174,6 @@ class Aligner:
     def drain(self, partitions=None) -> Iterator:
         """Everything waiting for ``partitions`` (default all), in the same order, without waiting."""
         for p in list(self.queues) if partitions is None else [p for p in partitions if p in self.queues]:
-            yield from self.ready(p, lambda t, p: True, float("-inf"))
+            yield from self._ready(p, lambda t, p: True, float("-inf"), None, 0.0)
             del self.queues[p], self.sizes[p]
             self._added.pop(p, None)

@@ -284,7 +284,8 @@ users = app.Table(
 app.fetch_max_wait_ms = settings.fetch_max_wait_ms
 app.vector_sends = set()
 app.states = StateCache(int(settings.state_cache_mb * 2**20), settings.max_state_bytes)
-app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY)
+app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY,
+                      idle_s=settings.align_idle_ms / 1000)
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
                       consumer=lambda: app.consumer,

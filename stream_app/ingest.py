@@ -3,11 +3,11 @@
 The agent iterates ``stream.noack()``: an event stays unacknowledged (its offset uncommitted)
 until the flush of its partition has written the states it changed (:mod:`stream_app.flush`).
 Before that, each message waits in the :class:`stream_app.alignment.Aligner` until the three
-topics of its partition can be applied in record-timestamp order (a backlog read at full speed
-would otherwise make one topic's events late against another's); they are released and applied
-in batches (:data:`stream_app.alignment.RELEASE_EVERY`, and the sweep every :data:`ALIGN_SWEEP_S`,
-so a message waits at most that much longer than alignment asks). Per event the
-worker pays for the event only: validation, the user's decoded state updated in place, no
+topics of its partition can be applied in record-timestamp order, then event time (a backlog
+read at full speed would otherwise make one topic's events late against another's); they are
+released and applied in batches (:data:`stream_app.alignment.RELEASE_EVERY`, and the sweep every
+:data:`ALIGN_SWEEP_S`, so a message waits at most that much longer than alignment asks). Per
+event the worker pays for the event only: validation, the user's decoded state updated in place, no
 serialisation and no table write.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from faust.types import TP
 from kafka import KafkaConsumer
 
 from . import core, metrics
+from .alignment import order_key
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
 from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
@@ -204,7 +205,7 @@ async def ingest(stream):
         p = m.partition
         offsets[(m.topic, p)] = m.offset
         now = time.monotonic()
-        if aligner.add(m.topic, p, m.timestamp, m, now):
+        if aligner.add(m.topic, p, order_key(m.timestamp, m.value), m, now):
             apply_released(aligner.ready(p, caught_up, now, has_hole), bounded=True)
         if states.over_bound():
             await _respect_bound()
@@ -220,7 +221,8 @@ async def align_timer():
         await _respect_bound()
     metrics.ALIGN_WAITING.set(len(aligner))
     metrics.ALIGN_FORCED.inc(aligner.forced)
-    aligner.forced = 0
+    metrics.ALIGN_IDLED.inc(aligner.idled)
+    aligner.forced = aligner.idled = 0
 
 
 @app.timer(settings.flush_s / settings.partitions)

@@ -126,6 +126,10 @@ ALIGN_FORCED = Counter(
     "interest_align_forced_total", "Input messages applied before the other topics of their partition "
     "caught up (waited too long, or too many waiting)", registry=REGISTRY,
 )
+ALIGN_IDLED = Counter(
+    "interest_align_idle_total", "Input messages applied after waiting INTEREST_ALIGN_IDLE_MS for a topic of "
+    "their partition that had caught up (stream_app.alignment)", registry=REGISTRY,
+)
 ALIGN_TAIL_READS = Counter(
     "interest_align_tail_reads_total", "Input partitions' tails read to find their last record, for a "
     "partition short of its end offset with the fetcher there (stream_app.delivered)", registry=REGISTRY,

@@ -8,8 +8,8 @@ at or after ``to`` are read and skipped), with its own state and a consumer grou
 (``<app id>.replay``, offsets never committed), so the live worker's offsets and tables are
 untouched.
 
-Determinism: records of all partitions are merged in the order (record timestamp, topic, partition,
-offset; a record stamped at or after ``to`` where its partition has it), the live worker's order
+Determinism: records of all partitions are merged in the order (record timestamp, event ``ts``, topic,
+partition, offset; a record stamped at or after ``to`` where its partition has it), the live worker's order
 (:mod:`stream_app.alignment`); a partition's records keep their offset order. A record is taken only
 when every unfinished partition has offered its next one, so the order depends on what the topics
 hold, never on fetch timing: two replays of the same range see the same events in the same order and
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import core, state
+from .alignment import event_ts
 from .settings import InterestStreamError, Settings
 
 
@@ -250,24 +251,17 @@ class Replayer:
         self.score()
 
 
-def event_ts(record) -> int:
-    """The event's ``ts`` when the value is an event, else the record timestamp."""
-    try:
-        ts = orjson.loads(record.value).get("ts")
-    except (orjson.JSONDecodeError, AttributeError, TypeError):
-        return record.timestamp
-    return ts if type(ts) is int else record.timestamp
-
-
 BUFFERED = 20_000  # records read ahead per partition at most: a partition with more waits (paused)
 
 
 def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED,
                    after: int | None = None):
     """``(ts, record)`` of every partition within its [start, end), ``ts`` the event's
-    (:func:`event_ts`), merged by (record timestamp, topic, partition, offset) as the live worker's
-    aligner applies them; a partition contributes in offset order. A record is chosen only when
-    every unfinished partition has offered its next one, so the order never depends on timing.
+    (:func:`stream_app.alignment.event_ts`), merged by (record timestamp, event ``ts``, topic,
+    partition, offset) as the live worker's aligner applies them
+    (:func:`stream_app.alignment.order_key`); a partition contributes in offset order. A record is
+    chosen only when every unfinished partition has offered its next one, so the order never
+    depends on timing.
     Merged by the event's ``ts``, an event whose producer stamped it otherwise (a far-future ``ts``
     the worker dead-lettered as ``future_ts``) held back every later record of its partition until
     all the others had ended, and those were applied out of order, some as ``late``.
@@ -297,7 +291,8 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                 r = buffers[tp].popleft()
                 key = r.timestamp if after is None or r.timestamp < after else last[tp]
                 last[tp] = key
-                heapq.heappush(heap, (key, r.topic, r.partition, r.offset, tp, r, event_ts(r)))
+                ts = event_ts(r.value, r.timestamp)
+                heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r, ts))
                 heads.add(tp)
                 if tp in full and len(buffers[tp]) <= buffered // 2:
                     full.discard(tp)

@@ -15,6 +15,7 @@ from typing import Mapping
 
 from interest_core.errors import InterestStreamError
 from interest_core.window import DEFAULT_GRACE_S, DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S
+from .alignment import MAX_WAIT_S as ALIGN_MAX_WAIT_S
 
 
 class ConfigError(InterestStreamError, ValueError):
@@ -117,6 +118,15 @@ MAX_SESSION_TIMEOUT_S = FAUST_REQUEST_TIMEOUT_S
 # a wait at or above it makes every fetch of an idle partition time out and the connection close:
 # the smaller limit is the request timeout, less a second for the answer to arrive.
 MAX_FETCH_MAX_WAIT_MS = int(FAUST_REQUEST_TIMEOUT_S * 1000) - 1000
+# How long a message waits for a topic of its partition that has caught up (stream_app.alignment, as
+# Kafka Streams' max.task.idle.ms, whose default is 0): at most the wait for a topic that is behind.
+# A log streamed at full speed into a running worker by a producer at its defaults: a busy
+# partition's batches go one per request, so a quiet partition's record, sent after them, overtakes
+# them. With 0, beside a CPU-bound process, 2 of 6 runs of bench/live_eval.py --producer plain lost
+# 270 and 204 events as `late`; with 500, none of 6. The cost is at most this much more wait before
+# an event is applied, against vectors published every INTEREST_SCORE_INTERVAL_S (10 s).
+DEFAULT_ALIGN_IDLE_MS = 500
+MAX_ALIGN_IDLE_MS = int(ALIGN_MAX_WAIT_S * 1000)
 # aiokafka holds the linger as float seconds (a call_later delay), so no field limits it; but the
 # records that linger are Faust's own sends (dead letters above all), which a rebalance's or
 # shutdown's last flush waits for only stream_app.flush.LETTER_WAIT_S (5 s), and which every Faust
@@ -326,6 +336,7 @@ class Settings:
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
     fetch_max_wait_ms: int = 100  # INTEREST_FETCH_MAX_WAIT_MS: longest a fetch waits for data (stream_app.consumer)
+    align_idle_ms: int = DEFAULT_ALIGN_IDLE_MS  # INTEREST_ALIGN_IDLE_MS: a message's wait for a topic caught up
     bootstrap_timeout_s: float = 30.0  # INTEREST_BOOTSTRAP_TIMEOUT_S: how long a command's Kafka client waits for the brokers
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
@@ -384,6 +395,8 @@ class Settings:
             commit_interval_s=_float(env, "INTEREST_COMMIT_INTERVAL_S", 2.0, minimum=0.1),
             fetch_max_wait_ms=_int(env, "INTEREST_FETCH_MAX_WAIT_MS", 100, minimum=1, maximum=MAX_FETCH_MAX_WAIT_MS,
                                    why=" (a fetch must be answered within Faust's 90 s request timeout)"),
+            align_idle_ms=_int(env, "INTEREST_ALIGN_IDLE_MS", DEFAULT_ALIGN_IDLE_MS, minimum=0,
+                               maximum=MAX_ALIGN_IDLE_MS, why=" (the wait for a topic that is behind)"),
             bootstrap_timeout_s=_float(env, "INTEREST_BOOTSTRAP_TIMEOUT_S", 30.0, minimum=0.1),
             linger_ms=_int(env, "INTEREST_PRODUCER_LINGER_MS", 10, minimum=0, maximum=MAX_LINGER_MS,
                            why=" (the 5 s a rebalance or shutdown waits for the dead letters sent)"),

@@ -1,5 +1,8 @@
 """The aligner: a partition's three topics applied in record-timestamp order (worked by hand)."""
-from stream_app.alignment import Aligner
+import orjson
+import pytest
+
+from stream_app.alignment import Aligner, event_ts, order_key
 
 TOPICS = ("click", "browse", "search")
 
@@ -77,6 +80,80 @@ def test_a_topic_behind_with_a_hole_is_waited_for_up_to_hole_wait_s():
     assert list(a.ready(0, browse_caught_up, now=41.9, has_hole=hole)) == []
     assert list(a.ready(0, browse_caught_up, now=42.0, has_hole=hole)) == ["s60"]  # click's 2 s
     assert a.forced == 2
+
+
+def test_a_message_waits_idle_s_for_a_topic_caught_up_that_may_get_an_older_one_a_fetch_later():
+    """A log produced at full speed while the worker reads it: click has caught up, but its records
+    sent just before the search wait in the producer behind its other batches and arrive later.
+    With idle_s the search waits for them, and they go in order; released by the wait, a message
+    counts as idled, not forced."""
+    a = Aligner(TOPICS, idle_s=0.5)
+    a.add("search", 0, 50.0, "s50", now=10.0)
+    assert list(a.ready(0, always, now=10.4)) == []
+    a.add("click", 0, 40.0, "c40", now=10.3)
+    assert list(a.ready(0, always, now=10.4)) == []  # c40 is the head, and waits for browse
+    assert list(a.expired(always, now=10.79)) == []
+    assert list(a.expired(always, now=10.8)) == ["c40", "s50"]
+    assert (a.idled, a.forced) == (2, 0)
+    # the wait counts from the message's arrival: one that waited for a topic behind goes at once
+    a.add("search", 0, 60.0, "s60", now=20.0)
+    assert list(a.expired(never, now=21.0)) == []
+    assert list(a.expired(always, now=21.0)) == ["s60"]
+    assert (a.idled, a.forced) == (3, 0)
+    # a topic behind is waited for max_wait_s, even when another has caught up
+    a.add("search", 0, 70.0, "s70", now=30.0)
+    click_behind = lambda t, p: t != "click"  # noqa: E731
+    assert list(a.expired(click_behind, now=31.9)) == []
+    assert list(a.expired(click_behind, now=32.0)) == ["s70"]
+    assert (a.idled, a.forced) == (3, 1)
+
+
+def test_without_idle_s_a_caught_up_topic_is_not_waited_for_and_drain_never_waits():
+    a = Aligner(TOPICS)  # idle_s 0, Kafka Streams' max.task.idle.ms by default
+    a.add("click", 0, 50.0, "c50", now=10.0)
+    assert list(a.ready(0, always, now=10.0)) == ["c50"]
+    assert (a.idled, a.forced) == (0, 0)
+    b = Aligner(TOPICS, idle_s=0.5)
+    b.add("click", 0, 50.0, "c50", now=10.0)
+    b.add("click", 1, 60.0, "c60", now=10.0)
+    assert list(b.drain([0])) == ["c50"]  # a revocation: applied before the last flush, at once
+    assert list(b.drain()) == ["c60"] and len(b) == 0
+    c = Aligner(TOPICS, idle_s=0.5, max_buffered=1)
+    c.add("click", 0, 50.0, "c50", now=10.0)
+    c.add("click", 0, 51.0, "c51", now=10.0)
+    assert list(c.ready(0, always, now=10.0)) == ["c50"]  # memory before order, as for a topic behind
+    assert (c.idled, c.forced) == (0, 1)
+
+
+def test_records_of_one_millisecond_go_by_their_events_ts():
+    """A producer that does not set the record timestamp stamps the time it sends: a log streamed
+    at full speed sends a dozen events in a millisecond. The search of 14 days later arrived first;
+    in arrival order it went first and the user's clicks were `late`."""
+    a = Aligner(TOPICS)
+    day = 86_400_000
+    a.add("search", 0, order_key(415, orjson.dumps({"ts": 14 * day})), "s14", now=0.0)
+    a.add("click", 0, order_key(415, orjson.dumps({"ts": day})), "c1", now=0.0)
+    a.add("click", 0, order_key(415, orjson.dumps({"ts": 2 * day})), "c2", now=0.0)
+    a.add("click", 0, order_key(416, orjson.dumps({"ts": 3 * day})), "c3", now=0.0)  # a later millisecond
+    assert list(a.ready(0, always, now=0.0)) == ["c1", "c2", "s14", "c3"]
+
+
+@pytest.mark.parametrize("value, want", [
+    (b'{"ts": 1700000000000, "type": "click"}', 1_700_000_000_000),
+    (b'{"ts": 0}', 0),
+    (b'{"ts": true}', 415),  # not an integer: the worker dead-letters it (bad_type)
+    (b'{"ts": 1.5e12}', 415),
+    (b'{"ts": "1700000000000"}', 415),
+    (b'{"type": "click"}', 415),  # missing_field
+    (b'[1, 2]', 415),  # not_object
+    (b'not json', 415),
+    (b'\xff\xfe', 415),  # not_utf8
+    (b'', 415),
+    (None, 415),  # a tombstone
+])
+def test_an_event_without_an_integer_ts_is_ordered_by_its_record_timestamp(value, want):
+    assert event_ts(value, 415) == want
+    assert order_key(415, value) == (415, want)
 
 
 def test_too_many_waiting_lets_the_next_go():

@@ -298,6 +298,8 @@ def test_names_kafka_accepts():
     ({"INTEREST_MAX_STATE_BYTES": "3000000000"},
      "INTEREST_MAX_STATE_BYTES must be <= 2147482623 (the changelog's max.message.bytes, 1 KiB more, is a "
      "Kafka INT), got 3000000000"),
+    ({"INTEREST_ALIGN_IDLE_MS": "2001"},
+     "INTEREST_ALIGN_IDLE_MS must be <= 2000 (the wait for a topic that is behind), got 2001"),
     ({"INTEREST_PRODUCER_LINGER_MS": "3000000000"},
      "INTEREST_PRODUCER_LINGER_MS must be <= 5000 (the 5 s a rebalance or shutdown waits for the dead letters "
      "sent), got 3000000000"),
@@ -318,6 +320,14 @@ def test_a_setting_kafka_or_faust_would_refuse_later_is_a_one_line_error(env, me
     with pytest.raises(ConfigError) as err:
         Settings.from_env(env)
     assert str(err.value) == message
+
+
+def test_a_message_waits_half_a_second_for_a_topic_caught_up_unless_told_otherwise():
+    """Kafka Streams' max.task.idle.ms is 0 by default; the worker's INTEREST_ALIGN_IDLE_MS is 500
+    (stream_app.settings.DEFAULT_ALIGN_IDLE_MS gives the runs that chose it), and 0 turns it off."""
+    assert Settings.from_env({}).align_idle_ms == 500
+    assert Settings.from_env({"INTEREST_ALIGN_IDLE_MS": "0"}).align_idle_ms == 0
+    assert Settings.from_env({"INTEREST_ALIGN_IDLE_MS": "2000"}).align_idle_ms == 2000
 
 
 def test_the_largest_numeric_settings_kafka_and_the_clients_carry():
@@ -767,7 +777,7 @@ def test_the_readme_states_each_numeric_settings_default_and_bounds():
                 checked += 1
                 stated = rf"{word} {re.escape(_number(bound[1]))}(?![0-9]|\.[0-9])"  # not 1 for 10 or 1.5
                 assert re.search(stated, meaning, re.I), (var, word, bound[1])
-    assert checked == 36  # every numeric setting's minimum (25), and the maxima (11)
+    assert checked == 38  # every numeric setting's minimum (26), and the maxima (12)
 
 
 @pytest.mark.parametrize("given, error", [

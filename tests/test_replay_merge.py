@@ -95,6 +95,16 @@ def test_the_merge_follows_the_record_timestamps_as_the_live_worker_does():
                                         (1_007, "browse")]
 
 
+def test_records_stamped_in_one_millisecond_merge_by_their_events_ts():
+    """A producer that does not set the record timestamp stamps the time it sends, the same
+    millisecond for a dozen events of a log streamed at full speed. The merge took those in topic
+    order (browse before click) where the live worker's aligner now orders them by their ts."""
+    clicks, browses = TP("click", 0), TP("browse", 0)
+    logs = {clicks: [event(clicks, 0, 4_000, stamp=500), event(clicks, 1, 5_000, stamp=500)],
+            browses: [event(browses, 0, 9_000, stamp=500), event(browses, 1, 9_500, stamp=501)]}
+    assert merge(logs) == [(4_000, "click"), (5_000, "click"), (9_000, "browse"), (9_500, "browse")]
+
+
 def test_a_record_stamped_after_the_range_does_not_hold_back_its_partition():
     """A record stamped after `to` (its event is too, and the replay skips it) is merged where its
     partition has it, not after every other partition has ended."""
