@@ -16,9 +16,12 @@ message applied is the head with the smallest :func:`order_key` among the three 
 when every topic of the partition either has a message waiting (nothing older can come from it
 before that message) or has nothing left to read (caught up: its last message received is the
 last one fetched). A partition's own order is never changed, as in Kafka Streams and in
-``replay``. ``max_wait_s`` plays the role of Kafka Streams' ``max.task.idle.ms``: a message waits
-at most that long for a topic that is behind but has delivered nothing. A partition with more than
-``max_buffered`` messages waiting lets its next one go at once (memory before order).
+``replay``. A message waits at most ``max_wait_s`` for a topic that is behind but has delivered
+nothing, and ``idle_s`` (``INTEREST_ALIGN_IDLE_MS``) for one that has caught up and has nothing
+waiting, as Kafka Streams' ``max.task.idle.ms`` (0 there by default): caught up is a moment, and
+a producer sending at full speed lets a quiet partition's record overtake a busy partition's
+batches sent before it. A partition with more than ``max_buffered`` messages waiting lets its next
+one go at once (memory before order).
 
 The record timestamp is the event's ``ts`` when producers follow the contract (``interest-stream``'s
 own producers set it), else the time the producer sent the record (or the broker appended it);
@@ -67,9 +70,9 @@ def order_key(record_ts: int, value: bytes | None) -> tuple[int, int]:
     """What a message is aligned by: its record timestamp, then its event's ``ts``. A producer that
     does not set the record timestamp leaves it the time it sent the record, and a log streamed at
     full speed sends a dozen events in a millisecond: in arrival order among those, a user's
-    searches two weeks ahead went before the user's clicks, which were then `late` (MovieLens
-    through ``bench/live_eval.py`` with kafka-python's producer at its defaults: 117 to 164 of
-    11,639 events in four runs). The event's ``ts`` orders them. It is not the first key: a ``ts``
+    searches weeks ahead went before the user's clicks, which were then `late` (MovieLens through
+    ``bench/live_eval.py --producer plain``: 74 to 241 of 11,639 events in each of eight runs).
+    The event's ``ts`` orders them. It is not the first key: a ``ts``
     far from its neighbours' (one stamped with the wall clock in a historical log) would hold every
     later record of its topic's partition back while the other topics ran ahead."""
     return record_ts, event_ts(value, record_ts)
@@ -167,7 +170,7 @@ class Aligner:
     def expired(self, caught_up: Callable[[object, int], bool], now: float,
                 has_hole: Callable[[object, int], bool] | None = None) -> Iterator:
         """Messages of every partition that may be applied now (a timer's sweep: topics caught up
-        meanwhile, waits past ``max_wait_s``)."""
+        meanwhile, waits past ``idle_s`` or ``max_wait_s``)."""
         for p in list(self.queues):
             yield from self.ready(p, caught_up, now, has_hole)
 
