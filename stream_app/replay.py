@@ -280,7 +280,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     consumer.assign(list(live))
     for tp in live:
         consumer.seek(tp, ranges[tp][0])
-    heap: list = []  # one head per partition: (merge key, topic, partition, offset, tp, record, ts)
+    heap: list = []  # one head per partition: (merge key, event ts, topic, partition, offset, tp, record)
     last = dict.fromkeys(live, float("-inf"))  # each partition's last merge key
     heads: set = set()
     while True:
@@ -292,7 +292,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                 key = r.timestamp if after is None or r.timestamp < after else last[tp]
                 last[tp] = key
                 ts = event_ts(r.value, r.timestamp)
-                heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r, ts))
+                heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r))
                 heads.add(tp)
                 if tp in full and len(buffers[tp]) <= buffered // 2:
                     full.discard(tp)
@@ -318,7 +318,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             continue
         if not heap:
             return
-        *_, tp, r, ts = heapq.heappop(heap)
+        _, ts, *_, tp, r = heapq.heappop(heap)
         heads.discard(tp)
         yield ts, r
 
