@@ -12,7 +12,7 @@ full speed 2,115 of 11,639 events were lost that way.
 
 So, as Kafka Streams does for the partitions of one task (``PartitionGroup``), each input topic's
 partition p keeps its messages in arrival (offset) order in a queue of its own, and the next
-message applied is the head with the smallest :func:`order_key` among the three queues, but only
+message applied is the head with the smallest record timestamp among the three queues, but only
 when every topic of the partition either has a message waiting (nothing older can come from it
 before that message) or has nothing left to read (caught up: its last message received is the
 last one fetched). A partition's own order is never changed, as in Kafka Streams and in
@@ -26,8 +26,8 @@ one go at once (memory before order).
 The record timestamp is the event's ``ts`` when producers follow the contract (``interest-stream``'s
 own producers set it), else the time the producer sent the record (or the broker appended it);
 either orders the topics against each other, to the millisecond, and the records of one
-millisecond go by their event's ``ts`` (:func:`order_key`). Pure bookkeeping: the buffered
-messages are not acknowledged (the ingest agent iterates ``stream.noack()``), so their offsets are
+millisecond go by their event's ``ts`` (``tie_key``, :func:`message_event_ts`). Pure bookkeeping:
+the buffered messages are not acknowledged (the ingest agent iterates ``stream.noack()``), so their offsets are
 not committed before they are applied and flushed; at a rebalance or a shutdown
 :meth:`Aligner.drain` releases everything first.
 """
@@ -66,30 +66,32 @@ def event_ts(value: bytes | None, record_ts: int) -> int:
     return ts if type(ts) is int else record_ts
 
 
-def order_key(record_ts: int, value: bytes | None) -> tuple[int, int]:
-    """What a message is aligned by: its record timestamp, then its event's ``ts``. A producer that
-    does not set the record timestamp leaves it the time it sent the record, and a log streamed at
-    full speed sends a dozen events in a millisecond: in arrival order among those, a user's
-    searches weeks ahead went before the user's clicks, which were then `late` (MovieLens through
-    ``bench/live_eval.py --producer plain``: 74 to 241 of 11,639 events in each of eight runs).
-    The event's ``ts`` orders them. It is not the first key: a ``ts``
-    far from its neighbours' (one stamped with the wall clock in a historical log) would hold every
-    later record of its topic's partition back while the other topics ran ahead."""
-    return record_ts, event_ts(value, record_ts)
+def message_event_ts(message) -> int:
+    """What the worker's aligner breaks a tie of record timestamps by: the event's ``ts`` (Faust's
+    ``message.timestamp`` is in seconds; the fallback is its millisecond). A producer that does not
+    set the record timestamp leaves it the time it sent the record, and a log streamed at full speed
+    sends a dozen events in a millisecond: in arrival order among those, a user's searches weeks
+    ahead went before the user's clicks, which were then `late` (MovieLens through
+    ``bench/live_eval.py --producer plain``: 74 to 241 of 11,639 events in each of eight runs). It is
+    not the first key: a ``ts`` far from its neighbours' (one stamped with the wall clock in a
+    historical log) would hold every later record of its topic's partition back while the other
+    topics ran ahead. Only ties parse the value: the worker parses it again when it validates it."""
+    return event_ts(message.value, round(message.timestamp * 1000))
 
 
 class Aligner:
     def __init__(self, topics: tuple[Hashable, ...], max_wait_s: float = MAX_WAIT_S,
                  max_buffered: int = MAX_BUFFERED, release_every: int = 1, hole_wait_s: float = HOLE_WAIT_S,
-                 idle_s: float = 0.0):
+                 idle_s: float = 0.0, tie_key: Callable[[object], object] | None = None):
         self.topics = tuple(topics)
+        self.tie_key = tie_key
         self.hole_wait_s = hole_wait_s
         self.idle_s = idle_s
         self.release_every = release_every
         self._added: dict[int, int] = {}  # partition -> messages added since its last due release
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
-        self.queues: dict[int, dict] = {}  # partition -> {topic: deque of (timestamp, seq, arrived, message)}
+        self.queues: dict[int, dict] = {}  # partition -> {topic: deque of [timestamp, seq, arrived, message, tie]}
         self.sizes: dict[int, int] = {}  # partition -> messages waiting
         self._seq = itertools.count()
         self.forced = 0  # messages released by max_wait_s or max_buffered, not by order (the
@@ -106,7 +108,7 @@ class Aligner:
         if queues is None:
             queues = self.queues[partition] = {t: deque() for t in self.topics}
             self.sizes[partition] = 0
-        queues[topic].append((timestamp, next(self._seq), now, message))
+        queues[topic].append([timestamp, next(self._seq), now, message, None])
         self.sizes[partition] += 1
         n = self._added.get(partition, 0) + 1
         due = n >= self.release_every
@@ -134,8 +136,9 @@ class Aligner:
             idle = False  # a topic caught up has nothing waiting: the head waits idle_s for it
             for t, q in queues.items():
                 if q:
-                    if head is None or q[0][:2] < head[:2]:
-                        head, head_topic = q[0], t
+                    e = q[0]
+                    if head is None or e[0] < head[0] or e[0] == head[0] and self._first(e, head):
+                        head, head_topic = e, t
                     continue
                 up = known.get(t)
                 if up is None:
@@ -166,6 +169,16 @@ class Aligner:
             queues[head_topic].popleft()
             self.sizes[partition] -= 1
             yield head[3]
+
+    def _first(self, a: list, b: list) -> bool:
+        """Whether ``a`` goes before ``b``, two heads of one timestamp: by ``tie_key`` (computed once
+        a message, and only for ties), then by arrival."""
+        if self.tie_key is None:
+            return a[1] < b[1]
+        for e in (a, b):
+            if e[4] is None:
+                e[4] = self.tie_key(e[3])  # never None
+        return (a[4], a[1]) < (b[4], b[1])
 
     def expired(self, caught_up: Callable[[object, int], bool], now: float,
                 has_hole: Callable[[object, int], bool] | None = None) -> Iterator:

@@ -20,7 +20,6 @@ from faust.types import TP
 from kafka import KafkaConsumer
 
 from . import core, metrics
-from .alignment import order_key
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
 from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
@@ -205,7 +204,7 @@ async def ingest(stream):
         p = m.partition
         offsets[(m.topic, p)] = m.offset
         now = time.monotonic()
-        if aligner.add(m.topic, p, order_key(m.timestamp, m.value), m, now):
+        if aligner.add(m.topic, p, m.timestamp, m, now):
             apply_released(aligner.ready(p, caught_up, now, has_hole), bounded=True)
         if states.over_bound():
             await _respect_bound()

@@ -2,7 +2,7 @@
 import orjson
 import pytest
 
-from stream_app.alignment import Aligner, event_ts, order_key
+from stream_app.alignment import Aligner, event_ts, message_event_ts
 
 TOPICS = ("click", "browse", "search")
 
@@ -125,17 +125,42 @@ def test_without_idle_s_a_caught_up_topic_is_not_waited_for_and_drain_never_wait
     assert (c.idled, c.forced) == (0, 1)
 
 
+class Msg:
+    """What the worker's aligner holds: Faust's message, its timestamp in seconds."""
+
+    def __init__(self, name, record_ms, ts):
+        self.name, self.timestamp, self.value = name, record_ms / 1000, orjson.dumps({"ts": ts})
+
+    def __repr__(self):
+        return self.name
+
+
 def test_records_of_one_millisecond_go_by_their_events_ts():
     """A producer that does not set the record timestamp stamps the time it sends: a log streamed
     at full speed sends a dozen events in a millisecond. The search of 14 days later arrived first;
     in arrival order it went first and the user's clicks were `late`."""
-    a = Aligner(TOPICS)
+    parsed = []
+
+    def tie_key(m):
+        parsed.append(m.name)
+        return message_event_ts(m)
+
+    a = Aligner(TOPICS, tie_key=tie_key)
     day = 86_400_000
-    a.add("search", 0, order_key(415, orjson.dumps({"ts": 14 * day})), "s14", now=0.0)
-    a.add("click", 0, order_key(415, orjson.dumps({"ts": day})), "c1", now=0.0)
-    a.add("click", 0, order_key(415, orjson.dumps({"ts": 2 * day})), "c2", now=0.0)
-    a.add("click", 0, order_key(416, orjson.dumps({"ts": 3 * day})), "c3", now=0.0)  # a later millisecond
-    assert list(a.ready(0, always, now=0.0)) == ["c1", "c2", "s14", "c3"]
+    for topic, m in [("search", Msg("s14", 415, 14 * day)), ("click", Msg("c1", 415, day)),
+                     ("click", Msg("c2", 415, 2 * day)), ("browse", Msg("b3", 416, 3 * day)),
+                     ("click", Msg("c0", 417, 0))]:  # later milliseconds: by record timestamp
+        a.add(topic, 0, m.timestamp, m, now=0.0)
+    assert [m.name for m in a.ready(0, always, now=0.0)] == ["c1", "c2", "s14", "b3", "c0"]
+    # only the heads that tied were parsed, each once: s14 against c1, then c2
+    assert sorted(parsed) == ["c1", "c2", "s14"]
+
+
+def test_without_a_tie_key_records_of_one_millisecond_go_in_arrival_order():
+    a = Aligner(TOPICS)
+    a.add("search", 0, 0.415, "s", now=0.0)
+    a.add("click", 0, 0.415, "c", now=0.0)
+    assert list(a.ready(0, always, now=0.0)) == ["s", "c"]
 
 
 @pytest.mark.parametrize("value, want", [
@@ -153,7 +178,9 @@ def test_records_of_one_millisecond_go_by_their_events_ts():
 ])
 def test_an_event_without_an_integer_ts_is_ordered_by_its_record_timestamp(value, want):
     assert event_ts(value, 415) == want
-    assert order_key(415, value) == (415, want)
+    m = Msg("m", 415, None)
+    m.value = value
+    assert message_event_ts(m) == want  # Faust's seconds back to the millisecond
 
 
 def test_too_many_waiting_lets_the_next_go():
