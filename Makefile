@@ -88,6 +88,7 @@ bench: install
 	$(PY) bench/score_overlap.py | tee bench-out/score_overlap.json
 	$(PY) bench/ingest_split.py | tee bench-out/ingest_split.json
 	$(PY) bench/hot_path.py | tee bench-out/hot_path.json
+	$(PY) bench/align_cost.py | tee bench-out/align_cost.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
 	$(PY) bench/producer_cpu.py | tee bench-out/producer_cpu.json
 	$(PY) bench/freshness.py | tee bench-out/freshness.json

@@ -71,7 +71,7 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
-    from stream_app.alignment import RELEASE_EVERY, Aligner
+    from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts
     from stream_app.app import GC_THRESHOLDS
     from stream_app.holes import Deliveries
     from stream_app.model_runtime import LoadedModel
@@ -106,10 +106,13 @@ def main() -> None:
     topics = ("click", "browse", "search")
     # each user's events in one partition of each topic (6), as the input topics are keyed by user
     parts = [zlib.crc32(k) % 6 for _, k, _ in raw]
-    messages = [Message(t, p, i, k, v, orjson.loads(v)["ts"], (t, p)) for i, ((t, k, v), p) in enumerate(zip(raw, parts))]
+    # Faust's timestamp is in seconds; the record timestamp is the event's ts, as the project's producers stamp it
+    messages = [Message(t, p, i, k, v, orjson.loads(v)["ts"] / 1000, (t, p))
+                for i, ((t, k, v), p) in enumerate(zip(raw, parts))]
 
     def agent_body(offsets: bool = True):  # what the ingest agent does per message, all topics caught up
-        cache, aligner = StateCache(10**12), Aligner(topics, release_every=RELEASE_EVERY)
+        cache = StateCache(10**12)
+        aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts)  # as stream_app.app's
         deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
 
         def apply(released):
