@@ -12,7 +12,9 @@ fetched around an assignment and commits over them (:mod:`stream_app.holes`). Th
 timing, so each version runs ``--trials`` times, alternating. ``--kill``: the workers are killed
 (SIGKILL) instead of stopped, so what each applied since its last flush or commit is read again
 by another (applied again, or recognised as duplicates; a `late` dead letter is counted, and the
-first 40 are listed with their input offsets).
+first 40 are listed with their input offsets). The input records past the group's committed
+offsets 40 s after the stream ended are counted, by partition (``uncommitted_partitions``), and
+counted again 30 s later when any are (stuck, or only slow).
 
     python bench/rebalance.py [--trials 3] [--old a2a8031] [--kill] [--workers 2] [--rate 200]
 """
@@ -91,6 +93,10 @@ def trials(args, versions: dict) -> dict:
                 read_again = {k: sum(w.metrics().get(f"interest_{k}_total", 0.0) for w in workers)
                               for k in ("duplicates", "duplicates_by_offset")}
                 behind = uncommitted(bootstrap, s.app_id, list(s.input_topics.values()), 6)  # commits stuck?
+                later = None
+                if behind:  # stuck, or only slow (a message waits up to HOLE_WAIT_S for a hole)?
+                    time.sleep(30)
+                    later = uncommitted(bootstrap, s.app_id, list(s.input_topics.values()), 6)
                 codes = [w.stop() for w in workers]
                 kept = kept_events(bootstrap, f"{prefix}interest-stream-users-changelog")
                 letters = topic_records(bootstrap, f"{prefix}events.dlq")  # said, not lost silently
@@ -98,22 +104,27 @@ def trials(args, versions: dict) -> dict:
                                    "dead_letter_reasons": reasons(bootstrap, f"{prefix}events.dlq", orjson.loads),
                                    "late": late_letters(bootstrap, f"{prefix}events.dlq", orjson.loads),
                                    "read_again_since_the_last_starts": read_again,
-                                   "uncommitted_before_the_stop": behind,
+                                   "uncommitted_before_the_stop": sum(end - (c or 0) for c, end in behind.values()),
+                                   "uncommitted_partitions": behind,
+                                   "uncommitted_30_s_later": later,
                                    "exit_codes": codes, "send_error": errors[0] if errors else None})
                 print(name, t, rows[name][-1], file=sys.stderr)
     return {"sent": sent, "trials": rows,  # a trial whose events were not all sent counts for nothing
             "lost": {name: sum(r["lost"] for r in rs if not r["send_error"]) for name, rs in rows.items()}}
 
 
-def uncommitted(bootstrap: str, group: str, topics: list[str], partitions: int) -> int:
-    """Records of ``topics`` past the group's committed offsets (all of them where none is)."""
+def uncommitted(bootstrap: str, group: str, topics: list[str], partitions: int) -> dict:
+    """Records of ``topics`` past the group's committed offsets (all of them where none is), for
+    each partition that has any: ``{"search[2]": [committed offset or None, end offset]}``."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         ends = c.end_offsets(tps)
-        return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
+        committed = {tp: c.committed(tp) for tp in tps}
+        return {f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": [committed[tp], ends[tp]]
+                for tp in tps if ends[tp] > (committed[tp] or 0)}
     finally:
         c.close()
 
