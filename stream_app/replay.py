@@ -258,10 +258,10 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                    after: int | None = None):
     """``(ts, record)`` of every partition within its [start, end), ``ts`` the event's
     (:func:`stream_app.alignment.event_ts`), merged by (record timestamp, event ``ts``, topic,
-    partition, offset) as the live worker's aligner applies them
-    (:func:`stream_app.alignment.order_key`); a partition contributes in offset order. A record is
-    chosen only when every unfinished partition has offered its next one, so the order never
-    depends on timing.
+    partition, offset) as the live worker's aligner applies them (:class:`stream_app.alignment.Aligner`,
+    its ties by :func:`stream_app.alignment.message_event_ts`); a partition contributes in offset
+    order. A record is chosen only when every unfinished partition has offered its next one, so the
+    order never depends on timing.
     Merged by the event's ``ts``, an event whose producer stamped it otherwise (a far-future ``ts``
     the worker dead-lettered as ``future_ts``) held back every later record of its partition until
     all the others had ended, and those were applied out of order, some as ``late``.
