@@ -4,7 +4,8 @@
 
 Each version's ``stream_app/alignment.py`` (read with ``git show REF:…``; it imports nothing of the
 project) queues messages as the ingest agent does (``add`` with what that version's agent passed,
-then ``ready`` when due, every topic caught up with something waiting) and releases them all. The
+then ``ready`` when due) while every topic is behind, as in a backlog: a head goes when each topic
+of its partition has one waiting; ``drain`` releases the rest. The
 messages are Faust's as the agent sees them (``timestamp`` in seconds, ``value`` a contract event's
 JSON), for 20,000 users over three topics and 8 partitions, in two kinds of input:
 

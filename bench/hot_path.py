@@ -112,7 +112,8 @@ def main() -> None:
 
     def agent_body(offsets: bool = True):  # what the ingest agent does per message, all topics caught up
         cache = StateCache(10**12)
-        aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts)  # as stream_app.app's
+        # as stream_app.app's, but idle_s 0: the clock stands still here, so a wait would end only at max_buffered
+        aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts)
         deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
 
         def apply(released):

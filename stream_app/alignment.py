@@ -27,8 +27,8 @@ The record timestamp is the event's ``ts`` when producers follow the contract (`
 own producers set it), else the time the producer sent the record (or the broker appended it);
 either orders the topics against each other, to the millisecond, and the records of one
 millisecond go by their event's ``ts`` (``tie_key``, :func:`message_event_ts`). Pure bookkeeping:
-the buffered messages are not acknowledged (the ingest agent iterates ``stream.noack()``), so their offsets are
-not committed before they are applied and flushed; at a rebalance or a shutdown
+the buffered messages are not acknowledged (the ingest agent iterates ``stream.noack()``), so
+their offsets are not committed before they are applied and flushed; at a rebalance or a shutdown
 :meth:`Aligner.drain` releases everything first.
 """
 from __future__ import annotations
