@@ -1,6 +1,7 @@
 """`interest-stream kafka up|down|status` against a broker of its own (not the session's)."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,21 @@ def test_a_broker_on_another_port_of_the_same_home_is_kept(tmp_path, session_dir
         assert _no_broker_process(home)
     finally:
         k.down(purge=True)
+
+
+def test_free_ports_are_below_the_range_of_outgoing_connections_local_ports():
+    """A port the kernel handed out came from the range it gives outgoing connections too: under
+    three test processes one was a client's local port by the time the worker bound it ("address
+    already in use"). Ports from below that range are bound only by whoever asked for them."""
+    from stream_app.kafka_local import OUTGOING_PORTS
+
+    low = int(OUTGOING_PORTS.read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert all(low - 16384 <= p < low for p in ports), ports
+    assert len(set(ports)) > 1  # each process draws its own, not the same first port
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("", p))
 
 
 def test_cluster_ids_never_start_with_a_dash(monkeypatch):
