@@ -579,9 +579,10 @@ OUTGOING_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 def free_port() -> int:
     """A port nothing is bound to, below the range the kernel takes outgoing connections' local
-    ports from (``ip_local_port_range``). A port the kernel handed out (bind to port 0) comes from
-    that range, and one was, by the time the test worker it was for bound it, the local port of a
-    client's connection: "address already in use" (``make test-lowest``, session 73)."""
+    ports from (``ip_local_port_range``). A port the kernel hands out (bind to port 0) comes from
+    that range, where any connection may take it first: one was in use by the time the test worker
+    it was for bound it, "address already in use" (``make test-lowest``, session 73; what held it
+    was not seen, most likely a client's connection)."""
     try:
         low = int(OUTGOING_PORTS.read_text().split()[0])
     except (OSError, ValueError, IndexError):  # not Linux: the kernel's choice
