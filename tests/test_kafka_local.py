@@ -97,8 +97,8 @@ def test_a_broker_on_another_port_of_the_same_home_is_kept(tmp_path, session_dir
 
 def test_free_ports_are_below_the_range_of_outgoing_connections_local_ports():
     """A port the kernel handed out came from the range it gives outgoing connections too: under
-    three test processes one was a client's local port by the time the worker bound it ("address
-    already in use"). Ports from below that range are bound only by whoever asked for them."""
+    three test processes one was in use by the time the worker bound it ("address already in
+    use"). Below that range a port is bound only by whoever chose it."""
     from stream_app.kafka_local import OUTGOING_PORTS
 
     low = int(OUTGOING_PORTS.read_text().split()[0])
