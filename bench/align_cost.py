@@ -28,7 +28,7 @@ import types
 
 import orjson
 
-from common import ROOT, commit, machine, run
+from common import ROOT, commit, machine, random_event, run
 
 TOPICS = ("click", "browse", "search")
 PARTITIONS = 8
@@ -48,14 +48,12 @@ def messages(n: int, kind: str, seed: int = 1) -> list[Message]:
     out = []
     for i in range(n):
         user = rng.randrange(20_000)
-        topic = TOPICS[rng.randrange(3)]
         if kind == "stamped":
             ts = record_ms = T0 + i
         else:  # plain: sent 12 a millisecond, the events' ts anywhere in a day
             record_ms, ts = T0 + i // 12, T0 + rng.randrange(86_400_000)
-        value = orjson.dumps({"event_id": f"e{i}", "user_id": f"user{user}", "type": topic, "ts": ts,
-                              "category": f"cat{rng.randrange(20)}", "item_id": f"item{rng.randrange(5000)}"})
-        out.append(Message(topic, user % PARTITIONS, value, record_ms / 1000))
+        e = random_event(rng, f"e{i}", f"user{user}", ts)
+        out.append(Message(e["type"], user % PARTITIONS, orjson.dumps(e), record_ms / 1000))
     return out
 
 
