@@ -228,18 +228,21 @@ def load():
 @bootstrap_option
 @click.option("--rate", type=POSITIVE, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--force", is_flag=True, help="Stream even events older than the topics' retention.")
-def load_jsonl(file, bootstrap_servers, rate, force):
-    """Stream a JSONL event log to the input topics (record timestamp = ts)."""
+@click.option("--in-file-order", is_flag=True,
+              help="Send the events in the file's order even where it is not ts order (the worker may then "
+                   "dead-letter some as late).")
+def load_jsonl(file, bootstrap_servers, rate, force, in_file_order):
+    """Stream a JSONL event log to the input topics (record timestamp = ts), in ts order."""
     from tqdm import tqdm
 
-    from .produce import Interrupted, check_log, check_retention, read_jsonl, send_events
+    from .produce import Interrupted, check_log, check_retention, read_jsonl, read_jsonl_by_ts, send_events
     from .topics import require_topics, retention_ms
 
     if not os.path.isfile(file):  # a pipe would be empty the second time
         raise click.ClickException(f"{file} is not a regular file: the log is read twice (checked whole, then "
                                    "sent); save it to a file first")
     s = _settings(bootstrap_servers)
-    n, first_ts, refused = check_log(file)  # the whole log, before anything is sent
+    n, first_ts, refused, out_of_order = check_log(file)  # the whole log, before anything is sent
     if not n:
         raise click.ClickException(f"{file} holds no events")
     require_topics(s, s.input_topics.values())  # before their retention and the progress bar
@@ -248,12 +251,18 @@ def load_jsonl(file, bootstrap_servers, rate, force):
     if refused.total:  # sent all the same: the dead letters keep them, with these reasons
         click.echo(f"warning: the worker will refuse {refused.total} of the {n} events of {file} (dead letters on "
                    f"{s.dlq_topic}): {refused}", err=True)
+    by_ts = out_of_order and not in_file_order
+    if by_ts:  # the worker orders a partition's three topics by record timestamp: a log out of order loses events
+        click.echo(f"{out_of_order} of the {n} events of {file} come after a newer one: sent in ts order (ties in the "
+                   "file's order), as the worker reads them; --in-file-order sends them as they are", err=True)
     with tqdm(unit="ev", desc="load") as bar:
         try:
-            n = send_events(read_jsonl(file), s, rate=rate, progress=bar, topics_checked=True)
-        except Interrupted as exc:  # (sent in file order)
-            raise click.ClickException(f"interrupted: {exc.sent} of the {n} events of {file} were sent (its first "
-                                       f"{exc.sent}), the rest were not") from None
+            events = read_jsonl_by_ts(file) if by_ts else read_jsonl(file)
+            n = send_events(events, s, rate=rate, progress=bar, topics_checked=True)
+        except Interrupted as exc:
+            which = f"the first {exc.sent} in ts order" if by_ts else f"its first {exc.sent}"
+            raise click.ClickException(f"interrupted: {exc.sent} of the {n} events of {file} were sent ({which}), "
+                                       "the rest were not") from None
     click.echo(f"sent {n} events")
 
 

@@ -7,8 +7,10 @@ event time.
 from __future__ import annotations
 
 import time
+from array import array
 from typing import Iterable, Iterator, NamedTuple
 
+import numpy as np
 import orjson
 
 from interest_core.event_check import Refusals, Rejected, check_fields
@@ -212,13 +214,37 @@ def read_jsonl(path) -> Iterator[dict]:
         yield ev
 
 
+def read_jsonl_by_ts(path) -> Iterator[dict]:
+    """The events of a log :func:`check_log` has passed, in ``ts`` order, ties in the file's order.
+
+    The worker needs each partition's records in event time across its three topics: it applies
+    the head with the smallest record timestamp (the ``ts`` a project producer stamps), so a log
+    sent user by user, each user's events in order, ran a user's searches ahead of the same user's
+    older clicks, later in the click topic, which were then ``late`` (MovieLens sent so: 1,738 of
+    11,639). One pass keeps each line's ``ts`` and offset (16 bytes an event, not the event), a
+    stable sort orders them, and each line is read again where it starts."""
+    ts, starts = array("q"), array("q")
+    with open(path, "rb") as f:
+        at = 0
+        for line in f:
+            if line.strip():
+                ts.append(orjson.loads(line)["ts"])
+                starts.append(at)
+            at += len(line)
+        for i in np.argsort(np.frombuffer(ts, dtype=np.int64), kind="stable"):
+            f.seek(starts[i])
+            yield orjson.loads(f.readline())
+
+
 class LogCheck(NamedTuple):
-    """What :func:`check_log` found: the events, the smallest ts, and the events the worker will
-    refuse (their dead letters' reasons, :class:`interest_core.event_check.Refusals`)."""
+    """What :func:`check_log` found: the events, the smallest ts, the events the worker will
+    refuse (their dead letters' reasons, :class:`interest_core.event_check.Refusals`), and the
+    events with a ts older than an event before them in the file (0: the log is in ts order)."""
 
     events: int
     first_ts: int | None
     refused: Refusals
+    out_of_order: int = 0
 
 
 def check_log(path) -> LogCheck:
@@ -228,7 +254,7 @@ def check_log(path) -> LogCheck:
     sends nothing rather than half of it. The rest of an event is the worker's to check: what it
     will refuse (``check_fields``, the worker's own check) is counted, to be said before the
     events are sent; those are sent too, and go to the dead letters."""
-    n, first = 0, None
+    n, first, newest, out_of_order = 0, None, None, 0
     refused = Refusals()
     for line_no, ev in _numbered(path):
         if not isinstance(ev, dict):
@@ -246,4 +272,8 @@ def check_log(path) -> LogCheck:
             refused.add(line_no, checked)
         n += 1
         first = ts if first is None else min(first, ts)
-    return LogCheck(n, first, refused)
+        if newest is not None and ts < newest:
+            out_of_order += 1
+        else:
+            newest = ts
+    return LogCheck(n, first, refused, out_of_order)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.kafka
 
 
 def good(i: int) -> dict:
-    return {"event_id": f"e{i}", "user_id": f"u{i}", "type": "click", "ts": int(time.time() * 1000) - i,
+    """Event i of a log in ts order, i from 0 up, in the last 100 s."""
+    return {"event_id": f"e{i}", "user_id": f"u{i}", "type": "click", "ts": int(time.time() * 1000) - 100_000 + i,
             "item_id": "books-1", "category": "books"}
 
 
@@ -264,18 +265,23 @@ def test_a_load_interrupted_by_ctrl_c_says_how_many_events_were_sent(env, tmp_pa
     cli(env, "topics", "create")
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(5)))
-    real = produce.read_jsonl
+    newest_first = tmp_path / "newest_first.jsonl"  # sent in ts order: the first sent are not the file's first
+    newest_first.write_text("".join(json.dumps(good(i)) + "\n" for i in range(4, -1, -1)))
 
-    def interrupted_after_three(path):
-        yield from list(real(path))[:3]
-        raise KeyboardInterrupt
+    def interrupted_after_three(read):
+        def read_three(path):
+            yield from list(read(path))[:3]
+            raise KeyboardInterrupt
+        return read_three
 
-    monkeypatch.setattr(produce, "read_jsonl", interrupted_after_three)
-    out = CliRunner().invoke(main, ["load", "jsonl", str(log)], env=env)
-    assert out.exit_code == 1
-    assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {log} were sent (its first 3), "
-                                           "the rest were not")
-    assert input_records(env) == 3
+    for name in ("read_jsonl", "read_jsonl_by_ts"):
+        monkeypatch.setattr(produce, name, interrupted_after_three(getattr(produce, name)))
+    for path, which, sent in ((log, "its first 3", 3), (newest_first, "the first 3 in ts order", 6)):
+        out = CliRunner().invoke(main, ["load", "jsonl", str(path)], env=env)
+        assert out.exit_code == 1
+        assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {path} were sent ({which}), "
+                                               "the rest were not")
+        assert input_records(env) == sent
 
 
 def test_a_load_stopped_by_sigterm_says_how_many_events_were_sent(env, tmp_path):
@@ -370,3 +376,21 @@ def test_a_producer_that_may_not_describe_the_topics_takes_kafkas_hour(monkeypat
     s = Settings.from_env({"INTEREST_TOPIC_PREFIX": "p-"})
     assert topics.input_ahead_limits(s) == {"p-events.click": 3_600_000, "p-events.browse": 3_600_000,
                                             "p-events.search": 3_600_000}
+
+
+def test_a_log_out_of_ts_order_is_counted_and_read_back_in_ts_order_ties_as_written(tmp_path):
+    """check_log counts the events older than one before them; read_jsonl_by_ts gives every event
+    once, by ts, and events of one ts in the file's order (blank lines skipped, a last line
+    without its newline read whole)."""
+    from stream_app.produce import check_log, read_jsonl, read_jsonl_by_ts
+
+    ts = {"a": 30, "b": 10, "c": 20, "d": 10, "e": 40, "f": 20}  # b, c, d, f come after a newer one
+    lines = [json.dumps(good(0) | {"event_id": k, "ts": v}) for k, v in ts.items()]
+    log = tmp_path / "log.jsonl"
+    log.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]))
+    assert check_log(log).out_of_order == 4
+    assert [e["event_id"] for e in read_jsonl_by_ts(log)] == ["b", "d", "c", "f", "a", "e"]
+    assert list(read_jsonl_by_ts(log)) == sorted(read_jsonl(log), key=lambda e: e["ts"])
+    in_order = tmp_path / "in_order.jsonl"
+    in_order.write_text("".join(json.dumps(e) + "\n" for e in read_jsonl_by_ts(log)))
+    assert check_log(in_order).out_of_order == 0

@@ -2,13 +2,14 @@
 record-timestamp order, so no event is lost as late (stream_app.alignment)."""
 from __future__ import annotations
 
+import base64
 import time
 
 import orjson
 import pytest
 
 from conftest import cli, metric_values, wait_for
-from kafka_io import produce
+from kafka_io import produce, read_all
 from test_worker_ingest import HOUR, T0, assert_users, event, topics, wait_until_counted
 
 pytestmark = pytest.mark.kafka
@@ -180,3 +181,45 @@ def test_a_topic_caught_up_is_waited_for_a_record_that_comes_a_moment_later(env,
     assert metric(w, 'interest_events_total{outcome="accepted"}') == 5
     assert metric(w, "interest_align_forced_total") == 0
     assert metric(w, "interest_align_idle_total") >= 2  # the click and the browse, each for a topic caught up
+
+
+def test_load_jsonl_sends_a_log_written_user_by_user_in_ts_order_so_nothing_is_late(env, workers, tmp_path):
+    """A log written user by user, each user's events in ts order (a harness that collects each
+    user's history in turn). `load jsonl` stamps each record with its ts, and the worker applies
+    a partition's three topics by record timestamp: sent in the file's order, user b's search
+    (day 5) went with user a's clicks of day 5, before b's own clicks of days 0 to 4, which came
+    later in the click topic and were `late` (MovieLens through `bench/live_eval.py --order
+    user`: 1,738 of 11,639). Sent in ts order, none is. Both logs go in before the worker starts;
+    the second's users live 20 days later, so the first's cannot reach them."""
+    from stream_app.partitioning import partition_for
+
+    cli(env, "topics", "create")
+    n = int(env["INTEREST_PARTITIONS"])
+    names = [f"user{i}" for i in range(200)]
+    same = [u for u in names if partition_for(u.encode(), n) == partition_for(names[0].encode(), n)][:4]
+    logs = []
+    for k, (a, b) in enumerate([same[:2], same[2:]]):
+        t0 = T0 + 20 * k * DAY
+        user_by_user = [event(d, a, "click", t0 + d * DAY) for d in range(11)]
+        user_by_user += [event(d, b, "click", t0 + d * DAY) for d in range(6)]
+        user_by_user += [event(99, b, "search", t0 + 5 * DAY + HOUR)]
+        user_by_user += [event(d, b, "click", t0 + d * DAY) for d in range(6, 11)]
+        logs.append(tmp_path / f"log{k}.jsonl")
+        logs[-1].write_text("".join(orjson.dumps(e).decode() + "\n" for e in user_by_user))
+    as_written = cli(env, "load", "jsonl", str(logs[0]), "--in-file-order")
+    assert "come after a newer one" not in as_written.stderr
+    by_ts = cli(env, "load", "jsonl", str(logs[1]))
+    assert (f"11 of the 23 events of {logs[1]} come after a newer one: sent in ts order (ties in the file's "
+            "order), as the worker reads them; --in-file-order sends them as they are\n") in by_ts.stderr
+    w = workers(INTEREST_SCORE_INTERVAL_S="3600")
+    wait_for(lambda: metric(w, 'interest_events_total{outcome="accepted"}') + metric(
+        w, 'interest_events_total{outcome="dead_letter"}') == 46, timeout=90, what="every event handled")
+    late = [orjson.loads(r.value) for r in read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topics(env)["dlq"], expect=5)]
+    # b's clicks older than its search (day 5, 1 h) by more than the day's window and the hour's grace
+    assert sorted(orjson.loads(base64.b64decode(d["payload_b64"]))["event_id"] for d in late) == [
+        f"{same[1]}-{d}" for d in range(5)]
+    assert {d["reason"] for d in late} == {"late"}
+    assert metric(w, 'interest_events_total{outcome="accepted"}') == 41
+    for user in same[2:]:
+        status, body = w.get(f"/users/{user}")
+        assert status == 200 and body["newest_ts"] == T0 + 30 * DAY, body
