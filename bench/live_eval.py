@@ -9,8 +9,12 @@ the vectors it publishes compared with each user's actual next behaviour, agains
 2. For each test user, the cut is the user's first test sample (:mod:`models.data`: the earliest
    cut at or after ``t2`` with a non-empty target). The log's events of that user up to the cut
    (every event with ``ts`` <= the cut's newest ts) are produced to the input topics, all users
-   interleaved in ts order, as ``interest-stream load jsonl`` would (``--producer plain``: as a
-   producer outside the project would, its record timestamps the time of sending). ``--trials N``
+   interleaved in ts order, as ``interest-stream load jsonl`` would (``--order user``: one user's
+   events after another's, as a harness that collects each user's history in turn writes them).
+   ``--producer``: the project's producer, record timestamp = ``ts``, in that order (``project``);
+   kafka-python's at its defaults, as a producer outside the project would, its record timestamps
+   the time of sending (``plain``); or the events written to a file and sent by ``interest-stream
+   load jsonl``, which sends them in ts order (``load``). ``--trials N``
    streams them N times, each into a broker and a worker of its own (`late` events depend on
    timing); ``--reuse`` serves the checkpoint and export of the last run in ``--workdir``.
 3. A worker at its defaults (1-day window, 128 events, profile on, scoring every 10 s) serves the
@@ -28,7 +32,7 @@ baseline, the ratio to the best baseline with its interval, top-3 hit rates, the
 letters, and the time each step took.
 
     python bench/live_eval.py [--dataset cj,movielens] [--workdir DIR] [--trials N] [--reuse]
-                              [--producer project|plain]
+                              [--producer project|plain|load] [--order time|user]
 """
 from __future__ import annotations
 
@@ -60,8 +64,10 @@ def train_and_export(log: Path, wd: Path) -> tuple[Path, Path, float]:
     return ckpt, served, time.perf_counter() - t0
 
 
-def events_to_stream(log: Path, cut_of: dict[str, int]) -> list[dict]:
-    """The log's events of the chosen users up to their cut, in ts order (ties in log order)."""
+def events_to_stream(log: Path, cut_of: dict[str, int], order: str = "time") -> list[dict]:
+    """The log's events of the chosen users up to their cut, in ts order (ties in log order), or with
+    ``order="user"`` one user's after another's, each user's in ts order: a producer that sends
+    each user's history in turn."""
     out = []
     with open(log, "rb") as f:
         for line in f:
@@ -70,6 +76,8 @@ def events_to_stream(log: Path, cut_of: dict[str, int]) -> list[dict]:
             if cut is not None and ev["ts"] <= cut:
                 out.append(ev)
     out.sort(key=lambda e: e["ts"])
+    if order == "user":
+        out.sort(key=lambda e: e["user_id"])  # stable: each user's events stay in ts order
     return out
 
 
@@ -88,11 +96,23 @@ def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str]) -> in
     return len(events)
 
 
+def send_with_load(events: list[dict], env: dict, work: Path) -> int:
+    """The events written, in the order given, to a JSONL file and sent by ``interest-stream load
+    jsonl`` (the command a team streams a log with; it sends in ts order)."""
+    log = work / "stream.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(ev) + b"\n" for ev in events))
+    proc = subprocess.run([sys.executable, "-m", "stream_app.cli", "load", "jsonl", str(log)], env=env, cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"load jsonl failed: {proc.stderr.strip()}")
+    return int(proc.stdout.split()[-2])  # "sent N events"
+
+
 def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path, work: Path,
                        timeout_s: float, producer: str = "project") -> tuple[dict[str, dict], dict]:
     """Events through Kafka into a worker at its defaults; each user's last vector. ``producer``:
-    ``project``, the project's own (``send_events``, as ``load jsonl``), or ``plain``
-    (:func:`send_plain`)."""
+    ``project``, the project's own (``send_events``, in the order given), ``load`` (:func:`send_with_load`)
+    or ``plain`` (:func:`send_plain`)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from stream_app.produce import send_events
@@ -102,7 +122,12 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
         env, s = deployment(bootstrap, "live", served, partitions=None, retention_ms=RETENTION_MS)
         w = WorkerProc(env, work, name="live").start()
         t0 = time.perf_counter()
-        sent = send_events(iter(events), s) if producer == "project" else send_plain(events, bootstrap, s.input_topics)
+        if producer == "project":
+            sent = send_events(iter(events), s)
+        elif producer == "load":
+            sent = send_with_load(events, env, work)
+        else:
+            sent = send_plain(events, bootstrap, s.input_topics)
         t_sent = time.perf_counter() - t0
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                  auto_offset_reset="earliest", fetch_max_wait_ms=200)
@@ -172,7 +197,7 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
 
 
 def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: bool = False,
-        producer: str = "project") -> dict:
+        producer: str = "project", order: str = "time") -> dict:
     from model_eval import first_cuts, make_log
 
     from models.evaluate import held_out_predictions
@@ -188,7 +213,7 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
     ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
     cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
-    events = events_to_stream(log, cut_of)
+    events = events_to_stream(log, cut_of, order)
     runs = []
     for trial in range(trials):  # each on a broker and a worker of its own: how the timing varies
         work = wd if trial == 0 else wd / f"trial{trial}"
@@ -203,7 +228,7 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
     choice = orjson.loads((ckpt / "model_card.json").read_bytes())["split"].get("target_choice")
     out = {"dataset": dataset, "train_and_export_s": None if train_s is None else round(train_s, 1),
            "model": {"version": card["version"], **card["model"]}, "target_choice": choice, "split_t2": ds.t2,
-           **runs[0]}
+           "order": order, **runs[0]}
     if trials > 1:  # the first trial above; what moves from one to the next
         keys = ("send_s", "scored_in_s", "accepted", "dead_letters", "duplicates", "dead_letter_reasons",
                 "ratio_live_to_best", "max_abs_diff_live_vs_offline")
@@ -220,16 +245,20 @@ def main() -> None:
                     "fresh broker and worker (late events depend on timing)")
     ap.add_argument("--reuse", action="store_true", help="serve the checkpoint and export a run left in "
                     "--workdir instead of training again")
-    ap.add_argument("--producer", choices=("project", "plain"), default="project",
-                    help="project: the project's own producer, record timestamp = ts (as `load jsonl`); plain: "
-                    "kafka-python's at its defaults, the record timestamp the time of sending")
+    ap.add_argument("--producer", choices=("project", "plain", "load"), default="project",
+                    help="project: the project's own producer, record timestamp = ts, in the order given; plain: "
+                    "kafka-python's at its defaults, the record timestamp the time of sending; load: the events "
+                    "written to a file and sent by `interest-stream load jsonl` (in ts order)")
+    ap.add_argument("--order", choices=("time", "user"), default="time",
+                    help="time: every user's events interleaved in ts order; user: one user's history "
+                    "after another's, each in ts order")
     args = ap.parse_args()
     if args.trials < 1:
         ap.error(f"--trials must be at least 1, got {args.trials}")
     out = {"benchmark": "live_eval", "machine": machine(), "commit": commit(), "datasets": []}
     for d in args.dataset.split(","):
         out["datasets"].append(run(d, Path(args.workdir), args.timeout, args.trials, args.reuse,
-                                   args.producer))
+                                   args.producer, args.order))
     print(dumps(out))
 
 
