@@ -74,6 +74,7 @@ def main() -> None:
     from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts
     from stream_app.app import GC_THRESHOLDS
     from stream_app.holes import Deliveries
+    from stream_app.input_order import RunningBack
     from stream_app.model_runtime import LoadedModel
     from stream_app.settings import Settings
     from stream_app.state_cache import StateCache, estimated_size
@@ -115,6 +116,7 @@ def main() -> None:
         # as stream_app.app's, but idle_s 0: the clock stands still here, so a wait would end only at max_buffered
         aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts)
         deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
+        running_back = RunningBack((limits.horizon_ms + limits.grace_ms) / 1000)
 
         def apply(released):
             for x in released:
@@ -127,6 +129,7 @@ def main() -> None:
                 cache.hold(x.partition, x, len(x.value) + len(x.key))
 
         for m in messages:
+            running_back.see(m.topic, m.partition, m.offset, m.timestamp)  # in order: never counts
             if aligner.add(m.topic, m.partition, m.timestamp, m, 0.0):  # due: as the agent
                 apply(list(aligner.ready(m.partition, lambda t, p: True, 0.0)))
             cache.over_bound()

@@ -23,6 +23,7 @@ from . import core, metrics
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
 from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
+from .input_order import RunningBack
 from .state_cache import Letter, message_bytes
 
 log = logging.getLogger("interest_stream")
@@ -194,15 +195,39 @@ async def _wait_for_changelog() -> None:
             log.warning("reading again after %.1f s", time.monotonic() - t0)
 
 
+app.running_back = RunningBack((LIMITS.horizon_ms + LIMITS.grace_ms) / 1000)
+
+
+def _running_back(m, back_s: float) -> None:
+    """A record older than one before it in its partition by more than the window and its grace:
+    counted, and said once per partition (the dead letters it causes say only ``late``)."""
+    metrics.INPUT_RUNNING_BACK.labels(m.topic).inc()
+    said = app.running_back.said
+    if (m.topic, m.partition) not in said:
+        said.add((m.topic, m.partition))
+        log.warning("offset %d of %s[%d] is %.1f days older than a record before it (record timestamps), more than "
+                    "the window and its grace (%.1f days): its producer sends out of ts order, and a user's older "
+                    "events may be applied after newer ones of other topics and be late; send in ts order (`load "
+                    "jsonl` does). Counted in interest_input_running_back_total; said once a partition",
+                    m.offset, m.topic, m.partition, back_s / 86_400, app.running_back.allowed_s / 86_400)
+
+
+for _topic in settings.input_topics.values():  # each topic's count shows, 0 before the first
+    metrics.INPUT_RUNNING_BACK.labels(_topic)
+
+
 @app.agent(inputs)
 async def ingest(stream):
     """Validate click/browse/search events into per-user states; dead-letter the rest."""
-    aligner, received, states = app.aligner, app.received, app.states
+    aligner, received, states, running_back = app.aligner, app.received, app.states, app.running_back
     offsets, caught_up, has_hole = received.offsets, received.caught_up, received.has_hole
     async for event in stream.noack().events():
         m = event.message
         p = m.partition
         offsets[(m.topic, p)] = m.offset
+        back = running_back.see(m.topic, p, m.offset, m.timestamp)
+        if back is not None:
+            _running_back(m, back)
         now = time.monotonic()
         if aligner.add(m.topic, p, m.timestamp, m, now):
             apply_released(aligner.ready(p, caught_up, now, has_hole), bounded=True)

@@ -130,6 +130,11 @@ ALIGN_IDLED = Counter(
     "interest_align_idle_total", "Input messages applied after waiting INTEREST_ALIGN_IDLE_MS for a topic of "
     "their partition that had caught up (stream_app.alignment)", registry=REGISTRY,
 )
+INPUT_RUNNING_BACK = Counter(
+    "interest_input_running_back_total", "Input records whose record timestamp is older than one before them in "
+    "their partition by more than the window plus its grace: a producer that sends out of ts order, whose users' "
+    "older events can then be late (stream_app.input_order)", ["topic"], registry=REGISTRY,
+)
 ALIGN_TAIL_READS = Counter(
     "interest_align_tail_reads_total", "Input partitions' tails read to find their last record, for a "
     "partition short of its end offset with the fetcher there (stream_app.delivered)", registry=REGISTRY,

@@ -190,7 +190,8 @@ def test_load_jsonl_sends_a_log_written_user_by_user_in_ts_order_so_nothing_is_l
     (day 5) went with user a's clicks of day 5, before b's own clicks of days 0 to 4, which came
     later in the click topic and were `late` (MovieLens through `bench/live_eval.py --order
     user`: 1,738 of 11,639). Sent in ts order, none is. Both logs go in before the worker starts;
-    the second's users live 20 days later, so the first's cannot reach them."""
+    the second's users live 20 days later, so the first's cannot reach them. The worker counts the
+    records that run back and says so once a partition (stream_app.input_order)."""
     from stream_app.partitioning import partition_for
 
     cli(env, "topics", "create")
@@ -220,6 +221,16 @@ def test_load_jsonl_sends_a_log_written_user_by_user_in_ts_order_so_nothing_is_l
         f"{same[1]}-{d}" for d in range(5)]
     assert {d["reason"] for d in late} == {"late"}
     assert metric(w, 'interest_events_total{outcome="accepted"}') == 41
+    # the worker says why: b's clicks of days 0 to 8 are older than a's of day 10 by more than 25 h
+    t, p = topics(env), partition_for(same[0].encode(), n)
+    assert [metric(w, f'interest_input_running_back_total{{topic="{t[k]}"}}') for k in ("click", "browse", "search")] \
+        == [9, 0, 0]
+    said = [line.rstrip() for line in w.log_path.read_text().splitlines() if "older than a record before it" in line]
+    assert len(said) == 1 and said[0].endswith(
+        f"offset 11 of {t['click']}[{p}] is 10.0 days older than a record before it (record timestamps), more than "
+        "the window and its grace (1.0 days): its producer sends out of ts order, and a user's older events may be "
+        "applied after newer ones of other topics and be late; send in ts order (`load jsonl` does). Counted in "
+        "interest_input_running_back_total; said once a partition"), said
     for user in same[2:]:
         status, body = w.get(f"/users/{user}")
         assert status == 200 and body["newest_ts"] == T0 + 30 * DAY, body
