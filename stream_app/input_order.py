@@ -11,7 +11,11 @@ The dead letters say ``late``; this says why, so an operator can fix the produce
 
 Only a step back larger than the window plus its grace is counted: a smaller one cannot make an
 event ``late``. Records read again (a hole the consumer reads again, a partition back after a
-rebalance) are at or before the highest offset seen, and are not compared.
+rebalance) are at or before the highest offset seen, and are not compared. Each record is compared
+with the newest before it, not with the one just before it, so a log sent newest first counts too;
+a record stamped far ahead of the rest (an event further ahead than its topic takes goes with the
+time it is sent, ``stream_app.produce.record_timestamp``) makes every record after it count. The
+count says how many records came after a newer one, not why.
 """
 from __future__ import annotations
 
