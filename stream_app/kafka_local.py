@@ -588,7 +588,7 @@ def free_port() -> int:
     except (OSError, ValueError, IndexError):  # not Linux: the kernel's choice
         low = None
     if low is not None and low > 2048:
-        rng = random.Random()
+        rng = random.Random()  # seeded from the OS: a test that seeds `random` leaves every process its own ports
         for port in rng.sample(range(max(1024, low - 16384), low), 64):
             with socket.socket() as s:
                 try:
