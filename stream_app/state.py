@@ -45,6 +45,14 @@ lowers the offset in memory (:func:`cap_input`), and a flush stores it no furthe
 Optional keys too; a flush stores the offsets capped to what is known read (:func:`dump`). Plain
 ints, so that recording one allocates no object for the garbage collector to track per event.
 
+A cap never goes below what the state knew before this worker applied a record to it: the offsets
+it was loaded with (a flush stored them capped) or last flushed with. In memory ``_inb`` keeps
+those (never stored; absent: ``in`` has not moved since, and all of it is known). Without it, a
+restored state whose offsets a worker capped to the start of a hole it had just found (say 25,
+where the worker that counted the user's records up to 163 had stored 163) took records 26..163,
+read again, for new ones: ``late`` dead letters for events counted once (bench/rebalance.py, one
+trial: 91 of them).
+
 Idle users (:func:`idle_action`): after horizon + grace without events their rows are dropped
 (``compact``: the window is over, the profile stays); after the profile retention the whole value
 is deleted (``evict``).
@@ -115,18 +123,18 @@ def _migrate_v1(state: dict) -> dict:
 
 def dump(state: dict, caps: dict | None = None) -> bytes:
     """The stored form (the profile as of its newest event, in millionths: interest_core.window;
-    without the in-memory id set). ``caps``: per input ``(topic, partition)``, the highest offset
-    the stored ``in`` may name (a flush's :meth:`stream_app.consumer.Consumer.input_caps`: past it
-    a record may not have been read); one capped below 0, or not in ``caps``, is left out."""
+    without the in-memory id set and known offsets). ``caps``: per input ``(topic, partition)``, the
+    highest offset the stored ``in`` may name (a flush's
+    :meth:`stream_app.consumer.Consumer.input_caps`: past it a record may not have been read), see
+    :func:`stored_input`."""
     prof = state.get("p")
-    applied, partition = state.get("in"), state.get("inp")
-    capped = applied is not None and caps is not None and any(
-        o > caps.get((t, partition), -1) for t, o in applied.items())
-    if "_ids" in state or (prof is not None and "w" in prof) or capped:
-        state = {k: v for k, v in state.items() if k != "_ids"}
+    applied = state.get("in")
+    kept = stored_input(state, caps)
+    capped = kept != applied
+    if "_ids" in state or "_inb" in state or (prof is not None and "w" in prof) or capped:
+        state = {k: v for k, v in state.items() if k != "_ids" and k != "_inb"}
         state["p"] = stored_profile(prof)
         if capped:
-            kept = {t: min(o, c) for t, o in applied.items() if (c := caps.get((t, partition), -1)) >= 0}
             if kept:
                 state["in"] = kept
             else:
@@ -134,21 +142,49 @@ def dump(state: dict, caps: dict | None = None) -> bytes:
     return orjson.dumps(state)
 
 
+def stored_input(state: dict, caps: dict | None) -> dict | None:
+    """The input offsets a flush stores: each topic's offset in memory ``caps``ped (one not in
+    ``caps`` capped below 0), but never below the one known before this worker applied a record
+    (``_inb``); a topic left below 0 is left out. Without ``caps`` or ``_inb``: ``in`` itself."""
+    applied, known = state.get("in"), state.get("_inb")
+    if applied is None or caps is None or known is None:
+        return applied
+    partition = state["inp"]
+    return {t: o for t, a in applied.items()
+            if (o := max(known.get(t, -1), min(a, caps.get((t, partition), -1)))) >= 0}
+
+
+def flushed_input(state: dict, caps: dict | None) -> None:
+    """A flush took the state with its input offsets ``caps``ped (:func:`stored_input`): what it
+    stored is what is known from now on (``in`` keeps an offset past it for a later flush)."""
+    stored = stored_input(state, caps)
+    if stored is None or stored == state.get("in"):
+        state.pop("_inb", None)
+    else:
+        state["_inb"] = stored
+
+
 def note_input(state: dict, topic: str, partition: int, offset: int) -> None:
     """The record at ``offset`` of ``topic``'s ``partition`` is applied, and every record of that
-    partition before it was read: the state has seen each of the user's records up to it."""
+    partition before it was read: the state has seen each of the user's records up to it. The
+    offsets known before the first such record since the state was loaded or flushed are kept
+    (``_inb``, what :func:`cap_input` and a flush's caps do not go below)."""
     applied = state.get("in")
     if applied is None or state["inp"] != partition:  # the first, or the topics' partitions changed
-        state["in"], state["inp"] = {topic: offset}, partition
+        state["in"], state["inp"], state["_inb"] = {topic: offset}, partition, {}
     elif offset > applied.get(topic, -1):
+        if "_inb" not in state:
+            state["_inb"] = applied.copy()
         applied[topic] = offset
 
 
 def cap_input(state: dict, topic: str, partition: int, offset: int) -> None:
     """Records of ``topic``'s ``partition`` after ``offset`` may not have been read (a hole found
-    after later records were applied): the offset the state records goes no further."""
-    applied = state.get("in")
-    if applied is not None and state["inp"] == partition and applied.get(topic, -1) > offset:
+    after later records were applied): the offset the state records goes no further, unless it was
+    known before (``_inb``: loaded, or flushed; every record up to it was read then)."""
+    applied, known = state.get("in"), state.get("_inb")
+    if applied is not None and known is not None and state["inp"] == partition and applied.get(topic, -1) > offset:
+        offset = max(offset, known.get(topic, -1))
         if offset >= 0:
             applied[topic] = offset
         else:

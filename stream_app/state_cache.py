@@ -40,6 +40,8 @@ SIZE_ROW = 340
 SIZE_CATEGORY = 150
 SIZE_INPUT = 140  # per input topic whose offset the state records: an int, a slot of "in", and the
 # state dict one size larger (three topics: 421 bytes per user, bench/hot_path.py at 0114045)
+SIZE_KNOWN = 220  # the input offsets known before this worker applied a record to the state (state's
+# "_inb", from its first recorded record to the next flush): a dict of three ints, 216 bytes traced
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
@@ -50,7 +52,7 @@ def estimated_size(state: dict | None) -> int:
     prof = state.get("p")
     return (SIZE_BASE + SIZE_ROW * (len(state["ev"]) + len(state["old"]))
             + SIZE_CATEGORY * (len(prof.get("w") or prof.get("c") or ()) if prof else 0)
-            + SIZE_INPUT * len(state.get("in") or ()))
+            + SIZE_INPUT * len(state.get("in") or ()) + (SIZE_KNOWN if "_inb" in state else 0))
 
 
 @dataclass(slots=True)
@@ -298,9 +300,10 @@ class StateCache:
                 if self.max_record is not None and len(raw) > self.max_record:
                     f.trimmed.append((key, st.trim(e.state, self.max_record)))
                     raw = st.dump(e.state, caps)
-                    size = estimated_size(e.state)
-                    self.state_bytes += size - e.size
-                    e.size = size
+                st.flushed_input(e.state, caps)
+                size = estimated_size(e.state)  # fewer rows (trimmed), no known offsets kept
+                self.state_bytes += size - e.size
+                e.size = size
                 f.writes.append((key, raw))
         f.messages = self.held.pop(partition, [])
         f.forgets = self.forgets.pop(partition, [])
@@ -359,8 +362,9 @@ class StateCache:
         """A hole of ``topic``'s ``partition`` from ``offset + 1`` on was found (records Faust's
         stream skipped, found at the next commit after later records were applied, or records the
         fetcher skipped): the input offsets of the partition's states in memory go no further
-        (:func:`stream_app.state.cap_input`); returns how many states were looked at. Their stored
-        forms already do (a flush's caps stop at the first offset not read)."""
+        (:func:`stream_app.state.cap_input`: unless known before this worker applied a record to
+        them); returns how many states were looked at. Their stored forms already do (a flush's caps
+        stop at the first offset not read, or at one known before)."""
         n = 0
         for e in self.entries.values():
             if e.partition == partition and e.state is not None:

@@ -358,13 +358,11 @@ def test_records_read_again_below_fausts_committed_offset_do_not_stop_the_commit
     assert d.floor(tp) is None and d.take_pending() == []
 
 
-def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_taken_for_duplicates():
-    """An audit's sequence, by hand: user u's records 100..109 of clicks[0] are all handed over, but
-    Faust's stream skipped 100..104; the agent applied 105..109 with their offsets. The next commit
-    finds the hole (100, 105); the worker reads again from 100, and once 100 is acknowledged the hole
-    settles. 101..104, read for the first time, are older than u's window by more than the grace:
-    `late` dead letters. Before the cap, they were judged against the offset 108 and taken for
-    duplicates: neither counted nor dead-lettered."""
+def _one_partition_by_hand(ts: dict):
+    """Faust's bookkeeping of partition 0 of clicks and the worker's (its consumer's hole checks, the
+    write-behind cache), without a broker: ``process(o)`` is stream_app.ingest.process for the
+    record at offset ``o`` (user u's event ``u-o`` at ``ts[o]``; the offset checked, and recorded
+    below the first hole only), ``acknowledge(offsets)`` a flush's."""
     from collections import namedtuple
     from types import SimpleNamespace
 
@@ -376,22 +374,22 @@ def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_
     from stream_app.holes import Deliveries
     from stream_app.state_cache import StateCache
 
-    hour, t0 = 3_600_000, 1_700_000_000_000
+    hour = 3_600_000
     limits = state.Limits(horizon_ms=24 * hour, grace_ms=hour, max_events=128)
     tp, record = TP("clicks", 0), namedtuple("Record", "topic partition offset tp")
     d, cache = Deliveries(), StateCache(10**9)
-    consumer = Consumer.__new__(Consumer)  # Faust's bookkeeping of one partition, and the worker's
+    consumer = Consumer.__new__(Consumer)
     consumer.deliveries, consumer.assignment = d, lambda: {tp}
     consumer._acked, consumer._acked_index, consumer._gap, consumer._committed_offset = (
         {tp: []}, {tp: set()}, {tp: IntervalTree()}, {tp: None})
     consumer.app = SimpleNamespace(hole_topics={"clicks"}, states=cache)
-    ts = {o: t0 + (o - 100) * hour for o in range(100, 110)} | {108: t0 + 40 * hour}
+    now = max(ts.values()) + 24 * hour
 
-    def process(o):  # stream_app.ingest.process: the offset is checked, and recorded below the first hole only
+    def process(o):
         e = cache.get(b"u")
         value = orjson.dumps({"event_id": f"u-{o}", "user_id": "u", "type": "click", "ts": ts[o],
                               "category": "x", "item_id": f"i{o}"})
-        r = core.ingest("click", b"u", value, lambda _k: e.state if e else None, limits, t0 + 30 * 24 * hour,
+        r = core.ingest("click", b"u", value, lambda _k: e.state if e else None, limits, now,
                         24 * hour, record("clicks", 0, o, tp), d.read_before(tp, o))
         if r.state is not None:
             cache.put(0, b"u", r.state)
@@ -401,22 +399,74 @@ def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_
         consumer._acked[tp].extend(offsets)
         consumer._acked_index[tp].update(offsets)
 
+    return SimpleNamespace(tp=tp, d=d, cache=cache, consumer=consumer, process=process, acknowledge=acknowledge)
+
+
+def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_taken_for_duplicates():
+    """An audit's sequence, by hand: user u's records 100..109 of clicks[0] are all handed over, but
+    Faust's stream skipped 100..104; the agent applied 105..109 with their offsets. The next commit
+    finds the hole (100, 105); the worker reads again from 100, and once 100 is acknowledged the hole
+    settles. 101..104, read for the first time, are older than u's window by more than the grace:
+    `late` dead letters. Before the cap, they were judged against the offset 108 and taken for
+    duplicates: neither counted nor dead-lettered."""
+    hour, t0 = 3_600_000, 1_700_000_000_000
+    ts = {o: t0 + (o - 100) * hour for o in range(100, 110)} | {108: t0 + 40 * hour}
+    w = _one_partition_by_hand(ts)
+    tp, d, consumer, process = w.tp, w.d, w.consumer, w.process
     d.positioned(tp, 100)
     assert [d.delivered(tp, o) for o in range(100, 110)] == [None] * 10
     out = {o: process(o) for o in range(105, 110)}
-    assert cache.get(b"u").state["in"] == {"clicks": 108}
-    acknowledge(range(105, 110))  # by a flush
+    assert w.cache.get(b"u").state["in"] == {"clicks": 108}
+    w.acknowledge(range(105, 110))  # by a flush
     assert consumer._new_offset(tp) is None and d.floor(tp) == 100  # the hole (100, 105), found
-    assert cache.get(b"u").state["in"] == {"clicks": 99}  # capped in memory
+    assert w.cache.get(b"u").state["in"] == {"clicks": 99}  # capped in memory
     consumer._read_again(tp, 100)
     d.positioned(tp, 100)
     out[100] = process(100)
-    acknowledge([100])
+    w.acknowledge([100])
     consumer._new_offset(tp)
     assert d.floor(tp) is None  # settled once 100 was acknowledged
     out |= {o: process(o) for o in range(101, 105)}
     assert out == {105: "accepted", 106: "accepted", 107: "accepted", 108: "accepted", 109: "late",
                    100: "late", 101: "late", 102: "late", 103: "late", 104: "late"}
+
+
+def test_records_a_restored_state_counted_before_are_duplicates_when_a_hole_makes_them_read_again():
+    """A rebalance trial's sequence, by hand (91 `late` dead letters, bench/rebalance.py): the worker
+    before counted user u's records 100..104 of clicks[0] and flushed its state, but committed only
+    up to 100. This worker restores the state, is handed 100..109, and Faust's stream skips
+    100..102; the agent applies 105..109 (103, 104 are known). A flush then may store no offset past
+    99, the commit finds the hole (100, 103) and caps the offsets in memory: neither goes below the
+    104 the state was restored with, so 100..102, read again after u's window moved past them, are
+    duplicates. Before, both took u to 99, and they were `late` dead letters for events counted
+    once."""
+    from stream_app import state
+
+    hour, t0 = 3_600_000, 1_700_000_000_000
+    ts = {o: t0 + (o - 100) * hour for o in range(100, 105)} | {o: t0 + (o - 60) * hour for o in range(105, 110)}
+    before = _one_partition_by_hand(ts)
+    before.d.positioned(before.tp, 100)
+    assert [before.process(o) for o in range(100, 105)] == ["accepted"] * 5
+    stored = before.cache.take(0, {("clicks", 0): 104}).writes  # its flush: read through 104
+    w = _one_partition_by_hand(ts)
+    tp, d, consumer, process = w.tp, w.d, w.consumer, w.process
+    w.cache.load(0, b"u", state.load(dict(stored)[b"u"]))
+    d.positioned(tp, 100)
+    assert [d.delivered(tp, o) for o in range(100, 110)] == [None] * 10
+    out = {o: process(o) for o in range(103, 110)}
+    assert w.cache.get(b"u").state["in"] == {"clicks": 109}
+    w.acknowledge(range(103, 110))
+    flushed = w.cache.take(0, consumer.input_caps(0, {}, {}))
+    assert consumer.input_caps(0, {}, {}) == {("clicks", 0): 99}  # read through 99 only
+    assert state.load(dict(flushed.writes)[b"u"])["in"] == {"clicks": 104}
+    assert consumer._new_offset(tp) is None and d.floor(tp) == 100  # the hole (100, 103), found
+    assert w.cache.get(b"u").state["in"] == {"clicks": 104}  # capped in memory, to what was known
+    consumer._read_again(tp, 100)
+    d.positioned(tp, 100)
+    out |= {o: process(o) for o in range(100, 103)}
+    assert out == {103: "duplicate", 104: "duplicate", 105: "accepted", 106: "accepted", 107: "accepted",
+                   108: "accepted", 109: "accepted",
+                   100: "duplicate_offset", 101: "duplicate_offset", 102: "duplicate_offset"}
 
 
 def test_records_behind_a_hole_the_fetcher_skipped_are_handed_over_only_after_it():
