@@ -217,6 +217,44 @@ def test_a_transactional_producers_markers_are_read_once_as_holes_and_commits_pa
     assert len(skipped) == 1 and f"offsets 3..3 of {t['click']}[{part}]" in skipped[0], skipped
 
 
+def test_records_the_fetcher_skipped_are_read_again_applied_once_and_committed(env, workers):
+    """A new deployment reads a backlog of 4 users × 40 events; its fetcher skips offsets 2..9 of
+    one click partition (tests/fetcher_skip_app.py, as faust-streaming's does around an
+    assignment: its issue 216) and hands over 10 after the agent has applied 0 and 1. The worker
+    holds 10 and what follows back, reads the hole again from 2 and then the rest: every event
+    applied once, none `late` (the other topics' events do not run ahead of the held clicks by
+    more than the window and its grace), one warning, and the commit reaches the partition's end."""
+    import sys
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from conftest import ROOT, metric_values
+    from stream_app.partitioning import partition_for
+
+    t = topics(env)
+    cli(env, "topics", "create")
+    parts = int(env["INTEREST_PARTITIONS"])
+    events = [event(i, f"b{u}", ["click", "browse", "search"][i % 3], T0 + i * 3 * HOUR + u) for u in range(4)
+              for i in range(40)]
+    part = partition_for(b"b0", parts)
+    clicks = [e for e in events if e["type"] == "click" and partition_for(e["user_id"].encode(), parts) == part]
+    send(env, events)
+    w = workers(argv=[sys.executable, "-m", "faust", "-A", "fetcher_skip_app", "worker", "-l", "info"],
+                PYTHONPATH=str(ROOT / "tests"), SKIP_FETCH=f"{t['click']}:{part}:2:10", SKIP_FETCH_PAUSE_S="1",
+                INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
+    wait_until_counted(w, events)
+    c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                      group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
+    try:
+        wait_for(lambda: c.committed(TopicPartition(t["click"], part)) == len(clicks), what="the last click committed")
+    finally:
+        c.close()
+    assert sum(metric_values(w, 'interest_events_total{outcome="accepted"}')) == 160
+    assert sum(metric_values(w, 'interest_events_total{outcome="dead_letter"}')) == 0
+    skipped = [line for line in w.log(2000).splitlines() if "the fetcher skipped offsets" in line]
+    assert len(skipped) == 1 and f"offsets 2..9 of {t['click']}[{part}]" in skipped[0], skipped
+
+
 def test_worker_refuses_mismatched_partitions(env, tmp_path, tiny_model_dir):
     from kafka.admin import KafkaAdminClient, NewTopic
 

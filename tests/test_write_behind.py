@@ -165,7 +165,7 @@ def test_sigkill_in_a_backlog_after_a_flush_takes_the_events_read_again_for_dupl
         assert [e["user_id"] for e in events if e["type"] == "click"
                 and partition_for(e["user_id"].encode(), PARTS) == p][:14] == ["b0"] * 14
         w.argv = [sys.executable, "-m", "faust", "-A", "fetcher_skip_app", "worker", "-l", "info"]
-        w.env.update(PYTHONPATH=str(ROOT / "tests"), SKIP_FETCH=f"{click}:{p}:2:10", SKIP_FETCH_PAUSE_S="3")
+        w.env.update(PYTHONPATH=str(ROOT / "tests"), SKIP_FETCH=f"{click}:{p}:2:10", SKIP_FETCH_PAUSE_S="1")
     w.start()
     wait_for(lambda: metric(w, "interest_duplicates_total") + metric(w, 'interest_events_total{outcome="dead_letter"}')
              >= 160, what="the redelivered events")
