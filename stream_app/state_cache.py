@@ -41,7 +41,8 @@ SIZE_CATEGORY = 150
 SIZE_INPUT = 140  # per input topic whose offset the state records: an int, a slot of "in", and the
 # state dict one size larger (three topics: 421 bytes per user, bench/hot_path.py at 0114045)
 SIZE_KNOWN = 220  # the input offsets known before this worker applied a record to the state (state's
-# "_inb", from its first recorded record to the next flush): a dict of three ints, 216 bytes traced
+# "_inb", from its first recorded record to the next flush): a dict of three ints, 216 bytes traced,
+SIZE_KNOWN_NONE = 64  # or an empty dict (a state new to this worker): 64 bytes
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
@@ -49,10 +50,11 @@ def estimated_size(state: dict | None) -> int:
     """Approximate bytes of Python memory held by a decoded state (0 for a pending deletion)."""
     if state is None:
         return 0
-    prof = state.get("p")
+    prof, known = state.get("p"), state.get("_inb")
     return (SIZE_BASE + SIZE_ROW * (len(state["ev"]) + len(state["old"]))
             + SIZE_CATEGORY * (len(prof.get("w") or prof.get("c") or ()) if prof else 0)
-            + SIZE_INPUT * len(state.get("in") or ()) + (SIZE_KNOWN if "_inb" in state else 0))
+            + SIZE_INPUT * len(state.get("in") or ())
+            + (0 if known is None else SIZE_KNOWN if known else SIZE_KNOWN_NONE))
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@ import orjson
 import pytest
 
 from stream_app import state
-from stream_app.state_cache import (SIZE_BASE, SIZE_EVENT, SIZE_INPUT, SIZE_KNOWN, SIZE_ROW, Forget, StateCache,
-                                    estimated_size)
+from stream_app.state_cache import (SIZE_BASE, SIZE_EVENT, SIZE_INPUT, SIZE_KNOWN, SIZE_KNOWN_NONE, SIZE_ROW, Forget,
+                                    StateCache, estimated_size)
 
 LIM = state.Limits(horizon_ms=86_400_000, grace_ms=3_600_000, max_events=128)
 T0 = 1_700_000_000_000
@@ -275,22 +275,25 @@ def test_a_flush_knows_the_offsets_it_handles_and_stores_the_input_offsets_cappe
 
 def test_a_flush_makes_the_offsets_it_stored_the_known_ones_and_counts_their_memory_no_more():
     """Until its flush a state keeps the offsets known before its first recorded record (what no
-    cap goes below, stream_app.state.cap_input): SIZE_KNOWN bytes in the bound. A flush that stores
-    all of its offsets drops them; one that stores fewer keeps what it stored."""
+    cap goes below, stream_app.state.cap_input): SIZE_KNOWN bytes in the bound, SIZE_KNOWN_NONE
+    while none are known (a user new to the worker). A flush that stores all of its offsets drops
+    them; one that stores fewer keeps what it stored."""
     c = StateCache(10**9)
     applied(c, 0, "a", 0, offset=50)
     applied(c, 0, "b", 0, offset=50)
     before = c.state_bytes
-    assert before == 2 * (estimated_size(state.apply(None, event("x", 0), LIM, 0)[1]) + 3 * SIZE_INPUT + SIZE_KNOWN)
+    assert before == 2 * (estimated_size(state.apply(None, event("x", 0), LIM, 0)[1]) + 3 * SIZE_INPUT
+                          + SIZE_KNOWN_NONE)
     caps = {(t, 0): 50 for t in ("events.click", "events.browse", "events.search")}
     c.take(0, caps | {("events.click", 0): 20})  # clicks read through 20 only
-    assert c.state_bytes == before
+    assert c.state_bytes == before + 2 * (SIZE_KNOWN - SIZE_KNOWN_NONE)
     a = c.get(b"a").state
     assert a["_inb"] == {"events.click": 20, "events.browse": 50, "events.search": 50}
     assert a["in"] == {"events.click": 50, "events.browse": 50, "events.search": 50}
     applied(c, 0, "a", 1)  # a change without a record: a dirty state, its known offsets kept
     c.take(0, caps)
-    assert "_inb" not in a and c.state_bytes == before + SIZE_ROW - SIZE_KNOWN  # a row more, b as it was
+    # a: a row more and no known offsets; b as it was
+    assert "_inb" not in a and c.state_bytes == before + 2 * (SIZE_KNOWN - SIZE_KNOWN_NONE) + SIZE_ROW - SIZE_KNOWN
 
 
 def test_a_hole_caps_the_input_offsets_of_its_partitions_states_in_memory():
