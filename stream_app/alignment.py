@@ -116,16 +116,24 @@ class Aligner:
         return due
 
     def ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float,
-              has_hole: Callable[[object, int], bool] | None = None) -> Iterator:
+              has_hole: Callable[[object, int], bool] | None = None, fetched: float | None = None) -> Iterator:
         """The messages of ``partition`` that may be applied now, in order. ``caught_up(topic,
         partition)``: nothing more to read from that topic's partition for now. ``has_hole(topic,
         partition)``: records of it are still to be read again (a hole not settled), so a message
         waits up to ``hole_wait_s`` for it rather than ``max_wait_s``. A message waits ``idle_s`` for
-        a topic caught up with nothing waiting."""
-        return self._ready(partition, caught_up, now, has_hole, self.idle_s)
+        a topic caught up with nothing waiting.
+
+        ``fetched``: when the last fetch that has completed began (the worker's consumer's
+        ``fetch_began``; None: not known). A message waits for a topic that is behind until a fetch
+        that began ``max_wait_s`` (or ``hole_wait_s``) after it arrived has completed too: the
+        topic delivered nothing though it could. A fetcher or an event loop that stalled meanwhile
+        (the harness of ``tests/fetcher_skip_app.py`` at 3 s: the other topics' events went ahead
+        and 5 of the skipped clicks were ``late``) is not taken for a topic with nothing to give."""
+        return self._ready(partition, caught_up, now, has_hole, self.idle_s, fetched)
 
     def _ready(self, partition: int, caught_up: Callable[[object, int], bool], now: float,
-               has_hole: Callable[[object, int], bool] | None, idle_s: float) -> Iterator:
+               has_hole: Callable[[object, int], bool] | None, idle_s: float,
+               fetched: float | None = None) -> Iterator:
         queues = self.queues.get(partition)
         if not queues:
             return
@@ -156,7 +164,8 @@ class Aligner:
                 return
             waited = now - head[2]
             if wait is not None:
-                if self.sizes[partition] <= self.max_buffered and waited < wait:
+                if self.sizes[partition] <= self.max_buffered and (
+                        waited < wait or fetched is not None and fetched < head[2] + wait):
                     return
                 self.forced += 1
             elif idle and idle_s > 0:
@@ -181,11 +190,11 @@ class Aligner:
         return (a[4], a[1]) < (b[4], b[1])
 
     def expired(self, caught_up: Callable[[object, int], bool], now: float,
-                has_hole: Callable[[object, int], bool] | None = None) -> Iterator:
+                has_hole: Callable[[object, int], bool] | None = None, fetched: float | None = None) -> Iterator:
         """Messages of every partition that may be applied now (a timer's sweep: topics caught up
         meanwhile, waits past ``idle_s`` or ``max_wait_s``)."""
         for p in list(self.queues):
-            yield from self.ready(p, caught_up, now, has_hole)
+            yield from self.ready(p, caught_up, now, has_hole, fetched)
 
     def drain(self, partitions=None) -> Iterator:
         """Everything waiting for ``partitions`` (default all), in the same order, without waiting."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -146,6 +147,7 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         self._reader_lock = threading.Lock()
         self._given = self.callback  # what the fetcher hands each record to (Faust's conductor)
         self.callback = self._hand_over
+        self.fetch_began: float | None = None  # time.monotonic() when the last completed fetch began
 
     def _hand_over(self, message):
         """What the fetcher calls with each record: Faust's conductor, but not with a record of a
@@ -234,14 +236,17 @@ class Consumer(FirstStepDelivery, faust_aiokafka.Consumer):
         them when it held no record. Not while a rebalance or the tables' recovery is under way:
         records read again then reached the agent before the partition's states were restored, and
         a user's state restored from an older one overwrote the newer (2 of 3 runs of the sequence
-        bench/rebalance.py runs, before this); records stay held back meanwhile."""
+        bench/rebalance.py runs, before this); records stay held back meanwhile. When the fetch
+        began is kept once it has completed (``fetch_began``, for the aligner's waits)."""
         app = self.app
-        if not self.flow_active or app.rebalancing or app.in_recovery or not app.flow_control.is_active():
-            return await super()._wait_next_records(timeout)
-        pending = self.deliveries.take_pending()
-        if pending:  # none: nothing is held back either (a hold is found with its hole)
-            await self._read_holes(pending)
-        return await super()._wait_next_records(timeout)
+        if self.flow_active and not app.rebalancing and not app.in_recovery and app.flow_control.is_active():
+            pending = self.deliveries.take_pending()
+            if pending:  # none: nothing is held back either (a hold is found with its hole)
+                await self._read_holes(pending)
+        began = time.monotonic()
+        records = await super()._wait_next_records(timeout)
+        self.fetch_began = began  # a fetch completed: the aligner's waits count to here (stream_app.alignment)
+        return records
 
     async def _read_holes(self, pending: list) -> None:
         """Each hole of ``pending`` (``[(tp, start, end)]``) read with the app's own consumer, then

@@ -230,7 +230,8 @@ async def ingest(stream):
             _running_back(m, back)
         now = time.monotonic()
         if aligner.add(m.topic, p, m.timestamp, m, now):
-            apply_released(aligner.ready(p, caught_up, now, has_hole), bounded=True)
+            apply_released(aligner.ready(p, caught_up, now, has_hole, getattr(app.consumer, "fetch_began", None)),
+                           bounded=True)
         if states.over_bound():
             await _respect_bound()
 
@@ -241,7 +242,8 @@ async def align_timer():
     aligner = app.aligner
     if len(aligner) and not app.ingest_stalled:
         received = app.received
-        apply_released(aligner.expired(received.caught_up, time.monotonic(), received.has_hole), bounded=True)
+        apply_released(aligner.expired(received.caught_up, time.monotonic(), received.has_hole,
+                                       getattr(app.consumer, "fetch_began", None)), bounded=True)
         await _respect_bound()
     metrics.ALIGN_WAITING.set(len(aligner))
     metrics.ALIGN_FORCED.inc(aligner.forced)

@@ -2,10 +2,11 @@
 issue 216): ``faust -A fetcher_skip_app worker`` with ``SKIP_FETCH=topic:partition:start:end``, so
 offsets ``start``..``end - 1`` of that partition are not handed over the first time they are
 fetched, and ``SKIP_FETCH_PAUSE_S``: the record after them waits that long first, so the agent has
-applied what came before it when the worker finds the hole. Keep it under the aligner's 2 s wait
-for a topic that delivers nothing (:mod:`stream_app.alignment`): the whole fetcher waits, and at
-3 s the other topics' events went ahead of the skipped clicks, 5 of which were then `late`. Test
-harness only; the worker itself has no such hook."""
+applied what came before it when the worker finds the hole. The whole fetcher waits meanwhile: at
+3 s, more than the aligner's 2 s for a topic that delivers nothing, the other topics' events went
+ahead of the skipped clicks and 5 of them were `late`, until the aligner counted its wait to the
+beginning of a completed fetch (:mod:`stream_app.alignment`). Test harness only; the worker itself
+has no such hook."""
 import asyncio
 import os
 

@@ -61,6 +61,26 @@ def test_a_message_waits_at_most_max_wait_s_then_counts_as_forced():
     assert a.forced == 2
 
 
+def test_a_topic_behind_is_given_up_on_only_once_a_fetch_begun_after_the_wait_has_completed():
+    """A fetcher (or an event loop) that stalls is not a topic with nothing to give: the click
+    waits past max_wait_s until a fetch that began 2 s after it arrived has completed. With the
+    test harness's fetcher stalled 3 s, the other topics' events went ahead of clicks it had
+    skipped, and 5 of them were `late` (tests/test_worker_ingest.py)."""
+    a = Aligner(TOPICS, max_wait_s=2.0, hole_wait_s=30.0)
+    a.add("click", 3, 50.0, "c50", now=10.0)
+    assert list(a.expired(never, now=13.0, fetched=9.5)) == []  # the last fetch began before it came
+    assert list(a.expired(never, now=15.0, fetched=11.9)) == []  # one began 1.9 s after
+    assert a.forced == 0
+    assert list(a.expired(never, now=15.0, fetched=12.0)) == ["c50"]  # one began 2 s after: nothing came
+    a.add("click", 3, 60.0, "c60", now=20.0)
+    hole = lambda t, p: t == "browse"  # noqa: E731
+    assert list(a.ready(3, never, now=51.0, has_hole=hole, fetched=49.9)) == []  # a hole: 30 s
+    assert list(a.ready(3, never, now=51.0, has_hole=hole, fetched=50.0)) == ["c60"]
+    a.add("click", 3, 70.0, "c70", now=60.0)
+    assert list(a.expired(never, now=62.0)) == ["c70"]  # not known: wall time alone (a benchmark's consumer)
+    assert a.forced == 3
+
+
 def test_a_topic_behind_with_a_hole_is_waited_for_up_to_hole_wait_s():
     """The partition's browse records are to be read again (a hole the fetcher left, held back
     until it is read): a search waits for them up to hole_wait_s, not max_wait_s. Forced past

@@ -220,10 +220,12 @@ def test_a_transactional_producers_markers_are_read_once_as_holes_and_commits_pa
 def test_records_the_fetcher_skipped_are_read_again_applied_once_and_committed(env, workers):
     """A new deployment reads a backlog of 4 users × 40 events; its fetcher skips offsets 2..9 of
     one click partition (tests/fetcher_skip_app.py, as faust-streaming's does around an
-    assignment: its issue 216) and hands over 10 after the agent has applied 0 and 1. The worker
-    holds 10 and what follows back, reads the hole again from 2 and then the rest: every event
-    applied once, none `late` (the other topics' events do not run ahead of the held clicks by
-    more than the window and its grace), one warning, and the commit reaches the partition's end."""
+    assignment: its issue 216) and hands over 10 after the agent has applied 0 and 1 and the whole
+    fetcher has waited 3 s. The worker holds 10 and what follows back, reads the hole again from 2
+    and then the rest: every event applied once, none `late`, one warning, and the commit reaches
+    the partition's end. The other topics' events wait for the skipped clicks: the aligner gives
+    up on a topic after 2 s only once a fetch begun since has completed; on wall time alone they
+    went ahead during the fetcher's 3 s, and 5 of the clicks were `late`."""
     import sys
 
     from kafka import KafkaConsumer, TopicPartition
@@ -240,7 +242,7 @@ def test_records_the_fetcher_skipped_are_read_again_applied_once_and_committed(e
     clicks = [e for e in events if e["type"] == "click" and partition_for(e["user_id"].encode(), parts) == part]
     send(env, events)
     w = workers(argv=[sys.executable, "-m", "faust", "-A", "fetcher_skip_app", "worker", "-l", "info"],
-                PYTHONPATH=str(ROOT / "tests"), SKIP_FETCH=f"{t['click']}:{part}:2:10", SKIP_FETCH_PAUSE_S="1",
+                PYTHONPATH=str(ROOT / "tests"), SKIP_FETCH=f"{t['click']}:{part}:2:10", SKIP_FETCH_PAUSE_S="3",
                 INTEREST_FLUSH_S="0.3", INTEREST_COMMIT_INTERVAL_S="0.3", INTEREST_SCORE_INTERVAL_S="3600")
     wait_until_counted(w, events)
     c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
