@@ -16,8 +16,9 @@ message applied is the head with the smallest record timestamp among the three q
 when every topic of the partition either has a message waiting (nothing older can come from it
 before that message) or has nothing left to read (caught up: its last message received is the
 last one fetched). A partition's own order is never changed, as in Kafka Streams and in
-``replay``. A message waits at most ``max_wait_s`` for a topic that is behind but has delivered
-nothing, and ``idle_s`` (``INTEREST_ALIGN_IDLE_MS``) for one that has caught up and has nothing
+``replay``. A message waits ``max_wait_s`` for a topic that is behind but has delivered nothing
+(and until a fetch begun after that has completed, :meth:`Aligner.ready`: a stalled fetcher is not
+such a topic), and ``idle_s`` (``INTEREST_ALIGN_IDLE_MS``) for one that has caught up and has nothing
 waiting, as Kafka Streams' ``max.task.idle.ms`` (0 there by default): caught up is a moment, and
 a producer sending at full speed lets a quiet partition's record overtake a busy partition's
 batches sent before it. A partition with more than ``max_buffered`` messages waiting lets its next
