@@ -127,10 +127,14 @@ def dump(state: dict, caps: dict | None = None) -> bytes:
     highest offset the stored ``in`` may name (a flush's
     :meth:`stream_app.consumer.Consumer.input_caps`: past it a record may not have been read), see
     :func:`stored_input`."""
+    return dump_with_input(state, stored_input(state, caps))
+
+
+def dump_with_input(state: dict, kept: dict | None) -> bytes:
+    """:func:`dump`, with the input offsets to store (``kept``, :func:`stored_input`) already known
+    (a flush computes them once, for the stored form and for :func:`flushed_input`)."""
     prof = state.get("p")
-    applied = state.get("in")
-    kept = stored_input(state, caps)
-    capped = kept != applied
+    capped = kept != state.get("in")
     if "_ids" in state or "_inb" in state or (prof is not None and "w" in prof) or capped:
         state = {k: v for k, v in state.items() if k != "_ids" and k != "_inb"}
         state["p"] = stored_profile(prof)
@@ -154,10 +158,9 @@ def stored_input(state: dict, caps: dict | None) -> dict | None:
             if (o := max(known.get(t, -1), min(a, caps.get((t, partition), -1)))) >= 0}
 
 
-def flushed_input(state: dict, caps: dict | None) -> None:
-    """A flush took the state with its input offsets ``caps``ped (:func:`stored_input`): what it
-    stored is what is known from now on (``in`` keeps an offset past it for a later flush)."""
-    stored = stored_input(state, caps)
+def flushed_input(state: dict, stored: dict | None) -> None:
+    """A flush took the state with the input offsets ``stored`` (:func:`stored_input`): they are
+    what is known from now on (``in`` keeps an offset past them for a later flush)."""
     if stored is None or stored == state.get("in"):
         state.pop("_inb", None)
     else:

@@ -41,8 +41,9 @@ SIZE_CATEGORY = 150
 SIZE_INPUT = 140  # per input topic whose offset the state records: an int, a slot of "in", and the
 # state dict one size larger (three topics: 421 bytes per user, bench/hot_path.py at 0114045)
 SIZE_KNOWN = 220  # the input offsets known before this worker applied a record to the state (state's
-# "_inb", from its first recorded record to the next flush): a dict of three ints, 216 bytes traced,
-SIZE_KNOWN_NONE = 64  # or an empty dict (a state new to this worker): 64 bytes
+# "_inb", from its first recorded record to the next flush): a dict of three ints, 216 bytes traced in
+# a scratch run (bench/hot_path.py's states hold only empty ones),
+SIZE_KNOWN_NONE = 64  # or an empty dict (a state new to this worker): 64 bytes, sys.getsizeof
 SIZE_EVENT = 500  # a held Faust message (its object and attributes) besides its key and value bytes
 
 
@@ -298,11 +299,12 @@ class StateCache:
                 f.deletes.append(key)
                 del self.entries[key]
             else:
-                raw = st.dump(e.state, caps)
+                stored = st.stored_input(e.state, caps)  # a trim leaves the offsets as they are
+                raw = st.dump_with_input(e.state, stored)
                 if self.max_record is not None and len(raw) > self.max_record:
                     f.trimmed.append((key, st.trim(e.state, self.max_record)))
-                    raw = st.dump(e.state, caps)
-                st.flushed_input(e.state, caps)
+                    raw = st.dump_with_input(e.state, stored)
+                st.flushed_input(e.state, stored)
                 size = estimated_size(e.state)  # fewer rows (trimmed), no known offsets kept
                 self.state_bytes += size - e.size
                 e.size = size

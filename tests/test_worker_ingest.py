@@ -4,12 +4,13 @@ from __future__ import annotations
 import base64
 import json
 import random
+import sys
 from collections import Counter
 
 import orjson
 import pytest
 
-from conftest import cli, wait_for
+from conftest import ROOT, cli, metric_values, wait_for
 from kafka_io import produce, read_all, set_max_message_bytes
 
 pytestmark = pytest.mark.kafka
@@ -226,11 +227,8 @@ def test_records_the_fetcher_skipped_are_read_again_applied_once_and_committed(e
     the partition's end. The other topics' events wait for the skipped clicks: the aligner gives
     up on a topic after 2 s only once a fetch begun since has completed; on wall time alone they
     went ahead during the fetcher's 3 s, and 5 of the clicks were `late`."""
-    import sys
-
     from kafka import KafkaConsumer, TopicPartition
 
-    from conftest import ROOT, metric_values
     from stream_app.partitioning import partition_for
 
     t = topics(env)
