@@ -216,6 +216,14 @@ for _topic in settings.input_topics.values():  # each topic's count shows, 0 bef
     metrics.INPUT_RUNNING_BACK.labels(_topic)
 
 
+def _fetch_began() -> float | None:
+    """When the last fetch of the worker's consumer that has completed began
+    (:attr:`stream_app.consumer.Consumer.fetch_began`), what the aligner's waits for a topic behind
+    count to; None with a consumer that keeps no such time (a benchmark's Faust consumer): the
+    aligner then waits on wall time alone."""
+    return getattr(app.consumer, "fetch_began", None)
+
+
 @app.agent(inputs)
 async def ingest(stream):
     """Validate click/browse/search events into per-user states; dead-letter the rest."""
@@ -230,8 +238,7 @@ async def ingest(stream):
             _running_back(m, back)
         now = time.monotonic()
         if aligner.add(m.topic, p, m.timestamp, m, now):
-            apply_released(aligner.ready(p, caught_up, now, has_hole, getattr(app.consumer, "fetch_began", None)),
-                           bounded=True)
+            apply_released(aligner.ready(p, caught_up, now, has_hole, _fetch_began()), bounded=True)
         if states.over_bound():
             await _respect_bound()
 
@@ -242,8 +249,8 @@ async def align_timer():
     aligner = app.aligner
     if len(aligner) and not app.ingest_stalled:
         received = app.received
-        apply_released(aligner.expired(received.caught_up, time.monotonic(), received.has_hole,
-                                       getattr(app.consumer, "fetch_began", None)), bounded=True)
+        apply_released(aligner.expired(received.caught_up, time.monotonic(), received.has_hole, _fetch_began()),
+                       bounded=True)
         await _respect_bound()
     metrics.ALIGN_WAITING.set(len(aligner))
     metrics.ALIGN_FORCED.inc(aligner.forced)

@@ -432,15 +432,15 @@ def test_a_hole_found_at_a_commit_caps_the_input_offsets_so_its_records_are_not_
 
 
 def test_records_a_restored_state_counted_before_are_duplicates_when_a_hole_makes_them_read_again():
-    """The sequence of a rebalance trial's 91 `late` dead letters (bench/rebalance.py), by hand, with
-    the hole found at a commit rather than by the fetcher (tests/test_write_behind.py has that one
-    against the broker): the worker before counted user u's records 100..104 of clicks[0] and
-    flushed its state, but committed only up to 100. This worker restores the state, is handed 100..109, and Faust's stream skips
-    100..102; the agent applies 105..109 (103, 104 are known). A flush then may store no offset past
-    99, the commit finds the hole (100, 103) and caps the offsets in memory: neither goes below the
-    104 the state was restored with, so 100..102, read again after u's window moved past them, are
-    duplicates. Before, both took u to 99, and they were `late` dead letters for events counted
-    once."""
+    """The sequence of a rebalance trial's 91 `late` dead letters (bench/rebalance.py), by hand,
+    with the hole found at a commit rather than by the fetcher (tests/test_write_behind.py has
+    that one against the broker): the worker before counted user u's records 100..104 of
+    clicks[0] and flushed its state, but committed only up to 100. This worker restores the
+    state, is handed 100..109, and Faust's stream skips 100..102; the agent applies 105..109
+    (103, 104 are known). A flush then may store no offset past 99, the commit finds the hole
+    (100, 103) and caps the offsets in memory: neither goes below the 104 the state was restored
+    with, so 100..102, read again after u's window moved past them, are duplicates. Before, both
+    took u to 99, and they were `late` dead letters for events counted once."""
     from stream_app import state
 
     hour, t0 = 3_600_000, 1_700_000_000_000
