@@ -11,7 +11,10 @@ JSON), for 20,000 users over three topics and 8 partitions, in two kinds of inpu
 
 * ``stamped``: the record timestamp is the event's ``ts`` (the project's producers), 1 ms apart;
 * ``plain``: a producer that does not set it stamps the time it sends, 12 records in each
-  millisecond, whose events' ``ts`` are spread over a day (``bench/live_eval.py --producer plain``).
+  millisecond, whose events' ``ts`` are spread over a day (``bench/live_eval.py --producer plain``);
+* ``by_user``: stamped with ``ts`` and sent one user's history after another's (``bench/live_eval.py
+  --order user --producer project``): each topic's timestamps run back at every user, and a head
+  waits for its user's older record in another topic (``UsersWaiting``) where the version has that.
 
 The versions take turns, best of ``--repeat`` each. Prints JSON: µs per message for each version and
 input, and each older version against this one, with the machine. Against what a message costs the
@@ -36,11 +39,11 @@ T0 = 1_764_000_000_000
 
 
 class Message:
-    """The fields of Faust's message the aligner and its tie key read."""
-    __slots__ = ("topic", "partition", "value", "timestamp")
+    """The fields of Faust's message the aligner and its keys read."""
+    __slots__ = ("topic", "partition", "key", "value", "timestamp")
 
-    def __init__(self, topic: str, partition: int, value: bytes, timestamp: float):
-        self.topic, self.partition, self.value, self.timestamp = topic, partition, value, timestamp
+    def __init__(self, topic: str, partition: int, key: bytes, value: bytes, timestamp: float):
+        self.topic, self.partition, self.key, self.value, self.timestamp = topic, partition, key, value, timestamp
 
 
 def messages(n: int, kind: str, seed: int = 1) -> list[Message]:
@@ -48,12 +51,14 @@ def messages(n: int, kind: str, seed: int = 1) -> list[Message]:
     out = []
     for i in range(n):
         user = rng.randrange(20_000)
-        if kind == "stamped":
-            ts = record_ms = T0 + i
-        else:  # plain: sent 12 a millisecond, the events' ts anywhere in a day
+        if kind == "plain":  # sent 12 a millisecond, the events' ts anywhere in a day
             record_ms, ts = T0 + i // 12, T0 + rng.randrange(86_400_000)
+        else:
+            ts = record_ms = T0 + i
         e = random_event(rng, f"e{i}", f"user{user}", ts)
-        out.append(Message(e["type"], user % PARTITIONS, orjson.dumps(e), record_ms / 1000))
+        out.append(Message(e["type"], user % PARTITIONS, f"user{user}".encode(), orjson.dumps(e), record_ms / 1000))
+    if kind == "by_user":  # the same events, one user's after another's (each user's in ts order)
+        out.sort(key=lambda m: m.key)
     return out
 
 
@@ -73,6 +78,10 @@ def agent(module: types.ModuleType):
     """What that version's ingest agent did per message: the aligner it built and the key it passed."""
     tie_key = getattr(module, "message_event_ts", None)
     order_key = getattr(module, "order_key", None)
+    user = getattr(module, "message_user", None)
+    if user is not None:  # since a head waits for its user's older record in another topic
+        return lambda: module.Aligner(TOPICS, release_every=module.RELEASE_EVERY, tie_key=tie_key, user=user), \
+            lambda m: m.timestamp
     if tie_key is not None:  # since the lazy tie-break: the record timestamp, ties by the event's ts
         return lambda: module.Aligner(TOPICS, release_every=module.RELEASE_EVERY, tie_key=tie_key), \
             lambda m: m.timestamp
@@ -107,7 +116,7 @@ def main() -> None:
     versions = {ref or "this checkout": agent(load(ref)) for ref in refs}
     out = {"benchmark": "align_cost", "machine": machine(), "commit": commit(), "messages": args.messages,
            "repeat": args.repeat, "us_per_message": {}}
-    for kind in ("stamped", "plain"):
+    for kind in ("stamped", "plain", "by_user"):
         msgs = messages(args.messages, kind)
         best = {name: float("inf") for name in versions}
         for _ in range(args.repeat):  # the versions take turns, so a slower moment of the host hits each

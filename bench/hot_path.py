@@ -71,7 +71,7 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
-    from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts
+    from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts, message_user
     from stream_app.app import GC_THRESHOLDS
     from stream_app.holes import Deliveries
     from stream_app.input_order import RunningBack
@@ -114,7 +114,7 @@ def main() -> None:
     def agent_body(offsets: bool = True):  # what the ingest agent does per message, all topics caught up
         cache = StateCache(10**12)
         # as stream_app.app's, but idle_s 0: the clock stands still here, so a wait would end only at max_buffered
-        aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts)
+        aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts, user=message_user)
         deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
         running_back = RunningBack((limits.horizon_ms + limits.grace_ms) / 1000)
 

@@ -24,7 +24,7 @@ from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
 from kafka import KafkaConsumer
 
 from . import metrics, state
-from .alignment import RELEASE_EVERY, Aligner, message_event_ts
+from .alignment import RELEASE_EVERY, Aligner, message_event_ts, message_user
 from .consumer import Consumer
 from .events import MAX_DEAD_LETTER_BYTES
 from .flush import LETTER_WAIT_S, Flusher
@@ -285,7 +285,7 @@ app.fetch_max_wait_ms = settings.fetch_max_wait_ms
 app.vector_sends = set()
 app.states = StateCache(int(settings.state_cache_mb * 2**20), settings.max_state_bytes)
 app.aligner = Aligner(tuple(settings.input_topics.values()), release_every=RELEASE_EVERY,
-                      idle_s=settings.align_idle_ms / 1000, tie_key=message_event_ts)
+                      idle_s=settings.align_idle_ms / 1000, tie_key=message_event_ts, user=message_user)
 app.flusher = Flusher(users, app.states, settings.control_topic,
                       producer=lambda: app.producer._ensure_producer(),  # aiokafka's, for record batches
                       consumer=lambda: app.consumer,

@@ -234,9 +234,11 @@ async def ingest(stream):
         p = m.partition
         offsets[(m.topic, p)] = m.offset
         back = running_back.see(m.topic, p, m.offset, m.timestamp)
-        if back is not None:
-            _running_back(m, back)
         now = time.monotonic()
+        if back is not None:
+            _running_back(m, back.seconds)
+            if back.step:
+                aligner.ran_back(m.topic, p, now)
         if aligner.add(m.topic, p, m.timestamp, m, now):
             apply_released(aligner.ready(p, caught_up, now, has_hole, _fetch_began()), bounded=True)
         if states.over_bound():

@@ -221,7 +221,8 @@ def read_jsonl_by_ts(path) -> Iterator[dict]:
     the head with the smallest record timestamp (the ``ts`` a project producer stamps), so a log
     sent user by user, each user's events in order, ran a user's searches ahead of the same user's
     older clicks, later in the click topic, which were then ``late`` (MovieLens sent so: 1,738 of
-    11,639). One pass keeps each line's ``ts`` and offset (16 bytes an event, not the event), a
+    11,639, before the aligner kept each user's order itself; it does so only among the records it
+    has been given). One pass keeps each line's ``ts`` and offset (16 bytes an event, not the event), a
     stable sort orders them, and each line is read again where it starts."""
     ts, starts = array("q"), array("q")
     with open(path, "rb") as f:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import core, state
-from .alignment import event_ts
+from .alignment import UsersWaiting, event_ts
 from .settings import InterestStreamError, Settings
 
 
@@ -261,7 +261,11 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     partition, offset) as the live worker's aligner applies them (:class:`stream_app.alignment.Aligner`,
     its ties by :func:`stream_app.alignment.message_event_ts`); a partition contributes in offset
     order. A record is chosen only when every unfinished partition has offered its next one, so the
-    order never depends on timing.
+    order never depends on timing, but for one thing: as the aligner does, a record goes after an
+    older record of its own user (its key) read ahead in another topic's partition
+    (:class:`stream_app.alignment.UsersWaiting`), which only a partition whose record timestamps run
+    back can hold (a log stamped with ``ts`` and sent user by user); whether that record has been read
+    ahead yet depends on the polls.
     Merged by the event's ``ts``, an event whose producer stamped it otherwise (a far-future ``ts``
     the worker dead-lettered as ``future_ts``) held back every later record of its partition until
     all the others had ended, and those were applied out of order, some as ``late``.
@@ -274,7 +278,8 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
     records read ahead is paused until the merge has taken half of them."""
     live = {tp: e for tp, (s, e) in ranges.items() if e > s}
-    buffers = {tp: deque() for tp in live}
+    buffers = {tp: deque() for tp in live}  # (merge key, record) read ahead, in offset order
+    waiting = {p: UsersWaiting() for p in {tp.partition for tp in live}}  # one user's: partition p of each topic
     position = {tp: ranges[tp][0] for tp in live}
     full: set = set()  # partitions paused for their buffer
     consumer.assign(list(live))
@@ -288,9 +293,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             if tp in heads:
                 continue
             if buffers[tp]:
-                r = buffers[tp].popleft()
-                key = r.timestamp if after is None or r.timestamp < after else last[tp]
-                last[tp] = key
+                key, r = buffers[tp].popleft()
                 ts = event_ts(r.value, r.timestamp)
                 heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r))
                 heads.add(tp)
@@ -305,7 +308,9 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                     continue
                 for r in recs:
                     if position[tp] <= r.offset < live[tp]:
-                        buffers[tp].append(r)
+                        key = last[tp] = r.timestamp if after is None or r.timestamp < after else last[tp]
+                        buffers[tp].append(entry := (key, r))
+                        waiting[tp.partition].add(tp, r.key, entry)
                         position[tp] = r.offset + 1
             for tp in list(live):  # offsets without records (e.g. markers) at the end of a range
                 if position[tp] < live[tp] and not buffers[tp] and consumer.position(tp) >= live[tp]:
@@ -318,7 +323,18 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             continue
         if not heap:
             return
-        _, ts, *_, tp, r = heapq.heappop(heap)
+        held = []  # heads with an older record of their user read ahead in another topic
+        while heap:
+            head = heapq.heappop(heap)
+            if not waiting[head[3]].held_back(head[5], head[6].key, head[0]):
+                break
+            held.append(head)
+        else:
+            head = held.pop(0)  # every head held back: the oldest goes, as the aligner's
+        for h in held:
+            heapq.heappush(heap, h)
+        _, ts, _, p, _, tp, r = head
+        waiting[p].taken(tp, r.key)
         heads.discard(tp)
         yield ts, r
 

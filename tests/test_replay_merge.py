@@ -9,7 +9,7 @@ import orjson
 
 from stream_app.replay import merged_records
 
-Record = namedtuple("Record", "topic partition offset value timestamp")
+Record = namedtuple("Record", "topic partition offset value timestamp key", defaults=(b"u1",))  # key: the user
 TP = namedtuple("TP", "topic partition")
 
 
@@ -70,14 +70,32 @@ def test_a_sparse_partition_is_not_read_far_ahead_of_the_merge():
     assert peak <= 2 * (50 + 20)
 
 
-def event(tp: TP, offset: int, ts: int, stamp: int | None = None) -> Record:
+def event(tp: TP, offset: int, ts: int, stamp: int | None = None, user: bytes = b"u1") -> Record:
     """A record of an event at ``ts``, stamped ``stamp`` (the project's producers stamp ``ts``)."""
-    return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), ts if stamp is None else stamp)
+    return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), ts if stamp is None else stamp, user)
 
 
-def merge(logs: dict, after: int | None = None) -> list:
+def merge(logs: dict, after: int | None = None, per_poll: int = 2) -> list:
     ranges = {tp: (0, len(rs)) for tp, rs in logs.items()}
-    return [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll=2), ranges, after=after)]
+    return [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll), ranges, after=after)]
+
+
+def test_a_users_record_goes_after_its_users_older_record_read_ahead_in_another_topic():
+    """As the live worker's aligner (tests/test_alignment.py): a log stamped with ts and sent user
+    by user, a's clicks of days 0 to 10 then b's in the click partition, b's search of day 5.5 in
+    the search partition. By timestamp alone the search went before b's clicks of days 0 to 5,
+    which were then `late` in the replay too."""
+    clicks, searches = TP("click", 0), TP("search", 0)
+    day = 86_400_000
+    logs = {clicks: [event(clicks, i, (i % 11) * day, user=b"a" if i < 11 else b"b") for i in range(22)],
+            searches: [event(searches, 0, 5 * day + day // 2, user=b"b")]}
+    merged = merge(logs, per_poll=100)  # all of it read ahead at the first poll
+    assert merged == [(d * day, "click") for d in range(11)] + [(d * day, "click") for d in range(6)] + [
+        (5 * day + day // 2, "search")] + [(d * day, "click") for d in range(6, 11)]
+    # every head held back (two partitions that ran user by user in opposite orders): the oldest goes
+    logs = {clicks: [event(clicks, 0, 5, user=b"a"), event(clicks, 1, 1, user=b"b")],
+            searches: [event(searches, 0, 6, user=b"b"), event(searches, 1, 2, user=b"a")]}
+    assert merge(logs, per_poll=100) == [(5, "click"), (1, "click"), (6, "search"), (2, "search")]
 
 
 def test_the_merge_follows_the_record_timestamps_as_the_live_worker_does():
