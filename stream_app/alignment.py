@@ -182,36 +182,30 @@ class Aligner:
         while True:
             head, head_topic, wait = None, None, None  # wait: how long the head may wait; None: not blocked
             idle = False  # a topic caught up has nothing waiting: the head waits idle_s for it
-            empty = ()  # topics to wait for: those with nothing waiting (a list once there is one)
             for t, q in queues.items():
                 if q:
                     e = q[0]
                     if head is None or e[0] < head[0] or e[0] == head[0] and self._first(e, head):
                         head, head_topic = e, t
-                elif empty:
-                    empty.append(t)
-                else:
-                    empty = [t]
+                    continue
+                w = self._wait_for(t, partition, caught_up, has_hole, known, holes)
+                if w is None:
+                    idle = True
+                elif wait is None or w > wait:
+                    wait = w
             if head is None:
                 return
             waiting = self.waiting.get(partition)
             if waiting is not None and waiting.held_back(head_topic, self.user(head[3]), head[0]):
                 head, head_topic = self._unheld(queues, waiting, head, head_topic)
             if unordered is not None:  # their heads promise nothing of what comes next: as if empty
-                empty = [*empty, *(t for t in unordered if t != head_topic and queues[t])]
-            for t in empty:
-                up = known.get(t)
-                if up is None:
-                    up = known[t] = caught_up(t, partition)
-                if up:
-                    idle = True
-                    continue
-                if has_hole is not None and t not in holes:
-                    holes[t] = has_hole(t, partition)
-                if holes.get(t):
-                    wait = max(self.hole_wait_s, self.max_wait_s)
-                elif wait is None:
-                    wait = self.max_wait_s
+                for t in unordered:
+                    if t != head_topic and queues[t]:
+                        w = self._wait_for(t, partition, caught_up, has_hole, known, holes)
+                        if w is None:
+                            idle = True
+                        elif wait is None or w > wait:
+                            wait = w
             waited = now - head[2]
             if wait is not None:
                 if self.sizes[partition] <= self.max_buffered and (
@@ -232,6 +226,20 @@ class Aligner:
                 if not self.sizes[partition]:
                     del self.waiting[partition]
             yield head[3]
+
+    def _wait_for(self, topic, partition: int, caught_up, has_hole, known: dict, holes: dict) -> float | None:
+        """How long a head may wait for ``topic``, one with nothing waiting (or whose head promises
+        nothing, :meth:`ran_back`): None when it has caught up (then ``idle_s``), else ``max_wait_s``,
+        or ``hole_wait_s`` while it has a hole not settled. ``known`` and ``holes`` keep the answers
+        of one call of :meth:`ready`."""
+        up = known.get(topic)
+        if up is None:
+            up = known[topic] = caught_up(topic, partition)
+        if up:
+            return None
+        if has_hole is not None and topic not in holes:
+            holes[topic] = has_hole(topic, partition)
+        return max(self.hole_wait_s, self.max_wait_s) if holes.get(topic) else self.max_wait_s
 
     def ran_back(self, topic, partition: int, now: float) -> None:
         """A record of ``topic``'s ``partition`` came older than one before it by more than the

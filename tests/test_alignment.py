@@ -367,3 +367,16 @@ def test_a_topic_that_ran_back_is_waited_for_as_one_with_nothing_waiting():
     a.add("click", 0, 40.0, "d:c40", now=UNORDERED_S)
     a.add("search", 0, 30.0, "c:s30", now=UNORDERED_S)
     assert list(a.ready(0, always, now=UNORDERED_S)) == ["c:s30"] and a.unordered == {}  # the wait has ended
+
+
+def test_once_nothing_waits_every_topic_has_been_asked_whether_it_caught_up():
+    """The worker's ``caught_up`` starts the read of a partition's tail when the fetcher is at its
+    end (stream_app.delivered), so that a topic ending in a transaction's marker counts as caught up
+    before the next message comes. The aligner asks every topic with nothing waiting, also on the
+    pass that finds the partition empty: `8896ed6` returned before asking then, and the last topic
+    to give up a message was not asked (here: click)."""
+    a = Aligner(TOPICS)
+    a.add("click", 0, 1.0, "c1", now=0.0)
+    asked = []
+    assert list(a.ready(0, lambda t, p: asked.append(t) or True, now=0.0)) == ["c1"]
+    assert sorted(asked) == ["browse", "click", "search"]  # each once: the answers of a pass are kept
