@@ -29,7 +29,11 @@ record of its own user waits in another topic's queue of the partition, and the 
 another user goes meanwhile. Only a topic whose record timestamps run back can hold such a record
 (a log stamped with ``ts`` and sent one user after another), so a partition keeps the index only
 from the moment one of its topics runs back until it has nothing waiting; in a log in ``ts`` order
-the order is the timestamp merge's. When every head is held back, the oldest goes.
+the order is the timestamp merge's. When every head is held back, the oldest goes. And for
+``UNORDERED_S`` after a topic's partition stepped back by more than the window and its grace
+(:meth:`Aligner.ran_back`), its head no longer says that nothing older is to come: a head of another
+topic waits for it as for a topic with nothing waiting, so that a user's older records on it can
+arrive and hold that head back.
 
 The record timestamp is the event's ``ts`` when producers follow the contract (``interest-stream``'s
 own producers set it), else the time the producer sent the record (or the broker appended it);

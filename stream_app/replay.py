@@ -278,8 +278,11 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
     records read ahead is paused until the merge has taken half of them."""
     live = {tp: e for tp, (s, e) in ranges.items() if e > s}
-    buffers = {tp: deque() for tp in live}  # (merge key, record) read ahead, in offset order
-    waiting = {p: UsersWaiting() for p in {tp.partition for tp in live}}  # one user's: partition p of each topic
+    buffers = {tp: deque() for tp in live}  # records read ahead, in offset order
+    keys = {tp: deque() for tp in live}  # their merge keys (apart: a tuple a record costs the collector)
+    # partition p -> the users of its topics' partitions p, from a record of one that runs back (before
+    # that no head can be held back, and nothing is kept: the merge of a log in ts order costs as before)
+    waiting: dict[int, UsersWaiting] = {}
     position = {tp: ranges[tp][0] for tp in live}
     full: set = set()  # partitions paused for their buffer
     consumer.assign(list(live))
@@ -293,7 +296,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             if tp in heads:
                 continue
             if buffers[tp]:
-                key, r = buffers[tp].popleft()
+                key, r = keys[tp].popleft(), buffers[tp].popleft()
                 ts = event_ts(r.value, r.timestamp)
                 heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r))
                 heads.add(tp)
@@ -308,9 +311,14 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                     continue
                 for r in recs:
                     if position[tp] <= r.offset < live[tp]:
-                        key = last[tp] = r.timestamp if after is None or r.timestamp < after else last[tp]
-                        buffers[tp].append(entry := (key, r))
-                        waiting[tp.partition].add(tp, r.key, entry)
+                        key = r.timestamp if after is None or r.timestamp < after else last[tp]
+                        if key < last[tp] and tp.partition not in waiting:
+                            waiting[tp.partition] = _users_waiting(tp.partition, buffers, keys, heap)
+                        last[tp] = key
+                        buffers[tp].append(r)
+                        keys[tp].append(key)
+                        if waiting and tp.partition in waiting:
+                            waiting[tp.partition].add(tp, r.key, (key,))
                         position[tp] = r.offset + 1
             for tp in list(live):  # offsets without records (e.g. markers) at the end of a range
                 if position[tp] < live[tp] and not buffers[tp] and consumer.position(tp) >= live[tp]:
@@ -323,20 +331,36 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             continue
         if not heap:
             return
-        held = []  # heads with an older record of their user read ahead in another topic
-        while heap:
-            head = heapq.heappop(heap)
-            if not waiting[head[3]].held_back(head[5], head[6].key, head[0]):
-                break
-            held.append(head)
-        else:
-            head = held.pop(0)  # every head held back: the oldest goes, as the aligner's
-        for h in held:
-            heapq.heappush(heap, h)
-        _, ts, _, p, _, tp, r = head
-        waiting[p].taken(tp, r.key)
+        head = heapq.heappop(heap)
+        if waiting:
+            held = []  # heads with an older record of their user read ahead in another topic
+            while (users := waiting.get(head[3])) is not None and users.held_back(head[5], head[6].key, head[0]):
+                held.append(head)
+                if not heap:
+                    head = held.pop(0)  # every head held back: the oldest goes, as the aligner's
+                    break
+                head = heapq.heappop(heap)
+            for h in held:
+                heapq.heappush(heap, h)
+            if head[3] in waiting:
+                waiting[head[3]].taken(head[5], head[6].key)
+        _, ts, *_, tp, r = head
         heads.discard(tp)
         yield ts, r
+
+
+def _users_waiting(partition: int, buffers: dict, keys: dict, heap: list) -> UsersWaiting:
+    """The users of what partition ``partition`` of each topic holds: its head in ``heap``, then what
+    it read ahead, in offset order (each entry's first item its merge key)."""
+    users = UsersWaiting()
+    for head in heap:
+        if head[3] == partition:
+            users.add(head[5], head[6].key, head)
+    for tp, buffered in buffers.items():
+        if tp.partition == partition:
+            for key, r in zip(keys[tp], buffered):
+                users.add(tp, r.key, (key,))
+    return users
 
 
 def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str, dry_run: bool = False,
