@@ -46,7 +46,7 @@ their offsets are not committed before they are applied and flushed; at a rebala
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import defaultdict, deque
 from typing import Callable, Hashable, Iterator
 
 import orjson
@@ -314,17 +314,10 @@ class UsersWaiting:
     held back and the merge is the timestamp merge."""
 
     def __init__(self):
-        self.queues: dict = {}  # queue -> {user: deque of entries}
+        self.queues: dict = defaultdict(lambda: defaultdict(deque))  # queue -> {user: deque of entries}
 
     def add(self, queue, user, entry) -> None:
-        users = self.queues.get(queue)
-        if users is None:
-            users = self.queues[queue] = {}
-        d = users.get(user)
-        if d is None:
-            users[user] = deque((entry,))
-        else:
-            d.append(entry)
+        self.queues[queue][user].append(entry)
 
     def taken(self, queue, user) -> None:
         """The queue's head, ``user``'s, has left it."""
