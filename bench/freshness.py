@@ -11,7 +11,7 @@ rate achieved, the worker's lag at the end and how steadily it read (input messa
 sampled about every second; its INTEREST_FETCH_MAX_WAIT_MS is passed through from the
 environment and reported), its flushes (how many, their mean duration, users per flush), the
 model size and threads, and the cores each process used while the stream ran (the worker, the simulator, the broker and this consumer share
-the machine).
+the machine), and how the simulator stopped (``simulator_stop``).
 
     python bench/freshness.py [--rate 5000] [--users 20000] [--seconds 90] [--interval 10]
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,25 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[i]
+
+
+def stop_simulator(sim: subprocess.Popen, log) -> dict:
+    """SIGTERM, then up to 30 s for the simulator to send what it holds and exit; past that,
+    SIGABRT (its faulthandler writes every thread's stack to ``log``) and SIGKILL, and the run goes
+    on: the stream has ended either way."""
+    t0 = time.time()
+    sim.terminate()
+    try:
+        sim.wait(30)
+        return {"exit_after_s": round(time.time() - t0, 1), "returncode": sim.returncode}
+    except subprocess.TimeoutExpired:
+        sim.send_signal(signal.SIGABRT)
+        try:
+            sim.wait(5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
+        return {"exit_after_s": None, "killed": True, "stacks_in": str(log)}
 
 
 def main() -> None:
@@ -69,7 +89,10 @@ def main() -> None:
         sim = subprocess.Popen(
             [sys.executable, "-m", "stream_app.cli", "simulate", "--rate", str(args.rate),
              "--users", str(args.users), "--speedup", "60", "--seed", "3"],
-            env=env, cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT, start_new_session=True)
+            # PYTHONFAULTHANDLER: a simulator that ignores SIGTERM is sent SIGABRT, and its threads'
+            # stacks go to simulate.log (once in a dozen runs one did not exit within 30 s)
+            env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         events: dict[bytes, list[int]] = {}
         vectors: dict[bytes, list[tuple[int, float]]] = {}  # user -> [(vector ts, received at)]
         n_events = 0
@@ -84,6 +107,7 @@ def main() -> None:
         lag_end = None
         lags, next_sample = [], time.time() + 1
         read, read_rates = None, []  # (time, input messages the worker has read); its rate per sample
+        sim_stop = None  # how the simulator stopped
         try:
             while True:
                 now = time.time()
@@ -99,8 +123,7 @@ def main() -> None:
                     cpu_now = {n: cpu_s(pid) for n, pid in pids.items()}
                     cpu_stream = {n: round((c - cpu_start[n]) / (now - t_start), 2) for n, c in cpu_now.items()
                                   if c is not None and cpu_start[n] is not None}
-                    sim.terminate()
-                    sim.wait(30)
+                    sim_stop = stop_simulator(sim, work / "simulate.log")
                     drain_end = time.time() + 2 * args.interval + 5
                 if drain_end is not None and now >= drain_end:
                     break
@@ -178,7 +201,8 @@ def main() -> None:
         "events_without_vector_at_end": missing,
         "worker_lag_at_end": lag_end,
         "worker": worker_view,
-        "cpu_cores_while_streaming": cpu_stream,  # of the machine's cores, per process
+        "cpu_cores_while_streaming": cpu_stream,
+        "simulator_stop": sim_stop,  # of the machine's cores, per process
         "goal": f"p99 <= score interval + 1 s = {goal} s",
         "goal_met": p99 is not None and p99 <= goal and missing == 0,
     }))
