@@ -119,6 +119,9 @@ def main() -> None:
                     if read is not None and drain_end is None and now > t_start + 5:  # while streaming
                         read_rates.append((n_read - read[1]) / (now - read[0]))
                     read = (now, n_read)
+                if drain_end is None and sim.poll() is not None:  # it should stream until stopped
+                    raise SystemExit(f"the simulator exited with status {sim.returncode} after "
+                                     f"{now - t_start:.0f} s of the stream: see {work / 'simulate.log'}")
                 if sim.poll() is None and now >= stream_end:
                     cpu_now = {n: cpu_s(pid) for n, pid in pids.items()}
                     cpu_stream = {n: round((c - cpu_start[n]) / (now - t_start), 2) for n, c in cpu_now.items()
@@ -201,8 +204,8 @@ def main() -> None:
         "events_without_vector_at_end": missing,
         "worker_lag_at_end": lag_end,
         "worker": worker_view,
-        "cpu_cores_while_streaming": cpu_stream,
-        "simulator_stop": sim_stop,  # of the machine's cores, per process
+        "cpu_cores_while_streaming": cpu_stream,  # of the machine's cores, per process
+        "simulator_stop": sim_stop,
         "goal": f"p99 <= score interval + 1 s = {goal} s",
         "goal_met": p99 is not None and p99 <= goal and missing == 0,
     }))
