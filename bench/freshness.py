@@ -10,8 +10,9 @@ events without a vector by the end (the drain waits two intervals after the stre
 rate achieved, the worker's lag at the end and how steadily it read (input messages per second,
 sampled about every second; its INTEREST_FETCH_MAX_WAIT_MS is passed through from the
 environment and reported), its flushes (how many, their mean duration, users per flush), the
-model size and threads, and the cores each process used while the stream ran (the worker, the simulator, the broker and this consumer share
-the machine), and how the simulator stopped (``simulator_stop``).
+model size and threads, the cores each process used while the stream ran (the worker, the
+simulator, the broker and this consumer share the machine), and how the simulator stopped
+(``simulator_stop``).
 
     python bench/freshness.py [--rate 5000] [--users 20000] [--seconds 90] [--interval 10]
 
