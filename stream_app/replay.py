@@ -312,13 +312,14 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                 for r in recs:
                     if position[tp] <= r.offset < live[tp]:
                         key = r.timestamp if after is None or r.timestamp < after else last[tp]
-                        if key < last[tp] and tp.partition not in waiting:
-                            waiting[tp.partition] = _users_waiting(tp.partition, buffers, keys, heap)
+                        users = waiting.get(tp.partition)
+                        if users is None and key < last[tp]:
+                            users = waiting[tp.partition] = _users_waiting(tp.partition, buffers, keys, heap)
                         last[tp] = key
                         buffers[tp].append(r)
                         keys[tp].append(key)
-                        if waiting and tp.partition in waiting:
-                            waiting[tp.partition].add(tp, r.key, (key,))
+                        if users is not None:
+                            users.add(tp, r.key, (key,))
                         position[tp] = r.offset + 1
             for tp in list(live):  # offsets without records (e.g. markers) at the end of a range
                 if position[tp] < live[tp] and not buffers[tp] and consumer.position(tp) >= live[tp]:
