@@ -91,6 +91,7 @@ bench: install
 	$(PY) bench/align_cost.py | tee bench-out/align_cost.json
 	$(PY) bench/contention.py | tee bench-out/contention.json
 	$(PY) bench/producer_cpu.py | tee bench-out/producer_cpu.json
+	$(PY) bench/interrupt_send.py | tee bench-out/interrupt_send.json
 	$(PY) bench/freshness.py | tee bench-out/freshness.json
 	$(PY) bench/freshness.py --rate 2400 | tee bench-out/freshness-2400.json
 	$(PY) bench/freshness.py --rate $(SUSTAINED_RATE) | tee bench-out/freshness-sustained.json
