@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 
-from .produce import Deliveries, error_reason, producer
+from .produce import Deliveries, SendsUninterrupted, error_reason, producer
 from .settings import InterestStreamError, Settings
 
 COMMIT_S = 1.0  # seconds between commits: a stopped replay loses at most this much of its work
@@ -107,6 +107,7 @@ class BackfillWriter:
                 "writes in transactions, which need the brokers' transaction state log (its "
                 "transaction.state.log.replication.factor at most the live brokers)") from None
         self.deliveries = Deliveries()
+        self.guard = SendsUninterrupted()  # installed by the replay: a Ctrl-C waits for kafka-python's send
         self.committed = self.open = 0
         self.began: float | None = None  # a transaction begins at its first vector
 
@@ -116,11 +117,12 @@ class BackfillWriter:
         if self.began is None:
             self.prod.begin_transaction()
             self.began = time.monotonic()
-        try:
-            self.deliveries.track(self.prod.send(self.topic, key=key, value=value))
-        except KafkaError as exc:  # a send after a failed one is refused at once
-            raise self.failure(exc) from None
-        self.open += 1
+        with self.guard:
+            try:
+                self.deliveries.track(self.prod.send(self.topic, key=key, value=value))
+            except KafkaError as exc:  # a send after a failed one is refused at once
+                raise self.failure(exc) from None
+            self.open += 1
         self.tick()
 
     def tick(self) -> None:

@@ -397,8 +397,8 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
 
         n = 0
         try:
-            with tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
-                      desc="replay", mininterval=1.0) as bar:
+            with writer.guard.installed(), tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
+                                                desc="replay", mininterval=1.0) as bar:
                 for ts, rec in merged_records(consumer, p.ranges, after=to_ms):
                     r.add(rec.topic, rec.key, rec.value, ts)
                     n += 1

@@ -408,6 +408,57 @@ def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_m
                               "same replay again to complete it")
 
 
+
+@pytest.mark.timeout(120)
+def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_replay(env, tiny_model_dir, monkeypatch):
+    """A Ctrl-C raised inside kafka-python's send, between the acquire and the release of the lock
+    in its ``Future._add_cb_eb`` (which has no try/finally), left the lock held, so the producer's
+    sender thread waited for it for ever (as in a load), and the vector being sent was not counted:
+    "2 vectors were committed", without the one its open transaction held and the abort removed.
+    The signal is raised here where it landed; it now waits for the send."""
+    import re
+    import signal
+    import threading
+
+    from kafka.future import Future
+    from kafka.producer.future import FutureProduceResult
+
+    from stream_app import backfill as bf
+    from stream_app import replay as rp
+    from stream_app.settings import Settings
+
+    assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    cli(env, "topics", "create")
+    send(env, history())
+    batch_futures, add_cb_eb = [], Future._add_cb_eb
+
+    def add_cb_eb_interrupted(self, cb, eb):
+        """kafka-python's, with a signal between the lock's acquire and release at the third vector."""
+        if isinstance(self, FutureProduceResult):
+            batch_futures.append(self)
+        if len(batch_futures) != 3 or batch_futures[-1] is not self or self.is_done:
+            return add_cb_eb(self, cb, eb)
+        self._lock.acquire()
+        signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
+        self._callbacks.append(cb)
+        self._errbacks.append(eb)
+        self._lock.release()
+        return self
+
+    monkeypatch.setattr(Future, "_add_cb_eb", add_cb_eb_interrupted)
+    monkeypatch.setattr(bf, "COMMIT_S", 0.0)  # a transaction a vector: two committed, the third's open
+    topic = env["INTEREST_TOPIC_PREFIX"] + "locked"
+    s = Settings.from_env(env)
+    with pytest.raises(rp.ReplayError) as err:
+        rp.run(s, FROM, TO, topic, str(tiny_model_dir), progress=False, echo=lambda line: None)
+    planned = sum(1 for e in history() if e["ts"] >= rp.read_from_ms(s, FROM))
+    assert re.fullmatch(rf"interrupted after \d+ of {planned} records: 2 vectors were committed to {topic} \(the 1 "
+                        r"of its open transaction were aborted\), a partial backfill; run the same replay again to "
+                        r"complete it", str(err.value)), err.value
+    assert len(batch_futures) == 3
+    committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
+    assert len(committed) == 2
+
 def test_a_second_replay_into_the_same_topic_stops_the_first(env, tiny_model_dir, monkeypatch):
     """Two replays into one topic at once interleaved their vectors: each user's newest record was
     whichever came last. The second now takes over the topic's transactional id: the first
