@@ -4,8 +4,8 @@ wrong, with the interrupt raised wherever it lands and held while ``send`` runs 
 ``load jsonl`` at full speed spends most of its time inside kafka-python's ``send``. Python raises
 a Ctrl-C's KeyboardInterrupt at the next bytecode, so it can land inside ``send``: in kafka-python
 3.0's ``Future._add_cb_eb``, between its lock's ``acquire`` and ``release``, it leaves the lock
-held, the producer's sender thread blocks on it for ever, and ``close`` never returns (a simulator
-ignored SIGTERM for 30 s in one freshness run). Landing after the record joined a batch, it is
+held, the producer's sender thread blocks on it for ever, and ``close`` never returns (most likely
+why a simulator did not exit 30 s after SIGTERM in one freshness run). Landing after the record joined a batch, it is
 raised before the send is counted. ``stream_app.produce.SendsUninterrupted`` holds the signal
 until ``send`` returns.
 

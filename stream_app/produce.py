@@ -48,9 +48,9 @@ class SendsUninterrupted:
     Python raises a signal's KeyboardInterrupt at the next bytecode, wherever that is. Raised
     inside ``send`` between the ``acquire`` and the ``release`` of the lock in kafka-python 3.0's
     ``Future._add_cb_eb`` (which has no ``try``/``finally``), it left that lock held: the producer's
-    sender thread blocked on it for ever when the batch completed, and ``close`` never returned (a
-    simulator at 4,500 events/s ignored SIGTERM for 30 s in one freshness run of about thirty;
-    ``bench/interrupt_send.py`` counts it). Raised after the record had joined a batch, it was
+    sender thread blocked on it for ever when the batch completed, and ``close`` never returned
+    (``bench/interrupt_send.py`` counts it; most likely why a simulator did not exit 30 s after
+    SIGTERM in one freshness run). Raised after the record had joined a batch, it was
     delivered but not counted: an interrupted load's count was one short of what the topics held.
     Anywhere else (a pause between events, reading the log) the signal goes to its handler at once,
     as before. Signals reach only the main thread, so elsewhere this does nothing."""

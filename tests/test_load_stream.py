@@ -290,8 +290,8 @@ def test_an_interrupt_inside_the_producers_send_waits_for_it_and_counts_its_even
                                                                                    signum, status):
     """Ctrl-C or SIGTERM arriving while kafka-python's send ran raised KeyboardInterrupt inside it,
     after it had added the event to a batch: the event was delivered but not counted ("2 of the 5",
-    with 3 in the topics), and a producer left half-updated could hang its close for ever (a
-    simulator ignored SIGTERM for 30 s in a freshness run). The signal now waits for the send."""
+    with 3 in the topics), and a producer left half-updated could hang its close for ever (the next
+    test). The signal now waits for the send."""
     import signal
     import threading
 
