@@ -330,35 +330,18 @@ def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_load(env
     an exception. A Ctrl-C raised between its acquire and its release (7 of 300 loads interrupted
     at random in bench/interrupt_send.py) left the lock held: the producer's sender thread waited
     for it for ever, and so did the load's close. The signal is raised here where it landed then."""
-    import signal
     import threading
 
     from click.testing import CliRunner
-    from kafka.future import Future
-    from kafka.producer.future import FutureProduceResult
 
+    from kafka_io import interrupt_inside_a_lock
     from stream_app.cli import main
 
     assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
     cli(env, "topics", "create")
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps(good(i)) + "\n" for i in range(5)))
-    batch_futures, add_cb_eb = [], Future._add_cb_eb
-
-    def add_cb_eb_interrupted(self, cb, eb):
-        """kafka-python's, with a signal between the lock's acquire and release at the third event."""
-        if isinstance(self, FutureProduceResult):
-            batch_futures.append(self)
-        if len(batch_futures) != 3 or batch_futures[-1] is not self or self.is_done:
-            return add_cb_eb(self, cb, eb)
-        self._lock.acquire()
-        signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
-        self._callbacks.append(cb)
-        self._errbacks.append(eb)
-        self._lock.release()
-        return self
-
-    monkeypatch.setattr(Future, "_add_cb_eb", add_cb_eb_interrupted)
+    batch_futures = interrupt_inside_a_lock(monkeypatch, at=3)
     out = CliRunner().invoke(main, ["load", "jsonl", str(log)], env=env)
     assert (out.exit_code, len(batch_futures)) == (1, 3), out.output
     assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {log} were sent (its first 3), "

@@ -417,12 +417,9 @@ def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_replay(e
     "2 vectors were committed", without the one its open transaction held and the abort removed.
     The signal is raised here where it landed; it now waits for the send."""
     import re
-    import signal
     import threading
 
-    from kafka.future import Future
-    from kafka.producer.future import FutureProduceResult
-
+    from kafka_io import interrupt_inside_a_lock
     from stream_app import backfill as bf
     from stream_app import replay as rp
     from stream_app.settings import Settings
@@ -430,22 +427,7 @@ def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_replay(e
     assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
     cli(env, "topics", "create")
     send(env, history())
-    batch_futures, add_cb_eb = [], Future._add_cb_eb
-
-    def add_cb_eb_interrupted(self, cb, eb):
-        """kafka-python's, with a signal between the lock's acquire and release at the third vector."""
-        if isinstance(self, FutureProduceResult):
-            batch_futures.append(self)
-        if len(batch_futures) != 3 or batch_futures[-1] is not self or self.is_done:
-            return add_cb_eb(self, cb, eb)
-        self._lock.acquire()
-        signal.raise_signal(signal.SIGINT)  # its handler runs before this returns
-        self._callbacks.append(cb)
-        self._errbacks.append(eb)
-        self._lock.release()
-        return self
-
-    monkeypatch.setattr(Future, "_add_cb_eb", add_cb_eb_interrupted)
+    batch_futures = interrupt_inside_a_lock(monkeypatch, at=3)
     monkeypatch.setattr(bf, "COMMIT_S", 0.0)  # a transaction a vector: two committed, the third's open
     topic = env["INTEREST_TOPIC_PREFIX"] + "locked"
     s = Settings.from_env(env)
