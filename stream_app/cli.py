@@ -470,7 +470,7 @@ def forget(user, bootstrap_servers, timeout):
 
     from .forget_answer import forget_report
     from .partitioning import partition_for
-    from .produce import Deliveries, producer
+    from .produce import Deliveries, SendsUninterrupted, producer
     from .topics import require_topics
 
     s = _settings(bootstrap_servers)
@@ -492,15 +492,31 @@ def forget(user, bootstrap_servers, timeout):
         raise click.ClickException(f"topic {clicks} does not exist; run `interest-stream topics create`")
     ends = _delivered_ends(s, [TopicPartition(t, partition_for(key, n_in)) for t in s.input_topics.values()])
     request = {"op": "forget", "ends": {t.topic: n for t, n in ends.items()}}
-    prod, deliveries = producer(s), Deliveries()
+    prod, deliveries, guard = producer(s), Deliveries(), SendsUninterrupted()
+    sent, stopped = None, False
     try:
-        sent = prod.send(s.control_topic, key=key, value=orjson.dumps(request))
-        deliveries.track(sent)
+        with guard.installed(), guard:  # a Ctrl-C waits for kafka-python's send (SendsUninterrupted)
+            sent = prod.send(s.control_topic, key=key, value=orjson.dumps(request))
+            deliveries.track(sent)
+    except KeyboardInterrupt:
+        if sent is None:  # nothing was sent
+            prod.close()
+            raise
+        stopped = True  # the request is in the producer: it goes out, and the worker applies it
     except BaseException:
         prod.close()
         raise
     deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
     request_id = f"{sent.value.partition}@{sent.value.offset}"  # delivered: finish raised otherwise
+    # a Ctrl-C once the request was sent stops only the wait for its tombstone (click's "Aborted!"
+    # said nothing of the request, which the worker applies all the same)
+    interrupted = click.ClickException(
+        f"interrupted: the forget request for {user} was sent ({s.control_topic}[{sent.value.partition}]@"
+        f"{sent.value.offset}); the worker forgets the user when it applies it, without this command waiting for "
+        "the tombstone")
+    if stopped:
+        consumer.close()
+        raise interrupted
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -511,6 +527,8 @@ def forget(user, bootstrap_servers, timeout):
                         if line is not None:
                             click.echo(line)
                             return
+    except KeyboardInterrupt:
+        raise interrupted from None
     finally:
         consumer.close()
     raise click.ClickException(

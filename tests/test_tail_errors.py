@@ -69,6 +69,64 @@ def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
     assert proc.stderr == f"Error: 1 of 1 forget requests were not delivered to {control} (MessageSizeTooLargeError)\n"
 
 
+
+def forget_interrupted(env, user: str) -> str:
+    """What `forget` says when a Ctrl-C stops it after its request was sent (read from the topic)."""
+    from kafka_io import read_all
+
+    control = f"{env['INTEREST_TOPIC_PREFIX']}interest-control"
+    [request] = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], control, expect=1)
+    assert request.key == user.encode()
+    return (f"Error: interrupted: the forget request for {user} was sent ({control}[{request.partition}]@"
+            f"{request.offset}); the worker forgets the user when it applies it, without this command waiting for "
+            "the tombstone\n")
+
+
+@pytest.mark.parametrize("signum, status", [("SIGINT", 1), ("SIGTERM", 143)])
+def test_a_forget_stopped_while_it_waits_says_its_request_was_sent(env, signum, status):
+    """Ctrl-C while `forget` waited for the tombstone was click's "Aborted!" (SIGTERM: "stopped by
+    SIGTERM"), which read as if nothing had been done: the request was sent, and a worker applies it."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wait_for
+    from kafka_io import read_all
+
+    cli(env, "topics", "create")
+    control = f"{env['INTEREST_TOPIC_PREFIX']}interest-control"
+    proc = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "forget", "u1", "--timeout", "60"], env=env,
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(read_all(env["KAFKA_BOOTSTRAP_SERVERS"], control, timeout=1)) == 1, timeout=30)
+        proc.send_signal(getattr(signal, signum))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    assert err == forget_interrupted(env, "u1")
+
+
+@pytest.mark.timeout(120)
+def test_a_forget_interrupted_while_kafka_python_holds_a_lock_sends_its_request_and_says_so(env, monkeypatch):
+    """The signal raised inside the request's send, where kafka-python's ``Future._add_cb_eb`` holds
+    its lock (tests/kafka_io.interrupt_inside_a_lock): `forget` said "Aborted!", its request was
+    never delivered, and the producer's sender thread waited for the lock for ever. The signal now
+    waits for the send: the request goes out, and `forget` says so."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from kafka_io import interrupt_inside_a_lock
+    from stream_app.cli import main
+
+    assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    cli(env, "topics", "create")
+    batch_futures = interrupt_inside_a_lock(monkeypatch, at=1)
+    out = CliRunner().invoke(main, ["forget", "u1", "--timeout", "60"], env=env)
+    assert (out.exit_code, len(batch_futures)) == (1, 1), out.output
+    assert out.output.splitlines()[-1] + "\n" == forget_interrupted(env, "u1")
+
 def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
     cli(env, "topics", "create")
