@@ -50,8 +50,9 @@ class SendsUninterrupted:
     ``Future._add_cb_eb`` (which has no ``try``/``finally``), it left that lock held: the producer's
     sender thread blocked on it for ever when the batch completed, and ``close`` never returned
     (``bench/interrupt_send.py`` counts it; most likely why a simulator did not exit 30 s after
-    SIGTERM in one freshness run). Raised after the record had joined a batch, it was
-    delivered but not counted: an interrupted load's count was one short of what the topics held.
+    SIGTERM in one freshness run). Raised after the record had joined a batch, the record went out
+    uncounted (an interrupted load's count one short of what the topics held), or, in a batch not
+    queued yet, never went out (a `forget` request, in a scratch check).
     Anywhere else (a pause between events, reading the log) the signal goes to its handler at once,
     as before. Signals reach only the main thread, so elsewhere this does nothing."""
 
