@@ -459,6 +459,9 @@ def _delivered_ends(s: Settings, tps: list) -> dict:
         reader.close()
 
 
+FORGET_ANSWER_S = 5.0  # how long a forget stopped during its request's flush waits for the broker's answer
+
+
 @main.command()
 @click.argument("user", type=USER_ID)
 @bootstrap_option
@@ -506,7 +509,14 @@ def forget(user, bootstrap_servers, timeout):
     except BaseException:
         prod.close()
         raise
-    deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
+    try:
+        deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
+    except KeyboardInterrupt:  # during the flush: the request's own answer says whether it went out
+        try:
+            sent.get(timeout=FORGET_ANSWER_S)
+        except Exception:
+            raise KeyboardInterrupt from None
+        stopped = True
     request_id = f"{sent.value.partition}@{sent.value.offset}"  # delivered: finish raised otherwise
     # a Ctrl-C once the request was sent stops only the wait for its tombstone (click's "Aborted!"
     # said nothing of the request, which the worker applies all the same)

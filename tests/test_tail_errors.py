@@ -127,6 +127,27 @@ def test_a_forget_interrupted_while_kafka_python_holds_a_lock_sends_its_request_
     assert (out.exit_code, len(batch_futures)) == (1, 1), out.output
     assert out.output.splitlines()[-1] + "\n" == forget_interrupted(env, "u1")
 
+
+def test_a_forget_stopped_while_its_request_is_flushed_says_whether_it_was_sent(env, monkeypatch):
+    """A Ctrl-C during the flush that follows the send was click's "Aborted!", whether the request
+    had gone out or not. The request's own answer now says: here it had."""
+    from click.testing import CliRunner
+
+    from stream_app import produce
+    from stream_app.cli import main
+
+    cli(env, "topics", "create")
+    finish = produce.Deliveries.finish
+
+    def finish_then_ctrl_c(self, *args, **kwargs):
+        finish(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(produce.Deliveries, "finish", finish_then_ctrl_c)
+    out = CliRunner().invoke(main, ["forget", "u1", "--timeout", "60"], env=env)
+    assert out.exit_code == 1, out.output
+    assert out.output.splitlines()[-1] + "\n" == forget_interrupted(env, "u1")
+
 def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
     cli(env, "topics", "create")
