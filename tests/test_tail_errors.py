@@ -69,7 +69,6 @@ def test_a_forget_request_the_broker_refuses_is_said_at_once(env):
     assert proc.stderr == f"Error: 1 of 1 forget requests were not delivered to {control} (MessageSizeTooLargeError)\n"
 
 
-
 def forget_interrupted(env, user: str) -> str:
     """What `forget` says when a Ctrl-C stops it after its request was sent (read from the topic)."""
     from kafka_io import read_all
