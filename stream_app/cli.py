@@ -473,7 +473,7 @@ def forget(user, bootstrap_servers, timeout):
 
     from .forget_answer import forget_report
     from .partitioning import partition_for
-    from .produce import Deliveries, SendsUninterrupted, producer
+    from .produce import Deliveries, SendsUninterrupted, error_reason, producer
     from .topics import require_topics
 
     s = _settings(bootstrap_servers)
@@ -512,10 +512,18 @@ def forget(user, bootstrap_servers, timeout):
     try:
         deliveries.finish(prod, 1, "forget requests", s.control_topic)  # before waiting for its tombstone
     except KeyboardInterrupt:  # during the flush: the request's own answer says whether it went out
+        from kafka.errors import KafkaTimeoutError
+
         try:
             sent.get(timeout=FORGET_ANSWER_S)
-        except Exception:
-            raise KeyboardInterrupt from None
+        except KafkaTimeoutError:
+            raise click.ClickException(
+                f"interrupted before Kafka answered the forget request for {user}: it may still reach the worker "
+                f"(`interest-stream tail --user {user} --from-beginning` shows its tombstone once it is applied)"
+            ) from None
+        except Exception as exc:
+            raise click.ClickException(f"interrupted: the forget request for {user} was not delivered to "
+                                       f"{s.control_topic} ({error_reason(exc)})") from None
         stopped = True
     request_id = f"{sent.value.partition}@{sent.value.offset}"  # delivered: finish raised otherwise
     # a Ctrl-C once the request was sent stops only the wait for its tombstone (click's "Aborted!"

@@ -147,6 +147,40 @@ def test_a_forget_stopped_while_its_request_is_flushed_says_whether_it_was_sent(
     assert out.exit_code == 1, out.output
     assert out.output.splitlines()[-1] + "\n" == forget_interrupted(env, "u1")
 
+
+@pytest.mark.parametrize("answer", ["refused", "none"])
+def test_a_forget_stopped_before_its_request_was_answered_says_so(env, monkeypatch, answer):
+    """A Ctrl-C during the flush of a request the broker refused, or had not answered within
+    FORGET_ANSWER_S (0 here), was click's "Aborted!" like any other."""
+    from click.testing import CliRunner
+
+    from kafka_io import read_all, set_max_message_bytes
+    from stream_app import cli as cli_module
+    from stream_app import produce
+    from stream_app.cli import main
+
+    cli(env, "topics", "create")
+    control = f"{env['INTEREST_TOPIC_PREFIX']}interest-control"
+    if answer == "refused":
+        set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], control, 10)
+    else:
+        monkeypatch.setattr(cli_module, "FORGET_ANSWER_S", 0.0)
+
+    def ctrl_c_at_the_flush(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(produce.Deliveries, "finish", ctrl_c_at_the_flush)
+    out = CliRunner().invoke(main, ["forget", "u1", "--timeout", "60"], env=env)
+    assert out.exit_code == 1, out.output
+    if answer == "refused":
+        assert out.output.splitlines()[-1] == (f"Error: interrupted: the forget request for u1 was not delivered to "
+                                               f"{control} (MessageSizeTooLargeError)")
+        assert read_all(env["KAFKA_BOOTSTRAP_SERVERS"], control, timeout=5) == []
+    else:
+        assert out.output.splitlines()[-1] == (
+            "Error: interrupted before Kafka answered the forget request for u1: it may still reach the worker "
+            "(`interest-stream tail --user u1 --from-beginning` shows its tombstone once it is applied)")
+
 def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
     cli(env, "topics", "create")
