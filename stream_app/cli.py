@@ -516,14 +516,16 @@ def forget(user, bootstrap_servers, timeout):
 
         try:
             sent.get(timeout=FORGET_ANSWER_S)
+            answered = sent.is_done  # kafka-python 3.0.5 returns None, not done, once the wait has run out
         except KafkaTimeoutError:
-            raise click.ClickException(
-                f"interrupted before Kafka answered the forget request for {user}: it may still reach the worker "
-                f"(`interest-stream tail --user {user} --from-beginning` shows its tombstone once it is applied)"
-            ) from None
+            answered = False
         except Exception as exc:
             raise click.ClickException(f"interrupted: the forget request for {user} was not delivered to "
                                        f"{s.control_topic} ({error_reason(exc)})") from None
+        if not answered:
+            raise click.ClickException(
+                f"interrupted before Kafka answered the forget request for {user}: it may still reach the worker "
+                f"(`interest-stream tail --user {user} --from-beginning` shows its tombstone once it is applied)")
         stopped = True
     request_id = f"{sent.value.partition}@{sent.value.offset}"  # delivered: finish raised otherwise
     # a Ctrl-C once the request was sent stops only the wait for its tombstone (click's "Aborted!"
