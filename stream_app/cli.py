@@ -515,14 +515,13 @@ def forget(user, bootstrap_servers, timeout):
         from kafka.errors import KafkaTimeoutError
 
         try:
-            sent.get(timeout=FORGET_ANSWER_S)
-            answered = sent.is_done  # kafka-python 3.0.5 returns None, not done, once the wait has run out
+            sent.get(timeout=FORGET_ANSWER_S)  # kafka-python 3.0.5 returns None, not done, once the wait ran out
         except KafkaTimeoutError:
-            answered = False
+            pass
         except Exception as exc:
             raise click.ClickException(f"interrupted: the forget request for {user} was not delivered to "
                                        f"{s.control_topic} ({error_reason(exc)})") from None
-        if not answered:
+        if not sent.is_done:
             raise click.ClickException(
                 f"interrupted before Kafka answered the forget request for {user}: it may still reach the worker "
                 f"(`interest-stream tail --user {user} --from-beginning` shows its tombstone once it is applied)")
@@ -534,11 +533,10 @@ def forget(user, bootstrap_servers, timeout):
         f"interrupted: the forget request for {user} was sent ({s.control_topic}[{sent.value.partition}]@"
         f"{sent.value.offset}); the worker forgets the user when it applies it, without this command waiting for "
         "the tombstone")
-    if stopped:
-        consumer.close()
-        raise interrupted
     deadline = time.monotonic() + timeout
     try:
+        if stopped:
+            raise interrupted
         while time.monotonic() < deadline:
             for recs in consumer.poll(timeout_ms=500).values():
                 for rec in recs:

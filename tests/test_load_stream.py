@@ -284,7 +284,6 @@ def test_a_load_interrupted_by_ctrl_c_says_how_many_events_were_sent(env, tmp_pa
         assert input_records(env) == sent
 
 
-
 @pytest.mark.parametrize("signum, status", [("SIGINT", 1), ("SIGTERM", 143)])
 def test_an_interrupt_inside_the_producers_send_waits_for_it_and_counts_its_event(env, tmp_path, monkeypatch,
                                                                                    signum, status):
@@ -323,7 +322,6 @@ def test_an_interrupt_inside_the_producers_send_waits_for_it_and_counts_its_even
     assert input_records(env) == 3
 
 
-
 @pytest.mark.timeout(120)
 def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_load(env, tmp_path, monkeypatch):
     """kafka-python 3.0's ``Future._add_cb_eb`` releases its lock on the paths it returns by, not on
@@ -347,6 +345,7 @@ def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_load(env
     assert out.output.splitlines()[-1] == (f"Error: interrupted: 3 of the 5 events of {log} were sent (its first 3), "
                                            "the rest were not")
     assert input_records(env) == 3
+
 
 def test_an_interrupted_load_whose_events_the_broker_refused_says_so(env, tmp_path, monkeypatch):
     """Ctrl-C after sends the broker refused said they "were sent": the topics held none of them."""
@@ -373,6 +372,7 @@ def test_an_interrupted_load_whose_events_the_broker_refused_says_so(env, tmp_pa
     assert out.output.splitlines()[-1] == ("Error: interrupted: 3 of the 3 events sent before it were not delivered "
                                            "to the input topics (MessageSizeTooLargeError)")
     assert input_records(env) == 0
+
 
 def test_a_load_stopped_by_sigterm_says_how_many_events_were_sent(env, tmp_path):
     """SIGTERM (`timeout`, `kill`, a scheduler's stop) ended the load on the spot, saying nothing of

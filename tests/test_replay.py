@@ -157,7 +157,6 @@ def test_replay_rejects_bad_ranges(env, tiny_model_dir, args, message):
     assert "Traceback" not in out.stderr
 
 
-
 @pytest.mark.parametrize("args, message", [
     # a year 1 or 9999 bound was a traceback (the range and its reading start are printed)
     (["--from", "0001-01-01T00:00:00+01:00", "--to", "2001-01-02"],
@@ -408,7 +407,6 @@ def test_an_interrupted_replay_says_what_it_left_in_the_output_topic(env, tiny_m
                               "same replay again to complete it")
 
 
-
 @pytest.mark.timeout(120)
 def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_replay(env, tiny_model_dir, monkeypatch):
     """A Ctrl-C raised inside kafka-python's send, between the acquire and the release of the lock
@@ -440,6 +438,7 @@ def test_an_interrupt_while_kafka_python_holds_a_lock_does_not_hang_the_replay(e
     assert len(batch_futures) == 3
     committed = read_all(env["KAFKA_BOOTSTRAP_SERVERS"], topic, timeout=10, isolation="read_committed")
     assert len(committed) == 2
+
 
 def test_a_second_replay_into_the_same_topic_stops_the_first(env, tiny_model_dir, monkeypatch):
     """Two replays into one topic at once interleaved their vectors: each user's newest record was

@@ -181,6 +181,7 @@ def test_a_forget_stopped_before_its_request_was_answered_says_so(env, monkeypat
             "Error: interrupted before Kafka answered the forget request for u1: it may still reach the worker "
             "(`interest-stream tail --user u1 --from-beginning` shows its tombstone once it is applied)")
 
+
 def test_tail_of_a_record_whose_key_is_not_utf8_is_a_one_line_error(env):
     """The key was decoded outside the check that names the record: a UnicodeDecodeError traceback."""
     cli(env, "topics", "create")
