@@ -4,8 +4,9 @@
   stacked area chart that inline JavaScript draws as SVG from the JSON embedded in the page), the
   top interests with their change over the window and the latest vector's drift, and the
   explanation of :mod:`stream_app.explain`.
-* :func:`overview_page` (``GET /``): the worker's partitions, lag, model version, event rates, dead
-  letters by reason and links to recently active users.
+* :func:`overview_page` (``GET /``): the worker's partitions, model version, events in and vectors
+  out per second, its scoring passes, what needs attention (the failure metrics that are not 0),
+  lag per input topic, dead letters by reason and links to recently active users.
 
 The machines may be offline: no external scripts, fonts, images or styles. Everything that comes
 from events (user ids, categories, item ids) is escaped, in HTML and in the embedded JSON.
@@ -54,7 +55,7 @@ def age(ms: int) -> str:
 
 
 def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('ch') else 's'}"
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith(('ch', 'ss')) else 's'}"
 
 
 # A browser resolves "." and ".." path segments, escaped as %2E too (the WHATWG URL standard): a link
@@ -102,7 +103,8 @@ ul.events li{padding:1px 0}
 #chart svg{display:block;box-sizing:border-box;background:#fff;border:1px solid #e3e6ea;border-radius:6px}
 #legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 #legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
-#tip{min-height:1.45em;color:#59636e}#legend li,#top td:first-child{overflow-wrap:anywhere}
+#tip{min-height:1.45em;color:#59636e}#legend li,#top td:first-child,#lag td:first-child{overflow-wrap:anywhere}
+#summary th{white-space:nowrap}#attention{margin:0;padding-left:18px}#attention li{overflow-wrap:anywhere}
 """
 
 # Draws the stacked area chart from the embedded JSON: one point after each moment of the window,
@@ -311,8 +313,67 @@ OUTCOMES = ("accepted", "duplicate", "dead_letter")
 
 
 def counters(registry) -> dict[str, float]:
-    """Input messages so far by outcome (``interest_events_total``)."""
-    return {o: registry.get_sample_value("interest_events_total", {"outcome": o}) or 0.0 for o in OUTCOMES}
+    """Input messages so far by outcome (``interest_events_total``), and ``vectors``: the vectors
+    published (``interest_scored_users_total``)."""
+    out = {o: registry.get_sample_value("interest_events_total", {"outcome": o}) or 0.0 for o in OUTCOMES}
+    out["vectors"] = registry.get_sample_value("interest_scored_users_total") or 0.0
+    return out
+
+
+def scoring_passes(registry) -> tuple[int, float]:
+    """(scoring passes so far, their mean duration in seconds; 0.0 before any), from the histogram
+    ``interest_scoring_pass_seconds``."""
+    n = registry.get_sample_value("interest_scoring_pass_seconds_count") or 0.0
+    total = registry.get_sample_value("interest_scoring_pass_seconds_sum") or 0.0
+    return int(n), (total / n if n else 0.0)
+
+
+# The metrics whose value is 0 while all is well, each with what a value above 0 means (the README's
+# "What to watch", which says what to do). The overview lists those that are not 0. "now": a gauge, 1
+# while it lasts; "since start": a counter.
+ATTENTION = (
+    ("interest_ingest_stalled", "now",
+     "reading has stopped: the changelog's refusals filled the state cache (the input waits in Kafka)"),
+    ("interest_changelog_failures_total", "since start",
+     "flushes the changelog refused: their offsets stay uncommitted until a flush is taken"),
+    ("interest_dead_letters_resent_total", "since start",
+     "dead letters sent again after the dead-letter topic refused them: their offsets stay uncommitted "
+     "until they are delivered"),
+    ("interest_vectors_failed_total", "since start",
+     "vectors the output topic refused: their users are scored again"),
+    ("interest_tombstones_failed_total", "since start",
+     "tombstones of forgotten users the output topic refused: forget those users again once it takes them"),
+    ("interest_state_rows_trimmed_total", "since start",
+     "oldest rows dropped from users past INTEREST_MAX_STATE_BYTES (the log names the users)"),
+    ("interest_input_running_back_total", "since start",
+     "input records stamped older than one before them in their partition: a producer sends out of ts "
+     "order, and those users' older events may be late"),
+    ("interest_model_refused_total", "since start", "model pairs refused at load: the model before keeps serving"),
+)
+
+
+def attention(registry) -> list[tuple[str, float, str, str]]:
+    """``(metric, value, "now" or "since start", meaning)`` of each :data:`ATTENTION` metric that is
+    not 0, in that order."""
+    out = []
+    for name, kind, meaning in ATTENTION:
+        value = registry.get_sample_value(name) or 0.0
+        if value:
+            out.append((name, value, kind, meaning))
+    return out
+
+
+def lag_by_topic(lag) -> list[tuple[str, int, int, list[tuple[int, int]]]]:
+    """Per input topic, by name: ``(topic, partitions, their total lag, [(partition, lag)] of those
+    behind, most behind first)``, from ``(topic, partition, lag)`` triples."""
+    topics: dict[str, list[tuple[int, int]]] = {}
+    for topic, partition, n in lag:
+        topics.setdefault(topic, []).append((partition, n))
+    out = []
+    for topic, ps in sorted(topics.items()):
+        behind = sorted(((p, n) for p, n in ps if n > 0), key=lambda pn: (-pn[1], pn[0]))
+        out.append((topic, len(ps), sum(n for _, n in ps), behind))
+    return out
 
 
 def dead_letters(registry) -> dict[str, float]:
@@ -369,17 +430,43 @@ def recent_users(entries, n: int, scan: int = 2000) -> list[tuple[str, int, int]
     return found[:n]
 
 
+LAG_LISTED = 6  # partitions behind named per topic on the overview (the rest counted)
+
+
+def _lag_row(topic: str, partitions: int, total: int, behind: list[tuple[int, int]]) -> str:
+    listed = " · ".join(f"p{p}: {n:,}" for p, n in behind[:LAG_LISTED])
+    if len(behind) > LAG_LISTED:
+        listed += f" · {len(behind) - LAG_LISTED} more"
+    where = listed or '<span class="muted">caught up</span>'
+    return (f'<tr><td>{esc(topic)}</td><td class="num">{partitions}</td><td class="num">{total:,}</td>'
+            f"<td>{where}</td></tr>")
+
+
 def overview_page(info: dict) -> str:
     """The page of ``GET /``."""
     rates = info.get("rates")
     if rates:
+        over = f"over the last {rates['over_s']:.0f} s"
         rate_text = (f"{rates['accepted']:.1f} events/s accepted, {rates['duplicate']:.1f} duplicates/s, "
-                     f"{rates['dead_letter']:.1f} dead letters/s (over the last {rates['over_s']:.0f} s)")
+                     f"{rates['dead_letter']:.1f} dead letters/s ({over})")
+        vector_rate = f"{rates['vectors']:.1f} vectors/s published ({over})"
     else:
-        rate_text = "measuring (the counters are sampled every few seconds)"
+        rate_text = vector_rate = "measuring (the counters are sampled every few seconds)"
     totals = info["totals"]
-    lag_rows = "".join(f'<tr><td>{esc(t)}</td><td class="num">{p}</td><td class="num">{lag}</td></tr>'
-                       for t, p, lag in info["lag"]) or '<tr><td colspan="3" class="muted">none known yet</td></tr>'
+    since_start = (f"{int(totals['accepted']):,} accepted, {plural(int(totals['duplicate']), 'duplicate')}, "
+                   f"{plural(int(totals['dead_letter']), 'dead letter')}; {plural(int(totals['vectors']), 'vector')} "
+                   "published")
+    passes, pass_s = info["scoring"]
+    scoring = (f"every {info['score_interval_s']:g} s for the users with new events: {plural(passes, 'pass')} "
+               f"so far" + (f", {pass_s:.2f} s on average" if passes else ""))
+    warnings = "".join(
+        f'<li><b>{"now" if kind == "now" else f"{int(value):,}"}</b> {esc(meaning)} '
+        f'<span class="muted">({esc(name)})</span></li>'
+        for name, value, kind, meaning in info["attention"])
+    attention = (f'<ul id="attention">{warnings}</ul>' if warnings
+                 else '<span id="attention" class="muted">nothing since start</span>')
+    lag_rows = "".join(_lag_row(*row) for row in lag_by_topic(info["lag"])) or \
+        '<tr><td colspan="4" class="muted">none known yet</td></tr>'
     dlq = info["dead_letters"]
     dlq_rows = "".join(f'<tr><td>{esc(r)}</td><td class="num">{int(v)}</td></tr>'
                        for r, v in sorted(dlq.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -399,15 +486,19 @@ def overview_page(info: dict) -> str:
 <table id="summary">
 <tr><th>model version</th><td id="model-version">{esc(info['model_version'])}</td></tr>
 <tr><th>partitions owned</th><td id="partitions">{parts}</td></tr>
-<tr><th>events/s</th><td id="rates">{rate_text}</td></tr>
-<tr><th>since start</th><td>{int(totals['accepted'])} accepted, {int(totals['duplicate'])} duplicates,
-{int(totals['dead_letter'])} dead letters</td></tr>
+<tr><th>events in</th><td id="rates">{rate_text}</td></tr>
+<tr><th>vectors out</th><td id="vector-rate">{vector_rate}</td></tr>
+<tr><th>since start</th><td id="totals">{since_start}</td></tr>
+<tr><th>scoring</th><td id="scoring">{scoring}</td></tr>
 <tr><th>users in memory</th><td>{info['cached_users']}</td></tr>
+<tr><th>needs attention</th><td>{attention}</td></tr>
 </table>
+<h2>Consumer lag</h2>
+<table id="lag"><tr><th>input topic</th><th class="num">partitions owned</th><th class="num">lag</th>
+<th>partitions behind</th></tr>
+{lag_rows}</table>
 <div class="cols">
 <div><h2>Recently active users</h2><ul id="recent-users">{users}</ul></div>
-<div><h2>Consumer lag</h2><table id="lag"><tr><th>topic</th><th class="num">partition</th><th class="num">lag</th></tr>
-{lag_rows}</table></div>
 <div><h2>Dead letters by reason</h2><table id="dead-letters"><tr><th>reason</th><th class="num">count</th></tr>
 {dlq_rows}</table></div>
 </div>

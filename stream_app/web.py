@@ -239,7 +239,7 @@ RATE_SAMPLE_S = 5.0
 
 @app.timer(RATE_SAMPLE_S)
 async def sample_rates():
-    """Sample the event counters for the overview's events/s."""
+    """Sample the event and vector counters for the overview's events/s and vectors/s."""
     app.rates.add(time.monotonic(), pages.counters(metrics.REGISTRY))
 
 
@@ -256,6 +256,9 @@ async def overview_view(web, request):
         "rates": app.rates.per_second(now, counts),
         "totals": counts,
         "dead_letters": pages.dead_letters(metrics.REGISTRY),
+        "scoring": pages.scoring_passes(metrics.REGISTRY),
+        "score_interval_s": settings.score_interval_s,
+        "attention": pages.attention(metrics.REGISTRY),
         "cached_users": app.states.users(),
         "recent_users": pages.recent_users(app.states.entries, 10),
     }

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from browser import Chromium, chromium_path
 from stream_app import pages
@@ -101,6 +101,25 @@ def html_text(page: str) -> str:
     return re.sub(r"\s+", " ", "".join(out))
 
 
+def spaced_text(page: str) -> str:
+    """The text of a page's body, a space at every tag (table cells apart), spaces collapsed."""
+    out = []
+
+    class Text(html.parser.HTMLParser):
+        body = False
+
+        def handle_starttag(self, tag, attrs):
+            self.body = self.body or tag == "body"
+            out.append(" ")
+
+        def handle_data(self, data):
+            if self.body:
+                out.append(data)
+
+    Text().feed(page)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
 def test_user_page_shows_the_explanation():
     ex = explanation()
     text = html_text(pages.user_page("u1", summary(), None, ex))
@@ -125,6 +144,15 @@ def test_embed_json_cannot_close_the_script():
     assert orjson.loads(s) == {"x": "</script><!-- & -->"}
 
 
+def overview_info(**given) -> dict:
+    """What ``GET /`` hands :func:`pages.overview_page`: a quiet worker, with ``given`` over it."""
+    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0],
+            "lag": [], "rates": None, "totals": {"accepted": 0.0, "duplicate": 0.0, "dead_letter": 0.0, "vectors": 0.0},
+            "dead_letters": {}, "scoring": (0, 0.0), "score_interval_s": 10.0, "attention": [], "cached_users": 0,
+            "recent_users": []}
+    return info | given
+
+
 def test_rates_over_the_last_minute():
     r = pages.Rates(window_s=60)
     assert r.per_second(0.0, {"accepted": 0.0}) is None
@@ -141,10 +169,50 @@ def test_counters_and_dead_letters_from_the_registry():
     dlq = Counter("interest_dead_letters_total", "", ["reason"], registry=reg)
     events.labels("accepted").inc(7)
     events.labels("dead_letter").inc(2)
+    vectors = Counter("interest_scored_users_total", "", registry=reg)
     dlq.labels("late").inc(2)
     dlq.labels("not_json")
-    assert pages.counters(reg) == {"accepted": 7.0, "duplicate": 0.0, "dead_letter": 2.0}
+    vectors.inc(4)
+    assert pages.counters(reg) == {"accepted": 7.0, "duplicate": 0.0, "dead_letter": 2.0, "vectors": 4.0}
     assert pages.dead_letters(reg) == {"late": 2.0, "not_json": 0.0}
+
+
+def test_scoring_passes_from_their_histogram():
+    reg = CollectorRegistry()
+    assert pages.scoring_passes(reg) == (0, 0.0)  # no such metric yet
+    passes = Histogram("interest_scoring_pass_seconds", "", registry=reg)
+    assert pages.scoring_passes(reg) == (0, 0.0)
+    for took in (0.5, 1.5, 0.25):
+        passes.observe(took)
+    assert pages.scoring_passes(reg) == (3, 0.75)
+
+
+def test_attention_lists_the_failure_metrics_that_are_not_zero_in_a_fixed_order():
+    reg = CollectorRegistry()
+    made = {name: (Gauge if kind == "now" else Counter)(name.removesuffix("_total"), "", registry=reg)
+            for name, kind, _ in pages.ATTENTION}
+    assert pages.attention(reg) == []
+    made["interest_model_refused_total"].inc(2)
+    made["interest_vectors_failed_total"].inc(30)
+    made["interest_ingest_stalled"].set(1)
+    meaning = {name: m for name, _, m in pages.ATTENTION}
+    assert pages.attention(reg) == [
+        ("interest_ingest_stalled", 1.0, "now", meaning["interest_ingest_stalled"]),
+        ("interest_vectors_failed_total", 30.0, "since start", meaning["interest_vectors_failed_total"]),
+        ("interest_model_refused_total", 2.0, "since start", meaning["interest_model_refused_total"])]
+    made["interest_ingest_stalled"].set(0)  # a stall that ended is not listed
+    assert [name for name, *_ in pages.attention(reg)] == ["interest_vectors_failed_total",
+                                                           "interest_model_refused_total"]
+
+
+def test_lag_by_topic_sums_partitions_and_names_those_behind_most_first():
+    lag = [("events.search", 1, 0), ("events.click", 2, 5), ("events.click", 0, 0), ("events.click", 1, 40),
+           ("events.search", 0, 0), ("events.browse", 3, 5)]
+    assert pages.lag_by_topic(lag) == [
+        ("events.browse", 1, 5, [(3, 5)]),
+        ("events.click", 3, 45, [(1, 40), (2, 5)]),
+        ("events.search", 2, 0, [])]
+    assert pages.lag_by_topic([]) == []
 
 
 def test_recent_users_by_last_arrival():
@@ -159,19 +227,40 @@ def test_recent_users_by_last_arrival():
 
 
 def test_overview_page():
-    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0, 2],
-            "lag": [("events.click", 0, 12)], "rates": None,
-            "totals": {"accepted": 5.0, "duplicate": 1.0, "dead_letter": 2.0},
-            "dead_letters": {"late": 2.0, "not_json": 0.0}, "cached_users": 3,
-            "recent_users": [(EVIL, 1_000, 0), ("u/2", 2_000, 0)]}
+    info = overview_info(
+        partitions=[0, 2], lag=[("events.click", 0, 12), ("events.click", 2, 0), ("events.search", 0, 0)],
+        totals={"accepted": 5.0, "duplicate": 1.0, "dead_letter": 2.0, "vectors": 4.0},
+        dead_letters={"late": 2.0, "not_json": 0.0}, cached_users=3, recent_users=[(EVIL, 1_000, 0), ("u/2", 2_000, 0)])
     page = pages.overview_page(info)
     parser = Resources()
     parser.feed(page)
     assert parser.urls == ["data:,"] and parser.scripts == []
-    text = html_text(page)
-    assert "v9" in text and "0, 2" in text and "events.click012" in text.replace(" ", "")
-    assert "late2" in text.replace(" ", "") and "5 accepted, 1 duplicates" in text
+    text = spaced_text(page)
+    assert "v9" in text and "0, 2" in text and "late 2" in text
+    assert "since start 5 accepted, 1 duplicate, 2 dead letters; 4 vectors published " in text
+    assert "events.click 2 12 p0: 12 events.search 1 0 caught up" in text  # a row per topic
+    assert "vectors out measuring" in text
+    assert "scoring every 10 s for the users with new events: 0 passes so far users in memory" in text
+    assert "needs attention nothing since start" in text
     assert 'href="/users/u%2F2/view"' in page and EVIL in text and "<script>alert" not in page
+
+
+def test_overview_page_of_a_busy_worker_with_failures():
+    rates = {"accepted": 300.0, "duplicate": 0.5, "dead_letter": 0.0, "vectors": 44.75, "over_s": 58.2}
+    attention = [("interest_ingest_stalled", 1.0, "now", "reading waits <b>"),
+                 ("interest_vectors_failed_total", 1234.0, "since start", "vectors not taken")]
+    lag = [("events.click", p, 1000 * p) for p in range(9)]  # 8 partitions behind, the most first
+    totals = {"accepted": 20109.0, "duplicate": 0.0, "dead_letter": 1.0, "vectors": 3532.0}
+    text = spaced_text(pages.overview_page(overview_info(rates=rates, scoring=(1, 0.2134), attention=attention,
+                                                       lag=lag, score_interval_s=2.5, totals=totals)))
+    assert "since start 20,109 accepted, 0 duplicates, 1 dead letter; 3,532 vectors published " in text
+    assert "events in 300.0 events/s accepted, 0.5 duplicates/s, 0.0 dead letters/s (over the last 58 s)" in text
+    assert "vectors out 44.8 vectors/s published (over the last 58 s)" in text
+    assert "every 2.5 s for the users with new events: 1 pass so far, 0.21 s on average" in text
+    assert ("needs attention now reading waits <b> (interest_ingest_stalled) 1,234 vectors not taken "
+            "(interest_vectors_failed_total)") in text
+    assert ("events.click 9 36,000 p8: 8,000 · p7: 7,000 · p6: 6,000 · p5: 5,000 · p4: 4,000 · p3: 3,000 "
+            "· 2 more") in text
 
 
 def links(page: str) -> list[tuple[str, str]]:
@@ -199,10 +288,7 @@ def links(page: str) -> list[tuple[str, str]]:
 def test_the_users_dot_and_dot_dot_get_no_link_a_browser_would_resolve_away():
     """A browser resolves /users/./explain to /users/explain (another user, "explain") and
     /users/../view to /view, %2E or not; these two users' names are shown without a link."""
-    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0],
-            "lag": [], "rates": None, "totals": {"accepted": 5.0, "duplicate": 0.0, "dead_letter": 0.0},
-            "dead_letters": {}, "cached_users": 3,
-            "recent_users": [(".", 3_000, 0), ("..", 2_000, 0), ("a.b", 1_000, 0)]}
+    info = overview_info(recent_users=[(".", 3_000, 0), ("..", 2_000, 0), ("a.b", 1_000, 0)])
     assert links(pages.overview_page(info)) == [
         ("/metrics", "metrics"), ("/health", "health"), ("", "."), ("", "explain"), ("", ".."), ("", "explain"),
         ("/users/a.b/view", "a.b"), ("/users/a.b/explain", "explain")]
@@ -258,10 +344,10 @@ def test_long_names_wrap_inside_their_boxes(tmp_path, width):
     one, and a user id in the overview's list over the lag and dead-letter columns."""
     page = pages.user_page(LONG_USER, summary(), None, long_names_explanation())
     assert open_page(tmp_path, "user", page, width, OVERFLOW) == {"scroll": 0, "spill": [], "broken": []}
-    info = {"worker": "http://127.0.0.1:6066", "ready": True, "model_version": "v9", "partitions": [0],
-            "lag": [("events.click", 0, 3)], "rates": None,
-            "totals": {"accepted": 5.0, "duplicate": 0.0, "dead_letter": 1.0},
-            "dead_letters": {"late": 1.0}, "cached_users": 1, "recent_users": [(LONG_USER, 1_000, 0)]}
+    rates = {"accepted": 12345.6, "duplicate": 0.0, "dead_letter": 0.0, "vectors": 4567.8, "over_s": 60.0}
+    info = overview_info(lag=[(LONG_USER, 0, 3), ("a-deployment-prefix.events.click", 1, 1_000_000)],
+                         dead_letters={"late": 1.0}, cached_users=1, recent_users=[(LONG_USER, 1_000, 0)], rates=rates,
+                         attention=[(name, 1e6, kind, meaning) for name, kind, meaning in pages.ATTENTION])
     fit = open_page(tmp_path, "overview", pages.overview_page(info), width, OVERFLOW)
     assert fit == {"scroll": 0, "spill": [], "broken": []}
 
@@ -353,9 +439,7 @@ def test_every_page_is_laid_out_for_the_phones_width():
     """Without a viewport meta, a phone lays a page out 980 px wide and shrinks it: the unknown
     user's page had none, and its text was 40% of its size at 390 px."""
     viewport = '<meta name="viewport" content="width=device-width,initial-scale=1">'
-    info = {"worker": "w", "ready": True, "model_version": "v9", "partitions": [], "lag": [], "rates": None,
-            "totals": {"accepted": 0.0, "duplicate": 0.0, "dead_letter": 0.0}, "dead_letters": {},
-            "cached_users": 0, "recent_users": []}
+    info = overview_info(worker="w", partitions=[])
     for page in (pages.user_page("u1", summary(), None, explanation()), pages.missing_user_page("u1"),
                  pages.overview_page(info)):
         assert page.count(viewport) == 1

@@ -8,6 +8,7 @@ import gzip
 import http.client
 import json
 import random
+import re
 import shutil
 import socket
 import time
@@ -280,6 +281,11 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
             "partitions": "document.getElementById('partitions').textContent",
             "users": "[...document.querySelectorAll('#recent-users a')].map(a => a.getAttribute('href'))",
             "reasons": "[...document.querySelectorAll('#dead-letters td:first-child')].map(td => td.textContent)",
+            "lag": "[...document.querySelectorAll('#lag tr')].slice(1)"
+                   ".map(tr => [...tr.cells].map(c => c.textContent))",
+            "totals": "document.getElementById('totals').textContent",
+            "scoring": "document.getElementById('scoring').textContent",
+            "attention": "document.getElementById('attention').textContent",
         }, tmp_path / "overview.png")
         assert home.errors == []
         assert home.values["model"] == vectors["decisive"]["model_version"]
@@ -287,6 +293,17 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
         mine = {u for u in users if partition_for(u.encode(), 4) in owned(w)}
         assert {h.split("/")[2] for h in home.values["users"] if h.endswith("/view")} == mine
         assert "late" in home.values["reasons"]
+        # the input topics a row each, with the partitions this worker owns, read to their end
+        prefix, n = env["INTEREST_TOPIC_PREFIX"], str(len(owned(w)))
+        assert home.values["lag"] == [[f"{prefix}events.{t}", n, "0", "caught up"]
+                                      for t in ("browse", "click", "search")]
+        # the vectors this worker published, after the scoring passes that made them
+        totals = re.fullmatch(r"[\d,]+ accepted, \d+ duplicates?, [\d,]+ dead letters?; (\d+) vectors? published",
+                              " ".join(home.values["totals"].split()))
+        assert totals and int(totals[1]) >= len(mine)  # one at least for each of its users
+        assert re.fullmatch(r"every 1 s for the users with new events: [1-9][\d,]* pass(es)? so far, \d+\.\d\d s on "
+                            r"average", home.values["scoring"])
+        assert home.values["attention"] == "nothing since start"
     # a page of an unknown user is a 404 page
     assert w.get("/users/nobody/view")[0] == 404
 

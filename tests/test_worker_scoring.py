@@ -285,6 +285,9 @@ def test_model_swap_under_load_and_corrupt_model_refused(env, workers, tiny_mode
     _, metrics = w.get("/metrics")
     assert "interest_model_refused_total 1.0" in metrics
     assert "refused the model" in w.log(200)
+    _, overview = w.get("/")  # the overview lists it as the one thing that needs attention
+    assert ('<ul id="attention"><li><b>1</b> model pairs refused at load: the model before keeps serving '
+            '<span class="muted">(interest_model_refused_total)</span></li></ul>') in overview
     # no gap: every round's events led to a vector for every user
     last_ts = T0 + (rounds - 1) * 60_000 + 1
 
