@@ -104,7 +104,7 @@ ul.events li{padding:1px 0}
 #legend{list-style:none;padding:0;margin:6px 0;display:flex;flex-wrap:wrap;gap:4px 16px}
 #legend li span{display:inline-block;width:11px;height:11px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 #tip{min-height:1.45em;color:#59636e}#legend li,#top td:first-child,#lag td:first-child{overflow-wrap:anywhere}
-#summary th{white-space:nowrap}#attention{margin:0;padding-left:18px}#attention li{overflow-wrap:anywhere}
+#summary th{white-space:nowrap}ul#attention{margin:0;padding-left:18px}#attention li{overflow-wrap:anywhere}
 """
 
 # Draws the stacked area chart from the embedded JSON: one point after each moment of the window,
