@@ -14,7 +14,9 @@ the vectors it publishes compared with each user's actual next behaviour, agains
    ``--producer``: the project's producer, record timestamp = ``ts``, in that order (``project``);
    kafka-python's at its defaults, as a producer outside the project would, its record timestamps
    the time of sending (``plain``); or the events written to a file and sent by ``interest-stream
-   load jsonl``, which sends them in ts order (``load``). ``--trials N``
+   load jsonl``, which sends them in ts order (``load``); or a kafka-python producer per event type,
+   each in a thread of its own, the three sending at once, as three upstream services would, with
+   the record timestamp ``ts`` (``per-topic``) or the time of sending (``per-topic-plain``). ``--trials N``
    streams them N times, each into a broker and a worker of its own (`late` events depend on
    timing); ``--reuse`` serves the checkpoint and export of the last run in ``--workdir``.
 3. A worker at its defaults (1-day window, 128 events, profile on, scoring every 10 s) serves the
@@ -32,7 +34,8 @@ baseline, the ratio to the best baseline with its interval, top-3 hit rates, the
 letters, and the time each step took.
 
     python bench/live_eval.py [--dataset cj,movielens] [--workdir DIR] [--trials N] [--reuse]
-                              [--producer project|plain|load] [--order time|user]
+                              [--producer project|plain|load|per-topic|per-topic-plain]
+                              [--order time|user]
 """
 from __future__ import annotations
 
@@ -96,6 +99,36 @@ def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str]) -> in
     return len(events)
 
 
+def send_per_topic(events: list[dict], bootstrap: str, topics: dict[str, str], stamp: bool) -> int:
+    """The events as three upstream services send them: a kafka-python producer at its defaults per
+    event type, each in a thread of its own sending its type's events in the order given, all three
+    at once, so that the topics run out of step. ``stamp``: the record timestamp is the event's
+    ``ts`` (else the time of sending)."""
+    import threading
+
+    from kafka import KafkaProducer
+
+    def send(topic: str, evs: list[dict]) -> None:
+        p = KafkaProducer(bootstrap_servers=bootstrap)
+        try:
+            for ev in evs:
+                p.send(topic, key=ev["user_id"].encode(), value=orjson.dumps(ev),
+                       timestamp_ms=ev["ts"] if stamp else None)
+            p.flush()
+        finally:
+            p.close()
+
+    by_type: dict[str, list[dict]] = {}
+    for ev in events:
+        by_type.setdefault(ev["type"], []).append(ev)
+    threads = [threading.Thread(target=send, args=(topics[t], evs)) for t, evs in by_type.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(events)
+
+
 def send_with_load(events: list[dict], env: dict, work: Path) -> int:
     """The events written, in the order given, to a JSONL file and sent by ``interest-stream load
     jsonl`` (the command a team streams a log with; it sends in ts order)."""
@@ -126,6 +159,8 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
             sent = send_events(iter(events), s)
         elif producer == "load":
             sent = send_with_load(events, env, work)
+        elif producer in ("per-topic", "per-topic-plain"):
+            sent = send_per_topic(events, bootstrap, s.input_topics, stamp=producer == "per-topic")
         else:
             sent = send_plain(events, bootstrap, s.input_topics)
         t_sent = time.perf_counter() - t0
@@ -245,10 +280,13 @@ def main() -> None:
                     "fresh broker and worker (late events depend on timing)")
     ap.add_argument("--reuse", action="store_true", help="serve the checkpoint and export a run left in "
                     "--workdir instead of training again")
-    ap.add_argument("--producer", choices=("project", "plain", "load"), default="project",
+    ap.add_argument("--producer", choices=("project", "plain", "load", "per-topic", "per-topic-plain"),
+                    default="project",
                     help="project: the project's own producer, record timestamp = ts, in the order given; plain: "
                     "kafka-python's at its defaults, the record timestamp the time of sending; load: the events "
-                    "written to a file and sent by `interest-stream load jsonl` (in ts order)")
+                    "written to a file and sent by `interest-stream load jsonl` (in ts order); per-topic: a "
+                    "kafka-python producer per event type, the three at once, record timestamp = ts; "
+                    "per-topic-plain: the same, the record timestamp the time of sending")
     ap.add_argument("--order", choices=("time", "user"), default="time",
                     help="time: every user's events interleaved in ts order; user: one user's history "
                     "after another's, each in ts order")
