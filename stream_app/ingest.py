@@ -23,6 +23,7 @@ from . import core, metrics
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
 from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
+from .alignment import order_timestamp, value_ts
 from .input_order import RunningBack
 from .state_cache import Letter, message_bytes
 
@@ -195,7 +196,8 @@ async def _wait_for_changelog() -> None:
             log.warning("reading again after %.1f s", time.monotonic() - t0)
 
 
-app.running_back = RunningBack((LIMITS.horizon_ms + LIMITS.grace_ms) / 1000)
+ORDER_ALLOWED_MS = LIMITS.horizon_ms + LIMITS.grace_ms  # a record timestamp this far after its ts: sent later
+app.running_back = RunningBack(ORDER_ALLOWED_MS / 1000)
 
 
 def _running_back(m, back_s: float) -> None:
@@ -205,7 +207,8 @@ def _running_back(m, back_s: float) -> None:
     said = app.running_back.said
     if (m.topic, m.partition) not in said:
         said.add((m.topic, m.partition))
-        log.warning("offset %d of %s[%d] is %.1f days older than a record before it (record timestamps), more than "
+        log.warning("offset %d of %s[%d] is %.1f days older than a record before it (record timestamps, or ts for "
+                    "records sent long after their event), more than "
                     "the window and its grace (%.1f days): its producer sends out of ts order, and a user's older "
                     "events may be applied after newer ones of other topics and be late; send in ts order (`load "
                     "jsonl` does). Counted in interest_input_running_back_total; said once a partition",
@@ -233,13 +236,15 @@ async def ingest(stream):
         m = event.message
         p = m.partition
         offsets[(m.topic, p)] = m.offset
-        back = running_back.see(m.topic, p, m.offset, m.timestamp)
+        ts = value_ts(m.value)
+        key = order_timestamp(m.timestamp, ts, ORDER_ALLOWED_MS, 0.001)  # Faust's timestamp is in seconds
+        back = running_back.see(m.topic, p, m.offset, key)
         now = time.monotonic()
         if back is not None:
             _running_back(m, back.seconds)
             if back.step:
                 aligner.ran_back(m.topic, p, now)
-        if aligner.add(m.topic, p, m.timestamp, m, now):
+        if aligner.add(m.topic, p, key, m, now, round(m.timestamp * 1000) if ts is None else ts):
             apply_released(aligner.ready(p, caught_up, now, has_hole, _fetch_began()), bounded=True)
         if states.over_bound():
             await _respect_bound()

@@ -1,7 +1,9 @@
 """Input partitions whose record timestamps run back: a producer that sends out of ``ts`` order.
 
 The worker applies a partition's three topics by record timestamp (:mod:`stream_app.alignment`),
-which the contract's producers set to the event's ``ts``. A producer that stamps ``ts`` but sends a
+which the contract's producers set to the event's ``ts`` (and by the event's ``ts`` where the
+record timestamp is the time of sending, long after it: :func:`stream_app.alignment.order_timestamp`;
+those order timestamps are what this compares). A producer that stamps ``ts`` but sends a
 log out of that order, such as one user's history after another's, makes a topic's timestamps run
 back at each user. A user's event on another topic could then be applied before the same user's
 older events further down this one, and those were ``late`` when more than the window plus its

@@ -8,8 +8,9 @@ at or after ``to`` are read and skipped), with its own state and a consumer grou
 (``<app id>.replay``, offsets never committed), so the live worker's offsets and tables are
 untouched.
 
-Determinism: records of all partitions are merged in the order (record timestamp, event ``ts``, topic,
-partition, offset; a record stamped at or after ``to`` where its partition has it), the live worker's order
+Determinism: records of all partitions are merged in the order (record timestamp, or ``ts`` for a
+record sent long after its event; event ``ts``, topic, partition, offset; a record stamped at or after
+``to`` where its partition has it), the live worker's order
 (:mod:`stream_app.alignment`); a partition's records keep their offset order. A record is taken only
 when every unfinished partition has offered its next one, so the order depends on what the topics
 hold, never on fetch timing: two replays of the same range see the same events in the same order and
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import core, state
-from .alignment import UsersWaiting, event_ts
+from .alignment import UsersWaiting, event_ts, order_timestamp, value_ts
 from .settings import InterestStreamError, Settings
 
 
@@ -255,9 +256,9 @@ BUFFERED = 20_000  # records read ahead per partition at most: a partition with 
 
 
 def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = BUFFERED,
-                   after: int | None = None):
+                   after: int | None = None, allowed_ms: int | None = None):
     """``(ts, record)`` of every partition within its [start, end), ``ts`` the event's
-    (:func:`stream_app.alignment.event_ts`), merged by (record timestamp, event ``ts``, topic,
+    (:func:`stream_app.alignment.event_ts`), merged by (order timestamp, event ``ts``, topic,
     partition, offset) as the live worker's aligner applies them (:class:`stream_app.alignment.Aligner`,
     its ties by :func:`stream_app.alignment.message_event_ts`); a partition contributes in offset
     order. A record is chosen only when every unfinished partition has offered its next one, so the
@@ -270,9 +271,12 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     the worker dead-lettered as ``future_ts``) held back every later record of its partition until
     all the others had ended, and those were applied out of order, some as ``late``.
 
-    A record stamped at or ``after`` (the range's end: from the project's producers, an event the
-    replay skips) is merged as if it had the timestamp of the record before it in its partition, so
-    that it holds nothing back either.
+    The order timestamp is the record timestamp, or with ``allowed_ms`` (the window and its grace)
+    the event's ``ts`` where the record timestamp is more than that after it: a historical event
+    stamped when it was sent (:func:`stream_app.alignment.order_timestamp`, as the live worker
+    orders). A record whose order timestamp is at or ``after`` (the range's end: from the project's
+    producers, an event the replay skips) is merged as if it had the timestamp of the record before
+    it in its partition, so that it holds nothing back either.
 
     A poll fetches from every partition not paused, so a sparse partition (searches, say) runs
     ahead in event time while the merge waits on a dense one: a partition holding ``buffered``
@@ -311,7 +315,9 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                     continue
                 for r in recs:
                     if position[tp] <= r.offset < live[tp]:
-                        key = r.timestamp if after is None or r.timestamp < after else last[tp]
+                        key = r.timestamp if allowed_ms is None else order_timestamp(
+                            r.timestamp, value_ts(r.value), allowed_ms)
+                        key = key if after is None or key < after else last[tp]
                         users = waiting.get(tp.partition)
                         if users is None and key < last[tp]:
                             users = waiting[tp.partition] = _users_waiting(tp.partition, buffers, keys, heap)
@@ -399,7 +405,8 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
         try:
             with writer.guard.installed(), tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
                                                 desc="replay", mininterval=1.0) as bar:
-                for ts, rec in merged_records(consumer, p.ranges, after=to_ms):
+                allowed_ms = (s.horizon_s + s.grace_s) * 1000  # the window and its grace, as the worker's
+                for ts, rec in merged_records(consumer, p.ranges, after=to_ms, allowed_ms=allowed_ms):
                     r.add(rec.topic, rec.key, rec.value, ts)
                     n += 1
                     if n % 1000 == 0:

@@ -2,7 +2,7 @@
 import orjson
 import pytest
 
-from stream_app.alignment import Aligner, event_ts, message_event_ts
+from stream_app.alignment import Aligner, event_ts, message_event_ts, order_timestamp
 
 TOPICS = ("click", "browse", "search")
 
@@ -201,6 +201,23 @@ def test_an_event_without_an_integer_ts_is_ordered_by_its_record_timestamp(value
     m = Msg("m", 415, None)
     m.value = value
     assert message_event_ts(m) == want  # Faust's seconds back to the millisecond
+
+
+@pytest.mark.parametrize("record_ts, ts, ms, want", [
+    (10_000, 8_999, 1, 8_999),  # sent more than the allowance (1,000) after its event: its ts
+    (10_000, 9_000, 1, 10_000),  # exactly the allowance: the record timestamp
+    (10_000, 9_700, 1, 10_000),  # a live producer's delay
+    (10_000, 50_000, 1, 10_000),  # ahead of its record timestamp (a clock ahead): nothing held back
+    (10_000, None, 1, 10_000),  # no integer ts (a dead letter to be)
+    (10.0, 8_999, 0.001, 8.999),  # Faust's record timestamps are in seconds
+    (10.0, 9_000, 0.001, 10.0),
+    (10.0, 50_000, 0.001, 10.0),
+])
+def test_a_record_sent_long_after_its_event_is_ordered_by_its_ts(record_ts, ts, ms, want):
+    got = order_timestamp(record_ts, ts, 1_000, ms)
+    assert got == pytest.approx(want, abs=1e-12)
+    if want == record_ts:
+        assert got is record_ts  # the record timestamp itself: ties stay ties to the bit
 
 
 def test_too_many_waiting_lets_the_next_go():

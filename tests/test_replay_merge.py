@@ -75,9 +75,10 @@ def event(tp: TP, offset: int, ts: int, stamp: int | None = None, user: bytes = 
     return Record(tp.topic, tp.partition, offset, orjson.dumps({"ts": ts}), ts if stamp is None else stamp, user)
 
 
-def merge(logs: dict, after: int | None = None, per_poll: int = 2) -> list:
+def merge(logs: dict, after: int | None = None, per_poll: int = 2, allowed_ms: int | None = None) -> list:
     ranges = {tp: (0, len(rs)) for tp, rs in logs.items()}
-    return [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll), ranges, after=after)]
+    return [(ts, r.topic) for ts, r in merged_records(FetchingConsumer(logs, per_poll), ranges, after=after,
+                                                      allowed_ms=allowed_ms)]
 
 
 def test_a_users_record_goes_after_its_users_older_record_read_ahead_in_another_topic():
@@ -121,6 +122,21 @@ def test_records_stamped_in_one_millisecond_merge_by_their_events_ts():
     logs = {clicks: [event(clicks, 0, 4_000, stamp=500), event(clicks, 1, 5_000, stamp=500)],
             browses: [event(browses, 0, 9_000, stamp=500), event(browses, 1, 9_500, stamp=501)]}
     assert merge(logs) == [(4_000, "click"), (5_000, "click"), (9_000, "browse"), (9_500, "browse")]
+
+
+def test_records_stamped_when_sent_long_after_their_events_merge_by_their_ts():
+    """Two producers streaming a historical log at once, one per event type, each leaving the record
+    timestamp the time of sending (the window and its grace here 1,000 ms): the search, the user's
+    newest event, was sent first. By record timestamp it went before the user's older clicks, which
+    the live worker then dead-lettered as `late`; the merge now orders those records by their ts, as
+    the worker does. A record within the allowance of its ts keeps its record timestamp."""
+    clicks, searches = TP("click", 0), TP("search", 0)
+    logs = {clicks: [event(clicks, i, ts, stamp=10_000 + i) for i, ts in enumerate([100, 200, 300])],
+            searches: [event(searches, 0, 250, stamp=9_000)]}
+    assert merge(logs) == [(250, "search"), (100, "click"), (200, "click"), (300, "click")]  # by record timestamp
+    assert merge(logs, allowed_ms=1_000) == [(100, "click"), (200, "click"), (250, "search"), (300, "click")]
+    near = {clicks: [event(clicks, 0, 9_500, stamp=10_000)], searches: [event(searches, 0, 9_800, stamp=9_900)]}
+    assert merge(near, allowed_ms=1_000) == [(9_800, "search"), (9_500, "click")]  # a live producer's delay
 
 
 def test_a_record_stamped_after_the_range_does_not_hold_back_its_partition():
