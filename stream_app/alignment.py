@@ -55,6 +55,8 @@ from typing import Callable, Hashable, Iterator
 
 import orjson
 
+from .events import MAX_VALUE_BYTES
+
 MAX_WAIT_S = 2.0
 # How long a message waits for a topic's partition that is behind with a hole not settled: offsets
 # the fetcher skipped, or handed over and never applied, which the worker's consumer reads again
@@ -77,7 +79,12 @@ UNORDERED_S = 10.0
 
 
 def value_ts(value: bytes | None) -> int | None:
-    """The event's ``ts`` when ``value`` is an event with an integer one, else None."""
+    """The event's ``ts`` when ``value`` is an event with an integer one, else None. A value over the
+    contract's 64 KiB is not parsed (a ``too_large`` dead letter, which validation refuses before it
+    parses anything): every message's ``ts`` is read, and a value of a megabyte took 0.56 ms to
+    parse (a scratch timing), where an event takes about 1 µs."""
+    if value is None or len(value) > MAX_VALUE_BYTES:
+        return None
     try:
         ts = orjson.loads(value).get("ts")
     except (orjson.JSONDecodeError, AttributeError, TypeError):

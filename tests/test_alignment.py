@@ -195,6 +195,7 @@ def test_without_a_tie_key_records_of_one_millisecond_go_in_arrival_order():
     (b'\xff\xfe', 415),  # not_utf8
     (b'', 415),
     (None, 415),  # a tombstone
+    (orjson.dumps({"ts": 7, "query": "x" * 65_536}), 415),  # over 64 KiB: too_large, not parsed
 ])
 def test_an_event_without_an_integer_ts_is_ordered_by_its_record_timestamp(value, want):
     assert event_ts(value, 415) == want
