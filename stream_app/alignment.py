@@ -98,7 +98,7 @@ def event_ts(value: bytes | None, record_ts: int) -> int:
     return record_ts if ts is None else ts
 
 
-def order_timestamp(record_ts: float, ts: int | None, allowed_ms: float, ms: float = 1.0) -> float:
+def order_timestamp(record_ts: float, ts: int | None, allowed_ms: float, ms: float = 1) -> float:
     """What a record is ordered by among its partition's topics, in the unit of ``record_ts`` (``ms``
     of them a millisecond: 1 for kafka-python's milliseconds, 0.001 for Faust's seconds): its record
     timestamp, unless that is more than ``allowed_ms`` (the window and its grace) after the event's
@@ -112,7 +112,8 @@ def order_timestamp(record_ts: float, ts: int | None, allowed_ms: float, ms: flo
     86 test users, ``bench/live_eval.py --producer per-topic-plain``: 2,507 of 11,639 in each of
     three trials). Such a record is ordered by its event's time, as a stamped one is; an event ahead
     of its record timestamp (a clock ahead; ``future_ts`` past a day) keeps the record timestamp, so
-    it holds nothing back. A ``ts`` that is not an integer (a dead letter to be) keeps it too."""
+    it holds nothing back. A ``ts`` that is not an integer (a dead letter to be) keeps it too. In
+    milliseconds (``ms`` 1) an integer stays an integer."""
     if ts is not None and record_ts - ts * ms > allowed_ms * ms:
         return ts * ms
     return record_ts
