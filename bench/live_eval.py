@@ -84,15 +84,17 @@ def events_to_stream(log: Path, cut_of: dict[str, int], order: str = "time") -> 
     return out
 
 
-def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str]) -> int:
+def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str], stamp: bool = False) -> int:
     """The events as a producer outside the project sends them: kafka-python's KafkaProducer at its
-    defaults (no linger, 16 KB batches), the record timestamp not set (the time of sending)."""
+    defaults (no linger, 16 KB batches), in the order given. ``stamp``: the record timestamp is the
+    event's ``ts``; else it is not set (the time of sending)."""
     from kafka import KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap)
     try:
         for ev in events:
-            p.send(topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev))
+            p.send(topics[ev["type"]], key=ev["user_id"].encode(), value=orjson.dumps(ev),
+                   timestamp_ms=ev["ts"] if stamp else None)
         p.flush()
     finally:
         p.close()
@@ -100,28 +102,15 @@ def send_plain(events: list[dict], bootstrap: str, topics: dict[str, str]) -> in
 
 
 def send_per_topic(events: list[dict], bootstrap: str, topics: dict[str, str], stamp: bool) -> int:
-    """The events as three upstream services send them: a kafka-python producer at its defaults per
-    event type, each in a thread of its own sending its type's events in the order given, all three
-    at once, so that the topics run out of step. ``stamp``: the record timestamp is the event's
-    ``ts`` (else the time of sending)."""
+    """The events as three upstream services send them: :func:`send_plain` per event type, each in a
+    thread of its own sending its type's events in the order given, all three at once, so that the
+    topics run out of step."""
     import threading
-
-    from kafka import KafkaProducer
-
-    def send(topic: str, evs: list[dict]) -> None:
-        p = KafkaProducer(bootstrap_servers=bootstrap)
-        try:
-            for ev in evs:
-                p.send(topic, key=ev["user_id"].encode(), value=orjson.dumps(ev),
-                       timestamp_ms=ev["ts"] if stamp else None)
-            p.flush()
-        finally:
-            p.close()
 
     by_type: dict[str, list[dict]] = {}
     for ev in events:
         by_type.setdefault(ev["type"], []).append(ev)
-    threads = [threading.Thread(target=send, args=(topics[t], evs)) for t, evs in by_type.items()]
+    threads = [threading.Thread(target=send_plain, args=(evs, bootstrap, topics, stamp)) for evs in by_type.values()]
     for t in threads:
         t.start()
     for t in threads:

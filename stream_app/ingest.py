@@ -196,8 +196,7 @@ async def _wait_for_changelog() -> None:
             log.warning("reading again after %.1f s", time.monotonic() - t0)
 
 
-ORDER_ALLOWED_MS = LIMITS.horizon_ms + LIMITS.grace_ms  # a record timestamp this far after its ts: sent later
-app.running_back = RunningBack(ORDER_ALLOWED_MS / 1000)
+app.running_back = RunningBack(LIMITS.late_span_ms / 1000)
 
 
 def _running_back(m, back_s: float) -> None:
@@ -237,7 +236,7 @@ async def ingest(stream):
         p = m.partition
         offsets[(m.topic, p)] = m.offset
         ts = value_ts(m.value)
-        key = order_timestamp(m.timestamp, ts, ORDER_ALLOWED_MS, 0.001)  # Faust's timestamp is in seconds
+        key = order_timestamp(m.timestamp, ts, LIMITS.late_span_ms, 0.001)  # Faust's timestamp is in seconds
         back = running_back.see(m.topic, p, m.offset, key)
         now = time.monotonic()
         if back is not None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import core, state
-from .alignment import UsersWaiting, event_ts, order_timestamp, value_ts
+from .alignment import UsersWaiting, order_timestamp, value_ts
 from .settings import InterestStreamError, Settings
 
 
@@ -284,6 +284,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
     live = {tp: e for tp, (s, e) in ranges.items() if e > s}
     buffers = {tp: deque() for tp in live}  # records read ahead, in offset order
     keys = {tp: deque() for tp in live}  # their merge keys (apart: a tuple a record costs the collector)
+    stamps = {tp: deque() for tp in live}  # their events' ts (event_ts), parsed once with the key
     # partition p -> the users of its topics' partitions p, from a record of one that runs back (before
     # that no head can be held back, and nothing is kept: the merge of a log in ts order costs as before)
     waiting: dict[int, UsersWaiting] = {}
@@ -300,8 +301,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
             if tp in heads:
                 continue
             if buffers[tp]:
-                key, r = keys[tp].popleft(), buffers[tp].popleft()
-                ts = event_ts(r.value, r.timestamp)
+                key, ts, r = keys[tp].popleft(), stamps[tp].popleft(), buffers[tp].popleft()
                 heapq.heappush(heap, (key, ts, r.topic, r.partition, r.offset, tp, r))
                 heads.add(tp)
                 if tp in full and len(buffers[tp]) <= buffered // 2:
@@ -315,8 +315,8 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                     continue
                 for r in recs:
                     if position[tp] <= r.offset < live[tp]:
-                        key = r.timestamp if allowed_ms is None else order_timestamp(
-                            r.timestamp, value_ts(r.value), allowed_ms)
+                        ts = value_ts(r.value)
+                        key = r.timestamp if allowed_ms is None else order_timestamp(r.timestamp, ts, allowed_ms)
                         key = key if after is None or key < after else last[tp]
                         users = waiting.get(tp.partition)
                         if users is None and key < last[tp]:
@@ -324,6 +324,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                         last[tp] = key
                         buffers[tp].append(r)
                         keys[tp].append(key)
+                        stamps[tp].append(r.timestamp if ts is None else ts)  # event_ts
                         if users is not None:
                             users.add(tp, r.key, (key,))
                         position[tp] = r.offset + 1
@@ -405,8 +406,7 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
         try:
             with writer.guard.installed(), tqdm(total=p.events, unit="ev", unit_scale=True, disable=not progress,
                                                 desc="replay", mininterval=1.0) as bar:
-                allowed_ms = (s.horizon_s + s.grace_s) * 1000  # the window and its grace, as the worker's
-                for ts, rec in merged_records(consumer, p.ranges, after=to_ms, allowed_ms=allowed_ms):
+                for ts, rec in merged_records(consumer, p.ranges, after=to_ms, allowed_ms=r.limits.late_span_ms):
                     r.add(rec.topic, rec.key, rec.value, ts)
                     n += 1
                     if n % 1000 == 0:

@@ -82,6 +82,15 @@ class Limits:
     max_events: int
     profile_retention_ms: int = seconds_to_ms(DEFAULT_PROFILE_RETENTION_S)
 
+    @property
+    def late_span_ms(self) -> int:
+        """The window plus its grace: how much older than the user's newest event an event may be
+        before it is late (:func:`interest_core.window.late_bound`). Also how far after its event a
+        record timestamp must be to be taken for the time of sending
+        (:func:`stream_app.alignment.order_timestamp`), and the step back that the running-back
+        count takes note of (:mod:`stream_app.input_order`)."""
+        return self.horizon_ms + self.grace_ms
+
     @classmethod
     def from_settings(cls, s) -> "Limits":
         """The limits of a :class:`stream_app.settings.Settings` (worker and replay alike)."""
@@ -407,7 +416,7 @@ def idle_action(facts: tuple[int, int, bool], partition_newest: int, now_ms: int
     def idle_for(span: int) -> bool:
         return newest + span < partition_newest and seen + span < now_ms
 
-    window_span = limits.horizon_ms + limits.grace_ms
+    window_span = limits.late_span_ms
     if idle_for(max(window_span, limits.profile_retention_ms)):
         return "evict"
     if has_rows and idle_for(window_span):
