@@ -163,7 +163,7 @@ bench: install
 	$(PY) bench/backtest.py --dataset movielens --data-set target=time --data-set val_frac=0.15 | tee bench-out/backtest-movielens-time.json
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_refit \
 		--workdir $(CROSS_DIR)-bt-ml-auto | tee bench-out/backtest-movielens-auto.json
-	# with and without the refit in one run: the live check's first test cuts (README, "Through the live pipeline")
+	# with and without the refit in one run: the live check's first test cuts (docs/model.md, "Through the live pipeline")
 	for d in movielens cj rees46; do $(PY) bench/model_eval.py --dataset $$d --data-set target=auto --data-set val_frac=0.15 \
 		--variants default,no_refit | tee bench-out/model_eval-$$d-auto.json; done
 	$(PY) bench/model_eval.py --dataset sim --variants plain --data-set target=auto | tee bench-out/model_eval-sim-auto.json
@@ -185,7 +185,8 @@ bench: install
 		--threads 1 --workdir $(SIM_OFF_DIR)-4000-4-$$t | tee bench-out/refit-sim-off-4000-4-seed$$t.json; done
 	$(PY) bench/model_eval.py --dataset sim --users 4000 --days 4 --seed 3 --mechanisms off --set max_steps=3000 --threads 2 \
 		--workdir $(SIM_OFF_DIR)-4000-4-steps | tee bench-out/refit-sim-off-4000-4-max-steps-3000.json
-	# the query map: the window's searches read by the per-category network, on and off in one run (README, "Searches")
+	# the query map: the window's searches read by the per-category network, on and off in one run
+	# (docs/model.md, "Searches")
 	for p in on:1000:14:2 on:2000:7:1 off:1000:14:2 off:4000:4:3; do IFS=: read m u d s <<< "$$p"; \
 		$(PY) bench/model_eval.py --dataset sim --users $$u --days $$d --seed $$s --mechanisms $$m --variants default,no_queries \
 		--workdir $(SIM_OFF_DIR)-q-$$m-$$u-$$d | tee bench-out/queries-sim-$$m-$$u-$$d.json; done
@@ -194,7 +195,7 @@ bench: install
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,no_queries \
 		--workdir $(CROSS_DIR)-bt-ml-queries | tee bench-out/backtest-movielens-queries.json
 	# the query map chosen on validation (the default, queries=auto) against the map whatever validation says (queries_on,
-	# the default before 185163c) (README, "Searches")
+	# the default before 185163c) (docs/model.md, "Searches")
 	$(PY) bench/backtest.py --dataset movielens --data-set target=auto --data-set val_frac=0.15 --variants default,queries_on \
 		--workdir $(CROSS_DIR)-bt-ml-query-choice | tee bench-out/backtest-movielens-query-choice.json
 	$(PY) bench/model_eval.py --dataset sim --users 2000 --days 7 --seed 1 --mechanisms on \

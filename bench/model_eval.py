@@ -71,7 +71,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 from models.baselines import LENGTH_BUCKETS  # noqa: E402
 
-# The target of each dataset (justified in the README, "The model and its export"):
+# The target of each dataset (justified in docs/model.md, "Targets"):
 DATASETS = {
     # grocery: the next 4 baskets (about a month at the median household's pace); a time target
     # would mix households that shop twice a week with ones that shop twice a month

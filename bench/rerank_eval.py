@@ -1,6 +1,6 @@
 """Benchmark (not a test): what re-ranking with the interest vectors is worth on every real log under
 ``../shared/data/``. For each: load -> train (``train``'s defaults with the dataset's target of
-``bench/model_eval.py``, as in the README's model table) -> ``evaluate-rerank``. Prints JSON: the machine,
+``bench/model_eval.py``, as in docs/model.md's model table) -> ``evaluate-rerank``. Prints JSON: the machine,
 per dataset the four rankings' NDCG@10 and HR@10, the paired bootstrap intervals, the blend weights
 chosen on validation, timings, and (``blend_forms``) the validation NDCG@10 of other blend forms
 with the same vectors, which is what chose the blend of :mod:`interest_core.rerank`.

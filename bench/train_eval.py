@@ -1,4 +1,4 @@
-"""The README's model table (not a test): every dataset through ``bench/model_eval.py``, one JSON.
+"""The model table of docs/model.md, "Measured" (not a test): every dataset through ``bench/model_eval.py``, one JSON.
 
     .venv/bin/python bench/train_eval.py [--only cj|movielens|rees46|sim] [--variants default,...]
         [--workdir DIR]

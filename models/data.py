@@ -239,7 +239,7 @@ def target_span(ts: np.ndarray, i: int, cut_ts: int, cfg: DataConfig, end_of_log
 
 
 # --- the target when none is given (target="auto", train's default) ----------------------------
-# Thresholds set between the logs measured (README "Targets"): the Complete Journey 98 % of lines
+# Thresholds set between the logs measured (docs/model.md, "Targets"): the Complete Journey 98 % of lines
 # in shared timestamps, MovieLens 23 %, REES46 and the simulator under 1 %; a 6-hour target holds a
 # median of 41 events on MovieLens (sittings of hundreds of ratings), 8 on the simulator and 3 on
 # the Complete Journey and REES46; REES46 spans 2.6 hours.

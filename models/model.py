@@ -71,7 +71,7 @@ def n_category_features(profile_scales: int) -> int:
 
 # GPT-2's own "gelu_new" is the tanh approximation written out in a handful of Python tensor ops;
 # torch's fused kernel computes the same function (within 5e-7), and a training step took 19 % less
-# time (bench/train_cost.py, README "Training cost"). A checkpoint keeps the activation it was
+# time (bench/train_cost.py, docs/model.md, "Training cost"). A checkpoint keeps the activation it was
 # trained with (ModelConfig.backbone), so older ones still load with gelu_new.
 ACTIVATION = "gelu_pytorch_tanh"
 SEARCH_FEATURES = 2  # per category, the window's searches for it: all, and decayed (InterestModel._search_features)
@@ -88,7 +88,7 @@ class ModelConfig:
     # a learned map from subwords to categories (module doc); -1: it does not (TrainConfig.queries
     # off, no search in training, or a checkpoint from before the map)
     query_offset: int = -1
-    n_layer: int = 2  # 2 blocks like SASRec; measured speed in README "Training cost"
+    n_layer: int = 2  # 2 blocks like SASRec; measured speed in docs/model.md, "Training cost"
     n_head: int = 2
     n_embd: int = 48  # SASRec uses d=50 on small data; a step costs ~C^2
     dropout: float = 0.1  # residual/embedding dropout; small real logs over-fit without it (SASRec 0.2-0.5)
@@ -102,7 +102,7 @@ class ModelConfig:
     profile_scales: int = 0  # scales of the profile input (Encoder.profile_scales); 0: no profile input
     # the plain path's weights per history length (module doc), as the `mixture` baseline's, e.g.
     # [1, 4, 16, 64, 256]; [] (the default): one set of weights for every user. Off: it did not move
-    # the corrected model on MovieLens or the Complete Journey (README, "The model and its export")
+    # the corrected model on MovieLens or the Complete Journey (docs/model.md)
     length_buckets: list = field(default_factory=list)
     # 1: during training, a second linear head on the transformer's state predicts the target over
     # another span (TrainConfig.aux_horizon), from the plain path; only the backbone shares it, and
@@ -679,7 +679,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 200  # steps between validation passes
     patience: int = 4  # validation passes without improvement before stopping
-    max_steps: int = 1500  # hard cap; measured cost in README "Training cost"
+    max_steps: int = 1500  # hard cap; measured cost in docs/model.md, "Training cost"
     eval_samples: int = 4000  # validation samples scored at each validation pass (seeded subset)
     plain_steps: int = 1000  # steps of the plain path alone before the corrections (0: skip); ~5 ms each
     plain_lr: float = 3e-2  # a handful of scalars: a large step converges in a few hundred steps
@@ -700,7 +700,7 @@ class TrainConfig:
     # 0.0022 (interval 0.0016-0.0028) and MovieLens' did not move (bench/README.md)
     queries: str = "auto"  # whether the per-category network reads the window's searches through the
     # query map (ModelConfig.query_offset): "auto" chooses on validation (models.train.choose_query_map),
-    # "on" and "off" (or 1 and 0) decide; off by itself when training saw no search (README "Searches")
+    # "on" and "off" (or 1 and 0) decide; off by itself when training saw no search (docs/model.md, "Searches")
     query_map_steps: int = 600  # the cap of each of the choice's two runs (on its own schedule): by
     # then it had decided on MovieLens (with the map, validation was best at step 200) and the simulator
     item_lift: int = 1  # 1: the items of the window add an item lift outside the graph, chosen on

@@ -556,7 +556,7 @@ def choose_query_map(td: TrainingData, plain, model_overrides: dict, qt, train_c
     """Stage 2a: whether the per-category network reads the window's searches through the query map.
 
     The map is one of that network's inputs, so the network alone decides (correction "features", no
-    transformer, so its steps are cheap: 21 s of the demo's ``train``, README "Training cost"):
+    transformer, so its steps are cheap: 21 s of the demo's ``train``, docs/model.md, "Training cost"):
     trained from the stage-1 plain path ``plain`` as stage 2 trains, but for at most
     ``TrainConfig.query_map_steps``, with and without the map, each at the strength stage 3 would
     choose. The map is kept only if it lowers the validation KL beyond

@@ -1,6 +1,6 @@
-"""The README's links to its own sections and to the repository's files lead somewhere: a heading
-renamed or a file moved leaves a dead link that nothing else notices (the contents line after the
-diagram links every section)."""
+"""The links of the README and of docs/ lead somewhere: a heading renamed or a file moved leaves a dead
+link that nothing else notices (the contents line after the README's diagram links every section, and
+the README's summaries link the sections of docs/ that hold the details)."""
 import re
 from pathlib import Path
 
@@ -41,8 +41,40 @@ def test_links_are_read_from_prose_not_from_code_blocks():
     assert readme_links(text) == ({"top", "two-words"}, ["two-words", "top"], ["docs/x.md"])
 
 
-def test_every_readme_link_leads_to_a_heading_or_a_file():
-    anchors, to_anchors, to_files = readme_links((ROOT / "README.md").read_text())
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def dead_links(page: Path, root: Path = ROOT) -> list[str]:
+    """The links of a page that lead nowhere: to a missing file, or to a heading its page lacks.
+    Paths are relative to the page; links to the web, or out of the repository (the README's
+    ``../shared/CONTRACT.md``), are not followed."""
+    dead = []
+    for link in LINK.findall(FENCE.sub("", page.read_text())):
+        if link.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.is_relative_to(root):
+            continue
+        if not target.exists():
+            dead.append(link)
+        elif anchor and target.suffix == ".md" and anchor not in readme_links(target.read_text())[0]:
+            dead.append(link)
+    return dead
+
+
+def test_dead_links_are_found_from_the_page_that_holds_them(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# Top\n\n## Two words\n\n[a](docs/x.md#part) [b](docs/x.md#gone) "
+                                        "[c](#two-words) [d](#nowhere) [e](../outside.md) [f](docs/y.md)\n")
+    (tmp_path / "docs" / "x.md").write_text("# X\n\n## Part\n\n[g](../README.md#top) [h](../README.md#x) "
+                                            "[i](x.md#part) [j](README.md)\n")
+    assert dead_links(tmp_path / "README.md", tmp_path) == ["docs/x.md#gone", "#nowhere", "docs/y.md"]
+    assert dead_links(tmp_path / "docs" / "x.md", tmp_path) == ["../README.md#x", "README.md"]
+
+
+def test_every_link_of_the_readme_and_of_docs_leads_to_a_heading_or_a_file():
+    assert [p.name for p in PAGES] == ["README.md", "model.md", "worker.md"]
+    _, to_anchors, _ = readme_links((ROOT / "README.md").read_text())
     assert len(to_anchors) >= 12  # the contents line alone links twelve sections
-    assert [a for a in to_anchors if a not in anchors] == []
-    assert [f for f in to_files if not (ROOT / f).exists()] == []
+    assert {page.name: dead_links(page) for page in PAGES} == {page.name: [] for page in PAGES}
