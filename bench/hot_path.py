@@ -13,7 +13,7 @@ order with their items' lift (``core.gather``) and ``core.publish`` plus the JSO
 all but the runs are the event loop's share. The states' memory, traced
 with tracemalloc in a state cache (and the last vector each then keeps), beside what the state
 cache's bound counts for them (``estimated_size``). Prints JSON (µs each, best of ``--repeat``)
-with the machine. What the README's Performance section compares with Faust's own
+with the machine. What docs/performance.md compares with Faust's own
 per-event cost (``bench/ingest.py``) and ``LoadedModel.predict`` (``bench/score_pass.py``).
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ seconds of input in the busiest (``bench/freshness.py``, ``read_per_s``). The wo
 :class:`ConsumerThread` sets the consumer's wait to ``INTEREST_FETCH_MAX_WAIT_MS``
 (the app's ``fetch_max_wait_ms``) before it starts; aiokafka's ``start`` gives that attribute to
 its ``Fetcher`` (checked by a test). Measured (``bench/freshness.py --rate 4500``, the same
-commit with 1,500 and 100 ms): see the README's Performance section.
+commit with 1,500 and 100 ms): docs/performance.md, "Freshness".
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ REQUIRED_KEYS = ("version", "categories", "encoding", "max_len", "quantized")
 SUPPORTED_SCHEMAS = (1,)
 SUM_TOL = 1e-4  # probabilities sum to 1 within this (CONTRACT: interests sum to 1 within 1e-4)
 DEFAULT_BATCH = 256  # rows per ONNX Runtime call at most
-DEFAULT_BATCH_TOKENS = 4096  # padded tokens per run at most (see plan); README, Performance, "Scoring"
+DEFAULT_BATCH_TOKENS = 4096  # padded tokens per run at most (see plan); docs/performance.md, "Scoring"
 
 
 @dataclass(frozen=True, slots=True)
