@@ -15,7 +15,7 @@ UV_PIN ?= uv>=0.5,<1
 unexport PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX := $(CURDIR)/$(VENV)/pycache
 
-.PHONY: install test test-lowest demo bench kafka-jars clean
+.PHONY: install lint test test-lowest demo bench kafka-jars clean
 
 install: $(STAMP)
 
@@ -29,13 +29,18 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install $(PIP_FLAGS) -e '.[train,dev]'; }
 	@touch $(STAMP)
 
+# ruff, configured in pyproject.toml: undefined names and syntax errors everywhere, and lines over
+# 120 characters in the packages (under a second)
+lint: install
+	$(PY) -m ruff check --quiet .
+
 # Every test, against a real Kafka broker that the test session starts and stops itself. Most of a
 # test's time is spent waiting for workers and the broker, so TEST_PROCESSES pytest processes
 # (pytest-xdist; 0 runs in this one) take the test files in turn, each with its own broker, the
 # longest files first (tests/conftest.py). Three on two cores: the tests' own time grew by 1 % over
 # two processes, with four by 18 % (README, "The two commands").
 TEST_PROCESSES ?= 3
-test: install
+test: install lint
 	$(PY) -m pytest -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The same suite with the worker's own dependencies at the lowest versions pyproject.toml allows (uv's

@@ -548,7 +548,8 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
             int8_report = compare_int8(sess32, sess8, encoder, seqs, profiles, targets, note)
             if not np.isfinite(int8_report["max_abs_diff"]):
                 raise ExportError("the int8 graph gives non-finite probabilities")
-            msg = f"int8 vs fp32 on {int8_report['samples']} validation samples: max abs diff {int8_report['max_abs_diff']:.2e}"
+            msg = (f"int8 vs fp32 on {int8_report['samples']} validation samples: "
+                   f"max abs diff {int8_report['max_abs_diff']:.2e}")
             if "kl_fp32" in int8_report:
                 msg += f", KL {int8_report['kl_fp32']:.5f} -> {int8_report['kl_int8']:.5f}"
             log(msg)

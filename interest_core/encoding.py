@@ -25,8 +25,8 @@ offsets that the window's items add to the graph's prediction, outside the graph
 (:attr:`Encoder.item_lift`).
 
 A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
-newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not fit in ``max_len`` tokens
-the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
+newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not
+fit in ``max_len`` tokens the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
 reads the ``[END]`` position.
 
 Token id layout (also written into the spec as ``offsets``)::
@@ -159,7 +159,8 @@ class Encoder:
         }
         if self.profile_scales:
             spec["profile"] = {"scales": [list(x) for x in self.profile_scales],
-                               "type_weights": dict(PROFILE_TYPE_WEIGHTS), "layout": "scale-major, categories in output order"}
+                               "type_weights": dict(PROFILE_TYPE_WEIGHTS),
+                               "layout": "scale-major, categories in output order"}
         if self.item_lift is not None:
             spec["item_lift"] = self.item_lift.to_spec()
         return spec
@@ -185,7 +186,8 @@ class Encoder:
             if not scales or scales != list(PROFILE_SCALES[: len(scales)]) or \
                     prof.get("type_weights") != PROFILE_TYPE_WEIGHTS:
                 raise ValueError(f"the spec's profile {prof.get('scales')!r} / {prof.get('type_weights')!r} is not "
-                                 f"the one this code keeps ({[list(x) for x in PROFILE_SCALES]} / {PROFILE_TYPE_WEIGHTS})")
+                                 f"the one this code keeps ({[list(x) for x in PROFILE_SCALES]} / "
+                                 f"{PROFILE_TYPE_WEIGHTS})")
         enc = cls(
             categories=spec["categories"],
             tokenizer_json=spec["tokenizer"],

@@ -170,8 +170,8 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
 
     groups = {"train": {f.name: f for f in fields(TrainConfig)}, "data": {f.name: f for f in fields(DataConfig)},
               "model": {f.name: f for f in fields(ModelConfig)
-                        if f.name not in ("vocab_size", "k", "category_offset", "max_len", "token_offset", "profile_scales",
-                                          "hour_offset", "query_offset", "init_from", "backbone")}}
+                        if f.name not in ("vocab_size", "k", "category_offset", "max_len", "token_offset",
+                                          "profile_scales", "hour_offset", "query_offset", "init_from", "backbone")}}
     chosen = {"data": {}, "train": {}, "model": {}}
     given = {("train", "epochs"): epochs, ("train", "seed"): seed, ("model", "loss"): loss,
              ("data", "target"): target, ("data", "target_window_s"): target_window_s,
@@ -297,7 +297,8 @@ def pretrain(data, out, max_steps, sets, quiet):
 @click.command("evaluate")
 @click.argument("ckpt_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for metrics.json and plots.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory for metrics.json and plots.")
 @click.option("--no-plots", is_flag=True, help="Only metrics.json.")
 def evaluate(ckpt_dir, data, out, no_plots):
     """The model and the baselines (prior, last_window, user_mean, ema, ema_prior, mixture) on the
@@ -332,7 +333,8 @@ def evaluate(ckpt_dir, data, out, no_plots):
 @click.command("evaluate-rerank")
 @click.argument("ckpt_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False), help="JSONL event log.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for rerank_metrics.json.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory for rerank_metrics.json.")
 @click.option("--negatives", type=click.IntRange(min=1), default=100, show_default=True,
               help="Popular items the user has not clicked yet, added to the true next items.")
 @click.option("--weight", type=FiniteRange(0.0, 1.0), default=None,
@@ -351,7 +353,8 @@ def evaluate_rerank(ckpt_dir, data, out, negatives, weight):
         raise click.ClickException(str(exc)) from exc
     k = r["rankings"]
     d = r["diff"]
-    click.echo(f"test samples {r['samples']} ({r['users']} users): NDCG@10 popularity {k['popularity']['ndcg@10']:.4f}, "
+    click.echo(f"test samples {r['samples']} ({r['users']} users): "
+               f"NDCG@10 popularity {k['popularity']['ndcg@10']:.4f}, "
                f"model {k['model']['ndcg@10']:.4f} (w {r['weights']['model']}), {r['best_baseline']} "
                f"{k['baseline']['ndcg@10']:.4f} (w {r['weights']['baseline']}), oracle {k['oracle']['ndcg@10']:.4f}; "
                f"model - popularity CI95 [{d['model-popularity']['ndcg@10']['ci95'][0]:+.4f}, "

@@ -40,9 +40,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from interest_core.encoding import DEFAULT_MAX_LEN
-from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S, PROFILE_TYPE_WEIGHTS,
-                           WindowEvent,
-                           profiles_in_order, seconds_to_ms, window_slice)
+from interest_core.window import (DEFAULT_HORIZON_S, DEFAULT_MAX_EVENTS, DEFAULT_PROFILE_RETENTION_S,
+                                  PROFILE_TYPE_WEIGHTS, WindowEvent, profiles_in_order, seconds_to_ms, window_slice)
 from models.config_checks import MAX_EVENTS, MAX_HORIZON_S, MAX_LEN, check_ranges
 
 
@@ -54,7 +53,8 @@ AUTO = "auto"  # one of TARGETS, chosen from the log (choose_target)
 class DataConfig:
     horizon_s: int = DEFAULT_HORIZON_S  # input window reach (CONTRACT INTEREST_HORIZON_S)
     max_events: int = DEFAULT_MAX_EVENTS  # events the model reads (CONTRACT INTEREST_MAX_EVENTS)
-    profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S  # a longer gap restarts the profile (INTEREST_PROFILE_RETENTION_S)
+    # a longer gap restarts the profile (INTEREST_PROFILE_RETENTION_S)
+    profile_retention_s: int = DEFAULT_PROFILE_RETENTION_S
     target: str = "time"  # "time" (next target_window_s), "next_k" (next target_k events), "next_baskets", "auto"
     target_window_s: int = 21_600  # the "next window": 6 h (a day would not fit val/test of short logs)
     target_k: int = 10  # events (next_k) or distinct timestamps (next_baskets) per target

@@ -395,7 +395,8 @@ def completejourney_events(data_dir, top: int | None = None) -> tuple[list[dict]
         freq = Counter(products.get(p, ("", ""))[1] for _, _, p, _, _, _ in lines)
         freq.pop("", None)
         kept = {c for c, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))[:top]}  # ties by name
-    stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept), "category_list": "fixed" if top is None else f"top {top} of the file",
+    stats = {"lines": len(lines), "households": 0, "baskets": 0, "categories_kept": len(kept),
+             "category_list": "fixed" if top is None else f"top {top} of the file",
              "lines_in_kept_categories": 0, "products_missing": 0, "repeated_lines": 0}
     events: list[dict] = []
     seen: dict[str, int] = {}

@@ -973,5 +973,5 @@ def train_model(
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return {"steps": step, "best_step": best_step, "best_val_loss": best, "history": history, "stop_reason": stop_reason,
-            "train_seconds": time.time() - t0, "total_steps": total_steps}
+    return {"steps": step, "best_step": best_step, "best_val_loss": best, "history": history,
+            "stop_reason": stop_reason, "train_seconds": time.time() - t0, "total_steps": total_steps}

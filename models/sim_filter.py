@@ -357,7 +357,8 @@ class ParticleFilter:
             # more than the events alone)
             lead_ms = int(sim.INTENT_LEAD_H * HOUR_MS)
             far = np.flatnonzero(self.next_shift > self.t + lead_ms)
-            self.next_shift[far] = self.t + lead_ms + (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
+            gaps = (r.exponential(sim.SHIFT_EVERY_DAYS, size=len(far)) * DAY_MS).astype(np.int64)
+            self.next_shift[far] = self.t + lead_ms + gaps
             self.next_base[far], self.next_g[far], self.next_to[far] = self._new_base(self.base[far])
 
     _PATH = ("xi", "reset", "xr", "newbase", "base", "cat", "sc", "intent", "new", "z")

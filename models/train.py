@@ -120,7 +120,8 @@ def run_settings(data_cfg, train_cfg, model_overrides: dict | None, init_from) -
                                   "init_from": str(Path(init_from).resolve()) if init_from else None}))
 
 
-def check_resume(out_dir, fingerprint: dict, data_cfg, train_cfg, model_overrides: dict | None, init_from) -> dict | None:
+def check_resume(out_dir, fingerprint: dict, data_cfg, train_cfg, model_overrides: dict | None,
+                 init_from) -> dict | None:
     """The run in ``out_dir`` to continue (its resume.json), None when there is none. Raises
     :class:`ResumeMismatch` when it was started on another log than the one of ``fingerprint``
     (:func:`log_fingerprint`) or with other settings than these (resuming would mix both). A run that
@@ -243,8 +244,9 @@ def training_inputs(ds, data_cfg, encoder, train_cfg, log=print) -> tuple:
     if train_cfg.dense_weight > 0:
         train_seqs, dense = dense_readouts(ds, tr, data_cfg, encoder)
         log(f"dense training: {len(dense.pos)} readouts in {len(train_seqs)} sequences "
-            f"({dense.readouts_per_sequence:.1f} per sequence; an earlier event weighs {train_cfg.dense_weight:g} x the "
-            f"share of its window it sees, {dense.weight[~dense.is_last].mean() if (~dense.is_last).any() else 0:.2f} on average)")
+            f"({dense.readouts_per_sequence:.1f} per sequence; an earlier event weighs "
+            f"{train_cfg.dense_weight:g} x the share of its window it sees, "
+            f"{dense.weight[~dense.is_last].mean() if (~dense.is_last).any() else 0:.2f} on average)")
         return train_seqs, dense, None, None
     return encode_samples(ds, tr, data_cfg, encoder), None, sample_profiles(ds, tr, data_cfg, encoder), tr.targets
 

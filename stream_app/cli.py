@@ -194,7 +194,8 @@ def kafka_status():
     k = _local_kafka()
     st = k.status()
     if st["running"]:
-        click.echo(f"running: Kafka {st['version']} at {st['bootstrap_servers']}, pid {st['pid']}, data in {st['home']}")
+        click.echo(f"running: Kafka {st['version']} at {st['bootstrap_servers']}, pid {st['pid']}, "
+                   f"data in {st['home']}")
     else:
         click.echo(f"not running (data dir {st['home']})")
         sys.exit(1)

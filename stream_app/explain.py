@@ -252,7 +252,8 @@ def explain(model, score_input, snap: Snapshot, batch: int = 256, evolution: boo
     batched call); safe in a thread."""
     rows, n = snap.rows, len(snap.rows)
     unwinder = ProfileUnwinder(snap.values, snap.t,
-                               [(r[0], r[2], r[3]) for r in snap.tied] + [(r[0], r[2], r[3]) for r in rows], snap.before)
+                               [(r[0], r[2], r[3]) for r in snap.tied] + [(r[0], r[2], r[3]) for r in rows],
+                               snap.before)
     offset = len(snap.tied)
     window = score_input.window
     row_ts = [r[0] for r in rows]

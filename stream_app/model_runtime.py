@@ -75,7 +75,8 @@ class LoadedModel:
 
     Attributes: ``version``, ``categories`` (tuple, output order), ``k``, ``quantized``,
     ``max_len``, ``window`` (training window dict or None), ``resolved_dir`` (str), ``path`` (as
-    given), ``encoder``, ``card`` (model.json), ``threads``. Thread-safe for concurrent ``predict`` calls (ONNX Runtime's ``run`` is)."""
+    given), ``encoder``, ``card`` (model.json), ``threads``. Thread-safe for concurrent ``predict``
+    calls (ONNX Runtime's ``run`` is)."""
 
     def __init__(self, *, path, resolved_dir, card, encoder, session, threads):
         self.path = str(path)

@@ -119,7 +119,9 @@ CHART_JS = r"""
   var n = data.ts.length;
   if (n === 0) { box.textContent = "No events in the window: nothing to draw."; return; }
   var colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1"];
-  var layers = data.shown.map(function (c, i) { return {name: c, color: colors[i % colors.length], v: data.series[c]}; });
+  var layers = data.shown.map(function (c, i) {
+    return {name: c, color: colors[i % colors.length], v: data.series[c]};
+  });
   var other = [];
   for (var k = 0; k < n; k++) {
     var s = 0;
@@ -163,7 +165,8 @@ CHART_JS = r"""
   });
   [0, 0.25, 0.5, 0.75, 1].forEach(function (p) {
     el("line", {x1: L, x2: W - R, y1: y(p), y2: y(p), stroke: "#0002"}, svg);
-    el("text", {x: L - 6, y: y(p) + 4, "text-anchor": "end", "font-size": "11", fill: "#59636e"}, svg).textContent = p.toFixed(2);
+    var label = el("text", {x: L - 6, y: y(p) + 4, "text-anchor": "end", "font-size": "11", fill: "#59636e"}, svg);
+    label.textContent = p.toFixed(2);
   });
   // a tick every 90 px or more (6 at most), each its time, and its date (UTC, as the rest of the page)
   // where the date changes: a window across midnight read "19:37 ... 03:16 ... 17:49", time backwards
@@ -179,7 +182,8 @@ CHART_JS = r"""
     var anchor = ticks > 1 && t === 0 ? "start" : ticks > 1 && t === ticks - 1 ? "end" : "middle";
     el("text", {x: x(k), y: H - 10, "text-anchor": anchor, "font-size": "11", fill: "#59636e"}, svg).textContent = when;
   }
-  var cursor = el("line", {x1: 0, x2: 0, y1: T, y2: H - B, stroke: "#1d232a", "stroke-width": "1", visibility: "hidden"}, svg);
+  var cursor = el("line", {x1: 0, x2: 0, y1: T, y2: H - B, stroke: "#1d232a", "stroke-width": "1",
+                           visibility: "hidden"}, svg);
   svg.addEventListener("mousemove", function (ev) {
     var r = svg.getBoundingClientRect();
     var px = (ev.clientX - r.left) * W / r.width;
@@ -188,9 +192,12 @@ CHART_JS = r"""
     var e = data.events[k];
     var what = e.type + (e.category ? " " + e.category : "");
     var parts = layers.map(function (l) { return l.name + " " + (100 * l.v[k]).toFixed(1) + "%"; });
-    tip.textContent = new Date(data.ts[k]).toISOString().replace("T", " ").slice(0, 19) + " after " + what + ": " + parts.join(", ");
+    var at = new Date(data.ts[k]).toISOString().replace("T", " ").slice(0, 19);
+    tip.textContent = at + " after " + what + ": " + parts.join(", ");
   });
-  svg.addEventListener("mouseleave", function () { cursor.setAttribute("visibility", "hidden"); tip.textContent = ""; });
+  svg.addEventListener("mouseleave", function () {
+    cursor.setAttribute("visibility", "hidden"); tip.textContent = "";
+  });
   box.appendChild(svg);
   box.setAttribute("data-drawn", String(layers.length));
 })();
@@ -277,7 +284,8 @@ def user_page(user_id: str, summary: dict, vector: dict | None, explanation: dic
 · {user_link(user_id, None, 'state (JSON)')}</nav>
 <h1>User <span id="user-id">{esc(user_id)}</span></h1>
 <p class="meta">{plural(summary['events'], 'event')} in the window ({plural(counts['click'], 'click')},
-{plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])}; model {esc(ex['model_version'])}</p>
+{plural(counts['browse'], 'browse')}, {plural(counts['search'], 'search')}), newest {iso(summary['newest_ts'])};
+model {esc(ex['model_version'])}</p>
 <h2>Interest evolution across the window</h2>
 <p class="meta">The vector after each event of the window (the {plural(ex['events'], 'event')} the state keeps in full;
 events at the same time count as one), recomputed from the user's state. The events are evenly

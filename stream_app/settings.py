@@ -331,17 +331,20 @@ class Settings:
     web_port: int = 6066  # INTEREST_WEB_PORT
     web_host: str = "0.0.0.0"  # INTEREST_WEB_HOST
     store: str = "rocksdb://"  # INTEREST_STORE: rocksdb:// for deployments, memory:// for tests
-    data_dir: str = "./interest-stream-data"  # INTEREST_DATA_DIR: table state; each deployment (app id) in its own subdirectory
+    # the table state; each deployment (app id) in its own subdirectory
+    data_dir: str = "./interest-stream-data"  # INTEREST_DATA_DIR
     session_timeout_s: float = 30.0  # INTEREST_SESSION_TIMEOUT_S: consumer group session timeout
     heartbeat_s: float = 3.0  # INTEREST_HEARTBEAT_S
     commit_interval_s: float = 2.0  # INTEREST_COMMIT_INTERVAL_S: offset commit interval
     fetch_max_wait_ms: int = 100  # INTEREST_FETCH_MAX_WAIT_MS: longest a fetch waits for data (stream_app.consumer)
     align_idle_ms: int = DEFAULT_ALIGN_IDLE_MS  # INTEREST_ALIGN_IDLE_MS: a message's wait for a topic caught up
-    bootstrap_timeout_s: float = 30.0  # INTEREST_BOOTSTRAP_TIMEOUT_S: how long a command's Kafka client waits for the brokers
+    # how long a command's Kafka client waits for the brokers
+    bootstrap_timeout_s: float = 30.0  # INTEREST_BOOTSTRAP_TIMEOUT_S
     linger_ms: int = 10  # INTEREST_PRODUCER_LINGER_MS: batch changelog/output sends this long
     log_format: str = "text"  # INTEREST_LOG_FORMAT: text or json
     flush_s: float = 15.0  # INTEREST_FLUSH_S: changed user states reach the table (and its changelog) this often
-    state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB: decoded user states (and events waiting for a flush) kept in memory
+    # decoded user states (and events waiting for a flush) kept in memory
+    state_cache_mb: float = 512.0  # INTEREST_STATE_CACHE_MB
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES  # INTEREST_MAX_STATE_BYTES: the largest stored user state
     replication: int = 1  # INTEREST_REPLICATION: replication factor of every topic (stream_app.topics)
     canonical_url: str = ""  # INTEREST_CANONICAL_URL: how other workers reach this one (default: web_url)

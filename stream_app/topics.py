@@ -280,8 +280,9 @@ def alter_limits(client, low: dict[tuple[str, str], tuple[int, int]]) -> None:
                                     for name, wanted in configs.items()], incremental=True)
     failed = {name: result for name, result in results.get("topic", {}).items() if result != "OK"}
     if failed:
-        raise TopicError("; ".join(f"cannot raise {', '.join(f'{key} to {want}' for key, want in configs[name].items())} "
-                                   f"of {name}: {result}" for name, result in failed.items()))
+        raise TopicError("; ".join(
+            f"cannot raise {', '.join(f'{key} to {want}' for key, want in configs[name].items())} of {name}: {result}"
+            for name, result in failed.items()))
 
 
 def partition_counts(settings: Settings, names) -> dict[str, int | None]:
