@@ -264,6 +264,15 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
             "top": "[...document.querySelectorAll('#top tr td:first-child')].map(td => td.textContent)",
             "why": "[...document.querySelectorAll('#explanation h3')].map(h => h.textContent)",
             "text": "document.body.innerText",
+            # the pointer at the chart's right edge: the tip names the newest event and every layer's share
+            "hover": "(() => { const s = document.querySelector('#chart svg'), r = s.getBoundingClientRect();"
+                     " s.dispatchEvent(new MouseEvent('mousemove', {clientX: r.right - 1, clientY: r.top + r.height / 2}));"
+                     " return [document.getElementById('tip').textContent,"
+                     " s.querySelector('line[visibility]').getAttribute('visibility')]; })()",
+            "left": "(() => { const s = document.querySelector('#chart svg');"
+                    " s.dispatchEvent(new MouseEvent('mouseleave'));"
+                    " return [document.getElementById('tip').textContent,"
+                    " s.querySelector('line[visibility]').getAttribute('visibility')]; })()",
         }, tmp_path / "user-view.png")
         assert page.errors == []
         assert page.values["user"] == "decisive"
@@ -274,6 +283,13 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
         assert page.values["top"] == explained["top"]
         assert [h.split(" · ")[0] for h in page.values["why"]] == explained["top"]
         assert "lisbon" not in page.values["text"]
+        tip, cursor = page.values["hover"]
+        newest = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(explained["newest_ts"] // 1000))
+        m = re.fullmatch(r"(.{19}) after (click|browse|search)(?: .+?)?: (.+)", tip)
+        assert m and m[1] == newest and cursor == "visible", tip
+        shares = [part.rsplit(" ", 1) for part in m[3].split(", ")]
+        assert [name for name, _ in shares] == legend and all(re.fullmatch(r"\d+\.\d%", s) for _, s in shares)
+        assert page.values["left"] == ["", "hidden"]
         assert page.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and page.screenshot.stat().st_size > 20_000
 
         home = browser.open(w.url("/"), {
