@@ -155,7 +155,9 @@ def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, p
     next to nothing (the event loop). While input waits (a backlog above INTEREST_SCORE_PACE_BACKLOG)
     the pass pauses after each batch, counting as the batch's work its model run (published with the
     next batch) and not only the loop's part: the first pause counts no model run yet, the five
-    after it one each. Its work is then at most INTEREST_SCORE_SHARE (0.2) of its time, so it lasts
+    after it one each (checked by the order of pauses and publications, not by the loop's part being
+    short: that part is wall time, and a test process waiting for a core once made the first pause's
+    0.05 s long). Its work is then at most INTEREST_SCORE_SHARE (0.2) of its time, so it lasts
     at least those five pauses, 5 * 0.05 / 0.2 = 1.25 s. Before, only the loop's part was counted,
     the model ran while the pass paused, and the pass took about 0.7 s (0.73 and 0.67 s in two runs).
     Without a backlog it runs at full speed: it never pauses. (Not a bound on its wall time: with
@@ -174,10 +176,18 @@ def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, p
 
     def pause(work_s, cycle_s, share):
         pauses.append(work_s)
+        order.append(("pause", work_s))
         return real_pause(work_s, cycle_s, share)
 
-    real_pause = scoring.pause
+    async def publish(running, model, generation):  # a batch's model run, counted as its work
+        published, batch_work = await real_publish(running, model, generation)
+        order.append(("publish", batch_work))
+        return published, batch_work
+
+    order = []
+    real_pause, real_publish = scoring.pause, scoring.publish
     monkeypatch.setattr(scoring, "pause", pause)
+    monkeypatch.setattr(scoring, "publish", publish)
     monkeypatch.setattr(scoring, "settings", dataclasses.replace(scoring.settings, score_batch=4, score_share=0.2))
     monkeypatch.setattr(scoring.app, "states", cache)
     monkeypatch.setattr(scoring.app, "output_partitions", 1, raising=False)
@@ -200,7 +210,11 @@ def test_a_paced_pass_counts_the_models_run_in_its_share(monkeypatch, backlog, p
     elapsed = time.perf_counter() - t0
     assert runs == [4] * 6  # the six batches the bounds are worked out for
     if paced:
-        assert [work >= MODEL_S for work in pauses] == [False] + [True] * 5
+        # the first pause before any model run is in; each later one after a run, its work counted
+        assert [kind for kind, _ in order] == ["pause"] + ["publish", "pause"] * 5 + ["publish"]
+        runs_work = [work for kind, work in order if kind == "publish"]
+        assert all(work >= MODEL_S for work in runs_work)
+        assert all(paused >= run for paused, run in zip(pauses[1:], runs_work))
         assert 5 * MODEL_S / 0.2 <= elapsed < 60
     else:
         assert pauses == []
