@@ -26,8 +26,8 @@ offsets that the window's items add to the graph's prediction, outside the graph
 
 A sequence is ``[BOS] event ... event hour [END]``, ``hour`` being the UTC hour of day of the
 newest event (daily habits; spec version 2, absent from version-1 specs); when the events do not
-fit in ``max_len`` tokens the oldest ones are dropped, whole (an event is never cut in half). The model's interest head
-reads the ``[END]`` position.
+fit in ``max_len`` tokens the oldest ones are dropped, whole (an event is never cut in half). The
+model's interest head reads the ``[END]`` position.
 
 Token id layout (also written into the spec as ``offsets``)::
 
