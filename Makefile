@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install $(PIP_FLAGS) -e '.[train,dev]'; }
 	@touch $(STAMP)
 
-# ruff, configured in pyproject.toml: undefined or unused names and syntax errors everywhere, and
-# lines over 120 characters in the packages (under a second)
+# ruff, configured in pyproject.toml: undefined or unused names, syntax errors and lines over 120
+# characters, in every Python file (under a second)
 lint: install
 	$(PY) -m ruff check --quiet .
 

@@ -124,7 +124,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets, skip):
             runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])],
                                "lifted": ps["best_with_item_lift"], "first": ps["first_test_cut"]})
             summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
-                              "test_users": out["test_users"], "test_samples": out["samples"]["test"], **{k: v[k] for k in (
+                              "test_users": out["test_users"], "test_samples": out["samples"]["test"],
+                              **{k: v[k] for k in (
                                   "kl", "best_baseline", "best_baseline_kl", "kl_ratio", "kl_gain_ci95",
                                   "kl_ratio_vs_ema_prior", "kl_ratio_vs_best_with_item_lift",
                                   "best_baseline_item_lift", "correction_scales", "exported", "train_seconds")},
@@ -134,8 +135,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets, skip):
               "against_the_first": {n: compare(runs[n], runs[names[0]]) for n in names[1:]},
               # each user's first test cut only, in every fold (bench/live_eval.py's cuts)
               "first_test_cuts": {n: pool(first_cuts_only(runs[n])) for n in names},
-              "first_test_cuts_against_the_first": {n: compare(first_cuts_only(runs[n]), first_cuts_only(runs[names[0]]))
-                                                    for n in names[1:]},
+              "first_test_cuts_against_the_first": {
+                  n: compare(first_cuts_only(runs[n]), first_cuts_only(runs[names[0]])) for n in names[1:]},
               # the same against the best baseline given an items' lift, as train gives the model one
               "pooled_vs_best_with_item_lift": {n: pool(runs[n], "lifted") for n in names},
               "first_test_cuts_vs_best_with_item_lift": {n: pool(first_cuts_only(runs[n]), "lifted") for n in names},

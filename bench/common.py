@@ -218,7 +218,8 @@ class WorkerProc:
         if src:
             self.env["PYTHONPATH"] = str(self.src)
         if app != "stream_app.app":
-            self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), self.env.get("PYTHONPATH")) if p)
+            paths = (str(Path(__file__).parent), self.env.get("PYTHONPATH"))
+            self.env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.proc = None
 
     def start(self, wait: bool = True):
@@ -226,8 +227,9 @@ class WorkerProc:
         self.log = open(self.workdir / f"{self.name}.log", "ab")
         _LIVE.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", self.app, "worker",
-                                      "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=self.src, start_new_session=True,
+                                      "-l", os.environ.get("BENCH_WORKER_LOGLEVEL", "warn")],
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.src,
+                                     start_new_session=True,
                                      preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None)
         if not wait:
             return self

@@ -128,7 +128,8 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
            "test_users": int(len(set(test.user.tolist()))), "best_baseline": best,
            "kl": {n: round(v, 4) for n, v in kl.items()},
            "ratio_to_best_baseline": {n: round(v / kl[best], 4) for n, v in kl.items() if n != best}}
-    gain = kl_per_sample(test.targets[ok], preds["control"][ok]) - kl_per_sample(test.targets[ok], preds["population"][ok])
+    gain = (kl_per_sample(test.targets[ok], preds["control"][ok])
+            - kl_per_sample(test.targets[ok], preds["population"][ok]))
     out["population_gain_ci95"] = [round(x, 5) for x in paired_bootstrap(gain, test.user[ok])]
     if truth_path is not None:  # the truth as the target (bench/model_eval.py's "against the truth")
         out["kl_against_truth"] = {n: round(float(kl_per_sample(preds["truth"][ok], p[ok]).mean()), 4)
@@ -143,8 +144,8 @@ def one_log(name: str, log: Path, cfg_over: dict, truth_path: Path | None) -> di
 def main(only, workdir):
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": "a tuned counter that also sees the user's future, or the population's recent mix", "machine": machine(),
-           "commit": commit(), "spans": list(SPANS),
+    out = {"benchmark": "a tuned counter that also sees the user's future, or the population's recent mix",
+           "machine": machine(), "commit": commit(), "spans": list(SPANS),
            "population_half_lives_h": list(POPULATION_HALF_LIVES_H), "runs": []}
     t0 = time.time()
     runs = [(d, (0, 0, 0, "")) for d in ("cj", "movielens", "rees46")] + [("sim", r) for r in SIM_RUNS]

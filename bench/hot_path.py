@@ -171,7 +171,8 @@ def main() -> None:
     before = tracemalloc.get_traced_memory()[0]
     core.publish(inputs, probs, model, states.get)  # each state keeps its last vector
     gc.collect()
-    out["state_memory"]["traced_vector_bytes_per_user"] = round((tracemalloc.get_traced_memory()[0] - before) / len(states))
+    traced = tracemalloc.get_traced_memory()[0] - before
+    out["state_memory"]["traced_vector_bytes_per_user"] = round(traced / len(states))
     tracemalloc.stop()
     for s in states.values():  # so the timed publish below starts, as before, with no vector to replace
         s["out"] = None
@@ -182,8 +183,8 @@ def main() -> None:
 
     n = len(items)
     out["per_user_us"] = {
-        "core.snapshot: copy and encoding (event loop)": best_us(lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n,
-                                              args.repeat),
+        "core.snapshot: copy and encoding (event loop)": best_us(
+            lambda: [core.snapshot(k, s, model, horizon) for k, s in items], n, args.repeat),
         "core.plan: padding the batch's model runs (event loop)": best_us(
             lambda: [core.plan(model, b, batch) for b in batches], n, args.repeat),
         "LoadedModel.run: ONNX Runtime (scoring thread)": best_us(lambda: [model.run(r) for r in runs], n, args.repeat),

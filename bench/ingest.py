@@ -85,10 +85,10 @@ def faust_floor(env: dict, n: int, work: Path, consumer: str = "faust") -> float
     log = open(work / f"floor-{consumer}.log", "wb")
     # -l info: at WARN and above Faust's terminal spinner turns on DEBUG records (see app.py)
     proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "faust_floor", "worker", "-l", "info"],
-                            cwd=Path(__file__).parent, env=dict(env, BENCH_FLOOR_EVENTS=str(n),
-                                                                BENCH_FLOOR_OUT=str(out),
-                                                                BENCH_FLOOR_CONSUMER=consumer,
-                                                                BENCH_FLOOR_DATADIR=str(work / f"floor-{consumer}-data")),
+                            cwd=Path(__file__).parent,
+                            env=dict(env, BENCH_FLOOR_EVENTS=str(n), BENCH_FLOOR_OUT=str(out),
+                                     BENCH_FLOOR_CONSUMER=consumer,
+                                     BENCH_FLOOR_DATADIR=str(work / f"floor-{consumer}-data")),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     if os.environ.get("BENCH_PYSPY_FLOOR"):  # sample the decode-only agent too
         subprocess.Popen(["sh", "-c", f'sleep {float(os.environ.get("BENCH_PYSPY_DELAY_S", "0"))} && exec "$@"', "sh",
@@ -125,7 +125,8 @@ def run_worker(env: dict, work: Path, k, bootstrap: str, n: int, users: int, nam
     while done < n:
         time.sleep(1)
         m = w.metrics()
-        done = sum(m.get(f'interest_events_total{{outcome="{o}"}}', 0) for o in ("accepted", "duplicate", "dead_letter"))
+        done = sum(m.get(f'interest_events_total{{outcome="{o}"}}', 0)
+                   for o in ("accepted", "duplicate", "dead_letter"))
         samples.append((time.monotonic() - t_ready, done))
         cache_max = max(cache_max, m.get("interest_state_cache_bytes", 0.0))
         if w.proc.poll() is not None:

@@ -325,7 +325,8 @@ def one_fold(fold_dir: Path, movies: Path, max_epochs: int, threads: int, ways: 
             own = own_priors(way, "val", m2)
             for cover in COVER:
                 for m_ in SHRINK:
-                    lifts = shrunk_lifts(tables["val"], own, parts["val"][3], m_, held["val"] if cover == "held" else set())
+                    lifts = shrunk_lifts(tables["val"], own, parts["val"][3], m_,
+                                         held["val"] if cover == "held" else set())
                     lv = np.stack([mean_lift(lifts, ks, k) for ks in keys["val"]])
                     for lam_ in LAMBDAS:
                         v = kl(va.targets, apply(pv, lam_ * lv))
@@ -406,7 +407,8 @@ def main(workdir, folds, epochs, jobs, movies, ways):
     dirs = [Path(workdir) / f"movielens-fold{i}" for i in wanted]
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
-        raise click.UsageError(f"no fold directory {', '.join(missing)}; run bench/backtest.py --dataset movielens first")
+        raise click.UsageError(f"no fold directory {', '.join(missing)}; "
+                               "run bench/backtest.py --dataset movielens first")
     chosen = tuple(w.strip() for w in ways.split(","))
     if not chosen or set(chosen) - set(WAYS):
         raise click.UsageError(f"--ways {ways!r}: expected some of {', '.join(WAYS)}, separated by commas")
@@ -419,7 +421,8 @@ def main(workdir, folds, epochs, jobs, movies, ways):
     users = fold_users([{"user": r[2]} for r in runs])
     first = np.concatenate([r[3] for r in runs])
     out = {"benchmark": "reading the items beyond train's table: neighbours, genre lists, a next-items model",
-           "machine": machine(), "commit": commit(), "workdir": str(workdir), "ways": list(chosen), "max_epochs": epochs,
+           "machine": machine(), "commit": commit(), "workdir": str(workdir), "ways": list(chosen),
+           "max_epochs": epochs,
            "jobs": jobs, "torch_threads_per_fold": 2 // jobs, "folds": [r[0] for r in runs],
            "pooled": {"all": pool(kls, users, "table"),
                       "first_test_cuts": pool({n: v[first] for n, v in kls.items()}, users[first], "table")}}

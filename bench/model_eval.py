@@ -238,8 +238,10 @@ def summarise(name: str, card: dict, result: dict, wall: float) -> dict:
                                  for b, v in result["buckets"].items() if b != "rule"},
         "truth_kl": {n: r4(v["kl"]) for n, v in result.get("truth", {}).get("models", {}).items()
                      if n in ("gpt2", "ema_prior", "mixture")},
-        "truth_kl_gain_ci95": {n: [r4(x) for x in ci] for n, ci in result.get("truth", {}).get("gain_ci95", {}).items()},
-        "truth_kl_by_next_event": {g: {"samples": v["samples"], "truth_kl": {n: r4(x) for n, x in v["truth_kl"].items()},
+        "truth_kl_gain_ci95": {n: [r4(x) for x in ci]
+                               for n, ci in result.get("truth", {}).get("gain_ci95", {}).items()},
+        "truth_kl_by_next_event": {g: {"samples": v["samples"],
+                                       "truth_kl": {n: r4(x) for n, x in v["truth_kl"].items()},
                                        "event_kl": {n: r4(x) for n, x in v["event_kl"].items()}}
                                    for g, v in result.get("truth", {}).get("by_next_event", {}).items()},
         "exported": card["metrics"]["selection"]["exported"],
@@ -397,14 +399,16 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
             first_kl = model_kl
         else:  # against the first variant on the same test samples: its KL minus the first's, users resampled
             out["variants"][-1]["kl_diff_vs_first"] = round(float((model_kl - first_kl).mean()), 5)
-            out["variants"][-1]["kl_diff_vs_first_ci95"] = [round(x, 5) for x in
-                                                            paired_bootstrap(model_kl - first_kl, np.asarray(test.user))]
+            out["variants"][-1]["kl_diff_vs_first_ci95"] = [
+                round(x, 5) for x in paired_bootstrap(model_kl - first_kl, np.asarray(test.user))]
         if members > 1:  # each member alone, by the same KL
             best_kl = result["models"][result["best_baseline"]]["kl"]
             out["variants"][-1]["members"] = [
-                {"seed": c["training"]["seed"], "kl_ratio": round(float(kl_per_sample(test.targets, p).mean()) / best_kl, 4),
+                {"seed": c["training"]["seed"],
+                 "kl_ratio": round(float(kl_per_sample(test.targets, p).mean()) / best_kl, 4),
                  "correction_scales": c["metrics"]["selection"]["correction_scales"]} for c, p in zip(cards, preds)]
-            out["variants"][-1]["averaged_kl_ratio_check"] = round(float(kl_per_sample(test.targets, pred).mean()) / best_kl, 4)
+            averaged_kl = float(kl_per_sample(test.targets, pred).mean())
+            out["variants"][-1]["averaged_kl_ratio_check"] = round(averaged_kl / best_kl, 4)
         print(json.dumps(out["variants"][-1]), file=sys.stderr)
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
@@ -494,13 +498,15 @@ def _truth(result, log_path, td, base, pred, data_cfg) -> None:
     if ok.any():
         preds = {**base["test"], "gpt2": pred}
         truth_kl = {n: kl_per_sample(tt[ok], p[ok]) for n, p in preds.items()}
-        result["truth"] = {"samples": int(ok.sum()), "models": {n: {"kl": float(v.mean())} for n, v in truth_kl.items()}}
+        result["truth"] = {"samples": int(ok.sum()),
+                           "models": {n: {"kl": float(v.mean())} for n, v in truth_kl.items()}}
         # the baseline's truth KL minus the model's, paired per sample, users resampled: above zero = model closer
         result["truth"]["gain_ci95"] = {n: paired_bootstrap(truth_kl[n] - truth_kl["gpt2"], test.user[ok])
                                         for n in ("ema_prior", "mixture")}
         result["truth"]["by_next_event"] = {
             name: {"samples": int(m.sum()),
-                   "truth_kl": {n: float(kl_per_sample(tt[m], preds[n][m]).mean()) for n in ("gpt2", "ema_prior", "mixture")},
+                   "truth_kl": {n: float(kl_per_sample(tt[m], preds[n][m]).mean())
+                                for n in ("gpt2", "ema_prior", "mixture")},
                    "event_kl": {n: float(kl_per_sample(test.targets[m], preds[n][m]).mean())
                                 for n in ("gpt2", "ema_prior", "mixture")}}
             for name, m in next_event_groups(td.ds, test, ok).items() if m.any()}

@@ -172,7 +172,8 @@ def main(workdir, only, negatives, reuse_checkpoints, data_sets):
     for name in only or DATASETS:
         _, loader, src = DATASETS[name]
         if not src.exists() or not hasattr(loaders, loader):
-            rows.append({"dataset": name, "skipped": f"no {src}" if not src.exists() else f"no models.loaders.{loader}"})
+            rows.append({"dataset": name,
+                         "skipped": f"no {src}" if not src.exists() else f"no models.loaders.{loader}"})
             continue
         log, ck, out = wd / f"{name}.jsonl", wd / f"{name}-ckpt", wd / f"{name}-rerank"
         t = time.time()

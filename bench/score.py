@@ -212,7 +212,8 @@ def _run(args, tmp: Path, windows, profiles, events, t_start: float, log) -> dic
     runs = LoadedModel.load(fp32_dir, threads=args.threads).plan(seqs, prof_in, args.batch_size, args.batch_tokens)
     batches = [(f["input_ids"], f["attention_mask"], prof_in[idx]) for idx, f in zip(runs.rows, runs.feeds)]
     export_checkpoint(ckpt, old_dir, log=log, opset=18)
-    export_checkpoint(ckpt, int8_dir, int8=True, validation=(seqs[:2000], prof_in[:2000], None, "bench windows"), log=log)
+    export_checkpoint(ckpt, int8_dir, int8=True, validation=(seqs[:2000], prof_in[:2000], None, "bench windows"),
+                      log=log)
 
     def ort_runner(path):
         so = ort.SessionOptions()

@@ -8,8 +8,9 @@ INTEREST_SCORE_INTERVAL_S=10 s) consumes it. Every minute one JSON line on stder
 accepted in that minute and per second, consumer lag, vectors published, the worker's RSS, its
 state directory and the users changelog on disk. The window is short (``--horizon-s``, grace a
 quarter of it) so events leave the windows, idle users are compacted (rows dropped) and, after
-``--profile-retention-s`` idle, evicted; memory should stop growing after the first few minutes; the summary on stdout says whether lag stayed bounded (below 2 score intervals of
-input) and how RSS moved over the second half of the run.
+``--profile-retention-s`` idle, evicted; memory should stop growing after the first few minutes;
+the summary on stdout says whether lag stayed bounded (below 2 score intervals of input) and how
+RSS moved over the second half of the run.
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def soak(args, src) -> None:
                     "accepted": int(acc),
                     "events_per_s": round(acc / 60),
                     "lag": int(sum(v for k2, v in m.items() if k2.startswith("interest_consumer_lag"))),
-                    "vectors": int(m.get("interest_scored_users_total", 0) - prev.get("interest_scored_users_total", 0)),
+                    "vectors": int(m.get("interest_scored_users_total", 0)
+                                   - prev.get("interest_scored_users_total", 0)),
                     "compacted_total": int(m.get("interest_users_compacted_total", 0)),
                     "evicted_total": int(m.get("interest_users_evicted_total", 0)),
                     "rss_mib": round(w.rss_mib(), 1),

@@ -59,7 +59,8 @@ def main(workdir, sizes, steps):
     if run.returncode != 0:
         raise SystemExit(run.stderr)
     card = json.loads((wd / "ckpt" / "model_card.json").read_text())
-    out["default_train"] = {"wall_seconds": round(time.time() - t, 1), "train_seconds": card["training"]["train_seconds"],
+    out["default_train"] = {"wall_seconds": round(time.time() - t, 1),
+                            "train_seconds": card["training"]["train_seconds"],
                             "prepare_seconds": card["training"]["prepare_seconds"],
                             "steps": card["training"]["steps"], "plain_steps": card["training"]["plain_steps_run"],
                             "stop_reason": card["training"]["stop_reason"],

@@ -63,7 +63,8 @@ class Chromium:
                 break
             time.sleep(0.1)
         self.__exit__(None, None, None)
-        raise RuntimeError(f"chromium did not start: {(self.workdir / 'chromium.log').read_text(errors='replace')[-2000:]}")
+        log = (self.workdir / 'chromium.log').read_text(errors='replace')
+        raise RuntimeError(f"chromium did not start: {log[-2000:]}")
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:

@@ -83,7 +83,8 @@ def test_the_bootstrap_timeout_setting_reaches_every_kafka_python_client(raw, ex
      "Invalid value for '--speedup': 1000000000000.0 is not in the range 0.001<=x<=86400.0."),
     (["simulate", "--users", "5", "--rate", "50", "--speedup", "1e-300"],  # an OverflowError traceback
      "Invalid value for '--speedup': 1e-300 is not in the range 0.001<=x<=86400.0."),
-    (["demo", "--speedup", "1e12"], "Invalid value for '--speedup': 1000000000000.0 is not in the range 1<=x<=86400.0."),
+    (["demo", "--speedup", "1e12"],
+     "Invalid value for '--speedup': 1000000000000.0 is not in the range 1<=x<=86400.0."),
     # an OverflowError traceback; 10^8 users were all built before the first event, without bound
     (["simulate", "--users", "99999999999999999999", "--days", "1", "--out", "{dir}/s.jsonl"],
      "Invalid value for '--users': 99999999999999999999 is not in the range 1<=x<=1000000."),
@@ -187,8 +188,9 @@ def test_kafka_status_and_down_need_no_controller_port(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"INTEREST_TOPIC_PREFIX": "team a/"}, "INTEREST_TOPIC_PREFIX may hold only ASCII letters, digits, '.', '_' and '-' "
-                                           "(it becomes part of Kafka topic names), got 'team a/'"),
+    ({"INTEREST_TOPIC_PREFIX": "team a/"},
+     "INTEREST_TOPIC_PREFIX may hold only ASCII letters, digits, '.', '_' and '-' "
+     "(it becomes part of Kafka topic names), got 'team a/'"),
     ({"INTEREST_APP_ID": "interest:stream"}, "INTEREST_APP_ID may hold only ASCII letters, digits, '.', '_' and '-' "
                                              "(it becomes part of Kafka topic names), got 'interest:stream'"),
 ])
@@ -842,7 +844,8 @@ def test_a_demo_directory_of_spaces_is_a_one_line_error_before_anything_starts(t
     out = subprocess.run([sys.executable, "-m", "stream_app.cli", "demo"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (1, "")
-    assert out.stderr == f"Error: INTEREST_DEMO_DIR must be a directory path (unset or empty for demo-out), got {raw!r}\n"
+    assert out.stderr == (f"Error: INTEREST_DEMO_DIR must be a directory path (unset or empty for demo-out), "
+                          f"got {raw!r}\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -300,7 +300,8 @@ def test_each_effect_is_the_state_without_the_event_even_when_older_events_come_
     out = explain.explain(model, core.snapshot(b"u", st, model, 86_400_000),
                           explain.snapshot(st, 86_400_000, max_events), evolution=True)
     now = score(st)
-    effects = {(c["category"], e["event_id"]): e["effect"] for c in out["categories"] for e in c["raised"] + c["lowered"]}
+    effects = {(c["category"], e["event_id"]): e["effect"]
+               for c in out["categories"] for e in c["raised"] + c["lowered"]}
     assert len(effects) >= 3
     for (c, eid), effect in effects.items():
         without = score(build([e for e in events if e["event_id"] != eid]))

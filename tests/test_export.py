@@ -63,7 +63,8 @@ def int8_dir(tiny, tmp_path_factory):
 
 def torch_probs(model, ids: np.ndarray, mask: np.ndarray, prof: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(prof))[0].numpy().astype(np.float64)
+        out = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(prof))[0]
+        return out.numpy().astype(np.float64)
 
 
 # --- the graph --------------------------------------------------------------------------
@@ -76,7 +77,8 @@ def test_graph_passes_checker_with_named_dynamic_axes(fp32_dir, tiny):
     for i in m.graph.input[:2]:
         assert [d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"]
     prof = m.graph.input[2].type.tensor_type.shape.dim
-    assert [prof[0].dim_param, prof[1].dim_value] == ["batch", len(tiny[2].profile_scales) * len(CATEGORIES)] == ["batch", 60]
+    assert ([prof[0].dim_param, prof[1].dim_value] == ["batch", len(tiny[2].profile_scales) * len(CATEGORIES)]
+            == ["batch", 60])
     assert {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {ox.OPSET}
 
 
@@ -559,7 +561,8 @@ def test_an_item_lift_travels_in_model_json_and_the_worker_adds_it(tiny, fp32_di
     assert np.abs(got[has_item, 3] - base[has_item, 3]).min() > 1e-3  # the lift moved every lifted window
     # evaluation's path: PyTorch's graph, then the same lift
     pin = np.concatenate([prof_in, np.zeros((1, prof_in.shape[1]), np.float32)])
-    graph = np.concatenate([torch_probs(model, *pad_right([enc.encode(w)], 0), pin[i:i + 1]) for i, w in enumerate(wins)])
+    graph = np.concatenate([torch_probs(model, *pad_right([enc.encode(w)], 0), pin[i:i + 1])
+                            for i, w in enumerate(wins)])
     assert np.abs(served(lifted, graph, wins) - got).max() < 1e-4
 
 

@@ -141,7 +141,8 @@ def test_train_evaluate_cli(sim_log, tmp_path):
     t2 = (split["t1"] + split["t2"]) // 2
     earlier = held_out_predictions(ck0, log, split={**split, "t2": t2})
     assert len(earlier.ds.splits["test"]) > len(graph.ds.splits["test"])
-    assert earlier.ds.splits["test"].cut_ts.min() >= t2 and earlier.pred.shape == (len(earlier.ds.splits["test"]), enc.k)
+    assert earlier.ds.splits["test"].cut_ts.min() >= t2
+    assert earlier.pred.shape == (len(earlier.ds.splits["test"]), enc.k)
 
 
 @pytest.mark.slow
@@ -194,7 +195,8 @@ def test_query_map_chosen_on_validation(sim_log, tmp_path, monkeypatch):
     assert on != off and auto == (on if qm["kept"] else off)
     # the other verdict (the choice flipped), without the refit and with it: the checkpoint follows it
     real = train_module.choose_query_map
-    monkeypatch.setattr(train_module, "choose_query_map", lambda *a, **k: {**(r := real(*a, **k)), "kept": not r["kept"]})
+    monkeypatch.setattr(train_module, "choose_query_map",
+                        lambda *a, **k: {**(r := real(*a, **k)), "kept": not r["kept"]})
     other = "off" if qm["kept"] else "on"
     for refit in ("0", "1"):
         out, qm_flipped, flipped = run(f"flipped{refit}", "--set", f"refit={refit}")
@@ -225,7 +227,8 @@ def test_query_map_off_by_setting_or_without_searches(sim_log, tmp_path):
         assert "query map:" not in res.output
     res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "queries=2"])
     assert res.exit_code == 2 and "queries must be auto (chosen on validation), on or off, got '2'" in res.output
-    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--set", "query_offset=-1"])
+    res = CliRunner().invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"),
+                                         "--set", "query_offset=-1"])
     assert res.exit_code == 2 and "unknown key 'query_offset'" in res.output
 
 
@@ -255,12 +258,14 @@ def test_train_refit_cli(sim_log, tmp_path):
     from models.model import load_checkpoint
 
     _, encoder, _ = load_checkpoint(ck)
-    ds, _, _ = prepare(sim_log, DataConfig.from_dict(card["split"]["data_config"]), encoder=encoder, split=card["split"])
+    ds, _, _ = prepare(sim_log, DataConfig.from_dict(card["split"]["data_config"]), encoder=encoder,
+                       split=card["split"])
     jt = joined_dataset(ds, encoder.categories, DataConfig.from_dict(card["split"]["data_config"])).splits["train"]
     assert len(jt) == refit["samples"] >= card["samples"]["train"] + card["samples"]["val"]
     prior = jt.targets.astype("float64").mean(0)
     assert list(card["category_prior"].values()) == pytest.approx((prior / prior.sum()).tolist(), abs=1e-9)
-    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev"), "--no-plots"])
+    res = CliRunner().invoke(cli.evaluate, [str(ck), "--data", str(sim_log), "--out", str(tmp_path / "ev"),
+                                            "--no-plots"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["baseline_params"]["mixture"]["refit"] and m["baseline_params"]["mixture"]["fit_samples"] == len(jt)
@@ -301,8 +306,8 @@ def test_help_and_bad_arguments(sim_log, tmp_path):
     res = r.invoke(cli.load, ["movielens", str(tmp_path), "--out", str(tmp_path / "m.jsonl")])
     assert res.exit_code == 1 and "ratings.csv" in res.output
     (tmp_path / "empty").mkdir()
-    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "empty"),
-                               "--max-steps", "1", "--quiet", *TINY_SETS])
+    res = r.invoke(cli.train, ["--data", str(sim_log), "--out", str(tmp_path / "x"),
+                               "--init-from", str(tmp_path / "empty"), "--max-steps", "1", "--quiet", *TINY_SETS])
     assert res.exit_code == 1 and "neither an `interest-stream pretrain` directory nor a GPT-2 directory" in res.output
     assert res.exception.__class__ is SystemExit  # a one-line error, not a traceback
     assert r.invoke(cli.pretrain, ["--help"]).exit_code == 0

@@ -77,7 +77,8 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
     # a time target reads no target_k, next_k and next_baskets no target_window_s: both were ignored
     (["train", "--target", "time", "--target-k", "7"], "Error: --target-k needs --target next_k or next_baskets"),
-    (["train", "--target", "next_k", "--target-window-s", "60"], "Error: --target-window-s needs --target time or auto"),
+    (["train", "--target", "next_k", "--target-window-s", "60"],
+     "Error: --target-window-s needs --target time or auto"),
     (["train", "--target", "next_baskets", "--set", "target_window_s=60"],
      "Error: --target-window-s needs --target time or auto"),
     # the schedule rose from lr to min_lr instead of decaying
@@ -532,7 +533,8 @@ def _rees46(**fields):
      "transactions.csv.gz:1: not a whole gzip file (Error -3 while decompressing data: invalid block type)"),
     # the character counts characters, not bytes: the bad byte follows "Amélie, " (8 characters, 9 bytes)
     ("movielens", {"ratings.csv": ML_RATINGS, "movies.csv": "movieId,title,genres\n1,A,Comedy\n".encode()
-                   + '2,"Amélie, '.encode() + b'\xe9",Comedy\n'}, "movies.csv:3: not UTF-8 text (byte 0xe9 at character 12)"),
+                   + '2,"Amélie, '.encode() + b'\xe9",Comedy\n'},
+     "movies.csv:3: not UTF-8 text (byte 0xe9 at character 12)"),
     # a row with more fields than the header (one with fewer is above)
     ("movielens", {"ratings.csv": ML_RATINGS + "1,2,4.0,964982703,extra\n"}, "ratings.csv:3: the header has 4 fields, "
                                                                             "this row 5"),

@@ -186,7 +186,8 @@ def test_joined_dataset_trains_on_the_validation_period(tmp_path):
 
     H = 3_600_000
     events = [{"event_id": f"{u}-{i}", "user_id": f"u{u}", "type": "click", "ts": i * H + u * 1000,
-               "category": "abc"[(i * (u + 1)) % 3 if i % 4 else 0], "item_id": "x"} for u in range(5) for i in range(60)]
+               "category": "abc"[(i * (u + 1)) % 3 if i % 4 else 0], "item_id": "x"}
+              for u in range(5) for i in range(60)]
     users, _ = read_log(_log(tmp_path, events))
     cfg = DataConfig(target="next_k", target_k=3)
     t1, t2 = split_times(users, cfg)
@@ -242,7 +243,8 @@ DAY_S = 86_400
 
 @pytest.mark.parametrize("shared, span_days, median, target, k, why", [
     # lines of baskets share their timestamp: the next 4 baskets, whatever else holds
-    (0.98, 365, 3, "next_baskets", 4, "98% of the events share their user's timestamp with others (baskets, at least 50%)"),
+    (0.98, 365, 3, "next_baskets", 4,
+     "98% of the events share their user's timestamp with others (baskets, at least 50%)"),
     (0.50, 365, 3, "next_baskets", 4, "50% of the events share"),
     (0.50, 0.1, 41, "next_baskets", 4, "(baskets, at least 50%)"),
     # under 10 windows of 6 h (2.5 days): time targets would not fit validation and test
@@ -345,7 +347,8 @@ def test_movielens_loader(tmp_path):
                                   '2,"Odd, Film (2000)",(no genres listed)\r\n')
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n"
                                    "1,2,3.5,964982700\r\n2,1,5.0,964982800\r\n")
-    (d / "tags.csv").write_text('userId,movieId,tag,timestamp\r\n2,1,"funny, really",964982900\r\n2,1,pixar,964982901\r\n')
+    (d / "tags.csv").write_text('userId,movieId,tag,timestamp\r\n'
+                                '2,1,"funny, really",964982900\r\n2,1,pixar,964982901\r\n')
     out = tmp_path / "ml.jsonl"
     stats = load_movielens(d, out)
     assert stats["ratings"] == 3 and stats["tags"] == 2
@@ -363,8 +366,10 @@ def test_rees46_loader(tmp_path):
     src.write_text(
         "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
         "2019-10-01 00:00:00 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,s1\n"
-        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,s2\n"
-        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,aqua,33.20,554748717,s2\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,"
+        "aqua,33.20,554748717,s2\n"
+        "2019-10-01 00:00:01 UTC,cart,3900821,2053013552326770905,appliances.environment.water_heater,"
+        "aqua,33.20,554748717,s2\n"
         "2019-10-01 00:00:02 UTC,remove_from_cart,1,2,x,,1.0,3,s3\n"
     )
     out = tmp_path / "r.jsonl"
@@ -410,7 +415,8 @@ def test_completejourney_loader(tmp_path):
     # SOFT DRINKS: 3 lines, CHEESE and TROPICAL FRUIT 1 each: top 2 keeps SOFT DRINKS and CHEESE
     # (tie broken by name: CHEESE < TROPICAL FRUIT)
     assert stats == {"events": 7, "lines": 7, "households": 2, "baskets": 4, "categories_kept": 2,
-                     "category_list": "top 2 of the file", "lines_in_kept_categories": 4, "products_missing": 1, "repeated_lines": 0}
+                     "category_list": "top 2 of the file", "lines_in_kept_categories": 4, "products_missing": 1,
+                     "repeated_lines": 0}
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
     first = rows[0]  # 2017-01-02 10:00:05 UTC, basket 10, sorted by event_id within the basket
@@ -964,7 +970,8 @@ def test_particle_filter_draws_new_base_points_as_the_simulator():
     pf = ParticleFilter(SimUser(0, 1, 0), 4000, 0)
     old = pf.base.copy()
     new, _, _ = pf._new_base(old)
-    hits = np.mean([CATEGORIES[int(np.argmax(b))] in TRANSITIONS[CATEGORIES[int(np.argmax(a))]] for a, b in zip(old, new)])
+    hits = np.mean([CATEGORIES[int(np.argmax(b))] in TRANSITIONS[CATEGORIES[int(np.argmax(a))]]
+                    for a, b in zip(old, new)])
     assert TRANSITION_P - 0.05 < hits < TRANSITION_P + 0.25 * 2 / 12 + 0.05
 
 

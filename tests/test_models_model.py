@@ -133,7 +133,8 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     prof = _profiles(encoder, 120, seed=3).numpy()
     targets = np.full((120, 3), 1 / 3, np.float32)
     targets[::2] = [0.7, 0.2, 0.1]
-    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100, threads=1)
+    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=5, warmup_steps=2, max_steps=20, seed=9, patience=100,
+                      threads=1)
 
     def run(path, resume=False, stop_at=None):
         torch.manual_seed(0)
@@ -163,7 +164,8 @@ def test_refit_trains_the_first_steps_of_the_schedule_without_validation(encoder
     prof = _profiles(encoder, 120, seed=7).numpy()
     targets = np.full((120, 3), 1 / 3, np.float32)
     targets[::3] = [0.1, 0.2, 0.7]
-    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=7, warmup_steps=2, max_steps=20, seed=4, patience=100, threads=1)
+    cfg = TrainConfig(epochs=10, batch_size=16, eval_every=7, warmup_steps=2, max_steps=20, seed=4, patience=100,
+                      threads=1)
 
     def model():
         torch.manual_seed(0)

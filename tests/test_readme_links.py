@@ -74,7 +74,8 @@ def test_dead_links_are_found_from_the_page_that_holds_them(tmp_path):
 
 
 def test_every_link_of_the_readme_and_of_docs_leads_to_a_heading_or_a_file():
-    assert [p.name for p in PAGES] == ["README.md", "commands.md", "model.md", "operations.md", "performance.md", "worker.md"]
+    assert [p.name for p in PAGES] == ["README.md", "commands.md", "model.md", "operations.md", "performance.md",
+                                       "worker.md"]
     _, to_anchors, _ = readme_links((ROOT / "README.md").read_text())
     assert len(to_anchors) >= 12  # the contents line alone links twelve sections
     assert {page.name: dead_links(page) for page in PAGES} == {page.name: [] for page in PAGES}

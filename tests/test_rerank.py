@@ -208,7 +208,8 @@ def test_response_body():
                                         {"item_id": "D", "category": "travel", "score": 5}], "weight": 1}))
     out = response_body("u1", "v9", rerank(VEC, req.items, req.weight))
     assert out == {"user_id": "u1", "personalized": True, "model_version": "v9", "weight": 1.0,
-                   "items": [{"item_id": "D", "category": "travel", "score": 5.0, "blended": 0.0, "interest": pytest.approx(1 / 3)},
+                   "items": [{"item_id": "D", "category": "travel", "score": 5.0, "blended": 0.0,
+                              "interest": pytest.approx(1 / 3)},
                              {"item_id": "A", "category": "tech", "score": 10.0, "blended": pytest.approx(LN(0.9)),
                               "interest": 0.3}],
                    "unknown_categories": ["travel"]}

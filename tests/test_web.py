@@ -169,8 +169,8 @@ def test_rerank_is_routed_to_the_owner_and_exact(cluster):
     (b"", "body"),
     ({"weight": 0.5}, "items"),
     ({"items": []}, "items"),
-    ({"items": [{"item_id": "a", "category": "tech", "score": 1}, {"item_id": "b", "category": "tech", "score": "high"}]},
-     "items[1].score"),
+    ({"items": [{"item_id": "a", "category": "tech", "score": 1},
+                {"item_id": "b", "category": "tech", "score": "high"}]}, "items[1].score"),
     ({"items": [{"item_id": f"a{i}", "category": "tech", "score": 1} for i in range(1001)]}, "items"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": 1.5}, "weight"),
     ({"items": [{"item_id": "a", "category": "tech", "score": 1}], "weight": "heavy"}, "weight"),
@@ -266,7 +266,8 @@ def test_pages_in_a_real_browser(cluster, tmp_path):
             "text": "document.body.innerText",
             # the pointer at the chart's right edge: the tip names the newest event and every layer's share
             "hover": "(() => { const s = document.querySelector('#chart svg'), r = s.getBoundingClientRect();"
-                     " s.dispatchEvent(new MouseEvent('mousemove', {clientX: r.right - 1, clientY: r.top + r.height / 2}));"
+                     " s.dispatchEvent(new MouseEvent('mousemove',"
+                     " {clientX: r.right - 1, clientY: r.top + r.height / 2}));"
                      " return [document.getElementById('tip').textContent,"
                      " s.querySelector('line[visibility]').getAttribute('visibility')]; })()",
             "left": "(() => { const s = document.querySelector('#chart svg');"

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import cli, metric_values, wait_for
 from kafka_io import read_all, set_max_message_bytes
-from interest_core.window import DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms, window_slice
+from interest_core.window import (DEFAULT_PROFILE_RETENTION_S, WindowEvent, profiles_in_order, seconds_to_ms,
+                                  window_slice)
 from stream_app.model_runtime import LoadedModel
 from stream_app.vectors import js_divergence
 from test_worker_ingest import HORIZON, T0, event, send

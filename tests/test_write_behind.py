@@ -73,7 +73,8 @@ def committed(env) -> int:
     c = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
                       group_id=f"{env['INTEREST_TOPIC_PREFIX']}interest-stream", enable_auto_commit=False)
     try:
-        return sum(c.committed(TopicPartition(t, p)) or 0 for t in topics(env).values() if t.endswith(("click", "browse", "search"))
+        return sum(c.committed(TopicPartition(t, p)) or 0
+                   for t in topics(env).values() if t.endswith(("click", "browse", "search"))
                    for p in range(PARTS))
     finally:
         c.close()
@@ -544,7 +545,8 @@ def test_a_full_cache_the_changelog_cannot_empty_stops_reading_until_it_can(env,
     assert "the state cache is full (1 MB) and the changelog refuses partitions [" in w.log(300)
     more = users_events(10, 100, name="x")
     send(env, more)
-    wait_for(lambda: metric(w, "interest_consumer_lag{") == lag + len(more), timeout=3 * END_REFRESH_S, what="the lag of new input")
+    wait_for(lambda: metric(w, "interest_consumer_lag{") == lag + len(more), timeout=3 * END_REFRESH_S,
+             what="the lag of new input")
     set_max_message_bytes(env["KAFKA_BOOTSTRAP_SERVERS"], changelog(env), 16 * 2**20)
     wait_for(lambda: committed(env) == len(events + more), timeout=120, what="every offset committed")
     assert counted(w, events + more) and metric(w, "interest_ingest_stalled") == 0

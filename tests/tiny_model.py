@@ -81,8 +81,8 @@ def tiny_samples(per_user, encoder: Encoder):
 def build_tiny_checkpoint(ckpt_dir: Path, seed: int = 0, steps: int = 60, model_config: dict | None = None,
                           max_len: int = TINY_MAX_LEN, profile_scales: int | None = None):
     """Train the tiny model and save a checkpoint; returns (ckpt_dir, model, encoder, val windows,
-    val seqs, val targets, val profiles (dicts), val profile inputs). ``model_config={}`` and ``max_len=256`` give the default model size
-    (benchmarks), briefly trained."""
+    val seqs, val targets, val profiles (dicts), val profile inputs). ``model_config={}`` and
+    ``max_len=256`` give the default model size (benchmarks), briefly trained."""
     import torch
 
     from models.model import TrainConfig, build_model, save_checkpoint, train_model
