@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/align_cost.py [--messages 200000] [--old c589f2b,bcf3efd] [--repeat 5]
 
-Each version's ``stream_app/alignment.py`` (read with ``git show REF:…``; it imports nothing of the
-project) queues messages as the ingest agent does (``add`` with what that version's agent passed,
-then ``ready`` when due) while every topic is behind, as in a backlog: a head goes when each topic
-of its partition has one waiting; ``drain`` releases the rest. The
-messages are Faust's as the agent sees them (``timestamp`` in seconds, ``value`` a contract event's
-JSON), for 20,000 users over three topics and 8 partitions, in two kinds of input:
+Each version's ``stream_app/alignment.py`` (read with ``git show REF:…``, as a module of the
+``stream_app`` package: since ``b00822d`` it imports the contract's size limit) queues messages as
+the ingest agent does (``add`` with what that version's agent passed, then ``ready`` when due) while
+every topic is behind, as in a backlog: a head goes when each topic of its partition has one
+waiting; ``drain`` releases the rest. The messages are Faust's as the agent sees them
+(``timestamp`` in seconds, ``value`` a contract event's JSON), for 20,000 users over three topics
+and 8 partitions, in three kinds of input:
 
 * ``stamped``: the record timestamp is the event's ``ts`` (the project's producers), 1 ms apart;
 * ``plain``: a producer that does not set it stamps the time it sends, 12 records in each
@@ -32,10 +33,13 @@ import types
 import orjson
 
 from common import ROOT, commit, machine, random_event, run
+from stream_app.settings import Settings
+from stream_app.state import Limits
 
 TOPICS = ("click", "browse", "search")
 PARTITIONS = 8
 T0 = 1_764_000_000_000
+ALLOWED_MS = Limits.from_settings(Settings.from_env({})).late_span_ms  # the worker's default window and grace
 
 
 class Message:
@@ -70,6 +74,7 @@ def load(ref: str | None) -> types.ModuleType:
         source = subprocess.run(["git", "show", f"{ref}:stream_app/alignment.py"], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout
     module = types.ModuleType(f"alignment_{ref or 'new'}")
+    module.__package__ = "stream_app"  # its relative imports: this checkout's stream_app
     exec(compile(source, f"{ref or 'HEAD'}:stream_app/alignment.py", "exec"), module.__dict__)
     return module
 
@@ -79,6 +84,10 @@ def agent(module: types.ModuleType):
     tie_key = getattr(module, "message_event_ts", None)
     order_key = getattr(module, "order_key", None)
     user = getattr(module, "message_user", None)
+    message_order = getattr(module, "message_order", None)
+    if message_order is not None:  # since b00822d: every message's ts parsed, its order timestamp and tie passed
+        return lambda: module.Aligner(TOPICS, release_every=module.RELEASE_EVERY, tie_key=tie_key, user=user), \
+            lambda m: message_order(m, ALLOWED_MS)
     if user is not None:  # since a head waits for its user's older record in another topic
         return lambda: module.Aligner(TOPICS, release_every=module.RELEASE_EVERY, tie_key=tie_key, user=user), \
             lambda m: m.timestamp
@@ -96,7 +105,8 @@ def per_message_us(make, key, msgs: list[Message]) -> float:
     released = 0
     t = time.perf_counter()
     for m in msgs:
-        if aligner.add(m.topic, m.partition, key(m), m, 0.0):
+        k = key(m)  # the timestamp, or (order timestamp, tie) where the version's agent passes a tie
+        if aligner.add(m.topic, m.partition, *((k[0], m, 0.0, k[1]) if isinstance(k, tuple) else (k, m, 0.0))):
             for _ in aligner.ready(m.partition, lambda t, p: False, 0.0):  # behind: waits for every topic
                 released += 1
     for _ in aligner.drain():

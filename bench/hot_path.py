@@ -71,7 +71,7 @@ def main() -> None:
     from tiny_model import build_tiny_model_dir
 
     from stream_app import core, state
-    from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts, message_user
+    from stream_app.alignment import RELEASE_EVERY, Aligner, message_event_ts, message_order, message_user
     from stream_app.app import GC_THRESHOLDS
     from stream_app.holes import Deliveries
     from stream_app.input_order import RunningBack
@@ -116,7 +116,7 @@ def main() -> None:
         # as stream_app.app's, but idle_s 0: the clock stands still here, so a wait would end only at max_buffered
         aligner = Aligner(topics, release_every=RELEASE_EVERY, tie_key=message_event_ts, user=message_user)
         deliveries = Deliveries()  # no hole: every offset is recorded (stream_app.ingest.process)
-        running_back = RunningBack((limits.horizon_ms + limits.grace_ms) / 1000)
+        running_back = RunningBack(limits.late_span_ms / 1000)
 
         def apply(released):
             for x in released:
@@ -129,8 +129,9 @@ def main() -> None:
                 cache.hold(x.partition, x, len(x.value) + len(x.key))
 
         for m in messages:
-            running_back.see(m.topic, m.partition, m.offset, m.timestamp)  # in order: never counts
-            if aligner.add(m.topic, m.partition, m.timestamp, m, 0.0):  # due: as the agent
+            key, tie = message_order(m, limits.late_span_ms)  # the event's ts parsed, as the agent does
+            running_back.see(m.topic, m.partition, m.offset, key)  # in order: never counts
+            if aligner.add(m.topic, m.partition, key, m, 0.0, tie):  # due: as the agent
                 apply(list(aligner.ready(m.partition, lambda t, p: True, 0.0)))
             cache.over_bound()
         apply(list(aligner.drain()))

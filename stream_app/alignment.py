@@ -119,6 +119,16 @@ def order_timestamp(record_ts: float, ts: int | None, allowed_ms: float, ms: flo
     return record_ts
 
 
+def message_order(message, allowed_ms: int) -> tuple[float, int]:
+    """The ingest agent's two keys for a Faust message, its value parsed once: its order timestamp
+    in Faust's seconds (:func:`order_timestamp`, ``allowed_ms`` the window and its grace) and its
+    tie, the :func:`message_event_ts` the aligner would compute for it (the event's ``ts``, else the
+    record timestamp's millisecond)."""
+    ts = value_ts(message.value)
+    tie = round(message.timestamp * 1000) if ts is None else ts
+    return order_timestamp(message.timestamp, ts, allowed_ms, 0.001), tie
+
+
 def message_event_ts(message) -> int:
     """What the worker's aligner breaks a tie of record timestamps by: the event's ``ts`` (Faust's
     ``message.timestamp`` is in seconds; the fallback is its millisecond). A producer that does not
@@ -128,7 +138,8 @@ def message_event_ts(message) -> int:
     ``bench/live_eval.py --producer plain``: 74 to 241 of 11,639 events in each of eight runs). It is
     not the first key: a ``ts`` far from its neighbours' (one stamped with the wall clock in a
     historical log) would hold every later record of its topic's partition back while the other
-    topics ran ahead. Only ties parse the value: the worker parses it again when it validates it."""
+    topics ran ahead. The ingest agent hands each message's tie to :meth:`Aligner.add`, computed
+    with its order timestamp (:func:`message_order`); this computes it for a caller that does not."""
     return event_ts(message.value, round(message.timestamp * 1000))
 
 

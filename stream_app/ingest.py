@@ -23,7 +23,7 @@ from . import core, metrics
 from .app import FUTURE_MS, LIMITS, TOPIC_TYPES, app, fetch_position, inputs, lookup_key, now_ms, send_letter, settings
 from .delivered import READER_FETCH_WAIT_MS, DeliveredEnds
 from .events import dead_letter
-from .alignment import order_timestamp, value_ts
+from .alignment import message_order
 from .input_order import RunningBack
 from .state_cache import Letter, message_bytes
 
@@ -235,15 +235,14 @@ async def ingest(stream):
         m = event.message
         p = m.partition
         offsets[(m.topic, p)] = m.offset
-        ts = value_ts(m.value)
-        key = order_timestamp(m.timestamp, ts, LIMITS.late_span_ms, 0.001)  # Faust's timestamp is in seconds
+        key, tie = message_order(m, LIMITS.late_span_ms)
         back = running_back.see(m.topic, p, m.offset, key)
         now = time.monotonic()
         if back is not None:
             _running_back(m, back.seconds)
             if back.step:
                 aligner.ran_back(m.topic, p, now)
-        if aligner.add(m.topic, p, key, m, now, round(m.timestamp * 1000) if ts is None else ts):
+        if aligner.add(m.topic, p, key, m, now, tie):
             apply_released(aligner.ready(p, caught_up, now, has_hole, _fetch_began()), bounded=True)
         if states.over_bound():
             await _respect_bound()

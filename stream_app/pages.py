@@ -362,13 +362,13 @@ ATTENTION = (
 
 def attention(registry) -> list[tuple[str, float, str, str]]:
     """``(metric, value, "now" or "since start", meaning)`` of each :data:`ATTENTION` metric that is
-    not 0, in that order."""
-    out = []
-    for name, kind, meaning in ATTENTION:
-        value = registry.get_sample_value(name) or 0.0
-        if value:
-            out.append((name, value, kind, meaning))
-    return out
+    not 0, in that order; a metric with labels (the running-back count, by topic) summed over them."""
+    values = {name: 0.0 for name, _, _ in ATTENTION}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] += sample.value
+    return [(name, values[name], kind, meaning) for name, kind, meaning in ATTENTION if values[name]]
 
 
 def lag_by_topic(lag) -> list[tuple[str, int, int, list[tuple[int, int]]]]:

@@ -2,7 +2,7 @@
 import orjson
 import pytest
 
-from stream_app.alignment import Aligner, event_ts, message_event_ts, order_timestamp
+from stream_app.alignment import Aligner, event_ts, message_event_ts, message_order, order_timestamp
 
 TOPICS = ("click", "browse", "search")
 
@@ -202,6 +202,17 @@ def test_an_event_without_an_integer_ts_is_ordered_by_its_record_timestamp(value
     m = Msg("m", 415, None)
     m.value = value
     assert message_event_ts(m) == want  # Faust's seconds back to the millisecond
+    assert message_order(m, 1_000)[1] == want  # the tie the ingest agent hands the aligner
+
+
+@pytest.mark.parametrize("record_ms, ts, want", [
+    (10_000, 8_999, (8.999, 8_999)),  # sent long after its event: ordered by its ts, in seconds
+    (10_000, 9_700, (10.0, 9_700)),  # a live producer's delay: its record timestamp, the tie its ts
+    (10_000, None, (10.0, 10_000)),  # no integer ts: the record timestamp, and its millisecond as tie
+])
+def test_the_agents_keys_for_a_message_are_its_order_timestamp_and_its_tie(record_ms, ts, want):
+    m = Msg("m", record_ms, ts)
+    assert message_order(m, 1_000) == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("record_ts, ts, ms, want", [

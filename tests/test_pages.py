@@ -190,7 +190,9 @@ def test_scoring_passes_from_their_histogram():
 
 def test_attention_lists_the_failure_metrics_that_are_not_zero_in_a_fixed_order():
     reg = CollectorRegistry()
-    made = {name: (Gauge if kind == "now" else Counter)(name.removesuffix("_total"), "", registry=reg)
+    labels = {"interest_input_running_back_total": ["topic"]}  # as stream_app.metrics has them
+    made = {name: (Gauge if kind == "now" else Counter)(name.removesuffix("_total"), "", labels.get(name, ()),
+                                                         registry=reg)
             for name, kind, _ in pages.ATTENTION}
     assert pages.attention(reg) == []
     made["interest_model_refused_total"].inc(2)
@@ -204,6 +206,10 @@ def test_attention_lists_the_failure_metrics_that_are_not_zero_in_a_fixed_order(
     made["interest_ingest_stalled"].set(0)  # a stall that ended is not listed
     assert [name for name, *_ in pages.attention(reg)] == ["interest_vectors_failed_total",
                                                            "interest_model_refused_total"]
+    made["interest_input_running_back_total"].labels(topic="events.click").inc(9)  # by topic: their sum
+    made["interest_input_running_back_total"].labels(topic="events.search").inc(2)
+    assert pages.attention(reg)[1] == ("interest_input_running_back_total", 11.0, "since start",
+                                       meaning["interest_input_running_back_total"])
 
 
 def test_lag_by_topic_sums_partitions_and_names_those_behind_most_first():

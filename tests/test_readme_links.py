@@ -48,7 +48,7 @@ def dead_links(page: Path, root: Path = ROOT) -> list[str]:
     """The links of a page that lead nowhere: to a missing file, or to a heading its page lacks.
     Paths are relative to the page; links to the web, or out of the repository (the README's
     ``../shared/CONTRACT.md``), are not followed."""
-    dead = []
+    dead, anchors = [], {}  # anchors: each target page's headings, read once
     for link in LINK.findall(FENCE.sub("", page.read_text())):
         if link.startswith(("http://", "https://", "mailto:")):
             continue
@@ -58,8 +58,11 @@ def dead_links(page: Path, root: Path = ROOT) -> list[str]:
             continue
         if not target.exists():
             dead.append(link)
-        elif anchor and target.suffix == ".md" and anchor not in readme_links(target.read_text())[0]:
-            dead.append(link)
+        elif anchor and target.suffix == ".md":
+            if target not in anchors:
+                anchors[target] = readme_links(target.read_text())[0]
+            if anchor not in anchors[target]:
+                dead.append(link)
     return dead
 
 

@@ -253,6 +253,8 @@ def test_a_log_written_user_by_user_loses_nothing_as_late_sent_as_written_or_in_
         "the window and its grace (1.0 days): its producer sends out of ts order, and a user's older events may be "
         "applied after newer ones of other topics and be late; send in ts order (`load jsonl` does). Counted in "
         "interest_input_running_back_total; said once a partition"), said
+    _, overview = w.get("/")  # the overview lists the count as needing attention
+    assert '<li><b>9</b> input records stamped older than one before them' in overview
     for user, last in zip(same, [T0 + 10 * DAY] * 2 + [T0 + 30 * DAY] * 2):
         status, body = w.get(f"/users/{user}")
         assert status == 200 and body["newest_ts"] == last, body
