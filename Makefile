@@ -147,6 +147,7 @@ bench: install
 		--workdir $(SIM_BOUND_DIR)-steps | tee bench-out/model_eval-sim-max-steps-6000.json
 	$(PY) bench/sim_scale.py --users 500,2000,8000,16000 --workdir $(SIM_SCALE_DIR) | tee bench-out/sim_scale.json
 	$(PY) bench/live_eval.py | tee bench-out/live_eval.json
+	$(PY) bench/tuned_counter.py | tee bench-out/tuned_counter.json
 	$(PY) bench/rerank_eval.py | tee bench-out/rerank_eval.json
 	$(PY) bench/model_eval.py --dataset cj --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-cj.json
 	$(PY) bench/model_eval.py --dataset movielens --variants default,features,plain,single_target,no_profile | tee bench-out/ablations-movielens.json

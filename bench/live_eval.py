@@ -25,9 +25,12 @@ the vectors it publishes compared with each user's actual next behaviour, agains
 4. Scored against the cut's target (the same :mod:`models.data` code as ``evaluate``): KL, top-3
    hit rate, paired bootstrap intervals over users against the best baseline on validation (fit
    on training, as ``evaluate`` does), and against that baseline given an items' lift as ``train``
-   gives the model one (``evaluate``'s ``best_with_item_lift``). Also the largest difference
-   between a live vector and the checkpoint's offline prediction (PyTorch) for the same sample:
-   training and serving agree.
+   gives the model one (``evaluate``'s ``best_with_item_lift``), and against ``ema_prior`` tuned on
+   these very cuts, as a check that tunes its own counter on its test data would: in sample (an
+   optimistic yardstick) and cross-validated over users (each fifth of the users predicted by the
+   counter tuned on the others; :func:`models.baselines.counter_in_hindsight`). Also the largest
+   difference between a live vector and the checkpoint's offline prediction (PyTorch) for the same
+   sample: training and serving agree.
 
 Prints JSON per dataset: samples, KL of the live vectors, of the offline model and of every
 baseline, the ratio to the best baseline with its interval, top-3 hit rates, the parity, dead
@@ -190,7 +193,7 @@ def stream_and_collect(events: list[dict], cut_of: dict[str, int], served: Path,
     return last, stats
 
 
-def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
+def score(ds, base, pred, categories, rows, live: dict[str, dict], tuned: dict) -> dict:
     from models.baselines import NAMES
     from models.evaluate import kl_per_sample, paired_bootstrap, top3_per_sample
 
@@ -199,7 +202,9 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
     got = np.array([[live[ds.user_ids[u]]["interests"][c] for c in categories] for u in users], np.float64)
     best = base["best"]
     preds = {"live": got, "offline": pred[rows], **{n: base["test"][n][rows] for n in NAMES},
-             "best_with_item_lift": base["test_with_item_lift"][rows]}
+             "best_with_item_lift": base["test_with_item_lift"][rows],
+             "counter_tuned_on_these_cuts": tuned["in_sample"],
+             "counter_tuned_on_other_users": tuned["cross_validated"]}
     kl = {n: kl_per_sample(targets, p) for n, p in preds.items()}
     top3 = {n: top3_per_sample(targets, p) for n, p in preds.items()}
     return {
@@ -214,6 +219,13 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict]) -> dict:
         "ratio_live_to_best_with_item_lift": round(float(kl["live"].mean() / kl["best_with_item_lift"].mean()), 4),
         "kl_gain_vs_best_with_item_lift_ci95": [round(x, 4) for x in paired_bootstrap(
             kl["best_with_item_lift"] - kl["live"], users)],
+        # ema_prior tuned on these very cuts (in sample, and cross-validated over users), as a check
+        # that tunes its own counter on its test data would (models.baselines.counter_in_hindsight)
+        "counter_tuned_on_these_cuts": tuned["params"],
+        **{f"ratio_live_to_{n}": round(float(kl["live"].mean() / kl[n].mean()), 4)
+           for n in ("counter_tuned_on_these_cuts", "counter_tuned_on_other_users")},
+        **{f"kl_gain_vs_{n}_ci95": [round(x, 4) for x in paired_bootstrap(kl[n] - kl["live"], users)]
+           for n in ("counter_tuned_on_these_cuts", "counter_tuned_on_other_users")},
         "top3_hit": {n: round(float(v.mean()), 4) for n, v in top3.items()},
         "top3_gain_ci95": [round(x, 4) for x in paired_bootstrap(top3["live"] - top3[best], users)],
         "max_abs_diff_live_vs_offline": float(np.abs(got - pred[rows]).max()),
@@ -224,7 +236,8 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
         producer: str = "project", order: str = "time") -> dict:
     from model_eval import first_cuts, make_log
 
-    from models.evaluate import held_out_predictions
+    from models.baselines import counter_in_hindsight
+    from models.evaluate import held_out_predictions, kl_per_sample
 
     wd = workdir / dataset
     wd.mkdir(parents=True, exist_ok=True)
@@ -236,6 +249,8 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
     evaluated = held_out_predictions(ckpt, log)  # what `evaluate` scores
     ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
+    tuned = counter_in_hindsight(ds, ds.splits["test"].take(rows), len(categories), base["test"]["prior"][0],
+                                 kl_per_sample)
     cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
     events = events_to_stream(log, cut_of, order)
     runs = []
@@ -247,7 +262,7 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
         if missing:
             raise SystemExit(f"{dataset}: {len(missing)} of {len(cut_of)} users have no vector at their cut "
                              f"(e.g. {missing[:3]}); see {work / 'live.log'}")
-        runs.append({**stats, **score(ds, base, pred, categories, rows, live)})
+        runs.append({**stats, **score(ds, base, pred, categories, rows, live, tuned)})
     card = orjson.loads((served / "model.json").read_bytes())
     choice = orjson.loads((ckpt / "model_card.json").read_bytes())["split"].get("target_choice")
     out = {"dataset": dataset, "train_and_export_s": None if train_s is None else round(train_s, 1),
