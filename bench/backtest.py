@@ -25,7 +25,10 @@ much tighter than either ratio's interval. ``first_test_cuts`` pools (and compar
 first test cut of each user alone: the cuts ``bench/live_eval.py`` streams each user up to.
 ``pooled_vs_best_with_item_lift`` and ``first_test_cuts_vs_best_with_item_lift`` pool the same
 against each fold's best baseline given an items' lift (``evaluate``'s ``best_with_item_lift``:
-the lift ``train`` gives the model, chosen on that baseline's validation predictions). Stdout:
+the lift ``train`` gives the model, chosen on that baseline's validation predictions), and
+``first_test_cuts_vs_counter_tuned_on_them`` against ``ema_prior`` tuned on each fold's first test
+cuts themselves, in sample and cross-validated over users (``bench/live_eval.py``'s yardstick,
+:func:`models.baselines.counter_in_hindsight`). Stdout:
 one JSON with the machine, the commit, each fold's summary and the pooled figures.
 """
 from __future__ import annotations
@@ -122,7 +125,8 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets, skip):
         for name, v in zip(names, out["variants"]):
             ps = np.load(fd / dataset / name / "per_sample.npz")
             runs[name].append({"user": ps["user"], "model": ps["model"], "best": ps[str(ps["best_baseline"])],
-                               "lifted": ps["best_with_item_lift"], "first": ps["first_test_cut"]})
+                               "lifted": ps["best_with_item_lift"], "first": ps["first_test_cut"],
+                               **{k: ps[k] for k in ("tuned_in_sample", "tuned_cross_validated")}})
             summaries.append({"fold": i, "variant": name, "end_frac": ends[i], "events": out["events"],
                               "test_users": out["test_users"], "test_samples": out["samples"]["test"],
                               **{k: v[k] for k in (
@@ -140,6 +144,10 @@ def main(dataset, folds, parallel, workdir, variants, sets, data_sets, skip):
               # the same against the best baseline given an items' lift, as train gives the model one
               "pooled_vs_best_with_item_lift": {n: pool(runs[n], "lifted") for n in names},
               "first_test_cuts_vs_best_with_item_lift": {n: pool(first_cuts_only(runs[n]), "lifted") for n in names},
+              # and against ema_prior tuned on each fold's first test cuts themselves (bench/live_eval.py's)
+              "first_test_cuts_vs_counter_tuned_on_them": {n: {
+                  how: pool(first_cuts_only(runs[n]), f"tuned_{how}") for how in ("in_sample", "cross_validated")}
+                  for n in names},
               "sets": list(sets), "data_sets": list(data_sets), "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(result, indent=1))
 

@@ -338,7 +338,7 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
            "samples": {k: td.info["samples"][k] for k in ("train", "val", "test")},
            "test_users": int(len(set(test.user.tolist()))), "setup_seconds": round(setup_s, 1),
            "baselines_test_kl": None, "variants": []}
-    base_refit, base_lifted, first_kl = None, None, None
+    base_refit, base_lifted, first_kl, tuned = None, None, None, {}
     for name in names:
         spec = VARIANTS[name]
         if spec.get("pretrained") and not pretrained:
@@ -385,9 +385,13 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         # each test sample's KL, for pooling runs (bench/backtest.py)
         model_kl = kl_per_sample(test.targets, pred)
         base_kl = {n: kl_per_sample(test.targets, p) for n, p in v_base["test"].items()}
+        if id(v_base) not in tuned:  # once for each set of baselines (their prior)
+            tuned[id(v_base)] = tuned_on_first_cuts(td.ds, test, first_test_cut, td.encoder.k,
+                                                    v_base["test"]["prior"][0])
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
                  best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first_test_cut,
-                 best_with_item_lift=kl_per_sample(test.targets, v_base["test_with_item_lift"]))
+                 best_with_item_lift=kl_per_sample(test.targets, v_base["test_with_item_lift"]),
+                 **tuned[id(v_base)])
         out["baselines_test_kl" if v_base is base_lifted else "refit_baselines_test_kl"] = \
             {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))
@@ -440,6 +444,23 @@ def first_cuts(samples) -> np.ndarray:
     order = np.lexsort((samples.cut_ts, samples.user))
     first = np.r_[True, samples.user[order][1:] != samples.user[order][:-1]]
     return order[first]
+
+
+def tuned_on_first_cuts(ds, test, first: np.ndarray, k: int, prior: np.ndarray) -> dict[str, np.ndarray]:
+    """(N,) KL of ``ema_prior`` tuned on the first test cuts themselves, in sample and cross-validated
+    over users (:func:`models.baselines.counter_in_hindsight`), NaN for the other samples: for
+    bench/backtest.py, as bench/live_eval.py scores the live vectors against it."""
+    from models.baselines import counter_in_hindsight
+    from models.evaluate import kl_per_sample
+
+    rows = np.flatnonzero(first)
+    s = test.take(rows)
+    tuned = counter_in_hindsight(ds, s, k, prior, kl_per_sample)
+    out = {}
+    for key, name in (("in_sample", "tuned_in_sample"), ("cross_validated", "tuned_cross_validated")):
+        out[name] = np.full(len(test), np.nan)
+        out[name][rows] = kl_per_sample(s.targets, tuned[key])
+    return out
 
 
 def first_cut_mask(samples) -> np.ndarray:
