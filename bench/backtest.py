@@ -28,7 +28,7 @@ against each fold's best baseline given an items' lift (``evaluate``'s ``best_wi
 the lift ``train`` gives the model, chosen on that baseline's validation predictions), and
 ``first_test_cuts_vs_counter_tuned_on_them`` against ``ema_prior`` tuned on each fold's first test
 cuts themselves, in sample and cross-validated over users (``bench/live_eval.py``'s yardstick,
-:func:`models.baselines.counter_in_hindsight`). Stdout:
+:func:`models.baselines.counter_tuned_on_samples`). Stdout:
 one JSON with the machine, the commit, each fold's summary and the pooled figures.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ the vectors it publishes compared with each user's actual next behaviour, agains
    gives the model one (``evaluate``'s ``best_with_item_lift``), and against ``ema_prior`` tuned on
    these very cuts, as a check that tunes its own counter on its test data would: in sample (an
    optimistic yardstick) and cross-validated over users (each fifth of the users predicted by the
-   counter tuned on the others; :func:`models.baselines.counter_in_hindsight`). Also the largest
+   counter tuned on the others; :func:`models.baselines.counter_tuned_on_samples`). Also the largest
    difference between a live vector and the checkpoint's offline prediction (PyTorch) for the same
    sample: training and serving agree.
 
@@ -220,7 +220,7 @@ def score(ds, base, pred, categories, rows, live: dict[str, dict], tuned: dict) 
         "kl_gain_vs_best_with_item_lift_ci95": [round(x, 4) for x in paired_bootstrap(
             kl["best_with_item_lift"] - kl["live"], users)],
         # ema_prior tuned on these very cuts (in sample, and cross-validated over users), as a check
-        # that tunes its own counter on its test data would (models.baselines.counter_in_hindsight)
+        # that tunes its own counter on its test data would (models.baselines.counter_tuned_on_samples)
         "counter_tuned_on_these_cuts": tuned["params"],
         **{f"ratio_live_to_{n}": round(float(kl["live"].mean() / kl[n].mean()), 4)
            for n in ("counter_tuned_on_these_cuts", "counter_tuned_on_other_users")},
@@ -236,7 +236,7 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
         producer: str = "project", order: str = "time") -> dict:
     from model_eval import first_cuts, make_log
 
-    from models.baselines import counter_in_hindsight
+    from models.baselines import counter_tuned_on_samples
     from models.evaluate import held_out_predictions, kl_per_sample
 
     wd = workdir / dataset
@@ -249,7 +249,7 @@ def run(dataset: str, workdir: Path, timeout_s: float, trials: int = 1, reuse: b
     evaluated = held_out_predictions(ckpt, log)  # what `evaluate` scores
     ds, base, pred, categories = evaluated.ds, evaluated.base, evaluated.pred, evaluated.encoder.categories
     rows = first_cuts(ds.splits["test"])
-    tuned = counter_in_hindsight(ds, ds.splits["test"].take(rows), len(categories), base["test"]["prior"][0],
+    tuned = counter_tuned_on_samples(ds, ds.splits["test"].take(rows), len(categories), base["test"]["prior"][0],
                                  kl_per_sample)
     cut_of = {ds.user_ids[u]: int(c) for u, c in zip(ds.splits["test"].user[rows], ds.splits["test"].cut_ts[rows])}
     events = events_to_stream(log, cut_of, order)

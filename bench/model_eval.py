@@ -448,14 +448,14 @@ def first_cuts(samples) -> np.ndarray:
 
 def tuned_on_first_cuts(ds, test, first: np.ndarray, k: int, prior: np.ndarray) -> dict[str, np.ndarray]:
     """(N,) KL of ``ema_prior`` tuned on the first test cuts themselves, in sample and cross-validated
-    over users (:func:`models.baselines.counter_in_hindsight`), NaN for the other samples: for
+    over users (:func:`models.baselines.counter_tuned_on_samples`), NaN for the other samples: for
     bench/backtest.py, as bench/live_eval.py scores the live vectors against it."""
-    from models.baselines import counter_in_hindsight
+    from models.baselines import counter_tuned_on_samples
     from models.evaluate import kl_per_sample
 
     rows = np.flatnonzero(first)
     s = test.take(rows)
-    tuned = counter_in_hindsight(ds, s, k, prior, kl_per_sample)
+    tuned = counter_tuned_on_samples(ds, s, k, prior, kl_per_sample)
     out = {}
     for key, name in (("in_sample", "tuned_in_sample"), ("cross_validated", "tuned_cross_validated")):
         out[name] = np.full(len(test), np.nan)

@@ -3,7 +3,7 @@ after ``bench/live_eval.py``, on the checkpoints it trained).
 
 The issue's check compares the model with a decayed counter shrunk toward the prior "tuned
 independently". The most a check can tune one is on its own test data:
-:func:`models.baselines.counter_in_hindsight`, ``ema_prior`` with its half-life, beta and prior (the
+:func:`models.baselines.counter_tuned_on_samples`, ``ema_prior`` with its half-life, beta and prior (the
 training prior, or the mean of these samples' own targets) chosen on the samples it predicts, in
 sample (optimistic) and cross-validated over users (each fold of users predicted by what the other
 folds chose). ``bench/live_eval.py`` scores the live vectors against it on each user's first test
@@ -40,14 +40,14 @@ POPULATION_WEIGHTS = (0.5, 1.0)  # of the population's mix against the training 
 def one_set(run, rows: np.ndarray) -> dict:
     from hindsight import population_mix
 
-    from models.baselines import counter_in_hindsight
+    from models.baselines import counter_tuned_on_samples
     from models.evaluate import kl_per_sample, paired_bootstrap
 
     ds, k = run.ds, run.encoder.k
     s = ds.splits["test"].take(rows)
     prior = run.base["test"]["prior"][0]
     t0 = time.perf_counter()
-    tuned = counter_in_hindsight(ds, s, k, prior, kl_per_sample)
+    tuned = counter_tuned_on_samples(ds, s, k, prior, kl_per_sample)
     kl = {"model": kl_per_sample(s.targets, run.pred[rows]), "best_baseline": kl_per_sample(
         s.targets, run.base["test"][run.base["best"]][rows]),
         "counter_tuned_on_these_samples": kl_per_sample(s.targets, tuned["in_sample"]),

@@ -18,7 +18,7 @@
   chosen on validation.
 Every other parameter (half-life, its kind, beta) is chosen on the validation split by KL.
 
-Not a baseline but a yardstick: :func:`counter_in_hindsight` is ``ema_prior`` tuned on the very
+Not a baseline but a yardstick: :func:`counter_tuned_on_samples` is ``ema_prior`` tuned on the very
 samples it predicts, what a check finds that tunes such a counter on its own test data
 (``bench/live_eval.py``).
 """
@@ -42,13 +42,13 @@ MIXTURE_HALF_LIVES = ([("time", s) for s in (HOUR, 6 * HOUR, 24 * HOUR, 3 * 24 *
                                                30 * 24 * HOUR, 365 * 24 * HOUR)]
                       + [("events", n) for n in (5, 20, 100)])
 LENGTH_BUCKETS = (1, 4, 16, 64, 256)  # history lengths: 0, 1-3, 4-15, 16-63, 64-255, 256+
-# counter_in_hindsight's grid, finer than validation's: 5 minutes to 2 years, 1 to 500 events
-HINDSIGHT_HALF_LIVES = ([("time", float(s)) for s in np.geomspace(300, 2 * 365 * 24 * HOUR, 25)]
+# counter_tuned_on_samples's grid, finer than validation's: 5 minutes to 2 years, 1 to 500 events
+TUNED_HALF_LIVES = ([("time", float(s)) for s in np.geomspace(300, 2 * 365 * 24 * HOUR, 25)]
                         + [("events", n) for n in (1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200,
                                                    300, 500)]
                         + [("time", float("inf"))])
-HINDSIGHT_BETAS = tuple(float(b) for b in np.geomspace(0.01, 512, 48))
-HINDSIGHT_FOLDS = 5  # counter_in_hindsight's cross-validation: folds of users
+TUNED_BETAS = tuple(float(b) for b in np.geomspace(0.01, 512, 48))
+TUNED_FOLDS = 5  # counter_tuned_on_samples's cross-validation: folds of users
 MIXTURE_FIT_SAMPLES = 30_000  # training samples the mixture is fit on (seeded subset)
 MIXTURE_STEPS = 400  # full-batch Adam steps (a dozen weights per bucket converge well before)
 
@@ -108,8 +108,8 @@ def shrink(counts: np.ndarray, prior: np.ndarray, beta: float) -> np.ndarray:
     return (counts + beta * prior[None, :]) / (counts.sum(1, keepdims=True) + beta)
 
 
-def counter_in_hindsight(ds: Dataset, samples: Samples, k: int, prior: np.ndarray, kl_fn,
-                         folds: int = HINDSIGHT_FOLDS, seed: int = 0) -> dict:
+def counter_tuned_on_samples(ds: Dataset, samples: Samples, k: int, prior: np.ndarray, kl_fn,
+                         folds: int = TUNED_FOLDS, seed: int = 0) -> dict:
     """``ema_prior`` tuned on the test samples themselves, over a finer grid than validation's: the
     half-life (either kind), beta, and prior (``prior``, or the mean of the samples' own targets).
 
@@ -122,8 +122,8 @@ def counter_in_hindsight(ds: Dataset, samples: Samples, k: int, prior: np.ndarra
     users = np.unique(samples.user)
     folds = min(folds, len(users))
     if folds < 2:
-        raise ValueError(f"counter_in_hindsight cross-validates over users: {len(users)} user(s) is not enough")
-    counts = [decayed_counts(ds, samples, k, kind, hl) for kind, hl in HINDSIGHT_HALF_LIVES]
+        raise ValueError(f"counter_tuned_on_samples cross-validates over users: {len(users)} user(s) is not enough")
+    counts = [decayed_counts(ds, samples, k, kind, hl) for kind, hl in TUNED_HALF_LIVES]
     fold = (np.random.default_rng(seed).permutation(len(users)) % folds)[np.searchsorted(users, samples.user)]
 
     def priors(rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -134,7 +134,7 @@ def counter_in_hindsight(ds: Dataset, samples: Samples, k: int, prior: np.ndarra
         best = (np.inf, 0, "", 0.0)
         for h, c in enumerate(counts):
             for name, pr in priors(rows).items():
-                for beta in HINDSIGHT_BETAS:
+                for beta in TUNED_BETAS:
                     kl = float(kl_fn(samples.targets[rows], shrink(c[rows], pr, beta)).mean())
                     if kl < best[0]:
                         best = (kl, h, name, beta)
@@ -148,7 +148,7 @@ def counter_in_hindsight(ds: Dataset, samples: Samples, k: int, prior: np.ndarra
         rest, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         _, hf, nf, bf = tune(rest)
         cross[held] = shrink(counts[hf][held], priors(rest)[nf], bf)
-    kind, half_life = HINDSIGHT_HALF_LIVES[h]
+    kind, half_life = TUNED_HALF_LIVES[h]
     return {"in_sample": in_sample, "cross_validated": cross,
             "params": {"kind": kind, "half_life": half_life, "beta": round(beta, 4), "prior": name,
                        "kl": round(kl, 4), "folds": folds}}
