@@ -44,9 +44,8 @@ MIXTURE_HALF_LIVES = ([("time", s) for s in (HOUR, 6 * HOUR, 24 * HOUR, 3 * 24 *
 LENGTH_BUCKETS = (1, 4, 16, 64, 256)  # history lengths: 0, 1-3, 4-15, 16-63, 64-255, 256+
 # counter_tuned_on_samples's grid, finer than validation's: 5 minutes to 2 years, 1 to 500 events
 TUNED_HALF_LIVES = ([("time", float(s)) for s in np.geomspace(300, 2 * 365 * 24 * HOUR, 25)]
-                        + [("events", n) for n in (1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200,
-                                                   300, 500)]
-                        + [("time", float("inf"))])
+                    + [("events", n) for n in (1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500)]
+                    + [("time", float("inf"))])
 TUNED_BETAS = tuple(float(b) for b in np.geomspace(0.01, 512, 48))
 TUNED_FOLDS = 5  # counter_tuned_on_samples's cross-validation: folds of users
 MIXTURE_FIT_SAMPLES = 30_000  # training samples the mixture is fit on (seeded subset)
@@ -108,8 +107,21 @@ def shrink(counts: np.ndarray, prior: np.ndarray, beta: float) -> np.ndarray:
     return (counts + beta * prior[None, :]) / (counts.sum(1, keepdims=True) + beta)
 
 
+def best_shrink(counts: np.ndarray, targets: np.ndarray, priors: dict[str, np.ndarray], betas, kl_fn):
+    """``(mean KL, prior's name, beta)`` of the lowest mean KL of ``shrink(counts, prior, beta)`` to
+    ``targets`` over ``priors`` and ``betas``, the first in that order on a tie: ``ema_prior``'s
+    search at one half-life (:meth:`Baselines.fit`, :func:`counter_tuned_on_samples`)."""
+    best = (np.inf, "", 0.0)
+    for name, pr in priors.items():
+        for beta in betas:
+            kl = float(kl_fn(targets, shrink(counts, pr, beta)).mean())
+            if kl < best[0]:
+                best = (kl, name, beta)
+    return best
+
+
 def counter_tuned_on_samples(ds: Dataset, samples: Samples, k: int, prior: np.ndarray, kl_fn,
-                         folds: int = TUNED_FOLDS, seed: int = 0) -> dict:
+                             folds: int = TUNED_FOLDS, seed: int = 0) -> dict:
     """``ema_prior`` tuned on the test samples themselves, over a finer grid than validation's: the
     half-life (either kind), beta, and prior (``prior``, or the mean of the samples' own targets).
 
@@ -131,13 +143,11 @@ def counter_tuned_on_samples(ds: Dataset, samples: Samples, k: int, prior: np.nd
         return {"given": np.asarray(prior, np.float64), "these samples": own / own.sum()}
 
     def tune(rows: np.ndarray) -> tuple[float, int, str, float]:
-        best = (np.inf, 0, "", 0.0)
+        best, targets, pr = (np.inf, 0, "", 0.0), samples.targets[rows], priors(rows)
         for h, c in enumerate(counts):
-            for name, pr in priors(rows).items():
-                for beta in TUNED_BETAS:
-                    kl = float(kl_fn(samples.targets[rows], shrink(c[rows], pr, beta)).mean())
-                    if kl < best[0]:
-                        best = (kl, h, name, beta)
+            kl, name, beta = best_shrink(c[rows], targets, pr, TUNED_BETAS, kl_fn)
+            if kl < best[0]:
+                best = (kl, h, name, beta)
         return best
 
     everyone = np.arange(len(samples))
@@ -222,10 +232,9 @@ class Baselines:
             kl = kl_fn(val.targets, normalise(c, self.prior)).mean()
             if kl < best_ema[0]:
                 best_ema = (kl, {"kind": kind, "half_life": hl})
-            for beta in BETAS:
-                kl = kl_fn(val.targets, shrink(c, self.prior, beta)).mean()
-                if kl < best_ep[0]:
-                    best_ep = (kl, {"kind": kind, "half_life": hl, "beta": beta})
+            kl, _, beta = best_shrink(c, val.targets, {"prior": self.prior}, BETAS, kl_fn)
+            if kl < best_ep[0]:
+                best_ep = (kl, {"kind": kind, "half_life": hl, "beta": beta})
         self.params = {"ema": best_ema[1], "ema_prior": best_ep[1], "mixture": self._fit_mixture(val, kl_fn)}
         return self.params
 

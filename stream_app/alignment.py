@@ -92,10 +92,15 @@ def value_ts(value: bytes | None) -> int | None:
     return ts if type(ts) is int else None
 
 
+def tie_ts(ts: int | None, record_ms: int) -> int:
+    """What ties of order timestamps are broken by: the event's ``ts`` (:func:`value_ts`), else the
+    record timestamp's millisecond."""
+    return record_ms if ts is None else ts
+
+
 def event_ts(value: bytes | None, record_ts: int) -> int:
     """The event's ``ts`` when ``value`` is an event with an integer one, else ``record_ts``."""
-    ts = value_ts(value)
-    return record_ts if ts is None else ts
+    return tie_ts(value_ts(value), record_ts)
 
 
 def order_timestamp(record_ts: float, ts: int | None, allowed_ms: float, ms: float = 1) -> float:
@@ -125,8 +130,7 @@ def message_order(message, allowed_ms: int) -> tuple[float, int]:
     tie, the :func:`message_event_ts` the aligner would compute for it (the event's ``ts``, else the
     record timestamp's millisecond)."""
     ts = value_ts(message.value)
-    tie = round(message.timestamp * 1000) if ts is None else ts
-    return order_timestamp(message.timestamp, ts, allowed_ms, 0.001), tie
+    return order_timestamp(message.timestamp, ts, allowed_ms, 0.001), tie_ts(ts, round(message.timestamp * 1000))
 
 
 def message_event_ts(message) -> int:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import core, state
-from .alignment import UsersWaiting, order_timestamp, value_ts
+from .alignment import UsersWaiting, order_timestamp, tie_ts, value_ts
 from .settings import InterestStreamError, Settings
 
 
@@ -324,7 +324,7 @@ def merged_records(consumer, ranges: dict, poll_ms: int = 500, buffered: int = B
                         last[tp] = key
                         buffers[tp].append(r)
                         keys[tp].append(key)
-                        stamps[tp].append(r.timestamp if ts is None else ts)  # event_ts
+                        stamps[tp].append(tie_ts(ts, r.timestamp))
                         if users is not None:
                             users.add(tp, r.key, (key,))
                         position[tp] = r.offset + 1
