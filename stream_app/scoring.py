@@ -75,8 +75,10 @@ async def index_new_partitions() -> None:
     seen = 0
     # RocksDB iterators read a consistent snapshot: a user forgotten (or evicted as idle) while the
     # scan yields to the loop is still in it, and so is the older state of one changed, flushed
-    # and dropped from the cache meanwhile; neither may be cached from it (StateCache.scan_seen)
-    states.scan_seen = seen_live = set()
+    # and dropped from the cache meanwhile; neither may be cached from it (StateCache.scan_seen).
+    # That holds for the users cached before the scan began too (events applied since the
+    # assignment): their entries know more than the snapshot, and were indexed when cached
+    states.scan_seen = seen_live = set(states.entries)
     try:
         for i, (key, raw) in enumerate(users.items()):
             p = partition_for(key, n)

@@ -78,6 +78,40 @@ def test_a_user_changed_flushed_and_dropped_while_the_scan_runs_keeps_its_newest
     assert set(cache.entries) == set(keys[:2])  # the third is read from the table when it is next needed
 
 
+@pytest.mark.parametrize("room", [True, False], ids=["cache_has_room", "cache_full"])
+def test_a_user_changed_before_the_scan_then_flushed_and_dropped_keeps_its_newest_state(monkeypatch, room):
+    """An event applied after the assignment, before the scan starts (the agent runs first): the
+    user is cached and dirty. While the scan yields, the flush writes it and the bound drops it;
+    the snapshot, taken before that flush, holds the state before the event. Before, the scan
+    knew only the users cached *during* it: with room it cached the older state (the event lost
+    at the next flush), with the cache full it indexed the older state's idle facts (its newest
+    event 3 days back, so the next idle pass compacted the user's current state)."""
+    n = scoring.settings.partitions
+    keys = [k for k in (b"u%d" % i for i in range(200)) if partition_for(k, n) == 0][:3]
+    cache = StateCache(10**9)
+    older, newer = None, None
+    for i, ts in enumerate((T0, T0 + 3 * 86_400_000)):
+        older = newer and state.load(state.dump(newer), scoring.LIMITS)  # apply changes its state
+        _, newer = state.apply(newer, {"event_id": f"e{i}", "user_id": "u", "type": "click", "ts": ts,
+                                       "item_id": "i", "category": "c"}, scoring.LIMITS, ts)
+    cache.put(0, keys[2], newer)  # before the scan
+
+    def meanwhile(key):
+        if key == keys[0]:
+            cache.settled(cache.take(0))  # the flush
+            cache.max_bytes = 1
+            assert cache.shrink() == 1  # dropped, clean
+            cache.max_bytes = 10**9 if room else 1
+
+    monkeypatch.setattr(scoring.app, "states", cache)
+    monkeypatch.setattr(scoring.app, "scorer", scoring.Pass())
+    monkeypatch.setattr(scoring, "users", Snapshot({k: state.dump(older) for k in keys}, meanwhile))
+    monkeypatch.setattr(scoring, "owned_partitions", lambda: {0})
+    asyncio.run(scoring.index_new_partitions())
+    assert keys[2] not in cache.entries  # read from the table when it is next needed
+    assert cache.facts[0][keys[2]] == state.idle_facts(newer) != state.idle_facts(older)
+
+
 T0 = 978_307_200_000
 
 
