@@ -383,15 +383,17 @@ class Flusher:
         """Faust's table API, record by record (stores without per-partition databases)."""
         table, topic = self.table, self.context_topic
         nbytes = 0
+        # The deletes before the first await, as in _write_batches: the cache dropped these users
+        # (StateCache.take), and a lookup while the writes yield would cache their old states again
+        if f.deletes:
+            with current_partition(topic, f.partition):
+                for key in f.deletes:
+                    if key in table:
+                        del table[key]  # a changelog tombstone
         for i in range(0, len(f.writes), self.chunk):
             with current_partition(topic, f.partition):
                 for key, raw in f.writes[i:i + self.chunk]:
                     table[key] = raw
                     nbytes += len(raw)
             await asyncio.sleep(0)
-        if f.deletes:
-            with current_partition(topic, f.partition):
-                for key in f.deletes:
-                    if key in table:
-                        del table[key]  # a changelog tombstone
         return nbytes

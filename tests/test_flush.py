@@ -458,3 +458,36 @@ def test_records_with_headers_are_sent_with_them_and_records_without_with_none()
                     {"key": b"b", "value": None, "timestamp": None, "headers": [("h", b"0")]}]),
         ("out", 4, [{"key": b"c", "value": None, "timestamp": None, "headers": [("h", b"1"), ("i", b"2@3")]}]),
     ]
+
+
+def test_a_store_without_partition_databases_deletes_a_forgotten_user_before_the_flush_yields():
+    """``INTEREST_STORE=memory://``: the flush writes through Faust's table API and yields to the
+    event loop between chunks of the partition's other users. Before, the forgotten user was
+    deleted after them: a lookup in between (an event, a web view) found the old state in the
+    table, cached it again, and the user's next event wrote it back after the tombstone."""
+
+    class MemoryTable(dict):  # Faust's table API over a store without per-partition databases
+        data = object()
+
+    table, cache = MemoryTable({b"gone": b"old state"}), StateCache(10**9)
+    flusher = Flusher(table=table, cache=cache, context_topic="t", producer=None, consumer=lambda: Consumer(),
+                      chunk=1)
+    seen = []
+
+    async def lookup():  # what runs while the flush yields
+        for _ in range(3):
+            seen.append(table.get(b"gone"))
+            await asyncio.sleep(0)
+
+    async def run():
+        cache.delete(1, b"gone")
+        for user in (b"a", b"b"):
+            cache.put(1, user, dict(STATE))
+        looking = asyncio.create_task(lookup())
+        await asyncio.sleep(0)  # the lookup runs first, then at each of the flush's yields
+        await flusher.flush("forget", [1])
+        await looking
+
+    asyncio.run(run())
+    assert seen[0] == b"old state" and seen[1:] == [None, None]
+    assert set(table) == {b"a", b"b"}
