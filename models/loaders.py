@@ -4,7 +4,9 @@ MovieLens ``ml-latest-small`` (``load movielens DIR``; DIR holds ratings.csv, mo
 * every rating is one ``click``: ``event_id`` ``"r-<userId>-<movieId>"``, ``user_id`` the userId as
   a string, ``ts`` = timestamp * 1000, ``item_id`` the movieId, ``category`` the movie's FIRST
   listed genre (``"(no genres listed)"`` kept as is for the 34 movies without one); extra fields
-  ``genres`` (all genres, a list) and ``rating`` (the stars);
+  ``genres`` (all genres, a list) and ``rating`` (the stars). ``ml-latest-small`` lists most
+  films' genres in alphabetical order, so this is mostly the first in the alphabet (Action over
+  Thriller; docs/model.md, "Loaders");
 * every tag application is one ``search`` whose ``query`` is the tag text (trimmed, cut to 512
   characters; empty tags skipped): ``event_id`` ``"t-<userId>-<movieId>-<n>"`` (n counts that
   user's tags on that movie in file order), extra field ``movie_id``;
@@ -191,8 +193,9 @@ class _Lines:
                 raise ValueError(f"{self.path}:{self.n + 1}: not a whole gzip file ({exc})") from None
         raw = self._rest.pop()
         self.n += 1
-        try:
-            return raw.decode("utf-8")  # (a UTF-8 sequence never holds the byte of \r or \n)
+        try:  # (a UTF-8 sequence never holds the byte of \r or \n; a file's first line may start
+            # with the byte order mark Excel and Windows tools write, which is not part of its header)
+            return raw.decode("utf-8-sig" if self.n == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"{self.path}:{self.n}: not UTF-8 text (byte {raw[exc.start]:#04x} at character "
                              f"{len(raw[:exc.start].decode('utf-8')) + 1})") from None

@@ -660,6 +660,33 @@ def test_load_reads_a_file_whose_lines_end_in_a_lone_cr_as_text_mode_did(tmp_pat
                                                                       ("2", "Drama", 964982704000)]
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which Excel and Windows tools write at the start of a CSV
+
+
+@pytest.mark.parametrize("verb, files", [
+    ("movielens", {"movies.csv": "movieId,title,genres\n1,A,Comedy\n", "ratings.csv": ML_RATINGS,
+                   "tags.csv": "userId,movieId,tag,timestamp\n1,1,funny,964982704\n"}),
+    ("rees46", {"events.csv": REES46}),
+    ("completejourney", {"products.csv": "product_id,department,product_category\n1,GROCERY,BREAD\n",
+                         "transactions.csv.gz": CJ_TX}),
+])
+def test_load_reads_files_that_start_with_a_byte_order_mark_as_without(tmp_path, verb, files):
+    """A CSV saved by Excel starts with a byte order mark: its first column's name was read with it
+    ('\\ufeffuserId') and the whole load refused ("has columns ['\\ufeffuserId', ...]")."""
+    logs = []
+    for bom in (b"", BOM):
+        d = tmp_path / f"data{len(bom)}"
+        d.mkdir()
+        for name, text in files.items():
+            raw = bom + text.encode()
+            (d / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+        out = tmp_path / f"log{len(bom)}.jsonl"
+        res = _run(["load", verb, d / "events.csv" if verb == "rees46" else d, "--out", out])
+        assert res.exit_code == 0, res.output
+        logs.append(out.read_text())
+    assert logs[1] == logs[0] and len(logs[0].splitlines()) == (2 if verb == "movielens" else 1)
+
+
 TINY_TRAIN = ["--quiet", "--max-steps", "2", "--max-train-samples", "200", "--set", "n_layer=1", "--set", "n_embd=16",
               "--set", "n_head=2", "--set", "max_len=48", "--set", "plain_steps=2", "--set", "threads=1",
               "--set", "refit=0", "--set", "item_lift=0", "--set", "queries=off"]
