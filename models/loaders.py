@@ -21,7 +21,8 @@ FILE ends in ``.gz``, as the Complete Journey's may be):
   so no event is dropped (rare ones become the unknown-category token of the encoding);
 * ``ts`` = ``event_time`` (``YYYY-MM-DD hh:mm:ss UTC``) as epoch ms; ``user_id`` and ``item_id``
   (product_id) as strings; ``event_id`` ``"e-"`` + the first 16 hex digits of the SHA-1 of the raw
-  CSV line, so an exact duplicate row is the same event (the window counts it once); extra fields
+  CSV line, so an exact duplicate row is the same event (the window counts it once; the stats'
+  ``repeated_rows`` says how many); extra fields
   ``event_type`` (the upstream type), ``brand``, ``price``, ``session``;
 * no dwell times and no searches exist in this data.
 
@@ -278,7 +279,8 @@ def movielens_events(data_dir) -> tuple[list[dict], dict]:
 def rees46_events(path) -> tuple[list[dict], dict]:
     kinds = {"view": "browse", "cart": "click", "purchase": "click"}
     events: list[dict] = []
-    stats = {"rows": 0, "skipped_type": 0, "no_category_code": 0}
+    stats = {"rows": 0, "skipped_type": 0, "no_category_code": 0, "repeated_rows": 0}
+    ids: set[str] = set()  # a repeated row is the same event, counted once downstream: say how many
     with _lines(path) as f:
         header = next(f, "")
         cols = next(csv.reader([header]))
@@ -313,6 +315,9 @@ def rees46_events(path) -> tuple[list[dict], dict]:
                 "item_id": _id(row["product_id"], "product_id", path, n), "category": cat[:MAX_ID],
                 "event_type": row["event_type"],
             }
+            if ev["event_id"] in ids:
+                stats["repeated_rows"] += 1
+            ids.add(ev["event_id"])
             if row.get("brand"):
                 ev["brand"] = row["brand"]
             if row.get("price"):

@@ -805,7 +805,7 @@ def test_load_of_a_dataset_that_makes_no_events_is_one_line_and_leaves_out_alone
     out.write_text("earlier\n")
     for verb, src, counts in [
         ("movielens", ml, "ratings 0, tags 0, tags_skipped_empty 0, movies_without_genre_row 0"),
-        ("rees46", rees, "rows 0, skipped_type 0, no_category_code 0"),
+        ("rees46", rees, "rows 0, skipped_type 0, no_category_code 0, repeated_rows 0"),
         ("completejourney", cj, "lines 0, households 0, baskets 0, categories_kept 30, category_list fixed, "
                                 "lines_in_kept_categories 0, products_missing 0, repeated_lines 0"),
     ]:

@@ -374,7 +374,7 @@ def test_rees46_loader(tmp_path):
     )
     out = tmp_path / "r.jsonl"
     stats = load_rees46(src, out)
-    assert stats == {"events": 3, "rows": 4, "skipped_type": 1, "no_category_code": 1}
+    assert stats == {"events": 3, "rows": 4, "skipped_type": 1, "no_category_code": 1, "repeated_rows": 1}
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["type"] == "browse" and rows[0]["category"] == "category_id:2103807459595387724"
     assert rows[0]["ts"] == 1569888000000 and rows[0]["user_id"] == "541312140"
