@@ -27,6 +27,9 @@ MAX_LEN = 8192
 MAX_BACKBONE_WEIGHTS = 10**9
 # The per-category network's widths (it runs once per category and readout): far past any use
 MAX_CAT_WIDTH = 4096
+# torch.set_num_threads takes a C int: threads=3000000000 was "Overflow when unpacking long", after
+# the log was read. 256 as the worker's INTEREST_ORT_THREADS, far past the machines this runs on
+MAX_THREADS = 256
 
 
 def check_ranges(cfg, at_least: dict | None = None, above: dict | None = None,

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -77,7 +78,8 @@ class DataConfig:
                                      "target_window_s": 1, "target_k": 1, "click_weight": 0.0,
                                      "browse_weight": 0.0, "max_train_samples": 1, "max_eval_samples": 1,
                                      "min_category_count": 1, "max_len": 1, "seed": 0},
-                     at_most={"horizon_s": MAX_HORIZON_S, "max_events": MAX_EVENTS, "max_len": MAX_LEN})
+                     at_most={"horizon_s": MAX_HORIZON_S, "max_events": MAX_EVENTS, "max_len": MAX_LEN,
+                              "profile_retention_s": MAX_HORIZON_S})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
@@ -94,6 +96,21 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def hashed_log_error(path, verb: str) -> str | None:
+    """Why ``path`` cannot be the log of ``verb`` (evaluate, evaluate-rerank, export), which hashes
+    it besides reading it (:func:`another_log`); None for a regular file. A pipe was read, then
+    hashed empty, and said to be another log than the card's (``another_log: true``)."""
+    p = Path(path)
+    if not p.exists():
+        return f"{path}: no such data file"
+    if p.is_dir():
+        return f"{path}: a directory, not a data file"
+    if not p.is_file():
+        return (f"{path}: not a regular file: {verb} needs the log as a file, not a pipe (it compares the "
+                "log's sha256 with the model card's, and a pipe can be read once)")
+    return None
 
 
 def another_log(card: dict, path) -> bool:

@@ -56,7 +56,7 @@ from interest_core.artifacts import (CHECKPOINT_CARD_FILE, CONFIG_FILE, ENCODING
                                      TRAIN_STATE_FILE, WEIGHTS_FILE)
 from interest_core.cli_types import MAX_SEED
 from interest_core.rerank import PRIOR_SHAPE, is_prior
-from models.config_checks import MAX_CAT_WIDTH, check_backbone, check_lr_floor, check_ranges
+from models.config_checks import MAX_CAT_WIDTH, MAX_THREADS, check_backbone, check_lr_floor, check_ranges
 from models.item_lift import PRIOR_FLOOR
 
 CORRECTIONS = ("none", "features", "full")  # what is added to the plain path (module doc)
@@ -129,7 +129,8 @@ class ModelConfig:
             raise ValueError(f"query_offset must be -1 or a token id past the categories and below vocab_size "
                              f"{self.vocab_size}, got {self.query_offset}")
         check_ranges(self, at_least={"max_len": 1, "cat_dim": 1, "cat_hidden": 0, "cat_context": 0},
-                     above={"recency_tokens": 0.0}, at_most={"cat_dim": MAX_CAT_WIDTH, "cat_hidden": MAX_CAT_WIDTH})
+                     above={"recency_tokens": 0.0}, at_most={"cat_dim": MAX_CAT_WIDTH, "cat_hidden": MAX_CAT_WIDTH,
+                                                               "cat_context": MAX_CAT_WIDTH})
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -722,7 +723,8 @@ class TrainConfig:
                                      "weight_decay": 0.0, "eval_every": 1, "patience": 1, "max_steps": 1,
                                      "eval_samples": 1, "plain_steps": 0, "query_map_steps": 1, "dense_weight": 0.0,
                                      "aux_horizon": 0.0, "aux_weight": 0.0, "threads": 1, "seed": 0},
-                     above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0}, at_most={"seed": MAX_SEED})
+                     above={"lr": 0.0, "grad_clip": 0.0, "plain_lr": 0.0},
+                     at_most={"seed": MAX_SEED, "threads": MAX_THREADS})
         check_lr_floor(self, ("lr", "plain_lr"))
 
 

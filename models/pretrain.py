@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from interest_core.cli_types import MAX_SEED
-from models.config_checks import (MAX_EVENTS, MAX_HORIZON_S, MAX_LEN, check_backbone, check_lr_floor,
-                                  check_ranges)
+from models.config_checks import (MAX_EVENTS, MAX_HORIZON_S, MAX_LEN, MAX_THREADS, check_backbone,
+                                  check_lr_floor, check_ranges)
 
 PRETRAIN_FILE = "pretrain.json"  # marks a directory written by ``interest-stream pretrain``
 BACKBONE_DIR = "backbone"
@@ -61,7 +61,7 @@ class PretrainConfig:
                                      "batch_size": 1, "min_lr": 0.0, "warmup_steps": 0, "weight_decay": 0.0,
                                      "max_steps": 1, "eval_every": 1, "threads": 1, "seed": 0},
                      above={"lr": 0.0, "val_frac": 0.0}, below={"val_frac": 1.0},
-                     at_most={"seed": MAX_SEED, "max_len": MAX_LEN, "horizon_s": MAX_HORIZON_S,
+                     at_most={"seed": MAX_SEED, "max_len": MAX_LEN, "horizon_s": MAX_HORIZON_S, "threads": MAX_THREADS,
                               "max_events": MAX_EVENTS})
         check_lr_floor(self)
 

@@ -44,6 +44,14 @@ def model(**kw):
      "about 1,019,215,872 weights (12 x n_layer x n_embd^2), more than the 1,000,000,000 training can hold"),
     (model, {"cat_hidden": 4097}, "cat_hidden must be <= 4096, got 4097"),
     (model, {"cat_dim": 100000}, "cat_dim must be <= 4096, got 100000"),
+    # 26 GB asked at the model's start, after the log was read: a traceback
+    (model, {"cat_context": 100000000}, "cat_context must be <= 4096, got 100000000"),
+    # torch.set_num_threads' "Overflow when unpacking long", after the log was read
+    (TrainConfig, {"threads": 3000000000}, "threads must be <= 256, got 3000000000"),
+    (PretrainConfig, {"threads": 257}, "threads must be <= 256, got 257"),
+    # trained and exported, then refused by the worker (model.json's window 1e+20, not an integer)
+    (DataConfig, {"profile_retention_s": 10**20},
+     "profile_retention_s must be <= 9223372036854775, got 100000000000000000000"),
 ])
 def test_a_bad_number_names_its_key(make, kw, message):
     with pytest.raises(ValueError) as err:
@@ -56,6 +64,8 @@ def test_the_defaults_and_the_edges_of_each_range_are_accepted():
     TrainConfig(plain_steps=0, warmup_steps=0, weight_decay=0.0, min_lr=0.0, dense_weight=0.0, batch_size=1)
     model(dropout=0.0, cat_hidden=0, cat_context=0, n_layer=1, n_head=1, n_embd=1)
     model(n_layer=4, n_embd=4560, n_head=1, cat_hidden=4096, cat_dim=4096)  # 998,092,800 weights: the edges
+    model(cat_context=4096), TrainConfig(threads=256), PretrainConfig(threads=256)
+    DataConfig(profile_retention_s=9223372036854775)
     model(dropout=0.999)
     DataConfig(click_weight=0.0, target_k=1, max_len=1)
 
