@@ -38,6 +38,7 @@ from interest_core.artifacts import (CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_
 from interest_core.encoding import pad_right  # the one padding convention
 from interest_core.errors import InterestStreamError
 from models.data import file_sha256 as sha256_file  # one file hash
+from models.data import hashed_log_error
 
 # Opset 20 has GELU as one operator (Gelu, with the tanh approximation the backbone trains with):
 # at 18 the exporter wrote it out in eight elementwise nodes over every token's 4C activations, and
@@ -481,8 +482,8 @@ def export_checkpoint(ckpt_dir, out_dir, int8: bool = False, data=None, log=log_
         raise ExportError(f"{ckpt}: not a directory (expected a checkpoint directory from `train`)")
     if int8 and data is None and validation is None:
         raise ExportError("--int8 needs --data FILE: the accuracy change is measured on its validation split")
-    if data is not None and not Path(data).is_file():
-        raise ExportError(f"{data}: no such data file")
+    if data is not None and (error := hashed_log_error(data, "export")):
+        raise ExportError(error)
 
     from models.model import json_text, load_checkpoint  # imports torch
 

@@ -286,8 +286,10 @@ def held_out_predictions(ckpt_dir, data_path, split: dict | None = None) -> Test
 
 def run_evaluation(ckpt_dir, data_path, out_dir, plots: bool = True, progress: bool = True) -> dict:
     """Everything ``interest-stream evaluate`` does; returns the metrics.json content."""
-    from models.data import another_log
+    from models.data import another_log, hashed_log_error
 
+    if error := hashed_log_error(data_path, "evaluate"):
+        raise ValueError(error)
     ds, dcfg, info, base, pred, model, encoder, card = held_out_predictions(ckpt_dir, data_path)
     test = ds.splits["test"]
     check_test_users(test.user, data_path)

@@ -276,8 +276,11 @@ def run_rerank_evaluation(ckpt_dir, data_path, out_dir, negatives: int = DEFAULT
     """Everything ``interest-stream evaluate-rerank`` does; returns the rerank_metrics.json content.
     ``weight`` fixes the blend weight of every source instead of choosing it on validation;
     ``inputs``: :func:`rerank_inputs` of the same arguments, already computed."""
+    from models.data import hashed_log_error
     from models.evaluate import paired_bootstrap
 
+    if error := hashed_log_error(data_path, "evaluate-rerank"):
+        raise ValueError(error)
     t0 = time.time()
     inp = inputs if inputs is not None else rerank_inputs(ckpt_dir, data_path, negatives, log)
     cands, cats, prior = inp.candidates, inp.categories, inp.prior

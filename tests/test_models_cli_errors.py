@@ -999,3 +999,22 @@ def test_train_names_a_log_that_is_a_pipe_and_the_hint_fits_the_target(tmp_path)
     last = res.output.splitlines()[-1]
     assert last.startswith("Error: not enough data for a time split: no training or validation samples")
     assert last.endswith("; for a short log try a smaller --target-k, or a longer log"), last
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "evaluate-rerank", "export"])
+def test_a_log_that_is_a_pipe_or_a_directory_is_refused_before_it_is_read(tmp_path, verb):
+    """These hash the log besides reading it, to say whether it is the one the model was trained on.
+    A pipe was read, then hashed empty: evaluate said it was another log than the card's (`another_log:
+    true`) of the very log it was trained on; export called a pipe and a directory 'no such data file'."""
+    ck = tmp_path / "ck"
+    ck.mkdir()  # refused before the checkpoint is read
+    pipe = tmp_path / "log.fifo"
+    os.mkfifo(pipe)
+    more = ["--int8"] if verb == "export" else []
+    for data, why in ((pipe, f"not a regular file: {verb} needs the log as a file, not a pipe (it compares the "
+                             "log's sha256 with the model card's, and a pipe can be read once)"),
+                      (tmp_path, "a directory, not a data file")):
+        if data == tmp_path and verb != "export":  # click's own refusal: Path(dir_okay=False)
+            continue
+        res = _run([verb, ck, "--data", data, "--out", tmp_path / "out", *more])
+        assert (res.exit_code, res.output) == (1, f"Error: {data}: {why}\n")
