@@ -251,6 +251,8 @@ class LocalKafka:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None, False
+        except OSError as exc:  # a directory or a file it may not read: a traceback from status and down
+            raise KafkaLocalError(f"cannot read the broker's pid file {self.pid_file}: {exc.strerror}") from None
         if pid <= 1:  # to kill(), 0 and -1 are the caller's own group and every process; 1 is init
             return None, False
         try:

@@ -269,6 +269,17 @@ def test_a_pid_file_naming_no_broker_of_this_home_is_stale(tmp_path):
             proc.wait()
 
 
+def test_a_pid_file_that_cannot_be_read_is_one_line(tmp_path):
+    """A directory where the pid file goes was an IsADirectoryError traceback from status and down."""
+    k = LocalKafka(home=tmp_path / "kafka", port=free_port(), controller_port=free_port())
+    k.pid_file.mkdir(parents=True)
+    for call in (k.pid, k.down):
+        with pytest.raises(KafkaLocalError) as err:
+            call()
+        assert str(err.value) == f"cannot read the broker's pid file {k.pid_file}: Is a directory"
+    assert k.pid_file.is_dir()
+
+
 def test_a_taken_controller_port_is_one_line(tmp_path):
     """Only the broker's port was checked: a taken controller port ended in "the broker exited with
     code 1" and 30 lines of Java stack."""
