@@ -170,11 +170,15 @@ def warmup_ms(s: Settings) -> int:
     return (s.horizon_s + s.grace_s) * 1000
 
 
+def check_range(from_ms: int, to_ms: int) -> None:
+    if to_ms <= from_ms:
+        raise ReplayError(f"--to ({iso(to_ms)}) must be after --from ({iso(from_ms)})")
+
+
 def plan(consumer, s: Settings, from_ms: int, to_ms: int) -> Plan:
     from kafka import TopicPartition
 
-    if to_ms <= from_ms:
-        raise ReplayError(f"--to ({iso(to_ms)}) must be after --from ({iso(from_ms)})")
+    check_range(from_ms, to_ms)
     read_from = read_from_ms(s, from_ms)
     tps = []
     for topic in s.input_topics.values():
@@ -382,11 +386,13 @@ def run(s: Settings, from_ms: int, to_ms: int, output_topic: str, model_dir: str
     from .model_swap import window_mismatch
     from .topics import ensure_output_topic
 
+    # the arguments first, then the broker: a reversed range or no model was a Kafka error without one
     check_output_topic(s, output_topic)
-    check_existing_output(s, output_topic)
+    check_range(from_ms, to_ms)
     if not model_dir:
         raise ReplayError("no model: give --model DIR or set INTEREST_MODEL_DIR")
     model = LoadedModel.load(model_dir, s.ort_threads)  # one version for the whole replay
+    check_existing_output(s, output_topic)
     problem = window_mismatch(model.card, s.horizon_s, s.max_events, s.profile_retention_s)
     if problem:
         print(f"Warning: {problem}", file=sys.stderr)

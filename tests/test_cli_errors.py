@@ -931,3 +931,19 @@ main()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stderr.splitlines()[-1]) == (status, line), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from", "2001-01-03", "--to", "2001-01-02"], "--to (2001-01-02T00:00:00Z) must be after --from "
+                                                     "(2001-01-03T00:00:00Z)"),
+    (["--from", "2001-01-01", "--to", "2001-01-02", "--model", ""],
+     "no model: give --model DIR or set INTEREST_MODEL_DIR"),
+])
+def test_replay_checks_its_arguments_before_it_asks_kafka(args, message):
+    """With no broker, a reversed range or no model was reported as Kafka that could not be reached
+    (after the bootstrap timeout): what to fix was not said."""
+    env = {k: v for k, v in os.environ.items() if k != "INTEREST_MODEL_DIR"}
+    env.update(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", INTEREST_BOOTSTRAP_TIMEOUT_S="1")
+    out = subprocess.run([sys.executable, "-m", "stream_app.cli", "replay", *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr) == (1, f"Error: {message}\n")
