@@ -197,6 +197,10 @@ def train(data, out, epochs, seed, loss, target, target_window_s, target_k, hori
             chosen[g][key] = conv.get(typ if isinstance(typ, str) else typ.__name__, str)(raw)
         except ValueError:
             raise click.BadParameter(f"{key}: bad value {raw!r}", param_hint="--set") from None
+        option = given.get((g, key))
+        if option is not None and option != chosen[g][key]:  # the --set won, without a word
+            raise click.UsageError(f"--{key.replace('_', '-')} {option} and --set {item} give {key} twice: "
+                                   "give one")
     target_set = chosen["data"]
     # each target reads one of the two (models.data.target_span); auto measures the log in windows
     if target_set.get("target", "auto") in ("auto", "time") and "target_k" in target_set:

@@ -75,6 +75,11 @@ def test_a_log_whose_events_have_the_wrong_types_is_no_valid_events(tmp_path, fi
     (["train", "--seed", str(2**64)], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["pretrain", "--set", f"seed={2**64}"], "Error: seed must be <= 18446744073709551615, got 18446744073709551616"),
     (["train", "--set", "aux_head=-1"], "Error: aux_head must be 0 (off) or 1 (on), got -1"),
+    # the --set won, without a word
+    (["train", "--epochs", "3", "--set", "epochs=1"],
+     "Error: --epochs 3 and --set epochs=1 give epochs twice: give one"),
+    (["train", "--max-steps", "9", "--set", "max_steps=2"],
+     "Error: --max-steps 9 and --set max_steps=2 give max_steps twice: give one"),
     # a time target reads no target_k, next_k and next_baskets no target_window_s: both were ignored
     (["train", "--target", "time", "--target-k", "7"], "Error: --target-k needs --target next_k or next_baskets"),
     (["train", "--target", "next_k", "--target-window-s", "60"],
