@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .settings import InterestStreamError
+from .settings import InterestStreamError, directory
 
 # One Kafka version everywhere: here, infra/kafka/pom.xml and docker-compose.yml.
 KAFKA_VERSION = "4.1.1"
@@ -58,11 +58,11 @@ def cache_dir() -> Path:
 
 def default_home() -> Path:
     """Data, config, logs and pid file of the development broker."""
-    base = os.environ.get("INTEREST_KAFKA_HOME") or os.path.join(
+    base = directory(os.environ, "INTEREST_KAFKA_HOME", os.path.join(  # only spaces: a directory ' '
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
         "interest-stream",
         "kafka",
-    )
+    ))
     # absolute: the broker's command line names its config by this path, which `pid()` looks for
     # whatever directory a later `status` or `down` runs in
     home = Path(os.path.abspath(base))

@@ -200,7 +200,8 @@ def _room(part: str, topics: list[str]) -> tuple[int, str]:
 
 
 def directory(env: Mapping[str, str], name: str, default: str) -> str:
-    """A directory setting (INTEREST_DATA_DIR, and the demo's INTEREST_DEMO_DIR); empty is unset.
+    """A directory setting (INTEREST_DATA_DIR, the demo's INTEREST_DEMO_DIR, the local broker's
+    INTEREST_KAFKA_HOME); empty is unset.
     Only spaces made a directory ' ' in the working directory, created without a word."""
     value = env.get(name) or default
     if not value.strip():

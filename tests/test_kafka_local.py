@@ -269,6 +269,16 @@ def test_a_pid_file_naming_no_broker_of_this_home_is_stale(tmp_path):
             proc.wait()
 
 
+def test_a_kafka_home_of_only_spaces_is_one_line(tmp_path):
+    """It was a directory named '   ' in the working directory, as INTEREST_DATA_DIR's was."""
+    env = dict(os.environ, INTEREST_KAFKA_HOME="   ", PYTHONPATH=str(ROOT))  # run in tmp_path: ' ' lands there
+    res = subprocess.run([sys.executable, "-m", "stream_app.cli", "kafka", "status"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout) == (1, "")
+    assert res.stderr.startswith("Error: INTEREST_KAFKA_HOME must be a directory path (unset or empty for ")
+    assert res.stderr.endswith("/interest-stream/kafka), got '   '\n") and list(tmp_path.iterdir()) == []
+
+
 def test_a_pid_file_that_cannot_be_read_is_one_line(tmp_path):
     """A directory where the pid file goes was an IsADirectoryError traceback from status and down."""
     k = LocalKafka(home=tmp_path / "kafka", port=free_port(), controller_port=free_port())
