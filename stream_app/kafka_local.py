@@ -58,7 +58,7 @@ def cache_dir() -> Path:
 
 def default_home() -> Path:
     """Data, config, logs and pid file of the development broker."""
-    base = directory(os.environ, "INTEREST_KAFKA_HOME", os.path.join(  # only spaces: a directory ' '
+    base = directory(os.environ, "INTEREST_KAFKA_HOME", os.path.join(  # only spaces is refused (was a dir '   ')
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
         "interest-stream",
         "kafka",
