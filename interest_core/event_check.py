@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from interest_core.window import EVENT_TYPES, STRING_LIMITS
+from interest_core.window import EVENT_TYPES, MAX_TS, STRING_LIMITS
 
 REQUIRED_BY_TYPE = {
     "click": ("item_id", "category"),
@@ -81,6 +81,8 @@ def check_fields(obj) -> dict | Rejected:
     ts = obj["ts"]
     if not _is_int(ts) or ts < 0:
         return Rejected("bad_type", f"ts must be a non-negative integer (epoch ms), got {ts!r}"[:200])
+    if ts > MAX_TS:  # orjson reads up to 2**64-1; past any clock (the worker's reason), and numpy's int64
+        return Rejected("future_ts", f"ts {ts} is past {MAX_TS}, the latest epoch ms a Kafka record timestamp holds")
     event["ts"] = ts
     dwell = obj.get("dwell_ms")
     if dwell is not None:

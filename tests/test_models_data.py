@@ -301,6 +301,26 @@ def test_a_log_is_read_through_the_workers_check_of_an_event(tmp_path):
     assert invalid_summary(read_log(_log(tmp_path, [click]))[1]) == ""
 
 
+def test_a_time_past_what_a_kafka_record_holds_is_refused_as_the_worker_refuses_it(tmp_path):
+    """orjson reads integers up to 2**64-1: a ts past 2**63-1 passed the check, the worker refused it
+    as future_ts (past any clock), and training read it, then stopped with an OverflowError (numpy's
+    int64 split times) instead of counting the line."""
+    from interest_core.event_check import check_event
+
+    click = {"event_id": "e", "user_id": "u", "type": "click", "ts": 2**63 - 1, "item_id": "i", "category": "a"}
+    assert check_event(json.dumps(click).encode())["ts"] == 2**63 - 1
+    for ts in (2**63, 2**64 - 1):
+        refused = check_event(json.dumps(dict(click, ts=ts)).encode())
+        assert (refused.reason, refused.detail) == (
+            "future_ts", f"ts {ts} is past 9223372036854775807, the latest epoch ms a Kafka record timestamp holds")
+    log = tmp_path / "log.jsonl"  # and training counts the line, then splits the rest
+    log.write_text("".join(json.dumps(dict(click, event_id=f"e{i}", ts=ts)) + "\n"
+                           for i, ts in enumerate((1000, 2000, 2**64 - 1))))
+    users, stats = read_log(log)
+    assert (stats["events"], stats["invalid_reasons"]) == (2, {"future_ts": 1})
+    split_times(users, DataConfig())
+
+
 def test_log_shape_by_hand(tmp_path):
     H = 3_600_000
     # u0: clicks at 0, 0, 1 h, 10 h, and a search at 2 h (not a target event); u1: browses at 5 h, 30 h
