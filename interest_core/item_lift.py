@@ -21,6 +21,12 @@ import numpy as np
 from interest_core.window import WindowEvent
 
 LOG_FLOOR = 1e-30  # probabilities are read as at least this before the log
+# The largest logit offset a table may hold: e**-100 is below any probability a vector shows, and
+# train's tables lie far inside (an offset above log(1 / models.item_lift.PRIOR_FLOOR), 13.8, needs
+# a share above 1; MovieLens' are within -2.6 and 4.8). A hand-edited 1e308 on two items of a
+# window overflowed their mean to inf, and the published vector to NaN, which the model's
+# self-test (items it has no lift of) missed
+MAX_LIFT = 100.0
 
 
 def window_keys(window: Sequence[WindowEvent], categories: Mapping[str, int], slots: int,
@@ -71,8 +77,9 @@ class ItemLift:
         self.lifts = {}
         for item, vec in lifts.items():
             v = np.asarray(vec, np.float64)
-            if v.shape != (self.k,) or not np.isfinite(v).all():
-                raise ValueError(f"item lift of {item!r}: need {self.k} finite numbers, got {list(vec)[:5]!r}...")
+            if v.shape != (self.k,) or not (np.abs(v) <= MAX_LIFT).all():  # (NaN fails it too)
+                raise ValueError(f"item lift of {item!r}: need {self.k} numbers within ±{MAX_LIFT:g}, got "
+                                 f"{list(vec)[:5]!r}...")
             self.lifts[str(item)] = v
 
     def __len__(self) -> int:
@@ -88,7 +95,7 @@ class ItemLift:
     @classmethod
     def from_spec(cls, spec: dict, categories: Sequence[str]) -> "ItemLift":
         if not isinstance(spec, dict) or not isinstance(spec.get("items"), dict) or \
-                not isinstance(spec.get("slots"), int):
+                not isinstance(spec.get("slots"), int) or isinstance(spec["slots"], bool):
             raise ValueError("the spec's item_lift needs an int 'slots' and an 'items' object")
         return cls(categories, spec["slots"], spec["items"])
 

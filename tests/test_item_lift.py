@@ -55,8 +55,12 @@ def test_the_encoding_carries_the_lift_through_json_as_version_4():
     (lambda s: s.pop("item_lift"), "the spec's item_lift needs an int 'slots' and an 'items' object"),
     (lambda s: s["item_lift"].update(slots="20"), "the spec's item_lift needs an int 'slots'"),
     (lambda s: s["item_lift"].update(slots=0), "item lift slots must be >= 1, got 0"),
-    (lambda s: s["item_lift"]["items"].update(x=[1.0, 2.0]), r"item lift of 'x': need 3 finite numbers"),
-    (lambda s: s["item_lift"]["items"].update(y=[0.0, float("nan"), 0.0]), r"item lift of 'y': need 3 finite numbers"),
+    (lambda s: s["item_lift"].update(slots=True), "the spec's item_lift needs an int 'slots'"),  # was 1
+    (lambda s: s["item_lift"]["items"].update(x=[1.0, 2.0]), r"item lift of 'x': need 3 numbers within ±100"),
+    (lambda s: s["item_lift"]["items"].update(y=[0.0, float("nan"), 0.0]), r"item lift of 'y': need 3 numbers"),
+    # two items' mean overflowed to inf, and the vector to NaN (JSON null on the output topic)
+    (lambda s: s["item_lift"]["items"].update(z=[1e308, 0.0, 0.0]), r"item lift of 'z': need 3 numbers within ±100"),
+    (lambda s: s["item_lift"]["items"].update(z=[0.0, -100.001, 0.0]), r"item lift of 'z': need 3 numbers"),
 ])
 def test_a_spec_whose_lift_cannot_be_served_is_refused(change, message):
     spec = encoder().with_item_lift(ItemLift(CATS, 20, LIFTS)).to_spec()
