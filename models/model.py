@@ -902,8 +902,10 @@ def train_model(
         print(f"resumed at step {step} (best val {best:.5f})")
 
     t0 = time.time() - elapsed0
-    bar = tqdm(total=end, initial=step, disable=not progress, desc=desc, unit="step")
     stop_reason = "max steps" if refit is None else "refit steps"
+    if refit is None and bad_evals >= cfg.patience:  # resumed from the state of the pass that stopped early:
+        stop_reason, end = "early stopping", step  # it went on for another pass (other weights, had it improved)
+    bar = tqdm(total=end, initial=step, disable=not progress, desc=desc, unit="step")
     model.train()
     while step < end:
         # stop condition 1: step budget (loop guard); 2: early stopping (below)

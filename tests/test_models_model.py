@@ -156,6 +156,32 @@ def test_training_is_seeded_and_resumable(encoder, tmp_path):
     assert [h["train_loss"] for h in s2["history"]] == pytest.approx([h["train_loss"] for h in s1["history"]], abs=1e-6)
 
 
+def test_a_run_that_stopped_early_resumes_stopped(encoder, tmp_path):
+    """The training state is saved at the validation pass that stops early, before the selection,
+    the refit and the checkpoint. Resumed from it (a run killed after that save, or run again with
+    --resume), training went on for another pass: another history row, and, had that pass
+    improved, other weights than the run's."""
+    seqs = _seqs(encoder, n=120, seed=2)
+    prof = _profiles(encoder, 120, seed=3).numpy()
+    targets = np.full((120, 3), 1 / 3, np.float32)
+    targets[::2] = [0.7, 0.2, 0.1]
+    cfg = TrainConfig(epochs=50, batch_size=16, eval_every=2, warmup_steps=2, max_steps=400, seed=9, patience=1,
+                      lr=0.05, threads=1)
+
+    def run(resume=False):
+        torch.manual_seed(0)
+        m = build_model(encoder, **TINY)
+        s = train_model(m, seqs[:100], prof[:100], targets[:100], seqs[100:], prof[100:], targets[100:], cfg,
+                        encoder.pad_id, state_path=tmp_path / "s.pt", resume=resume, progress=False)
+        return predict(m, seqs[100:], prof[100:], encoder.pad_id), s
+
+    first, s1 = run()
+    assert s1["stop_reason"] == "early stopping" and s1["steps"] < 400
+    again, s2 = run(resume=True)
+    assert (s2["stop_reason"], s2["steps"], s2["history"]) == ("early stopping", s1["steps"], s1["history"])
+    np.testing.assert_array_equal(again, first)
+
+
 def test_refit_trains_the_first_steps_of_the_schedule_without_validation(encoder):
     """``refit=(7, 20)`` (models.train.fit, stage 5) runs steps 1-7 of a 20-step schedule with no
     validation set and keeps the last weights: those a validated run on the same schedule holds
