@@ -385,13 +385,13 @@ def main(dataset, variants, workdir, users, days, seed, mechanisms, pretrained, 
         # each test sample's KL, for pooling runs (bench/backtest.py)
         model_kl = kl_per_sample(test.targets, pred)
         base_kl = {n: kl_per_sample(test.targets, p) for n, p in v_base["test"].items()}
-        if id(v_base) not in tuned:  # once for each set of baselines (their prior)
-            tuned[id(v_base)] = tuned_on_first_cuts(td.ds, test, first_test_cut, td.encoder.k,
-                                                    v_base["test"]["prior"][0])
+        which = "lifted" if v_base is base_lifted else "refit"  # once for each set of baselines (their prior)
+        if which not in tuned:
+            tuned[which] = tuned_on_first_cuts(td.ds, test, first_test_cut, td.encoder.k, v_base["test"]["prior"][0])
         np.savez(wd / name / "per_sample.npz", user=np.asarray(test.user), model=model_kl, **base_kl,
                  best_baseline=np.asarray(result["best_baseline"]), first_test_cut=first_test_cut,
                  best_with_item_lift=kl_per_sample(test.targets, v_base["test_with_item_lift"]),
-                 **tuned[id(v_base)])
+                 **tuned[which])
         out["baselines_test_kl" if v_base is base_lifted else "refit_baselines_test_kl"] = \
             {n: round(v["kl"], 4) for n, v in result["models"].items() if n != "gpt2"}
         out["variants"].append(summarise(name, card, result, time.time() - t))

@@ -37,7 +37,7 @@ from interest_core.artifacts import (CARD_FILE, INPUT_NAMES, MODEL_FILE, OUTPUT_
                                      content_version)  # one definition: export writes, worker checks
 from interest_core.encoding import pad_right  # the one padding convention
 from interest_core.errors import InterestStreamError
-from models.data import file_sha256 as sha256_file  # one file hash
+from models.data import file_sha256 as sha256_file  # one file hash, and one check of the log it hashes
 from models.data import hashed_log_error
 
 # Opset 20 has GELU as one operator (Gelu, with the tanh approximation the backbone trains with):

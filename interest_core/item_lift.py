@@ -23,7 +23,7 @@ from interest_core.window import WindowEvent
 LOG_FLOOR = 1e-30  # probabilities are read as at least this before the log
 # The largest logit offset a table may hold: e**-100 is below any probability a vector shows, and
 # train's tables lie inside (models.item_lift: at most 4 x log(1 / PRIOR_FLOOR) = 55 above, and
-# below -100 only for an item credited 7e10 times; MovieLens' lie within -2.6 and 4.8). A
+# below -100 only for an item credited 7e10 times; MovieLens' run from -2.52 to 4.80). A
 # hand-edited 1e308 on two items of a window overflowed their mean to inf, and the published
 # vector to NaN, which the model's self-test (items it has no lift of) missed
 MAX_LIFT = 100.0
